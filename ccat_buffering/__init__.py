@@ -1,0 +1,105 @@
+"""ccat-buffering: keep writing at a remote site when the main database is far away.
+
+Writes become buffered transactions: stored atomically in a local buffer,
+tracked by a status, mirrored into caches so the site reads its own writes,
+drained in order into the main database, and released from the caches only
+when the site's replica has replayed the commit.
+"""
+
+from ccat_buffering.backends import open_backend
+from ccat_buffering.builder import RecordHandle, TransactionBuilder
+from ccat_buffering.coordinator import BufferingCoordinator, Health, ReplicationHealth
+from ccat_buffering.errors import (
+    BackendError,
+    BackendUnavailableError,
+    BufferingError,
+    ConfigurationError,
+    CorruptEntryError,
+    DatabaseUnavailableError,
+    ExecutionError,
+    LeaseLostError,
+    PayloadTooLargeError,
+    RecordNotFoundError,
+    ReplicationError,
+    TransactionValidationError,
+    UnknownColumnError,
+    UnknownModelError,
+    UnresolvedReferenceError,
+)
+from ccat_buffering.executor import BatchResult, Outcome, TransactionExecutor, create_engine
+from ccat_buffering.lsn import LSN
+from ccat_buffering.manager import Delivery, TransactionManager
+from ccat_buffering.models import (
+    FORMAT_VERSION,
+    Operation,
+    Ref,
+    Step,
+    Transaction,
+    TransactionState,
+    TransactionStatus,
+)
+from ccat_buffering.processor import BackgroundProcessor, ProcessorHealth, ProcessorState
+from ccat_buffering.reads import Reads
+from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.replication import (
+    ImmediateReplicationChecker,
+    LSNReplicationChecker,
+    ReplicaState,
+    ReplicationChecker,
+    ReplicationTracker,
+)
+from ccat_buffering.retry import FailureKind, RetryPolicy, classify_failure
+from ccat_buffering.settings import BufferingSettings, mask_url
+
+__all__ = [
+    "FORMAT_VERSION",
+    "LSN",
+    "BackendError",
+    "BackendUnavailableError",
+    "BackgroundProcessor",
+    "BatchResult",
+    "BufferingCoordinator",
+    "BufferingError",
+    "BufferingSettings",
+    "ConfigurationError",
+    "CorruptEntryError",
+    "DatabaseUnavailableError",
+    "Delivery",
+    "ExecutionError",
+    "FailureKind",
+    "Health",
+    "ImmediateReplicationChecker",
+    "LSNReplicationChecker",
+    "LeaseLostError",
+    "ModelRegistry",
+    "Operation",
+    "Outcome",
+    "PayloadTooLargeError",
+    "ProcessorHealth",
+    "ProcessorState",
+    "Reads",
+    "RecordHandle",
+    "RecordNotFoundError",
+    "Ref",
+    "ReplicaState",
+    "ReplicationChecker",
+    "ReplicationError",
+    "ReplicationHealth",
+    "ReplicationTracker",
+    "RetryPolicy",
+    "Step",
+    "Transaction",
+    "TransactionBuilder",
+    "TransactionExecutor",
+    "TransactionManager",
+    "TransactionState",
+    "TransactionStatus",
+    "TransactionValidationError",
+    "UnknownColumnError",
+    "UnknownModelError",
+    "UnresolvedReferenceError",
+    "classify_failure",
+    "create_engine",
+    "mask_url",
+    "open_backend",
+]

@@ -1,0 +1,324 @@
+"""The one place that knows every part, and wires a site from its settings.
+
+Services receive a :class:`BufferingCoordinator` (by dependency injection)
+and call :meth:`~BufferingCoordinator.submit`, :meth:`~BufferingCoordinator.status`
+and :attr:`~BufferingCoordinator.reads`; whether the site buffers or writes
+directly is a setting, not a change of service code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ccat_buffering.backends import open_backend
+from ccat_buffering.executor import TransactionExecutor, create_engine
+from ccat_buffering.manager import TransactionManager
+from ccat_buffering.models import Transaction, TransactionState, TransactionStatus, utc_now
+from ccat_buffering.processor import BackgroundProcessor, ProcessorHealth
+from ccat_buffering.protocols import Backend
+from ccat_buffering.reads import Reads
+from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.replication import (
+    ImmediateReplicationChecker,
+    LSNReplicationChecker,
+    ReplicationChecker,
+    ReplicationTracker,
+)
+from ccat_buffering.retry import RetryPolicy
+from ccat_buffering.settings import BufferingSettings, mask_url
+
+__all__ = ["BufferingCoordinator", "Health", "ReplicationHealth"]
+
+
+class ReplicationHealth(BaseModel):
+    """What the replication tracker last saw.
+
+    Attributes:
+        replay_lsn: The replica's last replayed WAL position (text), if known.
+        lag_seconds: Time since the replica's last replayed commit.
+        pending: Committed transactions not yet seen on the replica.
+        oldest_pending_seconds: How long the oldest of them has waited.
+        lagging: It has waited longer than the replication timeout.
+        error: Why the replica could not be asked.
+    """
+
+    replay_lsn: str | None = None
+    lag_seconds: float | None = None
+    pending: int = 0
+    oldest_pending_seconds: float | None = None
+    lagging: bool = False
+    error: str | None = None
+
+
+class Health(BaseModel):
+    """A site at a glance; the model services and the CLI share.
+
+    Attributes:
+        site: The site's name.
+        site_type: ``main`` or ``secondary``.
+        backend: The backend's URL, password masked.
+        database: The main database's URL, password masked.
+        checked_at: When this was put together.
+        states: Live statuses per state.
+        processor: The processor's view.
+        replication: The tracker's view.
+        warnings: What an operator must look at.
+    """
+
+    site: str
+    site_type: str
+    backend: str
+    database: str
+    checked_at: dt.datetime
+    states: dict[str, int]
+    processor: ProcessorHealth
+    replication: ReplicationHealth
+    warnings: list[str]
+
+    @property
+    def healthy(self) -> bool:
+        """Nothing needs an operator's attention."""
+        return not self.warnings
+
+
+class BufferingCoordinator:
+    """A site's buffering, draining and confirming, as one object.
+
+    Build it with :meth:`from_settings`, or pass the parts in. Use it as an
+    async context manager: it starts the processor and the replication
+    tracker on entry (unless ``start=False``) and stops and closes them on exit.
+
+    Args:
+        settings: The site's settings.
+        backend: The site's stores.
+        engine: The main database.
+        registry: The mapped classes transactions may name.
+        checker: Asks the site's replica; immediate when there is none.
+        read_engine: Where reads come from (the replica); the main database
+            when ``None``.
+        owns: Close ``backend`` and the engines in :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        settings: BufferingSettings,
+        backend: Backend,
+        engine: AsyncEngine,
+        registry: ModelRegistry,
+        *,
+        checker: ReplicationChecker | None = None,
+        read_engine: AsyncEngine | None = None,
+        owns: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.engine = engine
+        self.read_engine = read_engine
+        self.registry = registry
+        self._owns = owns
+        self.manager = TransactionManager(
+            backend,
+            registry=registry,
+            retry_policy=RetryPolicy(
+                max_attempts=settings.max_attempts,
+                base_delay=settings.retry_base_delay,
+                max_delay=settings.retry_max_delay,
+            ),
+            status_ttl=settings.status_ttl,
+            cache_ttl=settings.cache_ttl,
+            max_payload_bytes=settings.max_payload_bytes,
+        )
+        self.executor = TransactionExecutor(engine, registry, ledger=settings.ledger)
+        self.processor = BackgroundProcessor(
+            self.manager,
+            self.executor,
+            batch_size=settings.batch_size,
+            claim_lease=settings.claim_lease,
+            lease_ttl=settings.processor_lease,
+            poll_interval=settings.poll_interval,
+            outage_base_delay=settings.outage_base_delay,
+            outage_max_delay=settings.outage_max_delay,
+        )
+        self.tracker = ReplicationTracker(
+            self.manager,
+            checker or ImmediateReplicationChecker(),
+            poll_interval=settings.replication_poll_interval,
+            timeout=settings.replication_timeout,
+        )
+        self.reads = Reads(backend.cache, registry, read_engine or engine)
+        self._tracker_task: asyncio.Task[None] | None = None
+        self._start_on_enter = True
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: BufferingSettings | None = None,
+        *,
+        registry: ModelRegistry,
+        backend_options: dict[str, Any] | None = None,
+        start: bool = True,
+    ) -> BufferingCoordinator:
+        """Build every part from settings; the coordinator owns and closes them.
+
+        Args:
+            settings: The site's settings; read from the environment when ``None``.
+            registry: The mapped classes transactions may name.
+            backend_options: Passed to the backend's ``from_url``.
+            start: Start the processor and tracker when entered as a context.
+
+        Returns:
+            The coordinator (not yet started).
+        """
+        settings = settings or BufferingSettings()
+        backend = open_backend(
+            settings.backend_url, site=settings.site_name, **(backend_options or {})
+        )
+        engine = create_engine(settings.database_url)
+        read_engine = None
+        checker: ReplicationChecker = ImmediateReplicationChecker()
+        if settings.replica_url:
+            read_engine = create_engine(settings.replica_url)
+            checker = LSNReplicationChecker(read_engine)
+        coordinator = cls(
+            settings,
+            backend,
+            engine,
+            registry,
+            checker=checker,
+            read_engine=read_engine,
+            owns=True,
+        )
+        coordinator._start_on_enter = start
+        return coordinator
+
+    async def submit(self, transaction: Transaction) -> TransactionStatus:
+        """Write a transaction the way the site's type requires.
+
+        A ``secondary`` site buffers it (returns at once, ``buffered``); a
+        ``main`` site applies it now and returns ``committed`` (or raises).
+
+        Args:
+            transaction: From :meth:`TransactionBuilder.build`.
+
+        Returns:
+            Its status.
+
+        Raises:
+            TransactionValidationError: Bad input; nothing was written.
+            ExecutionError: At a main site, the database refused it.
+        """
+        if self.settings.site_type == "secondary":
+            return await self.manager.buffer(transaction)
+        transaction.to_json(self.settings.max_payload_bytes)
+        result = await self.executor.execute_batch([transaction])
+        error = result.outcomes[0].error
+        if error is not None:
+            raise error
+        now = utc_now()
+        status = TransactionStatus(
+            transaction_id=transaction.transaction_id,
+            endpoint=transaction.endpoint,
+            state=TransactionState.COMMITTED,
+            created_at=transaction.created_at,
+            committed_at=now,
+            commit_lsn=result.commit_lsn,
+        )
+        await self.backend.status.put(status, self.settings.status_ttl)
+        return status
+
+    async def status(self, transaction_id: str) -> TransactionStatus | None:
+        """The status of a transaction, or ``None`` if unknown or expired."""
+        return await self.manager.status(transaction_id)
+
+    async def health(self) -> Health:
+        """The site at a glance, with warnings an operator must see."""
+        processor = await self.processor.health()
+        report = self.tracker.last_report
+        replication = ReplicationHealth()
+        if report is not None:
+            replica = report.replica
+            replication = ReplicationHealth(
+                replay_lsn=None if replica is None or replica.replay_lsn is None else str(replica.replay_lsn),
+                lag_seconds=None if replica is None else replica.lag_seconds,
+                pending=report.pending,
+                oldest_pending_seconds=report.oldest_pending_seconds,
+                lagging=report.lagging,
+                error=report.error,
+            )
+        counts = await self.backend.status.counts()
+        warnings = []
+        if processor.state == "paused":
+            warnings.append(f"processor paused: {processor.cause}")
+        if processor.dead_letters:
+            warnings.append(f"{processor.dead_letters} transaction(s) in the dead-letter queue")
+        if replication.lagging:
+            warnings.append(
+                f"replication lagging: {replication.pending} pending, oldest "
+                f"{replication.oldest_pending_seconds:.1f} s"
+            )
+        if replication.error:
+            warnings.append(f"replica unreachable: {replication.error}")
+        return Health(
+            site=self.backend.site,
+            site_type=self.settings.site_type,
+            backend=mask_url(self.settings.backend_url) or "",
+            database=mask_url(self.settings.database_url) or "",
+            checked_at=utc_now(),
+            states={str(state): n for state, n in counts.items()},
+            processor=processor,
+            replication=replication,
+            warnings=warnings,
+        )
+
+    async def prepare_database(self) -> None:
+        """Create the applied-transactions ledger if it does not exist."""
+        await self.executor.create_ledger()
+
+    def start(self) -> None:
+        """Start the processor (secondary sites) and the replication tracker."""
+        if self.settings.site_type == "secondary":
+            self.processor.start()
+        if self._tracker_task is None or self._tracker_task.done():
+            self._tracker_task = asyncio.create_task(self.tracker.run(), name="replication-tracker")
+
+    async def stop(self) -> None:
+        """Stop the processor after its batch, and the tracker after its poll."""
+        await self.processor.stop()
+        self.tracker.stop()
+        if self._tracker_task is not None:
+            await self._tracker_task
+            self._tracker_task = None
+
+    async def aclose(self) -> None:
+        """Stop, then close what the coordinator owns."""
+        await self.stop()
+        if self._owns:
+            await self.backend.aclose()
+            await self.engine.dispose()
+            if self.read_engine is not None:
+                await self.read_engine.dispose()
+
+    async def __aenter__(self) -> Self:
+        """Start the background work (unless built with ``start=False``)."""
+        if self._start_on_enter:
+            self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Stop and close."""
+        await self.aclose()
+
+    def describe(self) -> dict[str, Literal["main", "secondary"] | str | None]:
+        """The site's name, type and masked URLs."""
+        return {
+            "site": self.backend.site,
+            "site_type": self.settings.site_type,
+            "backend": mask_url(self.settings.backend_url),
+            "database": mask_url(self.settings.database_url),
+            "replica": mask_url(self.settings.replica_url),
+        }

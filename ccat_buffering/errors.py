@@ -1,0 +1,106 @@
+"""The one error tree of ccat-buffering.
+
+Every error the library raises on purpose derives from :class:`BufferingError`;
+backends translate their client's exceptions at their boundary, so nothing from
+``redis.*`` or a database driver leaks through a protocol::
+
+    BufferingError
+    ├── ConfigurationError            settings, URLs, missing extras
+    ├── TransactionValidationError    bad input: nothing was written (also a ValueError)
+    │   ├── PayloadTooLargeError
+    │   ├── UnknownModelError
+    │   └── UnknownColumnError
+    ├── BackendError                  the buffer, status or cache store failed
+    │   ├── BackendUnavailableError   the store cannot be reached (an outage)
+    │   └── CorruptEntryError         an entry in the store is not a valid transaction
+    ├── ExecutionError                applying a transaction to the database failed
+    │   ├── DatabaseUnavailableError  the database cannot be reached (an outage)
+    │   ├── RecordNotFoundError       an update or delete found no row
+    │   └── UnresolvedReferenceError  a ref() named a value the step did not produce
+    ├── LeaseLostError                another processor holds the site's lease
+    └── ReplicationError              the replica cannot answer for a commit
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "BackendUnavailableError",
+    "BufferingError",
+    "ConfigurationError",
+    "CorruptEntryError",
+    "DatabaseUnavailableError",
+    "ExecutionError",
+    "LeaseLostError",
+    "PayloadTooLargeError",
+    "RecordNotFoundError",
+    "ReplicationError",
+    "TransactionValidationError",
+    "UnknownColumnError",
+    "UnknownModelError",
+    "UnresolvedReferenceError",
+]
+
+
+class BufferingError(Exception):
+    """Base of every error raised by ccat-buffering."""
+
+
+class ConfigurationError(BufferingError):
+    """Settings, a URL or an installed extra do not allow what was asked."""
+
+
+class TransactionValidationError(BufferingError, ValueError):
+    """A transaction is not valid; nothing was written.
+
+    Errors of this kind can never succeed on retry: a processor that meets one
+    dead-letters the transaction at once.
+    """
+
+
+class PayloadTooLargeError(TransactionValidationError):
+    """The serialised transaction is larger than the configured limit."""
+
+
+class UnknownModelError(TransactionValidationError):
+    """A step names a model that the model registry does not know."""
+
+
+class UnknownColumnError(TransactionValidationError):
+    """A step names a field that its model does not have."""
+
+
+class BackendError(BufferingError):
+    """A buffer, status or cache store failed."""
+
+
+class BackendUnavailableError(BackendError):
+    """The store cannot be reached; the caller may try again later."""
+
+
+class CorruptEntryError(BackendError):
+    """An entry read from a store is not a valid transaction or status."""
+
+
+class ExecutionError(BufferingError):
+    """Applying a transaction to the database failed."""
+
+
+class DatabaseUnavailableError(ExecutionError):
+    """The database cannot be reached: an outage, not the transaction's fault."""
+
+
+class RecordNotFoundError(ExecutionError):
+    """An update or delete step found no row with the given key."""
+
+
+class UnresolvedReferenceError(ExecutionError):
+    """A ``ref()`` named a field that its step did not produce."""
+
+
+class LeaseLostError(BufferingError):
+    """The processor lease of the site is held by another processor."""
+
+
+class ReplicationError(BufferingError):
+    """The replica could not be asked where its replay stands."""

@@ -1,0 +1,341 @@
+"""Apply buffered transactions to the main database, exactly once.
+
+A batch of transactions runs in one database transaction with a SAVEPOINT per
+buffered transaction, so that one bad transaction rolls back alone. Each
+applied transaction's id goes into the **applied-transactions ledger** inside
+its savepoint: a transaction whose commit succeeded but whose acknowledgement
+was lost is found there on redelivery and skipped. After COMMIT (never
+inside the transaction) the commit's LSN is read on the same connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Column, DateTime, MetaData, String, Table, delete, event, insert, select
+from sqlalchemy import update as sa_update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+
+from ccat_buffering.errors import (
+    DatabaseUnavailableError,
+    RecordNotFoundError,
+    UnknownColumnError,
+    UnresolvedReferenceError,
+)
+from ccat_buffering.lsn import LSN
+from ccat_buffering.models import Operation, Ref, Step, Transaction, utc_now
+from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.retry import FailureKind, classify_failure
+
+__all__ = [
+    "LEDGER_TABLE_NAME",
+    "BatchResult",
+    "Outcome",
+    "TransactionExecutor",
+    "create_engine",
+    "ledger_metadata",
+    "ledger_table",
+]
+
+LEDGER_TABLE_NAME = "ccat_buffering_applied_transactions"
+
+ledger_metadata = MetaData()
+"""Metadata holding only the ledger table; include it in Alembic's ``target_metadata``."""
+
+ledger_table = Table(
+    LEDGER_TABLE_NAME,
+    ledger_metadata,
+    Column("transaction_id", String(36), primary_key=True),
+    Column("endpoint", String(128), nullable=False),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+)
+"""The applied-transactions ledger: one row per transaction ever applied."""
+
+
+def create_engine(url: str, **options: Any) -> AsyncEngine:
+    """Create an async engine that savepoints work on.
+
+    On SQLite the driver's own transaction handling is switched off so that
+    SAVEPOINT behaves as documented, and foreign keys are enforced.
+
+    Args:
+        url: An SQLAlchemy async URL (``postgresql+asyncpg://``,
+            ``sqlite+aiosqlite://``).
+        **options: Passed to :func:`sqlalchemy.ext.asyncio.create_async_engine`.
+
+    Returns:
+        The engine.
+    """
+    engine = create_async_engine(url, **options)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one transaction in a batch.
+
+    Attributes:
+        transaction_id: The transaction.
+        applied: Its steps were applied in this batch.
+        already_applied: The ledger showed it applied before; nothing was done.
+        error: Why it failed, if it did (its savepoint was rolled back).
+        kind: Whose fault the failure was.
+    """
+
+    transaction_id: str
+    applied: bool = False
+    already_applied: bool = False
+    error: BaseException | None = None
+    kind: FailureKind | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the database now holds the transaction's effect."""
+        return self.applied or self.already_applied
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one batch did.
+
+    Attributes:
+        outcomes: One per transaction, in the order given.
+        commit_lsn: The WAL position after the batch's commit (PostgreSQL
+            only; ``None`` elsewhere or when nothing was written).
+    """
+
+    outcomes: list[Outcome]
+    commit_lsn: LSN | None
+
+
+class TransactionExecutor:
+    """Applies transactions to the main database through registered mapped classes.
+
+    Args:
+        engine: The main database.
+        registry: The mapped classes steps may name.
+        ledger: Record and check applied transaction ids (exactly-once
+            effect); switch off only to measure what it costs.
+    """
+
+    def __init__(self, engine: AsyncEngine, registry: ModelRegistry, *, ledger: bool = True) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.ledger = ledger
+
+    async def create_ledger(self) -> None:
+        """Create the ledger table if it does not exist."""
+        async with self.engine.begin() as conn:
+            await conn.run_sync(ledger_metadata.create_all)
+
+    async def is_applied(self, transaction_id: str) -> bool:
+        """Whether the ledger holds ``transaction_id``."""
+        async with self.engine.connect() as conn:
+            return bool(await self._applied_ids(conn, [transaction_id]))
+
+    async def execute(self, transaction: Transaction) -> Outcome:
+        """Apply one transaction in its own database transaction.
+
+        Returns:
+            Its outcome (errors are returned, not raised, except outages).
+
+        Raises:
+            DatabaseUnavailableError: The database could not be reached.
+        """
+        return (await self.execute_batch([transaction])).outcomes[0]
+
+    async def execute_batch(self, transactions: Sequence[Transaction]) -> BatchResult:
+        """Apply transactions in order, in one database transaction, a savepoint each.
+
+        A transaction that fails rolls back to its savepoint and the rest go
+        on; one commit covers all that succeeded.
+
+        Args:
+            transactions: In buffer order.
+
+        Returns:
+            Outcomes in the same order, and the commit's LSN.
+
+        Raises:
+            DatabaseUnavailableError: The database could not be reached or the
+                batch as a whole failed; nothing of the batch may be assumed
+                applied (the ledger settles it on redelivery).
+        """
+        outcomes: list[Outcome] = []
+        for tx in transactions:
+            try:
+                self.registry.check(tx)
+                self._check_refs(tx)
+            except Exception as exc:
+                outcomes.append(Outcome(tx.transaction_id, error=exc, kind=classify_failure(exc)))
+            else:
+                outcomes.append(Outcome(tx.transaction_id))
+        runnable = [(i, tx) for i, tx in enumerate(transactions) if outcomes[i].error is None]
+        if not runnable:
+            return BatchResult(outcomes, None)
+        try:
+            lsn = await self._run(runnable, outcomes)
+        except DatabaseUnavailableError:
+            raise
+        except Exception as exc:
+            raise DatabaseUnavailableError(
+                f"the batch could not be applied ({classify_failure(exc)}): {exc}"
+            ) from exc
+        return BatchResult(outcomes, lsn)
+
+    async def _run(
+        self, runnable: list[tuple[int, Transaction]], outcomes: list[Outcome]
+    ) -> LSN | None:
+        async with self.engine.connect() as conn:
+            await conn.begin()
+            done = await self._applied_ids(conn, [tx.transaction_id for _, tx in runnable])
+            session = AsyncSession(bind=conn, autoflush=False, expire_on_commit=False)
+            for index, tx in runnable:
+                if tx.transaction_id in done:
+                    outcomes[index] = Outcome(tx.transaction_id, already_applied=True)
+                    continue
+                try:
+                    async with session.begin_nested():
+                        await self._apply(session, tx)
+                        if self.ledger:
+                            await session.execute(
+                                insert(ledger_table).values(
+                                    transaction_id=tx.transaction_id,
+                                    endpoint=tx.endpoint,
+                                    applied_at=utc_now(),
+                                )
+                            )
+                except Exception as exc:
+                    kind = classify_failure(exc)
+                    if kind is FailureKind.OUTAGE:
+                        raise DatabaseUnavailableError(
+                            f"the database failed while applying {tx.transaction_id}: {exc}"
+                        ) from exc
+                    outcomes[index] = Outcome(tx.transaction_id, error=exc, kind=kind)
+                else:
+                    outcomes[index] = Outcome(tx.transaction_id, applied=True)
+            await session.close()
+            await conn.commit()
+            if conn.dialect.name != "postgresql":
+                return None
+            # After COMMIT, on the same connection, so that the LSN covers our commit
+            # record; read even when every transaction was already in the ledger,
+            # since their earlier commit lies before it too.
+            lsn_text = (await conn.exec_driver_sql("SELECT pg_current_wal_insert_lsn()::text")).scalar()
+            await conn.rollback()
+            return LSN.parse(str(lsn_text))
+
+    async def _applied_ids(self, conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
+        if not self.ledger or not ids:
+            return set()
+        column = ledger_table.c.transaction_id
+        rows = await conn.execute(select(column).where(column.in_(list(ids))))
+        return {row[0] for row in rows}
+
+    def _check_refs(self, tx: Transaction) -> None:
+        models = {step.step_id: step.model for step in tx.steps}
+        for step in tx.steps:
+            for ref in step.refs():
+                if ref.field not in self.registry.fields(models[ref.step]):
+                    raise UnknownColumnError(
+                        f"transaction {tx.transaction_id}: step {step.step_id!r} refers to "
+                        f"{models[ref.step]}.{ref.field}, which is not a mapped field"
+                    )
+
+    async def _apply(self, session: AsyncSession, tx: Transaction) -> None:
+        wanted = {ref.step for step in tx.steps for ref in step.refs()}
+        produced: dict[str, Mapping[str, Any]] = {}
+        for step in tx.steps:
+            row = await self._apply_step(session, step, produced, step.step_id in wanted)
+            if row is not None:
+                produced[step.step_id] = row
+
+    def _resolve(self, record: Mapping[str, Any], produced: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, value in record.items():
+            if isinstance(value, Ref):
+                row = produced.get(value.step)
+                if row is None or value.field not in row:
+                    raise UnresolvedReferenceError(
+                        f"step {value.step!r} produced no value for {value.field!r}"
+                    )
+                value = row[value.field]
+            values[name] = value
+        return values
+
+    def _where(self, model: type[Any], key: Mapping[str, Any]) -> list[Any]:
+        return [getattr(model, name) == value for name, value in key.items()]
+
+    async def _apply_step(
+        self,
+        session: AsyncSession,
+        step: Step,
+        produced: Mapping[str, Mapping[str, Any]],
+        wanted: bool,
+    ) -> Mapping[str, Any] | None:
+        model = self.registry.model(step.model)
+        fields = sorted(self.registry.fields(step.model))
+        returning = [getattr(model, name) for name in fields]
+        op = step.operation
+        if op is Operation.CREATE:
+            statement = insert(model).values(**self._resolve(step.data or {}, produced))
+            if not wanted:
+                await session.execute(statement)
+                return None
+            row = (await session.execute(statement.returning(*returning))).one()
+            return dict(zip(fields, row, strict=True))
+        if op is Operation.UPDATE:
+            key = self._resolve(step.key or {}, produced)
+            statement = (
+                sa_update(model)
+                .where(*self._where(model, key))
+                .values(**self._resolve(step.data or {}, produced))
+                .returning(*returning)
+                .execution_options(synchronize_session=False)
+            )
+            rows = (await session.execute(statement)).all()
+            if not rows:
+                raise RecordNotFoundError(f"step {step.step_id!r}: no {step.model} with {key}")
+            return dict(zip(fields, rows[0], strict=True))
+        if op is Operation.DELETE:
+            key = self._resolve(step.key or {}, produced)
+            statement = (
+                delete(model).where(*self._where(model, key)).returning(*returning[:1])
+            ).execution_options(synchronize_session=False)
+            if not (await session.execute(statement)).all():
+                raise RecordNotFoundError(f"step {step.step_id!r}: no {step.model} with {key}")
+            return None
+        records = [self._resolve(r, produced) for r in step.records or []]
+        if op is Operation.BULK_CREATE:
+            await session.execute(insert(model), records)
+            return None
+        for i, record in enumerate(records):
+            key = {name: record[name] for name in step.key_fields}
+            changes = {k: v for k, v in record.items() if k not in key}
+            statement = (
+                sa_update(model)
+                .where(*self._where(model, key))
+                .values(**changes)
+                .returning(*returning[:1])
+                .execution_options(synchronize_session=False)
+            )
+            if not (await session.execute(statement)).all():
+                raise RecordNotFoundError(
+                    f"step {step.step_id!r} record {i}: no {step.model} with {key}"
+                )
+        return None

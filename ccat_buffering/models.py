@@ -1,0 +1,454 @@
+"""What a buffered write is: operations, steps, transactions and their status.
+
+A :class:`Transaction` is what a site buffers; it survives upgrades because it
+carries :data:`FORMAT_VERSION` and serialises losslessly (datetimes, UUIDs and
+Decimals come back as they went in). A :class:`TransactionStatus` is what the
+caller can ask about it while it travels to the main database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import re
+import uuid
+from collections.abc import Mapping
+from typing import Annotated, Any, Self
+
+import pydantic
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from ccat_buffering._codec import decode_value, encode_value
+from ccat_buffering.errors import PayloadTooLargeError, TransactionValidationError
+from ccat_buffering.lsn import LSN, LSNField
+
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "FORMAT_VERSION",
+    "LSN",
+    "Identifier",
+    "Operation",
+    "Ref",
+    "Step",
+    "Transaction",
+    "TransactionState",
+    "TransactionStatus",
+    "check_identifier",
+    "utc_now",
+]
+
+FORMAT_VERSION = 1
+"""Format of a serialised transaction. Raise it only with a loader for the old one."""
+
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,-]{0,127}")
+
+
+def check_identifier(value: str, what: str = "name") -> str:
+    """Return ``value`` if it is safe as a part of a store key.
+
+    Args:
+        value: A site, model, step or record name.
+        what: What the value names, for the message.
+
+    Returns:
+        The value, unchanged.
+
+    Raises:
+        TransactionValidationError: The value is empty, longer than 128
+            characters, or holds a character other than letters, digits, ``_``,
+            ``.``, ``,`` and ``-`` (no ``:``, ``*``, braces, spaces or control
+            characters, which would let it escape the key schema).
+    """
+    if not isinstance(value, str) or _IDENTIFIER.fullmatch(value) is None:
+        raise TransactionValidationError(
+            f"{what} {value!r} is not a plain identifier: use 1 to 128 letters, digits, "
+            "'_', '.', ',' or '-', starting with a letter, digit or '_'"
+        )
+    return value
+
+
+def _identifier(value: str) -> str:
+    try:
+        return check_identifier(value)
+    except TransactionValidationError as exc:
+        # pydantic reports a ValueError with the field's location attached.
+        raise ValueError(str(exc)) from None
+
+
+Identifier = Annotated[str, AfterValidator(_identifier)]
+"""A string that may become part of a store key."""
+
+
+def utc_now() -> dt.datetime:
+    """Return the current time, timezone-aware, in UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+def _to_utc(value: dt.datetime) -> dt.datetime:
+    return value.astimezone(dt.UTC)
+
+
+UTCDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+
+
+class Operation(enum.StrEnum):
+    """What a step does to the rows of its model."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    BULK_CREATE = "bulk_create"
+    BULK_UPDATE = "bulk_update"
+
+
+class TransactionState(enum.StrEnum):
+    """Where a transaction is in its life (see docs/concepts)."""
+
+    BUFFERED = "buffered"
+    PROCESSING = "processing"
+    RETRYING = "retrying"
+    COMMITTED = "committed"
+    REPLICATED = "replicated"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether nothing more will happen to the transaction by itself."""
+        return self in (TransactionState.REPLICATED, TransactionState.FAILED)
+
+
+class Ref(BaseModel):
+    """A value that only the database can produce, read from an earlier step.
+
+    Args:
+        step: The step id of an earlier ``create`` or ``update`` step.
+        field: The attribute of that step's row to read after it is written.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    step: Identifier
+    field: Identifier
+
+
+Record = dict[str, Any]
+
+
+def _encode_record(record: Mapping[str, Any], path: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in record.items():
+        if isinstance(value, Ref):
+            out[name] = {"$ref": {"step": value.step, "field": value.field}}
+        else:
+            try:
+                out[name] = encode_value(value, f"{path}.{name}")
+            except TypeError as exc:
+                raise TransactionValidationError(str(exc)) from None
+    return out
+
+
+def _decode_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in record.items():
+        if isinstance(value, dict) and len(value) == 1 and "$ref" in value:
+            out[name] = Ref.model_validate(value["$ref"])
+        else:
+            out[name] = decode_value(value)
+    return out
+
+
+def _check_field_names(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    for name in record:
+        _identifier(name)
+    return record
+
+
+class Step(BaseModel):
+    """One operation on one model inside a transaction.
+
+    Which payload fields a step carries depends on its operation:
+
+    ============  ==================================================
+    create        ``data`` (includes the pre-generated key, if any)
+    update        ``key`` and ``data``
+    delete        ``key``
+    bulk_create   ``records``
+    bulk_update   ``records``, each holding its key fields
+    ============  ==================================================
+
+    ``key_fields`` names the primary-key fields of the model, which identify
+    the records that a ``create`` or bulk step writes in the caches.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    step_id: Identifier
+    operation: Operation
+    model: Identifier
+    data: Record | None = None
+    key: Record | None = None
+    records: list[Record] | None = None
+    key_fields: tuple[Identifier, ...] = ("id",)
+
+    @field_validator("data", "key", mode="before")
+    @classmethod
+    def _decode_mapping(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.context and info.context.get("wire"):
+            return _decode_record(value)
+        return value
+
+    @field_validator("records", mode="before")
+    @classmethod
+    def _decode_records(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.context and info.context.get("wire"):
+            return [_decode_record(item) for item in value]
+        return value
+
+    @field_validator("data", "key")
+    @classmethod
+    def _names(cls, value: Record | None) -> Record | None:
+        if value is not None:
+            _check_field_names(value)
+        return value
+
+    @field_validator("records")
+    @classmethod
+    def _record_names(cls, value: list[Record] | None) -> list[Record] | None:
+        for record in value or ():
+            _check_field_names(record)
+        return value
+
+    @model_validator(mode="after")
+    def _payload_fits_operation(self) -> Self:
+        needs = {
+            Operation.CREATE: {"data"},
+            Operation.UPDATE: {"key", "data"},
+            Operation.DELETE: {"key"},
+            Operation.BULK_CREATE: {"records"},
+            Operation.BULK_UPDATE: {"records"},
+        }[self.operation]
+        for name in ("data", "key", "records"):
+            present = getattr(self, name) is not None
+            if name in needs and not present:
+                raise ValueError(f"a {self.operation} step needs '{name}'")
+            if name not in needs and present:
+                raise ValueError(f"a {self.operation} step takes no '{name}'")
+        if self.key is not None and not self.key:
+            raise ValueError("'key' names no field")
+        if self.records is not None and not self.records:
+            raise ValueError(f"a {self.operation} step needs at least one record")
+        if self.operation is Operation.BULK_UPDATE:
+            for i, record in enumerate(self.records or ()):
+                missing = [f for f in self.key_fields if f not in record]
+                if missing:
+                    raise ValueError(f"records[{i}] lacks its key field(s) {missing}")
+        return self
+
+    @field_serializer("data", "key")
+    def _encode_mapping(self, value: Record | None) -> dict[str, Any] | None:
+        return None if value is None else _encode_record(value, f"{self.step_id}")
+
+    @field_serializer("records")
+    def _encode_records(self, value: list[Record] | None) -> list[dict[str, Any]] | None:
+        if value is None:
+            return None
+        return [_encode_record(r, f"{self.step_id}[{i}]") for i, r in enumerate(value)]
+
+    def refs(self) -> list[Ref]:
+        """Every :class:`Ref` among this step's values."""
+        values: list[Any] = []
+        for record in [self.data or {}, self.key or {}, *(self.records or [])]:
+            values.extend(record.values())
+        return [v for v in values if isinstance(v, Ref)]
+
+
+def _new_transaction_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _canonical_uuid(value: str) -> str:
+    return str(uuid.UUID(value))
+
+
+class Transaction(BaseModel):
+    """A group of steps that apply to the main database all together or not at all.
+
+    Construct one with :class:`~ccat_buffering.builder.TransactionBuilder`.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    format_version: int = FORMAT_VERSION
+    transaction_id: Annotated[str, AfterValidator(_canonical_uuid)] = Field(
+        default_factory=_new_transaction_id
+    )
+    endpoint: Identifier
+    steps: list[Step] = Field(min_length=1)
+    created_at: UTCDatetime = Field(default_factory=utc_now)
+
+    @field_validator("format_version")
+    @classmethod
+    def _known_format(cls, value: int) -> int:
+        if not 1 <= value <= FORMAT_VERSION:
+            raise ValueError(
+                f"format version {value} is not readable by this release, which reads "
+                f"1 to {FORMAT_VERSION}: upgrade ccat-buffering before draining this buffer"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _steps_are_consistent(self) -> Self:
+        seen: dict[str, Step] = {}
+        for index, step in enumerate(self.steps):
+            if step.step_id in seen:
+                raise ValueError(f"steps[{index}]: step id {step.step_id!r} is used twice")
+            for ref in step.refs():
+                target = seen.get(ref.step)
+                if target is None:
+                    later = any(s.step_id == ref.step for s in self.steps[index:])
+                    where = "comes later" if later else "does not exist"
+                    raise ValueError(
+                        f"steps[{index}] ({step.step_id}): ref to step {ref.step!r}, "
+                        f"which {where}"
+                    )
+                if target.operation not in (Operation.CREATE, Operation.UPDATE):
+                    raise ValueError(
+                        f"steps[{index}] ({step.step_id}): ref to step {ref.step!r}, a "
+                        f"{target.operation} step; only create and update steps can be read"
+                    )
+            seen[step.step_id] = step
+        return self
+
+    def to_json(self, max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES) -> str:
+        """Serialise losslessly, checking the size limit.
+
+        Args:
+            max_payload_bytes: Largest accepted size in bytes; ``None`` for no limit.
+
+        Returns:
+            The JSON text.
+
+        Raises:
+            TransactionValidationError: A value cannot be serialised.
+            PayloadTooLargeError: The JSON text is larger than the limit.
+        """
+        text = self.model_dump_json(exclude_none=True)
+        if max_payload_bytes is not None and len(text) > max_payload_bytes:
+            size = len(text.encode())
+            if size > max_payload_bytes:
+                raise PayloadTooLargeError(
+                    f"transaction {self.transaction_id} ({self.endpoint}) is {size} bytes, "
+                    f"over the limit of {max_payload_bytes}: split it, or raise "
+                    "max_payload_bytes"
+                )
+        return text
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Transaction:
+        """Load a transaction serialised by this or an earlier release.
+
+        Args:
+            text: JSON text from :meth:`to_json`.
+
+        Returns:
+            The transaction.
+
+        Raises:
+            TransactionValidationError: The text is not a valid transaction; the
+                message names the offending field.
+        """
+        try:
+            return cls.model_validate_json(text, context={"wire": True})
+        except pydantic.ValidationError as exc:
+            raise validation_error(exc) from None
+
+    @classmethod
+    def validate_python(cls, data: Mapping[str, Any]) -> Transaction:
+        """Build a transaction from Python values, raising the library's error.
+
+        Args:
+            data: Field values.
+
+        Returns:
+            The transaction.
+
+        Raises:
+            TransactionValidationError: The message names the offending field.
+        """
+        try:
+            return cls.model_validate(data)
+        except pydantic.ValidationError as exc:
+            raise validation_error(exc) from None
+
+
+def validation_error(exc: pydantic.ValidationError) -> TransactionValidationError:
+    """Turn pydantic's error into one that names each offending field plainly.
+
+    Args:
+        exc: The error pydantic raised.
+
+    Returns:
+        The library's error, with one line per problem.
+    """
+    lines = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in error["loc"]) or "transaction"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{where}: {message}")
+    return TransactionValidationError(f"invalid {exc.title}: " + "; ".join(lines))
+
+
+class TransactionStatus(BaseModel):
+    """What is known of one buffered transaction.
+
+    Attributes:
+        transaction_id: The transaction this is about.
+        endpoint: The endpoint that created it.
+        state: Where it stands.
+        attempts: Failed attempts counted against the retry policy (outages of
+            the database do not count).
+        last_error: The most recent error, if any.
+        commit_lsn: WAL position of the main database's commit, once committed
+            (``None`` on databases without one, such as SQLite).
+        created_at: When it was buffered.
+        updated_at: When this status last changed.
+        committed_at: When the main database committed it.
+        replicated_at: When the site's replica was seen to have replayed it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    transaction_id: str
+    endpoint: str = ""
+    state: TransactionState
+    attempts: int = 0
+    last_error: str | None = None
+    commit_lsn: LSNField | None = None
+    created_at: UTCDatetime = Field(default_factory=utc_now)
+    updated_at: UTCDatetime = Field(default_factory=utc_now)
+    committed_at: UTCDatetime | None = None
+    replicated_at: UTCDatetime | None = None
+
+    def advance(self, state: TransactionState, **changes: Any) -> TransactionStatus:
+        """Return a copy in ``state`` with ``updated_at`` set to now and ``changes``.
+
+        Args:
+            state: The new state.
+            **changes: Other fields to change.
+
+        Returns:
+            The new status.
+        """
+        return self.model_copy(update={"state": state, "updated_at": utc_now(), **changes})

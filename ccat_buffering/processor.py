@@ -1,0 +1,322 @@
+"""The background processor: claim, execute, acknowledge, retry or dead-letter.
+
+One processor drains a site at a time: it holds the site's lease while it
+works and stands by while another holds it. When it takes the lease it first
+returns whatever the previous holder left in flight to the head of the queue,
+so order holds and nothing is lost; the executor's ledger makes the
+re-execution of a transaction that was in fact committed harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import enum
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from ccat_buffering.errors import DatabaseUnavailableError
+from ccat_buffering.executor import TransactionExecutor
+from ccat_buffering.manager import Delivery, TransactionManager
+from ccat_buffering.models import TransactionState, utc_now
+from ccat_buffering.retry import FailureKind
+
+__all__ = ["BackgroundProcessor", "ProcessorHealth", "ProcessorState"]
+
+log = logging.getLogger(__name__)
+
+
+class ProcessorState(enum.StrEnum):
+    """What a processor is doing."""
+
+    STOPPED = "stopped"
+    STANDBY = "standby"
+    RUNNING = "running"
+    PAUSED = "paused"
+
+
+class ProcessorHealth(BaseModel):
+    """A processor's own view of itself and its site's buffer.
+
+    Attributes:
+        state: Running, standing by, paused by an outage, or stopped.
+        cause: Why it is paused.
+        holder: This processor's lease token.
+        lease_holder: Who holds the site's lease now.
+        last_run_at: When it last claimed from the buffer.
+        processed: Transactions committed (or found applied) by this processor.
+        retried: Failed attempts sent back to retry.
+        dead_lettered: Transactions it dead-lettered.
+        outages: Batches returned to the queue because the database was down.
+        depth: Transactions waiting in the buffer.
+        in_flight: Transactions claimed and not yet settled.
+        dead_letters: Transactions in the dead-letter store.
+    """
+
+    state: ProcessorState
+    cause: str | None = None
+    holder: str
+    lease_holder: str | None = None
+    last_run_at: dt.datetime | None = None
+    processed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    outages: int = 0
+    depth: int = 0
+    in_flight: int = 0
+    dead_letters: int = 0
+
+
+@dataclass
+class _Counters:
+    processed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    outages: int = 0
+
+
+def _default_holder() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+class BackgroundProcessor:
+    """Drains one site's buffer into the main database, in order.
+
+    Args:
+        manager: The site's transaction manager.
+        executor: Applies transactions to the main database.
+        batch_size: Transactions claimed and applied per database transaction.
+        claim_lease: Seconds a claim holds before another processor may recover it.
+        lease_ttl: Seconds the site lease lasts unless renewed.
+        poll_interval: Seconds to wait when the buffer is empty.
+        outage_base_delay: First pause after the database is found unreachable.
+        outage_max_delay: Longest pause between attempts to reach it.
+        holder: This processor's lease token (host, pid and a random part by default).
+        clock: Monotonic seconds, for lease renewal and backoff.
+    """
+
+    def __init__(
+        self,
+        manager: TransactionManager,
+        executor: TransactionExecutor,
+        *,
+        batch_size: int = 100,
+        claim_lease: float = 60.0,
+        lease_ttl: float = 15.0,
+        poll_interval: float = 0.1,
+        outage_base_delay: float = 1.0,
+        outage_max_delay: float = 60.0,
+        holder: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        self.manager = manager
+        self.executor = executor
+        self.batch_size = batch_size
+        self.claim_lease = claim_lease
+        self.lease_ttl = lease_ttl
+        self.poll_interval = poll_interval
+        self.outage_base_delay = outage_base_delay
+        self.outage_max_delay = outage_max_delay
+        self.holder = holder or _default_holder()
+        self.clock = clock
+        self.state = ProcessorState.STOPPED
+        self.cause: str | None = None
+        self.last_run_at: dt.datetime | None = None
+        self.counters = _Counters()
+        self._has_lease = False
+        self._renewed_at = float("-inf")
+        self._outage_streak = 0
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _hold_lease(self) -> bool:
+        lease = self.manager.backend.lease
+        now = self.clock()
+        if self._has_lease:
+            if now - self._renewed_at < self.lease_ttl / 3:
+                return True
+            if await lease.renew(self.holder, self.lease_ttl):
+                self._renewed_at = now
+                return True
+            log.warning("site %s: lease lost by %s", self.manager.backend.site, self.holder)
+            self._has_lease = False
+        if not await lease.acquire(self.holder, self.lease_ttl):
+            self.state = ProcessorState.STANDBY
+            return False
+        self._has_lease, self._renewed_at = True, now
+        recovered = await self.manager.backend.buffer.recover(include_unexpired=True)
+        if recovered:
+            log.info(
+                "site %s: took the lease and returned %d in-flight transaction(s) to the head",
+                self.manager.backend.site,
+                recovered,
+            )
+        return True
+
+    def outage_delay(self) -> float:
+        """Seconds to wait before trying the database again after the current streak."""
+        if self._outage_streak == 0:
+            return 0.0
+        exponent = min(self._outage_streak - 1, 30)
+        return float(min(self.outage_max_delay, self.outage_base_delay * 2**exponent))
+
+    async def run_once(self) -> int:
+        """Claim one batch, apply it, and settle every transaction in it.
+
+        Returns:
+            How many transactions the database now holds from this batch.
+        """
+        if not await self._hold_lease():
+            return 0
+        deliveries = await self.manager.claim(self.batch_size, self.claim_lease)
+        self.last_run_at = utc_now()
+        if not deliveries:
+            if self.state is not ProcessorState.PAUSED:
+                self.state = ProcessorState.RUNNING
+            return 0
+        transactions = [d.transaction for d in deliveries]
+        try:
+            result = await self.executor.execute_batch(transactions)
+        except DatabaseUnavailableError as exc:
+            await self._pause(deliveries, exc)
+            return 0
+        self._outage_streak = 0
+        self.state, self.cause = ProcessorState.RUNNING, None
+        done = [d for d, o in zip(deliveries, result.outcomes, strict=True) if o.done]
+        failures: list[tuple[Delivery, BaseException, FailureKind]] = [
+            (d, o.error, o.kind or FailureKind.DATA)
+            for d, o in zip(deliveries, result.outcomes, strict=True)
+            if o.error is not None
+        ]
+        if done:
+            await self.manager.committed(done, result.commit_lsn)
+            self.counters.processed += len(done)
+        if failures:
+            for status in await self.manager.failed(failures):
+                if status.state is TransactionState.FAILED:
+                    self.counters.dead_lettered += 1
+                    log.error(
+                        "site %s: transaction %s dead-lettered: %s",
+                        self.manager.backend.site,
+                        status.transaction_id,
+                        status.last_error,
+                    )
+                else:
+                    self.counters.retried += 1
+                    log.warning(
+                        "site %s: transaction %s will be retried (attempt %d): %s",
+                        self.manager.backend.site,
+                        status.transaction_id,
+                        status.attempts,
+                        status.last_error,
+                    )
+        return len(done)
+
+    async def _pause(self, deliveries: list[Delivery], exc: DatabaseUnavailableError) -> None:
+        cause = f"database unreachable: {exc}"
+        await self.manager.paused(deliveries, cause)
+        self._outage_streak += 1
+        self.counters.outages += 1
+        self.state, self.cause = ProcessorState.PAUSED, cause
+        log.warning(
+            "site %s: paused, %s; next attempt in %.1f s",
+            self.manager.backend.site,
+            cause,
+            self.outage_delay(),
+        )
+
+    async def run(self) -> None:
+        """Work until :meth:`stop` is called; then release the lease."""
+        self._stop.clear()
+        self.state = ProcessorState.RUNNING
+        try:
+            while not self._stop.is_set():
+                applied = await self.run_once()
+                if self.state is ProcessorState.PAUSED:
+                    wait = self.outage_delay()
+                elif self.state is ProcessorState.STANDBY:
+                    wait = self.lease_ttl / 3
+                elif applied:
+                    continue
+                else:
+                    wait = self.poll_interval
+                try:
+                    await asyncio.wait_for(self._stop.wait(), wait)
+                except TimeoutError:
+                    pass
+        finally:
+            if self._has_lease:
+                await self.manager.backend.lease.release(self.holder)
+                self._has_lease = False
+            self.state = ProcessorState.STOPPED
+
+    def start(self) -> asyncio.Task[None]:
+        """Run in a background task.
+
+        Returns:
+            The task.
+        """
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self.run(), name=f"processor-{self.holder}")
+        return self._task
+
+    async def stop(self) -> None:
+        """Finish the current batch, release the lease and return."""
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def drain(self, timeout: float = 60.0) -> bool:
+        """Run batches until the buffer is empty (no waiting entries, none in flight).
+
+        Meant for tools and tests that want the queue settled now. Waits out
+        retry holds and outage pauses while the time allows.
+
+        Args:
+            timeout: Give up after this many seconds.
+
+        Returns:
+            Whether the buffer is empty.
+        """
+        deadline = self.clock() + timeout
+        while self.clock() < deadline:
+            await self.run_once()
+            stats = await self.manager.backend.buffer.stats()
+            if stats.depth == 0 and stats.in_flight == 0:
+                return True
+            if self.state is ProcessorState.STANDBY:
+                return False
+            if self.state is ProcessorState.PAUSED:
+                await asyncio.sleep(min(self.outage_delay(), max(deadline - self.clock(), 0)))
+            elif stats.held_until is not None:
+                await asyncio.sleep(min(self.poll_interval, max(deadline - self.clock(), 0)))
+        return False
+
+    async def health(self) -> ProcessorHealth:
+        """This processor's state and its site's buffer counts."""
+        stats = await self.manager.backend.buffer.stats()
+        lease = await self.manager.backend.lease.current()
+        return ProcessorHealth(
+            state=self.state,
+            cause=self.cause,
+            holder=self.holder,
+            lease_holder=None if lease is None else lease.holder,
+            last_run_at=self.last_run_at,
+            processed=self.counters.processed,
+            retried=self.counters.retried,
+            dead_lettered=self.counters.dead_lettered,
+            outages=self.counters.outages,
+            depth=stats.depth,
+            in_flight=stats.in_flight,
+            dead_letters=stats.dead_letters,
+        )

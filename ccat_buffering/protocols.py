@@ -1,0 +1,495 @@
+"""The roles a backend plays, as small async protocols whose docstrings are the contract.
+
+A :class:`Backend` serves one site. It bundles a :class:`BufferStore` (the
+FIFO of serialised transactions), a :class:`DeadLetterStore`, a
+:class:`StatusStore`, a :class:`CacheStore` (write-through IDs and buffered
+records) and a :class:`ProcessorLease`, and adds :meth:`Backend.atomic`, which
+stages writes across them and applies them all together or not at all.
+
+Every time is in seconds since the epoch as read from the backend's clock;
+every duration is in seconds. Stores never parse payloads: they hold text.
+``ccat_buffering.testing`` holds the suite that checks these contracts.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Self, runtime_checkable
+
+from ccat_buffering.models import TransactionState, TransactionStatus
+
+__all__ = [
+    "Backend",
+    "BufferStats",
+    "BufferStore",
+    "CacheKind",
+    "CacheStore",
+    "CacheWrite",
+    "CachedRecord",
+    "Claim",
+    "DeadLetter",
+    "DeadLetterStore",
+    "LeaseInfo",
+    "ProcessorLease",
+    "StatusStore",
+    "WriteBatch",
+]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An entry taken from the head of the buffer under a lease.
+
+    Attributes:
+        receipt: Names this claim in ``ack``, ``retry_later`` and ``dead_letter``;
+            receipts sort (as integers) in the order the entries were buffered.
+        payload: The entry's text as it was pushed.
+        lease_expires_at: When :meth:`BufferStore.recover` may take it back.
+    """
+
+    receipt: str
+    payload: str
+    lease_expires_at: float
+
+
+@dataclass(frozen=True)
+class BufferStats:
+    """Counts of one site's buffer.
+
+    Attributes:
+        depth: Entries waiting to be claimed.
+        in_flight: Entries claimed and not yet acknowledged.
+        dead_letters: Entries parked in the dead-letter store.
+        held_until: The head may not be claimed before this time (a retry's
+            backoff), or ``None``.
+    """
+
+    depth: int
+    in_flight: int
+    dead_letters: int
+    held_until: float | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A transaction that could not be applied, with why.
+
+    Attributes:
+        letter_id: The transaction id, or ``raw-<receipt>`` for an entry that
+            was not a readable transaction.
+        payload: The entry's text exactly as it was buffered.
+        reason: The error that sent it here.
+        dead_lettered_at: When it arrived.
+        transaction_id: The transaction's id, where the payload was readable.
+    """
+
+    letter_id: str
+    payload: str
+    reason: str
+    dead_lettered_at: float
+    transaction_id: str | None = None
+
+
+class CacheKind(enum.StrEnum):
+    """What a buffered step did to a record, as the buffered data cache records it."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class CacheWrite:
+    """One record written by a buffered transaction.
+
+    Attributes:
+        model: The model's name (a plain identifier).
+        record_id: The record's key as text (a plain identifier).
+        kind: Create, update or delete.
+        fields: Field values, already encoded as JSON-compatible data.
+    """
+
+    model: str
+    record_id: str
+    kind: CacheKind
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CachedRecord:
+    """A record as buffered writes left it.
+
+    Attributes:
+        model: The model's name.
+        record_id: The record's key as text.
+        fields: Every buffered field, later writes merged over earlier ones.
+        created: A buffered create wrote the whole record.
+        deleted: A buffered delete removed it.
+        transaction_ids: The unreleased transactions that wrote it, in order.
+        expires_at: When the entry expires unless extended.
+    """
+
+    model: str
+    record_id: str
+    fields: Mapping[str, Any]
+    created: bool
+    deleted: bool
+    transaction_ids: tuple[str, ...]
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """Who drains a site, and until when unless renewed."""
+
+    holder: str
+    expires_at: float
+
+
+@runtime_checkable
+class BufferStore(Protocol):
+    """The durable FIFO of one site's serialised transactions."""
+
+    async def push(self, payloads: Sequence[str]) -> None:
+        """Append entries at the tail, in the given order.
+
+        Args:
+            payloads: Entry texts; an empty sequence does nothing.
+        """
+        ...
+
+    async def claim(self, count: int, lease_seconds: float) -> list[Claim]:
+        """Move up to ``count`` entries from the head into flight, oldest first.
+
+        Nothing is removed: a claimed entry stays in flight until acknowledged,
+        retried, dead-lettered or recovered.
+
+        Args:
+            count: At most this many entries (at least 1).
+            lease_seconds: How long the claim holds before recovery may undo it.
+
+        Returns:
+            The claims in buffer order; empty when the buffer is empty or the
+            head is held by a retry's backoff.
+        """
+        ...
+
+    async def ack(self, receipts: Sequence[str]) -> int:
+        """Remove in-flight entries for good, after their commit.
+
+        Args:
+            receipts: Claims to acknowledge; unknown or recovered receipts are
+                ignored (their entries are not touched).
+
+        Returns:
+            How many entries were removed.
+        """
+        ...
+
+    async def retry_later(self, receipts: Sequence[str], delay_seconds: float) -> int:
+        """Put in-flight entries back at the head, in their original order, and hold it.
+
+        The entries keep their place ahead of everything buffered after them.
+        The head cannot be claimed until ``delay_seconds`` have passed (a later
+        call replaces the hold; 0 lifts it).
+
+        Args:
+            receipts: Claims to put back; unknown receipts are ignored.
+            delay_seconds: Backoff before the head may be claimed again.
+
+        Returns:
+            How many entries were put back.
+        """
+        ...
+
+    async def dead_letter(
+        self, receipt: str, reason: str, transaction_id: str | None = None
+    ) -> bool:
+        """Move an in-flight entry to the dead-letter store with ``reason``.
+
+        Args:
+            receipt: The claim.
+            reason: The error, as an operator should read it.
+            transaction_id: The transaction's id if the payload was readable;
+                it becomes the letter's id (else ``raw-<receipt>``).
+
+        Returns:
+            ``False`` if the receipt was unknown (nothing moved).
+        """
+        ...
+
+    async def recover(self, *, include_unexpired: bool = False) -> int:
+        """Return in-flight entries whose lease expired to the head.
+
+        They go back in their original buffer order, ahead of every waiting
+        entry. A processor that has just taken the site's lease passes
+        ``include_unexpired=True``: whatever is in flight then was left by a
+        processor that is gone.
+
+        Args:
+            include_unexpired: Recover every in-flight entry.
+
+        Returns:
+            How many entries were returned.
+        """
+        ...
+
+    async def stats(self) -> BufferStats:
+        """Count waiting, in-flight and dead-lettered entries."""
+        ...
+
+
+@runtime_checkable
+class DeadLetterStore(Protocol):
+    """Transactions that could not be applied, kept until replayed or purged."""
+
+    async def list(self, offset: int = 0, limit: int | None = None) -> list[DeadLetter]:
+        """Letters in the order they arrived.
+
+        Args:
+            offset: Letters to skip.
+            limit: At most this many; ``None`` for all.
+        """
+        ...
+
+    async def get(self, letter_id: str) -> DeadLetter | None:
+        """One letter by id, or ``None`` if there is none."""
+        ...
+
+    async def replay(self, letter_ids: Sequence[str] | None = None) -> list[DeadLetter]:
+        """Move letters back to the tail of the buffer, in the order they arrived.
+
+        The order of ``letter_ids`` does not matter; unknown ids are ignored.
+
+        Args:
+            letter_ids: Letters to replay; ``None`` for all.
+
+        Returns:
+            The letters replayed, in the order they were pushed.
+        """
+        ...
+
+    async def purge(self, letter_ids: Sequence[str] | None = None) -> int:
+        """Delete letters for good.
+
+        Args:
+            letter_ids: Letters to delete; ``None`` for all.
+
+        Returns:
+            How many were deleted.
+        """
+        ...
+
+
+@runtime_checkable
+class StatusStore(Protocol):
+    """One status per transaction, indexed by state."""
+
+    async def get(self, transaction_id: str) -> TransactionStatus | None:
+        """The status, or ``None`` if unknown or expired."""
+        ...
+
+    async def get_many(self, transaction_ids: Sequence[str]) -> list[TransactionStatus | None]:
+        """Statuses in the order of the ids, ``None`` where unknown or expired."""
+        ...
+
+    async def put(self, status: TransactionStatus, ttl_seconds: float) -> None:
+        """Store a status, replacing the previous one and moving it between state indexes.
+
+        A status in a terminal state (``replicated``, ``failed``) expires
+        ``ttl_seconds`` after this call; any other never expires (a later
+        non-terminal put removes an earlier expiry).
+
+        Args:
+            status: The status.
+            ttl_seconds: Lifetime once terminal.
+        """
+        ...
+
+    async def ids(self, state: TransactionState, limit: int | None = None) -> list[str]:
+        """Transaction ids in ``state``, without scanning keys.
+
+        ``committed`` ids come in commit-LSN order (those without an LSN
+        first); other states in the order their statuses were put. Expired
+        statuses are not listed.
+
+        Args:
+            state: The state.
+            limit: At most this many; ``None`` for all.
+        """
+        ...
+
+    async def counts(self) -> dict[TransactionState, int]:
+        """How many live statuses are in each state (every state present)."""
+        ...
+
+
+@runtime_checkable
+class CacheStore(Protocol):
+    """Write-through IDs and buffered records, visible at the site before they replicate."""
+
+    async def write(
+        self, transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float
+    ) -> None:
+        """Record what a buffered transaction writes.
+
+        A create replaces the record's fields and records the transaction in
+        the ID cache; an update merges its fields over the record's, field by
+        field; a delete marks the record deleted. The record joins its model's
+        index; its entry and the transaction's ID-cache entries expire
+        ``ttl_seconds`` from now unless extended (an expiry is never shortened).
+
+        Args:
+            transaction_id: The transaction.
+            writes: In step order.
+            ttl_seconds: Lifetime unless extended.
+        """
+        ...
+
+    async def get(self, model: str, record_id: str) -> CachedRecord | None:
+        """A buffered record, or ``None`` if none is cached or it expired."""
+        ...
+
+    async def list(self, model: str) -> list[CachedRecord]:
+        """Every live buffered record of ``model``, in the order first written."""
+        ...
+
+    async def created_by(self, model: str, record_id: str) -> str | None:
+        """The ID cache: the transaction that creates this record, if it is buffered."""
+        ...
+
+    async def extend(self, transaction_ids: Sequence[str], ttl_seconds: float) -> int:
+        """Push the expiry of every entry the transactions wrote to ``ttl_seconds`` from now.
+
+        Returns:
+            How many entries were extended.
+        """
+        ...
+
+    async def release(self, transaction_ids: Sequence[str]) -> int:
+        """Forget what the transactions wrote, once the replica shows it.
+
+        A record written by other unreleased transactions too stays, with
+        those transactions; one written by no other goes, with its ID-cache
+        entry and its place in the model index.
+
+        Returns:
+            How many entries were deleted.
+        """
+        ...
+
+
+@runtime_checkable
+class ProcessorLease(Protocol):
+    """Which processor drains the site: one at a time, so order holds."""
+
+    async def acquire(self, holder: str, ttl_seconds: float) -> bool:
+        """Take the lease if it is free or expired, or renew it if ``holder`` has it.
+
+        Returns:
+            Whether ``holder`` now holds it.
+        """
+        ...
+
+    async def renew(self, holder: str, ttl_seconds: float) -> bool:
+        """Extend the lease only if ``holder`` still holds it.
+
+        Returns:
+            ``False`` if another took it or it expired.
+        """
+        ...
+
+    async def release(self, holder: str) -> bool:
+        """Give the lease up only if ``holder`` holds it.
+
+        Returns:
+            Whether it was released.
+        """
+        ...
+
+    async def current(self) -> LeaseInfo | None:
+        """The live lease, or ``None``."""
+        ...
+
+
+class WriteBatch(Protocol):
+    """Writes staged inside :meth:`Backend.atomic`; each mirrors a store method.
+
+    Staging returns at once and changes nothing: the writes apply when the
+    ``atomic()`` block exits without an error, all together, in the order
+    staged. A staging call with bad arguments raises at once.
+    """
+
+    def push(self, payload: str) -> None:
+        """Stage :meth:`BufferStore.push` of one entry."""
+        ...
+
+    def ack(self, receipt: str) -> None:
+        """Stage :meth:`BufferStore.ack` of one claim."""
+        ...
+
+    def retry_later(self, receipts: Sequence[str], delay_seconds: float) -> None:
+        """Stage :meth:`BufferStore.retry_later`."""
+        ...
+
+    def dead_letter(self, receipt: str, reason: str, transaction_id: str | None) -> None:
+        """Stage :meth:`BufferStore.dead_letter`."""
+        ...
+
+    def replay(self, letter_id: str) -> None:
+        """Stage :meth:`DeadLetterStore.replay` of one letter."""
+        ...
+
+    def put_status(self, status: TransactionStatus, ttl_seconds: float) -> None:
+        """Stage :meth:`StatusStore.put`."""
+        ...
+
+    def write_cache(
+        self, transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float
+    ) -> None:
+        """Stage :meth:`CacheStore.write`."""
+        ...
+
+    def release_cache(self, transaction_ids: Sequence[str]) -> None:
+        """Stage :meth:`CacheStore.release`."""
+        ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """The stores of one site, and a way to write to several at once.
+
+    A backend is an async context manager; ``aclose()`` closes what the
+    backend opened itself and nothing it was given.
+    """
+
+    site: str
+    buffer: BufferStore
+    dead_letters: DeadLetterStore
+    status: StatusStore
+    cache: CacheStore
+    lease: ProcessorLease
+
+    def atomic(self) -> AbstractAsyncContextManager[WriteBatch]:
+        """Stage writes across the stores and apply them all together or not at all.
+
+        If the block raises, nothing staged is applied and the error
+        propagates. If applying fails, nothing is applied and
+        :class:`~ccat_buffering.errors.BackendError` is raised.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the backend opened itself."""
+        ...
+
+    async def __aenter__(self) -> Self:
+        """Return the backend."""
+        ...
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Close the backend."""
+        ...

@@ -1,0 +1,138 @@
+"""Which SQLAlchemy mapped classes a buffered step may touch, by name.
+
+Only classes registered here are ever written to: a step that names another
+model, or a field its class does not map, is refused before any SQL is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from sqlalchemy import inspect
+from sqlalchemy.orm import DeclarativeBase, Mapper
+
+from ccat_buffering.errors import ConfigurationError, UnknownColumnError, UnknownModelError
+from ccat_buffering.models import Step, Transaction, check_identifier
+
+__all__ = ["ModelRegistry"]
+
+
+class ModelRegistry:
+    """Model names mapped to SQLAlchemy mapped classes.
+
+    Args:
+        models: Mapped classes, registered under their class names.
+    """
+
+    def __init__(self, models: Iterable[type[Any]] = ()) -> None:
+        self._models: dict[str, type[Any]] = {}
+        self._mappers: dict[str, Mapper[Any]] = {}
+        for model in models:
+            self.register(model)
+
+    @classmethod
+    def from_base(cls, base: type[DeclarativeBase] | Any) -> ModelRegistry:
+        """Register every class mapped by a declarative base.
+
+        Args:
+            base: A ``DeclarativeBase`` subclass (or any class with a ``registry``).
+
+        Returns:
+            The registry.
+        """
+        return cls(mapper.class_ for mapper in base.registry.mappers)
+
+    def register(self, model: type[Any], name: str | None = None) -> None:
+        """Register one mapped class.
+
+        Args:
+            model: The class.
+            name: The name steps use; its class name by default.
+
+        Raises:
+            ConfigurationError: It is not mapped, or the name is taken by another.
+        """
+        name = check_identifier(name or model.__name__, "model name")
+        try:
+            mapper = inspect(model)
+        except Exception as exc:
+            raise ConfigurationError(f"{model!r} is not an SQLAlchemy mapped class") from exc
+        existing = self._models.get(name)
+        if existing is not None and existing is not model:
+            raise ConfigurationError(
+                f"model name {name!r} is already registered for {existing!r}"
+            )
+        self._models[name] = model
+        self._mappers[name] = mapper
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._models
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._models))
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def model(self, name: str) -> type[Any]:
+        """The mapped class named ``name``.
+
+        Raises:
+            UnknownModelError: No class is registered under that name.
+        """
+        try:
+            return self._models[name]
+        except KeyError:
+            known = ", ".join(sorted(self._models)) or "none"
+            raise UnknownModelError(
+                f"unknown model {name!r}: registered models are {known}"
+            ) from None
+
+    def mapper(self, name: str) -> Mapper[Any]:
+        """The mapper of the class named ``name``."""
+        self.model(name)
+        return self._mappers[name]
+
+    def fields(self, name: str) -> frozenset[str]:
+        """Attribute names of the mapped columns of ``name``."""
+        return frozenset(attr.key for attr in self.mapper(name).column_attrs)
+
+    def key_fields(self, name: str) -> tuple[str, ...]:
+        """Attribute names of the primary key of ``name``, in key order."""
+        mapper = self.mapper(name)
+        return tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key)
+
+    def check_step(self, step: Step, where: str = "") -> None:
+        """Refuse a step that names an unknown model or field.
+
+        Raises:
+            UnknownModelError: The model is not registered.
+            UnknownColumnError: A field is not a mapped column of the model.
+        """
+        known = self.fields(step.model)
+        names: set[str] = set()
+        for record in [step.data or {}, step.key or {}, *(step.records or [])]:
+            names.update(record)
+        names.update(step.key_fields)
+        unknown = sorted(names - known)
+        if unknown:
+            raise UnknownColumnError(
+                f"{where}step {step.step_id!r}: {step.model} has no field(s) "
+                f"{', '.join(repr(u) for u in unknown)}; its fields are {', '.join(sorted(known))}"
+            )
+
+    def check(self, transaction: Transaction) -> None:
+        """Refuse a transaction any of whose steps :meth:`check_step` refuses.
+
+        Raises:
+            UnknownModelError: A model is not registered.
+            UnknownColumnError: A field is not mapped.
+        """
+        where = f"transaction {transaction.transaction_id}: "
+        for step in transaction.steps:
+            self.check_step(step, where)
+
+    def as_mapping(self) -> Mapping[str, type[Any]]:
+        """A read-only view of names and classes."""
+        return dict(self._models)

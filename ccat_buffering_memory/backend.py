@@ -1,0 +1,322 @@
+"""The in-memory backend: every store of one site, held in this process.
+
+It is a complete implementation, not a mock: TTLs, FIFO order, leases and
+atomic groups behave as the Redis backend's do, against an injectable clock,
+and it passes the same contract suite. What it cannot do is outlive its
+process, so a site in production uses Redis.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Self
+
+from ccat_buffering.models import TransactionState, TransactionStatus, check_identifier
+from ccat_buffering.protocols import (
+    BufferStats,
+    CachedRecord,
+    CacheWrite,
+    Claim,
+    DeadLetter,
+    LeaseInfo,
+)
+from ccat_buffering_memory._state import Clock, SiteState
+
+__all__ = ["MemoryBackend"]
+
+
+def _check_duration(value: float, what: str) -> None:
+    if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what} must be a finite number of seconds >= 0, not {value!r}")
+
+
+def _check_writes(writes: Sequence[CacheWrite]) -> None:
+    for write in writes:
+        check_identifier(write.model, "model name")
+        check_identifier(write.record_id, "record id")
+
+
+class _Part:
+    def __init__(self, state: SiteState) -> None:
+        self._state = state
+
+
+class MemoryBufferStore(_Part):
+    """:class:`~ccat_buffering.protocols.BufferStore` in memory."""
+
+    async def push(self, payloads: Sequence[str]) -> None:
+        """See :meth:`ccat_buffering.protocols.BufferStore.push`."""
+        self._state.push(list(payloads))
+
+    async def claim(self, count: int, lease_seconds: float) -> list[Claim]:
+        """See :meth:`ccat_buffering.protocols.BufferStore.claim`."""
+        if count < 1:
+            raise ValueError(f"count must be at least 1, not {count}")
+        _check_duration(lease_seconds, "lease_seconds")
+        return self._state.claim(count, lease_seconds)
+
+    async def ack(self, receipts: Sequence[str]) -> int:
+        """See :meth:`ccat_buffering.protocols.BufferStore.ack`."""
+        return self._state.ack(receipts)
+
+    async def retry_later(self, receipts: Sequence[str], delay_seconds: float) -> int:
+        """See :meth:`ccat_buffering.protocols.BufferStore.retry_later`."""
+        _check_duration(delay_seconds, "delay_seconds")
+        return self._state.retry_later(receipts, delay_seconds)
+
+    async def dead_letter(
+        self, receipt: str, reason: str, transaction_id: str | None = None
+    ) -> bool:
+        """See :meth:`ccat_buffering.protocols.BufferStore.dead_letter`."""
+        return self._state.dead_letter(receipt, reason, transaction_id)
+
+    async def recover(self, *, include_unexpired: bool = False) -> int:
+        """See :meth:`ccat_buffering.protocols.BufferStore.recover`."""
+        return self._state.recover(include_unexpired)
+
+    async def stats(self) -> BufferStats:
+        """See :meth:`ccat_buffering.protocols.BufferStore.stats`."""
+        state = self._state
+        held = state.held_until if state.held_until and state.held_until > state.clock() else None
+        return BufferStats(len(state.queue), len(state.in_flight), len(state.letters), held)
+
+
+class MemoryDeadLetterStore(_Part):
+    """:class:`~ccat_buffering.protocols.DeadLetterStore` in memory."""
+
+    async def list(self, offset: int = 0, limit: int | None = None) -> list[DeadLetter]:
+        """See :meth:`ccat_buffering.protocols.DeadLetterStore.list`."""
+        letters = list(self._state.letters.values())
+        return letters[offset : None if limit is None else offset + limit]
+
+    async def get(self, letter_id: str) -> DeadLetter | None:
+        """See :meth:`ccat_buffering.protocols.DeadLetterStore.get`."""
+        return self._state.letters.get(letter_id)
+
+    async def replay(self, letter_ids: Sequence[str] | None = None) -> list[DeadLetter]:
+        """See :meth:`ccat_buffering.protocols.DeadLetterStore.replay`."""
+        return self._state.replay(letter_ids)
+
+    async def purge(self, letter_ids: Sequence[str] | None = None) -> int:
+        """See :meth:`ccat_buffering.protocols.DeadLetterStore.purge`."""
+        return self._state.purge(letter_ids)
+
+
+class MemoryStatusStore(_Part):
+    """:class:`~ccat_buffering.protocols.StatusStore` in memory."""
+
+    async def get(self, transaction_id: str) -> TransactionStatus | None:
+        """See :meth:`ccat_buffering.protocols.StatusStore.get`."""
+        return self._state.live_status(transaction_id)
+
+    async def get_many(self, transaction_ids: Sequence[str]) -> list[TransactionStatus | None]:
+        """See :meth:`ccat_buffering.protocols.StatusStore.get_many`."""
+        return [self._state.live_status(tid) for tid in transaction_ids]
+
+    async def put(self, status: TransactionStatus, ttl_seconds: float) -> None:
+        """See :meth:`ccat_buffering.protocols.StatusStore.put`."""
+        _check_duration(ttl_seconds, "ttl_seconds")
+        self._state.put_status(status, ttl_seconds)
+
+    async def ids(self, state: TransactionState, limit: int | None = None) -> list[str]:
+        """See :meth:`ccat_buffering.protocols.StatusStore.ids`."""
+        return self._state.status_ids(TransactionState(state))[:limit]
+
+    async def counts(self) -> dict[TransactionState, int]:
+        """See :meth:`ccat_buffering.protocols.StatusStore.counts`."""
+        return {state: len(self._state.status_ids(state)) for state in TransactionState}
+
+
+class MemoryCacheStore(_Part):
+    """:class:`~ccat_buffering.protocols.CacheStore` in memory."""
+
+    async def write(
+        self, transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float
+    ) -> None:
+        """See :meth:`ccat_buffering.protocols.CacheStore.write`."""
+        _check_writes(writes)
+        _check_duration(ttl_seconds, "ttl_seconds")
+        self._state.write_cache(transaction_id, writes, ttl_seconds)
+
+    def _view(self, model: str, record_id: str) -> CachedRecord | None:
+        record = self._state.live_record((model, record_id))
+        if record is None:
+            return None
+        return CachedRecord(
+            model,
+            record_id,
+            dict(record.fields),
+            record.created,
+            record.deleted,
+            tuple(record.transaction_ids),
+            record.expires_at,
+        )
+
+    async def get(self, model: str, record_id: str) -> CachedRecord | None:
+        """See :meth:`ccat_buffering.protocols.CacheStore.get`."""
+        return self._view(model, record_id)
+
+    async def list(self, model: str) -> list[CachedRecord]:
+        """See :meth:`ccat_buffering.protocols.CacheStore.list`."""
+        ids = list(self._state.model_index.get(model, {}))
+        return [view for rid in ids if (view := self._view(model, rid)) is not None]
+
+    async def created_by(self, model: str, record_id: str) -> str | None:
+        """See :meth:`ccat_buffering.protocols.CacheStore.created_by`."""
+        return self._state.created_by((model, record_id))
+
+    async def extend(self, transaction_ids: Sequence[str], ttl_seconds: float) -> int:
+        """See :meth:`ccat_buffering.protocols.CacheStore.extend`."""
+        _check_duration(ttl_seconds, "ttl_seconds")
+        return self._state.extend(transaction_ids, ttl_seconds)
+
+    async def release(self, transaction_ids: Sequence[str]) -> int:
+        """See :meth:`ccat_buffering.protocols.CacheStore.release`."""
+        return self._state.release(transaction_ids)
+
+
+class MemoryProcessorLease(_Part):
+    """:class:`~ccat_buffering.protocols.ProcessorLease` in memory."""
+
+    async def acquire(self, holder: str, ttl_seconds: float) -> bool:
+        """See :meth:`ccat_buffering.protocols.ProcessorLease.acquire`."""
+        _check_duration(ttl_seconds, "ttl_seconds")
+        lease = self._state.live_lease()
+        if lease is not None and lease[0] != holder:
+            return False
+        self._state.lease = (holder, self._state.clock() + ttl_seconds)
+        return True
+
+    async def renew(self, holder: str, ttl_seconds: float) -> bool:
+        """See :meth:`ccat_buffering.protocols.ProcessorLease.renew`."""
+        _check_duration(ttl_seconds, "ttl_seconds")
+        lease = self._state.live_lease()
+        if lease is None or lease[0] != holder:
+            return False
+        self._state.lease = (holder, self._state.clock() + ttl_seconds)
+        return True
+
+    async def release(self, holder: str) -> bool:
+        """See :meth:`ccat_buffering.protocols.ProcessorLease.release`."""
+        lease = self._state.live_lease()
+        if lease is None or lease[0] != holder:
+            return False
+        self._state.lease = None
+        return True
+
+    async def current(self) -> LeaseInfo | None:
+        """See :meth:`ccat_buffering.protocols.ProcessorLease.current`."""
+        lease = self._state.live_lease()
+        return None if lease is None else LeaseInfo(*lease)
+
+
+class MemoryWriteBatch:
+    """:class:`~ccat_buffering.protocols.WriteBatch` that stages closures over the state."""
+
+    def __init__(self, state: SiteState) -> None:
+        self._state = state
+        self.ops: list[Callable[[], Any]] = []
+
+    def push(self, payload: str) -> None:
+        """Stage a push."""
+        if not isinstance(payload, str):
+            raise TypeError(f"payload must be text, not {type(payload).__name__}")
+        self.ops.append(lambda: self._state.push([payload]))
+
+    def ack(self, receipt: str) -> None:
+        """Stage an ack."""
+        self.ops.append(lambda: self._state.ack([receipt]))
+
+    def retry_later(self, receipts: Sequence[str], delay_seconds: float) -> None:
+        """Stage a retry."""
+        _check_duration(delay_seconds, "delay_seconds")
+        receipts = list(receipts)
+        self.ops.append(lambda: self._state.retry_later(receipts, delay_seconds))
+
+    def dead_letter(self, receipt: str, reason: str, transaction_id: str | None) -> None:
+        """Stage a move to the dead letters."""
+        self.ops.append(lambda: self._state.dead_letter(receipt, reason, transaction_id))
+
+    def replay(self, letter_id: str) -> None:
+        """Stage the replay of one letter."""
+        self.ops.append(lambda: self._state.replay([letter_id]))
+
+    def put_status(self, status: TransactionStatus, ttl_seconds: float) -> None:
+        """Stage a status."""
+        if not isinstance(status, TransactionStatus):
+            raise TypeError(f"status must be a TransactionStatus, not {type(status).__name__}")
+        _check_duration(ttl_seconds, "ttl_seconds")
+        self.ops.append(lambda: self._state.put_status(status, ttl_seconds))
+
+    def write_cache(
+        self, transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float
+    ) -> None:
+        """Stage cache writes."""
+        writes = list(writes)
+        _check_writes(writes)
+        _check_duration(ttl_seconds, "ttl_seconds")
+        self.ops.append(lambda: self._state.write_cache(transaction_id, writes, ttl_seconds))
+
+    def release_cache(self, transaction_ids: Sequence[str]) -> None:
+        """Stage a cache release."""
+        ids = list(transaction_ids)
+        self.ops.append(lambda: self._state.release(ids))
+
+
+class MemoryBackend:
+    """Every store of one site, in this process.
+
+    Args:
+        site: The site's name (a plain identifier).
+        clock: Returns the current time in seconds; inject a fake one in tests
+            and every TTL and lease follows it exactly.
+    """
+
+    def __init__(self, site: str, clock: Clock = time.time) -> None:
+        self.site = check_identifier(site, "site name")
+        self._state = SiteState(clock)
+        self.buffer = MemoryBufferStore(self._state)
+        self.dead_letters = MemoryDeadLetterStore(self._state)
+        self.status = MemoryStatusStore(self._state)
+        self.cache = MemoryCacheStore(self._state)
+        self.lease = MemoryProcessorLease(self._state)
+
+    @classmethod
+    def from_url(cls, url: str, *, site: str, **options: Any) -> MemoryBackend:
+        """Open a new, empty backend for ``memory://``.
+
+        Args:
+            url: ``memory://`` (nothing else is read from it).
+            site: The site's name.
+            **options: Passed to the constructor (``clock``).
+
+        Returns:
+            The backend.
+        """
+        return cls(site, **options)
+
+    @asynccontextmanager
+    async def atomic(self) -> AsyncIterator[MemoryWriteBatch]:
+        """See :meth:`ccat_buffering.protocols.Backend.atomic`."""
+        batch = MemoryWriteBatch(self._state)
+        yield batch
+        # Applied without an await in between: no coroutine sees a part of it.
+        for op in batch.ops:
+            op()
+
+    async def aclose(self) -> None:
+        """Nothing to release: the state lives as long as the object."""
+
+    async def __aenter__(self) -> Self:
+        """Return the backend."""
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Close the backend."""
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"MemoryBackend(site={self.site!r})"
