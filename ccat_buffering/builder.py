@@ -240,11 +240,12 @@ class TransactionBuilder:
             records=rows,
             key_fields=key_fields,
         )
-        single = len(key_fields) == 1
-        return [
-            RecordHandle(step.step_id, name, str(row[key_fields[0]]) if single else None)
-            for row in rows
-        ]
+        handles = []
+        for row in rows:
+            value = row.get(key_fields[0]) if len(key_fields) == 1 else None
+            shown = None if value is None or isinstance(value, Ref) else str(value)
+            handles.append(RecordHandle(step.step_id, name, shown))
+        return handles
 
     def bulk_update(
         self,

@@ -28,7 +28,7 @@ from ccat_buffering.models import (
 )
 from ccat_buffering.protocols import Backend, CachedRecord, CacheKind, CacheWrite, Claim
 from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import FailureKind, RetryPolicy
+from ccat_buffering.retry import FailureKind, RetryPolicy, describe_error
 
 __all__ = ["Delivery", "TransactionManager", "cache_writes", "record_id"]
 
@@ -314,7 +314,7 @@ class TransactionManager:
         delay = 0.0
         async with self.backend.atomic() as batch:
             for delivery, error, kind in failures:
-                message = f"{type(error).__name__}: {error}"
+                message = describe_error(error)
                 attempts = delivery.status.attempts + (kind is FailureKind.DATA)
                 dead = kind is FailureKind.PERMANENT or (
                     kind is FailureKind.DATA and self.retry_policy.exhausted(attempts)

@@ -26,7 +26,7 @@ from ccat_buffering.errors import DatabaseUnavailableError
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.manager import Delivery, TransactionManager
 from ccat_buffering.models import TransactionState, utc_now
-from ccat_buffering.retry import FailureKind
+from ccat_buffering.retry import FailureKind, describe_error
 
 __all__ = ["BackgroundProcessor", "ProcessorHealth", "ProcessorState"]
 
@@ -222,7 +222,7 @@ class BackgroundProcessor:
         return len(done)
 
     async def _pause(self, deliveries: list[Delivery], exc: DatabaseUnavailableError) -> None:
-        cause = f"database unreachable: {exc}"
+        cause = f"database unreachable: {describe_error(exc.__cause__ or exc)}"
         await self.manager.paused(deliveries, cause)
         self._outage_streak += 1
         self.counters.outages += 1

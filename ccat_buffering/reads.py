@@ -16,9 +16,11 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering._codec import decode_value
+from ccat_buffering.errors import DatabaseUnavailableError
 from ccat_buffering.manager import record_id
 from ccat_buffering.protocols import CachedRecord, CacheStore
 from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.retry import FailureKind, classify_failure
 
 __all__ = ["Reads"]
 
@@ -80,9 +82,17 @@ class Reads:
         statement = select(*(getattr(cls, f) for f in fields))
         if conditions:
             statement = statement.where(*conditions)
-        async with self.engine.connect() as conn:
-            result = await conn.execute(statement)
-            return [dict(zip(fields, r, strict=True)) for r in result]
+        try:
+            async with self.engine.connect() as conn:
+                result = await conn.execute(statement)
+                return [dict(zip(fields, r, strict=True)) for r in result]
+        except Exception as exc:
+            if classify_failure(exc) is FailureKind.OUTAGE:
+                raise DatabaseUnavailableError(
+                    f"the site's database cannot be read ({exc}); buffered records alone "
+                    "are available through a Reads without an engine"
+                ) from exc
+            raise
 
     async def get(self, model: str, record_id_: str) -> Row | None:
         """One record as the site sees it.

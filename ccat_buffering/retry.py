@@ -24,7 +24,7 @@ from ccat_buffering.errors import (
     TransactionValidationError,
 )
 
-__all__ = ["FailureKind", "RetryPolicy", "classify_failure"]
+__all__ = ["FailureKind", "RetryPolicy", "classify_failure", "describe_error"]
 
 
 class FailureKind(enum.StrEnum):
@@ -155,3 +155,25 @@ def classify_failure(exc: BaseException) -> FailureKind:
         # database this way; pausing loses nothing, dead-lettering would.
         return FailureKind.OUTAGE
     return FailureKind.DATA
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line account of ``exc`` for statuses, dead letters and logs.
+
+    A database error is shown as the driver's own message and the statement's
+    first line, without SQLAlchemy's background link.
+
+    Args:
+        exc: The error.
+
+    Returns:
+        ``"<ErrorType>: <message>"``.
+    """
+    from sqlalchemy.exc import StatementError
+
+    if isinstance(exc, StatementError) and exc.orig is not None:
+        message = " ".join(str(exc.orig).split())
+        statement = (exc.statement or "").strip().splitlines()
+        where = f" [in: {statement[0][:120]}]" if statement else ""
+        return f"{type(exc.orig).__name__}: {message}{where}"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"

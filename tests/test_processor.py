@@ -1,0 +1,170 @@
+"""BackgroundProcessor and TransactionExecutor on SQLite: order, ledger, outages, poison."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+from ccat_buffering.example import ExecutedObsUnit, RawDataPackage
+from ccat_buffering.executor import ledger_table
+from ccat_buffering.models import TransactionState
+from ccat_buffering.processor import BackgroundProcessor, ProcessorState
+from sqlalchemy import func, literal_column, select
+from support import Site, memory_sqlite_site, observation, orphan_package
+
+
+async def _count(site: Site, column: object) -> int:
+    async with site.engine.connect() as conn:
+        return int((await conn.execute(select(func.count(column)))).scalar_one())  # type: ignore[arg-type]
+
+
+async def test_drains_in_order_and_confirms(tmp_path: Path) -> None:
+    async with memory_sqlite_site(tmp_path) as site:
+        txs = [observation(i)[0] for i in range(250)]
+        await site.manager.buffer_many(txs)
+        applied = 0
+        while applied < 250:
+            done = await site.processor.run_once()
+            assert done > 0
+            applied += done
+        assert await _count(site, ExecutedObsUnit.id) == 250
+        async with site.engine.connect() as conn:
+            # SQLite's rowid is the insertion order.
+            query = select(ExecutedObsUnit.obs_unit_id).order_by(literal_column("rowid"))
+            order = (await conn.execute(query)).scalars().all()
+        assert list(order) == list(range(250))
+        status = await site.manager.status(txs[-1].transaction_id)
+        assert status is not None and status.state is TransactionState.COMMITTED
+        assert status.committed_at is not None
+        health = await site.processor.health()
+        assert (health.processed, health.depth, health.in_flight) == (250, 0, 0)
+
+
+async def test_lost_acknowledgement_is_skipped_by_the_ledger(tmp_path: Path) -> None:
+    async with memory_sqlite_site(tmp_path) as site:
+        tx, obs_id = observation(1)
+        await site.manager.buffer(tx)
+
+        async def lost(*args: object, **kwargs: object) -> list[object]:
+            raise ConnectionError("injected: the acknowledgement never reached the buffer")
+
+        original = site.manager.committed
+        site.manager.committed = lost  # type: ignore[method-assign]
+        with pytest.raises(ConnectionError):
+            await site.processor.run_once()
+        site.manager.committed = original  # type: ignore[method-assign]
+        assert await site.executor.is_applied(tx.transaction_id)
+        # The claim is still in flight; a new processor recovers it and the ledger skips it.
+        other = BackgroundProcessor(site.manager, site.executor, clock=site.clock)
+        site.clock.advance(site.processor.lease_ttl + 1)
+        assert await other.run_once() == 1
+        assert await _count(site, ExecutedObsUnit.id) == 1
+        assert await _count(site, ledger_table.c.transaction_id) == 1
+        status = await site.manager.status(tx.transaction_id)
+        assert status is not None and status.state is TransactionState.COMMITTED
+        assert (await site.backend.buffer.stats()).in_flight == 0
+
+
+async def test_redelivery_of_an_applied_transaction_changes_nothing(tmp_path: Path) -> None:
+    async with memory_sqlite_site(tmp_path) as site:
+        tx, _ = observation(1)
+        first = await site.executor.execute(tx)
+        second = await site.executor.execute(tx)
+        assert first.applied and not first.already_applied
+        assert second.already_applied and not second.applied
+        assert await _count(site, RawDataPackage.id) == 1
+
+
+async def test_standby_while_another_holds_the_lease_then_takeover(tmp_path: Path) -> None:
+    async with memory_sqlite_site(tmp_path) as site:
+        txs = [observation(i)[0] for i in range(3)]
+        await site.manager.buffer_many(txs)
+        assert await site.backend.lease.acquire("someone-else", 15)
+        # The other holder claimed one and died before acknowledging it.
+        await site.backend.buffer.claim(1, 600)
+        assert await site.processor.run_once() == 0
+        assert site.processor.state is ProcessorState.STANDBY
+        site.clock.advance(16)
+        assert await site.processor.run_once() == 3
+        assert await _count(site, ExecutedObsUnit.id) == 3
+        assert (await site.backend.buffer.stats()).in_flight == 0
+        lease = await site.backend.lease.current()
+        assert lease is not None and lease.holder == site.processor.holder
+
+
+async def test_outage_pauses_without_attempts_and_resumes(tmp_path: Path) -> None:
+    async with memory_sqlite_site(tmp_path) as site:
+        txs = [observation(i)[0] for i in range(20)]
+        await site.manager.buffer_many(txs)
+        await site.engine.dispose()
+        hidden = tmp_path.parent / f"{tmp_path.name}-unreachable"
+        os.rename(tmp_path, hidden)
+        try:
+            for _ in range(4):
+                assert await site.processor.run_once() == 0
+            health = await site.processor.health()
+            assert health.state is ProcessorState.PAUSED
+            assert health.cause is not None and "database unreachable" in health.cause
+            assert (health.depth, health.in_flight, health.dead_letters) == (20, 0, 0)
+            assert site.processor.outage_delay() == 8.0  # 1, 2, 4, 8: capped exponential
+            statuses = await site.backend.status.get_many([t.transaction_id for t in txs])
+            assert all(s is not None and s.attempts == 0 for s in statuses)
+        finally:
+            os.rename(hidden, tmp_path)
+        assert await site.processor.run_once() == 20
+        assert site.processor.state is ProcessorState.RUNNING
+        assert site.processor.outage_delay() == 0.0
+        assert await _count(site, ExecutedObsUnit.id) == 20
+
+
+async def test_poison_in_a_batch_rolls_back_alone(tmp_path: Path) -> None:
+    async with memory_sqlite_site(tmp_path, max_attempts=3) as site:
+        txs = [observation(i)[0] for i in range(99)]
+        poison = orphan_package(0)
+        batch = txs[:50] + [poison] + txs[50:]
+        await site.manager.buffer_many(batch)
+        assert await site.processor.run_once() == 99
+        assert await _count(site, ExecutedObsUnit.id) == 99
+        status = await site.manager.status(poison.transaction_id)
+        assert status is not None and status.state is TransactionState.RETRYING
+        for _ in range(2):
+            site.clock.advance(3600)
+            assert await site.processor.run_once() == 0
+        status = await site.manager.status(poison.transaction_id)
+        assert status is not None and status.state is TransactionState.FAILED
+        assert status.attempts == 3
+        (letter,) = await site.backend.dead_letters.list()
+        assert "FOREIGN KEY constraint failed" in letter.reason
+        # Fix the data, replay, and it applies.
+        fix = observation(1000)[0]
+        async with site.engine.begin() as conn:
+            await conn.execute(
+                ExecutedObsUnit.__table__.insert().values(
+                    id="missing-0", obs_unit_id=0, status="x",
+                    start_time=fix.created_at,
+                )
+            )
+        assert await site.manager.replay() == [poison.transaction_id]
+        assert await site.processor.run_once() == 1
+        status = await site.manager.status(poison.transaction_id)
+        assert status is not None and status.state is TransactionState.COMMITTED
+        assert await _count(site, RawDataPackage.id) == 100
+
+
+async def test_stop_finishes_and_releases_the_lease(tmp_path: Path) -> None:
+    async with memory_sqlite_site(tmp_path) as site:
+        txs = [observation(i)[0] for i in range(30)]
+        await site.manager.buffer_many(txs)
+        processor = BackgroundProcessor(site.manager, site.executor, poll_interval=0.01)
+        processor.start()
+        deadline = asyncio.get_running_loop().time() + 10
+        while (await site.backend.buffer.stats()).depth and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        await processor.stop()
+        assert processor.state is ProcessorState.STOPPED
+        assert await site.backend.lease.current() is None
+        assert await _count(site, ExecutedObsUnit.id) == 30
+        stats = await site.backend.buffer.stats()
+        assert (stats.depth, stats.in_flight) == (0, 0)
