@@ -37,7 +37,9 @@ def _summary_table(summary: SimulationSummary) -> Table:
 
 @app.command("simulate")
 def simulate_command(
-    observations: Annotated[int, typer.Option(help="Observations to record; two transactions each.")] = 1000,
+    observations: Annotated[
+        int, typer.Option(help="Observations to record; two transactions each.")
+    ] = 1000,
     poison: Annotated[int, typer.Option(help="Transactions built to fail (dead-lettered).")] = 2,
     backend_url: Annotated[str, typer.Option(help="Where to buffer.")] = "memory://",
     database_url: Annotated[
@@ -61,8 +63,14 @@ def simulate_command(
                 bar.update(tasks[phase], completed=done)  # type: ignore[arg-type]
 
             summary = asyncio.run(
-                simulate(observations, poison=poison, backend_url=backend_url,
-                         database_url=database_url, seed=seed, progress=show)
+                simulate(
+                    observations,
+                    poison=poison,
+                    backend_url=backend_url,
+                    database_url=database_url,
+                    seed=seed,
+                    progress=show,
+                )
             )
     else:
         last: dict[str, int] = {}
@@ -75,8 +83,14 @@ def simulate_command(
             print(f"{phase}: {done}/{total}", file=sys.stderr)
 
         summary = asyncio.run(
-            simulate(observations, poison=poison, backend_url=backend_url,
-                     database_url=database_url, seed=seed, progress=plain)
+            simulate(
+                observations,
+                poison=poison,
+                backend_url=backend_url,
+                database_url=database_url,
+                seed=seed,
+                progress=plain,
+            )
         )
     if as_json:
         print(json.dumps(summary.model_dump()))

@@ -243,7 +243,9 @@ class BufferingCoordinator:
         if report is not None:
             replica = report.replica
             replication = ReplicationHealth(
-                replay_lsn=None if replica is None or replica.replay_lsn is None else str(replica.replay_lsn),
+                replay_lsn=None
+                if replica is None or replica.replay_lsn is None
+                else str(replica.replay_lsn),
                 lag_seconds=None if replica is None else replica.lag_seconds,
                 pending=report.pending,
                 oldest_pending_seconds=report.oldest_pending_seconds,

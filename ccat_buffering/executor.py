@@ -133,7 +133,9 @@ class TransactionExecutor:
             effect); switch off only to measure what it costs.
     """
 
-    def __init__(self, engine: AsyncEngine, registry: ModelRegistry, *, ledger: bool = True) -> None:
+    def __init__(
+        self, engine: AsyncEngine, registry: ModelRegistry, *, ledger: bool = True
+    ) -> None:
         self.engine = engine
         self.registry = registry
         self.ledger = ledger
@@ -236,7 +238,9 @@ class TransactionExecutor:
             # After COMMIT, on the same connection, so that the LSN covers our commit
             # record; read even when every transaction was already in the ledger,
             # since their earlier commit lies before it too.
-            lsn_text = (await conn.exec_driver_sql("SELECT pg_current_wal_insert_lsn()::text")).scalar()
+            lsn_text = (
+                await conn.exec_driver_sql("SELECT pg_current_wal_insert_lsn()::text")
+            ).scalar()
             await conn.rollback()
             return LSN.parse(str(lsn_text))
 
@@ -265,7 +269,9 @@ class TransactionExecutor:
             if row is not None:
                 produced[step.step_id] = row
 
-    def _resolve(self, record: Mapping[str, Any], produced: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    def _resolve(
+        self, record: Mapping[str, Any], produced: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, Any]:
         values: dict[str, Any] = {}
         for name, value in record.items():
             if isinstance(value, Ref):
@@ -292,6 +298,7 @@ class TransactionExecutor:
         fields = sorted(self.registry.fields(step.model))
         returning = [getattr(model, name) for name in fields]
         op = step.operation
+        statement: Any
         if op is Operation.CREATE:
             statement = insert(model).values(**self._resolve(step.data or {}, produced))
             if not wanted:

@@ -9,7 +9,9 @@ them leaves every transaction in a state the next processor understands.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime as dt
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +26,6 @@ from ccat_buffering.models import (
     TransactionState,
     TransactionStatus,
     check_identifier,
-    utc_now,
 )
 from ccat_buffering.protocols import Backend, CachedRecord, CacheKind, CacheWrite, Claim
 from ccat_buffering.registry import ModelRegistry
@@ -130,6 +131,7 @@ class TransactionManager:
         status_ttl: Seconds a terminal status is kept (origin: 3,600).
         cache_ttl: Seconds cached records live unless extended.
         max_payload_bytes: Largest serialised transaction accepted.
+        clock: Seconds since the epoch, for the timestamps of statuses.
     """
 
     def __init__(
@@ -141,13 +143,24 @@ class TransactionManager:
         status_ttl: float = DEFAULT_STATUS_TTL,
         cache_ttl: float = DEFAULT_CACHE_TTL,
         max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.backend = backend
+        self.clock = clock
         self.registry = registry
         self.retry_policy = retry_policy or RetryPolicy()
         self.status_ttl = status_ttl
         self.cache_ttl = cache_ttl
         self.max_payload_bytes = max_payload_bytes
+
+    def now(self) -> dt.datetime:
+        """The manager's clock as an aware UTC datetime."""
+        return dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+
+    def _advance(
+        self, status: TransactionStatus, state: TransactionState, **changes: Any
+    ) -> TransactionStatus:
+        return status.advance(state, updated_at=self.now(), **changes)
 
     # -- what services call -------------------------------------------------
 
@@ -165,6 +178,7 @@ class TransactionManager:
             endpoint=transaction.endpoint,
             state=TransactionState.BUFFERED,
             created_at=transaction.created_at,
+            updated_at=self.now(),
         )
         return payload, writes, status
 
@@ -258,7 +272,7 @@ class TransactionManager:
                     state=TransactionState.BUFFERED,
                     created_at=tx.created_at,
                 )
-                status = base.advance(TransactionState.PROCESSING)
+                status = self._advance(base, TransactionState.PROCESSING)
                 batch.put_status(status, self.status_ttl)
                 deliveries.append(Delivery(claim, tx, status))
         return deliveries
@@ -278,12 +292,15 @@ class TransactionManager:
         Returns:
             Their new statuses, ``committed``.
         """
-        now = utc_now()
+        now = self.now()
         statuses = []
         async with self.backend.atomic() as batch:
             for delivery in deliveries:
-                status = delivery.status.advance(
-                    TransactionState.COMMITTED, commit_lsn=commit_lsn, committed_at=now
+                status = self._advance(
+                    delivery.status,
+                    TransactionState.COMMITTED,
+                    commit_lsn=commit_lsn,
+                    committed_at=now,
                 )
                 batch.put_status(status, self.status_ttl)
                 batch.ack(delivery.claim.receipt)
@@ -320,7 +337,9 @@ class TransactionManager:
                     kind is FailureKind.DATA and self.retry_policy.exhausted(attempts)
                 )
                 state = TransactionState.FAILED if dead else TransactionState.RETRYING
-                status = delivery.status.advance(state, attempts=attempts, last_error=message)
+                status = self._advance(
+                    delivery.status, state, attempts=attempts, last_error=message
+                )
                 if dead:
                     batch.dead_letter(delivery.claim.receipt, message, delivery.transaction_id)
                     batch.release_cache([delivery.transaction_id])
@@ -348,18 +367,18 @@ class TransactionManager:
         async with self.backend.atomic() as batch:
             batch.retry_later([d.claim.receipt for d in deliveries], 0)
             for delivery in deliveries:
-                status = delivery.status.advance(TransactionState.BUFFERED, last_error=cause)
+                status = self._advance(delivery.status, TransactionState.BUFFERED, last_error=cause)
                 batch.put_status(status, self.status_ttl)
 
     # -- what the replication tracker calls ---------------------------------
 
     async def replicated(self, statuses: Sequence[TransactionStatus]) -> None:
         """Mark transactions ``replicated`` and release their caches, in one group."""
-        now = utc_now()
+        now = self.now()
         async with self.backend.atomic() as batch:
             for status in statuses:
                 batch.put_status(
-                    status.advance(TransactionState.REPLICATED, replicated_at=now),
+                    self._advance(status, TransactionState.REPLICATED, replicated_at=now),
                     self.status_ttl,
                 )
             batch.release_cache([s.transaction_id for s in statuses])

@@ -320,8 +320,7 @@ class Transaction(BaseModel):
                     later = any(s.step_id == ref.step for s in self.steps[index:])
                     where = "comes later" if later else "does not exist"
                     raise ValueError(
-                        f"steps[{index}] ({step.step_id}): ref to step {ref.step!r}, "
-                        f"which {where}"
+                        f"steps[{index}] ({step.step_id}): ref to step {ref.step!r}, which {where}"
                     )
                 if target.operation not in (Operation.CREATE, Operation.UPDATE):
                     raise ValueError(

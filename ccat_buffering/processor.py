@@ -10,6 +10,7 @@ re-execution of a transaction that was in fact committed harmless.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import enum
 import logging
@@ -249,10 +250,8 @@ class BackgroundProcessor:
                     continue
                 else:
                     wait = self.poll_interval
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), wait)
-                except TimeoutError:
-                    pass
         finally:
             if self._has_lease:
                 await self.manager.backend.lease.release(self.holder)

@@ -13,6 +13,8 @@ every duration is in seconds. Stores never parse payloads: they hold text.
 
 from __future__ import annotations
 
+import builtins
+
 import enum
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -259,7 +261,7 @@ class DeadLetterStore(Protocol):
         """One letter by id, or ``None`` if there is none."""
         ...
 
-    async def replay(self, letter_ids: Sequence[str] | None = None) -> list[DeadLetter]:
+    async def replay(self, letter_ids: Sequence[str] | None = None) -> builtins.list[DeadLetter]:
         """Move letters back to the tail of the buffer, in the order they arrived.
 
         The order of ``letter_ids`` does not matter; unknown ids are ignored.

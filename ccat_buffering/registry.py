@@ -60,9 +60,7 @@ class ModelRegistry:
             raise ConfigurationError(f"{model!r} is not an SQLAlchemy mapped class") from exc
         existing = self._models.get(name)
         if existing is not None and existing is not model:
-            raise ConfigurationError(
-                f"model name {name!r} is already registered for {existing!r}"
-            )
+            raise ConfigurationError(f"model name {name!r} is already registered for {existing!r}")
         self._models[name] = model
         self._mappers[name] = mapper
 

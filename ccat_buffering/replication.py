@@ -11,6 +11,7 @@ the rest so that they cannot expire first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,7 +55,9 @@ class ReplicaState:
         """Whether a commit at ``commit_lsn`` is visible on the replica."""
         if self.replays_everything:
             return True
-        return self.replay_lsn is not None and commit_lsn is not None and commit_lsn <= self.replay_lsn
+        return (
+            self.replay_lsn is not None and commit_lsn is not None and commit_lsn <= self.replay_lsn
+        )
 
 
 @runtime_checkable
@@ -197,12 +200,12 @@ class ReplicationTracker:
             report = ReplicationReport(None, 0, 0, None, False)
             self.last_report = report
             return report
+        replica: ReplicaState | None = None
+        error: str | None = None
         try:
             replica = await self.checker.poll()
         except ReplicationError as exc:
-            replica, error = None, str(exc)
-        else:
-            error = None
+            error = str(exc)
         confirmed = [s for s in pending if replica is not None and replica.shows(s.commit_lsn)]
         if confirmed:
             await self.manager.replicated(confirmed)
@@ -229,10 +232,8 @@ class ReplicationTracker:
         self._stop.clear()
         while not self._stop.is_set():
             await self.poll_once()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.poll_interval)
-            except TimeoutError:
-                pass
 
     def stop(self) -> None:
         """Ask :meth:`run` to return after its current poll."""

@@ -112,6 +112,7 @@ _OUTAGE_SQLSTATES = {
 }
 _CONFLICT_SQLSTATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 
+
 def _sqlstate(exc: BaseException) -> str | None:
     for candidate in (exc, getattr(exc, "orig", None), getattr(exc, "__cause__", None)):
         if candidate is None:

@@ -101,9 +101,14 @@ def _observation(i: int, rng: random.Random) -> tuple[Transaction, Transaction, 
     paths = [f"/data/{i:06d}/scan-{k}.fits" for k in range(2)]
     finish.bulk_create(
         RawDataFile,
-        [{"raw_data_package_id": package.id, "path": p, "size_bytes": 1024 * (k + 1)} for k, p in enumerate(paths)],
+        [
+            {"raw_data_package_id": package.id, "path": p, "size_bytes": 1024 * (k + 1)}
+            for k, p in enumerate(paths)
+        ],
     )
-    finish.update(ExecutedObsUnit, obs.id, {"status": "finished", "end_time": dt.datetime.now(dt.UTC)})
+    finish.update(
+        ExecutedObsUnit, obs.id, {"status": "finished", "end_time": dt.datetime.now(dt.UTC)}
+    )
     assert obs.id is not None
     return start.build(), finish.build(), obs.id, paths
 
@@ -111,7 +116,10 @@ def _observation(i: int, rng: random.Random) -> tuple[Transaction, Transaction, 
 def _poison(i: int) -> Transaction:
     # A file whose package does not exist: the foreign key refuses it every time.
     tx = TransactionBuilder("register_orphan_file")
-    tx.bulk_create(RawDataFile, [{"raw_data_package_id": f"missing-{i}", "path": f"/orphan/{i}", "size_bytes": 1}])
+    tx.bulk_create(
+        RawDataFile,
+        [{"raw_data_package_id": f"missing-{i}", "path": f"/orphan/{i}", "size_bytes": 1}],
+    )
     return tx.build()
 
 
@@ -163,7 +171,9 @@ async def simulate(
             replication_poll_interval=0.01,
         )
         registry = ModelRegistry.from_base(Base)
-        async with BufferingCoordinator.from_settings(settings, registry=registry, start=False) as site_:
+        async with BufferingCoordinator.from_settings(
+            settings, registry=registry, start=False
+        ) as site_:
             async with site_.engine.begin() as conn:
                 await conn.run_sync(Base.metadata.create_all)
             await site_.prepare_database()
@@ -175,7 +185,9 @@ async def simulate(
             total = observations * 2 + poison
             expected: list[tuple[str, list[str], str, str]] = []
             buffered = 0
-            poison_at = {rng.randrange(observations) for _ in range(poison)} if observations else set()
+            poison_at = (
+                {rng.randrange(observations) for _ in range(poison)} if observations else set()
+            )
             poison_left = poison
             for i in range(observations):
                 start, finish, obs_id, paths = _observation(i, rng)
@@ -238,20 +250,25 @@ async def simulate(
                     (await conn.execute(select(ledger_table.c.transaction_id))).scalars()
                 )
                 file_rows = dict(
-                    (await conn.execute(select(RawDataFile.path, func.count()).group_by(RawDataFile.path))).all()
-                )
-                finished = set(
                     (
                         await conn.execute(
-                            select(ExecutedObsUnit.id).where(ExecutedObsUnit.status == "finished")
+                            select(RawDataFile.path, func.count()).group_by(RawDataFile.path)
                         )
-                    ).scalars()
+                    ).all()
+                )
+                units = dict(
+                    (await conn.execute(select(ExecutedObsUnit.id, ExecutedObsUnit.status))).all()
+                )
+                packages = set(
+                    (await conn.execute(select(RawDataPackage.executed_obs_unit_id))).scalars()
                 )
             lost = twice = committed = 0
             for obs_id, paths, start_id, finish_id in expected:
                 committed += (start_id in ledger_ids) + (finish_id in ledger_ids)
                 copies = [file_rows.get(p, 0) for p in paths]
-                lost += (obs_id not in finished) + any(c == 0 for c in copies)
+                # Each transaction is lost if any row it wrote is missing.
+                lost += obs_id not in units or obs_id not in packages
+                lost += units.get(obs_id) != "finished" or any(c == 0 for c in copies)
                 twice += any(c > 1 for c in copies)
             counts = await site_.backend.status.counts()
             caches = 0

@@ -73,7 +73,7 @@ class SiteState:
             if now < self.held_until:
                 return []
             self.held_until = None
-        claims = []
+        claims: list[Claim] = []
         expires = now + lease_seconds
         while self.queue and len(claims) < count:
             seq, payload = self.queue.popleft()

@@ -8,6 +8,8 @@ process, so a site in production uses Redis.
 
 from __future__ import annotations
 
+import builtins
+
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -96,7 +98,7 @@ class MemoryDeadLetterStore(_Part):
         """See :meth:`ccat_buffering.protocols.DeadLetterStore.get`."""
         return self._state.letters.get(letter_id)
 
-    async def replay(self, letter_ids: Sequence[str] | None = None) -> list[DeadLetter]:
+    async def replay(self, letter_ids: Sequence[str] | None = None) -> builtins.list[DeadLetter]:
         """See :meth:`ccat_buffering.protocols.DeadLetterStore.replay`."""
         return self._state.replay(letter_ids)
 

@@ -33,7 +33,7 @@ templates_path: list[str] = []
 # -- autodoc -----------------------------------------------------------------
 
 autodoc_typehints = "description"
-autodoc_typehints_description_target = "documented_params"
+autodoc_typehints_description_target = "documented"
 autodoc_typehints_format = "short"
 autodoc_member_order = "bysource"
 autodoc_class_signature = "mixed"
@@ -41,6 +41,8 @@ autodoc_preserve_defaults = True
 autodoc_default_options = {
     "members": True,
     "show-inheritance": True,
+    # pydantic's machinery, not this project's API.
+    "exclude-members": "model_config, settings_customise_sources",
 }
 
 # -- napoleon (Google style) ---------------------------------------------------
@@ -58,3 +60,54 @@ napoleon_use_rtype = False
 html_theme = "furo"
 html_title = "ccat-buffering"
 html_static_path: list[str] = []
+
+
+# -- checks and fixes ------------------------------------------------------------
+
+
+def _hide_private_parameters(app, what, name, obj, options, signature, return_annotation):
+    """Drop pydantic-settings' underscored init parameters from settings signatures."""
+    from pydantic_settings import BaseSettings
+
+    if what != "class" or not (isinstance(obj, type) and issubclass(obj, BaseSettings)):
+        return None
+    fields = ", ".join(
+        f"{field}={info.default!r}" for field, info in obj.model_fields.items()
+    )
+    return f"(*, {fields})", return_annotation
+
+
+def _check_settings_table(app):
+    """Warn (an error under -W) when configuration.rst misses a settings field.
+
+    The table is written by hand; this keeps it from drifting from the code.
+    """
+    from sphinx.util import logging
+
+    from ccat_buffering.settings import BufferingSettings
+
+    logger = logging.getLogger(__name__)
+    text = (Path(app.srcdir) / "configuration.rst").read_text(encoding="utf-8")
+    for field, info in BufferingSettings.model_fields.items():
+        variable = f"CCAT_BUFFERING_{field.upper()}"
+        row = f"   * - ``{field}``\n     - "
+        if row not in text or f"``{variable}``" not in text:
+            logger.warning("configuration.rst: no table row for the setting %r", field)
+            continue
+        shown = text.split(row, 1)[1].split("\n", 1)[0]
+        default = info.default
+        expected = f'"{default}"' if isinstance(default, str) else repr(default)
+        if f"``{expected}``" not in shown:
+            logger.warning(
+                "configuration.rst: the default of %r is %s in the code, not %s",
+                field,
+                expected,
+                shown,
+            )
+
+
+def setup(app):
+    """Connect the local checks and fixes."""
+    app.connect("autodoc-process-signature", _hide_private_parameters)
+    app.connect("builder-inited", _check_settings_table)
+    return {"parallel_read_safe": True}

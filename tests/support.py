@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.example import Base, ExecutedObsUnit, RawDataPackage
 from ccat_buffering.executor import TransactionExecutor, create_engine
@@ -18,7 +20,6 @@ from ccat_buffering.processor import BackgroundProcessor
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.retry import RetryPolicy
 from ccat_buffering_memory import MemoryBackend
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 class FakeClock:
@@ -43,7 +44,11 @@ def observation(i: int, *, name: str | None = None) -> tuple[Transaction, str]:
     tx = TransactionBuilder("start_observation")
     obs = tx.create(
         ExecutedObsUnit,
-        {"obs_unit_id": i, "status": "running", "start_time": dt.datetime(2026, 11, 28, tzinfo=dt.UTC)},
+        {
+            "obs_unit_id": i,
+            "status": "running",
+            "start_time": dt.datetime(2026, 11, 28, tzinfo=dt.UTC),
+        },
     )
     tx.create(RawDataPackage, {"executed_obs_unit_id": obs.id, "name": name or f"pkg-{i}"})
     assert obs.id is not None
@@ -91,6 +96,7 @@ async def memory_sqlite_site(tmp_path: Path, *, max_attempts: int = 3) -> AsyncI
         backend,
         registry=registry,
         retry_policy=RetryPolicy(max_attempts=max_attempts, base_delay=5.0, rng=random.Random(1)),
+        clock=clock,
     )
     processor = BackgroundProcessor(manager, executor, clock=clock, outage_base_delay=1.0)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.errors import (
     PayloadTooLargeError,
@@ -17,6 +18,7 @@ from ccat_buffering.models import TransactionState
 from ccat_buffering.protocols import CacheKind
 from ccat_buffering.retry import FailureKind
 from ccat_buffering_memory import MemoryBackend
+
 from support import FakeClock, memory_sqlite_site, new_site, observation
 
 

@@ -7,11 +7,13 @@ import os
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, literal_column, select
+
 from ccat_buffering.example import ExecutedObsUnit, RawDataPackage
 from ccat_buffering.executor import ledger_table
 from ccat_buffering.models import TransactionState
 from ccat_buffering.processor import BackgroundProcessor, ProcessorState
-from sqlalchemy import func, literal_column, select
+
 from support import Site, memory_sqlite_site, observation, orphan_package
 
 
@@ -44,7 +46,7 @@ async def test_drains_in_order_and_confirms(tmp_path: Path) -> None:
 
 async def test_lost_acknowledgement_is_skipped_by_the_ledger(tmp_path: Path) -> None:
     async with memory_sqlite_site(tmp_path) as site:
-        tx, obs_id = observation(1)
+        tx, _obs_id = observation(1)
         await site.manager.buffer(tx)
 
         async def lost(*args: object, **kwargs: object) -> list[object]:
@@ -123,7 +125,7 @@ async def test_poison_in_a_batch_rolls_back_alone(tmp_path: Path) -> None:
     async with memory_sqlite_site(tmp_path, max_attempts=3) as site:
         txs = [observation(i)[0] for i in range(99)]
         poison = orphan_package(0)
-        batch = txs[:50] + [poison] + txs[50:]
+        batch = [*txs[:50], poison, *txs[50:]]
         await site.manager.buffer_many(batch)
         assert await site.processor.run_once() == 99
         assert await _count(site, ExecutedObsUnit.id) == 99
@@ -142,7 +144,9 @@ async def test_poison_in_a_batch_rolls_back_alone(tmp_path: Path) -> None:
         async with site.engine.begin() as conn:
             await conn.execute(
                 ExecutedObsUnit.__table__.insert().values(
-                    id="missing-0", obs_unit_id=0, status="x",
+                    id="missing-0",
+                    obs_unit_id=0,
+                    status="x",
                     start_time=fix.created_at,
                 )
             )
@@ -160,7 +164,9 @@ async def test_stop_finishes_and_releases_the_lease(tmp_path: Path) -> None:
         processor = BackgroundProcessor(site.manager, site.executor, poll_interval=0.01)
         processor.start()
         deadline = asyncio.get_running_loop().time() + 10
-        while (await site.backend.buffer.stats()).depth and asyncio.get_running_loop().time() < deadline:
+        while (
+            await site.backend.buffer.stats()
+        ).depth and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
         await processor.stop()
         assert processor.state is ProcessorState.STOPPED

@@ -1,0 +1,83 @@
+"""The curated public names: adding or removing one is a decision, not an accident."""
+
+from __future__ import annotations
+
+import ccat_buffering
+import ccat_buffering_memory
+
+EXPECTED = [
+    "FORMAT_VERSION",
+    "LSN",
+    "BackendError",
+    "BackendUnavailableError",
+    "BackgroundProcessor",
+    "BatchResult",
+    "BufferingCoordinator",
+    "BufferingError",
+    "BufferingSettings",
+    "ConfigurationError",
+    "CorruptEntryError",
+    "DatabaseUnavailableError",
+    "Delivery",
+    "ExecutionError",
+    "FailureKind",
+    "Health",
+    "ImmediateReplicationChecker",
+    "LSNReplicationChecker",
+    "LeaseLostError",
+    "ModelRegistry",
+    "Operation",
+    "Outcome",
+    "PayloadTooLargeError",
+    "ProcessorHealth",
+    "ProcessorState",
+    "Reads",
+    "RecordHandle",
+    "RecordNotFoundError",
+    "Ref",
+    "ReplicaState",
+    "ReplicationChecker",
+    "ReplicationError",
+    "ReplicationHealth",
+    "ReplicationTracker",
+    "RetryPolicy",
+    "Step",
+    "Transaction",
+    "TransactionBuilder",
+    "TransactionExecutor",
+    "TransactionManager",
+    "TransactionState",
+    "TransactionStatus",
+    "TransactionValidationError",
+    "UnknownColumnError",
+    "UnknownModelError",
+    "UnresolvedReferenceError",
+    "classify_failure",
+    "create_engine",
+    "mask_url",
+    "open_backend",
+]
+
+
+def test_all_is_pinned() -> None:
+    assert ccat_buffering.__all__ == EXPECTED
+    assert ccat_buffering_memory.__all__ == ["MemoryBackend"]
+
+
+def test_every_name_exists() -> None:
+    for name in ccat_buffering.__all__:
+        assert getattr(ccat_buffering, name) is not None
+
+
+def test_core_imports_no_backend_client() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ccat_buffering; "
+        "clients = ('redis', 'asyncpg', 'aiosqlite', 'ccat_buffering_redis'); "
+        "bad = [m for m in clients if m in sys.modules]; "
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
