@@ -156,6 +156,10 @@ class TransactionBuilder:
     def _key(self, model: ModelLike, key: Any) -> tuple[str, tuple[str, ...], dict[str, Any]]:
         name, key_fields, _ = _describe(model)
         if isinstance(key, Mapping):
+            if not isinstance(model, str) and set(key) != set(key_fields):
+                raise TransactionValidationError(
+                    f"{name}'s key is {key_fields}, but the key given names {tuple(key)}"
+                )
             return name, tuple(key), dict(key)
         if len(key_fields) != 1:
             raise TransactionValidationError(
@@ -191,7 +195,8 @@ class TransactionBuilder:
             data=dict(data),
             key_fields=key_fields,
         )
-        shown = str(next(iter(key_values.values()))) if len(key_values) == 1 else None
+        value = next(iter(key_values.values())) if len(key_values) == 1 else None
+        shown = None if value is None or isinstance(value, Ref) else str(value)
         return RecordHandle(step.step_id, name, shown)
 
     def delete(self, model: ModelLike, key: Any, *, step_id: str | None = None) -> None:

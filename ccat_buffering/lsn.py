@@ -1,8 +1,8 @@
 """PostgreSQL log sequence numbers, compared as the 64-bit integers they are.
 
 PostgreSQL prints an LSN as two hexadecimal halves, ``16/B374D848``. Compared
-as strings, ``0/9`` would sort after ``0/10`` and ``0/FFFFFFFF`` after
-``1/0``; :class:`LSN` parses them into integers so that neither can happen.
+as strings, ``0/9`` would sort after ``0/10`` and ``F/FFFFFFFF`` after
+``10/0``; :class:`LSN` parses them into integers so that neither can happen.
 """
 
 from __future__ import annotations

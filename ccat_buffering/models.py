@@ -27,6 +27,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticSerializationError
 
 from ccat_buffering._codec import decode_value, encode_value
 from ccat_buffering.errors import PayloadTooLargeError, TransactionValidationError
@@ -175,6 +176,10 @@ def _check_field_names(record: Mapping[str, Any]) -> Mapping[str, Any]:
     return record
 
 
+def _article(operation: Operation) -> str:
+    return f"an {operation}" if operation.value[0] in "aeiou" else f"a {operation}"
+
+
 class Step(BaseModel):
     """One operation on one model inside a transaction.
 
@@ -201,6 +206,14 @@ class Step(BaseModel):
     key: Record | None = None
     records: list[Record] | None = None
     key_fields: tuple[Identifier, ...] = ("id",)
+
+    @field_validator("operation", mode="before")
+    @classmethod
+    def _known_operation(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in Operation._value2member_map_:
+            known = ", ".join(op.value for op in Operation)
+            raise ValueError(f"unknown operation {value!r}: use one of {known}")
+        return value
 
     @field_validator("data", "key", mode="before")
     @classmethod
@@ -242,13 +255,13 @@ class Step(BaseModel):
         for name in ("data", "key", "records"):
             present = getattr(self, name) is not None
             if name in needs and not present:
-                raise ValueError(f"a {self.operation} step needs '{name}'")
+                raise ValueError(f"{_article(self.operation)} step needs '{name}'")
             if name not in needs and present:
-                raise ValueError(f"a {self.operation} step takes no '{name}'")
+                raise ValueError(f"{_article(self.operation)} step takes no '{name}'")
         if self.key is not None and not self.key:
             raise ValueError("'key' names no field")
         if self.records is not None and not self.records:
-            raise ValueError(f"a {self.operation} step needs at least one record")
+            raise ValueError(f"{_article(self.operation)} step needs at least one record")
         if self.operation is Operation.BULK_UPDATE:
             for i, record in enumerate(self.records or ()):
                 missing = [f for f in self.key_fields if f not in record]
@@ -301,7 +314,9 @@ class Transaction(BaseModel):
     @field_validator("format_version")
     @classmethod
     def _known_format(cls, value: int) -> int:
-        if not 1 <= value <= FORMAT_VERSION:
+        if value < 1:
+            raise ValueError(f"format version {value} does not exist: versions start at 1")
+        if value > FORMAT_VERSION:
             raise ValueError(
                 f"format version {value} is not readable by this release, which reads "
                 f"1 to {FORMAT_VERSION}: upgrade ccat-buffering before draining this buffer"
@@ -343,8 +358,15 @@ class Transaction(BaseModel):
             TransactionValidationError: A value cannot be serialised.
             PayloadTooLargeError: The JSON text is larger than the limit.
         """
-        text = self.model_dump_json(exclude_none=True)
-        if max_payload_bytes is not None and len(text) > max_payload_bytes:
+        try:
+            text = self.model_dump_json(exclude_none=True)
+        except PydanticSerializationError as exc:
+            # pydantic wraps what a field serializer raised; give back our own error.
+            message = str(exc)
+            marker = "TransactionValidationError: "
+            raise TransactionValidationError(message.split(marker, 1)[-1]) from None
+        # A character is at most 4 bytes: encode only when the limit could be passed.
+        if max_payload_bytes is not None and len(text) * 4 > max_payload_bytes:
             size = len(text.encode())
             if size > max_payload_bytes:
                 raise PayloadTooLargeError(
@@ -450,4 +472,5 @@ class TransactionStatus(BaseModel):
         Returns:
             The new status.
         """
-        return self.model_copy(update={"state": state, "updated_at": utc_now(), **changes})
+        data = {**dict(self), "updated_at": utc_now(), **changes, "state": state}
+        return TransactionStatus.model_validate(data)

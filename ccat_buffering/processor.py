@@ -192,6 +192,11 @@ class BackgroundProcessor:
             return 0
         self._outage_streak = 0
         self.state, self.cause = ProcessorState.RUNNING, None
+        if not await self._hold_lease():
+            # Another processor took the site while this batch ran; it recovers the
+            # claims, and the ledger makes what this batch committed a no-op there.
+            log.warning("site %s: lease lost during a batch", self.manager.backend.site)
+            return 0
         done = [d for d, o in zip(deliveries, result.outcomes, strict=True) if o.done]
         failures: list[tuple[Delivery, BaseException, FailureKind]] = [
             (d, o.error, o.kind or FailureKind.DATA)

@@ -14,7 +14,6 @@ every duration is in seconds. Stores never parse payloads: they hold text.
 from __future__ import annotations
 
 import builtins
-
 import enum
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -46,8 +45,9 @@ class Claim:
     """An entry taken from the head of the buffer under a lease.
 
     Attributes:
-        receipt: Names this claim in ``ack``, ``retry_later`` and ``dead_letter``;
-            receipts sort (as integers) in the order the entries were buffered.
+        receipt: Names this claim in ``ack``, ``retry_later`` and ``dead_letter``.
+            Every claim gets a new receipt, so a processor that lost an entry
+            to recovery cannot settle the entry's later claim.
         payload: The entry's text as it was pushed.
         lease_expires_at: When :meth:`BufferStore.recover` may take it back.
     """

@@ -113,6 +113,11 @@ class ModelRegistry:
         for record in [step.data or {}, step.key or {}, *(step.records or [])]:
             names.update(record)
         names.update(step.key_fields)
+        if step.key is not None and set(step.key) != set(self.key_fields(step.model)):
+            raise UnknownColumnError(
+                f"{where}step {step.step_id!r}: {step.model} is keyed by "
+                f"{self.key_fields(step.model)}, but the step's key names {tuple(step.key)}"
+            )
         unknown = sorted(names - known)
         if unknown:
             raise UnknownColumnError(

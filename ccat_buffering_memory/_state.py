@@ -47,6 +47,7 @@ class SiteState:
     clock: Clock
     queue: collections.deque[tuple[int, str]] = field(default_factory=collections.deque)
     next_seq: int = 0
+    claims_made: int = 0
     in_flight: dict[str, _InFlight] = field(default_factory=dict)
     held_until: float | None = None
     letters: dict[str, DeadLetter] = field(default_factory=dict)
@@ -77,7 +78,9 @@ class SiteState:
         expires = now + lease_seconds
         while self.queue and len(claims) < count:
             seq, payload = self.queue.popleft()
-            receipt = str(seq)
+            # A new receipt at every claim: a stale holder cannot settle a later claim.
+            self.claims_made += 1
+            receipt = f"{seq}.{self.claims_made}"
             self.in_flight[receipt] = _InFlight(seq, payload, expires)
             claims.append(Claim(receipt, payload, expires))
         return claims

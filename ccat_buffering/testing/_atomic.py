@@ -11,6 +11,7 @@ import pytest
 from ccat_buffering.models import TransactionState, TransactionStatus
 from ccat_buffering.protocols import Backend, CacheKind, CacheWrite, WriteBatch
 from ccat_buffering.testing._base import LONG_LEASE, ContractHooks
+from ccat_buffering.testing._cache import create, update
 
 __all__ = ["AtomicContract"]
 
@@ -28,7 +29,7 @@ _BAD_STAGING: dict[str, Callable[[WriteBatch], None]] = {
     "write_cache-bad-model": lambda batch: batch.write_cache("tx-bad", [_BAD_MODEL], 60.0),
     "write_cache-negative-ttl": lambda batch: batch.write_cache("tx-bad", [_WRITE], -1.0),
     "retry_later-negative-delay": lambda batch: batch.retry_later(["1"], -1.0),
-    "retry_later-infinite-delay": lambda batch: batch.retry_later(["1"], math.inf),
+    "retry_later-nan-delay": lambda batch: batch.retry_later(["1"], math.nan),
 }
 
 
@@ -66,7 +67,8 @@ class AtomicContract(ContractHooks):
         assert await self.drain(backend) == ["payload"]
         assert await backend.status.get(status.transaction_id) == status
         record = await backend.cache.get("Observation", "r1")
-        assert record is not None and record.transaction_ids == (status.transaction_id,)
+        assert record is not None
+        assert record.transaction_ids == (status.transaction_id,)
         assert await backend.cache.created_by("Observation", "r1") == status.transaction_id
 
     async def test_atomic_applies_in_order_staged(self, backend: Backend) -> None:
@@ -78,8 +80,8 @@ class AtomicContract(ContractHooks):
             batch.push("b")
             batch.put_status(status, 60.0)
             batch.put_status(later, 60.0)
-            batch.write_cache("t1", [CacheWrite("Observation", "r1", CacheKind.CREATE, {"a": 1})], 60)
-            batch.write_cache("t2", [CacheWrite("Observation", "r1", CacheKind.UPDATE, {"a": 2})], 60)
+            batch.write_cache("t1", [create("r1", a=1)], 60)
+            batch.write_cache("t2", [update("r1", a=2)], 60)
         assert await self.drain(backend) == ["a", "b"]
         assert await backend.status.get(status.transaction_id) == later
         record = await backend.cache.get("Observation", "r1")
@@ -122,7 +124,8 @@ class AtomicContract(ContractHooks):
         stats = await backend.buffer.stats()
         assert (stats.depth, stats.in_flight, stats.dead_letters) == (1, 0, 1)
         letter = await backend.dead_letters.get("tx-c")
-        assert letter is not None and (letter.payload, letter.reason) == ("c", "boom")
+        assert letter is not None
+        assert (letter.payload, letter.reason) == ("c", "boom")
         assert await self.drain(backend) == ["b"]
 
     async def test_atomic_retry_later_holds_the_head(self, backend: Backend) -> None:

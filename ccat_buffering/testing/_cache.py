@@ -61,7 +61,7 @@ class CacheStoreContract(ContractHooks):
 
     async def test_cache_fields_round_trip(self, backend: Backend) -> None:
         """JSON-compatible values come back as they were written."""
-        fields = {
+        fields: dict[str, Any] = {
             "text": "Cerro Chajnantor 5600 m",
             "n": 7,
             "x": 0.25,

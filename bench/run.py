@@ -1,0 +1,122 @@
+"""Benchmarks on the embedded default (memory backend + SQLite), as ratios to baselines.
+
+Every figure is measured in the same run as its baseline, so the ratio holds on
+a shared, noisy machine even where the absolute rates do not.
+
+* buffer: ``TransactionManager.buffer()`` (validation, serialisation, queue entry,
+  status and both caches in one atomic group) against the bare minimum of
+  serialising the transaction and appending it to a deque.
+* drain: the processor claiming and applying 100 transactions per database
+  transaction (savepoint each) against the origin's shape, one transaction
+  per claim, commit and status; with the ledger on and off.
+
+Run with ``make bench`` or ``python bench/run.py [--transactions N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import tempfile
+import time
+from pathlib import Path
+
+from ccat_buffering.builder import TransactionBuilder
+from ccat_buffering.example import Base, ExecutedObsUnit, RawDataPackage
+from ccat_buffering.executor import TransactionExecutor, create_engine
+from ccat_buffering.manager import TransactionManager
+from ccat_buffering.models import Transaction
+from ccat_buffering.processor import BackgroundProcessor
+from ccat_buffering.registry import ModelRegistry
+from ccat_buffering_memory import MemoryBackend
+
+
+def _transactions(n: int, offset: int = 0) -> list[Transaction]:
+    import datetime as dt
+
+    out = []
+    for i in range(offset, offset + n):
+        tx = TransactionBuilder("start_observation")
+        obs = tx.create(
+            ExecutedObsUnit,
+            {"obs_unit_id": i, "status": "running", "start_time": dt.datetime.now(dt.UTC)},
+        )
+        tx.create(RawDataPackage, {"executed_obs_unit_id": obs.id, "name": f"pkg-{i}"})
+        out.append(tx.build())
+    return out
+
+
+async def bench_buffer(n: int) -> tuple[float, float]:
+    txs = _transactions(n)
+    queue: collections.deque[str] = collections.deque()
+    began = time.perf_counter()
+    for tx in txs:
+        queue.append(tx.to_json())
+    baseline = n / (time.perf_counter() - began)
+    manager = TransactionManager(MemoryBackend("bench"))
+    began = time.perf_counter()
+    for tx in txs:
+        await manager.buffer(tx)
+    ours = n / (time.perf_counter() - began)
+    return ours, baseline
+
+
+async def bench_drain(n: int, batch_size: int, ledger: bool, workdir: Path) -> float:
+    path = workdir / f"drain-{batch_size}-{ledger}.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    registry = ModelRegistry.from_base(Base)
+    executor = TransactionExecutor(engine, registry, ledger=ledger)
+    await executor.create_ledger()
+    manager = TransactionManager(MemoryBackend("bench"), registry=registry)
+    await manager.buffer_many(_transactions(n))
+    processor = BackgroundProcessor(manager, executor, batch_size=batch_size)
+    began = time.perf_counter()
+    done = 0
+    while done < n:
+        done += await processor.run_once()
+    rate = n / (time.perf_counter() - began)
+    await engine.dispose()
+    return rate
+
+
+async def main(n: int) -> None:
+    rows: list[tuple[str, str, str, str]] = []
+    ours, baseline = await bench_buffer(n)
+    rows.append(
+        ("buffer() on memory", f"{ours:,.0f}/s", f"{baseline:,.0f}/s", f"{ours / baseline:.2f}x")
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        single = await bench_drain(n // 4, 1, True, workdir)
+        batched = await bench_drain(n, 100, True, workdir)
+        no_ledger = await bench_drain(n, 100, False, workdir)
+    rows.append(
+        (
+            "drain, batch 100, ledger on",
+            f"{batched:,.0f}/s",
+            f"{single:,.0f}/s",
+            f"{batched / single:.2f}x",
+        )
+    )
+    rows.append(
+        (
+            "drain, batch 100, ledger off",
+            f"{no_ledger:,.0f}/s",
+            f"{single:,.0f}/s",
+            f"{no_ledger / single:.2f}x",
+        )
+    )
+    header = ("benchmark", "ours", "baseline", "ratio")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    print(f"transactions: {n} (drain baseline: one per claim and commit, on {n // 4})")
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--transactions", type=int, default=4000)
+    asyncio.run(main(parser.parse_args().transactions))

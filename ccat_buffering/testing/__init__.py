@@ -1,0 +1,40 @@
+"""Contract suites that every backend must pass, shipped so that any backend can run them.
+
+A backend's test module subclasses :class:`BackendContract` (or the mixin of
+one store) and overrides the ``backend`` fixture; a backend on an injected
+clock also overrides :meth:`ContractHooks.advance` and
+:meth:`ContractHooks.now` and sets ``clock_is_exact = True``::
+
+    import pytest_asyncio
+    from ccat_buffering.testing import BackendContract
+
+    class TestMyBackend(BackendContract):
+        @pytest_asyncio.fixture
+        async def backend(self, site):
+            async with MyBackend(site=site) as backend:
+                yield backend
+
+The suites need ``pytest`` and ``pytest-asyncio``; importing this package
+imports both.
+"""
+
+from ccat_buffering.testing._atomic import AtomicContract
+from ccat_buffering.testing._backend import BackendContract
+from ccat_buffering.testing._base import ContractHooks, new_site_name
+from ccat_buffering.testing._buffer import BufferStoreContract
+from ccat_buffering.testing._cache import CacheStoreContract
+from ccat_buffering.testing._dead_letters import DeadLetterStoreContract
+from ccat_buffering.testing._lease import ProcessorLeaseContract
+from ccat_buffering.testing._status import StatusStoreContract
+
+__all__ = [
+    "AtomicContract",
+    "BackendContract",
+    "BufferStoreContract",
+    "CacheStoreContract",
+    "ContractHooks",
+    "DeadLetterStoreContract",
+    "ProcessorLeaseContract",
+    "StatusStoreContract",
+    "new_site_name",
+]

@@ -1,0 +1,45 @@
+"""The memory backend against the shared backend contract, on a fake clock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest_asyncio
+
+from ccat_buffering.testing import BackendContract
+from ccat_buffering_memory import MemoryBackend
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward by ``seconds``."""
+        self.now += seconds
+
+
+class TestMemoryBackend(BackendContract):
+    """The memory backend passes every contract, exactly, on a fake clock."""
+
+    clock_is_exact = True
+
+    @pytest_asyncio.fixture
+    async def backend(self, site: str) -> AsyncIterator[MemoryBackend]:
+        """A fresh memory backend on a fake clock."""
+        self.clock = FakeClock()
+        async with MemoryBackend(site, clock=self.clock) as backend:
+            yield backend
+
+    async def advance(self, seconds: float) -> None:
+        """Move the fake clock."""
+        self.clock.advance(seconds)
+
+    def now(self) -> float:
+        """Read the fake clock."""
+        return self.clock()
