@@ -468,12 +468,35 @@ class Backend(Protocol):
     backend opened itself and nothing it was given.
     """
 
-    site: str
-    buffer: BufferStore
-    dead_letters: DeadLetterStore
-    status: StatusStore
-    cache: CacheStore
-    lease: ProcessorLease
+    @property
+    def site(self) -> str:
+        """The site's name."""
+        ...
+
+    @property
+    def buffer(self) -> BufferStore:
+        """The site's FIFO."""
+        ...
+
+    @property
+    def dead_letters(self) -> DeadLetterStore:
+        """The site's dead letters."""
+        ...
+
+    @property
+    def status(self) -> StatusStore:
+        """The site's statuses."""
+        ...
+
+    @property
+    def cache(self) -> CacheStore:
+        """The site's write-through and buffered caches."""
+        ...
+
+    @property
+    def lease(self) -> ProcessorLease:
+        """The site's processor lease."""
+        ...
 
     def atomic(self) -> AbstractAsyncContextManager[WriteBatch]:
         """Stage writes across the stores and apply them all together or not at all.

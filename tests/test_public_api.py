@@ -64,6 +64,22 @@ def test_all_is_pinned() -> None:
     assert ccat_buffering_memory.__all__ == ["MemoryBackend"]
 
 
+def test_testing_all_is_pinned() -> None:
+    import ccat_buffering.testing
+
+    assert ccat_buffering.testing.__all__ == [
+        "AtomicContract",
+        "BackendContract",
+        "BufferStoreContract",
+        "CacheStoreContract",
+        "ContractHooks",
+        "DeadLetterStoreContract",
+        "ProcessorLeaseContract",
+        "StatusStoreContract",
+        "new_site_name",
+    ]
+
+
 def test_every_name_exists() -> None:
     for name in ccat_buffering.__all__:
         assert getattr(ccat_buffering, name) is not None

@@ -91,17 +91,19 @@ class BufferStoreContract(ContractHooks):
         assert await backend.buffer.ack([claim.receipt]) == 0
         assert (await backend.buffer.stats()).depth == 1
 
-    async def test_buffer_ack_of_recovered_receipt_spares_the_new_claim(
-        self, backend: Backend
-    ) -> None:
-        """A stale processor's receipt does not acknowledge the entry another has re-claimed."""
+    async def test_buffer_stale_receipt_cannot_settle_a_later_claim(self, backend: Backend) -> None:
+        """A receipt lost to recovery neither acks, retries nor dead-letters the new claim."""
         await backend.buffer.push(["a"])
         (stale,) = await backend.buffer.claim(1, LONG_LEASE)
         await backend.buffer.recover(include_unexpired=True)
         (fresh,) = await backend.buffer.claim(1, LONG_LEASE)
         assert fresh.payload == "a"
         assert await backend.buffer.ack([stale.receipt]) == 0
-        assert (await backend.buffer.stats()).in_flight == 1
+        assert await backend.buffer.retry_later([stale.receipt], 0) == 0
+        assert await backend.buffer.dead_letter(stale.receipt, "stale", "tx-a") is False
+        stats = await backend.buffer.stats()
+        assert (stats.depth, stats.in_flight, stats.dead_letters) == (0, 1, 0)
+        assert await backend.buffer.ack([fresh.receipt]) == 1
 
     async def test_buffer_retry_later_returns_entries_in_original_order(
         self, backend: Backend

@@ -1,0 +1,134 @@
+"""The Redis key schema of a site: the one place that names a key.
+
+Every key of a site starts with ``site:{<site>}:``. The braces are a Redis
+Cluster hash tag, so all keys of a site live in one slot and every script and
+transaction is single-slot. The Lua scripts receive the prefix and the
+suffixes below (see :mod:`ccat_buffering_redis.scripts`), so that they build
+the same names and nothing else formats a key.
+
+==========================================  =======  ==========================================
+key                                         type     what
+==========================================  =======  ==========================================
+``transaction_buffer``                      list     the FIFO: LPUSH in, claimed from the right
+``transaction:<transaction_id>``            string   status JSON; TTL once terminal
+``cache:ids:<Model>:<id>``                  string   write-through ID cache: the creating
+                                                     transaction; TTL extended until replicated
+``buffered:<Model>:<id>``                   hash     buffered record, one field per column (JSON
+                                                     values) plus ``@created``, ``@deleted``,
+                                                     ``@tx``; TTL extended until replicated
+``inflight``                                hash     receipt -> payload of claimed entries
+``inflight:leases``                         zset     receipt -> lease deadline (ms)
+``hold``                                    string   exists while a retry's backoff holds the head
+``seq``                                     string   counter for receipts and dead-letter order
+``dead_letters``                            hash     letter id -> letter JSON
+``dead_letters:order``                      zset     letter id -> arrival order
+``state:<state>``                           zset     transaction ids per state: committed by LSN,
+                                                     terminal by expiry (ms), others by time
+``index:<Model>``                           zset     record ids of a model by first write;
+                                                     TTL follows its longest-lived record
+``written:<transaction_id>``                set      ``<Model>:<id>`` records a transaction wrote;
+                                                     TTL follows the records
+``lease``                                   string   the processor lease token; PX TTL
+==========================================  =======  ==========================================
+"""
+
+from __future__ import annotations
+
+from ccat_buffering.models import TransactionState, check_identifier
+
+__all__ = ["BOUNDED", "SUFFIXES", "SiteKeys"]
+
+SUFFIXES = {
+    "buffer": "transaction_buffer",
+    "status": "transaction:",
+    "ids": "cache:ids:",
+    "buffered": "buffered:",
+    "inflight": "inflight",
+    "leases": "inflight:leases",
+    "hold": "hold",
+    "seq": "seq",
+    "letters": "dead_letters",
+    "letter_order": "dead_letters:order",
+    "state": "state:",
+    "index": "index:",
+    "written": "written:",
+    "lease": "lease",
+}
+"""Key suffixes by role, shared with the Lua scripts."""
+
+BOUNDED = (
+    "transaction_buffer",
+    "inflight",
+    "inflight:leases",
+    "seq",
+    "dead_letters",
+    "dead_letters:order",
+    *(f"state:{state}" for state in TransactionState),
+)
+"""Suffixes of the site's bounded structures: they hold no TTL by design.
+
+Each is bounded by what the site holds (waiting, in-flight, dead-lettered or
+unfinished transactions); terminal entries of the state indexes are pruned
+when their statuses expire.
+"""
+
+
+class SiteKeys:
+    """The key names of one site.
+
+    Args:
+        site: The site's name (a plain identifier).
+    """
+
+    def __init__(self, site: str) -> None:
+        check_identifier(site, "site name")
+        self.site = site
+        self.prefix = f"site:{{{site}}}:"
+
+    def _key(self, role: str, *parts: str) -> str:
+        return self.prefix + SUFFIXES[role] + ":".join(parts)
+
+    @property
+    def buffer(self) -> str:
+        """The FIFO list."""
+        return self._key("buffer")
+
+    def status(self, transaction_id: str) -> str:
+        """A transaction's status."""
+        return self._key("status", transaction_id)
+
+    def ids(self, model: str, record_id: str) -> str:
+        """A record's entry in the write-through ID cache."""
+        return self._key("ids", model, record_id)
+
+    def buffered(self, model: str, record_id: str) -> str:
+        """A record's entry in the buffered data cache."""
+        return self._key("buffered", model, record_id)
+
+    def state(self, state: TransactionState) -> str:
+        """The index of the statuses in ``state``."""
+        return self._key("state", str(state))
+
+    def index(self, model: str) -> str:
+        """The index of a model's buffered records."""
+        return self._key("index", model)
+
+    def written(self, transaction_id: str) -> str:
+        """The records a transaction wrote."""
+        return self._key("written", transaction_id)
+
+    def __getattr__(self, role: str) -> str:
+        if role in SUFFIXES and not SUFFIXES[role].endswith(":"):
+            return self._key(role)
+        raise AttributeError(role)
+
+    def bounded(self) -> set[str]:
+        """Full names of the site's bounded structures."""
+        return {self.prefix + suffix for suffix in BOUNDED}
+
+    def pattern(self) -> str:
+        """A ``SCAN MATCH`` pattern for every key of the site (inspection only)."""
+        escaped = self.site.replace("\\", "\\\\")
+        for char in "*?[]":
+            escaped = escaped.replace(char, "\\" + char)
+        return f"site:{{{escaped}}}:*"
