@@ -9,13 +9,12 @@ process, so a site in production uses Redis.
 from __future__ import annotations
 
 import builtins
-
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Self
 
+from ccat_buffering._checks import check_duration, check_payload, check_status, check_writes
 from ccat_buffering.models import TransactionState, TransactionStatus, check_identifier
 from ccat_buffering.protocols import (
     BufferStats,
@@ -28,17 +27,6 @@ from ccat_buffering.protocols import (
 from ccat_buffering_memory._state import Clock, SiteState
 
 __all__ = ["MemoryBackend"]
-
-
-def _check_duration(value: float, what: str) -> None:
-    if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{what} must be a finite number of seconds >= 0, not {value!r}")
-
-
-def _check_writes(writes: Sequence[CacheWrite]) -> None:
-    for write in writes:
-        check_identifier(write.model, "model name")
-        check_identifier(write.record_id, "record id")
 
 
 class _Part:
@@ -57,7 +45,7 @@ class MemoryBufferStore(_Part):
         """See :meth:`ccat_buffering.protocols.BufferStore.claim`."""
         if count < 1:
             raise ValueError(f"count must be at least 1, not {count}")
-        _check_duration(lease_seconds, "lease_seconds")
+        check_duration(lease_seconds, "lease_seconds")
         return self._state.claim(count, lease_seconds)
 
     async def ack(self, receipts: Sequence[str]) -> int:
@@ -66,7 +54,7 @@ class MemoryBufferStore(_Part):
 
     async def retry_later(self, receipts: Sequence[str], delay_seconds: float) -> int:
         """See :meth:`ccat_buffering.protocols.BufferStore.retry_later`."""
-        _check_duration(delay_seconds, "delay_seconds")
+        check_duration(delay_seconds, "delay_seconds")
         return self._state.retry_later(receipts, delay_seconds)
 
     async def dead_letter(
@@ -120,7 +108,7 @@ class MemoryStatusStore(_Part):
 
     async def put(self, status: TransactionStatus, ttl_seconds: float) -> None:
         """See :meth:`ccat_buffering.protocols.StatusStore.put`."""
-        _check_duration(ttl_seconds, "ttl_seconds")
+        check_duration(ttl_seconds, "ttl_seconds")
         self._state.put_status(status, ttl_seconds)
 
     async def ids(self, state: TransactionState, limit: int | None = None) -> list[str]:
@@ -139,8 +127,8 @@ class MemoryCacheStore(_Part):
         self, transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float
     ) -> None:
         """See :meth:`ccat_buffering.protocols.CacheStore.write`."""
-        _check_writes(writes)
-        _check_duration(ttl_seconds, "ttl_seconds")
+        check_writes(writes)
+        check_duration(ttl_seconds, "ttl_seconds")
         self._state.write_cache(transaction_id, writes, ttl_seconds)
 
     def _view(self, model: str, record_id: str) -> CachedRecord | None:
@@ -172,7 +160,7 @@ class MemoryCacheStore(_Part):
 
     async def extend(self, transaction_ids: Sequence[str], ttl_seconds: float) -> int:
         """See :meth:`ccat_buffering.protocols.CacheStore.extend`."""
-        _check_duration(ttl_seconds, "ttl_seconds")
+        check_duration(ttl_seconds, "ttl_seconds")
         return self._state.extend(transaction_ids, ttl_seconds)
 
     async def release(self, transaction_ids: Sequence[str]) -> int:
@@ -185,7 +173,7 @@ class MemoryProcessorLease(_Part):
 
     async def acquire(self, holder: str, ttl_seconds: float) -> bool:
         """See :meth:`ccat_buffering.protocols.ProcessorLease.acquire`."""
-        _check_duration(ttl_seconds, "ttl_seconds")
+        check_duration(ttl_seconds, "ttl_seconds")
         lease = self._state.live_lease()
         if lease is not None and lease[0] != holder:
             return False
@@ -194,7 +182,7 @@ class MemoryProcessorLease(_Part):
 
     async def renew(self, holder: str, ttl_seconds: float) -> bool:
         """See :meth:`ccat_buffering.protocols.ProcessorLease.renew`."""
-        _check_duration(ttl_seconds, "ttl_seconds")
+        check_duration(ttl_seconds, "ttl_seconds")
         lease = self._state.live_lease()
         if lease is None or lease[0] != holder:
             return False
@@ -224,8 +212,7 @@ class MemoryWriteBatch:
 
     def push(self, payload: str) -> None:
         """Stage a push."""
-        if not isinstance(payload, str):
-            raise TypeError(f"payload must be text, not {type(payload).__name__}")
+        check_payload(payload)
         self.ops.append(lambda: self._state.push([payload]))
 
     def ack(self, receipt: str) -> None:
@@ -234,7 +221,7 @@ class MemoryWriteBatch:
 
     def retry_later(self, receipts: Sequence[str], delay_seconds: float) -> None:
         """Stage a retry."""
-        _check_duration(delay_seconds, "delay_seconds")
+        check_duration(delay_seconds, "delay_seconds")
         receipts = list(receipts)
         self.ops.append(lambda: self._state.retry_later(receipts, delay_seconds))
 
@@ -248,9 +235,8 @@ class MemoryWriteBatch:
 
     def put_status(self, status: TransactionStatus, ttl_seconds: float) -> None:
         """Stage a status."""
-        if not isinstance(status, TransactionStatus):
-            raise TypeError(f"status must be a TransactionStatus, not {type(status).__name__}")
-        _check_duration(ttl_seconds, "ttl_seconds")
+        check_status(status)
+        check_duration(ttl_seconds, "ttl_seconds")
         self.ops.append(lambda: self._state.put_status(status, ttl_seconds))
 
     def write_cache(
@@ -258,8 +244,8 @@ class MemoryWriteBatch:
     ) -> None:
         """Stage cache writes."""
         writes = list(writes)
-        _check_writes(writes)
-        _check_duration(ttl_seconds, "ttl_seconds")
+        check_writes(writes)
+        check_duration(ttl_seconds, "ttl_seconds")
         self.ops.append(lambda: self._state.write_cache(transaction_id, writes, ttl_seconds))
 
     def release_cache(self, transaction_ids: Sequence[str]) -> None:

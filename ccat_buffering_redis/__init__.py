@@ -1,8 +1,6 @@
-"""The Redis backend of ccat-buffering (to come: see the project's issues).
+"""The Redis backend of ccat-buffering: atomic, crash-safe and cluster-ready."""
 
-The package is installed now so that its place in the ``ccat_buffering.backends``
-entry points exists; ``open_backend("redis://...")`` explains that it is not
-built yet instead of failing on a missing import.
-"""
+from ccat_buffering_redis.backend import RedisBackend
+from ccat_buffering_redis.keys import SiteKeys
 
-__all__: list[str] = []
+__all__ = ["RedisBackend", "SiteKeys"]

@@ -20,7 +20,8 @@ key                                         type     what
 ``inflight:leases``                         zset     receipt -> lease deadline (ms)
 ``hold``                                    string   exists while a retry's backoff holds the head
 ``seq``                                     string   counter for receipts and dead-letter order
-``dead_letters``                            hash     letter id -> letter JSON
+``dead_letters``                            hash     letter id -> the entry's raw payload
+``dead_letters:meta``                       hash     letter id -> reason, time, transaction id
 ``dead_letters:order``                      zset     letter id -> arrival order
 ``state:<state>``                           zset     transaction ids per state: committed by LSN,
                                                      terminal by expiry (ms), others by time
@@ -49,6 +50,7 @@ SUFFIXES = {
     "seq": "seq",
     "letters": "dead_letters",
     "letter_order": "dead_letters:order",
+    "letter_meta": "dead_letters:meta",
     "state": "state:",
     "index": "index:",
     "written": "written:",
@@ -63,6 +65,7 @@ BOUNDED = (
     "seq",
     "dead_letters",
     "dead_letters:order",
+    "dead_letters:meta",
     *(f"state:{state}" for state in TransactionState),
 )
 """Suffixes of the site's bounded structures: they hold no TTL by design.
@@ -117,10 +120,45 @@ class SiteKeys:
         """The records a transaction wrote."""
         return self._key("written", transaction_id)
 
-    def __getattr__(self, role: str) -> str:
-        if role in SUFFIXES and not SUFFIXES[role].endswith(":"):
-            return self._key(role)
-        raise AttributeError(role)
+    @property
+    def inflight(self) -> str:
+        """Claimed entries by receipt."""
+        return self._key("inflight")
+
+    @property
+    def leases(self) -> str:
+        """Lease deadlines of claimed entries."""
+        return self._key("leases")
+
+    @property
+    def hold(self) -> str:
+        """Present while a retry holds the head."""
+        return self._key("hold")
+
+    @property
+    def seq(self) -> str:
+        """The site's counter."""
+        return self._key("seq")
+
+    @property
+    def letters(self) -> str:
+        """Dead-lettered payloads."""
+        return self._key("letters")
+
+    @property
+    def letter_order(self) -> str:
+        """Arrival order of dead letters."""
+        return self._key("letter_order")
+
+    @property
+    def letter_meta(self) -> str:
+        """Reasons and times of dead letters."""
+        return self._key("letter_meta")
+
+    @property
+    def lease(self) -> str:
+        """The processor lease."""
+        return self._key("lease")
 
     def bounded(self) -> set[str]:
         """Full names of the site's bounded structures."""

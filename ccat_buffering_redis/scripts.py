@@ -16,12 +16,16 @@ from ccat_buffering_redis.keys import SUFFIXES
 
 __all__ = [
     "APPLY",
+    "BUFFER_STATS",
     "CACHE_EXTEND",
+    "CACHE_GET",
     "CACHE_LIST",
     "CLAIM",
     "LEASE_ACQUIRE",
+    "LEASE_CURRENT",
     "LEASE_RELEASE",
     "LEASE_RENEW",
+    "LETTERS_GET",
     "LETTERS_PURGE",
     "LETTERS_REPLAY",
     "RECOVER",
@@ -41,7 +45,7 @@ local LEASES = P .. '{leases}'
 local HOLD = P .. '{hold}'
 local SEQ = P .. '{seq}'
 local LETTERS = P .. '{letters}'
-local META = P .. '{letters}:meta'
+local META = P .. '{letter_meta}'
 local ORDER = P .. '{letter_order}'
 local STATE = P .. '{state}'
 local INDEX = P .. '{index}'
@@ -74,8 +78,7 @@ local function prune_terminal()
     redis.call('ZREMRANGEBYSCORE', STATE .. state, '-inf', NOW)
   end
 end
-"""
-    .replace("{buffer}", SUFFIXES["buffer"])
+""".replace("{buffer}", SUFFIXES["buffer"])
     .replace("{status}", SUFFIXES["status"])
     .replace("{ids}", SUFFIXES["ids"])
     .replace("{buffered}", SUFFIXES["buffered"])
@@ -85,6 +88,7 @@ end
     .replace("{seq}", SUFFIXES["seq"])
     .replace("{letters}", SUFFIXES["letters"])
     .replace("{letter_order}", SUFFIXES["letter_order"])
+    .replace("{letter_meta}", SUFFIXES["letter_meta"])
     .replace("{state}", SUFFIXES["state"])
     .replace("{index}", SUFFIXES["index"])
     .replace("{written}", SUFFIXES["written"])
@@ -145,13 +149,24 @@ local function without_tx(list, txid)
   return table.concat(rest, ',')
 end
 
-local function put_status(txid, json, state, ttl, score)
+-- Members of the committed index are <low 32 bits of the LSN, 8 hex digits><id>
+-- under a score of the high 32 bits: exact order, where a double score of the
+-- whole LSN would round above 2**53.
+local function state_member(state, txid, lsn)
+  if state ~= 'committed' then return txid end
+  if type(lsn) ~= 'string' then return '00000000' .. txid end
+  local low = string.match(lsn, '/(%x+)$') or '0'
+  return string.rep('0', 8 - #low) .. string.upper(low) .. txid
+end
+
+local function put_status(txid, json, state, ttl, score, member)
   local k = STATUS .. txid
   local old = redis.call('GET', k)
   if old then
     local ok, decoded = pcall(cjson.decode, old)
     if ok and type(decoded) == 'table' and decoded.state then
-      redis.call('ZREM', STATE .. decoded.state, txid)
+      local member = state_member(decoded.state, txid, decoded.commit_lsn)
+      redis.call('ZREM', STATE .. decoded.state, member)
     end
   end
   if TERMINAL[state] then
@@ -160,7 +175,7 @@ local function put_status(txid, json, state, ttl, score)
   else
     redis.call('SET', k, json)
     if score == '' then score = next_seq() end
-    redis.call('ZADD', STATE .. state, score, txid)
+    redis.call('ZADD', STATE .. state, score, member)
   end
 end
 
@@ -254,7 +269,7 @@ for g, ops in ipairs(groups) do
     elseif name == 'replay' then
       count = count + replay_one(op[2])
     elseif name == 'status' then
-      put_status(op[2], op[3], op[4], op[5], op[6])
+      put_status(op[2], op[3], op[4], op[5], op[6], op[7])
     elseif name == 'cache' then
       write_cache(op[2], op[3], op[4])
     elseif name == 'release' then
@@ -352,7 +367,13 @@ STATUS_IDS = (
     + """
 prune_terminal()
 local limit = tonumber(ARGV[3])
-return redis.call('ZRANGE', STATE .. ARGV[2], 0, limit - 1)
+local stop = -1
+if limit > 0 then stop = limit - 1 end
+local ids = redis.call('ZRANGE', STATE .. ARGV[2], 0, stop)
+if ARGV[2] == 'committed' then
+  for i, member in ipairs(ids) do ids[i] = string.sub(member, 9) end
+end
+return ids
 """
 )
 
@@ -437,5 +458,43 @@ LEASE_RELEASE = (
 if redis.call('GET', LEASE) ~= ARGV[2] then return 0 end
 redis.call('DEL', LEASE)
 return 1
+"""
+)
+
+BUFFER_STATS = (
+    _PRELUDE
+    + """
+return {NOW, redis.call('LLEN', BUF), redis.call('HLEN', INF), redis.call('HLEN', LETTERS),
+        redis.call('PTTL', HOLD)}
+"""
+)
+
+CACHE_GET = (
+    _PRELUDE
+    + """
+local k = BUFFERED .. ARGV[2] .. ':' .. ARGV[3]
+return {NOW, redis.call('PTTL', k), redis.call('HGETALL', k)}
+"""
+)
+
+LEASE_CURRENT = (
+    _PRELUDE
+    + """
+return {NOW, redis.call('GET', LEASE) or '', redis.call('PTTL', LEASE)}
+"""
+)
+
+LETTERS_GET = (
+    _PRELUDE
+    + """
+local out = {}
+for i = 2, #ARGV do
+  local p = redis.call('HGET', LETTERS, ARGV[i])
+  local m = redis.call('HGET', META, ARGV[i])
+  if p and m then
+    out[#out + 1] = {ARGV[i], p, m}
+  end
+end
+return out
 """
 )

@@ -1,0 +1,52 @@
+"""Argument checks every backend applies before it writes anything."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from ccat_buffering.models import TransactionStatus, check_identifier
+from ccat_buffering.protocols import CacheWrite
+
+__all__ = ["check_duration", "check_payload", "check_status", "check_writes"]
+
+
+def check_duration(value: float, what: str) -> None:
+    """Refuse a duration that is not a finite number of seconds >= 0.
+
+    Raises:
+        ValueError: With the offending value.
+    """
+    if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what} must be a finite number of seconds >= 0, not {value!r}")
+
+
+def check_writes(writes: Sequence[CacheWrite]) -> None:
+    """Refuse cache writes whose model or record id would escape the key schema.
+
+    Raises:
+        TransactionValidationError: Naming the offending name.
+    """
+    for write in writes:
+        check_identifier(write.model, "model name")
+        check_identifier(write.record_id, "record id")
+
+
+def check_payload(payload: object) -> None:
+    """Refuse a buffer entry that is not text.
+
+    Raises:
+        TypeError: Naming the type given.
+    """
+    if not isinstance(payload, str):
+        raise TypeError(f"payload must be text, not {type(payload).__name__}")
+
+
+def check_status(status: object) -> None:
+    """Refuse a status that is not a :class:`TransactionStatus`.
+
+    Raises:
+        TypeError: Naming the type given.
+    """
+    if not isinstance(status, TransactionStatus):
+        raise TypeError(f"status must be a TransactionStatus, not {type(status).__name__}")

@@ -1,0 +1,542 @@
+"""The Redis backend: every store of one site in Redis, each change one atomic call.
+
+Writes go through Lua scripts (:mod:`ccat_buffering_redis.scripts`): a
+``Backend.atomic()`` group is one ``EVALSHA`` whatever it holds, and groups
+that concurrent callers close at the same moment are coalesced into one call
+(each still applies whole). Every key lives under ``site:{<site>}:``, one
+Redis Cluster slot per site. Redis errors are translated at this boundary:
+nothing from ``redis.*`` leaks out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, Self
+
+import redis.exceptions
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from ccat_buffering._checks import check_duration, check_payload, check_status, check_writes
+from ccat_buffering.errors import BackendError, BackendUnavailableError
+from ccat_buffering.models import TransactionState, TransactionStatus
+from ccat_buffering.protocols import (
+    BufferStats,
+    CachedRecord,
+    CacheWrite,
+    Claim,
+    DeadLetter,
+    LeaseInfo,
+)
+from ccat_buffering_redis import scripts
+from ccat_buffering_redis._connect import open_client
+from ccat_buffering_redis.keys import SiteKeys
+
+__all__ = ["RedisBackend"]
+
+Client = Redis | RedisCluster
+Op = list[Any]
+
+MAX_GROUPS_PER_CALL = 256
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _status_op(status: TransactionStatus, ttl_seconds: float) -> Op:
+    score, member = "", status.transaction_id
+    if status.state is TransactionState.COMMITTED:
+        lsn = -1 if status.commit_lsn is None else int(status.commit_lsn)
+        score = str(lsn >> 32) if lsn >= 0 else "-1"
+        member = f"{max(lsn, 0) & 0xFFFFFFFF:08X}{status.transaction_id}"
+    return [
+        "status",
+        status.transaction_id,
+        status.model_dump_json(),
+        str(status.state),
+        _ms(ttl_seconds),
+        score,
+        member,
+    ]
+
+
+def _cache_op(transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float) -> Op:
+    encoded = []
+    for write in writes:
+        flat: list[str] = []
+        for name, value in write.fields.items():
+            flat.extend((name, json.dumps(value, separators=(",", ":"))))
+        encoded.append([write.model, write.record_id, str(write.kind), flat])
+    return ["cache", transaction_id, _ms(ttl_seconds), encoded]
+
+
+class _Coalescer:
+    """Sends the groups that callers close together in one script call.
+
+    One call is in flight at a time; groups that arrive meanwhile go in the
+    next. A group's result or error reaches its own caller.
+    """
+
+    def __init__(self, run: Callable[[list[list[Op]]], Awaitable[list[int]]]) -> None:
+        self._run = run
+        self._pending: list[tuple[list[Op], asyncio.Future[int]]] = []
+        self._leader: asyncio.Task[None] | None = None
+
+    async def submit(self, ops: list[Op]) -> int:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((ops, future))
+        if self._leader is None:
+            self._leader = asyncio.ensure_future(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[:MAX_GROUPS_PER_CALL]
+                del self._pending[:MAX_GROUPS_PER_CALL]
+                try:
+                    results = await self._run([ops for ops, _ in batch])
+                except BaseException as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    for (_, future), result in zip(batch, results, strict=True):
+                        if not future.done():
+                            future.set_result(int(result))
+        finally:
+            self._leader = None
+
+
+class _Part:
+    def __init__(self, backend: RedisBackend) -> None:
+        self._backend = backend
+        self._keys = backend.keys
+
+
+class RedisBufferStore(_Part):
+    """:class:`~ccat_buffering.protocols.BufferStore` in Redis."""
+
+    async def push(self, payloads: Sequence[str]) -> None:
+        """See :meth:`ccat_buffering.protocols.BufferStore.push`."""
+        for payload in payloads:
+            check_payload(payload)
+        if payloads:
+            with self._backend.translate():
+                await self._backend.client.lpush(self._keys.buffer, *payloads)
+
+    async def claim(self, count: int, lease_seconds: float) -> list[Claim]:
+        """See :meth:`ccat_buffering.protocols.BufferStore.claim`."""
+        if count < 1:
+            raise ValueError(f"count must be at least 1, not {count}")
+        check_duration(lease_seconds, "lease_seconds")
+        reply = await self._backend.script("claim", count, _ms(lease_seconds))
+        if not reply:
+            return []
+        deadline = int(reply[0]) / 1000
+        return [
+            Claim(_text(reply[i]), _text(reply[i + 1]), deadline) for i in range(1, len(reply), 2)
+        ]
+
+    async def ack(self, receipts: Sequence[str]) -> int:
+        """See :meth:`ccat_buffering.protocols.BufferStore.ack`."""
+        return await self._backend.apply([["ack", r] for r in receipts])
+
+    async def retry_later(self, receipts: Sequence[str], delay_seconds: float) -> int:
+        """See :meth:`ccat_buffering.protocols.BufferStore.retry_later`."""
+        check_duration(delay_seconds, "delay_seconds")
+        delay = 0 if delay_seconds == 0 else _ms(delay_seconds)
+        return await self._backend.apply([["retry", list(receipts), delay]])
+
+    async def dead_letter(
+        self, receipt: str, reason: str, transaction_id: str | None = None
+    ) -> bool:
+        """See :meth:`ccat_buffering.protocols.BufferStore.dead_letter`."""
+        return bool(await self._backend.apply([["dead", receipt, reason, transaction_id or ""]]))
+
+    async def recover(self, *, include_unexpired: bool = False) -> int:
+        """See :meth:`ccat_buffering.protocols.BufferStore.recover`."""
+        return int(await self._backend.script("recover", "1" if include_unexpired else "0"))
+
+    async def stats(self) -> BufferStats:
+        """See :meth:`ccat_buffering.protocols.BufferStore.stats`."""
+        now, depth, in_flight, letters, hold = await self._backend.script("buffer_stats")
+        held = (int(now) + int(hold)) / 1000 if int(hold) > 0 else None
+        return BufferStats(int(depth), int(in_flight), int(letters), held)
+
+
+class RedisDeadLetterStore(_Part):
+    """:class:`~ccat_buffering.protocols.DeadLetterStore` in Redis."""
+
+    async def _letters(self, ids: list[str]) -> list[DeadLetter]:
+        if not ids:
+            return []
+        letters = []
+        for lid, payload, meta in await self._backend.script("letters_get", *ids):
+            info = json.loads(meta)
+            letters.append(
+                DeadLetter(
+                    _text(lid),
+                    _text(payload),
+                    info["reason"],
+                    info["at"] / 1000,
+                    info["tx"] or None,
+                )
+            )
+        return letters
+
+    async def list(self, offset: int = 0, limit: int | None = None) -> list[DeadLetter]:
+        """See :meth:`ccat_buffering.protocols.DeadLetterStore.list`."""
+        stop = -1 if limit is None else offset + limit - 1
+        if limit == 0:
+            return []
+        with self._backend.translate():
+            raw = await self._backend.client.zrange(self._keys.letter_order, offset, stop)
+        return await self._letters([_text(r) for r in raw])  # type: ignore[arg-type]
+
+    async def get(self, letter_id: str) -> DeadLetter | None:
+        """See :meth:`ccat_buffering.protocols.DeadLetterStore.get`."""
+        found = await self._letters([letter_id])
+        return found[0] if found else None
+
+    async def replay(self, letter_ids: Sequence[str] | None = None) -> builtins.list[DeadLetter]:
+        """See :meth:`ccat_buffering.protocols.DeadLetterStore.replay`."""
+        selector = "*" if letter_ids is None else json.dumps(list(letter_ids))
+        wanted = await self.list() if letter_ids is None else await self._letters(list(letter_ids))
+        by_id = {letter.letter_id: letter for letter in wanted}
+        done = await self._backend.script("letters_replay", selector)
+        return [by_id[_text(lid)] for lid in done if _text(lid) in by_id]
+
+    async def purge(self, letter_ids: Sequence[str] | None = None) -> int:
+        """See :meth:`ccat_buffering.protocols.DeadLetterStore.purge`."""
+        selector = "*" if letter_ids is None else json.dumps(list(letter_ids))
+        return int(await self._backend.script("letters_purge", selector))
+
+
+class RedisStatusStore(_Part):
+    """:class:`~ccat_buffering.protocols.StatusStore` in Redis."""
+
+    async def get(self, transaction_id: str) -> TransactionStatus | None:
+        """See :meth:`ccat_buffering.protocols.StatusStore.get`."""
+        return (await self.get_many([transaction_id]))[0]
+
+    async def get_many(self, transaction_ids: Sequence[str]) -> list[TransactionStatus | None]:
+        """See :meth:`ccat_buffering.protocols.StatusStore.get_many`."""
+        if not transaction_ids:
+            return []
+        with self._backend.translate():
+            raw = await self._backend.client.mget([self._keys.status(t) for t in transaction_ids])
+        return [None if r is None else TransactionStatus.model_validate_json(r) for r in raw]
+
+    async def put(self, status: TransactionStatus, ttl_seconds: float) -> None:
+        """See :meth:`ccat_buffering.protocols.StatusStore.put`."""
+        check_status(status)
+        check_duration(ttl_seconds, "ttl_seconds")
+        await self._backend.apply([_status_op(status, ttl_seconds)])
+
+    async def ids(self, state: TransactionState, limit: int | None = None) -> list[str]:
+        """See :meth:`ccat_buffering.protocols.StatusStore.ids`."""
+        if limit == 0:
+            return []
+        reply = await self._backend.script("status_ids", str(TransactionState(state)), limit or -1)
+        return [_text(r) for r in reply]
+
+    async def counts(self) -> dict[TransactionState, int]:
+        """See :meth:`ccat_buffering.protocols.StatusStore.counts`."""
+        states = list(TransactionState)
+        reply = await self._backend.script("status_counts", *(str(s) for s in states))
+        return {state: int(n) for state, n in zip(states, reply, strict=True)}
+
+
+class RedisCacheStore(_Part):
+    """:class:`~ccat_buffering.protocols.CacheStore` in Redis."""
+
+    async def write(
+        self, transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float
+    ) -> None:
+        """See :meth:`ccat_buffering.protocols.CacheStore.write`."""
+        check_writes(writes)
+        check_duration(ttl_seconds, "ttl_seconds")
+        await self._backend.apply([_cache_op(transaction_id, writes, ttl_seconds)])
+
+    @staticmethod
+    def _record(
+        model: str, record_id: str, flat: list[Any], ttl_ms: int, now: float
+    ) -> CachedRecord:
+        pairs = dict(zip(map(_text, flat[::2]), map(_text, flat[1::2]), strict=True))
+        fields = {k: json.loads(v) for k, v in pairs.items() if not k.startswith("@")}
+        return CachedRecord(
+            model,
+            record_id,
+            fields,
+            pairs.get("@created") == "1",
+            pairs.get("@deleted") == "1",
+            tuple(t for t in pairs.get("@tx", "").split(",") if t),
+            now + max(ttl_ms, 0) / 1000,
+        )
+
+    async def get(self, model: str, record_id: str) -> CachedRecord | None:
+        """See :meth:`ccat_buffering.protocols.CacheStore.get`."""
+        now, ttl, flat = await self._backend.script("cache_get", model, record_id)
+        if not flat:
+            return None
+        return self._record(model, record_id, flat, int(ttl), int(now) / 1000)
+
+    async def list(self, model: str) -> list[CachedRecord]:
+        """See :meth:`ccat_buffering.protocols.CacheStore.list`."""
+        now_ms, rows = await self._backend.script("cache_list", model)
+        now = int(now_ms) / 1000
+        return [self._record(model, _text(rid), flat, int(ttl), now) for rid, ttl, flat in rows]
+
+    async def created_by(self, model: str, record_id: str) -> str | None:
+        """See :meth:`ccat_buffering.protocols.CacheStore.created_by`."""
+        with self._backend.translate():
+            value = await self._backend.client.get(self._keys.ids(model, record_id))
+        return None if value is None else _text(value)
+
+    async def extend(self, transaction_ids: Sequence[str], ttl_seconds: float) -> int:
+        """See :meth:`ccat_buffering.protocols.CacheStore.extend`."""
+        check_duration(ttl_seconds, "ttl_seconds")
+        if not transaction_ids:
+            return 0
+        return int(await self._backend.script("cache_extend", _ms(ttl_seconds), *transaction_ids))
+
+    async def release(self, transaction_ids: Sequence[str]) -> int:
+        """See :meth:`ccat_buffering.protocols.CacheStore.release`."""
+        if not transaction_ids:
+            return 0
+        return await self._backend.apply([["release", list(transaction_ids)]])
+
+
+class RedisProcessorLease(_Part):
+    """:class:`~ccat_buffering.protocols.ProcessorLease` in Redis (``SET PX`` with a token)."""
+
+    async def acquire(self, holder: str, ttl_seconds: float) -> bool:
+        """See :meth:`ccat_buffering.protocols.ProcessorLease.acquire`."""
+        check_duration(ttl_seconds, "ttl_seconds")
+        return bool(await self._backend.script("lease_acquire", holder, _ms(ttl_seconds)))
+
+    async def renew(self, holder: str, ttl_seconds: float) -> bool:
+        """See :meth:`ccat_buffering.protocols.ProcessorLease.renew`."""
+        check_duration(ttl_seconds, "ttl_seconds")
+        return bool(await self._backend.script("lease_renew", holder, _ms(ttl_seconds)))
+
+    async def release(self, holder: str) -> bool:
+        """See :meth:`ccat_buffering.protocols.ProcessorLease.release`."""
+        return bool(await self._backend.script("lease_release", holder))
+
+    async def current(self) -> LeaseInfo | None:
+        """See :meth:`ccat_buffering.protocols.ProcessorLease.current`."""
+        now, holder, ttl = await self._backend.script("lease_current")
+        if not holder or int(ttl) < 0:
+            return None
+        return LeaseInfo(_text(holder), (int(now) + int(ttl)) / 1000)
+
+
+class RedisWriteBatch:
+    """:class:`~ccat_buffering.protocols.WriteBatch` that stages script operations."""
+
+    def __init__(self) -> None:
+        self.ops: list[Op] = []
+
+    def push(self, payload: str) -> None:
+        """Stage a push."""
+        check_payload(payload)
+        self.ops.append(["push", payload])
+
+    def ack(self, receipt: str) -> None:
+        """Stage an ack."""
+        self.ops.append(["ack", receipt])
+
+    def retry_later(self, receipts: Sequence[str], delay_seconds: float) -> None:
+        """Stage a retry."""
+        check_duration(delay_seconds, "delay_seconds")
+        self.ops.append(["retry", list(receipts), 0 if delay_seconds == 0 else _ms(delay_seconds)])
+
+    def dead_letter(self, receipt: str, reason: str, transaction_id: str | None) -> None:
+        """Stage a move to the dead letters."""
+        self.ops.append(["dead", receipt, reason, transaction_id or ""])
+
+    def replay(self, letter_id: str) -> None:
+        """Stage the replay of one letter."""
+        self.ops.append(["replay", letter_id])
+
+    def put_status(self, status: TransactionStatus, ttl_seconds: float) -> None:
+        """Stage a status."""
+        check_status(status)
+        check_duration(ttl_seconds, "ttl_seconds")
+        self.ops.append(_status_op(status, ttl_seconds))
+
+    def write_cache(
+        self, transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float
+    ) -> None:
+        """Stage cache writes."""
+        writes = list(writes)
+        check_writes(writes)
+        check_duration(ttl_seconds, "ttl_seconds")
+        self.ops.append(_cache_op(transaction_id, writes, ttl_seconds))
+
+    def release_cache(self, transaction_ids: Sequence[str]) -> None:
+        """Stage a cache release."""
+        self.ops.append(["release", list(transaction_ids)])
+
+
+_SCRIPTS = {
+    "apply": scripts.APPLY,
+    "claim": scripts.CLAIM,
+    "recover": scripts.RECOVER,
+    "letters_replay": scripts.LETTERS_REPLAY,
+    "letters_purge": scripts.LETTERS_PURGE,
+    "status_ids": scripts.STATUS_IDS,
+    "status_counts": scripts.STATUS_COUNTS,
+    "cache_extend": scripts.CACHE_EXTEND,
+    "cache_list": scripts.CACHE_LIST,
+    "cache_get": scripts.CACHE_GET,
+    "buffer_stats": scripts.BUFFER_STATS,
+    "lease_current": scripts.LEASE_CURRENT,
+    "letters_get": scripts.LETTERS_GET,
+    "lease_acquire": scripts.LEASE_ACQUIRE,
+    "lease_renew": scripts.LEASE_RENEW,
+    "lease_release": scripts.LEASE_RELEASE,
+}
+
+
+class RedisBackend:
+    """Every store of one site, in Redis.
+
+    Args:
+        client: A redis-py asyncio client (``Redis`` or ``RedisCluster``); the
+            backend does not close it.
+        site: The site's name (a plain identifier).
+        coalesce: Send atomic groups that close together in one call.
+        where: How to name the server in error messages (password masked).
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        site: str,
+        coalesce: bool = True,
+        where: str | None = None,
+    ) -> None:
+        self.keys = SiteKeys(site)
+        self.site = site
+        self.client = client
+        self.where = where or self._describe(client)
+        self._owns_client = False
+        self._scripts = {name: client.register_script(lua) for name, lua in _SCRIPTS.items()}
+        self._coalescer = _Coalescer(self._apply_groups) if coalesce else None
+        self.buffer = RedisBufferStore(self)
+        self.dead_letters = RedisDeadLetterStore(self)
+        self.status = RedisStatusStore(self)
+        self.cache = RedisCacheStore(self)
+        self.lease = RedisProcessorLease(self)
+
+    @staticmethod
+    def _describe(client: Client) -> str:
+        if isinstance(client, RedisCluster):
+            return "a Redis Cluster"
+        kwargs = client.connection_pool.connection_kwargs
+        if "path" in kwargs:
+            return f"redis at {kwargs['path']}"
+        return f"redis at {kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, site: str, coalesce: bool = True, **options: Any
+    ) -> RedisBackend:
+        """Open a backend that owns its client, for a Redis URL.
+
+        Args:
+            url: ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``
+                or ``redis+cluster://``.
+            site: The site's name.
+            coalesce: Send atomic groups that close together in one call.
+            **options: Passed to the redis-py client.
+
+        Returns:
+            The backend; ``aclose()`` closes the client.
+        """
+        SiteKeys(site)
+        client, where = open_client(url, **options)
+        backend = cls(client, site=site, coalesce=coalesce, where=where)
+        backend._owns_client = True
+        return backend
+
+    @contextmanager
+    def translate(self) -> Iterator[None]:
+        """Turn redis-py's errors into the library's, naming the server."""
+        try:
+            yield
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            raise BackendUnavailableError(f"{self.where} cannot be reached: {exc}") from exc
+        except redis.exceptions.RedisError as exc:
+            raise BackendError(f"{self.where} refused the operation: {exc}") from exc
+
+    async def script(self, name: str, *args: Any) -> Any:
+        """Run one of the backend's scripts for this site.
+
+        Args:
+            name: The script's name.
+            *args: Its arguments after the key prefix.
+
+        Returns:
+            The script's reply.
+        """
+        with self.translate():
+            return await self._scripts[name](
+                keys=[self.keys.buffer], args=[self.keys.prefix, *args]
+            )
+
+    async def _apply_groups(self, groups: list[list[Op]]) -> list[int]:
+        payload = json.dumps(groups, separators=(",", ":"))
+        reply = await self.script("apply", payload)
+        return [int(n) for n in reply]
+
+    async def apply(self, ops: list[Op]) -> int:
+        """Apply one atomic group of operations.
+
+        Returns:
+            How many entries the group's operations touched.
+        """
+        if self._coalescer is not None:
+            return await self._coalescer.submit(ops)
+        return (await self._apply_groups([ops]))[0]
+
+    @asynccontextmanager
+    async def atomic(self) -> AsyncIterator[RedisWriteBatch]:
+        """See :meth:`ccat_buffering.protocols.Backend.atomic`."""
+        batch = RedisWriteBatch()
+        yield batch
+        if batch.ops:
+            await self.apply(batch.ops)
+
+    async def aclose(self) -> None:
+        """Close the client if the backend opened it."""
+        if self._owns_client:
+            self._owns_client = False
+            with self.translate():
+                await self.client.aclose()
+
+    async def __aenter__(self) -> Self:
+        """Return the backend."""
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Close the backend."""
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"RedisBackend(site={self.site!r}, {self.where})"

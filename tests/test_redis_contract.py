@@ -1,0 +1,61 @@
+"""The contract suite on every Redis setup: fakeredis, a real Redis, a real Cluster."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import fakeredis
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from services import REDIS_URL, missing, redis_cluster
+
+from ccat_buffering.testing import BackendContract
+from ccat_buffering_redis import RedisBackend
+
+
+class TestFakeRedis(BackendContract):
+    @pytest_asyncio.fixture
+    async def backend(self, site: str) -> AsyncIterator[RedisBackend]:
+        client = fakeredis.FakeAsyncRedis()
+        async with RedisBackend(client, site=site) as backend:
+            yield backend
+        await client.aclose()
+
+
+@pytest_asyncio.fixture
+async def redis_client() -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await client.ping()
+    except Exception as exc:  # the service is missing: skip, or fail in CI
+        await client.aclose()
+        missing(f"no Redis at {REDIS_URL}: {exc}")
+    yield client
+    await client.aclose()
+
+
+class TestRealRedis(BackendContract):
+    @pytest_asyncio.fixture
+    async def backend(self, site: str, redis_client: aioredis.Redis) -> AsyncIterator[RedisBackend]:
+        async with RedisBackend(redis_client, site=site) as backend:
+            yield backend
+        keys = [k async for k in redis_client.scan_iter(match=backend.keys.pattern())]
+        if keys:
+            await redis_client.delete(*keys)
+
+
+@pytest.fixture(scope="module")
+def cluster_ports() -> Iterator[list[int]]:
+    with redis_cluster() as ports:
+        yield ports
+
+
+class TestRedisCluster(BackendContract):
+    @pytest_asyncio.fixture
+    async def backend(self, site: str, cluster_ports: list[int]) -> AsyncIterator[RedisBackend]:
+        client = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in cluster_ports])
+        async with RedisBackend(client, site=site) as backend:
+            yield backend
+        await client.aclose()
