@@ -14,6 +14,7 @@ import os
 import random
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -129,7 +130,7 @@ async def simulate(
     poison: int = 2,
     backend_url: str = "memory://",
     database_url: str | None = None,
-    site: str = "simulated-site",
+    site: str | None = None,
     seed: int = 0,
     progress: Progress | None = None,
 ) -> SimulationSummary:
@@ -144,7 +145,8 @@ async def simulate(
         poison: Transactions built to violate a foreign key.
         backend_url: Where to buffer.
         database_url: The main database; a new SQLite file when ``None``.
-        site: The site's name.
+        site: The site's name; a new ``simulated-<random>`` one by default, so
+            that runs against a shared Redis never meet each other's keys.
         seed: Seed of the random values.
         progress: Called as ``progress(phase, done, total)``.
 
@@ -160,7 +162,7 @@ async def simulate(
         online.mkdir()
         url = database_url or f"sqlite+aiosqlite:///{online / 'operations.db'}"
         settings = BufferingSettings(
-            site_name=site,
+            site_name=site or f"simulated-{uuid.uuid4().hex[:8]}",
             site_type="secondary",
             backend_url=backend_url,
             database_url=url,

@@ -160,6 +160,15 @@ class SiteKeys:
         """The processor lease."""
         return self._key("lease")
 
+    def status_id(self, key: str) -> str | None:
+        """The transaction id if ``key`` is a status key of this site, else ``None``.
+
+        A status key has no TTL while its transaction is unfinished: it is
+        bounded by the unfinished transactions, as the buffer is.
+        """
+        start = self.prefix + SUFFIXES["status"]
+        return key[len(start) :] if key.startswith(start) else None
+
     def bounded(self) -> set[str]:
         """Full names of the site's bounded structures."""
         return {self.prefix + suffix for suffix in BOUNDED}

@@ -1,0 +1,225 @@
+"""The Redis backend beyond the contract: injection, atomicity, key hygiene, bad data."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from services import REDIS_URL, missing
+
+from ccat_buffering.builder import TransactionBuilder
+from ccat_buffering.errors import BackendUnavailableError, TransactionValidationError
+from ccat_buffering.manager import TransactionManager
+from ccat_buffering.models import TransactionState
+from ccat_buffering.protocols import CacheKind, CacheWrite
+from ccat_buffering.simulation import simulate
+from ccat_buffering.testing import new_site_name
+from ccat_buffering_redis import RedisBackend, SiteKeys
+
+from support import observation
+
+ESCAPES = ["a:b", "*", "{x}", "a b", "a\nb", "tab\there", "x" * 200, "", "site}", "ü"]
+
+
+@pytest_asyncio.fixture
+async def client() -> AsyncIterator[aioredis.Redis]:
+    redis_client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await redis_client.ping()
+    except Exception as exc:
+        await redis_client.aclose()
+        missing(f"no Redis at {REDIS_URL}: {exc}")
+    yield redis_client
+    await redis_client.aclose()
+
+
+@pytest_asyncio.fixture
+async def backend(client: aioredis.Redis) -> AsyncIterator[RedisBackend]:
+    site_backend = RedisBackend(client, site=new_site_name())
+    yield site_backend
+    keys = [k async for k in client.scan_iter(match=site_backend.keys.pattern())]
+    if keys:
+        await client.delete(*keys)
+
+
+async def site_keys(client: aioredis.Redis, backend: RedisBackend) -> dict[str, int]:
+    """Every key of the site with its TTL in ms (-1: none)."""
+    keys = [k.decode() async for k in client.scan_iter(match=backend.keys.pattern())]
+    return {key: await client.pttl(key) for key in keys}
+
+
+async def untracked(backend: RedisBackend, keys: dict[str, int]) -> list[str]:
+    """Keys with no TTL that are neither bounded structures nor unfinished statuses."""
+    bad = []
+    for key, ttl in keys.items():
+        if ttl > 0 or key in backend.keys.bounded():
+            continue
+        transaction_id = backend.keys.status_id(key)
+        if transaction_id is not None:
+            status = await backend.status.get(transaction_id)
+            if status is not None and not status.state.is_terminal:
+                continue
+        bad.append(key)
+    return bad
+
+
+@pytest.mark.parametrize("name", ESCAPES)
+async def test_names_that_escape_the_schema_are_refused_before_any_call(name: str) -> None:
+    # Port 1 refuses connections: any Redis call would raise BackendUnavailableError.
+    with pytest.raises(TransactionValidationError):
+        RedisBackend.from_url("redis://127.0.0.1:1/0", site=name)
+    with pytest.raises(TransactionValidationError):
+        SiteKeys(name)
+    unreachable = RedisBackend.from_url("redis://127.0.0.1:1/0", site="fine")
+    try:
+        tx = TransactionBuilder("x")
+        with pytest.raises(TransactionValidationError):
+            tx.create(name, {"a": 1})
+        bad_write = CacheWrite(name, "r1", CacheKind.CREATE, {"a": 1})
+        with pytest.raises(TransactionValidationError):
+            await unreachable.cache.write("t1", [bad_write], 60)
+        bad_id = CacheWrite("Model", name, CacheKind.CREATE, {"a": 1})
+        with pytest.raises(TransactionValidationError):
+            await unreachable.cache.write("t1", [bad_id], 60)
+        # The same backend, given good names, does reach for Redis.
+        with pytest.raises(BackendUnavailableError, match=r"127\.0\.0\.1:1"):
+            await unreachable.buffer.stats()
+    finally:
+        await unreachable.aclose()
+
+
+async def test_a_failure_inside_the_buffering_group_leaves_no_key(
+    client: aioredis.Redis, backend: RedisBackend
+) -> None:
+    manager = TransactionManager(backend)
+    tx, _ = observation(1)
+    with pytest.raises(RuntimeError, match="injected"):
+        async with backend.atomic() as batch:
+            batch.push(tx.to_json())
+            batch.write_cache(tx.transaction_id, [], 60)
+            raise RuntimeError("injected after staging")
+    original = backend.atomic
+
+    def failing_atomic():  # type: ignore[no-untyped-def]
+        group = original()
+
+        class Failing:
+            async def __aenter__(self):  # type: ignore[no-untyped-def]
+                batch = await group.__aenter__()
+                stage = batch.write_cache
+
+                def write_cache(*args, **kwargs):  # type: ignore[no-untyped-def]
+                    stage(*args, **kwargs)
+                    raise ConnectionError("injected: lost the connection while staging")
+
+                batch.write_cache = write_cache
+                return batch
+
+            async def __aexit__(self, *exc):  # type: ignore[no-untyped-def]
+                return await group.__aexit__(*exc)
+
+        return Failing()
+
+    backend.atomic = failing_atomic  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError, match="injected"):
+        await manager.buffer(tx)
+    assert await site_keys(client, backend) == {}
+
+
+async def test_key_hygiene_over_a_full_life(client: aioredis.Redis, backend: RedisBackend) -> None:
+    manager = TransactionManager(backend, status_ttl=1.0, cache_ttl=1.0)
+    tx, obs_id = observation(1)
+    await manager.buffer(tx)
+    bounded = backend.keys.bounded()
+    during = await site_keys(client, backend)
+    assert any(obs_id in key for key in during)
+    assert await untracked(backend, during) == []
+    (delivery,) = await manager.claim(1, 30)
+    await manager.committed([delivery], None)
+    await manager.replicated([delivery.status])
+    after = await site_keys(client, backend)
+    assert await untracked(backend, after) == []
+    assert not any(obs_id in key for key in after), after
+    deadline = time.monotonic() + 10
+    while any(tx.transaction_id in key for key in await site_keys(client, backend)):
+        assert time.monotonic() < deadline, await site_keys(client, backend)
+        await asyncio.sleep(0.05)
+    assert await manager.status(tx.transaction_id) is None
+    left = await site_keys(client, backend)
+    assert all(key in bounded for key in left), left
+    for key in left:
+        kind = (await client.type(key)).decode()
+        size = {
+            "list": client.llen,
+            "hash": client.hlen,
+            "zset": client.zcard,
+        }.get(kind)
+        if size is not None and not key.endswith(":seq"):
+            assert await size(key) == 0 or key.endswith("state:replicated"), key
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [b"not json at all", b'{"format_version": 1, "endpoint": "x"', b"\xff\xfe\x00binary", b"{}"],
+)
+async def test_bad_data_in_the_queue_is_dead_lettered_raw(
+    client: aioredis.Redis, backend: RedisBackend, junk: bytes
+) -> None:
+    manager = TransactionManager(backend)
+    good, _ = observation(1)
+    await client.lpush(backend.keys.buffer, junk)  # as an operator's redis-cli would
+    await manager.buffer(good)
+    deliveries = await manager.claim(10, 30)
+    assert [d.transaction_id for d in deliveries] == [good.transaction_id]
+    (letter,) = await backend.dead_letters.list()
+    assert letter.letter_id.startswith("raw-") and letter.transaction_id is None
+    assert "unreadable entry" in letter.reason
+    raw = await client.hget(backend.keys.letters, letter.letter_id)
+    assert raw == junk  # the bytes exactly as they were
+
+
+async def test_from_url_owns_its_client_and_masks_the_password(client: aioredis.Redis) -> None:
+    site = new_site_name()
+    async with RedisBackend.from_url(REDIS_URL, site=site) as owned:
+        await owned.buffer.push(["x"])
+        assert (await owned.buffer.stats()).depth == 1
+    await client.delete(SiteKeys(site).buffer)
+    guarded = RedisBackend.from_url("redis://:s3cret@127.0.0.1:1/0", site=site)
+    with pytest.raises(BackendUnavailableError) as caught:
+        await guarded.buffer.stats()
+    assert "s3cret" not in str(caught.value) and "***" in str(caught.value)
+    await guarded.aclose()
+
+
+async def test_simulate_on_redis() -> None:
+    probe = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await probe.ping()
+    except Exception as exc:
+        missing(f"no Redis at {REDIS_URL}: {exc}")
+    finally:
+        await probe.aclose()
+    summary = await simulate(200, poison=2, backend_url=REDIS_URL)
+    assert summary.ok, summary
+    assert (summary.lost, summary.applied_twice, summary.dead_lettered) == (0, 0, 2)
+
+
+async def test_status_is_kept_until_terminal_then_expires(
+    client: aioredis.Redis, backend: RedisBackend
+) -> None:
+    manager = TransactionManager(backend, status_ttl=1.0)
+    tx, _ = observation(1)
+    await manager.buffer(tx)
+    key = backend.keys.status(tx.transaction_id)
+    assert await client.pttl(key) == -1
+    (delivery,) = await manager.claim(1, 30)
+    (status,) = await manager.committed([delivery], None)
+    assert await client.pttl(key) == -1
+    await manager.replicated([status])
+    assert 0 < await client.pttl(key) <= 1000
+    got = await manager.status(tx.transaction_id)
+    assert got is not None and got.state is TransactionState.REPLICATED
