@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import signal
 import sys
 from typing import Annotated
 
@@ -12,6 +14,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
+from ccat_buffering.coordinator import BufferingCoordinator
+from ccat_buffering.executor import LEDGER_TABLE_NAME, TransactionExecutor, create_engine
+from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.settings import BufferingSettings, mask_url
 from ccat_buffering.simulation import SimulationSummary, simulate
 
 __all__ = ["app", "main"]
@@ -47,8 +53,13 @@ def simulate_command(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random values.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO.")] = False,
 ) -> None:
     """Run a site through an outage: buffer, restore the database, drain, confirm, count."""
+    _configure_logging(verbose)
+    if not verbose:
+        # Retries and pauses are the point of the scenario; the summary counts them.
+        logging.getLogger("ccat_buffering").setLevel(logging.ERROR)
     console = Console(stderr=True)
     interactive = console.is_terminal and not as_json
     if interactive:
@@ -97,6 +108,87 @@ def simulate_command(
     else:
         Console().print(_summary_table(summary))
     raise typer.Exit(0 if summary.ok else 1)
+
+
+db_app = typer.Typer(help="The main database's side of buffering.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _settings(models: str | None) -> BufferingSettings:
+    settings = BufferingSettings()
+    if models:
+        settings = settings.model_copy(update={"models": models})
+    return settings
+
+
+def _registry(settings: BufferingSettings) -> ModelRegistry:
+    if not settings.models:
+        raise typer.BadParameter(
+            "name the mapped classes with --models package.module:Base or CCAT_BUFFERING_MODELS",
+            param_hint="--models",
+        )
+    return ModelRegistry.from_import_path(settings.models)
+
+
+async def run_worker(settings: BufferingSettings, registry: ModelRegistry) -> None:
+    """Run the processor and the replication tracker until SIGTERM or SIGINT.
+
+    Args:
+        settings: The site's settings.
+        registry: The mapped classes.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log = logging.getLogger("ccat_buffering.worker")
+    async with BufferingCoordinator.from_settings(settings, registry=registry) as site:
+        log.info(
+            "site %s: worker %s started (%s)",
+            site.backend.site,
+            site.processor.holder,
+            site.describe(),
+        )
+        await stop.wait()
+        log.info("site %s: stopping after the current batch", site.backend.site)
+    log.info("site %s: worker stopped", settings.site_name)
+
+
+@app.command("worker")
+def worker_command(
+    models: Annotated[
+        str | None, typer.Option(help="The mapped classes: package.module:Base.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO.")] = False,
+) -> None:
+    """Drain the site's buffer and confirm replication until stopped (SIGTERM, Ctrl-C)."""
+    _configure_logging(verbose)
+    settings = _settings(models)
+    asyncio.run(run_worker(settings, _registry(settings)))
+
+
+@db_app.command("init")
+def db_init_command() -> None:
+    """Create the applied-transactions ledger table in the main database."""
+    settings = BufferingSettings()
+
+    async def init() -> None:
+        engine = create_engine(settings.database_url)
+        try:
+            await TransactionExecutor(engine, ModelRegistry()).create_ledger()
+        finally:
+            await engine.dispose()
+
+    asyncio.run(init())
+    Console().print(f"ledger table {LEDGER_TABLE_NAME} ready in {mask_url(settings.database_url)}")
 
 
 @app.callback()

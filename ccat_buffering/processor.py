@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from ccat_buffering.errors import DatabaseUnavailableError
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.manager import Delivery, TransactionManager
-from ccat_buffering.models import TransactionState, utc_now
+from ccat_buffering.models import TransactionState, TransactionStatus, utc_now
 from ccat_buffering.retry import FailureKind, describe_error
 
 __all__ = ["BackgroundProcessor", "ProcessorHealth", "ProcessorState"]
@@ -53,7 +53,8 @@ class ProcessorHealth(BaseModel):
         lease_holder: Who holds the site's lease now.
         last_run_at: When it last claimed from the buffer.
         processed: Transactions committed (or found applied) by this processor.
-        retried: Failed attempts sent back to retry.
+        retried: Failed attempts sent back to retry (data errors).
+        conflicts: Serialization failures and deadlocks, retried at once.
         dead_lettered: Transactions it dead-lettered.
         outages: Batches returned to the queue because the database was down.
         depth: Transactions waiting in the buffer.
@@ -68,6 +69,7 @@ class ProcessorHealth(BaseModel):
     last_run_at: dt.datetime | None = None
     processed: int = 0
     retried: int = 0
+    conflicts: int = 0
     dead_lettered: int = 0
     outages: int = 0
     depth: int = 0
@@ -79,6 +81,7 @@ class ProcessorHealth(BaseModel):
 class _Counters:
     processed: int = 0
     retried: int = 0
+    conflicts: int = 0
     dead_lettered: int = 0
     outages: int = 0
 
@@ -207,25 +210,33 @@ class BackgroundProcessor:
             await self.manager.committed(done, result.commit_lsn)
             self.counters.processed += len(done)
         if failures:
-            for status in await self.manager.failed(failures):
-                if status.state is TransactionState.FAILED:
-                    self.counters.dead_lettered += 1
-                    log.error(
-                        "site %s: transaction %s dead-lettered: %s",
-                        self.manager.backend.site,
-                        status.transaction_id,
-                        status.last_error,
-                    )
-                else:
-                    self.counters.retried += 1
-                    log.warning(
-                        "site %s: transaction %s will be retried (attempt %d): %s",
-                        self.manager.backend.site,
-                        status.transaction_id,
-                        status.attempts,
-                        status.last_error,
-                    )
+            statuses = await self.manager.failed(failures)
+            for (_, _, kind), status in zip(failures, statuses, strict=True):
+                self._count_failure(kind, status)
         return len(done)
+
+    def _count_failure(self, kind: FailureKind, status: TransactionStatus) -> None:
+        site = self.manager.backend.site
+        if status.state is TransactionState.FAILED:
+            self.counters.dead_lettered += 1
+            log.error(
+                "site %s: transaction %s dead-lettered: %s",
+                site,
+                status.transaction_id,
+                status.last_error,
+            )
+        elif kind is FailureKind.CONFLICT:
+            self.counters.conflicts += 1
+            log.info("site %s: transaction %s conflicted; retrying", site, status.transaction_id)
+        else:
+            self.counters.retried += 1
+            log.warning(
+                "site %s: transaction %s will be retried (attempt %d): %s",
+                site,
+                status.transaction_id,
+                status.attempts,
+                status.last_error,
+            )
 
     async def _pause(self, deliveries: list[Delivery], exc: DatabaseUnavailableError) -> None:
         cause = f"database unreachable: {describe_error(exc.__cause__ or exc)}"
@@ -318,6 +329,7 @@ class BackgroundProcessor:
             last_run_at=self.last_run_at,
             processed=self.counters.processed,
             retried=self.counters.retried,
+            conflicts=self.counters.conflicts,
             dead_lettered=self.counters.dead_lettered,
             outages=self.counters.outages,
             depth=stats.depth,

@@ -43,6 +43,32 @@ class ModelRegistry:
         """
         return cls(mapper.class_ for mapper in base.registry.mappers)
 
+    @classmethod
+    def from_import_path(cls, path: str) -> ModelRegistry:
+        """Register every class mapped by the declarative base at ``module:Name``.
+
+        Args:
+            path: For example ``"ccat_buffering.example:Base"``.
+
+        Returns:
+            The registry.
+
+        Raises:
+            ConfigurationError: The path does not name an importable base.
+        """
+        import importlib
+
+        module_name, _, attribute = path.partition(":")
+        if not module_name or not attribute:
+            raise ConfigurationError(f"models {path!r} is not of the form 'package.module:Base'")
+        try:
+            base = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigurationError(f"models {path!r} cannot be imported: {exc}") from exc
+        if not hasattr(base, "registry"):
+            raise ConfigurationError(f"models {path!r} is not a declarative base")
+        return cls.from_base(base)
+
     def register(self, model: type[Any], name: str | None = None) -> None:
         """Register one mapped class.
 

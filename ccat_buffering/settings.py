@@ -87,6 +87,7 @@ class BufferingSettings(BaseSettings):
         processor_lease: Seconds the site's processor lease lasts unless renewed.
         max_payload_bytes: Largest serialised transaction accepted (1 MiB).
         ledger: Record applied transactions (exactly-once effect).
+        models: Where the worker finds the mapped classes: ``package.module:Base``.
     """
 
     model_config = SettingsConfigDict(
@@ -116,6 +117,7 @@ class BufferingSettings(BaseSettings):
     processor_lease: float = Field(15.0, gt=0)
     max_payload_bytes: int = Field(DEFAULT_MAX_PAYLOAD_BYTES, ge=1)
     ledger: bool = True
+    models: str | None = None
 
     @classmethod
     def settings_customise_sources(

@@ -149,3 +149,132 @@ def redis_cluster(masters: int = 3) -> Iterator[list[int]]:
             except subprocess.TimeoutExpired:
                 process.kill()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _redis_server(port: int, workdir: Path, *extra: str) -> subprocess.Popen[bytes]:
+    server = shutil.which("redis-server")
+    if server is None:
+        missing("redis-server is needed to start a throwaway Redis")
+    assert server is not None
+    return subprocess.Popen(
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@contextmanager
+def redis_sentinel() -> Iterator[dict[str, object]]:
+    """A master, a replica and one sentinel watching them, on loopback; stopped after.
+
+    Yields ``master``, ``replica`` and ``sentinel`` ports, and ``kill_master()``.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="ccat-sentinel-"))
+    master, replica, sentinel = (free_port() for _ in range(3))
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        processes["master"] = _redis_server(master, workdir)
+        wait_for(lambda: port_open("127.0.0.1", master), "redis master")
+        processes["replica"] = _redis_server(
+            replica, workdir, "--replicaof", "127.0.0.1", str(master)
+        )
+        wait_for(lambda: port_open("127.0.0.1", replica), "redis replica")
+        config = workdir / "sentinel.conf"
+        config.write_text(
+            f"port {sentinel}\nbind 127.0.0.1\ndir {workdir}\n"
+            f"sentinel monitor site-buffer 127.0.0.1 {master} 1\n"
+            "sentinel down-after-milliseconds site-buffer 1000\n"
+            "sentinel failover-timeout site-buffer 5000\n"
+        )
+        processes["sentinel"] = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", str(config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: port_open("127.0.0.1", sentinel), "redis sentinel")
+
+        def kill_master() -> None:
+            processes["master"].kill()
+            processes["master"].wait(5)
+
+        yield {
+            "master": master,
+            "replica": replica,
+            "sentinel": sentinel,
+            "kill_master": kill_master,
+        }
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class TcpProxy:
+    """A loopback TCP proxy that a test can cut and restore, as a link goes down.
+
+    ``stop()`` closes the listening socket and every open connection (clients
+    see resets and refusals); ``start()`` listens again on the same port.
+    """
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._server: object | None = None
+        self._writers: set[object] = set()
+
+    async def start(self) -> None:
+        import asyncio
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.close()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                up_reader, up_writer = await asyncio.open_connection(*self.target)
+            except OSError:
+                writer.close()
+                return
+            self._writers.update((writer, up_writer))
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            self._writers.difference_update((writer, up_writer))
+
+        self._server = await asyncio.start_server(handle, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        server = self._server
+        if server is not None:
+            server.close()  # type: ignore[attr-defined]
+            self._server = None
+        for writer in list(self._writers):
+            transport = writer.transport  # type: ignore[attr-defined]
+            transport.abort()
+        self._writers.clear()
+
+
+def postgres_admin_url() -> str:
+    return POSTGRES_URL

@@ -1,0 +1,210 @@
+"""Draining into a real PostgreSQL: LSNs, the ledger, poison, conflicts and outages."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+import pytest_asyncio
+from pg import fresh_database
+from services import TcpProxy
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ccat_buffering.example import Base, ExecutedObsUnit, RawDataPackage
+from ccat_buffering.executor import TransactionExecutor, create_engine, ledger_table
+from ccat_buffering.lsn import LSN
+from ccat_buffering.manager import TransactionManager
+from ccat_buffering.models import TransactionState
+from ccat_buffering.processor import BackgroundProcessor, ProcessorState
+from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.retry import FailureKind, RetryPolicy
+from ccat_buffering.testing import new_site_name
+from ccat_buffering_memory import MemoryBackend
+
+from support import FakeClock, make_schema, observation, orphan_package
+
+
+@dataclass
+class PgSite:
+    url: str
+    engine: AsyncEngine
+    executor: TransactionExecutor
+    manager: TransactionManager
+    processor: BackgroundProcessor
+    clock: FakeClock
+
+
+@pytest_asyncio.fixture
+async def pg_url() -> AsyncIterator[str]:
+    async with fresh_database() as url:
+        yield url
+
+
+async def _site(url: str, *, ledger: bool = True) -> PgSite:
+    clock = FakeClock()
+    engine = create_engine(url)
+    await make_schema(engine)
+    registry = ModelRegistry.from_base(Base)
+    executor = TransactionExecutor(engine, registry, ledger=ledger)
+    await executor.create_ledger()
+    manager = TransactionManager(
+        MemoryBackend(new_site_name(), clock=clock),
+        registry=registry,
+        retry_policy=RetryPolicy(max_attempts=3, base_delay=5.0, rng=random.Random(3)),
+        clock=clock,
+    )
+    processor = BackgroundProcessor(manager, executor, clock=clock)
+    return PgSite(url, engine, executor, manager, processor, clock)
+
+
+@pytest_asyncio.fixture
+async def site(pg_url: str) -> AsyncIterator[PgSite]:
+    built = await _site(pg_url)
+    yield built
+    await built.engine.dispose()
+
+
+async def _count(engine: AsyncEngine, column: object) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(select(func.count(column)))).scalar_one())  # type: ignore[arg-type]
+
+
+async def test_batch_commits_once_and_reads_the_lsn_after_commit(site: PgSite) -> None:
+    async with site.engine.connect() as conn:
+        before = LSN(
+            (await conn.execute(text("SELECT pg_current_wal_insert_lsn()::text"))).scalar()
+        )
+    txs = [observation(i)[0] for i in range(100)]
+    result = await site.executor.execute_batch(txs)
+    assert all(o.applied for o in result.outcomes)
+    assert result.commit_lsn is not None and result.commit_lsn > before
+    async with site.engine.connect() as conn:
+        after = LSN((await conn.execute(text("SELECT pg_current_wal_insert_lsn()::text"))).scalar())
+    assert result.commit_lsn <= after
+    assert await _count(site.engine, ExecutedObsUnit.id) == 100
+
+
+async def test_lost_acknowledgement_is_skipped_by_the_ledger(site: PgSite) -> None:
+    tx, _ = observation(1)
+    await site.manager.buffer(tx)
+
+    async def lost(*args: object, **kwargs: object) -> list[object]:
+        raise ConnectionError("injected: the acknowledgement never reached the buffer")
+
+    committed = site.manager.committed
+    site.manager.committed = lost  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        await site.processor.run_once()
+    site.manager.committed = committed  # type: ignore[method-assign]
+    successor = BackgroundProcessor(site.manager, site.executor, clock=site.clock)
+    site.clock.advance(site.processor.lease_ttl + 1)
+    assert await successor.run_once() == 1
+    assert await _count(site.engine, RawDataPackage.id) == 1
+    assert await _count(site.engine, ledger_table.c.transaction_id) == 1
+    status = await site.manager.status(tx.transaction_id)
+    assert status is not None and status.state is TransactionState.COMMITTED
+    assert status.commit_lsn is not None
+
+
+async def test_poison_in_a_batch_of_100(site: PgSite) -> None:
+    txs = [observation(i)[0] for i in range(99)]
+    poison = orphan_package(7)
+    await site.manager.buffer_many([*txs[:42], poison, *txs[42:]])
+    assert await site.processor.run_once() == 99
+    assert await _count(site.engine, ExecutedObsUnit.id) == 99
+    for _ in range(2):
+        status = await site.manager.status(poison.transaction_id)
+        assert status is not None and status.state is TransactionState.RETRYING
+        assert await site.processor.run_once() == 0  # held by its backoff
+        site.clock.advance(3600)
+        await site.processor.run_once()
+    status = await site.manager.status(poison.transaction_id)
+    assert status is not None and status.state is TransactionState.FAILED
+    assert status.attempts == 3
+    (letter,) = await site.manager.backend.dead_letters.list()
+    assert "ForeignKeyViolationError" in letter.reason or "foreign key" in letter.reason
+    assert "raw_data_package" in letter.reason
+    async with site.engine.begin() as conn:
+        await conn.execute(
+            ExecutedObsUnit.__table__.insert().values(
+                id="missing-7", obs_unit_id=7, status="fixed", start_time=poison.created_at
+            )
+        )
+    assert await site.manager.replay() == [poison.transaction_id]
+    assert await site.processor.run_once() == 1
+    assert await _count(site.engine, RawDataPackage.id) == 100
+
+
+async def test_errors_are_classified_from_postgres(site: PgSite) -> None:
+    first, _ = observation(1, name="same-name")
+    second, _ = observation(2, name="same-name")
+    result = await site.executor.execute_batch([first, second])
+    assert result.outcomes[0].applied
+    assert result.outcomes[1].kind is FailureKind.DATA  # unique violation
+    async with site.engine.begin() as conn:
+        await conn.execute(
+            text(
+                f'ALTER DATABASE "{make_url(site.url).database}" '
+                "SET default_transaction_read_only = on"
+            )
+        )
+    read_only = create_engine(site.url)
+    try:
+        executor = TransactionExecutor(read_only, site.executor.registry)
+        with pytest.raises(Exception) as caught:
+            await executor.execute_batch([observation(3)[0]])
+        from ccat_buffering.errors import DatabaseUnavailableError
+
+        assert isinstance(caught.value, DatabaseUnavailableError)  # a standby for now: an outage
+    finally:
+        await read_only.dispose()
+        async with site.engine.begin() as conn:
+            await conn.execute(text("SET default_transaction_read_only = off"))
+            await conn.execute(
+                text(
+                    f'ALTER DATABASE "{make_url(site.url).database}" '
+                    "SET default_transaction_read_only = off"
+                )
+            )
+
+
+async def test_outage_mid_drain_pauses_counts_nothing_and_resumes(pg_url: str) -> None:
+    target = make_url(pg_url)
+    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432)
+    await proxy.start()
+    proxied = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    built = await _site(pg_url)
+    engine = create_engine(proxied, pool_pre_ping=True)
+    executor = TransactionExecutor(engine, built.executor.registry)
+    processor = BackgroundProcessor(
+        built.manager, executor, batch_size=50, clock=built.clock, outage_base_delay=1.0
+    )
+    try:
+        txs = [observation(i)[0] for i in range(200)]
+        await built.manager.buffer_many(txs)
+        assert await processor.run_once() == 50
+        await proxy.stop()  # the link goes down in the middle of the drain
+        for _ in range(4):
+            assert await processor.run_once() == 0
+        health = await processor.health()
+        assert health.state is ProcessorState.PAUSED
+        assert health.cause is not None and "database unreachable" in health.cause
+        assert (health.depth, health.in_flight, health.dead_letters) == (150, 0, 0)
+        statuses = await built.manager.backend.status.get_many([t.transaction_id for t in txs])
+        assert all(s is not None and s.attempts == 0 for s in statuses)
+        assert processor.outage_delay() == 8.0
+        await proxy.start()  # the link is back
+        while await processor.run_once():
+            pass
+        assert processor.state is ProcessorState.RUNNING
+        assert await _count(built.engine, ExecutedObsUnit.id) == 200
+        stats = await built.manager.backend.buffer.stats()
+        assert (stats.depth, stats.in_flight, stats.dead_letters) == (0, 0, 0)
+    finally:
+        await proxy.stop()
+        await engine.dispose()
+        await built.engine.dispose()
