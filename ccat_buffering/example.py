@@ -50,5 +50,5 @@ class RawDataFile(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     raw_data_package_id: Mapped[str] = mapped_column(ForeignKey("raw_data_package.id"))
-    path: Mapped[str] = mapped_column(String(256), unique=True)
+    path: Mapped[str] = mapped_column(String(256), index=True)
     size_bytes: Mapped[int] = mapped_column(Integer)

@@ -106,8 +106,48 @@ def _check_settings_table(app):
             )
 
 
+def _check_redis_key_table(app):
+    """Warn (an error under -W) when redis.rst's key table drifts from the key schema.
+
+    The table must name every suffix of ``ccat_buffering_redis.keys.SUFFIXES``
+    and no other, and mark as bounded exactly the keys in ``BOUNDED``.
+    """
+    import re
+
+    from sphinx.util import logging
+
+    from ccat_buffering_redis.keys import BOUNDED, SUFFIXES
+
+    logger = logging.getLogger(__name__)
+    text = (Path(app.srcdir) / "redis.rst").read_text(encoding="utf-8")
+    start = text.find(".. The build checks that this table")
+    end = text.find("\nOperations and scripts\n", start)
+    if start < 0 or end < 0:
+        logger.warning("redis.rst: the key table or its check marker is missing")
+        return
+    rows = {}
+    for row in re.split(r"\n   \* - ", text[start:end])[1:]:
+        match = re.match(r"``([^`]+)``", row)
+        if match and match.group(1) != "Key" and row.strip() != "Key":
+            rows[match.group(1).split("<", 1)[0]] = row
+    expected = set(SUFFIXES.values())
+    for suffix in sorted(expected - rows.keys()):
+        logger.warning("redis.rst: the key table has no row for the suffix %r", suffix)
+    for suffix in sorted(rows.keys() - expected):
+        logger.warning("redis.rst: the key table names %r, which keys.py does not", suffix)
+    for suffix, row in rows.items():
+        bounded = any(b == suffix or (suffix.endswith(":") and b.startswith(suffix)) for b in BOUNDED)
+        if bounded != ("(bounded" in row):
+            logger.warning(
+                "redis.rst: the key table %s %r as bounded",
+                "does not mark" if bounded else "wrongly marks",
+                suffix,
+            )
+
+
 def setup(app):
     """Connect the local checks and fixes."""
     app.connect("autodoc-process-signature", _hide_private_parameters)
     app.connect("builder-inited", _check_settings_table)
+    app.connect("builder-inited", _check_redis_key_table)
     return {"parallel_read_safe": True}

@@ -1,0 +1,586 @@
+"""Redis benchmarks (issue 3): ``TransactionManager`` on ``RedisBackend`` against baselines.
+
+Every figure is measured in the same run, against the same Redis, as its baseline;
+contenders run back to back in interleaved rounds (the order rotates each round),
+each with a warm-up, and the median rate over the rounds is reported.
+
+Payload: a ~700-byte transaction built with ``TransactionBuilder`` on the example
+models (an ``ExecutedObsUnit`` create and a ``RawDataPackage`` create). Baselines get
+it pre-serialised (``Transaction.to_json()`` done before timing); ours gets the built
+``Transaction`` and serialises it inside ``buffer()``.
+
+Baselines:
+
+* (a) one raw ``LPUSH`` of the JSON per transaction (redis-py asyncio client);
+  pipelined 50 at a time (``pipeline(transaction=False)``) for measurement 3.
+* (b) the origin's flow, four separate awaited commands: ``LPUSH`` the JSON,
+  ``SETEX`` the status (the origin stored the whole transaction JSON as status,
+  1 h), ``SET`` the ID cache and ``SET`` the buffered cache (both with a 1 h TTL, as
+  the origin's caches had; the same JSON is stored in all four, keyed by the
+  ``ExecutedObsUnit`` id).
+* (c) arq 0.28.0 ``enqueue_job`` of the JSON (no worker). arq pins ``redis<6`` while
+  this project pins redis 8, so it is not a declared dependency; install it with
+  ``pip install --no-deps arq==0.28.0``. Without it, (c) is arq's enqueue command
+  sequence replayed here (``WATCH``, ``EXISTS``, ``MULTI``/``PSETEX``/``ZADD``/``EXEC``
+  of the pickled job) and labelled so.
+
+Measurements (goals of issue 3):
+
+1. ``buffer()``, one producer (sequential awaits) vs (b) and vs (c): >= 2.0x each.
+2. ``buffer()``, 16 producers on one client (``asyncio.gather``) vs (a) at 16: >= 1.5x.
+3. ``buffer_many()`` of 50, repeated: >= 25,000 transactions/s, and >= 0.8x raw
+   pipelined ``LPUSH`` of 50.
+4. Redis ``used_memory`` growth (``INFO memory``) per buffered transaction, all its
+   keys counted, over ``--memory-transactions`` (default 100,000), as a multiple of
+   ``len(Transaction.to_json())``: <= 2.5x with default settings. The origin's layout
+   (b) is measured the same way for reference. Keys of other clients are counted
+   before and after; a change is reported, since it would blur the figure.
+
+Only the given database is used (default ``redis://127.0.0.1:6379/15``, or
+``CCAT_TEST_REDIS_URL``); every key written lives under a ``site:{bench-<token>-...}``
+prefix (or is an arq job key recorded here) and is deleted with ``SCAN MATCH`` and
+``UNLINK`` afterwards. Nothing is flushed.
+
+Reproduce: ``make bench`` (runs ``bench/run.py``, which runs this after the memory
+backend benchmarks), or ``.venv/bin/python bench/redis_bench.py [--seconds 1.5]
+[--rounds 3] [--memory-transactions 100000] [--redis-url URL]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import itertools
+import os
+import pickle
+import statistics
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from redis.asyncio import Redis
+
+from ccat_buffering.builder import TransactionBuilder
+from ccat_buffering.example import ExecutedObsUnit, RawDataPackage
+from ccat_buffering.manager import TransactionManager
+from ccat_buffering.models import Transaction
+from ccat_buffering_redis import RedisBackend
+from ccat_buffering_redis.keys import SiteKeys
+
+DEFAULT_URL = os.environ.get("CCAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+STATUS_TTL = 3600
+BATCH = 50
+PRODUCERS = 16
+
+Step = Callable[[], Awaitable[int]]
+"""Does one unit of work and returns how many transactions it buffered (0: out of input)."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to run: see ``add_arguments``."""
+
+    redis_url: str = DEFAULT_URL
+    seconds: float = 1.5
+    rounds: int = 3
+    memory_transactions: int = 100_000
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Options:
+        return cls(args.redis_url, args.seconds, args.rounds, args.memory_transactions)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis-url", default=DEFAULT_URL, help="database to use (db 15)")
+    parser.add_argument("--seconds", type=float, default=1.5, help="timed seconds per run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per ratio")
+    parser.add_argument(
+        "--memory-transactions", type=int, default=100_000, help="N for the memory figure"
+    )
+
+
+# -- the payload -------------------------------------------------------------
+
+
+def build_transaction(i: int) -> Transaction:
+    tx = TransactionBuilder("start_observation")
+    obs = tx.create(
+        ExecutedObsUnit,
+        {
+            "obs_unit_id": 1000 + i,
+            "status": "running",
+            "start_time": dt.datetime.now(dt.UTC),
+            "mean_pwv": Decimal("1.235"),
+        },
+    )
+    tx.create(
+        RawDataPackage,
+        {
+            "executed_obs_unit_id": obs.id,
+            "name": f"fyst-chai-2026-11-28T03:15:00Z-obs{i:07d}-raw-data-package",
+        },
+    )
+    return tx.build()
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A transaction as the baselines get it: pre-serialised, with its cache key id."""
+
+    json: str
+    transaction_id: str
+    record_id: str
+
+    @classmethod
+    def of(cls, tx: Transaction) -> Payload:
+        record_id = (tx.steps[0].data or {})["id"]
+        return cls(tx.to_json(), tx.transaction_id, record_id)
+
+
+# -- Redis housekeeping ------------------------------------------------------
+
+
+class Namespace:
+    """Hands out site names under one run token and deletes their keys."""
+
+    def __init__(self, client: Redis) -> None:
+        self.client = client
+        self.token = uuid.uuid4().hex[:8]
+        self.extra_keys: list[str] = []
+
+    def site(self, label: str) -> str:
+        return f"bench-{self.token}-{label}"
+
+    async def count(self, pattern: str) -> int:
+        return sum([1 async for _ in self.client.scan_iter(match=pattern, count=2000)])
+
+    async def purge(self, pattern: str | None = None) -> None:
+        pattern = pattern or f"site:{{bench-{self.token}-*"
+        batch: list[Any] = []
+        async for key in self.client.scan_iter(match=pattern, count=2000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                await self.client.unlink(*batch)
+                batch.clear()
+        keys, self.extra_keys = [*batch, *self.extra_keys], []
+        for i in range(0, len(keys), 1000):
+            await self.client.unlink(*keys[i : i + 1000])
+
+
+def pattern_of(site: str) -> str:
+    return SiteKeys(site).pattern()
+
+
+# -- timing ------------------------------------------------------------------
+
+
+async def timed(step: Step, seconds: float, producers: int = 1) -> float:
+    """Transactions per second of ``producers`` coroutines looping ``step``, after a warm-up."""
+
+    async def loop(deadline: float) -> int:
+        done = 0
+        while time.perf_counter() < deadline:
+            n = await step()
+            if not n:
+                break
+            done += n
+        return done
+
+    warm = time.perf_counter() + min(0.3, seconds / 4)
+    await asyncio.gather(*(loop(warm) for _ in range(producers)))
+    began = time.perf_counter()
+    counts = await asyncio.gather(*(loop(began + seconds) for _ in range(producers)))
+    return sum(counts) / (time.perf_counter() - began)
+
+
+Contender = Callable[[str], Awaitable[tuple[Step, Callable[[], Awaitable[None]]]]]
+"""Given a fresh site name, returns its step and its cleanup."""
+
+
+async def compare(
+    ns: Namespace, contenders: dict[str, Contender], opts: Options, producers: int = 1
+) -> dict[str, float]:
+    """Median rate of each contender over interleaved rounds, order rotating per round."""
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for r in range(opts.rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            site = ns.site(f"{name}-{r}")
+            step, cleanup = await contenders[name](site)
+            try:
+                rates[name].append(await timed(step, opts.seconds, producers))
+            finally:
+                await cleanup()
+                await ns.purge(pattern_of(site))
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+# -- contenders --------------------------------------------------------------
+
+
+def feed(items: list[Any]) -> Callable[[], Any]:
+    it = iter(items)
+    return lambda: next(it, None)
+
+
+async def _nothing() -> None:
+    return None
+
+
+def ours_buffer(client: Redis, pool: list[Transaction]) -> Contender:
+    async def make(site: str) -> tuple[Step, Callable[[], Awaitable[None]]]:
+        manager = TransactionManager(RedisBackend(client, site=site))
+        take = feed(pool)
+
+        async def step() -> int:
+            tx = take()
+            if tx is None:
+                return 0
+            await manager.buffer(tx)
+            return 1
+
+        return step, _nothing
+
+    return make
+
+
+def ours_buffer_many(client: Redis, pool: list[Transaction]) -> Contender:
+    async def make(site: str) -> tuple[Step, Callable[[], Awaitable[None]]]:
+        manager = TransactionManager(RedisBackend(client, site=site))
+        batches = [pool[i : i + BATCH] for i in range(0, len(pool) - BATCH + 1, BATCH)]
+        take = feed(batches)
+
+        async def step() -> int:
+            batch = take()
+            if batch is None:
+                return 0
+            await manager.buffer_many(batch)
+            return len(batch)
+
+        return step, _nothing
+
+    return make
+
+
+def raw_lpush(client: Redis, payloads: list[Payload]) -> Contender:
+    async def make(site: str) -> tuple[Step, Callable[[], Awaitable[None]]]:
+        key = SiteKeys(site).buffer
+        jsons = itertools.cycle([p.json for p in payloads])
+
+        async def step() -> int:
+            await client.lpush(key, next(jsons))
+            return 1
+
+        return step, _nothing
+
+    return make
+
+
+def pipelined_lpush(client: Redis, payloads: list[Payload]) -> Contender:
+    async def make(site: str) -> tuple[Step, Callable[[], Awaitable[None]]]:
+        key = SiteKeys(site).buffer
+        jsons = itertools.cycle([p.json for p in payloads])
+
+        async def step() -> int:
+            pipe = client.pipeline(transaction=False)
+            for _ in range(BATCH):
+                pipe.lpush(key, next(jsons))
+            await pipe.execute()
+            return BATCH
+
+        return step, _nothing
+
+    return make
+
+
+def origin_keys(prefix: str, p: Payload) -> tuple[str, str, str]:
+    return (
+        f"{prefix}transaction:{p.transaction_id}",
+        f"{prefix}cache:ids:ExecutedObsUnit:{p.record_id}",
+        f"{prefix}buffered:ExecutedObsUnit:{p.record_id}",
+    )
+
+
+def origin_flow(client: Redis, payloads: list[Payload]) -> Contender:
+    async def make(site: str) -> tuple[Step, Callable[[], Awaitable[None]]]:
+        keys = SiteKeys(site)
+        take = feed(payloads)
+
+        async def step() -> int:
+            p = take()
+            if p is None:
+                return 0
+            status, ids, buffered = origin_keys(keys.prefix, p)
+            await client.lpush(keys.buffer, p.json)
+            await client.execute_command("SETEX", status, STATUS_TTL, p.json)
+            await client.set(ids, p.json, ex=STATUS_TTL)
+            await client.set(buffered, p.json, ex=STATUS_TTL)
+            return 1
+
+        return step, _nothing
+
+    return make
+
+
+def arq_enqueue(ns: Namespace, url: str, payloads: list[Payload]) -> tuple[str, Contender]:
+    """Baseline (c): arq's ``enqueue_job`` if arq is installed, else its command sequence."""
+    try:
+        from arq import create_pool
+        from arq.connections import RedisSettings
+    except ImportError:
+        return "arq's enqueue sequence (arq not installed)", _arq_shaped(ns, url, payloads)
+
+    async def make(site: str) -> tuple[Step, Callable[[], Awaitable[None]]]:
+        arq = await create_pool(RedisSettings.from_dsn(url))
+        queue = SiteKeys(site).prefix + "arq:queue"
+        jsons = itertools.cycle([p.json for p in payloads])
+        ids: list[str] = []
+
+        async def step() -> int:
+            job = await arq.enqueue_job("buffer_transaction", next(jsons), _queue_name=queue)
+            assert job is not None
+            ids.append(job.job_id)
+            return 1
+
+        async def cleanup() -> None:
+            ns.extra_keys.extend(f"arq:job:{i}" for i in ids)
+            await arq.aclose()
+
+        return step, cleanup
+
+    return "arq 0.28.0 enqueue_job", make
+
+
+def _arq_shaped(ns: Namespace, url: str, payloads: list[Payload]) -> Contender:
+    async def make(site: str) -> tuple[Step, Callable[[], Awaitable[None]]]:
+        client = Redis.from_url(url)
+        queue = SiteKeys(site).prefix + "arq:queue"
+        jsons = itertools.cycle([p.json for p in payloads])
+        ids: list[str] = []
+
+        async def step() -> int:
+            job_id = uuid.uuid4().hex
+            job_key = "arq:job:" + job_id
+            async with client.pipeline(transaction=True) as pipe:
+                await pipe.watch(job_key)
+                assert not await pipe.exists(job_key, "arq:result:" + job_id)
+                now = round(time.time() * 1000)
+                job = {"t": 1, "f": "buffer_transaction", "a": (next(jsons),), "k": {}, "et": now}
+                pipe.multi()
+                pipe.psetex(job_key, 86_400_000, pickle.dumps(job))
+                pipe.zadd(queue, {job_id: now})
+                await pipe.execute()
+            ids.append(job_id)
+            return 1
+
+        async def cleanup() -> None:
+            ns.extra_keys.extend(f"arq:job:{i}" for i in ids)
+            await client.aclose()
+
+        return step, cleanup
+
+    return make
+
+
+# -- memory ------------------------------------------------------------------
+
+
+def transactions(n: int, offset: int, chunk: int = 1000) -> Iterator[list[Transaction]]:
+    for start in range(offset, offset + n, chunk):
+        yield [build_transaction(i) for i in range(start, min(start + chunk, offset + n))]
+
+
+async def used_memory(client: Redis) -> int:
+    """``used_memory`` once it holds still (an incremental rehash may be under way)."""
+    last, same = -1, 0
+    for _ in range(50):
+        value = int((await client.info("memory"))["used_memory"])
+        same = same + 1 if value == last else 0
+        if same == 2:
+            break
+        last = value
+        await asyncio.sleep(0.1)
+    return last
+
+
+async def all_keys(client: Redis) -> int:
+    return sum(int(db["keys"]) for db in (await client.info("keyspace")).values())
+
+
+@dataclass(frozen=True)
+class MemoryFigure:
+    per_transaction: float
+    payload: float
+    foreign_keys_changed: int
+
+    @property
+    def ratio(self) -> float:
+        return self.per_transaction / self.payload
+
+
+@asynccontextmanager
+async def measuring(ns: Namespace, site: str) -> AsyncIterator[dict[str, int]]:
+    """Yields a dict to fill with ``n`` and ``payload_bytes``; adds the memory figures."""
+    client, pattern = ns.client, pattern_of(site)
+    result: dict[str, int] = {}
+    try:
+        foreign = await all_keys(client) - await ns.count(pattern)
+        before = await used_memory(client)
+        yield result
+        after = await used_memory(client)
+        result["growth"] = after - before
+        result["foreign_changed"] = await all_keys(client) - await ns.count(pattern) - foreign
+    finally:
+        await ns.purge(pattern)
+
+
+async def memory_ours(ns: Namespace, n: int) -> MemoryFigure:
+    site = ns.site("memory-ours")
+    manager = TransactionManager(RedisBackend(ns.client, site=site))
+    await manager.buffer_many([build_transaction(-i) for i in range(1, BATCH + 1)])
+    size = 0
+    async with measuring(ns, site) as m:
+        for chunk in transactions(n, 0):
+            size += sum(len(tx.to_json()) for tx in chunk)
+            for i in range(0, len(chunk), BATCH):
+                await manager.buffer_many(chunk[i : i + BATCH])
+    return MemoryFigure(m["growth"] / n, size / n, m["foreign_changed"])
+
+
+async def memory_origin(ns: Namespace, n: int) -> MemoryFigure:
+    site = ns.site("memory-origin")
+    keys = SiteKeys(site)
+    size = 0
+    async with measuring(ns, site) as m:
+        for chunk in transactions(n, 0):
+            pipe = ns.client.pipeline(transaction=False)
+            for p in map(Payload.of, chunk):
+                size += len(p.json)
+                status, ids, buffered = origin_keys(keys.prefix, p)
+                pipe.lpush(keys.buffer, p.json)
+                pipe.execute_command("SETEX", status, STATUS_TTL, p.json)
+                pipe.set(ids, p.json, ex=STATUS_TTL)
+                pipe.set(buffered, p.json, ex=STATUS_TTL)
+            await pipe.execute()
+    return MemoryFigure(m["growth"] / n, size / n, m["foreign_changed"])
+
+
+# -- the report --------------------------------------------------------------
+
+
+def verdict(ratio: float, goal: float, at_least: bool = True) -> str:
+    return "PASS" if (ratio >= goal if at_least else ratio <= goal) else "MISS"
+
+
+def rate(value: float) -> str:
+    return f"{value:,.0f} tx/s"
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    header = ("measurement", "ours", "baseline", "ratio", "goal", "result")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+async def run(opts: Options) -> None:
+    client = Redis.from_url(opts.redis_url)
+    try:
+        info = await client.info("server")
+    except Exception as exc:  # any failure to reach Redis means: skip
+        print(f"redis benchmarks skipped: {opts.redis_url} cannot be reached ({exc})")
+        await client.aclose()
+        return
+    ns = Namespace(client)
+    try:
+        await _run(ns, opts, str(info["redis_version"]))
+    finally:
+        await ns.purge()
+        await client.aclose()
+
+
+async def _run(ns: Namespace, opts: Options, version: str) -> None:
+    client = ns.client
+    pool = [build_transaction(i) for i in range(40_000)]
+    payloads = [Payload.of(tx) for tx in pool]
+    size = statistics.mean(len(p.json) for p in payloads)
+    arq_label, arq = arq_enqueue(ns, opts.redis_url, payloads)
+    print(
+        f"\nredis {version} at {opts.redis_url}; payload {size:.0f} bytes of JSON; "
+        f"{opts.rounds} rounds x {opts.seconds} s per contender, median; (c) = {arq_label}"
+    )
+    rows: list[tuple[str, ...]] = []
+
+    one = await compare(
+        ns,
+        {"ours": ours_buffer(client, pool), "b": origin_flow(client, payloads), "c": arq},
+        opts,
+    )
+    for key, name in (("b", "(b) origin, 4 awaited commands"), ("c", "(c) arq enqueue_job")):
+        ratio = one["ours"] / one[key]
+        rows.append(
+            (f"1. buffer(), 1 producer vs {name}", rate(one["ours"]), rate(one[key]))
+            + (f"{ratio:.2f}x", ">= 2.0x", verdict(ratio, 2.0))
+        )
+
+    many = await compare(
+        ns,
+        {"ours": ours_buffer(client, pool), "a": raw_lpush(client, payloads)},
+        opts,
+        producers=PRODUCERS,
+    )
+    ratio = many["ours"] / many["a"]
+    rows.append(
+        ("2. buffer(), 16 producers vs (a) LPUSH x16", rate(many["ours"]), rate(many["a"]))
+        + (f"{ratio:.2f}x", ">= 1.5x", verdict(ratio, 1.5))
+    )
+
+    batched = await compare(
+        ns,
+        {"ours": ours_buffer_many(client, pool), "a": pipelined_lpush(client, payloads)},
+        opts,
+    )
+    rows.append(
+        ("3. buffer_many(50), transactions/s", rate(batched["ours"]), "-", "-")
+        + (">= 25,000/s", verdict(batched["ours"], 25_000))
+    )
+    ratio = batched["ours"] / batched["a"]
+    rows.append(
+        ("3. buffer_many(50) vs (a) pipelined LPUSH x50", rate(batched["ours"]))
+        + (rate(batched["a"]), f"{ratio:.2f}x", ">= 0.8x", verdict(ratio, 0.8))
+    )
+
+    n = opts.memory_transactions
+    ours = await memory_ours(ns, n)
+    origin = await memory_origin(ns, n)
+    for name, figure, goal, result in (
+        ("ours", ours, "<= 2.5x", verdict(ours.ratio, 2.5, at_least=False)),
+        ("(b) origin layout", origin, "~5x (ref.)", "ref."),
+    ):
+        rows.append(
+            (f"4. used_memory per tx, {name}", f"{figure.per_transaction:,.0f} B/tx")
+            + (f"{figure.payload:,.0f} B JSON", f"{figure.ratio:.2f}x", goal, result)
+        )
+    print_table(rows)
+    print(f"memory over N = {n:,} transactions per layout, default settings")
+    for name, figure in (("ours", ours), ("origin", origin)):
+        if figure.foreign_keys_changed:
+            print(
+                f"warning: other clients' key count changed by {figure.foreign_keys_changed:+,} "
+                f"during the {name} memory run; its figure includes their writes"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    asyncio.run(run(Options.from_args(parser.parse_args())))
+
+
+if __name__ == "__main__":
+    main()
