@@ -10,7 +10,12 @@ a shared, noisy machine even where the absolute rates do not.
   transaction (savepoint each) against the origin's shape, one transaction
   per claim, commit and status; with the ledger on and off.
 
-Run with ``make bench`` or ``python bench/run.py [--transactions N]``.
+Then the Redis benchmarks of :mod:`redis_bench` (skipped when Redis cannot be
+reached): ``TransactionManager`` on ``RedisBackend`` against raw ``LPUSH``, the
+origin's four commands and arq, and Redis memory per buffered transaction.
+
+Run with ``make bench`` or ``python bench/run.py [--transactions N]
+[--memory-transactions N] [--seconds S] [--rounds R] [--redis-url URL]``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import collections
 import tempfile
 import time
 from pathlib import Path
+
+import redis_bench
 
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.example import Base, ExecutedObsUnit, RawDataPackage
@@ -119,4 +126,7 @@ async def main(n: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transactions", type=int, default=4000)
-    asyncio.run(main(parser.parse_args().transactions))
+    redis_bench.add_arguments(parser)
+    args = parser.parse_args()
+    asyncio.run(main(args.transactions))
+    asyncio.run(redis_bench.run(redis_bench.Options.from_args(args)))

@@ -40,6 +40,9 @@ class ReplicationHealth(BaseModel):
 
     Attributes:
         replay_lsn: The replica's last replayed WAL position (text), if known.
+        standby: The replica is replaying WAL (``False``: not a standby, or
+            promoted; it confirms nothing).
+        lag_bytes: WAL between the replay position and the newest pending commit.
         lag_seconds: Time since the replica's last replayed commit.
         pending: Committed transactions not yet seen on the replica.
         oldest_pending_seconds: How long the oldest of them has waited.
@@ -48,6 +51,8 @@ class ReplicationHealth(BaseModel):
     """
 
     replay_lsn: str | None = None
+    standby: bool | None = None
+    lag_bytes: int | None = None
     lag_seconds: float | None = None
     pending: int = 0
     oldest_pending_seconds: float | None = None
@@ -246,6 +251,8 @@ class BufferingCoordinator:
                 replay_lsn=None
                 if replica is None or replica.replay_lsn is None
                 else str(replica.replay_lsn),
+                standby=None if replica is None else replica.standby,
+                lag_bytes=report.lag_bytes,
                 lag_seconds=None if replica is None else replica.lag_seconds,
                 pending=report.pending,
                 oldest_pending_seconds=report.oldest_pending_seconds,
@@ -261,8 +268,10 @@ class BufferingCoordinator:
         if replication.lagging:
             warnings.append(
                 f"replication lagging: {replication.pending} pending, oldest "
-                f"{replication.oldest_pending_seconds:.1f} s"
+                f"{replication.oldest_pending_seconds:.1f} s, {replication.lag_bytes} bytes behind"
             )
+        if replication.standby is False:
+            warnings.append("replica is not replaying WAL (not a standby, or promoted)")
         if replication.error:
             warnings.append(f"replica unreachable: {replication.error}")
         return Health(

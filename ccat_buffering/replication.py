@@ -51,6 +51,11 @@ class ReplicaState:
     replays_everything: bool = False
     lag_seconds: float | None = None
 
+    @property
+    def standby(self) -> bool:
+        """Whether the server is replaying WAL (else it confirms nothing)."""
+        return self.replays_everything or self.replay_lsn is not None
+
     def shows(self, commit_lsn: LSN | None) -> bool:
         """Whether a commit at ``commit_lsn`` is visible on the replica."""
         if self.replays_everything:
@@ -124,6 +129,8 @@ class ReplicationReport:
         oldest_pending_seconds: Age of the oldest pending commit.
         lagging: The oldest pending commit has waited longer than the timeout.
         error: Why the replica could not be asked.
+        lag_bytes: WAL between the replica's replay position and the newest
+            pending commit, when both are known.
     """
 
     replica: ReplicaState | None
@@ -132,6 +139,7 @@ class ReplicationReport:
     oldest_pending_seconds: float | None
     lagging: bool
     error: str | None = None
+    lag_bytes: int | None = None
 
 
 class ReplicationTracker:
@@ -216,6 +224,10 @@ class ReplicationTracker:
         if waiting:
             first = min(s.committed_at or s.updated_at for s in waiting)
             oldest = max(now - first.timestamp(), 0.0)
+        lag_bytes = None
+        newest = max((s.commit_lsn for s in waiting if s.commit_lsn is not None), default=None)
+        if replica is not None and replica.replay_lsn is not None and newest is not None:
+            lag_bytes = max(int(newest) - int(replica.replay_lsn), 0)
         report = ReplicationReport(
             replica,
             len(confirmed),
@@ -223,6 +235,7 @@ class ReplicationTracker:
             oldest,
             oldest is not None and oldest > self.timeout,
             error,
+            lag_bytes,
         )
         self.last_report = report
         return report

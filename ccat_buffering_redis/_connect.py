@@ -76,7 +76,7 @@ def open_client(url: str, **options: Any) -> tuple[Redis | RedisCluster, str]:
         db = int(path[1]) if len(path) > 1 else 0
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             _hosts(parts.netloc, 26379),
-            sentinel_kwargs={"password": password} if password else None,
+            sentinel_kwargs={"username": user, "password": password} if password else None,
             password=password,
             username=user,
             db=db,

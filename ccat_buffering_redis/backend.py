@@ -86,7 +86,9 @@ class _Coalescer:
     next. A group's result or error reaches its own caller.
     """
 
-    def __init__(self, run: Callable[[list[list[Op]]], Awaitable[list[int]]]) -> None:
+    def __init__(
+        self, run: Callable[[list[list[Op]]], Awaitable[list[int | BackendError]]]
+    ) -> None:
         self._run = run
         self._pending: list[tuple[list[Op], asyncio.Future[int]]] = []
         self._leader: asyncio.Task[None] | None = None
@@ -113,8 +115,12 @@ class _Coalescer:
                         raise
                 else:
                     for (_, future), result in zip(batch, results, strict=True):
-                        if not future.done():
-                            future.set_result(int(result))
+                        if future.done():
+                            continue
+                        if isinstance(result, BackendError):
+                            future.set_exception(result)
+                        else:
+                            future.set_result(result)
         finally:
             self._leader = None
 
@@ -480,7 +486,13 @@ class RedisBackend:
         """Turn redis-py's errors into the library's, naming the server."""
         try:
             yield
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        except (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+            redis.exceptions.ClusterDownError,
+            redis.exceptions.RedisClusterException,
+            OSError,
+        ) as exc:
             raise BackendUnavailableError(f"{self.where} cannot be reached: {exc}") from exc
         except redis.exceptions.RedisError as exc:
             raise BackendError(f"{self.where} refused the operation: {exc}") from exc
@@ -500,10 +512,17 @@ class RedisBackend:
                 keys=[self.keys.buffer], args=[self.keys.prefix, *args]
             )
 
-    async def _apply_groups(self, groups: list[list[Op]]) -> list[int]:
+    async def _apply_groups(self, groups: list[list[Op]]) -> list[int | BackendError]:
         payload = json.dumps(groups, separators=(",", ":"))
         reply = await self.script("apply", payload)
-        return [int(n) for n in reply]
+        results: list[int | BackendError] = []
+        for item in reply:
+            if isinstance(item, bytes | str):
+                # The script refused this group whole, before writing any of it.
+                results.append(BackendError(f"{self.where} refused a write group: {_text(item)}"))
+            else:
+                results.append(int(item))
+        return results
 
     async def apply(self, ops: list[Op]) -> int:
         """Apply one atomic group of operations.
@@ -513,7 +532,10 @@ class RedisBackend:
         """
         if self._coalescer is not None:
             return await self._coalescer.submit(ops)
-        return (await self._apply_groups([ops]))[0]
+        (result,) = await self._apply_groups([ops])
+        if isinstance(result, BackendError):
+            raise result
+        return result
 
     @asynccontextmanager
     async def atomic(self) -> AsyncIterator[RedisWriteBatch]:

@@ -186,6 +186,7 @@ local function write_cache(txid, ttl, writes)
     local member = model .. ':' .. id
     local k = BUFFERED .. member
     local txs = redis.call('HGET', k, '@tx')
+    local keep = redis.call('PTTL', k)
     if kind == 'create' then
       redis.call('DEL', k)
       redis.call('HSET', k, '@created', '1', '@deleted', '0')
@@ -195,11 +196,12 @@ local function write_cache(txid, ttl, writes)
     elseif kind == 'delete' then
       redis.call('HSET', k, '@deleted', '1')
     end
-    if #fields > 0 then
-      redis.call('HSET', k, unpack(fields))
+    -- HSET in slices: unpack() has a limit on how many values it returns.
+    for i = 1, #fields, 200 do
+      redis.call('HSET', k, unpack(fields, i, math.min(i + 199, #fields)))
     end
     redis.call('HSET', k, '@tx', with_tx(txs, txid))
-    extend(k, ttl)
+    extend(k, math.max(ttl, keep))
     local index = INDEX .. model
     redis.call('ZADD', index, 'NX', next_seq(), id)
     extend(index, ttl)
@@ -245,9 +247,38 @@ local function dead_letter(r, reason, txid)
   return 1
 end
 
+-- Check every operation of a group before writing any of it: a script cannot
+-- roll back, so a group that would fail halfway is refused whole instead.
+local ARITY = {push = 2, ack = 2, retry = 3, dead = 4, replay = 2, status = 7, cache = 4,
+               release = 2}
+local function invalid(ops)
+  if type(ops) ~= 'table' then return 'a group is not a list' end
+  for i, op in ipairs(ops) do
+    local name = type(op) == 'table' and op[1]
+    if not ARITY[name] then return 'operation ' .. i .. ' is unknown' end
+    if #op ~= ARITY[name] then return 'operation ' .. i .. ' (' .. name .. ') is malformed' end
+    if name == 'cache' then
+      if type(op[4]) ~= 'table' then return 'cache writes are not a list' end
+      for _, w in ipairs(op[4]) do
+        if type(w) ~= 'table' or #w ~= 4 or type(w[4]) ~= 'table' or #w[4] % 2 ~= 0 then
+          return 'a cache write is malformed'
+        end
+      end
+    elseif (name == 'retry' or name == 'release') and type(op[2]) ~= 'table' then
+      return name .. ' takes a list'
+    end
+  end
+  return nil
+end
+
 local results = {}
 local groups = cjson.decode(ARGV[2])
 for g, ops in ipairs(groups) do
+  local problem = invalid(ops)
+  if problem then
+    results[g] = 'error: ' .. problem
+    ops = {}
+  end
   local count = 0
   for _, op in ipairs(ops) do
     local name = op[1]
@@ -274,11 +305,9 @@ for g, ops in ipairs(groups) do
       write_cache(op[2], op[3], op[4])
     elseif name == 'release' then
       for _, txid in ipairs(op[2]) do count = count + release(txid) end
-    else
-      return redis.error_reply('unknown operation ' .. tostring(name))
     end
   end
-  results[g] = count
+  if not problem then results[g] = count end
 end
 return results
 """

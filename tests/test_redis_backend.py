@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from services import REDIS_URL, missing
 
 from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.errors import BackendUnavailableError, TransactionValidationError
+from ccat_buffering.errors import BackendError, BackendUnavailableError, TransactionValidationError
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import TransactionState
 from ccat_buffering.protocols import CacheKind, CacheWrite
@@ -223,3 +223,44 @@ async def test_status_is_kept_until_terminal_then_expires(
     assert 0 < await client.pttl(key) <= 1000
     got = await manager.status(tx.transaction_id)
     assert got is not None and got.state is TransactionState.REPLICATED
+
+
+async def test_a_record_with_many_fields_is_written_whole(backend: RedisBackend) -> None:
+    fields = {f"f{i}": i for i in range(10_000)}
+    await backend.cache.write("t1", [CacheWrite("Wide", "r1", CacheKind.CREATE, fields)], 60)
+    record = await backend.cache.get("Wide", "r1")
+    assert record is not None and dict(record.fields) == fields
+
+
+async def test_a_malformed_group_is_refused_whole_and_alone(
+    client: aioredis.Redis, backend: RedisBackend
+) -> None:
+    good = [["push", "entry-1"]]
+    bad = [["push", "entry-2"], ["cache", "t1", 1000, [["M", "r1", "create", ["odd"]]]]]
+    results = await backend._apply_groups([good, bad])
+    assert results[0] == 1
+    assert isinstance(results[1], BackendError) and "malformed" in str(results[1])
+    assert await client.lrange(backend.keys.buffer, 0, -1) == [b"entry-1"]
+
+
+async def test_concurrent_callers_are_coalesced_yet_each_applies_whole(
+    client: aioredis.Redis, backend: RedisBackend
+) -> None:
+    manager = TransactionManager(backend)
+    txs = [observation(i)[0] for i in range(64)]
+    calls = 0
+    run = backend._apply_groups
+
+    async def counting(groups):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        return await run(groups)
+
+    backend._coalescer._run = counting  # type: ignore[union-attr]
+    statuses = await asyncio.gather(*(manager.buffer(tx) for tx in txs))
+    assert [s.transaction_id for s in statuses] == [tx.transaction_id for tx in txs]
+    assert calls < len(txs)  # fewer round trips than callers
+    assert (await backend.buffer.stats()).depth == 64
+    counts = await backend.status.counts()
+    assert counts[TransactionState.BUFFERED] == 64
+    assert len(await backend.cache.list("ExecutedObsUnit")) == 64

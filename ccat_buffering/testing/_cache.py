@@ -155,6 +155,15 @@ class CacheStoreContract(ContractHooks):
         assert await backend.cache.get(OBS, "r1") is not None
         assert await backend.cache.created_by(OBS, "r1") == "t1"
 
+    async def test_cache_create_over_a_record_never_shortens_expiry(self, backend: Backend) -> None:
+        """A create that replaces a record's fields keeps the record's longer expiry."""
+        await backend.cache.write("t1", [create("r1", a=1)], 3.0)
+        expires_at = (await self.cached(backend, "r1")).expires_at
+        await backend.cache.write("t2", [create("r1", b=2)], 1.0)
+        record = await self.cached(backend, "r1")
+        self.assert_time(record.expires_at, expires_at, "expiry")
+        assert dict(record.fields) == {"b": 2}
+
     async def test_cache_extend_pushes_expiry(self, backend: Backend) -> None:
         """``extend`` moves the expiry of the record and the ID cache to ``ttl`` from now."""
         await backend.cache.write("t1", [create("r1", a=1)], 2.0)
