@@ -51,6 +51,9 @@ def simulate_command(
     database_url: Annotated[
         str | None, typer.Option(help="Main database; a temporary SQLite file by default.")
     ] = None,
+    replica_url: Annotated[
+        str | None, typer.Option(help="The site's streaming replica, for LSN tracking.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random values.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO.")] = False,
@@ -79,6 +82,7 @@ def simulate_command(
                     poison=poison,
                     backend_url=backend_url,
                     database_url=database_url,
+                    replica_url=replica_url,
                     seed=seed,
                     progress=show,
                 )
@@ -99,6 +103,7 @@ def simulate_command(
                 poison=poison,
                 backend_url=backend_url,
                 database_url=database_url,
+                replica_url=replica_url,
                 seed=seed,
                 progress=plain,
             )

@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import os
 import random
+import statistics
 import tempfile
 import time
 import uuid
@@ -21,11 +22,14 @@ from pathlib import Path
 
 from pydantic import BaseModel
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ccat_buffering._relay import LoopbackRelay
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.example import Base, ExecutedObsUnit, RawDataFile, RawDataPackage
-from ccat_buffering.executor import ledger_table
+from ccat_buffering.executor import create_engine, ledger_table
 from ccat_buffering.models import Transaction, TransactionState
 from ccat_buffering.reads import Reads
 from ccat_buffering.registry import ModelRegistry
@@ -51,10 +55,12 @@ class SimulationSummary(BaseModel):
         visible_during_outage: Records read back through ``reads`` before the
             database was reachable, out of ``sampled``.
         sampled: Records checked during the outage.
+        outage: How the outage was made.
         outage_pauses: Batches returned to the queue while the database was down.
         attempts_during_outage: Attempts counted against transactions during
             the outage (must be 0).
         caches_left: Cached records left after everything replicated.
+        commit_to_visible_median: Median seconds from commit to ``replicated``.
         seconds: Wall time of the whole run.
     """
 
@@ -68,9 +74,11 @@ class SimulationSummary(BaseModel):
     applied_twice: int
     visible_during_outage: int
     sampled: int
+    outage: str
     outage_pauses: int
     attempts_during_outage: int
     caches_left: int
+    commit_to_visible_median: float | None
     seconds: float
 
     @property
@@ -86,7 +94,57 @@ class SimulationSummary(BaseModel):
         )
 
 
-def _observation(i: int, rng: random.Random) -> tuple[Transaction, Transaction, str, list[str]]:
+class _Outage:
+    """Makes the main database unreachable for real, and reachable again.
+
+    A SQLite file's directory is renamed away; a networked database is reached
+    through a loopback relay that is cut. Anything else has no outage.
+    """
+
+    def __init__(self, database_url: str | None, workdir: Path) -> None:
+        self.online = workdir / "main"
+        self.offline = workdir / "main-unreachable"
+        self.relay: LoopbackRelay | None = None
+        self.direct_url = database_url or f"sqlite+aiosqlite:///{self.online / 'operations.db'}"
+        self.site_url = self.direct_url
+        self.kind = "none"
+        if database_url is None:
+            self.online.mkdir()
+            self.kind = "database file moved away"
+            return
+        url = make_url(database_url)
+        if url.host:
+            default_port = {"postgresql": 5432, "mysql": 3306}.get(url.get_backend_name(), 5432)
+            self.relay = LoopbackRelay(url.host, url.port or default_port)
+            self.site_url = url.set(host="127.0.0.1", port=self.relay.port).render_as_string(
+                hide_password=False
+            )
+            self.kind = "link to the database cut"
+
+    async def begin(self) -> None:
+        if self.relay is not None:
+            await self.relay.start()
+
+    async def cut(self) -> None:
+        if self.relay is not None:
+            await self.relay.stop()
+        elif self.kind != "none":
+            os.rename(self.online, self.offline)
+
+    async def restore(self) -> None:
+        if self.relay is not None:
+            await self.relay.start()
+        elif self.kind != "none":
+            os.rename(self.offline, self.online)
+
+    async def end(self) -> None:
+        if self.relay is not None:
+            await self.relay.stop()
+
+
+def _observation(
+    i: int, run: str, rng: random.Random
+) -> tuple[Transaction, Transaction, str, list[str]]:
     start = TransactionBuilder("start_observation")
     obs = start.create(
         ExecutedObsUnit,
@@ -97,9 +155,11 @@ def _observation(i: int, rng: random.Random) -> tuple[Transaction, Transaction, 
             "mean_pwv": Decimal(f"{rng.uniform(0.2, 2.0):.3f}"),
         },
     )
-    package = start.create(RawDataPackage, {"executed_obs_unit_id": obs.id, "name": f"pkg-{i:06d}"})
+    package = start.create(
+        RawDataPackage, {"executed_obs_unit_id": obs.id, "name": f"{run}-pkg-{i:06d}"}
+    )
     finish = TransactionBuilder("finish_observation")
-    paths = [f"/data/{i:06d}/scan-{k}.fits" for k in range(2)]
+    paths = [f"/data/{run}/{i:06d}/scan-{k}.fits" for k in range(2)]
     finish.bulk_create(
         RawDataFile,
         [
@@ -114,12 +174,12 @@ def _observation(i: int, rng: random.Random) -> tuple[Transaction, Transaction, 
     return start.build(), finish.build(), obs.id, paths
 
 
-def _poison(i: int) -> Transaction:
+def _poison(i: int, run: str) -> Transaction:
     # A file whose package does not exist: the foreign key refuses it every time.
     tx = TransactionBuilder("register_orphan_file")
     tx.bulk_create(
         RawDataFile,
-        [{"raw_data_package_id": f"missing-{i}", "path": f"/orphan/{i}", "size_bytes": 1}],
+        [{"raw_data_package_id": f"missing-{i}", "path": f"/orphan/{run}/{i}", "size_bytes": 1}],
     )
     return tx.build()
 
@@ -130,21 +190,25 @@ async def simulate(
     poison: int = 2,
     backend_url: str = "memory://",
     database_url: str | None = None,
+    replica_url: str | None = None,
     site: str | None = None,
     seed: int = 0,
     progress: Progress | None = None,
 ) -> SimulationSummary:
     """Buffer while the database is unreachable, restore it, drain, confirm, count.
 
-    With the default SQLite database the outage is real: the database file's
-    directory is renamed away while the site buffers, so every connection
-    fails as it would with the link down.
+    The outage is real: a SQLite file's directory is renamed away, and a
+    networked database is reached through a loopback relay that is cut, so
+    every connection fails as it would with the link down. The example tables
+    and the ledger are created if missing; names carry a run id, so runs
+    against the same database never collide.
 
     Args:
         observations: Observations to record; each is two transactions.
         poison: Transactions built to violate a foreign key.
         backend_url: Where to buffer.
         database_url: The main database; a new SQLite file when ``None``.
+        replica_url: The site's streaming replica, for LSN tracking.
         site: The site's name; a new ``simulated-<random>`` one by default, so
             that runs against a shared Redis never meet each other's keys.
         seed: Seed of the random values.
@@ -155,86 +219,100 @@ async def simulate(
     """
     began = time.perf_counter()
     rng = random.Random(seed)
+    run = uuid.uuid4().hex[:8]
     report = progress or (lambda phase, done, total: None)
     with tempfile.TemporaryDirectory(prefix="ccat-buffering-sim-") as tmp:
-        online = Path(tmp) / "main"
-        offline = Path(tmp) / "main-unreachable"
-        online.mkdir()
-        url = database_url or f"sqlite+aiosqlite:///{online / 'operations.db'}"
-        settings = BufferingSettings(
-            site_name=site or f"simulated-{uuid.uuid4().hex[:8]}",
-            site_type="secondary",
-            backend_url=backend_url,
-            database_url=url,
-            retry_base_delay=0.01,
-            retry_max_delay=0.05,
-            outage_base_delay=0.01,
-            outage_max_delay=0.05,
-            replication_poll_interval=0.01,
-        )
-        registry = ModelRegistry.from_base(Base)
-        async with BufferingCoordinator.from_settings(
-            settings, registry=registry, start=False
-        ) as site_:
-            async with site_.engine.begin() as conn:
-                await conn.run_sync(Base.metadata.create_all)
-            await site_.prepare_database()
-            await site_.engine.dispose()
-            simulated_outage = database_url is None
-            if simulated_outage:
-                os.rename(online, offline)
+        outage = _Outage(database_url, Path(tmp))
+        await outage.begin()
+        try:
+            return await _run(
+                outage, observations, poison, backend_url, replica_url,
+                site or f"simulated-{run}", run, rng, report, began,
+            )  # fmt: skip
+        finally:
+            await outage.end()
 
-            total = observations * 2 + poison
-            expected: list[tuple[str, list[str], str, str]] = []
-            buffered = 0
-            poison_at = (
-                {rng.randrange(observations) for _ in range(poison)} if observations else set()
-            )
-            poison_left = poison
-            for i in range(observations):
-                start, finish, obs_id, paths = _observation(i, rng)
-                for tx in (start, finish):
-                    status = await site_.submit(tx)
-                    buffered += status.state is TransactionState.BUFFERED
-                expected.append((obs_id, paths, start.transaction_id, finish.transaction_id))
-                if i in poison_at and poison_left:
-                    status = await site_.submit(_poison(i))
-                    buffered += status.state is TransactionState.BUFFERED
-                    poison_left -= 1
-                if i % 100 == 0:
-                    report("buffering", buffered, total)
-            while poison_left:
-                await site_.submit(_poison(observations + poison_left))
-                buffered += 1
-                poison_left -= 1
-            report("buffering", buffered, total)
 
-            # The embedded site's only database is the unreachable one, so read
-            # what the site believes from its buffered records alone.
-            buffered_view = Reads(site_.backend.cache, registry)
-            sample = expected[:: max(1, len(expected) // 20)]
-            visible = 0
-            for obs_id, _, _, _ in sample:
-                record = await buffered_view.get("ExecutedObsUnit", obs_id)
-                visible += record is not None and record["status"] == "finished"
+async def _run(
+    outage: _Outage,
+    observations: int,
+    poison: int,
+    backend_url: str,
+    replica_url: str | None,
+    site: str,
+    run: str,
+    rng: random.Random,
+    report: Progress,
+    began: float,
+) -> SimulationSummary:
+    settings = BufferingSettings(
+        site_name=site,
+        site_type="secondary",
+        backend_url=backend_url,
+        database_url=outage.site_url,
+        replica_url=replica_url,
+        retry_base_delay=0.01,
+        retry_max_delay=0.05,
+        outage_base_delay=0.01,
+        outage_max_delay=0.05,
+        replication_poll_interval=0.01,
+    )
+    registry = ModelRegistry.from_base(Base)
+    direct = create_engine(outage.direct_url)
+    async with direct.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+        await conn.run_sync(ledger_table.metadata.create_all)
+    async with BufferingCoordinator.from_settings(
+        settings, registry=registry, start=False
+    ) as site_:
+        await outage.cut()
 
-            pauses = 0
-            if simulated_outage:
-                for _ in range(3):
-                    await site_.processor.run_once()
-                pauses = site_.processor.counters.outages
-            attempts = 0
-            for state in TransactionState:
-                ids = await site_.backend.status.ids(state)
-                statuses = await site_.backend.status.get_many(ids)
-                attempts += sum(s.attempts for s in statuses if s is not None)
-            if simulated_outage:
-                os.rename(offline, online)
+        total = observations * 2 + poison
+        expected: list[tuple[str, list[str], str, str]] = []
+        buffered = 0
+        poison_at = sorted(rng.sample(range(max(observations, 1)), min(poison, observations)))
+        poison_txs = [_poison(i, run) for i in range(poison)]
+        for i in range(observations):
+            start, finish, obs_id, paths = _observation(i, run, rng)
+            for tx in (start, finish):
+                buffered += (await site_.submit(tx)).state is TransactionState.BUFFERED
+            expected.append((obs_id, paths, start.transaction_id, finish.transaction_id))
+            if poison_at and i == poison_at[0]:
+                poison_at.pop(0)
+                buffered += (
+                    await site_.submit(poison_txs.pop())
+                ).state is TransactionState.BUFFERED
+            if i % 100 == 0:
+                report("buffering", buffered, total)
+        for tx in poison_txs:
+            buffered += (await site_.submit(tx)).state is TransactionState.BUFFERED
+        report("buffering", buffered, total)
 
-            drained = 0
-            deadline = time.monotonic() + max(60.0, total / 50)
+        # Without a replica, the embedded site's only database is the one that is
+        # down: what the site believes then comes from its buffered records alone.
+        view = site_.reads if replica_url else Reads(site_.backend.cache, registry)
+        sample = expected[:: max(1, len(expected) // 20)]
+        visible = 0
+        for obs_id, _, _, _ in sample:
+            record = await view.get("ExecutedObsUnit", obs_id)
+            visible += record is not None and record["status"] == "finished"
+
+        pauses = attempts = 0
+        if outage.kind != "none":
+            for _ in range(3):
+                await site_.processor.run_once()
+            pauses = site_.processor.counters.outages
+        for state in TransactionState:
+            statuses = await site_.backend.status.get_many(await site_.backend.status.ids(state))
+            attempts += sum(s.attempts for s in statuses if s is not None)
+        await outage.restore()
+
+        deadline = time.monotonic() + max(120.0, total / 20)
+        # The tracker confirms while the processor drains, as in a worker.
+        tracking = asyncio.create_task(site_.tracker.run())
+        try:
             while time.monotonic() < deadline:
-                drained += await site_.processor.run_once()
+                await site_.processor.run_once()
                 stats = await site_.backend.buffer.stats()
                 report("draining", total - stats.depth - stats.in_flight, total)
                 if stats.depth == 0 and stats.in_flight == 0:
@@ -242,54 +320,94 @@ async def simulate(
                 if stats.held_until is not None:
                     await asyncio.sleep(0.01)
             while time.monotonic() < deadline:
-                result = await site_.tracker.poll_once()
-                if result.pending == 0:
+                if not await site_.backend.status.ids(TransactionState.COMMITTED, limit=1):
                     break
                 await asyncio.sleep(settings.replication_poll_interval)
+        finally:
+            site_.tracker.stop()
+            await tracking
 
-            async with site_.engine.connect() as conn:
-                ledger_ids = set(
-                    (await conn.execute(select(ledger_table.c.transaction_id))).scalars()
-                )
-                file_rows = dict(
-                    (
-                        await conn.execute(
-                            select(RawDataFile.path, func.count()).group_by(RawDataFile.path)
-                        )
-                    ).all()
-                )
-                units = dict(
-                    (await conn.execute(select(ExecutedObsUnit.id, ExecutedObsUnit.status))).all()
-                )
-                packages = set(
-                    (await conn.execute(select(RawDataPackage.executed_obs_unit_id))).scalars()
-                )
-            lost = twice = committed = 0
-            for obs_id, paths, start_id, finish_id in expected:
-                committed += (start_id in ledger_ids) + (finish_id in ledger_ids)
-                copies = [file_rows.get(p, 0) for p in paths]
-                # Each transaction is lost if any row it wrote is missing.
-                lost += obs_id not in units or obs_id not in packages
-                lost += units.get(obs_id) != "finished" or any(c == 0 for c in copies)
-                twice += any(c > 1 for c in copies)
-            counts = await site_.backend.status.counts()
-            caches = 0
-            for model in registry:
-                caches += len(await site_.backend.cache.list(model))
-            stats = await site_.backend.buffer.stats()
-            return SimulationSummary(
-                transactions=total,
-                buffered=buffered,
-                committed=committed,
-                replicated=counts[TransactionState.REPLICATED],
-                dead_lettered=stats.dead_letters,
-                poison=poison,
-                lost=lost,
-                applied_twice=twice,
-                visible_during_outage=visible,
-                sampled=len(sample),
-                outage_pauses=pauses,
-                attempts_during_outage=attempts,
-                caches_left=caches,
-                seconds=round(time.perf_counter() - began, 3),
+        summary = await _count(site_, direct, expected, registry)
+        stats = await site_.backend.buffer.stats()
+        replicated_ids = await site_.backend.status.ids(TransactionState.REPLICATED)
+        replicated = await site_.backend.status.get_many(replicated_ids)
+        delays = [
+            (s.replicated_at - s.committed_at).total_seconds()
+            for s in replicated
+            if s is not None and s.replicated_at and s.committed_at
+        ]
+    await direct.dispose()
+    return SimulationSummary(
+        transactions=total,
+        buffered=buffered,
+        committed=summary["committed"],
+        replicated=len(replicated_ids),
+        dead_lettered=stats.dead_letters,
+        poison=poison,
+        lost=summary["lost"],
+        applied_twice=summary["twice"],
+        visible_during_outage=visible,
+        sampled=len(sample),
+        outage=outage.kind,
+        outage_pauses=pauses,
+        attempts_during_outage=attempts,
+        caches_left=summary["caches"],
+        commit_to_visible_median=round(statistics.median(delays), 4) if delays else None,
+        seconds=round(time.perf_counter() - began, 3),
+    )
+
+
+async def _count(
+    site: BufferingCoordinator,
+    engine: AsyncEngine,
+    expected: list[tuple[str, list[str], str, str]],
+    registry: ModelRegistry,
+) -> dict[str, int]:
+    ids = [obs_id for obs_id, _, _, _ in expected]
+    paths = [p for _, ps, _, _ in expected for p in ps]
+    tx_ids = [t for _, _, a, b in expected for t in (a, b)]
+    async with engine.connect() as conn:
+        ledger_ids: set[str] = set()
+        units: dict[str, str] = {}
+        packages: set[str] = set()
+        file_rows: dict[str, int] = {}
+        for start in range(0, max(len(ids), 1), 500):
+            chunk = ids[start : start + 500]
+            units.update(
+                (await conn.execute(
+                    select(ExecutedObsUnit.id, ExecutedObsUnit.status).where(
+                        ExecutedObsUnit.id.in_(chunk))
+                )).all()
+            )  # fmt: skip
+            packages.update(
+                (await conn.execute(
+                    select(RawDataPackage.executed_obs_unit_id).where(
+                        RawDataPackage.executed_obs_unit_id.in_(chunk))
+                )).scalars()
+            )  # fmt: skip
+        for start in range(0, max(len(paths), 1), 500):
+            chunk = paths[start : start + 500]
+            file_rows.update(
+                (await conn.execute(
+                    select(RawDataFile.path, func.count()).where(
+                        RawDataFile.path.in_(chunk)).group_by(RawDataFile.path)
+                )).all()
+            )  # fmt: skip
+        for start in range(0, max(len(tx_ids), 1), 500):
+            chunk = tx_ids[start : start + 500]
+            column = ledger_table.c.transaction_id
+            ledger_ids.update(
+                (await conn.execute(select(column).where(column.in_(chunk)))).scalars()
             )
+    lost = twice = committed = 0
+    for obs_id, obs_paths, start_id, finish_id in expected:
+        committed += (start_id in ledger_ids) + (finish_id in ledger_ids)
+        copies = [file_rows.get(p, 0) for p in obs_paths]
+        # Each transaction is lost if any row it wrote is missing.
+        lost += obs_id not in units or obs_id not in packages
+        lost += units.get(obs_id) != "finished" or any(c == 0 for c in copies)
+        twice += any(c > 1 for c in copies)
+    caches = 0
+    for model in registry:
+        caches += len(await site.backend.cache.list(model))
+    return {"committed": committed, "lost": lost, "twice": twice, "caches": caches}

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from ccat_buffering._relay import LoopbackRelay
+
 REDIS_URL = os.environ.get("CCAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 POSTGRES_URL = os.environ.get(
     "CCAT_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -227,53 +229,9 @@ def redis_sentinel() -> Iterator[dict[str, object]]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-class TcpProxy:
-    """A loopback TCP proxy that a test can cut and restore, as a link goes down.
-
-    ``stop()`` closes the listening socket and every open connection (clients
-    see resets and refusals); ``start()`` listens again on the same port.
-    """
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.port = free_port()
-        self._server: object | None = None
-        self._writers: set[object] = set()
-
-    async def start(self) -> None:
-        import asyncio
-
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                writer.close()
-
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                up_reader, up_writer = await asyncio.open_connection(*self.target)
-            except OSError:
-                writer.close()
-                return
-            self._writers.update((writer, up_writer))
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-            self._writers.difference_update((writer, up_writer))
-
-        self._server = await asyncio.start_server(handle, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        server = self._server
-        if server is not None:
-            server.close()  # type: ignore[attr-defined]
-            self._server = None
-        for writer in list(self._writers):
-            transport = writer.transport  # type: ignore[attr-defined]
-            transport.abort()
-        self._writers.clear()
+def TcpProxy(host: str, port: int) -> LoopbackRelay:
+    """A loopback relay to ``host:port`` that a test cuts and restores."""
+    return LoopbackRelay(host, port)
 
 
 def postgres_admin_url() -> str:

@@ -263,3 +263,27 @@ async def test_main_site_confirms_against_its_own_replica(pair: Pair) -> None:
         await _until(confirmed, "the main site's write seen on its replica")
         health = await site.health()
         assert health.replication.standby is True
+
+
+async def test_simulate_through_a_cut_link_with_real_lsn_tracking(replicated: Replicated) -> None:
+    from ccat_buffering.simulation import simulate
+
+    probe = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await probe.ping()
+    except Exception as exc:
+        missing(f"no Redis at {REDIS_URL}: {exc}")
+    finally:
+        await probe.aclose()
+    summary = await simulate(
+        100,
+        poison=1,
+        backend_url=REDIS_URL,
+        database_url=replicated.primary_url,
+        replica_url=replicated.replica_url,
+    )
+    assert summary.ok, summary
+    assert summary.outage == "link to the database cut"
+    assert summary.outage_pauses > 0 and summary.attempts_during_outage == 0
+    assert summary.replicated == 200 and summary.visible_during_outage == summary.sampled
+    assert summary.commit_to_visible_median is not None
