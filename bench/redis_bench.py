@@ -203,10 +203,24 @@ Contender = Callable[[str], Awaitable[tuple[Step, Callable[[], Awaitable[None]]]
 """Given a fresh site name, returns its step and its cleanup."""
 
 
+@dataclass(frozen=True)
+class Runs:
+    """Rates (transactions/s) of each contender, one per round, in round order."""
+
+    rates: dict[str, list[float]]
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.rates[name])
+
+    def ratios(self, name: str, baseline: str) -> list[float]:
+        """Ours over the baseline, round by round (paired, so drift between rounds cancels)."""
+        return [o / b for o, b in zip(self.rates[name], self.rates[baseline], strict=True)]
+
+
 async def compare(
     ns: Namespace, contenders: dict[str, Contender], opts: Options, producers: int = 1
-) -> dict[str, float]:
-    """Median rate of each contender over interleaved rounds, order rotating per round."""
+) -> Runs:
+    """Run the contenders in interleaved rounds, the order rotating each round."""
     rates: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
     for r in range(opts.rounds):
@@ -218,7 +232,7 @@ async def compare(
             finally:
                 await cleanup()
                 await ns.purge(pattern_of(site))
-    return {name: statistics.median(values) for name, values in rates.items()}
+    return Runs(rates)
 
 
 # -- contenders --------------------------------------------------------------
@@ -550,23 +564,22 @@ async def _run(ns: Namespace, opts: Options, version: str) -> None:
         f"\nredis {version} at {opts.redis_url}; payload {size:.0f} bytes of JSON; median of "
         f"{opts.rounds} interleaved runs of {opts.seconds} s each; (c) is {arq_label}"
     )
-    rows = []
+    rows: list[tuple[str, ...]] = []
+    spreads: list[str] = []
+
+    def compared(label: str, runs: Runs, baseline: str, goal: float) -> None:
+        ratios = runs.ratios("ours", baseline)
+        ours, base = rate(runs.median("ours")), rate(runs.median(baseline))
+        rows.append(row(label, ours, base, statistics.median(ratios), goal))
+        spreads.append(f"{label.split(' ')[0]} {baseline}: {min(ratios):.2f}-{max(ratios):.2f}x")
 
     one = await compare(
         ns,
         {"ours": ours_flow(client, pool), "b": origin_flow(client, payloads), "c": arq},
         opts,
     )
-    for key, name in (("b", "(b) origin, 4 awaited commands"), ("c", "(c) arq enqueue_job")):
-        rows.append(
-            row(
-                f"1. buffer(), 1 producer vs {name}",
-                rate(one["ours"]),
-                rate(one[key]),
-                one["ours"] / one[key],
-                2.0,
-            )
-        )
+    compared("1. buffer(), 1 producer vs (b) origin, 4 awaited commands", one, "b", 2.0)
+    compared("1. buffer(), 1 producer vs (c) arq enqueue_job", one, "c", 2.0)
 
     many = await compare(
         ns,
@@ -574,32 +587,16 @@ async def _run(ns: Namespace, opts: Options, version: str) -> None:
         opts,
         producers=PRODUCERS,
     )
-    rows.append(
-        row(
-            f"2. buffer(), {PRODUCERS} producers vs (a) LPUSH x{PRODUCERS}",
-            rate(many["ours"]),
-            rate(many["a"]),
-            many["ours"] / many["a"],
-            1.5,
-        )
-    )
+    compared(f"2. buffer(), {PRODUCERS} producers vs (a) LPUSH x{PRODUCERS}", many, "a", 1.5)
 
     batched = await compare(
         ns,
         {"ours": ours_flow(client, pool, BATCH), "a": pipelined_lpush(client, payloads)},
         opts,
     )
-    name = f"3. buffer_many({BATCH})"
-    rows.append(row(f"{name}, transactions/s", rate(batched["ours"]), "-", batched["ours"], 25e3))
-    rows.append(
-        row(
-            f"{name} vs (a) pipelined LPUSH x{BATCH}",
-            rate(batched["ours"]),
-            rate(batched["a"]),
-            batched["ours"] / batched["a"],
-            0.8,
-        )
-    )
+    best = batched.median("ours")
+    rows.append(row(f"3. buffer_many({BATCH}), transactions/s", rate(best), "-", best, 25e3))
+    compared(f"3. buffer_many({BATCH}) vs (a) pipelined LPUSH x{BATCH}", batched, "a", 0.8)
 
     n = opts.memory_transactions
     ours, origin = await memory_ours(ns, n), await memory_origin(ns, n)
@@ -614,6 +611,7 @@ async def _run(ns: Namespace, opts: Options, version: str) -> None:
         )
         rows.append(line if goal else (*line[:4], "~5x (ref.)", "ref."))
     print_table(rows)
+    print("ratio is the median of per-round ratios; their range: " + "; ".join(spreads))
     print(
         f"4. over N = {n:,} transactions per layout, default settings; cross-check, sum of "
         f"MEMORY USAGE of the layout's keys (no dict buckets or expiry entries): "

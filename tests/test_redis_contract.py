@@ -9,9 +9,10 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from services import REDIS_URL, missing, redis_cluster
+from services import REDIS_URL, missing, started
 
 from ccat_buffering.testing import BackendContract
+from ccat_buffering.testing.servers import redis_cluster
 from ccat_buffering_redis import RedisBackend
 
 
@@ -48,7 +49,7 @@ class TestRealRedis(BackendContract):
 
 @pytest.fixture(scope="module")
 def cluster_ports() -> Iterator[list[int]]:
-    with redis_cluster() as ports:
+    with started(redis_cluster()) as ports:
         yield ports
 
 

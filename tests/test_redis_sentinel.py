@@ -6,18 +6,19 @@ import asyncio
 import time
 
 import redis.asyncio as aioredis
-from services import redis_sentinel
+from services import started
 
 from ccat_buffering.backends import open_backend
 from ccat_buffering.errors import BackendError
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.testing.servers import redis_sentinel
 
 from support import observation
 
 
 async def test_sentinel_discovery_and_failover() -> None:
-    with redis_sentinel() as ports:
+    with started(redis_sentinel()) as ports:
         url = f"redis+sentinel://127.0.0.1:{ports['sentinel']}/site-buffer"
         backend = open_backend(url, site=new_site_name(), socket_timeout=2)
         manager = TransactionManager(backend)

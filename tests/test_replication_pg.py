@@ -11,8 +11,7 @@ from dataclasses import dataclass
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from replica import Replicated, streaming_replica
-from services import REDIS_URL, TcpProxy, missing
+from services import REDIS_URL, TcpProxy, missing, started
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -29,6 +28,7 @@ from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.replication import LSNReplicationChecker, ReplicationTracker
 from ccat_buffering.settings import BufferingSettings
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.testing.servers import Replicated, streaming_replica
 from ccat_buffering_memory import MemoryBackend
 from ccat_buffering_redis import RedisBackend
 
@@ -37,7 +37,7 @@ from support import make_schema, observation
 
 @pytest.fixture(scope="module")
 def replicated() -> Iterator[Replicated]:
-    with streaming_replica() as servers:
+    with started(streaming_replica()) as servers:
         yield servers
 
 
