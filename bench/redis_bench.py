@@ -42,8 +42,8 @@ prefix (or is an arq job key recorded here) and is deleted with ``SCAN MATCH`` a
 ``UNLINK`` afterwards. Nothing is flushed.
 
 Reproduce: ``make bench`` (runs ``bench/run.py``, which runs this after the memory
-backend benchmarks), or ``.venv/bin/python bench/redis_bench.py [--seconds 1.5]
-[--rounds 3] [--memory-transactions 100000] [--redis-url URL]``.
+backend benchmarks), or ``.venv/bin/python bench/redis_bench.py [--seconds 1.0]
+[--rounds 5] [--memory-transactions 100000] [--redis-url URL]``.
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ class Options:
     """What to run: see ``add_arguments``."""
 
     redis_url: str = DEFAULT_URL
-    seconds: float = 1.5
-    rounds: int = 3
+    seconds: float = 1.0
+    rounds: int = 5
     memory_transactions: int = 100_000
 
     @classmethod
@@ -97,8 +97,8 @@ class Options:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", default=DEFAULT_URL, help="database to use (db 15)")
-    parser.add_argument("--seconds", type=float, default=1.5, help="timed seconds per run")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per ratio")
+    parser.add_argument("--seconds", type=float, default=1.0, help="timed seconds per run")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per ratio")
     parser.add_argument(
         "--memory-transactions", type=int, default=100_000, help="N for the memory figure"
     )
@@ -161,14 +161,10 @@ class Namespace:
         return sum([1 async for _ in self.client.scan_iter(match=pattern, count=2000)])
 
     async def purge(self, pattern: str | None = None) -> None:
+        """Delete the keys matching ``pattern`` (default: every site of this run) and arq's."""
         pattern = pattern or f"site:{{b{self.token}-*"
-        batch: list[Any] = []
-        async for key in self.client.scan_iter(match=pattern, count=2000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                await self.client.unlink(*batch)
-                batch.clear()
-        keys, self.extra_keys = [*batch, *self.extra_keys], []
+        keys: list[Any] = [k async for k in self.client.scan_iter(match=pattern, count=2000)]
+        keys, self.extra_keys = keys + self.extra_keys, []
         for i in range(0, len(keys), 1000):
             await self.client.unlink(*keys[i : i + 1000])
 
@@ -350,20 +346,20 @@ def arq_enqueue(ns: Namespace, url: str, payloads: list[Payload]) -> tuple[str, 
         return "arq's enqueue sequence (arq not installed)", _arq_shaped(ns, url, payloads)
 
     async def make(site: str) -> tuple[Step, Callable[[], Awaitable[None]]]:
-        arq = await create_pool(RedisSettings.from_dsn(url))
+        pool = await create_pool(RedisSettings.from_dsn(url))
         queue = SiteKeys(site).prefix + "arq:queue"
         jsons = itertools.cycle([p.json for p in payloads])
         ids: list[str] = []
 
         async def step() -> int:
-            job = await arq.enqueue_job("buffer_transaction", next(jsons), _queue_name=queue)
+            job = await pool.enqueue_job("buffer_transaction", next(jsons), _queue_name=queue)
             assert job is not None
             ids.append(job.job_id)
             return 1
 
         async def cleanup() -> None:
             ns.extra_keys.extend(f"arq:job:{i}" for i in ids)
-            await arq.aclose()
+            await pool.aclose()
 
         return step, cleanup
 
@@ -384,7 +380,13 @@ def _arq_shaped(ns: Namespace, url: str, payloads: list[Payload]) -> Contender:
                 await pipe.watch(job_key)
                 assert not await pipe.exists(job_key, "arq:result:" + job_id)
                 now = round(time.time() * 1000)
-                job = {"t": 1, "f": "buffer_transaction", "a": (next(jsons),), "k": {}, "et": now}
+                job = {
+                    "t": None,
+                    "f": "buffer_transaction",
+                    "a": (next(jsons),),
+                    "k": {},
+                    "et": now,
+                }
                 pipe.multi()
                 pipe.psetex(job_key, 86_400_000, pickle.dumps(job))
                 pipe.zadd(queue, {job_id: now})

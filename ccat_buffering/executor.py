@@ -18,6 +18,7 @@ from sqlalchemy import Column, DateTime, MetaData, String, Table, delete, event,
 from sqlalchemy import update as sa_update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
+from ccat_buffering._grouping import plan
 from ccat_buffering.errors import (
     DatabaseUnavailableError,
     RecordNotFoundError,
@@ -207,30 +208,15 @@ class TransactionExecutor:
             await conn.begin()
             done = await self._applied_ids(conn, [tx.transaction_id for _, tx in runnable])
             session = AsyncSession(bind=conn, autoflush=False, expire_on_commit=False)
+            todo = []
             for index, tx in runnable:
                 if tx.transaction_id in done:
                     outcomes[index] = Outcome(tx.transaction_id, already_applied=True)
-                    continue
-                try:
-                    async with session.begin_nested():
-                        await self._apply(session, tx)
-                        if self.ledger:
-                            await session.execute(
-                                insert(ledger_table).values(
-                                    transaction_id=tx.transaction_id,
-                                    endpoint=tx.endpoint,
-                                    applied_at=utc_now(),
-                                )
-                            )
-                except Exception as exc:
-                    kind = classify_failure(exc)
-                    if kind is FailureKind.OUTAGE:
-                        raise DatabaseUnavailableError(
-                            f"the database failed while applying {tx.transaction_id}: {exc}"
-                        ) from exc
-                    outcomes[index] = Outcome(tx.transaction_id, error=exc, kind=kind)
                 else:
-                    outcomes[index] = Outcome(tx.transaction_id, applied=True)
+                    todo.append((index, tx))
+            if not await self._apply_grouped(session, todo, outcomes):
+                for index, tx in todo:
+                    outcomes[index] = await self._apply_one(session, tx)
             await session.close()
             await conn.commit()
             if conn.dialect.name != "postgresql":
@@ -243,6 +229,63 @@ class TransactionExecutor:
             ).scalar()
             await conn.rollback()
             return LSN.parse(str(lsn_text))
+
+    async def _record(self, session: AsyncSession, transactions: Sequence[Transaction]) -> None:
+        if self.ledger and transactions:
+            now = utc_now()
+            await session.execute(
+                insert(ledger_table),
+                [
+                    {
+                        "transaction_id": tx.transaction_id,
+                        "endpoint": tx.endpoint,
+                        "applied_at": now,
+                    }
+                    for tx in transactions
+                ],
+            )
+
+    async def _apply_grouped(
+        self,
+        session: AsyncSession,
+        todo: list[tuple[int, Transaction]],
+        outcomes: list[Outcome],
+    ) -> bool:
+        """Apply the batch as a few grouped statements in one savepoint, if it can be."""
+        grouped = plan([tx for _, tx in todo], self.registry) if len(todo) > 1 else None
+        if grouped is None:
+            return False
+        try:
+            async with session.begin_nested():
+                for model, rows in grouped.inserts:
+                    await session.execute(insert(self.registry.model(model)), rows)
+                for step in grouped.updates:
+                    await self._apply_step(session, step, {}, False)
+                await self._record(session, [tx for _, tx in todo])
+        except Exception as exc:
+            if classify_failure(exc) is FailureKind.OUTAGE:
+                raise DatabaseUnavailableError(
+                    f"the database failed during a batch: {exc}"
+                ) from exc
+            return False  # one by one, so that the error lands on its own transaction
+        for index, tx in todo:
+            outcomes[index] = Outcome(tx.transaction_id, applied=True)
+        return True
+
+    async def _apply_one(self, session: AsyncSession, tx: Transaction) -> Outcome:
+        """Apply one transaction in its own savepoint."""
+        try:
+            async with session.begin_nested():
+                await self._apply(session, tx)
+                await self._record(session, [tx])
+        except Exception as exc:
+            kind = classify_failure(exc)
+            if kind is FailureKind.OUTAGE:
+                raise DatabaseUnavailableError(
+                    f"the database failed while applying {tx.transaction_id}: {exc}"
+                ) from exc
+            return Outcome(tx.transaction_id, error=exc, kind=kind)
+        return Outcome(tx.transaction_id, applied=True)
 
     async def _applied_ids(self, conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
         if not self.ledger or not ids:

@@ -131,13 +131,25 @@ def test_passwords_are_masked() -> None:
     assert "s3cret" not in str(settings.masked())
 
 
-async def test_open_backend_by_scheme() -> None:
+async def test_open_backend_by_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.metadata import EntryPoint
+
+    import ccat_buffering.backends as backends
+    from ccat_buffering_redis import RedisBackend
+
     backend = open_backend("memory://", site="s1")
     assert isinstance(backend, MemoryBackend) and backend.site == "s1"
+    redis_backend = open_backend("redis://127.0.0.1:6379/15", site="s1")
+    assert isinstance(redis_backend, RedisBackend)
+    await redis_backend.aclose()
     with pytest.raises(ConfigurationError, match=r"known schemes are .*memory://"):
         open_backend("mongodb://u:pw@host/db", site="s1")
-    with pytest.raises(ConfigurationError, match="ccat-buffering\\[redis\\]"):
-        open_backend("redis://127.0.0.1:6379/15", site="s1")
+    missing_package = EntryPoint(
+        "redis", "ccat_buffering_gone:RedisBackend", backends.ENTRY_POINT_GROUP
+    )
+    monkeypatch.setattr(backends, "_entry_points", lambda: {"redis": missing_package})
+    with pytest.raises(ConfigurationError, match=r"pip install 'ccat-buffering\[redis\]'"):
+        open_backend("redis://u:pw@127.0.0.1:6379/15", site="s1")
 
 
 def test_retry_policy_full_jitter_with_cap() -> None:

@@ -49,7 +49,8 @@ async def backend(client: aioredis.Redis) -> AsyncIterator[RedisBackend]:
 async def site_keys(client: aioredis.Redis, backend: RedisBackend) -> dict[str, int]:
     """Every key of the site with its TTL in ms (-1: none)."""
     keys = [k.decode() async for k in client.scan_iter(match=backend.keys.pattern())]
-    return {key: await client.pttl(key) for key in keys}
+    ttls = {key: await client.pttl(key) for key in keys}
+    return {key: ttl for key, ttl in ttls.items() if ttl != -2}  # -2: expired meanwhile
 
 
 async def untracked(backend: RedisBackend, keys: dict[str, int]) -> list[str]:
