@@ -581,7 +581,7 @@ async def _run(ns: Namespace, opts: Options, version: str) -> None:
         opts,
     )
     compared("1. buffer(), 1 producer vs (b) origin, 4 awaited commands", one, "b", 2.0)
-    compared("1. buffer(), 1 producer vs (c) arq enqueue_job", one, "c", 2.0)
+    compared("1. buffer(), 1 producer vs (c) arq enqueue", one, "c", 2.0)
 
     many = await compare(
         ns,
