@@ -14,6 +14,11 @@ Then the Redis benchmarks of :mod:`redis_bench` (skipped when Redis cannot be
 reached): ``TransactionManager`` on ``RedisBackend`` against raw ``LPUSH``, the
 origin's four commands and arq, and Redis memory per buffered transaction.
 
+Then the PostgreSQL drain of :mod:`drain_bench` (batches with the ledger against
+the origin's one-at-a-time shape) and the replication timing of
+:mod:`replication_bench` (commit to visible on a streaming replica the run
+starts), each skipped with the reason when its server is missing.
+
 Run with ``make bench`` or ``python bench/run.py [--transactions N]
 [--memory-transactions N] [--seconds S] [--rounds R] [--redis-url URL]``.
 """
@@ -27,7 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import drain_bench
 import redis_bench
+import replication_bench
 
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.example import Base, ExecutedObsUnit, RawDataPackage
@@ -130,3 +137,12 @@ if __name__ == "__main__":
     args = parser.parse_args()
     asyncio.run(main(args.transactions))
     asyncio.run(redis_bench.run(redis_bench.Options.from_args(args)))
+    for title, bench in (
+        ("PostgreSQL drain", lambda: drain_bench.main(args.transactions)),
+        ("replication", lambda: replication_bench.main(1000)),
+    ):
+        print()
+        try:
+            asyncio.run(bench())
+        except Exception as exc:  # a missing server: say so and go on
+            print(f"{title}: skipped ({type(exc).__name__}: {exc})")
