@@ -8,7 +8,7 @@ when the site's replica has replayed the commit.
 
 from ccat_buffering.backends import open_backend
 from ccat_buffering.builder import RecordHandle, TransactionBuilder
-from ccat_buffering.coordinator import BufferingCoordinator, Health, ReplicationHealth
+from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.errors import (
     BackendError,
     BackendUnavailableError,
@@ -27,6 +27,7 @@ from ccat_buffering.errors import (
     UnresolvedReferenceError,
 )
 from ccat_buffering.executor import BatchResult, Outcome, TransactionExecutor, create_engine
+from ccat_buffering.health import BufferHealth, Health, ReplicationHealth
 from ccat_buffering.lsn import LSN
 from ccat_buffering.manager import Delivery, TransactionManager
 from ccat_buffering.models import (
@@ -58,6 +59,7 @@ __all__ = [
     "BackendUnavailableError",
     "BackgroundProcessor",
     "BatchResult",
+    "BufferHealth",
     "BufferingCoordinator",
     "BufferingError",
     "BufferingSettings",

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.executor import LEDGER_TABLE_NAME, TransactionExecutor, create_engine
+from ccat_buffering.logs import FORMAT, SiteLogger, install
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.settings import BufferingSettings, mask_url
 from ccat_buffering.simulation import SimulationSummary, simulate
@@ -121,10 +122,9 @@ app.add_typer(db_app, name="db")
 
 def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=logging.INFO if verbose else logging.WARNING, format=FORMAT, stream=sys.stderr
     )
+    install()
 
 
 def _settings(models: str | None) -> BufferingSettings:
@@ -154,17 +154,12 @@ async def run_worker(settings: BufferingSettings, registry: ModelRegistry) -> No
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    log = logging.getLogger("ccat_buffering.worker")
+    log = SiteLogger("ccat_buffering.worker", settings.site_name)
     async with BufferingCoordinator.from_settings(settings, registry=registry) as site:
-        log.info(
-            "site %s: worker %s started (%s)",
-            site.backend.site,
-            site.processor.holder,
-            site.describe(),
-        )
+        log.info("worker %s started (%s)", site.processor.holder, site.describe())
         await stop.wait()
-        log.info("site %s: stopping after the current batch", site.backend.site)
-    log.info("site %s: worker stopped", settings.site_name)
+        log.info("stopping after the current batch")
+    log.info("worker stopped")
 
 
 @app.command("worker")

@@ -9,17 +9,16 @@ directly is a setting, not a change of service code.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering.backends import open_backend
 from ccat_buffering.executor import TransactionExecutor, create_engine
+from ccat_buffering.health import Health, collect
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction, TransactionState, TransactionStatus, utc_now
-from ccat_buffering.processor import BackgroundProcessor, ProcessorHealth
+from ccat_buffering.processor import BackgroundProcessor
 from ccat_buffering.protocols import Backend
 from ccat_buffering.reads import Reads
 from ccat_buffering.registry import ModelRegistry
@@ -32,63 +31,7 @@ from ccat_buffering.replication import (
 from ccat_buffering.retry import RetryPolicy
 from ccat_buffering.settings import BufferingSettings, mask_url
 
-__all__ = ["BufferingCoordinator", "Health", "ReplicationHealth"]
-
-
-class ReplicationHealth(BaseModel):
-    """What the replication tracker last saw.
-
-    Attributes:
-        replay_lsn: The replica's last replayed WAL position (text), if known.
-        standby: The replica is replaying WAL (``False``: not a standby, or
-            promoted; it confirms nothing).
-        lag_bytes: WAL between the replay position and the newest pending commit.
-        lag_seconds: Time since the replica's last replayed commit.
-        pending: Committed transactions not yet seen on the replica.
-        oldest_pending_seconds: How long the oldest of them has waited.
-        lagging: It has waited longer than the replication timeout.
-        error: Why the replica could not be asked.
-    """
-
-    replay_lsn: str | None = None
-    standby: bool | None = None
-    lag_bytes: int | None = None
-    lag_seconds: float | None = None
-    pending: int = 0
-    oldest_pending_seconds: float | None = None
-    lagging: bool = False
-    error: str | None = None
-
-
-class Health(BaseModel):
-    """A site at a glance; the model services and the CLI share.
-
-    Attributes:
-        site: The site's name.
-        site_type: ``main`` or ``secondary``.
-        backend: The backend's URL, password masked.
-        database: The main database's URL, password masked.
-        checked_at: When this was put together.
-        states: Live statuses per state.
-        processor: The processor's view.
-        replication: The tracker's view.
-        warnings: What an operator must look at.
-    """
-
-    site: str
-    site_type: str
-    backend: str
-    database: str
-    checked_at: dt.datetime
-    states: dict[str, int]
-    processor: ProcessorHealth
-    replication: ReplicationHealth
-    warnings: list[str]
-
-    @property
-    def healthy(self) -> bool:
-        """Nothing needs an operator's attention."""
-        return not self.warnings
+__all__ = ["BufferingCoordinator"]
 
 
 class BufferingCoordinator:
@@ -240,51 +183,13 @@ class BufferingCoordinator:
         """The status of a transaction, or ``None`` if unknown or expired."""
         return await self.manager.status(transaction_id)
 
-    async def health(self) -> Health:
-        """The site at a glance, with warnings an operator must see."""
-        processor = await self.processor.health()
-        report = self.tracker.last_report
-        replication = ReplicationHealth()
-        if report is not None:
-            replica = report.replica
-            replication = ReplicationHealth(
-                replay_lsn=None
-                if replica is None or replica.replay_lsn is None
-                else str(replica.replay_lsn),
-                standby=None if replica is None else replica.standby,
-                lag_bytes=report.lag_bytes,
-                lag_seconds=None if replica is None else replica.lag_seconds,
-                pending=report.pending,
-                oldest_pending_seconds=report.oldest_pending_seconds,
-                lagging=report.lagging,
-                error=report.error,
-            )
-        counts = await self.backend.status.counts()
-        warnings = []
-        if processor.state == "paused":
-            warnings.append(f"processor paused: {processor.cause}")
-        if processor.dead_letters:
-            warnings.append(f"{processor.dead_letters} transaction(s) in the dead-letter queue")
-        if replication.lagging:
-            warnings.append(
-                f"replication lagging: {replication.pending} pending, oldest "
-                f"{replication.oldest_pending_seconds:.1f} s, {replication.lag_bytes} bytes behind"
-            )
-        if replication.standby is False:
-            warnings.append("replica is not replaying WAL (not a standby, or promoted)")
-        if replication.error:
-            warnings.append(f"replica unreachable: {replication.error}")
-        return Health(
-            site=self.backend.site,
-            site_type=self.settings.site_type,
-            backend=mask_url(self.settings.backend_url) or "",
-            database=mask_url(self.settings.database_url) or "",
-            checked_at=utc_now(),
-            states={str(state): n for state, n in counts.items()},
-            processor=processor,
-            replication=replication,
-            warnings=warnings,
-        )
+    async def health(self, *, audit: bool = True) -> Health:
+        """The site at a glance, with the warnings an operator must see.
+
+        Args:
+            audit: Look for keys without a TTL (scans the site's keys).
+        """
+        return await collect(self.settings, self.backend, self.processor, self.tracker, audit=audit)
 
     async def prepare_database(self) -> None:
         """Create the applied-transactions ledger if it does not exist."""

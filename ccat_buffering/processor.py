@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import enum
-import logging
 import os
 import socket
 import time
@@ -25,13 +24,13 @@ from pydantic import BaseModel
 
 from ccat_buffering.errors import DatabaseUnavailableError
 from ccat_buffering.executor import TransactionExecutor
+from ccat_buffering.logs import SiteLogger
 from ccat_buffering.manager import Delivery, TransactionManager
 from ccat_buffering.models import TransactionState, TransactionStatus, utc_now
+from ccat_buffering.protocols import SupportsProcessorReports
 from ccat_buffering.retry import FailureKind, describe_error
 
 __all__ = ["BackgroundProcessor", "ProcessorHealth", "ProcessorState"]
-
-log = logging.getLogger(__name__)
 
 
 class ProcessorState(enum.StrEnum):
@@ -131,6 +130,7 @@ class BackgroundProcessor:
         self.outage_base_delay = outage_base_delay
         self.outage_max_delay = outage_max_delay
         self.holder = holder or _default_holder()
+        self.log = SiteLogger(__name__, manager.backend.site)
         self.clock = clock
         self.state = ProcessorState.STOPPED
         self.cause: str | None = None
@@ -139,6 +139,7 @@ class BackgroundProcessor:
         self._has_lease = False
         self._renewed_at = float("-inf")
         self._outage_streak = 0
+        self._published_at = float("-inf")
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -151,7 +152,7 @@ class BackgroundProcessor:
             if await lease.renew(self.holder, self.lease_ttl):
                 self._renewed_at = now
                 return True
-            log.warning("site %s: lease lost by %s", self.manager.backend.site, self.holder)
+            self.log.warning("lease lost by %s", self.holder)
             self._has_lease = False
         if not await lease.acquire(self.holder, self.lease_ttl):
             self.state = ProcessorState.STANDBY
@@ -159,10 +160,8 @@ class BackgroundProcessor:
         self._has_lease, self._renewed_at = True, now
         recovered = await self.manager.backend.buffer.recover(include_unexpired=True)
         if recovered:
-            log.info(
-                "site %s: took the lease and returned %d in-flight transaction(s) to the head",
-                self.manager.backend.site,
-                recovered,
+            self.log.info(
+                "took the lease and returned %d in-flight transaction(s) to the head", recovered
             )
         return True
 
@@ -198,7 +197,7 @@ class BackgroundProcessor:
         if not await self._hold_lease():
             # Another processor took the site while this batch ran; it recovers the
             # claims, and the ledger makes what this batch committed a no-op there.
-            log.warning("site %s: lease lost during a batch", self.manager.backend.site)
+            self.log.warning("lease lost during a batch")
             return 0
         done = [d for d, o in zip(deliveries, result.outcomes, strict=True) if o.done]
         failures: list[tuple[Delivery, BaseException, FailureKind]] = [
@@ -216,26 +215,20 @@ class BackgroundProcessor:
         return len(done)
 
     def _count_failure(self, kind: FailureKind, status: TransactionStatus) -> None:
-        site = self.manager.backend.site
+        tx = status.transaction_id
         if status.state is TransactionState.FAILED:
             self.counters.dead_lettered += 1
-            log.error(
-                "site %s: transaction %s dead-lettered: %s",
-                site,
-                status.transaction_id,
-                status.last_error,
-            )
+            self.log.error("dead-lettered: %s", status.last_error, transaction_id=tx)
         elif kind is FailureKind.CONFLICT:
             self.counters.conflicts += 1
-            log.info("site %s: transaction %s conflicted; retrying", site, status.transaction_id)
+            self.log.info("conflicted; retrying", transaction_id=tx)
         else:
             self.counters.retried += 1
-            log.warning(
-                "site %s: transaction %s will be retried (attempt %d): %s",
-                site,
-                status.transaction_id,
+            self.log.warning(
+                "will be retried (attempt %d): %s",
                 status.attempts,
                 status.last_error,
+                transaction_id=tx,
             )
 
     async def _pause(self, deliveries: list[Delivery], exc: DatabaseUnavailableError) -> None:
@@ -244,12 +237,15 @@ class BackgroundProcessor:
         self._outage_streak += 1
         self.counters.outages += 1
         self.state, self.cause = ProcessorState.PAUSED, cause
-        log.warning(
-            "site %s: paused, %s; next attempt in %.1f s",
-            self.manager.backend.site,
-            cause,
-            self.outage_delay(),
-        )
+        self.log.warning("paused, %s; next attempt in %.1f s", cause, self.outage_delay())
+
+    async def publish(self) -> None:
+        """Publish this processor's health where operators' tools read it, if they can."""
+        lease = self.manager.backend.lease
+        if isinstance(lease, SupportsProcessorReports):
+            report = await self.health()
+            await lease.publish_report(report.model_dump_json(), self.lease_ttl * 2)
+        self._published_at = self.clock()
 
     async def run(self) -> None:
         """Work until :meth:`stop` is called; then release the lease."""
@@ -258,6 +254,8 @@ class BackgroundProcessor:
         try:
             while not self._stop.is_set():
                 applied = await self.run_once()
+                if self._has_lease and self.clock() - self._published_at >= 1.0:
+                    await self.publish()
                 if self.state is ProcessorState.PAUSED:
                     wait = self.outage_delay()
                 elif self.state is ProcessorState.STANDBY:
@@ -269,10 +267,11 @@ class BackgroundProcessor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), wait)
         finally:
+            self.state = ProcessorState.STOPPED
             if self._has_lease:
+                await self.publish()
                 await self.manager.backend.lease.release(self.holder)
                 self._has_lease = False
-            self.state = ProcessorState.STOPPED
 
     def start(self) -> asyncio.Task[None]:
         """Run in a background task.

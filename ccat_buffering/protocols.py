@@ -33,9 +33,13 @@ __all__ = [
     "Claim",
     "DeadLetter",
     "DeadLetterStore",
+    "KeyInfo",
     "LeaseInfo",
     "ProcessorLease",
     "StatusStore",
+    "SupportsInspection",
+    "SupportsKeyAudit",
+    "SupportsProcessorReports",
     "WriteBatch",
 ]
 
@@ -149,6 +153,21 @@ class LeaseInfo:
 
     holder: str
     expires_at: float
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One key of a site, as an operator inspects it.
+
+    Attributes:
+        key: The key's full name.
+        kind: Its type (``string``, ``hash``, ``list``, ...).
+        ttl_seconds: Seconds left, or ``None`` for a key without a TTL.
+    """
+
+    key: str
+    kind: str
+    ttl_seconds: float | None
 
 
 @runtime_checkable
@@ -517,4 +536,56 @@ class Backend(Protocol):
 
     async def __aexit__(self, *exc_info: object) -> None:
         """Close the backend."""
+        ...
+
+
+@runtime_checkable
+class SupportsProcessorReports(Protocol):
+    """Capability: a place where the draining processor publishes how it is doing.
+
+    Operators' tools in other processes read it (``ccat-buffering status``).
+    """
+
+    async def publish_report(self, report: str, ttl_seconds: float) -> None:
+        """Replace the site's processor report (JSON text); it expires after ``ttl_seconds``."""
+        ...
+
+    async def processor_report(self) -> str | None:
+        """The latest live report, or ``None``."""
+        ...
+
+
+@runtime_checkable
+class SupportsInspection(Protocol):
+    """Capability: find a transaction's payload and keys, for ``ccat-buffering inspect``."""
+
+    async def find_payload(self, transaction_id: str) -> str | None:
+        """The transaction's payload wherever it waits (buffer, in flight, dead letters)."""
+        ...
+
+    async def transaction_keys(
+        self, transaction_id: str, records: Sequence[tuple[str, str]]
+    ) -> list[KeyInfo]:
+        """Every live key that holds something of the transaction, with its TTL.
+
+        Args:
+            transaction_id: The transaction.
+            records: ``(model, record id)`` of the records it writes.
+        """
+        ...
+
+
+@runtime_checkable
+class SupportsKeyAudit(Protocol):
+    """Capability: a backend with keys that can be audited, for ``ccat-buffering keys audit``."""
+
+    async def audit_keys(self) -> list[KeyInfo]:
+        """Keys of the site that should have a TTL and have none: each one is a leak.
+
+        Bounded structures and statuses of unfinished transactions are not listed.
+        """
+        ...
+
+    async def persistence_warning(self) -> str | None:
+        """Why the store could lose acknowledged writes on a restart, if it could."""
         ...

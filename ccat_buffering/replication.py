@@ -171,6 +171,7 @@ class ReplicationTracker:
         self.last_report: ReplicationReport | None = None
         self._last_extend = float("-inf")
         self._stop = asyncio.Event()
+        self._running = False
 
     async def pending(self) -> list[TransactionStatus]:
         """Committed transactions not yet confirmed, in commit-LSN order."""
@@ -202,28 +203,37 @@ class ReplicationTracker:
         Returns:
             What the poll found.
         """
-        pending = await self.pending()
-        if not pending:
-            await self._maybe_extend()
-            report = ReplicationReport(None, 0, 0, None, False)
-            self.last_report = report
-            return report
-        replica: ReplicaState | None = None
-        error: str | None = None
-        try:
-            replica = await self.checker.poll()
-        except ReplicationError as exc:
-            error = str(exc)
-        confirmed = [s for s in pending if replica is not None and replica.shows(s.commit_lsn)]
+        report, confirmed = await self._look()
         if confirmed:
             await self.manager.replicated(confirmed)
-        waiting = [s for s in pending if replica is None or not replica.shows(s.commit_lsn)]
         await self._maybe_extend()
-        now = self.clock()
+        self.last_report = report
+        return report
+
+    async def snapshot(self) -> ReplicationReport:
+        """What a poll would find, changing nothing (for operators' tools).
+
+        Returns:
+            The report; ``confirmed`` counts what a poll would now confirm.
+        """
+        report, _ = await self._look()
+        return report
+
+    async def _look(self) -> tuple[ReplicationReport, list[TransactionStatus]]:
+        pending = await self.pending()
+        replica: ReplicaState | None = None
+        error: str | None = None
+        if pending:
+            try:
+                replica = await self.checker.poll()
+            except ReplicationError as exc:
+                error = str(exc)
+        confirmed = [s for s in pending if replica is not None and replica.shows(s.commit_lsn)]
+        waiting = [s for s in pending if replica is None or not replica.shows(s.commit_lsn)]
         oldest = None
         if waiting:
             first = min(s.committed_at or s.updated_at for s in waiting)
-            oldest = max(now - first.timestamp(), 0.0)
+            oldest = max(self.clock() - first.timestamp(), 0.0)
         lag_bytes = None
         newest = max((s.commit_lsn for s in waiting if s.commit_lsn is not None), default=None)
         if replica is not None and replica.replay_lsn is not None and newest is not None:
@@ -237,12 +247,23 @@ class ReplicationTracker:
             error,
             lag_bytes,
         )
-        self.last_report = report
-        return report
+        return report, confirmed
+
+    @property
+    def running(self) -> bool:
+        """Whether :meth:`run` is polling in this process."""
+        return self._running
 
     async def run(self) -> None:
         """Poll until :meth:`stop` is called."""
         self._stop.clear()
+        self._running = True
+        try:
+            await self._poll_until_stopped()
+        finally:
+            self._running = False
+
+    async def _poll_until_stopped(self) -> None:
         while not self._stop.is_set():
             await self.poll_once()
             with contextlib.suppress(TimeoutError):

@@ -172,9 +172,11 @@ def describe_error(exc: BaseException) -> str:
     """
     from sqlalchemy.exc import StatementError
 
+    from ccat_buffering.settings import mask_text
+
     if isinstance(exc, StatementError) and exc.orig is not None:
         message = " ".join(str(exc.orig).split())
         statement = (exc.statement or "").strip().splitlines()
         where = f" [in: {statement[0][:120]}]" if statement else ""
-        return f"{type(exc.orig).__name__}: {message}{where}"
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        return mask_text(f"{type(exc.orig).__name__}: {message}{where}")
+    return mask_text(f"{type(exc).__name__}: {' '.join(str(exc).split())}")

@@ -23,7 +23,7 @@ from pydantic_settings import (
 
 from ccat_buffering.models import DEFAULT_MAX_PAYLOAD_BYTES, check_identifier
 
-__all__ = ["BufferingSettings", "mask_url"]
+__all__ = ["BufferingSettings", "mask_text", "mask_url"]
 
 CONFIG_FILE_VARIABLE = "CCAT_BUFFERING_CONFIG_FILE"
 DEFAULT_CONFIG_FILE = "ccat-buffering.toml"
@@ -51,6 +51,21 @@ def mask_url(url: str | None) -> str | None:
     if parts.port is not None:
         host = f"{host}:{parts.port}"
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+_CREDENTIALS = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^\s:/@]*:)[^\s@/]+@")
+
+
+def mask_text(text: str) -> str:
+    """Hide every URL password inside free text (an error message, a log line).
+
+    Args:
+        text: Any text.
+
+    Returns:
+        The text with ``scheme://user:password@`` shown as ``scheme://user:***@``.
+    """
+    return _CREDENTIALS.sub(r"\1***@", text)
 
 
 def _site_name(value: str) -> str:

@@ -12,6 +12,7 @@ EXPECTED = [
     "BackendUnavailableError",
     "BackgroundProcessor",
     "BatchResult",
+    "BufferHealth",
     "BufferingCoordinator",
     "BufferingError",
     "BufferingSettings",

@@ -1,0 +1,256 @@
+"""A site at a glance: one model for services, the CLI and probes.
+
+:func:`collect` reads the stores, the processor (in this process, or the
+report the draining processor publishes from another one) and the replica,
+and lists what an operator must look at. A site with warnings is not
+healthy; ``ccat-buffering status`` exits non-zero on it, so it can serve as
+a health probe.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ccat_buffering.models import TransactionState, utc_now
+from ccat_buffering.processor import BackgroundProcessor, ProcessorHealth, ProcessorState
+from ccat_buffering.protocols import Backend, SupportsKeyAudit, SupportsProcessorReports
+from ccat_buffering.replication import ReplicationReport, ReplicationTracker
+from ccat_buffering.settings import BufferingSettings, mask_text, mask_url
+
+__all__ = ["BufferHealth", "Health", "ReplicationHealth", "collect"]
+
+
+class BufferHealth(BaseModel):
+    """The site's buffer.
+
+    Attributes:
+        depth: Transactions waiting.
+        in_flight: Claimed and not yet settled.
+        retry_held_seconds: Seconds before the held head may be retried, if held.
+        dead_letters: Transactions in the dead-letter queue.
+        oldest_waiting_seconds: Age of the oldest transaction not yet committed.
+    """
+
+    depth: int
+    in_flight: int
+    retry_held_seconds: float | None = None
+    dead_letters: int
+    oldest_waiting_seconds: float | None = None
+
+
+class ReplicationHealth(BaseModel):
+    """What the replica shows of the site's commits.
+
+    Attributes:
+        replay_lsn: The replica's last replayed WAL position (text), if known.
+        standby: The replica is replaying WAL (``False``: not a standby, or
+            promoted; it confirms nothing).
+        lag_bytes: WAL between the replay position and the newest pending commit.
+        lag_seconds: Time since the replica's last replayed commit.
+        pending: Committed transactions not yet seen on the replica.
+        oldest_pending_seconds: How long the oldest of them has waited.
+        lagging: It has waited longer than the replication timeout.
+        error: Why the replica could not be asked.
+    """
+
+    replay_lsn: str | None = None
+    standby: bool | None = None
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+    pending: int = 0
+    oldest_pending_seconds: float | None = None
+    lagging: bool = False
+    error: str | None = None
+
+    @classmethod
+    def from_report(cls, report: ReplicationReport) -> ReplicationHealth:
+        """The health view of a tracker's report."""
+        replica = report.replica
+        return cls(
+            replay_lsn=None
+            if replica is None or replica.replay_lsn is None
+            else str(replica.replay_lsn),
+            standby=None if replica is None else replica.standby,
+            lag_bytes=report.lag_bytes,
+            lag_seconds=None if replica is None else replica.lag_seconds,
+            pending=report.pending,
+            oldest_pending_seconds=report.oldest_pending_seconds,
+            lagging=report.lagging,
+            error=None if report.error is None else mask_text(report.error),
+        )
+
+
+class Health(BaseModel):
+    """A site at a glance.
+
+    Attributes:
+        site: The site's name.
+        site_type: ``main`` or ``secondary``.
+        backend: The backend's URL, password masked.
+        database: The main database's URL, password masked.
+        replica: The replica's URL, password masked.
+        checked_at: When this was put together.
+        buffer: The buffer's counts.
+        states: Live statuses per state.
+        processor: The draining processor, as it reports itself.
+        replication: What the replica shows.
+        warnings: What an operator must look at.
+    """
+
+    site: str
+    site_type: str
+    backend: str
+    database: str
+    replica: str | None = None
+    checked_at: dt.datetime
+    buffer: BufferHealth
+    states: dict[str, int]
+    processor: ProcessorHealth
+    replication: ReplicationHealth
+    warnings: list[str]
+
+    @property
+    def healthy(self) -> bool:
+        """Nothing needs an operator's attention."""
+        return not self.warnings
+
+
+def _holder_is_dead(holder: str) -> bool:
+    """Whether a lease token names a process on this host that no longer runs."""
+    parts = holder.rsplit("-", 2)
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+async def _processor(backend: Backend, processor: BackgroundProcessor) -> ProcessorHealth:
+    if processor.state is not ProcessorState.STOPPED:
+        return await processor.health()
+    if isinstance(backend.lease, SupportsProcessorReports):
+        text = await backend.lease.processor_report()
+        if text is not None:
+            try:
+                return ProcessorHealth.model_validate_json(text)
+            except ValidationError:
+                pass
+    return await processor.health()
+
+
+async def _oldest_waiting(backend: Backend) -> float | None:
+    first: list[dt.datetime] = []
+    for state in (
+        TransactionState.BUFFERED,
+        TransactionState.RETRYING,
+        TransactionState.PROCESSING,
+    ):
+        ids = await backend.status.ids(state, limit=1)
+        statuses = await backend.status.get_many(ids)
+        first.extend(s.created_at for s in statuses if s is not None)
+    if not first:
+        return None
+    return max((utc_now() - min(first)).total_seconds(), 0.0)
+
+
+async def collect(
+    settings: BufferingSettings,
+    backend: Backend,
+    processor: BackgroundProcessor,
+    tracker: ReplicationTracker,
+    *,
+    audit: bool = True,
+) -> Health:
+    """Put a site's health together.
+
+    Args:
+        settings: The site's settings.
+        backend: The site's stores.
+        processor: This process's processor (its report is used while it runs;
+            otherwise the one the draining processor published).
+        tracker: This process's tracker (its last report is used while it
+            runs; otherwise the replica is asked once, changing nothing).
+        audit: Look for keys without a TTL (scans the site's keys).
+
+    Returns:
+        The health, with warnings.
+    """
+    stats = await backend.buffer.stats()
+    now = utc_now().timestamp()
+    buffer = BufferHealth(
+        depth=stats.depth,
+        in_flight=stats.in_flight,
+        retry_held_seconds=None if stats.held_until is None else max(stats.held_until - now, 0.0),
+        dead_letters=stats.dead_letters,
+        oldest_waiting_seconds=await _oldest_waiting(backend),
+    )
+    worker = await _processor(backend, processor)
+    lease = await backend.lease.current()
+    worker = worker.model_copy(
+        update={
+            "lease_holder": None if lease is None else lease.holder,
+            "depth": stats.depth,
+            "in_flight": stats.in_flight,
+            "dead_letters": stats.dead_letters,
+        }
+    )
+    report = tracker.last_report if tracker.running else await tracker.snapshot()
+    replication = ReplicationHealth() if report is None else ReplicationHealth.from_report(report)
+    warnings: list[str] = []
+    if worker.state is ProcessorState.PAUSED:
+        warnings.append(f"processor paused: {mask_text(worker.cause or '')}")
+    if lease is not None and _holder_is_dead(lease.holder):
+        warnings.append(f"the lease is held by a worker that is gone: {lease.holder}")
+    if settings.site_type == "secondary" and lease is None and buffer.depth:
+        warnings.append(f"no processor holds the lease and {buffer.depth} transaction(s) wait")
+    if buffer.dead_letters:
+        warnings.append(f"{buffer.dead_letters} transaction(s) in the dead-letter queue")
+    if replication.lagging:
+        warnings.append(
+            f"replication lagging: {replication.pending} pending, oldest "
+            f"{replication.oldest_pending_seconds or 0:.1f} s, "
+            f"{replication.lag_bytes} bytes behind"
+        )
+    if replication.standby is False:
+        warnings.append("replica is not replaying WAL (not a standby, or promoted)")
+    if replication.error:
+        warnings.append(f"replica unreachable: {replication.error}")
+    if isinstance(backend, SupportsKeyAudit):
+        if settings.site_type == "secondary":
+            problem = await backend.persistence_warning()
+            if problem:
+                warnings.append(problem)
+        if audit:
+            leaks = await backend.audit_keys()
+            if leaks:
+                warnings.append(
+                    f"{len(leaks)} key(s) without a TTL: see `ccat-buffering keys audit`"
+                )
+    counts = await backend.status.counts()
+    return Health(
+        site=backend.site,
+        site_type=settings.site_type,
+        backend=mask_url(settings.backend_url) or "",
+        database=mask_url(settings.database_url) or "",
+        replica=mask_url(settings.replica_url),
+        checked_at=utc_now(),
+        buffer=buffer,
+        states={str(state): n for state, n in counts.items()},
+        processor=worker,
+        replication=replication,
+        warnings=warnings,
+    )
+
+
+def as_json(health: Health) -> dict[str, Any]:
+    """The health as JSON data, with ``healthy`` included."""
+    return {**health.model_dump(mode="json"), "healthy": health.healthy}
