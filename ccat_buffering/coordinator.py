@@ -50,6 +50,7 @@ class BufferingCoordinator:
         read_engine: Where reads come from (the replica); the main database
             when ``None``.
         owns: Close ``backend`` and the engines in :meth:`aclose`.
+        start: Start the processor and tracker when entered as a context.
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class BufferingCoordinator:
         checker: ReplicationChecker | None = None,
         read_engine: AsyncEngine | None = None,
         owns: bool = False,
+        start: bool = True,
     ) -> None:
         self.settings = settings
         self.backend = backend
@@ -100,7 +102,8 @@ class BufferingCoordinator:
         )
         self.reads = Reads(backend.cache, registry, read_engine or engine)
         self._tracker_task: asyncio.Task[None] | None = None
-        self._start_on_enter = True
+        self.background: set[asyncio.Task[None]] = set()
+        self._start_on_enter = start
 
     @classmethod
     def from_settings(
@@ -140,8 +143,8 @@ class BufferingCoordinator:
             checker=checker,
             read_engine=read_engine,
             owns=True,
+            start=start,
         )
-        coordinator._start_on_enter = start
         return coordinator
 
     async def submit(self, transaction: Transaction) -> TransactionStatus:
@@ -204,6 +207,9 @@ class BufferingCoordinator:
 
     async def stop(self) -> None:
         """Stop the processor after its batch, and the tracker after its poll."""
+        for task in self.background:
+            task.cancel()
+        self.background.clear()
         await self.processor.stop()
         self.tracker.stop()
         if self._tracker_task is not None:

@@ -13,7 +13,7 @@ import datetime as dt
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ccat_buffering._codec import decode_value, encode_value
 from ccat_buffering.errors import TransactionValidationError
@@ -31,7 +31,7 @@ from ccat_buffering.protocols import Backend, CachedRecord, CacheKind, CacheWrit
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.retry import FailureKind, RetryPolicy, describe_error
 
-__all__ = ["Delivery", "TransactionManager", "cache_writes", "record_id"]
+__all__ = ["Delivery", "Listener", "TransactionManager", "cache_writes", "record_id"]
 
 DEFAULT_STATUS_TTL = 3600.0
 DEFAULT_CACHE_TTL = 3600.0
@@ -96,6 +96,14 @@ def cache_writes(transaction: Transaction) -> list[CacheWrite]:
     return writes
 
 
+class Listener(Protocol):
+    """Told of every change of state the manager has made (metrics listen here)."""
+
+    def changed(self, statuses: Sequence[TransactionStatus]) -> None:
+        """``statuses`` were just stored, each in its new state."""
+        ...
+
+
 @dataclass(frozen=True)
 class Delivery:
     """A claimed transaction on its way to the database.
@@ -147,11 +155,16 @@ class TransactionManager:
     ) -> None:
         self.backend = backend
         self.clock = clock
+        self.listeners: list[Listener] = []
         self.registry = registry
         self.retry_policy = retry_policy or RetryPolicy()
         self.status_ttl = status_ttl
         self.cache_ttl = cache_ttl
         self.max_payload_bytes = max_payload_bytes
+
+    def _tell(self, statuses: Sequence[TransactionStatus]) -> None:
+        for listener in self.listeners:
+            listener.changed(statuses)
 
     def now(self) -> dt.datetime:
         """The manager's clock as an aware UTC datetime."""
@@ -215,7 +228,9 @@ class TransactionManager:
                 batch.push(payload)
                 batch.put_status(status, self.status_ttl)
                 batch.write_cache(status.transaction_id, writes, self.cache_ttl)
-        return [status for _, _, status in prepared]
+        statuses = [status for _, _, status in prepared]
+        self._tell(statuses)
+        return statuses
 
     async def status(self, transaction_id: str) -> TransactionStatus | None:
         """The status of a transaction, or ``None`` if unknown or expired."""
@@ -305,6 +320,7 @@ class TransactionManager:
                 batch.put_status(status, self.status_ttl)
                 batch.ack(delivery.claim.receipt)
                 statuses.append(status)
+        self._tell(statuses)
         return statuses
 
     async def failed(
@@ -355,6 +371,7 @@ class TransactionManager:
                 statuses.append(status)
             if retry:
                 batch.retry_later(retry, delay)
+        self._tell(statuses)
         return statuses
 
     async def paused(self, deliveries: Sequence[Delivery], cause: str) -> None:
@@ -375,13 +392,12 @@ class TransactionManager:
     async def replicated(self, statuses: Sequence[TransactionStatus]) -> None:
         """Mark transactions ``replicated`` and release their caches, in one group."""
         now = self.now()
+        done = [self._advance(s, TransactionState.REPLICATED, replicated_at=now) for s in statuses]
         async with self.backend.atomic() as batch:
-            for status in statuses:
-                batch.put_status(
-                    self._advance(status, TransactionState.REPLICATED, replicated_at=now),
-                    self.status_ttl,
-                )
+            for status in done:
+                batch.put_status(status, self.status_ttl)
             batch.release_cache([s.transaction_id for s in statuses])
+        self._tell(done)
 
     # -- what operators call -------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The ``ccat-buffering`` command."""
+"""Running a site: ``simulate``, ``worker`` and ``db init``."""
 
 from __future__ import annotations
 
@@ -6,30 +6,22 @@ import asyncio
 import json
 import logging
 import signal
-import sys
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
+from ccat_buffering.cli._app import app, db_app
+from ccat_buffering.cli._common import configure_logging, progress, registry_for, settings_with
 from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.executor import LEDGER_TABLE_NAME, TransactionExecutor, create_engine
-from ccat_buffering.logs import FORMAT, SiteLogger, install
+from ccat_buffering.logs import SiteLogger
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.settings import BufferingSettings, mask_url
 from ccat_buffering.simulation import SimulationSummary, simulate
 
-__all__ = ["app", "main"]
-
-app = typer.Typer(
-    name="ccat-buffering",
-    help="Buffer a remote site's writes and drain them into the main database.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+__all__ = ["run_worker"]
 
 
 def _summary_table(summary: SimulationSummary) -> Table:
@@ -60,44 +52,11 @@ def simulate_command(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO.")] = False,
 ) -> None:
     """Run a site through an outage: buffer, restore the database, drain, confirm, count."""
-    _configure_logging(verbose)
+    configure_logging(verbose)
     if not verbose:
         # Retries and pauses are the point of the scenario; the summary counts them.
         logging.getLogger("ccat_buffering").setLevel(logging.ERROR)
-    console = Console(stderr=True)
-    interactive = console.is_terminal and not as_json
-    if interactive:
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), console=console
-        ) as bar:
-            tasks: dict[str, object] = {}
-
-            def show(phase: str, done: int, total: int) -> None:
-                if phase not in tasks:
-                    tasks[phase] = bar.add_task(phase, total=total)
-                bar.update(tasks[phase], completed=done)  # type: ignore[arg-type]
-
-            summary = asyncio.run(
-                simulate(
-                    observations,
-                    poison=poison,
-                    backend_url=backend_url,
-                    database_url=database_url,
-                    replica_url=replica_url,
-                    seed=seed,
-                    progress=show,
-                )
-            )
-    else:
-        last: dict[str, int] = {}
-
-        def plain(phase: str, done: int, total: int) -> None:
-            step = max(total // 4, 1)
-            if as_json or done // step == last.get(phase, -1):
-                return
-            last[phase] = done // step
-            print(f"{phase}: {done}/{total}", file=sys.stderr)
-
+    with progress(quiet=as_json) as report:
         summary = asyncio.run(
             simulate(
                 observations,
@@ -106,7 +65,7 @@ def simulate_command(
                 database_url=database_url,
                 replica_url=replica_url,
                 seed=seed,
-                progress=plain,
+                progress=report,
             )
         )
     if as_json:
@@ -116,46 +75,28 @@ def simulate_command(
     raise typer.Exit(0 if summary.ok else 1)
 
 
-db_app = typer.Typer(help="The main database's side of buffering.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
-
-
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format=FORMAT, stream=sys.stderr
-    )
-    install()
-
-
-def _settings(models: str | None) -> BufferingSettings:
-    settings = BufferingSettings()
-    if models:
-        settings = settings.model_copy(update={"models": models})
-    return settings
-
-
-def _registry(settings: BufferingSettings) -> ModelRegistry:
-    if not settings.models:
-        raise typer.BadParameter(
-            "name the mapped classes with --models package.module:Base or CCAT_BUFFERING_MODELS",
-            param_hint="--models",
-        )
-    return ModelRegistry.from_import_path(settings.models)
-
-
-async def run_worker(settings: BufferingSettings, registry: ModelRegistry) -> None:
+async def run_worker(
+    settings: BufferingSettings, registry: ModelRegistry, metrics_port: int | None = None
+) -> None:
     """Run the processor and the replication tracker until SIGTERM or SIGINT.
 
     Args:
         settings: The site's settings.
         registry: The mapped classes.
+        metrics_port: Serve Prometheus metrics on this port (needs the
+            ``metrics`` extra).
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     log = SiteLogger("ccat_buffering.worker", settings.site_name)
-    async with BufferingCoordinator.from_settings(settings, registry=registry) as site:
+    async with BufferingCoordinator.from_settings(settings, registry=registry, start=False) as site:
+        if metrics_port is not None:
+            from ccat_buffering.metrics import serve
+
+            serve(site, metrics_port)
+        site.start()
         log.info("worker %s started (%s)", site.processor.holder, site.describe())
         await stop.wait()
         log.info("stopping after the current batch")
@@ -167,12 +108,15 @@ def worker_command(
     models: Annotated[
         str | None, typer.Option(help="The mapped classes: package.module:Base.")
     ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port.")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO.")] = False,
 ) -> None:
     """Drain the site's buffer and confirm replication until stopped (SIGTERM, Ctrl-C)."""
-    _configure_logging(verbose)
-    settings = _settings(models)
-    asyncio.run(run_worker(settings, _registry(settings)))
+    configure_logging(verbose)
+    settings = settings_with(models)
+    asyncio.run(run_worker(settings, registry_for(settings), metrics_port))
 
 
 @db_app.command("init")
@@ -189,13 +133,3 @@ def db_init_command() -> None:
 
     asyncio.run(init())
     Console().print(f"ledger table {LEDGER_TABLE_NAME} ready in {mask_url(settings.database_url)}")
-
-
-@app.callback()
-def _root() -> None:
-    """Buffer a remote site's writes and drain them into the main database."""
-
-
-def main() -> None:
-    """Entry point of the ``ccat-buffering`` command."""
-    app()

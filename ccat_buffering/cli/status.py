@@ -1,0 +1,225 @@
+"""Seeing a site: ``status`` (a probe too) and ``inspect <transaction-id>``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from ccat_buffering.cli._app import app
+from ccat_buffering.cli._common import open_site, registry_for, settings_with
+from ccat_buffering.coordinator import BufferingCoordinator
+from ccat_buffering.health import Health, as_json
+from ccat_buffering.manager import cache_writes
+from ccat_buffering.models import Transaction
+from ccat_buffering.protocols import SupportsInspection
+
+__all__ = ["render"]
+
+Models = Annotated[str | None, typer.Option(help="The mapped classes: package.module:Base.")]
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 120:
+        return f"{value:.1f} s"
+    if value < 7200:
+        return f"{value / 60:.1f} min"
+    return f"{value / 3600:.1f} h"
+
+
+def _section(title: str, rows: list[tuple[str, Any]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left", min_width=60)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for name, value in rows:
+        table.add_row(name, "-" if value is None else str(value))
+    return table
+
+
+def render(health: Health) -> Group:
+    """The health as rich tables, for a terminal."""
+    buffer, worker, replication = health.buffer, health.processor, health.replication
+    state = str(worker.state) + (f" ({worker.cause})" if worker.cause else "")
+    parts: list[Any] = [
+        _section(
+            f"site {health.site} ({health.site_type}) on {health.backend}",
+            [
+                ("queue depth", buffer.depth),
+                ("in flight", buffer.in_flight),
+                ("retry held for", _seconds(buffer.retry_held_seconds)),
+                ("dead letters", buffer.dead_letters),
+                ("oldest waiting", _seconds(buffer.oldest_waiting_seconds)),
+                ("statuses", ", ".join(f"{k} {v}" for k, v in health.states.items() if v) or "-"),
+            ],
+        ),
+        _section(
+            "processor",
+            [
+                ("state", state),
+                ("lease holder", worker.lease_holder),
+                ("last run", worker.last_run_at),
+                ("processed", worker.processed),
+                ("retried / conflicts", f"{worker.retried} / {worker.conflicts}"),
+                ("dead-lettered", worker.dead_lettered),
+                ("outage pauses", worker.outages),
+            ],
+        ),
+        _section(
+            f"replication ({health.replica or health.database})",
+            [
+                ("replay LSN", replication.replay_lsn),
+                ("standby", replication.standby),
+                ("lag", f"{replication.lag_bytes or 0} bytes, {_seconds(replication.lag_seconds)}"),
+                ("pending", replication.pending),
+                ("oldest pending", _seconds(replication.oldest_pending_seconds)),
+            ],
+        ),
+    ]
+    if health.warnings:
+        warnings = Table(title="warnings", show_header=False, title_justify="left", min_width=60)
+        warnings.add_column("warning", style="yellow")
+        for warning in health.warnings:
+            warnings.add_row(warning)
+        parts.append(warnings)
+    else:
+        parts.append("[green]healthy[/green]")
+    return Group(*parts)
+
+
+@app.command("status")
+def status_command(
+    models: Models = None,
+    as_json_: Annotated[bool, typer.Option("--json", help="Print the health as JSON.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 2.0,
+    audit: Annotated[bool, typer.Option(help="Look for keys without a TTL.")] = True,
+) -> None:
+    """Show the site: buffer, processor, replication and warnings; exit 1 on warnings."""
+    settings = settings_with(models)
+    site = open_site(settings, registry_for(settings, required=False))
+
+    async def once() -> Health:
+        return await site.health(audit=audit)
+
+    async def watching() -> None:
+        async with site:
+            console = Console()
+            with Live(render(await once()), console=console, auto_refresh=False) as live:
+                while True:
+                    await asyncio.sleep(interval)
+                    live.update(render(await once()), refresh=True)
+
+    if watch:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the watch
+            asyncio.run(watching())
+        raise typer.Exit(0)
+
+    async def single() -> Health:
+        async with site:
+            return await once()
+
+    health = asyncio.run(single())
+    if as_json_:
+        print(json.dumps(as_json(health)))
+    else:
+        Console().print(render(health))
+    raise typer.Exit(0 if health.healthy else 1)
+
+
+async def _inspect(site: BufferingCoordinator, transaction_id: str) -> dict[str, Any] | None:
+    status = await site.status(transaction_id)
+    backend = site.backend
+    payload = None
+    keys: list[dict[str, Any]] = []
+    if isinstance(backend, SupportsInspection):
+        payload = await backend.find_payload(transaction_id)
+        records: list[tuple[str, str]] = []
+        if payload is not None:
+            try:
+                records = [
+                    (w.model, w.record_id) for w in cache_writes(Transaction.from_json(payload))
+                ]
+            except ValueError:
+                records = []
+        for info in await backend.transaction_keys(transaction_id, records):
+            keys.append({"key": info.key, "kind": info.kind, "ttl_seconds": info.ttl_seconds})
+    letter = await backend.dead_letters.get(transaction_id)
+    if status is None and payload is None and letter is None:
+        return None
+    history = []
+    if status is not None:
+        history.append(("buffered", status.created_at))
+        if status.committed_at:
+            history.append((f"committed at LSN {status.commit_lsn or '-'}", status.committed_at))
+        if status.replicated_at:
+            history.append(("replicated", status.replicated_at))
+        history.append((f"now {status.state}", status.updated_at))
+    return {
+        "transaction_id": transaction_id,
+        "status": None if status is None else status.model_dump(mode="json"),
+        "history": [{"event": event, "at": at.isoformat()} for event, at in history],
+        "dead_letter": None
+        if letter is None
+        else {"reason": letter.reason, "dead_lettered_at": letter.dead_lettered_at},
+        "payload": None if payload is None else json.loads(payload),
+        "keys": keys,
+    }
+
+
+@app.command("inspect")
+def inspect_command(
+    transaction_id: Annotated[str, typer.Argument(help="The transaction's id.")],
+    models: Models = None,
+    as_json_: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Show one transaction: status history, attempts, errors, LSN, payload and keys."""
+    settings = settings_with(models)
+    site = open_site(settings, registry_for(settings, required=False))
+
+    async def run() -> dict[str, Any] | None:
+        async with site:
+            return await _inspect(site, transaction_id)
+
+    found = asyncio.run(run())
+    if found is None:
+        Console(stderr=True).print(f"no transaction {transaction_id} at site {settings.site_name}")
+        raise typer.Exit(1)
+    if as_json_:
+        print(json.dumps(found, default=str))
+        return
+    console = Console()
+    status = found["status"] or {}
+    console.print(
+        _section(
+            f"transaction {transaction_id}",
+            [
+                ("state", status.get("state")),
+                ("endpoint", status.get("endpoint")),
+                ("attempts", status.get("attempts")),
+                ("last error", status.get("last_error")),
+                ("commit LSN", status.get("commit_lsn")),
+                ("dead letter", (found["dead_letter"] or {}).get("reason")),
+            ],
+        )
+    )
+    console.print(_section("history", [(h["event"], h["at"]) for h in found["history"]]))
+    keys = Table(title="keys", title_justify="left")
+    for column in ("key", "kind", "ttl"):
+        keys.add_column(column)
+    for key in found["keys"]:
+        keys.add_row(
+            key["key"],
+            key["kind"],
+            _seconds(key["ttl_seconds"]) if key["ttl_seconds"] is not None else "none",
+        )
+    console.print(keys)
+    if found["payload"] is not None:
+        console.print_json(json.dumps(found["payload"]))

@@ -1,0 +1,281 @@
+"""The operator's commands on a prepared site: status, inspect, dlq, metrics, masking."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+import ccat_buffering.cli.dlq as dlq_cli
+import ccat_buffering.cli.status as status_cli
+from ccat_buffering.cli import app
+from ccat_buffering.coordinator import BufferingCoordinator
+from ccat_buffering.example import Base, ExecutedObsUnit
+from ccat_buffering.executor import TransactionExecutor, create_engine
+from ccat_buffering.health import Health
+from ccat_buffering.models import TransactionState
+from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.retry import FailureKind
+from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.testing import new_site_name
+from ccat_buffering.testing.servers import free_port
+from ccat_buffering_memory import MemoryBackend
+
+from support import make_schema, observation
+
+SECRET = "s3cret-pw"
+
+
+@pytest_asyncio.fixture
+async def prepared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[BufferingCoordinator]:
+    """A site with 3 waiting, 1 in flight and 3 dead letters (the first unreadable)."""
+    db = tmp_path / "main.db"
+    settings = BufferingSettings(
+        site_name=new_site_name(),
+        database_url=f"sqlite+aiosqlite:///{db}",
+        backend_url=f"memory://ops:{SECRET}@nowhere",
+    )
+    engine = create_engine(settings.database_url)
+    await make_schema(engine)
+    registry = ModelRegistry.from_base(Base)
+    await TransactionExecutor(engine, registry).create_ledger()
+    site = BufferingCoordinator(
+        settings, MemoryBackend(settings.site_name), engine, registry, start=False
+    )
+    await site.backend.buffer.push(["{not a transaction"])
+    txs = [observation(i)[0] for i in range(6)]
+    await site.manager.buffer_many(txs)
+    assert await site.manager.claim(1, 600) == []  # the junk, dead-lettered on sight
+    deliveries = await site.manager.claim(2, 600)
+    await site.manager.failed(
+        [(d, ValueError(f"bad {i}"), FailureKind.PERMANENT) for i, d in enumerate(deliveries)]
+    )
+    await site.manager.claim(1, 600)  # one in flight
+    for module in (status_cli, dlq_cli):
+        monkeypatch.setattr(module, "open_site", lambda *a, **k: site)
+    site.txs = txs  # type: ignore[attr-defined]
+    yield site
+    await engine.dispose()
+
+
+def _run(*args: str, input: str | None = None) -> object:
+    return CliRunner().invoke(app, list(args), input=input)
+
+
+async def test_status_json_matches_the_stores(prepared: BufferingCoordinator) -> None:
+    result = await asyncio.to_thread(_run, "status", "--json")
+    assert result.exit_code == 1, result.output  # dead letters: attention needed
+    data = json.loads(result.stdout)
+    health = Health.model_validate(data)
+    stats = await prepared.backend.buffer.stats()
+    assert (
+        (health.buffer.depth, health.buffer.in_flight, health.buffer.dead_letters)
+        == (
+            stats.depth,
+            stats.in_flight,
+            stats.dead_letters,
+        )
+        == (3, 1, 3)
+    )
+    counts = await prepared.backend.status.counts()
+    assert health.states == {str(k): v for k, v in counts.items()}
+    assert any("dead-letter" in w for w in health.warnings)
+    assert data["healthy"] is False
+    assert SECRET not in result.stdout and "***" in health.backend
+
+
+async def test_status_table_and_a_healthy_site(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = BufferingSettings(
+        site_name=new_site_name(), database_url=f"sqlite+aiosqlite:///{tmp_path}/x.db"
+    )
+    engine = create_engine(settings.database_url)
+    site = BufferingCoordinator(
+        settings,
+        MemoryBackend(settings.site_name),
+        engine,
+        ModelRegistry.from_base(Base),
+        start=False,
+    )
+    monkeypatch.setattr(status_cli, "open_site", lambda *a, **k: site)
+    result = await asyncio.to_thread(_run, "status")
+    assert result.exit_code == 0, result.output
+    assert "queue depth" in result.stdout and "healthy" in result.stdout
+    await engine.dispose()
+
+
+async def test_inspect_shows_status_payload_and_keys(prepared: BufferingCoordinator) -> None:
+    waiting = prepared.txs[5]  # type: ignore[attr-defined]
+    result = await asyncio.to_thread(_run, "inspect", waiting.transaction_id, "--json")
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert found["status"]["state"] == "buffered"
+    assert found["payload"]["transaction_id"] == waiting.transaction_id
+    kinds = sorted(k["kind"] for k in found["keys"])
+    assert kinds == ["id", "id", "record", "record", "status"]
+    assert all(k["ttl_seconds"] is None for k in found["keys"] if k["kind"] == "status")
+    dead = prepared.txs[0]  # type: ignore[attr-defined]
+    result = await asyncio.to_thread(_run, "inspect", dead.transaction_id)
+    assert result.exit_code == 0 and "bad 0" in result.stdout
+    result = await asyncio.to_thread(_run, "inspect", "00000000-0000-0000-0000-000000000000")
+    assert result.exit_code == 1
+
+
+async def test_dlq_list_show_replay_in_order_and_purge(prepared: BufferingCoordinator) -> None:
+    result = await asyncio.to_thread(_run, "dlq", "list", "--json")
+    letters = json.loads(result.stdout)
+    first, second = (tx.transaction_id for tx in prepared.txs[:2])  # type: ignore[attr-defined]
+    assert letters[0]["letter_id"].startswith("raw-")
+    assert [letter["letter_id"] for letter in letters][1:] == [first, second]
+    shown = await asyncio.to_thread(_run, "dlq", "show", first)
+    assert shown.exit_code == 0 and "bad 0" in shown.stdout and first in shown.stdout
+    refused = await asyncio.to_thread(_run, "dlq", "replay", "--all", input="n\n")
+    assert refused.exit_code != 0
+    assert (await prepared.backend.buffer.stats()).dead_letters == 3
+    purged = await asyncio.to_thread(_run, "dlq", "purge", letters[0]["letter_id"], "--yes")
+    assert purged.exit_code == 0 and "purged 1" in purged.stdout
+    replayed = await asyncio.to_thread(_run, "dlq", "replay", "--all", "--yes")
+    assert replayed.exit_code == 0 and "replayed 2" in replayed.stdout
+    assert (await prepared.backend.buffer.stats()).dead_letters == 0
+    await prepared.backend.buffer.recover(include_unexpired=True)
+    while await prepared.processor.run_once():
+        pass
+    statuses = await prepared.backend.status.get_many([tx.transaction_id for tx in prepared.txs])  # type: ignore[attr-defined]
+    assert all(s is not None and s.state is TransactionState.COMMITTED for s in statuses)
+    async with prepared.engine.connect() as conn:
+        assert (await conn.execute(select(func.count(ExecutedObsUnit.id)))).scalar() == 6
+
+
+async def test_keys_audit_on_a_backend_without_keys(prepared: BufferingCoordinator) -> None:
+    result = await asyncio.to_thread(_run, "keys", "audit")
+    assert result.exit_code == 0 and "no keys to audit" in result.stdout
+
+
+def test_status_watch_refreshes_and_exits_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    import pty
+
+    env = {
+        **os.environ,
+        "CCAT_BUFFERING_SITE_NAME": new_site_name(),
+        "CCAT_BUFFERING_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/w.db",
+        "COLUMNS": "100",
+    }
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ccat_buffering",
+            "status",
+            "--watch",
+            "--interval",
+            "0.2",
+            "--no-audit",
+        ],
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        env=env,
+        close_fds=True,
+    )
+    os.close(secondary)
+    seen = b""
+    deadline = time.monotonic() + 30
+    try:
+        while seen.count(b"queue depth") < 2 and time.monotonic() < deadline:
+            try:
+                seen += os.read(primary, 65536)
+            except OSError:
+                break
+        assert seen.count(b"queue depth") >= 2, seen[-2000:]
+        process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(primary)
+    assert b"Traceback" not in seen
+
+
+async def test_metrics_after_a_known_scenario(tmp_path: Path) -> None:
+    from prometheus_client import start_http_server
+
+    from ccat_buffering.metrics import SiteMetrics
+
+    settings = BufferingSettings(
+        site_name=new_site_name(), database_url=f"sqlite+aiosqlite:///{tmp_path}/m.db"
+    )
+    engine = create_engine(settings.database_url)
+    await make_schema(engine)
+    registry = ModelRegistry.from_base(Base)
+    await TransactionExecutor(engine, registry).create_ledger()
+    site = BufferingCoordinator(
+        settings, MemoryBackend(settings.site_name), engine, registry, start=False
+    )
+    metrics = SiteMetrics(site)
+    await site.manager.buffer_many([observation(i)[0] for i in range(5)])
+    await site.manager.buffer(observation(99, name="pkg-1")[0])  # a duplicate name: dead-lettered
+    site.manager.retry_policy = type(site.manager.retry_policy)(max_attempts=1)
+    while await site.processor.run_once():
+        pass
+    await site.tracker.poll_once()
+    await metrics.refresh()
+    port = free_port()
+    start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
+    body = await asyncio.to_thread(
+        lambda: (
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        )
+    )
+    label = f'{{site="{settings.site_name}"}}'
+    assert f"ccat_buffering_buffered_total{label} 6.0" in body
+    assert f"ccat_buffering_committed_total{label} 5.0" in body
+    assert f"ccat_buffering_replicated_total{label} 5.0" in body
+    assert f"ccat_buffering_dead_lettered_total{label} 1.0" in body
+    assert f"ccat_buffering_queue_depth{label} 0.0" in body
+    assert f"ccat_buffering_time_to_visible_seconds_count{label} 5.0" in body
+    await engine.dispose()
+
+
+async def test_passwords_never_show(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = BufferingSettings(
+        site_name=new_site_name(),
+        backend_url=f"memory://ops:{SECRET}@buffer",
+        database_url=f"postgresql+asyncpg://ops:{SECRET}@127.0.0.1:1/ops",
+        replica_url=f"postgresql+asyncpg://ops:{SECRET}@127.0.0.1:1/replica",
+    )
+    caplog.set_level(logging.INFO, logger="ccat_buffering")
+    async with BufferingCoordinator.from_settings(
+        settings, registry=ModelRegistry.from_base(Base), start=False
+    ) as site:
+        await site.submit(observation(1)[0])
+        await site.processor.run_once()  # the database is unreachable: a pause, logged
+        health = await site.health()
+        status = await site.status((await site.backend.status.ids(TransactionState.BUFFERED))[0])
+    shown = [
+        health.model_dump_json(),
+        str(settings.masked()),
+        status.model_dump_json() if status else "",
+        caplog.text,
+        json.dumps(site.describe()),
+    ]
+    assert "database unreachable" in health.model_dump_json()
+    for text in shown:
+        assert SECRET not in text
+    assert "***" in health.database and "***" in (health.replica or "")
