@@ -156,11 +156,15 @@ class TransactionBuilder:
     def _key(self, model: ModelLike, key: Any) -> tuple[str, tuple[str, ...], dict[str, Any]]:
         name, key_fields, _ = _describe(model)
         if isinstance(key, Mapping):
-            if not isinstance(model, str) and set(key) != set(key_fields):
+            if isinstance(model, str):
+                return name, tuple(key), dict(key)
+            if set(key) != set(key_fields):
                 raise TransactionValidationError(
                     f"{name}'s key is {key_fields}, but the key given names {tuple(key)}"
                 )
-            return name, tuple(key), dict(key)
+            # In the model's key order, so that the record's cache id is the same
+            # whichever order the caller wrote the key in.
+            return name, key_fields, {field: key[field] for field in key_fields}
         if len(key_fields) != 1:
             raise TransactionValidationError(
                 f"{name} has the composite key {key_fields}: pass the key as a mapping"

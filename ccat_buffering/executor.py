@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, c
 
 from ccat_buffering._grouping import plan
 from ccat_buffering.errors import (
+    ConfigurationError,
     DatabaseUnavailableError,
     RecordNotFoundError,
     UnknownColumnError,
@@ -84,6 +85,14 @@ def create_engine(url: str, **options: Any) -> AsyncEngine:
             connection.exec_driver_sql("BEGIN")
 
     return engine
+
+
+class _CommitRefused(Exception):
+    """COMMIT failed for a reason of the data (a deferred constraint), not the link."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -193,7 +202,22 @@ class TransactionExecutor:
             return BatchResult(outcomes, None)
         try:
             lsn = await self._run(runnable, outcomes)
-        except DatabaseUnavailableError:
+        except _CommitRefused as refused:
+            if len(runnable) == 1:
+                index, tx = runnable[0]
+                error = refused.error
+                outcomes[index] = Outcome(
+                    tx.transaction_id, error=error, kind=classify_failure(error)
+                )
+                return BatchResult(outcomes, None)
+            # A deferred constraint refused the whole commit: one by one, the error
+            # lands on the transaction that caused it.
+            lsn = None
+            for index, tx in runnable:
+                alone = await self.execute_batch([tx])
+                outcomes[index] = alone.outcomes[0]
+                lsn = alone.commit_lsn or lsn
+        except (DatabaseUnavailableError, ConfigurationError):
             raise
         except Exception as exc:
             raise DatabaseUnavailableError(
@@ -218,7 +242,12 @@ class TransactionExecutor:
                 for index, tx in todo:
                     outcomes[index] = await self._apply_one(session, tx)
             await session.close()
-            await conn.commit()
+            try:
+                await conn.commit()
+            except Exception as exc:
+                if classify_failure(exc) is FailureKind.OUTAGE:
+                    raise
+                raise _CommitRefused(exc) from exc
             if conn.dialect.name != "postgresql":
                 return None
             # After COMMIT, on the same connection, so that the LSN covers our commit
@@ -291,7 +320,21 @@ class TransactionExecutor:
         if not self.ledger or not ids:
             return set()
         column = ledger_table.c.transaction_id
-        rows = await conn.execute(select(column).where(column.in_(list(ids))))
+        try:
+            rows = await conn.execute(select(column).where(column.in_(list(ids))))
+        except Exception as exc:
+            missing = (
+                "no such table" in str(exc)
+                or "42P01" in str(getattr(exc, "orig", ""))
+                or (getattr(getattr(exc, "orig", None), "sqlstate", None) == "42P01")
+            )
+            if classify_failure(exc) is FailureKind.OUTAGE and not missing:
+                raise
+            # Never blame the transactions for a missing ledger: pause instead.
+            raise ConfigurationError(
+                f"the ledger table {LEDGER_TABLE_NAME} cannot be read ({exc}); create it "
+                "with `ccat-buffering db init` or TransactionExecutor.create_ledger()"
+            ) from exc
         return {row[0] for row in rows}
 
     def _check_refs(self, tx: Transaction) -> None:

@@ -217,8 +217,9 @@ async def collect(
     if replication.lagging:
         warnings.append(
             f"replication lagging: {replication.pending} pending, oldest "
-            f"{replication.oldest_pending_seconds or 0:.1f} s, "
-            f"{replication.lag_bytes} bytes behind"
+            f"{replication.oldest_pending_seconds or 0:.1f} s"
+            + ("" if replication.lag_bytes is None else ", ")
+            + ("" if replication.lag_bytes is None else f"{replication.lag_bytes} bytes behind")
         )
     if replication.standby is False:
         warnings.append("replica is not replaying WAL (not a standby, or promoted)")

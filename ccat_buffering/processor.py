@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from ccat_buffering.errors import DatabaseUnavailableError
+from ccat_buffering.errors import BackendError, ConfigurationError, DatabaseUnavailableError
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.logs import SiteLogger
 from ccat_buffering.manager import Delivery, TransactionManager
@@ -165,6 +165,15 @@ class BackgroundProcessor:
             )
         return True
 
+    async def _still_holding(self) -> bool:
+        """Renew the lease held since before the batch; never take it anew here."""
+        if self.clock() - self._renewed_at < self.lease_ttl / 3:
+            return True
+        if await self.manager.backend.lease.renew(self.holder, self.lease_ttl):
+            self._renewed_at = self.clock()
+            return True
+        return False
+
     def outage_delay(self) -> float:
         """Seconds to wait before trying the database again after the current streak."""
         if self._outage_streak == 0:
@@ -189,15 +198,17 @@ class BackgroundProcessor:
         transactions = [d.transaction for d in deliveries]
         try:
             result = await self.executor.execute_batch(transactions)
-        except DatabaseUnavailableError as exc:
+        except (DatabaseUnavailableError, ConfigurationError) as exc:
             await self._pause(deliveries, exc)
             return 0
         self._outage_streak = 0
         self.state, self.cause = ProcessorState.RUNNING, None
-        if not await self._hold_lease():
-            # Another processor took the site while this batch ran; it recovers the
-            # claims, and the ledger makes what this batch committed a no-op there.
-            self.log.warning("lease lost during a batch")
+        if not await self._still_holding():
+            # The lease lapsed while this batch ran: whoever holds it next recovers
+            # the claims, and the ledger makes what this batch committed a no-op.
+            self.log.warning("lease lost during a batch; leaving its claims to the next holder")
+            self._has_lease = False
+            self.state = ProcessorState.STANDBY
             return 0
         done = [d for d, o in zip(deliveries, result.outcomes, strict=True) if o.done]
         failures: list[tuple[Delivery, BaseException, FailureKind]] = [
@@ -231,8 +242,11 @@ class BackgroundProcessor:
                 transaction_id=tx,
             )
 
-    async def _pause(self, deliveries: list[Delivery], exc: DatabaseUnavailableError) -> None:
-        cause = f"database unreachable: {describe_error(exc.__cause__ or exc)}"
+    async def _pause(self, deliveries: list[Delivery], exc: Exception) -> None:
+        if isinstance(exc, ConfigurationError):
+            cause = f"database not ready: {describe_error(exc)}"
+        else:
+            cause = f"database unreachable: {describe_error(exc.__cause__ or exc)}"
         await self.manager.paused(deliveries, cause)
         self._outage_streak += 1
         self.counters.outages += 1
@@ -253,9 +267,19 @@ class BackgroundProcessor:
         self.state = ProcessorState.RUNNING
         try:
             while not self._stop.is_set():
-                applied = await self.run_once()
-                if self._has_lease and self.clock() - self._published_at >= 1.0:
-                    await self.publish()
+                try:
+                    applied = await self.run_once()
+                    if self._has_lease and self.clock() - self._published_at >= 1.0:
+                        await self.publish()
+                except BackendError as exc:
+                    # The buffer itself is unreachable: nothing can be claimed or
+                    # settled; what is in flight is recovered when it comes back.
+                    applied = 0
+                    self._outage_streak += 1
+                    self.counters.outages += 1
+                    self.state = ProcessorState.PAUSED
+                    self.cause = f"buffer unreachable: {describe_error(exc)}"
+                    self.log.warning("paused, %s", self.cause)
                 if self.state is ProcessorState.PAUSED:
                     wait = self.outage_delay()
                 elif self.state is ProcessorState.STANDBY:
@@ -269,8 +293,9 @@ class BackgroundProcessor:
         finally:
             self.state = ProcessorState.STOPPED
             if self._has_lease:
-                await self.publish()
-                await self.manager.backend.lease.release(self.holder)
+                with contextlib.suppress(BackendError):
+                    await self.publish()
+                    await self.manager.backend.lease.release(self.holder)
                 self._has_lease = False
 
     def start(self) -> asyncio.Task[None]:

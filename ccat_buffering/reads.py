@@ -111,9 +111,11 @@ class Reads:
             cls = self.registry.model(model)
             key_fields = self._key_fields(model)
             parts = record_id_.split(",") if len(key_fields) > 1 else [record_id_]
+            if len(parts) != len(key_fields):
+                return _overlay(None, cached)  # not a key of this model's shape
             conditions = [
                 getattr(cls, name) == self._cast(cls, name, value)
-                for name, value in zip(key_fields, parts, strict=False)
+                for name, value in zip(key_fields, parts, strict=True)
             ]
             rows = await self._rows(model, *conditions)
             row = rows[0] if rows else None

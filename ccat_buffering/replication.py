@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ccat_buffering.errors import ReplicationError
+from ccat_buffering.errors import BackendError, ReplicationError
 from ccat_buffering.lsn import LSN
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import TransactionState, TransactionStatus
@@ -97,7 +97,8 @@ class LSNReplicationChecker:
     """
 
     QUERY = text(
-        "SELECT pg_last_wal_replay_lsn()::text, "
+        # A promoted standby keeps answering its last replayed LSN: count it as none.
+        "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text END, "
         "EXTRACT(EPOCH FROM (clock_timestamp() - pg_last_xact_replay_timestamp()))::float8"
     )
 
@@ -264,8 +265,17 @@ class ReplicationTracker:
             self._running = False
 
     async def _poll_until_stopped(self) -> None:
+        failures = 0
         while not self._stop.is_set():
-            await self.poll_once()
+            try:
+                await self.poll_once()
+                failures = 0
+            except BackendError as exc:
+                # The buffer's stores are unreachable: try again, backing off, and
+                # report it; the pending set is safe in the stores.
+                failures += 1
+                self.last_report = ReplicationReport(None, 0, 0, None, False, str(exc))
+                await asyncio.sleep(min(self.poll_interval * 2**failures, 30.0))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.poll_interval)
 

@@ -531,3 +531,22 @@ def test_build_refuses_an_unsupported_value_naming_the_field() -> None:
     message = str(info.value)
     assert "obs.bad" in message
     assert "a value of type object cannot be buffered" in message
+
+
+def test_a_composite_key_is_kept_in_the_models_key_order() -> None:
+    from sqlalchemy import String
+    from sqlalchemy.orm import DeclarativeBase, mapped_column
+
+    class KeyBase(DeclarativeBase):
+        pass
+
+    class Pair(KeyBase):
+        __tablename__ = "pair"
+        a: Mapped[str] = mapped_column(String(8), primary_key=True)
+        b: Mapped[str] = mapped_column(String(8), primary_key=True)
+        v: Mapped[str] = mapped_column(String(8))
+
+    tx = TransactionBuilder("x")
+    tx.update(Pair, {"b": "y", "a": "x"}, {"v": "1"})
+    (step,) = tx.build().steps
+    assert list(step.key or {}) == ["a", "b"] and step.key_fields == ("a", "b")

@@ -208,3 +208,20 @@ async def test_outage_mid_drain_pauses_counts_nothing_and_resumes(pg_url: str) -
         await proxy.stop()
         await engine.dispose()
         await built.engine.dispose()
+
+
+async def test_a_deferred_constraint_at_commit_blames_its_own_transaction(site: PgSite) -> None:
+    async with site.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "ALTER TABLE raw_data_package ALTER CONSTRAINT "
+                "raw_data_package_executed_obs_unit_id_fkey DEFERRABLE INITIALLY DEFERRED"
+            )
+        )
+    txs = [observation(i)[0] for i in range(10)]
+    poison = orphan_package(3)
+    result = await site.executor.execute_batch([*txs[:5], poison, *txs[5:]])
+    kinds = [o.kind for o in result.outcomes]
+    assert kinds[5] is FailureKind.DATA and "foreign key" in str(result.outcomes[5].error)
+    assert all(o.applied for i, o in enumerate(result.outcomes) if i != 5)
+    assert await _count(site.engine, ExecutedObsUnit.id) == 10

@@ -174,3 +174,49 @@ async def test_stop_finishes_and_releases_the_lease(tmp_path: Path) -> None:
         assert await _count(site, ExecutedObsUnit.id) == 30
         stats = await site.backend.buffer.stats()
         assert (stats.depth, stats.in_flight) == (0, 0)
+
+
+async def test_a_missing_ledger_pauses_instead_of_blaming_transactions(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    async with memory_sqlite_site(tmp_path) as site:
+        tx, _ = observation(1)
+        await site.manager.buffer(tx)
+        async with site.engine.begin() as conn:
+            await conn.execute(text("DROP TABLE ccat_buffering_applied_transactions"))
+        assert await site.processor.run_once() == 0
+        health = await site.processor.health()
+        assert health.state is ProcessorState.PAUSED
+        assert health.cause is not None and "ccat-buffering db init" in health.cause
+        status = await site.manager.status(tx.transaction_id)
+        assert status is not None and status.attempts == 0 and health.dead_letters == 0
+        await site.executor.create_ledger()
+        assert await site.processor.run_once() == 1
+
+
+async def test_an_unreachable_buffer_pauses_the_loop_which_carries_on(tmp_path: Path) -> None:
+    from ccat_buffering.errors import BackendUnavailableError
+
+    async with memory_sqlite_site(tmp_path) as site:
+        await site.manager.buffer_many([observation(i)[0] for i in range(5)])
+        claim = site.backend.buffer.claim
+        failing = {"left": 3}
+
+        async def flaky(count: int, lease_seconds: float):  # type: ignore[no-untyped-def]
+            if failing["left"]:
+                failing["left"] -= 1
+                raise BackendUnavailableError("redis at 127.0.0.1:6379 cannot be reached: injected")
+            return await claim(count, lease_seconds)
+
+        site.backend.buffer.claim = flaky  # type: ignore[method-assign]
+        processor = BackgroundProcessor(
+            site.manager, site.executor, poll_interval=0.01, outage_base_delay=0.01
+        )
+        processor.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while (await site.backend.buffer.stats()).depth and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        await processor.stop()
+        assert failing["left"] == 0 and processor.counters.outages >= 3
+        assert await _count(site, ExecutedObsUnit.id) == 5
