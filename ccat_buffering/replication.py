@@ -173,11 +173,16 @@ class ReplicationTracker:
         self._last_extend = float("-inf")
         self._stop = asyncio.Event()
         self._running = False
+        self.slice = 1000
 
-    async def pending(self) -> list[TransactionStatus]:
-        """Committed transactions not yet confirmed, in commit-LSN order."""
+    async def pending(self, limit: int | None = None) -> list[TransactionStatus]:
+        """Committed transactions not yet confirmed, in commit-LSN order.
+
+        Args:
+            limit: At most this many, the oldest commits first.
+        """
         store = self.manager.backend.status
-        statuses = await store.get_many(await store.ids(TransactionState.COMMITTED))
+        statuses = await store.get_many(await store.ids(TransactionState.COMMITTED, limit))
         return [s for s in statuses if s is not None and s.state is TransactionState.COMMITTED]
 
     async def _maybe_extend(self) -> None:
@@ -221,7 +226,9 @@ class ReplicationTracker:
         return report
 
     async def _look(self) -> tuple[ReplicationReport, list[TransactionStatus]]:
-        pending = await self.pending()
+        # The oldest commits first, a bounded slice per poll: with a large backlog
+        # (a replica down for days) a poll stays cheap, and the next takes the rest.
+        pending = await self.pending(self.slice)
         replica: ReplicaState | None = None
         error: str | None = None
         if pending:
@@ -239,10 +246,14 @@ class ReplicationTracker:
         newest = max((s.commit_lsn for s in waiting if s.commit_lsn is not None), default=None)
         if replica is not None and replica.replay_lsn is not None and newest is not None:
             lag_bytes = max(int(newest) - int(replica.replay_lsn), 0)
+        beyond = 0
+        if len(pending) >= self.slice:
+            counts = await self.manager.backend.status.counts()
+            beyond = max(counts[TransactionState.COMMITTED] - len(pending), 0)
         report = ReplicationReport(
             replica,
             len(confirmed),
-            len(waiting),
+            len(waiting) + beyond,
             oldest,
             oldest is not None and oldest > self.timeout,
             error,

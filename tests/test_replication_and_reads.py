@@ -169,3 +169,19 @@ async def test_merge_dedups_and_hides_buffered_deletes(tmp_path: Path) -> None:
         merged = await reads.merge("ExecutedObsUnit", rows)
         assert [r["id"] for r in merged] == ["a", created_id]
         assert merged[0]["status"] == "running"
+
+
+async def test_a_large_backlog_is_confirmed_a_slice_per_poll(tmp_path: Path) -> None:
+    async with memory_sqlite_site(tmp_path) as site:
+        replica = ScriptedReplica()
+        tracker = ReplicationTracker(site.manager, replica, clock=site.clock)
+        tracker.slice = 2
+        await _commit_with_lsns(site, ["0/1", "0/2", "0/3", "0/4", "0/5"])
+        report = await tracker.poll_once()
+        assert (report.confirmed, report.pending) == (0, 5)  # all counted, two looked at
+        replica.replay_lsn = LSN("0/5")
+        confirmed = []
+        for _ in range(3):
+            confirmed.append((await tracker.poll_once()).confirmed)
+        assert confirmed == [2, 2, 1]
+        assert (await tracker.poll_once()).pending == 0
