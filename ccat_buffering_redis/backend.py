@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Self
@@ -42,6 +43,7 @@ Client = Redis | RedisCluster
 Op = list[Any]
 
 MAX_GROUPS_PER_CALL = 256
+MAX_IN_FLIGHT = 2
 
 
 def _ms(seconds: float) -> int:
@@ -50,6 +52,40 @@ def _ms(seconds: float) -> int:
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"))
+_quoted = json.encoder.encode_basestring_ascii
+_STATUS_DROP = {"transaction_id"}
+
+
+def _value_json(value: Any) -> str:
+    """``json.dumps(value, separators=(",", ":"))``, without its per-call setup for scalars."""
+    kind = type(value)
+    if kind is str:
+        return _quoted(value)
+    if kind is int:
+        return int.__repr__(value)
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)
+    return _JSON.encode(value)
+
+
+def _status_json(status: TransactionStatus) -> str:
+    # The key names the transaction and defaults are restored on reading: store neither.
+    return status.model_dump_json(exclude=_STATUS_DROP, exclude_defaults=True)
+
+
+def _status_of(transaction_id: str, raw: bytes | str) -> TransactionStatus:
+    text = _text(raw)
+    head = '{"transaction_id":' + _quoted(transaction_id)
+    return TransactionStatus.model_validate_json(
+        head + ("," if text[1:2] != "}" else "") + text[1:]
+    )
 
 
 def _status_op(status: TransactionStatus, ttl_seconds: float) -> Op:
@@ -61,7 +97,7 @@ def _status_op(status: TransactionStatus, ttl_seconds: float) -> Op:
     return [
         "status",
         status.transaction_id,
-        status.model_dump_json(),
+        _status_json(status),
         str(status.state),
         _ms(ttl_seconds),
         score,
@@ -74,16 +110,44 @@ def _cache_op(transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: fl
     for write in writes:
         flat: list[str] = []
         for name, value in write.fields.items():
-            flat.extend((name, json.dumps(value, separators=(",", ":"))))
+            flat.append(name)
+            flat.append(_value_json(value))
         encoded.append([write.model, write.record_id, str(write.kind), flat])
     return ["cache", transaction_id, _ms(ttl_seconds), encoded]
+
+
+def _wire(groups: list[list[Op]]) -> list[str]:
+    """The ``APPLY`` script's arguments: the groups as JSON, entries and statuses apart.
+
+    Entries and statuses go as arguments of their own (``ARGV[3]`` on), named by
+    index in the JSON, so that neither is escaped into it nor decoded by the script.
+    """
+    args: list[str] = []
+    wire: list[list[Op]] = []
+    for ops in groups:
+        out: list[Op] = []
+        for op in ops:
+            name = op[0]
+            if name == "push" and len(op) == 2 and isinstance(op[1], str):
+                args.append(op[1])
+                op = ["push", len(args) + 2]
+            elif name == "status" and len(op) == 7 and isinstance(op[2], str):
+                args.append(op[2])
+                op = [*op[:2], len(args) + 2, *op[3:]]
+            out.append(op)
+        wire.append(out)
+    return [_JSON.encode(wire), *args]
 
 
 class _Coalescer:
     """Sends the groups that callers close together in one script call.
 
-    One call is in flight at a time; groups that arrive meanwhile go in the
-    next. A group's result or error reaches its own caller.
+    A caller that finds a free slot and nobody waiting sends its group itself,
+    at once. Up to ``MAX_IN_FLIGHT`` calls run at a time (so that preparing the
+    next call overlaps Redis running the last); groups that arrive while every
+    slot is busy wait and go together in the next call. Each group still
+    applies whole; its result or error reaches its own caller, who awaits it,
+    so each caller's groups apply in the order it closed them.
     """
 
     def __init__(
@@ -91,38 +155,58 @@ class _Coalescer:
     ) -> None:
         self._run = run
         self._pending: list[tuple[list[Op], asyncio.Future[int]]] = []
-        self._leader: asyncio.Task[None] | None = None
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, ops: list[Op]) -> int:
+        if self._in_flight < MAX_IN_FLIGHT and not self._pending:
+            self._in_flight += 1
+            try:
+                (result,) = await self._run([ops])
+            finally:
+                self._in_flight -= 1
+                self._start()
+            if isinstance(result, BackendError):
+                raise result
+            return result
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((ops, future))
-        if self._leader is None:
-            self._leader = asyncio.ensure_future(self._drain())
+        self._start()
         return await future
 
-    async def _drain(self) -> None:
+    def _start(self) -> None:
+        while self._pending and self._in_flight < MAX_IN_FLIGHT:
+            batch = self._pending[:MAX_GROUPS_PER_CALL]
+            del self._pending[:MAX_GROUPS_PER_CALL]
+            self._in_flight += 1
+            task = asyncio.ensure_future(self._send(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[list[Op], asyncio.Future[int]]]) -> None:
         try:
-            while self._pending:
-                batch = self._pending[:MAX_GROUPS_PER_CALL]
-                del self._pending[:MAX_GROUPS_PER_CALL]
-                try:
-                    results = await self._run([ops for ops, _ in batch])
-                except BaseException as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
+            results = await self._run([ops for ops, _ in batch])
+        except BaseException as exc:
+            for _, future in batch:
+                if future.done():
+                    continue
+                if isinstance(exc, asyncio.CancelledError):
+                    future.cancel()
                 else:
-                    for (_, future), result in zip(batch, results, strict=True):
-                        if future.done():
-                            continue
-                        if isinstance(result, BackendError):
-                            future.set_exception(result)
-                        else:
-                            future.set_result(result)
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, BackendError):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
         finally:
-            self._leader = None
+            self._in_flight -= 1
+            self._start()
 
 
 class _Part:
@@ -243,7 +327,10 @@ class RedisStatusStore(_Part):
             return []
         with self._backend.translate():
             raw = await self._backend.client.mget([self._keys.status(t) for t in transaction_ids])
-        return [None if r is None else TransactionStatus.model_validate_json(r) for r in raw]
+        return [
+            None if r is None else _status_of(t, r)
+            for t, r in zip(transaction_ids, raw, strict=True)
+        ]
 
     async def put(self, status: TransactionStatus, ttl_seconds: float) -> None:
         """See :meth:`ccat_buffering.protocols.StatusStore.put`."""
@@ -281,14 +368,16 @@ class RedisCacheStore(_Part):
         model: str, record_id: str, flat: list[Any], ttl_ms: int, now: float
     ) -> CachedRecord:
         pairs = dict(zip(map(_text, flat[::2]), map(_text, flat[1::2]), strict=True))
-        fields = {k: json.loads(v) for k, v in pairs.items() if not k.startswith("@")}
+        # '@' is <created 0|1><deleted 0|1>:<transaction ids, comma-separated>.
+        meta = pairs.pop("@", "00:")
+        fields = {k: json.loads(v) for k, v in pairs.items()}
         return CachedRecord(
             model,
             record_id,
             fields,
-            pairs.get("@created") == "1",
-            pairs.get("@deleted") == "1",
-            tuple(t for t in pairs.get("@tx", "").split(",") if t),
+            meta[0] == "1",
+            meta[1] == "1",
+            tuple(t for t in meta[3:].split(",") if t),
             now + max(ttl_ms, 0) / 1000,
         )
 
@@ -513,8 +602,7 @@ class RedisBackend:
             )
 
     async def _apply_groups(self, groups: list[list[Op]]) -> list[int | BackendError]:
-        payload = json.dumps(groups, separators=(",", ":"))
-        reply = await self.script("apply", payload)
+        reply = await self.script("apply", *_wire(groups))
         results: list[int | BackendError] = []
         for item in reply:
             if isinstance(item, bytes | str):

@@ -10,12 +10,14 @@ the same names and nothing else formats a key.
 key                                         type     what
 ==========================================  =======  ==========================================
 ``transaction_buffer``                      list     the FIFO: LPUSH in, claimed from the right
-``transaction:<transaction_id>``            string   status JSON; TTL once terminal
+``transaction:<transaction_id>``            string   status JSON without the id (the key has it)
+                                                     and without default values; TTL once terminal
 ``cache:ids:<Model>:<id>``                  string   write-through ID cache: the creating
                                                      transaction; TTL extended until replicated
 ``buffered:<Model>:<id>``                   hash     buffered record, one field per column (JSON
-                                                     values) plus ``@created``, ``@deleted``,
-                                                     ``@tx``; TTL extended until replicated
+                                                     values) plus ``@``: ``<created 0|1><deleted
+                                                     0|1>:<tx>,<tx>...``; TTL extended until
+                                                     replicated
 ``inflight``                                hash     receipt -> payload of claimed entries
 ``inflight:leases``                         zset     receipt -> lease deadline (ms)
 ``hold``                                    string   exists while a retry's backoff holds the head
@@ -27,8 +29,8 @@ key                                         type     what
                                                      terminal by expiry (ms), others by time
 ``index:<Model>``                           zset     record ids of a model by first write;
                                                      TTL follows its longest-lived record
-``written:<transaction_id>``                set      ``<Model>:<id>`` records a transaction wrote;
-                                                     TTL follows the records
+``written:<transaction_id>``                string   ``<Model>:<id>`` records a transaction wrote,
+                                                     space-separated; TTL follows the records
 ``lease``                                   string   the processor lease token; PX TTL
 ==========================================  =======  ==========================================
 """

@@ -7,7 +7,10 @@ once. Times come from the server's ``TIME``, in milliseconds.
 
 ``APPLY`` runs a list of atomic groups, each a list of operations, so that
 writes staged by ``Backend.atomic()`` (and groups from concurrent callers,
-coalesced into one call) apply in one round trip.
+coalesced into one call) apply in one round trip. The groups come as JSON in
+``ARGV[2]``; entries and statuses follow as arguments of their own (an
+operation names them by index), so that they are neither escaped into the JSON
+nor decoded by the script.
 """
 
 from __future__ import annotations
@@ -59,14 +62,26 @@ local function now_ms()
 end
 local NOW = now_ms()
 
+-- Sequence numbers are handed out here and written back with one INCRBY
+-- (seq_flush) before the script returns: one call per script, not per number.
+local SEQ_NEXT, SEQ_USED = nil, 0
 local function next_seq()
-  return redis.call('INCR', SEQ)
+  if not SEQ_NEXT then SEQ_NEXT = tonumber(redis.call('GET', SEQ) or '0') end
+  SEQ_NEXT = SEQ_NEXT + 1
+  SEQ_USED = SEQ_USED + 1
+  return SEQ_NEXT
+end
+local function seq_flush()
+  if SEQ_USED > 0 then redis.call('INCRBY', SEQ, SEQ_USED) end
+  SEQ_USED = 0
 end
 
--- Push a key's expiry out to ttl ms from now; never shorten it.
+-- Push a key's expiry out to ttl ms from now; never shorten it. Returns 1 if
+-- it moved, 0 if it already lasted as long, -1 if there is no such key.
 local function extend(key, ttl)
   local left = redis.call('PTTL', key)
-  if left == -1 or (left >= 0 and left < ttl) then
+  if left == -2 then return -1 end
+  if left == -1 or left < ttl then
     redis.call('PEXPIRE', key, ttl)
     return 1
   end
@@ -161,74 +176,142 @@ end
 
 local function put_status(txid, json, state, ttl, score, member)
   local k = STATUS .. txid
-  local old = redis.call('GET', k)
-  if old then
-    local ok, decoded = pcall(cjson.decode, old)
-    if ok and type(decoded) == 'table' and decoded.state then
-      local member = state_member(decoded.state, txid, decoded.commit_lsn)
-      redis.call('ZREM', STATE .. decoded.state, member)
-    end
-  end
+  local old
   if TERMINAL[state] then
-    redis.call('SET', k, json, 'PX', ttl)
+    old = redis.call('SET', k, json, 'PX', ttl, 'GET')
     redis.call('ZADD', STATE .. state, NOW + ttl, txid)
   else
-    redis.call('SET', k, json)
+    old = redis.call('SET', k, json, 'GET')
     if score == '' then score = next_seq() end
     redis.call('ZADD', STATE .. state, score, member)
   end
+  if old then
+    local ok, decoded = pcall(cjson.decode, old)
+    if ok and type(decoded) == 'table' and decoded.state then
+      local was = state_member(decoded.state, txid, decoded.commit_lsn)
+      if decoded.state ~= state or was ~= member then
+        redis.call('ZREM', STATE .. decoded.state, was)
+      end
+    end
+  end
 end
 
+-- Indexes touched by this call, extended once at its end to the longest TTL asked.
+local TOUCHED = {}
+local function touch(index, ttl)
+  local seen = TOUCHED[index]
+  if not seen or seen < ttl then TOUCHED[index] = ttl end
+end
+
+-- Set a string to value with a TTL of ttl ms, keeping a longer TTL it already has.
+local function set_keeping_longer(k, value, ttl)
+  if redis.call('SET', k, value, 'NX', 'PX', ttl) then return end
+  local left = redis.call('PTTL', k)
+  if left > ttl then
+    redis.call('SET', k, value, 'KEEPTTL')
+  else
+    redis.call('SET', k, value, 'PX', ttl)
+  end
+end
+
+-- HSET in slices: unpack() has a limit on how many values it returns.
+local function hset_all(k, head, fields)
+  local n = #fields
+  if n <= 200 then
+    redis.call('HSET', k, head[1], head[2], unpack(fields))
+    return
+  end
+  redis.call('HSET', k, head[1], head[2])
+  for i = 1, n, 200 do
+    redis.call('HSET', k, unpack(fields, i, math.min(i + 199, n)))
+  end
+end
+
+-- The meta field '@' of a buffered record: <created 0|1><deleted 0|1>:<tx>,<tx>...
 local function write_cache(txid, ttl, writes)
-  local written = WRITTEN .. txid
+  local members, seen = {}, {}
   for _, w in ipairs(writes) do
     local model, id, kind, fields = w[1], w[2], w[3], w[4]
     local member = model .. ':' .. id
     local k = BUFFERED .. member
-    local txs = redis.call('HGET', k, '@tx')
-    local keep = redis.call('PTTL', k)
-    if kind == 'create' then
-      redis.call('DEL', k)
-      redis.call('HSET', k, '@created', '1', '@deleted', '0')
-      local idk = IDS .. member
-      redis.call('SET', idk, txid, 'KEEPTTL')
-      extend(idk, ttl)
-    elseif kind == 'delete' then
-      redis.call('HSET', k, '@deleted', '1')
+    local meta = redis.call('HGET', k, '@')
+    if not meta then
+      local flags = '00'
+      if kind == 'create' then flags = '10' elseif kind == 'delete' then flags = '01' end
+      hset_all(k, {'@', flags .. ':' .. txid}, fields)
+      redis.call('PEXPIRE', k, ttl)
+    else
+      local keep = redis.call('PTTL', k)
+      local created, deleted = string.sub(meta, 1, 1), string.sub(meta, 2, 2)
+      local txs = with_tx(string.sub(meta, 4), txid)
+      if kind == 'create' then
+        redis.call('DEL', k)
+        created, deleted = '1', '0'
+      elseif kind == 'delete' then
+        deleted = '1'
+      end
+      hset_all(k, {'@', created .. deleted .. ':' .. txs}, fields)
+      if keep == -1 or kind == 'create' or keep < ttl then
+        redis.call('PEXPIRE', k, math.max(ttl, keep))
+      end
     end
-    -- HSET in slices: unpack() has a limit on how many values it returns.
-    for i = 1, #fields, 200 do
-      redis.call('HSET', k, unpack(fields, i, math.min(i + 199, #fields)))
-    end
-    redis.call('HSET', k, '@tx', with_tx(txs, txid))
-    extend(k, math.max(ttl, keep))
+    if kind == 'create' then set_keeping_longer(IDS .. member, txid, ttl) end
     local index = INDEX .. model
     redis.call('ZADD', index, 'NX', next_seq(), id)
-    extend(index, ttl)
-    redis.call('SADD', written, member)
+    touch(index, ttl)
+    if not seen[member] then
+      seen[member] = true
+      members[#members + 1] = member
+    end
   end
-  if #writes > 0 then extend(written, ttl) end
+  if #members == 0 then return end
+  -- written:<txid> holds the records' names, space-separated (no identifier has a space).
+  local written = WRITTEN .. txid
+  local list = table.concat(members, ' ')
+  if redis.call('SET', written, list, 'NX', 'PX', ttl) then return end
+  local old = redis.call('GET', written) or ''
+  for m in string.gmatch(old, '%S+') do
+    if seen[m] then seen[m] = nil end
+  end
+  local fresh = {}
+  for _, m in ipairs(members) do
+    if seen[m] then fresh[#fresh + 1] = m end
+  end
+  if #fresh > 0 then
+    local left = redis.call('PTTL', written)
+    local merged = old .. ' ' .. table.concat(fresh, ' ')
+    if left > ttl then
+      redis.call('SET', written, merged, 'KEEPTTL')
+    else
+      redis.call('SET', written, merged, 'PX', ttl)
+    end
+  else
+    extend(written, ttl)
+  end
 end
 
 local function release(txid)
   local written = WRITTEN .. txid
-  local deleted = 0
-  for _, member in ipairs(redis.call('SMEMBERS', written)) do
-    local k = BUFFERED .. member
-    local txs = redis.call('HGET', k, '@tx')
-    if txs then
-      local rest = without_tx(txs, txid)
-      if rest == '' then
-        local sep = string.find(member, ':', 1, true)
-        redis.call('DEL', k)
-        redis.call('ZREM', INDEX .. string.sub(member, 1, sep - 1), string.sub(member, sep + 1))
-        deleted = deleted + 1
-      else
-        redis.call('HSET', k, '@tx', rest)
+  local deleted, seen = 0, {}
+  for member in string.gmatch(redis.call('GET', written) or '', '%S+') do
+    if not seen[member] then
+      seen[member] = true
+      local k = BUFFERED .. member
+      local meta = redis.call('HGET', k, '@')
+      if meta then
+        local rest = without_tx(string.sub(meta, 4), txid)
+        if rest == '' then
+          local sep = string.find(member, ':', 1, true)
+          redis.call('DEL', k)
+          redis.call('ZREM', INDEX .. string.sub(member, 1, sep - 1), string.sub(member, sep + 1))
+          deleted = deleted + 1
+        else
+          redis.call('HSET', k, '@', string.sub(meta, 1, 3) .. rest)
+        end
       end
+      local idk = IDS .. member
+      if redis.call('GET', idk) == txid then redis.call('DEL', idk) end
     end
-    local idk = IDS .. member
-    if redis.call('GET', idk) == txid then redis.call('DEL', idk) end
   end
   redis.call('DEL', written)
   return deleted
@@ -249,14 +332,22 @@ end
 
 -- Check every operation of a group before writing any of it: a script cannot
 -- roll back, so a group that would fail halfway is refused whole instead.
+-- Entries and statuses travel as ARGV of their own; an operation names them
+-- by their index.
 local ARITY = {push = 2, ack = 2, retry = 3, dead = 4, replay = 2, status = 7, cache = 4,
                release = 2}
+local function is_arg(i)
+  return type(i) == 'number' and i >= 3 and ARGV[i] ~= nil
+end
 local function invalid(ops)
   if type(ops) ~= 'table' then return 'a group is not a list' end
   for i, op in ipairs(ops) do
     local name = type(op) == 'table' and op[1]
     if not ARITY[name] then return 'operation ' .. i .. ' is unknown' end
-    if #op ~= ARITY[name] then return 'operation ' .. i .. ' (' .. name .. ') is malformed' end
+    if #op ~= ARITY[name] or (name == 'push' and not is_arg(op[2]))
+       or (name == 'status' and not is_arg(op[3])) then
+      return 'operation ' .. i .. ' (' .. name .. ') is malformed'
+    end
     if name == 'cache' then
       if type(op[4]) ~= 'table' then return 'cache writes are not a list' end
       for _, w in ipairs(op[4]) do
@@ -271,6 +362,17 @@ local function invalid(ops)
   return nil
 end
 
+-- Entries pushed one after another go in one LPUSH (same order as one LPUSH
+-- each); anything else that touches the list first sends what is pending.
+local PUSHES = {}
+local function flush_pushes()
+  local n = #PUSHES
+  for i = 1, n, 1000 do
+    redis.call('LPUSH', BUF, unpack(PUSHES, i, math.min(i + 999, n)))
+  end
+  PUSHES = {}
+end
+
 local results = {}
 local groups = cjson.decode(ARGV[2])
 for g, ops in ipairs(groups) do
@@ -283,12 +385,13 @@ for g, ops in ipairs(groups) do
   for _, op in ipairs(ops) do
     local name = op[1]
     if name == 'push' then
-      redis.call('LPUSH', BUF, op[2])
+      PUSHES[#PUSHES + 1] = ARGV[op[2]]
       count = count + 1
     elseif name == 'ack' then
       if redis.call('HDEL', INF, op[2]) == 1 then count = count + 1 end
       redis.call('ZREM', LEASES, op[2])
     elseif name == 'retry' then
+      flush_pushes()
       count = count + return_to_head(op[2])
       if tonumber(op[3]) > 0 then
         redis.call('SET', HOLD, '1', 'PX', op[3])
@@ -298,9 +401,10 @@ for g, ops in ipairs(groups) do
     elseif name == 'dead' then
       count = count + dead_letter(op[2], op[3], op[4])
     elseif name == 'replay' then
+      flush_pushes()
       count = count + replay_one(op[2])
     elseif name == 'status' then
-      put_status(op[2], op[3], op[4], op[5], op[6], op[7])
+      put_status(op[2], ARGV[op[3]], op[4], op[5], op[6], op[7])
     elseif name == 'cache' then
       write_cache(op[2], op[3], op[4])
     elseif name == 'release' then
@@ -309,6 +413,9 @@ for g, ops in ipairs(groups) do
   end
   if not problem then results[g] = count end
 end
+flush_pushes()
+for index, ttl in pairs(TOUCHED) do extend(index, ttl) end
+seq_flush()
 return results
 """
 )
@@ -328,6 +435,7 @@ for _, p in ipairs(popped) do
   out[#out + 1] = r
   out[#out + 1] = p
 end
+seq_flush()
 return out
 """
 )
@@ -423,22 +531,27 @@ CACHE_EXTEND = (
     + """
 local ttl = tonumber(ARGV[2])
 local n = 0
+local models = {}
 for i = 3, #ARGV do
   local txid = ARGV[i]
   local written = WRITTEN .. txid
-  for _, member in ipairs(redis.call('SMEMBERS', written)) do
-    local k = BUFFERED .. member
-    if redis.call('EXISTS', k) == 1 then
-      extend(k, ttl)
-      n = n + 1
-      local sep = string.find(member, ':', 1, true)
-      extend(INDEX .. string.sub(member, 1, sep - 1), ttl)
+  local seen = {}
+  for member in string.gmatch(redis.call('GET', written) or '', '%S+') do
+    if not seen[member] then
+      seen[member] = true
+      local k = BUFFERED .. member
+      if extend(k, ttl) >= 0 then
+        n = n + 1
+        local sep = string.find(member, ':', 1, true)
+        models[string.sub(member, 1, sep - 1)] = true
+      end
+      local idk = IDS .. member
+      if redis.call('GET', idk) == txid then extend(idk, ttl) end
     end
-    local idk = IDS .. member
-    if redis.call('GET', idk) == txid then extend(idk, ttl) end
   end
   extend(written, ttl)
 end
+for model, _ in pairs(models) do extend(INDEX .. model, ttl) end
 return n
 """
 )
