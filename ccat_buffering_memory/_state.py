@@ -60,6 +60,7 @@ class SiteState:
     id_cache: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
     written_by: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
     lease: tuple[str, float] | None = None
+    report: tuple[str, float] | None = None
 
     # -- buffer ------------------------------------------------------------
 

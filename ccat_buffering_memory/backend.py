@@ -22,6 +22,7 @@ from ccat_buffering.protocols import (
     CacheWrite,
     Claim,
     DeadLetter,
+    KeyInfo,
     LeaseInfo,
 )
 from ccat_buffering_memory._state import Clock, SiteState
@@ -202,6 +203,18 @@ class MemoryProcessorLease(_Part):
         lease = self._state.live_lease()
         return None if lease is None else LeaseInfo(*lease)
 
+    async def publish_report(self, report: str, ttl_seconds: float) -> None:
+        """See :meth:`ccat_buffering.protocols.SupportsProcessorReports.publish_report`."""
+        check_duration(ttl_seconds, "ttl_seconds")
+        self._state.report = (report, self._state.clock() + ttl_seconds)
+
+    async def processor_report(self) -> str | None:
+        """See :meth:`ccat_buffering.protocols.SupportsProcessorReports.processor_report`."""
+        report = self._state.report
+        if report is None or report[1] <= self._state.clock():
+            return None
+        return report[0]
+
 
 class MemoryWriteBatch:
     """:class:`~ccat_buffering.protocols.WriteBatch` that stages closures over the state."""
@@ -294,6 +307,39 @@ class MemoryBackend:
         # Applied without an await in between: no coroutine sees a part of it.
         for op in batch.ops:
             op()
+
+    async def find_payload(self, transaction_id: str) -> str | None:
+        """See :meth:`ccat_buffering.protocols.SupportsInspection.find_payload`."""
+        state = self._state
+        payloads = [p for _, p in state.queue] + [e.payload for e in state.in_flight.values()]
+        payloads += [letter.payload for letter in state.letters.values()]
+        needle = f'"transaction_id":"{transaction_id}"'
+        return next((p for p in payloads if needle in p), None)
+
+    async def transaction_keys(
+        self, transaction_id: str, records: Sequence[tuple[str, str]]
+    ) -> list[KeyInfo]:
+        """See :meth:`ccat_buffering.protocols.SupportsInspection.transaction_keys`.
+
+        The memory backend has no keys; it names its entries as Redis would.
+        """
+        state = self._state
+        now = state.clock()
+        found = []
+        entry = state.statuses.get(transaction_id)
+        if state.live_status(transaction_id) is not None and entry is not None:
+            ttl = None if entry.expires_at is None else entry.expires_at - now
+            found.append(KeyInfo(f"transaction:{transaction_id}", "status", ttl))
+        for model, record_id in records:
+            record = state.live_record((model, record_id))
+            if record is not None and transaction_id in record.transaction_ids:
+                found.append(
+                    KeyInfo(f"buffered:{model}:{record_id}", "record", record.expires_at - now)
+                )
+            if state.created_by((model, record_id)) == transaction_id:
+                expires = state.id_cache[(model, record_id)][1]
+                found.append(KeyInfo(f"cache:ids:{model}:{record_id}", "id", expires - now))
+        return found
 
     async def aclose(self) -> None:
         """Nothing to release: the state lives as long as the object."""
