@@ -31,6 +31,7 @@ from ccat_buffering.protocols import (
     CacheWrite,
     Claim,
     DeadLetter,
+    KeyInfo,
     LeaseInfo,
 )
 from ccat_buffering_redis import scripts
@@ -207,6 +208,17 @@ class _Coalescer:
         finally:
             self._in_flight -= 1
             self._start()
+
+
+def _config_values(reply: Any) -> list[str]:
+    """CONFIG GET's values, from one server or (a dict per node) from a cluster."""
+    if not isinstance(reply, dict):
+        return []
+    values: list[str] = []
+    for value in reply.values():
+        for item in value.values() if isinstance(value, dict) else [value]:
+            values.append(_text(item) if isinstance(item, bytes | str) else str(item))
+    return values
 
 
 class _Part:
@@ -438,6 +450,18 @@ class RedisProcessorLease(_Part):
             return None
         return LeaseInfo(_text(holder), (int(now) + int(ttl)) / 1000)
 
+    async def publish_report(self, report: str, ttl_seconds: float) -> None:
+        """See :meth:`ccat_buffering.protocols.SupportsProcessorReports.publish_report`."""
+        check_duration(ttl_seconds, "ttl_seconds")
+        with self._backend.translate():
+            await self._backend.client.set(self._keys.processor, report, px=_ms(ttl_seconds))
+
+    async def processor_report(self) -> str | None:
+        """See :meth:`ccat_buffering.protocols.SupportsProcessorReports.processor_report`."""
+        with self._backend.translate():
+            value = await self._backend.client.get(self._keys.processor)
+        return None if value is None else _text(value)
+
 
 class RedisWriteBatch:
     """:class:`~ccat_buffering.protocols.WriteBatch` that stages script operations."""
@@ -632,6 +656,85 @@ class RedisBackend:
         yield batch
         if batch.ops:
             await self.apply(batch.ops)
+
+    # -- inspection and audit (capabilities for the operator's commands) ---
+
+    async def _describe_keys(self, keys: Sequence[str]) -> list[KeyInfo]:
+        infos = []
+        with self.translate():
+            for key in keys:
+                ttl = await self.client.pttl(key)
+                if ttl == -2:
+                    continue  # gone, or expired meanwhile
+                kind = _text(await self.client.type(key))
+                infos.append(KeyInfo(key, kind, None if ttl < 0 else ttl / 1000))
+        return infos
+
+    async def find_payload(self, transaction_id: str) -> str | None:
+        """See :meth:`ccat_buffering.protocols.SupportsInspection.find_payload`."""
+        needle = f'"transaction_id":"{transaction_id}"'.encode()
+        keys = self.keys
+        with self.translate():
+            letter = await self.client.hget(keys.letters, transaction_id)
+            if letter is not None:
+                return _text(letter)
+            for payload in await self.client.hvals(keys.inflight):
+                if needle in payload:
+                    return _text(payload)
+            length = await self.client.llen(keys.buffer)
+            for start in range(0, length, 1000):
+                for payload in await self.client.lrange(keys.buffer, start, start + 999):
+                    if needle in payload:
+                        return _text(payload)
+        return None
+
+    async def transaction_keys(
+        self, transaction_id: str, records: Sequence[tuple[str, str]]
+    ) -> list[KeyInfo]:
+        """See :meth:`ccat_buffering.protocols.SupportsInspection.transaction_keys`."""
+        keys = [self.keys.status(transaction_id), self.keys.written(transaction_id)]
+        with self.translate():
+            for model, record_id in records:
+                buffered = self.keys.buffered(model, record_id)
+                meta = await self.client.hget(buffered, "@")
+                if meta is not None and transaction_id in _text(meta):
+                    keys.append(buffered)
+                ids = self.keys.ids(model, record_id)
+                if _text(await self.client.get(ids) or b"") == transaction_id:
+                    keys.append(ids)
+        return await self._describe_keys(keys)
+
+    async def audit_keys(self) -> list[KeyInfo]:
+        """See :meth:`ccat_buffering.protocols.SupportsKeyAudit.audit_keys`."""
+        bounded = self.keys.bounded()
+        leaks = []
+        with self.translate():
+            async for raw in self.client.scan_iter(match=self.keys.pattern(), count=1000):
+                key = _text(raw)
+                if key in bounded or await self.client.pttl(key) != -1:
+                    continue
+                transaction_id = self.keys.status_id(key)
+                if transaction_id is not None:
+                    status = await self.status.get(transaction_id)
+                    if status is not None and not status.state.is_terminal:
+                        continue
+                leaks.append(key)
+        return await self._describe_keys(leaks)
+
+    async def persistence_warning(self) -> str | None:
+        """See :meth:`ccat_buffering.protocols.SupportsKeyAudit.persistence_warning`."""
+        try:
+            with self.translate():
+                reply = await self.client.config_get("appendonly")
+        except BackendError:
+            return None  # CONFIG may be disabled (a managed Redis): nothing to say
+        values = _config_values(reply)
+        if values and all(v == "no" for v in values):
+            return (
+                f"{self.where} keeps no append-only file (appendonly no): a restart loses "
+                "acknowledged writes; enable AOF for a secondary site"
+            )
+        return None
 
     async def aclose(self) -> None:
         """Close the client if the backend opened it."""

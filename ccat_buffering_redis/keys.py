@@ -32,6 +32,8 @@ key                                         type     what
 ``written:<transaction_id>``                string   ``<Model>:<id>`` records a transaction wrote,
                                                      space-separated; TTL follows the records
 ``lease``                                   string   the processor lease token; PX TTL
+``processor``                               string   the draining processor's report (JSON);
+                                                     PX TTL
 ==========================================  =======  ==========================================
 """
 
@@ -57,6 +59,7 @@ SUFFIXES = {
     "index": "index:",
     "written": "written:",
     "lease": "lease",
+    "processor": "processor",
 }
 """Key suffixes by role, shared with the Lua scripts."""
 
@@ -161,6 +164,11 @@ class SiteKeys:
     def lease(self) -> str:
         """The processor lease."""
         return self._key("lease")
+
+    @property
+    def processor(self) -> str:
+        """The draining processor's report."""
+        return self._key("processor")
 
     def status_id(self, key: str) -> str | None:
         """The transaction id if ``key`` is a status key of this site, else ``None``.

@@ -279,3 +279,65 @@ async def test_passwords_never_show(tmp_path: Path, caplog: pytest.LogCaptureFix
     for text in shown:
         assert SECRET not in text
     assert "***" in health.database and "***" in (health.replica or "")
+
+
+async def test_commands_on_a_real_redis_site(tmp_path: Path) -> None:
+    import redis.asyncio as aioredis
+    from services import REDIS_URL, missing
+
+    from ccat_buffering_redis import RedisBackend
+
+    probe = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await probe.ping()
+    except Exception as exc:
+        missing(f"no Redis at {REDIS_URL}: {exc}")
+    site_name = new_site_name()
+    db_url = f"sqlite+aiosqlite:///{tmp_path}/r.db"
+    engine = create_engine(db_url)
+    await make_schema(engine)
+    backend = RedisBackend(probe, site=site_name)
+    settings = BufferingSettings(site_name=site_name, database_url=db_url, backend_url=REDIS_URL)
+    site = BufferingCoordinator(
+        settings, backend, engine, ModelRegistry.from_base(Base), start=False
+    )
+    txs = [observation(i)[0] for i in range(3)]
+    await site.manager.buffer_many(txs)
+    (delivery,) = await site.manager.claim(1, 600)
+    await site.manager.failed([(delivery, ValueError("bad"), FailureKind.PERMANENT)])
+    env = {
+        "CCAT_BUFFERING_SITE_NAME": site_name,
+        "CCAT_BUFFERING_BACKEND_URL": REDIS_URL,
+        "CCAT_BUFFERING_DATABASE_URL": db_url,
+    }
+    try:
+        result = await asyncio.to_thread(CliRunner().invoke, app, ["status", "--json"], env=env)
+        health = Health.model_validate_json(result.stdout)
+        assert result.exit_code == 1
+        assert (health.buffer.depth, health.buffer.dead_letters) == (2, 1)
+        appendonly = (await probe.config_get("appendonly"))["appendonly"]
+        assert any("appendonly no" in w for w in health.warnings) == (appendonly == "no")
+        result = await asyncio.to_thread(
+            CliRunner().invoke, app, ["inspect", txs[2].transaction_id, "--json"], env=env
+        )
+        found = json.loads(result.stdout)
+        assert found["payload"]["transaction_id"] == txs[2].transaction_id
+        assert {k["kind"] for k in found["keys"]} >= {"string", "hash"}
+        result = await asyncio.to_thread(CliRunner().invoke, app, ["keys", "audit"], env=env)
+        assert result.exit_code == 0 and "0 key(s) without a TTL" in result.stdout
+        result = await asyncio.to_thread(
+            CliRunner().invoke, app, ["dlq", "replay", "--all", "--yes"], env=env
+        )
+        assert result.exit_code == 0 and "replayed 1" in result.stdout
+        claimed = await site.manager.claim(10, 60)
+        assert [d.transaction_id for d in claimed] == [
+            txs[1].transaction_id,
+            txs[2].transaction_id,
+            txs[0].transaction_id,  # the replayed one, at the tail
+        ]
+    finally:
+        keys = [k async for k in probe.scan_iter(match=backend.keys.pattern())]
+        if keys:
+            await probe.delete(*keys)
+        await probe.aclose()
+        await engine.dispose()

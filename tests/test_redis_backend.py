@@ -267,3 +267,38 @@ async def test_concurrent_callers_are_coalesced_yet_each_applies_whole(
     counts = await backend.status.counts()
     assert counts[TransactionState.BUFFERED] == 64
     assert len(await backend.cache.list("ExecutedObsUnit")) == 64
+
+
+async def test_operator_capabilities(client: aioredis.Redis, backend: RedisBackend) -> None:
+    from ccat_buffering.protocols import (
+        SupportsInspection,
+        SupportsKeyAudit,
+        SupportsProcessorReports,
+    )
+
+    assert isinstance(backend, SupportsInspection) and isinstance(backend, SupportsKeyAudit)
+    assert isinstance(backend.lease, SupportsProcessorReports)
+    manager = TransactionManager(backend)
+    waiting, obs_id = observation(1)
+    claimed, _ = observation(2)
+    await manager.buffer_many([claimed, waiting])
+    await manager.claim(1, 60)
+    assert (await backend.find_payload(waiting.transaction_id) or "").find(obs_id) > 0
+    assert await backend.find_payload(claimed.transaction_id) is not None  # in flight
+    assert await backend.find_payload("00000000-0000-0000-0000-000000000000") is None
+    keys = await backend.transaction_keys(
+        waiting.transaction_id, [("ExecutedObsUnit", obs_id), ("RawDataPackage", "nope")]
+    )
+    prefix = backend.keys.prefix
+    kinds = {info.key[len(prefix) :].split(":")[0]: info for info in keys}
+    assert kinds["transaction"].ttl_seconds is None  # unfinished: no TTL
+    assert kinds["buffered"].ttl_seconds and kinds["cache"].ttl_seconds
+    assert await backend.audit_keys() == []
+    await client.set(backend.keys.prefix + "stray", "left by hand")
+    (leak,) = await backend.audit_keys()
+    assert leak.key.endswith(":stray") and leak.ttl_seconds is None
+    warning = await backend.persistence_warning()
+    appendonly = (await client.config_get("appendonly"))["appendonly"]
+    assert (warning is not None) == (appendonly == "no")
+    await backend.lease.publish_report('{"state": "running"}', 5)
+    assert await backend.lease.processor_report() == '{"state": "running"}'
