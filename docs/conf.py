@@ -27,7 +27,7 @@ extensions = [
 # to Python, pydantic or SQLAlchemy names stay plain text, so nitpicky is off.
 nitpicky = False
 
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "_generated", "Thumbs.db", ".DS_Store"]
 templates_path: list[str] = []
 
 # -- autodoc -----------------------------------------------------------------
@@ -77,33 +77,125 @@ def _hide_private_parameters(app, what, name, obj, options, signature, return_an
     return f"(*, {fields})", return_annotation
 
 
-def _check_settings_table(app):
-    """Warn (an error under -W) when configuration.rst misses a settings field.
+GENERATED = Path(__file__).resolve().parent / "_generated"
+"""Pages written by the build itself (ignored by Git and by Sphinx's source search)."""
 
-    The table is written by hand; this keeps it from drifting from the code.
+
+def _docstring_attributes(cls):
+    """The ``Attributes:`` section of a Google-style class docstring, as name -> text."""
+    import inspect
+    import re
+
+    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+    found = {}
+    name = None
+    inside = False
+    for line in lines:
+        if not inside:
+            inside = line.strip() == "Attributes:"
+            continue
+        if line and not line.startswith(" "):
+            break  # the next section
+        match = re.match(r"^    (\w+):\s*(.*)$", line)
+        if match:
+            name = match.group(1)
+            found[name] = match.group(2).strip()
+        elif name and line.strip():
+            found[name] += " " + line.strip()
+    return found
+
+
+def _type_text(info):
+    """A field's type for the table: ``int``, ``str | None``, one of literal values."""
+    import typing
+
+    annotation = info.annotation
+    if typing.get_origin(annotation) is typing.Literal:
+        text = " or ".join(f'``"{value}"``' for value in typing.get_args(annotation))
+    elif isinstance(annotation, type):
+        text = f"``{annotation.__name__}``"
+    else:
+        text = f"``{str(annotation).replace('typing.', '')}``"
+    bounds = []
+    for item in info.metadata:
+        for attribute, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
+            value = getattr(item, attribute, None)
+            if value is not None:
+                bounds.append(f"{sign} {value}")
+    return text + (f" ({', '.join(bounds)})" if bounds else "")
+
+
+def _default_text(info):
+    default = info.default
+    return f'``"{default}"``' if isinstance(default, str) else f"``{default!r}``"
+
+
+def settings_table():
+    """The reference table of every ``BufferingSettings`` field, as reStructuredText.
+
+    Each row comes from the class: name, variable, type and default from the
+    field, the description from the docstring's ``Attributes:`` section. The
+    returned list holds the problems found (a field without a description, a
+    description without a field).
+    """
+    from ccat_buffering.settings import BufferingSettings
+
+    described = _docstring_attributes(BufferingSettings)
+    fields = BufferingSettings.model_fields
+    prefix = BufferingSettings.model_config.get("env_prefix", "")
+    problems = [
+        f"BufferingSettings: the field {name!r} has no description under Attributes:"
+        for name in fields
+        if not described.get(name)
+    ]
+    problems += [
+        f"BufferingSettings: Attributes: describes {name!r}, which is not a field"
+        for name in described
+        if name not in fields
+    ]
+    lines = [
+        ".. This file is written by docs/conf.py from BufferingSettings at every build.",
+        "   Do not edit it: change the class and its docstring instead.",
+        "",
+        ".. list-table::",
+        "   :header-rows: 1",
+        "   :widths: 20 30 14 16 40",
+        "",
+        "   * - Setting",
+        "     - Environment variable",
+        "     - Type",
+        "     - Default",
+        "     - Meaning",
+    ]
+    for name, info in fields.items():
+        lines += [
+            f"   * - ``{name}``",
+            f"     - ``{prefix}{name.upper()}``",
+            f"     - {_type_text(info)}",
+            f"     - {_default_text(info)}",
+            f"     - {described.get(name) or '(undocumented)'}",
+        ]
+    return "\n".join(lines) + "\n", problems
+
+
+def _write_generated(app):
+    """Write ``_generated/settings.rst`` before Sphinx reads the sources.
+
+    The directory ignores itself in Git, so a build leaves the work tree
+    clean, and a fresh clone builds without it. A file is rewritten only when
+    its text changes, so an unchanged table does not force a re-read.
     """
     from sphinx.util import logging
 
-    from ccat_buffering.settings import BufferingSettings
-
     logger = logging.getLogger(__name__)
-    text = (Path(app.srcdir) / "configuration.rst").read_text(encoding="utf-8")
-    for field, info in BufferingSettings.model_fields.items():
-        variable = f"CCAT_BUFFERING_{field.upper()}"
-        row = f"   * - ``{field}``\n     - "
-        if row not in text or f"``{variable}``" not in text:
-            logger.warning("configuration.rst: no table row for the setting %r", field)
-            continue
-        shown = text.split(row, 1)[1].split("\n", 1)[0]
-        default = info.default
-        expected = f'"{default}"' if isinstance(default, str) else repr(default)
-        if f"``{expected}``" not in shown:
-            logger.warning(
-                "configuration.rst: the default of %r is %s in the code, not %s",
-                field,
-                expected,
-                shown,
-            )
+    text, problems = settings_table()
+    for problem in problems:
+        logger.warning(problem)
+    GENERATED.mkdir(exist_ok=True)
+    for name, content in ((".gitignore", "*\n"), ("settings.rst", text)):
+        path = GENERATED / name
+        if not path.exists() or path.read_text(encoding="utf-8") != content:
+            path.write_text(content, encoding="utf-8")
 
 
 def _check_redis_key_table(app):
@@ -148,6 +240,6 @@ def _check_redis_key_table(app):
 def setup(app):
     """Connect the local checks and fixes."""
     app.connect("autodoc-process-signature", _hide_private_parameters)
-    app.connect("builder-inited", _check_settings_table)
+    app.connect("builder-inited", _write_generated)
     app.connect("builder-inited", _check_redis_key_table)
     return {"parallel_read_safe": True}

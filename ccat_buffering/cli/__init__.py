@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import sys
+
 from ccat_buffering.cli import dlq as _dlq  # noqa: F401 (registers its commands)
 from ccat_buffering.cli import site as _site  # noqa: F401
 from ccat_buffering.cli import status as _status  # noqa: F401
 from ccat_buffering.cli._app import app
+from ccat_buffering.errors import BufferingError
+from ccat_buffering.settings import mask_text
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Entry point of the ``ccat-buffering`` command."""
-    app()
+    """Entry point of the ``ccat-buffering`` command.
+
+    The library's own errors (an unreachable Redis, a bad setting) end the
+    command with their message and exit status 2, not a traceback.
+    """
+    try:
+        app()
+    except BufferingError as exc:
+        print(f"ccat-buffering: {mask_text(str(exc))}", file=sys.stderr)
+        raise SystemExit(2) from None

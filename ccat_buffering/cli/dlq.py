@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ccat_buffering.cli._app import dlq_app, keys_app
@@ -51,7 +52,10 @@ def list_command(
         table.add_column(column)
     for index, letter in enumerate(letters, 1):
         table.add_row(
-            str(index), letter.letter_id, _when(letter.dead_lettered_at), letter.reason[:120]
+            str(index),
+            letter.letter_id,
+            _when(letter.dead_lettered_at),
+            escape(letter.reason[:120]),
         )
     Console().print(table)
 
@@ -68,7 +72,7 @@ def show_command(letter_id: Annotated[str, typer.Argument(help="The letter's id.
     console.print(
         f"[bold]{letter.letter_id}[/bold] dead-lettered at {_when(letter.dead_lettered_at)}"
     )
-    console.print(f"reason: {letter.reason}")
+    console.print(f"reason: {escape(letter.reason)}")
     try:
         console.print_json(letter.payload)
     except json.JSONDecodeError:
@@ -139,7 +143,10 @@ def audit_command(
     site = open_site(settings, registry_for(settings, required=False))
     backend = site.backend
     if not isinstance(backend, SupportsKeyAudit):
-        Console().print(f"the {type(backend).__name__} keeps no keys to audit")
+        if as_json:
+            print("[]")
+        else:
+            Console().print(f"the {type(backend).__name__} keeps no keys to audit")
         return
 
     async def run() -> list[dict[str, object]]:

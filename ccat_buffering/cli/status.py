@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from ccat_buffering.cli._app import app
@@ -40,7 +41,7 @@ def _section(title: str, rows: list[tuple[str, Any]]) -> Table:
     table.add_column("what", style="bold")
     table.add_column("value")
     for name, value in rows:
-        table.add_row(name, "-" if value is None else str(value))
+        table.add_row(name, escape("-" if value is None else str(value)))
     return table
 
 
@@ -87,7 +88,7 @@ def render(health: Health) -> Group:
         warnings = Table(title="warnings", show_header=False, title_justify="left", min_width=60)
         warnings.add_column("warning", style="yellow")
         for warning in health.warnings:
-            warnings.add_row(warning)
+            warnings.add_row(escape(warning))
         parts.append(warnings)
     else:
         parts.append("[green]healthy[/green]")
@@ -216,7 +217,7 @@ def inspect_command(
         keys.add_column(column)
     for key in found["keys"]:
         keys.add_row(
-            key["key"],
+            escape(key["key"]),
             key["kind"],
             _seconds(key["ttl_seconds"]) if key["ttl_seconds"] is not None else "none",
         )
