@@ -12,9 +12,10 @@ import builtins
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Self
+from typing import Any
 
 from ccat_buffering._checks import check_duration, check_payload, check_status, check_writes
+from ccat_buffering._closing import AsyncClosing
 from ccat_buffering.models import TransactionState, TransactionStatus, check_identifier
 from ccat_buffering.protocols import (
     BufferStats,
@@ -267,7 +268,7 @@ class MemoryWriteBatch:
         self.ops.append(lambda: self._state.release(ids))
 
 
-class MemoryBackend:
+class MemoryBackend(AsyncClosing):
     """Every store of one site, in this process.
 
     Args:
@@ -343,14 +344,6 @@ class MemoryBackend:
 
     async def aclose(self) -> None:
         """Nothing to release: the state lives as long as the object."""
-
-    async def __aenter__(self) -> Self:
-        """Return the backend."""
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        """Close the backend."""
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"MemoryBackend(site={self.site!r})"

@@ -16,13 +16,14 @@ import json
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, Self
+from typing import Any
 
 import redis.exceptions
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from ccat_buffering._checks import check_duration, check_payload, check_status, check_writes
+from ccat_buffering._closing import AsyncClosing
 from ccat_buffering.errors import BackendError, BackendUnavailableError
 from ccat_buffering.models import TransactionState, TransactionStatus
 from ccat_buffering.protocols import (
@@ -531,7 +532,7 @@ _SCRIPTS = {
 }
 
 
-class RedisBackend:
+class RedisBackend(AsyncClosing):
     """Every store of one site, in Redis.
 
     Args:
@@ -742,14 +743,6 @@ class RedisBackend:
             self._owns_client = False
             with self.translate():
                 await self.client.aclose()
-
-    async def __aenter__(self) -> Self:
-        """Return the backend."""
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        """Close the backend."""
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"RedisBackend(site={self.site!r}, {self.where})"

@@ -56,3 +56,29 @@ def TcpProxy(host: str, port: int) -> LoopbackRelay:
 
 def postgres_admin_url() -> str:
     return POSTGRES_URL
+
+
+async def redis_client() -> object:
+    """A client of the test Redis, or ``missing`` when it does not answer."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await client.ping()
+    except Exception as exc:
+        await client.aclose()
+        missing(f"no Redis at {REDIS_URL}: {exc}")
+    return client
+
+
+async def require_redis() -> None:
+    """Skip (or, where required, fail) unless the test Redis answers."""
+    client = await redis_client()
+    await client.aclose()  # type: ignore[attr-defined]
+
+
+async def forget_site(client: object, pattern: str) -> None:
+    """Delete every key of a test's site (never the whole database)."""
+    keys = [k async for k in client.scan_iter(match=pattern)]  # type: ignore[attr-defined]
+    for start in range(0, len(keys), 500):
+        await client.delete(*keys[start : start + 500])  # type: ignore[attr-defined]

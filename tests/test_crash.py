@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
-from services import REDIS_URL, missing
+from services import REDIS_URL, forget_site, redis_client, require_redis
 from sqlalchemy import func, literal_column, select
 
 from ccat_buffering.example import Base, ExecutedObsUnit
@@ -61,13 +60,7 @@ CHILD = textwrap.dedent(
 
 
 async def _redis_or_skip() -> None:
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        await client.ping()
-    except Exception as exc:
-        missing(f"no Redis at {REDIS_URL}: {exc}")
-    finally:
-        await client.aclose()
+    await require_redis()
 
 
 @pytest.mark.parametrize("stop_at", ["claimed", "committed"])
@@ -124,9 +117,7 @@ async def test_killed_processor_loses_nothing_and_applies_once(
     if stop_at == "committed":
         assert applied == 12  # all settled by the survivor; the first five via the ledger
     await backend.aclose()
-    client = aioredis.Redis.from_url(REDIS_URL)
-    keys = [k async for k in client.scan_iter(match=backend.keys.pattern())]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
+    client = await redis_client()
+    await forget_site(client, backend.keys.pattern())
+    await client.aclose()  # type: ignore[attr-defined]
     await engine.dispose()

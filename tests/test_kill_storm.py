@@ -17,9 +17,8 @@ import subprocess
 import sys
 import time
 
-import redis.asyncio as aioredis
 from pg import fresh_database
-from services import REDIS_URL, missing
+from services import REDIS_URL, forget_site, redis_client
 from sqlalchemy import func, literal_column, select
 
 from ccat_buffering.builder import TransactionBuilder
@@ -83,11 +82,7 @@ async def _until_holding(backend: RedisBackend, pid: int) -> None:
 
 
 async def test_random_kills_apply_everything_exactly_once_in_order() -> None:
-    probe = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        await probe.ping()
-    except Exception as exc:
-        missing(f"no Redis at {REDIS_URL}: {exc}")
+    probe = await redis_client()
     async with fresh_database() as db_url:
         engine = create_engine(db_url)
         await make_schema(engine)
@@ -159,9 +154,7 @@ async def test_random_kills_apply_everything_exactly_once_in_order() -> None:
         assert (
             counts[TransactionState.REPLICATED] + counts[TransactionState.COMMITTED] == TRANSACTIONS
         )
-        keys = [k async for k in probe.scan_iter(match=backend.keys.pattern())]
-        if keys:
-            await probe.delete(*keys)
+        await forget_site(probe, backend.keys.pattern())
         await probe.aclose()
         await backend.aclose()
         await engine.dispose()

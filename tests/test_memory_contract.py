@@ -9,19 +9,7 @@ import pytest_asyncio
 from ccat_buffering.testing import BackendContract
 from ccat_buffering_memory import MemoryBackend
 
-
-class FakeClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        """Move time forward by ``seconds``."""
-        self.now += seconds
+from support import FakeClock
 
 
 class TestMemoryBackend(BackendContract):

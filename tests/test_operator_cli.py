@@ -282,16 +282,11 @@ async def test_passwords_never_show(tmp_path: Path, caplog: pytest.LogCaptureFix
 
 
 async def test_commands_on_a_real_redis_site(tmp_path: Path) -> None:
-    import redis.asyncio as aioredis
-    from services import REDIS_URL, missing
+    from services import REDIS_URL, forget_site, redis_client
 
     from ccat_buffering_redis import RedisBackend
 
-    probe = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        await probe.ping()
-    except Exception as exc:
-        missing(f"no Redis at {REDIS_URL}: {exc}")
+    probe = await redis_client()
     site_name = new_site_name()
     db_url = f"sqlite+aiosqlite:///{tmp_path}/r.db"
     engine = create_engine(db_url)
@@ -336,8 +331,6 @@ async def test_commands_on_a_real_redis_site(tmp_path: Path) -> None:
             txs[0].transaction_id,  # the replayed one, at the tail
         ]
     finally:
-        keys = [k async for k in probe.scan_iter(match=backend.keys.pattern())]
-        if keys:
-            await probe.delete(*keys)
+        await forget_site(probe, backend.keys.pattern())
         await probe.aclose()
         await engine.dispose()

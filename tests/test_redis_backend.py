@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from services import REDIS_URL, missing
+from services import REDIS_URL, forget_site, require_redis
 
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.errors import BackendError, BackendUnavailableError, TransactionValidationError
@@ -26,24 +26,15 @@ ESCAPES = ["a:b", "*", "{x}", "a b", "a\nb", "tab\there", "x" * 200, "", "site}"
 
 
 @pytest_asyncio.fixture
-async def client() -> AsyncIterator[aioredis.Redis]:
-    redis_client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        await redis_client.ping()
-    except Exception as exc:
-        await redis_client.aclose()
-        missing(f"no Redis at {REDIS_URL}: {exc}")
-    yield redis_client
-    await redis_client.aclose()
+async def client(redis_client: aioredis.Redis) -> aioredis.Redis:
+    return redis_client
 
 
 @pytest_asyncio.fixture
 async def backend(client: aioredis.Redis) -> AsyncIterator[RedisBackend]:
     site_backend = RedisBackend(client, site=new_site_name())
     yield site_backend
-    keys = [k async for k in client.scan_iter(match=site_backend.keys.pattern())]
-    if keys:
-        await client.delete(*keys)
+    await forget_site(client, site_backend.keys.pattern())
 
 
 async def site_keys(client: aioredis.Redis, backend: RedisBackend) -> dict[str, int]:
@@ -199,13 +190,7 @@ async def test_from_url_owns_its_client_and_masks_the_password(client: aioredis.
 
 
 async def test_simulate_on_redis() -> None:
-    probe = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        await probe.ping()
-    except Exception as exc:
-        missing(f"no Redis at {REDIS_URL}: {exc}")
-    finally:
-        await probe.aclose()
+    await require_redis()
     summary = await simulate(200, poison=2, backend_url=REDIS_URL)
     assert summary.ok, summary
     assert (summary.lost, summary.applied_twice, summary.dead_lettered) == (0, 0, 2)

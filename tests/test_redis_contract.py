@@ -9,7 +9,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from services import REDIS_URL, missing, started
+from services import forget_site, started
 
 from ccat_buffering.testing import BackendContract
 from ccat_buffering.testing.servers import redis_cluster
@@ -25,26 +25,12 @@ class TestFakeRedis(BackendContract):
         await client.aclose()
 
 
-@pytest_asyncio.fixture
-async def redis_client() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        await client.ping()
-    except Exception as exc:  # the service is missing: skip, or fail in CI
-        await client.aclose()
-        missing(f"no Redis at {REDIS_URL}: {exc}")
-    yield client
-    await client.aclose()
-
-
 class TestRealRedis(BackendContract):
     @pytest_asyncio.fixture
     async def backend(self, site: str, redis_client: aioredis.Redis) -> AsyncIterator[RedisBackend]:
         async with RedisBackend(redis_client, site=site) as backend:
             yield backend
-        keys = [k async for k in redis_client.scan_iter(match=backend.keys.pattern())]
-        if keys:
-            await redis_client.delete(*keys)
+        await forget_site(redis_client, backend.keys.pattern())
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 import pytest_asyncio
-import redis.asyncio as aioredis
-from services import REDIS_URL, TcpProxy, missing, started
+from services import REDIS_URL, TcpProxy, forget_site, redis_client, require_redis, started
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -102,11 +101,7 @@ async def _until(check: object, what: str, timeout: float = 20) -> None:
 
 
 async def test_paused_replay_keeps_caches_until_the_replica_shows_the_commit(pair: Pair) -> None:
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        await client.ping()
-    except Exception as exc:
-        missing(f"no Redis at {REDIS_URL}: {exc}")
+    client = await redis_client()
     backend = RedisBackend(client, site=new_site_name())
     manager = TransactionManager(backend, registry=pair.registry, cache_ttl=1.0, status_ttl=60)
     executor = TransactionExecutor(pair.primary, pair.registry)
@@ -144,9 +139,7 @@ async def test_paused_replay_keeps_caches_until_the_replica_shows_the_commit(pai
         assert await backend.cache.get("ExecutedObsUnit", obs_id) is None
         seen = await reads.get("ExecutedObsUnit", obs_id)
         assert seen is not None and seen["status"] == "running"  # now from the replica alone
-    all_keys = [k async for k in client.scan_iter(match=backend.keys.pattern())]
-    if all_keys:
-        await client.delete(*all_keys)
+    await forget_site(client, backend.keys.pattern())
     await client.aclose()
 
 
@@ -268,13 +261,7 @@ async def test_main_site_confirms_against_its_own_replica(pair: Pair) -> None:
 async def test_simulate_through_a_cut_link_with_real_lsn_tracking(replicated: Replicated) -> None:
     from ccat_buffering.simulation import simulate
 
-    probe = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        await probe.ping()
-    except Exception as exc:
-        missing(f"no Redis at {REDIS_URL}: {exc}")
-    finally:
-        await probe.aclose()
+    await require_redis()
     summary = await simulate(
         100,
         poison=1,
