@@ -44,6 +44,7 @@ class SimulationSummary(BaseModel):
     """What the simulation found, counted from the database and the stores.
 
     Attributes:
+        site: The simulated site's name, for ``ccat-buffering status`` afterwards.
         transactions: Transactions submitted (good and poison).
         buffered: Transactions the site acknowledged as buffered.
         committed: Good transactions found in the database's ledger.
@@ -64,6 +65,7 @@ class SimulationSummary(BaseModel):
         seconds: Wall time of the whole run.
     """
 
+    site: str
     transactions: int
     buffered: int
     committed: int
@@ -329,9 +331,6 @@ async def _run(
 
         summary = await _count(site_, direct, expected, registry)
         stats = await site_.backend.buffer.stats()
-        # The simulated site is thrown away: leave no dead letters behind in a
-        # shared backend (statuses and caches expire by themselves).
-        await site_.backend.dead_letters.purge()
         replicated_ids = await site_.backend.status.ids(TransactionState.REPLICATED)
         replicated = await site_.backend.status.get_many(replicated_ids)
         delays = [
@@ -341,6 +340,7 @@ async def _run(
         ]
     await direct.dispose()
     return SimulationSummary(
+        site=site,
         transactions=total,
         buffered=buffered,
         committed=summary["committed"],

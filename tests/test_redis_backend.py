@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from services import REDIS_URL, forget_site, require_redis
+from services import REDIS_URL, forget_site
 
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.errors import BackendError, BackendUnavailableError, TransactionValidationError
@@ -189,11 +189,14 @@ async def test_from_url_owns_its_client_and_masks_the_password(client: aioredis.
     await guarded.aclose()
 
 
-async def test_simulate_on_redis() -> None:
-    await require_redis()
+async def test_simulate_on_redis(client: aioredis.Redis) -> None:
     summary = await simulate(200, poison=2, backend_url=REDIS_URL)
     assert summary.ok, summary
     assert (summary.lost, summary.applied_twice, summary.dead_lettered) == (0, 0, 2)
+    # The site stays for `ccat-buffering status`: its dead letters are there to see.
+    letters = await RedisBackend(client, site=summary.site).dead_letters.list()
+    assert len(letters) == 2
+    await forget_site(client, SiteKeys(summary.site).pattern())
 
 
 async def test_status_is_kept_until_terminal_then_expires(

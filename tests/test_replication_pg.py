@@ -270,6 +270,9 @@ async def test_simulate_through_a_cut_link_with_real_lsn_tracking(replicated: Re
         replica_url=replicated.replica_url,
     )
     assert summary.ok, summary
+    client = await redis_client()
+    await forget_site(client, f"site:{{{summary.site}}}:*")
+    await client.aclose()  # type: ignore[attr-defined]
     assert summary.outage == "link to the database cut"
     assert summary.outage_pauses > 0 and summary.attempts_during_outage == 0
     assert summary.replicated == 200 and summary.visible_during_outage == summary.sampled

@@ -47,6 +47,9 @@ def simulate_command(
     replica_url: Annotated[
         str | None, typer.Option(help="The site's streaming replica, for LSN tracking.")
     ] = None,
+    site: Annotated[
+        str | None, typer.Option(help="The site's name; a new simulated-<id> by default.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random values.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO.")] = False,
@@ -64,6 +67,7 @@ def simulate_command(
                 backend_url=backend_url,
                 database_url=database_url,
                 replica_url=replica_url,
+                site=site,
                 seed=seed,
                 progress=report,
             )
