@@ -233,14 +233,28 @@ class TransactionExecutor:
             done = await self._applied_ids(conn, [tx.transaction_id for _, tx in runnable])
             session = AsyncSession(bind=conn, autoflush=False, expire_on_commit=False)
             todo = []
+            first_of: dict[str, int] = {}
+            copies: list[tuple[int, int]] = []
             for index, tx in runnable:
                 if tx.transaction_id in done:
                     outcomes[index] = Outcome(tx.transaction_id, already_applied=True)
+                elif tx.transaction_id in first_of:
+                    # The same transaction buffered twice (a lost reply, resubmitted):
+                    # it is applied once, and the copy shares the first one's fate.
+                    copies.append((index, first_of[tx.transaction_id]))
                 else:
+                    first_of[tx.transaction_id] = index
                     todo.append((index, tx))
             if not await self._apply_grouped(session, todo, outcomes):
                 for index, tx in todo:
                     outcomes[index] = await self._apply_one(session, tx)
+            for index, first in copies:
+                original = outcomes[first]
+                outcomes[index] = (
+                    Outcome(original.transaction_id, already_applied=True)
+                    if original.done
+                    else original
+                )
             await session.close()
             try:
                 await conn.commit()

@@ -10,6 +10,7 @@ them leaves every transaction in a state the next processor understands.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -164,7 +165,10 @@ class TransactionManager:
 
     def _tell(self, statuses: Sequence[TransactionStatus]) -> None:
         for listener in self.listeners:
-            listener.changed(statuses)
+            try:
+                listener.changed(statuses)
+            except Exception:  # a listener (metrics) must never stop the work
+                logging.getLogger(__name__).exception("a listener failed")
 
     def now(self) -> dt.datetime:
         """The manager's clock as an aware UTC datetime."""
@@ -206,7 +210,10 @@ class TransactionManager:
 
         Raises:
             TransactionValidationError: Bad input; nothing was written.
-            BackendError: The backend failed; nothing was written.
+            BackendUnavailableError: The store could not be reached, or its reply
+                was lost: the write may or may not have been made. Submitting the
+                same transaction again is safe; the ledger applies it once.
+            BackendError: The store refused the write; nothing was written.
         """
         return (await self.buffer_many([transaction]))[0]
 

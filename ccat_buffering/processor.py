@@ -139,6 +139,7 @@ class BackgroundProcessor:
         self._has_lease = False
         self._renewed_at = float("-inf")
         self._outage_streak = 0
+        self._unsettled = False
         self._published_at = float("-inf")
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -189,6 +190,18 @@ class BackgroundProcessor:
         """
         if not await self._hold_lease():
             return 0
+        if self._unsettled:
+            # The last cycle broke off (a lost reply, a store that went away):
+            # whatever it left in flight goes back to the head, in order, before
+            # anything later is claimed. Between batches nothing of ours is in flight.
+            await self.manager.backend.buffer.recover(include_unexpired=True)
+            self._unsettled = False
+        self._unsettled = True
+        applied = await self._claim_and_apply()
+        self._unsettled = False
+        return applied
+
+    async def _claim_and_apply(self) -> int:
         deliveries = await self.manager.claim(self.batch_size, self.claim_lease)
         self.last_run_at = utc_now()
         if not deliveries:
@@ -199,7 +212,12 @@ class BackgroundProcessor:
         try:
             result = await self.executor.execute_batch(transactions)
         except (DatabaseUnavailableError, ConfigurationError) as exc:
-            await self._pause(deliveries, exc)
+            if await self._still_holding():
+                await self._pause(deliveries, exc)
+            else:
+                # Another processor owns these claims now: touch nothing of theirs.
+                self._has_lease = False
+                self.state = ProcessorState.STANDBY
             return 0
         self._outage_streak = 0
         self.state, self.cause = ProcessorState.RUNNING, None

@@ -13,7 +13,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 
 from ccat_buffering.errors import ConfigurationError
 from ccat_buffering.settings import mask_url
@@ -50,6 +52,9 @@ def open_client(url: str, **options: Any) -> tuple[Redis | RedisCluster, str]:
     Raises:
         ConfigurationError: The URL's scheme or form is not understood.
     """
+    # A lost reply must reach the caller: redis-py's own retry would run a
+    # script a second time (claim more, push twice) without telling anyone.
+    options.setdefault("retry", Retry(NoBackoff(), 0))
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     where = mask_url(url) or url

@@ -220,3 +220,67 @@ async def test_an_unreachable_buffer_pauses_the_loop_which_carries_on(tmp_path: 
         await processor.stop()
         assert failing["left"] == 0 and processor.counters.outages >= 3
         assert await _count(site, ExecutedObsUnit.id) == 5
+
+
+async def test_a_transaction_buffered_twice_applies_once_and_settles_both(tmp_path: Path) -> None:
+    async with memory_sqlite_site(tmp_path, max_attempts=1) as site:
+        tx, _ = observation(1)
+        other, _ = observation(2)
+        await site.manager.buffer_many([tx, tx, other])  # a resubmission after a lost reply
+        assert await site.processor.run_once() == 3
+        assert await _count(site, ExecutedObsUnit.id) == 2
+        stats = await site.backend.buffer.stats()
+        assert (stats.depth, stats.in_flight, stats.dead_letters) == (0, 0, 0)
+        status = await site.manager.status(tx.transaction_id)
+        assert status is not None and status.state is TransactionState.COMMITTED
+
+
+async def test_a_cycle_that_broke_off_is_recovered_before_the_next_claim(tmp_path: Path) -> None:
+    from ccat_buffering.errors import BackendUnavailableError
+
+    async with memory_sqlite_site(tmp_path) as site:
+        txs = [observation(i)[0] for i in range(4)]
+        await site.manager.buffer_many(txs)
+        committed = site.manager.committed
+
+        async def lost(*args: object, **kwargs: object) -> list[object]:
+            raise BackendUnavailableError("injected: the reply to the acknowledgement was lost")
+
+        site.processor.batch_size = 2
+        site.manager.committed = lost  # type: ignore[method-assign]
+        with pytest.raises(BackendUnavailableError):
+            await site.processor.run_once()
+        site.manager.committed = committed  # type: ignore[method-assign]
+        assert (await site.backend.buffer.stats()).in_flight == 2
+        # The same holder, next cycle: its stranded claims come back first, in order.
+        while await site.processor.run_once():
+            pass
+        async with site.engine.connect() as conn:
+            query = select(ExecutedObsUnit.obs_unit_id).order_by(literal_column("rowid"))
+            assert list((await conn.execute(query)).scalars()) == [0, 1, 2, 3]
+        assert (await site.backend.buffer.stats()).in_flight == 0
+
+
+async def test_a_processor_that_lost_the_lease_does_not_pause_anothers_claims(
+    tmp_path: Path,
+) -> None:
+    from ccat_buffering.errors import DatabaseUnavailableError
+
+    async with memory_sqlite_site(tmp_path) as site:
+        tx, _ = observation(1)
+        await site.manager.buffer(tx)
+        execute = site.executor.execute_batch
+
+        async def hang_then_fail(transactions):  # type: ignore[no-untyped-def]
+            # While this processor hangs, its lease lapses and another drains the site.
+            site.clock.advance(site.processor.lease_ttl + 1)
+            other = BackgroundProcessor(site.manager, site.executor, clock=site.clock)
+            site.executor.execute_batch = execute  # type: ignore[method-assign]
+            assert await other.run_once() == 1
+            raise DatabaseUnavailableError("injected: the connection finally broke")
+
+        site.executor.execute_batch = hang_then_fail  # type: ignore[method-assign]
+        assert await site.processor.run_once() == 0
+        assert site.processor.state is ProcessorState.STANDBY
+        status = await site.manager.status(tx.transaction_id)
+        assert status is not None and status.state is TransactionState.COMMITTED
