@@ -146,19 +146,15 @@ class BackgroundProcessor:
 
     async def _hold_lease(self) -> bool:
         lease = self.manager.backend.lease
-        now = self.clock()
         if self._has_lease:
-            if now - self._renewed_at < self.lease_ttl / 3:
-                return True
-            if await lease.renew(self.holder, self.lease_ttl):
-                self._renewed_at = now
+            if await self._still_holding():
                 return True
             self.log.warning("lease lost by %s", self.holder)
             self._has_lease = False
         if not await lease.acquire(self.holder, self.lease_ttl):
             self.state = ProcessorState.STANDBY
             return False
-        self._has_lease, self._renewed_at = True, now
+        self._has_lease, self._renewed_at = True, self.clock()
         recovered = await self.manager.backend.buffer.recover(include_unexpired=True)
         if recovered:
             self.log.info(

@@ -142,8 +142,11 @@ class Reads:
         Returns:
             The records as the site sees them, one per key.
         """
+        return self._merge(model, rows, await self.cache.list(model))
+
+    def _merge(self, model: str, rows: Iterable[Any], records: Iterable[CachedRecord]) -> list[Row]:
         key_fields = self._key_fields(model)
-        cached = {c.record_id: c for c in await self.cache.list(model)}
+        cached = {c.record_id: c for c in records}
         merged: dict[str, Row] = {}
         for raw in rows:
             row = self._as_row(model, raw)
@@ -172,13 +175,14 @@ class Reads:
         Returns:
             Matching records.
         """
+        records = await self.cache.list(model)
         rows: list[Row] = []
         if self.engine is not None and self.registry is not None:
             cls = self.registry.model(model)
             unknown = sorted(set(equals) - self.registry.fields(model))
             if unknown:
                 raise ValueError(f"{model} has no field(s) {unknown}")
-            cached_ids = [c.record_id for c in await self.cache.list(model)]
+            cached_ids = [c.record_id for c in records]
             match = [getattr(cls, k) == v for k, v in equals.items()]
             key_fields = self._key_fields(model)
             condition: Any = and_(*match) if match else None
@@ -187,5 +191,5 @@ class Reads:
                 ids = [self._cast(cls, key_fields[0], rid) for rid in cached_ids]
                 condition = or_(condition, key.in_(ids))
             rows = await self._rows(model, *([] if condition is None else [condition]))
-        merged = await self.merge(model, rows)
+        merged = self._merge(model, rows, records)
         return [r for r in merged if all(r.get(k) == v for k, v in equals.items())]

@@ -19,8 +19,7 @@ import pytest_asyncio
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-import ccat_buffering.cli.dlq as dlq_cli
-import ccat_buffering.cli.status as status_cli
+import ccat_buffering.cli._common as cli_common
 from ccat_buffering.cli import app
 from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.example import Base, ExecutedObsUnit
@@ -66,8 +65,7 @@ async def prepared(
         [(d, ValueError(f"bad {i}"), FailureKind.PERMANENT) for i, d in enumerate(deliveries)]
     )
     await site.manager.claim(1, 600)  # one in flight
-    for module in (status_cli, dlq_cli):
-        monkeypatch.setattr(module, "open_site", lambda *a, **k: site)
+    monkeypatch.setattr(cli_common, "open_site", lambda *a, **k: site)
     site.txs = txs  # type: ignore[attr-defined]
     yield site
     await engine.dispose()
@@ -113,7 +111,7 @@ async def test_status_table_and_a_healthy_site(
         ModelRegistry.from_base(Base),
         start=False,
     )
-    monkeypatch.setattr(status_cli, "open_site", lambda *a, **k: site)
+    monkeypatch.setattr(cli_common, "open_site", lambda *a, **k: site)
     result = await asyncio.to_thread(_run, "status")
     assert result.exit_code == 0, result.output
     assert "queue depth" in result.stdout and "healthy" in result.stdout

@@ -16,7 +16,14 @@ from ccat_buffering.logs import FORMAT, install
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.settings import BufferingSettings
 
-__all__ = ["configure_logging", "open_site", "progress", "registry_for", "settings_with"]
+__all__ = [
+    "configure_logging",
+    "open_site",
+    "operator_site",
+    "progress",
+    "registry_for",
+    "settings_with",
+]
 
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -55,6 +62,15 @@ def open_site(settings: BufferingSettings, registry: ModelRegistry) -> Buffering
     Tests replace this to hand the commands a prepared site.
     """
     return BufferingCoordinator.from_settings(settings, registry=registry, start=False)
+
+
+def operator_site(models: str | None = None) -> tuple[BufferingSettings, BufferingCoordinator]:
+    """The settings and (not started) site an operator command looks at.
+
+    The mapped classes are optional: these commands read the stores, not the models.
+    """
+    settings = settings_with(models)
+    return settings, open_site(settings, registry_for(settings, required=False))
 
 
 @contextmanager

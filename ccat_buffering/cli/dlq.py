@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ccat_buffering.cli._app import dlq_app, keys_app
-from ccat_buffering.cli._common import open_site, progress, registry_for, settings_with
+from ccat_buffering.cli._common import operator_site, progress
 from ccat_buffering.protocols import DeadLetter, SupportsKeyAudit
 
 __all__: list[str] = []
@@ -28,8 +28,7 @@ def _when(seconds: float) -> str:
 
 
 def _letters() -> list[DeadLetter]:
-    settings = settings_with()
-    site = open_site(settings, registry_for(settings, required=False))
+    _, site = operator_site()
 
     async def run() -> list[DeadLetter]:
         async with site:
@@ -63,11 +62,16 @@ def list_command(
 @dlq_app.command("show")
 def show_command(letter_id: Annotated[str, typer.Argument(help="The letter's id.")]) -> None:
     """Show one dead letter with its reason and payload."""
-    found = [letter for letter in _letters() if letter.letter_id == letter_id]
-    if not found:
-        Console(stderr=True).print(f"no dead letter {letter_id}")
+    settings, site = operator_site()
+
+    async def run() -> DeadLetter | None:
+        async with site:
+            return await site.backend.dead_letters.get(letter_id)
+
+    letter = asyncio.run(run())
+    if letter is None:
+        Console(stderr=True).print(f"no dead letter {letter_id} at site {settings.site_name}")
         raise typer.Exit(1)
-    letter = found[0]
     console = Console()
     console.print(
         f"[bold]{letter.letter_id}[/bold] dead-lettered at {_when(letter.dead_lettered_at)}"
@@ -89,8 +93,7 @@ def _selection(ids: list[str] | None, every: bool, verb: str) -> list[str] | Non
 def replay_command(ids: Ids = None, every: All = False, yes: Yes = False) -> None:
     """Put dead letters back at the tail of the buffer, in the order they arrived."""
     wanted = _selection(ids, every, "replay")
-    settings = settings_with()
-    site = open_site(settings, registry_for(settings, required=False))
+    settings, site = operator_site()
     what = "every dead letter" if wanted is None else f"{len(wanted)} dead letter(s)"
     if not yes:
         typer.confirm(f"Replay {what} at site {settings.site_name}?", abort=True)
@@ -121,8 +124,7 @@ def replay_command(ids: Ids = None, every: All = False, yes: Yes = False) -> Non
 def purge_command(ids: Ids = None, every: All = False, yes: Yes = False) -> None:
     """Delete dead letters for good."""
     wanted = _selection(ids, every, "purge")
-    settings = settings_with()
-    site = open_site(settings, registry_for(settings, required=False))
+    settings, site = operator_site()
     what = "every dead letter" if wanted is None else f"{len(wanted)} dead letter(s)"
     if not yes:
         typer.confirm(f"Delete {what} at site {settings.site_name} for good?", abort=True)
@@ -139,8 +141,7 @@ def audit_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """List keys of the site that have no TTL and are not one of its bounded structures."""
-    settings = settings_with()
-    site = open_site(settings, registry_for(settings, required=False))
+    _, site = operator_site()
     backend = site.backend
     if not isinstance(backend, SupportsKeyAudit):
         if as_json:

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ccat_buffering.cli._app import app
-from ccat_buffering.cli._common import open_site, registry_for, settings_with
+from ccat_buffering.cli._common import operator_site
 from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.health import Health, as_json
 from ccat_buffering.manager import cache_writes
@@ -104,8 +104,7 @@ def status_command(
     audit: Annotated[bool, typer.Option(help="Look for keys without a TTL.")] = True,
 ) -> None:
     """Show the site: buffer, processor, replication and warnings; exit 1 on warnings."""
-    settings = settings_with(models)
-    site = open_site(settings, registry_for(settings, required=False))
+    _, site = operator_site(models)
 
     async def once() -> Health:
         return await site.health(audit=audit)
@@ -182,8 +181,7 @@ def inspect_command(
     as_json_: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Show one transaction: status history, attempts, errors, LSN, payload and keys."""
-    settings = settings_with(models)
-    site = open_site(settings, registry_for(settings, required=False))
+    settings, site = operator_site(models)
 
     async def run() -> dict[str, Any] | None:
         async with site:
