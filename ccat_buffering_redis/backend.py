@@ -14,8 +14,9 @@ import asyncio
 import builtins
 import json
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import redis.exceptions
@@ -42,7 +43,6 @@ from ccat_buffering_redis.keys import SiteKeys
 __all__ = ["RedisBackend"]
 
 Client = Redis | RedisCluster
-Op = list[Any]
 
 MAX_GROUPS_PER_CALL = 256
 MAX_IN_FLIGHT = 2
@@ -90,55 +90,98 @@ def _status_of(transaction_id: str, raw: bytes | str) -> TransactionStatus:
     )
 
 
+SEP = "\x1f"
+"""Ends each token of an ``APPLY`` frame (see :mod:`ccat_buffering_redis.scripts`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One staged operation of an ``APPLY`` frame.
+
+    Attributes:
+        text: Its tokens, each ended by :data:`SEP`.
+        tokens: How many tokens ``text`` holds, the operation's name included.
+        blobs: Text from outside the library, sent as arguments of their own.
+    """
+
+    text: str
+    tokens: int
+    blobs: tuple[str, ...] = ()
+
+
+def _op(*tokens: str, blobs: tuple[str, ...] = ()) -> Op:
+    return Op(SEP.join(tokens) + SEP, len(tokens), blobs)
+
+
+def _inline(text: str, what: str) -> str:
+    """``text``, checked to be safe as a token of the frame."""
+    if SEP in text:
+        raise ValueError(f"{what} {text!r} holds a control character (\\x1f)")
+    return text
+
+
 def _status_op(status: TransactionStatus, ttl_seconds: float) -> Op:
-    score, member = "", status.transaction_id
+    transaction_id = _inline(status.transaction_id, "transaction id")
+    score, member = "", transaction_id
     if status.state is TransactionState.COMMITTED:
         lsn = -1 if status.commit_lsn is None else int(status.commit_lsn)
         score = str(lsn >> 32) if lsn >= 0 else "-1"
-        member = f"{max(lsn, 0) & 0xFFFFFFFF:08X}{status.transaction_id}"
-    return [
+        member = f"{max(lsn, 0) & 0xFFFFFFFF:08X}{transaction_id}"
+    return _op(
         "status",
-        status.transaction_id,
+        transaction_id,
         _status_json(status),
         str(status.state),
-        _ms(ttl_seconds),
+        str(_ms(ttl_seconds)),
         score,
         member,
-    ]
+    )
+
+
+def record_text(fields: Mapping[str, Any]) -> str:
+    """A buffered record's field lines: ``<field>=<JSON value>``, one per field."""
+    return "\n".join([name + "=" + _value_json(value) for name, value in fields.items()])
+
+
+def record_head(head: str) -> tuple[bool, bool, tuple[str, ...]]:
+    """Created, deleted and the transactions, from a record's ``@<c><d>:<tx>,<tx>`` line."""
+    return head[1:2] == "1", head[2:3] == "1", tuple(t for t in head[4:].split(",") if t)
 
 
 def _cache_op(transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float) -> Op:
-    encoded = []
+    tokens = ["cache", _inline(transaction_id, "transaction id"), str(_ms(ttl_seconds))]
+    tokens.append(str(len(writes)))
     for write in writes:
-        flat: list[str] = []
-        for name, value in write.fields.items():
-            flat.append(name)
-            flat.append(_value_json(value))
-        encoded.append([write.model, write.record_id, str(write.kind), flat])
-    return ["cache", transaction_id, _ms(ttl_seconds), encoded]
+        tokens += (write.model, write.record_id, str(write.kind), record_text(write.fields))
+    return _op(*tokens)
+
+
+def _retry_op(receipts: Sequence[str], delay_seconds: float) -> Op:
+    check_duration(delay_seconds, "delay_seconds")
+    delay = 0 if delay_seconds == 0 else _ms(delay_seconds)
+    return _op("retry", str(delay), str(len(receipts)), blobs=tuple(receipts))
+
+
+def _dead_op(receipt: str, reason: str, transaction_id: str | None) -> Op:
+    return _op("dead", blobs=(receipt, reason, transaction_id or ""))
+
+
+def _release_op(transaction_ids: Sequence[str]) -> Op:
+    ids = [_inline(t, "transaction id") for t in transaction_ids]
+    return _op("release", str(len(ids)), *ids)
 
 
 def _wire(groups: list[list[Op]]) -> list[str]:
-    """The ``APPLY`` script's arguments: the groups as JSON, entries and statuses apart.
-
-    Entries and statuses go as arguments of their own (``ARGV[3]`` on), named by
-    index in the JSON, so that neither is escaped into it nor decoded by the script.
-    """
-    args: list[str] = []
-    wire: list[list[Op]] = []
+    """The ``APPLY`` script's arguments after the prefix: the frame, then the blobs."""
+    parts = [str(len(groups)), SEP]
+    blobs: list[str] = []
     for ops in groups:
-        out: list[Op] = []
+        parts += (str(sum(op.tokens for op in ops)), SEP)
+        parts += (str(sum(len(op.blobs) for op in ops)), SEP)
         for op in ops:
-            name = op[0]
-            if name == "push" and len(op) == 2 and isinstance(op[1], str):
-                args.append(op[1])
-                op = ["push", len(args) + 2]
-            elif name == "status" and len(op) == 7 and isinstance(op[2], str):
-                args.append(op[2])
-                op = [*op[:2], len(args) + 2, *op[3:]]
-            out.append(op)
-        wire.append(out)
-    return [_JSON.encode(wire), *args]
+            parts.append(op.text)
+            blobs += op.blobs
+    return ["".join(parts), *blobs]
 
 
 class _Coalescer:
@@ -254,19 +297,17 @@ class RedisBufferStore(_Part):
 
     async def ack(self, receipts: Sequence[str]) -> int:
         """See :meth:`ccat_buffering.protocols.BufferStore.ack`."""
-        return await self._backend.apply([["ack", r] for r in receipts])
+        return await self._backend.apply([_op("ack", blobs=(r,)) for r in receipts])
 
     async def retry_later(self, receipts: Sequence[str], delay_seconds: float) -> int:
         """See :meth:`ccat_buffering.protocols.BufferStore.retry_later`."""
-        check_duration(delay_seconds, "delay_seconds")
-        delay = 0 if delay_seconds == 0 else _ms(delay_seconds)
-        return await self._backend.apply([["retry", list(receipts), delay]])
+        return await self._backend.apply([_retry_op(receipts, delay_seconds)])
 
     async def dead_letter(
         self, receipt: str, reason: str, transaction_id: str | None = None
     ) -> bool:
         """See :meth:`ccat_buffering.protocols.BufferStore.dead_letter`."""
-        return bool(await self._backend.apply([["dead", receipt, reason, transaction_id or ""]]))
+        return bool(await self._backend.apply([_dead_op(receipt, reason, transaction_id)]))
 
     async def recover(self, *, include_unexpired: bool = False) -> int:
         """See :meth:`ccat_buffering.protocols.BufferStore.recover`."""
@@ -377,35 +418,32 @@ class RedisCacheStore(_Part):
         await self._backend.apply([_cache_op(transaction_id, writes, ttl_seconds)])
 
     @staticmethod
-    def _record(
-        model: str, record_id: str, flat: list[Any], ttl_ms: int, now: float
-    ) -> CachedRecord:
-        pairs = dict(zip(map(_text, flat[::2]), map(_text, flat[1::2]), strict=True))
-        # '@' is <created 0|1><deleted 0|1>:<transaction ids, comma-separated>.
-        meta = pairs.pop("@", "00:")
-        fields = {k: json.loads(v) for k, v in pairs.items()}
+    def _record(model: str, record_id: str, raw: bytes, ttl_ms: int, now: float) -> CachedRecord:
+        head, _, lines = _text(raw).partition("\n")
+        fields = {}
+        for line in lines.split("\n") if lines else ():
+            name, _, value = line.partition("=")
+            fields[name] = json.loads(value)
         return CachedRecord(
             model,
             record_id,
             fields,
-            meta[0] == "1",
-            meta[1] == "1",
-            tuple(t for t in meta[3:].split(",") if t),
+            *record_head(head),
             now + max(ttl_ms, 0) / 1000,
         )
 
     async def get(self, model: str, record_id: str) -> CachedRecord | None:
         """See :meth:`ccat_buffering.protocols.CacheStore.get`."""
-        now, ttl, flat = await self._backend.script("cache_get", model, record_id)
-        if not flat:
+        now, ttl, raw = await self._backend.script("cache_get", model, record_id)
+        if not raw:
             return None
-        return self._record(model, record_id, flat, int(ttl), int(now) / 1000)
+        return self._record(model, record_id, raw, int(ttl), int(now) / 1000)
 
     async def list(self, model: str) -> list[CachedRecord]:
         """See :meth:`ccat_buffering.protocols.CacheStore.list`."""
         now_ms, rows = await self._backend.script("cache_list", model)
         now = int(now_ms) / 1000
-        return [self._record(model, _text(rid), flat, int(ttl), now) for rid, ttl, flat in rows]
+        return [self._record(model, _text(rid), raw, int(ttl), now) for rid, ttl, raw in rows]
 
     async def created_by(self, model: str, record_id: str) -> str | None:
         """See :meth:`ccat_buffering.protocols.CacheStore.created_by`."""
@@ -424,7 +462,7 @@ class RedisCacheStore(_Part):
         """See :meth:`ccat_buffering.protocols.CacheStore.release`."""
         if not transaction_ids:
             return 0
-        return await self._backend.apply([["release", list(transaction_ids)]])
+        return await self._backend.apply([_release_op(transaction_ids)])
 
 
 class RedisProcessorLease(_Part):
@@ -473,24 +511,23 @@ class RedisWriteBatch:
     def push(self, payload: str) -> None:
         """Stage a push."""
         check_payload(payload)
-        self.ops.append(["push", payload])
+        self.ops.append(_op("push", blobs=(payload,)))
 
     def ack(self, receipt: str) -> None:
         """Stage an ack."""
-        self.ops.append(["ack", receipt])
+        self.ops.append(_op("ack", blobs=(receipt,)))
 
     def retry_later(self, receipts: Sequence[str], delay_seconds: float) -> None:
         """Stage a retry."""
-        check_duration(delay_seconds, "delay_seconds")
-        self.ops.append(["retry", list(receipts), 0 if delay_seconds == 0 else _ms(delay_seconds)])
+        self.ops.append(_retry_op(receipts, delay_seconds))
 
     def dead_letter(self, receipt: str, reason: str, transaction_id: str | None) -> None:
         """Stage a move to the dead letters."""
-        self.ops.append(["dead", receipt, reason, transaction_id or ""])
+        self.ops.append(_dead_op(receipt, reason, transaction_id))
 
     def replay(self, letter_id: str) -> None:
         """Stage the replay of one letter."""
-        self.ops.append(["replay", letter_id])
+        self.ops.append(_op("replay", blobs=(letter_id,)))
 
     def put_status(self, status: TransactionStatus, ttl_seconds: float) -> None:
         """Stage a status."""
@@ -509,7 +546,7 @@ class RedisWriteBatch:
 
     def release_cache(self, transaction_ids: Sequence[str]) -> None:
         """Stage a cache release."""
-        self.ops.append(["release", list(transaction_ids)])
+        self.ops.append(_release_op(transaction_ids))
 
 
 _SCRIPTS = {
@@ -697,8 +734,9 @@ class RedisBackend(AsyncClosing):
         with self.translate():
             for model, record_id in records:
                 buffered = self.keys.buffered(model, record_id)
-                meta = await self.client.hget(buffered, "@")
-                if meta is not None and transaction_id in _text(meta):
+                value = await self.client.get(buffered)
+                head = _text(value).partition("\n")[0] if value is not None else ""
+                if transaction_id in record_head(head)[2]:
                     keys.append(buffered)
                 ids = self.keys.ids(model, record_id)
                 if _text(await self.client.get(ids) or b"") == transaction_id:

@@ -7,10 +7,11 @@ once. Times come from the server's ``TIME``, in milliseconds.
 
 ``APPLY`` runs a list of atomic groups, each a list of operations, so that
 writes staged by ``Backend.atomic()`` (and groups from concurrent callers,
-coalesced into one call) apply in one round trip. The groups come as JSON in
-``ARGV[2]``; entries and statuses follow as arguments of their own (an
-operation names them by index), so that they are neither escaped into the JSON
-nor decoded by the script.
+coalesced into one call) apply in one round trip. The groups come as one
+"frame" in ``ARGV[2]``: tokens ended by the unit separator (byte 31), which no
+identifier, number or JSON text holds. Text from outside the library (entries,
+receipts, reasons, letter ids) follows as arguments of its own, so that it is
+neither escaped nor parsed. The frame's grammar is written out in ``APPLY``.
 """
 
 from __future__ import annotations
@@ -62,26 +63,26 @@ local function now_ms()
 end
 local NOW = now_ms()
 
--- Sequence numbers are handed out here and written back with one INCRBY
--- (seq_flush) before the script returns: one call per script, not per number.
-local SEQ_NEXT, SEQ_USED = nil, 0
+-- Sequence numbers (receipts, orders) are taken from the counter SEQ_BUDGET at
+-- a time, with one INCRBY; numbers left unused are skipped, never reused.
+local SEQ_NEXT, SEQ_LEFT, SEQ_BUDGET = 0, 0, 1
 local function next_seq()
-  if not SEQ_NEXT then SEQ_NEXT = tonumber(redis.call('GET', SEQ) or '0') end
+  if SEQ_LEFT == 0 then
+    SEQ_NEXT = redis.call('INCRBY', SEQ, SEQ_BUDGET) - SEQ_BUDGET
+    SEQ_LEFT = SEQ_BUDGET
+  end
   SEQ_NEXT = SEQ_NEXT + 1
-  SEQ_USED = SEQ_USED + 1
+  SEQ_LEFT = SEQ_LEFT - 1
   return SEQ_NEXT
-end
-local function seq_flush()
-  if SEQ_USED > 0 then redis.call('INCRBY', SEQ, SEQ_USED) end
-  SEQ_USED = 0
 end
 
 -- Push a key's expiry out to ttl ms from now; never shorten it. Returns 1 if
 -- it moved, 0 if it already lasted as long, -1 if there is no such key.
 local function extend(key, ttl)
+  if redis.call('PEXPIRE', key, ttl, 'GT') == 1 then return 1 end
   local left = redis.call('PTTL', key)
   if left == -2 then return -1 end
-  if left == -1 or left < ttl then
+  if left == -1 then
     redis.call('PEXPIRE', key, ttl)
     return 1
   end
@@ -143,11 +144,51 @@ local function replay_one(lid)
 end
 """
 
+_RECORDS = r"""
+-- A buffered record is a string: a head line '@<created 0|1><deleted 0|1>:<tx>,<tx>...'
+-- then a line '<field>=<JSON value>' per field (names are identifiers; JSON
+-- text holds no raw newline).
+local function join_record(created, deleted, txs, fields)
+  local head = '@' .. created .. deleted .. ':' .. txs
+  if fields == '' then return head end
+  return head .. '\n' .. fields
+end
+
+local function split_record(value)
+  local nl = string.find(value, '\n', 1, true)
+  if not nl then return string.sub(value, 2, 2), string.sub(value, 3, 3), string.sub(value, 5), '' end
+  return string.sub(value, 2, 2), string.sub(value, 3, 3), string.sub(value, 5, nl - 1),
+    string.sub(value, nl + 1)
+end
+
+-- The field lines of `later` over those of `earlier`, in the order first written.
+local function merge_fields(earlier, later)
+  if earlier == '' then return later end
+  if later == '' then return earlier end
+  local names, values = {}, {}
+  for _, text in ipairs({earlier, later}) do
+    for line in string.gmatch(text, '[^\n]+') do
+      local eq = string.find(line, '=', 1, true)
+      local name = string.sub(line, 1, eq - 1)
+      if values[name] == nil then names[#names + 1] = name end
+      values[name] = string.sub(line, eq)
+    end
+  end
+  local out = {}
+  for i, name in ipairs(names) do out[i] = name .. values[name] end
+  return table.concat(out, '\n')
+end
+"""
+
 APPLY = (
     _PRELUDE
     + _RETURN_TO_HEAD
     + _REPLAY_ONE
-    + """
+    + _RECORDS
+    + r"""
+-- The call's tokens (see the frame below), read by the operations.
+local T = {}
+
 local function with_tx(list, txid)
   if not list or list == '' then return txid end
   for t in string.gmatch(list, '[^,]+') do
@@ -169,38 +210,88 @@ end
 -- whole LSN would round above 2**53.
 local function state_member(state, txid, lsn)
   if state ~= 'committed' then return txid end
-  if type(lsn) ~= 'string' then return '00000000' .. txid end
+  if not lsn then return '00000000' .. txid end
   local low = string.match(lsn, '/(%x+)$') or '0'
   return string.rep('0', 8 - #low) .. string.upper(low) .. txid
 end
 
-local function put_status(txid, json, state, ttl, score, member)
-  local k = STATUS .. txid
-  local old
-  if TERMINAL[state] then
-    old = redis.call('SET', k, json, 'PX', ttl, 'GET')
-    redis.call('ZADD', STATE .. state, NOW + ttl, txid)
-  else
-    old = redis.call('SET', k, json, 'GET')
-    if score == '' then score = next_seq() end
-    redis.call('ZADD', STATE .. state, score, member)
-  end
-  if old then
-    local ok, decoded = pcall(cjson.decode, old)
-    if ok and type(decoded) == 'table' and decoded.state then
-      local was = state_member(decoded.state, txid, decoded.commit_lsn)
-      if decoded.state ~= state or was ~= member then
-        redis.call('ZREM', STATE .. decoded.state, was)
+-- Calls with many arguments go in slices: unpack() returns a bounded number of values.
+local function in_slices(command, key, args, extra)
+  local n = #args
+  for i = 1, n, 1000 do
+    if key then
+      if extra then
+        redis.call(command, key, extra, unpack(args, i, math.min(i + 999, n)))
+      else
+        redis.call(command, key, unpack(args, i, math.min(i + 999, n)))
       end
+    else
+      redis.call(command, unpack(args, i, math.min(i + 999, n)))
     end
   end
 end
 
--- Indexes touched by this call, extended once at its end to the longest TTL asked.
-local TOUCHED = {}
-local function touch(index, ttl)
-  local seen = TOUCHED[index]
-  if not seen or seen < ttl then TOUCHED[index] = ttl end
+-- Statuses are written once, at the end of the call: the last one staged per
+-- transaction wins, and one MGET tells which index each leaves.
+local STATUS_NEW, STATUS_ORDER = {}, {}
+local function put_status(txid, json, state, ttl, score, member)
+  if not STATUS_NEW[txid] then STATUS_ORDER[#STATUS_ORDER + 1] = txid end
+  if not TERMINAL[state] and score == '' then score = next_seq() end
+  STATUS_NEW[txid] = {json, state, tonumber(ttl), score, member}
+end
+
+local function flush_statuses()
+  local n = #STATUS_ORDER
+  if n == 0 then return end
+  local keys, olds = {}, {}
+  for i, txid in ipairs(STATUS_ORDER) do keys[i] = STATUS .. txid end
+  for i = 1, n, 1000 do
+    local got = redis.call('MGET', unpack(keys, i, math.min(i + 999, n)))
+    for j = 1, #got do olds[i + j - 1] = got[j] end
+  end
+  local plain, adds, removes = {}, {}, {}
+  local function note(map, state, a, b)
+    local list = map[state]
+    if not list then list = {}; map[state] = list end
+    list[#list + 1] = a
+    if b then list[#list + 1] = b end
+  end
+  for i, txid in ipairs(STATUS_ORDER) do
+    local json, state, ttl, score, member = unpack(STATUS_NEW[txid])
+    if TERMINAL[state] then
+      redis.call('SET', keys[i], json, 'PX', ttl)
+      score, member = NOW + ttl, txid
+    else
+      plain[#plain + 1] = keys[i]
+      plain[#plain + 1] = json
+    end
+    note(adds, state, score, member)
+    local old = olds[i]
+    if old then
+      local was = string.match(old, '"state":"(%a+)"')
+      if was then
+        local was_member = state_member(was, txid, string.match(old, '"commit_lsn":"([^"]+)"'))
+        if was ~= state or was_member ~= member then note(removes, was, was_member) end
+      end
+    end
+  end
+  for state, members in pairs(removes) do in_slices('ZREM', STATE .. state, members) end
+  if #plain > 0 then in_slices('MSET', nil, plain) end
+  for state, pairs_ in pairs(adds) do in_slices('ZADD', STATE .. state, pairs_) end
+end
+
+-- Model indexes: ids to add (NX, by first write) and the longest TTL asked, per model.
+local INDEX_ADD, INDEX_TTL = {}, {}
+local function index_add(model, id, ttl)
+  local list = INDEX_ADD[model]
+  if not list then list = {}; INDEX_ADD[model] = list end
+  list[#list + 1] = next_seq()
+  list[#list + 1] = id
+  if not INDEX_TTL[model] or INDEX_TTL[model] < ttl then INDEX_TTL[model] = ttl end
+end
+local function flush_indexes()
+  for model, list in pairs(INDEX_ADD) do in_slices('ZADD', INDEX .. model, list, 'NX') end
+  INDEX_ADD = {}
 end
 
 -- Set a string to value with a TTL of ttl ms, keeping a longer TTL it already has.
@@ -214,51 +305,35 @@ local function set_keeping_longer(k, value, ttl)
   end
 end
 
--- HSET in slices: unpack() has a limit on how many values it returns.
-local function hset_all(k, head, fields)
-  local n = #fields
-  if n <= 200 then
-    redis.call('HSET', k, head[1], head[2], unpack(fields))
-    return
+-- A record already buffered: a create replaces its fields, an update or a
+-- delete merges into them; its transactions gain this one; its TTL never shortens.
+local function merge_record(k, txid, ttl, kind, body)
+  local old = redis.call('GET', k)
+  local keep = redis.call('PTTL', k)
+  local created, deleted, txs, fields = split_record(old)
+  if kind == 'create' then
+    created, deleted, fields = '1', '0', ''
+  elseif kind == 'delete' then
+    deleted = '1'
   end
-  redis.call('HSET', k, head[1], head[2])
-  for i = 1, n, 200 do
-    redis.call('HSET', k, unpack(fields, i, math.min(i + 199, n)))
-  end
+  local value = join_record(created, deleted, with_tx(txs, txid), merge_fields(fields, body))
+  redis.call('SET', k, value, 'PX', math.max(ttl, keep))
 end
 
--- The meta field '@' of a buffered record: <created 0|1><deleted 0|1>:<tx>,<tx>...
-local function write_cache(txid, ttl, writes)
+local FLAGS = {create = {'1', '0'}, update = {'0', '0'}, delete = {'0', '1'}}
+local function write_cache(txid, ttl, at, count)
   local members, seen = {}, {}
-  for _, w in ipairs(writes) do
-    local model, id, kind, fields = w[1], w[2], w[3], w[4]
+  for i = 0, count - 1 do
+    local model, id, kind, body = T[at + 4 * i], T[at + 4 * i + 1], T[at + 4 * i + 2],
+      T[at + 4 * i + 3]
+    local flags = FLAGS[kind]
     local member = model .. ':' .. id
     local k = BUFFERED .. member
-    local meta = redis.call('HGET', k, '@')
-    if not meta then
-      local flags = '00'
-      if kind == 'create' then flags = '10' elseif kind == 'delete' then flags = '01' end
-      hset_all(k, {'@', flags .. ':' .. txid}, fields)
-      redis.call('PEXPIRE', k, ttl)
-    else
-      local keep = redis.call('PTTL', k)
-      local created, deleted = string.sub(meta, 1, 1), string.sub(meta, 2, 2)
-      local txs = with_tx(string.sub(meta, 4), txid)
-      if kind == 'create' then
-        redis.call('DEL', k)
-        created, deleted = '1', '0'
-      elseif kind == 'delete' then
-        deleted = '1'
-      end
-      hset_all(k, {'@', created .. deleted .. ':' .. txs}, fields)
-      if keep == -1 or kind == 'create' or keep < ttl then
-        redis.call('PEXPIRE', k, math.max(ttl, keep))
-      end
+    if not redis.call('SET', k, join_record(flags[1], flags[2], txid, body), 'NX', 'PX', ttl) then
+      merge_record(k, txid, ttl, kind, body)
     end
     if kind == 'create' then set_keeping_longer(IDS .. member, txid, ttl) end
-    local index = INDEX .. model
-    redis.call('ZADD', index, 'NX', next_seq(), id)
-    touch(index, ttl)
+    index_add(model, id, ttl)
     if not seen[member] then
       seen[member] = true
       members[#members + 1] = member
@@ -267,12 +342,9 @@ local function write_cache(txid, ttl, writes)
   if #members == 0 then return end
   -- written:<txid> holds the records' names, space-separated (no identifier has a space).
   local written = WRITTEN .. txid
-  local list = table.concat(members, ' ')
-  if redis.call('SET', written, list, 'NX', 'PX', ttl) then return end
+  if redis.call('SET', written, table.concat(members, ' '), 'NX', 'PX', ttl) then return end
   local old = redis.call('GET', written) or ''
-  for m in string.gmatch(old, '%S+') do
-    if seen[m] then seen[m] = nil end
-  end
+  for m in string.gmatch(old, '%S+') do seen[m] = nil end
   local fresh = {}
   for _, m in ipairs(members) do
     if seen[m] then fresh[#fresh + 1] = m end
@@ -291,22 +363,24 @@ local function write_cache(txid, ttl, writes)
 end
 
 local function release(txid)
+  flush_indexes()
   local written = WRITTEN .. txid
   local deleted, seen = 0, {}
   for member in string.gmatch(redis.call('GET', written) or '', '%S+') do
     if not seen[member] then
       seen[member] = true
       local k = BUFFERED .. member
-      local meta = redis.call('HGET', k, '@')
-      if meta then
-        local rest = without_tx(string.sub(meta, 4), txid)
+      local value = redis.call('GET', k)
+      if value then
+        local created, was_deleted, txs, fields = split_record(value)
+        local rest = without_tx(txs, txid)
         if rest == '' then
           local sep = string.find(member, ':', 1, true)
           redis.call('DEL', k)
           redis.call('ZREM', INDEX .. string.sub(member, 1, sep - 1), string.sub(member, sep + 1))
           deleted = deleted + 1
-        else
-          redis.call('HSET', k, '@', string.sub(meta, 1, 3) .. rest)
+        elseif rest ~= txs then
+          redis.call('SET', k, join_record(created, was_deleted, rest, fields), 'KEEPTTL')
         end
       end
       local idk = IDS .. member
@@ -330,34 +404,69 @@ local function dead_letter(r, reason, txid)
   return 1
 end
 
--- Check every operation of a group before writing any of it: a script cannot
--- roll back, so a group that would fail halfway is refused whole instead.
--- Entries and statuses travel as ARGV of their own; an operation names them
--- by their index.
-local ARITY = {push = 2, ack = 2, retry = 3, dead = 4, replay = 2, status = 7, cache = 4,
-               release = 2}
-local function is_arg(i)
-  return type(i) == 'number' and i >= 3 and ARGV[i] ~= nil
+-- The frame (ARGV[2]): tokens, each ended by the unit separator (byte 31).
+-- Text from outside the library (entries, receipts, reasons, letter ids)
+-- never enters it: it travels as ARGV of its own ("blobs"), taken in order.
+-- Each group starts with its token and blob counts, then its operations:
+--   push                        blob: entry
+--   ack                         blob: receipt
+--   retry <delay ms> <n>        blobs: n receipts
+--   dead                        blobs: receipt, reason, transaction id
+--   replay                      blob: letter id
+--   status <tx> <json> <state> <ttl ms> <score> <member>
+--   cache <tx> <ttl ms> <n> (<model> <id> <kind> <fields>) x n
+--   release <n> <tx> x n
+do
+  local frame, pos, n = ARGV[2], 1, 0
+  while true do
+    local stop = string.find(frame, '\31', pos, true)
+    if not stop then break end
+    n = n + 1
+    T[n] = string.sub(frame, pos, stop - 1)
+    pos = stop + 1
+  end
+  -- No operation takes more numbers than it has tokens.
+  SEQ_BUDGET = math.max(n, 1)
 end
-local function invalid(ops)
-  if type(ops) ~= 'table' then return 'a group is not a list' end
-  for i, op in ipairs(ops) do
-    local name = type(op) == 'table' and op[1]
-    if not ARITY[name] then return 'operation ' .. i .. ' is unknown' end
-    if #op ~= ARITY[name] or (name == 'push' and not is_arg(op[2]))
-       or (name == 'status' and not is_arg(op[3])) then
-      return 'operation ' .. i .. ' (' .. name .. ') is malformed'
+
+-- Tokens after the name and blobs of one operation, or nil if it is unknown
+-- or malformed.
+local FIXED = {push = {0, 1}, ack = {0, 1}, dead = {0, 3}, replay = {0, 1}}
+local function shape(at)
+  local name = T[at]
+  local fixed = FIXED[name]
+  if fixed then return fixed[1], fixed[2] end
+  if name == 'status' then
+    if tonumber(T[at + 4]) then return 6, 0 end
+  elseif name == 'retry' then
+    local n = tonumber(T[at + 2])
+    if n and tonumber(T[at + 1]) then return 2, n end
+  elseif name == 'cache' then
+    local n = tonumber(T[at + 3])
+    if not (n and tonumber(T[at + 2])) then return nil end
+    for i = 0, n - 1 do
+      if not FLAGS[T[at + 6 + 4 * i]] then return nil end
     end
-    if name == 'cache' then
-      if type(op[4]) ~= 'table' then return 'cache writes are not a list' end
-      for _, w in ipairs(op[4]) do
-        if type(w) ~= 'table' or #w ~= 4 or type(w[4]) ~= 'table' or #w[4] % 2 ~= 0 then
-          return 'a cache write is malformed'
-        end
-      end
-    elseif (name == 'retry' or name == 'release') and type(op[2]) ~= 'table' then
-      return name .. ' takes a list'
-    end
+    return 3 + 4 * n, 0
+  elseif name == 'release' then
+    local n = tonumber(T[at + 1])
+    if n then return 1 + n, 0 end
+  end
+  return nil
+end
+
+-- Check a group before writing any of it: a script cannot roll back, so a
+-- group that would fail halfway is refused whole instead.
+local function check(first, last, blob, blobs)
+  local at, used = first, 0
+  while at <= last do
+    local tokens, taken = shape(at)
+    if not tokens then return 'operation ' .. tostring(T[at]) .. ' is unknown or malformed' end
+    at = at + 1 + tokens
+    used = used + taken
+  end
+  if at ~= last + 1 or used ~= blobs or blob + blobs - 1 > #ARGV then
+    return 'the group is malformed'
   end
   return nil
 end
@@ -366,56 +475,78 @@ end
 -- each); anything else that touches the list first sends what is pending.
 local PUSHES = {}
 local function flush_pushes()
-  local n = #PUSHES
-  for i = 1, n, 1000 do
-    redis.call('LPUSH', BUF, unpack(PUSHES, i, math.min(i + 999, n)))
-  end
+  in_slices('LPUSH', BUF, PUSHES)
   PUSHES = {}
 end
 
 local results = {}
-local groups = cjson.decode(ARGV[2])
-for g, ops in ipairs(groups) do
-  local problem = invalid(ops)
+local at, blob = 2, 3
+for g = 1, tonumber(T[1]) do
+  local tokens, blobs = tonumber(T[at]), tonumber(T[at + 1])
+  local first, last = at + 2, at + 1 + tokens
+  local problem = check(first, last, blob, blobs)
+  local count = 0
   if problem then
     results[g] = 'error: ' .. problem
-    ops = {}
-  end
-  local count = 0
-  for _, op in ipairs(ops) do
-    local name = op[1]
-    if name == 'push' then
-      PUSHES[#PUSHES + 1] = ARGV[op[2]]
-      count = count + 1
-    elseif name == 'ack' then
-      if redis.call('HDEL', INF, op[2]) == 1 then count = count + 1 end
-      redis.call('ZREM', LEASES, op[2])
-    elseif name == 'retry' then
-      flush_pushes()
-      count = count + return_to_head(op[2])
-      if tonumber(op[3]) > 0 then
-        redis.call('SET', HOLD, '1', 'PX', op[3])
-      else
-        redis.call('DEL', HOLD)
+  else
+    local b = blob
+    local i = first
+    while i <= last do
+      local name = T[i]
+      if name == 'push' then
+        PUSHES[#PUSHES + 1] = ARGV[b]
+        b = b + 1
+        count = count + 1
+        i = i + 1
+      elseif name == 'ack' then
+        if redis.call('HDEL', INF, ARGV[b]) == 1 then count = count + 1 end
+        redis.call('ZREM', LEASES, ARGV[b])
+        b = b + 1
+        i = i + 1
+      elseif name == 'retry' then
+        flush_pushes()
+        local n = tonumber(T[i + 2])
+        local receipts = {}
+        for j = 0, n - 1 do receipts[#receipts + 1] = ARGV[b + j] end
+        b = b + n
+        count = count + return_to_head(receipts)
+        if tonumber(T[i + 1]) > 0 then
+          redis.call('SET', HOLD, '1', 'PX', T[i + 1])
+        else
+          redis.call('DEL', HOLD)
+        end
+        i = i + 3
+      elseif name == 'dead' then
+        count = count + dead_letter(ARGV[b], ARGV[b + 1], ARGV[b + 2])
+        b = b + 3
+        i = i + 1
+      elseif name == 'replay' then
+        flush_pushes()
+        count = count + replay_one(ARGV[b])
+        b = b + 1
+        i = i + 1
+      elseif name == 'status' then
+        put_status(T[i + 1], T[i + 2], T[i + 3], T[i + 4], T[i + 5], T[i + 6])
+        i = i + 7
+      elseif name == 'cache' then
+        local n = tonumber(T[i + 3])
+        write_cache(T[i + 1], tonumber(T[i + 2]), i + 4, n)
+        i = i + 4 + 4 * n
+      elseif name == 'release' then
+        local n = tonumber(T[i + 1])
+        for j = 2, n + 1 do count = count + release(T[i + j]) end
+        i = i + 2 + n
       end
-    elseif name == 'dead' then
-      count = count + dead_letter(op[2], op[3], op[4])
-    elseif name == 'replay' then
-      flush_pushes()
-      count = count + replay_one(op[2])
-    elseif name == 'status' then
-      put_status(op[2], ARGV[op[3]], op[4], op[5], op[6], op[7])
-    elseif name == 'cache' then
-      write_cache(op[2], op[3], op[4])
-    elseif name == 'release' then
-      for _, txid in ipairs(op[2]) do count = count + release(txid) end
     end
+    results[g] = count
   end
-  if not problem then results[g] = count end
+  at = last + 1
+  blob = blob + blobs
 end
 flush_pushes()
-for index, ttl in pairs(TOUCHED) do extend(index, ttl) end
-seq_flush()
+flush_statuses()
+flush_indexes()
+for model, ttl in pairs(INDEX_TTL) do extend(INDEX .. model, ttl) end
 return results
 """
 )
@@ -427,15 +558,21 @@ if redis.call('EXISTS', HOLD) == 1 then return {} end
 local deadline = NOW + tonumber(ARGV[3])
 local popped = redis.call('RPOP', BUF, tonumber(ARGV[2]))
 if not popped then return {} end
-local out = {deadline}
+SEQ_BUDGET = #popped
+local out, held, leases = {deadline}, {}, {}
 for _, p in ipairs(popped) do
   local r = tostring(next_seq())
-  redis.call('HSET', INF, r, p)
-  redis.call('ZADD', LEASES, deadline, r)
+  held[#held + 1] = r
+  held[#held + 1] = p
+  leases[#leases + 1] = deadline
+  leases[#leases + 1] = r
   out[#out + 1] = r
   out[#out + 1] = p
 end
-seq_flush()
+for i = 1, #held, 1000 do
+  redis.call('HSET', INF, unpack(held, i, math.min(i + 999, #held)))
+  redis.call('ZADD', LEASES, unpack(leases, i, math.min(i + 999, #leases)))
+end
 return out
 """
 )
@@ -564,11 +701,11 @@ local index = INDEX .. model
 local out = {}
 for _, id in ipairs(redis.call('ZRANGE', index, 0, -1)) do
   local k = BUFFERED .. model .. ':' .. id
-  local fields = redis.call('HGETALL', k)
-  if #fields == 0 then
+  local value = redis.call('GET', k)
+  if not value then
     redis.call('ZREM', index, id)
   else
-    out[#out + 1] = {id, redis.call('PTTL', k), fields}
+    out[#out + 1] = {id, redis.call('PTTL', k), value}
   end
 end
 return {NOW, out}
@@ -615,7 +752,7 @@ CACHE_GET = (
     _PRELUDE
     + """
 local k = BUFFERED .. ARGV[2] .. ':' .. ARGV[3]
-return {NOW, redis.call('PTTL', k), redis.call('HGETALL', k)}
+return {NOW, redis.call('PTTL', k), redis.call('GET', k) or ''}
 """
 )
 

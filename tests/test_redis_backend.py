@@ -19,6 +19,7 @@ from ccat_buffering.protocols import CacheKind, CacheWrite
 from ccat_buffering.simulation import simulate
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_redis import RedisBackend, SiteKeys
+from ccat_buffering_redis.backend import SEP, Op
 
 from support import observation
 
@@ -226,12 +227,17 @@ async def test_a_record_with_many_fields_is_written_whole(backend: RedisBackend)
 async def test_a_malformed_group_is_refused_whole_and_alone(
     client: aioredis.Redis, backend: RedisBackend
 ) -> None:
-    good = [["push", "entry-1"]]
-    bad = [["push", "entry-2"], ["cache", "t1", 1000, [["M", "r1", "create", ["odd"]]]]]
-    results = await backend._apply_groups([good, bad])
-    assert results[0] == 1
+    def push(entry: str) -> Op:
+        return Op("push" + SEP, 1, (entry,))
+
+    odd_kind = Op(SEP.join(["cache", "t1", "1000", "1", "M", "r1", "odd", "a=1"]) + SEP, 8)
+    groups = [[push("entry-1")], [push("entry-2"), odd_kind], [push("entry-3")]]
+    results = await backend._apply_groups(groups)
+    assert results[0] == 1 and results[2] == 1
     assert isinstance(results[1], BackendError) and "malformed" in str(results[1])
-    assert await client.lrange(backend.keys.buffer, 0, -1) == [b"entry-1"]
+    # The refused group's entry is not written; the next group's blobs still line up.
+    assert await client.lrange(backend.keys.buffer, 0, -1) == [b"entry-3", b"entry-1"]
+    assert not await client.exists(backend.keys.buffered("M", "r1"), backend.keys.written("t1"))
 
 
 async def test_concurrent_callers_are_coalesced_yet_each_applies_whole(
