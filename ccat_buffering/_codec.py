@@ -16,12 +16,16 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["SUPPORTED_TYPES", "decode_value", "encode_value"]
+__all__ = ["PLAIN_TYPES", "SUPPORTED_TYPES", "decode_value", "encode_value"]
 
 SUPPORTED_TYPES = (
     "None, bool, int, float, str, datetime, date, time, timedelta, UUID, Decimal, "
     "bytes, list, dict with str keys"
 )
+
+
+PLAIN_TYPES = frozenset({str, int, bool, type(None)})
+"""Types that :func:`encode_value` returns as they are (not their subclasses)."""
 
 
 def _encode_mapping(value: Mapping[Any, Any], path: str) -> dict[str, Any]:
@@ -49,7 +53,7 @@ def encode_value(value: Any, path: str = "value") -> Any:
         TypeError: The value (or one inside it) is of a type that cannot be
             stored; the message names where it sits.
     """
-    if value is None or isinstance(value, bool | int | str):
+    if type(value) in PLAIN_TYPES or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):

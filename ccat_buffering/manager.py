@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ccat_buffering._codec import decode_value, encode_value
+from ccat_buffering._codec import PLAIN_TYPES, decode_value, encode_value
 from ccat_buffering.errors import TransactionValidationError
 from ccat_buffering.lsn import LSN
 from ccat_buffering.models import (
@@ -61,7 +61,11 @@ def record_id(key: dict[str, Any], key_fields: Sequence[str]) -> str | None:
 
 
 def _fields(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: encode_value(v, k) for k, v in record.items() if not isinstance(v, Ref)}
+    return {
+        k: v if type(v) in PLAIN_TYPES else encode_value(v, k)
+        for k, v in record.items()
+        if not isinstance(v, Ref)
+    }
 
 
 def cache_writes(transaction: Transaction) -> list[CacheWrite]:

@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticSerializationError
 
-from ccat_buffering._codec import decode_value, encode_value
+from ccat_buffering._codec import PLAIN_TYPES, decode_value, encode_value
 from ccat_buffering.errors import PayloadTooLargeError, TransactionValidationError
 from ccat_buffering.lsn import LSN, LSNField
 
@@ -150,7 +150,9 @@ Record = dict[str, Any]
 def _encode_record(record: Mapping[str, Any], path: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in record.items():
-        if isinstance(value, Ref):
+        if type(value) in PLAIN_TYPES:
+            out[name] = value
+        elif isinstance(value, Ref):
             out[name] = {"$ref": {"step": value.step, "field": value.field}}
         else:
             try:

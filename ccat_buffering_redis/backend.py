@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.exceptions
 from redis.asyncio import Redis
@@ -38,6 +39,7 @@ from ccat_buffering.protocols import (
 )
 from ccat_buffering_redis import scripts
 from ccat_buffering_redis._connect import open_client
+from ccat_buffering_redis.compression import check_compression, entry_bytes, entry_text
 from ccat_buffering_redis.keys import SiteKeys
 
 __all__ = ["RedisBackend"]
@@ -74,6 +76,11 @@ def _value_json(value: Any) -> str:
         return "true" if value else "false"
     if kind is float and math.isfinite(value):
         return float.__repr__(value)
+    if kind is dict and len(value) == 1:
+        # A tagged value ({"$datetime": "..."}): the commonest dict by far.
+        ((key, inner),) = value.items()
+        if type(key) is str and type(inner) is str:
+            return "{" + _quoted(key) + ":" + _quoted(inner) + "}"
     return _JSON.encode(value)
 
 
@@ -106,10 +113,10 @@ class Op:
 
     text: str
     tokens: int
-    blobs: tuple[str, ...] = ()
+    blobs: tuple[str | bytes, ...] = ()
 
 
-def _op(*tokens: str, blobs: tuple[str, ...] = ()) -> Op:
+def _op(*tokens: str, blobs: tuple[str | bytes, ...] = ()) -> Op:
     return Op(SEP.join(tokens) + SEP, len(tokens), blobs)
 
 
@@ -171,10 +178,10 @@ def _release_op(transaction_ids: Sequence[str]) -> Op:
     return _op("release", str(len(ids)), *ids)
 
 
-def _wire(groups: list[list[Op]]) -> list[str]:
+def _wire(groups: list[list[Op]]) -> list[str | bytes]:
     """The ``APPLY`` script's arguments after the prefix: the frame, then the blobs."""
     parts = [str(len(groups)), SEP]
-    blobs: list[str] = []
+    blobs: list[str | bytes] = []
     for ops in groups:
         parts += (str(sum(op.tokens for op in ops)), SEP)
         parts += (str(sum(len(op.blobs) for op in ops)), SEP)
@@ -184,15 +191,28 @@ def _wire(groups: list[list[Op]]) -> list[str]:
     return ["".join(parts), *blobs]
 
 
+def _take_compression(url: str) -> tuple[str, str | None]:
+    """Split the ``compression`` query parameter off a backend URL."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(k, v) for k, v in query if k != "compression"]
+    if len(kept) == len(query):
+        return url, None
+    compression = [v for k, v in query if k == "compression"][-1] or None
+    return urlunsplit(parts._replace(query=urlencode(kept))), compression
+
+
 class _Coalescer:
     """Sends the groups that callers close together in one script call.
 
-    A caller that finds a free slot and nobody waiting sends its group itself,
-    at once. Up to ``MAX_IN_FLIGHT`` calls run at a time (so that preparing the
-    next call overlaps Redis running the last); groups that arrive while every
+    A group waits until the event loop's current turn ends, so that the groups
+    of callers woken together (by the reply to the last call, say) go in one
+    call. Up to ``MAX_IN_FLIGHT`` calls run at a time, so that preparing the
+    next call overlaps Redis running the last; groups that arrive while every
     slot is busy wait and go together in the next call. Each group still
     applies whole; its result or error reaches its own caller, who awaits it,
-    so each caller's groups apply in the order it closed them.
+    so each caller's groups apply in the order it closed them. A caller
+    cancelled before its group was sent has its group dropped, unwritten.
     """
 
     def __init__(
@@ -201,28 +221,31 @@ class _Coalescer:
         self._run = run
         self._pending: list[tuple[list[Op], asyncio.Future[int]]] = []
         self._in_flight = 0
+        self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, ops: list[Op]) -> int:
-        if self._in_flight < MAX_IN_FLIGHT and not self._pending:
-            self._in_flight += 1
-            try:
-                (result,) = await self._run([ops])
-            finally:
-                self._in_flight -= 1
-                self._start()
-            if isinstance(result, BackendError):
-                raise result
-            return result
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
         self._pending.append((ops, future))
-        self._start()
+        self._schedule(loop)
         return await future
 
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._start)
+
     def _start(self) -> None:
+        self._scheduled = False
+        self._pending = [entry for entry in self._pending if not entry[1].done()]
         while self._pending and self._in_flight < MAX_IN_FLIGHT:
-            batch = self._pending[:MAX_GROUPS_PER_CALL]
-            del self._pending[:MAX_GROUPS_PER_CALL]
+            # Share what waits among the free slots: while Redis runs one call,
+            # the callers of the other, answered first, prepare their next groups.
+            share = -(-len(self._pending) // (MAX_IN_FLIGHT - self._in_flight))
+            size = min(share, MAX_GROUPS_PER_CALL)
+            batch = self._pending[:size]
+            del self._pending[:size]
             self._in_flight += 1
             task = asyncio.ensure_future(self._send(batch))
             self._tasks.add(task)
@@ -251,7 +274,8 @@ class _Coalescer:
                     future.set_result(result)
         finally:
             self._in_flight -= 1
-            self._start()
+            if self._pending:
+                self._schedule(asyncio.get_running_loop())
 
 
 def _config_values(reply: Any) -> list[str]:
@@ -280,7 +304,10 @@ class RedisBufferStore(_Part):
             check_payload(payload)
         if payloads:
             with self._backend.translate():
-                await self._backend.client.lpush(self._keys.buffer, *payloads)
+                await self._backend.client.lpush(
+                    self._keys.buffer,
+                    *(entry_bytes(p, self._backend.compression) for p in payloads),
+                )
 
     async def claim(self, count: int, lease_seconds: float) -> list[Claim]:
         """See :meth:`ccat_buffering.protocols.BufferStore.claim`."""
@@ -292,7 +319,8 @@ class RedisBufferStore(_Part):
             return []
         deadline = int(reply[0]) / 1000
         return [
-            Claim(_text(reply[i]), _text(reply[i + 1]), deadline) for i in range(1, len(reply), 2)
+            Claim(_text(reply[i]), entry_text(reply[i + 1]), deadline)
+            for i in range(1, len(reply), 2)
         ]
 
     async def ack(self, receipts: Sequence[str]) -> int:
@@ -332,7 +360,7 @@ class RedisDeadLetterStore(_Part):
             letters.append(
                 DeadLetter(
                     _text(lid),
-                    _text(payload),
+                    entry_text(payload),
                     info["reason"],
                     info["at"] / 1000,
                     info["tx"] or None,
@@ -503,15 +531,20 @@ class RedisProcessorLease(_Part):
 
 
 class RedisWriteBatch:
-    """:class:`~ccat_buffering.protocols.WriteBatch` that stages script operations."""
+    """:class:`~ccat_buffering.protocols.WriteBatch` that stages script operations.
 
-    def __init__(self) -> None:
+    Args:
+        compression: How to store queue entries (see :mod:`ccat_buffering_redis.compression`).
+    """
+
+    def __init__(self, compression: str | None = None) -> None:
         self.ops: list[Op] = []
+        self.compression = compression
 
     def push(self, payload: str) -> None:
         """Stage a push."""
         check_payload(payload)
-        self.ops.append(_op("push", blobs=(payload,)))
+        self.ops.append(_op("push", blobs=(entry_bytes(payload, self.compression),)))
 
     def ack(self, receipt: str) -> None:
         """Stage an ack."""
@@ -577,7 +610,12 @@ class RedisBackend(AsyncClosing):
             backend does not close it.
         site: The site's name (a plain identifier).
         coalesce: Send atomic groups that close together in one call.
+        compression: ``"zlib"`` to store queue entries compressed (see
+            :mod:`ccat_buffering_redis.compression`); ``None`` for plain text.
         where: How to name the server in error messages (password masked).
+
+    Raises:
+        ConfigurationError: ``compression`` names no known compression.
     """
 
     def __init__(
@@ -586,9 +624,11 @@ class RedisBackend(AsyncClosing):
         *,
         site: str,
         coalesce: bool = True,
+        compression: str | None = None,
         where: str | None = None,
     ) -> None:
         self.keys = SiteKeys(site)
+        self.compression = check_compression(compression)
         self.site = site
         self.client = client
         self.where = where or self._describe(client)
@@ -619,16 +659,24 @@ class RedisBackend(AsyncClosing):
         Args:
             url: ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``
                 or ``redis+cluster://``.
+                A query parameter ``compression=zlib`` turns on compression
+                (it is not passed on to redis-py).
             site: The site's name.
             coalesce: Send atomic groups that close together in one call.
             **options: Passed to the redis-py client.
 
         Returns:
             The backend; ``aclose()`` closes the client.
+
+        Raises:
+            ConfigurationError: The URL is not understood, or names an unknown
+                compression.
         """
         SiteKeys(site)
+        url, compression = _take_compression(url)
+        check_compression(compression)
         client, where = open_client(url, **options)
-        backend = cls(client, site=site, coalesce=coalesce, where=where)
+        backend = cls(client, site=site, coalesce=coalesce, compression=compression, where=where)
         backend._owns_client = True
         return backend
 
@@ -690,7 +738,7 @@ class RedisBackend(AsyncClosing):
     @asynccontextmanager
     async def atomic(self) -> AsyncIterator[RedisWriteBatch]:
         """See :meth:`ccat_buffering.protocols.Backend.atomic`."""
-        batch = RedisWriteBatch()
+        batch = RedisWriteBatch(self.compression)
         yield batch
         if batch.ops:
             await self.apply(batch.ops)
@@ -710,20 +758,20 @@ class RedisBackend(AsyncClosing):
 
     async def find_payload(self, transaction_id: str) -> str | None:
         """See :meth:`ccat_buffering.protocols.SupportsInspection.find_payload`."""
-        needle = f'"transaction_id":"{transaction_id}"'.encode()
+        needle = f'"transaction_id":"{transaction_id}"'
         keys = self.keys
         with self.translate():
             letter = await self.client.hget(keys.letters, transaction_id)
             if letter is not None:
-                return _text(letter)
-            for payload in await self.client.hvals(keys.inflight):
-                if needle in payload:
-                    return _text(payload)
+                return entry_text(letter)
+            for raw in await self.client.hvals(keys.inflight):
+                if needle in (text := entry_text(raw)):
+                    return text
             length = await self.client.llen(keys.buffer)
             for start in range(0, length, 1000):
-                for payload in await self.client.lrange(keys.buffer, start, start + 999):
-                    if needle in payload:
-                        return _text(payload)
+                for raw in await self.client.lrange(keys.buffer, start, start + 999):
+                    if needle in (text := entry_text(raw)):
+                        return text
         return None
 
     async def transaction_keys(

@@ -156,9 +156,9 @@ end
 
 local function split_record(value)
   local nl = string.find(value, '\n', 1, true)
-  if not nl then return string.sub(value, 2, 2), string.sub(value, 3, 3), string.sub(value, 5), '' end
-  return string.sub(value, 2, 2), string.sub(value, 3, 3), string.sub(value, 5, nl - 1),
-    string.sub(value, nl + 1)
+  local head, fields = value, ''
+  if nl then head, fields = string.sub(value, 1, nl - 1), string.sub(value, nl + 1) end
+  return string.sub(head, 2, 2), string.sub(head, 3, 3), string.sub(head, 5), fields
 end
 
 -- The field lines of `later` over those of `earlier`, in the order first written.

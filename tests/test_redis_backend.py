@@ -12,14 +12,21 @@ import redis.asyncio as aioredis
 from services import REDIS_URL, forget_site
 
 from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.errors import BackendError, BackendUnavailableError, TransactionValidationError
+from ccat_buffering.errors import (
+    BackendError,
+    BackendUnavailableError,
+    ConfigurationError,
+    TransactionValidationError,
+)
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import TransactionState
 from ccat_buffering.protocols import CacheKind, CacheWrite
+from ccat_buffering.retry import FailureKind
 from ccat_buffering.simulation import simulate
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_redis import RedisBackend, SiteKeys
 from ccat_buffering_redis.backend import SEP, Op
+from ccat_buffering_redis.compression import MARKER
 
 from support import observation
 
@@ -296,3 +303,59 @@ async def test_operator_capabilities(client: aioredis.Redis, backend: RedisBacke
     assert (warning is not None) == (appendonly == "no")
     await backend.lease.publish_report('{"state": "running"}', 5)
     assert await backend.lease.processor_report() == '{"state": "running"}'
+
+
+async def test_compressed_entries_are_stored_small_and_read_as_text(
+    client: aioredis.Redis, backend: RedisBackend
+) -> None:
+    plain = TransactionManager(backend)
+    squeezed_backend = RedisBackend(client, site=backend.site, compression="zlib")
+    squeezed = TransactionManager(squeezed_backend)
+    first, _ = observation(1)
+    second, _ = observation(2)
+    await plain.buffer(first)  # stored before compression was turned on
+    await squeezed.buffer(second)
+    stored = await client.lrange(backend.keys.buffer, 0, -1)
+    assert stored[-1] == first.to_json().encode()
+    assert stored[0].startswith(MARKER) and len(stored[0]) < len(second.to_json()) * 0.7
+    # Every reader gives back the text: claims (either backend), inspection, dead letters.
+    assert await squeezed_backend.find_payload(second.transaction_id) == second.to_json()
+    deliveries = await squeezed.claim(10, 30)
+    assert [d.transaction for d in deliveries] == [first, second]
+    await squeezed.failed([(deliveries[1], ValueError("bad"), FailureKind.PERMANENT)])
+    raw_letter = await client.hget(backend.keys.letters, second.transaction_id)
+    assert raw_letter is not None and raw_letter.startswith(MARKER)
+    (letter,) = await plain.backend.dead_letters.list()
+    assert letter.payload == second.to_json()
+    # Replay moves the stored bytes back as they are; the next claim reads them again.
+    assert await squeezed.replay() == [second.transaction_id]
+    (again,) = await plain.claim(10, 30)
+    assert again.transaction == second
+
+
+async def test_a_marked_entry_that_does_not_decompress_is_dead_lettered_raw(
+    client: aioredis.Redis, backend: RedisBackend
+) -> None:
+    junk = MARKER + b"not a zlib stream"
+    await client.lpush(backend.keys.buffer, junk)
+    manager = TransactionManager(RedisBackend(client, site=backend.site, compression="zlib"))
+    assert await manager.claim(10, 30) == []
+    (letter,) = await backend.dead_letters.list()
+    assert "unreadable entry" in letter.reason
+    assert await client.hget(backend.keys.letters, letter.letter_id) == junk
+
+
+async def test_compression_is_chosen_in_the_url_and_checked(client: aioredis.Redis) -> None:
+    site = new_site_name()
+    async with RedisBackend.from_url(f"{REDIS_URL}?compression=zlib", site=site) as owned:
+        assert owned.compression == "zlib"
+        await owned.buffer.push(['{"x": 1}'])
+        (raw,) = await client.lrange(owned.keys.buffer, 0, -1)
+        assert raw.startswith(MARKER)
+        (claim,) = await owned.buffer.claim(1, 30)
+        assert claim.payload == '{"x": 1}'
+        await forget_site(client, owned.keys.pattern())
+    with pytest.raises(ConfigurationError, match="unknown compression 'lz4'"):
+        RedisBackend.from_url(f"{REDIS_URL}?compression=lz4", site=site)
+    with pytest.raises(ConfigurationError, match="unknown compression 'gzip'"):
+        RedisBackend(client, site=site, compression="gzip")

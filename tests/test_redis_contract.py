@@ -1,4 +1,5 @@
-"""The contract suite on every Redis setup: fakeredis, a real Redis, a real Cluster."""
+"""The contract suite on every Redis setup: fakeredis, a real Redis (also with
+compression), a real Cluster."""
 
 from __future__ import annotations
 
@@ -29,6 +30,16 @@ class TestRealRedis(BackendContract):
     @pytest_asyncio.fixture
     async def backend(self, site: str, redis_client: aioredis.Redis) -> AsyncIterator[RedisBackend]:
         async with RedisBackend(redis_client, site=site) as backend:
+            yield backend
+        await forget_site(redis_client, backend.keys.pattern())
+
+
+class TestRealRedisCompressed(BackendContract):
+    """Every reader of the contract sees text, though the entries are stored compressed."""
+
+    @pytest_asyncio.fixture
+    async def backend(self, site: str, redis_client: aioredis.Redis) -> AsyncIterator[RedisBackend]:
+        async with RedisBackend(redis_client, site=site, compression="zlib") as backend:
             yield backend
         await forget_site(redis_client, backend.keys.pattern())
 
