@@ -6,8 +6,9 @@ each with a warm-up, and the median rate over the rounds is reported.
 
 Payload: a ~700-byte transaction built with ``TransactionBuilder`` on the example
 models (an ``ExecutedObsUnit`` create and a ``RawDataPackage`` create). Baselines get
-it pre-serialised (``Transaction.to_json()`` done before timing); ours gets the built
-``Transaction`` and serialises it inside ``buffer()``.
+it pre-serialised (``Transaction.to_json()`` done before timing); ours gets freshly
+built ``Transaction`` objects of its own (never serialised before) and serialises
+each inside ``buffer()``.
 
 Baselines:
 
@@ -32,8 +33,9 @@ Measurements (goals of issue 3):
    pipelined ``LPUSH`` of 50.
 4. Redis ``used_memory`` growth (``INFO memory``) per buffered transaction, all its
    keys counted, over ``--memory-transactions`` (default 100,000), as a multiple of
-   ``len(Transaction.to_json())``: <= 2.5x with default settings. The origin's layout
-   (b) is measured the same way for reference. Keys of other clients are counted
+   ``len(Transaction.to_json())``: <= 2.5x with default settings, <= 1.2x with
+   ``compression="zlib"``. The origin's layout (b) is measured the same way for
+   reference. Keys of other clients are counted
    before and after; a change is reported, since it would blur the figure.
 
 Only the given database is used (default ``redis://127.0.0.1:6379/15``, or
@@ -428,16 +430,28 @@ async def all_keys(client: Redis) -> int:
     return sum(int(db["keys"]) for db in (await client.info("keyspace")).values())
 
 
-async def memory_usage(client: Redis, pattern: str) -> int:
-    """Sum of ``MEMORY USAGE`` over the matching keys: blind to other clients' writes."""
-    total = 0
-    keys = [key async for key in client.scan_iter(match=pattern, count=2000)]
+def role_of(key: str, prefix: str) -> str:
+    """The part of a key that names its role: ``buffered:``, ``state:buffered``, ..."""
+    rest = key[len(prefix) :]
+    for role in ("cache:ids:", "buffered:", "transaction:", "written:", "index:"):
+        if rest.startswith(role):
+            return role
+    return rest
+
+
+async def memory_usage(client: Redis, pattern: str, prefix: str) -> dict[str, int]:
+    """``MEMORY USAGE`` of the matching keys, summed by role: blind to other clients' writes."""
+    totals: dict[str, int] = {}
+    keys = [key.decode() async for key in client.scan_iter(match=pattern, count=2000)]
     for i in range(0, len(keys), 1000):
         pipe = client.pipeline(transaction=False)
-        for key in keys[i : i + 1000]:
+        chunk = keys[i : i + 1000]
+        for key in chunk:
             pipe.memory_usage(key, samples=0)
-        total += sum(int(u or 0) for u in await pipe.execute())
-    return total
+        for key, usage in zip(chunk, await pipe.execute(), strict=True):
+            role = role_of(key, prefix)
+            totals[role] = totals.get(role, 0) + int(usage or 0)
+    return totals
 
 
 @dataclass(frozen=True)
@@ -448,6 +462,7 @@ class MemoryFigure:
     key_sum: float
     payload: float
     foreign_keys_changed: int
+    by_role: dict[str, float]
 
     @property
     def ratio(self) -> float:
@@ -469,18 +484,25 @@ async def measure_memory(
         after = await used_memory(client)
         await check_depth(client, site, n)
         foreign_changed = await all_keys(client) - await ns.count(pattern) - foreign
-        key_sum = await memory_usage(client, pattern)
+        by_role = await memory_usage(client, pattern, SiteKeys(site).prefix)
     finally:
         await ns.purge(pattern)
-    return MemoryFigure((after - before) / n, key_sum / n, size / n, foreign_changed)
+    key_sum = sum(by_role.values())
+    return MemoryFigure(
+        (after - before) / n,
+        key_sum / n,
+        size / n,
+        foreign_changed,
+        {role: total / n for role, total in sorted(by_role.items(), key=lambda r: -r[1])},
+    )
 
 
-async def memory_ours(ns: Namespace, n: int) -> MemoryFigure:
+async def memory_ours(ns: Namespace, n: int, compression: str | None = None) -> MemoryFigure:
     warm = TransactionManager(RedisBackend(ns.client, site=ns.site("mw")))
     await warm.buffer_many([build_transaction(-i) for i in range(1, BATCH + 1)])
     await ns.purge(pattern_of(ns.site("mw")))
-    site = ns.site("mo")
-    manager = TransactionManager(RedisBackend(ns.client, site=site))
+    site = ns.site("mz" if compression else "mo")
+    manager = TransactionManager(RedisBackend(ns.client, site=site, compression=compression))
 
     async def fill() -> int:
         size = 0
@@ -558,8 +580,8 @@ async def run(opts: Options) -> None:
 
 async def _run(ns: Namespace, opts: Options, version: str) -> None:
     client = ns.client
-    pool = [build_transaction(i) for i in range(POOL)]
-    payloads = [Payload.of(tx) for tx in pool]
+    payloads = [Payload.of(build_transaction(i)) for i in range(POOL)]
+    pool = [build_transaction(i) for i in range(POOL)]  # ours: never serialised before
     size = statistics.mean(len(p.json) for p in payloads)
     arq_label, arq = arq_enqueue(ns, opts.redis_url, payloads)
     print(
@@ -602,7 +624,12 @@ async def _run(ns: Namespace, opts: Options, version: str) -> None:
 
     n = opts.memory_transactions
     ours, origin = await memory_ours(ns, n), await memory_origin(ns, n)
-    for label, figure, goal in (("ours", ours, 2.5), ("(b) origin layout", origin, None)):
+    zlib = await memory_ours(ns, n, "zlib")
+    for label, figure, goal in (
+        ("ours", ours, 2.5),
+        ("ours, compression=zlib", zlib, 1.2),
+        ("(b) origin layout", origin, None),
+    ):
         line = row(
             f"4. used_memory per tx, {label}",
             f"{figure.used_memory:,.0f} B/tx",
@@ -617,9 +644,13 @@ async def _run(ns: Namespace, opts: Options, version: str) -> None:
     print(
         f"4. over N = {n:,} transactions per layout, default settings; cross-check, sum of "
         f"MEMORY USAGE of the layout's keys (no dict buckets or expiry entries): "
-        f"ours {ours.key_sum:,.0f} B/tx, origin {origin.key_sum:,.0f} B/tx"
+        f"ours {ours.key_sum:,.0f} B/tx, zlib {zlib.key_sum:,.0f} B/tx, "
+        f"origin {origin.key_sum:,.0f} B/tx"
     )
-    for label, figure in (("ours", ours), ("origin", origin)):
+    for label, figure in (("ours", ours), ("zlib", zlib)):
+        parts = ", ".join(f"{role} {size:,.0f}" for role, size in figure.by_role.items())
+        print(f"   {label}, MEMORY USAGE per transaction by key: {parts}")
+    for label, figure in (("ours", ours), ("zlib", zlib), ("origin", origin)):
         if figure.foreign_keys_changed:
             print(
                 f"   warning: other clients' keys changed by {figure.foreign_keys_changed:+,} "

@@ -14,19 +14,19 @@ key                                         type     what
                                                      and without default values; TTL once terminal
 ``cache:ids:<Model>:<id>``                  string   write-through ID cache: the creating
                                                      transaction; TTL extended until replicated
-``buffered:<Model>:<id>``                   hash     buffered record, one field per column (JSON
-                                                     values) plus ``@``: ``<created 0|1><deleted
-                                                     0|1>:<tx>,<tx>...``; TTL extended until
-                                                     replicated
-``inflight``                                hash     receipt -> payload of claimed entries
+``buffered:<Model>:<id>``                   string   buffered record: a head line ``@<created
+                                                     0|1><deleted 0|1>:<tx>,<tx>...``, then a
+                                                     line ``<field>=<JSON value>`` per field;
+                                                     TTL extended until replicated
+``inflight``                                hash     receipt -> claimed entry, as stored
 ``inflight:leases``                         zset     receipt -> lease deadline (ms)
 ``hold``                                    string   exists while a retry's backoff holds the head
 ``seq``                                     string   counter for receipts and dead-letter order
-``dead_letters``                            hash     letter id -> the entry's raw payload
+``dead_letters``                            hash     letter id -> the entry, as stored
 ``dead_letters:meta``                       hash     letter id -> reason, time, transaction id
 ``dead_letters:order``                      zset     letter id -> arrival order
 ``state:<state>``                           zset     transaction ids per state: committed by LSN,
-                                                     terminal by expiry (ms), others by time
+                                                     terminal by expiry (ms), others by arrival
 ``index:<Model>``                           zset     record ids of a model by first write;
                                                      TTL follows its longest-lived record
 ``written:<transaction_id>``                string   ``<Model>:<id>`` records a transaction wrote,
