@@ -205,9 +205,10 @@ def _take_compression(url: str) -> tuple[str, str | None]:
 class _Coalescer:
     """Sends the groups that callers close together in one script call.
 
-    A group waits until the event loop's current turn ends, so that the groups
-    of callers woken together (by the reply to the last call, say) go in one
-    call. Up to ``MAX_IN_FLIGHT`` calls run at a time, so that preparing the
+    A caller that finds the coalescer idle sends its group at once. Otherwise
+    its group waits until the event loop's current turn ends, so that the
+    groups of callers woken together (by the reply to the last call, say) go
+    in one call. Up to ``MAX_IN_FLIGHT`` calls run at a time, so that preparing the
     next call overlaps Redis running the last; groups that arrive while every
     slot is busy wait and go together in the next call. Each group still
     applies whole; its result or error reaches its own caller, who awaits it,
@@ -226,6 +227,18 @@ class _Coalescer:
 
     async def submit(self, ops: list[Op]) -> int:
         loop = asyncio.get_running_loop()
+        if not (self._in_flight or self._pending or self._scheduled):
+            # Nobody else is writing: send at once, without the wait for company.
+            self._in_flight += 1
+            try:
+                (result,) = await self._run([ops])
+            finally:
+                self._in_flight -= 1
+                if self._pending:
+                    self._schedule(loop)
+            if isinstance(result, BackendError):
+                raise result
+            return result
         future: asyncio.Future[int] = loop.create_future()
         self._pending.append((ops, future))
         self._schedule(loop)

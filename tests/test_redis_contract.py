@@ -1,5 +1,5 @@
 """The contract suite on every Redis setup: fakeredis, a real Redis (also with
-compression), a real Cluster."""
+compression), a real Cluster, and a real master found through a Sentinel."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from services import forget_site, started
 
 from ccat_buffering.testing import BackendContract
-from ccat_buffering.testing.servers import redis_cluster
+from ccat_buffering.testing.servers import redis_cluster, redis_sentinel
 from ccat_buffering_redis import RedisBackend
 
 
@@ -57,3 +57,17 @@ class TestRedisCluster(BackendContract):
         async with RedisBackend(client, site=site) as backend:
             yield backend
         await client.aclose()
+
+
+@pytest.fixture(scope="module")
+def sentinel_port() -> Iterator[int]:
+    with started(redis_sentinel()) as ports:
+        yield int(ports["sentinel"])  # type: ignore[call-overload]
+
+
+class TestRedisSentinel(BackendContract):
+    @pytest_asyncio.fixture
+    async def backend(self, site: str, sentinel_port: int) -> AsyncIterator[RedisBackend]:
+        url = f"redis+sentinel://127.0.0.1:{sentinel_port}/site-buffer"
+        async with RedisBackend.from_url(url, site=site) as backend:
+            yield backend
