@@ -21,15 +21,33 @@ def check_duration(value: float, what: str) -> None:
         raise ValueError(f"{what} must be a finite number of seconds >= 0, not {value!r}")
 
 
+_KNOWN_NAMES: set[str] = set()
+"""Model and field names already checked: they recur in every transaction."""
+_KNOWN_LIMIT = 4096
+
+
+def _check_name(name: str, what: str) -> None:
+    if name in _KNOWN_NAMES:
+        return
+    check_identifier(name, what)
+    if len(_KNOWN_NAMES) < _KNOWN_LIMIT:
+        _KNOWN_NAMES.add(name)
+
+
 def check_writes(writes: Sequence[CacheWrite]) -> None:
-    """Refuse cache writes whose model or record id would escape the key schema.
+    """Refuse cache writes whose model, record id or field names are not plain identifiers.
+
+    A model name or record id that is not would escape the key schema; a field
+    name that is not could not be stored and read back as it was.
 
     Raises:
         TransactionValidationError: Naming the offending name.
     """
     for write in writes:
-        check_identifier(write.model, "model name")
+        _check_name(write.model, "model name")
         check_identifier(write.record_id, "record id")
+        for name in write.fields:
+            _check_name(name, "field name")
 
 
 def check_payload(payload: object) -> None:

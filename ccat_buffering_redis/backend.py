@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode
 
 import redis.exceptions
 from redis.asyncio import Redis
@@ -192,14 +192,14 @@ def _wire(groups: list[list[Op]]) -> list[str | bytes]:
 
 
 def _take_compression(url: str) -> tuple[str, str | None]:
-    """Split the ``compression`` query parameter off a backend URL."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    kept = [(k, v) for k, v in query if k != "compression"]
-    if len(kept) == len(query):
+    """Split the ``compression`` query parameter off a backend URL (the rest unchanged)."""
+    base, mark, query = url.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    kept = [(k, v) for k, v in pairs if k != "compression"]
+    if not mark or len(kept) == len(pairs):
         return url, None
-    compression = [v for k, v in query if k == "compression"][-1] or None
-    return urlunsplit(parts._replace(query=urlencode(kept))), compression
+    compression = [v for k, v in pairs if k == "compression"][-1] or None
+    return (base + "?" + urlencode(kept) if kept else base), compression
 
 
 class _Coalescer:
@@ -665,7 +665,13 @@ class RedisBackend(AsyncClosing):
 
     @classmethod
     def from_url(
-        cls, url: str, *, site: str, coalesce: bool = True, **options: Any
+        cls,
+        url: str,
+        *,
+        site: str,
+        coalesce: bool = True,
+        compression: str | None = None,
+        **options: Any,
     ) -> RedisBackend:
         """Open a backend that owns its client, for a Redis URL.
 
@@ -676,6 +682,8 @@ class RedisBackend(AsyncClosing):
                 (it is not passed on to redis-py).
             site: The site's name.
             coalesce: Send atomic groups that close together in one call.
+            compression: As in the constructor; the URL's parameter, if it has
+                one, wins.
             **options: Passed to the redis-py client.
 
         Returns:
@@ -686,8 +694,8 @@ class RedisBackend(AsyncClosing):
                 compression.
         """
         SiteKeys(site)
-        url, compression = _take_compression(url)
-        check_compression(compression)
+        url, in_url = _take_compression(url)
+        compression = check_compression(in_url or compression)
         client, where = open_client(url, **options)
         backend = cls(client, site=site, coalesce=coalesce, compression=compression, where=where)
         backend._owns_client = True

@@ -21,7 +21,9 @@ key                                         type     what
 ``inflight``                                hash     receipt -> claimed entry, as stored
 ``inflight:leases``                         zset     receipt -> lease deadline (ms)
 ``hold``                                    string   exists while a retry's backoff holds the head
-``seq``                                     string   counter for receipts and dead-letter order
+``seq``                                     string   counter for receipts and the order of dead
+                                                     letters, index and state entries; taken a
+                                                     budget at a time, so it has gaps
 ``dead_letters``                            hash     letter id -> the entry, as stored
 ``dead_letters:meta``                       hash     letter id -> reason, time, transaction id
 ``dead_letters:order``                      zset     letter id -> arrival order

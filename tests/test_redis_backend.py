@@ -25,7 +25,7 @@ from ccat_buffering.retry import FailureKind
 from ccat_buffering.simulation import simulate
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_redis import RedisBackend, SiteKeys
-from ccat_buffering_redis.backend import SEP, Op
+from ccat_buffering_redis.backend import SEP, Op, _take_compression
 from ccat_buffering_redis.compression import MARKER
 
 from support import observation
@@ -355,7 +355,24 @@ async def test_compression_is_chosen_in_the_url_and_checked(client: aioredis.Red
         (claim,) = await owned.buffer.claim(1, 30)
         assert claim.payload == '{"x": 1}'
         await forget_site(client, owned.keys.pattern())
+    async with RedisBackend.from_url(REDIS_URL, site=site, compression="zlib") as keyword:
+        assert keyword.compression == "zlib"
     with pytest.raises(ConfigurationError, match="unknown compression 'lz4'"):
         RedisBackend.from_url(f"{REDIS_URL}?compression=lz4", site=site)
     with pytest.raises(ConfigurationError, match="unknown compression 'gzip'"):
         RedisBackend(client, site=site, compression="gzip")
+
+
+@pytest.mark.parametrize(
+    ("url", "rest", "compression"),
+    [
+        ("unix:///run/redis.sock?db=2&compression=zlib", "unix:///run/redis.sock?db=2", "zlib"),
+        ("redis://h:1/0?compression=zlib", "redis://h:1/0", "zlib"),
+        ("redis://h:1/0?socket_timeout=2", "redis://h:1/0?socket_timeout=2", None),
+        ("redis://h:1/0", "redis://h:1/0", None),
+    ],
+)
+def test_the_compression_parameter_is_taken_off_the_url_and_nothing_else(
+    url: str, rest: str, compression: str | None
+) -> None:
+    assert _take_compression(url) == (rest, compression)

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
+from ccat_buffering.errors import TransactionValidationError
 from ccat_buffering.protocols import Backend, CachedRecord, CacheKind, CacheWrite
 from ccat_buffering.testing._base import ContractHooks
 
@@ -48,6 +51,15 @@ class CacheStoreContract(ContractHooks):
         """Nothing is cached for a record never written."""
         assert await backend.cache.get(OBS, "r1") is None
         assert await backend.cache.created_by(OBS, "r1") is None
+        assert await backend.cache.list(OBS) == []
+
+    async def test_cache_field_names_must_be_identifiers(self, backend: Backend) -> None:
+        """A field name that is not a plain identifier is refused; nothing is written."""
+        for name in ("a=b", "x\ny", "a\x1fb", "", "a b"):
+            good = create("r0", a=1)
+            bad = CacheWrite(OBS, "r1", CacheKind.CREATE, {"a": 1, name: 2})
+            with pytest.raises(TransactionValidationError, match="field name"):
+                await backend.cache.write("t1", [good, bad], 60.0)
         assert await backend.cache.list(OBS) == []
 
     async def test_cache_create(self, backend: Backend) -> None:
