@@ -1,0 +1,99 @@
+"""Where the time of ``buffer_many()`` on Redis goes, per transaction.
+
+Buffers ``--transactions`` example transactions (see ``redis_bench.py``) in
+calls of ``--batch`` through ``TransactionManager.buffer_many()`` on a
+``RedisBackend``, timing each stage in Python, and reads Redis's own time
+for the scripts from ``INFO commandstats`` (the difference before and
+after, so other clients' commands of other kinds do not count). It explains
+the figures of ``redis_bench.py``; it has no goal of its own.
+
+Reproduce: ``.venv/bin/python bench/redis_costs.py [--transactions 20000] [--batch 50]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis_bench import DEFAULT_URL, Namespace, build_transaction, pattern_of
+
+import ccat_buffering_redis.backend as redis_backend
+from ccat_buffering.manager import TransactionManager
+from ccat_buffering_redis import RedisBackend
+
+
+def timed(spent: Counter[str], name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent[name] += time.perf_counter() - began
+
+    return wrapper
+
+
+async def evalsha_usec(client: Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("usec", 0))
+
+
+async def run(url: str, n: int, batch: int) -> None:
+    client = Redis.from_url(url)
+    ns = Namespace(client)
+    site = ns.site("costs")
+    spent: Counter[str] = Counter()
+    backend = RedisBackend(client, site=site)
+    manager = TransactionManager(backend)
+    # Instance attributes shadow the methods: only this run's objects are timed.
+    manager._prepare = timed(spent, "validate and serialise", manager._prepare)  # type: ignore[method-assign]
+    for name in ("push", "put_status", "write_cache"):
+        cls = redis_backend.RedisWriteBatch
+        setattr(cls, name, timed(spent, f"stage {name}", getattr(cls, name)))
+    script = backend._scripts["apply"]
+
+    async def apply_script(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return await script(*args, **kwargs)
+        finally:
+            spent["await the script (round trip)"] += time.perf_counter() - began
+
+    backend._scripts["apply"] = apply_script  # type: ignore[assignment]
+    pool = [build_transaction(i) for i in range(n)]
+    try:
+        await manager.buffer_many(pool[:batch])  # warm-up: loads the script
+        spent.clear()
+        before = await evalsha_usec(client)
+        began = time.perf_counter()
+        for i in range(batch, n, batch):
+            await manager.buffer_many(pool[i : i + batch])
+        wall = time.perf_counter() - began
+        inside = (await evalsha_usec(client) - before) / 1e6
+    finally:
+        await ns.purge(pattern_of(site))
+        await client.aclose()
+    done = n - batch
+    print(f"buffer_many({batch}) on {url}, {done:,} transactions, microseconds per transaction:")
+    print(f"  {'all of buffer_many()':34s} {wall / done * 1e6:7.1f}")
+    for name, seconds in spent.items():
+        print(f"  {name:34s} {seconds / done * 1e6:7.1f}")
+    print(f"  {'  of which Redis runs the script':34s} {inside / done * 1e6:7.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--redis-url", default=DEFAULT_URL)
+    parser.add_argument("--transactions", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=50)
+    args = parser.parse_args()
+    asyncio.run(run(args.redis_url, args.transactions, args.batch))
+
+
+if __name__ == "__main__":
+    main()
