@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
+from ccat_buffering.errors import TransactionValidationError
 from ccat_buffering.models import TransactionStatus, check_identifier
-from ccat_buffering.protocols import CacheWrite
+from ccat_buffering.protocols import CacheKind, CacheWrite
 
 __all__ = ["check_duration", "check_payload", "check_status", "check_writes"]
 
@@ -34,18 +36,33 @@ def _check_name(name: str, what: str) -> None:
         _KNOWN_NAMES.add(name)
 
 
-def check_writes(writes: Sequence[CacheWrite]) -> None:
-    """Refuse cache writes whose model, record id or field names are not plain identifiers.
+_TRANSACTION_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_KINDS = frozenset(CacheKind)
 
-    A model name or record id that is not would escape the key schema; a field
-    name that is not could not be stored and read back as it was.
+
+def check_writes(transaction_id: str, writes: Sequence[CacheWrite]) -> None:
+    """Refuse cache writes that a store could not keep and give back as they were.
+
+    The transaction id must be a plain identifier without commas (stores list
+    a record's transactions); each write's model name, record id and field
+    names must be plain identifiers (names that are not would escape the key
+    schema, or could not be read back); its kind must be a :class:`CacheKind`.
 
     Raises:
-        TransactionValidationError: Naming the offending name.
+        TransactionValidationError: Naming the offending value.
     """
+    if not isinstance(transaction_id, str) or not _TRANSACTION_ID.fullmatch(transaction_id):
+        raise TransactionValidationError(
+            f"transaction id {transaction_id!r} cannot name cache entries: use letters, "
+            "digits, '_', '.' and '-' (a UUID does)"
+        )
     for write in writes:
         _check_name(write.model, "model name")
         check_identifier(write.record_id, "record id")
+        if write.kind not in _KINDS:
+            raise TransactionValidationError(
+                f"cache write kind {write.kind!r} is not one of {', '.join(_KINDS)}"
+            )
         for name in write.fields:
             _check_name(name, "field name")
 

@@ -129,7 +129,7 @@ class MemoryCacheStore(_Part):
         self, transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float
     ) -> None:
         """See :meth:`ccat_buffering.protocols.CacheStore.write`."""
-        check_writes(writes)
+        check_writes(transaction_id, writes)
         check_duration(ttl_seconds, "ttl_seconds")
         self._state.write_cache(transaction_id, writes, ttl_seconds)
 
@@ -258,7 +258,7 @@ class MemoryWriteBatch:
     ) -> None:
         """Stage cache writes."""
         writes = list(writes)
-        check_writes(writes)
+        check_writes(transaction_id, writes)
         check_duration(ttl_seconds, "ttl_seconds")
         self.ops.append(lambda: self._state.write_cache(transaction_id, writes, ttl_seconds))
 

@@ -26,7 +26,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from ccat_buffering._checks import check_duration, check_payload, check_status, check_writes
 from ccat_buffering._closing import AsyncClosing
-from ccat_buffering.errors import BackendError, BackendUnavailableError
+from ccat_buffering.errors import BackendError, BackendUnavailableError, ConfigurationError
 from ccat_buffering.models import TransactionState, TransactionStatus
 from ccat_buffering.protocols import (
     BufferStats,
@@ -265,8 +265,10 @@ class _Coalescer:
             task.add_done_callback(self._tasks.discard)
 
     async def _send(self, batch: list[tuple[list[Op], asyncio.Future[int]]]) -> None:
+        # A caller may have been cancelled since its group was handed to this task.
+        batch = [entry for entry in batch if not entry[1].done()]
         try:
-            results = await self._run([ops for ops, _ in batch])
+            results = await self._run([ops for ops, _ in batch]) if batch else []
         except BaseException as exc:
             for _, future in batch:
                 if future.done():
@@ -454,7 +456,7 @@ class RedisCacheStore(_Part):
         self, transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float
     ) -> None:
         """See :meth:`ccat_buffering.protocols.CacheStore.write`."""
-        check_writes(writes)
+        check_writes(transaction_id, writes)
         check_duration(ttl_seconds, "ttl_seconds")
         await self._backend.apply([_cache_op(transaction_id, writes, ttl_seconds)])
 
@@ -586,7 +588,7 @@ class RedisWriteBatch:
     ) -> None:
         """Stage cache writes."""
         writes = list(writes)
-        check_writes(writes)
+        check_writes(transaction_id, writes)
         check_duration(ttl_seconds, "ttl_seconds")
         self.ops.append(_cache_op(transaction_id, writes, ttl_seconds))
 
@@ -642,6 +644,11 @@ class RedisBackend(AsyncClosing):
     ) -> None:
         self.keys = SiteKeys(site)
         self.compression = check_compression(compression)
+        if compression is not None and client.get_encoder().decode_responses:
+            raise ConfigurationError(
+                "compression needs a client that returns bytes: open it without "
+                "decode_responses=True"
+            )
         self.site = site
         self.client = client
         self.where = where or self._describe(client)
@@ -736,11 +743,18 @@ class RedisBackend(AsyncClosing):
         reply = await self.script("apply", *_wire(groups))
         results: list[int | BackendError] = []
         for item in reply:
-            if isinstance(item, bytes | str):
-                # The script refused this group whole, before writing any of it.
-                results.append(BackendError(f"{self.where} refused a write group: {_text(item)}"))
-            else:
+            if not isinstance(item, bytes | str):
                 results.append(int(item))
+            elif (text := _text(item)).startswith("failed: "):
+                results.append(
+                    BackendError(
+                        f"{self.where} failed partway through a write group, which may be "
+                        f"partly written: {text.removeprefix('failed: ')}"
+                    )
+                )
+            else:
+                # The script refused this group whole, before writing any of it.
+                results.append(BackendError(f"{self.where} refused a write group: {text}"))
         return results
 
     async def apply(self, ops: list[Op]) -> int:

@@ -169,9 +169,11 @@ local function merge_fields(earlier, later)
   for _, text in ipairs({earlier, later}) do
     for line in string.gmatch(text, '[^\n]+') do
       local eq = string.find(line, '=', 1, true)
-      local name = string.sub(line, 1, eq - 1)
-      if values[name] == nil then names[#names + 1] = name end
-      values[name] = string.sub(line, eq)
+      if eq then
+        local name = string.sub(line, 1, eq - 1)
+        if values[name] == nil then names[#names + 1] = name end
+        values[name] = string.sub(line, eq)
+      end
     end
   end
   local out = {}
@@ -479,66 +481,79 @@ local function flush_pushes()
   PUSHES = {}
 end
 
+-- Run the operations of one checked group; returns how many entries they touched.
+local function run_group(first, last, b)
+  local count = 0
+  local i = first
+  while i <= last do
+    local name = T[i]
+    if name == 'push' then
+      PUSHES[#PUSHES + 1] = ARGV[b]
+      b = b + 1
+      count = count + 1
+      i = i + 1
+    elseif name == 'ack' then
+      if redis.call('HDEL', INF, ARGV[b]) == 1 then count = count + 1 end
+      redis.call('ZREM', LEASES, ARGV[b])
+      b = b + 1
+      i = i + 1
+    elseif name == 'retry' then
+      flush_pushes()
+      local n = tonumber(T[i + 2])
+      local receipts = {}
+      for j = 0, n - 1 do receipts[#receipts + 1] = ARGV[b + j] end
+      b = b + n
+      count = count + return_to_head(receipts)
+      if tonumber(T[i + 1]) > 0 then
+        redis.call('SET', HOLD, '1', 'PX', T[i + 1])
+      else
+        redis.call('DEL', HOLD)
+      end
+      i = i + 3
+    elseif name == 'dead' then
+      count = count + dead_letter(ARGV[b], ARGV[b + 1], ARGV[b + 2])
+      b = b + 3
+      i = i + 1
+    elseif name == 'replay' then
+      flush_pushes()
+      count = count + replay_one(ARGV[b])
+      b = b + 1
+      i = i + 1
+    elseif name == 'status' then
+      put_status(T[i + 1], T[i + 2], T[i + 3], T[i + 4], T[i + 5], T[i + 6])
+      i = i + 7
+    elseif name == 'cache' then
+      local n = tonumber(T[i + 3])
+      write_cache(T[i + 1], tonumber(T[i + 2]), i + 4, n)
+      i = i + 4 + 4 * n
+    elseif name == 'release' then
+      local n = tonumber(T[i + 1])
+      for j = 2, n + 1 do count = count + release(T[i + j]) end
+      i = i + 2 + n
+    end
+  end
+  return count
+end
+
+-- A group that fails while it runs (a key of the wrong type, written by hand)
+-- may be half written, but it fails alone: the groups around it still apply,
+-- and what they staged is still written below.
 local results = {}
 local at, blob = 2, 3
 for g = 1, tonumber(T[1]) do
   local tokens, blobs = tonumber(T[at]), tonumber(T[at + 1])
   local first, last = at + 2, at + 1 + tokens
   local problem = check(first, last, blob, blobs)
-  local count = 0
   if problem then
     results[g] = 'error: ' .. problem
   else
-    local b = blob
-    local i = first
-    while i <= last do
-      local name = T[i]
-      if name == 'push' then
-        PUSHES[#PUSHES + 1] = ARGV[b]
-        b = b + 1
-        count = count + 1
-        i = i + 1
-      elseif name == 'ack' then
-        if redis.call('HDEL', INF, ARGV[b]) == 1 then count = count + 1 end
-        redis.call('ZREM', LEASES, ARGV[b])
-        b = b + 1
-        i = i + 1
-      elseif name == 'retry' then
-        flush_pushes()
-        local n = tonumber(T[i + 2])
-        local receipts = {}
-        for j = 0, n - 1 do receipts[#receipts + 1] = ARGV[b + j] end
-        b = b + n
-        count = count + return_to_head(receipts)
-        if tonumber(T[i + 1]) > 0 then
-          redis.call('SET', HOLD, '1', 'PX', T[i + 1])
-        else
-          redis.call('DEL', HOLD)
-        end
-        i = i + 3
-      elseif name == 'dead' then
-        count = count + dead_letter(ARGV[b], ARGV[b + 1], ARGV[b + 2])
-        b = b + 3
-        i = i + 1
-      elseif name == 'replay' then
-        flush_pushes()
-        count = count + replay_one(ARGV[b])
-        b = b + 1
-        i = i + 1
-      elseif name == 'status' then
-        put_status(T[i + 1], T[i + 2], T[i + 3], T[i + 4], T[i + 5], T[i + 6])
-        i = i + 7
-      elseif name == 'cache' then
-        local n = tonumber(T[i + 3])
-        write_cache(T[i + 1], tonumber(T[i + 2]), i + 4, n)
-        i = i + 4 + 4 * n
-      elseif name == 'release' then
-        local n = tonumber(T[i + 1])
-        for j = 2, n + 1 do count = count + release(T[i + j]) end
-        i = i + 2 + n
-      end
+    local ok, outcome = pcall(run_group, first, last, blob)
+    if ok then
+      results[g] = outcome
+    else
+      if type(outcome) == 'table' then outcome = outcome.err or 'an error' end
+      results[g] = 'failed: ' .. tostring(outcome)
     end
-    results[g] = count
   end
   at = last + 1
   blob = blob + blobs

@@ -18,14 +18,14 @@ from ccat_buffering.errors import (
     ConfigurationError,
     TransactionValidationError,
 )
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.models import TransactionState
+from ccat_buffering.manager import TransactionManager, cache_writes
+from ccat_buffering.models import Transaction, TransactionState, TransactionStatus
 from ccat_buffering.protocols import CacheKind, CacheWrite
 from ccat_buffering.retry import FailureKind
 from ccat_buffering.simulation import simulate
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_redis import RedisBackend, SiteKeys
-from ccat_buffering_redis.backend import SEP, Op, _take_compression
+from ccat_buffering_redis.backend import SEP, Op, RedisWriteBatch, _Coalescer, _take_compression
 from ccat_buffering_redis.compression import MARKER
 
 from support import observation
@@ -376,3 +376,71 @@ def test_the_compression_parameter_is_taken_off_the_url_and_nothing_else(
     url: str, rest: str, compression: str | None
 ) -> None:
     assert _take_compression(url) == (rest, compression)
+
+
+async def test_a_group_that_fails_while_running_fails_alone(
+    client: aioredis.Redis, backend: RedisBackend
+) -> None:
+    # A key of the wrong type, as a hand-written key would be: merging into it fails.
+    await client.hset(backend.keys.buffered("M", "r1"), "a", "1")
+    before = observation(1)[0]
+    after = observation(2)[0]
+
+    def group(tx: Transaction) -> list[Op]:
+        batch = RedisWriteBatch()
+        batch.push(tx.to_json())
+        batch.put_status(TransactionStatus(transaction_id=tx.transaction_id, state="buffered"), 60)
+        batch.write_cache(tx.transaction_id, cache_writes(tx), 60)
+        return batch.ops
+
+    bad = RedisWriteBatch()
+    bad.push("entry-of-the-bad-group")
+    bad.write_cache("t-bad", [CacheWrite("M", "r1", CacheKind.UPDATE, {"a": 2})], 60)
+    results = await backend._apply_groups([group(before), bad.ops, group(after)])
+    assert isinstance(results[1], BackendError) and "failed partway" in str(results[1])
+    assert "WRONGTYPE" in str(results[1])
+    assert results[0] == 1 and results[2] == 1
+    # Both groups around it apply whole: entries, statuses, caches and indexes. The
+    # failed group got as far as it got (its entry was staged before the failure).
+    stored = await client.lrange(backend.keys.buffer, 0, -1)
+    assert stored == [
+        after.to_json().encode(),
+        b"entry-of-the-bad-group",
+        before.to_json().encode(),
+    ]
+    for tx in (before, after):
+        status = await backend.status.get(tx.transaction_id)
+        assert status is not None and status.state is TransactionState.BUFFERED
+    assert len(await backend.cache.list("ExecutedObsUnit")) == 2
+    assert await backend.status.counts() == {
+        **dict.fromkeys(TransactionState, 0),
+        TransactionState.BUFFERED: 2,
+    }
+
+
+async def test_compression_needs_a_client_that_returns_bytes() -> None:
+    decoding = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        with pytest.raises(ConfigurationError, match="decode_responses"):
+            RedisBackend(decoding, site=new_site_name(), compression="zlib")
+    finally:
+        await decoding.aclose()
+
+
+async def test_a_group_cancelled_after_it_was_handed_to_a_call_is_not_sent() -> None:
+    sent: list[list[list[Op]]] = []
+
+    async def run(groups: list[list[Op]]) -> list[int | BackendError]:
+        sent.append(groups)
+        return [1] * len(groups)
+
+    coalescer = _Coalescer(run)
+    loop = asyncio.get_running_loop()
+    cancelled: asyncio.Future[int] = loop.create_future()
+    kept: asyncio.Future[int] = loop.create_future()
+    one, two = [Op("push" + SEP, 1, ("a",))], [Op("push" + SEP, 1, ("b",))]
+    coalescer._pending += [(one, cancelled), (two, kept)]
+    coalescer._start()  # both handed to one call, which has not started yet
+    cancelled.cancel()
+    assert await kept == 1
+    assert sent == [[two]]

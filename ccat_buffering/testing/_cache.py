@@ -62,6 +62,16 @@ class CacheStoreContract(ContractHooks):
                 await backend.cache.write("t1", [good, bad], 60.0)
         assert await backend.cache.list(OBS) == []
 
+    async def test_cache_refuses_odd_transaction_ids_and_kinds(self, backend: Backend) -> None:
+        """A transaction id with a comma, space or newline, or an unknown kind, is refused."""
+        for transaction_id in ("a,b", "a b", "a\nb", "", "a\x1fb"):
+            with pytest.raises(TransactionValidationError, match="transaction id"):
+                await backend.cache.write(transaction_id, [create("r1", a=1)], 60.0)
+        odd = CacheWrite(OBS, "r1", "upsert", {"a": 1})  # type: ignore[arg-type]
+        with pytest.raises(TransactionValidationError, match="kind 'upsert'"):
+            await backend.cache.write("t1", [create("r0", a=1), odd], 60.0)
+        assert await backend.cache.list(OBS) == []
+
     async def test_cache_create(self, backend: Backend) -> None:
         """A create caches the whole record and names its transaction in the ID cache."""
         await backend.cache.write("t1", [create("r1", a=1, b="x")], 60.0)
