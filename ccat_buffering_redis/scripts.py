@@ -89,6 +89,18 @@ local function extend(key, ttl)
   return 0
 end
 
+-- Calls with many arguments go in slices: unpack() returns a bounded number of
+-- values. `head` holds the leading arguments (command, key, option); slices of
+-- `args` follow them, 1,000 at a time (an even number: pairs stay whole).
+local function in_slices(head, args)
+  local n, k = #args, #head
+  for i = 1, n, 1000 do
+    local call = {unpack(head)}
+    for j = i, math.min(i + 999, n) do call[k + j - i + 1] = args[j] end
+    redis.call(unpack(call))
+  end
+end
+
 local function prune_terminal()
   for state, _ in pairs(TERMINAL) do
     redis.call('ZREMRANGEBYSCORE', STATE .. state, '-inf', NOW)
@@ -217,22 +229,6 @@ local function state_member(state, txid, lsn)
   return string.rep('0', 8 - #low) .. string.upper(low) .. txid
 end
 
--- Calls with many arguments go in slices: unpack() returns a bounded number of values.
-local function in_slices(command, key, args, extra)
-  local n = #args
-  for i = 1, n, 1000 do
-    if key then
-      if extra then
-        redis.call(command, key, extra, unpack(args, i, math.min(i + 999, n)))
-      else
-        redis.call(command, key, unpack(args, i, math.min(i + 999, n)))
-      end
-    else
-      redis.call(command, unpack(args, i, math.min(i + 999, n)))
-    end
-  end
-end
-
 -- Statuses are written once, at the end of the call: the last one staged per
 -- transaction wins, and one MGET tells which index each leaves.
 local STATUS_NEW, STATUS_ORDER = {}, {}
@@ -277,9 +273,9 @@ local function flush_statuses()
       end
     end
   end
-  for state, members in pairs(removes) do in_slices('ZREM', STATE .. state, members) end
-  if #plain > 0 then in_slices('MSET', nil, plain) end
-  for state, pairs_ in pairs(adds) do in_slices('ZADD', STATE .. state, pairs_) end
+  for state, members in pairs(removes) do in_slices({'ZREM', STATE .. state}, members) end
+  if #plain > 0 then in_slices({'MSET'}, plain) end
+  for state, pairs_ in pairs(adds) do in_slices({'ZADD', STATE .. state}, pairs_) end
 end
 
 -- Model indexes: ids to add (NX, by first write) and the longest TTL asked, per model.
@@ -292,7 +288,7 @@ local function index_add(model, id, ttl)
   if not INDEX_TTL[model] or INDEX_TTL[model] < ttl then INDEX_TTL[model] = ttl end
 end
 local function flush_indexes()
-  for model, list in pairs(INDEX_ADD) do in_slices('ZADD', INDEX .. model, list, 'NX') end
+  for model, list in pairs(INDEX_ADD) do in_slices({'ZADD', INDEX .. model, 'NX'}, list) end
   INDEX_ADD = {}
 end
 
@@ -477,7 +473,7 @@ end
 -- each); anything else that touches the list first sends what is pending.
 local PUSHES = {}
 local function flush_pushes()
-  in_slices('LPUSH', BUF, PUSHES)
+  in_slices({'LPUSH', BUF}, PUSHES)
   PUSHES = {}
 end
 
@@ -584,10 +580,8 @@ for _, p in ipairs(popped) do
   out[#out + 1] = r
   out[#out + 1] = p
 end
-for i = 1, #held, 1000 do
-  redis.call('HSET', INF, unpack(held, i, math.min(i + 999, #held)))
-  redis.call('ZADD', LEASES, unpack(leases, i, math.min(i + 999, #leases)))
-end
+in_slices({'HSET', INF}, held)
+in_slices({'ZADD', LEASES}, leases)
 return out
 """
 )
