@@ -3,10 +3,15 @@
 Example::
 
     tx = TransactionBuilder(endpoint="start_observation")
-    obs = tx.create("ExecutedObsUnit", {"obs_unit_id": 7, "status": "running"})
-    tx.create("RawDataPackage", {"executed_obs_unit_id": obs.id, "name": "pkg-1"})
+    obs = tx.create(ExecutedObsUnit, {"obs_unit_id": 7, "status": "running"})
+    tx.create(RawDataPackage, {"executed_obs_unit_id": obs.id, "name": "pkg-1"})
     transaction = tx.build()
     # obs.id is usable at once: as a foreign key above, and in the caller's reply.
+
+Given the mapped class (or a name and a registry), the builder converts every
+value to its column's Python type and runs the columns' Python-side defaults
+as each step is added (:mod:`ccat_buffering.columns`); given only a name, the
+coordinator does the same when the transaction is submitted.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 
+from ccat_buffering.columns import ModelColumns, columns_of, convert_step
 from ccat_buffering.errors import TransactionValidationError
 from ccat_buffering.models import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -27,6 +33,9 @@ from ccat_buffering.models import (
     Transaction,
     validation_error,
 )
+
+if TYPE_CHECKING:
+    from ccat_buffering.registry import ModelRegistry
 
 __all__ = ["RecordHandle", "TransactionBuilder"]
 
@@ -41,13 +50,16 @@ class RecordHandle:
     Attributes:
         step_id: The step that writes it.
         model: The model's name.
-        id: The pre-generated key (a UUID string), or ``None`` where the
-            database assigns it (then use :meth:`ref`).
+        id: The key as text, for URLs and replies (a UUID in its canonical
+            form), or ``None`` where the database assigns it (then use :meth:`ref`).
+        value: The key with its column's Python type (a ``uuid.UUID`` for a
+            ``Uuid`` key), for the data of later steps; ``None`` as for ``id``.
     """
 
     step_id: str
     model: str
     id: str | None
+    value: Any = None
 
     def ref(self, field: str) -> Ref:
         """Refer to a value of this record that only the database produces.
@@ -61,29 +73,40 @@ class RecordHandle:
         return Ref(step=self.step_id, field=field)
 
 
-def _describe(model: ModelLike) -> tuple[str, tuple[str, ...], bool]:
-    """Return the model's name, its key fields, and whether to pre-generate a key."""
+def _handle(step: Step, record: Mapping[str, Any]) -> RecordHandle:
+    fields = step.key_fields
+    value = record.get(fields[0]) if len(fields) == 1 else None
+    if value is None or isinstance(value, Ref):
+        return RecordHandle(step.step_id, step.model, None)
+    return RecordHandle(step.step_id, step.model, str(value), value)
+
+
+@dataclass(frozen=True)
+class _Model:
+    name: str
+    key_fields: tuple[str, ...]
+    columns: ModelColumns | None
+
+
+def _not_a_model(model: object) -> TransactionValidationError:
+    return TransactionValidationError(
+        f"{model!r} is neither a model name nor an SQLAlchemy mapped class"
+    )
+
+
+def _describe(model: ModelLike, registry: ModelRegistry | None) -> _Model:
+    """Name, key fields and column rules of a model given by class or by name."""
     if isinstance(model, str):
-        return model, ("id",), True
-    from sqlalchemy import inspect
+        if registry is not None and model in registry:
+            return _Model(model, registry.key_fields(model), columns_of(registry.model(model)))
+        return _Model(model, ("id",), None)
     from sqlalchemy.exc import NoInspectionAvailable
 
     try:
-        mapper = inspect(model)
-    except NoInspectionAvailable:
-        raise TransactionValidationError(
-            f"{model!r} is neither a model name nor an SQLAlchemy mapped class"
-        ) from None
-    columns = list(mapper.primary_key)
-    names = tuple(mapper.get_property_by_column(c).key for c in columns)
-    generate = False
-    if len(columns) == 1:
-        try:
-            python_type = columns[0].type.python_type
-        except NotImplementedError:
-            python_type = object
-        generate = python_type in (str, uuid.UUID)
-    return model.__name__, names, generate
+        columns = columns_of(model)
+    except (NoInspectionAvailable, TypeError):
+        raise _not_a_model(model) from None
+    return _Model(model.__name__, columns.key_fields, columns)
 
 
 class TransactionBuilder:
@@ -94,6 +117,8 @@ class TransactionBuilder:
             (``"start_observation"``); a plain identifier.
         transaction_id: A UUID to use instead of a new one.
         max_payload_bytes: Size limit checked by :meth:`build`.
+        registry: Resolves model names to mapped classes, so that steps given
+            by name are converted as steps given by class are.
     """
 
     def __init__(
@@ -102,33 +127,53 @@ class TransactionBuilder:
         *,
         transaction_id: str | None = None,
         max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+        registry: ModelRegistry | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.transaction_id = transaction_id or str(uuid.uuid4())
         self.max_payload_bytes = max_payload_bytes
+        self.registry = registry
         self._steps: list[Step] = []
 
     def _step_id(self, step_id: str | None) -> str:
         return step_id if step_id is not None else f"s{len(self._steps)}"
 
-    def _add(self, **fields: Any) -> Step:
+    def _add(self, model: _Model, **fields: Any) -> Step:
+        where = f"step {len(self._steps)} ({fields['operation']} {model.name})"
+        fields.setdefault("key_fields", model.key_fields)
         try:
-            step = Step(**fields)
+            step = Step(model=model.name, **fields)
         except pydantic.ValidationError as exc:
-            error = validation_error(exc)
-            raise TransactionValidationError(
-                f"step {len(self._steps)} ({fields['operation']} {fields['model']}): {error}"
-            ) from None
+            raise TransactionValidationError(f"{where}: {validation_error(exc)}") from None
+        if model.columns is not None:
+            step = convert_step(step, model.columns, where)
         self._steps.append(step)
         return step
+
+    def _with_key(self, model: _Model, data: Mapping[str, Any]) -> dict[str, Any]:
+        """``data``, with a generated key where it gives none and one can be made."""
+        values = dict(data)
+        fields = model.key_fields
+        if len(fields) != 1 or fields[0] in values:
+            return values
+        if model.columns is None:
+            values[fields[0]] = str(uuid.uuid4())
+            return values
+        where = f"step {len(self._steps)} (create {model.name})"
+        made, key = model.columns.generated_key(where)
+        if made:
+            values[fields[0]] = key
+        return values
 
     def create(
         self, model: ModelLike, data: Mapping[str, Any], *, step_id: str | None = None
     ) -> RecordHandle:
         """Add a step that inserts one row.
 
-        A single string or UUID key missing from ``data`` is pre-generated as a
-        UUID string, so that the caller has the id before the row exists.
+        A single key missing from ``data`` is made now, so that the caller has
+        the id before the row exists: the key column's own Python ``default=``
+        if it has one, else a new UUID (a ``uuid.UUID`` for a ``Uuid`` column,
+        its text for a text column); an autoincrement key is left to the database.
 
         Args:
             model: The mapped class or its name.
@@ -137,39 +182,38 @@ class TransactionBuilder:
 
         Returns:
             A handle on the new record.
+
+        Raises:
+            TransactionValidationError: A value its column cannot take (the
+                message names the step, field, value and expected type), or a
+                text key too short for a UUID and no default to make one.
         """
-        name, key_fields, generate = _describe(model)
-        values = dict(data)
-        if len(key_fields) == 1 and key_fields[0] not in values and generate:
-            values[key_fields[0]] = str(uuid.uuid4())
+        described = _describe(model, self.registry)
         step = self._add(
+            described,
             step_id=self._step_id(step_id),
             operation=Operation.CREATE,
-            model=name,
-            data=values,
-            key_fields=key_fields,
+            data=self._with_key(described, data),
         )
-        record_id = values.get(key_fields[0]) if len(key_fields) == 1 else None
-        shown = None if record_id is None or isinstance(record_id, Ref) else str(record_id)
-        return RecordHandle(step.step_id, name, shown)
+        return _handle(step, step.data or {})
 
-    def _key(self, model: ModelLike, key: Any) -> tuple[str, tuple[str, ...], dict[str, Any]]:
-        name, key_fields, _ = _describe(model)
+    def _key(self, model: _Model, key: Any) -> dict[str, Any]:
+        fields = model.key_fields
         if isinstance(key, Mapping):
-            if isinstance(model, str):
-                return name, tuple(key), dict(key)
-            if set(key) != set(key_fields):
+            if model.columns is None:
+                return dict(key)  # a model known by name only: the key names its fields
+            if set(key) != set(fields):
                 raise TransactionValidationError(
-                    f"{name}'s key is {key_fields}, but the key given names {tuple(key)}"
+                    f"{model.name}'s key is {fields}, but the key given names {tuple(key)}"
                 )
             # In the model's key order, so that the record's cache id is the same
             # whichever order the caller wrote the key in.
-            return name, key_fields, {field: key[field] for field in key_fields}
-        if len(key_fields) != 1:
+            return {field: key[field] for field in fields}
+        if len(fields) != 1:
             raise TransactionValidationError(
-                f"{name} has the composite key {key_fields}: pass the key as a mapping"
+                f"{model.name} has the composite key {fields}: pass the key as a mapping"
             )
-        return name, key_fields, {key_fields[0]: key}
+        return {fields[0]: key}
 
     def update(
         self,
@@ -181,6 +225,8 @@ class TransactionBuilder:
     ) -> RecordHandle:
         """Add a step that changes fields of one existing row.
 
+        Columns with a Python ``onupdate=`` that ``data`` does not set get it now.
+
         Args:
             model: The mapped class or its name.
             key: The row's key value, or a mapping of key fields to values.
@@ -190,18 +236,17 @@ class TransactionBuilder:
         Returns:
             A handle on the record.
         """
-        name, key_fields, key_values = self._key(model, key)
+        described = _describe(model, self.registry)
+        key_values = self._key(described, key)
         step = self._add(
+            described,
             step_id=self._step_id(step_id),
             operation=Operation.UPDATE,
-            model=name,
             key=key_values,
+            key_fields=tuple(key_values),
             data=dict(data),
-            key_fields=key_fields,
         )
-        value = next(iter(key_values.values())) if len(key_values) == 1 else None
-        shown = None if value is None or isinstance(value, Ref) else str(value)
-        return RecordHandle(step.step_id, name, shown)
+        return _handle(step, step.key or {})
 
     def delete(self, model: ModelLike, key: Any, *, step_id: str | None = None) -> None:
         """Add a step that deletes one row.
@@ -211,13 +256,14 @@ class TransactionBuilder:
             key: The row's key value, or a mapping of key fields to values.
             step_id: A name for the step.
         """
-        name, key_fields, key_values = self._key(model, key)
+        described = _describe(model, self.registry)
+        key_values = self._key(described, key)
         self._add(
+            described,
             step_id=self._step_id(step_id),
             operation=Operation.DELETE,
-            model=name,
             key=key_values,
-            key_fields=key_fields,
+            key_fields=tuple(key_values),
         )
 
     def bulk_create(
@@ -231,30 +277,20 @@ class TransactionBuilder:
 
         Args:
             model: The mapped class or its name.
-            records: Column values per row; keys are pre-generated as in :meth:`create`.
+            records: Column values per row; keys are made as in :meth:`create`.
             step_id: A name for the step.
 
         Returns:
             A handle per record, in order.
         """
-        name, key_fields, generate = _describe(model)
-        rows = [dict(r) for r in records]
-        if len(key_fields) == 1 and generate:
-            for row in rows:
-                row.setdefault(key_fields[0], str(uuid.uuid4()))
+        described = _describe(model, self.registry)
         step = self._add(
+            described,
             step_id=self._step_id(step_id),
             operation=Operation.BULK_CREATE,
-            model=name,
-            records=rows,
-            key_fields=key_fields,
+            records=[self._with_key(described, r) for r in records],
         )
-        handles = []
-        for row in rows:
-            value = row.get(key_fields[0]) if len(key_fields) == 1 else None
-            shown = None if value is None or isinstance(value, Ref) else str(value)
-            handles.append(RecordHandle(step.step_id, name, shown))
-        return handles
+        return [_handle(step, record) for record in step.records or []]
 
     def bulk_update(
         self,
@@ -270,13 +306,12 @@ class TransactionBuilder:
             records: Per row, its key fields and the fields to change.
             step_id: A name for the step.
         """
-        name, key_fields, _ = _describe(model)
+        described = _describe(model, self.registry)
         self._add(
+            described,
             step_id=self._step_id(step_id),
             operation=Operation.BULK_UPDATE,
-            model=name,
             records=[dict(r) for r in records],
-            key_fields=key_fields,
         )
 
     def build(self) -> Transaction:

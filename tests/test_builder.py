@@ -22,6 +22,9 @@ from ccat_buffering.models import (
 )
 
 
+NOW = dt.datetime(2026, 12, 1, 10, 0, tzinfo=dt.UTC)
+
+
 class _Base(DeclarativeBase):
     pass
 
@@ -77,7 +80,7 @@ def test_each_create_gets_its_own_id() -> None:
 
 def test_handle_id_is_usable_as_a_foreign_key_in_later_steps() -> None:
     tx = TransactionBuilder("start_observation")
-    obs = tx.create(ExecutedObsUnit, {"obs_unit_id": 7, "status": "running"})
+    obs = tx.create(ExecutedObsUnit, {"obs_unit_id": 7, "status": "running", "start_time": NOW})
     pkg = tx.create(RawDataPackage, {"executed_obs_unit_id": obs.id, "name": "pkg-1"})
     tx.create(RawDataFile, {"raw_data_package_id": pkg.id, "path": "a.fits", "size_bytes": 1})
     transaction = tx.build()
@@ -144,8 +147,11 @@ def test_ref_is_how_to_refer_to_a_database_generated_key() -> None:
 def test_create_keeps_a_given_id() -> None:
     tx = TransactionBuilder("ep")
     by_name = tx.create("M", {"id": "given-1"})
-    by_class = tx.create(ExecutedObsUnit, {"id": "given-2", "obs_unit_id": 1})
-    autoinc = tx.create(RawDataFile, {"id": 5, "path": "a"})
+    obs = {"obs_unit_id": 1, "status": "s", "start_time": NOW}
+    by_class = tx.create(ExecutedObsUnit, {"id": "given-2", **obs})
+    autoinc = tx.create(
+        RawDataFile, {"id": 5, "path": "a", "raw_data_package_id": "p", "size_bytes": 0}
+    )
     as_uuid = tx.create("M", {"id": uuid.UUID("5f0c8a2e-9b1d-4e7a-8c3f-2d6b4a1e9f07")})
     assert by_name.id == "given-1"
     assert by_class.id == "given-2"
@@ -153,8 +159,8 @@ def test_create_keeps_a_given_id() -> None:
     assert as_uuid.id == "5f0c8a2e-9b1d-4e7a-8c3f-2d6b4a1e9f07"
     steps = tx.build().steps
     assert steps[0].data == {"id": "given-1"}
-    assert steps[1].data == {"id": "given-2", "obs_unit_id": 1}
-    assert steps[2].data == {"id": 5, "path": "a"}
+    assert steps[1].data == {"id": "given-2", **obs}
+    assert steps[2].data == {"id": 5, "path": "a", "raw_data_package_id": "p", "size_bytes": 0}
     assert steps[3].data == {"id": uuid.UUID("5f0c8a2e-9b1d-4e7a-8c3f-2d6b4a1e9f07")}
 
 
@@ -177,6 +183,7 @@ def test_create_keeps_every_value_type() -> None:
         ExecutedObsUnit,
         {
             "obs_unit_id": 7,
+            "status": "done",
             "start_time": dt.datetime(2025, 3, 14, 23, 5, tzinfo=dt.UTC),
             "mean_pwv": Decimal("0.850"),
         },
@@ -193,7 +200,7 @@ def test_create_keeps_every_value_type() -> None:
 def test_update_with_a_scalar_key() -> None:
     tx = TransactionBuilder("ep")
     handle = tx.update(ExecutedObsUnit, "abc", {"status": "done"})
-    assert handle == RecordHandle("s0", "ExecutedObsUnit", "abc")
+    assert handle == RecordHandle("s0", "ExecutedObsUnit", "abc", "abc")
     step = tx.build().steps[0]
     assert step.operation is Operation.UPDATE
     assert step.key == {"id": "abc"}
@@ -226,7 +233,7 @@ def test_update_with_a_single_field_mapping_key() -> None:
 
 def test_update_with_a_ref_key_has_no_known_id() -> None:
     tx = TransactionBuilder("ep")
-    raw = tx.create(RawDataFile, {"path": "a"})
+    raw = tx.create(RawDataFile, {"path": "a", "raw_data_package_id": "p", "size_bytes": 1})
     assert tx.update(RawDataFile, raw.ref("id"), {"size_bytes": 2}).id is None
     assert tx.update(RawDataFile, {"id": raw.ref("id")}, {"size_bytes": 3}).id is None
 
@@ -280,20 +287,19 @@ def test_bulk_create_returns_a_handle_per_record_in_order() -> None:
     tx = TransactionBuilder("ep")
     handles = tx.bulk_create(
         RawDataPackage,
-        [{"name": "a"}, {"name": "b", "id": "given"}, {"name": "c"}],
+        [{"name": n, "executed_obs_unit_id": "o"} for n in "abc"],
     )
     assert [h.step_id for h in handles] == ["s0"] * 3
     assert [h.model for h in handles] == ["RawDataPackage"] * 3
-    assert handles[1].id == "given"
+    _uuid_text(handles[1].id)
     _uuid_text(handles[0].id)
     _uuid_text(handles[2].id)
     assert handles[0].id != handles[2].id
     step = tx.build().steps[0]
     assert step.operation is Operation.BULK_CREATE
     assert step.records == [
-        {"name": "a", "id": handles[0].id},
-        {"name": "b", "id": "given"},
-        {"name": "c", "id": handles[2].id},
+        {"name": n, "executed_obs_unit_id": "o", "id": h.id}
+        for n, h in zip("abc", handles, strict=True)
     ]
 
 
@@ -302,7 +308,10 @@ def test_bulk_create_handles_are_usable_as_foreign_keys() -> None:
     packages = tx.bulk_create("RawDataPackage", [{"name": "a"}, {"name": "b"}])
     tx.bulk_create(
         RawDataFile,
-        [{"raw_data_package_id": p.id, "path": f"{i}.fits"} for i, p in enumerate(packages)],
+        [
+            {"raw_data_package_id": p.id, "path": f"{i}.fits", "size_bytes": i}
+            for i, p in enumerate(packages)
+        ],
     )
     records = tx.build().steps[1].records
     assert records is not None
@@ -311,9 +320,10 @@ def test_bulk_create_handles_are_usable_as_foreign_keys() -> None:
 
 def test_bulk_create_with_an_autoincrement_key_leaves_ids_unknown() -> None:
     tx = TransactionBuilder("ep")
-    handles = tx.bulk_create(RawDataFile, [{"path": "a"}, {"path": "b", "id": 3}])
+    file = {"raw_data_package_id": "p", "size_bytes": 1}
+    handles = tx.bulk_create(RawDataFile, [{"path": "a", **file}, {"path": "b", "id": 3, **file}])
     assert [h.id for h in handles] == [None, "3"]
-    assert tx.build().steps[0].records == [{"path": "a"}, {"path": "b", "id": 3}]
+    assert tx.build().steps[0].records == [{"path": "a", **file}, {"path": "b", "id": 3, **file}]
 
 
 def test_bulk_create_with_a_composite_key() -> None:
