@@ -10,7 +10,13 @@ from ccat_buffering.errors import TransactionValidationError
 from ccat_buffering.models import TransactionStatus, check_identifier
 from ccat_buffering.protocols import CacheKind, CacheWrite
 
-__all__ = ["check_duration", "check_payload", "check_status", "check_writes"]
+__all__ = [
+    "check_duration",
+    "check_payload",
+    "check_record_id",
+    "check_status",
+    "check_writes",
+]
 
 
 def check_duration(value: float, what: str) -> None:
@@ -36,6 +42,24 @@ def _check_name(name: str, what: str) -> None:
         _KNOWN_NAMES.add(name)
 
 
+_RECORD_ID = re.compile(r"[A-Za-z0-9_.,%-]{1,1024}")
+
+
+def check_record_id(record_id: str) -> str:
+    """Return ``record_id`` if it can name a cache entry (see ``manager.key_text``).
+
+    Raises:
+        TransactionValidationError: Empty, over 1,024 characters, or holding a
+            character other than letters, digits, ``_``, ``.``, ``,``, ``%``, ``-``.
+    """
+    if not isinstance(record_id, str) or _RECORD_ID.fullmatch(record_id) is None:
+        raise TransactionValidationError(
+            f"record id {record_id!r} cannot name a cache entry: it must be 1 to 1,024 of "
+            "letters, digits, '_', '.', ',', '%' and '-' (manager.record_id encodes keys so)"
+        )
+    return record_id
+
+
 _TRANSACTION_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _KINDS = frozenset(CacheKind)
 
@@ -58,7 +82,7 @@ def check_writes(transaction_id: str, writes: Sequence[CacheWrite]) -> None:
         )
     for write in writes:
         _check_name(write.model, "model name")
-        check_identifier(write.record_id, "record id")
+        check_record_id(write.record_id)
         if write.kind not in _KINDS:
             raise TransactionValidationError(
                 f"cache write kind {write.kind!r} is not one of {', '.join(_KINDS)}"

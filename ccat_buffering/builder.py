@@ -100,8 +100,14 @@ def _describe(model: ModelLike, registry: ModelRegistry | None) -> _Model:
         if registry is not None and model in registry:
             return _Model(model, registry.key_fields(model), columns_of(registry.model(model)))
         return _Model(model, ("id",), None)
+    from sqlalchemy import Table
     from sqlalchemy.exc import NoInspectionAvailable
 
+    if isinstance(model, Table):
+        raise TransactionValidationError(
+            f"table {model.name!r} is a plain Table, not a mapped class: map it to a class "
+            f"(__table__ = {model.name}), register that class, and write its rows by class"
+        )
     try:
         columns = columns_of(model)
     except (NoInspectionAvailable, TypeError):

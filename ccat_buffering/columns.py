@@ -39,6 +39,7 @@ import datetime as dt
 import functools
 import math
 import uuid
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -491,10 +492,19 @@ class ModelColumns:
         ]
 
 
-@functools.cache
+_COLUMNS: weakref.WeakKeyDictionary[type[Any], ModelColumns] = weakref.WeakKeyDictionary()
+
+
 def columns_of(model: type[Any]) -> ModelColumns:
-    """The column rules of a mapped class (computed once per class)."""
-    return ModelColumns(inspect(model))
+    """The column rules of a mapped class (computed once per class).
+
+    Raises:
+        sqlalchemy.exc.NoInspectionAvailable: ``model`` is not mapped.
+    """
+    columns = _COLUMNS.get(model)
+    if columns is None:
+        columns = _COLUMNS[model] = ModelColumns(inspect(model))
+    return columns
 
 
 def convert_step(step: Step, columns: ModelColumns, where: str) -> Step:

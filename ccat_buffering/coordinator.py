@@ -165,6 +165,7 @@ class BufferingCoordinator:
         """
         if self.settings.site_type == "secondary":
             return await self.manager.buffer(transaction)
+        transaction = self.registry.convert(transaction)
         transaction.to_json(self.settings.max_payload_bytes)
         result = await self.executor.execute_batch([transaction])
         error = result.outcomes[0].error

@@ -10,12 +10,14 @@ them leaves every transaction in a state the next processor understands.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ccat_buffering._checks import check_record_id
 from ccat_buffering._codec import PLAIN_TYPES, decode_value, encode_value
 from ccat_buffering.errors import TransactionValidationError
 from ccat_buffering.lsn import LSN
@@ -26,20 +28,52 @@ from ccat_buffering.models import (
     Transaction,
     TransactionState,
     TransactionStatus,
-    check_identifier,
 )
 from ccat_buffering.protocols import Backend, CachedRecord, CacheKind, CacheWrite, Claim
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.retry import FailureKind, RetryPolicy, describe_error
 
-__all__ = ["Delivery", "Listener", "TransactionManager", "cache_writes", "record_id"]
+__all__ = [
+    "Delivery",
+    "Listener",
+    "TransactionManager",
+    "cache_writes",
+    "key_text",
+    "record_id",
+]
 
 DEFAULT_STATUS_TTL = 3600.0
 DEFAULT_CACHE_TTL = 3600.0
 CONFLICT_DELAY = 0.05
 
 
-def record_id(key: dict[str, Any], key_fields: Sequence[str]) -> str | None:
+_KEY_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+def key_text(value: Any) -> str:
+    """One key value as text in a record id: percent-encoded outside ``[A-Za-z0-9_.-]``.
+
+    So natural keys (``"NGC 1333"``, ``"IRAS16293-2422:A"``, ``"jdoe@example.org"``)
+    stay inside the store's key schema, and a ``,`` of a composite part cannot
+    be taken for the separator. UUIDs, integers and dates are unchanged.
+
+    Args:
+        value: A key value, converted to its column's type.
+
+    Returns:
+        The encoded text.
+    """
+    if isinstance(value, enum.Enum):
+        value = value.name
+    elif isinstance(value, dt.datetime | dt.date | dt.time):
+        value = value.isoformat()
+    text = value if isinstance(value, str) else str(value)
+    if all(c in _KEY_SAFE for c in text):
+        return text
+    return "".join(c if c in _KEY_SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in text)
+
+
+def record_id(key: Mapping[str, Any], key_fields: Sequence[str]) -> str | None:
     """The cache id of a record: its key values as text, or ``None`` if not yet known.
 
     Args:
@@ -47,17 +81,17 @@ def record_id(key: dict[str, Any], key_fields: Sequence[str]) -> str | None:
         key_fields: The model's key fields.
 
     Returns:
-        ``"<value>"`` for a single key, ``"<v1>,<v2>"`` for a composite one;
-        ``None`` when a key value is missing or only the database will produce it.
+        ``"<value>"`` for a single key, ``"<v1>,<v2>"`` for a composite one, each
+        part encoded by :func:`key_text`; ``None`` when a key value is missing or
+        only the database will produce it.
 
     Raises:
-        TransactionValidationError: A key value cannot be part of a cache key.
+        TransactionValidationError: The key is empty or too long to be a cache key.
     """
     values = [key.get(name) for name in key_fields]
     if any(v is None or isinstance(v, Ref) for v in values):
         return None
-    text = ",".join(str(v) for v in values)
-    return check_identifier(text, "record id")
+    return check_record_id(",".join(key_text(v) for v in values))
 
 
 def _fields(record: dict[str, Any]) -> dict[str, Any]:
@@ -191,7 +225,7 @@ class TransactionManager:
                 f"expected a Transaction (see TransactionBuilder), not {type(transaction).__name__}"
             )
         if self.registry is not None:
-            self.registry.check(transaction)
+            transaction = self.registry.convert(transaction)
         payload = transaction.to_json(self.max_payload_bytes)
         writes = cache_writes(transaction)
         status = TransactionStatus(

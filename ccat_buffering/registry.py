@@ -79,6 +79,14 @@ class ModelRegistry:
         Raises:
             ConfigurationError: It is not mapped, or the name is taken by another.
         """
+        from sqlalchemy import Table
+
+        if isinstance(model, Table):
+            raise ConfigurationError(
+                f"table {model.name!r} is a plain Table, not a mapped class: map it "
+                f"(class {model.name.title().replace('_', '')}(Base): __table__ = {model.name}) "
+                "and register the class"
+            )
         name = check_identifier(name or model.__name__, "model name")
         try:
             mapper = inspect(model)
@@ -161,6 +169,37 @@ class ModelRegistry:
         where = f"transaction {transaction.transaction_id}: "
         for step in transaction.steps:
             self.check_step(step, where)
+
+    def convert(self, transaction: Transaction) -> Transaction:
+        """Check a transaction and convert its values to their columns' Python types.
+
+        What :class:`~ccat_buffering.builder.TransactionBuilder` does for steps
+        given by class, for steps given by name: values converted by column
+        type, Python-side ``default=``/``onupdate=`` filled in. Converting an
+        already converted transaction changes nothing.
+
+        Args:
+            transaction: A built transaction.
+
+        Returns:
+            The converted transaction.
+
+        Raises:
+            UnknownModelError: A model is not registered.
+            UnknownColumnError: A field is not mapped.
+            TransactionValidationError: A value its column cannot take.
+        """
+        from ccat_buffering.columns import columns_of, convert_step
+
+        self.check(transaction)
+        steps = []
+        for index, step in enumerate(transaction.steps):
+            where = (
+                f"transaction {transaction.transaction_id}: step {index} "
+                f"({step.operation} {step.model})"
+            )
+            steps.append(convert_step(step, columns_of(self.model(step.model)), where))
+        return transaction.model_copy(update={"steps": steps})
 
     def as_mapping(self) -> Mapping[str, type[Any]]:
         """A read-only view of names and classes."""

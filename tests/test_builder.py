@@ -21,7 +21,6 @@ from ccat_buffering.models import (
     Transaction,
 )
 
-
 NOW = dt.datetime(2026, 12, 1, 10, 0, tzinfo=dt.UTC)
 
 

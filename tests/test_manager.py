@@ -13,7 +13,7 @@ from ccat_buffering.errors import (
     UnknownColumnError,
     UnknownModelError,
 )
-from ccat_buffering.manager import TransactionManager, cache_writes
+from ccat_buffering.manager import TransactionManager, cache_writes, record_id
 from ccat_buffering.models import TransactionState
 from ccat_buffering.protocols import CacheKind
 from ccat_buffering.retry import FailureKind
@@ -133,10 +133,33 @@ def test_cache_writes_follow_the_steps() -> None:
     assert dict(writes[1].fields) == {"status": "done"}
 
 
-def test_record_ids_that_would_escape_the_key_schema_are_refused() -> None:
+@pytest.mark.parametrize(
+    ("key", "text"),
+    [
+        ("NGC 1333", "NGC%201333"),
+        ("IRAS16293-2422:A", "IRAS16293-2422%3AA"),
+        ("jdoe@example.org", "jdoe%40example.org"),
+        ("a*{b}", "a%2A%7Bb%7D"),
+        ("Ωmega", "%CE%A9mega"),
+        ("100%", "100%25"),
+        ("plain-id_1.2", "plain-id_1.2"),
+    ],
+)
+def test_natural_keys_are_encoded_inside_the_key_schema(key: str, text: str) -> None:
     tx = TransactionBuilder("x")
-    tx.update("ExecutedObsUnit", "a:b", {"status": "done"})
-    with pytest.raises(TransactionValidationError, match="record id 'a:b'"):
+    tx.update("ExecutedObsUnit", key, {"status": "done"})
+    assert cache_writes(tx.build())[0].record_id == text
+
+
+def test_composite_parts_holding_the_separator_stay_apart() -> None:
+    assert record_id({"a": "x,y", "b": "z"}, ["a", "b"]) == "x%2Cy,z"
+    assert record_id({"a": "x", "b": "y,z"}, ["a", "b"]) == "x,y%2Cz"
+
+
+def test_record_ids_too_long_for_a_cache_key_are_refused() -> None:
+    tx = TransactionBuilder("x")
+    tx.update("ExecutedObsUnit", "Ω" * 200, {"status": "done"})
+    with pytest.raises(TransactionValidationError, match="cannot name a cache entry"):
         cache_writes(tx.build())
 
 

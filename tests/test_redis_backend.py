@@ -30,7 +30,7 @@ from ccat_buffering_redis.compression import MARKER
 
 from support import observation
 
-ESCAPES = ["a:b", "*", "{x}", "a b", "a\nb", "tab\there", "x" * 200, "", "site}", "ü"]
+ESCAPES = ["a:b", "*", "{x}", "a b", "a\nb", "tab\there", "x" * 1025, "", "site}", "ü"]
 
 
 @pytest_asyncio.fixture
