@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import unquote
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering._codec import decode_value
-from ccat_buffering.errors import DatabaseUnavailableError
+from ccat_buffering.columns import ModelColumns, columns_of
+from ccat_buffering.errors import DatabaseUnavailableError, TransactionValidationError
 from ccat_buffering.manager import record_id
 from ccat_buffering.protocols import CachedRecord, CacheStore
 from ccat_buffering.registry import ModelRegistry
@@ -25,6 +27,8 @@ from ccat_buffering.retry import FailureKind, classify_failure
 __all__ = ["Reads"]
 
 Row = dict[str, Any]
+ModelLike = str | type[Any]
+"""A model's name, or the SQLAlchemy mapped class itself."""
 
 
 def _decoded(record: CachedRecord) -> Row:
@@ -94,42 +98,83 @@ class Reads:
                 ) from exc
             raise
 
-    async def get(self, model: str, record_id_: str) -> Row | None:
+    def _name(self, model: ModelLike) -> str:
+        return model if isinstance(model, str) else model.__name__
+
+    def _columns(self, model: str) -> ModelColumns | None:
+        if self.registry is not None and model in self.registry:
+            return columns_of(self.registry.model(model))
+        return None
+
+    def _shown(self, model: str, row: Row | None) -> Row | None:
+        """A record as reads show it, from the buffer or the database alike."""
+        columns = self._columns(model)
+        return row if row is None or columns is None else columns.read(row)
+
+    def _key_values(self, model: str, key: Any) -> dict[str, Any] | None:
+        """The key given to :meth:`get`, by field, converted by column type."""
+        key_fields = self._key_fields(model)
+        if isinstance(key, Mapping):
+            values = dict(key)
+        elif isinstance(key, tuple | list):
+            values = dict(zip(key_fields, key, strict=False)) if len(key) == len(key_fields) else {}
+        elif len(key_fields) > 1 and isinstance(key, str):
+            values = dict(zip(key_fields, key.split(","), strict=False))
+        else:
+            values = {key_fields[0]: key} if len(key_fields) == 1 else {}
+        if set(values) != set(key_fields):
+            return None  # not a key of this model's shape
+        columns = self._columns(model)
+        if columns is not None:
+            try:
+                values = columns.convert(values, f"a key of {model}")
+            except TransactionValidationError:
+                return None  # no row can have it
+        return {name: values[name] for name in key_fields}
+
+    def _keys_of(self, model: str, field: str, record_ids: Iterable[str]) -> list[Any]:
+        """Key values back from single-key record ids (``key_text`` undone)."""
+        columns = self._columns(model)
+        keys = []
+        for rid in record_ids:
+            text = unquote(rid)
+            if columns is None:
+                keys.append(text)
+                continue
+            try:
+                keys.append(columns.convert({field: text}, model)[field])
+            except TransactionValidationError:
+                continue  # not a key the database can hold
+        return keys
+
+    async def get(self, model: ModelLike, key: Any) -> Row | None:
         """One record as the site sees it.
 
         Args:
-            model: The model's name.
-            record_id_: Its key as text (``"a,b"`` for a composite key).
+            model: The mapped class or its name.
+            key: Its key: the value (in any form its column accepts, so the
+                text of a UUID or a date does), a tuple or mapping of the parts
+                of a composite key, or their text joined by ``,``.
 
         Returns:
             The record's fields, or ``None`` if it does not exist (or a
             buffered delete removed it).
         """
-        cached = await self.cache.get(model, record_id_)
+        name = self._name(model)
+        values = self._key_values(name, key)
+        if values is None:
+            return None
+        rid = record_id(values, list(values))
+        cached = None if rid is None else await self.cache.get(name, rid)
         row = None
         if self.engine is not None and self.registry is not None:
-            cls = self.registry.model(model)
-            key_fields = self._key_fields(model)
-            parts = record_id_.split(",") if len(key_fields) > 1 else [record_id_]
-            if len(parts) != len(key_fields):
-                return _overlay(None, cached)  # not a key of this model's shape
-            conditions = [
-                getattr(cls, name) == self._cast(cls, name, value)
-                for name, value in zip(key_fields, parts, strict=True)
-            ]
-            rows = await self._rows(model, *conditions)
+            cls = self.registry.model(name)
+            conditions = [getattr(cls, field) == value for field, value in values.items()]
+            rows = await self._rows(name, *conditions)
             row = rows[0] if rows else None
-        return _overlay(row, cached)
+        return self._shown(name, _overlay(row, cached))
 
-    @staticmethod
-    def _cast(cls: type[Any], name: str, value: str) -> Any:
-        try:
-            python_type = getattr(cls, name).type.python_type
-        except (AttributeError, NotImplementedError):
-            return value
-        return python_type(value) if python_type in (int, float) else value
-
-    async def merge(self, model: str, rows: Iterable[Any]) -> list[Row]:
+    async def merge(self, model: ModelLike, rows: Iterable[Any]) -> list[Row]:
         """Overlay buffered records over rows the caller read itself.
 
         Rows keep their order; buffered creates not among them follow, in the
@@ -142,15 +187,20 @@ class Reads:
         Returns:
             The records as the site sees them, one per key.
         """
-        return self._merge(model, rows, await self.cache.list(model))
+        name = self._name(model)
+        return self._merge(name, rows, await self.cache.list(name))
 
     def _merge(self, model: str, rows: Iterable[Any], records: Iterable[CachedRecord]) -> list[Row]:
         key_fields = self._key_fields(model)
+        columns = self._columns(model)
         cached = {c.record_id: c for c in records}
         merged: dict[str, Row] = {}
         for raw in rows:
             row = self._as_row(model, raw)
-            rid = record_id(row, key_fields)
+            key = {f: row.get(f) for f in key_fields}
+            if columns is not None:
+                key = columns.convert(key, f"a row of {model}")
+            rid = record_id(key, key_fields)
             if rid is None or rid in merged:
                 continue
             result = _overlay(row, cached.pop(rid, None))
@@ -160,36 +210,41 @@ class Reads:
             result = _overlay(None, record)
             if result is not None and rid not in merged:
                 merged[rid] = result
-        return list(merged.values())
+        return [self._shown(model, row) or row for row in merged.values()]
 
-    async def list(self, model: str, **equals: Any) -> list[Row]:
+    async def list(self, model: ModelLike, **equals: Any) -> list[Row]:
         """Records of ``model`` whose fields equal ``equals``, as the site sees them.
 
         Filtering applies after the overlay, so a buffered update that makes
-        a row match (or stop matching) counts.
+        a row match (or stop matching) counts. Filter values are converted by
+        column type, as written values are.
 
         Args:
-            model: The model's name.
+            model: The mapped class or its name.
             **equals: Field values to match.
 
         Returns:
             Matching records.
         """
-        records = await self.cache.list(model)
+        name = self._name(model)
+        columns = self._columns(name)
+        written = equals if columns is None else columns.convert(equals, f"a filter of {name}")
+        shown = written if columns is None else columns.read(written)
+        records = await self.cache.list(name)
         rows: list[Row] = []
         if self.engine is not None and self.registry is not None:
-            cls = self.registry.model(model)
-            unknown = sorted(set(equals) - self.registry.fields(model))
+            cls = self.registry.model(name)
+            unknown = sorted(set(equals) - self.registry.fields(name))
             if unknown:
-                raise ValueError(f"{model} has no field(s) {unknown}")
+                raise ValueError(f"{name} has no field(s) {unknown}")
             cached_ids = [c.record_id for c in records]
-            match = [getattr(cls, k) == v for k, v in equals.items()]
-            key_fields = self._key_fields(model)
+            match = [getattr(cls, k) == v for k, v in written.items()]
+            key_fields = self._key_fields(name)
             condition: Any = and_(*match) if match else None
             if condition is not None and cached_ids and len(key_fields) == 1:
                 key = getattr(cls, key_fields[0])
-                ids = [self._cast(cls, key_fields[0], rid) for rid in cached_ids]
+                ids = self._keys_of(name, key_fields[0], cached_ids)
                 condition = or_(condition, key.in_(ids))
-            rows = await self._rows(model, *([] if condition is None else [condition]))
-        merged = self._merge(model, rows, records)
-        return [r for r in merged if all(r.get(k) == v for k, v in equals.items())]
+            rows = await self._rows(name, *([] if condition is None else [condition]))
+        merged = self._merge(name, rows, records)
+        return [r for r in merged if all(r.get(k) == v for k, v in shown.items())]
