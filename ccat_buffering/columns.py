@@ -203,6 +203,13 @@ def _uuid(as_uuid: bool) -> Convert:
     return convert
 
 
+def _read_uuid(value: Any) -> Any:
+    # asyncpg gives its own subclass; a record shows the same type from either side.
+    if isinstance(value, uuid.UUID) and type(value) is not uuid.UUID:
+        return uuid.UUID(int=value.int)
+    return value
+
+
 def _json_data(value: Any, where: str = "") -> Any:
     if value is None or type(value) in (str, bool, int):
         return value
@@ -263,8 +270,6 @@ def _same(value: Any) -> Any:
 
 def _rules_for(column_type: Any) -> tuple[Convert, Convert, str]:
     """The write rule, the read rule and a name of what the column expects."""
-    if isinstance(column_type, TypeDecorator):
-        return _same, _same, type(column_type).__name__
     if isinstance(column_type, Enum):
         write, read = _enum(column_type)
         return write, read, "one of the enum's values"
@@ -288,7 +293,7 @@ def _rules_for(column_type: Any) -> tuple[Convert, Convert, str]:
         return write_list, read_list, f"a list of {item_name}"
     if isinstance(column_type, Uuid):
         as_uuid = bool(column_type.as_uuid)
-        return _uuid(as_uuid), _same, "a UUID"
+        return _uuid(as_uuid), _read_uuid, "a UUID"
     if isinstance(column_type, DateTime):
         aware = bool(column_type.timezone)
         kind = "an aware datetime" if aware else "a naive datetime"
@@ -314,6 +319,8 @@ def _rules_for(column_type: Any) -> tuple[Convert, Convert, str]:
         return _string(column_type.length), _same, "text"
     if isinstance(column_type, LargeBinary):
         return functools.partial(_lax, bytes), _same, "bytes"
+    if isinstance(column_type, TypeDecorator):
+        return _same, _same, type(column_type).__name__  # its own Python side: unknown here
     try:
         python_type = column_type.python_type
     except NotImplementedError:

@@ -27,7 +27,7 @@ extensions = [
 # to Python, pydantic or SQLAlchemy names stay plain text, so nitpicky is off.
 nitpicky = False
 
-exclude_patterns = ["_build", "_generated", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "_generated", "_type_matrix.rst", "Thumbs.db", ".DS_Store"]
 templates_path: list[str] = []
 
 # -- autodoc -----------------------------------------------------------------
