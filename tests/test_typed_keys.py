@@ -18,12 +18,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from test_type_matrix import database_only, typed_site
+from type_cases import KeyBase, Link, Night, Phase, Pointing, Source, Target
 
 from ccat_buffering import BufferingCoordinator, TransactionBuilder
 from ccat_buffering.models import Transaction, TransactionState
-
-from test_type_matrix import database_only, typed_site
-from type_cases import KeyBase, Link, Night, Phase, Pointing, Source, Target
 
 SITES = [
     pytest.param(database, backend, site_type, id=f"{database}-{backend}-{site_type}")
@@ -121,7 +120,9 @@ async def test_keys_of_every_shape_from_write_to_replica(
                         assert (type(value), value) == (
                             type(after[name][field]),
                             after[name][field],
-                        ), f"{name}.{field}: {value!r} before the drain, {after[name][field]!r} after"
+                        ), (
+                            f"{name}.{field}: {value!r} before the drain, {after[name][field]!r} after"
+                        )
 
 
 async def test_python_defaults_hold_the_moment_of_the_write(tmp_path: Path) -> None:

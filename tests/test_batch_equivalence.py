@@ -1,0 +1,138 @@
+"""A batch gives exactly the outcome of applying its transactions one by one.
+
+Hypothesis draws sequences of creates, updates and deletes over small pools of
+keys and names (so that duplicate keys, missing parents, unique names and rows
+created by later transactions all happen), applies each sequence at batch
+sizes 1, 7 and 100, and compares the databases and every transaction's outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+from sqlalchemy.pool import StaticPool
+
+from ccat_buffering.builder import TransactionBuilder
+from ccat_buffering.example import Base, ExecutedObsUnit, RawDataFile, RawDataPackage
+from ccat_buffering.executor import Outcome, TransactionExecutor, create_engine
+from ccat_buffering.models import Transaction
+from ccat_buffering.registry import ModelRegistry
+
+REGISTRY = ModelRegistry.from_base(Base)
+START = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+OBS = ["o1", "o2", "o3", "o4", "o5"]
+PACKAGES = ["p1", "p2", "p3", "p4", "p5", "p6"]
+NAMES = ["n1", "n2", "n3"]
+
+obs = st.sampled_from(OBS)
+package = st.sampled_from(PACKAGES)
+name = st.sampled_from(NAMES)
+
+create_obs = st.tuples(st.just("create_obs"), obs, st.integers(0, 3))
+create_package = st.tuples(st.just("create_package"), package, obs, name)
+# Creates come more often than the rest, deletes least (a delete keeps the whole
+# batch from being grouped), so that grouped batches that succeed are common.
+step = st.one_of(
+    create_obs,
+    create_obs,
+    create_package,
+    create_package,
+    st.tuples(st.just("bulk_packages"), st.lists(st.tuples(package, obs, name), max_size=3)),
+    st.tuples(st.just("create_file"), package, st.integers(1, 9)),
+    st.tuples(st.just("update_package"), package, obs),
+    st.tuples(st.just("rename_package"), package, name),
+    st.tuples(st.just("update_obs"), obs, st.integers(0, 3)),
+    st.tuples(st.just("delete_package"), package) | st.tuples(st.just("delete_obs"), obs),
+)
+transactions = st.lists(st.lists(step, min_size=1, max_size=3), min_size=1, max_size=24)
+
+
+def build(steps: list[tuple[Any, ...]], number: int) -> Transaction:
+    tx = TransactionBuilder(f"t{number}")
+    for kind, *args in steps:
+        if kind == "create_obs":
+            tx.create(
+                ExecutedObsUnit,
+                {"id": args[0], "obs_unit_id": args[1], "status": "s", "start_time": START},
+            )
+        elif kind == "create_package":
+            tx.create(
+                RawDataPackage, {"id": args[0], "executed_obs_unit_id": args[1], "name": args[2]}
+            )
+        elif kind == "bulk_packages" and args[0]:
+            tx.bulk_create(
+                RawDataPackage,
+                [{"id": p, "executed_obs_unit_id": o, "name": n} for p, o, n in args[0]],
+            )
+        elif kind == "create_file":
+            tx.create(
+                RawDataFile,
+                {"raw_data_package_id": args[0], "path": f"/{args[1]}", "size_bytes": args[1]},
+            )
+        elif kind == "update_package":
+            tx.update(RawDataPackage, args[0], {"executed_obs_unit_id": args[1]})
+        elif kind == "rename_package":
+            tx.update(RawDataPackage, args[0], {"name": args[1]})
+        elif kind == "update_obs":
+            tx.update(ExecutedObsUnit, args[0], {"obs_unit_id": args[1]})
+        elif kind == "delete_package":
+            tx.delete(RawDataPackage, args[0])
+        elif kind == "delete_obs":
+            tx.delete(ExecutedObsUnit, args[0])
+    if not tx._steps:
+        tx.update(ExecutedObsUnit, "o1", {"obs_unit_id": 0})
+    return tx.build()
+
+
+def summary(outcome: Outcome) -> tuple[bool, bool, str | None]:
+    return outcome.applied, outcome.already_applied, type(outcome.error).__name__
+
+
+async def apply(batch: list[Transaction], size: int) -> tuple[list[Any], list[Any]]:
+    engine = create_engine("sqlite+aiosqlite:///:memory:", poolclass=StaticPool)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        executor = TransactionExecutor(engine, REGISTRY)
+        await executor.create_ledger()
+        outcomes: list[Any] = []
+        for start in range(0, len(batch), size):
+            result = await executor.execute_batch(batch[start : start + size])
+            outcomes.extend(summary(o) for o in result.outcomes)
+        rows: list[Any] = []
+        async with engine.connect() as conn:
+            for model in (ExecutedObsUnit, RawDataPackage, RawDataFile):
+                columns = [c for c in model.__table__.columns]
+                result = await conn.execute(select(*columns).order_by(*columns))
+                rows.append([tuple(r) for r in result])
+        return outcomes, rows
+    finally:
+        await engine.dispose()
+
+
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(transactions)
+@example([[("create_package", "p1", "o1", "n1")], [("create_obs", "o1", 1)]])
+@example([[("update_package", "p1", "o2")], [("create_package", "p1", "o1", "n1")]])
+@example(
+    [[("create_obs", "o1", 0), ("create_package", "p1", "o1", "n1")], [("create_obs", "o2", 1)]]
+    + [[("update_package", "p1", "o3")], [("create_obs", "o3", 2)]]
+)
+def test_a_batch_gives_the_outcome_of_one_by_one(drawn: list[list[tuple[Any, ...]]]) -> None:
+    batch = [build(steps, i) for i, steps in enumerate(drawn)]
+
+    async def run() -> None:
+        reference = await apply(batch, 1)
+        for size in (7, 100):
+            assert await apply(batch, size) == reference, f"batch size {size} differs"
+
+    asyncio.run(run())
