@@ -124,8 +124,12 @@ async def apply(batch: list[Transaction], size: int) -> tuple[list[Any], list[An
 @example([[("create_package", "p1", "o1", "n1")], [("create_obs", "o1", 1)]])
 @example([[("update_package", "p1", "o2")], [("create_package", "p1", "o1", "n1")]])
 @example(
-    [[("create_obs", "o1", 0), ("create_package", "p1", "o1", "n1")], [("create_obs", "o2", 1)]]
-    + [[("update_package", "p1", "o3")], [("create_obs", "o3", 2)]]
+    [
+        [("create_obs", "o1", 0), ("create_package", "p1", "o1", "n1")],
+        [("create_obs", "o2", 1)],
+        [("update_package", "p1", "o3")],
+        [("create_obs", "o3", 2)],
+    ]
 )
 def test_a_batch_gives_the_outcome_of_one_by_one(drawn: list[list[tuple[Any, ...]]]) -> None:
     batch = [build(steps, i) for i, steps in enumerate(drawn)]

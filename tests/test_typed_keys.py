@@ -120,9 +120,7 @@ async def test_keys_of_every_shape_from_write_to_replica(
                         assert (type(value), value) == (
                             type(after[name][field]),
                             after[name][field],
-                        ), (
-                            f"{name}.{field}: {value!r} before the drain, {after[name][field]!r} after"
-                        )
+                        ), f"{name}.{field}: {value!r} before, {after[name][field]!r} after"
 
 
 async def test_python_defaults_hold_the_moment_of_the_write(tmp_path: Path) -> None:
