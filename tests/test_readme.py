@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -20,4 +21,5 @@ def test_quickstart_runs(tmp_path: Path) -> None:
     first, second = result.stdout.strip().splitlines()
     obs_id, state = first.split()
     assert state == "buffered"
-    assert f"'id': '{obs_id}'" in second and "'status': 'running'" in second
+    assert str(uuid.UUID(obs_id)) == obs_id
+    assert second == "True running 2026-12-01"
