@@ -405,6 +405,30 @@ class ModelColumns:
         self.key_fields = tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key)
         table = mapper.local_table
         self._autoincrement = getattr(table, "autoincrement_column", None)
+        # Worked out once per class: every step of the model needs them.
+        self._defaulted = {
+            which: [
+                rule
+                for rule in self.rules.values()
+                if (d := getattr(rule.column, which)) is not None and (d.is_scalar or d.is_callable)
+            ]
+            for which in ("default", "onupdate")
+        }
+        self._required = [
+            name for name, rule in self.rules.items() if self._is_required(rule.column)
+        ]
+        self._not_null = frozenset(
+            name
+            for name, rule in self.rules.items()
+            if not rule.column.nullable and rule.column is not self._autoincrement
+        )
+
+    def _is_required(self, column: Column[Any]) -> bool:
+        if column.nullable or column is self._autoincrement:
+            return False
+        if column.default is not None or column.server_default is not None:
+            return False
+        return column.computed is None and column.identity is None
 
     def convert(self, record: Mapping[str, Any], where: str) -> dict[str, Any]:
         """Each value of ``record`` converted by its column's rule.
@@ -438,12 +462,11 @@ class ModelColumns:
 
     def fill_defaults(self, record: dict[str, Any], which: str, where: str) -> None:
         """Add the Python-side ``default``/``onupdate`` of every column ``record`` lacks."""
-        for name, rule in self.rules.items():
-            if name in record:
+        for rule in self._defaulted[which]:
+            if rule.field in record:
                 continue
-            present, value = rule.python_default(which, record)
-            if present:
-                record[name] = self.convert({name: value}, where)[name]
+            _, value = rule.python_default(which, record)
+            record[rule.field] = self.convert({rule.field: value}, where)[rule.field]
 
     def generated_key(self, where: str) -> tuple[bool, Any]:
         """A key for a create that gives none: whether one is made, and the key.
@@ -475,28 +498,12 @@ class ModelColumns:
 
     def missing_required(self, record: Mapping[str, Any]) -> list[str]:
         """Columns a create must give: NOT NULL, with no default of any kind."""
-        missing = []
-        for name, rule in self.rules.items():
-            column = rule.column
-            if name in record or column.nullable or column is self._autoincrement:
-                continue
-            if column.default is not None or column.server_default is not None:
-                continue
-            if column.computed is not None or column.identity is not None:
-                continue
-            missing.append(name)
-        return missing
+        return [name for name in self._required if name not in record]
 
     def null_refused(self, record: Mapping[str, Any]) -> list[str]:
         """Fields given as ``None`` whose columns are NOT NULL."""
-        return [
-            name
-            for name, value in record.items()
-            if value is None
-            and name in self.rules
-            and not self.rules[name].column.nullable
-            and self.rules[name].column is not self._autoincrement
-        ]
+        not_null = self._not_null
+        return [name for name, value in record.items() if value is None and name in not_null]
 
 
 _COLUMNS: weakref.WeakKeyDictionary[type[Any], ModelColumns] = weakref.WeakKeyDictionary()
@@ -533,6 +540,8 @@ def convert_step(step: Step, columns: ModelColumns, where: str) -> Step:
         TransactionValidationError: A value its column cannot take, ``None``
             for a NOT NULL column, or a create missing a required column.
     """
+    if step._converted:
+        return step
     creating = step.operation in (Operation.CREATE, Operation.BULK_CREATE)
     which = "default" if creating else "onupdate"
     changes: dict[str, Any] = {}
@@ -545,7 +554,9 @@ def convert_step(step: Step, columns: ModelColumns, where: str) -> Step:
             _record(columns, record, which, creating, f"{where} record {i}")
             for i, record in enumerate(step.records)
         ]
-    return step.model_copy(update=changes)
+    converted = step.model_copy(update=changes)
+    converted._converted = True
+    return converted
 
 
 def _record(

@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationInfo,
     field_serializer,
     field_validator,
@@ -208,6 +209,8 @@ class Step(BaseModel):
     key: Record | None = None
     records: list[Record] | None = None
     key_fields: tuple[Identifier, ...] = ("id",)
+    _converted: bool = PrivateAttr(default=False)
+    """Set once its values are converted by column type (``columns.convert_step``)."""
 
     @field_validator("operation", mode="before")
     @classmethod

@@ -199,6 +199,8 @@ class ModelRegistry:
                 f"({step.operation} {step.model})"
             )
             steps.append(convert_step(step, columns_of(self.model(step.model)), where))
+        if all(new is old for new, old in zip(steps, transaction.steps, strict=True)):
+            return transaction  # built by class: converted already
         return transaction.model_copy(update={"steps": steps})
 
     def as_mapping(self) -> Mapping[str, type[Any]]:
