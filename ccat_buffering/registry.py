@@ -194,6 +194,9 @@ class ModelRegistry:
         self.check(transaction)
         steps = []
         for index, step in enumerate(transaction.steps):
+            if step._converted:
+                steps.append(step)
+                continue
             where = (
                 f"transaction {transaction.transaction_id}: step {index} "
                 f"({step.operation} {step.model})"
