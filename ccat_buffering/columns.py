@@ -72,7 +72,7 @@ from sqlalchemy.orm import Mapper
 from ccat_buffering.errors import TransactionValidationError
 from ccat_buffering.models import Operation, Ref, Step
 
-__all__ = ["ColumnRule", "ModelColumns", "columns_of", "convert_step"]
+__all__ = ["ColumnRule", "ModelColumns", "columns_of", "convert_step", "is_converted"]
 
 _INT_RANGES: list[tuple[type[Any], int]] = [(SmallInteger, 16), (BigInteger, 64), (Integer, 32)]
 
@@ -521,6 +521,18 @@ def columns_of(model: type[Any]) -> ModelColumns:
     return columns
 
 
+_CONVERTED: weakref.WeakValueDictionary[int, Step] = weakref.WeakValueDictionary()
+"""Steps made by :func:`convert_step` (by id, while they live): not converted again.
+
+Kept outside the model, so that a converted step still equals the same step read
+back from the buffer."""
+
+
+def is_converted(step: Step) -> bool:
+    """Whether ``step`` came out of :func:`convert_step` (in this process)."""
+    return _CONVERTED.get(id(step)) is step
+
+
 def convert_step(step: Step, columns: ModelColumns, where: str) -> Step:
     """A step with every value converted by its column, and Python defaults filled in.
 
@@ -540,7 +552,7 @@ def convert_step(step: Step, columns: ModelColumns, where: str) -> Step:
         TransactionValidationError: A value its column cannot take, ``None``
             for a NOT NULL column, or a create missing a required column.
     """
-    if step._converted:
+    if is_converted(step):
         return step
     creating = step.operation in (Operation.CREATE, Operation.BULK_CREATE)
     which = "default" if creating else "onupdate"
@@ -555,7 +567,7 @@ def convert_step(step: Step, columns: ModelColumns, where: str) -> Step:
             for i, record in enumerate(step.records)
         ]
     converted = step.model_copy(update=changes)
-    converted._converted = True
+    _CONVERTED[id(converted)] = converted
     return converted
 
 

@@ -22,7 +22,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     ValidationInfo,
     field_serializer,
     field_validator,
@@ -209,8 +208,6 @@ class Step(BaseModel):
     key: Record | None = None
     records: list[Record] | None = None
     key_fields: tuple[Identifier, ...] = ("id",)
-    _converted: bool = PrivateAttr(default=False)
-    """Set once its values are converted by column type (``columns.convert_step``)."""
 
     @field_validator("operation", mode="before")
     @classmethod

@@ -189,12 +189,12 @@ class ModelRegistry:
             UnknownColumnError: A field is not mapped.
             TransactionValidationError: A value its column cannot take.
         """
-        from ccat_buffering.columns import columns_of, convert_step
+        from ccat_buffering.columns import columns_of, convert_step, is_converted
 
         self.check(transaction)
         steps = []
         for index, step in enumerate(transaction.steps):
-            if step._converted:
+            if is_converted(step):
                 steps.append(step)
                 continue
             where = (

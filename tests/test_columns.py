@@ -150,3 +150,10 @@ def test_aware_and_naive_datetimes_are_told_apart() -> None:
     data = tx.build().steps[0].data
     assert data is not None and data["aware"] == dt.datetime(2026, 12, 1, 10, tzinfo=dt.UTC)
     assert data["aware"].utcoffset() == dt.timedelta(0)
+
+
+def test_a_converted_transaction_equals_itself_read_back() -> None:
+    tx = TransactionBuilder("t")
+    tx.create(Native, {})
+    built = tx.build()
+    assert Transaction.from_json(built.to_json()) == built
