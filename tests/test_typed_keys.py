@@ -39,6 +39,8 @@ def writes() -> tuple[list[Transaction], dict[str, Any]]:
     link_id = uuid.uuid4()
     first.create(Link, {"id": str(link_id), "target_id": target.id})
     first.create(Night, {"day": "2026-12-01", "seeing": "0.85"})
+    first.create(Night, {"day": dt.date(2026, 12, 2)})
+    spare = first.create(Target, {"name": "spare"})
     first.create(Source, {"name": "NGC 1333", "kind": "running"})
     first.create(Source, {"name": "IRAS16293-2422:A", "kind": "done"})
     first.create(Source, {"name": "jdoe@example.org"})
@@ -50,11 +52,15 @@ def writes() -> tuple[list[Transaction], dict[str, Any]]:
     second.update(Pointing, {"source": "a,b", "phase": Phase.RUNNING}, {"offset": 1})
     second.bulk_update(Source, [{"name": "IRAS16293-2422:A", "kind": "running"}])
     second.delete(Source, "jdoe@example.org")
+    second.delete(Night, "2026-12-02")
+    second.delete(Target, spare.id.upper())  # type: ignore[union-attr]
+    second.bulk_update(Night, [{"day": "2026-12-01", "seeing": "0.9"}])
+    second.bulk_update(Target, [{"id": target.id, "name": "M31b"}])
     third = TransactionBuilder("refer")
     other = third.create(Target, {"name": "M33"})
     third.update(Link, str(link_id).upper(), {"target_id": other.ref("id"), "note": "moved"})
     assert isinstance(target.value, uuid.UUID) and target.id == str(target.value)
-    known = {"target": target.value, "other": other.value, "link": link_id}
+    known = {"target": target.value, "other": other.value, "link": link_id, "spare": spare.id}
     return [first.build(), second.build(), third.build()], known
 
 
@@ -67,6 +73,8 @@ async def seen(site: BufferingCoordinator, reads: Any, known: dict[str, Any]) ->
         "ngc": await reads.get(Source, "NGC 1333"),
         "iras": await reads.get(Source, "IRAS16293-2422:A"),
         "deleted": await reads.get(Source, "jdoe@example.org"),
+        "deleted night": await reads.get(Night, "2026-12-02"),
+        "deleted target": await reads.get(Target, known["spare"]),
         "pointing": await reads.get(Pointing, ("a,b", "running")),
         "pointing by mapping": await reads.get(Pointing, {"source": "a,b", "phase": Phase.RUNNING}),
         "running": [r["name"] for r in await reads.list(Source, kind="running")],
@@ -87,6 +95,8 @@ def check(view: dict[str, Any], known: dict[str, Any], *, drained: bool) -> None
     assert view["ngc"]["kind"] is Phase.DONE
     assert view["iras"]["kind"] is Phase.RUNNING
     assert view["deleted"] is None
+    assert view["deleted night"] is None
+    assert view["deleted target"] is None
     assert view["pointing"]["offset"] == 1.0
     assert view["pointing"]["phase"] is Phase.RUNNING
     assert view["pointing by mapping"] == view["pointing"]
