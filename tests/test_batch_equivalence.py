@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from pg import fresh_database
 from sqlalchemy import select
 from sqlalchemy.pool import StaticPool
 
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.example import Base, ExecutedObsUnit, RawDataFile, RawDataPackage
-from ccat_buffering.executor import Outcome, TransactionExecutor, create_engine
+from ccat_buffering.executor import Outcome, TransactionExecutor, create_engine, ledger_metadata
 from ccat_buffering.models import Transaction
 from ccat_buffering.registry import ModelRegistry
 
@@ -93,10 +96,17 @@ def summary(outcome: Outcome) -> tuple[bool, bool, str | None]:
     return outcome.applied, outcome.already_applied, type(outcome.error).__name__
 
 
-async def apply(batch: list[Transaction], size: int) -> tuple[list[Any], list[Any]]:
-    engine = create_engine("sqlite+aiosqlite:///:memory:", poolclass=StaticPool)
+async def apply(
+    batch: list[Transaction], size: int, url: str | None = None
+) -> tuple[list[Any], list[Any]]:
+    if url is None:
+        engine = create_engine("sqlite+aiosqlite:///:memory:", poolclass=StaticPool)
+    else:
+        engine = create_engine(url)
     try:
         async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+            await conn.run_sync(ledger_metadata.drop_all)
             await conn.run_sync(Base.metadata.create_all)
         executor = TransactionExecutor(engine, REGISTRY)
         await executor.create_ledger()
@@ -138,5 +148,34 @@ def test_a_batch_gives_the_outcome_of_one_by_one(drawn: list[list[tuple[Any, ...
         reference = await apply(batch, 1)
         for size in (7, 100):
             assert await apply(batch, size) == reference, f"batch size {size} differs"
+
+    asyncio.run(run())
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """One fresh PostgreSQL database for every example (tables made anew each time)."""
+    context = fresh_database()
+    loop = asyncio.new_event_loop()
+    try:
+        url = loop.run_until_complete(context.__aenter__())
+        yield url
+        loop.run_until_complete(context.__aexit__(None, None, None))
+    finally:
+        loop.close()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(transactions)
+@example([[("create_package", "p1", "o1", "n1")], [("create_obs", "o1", 1)]])
+def test_a_batch_gives_the_outcome_of_one_by_one_on_postgresql(
+    postgres_url: str, drawn: list[list[tuple[Any, ...]]]
+) -> None:
+    batch = [build(steps, i) for i, steps in enumerate(drawn)]
+
+    async def run() -> None:
+        reference = await apply(batch, 1, postgres_url)
+        for size in (7, 100):
+            assert await apply(batch, size, postgres_url) == reference, f"size {size} differs"
 
     asyncio.run(run())
