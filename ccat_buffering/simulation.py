@@ -17,8 +17,10 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel
 from sqlalchemy import func, select
@@ -28,7 +30,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ccat_buffering._relay import LoopbackRelay
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.coordinator import BufferingCoordinator
-from ccat_buffering.example import Base, ExecutedObsUnit, RawDataFile, RawDataPackage
+from ccat_buffering.example import (
+    Base,
+    DataFile,
+    ExecutedObsUnit,
+    Observation,
+    ObservatoryBase,
+    RawDataFile,
+    RawDataPackage,
+)
 from ccat_buffering.executor import create_engine, ledger_table
 from ccat_buffering.models import Transaction, TransactionState
 from ccat_buffering.reads import Reads
@@ -144,9 +154,24 @@ class _Outage:
             await self.relay.stop()
 
 
-def _observation(
-    i: int, run: str, rng: random.Random
-) -> tuple[Transaction, Transaction, str, list[str]]:
+Made = tuple[Transaction, Transaction, Any, list[str]]
+"""An observation's two transactions, its unit's key (typed) and its file paths."""
+
+
+@dataclass(frozen=True)
+class _Schema:
+    """One example schema as the simulation uses it: what it writes and what it counts."""
+
+    base: Any
+    unit: Any  # the observation's model, keyed by ``id``, with a ``status``
+    child: Any  # written by start_observation, pointing at the unit
+    child_fk: str
+    file: Any  # written by finish_observation, with a unique ``path``
+    observation: Callable[[int, str, random.Random], Made]
+    poison: Callable[[int, str], Transaction]
+
+
+def _observation(i: int, run: str, rng: random.Random) -> Made:
     start = TransactionBuilder("start_observation")
     obs = start.create(
         ExecutedObsUnit,
@@ -186,6 +211,57 @@ def _poison(i: int, run: str) -> Transaction:
     return tx.build()
 
 
+def _uuid_observation(i: int, run: str, rng: random.Random) -> Made:
+    # Values as a JSON request carries them: text for the UUID, date, enum and sizes.
+    start = TransactionBuilder("start_observation")
+    obs = start.create(
+        Observation,
+        {"target": f"NGC {1000 + i % 500}", "status": "running", "night": "2026-12-01"},
+    )
+    start.create(
+        DataFile,
+        {"observation_id": obs.id, "path": f"/data/{run}/{i:06d}/setup.json", "size_bytes": "512"},
+    )
+    finish = TransactionBuilder("finish_observation")
+    paths = [f"/data/{run}/{i:06d}/scan-{k}.fits" for k in range(2)]
+    finish.bulk_create(
+        DataFile,
+        [
+            {"observation_id": obs.id, "path": p, "size_bytes": str(rng.randint(1, 2**40))}
+            for p in paths
+        ],
+    )
+    finish.update(
+        Observation,
+        obs.id,
+        {"status": "finished", "finished_at": dt.datetime.now(dt.UTC).isoformat()},
+    )
+    return start.build(), finish.build(), obs.value, paths
+
+
+def _uuid_poison(i: int, run: str) -> Transaction:
+    # A file of an observation that does not exist: refused by the foreign key.
+    tx = TransactionBuilder("register_orphan_file")
+    tx.create(
+        DataFile,
+        {"observation_id": str(uuid.uuid4()), "path": f"/orphan/{run}/{i}", "size_bytes": 1},
+    )
+    return tx.build()
+
+
+SCHEMAS = {
+    "text": _Schema(
+        Base, ExecutedObsUnit, RawDataPackage, "executed_obs_unit_id", RawDataFile,
+        _observation, _poison,
+    ),
+    "uuid": _Schema(
+        ObservatoryBase, Observation, DataFile, "observation_id", DataFile,
+        _uuid_observation, _uuid_poison,
+    ),
+}  # fmt: skip
+"""The example schemas ``simulate`` can run on: text keys, or native UUID keys."""
+
+
 async def simulate(
     observations: int = 1000,
     *,
@@ -196,6 +272,7 @@ async def simulate(
     site: str | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    schema: Literal["text", "uuid"] = "text",
 ) -> SimulationSummary:
     """Buffer while the database is unreachable, restore it, drain, confirm, count.
 
@@ -215,6 +292,8 @@ async def simulate(
             that runs against a shared Redis never meet each other's keys.
         seed: Seed of the random values.
         progress: Called as ``progress(phase, done, total)``.
+        schema: ``"text"`` for the example schema of text and integer keys,
+            ``"uuid"`` for the one of native UUID keys and JSON-request values.
 
     Returns:
         The counts.
@@ -229,7 +308,7 @@ async def simulate(
         try:
             return await _run(
                 outage, observations, poison, backend_url, replica_url,
-                site or f"simulated-{run}", run, rng, report, began,
+                site or f"simulated-{run}", run, rng, report, began, SCHEMAS[schema],
             )  # fmt: skip
         finally:
             await outage.end()
@@ -246,6 +325,7 @@ async def _run(
     rng: random.Random,
     report: Progress,
     began: float,
+    schema: _Schema,
 ) -> SimulationSummary:
     settings = BufferingSettings(
         site_name=site,
@@ -259,10 +339,10 @@ async def _run(
         outage_max_delay=0.05,
         replication_poll_interval=0.01,
     )
-    registry = ModelRegistry.from_base(Base)
+    registry = ModelRegistry.from_base(schema.base)
     direct = create_engine(outage.direct_url)
     async with direct.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
+        await conn.run_sync(schema.base.metadata.create_all)
         await conn.run_sync(ledger_table.metadata.create_all)
     async with BufferingCoordinator.from_settings(
         settings, registry=registry, start=False
@@ -270,12 +350,12 @@ async def _run(
         await outage.cut()
 
         total = observations * 2 + poison
-        expected: list[tuple[str, list[str], str, str]] = []
+        expected: list[tuple[Any, list[str], str, str]] = []
         buffered = 0
         poison_at = sorted(rng.sample(range(max(observations, 1)), min(poison, observations)))
-        poison_txs = [_poison(i, run) for i in range(poison)]
+        poison_txs = [schema.poison(i, run) for i in range(poison)]
         for i in range(observations):
-            start, finish, obs_id, paths = _observation(i, run, rng)
+            start, finish, obs_id, paths = schema.observation(i, run, rng)
             for tx in (start, finish):
                 buffered += (await site_.submit(tx)).state is TransactionState.BUFFERED
             expected.append((obs_id, paths, start.transaction_id, finish.transaction_id))
@@ -296,7 +376,7 @@ async def _run(
         sample = expected[:: max(1, len(expected) // 20)]
         visible = 0
         for obs_id, _, _, _ in sample:
-            record = await view.get("ExecutedObsUnit", obs_id)
+            record = await view.get(schema.unit, obs_id)
             visible += record is not None and record["status"] == "finished"
 
         pauses = attempts = 0
@@ -329,7 +409,7 @@ async def _run(
             site_.tracker.stop()
             await tracking
 
-        summary = await _count(site_, direct, expected, registry)
+        summary = await _count(site_, direct, expected, registry, schema)
         stats = await site_.backend.buffer.stats()
         replicated_ids = await site_.backend.status.ids(TransactionState.REPLICATED)
         replicated = await site_.backend.status.get_many(replicated_ids)
@@ -363,37 +443,38 @@ async def _run(
 async def _count(
     site: BufferingCoordinator,
     engine: AsyncEngine,
-    expected: list[tuple[str, list[str], str, str]],
+    expected: list[tuple[Any, list[str], str, str]],
     registry: ModelRegistry,
+    schema: _Schema,
 ) -> dict[str, int]:
+    unit, child, file = schema.unit, schema.child, schema.file
+    child_fk = getattr(child, schema.child_fk)
     ids = [obs_id for obs_id, _, _, _ in expected]
     paths = [p for _, ps, _, _ in expected for p in ps]
     tx_ids = [t for _, _, a, b in expected for t in (a, b)]
     async with engine.connect() as conn:
         ledger_ids: set[str] = set()
-        units: dict[str, str] = {}
-        packages: set[str] = set()
+        units: dict[Any, str] = {}
+        packages: set[Any] = set()
         file_rows: dict[str, int] = {}
         for start in range(0, max(len(ids), 1), 500):
             chunk = ids[start : start + 500]
             units.update(
                 (await conn.execute(
-                    select(ExecutedObsUnit.id, ExecutedObsUnit.status).where(
-                        ExecutedObsUnit.id.in_(chunk))
+                    select(unit.id, unit.status).where(unit.id.in_(chunk))
                 )).all()
             )  # fmt: skip
             packages.update(
                 (await conn.execute(
-                    select(RawDataPackage.executed_obs_unit_id).where(
-                        RawDataPackage.executed_obs_unit_id.in_(chunk))
+                    select(child_fk).where(child_fk.in_(chunk))
                 )).scalars()
             )  # fmt: skip
         for start in range(0, max(len(paths), 1), 500):
             chunk = paths[start : start + 500]
             file_rows.update(
                 (await conn.execute(
-                    select(RawDataFile.path, func.count()).where(
-                        RawDataFile.path.in_(chunk)).group_by(RawDataFile.path)
+                    select(file.path, func.count()).where(
+                        file.path.in_(chunk)).group_by(file.path)
                 )).all()
             )  # fmt: skip
         for start in range(0, max(len(tx_ids), 1), 500):

@@ -277,3 +277,23 @@ async def test_simulate_through_a_cut_link_with_real_lsn_tracking(replicated: Re
     assert summary.outage_pauses > 0 and summary.attempts_during_outage == 0
     assert summary.replicated == 200 and summary.visible_during_outage == summary.sampled
     assert summary.commit_to_visible_median is not None
+
+
+async def test_simulate_on_native_uuid_keys_through_a_cut_link(replicated: Replicated) -> None:
+    from ccat_buffering.simulation import simulate
+
+    await require_redis()
+    summary = await simulate(
+        40,
+        poison=1,
+        backend_url=REDIS_URL,
+        database_url=replicated.primary_url,
+        replica_url=replicated.replica_url,
+        schema="uuid",
+    )
+    client = await redis_client()
+    await forget_site(client, f"site:{{{summary.site}}}:*")
+    await client.aclose()  # type: ignore[attr-defined]
+    assert summary.ok, summary
+    assert (summary.lost, summary.applied_twice, summary.dead_lettered) == (0, 0, 1)
+    assert summary.replicated == 80 and summary.visible_during_outage == summary.sampled
