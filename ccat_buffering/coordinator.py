@@ -129,11 +129,11 @@ class BufferingCoordinator:
         backend = open_backend(
             settings.backend_url, site=settings.site_name, **(backend_options or {})
         )
-        engine = create_engine(settings.database_url)
+        engine = create_engine(settings.require_url("database_url"))
         read_engine = None
         checker: ReplicationChecker = ImmediateReplicationChecker()
         if settings.replica_url:
-            read_engine = create_engine(settings.replica_url)
+            read_engine = create_engine(settings.require_url("replica_url"))
             checker = LSNReplicationChecker(read_engine)
         coordinator = cls(
             settings,

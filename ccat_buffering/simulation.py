@@ -196,6 +196,7 @@ async def simulate(
     site: str | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    keep: bool = False,
 ) -> SimulationSummary:
     """Buffer while the database is unreachable, restore it, drain, confirm, count.
 
@@ -215,6 +216,9 @@ async def simulate(
             that runs against a shared Redis never meet each other's keys.
         seed: Seed of the random values.
         progress: Called as ``progress(phase, done, total)``.
+        keep: Leave the site's keys in the backend (by default a Redis
+            backend's keys of the site are deleted at the end, so runs do
+            not pile up thousands of keys in a shared Redis).
 
     Returns:
         The counts.
@@ -229,7 +233,7 @@ async def simulate(
         try:
             return await _run(
                 outage, observations, poison, backend_url, replica_url,
-                site or f"simulated-{run}", run, rng, report, began,
+                site or f"simulated-{run}", run, rng, report, began, keep,
             )  # fmt: skip
         finally:
             await outage.end()
@@ -246,6 +250,7 @@ async def _run(
     rng: random.Random,
     report: Progress,
     began: float,
+    keep: bool = False,
 ) -> SimulationSummary:
     settings = BufferingSettings(
         site_name=site,
@@ -338,6 +343,8 @@ async def _run(
             for s in replicated
             if s is not None and s.replicated_at and s.committed_at
         ]
+        if not keep:
+            await _forget_site(site_.backend)
     await direct.dispose()
     return SimulationSummary(
         site=site,
@@ -358,6 +365,22 @@ async def _run(
         commit_to_visible_median=round(statistics.median(delays), 4) if delays else None,
         seconds=round(time.perf_counter() - began, 3),
     )
+
+
+async def _forget_site(backend: object) -> int:
+    """Delete a Redis backend's keys of the simulated site; other backends keep nothing.
+
+    Every key of a site matches its backend's ``keys.pattern()``
+    (``site:{<site>}:*``), and they share one Cluster slot.
+    """
+    client = getattr(backend, "client", None)
+    pattern = getattr(getattr(backend, "keys", None), "pattern", None)
+    if client is None or pattern is None:
+        return 0
+    found = [key async for key in client.scan_iter(match=pattern(), count=1000)]
+    for start in range(0, len(found), 500):
+        await client.unlink(*found[start : start + 500])
+    return len(found)
 
 
 async def _count(

@@ -19,7 +19,7 @@ import pytest_asyncio
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-import ccat_buffering.cli._common as cli_common
+import ccat_buffering.cli._operator as cli_operator
 from ccat_buffering.cli import app
 from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.example import Base, ExecutedObsUnit
@@ -65,7 +65,8 @@ async def prepared(
         [(d, ValueError(f"bad {i}"), FailureKind.PERMANENT) for i, d in enumerate(deliveries)]
     )
     await site.manager.claim(1, 600)  # one in flight
-    monkeypatch.setattr(cli_common, "open_site", lambda *a, **k: site)
+    monkeypatch.setattr(cli_operator, "open_site", lambda *a, **k: site)
+    monkeypatch.setenv("CCAT_BUFFERING_SITE_NAME", settings.site_name)
     site.txs = txs  # type: ignore[attr-defined]
     yield site
     await engine.dispose()
@@ -111,7 +112,8 @@ async def test_status_table_and_a_healthy_site(
         ModelRegistry.from_base(Base),
         start=False,
     )
-    monkeypatch.setattr(cli_common, "open_site", lambda *a, **k: site)
+    monkeypatch.setattr(cli_operator, "open_site", lambda *a, **k: site)
+    monkeypatch.setenv("CCAT_BUFFERING_SITE_NAME", settings.site_name)
     result = await asyncio.to_thread(_run, "status")
     assert result.exit_code == 0, result.output
     assert "queue depth" in result.stdout and "healthy" in result.stdout
@@ -183,7 +185,7 @@ def test_status_watch_refreshes_and_exits_cleanly_on_ctrl_c(tmp_path: Path) -> N
             "status",
             "--watch",
             "--interval",
-            "0.2",
+            "0.5",
             "--no-audit",
         ],
         stdin=secondary,

@@ -143,6 +143,8 @@ def prepared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Prepar
     monkeypatch.chdir(tmp_path)
     site = new_site_name()
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'main.db'}"
+    settings_file = tmp_path / "empty.toml"  # a named file must exist; this one sets nothing
+    settings_file.write_text("")
     try:
         letters, in_flight, waiting = asyncio.run(_prepare(site, database_url))
         env: dict[str, str | None] = {
@@ -155,7 +157,7 @@ def prepared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Prepar
                 "CCAT_BUFFERING_BACKEND_URL": REDIS_URL,
                 "CCAT_BUFFERING_DATABASE_URL": database_url,
                 "CCAT_BUFFERING_MODELS": MODELS,
-                "CCAT_BUFFERING_CONFIG_FILE": str(tmp_path / "absent.toml"),
+                "CCAT_BUFFERING_CONFIG_FILE": str(settings_file),
                 "COLUMNS": "120",
             }
         )

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ccat_buffering.cli import _operator
 from ccat_buffering.cli._app import dlq_app, keys_app
-from ccat_buffering.cli._common import operator_site, progress
+from ccat_buffering.cli._common import command, current, emit_json, fail, progress, settings_for
 from ccat_buffering.protocols import DeadLetter, SupportsKeyAudit
 
 __all__: list[str] = []
@@ -24,45 +25,56 @@ Ids = Annotated[list[str] | None, typer.Argument(help="Letter ids (transaction i
 
 
 def _when(seconds: float) -> str:
+    """ISO 8601 in UTC, the same in the tables and in JSON."""
     return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds")
 
 
-def _letters() -> list[DeadLetter]:
-    _, site = operator_site()
+def _letter_json(letter: DeadLetter, *, payload: bool) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "letter_id": letter.letter_id,
+        "dead_lettered_at": _when(letter.dead_lettered_at),
+        "reason": letter.reason,
+    }
+    if payload:
+        try:
+            data["payload"] = json.loads(letter.payload)
+        except json.JSONDecodeError:
+            data["payload"] = letter.payload  # an unreadable entry, as it was
+    return data
+
+
+@command(dlq_app, "list")
+def list_command() -> None:
+    """List dead letters in the order they arrived."""
+    site = _operator.open_site(settings_for())
 
     async def run() -> list[DeadLetter]:
         async with site:
             return await site.backend.dead_letters.list()
 
-    return asyncio.run(run())
-
-
-@dlq_app.command("list")
-def list_command(
-    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
-) -> None:
-    """List dead letters in the order they arrived."""
-    letters = _letters()
-    if as_json:
-        print(json.dumps([{**letter.__dict__, "payload": None} for letter in letters]))
+    letters = asyncio.run(run())
+    if current().as_json:
+        emit_json([_letter_json(letter, payload=False) for letter in letters])
         return
     table = Table(title=f"{len(letters)} dead letter(s)", title_justify="left")
-    for column in ("#", "letter id", "dead-lettered at", "reason"):
-        table.add_column(column)
+    width = max((len(letter.letter_id) for letter in letters), default=9)
+    table.add_column("#", no_wrap=True, justify="right")
+    # An id is what the operator copies into `dlq show`: never cut, never wrapped.
+    table.add_column("letter id", no_wrap=True, min_width=width)
+    table.add_column("dead-lettered at", no_wrap=True)
+    table.add_column("reason", overflow="fold", ratio=1)
     for index, letter in enumerate(letters, 1):
         table.add_row(
-            str(index),
-            letter.letter_id,
-            _when(letter.dead_lettered_at),
-            escape(letter.reason[:120]),
+            str(index), letter.letter_id, _when(letter.dead_lettered_at), escape(letter.reason)
         )
     Console().print(table)
 
 
-@dlq_app.command("show")
+@command(dlq_app, "show")
 def show_command(letter_id: Annotated[str, typer.Argument(help="The letter's id.")]) -> None:
-    """Show one dead letter with its reason and payload."""
-    settings, site = operator_site()
+    """Show one dead letter with its reason and payload; exit 1 if there is none."""
+    settings = settings_for()
+    site = _operator.open_site(settings)
 
     async def run() -> DeadLetter | None:
         async with site:
@@ -70,8 +82,10 @@ def show_command(letter_id: Annotated[str, typer.Argument(help="The letter's id.
 
     letter = asyncio.run(run())
     if letter is None:
-        Console(stderr=True).print(f"no dead letter {letter_id} at site {settings.site_name}")
-        raise typer.Exit(1)
+        raise fail(f"no dead letter {letter_id} at site {settings.site_name}", 1, kind="NotFound")
+    if current().as_json:
+        emit_json(_letter_json(letter, payload=True))
+        return
     console = Console()
     console.print(
         f"[bold]{letter.letter_id}[/bold] dead-lettered at {_when(letter.dead_lettered_at)}"
@@ -89,14 +103,18 @@ def _selection(ids: list[str] | None, every: bool, verb: str) -> list[str] | Non
     return None if every else list(ids or [])
 
 
-@dlq_app.command("replay")
+@command(dlq_app, "replay")
 def replay_command(ids: Ids = None, every: All = False, yes: Yes = False) -> None:
-    """Put dead letters back at the tail of the buffer, in the order they arrived."""
+    """Put dead letters back at the tail of the buffer, in the order they arrived.
+
+    Exits 1 when a named letter was not found (the message names it).
+    """
     wanted = _selection(ids, every, "replay")
-    settings, site = operator_site()
+    settings = settings_for()
+    site = _operator.open_site(settings)
     what = "every dead letter" if wanted is None else f"{len(wanted)} dead letter(s)"
     if not yes:
-        typer.confirm(f"Replay {what} at site {settings.site_name}?", abort=True)
+        typer.confirm(f"Replay {what} at site {settings.site_name}?", abort=True, err=True)
 
     async def run() -> list[str]:
         async with site:
@@ -107,7 +125,7 @@ def replay_command(ids: Ids = None, every: All = False, yes: Yes = False) -> Non
                 if wanted is None or letter.letter_id in set(wanted)
             ]
             done: list[str] = []
-            with progress() as report:
+            with progress(quiet=current().as_json) as report:
                 # In arrival order, a slice at a time, each slice after the last.
                 for start in range(0, len(chosen), 100):
                     done += await site.manager.replay(chosen[start : start + 100])
@@ -115,37 +133,52 @@ def replay_command(ids: Ids = None, every: All = False, yes: Yes = False) -> Non
             return done
 
     done = asyncio.run(run())
-    Console().print(f"replayed {len(done)} transaction(s)")
-    if wanted is not None and len(done) < len(wanted):
+    unknown = [] if wanted is None else [i for i in wanted if i not in set(done)]
+    if current().as_json:
+        emit_json({"replayed": done, "not_found": unknown})
+    else:
+        Console().print(f"replayed {len(done)} transaction(s)")
+        for letter_id in unknown:
+            Console(stderr=True).print(
+                f"no dead letter {escape(letter_id)} at site {settings.site_name}"
+            )
+    if unknown:
         raise typer.Exit(1)
 
 
-@dlq_app.command("purge")
+@command(dlq_app, "purge")
 def purge_command(ids: Ids = None, every: All = False, yes: Yes = False) -> None:
     """Delete dead letters for good."""
     wanted = _selection(ids, every, "purge")
-    settings, site = operator_site()
+    settings = settings_for()
+    site = _operator.open_site(settings)
     what = "every dead letter" if wanted is None else f"{len(wanted)} dead letter(s)"
     if not yes:
-        typer.confirm(f"Delete {what} at site {settings.site_name} for good?", abort=True)
+        typer.confirm(f"Delete {what} at site {settings.site_name} for good?", abort=True, err=True)
 
     async def run() -> int:
         async with site:
             return await site.backend.dead_letters.purge(wanted)
 
-    Console().print(f"purged {asyncio.run(run())} dead letter(s)")
+    purged = asyncio.run(run())
+    if current().as_json:
+        emit_json({"purged": purged})
+    else:
+        Console().print(f"purged {purged} dead letter(s)")
 
 
-@keys_app.command("audit")
-def audit_command(
-    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
-) -> None:
-    """List keys of the site that have no TTL and are not one of its bounded structures."""
-    _, site = operator_site()
+@command(keys_app, "audit")
+def audit_command() -> None:
+    """List keys of the site that have no TTL and are not one of its bounded structures.
+
+    Exits 1 when it lists a key.
+    """
+    site = _operator.open_site(settings_for())
     backend = site.backend
     if not isinstance(backend, SupportsKeyAudit):
-        if as_json:
-            print("[]")
+        asyncio.run(backend.aclose())
+        if current().as_json:
+            emit_json([])
         else:
             Console().print(f"the {type(backend).__name__} keeps no keys to audit")
         return
@@ -155,10 +188,10 @@ def audit_command(
             return [info.__dict__ for info in await backend.audit_keys()]
 
     leaks = asyncio.run(run())
-    if as_json:
-        print(json.dumps(leaks))
+    if current().as_json:
+        emit_json(leaks)
     else:
         Console().print(f"{len(leaks)} key(s) without a TTL")
         for leak in leaks:
-            Console().print(f"  {leak['key']} ({leak['kind']})")
+            Console(soft_wrap=True).print(f"  {escape(str(leak['key']))} ({leak['kind']})")
     raise typer.Exit(1 if leaks else 0)
