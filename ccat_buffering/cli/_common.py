@@ -16,6 +16,7 @@ import functools
 import inspect
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -45,6 +46,7 @@ __all__ = [
     "Options",
     "command",
     "configure_logging",
+    "console",
     "current",
     "emit_json",
     "progress",
@@ -226,6 +228,18 @@ def command(
         return func
 
     return decorate
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A console: the terminal's width, or unbounded in a pipe (unless ``COLUMNS`` is set).
+
+    In a pipe nothing is wrapped or cut, so ``grep`` and ``awk`` see one
+    line per row.
+    """
+    out = Console(stderr=stderr)
+    if out.is_terminal or "COLUMNS" in os.environ:
+        return out
+    return Console(stderr=stderr, width=100_000)
 
 
 def emit_json(data: object) -> None:

@@ -14,7 +14,15 @@ from rich.table import Table
 
 from ccat_buffering.cli import _operator
 from ccat_buffering.cli._app import dlq_app, keys_app
-from ccat_buffering.cli._common import command, current, emit_json, fail, progress, settings_for
+from ccat_buffering.cli._common import (
+    command,
+    console,
+    current,
+    emit_json,
+    fail,
+    progress,
+    settings_for,
+)
 from ccat_buffering.protocols import DeadLetter, SupportsKeyAudit
 
 __all__: list[str] = []
@@ -26,7 +34,8 @@ Ids = Annotated[list[str] | None, typer.Argument(help="Letter ids (transaction i
 
 def _when(seconds: float) -> str:
     """ISO 8601 in UTC, the same in the tables and in JSON."""
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds")
+    moment = dt.datetime.fromtimestamp(seconds, dt.UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _letter_json(letter: DeadLetter, *, payload: bool) -> dict[str, Any]:
@@ -56,18 +65,24 @@ def list_command() -> None:
     if current().as_json:
         emit_json([_letter_json(letter, payload=False) for letter in letters])
         return
-    table = Table(title=f"{len(letters)} dead letter(s)", title_justify="left")
-    width = max((len(letter.letter_id) for letter in letters), default=9)
-    table.add_column("#", no_wrap=True, justify="right")
+    out = console()
+    out.print(f"{len(letters)} dead letter(s)")
+    if not letters:
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    width = max(len(letter.letter_id) for letter in letters)
+    number = len(str(len(letters)))
+    table.add_column("#", no_wrap=True, justify="right", min_width=number)
     # An id is what the operator copies into `dlq show`: never cut, never wrapped.
+    # The reason gives way instead (`dlq show` has all of it, a pipe shows it whole).
     table.add_column("letter id", no_wrap=True, min_width=width)
-    table.add_column("dead-lettered at", no_wrap=True)
-    table.add_column("reason", overflow="fold", ratio=1)
+    table.add_column("dead-lettered at", no_wrap=True, min_width=20)
+    table.add_column("reason", no_wrap=True)
+    room = max(out.width - number - width - 20 - 6, 12)
     for index, letter in enumerate(letters, 1):
-        table.add_row(
-            str(index), letter.letter_id, _when(letter.dead_lettered_at), escape(letter.reason)
-        )
-    Console().print(table)
+        reason = letter.reason if len(letter.reason) <= room else letter.reason[: room - 1] + "…"
+        table.add_row(str(index), letter.letter_id, _when(letter.dead_lettered_at), escape(reason))
+    out.print(table)
 
 
 @command(dlq_app, "show")
@@ -86,15 +101,16 @@ def show_command(letter_id: Annotated[str, typer.Argument(help="The letter's id.
     if current().as_json:
         emit_json(_letter_json(letter, payload=True))
         return
-    console = Console()
-    console.print(
-        f"[bold]{letter.letter_id}[/bold] dead-lettered at {_when(letter.dead_lettered_at)}"
+    out = console()
+    out.print(
+        f"[bold]{letter.letter_id}[/bold] dead-lettered at {_when(letter.dead_lettered_at)}",
+        soft_wrap=True,
     )
-    console.print(f"reason: {escape(letter.reason)}")
+    out.print(f"reason: {escape(letter.reason)}", soft_wrap=True)
     try:
-        console.print_json(letter.payload)
+        out.print_json(letter.payload)
     except json.JSONDecodeError:
-        console.print(repr(letter.payload))
+        out.print(repr(letter.payload), soft_wrap=True)
 
 
 def _selection(ids: list[str] | None, every: bool, verb: str) -> list[str] | None:
@@ -191,7 +207,9 @@ def audit_command() -> None:
     if current().as_json:
         emit_json(leaks)
     else:
-        Console().print(f"{len(leaks)} key(s) without a TTL")
+        out = console()
+        out.print(f"{len(leaks)} key(s) without a TTL")
         for leak in leaks:
-            Console(soft_wrap=True).print(f"  {escape(str(leak['key']))} ({leak['kind']})")
+            # The key last and soft-wrapped: the terminal wraps it, nothing cuts it.
+            out.print(f"  {leak['kind']:<8} {escape(str(leak['key']))}", soft_wrap=True)
     raise typer.Exit(1 if leaks else 0)

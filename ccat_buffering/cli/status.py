@@ -14,6 +14,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from ccat_buffering.cli import _common as common
 from ccat_buffering.cli import _operator
 from ccat_buffering.cli._app import app
 from ccat_buffering.cli._common import command, current, emit_json, fail, settings_for
@@ -129,7 +130,7 @@ def status_command(
 
     async def watching() -> None:
         async with site:
-            console = Console()
+            console = common.console()
             if json_output or not console.is_terminal:
                 while True:
                     health = await site.health(audit=audit)
@@ -157,12 +158,17 @@ def status_command(
     if json_output:
         emit_json(as_json(health))
     else:
-        Console().print(render(health))
+        common.console().print(render(health))
     raise typer.Exit(0 if health.healthy else 1)
 
 
+def _utc(moment: dt.datetime) -> str:
+    """ISO 8601 in UTC with ``Z``, as pydantic writes the statuses' times."""
+    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
 def _iso(seconds: float) -> str:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat()
+    return _utc(dt.datetime.fromtimestamp(seconds, dt.UTC))
 
 
 async def _inspect(site: OperatorSite, transaction_id: str) -> dict[str, Any] | None:
@@ -196,7 +202,7 @@ async def _inspect(site: OperatorSite, transaction_id: str) -> dict[str, Any] | 
     return {
         "transaction_id": transaction_id,
         "status": None if status is None else status.model_dump(mode="json"),
-        "history": [{"event": event, "at": at.isoformat()} for event, at in history],
+        "history": [{"event": event, "at": _utc(at)} for event, at in history],
         "dead_letter": None
         if letter is None
         else {"reason": letter.reason, "dead_lettered_at": _iso(letter.dead_lettered_at)},
@@ -229,7 +235,7 @@ def inspect_command(
     if current().as_json:
         emit_json(found)
         return
-    console = Console()
+    console = common.console()
     status = found["status"] or {}
     console.print(
         _section(
@@ -245,16 +251,10 @@ def inspect_command(
         )
     )
     console.print(_section("history", [(h["event"], h["at"]) for h in found["history"]]))
-    keys = Table(title="keys", title_justify="left")
-    keys.add_column("key", overflow="fold")  # a key holds the id: wrap it, never cut it
-    keys.add_column("kind", no_wrap=True)
-    keys.add_column("ttl", no_wrap=True)
+    console.print(f"keys ({len(found['keys'])})")
     for key in found["keys"]:
-        keys.add_row(
-            escape(key["key"]),
-            key["kind"],
-            _seconds(key["ttl_seconds"]) if key["ttl_seconds"] is not None else "none",
-        )
-    console.print(keys)
+        ttl = _seconds(key["ttl_seconds"]) if key["ttl_seconds"] is not None else "none"
+        # The key last and soft-wrapped: it holds the id, the terminal wraps it, nothing cuts it.
+        console.print(f"  {key['kind']:<8} {ttl:>9}  {escape(key['key'])}", soft_wrap=True)
     if found["payload"] is not None:
         console.print_json(json.dumps(found["payload"]))
