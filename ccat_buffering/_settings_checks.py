@@ -24,7 +24,7 @@ from ccat_buffering.errors import ConfigurationError
 
 __all__ = ["check_backend_url", "check_database_url", "check_driver", "explain"]
 
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+._-]*)://")
 _PREFIX = "CCAT_BUFFERING_"
 # The options of the command that set a setting, to name them in messages.
 _OPTIONS = {
@@ -142,7 +142,8 @@ def check_driver(name: str, url: str) -> None:
         ConfigurationError: The driver's module cannot be found; the message
             names the extra that installs it.
     """
-    driver = urlsplit(url).scheme.partition("+")[2].lower()
+    match = _SCHEME.match(url)  # urlsplit drops a scheme with "_" (psycopg_async)
+    driver = "" if match is None else match.group(1).partition("+")[2].lower()
     module, extra = _DRIVERS.get(driver, (None, None))
     if module is None or importlib.util.find_spec(module) is not None:
         return
