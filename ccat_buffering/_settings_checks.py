@@ -57,11 +57,14 @@ def _scheme(url: str, what: str, example: str) -> str:
         raise ValueError(
             f"{what} {_masked(url)!r} is malformed (no scheme://): write it as {example}"
         )
+    scheme = match.group(1).lower()
+    if scheme.endswith(("+sentinel", "+cluster")):
+        return scheme  # host:port,host:port,...: the client parses the list
     try:
         urlsplit(url).port  # noqa: B018 (parsing the port is the check)
     except ValueError as exc:
         raise ValueError(f"{what} {_masked(url)!r} is malformed: {exc}") from None
-    return match.group(1).lower()
+    return scheme
 
 
 def check_backend_url(url: str) -> str:

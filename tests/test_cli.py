@@ -312,3 +312,28 @@ def test_operator_commands_create_no_database_engine(
         json.loads(result.stdout)
     result = CliRunner().invoke(app, ["inspect", "nope", "--json"], env=env)
     assert result.exit_code == 1 and json.loads(result.stdout)["error"]["type"] == "NotFound"
+
+
+def test_simulate_cleans_up_its_redis_site_unless_keep() -> None:
+    import redis
+    from services import REDIS_URL, missing
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        missing(f"no Redis at {REDIS_URL}: {exc}")
+    sites = {"gone": f"sim-{os.getpid()}-a", "kept": f"sim-{os.getpid()}-b"}
+    try:
+        for name, site in sites.items():
+            argv = ["simulate", "--observations", "10", "--poison", "1", "--json"]
+            argv += ["--backend-url", REDIS_URL, "--site", site]
+            result = CliRunner().invoke(app, [*argv, "--keep"] if name == "kept" else argv)
+            assert result.exit_code == 0, result.output
+        assert not list(client.scan_iter(match=f"site:{{{sites['gone']}}}:*"))
+        assert list(client.scan_iter(match=f"site:{{{sites['kept']}}}:*"))
+    finally:
+        keys = list(client.scan_iter(match=f"site:{{{sites['kept']}}}:*"))
+        if keys:
+            client.unlink(*keys)
+        client.close()

@@ -99,19 +99,22 @@ def simulate_command(
         logging.getLogger("ccat_buffering").setLevel(logging.ERROR)
     _check_urls(backend_url, database_url, replica_url)
     with progress(quiet=json_output) as report:
-        summary = asyncio.run(
-            simulate(
-                observations,
-                poison=poison,
-                backend_url=backend_url,
-                database_url=database_url,
-                replica_url=replica_url,
-                site=site,
-                seed=seed,
-                progress=report,
-                keep=keep,
+        try:
+            summary = asyncio.run(
+                simulate(
+                    observations,
+                    poison=poison,
+                    backend_url=backend_url,
+                    database_url=database_url,
+                    replica_url=replica_url,
+                    site=site,
+                    seed=seed,
+                    progress=report,
+                    keep=keep,
+                )
             )
-        )
+        except (OSError, SQLAlchemyError) as exc:
+            raise _database_error(exc, database_url or "the temporary SQLite file") from exc
     if json_output:
         emit_json(summary.model_dump())
     else:
@@ -218,13 +221,13 @@ def worker_command(
 
 
 def _database_error(exc: Exception, url: str) -> Exception:
-    """An error of ``db init`` as the library's: unreachable (3) or misconfigured (2)."""
+    """A database's error as the library's: unreachable (exit 3) or misconfigured (2)."""
     reason = describe_error(exc)
     if classify_failure(exc) is FailureKind.OUTAGE:
         return DatabaseUnavailableError(f"the database {mask_url(url)} cannot be reached: {reason}")
     return ConfigurationError(
-        f"the database {mask_url(url)} refused the ledger table: {reason}; "
-        "check database_url (the database must exist and the user may create tables)"
+        f"the database {mask_url(url)} refused: {reason}; check the database URL "
+        "(the database must exist and the user may create tables)"
     )
 
 
