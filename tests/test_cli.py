@@ -337,3 +337,23 @@ def test_simulate_cleans_up_its_redis_site_unless_keep() -> None:
         if keys:
             client.unlink(*keys)
         client.close()
+
+
+def test_models_that_cannot_be_imported(clean_env: dict[str, str | None], tmp_path: Path) -> None:
+    env = {
+        **clean_env,
+        "CCAT_BUFFERING_SITE_NAME": "cerro",
+        "CCAT_BUFFERING_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'm.db'}",
+    }
+    _fails(["worker", "--models", "no_such_module:Base"], env, 2, "no_such_module:Base")
+
+
+def test_from_settings_without_a_site_says_which_variable(
+    clean_env: dict[str, str | None],
+) -> None:
+    from ccat_buffering.coordinator import BufferingCoordinator
+    from ccat_buffering.errors import ConfigurationError
+    from ccat_buffering.registry import ModelRegistry
+
+    with pytest.raises(ConfigurationError, match="CCAT_BUFFERING_SITE_NAME"):
+        BufferingCoordinator.from_settings(registry=ModelRegistry())

@@ -49,6 +49,8 @@ __all__ = [
     "console",
     "current",
     "emit_json",
+    "exit_code",
+    "fail",
     "progress",
     "registry_for",
     "remember_root_options",
@@ -134,7 +136,8 @@ _PARAMETERS = {
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _exit_code(exc: BaseException) -> int:
+def exit_code(exc: BaseException) -> int:
+    """The exit code of an error: 3 unreachable, 2 configuration or usage, else 1."""
     if isinstance(exc, BackendUnavailableError | DatabaseUnavailableError | ReplicationError):
         return EXIT_UNREACHABLE
     if isinstance(exc, ConfigurationError | typer.BadParameter):
@@ -220,7 +223,7 @@ def command(
             except BufferingError as exc:
                 if _CURRENT.verbose:
                     traceback.print_exc()
-                raise fail(str(exc), _exit_code(exc), kind=type(exc).__name__) from None
+                raise fail(str(exc), exit_code(exc), kind=type(exc).__name__) from None
 
         wrapper.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in params}
