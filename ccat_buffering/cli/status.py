@@ -82,7 +82,7 @@ def render(health: Health) -> Group:
             ],
         ),
         _section(
-            f"replication ({health.replica or health.database})",
+            f"replication ({health.replica or health.database or 'no replica configured'})",
             [
                 ("replay LSN", replication.replay_lsn),
                 ("standby", replication.standby),
