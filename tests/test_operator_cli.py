@@ -523,3 +523,58 @@ async def test_a_killed_worker_shows_as_gone() -> None:
     # A live holder stays running.
     assert await backend.lease.acquire(other, 30)
     assert (await site.health()).processor.state is ProcessorState.RUNNING
+
+
+def test_a_worker_killed_with_sigkill_shows_as_gone(tmp_path: Path) -> None:
+    """A real worker on Redis, killed: its report still says running; status says gone."""
+    import redis as sync_redis
+    from services import REDIS_URL, missing
+
+    probe = sync_redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        probe.ping()
+    except sync_redis.RedisError as exc:
+        missing(f"no Redis at {REDIS_URL}: {exc}")
+    site = new_site_name()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CCAT_BUFFERING_")},
+        "CCAT_BUFFERING_SITE_NAME": site,
+        "CCAT_BUFFERING_BACKEND_URL": REDIS_URL,
+        "CCAT_BUFFERING_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'k.db'}",
+        "CCAT_BUFFERING_MODELS": "ccat_buffering.example:Base",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "ccat_buffering", "worker"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        assert worker.stderr is not None
+        seen = _read_until(worker.stderr, lambda ls: any("] running" in line for line in ls))
+        assert any("] running" in line for line in seen), seen
+        deadline = time.monotonic() + 20
+        while True:  # the worker publishes its report about once a second
+            result = CliRunner().invoke(app, ["status", "--json", "--no-audit"], env=env)
+            if json.loads(result.stdout)["processor"]["state"] == "running":
+                break
+            assert time.monotonic() < deadline, result.stdout
+            time.sleep(0.1)  # a poll interval; the deadline bounds the wait
+        worker.kill()
+        worker.wait(10)
+        result = CliRunner().invoke(app, ["status", "--json", "--no-audit"], env=env)
+        processor = json.loads(result.stdout)["processor"]
+        assert processor["state"] == "stopped", processor
+        assert processor["cause"].startswith("gone: ") and "no longer runs" in processor["cause"]
+        table = CliRunner().invoke(app, ["status", "--no-audit"], env={**env, "COLUMNS": "200"})
+        assert "stopped (gone: " in table.stdout, table.stdout
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        if worker.stderr is not None:
+            worker.stderr.close()
+        keys = list(probe.scan_iter(match=f"site:{{{site}}}:*", count=1000))
+        if keys:
+            probe.unlink(*keys)
+        probe.close()
