@@ -29,7 +29,7 @@ from ccat_buffering.replication import (
     ReplicationTracker,
 )
 from ccat_buffering.retry import RetryPolicy
-from ccat_buffering.settings import BufferingSettings, mask_url
+from ccat_buffering.settings import BufferingSettings, load_settings, mask_url
 
 __all__ = ["BufferingCoordinator"]
 
@@ -117,7 +117,8 @@ class BufferingCoordinator:
         """Build every part from settings; the coordinator owns and closes them.
 
         Args:
-            settings: The site's settings; read from the environment when ``None``.
+            settings: The site's settings; read from the environment when ``None``
+                (a missing or invalid one raises a short ``ConfigurationError``).
             registry: The mapped classes transactions may name.
             backend_options: Passed to the backend's ``from_url``.
             start: Start the processor and tracker when entered as a context.
@@ -125,15 +126,15 @@ class BufferingCoordinator:
         Returns:
             The coordinator (not yet started).
         """
-        settings = settings or BufferingSettings()
+        settings = settings or load_settings()
         backend = open_backend(
             settings.backend_url, site=settings.site_name, **(backend_options or {})
         )
-        engine = create_engine(settings.database_url)
+        engine = create_engine(settings.require_url("database_url"))
         read_engine = None
         checker: ReplicationChecker = ImmediateReplicationChecker()
         if settings.replica_url:
-            read_engine = create_engine(settings.replica_url)
+            read_engine = create_engine(settings.require_url("replica_url"))
             checker = LSNReplicationChecker(read_engine)
         coordinator = cls(
             settings,

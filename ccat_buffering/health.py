@@ -134,8 +134,8 @@ def _holder_is_dead(holder: str) -> bool:
     return False
 
 
-async def _processor(backend: Backend, processor: BackgroundProcessor) -> ProcessorHealth:
-    if processor.state is not ProcessorState.STOPPED:
+async def _processor(backend: Backend, processor: BackgroundProcessor | None) -> ProcessorHealth:
+    if processor is not None and processor.state is not ProcessorState.STOPPED:
         return await processor.health()
     if isinstance(backend.lease, SupportsProcessorReports):
         text = await backend.lease.processor_report()
@@ -144,7 +144,25 @@ async def _processor(backend: Backend, processor: BackgroundProcessor) -> Proces
                 return ProcessorHealth.model_validate_json(text)
             except ValidationError:
                 pass
+    if processor is None:
+        return ProcessorHealth(state=ProcessorState.STOPPED, holder="-")
     return await processor.health()
+
+
+def _gone(worker: ProcessorHealth, lease_holder: str | None) -> ProcessorHealth:
+    """A published report of a worker that no longer holds the lease, shown as gone.
+
+    The report outlives its worker (it expires after twice the lease), so a
+    killed worker would otherwise show as ``running`` for half a minute.
+    """
+    if worker.state is ProcessorState.STOPPED:
+        return worker
+    if lease_holder == worker.holder and not _holder_is_dead(worker.holder):
+        return worker
+    why = "its process no longer runs" if _holder_is_dead(worker.holder) else "it lost the lease"
+    return worker.model_copy(
+        update={"state": ProcessorState.STOPPED, "cause": f"gone: {worker.holder} ({why})"}
+    )
 
 
 async def _oldest_waiting(backend: Backend) -> float | None:
@@ -165,7 +183,7 @@ async def _oldest_waiting(backend: Backend) -> float | None:
 async def collect(
     settings: BufferingSettings,
     backend: Backend,
-    processor: BackgroundProcessor,
+    processor: BackgroundProcessor | None,
     tracker: ReplicationTracker,
     *,
     audit: bool = True,
@@ -176,7 +194,10 @@ async def collect(
         settings: The site's settings.
         backend: The site's stores.
         processor: This process's processor (its report is used while it runs;
-            otherwise the one the draining processor published).
+            otherwise the one the draining processor published); ``None`` for
+            a process that only looks (the operator commands). A published
+            report whose worker no longer holds the lease, or whose process
+            is gone, shows as ``stopped`` with the cause ``gone: ...``.
         tracker: This process's tracker (its last report is used while it
             runs; otherwise the replica is asked once, changing nothing).
         audit: Look for keys without a TTL (scans the site's keys).
@@ -195,6 +216,8 @@ async def collect(
     )
     worker = await _processor(backend, processor)
     lease = await backend.lease.current()
+    if processor is None or worker.holder != processor.holder:
+        worker = _gone(worker, None if lease is None else lease.holder)
     worker = worker.model_copy(
         update={
             "lease_holder": None if lease is None else lease.holder,

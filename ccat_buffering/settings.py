@@ -4,6 +4,13 @@ Sources, strongest first: keyword arguments, environment variables, the
 ``.env`` file, the TOML file named by ``CCAT_BUFFERING_CONFIG_FILE`` (default
 ``ccat-buffering.toml`` in the working directory, if present), then the
 defaults below, which are the origin's where it had one.
+
+A site has no default name: a misspelt variable or a file left behind in
+another directory must fail, not show an empty site called ``site``. The URLs
+are checked when the settings are read (a malformed URL, an unknown scheme, a
+database URL without its async driver); :func:`load_settings` turns every
+such error into a one- or two-line :class:`~ccat_buffering.ConfigurationError`
+that names the setting, its value (masked) and the fix.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,9 +28,16 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from ccat_buffering._settings_checks import (
+    check_backend_url,
+    check_database_url,
+    check_driver,
+    explain,
+)
+from ccat_buffering.errors import ConfigurationError
 from ccat_buffering.models import DEFAULT_MAX_PAYLOAD_BYTES, check_identifier
 
-__all__ = ["BufferingSettings", "mask_text", "mask_url"]
+__all__ = ["BufferingSettings", "load_settings", "mask_text", "mask_url"]
 
 CONFIG_FILE_VARIABLE = "CCAT_BUFFERING_CONFIG_FILE"
 DEFAULT_CONFIG_FILE = "ccat-buffering.toml"
@@ -79,11 +93,16 @@ class BufferingSettings(BaseSettings):
     """Everything a site needs to buffer, drain and confirm.
 
     Attributes:
-        site_name: Names the site's keys in the backend (a plain identifier).
+        site_name: Names the site's keys in the backend (a plain identifier);
+            required, there is no default.
         site_type: ``secondary`` buffers writes; ``main`` executes them directly.
-        backend_url: ``memory://``, ``redis://``, ``rediss://``,
-            ``redis+sentinel://`` or ``redis+cluster://``.
-        database_url: The main database (SQLAlchemy async URL).
+        backend_url: ``memory://``, ``redis://``, ``rediss://``, ``unix://``,
+            ``redis+sentinel://`` or ``redis+cluster://`` (or a third-party
+            backend's scheme).
+        database_url: The main database (SQLAlchemy async URL:
+            ``postgresql+asyncpg://`` or ``sqlite+aiosqlite://``); needed by
+            whatever writes to it (the worker, a main site, ``db init``),
+            not by the commands that only read the buffer.
         replica_url: The site's read-only replica; without one, reads and
             replication checks use the main database.
         batch_size: Transactions applied per database transaction.
@@ -112,11 +131,11 @@ class BufferingSettings(BaseSettings):
         extra="ignore",
     )
 
-    site_name: Annotated[str, AfterValidator(_site_name)] = "site"
+    site_name: Annotated[str, AfterValidator(_site_name)]
     site_type: Literal["main", "secondary"] = "secondary"
-    backend_url: str = "memory://"
-    database_url: str = "sqlite+aiosqlite:///ccat_buffering.db"
-    replica_url: str | None = None
+    backend_url: Annotated[str, AfterValidator(check_backend_url)] = "memory://"
+    database_url: Annotated[str | None, AfterValidator(check_database_url)] = None
+    replica_url: Annotated[str | None, AfterValidator(check_database_url)] = None
     batch_size: int = Field(100, ge=1)
     max_attempts: int = Field(3, ge=1)
     retry_base_delay: float = Field(5.0, ge=0)
@@ -148,9 +167,75 @@ class BufferingSettings(BaseSettings):
         toml = TomlConfigSettingsSource(settings_cls, toml_file=path)
         return init_settings, env_settings, dotenv_settings, toml, file_secret_settings
 
+    def require_url(self, name: Literal["database_url", "replica_url"]) -> str:
+        """A database URL that is about to be opened: set, and its driver installed.
+
+        Args:
+            name: ``database_url`` or ``replica_url``.
+
+        Returns:
+            The URL.
+
+        Raises:
+            ConfigurationError: The setting is not set, or the URL's driver is
+                not installed (the message names the variable, the option or
+                the extra to install).
+        """
+        url: str | None = getattr(self, name)
+        if url is None:
+            option = name.removesuffix("_url").replace("_", "-")
+            raise ConfigurationError(
+                f"no {name}: set CCAT_BUFFERING_{name.upper()} (or --{option}-url, "
+                f"or {name} in {DEFAULT_CONFIG_FILE}), e.g. postgresql+asyncpg://ops@host/ops"
+            )
+        check_driver(name, url)
+        return url
+
     def masked(self) -> dict[str, object]:
         """The settings with passwords in URLs hidden, for display."""
         data = self.model_dump()
         for name in ("backend_url", "database_url", "replica_url"):
             data[name] = mask_url(data[name])
         return data
+
+
+def load_settings(*, config_file: str | None = None, **overrides: object) -> BufferingSettings:
+    """Read the settings, turning every error into one short :class:`ConfigurationError`.
+
+    Args:
+        config_file: A TOML file to read instead of the one named by
+            ``CCAT_BUFFERING_CONFIG_FILE`` (``--config``).
+        **overrides: Values that beat every source (command-line options);
+            ``None`` values are left out.
+
+    Returns:
+        The settings.
+
+    Raises:
+        ConfigurationError: A value is missing or invalid, or the TOML file
+            named by ``CCAT_BUFFERING_CONFIG_FILE`` is missing or not valid
+            TOML; the message names the setting, its masked value and the fix.
+    """
+    values = {name: value for name, value in overrides.items() if value is not None}
+    named = config_file or os.environ.get(CONFIG_FILE_VARIABLE)
+    if named is not None and not os.path.isfile(named):
+        raise ConfigurationError(
+            f"{CONFIG_FILE_VARIABLE} (or --config) names {named!r}, which is not a file: "
+            "correct the path, or unset it to read ccat-buffering.toml of the working directory"
+        )
+    before = os.environ.get(CONFIG_FILE_VARIABLE)
+    if config_file is not None:
+        os.environ[CONFIG_FILE_VARIABLE] = config_file
+    try:
+        return BufferingSettings(**values)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigurationError(explain(exc, values)) from exc
+    except ValueError as exc:  # tomllib.TOMLDecodeError is a ValueError
+        path = named or DEFAULT_CONFIG_FILE
+        raise ConfigurationError(f"{path} is not valid TOML: {exc}; fix the file") from exc
+    finally:
+        if config_file is not None:
+            if before is None:
+                del os.environ[CONFIG_FILE_VARIABLE]
+            else:
+                os.environ[CONFIG_FILE_VARIABLE] = before

@@ -273,6 +273,7 @@ async def simulate(
     seed: int = 0,
     progress: Progress | None = None,
     schema: Literal["text", "uuid"] = "text",
+    keep: bool = False,
 ) -> SimulationSummary:
     """Buffer while the database is unreachable, restore it, drain, confirm, count.
 
@@ -294,6 +295,9 @@ async def simulate(
         progress: Called as ``progress(phase, done, total)``.
         schema: ``"text"`` for the example schema of text and integer keys,
             ``"uuid"`` for the one of native UUID keys and JSON-request values.
+        keep: Leave the site's keys in the backend (by default a Redis
+            backend's keys of the site are deleted at the end, so runs do
+            not pile up thousands of keys in a shared Redis).
 
     Returns:
         The counts.
@@ -308,7 +312,7 @@ async def simulate(
         try:
             return await _run(
                 outage, observations, poison, backend_url, replica_url,
-                site or f"simulated-{run}", run, rng, report, began, SCHEMAS[schema],
+                site or f"simulated-{run}", run, rng, report, began, SCHEMAS[schema], keep,
             )  # fmt: skip
         finally:
             await outage.end()
@@ -326,6 +330,7 @@ async def _run(
     report: Progress,
     began: float,
     schema: _Schema,
+    keep: bool = False,
 ) -> SimulationSummary:
     settings = BufferingSettings(
         site_name=site,
@@ -418,6 +423,8 @@ async def _run(
             for s in replicated
             if s is not None and s.replicated_at and s.committed_at
         ]
+        if not keep:
+            await _forget_site(site_.backend)
     await direct.dispose()
     return SimulationSummary(
         site=site,
@@ -438,6 +445,22 @@ async def _run(
         commit_to_visible_median=round(statistics.median(delays), 4) if delays else None,
         seconds=round(time.perf_counter() - began, 3),
     )
+
+
+async def _forget_site(backend: object) -> int:
+    """Delete a Redis backend's keys of the simulated site; other backends keep nothing.
+
+    Every key of a site matches its backend's ``keys.pattern()``
+    (``site:{<site>}:*``), and they share one Cluster slot.
+    """
+    client = getattr(backend, "client", None)
+    pattern = getattr(getattr(backend, "keys", None), "pattern", None)
+    if client is None or pattern is None:
+        return 0
+    found = [key async for key in client.scan_iter(match=pattern(), count=1000)]
+    for start in range(0, len(found), 500):
+        await client.unlink(*found[start : start + 500])
+    return len(found)
 
 
 async def _count(

@@ -127,7 +127,9 @@ def test_passwords_are_masked() -> None:
         == "postgresql+asyncpg://ops:***@db.example:5432/ops"
     )
     assert mask_url("memory://") == "memory://"
-    settings = BufferingSettings(database_url="postgresql+asyncpg://ops:s3cret@db/ops")
+    settings = BufferingSettings(
+        site_name="cerro", database_url="postgresql+asyncpg://ops:s3cret@db/ops"
+    )
     assert "s3cret" not in str(settings.masked())
 
 

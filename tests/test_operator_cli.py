@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import IO
 
 import pytest
 import pytest_asyncio
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-import ccat_buffering.cli._common as cli_common
+import ccat_buffering.cli._operator as cli_operator
 from ccat_buffering.cli import app
 from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.example import Base, ExecutedObsUnit
@@ -65,7 +69,8 @@ async def prepared(
         [(d, ValueError(f"bad {i}"), FailureKind.PERMANENT) for i, d in enumerate(deliveries)]
     )
     await site.manager.claim(1, 600)  # one in flight
-    monkeypatch.setattr(cli_common, "open_site", lambda *a, **k: site)
+    monkeypatch.setattr(cli_operator, "open_site", lambda *a, **k: site)
+    monkeypatch.setenv("CCAT_BUFFERING_SITE_NAME", settings.site_name)
     site.txs = txs  # type: ignore[attr-defined]
     yield site
     await engine.dispose()
@@ -111,7 +116,8 @@ async def test_status_table_and_a_healthy_site(
         ModelRegistry.from_base(Base),
         start=False,
     )
-    monkeypatch.setattr(cli_common, "open_site", lambda *a, **k: site)
+    monkeypatch.setattr(cli_operator, "open_site", lambda *a, **k: site)
+    monkeypatch.setenv("CCAT_BUFFERING_SITE_NAME", settings.site_name)
     result = await asyncio.to_thread(_run, "status")
     assert result.exit_code == 0, result.output
     assert "queue depth" in result.stdout and "healthy" in result.stdout
@@ -183,7 +189,7 @@ def test_status_watch_refreshes_and_exits_cleanly_on_ctrl_c(tmp_path: Path) -> N
             "status",
             "--watch",
             "--interval",
-            "0.2",
+            "0.5",
             "--no-audit",
         ],
         stdin=secondary,
@@ -334,3 +340,241 @@ async def test_commands_on_a_real_redis_site(tmp_path: Path) -> None:
         await forget_site(probe, backend.keys.pattern())
         await probe.aclose()
         await engine.dispose()
+
+
+# --- JSON of every command, ISO times, watch in a pipe, the worker's lines, a gone worker ---
+
+
+async def test_every_dlq_command_prints_json(prepared: BufferingCoordinator) -> None:
+    listed = json.loads((await asyncio.to_thread(_run, "dlq", "list", "--json")).stdout)
+    for letter in listed:
+        assert dt.datetime.fromisoformat(letter["dead_lettered_at"]).tzinfo == dt.UTC
+        assert letter["dead_lettered_at"].endswith("Z")
+    first = listed[1]["letter_id"]
+    shown = await asyncio.to_thread(_run, "dlq", "show", first, "--json")
+    letter = json.loads(shown.stdout)
+    assert letter["letter_id"] == first and letter["payload"]["transaction_id"] == first
+    missing = await asyncio.to_thread(_run, "dlq", "show", "nope", "--json")
+    assert missing.exit_code == 1
+    assert json.loads(missing.stdout)["error"]["message"].startswith("no dead letter nope")
+    replayed = await asyncio.to_thread(
+        _run, "dlq", "replay", first, "unknown-id", "--yes", "--json"
+    )
+    assert replayed.exit_code == 1  # a named letter was not found
+    assert json.loads(replayed.stdout) == {"replayed": [first], "not_found": ["unknown-id"]}
+    purged = await asyncio.to_thread(_run, "dlq", "purge", "--all", "--yes", "--json")
+    assert purged.exit_code == 0 and json.loads(purged.stdout) == {"purged": 2}
+    audit = await asyncio.to_thread(_run, "keys", "audit", "--json")
+    assert audit.exit_code == 0 and json.loads(audit.stdout) == []
+
+
+async def test_replay_names_an_unknown_id(prepared: BufferingCoordinator) -> None:
+    result = await asyncio.to_thread(_run, "dlq", "replay", "no-such-letter", "--yes")
+    assert result.exit_code == 1
+    assert "no dead letter no-such-letter at site" in result.output
+
+
+async def test_inspect_json_times_are_iso_utc(prepared: BufferingCoordinator) -> None:
+    dead = prepared.txs[0]  # type: ignore[attr-defined]
+    found = json.loads(
+        (await asyncio.to_thread(_run, "inspect", dead.transaction_id, "--json")).stdout
+    )
+    times = [h["at"] for h in found["history"]] + [found["dead_letter"]["dead_lettered_at"]]
+    assert all(t.endswith("Z") and dt.datetime.fromisoformat(t).tzinfo == dt.UTC for t in times)
+
+
+async def test_ids_are_never_cut_at_80_columns(prepared: BufferingCoordinator) -> None:
+    def run80(*args: str) -> str:
+        return CliRunner().invoke(app, list(args), env={"COLUMNS": "80"}).stdout
+
+    listed = await asyncio.to_thread(run80, "dlq", "list")
+    for tx in prepared.txs[:2]:  # type: ignore[attr-defined]
+        assert tx.transaction_id in listed, listed
+    waiting = prepared.txs[5]  # type: ignore[attr-defined]
+    shown = await asyncio.to_thread(run80, "inspect", waiting.transaction_id)
+    assert f"transaction {waiting.transaction_id}" in shown
+    assert f"transaction:{waiting.transaction_id}" in shown.replace("\n", ""), shown
+
+
+def _watch(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CCAT_BUFFERING_")},
+        "CCAT_BUFFERING_SITE_NAME": new_site_name(),
+    }
+    argv = [sys.executable, "-m", "ccat_buffering", "status", "--watch", "--interval", "0.5"]
+    process = subprocess.Popen(
+        [*argv, "--no-audit", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+    )
+    return process, env
+
+
+def _read_until(stream: IO[bytes], done: Callable[[list[str]], bool]) -> list[str]:
+    """Lines of ``stream`` until ``done(lines)``, the end, or 30 s (read in a thread)."""
+    lines: list[str] = []
+    finished = threading.Event()
+
+    def read() -> None:
+        for raw in iter(stream.readline, b""):
+            lines.append(raw.decode())
+            if done(lines):
+                break
+        finished.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    finished.wait(30)
+    return list(lines)
+
+
+def _lines_until(process: subprocess.Popen[bytes], wanted: str, count: int) -> list[str]:
+    assert process.stdout is not None
+    return _read_until(process.stdout, lambda ls: sum(wanted in line for line in ls) >= count)
+
+
+def test_watch_json_is_ndjson_in_a_pipe(tmp_path: Path) -> None:
+    process, _ = _watch(tmp_path, "--json")
+    try:
+        lines = _lines_until(process, '"healthy"', 2)
+        documents = [json.loads(line) for line in lines]
+        assert len(documents) >= 2 and all("buffer" in d for d in documents)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def test_watch_refreshes_in_a_pipe(tmp_path: Path) -> None:
+    process, _ = _watch(tmp_path)
+    try:
+        lines = _lines_until(process, "queue depth", 2)
+        assert sum("queue depth" in line for line in lines) >= 2, lines
+        process.send_signal(signal.SIGINT)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        _, err = process.communicate()
+    assert b"Traceback" not in err
+
+
+def test_the_worker_says_what_it_does_without_verbose(tmp_path: Path) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CCAT_BUFFERING_")},
+        "CCAT_BUFFERING_SITE_NAME": new_site_name(),
+        # Nothing listens there: the worker must still say at once what it does.
+        "CCAT_BUFFERING_DATABASE_URL": f"postgresql+asyncpg://ops:{SECRET}@127.0.0.1:{free_port()}/ops",
+        "CCAT_BUFFERING_MODELS": "ccat_buffering.example:Base",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ccat_buffering", "worker"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert process.stderr is not None
+    try:
+        seen = _read_until(process.stderr, lambda ls: any("] running" in line for line in ls))
+        assert any("] running" in line for line in seen), seen
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        rest = process.communicate()[1].decode()
+    text = "".join(seen) + rest
+    start = next(line for line in seen if "starting:" in line)
+    assert " INFO " in start and "batch 100" in start and "processor lease 15 s" in start
+    assert "***" in start and SECRET not in text
+    assert "lease held by nobody" in start
+    assert "INFO ccat_buffering.worker" in text and "] running" in text
+    assert "worker stopped" in rest
+
+
+async def test_a_killed_worker_shows_as_gone() -> None:
+    from ccat_buffering.cli._operator import OperatorSite
+    from ccat_buffering.processor import ProcessorHealth, ProcessorState
+
+    settings = BufferingSettings(site_name=new_site_name())
+    backend = MemoryBackend(settings.site_name)
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    holder = f"{socket.gethostname()}-{child.pid}-0a1b2c3d"  # this host, a process that exited
+    report = ProcessorHealth(state=ProcessorState.RUNNING, holder=holder)
+    await backend.lease.publish_report(report.model_dump_json(), 30)
+    assert await backend.lease.acquire(holder, 30)
+    site = OperatorSite(settings, backend)
+    health = await site.health()
+    assert health.processor.state is ProcessorState.STOPPED
+    assert health.processor.cause == f"gone: {holder} (its process no longer runs)"
+    # Elsewhere (another host): the lease lapsed, the report has not yet.
+    await backend.lease.release(holder)
+    other = "elsewhere-1-0a1b2c3d"
+    await backend.lease.publish_report(
+        ProcessorHealth(state=ProcessorState.RUNNING, holder=other).model_dump_json(), 30
+    )
+    health = await site.health()
+    assert health.processor.cause == f"gone: {other} (it lost the lease)"
+    # A live holder stays running.
+    assert await backend.lease.acquire(other, 30)
+    assert (await site.health()).processor.state is ProcessorState.RUNNING
+
+
+def test_a_worker_killed_with_sigkill_shows_as_gone(tmp_path: Path) -> None:
+    """A real worker on Redis, killed: its report still says running; status says gone."""
+    import redis as sync_redis
+    from services import REDIS_URL, missing
+
+    probe = sync_redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        probe.ping()
+    except sync_redis.RedisError as exc:
+        missing(f"no Redis at {REDIS_URL}: {exc}")
+    site = new_site_name()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CCAT_BUFFERING_")},
+        "CCAT_BUFFERING_SITE_NAME": site,
+        "CCAT_BUFFERING_BACKEND_URL": REDIS_URL,
+        "CCAT_BUFFERING_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'k.db'}",
+        "CCAT_BUFFERING_MODELS": "ccat_buffering.example:Base",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "ccat_buffering", "worker"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        assert worker.stderr is not None
+        seen = _read_until(worker.stderr, lambda ls: any("] running" in line for line in ls))
+        assert any("] running" in line for line in seen), seen
+        deadline = time.monotonic() + 20
+        while True:  # the worker publishes its report about once a second
+            result = CliRunner().invoke(app, ["status", "--json", "--no-audit"], env=env)
+            if json.loads(result.stdout)["processor"]["state"] == "running":
+                break
+            assert time.monotonic() < deadline, result.stdout
+            time.sleep(0.1)  # a poll interval; the deadline bounds the wait
+        worker.kill()
+        worker.wait(10)
+        result = CliRunner().invoke(app, ["status", "--json", "--no-audit"], env=env)
+        processor = json.loads(result.stdout)["processor"]
+        assert processor["state"] == "stopped", processor
+        assert processor["cause"].startswith("gone: ") and "no longer runs" in processor["cause"]
+        table = CliRunner().invoke(app, ["status", "--no-audit"], env={**env, "COLUMNS": "200"})
+        assert "stopped (gone: " in table.stdout, table.stdout
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        if worker.stderr is not None:
+            worker.stderr.close()
+        keys = list(probe.scan_iter(match=f"site:{{{site}}}:*", count=1000))
+        if keys:
+            probe.unlink(*keys)
+        probe.close()

@@ -198,13 +198,16 @@ async def test_from_url_owns_its_client_and_masks_the_password(client: aioredis.
 
 
 async def test_simulate_on_redis(client: aioredis.Redis) -> None:
-    summary = await simulate(200, poison=2, backend_url=REDIS_URL)
+    summary = await simulate(200, poison=2, backend_url=REDIS_URL, keep=True)
     assert summary.ok, summary
     assert (summary.lost, summary.applied_twice, summary.dead_lettered) == (0, 0, 2)
-    # The site stays for `ccat-buffering status`: its dead letters are there to see.
+    # With keep=True the site stays for `ccat-buffering status`: its dead letters are there.
     letters = await RedisBackend(client, site=summary.site).dead_letters.list()
     assert len(letters) == 2
     await forget_site(client, SiteKeys(summary.site).pattern())
+    # Without it, the run deletes every key of its site.
+    gone = await simulate(20, poison=0, backend_url=REDIS_URL)
+    assert not [key async for key in client.scan_iter(match=SiteKeys(gone.site).pattern())]
 
 
 async def test_status_is_kept_until_terminal_then_expires(

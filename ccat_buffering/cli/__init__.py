@@ -8,6 +8,7 @@ from ccat_buffering.cli import dlq as _dlq  # noqa: F401 (registers its commands
 from ccat_buffering.cli import site as _site  # noqa: F401
 from ccat_buffering.cli import status as _status  # noqa: F401
 from ccat_buffering.cli._app import app
+from ccat_buffering.cli._common import exit_code
 from ccat_buffering.errors import BufferingError
 from ccat_buffering.settings import mask_text
 
@@ -17,11 +18,12 @@ __all__ = ["app", "main"]
 def main() -> None:
     """Entry point of the ``ccat-buffering`` command.
 
-    The library's own errors (an unreachable Redis, a bad setting) end the
-    command with their message and exit status 2, not a traceback.
+    Every command turns the library's errors into one line and an exit code
+    (see :mod:`ccat_buffering.cli._common`); this catches any that escape
+    one (raised while the command line is parsed), with the same codes.
     """
     try:
         app()
     except BufferingError as exc:
         print(f"ccat-buffering: {mask_text(str(exc))}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(exit_code(exc)) from None

@@ -5,15 +5,24 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ccat_buffering.cli import _operator
 from ccat_buffering.cli._app import dlq_app, keys_app
-from ccat_buffering.cli._common import operator_site, progress
+from ccat_buffering.cli._common import (
+    command,
+    console,
+    current,
+    emit_json,
+    fail,
+    progress,
+    settings_for,
+)
 from ccat_buffering.protocols import DeadLetter, SupportsKeyAudit
 
 __all__: list[str] = []
@@ -24,45 +33,63 @@ Ids = Annotated[list[str] | None, typer.Argument(help="Letter ids (transaction i
 
 
 def _when(seconds: float) -> str:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds")
+    """ISO 8601 in UTC, the same in the tables and in JSON."""
+    moment = dt.datetime.fromtimestamp(seconds, dt.UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _letters() -> list[DeadLetter]:
-    _, site = operator_site()
+def _letter_json(letter: DeadLetter, *, payload: bool) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "letter_id": letter.letter_id,
+        "dead_lettered_at": _when(letter.dead_lettered_at),
+        "reason": letter.reason,
+    }
+    if payload:
+        try:
+            data["payload"] = json.loads(letter.payload)
+        except json.JSONDecodeError:
+            data["payload"] = letter.payload  # an unreadable entry, as it was
+    return data
+
+
+@command(dlq_app, "list")
+def list_command() -> None:
+    """List dead letters in the order they arrived."""
+    site = _operator.open_site(settings_for())
 
     async def run() -> list[DeadLetter]:
         async with site:
             return await site.backend.dead_letters.list()
 
-    return asyncio.run(run())
-
-
-@dlq_app.command("list")
-def list_command(
-    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
-) -> None:
-    """List dead letters in the order they arrived."""
-    letters = _letters()
-    if as_json:
-        print(json.dumps([{**letter.__dict__, "payload": None} for letter in letters]))
+    letters = asyncio.run(run())
+    if current().as_json:
+        emit_json([_letter_json(letter, payload=False) for letter in letters])
         return
-    table = Table(title=f"{len(letters)} dead letter(s)", title_justify="left")
-    for column in ("#", "letter id", "dead-lettered at", "reason"):
-        table.add_column(column)
+    out = console()
+    out.print(f"{len(letters)} dead letter(s)")
+    if not letters:
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    width = max(len(letter.letter_id) for letter in letters)
+    number = len(str(len(letters)))
+    table.add_column("#", no_wrap=True, justify="right", min_width=number)
+    # An id is what the operator copies into `dlq show`: never cut, never wrapped.
+    # The reason gives way instead (`dlq show` has all of it, a pipe shows it whole).
+    table.add_column("letter id", no_wrap=True, min_width=width)
+    table.add_column("dead-lettered at", no_wrap=True, min_width=20)
+    table.add_column("reason", no_wrap=True)
+    room = max(out.width - number - width - 20 - 6, 12)
     for index, letter in enumerate(letters, 1):
-        table.add_row(
-            str(index),
-            letter.letter_id,
-            _when(letter.dead_lettered_at),
-            escape(letter.reason[:120]),
-        )
-    Console().print(table)
+        reason = letter.reason if len(letter.reason) <= room else letter.reason[: room - 1] + "…"
+        table.add_row(str(index), letter.letter_id, _when(letter.dead_lettered_at), escape(reason))
+    out.print(table)
 
 
-@dlq_app.command("show")
+@command(dlq_app, "show")
 def show_command(letter_id: Annotated[str, typer.Argument(help="The letter's id.")]) -> None:
-    """Show one dead letter with its reason and payload."""
-    settings, site = operator_site()
+    """Show one dead letter with its reason and payload; exit 1 if there is none."""
+    settings = settings_for()
+    site = _operator.open_site(settings)
 
     async def run() -> DeadLetter | None:
         async with site:
@@ -70,17 +97,20 @@ def show_command(letter_id: Annotated[str, typer.Argument(help="The letter's id.
 
     letter = asyncio.run(run())
     if letter is None:
-        Console(stderr=True).print(f"no dead letter {letter_id} at site {settings.site_name}")
-        raise typer.Exit(1)
-    console = Console()
-    console.print(
-        f"[bold]{letter.letter_id}[/bold] dead-lettered at {_when(letter.dead_lettered_at)}"
+        raise fail(f"no dead letter {letter_id} at site {settings.site_name}", 1, kind="NotFound")
+    if current().as_json:
+        emit_json(_letter_json(letter, payload=True))
+        return
+    out = console()
+    out.print(
+        f"[bold]{letter.letter_id}[/bold] dead-lettered at {_when(letter.dead_lettered_at)}",
+        soft_wrap=True,
     )
-    console.print(f"reason: {escape(letter.reason)}")
+    out.print(f"reason: {escape(letter.reason)}", soft_wrap=True)
     try:
-        console.print_json(letter.payload)
+        out.print_json(letter.payload)
     except json.JSONDecodeError:
-        console.print(repr(letter.payload))
+        out.print(repr(letter.payload), soft_wrap=True)
 
 
 def _selection(ids: list[str] | None, every: bool, verb: str) -> list[str] | None:
@@ -89,14 +119,18 @@ def _selection(ids: list[str] | None, every: bool, verb: str) -> list[str] | Non
     return None if every else list(ids or [])
 
 
-@dlq_app.command("replay")
+@command(dlq_app, "replay")
 def replay_command(ids: Ids = None, every: All = False, yes: Yes = False) -> None:
-    """Put dead letters back at the tail of the buffer, in the order they arrived."""
+    """Put dead letters back at the tail of the buffer, in the order they arrived.
+
+    Exits 1 when a named letter was not found (the message names it).
+    """
     wanted = _selection(ids, every, "replay")
-    settings, site = operator_site()
+    settings = settings_for()
+    site = _operator.open_site(settings)
     what = "every dead letter" if wanted is None else f"{len(wanted)} dead letter(s)"
     if not yes:
-        typer.confirm(f"Replay {what} at site {settings.site_name}?", abort=True)
+        typer.confirm(f"Replay {what} at site {settings.site_name}?", abort=True, err=True)
 
     async def run() -> list[str]:
         async with site:
@@ -107,7 +141,7 @@ def replay_command(ids: Ids = None, every: All = False, yes: Yes = False) -> Non
                 if wanted is None or letter.letter_id in set(wanted)
             ]
             done: list[str] = []
-            with progress() as report:
+            with progress(quiet=current().as_json) as report:
                 # In arrival order, a slice at a time, each slice after the last.
                 for start in range(0, len(chosen), 100):
                     done += await site.manager.replay(chosen[start : start + 100])
@@ -115,37 +149,52 @@ def replay_command(ids: Ids = None, every: All = False, yes: Yes = False) -> Non
             return done
 
     done = asyncio.run(run())
-    Console().print(f"replayed {len(done)} transaction(s)")
-    if wanted is not None and len(done) < len(wanted):
+    unknown = [] if wanted is None else [i for i in wanted if i not in set(done)]
+    if current().as_json:
+        emit_json({"replayed": done, "not_found": unknown})
+    else:
+        Console().print(f"replayed {len(done)} transaction(s)")
+        for letter_id in unknown:
+            Console(stderr=True).print(
+                f"no dead letter {escape(letter_id)} at site {settings.site_name}"
+            )
+    if unknown:
         raise typer.Exit(1)
 
 
-@dlq_app.command("purge")
+@command(dlq_app, "purge")
 def purge_command(ids: Ids = None, every: All = False, yes: Yes = False) -> None:
     """Delete dead letters for good."""
     wanted = _selection(ids, every, "purge")
-    settings, site = operator_site()
+    settings = settings_for()
+    site = _operator.open_site(settings)
     what = "every dead letter" if wanted is None else f"{len(wanted)} dead letter(s)"
     if not yes:
-        typer.confirm(f"Delete {what} at site {settings.site_name} for good?", abort=True)
+        typer.confirm(f"Delete {what} at site {settings.site_name} for good?", abort=True, err=True)
 
     async def run() -> int:
         async with site:
             return await site.backend.dead_letters.purge(wanted)
 
-    Console().print(f"purged {asyncio.run(run())} dead letter(s)")
+    purged = asyncio.run(run())
+    if current().as_json:
+        emit_json({"purged": purged})
+    else:
+        Console().print(f"purged {purged} dead letter(s)")
 
 
-@keys_app.command("audit")
-def audit_command(
-    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
-) -> None:
-    """List keys of the site that have no TTL and are not one of its bounded structures."""
-    _, site = operator_site()
+@command(keys_app, "audit")
+def audit_command() -> None:
+    """List keys of the site that have no TTL and are not one of its bounded structures.
+
+    Exits 1 when it lists a key.
+    """
+    site = _operator.open_site(settings_for())
     backend = site.backend
     if not isinstance(backend, SupportsKeyAudit):
-        if as_json:
-            print("[]")
+        asyncio.run(backend.aclose())
+        if current().as_json:
+            emit_json([])
         else:
             Console().print(f"the {type(backend).__name__} keeps no keys to audit")
         return
@@ -155,10 +204,12 @@ def audit_command(
             return [info.__dict__ for info in await backend.audit_keys()]
 
     leaks = asyncio.run(run())
-    if as_json:
-        print(json.dumps(leaks))
+    if current().as_json:
+        emit_json(leaks)
     else:
-        Console().print(f"{len(leaks)} key(s) without a TTL")
+        out = console()
+        out.print(f"{len(leaks)} key(s) without a TTL")
         for leak in leaks:
-            Console().print(f"  {leak['key']} ({leak['kind']})")
+            # The key last and soft-wrapped: the terminal wraps it, nothing cuts it.
+            out.print(f"  {leak['kind']:<8} {escape(str(leak['key']))}", soft_wrap=True)
     raise typer.Exit(1 if leaks else 0)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
+import enum
+import errno
 import logging
 import signal
 from typing import Annotated
@@ -11,13 +13,26 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
+from ccat_buffering._settings_checks import check_backend_url, check_database_url, check_driver
 from ccat_buffering.cli._app import app, db_app
-from ccat_buffering.cli._common import configure_logging, progress, registry_for, settings_with
+from ccat_buffering.cli._common import (
+    command,
+    configure_logging,
+    current,
+    emit_json,
+    progress,
+    registry_for,
+    settings_for,
+)
 from ccat_buffering.coordinator import BufferingCoordinator
+from ccat_buffering.errors import ConfigurationError, DatabaseUnavailableError
 from ccat_buffering.executor import LEDGER_TABLE_NAME, TransactionExecutor, create_engine
 from ccat_buffering.logs import SiteLogger
+from ccat_buffering.processor import ProcessorState
 from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.retry import FailureKind, classify_failure, describe_error
 from ccat_buffering.settings import BufferingSettings, mask_url
 from ccat_buffering.simulation import SimulationSummary, simulate
 
@@ -34,49 +49,125 @@ def _summary_table(summary: SimulationSummary) -> Table:
     return table
 
 
-@app.command("simulate")
+def _check_urls(backend_url: str, database_url: str | None, replica_url: str | None) -> None:
+    try:
+        check_backend_url(backend_url)
+        check_database_url(database_url)
+        check_database_url(replica_url)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    check_driver("--database-url", database_url or "sqlite+aiosqlite://")
+    if replica_url:
+        check_driver("--replica-url", replica_url)
+
+
+class SimulatedSchema(enum.StrEnum):
+    """The example schemas ``simulate`` runs on."""
+
+    TEXT = "text"
+    UUID = "uuid"
+
+
+@command(app, "simulate", site=False)
 def simulate_command(
     observations: Annotated[
         int, typer.Option(help="Observations to record; two transactions each.")
     ] = 1000,
     poison: Annotated[int, typer.Option(help="Transactions built to fail (dead-lettered).")] = 2,
-    backend_url: Annotated[str, typer.Option(help="Where to buffer.")] = "memory://",
+    backend_url: Annotated[str, typer.Option(help="Where to buffer.", metavar="URL")] = "memory://",
     database_url: Annotated[
-        str | None, typer.Option(help="Main database; a temporary SQLite file by default.")
+        str | None,
+        typer.Option(help="Main database; a temporary SQLite file by default.", metavar="URL"),
     ] = None,
     replica_url: Annotated[
-        str | None, typer.Option(help="The site's streaming replica, for LSN tracking.")
+        str | None,
+        typer.Option(help="The site's streaming replica, for LSN tracking.", metavar="URL"),
     ] = None,
     site: Annotated[
-        str | None, typer.Option(help="The site's name; a new simulated-<id> by default.")
+        str | None,
+        typer.Option(help="The site's name; a new simulated-<id> by default.", metavar="NAME"),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random values.")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO.")] = False,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Leave the site's keys in Redis afterwards.")
+    ] = False,
+    schema: Annotated[
+        SimulatedSchema,
+        typer.Option(help="The example schema: text keys, or native UUID keys."),
+    ] = SimulatedSchema.TEXT,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", "--debug", help="Log at INFO; show tracebacks.")
+    ] = False,
 ) -> None:
-    """Run a site through an outage: buffer, restore the database, drain, confirm, count."""
+    """Run a site through an outage: buffer, restore the database, drain, confirm, count.
+
+    It reads no settings: the options below are all it uses. Exits 1 when
+    anything was lost or applied twice.
+    """
+    json_output = current().as_json
     configure_logging(verbose)
     if not verbose:
         # Retries and pauses are the point of the scenario; the summary counts them.
         logging.getLogger("ccat_buffering").setLevel(logging.ERROR)
-    with progress(quiet=as_json) as report:
-        summary = asyncio.run(
-            simulate(
-                observations,
-                poison=poison,
-                backend_url=backend_url,
-                database_url=database_url,
-                replica_url=replica_url,
-                site=site,
-                seed=seed,
-                progress=report,
+    _check_urls(backend_url, database_url, replica_url)
+    with progress(quiet=json_output) as report:
+        try:
+            summary = asyncio.run(
+                simulate(
+                    observations,
+                    poison=poison,
+                    backend_url=backend_url,
+                    database_url=database_url,
+                    replica_url=replica_url,
+                    site=site,
+                    seed=seed,
+                    progress=report,
+                    keep=keep,
+                    schema=schema.value,
+                )
             )
-        )
-    if as_json:
-        print(json.dumps(summary.model_dump()))
+        except (OSError, SQLAlchemyError) as exc:
+            raise _database_error(exc, database_url or "the temporary SQLite file") from exc
+    if json_output:
+        emit_json(summary.model_dump())
     else:
         Console().print(_summary_table(summary))
     raise typer.Exit(0 if summary.ok else 1)
+
+
+def _started(settings: BufferingSettings, site: BufferingCoordinator, holder: str | None) -> str:
+    described = site.describe()
+    return (
+        f"worker {site.processor.holder} starting: site {described['site']} "
+        f"({described['site_type']}), backend {described['backend']}, "
+        f"database {described['database']}, replica {described['replica'] or '-'}; "
+        f"batch {settings.batch_size}, claim lease {settings.claim_lease:g} s, "
+        f"processor lease {settings.processor_lease:g} s, "
+        f"outage pause {settings.outage_base_delay:g}-{settings.outage_max_delay:g} s, "
+        f"{settings.max_attempts} attempt(s) from {settings.retry_base_delay:g} s; "
+        f"lease held by {holder or 'nobody'}"
+    )
+
+
+async def _follow(site: BufferingCoordinator, log: SiteLogger, stop: asyncio.Event) -> None:
+    """Log one INFO line each time the processor's state (or pause cause) changes."""
+    processor = site.processor
+    seen: tuple[ProcessorState, str | None] | None = None
+    while True:
+        now = (processor.state, processor.cause)
+        if now != seen:
+            seen = now
+            if now[0] is ProcessorState.PAUSED:
+                log.info("paused: %s", now[1] or "-")
+            elif now[0] is ProcessorState.STANDBY:
+                lease = await site.backend.lease.current()
+                log.info("standby: %s holds the lease", "-" if lease is None else lease.holder)
+            else:
+                log.info("%s", now[0])
+        if stop.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.2)
 
 
 async def run_worker(
@@ -84,56 +175,92 @@ async def run_worker(
 ) -> None:
     """Run the processor and the replication tracker until SIGTERM or SIGINT.
 
+    It logs one INFO line at start (the site, its masked URLs, the batch size,
+    the timeouts and who holds the lease) and one per change of the
+    processor's state, whatever the log level of the rest.
+
     Args:
         settings: The site's settings.
         registry: The mapped classes.
         metrics_port: Serve Prometheus metrics on this port (needs the
             ``metrics`` extra).
+
+    Raises:
+        ConfigurationError: The metrics port is in use or not allowed.
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    logging.getLogger("ccat_buffering.worker").setLevel(logging.INFO)
     log = SiteLogger("ccat_buffering.worker", settings.site_name)
     async with BufferingCoordinator.from_settings(settings, registry=registry, start=False) as site:
+        lease = await site.backend.lease.current()
+        log.info("%s", _started(settings, site, None if lease is None else lease.holder))
         if metrics_port is not None:
             from ccat_buffering.metrics import serve
 
-            serve(site, metrics_port)
+            try:
+                serve(site, metrics_port)
+            except OSError as exc:
+                why = "in use" if exc.errno == errno.EADDRINUSE else f"refused ({exc.strerror})"
+                raise ConfigurationError(
+                    f"--metrics-port {metrics_port} is {why}: choose another port"
+                ) from exc
         site.start()
-        log.info("worker %s started (%s)", site.processor.holder, site.describe())
+        following = asyncio.create_task(_follow(site, log, stop))
         await stop.wait()
         log.info("stopping after the current batch")
+        await site.stop()
+        await following
     log.info("worker stopped")
 
 
-@app.command("worker")
+@command(app, "worker", json_output=False)
 def worker_command(
     models: Annotated[
-        str | None, typer.Option(help="The mapped classes: package.module:Base.")
+        str | None,
+        typer.Option(help="The mapped classes: package.module:Base.", metavar="MODULE:BASE"),
     ] = None,
     metrics_port: Annotated[
-        int | None, typer.Option(help="Serve Prometheus metrics on this port.")
+        int | None,
+        typer.Option(help="Serve Prometheus metrics on this port.", min=1, max=65535),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO.")] = False,
 ) -> None:
     """Drain the site's buffer and confirm replication until stopped (SIGTERM, Ctrl-C)."""
-    configure_logging(verbose)
-    settings = settings_with(models)
+    configure_logging(current().verbose)
+    settings = settings_for(models)
     asyncio.run(run_worker(settings, registry_for(settings), metrics_port))
 
 
-@db_app.command("init")
+def _database_error(exc: Exception, url: str) -> Exception:
+    """A database's error as the library's: unreachable (exit 3) or misconfigured (2)."""
+    reason = describe_error(exc)
+    if classify_failure(exc) is FailureKind.OUTAGE:
+        return DatabaseUnavailableError(f"the database {mask_url(url)} cannot be reached: {reason}")
+    return ConfigurationError(
+        f"the database {mask_url(url)} refused: {reason}; check the database URL "
+        "(the database must exist and the user may create tables)"
+    )
+
+
+@command(db_app, "init")
 def db_init_command() -> None:
     """Create the applied-transactions ledger table in the main database."""
-    settings = BufferingSettings()
+    settings = settings_for(site=False)
+    url = settings.require_url("database_url")
 
     async def init() -> None:
-        engine = create_engine(settings.database_url)
+        engine = create_engine(url)
         try:
             await TransactionExecutor(engine, ModelRegistry()).create_ledger()
+        except (OSError, SQLAlchemyError) as exc:
+            raise _database_error(exc, url) from exc
         finally:
             await engine.dispose()
 
     asyncio.run(init())
-    Console().print(f"ledger table {LEDGER_TABLE_NAME} ready in {mask_url(settings.database_url)}")
+    if current().as_json:
+        emit_json({"ledger_table": LEDGER_TABLE_NAME, "database": mask_url(url)})
+    else:
+        Console().print(f"ledger table {LEDGER_TABLE_NAME} ready in {mask_url(url)}")

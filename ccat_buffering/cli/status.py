@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 from typing import Annotated, Any
 
@@ -13,17 +14,24 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from ccat_buffering.cli import _common as common
+from ccat_buffering.cli import _operator
 from ccat_buffering.cli._app import app
-from ccat_buffering.cli._common import operator_site
-from ccat_buffering.coordinator import BufferingCoordinator
+from ccat_buffering.cli._common import command, current, emit_json, fail, settings_for
+from ccat_buffering.cli._operator import OperatorSite
 from ccat_buffering.health import Health, as_json
 from ccat_buffering.manager import cache_writes
 from ccat_buffering.models import Transaction
 from ccat_buffering.protocols import SupportsInspection
 
-__all__ = ["render"]
+__all__ = ["MIN_INTERVAL", "render"]
 
-Models = Annotated[str | None, typer.Option(help="The mapped classes: package.module:Base.")]
+MIN_INTERVAL = 0.5
+"""The shortest ``--interval``: each refresh reads the stores (and scans keys)."""
+
+Models = Annotated[
+    str | None, typer.Option(help="The mapped classes: package.module:Base.", metavar="MODULE:BASE")
+]
 
 
 def _seconds(value: float | None) -> str:
@@ -38,8 +46,8 @@ def _seconds(value: float | None) -> str:
 
 def _section(title: str, rows: list[tuple[str, Any]]) -> Table:
     table = Table(title=title, show_header=False, title_justify="left", min_width=60)
-    table.add_column("what", style="bold")
-    table.add_column("value")
+    table.add_column("what", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")  # ids and URLs wrap, never end in "…"
     for name, value in rows:
         table.add_row(name, escape("-" if value is None else str(value)))
     return table
@@ -74,7 +82,7 @@ def render(health: Health) -> Group:
             ],
         ),
         _section(
-            f"replication ({health.replica or health.database})",
+            f"replication ({health.replica or health.database or 'no replica configured'})",
             [
                 ("replay LSN", replication.replay_lsn),
                 ("standby", replication.standby),
@@ -95,27 +103,47 @@ def render(health: Health) -> Group:
     return Group(*parts)
 
 
-@app.command("status")
+def _render_loop_pipe(health: Health, console: Console) -> None:
+    console.print(f"--- {health.checked_at.isoformat(timespec='seconds')}")
+    console.print(render(health))
+    console.file.flush()
+
+
+@command(app, "status")
 def status_command(
     models: Models = None,
-    as_json_: Annotated[bool, typer.Option("--json", help="Print the health as JSON.")] = False,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh until Ctrl-C.")] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 2.0,
+    interval: Annotated[
+        float,
+        typer.Option(min=MIN_INTERVAL, metavar="SECONDS", help="Seconds between refreshes."),
+    ] = 2.0,
     audit: Annotated[bool, typer.Option(help="Look for keys without a TTL.")] = True,
 ) -> None:
-    """Show the site: buffer, processor, replication and warnings; exit 1 on warnings."""
-    _, site = operator_site(models)
+    """Show the site: buffer, processor, replication and warnings; exit 1 on warnings.
 
-    async def once() -> Health:
-        return await site.health(audit=audit)
+    With --watch it refreshes every --interval seconds until Ctrl-C (then
+    exits 0): in place on a terminal, a new table per refresh in a pipe, and
+    one JSON document per line (NDJSON) with --json.
+    """
+    json_output = current().as_json
+    site = _operator.open_site(settings_for(models), replica=True)
 
     async def watching() -> None:
         async with site:
-            console = Console()
-            with Live(render(await once()), console=console, auto_refresh=False) as live:
+            console = common.console()
+            if json_output or not console.is_terminal:
+                while True:
+                    health = await site.health(audit=audit)
+                    if json_output:
+                        emit_json(as_json(health))
+                    else:
+                        _render_loop_pipe(health, console)
+                    await asyncio.sleep(interval)
+            first = await site.health(audit=audit)
+            with Live(render(first), console=console, auto_refresh=False) as live:
                 while True:
                     await asyncio.sleep(interval)
-                    live.update(render(await once()), refresh=True)
+                    live.update(render(await site.health(audit=audit)), refresh=True)
 
     if watch:
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the watch
@@ -124,17 +152,26 @@ def status_command(
 
     async def single() -> Health:
         async with site:
-            return await once()
+            return await site.health(audit=audit)
 
     health = asyncio.run(single())
-    if as_json_:
-        print(json.dumps(as_json(health)))
+    if json_output:
+        emit_json(as_json(health))
     else:
-        Console().print(render(health))
+        common.console().print(render(health))
     raise typer.Exit(0 if health.healthy else 1)
 
 
-async def _inspect(site: BufferingCoordinator, transaction_id: str) -> dict[str, Any] | None:
+def _utc(moment: dt.datetime) -> str:
+    """ISO 8601 in UTC with ``Z``, as pydantic writes the statuses' times."""
+    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _iso(seconds: float) -> str:
+    return _utc(dt.datetime.fromtimestamp(seconds, dt.UTC))
+
+
+async def _inspect(site: OperatorSite, transaction_id: str) -> dict[str, Any] | None:
     status = await site.status(transaction_id)
     backend = site.backend
     payload = None
@@ -165,23 +202,26 @@ async def _inspect(site: BufferingCoordinator, transaction_id: str) -> dict[str,
     return {
         "transaction_id": transaction_id,
         "status": None if status is None else status.model_dump(mode="json"),
-        "history": [{"event": event, "at": at.isoformat()} for event, at in history],
+        "history": [{"event": event, "at": _utc(at)} for event, at in history],
         "dead_letter": None
         if letter is None
-        else {"reason": letter.reason, "dead_lettered_at": letter.dead_lettered_at},
+        else {"reason": letter.reason, "dead_lettered_at": _iso(letter.dead_lettered_at)},
         "payload": None if payload is None else json.loads(payload),
         "keys": keys,
     }
 
 
-@app.command("inspect")
+@command(app, "inspect")
 def inspect_command(
     transaction_id: Annotated[str, typer.Argument(help="The transaction's id.")],
     models: Models = None,
-    as_json_: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
-    """Show one transaction: status history, attempts, errors, LSN, payload and keys."""
-    settings, site = operator_site(models)
+    """Show one transaction: status history, attempts, errors, LSN, payload and keys.
+
+    Exits 1 when the site knows nothing of the transaction.
+    """
+    settings = settings_for(models)
+    site = _operator.open_site(settings)
 
     async def run() -> dict[str, Any] | None:
         async with site:
@@ -189,12 +229,13 @@ def inspect_command(
 
     found = asyncio.run(run())
     if found is None:
-        Console(stderr=True).print(f"no transaction {transaction_id} at site {settings.site_name}")
-        raise typer.Exit(1)
-    if as_json_:
-        print(json.dumps(found, default=str))
+        raise fail(
+            f"no transaction {transaction_id} at site {settings.site_name}", 1, kind="NotFound"
+        )
+    if current().as_json:
+        emit_json(found)
         return
-    console = Console()
+    console = common.console()
     status = found["status"] or {}
     console.print(
         _section(
@@ -210,15 +251,10 @@ def inspect_command(
         )
     )
     console.print(_section("history", [(h["event"], h["at"]) for h in found["history"]]))
-    keys = Table(title="keys", title_justify="left")
-    for column in ("key", "kind", "ttl"):
-        keys.add_column(column)
+    console.print(f"keys ({len(found['keys'])})")
     for key in found["keys"]:
-        keys.add_row(
-            escape(key["key"]),
-            key["kind"],
-            _seconds(key["ttl_seconds"]) if key["ttl_seconds"] is not None else "none",
-        )
-    console.print(keys)
+        ttl = _seconds(key["ttl_seconds"]) if key["ttl_seconds"] is not None else "none"
+        # The key last and soft-wrapped: it holds the id, the terminal wraps it, nothing cuts it.
+        console.print(f"  {key['kind']:<8} {ttl:>9}  {escape(key['key'])}", soft_wrap=True)
     if found["payload"] is not None:
         console.print_json(json.dumps(found["payload"]))

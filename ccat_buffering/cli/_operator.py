@@ -1,0 +1,108 @@
+"""The site the operator commands look at: the buffer, and the replica only if set.
+
+``status``, ``inspect``, ``dlq`` and ``keys`` read the backend's stores; none
+of them writes to the main database, so none of them opens it (a default
+SQLite URL once made every one of them fail on a machine without aiosqlite).
+Only a configured replica is opened, by ``status``, to ask how far it has
+replayed.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ccat_buffering.backends import open_backend
+from ccat_buffering.executor import create_engine
+from ccat_buffering.health import Health, collect
+from ccat_buffering.manager import TransactionManager
+from ccat_buffering.models import TransactionStatus
+from ccat_buffering.protocols import Backend
+from ccat_buffering.replication import (
+    ImmediateReplicationChecker,
+    LSNReplicationChecker,
+    ReplicationChecker,
+    ReplicationTracker,
+)
+from ccat_buffering.retry import RetryPolicy
+from ccat_buffering.settings import BufferingSettings
+
+__all__ = ["OperatorSite", "open_site"]
+
+
+class OperatorSite:
+    """A site's stores, for commands that look and fix, not drain.
+
+    It has the attributes of :class:`~ccat_buffering.BufferingCoordinator`
+    that the operator commands use (``settings``, ``backend``, ``manager``,
+    :meth:`health`, :meth:`status`), so tests can hand the commands a
+    coordinator instead.
+
+    Args:
+        settings: The site's settings.
+        backend: The site's stores (owned: closed on exit).
+        replica: The replica, if the settings name one (owned).
+    """
+
+    def __init__(
+        self, settings: BufferingSettings, backend: Backend, replica: AsyncEngine | None = None
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self._replica = replica
+        self.manager = TransactionManager(
+            backend,
+            retry_policy=RetryPolicy(
+                max_attempts=settings.max_attempts,
+                base_delay=settings.retry_base_delay,
+                max_delay=settings.retry_max_delay,
+            ),
+            status_ttl=settings.status_ttl,
+            cache_ttl=settings.cache_ttl,
+            max_payload_bytes=settings.max_payload_bytes,
+        )
+        checker: ReplicationChecker = (
+            ImmediateReplicationChecker() if replica is None else LSNReplicationChecker(replica)
+        )
+        self.tracker = ReplicationTracker(
+            self.manager,
+            checker,
+            poll_interval=settings.replication_poll_interval,
+            timeout=settings.replication_timeout,
+        )
+
+    async def health(self, *, audit: bool = True) -> Health:
+        """The site's health, as the draining worker published it."""
+        return await collect(self.settings, self.backend, None, self.tracker, audit=audit)
+
+    async def status(self, transaction_id: str) -> TransactionStatus | None:
+        """A transaction's status, or ``None``."""
+        return await self.manager.status(transaction_id)
+
+    async def __aenter__(self) -> Self:
+        """Nothing to start."""
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Close the backend and the replica."""
+        await self.backend.aclose()
+        if self._replica is not None:
+            await self._replica.dispose()
+
+
+def open_site(settings: BufferingSettings, *, replica: bool = False) -> OperatorSite:
+    """Open the site's backend (and its replica when asked and configured).
+
+    Tests replace this to hand the commands a prepared site.
+
+    Args:
+        settings: The site's settings.
+        replica: Open the replica too (``status`` asks it about pending commits).
+    """
+    engine = None
+    if replica and settings.replica_url:
+        engine = create_engine(settings.require_url("replica_url"))
+    return OperatorSite(
+        settings, open_backend(settings.backend_url, site=settings.site_name), engine
+    )
