@@ -37,6 +37,8 @@ __all__ = [
     "LeaseInfo",
     "ProcessorLease",
     "StatusStore",
+    "SupportsBufferHealth",
+    "SupportsBufferMarker",
     "SupportsInspection",
     "SupportsKeyAudit",
     "SupportsProcessorReports",
@@ -588,4 +590,43 @@ class SupportsKeyAudit(Protocol):
 
     async def persistence_warning(self) -> str | None:
         """Why the store could lose acknowledged writes on a restart, if it could."""
+        ...
+
+
+@runtime_checkable
+class SupportsBufferHealth(Protocol):
+    """Capability: a store that can say how safe and how full it is, for health checks."""
+
+    async def buffer_warnings(self) -> list[str]:
+        """What an operator must know of the store.
+
+        An eviction policy that can lose writes (or one that could not be
+        checked), no persistence, memory nearly full, writes being refused.
+        Reads the store's settings afresh.
+        """
+        ...
+
+
+@runtime_checkable
+class SupportsBufferMarker(Protocol):
+    """Capability: a durable store whose loss of state can be told from the outside.
+
+    :mod:`ccat_buffering.buffer_loss` keeps the marker's last sighting in the
+    main database; a store that forgot it (a restart without persistence, a
+    flush, a failover to a replica that was behind) no longer matches.
+    """
+
+    async def buffer_mark(self) -> tuple[str | None, int]:
+        """The store's marker (``None`` if it has none) and its sequence counter.
+
+        The counter only grows while the store keeps its state.
+        """
+        ...
+
+    async def stamp_buffer(self, epoch: str, *, replace: bool = False) -> bool:
+        """Set the marker; unless ``replace``, only where there is none.
+
+        Returns:
+            Whether it was set.
+        """
         ...

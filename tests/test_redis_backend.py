@@ -244,7 +244,7 @@ async def test_a_malformed_group_is_refused_whole_and_alone(
     assert isinstance(results[1], BackendError) and "malformed" in str(results[1])
     # The refused group's entry is not written; the next group's blobs still line up.
     assert await client.lrange(backend.keys.buffer, 0, -1) == [b"entry-3", b"entry-1"]
-    assert not await client.exists(backend.keys.buffered("M", "r1"), backend.keys.written("t1"))
+    assert not await client.exists(backend.keys.buffered("M", "r1"), backend.keys.status("t1"))
 
 
 async def test_concurrent_callers_are_coalesced_yet_each_applies_whole(
@@ -378,44 +378,69 @@ def test_the_compression_parameter_is_taken_off_the_url_and_nothing_else(
     assert _take_compression(url) == (rest, compression)
 
 
-async def test_a_group_that_fails_while_running_fails_alone(
+def _buffering_group(tx: Transaction) -> list[Op]:
+    batch = RedisWriteBatch()
+    batch.push(tx.to_json())
+    batch.put_status(TransactionStatus(transaction_id=tx.transaction_id, state="buffered"), 60)
+    batch.write_cache(tx.transaction_id, cache_writes(tx), 60)
+    return batch.ops
+
+
+async def test_a_record_key_of_the_wrong_type_is_replaced_and_the_group_applies_whole(
     client: aioredis.Redis, backend: RedisBackend
 ) -> None:
-    # A key of the wrong type, as a hand-written key would be: merging into it fails.
+    # A hand-written key where a record goes: it is replaced, not merged into.
     await client.hset(backend.keys.buffered("M", "r1"), "a", "1")
-    before = observation(1)[0]
-    after = observation(2)[0]
+    before, after = observation(1)[0], observation(2)[0]
+    odd = RedisWriteBatch()
+    odd.push("entry-of-the-odd-group")
+    odd.put_status(TransactionStatus(transaction_id="t-odd", state="buffered"), 60)
+    odd.write_cache("t-odd", [CacheWrite("M", "r1", CacheKind.UPDATE, {"a": 2})], 60)
+    results = await backend._apply_groups(
+        [_buffering_group(before), odd.ops, _buffering_group(after)]
+    )
+    assert results == [1, 1, 1]
+    record = await backend.cache.get("M", "r1")
+    assert record is not None and record.fields == {"a": 2}
+    assert record.transaction_ids == ("t-odd",)
+    assert await client.llen(backend.keys.buffer) == 3
 
-    def group(tx: Transaction) -> list[Op]:
-        batch = RedisWriteBatch()
-        batch.push(tx.to_json())
-        batch.put_status(TransactionStatus(transaction_id=tx.transaction_id, state="buffered"), 60)
-        batch.write_cache(tx.transaction_id, cache_writes(tx), 60)
-        return batch.ops
 
+@pytest.mark.parametrize("structure", ["index", "state", "buffer"])
+async def test_a_structure_of_the_wrong_type_refuses_its_group_whole_and_alone(
+    client: aioredis.Redis, backend: RedisBackend, structure: str
+) -> None:
+    before, after = observation(1)[0], observation(2)[0]
     bad = RedisWriteBatch()
-    bad.push("entry-of-the-bad-group")
-    bad.write_cache("t-bad", [CacheWrite("M", "r1", CacheKind.UPDATE, {"a": 2})], 60)
-    results = await backend._apply_groups([group(before), bad.ops, group(after)])
-    assert isinstance(results[1], BackendError) and "failed partway" in str(results[1])
-    assert "WRONGTYPE" in str(results[1])
-    assert results[0] == 1 and results[2] == 1
-    # Both groups around it apply whole: entries, statuses, caches and indexes. The
-    # failed group got as far as it got (its entry was staged before the failure).
-    stored = await client.lrange(backend.keys.buffer, 0, -1)
-    assert stored == [
-        after.to_json().encode(),
-        b"entry-of-the-bad-group",
-        before.to_json().encode(),
-    ]
-    for tx in (before, after):
-        status = await backend.status.get(tx.transaction_id)
-        assert status is not None and status.state is TransactionState.BUFFERED
-    assert len(await backend.cache.list("ExecutedObsUnit")) == 2
-    assert await backend.status.counts() == {
-        **dict.fromkeys(TransactionState, 0),
-        TransactionState.BUFFERED: 2,
-    }
+    if structure == "index":
+        await client.set(backend.keys.index("Broken"), "by hand")
+        bad.push("entry-of-the-bad-group")
+        bad.put_status(TransactionStatus(transaction_id="t-bad", state="buffered"), 60)
+        bad.write_cache("t-bad", [CacheWrite("Broken", "r1", CacheKind.CREATE, {"a": 2})], 60)
+        groups = [_buffering_group(before), bad.ops, _buffering_group(after)]
+    elif structure == "state":
+        await client.set(backend.keys.state(TransactionState.RETRYING), "by hand")
+        bad.put_status(TransactionStatus(transaction_id="t-bad", state="retrying"), 60)
+        groups = [_buffering_group(before), bad.ops, _buffering_group(after)]
+    else:
+        await client.set(backend.keys.buffer, "by hand")
+        bad.push("entry-of-the-bad-group")
+        groups = [bad.ops]
+    results = await backend._apply_groups(groups)
+    refused = [r for r in results if isinstance(r, BackendError)]
+    if structure == "state":
+        # Any status may leave any state's index: every group with a status is refused.
+        assert len(refused) == 3 and all("is a string, not a zset" in str(r) for r in refused)
+        assert await client.llen(backend.keys.buffer) == 0
+        return
+    assert len(refused) == 1 and "is a string, not a" in str(refused[0])
+    assert await backend.status.get("t-bad") is None
+    assert await backend.cache.get("Broken", "r1") is None
+    if structure != "buffer":
+        assert results[0] == 1 and results[2] == 1
+        stored = await client.lrange(backend.keys.buffer, 0, -1)
+        assert stored == [after.to_json().encode(), before.to_json().encode()]
+        assert len(await backend.cache.list("ExecutedObsUnit")) == 2
 
 
 async def test_compression_needs_a_client_that_returns_bytes() -> None:
