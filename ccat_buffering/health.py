@@ -15,10 +15,17 @@ import socket
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
+from ccat_buffering.buffer_loss import BufferWatch
 from ccat_buffering.models import TransactionState, utc_now
 from ccat_buffering.processor import BackgroundProcessor, ProcessorHealth, ProcessorState
-from ccat_buffering.protocols import Backend, SupportsKeyAudit, SupportsProcessorReports
+from ccat_buffering.protocols import (
+    Backend,
+    SupportsBufferHealth,
+    SupportsKeyAudit,
+    SupportsProcessorReports,
+)
 from ccat_buffering.replication import ReplicationReport, ReplicationTracker
 from ccat_buffering.settings import BufferingSettings, mask_text, mask_url
 
@@ -162,13 +169,33 @@ async def _oldest_waiting(backend: Backend) -> float | None:
     return max((utc_now() - min(first)).total_seconds(), 0.0)
 
 
+async def _buffer_warnings(
+    settings: BufferingSettings, backend: Backend, watch: BufferWatch | None
+) -> list[str]:
+    """The store's own warnings (policy, persistence, memory) and any loss of its state."""
+    warnings: list[str] = []
+    if settings.site_type != "secondary":
+        return warnings
+    if isinstance(backend, SupportsBufferHealth):
+        warnings += await backend.buffer_warnings()
+    if watch is not None:
+        try:
+            losses = await watch.check(record=False)
+        except SQLAlchemyError as exc:
+            warnings.append(f"could not check the buffer against the main database: {exc}")
+        else:
+            warnings += [loss.describe() for loss in losses]
+    return warnings
+
+
 async def collect(
     settings: BufferingSettings,
     backend: Backend,
     processor: BackgroundProcessor,
     tracker: ReplicationTracker,
     *,
-    audit: bool = True,
+    audit: bool = False,
+    watch: BufferWatch | None = None,
 ) -> Health:
     """Put a site's health together.
 
@@ -179,7 +206,10 @@ async def collect(
             otherwise the one the draining processor published).
         tracker: This process's tracker (its last report is used while it
             runs; otherwise the replica is asked once, changing nothing).
-        audit: Look for keys without a TTL (scans the site's keys).
+        audit: Look for keys without a TTL (scans every key of the site: slow
+            on a large buffer, so off unless asked for).
+        watch: Compares the buffer with the main database's memory of it
+            (read only): a loss of buffered state is a warning.
 
     Returns:
         The health, with warnings.
@@ -225,8 +255,9 @@ async def collect(
         warnings.append("replica is not replaying WAL (not a standby, or promoted)")
     if replication.error:
         warnings.append(f"replica unreachable: {replication.error}")
+    warnings += await _buffer_warnings(settings, backend, watch)
     if isinstance(backend, SupportsKeyAudit):
-        if settings.site_type == "secondary":
+        if settings.site_type == "secondary" and not isinstance(backend, SupportsBufferHealth):
             problem = await backend.persistence_warning()
             if problem:
                 warnings.append(problem)

@@ -101,7 +101,10 @@ def status_command(
     as_json_: Annotated[bool, typer.Option("--json", help="Print the health as JSON.")] = False,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh until Ctrl-C.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 2.0,
-    audit: Annotated[bool, typer.Option(help="Look for keys without a TTL.")] = True,
+    audit: Annotated[
+        bool,
+        typer.Option(help="Also look for keys without a TTL (scans every key: slow when large)."),
+    ] = False,
 ) -> None:
     """Show the site: buffer, processor, replication and warnings; exit 1 on warnings."""
     _, site = operator_site(models)
