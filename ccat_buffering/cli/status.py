@@ -155,7 +155,8 @@ async def _inspect(site: BufferingCoordinator, transaction_id: str) -> dict[str,
         for info in await backend.transaction_keys(transaction_id, records):
             keys.append({"key": info.key, "kind": info.kind, "ttl_seconds": info.ttl_seconds})
     letter = await backend.dead_letters.get(transaction_id)
-    if status is None and payload is None and letter is None:
+    losses = [loss.describe() for loss in await site.watch.check(record=False)]
+    if status is None and payload is None and letter is None and not losses:
         return None
     history = []
     if status is not None:
@@ -174,6 +175,8 @@ async def _inspect(site: BufferingCoordinator, transaction_id: str) -> dict[str,
         else {"reason": letter.reason, "dead_lettered_at": letter.dead_lettered_at},
         "payload": None if payload is None else json.loads(payload),
         "keys": keys,
+        # The buffer forgot what it held: an unknown or unfinished transaction may be among it.
+        "buffer_losses": losses,
     }
 
 
@@ -225,3 +228,5 @@ def inspect_command(
     console.print(keys)
     if found["payload"] is not None:
         console.print_json(json.dumps(found["payload"]))
+    for loss in found["buffer_losses"]:
+        console.print(f"[yellow]{escape(loss)}[/yellow]")
