@@ -105,14 +105,14 @@ class BufferLoss:
     def describe(self) -> str:
         """One line for an operator: what was lost, since when, and what to do."""
         if self.found_seq is not None and 0 < self.found_seq < self.seen_seq:
-            numbers = f"numbers {self.found_seq + 1} to {self.seen_seq} are gone for sure"
+            numbers = f"sequence numbers {self.found_seq + 1} to {self.seen_seq} are gone"
         else:
-            numbers = f"any numbered up to {self.seen_seq} and not yet applied"
+            numbers = f"sequence numbers up to {self.seen_seq} not yet applied, and any after"
         return (
             f"the buffer lost state ({self.cause}), found {self.detected_at:%Y-%m-%d %H:%M:%S} "
             f"UTC; last seen whole {self.since:%Y-%m-%d %H:%M:%S} UTC holding {self.held} "
             f"unfinished transaction(s): those, and any buffered after, may be gone "
-            f"(buffer sequence {numbers}). Transactions the ledger does not hold were lost: "
+            f"({numbers}). Transactions the ledger does not hold were lost: "
             "resubmit them, then acknowledge the loss"
         )
 

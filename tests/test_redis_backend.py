@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -182,6 +183,57 @@ async def test_bad_data_in_the_queue_is_dead_lettered_raw(
     assert "unreadable entry" in letter.reason
     raw = await client.hget(backend.keys.letters, letter.letter_id)
     assert raw == junk  # the bytes exactly as they were
+
+
+async def test_each_unreadable_entry_is_logged_with_its_letter_id_and_counted(
+    client: aioredis.Redis, backend: RedisBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = TransactionManager(backend)
+    await client.lpush(backend.keys.buffer, b"not json", b"{}")
+    with caplog.at_level(logging.ERROR, logger="ccat_buffering.manager"):
+        assert await manager.claim(10, 30) == []
+    letters = {letter.letter_id for letter in await backend.dead_letters.list()}
+    logged = [r.getMessage() for r in caplog.records if "dead-lettered entry" in r.getMessage()]
+    assert len(logged) == 2 and all(any(lid in m for lid in letters) for m in logged)
+    assert manager.unreadable == 2
+
+
+async def test_the_size_limit_holds_at_drain_too(
+    client: aioredis.Redis, backend: RedisBackend
+) -> None:
+    big, _ = observation(1, name="x" * 5_000)
+    small, _ = observation(2)
+    await TransactionManager(backend, max_payload_bytes=None).buffer(big)  # a laxer writer
+    manager = TransactionManager(backend, max_payload_bytes=2_000)
+    await manager.buffer(small)
+    deliveries = await manager.claim(10, 30)
+    assert [d.transaction_id for d in deliveries] == [small.transaction_id]
+    letter = await backend.dead_letters.get(big.transaction_id)
+    assert letter is not None and "over the limit of 2000" in letter.reason
+    status = await backend.status.get(big.transaction_id)
+    assert status is not None and status.state is TransactionState.FAILED
+    assert await backend.cache.list("RawDataPackage") != []  # the small one's
+    assert all(
+        r.transaction_ids != (big.transaction_id,)
+        for r in await backend.cache.list("RawDataPackage")
+    )
+    assert manager.unreadable == 1
+
+
+async def test_a_status_key_deleted_by_hand_leaves_no_ghost_in_the_counts(
+    client: aioredis.Redis, backend: RedisBackend
+) -> None:
+    manager = TransactionManager(backend)
+    txs = [observation(i)[0] for i in range(3)]
+    for tx in txs:
+        await manager.buffer(tx)
+    await client.delete(backend.keys.status(txs[1].transaction_id))
+    counts = await backend.status.counts()
+    assert counts[TransactionState.BUFFERED] == 2
+    assert await backend.status.ids(TransactionState.BUFFERED) == [
+        txs[0].transaction_id,
+        txs[2].transaction_id,
+    ]
 
 
 async def test_from_url_owns_its_client_and_masks_the_password(client: aioredis.Redis) -> None:
