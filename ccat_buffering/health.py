@@ -22,6 +22,7 @@ from ccat_buffering.models import TransactionState, utc_now
 from ccat_buffering.processor import BackgroundProcessor, ProcessorHealth, ProcessorState
 from ccat_buffering.protocols import (
     Backend,
+    MemoryReport,
     SupportsBufferHealth,
     SupportsKeyAudit,
     SupportsProcessorReports,
@@ -41,6 +42,8 @@ class BufferHealth(BaseModel):
         retry_held_seconds: Seconds before the held head may be retried, if held.
         dead_letters: Transactions in the dead-letter queue.
         oldest_waiting_seconds: Age of the oldest transaction not yet committed.
+        memory: The store's memory and how long it can keep buffering, where
+            the store can tell.
     """
 
     depth: int
@@ -48,6 +51,7 @@ class BufferHealth(BaseModel):
     retry_held_seconds: float | None = None
     dead_letters: int
     oldest_waiting_seconds: float | None = None
+    memory: MemoryReport | None = None
 
 
 class ReplicationHealth(BaseModel):
@@ -222,6 +226,7 @@ async def collect(
         retry_held_seconds=None if stats.held_until is None else max(stats.held_until - now, 0.0),
         dead_letters=stats.dead_letters,
         oldest_waiting_seconds=await _oldest_waiting(backend),
+        memory=await backend.memory_report() if isinstance(backend, SupportsBufferHealth) else None,
     )
     worker = await _processor(backend, processor)
     lease = await backend.lease.current()

@@ -34,6 +34,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterStore",
     "KeyInfo",
+    "MemoryReport",
     "LeaseInfo",
     "ProcessorLease",
     "StatusStore",
@@ -593,9 +594,36 @@ class SupportsKeyAudit(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class MemoryReport:
+    """How full a store is, and how long it can keep buffering.
+
+    Attributes:
+        used_bytes: Memory the store uses now.
+        limit_bytes: Its limit (``None``: unlimited).
+        policy: What it does at the limit (Redis: ``maxmemory-policy``).
+        bytes_per_transaction: Measured: the store's data divided by the
+            transactions it holds (``None`` while it holds too few to tell).
+        buffering_per_second: Transactions buffered per second lately
+            (``None`` when too few are waiting to tell).
+        full_in_seconds: At that rate, when the limit is reached.
+    """
+
+    used_bytes: int
+    limit_bytes: int | None
+    policy: str | None
+    bytes_per_transaction: float | None = None
+    buffering_per_second: float | None = None
+    full_in_seconds: float | None = None
+
+
 @runtime_checkable
 class SupportsBufferHealth(Protocol):
     """Capability: a store that can say how safe and how full it is, for health checks."""
+
+    async def memory_report(self) -> MemoryReport | None:
+        """The store's memory and the projection at the recent rate of buffering."""
+        ...
 
     async def buffer_warnings(self) -> list[str]:
         """What an operator must know of the store.

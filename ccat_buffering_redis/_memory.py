@@ -77,6 +77,7 @@ class MemoryInfo:
     used: int
     limit: int
     policy: str
+    dataset: int = 0
 
     @property
     def fraction(self) -> float | None:
@@ -97,6 +98,7 @@ def parse_memory(reply: Any) -> MemoryInfo | None:
                     int(node["used_memory"]),
                     int(node.get("maxmemory", 0)),
                     _text(node.get("maxmemory_policy", "")),
+                    int(node.get("used_memory_dataset") or node["used_memory"]),
                 )
             )
         except (KeyError, TypeError, ValueError):

@@ -34,7 +34,7 @@ from ccat_buffering.errors import (
     BackendUnavailableError,
     ConfigurationError,
 )
-from ccat_buffering.models import TransactionState, TransactionStatus
+from ccat_buffering.models import TransactionState, TransactionStatus, utc_now
 from ccat_buffering.protocols import (
     BufferStats,
     CachedRecord,
@@ -43,6 +43,7 @@ from ccat_buffering.protocols import (
     DeadLetter,
     KeyInfo,
     LeaseInfo,
+    MemoryReport,
 )
 from ccat_buffering_redis import scripts
 from ccat_buffering_redis._connect import open_client
@@ -976,6 +977,39 @@ class RedisBackend(AsyncClosing):
         except BackendError:
             return None
         return parse_memory(reply)
+
+    async def memory_report(self) -> MemoryReport | None:
+        """See :meth:`ccat_buffering.protocols.SupportsBufferHealth.memory_report`."""
+        info = await self.memory()
+        if info is None:
+            return None
+        stats = await self.buffer.stats()
+        held = stats.depth + stats.in_flight
+        # The data set over what the site holds: an upper bound where other
+        # data shares the server, and too rough below a hundred transactions.
+        per_tx = info.dataset / held if held >= 100 else None
+        rate = await self._buffering_rate()
+        full_in = None
+        if info.limit and per_tx and rate:
+            full_in = max(info.limit - info.used, 0) / (per_tx * rate)
+        return MemoryReport(
+            info.used, info.limit or None, info.policy or None, per_tx, rate, full_in
+        )
+
+    async def _buffering_rate(self, sample: int = 100) -> float | None:
+        """Transactions a second, from when the newest waiting ones were buffered."""
+        with self.translate():
+            newest = await self.client.zrange(
+                self.keys.state(TransactionState.BUFFERED), -sample, -1
+            )
+        ids = [_text(t) for t in newest if isinstance(t, bytes | str)]
+        if len(ids) < 10:
+            return None
+        statuses = [s for s in await self.status.get_many(ids) if s is not None]
+        if len(statuses) < 10:
+            return None
+        span = (utc_now() - min(s.created_at for s in statuses)).total_seconds()
+        return len(statuses) / span if span > 0 else None
 
     async def buffer_warnings(self) -> list[str]:
         """See :meth:`ccat_buffering.protocols.SupportsBufferHealth.buffer_warnings`."""

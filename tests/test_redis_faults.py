@@ -394,3 +394,22 @@ async def test_status_at_200000_buffered_answers_within_2_seconds(
         print(f"\n[status at 200,001 buffered] {took:.2f} s")
         assert health.buffer.depth == 200_001 and health.states["buffered"] == 200_001
         assert took <= 2.0, took
+
+
+async def test_status_shows_memory_per_transaction_rate_and_time_to_full(
+    tmp_path: Path, make_site: object
+) -> None:
+    with started(ThrowawayRedis("--maxmemory", "100mb")) as server:
+        settings = _settings(server, tmp_path)
+        site: BufferingCoordinator = await make_site(settings)  # type: ignore[operator]
+        await site.manager.buffer_many([observation(i)[0] for i in range(300)])
+        _, health, _ = await _status(settings)
+        memory = health.buffer.memory
+        assert memory is not None and memory.limit_bytes == 100 * 2**20
+        assert memory.policy == "noeviction"
+        assert memory.bytes_per_transaction is not None
+        assert 1_000 < memory.bytes_per_transaction < 10_000
+        assert memory.buffering_per_second is not None and memory.buffering_per_second > 0
+        assert memory.full_in_seconds is not None and memory.full_in_seconds > 0
+        result = await asyncio.to_thread(CliRunner().invoke, app, ["status"], env=_env(settings))
+        assert "per transaction" in result.stdout and "full in" in result.stdout

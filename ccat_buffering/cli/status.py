@@ -45,6 +45,23 @@ def _section(title: str, rows: list[tuple[str, Any]]) -> Table:
     return table
 
 
+def _memory_rows(health: Health) -> list[tuple[str, Any]]:
+    memory = health.buffer.memory
+    if memory is None:
+        return []
+    limit = "unlimited" if memory.limit_bytes is None else f"{memory.limit_bytes / 2**20:,.1f} MiB"
+    rows: list[tuple[str, Any]] = [
+        ("memory", f"{memory.used_bytes / 2**20:,.1f} MiB of {limit} ({memory.policy or '?'})"),
+    ]
+    if memory.bytes_per_transaction is not None:
+        rows.append(("per transaction", f"{memory.bytes_per_transaction:,.0f} B (measured)"))
+    if memory.buffering_per_second is not None:
+        rows.append(("buffering", f"{memory.buffering_per_second:,.2f} tx/s lately"))
+    if memory.full_in_seconds is not None:
+        rows.append(("full in", _seconds(memory.full_in_seconds) + " at that rate"))
+    return rows
+
+
 def render(health: Health) -> Group:
     """The health as rich tables, for a terminal."""
     buffer, worker, replication = health.buffer, health.processor, health.replication
@@ -59,6 +76,7 @@ def render(health: Health) -> Group:
                 ("dead letters", buffer.dead_letters),
                 ("oldest waiting", _seconds(buffer.oldest_waiting_seconds)),
                 ("statuses", ", ".join(f"{k} {v}" for k, v in health.states.items() if v) or "-"),
+                *_memory_rows(health),
             ],
         ),
         _section(
