@@ -291,7 +291,10 @@ async def test_kill_9_without_persistence_is_reported_as_loss(
         assert counts["lost"] == len(acked) and counts["twice"] == 0
         code, health, _ = await _status(settings)
         assert sum("lost state" in w for w in health.warnings) == 1
-        assert await site.watch.acknowledge() == 1
+        result = await asyncio.to_thread(
+            CliRunner().invoke, app, ["status", "--acknowledge-loss"], env=_env(settings)
+        )
+        assert "acknowledged 1 loss" in result.output
         code, health, _ = await _status(settings)
         assert not any("lost state" in w for w in health.warnings)
 
@@ -413,3 +416,29 @@ async def test_status_shows_memory_per_transaction_rate_and_time_to_full(
         assert memory.full_in_seconds is not None and memory.full_in_seconds > 0
         result = await asyncio.to_thread(CliRunner().invoke, app, ["status"], env=_env(settings))
         assert "per transaction" in result.stdout and "full in" in result.stdout
+
+
+async def test_a_flush_and_a_counter_that_went_back_are_losses(
+    tmp_path: Path, make_site: object
+) -> None:
+    with started(ThrowawayRedis()) as server:
+        settings = _settings(server, tmp_path)
+        site: BufferingCoordinator = await make_site(settings)  # type: ignore[operator]
+        assert isinstance(site.backend, RedisBackend)
+        await site.watch.check()
+        for i in range(5):
+            await site.manager.buffer(observation(i)[0])
+        site.watch.save_every = 0
+        await site.watch.check()
+        server.client().flushdb()
+        (loss,) = await site.watch.check()
+        assert "marker is gone" in loss.cause and loss.held == 5
+        # A failover to a replica that was behind: same marker, a lower counter.
+        for i in range(5, 10):
+            await site.manager.buffer(observation(i)[0])
+        await site.watch.check()
+        seq = int(server.client().get(site.backend.keys.seq) or 0)
+        server.client().set(site.backend.keys.seq, seq - 3)
+        losses = await site.watch.check()
+        assert len(losses) == 2 and "counter went back" in losses[1].cause
+        assert f"{seq - 2} to {seq}" in losses[1].describe()

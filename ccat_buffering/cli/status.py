@@ -123,11 +123,23 @@ def status_command(
         bool,
         typer.Option(help="Also look for keys without a TTL (scans every key: slow when large)."),
     ] = False,
+    acknowledge_loss: Annotated[
+        bool,
+        typer.Option(
+            "--acknowledge-loss",
+            help="Mark the recorded losses of buffered state as seen (after resubmitting).",
+        ),
+    ] = False,
 ) -> None:
     """Show the site: buffer, processor, replication and warnings; exit 1 on warnings."""
     _, site = operator_site(models)
+    acknowledging = [acknowledge_loss]
 
     async def once() -> Health:
+        if acknowledging[0]:
+            acknowledging[0] = False
+            count = await site.watch.acknowledge()
+            Console(stderr=True).print(f"acknowledged {count} loss(es) of buffered state")
         return await site.health(audit=audit)
 
     async def watching() -> None:
