@@ -635,6 +635,7 @@ _SCRIPTS = {
     "lease_renew": scripts.LEASE_RENEW,
     "lease_release": scripts.LEASE_RELEASE,
     "publish_report": scripts.PUBLISH_REPORT,
+    "refuses_writes": scripts.REFUSES_WRITES,
 }
 
 
@@ -1024,6 +1025,9 @@ class RedisBackend(AsyncClosing):
         refusing = self.refused_full_at is not None and (
             time.monotonic() - self.refused_full_at < RECHECK_SECONDS
         )
+        if not refusing:
+            # Another process may be the one refused: ask Redis itself.
+            refusing = "OOM" in _text(await self.script("refuses_writes"))
         if info is not None:
             warnings += memory_warnings(self.where, info, refusing)
         elif refusing:

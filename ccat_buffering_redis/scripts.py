@@ -35,6 +35,7 @@ __all__ = [
     "LETTERS_REPLAY",
     "PUBLISH_REPORT",
     "RECOVER",
+    "REFUSES_WRITES",
     "STATUS_COUNTS",
     "STATUS_IDS",
 ]
@@ -974,6 +975,17 @@ if holder and holder ~= ARGV[2] then return 0 end
 redis.call('DEL', LEASE)
 redis.call('SET', LEASE, ARGV[2], 'PX', ARGV[3])
 return 1
+"""
+)
+
+REFUSES_WRITES = (
+    _PRELUDE
+    + """
+-- Whether Redis would refuse a write that grows memory now (a full Redis
+-- under noeviction): INCRBY 0 is such a write, and changes nothing.
+local got = redis.pcall('INCRBY', SEQ, 0)
+if type(got) == 'table' then return got['err'] or 'refused' end
+return ''
 """
 )
 
