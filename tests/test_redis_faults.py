@@ -29,12 +29,13 @@ from ccat_buffering.errors import BackendFullError, BackendUnavailableError, Con
 from ccat_buffering.example import Base, ExecutedObsUnit
 from ccat_buffering.executor import TransactionExecutor, create_engine
 from ccat_buffering.health import Health
-from ccat_buffering.manager import TransactionManager
+from ccat_buffering.manager import TransactionManager, cache_writes
 from ccat_buffering.models import Transaction
 from ccat_buffering.processor import BackgroundProcessor
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.settings import BufferingSettings
 from ccat_buffering_redis import RedisBackend
+from ccat_buffering_redis.backend import RedisWriteBatch
 
 from support import make_schema, new_site, observation
 
@@ -191,16 +192,16 @@ async def test_oom_inside_coalesced_calls_refuses_each_buffering_group_whole(
     site: BufferingCoordinator = await make_site(_settings(full_redis, tmp_path))  # type: ignore[operator]
     manager, backend = site.manager, site.backend
     assert isinstance(backend, RedisBackend)
-    for i in range(10):
+    for i in range(15):
         await manager.buffer(observation(i)[0])
-    claimed = await manager.claim(10, 60)
+    claimed = await manager.claim(15, 60)
     await _fill(manager, 1000)
     depth = (await backend.buffer.stats()).depth
     # Twenty callers buffer while the worker acknowledges: one script call, in every order.
     for order in ("acks first", "acks last"):
         made = [observation(5000 + k) for k in range(20)]
         txs = [tx for tx, _ in made]
-        done = claimed[:5] if order == "acks first" else claimed[5:]
+        done = claimed[:5] if order == "acks first" else claimed[5:10]
         calls = [manager.buffer(tx) for tx in txs]
         settle = site.manager.committed(done, None)
         results = await asyncio.gather(
@@ -214,6 +215,23 @@ async def test_oom_inside_coalesced_calls_refuses_each_buffering_group_whole(
         assert await backend.status.get_many([tx.transaction_id for tx in txs]) == [None] * 20
         for _, obs_id in made:
             assert await backend.cache.created_by("ExecutedObsUnit", obs_id) is None
+    # And in one script call for sure: buffering groups around an acknowledging one.
+    made = [observation(6000 + k) for k in range(2)]
+    groups = []
+    for tx, _ in made:
+        batch = RedisWriteBatch()
+        batch.push(tx.to_json())
+        batch.write_cache(tx.transaction_id, cache_writes(tx), 60)
+        groups.append(batch.ops)
+    acks = RedisWriteBatch()
+    for delivery in claimed[10:]:
+        acks.ack(delivery.claim.receipt)
+    results = await backend._apply_groups([groups[0], acks.ops, groups[1]])
+    assert isinstance(results[0], BackendFullError) and isinstance(results[2], BackendFullError)
+    assert results[1] == 5
+    assert (await backend.buffer.stats()).depth == depth
+    for _, obs_id in made:
+        assert await backend.cache.created_by("ExecutedObsUnit", obs_id) is None
     assert (await backend.buffer.stats()).in_flight == 0
 
 
