@@ -636,6 +636,7 @@ _SCRIPTS = {
     "lease_release": scripts.LEASE_RELEASE,
     "publish_report": scripts.PUBLISH_REPORT,
     "refuses_writes": scripts.REFUSES_WRITES,
+    "stamp_buffer": scripts.STAMP_BUFFER,
 }
 
 
@@ -1042,8 +1043,7 @@ class RedisBackend(AsyncClosing):
 
     async def stamp_buffer(self, epoch: str, *, replace: bool = False) -> bool:
         """See :meth:`ccat_buffering.protocols.SupportsBufferMarker.stamp_buffer`."""
-        with self.translate():
-            return bool(await self.client.set(self.keys.epoch, epoch, nx=not replace))
+        return bool(await self.script("stamp_buffer", epoch, "1" if replace else "0"))
 
     async def persistence_warning(self) -> str | None:
         """See :meth:`ccat_buffering.protocols.SupportsKeyAudit.persistence_warning`."""

@@ -36,6 +36,7 @@ __all__ = [
     "PUBLISH_REPORT",
     "RECOVER",
     "REFUSES_WRITES",
+    "STAMP_BUFFER",
     "STATUS_COUNTS",
     "STATUS_IDS",
 ]
@@ -61,6 +62,7 @@ local INDEX = P .. '{index}'
 local LEASE = P .. '{lease}'
 local RECONCILE = P .. '{reconcile}'
 local PROCESSOR = P .. '{processor}'
+local EPOCH = P .. '{epoch}'
 local TERMINAL = {{replicated = true, failed = true}}
 local STATES = {{{states}}}
 
@@ -133,6 +135,7 @@ end
     .replace("{lease}", SUFFIXES["lease"])
     .replace("{reconcile}", SUFFIXES["reconcile"])
     .replace("{processor}", SUFFIXES["processor"])
+    .replace("{epoch}", SUFFIXES["epoch"])
     .replace("{{", "{")
     .replace("}}", "}")
 )
@@ -986,6 +989,18 @@ REFUSES_WRITES = (
 local got = redis.pcall('INCRBY', SEQ, 0)
 if type(got) == 'table' then return got['err'] or 'refused' end
 return ''
+"""
+)
+
+STAMP_BUFFER = (
+    _PRELUDE
+    + """
+-- Set the buffer's marker (ARGV[3] '1': even over another). Delete, then
+-- set: a write that frees first lets a full Redis accept the SET.
+if ARGV[3] ~= '1' and redis.call('EXISTS', EPOCH) == 1 then return 0 end
+redis.call('DEL', EPOCH)
+redis.call('SET', EPOCH, ARGV[2])
+return 1
 """
 )
 
