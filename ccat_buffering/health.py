@@ -9,6 +9,7 @@ a health probe.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import socket
@@ -31,6 +32,9 @@ from ccat_buffering.replication import ReplicationReport, ReplicationTracker
 from ccat_buffering.settings import BufferingSettings, mask_text, mask_url
 
 __all__ = ["BufferHealth", "Health", "ReplicationHealth", "collect"]
+
+WATCH_TIMEOUT = 3.0
+"""Seconds ``collect`` waits for the main database's memory of the buffer."""
 
 
 class BufferHealth(BaseModel):
@@ -184,9 +188,15 @@ async def _buffer_warnings(
         warnings += await backend.buffer_warnings()
     if watch is not None:
         try:
-            losses = await watch.check(record=False)
-        except SQLAlchemyError as exc:
-            warnings.append(f"could not check the buffer against the main database: {exc}")
+            # The main database may be far away or unreachable (a link outage):
+            # the look at it must not hold up the answer.
+            losses = await asyncio.wait_for(watch.check(record=False), WATCH_TIMEOUT)
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            reason = f"no answer in {WATCH_TIMEOUT:.0f} s" if isinstance(exc, TimeoutError) else exc
+            warnings.append(
+                "could not check the buffer against the main database for lost state: "
+                + mask_text(str(reason))
+            )
         else:
             warnings += [loss.describe() for loss in losses]
     return warnings

@@ -462,3 +462,12 @@ async def test_a_flush_and_a_counter_that_went_back_are_losses(
         losses = await site.watch.check()
         assert len(losses) == 2 and "counter went back" in losses[1].cause
         assert f"{seq - 2} to {seq}" in losses[1].describe()
+
+
+async def test_status_answers_while_the_main_database_is_unreachable(tmp_path: Path) -> None:
+    with started(ThrowawayRedis()) as server:
+        away = f"postgresql+asyncpg://postgres@127.0.0.1:{server.port + 1}/none"
+        settings = _settings(server, tmp_path).model_copy(update={"database_url": away})
+        code, health, took = await _status(settings)
+        assert code == 1 and took < 5.0
+        assert any("could not check the buffer" in w for w in health.warnings), health.warnings
