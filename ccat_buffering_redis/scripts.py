@@ -236,8 +236,10 @@ end
 
 local function merge_members(list, more)
   local seen, out = {}, {}
-  for m in string.gmatch(list, '%S+') do
-    if not seen[m] then seen[m] = true; out[#out + 1] = m end
+  if list ~= '' then
+    for m in string.gmatch(list, '%S+') do
+      if not seen[m] then seen[m] = true; out[#out + 1] = m end
+    end
   end
   for _, m in ipairs(more) do
     if not seen[m] then seen[m] = true; out[#out + 1] = m end
@@ -291,6 +293,9 @@ local function new_stage() return {pushes = {}, statuses = {}, written = {}, ind
 
 local PUSHES = {}
 local STATUS_NEW, STATUS_ORDER = {}, {}
+-- Stored values of status keys, read before anything was written (nothing
+-- writes a status key before flush_statuses, so they still hold there).
+local STORED = {}
 -- Records each transaction wrote in this call, and those whose stored list
 -- was released (dropped when its status key is written).
 local WRITTEN_ADD, CLEARED = {}, {}
@@ -359,11 +364,19 @@ local function flush_statuses()
   for txid, _ in pairs(CLEARED) do list(txid) end
   local n = #ids
   if n == 0 then return end
-  local keys, olds = {}, {}
-  for i, txid in ipairs(ids) do keys[i] = STATUS .. txid end
-  for i = 1, n, 1000 do
-    local got = redis.call('MGET', unpack(keys, i, math.min(i + 999, n)))
-    for j = 1, #got do olds[i + j - 1] = got[j] end
+  local keys, olds, unread, at = {}, {}, {}, {}
+  for i, txid in ipairs(ids) do
+    keys[i] = STATUS .. txid
+    if STORED[txid] == nil then
+      unread[#unread + 1] = keys[i]
+      at[#at + 1] = i
+    else
+      olds[i] = STORED[txid]
+    end
+  end
+  for i = 1, #unread, 1000 do
+    local got = redis.call('MGET', unpack(unread, i, math.min(i + 999, #unread)))
+    for j = 1, #got do olds[at[i + j - 1]] = got[j] end
   end
   local plain, adds, removes, writes = {}, {}, {}, {}
   local function note(map, state, a, b)
@@ -605,54 +618,88 @@ local USES = {
   retry = {{INF, 'hash'}, {LEASES, 'zset'}, {BUF, 'list'}},
   dead = {{INF, 'hash'}, {LEASES, 'zset'}, {LETTERS, 'hash'}, {META, 'hash'}, {ORDER, 'zset'}},
   replay = {{LETTERS, 'hash'}, {META, 'hash'}, {ORDER, 'zset'}, {BUF, 'list'}},
-  status = {},
 }
-for state, _ in pairs(STATES) do USES.status[#USES.status + 1] = {STATE .. state, 'zset'} end
 
-local function models_of(members, out)
-  for _, m in ipairs(members) do
-    out[#out + 1] = {INDEX .. string.sub(m, 1, string.find(m, ':', 1, true) - 1), 'zset'}
-  end
+local function index_problem(model)
+  return wrong_type(INDEX .. model, 'zset')
 end
 
 -- Check a group before writing any of it: a script cannot roll back, so a
 -- group that could fail halfway is refused whole instead. Returns the
--- problem, if any, and whether the group needs new memory (it buffers).
+-- problem, if any, whether the group needs new memory (it buffers), and its
+-- statuses ({transaction, state}), whose indexes are checked after.
 local function check(first, last, blob, blobs)
-  local at, used, allocates = first, 0, false
+  local at, used, allocates, statuses = first, 0, false, {}
   while at <= last do
     local tokens, taken = shape(at)
     if not tokens then
       return 'operation ' .. tostring(T[at]) .. ' is unknown or malformed', false
     end
     local name = T[at]
-    local uses = USES[name] or {}
-    if name == 'push' or name == 'cache' then allocates = true end
-    if name == 'cache' then
-      uses = {}
+    local problem = nil
+    if name == 'status' then
+      statuses[#statuses + 1] = {T[at + 1], T[at + 3]}
+    elseif name == 'cache' then
+      allocates = true
       for i = 0, tonumber(T[at + 3]) - 1 do
-        uses[#uses + 1] = {INDEX .. T[at + 4 + 4 * i], 'zset'}
+        problem = problem or index_problem(T[at + 4 + 4 * i])
       end
     elseif name == 'release' then
-      uses = {}
       for j = 2, tonumber(T[at + 1]) + 1 do
         local _, stored = split_status(read(STATUS .. T[at + j]))
-        local members = {}
-        for m in string.gmatch(stored, '%S+') do members[#members + 1] = m end
-        models_of(members, uses)
+        for m in string.gmatch(stored, '%S+') do
+          problem = problem or index_problem(string.sub(m, 1, string.find(m, ':', 1, true) - 1))
+        end
       end
+    else
+      if name == 'push' then allocates = true end
+      for _, use in ipairs(USES[name]) do problem = problem or wrong_type(use[1], use[2]) end
     end
-    for _, use in ipairs(uses) do
-      local problem = wrong_type(use[1], use[2])
-      if problem then return problem, false end
-    end
+    if problem then return problem, false, {} end
     at = at + 1 + tokens
     used = used + taken
   end
   if at ~= last + 1 or used ~= blobs or blob + blobs - 1 > #ARGV then
-    return 'the group is malformed', false
+    return 'the group is malformed', false, {}
   end
-  return nil, allocates
+  return nil, allocates, statuses
+end
+
+-- A status leaves the index of its stored state and joins that of its new
+-- one: both are checked, with one MGET of the stored statuses of the call.
+local function check_states(groups)
+  local ids, keys = {}, {}
+  for _, group in ipairs(groups) do
+    if not group[4] then
+      for _, s in ipairs(group[6]) do
+        ids[#ids + 1] = s[1]
+        keys[#keys + 1] = STATUS .. s[1]
+      end
+    end
+  end
+  local was = {}
+  for i = 1, #keys, 1000 do
+    local got = redis.call('MGET', unpack(keys, i, math.min(i + 999, #keys)))
+    for j = 1, #got do
+      local value = got[j]
+      STORED[ids[i + j - 1]] = value
+      if value then
+        was[ids[i + j - 1]] = string.match(string.match(value, '^[^\n]*'), '"state":"(%a+)"')
+      end
+    end
+  end
+  for _, group in ipairs(groups) do
+    if not group[4] then
+      for _, s in ipairs(group[6]) do
+        local problem = wrong_type(STATE .. s[2], 'zset')
+        if not problem and was[s[1]] then problem = wrong_type(STATE .. was[s[1]], 'zset') end
+        if problem then
+          group[4], group[5] = problem, false
+          break
+        end
+      end
+    end
+  end
 end
 
 -- Run the operations of one checked group; returns how many entries they touched.
@@ -715,11 +762,14 @@ do
   for g = 1, tonumber(T[1]) do
     local tokens, blobs = tonumber(T[at]), tonumber(T[at + 1])
     local first, last = at + 2, at + 1 + tokens
-    local problem, allocates = check(first, last, blob, blobs)
-    groups[g] = {first, last, blob, problem, allocates}
-    if allocates and not problem then any_allocates = true end
+    local problem, allocates, statuses = check(first, last, blob, blobs)
+    groups[g] = {first, last, blob, problem, allocates, statuses}
     at = last + 1
     blob = blob + blobs
+  end
+  check_states(groups)
+  for _, group in ipairs(groups) do
+    if group[5] and not group[4] then any_allocates = true end
   end
 end
 
@@ -751,7 +801,7 @@ if FULL or not any_allocates then prune_terminal() end
 -- A group that fails while it runs despite its check (it should not) fails
 -- alone: what it staged is dropped, and the groups around it still apply.
 for g, group in ipairs(groups) do
-  local first, last, blob, problem, allocates = unpack(group)
+  local first, last, blob, problem, allocates = group[1], group[2], group[3], group[4], group[5]
   if problem then
     results[g] = 'error: ' .. problem
   elseif allocates and FULL then
