@@ -262,6 +262,9 @@ class BufferWatch:
         known = self._known
         if record and known is not None and epoch == known[0] and seq >= known[1]:
             if seq > known[1] and self.clock() - self._saved_at >= self.save_every:
+                # Tried at most every save_every seconds, also while the main
+                # database cannot be reached (a link outage).
+                self._saved_at = self.clock()
                 await self._save(epoch, seq, await self._held(), insert=False)
                 self._known = (epoch, seq)
             return list(self._open)
@@ -349,7 +352,7 @@ async def watch_buffer(watch: BufferWatch, interval: float) -> None:
     found. A buffer or database that cannot be reached is the processor's
     to report; the watch tries again at the next look.
     """
-    first = True
+    first, failing = True, False
     while True:
         try:
             losses = await watch.check()
@@ -357,6 +360,11 @@ async def watch_buffer(watch: BufferWatch, interval: float) -> None:
                 for loss in losses:
                     watch.log.error("%s", loss.describe())
             first = False
+            if failing:
+                watch.log.info("checking the buffer against the main database again")
+            failing = False
         except (BufferingError, SQLAlchemyError, OSError) as exc:
-            watch.log.info("could not check the buffer against the main database: %s", exc)
+            if not failing:
+                watch.log.info("could not check the buffer against the main database: %s", exc)
+            failing = True
         await asyncio.sleep(interval)
