@@ -471,3 +471,22 @@ async def test_status_answers_while_the_main_database_is_unreachable(tmp_path: P
         code, health, took = await _status(settings)
         assert code == 1 and took < 5.0
         assert any("could not check the buffer" in w for w in health.warnings), health.warnings
+
+
+async def test_a_running_worker_finds_a_flush_on_its_next_look(
+    tmp_path: Path, make_site: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    with started(ThrowawayRedis()) as server:
+        settings = _settings(server, tmp_path)
+        caplog.set_level(logging.ERROR, logger="ccat_buffering.buffer_loss")
+        worker: BufferingCoordinator = await make_site(settings, start=True)  # type: ignore[operator]
+        async with worker:
+            deadline = time.monotonic() + 10
+            while server.client().get(worker.backend.keys.epoch) is None:  # type: ignore[attr-defined]
+                assert time.monotonic() < deadline, "the worker never stamped the buffer"
+                await asyncio.sleep(0.05)
+            server.client().flushdb()
+            while not any("marker is gone" in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < deadline, "the worker did not find the flush"
+                await asyncio.sleep(0.05)
+            assert len(await worker.watch.open_losses()) == 1
