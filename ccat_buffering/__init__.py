@@ -11,8 +11,10 @@ from ccat_buffering.builder import RecordHandle, TransactionBuilder
 from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.errors import (
     BackendError,
+    BackendFullError,
     BackendUnavailableError,
     BufferingError,
+    BufferLostError,
     ConfigurationError,
     CorruptEntryError,
     DatabaseUnavailableError,
@@ -56,10 +58,12 @@ __all__ = [
     "FORMAT_VERSION",
     "LSN",
     "BackendError",
+    "BackendFullError",
     "BackendUnavailableError",
     "BackgroundProcessor",
     "BatchResult",
     "BufferHealth",
+    "BufferLostError",
     "BufferingCoordinator",
     "BufferingError",
     "BufferingSettings",

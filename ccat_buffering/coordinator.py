@@ -9,11 +9,13 @@ directly is a setting, not a change of service code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, Literal, Self
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering.backends import open_backend
+from ccat_buffering.buffer_loss import BufferLoss, BufferWatch, watch_buffer
 from ccat_buffering.executor import TransactionExecutor, create_engine
 from ccat_buffering.health import Health, collect
 from ccat_buffering.manager import TransactionManager
@@ -101,6 +103,8 @@ class BufferingCoordinator:
             timeout=settings.replication_timeout,
         )
         self.reads = Reads(backend.cache, registry, read_engine or engine)
+        self.watch = BufferWatch(engine, backend)
+        self._watch_task: asyncio.Task[None] | None = None
         self._tracker_task: asyncio.Task[None] | None = None
         self.background: set[asyncio.Task[None]] = set()
         self._start_on_enter = start
@@ -128,7 +132,9 @@ class BufferingCoordinator:
         """
         settings = settings or load_settings()
         backend = open_backend(
-            settings.backend_url, site=settings.site_name, **(backend_options or {})
+            settings.backend_url,
+            site=settings.site_name,
+            **{**settings.backend_options(), **(backend_options or {})},
         )
         engine = create_engine(settings.require_url("database_url"))
         read_engine = None
@@ -188,13 +194,31 @@ class BufferingCoordinator:
         """The status of a transaction, or ``None`` if unknown or expired."""
         return await self.manager.status(transaction_id)
 
-    async def health(self, *, audit: bool = True) -> Health:
+    async def health(self, *, audit: bool = False) -> Health:
         """The site at a glance, with the warnings an operator must see.
 
         Args:
-            audit: Look for keys without a TTL (scans the site's keys).
+            audit: Look for keys without a TTL (scans every key of the site:
+                slow on a large buffer, so off unless asked for).
         """
-        return await collect(self.settings, self.backend, self.processor, self.tracker, audit=audit)
+        return await collect(
+            self.settings,
+            self.backend,
+            self.processor,
+            self.tracker,
+            audit=audit,
+            watch=self.watch if self.settings.site_type == "secondary" else None,
+        )
+
+    async def buffer_losses(self) -> list[BufferLoss]:
+        """Losses of buffered state not yet acknowledged (see :mod:`ccat_buffering.buffer_loss`)."""
+        if self.settings.site_type != "secondary":
+            return []
+        return await self.watch.check(record=False)
+
+    async def acknowledge_losses(self) -> int:
+        """Mark the recorded losses of buffered state as seen; returns how many there were."""
+        return await self.watch.acknowledge()
 
     async def prepare_database(self) -> None:
         """Create the applied-transactions ledger if it does not exist."""
@@ -204,6 +228,8 @@ class BufferingCoordinator:
         """Start the processor (secondary sites) and the replication tracker."""
         if self.settings.site_type == "secondary":
             self.processor.start()
+            if self.watch.supported and (self._watch_task is None or self._watch_task.done()):
+                self._watch_task = asyncio.create_task(self._watching(), name="buffer-watch")
         if self._tracker_task is None or self._tracker_task.done():
             self._tracker_task = asyncio.create_task(self.tracker.run(), name="replication-tracker")
 
@@ -212,11 +238,20 @@ class BufferingCoordinator:
         for task in self.background:
             task.cancel()
         self.background.clear()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
         await self.processor.stop()
         self.tracker.stop()
         if self._tracker_task is not None:
             await self._tracker_task
             self._tracker_task = None
+
+    async def _watching(self) -> None:
+        """Check the buffer against the main database at start and every second."""
+        await watch_buffer(self.watch, max(self.settings.poll_interval, 1.0))
 
     async def aclose(self) -> None:
         """Stop, then close what the coordinator owns."""

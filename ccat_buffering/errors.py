@@ -12,6 +12,8 @@ backends translate their client's exceptions at their boundary, so nothing from
     │   └── UnknownColumnError
     ├── BackendError                  the buffer, status or cache store failed
     │   ├── BackendUnavailableError   the store cannot be reached (an outage)
+    │   ├── BackendFullError          the store is out of memory: it refuses new writes
+    │   ├── BufferLostError           the buffer lost state it held (restart, flush, failover)
     │   └── CorruptEntryError         an entry in the store is not a valid transaction
     ├── ExecutionError                applying a transaction to the database failed
     │   ├── DatabaseUnavailableError  the database cannot be reached (an outage)
@@ -25,7 +27,9 @@ from __future__ import annotations
 
 __all__ = [
     "BackendError",
+    "BackendFullError",
     "BackendUnavailableError",
+    "BufferLostError",
     "BufferingError",
     "ConfigurationError",
     "CorruptEntryError",
@@ -76,6 +80,23 @@ class BackendError(BufferingError):
 
 class BackendUnavailableError(BackendError):
     """The store cannot be reached; the caller may try again later."""
+
+
+class BackendFullError(BackendError):
+    """The store is full and refuses writes that need memory; nothing of the write was stored.
+
+    The drain still works (acknowledging frees memory); the caller may submit
+    again once the buffer has drained, or after the store's memory is raised.
+    """
+
+
+class BufferLostError(BackendError):
+    """The buffer lost state it held: acknowledged writes may be gone.
+
+    Raised (or reported) when the buffer's marker no longer matches what the
+    main database remembers of it: a restart without persistence, a flush, a
+    failover to a replica that was behind.
+    """
 
 
 class CorruptEntryError(BackendError):

@@ -9,20 +9,32 @@ a health probe.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import socket
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
+from ccat_buffering.buffer_loss import BufferWatch
 from ccat_buffering.models import TransactionState, utc_now
 from ccat_buffering.processor import BackgroundProcessor, ProcessorHealth, ProcessorState
-from ccat_buffering.protocols import Backend, SupportsKeyAudit, SupportsProcessorReports
+from ccat_buffering.protocols import (
+    Backend,
+    MemoryReport,
+    SupportsBufferHealth,
+    SupportsKeyAudit,
+    SupportsProcessorReports,
+)
 from ccat_buffering.replication import ReplicationReport, ReplicationTracker
 from ccat_buffering.settings import BufferingSettings, mask_text, mask_url
 
 __all__ = ["BufferHealth", "Health", "ReplicationHealth", "collect"]
+
+WATCH_TIMEOUT = 3.0
+"""Seconds ``collect`` waits for the main database's memory of the buffer."""
 
 
 class BufferHealth(BaseModel):
@@ -34,6 +46,8 @@ class BufferHealth(BaseModel):
         retry_held_seconds: Seconds before the held head may be retried, if held.
         dead_letters: Transactions in the dead-letter queue.
         oldest_waiting_seconds: Age of the oldest transaction not yet committed.
+        memory: The store's memory and how long it can keep buffering, where
+            the store can tell.
     """
 
     depth: int
@@ -41,6 +55,7 @@ class BufferHealth(BaseModel):
     retry_held_seconds: float | None = None
     dead_letters: int
     oldest_waiting_seconds: float | None = None
+    memory: MemoryReport | None = None
 
 
 class ReplicationHealth(BaseModel):
@@ -180,13 +195,39 @@ async def _oldest_waiting(backend: Backend) -> float | None:
     return max((utc_now() - min(first)).total_seconds(), 0.0)
 
 
+async def _buffer_warnings(
+    settings: BufferingSettings, backend: Backend, watch: BufferWatch | None
+) -> list[str]:
+    """The store's own warnings (policy, persistence, memory) and any loss of its state."""
+    warnings: list[str] = []
+    if settings.site_type != "secondary":
+        return warnings
+    if isinstance(backend, SupportsBufferHealth):
+        warnings += await backend.buffer_warnings()
+    if watch is not None:
+        try:
+            # The main database may be far away or unreachable (a link outage):
+            # the look at it must not hold up the answer.
+            losses = await asyncio.wait_for(watch.check(record=False), WATCH_TIMEOUT)
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            reason = f"no answer in {WATCH_TIMEOUT:.0f} s" if isinstance(exc, TimeoutError) else exc
+            warnings.append(
+                "could not check the buffer against the main database for lost state: "
+                + mask_text(str(reason))
+            )
+        else:
+            warnings += [loss.describe() for loss in losses]
+    return warnings
+
+
 async def collect(
     settings: BufferingSettings,
     backend: Backend,
     processor: BackgroundProcessor | None,
     tracker: ReplicationTracker,
     *,
-    audit: bool = True,
+    audit: bool = False,
+    watch: BufferWatch | None = None,
 ) -> Health:
     """Put a site's health together.
 
@@ -200,7 +241,10 @@ async def collect(
             is gone, shows as ``stopped`` with the cause ``gone: ...``.
         tracker: This process's tracker (its last report is used while it
             runs; otherwise the replica is asked once, changing nothing).
-        audit: Look for keys without a TTL (scans the site's keys).
+        audit: Look for keys without a TTL (scans every key of the site: slow
+            on a large buffer, so off unless asked for).
+        watch: Compares the buffer with the main database's memory of it
+            (read only): a loss of buffered state is a warning.
 
     Returns:
         The health, with warnings.
@@ -213,6 +257,7 @@ async def collect(
         retry_held_seconds=None if stats.held_until is None else max(stats.held_until - now, 0.0),
         dead_letters=stats.dead_letters,
         oldest_waiting_seconds=await _oldest_waiting(backend),
+        memory=await backend.memory_report() if isinstance(backend, SupportsBufferHealth) else None,
     )
     worker = await _processor(backend, processor)
     lease = await backend.lease.current()
@@ -248,8 +293,9 @@ async def collect(
         warnings.append("replica is not replaying WAL (not a standby, or promoted)")
     if replication.error:
         warnings.append(f"replica unreachable: {replication.error}")
+    warnings += await _buffer_warnings(settings, backend, watch)
     if isinstance(backend, SupportsKeyAudit):
-        if settings.site_type == "secondary":
+        if settings.site_type == "secondary" and not isinstance(backend, SupportsBufferHealth):
             problem = await backend.persistence_warning()
             if problem:
                 warnings.append(problem)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -100,6 +101,15 @@ def _fields(record: dict[str, Any]) -> dict[str, Any]:
         for k, v in record.items()
         if not isinstance(v, Ref)
     }
+
+
+_LEADING_ID = re.compile(r'^\{"format_version":\d+,"transaction_id":"([^"]{1,100})"')
+
+
+def _leading_id(payload: str) -> str | None:
+    """The transaction id an entry starts with, without parsing all of it."""
+    found = _LEADING_ID.match(payload[:200])
+    return found.group(1) if found else None
 
 
 def cache_writes(transaction: Transaction) -> list[CacheWrite]:
@@ -200,6 +210,8 @@ class TransactionManager:
         self.status_ttl = status_ttl
         self.cache_ttl = cache_ttl
         self.max_payload_bytes = max_payload_bytes
+        self.unreadable = 0
+        """Entries dead-lettered at claim: unreadable, or over the size limit."""
 
     def _tell(self, statuses: Sequence[TransactionStatus]) -> None:
         for listener in self.listeners:
@@ -314,17 +326,28 @@ class TransactionManager:
         if not claims:
             return []
         parsed: list[tuple[Claim, Transaction]] = []
-        unreadable: list[tuple[Claim, str]] = []
+        unreadable: list[tuple[Claim, str, str | None]] = []
         for claim in claims:
+            too_large = self._over_limit(claim.payload)
+            if too_large is not None:
+                unreadable.append((claim, too_large, _leading_id(claim.payload)))
+                continue
             try:
                 parsed.append((claim, Transaction.from_json(claim.payload)))
             except TransactionValidationError as exc:
-                unreadable.append((claim, f"unreadable entry: {exc}"))
+                unreadable.append((claim, f"unreadable entry: {exc}", None))
         statuses = await self.backend.status.get_many([tx.transaction_id for _, tx in parsed])
+        refused = await self.backend.status.get_many([t for _, _, t in unreadable if t])
         deliveries = []
         async with self.backend.atomic() as batch:
-            for claim, reason in unreadable:
-                batch.dead_letter(claim.receipt, reason, None)
+            for claim, reason, tx_id in unreadable:
+                batch.dead_letter(claim.receipt, reason, tx_id)
+                if tx_id is not None:
+                    old = refused.pop(0)
+                    if old is not None:
+                        failed = self._advance(old, TransactionState.FAILED, last_error=reason)
+                        batch.put_status(failed, self.status_ttl)
+                    batch.release_cache([tx_id])
             for (claim, tx), old in zip(parsed, statuses, strict=True):
                 base = old or TransactionStatus(
                     transaction_id=tx.transaction_id,
@@ -335,7 +358,31 @@ class TransactionManager:
                 status = self._advance(base, TransactionState.PROCESSING)
                 batch.put_status(status, self.status_ttl)
                 deliveries.append(Delivery(claim, tx, status))
+        log = logging.getLogger(__name__)
+        for claim, reason, tx_id in unreadable:
+            # Every entry dead-lettered here is said, with the id to find it by.
+            self.unreadable += 1
+            log.error(
+                "site %s: dead-lettered entry %s as %s: %s",
+                self.backend.site,
+                claim.receipt,
+                tx_id or f"raw-{claim.receipt}",
+                reason,
+            )
         return deliveries
+
+    def _over_limit(self, payload: str) -> str | None:
+        """Why an entry is refused at drain for its size (the limit holds there too)."""
+        limit = self.max_payload_bytes
+        if limit is None or len(payload) * 4 <= limit:
+            return None
+        size = len(payload.encode())
+        if size <= limit:
+            return None
+        return (
+            f"entry is {size} bytes, over the limit of {limit} (max_payload_bytes): it was "
+            "not applied; raise the limit and replay it, or purge it"
+        )
 
     async def committed(
         self, deliveries: Sequence[Delivery], commit_lsn: LSN | None

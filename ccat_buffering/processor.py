@@ -368,7 +368,7 @@ class BackgroundProcessor:
             processed=self.counters.processed,
             retried=self.counters.retried,
             conflicts=self.counters.conflicts,
-            dead_lettered=self.counters.dead_lettered,
+            dead_lettered=self.counters.dead_lettered + self.manager.unreadable,
             outages=self.counters.outages,
             depth=stats.depth,
             in_flight=stats.in_flight,

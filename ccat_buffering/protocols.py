@@ -34,9 +34,12 @@ __all__ = [
     "DeadLetter",
     "DeadLetterStore",
     "KeyInfo",
+    "MemoryReport",
     "LeaseInfo",
     "ProcessorLease",
     "StatusStore",
+    "SupportsBufferHealth",
+    "SupportsBufferMarker",
     "SupportsInspection",
     "SupportsKeyAudit",
     "SupportsProcessorReports",
@@ -588,4 +591,70 @@ class SupportsKeyAudit(Protocol):
 
     async def persistence_warning(self) -> str | None:
         """Why the store could lose acknowledged writes on a restart, if it could."""
+        ...
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """How full a store is, and how long it can keep buffering.
+
+    Attributes:
+        used_bytes: Memory the store uses now.
+        limit_bytes: Its limit (``None``: unlimited).
+        policy: What it does at the limit (Redis: ``maxmemory-policy``).
+        bytes_per_transaction: Measured: the store's data divided by the
+            transactions it holds (``None`` while it holds too few to tell).
+        buffering_per_second: Transactions buffered per second lately
+            (``None`` when too few are waiting to tell).
+        full_in_seconds: At that rate, when the limit is reached.
+    """
+
+    used_bytes: int
+    limit_bytes: int | None
+    policy: str | None
+    bytes_per_transaction: float | None = None
+    buffering_per_second: float | None = None
+    full_in_seconds: float | None = None
+
+
+@runtime_checkable
+class SupportsBufferHealth(Protocol):
+    """Capability: a store that can say how safe and how full it is, for health checks."""
+
+    async def memory_report(self) -> MemoryReport | None:
+        """The store's memory and the projection at the recent rate of buffering."""
+        ...
+
+    async def buffer_warnings(self) -> list[str]:
+        """What an operator must know of the store.
+
+        An eviction policy that can lose writes (or one that could not be
+        checked), no persistence, memory nearly full, writes being refused.
+        Reads the store's settings afresh.
+        """
+        ...
+
+
+@runtime_checkable
+class SupportsBufferMarker(Protocol):
+    """Capability: a durable store whose loss of state can be told from the outside.
+
+    :mod:`ccat_buffering.buffer_loss` keeps the marker's last sighting in the
+    main database; a store that forgot it (a restart without persistence, a
+    flush, a failover to a replica that was behind) no longer matches.
+    """
+
+    async def buffer_mark(self) -> tuple[str | None, int]:
+        """The store's marker (``None`` if it has none) and its sequence counter.
+
+        The counter only grows while the store keeps its state.
+        """
+        ...
+
+    async def stamp_buffer(self, epoch: str, *, replace: bool = False) -> bool:
+        """Set the marker; unless ``replace``, only where there is none.
+
+        Returns:
+            Whether it was set.
+        """
         ...

@@ -122,6 +122,12 @@ class BufferingSettings(BaseSettings):
         max_payload_bytes: Largest serialised transaction accepted (1 MiB).
         ledger: Record applied transactions (exactly-once effect).
         models: Where the worker finds the mapped classes: ``package.module:Base``.
+        redis_allow_eviction: Buffer even on a Redis whose ``maxmemory-policy``
+            evicts keys. That loses acknowledged transactions silently.
+        redis_connect_timeout: Seconds to connect to Redis (URL parameter
+            ``socket_connect_timeout`` wins).
+        redis_socket_timeout: Seconds to wait for a Redis reply (URL parameter
+            ``socket_timeout`` wins).
     """
 
     model_config = SettingsConfigDict(
@@ -152,6 +158,20 @@ class BufferingSettings(BaseSettings):
     max_payload_bytes: int = Field(DEFAULT_MAX_PAYLOAD_BYTES, ge=1)
     ledger: bool = True
     models: str | None = None
+    # -- Redis: eviction and bounded waits (issue 12) --
+    redis_allow_eviction: bool = False
+    redis_connect_timeout: float = Field(5.0, gt=0)
+    redis_socket_timeout: float = Field(5.0, gt=0)
+
+    def backend_options(self) -> dict[str, object]:
+        """Options for the backend's ``from_url``: the Redis settings, for Redis URLs only."""
+        if not self.backend_url.lower().startswith(("redis", "rediss", "unix")):
+            return {}
+        return {
+            "allow_eviction": self.redis_allow_eviction,
+            "socket_connect_timeout": self.redis_connect_timeout,
+            "socket_timeout": self.redis_socket_timeout,
+        }
 
     @classmethod
     def settings_customise_sources(

@@ -9,7 +9,7 @@ asks the sentinels for the service's master and follows failovers.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -39,8 +39,56 @@ def _password(netloc: str) -> tuple[str | None, str | None]:
     return unquote(user) or None, unquote(password) or None
 
 
+CONNECT_TIMEOUT = 5.0
+"""Seconds to open a connection, unless the options or the URL say otherwise."""
+
+SOCKET_TIMEOUT = 5.0
+"""Seconds to wait for a reply, unless the options or the URL say otherwise."""
+
+_TIMEOUTS = ("socket_timeout", "socket_connect_timeout")
+
+
+def _timeouts(url: str, query: str, options: dict[str, Any]) -> None:
+    """Bounded waits by default: a hung Redis (SIGSTOP, a dropped link) must not hang callers.
+
+    ``socket_timeout`` and ``socket_connect_timeout`` URL parameters win over
+    the options, which win over the defaults; ``none`` turns a timeout off.
+    """
+    options.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
+    options.setdefault("socket_timeout", SOCKET_TIMEOUT)
+    for name, values in parse_qs(query).items():
+        if name not in _TIMEOUTS:
+            continue
+        text = values[-1]
+        if text.lower() == "none":
+            options[name] = None
+            continue
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = -1.0
+        if not seconds > 0:
+            raise ConfigurationError(
+                f"{mask_url(url)}: {name}={text!r} is not a number of seconds above 0 (or none)"
+            )
+        options[name] = seconds
+
+
+def _without_timeouts(url: str) -> str:
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(k, v) for k, v in pairs if k not in _TIMEOUTS]
+    if len(kept) == len(pairs):
+        return url
+    return urlunsplit(parts._replace(query=urlencode(kept)))
+
+
 def open_client(url: str, **options: Any) -> tuple[Redis | RedisCluster, str]:
     """Open a client for ``url``.
+
+    Connect and socket timeouts are on by default (:data:`CONNECT_TIMEOUT`,
+    :data:`SOCKET_TIMEOUT`); ``socket_timeout`` and ``socket_connect_timeout``
+    in the options or as URL parameters change them.
 
     Args:
         url: A backend URL.
@@ -58,6 +106,9 @@ def open_client(url: str, **options: Any) -> tuple[Redis | RedisCluster, str]:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     where = mask_url(url) or url
+    _timeouts(url, parts.query, options)
+    url = _without_timeouts(url)
+    parts = urlsplit(url)
     if scheme in ("redis", "rediss", "unix"):
         return Redis.from_url(url, **options), where
     user, password = _password(parts.netloc)
@@ -81,7 +132,10 @@ def open_client(url: str, **options: Any) -> tuple[Redis | RedisCluster, str]:
         db = int(path[1]) if len(path) > 1 else 0
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             _hosts(parts.netloc, 26379),
-            sentinel_kwargs={"username": user, "password": password} if password else None,
+            sentinel_kwargs={
+                **({"username": user, "password": password} if password else {}),
+                **{name: options[name] for name in _TIMEOUTS},
+            },
             password=password,
             username=user,
             db=db,

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
+import logging
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -26,8 +28,13 @@ from redis.asyncio.cluster import RedisCluster
 
 from ccat_buffering._checks import check_duration, check_payload, check_status, check_writes
 from ccat_buffering._closing import AsyncClosing
-from ccat_buffering.errors import BackendError, BackendUnavailableError, ConfigurationError
-from ccat_buffering.models import TransactionState, TransactionStatus
+from ccat_buffering.errors import (
+    BackendError,
+    BackendFullError,
+    BackendUnavailableError,
+    ConfigurationError,
+)
+from ccat_buffering.models import TransactionState, TransactionStatus, utc_now
 from ccat_buffering.protocols import (
     BufferStats,
     CachedRecord,
@@ -36,9 +43,18 @@ from ccat_buffering.protocols import (
     DeadLetter,
     KeyInfo,
     LeaseInfo,
+    MemoryReport,
 )
 from ccat_buffering_redis import scripts
 from ccat_buffering_redis._connect import open_client
+from ccat_buffering_redis._memory import (
+    RECHECK_SECONDS,
+    MemoryInfo,
+    config_values,
+    eviction_problem,
+    memory_warnings,
+    parse_memory,
+)
 from ccat_buffering_redis.compression import check_compression, entry_bytes, entry_text
 from ccat_buffering_redis.keys import SiteKeys
 
@@ -48,6 +64,8 @@ Client = Redis | RedisCluster
 
 MAX_GROUPS_PER_CALL = 256
 MAX_IN_FLIGHT = 2
+
+log = logging.getLogger(__name__)
 
 
 def _ms(seconds: float) -> int:
@@ -89,8 +107,12 @@ def _status_json(status: TransactionStatus) -> str:
     return status.model_dump_json(exclude=_STATUS_DROP, exclude_defaults=True)
 
 
-def _status_of(transaction_id: str, raw: bytes | str) -> TransactionStatus:
-    text = _text(raw)
+def _status_of(transaction_id: str, raw: bytes | str) -> TransactionStatus | None:
+    # The key holds the JSON, then (after a newline) the records the transaction
+    # wrote; records without a status (a cache write alone) are no status.
+    text = _text(raw).partition("\n")[0]
+    if not text:
+        return None
     head = '{"transaction_id":' + _quoted(transaction_id)
     return TransactionStatus.model_validate_json(
         head + ("," if text[1:2] != "}" else "") + text[1:]
@@ -114,6 +136,11 @@ class Op:
     text: str
     tokens: int
     blobs: tuple[str | bytes, ...] = ()
+
+    @property
+    def buffers(self) -> bool:
+        """Whether the operation needs new memory: it buffers (a push, cache writes)."""
+        return self.text.startswith(("push" + SEP, "cache" + SEP))
 
 
 def _op(*tokens: str, blobs: tuple[str | bytes, ...] = ()) -> Op:
@@ -193,13 +220,19 @@ def _wire(groups: list[list[Op]]) -> list[str | bytes]:
 
 def _take_compression(url: str) -> tuple[str, str | None]:
     """Split the ``compression`` query parameter off a backend URL (the rest unchanged)."""
+    url, value = _take_parameter(url, "compression")
+    return url, value or None
+
+
+def _take_parameter(url: str, name: str) -> tuple[str, str | None]:
+    """Split one of the library's query parameters off a backend URL (the rest unchanged)."""
     base, mark, query = url.partition("?")
     pairs = parse_qsl(query, keep_blank_values=True)
-    kept = [(k, v) for k, v in pairs if k != "compression"]
+    kept = [(k, v) for k, v in pairs if k != name]
     if not mark or len(kept) == len(pairs):
         return url, None
-    compression = [v for k, v in pairs if k == "compression"][-1] or None
-    return (base + "?" + urlencode(kept) if kept else base), compression
+    value = [v for k, v in pairs if k == name][-1]
+    return (base + "?" + urlencode(kept) if kept else base), value
 
 
 class _Coalescer:
@@ -293,17 +326,6 @@ class _Coalescer:
                 self._schedule(asyncio.get_running_loop())
 
 
-def _config_values(reply: Any) -> list[str]:
-    """CONFIG GET's values, from one server or (a dict per node) from a cluster."""
-    if not isinstance(reply, dict):
-        return []
-    values: list[str] = []
-    for value in reply.values():
-        for item in value.values() if isinstance(value, dict) else [value]:
-            values.append(_text(item) if isinstance(item, bytes | str) else str(item))
-    return values
-
-
 class _Part:
     def __init__(self, backend: RedisBackend) -> None:
         self._backend = backend
@@ -318,11 +340,10 @@ class RedisBufferStore(_Part):
         for payload in payloads:
             check_payload(payload)
         if payloads:
-            with self._backend.translate():
-                await self._backend.client.lpush(
-                    self._keys.buffer,
-                    *(entry_bytes(p, self._backend.compression) for p in payloads),
-                )
+            compression = self._backend.compression
+            await self._backend.apply(
+                [_op("push", blobs=(entry_bytes(p, compression),)) for p in payloads]
+            )
 
     async def claim(self, count: int, lease_seconds: float) -> list[Claim]:
         """See :meth:`ccat_buffering.protocols.BufferStore.claim`."""
@@ -535,8 +556,7 @@ class RedisProcessorLease(_Part):
     async def publish_report(self, report: str, ttl_seconds: float) -> None:
         """See :meth:`ccat_buffering.protocols.SupportsProcessorReports.publish_report`."""
         check_duration(ttl_seconds, "ttl_seconds")
-        with self._backend.translate():
-            await self._backend.client.set(self._keys.processor, report, px=_ms(ttl_seconds))
+        await self._backend.script("publish_report", report, _ms(ttl_seconds))
 
     async def processor_report(self) -> str | None:
         """See :meth:`ccat_buffering.protocols.SupportsProcessorReports.processor_report`."""
@@ -614,6 +634,9 @@ _SCRIPTS = {
     "lease_acquire": scripts.LEASE_ACQUIRE,
     "lease_renew": scripts.LEASE_RENEW,
     "lease_release": scripts.LEASE_RELEASE,
+    "publish_report": scripts.PUBLISH_REPORT,
+    "refuses_writes": scripts.REFUSES_WRITES,
+    "stamp_buffer": scripts.STAMP_BUFFER,
 }
 
 
@@ -628,6 +651,9 @@ class RedisBackend(AsyncClosing):
         compression: ``"zlib"`` to store queue entries compressed (see
             :mod:`ccat_buffering_redis.compression`); ``None`` for plain text.
         where: How to name the server in error messages (password masked).
+        allow_eviction: Buffer even on a Redis whose ``maxmemory-policy``
+            evicts keys. Eviction loses acknowledged transactions without a
+            word: without this, buffering there raises ``ConfigurationError``.
 
     Raises:
         ConfigurationError: ``compression`` names no known compression.
@@ -641,8 +667,16 @@ class RedisBackend(AsyncClosing):
         coalesce: bool = True,
         compression: str | None = None,
         where: str | None = None,
+        allow_eviction: bool = False,
     ) -> None:
         self.keys = SiteKeys(site)
+        self.allow_eviction = allow_eviction
+        self._policy_checked_at = -math.inf
+        self._eviction_problem: str | None = None
+        self.policy_warning: str | None = None
+        """Why the eviction policy is not known to be safe, if it is not."""
+        self.refused_full_at: float | None = None
+        """When (monotonic) a write was last refused as out of memory."""
         self.compression = check_compression(compression)
         if compression is not None and client.get_encoder().decode_responses:
             raise ConfigurationError(
@@ -678,6 +712,7 @@ class RedisBackend(AsyncClosing):
         site: str,
         coalesce: bool = True,
         compression: str | None = None,
+        allow_eviction: bool = False,
         **options: Any,
     ) -> RedisBackend:
         """Open a backend that owns its client, for a Redis URL.
@@ -691,7 +726,10 @@ class RedisBackend(AsyncClosing):
             coalesce: Send atomic groups that close together in one call.
             compression: As in the constructor; the URL's parameter, if it has
                 one, wins.
-            **options: Passed to the redis-py client.
+            allow_eviction: As in the constructor; a URL parameter
+                ``allow_eviction=true`` turns it on too.
+            **options: Passed to the redis-py client. Connect and socket
+                timeouts are on by default (see :func:`~ccat_buffering_redis._connect.open_client`).
 
         Returns:
             The backend; ``aclose()`` closes the client.
@@ -703,8 +741,22 @@ class RedisBackend(AsyncClosing):
         SiteKeys(site)
         url, in_url = _take_compression(url)
         compression = check_compression(in_url or compression)
+        url, evict = _take_parameter(url, "allow_eviction")
+        if evict is not None:
+            if evict.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ConfigurationError(
+                    f"allow_eviction={evict!r} in the backend URL: use true or false"
+                )
+            allow_eviction = allow_eviction or evict.lower() in ("true", "1", "yes")
         client, where = open_client(url, **options)
-        backend = cls(client, site=site, coalesce=coalesce, compression=compression, where=where)
+        backend = cls(
+            client,
+            site=site,
+            coalesce=coalesce,
+            compression=compression,
+            where=where,
+            allow_eviction=allow_eviction,
+        )
         backend._owns_client = True
         return backend
 
@@ -713,16 +765,29 @@ class RedisBackend(AsyncClosing):
         """Turn redis-py's errors into the library's, naming the server."""
         try:
             yield
+        except (redis.exceptions.TimeoutError, TimeoutError) as exc:
+            raise BackendUnavailableError(
+                f"{self.where} did not answer in time ({exc or 'timed out'})"
+            ) from exc
         except (
             redis.exceptions.ConnectionError,
-            redis.exceptions.TimeoutError,
             redis.exceptions.ClusterDownError,
             redis.exceptions.RedisClusterException,
             OSError,
         ) as exc:
             raise BackendUnavailableError(f"{self.where} cannot be reached: {exc}") from exc
         except redis.exceptions.RedisError as exc:
+            if isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith("OOM"):
+                self.refused_full_at = time.monotonic()
+                raise BackendFullError(self._full_message(str(exc))) from exc
             raise BackendError(f"{self.where} refused the operation: {exc}") from exc
+
+    def _full_message(self, detail: str) -> str:
+        return (
+            f"{self.where} is full and refuses new writes ({detail.rstrip('.')}); nothing of "
+            "this write was stored. The drain still frees memory: submit again once it has "
+            "drained, or raise maxmemory (see the Redis page of the docs)"
+        )
 
     async def script(self, name: str, *args: Any) -> Any:
         """Run one of the backend's scripts for this site.
@@ -740,11 +805,20 @@ class RedisBackend(AsyncClosing):
             )
 
     async def _apply_groups(self, groups: list[list[Op]]) -> list[int | BackendError]:
-        reply = await self.script("apply", *_wire(groups))
+        try:
+            reply = await self.script("apply", *_wire(groups))
+        except BackendUnavailableError as exc:
+            raise BackendUnavailableError(
+                f"{exc}: the write may or may not have been stored. Submitting the same "
+                "transaction object again is safe: the ledger applies it once"
+            ) from exc.__cause__
         results: list[int | BackendError] = []
         for item in reply:
             if not isinstance(item, bytes | str):
                 results.append(int(item))
+            elif (text := _text(item)).startswith("full: "):
+                self.refused_full_at = time.monotonic()
+                results.append(BackendFullError(self._full_message(text.removeprefix("full: "))))
             elif (text := _text(item)).startswith("failed: "):
                 results.append(
                     BackendError(
@@ -762,7 +836,17 @@ class RedisBackend(AsyncClosing):
 
         Returns:
             How many entries the group's operations touched.
+
+        Raises:
+            ConfigurationError: The group buffers and Redis evicts keys.
+            BackendFullError: The group buffers and Redis is out of memory.
         """
+        if time.monotonic() - self._policy_checked_at > RECHECK_SECONDS and any(
+            op.buffers for op in ops
+        ):
+            await self.check_policy()
+        if self._eviction_problem is not None and any(op.buffers for op in ops):
+            raise ConfigurationError(self._eviction_problem)
         if self._coalescer is not None:
             return await self._coalescer.submit(ops)
         (result,) = await self._apply_groups([ops])
@@ -813,7 +897,7 @@ class RedisBackend(AsyncClosing):
         self, transaction_id: str, records: Sequence[tuple[str, str]]
     ) -> list[KeyInfo]:
         """See :meth:`ccat_buffering.protocols.SupportsInspection.transaction_keys`."""
-        keys = [self.keys.status(transaction_id), self.keys.written(transaction_id)]
+        keys = [self.keys.status(transaction_id)]
         with self.translate():
             for model, record_id in records:
                 buffered = self.keys.buffered(model, record_id)
@@ -843,6 +927,124 @@ class RedisBackend(AsyncClosing):
                 leaks.append(key)
         return await self._describe_keys(leaks)
 
+    async def check_policy(self) -> str | None:
+        """Read ``maxmemory-policy``; note why buffering here could lose data.
+
+        Called when the backend first buffers, at most every
+        :data:`~ccat_buffering_redis._memory.RECHECK_SECONDS` after, and on
+        each health check.
+
+        Returns:
+            Why buffering is refused (an evicting policy not allowed), or ``None``.
+        """
+        self._policy_checked_at = time.monotonic()
+        try:
+            with self.translate():
+                reply = await self.client.config_get("maxmemory-policy")
+        except BackendUnavailableError:
+            self._policy_checked_at = -math.inf
+            raise
+        except BackendError as exc:
+            reply, refused = None, str(exc.__cause__ or exc)
+        else:
+            refused = "it gave no value"
+        policies = config_values(reply)
+        if not policies:
+            warning = (
+                f"{self.where}: the eviction policy could not be checked (CONFIG GET "
+                f"maxmemory-policy: {refused}); make sure it is noeviction, or buffered "
+                "transactions may be evicted"
+            )
+            if warning != self.policy_warning:
+                log.warning("%s", warning)
+            self.policy_warning, self._eviction_problem = warning, None
+            return None
+        self._eviction_problem = eviction_problem(self.where, policies, self.allow_eviction)
+        evicting = sorted({p for p in policies if p != "noeviction"})
+        self.policy_warning = self._eviction_problem
+        if evicting and self.allow_eviction:
+            self.policy_warning = (
+                f"{self.where} evicts keys (maxmemory-policy {', '.join(evicting)}) and "
+                "allow_eviction is set: buffered transactions are lost when memory runs out"
+            )
+        return self._eviction_problem
+
+    async def memory(self) -> MemoryInfo | None:
+        """The server's memory (``INFO memory``), or ``None`` where INFO is refused."""
+        try:
+            with self.translate():
+                reply = await self.client.info("memory")
+        except BackendUnavailableError:
+            raise
+        except BackendError:
+            return None
+        return parse_memory(reply)
+
+    async def memory_report(self) -> MemoryReport | None:
+        """See :meth:`ccat_buffering.protocols.SupportsBufferHealth.memory_report`."""
+        info = await self.memory()
+        if info is None:
+            return None
+        stats = await self.buffer.stats()
+        held = stats.depth + stats.in_flight
+        # The data set over what the site holds: an upper bound where other
+        # data shares the server, and too rough below a hundred transactions.
+        per_tx = info.dataset / held if held >= 100 else None
+        rate = await self._buffering_rate()
+        full_in = None
+        if info.limit and per_tx and rate:
+            full_in = max(info.limit - info.used, 0) / (per_tx * rate)
+        return MemoryReport(
+            info.used, info.limit or None, info.policy or None, per_tx, rate, full_in
+        )
+
+    async def _buffering_rate(self, sample: int = 100) -> float | None:
+        """Transactions a second, from when the newest waiting ones were buffered."""
+        with self.translate():
+            newest = await self.client.zrange(
+                self.keys.state(TransactionState.BUFFERED), -sample, -1
+            )
+        ids = [_text(t) for t in newest if isinstance(t, bytes | str)]
+        if len(ids) < 10:
+            return None
+        statuses = [s for s in await self.status.get_many(ids) if s is not None]
+        if len(statuses) < 10:
+            return None
+        span = (utc_now() - min(s.created_at for s in statuses)).total_seconds()
+        return len(statuses) / span if span > 0 else None
+
+    async def buffer_warnings(self) -> list[str]:
+        """See :meth:`ccat_buffering.protocols.SupportsBufferHealth.buffer_warnings`."""
+        warnings = []
+        await self.check_policy()
+        if self.policy_warning:
+            warnings.append(self.policy_warning)
+        persistence = await self.persistence_warning()
+        if persistence:
+            warnings.append(persistence)
+        info = await self.memory()
+        refusing = self.refused_full_at is not None and (
+            time.monotonic() - self.refused_full_at < RECHECK_SECONDS
+        )
+        if not refusing:
+            # Another process may be the one refused: ask Redis itself.
+            refusing = "OOM" in _text(await self.script("refuses_writes"))
+        if info is not None:
+            warnings += memory_warnings(self.where, info, refusing)
+        elif refusing:
+            warnings.append(f"{self.where} refused writes as out of memory in the last 30 s")
+        return warnings
+
+    async def buffer_mark(self) -> tuple[str | None, int]:
+        """See :meth:`ccat_buffering.protocols.SupportsBufferMarker.buffer_mark`."""
+        with self.translate():
+            epoch, seq = await self.client.mget([self.keys.epoch, self.keys.seq])
+        return (None if epoch is None else _text(epoch)), int(seq or 0)
+
+    async def stamp_buffer(self, epoch: str, *, replace: bool = False) -> bool:
+        """See :meth:`ccat_buffering.protocols.SupportsBufferMarker.stamp_buffer`."""
+        return bool(await self.script("stamp_buffer", epoch, "1" if replace else "0"))
+
     async def persistence_warning(self) -> str | None:
         """See :meth:`ccat_buffering.protocols.SupportsKeyAudit.persistence_warning`."""
         try:
@@ -850,7 +1052,7 @@ class RedisBackend(AsyncClosing):
                 reply = await self.client.config_get("appendonly")
         except BackendError:
             return None  # CONFIG may be disabled (a managed Redis): nothing to say
-        values = _config_values(reply)
+        values = config_values(reply)
         if values and all(v == "no" for v in values):
             return (
                 f"{self.where} keeps no append-only file (appendonly no): a restart loses "

@@ -11,7 +11,10 @@ key                                         type     what
 ==========================================  =======  ==========================================
 ``transaction_buffer``                      list     the FIFO: LPUSH in, claimed from the right
 ``transaction:<transaction_id>``            string   status JSON without the id (the key has it)
-                                                     and without default values; TTL once terminal
+                                                     and without default values; then, after a
+                                                     newline, the ``<Model>:<id>`` records it wrote,
+                                                     space-separated, while they are buffered; TTL
+                                                     once terminal (records alone: as the records)
 ``cache:ids:<Model>:<id>``                  string   write-through ID cache: the creating
                                                      transaction; TTL extended until replicated
 ``buffered:<Model>:<id>``                   string   buffered record: a head line ``@<created
@@ -31,8 +34,10 @@ key                                         type     what
                                                      terminal by expiry (ms), others by arrival
 ``index:<Model>``                           zset     record ids of a model by first write;
                                                      TTL follows its longest-lived record
-``written:<transaction_id>``                string   ``<Model>:<id>`` records a transaction wrote,
-                                                     space-separated; TTL follows the records
+``state:cursors``                           hash     state -> where the reconciliation of its
+                                                     index stands (``status`` checks a slice a look)
+``buffer_epoch``                            string   the buffer's marker: ``<epoch> <started ms>``,
+                                                     checked against the main database
 ``lease``                                   string   the processor lease token; PX TTL
 ``processor``                               string   the draining processor's report (JSON);
                                                      PX TTL
@@ -59,9 +64,10 @@ SUFFIXES = {
     "letter_meta": "dead_letters:meta",
     "state": "state:",
     "index": "index:",
-    "written": "written:",
     "lease": "lease",
     "processor": "processor",
+    "reconcile": "state:cursors",
+    "epoch": "buffer_epoch",
 }
 """Key suffixes by role, shared with the Lua scripts."""
 
@@ -74,6 +80,8 @@ BOUNDED = (
     "dead_letters:order",
     "dead_letters:meta",
     *(f"state:{state}" for state in TransactionState),
+    "state:cursors",
+    "buffer_epoch",
 )
 """Suffixes of the site's bounded structures: they hold no TTL by design.
 
@@ -123,10 +131,6 @@ class SiteKeys:
         """The index of a model's buffered records."""
         return self._key("index", model)
 
-    def written(self, transaction_id: str) -> str:
-        """The records a transaction wrote."""
-        return self._key("written", transaction_id)
-
     @property
     def inflight(self) -> str:
         """Claimed entries by receipt."""
@@ -166,6 +170,16 @@ class SiteKeys:
     def lease(self) -> str:
         """The processor lease."""
         return self._key("lease")
+
+    @property
+    def reconcile(self) -> str:
+        """Where each state index's reconciliation stands."""
+        return self._key("reconcile")
+
+    @property
+    def epoch(self) -> str:
+        """The buffer's marker, checked against the main database (see ``buffer_loss``)."""
+        return self._key("epoch")
 
     @property
     def processor(self) -> str:

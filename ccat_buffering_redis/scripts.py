@@ -16,6 +16,7 @@ neither escaped nor parsed. The frame's grammar is written out in ``APPLY``.
 
 from __future__ import annotations
 
+from ccat_buffering.models import TransactionState
 from ccat_buffering_redis.keys import SUFFIXES
 
 __all__ = [
@@ -32,10 +33,15 @@ __all__ = [
     "LETTERS_GET",
     "LETTERS_PURGE",
     "LETTERS_REPLAY",
+    "PUBLISH_REPORT",
     "RECOVER",
+    "REFUSES_WRITES",
+    "STAMP_BUFFER",
     "STATUS_COUNTS",
     "STATUS_IDS",
 ]
+
+_STATES = ", ".join(f"{state} = true" for state in TransactionState)
 
 _PRELUDE = (
     """
@@ -53,9 +59,12 @@ local META = P .. '{letter_meta}'
 local ORDER = P .. '{letter_order}'
 local STATE = P .. '{state}'
 local INDEX = P .. '{index}'
-local WRITTEN = P .. '{written}'
 local LEASE = P .. '{lease}'
+local RECONCILE = P .. '{reconcile}'
+local PROCESSOR = P .. '{processor}'
+local EPOCH = P .. '{epoch}'
 local TERMINAL = {{replicated = true, failed = true}}
+local STATES = {{{states}}}
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -101,9 +110,12 @@ local function in_slices(head, args)
   end
 end
 
+-- Drop the entries of the terminal indexes whose statuses have expired. A
+-- write that only frees: run first, it lets a full Redis accept the rest of
+-- the call (see APPLY).
 local function prune_terminal()
   for state, _ in pairs(TERMINAL) do
-    redis.call('ZREMRANGEBYSCORE', STATE .. state, '-inf', NOW)
+    redis.pcall('ZREMRANGEBYSCORE', STATE .. state, '-inf', NOW)
   end
 end
 """.replace("{buffer}", SUFFIXES["buffer"])
@@ -119,8 +131,11 @@ end
     .replace("{letter_meta}", SUFFIXES["letter_meta"])
     .replace("{state}", SUFFIXES["state"])
     .replace("{index}", SUFFIXES["index"])
-    .replace("{written}", SUFFIXES["written"])
+    .replace("{states}", _STATES)
     .replace("{lease}", SUFFIXES["lease"])
+    .replace("{reconcile}", SUFFIXES["reconcile"])
+    .replace("{processor}", SUFFIXES["processor"])
+    .replace("{epoch}", SUFFIXES["epoch"])
     .replace("{{", "{")
     .replace("}}", "}")
 )
@@ -128,15 +143,17 @@ end
 _RETURN_TO_HEAD = """
 -- Entries go back to the right end (the head) so that the lowest receipt,
 -- the oldest entry, is claimed first again.
+-- Each is taken out of the in-flight set before it is pushed: freeing first
+-- lets a full Redis accept the push (see APPLY).
 local function return_to_head(receipts)
   table.sort(receipts, function(a, b) return tonumber(a) > tonumber(b) end)
   local n = 0
   for _, r in ipairs(receipts) do
     local p = redis.call('HGET', INF, r)
     if p then
-      redis.call('RPUSH', BUF, p)
       redis.call('HDEL', INF, r)
       redis.call('ZREM', LEASES, r)
+      redis.call('RPUSH', BUF, p)
       n = n + 1
     end
   end
@@ -148,10 +165,10 @@ _REPLAY_ONE = """
 local function replay_one(lid)
   local p = redis.call('HGET', LETTERS, lid)
   if not p then return 0 end
-  redis.call('LPUSH', BUF, p)
   redis.call('HDEL', LETTERS, lid)
   redis.call('HDEL', META, lid)
   redis.call('ZREM', ORDER, lid)
+  redis.call('LPUSH', BUF, p)
   return 1
 end
 """
@@ -194,11 +211,51 @@ local function merge_fields(earlier, later)
 end
 """
 
+_STATUS_VALUES = r"""
+-- A string key's value, or nil. MGET answers nil for a key of another type
+-- where GET fails, so that no read can break a group halfway.
+local function read(k)
+  return redis.call('MGET', k)[1] or nil
+end
+
+-- A status key holds the status JSON (without the id and default values),
+-- then, after a newline, the records the transaction wrote while they are
+-- buffered: '<Model>:<id>', space-separated (JSON text holds no raw newline,
+-- no name a space). Either part may be empty.
+local function split_status(value)
+  if not value then return '', '' end
+  local nl = string.find(value, '\n', 1, true)
+  if not nl then return value, '' end
+  return string.sub(value, 1, nl - 1), string.sub(value, nl + 1)
+end
+
+local function join_status(json, members)
+  if members == '' then return json end
+  return json .. '\n' .. members
+end
+
+local function merge_members(list, more)
+  local seen, out = {}, {}
+  if list ~= '' then
+    for m in string.gmatch(list, '%S+') do
+      if not seen[m] then seen[m] = true; out[#out + 1] = m end
+    end
+  end
+  for _, m in ipairs(more) do
+    if not seen[m] then seen[m] = true; out[#out + 1] = m end
+  end
+  return table.concat(out, ' ')
+end
+
+local FLAGS = {create = {'1', '0'}, update = {'0', '0'}, delete = {'0', '1'}}
+"""
+
 APPLY = (
     _PRELUDE
     + _RETURN_TO_HEAD
     + _REPLAY_ONE
     + _RECORDS
+    + _STATUS_VALUES
     + r"""
 -- The call's tokens (see the frame below), read by the operations.
 local T = {}
@@ -229,67 +286,150 @@ local function state_member(state, txid, lsn)
   return string.rep('0', 8 - #low) .. string.upper(low) .. txid
 end
 
--- Statuses are written once, at the end of the call: the last one staged per
--- transaction wins, and one MGET tells which index each leaves.
+-- What a group stages (entries to push, statuses, records written, index
+-- entries) waits in G; only a group that ran whole hands it on to the call.
+local G
+local function new_stage() return {pushes = {}, statuses = {}, written = {}, index = {}} end
+
+local PUSHES = {}
 local STATUS_NEW, STATUS_ORDER = {}, {}
-local function put_status(txid, json, state, ttl, score, member)
-  if not STATUS_NEW[txid] then STATUS_ORDER[#STATUS_ORDER + 1] = txid end
-  if not TERMINAL[state] and score == '' then score = next_seq() end
-  STATUS_NEW[txid] = {json, state, tonumber(ttl), score, member}
-end
-
-local function flush_statuses()
-  local n = #STATUS_ORDER
-  if n == 0 then return end
-  local keys, olds = {}, {}
-  for i, txid in ipairs(STATUS_ORDER) do keys[i] = STATUS .. txid end
-  for i = 1, n, 1000 do
-    local got = redis.call('MGET', unpack(keys, i, math.min(i + 999, n)))
-    for j = 1, #got do olds[i + j - 1] = got[j] end
-  end
-  local plain, adds, removes = {}, {}, {}
-  local function note(map, state, a, b)
-    local list = map[state]
-    if not list then list = {}; map[state] = list end
-    list[#list + 1] = a
-    if b then list[#list + 1] = b end
-  end
-  for i, txid in ipairs(STATUS_ORDER) do
-    local json, state, ttl, score, member = unpack(STATUS_NEW[txid])
-    if TERMINAL[state] then
-      redis.call('SET', keys[i], json, 'PX', ttl)
-      score, member = NOW + ttl, txid
-    else
-      plain[#plain + 1] = keys[i]
-      plain[#plain + 1] = json
-    end
-    note(adds, state, score, member)
-    local old = olds[i]
-    if old then
-      local was = string.match(old, '"state":"(%a+)"')
-      if was then
-        local was_member = state_member(was, txid, string.match(old, '"commit_lsn":"([^"]+)"'))
-        if was ~= state or was_member ~= member then note(removes, was, was_member) end
-      end
-    end
-  end
-  for state, members in pairs(removes) do in_slices({'ZREM', STATE .. state}, members) end
-  if #plain > 0 then in_slices({'MSET'}, plain) end
-  for state, pairs_ in pairs(adds) do in_slices({'ZADD', STATE .. state}, pairs_) end
-end
-
--- Model indexes: ids to add (NX, by first write) and the longest TTL asked, per model.
+-- Stored values of status keys, read before anything was written (nothing
+-- writes a status key before flush_statuses, so they still hold there).
+local STORED = {}
+-- Records each transaction wrote in this call, and those whose stored list
+-- was released (dropped when its status key is written).
+local WRITTEN_ADD, CLEARED = {}, {}
 local INDEX_ADD, INDEX_TTL = {}, {}
+
+local function put_status(txid, json, state, ttl, score, member)
+  if not TERMINAL[state] and score == '' then score = next_seq() end
+  G.statuses[#G.statuses + 1] = {txid, json, state, tonumber(ttl), score, member}
+end
+
 local function index_add(model, id, ttl)
+  G.index[#G.index + 1] = {model, next_seq(), id, ttl}
+end
+
+local function add_written(txid, members, ttl)
+  local add = WRITTEN_ADD[txid]
+  if not add then add = {list = {}, ttl = 0}; WRITTEN_ADD[txid] = add end
+  for _, m in ipairs(members) do add.list[#add.list + 1] = m end
+  if ttl > add.ttl then add.ttl = ttl end
+end
+
+local function add_index(entry)
+  local model, seq, id, ttl = unpack(entry)
   local list = INDEX_ADD[model]
   if not list then list = {}; INDEX_ADD[model] = list end
-  list[#list + 1] = next_seq()
+  list[#list + 1] = seq
   list[#list + 1] = id
   if not INDEX_TTL[model] or INDEX_TTL[model] < ttl then INDEX_TTL[model] = ttl end
 end
+
+local function commit_stage(stage)
+  for _, p in ipairs(stage.pushes) do PUSHES[#PUSHES + 1] = p end
+  for _, s in ipairs(stage.statuses) do
+    local txid = s[1]
+    if not STATUS_NEW[txid] then STATUS_ORDER[#STATUS_ORDER + 1] = txid end
+    STATUS_NEW[txid] = {s[2], s[3], s[4], s[5], s[6]}
+  end
+  for _, w in ipairs(stage.written) do add_written(w[1], w[2], w[3]) end
+  for _, e in ipairs(stage.index) do add_index(e) end
+end
+
 local function flush_indexes()
   for model, list in pairs(INDEX_ADD) do in_slices({'ZADD', INDEX .. model, 'NX'}, list) end
   INDEX_ADD = {}
+end
+
+-- Entries pushed one after another go in one LPUSH (same order as one LPUSH
+-- each); anything else that touches the list first sends what is pending.
+local function flush_pushes()
+  for _, p in ipairs(G.pushes) do PUSHES[#PUSHES + 1] = p end
+  G.pushes = {}
+  in_slices({'LPUSH', BUF}, PUSHES)
+  PUSHES = {}
+end
+
+-- Statuses are written once, at the end of the call: the last one staged per
+-- transaction wins, the records it wrote are kept with it, and one MGET tells
+-- which index each leaves. Removals go first: they free before anything grows.
+local function flush_statuses()
+  local ids, listed = {}, {}
+  local function list(txid)
+    if not listed[txid] then listed[txid] = true; ids[#ids + 1] = txid end
+  end
+  for _, txid in ipairs(STATUS_ORDER) do list(txid) end
+  for txid, _ in pairs(WRITTEN_ADD) do list(txid) end
+  for txid, _ in pairs(CLEARED) do list(txid) end
+  local n = #ids
+  if n == 0 then return end
+  local keys, olds, unread, at = {}, {}, {}, {}
+  for i, txid in ipairs(ids) do
+    keys[i] = STATUS .. txid
+    if STORED[txid] == nil then
+      unread[#unread + 1] = keys[i]
+      at[#at + 1] = i
+    else
+      olds[i] = STORED[txid]
+    end
+  end
+  for i = 1, #unread, 1000 do
+    local got = redis.call('MGET', unpack(unread, i, math.min(i + 999, #unread)))
+    for j = 1, #got do olds[at[i + j - 1]] = got[j] end
+  end
+  local plain, adds, removes, writes = {}, {}, {}, {}
+  local function note(map, state, a, b)
+    local entries = map[state]
+    if not entries then entries = {}; map[state] = entries end
+    entries[#entries + 1] = a
+    if b then entries[#entries + 1] = b end
+  end
+  for i, txid in ipairs(ids) do
+    local old = olds[i] or nil
+    local old_json, old_members = split_status(old)
+    local members = old_members
+    if CLEARED[txid] then members = '' end
+    local add = WRITTEN_ADD[txid]
+    if add then members = merge_members(members, add.list) end
+    local new = STATUS_NEW[txid]
+    if new then
+      local json, state, ttl, score, member = unpack(new)
+      local value = join_status(json, members)
+      if TERMINAL[state] then
+        writes[#writes + 1] = {keys[i], value, ttl}
+        score, member = NOW + ttl, txid
+      else
+        plain[#plain + 1] = keys[i]
+        plain[#plain + 1] = value
+      end
+      note(adds, state, score, member)
+      local was = string.match(old_json, '"state":"(%a+)"')
+      if was then
+        local was_member = state_member(was, txid, string.match(old_json, '"commit_lsn":"([^"]+)"'))
+        if was ~= state or was_member ~= member then note(removes, was, was_member) end
+      end
+    elseif old_json == '' and members == '' then
+      if old then redis.call('DEL', keys[i]) end
+    elseif old_json == '' then
+      -- Only the records (a cache write without a status): the key lives as they do.
+      local left = redis.call('PTTL', keys[i])
+      writes[#writes + 1] = {keys[i], members == '' and '' or '\n' .. members,
+        math.max(add and add.ttl or 0, left)}
+    elseif members ~= old_members then
+      writes[#writes + 1] = {keys[i], join_status(old_json, members), -1}
+    end
+  end
+  for state, members in pairs(removes) do in_slices({'ZREM', STATE .. state}, members) end
+  for _, w in ipairs(writes) do
+    if w[3] > 0 then
+      redis.call('SET', w[1], w[2], 'PX', w[3])
+    else
+      redis.call('SET', w[1], w[2], 'KEEPTTL')
+    end
+  end
+  if #plain > 0 then in_slices({'MSET'}, plain) end
+  for state, pairs_ in pairs(adds) do in_slices({'ZADD', STATE .. state}, pairs_) end
 end
 
 -- Set a string to value with a TTL of ttl ms, keeping a longer TTL it already has.
@@ -304,9 +444,15 @@ local function set_keeping_longer(k, value, ttl)
 end
 
 -- A record already buffered: a create replaces its fields, an update or a
--- delete merges into them; its transactions gain this one; its TTL never shortens.
+-- delete merges into them; its transactions gain this one; its TTL never
+-- shortens. A key of another type (written by hand) is replaced.
 local function merge_record(k, txid, ttl, kind, body)
-  local old = redis.call('GET', k)
+  local old = read(k)
+  local flags = FLAGS[kind]
+  if not old then
+    redis.call('SET', k, join_record(flags[1], flags[2], txid, body), 'PX', ttl)
+    return
+  end
   local keep = redis.call('PTTL', k)
   local created, deleted, txs, fields = split_record(old)
   if kind == 'create' then
@@ -318,7 +464,6 @@ local function merge_record(k, txid, ttl, kind, body)
   redis.call('SET', k, value, 'PX', math.max(ttl, keep))
 end
 
-local FLAGS = {create = {'1', '0'}, update = {'0', '0'}, delete = {'0', '1'}}
 local function write_cache(txid, ttl, at, count)
   local members, seen = {}, {}
   for i = 0, count - 1 do
@@ -337,38 +482,41 @@ local function write_cache(txid, ttl, at, count)
       members[#members + 1] = member
     end
   end
-  if #members == 0 then return end
-  -- written:<txid> holds the records' names, space-separated (no identifier has a space).
-  local written = WRITTEN .. txid
-  if redis.call('SET', written, table.concat(members, ' '), 'NX', 'PX', ttl) then return end
-  local old = redis.call('GET', written) or ''
-  for m in string.gmatch(old, '%S+') do seen[m] = nil end
-  local fresh = {}
-  for _, m in ipairs(members) do
-    if seen[m] then fresh[#fresh + 1] = m end
+  if #members > 0 then G.written[#G.written + 1] = {txid, members, ttl} end
+end
+
+-- The records a transaction wrote: those stored with its status, and those
+-- staged in this call.
+local function written_by(txid)
+  local found = {}
+  if not CLEARED[txid] then
+    local _, stored = split_status(read(STATUS .. txid))
+    for m in string.gmatch(stored, '%S+') do found[#found + 1] = m end
   end
-  if #fresh > 0 then
-    local left = redis.call('PTTL', written)
-    local merged = old .. ' ' .. table.concat(fresh, ' ')
-    if left > ttl then
-      redis.call('SET', written, merged, 'KEEPTTL')
-    else
-      redis.call('SET', written, merged, 'PX', ttl)
-    end
-  else
-    extend(written, ttl)
+  local add = WRITTEN_ADD[txid]
+  if add then for _, m in ipairs(add.list) do found[#found + 1] = m end end
+  for _, w in ipairs(G.written) do
+    if w[1] == txid then for _, m in ipairs(w[2]) do found[#found + 1] = m end end
   end
+  return found
 end
 
 local function release(txid)
+  for _, e in ipairs(G.index) do add_index(e) end
+  G.index = {}
   flush_indexes()
-  local written = WRITTEN .. txid
   local deleted, seen = 0, {}
-  for member in string.gmatch(redis.call('GET', written) or '', '%S+') do
+  local members = written_by(txid)
+  WRITTEN_ADD[txid] = nil
+  local kept = {}
+  for _, w in ipairs(G.written) do if w[1] ~= txid then kept[#kept + 1] = w end end
+  G.written = kept
+  CLEARED[txid] = true
+  for _, member in ipairs(members) do
     if not seen[member] then
       seen[member] = true
       local k = BUFFERED .. member
-      local value = redis.call('GET', k)
+      local value = read(k)
       if value then
         local created, was_deleted, txs, fields = split_record(value)
         local rest = without_tx(txs, txid)
@@ -382,10 +530,9 @@ local function release(txid)
         end
       end
       local idk = IDS .. member
-      if redis.call('GET', idk) == txid then redis.call('DEL', idk) end
+      if read(idk) == txid then redis.call('DEL', idk) end
     end
   end
-  redis.call('DEL', written)
   return deleted
 end
 
@@ -453,28 +600,106 @@ local function shape(at)
   return nil
 end
 
+-- The structures each operation writes, and their types: a key of another
+-- type (written by hand) would fail a command halfway through a group.
+local TYPES = {}
+local function wrong_type(key, want)
+  local got = TYPES[key]
+  if not got then
+    got = redis.call('TYPE', key)['ok']
+    TYPES[key] = got
+  end
+  if got == 'none' or got == want then return nil end
+  return 'key ' .. key .. ' is a ' .. got .. ', not a ' .. want
+end
+local USES = {
+  push = {{BUF, 'list'}},
+  ack = {{INF, 'hash'}, {LEASES, 'zset'}},
+  retry = {{INF, 'hash'}, {LEASES, 'zset'}, {BUF, 'list'}},
+  dead = {{INF, 'hash'}, {LEASES, 'zset'}, {LETTERS, 'hash'}, {META, 'hash'}, {ORDER, 'zset'}},
+  replay = {{LETTERS, 'hash'}, {META, 'hash'}, {ORDER, 'zset'}, {BUF, 'list'}},
+}
+
+local function index_problem(model)
+  return wrong_type(INDEX .. model, 'zset')
+end
+
 -- Check a group before writing any of it: a script cannot roll back, so a
--- group that would fail halfway is refused whole instead.
+-- group that could fail halfway is refused whole instead. Returns the
+-- problem, if any, whether the group needs new memory (it buffers), and its
+-- statuses ({transaction, state}), whose indexes are checked after.
 local function check(first, last, blob, blobs)
-  local at, used = first, 0
+  local at, used, allocates, statuses = first, 0, false, {}
   while at <= last do
     local tokens, taken = shape(at)
-    if not tokens then return 'operation ' .. tostring(T[at]) .. ' is unknown or malformed' end
+    if not tokens then
+      return 'operation ' .. tostring(T[at]) .. ' is unknown or malformed', false
+    end
+    local name = T[at]
+    local problem = nil
+    if name == 'status' then
+      statuses[#statuses + 1] = {T[at + 1], T[at + 3]}
+    elseif name == 'cache' then
+      allocates = true
+      for i = 0, tonumber(T[at + 3]) - 1 do
+        problem = problem or index_problem(T[at + 4 + 4 * i])
+      end
+    elseif name == 'release' then
+      for j = 2, tonumber(T[at + 1]) + 1 do
+        local _, stored = split_status(read(STATUS .. T[at + j]))
+        for m in string.gmatch(stored, '%S+') do
+          problem = problem or index_problem(string.sub(m, 1, string.find(m, ':', 1, true) - 1))
+        end
+      end
+    else
+      if name == 'push' then allocates = true end
+      for _, use in ipairs(USES[name]) do problem = problem or wrong_type(use[1], use[2]) end
+    end
+    if problem then return problem, false, {} end
     at = at + 1 + tokens
     used = used + taken
   end
   if at ~= last + 1 or used ~= blobs or blob + blobs - 1 > #ARGV then
-    return 'the group is malformed'
+    return 'the group is malformed', false, {}
   end
-  return nil
+  return nil, allocates, statuses
 end
 
--- Entries pushed one after another go in one LPUSH (same order as one LPUSH
--- each); anything else that touches the list first sends what is pending.
-local PUSHES = {}
-local function flush_pushes()
-  in_slices({'LPUSH', BUF}, PUSHES)
-  PUSHES = {}
+-- A status leaves the index of its stored state and joins that of its new
+-- one: both are checked, with one MGET of the stored statuses of the call.
+local function check_states(groups)
+  local ids, keys = {}, {}
+  for _, group in ipairs(groups) do
+    if not group[4] then
+      for _, s in ipairs(group[6]) do
+        ids[#ids + 1] = s[1]
+        keys[#keys + 1] = STATUS .. s[1]
+      end
+    end
+  end
+  local was = {}
+  for i = 1, #keys, 1000 do
+    local got = redis.call('MGET', unpack(keys, i, math.min(i + 999, #keys)))
+    for j = 1, #got do
+      local value = got[j]
+      STORED[ids[i + j - 1]] = value
+      if value then
+        was[ids[i + j - 1]] = string.match(string.match(value, '^[^\n]*'), '"state":"(%a+)"')
+      end
+    end
+  end
+  for _, group in ipairs(groups) do
+    if not group[4] then
+      for _, s in ipairs(group[6]) do
+        local problem = wrong_type(STATE .. s[2], 'zset')
+        if not problem and was[s[1]] then problem = wrong_type(STATE .. was[s[1]], 'zset') end
+        if problem then
+          group[4], group[5] = problem, false
+          break
+        end
+      end
+    end
+  end
 end
 
 -- Run the operations of one checked group; returns how many entries they touched.
@@ -484,7 +709,7 @@ local function run_group(first, last, b)
   while i <= last do
     local name = T[i]
     if name == 'push' then
-      PUSHES[#PUSHES + 1] = ARGV[b]
+      G.pushes[#G.pushes + 1] = ARGV[b]
       b = b + 1
       count = count + 1
       i = i + 1
@@ -531,29 +756,69 @@ local function run_group(first, last, b)
   return count
 end
 
--- A group that fails while it runs (a key of the wrong type, written by hand)
--- may be half written, but it fails alone: the groups around it still apply,
--- and what they staged is still written below.
-local results = {}
-local at, blob = 2, 3
-for g = 1, tonumber(T[1]) do
-  local tokens, blobs = tonumber(T[at]), tonumber(T[at + 1])
-  local first, last = at + 2, at + 1 + tokens
-  local problem = check(first, last, blob, blobs)
+local results, groups, any_allocates = {}, {}, false
+do
+  local at, blob = 2, 3
+  for g = 1, tonumber(T[1]) do
+    local tokens, blobs = tonumber(T[at]), tonumber(T[at + 1])
+    local first, last = at + 2, at + 1 + tokens
+    local problem, allocates, statuses = check(first, last, blob, blobs)
+    groups[g] = {first, last, blob, problem, allocates, statuses}
+    at = last + 1
+    blob = blob + blobs
+  end
+  check_states(groups)
+  for _, group in ipairs(groups) do
+    if group[5] and not group[4] then any_allocates = true end
+  end
+end
+
+-- A full Redis (maxmemory under noeviction) refuses a script's first write
+-- if that write could grow memory, and nothing after a write that did not.
+-- So a call that buffers takes its sequence numbers first: if Redis refuses
+-- them, nothing is written yet and the groups that buffer are refused whole.
+-- Every other group frees (acks, retries, dead letters, releases): pruning
+-- the expired entries of the terminal indexes comes first, a write that
+-- frees, so that what they must write after it (a status, a dead letter) is
+-- allowed and the drain never stalls on a full buffer.
+local FULL = nil
+if any_allocates then
+  local got = redis.pcall('INCRBY', SEQ, SEQ_BUDGET)
+  if type(got) == 'table' then
+    local err = got['err'] or 'an error'
+    if string.find(err, 'OOM', 1, true) then
+      FULL = err
+    else
+      for g = 1, #groups do results[g] = 'error: the counter ' .. SEQ .. ' is unusable: ' .. err end
+      return results
+    end
+  else
+    SEQ_NEXT, SEQ_LEFT = got - SEQ_BUDGET, SEQ_BUDGET
+  end
+end
+if FULL or not any_allocates then prune_terminal() end
+
+-- A group that fails while it runs despite its check (it should not) fails
+-- alone: what it staged is dropped, and the groups around it still apply.
+for g, group in ipairs(groups) do
+  local first, last, blob, problem, allocates = group[1], group[2], group[3], group[4], group[5]
   if problem then
     results[g] = 'error: ' .. problem
+  elseif allocates and FULL then
+    results[g] = 'full: ' .. FULL
   else
+    G = new_stage()
     local ok, outcome = pcall(run_group, first, last, blob)
     if ok then
+      commit_stage(G)
       results[g] = outcome
     else
       if type(outcome) == 'table' then outcome = outcome.err or 'an error' end
       results[g] = 'failed: ' .. tostring(outcome)
     end
   end
-  at = last + 1
-  blob = blob + blobs
 end
+G = new_stage()
 flush_pushes()
 flush_statuses()
 flush_indexes()
@@ -664,9 +929,38 @@ STATUS_COUNTS = (
     _PRELUDE
     + """
 prune_terminal()
+-- Each look also checks a slice of each index against the statuses, from a
+-- cursor that goes round: an entry whose status is gone or elsewhere (a key
+-- deleted by hand) is dropped, so that no ghost is counted for long.
+local SLICE = 500
 local out = {}
 for i = 2, #ARGV do
-  out[#out + 1] = redis.call('ZCARD', STATE .. ARGV[i])
+  local state = ARGV[i]
+  local index = STATE .. state
+  local size = redis.call('ZCARD', index)
+  if size > 0 then
+    local from = tonumber(redis.call('HGET', RECONCILE, state) or '0') or 0
+    if from >= size then from = 0 end
+    local members = redis.call('ZRANGE', index, from, from + SLICE - 1)
+    local keys = {}
+    for j, m in ipairs(members) do
+      if state == 'committed' then m = string.sub(m, 9) end
+      keys[j] = STATUS .. m
+    end
+    local got = redis.call('MGET', unpack(keys))
+    local ghosts = {}
+    for j = 1, #members do
+      local value = got[j]
+      local json = value and string.match(value, '^[^\\n]*') or ''
+      if string.match(json, '"state":"(%a+)"') ~= state then ghosts[#ghosts + 1] = members[j] end
+    end
+    if #ghosts > 0 then
+      in_slices({'ZREM', index}, ghosts)
+      size = size - #ghosts
+    end
+    redis.call('HSET', RECONCILE, state, from + #members - #ghosts)
+  end
+  out[#out + 1] = size
 end
 return out
 """
@@ -674,15 +968,17 @@ return out
 
 CACHE_EXTEND = (
     _PRELUDE
+    + _STATUS_VALUES
     + """
 local ttl = tonumber(ARGV[2])
 local n = 0
 local models = {}
 for i = 3, #ARGV do
   local txid = ARGV[i]
-  local written = WRITTEN .. txid
+  local skey = STATUS .. txid
+  local _, members = split_status(read(skey))
   local seen = {}
-  for member in string.gmatch(redis.call('GET', written) or '', '%S+') do
+  for member in string.gmatch(members, '%S+') do
     if not seen[member] then
       seen[member] = true
       local k = BUFFERED .. member
@@ -692,10 +988,12 @@ for i = 3, #ARGV do
         models[string.sub(member, 1, sep - 1)] = true
       end
       local idk = IDS .. member
-      if redis.call('GET', idk) == txid then extend(idk, ttl) end
+      if read(idk) == txid then extend(idk, ttl) end
     end
   end
-  extend(written, ttl)
+  -- Only a key that has a TTL (records without a status, or a finished
+  -- status): an unfinished status keeps none.
+  redis.call('PEXPIRE', skey, ttl, 'GT')
 end
 for model, _ in pairs(models) do extend(INDEX .. model, ttl) end
 return n
@@ -726,7 +1024,42 @@ LEASE_ACQUIRE = (
     + """
 local holder = redis.call('GET', LEASE)
 if holder and holder ~= ARGV[2] then return 0 end
+-- Delete, then set: a write that frees first lets a full Redis accept the SET.
+redis.call('DEL', LEASE)
 redis.call('SET', LEASE, ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+)
+
+REFUSES_WRITES = (
+    _PRELUDE
+    + """
+-- Whether Redis would refuse a write that grows memory now (a full Redis
+-- under noeviction): INCRBY 0 is such a write, and changes nothing.
+local got = redis.pcall('INCRBY', SEQ, 0)
+if type(got) == 'table' then return got['err'] or 'refused' end
+return ''
+"""
+)
+
+STAMP_BUFFER = (
+    _PRELUDE
+    + """
+-- Set the buffer's marker (ARGV[3] '1': even over another). Delete, then
+-- set: a write that frees first lets a full Redis accept the SET.
+if ARGV[3] ~= '1' and redis.call('EXISTS', EPOCH) == 1 then return 0 end
+redis.call('DEL', EPOCH)
+redis.call('SET', EPOCH, ARGV[2])
+return 1
+"""
+)
+
+PUBLISH_REPORT = (
+    _PRELUDE
+    + """
+-- Delete, then set: a write that frees first lets a full Redis accept the SET.
+redis.call('DEL', PROCESSOR)
+redis.call('SET', PROCESSOR, ARGV[2], 'PX', ARGV[3])
 return 1
 """
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -131,12 +132,12 @@ async def test_a_failure_inside_the_buffering_group_leaves_no_key(
 
 
 async def test_key_hygiene_over_a_full_life(client: aioredis.Redis, backend: RedisBackend) -> None:
-    manager = TransactionManager(backend, status_ttl=1.0, cache_ttl=1.0)
+    manager = TransactionManager(backend, status_ttl=1.0, cache_ttl=30.0)
     tx, obs_id = observation(1)
     await manager.buffer(tx)
     bounded = backend.keys.bounded()
     during = await site_keys(client, backend)
-    assert any(obs_id in key for key in during)
+    assert any(obs_id in key for key in during), (obs_id, during)
     assert await untracked(backend, during) == []
     (delivery,) = await manager.claim(1, 30)
     await manager.committed([delivery], None)
@@ -182,6 +183,60 @@ async def test_bad_data_in_the_queue_is_dead_lettered_raw(
     assert "unreadable entry" in letter.reason
     raw = await client.hget(backend.keys.letters, letter.letter_id)
     assert raw == junk  # the bytes exactly as they were
+
+
+async def test_each_unreadable_entry_is_logged_with_its_letter_id_and_counted(
+    client: aioredis.Redis, backend: RedisBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = TransactionManager(backend)
+    await client.lpush(backend.keys.buffer, b"not json", b"{}")
+    with caplog.at_level(logging.ERROR, logger="ccat_buffering.manager"):
+        assert await manager.claim(10, 30) == []
+    letters = {letter.letter_id for letter in await backend.dead_letters.list()}
+    logged = [r.getMessage() for r in caplog.records if "dead-lettered entry" in r.getMessage()]
+    assert len(logged) == 2 and all(any(lid in m for lid in letters) for m in logged)
+    assert manager.unreadable == 2
+
+
+async def test_the_size_limit_holds_at_drain_too(
+    client: aioredis.Redis, backend: RedisBackend
+) -> None:
+    # Built by name, so that nothing checks the name's length before the drain.
+    builder = TransactionBuilder("big")
+    builder.create("RawDataPackage", {"executed_obs_unit_id": "o", "name": "x" * 5_000})
+    big = builder.build()
+    small, _ = observation(2)
+    await TransactionManager(backend, max_payload_bytes=None).buffer(big)  # a laxer writer
+    manager = TransactionManager(backend, max_payload_bytes=2_000)
+    await manager.buffer(small)
+    deliveries = await manager.claim(10, 30)
+    assert [d.transaction_id for d in deliveries] == [small.transaction_id]
+    letter = await backend.dead_letters.get(big.transaction_id)
+    assert letter is not None and "over the limit of 2000" in letter.reason
+    status = await backend.status.get(big.transaction_id)
+    assert status is not None and status.state is TransactionState.FAILED
+    assert await backend.cache.list("RawDataPackage") != []  # the small one's
+    assert all(
+        r.transaction_ids != (big.transaction_id,)
+        for r in await backend.cache.list("RawDataPackage")
+    )
+    assert manager.unreadable == 1
+
+
+async def test_a_status_key_deleted_by_hand_leaves_no_ghost_in_the_counts(
+    client: aioredis.Redis, backend: RedisBackend
+) -> None:
+    manager = TransactionManager(backend)
+    txs = [observation(i)[0] for i in range(3)]
+    for tx in txs:
+        await manager.buffer(tx)
+    await client.delete(backend.keys.status(txs[1].transaction_id))
+    counts = await backend.status.counts()
+    assert counts[TransactionState.BUFFERED] == 2
+    assert await backend.status.ids(TransactionState.BUFFERED) == [
+        txs[0].transaction_id,
+        txs[2].transaction_id,
+    ]
 
 
 async def test_from_url_owns_its_client_and_masks_the_password(client: aioredis.Redis) -> None:
@@ -247,7 +302,7 @@ async def test_a_malformed_group_is_refused_whole_and_alone(
     assert isinstance(results[1], BackendError) and "malformed" in str(results[1])
     # The refused group's entry is not written; the next group's blobs still line up.
     assert await client.lrange(backend.keys.buffer, 0, -1) == [b"entry-3", b"entry-1"]
-    assert not await client.exists(backend.keys.buffered("M", "r1"), backend.keys.written("t1"))
+    assert not await client.exists(backend.keys.buffered("M", "r1"), backend.keys.status("t1"))
 
 
 async def test_concurrent_callers_are_coalesced_yet_each_applies_whole(
@@ -381,44 +436,73 @@ def test_the_compression_parameter_is_taken_off_the_url_and_nothing_else(
     assert _take_compression(url) == (rest, compression)
 
 
-async def test_a_group_that_fails_while_running_fails_alone(
+def _buffering_group(tx: Transaction) -> list[Op]:
+    batch = RedisWriteBatch()
+    batch.push(tx.to_json())
+    batch.put_status(TransactionStatus(transaction_id=tx.transaction_id, state="buffered"), 60)
+    batch.write_cache(tx.transaction_id, cache_writes(tx), 60)
+    return batch.ops
+
+
+async def test_a_record_key_of_the_wrong_type_is_replaced_and_the_group_applies_whole(
     client: aioredis.Redis, backend: RedisBackend
 ) -> None:
-    # A key of the wrong type, as a hand-written key would be: merging into it fails.
+    # A hand-written key where a record goes: it is replaced, not merged into.
     await client.hset(backend.keys.buffered("M", "r1"), "a", "1")
-    before = observation(1)[0]
-    after = observation(2)[0]
+    before, after = observation(1)[0], observation(2)[0]
+    odd = RedisWriteBatch()
+    odd.push("entry-of-the-odd-group")
+    odd.put_status(TransactionStatus(transaction_id="t-odd", state="buffered"), 60)
+    odd.write_cache("t-odd", [CacheWrite("M", "r1", CacheKind.UPDATE, {"a": 2})], 60)
+    results = await backend._apply_groups(
+        [_buffering_group(before), odd.ops, _buffering_group(after)]
+    )
+    assert results == [1, 1, 1]
+    record = await backend.cache.get("M", "r1")
+    assert record is not None and record.fields == {"a": 2}
+    assert record.transaction_ids == ("t-odd",)
+    assert await client.llen(backend.keys.buffer) == 3
 
-    def group(tx: Transaction) -> list[Op]:
-        batch = RedisWriteBatch()
-        batch.push(tx.to_json())
-        batch.put_status(TransactionStatus(transaction_id=tx.transaction_id, state="buffered"), 60)
-        batch.write_cache(tx.transaction_id, cache_writes(tx), 60)
-        return batch.ops
 
+@pytest.mark.parametrize("structure", ["index", "state", "buffer"])
+async def test_a_structure_of_the_wrong_type_refuses_its_group_whole_and_alone(
+    client: aioredis.Redis, backend: RedisBackend, structure: str
+) -> None:
+    before, after = observation(1)[0], observation(2)[0]
     bad = RedisWriteBatch()
-    bad.push("entry-of-the-bad-group")
-    bad.write_cache("t-bad", [CacheWrite("M", "r1", CacheKind.UPDATE, {"a": 2})], 60)
-    results = await backend._apply_groups([group(before), bad.ops, group(after)])
-    assert isinstance(results[1], BackendError) and "failed partway" in str(results[1])
-    assert "WRONGTYPE" in str(results[1])
-    assert results[0] == 1 and results[2] == 1
-    # Both groups around it apply whole: entries, statuses, caches and indexes. The
-    # failed group got as far as it got (its entry was staged before the failure).
-    stored = await client.lrange(backend.keys.buffer, 0, -1)
-    assert stored == [
-        after.to_json().encode(),
-        b"entry-of-the-bad-group",
-        before.to_json().encode(),
-    ]
-    for tx in (before, after):
-        status = await backend.status.get(tx.transaction_id)
-        assert status is not None and status.state is TransactionState.BUFFERED
-    assert len(await backend.cache.list("ExecutedObsUnit")) == 2
-    assert await backend.status.counts() == {
-        **dict.fromkeys(TransactionState, 0),
-        TransactionState.BUFFERED: 2,
-    }
+    if structure == "index":
+        await client.set(backend.keys.index("Broken"), "by hand")
+        bad.push("entry-of-the-bad-group")
+        bad.put_status(TransactionStatus(transaction_id="t-bad", state="buffered"), 60)
+        bad.write_cache("t-bad", [CacheWrite("Broken", "r1", CacheKind.CREATE, {"a": 2})], 60)
+        groups = [_buffering_group(before), bad.ops, _buffering_group(after)]
+    elif structure == "state":
+        await client.set(backend.keys.state(TransactionState.RETRYING), "by hand")
+        bad.put_status(TransactionStatus(transaction_id="t-bad", state="retrying"), 60)
+        groups = [_buffering_group(before), bad.ops, _buffering_group(after)]
+    else:
+        await client.set(backend.keys.buffer, "by hand")
+        bad.push("entry-of-the-bad-group")
+        groups = [bad.ops]
+    results = await backend._apply_groups(groups)
+    refused = [r for r in results if isinstance(r, BackendError)]
+    assert len(refused) == 1 and "is a string, not a" in str(refused[0])
+    assert await backend.status.get("t-bad") is None
+    assert await backend.cache.get("Broken", "r1") is None
+    if structure == "state":
+        # A status that leaves a broken index is refused too.
+        await client.delete(backend.keys.state(TransactionState.RETRYING))
+        await backend.status.put(TransactionStatus(transaction_id="t-odd", state="retrying"), 60)
+        await client.set(backend.keys.state(TransactionState.RETRYING), "by hand")
+        leaving = RedisWriteBatch()
+        leaving.put_status(TransactionStatus(transaction_id="t-odd", state="buffered"), 60)
+        (result,) = await backend._apply_groups([leaving.ops])
+        assert isinstance(result, BackendError) and "state:retrying" in str(result)
+    if structure != "buffer":
+        assert results[0] == 1 and results[2] == 1
+        stored = await client.lrange(backend.keys.buffer, 0, -1)
+        assert stored == [after.to_json().encode(), before.to_json().encode()]
+        assert len(await backend.cache.list("ExecutedObsUnit")) == 2
 
 
 async def test_compression_needs_a_client_that_returns_bytes() -> None:

@@ -1,10 +1,13 @@
 """The site the operator commands look at: the buffer, and the replica only if set.
 
 ``status``, ``inspect``, ``dlq`` and ``keys`` read the backend's stores; none
-of them writes to the main database, so none of them opens it (a default
-SQLite URL once made every one of them fail on a machine without aiosqlite).
-Only a configured replica is opened, by ``status``, to ask how far it has
-replayed.
+of them writes transactions to the main database (a default SQLite URL once
+made every one of them fail on a machine without aiosqlite). A configured
+replica is opened by ``status``, to ask how far it has replayed; a configured
+main database is opened by ``status`` and ``inspect`` only to compare the
+buffer with what it remembers of it (:mod:`ccat_buffering.buffer_loss`), since
+Redis cannot tell that it forgot. Without ``database_url`` that check is
+skipped, and said so.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ from typing import Self
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ccat_buffering._settings_checks import check_driver
 from ccat_buffering.backends import open_backend
+from ccat_buffering.buffer_loss import BufferLoss, BufferWatch
+from ccat_buffering.errors import ConfigurationError
 from ccat_buffering.executor import create_engine
 from ccat_buffering.health import Health, collect
 from ccat_buffering.manager import TransactionManager
@@ -43,14 +49,22 @@ class OperatorSite:
         settings: The site's settings.
         backend: The site's stores (owned: closed on exit).
         replica: The replica, if the settings name one (owned).
+        database: The main database, if the settings name one (owned), for the
+            buffer-loss check.
     """
 
     def __init__(
-        self, settings: BufferingSettings, backend: Backend, replica: AsyncEngine | None = None
+        self,
+        settings: BufferingSettings,
+        backend: Backend,
+        replica: AsyncEngine | None = None,
+        database: AsyncEngine | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
         self._replica = replica
+        self._database = database
+        self.watch = None if database is None else BufferWatch(database, backend)
         self.manager = TransactionManager(
             backend,
             retry_policy=RetryPolicy(
@@ -72,9 +86,28 @@ class OperatorSite:
             timeout=settings.replication_timeout,
         )
 
-    async def health(self, *, audit: bool = True) -> Health:
+    async def health(self, *, audit: bool = False) -> Health:
         """The site's health, as the draining worker published it."""
-        return await collect(self.settings, self.backend, None, self.tracker, audit=audit)
+        return await collect(
+            self.settings, self.backend, None, self.tracker, audit=audit, watch=self.watch
+        )
+
+    async def buffer_losses(self) -> list[BufferLoss]:
+        """Losses of buffered state not yet acknowledged (none known without the database)."""
+        return [] if self.watch is None else await self.watch.check(record=False)
+
+    async def acknowledge_losses(self) -> int:
+        """Mark the recorded losses as seen; returns how many there were.
+
+        Raises:
+            ConfigurationError: No ``database_url``: losses are recorded there.
+        """
+        if self.watch is None:
+            raise ConfigurationError(
+                "acknowledging losses needs the main database, where they are recorded: "
+                "set CCAT_BUFFERING_DATABASE_URL or pass --database-url"
+            )
+        return await self.watch.acknowledge()
 
     async def status(self, transaction_id: str) -> TransactionStatus | None:
         """A transaction's status, or ``None``."""
@@ -87,11 +120,14 @@ class OperatorSite:
     async def __aexit__(self, *exc_info: object) -> None:
         """Close the backend and the replica."""
         await self.backend.aclose()
-        if self._replica is not None:
-            await self._replica.dispose()
+        for engine in (self._replica, self._database):
+            if engine is not None:
+                await engine.dispose()
 
 
-def open_site(settings: BufferingSettings, *, replica: bool = False) -> OperatorSite:
+def open_site(
+    settings: BufferingSettings, *, replica: bool = False, database: bool = False
+) -> OperatorSite:
     """Open the site's backend (and its replica when asked and configured).
 
     Tests replace this to hand the commands a prepared site.
@@ -99,10 +135,21 @@ def open_site(settings: BufferingSettings, *, replica: bool = False) -> Operator
     Args:
         settings: The site's settings.
         replica: Open the replica too (``status`` asks it about pending commits).
+        database: Open the main database too, when the settings name one and its
+            driver is installed, to check the buffer for lost state.
     """
     engine = None
     if replica and settings.replica_url:
         engine = create_engine(settings.require_url("replica_url"))
-    return OperatorSite(
-        settings, open_backend(settings.backend_url, site=settings.site_name), engine
+    main = None
+    if database and settings.database_url and settings.site_type == "secondary":
+        try:
+            check_driver("database_url", settings.database_url)
+        except ConfigurationError:
+            pass  # the loss check is skipped; nothing else here needs the database
+        else:
+            main = create_engine(settings.database_url)
+    backend = open_backend(
+        settings.backend_url, site=settings.site_name, **settings.backend_options()
     )
+    return OperatorSite(settings, backend, engine, main)

@@ -53,6 +53,23 @@ def _section(title: str, rows: list[tuple[str, Any]]) -> Table:
     return table
 
 
+def _memory_rows(health: Health) -> list[tuple[str, Any]]:
+    memory = health.buffer.memory
+    if memory is None:
+        return []
+    limit = "unlimited" if memory.limit_bytes is None else f"{memory.limit_bytes / 2**20:,.1f} MiB"
+    rows: list[tuple[str, Any]] = [
+        ("memory", f"{memory.used_bytes / 2**20:,.1f} MiB of {limit} ({memory.policy or '?'})"),
+    ]
+    if memory.bytes_per_transaction is not None:
+        rows.append(("per transaction", f"{memory.bytes_per_transaction:,.0f} B (measured)"))
+    if memory.buffering_per_second is not None:
+        rows.append(("buffering", f"{memory.buffering_per_second:,.2f} tx/s lately"))
+    if memory.full_in_seconds is not None:
+        rows.append(("full in", _seconds(memory.full_in_seconds) + " at that rate"))
+    return rows
+
+
 def render(health: Health) -> Group:
     """The health as rich tables, for a terminal."""
     buffer, worker, replication = health.buffer, health.processor, health.replication
@@ -67,6 +84,7 @@ def render(health: Health) -> Group:
                 ("dead letters", buffer.dead_letters),
                 ("oldest waiting", _seconds(buffer.oldest_waiting_seconds)),
                 ("statuses", ", ".join(f"{k} {v}" for k, v in health.states.items() if v) or "-"),
+                *_memory_rows(health),
             ],
         ),
         _section(
@@ -117,7 +135,17 @@ def status_command(
         float,
         typer.Option(min=MIN_INTERVAL, metavar="SECONDS", help="Seconds between refreshes."),
     ] = 2.0,
-    audit: Annotated[bool, typer.Option(help="Look for keys without a TTL.")] = True,
+    audit: Annotated[
+        bool,
+        typer.Option(help="Also look for keys without a TTL (scans every key: slow when large)."),
+    ] = False,
+    acknowledge_loss: Annotated[
+        bool,
+        typer.Option(
+            "--acknowledge-loss",
+            help="Mark the recorded losses of buffered state as seen (after resubmitting).",
+        ),
+    ] = False,
 ) -> None:
     """Show the site: buffer, processor, replication and warnings; exit 1 on warnings.
 
@@ -126,24 +154,32 @@ def status_command(
     one JSON document per line (NDJSON) with --json.
     """
     json_output = current().as_json
-    site = _operator.open_site(settings_for(models), replica=True)
+    site = _operator.open_site(settings_for(models), replica=True, database=True)
+    acknowledging = [acknowledge_loss]
+
+    async def once() -> Health:
+        if acknowledging[0]:
+            acknowledging[0] = False
+            count = await site.acknowledge_losses()
+            Console(stderr=True).print(f"acknowledged {count} loss(es) of buffered state")
+        return await site.health(audit=audit)
 
     async def watching() -> None:
         async with site:
             console = common.console()
             if json_output or not console.is_terminal:
                 while True:
-                    health = await site.health(audit=audit)
+                    health = await once()
                     if json_output:
                         emit_json(as_json(health))
                     else:
                         _render_loop_pipe(health, console)
                     await asyncio.sleep(interval)
-            first = await site.health(audit=audit)
+            first = await once()
             with Live(render(first), console=console, auto_refresh=False) as live:
                 while True:
                     await asyncio.sleep(interval)
-                    live.update(render(await site.health(audit=audit)), refresh=True)
+                    live.update(render(await once()), refresh=True)
 
     if watch:
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the watch
@@ -152,7 +188,7 @@ def status_command(
 
     async def single() -> Health:
         async with site:
-            return await site.health(audit=audit)
+            return await once()
 
     health = asyncio.run(single())
     if json_output:
@@ -189,7 +225,8 @@ async def _inspect(site: OperatorSite, transaction_id: str) -> dict[str, Any] | 
         for info in await backend.transaction_keys(transaction_id, records):
             keys.append({"key": info.key, "kind": info.kind, "ttl_seconds": info.ttl_seconds})
     letter = await backend.dead_letters.get(transaction_id)
-    if status is None and payload is None and letter is None:
+    losses = [loss.describe() for loss in await site.buffer_losses()]
+    if status is None and payload is None and letter is None and not losses:
         return None
     history = []
     if status is not None:
@@ -208,6 +245,8 @@ async def _inspect(site: OperatorSite, transaction_id: str) -> dict[str, Any] | 
         else {"reason": letter.reason, "dead_lettered_at": _iso(letter.dead_lettered_at)},
         "payload": None if payload is None else json.loads(payload),
         "keys": keys,
+        # The buffer forgot what it held: an unknown or unfinished transaction may be among it.
+        "buffer_losses": losses,
     }
 
 
@@ -221,7 +260,7 @@ def inspect_command(
     Exits 1 when the site knows nothing of the transaction.
     """
     settings = settings_for(models)
-    site = _operator.open_site(settings)
+    site = _operator.open_site(settings, database=True)
 
     async def run() -> dict[str, Any] | None:
         async with site:
@@ -258,3 +297,5 @@ def inspect_command(
         console.print(f"  {key['kind']:<8} {ttl:>9}  {escape(key['key'])}", soft_wrap=True)
     if found["payload"] is not None:
         console.print_json(json.dumps(found["payload"]))
+    for loss in found["buffer_losses"]:
+        console.print(f"[yellow]{escape(loss)}[/yellow]")
