@@ -41,64 +41,69 @@ class Plan:
 Position = tuple[int, int]
 """(step number in the batch, record number in the step): the order of one by one."""
 
-
-def _key(step: Step, record: dict[str, Any]) -> tuple[str, tuple[Any, ...]] | None:
-    if any(name not in record for name in step.key_fields):
-        return None
-    return step.model, tuple(record[name] for name in step.key_fields)
+Columns = tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class _ForeignKey:
-    """A foreign key of a model, by attribute names, to another registered model."""
+class _Schema:
+    """The registry's tables as the plan checks them: by table and column name.
 
-    fields: tuple[str, ...]
-    target: str
-    target_fields: tuple[str, ...]
+    Column names, not attribute names, because two mapped classes may share a
+    table (single-table inheritance) under different attributes.
+    """
 
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self._tables: dict[str, Table | None] = {}
+        self._names: dict[str, dict[str, str]] = {}
+        self.referenced: dict[Table, set[str]] = {}
+        self.foreign: dict[Table, list[tuple[Columns, Table, Columns]]] = {}
+        for name in registry:
+            table = self.table(name)
+            if table is None or table in self.foreign:
+                continue
+            self.foreign[table] = []
+            for constraint in table.foreign_key_constraints:
+                target = constraint.referred_table
+                local = tuple(c.name for c in constraint.columns)
+                remote = tuple(e.column.name for e in constraint.elements)
+                self.foreign[table].append((local, target, remote))
+                self.referenced.setdefault(target, set()).update(remote)
 
-def _foreign_keys(registry: ModelRegistry, model: str) -> list[_ForeignKey]:
-    mapper = registry.mapper(model)
-    table = mapper.local_table
-    by_table = {registry.mapper(name).local_table: name for name in registry}
-    keys = []
-    for constraint in getattr(table, "foreign_key_constraints", ()):
-        target_table = constraint.referred_table
-        target = by_table.get(target_table)
-        if target is None:
-            continue
-        target_mapper = registry.mapper(target)
-        keys.append(
-            _ForeignKey(
-                tuple(mapper.get_property_by_column(c).key for c in constraint.columns),
-                target,
-                tuple(
-                    target_mapper.get_property_by_column(e.column).key for e in constraint.elements
-                ),
-            )
-        )
-    return keys
+    def table(self, model: str) -> Table | None:
+        if model not in self._tables:
+            table = self.registry.mapper(model).local_table
+            self._tables[model] = table if isinstance(table, Table) else None
+        return self._tables[model]
+
+    def row(self, model: str, record: dict[str, Any]) -> dict[str, Any]:
+        """``record`` by column name."""
+        names = self._names.get(model)
+        if names is None:
+            mapper = self.registry.mapper(model)
+            names = self._names[model] = {a.key: a.columns[0].name for a in mapper.column_attrs}
+        return {names.get(k, k): v for k, v in record.items()}
+
+    def key_columns(self, model: str) -> Columns:
+        return tuple(c.name for c in self.registry.mapper(model).primary_key)
 
 
 class _Created:
-    """Where in the batch each created row first appears, by any tuple of its fields."""
+    """Where in the batch each created row first appears, by any tuple of its columns."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, list[tuple[Position, dict[str, Any]]]] = {}
-        self._index: dict[tuple[str, tuple[str, ...]], dict[tuple[Any, ...], Position]] = {}
+        self.rows: dict[Table, list[tuple[Position, dict[str, Any]]]] = {}
+        self._index: dict[tuple[Table, Columns], dict[tuple[Any, ...], Position]] = {}
 
-    def add(self, model: str, position: Position, record: dict[str, Any]) -> None:
-        self.rows.setdefault(model, []).append((position, record))
+    def add(self, table: Table, position: Position, row: dict[str, Any]) -> None:
+        self.rows.setdefault(table, []).append((position, row))
 
-    def first(
-        self, model: str, fields: tuple[str, ...], values: tuple[Any, ...]
-    ) -> Position | None:
-        index = self._index.get((model, fields))
+    def first(self, table: Table, columns: Columns, values: tuple[Any, ...]) -> Position | None:
+        index = self._index.get((table, columns))
         if index is None:
-            index = self._index[(model, fields)] = {}
-            for position, record in self.rows.get(model, ()):
-                if all(f in record for f in fields):
-                    index.setdefault(tuple(record[f] for f in fields), position)
+            index = self._index[(table, columns)] = {}
+            for position, row in self.rows.get(table, ()):
+                if all(c in row for c in columns):
+                    index.setdefault(tuple(row[c] for c in columns), position)
         return index.get(values)
 
 
@@ -111,77 +116,77 @@ def plan(transactions: Sequence[Transaction], registry: ModelRegistry) -> Plan |
 
     Returns:
         The plan, or ``None`` for a batch with deletes, references, an update
-        of a record that a later step creates, a foreign key to a row that a
-        later step creates, or tables in a cycle.
+        of a row that a later step creates, an update of a key or of a column
+        a foreign key refers to (a cascade would reach rows inserted earlier
+        in the plan than in order), a foreign key to a row that a later step
+        creates, two classes created in one table, or tables in a cycle.
     """
+    schema = _Schema(registry)
     created = _Created()
+    models: dict[Table, str] = {}
+    inserts: dict[str, list[dict[str, Any]]] = {}
     updates: list[tuple[Position, Step, dict[str, Any]]] = []
-    number = 0
-    for tx in transactions:
-        for step in tx.steps:
-            if step.operation not in _GROUPABLE or step.refs():
-                return None
-            records = step.records or [step.data or {}]
-            if step.operation in (Operation.CREATE, Operation.BULK_CREATE):
-                for i, record in enumerate(records):
-                    created.add(step.model, (number, i), dict(record))
-            else:
-                updates.append(
-                    (
-                        (number, 0),
-                        step,
-                        {**(step.key or {}), **(step.data or {})},
-                    )
-                )
-                if step.records is not None:
-                    updates.pop()
-                    updates.extend(((number, i), step, r) for i, r in enumerate(step.records))
-            number += 1
-    fks = {
-        model: _foreign_keys(registry, model)
-        for model in {*created.rows, *(s.model for _, s, _ in updates)}
-    }
-    for position, step, record in updates:
-        key = _key(step, record)
-        if key is None:
+    steps: list[Step] = []
+    for number, step in enumerate(s for tx in transactions for s in tx.steps):
+        table = schema.table(step.model)
+        if step.operation not in _GROUPABLE or step.refs() or table is None:
             return None
-        made = created.first(step.model, step.key_fields, key[1])
+        if step.operation in (Operation.CREATE, Operation.BULK_CREATE):
+            if models.setdefault(table, step.model) != step.model:
+                return None  # two classes of one table: their rows' order matters
+            for i, record in enumerate(step.records or [step.data or {}]):
+                inserts.setdefault(step.model, []).append(dict(record))
+                created.add(table, (number, i), schema.row(step.model, record))
+            continue
+        steps.append(step)
+        key_columns = schema.key_columns(step.model)
+        referenced = schema.referenced.get(table, set()) | set(key_columns)
+        if step.operation is Operation.UPDATE:
+            changed = set(schema.row(step.model, step.data or {}))
+            records = [{**(step.key or {}), **(step.data or {})}]
+        else:
+            records = step.records or []
+            changed = {c for r in records for c in schema.row(step.model, r)} - set(key_columns)
+        if changed & referenced:
+            return None  # a new key, or a cascade, would reach rows the plan moved
+        for i, record in enumerate(records):
+            row = schema.row(step.model, record)
+            if any(c not in row for c in key_columns):
+                return None
+            updates.append(((number, i), step, row))
+    for position, step, row in updates:
+        table = schema.table(step.model)
+        assert table is not None
+        key_columns = schema.key_columns(step.model)
+        made = created.first(table, key_columns, tuple(row[c] for c in key_columns))
         if made is not None and made > position:
             return None  # it would find a row that, in order, does not exist yet
-        if not _targets_exist_before(fks[step.model], record, position, created):
-            return None
-    for model, rows in created.rows.items():
-        for position, record in rows:
-            if not _targets_exist_before(fks[model], record, position, created):
+    for table, rows in created.rows.items():
+        for position, row in rows:
+            if not _targets_exist_before(schema, table, row, position, created):
                 return None
-    tables: dict[Table, str] = {}
-    for name in created.rows:
-        table = registry.mapper(name).local_table
-        if not isinstance(table, Table):
+    for position, step, row in updates:
+        table = schema.table(step.model)
+        assert table is not None
+        if not _targets_exist_before(schema, table, row, position, created):
             return None
-        tables[table] = name
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         try:
-            ordered = sort_tables(tables)
+            ordered = sort_tables(models)
         except Exception:
             return None  # a cycle: only the original order is safe
-    inserts = [(tables[t], [r for _, r in created.rows[tables[t]]]) for t in ordered]
-    steps: list[Step] = []
-    for _, step, _ in updates:
-        if not steps or steps[-1] is not step:
-            steps.append(step)
-    return Plan(inserts, steps)
+    return Plan([(models[t], inserts[models[t]]) for t in ordered], steps)
 
 
 def _targets_exist_before(
-    fks: list[_ForeignKey], record: dict[str, Any], position: Position, created: _Created
+    schema: _Schema, table: Table, row: dict[str, Any], position: Position, created: _Created
 ) -> bool:
-    """Whether no foreign key of ``record`` points at a row the batch creates later."""
-    for fk in fks:
-        if not all(f in record and record[f] is not None for f in fk.fields):
+    """Whether no foreign key of ``row`` points at a row the batch creates later."""
+    for local, target, remote in schema.foreign.get(table, ()):
+        if not all(c in row and row[c] is not None for c in local):
             continue
-        made = created.first(fk.target, fk.target_fields, tuple(record[f] for f in fk.fields))
+        made = created.first(target, remote, tuple(row[c] for c in local))
         if made is not None and made > position:
             return False
     return True

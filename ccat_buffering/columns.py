@@ -403,6 +403,11 @@ class ModelColumns:
             write, read, expects = _rules_for(column.type)
             self.rules[attribute.key] = ColumnRule(attribute.key, column, expects, write, read)
         self.key_fields = tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key)
+        # Single-table inheritance: the class's discriminator is written with its rows.
+        self.identity: tuple[str, Any] | None = None
+        on = mapper.polymorphic_on
+        if isinstance(on, Column) and mapper.polymorphic_identity is not None:
+            self.identity = (mapper.get_property_by_column(on).key, mapper.polymorphic_identity)
         table = mapper.local_table
         self._autoincrement = getattr(table, "autoincrement_column", None)
         # Worked out once per class: every step of the model needs them.
@@ -575,6 +580,8 @@ def _record(
     columns: ModelColumns, record: Mapping[str, Any], which: str, creating: bool, where: str
 ) -> dict[str, Any]:
     values = columns.convert(record, where)
+    if creating and columns.identity is not None:
+        values.setdefault(*columns.identity)
     columns.fill_defaults(values, which, where)
     refused = columns.null_refused(values)
     if refused:

@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Iterator
+from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pg import fresh_database
-from sqlalchemy import select
+from sqlalchemy import ForeignKey, String, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import StaticPool
 
 from ccat_buffering.builder import TransactionBuilder
@@ -179,3 +181,105 @@ def test_a_batch_gives_the_outcome_of_one_by_one_on_postgresql(
             assert await apply(batch, size, postgres_url) == reference, f"size {size} differs"
 
     asyncio.run(run())
+
+
+class _Shapes(DeclarativeBase):
+    pass
+
+
+class Person(_Shapes):
+    """Single-table inheritance: two classes, one table."""
+
+    __tablename__ = "person"
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(16))
+    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "person"}  # noqa: RUF012
+
+
+class Employee(Person):
+    __mapper_args__ = {"polymorphic_identity": "employee"}  # noqa: RUF012
+
+
+class Badge(_Shapes):
+    __tablename__ = "badge"
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    person_id: Mapped[str] = mapped_column(ForeignKey("person.id"))
+
+
+class Parent(_Shapes):
+    __tablename__ = "parent"
+    code: Mapped[str] = mapped_column(String(16), primary_key=True)
+
+
+class Child(_Shapes):
+    __tablename__ = "child"
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    parent_code: Mapped[str] = mapped_column(ForeignKey("parent.code", onupdate="CASCADE"))
+
+
+SHAPES = ModelRegistry.from_base(_Shapes)
+
+
+def _tx(*steps: tuple[str, Any, Any]) -> Transaction:
+    tx = TransactionBuilder("shape")
+    for kind, model, values in steps:
+        if kind == "create":
+            tx.create(model, values)
+        else:
+            key, data = values
+            tx.update(model, key, data)
+    return tx.build()
+
+
+SEQUENCES = {
+    "two classes of one table": [
+        _tx(("create", Person, {"id": "p1", "name": "a"})),
+        _tx(("create", Employee, {"id": "e1", "name": "b"})),
+    ],
+    "a badge of an employee created later": [
+        _tx(("create", Badge, {"id": "b1", "person_id": "e1"})),
+        _tx(("create", Person, {"id": "p1", "name": "a"})),
+        _tx(("create", Employee, {"id": "e1", "name": "b"})),
+    ],
+    "a key change that cascades": [
+        _tx(("create", Parent, {"code": "p"})),
+        _tx(("update", Parent, ("p", {"code": "p2"}))),
+        _tx(("create", Child, {"id": "c", "parent_code": "p"})),
+    ],
+}
+
+
+async def _apply_shapes(batch: list[Transaction], size: int, url: str | None) -> Any:
+    engine = create_engine(url or "sqlite+aiosqlite:///:memory:", poolclass=StaticPool)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_Shapes.metadata.drop_all)
+            await conn.run_sync(ledger_metadata.drop_all)
+            await conn.run_sync(_Shapes.metadata.create_all)
+        executor = TransactionExecutor(engine, SHAPES)
+        await executor.create_ledger()
+        outcomes: list[Any] = []
+        for start in range(0, len(batch), size):
+            result = await executor.execute_batch(batch[start : start + size])
+            outcomes.extend(summary(o) for o in result.outcomes)
+        rows = []
+        async with engine.connect() as conn:
+            for table in _Shapes.metadata.sorted_tables:
+                result = await conn.execute(select(table).order_by(*table.columns))
+                rows.append([tuple(r) for r in result])
+        return outcomes, rows
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("name", SEQUENCES)
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+async def test_inheritance_and_cascades_give_the_outcome_of_one_by_one(
+    name: str, database: str
+) -> None:
+    batch = SEQUENCES[name]
+    async with AsyncExitStack() as stack:
+        url = None if database == "sqlite" else await stack.enter_async_context(fresh_database())
+        reference = await _apply_shapes(batch, 1, url)
+        assert await _apply_shapes(batch, len(batch), url) == reference
