@@ -42,20 +42,22 @@ def _check_name(name: str, what: str) -> None:
         _KNOWN_NAMES.add(name)
 
 
-_RECORD_ID = re.compile(r"[A-Za-z0-9_.,%-]{1,1024}")
+_RECORD_ID = re.compile(r"[A-Za-z0-9_.,%-]{1,4096}")
 
 
 def check_record_id(record_id: str) -> str:
     """Return ``record_id`` if it can name a cache entry (see ``manager.key_text``).
 
     Raises:
-        TransactionValidationError: Empty, over 1,024 characters, or holding a
+        TransactionValidationError: Empty, over 4,096 characters, or holding a
             character other than letters, digits, ``_``, ``.``, ``,``, ``%``, ``-``.
     """
     if not isinstance(record_id, str) or _RECORD_ID.fullmatch(record_id) is None:
+        shown = repr(record_id) if len(str(record_id)) <= 100 else f"{str(record_id)[:80]!r}..."
         raise TransactionValidationError(
-            f"record id {record_id!r} cannot name a cache entry: it must be 1 to 1,024 of "
-            "letters, digits, '_', '.', ',', '%' and '-' (manager.record_id encodes keys so)"
+            f"record id {shown} cannot name a cache entry: it must be 1 to 4,096 of "
+            "letters, digits, '_', '.', ',', '%' and '-' (manager.record_id encodes keys so; "
+            "a key's text takes up to 9 of them a character)"
         )
     return record_id
 

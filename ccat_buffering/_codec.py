@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import enum
 import uuid
 from collections.abc import Mapping
 from decimal import Decimal
@@ -20,7 +21,7 @@ __all__ = ["PLAIN_TYPES", "SUPPORTED_TYPES", "decode_value", "encode_value"]
 
 SUPPORTED_TYPES = (
     "None, bool, int, float, str, datetime, date, time, timedelta, UUID, Decimal, "
-    "bytes, list, dict with str keys"
+    "bytes, enum members (as their name), list, dict with str keys"
 )
 
 
@@ -69,6 +70,10 @@ def encode_value(value: Any, path: str = "value") -> Any:
         return {"$timedelta": [value.days, value.seconds, value.microseconds]}
     if isinstance(value, uuid.UUID):
         return {"$uuid": str(value)}
+    if isinstance(value, enum.Enum):
+        # Its name, as SQLAlchemy's Enum persists it by default and the column
+        # rules read it back (a StrEnum or IntEnum member is text or a number above).
+        return value.name
     if isinstance(value, Decimal):
         return {"$decimal": str(value)}
     if isinstance(value, bytes | bytearray | memoryview):

@@ -38,6 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import math
+import struct
 import uuid
 import weakref
 from collections.abc import Callable, Mapping
@@ -49,6 +50,7 @@ import pydantic
 from sqlalchemy import (
     ARRAY,
     JSON,
+    REAL,
     BigInteger,
     Boolean,
     Column,
@@ -137,14 +139,53 @@ def _numeric(column_type: Numeric[Any]) -> Convert:
     return convert
 
 
+def _text(text: str) -> str:
+    """Refuse what no PostgreSQL text can hold: NUL, and lone surrogates (not UTF-8)."""
+    if "\x00" in text:
+        raise _Refused("it holds a NUL character, which PostgreSQL text cannot hold")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise _Refused("it holds a lone surrogate, which is not UTF-8") from None
+    return text
+
+
 def _string(length: int | None) -> Convert:
     def convert(value: Any) -> Any:
-        text = _lax(str, value)
+        text = _text(_lax(str, value))
         if length is not None and len(text) > length:
             raise _Refused(f"{len(text)} characters, longer than the column's {length}")
         return text
 
     return convert
+
+
+def _float(single: bool) -> Convert:
+    def convert(value: Any) -> Any:
+        number = _lax(float, value)
+        if not math.isfinite(number):
+            # SQLite stores NaN as NULL: refused on every database alike.
+            raise _Refused("not a finite number")
+        if single:
+            # A REAL column keeps single precision: buffer what it will hold.
+            number = struct.unpack("f", struct.pack("f", number))[0]
+        return number
+
+    return convert
+
+
+def _date(value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise _Refused("a number is not a date: give '2026-12-01' or a date")
+    return _lax(dt.date, value)
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("P"):
+        days, _, _ = value.partition("T")
+        if "Y" in days or "M" in days:
+            raise _Refused("years and months have no fixed length: give days, hours, ...")
+    return _lax(dt.timedelta, value)
 
 
 def _datetime(aware: bool) -> Convert:
@@ -211,20 +252,22 @@ def _read_uuid(value: Any) -> Any:
 
 
 def _json_data(value: Any, where: str = "") -> Any:
-    if value is None or type(value) in (str, bool, int):
+    if value is None or type(value) in (bool, int):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
             raise _Refused(f"{where or 'the value'} is {value!r}, which JSON cannot hold")
         return value
-    if isinstance(value, bool | int | str):
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, bool | int):
         return value
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise _Refused(f"mapping key {key!r} is not text, which JSON needs")
-            out[key] = _json_data(item, f"{where}.{key}" if where else key)
+            out[_text(key)] = _json_data(item, f"{where}.{key}" if where else key)
         return out
     if isinstance(value, list | tuple):
         return [_json_data(item, f"{where}[{i}]") for i, item in enumerate(value)]
@@ -301,11 +344,13 @@ def _rules_for(column_type: Any) -> tuple[Convert, Convert, str]:
     if isinstance(column_type, Time):
         return _time(bool(column_type.timezone)), _same, "a time"
     if isinstance(column_type, Date):
-        return functools.partial(_lax, dt.date), _same, "a date"
+        return _date, _same, "a date"
     if isinstance(column_type, Interval):
-        return functools.partial(_lax, dt.timedelta), _same, "a duration"
+        return _duration, _same, "a duration"
     if isinstance(column_type, Float):
-        return functools.partial(_lax, float), _same, "a number"
+        precision = column_type.precision
+        single = isinstance(column_type, REAL) or (precision is not None and precision <= 24)
+        return _float(single), _same, "a finite number"
     if isinstance(column_type, Numeric):
         if not column_type.asdecimal:
             return functools.partial(_lax, float), _same, "a number"
@@ -326,6 +371,11 @@ def _rules_for(column_type: Any) -> tuple[Convert, Convert, str]:
     except NotImplementedError:
         return _same, _same, type(column_type).__name__
     return functools.partial(_lax, python_type), _same, python_type.__name__
+
+
+def _shown(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text)} characters)"
 
 
 class _DefaultContext:
@@ -450,9 +500,9 @@ class ModelColumns:
                 continue
             try:
                 out[name] = rule.write(value)
-            except ValueError as exc:
+            except (ValueError, ArithmeticError) as exc:
                 raise TransactionValidationError(
-                    f"{where}: {self.name}.{name} = {value!r} is refused: {exc} "
+                    f"{where}: {self.name}.{name} = {_shown(value)} is refused: {exc} "
                     f"(the column expects {rule.expects})"
                 ) from None
         return out

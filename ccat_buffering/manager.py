@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from decimal import Decimal
 import logging
 import re
 import time
@@ -68,6 +69,9 @@ def key_text(value: Any) -> str:
         value = value.name
     elif isinstance(value, dt.datetime | dt.date | dt.time):
         value = value.isoformat()
+    elif isinstance(value, Decimal):
+        # One text for one number: 1.5, 1.50 and 1.5000000000 are the same key.
+        value = format(value.normalize(), "f") if value.is_finite() else str(value)
     text = value if isinstance(value, str) else str(value)
     if all(c in _KEY_SAFE for c in text):
         return text

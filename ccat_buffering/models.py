@@ -366,6 +366,9 @@ class Transaction(BaseModel):
             # pydantic wraps what a field serializer raised; give back our own error.
             message = str(exc)
             marker = "TransactionValidationError: "
+            if marker not in message and "surrogates not allowed" in message:
+                where = self._not_utf8() or "a value"
+                message = f"{where} holds a lone surrogate, which is not UTF-8"
             raise TransactionValidationError(message.split(marker, 1)[-1]) from None
         # A character is at most 4 bytes: encode only when the limit could be passed.
         if max_payload_bytes is not None and len(text) * 4 > max_payload_bytes:
@@ -377,6 +380,27 @@ class Transaction(BaseModel):
                     "max_payload_bytes"
                 )
         return text
+
+    def _not_utf8(self) -> str | None:
+        """Where the first text that UTF-8 cannot encode sits (``s0.name``), if any."""
+
+        def bad(value: Any) -> bool:
+            if isinstance(value, str):
+                try:
+                    value.encode()
+                except UnicodeEncodeError:
+                    return True
+                return False
+            if isinstance(value, Mapping):
+                return any(bad(k) or bad(v) for k, v in value.items())
+            return isinstance(value, list | tuple) and any(bad(v) for v in value)
+
+        for step in self.steps:
+            for record in [step.data or {}, step.key or {}, *(step.records or [])]:
+                for name, value in record.items():
+                    if bad(value):
+                        return f"{step.step_id}.{name}"
+        return None
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Transaction:

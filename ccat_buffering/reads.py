@@ -199,7 +199,8 @@ class Reads:
             row = self._as_row(model, raw)
             key = {f: row.get(f) for f in key_fields}
             if columns is not None:
-                key = columns.convert(key, f"a row of {model}")
+                # A database row, read as records show it, then in its buffered form.
+                key = columns.convert(columns.read(key), f"a row of {model}")
             rid = record_id(key, key_fields)
             if rid is None or rid in merged:
                 continue
@@ -228,7 +229,12 @@ class Reads:
         """
         name = self._name(model)
         columns = self._columns(name)
-        written = equals if columns is None else columns.convert(equals, f"a filter of {name}")
+        try:
+            written = equals if columns is None else columns.convert(equals, f"a filter of {name}")
+        except TransactionValidationError:
+            if self.registry is not None and set(equals) - self.registry.fields(name):
+                raise ValueError(f"{name} has no field(s) {sorted(equals)}") from None
+            return []  # a value no row of the model can hold
         shown = written if columns is None else columns.read(written)
         records = await self.cache.list(name)
         rows: list[Row] = []

@@ -158,7 +158,7 @@ def test_composite_parts_holding_the_separator_stay_apart() -> None:
 
 def test_record_ids_too_long_for_a_cache_key_are_refused() -> None:
     tx = TransactionBuilder("x")
-    tx.update("ExecutedObsUnit", "Ω" * 200, {"status": "done"})
+    tx.update("ExecutedObsUnit", "Ω" * 700, {"status": "done"})
     with pytest.raises(TransactionValidationError, match="cannot name a cache entry"):
         cache_writes(tx.build())
 

@@ -31,7 +31,7 @@ from ccat_buffering_redis.compression import MARKER
 
 from support import observation
 
-ESCAPES = ["a:b", "*", "{x}", "a b", "a\nb", "tab\there", "x" * 1025, "", "site}", "ü"]
+ESCAPES = ["a:b", "*", "{x}", "a b", "a\nb", "tab\there", "x" * 4097, "", "site}", "ü"]
 
 
 @pytest_asyncio.fixture

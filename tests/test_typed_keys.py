@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 from test_type_matrix import database_only, typed_site
-from type_cases import KeyBase, Link, Night, Phase, Pointing, Source, Target
+from type_cases import KeyBase, Link, Night, Phase, Pointing, Reading, Source, Stamp, Target
 
 from ccat_buffering import BufferingCoordinator, TransactionBuilder
 from ccat_buffering.models import Transaction, TransactionState
@@ -45,6 +45,8 @@ def writes() -> tuple[list[Transaction], dict[str, Any]]:
     first.create(Source, {"name": "IRAS16293-2422:A", "kind": "done"})
     first.create(Source, {"name": "jdoe@example.org"})
     first.create(Pointing, {"source": "a,b", "phase": "running", "offset": "0.5"})
+    first.create(Reading, {"value": "1.5", "note": "a"})
+    first.create(Stamp, {"at": "2026-12-01T10:00:00Z", "note": "a"})
     second = TransactionBuilder("change")
     second.update(Target, target.id, {"name": "M31b"})
     second.update(Night, "2026-12-01", {"seeing": 0.9})
@@ -52,6 +54,8 @@ def writes() -> tuple[list[Transaction], dict[str, Any]]:
     second.update(Pointing, {"source": "a,b", "phase": Phase.RUNNING}, {"offset": 1})
     second.bulk_update(Source, [{"name": "IRAS16293-2422:A", "kind": "running"}])
     second.delete(Source, "jdoe@example.org")
+    second.update(Reading, "1.50", {"note": "b"})
+    second.update(Stamp, "2026-12-01T12:00:00+02:00", {"note": "b"})
     second.delete(Night, "2026-12-02")
     second.delete(Target, spare.id.upper())  # type: ignore[union-attr]
     second.bulk_update(Night, [{"day": "2026-12-01", "seeing": "0.9"}])
@@ -78,6 +82,11 @@ async def seen(site: BufferingCoordinator, reads: Any, known: dict[str, Any]) ->
         "pointing": await reads.get(Pointing, ("a,b", "running")),
         "pointing by mapping": await reads.get(Pointing, {"source": "a,b", "phase": Phase.RUNNING}),
         "running": [r["name"] for r in await reads.list(Source, kind="running")],
+        "reading": await reads.get(Reading, Decimal("1.500")),
+        "readings": [r["note"] for r in await reads.list(Reading)],
+        "stamp": await reads.get(Stamp, "2026-12-01T10:00:00+00:00"),
+        "stamps": [r["note"] for r in await reads.list(Stamp)],
+        "impossible": await reads.list(Source, kind="no such kind"),
     }
 
 
@@ -101,6 +110,10 @@ def check(view: dict[str, Any], known: dict[str, Any], *, drained: bool) -> None
     assert view["pointing"]["phase"] is Phase.RUNNING
     assert view["pointing by mapping"] == view["pointing"]
     assert view["running"] == ["IRAS16293-2422:A"]
+    assert view["reading"]["note"] == "b" and view["readings"] == ["b"]
+    assert view["stamp"]["note"] == "b" and view["stamps"] == ["b"]
+    assert view["stamp"]["at"] == dt.datetime(2026, 12, 1, 10, tzinfo=dt.UTC)
+    assert view["impossible"] == []
 
 
 @pytest.mark.parametrize(("database", "backend", "site_type"), SITES)

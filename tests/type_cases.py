@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import struct
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
@@ -19,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    REAL,
     BigInteger,
     Boolean,
     Date,
@@ -73,6 +75,7 @@ class Sample(TypedBase):
     count: Mapped[int | None] = mapped_column(Integer)
     big: Mapped[int | None] = mapped_column(BigInteger)
     label: Mapped[str | None] = mapped_column(String(8))
+    single: Mapped[float | None] = mapped_column(REAL)
     blob: Mapped[bytes | None] = mapped_column(LargeBinary)
     doc: Mapped[Any] = mapped_column(JSON, nullable=True)
 
@@ -140,6 +143,24 @@ class Source(KeyBase):
     kind: Mapped[Phase | None] = mapped_column(Enum(Phase))
 
 
+class Reading(KeyBase):
+    """A decimal key without a scale: 1.5 and 1.50 are one key."""
+
+    __tablename__ = "key_reading"
+
+    value: Mapped[Decimal] = mapped_column(Numeric, primary_key=True)
+    note: Mapped[str | None] = mapped_column(String(16))
+
+
+class Stamp(KeyBase):
+    """An aware datetime key."""
+
+    __tablename__ = "key_stamp"
+
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    note: Mapped[str | None] = mapped_column(String(16))
+
+
 class Pointing(KeyBase):
     """A composite key of text and an enum."""
 
@@ -193,6 +214,7 @@ def _cases() -> list[Case]:
         ("day", py, DAY, DAY),
         ("day", js, "2026-12-01", DAY),
         ("day", bad, "2026-13-01", REFUSED),
+        ("day", bad, 20261201, REFUSED),
         ("clock", py, dt.time(10, 30), dt.time(10, 30)),
         ("clock", js, "10:30:00", dt.time(10, 30)),
         ("clock", bad, "25:00", REFUSED),
@@ -207,6 +229,7 @@ def _cases() -> list[Case]:
         ("span", js, 5400, dt.timedelta(minutes=90)),
         ("span", js, "PT1H30M", dt.timedelta(minutes=90)),
         ("span", bad, "soon", REFUSED),
+        ("span", bad, "P1M", REFUSED),
         ("amount", py, Decimal("1.250"), Decimal("1.250")),
         ("amount", js, "1.25", Decimal("1.250")),
         ("amount", js, 2, Decimal("2.000")),
@@ -217,6 +240,10 @@ def _cases() -> list[Case]:
         ("ratio", py, 0.5, 0.5),
         ("ratio", js, "0.5", 0.5),
         ("ratio", bad, "x", REFUSED),
+        ("ratio", bad, float("nan"), REFUSED),
+        ("ratio", bad, "inf", REFUSED),
+        ("single", py, 0.1, struct.unpack("f", struct.pack("f", 0.1))[0]),
+        ("single", bad, "x", REFUSED),
         ("flag", py, True, True),
         ("flag", js, "true", True),
         ("flag", js, "false", False),
@@ -232,6 +259,8 @@ def _cases() -> list[Case]:
         ("label", py, "short", "short"),
         ("label", bad, "far too long", REFUSED),
         ("label", bad, 12, REFUSED),
+        ("label", bad, "a\x00b", REFUSED),
+        ("label", bad, "\ud800", REFUSED),
         ("blob", py, b"\x00\x01", b"\x00\x01"),
         ("blob", js, "text", b"text"),
         ("blob", bad, 12, REFUSED),
@@ -244,6 +273,7 @@ def _cases() -> list[Case]:
         ("doc", js, [1, "two"], [1, "two"]),
         ("doc", bad, {"when": NAIVE}, REFUSED),
         ("doc", bad, {"x": float("nan")}, REFUSED),
+        ("doc", bad, {"k": "a\x00b"}, REFUSED),
     ]
     return [Case(*row) for row in rows]
 
