@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from decimal import Decimal
 import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Protocol
 
 from ccat_buffering._checks import check_record_id
