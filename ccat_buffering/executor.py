@@ -22,6 +22,7 @@ from ccat_buffering._grouping import plan
 from ccat_buffering.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
+    ExecutionError,
     RecordNotFoundError,
     UnknownColumnError,
     UnresolvedReferenceError,
@@ -29,7 +30,7 @@ from ccat_buffering.errors import (
 from ccat_buffering.lsn import LSN
 from ccat_buffering.models import Operation, Ref, Step, Transaction, utc_now
 from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import FailureKind, classify_failure
+from ccat_buffering.retry import FailureKind, classify_failure, describe_error, is_schema_lag
 
 __all__ = [
     "LEDGER_TABLE_NAME",
@@ -85,6 +86,28 @@ def create_engine(url: str, **options: Any) -> AsyncEngine:
             connection.exec_driver_sql("BEGIN")
 
     return engine
+
+
+def not_the_transactions_fault(
+    exc: BaseException, where: str
+) -> ExecutionError | ConfigurationError:
+    """The error that pauses the queue for ``exc``, an outage or a schema not yet deployed.
+
+    Args:
+        exc: What the database raised (classified as an outage).
+        where: What was being done, for the message.
+
+    Returns:
+        :class:`ConfigurationError` for schema lag, else :class:`DatabaseUnavailableError`.
+    """
+    if isinstance(exc, DatabaseUnavailableError | ConfigurationError):
+        return exc
+    if is_schema_lag(exc):
+        return ConfigurationError(
+            f"the main database lacks part of the schema ({describe_error(exc)}) {where}; "
+            "deploy the migration there: the queue waits and resumes by itself"
+        )
+    return DatabaseUnavailableError(f"the database failed {where}: {exc}")
 
 
 class _CommitRefused(Exception):
@@ -220,10 +243,34 @@ class TransactionExecutor:
         except (DatabaseUnavailableError, ConfigurationError):
             raise
         except Exception as exc:
+            if is_schema_lag(exc):
+                raise not_the_transactions_fault(exc, "while applying a batch") from exc
             raise DatabaseUnavailableError(
                 f"the batch could not be applied ({classify_failure(exc)}): {exc}"
             ) from exc
-        return BatchResult(outcomes, lsn)
+        return BatchResult(await self._settle_failures(outcomes), lsn)
+
+    async def _settle_failures(self, outcomes: list[Outcome]) -> list[Outcome]:
+        """Report a failure as applied when the ledger holds it (applied by another holder).
+
+        A processor whose lease lapsed mid-batch may commit the same
+        transaction concurrently; its twin here then fails on the ledger's key.
+        That transaction is applied, and must never be dead-lettered.
+        """
+        failed = [o.transaction_id for o in outcomes if o.error is not None]
+        if not failed or not self.ledger:
+            return outcomes
+        try:
+            async with self.engine.connect() as conn:
+                done = await self._applied_ids(conn, failed)
+        except Exception:
+            return outcomes  # the failures stand; a redelivery settles them
+        return [
+            Outcome(o.transaction_id, already_applied=True)
+            if o.error is not None and o.transaction_id in done
+            else o
+            for o in outcomes
+        ]
 
     async def _run(
         self, runnable: list[tuple[int, Transaction]], outcomes: list[Outcome]
@@ -307,9 +354,7 @@ class TransactionExecutor:
                 await self._record(session, [tx for _, tx in todo])
         except Exception as exc:
             if classify_failure(exc) is FailureKind.OUTAGE:
-                raise DatabaseUnavailableError(
-                    f"the database failed during a batch: {exc}"
-                ) from exc
+                raise not_the_transactions_fault(exc, "during a batch") from exc
             return False  # one by one, so that the error lands on its own transaction
         for index, tx in todo:
             outcomes[index] = Outcome(tx.transaction_id, applied=True)
@@ -324,8 +369,8 @@ class TransactionExecutor:
         except Exception as exc:
             kind = classify_failure(exc)
             if kind is FailureKind.OUTAGE:
-                raise DatabaseUnavailableError(
-                    f"the database failed while applying {tx.transaction_id}: {exc}"
+                raise not_the_transactions_fault(
+                    exc, f"while applying {tx.transaction_id}"
                 ) from exc
             return Outcome(tx.transaction_id, error=exc, kind=kind)
         return Outcome(tx.transaction_id, applied=True)

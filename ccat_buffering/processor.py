@@ -142,6 +142,11 @@ class BackgroundProcessor:
         self._unsettled = False
         self._published_at = float("-inf")
         self._stop = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._running = False
+        # One cycle at a time: a drain() beside the background loop, or two loops,
+        # would otherwise recover each other's claims and apply them twice.
+        self._cycle = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     async def _hold_lease(self) -> bool:
@@ -181,9 +186,16 @@ class BackgroundProcessor:
     async def run_once(self) -> int:
         """Claim one batch, apply it, and settle every transaction in it.
 
+        Cycles of one processor never overlap: a call made while another runs
+        (the background loop, :meth:`drain`) waits for it to finish.
+
         Returns:
             How many transactions the database now holds from this batch.
         """
+        async with self._cycle:
+            return await self._cycle_once()
+
+    async def _cycle_once(self) -> int:
         if not await self._hold_lease():
             return 0
         if self._unsettled:
@@ -276,8 +288,21 @@ class BackgroundProcessor:
         self._published_at = self.clock()
 
     async def run(self) -> None:
-        """Work until :meth:`stop` is called; then release the lease."""
-        self._stop.clear()
+        """Work until :meth:`stop` is called; then release the lease.
+
+        A stop requested before the loop began (``start()`` then ``stop()``
+        with no await between them) is honoured: the loop does not start.
+
+        Raises:
+            RuntimeError: This processor's loop is already running.
+        """
+        if self._running:
+            raise RuntimeError(
+                f"processor {self.holder} is already running; one processor runs one loop "
+                "(use a second BackgroundProcessor for a standby)"
+            )
+        self._running = True
+        self._finished.clear()
         self.state = ProcessorState.RUNNING
         try:
             while not self._stop.is_set():
@@ -311,6 +336,9 @@ class BackgroundProcessor:
                     await self.publish()
                     await self.manager.backend.lease.release(self.holder)
                 self._has_lease = False
+            self._stop.clear()
+            self._running = False
+            self._finished.set()
 
     def start(self) -> asyncio.Task[None]:
         """Run in a background task.
@@ -323,11 +351,17 @@ class BackgroundProcessor:
         return self._task
 
     async def stop(self) -> None:
-        """Finish the current batch, release the lease and return."""
-        self._stop.set()
+        """Finish the current batch, release the lease and return.
+
+        Does nothing when no loop runs or is about to.
+        """
         if self._task is not None:
+            self._stop.set()
             await self._task
             self._task = None
+        elif self._running:
+            self._stop.set()
+            await self._finished.wait()
 
     async def drain(self, timeout: float = 60.0) -> bool:
         """Run batches until the buffer is empty (no waiting entries, none in flight).

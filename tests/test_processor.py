@@ -284,3 +284,64 @@ async def test_a_processor_that_lost_the_lease_does_not_pause_anothers_claims(
         assert site.processor.state is ProcessorState.STANDBY
         status = await site.manager.status(tx.transaction_id)
         assert status is not None and status.state is TransactionState.COMMITTED
+
+
+async def test_start_then_stop_with_no_await_between_them_returns(tmp_path: Path) -> None:
+    async with memory_sqlite_site(tmp_path) as site:
+        site.processor.start()
+        await asyncio.wait_for(site.processor.stop(), 5)
+        assert site.processor.state is ProcessorState.STOPPED
+        assert await site.backend.lease.current() is None
+        # and the processor can run again afterwards
+        site.processor.start()
+        await asyncio.sleep(0)
+        await asyncio.wait_for(site.processor.stop(), 5)
+
+
+async def test_a_second_loop_of_one_processor_is_refused(tmp_path: Path) -> None:
+    async with memory_sqlite_site(tmp_path) as site:
+        site.processor.start()
+        await asyncio.sleep(0)
+        with pytest.raises(RuntimeError, match="already running"):
+            await site.processor.run()
+        await asyncio.wait_for(site.processor.stop(), 5)
+
+
+async def test_drain_beside_the_background_loop_applies_each_once(tmp_path: Path) -> None:
+    async with memory_sqlite_site(tmp_path) as site:
+        site.processor.poll_interval = 0.001
+        txs = [observation(i)[0] for i in range(300)]
+        await site.manager.buffer_many(txs)
+        site.processor.start()
+        await asyncio.sleep(0)
+        assert await site.processor.drain(timeout=30)
+        await asyncio.wait_for(site.processor.stop(), 5)
+        assert await _count(site, ExecutedObsUnit.id) == 300
+        statuses = await site.backend.status.get_many([t.transaction_id for t in txs])
+        assert all(s is not None and s.state is TransactionState.COMMITTED for s in statuses)
+        health = await site.processor.health()
+        assert (health.dead_letters, health.dead_lettered, health.retried) == (0, 0, 0)
+
+
+async def test_a_missing_table_of_the_schema_pauses_as_schema_lag(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    from ccat_buffering.example import Base
+
+    async with memory_sqlite_site(tmp_path) as site:
+        txs = [observation(i)[0] for i in range(5)]
+        await site.manager.buffer_many(txs)
+        async with site.engine.begin() as conn:
+            await conn.execute(text("DROP TABLE raw_data_package"))
+        for _ in range(5):  # more than max_attempts: still nothing is blamed
+            assert await site.processor.run_once() == 0
+        health = await site.processor.health()
+        assert health.state is ProcessorState.PAUSED
+        assert health.cause is not None and "lacks part of the schema" in health.cause
+        assert "deploy the migration" in health.cause
+        statuses = await site.backend.status.get_many([t.transaction_id for t in txs])
+        assert all(s is not None and s.attempts == 0 for s in statuses)
+        assert health.dead_letters == 0
+        async with site.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        assert await site.processor.run_once() == 5
