@@ -19,6 +19,7 @@ from sqlalchemy import update as sa_update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
 from ccat_buffering._grouping import plan
+from ccat_buffering._link import LinkTimeouts, connect_options, watch_engine, watched
 from ccat_buffering.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -57,21 +58,35 @@ ledger_table = Table(
 """The applied-transactions ledger: one row per transaction ever applied."""
 
 
-def create_engine(url: str, **options: Any) -> AsyncEngine:
-    """Create an async engine that savepoints work on.
+def create_engine(url: str, *, timeouts: LinkTimeouts | None = None, **options: Any) -> AsyncEngine:
+    """Create an async engine that savepoints work on and that a hung link cannot stall.
 
-    On SQLite the driver's own transaction handling is switched off so that
-    SAVEPOINT behaves as documented, and foreign keys are enforced.
+    On PostgreSQL the connections get the connect timeout, TCP keepalive and
+    the server-side ``statement_timeout``, ``lock_timeout`` and
+    ``idle_in_transaction_session_timeout`` of ``timeouts`` (keys of
+    ``options["connect_args"]`` win over them). On SQLite the driver's own
+    transaction handling is switched off so that SAVEPOINT behaves as
+    documented, and foreign keys are enforced.
 
     Args:
-        url: An SQLAlchemy async URL (``postgresql+asyncpg://``,
-            ``sqlite+aiosqlite://``).
+        url: An SQLAlchemy async URL (``postgresql+psycopg://``,
+            ``postgresql+asyncpg://``, ``sqlite+aiosqlite://``).
+        timeouts: The link's limits; the defaults of :class:`LinkTimeouts`
+            when ``None``.
         **options: Passed to :func:`sqlalchemy.ext.asyncio.create_async_engine`.
 
     Returns:
         The engine.
     """
+    from sqlalchemy.engine import make_url
+
+    timeouts = timeouts or LinkTimeouts()
+    driver = make_url(url).get_driver_name()
+    connect_args = {**connect_options(driver, timeouts), **options.pop("connect_args", {})}
+    if connect_args:
+        options["connect_args"] = connect_args
     engine = create_async_engine(url, **options)
+    watch_engine(engine, timeouts)
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -164,14 +179,33 @@ class TransactionExecutor:
         registry: The mapped classes steps may name.
         ledger: Record and check applied transaction ids (exactly-once
             effect); switch off only to measure what it costs.
+        timeouts: The link's limits; a call unanswered for
+            ``timeouts.statement`` seconds discards its connection and fails
+            as an outage.
     """
 
     def __init__(
-        self, engine: AsyncEngine, registry: ModelRegistry, *, ledger: bool = True
+        self,
+        engine: AsyncEngine,
+        registry: ModelRegistry,
+        *,
+        ledger: bool = True,
+        timeouts: LinkTimeouts | None = None,
     ) -> None:
         self.engine = engine
         self.registry = registry
         self.ledger = ledger
+        self.timeouts = timeouts or LinkTimeouts()
+        watch_engine(engine)
+
+    async def ping(self) -> bool:
+        """Whether the database answers a trivial query within the statement timeout."""
+        try:
+            async with self.engine.connect() as conn, watched(conn, self.timeouts.statement):
+                await conn.exec_driver_sql("SELECT 1")
+        except Exception:
+            return False
+        return True
 
     async def create_ledger(self) -> None:
         """Create the ledger table if it does not exist."""
@@ -275,50 +309,66 @@ class TransactionExecutor:
     async def _run(
         self, runnable: list[tuple[int, Transaction]], outcomes: list[Outcome]
     ) -> LSN | None:
-        async with self.engine.connect() as conn:
-            await conn.begin()
-            done = await self._applied_ids(conn, [tx.transaction_id for _, tx in runnable])
-            session = AsyncSession(bind=conn, autoflush=False, expire_on_commit=False)
-            todo = []
-            first_of: dict[str, int] = {}
-            copies: list[tuple[int, int]] = []
-            for index, tx in runnable:
-                if tx.transaction_id in done:
-                    outcomes[index] = Outcome(tx.transaction_id, already_applied=True)
-                elif tx.transaction_id in first_of:
-                    # The same transaction buffered twice (a lost reply, resubmitted):
-                    # it is applied once, and the copy shares the first one's fate.
-                    copies.append((index, first_of[tx.transaction_id]))
-                else:
-                    first_of[tx.transaction_id] = index
-                    todo.append((index, tx))
-            if not await self._apply_grouped(session, todo, outcomes):
-                for index, tx in todo:
-                    outcomes[index] = await self._apply_one(session, tx)
-            for index, first in copies:
-                original = outcomes[first]
-                outcomes[index] = (
-                    Outcome(original.transaction_id, already_applied=True)
-                    if original.done
-                    else original
-                )
-            await session.close()
+        async with self.engine.connect() as conn, watched(conn, self.timeouts.statement) as dog:
             try:
-                await conn.commit()
-            except Exception as exc:
-                if classify_failure(exc) is FailureKind.OUTAGE:
-                    raise
-                raise _CommitRefused(exc) from exc
-            if conn.dialect.name != "postgresql":
-                return None
-            # After COMMIT, on the same connection, so that the LSN covers our commit
-            # record; read even when every transaction was already in the ledger,
-            # since their earlier commit lies before it too.
-            lsn_text = (
-                await conn.exec_driver_sql("SELECT pg_current_wal_insert_lsn()::text")
-            ).scalar()
-            await conn.rollback()
-            return LSN.parse(str(lsn_text))
+                return await self._run_on(conn, runnable, outcomes)
+            except BaseException:
+                if dog is not None and dog.fired:
+                    # from None: the driver's own error (a closed socket, a
+                    # pending rollback) says less than this; it stays __context__.
+                    raise DatabaseUnavailableError(
+                        f"the main database did not answer within {dog.timeout:g} s "
+                        "(statement_timeout); the connection was discarded"
+                    ) from None
+                raise
+
+    async def _run_on(
+        self,
+        conn: AsyncConnection,
+        runnable: list[tuple[int, Transaction]],
+        outcomes: list[Outcome],
+    ) -> LSN | None:
+        await conn.begin()
+        done = await self._applied_ids(conn, [tx.transaction_id for _, tx in runnable])
+        session = AsyncSession(bind=conn, autoflush=False, expire_on_commit=False)
+        todo = []
+        first_of: dict[str, int] = {}
+        copies: list[tuple[int, int]] = []
+        for index, tx in runnable:
+            if tx.transaction_id in done:
+                outcomes[index] = Outcome(tx.transaction_id, already_applied=True)
+            elif tx.transaction_id in first_of:
+                # The same transaction buffered twice (a lost reply, resubmitted):
+                # it is applied once, and the copy shares the first one's fate.
+                copies.append((index, first_of[tx.transaction_id]))
+            else:
+                first_of[tx.transaction_id] = index
+                todo.append((index, tx))
+        if not await self._apply_grouped(session, todo, outcomes):
+            for index, tx in todo:
+                outcomes[index] = await self._apply_one(session, tx)
+        for index, first in copies:
+            original = outcomes[first]
+            outcomes[index] = (
+                Outcome(original.transaction_id, already_applied=True)
+                if original.done
+                else original
+            )
+        await session.close()
+        try:
+            await conn.commit()
+        except Exception as exc:
+            if classify_failure(exc) is FailureKind.OUTAGE:
+                raise
+            raise _CommitRefused(exc) from exc
+        if conn.dialect.name != "postgresql":
+            return None
+        # After COMMIT, on the same connection, so that the LSN covers our commit
+        # record; read even when every transaction was already in the ledger,
+        # since their earlier commit lies before it too.
+        lsn_text = (await conn.exec_driver_sql("SELECT pg_current_wal_insert_lsn()::text")).scalar()
+        await conn.rollback()
+        return LSN.parse(str(lsn_text))
 
     async def _record(self, session: AsyncSession, transactions: Sequence[Transaction]) -> None:
         if self.ledger and transactions:

@@ -17,11 +17,12 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from pydantic import BaseModel
 
+from ccat_buffering._sizing import BatchSizer
 from ccat_buffering.errors import BackendError, ConfigurationError, DatabaseUnavailableError
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.logs import SiteLogger
@@ -101,6 +102,11 @@ class BackgroundProcessor:
         poll_interval: Seconds to wait when the buffer is empty.
         outage_base_delay: First pause after the database is found unreachable.
         outage_max_delay: Longest pause between attempts to reach it.
+        probe_interval: While paused by an unreachable database, seconds
+            between cheap probes (``SELECT 1``); the drain resumes as soon as
+            one answers rather than at the end of the backoff.
+        sizer: Sizes batches by the link (round-trip time, per-transaction
+            cost, payload bytes); ``None`` keeps every batch at ``batch_size``.
         holder: This processor's lease token (host, pid and a random part by default).
         clock: Monotonic seconds, for lease renewal and backoff.
     """
@@ -116,6 +122,8 @@ class BackgroundProcessor:
         poll_interval: float = 0.1,
         outage_base_delay: float = 1.0,
         outage_max_delay: float = 60.0,
+        probe_interval: float = 2.0,
+        sizer: BatchSizer | None = None,
         holder: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -129,6 +137,11 @@ class BackgroundProcessor:
         self.poll_interval = poll_interval
         self.outage_base_delay = outage_base_delay
         self.outage_max_delay = outage_max_delay
+        self.probe_interval = probe_interval
+        self.sizer = sizer
+        self._rtt_measured_at = float("-inf")
+        self._unanswered_since: float | None = None
+        self._unanswered_detail = ""
         self.holder = holder or _default_holder()
         self.log = SiteLogger(__name__, manager.backend.site)
         self.clock = clock
@@ -209,16 +222,35 @@ class BackgroundProcessor:
         self._unsettled = False
         return applied
 
+    async def _measure_rtt(self, sizer: BatchSizer) -> None:
+        # A ping is three round trips on either driver (BEGIN, SELECT 1, the
+        # pool's ROLLBACK); the fastest of three samples is the link, not a hiccup.
+        samples = []
+        for _ in range(3):
+            began = time.perf_counter()
+            if not await self.executor.ping():
+                return
+            samples.append((time.perf_counter() - began) / 3)
+        sizer.observe_rtt(min(samples))
+        self._rtt_measured_at = time.perf_counter()
+
     async def _claim_and_apply(self) -> int:
-        deliveries = await self.manager.claim(self.batch_size, self.claim_lease)
+        sizer = self.sizer
+        if sizer is not None and time.perf_counter() - self._rtt_measured_at > 60.0:
+            await self._measure_rtt(sizer)
+        cycle_began = time.perf_counter()
+        size = self.batch_size if sizer is None else sizer.size
+        deliveries = await self.manager.claim(size, self.claim_lease)
         self.last_run_at = utc_now()
         if not deliveries:
             if self.state is not ProcessorState.PAUSED:
                 self.state = ProcessorState.RUNNING
             return 0
         transactions = [d.transaction for d in deliveries]
+        began = self.clock()
         try:
-            result = await self.executor.execute_batch(transactions)
+            async with self._renewing():
+                result = await self.executor.execute_batch(transactions)
         except (DatabaseUnavailableError, ConfigurationError) as exc:
             if await self._still_holding():
                 await self._pause(deliveries, exc)
@@ -226,8 +258,13 @@ class BackgroundProcessor:
                 # Another processor owns these claims now: touch nothing of theirs.
                 self._has_lease = False
                 self.state = ProcessorState.STANDBY
+            if isinstance(exc, ConfigurationError):
+                self._unanswered_since = None
+            elif self._unanswered_since is None:
+                self._unanswered_since = began
             return 0
         self._outage_streak = 0
+        self._unanswered_since = None
         self.state, self.cause = ProcessorState.RUNNING, None
         if not await self._still_holding():
             # The lease lapsed while this batch ran: whoever holds it next recovers
@@ -249,6 +286,14 @@ class BackgroundProcessor:
             statuses = await self.manager.failed(failures)
             for (_, _, kind), status in zip(failures, statuses, strict=True):
                 self._count_failure(kind, status)
+        if sizer is not None and len(deliveries) >= size:
+            # Only full batches: a short one (the queue ran dry) measures the
+            # fixed costs of a cycle, not what a transaction costs.
+            sizer.observe(
+                len(deliveries),
+                time.perf_counter() - cycle_began,
+                sum(len(d.claim.payload) for d in deliveries),
+            )
         return len(done)
 
     def _count_failure(self, kind: FailureKind, status: TransactionStatus) -> None:
@@ -268,11 +313,39 @@ class BackgroundProcessor:
                 transaction_id=tx,
             )
 
+    @contextlib.asynccontextmanager
+    async def _renewing(self) -> AsyncIterator[None]:
+        """Keep the lease while a batch waits on the database, however long it waits."""
+        task = asyncio.create_task(self._renew_while_waiting())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, BackendError):
+                await task
+
+    async def _renew_while_waiting(self) -> None:
+        lease = self.manager.backend.lease
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            if await lease.renew(self.holder, self.lease_ttl):
+                self._renewed_at = self.clock()
+            else:
+                self._renewed_at = float("-inf")  # the check after the batch sees it
+                return
+
+    def _unanswered_cause(self) -> str | None:
+        if self._unanswered_since is None:
+            return None
+        seconds = max(self.clock() - self._unanswered_since, 0.0)
+        return f"main database not answering for {seconds:.0f} s ({self._unanswered_detail})"
+
     async def _pause(self, deliveries: list[Delivery], exc: Exception) -> None:
         if isinstance(exc, ConfigurationError):
             cause = f"database not ready: {describe_error(exc)}"
         else:
             cause = f"database unreachable: {describe_error(exc.__cause__ or exc)}"
+            self._unanswered_detail = cause
         await self.manager.paused(deliveries, cause)
         self._outage_streak += 1
         self.counters.outages += 1
@@ -319,6 +392,9 @@ class BackgroundProcessor:
                     self.state = ProcessorState.PAUSED
                     self.cause = f"buffer unreachable: {describe_error(exc)}"
                     self.log.warning("paused, %s", self.cause)
+                if self.state is ProcessorState.PAUSED and self._unanswered_since is not None:
+                    await self._wait_for_answer(self.outage_delay())
+                    continue
                 if self.state is ProcessorState.PAUSED:
                     wait = self.outage_delay()
                 elif self.state is ProcessorState.STANDBY:
@@ -339,6 +415,22 @@ class BackgroundProcessor:
             self._stop.clear()
             self._running = False
             self._finished.set()
+
+    async def _wait_for_answer(self, wait: float) -> None:
+        """Sit out an outage pause, ending it early when a probe gets an answer."""
+        deadline = self.clock() + wait
+        while not self._stop.is_set() and (left := deadline - self.clock()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), min(self.probe_interval, left))
+            if self._stop.is_set():
+                return
+            async with self._renewing():  # a probe may wait out the connect timeout
+                if await self.executor.ping():
+                    return
+            if self._has_lease and self.clock() - self._published_at >= 1.0:
+                with contextlib.suppress(BackendError):
+                    await self._still_holding()
+                    await self.publish()
 
     def start(self) -> asyncio.Task[None]:
         """Run in a background task.
@@ -395,7 +487,11 @@ class BackgroundProcessor:
         lease = await self.manager.backend.lease.current()
         return ProcessorHealth(
             state=self.state,
-            cause=self.cause,
+            cause=(
+                self._unanswered_cause() or self.cause
+                if self.state is ProcessorState.PAUSED
+                else self.cause
+            ),
             holder=self.holder,
             lease_holder=None if lease is None else lease.holder,
             last_run_at=self.last_run_at,

@@ -1,0 +1,196 @@
+"""A main database behind a relay that adds delay and hangs: timeouts, leases, resumption.
+
+The relay drops every byte while hung and keeps its connections open, as a
+long-haul link does; nothing here relies on a reset. Timeouts are 1-3 s so
+that the file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest_asyncio
+from pg import fresh_database
+from sqlalchemy import event, func, literal_column, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ccat_buffering._link import LinkTimeouts
+from ccat_buffering._relay import LoopbackRelay
+from ccat_buffering.example import Base, ExecutedObsUnit
+from ccat_buffering.executor import TransactionExecutor, create_engine, ledger_table
+from ccat_buffering.manager import TransactionManager
+from ccat_buffering.models import TransactionState
+from ccat_buffering.processor import BackgroundProcessor, ProcessorState
+from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.retry import RetryPolicy
+from ccat_buffering.testing import new_site_name
+from ccat_buffering_memory import MemoryBackend
+
+from support import make_schema, observation
+
+TIMEOUTS = LinkTimeouts(
+    connect=1.5, statement=1.5, lock=1.0, idle_in_transaction=2.0, keepalive_idle=1.0
+)
+
+
+@dataclass
+class LinkSite:
+    relay: LoopbackRelay
+    direct: AsyncEngine
+    engine: AsyncEngine
+    manager: TransactionManager
+    processor: BackgroundProcessor
+
+
+@pytest_asyncio.fixture
+async def link_site() -> AsyncIterator[LinkSite]:
+    async with fresh_database() as url:
+        target = make_url(url)
+        relay = LoopbackRelay(target.host or "127.0.0.1", target.port or 5432, delay=0.005)
+        await relay.start()
+        proxied = target.set(host="127.0.0.1", port=relay.port)
+        direct = create_engine(url)
+        await make_schema(direct)
+        registry = ModelRegistry.from_base(Base)
+        await TransactionExecutor(direct, registry).create_ledger()
+        engine = create_engine(proxied.render_as_string(hide_password=False), timeouts=TIMEOUTS)
+        executor = TransactionExecutor(engine, registry, timeouts=TIMEOUTS)
+        manager = TransactionManager(
+            MemoryBackend(new_site_name()),
+            registry=registry,
+            retry_policy=RetryPolicy(rng=random.Random(5)),
+        )
+        processor = BackgroundProcessor(
+            manager,
+            executor,
+            batch_size=20,
+            lease_ttl=1.5,
+            poll_interval=0.01,
+            outage_base_delay=0.5,
+            outage_max_delay=30.0,
+            probe_interval=0.2,
+        )
+        try:
+            yield LinkSite(relay, direct, engine, manager, processor)
+        finally:
+            await processor.stop()
+            await relay.stop()
+            await engine.dispose()
+            await direct.dispose()
+
+
+def _hang_once(
+    relay: LoopbackRelay, engine: AsyncEngine, when: Callable[[str], bool]
+) -> list[float]:
+    """Hang the relay at the first call that ``when`` picks; return when it hung."""
+    hung_at: list[float] = []
+
+    def hang_if(statement: str) -> None:
+        if not hung_at and when(statement):
+            relay.hang()
+            hung_at.append(time.monotonic())
+
+    def on_statement(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        hang_if(statement)
+
+    def on_commit(conn: Any) -> None:
+        hang_if("COMMIT")
+
+    event.listen(engine.sync_engine, "before_cursor_execute", on_statement)
+    event.listen(engine.sync_engine, "commit", on_commit)
+    return hung_at
+
+
+async def _until(condition: Callable[[], Any], seconds: float, what: str) -> float:
+    began = time.monotonic()
+    while not await condition():
+        assert time.monotonic() - began < seconds, f"not within {seconds} s: {what}"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - began
+
+
+async def _hang_and_resume(site: LinkSite, when: Callable[[str], bool]) -> None:
+    txs = [observation(i)[0] for i in range(100)]
+    await site.manager.buffer_many(txs)
+    hung_at = _hang_once(site.relay, site.engine, when)
+    site.processor.start()
+
+    async def hung() -> bool:
+        return bool(hung_at)
+
+    await _until(hung, 20, "the batch reached the point where the link hangs")
+
+    async def paused() -> bool:
+        health = await site.processor.health()
+        return health.state is ProcessorState.PAUSED and "not answering" in (health.cause or "")
+
+    waited = await _until(paused, TIMEOUTS.statement + 5, "outage reported")
+    health = await site.processor.health()
+    assert health.cause is not None and "main database not answering for" in health.cause
+    assert waited <= TIMEOUTS.statement + 5
+    # The lease is kept by this processor while the link hangs: no lease warning.
+    await asyncio.sleep(site.processor.lease_ttl)
+    lease = await site.manager.backend.lease.current()
+    assert lease is not None and lease.holder == site.processor.holder
+    health = await site.processor.health()
+    assert health.state is ProcessorState.PAUSED and health.dead_letters == 0
+    statuses = await site.manager.backend.status.get_many([t.transaction_id for t in txs])
+    assert all(s is not None and s.attempts == 0 for s in statuses)
+
+    site.relay.answer()
+    answered = time.monotonic()
+
+    async def drained() -> bool:
+        stats = await site.manager.backend.buffer.stats()
+        return stats.depth == 0 and stats.in_flight == 0
+
+    await _until(drained, 10 + TIMEOUTS.idle_in_transaction, "drained after the link answered")
+    resumed_in = time.monotonic() - answered
+    await site.processor.stop()
+    async with site.direct.connect() as conn:
+        units = (
+            (
+                await conn.execute(
+                    select(ExecutedObsUnit.obs_unit_id).order_by(literal_column("ctid"))
+                )
+            )
+            .scalars()
+            .all()
+        )
+        ledger = (await conn.execute(select(func.count()).select_from(ledger_table))).scalar()
+    assert sorted(units) == list(range(100)) and ledger == 100  # nothing lost, nothing twice
+    assert list(units) == list(range(100))  # in buffer order
+    stats = await site.manager.backend.buffer.stats()
+    assert stats.dead_letters == 0
+    statuses = await site.manager.backend.status.get_many([t.transaction_id for t in txs])
+    assert all(s is not None and s.state is TransactionState.COMMITTED for s in statuses)
+    assert resumed_in <= 10 + TIMEOUTS.idle_in_transaction
+
+
+async def test_a_hang_in_the_middle_of_a_batch(link_site: LinkSite) -> None:
+    seen = {"n": 0}
+
+    def second_batch_insert(statement: str) -> bool:
+        if statement.startswith("INSERT INTO raw_data_package"):
+            seen["n"] += 1
+        return seen["n"] == 2  # the second batch, after its first table
+
+    await _hang_and_resume(link_site, second_batch_insert)
+
+
+async def test_a_hang_at_commit(link_site: LinkSite) -> None:
+    commits = {"n": 0}
+
+    def second_commit(statement: str) -> bool:
+        if statement == "COMMIT":
+            commits["n"] += 1
+            return commits["n"] == 2
+        return False
+
+    await _hang_and_resume(link_site, second_commit)
