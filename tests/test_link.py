@@ -194,3 +194,118 @@ async def test_a_hang_at_commit(link_site: LinkSite) -> None:
         return False
 
     await _hang_and_resume(link_site, second_commit)
+
+
+async def test_a_stopped_worker_holding_a_transaction_does_not_block_the_next_holder() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from services import REDIS_URL, forget_site, redis_client
+    from sqlalchemy import text
+
+    from ccat_buffering_redis import RedisBackend
+
+    probe = await redis_client()
+    async with fresh_database() as url:
+        target = make_url(url)
+        relay = LoopbackRelay(target.host or "127.0.0.1", target.port or 5432, delay=0.02)
+        await relay.start()
+        direct = create_engine(url, timeouts=TIMEOUTS)
+        await make_schema(direct)
+        registry = ModelRegistry.from_base(Base)
+        await TransactionExecutor(direct, registry).create_ledger()
+        backend = RedisBackend.from_url(REDIS_URL, site=new_site_name())
+        manager = TransactionManager(backend, registry=registry)
+        txs = [observation(i)[0] for i in range(300)]
+        await manager.buffer_many(txs)
+        proxied = target.set(host="127.0.0.1", port=relay.port)
+        env = {
+            **os.environ,
+            "CCAT_BUFFERING_SITE_NAME": backend.site,
+            "CCAT_BUFFERING_BACKEND_URL": REDIS_URL,
+            "CCAT_BUFFERING_DATABASE_URL": proxied.render_as_string(hide_password=False),
+            "CCAT_BUFFERING_PROCESSOR_LEASE": "1",
+            "CCAT_BUFFERING_BATCH_SIZE": "10",
+            "CCAT_BUFFERING_BATCH_SIZE_ADAPTIVE": "false",
+            "CCAT_BUFFERING_POLL_INTERVAL": "0.01",
+            "CCAT_BUFFERING_STATEMENT_TIMEOUT": "3",
+            "CCAT_BUFFERING_LOCK_TIMEOUT": str(TIMEOUTS.lock),
+            "CCAT_BUFFERING_IDLE_IN_TRANSACTION_TIMEOUT": str(TIMEOUTS.idle_in_transaction),
+        }
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ccat_buffering",
+                "worker",
+                "--models",
+                "ccat_buffering.example:Base",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        successor: BackgroundProcessor | None = None
+        try:
+
+            async def writing() -> bool:
+                """Stop the worker; keep it stopped only if it holds a transaction that wrote."""
+                os.kill(worker.pid, signal.SIGSTOP)
+                async with direct.connect() as conn:
+                    open_writes = (
+                        await conn.execute(
+                            text(
+                                "SELECT count(*) FROM pg_stat_activity WHERE datname = :db "
+                                "AND backend_xid IS NOT NULL AND pid <> pg_backend_pid()"
+                            ),
+                            {"db": target.database},
+                        )
+                    ).scalar()
+                if open_writes:
+                    return True
+                os.kill(worker.pid, signal.SIGCONT)
+                return False
+
+            await _until(writing, 30, "the worker was caught inside a database transaction")
+            stopped_at = time.monotonic()
+            executor = TransactionExecutor(direct, registry, timeouts=TIMEOUTS)
+            successor = BackgroundProcessor(
+                manager, executor, batch_size=50, lease_ttl=1.0, poll_interval=0.01
+            )
+            successor.start()
+
+            async def drained() -> bool:
+                stats = await backend.buffer.stats()
+                return stats.depth == 0 and stats.in_flight == 0
+
+            # the stalled session is ended by the server after the idle timeout;
+            # the lease lapses after 1 s; the rest is a few batches on loopback
+            await _until(drained, TIMEOUTS.idle_in_transaction + 10, "the next holder drained")
+            assert time.monotonic() - stopped_at <= TIMEOUTS.idle_in_transaction + 10
+            await successor.stop()
+        finally:
+            worker.kill()
+            worker.wait(10)
+            if successor is not None:
+                await successor.stop()
+            await relay.stop()
+        async with direct.connect() as conn:
+            units = (
+                (
+                    await conn.execute(
+                        select(ExecutedObsUnit.obs_unit_id).order_by(literal_column("ctid"))
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            ledger = (await conn.execute(select(func.count()).select_from(ledger_table))).scalar()
+        assert list(units) == list(range(300)) and ledger == 300
+        stats = await backend.buffer.stats()
+        assert stats.dead_letters == 0
+        await forget_site(probe, backend.keys.pattern())
+        await probe.aclose()  # type: ignore[attr-defined]
+        await backend.aclose()
+        await direct.dispose()
