@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["LinkCounters", "LoopbackRelay"]
@@ -66,6 +67,8 @@ class LoopbackRelay:
         self.delay = delay
         self.counters = LinkCounters()
         self.hung = False
+        self.hang_when: Callable[[bytes, bool], bool] | None = None
+        """Hang from the chunk (data, to the target?) for which this returns true."""
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -92,6 +95,8 @@ class LoopbackRelay:
         sender = asyncio.create_task(self._send(queue, writer))
         try:
             while data := await reader.read(65536):
+                if not self.hung and self.hang_when is not None:
+                    self.hung = self.hang_when(data, upstream)
                 if self.hung:
                     continue  # dropped on the floor; nobody is told
                 if upstream:
