@@ -71,6 +71,7 @@ class LoopbackRelay:
         """Hang from the chunk (data, to the target?) for which this returns true."""
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def _send(
         self, queue: asyncio.Queue[tuple[float, bytes] | None], writer: asyncio.StreamWriter
@@ -122,6 +123,10 @@ class LoopbackRelay:
                 writer.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
@@ -164,3 +169,7 @@ class LoopbackRelay:
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()
+        # Aborted connections end their handlers by themselves; cancelling them
+        # would make asyncio's stream callback log the CancelledError.
+        if self._handlers:
+            await asyncio.wait(list(self._handlers), timeout=2)

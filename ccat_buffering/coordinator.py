@@ -139,6 +139,7 @@ class BufferingCoordinator:
             outage_max_delay=settings.outage_max_delay,
             probe_interval=settings.outage_probe_interval,
             sizer=batch_sizer(settings),
+            prefetch=settings.batch_prefetch,
         )
         self.tracker = ReplicationTracker(
             self.manager,

@@ -268,8 +268,9 @@ class TransactionExecutor:
         runnable = [(i, tx) for i, tx in enumerate(transactions) if outcomes[i].error is None]
         if not runnable:
             return BatchResult(outcomes, None)
+        pipelined = self._pipelines(runnable)
         try:
-            lsn = await self._run(runnable, outcomes)
+            lsn = await self._run(runnable, outcomes, pipelined)
         except _CommitRefused as refused:
             if len(runnable) == 1:
                 index, tx = runnable[0]
@@ -296,7 +297,7 @@ class TransactionExecutor:
             raise DatabaseUnavailableError(
                 f"the batch could not be applied ({classify_failure(exc)}): {exc}"
             ) from exc
-        if self._pipelines(runnable):
+        if pipelined:
             # Its ledger row goes first in each transaction: already settled.
             return BatchResult(outcomes, lsn)
         return BatchResult(await self._settle_failures(outcomes), lsn)
@@ -324,11 +325,11 @@ class TransactionExecutor:
         ]
 
     async def _run(
-        self, runnable: list[tuple[int, Transaction]], outcomes: list[Outcome]
+        self, runnable: list[tuple[int, Transaction]], outcomes: list[Outcome], pipelined: bool
     ) -> LSN | None:
         async with self.engine.connect() as conn, watched(conn, self.timeouts.statement) as dog:
             try:
-                if self._pipelines(runnable):
+                if pipelined:
                     return await self._run_pipelined(conn, dog, runnable, outcomes)
                 return await self._run_on(conn, runnable, outcomes)
             except BaseException:
@@ -399,11 +400,9 @@ class TransactionExecutor:
         for step in steps:
             model = self.registry.model(step.model)
             op = step.operation
-            if op is Operation.CREATE:
-                pipeline.sql(insert(model).values(**(step.data or {})), owner=owner)
-            elif op is Operation.BULK_CREATE:
-                for chunk in row_chunks([dict(r) for r in step.records or []]):
-                    pipeline.sql(insert(model).values(chunk), owner=owner)
+            if op is Operation.CREATE or op is Operation.BULK_CREATE:
+                records = [dict(r) for r in step.records or []] or [dict(step.data or {})]
+                self._pipeline_rows(pipeline, step.model, records, owner)
             elif op is Operation.UPDATE or op is Operation.DELETE:
                 key = dict(step.key or {})
                 statement: Any = (
@@ -422,6 +421,14 @@ class TransactionExecutor:
                     )
                     statement = sa_update(model).where(*self._where(model, key)).values(**changes)
                     pipeline.sql(must_match(statement), owner=owner, missing=missing)
+
+    def _pipeline_rows(
+        self, pipeline: Pipeline, model: str, rows: list[dict[str, Any]], owner: int | None
+    ) -> None:
+        table = self.registry.mapper(model).local_table
+        for chunk in row_chunks(rows):
+            if not (isinstance(table, Table) and pipeline.insert_rows(table, chunk, owner=owner)):
+                pipeline.sql(insert(self.registry.model(model)).values(chunk), owner=owner)
 
     def _ledger_rows(self, transactions: Sequence[Transaction]) -> list[dict[str, Any]]:
         now = utc_now()
@@ -451,10 +458,9 @@ class TransactionExecutor:
             column = ledger_table.c.transaction_id
             if self.ledger:
                 first.sql(select(column).where(column.in_([tx.transaction_id for _, tx in todo])))
-                first.sql(insert(ledger_table).values(self._ledger_rows([tx for _, tx in todo])))
+                first.insert_rows(ledger_table, self._ledger_rows([tx for _, tx in todo]))
             for model, rows in grouped.inserts:
-                for chunk in row_chunks(rows):
-                    first.sql(insert(self.registry.model(model)).values(chunk))
+                self._pipeline_rows(first, model, rows, None)
             self._pipeline_steps(first, grouped.updates, None)
             first.text("COMMIT")
             first.sync()
@@ -486,8 +492,7 @@ class TransactionExecutor:
             members.append((index, tx))
             second.text("ROLLBACK TO SAVEPOINT ok", owner)
             if self.ledger:
-                row = insert(ledger_table).values(self._ledger_rows([tx]))
-                second.sql(row, owner=owner, ledger=True)
+                second.insert_rows(ledger_table, self._ledger_rows([tx]), owner=owner, ledger=True)
             self._pipeline_steps(second, tx.steps, owner)
             second.text("RELEASE SAVEPOINT ok", owner)
             second.text("SAVEPOINT ok", owner)

@@ -24,10 +24,10 @@ from pydantic import BaseModel
 
 from ccat_buffering._sizing import BatchSizer
 from ccat_buffering.errors import BackendError, ConfigurationError, DatabaseUnavailableError
-from ccat_buffering.executor import TransactionExecutor
+from ccat_buffering.executor import BatchResult, TransactionExecutor
 from ccat_buffering.logs import SiteLogger
 from ccat_buffering.manager import Delivery, TransactionManager
-from ccat_buffering.models import TransactionState, TransactionStatus, utc_now
+from ccat_buffering.models import Transaction, TransactionState, TransactionStatus, utc_now
 from ccat_buffering.protocols import SupportsProcessorReports
 from ccat_buffering.retry import FailureKind, describe_error
 
@@ -86,6 +86,16 @@ class _Counters:
     outages: int = 0
 
 
+async def _claimed(ahead: asyncio.Future[list[Delivery]] | None) -> list[Delivery]:
+    """What a claim made ahead of time got; nothing when it failed (it claimed nothing)."""
+    if ahead is None:
+        return []
+    try:
+        return await ahead
+    except BackendError:
+        return []
+
+
 def _default_holder() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
@@ -105,6 +115,9 @@ class BackgroundProcessor:
         probe_interval: While paused by an unreachable database, seconds
             between cheap probes (``SELECT 1``); the drain resumes as soon as
             one answers rather than at the end of the backoff.
+        prefetch: Claim the next batch while the current one is in flight
+            (the round trip hides the claim); it goes back to the head,
+            behind the current batch, when that batch pauses or retries.
         sizer: Sizes batches by the link (round-trip time, per-transaction
             cost, payload bytes); ``None`` keeps every batch at ``batch_size``.
         holder: This processor's lease token (host, pid and a random part by default).
@@ -124,6 +137,7 @@ class BackgroundProcessor:
         outage_max_delay: float = 60.0,
         probe_interval: float = 2.0,
         sizer: BatchSizer | None = None,
+        prefetch: bool = False,
         holder: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -139,6 +153,8 @@ class BackgroundProcessor:
         self.outage_max_delay = outage_max_delay
         self.probe_interval = probe_interval
         self.sizer = sizer
+        self.prefetch = prefetch
+        self._prefetched: list[Delivery] = []
         self._rtt_measured_at = float("-inf")
         self._unanswered_since: float | None = None
         self._unanswered_detail = ""
@@ -173,6 +189,7 @@ class BackgroundProcessor:
             self.state = ProcessorState.STANDBY
             return False
         self._has_lease, self._renewed_at = True, self.clock()
+        self._prefetched = []  # recovered below with everything else in flight
         recovered = await self.manager.backend.buffer.recover(include_unexpired=True)
         if recovered:
             self.log.info(
@@ -216,6 +233,7 @@ class BackgroundProcessor:
             # whatever it left in flight goes back to the head, in order, before
             # anything later is claimed. Between batches nothing of ours is in flight.
             await self.manager.backend.buffer.recover(include_unexpired=True)
+            self._prefetched = []
             self._unsettled = False
         self._unsettled = True
         applied = await self._claim_and_apply()
@@ -240,7 +258,10 @@ class BackgroundProcessor:
             await self._measure_rtt(sizer)
         cycle_began = time.perf_counter()
         size = self.batch_size if sizer is None else sizer.size
-        deliveries = await self.manager.claim(size, self.claim_lease)
+        if self._prefetched:
+            deliveries, self._prefetched = self._prefetched, []
+        else:
+            deliveries = await self.manager.claim(size, self.claim_lease)
         self.last_run_at = utc_now()
         if not deliveries:
             if self.state is not ProcessorState.PAUSED:
@@ -248,14 +269,22 @@ class BackgroundProcessor:
             return 0
         transactions = [d.transaction for d in deliveries]
         began = self.clock()
+        execution = asyncio.ensure_future(self._execute(transactions))
+        ahead = (
+            asyncio.ensure_future(self.manager.claim(self.next_size(), self.claim_lease))
+            if self.prefetch and len(deliveries) >= size
+            else None
+        )
         try:
-            async with self._renewing():
-                result = await self.executor.execute_batch(transactions)
+            result = await execution
         except (DatabaseUnavailableError, ConfigurationError) as exc:
             if await self._still_holding():
+                # Later claims go back first, so that this batch lands ahead of them.
+                await self._give_back(await _claimed(ahead), "an earlier batch paused")
                 await self._pause(deliveries, exc)
             else:
                 # Another processor owns these claims now: touch nothing of theirs.
+                await _claimed(ahead)
                 self._has_lease = False
                 self.state = ProcessorState.STANDBY
             if isinstance(exc, ConfigurationError):
@@ -263,6 +292,9 @@ class BackgroundProcessor:
             elif self._unanswered_since is None:
                 self._unanswered_since = began
             return 0
+        except BaseException:
+            await _claimed(ahead)  # recovered with the rest at the next cycle (_unsettled)
+            raise
         self._outage_streak = 0
         self._unanswered_since = None
         self.state, self.cause = ProcessorState.RUNNING, None
@@ -272,6 +304,7 @@ class BackgroundProcessor:
             self.log.warning("lease lost during a batch; leaving its claims to the next holder")
             self._has_lease = False
             self.state = ProcessorState.STANDBY
+            await _claimed(ahead)  # in flight under our old lease: the next holder's
             return 0
         done = [d for d, o in zip(deliveries, result.outcomes, strict=True) if o.done]
         failures: list[tuple[Delivery, BaseException, FailureKind]] = [
@@ -279,6 +312,12 @@ class BackgroundProcessor:
             for d, o in zip(deliveries, result.outcomes, strict=True)
             if o.error is not None
         ]
+        following = await _claimed(ahead)
+        if failures:
+            # A retried transaction holds the head: nothing after it may apply first.
+            await self._give_back(following, "an earlier transaction is retried first")
+        else:
+            self._prefetched = following
         if done:
             await self.manager.committed(done, result.commit_lsn)
             self.counters.processed += len(done)
@@ -295,6 +334,18 @@ class BackgroundProcessor:
                 sum(len(d.claim.payload) for d in deliveries),
             )
         return len(done)
+
+    async def _execute(self, transactions: list[Transaction]) -> BatchResult:
+        async with self._renewing():
+            return await self.executor.execute_batch(transactions)
+
+    def next_size(self) -> int:
+        """The size of the next batch claimed."""
+        return self.batch_size if self.sizer is None else self.sizer.size
+
+    async def _give_back(self, deliveries: list[Delivery], why: str) -> None:
+        if deliveries:
+            await self.manager.paused(deliveries, f"returned unapplied: {why}")
 
     def _count_failure(self, kind: FailureKind, status: TransactionStatus) -> None:
         tx = status.transaction_id

@@ -131,6 +131,9 @@ class BufferingSettings(BaseSettings):
         batch_size_min: Smallest adaptive batch.
         batch_size_max: Largest adaptive batch.
         batch_max_bytes: Largest adaptive batch in payload bytes.
+        batch_prefetch: Claim the next batch while the current one is in
+            flight, so that the round trip hides the claim (order holds: it
+            goes back behind the current batch when that one pauses or retries).
         database_engine_options: Keyword arguments for the main database's
             engine (``create_async_engine``), as a JSON object in the environment.
         replica_engine_options: Keyword arguments for the replica's engine.
@@ -177,6 +180,7 @@ class BufferingSettings(BaseSettings):
     batch_size_min: int = Field(10, ge=1)
     batch_size_max: int = Field(2000, ge=1)
     batch_max_bytes: int = Field(8 * 1024 * 1024, ge=1)
+    batch_prefetch: bool = True
     database_engine_options: dict[str, Any] = {}
     replica_engine_options: dict[str, Any] = {}
 

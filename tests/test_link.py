@@ -290,3 +290,80 @@ async def test_a_stopped_worker_holding_a_transaction_does_not_block_the_next_ho
         await probe.aclose()  # type: ignore[attr-defined]
         await backend.aclose()
         await direct.dispose()
+
+
+async def test_the_kill_storm_through_a_50_ms_relay() -> None:
+    """SIGKILLed workers over a 50 ms round trip: each transaction applied once, in order."""
+    import os
+    import signal
+
+    from services import REDIS_URL, forget_site, redis_client
+    from test_kill_storm import _transaction, _until_holding, _worker
+
+    from ccat_buffering.example import RawDataFile
+    from ccat_buffering_redis import RedisBackend
+
+    count, kills = 400, 8
+    probe = await redis_client()
+    async with fresh_database() as url:
+        target = make_url(url)
+        relay = LoopbackRelay(target.host or "127.0.0.1", target.port or 5432, delay=0.025)
+        await relay.start()
+        direct = create_engine(url)
+        await make_schema(direct)
+        await TransactionExecutor(direct, ModelRegistry.from_base(Base)).create_ledger()
+        backend = RedisBackend.from_url(REDIS_URL, site=new_site_name())
+        manager = TransactionManager(backend)
+        txs = [_transaction(i) for i in range(count)]
+        await manager.buffer_many(txs)
+        proxied = target.set(drivername="postgresql+psycopg", host="127.0.0.1", port=relay.port)
+        env = {
+            **os.environ,
+            "CCAT_BUFFERING_SITE_NAME": backend.site,
+            "CCAT_BUFFERING_BACKEND_URL": REDIS_URL,
+            "CCAT_BUFFERING_DATABASE_URL": proxied.render_as_string(hide_password=False),
+            "CCAT_BUFFERING_PROCESSOR_LEASE": "0.5",
+            "CCAT_BUFFERING_BATCH_SIZE": "10",
+            "CCAT_BUFFERING_BATCH_SIZE_ADAPTIVE": "false",
+            "CCAT_BUFFERING_POLL_INTERVAL": "0.01",
+        }
+        rng = random.Random(20261202)
+        workers = []
+        try:
+            for _ in range(kills):
+                worker = _worker(env)
+                workers.append(worker)
+                await _until_holding(backend, worker.pid)
+                await asyncio.sleep(rng.uniform(0.02, 0.4))
+                os.kill(worker.pid, signal.SIGKILL)
+                worker.wait(10)
+            last = _worker(env)
+            workers.append(last)
+            await _until_holding(backend, last.pid)
+
+            async def drained() -> bool:
+                stats = await backend.buffer.stats()
+                return stats.depth == 0 and stats.in_flight == 0
+
+            await _until(drained, 90, "the last worker drained the buffer")
+            last.send_signal(signal.SIGTERM)
+            assert last.wait(30) == 0
+        finally:
+            for process in workers:
+                if process.poll() is None:
+                    process.kill()
+            await relay.stop()
+        async with direct.connect() as conn:
+            files = (
+                (await conn.execute(select(RawDataFile.size_bytes).order_by(literal_column("id"))))
+                .scalars()
+                .all()
+            )
+            ledger = (await conn.execute(select(func.count()).select_from(ledger_table))).scalar()
+        assert list(files) == list(range(count))  # each once, in buffer order
+        assert ledger == count
+        assert (await backend.buffer.stats()).dead_letters == 0
+        await forget_site(probe, backend.keys.pattern())
+        await probe.aclose()  # type: ignore[attr-defined]
+        await backend.aclose()
+        await direct.dispose()
