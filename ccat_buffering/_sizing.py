@@ -43,7 +43,7 @@ class BatchSizer:
         max_seconds: float,
         round_trips: int = 2,
         share: float = 0.25,
-        floor_seconds: float = 0.05,
+        floor_seconds: float = 0.2,
     ) -> None:
         if not 1 <= minimum <= maximum:
             raise ValueError(f"batch bounds must satisfy 1 <= min <= max, not {minimum}, {maximum}")

@@ -427,7 +427,7 @@ def test_the_batch_sizer_follows_the_round_trip() -> None:
     for _ in range(6):  # 0.2 ms of work per transaction, plus the round trips
         loopback.observe(loopback.size, 2 * 0.0002 + loopback.size * 0.0002, loopback.size * 700)
         far.observe(far.size, 2 * 0.2 + far.size * 0.0002, far.size * 700)
-    assert loopback.size < 400  # about 50 ms of work
+    assert loopback.size < 1500  # about 200 ms of work
     assert far.size == 2000  # the round trips would dominate anything smaller
     tight = BatchSizer(start=100, minimum=10, maximum=2000, max_bytes=70_000, max_seconds=10.0)
     tight.observe_rtt(0.2)
