@@ -187,8 +187,13 @@ def _serve_relay(host: str, port: int, delay: float, pipe: Connection) -> None:
         done = loop.create_future()
 
         def answer() -> None:
-            if pipe.recv() == "stop":
+            command = pipe.recv()
+            if command == "stop":
                 done.set_result(None)
+            elif command == "hang":
+                relay.hang()
+            elif command == "answer":
+                relay.answer()
             else:
                 pipe.send(relay.counters.round_trips)
 
@@ -224,6 +229,14 @@ class RelayProcess:
         """Round trips the relay has counted so far."""
         self.pipe.send("count")
         return int(self.pipe.recv())
+
+    def hang(self) -> None:
+        """Drop every byte from now on, keeping the connections open."""
+        self.pipe.send("hang")
+
+    def answer(self) -> None:
+        """Forward again."""
+        self.pipe.send("answer")
 
     def __exit__(self, *exc: object) -> None:
         self.pipe.send("stop")
@@ -266,6 +279,93 @@ async def one_rtt(url: URL, rtt_ms: int) -> list[tuple[str, Cell, Cell | None]]:
         return rows
 
 
+@dataclass
+class HangResult:
+    reported_after: float
+    resumed_after: float
+    lost: int
+    applied_twice: int
+    dead_lettered: int
+
+
+async def hung_link(url: URL, rtt_ms: int, hang_seconds: float, n: int = 3000) -> HangResult:
+    """Drain through a link that hangs for ``hang_seconds`` in the middle of the drain."""
+    from sqlalchemy import func, select
+
+    from ccat_buffering.example import RawDataFile
+    from ccat_buffering.processor import ProcessorState
+
+    settings = BufferingSettings(statement_timeout=5.0, connect_timeout=5.0)
+    with RelayProcess(url.host or "127.0.0.1", url.port or 5432, rtt_ms / 2000) as relay:
+        proxied = url.set(drivername="postgresql+psycopg", host="127.0.0.1", port=relay.port)
+        timeouts = link_timeouts(settings)
+        engine = create_engine(proxied.render_as_string(hide_password=False), timeouts=timeouts)
+        registry = ModelRegistry.from_base(Base)
+        executor = TransactionExecutor(engine, registry, timeouts=timeouts)
+        backend, _ = await _backend(f"bench-{uuid.uuid4().hex[:8]}")
+        manager = TransactionManager(backend, registry=registry)
+        run = uuid.uuid4().hex[:8]
+        txs = transactions(n, run)
+        for start in range(0, n, 500):
+            await manager.buffer_many(txs[start : start + 500])
+        processor = BackgroundProcessor(
+            manager,
+            executor,
+            batch_size=settings.batch_size,
+            probe_interval=settings.outage_probe_interval,
+            sizer=batch_sizer(settings),
+            prefetch=settings.batch_prefetch,
+        )
+        processor.start()
+        try:
+            while (await backend.buffer.stats()).depth > n * 0.8:
+                await asyncio.sleep(0.05)
+            relay.hang()
+            hung_at = time.monotonic()
+            while True:
+                health = await processor.health()
+                if health.state is ProcessorState.PAUSED and "not answering" in (
+                    health.cause or ""
+                ):
+                    break
+                await asyncio.sleep(0.05)
+            reported = time.monotonic() - hung_at
+            await asyncio.sleep(max(hung_at + hang_seconds - time.monotonic(), 0))
+            processed = processor.counters.processed
+            relay.answer()
+            answered = time.monotonic()
+            while processor.counters.processed == processed:
+                await asyncio.sleep(0.05)
+            resumed = time.monotonic() - answered
+            while True:
+                stats = await backend.buffer.stats()
+                if stats.depth == 0 and stats.in_flight == 0:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await processor.stop()
+        dead = (await backend.buffer.stats()).dead_letters
+        direct = create_engine(url.render_as_string(hide_password=False))
+        async with direct.connect() as conn:
+            pattern = RawDataFile.path.like(f"/{run}/%")
+            total = (await conn.execute(select(func.count()).where(pattern))).scalar_one()
+            distinct = (
+                await conn.execute(
+                    select(func.count(func.distinct(RawDataFile.path))).where(pattern)
+                )
+            ).scalar_one()
+        await direct.dispose()
+        client = getattr(backend, "client", None)
+        if client is not None:
+            keys = [k async for k in client.scan_iter(match=backend.keys.pattern())]  # type: ignore[attr-defined]
+            for start in range(0, len(keys), 500):
+                await client.unlink(*keys[start : start + 500])
+        await backend.aclose()
+        await engine.dispose()
+    files_per_tx = 2
+    return HangResult(reported, resumed, n * files_per_tx - distinct, total - distinct, dead)
+
+
 async def main(rtts: Sequence[int]) -> None:
     admin = create_async_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     name = f"ccat_bench_{uuid.uuid4().hex[:8]}"
@@ -290,6 +390,17 @@ async def main(rtts: Sequence[int]) -> None:
         widths = [max(len(r[i]) for r in table) for i in range(len(header))]
         for row in table:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        hang_rtt = 200 if 200 in rtts else rtts[-1]
+        hang = await hung_link(url, hang_rtt, 20.0)
+        print(
+            f"hung link at {hang_rtt} ms (statement_timeout 5 s, 20 s without an answer, "
+            "default settings otherwise):"
+        )
+        print(
+            f"  outage reported after {hang.reported_after:.1f} s (goal <= 10 s); drain resumed "
+            f"{hang.resumed_after:.1f} s after the link answered (goal <= 10 s); lost "
+            f"{hang.lost}, applied twice {hang.applied_twice}, dead-lettered {hang.dead_lettered}"
+        )
     finally:
         async with admin.connect() as conn:
             await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

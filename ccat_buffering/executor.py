@@ -10,6 +10,7 @@ inside the transaction) the commit's LSN is read on the same connection.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -334,6 +335,10 @@ class TransactionExecutor:
                 return await self._run_on(conn, runnable, outcomes)
             except BaseException:
                 if dog is not None and dog.fired:
+                    # Discarded here, so that the pool does not try (and log) a
+                    # ROLLBACK on a socket that is already shut.
+                    with contextlib.suppress(Exception):
+                        await conn.invalidate()
                     # from None: the driver's own error (a closed socket, a
                     # pending rollback) says less than this; it stays __context__.
                     raise DatabaseUnavailableError(
