@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
+import enum
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest_asyncio
 from pg import fresh_database
-from sqlalchemy import func, literal_column, select, text
+from sqlalchemy import (
+    JSON,
+    Date,
+    Enum,
+    ForeignKey,
+    Numeric,
+    String,
+    Uuid,
+    func,
+    literal_column,
+    select,
+    text,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ccat_buffering._relay import LoopbackRelay
 from ccat_buffering.builder import TransactionBuilder
@@ -172,5 +189,77 @@ async def test_a_deferred_constraint_at_commit_is_found_by_bisection(
         assert "foreign key" in str(result.outcomes[11].error)
         assert all(o.applied for i, o in enumerate(result.outcomes) if i != 11)
         assert await _count(engine, ExecutedObsUnit.id) == 30
+    finally:
+        await engine.dispose()
+
+
+class Mode(enum.Enum):
+    SKY = "sky"
+    DARK = "dark"
+
+
+class WorldBase(DeclarativeBase):
+    pass
+
+
+class Night(WorldBase):
+    __tablename__ = "night"
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    date: Mapped[dt.date] = mapped_column(Date)
+    mode: Mapped[Mode] = mapped_column(Enum(Mode, name="night_mode"))
+    meta: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
+    seeing: Mapped[decimal.Decimal] = mapped_column(Numeric(6, 3))
+
+
+class Target(WorldBase):
+    __tablename__ = "target"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    night_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("night.id"))
+
+
+async def test_native_types_through_the_pipeline(relay: tuple[LoopbackRelay, str]) -> None:
+    """Uuid keys and foreign keys, Enum, Date, JSON, Numeric and a text key with spaces."""
+    _proxy, url = relay
+    engine = create_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(WorldBase.metadata.create_all)
+    executor = TransactionExecutor(engine, ModelRegistry.from_base(WorldBase))
+    try:
+        txs = []
+        ids = []
+        for i in range(3):
+            tx = TransactionBuilder("night")
+            night_id = uuid.uuid4()
+            ids.append(night_id)
+            tx.create(
+                Night,
+                {
+                    "id": night_id,
+                    "date": dt.date(2026, 12, i + 1),
+                    "mode": "SKY" if i % 2 else "DARK",
+                    "meta": {"airmass": [1.2, 1.3], "ok": True},
+                    "seeing": decimal.Decimal("0.85"),
+                },
+            )
+            tx.create(Target, {"name": f"NGC 253, field {i}!", "night_id": night_id})
+            txs.append(tx.build())
+        change = TransactionBuilder("dark")
+        change.update(Night, {"id": ids[0]}, {"mode": "DARK", "meta": {"note": "clouds"}})
+        result = await executor.execute_batch([*txs, change.build()])
+        assert all(o.applied for o in result.outcomes), [o.error for o in result.outcomes]
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(Night.mode, Night.meta, Night.seeing, Night.date).order_by(Night.date)
+                )
+            ).all()
+            names = (await conn.execute(select(Target.name).order_by(Target.name))).scalars().all()
+        assert [r.mode for r in rows] == [Mode.DARK, Mode.SKY, Mode.DARK]
+        assert rows[0].meta == {"note": "clouds"} and rows[1].meta == {
+            "airmass": [1.2, 1.3],
+            "ok": True,
+        }
+        assert rows[1].seeing == decimal.Decimal("0.850") and rows[2].date == dt.date(2026, 12, 3)
+        assert names == [f"NGC 253, field {i}!" for i in range(3)]
     finally:
         await engine.dispose()
