@@ -15,9 +15,11 @@ reached): ``TransactionManager`` on ``RedisBackend`` against raw ``LPUSH``, the
 origin's four commands and arq, and Redis memory per buffered transaction.
 
 Then the PostgreSQL drain of :mod:`drain_bench` (batches with the ledger against
-the origin's one-at-a-time shape) and the replication timing of
+the origin's one-at-a-time shape), the replication timing of
 :mod:`replication_bench` (commit to visible on a streaming replica the run
-starts), each skipped with the reason when its server is missing.
+starts) and the drain over a delay relay at 0, 50, 200 and 500 ms round trip
+of :mod:`wan_bench` (against the one-round-trip floor), each skipped with the
+reason when its server is missing.
 
 Run with ``make bench`` or ``python bench/run.py [--transactions N]
 [--memory-transactions N] [--seconds S] [--rounds R] [--redis-url URL]``.
@@ -35,6 +37,7 @@ from pathlib import Path
 import drain_bench
 import redis_bench
 import replication_bench
+import wan_bench
 
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.example import Base, ExecutedObsUnit, RawDataPackage
@@ -140,6 +143,7 @@ if __name__ == "__main__":
     for title, bench in (
         ("PostgreSQL drain", lambda: drain_bench.main(args.transactions)),
         ("replication", lambda: replication_bench.main(1000)),
+        ("drain over a long-haul link", lambda: wan_bench.main([0, 50, 200, 500])),
     ):
         print()
         try:

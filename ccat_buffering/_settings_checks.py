@@ -37,8 +37,8 @@ _OPTIONS = {
 _DRIVERS = {
     "asyncpg": ("asyncpg", "postgres"),
     "aiosqlite": ("aiosqlite", "sqlite"),
-    "psycopg": ("psycopg", None),
-    "psycopg_async": ("psycopg", None),
+    "psycopg": ("psycopg", "postgres"),
+    "psycopg_async": ("psycopg", "postgres"),
     "aiomysql": ("aiomysql", None),
     "asyncmy": ("asyncmy", None),
 }

@@ -14,6 +14,8 @@ from typing import Any, Literal, Self
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ccat_buffering._link import LinkTimeouts
+from ccat_buffering._sizing import BatchSizer
 from ccat_buffering.backends import open_backend
 from ccat_buffering.buffer_loss import BufferLoss, BufferWatch, watch_buffer
 from ccat_buffering.executor import TransactionExecutor, create_engine
@@ -33,7 +35,47 @@ from ccat_buffering.replication import (
 from ccat_buffering.retry import RetryPolicy
 from ccat_buffering.settings import BufferingSettings, load_settings, mask_url
 
-__all__ = ["BufferingCoordinator"]
+__all__ = ["BufferingCoordinator", "batch_sizer", "link_timeouts"]
+
+
+def link_timeouts(settings: BufferingSettings) -> LinkTimeouts:
+    """The link timeouts the settings ask for.
+
+    Args:
+        settings: The site's settings.
+
+    Returns:
+        Connect, statement, lock, idle-in-transaction and keepalive limits.
+    """
+    return LinkTimeouts(
+        connect=settings.connect_timeout,
+        statement=settings.statement_timeout,
+        lock=settings.lock_timeout,
+        idle_in_transaction=settings.idle_in_transaction_timeout,
+        keepalive_idle=settings.tcp_keepalive_idle,
+        keepalive_interval=settings.tcp_keepalive_interval,
+        keepalive_count=settings.tcp_keepalive_count,
+    )
+
+
+def batch_sizer(settings: BufferingSettings) -> BatchSizer | None:
+    """The adaptive batch sizing the settings ask for, or ``None`` for fixed batches.
+
+    Args:
+        settings: The site's settings.
+
+    Returns:
+        A sizer between the configured bounds, starting at ``batch_size``.
+    """
+    if not settings.batch_size_adaptive:
+        return None
+    return BatchSizer(
+        start=settings.batch_size,
+        minimum=min(settings.batch_size_min, settings.batch_size),
+        maximum=max(settings.batch_size_max, settings.batch_size),
+        max_bytes=settings.batch_max_bytes,
+        max_seconds=settings.statement_timeout / 3,
+    )
 
 
 class BufferingCoordinator:
@@ -85,7 +127,9 @@ class BufferingCoordinator:
             cache_ttl=settings.cache_ttl,
             max_payload_bytes=settings.max_payload_bytes,
         )
-        self.executor = TransactionExecutor(engine, registry, ledger=settings.ledger)
+        self.executor = TransactionExecutor(
+            engine, registry, ledger=settings.ledger, timeouts=link_timeouts(settings)
+        )
         self.processor = BackgroundProcessor(
             self.manager,
             self.executor,
@@ -95,6 +139,9 @@ class BufferingCoordinator:
             poll_interval=settings.poll_interval,
             outage_base_delay=settings.outage_base_delay,
             outage_max_delay=settings.outage_max_delay,
+            probe_interval=settings.outage_probe_interval,
+            sizer=batch_sizer(settings),
+            prefetch=settings.batch_prefetch,
         )
         self.tracker = ReplicationTracker(
             self.manager,
@@ -116,15 +163,24 @@ class BufferingCoordinator:
         *,
         registry: ModelRegistry,
         backend_options: dict[str, Any] | None = None,
+        engine_options: dict[str, Any] | None = None,
+        replica_engine_options: dict[str, Any] | None = None,
         start: bool = True,
     ) -> BufferingCoordinator:
         """Build every part from settings; the coordinator owns and closes them.
+
+        Both engines get the link timeouts of the settings (connect, statement,
+        lock, idle in transaction, TCP keepalive).
 
         Args:
             settings: The site's settings; read from the environment when ``None``
                 (a missing or invalid one raises a short ``ConfigurationError``).
             registry: The mapped classes transactions may name.
             backend_options: Passed to the backend's ``from_url``.
+            engine_options: Passed to :func:`~ccat_buffering.create_engine` for
+                the main database, over ``settings.database_engine_options``.
+            replica_engine_options: The same for the replica, over
+                ``settings.replica_engine_options``.
             start: Start the processor and tracker when entered as a context.
 
         Returns:
@@ -136,11 +192,20 @@ class BufferingCoordinator:
             site=settings.site_name,
             **{**settings.backend_options(), **(backend_options or {})},
         )
-        engine = create_engine(settings.require_url("database_url"))
+        timeouts = link_timeouts(settings)
+        engine = create_engine(
+            settings.require_url("database_url"),
+            timeouts=timeouts,
+            **{**settings.database_engine_options, **(engine_options or {})},
+        )
         read_engine = None
         checker: ReplicationChecker = ImmediateReplicationChecker()
         if settings.replica_url:
-            read_engine = create_engine(settings.require_url("replica_url"))
+            read_engine = create_engine(
+                settings.require_url("replica_url"),
+                timeouts=timeouts,
+                **{**settings.replica_engine_options, **(replica_engine_options or {})},
+            )
             checker = LSNReplicationChecker(read_engine)
         coordinator = cls(
             settings,

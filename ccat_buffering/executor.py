@@ -10,6 +10,7 @@ inside the transaction) the commit's LSN is read on the same connection.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +20,12 @@ from sqlalchemy import update as sa_update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
 from ccat_buffering._grouping import plan
+from ccat_buffering._link import LinkTimeouts, Watchdog, connect_options, watch_engine, watched
+from ccat_buffering._pipeline import Pipeline, PipelineResult, must_match, row_chunks
 from ccat_buffering.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
+    ExecutionError,
     RecordNotFoundError,
     UnknownColumnError,
     UnresolvedReferenceError,
@@ -29,7 +33,7 @@ from ccat_buffering.errors import (
 from ccat_buffering.lsn import LSN
 from ccat_buffering.models import Operation, Ref, Step, Transaction, utc_now
 from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import FailureKind, classify_failure
+from ccat_buffering.retry import FailureKind, classify_failure, describe_error, is_schema_lag
 
 __all__ = [
     "LEDGER_TABLE_NAME",
@@ -56,21 +60,35 @@ ledger_table = Table(
 """The applied-transactions ledger: one row per transaction ever applied."""
 
 
-def create_engine(url: str, **options: Any) -> AsyncEngine:
-    """Create an async engine that savepoints work on.
+def create_engine(url: str, *, timeouts: LinkTimeouts | None = None, **options: Any) -> AsyncEngine:
+    """Create an async engine that savepoints work on and that a hung link cannot stall.
 
-    On SQLite the driver's own transaction handling is switched off so that
-    SAVEPOINT behaves as documented, and foreign keys are enforced.
+    On PostgreSQL the connections get the connect timeout, TCP keepalive and
+    the server-side ``statement_timeout``, ``lock_timeout`` and
+    ``idle_in_transaction_session_timeout`` of ``timeouts`` (keys of
+    ``options["connect_args"]`` win over them). On SQLite the driver's own
+    transaction handling is switched off so that SAVEPOINT behaves as
+    documented, and foreign keys are enforced.
 
     Args:
-        url: An SQLAlchemy async URL (``postgresql+asyncpg://``,
-            ``sqlite+aiosqlite://``).
+        url: An SQLAlchemy async URL (``postgresql+psycopg://``,
+            ``postgresql+asyncpg://``, ``sqlite+aiosqlite://``).
+        timeouts: The link's limits; the defaults of :class:`LinkTimeouts`
+            when ``None``.
         **options: Passed to :func:`sqlalchemy.ext.asyncio.create_async_engine`.
 
     Returns:
         The engine.
     """
+    from sqlalchemy.engine import make_url
+
+    timeouts = timeouts or LinkTimeouts()
+    driver = make_url(url).get_driver_name()
+    connect_args = {**connect_options(driver, timeouts), **options.pop("connect_args", {})}
+    if connect_args:
+        options["connect_args"] = connect_args
     engine = create_async_engine(url, **options)
+    watch_engine(engine, timeouts)
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -85,6 +103,38 @@ def create_engine(url: str, **options: Any) -> AsyncEngine:
             connection.exec_driver_sql("BEGIN")
 
     return engine
+
+
+def not_the_transactions_fault(
+    exc: BaseException, where: str
+) -> ExecutionError | ConfigurationError:
+    """The error that pauses the queue for ``exc``, an outage or a schema not yet deployed.
+
+    Args:
+        exc: What the database raised (classified as an outage).
+        where: What was being done, for the message.
+
+    Returns:
+        :class:`ConfigurationError` for schema lag, else :class:`DatabaseUnavailableError`.
+    """
+    if isinstance(exc, DatabaseUnavailableError | ConfigurationError):
+        return exc
+    if is_schema_lag(exc):
+        return ConfigurationError(
+            f"the main database lacks part of the schema ({describe_error(exc)}) {where}; "
+            "deploy the migration there: the queue waits and resumes by itself"
+        )
+    return DatabaseUnavailableError(f"the database failed {where}: {exc}")
+
+
+def _sqlstate_of(error: BaseException) -> str | None:
+    code = getattr(getattr(error, "orig", None), "sqlstate", None)
+    return code if isinstance(code, str) else getattr(error, "sqlstate", None)
+
+
+def _lsn_of(result: PipelineResult) -> LSN | None:
+    rows = list(result.rows.values())
+    return LSN.parse(rows[-1][0][0]) if rows else None
 
 
 class _CommitRefused(Exception):
@@ -141,14 +191,33 @@ class TransactionExecutor:
         registry: The mapped classes steps may name.
         ledger: Record and check applied transaction ids (exactly-once
             effect); switch off only to measure what it costs.
+        timeouts: The link's limits; a call unanswered for
+            ``timeouts.statement`` seconds discards its connection and fails
+            as an outage.
     """
 
     def __init__(
-        self, engine: AsyncEngine, registry: ModelRegistry, *, ledger: bool = True
+        self,
+        engine: AsyncEngine,
+        registry: ModelRegistry,
+        *,
+        ledger: bool = True,
+        timeouts: LinkTimeouts | None = None,
     ) -> None:
         self.engine = engine
         self.registry = registry
         self.ledger = ledger
+        self.timeouts = timeouts or LinkTimeouts()
+        watch_engine(engine)
+
+    async def ping(self) -> bool:
+        """Whether the database answers a trivial query within the statement timeout."""
+        try:
+            async with self.engine.connect() as conn, watched(conn, self.timeouts.statement):
+                await conn.exec_driver_sql("SELECT 1")
+        except Exception:
+            return False
+        return True
 
     async def create_ledger(self) -> None:
         """Create the ledger table if it does not exist."""
@@ -200,8 +269,9 @@ class TransactionExecutor:
         runnable = [(i, tx) for i, tx in enumerate(transactions) if outcomes[i].error is None]
         if not runnable:
             return BatchResult(outcomes, None)
+        pipelined = self._pipelines(runnable)
         try:
-            lsn = await self._run(runnable, outcomes)
+            lsn = await self._run(runnable, outcomes, pipelined)
         except _CommitRefused as refused:
             if len(runnable) == 1:
                 index, tx = runnable[0]
@@ -210,68 +280,291 @@ class TransactionExecutor:
                     tx.transaction_id, error=error, kind=classify_failure(error)
                 )
                 return BatchResult(outcomes, None)
-            # A deferred constraint refused the whole commit: one by one, the error
-            # lands on the transaction that caused it.
+            # A deferred constraint refused the whole commit: halves, in order, until
+            # the error lands on the transaction that caused it (about 2 log2(n)
+            # more batches for one such transaction, not n).
             lsn = None
-            for index, tx in runnable:
-                alone = await self.execute_batch([tx])
-                outcomes[index] = alone.outcomes[0]
-                lsn = alone.commit_lsn or lsn
+            half = len(runnable) // 2
+            for part in (runnable[:half], runnable[half:]):
+                result = await self.execute_batch([tx for _, tx in part])
+                for (index, _), outcome in zip(part, result.outcomes, strict=True):
+                    outcomes[index] = outcome
+                lsn = result.commit_lsn or lsn
         except (DatabaseUnavailableError, ConfigurationError):
             raise
         except Exception as exc:
+            if is_schema_lag(exc):
+                raise not_the_transactions_fault(exc, "while applying a batch") from exc
             raise DatabaseUnavailableError(
                 f"the batch could not be applied ({classify_failure(exc)}): {exc}"
             ) from exc
-        return BatchResult(outcomes, lsn)
+        if pipelined:
+            # Its ledger row goes first in each transaction: already settled.
+            return BatchResult(outcomes, lsn)
+        return BatchResult(await self._settle_failures(outcomes), lsn)
+
+    async def _settle_failures(self, outcomes: list[Outcome]) -> list[Outcome]:
+        """Report a failure as applied when the ledger holds it (applied by another holder).
+
+        A processor whose lease lapsed mid-batch may commit the same
+        transaction concurrently; its twin here then fails on the ledger's key.
+        That transaction is applied, and must never be dead-lettered.
+        """
+        failed = [o.transaction_id for o in outcomes if o.error is not None]
+        if not failed or not self.ledger:
+            return outcomes
+        try:
+            async with self.engine.connect() as conn:
+                done = await self._applied_ids(conn, failed)
+        except Exception:
+            return outcomes  # the failures stand; a redelivery settles them
+        return [
+            Outcome(o.transaction_id, already_applied=True)
+            if o.error is not None and o.transaction_id in done
+            else o
+            for o in outcomes
+        ]
 
     async def _run(
-        self, runnable: list[tuple[int, Transaction]], outcomes: list[Outcome]
+        self, runnable: list[tuple[int, Transaction]], outcomes: list[Outcome], pipelined: bool
     ) -> LSN | None:
-        async with self.engine.connect() as conn:
-            await conn.begin()
-            done = await self._applied_ids(conn, [tx.transaction_id for _, tx in runnable])
-            session = AsyncSession(bind=conn, autoflush=False, expire_on_commit=False)
-            todo = []
-            first_of: dict[str, int] = {}
-            copies: list[tuple[int, int]] = []
-            for index, tx in runnable:
-                if tx.transaction_id in done:
-                    outcomes[index] = Outcome(tx.transaction_id, already_applied=True)
-                elif tx.transaction_id in first_of:
-                    # The same transaction buffered twice (a lost reply, resubmitted):
-                    # it is applied once, and the copy shares the first one's fate.
-                    copies.append((index, first_of[tx.transaction_id]))
-                else:
-                    first_of[tx.transaction_id] = index
-                    todo.append((index, tx))
-            if not await self._apply_grouped(session, todo, outcomes):
-                for index, tx in todo:
-                    outcomes[index] = await self._apply_one(session, tx)
-            for index, first in copies:
-                original = outcomes[first]
-                outcomes[index] = (
-                    Outcome(original.transaction_id, already_applied=True)
-                    if original.done
-                    else original
-                )
-            await session.close()
+        async with self.engine.connect() as conn, watched(conn, self.timeouts.statement) as dog:
             try:
-                await conn.commit()
-            except Exception as exc:
-                if classify_failure(exc) is FailureKind.OUTAGE:
-                    raise
-                raise _CommitRefused(exc) from exc
-            if conn.dialect.name != "postgresql":
-                return None
-            # After COMMIT, on the same connection, so that the LSN covers our commit
-            # record; read even when every transaction was already in the ledger,
-            # since their earlier commit lies before it too.
-            lsn_text = (
-                await conn.exec_driver_sql("SELECT pg_current_wal_insert_lsn()::text")
-            ).scalar()
-            await conn.rollback()
-            return LSN.parse(str(lsn_text))
+                if pipelined:
+                    return await self._run_pipelined(conn, dog, runnable, outcomes)
+                return await self._run_on(conn, runnable, outcomes)
+            except BaseException:
+                if dog is not None and dog.fired:
+                    # Discarded here, so that the pool does not try (and log) a
+                    # ROLLBACK on a socket that is already shut.
+                    with contextlib.suppress(Exception):
+                        await conn.invalidate()
+                    # from None: the driver's own error (a closed socket, a
+                    # pending rollback) says less than this; it stays __context__.
+                    raise DatabaseUnavailableError(
+                        f"the main database did not answer within {dog.timeout:g} s "
+                        "(statement_timeout); the connection was discarded"
+                    ) from None
+                raise
+
+    async def _run_on(
+        self,
+        conn: AsyncConnection,
+        runnable: list[tuple[int, Transaction]],
+        outcomes: list[Outcome],
+    ) -> LSN | None:
+        await conn.begin()
+        done = await self._applied_ids(conn, [tx.transaction_id for _, tx in runnable])
+        session = AsyncSession(bind=conn, autoflush=False, expire_on_commit=False)
+        todo = []
+        first_of: dict[str, int] = {}
+        copies: list[tuple[int, int]] = []
+        for index, tx in runnable:
+            if tx.transaction_id in done:
+                outcomes[index] = Outcome(tx.transaction_id, already_applied=True)
+            elif tx.transaction_id in first_of:
+                # The same transaction buffered twice (a lost reply, resubmitted):
+                # it is applied once, and the copy shares the first one's fate.
+                copies.append((index, first_of[tx.transaction_id]))
+            else:
+                first_of[tx.transaction_id] = index
+                todo.append((index, tx))
+        if not await self._apply_grouped(session, todo, outcomes):
+            for index, tx in todo:
+                outcomes[index] = await self._apply_one(session, tx)
+        for index, first in copies:
+            original = outcomes[first]
+            outcomes[index] = (
+                Outcome(original.transaction_id, already_applied=True)
+                if original.done
+                else original
+            )
+        await session.close()
+        try:
+            await conn.commit()
+        except Exception as exc:
+            if classify_failure(exc) is FailureKind.OUTAGE:
+                raise
+            raise _CommitRefused(exc) from exc
+        if conn.dialect.name != "postgresql":
+            return None
+        # After COMMIT, on the same connection, so that the LSN covers our commit
+        # record; read even when every transaction was already in the ledger,
+        # since their earlier commit lies before it too.
+        lsn_text = (await conn.exec_driver_sql("SELECT pg_current_wal_insert_lsn()::text")).scalar()
+        await conn.rollback()
+        return LSN.parse(str(lsn_text))
+
+    def _pipelines(self, runnable: Sequence[tuple[int, Transaction]]) -> bool:
+        """Whether the batch can go through psycopg's pipeline mode (no ``ref()``)."""
+        if self.engine.dialect.driver != "psycopg":
+            return False
+        return not any(step.refs() for _, tx in runnable for step in tx.steps)
+
+    def _pipeline_steps(self, pipeline: Pipeline, steps: Sequence[Step], owner: int | None) -> None:
+        for step in steps:
+            model = self.registry.model(step.model)
+            op = step.operation
+            if op is Operation.CREATE or op is Operation.BULK_CREATE:
+                records = [dict(r) for r in step.records or []] or [dict(step.data or {})]
+                self._pipeline_rows(pipeline, step.model, records, owner)
+            elif op is Operation.UPDATE or op is Operation.DELETE:
+                key = dict(step.key or {})
+                statement: Any = (
+                    sa_update(model).where(*self._where(model, key)).values(**(step.data or {}))
+                    if op is Operation.UPDATE
+                    else delete(model).where(*self._where(model, key))
+                )
+                missing = RecordNotFoundError(f"step {step.step_id!r}: no {step.model} with {key}")
+                pipeline.sql(must_match(statement), owner=owner, missing=missing)
+            else:
+                for i, record in enumerate(step.records or []):
+                    key = {name: record[name] for name in step.key_fields}
+                    changes = {k: v for k, v in record.items() if k not in key}
+                    missing = RecordNotFoundError(
+                        f"step {step.step_id!r} record {i}: no {step.model} with {key}"
+                    )
+                    statement = sa_update(model).where(*self._where(model, key)).values(**changes)
+                    pipeline.sql(must_match(statement), owner=owner, missing=missing)
+
+    def _pipeline_rows(
+        self, pipeline: Pipeline, model: str, rows: list[dict[str, Any]], owner: int | None
+    ) -> None:
+        table = self.registry.mapper(model).local_table
+        for chunk in row_chunks(rows):
+            if not (isinstance(table, Table) and pipeline.insert_rows(table, chunk, owner=owner)):
+                pipeline.sql(insert(self.registry.model(model)).values(chunk), owner=owner)
+
+    def _ledger_rows(self, transactions: Sequence[Transaction]) -> list[dict[str, Any]]:
+        now = utc_now()
+        return [
+            {"transaction_id": tx.transaction_id, "endpoint": tx.endpoint, "applied_at": now}
+            for tx in transactions
+        ]
+
+    async def _run_pipelined(
+        self,
+        conn: AsyncConnection,
+        dog: Watchdog | None,
+        runnable: list[tuple[int, Transaction]],
+        outcomes: list[Outcome],
+    ) -> LSN | None:
+        """The batch in one round trip (two when a transaction in it fails)."""
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
+        touch = None if dog is None else dog.touch
+        todo, copies = self._unique(runnable)
+        done: set[str] = set()
+        lsn: LSN | None = None
+        grouped = plan([tx for _, tx in todo], self.registry) if len(todo) > 1 else None
+        if grouped is not None:
+            first = Pipeline(conn.dialect)
+            first.text("BEGIN")
+            column = ledger_table.c.transaction_id
+            if self.ledger:
+                first.sql(select(column).where(column.in_([tx.transaction_id for _, tx in todo])))
+                first.insert_rows(ledger_table, self._ledger_rows([tx for _, tx in todo]))
+            for model, rows in grouped.inserts:
+                self._pipeline_rows(first, model, rows, None)
+            self._pipeline_steps(first, grouped.updates, None)
+            first.text("COMMIT")
+            first.sync()
+            first.text("SELECT pg_current_wal_insert_lsn()::text")
+            result = await first.send(driver, touch)
+            if not result.errors:
+                for index, tx in todo:
+                    outcomes[index] = Outcome(tx.transaction_id, applied=True)
+                self._copy_outcomes(copies, outcomes)
+                return _lsn_of(result)
+            error = result.errors[0]
+            self._raise_unless_the_transactions(error, "during a batch")
+            if result.failed_statements[0].sql == "COMMIT":
+                raise _CommitRefused(error)
+            if self.ledger and 1 in result.rows:
+                done = {row[0] for row in result.rows[1]}
+        second = Pipeline(conn.dialect)
+        if grouped is not None:
+            second.text("ROLLBACK")
+        second.text("BEGIN")
+        second.text("SAVEPOINT ok")
+        second.sync()
+        members: list[tuple[int, Transaction]] = []
+        for index, tx in todo:
+            if tx.transaction_id in done:
+                outcomes[index] = Outcome(tx.transaction_id, already_applied=True)
+                continue
+            owner = len(members)
+            members.append((index, tx))
+            second.text("ROLLBACK TO SAVEPOINT ok", owner)
+            if self.ledger:
+                second.insert_rows(ledger_table, self._ledger_rows([tx]), owner=owner, ledger=True)
+            self._pipeline_steps(second, tx.steps, owner)
+            second.text("RELEASE SAVEPOINT ok", owner)
+            second.text("SAVEPOINT ok", owner)
+            second.sync()
+        second.text("ROLLBACK TO SAVEPOINT ok")
+        second.text("COMMIT")
+        second.sync()
+        second.text("SELECT pg_current_wal_insert_lsn()::text")
+        result = await second.send(driver, touch)
+        last = len(members) + 1
+        if 0 in result.errors:
+            self._raise_unless_the_transactions(result.errors[0], "at the start of a batch")
+            raise DatabaseUnavailableError(f"the batch could not begin: {result.errors[0]}")
+        for group, (index, tx) in enumerate(members, start=1):
+            failure = result.errors.get(group)
+            if failure is None:
+                outcomes[index] = Outcome(tx.transaction_id, applied=True)
+                continue
+            self._raise_unless_the_transactions(failure, f"while applying {tx.transaction_id}")
+            if result.failed_statements[group].ledger and _sqlstate_of(failure) == "23505":
+                outcomes[index] = Outcome(tx.transaction_id, already_applied=True)
+            else:
+                outcomes[index] = Outcome(
+                    tx.transaction_id, error=failure, kind=classify_failure(failure)
+                )
+        if last in result.errors:
+            error = result.errors[last]
+            self._raise_unless_the_transactions(error, "at COMMIT")
+            raise _CommitRefused(error)
+        lsn = _lsn_of(result)
+        self._copy_outcomes(copies, outcomes)
+        return lsn
+
+    def _raise_unless_the_transactions(self, error: BaseException, where: str) -> None:
+        if _sqlstate_of(error) == "42P01" and LEDGER_TABLE_NAME in str(error):
+            raise ConfigurationError(
+                f"the ledger table {LEDGER_TABLE_NAME} cannot be read ({error}); create it "
+                "with `ccat-buffering db init` or TransactionExecutor.create_ledger()"
+            ) from error
+        if classify_failure(error) is FailureKind.OUTAGE:
+            raise not_the_transactions_fault(error, where) from error
+
+    def _unique(
+        self, runnable: list[tuple[int, Transaction]]
+    ) -> tuple[list[tuple[int, Transaction]], list[tuple[int, int]]]:
+        todo: list[tuple[int, Transaction]] = []
+        first_of: dict[str, int] = {}
+        copies: list[tuple[int, int]] = []
+        for index, tx in runnable:
+            if tx.transaction_id in first_of:
+                # The same transaction buffered twice (a lost reply, resubmitted):
+                # it is applied once, and the copy shares the first one's fate.
+                copies.append((index, first_of[tx.transaction_id]))
+            else:
+                first_of[tx.transaction_id] = index
+                todo.append((index, tx))
+        return todo, copies
+
+    @staticmethod
+    def _copy_outcomes(copies: list[tuple[int, int]], outcomes: list[Outcome]) -> None:
+        for index, first in copies:
+            original = outcomes[first]
+            outcomes[index] = (
+                Outcome(original.transaction_id, already_applied=True)
+                if original.done
+                else original
+            )
 
     async def _record(self, session: AsyncSession, transactions: Sequence[Transaction]) -> None:
         if self.ledger and transactions:
@@ -307,9 +600,7 @@ class TransactionExecutor:
                 await self._record(session, [tx for _, tx in todo])
         except Exception as exc:
             if classify_failure(exc) is FailureKind.OUTAGE:
-                raise DatabaseUnavailableError(
-                    f"the database failed during a batch: {exc}"
-                ) from exc
+                raise not_the_transactions_fault(exc, "during a batch") from exc
             return False  # one by one, so that the error lands on its own transaction
         for index, tx in todo:
             outcomes[index] = Outcome(tx.transaction_id, applied=True)
@@ -324,8 +615,8 @@ class TransactionExecutor:
         except Exception as exc:
             kind = classify_failure(exc)
             if kind is FailureKind.OUTAGE:
-                raise DatabaseUnavailableError(
-                    f"the database failed while applying {tx.transaction_id}: {exc}"
+                raise not_the_transactions_fault(
+                    exc, f"while applying {tx.transaction_id}"
                 ) from exc
             return Outcome(tx.transaction_id, error=exc, kind=kind)
         return Outcome(tx.transaction_id, applied=True)

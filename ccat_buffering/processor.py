@@ -17,16 +17,17 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from pydantic import BaseModel
 
+from ccat_buffering._sizing import BatchSizer
 from ccat_buffering.errors import BackendError, ConfigurationError, DatabaseUnavailableError
-from ccat_buffering.executor import TransactionExecutor
+from ccat_buffering.executor import BatchResult, TransactionExecutor
 from ccat_buffering.logs import SiteLogger
 from ccat_buffering.manager import Delivery, TransactionManager
-from ccat_buffering.models import TransactionState, TransactionStatus, utc_now
+from ccat_buffering.models import Transaction, TransactionState, TransactionStatus, utc_now
 from ccat_buffering.protocols import SupportsProcessorReports
 from ccat_buffering.retry import FailureKind, describe_error
 
@@ -85,6 +86,16 @@ class _Counters:
     outages: int = 0
 
 
+async def _claimed(ahead: asyncio.Future[list[Delivery]] | None) -> list[Delivery]:
+    """What a claim made ahead of time got; nothing when it failed (it claimed nothing)."""
+    if ahead is None:
+        return []
+    try:
+        return await ahead
+    except BackendError:
+        return []
+
+
 def _default_holder() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
@@ -101,6 +112,14 @@ class BackgroundProcessor:
         poll_interval: Seconds to wait when the buffer is empty.
         outage_base_delay: First pause after the database is found unreachable.
         outage_max_delay: Longest pause between attempts to reach it.
+        probe_interval: While paused by an unreachable database, seconds
+            between cheap probes (``SELECT 1``); the drain resumes as soon as
+            one answers rather than at the end of the backoff.
+        prefetch: Claim the next batch while the current one is in flight
+            (the round trip hides the claim); it goes back to the head,
+            behind the current batch, when that batch pauses or retries.
+        sizer: Sizes batches by the link (round-trip time, per-transaction
+            cost, payload bytes); ``None`` keeps every batch at ``batch_size``.
         holder: This processor's lease token (host, pid and a random part by default).
         clock: Monotonic seconds, for lease renewal and backoff.
     """
@@ -116,6 +135,9 @@ class BackgroundProcessor:
         poll_interval: float = 0.1,
         outage_base_delay: float = 1.0,
         outage_max_delay: float = 60.0,
+        probe_interval: float = 2.0,
+        sizer: BatchSizer | None = None,
+        prefetch: bool = False,
         holder: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -129,6 +151,13 @@ class BackgroundProcessor:
         self.poll_interval = poll_interval
         self.outage_base_delay = outage_base_delay
         self.outage_max_delay = outage_max_delay
+        self.probe_interval = probe_interval
+        self.sizer = sizer
+        self.prefetch = prefetch
+        self._prefetched: list[Delivery] = []
+        self._rtt_measured_at = float("-inf")
+        self._unanswered_since: float | None = None
+        self._unanswered_detail = ""
         self.holder = holder or _default_holder()
         self.log = SiteLogger(__name__, manager.backend.site)
         self.clock = clock
@@ -142,6 +171,11 @@ class BackgroundProcessor:
         self._unsettled = False
         self._published_at = float("-inf")
         self._stop = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._running = False
+        # One cycle at a time: a drain() beside the background loop, or two loops,
+        # would otherwise recover each other's claims and apply them twice.
+        self._cycle = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     async def _hold_lease(self) -> bool:
@@ -155,6 +189,7 @@ class BackgroundProcessor:
             self.state = ProcessorState.STANDBY
             return False
         self._has_lease, self._renewed_at = True, self.clock()
+        self._prefetched = []  # recovered below with everything else in flight
         recovered = await self.manager.backend.buffer.recover(include_unexpired=True)
         if recovered:
             self.log.info(
@@ -181,9 +216,16 @@ class BackgroundProcessor:
     async def run_once(self) -> int:
         """Claim one batch, apply it, and settle every transaction in it.
 
+        Cycles of one processor never overlap: a call made while another runs
+        (the background loop, :meth:`drain`) waits for it to finish.
+
         Returns:
             How many transactions the database now holds from this batch.
         """
+        async with self._cycle:
+            return await self._cycle_once()
+
+    async def _cycle_once(self) -> int:
         if not await self._hold_lease():
             return 0
         if self._unsettled:
@@ -191,31 +233,70 @@ class BackgroundProcessor:
             # whatever it left in flight goes back to the head, in order, before
             # anything later is claimed. Between batches nothing of ours is in flight.
             await self.manager.backend.buffer.recover(include_unexpired=True)
+            self._prefetched = []
             self._unsettled = False
         self._unsettled = True
         applied = await self._claim_and_apply()
         self._unsettled = False
         return applied
 
+    async def _measure_rtt(self, sizer: BatchSizer) -> None:
+        # A ping is three round trips on either driver (BEGIN, SELECT 1, the
+        # pool's ROLLBACK); the fastest of three samples is the link, not a hiccup.
+        samples = []
+        for _ in range(3):
+            began = time.perf_counter()
+            if not await self.executor.ping():
+                return
+            samples.append((time.perf_counter() - began) / 3)
+        sizer.observe_rtt(min(samples))
+        self._rtt_measured_at = time.perf_counter()
+
     async def _claim_and_apply(self) -> int:
-        deliveries = await self.manager.claim(self.batch_size, self.claim_lease)
+        sizer = self.sizer
+        if sizer is not None and time.perf_counter() - self._rtt_measured_at > 60.0:
+            await self._measure_rtt(sizer)
+        cycle_began = time.perf_counter()
+        size = self.batch_size if sizer is None else sizer.size
+        if self._prefetched:
+            deliveries, self._prefetched = self._prefetched, []
+        else:
+            deliveries = await self.manager.claim(size, self.claim_lease)
         self.last_run_at = utc_now()
         if not deliveries:
             if self.state is not ProcessorState.PAUSED:
                 self.state = ProcessorState.RUNNING
             return 0
         transactions = [d.transaction for d in deliveries]
+        began = self.clock()
+        execution = asyncio.ensure_future(self._execute(transactions))
+        ahead = (
+            asyncio.ensure_future(self.manager.claim(self.next_size(), self.claim_lease))
+            if self.prefetch and len(deliveries) >= size
+            else None
+        )
         try:
-            result = await self.executor.execute_batch(transactions)
+            result = await execution
         except (DatabaseUnavailableError, ConfigurationError) as exc:
             if await self._still_holding():
+                # Later claims go back first, so that this batch lands ahead of them.
+                await self._give_back(await _claimed(ahead), "an earlier batch paused")
                 await self._pause(deliveries, exc)
             else:
                 # Another processor owns these claims now: touch nothing of theirs.
+                await _claimed(ahead)
                 self._has_lease = False
                 self.state = ProcessorState.STANDBY
+            if isinstance(exc, ConfigurationError):
+                self._unanswered_since = None
+            elif self._unanswered_since is None:
+                self._unanswered_since = began
             return 0
+        except BaseException:
+            await _claimed(ahead)  # recovered with the rest at the next cycle (_unsettled)
+            raise
         self._outage_streak = 0
+        self._unanswered_since = None
         self.state, self.cause = ProcessorState.RUNNING, None
         if not await self._still_holding():
             # The lease lapsed while this batch ran: whoever holds it next recovers
@@ -223,6 +304,7 @@ class BackgroundProcessor:
             self.log.warning("lease lost during a batch; leaving its claims to the next holder")
             self._has_lease = False
             self.state = ProcessorState.STANDBY
+            await _claimed(ahead)  # in flight under our old lease: the next holder's
             return 0
         done = [d for d, o in zip(deliveries, result.outcomes, strict=True) if o.done]
         failures: list[tuple[Delivery, BaseException, FailureKind]] = [
@@ -230,6 +312,12 @@ class BackgroundProcessor:
             for d, o in zip(deliveries, result.outcomes, strict=True)
             if o.error is not None
         ]
+        following = await _claimed(ahead)
+        if failures:
+            # A retried transaction holds the head: nothing after it may apply first.
+            await self._give_back(following, "an earlier transaction is retried first")
+        else:
+            self._prefetched = following
         if done:
             await self.manager.committed(done, result.commit_lsn)
             self.counters.processed += len(done)
@@ -237,7 +325,27 @@ class BackgroundProcessor:
             statuses = await self.manager.failed(failures)
             for (_, _, kind), status in zip(failures, statuses, strict=True):
                 self._count_failure(kind, status)
+        if sizer is not None and len(deliveries) >= size:
+            # Only full batches: a short one (the queue ran dry) measures the
+            # fixed costs of a cycle, not what a transaction costs.
+            sizer.observe(
+                len(deliveries),
+                time.perf_counter() - cycle_began,
+                sum(len(d.claim.payload) for d in deliveries),
+            )
         return len(done)
+
+    async def _execute(self, transactions: list[Transaction]) -> BatchResult:
+        async with self._renewing():
+            return await self.executor.execute_batch(transactions)
+
+    def next_size(self) -> int:
+        """The size of the next batch claimed."""
+        return self.batch_size if self.sizer is None else self.sizer.size
+
+    async def _give_back(self, deliveries: list[Delivery], why: str) -> None:
+        if deliveries:
+            await self.manager.paused(deliveries, f"returned unapplied: {why}")
 
     def _count_failure(self, kind: FailureKind, status: TransactionStatus) -> None:
         tx = status.transaction_id
@@ -256,11 +364,39 @@ class BackgroundProcessor:
                 transaction_id=tx,
             )
 
+    @contextlib.asynccontextmanager
+    async def _renewing(self) -> AsyncIterator[None]:
+        """Keep the lease while a batch waits on the database, however long it waits."""
+        task = asyncio.create_task(self._renew_while_waiting())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, BackendError):
+                await task
+
+    async def _renew_while_waiting(self) -> None:
+        lease = self.manager.backend.lease
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            if await lease.renew(self.holder, self.lease_ttl):
+                self._renewed_at = self.clock()
+            else:
+                self._renewed_at = float("-inf")  # the check after the batch sees it
+                return
+
+    def _unanswered_cause(self) -> str | None:
+        if self._unanswered_since is None:
+            return None
+        seconds = max(self.clock() - self._unanswered_since, 0.0)
+        return f"main database not answering for {seconds:.0f} s ({self._unanswered_detail})"
+
     async def _pause(self, deliveries: list[Delivery], exc: Exception) -> None:
         if isinstance(exc, ConfigurationError):
             cause = f"database not ready: {describe_error(exc)}"
         else:
             cause = f"database unreachable: {describe_error(exc.__cause__ or exc)}"
+            self._unanswered_detail = cause
         await self.manager.paused(deliveries, cause)
         self._outage_streak += 1
         self.counters.outages += 1
@@ -276,8 +412,21 @@ class BackgroundProcessor:
         self._published_at = self.clock()
 
     async def run(self) -> None:
-        """Work until :meth:`stop` is called; then release the lease."""
-        self._stop.clear()
+        """Work until :meth:`stop` is called; then release the lease.
+
+        A stop requested before the loop began (``start()`` then ``stop()``
+        with no await between them) is honoured: the loop does not start.
+
+        Raises:
+            RuntimeError: This processor's loop is already running.
+        """
+        if self._running:
+            raise RuntimeError(
+                f"processor {self.holder} is already running; one processor runs one loop "
+                "(use a second BackgroundProcessor for a standby)"
+            )
+        self._running = True
+        self._finished.clear()
         self.state = ProcessorState.RUNNING
         try:
             while not self._stop.is_set():
@@ -294,6 +443,9 @@ class BackgroundProcessor:
                     self.state = ProcessorState.PAUSED
                     self.cause = f"buffer unreachable: {describe_error(exc)}"
                     self.log.warning("paused, %s", self.cause)
+                if self.state is ProcessorState.PAUSED and self._unanswered_since is not None:
+                    await self._wait_for_answer(self.outage_delay())
+                    continue
                 if self.state is ProcessorState.PAUSED:
                     wait = self.outage_delay()
                 elif self.state is ProcessorState.STANDBY:
@@ -311,6 +463,25 @@ class BackgroundProcessor:
                     await self.publish()
                     await self.manager.backend.lease.release(self.holder)
                 self._has_lease = False
+            self._stop.clear()
+            self._running = False
+            self._finished.set()
+
+    async def _wait_for_answer(self, wait: float) -> None:
+        """Sit out an outage pause, ending it early when a probe gets an answer."""
+        deadline = self.clock() + wait
+        while not self._stop.is_set() and (left := deadline - self.clock()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), min(self.probe_interval, left))
+            if self._stop.is_set():
+                return
+            async with self._renewing():  # a probe may wait out the connect timeout
+                if await self.executor.ping():
+                    return
+            if self._has_lease and self.clock() - self._published_at >= 1.0:
+                with contextlib.suppress(BackendError):
+                    await self._still_holding()
+                    await self.publish()
 
     def start(self) -> asyncio.Task[None]:
         """Run in a background task.
@@ -323,11 +494,17 @@ class BackgroundProcessor:
         return self._task
 
     async def stop(self) -> None:
-        """Finish the current batch, release the lease and return."""
-        self._stop.set()
+        """Finish the current batch, release the lease and return.
+
+        Does nothing when no loop runs or is about to.
+        """
         if self._task is not None:
+            self._stop.set()
             await self._task
             self._task = None
+        elif self._running:
+            self._stop.set()
+            await self._finished.wait()
 
     async def drain(self, timeout: float = 60.0) -> bool:
         """Run batches until the buffer is empty (no waiting entries, none in flight).
@@ -361,7 +538,11 @@ class BackgroundProcessor:
         lease = await self.manager.backend.lease.current()
         return ProcessorHealth(
             state=self.state,
-            cause=self.cause,
+            cause=(
+                self._unanswered_cause() or self.cause
+                if self.state is ProcessorState.PAUSED
+                else self.cause
+            ),
             holder=self.holder,
             lease_holder=None if lease is None else lease.holder,
             last_run_at=self.last_run_at,

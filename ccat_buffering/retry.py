@@ -24,7 +24,7 @@ from ccat_buffering.errors import (
     TransactionValidationError,
 )
 
-__all__ = ["FailureKind", "RetryPolicy", "classify_failure", "describe_error"]
+__all__ = ["FailureKind", "RetryPolicy", "classify_failure", "describe_error", "is_schema_lag"]
 
 
 class FailureKind(enum.StrEnum):
@@ -109,8 +109,21 @@ _OUTAGE_SQLSTATES = {
     "57P02",  # crash_shutdown
     "57P03",  # cannot_connect_now
     "53300",  # too_many_connections
+    "57014",  # query_canceled: our statement_timeout, the link or server too slow
+    "25P03",  # idle_in_transaction_session_timeout: the session was ended
 }
-_CONFLICT_SQLSTATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
+_CONFLICT_SQLSTATES = {
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+    "55P03",  # lock_not_available: another session (a stalled worker) holds the rows
+}
+_SCHEMA_SQLSTATES = {
+    "42P01",  # undefined_table
+    "42703",  # undefined_column
+    "42704",  # undefined_object (an enum type, for one)
+    "3F000",  # invalid_schema_name
+}
+_SCHEMA_MESSAGES = ("no such table", "has no column named", "no such column")
 
 
 def _sqlstate(exc: BaseException) -> str | None:
@@ -122,6 +135,21 @@ def _sqlstate(exc: BaseException) -> str | None:
             if isinstance(code, str) and code:
                 return code
     return None
+
+
+def is_schema_lag(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database lacks a table, column or type of the schema.
+
+    That is a migration not yet deployed on the main database, not bad data:
+    the queue pauses until it is.
+
+    Args:
+        exc: What applying a transaction raised.
+    """
+    if _sqlstate(exc) in _SCHEMA_SQLSTATES:
+        return True
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    return any(message in text for message in _SCHEMA_MESSAGES)
 
 
 def classify_failure(exc: BaseException) -> FailureKind:
@@ -141,6 +169,8 @@ def classify_failure(exc: BaseException) -> FailureKind:
         return FailureKind.OUTAGE
     from sqlalchemy import exc as sa_exc
 
+    if is_schema_lag(exc):
+        return FailureKind.OUTAGE
     code = _sqlstate(exc)
     if code is not None:
         if code in _OUTAGE_SQLSTATES or code.startswith("08"):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AfterValidator, Field, ValidationError
@@ -128,6 +128,40 @@ class BufferingSettings(BaseSettings):
             ``socket_connect_timeout`` wins).
         redis_socket_timeout: Seconds to wait for a Redis reply (URL parameter
             ``socket_timeout`` wins).
+        connect_timeout: Seconds to open a connection to the main database or
+            the replica (PostgreSQL), authentication included.
+        statement_timeout: Seconds a call to the database may go unanswered
+            (a statement, a pipeline round trip, COMMIT). The client then
+            discards the connection and the queue pauses as an outage; the
+            server also cancels statements that run longer. Size it to a few
+            times the longest healthy batch (see "The round-trip budget").
+        lock_timeout: Seconds a processor's statement may wait for a row lock
+            (server ``lock_timeout``); a lock held by a stalled worker is then
+            a conflict, retried without counting an attempt.
+        idle_in_transaction_timeout: Seconds after which the server ends a
+            processor session idle inside a transaction (server
+            ``idle_in_transaction_session_timeout``), freeing the locks of a
+            paused or half-dead worker.
+        tcp_keepalive_idle: Seconds of silence before TCP keepalive probes start.
+        tcp_keepalive_interval: Seconds between TCP keepalive probes.
+        tcp_keepalive_count: Unanswered keepalive probes before the connection
+            is dropped; idle + interval x count is also ``TCP_USER_TIMEOUT``.
+        outage_probe_interval: While paused by an unreachable database,
+            seconds between probes (``SELECT 1``); the drain resumes at the
+            first answer.
+        batch_size_adaptive: Size batches by the observed round-trip time,
+            per-transaction cost and payload bytes, between
+            ``batch_size_min`` and ``batch_size_max`` (``batch_size`` is then
+            the first batch's size); off, every batch is ``batch_size``.
+        batch_size_min: Smallest adaptive batch.
+        batch_size_max: Largest adaptive batch.
+        batch_max_bytes: Largest adaptive batch in payload bytes.
+        batch_prefetch: Claim the next batch while the current one is in
+            flight, so that the round trip hides the claim (order holds: it
+            goes back behind the current batch when that one pauses or retries).
+        database_engine_options: Keyword arguments for the main database's
+            engine (``create_async_engine``), as a JSON object in the environment.
+        replica_engine_options: Keyword arguments for the replica's engine.
     """
 
     model_config = SettingsConfigDict(
@@ -172,6 +206,23 @@ class BufferingSettings(BaseSettings):
             "socket_connect_timeout": self.redis_connect_timeout,
             "socket_timeout": self.redis_socket_timeout,
         }
+
+    # -- the link to the main database: timeouts and batch sizing (issue #11) --
+    connect_timeout: float = Field(10.0, gt=0)
+    statement_timeout: float = Field(30.0, gt=0)
+    lock_timeout: float = Field(10.0, gt=0)
+    idle_in_transaction_timeout: float = Field(30.0, gt=0)
+    tcp_keepalive_idle: float = Field(10.0, gt=0)
+    tcp_keepalive_interval: float = Field(5.0, gt=0)
+    tcp_keepalive_count: int = Field(3, ge=1)
+    outage_probe_interval: float = Field(2.0, gt=0)
+    batch_size_adaptive: bool = True
+    batch_size_min: int = Field(10, ge=1)
+    batch_size_max: int = Field(2000, ge=1)
+    batch_max_bytes: int = Field(8 * 1024 * 1024, ge=1)
+    batch_prefetch: bool = True
+    database_engine_options: dict[str, Any] = {}
+    replica_engine_options: dict[str, Any] = {}
 
     @classmethod
     def settings_customise_sources(

@@ -100,6 +100,8 @@ async def test_random_kills_apply_everything_exactly_once_in_order() -> None:
             "CCAT_BUFFERING_DATABASE_URL": db_url,
             "CCAT_BUFFERING_PROCESSOR_LEASE": "0.5",
             "CCAT_BUFFERING_BATCH_SIZE": "5",
+            # small fixed batches, so that most kills land in the middle of one
+            "CCAT_BUFFERING_BATCH_SIZE_ADAPTIVE": "false",
             "CCAT_BUFFERING_POLL_INTERVAL": "0.01",
         }
         rng = random.Random(20261128)

@@ -225,3 +225,39 @@ async def test_a_deferred_constraint_at_commit_blames_its_own_transaction(site: 
     assert kinds[5] is FailureKind.DATA and "foreign key" in str(result.outcomes[5].error)
     assert all(o.applied for i, o in enumerate(result.outcomes) if i != 5)
     assert await _count(site.engine, ExecutedObsUnit.id) == 10
+
+
+async def test_drain_beside_the_running_loop_applies_each_once(site: PgSite) -> None:
+    import asyncio
+
+    site.processor.poll_interval = 0.001
+    site.processor.batch_size = 20
+    txs = [observation(i)[0] for i in range(200)]
+    await site.manager.buffer_many(txs)
+    site.processor.start()
+    await asyncio.sleep(0)
+    assert await asyncio.wait_for(site.processor.drain(timeout=30), 60)
+    await asyncio.wait_for(site.processor.stop(), 10)
+    assert await _count(site.engine, ExecutedObsUnit.id) == 200
+    statuses = await site.manager.backend.status.get_many([t.transaction_id for t in txs])
+    assert all(s is not None and s.state is TransactionState.COMMITTED for s in statuses)
+    stats = await site.manager.backend.buffer.stats()
+    assert (stats.depth, stats.in_flight, stats.dead_letters) == (0, 0, 0)
+
+
+async def test_a_missing_column_on_the_main_database_pauses_as_schema_lag(site: PgSite) -> None:
+    txs = [observation(i)[0] for i in range(5)]
+    await site.manager.buffer_many(txs)
+    async with site.engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE raw_data_package DROP COLUMN name"))
+    for _ in range(5):  # more than max_attempts
+        assert await site.processor.run_once() == 0
+    health = await site.processor.health()
+    assert health.state is ProcessorState.PAUSED
+    assert health.cause is not None and "lacks part of the schema" in health.cause
+    statuses = await site.manager.backend.status.get_many([t.transaction_id for t in txs])
+    assert all(s is not None and s.attempts == 0 for s in statuses)
+    assert health.dead_letters == 0
+    async with site.engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE raw_data_package ADD COLUMN name varchar(255)"))
+    assert await site.processor.run_once() == 5

@@ -284,3 +284,152 @@ async def test_a_processor_that_lost_the_lease_does_not_pause_anothers_claims(
         assert site.processor.state is ProcessorState.STANDBY
         status = await site.manager.status(tx.transaction_id)
         assert status is not None and status.state is TransactionState.COMMITTED
+
+
+async def test_start_then_stop_with_no_await_between_them_returns(tmp_path: Path) -> None:
+    async with memory_sqlite_site(tmp_path) as site:
+        site.processor.start()
+        await asyncio.wait_for(site.processor.stop(), 5)
+        assert site.processor.state is ProcessorState.STOPPED
+        assert await site.backend.lease.current() is None
+        # and the processor can run again afterwards
+        site.processor.start()
+        await asyncio.sleep(0)
+        await asyncio.wait_for(site.processor.stop(), 5)
+
+
+async def test_a_second_loop_of_one_processor_is_refused(tmp_path: Path) -> None:
+    async with memory_sqlite_site(tmp_path) as site:
+        site.processor.start()
+        await asyncio.sleep(0)
+        with pytest.raises(RuntimeError, match="already running"):
+            await site.processor.run()
+        await asyncio.wait_for(site.processor.stop(), 5)
+
+
+async def test_drain_beside_the_background_loop_applies_each_once(tmp_path: Path) -> None:
+    async with memory_sqlite_site(tmp_path) as site:
+        site.processor.poll_interval = 0.001
+        txs = [observation(i)[0] for i in range(300)]
+        await site.manager.buffer_many(txs)
+        site.processor.start()
+        await asyncio.sleep(0)
+        assert await site.processor.drain(timeout=30)
+        await asyncio.wait_for(site.processor.stop(), 5)
+        assert await _count(site, ExecutedObsUnit.id) == 300
+        statuses = await site.backend.status.get_many([t.transaction_id for t in txs])
+        assert all(s is not None and s.state is TransactionState.COMMITTED for s in statuses)
+        health = await site.processor.health()
+        assert (health.dead_letters, health.dead_lettered, health.retried) == (0, 0, 0)
+
+
+async def test_a_missing_table_of_the_schema_pauses_as_schema_lag(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    from ccat_buffering.example import Base
+
+    async with memory_sqlite_site(tmp_path) as site:
+        txs = [observation(i)[0] for i in range(5)]
+        await site.manager.buffer_many(txs)
+        async with site.engine.begin() as conn:
+            await conn.execute(text("DROP TABLE raw_data_package"))
+        for _ in range(5):  # more than max_attempts: still nothing is blamed
+            assert await site.processor.run_once() == 0
+        health = await site.processor.health()
+        assert health.state is ProcessorState.PAUSED
+        assert health.cause is not None and "lacks part of the schema" in health.cause
+        assert "deploy the migration" in health.cause
+        statuses = await site.backend.status.get_many([t.transaction_id for t in txs])
+        assert all(s is not None and s.attempts == 0 for s in statuses)
+        assert health.dead_letters == 0
+        async with site.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        assert await site.processor.run_once() == 5
+
+
+async def test_a_prefetched_batch_waits_behind_a_retried_transaction(tmp_path: Path) -> None:
+    """With prefetch, nothing after a transaction being retried applies before it."""
+    from sqlalchemy import text
+
+    async with memory_sqlite_site(tmp_path) as site:
+        site.processor.prefetch = True
+        site.processor.batch_size = 10
+        first = [observation(i)[0] for i in range(5)]
+        # a package whose obs unit is created only when the fix below runs
+        late = orphan_package(5)
+        rest = [observation(i)[0] for i in range(6, 30)]
+        await site.manager.buffer_many([*first, late, *rest])
+        assert await site.processor.run_once() == 9  # batch 1: all but the orphan
+        # the prefetched batch went back behind the retried orphan: nothing else ran
+        stats = await site.backend.buffer.stats()
+        assert (stats.depth, stats.in_flight) == (21, 0)
+        assert await _count(site, ExecutedObsUnit.id) == 9
+        async with site.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO executed_obs_unit (id, obs_unit_id, status, start_time) "
+                    "VALUES ('missing-5', 5, 'x', '2026-11-28 00:00:00')"
+                )
+            )
+        site.clock.advance(3600)  # past the retry hold
+        while await site.processor.run_once():
+            pass
+        async with site.engine.connect() as conn:
+            names = (
+                (await conn.execute(text("SELECT name FROM raw_data_package ORDER BY rowid")))
+                .scalars()
+                .all()
+            )
+        assert names == [
+            *(f"pkg-{i}" for i in range(5)),
+            *(f"pkg-{i}" for i in range(6, 10)),
+            "orphan-5",
+            *(f"pkg-{i}" for i in range(10, 30)),
+        ]
+
+
+async def test_a_prefetched_batch_goes_back_behind_a_paused_one(tmp_path: Path) -> None:
+    async with memory_sqlite_site(tmp_path) as site:
+        site.processor.prefetch = True
+        site.processor.batch_size = 10
+        txs = [observation(i)[0] for i in range(40)]
+        await site.manager.buffer_many(txs)
+        assert await site.processor.run_once() == 10  # and batch 2 is prefetched
+        assert (await site.backend.buffer.stats()).in_flight == 10
+        await site.engine.dispose()
+        hidden = tmp_path.parent / f"{tmp_path.name}-unreachable"
+        os.rename(tmp_path, hidden)
+        try:
+            assert await site.processor.run_once() == 0  # batch 2 pauses, 3 goes back first
+            stats = await site.backend.buffer.stats()
+            assert (stats.depth, stats.in_flight) == (30, 0)
+            statuses = await site.backend.status.get_many([t.transaction_id for t in txs])
+            assert all(s is not None and s.attempts == 0 for s in statuses)
+        finally:
+            os.rename(hidden, tmp_path)
+        while await site.processor.run_once():
+            pass
+        async with site.engine.connect() as conn:
+            query = select(ExecutedObsUnit.obs_unit_id).order_by(literal_column("rowid"))
+            order = (await conn.execute(query)).scalars().all()
+        assert list(order) == list(range(40))
+
+
+def test_the_batch_sizer_follows_the_round_trip() -> None:
+    from ccat_buffering._sizing import BatchSizer
+
+    def sizer() -> BatchSizer:
+        return BatchSizer(start=100, minimum=10, maximum=2000, max_bytes=8 << 20, max_seconds=10.0)
+
+    loopback, far = sizer(), sizer()
+    loopback.observe_rtt(0.0002)
+    far.observe_rtt(0.2)
+    for _ in range(6):  # 0.2 ms of work per transaction, plus the round trips
+        loopback.observe(loopback.size, 2 * 0.0002 + loopback.size * 0.0002, loopback.size * 700)
+        far.observe(far.size, 2 * 0.2 + far.size * 0.0002, far.size * 700)
+    assert loopback.size < 1500  # about 200 ms of work
+    assert far.size == 2000  # the round trips would dominate anything smaller
+    tight = BatchSizer(start=100, minimum=10, maximum=2000, max_bytes=70_000, max_seconds=10.0)
+    tight.observe_rtt(0.2)
+    tight.observe(100, 0.42, 100 * 700)
+    assert tight.size == 100  # 70 kB of payload at 700 bytes each

@@ -141,12 +141,21 @@ def _started(settings: BufferingSettings, site: BufferingCoordinator, holder: st
         f"worker {site.processor.holder} starting: site {described['site']} "
         f"({described['site_type']}), backend {described['backend']}, "
         f"database {described['database']}, replica {described['replica'] or '-'}; "
-        f"batch {settings.batch_size}, claim lease {settings.claim_lease:g} s, "
+        f"batch {_batch(settings)}, claim lease {settings.claim_lease:g} s, "
         f"processor lease {settings.processor_lease:g} s, "
         f"outage pause {settings.outage_base_delay:g}-{settings.outage_max_delay:g} s, "
         f"{settings.max_attempts} attempt(s) from {settings.retry_base_delay:g} s; "
+        f"timeouts: connect {settings.connect_timeout:g} s, statement "
+        f"{settings.statement_timeout:g} s, lock {settings.lock_timeout:g} s, idle in "
+        f"transaction {settings.idle_in_transaction_timeout:g} s; "
         f"lease held by {holder or 'nobody'}"
     )
+
+
+def _batch(settings: BufferingSettings) -> str:
+    if not settings.batch_size_adaptive:
+        return str(settings.batch_size)
+    return f"{settings.batch_size} adaptive {settings.batch_size_min}-{settings.batch_size_max}"
 
 
 async def _follow(site: BufferingCoordinator, log: SiteLogger, stop: asyncio.Event) -> None:

@@ -1,0 +1,411 @@
+"""A whole batch in one round trip: PostgreSQL's pipeline mode, through psycopg 3.
+
+Over a 200-500 ms link a batch costs its round trips, not its statements. In
+pipeline mode the client sends every statement of a batch at once and reads
+the results as they come, so a batch costs **one** round trip however many
+statements it holds. Statements are split by *sync points*: an error makes
+the server skip what follows up to the next sync, and then go on.
+
+The common path is one round trip::
+
+    BEGIN; ledger rows; one multi-row INSERT per table; the updates; COMMIT  SYNC
+    SELECT pg_current_wal_insert_lsn()                                       SYNC
+
+When anything in it fails, the batch is sent again with one sync point per
+transaction, still in one round trip, and a savepoint named ``ok`` that
+always marks the state after the last transaction that succeeded::
+
+    BEGIN; SAVEPOINT ok                                                      SYNC
+    ROLLBACK TO ok; ledger row; steps of transaction 1; RELEASE ok; SAVEPOINT ok  SYNC
+    ROLLBACK TO ok; ledger row; steps of transaction 2; RELEASE ok; SAVEPOINT ok  SYNC
+    ...
+    ROLLBACK TO ok; COMMIT                                                   SYNC
+    SELECT pg_current_wal_insert_lsn()                                       SYNC
+
+A transaction that fails is skipped up to its sync point, so ``RELEASE ok;
+SAVEPOINT ok`` never run for it and the next ``ROLLBACK TO ok`` undoes what
+it did: each transaction keeps its own savepoint isolation, and the error is
+its own. The ledger row comes first, so a transaction another holder
+committed meanwhile fails on the ledger's key and is reported as applied.
+
+An UPDATE or DELETE that matches no row must fail its transaction as the
+one-by-one path does, without a round trip to look at a row count: it runs
+as ``WITH hit AS (... RETURNING 1) SELECT 1 / count(*) FROM hit``, which
+divides by zero when nothing matched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from sqlalchemy import Column, Table, literal_column, select
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
+
+__all__ = ["Pipeline", "PipelineResult", "Statement", "must_match", "row_chunks"]
+
+_DIVISION_BY_ZERO = "22012"
+# Parameters per statement stay far below the protocol's 65,535.
+_MAX_PARAMETERS = 30_000
+
+
+@dataclass
+class Statement:
+    """One statement of a pipeline, and whose it is.
+
+    Attributes:
+        sql: The SQL text with ``%(name)s`` placeholders (psycopg's style).
+        params: The processed parameter values.
+        owner: The index of the transaction it belongs to, or ``None``.
+        missing: The error to report when it divides by zero (a row not found).
+        ledger: It is the transaction's ledger row.
+    """
+
+    sql: str
+    params: Mapping[str, Any] | Sequence[Any] | None = None
+    owner: int | None = None
+    missing: BaseException | None = None
+    ledger: bool = False
+    positional: bool = False
+    """``sql`` has ``$1``-style placeholders and ``params`` is a sequence."""
+
+
+@dataclass
+class PipelineResult:
+    """What came back from one pipeline.
+
+    Attributes:
+        errors: The first error of each sync group that failed, by group index.
+        failed_statements: The statements that raised those errors, by group.
+        rows: The rows of each statement that returned any, by statement index.
+        round_trips: How many times the client waited for the server (1).
+    """
+
+    errors: dict[int, BaseException] = field(default_factory=dict)
+    failed_statements: dict[int, Statement] = field(default_factory=dict)
+    rows: dict[int, list[tuple[Any, ...]]] = field(default_factory=dict)
+    round_trips: int = 1
+
+
+class Pipeline:
+    """Statements and sync points, compiled once and sent in one write.
+
+    Args:
+        dialect: The ``postgresql+psycopg`` dialect (compiles the statements).
+    """
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.groups: list[list[Statement]] = [[]]
+
+    def insert_rows(
+        self,
+        table: Table,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        owner: int | None = None,
+        ledger: bool = False,
+    ) -> bool:
+        """Append multi-row INSERTs of ``rows`` (one column set), written without the compiler.
+
+        SQLAlchemy's compiler costs about a millisecond per row of a
+        multi-row INSERT; this writes ``INSERT ... VALUES ($1, $2), ...`` and
+        runs each value through its column type's bind processor instead.
+
+        Args:
+            table: The table.
+            rows: Its rows, each with the same keys (column keys).
+            owner: The transaction they belong to.
+            ledger: They are ledger rows.
+
+        Returns:
+            ``False`` when the rows need the compiler (a key that is not a
+            column, or a column with a Python-side default missing from them).
+        """
+        if not rows:
+            return True
+        keys = list(rows[0])
+        columns = [table.c[key] for key in keys if key in table.c]
+        if len(columns) != len(keys) or any(
+            c.default is not None and c.key not in rows[0] for c in table.columns
+        ):
+            return False
+        processors = _processors(columns, self.dialect)
+        quote = self.dialect.identifier_preparer
+        head = (
+            f"INSERT INTO {quote.format_table(table)} "
+            f"({', '.join(quote.quote(c.name) for c in columns)}) VALUES "
+        )
+        width = len(keys)
+        per_statement = max(1, _MAX_PARAMETERS // max(width, 1))
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            params: list[Any] = []
+            tuples = []
+            for row in chunk:
+                base = len(params)
+                tuples.append("(" + ", ".join(f"${base + i + 1}" for i in range(width)) + ")")
+                for key, process in zip(keys, processors, strict=True):
+                    value = row[key]
+                    params.append(value if process is None else process(value))
+            self.add(
+                Statement(
+                    head + ", ".join(tuples),
+                    params,
+                    owner,
+                    ledger=ledger,
+                    positional=True,
+                )
+            )
+        return True
+
+    def add(self, statement: Statement) -> None:
+        """Append ``statement`` to the current sync group."""
+        self.groups[-1].append(statement)
+
+    def sql(
+        self,
+        clause: ClauseElement,
+        *,
+        owner: int | None = None,
+        missing: BaseException | None = None,
+        ledger: bool = False,
+    ) -> None:
+        """Compile an SQLAlchemy statement and append it.
+
+        Args:
+            clause: The statement.
+            owner: The transaction it belongs to.
+            missing: The error for "no row matched" (UPDATE and DELETE).
+            ledger: It is a ledger row.
+        """
+        compiled = cast(
+            SQLCompiler,
+            clause.compile(dialect=self.dialect, compile_kwargs={"render_postcompile": True}),
+        )
+        params = dict(compiled.construct_params())
+        # SQLAlchemy's own type processing (enums, JSON, ...), as its execute would do.
+        processors: Mapping[str, Any] = compiled._bind_processors
+        for name, process in processors.items():
+            if name in params and callable(process):
+                params[name] = process(params[name])
+        self.add(Statement(compiled.string, params, owner, missing, ledger))
+
+    def text(self, sql: str, owner: int | None = None) -> None:
+        """Append a statement without parameters (BEGIN, SAVEPOINT, COMMIT)."""
+        self.add(Statement(sql, None, owner))
+
+    def sync(self) -> None:
+        """End the current sync group: an error skips no further than here."""
+        self.groups.append([])
+
+    async def send(self, driver_connection: Any, touch: Any = None) -> PipelineResult:
+        """Send every statement, read every result, in one round trip.
+
+        Args:
+            driver_connection: A psycopg ``AsyncConnection`` with no open transaction.
+            touch: Called whenever the server answers (pushes a watchdog's deadline).
+
+        Returns:
+            The errors and rows.
+
+        Raises:
+            psycopg.OperationalError: The connection broke; the caller must
+                discard it.
+        """
+        from psycopg import errors as pg_errors
+        from psycopg import pq
+        from psycopg._queries import PostgresQuery
+        from psycopg.adapt import PyFormat, Transformer
+
+        pgconn = driver_connection.pgconn
+        transformer = Transformer(driver_connection)
+        groups = [g for g in self.groups if g]
+        expected: list[tuple[int, int, Statement]] = []
+        pgconn.enter_pipeline_mode()
+        blocking = pgconn.nonblocking
+        pgconn.nonblocking = 1
+        try:
+            for g, group in enumerate(groups):
+                for statement in group:
+                    if statement.positional:
+                        values = list(statement.params or ())
+                        dumped = transformer.dump_sequence(values, [PyFormat.AUTO] * len(values))
+                        pgconn.send_query_params(
+                            statement.sql.encode(),
+                            dumped,
+                            param_types=transformer.types,
+                            param_formats=transformer.formats,
+                        )
+                    else:
+                        query = PostgresQuery(transformer)
+                        query.convert(statement.sql, statement.params)
+                        pgconn.send_query_params(
+                            query.query,
+                            query.params,
+                            param_types=query.types,
+                            param_formats=query.formats,
+                        )
+                    expected.append((g, len(expected), statement))
+                pgconn.pipeline_sync()
+            result = PipelineResult()
+            await _communicate(pgconn, len(groups), expected, result, touch, pq, pg_errors)
+        finally:
+            with contextlib.suppress(Exception):
+                pgconn.exit_pipeline_mode()
+            pgconn.nonblocking = blocking
+        return result
+
+
+_PROCESSORS: dict[tuple[int, str], Any] = {}
+
+
+def _processors(columns: Sequence[Column[Any]], dialect: Dialect) -> list[Any]:
+    found = []
+    for column in columns:
+        key = (id(column), dialect.name)
+        if key not in _PROCESSORS:
+            impl = column.type.dialect_impl(dialect)
+            _PROCESSORS[key] = impl.bind_processor(dialect)
+        found.append(_PROCESSORS[key])
+    return found
+
+
+async def _wait(fd: int, writing: bool) -> None:
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    if writing:
+        loop.add_writer(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+        if writing:
+            loop.remove_writer(fd)
+
+
+async def _communicate(
+    pgconn: Any,
+    syncs: int,
+    expected: list[tuple[int, int, Statement]],
+    result: PipelineResult,
+    touch: Any,
+    pq: Any,
+    pg_errors: Any,
+) -> None:
+    """Flush what is queued and read results until every sync point has answered."""
+    status = pq.ExecStatus
+    fd = pgconn.socket
+    seen_syncs = 0
+    position = 0  # the next statement whose result is due
+    pending: list[Any] = []
+    while seen_syncs < syncs:
+        writing = pgconn.flush() == 1
+        await _wait(fd, writing)
+        pgconn.consume_input()
+        if touch is not None:
+            touch()
+        while not pgconn.is_busy():
+            res = pgconn.get_result()
+            if res is None:
+                if pending:
+                    group, index, statement = expected[position]
+                    _settle(pending, group, index, statement, result, status, pg_errors, pgconn)
+                    position += 1
+                    pending = []
+                    continue
+                break
+            if res.status == status.PIPELINE_SYNC:
+                seen_syncs += 1
+                if seen_syncs == syncs:
+                    break
+                continue
+            pending.append(res)
+
+
+def _settle(
+    results: list[Any],
+    group: int,
+    index: int,
+    statement: Statement,
+    out: PipelineResult,
+    status: Any,
+    pg_errors: Any,
+    pgconn: Any,
+) -> None:
+    res = results[-1]
+    if res.status == status.FATAL_ERROR:
+        if group in out.errors:
+            return
+        error: BaseException = pg_errors.error_from_result(res, encoding="utf-8")
+        if statement.missing is not None and getattr(error, "sqlstate", None) == _DIVISION_BY_ZERO:
+            error = statement.missing
+        else:
+            error = _as_sqlalchemy(error, statement.sql)
+        out.errors[group] = error
+        out.failed_statements[group] = statement
+    elif res.status == status.TUPLES_OK and res.ntuples:
+        out.rows[index] = [
+            tuple(
+                None if (v := res.get_value(r, c)) is None else bytes(v).decode()
+                for c in range(res.nfields)
+            )
+            for r in range(res.ntuples)
+        ]
+
+
+def _as_sqlalchemy(error: BaseException, sql: str) -> BaseException:
+    """Wrap a psycopg error as SQLAlchemy's execute would (the same classes and text)."""
+    import psycopg
+    from sqlalchemy import exc as sa_exc
+
+    if not isinstance(error, psycopg.Error):
+        return error
+    return sa_exc.DBAPIError.instance(sql, None, error, psycopg.Error)
+
+
+def row_chunks(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Split rows into runs of one column set, each small enough for one statement.
+
+    Args:
+        rows: In order.
+
+    Returns:
+        Consecutive chunks, in order.
+    """
+    chunks: list[list[dict[str, Any]]] = []
+    for row in rows:
+        last = chunks[-1] if chunks else None
+        if (
+            last is not None
+            and last[0].keys() == row.keys()
+            and (len(last) + 1) * max(len(row), 1) <= _MAX_PARAMETERS
+        ):
+            last.append(row)
+        else:
+            chunks.append([row])
+    return chunks
+
+
+def must_match(statement: Any) -> Any:
+    """``WITH hit AS (<statement> RETURNING 1) SELECT 1 / count(*) FROM hit``.
+
+    Args:
+        statement: An UPDATE or DELETE.
+
+    Returns:
+        A SELECT that fails (division by zero) when the statement matched no row.
+    """
+    hit = statement.returning(literal_column("1")).cte("hit")
+    return select(literal_column("1") / literal_column("count(*)")).select_from(hit)

@@ -1,0 +1,105 @@
+"""Batch sizes chosen by the link: the bandwidth-delay product of the drain.
+
+A batch costs its round trips (fixed, ``round_trips x RTT``) plus a share per
+transaction (server work, encoding, and bytes on the wire). On loopback the
+round trips are free and small batches drain as fast as big ones; over 500 ms
+they dominate unless a batch holds enough work to hide them. The sizer keeps
+the round trips near ``share`` of a batch's time: with the per-transaction
+cost ``c`` observed, a batch of ``n = k x RTT x (1 - share) / (share x c)``
+spends about ``share`` of its time waiting, between the configured bounds,
+and never more payload bytes or seconds than allowed.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["BatchSizer"]
+
+
+class BatchSizer:
+    """Chooses the next batch's size from what the last batches cost.
+
+    Args:
+        start: The first batch's size.
+        minimum: The smallest batch.
+        maximum: The largest batch.
+        max_bytes: The most payload bytes in one batch.
+        max_seconds: The longest a batch should take (well inside the
+            statement timeout and the claim lease).
+        round_trips: Round trips a batch costs on its common path.
+        share: The share of a batch's time the round trips may take.
+        floor_seconds: Batches aim to take at least this long even on
+            loopback, where fixed per-batch costs other than the link dominate.
+    """
+
+    def __init__(
+        self,
+        *,
+        start: int,
+        minimum: int,
+        maximum: int,
+        max_bytes: int,
+        max_seconds: float,
+        round_trips: int = 2,
+        share: float = 0.25,
+        floor_seconds: float = 0.2,
+    ) -> None:
+        if not 1 <= minimum <= maximum:
+            raise ValueError(f"batch bounds must satisfy 1 <= min <= max, not {minimum}, {maximum}")
+        self.minimum = minimum
+        self.maximum = maximum
+        self.max_bytes = max_bytes
+        self.max_seconds = max_seconds
+        self.round_trips = round_trips
+        self.share = share
+        self.floor_seconds = floor_seconds
+        self.size = min(max(start, minimum), maximum)
+        self.rtt: float | None = None
+        self.per_transaction: float | None = None
+        self.bytes_per_transaction: float | None = None
+
+    def observe_rtt(self, seconds: float) -> None:
+        """Take a round-trip time measured on a warm connection (the lowest sample wins).
+
+        Args:
+            seconds: One measured round trip.
+        """
+        if self.rtt is None or seconds < self.rtt:
+            self.rtt = seconds
+        else:  # drift up slowly when the link gets slower
+            self.rtt += 0.1 * (seconds - self.rtt)
+
+    def observe(self, count: int, seconds: float, payload_bytes: int) -> int:
+        """Learn from one batch and return the next batch's size.
+
+        Args:
+            count: Transactions in the batch.
+            seconds: What the whole cycle took (claim, apply, settle).
+            payload_bytes: The batch's payload bytes.
+
+        Returns:
+            The next size.
+        """
+        if count <= 0:
+            return self.size
+        fixed = self.round_trips * (self.rtt or 0.0)
+        cost = max((seconds - fixed) / count, 1e-6)
+        per_byte = payload_bytes / count
+        self.per_transaction = _ewma(self.per_transaction, cost)
+        self.bytes_per_transaction = _ewma(self.bytes_per_transaction, per_byte)
+        target = max(self.floor_seconds, fixed / self.share)
+        wanted = (target - fixed) / self.per_transaction
+        limits = [
+            float(self.maximum),
+            self.max_bytes / max(self.bytes_per_transaction, 1.0),
+            max(self.max_seconds - fixed, 0.0) / self.per_transaction,
+            # grow by at most four times a batch, so one odd sample cannot overshoot
+            4.0 * max(count, self.size),
+        ]
+        self.size = max(self.minimum, min(math.floor(min([wanted, *limits])), self.maximum))
+        return self.size
+
+
+def _ewma(previous: float | None, sample: float, weight: float = 0.3) -> float:
+    return sample if previous is None else previous + weight * (sample - previous)

@@ -1,0 +1,265 @@
+"""The psycopg pipeline path: one round trip per batch, isolation, ledger, order."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest_asyncio
+from pg import fresh_database
+from sqlalchemy import (
+    JSON,
+    Date,
+    Enum,
+    ForeignKey,
+    Numeric,
+    String,
+    Uuid,
+    func,
+    literal_column,
+    select,
+    text,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from ccat_buffering._relay import LoopbackRelay
+from ccat_buffering.builder import TransactionBuilder
+from ccat_buffering.errors import RecordNotFoundError
+from ccat_buffering.example import Base, ExecutedObsUnit, RawDataPackage
+from ccat_buffering.executor import TransactionExecutor, create_engine, ledger_table
+from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.retry import FailureKind
+
+from support import make_schema, observation, orphan_package
+
+
+def psycopg_url(url: str) -> str:
+    return make_url(url).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+@pytest_asyncio.fixture
+async def relay() -> AsyncIterator[tuple[LoopbackRelay, str]]:
+    async with fresh_database() as url:
+        setup = create_engine(url)
+        await make_schema(setup)
+        await TransactionExecutor(setup, ModelRegistry.from_base(Base)).create_ledger()
+        await setup.dispose()
+        target = make_url(url)
+        proxy = LoopbackRelay(target.host or "127.0.0.1", target.port or 5432)
+        await proxy.start()
+        try:
+            yield (
+                proxy,
+                psycopg_url(
+                    target.set(host="127.0.0.1", port=proxy.port).render_as_string(
+                        hide_password=False
+                    )
+                ),
+            )
+        finally:
+            await proxy.stop()
+
+
+async def _executor(url: str) -> tuple[AsyncEngine, TransactionExecutor]:
+    engine = create_engine(url)
+    return engine, TransactionExecutor(engine, ModelRegistry.from_base(Base))
+
+
+async def _count(engine: AsyncEngine, column: object) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(select(func.count(column)))).scalar_one())  # type: ignore[arg-type]
+
+
+async def _round_trips(
+    proxy: LoopbackRelay, engine: AsyncEngine, executor: TransactionExecutor, txs: list
+) -> tuple[int, object]:  # type: ignore[type-arg]
+    async with engine.connect() as conn:  # a warm connection in the pool
+        await conn.exec_driver_sql("SELECT 1")
+    before = proxy.counters.round_trips
+    result = await executor.execute_batch(txs)
+    return proxy.counters.round_trips - before, result
+
+
+async def test_a_batch_is_one_round_trip_and_reads_the_lsn(
+    relay: tuple[LoopbackRelay, str],
+) -> None:
+    proxy, url = relay
+    engine, executor = await _executor(url)
+    try:
+        trips, result = await _round_trips(
+            proxy, engine, executor, [observation(i)[0] for i in range(300)]
+        )
+        assert all(o.applied for o in result.outcomes)  # type: ignore[attr-defined]
+        assert result.commit_lsn is not None  # type: ignore[attr-defined]
+        # one for the pipeline, one for the pool's ROLLBACK at check-in
+        assert trips <= 2, trips
+        assert await _count(engine, ExecutedObsUnit.id) == 300
+        assert await _count(engine, ledger_table.c.transaction_id) == 300
+        async with engine.connect() as conn:
+            order = (
+                (
+                    await conn.execute(
+                        select(ExecutedObsUnit.obs_unit_id).order_by(literal_column("ctid"))
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        assert list(order) == list(range(300))
+    finally:
+        await engine.dispose()
+
+
+async def test_poison_and_redelivery_cost_one_more_round_trip(
+    relay: tuple[LoopbackRelay, str],
+) -> None:
+    proxy, url = relay
+    engine, executor = await _executor(url)
+    try:
+        applied = [observation(i)[0] for i in range(10)]
+        assert all(o.applied for o in (await executor.execute_batch(applied)).outcomes)
+        fresh = [observation(i)[0] for i in range(10, 60)]
+        poison = orphan_package(3)
+        batch = [*applied[:5], *fresh[:20], poison, *fresh[20:], applied[7]]
+        trips, result = await _round_trips(proxy, engine, executor, batch)
+        outcomes = result.outcomes  # type: ignore[attr-defined]
+        assert trips <= 3, trips
+        assert [o.already_applied for o in outcomes[:5]] == [True] * 5
+        assert outcomes[-1].already_applied
+        assert outcomes[25].kind is FailureKind.DATA and "foreign key" in str(outcomes[25].error)
+        assert all(o.applied for o in outcomes[5:25] + outcomes[26:-1])
+        assert await _count(engine, ExecutedObsUnit.id) == 60
+        assert await _count(engine, RawDataPackage.id) == 60
+        assert await _count(engine, ledger_table.c.transaction_id) == 60
+    finally:
+        await engine.dispose()
+
+
+async def test_updates_deletes_and_a_missing_row_fail_their_own_transaction(
+    relay: tuple[LoopbackRelay, str],
+) -> None:
+    _proxy, url = relay
+    engine, executor = await _executor(url)
+    try:
+        first, obs_id = observation(1)
+        assert (await executor.execute_batch([first])).outcomes[0].applied
+        change = TransactionBuilder("finish")
+        change.update(ExecutedObsUnit, {"id": obs_id}, {"status": "done"})
+        missing = TransactionBuilder("finish-missing")
+        missing.update(ExecutedObsUnit, {"id": "nope"}, {"status": "done"})
+        gone = TransactionBuilder("delete")
+        gone.delete(RawDataPackage, {"name": "pkg-1"}) if False else None
+        result = await executor.execute_batch([change.build(), missing.build(), observation(2)[0]])
+        assert result.outcomes[0].applied and result.outcomes[2].applied
+        assert isinstance(result.outcomes[1].error, RecordNotFoundError)
+        assert result.outcomes[1].kind is FailureKind.DATA
+        async with engine.connect() as conn:
+            status = (
+                await conn.execute(
+                    text("SELECT status FROM executed_obs_unit WHERE id = :id"), {"id": obs_id}
+                )
+            ).scalar()
+        assert status == "done"
+    finally:
+        await engine.dispose()
+
+
+async def test_a_deferred_constraint_at_commit_is_found_by_bisection(
+    relay: tuple[LoopbackRelay, str],
+) -> None:
+    _proxy, url = relay
+    engine, executor = await _executor(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "ALTER TABLE raw_data_package ALTER CONSTRAINT "
+                    "raw_data_package_executed_obs_unit_id_fkey DEFERRABLE INITIALLY DEFERRED"
+                )
+            )
+        txs = [observation(i)[0] for i in range(30)]
+        poison = orphan_package(3)
+        result = await executor.execute_batch([*txs[:11], poison, *txs[11:]])
+        assert result.outcomes[11].kind is FailureKind.DATA
+        assert "foreign key" in str(result.outcomes[11].error)
+        assert all(o.applied for i, o in enumerate(result.outcomes) if i != 11)
+        assert await _count(engine, ExecutedObsUnit.id) == 30
+    finally:
+        await engine.dispose()
+
+
+class Mode(enum.Enum):
+    SKY = "sky"
+    DARK = "dark"
+
+
+class WorldBase(DeclarativeBase):
+    pass
+
+
+class Night(WorldBase):
+    __tablename__ = "night"
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    date: Mapped[dt.date] = mapped_column(Date)
+    mode: Mapped[Mode] = mapped_column(Enum(Mode, name="night_mode"))
+    meta: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
+    seeing: Mapped[decimal.Decimal] = mapped_column(Numeric(6, 3))
+
+
+class Target(WorldBase):
+    __tablename__ = "target"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    night_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("night.id"))
+
+
+async def test_native_types_through_the_pipeline(relay: tuple[LoopbackRelay, str]) -> None:
+    """Uuid keys and foreign keys, Enum, Date, JSON, Numeric and a text key with spaces."""
+    _proxy, url = relay
+    engine = create_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(WorldBase.metadata.create_all)
+    executor = TransactionExecutor(engine, ModelRegistry.from_base(WorldBase))
+    try:
+        txs = []
+        ids = []
+        for i in range(3):
+            tx = TransactionBuilder("night")
+            night_id = uuid.uuid4()
+            ids.append(night_id)
+            tx.create(
+                Night,
+                {
+                    "id": night_id,
+                    "date": dt.date(2026, 12, i + 1),
+                    "mode": "SKY" if i % 2 else "DARK",
+                    "meta": {"airmass": [1.2, 1.3], "ok": True},
+                    "seeing": decimal.Decimal("0.85"),
+                },
+            )
+            tx.create(Target, {"name": f"NGC 253, field {i}!", "night_id": night_id})
+            txs.append(tx.build())
+        change = TransactionBuilder("dark")
+        change.update(Night, {"id": ids[0]}, {"mode": "DARK", "meta": {"note": "clouds"}})
+        result = await executor.execute_batch([*txs, change.build()])
+        assert all(o.applied for o in result.outcomes), [o.error for o in result.outcomes]
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(Night.mode, Night.meta, Night.seeing, Night.date).order_by(Night.date)
+                )
+            ).all()
+            names = (await conn.execute(select(Target.name).order_by(Target.name))).scalars().all()
+        assert [r.mode for r in rows] == [Mode.DARK, Mode.SKY, Mode.DARK]
+        assert rows[0].meta == {"note": "clouds"} and rows[1].meta == {
+            "airmass": [1.2, 1.3],
+            "ok": True,
+        }
+        assert rows[1].seeing == decimal.Decimal("0.850") and rows[2].date == dt.date(2026, 12, 3)
+        assert names == [f"NGC 253, field {i}!" for i in range(3)]
+    finally:
+        await engine.dispose()
