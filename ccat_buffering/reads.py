@@ -4,27 +4,76 @@ Rows from the site's database (its replica, or the one database of an
 embedded site) are overlaid field by field by buffered records, then by
 buffered updates, de-duplicated by key. A buffered delete hides the row. Once
 a transaction is replicated its cache entries are released and the database
-answers alone, with the same values.
+answers alone, with the same values, in the same shape.
+
+A read costs what it returns: the cache store finds buffered records by field
+value through an index (:meth:`~ccat_buffering.protocols.CacheStore.find`),
+the database is asked for the rows that match and for the rows of those
+buffered records, key lists are sent in slices under the drivers' parameter
+limits, and every database call has a timeout.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import asyncio
+import builtins
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, or_, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import and_, select, tuple_
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ccat_buffering._codec import decode_value
+from ccat_buffering._codec import decode_value, encode_value
 from ccat_buffering.errors import DatabaseUnavailableError
 from ccat_buffering.manager import record_id
 from ccat_buffering.protocols import CachedRecord, CacheStore
 from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import FailureKind, classify_failure
+from ccat_buffering.retry import FailureKind, classify_failure, describe_error
 
-__all__ = ["Reads"]
+__all__ = ["DEFAULT_READ_TIMEOUT", "Reads", "Record", "Records"]
+
+DEFAULT_READ_TIMEOUT = 5.0
+KEY_PARAMETERS = 900
+"""Bound parameters per key-list statement: under SQLite's old limit of 999
+(asyncpg allows 32,767), so one statement never fails for its length."""
 
 Row = dict[str, Any]
+_KEY_PARSERS: dict[type, Any] = {
+    int: int,
+    float: float,
+    uuid.UUID: uuid.UUID,
+    Decimal: Decimal,
+    dt.date: dt.date.fromisoformat,
+    dt.datetime: dt.datetime.fromisoformat,
+}
+
+
+class Record(dict[str, Any]):
+    """A record as the site sees it: a ``dict`` of its fields.
+
+    Attributes:
+        partial: The database could not be read, so the record is what the
+            buffer alone knows (only when the caller allowed it).
+    """
+
+    partial: bool = False
+
+
+class Records(list[Record]):
+    """Records as the site sees them: a ``list``.
+
+    Attributes:
+        partial: The database could not be read: these are the buffered
+            records alone (only when the caller allowed it).
+        reason: Why the database could not be read, when ``partial``.
+    """
+
+    partial: bool = False
+    reason: str | None = None
 
 
 def _decoded(record: CachedRecord) -> Row:
@@ -42,6 +91,19 @@ def _overlay(row: Mapping[str, Any] | None, cached: CachedRecord | None) -> Row 
     return {**(row or {}), **_decoded(cached)}
 
 
+def _is_outage(exc: BaseException) -> bool:
+    # A statement the driver refuses (too many parameters, a value of the
+    # wrong type) is the caller's error, even where the driver calls it an
+    # interface error: only a connection that failed is an outage.
+    if isinstance(exc, sa_exc.InterfaceError) and not exc.connection_invalidated:
+        return False
+    if isinstance(exc, sa_exc.OperationalError) and exc.orig is not None:
+        text = str(exc.orig).lower()
+        if "no such" in text or "syntax error" in text:
+            return False  # SQLite reports schema errors as operational ones
+    return classify_failure(exc) is FailureKind.OUTAGE
+
+
 class Reads:
     """Merges database rows with buffered records of the same model.
 
@@ -49,7 +111,13 @@ class Reads:
         cache: The site's cache store.
         registry: Mapped classes, for key fields and database lookups.
         engine: The database to read rows from (the replica at a secondary
-            site); without one, only :meth:`merge` can be given rows.
+            site); without one, only buffered records are known.
+        timeout: Seconds a read may wait for the database (connecting
+            included) before it counts as unavailable.
+        allow_partial: When the database cannot be read, answer with what the
+            buffer knows, marked ``partial``, instead of raising
+            :class:`~ccat_buffering.DatabaseUnavailableError`; each call can
+            override it.
     """
 
     def __init__(
@@ -57,83 +125,195 @@ class Reads:
         cache: CacheStore,
         registry: ModelRegistry | None = None,
         engine: AsyncEngine | None = None,
+        *,
+        timeout: float = DEFAULT_READ_TIMEOUT,
+        allow_partial: bool = False,
     ) -> None:
         self.cache = cache
         self.registry = registry
         self.engine = engine
+        self.timeout = timeout
+        self.allow_partial = allow_partial
+        self._columns: dict[str, tuple[tuple[str, Any], ...]] = {}
+
+    # -- the shape of a record ----------------------------------------------
 
     def _key_fields(self, model: str) -> tuple[str, ...]:
         if self.registry is not None and model in self.registry:
             return self.registry.key_fields(model)
         return ("id",)
 
+    def _column_defaults(self, model: str) -> tuple[tuple[str, Any], ...]:
+        """The model's columns in declaration order, each with its scalar Python default."""
+        columns = self._columns.get(model)
+        if columns is None:
+            assert self.registry is not None
+            columns = tuple(
+                (attr.key, _scalar_default(attr.columns[0]))
+                for attr in self.registry.mapper(model).column_attrs
+            )
+            self._columns[model] = columns
+        return columns
+
+    def _record(self, model: str, values: Mapping[str, Any]) -> Record:
+        """The one place a database row or buffered fields become a returned record.
+
+        A record carries every mapped column in the model's order: one not set
+        by a buffered create shows its Python default (a scalar one) or
+        ``None`` until replication brings what the database filled in.
+        """
+        if self.registry is None or model not in self.registry:
+            return Record(values)
+        return Record(
+            (name, values.get(name, default)) for name, default in self._column_defaults(model)
+        )
+
     def _as_row(self, model: str, row: Any) -> Row:
         if isinstance(row, Mapping):
             return dict(row)
         if self.registry is None:
             raise TypeError(f"cannot read fields of {row!r} without a model registry")
-        return {name: getattr(row, name) for name in self.registry.fields(model)}
+        return {name: getattr(row, name) for name, _ in self._column_defaults(model)}
 
-    async def _rows(self, model: str, *conditions: Any) -> list[Row]:
-        if self.engine is None or self.registry is None:
-            return []
+    # -- the database ---------------------------------------------------------
+
+    def _key_values(self, model: str, record_id_: str) -> list[Any] | None:
+        """The key values a record id names, as the columns take them, or ``None``."""
+        assert self.registry is not None
         cls = self.registry.model(model)
-        fields = sorted(self.registry.fields(model))
-        statement = select(*(getattr(cls, f) for f in fields))
-        if conditions:
-            statement = statement.where(*conditions)
+        key_fields = self._key_fields(model)
+        parts = record_id_.split(",") if len(key_fields) > 1 else [record_id_]
+        if len(parts) != len(key_fields):
+            return None  # not a key of this model's shape
+        values = []
+        for name, text in zip(key_fields, parts, strict=True):
+            try:
+                parse = _KEY_PARSERS.get(getattr(cls, name).type.python_type)
+            except (AttributeError, NotImplementedError):
+                parse = None
+            try:
+                values.append(text if parse is None else parse(text))
+            except ValueError:
+                return None  # no row can have it
+        return values
+
+    async def _select(
+        self, conn: AsyncConnection, model: str, conditions: Sequence[Any]
+    ) -> list[Row]:
+        assert self.registry is not None
+        cls = self.registry.model(model)
+        names = [name for name, _ in self._column_defaults(model)]
+        statement = select(*(getattr(cls, name) for name in names)).where(*conditions)
+        result = await conn.execute(statement)
+        return [dict(zip(names, row, strict=True)) for row in result]
+
+    async def _by_keys(self, conn: AsyncConnection, model: str, ids: Sequence[str]) -> list[Row]:
+        assert self.registry is not None
+        cls = self.registry.model(model)
+        key_fields = self._key_fields(model)
+        keys = [k for rid in ids if (k := self._key_values(model, rid)) is not None]
+        step = max(1, KEY_PARAMETERS // len(key_fields))
+        rows: list[Row] = []
+        for start in range(0, len(keys), step):
+            chunk = keys[start : start + step]
+            if len(key_fields) == 1:
+                condition = getattr(cls, key_fields[0]).in_([k[0] for k in chunk])
+            else:
+                columns = tuple_(*(getattr(cls, name) for name in key_fields))
+                condition = columns.in_([tuple(k) for k in chunk])
+            rows += await self._select(conn, model, [condition])
+        return rows
+
+    async def _database(self, work: Any) -> Any:
+        """Run ``work(conn)`` on a connection, within the read timeout.
+
+        Connecting, the statements and handing the connection back all count
+        against the timeout: a link that drops packets answers none of them.
+
+        Raises:
+            DatabaseUnavailableError: The database did not answer in time or
+                cannot be reached.
+        """
+        assert self.engine is not None
+        conn: AsyncConnection | None = None
         try:
-            async with self.engine.connect() as conn:
-                result = await conn.execute(statement)
-                return [dict(zip(fields, r, strict=True)) for r in result]
+            async with asyncio.timeout(self.timeout):
+                conn = await self.engine.connect()
+                result = await work(conn)
+                await conn.close()
+                conn = None
+                return result
+        except TimeoutError as exc:
+            raise DatabaseUnavailableError(
+                f"the site's database did not answer a read within {self.timeout:g} s "
+                "(read_timeout); pass allow_partial=True to answer from the buffer alone"
+            ) from exc
         except Exception as exc:
-            if classify_failure(exc) is FailureKind.OUTAGE:
+            if _is_outage(exc):
                 raise DatabaseUnavailableError(
-                    f"the site's database cannot be read ({exc}); buffered records alone "
-                    "are available through a Reads without an engine"
+                    f"the site's database cannot be read ({describe_error(exc)}); pass "
+                    "allow_partial=True to answer from the buffer alone"
                 ) from exc
             raise
+        finally:
+            if conn is not None:
+                await _discard(conn)
 
-    async def get(self, model: str, record_id_: str) -> Row | None:
+    def _partial(self, allow_partial: bool | None) -> bool:
+        return self.allow_partial if allow_partial is None else allow_partial
+
+    # -- reading ----------------------------------------------------------------
+
+    async def get(
+        self, model: str, record_id_: str, *, allow_partial: bool | None = None
+    ) -> Record | None:
         """One record as the site sees it.
 
         Args:
             model: The model's name.
             record_id_: Its key as text (``"a,b"`` for a composite key).
+            allow_partial: Overrides the ``Reads``' own setting for this call.
 
         Returns:
             The record's fields, or ``None`` if it does not exist (or a
             buffered delete removed it).
+
+        Raises:
+            DatabaseUnavailableError: The database cannot be read in time, and
+                partial answers are not allowed or the buffer has no record
+                to show.
         """
         cached = await self.cache.get(model, record_id_)
+        if self.engine is None or self.registry is None:
+            merged = _overlay(None, cached)
+            return None if merged is None else self._record(model, merged)
+        key = self._key_values(model, record_id_)
         row = None
-        if self.engine is not None and self.registry is not None:
+        if key is not None:
             cls = self.registry.model(model)
-            key_fields = self._key_fields(model)
-            parts = record_id_.split(",") if len(key_fields) > 1 else [record_id_]
-            if len(parts) != len(key_fields):
-                return _overlay(None, cached)  # not a key of this model's shape
             conditions = [
-                getattr(cls, name) == self._cast(cls, name, value)
-                for name, value in zip(key_fields, parts, strict=True)
+                getattr(cls, name) == value
+                for name, value in zip(self._key_fields(model), key, strict=True)
             ]
-            rows = await self._rows(model, *conditions)
+            try:
+                rows = await self._database(lambda conn: self._select(conn, model, conditions))
+            except DatabaseUnavailableError:
+                shown = _overlay(None, cached)
+                if not self._partial(allow_partial) or shown is None:
+                    raise
+                record = self._record(model, shown)
+                record.partial = True
+                return record
             row = rows[0] if rows else None
-        return _overlay(row, cached)
+        merged = _overlay(row, cached)
+        return None if merged is None else self._record(model, merged)
 
-    @staticmethod
-    def _cast(cls: type[Any], name: str, value: str) -> Any:
-        try:
-            python_type = getattr(cls, name).type.python_type
-        except (AttributeError, NotImplementedError):
-            return value
-        return python_type(value) if python_type in (int, float) else value
-
-    async def merge(self, model: str, rows: Iterable[Any]) -> list[Row]:
+    async def merge(self, model: str, rows: Iterable[Any]) -> Records:
         """Overlay buffered records over rows the caller read itself.
 
         Rows keep their order; buffered creates not among them follow, in the
         order they were buffered; rows a buffered delete removed are dropped.
+        Every buffered record of the model is read: prefer :meth:`list`.
 
         Args:
             model: The model's name.
@@ -144,10 +324,10 @@ class Reads:
         """
         return self._merge(model, rows, await self.cache.list(model))
 
-    def _merge(self, model: str, rows: Iterable[Any], records: Iterable[CachedRecord]) -> list[Row]:
+    def _merge(self, model: str, rows: Iterable[Any], records: Iterable[CachedRecord]) -> Records:
         key_fields = self._key_fields(model)
         cached = {c.record_id: c for c in records}
-        merged: dict[str, Row] = {}
+        merged: dict[str, Record] = {}
         for raw in rows:
             row = self._as_row(model, raw)
             rid = record_id(row, key_fields)
@@ -155,41 +335,117 @@ class Reads:
                 continue
             result = _overlay(row, cached.pop(rid, None))
             if result is not None:
-                merged[rid] = result
+                merged[rid] = self._record(model, result)
         for rid, record in cached.items():
             result = _overlay(None, record)
             if result is not None and rid not in merged:
-                merged[rid] = result
-        return list(merged.values())
+                merged[rid] = self._record(model, result)
+        return Records(merged.values())
 
-    async def list(self, model: str, **equals: Any) -> list[Row]:
+    async def list(
+        self, model: str, *, allow_partial: bool | None = None, **equals: Any
+    ) -> Records:
         """Records of ``model`` whose fields equal ``equals``, as the site sees them.
 
         Filtering applies after the overlay, so a buffered update that makes
-        a row match (or stop matching) counts.
+        a row match (or stop matching) counts. The cost follows the records
+        returned: the database is asked for the rows that match and for the
+        rows of buffered records that hold a value of the filter; the buffer
+        for the records holding a value of the filter and for those of the
+        rows.
 
         Args:
             model: The model's name.
+            allow_partial: Overrides the ``Reads``' own setting for this call.
             **equals: Field values to match.
 
         Returns:
-            Matching records.
+            Matching records; ``partial`` when the database could not be read
+            and partial answers are allowed.
+
+        Raises:
+            ValueError: With an engine: ``model`` has no such field.
+            DatabaseUnavailableError: The database cannot be read in time and
+                partial answers are not allowed.
         """
-        records = await self.cache.list(model)
-        rows: list[Row] = []
-        if self.engine is not None and self.registry is not None:
-            cls = self.registry.model(model)
+        if self.registry is not None and model in self.registry:
             unknown = sorted(set(equals) - self.registry.fields(model))
             if unknown:
                 raise ValueError(f"{model} has no field(s) {unknown}")
-            cached_ids = [c.record_id for c in records]
-            match = [getattr(cls, k) == v for k, v in equals.items()]
-            key_fields = self._key_fields(model)
-            condition: Any = and_(*match) if match else None
-            if condition is not None and cached_ids and len(key_fields) == 1:
-                key = getattr(cls, key_fields[0])
-                ids = [self._cast(cls, key_fields[0], rid) for rid in cached_ids]
-                condition = or_(condition, key.in_(ids))
-            rows = await self._rows(model, *([] if condition is None else [condition]))
-        merged = self._merge(model, rows, records)
-        return [r for r in merged if all(r.get(k) == v for k, v in equals.items())]
+        if equals:
+            encoded = {name: encode_value(value, name) for name, value in equals.items()}
+            found = await self.cache.find(model, encoded)
+        else:
+            found = await self.cache.list(model)
+        if self.engine is None or self.registry is None:
+            return self._matching(self._merge(model, [], found), equals)
+        try:
+            rows, records = await self._database(
+                lambda conn: self._rows_for(conn, model, equals, found)
+            )
+        except DatabaseUnavailableError as exc:
+            if not self._partial(allow_partial):
+                raise
+            partial = self._matching(self._merge(model, [], found), equals)
+            partial.partial, partial.reason = True, str(exc)
+            for record in partial:
+                record.partial = True
+            return partial
+        return self._matching(self._merge(model, rows, records), equals)
+
+    async def _rows_for(
+        self,
+        conn: AsyncConnection,
+        model: str,
+        equals: Mapping[str, Any],
+        found: Sequence[CachedRecord],
+    ) -> tuple[builtins.list[Row], builtins.list[CachedRecord]]:
+        """The rows a filtered list needs, and the buffered records over them."""
+        assert self.registry is not None
+        cls = self.registry.model(model)
+        match = [getattr(cls, name) == value for name, value in equals.items()]
+        rows = await self._select(conn, model, [and_(*match)] if match else [])
+        if not equals:
+            return rows, list(found)
+        key_fields = self._key_fields(model)
+        known = {c.record_id for c in found}
+        row_ids = [rid for row in rows if (rid := record_id(row, key_fields)) is not None]
+        # A buffered update of a row the filter did not select may make it match:
+        # its row is needed, unless one of its own values already rules it out.
+        selected = set(row_ids)
+        needed = [
+            c.record_id
+            for c in found
+            if not (c.created or c.deleted or c.record_id in selected or _contradicts(c, equals))
+        ]
+        rows += await self._by_keys(conn, model, needed)
+        unknown = [rid for rid in row_ids if rid not in known]
+        over_rows = await self.cache.get_many(model, unknown) if unknown else []
+        return rows, [*found, *(r for r in over_rows if r is not None)]
+
+    @staticmethod
+    def _matching(records: Records, equals: Mapping[str, Any]) -> Records:
+        kept = Records(r for r in records if all(r.get(k) == v for k, v in equals.items()))
+        return kept
+
+
+async def _discard(conn: AsyncConnection) -> None:
+    # The connection failed or hangs: drop it without a round trip (handing it
+    # back would roll it back over the link), so the pool opens a new one.
+    try:
+        await conn.invalidate()
+        await conn.close()
+    except Exception:
+        pass
+
+
+def _contradicts(record: CachedRecord, equals: Mapping[str, Any]) -> bool:
+    fields = _decoded(record)
+    return any(name in fields and fields[name] != value for name, value in equals.items())
+
+
+def _scalar_default(column: Any) -> Any:
+    default = getattr(column, "default", None)
+    if default is not None and getattr(default, "is_scalar", False):
+        return default.arg
+    return None

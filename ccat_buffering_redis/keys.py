@@ -31,6 +31,10 @@ key                                         type     what
                                                      terminal by expiry (ms), others by arrival
 ``index:<Model>``                           zset     record ids of a model by first write;
                                                      TTL follows its longest-lived record
+``fields:<Model>``                          zset     field index: ``<field>=<JSON value><NUL>
+                                                     <id>`` per field of each record (values
+                                                     over 64 bytes by their start and length);
+                                                     TTL as ``index:``
 ``written:<transaction_id>``                string   ``<Model>:<id>`` records a transaction wrote,
                                                      space-separated; TTL follows the records
 ``lease``                                   string   the processor lease token; PX TTL
@@ -59,6 +63,7 @@ SUFFIXES = {
     "letter_meta": "dead_letters:meta",
     "state": "state:",
     "index": "index:",
+    "fields": "fields:",
     "written": "written:",
     "lease": "lease",
     "processor": "processor",
@@ -122,6 +127,10 @@ class SiteKeys:
     def index(self, model: str) -> str:
         """The index of a model's buffered records."""
         return self._key("index", model)
+
+    def fields(self, model: str) -> str:
+        """The index of a model's buffered records by field value."""
+        return self._key("fields", model)
 
     def written(self, transaction_id: str) -> str:
         """The records a transaction wrote."""
