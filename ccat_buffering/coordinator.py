@@ -100,7 +100,13 @@ class BufferingCoordinator:
             poll_interval=settings.replication_poll_interval,
             timeout=settings.replication_timeout,
         )
-        self.reads = Reads(backend.cache, registry, read_engine or engine)
+        self.reads = Reads(
+            backend.cache,
+            registry,
+            read_engine or engine,
+            timeout=settings.read_timeout,
+            allow_partial=settings.read_allow_partial,
+        )
         self._tracker_task: asyncio.Task[None] | None = None
         self.background: set[asyncio.Task[None]] = set()
         self._start_on_enter = start

@@ -135,6 +135,7 @@ class Reads:
         self.timeout = timeout
         self.allow_partial = allow_partial
         self._columns: dict[str, tuple[tuple[str, Any], ...]] = {}
+        self._abandoned: set[asyncio.Future[Any]] = set()
 
     # -- the shape of a record ----------------------------------------------
 
@@ -225,29 +226,31 @@ class Reads:
         return rows
 
     async def _database(self, work: Any) -> Any:
-        """Run ``work(conn)`` on a connection, within the read timeout.
+        """Run ``work(conn)`` on a connection, answering within the read timeout.
 
         Connecting, the statements and handing the connection back all count
         against the timeout: a link that drops packets answers none of them.
+        A read that runs out of time is cancelled in the background (the
+        driver may take a while to give it up) and its connection discarded.
 
         Raises:
             DatabaseUnavailableError: The database did not answer in time or
                 cannot be reached.
         """
-        assert self.engine is not None
-        conn: AsyncConnection | None = None
+        task = asyncio.ensure_future(self._on_connection(work))
         try:
-            async with asyncio.timeout(self.timeout):
-                conn = await self.engine.connect()
-                result = await work(conn)
-                await conn.close()
-                conn = None
-                return result
-        except TimeoutError as exc:
+            done, _ = await asyncio.wait({task}, timeout=self.timeout)
+        except asyncio.CancelledError:
+            self._abandon(task)
+            raise
+        if not done:
+            self._abandon(task)
             raise DatabaseUnavailableError(
                 f"the site's database did not answer a read within {self.timeout:g} s "
                 "(read_timeout); pass allow_partial=True to answer from the buffer alone"
-            ) from exc
+            )
+        try:
+            return task.result()
         except Exception as exc:
             if _is_outage(exc):
                 raise DatabaseUnavailableError(
@@ -255,9 +258,22 @@ class Reads:
                     "allow_partial=True to answer from the buffer alone"
                 ) from exc
             raise
-        finally:
-            if conn is not None:
-                await _discard(conn)
+
+    def _abandon(self, task: asyncio.Future[Any]) -> None:
+        task.cancel()
+        self._abandoned.add(task)  # held until it is done, so it is not collected
+        task.add_done_callback(_forget(self._abandoned))
+
+    async def _on_connection(self, work: Any) -> Any:
+        assert self.engine is not None
+        conn = await self.engine.connect()
+        try:
+            result = await work(conn)
+        except BaseException:
+            await _discard(conn)
+            raise
+        await conn.close()
+        return result
 
     def _partial(self, allow_partial: bool | None) -> bool:
         return self.allow_partial if allow_partial is None else allow_partial
@@ -427,6 +443,15 @@ class Reads:
     def _matching(records: Records, equals: Mapping[str, Any]) -> Records:
         kept = Records(r for r in records if all(r.get(k) == v for k, v in equals.items()))
         return kept
+
+
+def _forget(tasks: set[asyncio.Future[Any]]) -> Any:
+    def done(task: asyncio.Future[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the read already answered
+
+    return done
 
 
 async def _discard(conn: AsyncConnection) -> None:

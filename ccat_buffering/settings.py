@@ -103,6 +103,10 @@ class BufferingSettings(BaseSettings):
         max_payload_bytes: Largest serialised transaction accepted (1 MiB).
         ledger: Record applied transactions (exactly-once effect).
         models: Where the worker finds the mapped classes: ``package.module:Base``.
+        read_timeout: Seconds a read may wait for the site's database before
+            it counts as unavailable.
+        read_allow_partial: When the site's database cannot be read, reads
+            answer from the buffer alone, marked partial, instead of raising.
     """
 
     model_config = SettingsConfigDict(
@@ -133,6 +137,10 @@ class BufferingSettings(BaseSettings):
     max_payload_bytes: int = Field(DEFAULT_MAX_PAYLOAD_BYTES, ge=1)
     ledger: bool = True
     models: str | None = None
+
+    # Reads (issue #13): reads never hang on the site's database.
+    read_timeout: float = Field(5.0, gt=0)
+    read_allow_partial: bool = False
 
     @classmethod
     def settings_customise_sources(
