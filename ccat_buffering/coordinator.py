@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering.backends import open_backend
 from ccat_buffering.executor import TransactionExecutor, create_engine
-from ccat_buffering.health import Health, collect
+from ccat_buffering.health import NO_REPLICA_NOTICE, Health, collect
+from ccat_buffering.logs import SiteLogger
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction, TransactionState, TransactionStatus, utc_now
 from ccat_buffering.processor import BackgroundProcessor
@@ -207,6 +208,8 @@ class BufferingCoordinator:
     def start(self) -> None:
         """Start the processor (secondary sites) and the replication tracker."""
         if self.settings.site_type == "secondary":
+            if not self.settings.replica_url:
+                SiteLogger(__name__, self.backend.site).warning(NO_REPLICA_NOTICE)
             self.processor.start()
         if self._tracker_task is None or self._tracker_task.done():
             self._tracker_task = asyncio.create_task(self.tracker.run(), name="replication-tracker")

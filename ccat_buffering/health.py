@@ -14,7 +14,7 @@ import os
 import socket
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, computed_field
 
 from ccat_buffering.models import TransactionState, utc_now
 from ccat_buffering.processor import BackgroundProcessor, ProcessorHealth, ProcessorState
@@ -22,7 +22,13 @@ from ccat_buffering.protocols import Backend, SupportsKeyAudit, SupportsProcesso
 from ccat_buffering.replication import ReplicationReport, ReplicationTracker
 from ccat_buffering.settings import BufferingSettings, mask_text, mask_url
 
-__all__ = ["BufferHealth", "Health", "ReplicationHealth", "collect"]
+__all__ = ["NO_REPLICA_NOTICE", "BufferHealth", "Health", "ReplicationHealth", "collect"]
+
+NO_REPLICA_NOTICE = (
+    "no replica_url: a secondary site without a replica reads from the main database, so "
+    "while the link is down reads see the buffered records only"
+)
+"""What health says, and the coordinator logs at start, of a secondary site without a replica."""
 
 
 class BufferHealth(BaseModel):
@@ -100,6 +106,9 @@ class Health(BaseModel):
         processor: The draining processor, as it reports itself.
         replication: What the replica shows.
         warnings: What an operator must look at.
+        notices: What an operator should know of the site's set-up; they do
+            not make it unhealthy (a site without a replica, for one).
+        healthy: No warnings (serialised with the rest).
     """
 
     site: str
@@ -113,7 +122,9 @@ class Health(BaseModel):
     processor: ProcessorHealth
     replication: ReplicationHealth
     warnings: list[str]
+    notices: list[str] = []
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def healthy(self) -> bool:
         """Nothing needs an operator's attention."""
@@ -249,9 +260,14 @@ async def collect(
         processor=worker,
         replication=replication,
         warnings=warnings,
+        notices=[NO_REPLICA_NOTICE] if _without_replica(settings) else [],
     )
 
 
+def _without_replica(settings: BufferingSettings) -> bool:
+    return settings.site_type == "secondary" and not settings.replica_url
+
+
 def as_json(health: Health) -> dict[str, Any]:
-    """The health as JSON data, with ``healthy`` included."""
-    return {**health.model_dump(mode="json"), "healthy": health.healthy}
+    """The health as JSON data, ``healthy`` included."""
+    return health.model_dump(mode="json")

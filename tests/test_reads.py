@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.errors import DatabaseUnavailableError
 from ccat_buffering.executor import TransactionExecutor, create_engine
 from ccat_buffering.manager import TransactionManager
-from ccat_buffering.processor import BackgroundProcessor
+from ccat_buffering.processor import BackgroundProcessor, ProcessorState
 from ccat_buffering.protocols import CachedRecord
 from ccat_buffering.reads import Reads, Records
 from ccat_buffering.registry import ModelRegistry
@@ -225,3 +226,40 @@ def test_contradiction_uses_decoded_values() -> None:
     record = CachedRecord("File", "a", {"when": {"$date": "2026-01-02"}}, True, False, ("t",), 0)
     assert not reads_module._contradicts(record, {"when": dt.date(2026, 1, 2)})
     assert reads_module._contradicts(record, {"when": dt.date(2026, 1, 3)})
+
+
+async def test_a_secondary_site_without_a_replica_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ccat_buffering.coordinator import BufferingCoordinator
+    from ccat_buffering.health import NO_REPLICA_NOTICE
+    from ccat_buffering.settings import BufferingSettings
+
+    settings = BufferingSettings(
+        site_name=f"test-{uuid.uuid4().hex[:8]}",
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'main.db'}",
+        poll_interval=0.01,
+        replication_poll_interval=0.01,
+    )
+    registry = ModelRegistry([File])
+    with caplog.at_level("WARNING", logger="ccat_buffering"):
+        async with BufferingCoordinator.from_settings(
+            settings, registry=registry, start=False
+        ) as site:
+            await site.prepare_database()
+            site.start()
+            # Let the processor begin before it is stopped: a stop that comes
+            # first is lost (processor.py, #11's area).
+            while site.processor.state is ProcessorState.STOPPED:
+                await asyncio.sleep(0.01)
+            health = await site.health(audit=False)
+    assert NO_REPLICA_NOTICE in caplog.text
+    assert health.notices == [NO_REPLICA_NOTICE] and health.healthy
+    dumped = health.model_dump(mode="json")
+    assert dumped["healthy"] is True and dumped["notices"] == [NO_REPLICA_NOTICE]
+    assert '"healthy":true' in health.model_dump_json()
+    with_replica = settings.model_copy(update={"replica_url": settings.database_url})
+    async with BufferingCoordinator.from_settings(
+        with_replica, registry=registry, start=False
+    ) as site:
+        assert (await site.health(audit=False)).notices == []
