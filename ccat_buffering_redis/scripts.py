@@ -204,26 +204,45 @@ _FIELD_INDEX = r"""
 -- It follows the records exactly: every write moves a record's entries
 -- from the fields it had to those it has, a release takes them out.
 local FIELDS = P .. '{fields}'
-local function field_members(fields, id)
-  local out = {}
-  for line in string.gmatch(fields, '[^\n]+') do
-    local eq = string.find(line, '=', 1, true)
-    if eq then
-      local value = string.sub(line, eq + 1)
-      if #value > 64 then value = string.sub(value, 1, 56) .. '#' .. #value end
-      out[#out + 1] = string.sub(line, 1, eq) .. value .. '\0' .. id
-    end
+local function field_members(fields, id, out)
+  for name, value in string.gmatch(fields, '([^\n=]+=)([^\n]*)') do
+    if #value > 64 then value = string.sub(value, 1, 56) .. '#' .. #value end
+    out[#out + 1] = name .. value .. '\0' .. id
   end
   return out
 end
 
+-- Entries to add, gathered per model (score, member pairs) and sent with one
+-- ZADD per model; sent before any removal, so that a removal always follows
+-- the addition it undoes.
+local FIELD_ADD = {}
+local function flush_fields()
+  for model, list in pairs(FIELD_ADD) do in_slices({'ZADD', FIELDS .. model}, list) end
+  FIELD_ADD = {}
+end
+
 local function reindex_fields(model, id, before, after)
-  local old, new = field_members(before, id), field_members(after, id)
-  local keep, had, gone, add = {}, {}, {}, {}
+  local add = FIELD_ADD[model]
+  if not add then add = {}; FIELD_ADD[model] = add end
+  if before == '' then
+    for _, m in ipairs(field_members(after, id, {})) do
+      add[#add + 1] = 0
+      add[#add + 1] = m
+    end
+    return
+  end
+  local old, new = field_members(before, id, {}), field_members(after, id, {})
+  local keep, had, gone = {}, {}, {}
   for _, m in ipairs(new) do keep[m] = true end
   for _, m in ipairs(old) do
     had[m] = true
     if not keep[m] then gone[#gone + 1] = m end
+  end
+  if #gone > 0 then
+    flush_fields()
+    in_slices({'ZREM', FIELDS .. model}, gone)
+    add = {}
+    FIELD_ADD[model] = add
   end
   for _, m in ipairs(new) do
     if not had[m] then
@@ -231,8 +250,6 @@ local function reindex_fields(model, id, before, after)
       add[#add + 1] = m
     end
   end
-  if #gone > 0 then in_slices({'ZREM', FIELDS .. model}, gone) end
-  if #add > 0 then in_slices({'ZADD', FIELDS .. model}, add) end
 end
 """.replace("{fields}", SUFFIXES["fields"])
 
@@ -606,6 +623,7 @@ end
 flush_pushes()
 flush_statuses()
 flush_indexes()
+flush_fields()
 for model, ttl in pairs(INDEX_TTL) do
   extend(INDEX .. model, ttl)
   extend(FIELDS .. model, ttl)
