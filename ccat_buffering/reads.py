@@ -15,41 +15,24 @@ limits, and every database call has a timeout.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
-import datetime as dt
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, select, tuple_
-from sqlalchemy import exc as sa_exc
+from sqlalchemy import and_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ccat_buffering._codec import decode_value, encode_value
+from ccat_buffering._read_database import ReadDatabase
 from ccat_buffering.errors import DatabaseUnavailableError
 from ccat_buffering.manager import record_id
 from ccat_buffering.protocols import CachedRecord, CacheStore
 from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import FailureKind, classify_failure, describe_error
 
 __all__ = ["DEFAULT_READ_TIMEOUT", "Reads", "Record", "Records"]
 
 DEFAULT_READ_TIMEOUT = 5.0
-KEY_PARAMETERS = 900
-"""Bound parameters per key-list statement: under SQLite's old limit of 999
-(asyncpg allows 32,767), so one statement never fails for its length."""
-
 Row = dict[str, Any]
-_KEY_PARSERS: dict[type, Any] = {
-    int: int,
-    float: float,
-    uuid.UUID: uuid.UUID,
-    Decimal: Decimal,
-    dt.date: dt.date.fromisoformat,
-    dt.datetime: dt.datetime.fromisoformat,
-}
 
 
 class Record(dict[str, Any]):
@@ -91,19 +74,6 @@ def _overlay(row: Mapping[str, Any] | None, cached: CachedRecord | None) -> Row 
     return {**(row or {}), **_decoded(cached)}
 
 
-def _is_outage(exc: BaseException) -> bool:
-    # A statement the driver refuses (too many parameters, a value of the
-    # wrong type) is the caller's error, even where the driver calls it an
-    # interface error: only a connection that failed is an outage.
-    if isinstance(exc, sa_exc.InterfaceError) and not exc.connection_invalidated:
-        return False
-    if isinstance(exc, sa_exc.OperationalError) and exc.orig is not None:
-        text = str(exc.orig).lower()
-        if "no such" in text or "syntax error" in text:
-            return False  # SQLite reports schema errors as operational ones
-    return classify_failure(exc) is FailureKind.OUTAGE
-
-
 class Reads:
     """Merges database rows with buffered records of the same model.
 
@@ -135,7 +105,9 @@ class Reads:
         self.timeout = timeout
         self.allow_partial = allow_partial
         self._columns: dict[str, tuple[tuple[str, Any], ...]] = {}
-        self._abandoned: set[asyncio.Future[Any]] = set()
+        self._db = (
+            None if engine is None or registry is None else ReadDatabase(engine, registry, timeout)
+        )
 
     # -- the shape of a record ----------------------------------------------
 
@@ -169,111 +141,15 @@ class Reads:
             (name, values.get(name, default)) for name, default in self._column_defaults(model)
         )
 
+    def _names(self, model: str) -> builtins.list[str]:
+        return [name for name, _ in self._column_defaults(model)]
+
     def _as_row(self, model: str, row: Any) -> Row:
         if isinstance(row, Mapping):
             return dict(row)
         if self.registry is None:
             raise TypeError(f"cannot read fields of {row!r} without a model registry")
         return {name: getattr(row, name) for name, _ in self._column_defaults(model)}
-
-    # -- the database ---------------------------------------------------------
-
-    def _key_values(self, model: str, record_id_: str) -> list[Any] | None:
-        """The key values a record id names, as the columns take them, or ``None``."""
-        assert self.registry is not None
-        cls = self.registry.model(model)
-        key_fields = self._key_fields(model)
-        parts = record_id_.split(",") if len(key_fields) > 1 else [record_id_]
-        if len(parts) != len(key_fields):
-            return None  # not a key of this model's shape
-        values = []
-        for name, text in zip(key_fields, parts, strict=True):
-            try:
-                parse = _KEY_PARSERS.get(getattr(cls, name).type.python_type)
-            except (AttributeError, NotImplementedError):
-                parse = None
-            try:
-                values.append(text if parse is None else parse(text))
-            except ValueError:
-                return None  # no row can have it
-        return values
-
-    async def _select(
-        self, conn: AsyncConnection, model: str, conditions: Sequence[Any]
-    ) -> list[Row]:
-        assert self.registry is not None
-        cls = self.registry.model(model)
-        names = [name for name, _ in self._column_defaults(model)]
-        statement = select(*(getattr(cls, name) for name in names)).where(*conditions)
-        result = await conn.execute(statement)
-        return [dict(zip(names, row, strict=True)) for row in result]
-
-    async def _by_keys(self, conn: AsyncConnection, model: str, ids: Sequence[str]) -> list[Row]:
-        assert self.registry is not None
-        cls = self.registry.model(model)
-        key_fields = self._key_fields(model)
-        keys = [k for rid in ids if (k := self._key_values(model, rid)) is not None]
-        step = max(1, KEY_PARAMETERS // len(key_fields))
-        rows: list[Row] = []
-        for start in range(0, len(keys), step):
-            chunk = keys[start : start + step]
-            if len(key_fields) == 1:
-                condition = getattr(cls, key_fields[0]).in_([k[0] for k in chunk])
-            else:
-                columns = tuple_(*(getattr(cls, name) for name in key_fields))
-                condition = columns.in_([tuple(k) for k in chunk])
-            rows += await self._select(conn, model, [condition])
-        return rows
-
-    async def _database(self, work: Any) -> Any:
-        """Run ``work(conn)`` on a connection, answering within the read timeout.
-
-        Connecting, the statements and handing the connection back all count
-        against the timeout: a link that drops packets answers none of them.
-        A read that runs out of time is cancelled in the background (the
-        driver may take a while to give it up) and its connection discarded.
-
-        Raises:
-            DatabaseUnavailableError: The database did not answer in time or
-                cannot be reached.
-        """
-        task = asyncio.ensure_future(self._on_connection(work))
-        try:
-            done, _ = await asyncio.wait({task}, timeout=self.timeout)
-        except asyncio.CancelledError:
-            self._abandon(task)
-            raise
-        if not done:
-            self._abandon(task)
-            raise DatabaseUnavailableError(
-                f"the site's database did not answer a read within {self.timeout:g} s "
-                "(read_timeout); pass allow_partial=True to answer from the buffer alone"
-            )
-        try:
-            return task.result()
-        except Exception as exc:
-            if _is_outage(exc):
-                raise DatabaseUnavailableError(
-                    f"the site's database cannot be read ({describe_error(exc)}); pass "
-                    "allow_partial=True to answer from the buffer alone"
-                ) from exc
-            raise
-
-    def _abandon(self, task: asyncio.Future[Any]) -> None:
-        task.cancel()
-        self._abandoned.add(task)  # held until it is done, so it is not collected
-        task.add_done_callback(_forget(self._abandoned))
-
-    async def _on_connection(self, work: Any) -> Any:
-        assert self.engine is not None
-        conn = await self.engine.connect()
-        try:
-            result = await work(conn)
-        except BaseException:
-            await _discard(conn)
-            raise
-        await conn.close()
-        return result
 
     def _partial(self, allow_partial: bool | None) -> bool:
         return self.allow_partial if allow_partial is None else allow_partial
@@ -300,19 +176,15 @@ class Reads:
                 to show.
         """
         cached = await self.cache.get(model, record_id_)
-        if self.engine is None or self.registry is None:
+        db = self._db
+        if db is None:
             merged = _overlay(None, cached)
             return None if merged is None else self._record(model, merged)
-        key = self._key_values(model, record_id_)
         row = None
-        if key is not None:
-            cls = self.registry.model(model)
-            conditions = [
-                getattr(cls, name) == value
-                for name, value in zip(self._key_fields(model), key, strict=True)
-            ]
+        if db.key_values(model, record_id_) is not None:
+            names = self._names(model)
             try:
-                rows = await self._database(lambda conn: self._select(conn, model, conditions))
+                rows = await db.run(lambda conn: db.by_keys(conn, model, names, [record_id_]))
             except DatabaseUnavailableError:
                 shown = _overlay(None, cached)
                 if not self._partial(allow_partial) or shown is None:
@@ -393,11 +265,12 @@ class Reads:
             found = await self.cache.find(model, encoded)
         else:
             found = await self.cache.list(model)
-        if self.engine is None or self.registry is None:
+        db = self._db
+        if db is None:
             return self._matching(self._merge(model, [], found), equals)
         try:
-            rows, records = await self._database(
-                lambda conn: self._rows_for(conn, model, equals, found)
+            rows, records = await db.run(
+                lambda conn: self._rows_for(conn, db, model, equals, found)
             )
         except DatabaseUnavailableError as exc:
             if not self._partial(allow_partial):
@@ -412,15 +285,16 @@ class Reads:
     async def _rows_for(
         self,
         conn: AsyncConnection,
+        db: ReadDatabase,
         model: str,
         equals: Mapping[str, Any],
         found: Sequence[CachedRecord],
     ) -> tuple[builtins.list[Row], builtins.list[CachedRecord]]:
         """The rows a filtered list needs, and the buffered records over them."""
-        assert self.registry is not None
-        cls = self.registry.model(model)
+        cls = db.registry.model(model)
+        names = self._names(model)
         match = [getattr(cls, name) == value for name, value in equals.items()]
-        rows = await self._select(conn, model, [and_(*match)] if match else [])
+        rows = await db.select(conn, model, names, [and_(*match)] if match else [])
         if not equals:
             return rows, list(found)
         key_fields = self._key_fields(model)
@@ -434,7 +308,7 @@ class Reads:
             for c in found
             if not (c.created or c.deleted or c.record_id in selected or _contradicts(c, equals))
         ]
-        rows += await self._by_keys(conn, model, needed)
+        rows += await db.by_keys(conn, model, names, needed)
         unknown = [rid for rid in row_ids if rid not in known]
         over_rows = await self.cache.get_many(model, unknown) if unknown else []
         return rows, [*found, *(r for r in over_rows if r is not None)]
@@ -443,25 +317,6 @@ class Reads:
     def _matching(records: Records, equals: Mapping[str, Any]) -> Records:
         kept = Records(r for r in records if all(r.get(k) == v for k, v in equals.items()))
         return kept
-
-
-def _forget(tasks: set[asyncio.Future[Any]]) -> Any:
-    def done(task: asyncio.Future[Any]) -> None:
-        tasks.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: the read already answered
-
-    return done
-
-
-async def _discard(conn: AsyncConnection) -> None:
-    # The connection failed or hangs: drop it without a round trip (handing it
-    # back would roll it back over the link), so the pool opens a new one.
-    try:
-        await conn.invalidate()
-        await conn.close()
-    except Exception:
-        pass
 
 
 def _contradicts(record: CachedRecord, equals: Mapping[str, Any]) -> bool:

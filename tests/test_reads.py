@@ -16,6 +16,7 @@ from sqlalchemy import Integer, String, event, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+import ccat_buffering._read_database as _read_database
 import ccat_buffering.reads as reads_module
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.errors import DatabaseUnavailableError
@@ -174,7 +175,7 @@ async def test_composite_keys_are_fetched_for_buffered_updates(site: Site) -> No
 async def test_key_lists_go_in_slices_under_the_parameter_limit(
     site: Site, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(reads_module, "KEY_PARAMETERS", 10)
+    monkeypatch.setattr(_read_database, "KEY_PARAMETERS", 10)
     await _rows(site, [_file("p2", i) for i in range(35)])
     for start in range(0, 35, 7):
         await site.buffer(
