@@ -17,9 +17,11 @@ origin's four commands and arq, and Redis memory per buffered transaction.
 Then the PostgreSQL drain of :mod:`drain_bench` (batches with the ledger against
 the origin's one-at-a-time shape), the replication timing of
 :mod:`replication_bench` (commit to visible on a streaming replica the run
-starts) and the drain over a delay relay at 0, 50, 200 and 500 ms round trip
-of :mod:`wan_bench` (against the one-round-trip floor), each skipped with the
-reason when its server is missing.
+starts), the drain over a delay relay at 0, 50, 200 and 500 ms round trip
+of :mod:`wan_bench` (against the one-round-trip floor), and the reads of
+:mod:`reads_bench` (a filtered ``Reads.list`` with 1,000, 10,000 and 40,000
+buffered records against none), each skipped with the reason when its server
+is missing.
 
 Run with ``make bench`` or ``python bench/run.py [--transactions N]
 [--memory-transactions N] [--seconds S] [--rounds R] [--redis-url URL]``.
@@ -35,6 +37,7 @@ import time
 from pathlib import Path
 
 import drain_bench
+import reads_bench
 import redis_bench
 import replication_bench
 import wan_bench
@@ -144,6 +147,7 @@ if __name__ == "__main__":
         ("PostgreSQL drain", lambda: drain_bench.main(args.transactions)),
         ("replication", lambda: replication_bench.main(1000)),
         ("drain over a long-haul link", lambda: wan_bench.main([0, 50, 200, 500])),
+        ("reads", lambda: reads_bench.main(200, [1000, 10000, 40000])),
     ):
         print()
         try:

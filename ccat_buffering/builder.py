@@ -141,6 +141,11 @@ class TransactionBuilder:
         self.registry = registry
         self._steps: list[Step] = []
 
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        """The steps added so far, in order (converted where the model was known)."""
+        return tuple(self._steps)
+
     def _step_id(self, step_id: str | None) -> str:
         return step_id if step_id is not None else f"s{len(self._steps)}"
 

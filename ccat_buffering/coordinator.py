@@ -19,7 +19,8 @@ from ccat_buffering._sizing import BatchSizer
 from ccat_buffering.backends import open_backend
 from ccat_buffering.buffer_loss import BufferLoss, BufferWatch, watch_buffer
 from ccat_buffering.executor import TransactionExecutor, create_engine
-from ccat_buffering.health import Health, collect
+from ccat_buffering.health import NO_REPLICA_NOTICE, Health, collect
+from ccat_buffering.logs import SiteLogger
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction, TransactionState, TransactionStatus, utc_now
 from ccat_buffering.processor import BackgroundProcessor
@@ -149,7 +150,13 @@ class BufferingCoordinator:
             poll_interval=settings.replication_poll_interval,
             timeout=settings.replication_timeout,
         )
-        self.reads = Reads(backend.cache, registry, read_engine or engine)
+        self.reads = Reads(
+            backend.cache,
+            registry,
+            read_engine or engine,
+            timeout=settings.read_timeout,
+            allow_partial=settings.read_allow_partial,
+        )
         self.watch = BufferWatch(engine, backend)
         self._watch_task: asyncio.Task[None] | None = None
         self._tracker_task: asyncio.Task[None] | None = None
@@ -292,6 +299,8 @@ class BufferingCoordinator:
     def start(self) -> None:
         """Start the processor (secondary sites) and the replication tracker."""
         if self.settings.site_type == "secondary":
+            if not self.settings.replica_url:
+                SiteLogger(__name__, self.backend.site).warning(NO_REPLICA_NOTICE)
             self.processor.start()
             if self.watch.supported and (self._watch_task is None or self._watch_task.done()):
                 self._watch_task = asyncio.create_task(self._watching(), name="buffer-watch")

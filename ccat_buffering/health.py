@@ -15,7 +15,7 @@ import os
 import socket
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, computed_field
 from sqlalchemy.exc import SQLAlchemyError
 
 from ccat_buffering.buffer_loss import BufferWatch
@@ -31,7 +31,13 @@ from ccat_buffering.protocols import (
 from ccat_buffering.replication import ReplicationReport, ReplicationTracker
 from ccat_buffering.settings import BufferingSettings, mask_text, mask_url
 
-__all__ = ["BufferHealth", "Health", "ReplicationHealth", "collect"]
+__all__ = ["NO_REPLICA_NOTICE", "BufferHealth", "Health", "ReplicationHealth", "collect"]
+
+NO_REPLICA_NOTICE = (
+    "no replica_url: a secondary site without a replica reads from the main database, so "
+    "while the link is down reads see the buffered records only"
+)
+"""What health says, and the coordinator logs at start, of a secondary site without a replica."""
 
 WATCH_TIMEOUT = 3.0
 """Seconds ``collect`` waits for the main database's memory of the buffer."""
@@ -115,6 +121,9 @@ class Health(BaseModel):
         processor: The draining processor, as it reports itself.
         replication: What the replica shows.
         warnings: What an operator must look at.
+        notices: What an operator should know of the site's set-up; they do
+            not make it unhealthy (a site without a replica, for one).
+        healthy: No warnings (serialised with the rest).
     """
 
     site: str
@@ -128,7 +137,9 @@ class Health(BaseModel):
     processor: ProcessorHealth
     replication: ReplicationHealth
     warnings: list[str]
+    notices: list[str] = []
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def healthy(self) -> bool:
         """Nothing needs an operator's attention."""
@@ -318,9 +329,14 @@ async def collect(
         processor=worker,
         replication=replication,
         warnings=warnings,
+        notices=[NO_REPLICA_NOTICE] if _without_replica(settings) else [],
     )
 
 
+def _without_replica(settings: BufferingSettings) -> bool:
+    return settings.site_type == "secondary" and not settings.replica_url
+
+
 def as_json(health: Health) -> dict[str, Any]:
-    """The health as JSON data, with ``healthy`` included."""
-    return {**health.model_dump(mode="json"), "healthy": health.healthy}
+    """The health as JSON data, ``healthy`` included."""
+    return health.model_dump(mode="json")

@@ -381,6 +381,34 @@ class CacheStore(Protocol):
         """Every live buffered record of ``model``, in the order first written."""
         ...
 
+    async def get_many(
+        self, model: str, record_ids: Sequence[str]
+    ) -> builtins.list[CachedRecord | None]:
+        """Buffered records in the order of ``record_ids``, ``None`` where none is live.
+
+        One round trip however many ids are asked (reads ask for the ids of
+        the database rows they return).
+        """
+        ...
+
+    async def find(self, model: str, equals: Mapping[str, Any]) -> builtins.list[CachedRecord]:
+        """Live records of ``model`` that hold at least one of ``equals`` in their fields.
+
+        A record qualifies when one of its buffered fields has exactly the
+        value given for it (values compare as the JSON data they are buffered
+        as); a field a record does not hold never qualifies it. Its other
+        fields may differ: the caller decides what matches. Records come in
+        the order first written, each once. The backend keeps an index by
+        field value, so the cost follows the records found, not those
+        buffered.
+
+        Args:
+            model: The model's name.
+            equals: Field names and JSON-compatible values (as in
+                :attr:`CacheWrite.fields`); empty finds nothing.
+        """
+        ...
+
     async def created_by(self, model: str, record_id: str) -> str | None:
         """The ID cache: the transaction that creates this record, if it is buffered."""
         ...

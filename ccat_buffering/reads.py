@@ -4,31 +4,63 @@ Rows from the site's database (its replica, or the one database of an
 embedded site) are overlaid field by field by buffered records, then by
 buffered updates, de-duplicated by key. A buffered delete hides the row. Once
 a transaction is replicated its cache entries are released and the database
-answers alone, with the same values.
+answers alone, with the same values, in the same shape.
+
+A read costs what it returns: the cache store finds buffered records by field
+value through an index (:meth:`~ccat_buffering.protocols.CacheStore.find`),
+the database is asked for the rows that match and for the rows of those
+buffered records, key lists are sent in slices under the drivers' parameter
+limits, and every database call has a timeout.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import builtins
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
-from sqlalchemy import and_, or_, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import and_
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ccat_buffering._codec import decode_value
+from ccat_buffering._codec import decode_value, encode_value
+from ccat_buffering._read_database import ReadDatabase
 from ccat_buffering.columns import ModelColumns, columns_of
 from ccat_buffering.errors import DatabaseUnavailableError, TransactionValidationError
 from ccat_buffering.manager import record_id
 from ccat_buffering.protocols import CachedRecord, CacheStore
 from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import FailureKind, classify_failure
 
-__all__ = ["Reads"]
+__all__ = ["DEFAULT_READ_TIMEOUT", "Reads", "Record", "Records"]
 
+DEFAULT_READ_TIMEOUT = 5.0
 Row = dict[str, Any]
 ModelLike = str | type[Any]
 """A model's name, or the SQLAlchemy mapped class itself."""
+
+
+class Record(dict[str, Any]):
+    """A record as the site sees it: a ``dict`` of its fields.
+
+    Attributes:
+        partial: The database could not be read, so the record is what the
+            buffer alone knows (only when the caller allowed it).
+    """
+
+    partial: bool = False
+
+
+class Records(list[Record]):
+    """Records as the site sees them: a ``list``.
+
+    Attributes:
+        partial: The database could not be read: these are the buffered
+            records alone (only when the caller allowed it).
+        reason: Why the database could not be read, when ``partial``.
+    """
+
+    partial: bool = False
+    reason: str | None = None
 
 
 def _decoded(record: CachedRecord) -> Row:
@@ -53,7 +85,13 @@ class Reads:
         cache: The site's cache store.
         registry: Mapped classes, for key fields and database lookups.
         engine: The database to read rows from (the replica at a secondary
-            site); without one, only :meth:`merge` can be given rows.
+            site); without one, only buffered records are known.
+        timeout: Seconds a read may wait for the database (connecting
+            included) before it counts as unavailable.
+        allow_partial: When the database cannot be read, answer with what the
+            buffer knows, marked ``partial``, instead of raising
+            :class:`~ccat_buffering.DatabaseUnavailableError`; each call can
+            override it.
     """
 
     def __init__(
@@ -61,62 +99,72 @@ class Reads:
         cache: CacheStore,
         registry: ModelRegistry | None = None,
         engine: AsyncEngine | None = None,
+        *,
+        timeout: float = DEFAULT_READ_TIMEOUT,
+        allow_partial: bool = False,
     ) -> None:
         self.cache = cache
         self.registry = registry
         self.engine = engine
+        self.timeout = timeout
+        self.allow_partial = allow_partial
+        self._columns: dict[str, tuple[tuple[str, Any], ...]] = {}
+        self._db = (
+            None if engine is None or registry is None else ReadDatabase(engine, registry, timeout)
+        )
+
+    # -- the shape of a record ----------------------------------------------
 
     def _key_fields(self, model: str) -> tuple[str, ...]:
         if self.registry is not None and model in self.registry:
             return self.registry.key_fields(model)
         return ("id",)
 
-    def _as_row(self, model: str, row: Any) -> Row:
-        if isinstance(row, Mapping):
-            return dict(row)
-        if self.registry is None:
-            raise TypeError(f"cannot read fields of {row!r} without a model registry")
-        return {name: getattr(row, name) for name in self.registry.fields(model)}
+    def _column_defaults(self, model: str) -> tuple[tuple[str, Any], ...]:
+        """The model's columns in declaration order, each with its scalar Python default."""
+        columns = self._columns.get(model)
+        if columns is None:
+            assert self.registry is not None
+            columns = tuple(
+                (attr.key, _scalar_default(attr.columns[0]))
+                for attr in self.registry.mapper(model).column_attrs
+            )
+            self._columns[model] = columns
+        return columns
 
-    async def _rows(self, model: str, *conditions: Any) -> list[Row]:
-        if self.engine is None or self.registry is None:
-            return []
-        cls = self.registry.model(model)
-        fields = sorted(self.registry.fields(model))
-        statement = select(*(getattr(cls, f) for f in fields))
-        if conditions:
-            statement = statement.where(*conditions)
-        try:
-            async with self.engine.connect() as conn:
-                result = await conn.execute(statement)
-                return [dict(zip(fields, r, strict=True)) for r in result]
-        except Exception as exc:
-            if classify_failure(exc) is FailureKind.OUTAGE:
-                raise DatabaseUnavailableError(
-                    f"the site's database cannot be read ({exc}); buffered records alone "
-                    "are available through a Reads without an engine"
-                ) from exc
-            raise
+    def _record(self, model: str, values: Mapping[str, Any]) -> Record:
+        """The one place a database row or buffered fields become a returned record.
+
+        A record carries every mapped column in the model's order: one not set
+        by a buffered create shows its Python default (a scalar one) or
+        ``None`` until replication brings what the database filled in. Values
+        pass through their columns' read rules, so that a record shows the same
+        types from the buffer as from the database (enum members, aware UTC
+        datetimes, plain ``uuid.UUID``).
+        """
+        rules = self._rules(model)
+        if rules is None:
+            return Record(values)
+        return Record(
+            rules.read(
+                {name: values.get(name, default) for name, default in self._column_defaults(model)}
+            )
+        )
 
     def _name(self, model: ModelLike) -> str:
         return model if isinstance(model, str) else model.__name__
 
-    def _columns(self, model: str) -> ModelColumns | None:
+    def _rules(self, model: str) -> ModelColumns | None:
         if self.registry is not None and model in self.registry:
             return columns_of(self.registry.model(model))
         return None
 
-    def _shown(self, model: str, row: Row | None) -> Row | None:
-        """A record as reads show it, from the buffer or the database alike."""
-        columns = self._columns(model)
-        return row if row is None or columns is None else columns.read(row)
-
     def _key_values(self, model: str, key: Any) -> dict[str, Any] | None:
-        """The key given to :meth:`get`, by field, converted by column type."""
+        """The key given to :meth:`get`, by field, converted by column type, or ``None``."""
         key_fields = self._key_fields(model)
         if isinstance(key, Mapping):
             values = dict(key)
-        elif isinstance(key, tuple | list):
+        elif isinstance(key, tuple | builtins.list):
             values = dict(zip(key_fields, key, strict=False)) if len(key) == len(key_fields) else {}
         elif len(key_fields) > 1 and isinstance(key, str):
             values = dict(zip(key_fields, key.split(","), strict=False))
@@ -124,30 +172,55 @@ class Reads:
             values = {key_fields[0]: key} if len(key_fields) == 1 else {}
         if set(values) != set(key_fields):
             return None  # not a key of this model's shape
-        columns = self._columns(model)
-        if columns is not None:
+        rules = self._rules(model)
+        if rules is not None:
             try:
-                values = columns.convert(values, f"a key of {model}")
+                values = rules.convert(values, f"a key of {model}")
             except TransactionValidationError:
                 return None  # no row can have it
         return {name: values[name] for name in key_fields}
 
-    def _keys_of(self, model: str, field: str, record_ids: Iterable[str]) -> list[Any]:
-        """Key values back from single-key record ids (``key_text`` undone)."""
-        columns = self._columns(model)
+    def _keys_of(self, model: str, record_ids: Iterable[str]) -> builtins.list[tuple[Any, ...]]:
+        """Key values back from record ids (``manager.key_text`` undone), as columns take them."""
+        key_fields = self._key_fields(model)
         keys = []
         for rid in record_ids:
-            text = unquote(rid)
-            if columns is None:
-                keys.append(text)
-                continue
-            try:
-                keys.append(columns.convert({field: text}, model)[field])
-            except TransactionValidationError:
-                continue  # not a key the database can hold
+            parts = [unquote(p) for p in rid.split(",")] if len(key_fields) > 1 else [unquote(rid)]
+            values = self._key_values(model, tuple(parts))
+            if values is not None:
+                keys.append(tuple(values.values()))
         return keys
 
-    async def get(self, model: ModelLike, key: Any) -> Row | None:
+    def _row_id(self, model: str, row: Mapping[str, Any]) -> str | None:
+        """A database row's record id, from its key in the buffered form."""
+        key_fields = self._key_fields(model)
+        key = {f: row.get(f) for f in key_fields}
+        rules = self._rules(model)
+        if rules is not None:
+            try:
+                key = rules.convert(rules.read(key), f"a row of {model}")
+            except TransactionValidationError:
+                return None
+        return record_id(key, key_fields)
+
+    def _names(self, model: str) -> builtins.list[str]:
+        return [name for name, _ in self._column_defaults(model)]
+
+    def _as_row(self, model: str, row: Any) -> Row:
+        if isinstance(row, Mapping):
+            return dict(row)
+        if self.registry is None:
+            raise TypeError(f"cannot read fields of {row!r} without a model registry")
+        return {name: getattr(row, name) for name, _ in self._column_defaults(model)}
+
+    def _partial(self, allow_partial: bool | None) -> bool:
+        return self.allow_partial if allow_partial is None else allow_partial
+
+    # -- reading ----------------------------------------------------------------
+
+    async def get(
+        self, model: ModelLike, key: Any, *, allow_partial: bool | None = None
+    ) -> Record | None:
         """One record as the site sees it.
 
         Args:
@@ -155,10 +228,16 @@ class Reads:
             key: Its key: the value (in any form its column accepts, so the
                 text of a UUID or a date does), a tuple or mapping of the parts
                 of a composite key, or their text joined by ``,``.
+            allow_partial: Overrides the ``Reads``' own setting for this call.
 
         Returns:
             The record's fields, or ``None`` if it does not exist (or a
             buffered delete removed it).
+
+        Raises:
+            DatabaseUnavailableError: The database cannot be read in time, and
+                partial answers are not allowed or the buffer has no record
+                to show.
         """
         name = self._name(model)
         values = self._key_values(name, key)
@@ -166,22 +245,34 @@ class Reads:
             return None
         rid = record_id(values, list(values))
         cached = None if rid is None else await self.cache.get(name, rid)
-        row = None
-        if self.engine is not None and self.registry is not None:
-            cls = self.registry.model(name)
-            conditions = [getattr(cls, field) == value for field, value in values.items()]
-            rows = await self._rows(name, *conditions)
-            row = rows[0] if rows else None
-        return self._shown(name, _overlay(row, cached))
+        db = self._db
+        if db is None:
+            merged = _overlay(None, cached)
+            return None if merged is None else self._record(name, merged)
+        names = self._names(name)
+        keys = [tuple(values.values())]
+        try:
+            rows = await db.run(lambda conn: db.by_keys(conn, name, names, keys))
+        except DatabaseUnavailableError:
+            shown = _overlay(None, cached)
+            if not self._partial(allow_partial) or shown is None:
+                raise
+            record = self._record(name, shown)
+            record.partial = True
+            return record
+        row = rows[0] if rows else None
+        merged = _overlay(row, cached)
+        return None if merged is None else self._record(name, merged)
 
-    async def merge(self, model: ModelLike, rows: Iterable[Any]) -> list[Row]:
+    async def merge(self, model: ModelLike, rows: Iterable[Any]) -> Records:
         """Overlay buffered records over rows the caller read itself.
 
         Rows keep their order; buffered creates not among them follow, in the
         order they were buffered; rows a buffered delete removed are dropped.
+        Every buffered record of the model is read: prefer :meth:`list`.
 
         Args:
-            model: The model's name.
+            model: The mapped class or its name.
             rows: Mappings or mapped instances.
 
         Returns:
@@ -190,67 +281,127 @@ class Reads:
         name = self._name(model)
         return self._merge(name, rows, await self.cache.list(name))
 
-    def _merge(self, model: str, rows: Iterable[Any], records: Iterable[CachedRecord]) -> list[Row]:
-        key_fields = self._key_fields(model)
-        columns = self._columns(model)
+    def _merge(self, model: str, rows: Iterable[Any], records: Iterable[CachedRecord]) -> Records:
         cached = {c.record_id: c for c in records}
-        merged: dict[str, Row] = {}
+        merged: dict[str, Record] = {}
         for raw in rows:
             row = self._as_row(model, raw)
-            key = {f: row.get(f) for f in key_fields}
-            if columns is not None:
-                # A database row, read as records show it, then in its buffered form.
-                key = columns.convert(columns.read(key), f"a row of {model}")
-            rid = record_id(key, key_fields)
+            rid = self._row_id(model, row)
             if rid is None or rid in merged:
                 continue
             result = _overlay(row, cached.pop(rid, None))
             if result is not None:
-                merged[rid] = result
+                merged[rid] = self._record(model, result)
         for rid, record in cached.items():
             result = _overlay(None, record)
             if result is not None and rid not in merged:
-                merged[rid] = result
-        return [self._shown(model, row) or row for row in merged.values()]
+                merged[rid] = self._record(model, result)
+        return Records(merged.values())
 
-    async def list(self, model: ModelLike, **equals: Any) -> list[Row]:
+    async def list(
+        self, model: ModelLike, *, allow_partial: bool | None = None, **equals: Any
+    ) -> Records:
         """Records of ``model`` whose fields equal ``equals``, as the site sees them.
 
         Filtering applies after the overlay, so a buffered update that makes
-        a row match (or stop matching) counts. Filter values are converted by
-        column type, as written values are.
+        a row match (or stop matching) counts. The cost follows the records
+        returned: the database is asked for the rows that match and for the
+        rows of buffered records that hold a value of the filter; the buffer
+        for the records holding a value of the filter and for those of the
+        rows. Filter values are converted by column type, as written values are.
 
         Args:
             model: The mapped class or its name.
+            allow_partial: Overrides the ``Reads``' own setting for this call.
             **equals: Field values to match.
 
         Returns:
-            Matching records.
+            Matching records; ``partial`` when the database could not be read
+            and partial answers are allowed.
+
+        Raises:
+            ValueError: With an engine: ``model`` has no such field.
+            DatabaseUnavailableError: The database cannot be read in time and
+                partial answers are not allowed.
         """
         name = self._name(model)
-        columns = self._columns(name)
-        try:
-            written = equals if columns is None else columns.convert(equals, f"a filter of {name}")
-        except TransactionValidationError:
-            if self.registry is not None and set(equals) - self.registry.fields(name):
-                raise ValueError(f"{name} has no field(s) {sorted(equals)}") from None
-            return []  # a value no row of the model can hold
-        shown = written if columns is None else columns.read(written)
-        records = await self.cache.list(name)
-        rows: list[Row] = []
-        if self.engine is not None and self.registry is not None:
-            cls = self.registry.model(name)
+        if self.registry is not None and name in self.registry:
             unknown = sorted(set(equals) - self.registry.fields(name))
             if unknown:
                 raise ValueError(f"{name} has no field(s) {unknown}")
-            cached_ids = [c.record_id for c in records]
-            match = [getattr(cls, k) == v for k, v in written.items()]
-            key_fields = self._key_fields(name)
-            condition: Any = and_(*match) if match else None
-            if condition is not None and cached_ids and len(key_fields) == 1:
-                key = getattr(cls, key_fields[0])
-                ids = self._keys_of(name, key_fields[0], cached_ids)
-                condition = or_(condition, key.in_(ids))
-            rows = await self._rows(name, *([] if condition is None else [condition]))
-        merged = self._merge(name, rows, records)
-        return [r for r in merged if all(r.get(k) == v for k, v in shown.items())]
+        rules = self._rules(name)
+        written, shown = dict(equals), dict(equals)
+        if rules is not None:
+            try:
+                written = rules.convert(equals, f"a filter of {name}")
+            except TransactionValidationError:
+                return Records()  # a value no row of the model can hold
+            shown = rules.read(written)
+        if written:
+            encoded = {field: encode_value(value, field) for field, value in written.items()}
+            found = await self.cache.find(name, encoded)
+        else:
+            found = await self.cache.list(name)
+        db = self._db
+        if db is None:
+            return self._matching(self._merge(name, [], found), shown)
+        try:
+            rows, records = await db.run(
+                lambda conn: self._rows_for(conn, db, name, written, found)
+            )
+        except DatabaseUnavailableError as exc:
+            if not self._partial(allow_partial):
+                raise
+            partial = self._matching(self._merge(name, [], found), shown)
+            partial.partial, partial.reason = True, str(exc)
+            for record in partial:
+                record.partial = True
+            return partial
+        return self._matching(self._merge(name, rows, records), shown)
+
+    async def _rows_for(
+        self,
+        conn: AsyncConnection,
+        db: ReadDatabase,
+        model: str,
+        equals: Mapping[str, Any],
+        found: Sequence[CachedRecord],
+    ) -> tuple[builtins.list[Row], builtins.list[CachedRecord]]:
+        """The rows a filtered list needs, and the buffered records over them."""
+        cls = db.registry.model(model)
+        names = self._names(model)
+        match = [getattr(cls, name) == value for name, value in equals.items()]
+        rows = await db.select(conn, model, names, [and_(*match)] if match else [])
+        if not equals:
+            return rows, list(found)
+        known = {c.record_id for c in found}
+        row_ids = [rid for row in rows if (rid := self._row_id(model, row)) is not None]
+        # A buffered update of a row the filter did not select may make it match:
+        # its row is needed, unless one of its own values already rules it out.
+        selected = set(row_ids)
+        needed = [
+            c.record_id
+            for c in found
+            if not (c.created or c.deleted or c.record_id in selected or _contradicts(c, equals))
+        ]
+        rows += await db.by_keys(conn, model, names, self._keys_of(model, needed))
+        unknown = [rid for rid in row_ids if rid not in known]
+        over_rows = await self.cache.get_many(model, unknown) if unknown else []
+        return rows, [*found, *(r for r in over_rows if r is not None)]
+
+    @staticmethod
+    def _matching(records: Records, equals: Mapping[str, Any]) -> Records:
+        kept = Records(r for r in records if all(r.get(k) == v for k, v in equals.items()))
+        return kept
+
+
+def _contradicts(record: CachedRecord, equals: Mapping[str, Any]) -> bool:
+    fields = _decoded(record)
+    return any(name in fields and fields[name] != value for name, value in equals.items())
+
+
+def _scalar_default(column: Any) -> Any:
+    default = getattr(column, "default", None)
+    if default is not None and getattr(default, "is_scalar", False):
+        return default.arg
+    return None

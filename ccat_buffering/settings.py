@@ -162,6 +162,10 @@ class BufferingSettings(BaseSettings):
         database_engine_options: Keyword arguments for the main database's
             engine (``create_async_engine``), as a JSON object in the environment.
         replica_engine_options: Keyword arguments for the replica's engine.
+        read_timeout: Seconds a read may wait for the site's database before
+            it counts as unavailable.
+        read_allow_partial: When the site's database cannot be read, reads
+            answer from the buffer alone, marked partial, instead of raising.
     """
 
     model_config = SettingsConfigDict(
@@ -223,6 +227,10 @@ class BufferingSettings(BaseSettings):
     batch_prefetch: bool = True
     database_engine_options: dict[str, Any] = {}
     replica_engine_options: dict[str, Any] = {}
+
+    # Reads (issue #13): reads never hang on the site's database.
+    read_timeout: float = Field(5.0, gt=0)
+    read_allow_partial: bool = False
 
     @classmethod
     def settings_customise_sources(

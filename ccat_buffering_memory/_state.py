@@ -8,7 +8,8 @@ half-done write: the event loop is the critical section.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterable, Sequence
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,11 @@ from ccat_buffering.models import TransactionState, TransactionStatus
 from ccat_buffering.protocols import CacheKind, CacheWrite, Claim, DeadLetter
 
 Clock = Callable[[], float]
+
+
+def field_value_key(model: str, name: str, value: Any) -> tuple[str, str, str]:
+    """The field index's key for ``name == value`` in ``model`` (values as JSON text)."""
+    return model, name, json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass
@@ -38,6 +44,7 @@ class _Record:
     deleted: bool
     transaction_ids: list[str]
     expires_at: float
+    order: int = 0
 
 
 @dataclass
@@ -59,6 +66,8 @@ class SiteState:
     model_index: dict[str, dict[str, None]] = field(default_factory=dict)
     id_cache: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
     written_by: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    field_index: dict[tuple[str, str, str], dict[str, None]] = field(default_factory=dict)
+    records_written: int = 0
     lease: tuple[str, float] | None = None
     report: tuple[str, float] | None = None
 
@@ -176,6 +185,7 @@ class SiteState:
         if record is None:
             return
         self.model_index.get(key[0], {}).pop(key[1], None)
+        self.unindex_fields(key, record.fields)
         self.id_cache.pop(key, None)
         for tid in record.transaction_ids:
             keys = self.written_by.get(tid)
@@ -192,21 +202,43 @@ class SiteState:
             key = (write.model, write.record_id)
             record = self.live_record(key)
             if record is None:
-                record = _Record({}, False, False, [], expires)
+                self.records_written += 1
+                record = _Record({}, False, False, [], expires, self.records_written)
                 self.records[key] = record
                 self.model_index.setdefault(write.model, {})[write.record_id] = None
             if write.kind is CacheKind.CREATE:
+                self.unindex_fields(key, record.fields)
                 record.fields = dict(write.fields)
+                self.index_fields(key, record.fields)
                 record.created, record.deleted = True, False
                 self.id_cache[key] = (transaction_id, expires)
             elif write.kind is CacheKind.UPDATE:
+                self.unindex_fields(
+                    key, {k: record.fields[k] for k in write.fields if k in record.fields}
+                )
                 record.fields.update(write.fields)
+                self.index_fields(key, write.fields)
             else:
                 record.deleted = True
             if transaction_id not in record.transaction_ids:
                 record.transaction_ids.append(transaction_id)
             record.expires_at = max(record.expires_at, expires)
             self.written_by.setdefault(transaction_id, set()).add(key)
+
+    def index_fields(self, key: tuple[str, str], fields: Mapping[str, Any]) -> None:
+        """Enter a record's ``fields`` in the field index (see ``CacheStore.find``)."""
+        for name, value in fields.items():
+            self.field_index.setdefault(field_value_key(key[0], name, value), {})[key[1]] = None
+
+    def unindex_fields(self, key: tuple[str, str], fields: Mapping[str, Any]) -> None:
+        """Take a record's ``fields`` out of the field index."""
+        for name, value in fields.items():
+            index_key = field_value_key(key[0], name, value)
+            ids = self.field_index.get(index_key)
+            if ids is not None:
+                ids.pop(key[1], None)
+                if not ids:
+                    del self.field_index[index_key]
 
     def created_by(self, key: tuple[str, str]) -> str | None:
         entry = self.id_cache.get(key)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,7 +26,7 @@ from ccat_buffering.protocols import (
     KeyInfo,
     LeaseInfo,
 )
-from ccat_buffering_memory._state import Clock, SiteState
+from ccat_buffering_memory._state import Clock, SiteState, field_value_key
 
 __all__ = ["MemoryBackend"]
 
@@ -155,6 +155,21 @@ class MemoryCacheStore(_Part):
         """See :meth:`ccat_buffering.protocols.CacheStore.list`."""
         ids = list(self._state.model_index.get(model, {}))
         return [view for rid in ids if (view := self._view(model, rid)) is not None]
+
+    async def get_many(
+        self, model: str, record_ids: Sequence[str]
+    ) -> builtins.list[CachedRecord | None]:
+        """See :meth:`ccat_buffering.protocols.CacheStore.get_many`."""
+        return [self._view(model, rid) for rid in record_ids]
+
+    async def find(self, model: str, equals: Mapping[str, Any]) -> builtins.list[CachedRecord]:
+        """See :meth:`ccat_buffering.protocols.CacheStore.find`."""
+        found: dict[str, None] = {}
+        for name, value in equals.items():
+            found.update(self._state.field_index.get(field_value_key(model, name, value), {}))
+        live = [(rid, r) for rid in found if (r := self._state.live_record((model, rid)))]
+        live.sort(key=lambda pair: pair[1].order)
+        return [view for rid, _ in live if (view := self._view(model, rid)) is not None]
 
     async def created_by(self, model: str, record_id: str) -> str | None:
         """See :meth:`ccat_buffering.protocols.CacheStore.created_by`."""

@@ -182,6 +182,14 @@ def record_head(head: str) -> tuple[bool, bool, tuple[str, ...]]:
     return head[1:2] == "1", head[2:3] == "1", tuple(t for t in head[4:].split(",") if t)
 
 
+def field_prefix(name: str, value: Any) -> bytes:
+    """How the field index (``fields:<Model>``) starts the entries of ``name == value``."""
+    text = _value_json(value).encode()
+    if len(text) > 64:
+        text = text[:56] + b"#" + str(len(text)).encode()
+    return name.encode() + b"=" + text + b"\0"
+
+
 def _cache_op(transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float) -> Op:
     tokens = ["cache", _inline(transaction_id, "transaction id"), str(_ms(ttl_seconds))]
     tokens.append(str(len(writes)))
@@ -509,6 +517,35 @@ class RedisCacheStore(_Part):
         now = int(now_ms) / 1000
         return [self._record(model, _text(rid), raw, int(ttl), now) for rid, ttl, raw in rows]
 
+    async def get_many(
+        self, model: str, record_ids: Sequence[str]
+    ) -> builtins.list[CachedRecord | None]:
+        """See :meth:`ccat_buffering.protocols.CacheStore.get_many`."""
+        if not record_ids:
+            return []
+        now_ms, rows = await self._backend.script("cache_get_many", model, *record_ids)
+        now = int(now_ms) / 1000
+        return [
+            self._record(model, rid, raw, int(ttl), now) if raw else None
+            for rid, (ttl, raw) in zip(record_ids, rows, strict=True)
+        ]
+
+    async def find(self, model: str, equals: Mapping[str, Any]) -> builtins.list[CachedRecord]:
+        """See :meth:`ccat_buffering.protocols.CacheStore.find`."""
+        if not equals:
+            return []
+        prefixes = [field_prefix(name, value) for name, value in equals.items()]
+        now_ms, rows = await self._backend.script("cache_find", model, *prefixes)
+        now = int(now_ms) / 1000
+        records = [self._record(model, _text(rid), raw, int(ttl), now) for rid, ttl, raw in rows]
+        # Long values share an entry with those of the same start and length,
+        # and a record that expired and was written again may have kept one.
+        return [
+            r
+            for r in records
+            if any(name in r.fields and r.fields[name] == value for name, value in equals.items())
+        ]
+
     async def created_by(self, model: str, record_id: str) -> str | None:
         """See :meth:`ccat_buffering.protocols.CacheStore.created_by`."""
         with self._backend.translate():
@@ -628,6 +665,8 @@ _SCRIPTS = {
     "cache_extend": scripts.CACHE_EXTEND,
     "cache_list": scripts.CACHE_LIST,
     "cache_get": scripts.CACHE_GET,
+    "cache_get_many": scripts.CACHE_GET_MANY,
+    "cache_find": scripts.CACHE_FIND,
     "buffer_stats": scripts.BUFFER_STATS,
     "lease_current": scripts.LEASE_CURRENT,
     "letters_get": scripts.LETTERS_GET,

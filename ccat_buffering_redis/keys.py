@@ -38,6 +38,10 @@ key                                         type     what
                                                      index stands (``status`` checks a slice a look)
 ``buffer_epoch``                            string   the buffer's marker: ``<epoch> <started ms>``,
                                                      checked against the main database
+``fields:<Model>``                          zset     field index: ``<field>=<JSON value><NUL>
+                                                     <id>`` per field of each record (values
+                                                     over 64 bytes by their start and length);
+                                                     TTL as ``index:``
 ``lease``                                   string   the processor lease token; PX TTL
 ``processor``                               string   the draining processor's report (JSON);
                                                      PX TTL
@@ -64,6 +68,7 @@ SUFFIXES = {
     "letter_meta": "dead_letters:meta",
     "state": "state:",
     "index": "index:",
+    "fields": "fields:",
     "lease": "lease",
     "processor": "processor",
     "reconcile": "state:cursors",
@@ -130,6 +135,10 @@ class SiteKeys:
     def index(self, model: str) -> str:
         """The index of a model's buffered records."""
         return self._key("index", model)
+
+    def fields(self, model: str) -> str:
+        """The index of a model's buffered records by field value."""
+        return self._key("fields", model)
 
     @property
     def inflight(self) -> str:

@@ -23,7 +23,9 @@ __all__ = [
     "APPLY",
     "BUFFER_STATS",
     "CACHE_EXTEND",
+    "CACHE_FIND",
     "CACHE_GET",
+    "CACHE_GET_MANY",
     "CACHE_LIST",
     "CLAIM",
     "LEASE_ACQUIRE",
@@ -250,12 +252,70 @@ end
 local FLAGS = {create = {'1', '0'}, update = {'0', '0'}, delete = {'0', '1'}}
 """
 
+_FIELD_INDEX = r"""
+-- The field index of a model (fields:<Model>): a zset of '<field>=<JSON value>\0<id>'
+-- at score 0, so that ZRANGEBYLEX finds the records holding a value (CACHE_FIND).
+-- A value longer than 64 bytes is indexed by its first 56 bytes, '#' and its length
+-- (no JSON text ends so); CacheStore.find drops the records that only share those.
+-- It follows the records exactly: every write moves a record's entries
+-- from the fields it had to those it has, a release takes them out.
+local FIELDS = P .. '{fields}'
+local function field_members(fields, id, out)
+  for name, value in string.gmatch(fields, '([^\n=]+=)([^\n]*)') do
+    if #value > 64 then value = string.sub(value, 1, 56) .. '#' .. #value end
+    out[#out + 1] = name .. value .. '\0' .. id
+  end
+  return out
+end
+
+-- Entries to add, gathered per model (score, member pairs) and sent with one
+-- ZADD per model; sent before any removal, so that a removal always follows
+-- the addition it undoes.
+local FIELD_ADD = {}
+local function flush_fields()
+  for model, list in pairs(FIELD_ADD) do in_slices({'ZADD', FIELDS .. model}, list) end
+  FIELD_ADD = {}
+end
+
+local function reindex_fields(model, id, before, after)
+  local add = FIELD_ADD[model]
+  if not add then add = {}; FIELD_ADD[model] = add end
+  if before == '' then
+    for _, m in ipairs(field_members(after, id, {})) do
+      add[#add + 1] = 0
+      add[#add + 1] = m
+    end
+    return
+  end
+  local old, new = field_members(before, id, {}), field_members(after, id, {})
+  local keep, had, gone = {}, {}, {}
+  for _, m in ipairs(new) do keep[m] = true end
+  for _, m in ipairs(old) do
+    had[m] = true
+    if not keep[m] then gone[#gone + 1] = m end
+  end
+  if #gone > 0 then
+    flush_fields()
+    in_slices({'ZREM', FIELDS .. model}, gone)
+    add = {}
+    FIELD_ADD[model] = add
+  end
+  for _, m in ipairs(new) do
+    if not had[m] then
+      add[#add + 1] = 0
+      add[#add + 1] = m
+    end
+  end
+end
+""".replace("{fields}", SUFFIXES["fields"])
+
 APPLY = (
     _PRELUDE
     + _RETURN_TO_HEAD
     + _REPLAY_ONE
     + _RECORDS
     + _STATUS_VALUES
+    + _FIELD_INDEX
     + r"""
 -- The call's tokens (see the frame below), read by the operations.
 local T = {}
@@ -451,17 +511,20 @@ local function merge_record(k, txid, ttl, kind, body)
   local flags = FLAGS[kind]
   if not old then
     redis.call('SET', k, join_record(flags[1], flags[2], txid, body), 'PX', ttl)
-    return
+    return '', body
   end
   local keep = redis.call('PTTL', k)
   local created, deleted, txs, fields = split_record(old)
+  local before = fields
   if kind == 'create' then
     created, deleted, fields = '1', '0', ''
   elseif kind == 'delete' then
     deleted = '1'
   end
-  local value = join_record(created, deleted, with_tx(txs, txid), merge_fields(fields, body))
+  local after = merge_fields(fields, body)
+  local value = join_record(created, deleted, with_tx(txs, txid), after)
   redis.call('SET', k, value, 'PX', math.max(ttl, keep))
+  return before, after
 end
 
 local function write_cache(txid, ttl, at, count)
@@ -473,7 +536,9 @@ local function write_cache(txid, ttl, at, count)
     local member = model .. ':' .. id
     local k = BUFFERED .. member
     if not redis.call('SET', k, join_record(flags[1], flags[2], txid, body), 'NX', 'PX', ttl) then
-      merge_record(k, txid, ttl, kind, body)
+      reindex_fields(model, id, merge_record(k, txid, ttl, kind, body))
+    else
+      reindex_fields(model, id, '', body)
     end
     if kind == 'create' then set_keeping_longer(IDS .. member, txid, ttl) end
     index_add(model, id, ttl)
@@ -524,6 +589,7 @@ local function release(txid)
           local sep = string.find(member, ':', 1, true)
           redis.call('DEL', k)
           redis.call('ZREM', INDEX .. string.sub(member, 1, sep - 1), string.sub(member, sep + 1))
+          reindex_fields(string.sub(member, 1, sep - 1), string.sub(member, sep + 1), fields, '')
           deleted = deleted + 1
         elseif rest ~= txs then
           redis.call('SET', k, join_record(created, was_deleted, rest, fields), 'KEEPTTL')
@@ -621,7 +687,7 @@ local USES = {
 }
 
 local function index_problem(model)
-  return wrong_type(INDEX .. model, 'zset')
+  return wrong_type(INDEX .. model, 'zset') or wrong_type(FIELDS .. model, 'zset')
 end
 
 -- Check a group before writing any of it: a script cannot roll back, so a
@@ -822,7 +888,11 @@ G = new_stage()
 flush_pushes()
 flush_statuses()
 flush_indexes()
-for model, ttl in pairs(INDEX_TTL) do extend(INDEX .. model, ttl) end
+flush_fields()
+for model, ttl in pairs(INDEX_TTL) do
+  extend(INDEX .. model, ttl)
+  extend(FIELDS .. model, ttl)
+end
 return results
 """
 )
@@ -969,6 +1039,7 @@ return out
 CACHE_EXTEND = (
     _PRELUDE
     + _STATUS_VALUES
+    + _FIELD_INDEX
     + """
 local ttl = tonumber(ARGV[2])
 local n = 0
@@ -995,7 +1066,10 @@ for i = 3, #ARGV do
   -- status): an unfinished status keeps none.
   redis.call('PEXPIRE', skey, ttl, 'GT')
 end
-for model, _ in pairs(models) do extend(INDEX .. model, ttl) end
+for model, _ in pairs(models) do
+  extend(INDEX .. model, ttl)
+  extend(FIELDS .. model, ttl)
+end
 return n
 """
 )
@@ -1117,5 +1191,51 @@ for i = 2, #ARGV do
   end
 end
 return out
+"""
+)
+
+CACHE_GET_MANY = (
+    _PRELUDE
+    + """
+local out = {}
+for i = 3, #ARGV do
+  local k = BUFFERED .. ARGV[2] .. ':' .. ARGV[i]
+  out[#out + 1] = {redis.call('PTTL', k), redis.call('GET', k) or ''}
+end
+return {NOW, out}
+"""
+)
+
+CACHE_FIND = (
+    _PRELUDE
+    + _FIELD_INDEX
+    + r"""
+-- ARGV[3...]: '<field>=<value>\0' prefixes, as field_members() writes them.
+local model = ARGV[2]
+local key, index = FIELDS .. model, INDEX .. model
+local found, out = {}, {}
+for i = 3, #ARGV do
+  local p = ARGV[i]
+  local members = redis.call('ZRANGEBYLEX', key, '[' .. p, '(' .. string.sub(p, 1, -2) .. '\1')
+  for _, m in ipairs(members) do
+    local id = string.sub(m, #p + 1)
+    if not found[id] then
+      found[id] = true
+      local k = BUFFERED .. model .. ':' .. id
+      local value = redis.call('GET', k)
+      if value then
+        local order = tonumber(redis.call('ZSCORE', index, id)) or 0
+        out[#out + 1] = {order, id, redis.call('PTTL', k), value}
+      else
+        -- Expired without a release: its entries go now.
+        redis.call('ZREM', key, m)
+      end
+    end
+  end
+end
+table.sort(out, function(a, b) return a[1] < b[1] end)
+local rows = {}
+for i, row in ipairs(out) do rows[i] = {row[2], row[3], row[4]} end
+return {NOW, rows}
 """
 )

@@ -9,7 +9,7 @@ import pytest
 
 from ccat_buffering.errors import TransactionValidationError
 from ccat_buffering.protocols import Backend, CachedRecord, CacheKind, CacheWrite
-from ccat_buffering.testing._base import ContractHooks
+from ccat_buffering.testing._cache_lookup import CacheLookupContract
 
 __all__ = ["CacheStoreContract"]
 
@@ -32,8 +32,8 @@ def delete(record_id: str, model: str = OBS) -> CacheWrite:
     return CacheWrite(model, record_id, CacheKind.DELETE)
 
 
-class CacheStoreContract(ContractHooks):
-    """The caches: write, get, list, created_by, extend and release."""
+class CacheStoreContract(CacheLookupContract):
+    """The caches: write, get, list, get_many, find, created_by, extend and release."""
 
     @staticmethod
     async def cached(backend: Backend, record_id: str, model: str = OBS) -> CachedRecord:
