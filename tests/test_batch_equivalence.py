@@ -99,18 +99,23 @@ def summary(outcome: Outcome) -> tuple[bool, bool, str | None]:
 
 
 async def apply(
-    batch: list[Transaction], size: int, url: str | None = None
+    batch: list[Transaction],
+    size: int,
+    url: str | None = None,
+    base: Any = Base,
+    registry: ModelRegistry = REGISTRY,
 ) -> tuple[list[Any], list[Any]]:
+    """Apply ``batch`` in batches of ``size`` on a fresh schema; outcomes and every row."""
     if url is None:
         engine = create_engine("sqlite+aiosqlite:///:memory:", poolclass=StaticPool)
     else:
         engine = create_engine(url)
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(Base.metadata.drop_all)
+            await conn.run_sync(base.metadata.drop_all)
             await conn.run_sync(ledger_metadata.drop_all)
-            await conn.run_sync(Base.metadata.create_all)
-        executor = TransactionExecutor(engine, REGISTRY)
+            await conn.run_sync(base.metadata.create_all)
+        executor = TransactionExecutor(engine, registry)
         await executor.create_ledger()
         outcomes: list[Any] = []
         for start in range(0, len(batch), size):
@@ -118,9 +123,8 @@ async def apply(
             outcomes.extend(summary(o) for o in result.outcomes)
         rows: list[Any] = []
         async with engine.connect() as conn:
-            for model in (ExecutedObsUnit, RawDataPackage, RawDataFile):
-                columns = [c for c in model.__table__.columns]
-                result = await conn.execute(select(*columns).order_by(*columns))
+            for table in base.metadata.sorted_tables:
+                result = await conn.execute(select(table).order_by(*table.columns))
                 rows.append([tuple(r) for r in result])
         return outcomes, rows
     finally:
@@ -250,29 +254,6 @@ SEQUENCES = {
 }
 
 
-async def _apply_shapes(batch: list[Transaction], size: int, url: str | None) -> Any:
-    engine = create_engine(url or "sqlite+aiosqlite:///:memory:", poolclass=StaticPool)
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(_Shapes.metadata.drop_all)
-            await conn.run_sync(ledger_metadata.drop_all)
-            await conn.run_sync(_Shapes.metadata.create_all)
-        executor = TransactionExecutor(engine, SHAPES)
-        await executor.create_ledger()
-        outcomes: list[Any] = []
-        for start in range(0, len(batch), size):
-            result = await executor.execute_batch(batch[start : start + size])
-            outcomes.extend(summary(o) for o in result.outcomes)
-        rows = []
-        async with engine.connect() as conn:
-            for table in _Shapes.metadata.sorted_tables:
-                result = await conn.execute(select(table).order_by(*table.columns))
-                rows.append([tuple(r) for r in result])
-        return outcomes, rows
-    finally:
-        await engine.dispose()
-
-
 @pytest.mark.parametrize("name", SEQUENCES)
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 async def test_inheritance_and_cascades_give_the_outcome_of_one_by_one(
@@ -281,5 +262,5 @@ async def test_inheritance_and_cascades_give_the_outcome_of_one_by_one(
     batch = SEQUENCES[name]
     async with AsyncExitStack() as stack:
         url = None if database == "sqlite" else await stack.enter_async_context(fresh_database())
-        reference = await _apply_shapes(batch, 1, url)
-        assert await _apply_shapes(batch, len(batch), url) == reference
+        reference = await apply(batch, 1, url, _Shapes, SHAPES)
+        assert await apply(batch, len(batch), url, _Shapes, SHAPES) == reference
