@@ -36,7 +36,61 @@ from ccat_buffering.replication import (
 from ccat_buffering.retry import RetryPolicy
 from ccat_buffering.settings import BufferingSettings, load_settings, mask_url
 
-__all__ = ["BufferingCoordinator", "batch_sizer", "link_timeouts"]
+__all__ = [
+    "BufferingCoordinator",
+    "batch_sizer",
+    "link_timeouts",
+    "replication_tracker",
+    "transaction_manager",
+]
+
+
+def transaction_manager(
+    settings: BufferingSettings, backend: Backend, registry: ModelRegistry | None = None
+) -> TransactionManager:
+    """The transaction manager the settings ask for (retries, TTLs, size limit).
+
+    Args:
+        settings: The site's settings.
+        backend: The site's stores.
+        registry: The mapped classes, to check and convert transactions.
+
+    Returns:
+        The manager.
+    """
+    return TransactionManager(
+        backend,
+        registry=registry,
+        retry_policy=RetryPolicy(
+            max_attempts=settings.max_attempts,
+            base_delay=settings.retry_base_delay,
+            max_delay=settings.retry_max_delay,
+        ),
+        status_ttl=settings.status_ttl,
+        cache_ttl=settings.cache_ttl,
+        max_payload_bytes=settings.max_payload_bytes,
+    )
+
+
+def replication_tracker(
+    settings: BufferingSettings, manager: TransactionManager, checker: ReplicationChecker
+) -> ReplicationTracker:
+    """The replication tracker the settings ask for (poll interval, timeout).
+
+    Args:
+        settings: The site's settings.
+        manager: The site's transaction manager.
+        checker: Answers how far the replica has replayed.
+
+    Returns:
+        The tracker.
+    """
+    return ReplicationTracker(
+        manager,
+        checker,
+        poll_interval=settings.replication_poll_interval,
+        timeout=settings.replication_timeout,
+    )
 
 
 def link_timeouts(settings: BufferingSettings) -> LinkTimeouts:
@@ -116,18 +170,7 @@ class BufferingCoordinator:
         self.read_engine = read_engine
         self.registry = registry
         self._owns = owns
-        self.manager = TransactionManager(
-            backend,
-            registry=registry,
-            retry_policy=RetryPolicy(
-                max_attempts=settings.max_attempts,
-                base_delay=settings.retry_base_delay,
-                max_delay=settings.retry_max_delay,
-            ),
-            status_ttl=settings.status_ttl,
-            cache_ttl=settings.cache_ttl,
-            max_payload_bytes=settings.max_payload_bytes,
-        )
+        self.manager = transaction_manager(settings, backend, registry)
         self.executor = TransactionExecutor(
             engine, registry, ledger=settings.ledger, timeouts=link_timeouts(settings)
         )
@@ -144,11 +187,8 @@ class BufferingCoordinator:
             sizer=batch_sizer(settings),
             prefetch=settings.batch_prefetch,
         )
-        self.tracker = ReplicationTracker(
-            self.manager,
-            checker or ImmediateReplicationChecker(),
-            poll_interval=settings.replication_poll_interval,
-            timeout=settings.replication_timeout,
+        self.tracker = replication_tracker(
+            settings, self.manager, checker or ImmediateReplicationChecker()
         )
         self.reads = Reads(
             backend.cache,

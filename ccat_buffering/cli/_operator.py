@@ -19,19 +19,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ccat_buffering._settings_checks import check_driver
 from ccat_buffering.backends import open_backend
 from ccat_buffering.buffer_loss import BufferLoss, BufferWatch
+from ccat_buffering.coordinator import replication_tracker, transaction_manager
 from ccat_buffering.errors import ConfigurationError
 from ccat_buffering.executor import create_engine
 from ccat_buffering.health import Health, collect
-from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import TransactionStatus
 from ccat_buffering.protocols import Backend
 from ccat_buffering.replication import (
     ImmediateReplicationChecker,
     LSNReplicationChecker,
     ReplicationChecker,
-    ReplicationTracker,
 )
-from ccat_buffering.retry import RetryPolicy
 from ccat_buffering.settings import BufferingSettings
 
 __all__ = ["OperatorSite", "open_site"]
@@ -65,26 +63,11 @@ class OperatorSite:
         self._replica = replica
         self._database = database
         self.watch = None if database is None else BufferWatch(database, backend)
-        self.manager = TransactionManager(
-            backend,
-            retry_policy=RetryPolicy(
-                max_attempts=settings.max_attempts,
-                base_delay=settings.retry_base_delay,
-                max_delay=settings.retry_max_delay,
-            ),
-            status_ttl=settings.status_ttl,
-            cache_ttl=settings.cache_ttl,
-            max_payload_bytes=settings.max_payload_bytes,
-        )
+        self.manager = transaction_manager(settings, backend)
         checker: ReplicationChecker = (
             ImmediateReplicationChecker() if replica is None else LSNReplicationChecker(replica)
         )
-        self.tracker = ReplicationTracker(
-            self.manager,
-            checker,
-            poll_interval=settings.replication_poll_interval,
-            timeout=settings.replication_timeout,
-        )
+        self.tracker = replication_tracker(settings, self.manager, checker)
 
     async def health(self, *, audit: bool = False) -> Health:
         """The site's health, as the draining worker published it."""
