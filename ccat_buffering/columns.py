@@ -166,12 +166,16 @@ def _float(single: bool) -> Convert:
         if not math.isfinite(number):
             # SQLite stores NaN as NULL: refused on every database alike.
             raise _Refused("not a finite number")
-        if single:
-            # A REAL column keeps single precision: buffer what it will hold.
-            number = struct.unpack("f", struct.pack("f", number))[0]
-        return number
+        # A REAL column keeps single precision: buffer what it will hold.
+        return _single(number) if single else number
 
     return convert
+
+
+def _single(value: Any) -> Any:
+    if isinstance(value, float) and math.isfinite(value):
+        return struct.unpack("f", struct.pack("f", value))[0]
+    return value
 
 
 def _date(value: Any) -> Any:
@@ -350,7 +354,9 @@ def _rules_for(column_type: Any) -> tuple[Convert, Convert, str]:
     if isinstance(column_type, Float):
         precision = column_type.precision
         single = isinstance(column_type, REAL) or (precision is not None and precision <= 24)
-        return _float(single), _same, "a finite number"
+        # Drivers read single precision back differently (asyncpg as the double
+        # nearest, psycopg as the shortest text): records show the double nearest.
+        return _float(single), (_single if single else _same), "a finite number"
     if isinstance(column_type, Numeric):
         if not column_type.asdecimal:
             return functools.partial(_lax, float), _same, "a number"

@@ -26,7 +26,7 @@ from ccat_buffering.models import Transaction, TransactionState
 
 SITES = [
     pytest.param(database, backend, site_type, id=f"{database}-{backend}-{site_type}")
-    for database in ("sqlite", "postgresql")
+    for database in ("sqlite", "postgresql", "psycopg")
     for backend in ("memory", "redis")
     for site_type in ("secondary", "main")
 ]
