@@ -127,7 +127,7 @@ async def ours(
     adaptive: bool = False,
 ) -> Cell:
     """The processor end to end; the first batch (connections, RTT probe) is not timed."""
-    settings = BufferingSettings()
+    settings = BufferingSettings(site_name="bench")
     proxied = url.set(drivername=f"postgresql+{driver}", host="127.0.0.1", port=relay.port)
     timeouts = link_timeouts(settings)
     engine = create_engine(proxied.render_as_string(hide_password=False), timeouts=timeouts)
@@ -268,7 +268,7 @@ async def one_rtt(url: URL, rtt_ms: int) -> list[tuple[str, Cell, Cell | None]]:
         rows.append(
             ("ours, batch 1000, psycopg", await ours(url, relay, 3000, batch_size=1000), floor1000)
         )
-        defaults = BufferingSettings()
+        defaults = BufferingSettings(site_name="bench")
         rows.append(
             (
                 "ours, default settings, psycopg",
@@ -295,7 +295,7 @@ async def hung_link(url: URL, rtt_ms: int, hang_seconds: float, n: int = 3000) -
     from ccat_buffering.example import RawDataFile
     from ccat_buffering.processor import ProcessorState
 
-    settings = BufferingSettings(statement_timeout=5.0, connect_timeout=5.0)
+    settings = BufferingSettings(site_name="bench", statement_timeout=5.0, connect_timeout=5.0)
     with RelayProcess(url.host or "127.0.0.1", url.port or 5432, rtt_ms / 2000) as relay:
         proxied = url.set(drivername="postgresql+psycopg", host="127.0.0.1", port=relay.port)
         timeouts = link_timeouts(settings)

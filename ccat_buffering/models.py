@@ -283,10 +283,11 @@ class Step(BaseModel):
 
     def refs(self) -> list[Ref]:
         """Every :class:`Ref` among this step's values."""
-        values: list[Any] = []
-        for record in [self.data or {}, self.key or {}, *(self.records or [])]:
-            values.extend(record.values())
-        return [v for v in values if isinstance(v, Ref)]
+        found: list[Ref] = []
+        for record in (self.data, self.key, *(self.records or ())):
+            if record:
+                found.extend(v for v in record.values() if type(v) is Ref)
+        return found
 
 
 def _new_transaction_id() -> str:

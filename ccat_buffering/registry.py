@@ -28,6 +28,8 @@ class ModelRegistry:
     def __init__(self, models: Iterable[type[Any]] = ()) -> None:
         self._models: dict[str, type[Any]] = {}
         self._mappers: dict[str, Mapper[Any]] = {}
+        self._fields: dict[str, frozenset[str]] = {}
+        self._key_fields: dict[str, tuple[str, ...]] = {}
         for model in models:
             self.register(model)
 
@@ -128,12 +130,20 @@ class ModelRegistry:
 
     def fields(self, name: str) -> frozenset[str]:
         """Attribute names of the mapped columns of ``name``."""
-        return frozenset(attr.key for attr in self.mapper(name).column_attrs)
+        found = self._fields.get(name)
+        if found is None:  # asked for every step the processor checks: worked out once
+            found = frozenset(attr.key for attr in self.mapper(name).column_attrs)
+            self._fields[name] = found
+        return found
 
     def key_fields(self, name: str) -> tuple[str, ...]:
         """Attribute names of the primary key of ``name``, in key order."""
-        mapper = self.mapper(name)
-        return tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key)
+        found = self._key_fields.get(name)
+        if found is None:
+            mapper = self.mapper(name)
+            found = tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key)
+            self._key_fields[name] = found
+        return found
 
     def check_step(self, step: Step, where: str = "") -> None:
         """Refuse a step that names an unknown model or field.
