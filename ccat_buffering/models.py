@@ -80,12 +80,22 @@ def check_identifier(value: str, what: str = "name") -> str:
     return value
 
 
+_KNOWN_IDENTIFIERS: set[str] = set()
+"""Identifiers already checked: model, field and step names recur in every transaction."""
+_KNOWN_LIMIT = 4096
+
+
 def _identifier(value: str) -> str:
+    if type(value) is str and value in _KNOWN_IDENTIFIERS:
+        return value
     try:
-        return check_identifier(value)
+        check_identifier(value)
     except TransactionValidationError as exc:
         # pydantic reports a ValueError with the field's location attached.
         raise ValueError(str(exc)) from None
+    if len(_KNOWN_IDENTIFIERS) < _KNOWN_LIMIT:
+        _KNOWN_IDENTIFIERS.add(value)
+    return value
 
 
 Identifier = Annotated[str, AfterValidator(_identifier)]
