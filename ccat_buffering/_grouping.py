@@ -55,6 +55,7 @@ class _Schema:
         self.registry = registry
         self._tables: dict[str, Table | None] = {}
         self._names: dict[str, dict[str, str]] = {}
+        self._keys: dict[str, Columns] = {}
         self.referenced: dict[Table, set[str]] = {}
         self.foreign: dict[Table, list[tuple[Columns, Table, Columns]]] = {}
         for name in registry:
@@ -76,15 +77,23 @@ class _Schema:
         return self._tables[model]
 
     def row(self, model: str, record: dict[str, Any]) -> dict[str, Any]:
-        """``record`` by column name."""
+        """``record`` by column name (``record`` itself where the names are the same)."""
         names = self._names.get(model)
         if names is None:
             mapper = self.registry.mapper(model)
-            names = self._names[model] = {a.key: a.columns[0].name for a in mapper.column_attrs}
+            renamed = {a.key: a.columns[0].name for a in mapper.column_attrs}
+            names = self._names[model] = {k: v for k, v in renamed.items() if k != v}
+        if not names:
+            return record
         return {names.get(k, k): v for k, v in record.items()}
 
     def key_columns(self, model: str) -> Columns:
-        return tuple(c.name for c in self.registry.mapper(model).primary_key)
+        found = self._keys.get(model)
+        if found is None:
+            found = self._keys[model] = tuple(
+                c.name for c in self.registry.mapper(model).primary_key
+            )
+        return found
 
 
 class _Created:
