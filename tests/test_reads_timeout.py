@@ -8,13 +8,13 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest_asyncio
-from hanging_relay import HangingRelay
 from pg import fresh_database
 from sqlalchemy import String, insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from ccat_buffering._relay import LoopbackRelay
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.errors import DatabaseUnavailableError
 from ccat_buffering.executor import create_engine
@@ -38,7 +38,7 @@ class Scan(Base):
 
 
 @pytest_asyncio.fixture
-async def relayed() -> AsyncIterator[tuple[AsyncEngine, HangingRelay]]:
+async def relayed() -> AsyncIterator[tuple[AsyncEngine, LoopbackRelay]]:
     async with fresh_database() as url:
         direct = create_engine(url)
         async with direct.begin() as conn:
@@ -46,7 +46,7 @@ async def relayed() -> AsyncIterator[tuple[AsyncEngine, HangingRelay]]:
             await conn.execute(insert(Scan), [{"id": "in-db", "target": "moon"}])
         await direct.dispose()
         target = make_url(url)
-        relay = HangingRelay(target.host or "127.0.0.1", target.port or 5432)
+        relay = LoopbackRelay(target.host or "127.0.0.1", target.port or 5432)
         await relay.start()
         engine = create_engine(
             target.set(host="127.0.0.1", port=relay.port).render_as_string(False)
@@ -70,7 +70,7 @@ async def _raises_in_time(call: object) -> DatabaseUnavailableError:
 
 
 async def test_a_read_over_a_hanging_link_times_out(
-    relayed: tuple[AsyncEngine, HangingRelay],
+    relayed: tuple[AsyncEngine, LoopbackRelay],
 ) -> None:
     engine, relay = relayed
     registry = ModelRegistry([Scan])
@@ -100,7 +100,7 @@ async def test_a_read_over_a_hanging_link_times_out(
         # The buffer does not know the row: nothing to show, so the outage is said.
         await _raises_in_time(reads.get("Scan", "in-db", allow_partial=True))
 
-        relay.resume()
+        relay.answer()
         deadline = time.monotonic() + 10
         while True:
             try:
