@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -103,3 +105,20 @@ async def memory_sqlite_site(tmp_path: Path, *, max_attempts: int = 3) -> AsyncI
         yield Site(clock, backend, engine, registry, manager, executor, processor, db_path)
     finally:
         await engine.dispose()
+
+
+def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A real ``ccat-buffering worker`` on the example schema, in a process of its own."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ccat_buffering",
+            "worker",
+            "--models",
+            "ccat_buffering.example:Base",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

@@ -13,8 +13,6 @@ import datetime as dt
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 
 from pg import fresh_database
@@ -30,7 +28,7 @@ from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_redis import RedisBackend
 
-from support import make_schema
+from support import make_schema, start_worker
 
 TRANSACTIONS = 2000
 KILLS = 20
@@ -52,22 +50,6 @@ def _transaction(i: int) -> Transaction:
         RawDataFile, [{"raw_data_package_id": package.id, "path": f"/scan/{i}", "size_bytes": i}]
     )
     return tx.build()
-
-
-def _worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ccat_buffering",
-            "worker",
-            "--models",
-            "ccat_buffering.example:Base",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 async def _until_holding(backend: RedisBackend, pid: int) -> None:
@@ -108,13 +90,13 @@ async def test_random_kills_apply_everything_exactly_once_in_order() -> None:
         interrupted = 0
         try:
             for _ in range(KILLS):
-                worker = _worker(env)
+                worker = start_worker(env)
                 await _until_holding(backend, worker.pid)
                 await asyncio.sleep(rng.uniform(0.02, 0.3))  # somewhere in its work
                 interrupted += (await backend.buffer.stats()).in_flight > 0
                 os.kill(worker.pid, signal.SIGKILL)
                 worker.wait(10)
-            last = _worker(env)
+            last = start_worker(env)
             deadline = time.monotonic() + 120
             await _until_holding(backend, last.pid)
             while True:

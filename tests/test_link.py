@@ -33,7 +33,7 @@ from ccat_buffering.retry import RetryPolicy
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_memory import MemoryBackend
 
-from support import make_schema, observation
+from support import make_schema, observation, start_worker
 
 TIMEOUTS = LinkTimeouts(
     connect=1.5, statement=1.5, lock=1.0, idle_in_transaction=2.0, keepalive_idle=1.0
@@ -180,8 +180,6 @@ async def test_a_hang_at_commit(link_site: LinkSite) -> None:
 async def test_a_stopped_worker_holding_a_transaction_does_not_block_the_next_holder() -> None:
     import os
     import signal
-    import subprocess
-    import sys
 
     from services import REDIS_URL, forget_site, redis_client
     from sqlalchemy import text
@@ -215,19 +213,7 @@ async def test_a_stopped_worker_holding_a_transaction_does_not_block_the_next_ho
             "CCAT_BUFFERING_LOCK_TIMEOUT": str(TIMEOUTS.lock),
             "CCAT_BUFFERING_IDLE_IN_TRANSACTION_TIMEOUT": str(TIMEOUTS.idle_in_transaction),
         }
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ccat_buffering",
-                "worker",
-                "--models",
-                "ccat_buffering.example:Base",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        worker = start_worker(env)
         successor: BackgroundProcessor | None = None
         try:
 
@@ -298,7 +284,7 @@ async def test_the_kill_storm_through_a_50_ms_relay() -> None:
     import signal
 
     from services import REDIS_URL, forget_site, redis_client
-    from test_kill_storm import _transaction, _until_holding, _worker
+    from test_kill_storm import _transaction, _until_holding
 
     from ccat_buffering.example import RawDataFile
     from ccat_buffering_redis import RedisBackend
@@ -331,13 +317,13 @@ async def test_the_kill_storm_through_a_50_ms_relay() -> None:
         workers = []
         try:
             for _ in range(kills):
-                worker = _worker(env)
+                worker = start_worker(env)
                 workers.append(worker)
                 await _until_holding(backend, worker.pid)
                 await asyncio.sleep(rng.uniform(0.02, 0.4))
                 os.kill(worker.pid, signal.SIGKILL)
                 worker.wait(10)
-            last = _worker(env)
+            last = start_worker(env)
             workers.append(last)
             await _until_holding(backend, last.pid)
 
