@@ -42,7 +42,12 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from ccat_buffering._relay import LoopbackRelay
 from ccat_buffering.coordinator import batch_sizer, link_timeouts
 from ccat_buffering.example import Base
-from ccat_buffering.executor import LEDGER_TABLE_NAME, TransactionExecutor, create_engine
+from ccat_buffering.executor import (
+    LEDGER_TABLE_NAME,
+    BatchResult,
+    TransactionExecutor,
+    create_engine,
+)
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Operation, Transaction
 from ccat_buffering.processor import BackgroundProcessor
@@ -139,6 +144,7 @@ async def ours(
     txs = transactions(n + warm, uuid.uuid4().hex[:8])
     for start in range(0, len(txs), 500):
         await manager.buffer_many(txs[start : start + 500])
+    del txs  # the producers' objects live in their own processes, not the worker's
     processor = BackgroundProcessor(
         manager,
         executor,
@@ -146,20 +152,29 @@ async def ours(
         sizer=batch_sizer(settings) if adaptive else None,
         prefetch=settings.batch_prefetch,
     )
+    sizes: list[int] = []  # of the batches applied, counted as the executor sees them
+    execute_batch = executor.execute_batch
+
+    async def counted(batch: list[Transaction]) -> BatchResult:
+        sizes.append(len(batch))
+        return await execute_batch(batch)
+
+    executor.execute_batch = counted  # type: ignore[method-assign]
     try:
         done = 0
         while done < warm:
             done += await processor.run_once()
-        before = relay.round_trips
-        began = time.perf_counter()
-        batches = 0
-        while done < n + warm:
-            applied = await processor.run_once()
-            done += applied
-            batches += applied > 0
+        # Then the worker's loop, which settles a batch behind the next one's round trip.
+        sizes.clear()
+        before, began = relay.round_trips, time.perf_counter()
+        processor.start()
+        deadline = began + 600
+        while processor.counters.processed < n + warm and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
         seconds = time.perf_counter() - began
-        trips = (relay.round_trips - before) / max(batches, 1)
-        applied_total = done - warm
+        applied_total = processor.counters.processed - done
+        trips = (relay.round_trips - before) / max(len(sizes), 1)
+        await processor.stop()
     finally:
         client = getattr(backend, "client", None)
         if client is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import re
 import uuid
 from collections.abc import Mapping
@@ -291,13 +292,21 @@ class Step(BaseModel):
             return None
         return [_encode_record(r, f"{self.step_id}[{i}]") for i, r in enumerate(value)]
 
-    def refs(self) -> list[Ref]:
-        """Every :class:`Ref` among this step's values."""
+    @functools.cached_property
+    def _refs(self) -> tuple[Ref, ...]:
+        # A step is frozen, and the drain asks several times per step (the
+        # transaction's own check, the plan, the executor): find them once.
         found: list[Ref] = []
         for record in (self.data, self.key, *(self.records or ())):
             if record:
-                found.extend(v for v in record.values() if type(v) is Ref)
-        return found
+                for value in record.values():
+                    if type(value) is Ref:
+                        found.append(value)
+        return tuple(found)
+
+    def refs(self) -> list[Ref]:
+        """Every :class:`Ref` among this step's values."""
+        return list(self._refs)
 
 
 def _new_transaction_id() -> str:

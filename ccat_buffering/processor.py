@@ -26,6 +26,7 @@ from ccat_buffering._sizing import BatchSizer
 from ccat_buffering.errors import BackendError, ConfigurationError, DatabaseUnavailableError
 from ccat_buffering.executor import BatchResult, TransactionExecutor
 from ccat_buffering.logs import SiteLogger
+from ccat_buffering.lsn import LSN
 from ccat_buffering.manager import Delivery, TransactionManager
 from ccat_buffering.models import Transaction, TransactionState, TransactionStatus, utc_now
 from ccat_buffering.protocols import SupportsProcessorReports
@@ -177,6 +178,10 @@ class BackgroundProcessor:
         # would otherwise recover each other's claims and apply them twice.
         self._cycle = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        # The loop settles a committed batch (statuses, acks) while the next one
+        # is in flight: the round trip hides the work. Set only by run().
+        self._overlap = False
+        self._settling: asyncio.Future[None] | None = None
 
     async def _hold_lease(self) -> bool:
         lease = self.manager.backend.lease
@@ -189,6 +194,7 @@ class BackgroundProcessor:
             self.state = ProcessorState.STANDBY
             return False
         self._has_lease, self._renewed_at = True, self.clock()
+        await self._settled()  # our last batch's acks land before anything is recovered
         self._prefetched = []  # recovered below with everything else in flight
         recovered = await self.manager.backend.buffer.recover(include_unexpired=True)
         if recovered:
@@ -223,7 +229,26 @@ class BackgroundProcessor:
             How many transactions the database now holds from this batch.
         """
         async with self._cycle:
-            return await self._cycle_once()
+            try:
+                return await self._cycle_once()
+            finally:
+                if not self._overlap:
+                    await self._settled()
+
+    async def _settled(self) -> None:
+        """Wait for the settling of the last committed batch, if it still runs.
+
+        Raises:
+            BackendError: Settling failed; the batch is still in flight and is
+                recovered before the next claim (the ledger makes it a no-op).
+        """
+        settling, self._settling = self._settling, None
+        if settling is not None:
+            try:
+                await settling
+            except BaseException:
+                self._unsettled = True
+                raise
 
     async def _cycle_once(self) -> int:
         if not await self._hold_lease():
@@ -261,6 +286,7 @@ class BackgroundProcessor:
         if self._prefetched:
             deliveries, self._prefetched = self._prefetched, []
         else:
+            await self._settled()
             deliveries = await self.manager.claim(size, self.claim_lease)
         self.last_run_at = utc_now()
         if not deliveries:
@@ -270,8 +296,14 @@ class BackgroundProcessor:
         transactions = [d.transaction for d in deliveries]
         began = self.clock()
         execution = asyncio.ensure_future(self._execute(transactions))
+        try:
+            await self._settled()  # the previous batch's, behind this one's round trip
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                await execution  # settled or recovered with the rest at the next cycle
+            raise
         ahead = (
-            asyncio.ensure_future(self.manager.claim(self.next_size(), self.claim_lease))
+            asyncio.ensure_future(self._claim_ahead())
             if self.prefetch and len(deliveries) >= size
             else None
         )
@@ -319,8 +351,11 @@ class BackgroundProcessor:
         else:
             self._prefetched = following
         if done:
-            await self.manager.committed(done, result.commit_lsn)
-            self.counters.processed += len(done)
+            settling = asyncio.ensure_future(self._settle(done, result.commit_lsn))
+            if self._overlap and not failures:
+                self._settling = settling
+            else:
+                await settling
         if failures:
             statuses = await self.manager.failed(failures)
             for (_, _, kind), status in zip(failures, statuses, strict=True):
@@ -334,6 +369,17 @@ class BackgroundProcessor:
                 sum(len(d.claim.payload) for d in deliveries),
             )
         return len(done)
+
+    async def _claim_ahead(self) -> list[Delivery]:
+        """Claim the next batch and prepare it, while the current one is on the link."""
+        deliveries = await self.manager.claim(self.next_size(), self.claim_lease)
+        if deliveries:
+            self.executor.prepare([d.transaction for d in deliveries])
+        return deliveries
+
+    async def _settle(self, done: list[Delivery], commit_lsn: LSN | None) -> None:
+        await self.manager.committed(done, commit_lsn)
+        self.counters.processed += len(done)
 
     async def _execute(self, transactions: list[Transaction]) -> BatchResult:
         async with self._renewing():
@@ -425,7 +471,7 @@ class BackgroundProcessor:
                 f"processor {self.holder} is already running; one processor runs one loop "
                 "(use a second BackgroundProcessor for a standby)"
             )
-        self._running = True
+        self._running, self._overlap = True, True
         self._finished.clear()
         self.state = ProcessorState.RUNNING
         try:
@@ -457,6 +503,9 @@ class BackgroundProcessor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), wait)
         finally:
+            self._overlap = False
+            with contextlib.suppress(BackendError):
+                await self._settled()
             self.state = ProcessorState.STOPPED
             if self._has_lease:
                 with contextlib.suppress(BackendError):

@@ -115,6 +115,34 @@ async def test_a_batch_is_one_round_trip_and_reads_the_lsn(
         await engine.dispose()
 
 
+async def test_a_prepared_batch_serves_only_the_very_transactions_it_was_made_of(
+    relay: tuple[LoopbackRelay, str],
+) -> None:
+    proxy, url = relay
+    engine, executor = await _executor(url)
+    try:
+        first = [observation(i)[0] for i in range(20)]
+        second = [observation(i)[0] for i in range(20, 50)]
+        executor.prepare(first)
+        trips, result = await _round_trips(proxy, engine, executor, second)  # prepared anew
+        assert trips <= 2, trips
+        assert [o.transaction_id for o in result.outcomes] == [t.transaction_id for t in second]  # type: ignore[attr-defined]
+        assert all(o.applied for o in result.outcomes)  # type: ignore[attr-defined]
+        assert await _count(engine, ExecutedObsUnit.id) == 30
+        executor.prepare(first)
+        trips, again = await _round_trips(proxy, engine, executor, list(first))
+        assert trips <= 2, trips
+        assert [o.transaction_id for o in again.outcomes] == [t.transaction_id for t in first]  # type: ignore[attr-defined]
+        assert all(o.applied for o in again.outcomes)  # type: ignore[attr-defined]
+        # Used once: a redelivery of the same objects reads the ledger afresh.
+        redelivered = await executor.execute_batch(first)
+        assert all(o.already_applied for o in redelivered.outcomes)
+        assert await _count(engine, ExecutedObsUnit.id) == 50
+        assert await _count(engine, ledger_table.c.transaction_id) == 50
+    finally:
+        await engine.dispose()
+
+
 async def test_poison_and_redelivery_cost_one_more_round_trip(
     relay: tuple[LoopbackRelay, str],
 ) -> None:

@@ -323,6 +323,73 @@ async def test_drain_beside_the_background_loop_applies_each_once(tmp_path: Path
         assert (health.dead_letters, health.dead_lettered, health.retried) == (0, 0, 0)
 
 
+async def _wait_processed(site: Site, count: int, seconds: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while site.processor.counters.processed < count:
+        assert asyncio.get_running_loop().time() < deadline, site.processor.counters
+        await asyncio.sleep(0.005)
+
+
+async def test_the_loop_settles_a_batch_behind_the_next_and_all_of_it_by_stop(
+    tmp_path: Path,
+) -> None:
+    async with memory_sqlite_site(tmp_path) as site:
+        site.processor.poll_interval, site.processor.batch_size = 0.001, 7
+        site.processor.prefetch = True
+        txs = [observation(i)[0] for i in range(60)]
+        await site.manager.buffer_many(txs)
+        site.processor.start()
+        await _wait_processed(site, 60)
+        await asyncio.wait_for(site.processor.stop(), 5)
+        stats = await site.backend.buffer.stats()
+        assert (stats.depth, stats.in_flight) == (0, 0)
+        statuses = await site.backend.status.get_many([t.transaction_id for t in txs])
+        assert all(s is not None and s.state is TransactionState.COMMITTED for s in statuses)
+        async with site.engine.connect() as conn:
+            query = select(ExecutedObsUnit.obs_unit_id).order_by(literal_column("rowid"))
+            order = (await conn.execute(query)).scalars().all()
+        assert list(order) == list(range(60))
+        assert await _count(site, ledger_table.c.transaction_id) == 60
+
+
+async def test_a_settling_that_fails_behind_the_next_batch_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    from ccat_buffering.errors import BackendUnavailableError
+
+    async with memory_sqlite_site(tmp_path) as site:
+        site.processor.poll_interval, site.processor.batch_size = 0.001, 5
+        site.processor.prefetch = True
+        txs = [observation(i)[0] for i in range(40)]
+        await site.manager.buffer_many(txs)
+        committed = site.manager.committed
+        calls = 0
+
+        async def lost_once(*args: object, **kwargs: object) -> object:
+            nonlocal calls
+            calls += 1
+            if calls == 2:  # settling the second batch, while the third is in flight
+                raise BackendUnavailableError("injected: the buffer went away mid-settle")
+            return await committed(*args, **kwargs)  # type: ignore[arg-type]
+
+        site.manager.committed = lost_once  # type: ignore[method-assign]
+        site.processor.start()
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            statuses = await site.backend.status.get_many([t.transaction_id for t in txs])
+            if all(s is not None and s.state is TransactionState.COMMITTED for s in statuses):
+                break
+            assert asyncio.get_running_loop().time() < deadline, statuses
+            await asyncio.sleep(0.005)
+        await asyncio.wait_for(site.processor.stop(), 5)
+        assert calls > 2
+        assert site.processor.counters.outages >= 1
+        stats = await site.backend.buffer.stats()
+        assert (stats.depth, stats.in_flight, stats.dead_letters) == (0, 0, 0)
+        assert await _count(site, ExecutedObsUnit.id) == 40  # each applied once
+        assert await _count(site, ledger_table.c.transaction_id) == 40
+
+
 async def test_a_missing_table_of_the_schema_pauses_as_schema_lag(tmp_path: Path) -> None:
     from sqlalchemy import text
 
