@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
 import multiprocessing
 import time
 import uuid
@@ -39,6 +40,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from ccat_buffering._heap import settle_heap
 from ccat_buffering._relay import LoopbackRelay
 from ccat_buffering.coordinator import batch_sizer, link_timeouts
 from ccat_buffering.example import Base
@@ -166,6 +168,8 @@ async def ours(
             done += await processor.run_once()
         # Then the worker's loop, which settles a batch behind the next one's round trip.
         sizes.clear()
+        thresholds = gc.get_threshold()
+        settle_heap()  # as `ccat-buffering worker` does before it starts the loop
         before, began = relay.round_trips, time.perf_counter()
         processor.start()
         deadline = began + 600
@@ -175,6 +179,10 @@ async def ours(
         applied_total = processor.counters.processed - done
         trips = (relay.round_trips - before) / max(len(sizes), 1)
         await processor.stop()
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+        if adaptive:
+            print(f"   default settings: batch sizes {sizes[:3]} ... {sizes[-3:]}", flush=True)
     finally:
         client = getattr(backend, "client", None)
         if client is not None:

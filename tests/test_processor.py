@@ -500,3 +500,16 @@ def test_the_batch_sizer_follows_the_round_trip() -> None:
     tight.observe_rtt(0.2)
     tight.observe(100, 0.42, 100 * 700)
     assert tight.size == 100  # 70 kB of payload at 700 bytes each
+
+
+def test_the_worker_heap_is_frozen_and_collected_less_often() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import gc; from ccat_buffering._heap import settle_heap, YOUNG_THRESHOLD\n"
+        "before = gc.get_freeze_count(); settle_heap()\n"
+        "assert gc.get_freeze_count() > before > -1, gc.get_freeze_count()\n"
+        "assert gc.get_threshold()[0] == YOUNG_THRESHOLD > 700, gc.get_threshold()\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
+from ccat_buffering._heap import settle_heap
 from ccat_buffering._settings_checks import check_backend_url, check_database_url, check_driver
 from ccat_buffering.cli._app import app, db_app
 from ccat_buffering.cli._common import (
@@ -216,6 +217,7 @@ async def run_worker(
                 raise ConfigurationError(
                     f"--metrics-port {metrics_port} is {why}: choose another port"
                 ) from exc
+        settle_heap()
         site.start()
         following = asyncio.create_task(_follow(site, log, stop))
         await stop.wait()
