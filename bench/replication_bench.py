@@ -29,8 +29,9 @@ from drain_bench import transactions
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ccat_buffering.database import create_engine
 from ccat_buffering.example import Base
-from ccat_buffering.executor import TransactionExecutor, create_engine
+from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.lsn import LSN
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import TransactionState

@@ -43,13 +43,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from ccat_buffering._heap import settle_heap
 from ccat_buffering._relay import LoopbackRelay
 from ccat_buffering.coordinator import batch_sizer, link_timeouts
+from ccat_buffering.database import LEDGER_TABLE_NAME, create_engine
 from ccat_buffering.example import Base
-from ccat_buffering.executor import (
-    LEDGER_TABLE_NAME,
-    BatchResult,
-    TransactionExecutor,
-    create_engine,
-)
+from ccat_buffering.executor import BatchResult, TransactionExecutor
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Operation, Transaction
 from ccat_buffering.processor import BackgroundProcessor

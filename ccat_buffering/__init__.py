@@ -9,6 +9,7 @@ when the site's replica has replayed the commit.
 from ccat_buffering.backends import open_backend
 from ccat_buffering.builder import RecordHandle, TransactionBuilder
 from ccat_buffering.coordinator import BufferingCoordinator
+from ccat_buffering.database import create_engine
 from ccat_buffering.errors import (
     BackendError,
     BackendFullError,
@@ -28,7 +29,7 @@ from ccat_buffering.errors import (
     UnknownModelError,
     UnresolvedReferenceError,
 )
-from ccat_buffering.executor import BatchResult, Outcome, TransactionExecutor, create_engine
+from ccat_buffering.executor import BatchResult, Outcome, TransactionExecutor
 from ccat_buffering.health import BufferHealth, Health, ReplicationHealth
 from ccat_buffering.lsn import LSN
 from ccat_buffering.manager import Delivery, TransactionManager

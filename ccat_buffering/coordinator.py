@@ -18,7 +18,8 @@ from ccat_buffering._link import LinkTimeouts
 from ccat_buffering._sizing import BatchSizer
 from ccat_buffering.backends import open_backend
 from ccat_buffering.buffer_loss import BufferLoss, BufferWatch, watch_buffer
-from ccat_buffering.executor import TransactionExecutor, create_engine
+from ccat_buffering.database import create_engine
+from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.health import NO_REPLICA_NOTICE, Health, collect
 from ccat_buffering.logs import SiteLogger
 from ccat_buffering.manager import TransactionManager

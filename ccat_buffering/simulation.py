@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ccat_buffering._relay import LoopbackRelay
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.coordinator import BufferingCoordinator
+from ccat_buffering.database import create_engine, ledger_table
 from ccat_buffering.example import (
     Base,
     DataFile,
@@ -39,7 +40,6 @@ from ccat_buffering.example import (
     RawDataFile,
     RawDataPackage,
 )
-from ccat_buffering.executor import create_engine, ledger_table
 from ccat_buffering.models import Transaction, TransactionState
 from ccat_buffering.reads import Reads
 from ccat_buffering.registry import ModelRegistry

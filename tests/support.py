@@ -14,8 +14,9 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering.builder import TransactionBuilder
+from ccat_buffering.database import create_engine
 from ccat_buffering.example import Base, ExecutedObsUnit, RawDataPackage
-from ccat_buffering.executor import TransactionExecutor, create_engine
+from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction
 from ccat_buffering.processor import BackgroundProcessor

@@ -15,8 +15,9 @@ import pytest
 from services import REDIS_URL, forget_site, redis_client, require_redis
 from sqlalchemy import func, literal_column, select
 
+from ccat_buffering.database import create_engine, ledger_table
 from ccat_buffering.example import Base, ExecutedObsUnit
-from ccat_buffering.executor import TransactionExecutor, create_engine, ledger_table
+from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import TransactionState
 from ccat_buffering.processor import BackgroundProcessor
@@ -30,7 +31,8 @@ CHILD = textwrap.dedent(
     """
     import asyncio, sys
     from ccat_buffering.example import Base
-    from ccat_buffering.executor import TransactionExecutor, create_engine
+    from ccat_buffering.database import create_engine
+    from ccat_buffering.executor import TransactionExecutor
     from ccat_buffering.manager import TransactionManager
     from ccat_buffering.processor import BackgroundProcessor
     from ccat_buffering.registry import ModelRegistry

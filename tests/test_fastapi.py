@@ -23,8 +23,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ccat_buffering import TransactionBuilder
+from ccat_buffering.database import create_engine
 from ccat_buffering.errors import BackendUnavailableError
-from ccat_buffering.executor import TransactionExecutor, create_engine
+from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.fastapi import (
     Site,
     critical_operation,

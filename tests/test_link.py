@@ -23,8 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering._link import LinkTimeouts
 from ccat_buffering._relay import LoopbackRelay
+from ccat_buffering.database import create_engine, ledger_table
 from ccat_buffering.example import Base, ExecutedObsUnit
-from ccat_buffering.executor import TransactionExecutor, create_engine, ledger_table
+from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import TransactionState
 from ccat_buffering.processor import BackgroundProcessor, ProcessorState

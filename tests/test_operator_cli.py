@@ -26,8 +26,9 @@ from typer.testing import CliRunner
 import ccat_buffering.cli._operator as cli_operator
 from ccat_buffering.cli import app
 from ccat_buffering.coordinator import BufferingCoordinator
+from ccat_buffering.database import create_engine
 from ccat_buffering.example import Base, ExecutedObsUnit
-from ccat_buffering.executor import TransactionExecutor, create_engine
+from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.health import Health
 from ccat_buffering.models import TransactionState
 from ccat_buffering.registry import ModelRegistry

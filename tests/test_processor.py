@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, literal_column, select
 
+from ccat_buffering.database import ledger_table
 from ccat_buffering.example import ExecutedObsUnit, RawDataPackage
-from ccat_buffering.executor import ledger_table
 from ccat_buffering.models import TransactionState
 from ccat_buffering.processor import BackgroundProcessor, ProcessorState
 

@@ -100,3 +100,15 @@ def test_core_imports_no_backend_client() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_engine_and_ledger_names_of_the_executor_module_still_work_and_warn() -> None:
+    import pytest
+
+    import ccat_buffering.database
+    import ccat_buffering.executor
+
+    for name in ("LEDGER_TABLE_NAME", "create_engine", "ledger_metadata", "ledger_table"):
+        with pytest.warns(DeprecationWarning, match=f"ccat_buffering.database.{name}"):
+            old = getattr(ccat_buffering.executor, name)
+        assert old is getattr(ccat_buffering.database, name)

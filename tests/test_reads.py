@@ -19,8 +19,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 import ccat_buffering._read_database as _read_database
 import ccat_buffering.reads as reads_module
 from ccat_buffering.builder import TransactionBuilder
+from ccat_buffering.database import create_engine
 from ccat_buffering.errors import DatabaseUnavailableError
-from ccat_buffering.executor import TransactionExecutor, create_engine
+from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.processor import BackgroundProcessor, ProcessorState
 from ccat_buffering.protocols import CachedRecord

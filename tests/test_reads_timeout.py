@@ -16,8 +16,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ccat_buffering._relay import LoopbackRelay
 from ccat_buffering.builder import TransactionBuilder
+from ccat_buffering.database import create_engine
 from ccat_buffering.errors import DatabaseUnavailableError
-from ccat_buffering.executor import create_engine
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.reads import Reads
 from ccat_buffering.registry import ModelRegistry

@@ -38,8 +38,8 @@ from typer.testing import CliRunner, Result
 
 from ccat_buffering.cli import app
 from ccat_buffering.coordinator import BufferingCoordinator
+from ccat_buffering.database import create_engine
 from ccat_buffering.example import Base
-from ccat_buffering.executor import create_engine
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.settings import BufferingSettings
 from ccat_buffering.testing import new_site_name

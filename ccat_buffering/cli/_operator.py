@@ -20,8 +20,8 @@ from ccat_buffering._settings_checks import check_driver
 from ccat_buffering.backends import open_backend
 from ccat_buffering.buffer_loss import BufferLoss, BufferWatch
 from ccat_buffering.coordinator import replication_tracker, transaction_manager
+from ccat_buffering.database import create_engine
 from ccat_buffering.errors import ConfigurationError
-from ccat_buffering.executor import create_engine
 from ccat_buffering.health import Health, collect
 from ccat_buffering.models import TransactionStatus
 from ccat_buffering.protocols import Backend

@@ -28,8 +28,9 @@ from ccat_buffering.cli._common import (
     settings_for,
 )
 from ccat_buffering.coordinator import BufferingCoordinator
+from ccat_buffering.database import LEDGER_TABLE_NAME, create_engine
 from ccat_buffering.errors import ConfigurationError, DatabaseUnavailableError
-from ccat_buffering.executor import LEDGER_TABLE_NAME, TransactionExecutor, create_engine
+from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.logs import SiteLogger
 from ccat_buffering.processor import ProcessorState
 from ccat_buffering.registry import ModelRegistry
