@@ -8,10 +8,8 @@ caller can ask about it while it travels to the main database.
 
 from __future__ import annotations
 
-import datetime as dt
 import enum
 import functools
-import re
 import uuid
 from collections.abc import Mapping
 from typing import Annotated, Any, Self
@@ -19,7 +17,6 @@ from typing import Annotated, Any, Self
 import pydantic
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -32,7 +29,9 @@ from pydantic_core import PydanticSerializationError
 
 from ccat_buffering._codec import PLAIN_TYPES, decode_value, encode_value
 from ccat_buffering.errors import PayloadTooLargeError, TransactionValidationError
-from ccat_buffering.lsn import LSN, LSNField
+from ccat_buffering.identifiers import Identifier, check_identifier, known_identifier
+from ccat_buffering.lsn import LSN
+from ccat_buffering.status import TransactionState, TransactionStatus, UTCDatetime, utc_now
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
@@ -54,66 +53,6 @@ FORMAT_VERSION = 1
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 
-_IDENTIFIER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,-]{0,127}")
-
-
-def check_identifier(value: str, what: str = "name") -> str:
-    """Return ``value`` if it is safe as a part of a store key.
-
-    Args:
-        value: A site, model, step or record name.
-        what: What the value names, for the message.
-
-    Returns:
-        The value, unchanged.
-
-    Raises:
-        TransactionValidationError: The value is empty, longer than 128
-            characters, or holds a character other than letters, digits, ``_``,
-            ``.``, ``,`` and ``-`` (no ``:``, ``*``, braces, spaces or control
-            characters, which would let it escape the key schema).
-    """
-    if not isinstance(value, str) or _IDENTIFIER.fullmatch(value) is None:
-        raise TransactionValidationError(
-            f"{what} {value!r} is not a plain identifier: use 1 to 128 letters, digits, "
-            "'_', '.', ',' or '-', starting with a letter, digit or '_'"
-        )
-    return value
-
-
-_KNOWN_IDENTIFIERS: set[str] = set()
-"""Identifiers already checked: model, field and step names recur in every transaction."""
-_KNOWN_LIMIT = 4096
-
-
-def _identifier(value: str) -> str:
-    if type(value) is str and value in _KNOWN_IDENTIFIERS:
-        return value
-    try:
-        check_identifier(value)
-    except TransactionValidationError as exc:
-        # pydantic reports a ValueError with the field's location attached.
-        raise ValueError(str(exc)) from None
-    if len(_KNOWN_IDENTIFIERS) < _KNOWN_LIMIT:
-        _KNOWN_IDENTIFIERS.add(value)
-    return value
-
-
-Identifier = Annotated[str, AfterValidator(_identifier)]
-"""A string that may become part of a store key."""
-
-
-def utc_now() -> dt.datetime:
-    """Return the current time, timezone-aware, in UTC."""
-    return dt.datetime.now(dt.UTC)
-
-
-def _to_utc(value: dt.datetime) -> dt.datetime:
-    return value.astimezone(dt.UTC)
-
-
-UTCDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
-
 
 class Operation(enum.StrEnum):
     """What a step does to the rows of its model."""
@@ -123,22 +62,6 @@ class Operation(enum.StrEnum):
     DELETE = "delete"
     BULK_CREATE = "bulk_create"
     BULK_UPDATE = "bulk_update"
-
-
-class TransactionState(enum.StrEnum):
-    """Where a transaction is in its life (see docs/concepts)."""
-
-    BUFFERED = "buffered"
-    PROCESSING = "processing"
-    RETRYING = "retrying"
-    COMMITTED = "committed"
-    REPLICATED = "replicated"
-    FAILED = "failed"
-
-    @property
-    def is_terminal(self) -> bool:
-        """Whether nothing more will happen to the transaction by itself."""
-        return self in (TransactionState.REPLICATED, TransactionState.FAILED)
 
 
 class Ref(BaseModel):
@@ -185,7 +108,7 @@ def _decode_record(record: Mapping[str, Any]) -> dict[str, Any]:
 
 def _check_field_names(record: Mapping[str, Any]) -> Mapping[str, Any]:
     for name in record:
-        _identifier(name)
+        known_identifier(name)
     return record
 
 
@@ -475,48 +398,3 @@ def validation_error(exc: pydantic.ValidationError) -> TransactionValidationErro
         message = str(error["msg"]).removeprefix("Value error, ")
         lines.append(f"{where}: {message}")
     return TransactionValidationError(f"invalid {exc.title}: " + "; ".join(lines))
-
-
-class TransactionStatus(BaseModel):
-    """What is known of one buffered transaction.
-
-    Attributes:
-        transaction_id: The transaction this is about.
-        endpoint: The endpoint that created it.
-        state: Where it stands.
-        attempts: Failed attempts counted against the retry policy (outages of
-            the database do not count).
-        last_error: The most recent error, if any.
-        commit_lsn: WAL position of the main database's commit, once committed
-            (``None`` on databases without one, such as SQLite).
-        created_at: When it was buffered.
-        updated_at: When this status last changed.
-        committed_at: When the main database committed it.
-        replicated_at: When the site's replica was seen to have replayed it.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    transaction_id: str
-    endpoint: str = ""
-    state: TransactionState
-    attempts: int = 0
-    last_error: str | None = None
-    commit_lsn: LSNField | None = None
-    created_at: UTCDatetime = Field(default_factory=utc_now)
-    updated_at: UTCDatetime = Field(default_factory=utc_now)
-    committed_at: UTCDatetime | None = None
-    replicated_at: UTCDatetime | None = None
-
-    def advance(self, state: TransactionState, **changes: Any) -> TransactionStatus:
-        """Return a copy in ``state`` with ``updated_at`` set to now and ``changes``.
-
-        Args:
-            state: The new state.
-            **changes: Other fields to change.
-
-        Returns:
-            The new status.
-        """
-        data = {**dict(self), "updated_at": utc_now(), **changes, "state": state}
-        return TransactionStatus.model_validate(data)

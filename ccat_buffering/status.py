@@ -1,0 +1,86 @@
+"""What is known of one buffered transaction: its state, attempts, errors and times."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+
+from ccat_buffering.lsn import LSNField
+
+__all__ = ["TransactionState", "TransactionStatus", "UTCDatetime", "utc_now"]
+
+
+def utc_now() -> dt.datetime:
+    """Return the current time, timezone-aware, in UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+def _to_utc(value: dt.datetime) -> dt.datetime:
+    return value.astimezone(dt.UTC)
+
+
+UTCDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+
+
+class TransactionState(enum.StrEnum):
+    """Where a transaction is in its life (see docs/concepts)."""
+
+    BUFFERED = "buffered"
+    PROCESSING = "processing"
+    RETRYING = "retrying"
+    COMMITTED = "committed"
+    REPLICATED = "replicated"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether nothing more will happen to the transaction by itself."""
+        return self in (TransactionState.REPLICATED, TransactionState.FAILED)
+
+
+class TransactionStatus(BaseModel):
+    """What is known of one buffered transaction.
+
+    Attributes:
+        transaction_id: The transaction this is about.
+        endpoint: The endpoint that created it.
+        state: Where it stands.
+        attempts: Failed attempts counted against the retry policy (outages of
+            the database do not count).
+        last_error: The most recent error, if any.
+        commit_lsn: WAL position of the main database's commit, once committed
+            (``None`` on databases without one, such as SQLite).
+        created_at: When it was buffered.
+        updated_at: When this status last changed.
+        committed_at: When the main database committed it.
+        replicated_at: When the site's replica was seen to have replayed it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    transaction_id: str
+    endpoint: str = ""
+    state: TransactionState
+    attempts: int = 0
+    last_error: str | None = None
+    commit_lsn: LSNField | None = None
+    created_at: UTCDatetime = Field(default_factory=utc_now)
+    updated_at: UTCDatetime = Field(default_factory=utc_now)
+    committed_at: UTCDatetime | None = None
+    replicated_at: UTCDatetime | None = None
+
+    def advance(self, state: TransactionState, **changes: Any) -> TransactionStatus:
+        """Return a copy in ``state`` with ``updated_at`` set to now and ``changes``.
+
+        Args:
+            state: The new state.
+            **changes: Other fields to change.
+
+        Returns:
+            The new status.
+        """
+        data = {**dict(self), "updated_at": utc_now(), **changes, "state": state}
+        return TransactionStatus.model_validate(data)
