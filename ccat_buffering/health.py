@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError, computed_field
 from sqlalchemy.exc import SQLAlchemyError
 
 from ccat_buffering.buffer_loss import BufferWatch
+from ccat_buffering.counts import BufferCounts
 from ccat_buffering.models import TransactionState, utc_now
 from ccat_buffering.processor import BackgroundProcessor, ProcessorHealth, ProcessorState
 from ccat_buffering.protocols import (
@@ -43,23 +44,17 @@ WATCH_TIMEOUT = 3.0
 """Seconds ``collect`` waits for the main database's memory of the buffer."""
 
 
-class BufferHealth(BaseModel):
-    """The site's buffer.
+class BufferHealth(BufferCounts):
+    """The site's buffer (its counts: see :class:`~ccat_buffering.counts.BufferCounts`).
 
     Attributes:
-        depth: Transactions waiting.
-        in_flight: Claimed and not yet settled.
         retry_held_seconds: Seconds before the held head may be retried, if held.
-        dead_letters: Transactions in the dead-letter queue.
         oldest_waiting_seconds: Age of the oldest transaction not yet committed.
         memory: The store's memory and how long it can keep buffering, where
             the store can tell.
     """
 
-    depth: int
-    in_flight: int
     retry_held_seconds: float | None = None
-    dead_letters: int
     oldest_waiting_seconds: float | None = None
     memory: MemoryReport | None = None
 
@@ -263,10 +258,8 @@ async def collect(
     stats = await backend.buffer.stats()
     now = utc_now().timestamp()
     buffer = BufferHealth(
-        depth=stats.depth,
-        in_flight=stats.in_flight,
+        **BufferCounts.of(stats),
         retry_held_seconds=None if stats.held_until is None else max(stats.held_until - now, 0.0),
-        dead_letters=stats.dead_letters,
         oldest_waiting_seconds=await _oldest_waiting(backend),
         memory=await backend.memory_report() if isinstance(backend, SupportsBufferHealth) else None,
     )
@@ -277,9 +270,7 @@ async def collect(
     worker = worker.model_copy(
         update={
             "lease_holder": None if lease is None else lease.holder,
-            "depth": stats.depth,
-            "in_flight": stats.in_flight,
-            "dead_letters": stats.dead_letters,
+            **BufferCounts.of(stats),
         }
     )
     report = tracker.last_report if tracker.running else await tracker.snapshot()

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from ccat_buffering._batch_cycle import BatchCycle
 from ccat_buffering._lease_holding import LeaseHolding
 from ccat_buffering._sizing import BatchSizer
+from ccat_buffering.counts import BufferCounts
 from ccat_buffering.errors import BackendError
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.logs import SiteLogger
@@ -327,7 +328,5 @@ class BackgroundProcessor(BatchCycle):
             conflicts=self.counters.conflicts,
             dead_lettered=self.counters.dead_lettered + self.manager.unreadable,
             outages=self.counters.outages,
-            depth=stats.depth,
-            in_flight=stats.in_flight,
-            dead_letters=stats.dead_letters,
+            **BufferCounts.of(stats),
         )

@@ -6,7 +6,7 @@ import datetime as dt
 import enum
 from dataclasses import dataclass
 
-from pydantic import BaseModel
+from ccat_buffering.counts import BufferCounts
 
 __all__ = ["Counters", "ProcessorHealth", "ProcessorState"]
 
@@ -20,8 +20,8 @@ class ProcessorState(enum.StrEnum):
     PAUSED = "paused"
 
 
-class ProcessorHealth(BaseModel):
-    """A processor's own view of itself and its site's buffer.
+class ProcessorHealth(BufferCounts):
+    """A processor's own view of itself and its site's buffer (counts: see BufferCounts).
 
     Attributes:
         state: Running, standing by, paused by an outage, or stopped.
@@ -34,9 +34,6 @@ class ProcessorHealth(BaseModel):
         conflicts: Serialization failures and deadlocks, retried at once.
         dead_lettered: Transactions it dead-lettered.
         outages: Batches returned to the queue because the database was down.
-        depth: Transactions waiting in the buffer.
-        in_flight: Transactions claimed and not yet settled.
-        dead_letters: Transactions in the dead-letter store.
     """
 
     state: ProcessorState
@@ -49,9 +46,6 @@ class ProcessorHealth(BaseModel):
     conflicts: int = 0
     dead_lettered: int = 0
     outages: int = 0
-    depth: int = 0
-    in_flight: int = 0
-    dead_letters: int = 0
 
 
 @dataclass

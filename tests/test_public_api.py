@@ -112,3 +112,20 @@ def test_the_engine_and_ledger_names_of_the_executor_module_still_work_and_warn(
         with pytest.warns(DeprecationWarning, match=f"ccat_buffering.database.{name}"):
             old = getattr(ccat_buffering.executor, name)
         assert old is getattr(ccat_buffering.database, name)
+
+
+def test_every_report_counts_the_buffer_under_the_stores_names() -> None:
+    import dataclasses
+
+    from ccat_buffering.counts import BufferCounts
+    from ccat_buffering.health import BufferHealth
+    from ccat_buffering.processor import ProcessorHealth
+    from ccat_buffering.protocols import BufferStats
+
+    counts = list(BufferCounts.model_fields)
+    store = [f.name for f in dataclasses.fields(BufferStats)]
+    assert counts == store[: len(counts)], (counts, store)
+    for report in (BufferHealth, ProcessorHealth):
+        assert issubclass(report, BufferCounts)
+    stats = BufferStats(depth=3, in_flight=2, dead_letters=1, held_until=None)
+    assert BufferCounts.of(stats) == {"depth": 3, "in_flight": 2, "dead_letters": 1}
