@@ -42,16 +42,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Column, Table, literal_column, select
+from sqlalchemy import Column, Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
-__all__ = ["Pipeline", "PipelineResult", "Statement", "must_match", "row_chunks"]
+__all__ = ["MAX_PARAMETERS", "Pipeline", "PipelineResult", "Statement"]
 
 _DIVISION_BY_ZERO = "22012"
 # Parameters per statement stay far below the protocol's 65,535.
-_MAX_PARAMETERS = 30_000
+MAX_PARAMETERS = 30_000
 
 
 @dataclass
@@ -142,7 +142,7 @@ class Pipeline:
             f"({', '.join(quote.quote(c.name) for c in columns)}) VALUES "
         )
         width = len(keys)
-        per_statement = max(1, _MAX_PARAMETERS // max(width, 1))
+        per_statement = max(1, MAX_PARAMETERS // max(width, 1))
         for start in range(0, len(rows), per_statement):
             chunk = rows[start : start + per_statement]
             params: list[Any] = []
@@ -373,39 +373,3 @@ def _as_sqlalchemy(error: BaseException, sql: str) -> BaseException:
     if not isinstance(error, psycopg.Error):
         return error
     return sa_exc.DBAPIError.instance(sql, None, error, psycopg.Error)
-
-
-def row_chunks(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Split rows into runs of one column set, each small enough for one statement.
-
-    Args:
-        rows: In order.
-
-    Returns:
-        Consecutive chunks, in order.
-    """
-    chunks: list[list[dict[str, Any]]] = []
-    for row in rows:
-        last = chunks[-1] if chunks else None
-        if (
-            last is not None
-            and last[0].keys() == row.keys()
-            and (len(last) + 1) * max(len(row), 1) <= _MAX_PARAMETERS
-        ):
-            last.append(row)
-        else:
-            chunks.append([row])
-    return chunks
-
-
-def must_match(statement: Any) -> Any:
-    """``WITH hit AS (<statement> RETURNING 1) SELECT 1 / count(*) FROM hit``.
-
-    Args:
-        statement: An UPDATE or DELETE.
-
-    Returns:
-        A SELECT that fails (division by zero) when the statement matched no row.
-    """
-    hit = statement.returning(literal_column("1")).cte("hit")
-    return select(literal_column("1") / literal_column("count(*)")).select_from(hit)

@@ -9,14 +9,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, delete, insert
+from sqlalchemy import Table, delete, insert, literal_column, select
 from sqlalchemy import update as sa_update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ccat_buffering._grouping import Plan
 from ccat_buffering._link import Watchdog
-from ccat_buffering._pipeline import Pipeline, PipelineResult, Statement, must_match, row_chunks
+from ccat_buffering._pipeline import MAX_PARAMETERS, Pipeline, PipelineResult, Statement
 from ccat_buffering._session_path import CommitRefusedError, where
 from ccat_buffering.database import (
     ledger_rows,
@@ -31,7 +31,7 @@ from ccat_buffering.outcome import Outcome
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.retry import classify_failure
 
-__all__ = ["PipelinedPath", "PreparedBatch", "copy_outcomes", "unique"]
+__all__ = ["PipelinedPath", "PreparedBatch", "copy_outcomes", "must_match", "row_chunks", "unique"]
 
 
 @dataclass
@@ -76,6 +76,42 @@ def copy_outcomes(copies: list[tuple[int, int]], outcomes: list[Outcome]) -> Non
         outcomes[index] = (
             Outcome(original.transaction_id, already_applied=True) if original.done else original
         )
+
+
+def row_chunks(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Split rows into runs of one column set, each small enough for one statement.
+
+    Args:
+        rows: In order.
+
+    Returns:
+        Consecutive chunks, in order.
+    """
+    chunks: list[list[dict[str, Any]]] = []
+    for row in rows:
+        last = chunks[-1] if chunks else None
+        if (
+            last is not None
+            and last[0].keys() == row.keys()
+            and (len(last) + 1) * max(len(row), 1) <= MAX_PARAMETERS
+        ):
+            last.append(row)
+        else:
+            chunks.append([row])
+    return chunks
+
+
+def must_match(statement: Any) -> Any:
+    """``WITH hit AS (<statement> RETURNING 1) SELECT 1 / count(*) FROM hit``.
+
+    Args:
+        statement: An UPDATE or DELETE.
+
+    Returns:
+        A SELECT that fails (division by zero) when the statement matched no row.
+    """
+    hit = statement.returning(literal_column("1")).cte("hit")
+    return select(literal_column("1") / literal_column("count(*)")).select_from(hit)
 
 
 def _lsn_of(result: PipelineResult) -> LSN | None:
