@@ -52,7 +52,10 @@ from __future__ import annotations
 
 from ccat_buffering.models import TransactionState, check_identifier
 
-__all__ = ["BOUNDED", "SUFFIXES", "SiteKeys"]
+SEQ_STATES = ("buffered", "processing", "retrying")
+"""States whose index is kept in buckets (see ``_state_index``)."""
+
+__all__ = ["BOUNDED", "SEQ_STATES", "SUFFIXES", "SiteKeys"]
 
 SUFFIXES = {
     "buffer": "transaction_buffer",
@@ -205,8 +208,23 @@ class SiteKeys:
         return key[len(start) :] if key.startswith(start) else None
 
     def bounded(self) -> set[str]:
-        """Full names of the site's bounded structures."""
+        """Full names of the site's bounded structures (see :meth:`is_bounded` for buckets)."""
         return {self.prefix + suffix for suffix in BOUNDED}
+
+    def is_bounded(self, key: str) -> bool:
+        """Whether ``key`` is a bounded structure: one of :meth:`bounded` or a state bucket."""
+        if key in self.bounded():
+            return True
+        state, _, bucket = key.removeprefix(self.prefix + SUFFIXES["state"]).partition(":")
+        return key.startswith(self.prefix) and state in SEQ_STATES and bucket.isdigit()
+
+    def state_bucket(self, state: TransactionState, bucket: int) -> str:
+        """A bucket of a state index kept in buckets (see ``_state_index``)."""
+        return f"{self.state(state)}:{bucket}"
+
+    def index_bucket(self, model: str, bucket: int) -> str:
+        """A bucket of a model index (see ``_model_index``)."""
+        return f"{self.index(model)}:{bucket}"
 
     def pattern(self) -> str:
         """A ``SCAN MATCH`` pattern for every key of the site (inspection only)."""
