@@ -1095,7 +1095,8 @@ class RedisBackend(AsyncClosing):
         listed = self.keys.state(TransactionState.BUFFERED)
         newest: list[Any] = []
         with self.translate():
-            for bucket in reversed(await self.client.zrange(listed, -8, -1)):
+            buckets: list[Any] = await self.client.zrange(listed, -8, -1)
+            for bucket in reversed(buckets):
                 newest[:0] = await self.client.zrange(f"{listed}:{_text(bucket)}", 0, -1)
                 if len(newest) >= sample:
                     break

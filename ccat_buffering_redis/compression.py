@@ -5,10 +5,11 @@ entry pushed to the queue is stored as :data:`MARKER` followed by the zlib
 stream of its UTF-8 text, compressed with :data:`DICTIONARY` as zlib's preset
 dictionary: the names every transaction's JSON repeats, which a 700-byte text
 is too short for zlib to learn (about 90 bytes less an entry). Entries stored
-as :data:`PLAIN_MARKER` and a zlib stream without a dictionary are read too. An entry keeps that form while it waits, while it is
-in flight and while it is a dead letter; every reader of the backend turns it
-back into text with :func:`entry_text`, so the manager, the processor and the
-operator's commands never see the difference. Entries stored without
+as :data:`PLAIN_MARKER` and a zlib stream without a dictionary are read too.
+An entry keeps that form while it waits, while it is in flight and while it
+is a dead letter; every reader of the backend turns it back into text with
+:func:`entry_text`, so the manager, the processor and the operator's commands
+never see the difference. Entries stored without
 compression (before it was turned on, by another client, by hand) are read as
 they are, so the setting can be turned on or off at any time.
 
