@@ -576,9 +576,7 @@ class RedisCacheStore(_Part):
 
     async def created_by(self, model: str, record_id: str) -> str | None:
         """See :meth:`ccat_buffering.protocols.CacheStore.created_by`."""
-        with self._backend.translate():
-            value = await self._backend.client.get(self._keys.ids(model, record_id))
-        return None if value is None else _text(value)
+        return await self._backend.creator(model, record_id)
 
     async def extend(self, transaction_ids: Sequence[str], ttl_seconds: float) -> int:
         """See :meth:`ccat_buffering.protocols.CacheStore.extend`."""
@@ -985,6 +983,23 @@ class RedisBackend(AsyncClosing):
                         return text
         return None
 
+    async def creator(self, model: str, record_id: str) -> str | None:
+        """The transaction that creates a record, from its ID-cache entry.
+
+        An entry ``1`` stands for the first of the record's transactions (see
+        ``id_entry`` in :mod:`ccat_buffering_redis.scripts`); one MGET reads both.
+        """
+        with self.translate():
+            entry, record = await self.client.mget(
+                self.keys.ids(model, record_id), self.keys.buffered(model, record_id)
+            )
+        if entry is None or _text(entry) != "1":
+            return None if entry is None else _text(entry)
+        if record is None:
+            return None
+        txs = record_head(_text(record).partition("\n")[0])[2]
+        return txs[0] if txs else None
+
     async def transaction_keys(
         self, transaction_id: str, records: Sequence[tuple[str, str]]
     ) -> list[KeyInfo]:
@@ -997,9 +1012,8 @@ class RedisBackend(AsyncClosing):
                 head = _text(value).partition("\n")[0] if value is not None else ""
                 if transaction_id in record_head(head)[2]:
                     keys.append(buffered)
-                ids = self.keys.ids(model, record_id)
-                if _text(await self.client.get(ids) or b"") == transaction_id:
-                    keys.append(ids)
+                if await self.creator(model, record_id) == transaction_id:
+                    keys.append(self.keys.ids(model, record_id))
         return await self._describe_keys(keys)
 
     async def audit_keys(self) -> list[KeyInfo]:

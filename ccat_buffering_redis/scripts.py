@@ -257,6 +257,21 @@ local function merge_members(list, more)
 end
 
 local FLAGS = {create = {'1', '0'}, update = {'0', '0'}, delete = {'0', '1'}}
+
+-- An ID-cache entry holds its creating transaction, or '1' when that is the
+-- first of the buffered record's transactions: the record has it already, and
+-- Redis stores a small integer in no memory of its own.
+local function id_entry(txid, txs)
+  if string.match(txs, '^[^,]*') == txid then return '1' end
+  return txid
+end
+
+-- The creating transaction an entry names, given the record's value (or nil).
+local function creator(entry, record)
+  if entry ~= '1' then return entry end
+  if not record then return nil end
+  return string.match(record, '^@[^:\n]*:([^,\n]*)')
+end
 """
 
 _FIELD_INDEX = MODEL_INDEX + FIELD_INDEX
@@ -474,7 +489,7 @@ local function merge_record(k, txid, ttl, kind, body, seq)
   local flags = FLAGS[kind]
   if not old then
     redis.call('SET', k, join_record(flags[1], flags[2], seq, txid, body), 'PX', ttl)
-    return '', body, seq
+    return '', body, seq, txid
   end
   local keep = redis.call('PTTL', k)
   local created, deleted, had, txs, fields = split_record(old)
@@ -486,9 +501,9 @@ local function merge_record(k, txid, ttl, kind, body, seq)
     deleted = '1'
   end
   local after = merge_fields(fields, body)
-  local value = join_record(created, deleted, seq, with_tx(txs, txid), after)
-  redis.call('SET', k, value, 'PX', math.max(ttl, keep))
-  return before, after, seq
+  txs = with_tx(txs, txid)
+  redis.call('SET', k, join_record(created, deleted, seq, txs, after), 'PX', math.max(ttl, keep))
+  return before, after, seq, txs
 end
 
 local function write_cache(txid, ttl, at, count)
@@ -501,14 +516,15 @@ local function write_cache(txid, ttl, at, count)
     local k = BUFFERED .. member
     local seq = next_seq()
     local new = join_record(flags[1], flags[2], seq, txid, body)
+    local txs = txid
     if not redis.call('SET', k, new, 'NX', 'PX', ttl) then
       local before, after
-      before, after, seq = merge_record(k, txid, ttl, kind, body, seq)
+      before, after, seq, txs = merge_record(k, txid, ttl, kind, body, seq)
       reindex_fields(model, id, before, after)
     else
       reindex_fields(model, id, '', body)
     end
-    if kind == 'create' then set_keeping_longer(IDS .. member, txid, ttl) end
+    if kind == 'create' then set_keeping_longer(IDS .. member, id_entry(txid, txs), ttl) end
     index_add(model, id, ttl, seq)
     if not seen[member] then
       seen[member] = true
@@ -565,7 +581,7 @@ local function release(txid)
         end
       end
       local idk = IDS .. member
-      if read(idk) == txid then redis.call('DEL', idk) end
+      if creator(read(idk), value) == txid then redis.call('DEL', idk) end
     end
   end
   return deleted
@@ -1045,7 +1061,7 @@ for i = 3, #ARGV do
         extend_bucket(model, record_seq(read(k) or ''), ttl)
       end
       local idk = IDS .. member
-      if read(idk) == txid then extend(idk, ttl) end
+      if creator(read(idk), read(k)) == txid then extend(idk, ttl) end
     end
   end
   -- Only a key that has a TTL (records without a status, or a finished
