@@ -52,8 +52,9 @@ DICTIONARY = (
 COMPRESSIONS = ("zlib",)
 """The compressions a backend can be given (``None`` for none)."""
 
-LEVEL = 1
-"""zlib's fastest level: on a 700-byte transaction it stores about 10 bytes more than level 6."""
+LEVEL = 6
+"""zlib's default level: with the dictionary, about 10 bytes less an entry than level 1, in
+the same time (setting the dictionary up costs more than the compression)."""
 
 
 def check_compression(compression: str | None) -> str | None:
