@@ -25,18 +25,22 @@ Baselines:
   sequence replayed here (``WATCH``, ``EXISTS``, ``MULTI``/``PSETEX``/``ZADD``/``EXEC``
   of the pickled job) and labelled so.
 
-Measurements (goals of issue 3):
+Measurements. The write-path goals of issue 3 (>= 2x the origin's flow with one
+producer, >= 1.5x raw LPUSH with 16, ``buffer_many`` >= 0.8x pipelined LPUSH) were
+retired by issue 12: 1-3 are printed as references, to be kept at least as fast as
+before (compare the ratios with those of the previous commit, in the same run
+conditions; docs/benchmarks.rst keeps the figures).
 
-1. ``buffer()``, one producer (sequential awaits) vs (b) and vs (c): >= 2.0x each.
-2. ``buffer()``, 16 producers on one client (``asyncio.gather``) vs (a) at 16: >= 1.5x.
-3. ``buffer_many()`` of 50, repeated: >= 25,000 transactions/s, and >= 0.8x raw
-   pipelined ``LPUSH`` of 50.
+1. ``buffer()``, one producer (sequential awaits) vs (b) and vs (c).
+2. ``buffer()``, 16 producers on one client (``asyncio.gather``) vs (a) at 16.
+3. ``buffer_many()`` of 50, repeated, and vs raw pipelined ``LPUSH`` of 50.
 4. Redis ``used_memory`` growth (``INFO memory``) per buffered transaction, all its
-   keys counted, over ``--memory-transactions`` (default 100,000), as a multiple of
-   ``len(Transaction.to_json())``: <= 2.5x with default settings, <= 1.2x with
+   keys counted, over ``--memory-transactions`` (default 100,000). Goals of issue 12:
+   <= 2,500 B per transaction with default settings, <= 2,000 B with
    ``compression="zlib"``. The origin's layout (b) is measured the same way for
-   reference. Keys of other clients are counted
-   before and after; a change is reported, since it would blur the figure.
+   reference. Keys of other clients are counted before and after; a change is
+   reported, since it would blur the figure (the sum of ``MEMORY USAGE`` of the
+   layout's keys, printed too, is blind to them).
 
 Only the given database is used (default ``redis://127.0.0.1:6379/15``, or
 ``CCAT_TEST_REDIS_URL``); every key written lives under a ``site:{b<token>-...}``
@@ -433,10 +437,10 @@ async def all_keys(client: Redis) -> int:
 def role_of(key: str, prefix: str) -> str:
     """The part of a key that names its role: ``buffered:``, ``state:buffered``, ..."""
     rest = key[len(prefix) :]
-    for role in ("cache:ids:", "buffered:", "transaction:", "written:", "index:"):
+    for role in ("cache:ids:", "buffered:", "transaction:", "index:", "fields:"):
         if rest.startswith(role):
             return role
-    return rest
+    return rest.rstrip("0123456789").removesuffix(":")  # a state's buckets: the state
 
 
 async def memory_usage(client: Redis, pattern: str, prefix: str) -> dict[str, int]:
@@ -539,15 +543,21 @@ async def memory_origin(ns: Namespace, n: int) -> MemoryFigure:
 # -- the report --------------------------------------------------------------
 
 
-def row(
-    name: str, ours: str, baseline: str, ratio: float, goal: float, at_least: bool = True
-) -> tuple[str, ...]:
-    """A line of the table; ``goal`` is a ratio (or a rate when ``baseline`` is ``-``)."""
-    passed = ratio >= goal if at_least else ratio <= goal
-    sign = ">=" if at_least else "<="
-    shown = f"{ratio:.2f}x" if baseline != "-" else "-"
-    target = f"{sign} {goal:,.1f}x" if baseline != "-" else f"{sign} {goal:,.0f}/s"
-    return (name, ours, baseline, shown, target, "PASS" if passed else "MISS")
+def row(name: str, ours: str, baseline: str, ratio: float | None) -> tuple[str, ...]:
+    """A reference line of the table (no goal)."""
+    shown = "-" if ratio is None else f"{ratio:.2f}x"
+    return (name, ours, baseline, shown, "ref.", "ref.")
+
+
+def memory_row(label: str, figure: MemoryFigure, goal: float | None) -> tuple[str, ...]:
+    """A line of the memory figure; ``goal`` in bytes per transaction."""
+    name = f"4. used_memory per tx, {label}"
+    line = (name, f"{figure.used_memory:,.0f} B/tx", f"{figure.payload:,.0f} B JSON")
+    shown = f"{figure.ratio:.2f}x"
+    if goal is None:
+        return (*line, shown, "ref.", "ref.")
+    passed = "PASS" if figure.used_memory <= goal else "MISS"
+    return (*line, shown, f"<= {goal:,.0f} B", passed)
 
 
 def rate(value: float) -> str:
@@ -591,10 +601,10 @@ async def _run(ns: Namespace, opts: Options, version: str) -> None:
     rows: list[tuple[str, ...]] = []
     spreads: list[str] = []
 
-    def compared(label: str, runs: Runs, baseline: str, goal: float) -> None:
+    def compared(label: str, runs: Runs, baseline: str) -> None:
         ratios = runs.ratios("ours", baseline)
         ours, base = rate(runs.median("ours")), rate(runs.median(baseline))
-        rows.append(row(label, ours, base, statistics.median(ratios), goal))
+        rows.append(row(label, ours, base, statistics.median(ratios)))
         spreads.append(f"{label.split(' ')[0]} {baseline}: {min(ratios):.2f}-{max(ratios):.2f}x")
 
     one = await compare(
@@ -602,8 +612,8 @@ async def _run(ns: Namespace, opts: Options, version: str) -> None:
         {"ours": ours_flow(client, pool), "b": origin_flow(client, payloads), "c": arq},
         opts,
     )
-    compared("1. buffer(), 1 producer vs (b) origin, 4 awaited commands", one, "b", 2.0)
-    compared("1. buffer(), 1 producer vs (c) arq enqueue", one, "c", 2.0)
+    compared("1. buffer(), 1 producer vs (b) origin, 4 awaited commands", one, "b")
+    compared("1. buffer(), 1 producer vs (c) arq enqueue", one, "c")
 
     many = await compare(
         ns,
@@ -611,7 +621,7 @@ async def _run(ns: Namespace, opts: Options, version: str) -> None:
         opts,
         producers=PRODUCERS,
     )
-    compared(f"2. buffer(), {PRODUCERS} producers vs (a) LPUSH x{PRODUCERS}", many, "a", 1.5)
+    compared(f"2. buffer(), {PRODUCERS} producers vs (a) LPUSH x{PRODUCERS}", many, "a")
 
     batched = await compare(
         ns,
@@ -619,26 +629,15 @@ async def _run(ns: Namespace, opts: Options, version: str) -> None:
         opts,
     )
     best = batched.median("ours")
-    rows.append(row(f"3. buffer_many({BATCH}), transactions/s", rate(best), "-", best, 25e3))
-    compared(f"3. buffer_many({BATCH}) vs (a) pipelined LPUSH x{BATCH}", batched, "a", 0.8)
+    rows.append(row(f"3. buffer_many({BATCH}), transactions/s", rate(best), "-", None))
+    compared(f"3. buffer_many({BATCH}) vs (a) pipelined LPUSH x{BATCH}", batched, "a")
 
     n = opts.memory_transactions
     ours, origin = await memory_ours(ns, n), await memory_origin(ns, n)
     zlib = await memory_ours(ns, n, "zlib")
-    for label, figure, goal in (
-        ("ours", ours, 2.5),
-        ("ours, compression=zlib", zlib, 1.2),
-        ("(b) origin layout", origin, None),
-    ):
-        line = row(
-            f"4. used_memory per tx, {label}",
-            f"{figure.used_memory:,.0f} B/tx",
-            f"{figure.payload:,.0f} B JSON",
-            figure.ratio,
-            goal or 0.0,
-            at_least=False,
-        )
-        rows.append(line if goal else (*line[:4], "~5x (ref.)", "ref."))
+    rows.append(memory_row("ours", ours, 2500))
+    rows.append(memory_row("ours, compression=zlib", zlib, 2000))
+    rows.append(memory_row("(b) origin layout", origin, None))
     print_table(rows)
     print("ratio is the median of per-round ratios; their range: " + "; ".join(spreads))
     print(

@@ -398,9 +398,10 @@ class CacheStore(Protocol):
         value given for it (values compare as the JSON data they are buffered
         as); a field a record does not hold never qualifies it. Its other
         fields may differ: the caller decides what matches. Records come in
-        the order first written, each once. The backend keeps an index by
-        field value, so the cost follows the records found, not those
-        buffered.
+        the order first written, each once. The backend may keep an index
+        by field value, so that the cost follows the records found, not
+        those buffered (the Redis backend indexes a field from the first
+        ``find()`` on it, which pays one scan of the model's records).
 
         Args:
             model: The model's name.

@@ -12,11 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import itertools
 import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -110,7 +119,8 @@ def _status_json(status: TransactionStatus) -> str:
 def _status_of(transaction_id: str, raw: bytes | str) -> TransactionStatus | None:
     # The key holds the JSON, then (after a newline) the records the transaction
     # wrote; records without a status (a cache write alone) are no status.
-    text = _text(raw).partition("\n")[0]
+    # A status in a bucketed state index starts with its sequence number (see _state_index).
+    text = _text(raw).partition("\n")[0].lstrip("0123456789")
     if not text:
         return None
     head = '{"transaction_id":' + _quoted(transaction_id)
@@ -131,11 +141,13 @@ class Op:
         text: Its tokens, each ended by :data:`SEP`.
         tokens: How many tokens ``text`` holds, the operation's name included.
         blobs: Text from outside the library, sent as arguments of their own.
+        models: The models whose records it writes (cache writes).
     """
 
     text: str
     tokens: int
     blobs: tuple[str | bytes, ...] = ()
+    models: tuple[str, ...] = ()
 
     @property
     def buffers(self) -> bool:
@@ -172,14 +184,24 @@ def _status_op(status: TransactionStatus, ttl_seconds: float) -> Op:
     )
 
 
-def record_text(fields: Mapping[str, Any]) -> str:
-    """A buffered record's field lines: ``<field>=<JSON value>``, one per field."""
-    return "\n".join([name + "=" + _value_json(value) for name, value in fields.items()])
+def record_text(fields: Mapping[str, Any], record_id: str) -> str:
+    """A buffered record's field lines: ``<field>=<JSON value>``, one per field.
+
+    A field whose value is the record's id as text (its key, most often) is
+    stored as ``<field>=``: the key already holds that text.
+    """
+    folded = '"' + record_id + '"'
+    lines = []
+    for name, value in fields.items():
+        text = _value_json(value)
+        lines.append(name + "=" + ("" if text == folded else text))
+    return "\n".join(lines)
 
 
 def record_head(head: str) -> tuple[bool, bool, tuple[str, ...]]:
-    """Created, deleted and the transactions, from a record's ``@<c><d>:<tx>,<tx>`` line."""
-    return head[1:2] == "1", head[2:3] == "1", tuple(t for t in head[4:].split(",") if t)
+    """Created, deleted and the transactions, from a record's ``@<c><d><seq>:<tx>,<tx>`` line."""
+    txs = head.partition(":")[2]
+    return head[1:2] == "1", head[2:3] == "1", tuple(t for t in txs.split(",") if t)
 
 
 def field_prefix(name: str, value: Any) -> bytes:
@@ -194,8 +216,14 @@ def _cache_op(transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: fl
     tokens = ["cache", _inline(transaction_id, "transaction id"), str(_ms(ttl_seconds))]
     tokens.append(str(len(writes)))
     for write in writes:
-        tokens += (write.model, write.record_id, str(write.kind), record_text(write.fields))
-    return _op(*tokens)
+        tokens += (
+            write.model,
+            write.record_id,
+            str(write.kind),
+            record_text(write.fields, write.record_id),
+        )
+    op = _op(*tokens)
+    return Op(op.text, op.tokens, models=tuple(dict.fromkeys(w.model for w in writes)))
 
 
 def _retry_op(receipts: Sequence[str], delay_seconds: float) -> Op:
@@ -495,7 +523,7 @@ class RedisCacheStore(_Part):
         fields = {}
         for line in lines.split("\n") if lines else ():
             name, _, value = line.partition("=")
-            fields[name] = json.loads(value)
+            fields[name] = json.loads(value) if value else record_id
         return CachedRecord(
             model,
             record_id,
@@ -534,8 +562,8 @@ class RedisCacheStore(_Part):
         """See :meth:`ccat_buffering.protocols.CacheStore.find`."""
         if not equals:
             return []
-        prefixes = [field_prefix(name, value) for name, value in equals.items()]
-        now_ms, rows = await self._backend.script("cache_find", model, *prefixes)
+        pairs = [(name, field_prefix(name, value)) for name, value in equals.items()]
+        now_ms, rows = await self._backend.script("cache_find", model, *itertools.chain(*pairs))
         now = int(now_ms) / 1000
         records = [self._record(model, _text(rid), raw, int(ttl), now) for rid, ttl, raw in rows]
         # Long values share an entry with those of the same start and length,
@@ -548,9 +576,7 @@ class RedisCacheStore(_Part):
 
     async def created_by(self, model: str, record_id: str) -> str | None:
         """See :meth:`ccat_buffering.protocols.CacheStore.created_by`."""
-        with self._backend.translate():
-            value = await self._backend.client.get(self._keys.ids(model, record_id))
-        return None if value is None else _text(value)
+        return await self._backend.creator(model, record_id)
 
     async def extend(self, transaction_ids: Sequence[str], ttl_seconds: float) -> int:
         """See :meth:`ccat_buffering.protocols.CacheStore.extend`."""
@@ -667,6 +693,7 @@ _SCRIPTS = {
     "cache_get": scripts.CACHE_GET,
     "cache_get_many": scripts.CACHE_GET_MANY,
     "cache_find": scripts.CACHE_FIND,
+    "cache_learn": scripts.CACHE_LEARN,
     "buffer_stats": scripts.BUFFER_STATS,
     "lease_current": scripts.LEASE_CURRENT,
     "letters_get": scripts.LETTERS_GET,
@@ -693,6 +720,11 @@ class RedisBackend(AsyncClosing):
         allow_eviction: Buffer even on a Redis whose ``maxmemory-policy``
             evicts keys. Eviction loses acknowledged transactions without a
             word: without this, buffering there raises ``ConfigurationError``.
+        indexed_fields: Fields to index for ``CacheStore.find()`` from the
+            first write of their model on, by model name. Any other field is
+            indexed by the first ``find()`` on it (see
+            :mod:`ccat_buffering_redis._field_index`); naming it here only
+            spares that first call the scan.
 
     Raises:
         ConfigurationError: ``compression`` names no known compression.
@@ -707,8 +739,10 @@ class RedisBackend(AsyncClosing):
         compression: str | None = None,
         where: str | None = None,
         allow_eviction: bool = False,
+        indexed_fields: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         self.keys = SiteKeys(site)
+        self._unlearned = {m: tuple(f) for m, f in (indexed_fields or {}).items() if f}
         self.allow_eviction = allow_eviction
         self._policy_checked_at = -math.inf
         self._eviction_problem: str | None = None
@@ -752,6 +786,7 @@ class RedisBackend(AsyncClosing):
         coalesce: bool = True,
         compression: str | None = None,
         allow_eviction: bool = False,
+        indexed_fields: Mapping[str, Iterable[str]] | None = None,
         **options: Any,
     ) -> RedisBackend:
         """Open a backend that owns its client, for a Redis URL.
@@ -767,6 +802,7 @@ class RedisBackend(AsyncClosing):
                 one, wins.
             allow_eviction: As in the constructor; a URL parameter
                 ``allow_eviction=true`` turns it on too.
+            indexed_fields: As in the constructor.
             **options: Passed to the redis-py client. Connect and socket
                 timeouts are on by default (see :func:`~ccat_buffering_redis._connect.open_client`).
 
@@ -795,6 +831,7 @@ class RedisBackend(AsyncClosing):
             compression=compression,
             where=where,
             allow_eviction=allow_eviction,
+            indexed_fields=indexed_fields,
         )
         backend._owns_client = True
         return backend
@@ -887,11 +924,25 @@ class RedisBackend(AsyncClosing):
         if self._eviction_problem is not None and any(op.buffers for op in ops):
             raise ConfigurationError(self._eviction_problem)
         if self._coalescer is not None:
-            return await self._coalescer.submit(ops)
-        (result,) = await self._apply_groups([ops])
-        if isinstance(result, BackendError):
-            raise result
+            result = await self._coalescer.submit(ops)
+        else:
+            (outcome,) = await self._apply_groups([ops])
+            if isinstance(outcome, BackendError):
+                raise outcome
+            result = outcome
+        if self._unlearned:
+            await self._learn_configured(ops)
         return result
+
+    async def _learn_configured(self, ops: list[Op]) -> None:
+        """Index the ``indexed_fields`` of the models ``ops`` wrote, once per model."""
+        for model in {m for op in ops for m in op.models if m in self._unlearned}:
+            fields = self._unlearned.pop(model)
+            try:
+                await self.script("cache_learn", model, *fields)
+            except BackendError as exc:
+                # The write stands; find() learns the fields on its first call instead.
+                log.warning("could not index %s of %s yet: %s", fields, model, exc)
 
     @asynccontextmanager
     async def atomic(self) -> AsyncIterator[RedisWriteBatch]:
@@ -932,6 +983,23 @@ class RedisBackend(AsyncClosing):
                         return text
         return None
 
+    async def creator(self, model: str, record_id: str) -> str | None:
+        """The transaction that creates a record, from its ID-cache entry.
+
+        An entry ``1`` stands for the first of the record's transactions (see
+        ``id_entry`` in :mod:`ccat_buffering_redis.scripts`); one MGET reads both.
+        """
+        with self.translate():
+            entry, record = await self.client.mget(
+                self.keys.ids(model, record_id), self.keys.buffered(model, record_id)
+            )
+        if entry is None or _text(entry) != "1":
+            return None if entry is None else _text(entry)
+        if record is None:
+            return None
+        txs = record_head(_text(record).partition("\n")[0])[2]
+        return txs[0] if txs else None
+
     async def transaction_keys(
         self, transaction_id: str, records: Sequence[tuple[str, str]]
     ) -> list[KeyInfo]:
@@ -944,9 +1012,8 @@ class RedisBackend(AsyncClosing):
                 head = _text(value).partition("\n")[0] if value is not None else ""
                 if transaction_id in record_head(head)[2]:
                     keys.append(buffered)
-                ids = self.keys.ids(model, record_id)
-                if _text(await self.client.get(ids) or b"") == transaction_id:
-                    keys.append(ids)
+                if await self.creator(model, record_id) == transaction_id:
+                    keys.append(self.keys.ids(model, record_id))
         return await self._describe_keys(keys)
 
     async def audit_keys(self) -> list[KeyInfo]:
@@ -956,7 +1023,7 @@ class RedisBackend(AsyncClosing):
         with self.translate():
             async for raw in self.client.scan_iter(match=self.keys.pattern(), count=1000):
                 key = _text(raw)
-                if key in bounded or await self.client.pttl(key) != -1:
+                if key in bounded or self.keys.is_bounded(key) or await self.client.pttl(key) != -1:
                     continue
                 transaction_id = self.keys.status_id(key)
                 if transaction_id is not None:
@@ -1039,11 +1106,15 @@ class RedisBackend(AsyncClosing):
 
     async def _buffering_rate(self, sample: int = 100) -> float | None:
         """Transactions a second, from when the newest waiting ones were buffered."""
+        listed = self.keys.state(TransactionState.BUFFERED)
+        newest: list[Any] = []
         with self.translate():
-            newest = await self.client.zrange(
-                self.keys.state(TransactionState.BUFFERED), -sample, -1
-            )
-        ids = [_text(t) for t in newest if isinstance(t, bytes | str)]
+            buckets: list[Any] = await self.client.zrange(listed, -8, -1)
+            for bucket in reversed(buckets):
+                newest[:0] = await self.client.zrange(f"{listed}:{_text(bucket)}", 0, -1)
+                if len(newest) >= sample:
+                    break
+        ids = [_text(t) for t in newest[-sample:] if isinstance(t, bytes | str)]
         if len(ids) < 10:
             return None
         statuses = [s for s in await self.status.get_many(ids) if s is not None]

@@ -2,10 +2,14 @@
 
 With ``compression="zlib"`` (or ``?compression=zlib`` on the backend URL) each
 entry pushed to the queue is stored as :data:`MARKER` followed by the zlib
-stream of its UTF-8 text. An entry keeps that form while it waits, while it is
-in flight and while it is a dead letter; every reader of the backend turns it
-back into text with :func:`entry_text`, so the manager, the processor and the
-operator's commands never see the difference. Entries stored without
+stream of its UTF-8 text, compressed with :data:`DICTIONARY` as zlib's preset
+dictionary: the names every transaction's JSON repeats, which a 700-byte text
+is too short for zlib to learn (about 90 bytes less an entry). Entries stored
+as :data:`PLAIN_MARKER` and a zlib stream without a dictionary are read too.
+An entry keeps that form while it waits, while it is in flight and while it
+is a dead letter; every reader of the backend turns it back into text with
+:func:`entry_text`, so the manager, the processor and the operator's commands
+never see the difference. Entries stored without
 compression (before it was turned on, by another client, by hand) are read as
 they are, so the setting can be turned on or off at any time.
 
@@ -20,16 +24,37 @@ import zlib
 
 from ccat_buffering.errors import ConfigurationError
 
-__all__ = ["COMPRESSIONS", "MARKER", "check_compression", "entry_bytes", "entry_text"]
+__all__ = [
+    "COMPRESSIONS",
+    "DICTIONARY",
+    "MARKER",
+    "PLAIN_MARKER",
+    "check_compression",
+    "entry_bytes",
+    "entry_text",
+]
 
-MARKER = b"\xffZ"
-"""Starts a compressed entry. No UTF-8 text starts with the byte 0xFF."""
+MARKER = b"\xffD"
+"""Starts an entry compressed with :data:`DICTIONARY`. No UTF-8 text starts with the byte 0xFF."""
+
+PLAIN_MARKER = b"\xffZ"
+"""Starts an entry compressed without a dictionary (read only)."""
+
+DICTIONARY = (
+    b'{"$decimal":"{"$date":"{"$uuid":"+00:00"},"operation":"update","operation":"delete",'
+    b'"key_fields":["id"]},{"step_id":"s1","operation":"create","model":"","data":{"id":"'
+    b'{"format_version":1,"transaction_id":"","endpoint":"","steps":[{"step_id":"s0",'
+    b'"operation":"create","model":"","data":{"$datetime":"+00:00"},"id":"'
+    b'"},"key_fields":["id"]}],"created_at":"'
+)
+"""zlib's preset dictionary for queue entries: part of the stored format, never to change."""
 
 COMPRESSIONS = ("zlib",)
 """The compressions a backend can be given (``None`` for none)."""
 
-LEVEL = 1
-"""zlib's fastest level: on a 700-byte transaction it stores about 10 bytes more than level 6."""
+LEVEL = 6
+"""zlib's default level: with the dictionary, about 10 bytes less an entry than level 1, in
+the same time (setting the dictionary up costs more than the compression)."""
 
 
 def check_compression(compression: str | None) -> str | None:
@@ -50,7 +75,8 @@ def entry_bytes(payload: str, compression: str | None) -> str | bytes:
     """What to store for a queue entry: the text itself, or its compressed form."""
     if compression is None:
         return payload
-    return MARKER + zlib.compress(payload.encode(), LEVEL)
+    packer = zlib.compressobj(LEVEL, zdict=DICTIONARY)
+    return MARKER + packer.compress(payload.encode()) + packer.flush()
 
 
 def entry_text(raw: bytes | str) -> str:
@@ -62,9 +88,14 @@ def entry_text(raw: bytes | str) -> str:
     """
     if isinstance(raw, str):
         return raw
-    if raw.startswith(MARKER):
+    if raw.startswith((MARKER, PLAIN_MARKER)):
         try:
-            return zlib.decompress(raw[len(MARKER) :]).decode()
+            if raw.startswith(PLAIN_MARKER):
+                return zlib.decompress(raw[len(PLAIN_MARKER) :]).decode()
+            unpacker = zlib.decompressobj(zdict=DICTIONARY)
+            text = unpacker.decompress(raw[len(MARKER) :]) + unpacker.flush()
+            if unpacker.eof:  # else a stream cut short
+                return text.decode()
         except (zlib.error, UnicodeDecodeError):
             pass
     return raw.decode("utf-8", "replace")

@@ -11,15 +11,18 @@ key                                         type     what
 ==========================================  =======  ==========================================
 ``transaction_buffer``                      list     the FIFO: LPUSH in, claimed from the right
 ``transaction:<transaction_id>``            string   status JSON without the id (the key has it)
-                                                     and without default values; then, after a
+                                                     and without default values (in a bucketed
+                                                     state after its sequence number); then, after a
                                                      newline, the ``<Model>:<id>`` records it wrote,
                                                      space-separated, while they are buffered; TTL
                                                      once terminal (records alone: as the records)
 ``cache:ids:<Model>:<id>``                  string   write-through ID cache: the creating
-                                                     transaction; TTL extended until replicated
+                                                     transaction, or ``1`` for the record's first;
+                                                     TTL extended until replicated
 ``buffered:<Model>:<id>``                   string   buffered record: a head line ``@<created
-                                                     0|1><deleted 0|1>:<tx>,<tx>...``, then a
-                                                     line ``<field>=<JSON value>`` per field;
+                                                     0|1><deleted 0|1><seq>:<tx>,<tx>...``, then a
+                                                     line ``<field>=<JSON value>`` per field (the
+                                                     record's id as text: ``<field>=``);
                                                      TTL extended until replicated
 ``inflight``                                hash     receipt -> claimed entry, as stored
 ``inflight:leases``                         zset     receipt -> lease deadline (ms)
@@ -31,17 +34,21 @@ key                                         type     what
 ``dead_letters:meta``                       hash     letter id -> reason, time, transaction id
 ``dead_letters:order``                      zset     letter id -> arrival order
 ``state:<state>``                           zset     transaction ids per state: committed by LSN,
-                                                     terminal by expiry (ms), others by arrival
-``index:<Model>``                           zset     record ids of a model by first write;
-                                                     TTL follows its longest-lived record
+                                                     terminal by expiry (ms); buffered, processing
+                                                     and retrying: their buckets by number, each
+                                                     ``state:<state>:<n>`` the ids of 128 numbers
+``index:<Model>``                           zset     a model's buckets by number, each
+                                                     ``index:<Model>:<n>`` the record ids of 128
+                                                     numbers (first writes); TTL follows the
+                                                     longest-lived record (of the bucket)
 ``state:cursors``                           hash     state -> where the reconciliation of its
                                                      index stands (``status`` checks a slice a look)
 ``buffer_epoch``                            string   the buffer's marker: ``<epoch> <started ms>``,
                                                      checked against the main database
 ``fields:<Model>``                          zset     field index: ``<field>=<JSON value><NUL>
-                                                     <id>`` per field of each record (values
-                                                     over 64 bytes by their start and length);
-                                                     TTL as ``index:``
+                                                     <id>`` per registered field (``<NUL><field>``)
+                                                     of each record (values over 64 bytes by their
+                                                     start and length); TTL as ``index:``
 ``lease``                                   string   the processor lease token; PX TTL
 ``processor``                               string   the draining processor's report (JSON);
                                                      PX TTL
@@ -52,7 +59,10 @@ from __future__ import annotations
 
 from ccat_buffering.models import TransactionState, check_identifier
 
-__all__ = ["BOUNDED", "SUFFIXES", "SiteKeys"]
+SEQ_STATES = ("buffered", "processing", "retrying")
+"""States whose index is kept in buckets (see ``_state_index``)."""
+
+__all__ = ["BOUNDED", "SEQ_STATES", "SUFFIXES", "SiteKeys"]
 
 SUFFIXES = {
     "buffer": "transaction_buffer",
@@ -205,8 +215,23 @@ class SiteKeys:
         return key[len(start) :] if key.startswith(start) else None
 
     def bounded(self) -> set[str]:
-        """Full names of the site's bounded structures."""
+        """Full names of the site's bounded structures (see :meth:`is_bounded` for buckets)."""
         return {self.prefix + suffix for suffix in BOUNDED}
+
+    def is_bounded(self, key: str) -> bool:
+        """Whether ``key`` is a bounded structure: one of :meth:`bounded` or a state bucket."""
+        if key in self.bounded():
+            return True
+        state, _, bucket = key.removeprefix(self.prefix + SUFFIXES["state"]).partition(":")
+        return key.startswith(self.prefix) and state in SEQ_STATES and bucket.isdigit()
+
+    def state_bucket(self, state: TransactionState, bucket: int) -> str:
+        """A bucket of a state index kept in buckets (see ``_state_index``)."""
+        return f"{self.state(state)}:{bucket}"
+
+    def index_bucket(self, model: str, bucket: int) -> str:
+        """A bucket of a model index (see ``_model_index``)."""
+        return f"{self.index(model)}:{bucket}"
 
     def pattern(self) -> str:
         """A ``SCAN MATCH`` pattern for every key of the site (inspection only)."""

@@ -17,6 +17,9 @@ neither escaped nor parsed. The frame's grammar is written out in ``APPLY``.
 from __future__ import annotations
 
 from ccat_buffering.models import TransactionState
+from ccat_buffering_redis._field_index import CACHE_FIND_BODY, CACHE_LEARN_BODY, FIELD_INDEX
+from ccat_buffering_redis._model_index import MODEL_INDEX
+from ccat_buffering_redis._state_index import STATE_INDEX
 from ccat_buffering_redis.keys import SUFFIXES
 
 __all__ = [
@@ -26,6 +29,7 @@ __all__ = [
     "CACHE_FIND",
     "CACHE_GET",
     "CACHE_GET_MANY",
+    "CACHE_LEARN",
     "CACHE_LIST",
     "CLAIM",
     "LEASE_ACQUIRE",
@@ -176,11 +180,12 @@ end
 """
 
 _RECORDS = r"""
--- A buffered record is a string: a head line '@<created 0|1><deleted 0|1>:<tx>,<tx>...'
--- then a line '<field>=<JSON value>' per field (names are identifiers; JSON
--- text holds no raw newline).
-local function join_record(created, deleted, txs, fields)
-  local head = '@' .. created .. deleted .. ':' .. txs
+-- A buffered record is a string: a head line
+-- '@<created 0|1><deleted 0|1><sequence number>:<tx>,<tx>...' then a line
+-- '<field>=<JSON value>' per field (names are identifiers; JSON text holds no
+-- raw newline). The number places it in its model index (see MODEL_INDEX).
+local function join_record(created, deleted, seq, txs, fields)
+  local head = '@' .. created .. deleted .. seq .. ':' .. txs
   if fields == '' then return head end
   return head .. '\n' .. fields
 end
@@ -189,7 +194,9 @@ local function split_record(value)
   local nl = string.find(value, '\n', 1, true)
   local head, fields = value, ''
   if nl then head, fields = string.sub(value, 1, nl - 1), string.sub(value, nl + 1) end
-  return string.sub(head, 2, 2), string.sub(head, 3, 3), string.sub(head, 5), fields
+  local colon = string.find(head, ':', 4, true) or #head
+  return string.sub(head, 2, 2), string.sub(head, 3, 3), string.sub(head, 4, colon - 1),
+    string.sub(head, colon + 1), fields
 end
 
 -- The field lines of `later` over those of `earlier`, in the order first written.
@@ -250,64 +257,24 @@ local function merge_members(list, more)
 end
 
 local FLAGS = {create = {'1', '0'}, update = {'0', '0'}, delete = {'0', '1'}}
+
+-- An ID-cache entry holds its creating transaction, or '1' when that is the
+-- first of the buffered record's transactions: the record has it already, and
+-- Redis stores a small integer in no memory of its own.
+local function id_entry(txid, txs)
+  if string.match(txs, '^[^,]*') == txid then return '1' end
+  return txid
+end
+
+-- The creating transaction an entry names, given the record's value (or nil).
+local function creator(entry, record)
+  if entry ~= '1' then return entry end
+  if not record then return nil end
+  return string.match(record, '^@[^:\n]*:([^,\n]*)')
+end
 """
 
-_FIELD_INDEX = r"""
--- The field index of a model (fields:<Model>): a zset of '<field>=<JSON value>\0<id>'
--- at score 0, so that ZRANGEBYLEX finds the records holding a value (CACHE_FIND).
--- A value longer than 64 bytes is indexed by its first 56 bytes, '#' and its length
--- (no JSON text ends so); CacheStore.find drops the records that only share those.
--- It follows the records exactly: every write moves a record's entries
--- from the fields it had to those it has, a release takes them out.
-local FIELDS = P .. '{fields}'
-local function field_members(fields, id, out)
-  for name, value in string.gmatch(fields, '([^\n=]+=)([^\n]*)') do
-    if #value > 64 then value = string.sub(value, 1, 56) .. '#' .. #value end
-    out[#out + 1] = name .. value .. '\0' .. id
-  end
-  return out
-end
-
--- Entries to add, gathered per model (score, member pairs) and sent with one
--- ZADD per model; sent before any removal, so that a removal always follows
--- the addition it undoes.
-local FIELD_ADD = {}
-local function flush_fields()
-  for model, list in pairs(FIELD_ADD) do in_slices({'ZADD', FIELDS .. model}, list) end
-  FIELD_ADD = {}
-end
-
-local function reindex_fields(model, id, before, after)
-  local add = FIELD_ADD[model]
-  if not add then add = {}; FIELD_ADD[model] = add end
-  if before == '' then
-    for _, m in ipairs(field_members(after, id, {})) do
-      add[#add + 1] = 0
-      add[#add + 1] = m
-    end
-    return
-  end
-  local old, new = field_members(before, id, {}), field_members(after, id, {})
-  local keep, had, gone = {}, {}, {}
-  for _, m in ipairs(new) do keep[m] = true end
-  for _, m in ipairs(old) do
-    had[m] = true
-    if not keep[m] then gone[#gone + 1] = m end
-  end
-  if #gone > 0 then
-    flush_fields()
-    in_slices({'ZREM', FIELDS .. model}, gone)
-    add = {}
-    FIELD_ADD[model] = add
-  end
-  for _, m in ipairs(new) do
-    if not had[m] then
-      add[#add + 1] = 0
-      add[#add + 1] = m
-    end
-  end
-end
-""".replace("{fields}", SUFFIXES["fields"])
+_FIELD_INDEX = MODEL_INDEX + FIELD_INDEX
 
 APPLY = (
     _PRELUDE
@@ -316,6 +283,7 @@ APPLY = (
     + _RECORDS
     + _STATUS_VALUES
     + _FIELD_INDEX
+    + STATE_INDEX
     + r"""
 -- The call's tokens (see the frame below), read by the operations.
 local T = {}
@@ -359,15 +327,15 @@ local STORED = {}
 -- Records each transaction wrote in this call, and those whose stored list
 -- was released (dropped when its status key is written).
 local WRITTEN_ADD, CLEARED = {}, {}
-local INDEX_ADD, INDEX_TTL = {}, {}
+local INDEX_TTL = {}
 
 local function put_status(txid, json, state, ttl, score, member)
   if not TERMINAL[state] and score == '' then score = next_seq() end
   G.statuses[#G.statuses + 1] = {txid, json, state, tonumber(ttl), score, member}
 end
 
-local function index_add(model, id, ttl)
-  G.index[#G.index + 1] = {model, next_seq(), id, ttl}
+local function index_add(model, id, ttl, seq)
+  G.index[#G.index + 1] = {model, seq, id, ttl}
 end
 
 local function add_written(txid, members, ttl)
@@ -383,6 +351,7 @@ local function add_index(entry)
   if not list then list = {}; INDEX_ADD[model] = list end
   list[#list + 1] = seq
   list[#list + 1] = id
+  extend_bucket(model, seq, ttl)
   if not INDEX_TTL[model] or INDEX_TTL[model] < ttl then INDEX_TTL[model] = ttl end
 end
 
@@ -395,11 +364,6 @@ local function commit_stage(stage)
   end
   for _, w in ipairs(stage.written) do add_written(w[1], w[2], w[3]) end
   for _, e in ipairs(stage.index) do add_index(e) end
-end
-
-local function flush_indexes()
-  for model, list in pairs(INDEX_ADD) do in_slices({'ZADD', INDEX .. model, 'NX'}, list) end
-  INDEX_ADD = {}
 end
 
 -- Entries pushed one after another go in one LPUSH (same order as one LPUSH
@@ -438,7 +402,7 @@ local function flush_statuses()
     local got = redis.call('MGET', unpack(unread, i, math.min(i + 999, #unread)))
     for j = 1, #got do olds[at[i + j - 1]] = got[j] end
   end
-  local plain, adds, removes, writes = {}, {}, {}, {}
+  local plain, adds, removes, seq_removes, writes = {}, {}, {}, {}, {}
   local function note(map, state, a, b)
     local entries = map[state]
     if not entries then entries = {}; map[state] = entries end
@@ -455,6 +419,7 @@ local function flush_statuses()
     local new = STATUS_NEW[txid]
     if new then
       local json, state, ttl, score, member = unpack(new)
+      if SEQ_STATES[state] then json = score .. json end
       local value = join_status(json, members)
       if TERMINAL[state] then
         writes[#writes + 1] = {keys[i], value, ttl}
@@ -465,7 +430,9 @@ local function flush_statuses()
       end
       note(adds, state, score, member)
       local was = string.match(old_json, '"state":"(%a+)"')
-      if was then
+      if was and SEQ_STATES[was] then
+        note(seq_removes, was, status_seq(old_json) or -1, txid)
+      elseif was then
         local was_member = state_member(was, txid, string.match(old_json, '"commit_lsn":"([^"]+)"'))
         if was ~= state or was_member ~= member then note(removes, was, was_member) end
       end
@@ -481,6 +448,9 @@ local function flush_statuses()
     end
   end
   for state, members in pairs(removes) do in_slices({'ZREM', STATE .. state}, members) end
+  for state, list in pairs(seq_removes) do
+    for j = 1, #list, 2 do state_remove(state, list[j], list[j + 1]) end
+  end
   for _, w in ipairs(writes) do
     if w[3] > 0 then
       redis.call('SET', w[1], w[2], 'PX', w[3])
@@ -489,7 +459,13 @@ local function flush_statuses()
     end
   end
   if #plain > 0 then in_slices({'MSET'}, plain) end
-  for state, pairs_ in pairs(adds) do in_slices({'ZADD', STATE .. state}, pairs_) end
+  for state, pairs_ in pairs(adds) do
+    if SEQ_STATES[state] then
+      state_add(state, pairs_)
+    else
+      in_slices({'ZADD', STATE .. state}, pairs_)
+    end
+  end
 end
 
 -- Set a string to value with a TTL of ttl ms, keeping a longer TTL it already has.
@@ -506,15 +482,18 @@ end
 -- A record already buffered: a create replaces its fields, an update or a
 -- delete merges into them; its transactions gain this one; its TTL never
 -- shortens. A key of another type (written by hand) is replaced.
-local function merge_record(k, txid, ttl, kind, body)
+-- Returns the fields before and after, and the record's sequence number (the
+-- one it was first written with; `seq` if it had none).
+local function merge_record(k, txid, ttl, kind, body, seq)
   local old = read(k)
   local flags = FLAGS[kind]
   if not old then
-    redis.call('SET', k, join_record(flags[1], flags[2], txid, body), 'PX', ttl)
-    return '', body
+    redis.call('SET', k, join_record(flags[1], flags[2], seq, txid, body), 'PX', ttl)
+    return '', body, seq, txid
   end
   local keep = redis.call('PTTL', k)
-  local created, deleted, txs, fields = split_record(old)
+  local created, deleted, had, txs, fields = split_record(old)
+  seq = tonumber(had) or seq
   local before = fields
   if kind == 'create' then
     created, deleted, fields = '1', '0', ''
@@ -522,9 +501,9 @@ local function merge_record(k, txid, ttl, kind, body)
     deleted = '1'
   end
   local after = merge_fields(fields, body)
-  local value = join_record(created, deleted, with_tx(txs, txid), after)
-  redis.call('SET', k, value, 'PX', math.max(ttl, keep))
-  return before, after
+  txs = with_tx(txs, txid)
+  redis.call('SET', k, join_record(created, deleted, seq, txs, after), 'PX', math.max(ttl, keep))
+  return before, after, seq, txs
 end
 
 local function write_cache(txid, ttl, at, count)
@@ -535,13 +514,18 @@ local function write_cache(txid, ttl, at, count)
     local flags = FLAGS[kind]
     local member = model .. ':' .. id
     local k = BUFFERED .. member
-    if not redis.call('SET', k, join_record(flags[1], flags[2], txid, body), 'NX', 'PX', ttl) then
-      reindex_fields(model, id, merge_record(k, txid, ttl, kind, body))
+    local seq = next_seq()
+    local new = join_record(flags[1], flags[2], seq, txid, body)
+    local txs = txid
+    if not redis.call('SET', k, new, 'NX', 'PX', ttl) then
+      local before, after
+      before, after, seq, txs = merge_record(k, txid, ttl, kind, body, seq)
+      reindex_fields(model, id, before, after)
     else
       reindex_fields(model, id, '', body)
     end
-    if kind == 'create' then set_keeping_longer(IDS .. member, txid, ttl) end
-    index_add(model, id, ttl)
+    if kind == 'create' then set_keeping_longer(IDS .. member, id_entry(txid, txs), ttl) end
+    index_add(model, id, ttl, seq)
     if not seen[member] then
       seen[member] = true
       members[#members + 1] = member
@@ -583,20 +567,21 @@ local function release(txid)
       local k = BUFFERED .. member
       local value = read(k)
       if value then
-        local created, was_deleted, txs, fields = split_record(value)
+        local created, was_deleted, seq, txs, fields = split_record(value)
         local rest = without_tx(txs, txid)
         if rest == '' then
           local sep = string.find(member, ':', 1, true)
+          local model, id = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
           redis.call('DEL', k)
-          redis.call('ZREM', INDEX .. string.sub(member, 1, sep - 1), string.sub(member, sep + 1))
-          reindex_fields(string.sub(member, 1, sep - 1), string.sub(member, sep + 1), fields, '')
+          unindex(model, id, tonumber(seq))
+          reindex_fields(model, id, fields, '')
           deleted = deleted + 1
         elseif rest ~= txs then
-          redis.call('SET', k, join_record(created, was_deleted, rest, fields), 'KEEPTTL')
+          redis.call('SET', k, join_record(created, was_deleted, seq, rest, fields), 'KEEPTTL')
         end
       end
       local idk = IDS .. member
-      if read(idk) == txid then redis.call('DEL', idk) end
+      if creator(read(idk), value) == txid then redis.call('DEL', idk) end
     end
   end
   return deleted
@@ -636,8 +621,6 @@ do
     T[n] = string.sub(frame, pos, stop - 1)
     pos = stop + 1
   end
-  -- No operation takes more numbers than it has tokens.
-  SEQ_BUDGET = math.max(n, 1)
 end
 
 -- Tokens after the name and blobs of one operation, or nil if it is unknown
@@ -694,8 +677,9 @@ end
 -- group that could fail halfway is refused whole instead. Returns the
 -- problem, if any, whether the group needs new memory (it buffers), and its
 -- statuses ({transaction, state}), whose indexes are checked after.
+local NEEDS = 0
 local function check(first, last, blob, blobs)
-  local at, used, allocates, statuses = first, 0, false, {}
+  local at, used, allocates, statuses, needs = first, 0, false, {}, 0
   while at <= last do
     local tokens, taken = shape(at)
     if not tokens then
@@ -705,8 +689,10 @@ local function check(first, last, blob, blobs)
     local problem = nil
     if name == 'status' then
       statuses[#statuses + 1] = {T[at + 1], T[at + 3]}
+      needs = needs + 1
     elseif name == 'cache' then
       allocates = true
+      needs = needs + tonumber(T[at + 3])
       for i = 0, tonumber(T[at + 3]) - 1 do
         problem = problem or index_problem(T[at + 4 + 4 * i])
       end
@@ -719,6 +705,7 @@ local function check(first, last, blob, blobs)
       end
     else
       if name == 'push' then allocates = true end
+      if name == 'dead' then needs = needs + 1 end
       for _, use in ipairs(USES[name]) do problem = problem or wrong_type(use[1], use[2]) end
     end
     if problem then return problem, false, {} end
@@ -728,6 +715,7 @@ local function check(first, last, blob, blobs)
   if at ~= last + 1 or used ~= blobs or blob + blobs - 1 > #ARGV then
     return 'the group is malformed', false, {}
   end
+  NEEDS = NEEDS + needs
   return nil, allocates, statuses
 end
 
@@ -834,6 +822,9 @@ do
     blob = blob + blobs
   end
   check_states(groups)
+  -- The numbers the checked groups take, exactly: numbers left unused would
+  -- spread the model index over more buckets (see MODEL_INDEX).
+  SEQ_BUDGET = math.max(NEEDS, 1)
   for _, group in ipairs(groups) do
     if group[5] and not group[4] then any_allocates = true end
   end
@@ -889,6 +880,7 @@ flush_pushes()
 flush_statuses()
 flush_indexes()
 flush_fields()
+extend_buckets()
 for model, ttl in pairs(INDEX_TTL) do
   extend(INDEX .. model, ttl)
   extend(FIELDS .. model, ttl)
@@ -982,9 +974,11 @@ return n
 
 STATUS_IDS = (
     _PRELUDE
+    + STATE_INDEX
     + """
 prune_terminal()
 local limit = tonumber(ARGV[3])
+if SEQ_STATES[ARGV[2]] then return state_ids(ARGV[2], limit) end
 local stop = -1
 if limit > 0 then stop = limit - 1 end
 local ids = redis.call('ZRANGE', STATE .. ARGV[2], 0, stop)
@@ -997,6 +991,7 @@ return ids
 
 STATUS_COUNTS = (
     _PRELUDE
+    + STATE_INDEX
     + """
 prune_terminal()
 -- Each look also checks a slice of each index against the statuses, from a
@@ -1007,8 +1002,13 @@ local out = {}
 for i = 2, #ARGV do
   local state = ARGV[i]
   local index = STATE .. state
-  local size = redis.call('ZCARD', index)
-  if size > 0 then
+  local size = 0
+  if SEQ_STATES[state] then
+    size = reconcile_buckets(state, SLICE)
+  else
+    size = redis.call('ZCARD', index)
+  end
+  if size > 0 and not SEQ_STATES[state] then
     local from = tonumber(redis.call('HGET', RECONCILE, state) or '0') or 0
     if from >= size then from = 0 end
     local members = redis.call('ZRANGE', index, from, from + SLICE - 1)
@@ -1056,16 +1056,19 @@ for i = 3, #ARGV do
       if extend(k, ttl) >= 0 then
         n = n + 1
         local sep = string.find(member, ':', 1, true)
-        models[string.sub(member, 1, sep - 1)] = true
+        local model = string.sub(member, 1, sep - 1)
+        models[model] = true
+        extend_bucket(model, record_seq(read(k) or ''), ttl)
       end
       local idk = IDS .. member
-      if read(idk) == txid then extend(idk, ttl) end
+      if creator(read(idk), read(k)) == txid then extend(idk, ttl) end
     end
   end
   -- Only a key that has a TTL (records without a status, or a finished
   -- status): an unfinished status keeps none.
   redis.call('PEXPIRE', skey, ttl, 'GT')
 end
+extend_buckets()
 for model, _ in pairs(models) do
   extend(INDEX .. model, ttl)
   extend(FIELDS .. model, ttl)
@@ -1076,18 +1079,24 @@ return n
 
 CACHE_LIST = (
     _PRELUDE
+    + MODEL_INDEX
     + """
+-- An entry whose record is gone, or was written again under another number
+-- (it expired unreleased), goes; so does a bucket left empty.
 local model = ARGV[2]
-local index = INDEX .. model
 local out = {}
-for _, id in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+for _, e in ipairs(index_entries(model)) do
+  local id, seq = e[1], e[2]
   local k = BUFFERED .. model .. ':' .. id
   local value = redis.call('GET', k)
-  if not value then
-    redis.call('ZREM', index, id)
-  else
+  if value and record_seq(value) == seq then
     out[#out + 1] = {id, redis.call('PTTL', k), value}
+  else
+    unindex(model, id, seq)
   end
+end
+for _, b in ipairs(redis.call('ZRANGE', INDEX .. model, 0, -1)) do
+  if redis.call('EXISTS', bucket_key(model, b)) == 0 then redis.call('ZREM', INDEX .. model, b) end
 end
 return {NOW, out}
 """
@@ -1206,36 +1215,6 @@ return {NOW, out}
 """
 )
 
-CACHE_FIND = (
-    _PRELUDE
-    + _FIELD_INDEX
-    + r"""
--- ARGV[3...]: '<field>=<value>\0' prefixes, as field_members() writes them.
-local model = ARGV[2]
-local key, index = FIELDS .. model, INDEX .. model
-local found, out = {}, {}
-for i = 3, #ARGV do
-  local p = ARGV[i]
-  local members = redis.call('ZRANGEBYLEX', key, '[' .. p, '(' .. string.sub(p, 1, -2) .. '\1')
-  for _, m in ipairs(members) do
-    local id = string.sub(m, #p + 1)
-    if not found[id] then
-      found[id] = true
-      local k = BUFFERED .. model .. ':' .. id
-      local value = redis.call('GET', k)
-      if value then
-        local order = tonumber(redis.call('ZSCORE', index, id)) or 0
-        out[#out + 1] = {order, id, redis.call('PTTL', k), value}
-      else
-        -- Expired without a release: its entries go now.
-        redis.call('ZREM', key, m)
-      end
-    end
-  end
-end
-table.sort(out, function(a, b) return a[1] < b[1] end)
-local rows = {}
-for i, row in ipairs(out) do rows[i] = {row[2], row[3], row[4]} end
-return {NOW, rows}
-"""
-)
+CACHE_FIND = _PRELUDE + _FIELD_INDEX + CACHE_FIND_BODY
+
+CACHE_LEARN = _PRELUDE + _FIELD_INDEX + CACHE_LEARN_BODY

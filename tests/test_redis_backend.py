@@ -57,7 +57,7 @@ async def untracked(backend: RedisBackend, keys: dict[str, int]) -> list[str]:
     """Keys with no TTL that are neither bounded structures nor unfinished statuses."""
     bad = []
     for key, ttl in keys.items():
-        if ttl > 0 or key in backend.keys.bounded():
+        if ttl > 0 or backend.keys.is_bounded(key):
             continue
         transaction_id = backend.keys.status_id(key)
         if transaction_id is not None:

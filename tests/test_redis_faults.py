@@ -376,23 +376,32 @@ def test_clients_opened_from_urls_have_timeouts_by_default() -> None:
 
 
 _FILL = """
+-- The layout APPLY writes: a buffered status starts with its sequence number,
+-- which names its bucket of state:buffered (see _state_index).
 local prefix, entry, status = ARGV[1], ARGV[2], ARGV[3]
 local first, n = tonumber(ARGV[4]), tonumber(ARGV[5])
+local body = (string.gsub(status, '^%d+', ''))
 for from = first, first + n - 1, 500 do
-  local entries, statuses, scored = {}, {}, {}
+  local entries, statuses, buckets = {}, {}, {}
   for i = from, math.min(from + 499, first + n - 1) do
     local id = string.format('00000000-0000-4000-8000-%012d', i)
+    local seq = i + 1000
+    local b = math.floor(seq / 128)
     entries[#entries + 1] = entry
     statuses[#statuses + 1] = prefix .. 'transaction:' .. id
-    statuses[#statuses + 1] = status
-    scored[#scored + 1] = i
-    scored[#scored + 1] = id
+    statuses[#statuses + 1] = seq .. body
+    buckets[b] = buckets[b] or {}
+    table.insert(buckets[b], seq - b * 128)
+    table.insert(buckets[b], id)
   end
   redis.call('LPUSH', prefix .. 'transaction_buffer', unpack(entries))
   redis.call('MSET', unpack(statuses))
-  redis.call('ZADD', prefix .. 'state:buffered', unpack(scored))
+  for b, scored in pairs(buckets) do
+    redis.call('ZADD', prefix .. 'state:buffered:' .. b, unpack(scored))
+    redis.call('ZADD', prefix .. 'state:buffered', b, b)
+  end
 end
-redis.call('INCRBY', prefix .. 'seq', n)
+redis.call('SET', prefix .. 'seq', first + n + 1000)
 return n
 """
 
