@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.example import Base, ExecutedObsUnit, RawDataFile, RawDataPackage
+from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataFile, RawDataPackage
 from ccat_buffering.executor import TransactionExecutor, create_engine
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction

@@ -29,7 +29,7 @@ from drain_bench import transactions
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ccat_buffering.example import Base
+from ccat_buffering.demo.example import Base
 from ccat_buffering.executor import TransactionExecutor, create_engine
 from ccat_buffering.lsn import LSN
 from ccat_buffering.manager import TransactionManager

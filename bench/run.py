@@ -43,7 +43,7 @@ import replication_bench
 import wan_bench
 
 from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.example import Base, ExecutedObsUnit, RawDataPackage
+from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataPackage
 from ccat_buffering.executor import TransactionExecutor, create_engine
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction

@@ -50,7 +50,7 @@ class ModelRegistry:
         """Register every class mapped by the declarative base at ``module:Name``.
 
         Args:
-            path: For example ``"ccat_buffering.example:Base"``.
+            path: For example ``"ccat_buffering.demo.example:Base"``.
 
         Returns:
             The registry.

@@ -35,7 +35,7 @@ async def _prelude() -> dict[str, Any]:
         TransactionExecutor,
         open_backend,
     )
-    from ccat_buffering.example import Base, ExecutedObsUnit, RawDataFile, RawDataPackage
+    from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataFile, RawDataPackage
     from ccat_buffering.executor import create_engine
     from ccat_buffering_memory import MemoryBackend
 

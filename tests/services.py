@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import pytest
 
-from ccat_buffering._relay import LoopbackRelay
+from ccat_buffering.demo._relay import LoopbackRelay
 from ccat_buffering.testing.servers import ServiceMissing
 
 T = TypeVar("T")

@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.example import Base, ExecutedObsUnit, RawDataPackage
+from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataPackage
 from ccat_buffering.executor import TransactionExecutor, create_engine
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction
@@ -116,7 +116,7 @@ def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
             "ccat_buffering",
             "worker",
             "--models",
-            "ccat_buffering.example:Base",
+            "ccat_buffering.demo.example:Base",
         ],
         env=env,
         stdout=subprocess.DEVNULL,

@@ -15,7 +15,7 @@ import pytest
 from services import REDIS_URL, forget_site, redis_client, require_redis
 from sqlalchemy import func, literal_column, select
 
-from ccat_buffering.example import Base, ExecutedObsUnit
+from ccat_buffering.demo.example import Base, ExecutedObsUnit
 from ccat_buffering.executor import TransactionExecutor, create_engine, ledger_table
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import TransactionState
@@ -29,7 +29,7 @@ from support import make_schema, observation
 CHILD = textwrap.dedent(
     """
     import asyncio, sys
-    from ccat_buffering.example import Base
+    from ccat_buffering.demo.example import Base
     from ccat_buffering.executor import TransactionExecutor, create_engine
     from ccat_buffering.manager import TransactionManager
     from ccat_buffering.processor import BackgroundProcessor

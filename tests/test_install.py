@@ -93,7 +93,7 @@ def test_operator_commands_in_the_production_install(installed: Path, tmp_path: 
                 assert [d["letter_id"] for d in data] == [letter]
             if argv[0] == "status":
                 assert data["buffer"]["depth"] == 2 and data["buffer"]["dead_letters"] == 1
-        worker = _run([command, "worker", "--models", "ccat_buffering.example:Base"], env=env)
+        worker = _run([command, "worker", "--models", "ccat_buffering.demo.example:Base"], env=env)
         assert worker.returncode == 2 and "no database_url" in worker.stderr, worker.stderr
     finally:
         keys = list(client.scan_iter(match=f"site:{{{site}}}:*", count=1000))

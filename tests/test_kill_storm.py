@@ -20,7 +20,7 @@ from services import REDIS_URL, forget_site, redis_client
 from sqlalchemy import func, literal_column, select
 
 from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.example import Base, ExecutedObsUnit, RawDataFile, RawDataPackage
+from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataFile, RawDataPackage
 from ccat_buffering.executor import TransactionExecutor, create_engine, ledger_table
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction, TransactionState

@@ -14,7 +14,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ccat_buffering.example import Base, ExecutedObsUnit, RawDataPackage
+from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataPackage
 from ccat_buffering.executor import TransactionExecutor, create_engine, ledger_table
 from ccat_buffering.lsn import LSN
 from ccat_buffering.manager import TransactionManager

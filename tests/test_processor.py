@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, literal_column, select
 
-from ccat_buffering.example import ExecutedObsUnit, RawDataPackage
+from ccat_buffering.demo.example import ExecutedObsUnit, RawDataPackage
 from ccat_buffering.executor import ledger_table
 from ccat_buffering.models import TransactionState
 from ccat_buffering.processor import BackgroundProcessor, ProcessorState
@@ -326,7 +326,7 @@ async def test_drain_beside_the_background_loop_applies_each_once(tmp_path: Path
 async def test_a_missing_table_of_the_schema_pauses_as_schema_lag(tmp_path: Path) -> None:
     from sqlalchemy import text
 
-    from ccat_buffering.example import Base
+    from ccat_buffering.demo.example import Base
 
     async with memory_sqlite_site(tmp_path) as site:
         txs = [observation(i)[0] for i in range(5)]

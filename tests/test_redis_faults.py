@@ -25,8 +25,8 @@ from typer.testing import CliRunner
 
 from ccat_buffering.cli import app
 from ccat_buffering.coordinator import BufferingCoordinator
+from ccat_buffering.demo.example import Base, ExecutedObsUnit
 from ccat_buffering.errors import BackendFullError, BackendUnavailableError, ConfigurationError
-from ccat_buffering.example import Base, ExecutedObsUnit
 from ccat_buffering.executor import TransactionExecutor, create_engine
 from ccat_buffering.health import Health
 from ccat_buffering.manager import TransactionManager, cache_writes

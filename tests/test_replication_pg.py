@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.coordinator import BufferingCoordinator
-from ccat_buffering.example import Base, ExecutedObsUnit
+from ccat_buffering.demo.example import Base, ExecutedObsUnit
 from ccat_buffering.executor import TransactionExecutor, create_engine
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import TransactionState
@@ -262,7 +262,7 @@ async def test_main_site_confirms_against_its_own_replica(pair: Pair) -> None:
 async def test_simulate_through_a_cut_link_with_real_lsn_tracking(
     replicated: Replicated, schema: str
 ) -> None:
-    from ccat_buffering.simulation import simulate
+    from ccat_buffering.demo.simulation import simulate
 
     await require_redis()
     summary = await simulate(

@@ -27,6 +27,7 @@ from ccat_buffering.cli._common import (
     settings_for,
 )
 from ccat_buffering.coordinator import BufferingCoordinator
+from ccat_buffering.demo.simulation import SimulationSummary, simulate
 from ccat_buffering.errors import ConfigurationError, DatabaseUnavailableError
 from ccat_buffering.executor import LEDGER_TABLE_NAME, TransactionExecutor, create_engine
 from ccat_buffering.logs import SiteLogger
@@ -34,7 +35,6 @@ from ccat_buffering.processor import ProcessorState
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.retry import FailureKind, classify_failure, describe_error
 from ccat_buffering.settings import BufferingSettings, mask_url
-from ccat_buffering.simulation import SimulationSummary, simulate
 
 __all__ = ["run_worker"]
 
