@@ -10,7 +10,7 @@ from ccat_buffering.cli import status as _status  # noqa: F401
 from ccat_buffering.cli._app import app
 from ccat_buffering.cli._common import exit_code
 from ccat_buffering.errors import BufferingError
-from ccat_buffering.settings import mask_text
+from ccat_buffering.masking import mask_text
 
 __all__ = ["app", "main"]
 

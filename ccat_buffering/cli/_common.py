@@ -35,8 +35,9 @@ from ccat_buffering.errors import (
     ReplicationError,
 )
 from ccat_buffering.logs import FORMAT, install
+from ccat_buffering.masking import mask_text
 from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.settings import BufferingSettings, load_settings, mask_text
+from ccat_buffering.settings import BufferingSettings, load_settings
 
 __all__ = [
     "EXIT_ATTENTION",

@@ -31,10 +31,11 @@ from ccat_buffering.demo.simulation import SimulationSummary, simulate
 from ccat_buffering.errors import ConfigurationError, DatabaseUnavailableError
 from ccat_buffering.executor import LEDGER_TABLE_NAME, TransactionExecutor, create_engine
 from ccat_buffering.logs import SiteLogger
+from ccat_buffering.masking import mask_url
 from ccat_buffering.processor import ProcessorState
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.retry import FailureKind, classify_failure, describe_error
-from ccat_buffering.settings import BufferingSettings, mask_url
+from ccat_buffering.settings import BufferingSettings
 
 __all__ = ["run_worker"]
 
