@@ -25,9 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ccat_buffering._codec import decode_value, encode_value
 from ccat_buffering._read_database import ReadDatabase
+from ccat_buffering.cache_writes import record_id
 from ccat_buffering.columns import ModelColumns, columns_of
 from ccat_buffering.errors import DatabaseUnavailableError, TransactionValidationError
-from ccat_buffering.manager import record_id
 from ccat_buffering.protocols import CachedRecord, CacheStore
 from ccat_buffering.registry import ModelRegistry
 
@@ -181,7 +181,7 @@ class Reads:
         return {name: values[name] for name in key_fields}
 
     def _keys_of(self, model: str, record_ids: Iterable[str]) -> builtins.list[tuple[Any, ...]]:
-        """Key values back from record ids (``manager.key_text`` undone), as columns take them."""
+        """Key values back from record ids (``key_text`` undone), as columns take them."""
         key_fields = self._key_fields(model)
         keys = []
         for rid in record_ids:

@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 
 from ccat_buffering.builder import TransactionBuilder
+from ccat_buffering.cache_writes import cache_writes, record_id
 from ccat_buffering.errors import (
     PayloadTooLargeError,
     TransactionValidationError,
     UnknownColumnError,
     UnknownModelError,
 )
-from ccat_buffering.manager import TransactionManager, cache_writes, record_id
+from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import TransactionState
 from ccat_buffering.protocols import CacheKind
 from ccat_buffering.retry import FailureKind

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from services import REDIS_URL, forget_site
 
 from ccat_buffering.builder import TransactionBuilder
+from ccat_buffering.cache_writes import cache_writes
 from ccat_buffering.demo.simulation import simulate
 from ccat_buffering.errors import (
     BackendError,
@@ -20,7 +21,7 @@ from ccat_buffering.errors import (
     ConfigurationError,
     TransactionValidationError,
 )
-from ccat_buffering.manager import TransactionManager, cache_writes
+from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction, TransactionState, TransactionStatus
 from ccat_buffering.protocols import CacheKind, CacheWrite
 from ccat_buffering.retry import FailureKind

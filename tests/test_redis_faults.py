@@ -23,13 +23,14 @@ from redis_servers import ThrowawayRedis
 from services import started
 from typer.testing import CliRunner
 
+from ccat_buffering.cache_writes import cache_writes
 from ccat_buffering.cli import app
 from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.demo.example import Base, ExecutedObsUnit
 from ccat_buffering.errors import BackendFullError, BackendUnavailableError, ConfigurationError
 from ccat_buffering.executor import TransactionExecutor, create_engine
 from ccat_buffering.health import Health
-from ccat_buffering.manager import TransactionManager, cache_writes
+from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction
 from ccat_buffering.processor import BackgroundProcessor
 from ccat_buffering.registry import ModelRegistry

@@ -14,13 +14,13 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from ccat_buffering.cache_writes import cache_writes
 from ccat_buffering.cli import _common as common
 from ccat_buffering.cli import _operator
 from ccat_buffering.cli._app import app
 from ccat_buffering.cli._common import command, current, emit_json, fail, settings_for
 from ccat_buffering.cli._operator import OperatorSite
 from ccat_buffering.health import Health, as_json
-from ccat_buffering.manager import cache_writes
 from ccat_buffering.models import Transaction
 from ccat_buffering.protocols import SupportsInspection
 
