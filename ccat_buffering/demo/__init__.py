@@ -2,7 +2,8 @@
 
 Nothing in the engine imports this package. :mod:`ccat_buffering.demo.example`
 holds two small operations schemas (also used by the tests and the
-documentation), :mod:`ccat_buffering.demo.simulation` the outage scenario, and
-``ccat_buffering.demo._relay`` the loopback relay the scenario cuts to make a
-real outage of a networked database.
+documentation) and :mod:`ccat_buffering.demo.simulation` the outage scenario;
+``_workload.py`` builds what the scenario writes on each schema,
+``_outage.py`` makes the outage real, and ``_relay.py`` is the loopback relay
+it cuts for a networked database (the tests use it to delay and hang a link).
 """

@@ -9,38 +9,24 @@ what it meant to do.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import os
 import random
 import statistics
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.coordinator import BufferingCoordinator
-from ccat_buffering.demo._relay import LoopbackRelay
-from ccat_buffering.demo.example import (
-    Base,
-    DataFile,
-    ExecutedObsUnit,
-    Observation,
-    ObservatoryBase,
-    RawDataFile,
-    RawDataPackage,
-)
+from ccat_buffering.demo._outage import Outage
+from ccat_buffering.demo._workload import SCHEMAS, Schema
 from ccat_buffering.executor import create_engine, ledger_table
-from ccat_buffering.models import Transaction, TransactionState
+from ccat_buffering.models import TransactionState
 from ccat_buffering.reads import Reads
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.settings import BufferingSettings
@@ -106,162 +92,6 @@ class SimulationSummary(BaseModel):
         )
 
 
-class _Outage:
-    """Makes the main database unreachable for real, and reachable again.
-
-    A SQLite file's directory is renamed away; a networked database is reached
-    through a loopback relay that is cut. Anything else has no outage.
-    """
-
-    def __init__(self, database_url: str | None, workdir: Path) -> None:
-        self.online = workdir / "main"
-        self.offline = workdir / "main-unreachable"
-        self.relay: LoopbackRelay | None = None
-        self.direct_url = database_url or f"sqlite+aiosqlite:///{self.online / 'operations.db'}"
-        self.site_url = self.direct_url
-        self.kind = "none"
-        if database_url is None:
-            self.online.mkdir()
-            self.kind = "database file moved away"
-            return
-        url = make_url(database_url)
-        if url.host:
-            default_port = {"postgresql": 5432, "mysql": 3306}.get(url.get_backend_name(), 5432)
-            self.relay = LoopbackRelay(url.host, url.port or default_port)
-            self.site_url = url.set(host="127.0.0.1", port=self.relay.port).render_as_string(
-                hide_password=False
-            )
-            self.kind = "link to the database cut"
-
-    async def begin(self) -> None:
-        if self.relay is not None:
-            await self.relay.start()
-
-    async def cut(self) -> None:
-        if self.relay is not None:
-            await self.relay.stop()
-        elif self.kind != "none":
-            os.rename(self.online, self.offline)
-
-    async def restore(self) -> None:
-        if self.relay is not None:
-            await self.relay.start()
-        elif self.kind != "none":
-            os.rename(self.offline, self.online)
-
-    async def end(self) -> None:
-        if self.relay is not None:
-            await self.relay.stop()
-
-
-Made = tuple[Transaction, Transaction, Any, list[str]]
-"""An observation's two transactions, its unit's key (typed) and its file paths."""
-
-
-@dataclass(frozen=True)
-class _Schema:
-    """One example schema as the simulation uses it: what it writes and what it counts."""
-
-    base: Any
-    unit: Any  # the observation's model, keyed by ``id``, with a ``status``
-    child: Any  # written by start_observation, pointing at the unit
-    child_fk: str
-    file: Any  # written by finish_observation, with a unique ``path``
-    observation: Callable[[int, str, random.Random], Made]
-    poison: Callable[[int, str], Transaction]
-
-
-def _observation(i: int, run: str, rng: random.Random) -> Made:
-    start = TransactionBuilder("start_observation")
-    obs = start.create(
-        ExecutedObsUnit,
-        {
-            "obs_unit_id": i,
-            "status": "running",
-            "start_time": dt.datetime.now(dt.UTC),
-            "mean_pwv": Decimal(f"{rng.uniform(0.2, 2.0):.3f}"),
-        },
-    )
-    package = start.create(
-        RawDataPackage, {"executed_obs_unit_id": obs.id, "name": f"{run}-pkg-{i:06d}"}
-    )
-    finish = TransactionBuilder("finish_observation")
-    paths = [f"/data/{run}/{i:06d}/scan-{k}.fits" for k in range(2)]
-    finish.bulk_create(
-        RawDataFile,
-        [
-            {"raw_data_package_id": package.id, "path": p, "size_bytes": 1024 * (k + 1)}
-            for k, p in enumerate(paths)
-        ],
-    )
-    finish.update(
-        ExecutedObsUnit, obs.id, {"status": "finished", "end_time": dt.datetime.now(dt.UTC)}
-    )
-    assert obs.id is not None
-    return start.build(), finish.build(), obs.id, paths
-
-
-def _poison(i: int, run: str) -> Transaction:
-    # A file whose package does not exist: the foreign key refuses it every time.
-    tx = TransactionBuilder("register_orphan_file")
-    tx.bulk_create(
-        RawDataFile,
-        [{"raw_data_package_id": f"missing-{i}", "path": f"/orphan/{run}/{i}", "size_bytes": 1}],
-    )
-    return tx.build()
-
-
-def _uuid_observation(i: int, run: str, rng: random.Random) -> Made:
-    # Values as a JSON request carries them: text for the UUID, date, enum and sizes.
-    start = TransactionBuilder("start_observation")
-    obs = start.create(
-        Observation,
-        {"target": f"NGC {1000 + i % 500}", "status": "running", "night": "2026-12-01"},
-    )
-    start.create(
-        DataFile,
-        {"observation_id": obs.id, "path": f"/data/{run}/{i:06d}/setup.json", "size_bytes": "512"},
-    )
-    finish = TransactionBuilder("finish_observation")
-    paths = [f"/data/{run}/{i:06d}/scan-{k}.fits" for k in range(2)]
-    finish.bulk_create(
-        DataFile,
-        [
-            {"observation_id": obs.id, "path": p, "size_bytes": str(rng.randint(1, 2**40))}
-            for p in paths
-        ],
-    )
-    finish.update(
-        Observation,
-        obs.id,
-        {"status": "finished", "finished_at": dt.datetime.now(dt.UTC).isoformat()},
-    )
-    return start.build(), finish.build(), obs.value, paths
-
-
-def _uuid_poison(i: int, run: str) -> Transaction:
-    # A file of an observation that does not exist: refused by the foreign key.
-    tx = TransactionBuilder("register_orphan_file")
-    tx.create(
-        DataFile,
-        {"observation_id": str(uuid.uuid4()), "path": f"/orphan/{run}/{i}", "size_bytes": 1},
-    )
-    return tx.build()
-
-
-SCHEMAS = {
-    "text": _Schema(
-        Base, ExecutedObsUnit, RawDataPackage, "executed_obs_unit_id", RawDataFile,
-        _observation, _poison,
-    ),
-    "uuid": _Schema(
-        ObservatoryBase, Observation, DataFile, "observation_id", DataFile,
-        _uuid_observation, _uuid_poison,
-    ),
-}  # fmt: skip
-"""The example schemas ``simulate`` can run on: text keys, or native UUID keys."""
-
-
 async def simulate(
     observations: int = 1000,
     *,
@@ -307,7 +137,7 @@ async def simulate(
     run = uuid.uuid4().hex[:8]
     report = progress or (lambda phase, done, total: None)
     with tempfile.TemporaryDirectory(prefix="ccat-buffering-sim-") as tmp:
-        outage = _Outage(database_url, Path(tmp))
+        outage = Outage(database_url, Path(tmp))
         await outage.begin()
         try:
             return await _run(
@@ -319,21 +149,21 @@ async def simulate(
 
 
 async def _run(
-    outage: _Outage,
+    outage: Outage,
     observations: int,
     poison: int,
     backend_url: str,
     replica_url: str | None,
-    site: str,
+    site_name: str,
     run: str,
     rng: random.Random,
     report: Progress,
     began: float,
-    schema: _Schema,
+    schema: Schema,
     keep: bool = False,
 ) -> SimulationSummary:
     settings = BufferingSettings(
-        site_name=site,
+        site_name=site_name,
         site_type="secondary",
         backend_url=backend_url,
         database_url=outage.site_url,
@@ -349,9 +179,7 @@ async def _run(
     async with direct.begin() as conn:
         await conn.run_sync(schema.base.metadata.create_all)
         await conn.run_sync(ledger_table.metadata.create_all)
-    async with BufferingCoordinator.from_settings(
-        settings, registry=registry, start=False
-    ) as site_:
+    async with BufferingCoordinator.from_settings(settings, registry=registry, start=False) as site:
         await outage.cut()
 
         total = observations * 2 + poison
@@ -362,22 +190,20 @@ async def _run(
         for i in range(observations):
             start, finish, obs_id, paths = schema.observation(i, run, rng)
             for tx in (start, finish):
-                buffered += (await site_.submit(tx)).state is TransactionState.BUFFERED
+                buffered += (await site.submit(tx)).state is TransactionState.BUFFERED
             expected.append((obs_id, paths, start.transaction_id, finish.transaction_id))
             if poison_at and i == poison_at[0]:
                 poison_at.pop(0)
-                buffered += (
-                    await site_.submit(poison_txs.pop())
-                ).state is TransactionState.BUFFERED
+                buffered += (await site.submit(poison_txs.pop())).state is TransactionState.BUFFERED
             if i % 100 == 0:
                 report("buffering", buffered, total)
         for tx in poison_txs:
-            buffered += (await site_.submit(tx)).state is TransactionState.BUFFERED
+            buffered += (await site.submit(tx)).state is TransactionState.BUFFERED
         report("buffering", buffered, total)
 
         # Without a replica, the embedded site's only database is the one that is
         # down: what the site believes then comes from its buffered records alone.
-        view = site_.reads if replica_url else Reads(site_.backend.cache, registry)
+        view = site.reads if replica_url else Reads(site.backend.cache, registry)
         sample = expected[:: max(1, len(expected) // 20)]
         visible = 0
         for obs_id, _, _, _ in sample:
@@ -387,47 +213,47 @@ async def _run(
         pauses = attempts = 0
         if outage.kind != "none":
             for _ in range(3):
-                await site_.processor.run_once()
-            pauses = site_.processor.counters.outages
+                await site.processor.run_once()
+            pauses = site.processor.counters.outages
         for state in TransactionState:
-            statuses = await site_.backend.status.get_many(await site_.backend.status.ids(state))
+            statuses = await site.backend.status.get_many(await site.backend.status.ids(state))
             attempts += sum(s.attempts for s in statuses if s is not None)
         await outage.restore()
 
         deadline = time.monotonic() + max(120.0, total / 20)
         # The tracker confirms while the processor drains, as in a worker.
-        tracking = asyncio.create_task(site_.tracker.run())
+        tracking = asyncio.create_task(site.tracker.run())
         try:
             while time.monotonic() < deadline:
-                await site_.processor.run_once()
-                stats = await site_.backend.buffer.stats()
+                await site.processor.run_once()
+                stats = await site.backend.buffer.stats()
                 report("draining", total - stats.depth - stats.in_flight, total)
                 if stats.depth == 0 and stats.in_flight == 0:
                     break
                 if stats.held_until is not None:
                     await asyncio.sleep(0.01)
             while time.monotonic() < deadline:
-                if not await site_.backend.status.ids(TransactionState.COMMITTED, limit=1):
+                if not await site.backend.status.ids(TransactionState.COMMITTED, limit=1):
                     break
                 await asyncio.sleep(settings.replication_poll_interval)
         finally:
-            site_.tracker.stop()
+            site.tracker.stop()
             await tracking
 
-        summary = await _count(site_, direct, expected, registry, schema)
-        stats = await site_.backend.buffer.stats()
-        replicated_ids = await site_.backend.status.ids(TransactionState.REPLICATED)
-        replicated = await site_.backend.status.get_many(replicated_ids)
+        summary = await _count(site, direct, expected, registry, schema)
+        stats = await site.backend.buffer.stats()
+        replicated_ids = await site.backend.status.ids(TransactionState.REPLICATED)
+        replicated = await site.backend.status.get_many(replicated_ids)
         delays = [
             (s.replicated_at - s.committed_at).total_seconds()
             for s in replicated
             if s is not None and s.replicated_at and s.committed_at
         ]
         if not keep:
-            await _forget_site(site_.backend)
+            await _forget_site(site.backend)
     await direct.dispose()
     return SimulationSummary(
-        site=site,
+        site=site_name,
         transactions=total,
         buffered=buffered,
         committed=summary["committed"],
@@ -468,7 +294,7 @@ async def _count(
     engine: AsyncEngine,
     expected: list[tuple[Any, list[str], str, str]],
     registry: ModelRegistry,
-    schema: _Schema,
+    schema: Schema,
 ) -> dict[str, int]:
     unit, child, file = schema.unit, schema.child, schema.file
     child_fk = getattr(child, schema.child_fk)
