@@ -53,6 +53,14 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv / "bin"
 
 
+def test_the_wheel_ships_the_demo_and_no_throwaway_servers(installed: Path) -> None:
+    code = "from importlib.metadata import files; print(*files('ccat-buffering'), sep='\\n')"
+    result = _run([str(installed / "python"), "-c", code])
+    shipped = set(result.stdout.split())
+    assert "ccat_buffering/demo/simulation.py" in shipped, result.stderr
+    assert not any("servers" in path for path in shipped), sorted(shipped)
+
+
 async def _prepare(site: str) -> tuple[str, str]:
     backend = RedisBackend.from_url(REDIS_URL, site=site)
     async with backend:

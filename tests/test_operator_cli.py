@@ -20,6 +20,7 @@ from typing import IO
 
 import pytest
 import pytest_asyncio
+from servers import free_port
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -34,7 +35,6 @@ from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.retry import FailureKind
 from ccat_buffering.settings import BufferingSettings
 from ccat_buffering.testing import new_site_name
-from ccat_buffering.testing.servers import free_port
 from ccat_buffering_memory import MemoryBackend
 
 from support import make_schema, observation

@@ -10,13 +10,15 @@ from dataclasses import dataclass
 
 import pytest
 import pytest_asyncio
-from services import REDIS_URL, TcpProxy, forget_site, redis_client, require_redis, started
+from servers import Replicated, streaming_replica
+from services import REDIS_URL, forget_site, redis_client, require_redis, started
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.coordinator import BufferingCoordinator
+from ccat_buffering.demo._relay import LoopbackRelay
 from ccat_buffering.demo.example import Base, ExecutedObsUnit
 from ccat_buffering.executor import TransactionExecutor, create_engine
 from ccat_buffering.manager import TransactionManager
@@ -27,7 +29,6 @@ from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.replication import LSNReplicationChecker, ReplicationTracker
 from ccat_buffering.settings import BufferingSettings
 from ccat_buffering.testing import new_site_name
-from ccat_buffering.testing.servers import Replicated, streaming_replica
 from ccat_buffering_memory import MemoryBackend
 from ccat_buffering_redis import RedisBackend
 
@@ -202,7 +203,7 @@ async def test_a_primary_is_not_a_standby(pair: Pair) -> None:
 
 async def test_read_your_writes_while_the_main_database_is_unreachable(pair: Pair) -> None:
     target = make_url(pair.primary_url)
-    proxy = TcpProxy("127.0.0.1", target.port or 5432)
+    proxy = LoopbackRelay("127.0.0.1", target.port or 5432)
     main = create_engine(target.set(port=proxy.port).render_as_string(False))
     manager = TransactionManager(MemoryBackend(new_site_name()), registry=pair.registry)
     processor = BackgroundProcessor(manager, TransactionExecutor(main, pair.registry))
