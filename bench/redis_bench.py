@@ -71,7 +71,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.example import ExecutedObsUnit, RawDataPackage
+from ccat_buffering.demo.example import ExecutedObsUnit, RawDataPackage
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction
 from ccat_buffering_redis import RedisBackend

@@ -23,14 +23,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import sys
 import time
+from pathlib import Path
 
 from drain_bench import transactions
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering.database import create_engine
-from ccat_buffering.example import Base
+from ccat_buffering.demo.example import Base
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.lsn import LSN
 from ccat_buffering.manager import TransactionManager
@@ -38,8 +40,11 @@ from ccat_buffering.models import TransactionState
 from ccat_buffering.processor import BackgroundProcessor
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.replication import LSNReplicationChecker, ReplicationTracker
-from ccat_buffering.testing.servers import streaming_replica
 from ccat_buffering_memory import MemoryBackend
+
+# The throwaway servers are the tests' (tests/servers.py), not the shipped package's.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from servers import streaming_replica
 
 POLL_INTERVAL = 0.1
 

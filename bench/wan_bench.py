@@ -41,10 +41,10 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from ccat_buffering._heap import settle_heap
-from ccat_buffering._relay import LoopbackRelay
 from ccat_buffering.coordinator import batch_sizer, link_timeouts
 from ccat_buffering.database import LEDGER_TABLE_NAME, create_engine
-from ccat_buffering.example import Base
+from ccat_buffering.demo._relay import LoopbackRelay
+from ccat_buffering.demo.example import Base
 from ccat_buffering.executor import BatchResult, TransactionExecutor
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Operation, Transaction
@@ -311,7 +311,7 @@ async def hung_link(url: URL, rtt_ms: int, hang_seconds: float, n: int = 3000) -
     """Drain through a link that hangs for ``hang_seconds`` in the middle of the drain."""
     from sqlalchemy import func, select
 
-    from ccat_buffering.example import RawDataFile
+    from ccat_buffering.demo.example import RawDataFile
     from ccat_buffering.processor import ProcessorState
 
     settings = BufferingSettings(site_name="bench", statement_timeout=5.0, connect_timeout=5.0)

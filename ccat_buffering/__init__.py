@@ -33,6 +33,7 @@ from ccat_buffering.executor import BatchResult, Outcome, TransactionExecutor
 from ccat_buffering.health import BufferHealth, Health, ReplicationHealth
 from ccat_buffering.lsn import LSN
 from ccat_buffering.manager import Delivery, TransactionManager
+from ccat_buffering.masking import mask_url
 from ccat_buffering.models import (
     FORMAT_VERSION,
     Operation,
@@ -53,7 +54,7 @@ from ccat_buffering.replication import (
     ReplicationTracker,
 )
 from ccat_buffering.retry import FailureKind, RetryPolicy, classify_failure
-from ccat_buffering.settings import BufferingSettings, mask_url
+from ccat_buffering.settings import BufferingSettings
 
 __all__ = [
     "FORMAT_VERSION",

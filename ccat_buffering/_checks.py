@@ -46,7 +46,7 @@ _RECORD_ID = re.compile(r"[A-Za-z0-9_.,%-]{1,4096}")
 
 
 def check_record_id(record_id: str) -> str:
-    """Return ``record_id`` if it can name a cache entry (see ``manager.key_text``).
+    """Return ``record_id`` if it can name a cache entry (see ``cache_writes.key_text``).
 
     Raises:
         TransactionValidationError: Empty, over 4,096 characters, or holding a
@@ -56,7 +56,7 @@ def check_record_id(record_id: str) -> str:
         shown = repr(record_id) if len(str(record_id)) <= 100 else f"{str(record_id)[:80]!r}..."
         raise TransactionValidationError(
             f"record id {shown} cannot name a cache entry: it must be 1 to 4,096 of "
-            "letters, digits, '_', '.', ',', '%' and '-' (manager.record_id encodes keys so; "
+            "letters, digits, '_', '.', ',', '%' and '-' (cache_writes.record_id encodes keys so; "
             "a key's text takes up to 9 of them a character)"
         )
     return record_id

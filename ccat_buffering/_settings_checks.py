@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 
 from ccat_buffering.errors import ConfigurationError
+from ccat_buffering.masking import mask_url
 
 __all__ = ["check_backend_url", "check_database_url", "check_driver", "explain"]
 
@@ -46,8 +47,6 @@ _SYNC_DEFAULTS = {"postgresql": "asyncpg", "sqlite": "aiosqlite"}
 
 
 def _masked(url: str) -> str:
-    from ccat_buffering.settings import mask_url  # settings imports this module
-
     return mask_url(url) or ""
 
 

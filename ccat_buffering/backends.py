@@ -16,8 +16,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ccat_buffering.errors import ConfigurationError
+from ccat_buffering.masking import mask_url
 from ccat_buffering.protocols import Backend
-from ccat_buffering.settings import mask_url
 
 __all__ = ["ENTRY_POINT_GROUP", "available_schemes", "open_backend"]
 

@@ -23,6 +23,7 @@ from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.health import NO_REPLICA_NOTICE, Health, collect
 from ccat_buffering.logs import SiteLogger
 from ccat_buffering.manager import TransactionManager
+from ccat_buffering.masking import mask_url
 from ccat_buffering.models import Transaction, TransactionState, TransactionStatus, utc_now
 from ccat_buffering.processor import BackgroundProcessor
 from ccat_buffering.protocols import Backend
@@ -35,7 +36,7 @@ from ccat_buffering.replication import (
     ReplicationTracker,
 )
 from ccat_buffering.retry import RetryPolicy
-from ccat_buffering.settings import BufferingSettings, load_settings, mask_url
+from ccat_buffering.settings import BufferingSettings, load_settings
 
 __all__ = [
     "BufferingCoordinator",

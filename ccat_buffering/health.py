@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ccat_buffering.buffer_loss import BufferWatch
 from ccat_buffering.counts import BufferCounts
+from ccat_buffering.masking import mask_text, mask_url
 from ccat_buffering.models import TransactionState, utc_now
 from ccat_buffering.processor import BackgroundProcessor, ProcessorHealth, ProcessorState
 from ccat_buffering.protocols import (
@@ -30,7 +31,7 @@ from ccat_buffering.protocols import (
     SupportsProcessorReports,
 )
 from ccat_buffering.replication import ReplicationReport, ReplicationTracker
-from ccat_buffering.settings import BufferingSettings, mask_text, mask_url
+from ccat_buffering.settings import BufferingSettings
 
 __all__ = ["NO_REPLICA_NOTICE", "BufferHealth", "Health", "ReplicationHealth", "collect"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ccat_buffering.settings import mask_text
+from ccat_buffering.masking import mask_text
 
 __all__ = ["FORMAT", "ContextFilter", "SiteLogger", "install"]
 

@@ -10,143 +10,36 @@ them leaves every transaction in a state the next processor understands.
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import logging
-import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, Protocol
 
-from ccat_buffering._checks import check_record_id
-from ccat_buffering._codec import PLAIN_TYPES, decode_value, encode_value
+from ccat_buffering._codec import decode_value
+from ccat_buffering._deprecated import forward
+from ccat_buffering._entries import read_claims
+from ccat_buffering.cache_writes import cache_writes as _cache_writes
 from ccat_buffering.errors import TransactionValidationError
 from ccat_buffering.lsn import LSN
 from ccat_buffering.models import (
     DEFAULT_MAX_PAYLOAD_BYTES,
-    Operation,
-    Ref,
     Transaction,
     TransactionState,
     TransactionStatus,
 )
-from ccat_buffering.protocols import Backend, CachedRecord, CacheKind, CacheWrite, Claim
+from ccat_buffering.protocols import Backend, CachedRecord, CacheWrite, Claim
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.retry import FailureKind, RetryPolicy, describe_error
 
-__all__ = [
-    "Delivery",
-    "Listener",
-    "TransactionManager",
-    "cache_writes",
-    "key_text",
-    "record_id",
-]
+__all__ = ["Delivery", "Listener", "TransactionManager"]
+
+_MOVED = frozenset({"cache_writes", "key_text", "record_id"})
+__getattr__ = forward(__name__, "ccat_buffering.cache_writes", _MOVED)
 
 DEFAULT_STATUS_TTL = 3600.0
 DEFAULT_CACHE_TTL = 3600.0
 CONFLICT_DELAY = 0.05
-
-
-_KEY_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
-
-
-def key_text(value: Any) -> str:
-    """One key value as text in a record id: percent-encoded outside ``[A-Za-z0-9_.-]``.
-
-    So natural keys (``"NGC 1333"``, ``"IRAS16293-2422:A"``, ``"jdoe@example.org"``)
-    stay inside the store's key schema, and a ``,`` of a composite part cannot
-    be taken for the separator. UUIDs, integers and dates are unchanged.
-
-    Args:
-        value: A key value, converted to its column's type.
-
-    Returns:
-        The encoded text.
-    """
-    if isinstance(value, enum.Enum):
-        value = value.name
-    elif isinstance(value, dt.datetime | dt.date | dt.time):
-        value = value.isoformat()
-    elif isinstance(value, Decimal):
-        # One text for one number: 1.5, 1.50 and 1.5000000000 are the same key.
-        value = format(value.normalize(), "f") if value.is_finite() else str(value)
-    text = value if isinstance(value, str) else str(value)
-    if all(c in _KEY_SAFE for c in text):
-        return text
-    return "".join(c if c in _KEY_SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in text)
-
-
-def record_id(key: Mapping[str, Any], key_fields: Sequence[str]) -> str | None:
-    """The cache id of a record: its key values as text, or ``None`` if not yet known.
-
-    Args:
-        key: The record's values (at least its key fields).
-        key_fields: The model's key fields.
-
-    Returns:
-        ``"<value>"`` for a single key, ``"<v1>,<v2>"`` for a composite one, each
-        part encoded by :func:`key_text`; ``None`` when a key value is missing or
-        only the database will produce it.
-
-    Raises:
-        TransactionValidationError: The key is empty or too long to be a cache key.
-    """
-    values = [key.get(name) for name in key_fields]
-    if any(v is None or isinstance(v, Ref) for v in values):
-        return None
-    return check_record_id(",".join(key_text(v) for v in values))
-
-
-def _fields(record: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: v if type(v) in PLAIN_TYPES else encode_value(v, k)
-        for k, v in record.items()
-        if not isinstance(v, Ref)
-    }
-
-
-_LEADING_ID = re.compile(r'^\{"format_version":\d+,"transaction_id":"([^"]{1,100})"')
-
-
-def _leading_id(payload: str) -> str | None:
-    """The transaction id an entry starts with, without parsing all of it."""
-    found = _LEADING_ID.match(payload[:200])
-    return found.group(1) if found else None
-
-
-def cache_writes(transaction: Transaction) -> list[CacheWrite]:
-    """What a transaction writes, as the buffered data cache records it.
-
-    Fields whose value is a ``ref()`` are left out: only the database knows them.
-
-    Args:
-        transaction: The transaction.
-
-    Returns:
-        One write per record, in step order.
-    """
-    writes: list[CacheWrite] = []
-    for step in transaction.steps:
-        op, fields = step.operation, step.key_fields
-        if op is Operation.CREATE or op is Operation.BULK_CREATE:
-            for record in step.records or [step.data or {}]:
-                rid = record_id(record, fields)
-                if rid is not None:
-                    writes.append(CacheWrite(step.model, rid, CacheKind.CREATE, _fields(record)))
-        elif op is Operation.UPDATE or op is Operation.DELETE:
-            rid = record_id(step.key or {}, list(step.key or {}))
-            if rid is None:
-                continue
-            kind = CacheKind.UPDATE if op is Operation.UPDATE else CacheKind.DELETE
-            writes.append(CacheWrite(step.model, rid, kind, _fields(step.data or {})))
-        else:
-            for record in step.records or []:
-                rid = record_id(record, fields)
-                if rid is not None:
-                    writes.append(CacheWrite(step.model, rid, CacheKind.UPDATE, _fields(record)))
-    return writes
 
 
 class Listener(Protocol):
@@ -175,6 +68,17 @@ class Delivery:
     def transaction_id(self) -> str:
         """The transaction's id."""
         return self.transaction.transaction_id
+
+
+def _buffered(transaction: Transaction, **changes: Any) -> TransactionStatus:
+    """A new status of ``transaction``: ``buffered``, with ``changes``."""
+    return TransactionStatus(
+        transaction_id=transaction.transaction_id,
+        endpoint=transaction.endpoint,
+        state=TransactionState.BUFFERED,
+        created_at=transaction.created_at,
+        **changes,
+    )
 
 
 def _decode_fields(record: CachedRecord) -> dict[str, Any]:
@@ -246,15 +150,7 @@ class TransactionManager:
         if self.registry is not None:
             transaction = self.registry.convert(transaction)
         payload = transaction.to_json(self.max_payload_bytes)
-        writes = cache_writes(transaction)
-        status = TransactionStatus(
-            transaction_id=transaction.transaction_id,
-            endpoint=transaction.endpoint,
-            state=TransactionState.BUFFERED,
-            created_at=transaction.created_at,
-            updated_at=self.now(),
-        )
-        return payload, writes, status
+        return payload, _cache_writes(transaction), _buffered(transaction, updated_at=self.now())
 
     async def buffer(self, transaction: Transaction) -> TransactionStatus:
         """Buffer a transaction: queue entry, status and caches, all or nothing.
@@ -332,64 +228,39 @@ class TransactionManager:
         claims = await self.backend.buffer.claim(count, lease_seconds)
         if not claims:
             return []
-        parsed: list[tuple[Claim, Transaction]] = []
-        unreadable: list[tuple[Claim, str, str | None]] = []
-        for claim in claims:
-            too_large = self._over_limit(claim.payload)
-            if too_large is not None:
-                unreadable.append((claim, too_large, _leading_id(claim.payload)))
-                continue
-            try:
-                parsed.append((claim, Transaction.from_json(claim.payload)))
-            except TransactionValidationError as exc:
-                unreadable.append((claim, f"unreadable entry: {exc}", None))
+        parsed, unreadable = read_claims(claims, self.max_payload_bytes)
         statuses = await self.backend.status.get_many([tx.transaction_id for _, tx in parsed])
-        refused = await self.backend.status.get_many([t for _, _, t in unreadable if t])
+        refused = await self.backend.status.get_many(
+            [r.transaction_id for r in unreadable if r.transaction_id]
+        )
         deliveries = []
         async with self.backend.atomic() as batch:
-            for claim, reason, tx_id in unreadable:
-                batch.dead_letter(claim.receipt, reason, tx_id)
-                if tx_id is not None:
+            for entry in unreadable:
+                batch.dead_letter(entry.claim.receipt, entry.reason, entry.transaction_id)
+                if entry.transaction_id is not None:
                     old = refused.pop(0)
                     if old is not None:
-                        failed = self._advance(old, TransactionState.FAILED, last_error=reason)
+                        failed = self._advance(
+                            old, TransactionState.FAILED, last_error=entry.reason
+                        )
                         batch.put_status(failed, self.status_ttl)
-                    batch.release_cache([tx_id])
+                    batch.release_cache([entry.transaction_id])
             for (claim, tx), old in zip(parsed, statuses, strict=True):
-                base = old or TransactionStatus(
-                    transaction_id=tx.transaction_id,
-                    endpoint=tx.endpoint,
-                    state=TransactionState.BUFFERED,
-                    created_at=tx.created_at,
-                )
-                status = self._advance(base, TransactionState.PROCESSING)
+                status = self._advance(old or _buffered(tx), TransactionState.PROCESSING)
                 batch.put_status(status, self.status_ttl)
                 deliveries.append(Delivery(claim, tx, status))
         log = logging.getLogger(__name__)
-        for claim, reason, tx_id in unreadable:
+        for entry in unreadable:
             # Every entry dead-lettered here is said, with the id to find it by.
             self.unreadable += 1
             log.error(
                 "site %s: dead-lettered entry %s as %s: %s",
                 self.backend.site,
-                claim.receipt,
-                tx_id or f"raw-{claim.receipt}",
-                reason,
+                entry.claim.receipt,
+                entry.transaction_id or f"raw-{entry.claim.receipt}",
+                entry.reason,
             )
         return deliveries
-
-    def _over_limit(self, payload: str) -> str | None:
-        """Why an entry is refused at drain for its size (the limit holds there too)."""
-        limit = self.max_payload_bytes
-        if limit is None or len(payload) * 4 <= limit:
-            return None
-        size = len(payload.encode())
-        if size <= limit:
-            return None
-        return (
-            f"entry is {size} bytes, over the limit of {limit} (max_payload_bytes): it was "
-            "not applied; raise the limit and replay it, or purge it"
-        )
 
     async def committed(
         self, deliveries: Sequence[Delivery], commit_lsn: LSN | None
@@ -524,14 +395,8 @@ class TransactionManager:
                 except TransactionValidationError:
                     batch.replay(letter.letter_id)
                     continue
-                status = TransactionStatus(
-                    transaction_id=tx.transaction_id,
-                    endpoint=tx.endpoint,
-                    state=TransactionState.BUFFERED,
-                    created_at=tx.created_at,
-                    last_error=f"replayed after: {letter.reason}",
-                )
+                status = _buffered(tx, last_error=f"replayed after: {letter.reason}")
                 batch.put_status(status, self.status_ttl)
-                batch.write_cache(tx.transaction_id, cache_writes(tx), self.cache_ttl)
+                batch.write_cache(tx.transaction_id, _cache_writes(tx), self.cache_ttl)
                 batch.replay(letter.letter_id)
         return [letter.letter_id for letter in letters]

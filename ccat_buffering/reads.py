@@ -18,16 +18,15 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
-from urllib.parse import unquote
 
 from sqlalchemy import and_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ccat_buffering._codec import decode_value, encode_value
 from ccat_buffering._read_database import ReadDatabase
-from ccat_buffering.columns import ModelColumns, columns_of
+from ccat_buffering._record_keys import key_values, keys_of, row_id, rules_of
+from ccat_buffering.cache_writes import record_id
 from ccat_buffering.errors import DatabaseUnavailableError, TransactionValidationError
-from ccat_buffering.manager import record_id
 from ccat_buffering.protocols import CachedRecord, CacheStore
 from ccat_buffering.registry import ModelRegistry
 
@@ -115,11 +114,6 @@ class Reads:
 
     # -- the shape of a record ----------------------------------------------
 
-    def _key_fields(self, model: str) -> tuple[str, ...]:
-        if self.registry is not None and model in self.registry:
-            return self.registry.key_fields(model)
-        return ("id",)
-
     def _column_defaults(self, model: str) -> tuple[tuple[str, Any], ...]:
         """The model's columns in declaration order, each with its scalar Python default."""
         columns = self._columns.get(model)
@@ -142,7 +136,7 @@ class Reads:
         types from the buffer as from the database (enum members, aware UTC
         datetimes, plain ``uuid.UUID``).
         """
-        rules = self._rules(model)
+        rules = rules_of(self.registry, model)
         if rules is None:
             return Record(values)
         return Record(
@@ -153,55 +147,6 @@ class Reads:
 
     def _name(self, model: ModelLike) -> str:
         return model if isinstance(model, str) else model.__name__
-
-    def _rules(self, model: str) -> ModelColumns | None:
-        if self.registry is not None and model in self.registry:
-            return columns_of(self.registry.model(model))
-        return None
-
-    def _key_values(self, model: str, key: Any) -> dict[str, Any] | None:
-        """The key given to :meth:`get`, by field, converted by column type, or ``None``."""
-        key_fields = self._key_fields(model)
-        if isinstance(key, Mapping):
-            values = dict(key)
-        elif isinstance(key, tuple | builtins.list):
-            values = dict(zip(key_fields, key, strict=False)) if len(key) == len(key_fields) else {}
-        elif len(key_fields) > 1 and isinstance(key, str):
-            values = dict(zip(key_fields, key.split(","), strict=False))
-        else:
-            values = {key_fields[0]: key} if len(key_fields) == 1 else {}
-        if set(values) != set(key_fields):
-            return None  # not a key of this model's shape
-        rules = self._rules(model)
-        if rules is not None:
-            try:
-                values = rules.convert(values, f"a key of {model}")
-            except TransactionValidationError:
-                return None  # no row can have it
-        return {name: values[name] for name in key_fields}
-
-    def _keys_of(self, model: str, record_ids: Iterable[str]) -> builtins.list[tuple[Any, ...]]:
-        """Key values back from record ids (``manager.key_text`` undone), as columns take them."""
-        key_fields = self._key_fields(model)
-        keys = []
-        for rid in record_ids:
-            parts = [unquote(p) for p in rid.split(",")] if len(key_fields) > 1 else [unquote(rid)]
-            values = self._key_values(model, tuple(parts))
-            if values is not None:
-                keys.append(tuple(values.values()))
-        return keys
-
-    def _row_id(self, model: str, row: Mapping[str, Any]) -> str | None:
-        """A database row's record id, from its key in the buffered form."""
-        key_fields = self._key_fields(model)
-        key = {f: row.get(f) for f in key_fields}
-        rules = self._rules(model)
-        if rules is not None:
-            try:
-                key = rules.convert(rules.read(key), f"a row of {model}")
-            except TransactionValidationError:
-                return None
-        return record_id(key, key_fields)
 
     def _names(self, model: str) -> builtins.list[str]:
         return [name for name, _ in self._column_defaults(model)]
@@ -240,7 +185,7 @@ class Reads:
                 to show.
         """
         name = self._name(model)
-        values = self._key_values(name, key)
+        values = key_values(self.registry, name, key)
         if values is None:
             return None
         rid = record_id(values, list(values))
@@ -286,7 +231,7 @@ class Reads:
         merged: dict[str, Record] = {}
         for raw in rows:
             row = self._as_row(model, raw)
-            rid = self._row_id(model, row)
+            rid = row_id(self.registry, model, row)
             if rid is None or rid in merged:
                 continue
             result = _overlay(row, cached.pop(rid, None))
@@ -329,7 +274,7 @@ class Reads:
             unknown = sorted(set(equals) - self.registry.fields(name))
             if unknown:
                 raise ValueError(f"{name} has no field(s) {unknown}")
-        rules = self._rules(name)
+        rules = rules_of(self.registry, name)
         written, shown = dict(equals), dict(equals)
         if rules is not None:
             try:
@@ -375,7 +320,7 @@ class Reads:
         if not equals:
             return rows, list(found)
         known = {c.record_id for c in found}
-        row_ids = [rid for row in rows if (rid := self._row_id(model, row)) is not None]
+        row_ids = [rid for row in rows if (rid := row_id(self.registry, model, row)) is not None]
         # A buffered update of a row the filter did not select may make it match:
         # its row is needed, unless one of its own values already rules it out.
         selected = set(row_ids)
@@ -384,7 +329,7 @@ class Reads:
             for c in found
             if not (c.created or c.deleted or c.record_id in selected or _contradicts(c, equals))
         ]
-        rows += await db.by_keys(conn, model, names, self._keys_of(model, needed))
+        rows += await db.by_keys(conn, model, names, keys_of(self.registry, model, needed))
         unknown = [rid for rid in row_ids if rid not in known]
         over_rows = await self.cache.get_many(model, unknown) if unknown else []
         return rows, [*found, *(r for r in over_rows if r is not None)]

@@ -6,7 +6,7 @@ model, or a field its class does not map, is refused before any SQL is sent.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from sqlalchemy import inspect
@@ -50,7 +50,7 @@ class ModelRegistry:
         """Register every class mapped by the declarative base at ``module:Name``.
 
         Args:
-            path: For example ``"ccat_buffering.example:Base"``.
+            path: For example ``"ccat_buffering.demo.example:Base"``.
 
         Returns:
             The registry.
@@ -215,7 +215,3 @@ class ModelRegistry:
         if all(new is old for new, old in zip(steps, transaction.steps, strict=True)):
             return transaction  # built by class: converted already
         return transaction.model_copy(update={"steps": steps})
-
-    def as_mapping(self) -> Mapping[str, type[Any]]:
-        """A read-only view of names and classes."""
-        return dict(self._models)

@@ -23,6 +23,7 @@ from ccat_buffering.errors import (
     DatabaseUnavailableError,
     TransactionValidationError,
 )
+from ccat_buffering.masking import mask_text
 
 __all__ = ["FailureKind", "RetryPolicy", "classify_failure", "describe_error", "is_schema_lag"]
 
@@ -201,8 +202,6 @@ def describe_error(exc: BaseException) -> str:
         ``"<ErrorType>: <message>"``.
     """
     from sqlalchemy.exc import StatementError
-
-    from ccat_buffering.settings import mask_text
 
     if isinstance(exc, StatementError) and exc.orig is not None:
         message = " ".join(str(exc.orig).split())

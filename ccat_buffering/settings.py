@@ -16,9 +16,7 @@ that names the setting, its value (masked) and the fix.
 from __future__ import annotations
 
 import os
-import re
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AfterValidator, Field, ValidationError
 from pydantic_settings import (
@@ -28,6 +26,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from ccat_buffering._deprecated import forward
 from ccat_buffering._settings_checks import (
     check_backend_url,
     check_database_url,
@@ -35,51 +34,17 @@ from ccat_buffering._settings_checks import (
     explain,
 )
 from ccat_buffering.errors import ConfigurationError
+from ccat_buffering.masking import mask_url
 from ccat_buffering.models import DEFAULT_MAX_PAYLOAD_BYTES, check_identifier
 
-__all__ = ["BufferingSettings", "load_settings", "mask_text", "mask_url"]
+# mask_url is used below and still imported from here by coordinator.py and
+# ccat_buffering_redis/_connect.py; mask_text moved to ccat_buffering.masking.
+__all__ = ["BufferingSettings", "load_settings", "mask_url"]
+
+__getattr__ = forward(__name__, "ccat_buffering.masking", frozenset({"mask_text"}))
 
 CONFIG_FILE_VARIABLE = "CCAT_BUFFERING_CONFIG_FILE"
 DEFAULT_CONFIG_FILE = "ccat-buffering.toml"
-
-
-def mask_url(url: str | None) -> str | None:
-    """Hide the password in a URL, for logs, status output and error messages.
-
-    Args:
-        url: A backend or database URL.
-
-    Returns:
-        The URL with any password replaced by ``***``.
-    """
-    if url is None:
-        return None
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
-_CREDENTIALS = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^\s:/@]*:)[^\s@/]+@")
-
-
-def mask_text(text: str) -> str:
-    """Hide every URL password inside free text (an error message, a log line).
-
-    Args:
-        text: Any text.
-
-    Returns:
-        The text with ``scheme://user:password@`` shown as ``scheme://user:***@``.
-    """
-    return _CREDENTIALS.sub(r"\1***@", text)
 
 
 def _site_name(value: str) -> str:

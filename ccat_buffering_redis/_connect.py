@@ -18,7 +18,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from ccat_buffering.errors import ConfigurationError
-from ccat_buffering.settings import mask_url
+from ccat_buffering.masking import mask_url
 
 __all__ = ["open_client"]
 

@@ -1,25 +1,41 @@
-"""A throwaway ``redis-server`` on a free loopback port: fill it, kill it, stop it, restart it."""
+"""Throwaway Redis servers on loopback: one to fill, kill, stop and restart; a Cluster; Sentinel."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
 import redis
+from servers import ServiceMissing, free_port, port_open, wait_for
 
-from ccat_buffering.testing.servers import ServiceMissing, free_port, port_open, wait_for
+
+def redis_server(port: int, workdir: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """A ``redis-server`` on loopback ``port`` in ``workdir``: no snapshots, no AOF unless asked."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ServiceMissing("redis-server is needed to start a throwaway Redis")
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    if "--appendonly" not in extra:
+        args += ["--appendonly", "no"]
+    return subprocess.Popen(
+        [*args, "--dir", str(workdir), *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 class ThrowawayRedis:
     """One Redis server; ``extra`` are its command-line options (``--maxmemory 2mb`` ...)."""
 
     def __init__(self, *extra: str) -> None:
-        self.binary = shutil.which("redis-server")
         self.extra = extra
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="ccat-redis-"))
@@ -33,16 +49,7 @@ class ThrowawayRedis:
         return redis.Redis(port=self.port, socket_timeout=5)
 
     def start(self) -> ThrowawayRedis:
-        if self.binary is None:
-            raise ServiceMissing("redis-server is needed to start a throwaway Redis")
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        if "--appendonly" not in self.extra:
-            args += ["--appendonly", "no"]
-        self.process = subprocess.Popen(
-            [*args, "--dir", str(self.dir), *self.extra],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self.process = redis_server(self.port, self.dir, *self.extra)
         wait_for(lambda: port_open("127.0.0.1", self.port), f"redis on {self.port}")
         wait_for(self._loaded, f"redis on {self.port} loaded")
         return self
@@ -84,3 +91,121 @@ class ThrowawayRedis:
             self.process.kill()
             self.process.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextmanager
+def redis_cluster(masters: int = 3) -> Iterator[list[int]]:
+    """Start a Redis Cluster of ``masters`` nodes on free loopback ports; stop it after."""
+    server = shutil.which("redis-server")
+    cli = shutil.which("redis-cli")
+    if server is None or cli is None:
+        raise ServiceMissing("redis-server and redis-cli are needed to start a Redis Cluster")
+    assert server is not None and cli is not None
+    workdir = Path(tempfile.mkdtemp(prefix="ccat-cluster-"))
+    ports: list[int] = []
+    while len(ports) < masters:
+        port = free_port(also=10000)  # a node's cluster bus listens on port + 10000
+        if port not in ports:
+            ports.append(port)
+    processes = []
+    try:
+        for port in ports:
+            node = workdir / str(port)
+            node.mkdir()
+            processes.append(
+                redis_server(
+                    port,
+                    node,
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(node / "nodes.conf"),
+                    "--cluster-node-timeout",
+                    "2000",
+                )
+            )
+        for port in ports:
+            wait_for(functools.partial(port_open, "127.0.0.1", port), f"redis node {port}")
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+        def converged() -> bool:
+            out = subprocess.run(
+                [cli, "-p", str(ports[0]), "cluster", "info"], capture_output=True, text=True
+            ).stdout
+            return "cluster_state:ok" in out
+
+        wait_for(converged, "redis cluster state ok")
+        yield ports
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def redis_sentinel() -> Iterator[dict[str, object]]:
+    """A master, a replica and one sentinel watching them, on loopback; stopped after.
+
+    Yields ``master``, ``replica`` and ``sentinel`` ports, and ``kill_master()``.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="ccat-sentinel-"))
+    master, replica, sentinel = (free_port() for _ in range(3))
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        processes["master"] = redis_server(master, workdir)
+        wait_for(lambda: port_open("127.0.0.1", master), "redis master")
+        processes["replica"] = redis_server(
+            replica, workdir, "--replicaof", "127.0.0.1", str(master)
+        )
+        wait_for(lambda: port_open("127.0.0.1", replica), "redis replica")
+        config = workdir / "sentinel.conf"
+        config.write_text(
+            f"port {sentinel}\nbind 127.0.0.1\ndir {workdir}\n"
+            f"sentinel monitor site-buffer 127.0.0.1 {master} 1\n"
+            "sentinel down-after-milliseconds site-buffer 1000\n"
+            "sentinel failover-timeout site-buffer 5000\n"
+        )
+        processes["sentinel"] = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", str(config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: port_open("127.0.0.1", sentinel), "redis sentinel")
+
+        def kill_master() -> None:
+            processes["master"].kill()
+            processes["master"].wait(5)
+
+        yield {
+            "master": master,
+            "replica": replica,
+            "sentinel": sentinel,
+            "kill_master": kill_master,
+        }
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -12,9 +12,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import TypeVar
 
 import pytest
-
-from ccat_buffering._relay import LoopbackRelay
-from ccat_buffering.testing.servers import ServiceMissing
+from servers import ServiceMissing
 
 T = TypeVar("T")
 
@@ -47,15 +45,6 @@ def started(servers: AbstractContextManager[T]) -> Iterator[T]:
         yield value
     finally:
         servers.__exit__(None, None, None)
-
-
-def TcpProxy(host: str, port: int) -> LoopbackRelay:
-    """A loopback relay to ``host:port`` that a test cuts and restores."""
-    return LoopbackRelay(host, port)
-
-
-def postgres_admin_url() -> str:
-    return POSTGRES_URL
 
 
 async def redis_client() -> object:

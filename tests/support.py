@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,13 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.database import create_engine
-from ccat_buffering.example import Base, ExecutedObsUnit, RawDataPackage
+from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataPackage
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction
 from ccat_buffering.processor import BackgroundProcessor
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.retry import RetryPolicy
+from ccat_buffering.testing import new_site_name
 from ccat_buffering_memory import MemoryBackend
 
 
@@ -36,10 +36,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def new_site() -> str:
-    return f"test-{uuid.uuid4().hex[:12]}"
 
 
 def observation(i: int, *, name: str | None = None) -> tuple[Transaction, str]:
@@ -88,7 +84,7 @@ async def memory_sqlite_site(tmp_path: Path, *, max_attempts: int = 3) -> AsyncI
     import random
 
     clock = FakeClock()
-    backend = MemoryBackend(new_site(), clock=clock)
+    backend = MemoryBackend(new_site_name(), clock=clock)
     db_path = tmp_path / "main.db"
     engine = create_engine(f"sqlite+aiosqlite:///{db_path}")
     await make_schema(engine)
@@ -117,7 +113,7 @@ def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
             "ccat_buffering",
             "worker",
             "--models",
-            "ccat_buffering.example:Base",
+            "ccat_buffering.demo.example:Base",
         ],
         env=env,
         stdout=subprocess.DEVNULL,

@@ -24,7 +24,7 @@ from sqlalchemy.pool import StaticPool
 
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.database import create_engine, ledger_metadata
-from ccat_buffering.example import Base, ExecutedObsUnit, RawDataFile, RawDataPackage
+from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataFile, RawDataPackage
 from ccat_buffering.executor import Outcome, TransactionExecutor
 from ccat_buffering.models import Transaction
 from ccat_buffering.registry import ModelRegistry

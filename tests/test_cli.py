@@ -9,13 +9,13 @@ import socket
 from pathlib import Path
 
 import pytest
+from servers import free_port
 from typer.testing import CliRunner
 
 from ccat_buffering.cli import app
+from ccat_buffering.demo.simulation import simulate
 from ccat_buffering.executor import BatchResult, Outcome, TransactionExecutor
 from ccat_buffering.models import Transaction
-from ccat_buffering.simulation import simulate
-from ccat_buffering.testing.servers import free_port
 
 
 def test_simulate_json_reports_nothing_lost() -> None:
@@ -72,7 +72,7 @@ async def test_simulation_counts_what_the_database_holds(monkeypatch: pytest.Mon
 
 # --- Configuration and usage errors: one line, the right exit code, no traceback ---
 
-MODELS = "ccat_buffering.example:Base"
+MODELS = "ccat_buffering.demo.example:Base"
 
 
 @pytest.fixture

@@ -10,12 +10,12 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select
 
 from ccat_buffering import BufferingCoordinator, BufferingSettings, open_backend
+from ccat_buffering.demo.example import Base, ExecutedObsUnit
 from ccat_buffering.errors import ConfigurationError, DatabaseUnavailableError
-from ccat_buffering.example import Base, ExecutedObsUnit
+from ccat_buffering.masking import mask_url
 from ccat_buffering.models import TransactionState
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.retry import FailureKind, RetryPolicy, classify_failure
-from ccat_buffering.settings import mask_url
 from ccat_buffering_memory import MemoryBackend
 
 from support import make_schema, observation

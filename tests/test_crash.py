@@ -16,7 +16,7 @@ from services import REDIS_URL, forget_site, redis_client, require_redis
 from sqlalchemy import func, literal_column, select
 
 from ccat_buffering.database import create_engine, ledger_table
-from ccat_buffering.example import Base, ExecutedObsUnit
+from ccat_buffering.demo.example import Base, ExecutedObsUnit
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import TransactionState
@@ -30,7 +30,10 @@ from support import make_schema, observation
 CHILD = textwrap.dedent(
     """
     import asyncio, sys
-    from ccat_buffering.example import Base
+    from ccat_buffering.demo.example import Base
+    from ccat_buffering.database import create_engine
+    from ccat_buffering.executor import TransactionExecutor
+    from ccat_buffering.demo.example import Base
     from ccat_buffering.database import create_engine
     from ccat_buffering.executor import TransactionExecutor
     from ccat_buffering.manager import TransactionManager

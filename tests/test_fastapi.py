@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from services import REDIS_URL, TcpProxy, forget_site, redis_client, started
+from servers import Replicated, streaming_replica
+from services import REDIS_URL, forget_site, redis_client, started
 from sqlalchemy import String, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -24,6 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ccat_buffering import TransactionBuilder
 from ccat_buffering.database import create_engine
+from ccat_buffering.demo._relay import LoopbackRelay
 from ccat_buffering.errors import BackendUnavailableError
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.fastapi import (
@@ -36,7 +38,6 @@ from ccat_buffering.fastapi import (
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.settings import BufferingSettings
 from ccat_buffering.testing import new_site_name
-from ccat_buffering.testing.servers import Replicated, streaming_replica
 
 EXAMPLE = Path(__file__).parent.parent / "docs" / "examples" / "observatory_service.py"
 
@@ -221,7 +222,7 @@ async def test_the_observatory_service_through_an_outage(
         await conn.run_sync(service.Base.metadata.create_all)
     await TransactionExecutor(primary, ModelRegistry.from_base(service.Base)).create_ledger()
     await primary.dispose()
-    link = TcpProxy("127.0.0.1", primary_url.port or 5432)  # down until started
+    link = LoopbackRelay("127.0.0.1", primary_url.port or 5432)  # down until started
     site = new_site_name()
     for key, value in {
         "SITE_NAME": site,

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from ccat_buffering._grouping import plan
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.database import create_engine
-from ccat_buffering.example import Base, ExecutedObsUnit, RawDataFile, RawDataPackage
+from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataFile, RawDataPackage
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.models import Transaction
 from ccat_buffering.registry import ModelRegistry

@@ -53,6 +53,14 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv / "bin"
 
 
+def test_the_wheel_ships_the_demo_and_no_throwaway_servers(installed: Path) -> None:
+    code = "from importlib.metadata import files; print(*files('ccat-buffering'), sep='\\n')"
+    result = _run([str(installed / "python"), "-c", code])
+    shipped = set(result.stdout.split())
+    assert "ccat_buffering/demo/simulation.py" in shipped, result.stderr
+    assert not any("servers" in path for path in shipped), sorted(shipped)
+
+
 async def _prepare(site: str) -> tuple[str, str]:
     backend = RedisBackend.from_url(REDIS_URL, site=site)
     async with backend:
@@ -93,7 +101,7 @@ def test_operator_commands_in_the_production_install(installed: Path, tmp_path: 
                 assert [d["letter_id"] for d in data] == [letter]
             if argv[0] == "status":
                 assert data["buffer"]["depth"] == 2 and data["buffer"]["dead_letters"] == 1
-        worker = _run([command, "worker", "--models", "ccat_buffering.example:Base"], env=env)
+        worker = _run([command, "worker", "--models", "ccat_buffering.demo.example:Base"], env=env)
         assert worker.returncode == 2 and "no database_url" in worker.stderr, worker.stderr
     finally:
         keys = list(client.scan_iter(match=f"site:{{{site}}}:*", count=1000))

@@ -21,7 +21,7 @@ from sqlalchemy import func, literal_column, select
 
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.database import create_engine, ledger_table
-from ccat_buffering.example import Base, ExecutedObsUnit, RawDataFile, RawDataPackage
+from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataFile, RawDataPackage
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction, TransactionState

@@ -22,9 +22,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering._link import LinkTimeouts
-from ccat_buffering._relay import LoopbackRelay
 from ccat_buffering.database import create_engine, ledger_table
-from ccat_buffering.example import Base, ExecutedObsUnit
+from ccat_buffering.demo._relay import LoopbackRelay
+from ccat_buffering.demo.example import Base, ExecutedObsUnit
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import TransactionState
@@ -287,7 +287,7 @@ async def test_the_kill_storm_through_a_50_ms_relay() -> None:
     from services import REDIS_URL, forget_site, redis_client
     from test_kill_storm import _transaction, _until_holding
 
-    from ccat_buffering.example import RawDataFile
+    from ccat_buffering.demo.example import RawDataFile
     from ccat_buffering_redis import RedisBackend
 
     count, kills = 400, 8

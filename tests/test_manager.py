@@ -7,19 +7,21 @@ from pathlib import Path
 import pytest
 
 from ccat_buffering.builder import TransactionBuilder
+from ccat_buffering.cache_writes import cache_writes, record_id
 from ccat_buffering.errors import (
     PayloadTooLargeError,
     TransactionValidationError,
     UnknownColumnError,
     UnknownModelError,
 )
-from ccat_buffering.manager import TransactionManager, cache_writes, record_id
+from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import TransactionState
 from ccat_buffering.protocols import CacheKind
 from ccat_buffering.retry import FailureKind
+from ccat_buffering.testing import new_site_name
 from ccat_buffering_memory import MemoryBackend
 
-from support import FakeClock, memory_sqlite_site, new_site, observation
+from support import FakeClock, memory_sqlite_site, observation
 
 
 async def _everything(backend: MemoryBackend) -> tuple[int, dict[TransactionState, int], int]:
@@ -62,7 +64,7 @@ async def test_invalid_transaction_writes_nothing(tmp_path: Path) -> None:
 
 
 async def test_payload_limit_is_checked_before_writing() -> None:
-    backend = MemoryBackend(new_site())
+    backend = MemoryBackend(new_site_name())
     manager = TransactionManager(backend, max_payload_bytes=2000)
     tx = TransactionBuilder("big", max_payload_bytes=None)
     tx.create("Note", {"text": "x" * 5000})
@@ -104,7 +106,7 @@ async def test_failure_inside_the_atomic_group_leaves_nothing() -> None:
 
             return Group()
 
-    backend = Exploding(new_site())
+    backend = Exploding(new_site_name())
     manager = TransactionManager(backend)
     tx, obs_id = observation(1)
     with pytest.raises(ConnectionError, match="injected"):
@@ -164,7 +166,7 @@ def test_record_ids_too_long_for_a_cache_key_are_refused() -> None:
 
 
 async def test_unreadable_entry_is_dead_lettered_with_its_raw_text() -> None:
-    backend = MemoryBackend(new_site())
+    backend = MemoryBackend(new_site_name())
     manager = TransactionManager(backend)
     good, _ = observation(1)
     await backend.buffer.push(['{"truncated": '])
@@ -210,7 +212,7 @@ async def test_data_errors_retry_in_place_then_dead_letter(tmp_path: Path) -> No
 
 
 async def test_permanent_errors_dead_letter_at_once() -> None:
-    backend = MemoryBackend(new_site())
+    backend = MemoryBackend(new_site_name())
     manager = TransactionManager(backend)
     tx, _ = observation(1)
     await manager.buffer(tx)
@@ -223,7 +225,7 @@ async def test_permanent_errors_dead_letter_at_once() -> None:
 
 async def test_retried_transactions_keep_their_order() -> None:
     clock = FakeClock()
-    backend = MemoryBackend(new_site(), clock=clock)
+    backend = MemoryBackend(new_site_name(), clock=clock)
     manager = TransactionManager(backend)
     txs = [observation(i)[0] for i in range(4)]
     await manager.buffer_many(txs)
@@ -237,7 +239,7 @@ async def test_retried_transactions_keep_their_order() -> None:
 
 
 async def test_outage_pause_counts_no_attempt() -> None:
-    backend = MemoryBackend(new_site())
+    backend = MemoryBackend(new_site_name())
     manager = TransactionManager(backend)
     txs = [observation(i)[0] for i in range(3)]
     await manager.buffer_many(txs)
@@ -253,7 +255,7 @@ async def test_outage_pause_counts_no_attempt() -> None:
 
 
 async def test_replay_restores_status_caches_and_order() -> None:
-    backend = MemoryBackend(new_site())
+    backend = MemoryBackend(new_site_name())
     manager = TransactionManager(backend)
     txs = [observation(i)[0] for i in range(3)]
     await manager.buffer_many(txs)

@@ -801,7 +801,7 @@ def test_status_accepts_commit_lsn_as_text_or_int() -> None:
 
 def test_format_v1_fixture_still_loads() -> None:
     # tests/fixtures/transaction_v1.json was written ONCE by Transaction.to_json() of a
-    # TransactionBuilder transaction over ccat_buffering.example (format_version 1).
+    # TransactionBuilder transaction over ccat_buffering.demo.example (format_version 1).
     # NEVER regenerate or edit it: buffers in the field hold transactions in this format,
     # and every later release must keep loading it to exactly these values. A new format
     # gets a new fixture next to this one.

@@ -20,6 +20,7 @@ from typing import IO
 
 import pytest
 import pytest_asyncio
+from servers import free_port
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -27,7 +28,7 @@ import ccat_buffering.cli._operator as cli_operator
 from ccat_buffering.cli import app
 from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.database import create_engine
-from ccat_buffering.example import Base, ExecutedObsUnit
+from ccat_buffering.demo.example import Base, ExecutedObsUnit
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.health import Health
 from ccat_buffering.models import TransactionState
@@ -35,7 +36,6 @@ from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.retry import FailureKind
 from ccat_buffering.settings import BufferingSettings
 from ccat_buffering.testing import new_site_name
-from ccat_buffering.testing.servers import free_port
 from ccat_buffering_memory import MemoryBackend
 
 from support import make_schema, observation
@@ -469,7 +469,7 @@ def test_the_worker_says_what_it_does_without_verbose(tmp_path: Path) -> None:
         "CCAT_BUFFERING_SITE_NAME": new_site_name(),
         # Nothing listens there: the worker must still say at once what it does.
         "CCAT_BUFFERING_DATABASE_URL": f"postgresql+asyncpg://ops:{SECRET}@127.0.0.1:{free_port()}/ops",
-        "CCAT_BUFFERING_MODELS": "ccat_buffering.example:Base",
+        "CCAT_BUFFERING_MODELS": "ccat_buffering.demo.example:Base",
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "ccat_buffering", "worker"],
@@ -542,7 +542,7 @@ def test_a_worker_killed_with_sigkill_shows_as_gone(tmp_path: Path) -> None:
         "CCAT_BUFFERING_SITE_NAME": site,
         "CCAT_BUFFERING_BACKEND_URL": REDIS_URL,
         "CCAT_BUFFERING_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'k.db'}",
-        "CCAT_BUFFERING_MODELS": "ccat_buffering.example:Base",
+        "CCAT_BUFFERING_MODELS": "ccat_buffering.demo.example:Base",
     }
     worker = subprocess.Popen(
         [sys.executable, "-m", "ccat_buffering", "worker"],

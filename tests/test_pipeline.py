@@ -27,11 +27,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from ccat_buffering._relay import LoopbackRelay
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.database import create_engine, ledger_table
+from ccat_buffering.demo._relay import LoopbackRelay
+from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataPackage
 from ccat_buffering.errors import RecordNotFoundError
-from ccat_buffering.example import Base, ExecutedObsUnit, RawDataPackage
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.retry import FailureKind

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import pytest
 import pytest_asyncio
 from pg import fresh_database
-from services import TcpProxy
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering.database import create_engine, ledger_table
-from ccat_buffering.example import Base, ExecutedObsUnit, RawDataPackage
+from ccat_buffering.demo._relay import LoopbackRelay
+from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataPackage
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.lsn import LSN
 from ccat_buffering.manager import TransactionManager
@@ -175,7 +175,7 @@ async def test_errors_are_classified_from_postgres(site: PgSite) -> None:
 
 async def test_outage_mid_drain_pauses_counts_nothing_and_resumes(pg_url: str) -> None:
     target = make_url(pg_url)
-    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432)
+    proxy = LoopbackRelay(target.host or "127.0.0.1", target.port or 5432)
     await proxy.start()
     proxied = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     built = await _site(pg_url)

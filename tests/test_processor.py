@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, literal_column, select
 
 from ccat_buffering.database import ledger_table
-from ccat_buffering.example import ExecutedObsUnit, RawDataPackage
+from ccat_buffering.demo.example import ExecutedObsUnit, RawDataPackage
 from ccat_buffering.models import TransactionState
 from ccat_buffering.processor import BackgroundProcessor, ProcessorState
 
@@ -393,7 +393,7 @@ async def test_a_settling_that_fails_behind_the_next_batch_loses_nothing(
 async def test_a_missing_table_of_the_schema_pauses_as_schema_lag(tmp_path: Path) -> None:
     from sqlalchemy import text
 
-    from ccat_buffering.example import Base
+    from ccat_buffering.demo.example import Base
 
     async with memory_sqlite_site(tmp_path) as site:
         txs = [observation(i)[0] for i in range(5)]

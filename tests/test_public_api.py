@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+
+import pytest
+
 import ccat_buffering
 import ccat_buffering_memory
 
@@ -88,6 +92,40 @@ def test_every_name_exists() -> None:
         assert getattr(ccat_buffering, name) is not None
 
 
+MOVED = [
+    ("ccat_buffering.example", "Base", "ccat_buffering.demo.example"),
+    ("ccat_buffering.simulation", "simulate", "ccat_buffering.demo.simulation"),
+    ("ccat_buffering.executor", "create_engine", "ccat_buffering.database"),
+    ("ccat_buffering.executor", "ledger_metadata", "ccat_buffering.database"),
+    ("ccat_buffering.settings", "mask_text", "ccat_buffering.masking"),
+    ("ccat_buffering.manager", "cache_writes", "ccat_buffering.cache_writes"),
+    ("ccat_buffering.manager", "key_text", "ccat_buffering.cache_writes"),
+    ("ccat_buffering.manager", "record_id", "ccat_buffering.cache_writes"),
+]
+
+
+@pytest.mark.parametrize(("old", "name", "new"), MOVED)
+def test_a_moved_name_keeps_its_old_path_for_one_release(old: str, name: str, new: str) -> None:
+    with pytest.warns(DeprecationWarning, match=f"{old}.{name} moved to {new}.{name}"):
+        found = getattr(importlib.import_module(old), name)
+    assert found is getattr(importlib.import_module(new), name)
+    with pytest.raises(AttributeError):
+        _ = importlib.import_module(old).no_such_name
+
+
+def test_the_package_imports_no_deprecated_path() -> None:
+    import subprocess
+    import sys
+
+    code = "import ccat_buffering, ccat_buffering.cli, ccat_buffering.demo.simulation"
+    out = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", code],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+
+
 def test_core_imports_no_backend_client() -> None:
     import subprocess
     import sys
@@ -100,18 +138,6 @@ def test_core_imports_no_backend_client() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-
-
-def test_the_engine_and_ledger_names_of_the_executor_module_still_work_and_warn() -> None:
-    import pytest
-
-    import ccat_buffering.database
-    import ccat_buffering.executor
-
-    for name in ("LEDGER_TABLE_NAME", "create_engine", "ledger_metadata", "ledger_table"):
-        with pytest.warns(DeprecationWarning, match=f"ccat_buffering.database.{name}"):
-            old = getattr(ccat_buffering.executor, name)
-        assert old is getattr(ccat_buffering.database, name)
 
 
 def test_every_report_counts_the_buffer_under_the_stores_names() -> None:

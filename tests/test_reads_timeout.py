@@ -14,9 +14,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from ccat_buffering._relay import LoopbackRelay
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.database import create_engine
+from ccat_buffering.demo._relay import LoopbackRelay
 from ccat_buffering.errors import DatabaseUnavailableError
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.reads import Reads

@@ -13,17 +13,18 @@ import redis.asyncio as aioredis
 from services import REDIS_URL, forget_site
 
 from ccat_buffering.builder import TransactionBuilder
+from ccat_buffering.cache_writes import cache_writes
+from ccat_buffering.demo.simulation import simulate
 from ccat_buffering.errors import (
     BackendError,
     BackendUnavailableError,
     ConfigurationError,
     TransactionValidationError,
 )
-from ccat_buffering.manager import TransactionManager, cache_writes
+from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction, TransactionState, TransactionStatus
 from ccat_buffering.protocols import CacheKind, CacheWrite
 from ccat_buffering.retry import FailureKind
-from ccat_buffering.simulation import simulate
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_redis import RedisBackend, SiteKeys
 from ccat_buffering_redis.backend import SEP, Op, RedisWriteBatch, _Coalescer, _take_compression

@@ -10,10 +10,10 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis_servers import redis_cluster, redis_sentinel
 from services import forget_site, started
 
 from ccat_buffering.testing import BackendContract
-from ccat_buffering.testing.servers import redis_cluster, redis_sentinel
 from ccat_buffering_redis import RedisBackend
 
 

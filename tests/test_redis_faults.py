@@ -23,22 +23,24 @@ from redis_servers import ThrowawayRedis
 from services import started
 from typer.testing import CliRunner
 
+from ccat_buffering.cache_writes import cache_writes
 from ccat_buffering.cli import app
 from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.database import create_engine
+from ccat_buffering.demo.example import Base, ExecutedObsUnit
 from ccat_buffering.errors import BackendFullError, BackendUnavailableError, ConfigurationError
-from ccat_buffering.example import Base, ExecutedObsUnit
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.health import Health
-from ccat_buffering.manager import TransactionManager, cache_writes
+from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction
 from ccat_buffering.processor import BackgroundProcessor
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.testing import new_site_name
 from ccat_buffering_redis import RedisBackend
 from ccat_buffering_redis.backend import RedisWriteBatch
 
-from support import make_schema, new_site, observation
+from support import make_schema, observation
 
 POLICIES = [
     "allkeys-lru",
@@ -71,7 +73,7 @@ async def _applied(coordinator: BufferingCoordinator) -> list[int]:
 
 def _settings(server: ThrowawayRedis, tmp_path: Path, **more: object) -> BufferingSettings:
     return BufferingSettings(
-        site_name=new_site(),
+        site_name=new_site_name(),
         backend_url=server.url,
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'main.db'}",
         poll_interval=0.05,
@@ -248,7 +250,7 @@ async def test_each_eviction_policy_is_refused_unless_allowed(
 ) -> None:
     policy_redis.client().config_set("maxmemory-policy", policy)
     try:
-        site = new_site()
+        site = new_site_name()
         async with RedisBackend.from_url(policy_redis.url, site=site) as backend:
             manager = TransactionManager(backend)
             with pytest.raises(ConfigurationError, match=policy) as refused:
@@ -267,7 +269,7 @@ async def test_each_eviction_policy_is_refused_unless_allowed(
 
 async def test_a_policy_that_cannot_be_read_is_a_warning() -> None:
     with started(ThrowawayRedis("--rename-command", "CONFIG", "")) as server:
-        async with RedisBackend.from_url(server.url, site=new_site()) as backend:
+        async with RedisBackend.from_url(server.url, site=new_site_name()) as backend:
             await TransactionManager(backend).buffer(observation(1)[0])
             warnings = await backend.buffer_warnings()
             assert any("could not be checked" in w for w in warnings), warnings
@@ -365,14 +367,15 @@ async def test_a_stopped_redis_makes_buffer_raise_within_the_timeout(
 
 
 def test_clients_opened_from_urls_have_timeouts_by_default() -> None:
-    backend = RedisBackend.from_url("redis://127.0.0.1:1/0", site=new_site())
+    backend = RedisBackend.from_url("redis://127.0.0.1:1/0", site=new_site_name())
     kwargs = backend.client.connection_pool.connection_kwargs  # type: ignore[union-attr]
     assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (5.0, 5.0)
     url = "redis://127.0.0.1:1/0?socket_timeout=0.25&socket_connect_timeout=none"
-    kwargs = RedisBackend.from_url(url, site=new_site()).client.connection_pool.connection_kwargs  # type: ignore[union-attr]
+    backend = RedisBackend.from_url(url, site=new_site_name())
+    kwargs = backend.client.connection_pool.connection_kwargs  # type: ignore[union-attr]
     assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (0.25, None)
     with pytest.raises(ConfigurationError, match="socket_timeout"):
-        RedisBackend.from_url("redis://127.0.0.1:1/0?socket_timeout=soon", site=new_site())
+        RedisBackend.from_url("redis://127.0.0.1:1/0?socket_timeout=soon", site=new_site_name())
 
 
 _FILL = """

@@ -6,13 +6,13 @@ import asyncio
 import time
 
 import redis.asyncio as aioredis
+from redis_servers import redis_sentinel
 from services import started
 
 from ccat_buffering.backends import open_backend
 from ccat_buffering.errors import BackendError
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.testing import new_site_name
-from ccat_buffering.testing.servers import redis_sentinel
 
 from support import observation
 

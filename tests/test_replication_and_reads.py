@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.example import ExecutedObsUnit
+from ccat_buffering.demo.example import ExecutedObsUnit
 from ccat_buffering.lsn import LSN
 from ccat_buffering.models import TransactionState
 from ccat_buffering.reads import Reads

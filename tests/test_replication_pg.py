@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import pytest
 import pytest_asyncio
-from services import REDIS_URL, TcpProxy, forget_site, redis_client, require_redis, started
+from servers import Replicated, streaming_replica
+from services import REDIS_URL, forget_site, redis_client, require_redis, started
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -18,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.database import create_engine
-from ccat_buffering.example import Base, ExecutedObsUnit
+from ccat_buffering.demo._relay import LoopbackRelay
+from ccat_buffering.demo.example import Base, ExecutedObsUnit
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import TransactionState
@@ -28,7 +30,6 @@ from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.replication import LSNReplicationChecker, ReplicationTracker
 from ccat_buffering.settings import BufferingSettings
 from ccat_buffering.testing import new_site_name
-from ccat_buffering.testing.servers import Replicated, streaming_replica
 from ccat_buffering_memory import MemoryBackend
 from ccat_buffering_redis import RedisBackend
 
@@ -203,7 +204,7 @@ async def test_a_primary_is_not_a_standby(pair: Pair) -> None:
 
 async def test_read_your_writes_while_the_main_database_is_unreachable(pair: Pair) -> None:
     target = make_url(pair.primary_url)
-    proxy = TcpProxy("127.0.0.1", target.port or 5432)
+    proxy = LoopbackRelay("127.0.0.1", target.port or 5432)
     main = create_engine(target.set(port=proxy.port).render_as_string(False))
     manager = TransactionManager(MemoryBackend(new_site_name()), registry=pair.registry)
     processor = BackgroundProcessor(manager, TransactionExecutor(main, pair.registry))
@@ -263,7 +264,7 @@ async def test_main_site_confirms_against_its_own_replica(pair: Pair) -> None:
 async def test_simulate_through_a_cut_link_with_real_lsn_tracking(
     replicated: Replicated, schema: str
 ) -> None:
-    from ccat_buffering.simulation import simulate
+    from ccat_buffering.demo.simulation import simulate
 
     await require_redis()
     summary = await simulate(

@@ -39,7 +39,7 @@ from typer.testing import CliRunner, Result
 from ccat_buffering.cli import app
 from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.database import create_engine
-from ccat_buffering.example import Base
+from ccat_buffering.demo.example import Base
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.settings import BufferingSettings
 from ccat_buffering.testing import new_site_name
@@ -51,7 +51,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 README = DOCS.parent / "README.md"
 PAGES = [*sorted(DOCS.glob("*.rst")), README]
 SHELL_OPERATORS = {"|", "||", "&&", ";", ">", ">>", "2>&1", "&"}
-MODELS = "ccat_buffering.example:Base"
+MODELS = "ccat_buffering.demo.example:Base"
 
 # Sub-commands each page must show (so that an edit cannot drop them unnoticed).
 REQUIRED = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ccat_buffering.simulation import simulate
+from ccat_buffering.demo.simulation import simulate
 
 
 @pytest.mark.parametrize("schema", ["text", "uuid"])

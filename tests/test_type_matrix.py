@@ -28,9 +28,8 @@ from ccat_buffering.errors import TransactionValidationError
 from ccat_buffering.models import TransactionState
 from ccat_buffering.reads import Reads
 from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.testing import new_site_name
 from ccat_buffering_memory import MemoryBackend
-
-from support import new_site
 
 DOCS = Path(__file__).parent.parent / "docs" / "_type_matrix.rst"
 
@@ -47,7 +46,7 @@ async def typed_site(
             url = await stack.enter_async_context(fresh_database())
             if database == "psycopg":  # the pipelined drain's driver
                 url = url.replace("+asyncpg", "+psycopg", 1)
-        site_name = new_site()
+        site_name = new_site_name()
         if backend == "redis":
             await require_redis()
         settings = BufferingSettings(
@@ -77,7 +76,7 @@ async def typed_site(
 
 def database_only(site: BufferingCoordinator) -> Reads:
     """Reads that see the database alone, as after replication released the caches."""
-    return Reads(MemoryBackend(new_site()).cache, site.registry, site.engine)
+    return Reads(MemoryBackend(new_site_name()).cache, site.registry, site.engine)
 
 
 def typed(value: Any) -> tuple[type[Any], Any]:

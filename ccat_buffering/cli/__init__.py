@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from ccat_buffering.cli import dlq as _dlq  # noqa: F401 (registers its commands)
+from ccat_buffering.cli import db as _db  # noqa: F401 (registers its commands)
+from ccat_buffering.cli import dlq as _dlq  # noqa: F401
+from ccat_buffering.cli import keys as _keys  # noqa: F401
 from ccat_buffering.cli import site as _site  # noqa: F401
 from ccat_buffering.cli import status as _status  # noqa: F401
 from ccat_buffering.cli._app import app
 from ccat_buffering.cli._common import exit_code
 from ccat_buffering.errors import BufferingError
-from ccat_buffering.settings import mask_text
+from ccat_buffering.masking import mask_text
 
 __all__ = ["app", "main"]
 

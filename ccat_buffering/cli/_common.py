@@ -35,8 +35,10 @@ from ccat_buffering.errors import (
     ReplicationError,
 )
 from ccat_buffering.logs import FORMAT, install
+from ccat_buffering.masking import mask_text, mask_url
 from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.settings import BufferingSettings, load_settings, mask_text
+from ccat_buffering.retry import FailureKind, classify_failure, describe_error
+from ccat_buffering.settings import BufferingSettings, load_settings
 
 __all__ = [
     "EXIT_ATTENTION",
@@ -48,6 +50,7 @@ __all__ = [
     "configure_logging",
     "console",
     "current",
+    "database_error",
     "emit_json",
     "exit_code",
     "fail",
@@ -162,6 +165,17 @@ def fail(message: str, code: int, *, kind: str = "error") -> typer.Exit:
     else:
         print(f"ccat-buffering: {message}", file=sys.stderr)
     return typer.Exit(code)
+
+
+def database_error(exc: Exception, url: str) -> Exception:
+    """A database's error as the library's: unreachable (exit 3) or misconfigured (2)."""
+    reason = describe_error(exc)
+    if classify_failure(exc) is FailureKind.OUTAGE:
+        return DatabaseUnavailableError(f"the database {mask_url(url)} cannot be reached: {reason}")
+    return ConfigurationError(
+        f"the database {mask_url(url)} refused: {reason}; check the database URL "
+        "(the database must exist and the user may create tables)"
+    )
 
 
 def command(

@@ -1,4 +1,4 @@
-"""Fixing a site: ``dlq list | show | replay | purge`` and ``keys audit``."""
+"""Dead letters: ``dlq list | show | replay | purge``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ccat_buffering.cli import _operator
-from ccat_buffering.cli._app import dlq_app, keys_app
+from ccat_buffering.cli._app import dlq_app
 from ccat_buffering.cli._common import (
     command,
     console,
@@ -23,7 +23,7 @@ from ccat_buffering.cli._common import (
     progress,
     settings_for,
 )
-from ccat_buffering.protocols import DeadLetter, SupportsKeyAudit
+from ccat_buffering.protocols import DeadLetter
 
 __all__: list[str] = []
 
@@ -181,35 +181,3 @@ def purge_command(ids: Ids = None, every: All = False, yes: Yes = False) -> None
         emit_json({"purged": purged})
     else:
         Console().print(f"purged {purged} dead letter(s)")
-
-
-@command(keys_app, "audit")
-def audit_command() -> None:
-    """List keys of the site that have no TTL and are not one of its bounded structures.
-
-    Exits 1 when it lists a key.
-    """
-    site = _operator.open_site(settings_for())
-    backend = site.backend
-    if not isinstance(backend, SupportsKeyAudit):
-        asyncio.run(backend.aclose())
-        if current().as_json:
-            emit_json([])
-        else:
-            Console().print(f"the {type(backend).__name__} keeps no keys to audit")
-        return
-
-    async def run() -> list[dict[str, object]]:
-        async with site:
-            return [info.__dict__ for info in await backend.audit_keys()]
-
-    leaks = asyncio.run(run())
-    if current().as_json:
-        emit_json(leaks)
-    else:
-        out = console()
-        out.print(f"{len(leaks)} key(s) without a TTL")
-        for leak in leaks:
-            # The key last and soft-wrapped: the terminal wraps it, nothing cuts it.
-            out.print(f"  {leak['kind']:<8} {escape(str(leak['key']))}", soft_wrap=True)
-    raise typer.Exit(1 if leaks else 0)

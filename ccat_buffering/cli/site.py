@@ -1,4 +1,4 @@
-"""Running a site: ``simulate``, ``worker`` and ``db init``."""
+"""Running a site: ``simulate`` and ``worker``."""
 
 from __future__ import annotations
 
@@ -17,26 +17,24 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ccat_buffering._heap import settle_heap
 from ccat_buffering._settings_checks import check_backend_url, check_database_url, check_driver
-from ccat_buffering.cli._app import app, db_app
+from ccat_buffering.cli._app import app
 from ccat_buffering.cli._common import (
     command,
     configure_logging,
     current,
+    database_error,
     emit_json,
     progress,
     registry_for,
     settings_for,
 )
 from ccat_buffering.coordinator import BufferingCoordinator
-from ccat_buffering.database import LEDGER_TABLE_NAME, create_engine
-from ccat_buffering.errors import ConfigurationError, DatabaseUnavailableError
-from ccat_buffering.executor import TransactionExecutor
+from ccat_buffering.demo.simulation import SimulationSummary, simulate
+from ccat_buffering.errors import ConfigurationError
 from ccat_buffering.logs import SiteLogger
 from ccat_buffering.processor import ProcessorState
 from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import FailureKind, classify_failure, describe_error
-from ccat_buffering.settings import BufferingSettings, mask_url
-from ccat_buffering.simulation import SimulationSummary, simulate
+from ccat_buffering.settings import BufferingSettings
 
 __all__ = ["run_worker"]
 
@@ -129,7 +127,7 @@ def simulate_command(
                 )
             )
         except (OSError, SQLAlchemyError) as exc:
-            raise _database_error(exc, database_url or "the temporary SQLite file") from exc
+            raise database_error(exc, database_url or "the temporary SQLite file") from exc
     if json_output:
         emit_json(summary.model_dump())
     else:
@@ -243,36 +241,3 @@ def worker_command(
     configure_logging(current().verbose)
     settings = settings_for(models)
     asyncio.run(run_worker(settings, registry_for(settings), metrics_port))
-
-
-def _database_error(exc: Exception, url: str) -> Exception:
-    """A database's error as the library's: unreachable (exit 3) or misconfigured (2)."""
-    reason = describe_error(exc)
-    if classify_failure(exc) is FailureKind.OUTAGE:
-        return DatabaseUnavailableError(f"the database {mask_url(url)} cannot be reached: {reason}")
-    return ConfigurationError(
-        f"the database {mask_url(url)} refused: {reason}; check the database URL "
-        "(the database must exist and the user may create tables)"
-    )
-
-
-@command(db_app, "init")
-def db_init_command() -> None:
-    """Create the applied-transactions ledger table in the main database."""
-    settings = settings_for(site=False)
-    url = settings.require_url("database_url")
-
-    async def init() -> None:
-        engine = create_engine(url)
-        try:
-            await TransactionExecutor(engine, ModelRegistry()).create_ledger()
-        except (OSError, SQLAlchemyError) as exc:
-            raise _database_error(exc, url) from exc
-        finally:
-            await engine.dispose()
-
-    asyncio.run(init())
-    if current().as_json:
-        emit_json({"ledger_table": LEDGER_TABLE_NAME, "database": mask_url(url)})
-    else:
-        Console().print(f"ledger table {LEDGER_TABLE_NAME} ready in {mask_url(url)}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import json
 from typing import Annotated, Any
 
@@ -18,11 +17,8 @@ from ccat_buffering.cli import _common as common
 from ccat_buffering.cli import _operator
 from ccat_buffering.cli._app import app
 from ccat_buffering.cli._common import command, current, emit_json, fail, settings_for
-from ccat_buffering.cli._operator import OperatorSite
+from ccat_buffering.cli._inspection import inspect_transaction
 from ccat_buffering.health import Health, as_json
-from ccat_buffering.manager import cache_writes
-from ccat_buffering.models import Transaction
-from ccat_buffering.protocols import SupportsInspection
 
 __all__ = ["MIN_INTERVAL", "render"]
 
@@ -198,58 +194,6 @@ def status_command(
     raise typer.Exit(0 if health.healthy else 1)
 
 
-def _utc(moment: dt.datetime) -> str:
-    """ISO 8601 in UTC with ``Z``, as pydantic writes the statuses' times."""
-    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def _iso(seconds: float) -> str:
-    return _utc(dt.datetime.fromtimestamp(seconds, dt.UTC))
-
-
-async def _inspect(site: OperatorSite, transaction_id: str) -> dict[str, Any] | None:
-    status = await site.status(transaction_id)
-    backend = site.backend
-    payload = None
-    keys: list[dict[str, Any]] = []
-    if isinstance(backend, SupportsInspection):
-        payload = await backend.find_payload(transaction_id)
-        records: list[tuple[str, str]] = []
-        if payload is not None:
-            try:
-                records = [
-                    (w.model, w.record_id) for w in cache_writes(Transaction.from_json(payload))
-                ]
-            except ValueError:
-                records = []
-        for info in await backend.transaction_keys(transaction_id, records):
-            keys.append({"key": info.key, "kind": info.kind, "ttl_seconds": info.ttl_seconds})
-    letter = await backend.dead_letters.get(transaction_id)
-    losses = [loss.describe() for loss in await site.buffer_losses()]
-    if status is None and payload is None and letter is None and not losses:
-        return None
-    history = []
-    if status is not None:
-        history.append(("buffered", status.created_at))
-        if status.committed_at:
-            history.append((f"committed at LSN {status.commit_lsn or '-'}", status.committed_at))
-        if status.replicated_at:
-            history.append(("replicated", status.replicated_at))
-        history.append((f"now {status.state}", status.updated_at))
-    return {
-        "transaction_id": transaction_id,
-        "status": None if status is None else status.model_dump(mode="json"),
-        "history": [{"event": event, "at": _utc(at)} for event, at in history],
-        "dead_letter": None
-        if letter is None
-        else {"reason": letter.reason, "dead_lettered_at": _iso(letter.dead_lettered_at)},
-        "payload": None if payload is None else json.loads(payload),
-        "keys": keys,
-        # The buffer forgot what it held: an unknown or unfinished transaction may be among it.
-        "buffer_losses": losses,
-    }
-
-
 @command(app, "inspect")
 def inspect_command(
     transaction_id: Annotated[str, typer.Argument(help="The transaction's id.")],
@@ -264,7 +208,7 @@ def inspect_command(
 
     async def run() -> dict[str, Any] | None:
         async with site:
-            return await _inspect(site, transaction_id)
+            return await inspect_transaction(site, transaction_id)
 
     found = asyncio.run(run())
     if found is None:

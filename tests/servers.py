@@ -1,9 +1,11 @@
-"""Throwaway servers on loopback for tests and benchmarks: Redis Cluster, Sentinel, replica.
+"""Throwaway servers on loopback for the tests and benchmarks: what they share, and a replica.
 
 Each is a context manager that starts real servers on free loopback ports
 and stops and removes them afterwards. What a machine lacks (a binary, a
-user to run PostgreSQL as) raises :class:`ServiceMissing`, which a test suite
-turns into a skip, or a failure where services are required.
+user to run PostgreSQL as) raises :class:`ServiceMissing`, which
+``services.started`` turns into a skip, or a failure where services are
+required. The Redis ones (one server, a Cluster, Sentinel) are in
+``redis_servers.py``.
 
 A streaming replica is made as a contributor would by hand: ``initdb`` a
 primary with ``wal_level=replica``, start it, ``pg_basebackup -R -X stream`` a
@@ -14,7 +16,6 @@ run as root, so as root both servers run as the ``postgres`` user.
 
 from __future__ import annotations
 
-import functools
 import glob
 import os
 import pwd
@@ -34,8 +35,6 @@ __all__ = [
     "ServiceMissing",
     "free_port",
     "port_open",
-    "redis_cluster",
-    "redis_sentinel",
     "streaming_replica",
     "wait_for",
 ]
@@ -79,162 +78,6 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 20.0) -> Non
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what}: not ready after {timeout} s")
         time.sleep(0.05)
-
-
-@contextmanager
-def redis_cluster(masters: int = 3) -> Iterator[list[int]]:
-    """Start a Redis Cluster of ``masters`` nodes on free loopback ports; stop it after."""
-    server = shutil.which("redis-server")
-    cli = shutil.which("redis-cli")
-    if server is None or cli is None:
-        raise ServiceMissing("redis-server and redis-cli are needed to start a Redis Cluster")
-    assert server is not None and cli is not None
-    workdir = Path(tempfile.mkdtemp(prefix="ccat-cluster-"))
-    ports: list[int] = []
-    while len(ports) < masters:
-        port = free_port(also=10000)  # a node's cluster bus listens on port + 10000
-        if port not in ports:
-            ports.append(port)
-    processes = []
-    try:
-        for port in ports:
-            node = workdir / str(port)
-            node.mkdir()
-            processes.append(
-                subprocess.Popen(
-                    [
-                        server,
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        str(node / "nodes.conf"),
-                        "--cluster-node-timeout",
-                        "2000",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--dir",
-                        str(node),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        for port in ports:
-            wait_for(functools.partial(port_open, "127.0.0.1", port), f"redis node {port}")
-        subprocess.run(
-            [
-                cli,
-                "--cluster",
-                "create",
-                *(f"127.0.0.1:{p}" for p in ports),
-                "--cluster-replicas",
-                "0",
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-
-        def converged() -> bool:
-            out = subprocess.run(
-                [cli, "-p", str(ports[0]), "cluster", "info"], capture_output=True, text=True
-            ).stdout
-            return "cluster_state:ok" in out
-
-        wait_for(converged, "redis cluster state ok")
-        yield ports
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _redis_server(port: int, workdir: Path, *extra: str) -> subprocess.Popen[bytes]:
-    server = shutil.which("redis-server")
-    if server is None:
-        raise ServiceMissing("redis-server is needed to start a throwaway Redis")
-    assert server is not None
-    return subprocess.Popen(
-        [
-            server,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-@contextmanager
-def redis_sentinel() -> Iterator[dict[str, object]]:
-    """A master, a replica and one sentinel watching them, on loopback; stopped after.
-
-    Yields ``master``, ``replica`` and ``sentinel`` ports, and ``kill_master()``.
-    """
-    workdir = Path(tempfile.mkdtemp(prefix="ccat-sentinel-"))
-    master, replica, sentinel = (free_port() for _ in range(3))
-    processes: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        processes["master"] = _redis_server(master, workdir)
-        wait_for(lambda: port_open("127.0.0.1", master), "redis master")
-        processes["replica"] = _redis_server(
-            replica, workdir, "--replicaof", "127.0.0.1", str(master)
-        )
-        wait_for(lambda: port_open("127.0.0.1", replica), "redis replica")
-        config = workdir / "sentinel.conf"
-        config.write_text(
-            f"port {sentinel}\nbind 127.0.0.1\ndir {workdir}\n"
-            f"sentinel monitor site-buffer 127.0.0.1 {master} 1\n"
-            "sentinel down-after-milliseconds site-buffer 1000\n"
-            "sentinel failover-timeout site-buffer 5000\n"
-        )
-        processes["sentinel"] = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", str(config), "--sentinel"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(lambda: port_open("127.0.0.1", sentinel), "redis sentinel")
-
-        def kill_master() -> None:
-            processes["master"].kill()
-            processes["master"].wait(5)
-
-        yield {
-            "master": master,
-            "replica": replica,
-            "sentinel": sentinel,
-            "kill_master": kill_master,
-        }
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -143,11 +143,6 @@ class LoopbackRelay:
         finally:
             self._writers.difference_update((writer, up_writer))
 
-    @property
-    def up(self) -> bool:
-        """Whether the relay is forwarding."""
-        return self._server is not None
-
     def hang(self) -> None:
         """Drop every byte from now on, keeping connections open and accepting new ones."""
         self.hung = True
