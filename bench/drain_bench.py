@@ -85,19 +85,29 @@ async def drain_rate(db_url: str, n: int, batch_size: int, ledger: bool) -> tupl
     for start in range(0, n, 500):
         await manager.buffer_many(txs[start : start + 500])
     processor = BackgroundProcessor(manager, executor, batch_size=batch_size)
+    rate = await drained_per_second(processor, n)
+    await close_backend(backend)
+    await engine.dispose()
+    return rate, kind
+
+
+async def drained_per_second(processor: BackgroundProcessor, n: int) -> float:
+    """Run batches until ``n`` are applied; transactions per second."""
     began = time.perf_counter()
     done = 0
     while done < n:
         done += await processor.run_once()
-    rate = n / (time.perf_counter() - began)
+    return n / (time.perf_counter() - began)
+
+
+async def close_backend(backend: Backend) -> None:
+    """Close a benchmark's backend, leaving nothing of its site behind in Redis."""
     client = getattr(backend, "client", None)
-    if client is not None:  # leave nothing of the benchmark's site behind
+    if client is not None:
         keys = [k async for k in client.scan_iter(match=backend.keys.pattern())]  # type: ignore[attr-defined]
         for start in range(0, len(keys), 500):
             await client.unlink(*keys[start : start + 500])
     await backend.aclose()
-    await engine.dispose()
-    return rate, kind
 
 
 async def main(n: int) -> list[tuple[str, str, str, str]]:

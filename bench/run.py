@@ -94,11 +94,7 @@ async def bench_drain(n: int, batch_size: int, ledger: bool, workdir: Path) -> f
     manager = TransactionManager(MemoryBackend("bench"), registry=registry)
     await manager.buffer_many(_transactions(n))
     processor = BackgroundProcessor(manager, executor, batch_size=batch_size)
-    began = time.perf_counter()
-    done = 0
-    while done < n:
-        done += await processor.run_once()
-    rate = n / (time.perf_counter() - began)
+    rate = await drain_bench.drained_per_second(processor, n)
     await engine.dispose()
     return rate
 

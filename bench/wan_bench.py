@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from drain_bench import POSTGRES_URL, _backend, transactions
+from drain_bench import POSTGRES_URL, _backend, close_backend, transactions
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -153,7 +153,7 @@ async def ours(
     sizes: list[int] = []  # of the batches applied, counted as the executor sees them
     execute_batch = executor.execute_batch
 
-    async def counted(batch: list[Transaction]) -> BatchResult:
+    async def counted(batch: Sequence[Transaction]) -> BatchResult:
         sizes.append(len(batch))
         return await execute_batch(batch)
 
@@ -180,12 +180,7 @@ async def ours(
         if adaptive:
             print(f"   default settings: batch sizes {sizes[:3]} ... {sizes[-3:]}", flush=True)
     finally:
-        client = getattr(backend, "client", None)
-        if client is not None:
-            keys = [k async for k in client.scan_iter(match=backend.keys.pattern())]  # type: ignore[attr-defined]
-            for start in range(0, len(keys), 500):
-                await client.unlink(*keys[start : start + 500])
-        await backend.aclose()
+        await close_backend(backend)
         await engine.dispose()
     return Cell(applied_total / seconds, trips)
 
@@ -374,12 +369,7 @@ async def hung_link(url: URL, rtt_ms: int, hang_seconds: float, n: int = 3000) -
                 )
             ).scalar_one()
         await direct.dispose()
-        client = getattr(backend, "client", None)
-        if client is not None:
-            keys = [k async for k in client.scan_iter(match=backend.keys.pattern())]  # type: ignore[attr-defined]
-            for start in range(0, len(keys), 500):
-                await client.unlink(*keys[start : start + 500])
-        await backend.aclose()
+        await close_backend(backend)
         await engine.dispose()
     files_per_tx = 2
     return HangResult(reported, resumed, n * files_per_tx - distinct, total - distinct, dead)
