@@ -24,6 +24,7 @@ from ccat_buffering.cli._common import (
     settings_for,
 )
 from ccat_buffering.protocols import DeadLetter
+from ccat_buffering.settings import BufferingSettings
 
 __all__: list[str] = []
 
@@ -119,18 +120,29 @@ def _selection(ids: list[str] | None, every: bool, verb: str) -> list[str] | Non
     return None if every else list(ids or [])
 
 
+def _confirmed(
+    ids: list[str] | None, every: bool, yes: bool, verb: str, question: str
+) -> tuple[list[str] | None, BufferingSettings, _operator.OperatorSite]:
+    """The letters chosen, the settings and the site, once the operator said yes.
+
+    ``question`` is asked with ``{what}`` and ``{site}`` filled in.
+    """
+    wanted = _selection(ids, every, verb)
+    settings = settings_for()
+    site = _operator.open_site(settings)
+    what = "every dead letter" if wanted is None else f"{len(wanted)} dead letter(s)"
+    if not yes:
+        typer.confirm(question.format(what=what, site=settings.site_name), abort=True, err=True)
+    return wanted, settings, site
+
+
 @command(dlq_app, "replay")
 def replay_command(ids: Ids = None, every: All = False, yes: Yes = False) -> None:
     """Put dead letters back at the tail of the buffer, in the order they arrived.
 
     Exits 1 when a named letter was not found (the message names it).
     """
-    wanted = _selection(ids, every, "replay")
-    settings = settings_for()
-    site = _operator.open_site(settings)
-    what = "every dead letter" if wanted is None else f"{len(wanted)} dead letter(s)"
-    if not yes:
-        typer.confirm(f"Replay {what} at site {settings.site_name}?", abort=True, err=True)
+    wanted, settings, site = _confirmed(ids, every, yes, "replay", "Replay {what} at site {site}?")
 
     async def run() -> list[str]:
         async with site:
@@ -165,12 +177,9 @@ def replay_command(ids: Ids = None, every: All = False, yes: Yes = False) -> Non
 @command(dlq_app, "purge")
 def purge_command(ids: Ids = None, every: All = False, yes: Yes = False) -> None:
     """Delete dead letters for good."""
-    wanted = _selection(ids, every, "purge")
-    settings = settings_for()
-    site = _operator.open_site(settings)
-    what = "every dead letter" if wanted is None else f"{len(wanted)} dead letter(s)"
-    if not yes:
-        typer.confirm(f"Delete {what} at site {settings.site_name} for good?", abort=True, err=True)
+    wanted, _settings, site = _confirmed(
+        ids, every, yes, "purge", "Delete {what} at site {site} for good?"
+    )
 
     async def run() -> int:
         async with site:
