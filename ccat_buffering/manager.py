@@ -135,9 +135,7 @@ class TransactionManager:
     def _advance(
         self, status: TransactionStatus, state: TransactionState, **changes: Any
     ) -> TransactionStatus:
-        # The manager's own values are already of the fields' types (aware UTC
-        # datetimes, LSNs), so the copy skips validation: this runs for every
-        # transaction of every batch, and advance()'s checks are for callers'.
+        # Copied unvalidated: these values are already typed, and it runs per transaction.
         return status.model_copy(update={**changes, "state": state, "updated_at": self.now()})
 
     # -- what services call -------------------------------------------------
