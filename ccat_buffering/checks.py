@@ -152,10 +152,13 @@ def check_writes(transaction_id: str, writes: Sequence[CacheWrite]) -> None:
     kind must be a :class:`~ccat_buffering.protocols.CacheKind`.
 
     Raises:
+        TypeError: A write is not a :class:`~ccat_buffering.protocols.CacheWrite`.
         TransactionValidationError: Naming the offending value.
     """
     check_transaction_id(transaction_id)
     for write in writes:
+        if not isinstance(write, CacheWrite):
+            raise TypeError(f"each write must be a CacheWrite, not {type(write).__name__}")
         _check_name(write.model, "model name")
         check_record_id(write.record_id)
         if write.kind not in _KINDS:
@@ -296,8 +299,8 @@ def check_cache_write(
         ValueError: The TTL fails :func:`check_duration`.
         TransactionValidationError: As :func:`check_writes`.
     """
-    if not isinstance(writes, Sequence) or not all(isinstance(w, CacheWrite) for w in writes):
-        raise TypeError(f"writes must be a sequence of CacheWrite, not {writes!r:.80}")
+    if not isinstance(writes, Sequence):
+        raise TypeError(f"writes must be a sequence of CacheWrite, not {type(writes).__name__}")
     writes = list(writes)
     check_writes(transaction_id, writes)
     check_duration(ttl_seconds, "ttl_seconds")
