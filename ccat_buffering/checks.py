@@ -34,8 +34,8 @@ import re
 from collections.abc import Sequence
 
 from ccat_buffering.errors import TransactionValidationError
-from ccat_buffering.protocols import CacheKind, CacheWrite
 from ccat_buffering.identifiers import check_identifier
+from ccat_buffering.protocols import CacheKind, CacheWrite
 from ccat_buffering.status import TransactionStatus
 
 __all__ = [
@@ -195,7 +195,7 @@ def check_status(status: object) -> None:
 
 
 def check_push(payloads: Sequence[str]) -> list[str]:
-    """:meth:`BufferStore.push <ccat_buffering.protocols.BufferStore.push>` (and ``WriteBatch.push``).
+    """Check :meth:`~ccat_buffering.protocols.BufferStore.push` (and ``WriteBatch.push``).
 
     Returns:
         The payloads, as a list.
@@ -211,7 +211,7 @@ def check_push(payloads: Sequence[str]) -> list[str]:
 
 
 def check_claim(count: int, lease_seconds: float) -> None:
-    """:meth:`BufferStore.claim <ccat_buffering.protocols.BufferStore.claim>`.
+    """Check :meth:`~ccat_buffering.protocols.BufferStore.claim`.
 
     Raises:
         ValueError: ``count`` is not a whole number >= 1, or the lease fails
@@ -223,7 +223,7 @@ def check_claim(count: int, lease_seconds: float) -> None:
 
 
 def check_receipts(receipts: Sequence[str]) -> list[str]:
-    """:meth:`BufferStore.ack <ccat_buffering.protocols.BufferStore.ack>` (and ``WriteBatch.ack``).
+    """Check :meth:`~ccat_buffering.protocols.BufferStore.ack` (and ``WriteBatch.ack``).
 
     Returns:
         The receipts, as a list.
@@ -235,7 +235,7 @@ def check_receipts(receipts: Sequence[str]) -> list[str]:
 
 
 def check_retry(receipts: Sequence[str], delay_seconds: float) -> list[str]:
-    """:meth:`BufferStore.retry_later <ccat_buffering.protocols.BufferStore.retry_later>`.
+    """Check :meth:`~ccat_buffering.protocols.BufferStore.retry_later`.
 
     Returns:
         The receipts, as a list.
@@ -249,7 +249,7 @@ def check_retry(receipts: Sequence[str], delay_seconds: float) -> list[str]:
 
 
 def check_dead_letter(receipt: str, reason: str, transaction_id: str | None) -> None:
-    """:meth:`BufferStore.dead_letter <ccat_buffering.protocols.BufferStore.dead_letter>`.
+    """Check :meth:`~ccat_buffering.protocols.BufferStore.dead_letter`.
 
     Raises:
         TypeError: The receipt or reason is not text, or the transaction id is
@@ -263,7 +263,7 @@ def check_dead_letter(receipt: str, reason: str, transaction_id: str | None) -> 
 
 
 def check_letter_ids(letter_ids: Sequence[str] | None) -> list[str] | None:
-    """:meth:`DeadLetterStore.replay <ccat_buffering.protocols.DeadLetterStore.replay>` and ``purge``.
+    """Check :meth:`~ccat_buffering.protocols.DeadLetterStore.replay` and ``purge``.
 
     Returns:
         The ids as a list, or ``None`` (every letter).
@@ -275,7 +275,7 @@ def check_letter_ids(letter_ids: Sequence[str] | None) -> list[str] | None:
 
 
 def check_status_put(status: TransactionStatus, ttl_seconds: float) -> None:
-    """:meth:`StatusStore.put <ccat_buffering.protocols.StatusStore.put>` (and ``put_status``).
+    """Check :meth:`~ccat_buffering.protocols.StatusStore.put` (and ``put_status``).
 
     Raises:
         TypeError: As :func:`check_status`.
@@ -289,7 +289,7 @@ def check_status_put(status: TransactionStatus, ttl_seconds: float) -> None:
 def check_cache_write(
     transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float
 ) -> list[CacheWrite]:
-    """:meth:`CacheStore.write <ccat_buffering.protocols.CacheStore.write>` (and ``write_cache``).
+    """Check :meth:`~ccat_buffering.protocols.CacheStore.write` (and ``write_cache``).
 
     Returns:
         The writes, as a list.
@@ -308,7 +308,7 @@ def check_cache_write(
 
 
 def check_cache_release(transaction_ids: Sequence[str]) -> list[str]:
-    """:meth:`CacheStore.release <ccat_buffering.protocols.CacheStore.release>` (and ``release_cache``).
+    """Check :meth:`~ccat_buffering.protocols.CacheStore.release` (and ``release_cache``).
 
     Returns:
         The ids, as a list.
@@ -324,7 +324,7 @@ def check_cache_release(transaction_ids: Sequence[str]) -> list[str]:
 
 
 def check_cache_extend(transaction_ids: Sequence[str], ttl_seconds: float) -> list[str]:
-    """:meth:`CacheStore.extend <ccat_buffering.protocols.CacheStore.extend>`.
+    """Check :meth:`~ccat_buffering.protocols.CacheStore.extend`.
 
     Returns:
         The ids, as a list.
@@ -339,7 +339,7 @@ def check_cache_extend(transaction_ids: Sequence[str], ttl_seconds: float) -> li
 
 
 def check_lease_holder(holder: str) -> None:
-    """:meth:`ProcessorLease.release <ccat_buffering.protocols.ProcessorLease.release>`.
+    """Check :meth:`~ccat_buffering.protocols.ProcessorLease.release`.
 
     Raises:
         TypeError: The holder is not text.
@@ -352,7 +352,7 @@ def check_lease_holder(holder: str) -> None:
 
 
 def check_lease(holder: str, ttl_seconds: float) -> None:
-    """:meth:`ProcessorLease.acquire <ccat_buffering.protocols.ProcessorLease.acquire>` and ``renew``.
+    """Check :meth:`~ccat_buffering.protocols.ProcessorLease.acquire` and ``renew``.
 
     Raises:
         TypeError: As :func:`check_lease_holder`.
@@ -363,7 +363,7 @@ def check_lease(holder: str, ttl_seconds: float) -> None:
 
 
 def check_report(report: str, ttl_seconds: float) -> None:
-    """:meth:`SupportsProcessorReports.publish_report <ccat_buffering.protocols.SupportsProcessorReports.publish_report>`.
+    """Check :meth:`~ccat_buffering.protocols.SupportsProcessorReports.publish_report`.
 
     Raises:
         TypeError: The report is not text.

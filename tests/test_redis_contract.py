@@ -4,6 +4,7 @@ compression), a real Cluster, and a real master found through a Sentinel."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import ClassVar
 
 import fakeredis
 import pytest
@@ -29,7 +30,7 @@ class RedisContract(BackendContract):
     # Redis runs only some of ccat_buffering.checks (through the old
     # ccat_buffering._checks names); each gap closes when the store method
     # calls the check named.
-    argument_gaps = {
+    argument_gaps: ClassVar[dict[str, str]] = {
         "push-one-text": "RedisBufferStore.push must call checks.check_push",
         "ack-bytes": "RedisBufferStore.ack must call checks.check_receipts",
         "ack-one-text": "RedisBufferStore.ack must call checks.check_receipts",

@@ -25,7 +25,8 @@ __all__ = ["ArgumentContract"]
 _OBS = "Observation"
 _WRITE = CacheWrite(_OBS, "r9", CacheKind.CREATE, {"a": 1})
 _STATUS = TransactionStatus(transaction_id="tx-bad", state=TransactionState.BUFFERED)
-_ANY: Any = None  # lets a case pass a value of the wrong type past the type checker
+_NOT_A_STATUS: Any = {"transaction_id": "tx-bad", "state": "buffered"}
+_NOT_A_WRITE: Any = {"model": _OBS, "record_id": "r9", "kind": "create"}
 
 
 def _status(transaction_id: str) -> TransactionStatus:
@@ -75,7 +76,7 @@ _BAD_CALLS: dict[str, _Case] = {
     "replay-one-text": (lambda s: s.backend.dead_letters.replay("tx-1"), TypeError),
     "purge-one-text": (lambda s: s.backend.dead_letters.purge("tx-1"), TypeError),
     "put-not-a-status": (
-        lambda s: s.backend.status.put({"transaction_id": "tx-bad", "state": "buffered"}, 60.0),  # type: ignore[arg-type]
+        lambda s: s.backend.status.put(_NOT_A_STATUS, 60.0),
         TypeError,
     ),
     "put-negative-ttl": (lambda s: s.backend.status.put(_STATUS, -1.0), ValueError),
@@ -96,7 +97,7 @@ _BAD_CALLS: dict[str, _Case] = {
     ),
     "write-negative-ttl": (lambda s: s.backend.cache.write("tx-bad", [_WRITE], -1.0), ValueError),
     "write-not-a-cache-write": (
-        lambda s: s.backend.cache.write("tx-bad", [_WRITE, _ANY or {"model": _OBS}], 60.0),
+        lambda s: s.backend.cache.write("tx-bad", [_WRITE, _NOT_A_WRITE], 60.0),
         TypeError,
     ),
     "extend-negative-ttl": (lambda s: s.backend.cache.extend(["tx-1"], -1.0), ValueError),

@@ -121,7 +121,7 @@ class InspectionContract(CapabilityFlags):
         inspection = self.inspection(backend)
         payloads = {t: f'{{"transaction_id":"{t}","steps":[]}}' for t in ("t-a", "t-b", "t-c")}
         await backend.buffer.push(list(payloads.values()))
-        first, second = await backend.buffer.claim(2, LONG_LEASE)
+        first, _ = await backend.buffer.claim(2, LONG_LEASE)
         assert await backend.buffer.dead_letter(first.receipt, "boom", "t-a")
         for transaction_id, payload in payloads.items():
             assert await inspection.find_payload(transaction_id) == payload, transaction_id
