@@ -573,9 +573,12 @@ class Backend(Protocol):
 
 @runtime_checkable
 class SupportsProcessorReports(Protocol):
-    """Capability: a place where the draining processor publishes how it is doing.
+    """Capability of a :class:`ProcessorLease`: where the lease holder says how it is doing.
 
-    Operators' tools in other processes read it (``ccat-buffering status``).
+    A backend that has it offers it on ``backend.lease``, not on the backend:
+    the report belongs with the lease of the processor that publishes it.
+    The processor publishes there while it holds the lease; operators' tools
+    in other processes read it (``ccat-buffering status``, health).
     """
 
     async def publish_report(self, report: str, ttl_seconds: float) -> None:
