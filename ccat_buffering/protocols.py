@@ -8,6 +8,9 @@ stages writes across them and applies them all together or not at all.
 
 Every time is in seconds since the epoch as read from the backend's clock;
 every duration is in seconds. Stores never parse payloads: they hold text.
+Every store method and staging call refuses bad arguments before it writes
+anything, as its check in :mod:`ccat_buffering.checks` says (``TypeError``,
+``ValueError`` or :class:`~ccat_buffering.errors.TransactionValidationError`).
 ``ccat_buffering.testing`` holds the suite that checks these contracts.
 """
 
