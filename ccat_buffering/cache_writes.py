@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from ccat_buffering._checks import check_record_id
 from ccat_buffering._codec import PLAIN_TYPES, encode_value
+from ccat_buffering.checks import check_record_id
 from ccat_buffering.models import Operation, Ref, Transaction
 from ccat_buffering.protocols import CacheKind, CacheWrite
 

@@ -8,6 +8,9 @@ stages writes across them and applies them all together or not at all.
 
 Every time is in seconds since the epoch as read from the backend's clock;
 every duration is in seconds. Stores never parse payloads: they hold text.
+Every store method and staging call refuses bad arguments before it writes
+anything, as its check in :mod:`ccat_buffering.checks` says (``TypeError``,
+``ValueError`` or :class:`~ccat_buffering.errors.TransactionValidationError`).
 ``ccat_buffering.testing`` holds the suite that checks these contracts.
 """
 
@@ -573,9 +576,12 @@ class Backend(Protocol):
 
 @runtime_checkable
 class SupportsProcessorReports(Protocol):
-    """Capability: a place where the draining processor publishes how it is doing.
+    """Capability of a :class:`ProcessorLease`: where the lease holder says how it is doing.
 
-    Operators' tools in other processes read it (``ccat-buffering status``).
+    A backend that has it offers it on ``backend.lease``, not on the backend:
+    the report belongs with the lease of the processor that publishes it.
+    The processor publishes there while it holds the lease; operators' tools
+    in other processes read it (``ccat-buffering status``, health).
     """
 
     async def publish_report(self, report: str, ttl_seconds: float) -> None:

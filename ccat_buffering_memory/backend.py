@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from ccat_buffering._checks import check_duration, check_payload, check_status, check_writes
+from ccat_buffering import checks
 from ccat_buffering._closing import AsyncClosing
 from ccat_buffering.models import TransactionState, TransactionStatus, check_identifier
 from ccat_buffering.protocols import (
@@ -31,38 +31,38 @@ from ccat_buffering_memory._state import Clock, SiteState, field_value_key
 __all__ = ["MemoryBackend"]
 
 
-class _Part:
+class _SiteStateStore:
+    """A store of the site: a view over the one :class:`SiteState` the backend holds."""
+
     def __init__(self, state: SiteState) -> None:
         self._state = state
 
 
-class MemoryBufferStore(_Part):
+class MemoryBufferStore(_SiteStateStore):
     """:class:`~ccat_buffering.protocols.BufferStore` in memory."""
 
     async def push(self, payloads: Sequence[str]) -> None:
         """See :meth:`ccat_buffering.protocols.BufferStore.push`."""
-        self._state.push(list(payloads))
+        self._state.push(checks.check_push(payloads))
 
     async def claim(self, count: int, lease_seconds: float) -> list[Claim]:
         """See :meth:`ccat_buffering.protocols.BufferStore.claim`."""
-        if count < 1:
-            raise ValueError(f"count must be at least 1, not {count}")
-        check_duration(lease_seconds, "lease_seconds")
+        checks.check_claim(count, lease_seconds)
         return self._state.claim(count, lease_seconds)
 
     async def ack(self, receipts: Sequence[str]) -> int:
         """See :meth:`ccat_buffering.protocols.BufferStore.ack`."""
-        return self._state.ack(receipts)
+        return self._state.ack(checks.check_receipts(receipts))
 
     async def retry_later(self, receipts: Sequence[str], delay_seconds: float) -> int:
         """See :meth:`ccat_buffering.protocols.BufferStore.retry_later`."""
-        check_duration(delay_seconds, "delay_seconds")
-        return self._state.retry_later(receipts, delay_seconds)
+        return self._state.retry_later(checks.check_retry(receipts, delay_seconds), delay_seconds)
 
     async def dead_letter(
         self, receipt: str, reason: str, transaction_id: str | None = None
     ) -> bool:
         """See :meth:`ccat_buffering.protocols.BufferStore.dead_letter`."""
+        checks.check_dead_letter(receipt, reason, transaction_id)
         return self._state.dead_letter(receipt, reason, transaction_id)
 
     async def recover(self, *, include_unexpired: bool = False) -> int:
@@ -76,7 +76,7 @@ class MemoryBufferStore(_Part):
         return BufferStats(len(state.queue), len(state.in_flight), len(state.letters), held)
 
 
-class MemoryDeadLetterStore(_Part):
+class MemoryDeadLetterStore(_SiteStateStore):
     """:class:`~ccat_buffering.protocols.DeadLetterStore` in memory."""
 
     async def list(self, offset: int = 0, limit: int | None = None) -> list[DeadLetter]:
@@ -90,14 +90,14 @@ class MemoryDeadLetterStore(_Part):
 
     async def replay(self, letter_ids: Sequence[str] | None = None) -> builtins.list[DeadLetter]:
         """See :meth:`ccat_buffering.protocols.DeadLetterStore.replay`."""
-        return self._state.replay(letter_ids)
+        return self._state.replay(checks.check_letter_ids(letter_ids))
 
     async def purge(self, letter_ids: Sequence[str] | None = None) -> int:
         """See :meth:`ccat_buffering.protocols.DeadLetterStore.purge`."""
-        return self._state.purge(letter_ids)
+        return self._state.purge(checks.check_letter_ids(letter_ids))
 
 
-class MemoryStatusStore(_Part):
+class MemoryStatusStore(_SiteStateStore):
     """:class:`~ccat_buffering.protocols.StatusStore` in memory."""
 
     async def get(self, transaction_id: str) -> TransactionStatus | None:
@@ -110,7 +110,7 @@ class MemoryStatusStore(_Part):
 
     async def put(self, status: TransactionStatus, ttl_seconds: float) -> None:
         """See :meth:`ccat_buffering.protocols.StatusStore.put`."""
-        check_duration(ttl_seconds, "ttl_seconds")
+        checks.check_status_put(status, ttl_seconds)
         self._state.put_status(status, ttl_seconds)
 
     async def ids(self, state: TransactionState, limit: int | None = None) -> list[str]:
@@ -122,15 +122,14 @@ class MemoryStatusStore(_Part):
         return {state: len(self._state.status_ids(state)) for state in TransactionState}
 
 
-class MemoryCacheStore(_Part):
+class MemoryCacheStore(_SiteStateStore):
     """:class:`~ccat_buffering.protocols.CacheStore` in memory."""
 
     async def write(
         self, transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float
     ) -> None:
         """See :meth:`ccat_buffering.protocols.CacheStore.write`."""
-        check_writes(transaction_id, writes)
-        check_duration(ttl_seconds, "ttl_seconds")
+        writes = checks.check_cache_write(transaction_id, writes, ttl_seconds)
         self._state.write_cache(transaction_id, writes, ttl_seconds)
 
     def _view(self, model: str, record_id: str) -> CachedRecord | None:
@@ -177,20 +176,20 @@ class MemoryCacheStore(_Part):
 
     async def extend(self, transaction_ids: Sequence[str], ttl_seconds: float) -> int:
         """See :meth:`ccat_buffering.protocols.CacheStore.extend`."""
-        check_duration(ttl_seconds, "ttl_seconds")
-        return self._state.extend(transaction_ids, ttl_seconds)
+        ids = checks.check_cache_extend(transaction_ids, ttl_seconds)
+        return self._state.extend(ids, ttl_seconds)
 
     async def release(self, transaction_ids: Sequence[str]) -> int:
         """See :meth:`ccat_buffering.protocols.CacheStore.release`."""
-        return self._state.release(transaction_ids)
+        return self._state.release(checks.check_cache_release(transaction_ids))
 
 
-class MemoryProcessorLease(_Part):
+class MemoryProcessorLease(_SiteStateStore):
     """:class:`~ccat_buffering.protocols.ProcessorLease` in memory."""
 
     async def acquire(self, holder: str, ttl_seconds: float) -> bool:
         """See :meth:`ccat_buffering.protocols.ProcessorLease.acquire`."""
-        check_duration(ttl_seconds, "ttl_seconds")
+        checks.check_lease(holder, ttl_seconds)
         lease = self._state.live_lease()
         if lease is not None and lease[0] != holder:
             return False
@@ -199,7 +198,7 @@ class MemoryProcessorLease(_Part):
 
     async def renew(self, holder: str, ttl_seconds: float) -> bool:
         """See :meth:`ccat_buffering.protocols.ProcessorLease.renew`."""
-        check_duration(ttl_seconds, "ttl_seconds")
+        checks.check_lease(holder, ttl_seconds)
         lease = self._state.live_lease()
         if lease is None or lease[0] != holder:
             return False
@@ -208,6 +207,7 @@ class MemoryProcessorLease(_Part):
 
     async def release(self, holder: str) -> bool:
         """See :meth:`ccat_buffering.protocols.ProcessorLease.release`."""
+        checks.check_lease_holder(holder)
         lease = self._state.live_lease()
         if lease is None or lease[0] != holder:
             return False
@@ -221,7 +221,7 @@ class MemoryProcessorLease(_Part):
 
     async def publish_report(self, report: str, ttl_seconds: float) -> None:
         """See :meth:`ccat_buffering.protocols.SupportsProcessorReports.publish_report`."""
-        check_duration(ttl_seconds, "ttl_seconds")
+        checks.check_report(report, ttl_seconds)
         self._state.report = (report, self._state.clock() + ttl_seconds)
 
     async def processor_report(self) -> str | None:
@@ -241,45 +241,44 @@ class MemoryWriteBatch:
 
     def push(self, payload: str) -> None:
         """Stage a push."""
-        check_payload(payload)
+        checks.check_push([payload])
         self.ops.append(lambda: self._state.push([payload]))
 
     def ack(self, receipt: str) -> None:
         """Stage an ack."""
+        checks.check_receipts([receipt])
         self.ops.append(lambda: self._state.ack([receipt]))
 
     def retry_later(self, receipts: Sequence[str], delay_seconds: float) -> None:
         """Stage a retry."""
-        check_duration(delay_seconds, "delay_seconds")
-        receipts = list(receipts)
+        receipts = checks.check_retry(receipts, delay_seconds)
         self.ops.append(lambda: self._state.retry_later(receipts, delay_seconds))
 
     def dead_letter(self, receipt: str, reason: str, transaction_id: str | None) -> None:
         """Stage a move to the dead letters."""
+        checks.check_dead_letter(receipt, reason, transaction_id)
         self.ops.append(lambda: self._state.dead_letter(receipt, reason, transaction_id))
 
     def replay(self, letter_id: str) -> None:
         """Stage the replay of one letter."""
+        checks.check_letter_ids([letter_id])
         self.ops.append(lambda: self._state.replay([letter_id]))
 
     def put_status(self, status: TransactionStatus, ttl_seconds: float) -> None:
         """Stage a status."""
-        check_status(status)
-        check_duration(ttl_seconds, "ttl_seconds")
+        checks.check_status_put(status, ttl_seconds)
         self.ops.append(lambda: self._state.put_status(status, ttl_seconds))
 
     def write_cache(
         self, transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float
     ) -> None:
         """Stage cache writes."""
-        writes = list(writes)
-        check_writes(transaction_id, writes)
-        check_duration(ttl_seconds, "ttl_seconds")
+        writes = checks.check_cache_write(transaction_id, writes, ttl_seconds)
         self.ops.append(lambda: self._state.write_cache(transaction_id, writes, ttl_seconds))
 
     def release_cache(self, transaction_ids: Sequence[str]) -> None:
         """Stage a cache release."""
-        ids = list(transaction_ids)
+        ids = checks.check_cache_release(transaction_ids)
         self.ops.append(lambda: self._state.release(ids))
 
 

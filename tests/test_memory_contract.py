@@ -16,6 +16,8 @@ class TestMemoryBackend(BackendContract):
     """The memory backend passes every contract, exactly, on a fake clock."""
 
     clock_is_exact = True
+    supports_processor_reports = True
+    supports_inspection = True
 
     @pytest_asyncio.fixture
     async def backend(self, site: str) -> AsyncIterator[MemoryBackend]:

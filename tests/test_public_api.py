@@ -75,15 +75,49 @@ def test_testing_all_is_pinned() -> None:
     import ccat_buffering.testing
 
     assert ccat_buffering.testing.__all__ == [
+        "ArgumentContract",
         "AtomicContract",
         "BackendContract",
+        "BufferHealthContract",
+        "BufferMarkerContract",
         "BufferStoreContract",
         "CacheStoreContract",
+        "CapabilityFlags",
         "ContractHooks",
         "DeadLetterStoreContract",
+        "InspectionContract",
+        "KeyAuditContract",
         "ProcessorLeaseContract",
+        "ProcessorReportsContract",
         "StatusStoreContract",
         "new_site_name",
+    ]
+
+
+def test_checks_all_is_pinned() -> None:
+    """The checks a third-party backend runs: one per store method, and their parts."""
+    import ccat_buffering.checks
+
+    assert ccat_buffering.checks.__all__ == [
+        "check_cache_extend",
+        "check_cache_release",
+        "check_cache_write",
+        "check_claim",
+        "check_dead_letter",
+        "check_duration",
+        "check_lease",
+        "check_lease_holder",
+        "check_letter_ids",
+        "check_payload",
+        "check_push",
+        "check_receipts",
+        "check_record_id",
+        "check_report",
+        "check_retry",
+        "check_status",
+        "check_status_put",
+        "check_transaction_id",
+        "check_writes",
     ]
 
 

@@ -11,9 +11,17 @@ from ccat_buffering.protocols import (
     ProcessorLease,
     StatusStore,
 )
+from ccat_buffering.testing._arguments import ArgumentContract
 from ccat_buffering.testing._atomic import AtomicContract
 from ccat_buffering.testing._buffer import BufferStoreContract
 from ccat_buffering.testing._cache import CacheStoreContract
+from ccat_buffering.testing._capabilities import (
+    BufferHealthContract,
+    BufferMarkerContract,
+    InspectionContract,
+    KeyAuditContract,
+    ProcessorReportsContract,
+)
 from ccat_buffering.testing._dead_letters import DeadLetterStoreContract
 from ccat_buffering.testing._lease import ProcessorLeaseContract
 from ccat_buffering.testing._status import StatusStoreContract
@@ -28,13 +36,22 @@ class BackendContract(
     CacheStoreContract,
     ProcessorLeaseContract,
     AtomicContract,
+    ArgumentContract,
+    ProcessorReportsContract,
+    InspectionContract,
+    KeyAuditContract,
+    BufferHealthContract,
+    BufferMarkerContract,
 ):
-    """Every store's contract, atomic groups, and what the backend itself promises.
+    """Every store's contract, atomic groups, bad arguments, capabilities, and the backend's own.
 
-    A backend's test class subclasses this and overrides the ``backend``
-    fixture (see :class:`~ccat_buffering.testing.ContractHooks`)::
+    A backend's test class subclasses this, overrides the ``backend`` fixture
+    (see :class:`~ccat_buffering.testing.ContractHooks`) and sets the flag of
+    each capability it has (see :class:`~ccat_buffering.testing.CapabilityFlags`)::
 
         class TestMyBackend(BackendContract):
+            supports_inspection = True
+
             @pytest_asyncio.fixture
             async def backend(self, site):
                 async with MyBackend(site=site) as backend:
