@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.database import create_engine
-from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataPackage
+from ccat_buffering.demo._workload import add_observation
+from ccat_buffering.demo.example import Base, RawDataPackage
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction
@@ -42,15 +43,9 @@ class FakeClock:
 def observation(i: int, *, name: str | None = None) -> tuple[Transaction, str]:
     """A start_observation transaction: an obs unit and its package."""
     tx = TransactionBuilder("start_observation")
-    obs = tx.create(
-        ExecutedObsUnit,
-        {
-            "obs_unit_id": i,
-            "status": "running",
-            "start_time": dt.datetime(2026, 11, 28, tzinfo=dt.UTC),
-        },
+    obs, _package = add_observation(
+        tx, i, name=name or f"pkg-{i}", start_time=dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
     )
-    tx.create(RawDataPackage, {"executed_obs_unit_id": obs.id, "name": name or f"pkg-{i}"})
     assert obs.id is not None
     return tx.build(), obs.id
 
