@@ -27,7 +27,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.database import create_engine
-from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataFile, RawDataPackage
+from ccat_buffering.demo._workload import add_observation, add_raw_files
+from ccat_buffering.demo.example import Base
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction
@@ -47,18 +48,10 @@ def transactions(n: int, run: str) -> list[Transaction]:
     out = []
     for i in range(n):
         tx = TransactionBuilder("record_scan")
-        obs = tx.create(
-            ExecutedObsUnit,
-            {"obs_unit_id": i, "status": "done", "start_time": dt.datetime.now(dt.UTC)},
+        _obs, package = add_observation(
+            tx, i, name=f"{run}-{i}", start_time=dt.datetime.now(dt.UTC), status="done"
         )
-        package = tx.create(RawDataPackage, {"executed_obs_unit_id": obs.id, "name": f"{run}-{i}"})
-        tx.bulk_create(
-            RawDataFile,
-            [
-                {"raw_data_package_id": package.id, "path": f"/{run}/{i}/{k}", "size_bytes": k}
-                for k in range(2)
-            ],
-        )
+        add_raw_files(tx, package, [(f"/{run}/{i}/{k}", k) for k in range(2)])
         out.append(tx.build())
     return out
 

@@ -71,7 +71,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.demo.example import ExecutedObsUnit, RawDataPackage
+from ccat_buffering.demo._workload import add_observation
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction
 from ccat_buffering_redis import RedisBackend
@@ -115,21 +115,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_transaction(i: int) -> Transaction:
     tx = TransactionBuilder("start_observation")
-    obs = tx.create(
-        ExecutedObsUnit,
-        {
-            "obs_unit_id": 1000 + i,
-            "status": "running",
-            "start_time": dt.datetime.now(dt.UTC),
-            "mean_pwv": Decimal("1.235"),
-        },
-    )
-    tx.create(
-        RawDataPackage,
-        {
-            "executed_obs_unit_id": obs.id,
-            "name": f"fyst-chai-2026-11-28T03:15:00Z-obs{i:07d}-raw-data-package",
-        },
+    add_observation(
+        tx,
+        1000 + i,
+        name=f"fyst-chai-2026-11-28T03:15:00Z-obs{i:07d}-raw-data-package",
+        start_time=dt.datetime.now(dt.UTC),
+        mean_pwv=Decimal("1.235"),
     )
     return tx.build()
 

@@ -44,7 +44,8 @@ import wan_bench
 
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.database import create_engine
-from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataPackage
+from ccat_buffering.demo._workload import add_observation
+from ccat_buffering.demo.example import Base
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction
@@ -59,11 +60,7 @@ def _transactions(n: int, offset: int = 0) -> list[Transaction]:
     out = []
     for i in range(offset, offset + n):
         tx = TransactionBuilder("start_observation")
-        obs = tx.create(
-            ExecutedObsUnit,
-            {"obs_unit_id": i, "status": "running", "start_time": dt.datetime.now(dt.UTC)},
-        )
-        tx.create(RawDataPackage, {"executed_obs_unit_id": obs.id, "name": f"pkg-{i}"})
+        add_observation(tx, i, name=f"pkg-{i}", start_time=dt.datetime.now(dt.UTC))
         out.append(tx.build())
     return out
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from pg import fresh_database
 from services import redis_client as _redis_client
+
+from support import Site, example_site, sqlite_url
 
 
 @pytest_asyncio.fixture
@@ -15,3 +20,24 @@ async def redis_client() -> AsyncIterator[aioredis.Redis]:
     client = await _redis_client()
     yield client  # type: ignore[misc]
     await client.aclose()  # type: ignore[attr-defined]
+
+
+@pytest_asyncio.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh main database: a SQLite file, then a PostgreSQL database (skips without one)."""
+    if request.param == "sqlite":
+        yield sqlite_url(tmp_path)
+    else:
+        async with fresh_database() as url:
+            yield url
+
+
+@pytest_asyncio.fixture
+async def db_site(database_url: str) -> AsyncIterator[Site]:
+    """The example site (memory backend, fake clock) over each main database in turn.
+
+    For tests that hold on SQLite and PostgreSQL alike; a test of one database's
+    behaviour builds its site with ``support.example_site(url)`` instead.
+    """
+    async with example_site(database_url) as site:
+        yield site

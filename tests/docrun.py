@@ -1,6 +1,6 @@
 """Run a page's Python blocks in order, as a reader would paste them.
 
-Used by ``tests/test_docs.py`` in a fresh interpreter per page, in an empty
+Used by ``tests/docs/test_docs.py`` in a fresh interpreter per page, in an empty
 working directory: ``python docrun.py < blocks.json``. The blocks share one
 namespace, and top-level ``await`` works as in ``python -m asyncio``. The
 namespace starts with what the pages' fragments assume a reader has: ``site``

@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.database import create_engine
-from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataPackage
+from ccat_buffering.demo._workload import add_observation
+from ccat_buffering.demo.example import Base, RawDataPackage
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction
@@ -41,15 +43,9 @@ class FakeClock:
 def observation(i: int, *, name: str | None = None) -> tuple[Transaction, str]:
     """A start_observation transaction: an obs unit and its package."""
     tx = TransactionBuilder("start_observation")
-    obs = tx.create(
-        ExecutedObsUnit,
-        {
-            "obs_unit_id": i,
-            "status": "running",
-            "start_time": dt.datetime(2026, 11, 28, tzinfo=dt.UTC),
-        },
+    obs, _package = add_observation(
+        tx, i, name=name or f"pkg-{i}", start_time=dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
     )
-    tx.create(RawDataPackage, {"executed_obs_unit_id": obs.id, "name": name or f"pkg-{i}"})
     assert obs.id is not None
     return tx.build(), obs.id
 
@@ -70,7 +66,8 @@ class Site:
     manager: TransactionManager
     executor: TransactionExecutor
     processor: BackgroundProcessor
-    db_path: Path
+    db_path: Path | None
+    url: str
 
 
 async def make_schema(engine: AsyncEngine) -> None:
@@ -78,30 +75,68 @@ async def make_schema(engine: AsyncEngine) -> None:
         await conn.run_sync(Base.metadata.create_all)
 
 
-@asynccontextmanager
-async def memory_sqlite_site(tmp_path: Path, *, max_attempts: int = 3) -> AsyncIterator[Site]:
-    """A site on the memory backend and a SQLite file, with a fake clock."""
+async def build_site(
+    url: str,
+    *,
+    max_attempts: int = 3,
+    seed: int = 1,
+    outage_base_delay: float | None = 1.0,
+    ledger: bool = True,
+) -> Site:
+    """The example site on the memory backend over the database at ``url``, with a fake clock.
+
+    The caller disposes ``site.engine``; ``example_site`` does it for you. The schema and
+    the ledger are created on the database. ``outage_base_delay=None`` keeps the
+    processor's default.
+    """
     import random
 
     clock = FakeClock()
     backend = MemoryBackend(new_site_name(), clock=clock)
-    db_path = tmp_path / "main.db"
-    engine = create_engine(f"sqlite+aiosqlite:///{db_path}")
+    engine = create_engine(url)
     await make_schema(engine)
     registry = ModelRegistry.from_base(Base)
-    executor = TransactionExecutor(engine, registry)
+    executor = TransactionExecutor(engine, registry, ledger=ledger)
     await executor.create_ledger()
     manager = TransactionManager(
         backend,
         registry=registry,
-        retry_policy=RetryPolicy(max_attempts=max_attempts, base_delay=5.0, rng=random.Random(1)),
+        retry_policy=RetryPolicy(
+            max_attempts=max_attempts, base_delay=5.0, rng=random.Random(seed)
+        ),
         clock=clock,
     )
-    processor = BackgroundProcessor(manager, executor, clock=clock, outage_base_delay=1.0)
+    if outage_base_delay is None:
+        processor = BackgroundProcessor(manager, executor, clock=clock)
+    else:
+        processor = BackgroundProcessor(
+            manager, executor, clock=clock, outage_base_delay=outage_base_delay
+        )
+    database = engine.url.database
+    db_path = Path(database) if url.startswith("sqlite") and database else None
+    return Site(clock, backend, engine, registry, manager, executor, processor, db_path, url)
+
+
+@asynccontextmanager
+async def example_site(url: str, **options: Any) -> AsyncIterator[Site]:
+    """``build_site(url, **options)``, its engine disposed on the way out."""
+    site = await build_site(url, **options)
     try:
-        yield Site(clock, backend, engine, registry, manager, executor, processor, db_path)
+        yield site
     finally:
-        await engine.dispose()
+        await site.engine.dispose()
+
+
+def sqlite_url(tmp_path: Path) -> str:
+    """The URL of a SQLite file ``main.db`` in ``tmp_path``."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'main.db'}"
+
+
+@asynccontextmanager
+async def memory_sqlite_site(tmp_path: Path, *, max_attempts: int = 3) -> AsyncIterator[Site]:
+    """A site on the memory backend and a SQLite file, with a fake clock."""
+    async with example_site(sqlite_url(tmp_path), max_attempts=max_attempts) as site:
+        yield site
 
 
 def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:

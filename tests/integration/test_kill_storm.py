@@ -21,7 +21,8 @@ from sqlalchemy import func, literal_column, select
 
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.database import create_engine, ledger_table
-from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataFile, RawDataPackage
+from ccat_buffering.demo._workload import add_observation, add_raw_files
+from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataFile
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction, TransactionState
@@ -37,19 +38,11 @@ KILLS = 20
 
 def _transaction(i: int) -> Transaction:
     tx = TransactionBuilder("record_scan")
-    obs = tx.create(
-        ExecutedObsUnit,
-        {
-            "obs_unit_id": i,
-            "status": "done",
-            "start_time": dt.datetime(2026, 11, 28, tzinfo=dt.UTC),
-        },
+    _obs, package = add_observation(
+        tx, i, name=f"pkg-{i}", start_time=dt.datetime(2026, 11, 28, tzinfo=dt.UTC), status="done"
     )
-    package = tx.create(RawDataPackage, {"executed_obs_unit_id": obs.id, "name": f"pkg-{i}"})
     # No unique constraint on paths: a second application would show as a second row.
-    tx.bulk_create(
-        RawDataFile, [{"raw_data_package_id": package.id, "path": f"/scan/{i}", "size_bytes": i}]
-    )
+    add_raw_files(tx, package, [(f"/scan/{i}", i)])
     return tx.build()
 
 

@@ -28,7 +28,7 @@ from ccat_buffering_redis import RedisBackend
 
 from support import observation
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:

@@ -69,31 +69,29 @@ async def test_lost_acknowledgement_is_skipped_by_the_ledger(tmp_path: Path) -> 
         assert (await site.backend.buffer.stats()).in_flight == 0
 
 
-async def test_redelivery_of_an_applied_transaction_changes_nothing(tmp_path: Path) -> None:
-    async with memory_sqlite_site(tmp_path) as site:
-        tx, _ = observation(1)
-        first = await site.executor.execute(tx)
-        second = await site.executor.execute(tx)
-        assert first.applied and not first.already_applied
-        assert second.already_applied and not second.applied
-        assert await _count(site, RawDataPackage.id) == 1
+async def test_redelivery_of_an_applied_transaction_changes_nothing(db_site: Site) -> None:
+    tx, _ = observation(1)
+    first = await db_site.executor.execute(tx)
+    second = await db_site.executor.execute(tx)
+    assert first.applied and not first.already_applied
+    assert second.already_applied and not second.applied
+    assert await _count(db_site, RawDataPackage.id) == 1
 
 
-async def test_standby_while_another_holds_the_lease_then_takeover(tmp_path: Path) -> None:
-    async with memory_sqlite_site(tmp_path) as site:
-        txs = [observation(i)[0] for i in range(3)]
-        await site.manager.buffer_many(txs)
-        assert await site.backend.lease.acquire("someone-else", 15)
-        # The other holder claimed one and died before acknowledging it.
-        await site.backend.buffer.claim(1, 600)
-        assert await site.processor.run_once() == 0
-        assert site.processor.state is ProcessorState.STANDBY
-        site.clock.advance(16)
-        assert await site.processor.run_once() == 3
-        assert await _count(site, ExecutedObsUnit.id) == 3
-        assert (await site.backend.buffer.stats()).in_flight == 0
-        lease = await site.backend.lease.current()
-        assert lease is not None and lease.holder == site.processor.holder
+async def test_standby_while_another_holds_the_lease_then_takeover(db_site: Site) -> None:
+    txs = [observation(i)[0] for i in range(3)]
+    await db_site.manager.buffer_many(txs)
+    assert await db_site.backend.lease.acquire("someone-else", 15)
+    # The other holder claimed one and died before acknowledging it.
+    await db_site.backend.buffer.claim(1, 600)
+    assert await db_site.processor.run_once() == 0
+    assert db_site.processor.state is ProcessorState.STANDBY
+    db_site.clock.advance(16)
+    assert await db_site.processor.run_once() == 3
+    assert await _count(db_site, ExecutedObsUnit.id) == 3
+    assert (await db_site.backend.buffer.stats()).in_flight == 0
+    lease = await db_site.backend.lease.current()
+    assert lease is not None and lease.holder == db_site.processor.holder
 
 
 async def test_outage_pauses_without_attempts_and_resumes(tmp_path: Path) -> None:
@@ -176,22 +174,21 @@ async def test_stop_finishes_and_releases_the_lease(tmp_path: Path) -> None:
         assert (stats.depth, stats.in_flight) == (0, 0)
 
 
-async def test_a_missing_ledger_pauses_instead_of_blaming_transactions(tmp_path: Path) -> None:
+async def test_a_missing_ledger_pauses_instead_of_blaming_transactions(db_site: Site) -> None:
     from sqlalchemy import text
 
-    async with memory_sqlite_site(tmp_path) as site:
-        tx, _ = observation(1)
-        await site.manager.buffer(tx)
-        async with site.engine.begin() as conn:
-            await conn.execute(text("DROP TABLE ccat_buffering_applied_transactions"))
-        assert await site.processor.run_once() == 0
-        health = await site.processor.health()
-        assert health.state is ProcessorState.PAUSED
-        assert health.cause is not None and "ccat-buffering db init" in health.cause
-        status = await site.manager.status(tx.transaction_id)
-        assert status is not None and status.attempts == 0 and health.dead_letters == 0
-        await site.executor.create_ledger()
-        assert await site.processor.run_once() == 1
+    tx, _ = observation(1)
+    await db_site.manager.buffer(tx)
+    async with db_site.engine.begin() as conn:
+        await conn.execute(text("DROP TABLE ccat_buffering_applied_transactions"))
+    assert await db_site.processor.run_once() == 0
+    health = await db_site.processor.health()
+    assert health.state is ProcessorState.PAUSED
+    assert health.cause is not None and "ccat-buffering db init" in health.cause
+    status = await db_site.manager.status(tx.transaction_id)
+    assert status is not None and status.attempts == 0 and health.dead_letters == 0
+    await db_site.executor.create_ledger()
+    assert await db_site.processor.run_once() == 1
 
 
 async def test_an_unreachable_buffer_pauses_the_loop_which_carries_on(tmp_path: Path) -> None:

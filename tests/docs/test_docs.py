@@ -3,7 +3,7 @@
 Python blocks of every page (and README.md) run in order through
 ``tests/docrun.py``; shell blocks' settings are read as settings; TOML parses
 and, where it holds settings, loads; ``make`` targets and extras exist. The
-``$ ccat-buffering ...`` lines of every page run in ``tests/test_runbook.py``.
+``$ ccat-buffering ...`` lines of every page run in ``tests/docs/test_runbook.py``.
 What cannot run here is listed in ``NOT_RUN`` with its reason.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 DIRECTIVE = re.compile(r"^\s*\.\. literalinclude:: (\S+)\s*\n((?:\s+:[^\n]+\n)*)", re.MULTILINE)
 
 
@@ -88,7 +88,7 @@ NOT_RUN = {
     (
         "contributing.rst",
         "streaming_replica()",
-    ): "starts PostgreSQL; tests/test_replication_pg.py runs it",
+    ): "starts PostgreSQL; tests/integration/test_replication_pg.py runs it",
 }
 
 

@@ -39,7 +39,7 @@ from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.settings import BufferingSettings
 from ccat_buffering.testing import new_site_name
 
-EXAMPLE = Path(__file__).parent.parent / "docs" / "examples" / "observatory_service.py"
+EXAMPLE = Path(__file__).parents[2] / "docs" / "examples" / "observatory_service.py"
 
 
 class Base(DeclarativeBase):

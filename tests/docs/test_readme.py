@@ -8,7 +8,7 @@ import sys
 import uuid
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_quickstart_runs(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ from ccat_buffering_redis import RedisBackend
 
 from support import make_schema, observation, orphan_package
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 README = DOCS.parent / "README.md"
 PAGES = [*sorted(DOCS.glob("*.rst")), README]
 SHELL_OPERATORS = {"|", "||", "&&", ";", ">", ">>", "2>&1", "&"}

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pytest
 import pytest_asyncio
@@ -15,28 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering.database import create_engine, ledger_table
 from ccat_buffering.demo._relay import LoopbackRelay
-from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataPackage
+from ccat_buffering.demo.example import ExecutedObsUnit, RawDataPackage
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.lsn import LSN
-from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import TransactionState
 from ccat_buffering.processor import BackgroundProcessor, ProcessorState
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import FailureKind, RetryPolicy
-from ccat_buffering.testing import new_site_name
-from ccat_buffering_memory import MemoryBackend
+from ccat_buffering.retry import FailureKind
 
-from support import FakeClock, make_schema, observation, orphan_package
-
-
-@dataclass
-class PgSite:
-    url: str
-    engine: AsyncEngine
-    executor: TransactionExecutor
-    manager: TransactionManager
-    processor: BackgroundProcessor
-    clock: FakeClock
+from support import Site, build_site, observation, orphan_package
 
 
 @pytest_asyncio.fixture
@@ -45,25 +29,12 @@ async def pg_url() -> AsyncIterator[str]:
         yield url
 
 
-async def _site(url: str, *, ledger: bool = True) -> PgSite:
-    clock = FakeClock()
-    engine = create_engine(url)
-    await make_schema(engine)
-    registry = ModelRegistry.from_base(Base)
-    executor = TransactionExecutor(engine, registry, ledger=ledger)
-    await executor.create_ledger()
-    manager = TransactionManager(
-        MemoryBackend(new_site_name(), clock=clock),
-        registry=registry,
-        retry_policy=RetryPolicy(max_attempts=3, base_delay=5.0, rng=random.Random(3)),
-        clock=clock,
-    )
-    processor = BackgroundProcessor(manager, executor, clock=clock)
-    return PgSite(url, engine, executor, manager, processor, clock)
+async def _site(url: str, *, ledger: bool = True) -> Site:
+    return await build_site(url, seed=3, outage_base_delay=None, ledger=ledger)
 
 
 @pytest_asyncio.fixture
-async def site(pg_url: str) -> AsyncIterator[PgSite]:
+async def site(pg_url: str) -> AsyncIterator[Site]:
     built = await _site(pg_url)
     yield built
     await built.engine.dispose()
@@ -74,7 +45,7 @@ async def _count(engine: AsyncEngine, column: object) -> int:
         return int((await conn.execute(select(func.count(column)))).scalar_one())  # type: ignore[arg-type]
 
 
-async def test_batch_commits_once_and_reads_the_lsn_after_commit(site: PgSite) -> None:
+async def test_batch_commits_once_and_reads_the_lsn_after_commit(site: Site) -> None:
     async with site.engine.connect() as conn:
         before = LSN(
             (await conn.execute(text("SELECT pg_current_wal_insert_lsn()::text"))).scalar()
@@ -89,7 +60,7 @@ async def test_batch_commits_once_and_reads_the_lsn_after_commit(site: PgSite) -
     assert await _count(site.engine, ExecutedObsUnit.id) == 100
 
 
-async def test_lost_acknowledgement_is_skipped_by_the_ledger(site: PgSite) -> None:
+async def test_lost_acknowledgement_is_skipped_by_the_ledger(site: Site) -> None:
     tx, _ = observation(1)
     await site.manager.buffer(tx)
 
@@ -111,7 +82,7 @@ async def test_lost_acknowledgement_is_skipped_by_the_ledger(site: PgSite) -> No
     assert status.commit_lsn is not None
 
 
-async def test_poison_in_a_batch_of_100(site: PgSite) -> None:
+async def test_poison_in_a_batch_of_100(site: Site) -> None:
     txs = [observation(i)[0] for i in range(99)]
     poison = orphan_package(7)
     await site.manager.buffer_many([*txs[:42], poison, *txs[42:]])
@@ -140,7 +111,7 @@ async def test_poison_in_a_batch_of_100(site: PgSite) -> None:
     assert await _count(site.engine, RawDataPackage.id) == 100
 
 
-async def test_errors_are_classified_from_postgres(site: PgSite) -> None:
+async def test_errors_are_classified_from_postgres(site: Site) -> None:
     first, _ = observation(1, name="same-name")
     second, _ = observation(2, name="same-name")
     result = await site.executor.execute_batch([first, second])
@@ -211,7 +182,7 @@ async def test_outage_mid_drain_pauses_counts_nothing_and_resumes(pg_url: str) -
         await built.engine.dispose()
 
 
-async def test_a_deferred_constraint_at_commit_blames_its_own_transaction(site: PgSite) -> None:
+async def test_a_deferred_constraint_at_commit_blames_its_own_transaction(site: Site) -> None:
     async with site.engine.begin() as conn:
         await conn.execute(
             text(
@@ -228,7 +199,7 @@ async def test_a_deferred_constraint_at_commit_blames_its_own_transaction(site: 
     assert await _count(site.engine, ExecutedObsUnit.id) == 10
 
 
-async def test_drain_beside_the_running_loop_applies_each_once(site: PgSite) -> None:
+async def test_drain_beside_the_running_loop_applies_each_once(site: Site) -> None:
     import asyncio
 
     site.processor.poll_interval = 0.001
@@ -246,7 +217,7 @@ async def test_drain_beside_the_running_loop_applies_each_once(site: PgSite) -> 
     assert (stats.depth, stats.in_flight, stats.dead_letters) == (0, 0, 0)
 
 
-async def test_a_missing_column_on_the_main_database_pauses_as_schema_lag(site: PgSite) -> None:
+async def test_a_missing_column_on_the_main_database_pauses_as_schema_lag(site: Site) -> None:
     txs = [observation(i)[0] for i in range(5)]
     await site.manager.buffer_many(txs)
     async with site.engine.begin() as conn:

@@ -31,7 +31,7 @@ from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_memory import MemoryBackend
 
-DOCS = Path(__file__).parent.parent / "docs" / "_type_matrix.rst"
+DOCS = Path(__file__).parents[2] / "docs" / "_type_matrix.rst"
 
 
 @asynccontextmanager

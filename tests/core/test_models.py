@@ -35,7 +35,7 @@ from ccat_buffering.models import (
     utc_now,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 CEST = dt.timezone(dt.timedelta(hours=2))
 
 
