@@ -680,30 +680,7 @@ class RedisWriteBatch:
         self.ops.append(_release_op(transaction_ids))
 
 
-_SCRIPTS = {
-    "apply": scripts.APPLY,
-    "claim": scripts.CLAIM,
-    "recover": scripts.RECOVER,
-    "letters_replay": scripts.LETTERS_REPLAY,
-    "letters_purge": scripts.LETTERS_PURGE,
-    "status_ids": scripts.STATUS_IDS,
-    "status_counts": scripts.STATUS_COUNTS,
-    "cache_extend": scripts.CACHE_EXTEND,
-    "cache_list": scripts.CACHE_LIST,
-    "cache_get": scripts.CACHE_GET,
-    "cache_get_many": scripts.CACHE_GET_MANY,
-    "cache_find": scripts.CACHE_FIND,
-    "cache_learn": scripts.CACHE_LEARN,
-    "buffer_stats": scripts.BUFFER_STATS,
-    "lease_current": scripts.LEASE_CURRENT,
-    "letters_get": scripts.LETTERS_GET,
-    "lease_acquire": scripts.LEASE_ACQUIRE,
-    "lease_renew": scripts.LEASE_RENEW,
-    "lease_release": scripts.LEASE_RELEASE,
-    "publish_report": scripts.PUBLISH_REPORT,
-    "refuses_writes": scripts.REFUSES_WRITES,
-    "stamp_buffer": scripts.STAMP_BUFFER,
-}
+_SCRIPTS = scripts.SCRIPTS
 
 
 class RedisBackend(AsyncClosing):
