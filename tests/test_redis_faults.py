@@ -38,7 +38,7 @@ from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.settings import BufferingSettings
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_redis import RedisBackend
-from ccat_buffering_redis.backend import RedisWriteBatch
+from ccat_buffering_redis.stores import RedisWriteBatch
 
 from support import make_schema, observation
 
