@@ -32,6 +32,7 @@ __all__ = [
     "first_transaction",
     "record_head",
     "record_text",
+    "record_transactions",
     "status_json",
     "status_of",
     "value_json",
@@ -130,9 +131,14 @@ def cached_record(model: str, record_id: str, raw: bytes, ttl_ms: int, now: floa
     )
 
 
+def record_transactions(raw: bytes | str | None) -> tuple[str, ...]:
+    """The transactions a buffered record's text names, first writer first (none if no record)."""
+    if raw is None:
+        return ()
+    return record_head(as_text(raw).partition("\n")[0])[2]
+
+
 def first_transaction(raw: bytes | str | None) -> str | None:
     """The first transaction a buffered record's text names (its creator, if created)."""
-    if raw is None:
-        return None
-    txs = record_head(as_text(raw).partition("\n")[0])[2]
+    txs = record_transactions(raw)
     return txs[0] if txs else None

@@ -339,8 +339,8 @@ class RedisBackend(RedisInspection, RedisHealth, AsyncClosing):
         return f"RedisBackend(site={self.site!r}, {self.where})"
 
 
+# The stores are imported above, so their old path needs no forwarding.
 _MOVED = (
-    forward(__name__, "ccat_buffering_redis.stores"),
     forward(__name__, "ccat_buffering_redis._frame", frozenset({"SEP"})),
     forward(
         __name__,

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 from ccat_buffering_redis._values import (
     as_text,
     first_transaction,
-    record_head,
+    record_transactions,
 )
 from ccat_buffering_redis.compression import entry_text
 from ccat_buffering_redis.keys import SiteKeys
@@ -99,8 +99,7 @@ class RedisInspection:
             for model, record_id in records:
                 buffered = self.keys.buffered(model, record_id)
                 value = await self.client.get(buffered)
-                head = as_text(value).partition("\n")[0] if value is not None else ""
-                if transaction_id in record_head(head)[2]:
+                if transaction_id in record_transactions(value):
                     keys.append(buffered)
                 if await self.creator(model, record_id) == transaction_id:
                     keys.append(self.keys.ids(model, record_id))
