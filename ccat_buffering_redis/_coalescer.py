@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import (
-    Awaitable,
-    Callable,
-)
+from collections.abc import Awaitable, Callable
 
-from ccat_buffering.errors import (
-    BackendError,
-)
-from ccat_buffering_redis._frame import (
-    Command,
-)
+from ccat_buffering.errors import BackendError
+from ccat_buffering_redis._frame import Command
 
 __all__ = ["MAX_GROUPS_PER_CALL", "MAX_IN_FLIGHT", "Coalescer"]
 

@@ -9,16 +9,12 @@ it is neither escaped nor parsed.
 
 from __future__ import annotations
 
-from collections.abc import (
-    Sequence,
-)
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ccat_buffering._checks import check_duration
 from ccat_buffering.models import TransactionState, TransactionStatus
-from ccat_buffering.protocols import (
-    CacheWrite,
-)
+from ccat_buffering.protocols import CacheWrite
 from ccat_buffering_redis._values import record_text, status_json
 
 __all__ = [

@@ -9,21 +9,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from ccat_buffering.errors import (
-    BackendError,
-    BackendUnavailableError,
-)
+from ccat_buffering.errors import BackendError, BackendUnavailableError
 from ccat_buffering.models import TransactionState, utc_now
-from ccat_buffering.protocols import (
-    MemoryReport,
-)
-
-if TYPE_CHECKING:
-    from ccat_buffering_redis.backend import Client
-    from ccat_buffering_redis.stores import RedisBufferStore, RedisStatusStore
+from ccat_buffering.protocols import MemoryReport
 from ccat_buffering_redis._memory import (
     RECHECK_SECONDS,
     MemoryInfo,
@@ -32,10 +22,8 @@ from ccat_buffering_redis._memory import (
     memory_warnings,
     parse_memory,
 )
-from ccat_buffering_redis._values import (
-    as_text,
-)
-from ccat_buffering_redis.keys import SiteKeys
+from ccat_buffering_redis._parts import BackendPart
+from ccat_buffering_redis._values import as_text
 
 __all__ = ["RedisHealth"]
 
@@ -43,22 +31,10 @@ __all__ = ["RedisHealth"]
 log = logging.getLogger("ccat_buffering_redis.backend")
 
 
-class RedisHealth:
+class RedisHealth(BackendPart):
     """The health methods of :class:`~ccat_buffering_redis.backend.RedisBackend`."""
 
     if TYPE_CHECKING:
-        client: Client
-        keys: SiteKeys
-        where: str
-        buffer: RedisBufferStore
-        status: RedisStatusStore
-
-        def translate(self) -> AbstractContextManager[None]:
-            """See :meth:`RedisBackend.translate`."""
-
-        async def script(self, name: str, *args: Any) -> Any:
-            """See :meth:`RedisBackend.script`."""
-
         allow_eviction: bool
         policy_warning: str | None
         refused_full_at: float | None

@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import (
-    Mapping,
-)
+from collections.abc import Mapping
 from typing import Any
 
 from ccat_buffering.models import TransactionStatus
-from ccat_buffering.protocols import (
-    CachedRecord,
-)
+from ccat_buffering.protocols import CachedRecord
 
 __all__ = [
     "as_text",

@@ -18,12 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import (
-    AsyncIterator,
-    Iterable,
-    Iterator,
-    Mapping,
-)
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -42,15 +37,10 @@ from ccat_buffering.errors import (
 from ccat_buffering_redis import scripts
 from ccat_buffering_redis._coalescer import Coalescer
 from ccat_buffering_redis._connect import open_client, take_compression, take_parameter
-from ccat_buffering_redis._frame import (
-    Command,
-    frame,
-)
+from ccat_buffering_redis._frame import Command, frame
 from ccat_buffering_redis._health import RedisHealth
 from ccat_buffering_redis._memory import RECHECK_SECONDS
-from ccat_buffering_redis._values import (
-    as_text,
-)
+from ccat_buffering_redis._values import as_text
 from ccat_buffering_redis.compression import check_compression
 from ccat_buffering_redis.inspection import RedisInspection
 from ccat_buffering_redis.keys import SiteKeys

@@ -7,45 +7,18 @@
 
 from __future__ import annotations
 
-from collections.abc import (
-    Sequence,
-)
-from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
 
-from ccat_buffering.protocols import (
-    KeyInfo,
-)
-
-if TYPE_CHECKING:
-    from ccat_buffering_redis.backend import Client
-    from ccat_buffering_redis.stores import RedisBufferStore, RedisStatusStore
-from ccat_buffering_redis._values import (
-    as_text,
-    first_transaction,
-    record_transactions,
-)
+from ccat_buffering.protocols import KeyInfo
+from ccat_buffering_redis._parts import BackendPart
+from ccat_buffering_redis._values import as_text, first_transaction, record_transactions
 from ccat_buffering_redis.compression import entry_text
-from ccat_buffering_redis.keys import SiteKeys
 
 __all__ = ["RedisInspection"]
 
 
-class RedisInspection:
+class RedisInspection(BackendPart):
     """The inspection and audit methods of :class:`~ccat_buffering_redis.backend.RedisBackend`."""
-
-    if TYPE_CHECKING:
-        client: Client
-        keys: SiteKeys
-        where: str
-        buffer: RedisBufferStore
-        status: RedisStatusStore
-
-        def translate(self) -> AbstractContextManager[None]:
-            """See :meth:`RedisBackend.translate`."""
-
-        async def script(self, name: str, *args: Any) -> Any:
-            """See :meth:`RedisBackend.script`."""
 
     async def _describe_keys(self, keys: Sequence[str]) -> list[KeyInfo]:
         infos = []

@@ -10,10 +10,7 @@ from __future__ import annotations
 import builtins
 import itertools
 import json
-from collections.abc import (
-    Mapping,
-    Sequence,
-)
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ccat_buffering._checks import check_duration, check_payload, check_status, check_writes
@@ -39,12 +36,7 @@ from ccat_buffering_redis._frame import (
     retry_command,
     status_command,
 )
-from ccat_buffering_redis._values import (
-    as_text,
-    cached_record,
-    field_prefix,
-    status_of,
-)
+from ccat_buffering_redis._values import as_text, cached_record, field_prefix, status_of
 from ccat_buffering_redis.compression import entry_bytes, entry_text
 
 __all__ = [

@@ -615,7 +615,6 @@ flush_indexes()
 flush_fields()
 extend_buckets()
 for model, ttl in pairs(INDEX_TTL) do
-  extend(INDEX .. model, ttl)
-  extend(FIELDS .. model, ttl)
+  extend_indexes(model, ttl)
 end
 return results

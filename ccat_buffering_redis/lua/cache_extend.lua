@@ -38,7 +38,6 @@ for i = 3, #ARGV do
 end
 extend_buckets()
 for model, _ in pairs(models) do
-  extend(INDEX .. model, ttl)
-  extend(FIELDS .. model, ttl)
+  extend_indexes(model, ttl)
 end
 return n

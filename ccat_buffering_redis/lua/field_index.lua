@@ -89,12 +89,6 @@ local function model_records(model)
   return out
 end
 
-local function fields_of(value)
-  local nl = string.find(value, '\n', 1, true)
-  if not nl then return '' end
-  return string.sub(value, nl + 1)
-end
-
 -- Index `field` of every buffered record of `model` and register it. Entries
 -- left from a registration that expired go first: freeing before the
 -- additions grow. A model with no records registers nothing: there is no
@@ -115,4 +109,10 @@ local function learn(model, field)
   redis.call('ZADD', key, 0, '\0' .. field)
   extend(key, ttl)
   REGISTERED[model] = nil
+end
+
+-- Push out the TTL of a model's index and field index (never shorten them).
+local function extend_indexes(model, ttl)
+  extend(INDEX .. model, ttl)
+  extend(FIELDS .. model, ttl)
 end

@@ -1,12 +1,9 @@
 -- Fragment: the model index (index:<Model>), see ccat_buffering_redis._model_index.
 
+-- include: records
+
 local function bucket_key(model, b)
   return INDEX .. model .. ':' .. b
-end
-
--- A record's sequence number, from its head line '@<c><d><number>:<txs>'; nil if none.
-local function record_seq(value)
-  return tonumber(string.match(value, '^@..(%d+):'))
 end
 
 -- Ids of a model's buffered records in the order first written, as

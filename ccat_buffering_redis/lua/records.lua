@@ -39,3 +39,21 @@ local function merge_fields(earlier, later)
   for i, name in ipairs(names) do out[i] = name .. values[name] end
   return table.concat(out, '\n')
 end
+
+-- A record's sequence number (its place in the model index), from its head
+-- line '@<c><d><number>:<txs>'; nil if none.
+local function record_seq(value)
+  return tonumber(string.match(value, '^@..(%d+):'))
+end
+
+-- A record's field lines ('' if none).
+local function fields_of(value)
+  local nl = string.find(value, '\n', 1, true)
+  if not nl then return '' end
+  return string.sub(value, nl + 1)
+end
+
+-- The first transaction a record names (its creator, if it created it).
+local function record_creator(value)
+  return string.match(value, '^@[^:\n]*:([^,\n]*)')
+end

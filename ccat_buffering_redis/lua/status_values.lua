@@ -1,5 +1,7 @@
 -- Fragment: status values, their record lists, and ID-cache entries.
 
+-- include: records
+
 -- A string key's value, or nil. MGET answers nil for a key of another type
 -- where GET fails, so that no read can break a group halfway.
 local function read(k)
@@ -49,5 +51,5 @@ end
 local function creator(entry, record)
   if entry ~= '1' then return entry end
   if not record then return nil end
-  return string.match(record, '^@[^:\n]*:([^,\n]*)')
+  return record_creator(record)
 end
