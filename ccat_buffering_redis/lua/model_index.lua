@@ -1,6 +1,7 @@
 -- Fragment: the model index (index:<Model>), see ccat_buffering_redis._model_index.
 
 -- include: records
+-- include: buckets
 
 local function bucket_key(model, b)
   return INDEX .. model .. ':' .. b
@@ -49,19 +50,7 @@ end
 local INDEX_ADD, BUCKET_TTL = {}, {}
 local function flush_indexes()
   for model, list in pairs(INDEX_ADD) do
-    local buckets, listed = {}, {}
-    for i = 1, #list, 2 do
-      local b = math.floor(list[i] / BUCKET)
-      local entries = buckets[b]
-      if not entries then
-        entries = {}
-        buckets[b] = entries
-        listed[#listed + 1] = b
-        listed[#listed + 1] = b
-      end
-      entries[#entries + 1] = list[i] - b * BUCKET
-      entries[#entries + 1] = list[i + 1]
-    end
+    local buckets, listed = by_bucket(list)
     for b, entries in pairs(buckets) do
       redis.pcall('ZADD', bucket_key(model, b), 'NX', unpack(entries))
     end

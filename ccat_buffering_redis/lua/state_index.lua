@@ -1,5 +1,7 @@
 -- Fragment: the state indexes (state:<state>), see ccat_buffering_redis._state_index.
 
+-- include: buckets
+
 local function state_bucket(state, b)
   return STATE .. state .. ':' .. b
 end
@@ -32,20 +34,7 @@ end
 -- Add (sequence number, id) pairs to a bucketed state. A bucket of another
 -- type (written by hand) is skipped: the list is checked before a call writes.
 local function state_add(state, pairs_)
-  local buckets, listed = {}, {}
-  for i = 1, #pairs_, 2 do
-    local seq = tonumber(pairs_[i])
-    local b = math.floor(seq / BUCKET)
-    local entries = buckets[b]
-    if not entries then
-      entries = {}
-      buckets[b] = entries
-      listed[#listed + 1] = b
-      listed[#listed + 1] = b
-    end
-    entries[#entries + 1] = seq - b * BUCKET
-    entries[#entries + 1] = pairs_[i + 1]
-  end
+  local buckets, listed = by_bucket(pairs_)
   for b, entries in pairs(buckets) do
     redis.pcall('ZADD', state_bucket(state, b), unpack(entries))
   end
