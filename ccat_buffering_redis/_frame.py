@@ -37,7 +37,7 @@ def ms(seconds: float) -> int:
 
 
 SEP = "\x1f"
-"""Ends each token of an ``APPLY`` frame (see :mod:`ccat_buffering_redis.scripts`)."""
+"""Ends each token of an ``APPLY`` frame (see ``lua/apply.lua``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -243,7 +243,7 @@ do
   end
   check_states(groups)
   -- The numbers the checked groups take, exactly: numbers left unused would
-  -- spread the model index over more buckets (see MODEL_INDEX).
+  -- spread the model index over more buckets (see model_index.lua).
   SEQ_BUDGET = math.max(NEEDS, 1)
   for _, group in ipairs(groups) do
     if group[5] and not group[4] then any_allocates = true end

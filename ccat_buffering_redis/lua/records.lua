@@ -4,7 +4,7 @@
 -- A buffered record is a string: a head line
 -- '@<created 0|1><deleted 0|1><sequence number>:<tx>,<tx>...' then a line
 -- '<field>=<JSON value>' per field (names are identifiers; JSON text holds no
--- raw newline). The number places it in its model index (see MODEL_INDEX).
+-- raw newline). The number places it in its model index (see model_index.lua).
 local function join_record(created, deleted, seq, txs, fields)
   local head = '@' .. created .. deleted .. seq .. ':' .. txs
   if fields == '' then return head end
