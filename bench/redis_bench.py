@@ -75,7 +75,7 @@ from ccat_buffering.demo._workload import add_observation
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction
 from ccat_buffering_redis import RedisBackend
-from ccat_buffering_redis.keys import SiteKeys
+from ccat_buffering_redis.keys import SUFFIXES, SiteKeys
 
 DEFAULT_URL = os.environ.get("CCAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 STATUS_TTL = 3600
@@ -307,9 +307,9 @@ def pipelined_lpush(client: Redis, payloads: list[Payload]) -> Contender:
 
 def origin_keys(prefix: str, p: Payload) -> tuple[str, str, str]:
     return (
-        f"{prefix}transaction:{p.transaction_id}",
-        f"{prefix}cache:ids:ExecutedObsUnit:{p.record_id}",
-        f"{prefix}buffered:ExecutedObsUnit:{p.record_id}",
+        f"{prefix}{SUFFIXES['status']}{p.transaction_id}",
+        f"{prefix}{SUFFIXES['ids']}ExecutedObsUnit:{p.record_id}",
+        f"{prefix}{SUFFIXES['buffered']}ExecutedObsUnit:{p.record_id}",
     )
 
 
@@ -428,7 +428,7 @@ async def all_keys(client: Redis) -> int:
 def role_of(key: str, prefix: str) -> str:
     """The part of a key that names its role: ``buffered:``, ``state:buffered``, ..."""
     rest = key[len(prefix) :]
-    for role in ("cache:ids:", "buffered:", "transaction:", "index:", "fields:"):
+    for role in (SUFFIXES[r] for r in ("ids", "buffered", "status", "index", "fields")):
         if rest.startswith(role):
             return role
     return rest.rstrip("0123456789").removesuffix(":")  # a state's buckets: the state

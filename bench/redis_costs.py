@@ -22,7 +22,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis_bench import DEFAULT_URL, Namespace, build_transaction, pattern_of
 
-import ccat_buffering_redis.backend as redis_backend
+import ccat_buffering_redis.stores as redis_stores
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering_redis import RedisBackend
 
@@ -53,7 +53,7 @@ async def run(url: str, n: int, batch: int) -> None:
     # Instance attributes shadow the methods: only this run's objects are timed.
     manager._prepare = timed(spent, "validate and serialise", manager._prepare)  # type: ignore[method-assign]
     for name in ("push", "put_status", "write_cache"):
-        cls = redis_backend.RedisWriteBatch
+        cls = redis_stores.RedisWriteBatch
         setattr(cls, name, timed(spent, f"stage {name}", getattr(cls, name)))
     script = backend._scripts["apply"]
 

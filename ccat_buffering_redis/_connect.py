@@ -20,7 +20,7 @@ from redis.backoff import NoBackoff
 from ccat_buffering.errors import ConfigurationError
 from ccat_buffering.masking import mask_url
 
-__all__ = ["open_client"]
+__all__ = ["open_client", "take_compression", "take_parameter"]
 
 
 def _hosts(netloc: str, default_port: int) -> list[tuple[str, int]]:
@@ -143,3 +143,20 @@ def open_client(url: str, **options: Any) -> tuple[Redis | RedisCluster, str]:
         )
         return sentinel.master_for(service), where
     raise ConfigurationError(f"{where}: not a Redis URL")
+
+
+def take_compression(url: str) -> tuple[str, str | None]:
+    """Split the ``compression`` query parameter off a backend URL (the rest unchanged)."""
+    url, value = take_parameter(url, "compression")
+    return url, value or None
+
+
+def take_parameter(url: str, name: str) -> tuple[str, str | None]:
+    """Split one of the library's query parameters off a backend URL (the rest unchanged)."""
+    base, mark, query = url.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    kept = [(k, v) for k, v in pairs if k != name]
+    if not mark or len(kept) == len(pairs):
+        return url, None
+    value = [v for k, v in pairs if k == name][-1]
+    return (base + "?" + urlencode(kept) if kept else base), value

@@ -1,4 +1,4 @@
-"""The model index (``index:<Model>``): Lua shared by the scripts that read or write it.
+"""The model index (``index:<Model>``): its Lua is ``lua/model_index.lua``.
 
 A model's record ids live in buckets of :data:`BUCKET` consecutive sequence
 numbers, ``index:<Model>:<bucket>``, each a zset of ids scored by their
@@ -7,101 +7,13 @@ than ``BUCKET`` ids and an id is a short text, so Redis keeps each bucket as
 a listpack (``zset-max-listpack-entries`` is 128 by default): about 40 bytes an
 id, where one large zset (a skiplist) took about 145. ``index:<Model>`` lists
 the model's buckets by number. A record's number is in its head line (see
-``_RECORDS`` in :mod:`ccat_buffering_redis.scripts`), so that a release finds
+``lua/records.lua`` and :mod:`ccat_buffering_redis._values`), so that a release finds
 its bucket without a lookup, and the order first written is the numbers' order.
 """
 
 from __future__ import annotations
 
-__all__ = ["BUCKET", "MODEL_INDEX"]
+__all__ = ["BUCKET"]
 
 BUCKET = 128
 """Sequence numbers per bucket: at most Redis's default ``zset-max-listpack-entries``."""
-
-MODEL_INDEX = r"""
-local BUCKET = {bucket}
-
-local function bucket_key(model, b)
-  return INDEX .. model .. ':' .. b
-end
-
--- A record's sequence number, from its head line '@<c><d><number>:<txs>'; nil if none.
-local function record_seq(value)
-  return tonumber(string.match(value, '^@..(%d+):'))
-end
-
--- Ids of a model's buffered records in the order first written, as
--- {id, seq} pairs; ids whose record is gone (or was written again, elsewhere)
--- are included: the caller checks them against the records.
-local function index_entries(model)
-  local out = {}
-  for _, b in ipairs(redis.call('ZRANGE', INDEX .. model, 0, -1)) do
-    local base = tonumber(b) * BUCKET
-    local got = redis.call('ZRANGE', bucket_key(model, b), 0, -1, 'WITHSCORES')
-    for i = 1, #got, 2 do out[#out + 1] = {got[i], base + tonumber(got[i + 1]), b} end
-  end
-  return out
-end
-
-local function model_ids(model)
-  local ids = {}
-  for i, e in ipairs(index_entries(model)) do ids[i] = e[1] end
-  return ids
-end
-
--- How long the model index lasts (ms); 0 or less when it has no TTL or is gone.
-local function index_ttl(model)
-  return redis.call('PTTL', INDEX .. model)
-end
-
-local function record_order(model, id, value)
-  return record_seq(value) or 0
-end
-
--- Take an id out of its bucket; an emptied bucket goes, and leaves the list.
-local function unindex(model, id, seq)
-  if not seq then return end
-  local b = math.floor(seq / BUCKET)
-  local key = bucket_key(model, b)
-  redis.pcall('ZREM', key, id)
-  if redis.pcall('ZCARD', key) == 0 then redis.call('ZREM', INDEX .. model, b) end
-end
-
--- Entries to add ({seq, id} per model) and the TTL each bucket must reach;
--- a bucket of another type (written by hand) is skipped, as its list is
--- checked before the call writes (index_problem).
-local INDEX_ADD, BUCKET_TTL = {}, {}
-local function flush_indexes()
-  for model, list in pairs(INDEX_ADD) do
-    local buckets, listed = {}, {}
-    for i = 1, #list, 2 do
-      local b = math.floor(list[i] / BUCKET)
-      local entries = buckets[b]
-      if not entries then
-        entries = {}
-        buckets[b] = entries
-        listed[#listed + 1] = b
-        listed[#listed + 1] = b
-      end
-      entries[#entries + 1] = list[i] - b * BUCKET
-      entries[#entries + 1] = list[i + 1]
-    end
-    for b, entries in pairs(buckets) do
-      redis.pcall('ZADD', bucket_key(model, b), 'NX', unpack(entries))
-    end
-    in_slices({'ZADD', INDEX .. model, 'NX'}, listed)
-  end
-  INDEX_ADD = {}
-end
-
-local function extend_bucket(model, seq, ttl)
-  if not seq then return end
-  local key = bucket_key(model, math.floor(seq / BUCKET))
-  if (BUCKET_TTL[key] or 0) < ttl then BUCKET_TTL[key] = ttl end
-end
-
-local function extend_buckets()
-  for key, ttl in pairs(BUCKET_TTL) do extend(key, ttl) end
-  BUCKET_TTL = {}
-end
-""".replace("{bucket}", str(BUCKET))

@@ -2,9 +2,10 @@
 
 Every key of a site starts with ``site:{<site>}:``. The braces are a Redis
 Cluster hash tag, so all keys of a site live in one slot and every script and
-transaction is single-slot. The Lua scripts receive the prefix and the
-suffixes below (see :mod:`ccat_buffering_redis.scripts`), so that they build
-the same names and nothing else formats a key.
+transaction is single-slot. :data:`SUFFIXES` is the one source of the names:
+the Lua scripts receive the prefix and a fragment generated from it (see
+:mod:`ccat_buffering_redis.scripts`), and a test checks this table and the
+docs' against it.
 
 ==========================================  =======  ==========================================
 key                                         type     what
@@ -156,16 +157,6 @@ class SiteKeys:
         return self._key("inflight")
 
     @property
-    def leases(self) -> str:
-        """Lease deadlines of claimed entries."""
-        return self._key("leases")
-
-    @property
-    def hold(self) -> str:
-        """Present while a retry holds the head."""
-        return self._key("hold")
-
-    @property
     def seq(self) -> str:
         """The site's counter."""
         return self._key("seq")
@@ -179,21 +170,6 @@ class SiteKeys:
     def letter_order(self) -> str:
         """Arrival order of dead letters."""
         return self._key("letter_order")
-
-    @property
-    def letter_meta(self) -> str:
-        """Reasons and times of dead letters."""
-        return self._key("letter_meta")
-
-    @property
-    def lease(self) -> str:
-        """The processor lease."""
-        return self._key("lease")
-
-    @property
-    def reconcile(self) -> str:
-        """Where each state index's reconciliation stands."""
-        return self._key("reconcile")
 
     @property
     def epoch(self) -> str:

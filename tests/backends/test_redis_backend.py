@@ -27,8 +27,11 @@ from ccat_buffering.protocols import CacheKind, CacheWrite
 from ccat_buffering.retry import FailureKind
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_redis import RedisBackend, SiteKeys
-from ccat_buffering_redis.backend import SEP, Op, RedisWriteBatch, _Coalescer, _take_compression
+from ccat_buffering_redis._coalescer import Coalescer
+from ccat_buffering_redis._connect import take_compression
+from ccat_buffering_redis._frame import SEP, Command
 from ccat_buffering_redis.compression import MARKER
+from ccat_buffering_redis.stores import RedisWriteBatch
 
 from support import observation
 
@@ -293,10 +296,10 @@ async def test_a_record_with_many_fields_is_written_whole(backend: RedisBackend)
 async def test_a_malformed_group_is_refused_whole_and_alone(
     client: aioredis.Redis, backend: RedisBackend
 ) -> None:
-    def push(entry: str) -> Op:
-        return Op("push" + SEP, 1, (entry,))
+    def push(entry: str) -> Command:
+        return Command("push" + SEP, 1, (entry,))
 
-    odd_kind = Op(SEP.join(["cache", "t1", "1000", "1", "M", "r1", "odd", "a=1"]) + SEP, 8)
+    odd_kind = Command(SEP.join(["cache", "t1", "1000", "1", "M", "r1", "odd", "a=1"]) + SEP, 8)
     groups = [[push("entry-1")], [push("entry-2"), odd_kind], [push("entry-3")]]
     results = await backend._apply_groups(groups)
     assert results[0] == 1 and results[2] == 1
@@ -434,10 +437,10 @@ async def test_compression_is_chosen_in_the_url_and_checked(client: aioredis.Red
 def test_the_compression_parameter_is_taken_off_the_url_and_nothing_else(
     url: str, rest: str, compression: str | None
 ) -> None:
-    assert _take_compression(url) == (rest, compression)
+    assert take_compression(url) == (rest, compression)
 
 
-def _buffering_group(tx: Transaction) -> list[Op]:
+def _buffering_group(tx: Transaction) -> list[Command]:
     batch = RedisWriteBatch()
     batch.push(tx.to_json())
     batch.put_status(TransactionStatus(transaction_id=tx.transaction_id, state="buffered"), 60)
@@ -516,17 +519,17 @@ async def test_compression_needs_a_client_that_returns_bytes() -> None:
 
 
 async def test_a_group_cancelled_after_it_was_handed_to_a_call_is_not_sent() -> None:
-    sent: list[list[list[Op]]] = []
+    sent: list[list[list[Command]]] = []
 
-    async def run(groups: list[list[Op]]) -> list[int | BackendError]:
+    async def run(groups: list[list[Command]]) -> list[int | BackendError]:
         sent.append(groups)
         return [1] * len(groups)
 
-    coalescer = _Coalescer(run)
+    coalescer = Coalescer(run)
     loop = asyncio.get_running_loop()
     cancelled: asyncio.Future[int] = loop.create_future()
     kept: asyncio.Future[int] = loop.create_future()
-    one, two = [Op("push" + SEP, 1, ("a",))], [Op("push" + SEP, 1, ("b",))]
+    one, two = [Command("push" + SEP, 1, ("a",))], [Command("push" + SEP, 1, ("b",))]
     coalescer._pending += [(one, cancelled), (two, kept)]
     coalescer._start()  # both handed to one call, which has not started yet
     cancelled.cancel()

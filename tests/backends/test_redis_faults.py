@@ -38,7 +38,8 @@ from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.settings import BufferingSettings
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_redis import RedisBackend
-from ccat_buffering_redis.backend import RedisWriteBatch
+from ccat_buffering_redis.scripts import keys_fragment
+from ccat_buffering_redis.stores import RedisWriteBatch
 
 from support import make_schema, observation
 
@@ -378,10 +379,12 @@ def test_clients_opened_from_urls_have_timeouts_by_default() -> None:
         RedisBackend.from_url("redis://127.0.0.1:1/0?socket_timeout=soon", site=new_site_name())
 
 
-_FILL = """
+_FILL = (
+    keys_fragment()
+    + """
 -- The layout APPLY writes: a buffered status starts with its sequence number,
 -- which names its bucket of state:buffered (see _state_index).
-local prefix, entry, status = ARGV[1], ARGV[2], ARGV[3]
+local entry, status = ARGV[2], ARGV[3]
 local first, n = tonumber(ARGV[4]), tonumber(ARGV[5])
 local body = (string.gsub(status, '^%d+', ''))
 for from = first, first + n - 1, 500 do
@@ -389,24 +392,25 @@ for from = first, first + n - 1, 500 do
   for i = from, math.min(from + 499, first + n - 1) do
     local id = string.format('00000000-0000-4000-8000-%012d', i)
     local seq = i + 1000
-    local b = math.floor(seq / 128)
+    local b = math.floor(seq / BUCKET)
     entries[#entries + 1] = entry
-    statuses[#statuses + 1] = prefix .. 'transaction:' .. id
+    statuses[#statuses + 1] = STATUS .. id
     statuses[#statuses + 1] = seq .. body
     buckets[b] = buckets[b] or {}
-    table.insert(buckets[b], seq - b * 128)
+    table.insert(buckets[b], seq - b * BUCKET)
     table.insert(buckets[b], id)
   end
-  redis.call('LPUSH', prefix .. 'transaction_buffer', unpack(entries))
+  redis.call('LPUSH', BUF, unpack(entries))
   redis.call('MSET', unpack(statuses))
   for b, scored in pairs(buckets) do
-    redis.call('ZADD', prefix .. 'state:buffered:' .. b, unpack(scored))
-    redis.call('ZADD', prefix .. 'state:buffered', b, b)
+    redis.call('ZADD', STATE .. 'buffered:' .. b, unpack(scored))
+    redis.call('ZADD', STATE .. 'buffered', b, b)
   end
 end
-redis.call('SET', prefix .. 'seq', first + n + 1000)
+redis.call('SET', SEQ, first + n + 1000)
 return n
 """
+)
 
 
 async def test_status_at_200000_buffered_answers_within_2_seconds(

@@ -61,6 +61,19 @@ def test_the_wheel_ships_the_demo_and_no_throwaway_servers(installed: Path) -> N
     assert not any("servers" in path for path in shipped), sorted(shipped)
 
 
+def test_the_wheel_ships_the_lua_scripts(installed: Path) -> None:
+    code = "from importlib.metadata import files; print(*files('ccat-buffering'), sep='\\n')"
+    result = _run([str(installed / "python"), "-c", code])
+    shipped = {p for p in result.stdout.split() if p.startswith("ccat_buffering_redis/lua/")}
+    expected = {
+        f"ccat_buffering_redis/lua/{p.name}"
+        for p in (ROOT / "ccat_buffering_redis" / "lua").glob("*.lua")
+    }
+    assert expected and shipped == expected, result.stderr
+    loads = "from ccat_buffering_redis.scripts import SCRIPTS; print(len(SCRIPTS))"
+    assert _run([str(installed / "python"), "-c", loads]).stdout.strip() == "22"
+
+
 async def _prepare(site: str) -> tuple[str, str]:
     backend = RedisBackend.from_url(REDIS_URL, site=site)
     async with backend:

@@ -1,0 +1,133 @@
+"""The frame of the ``APPLY`` script: commands as tokens, and the call's arguments.
+
+``APPLY`` (``lua/apply.lua``, which writes out the grammar) takes its groups as
+one frame in ``ARGV[2]``: tokens ended by the unit separator (byte 31), which no
+identifier, number or JSON text holds. Text from outside the library (entries,
+receipts, reasons, letter ids) follows as arguments of its own (blobs), so that
+it is neither escaped nor parsed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ccat_buffering._checks import check_duration
+from ccat_buffering.models import TransactionState, TransactionStatus
+from ccat_buffering.protocols import CacheWrite
+from ccat_buffering_redis._values import record_text, status_json
+
+__all__ = [
+    "SEP",
+    "Command",
+    "cache_command",
+    "command",
+    "dead_command",
+    "frame",
+    "ms",
+    "release_command",
+    "retry_command",
+    "safe_token",
+    "status_command",
+]
+
+
+def ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+SEP = "\x1f"
+"""Ends each token of an ``APPLY`` frame (see ``lua/apply.lua``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One staged operation of an ``APPLY`` frame.
+
+    Attributes:
+        text: Its tokens, each ended by :data:`SEP`.
+        tokens: How many tokens ``text`` holds, the operation's name included.
+        blobs: Text from outside the library, sent as arguments of their own.
+        models: The models whose records it writes (cache writes).
+    """
+
+    text: str
+    tokens: int
+    blobs: tuple[str | bytes, ...] = ()
+    models: tuple[str, ...] = ()
+
+    @property
+    def buffers(self) -> bool:
+        """Whether the operation needs new memory: it buffers (a push, cache writes)."""
+        return self.text.startswith(("push" + SEP, "cache" + SEP))
+
+
+def command(*tokens: str, blobs: tuple[str | bytes, ...] = ()) -> Command:
+    return Command(SEP.join(tokens) + SEP, len(tokens), blobs)
+
+
+def safe_token(text: str, what: str) -> str:
+    """``text``, checked to be safe as a token of the frame."""
+    if SEP in text:
+        raise ValueError(f"{what} {text!r} holds a control character (\\x1f)")
+    return text
+
+
+def status_command(status: TransactionStatus, ttl_seconds: float) -> Command:
+    transaction_id = safe_token(status.transaction_id, "transaction id")
+    score, member = "", transaction_id
+    if status.state is TransactionState.COMMITTED:
+        lsn = -1 if status.commit_lsn is None else int(status.commit_lsn)
+        score = str(lsn >> 32) if lsn >= 0 else "-1"
+        member = f"{max(lsn, 0) & 0xFFFFFFFF:08X}{transaction_id}"
+    return command(
+        "status",
+        transaction_id,
+        status_json(status),
+        str(status.state),
+        str(ms(ttl_seconds)),
+        score,
+        member,
+    )
+
+
+def cache_command(transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float) -> Command:
+    tokens = ["cache", safe_token(transaction_id, "transaction id"), str(ms(ttl_seconds))]
+    tokens.append(str(len(writes)))
+    for write in writes:
+        tokens += (
+            write.model,
+            write.record_id,
+            str(write.kind),
+            record_text(write.fields, write.record_id),
+        )
+    op = command(*tokens)
+    return Command(op.text, op.tokens, models=tuple(dict.fromkeys(w.model for w in writes)))
+
+
+def retry_command(receipts: Sequence[str], delay_seconds: float) -> Command:
+    check_duration(delay_seconds, "delay_seconds")
+    delay = 0 if delay_seconds == 0 else ms(delay_seconds)
+    return command("retry", str(delay), str(len(receipts)), blobs=tuple(receipts))
+
+
+def dead_command(receipt: str, reason: str, transaction_id: str | None) -> Command:
+    return command("dead", blobs=(receipt, reason, transaction_id or ""))
+
+
+def release_command(transaction_ids: Sequence[str]) -> Command:
+    ids = [safe_token(t, "transaction id") for t in transaction_ids]
+    return command("release", str(len(ids)), *ids)
+
+
+def frame(groups: list[list[Command]]) -> list[str | bytes]:
+    """The ``APPLY`` script's arguments after the prefix: the frame, then the blobs."""
+    parts = [str(len(groups)), SEP]
+    blobs: list[str | bytes] = []
+    for ops in groups:
+        parts += (str(sum(op.tokens for op in ops)), SEP)
+        parts += (str(sum(len(op.blobs) for op in ops)), SEP)
+        for op in ops:
+            parts.append(op.text)
+            blobs += op.blobs
+    return ["".join(parts), *blobs]

@@ -1,0 +1,57 @@
+-- Fragment: what every script starts with, after the generated key names
+-- (include: keys): the server's time, sequence numbers, expiries, slices.
+
+-- include: keys
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local NOW = now_ms()
+
+-- Sequence numbers (receipts, orders) are taken from the counter SEQ_BUDGET at
+-- a time, with one INCRBY; numbers left unused are skipped, never reused.
+local SEQ_NEXT, SEQ_LEFT, SEQ_BUDGET = 0, 0, 1
+local function next_seq()
+  if SEQ_LEFT == 0 then
+    SEQ_NEXT = redis.call('INCRBY', SEQ, SEQ_BUDGET) - SEQ_BUDGET
+    SEQ_LEFT = SEQ_BUDGET
+  end
+  SEQ_NEXT = SEQ_NEXT + 1
+  SEQ_LEFT = SEQ_LEFT - 1
+  return SEQ_NEXT
+end
+
+-- Push a key's expiry out to ttl ms from now; never shorten it. Returns 1 if
+-- it moved, 0 if it already lasted as long, -1 if there is no such key.
+local function extend(key, ttl)
+  if redis.call('PEXPIRE', key, ttl, 'GT') == 1 then return 1 end
+  local left = redis.call('PTTL', key)
+  if left == -2 then return -1 end
+  if left == -1 then
+    redis.call('PEXPIRE', key, ttl)
+    return 1
+  end
+  return 0
+end
+
+-- Calls with many arguments go in slices: unpack() returns a bounded number of
+-- values. `head` holds the leading arguments (command, key, option); slices of
+-- `args` follow them, 1,000 at a time (an even number: pairs stay whole).
+local function in_slices(head, args)
+  local n, k = #args, #head
+  for i = 1, n, 1000 do
+    local call = {unpack(head)}
+    for j = i, math.min(i + 999, n) do call[k + j - i + 1] = args[j] end
+    redis.call(unpack(call))
+  end
+end
+
+-- Drop the entries of the terminal indexes whose statuses have expired. A
+-- write that only frees: run first, it lets a full Redis accept the rest of
+-- the call (see APPLY).
+local function prune_terminal()
+  for state, _ in pairs(TERMINAL) do
+    redis.pcall('ZREMRANGEBYSCORE', STATE .. state, '-inf', NOW)
+  end
+end

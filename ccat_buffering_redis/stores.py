@@ -1,0 +1,354 @@
+"""The stores of one site in Redis (buffer, dead letters, statuses, cache, lease), and the batch.
+
+Each store is a view of its :class:`~ccat_buffering_redis.backend.RedisBackend`:
+writes go through the backend's ``apply`` (one ``APPLY`` call a group, see
+:mod:`ccat_buffering_redis._frame`), reads through its scripts.
+"""
+
+from __future__ import annotations
+
+import builtins
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ccat_buffering._checks import check_duration, check_payload, check_status, check_writes
+from ccat_buffering.models import TransactionState, TransactionStatus
+from ccat_buffering.protocols import (
+    BufferStats,
+    CachedRecord,
+    CacheWrite,
+    Claim,
+    DeadLetter,
+    LeaseInfo,
+)
+
+if TYPE_CHECKING:
+    from ccat_buffering_redis.backend import RedisBackend
+from ccat_buffering_redis._frame import (
+    Command,
+    cache_command,
+    command,
+    dead_command,
+    ms,
+    release_command,
+    retry_command,
+    status_command,
+)
+from ccat_buffering_redis._values import as_text, cached_record, field_prefix, status_of
+from ccat_buffering_redis.compression import entry_bytes, entry_text
+
+__all__ = [
+    "RedisBufferStore",
+    "RedisCacheStore",
+    "RedisDeadLetterStore",
+    "RedisProcessorLease",
+    "RedisStatusStore",
+    "RedisWriteBatch",
+]
+
+
+class _SiteStore:
+    """A store of one site: a view of the backend that runs its scripts."""
+
+    def __init__(self, backend: RedisBackend) -> None:
+        self._backend = backend
+        self._keys = backend.keys
+
+
+class RedisBufferStore(_SiteStore):
+    """:class:`~ccat_buffering.protocols.BufferStore` in Redis."""
+
+    async def push(self, payloads: Sequence[str]) -> None:
+        """See :meth:`ccat_buffering.protocols.BufferStore.push`."""
+        for payload in payloads:
+            check_payload(payload)
+        if payloads:
+            compression = self._backend.compression
+            await self._backend.apply(
+                [command("push", blobs=(entry_bytes(p, compression),)) for p in payloads]
+            )
+
+    async def claim(self, count: int, lease_seconds: float) -> list[Claim]:
+        """See :meth:`ccat_buffering.protocols.BufferStore.claim`."""
+        if count < 1:
+            raise ValueError(f"count must be at least 1, not {count}")
+        check_duration(lease_seconds, "lease_seconds")
+        reply = await self._backend.script("claim", count, ms(lease_seconds))
+        if not reply:
+            return []
+        deadline = int(reply[0]) / 1000
+        return [
+            Claim(as_text(reply[i]), entry_text(reply[i + 1]), deadline)
+            for i in range(1, len(reply), 2)
+        ]
+
+    async def ack(self, receipts: Sequence[str]) -> int:
+        """See :meth:`ccat_buffering.protocols.BufferStore.ack`."""
+        return await self._backend.apply([command("ack", blobs=(r,)) for r in receipts])
+
+    async def retry_later(self, receipts: Sequence[str], delay_seconds: float) -> int:
+        """See :meth:`ccat_buffering.protocols.BufferStore.retry_later`."""
+        return await self._backend.apply([retry_command(receipts, delay_seconds)])
+
+    async def dead_letter(
+        self, receipt: str, reason: str, transaction_id: str | None = None
+    ) -> bool:
+        """See :meth:`ccat_buffering.protocols.BufferStore.dead_letter`."""
+        return bool(await self._backend.apply([dead_command(receipt, reason, transaction_id)]))
+
+    async def recover(self, *, include_unexpired: bool = False) -> int:
+        """See :meth:`ccat_buffering.protocols.BufferStore.recover`."""
+        return int(await self._backend.script("recover", "1" if include_unexpired else "0"))
+
+    async def stats(self) -> BufferStats:
+        """See :meth:`ccat_buffering.protocols.BufferStore.stats`."""
+        now, depth, in_flight, letters, hold = await self._backend.script("buffer_stats")
+        held = (int(now) + int(hold)) / 1000 if int(hold) > 0 else None
+        return BufferStats(int(depth), int(in_flight), int(letters), held)
+
+
+class RedisDeadLetterStore(_SiteStore):
+    """:class:`~ccat_buffering.protocols.DeadLetterStore` in Redis."""
+
+    async def _letters(self, ids: list[str]) -> list[DeadLetter]:
+        if not ids:
+            return []
+        letters = []
+        for lid, payload, meta in await self._backend.script("letters_get", *ids):
+            info = json.loads(meta)
+            letters.append(
+                DeadLetter(
+                    as_text(lid),
+                    entry_text(payload),
+                    info["reason"],
+                    info["at"] / 1000,
+                    info["tx"] or None,
+                )
+            )
+        return letters
+
+    async def list(self, offset: int = 0, limit: int | None = None) -> list[DeadLetter]:
+        """See :meth:`ccat_buffering.protocols.DeadLetterStore.list`."""
+        stop = -1 if limit is None else offset + limit - 1
+        if limit == 0:
+            return []
+        with self._backend.translate():
+            raw = await self._backend.client.zrange(self._keys.letter_order, offset, stop)
+        return await self._letters([as_text(r) for r in raw])  # type: ignore[arg-type]
+
+    async def get(self, letter_id: str) -> DeadLetter | None:
+        """See :meth:`ccat_buffering.protocols.DeadLetterStore.get`."""
+        found = await self._letters([letter_id])
+        return found[0] if found else None
+
+    async def replay(self, letter_ids: Sequence[str] | None = None) -> builtins.list[DeadLetter]:
+        """See :meth:`ccat_buffering.protocols.DeadLetterStore.replay`."""
+        selector = "*" if letter_ids is None else json.dumps(list(letter_ids))
+        wanted = await self.list() if letter_ids is None else await self._letters(list(letter_ids))
+        by_id = {letter.letter_id: letter for letter in wanted}
+        done = await self._backend.script("letters_replay", selector)
+        return [by_id[as_text(lid)] for lid in done if as_text(lid) in by_id]
+
+    async def purge(self, letter_ids: Sequence[str] | None = None) -> int:
+        """See :meth:`ccat_buffering.protocols.DeadLetterStore.purge`."""
+        selector = "*" if letter_ids is None else json.dumps(list(letter_ids))
+        return int(await self._backend.script("letters_purge", selector))
+
+
+class RedisStatusStore(_SiteStore):
+    """:class:`~ccat_buffering.protocols.StatusStore` in Redis."""
+
+    async def get(self, transaction_id: str) -> TransactionStatus | None:
+        """See :meth:`ccat_buffering.protocols.StatusStore.get`."""
+        return (await self.get_many([transaction_id]))[0]
+
+    async def get_many(self, transaction_ids: Sequence[str]) -> list[TransactionStatus | None]:
+        """See :meth:`ccat_buffering.protocols.StatusStore.get_many`."""
+        if not transaction_ids:
+            return []
+        with self._backend.translate():
+            raw = await self._backend.client.mget([self._keys.status(t) for t in transaction_ids])
+        return [
+            None if r is None else status_of(t, r)
+            for t, r in zip(transaction_ids, raw, strict=True)
+        ]
+
+    async def put(self, status: TransactionStatus, ttl_seconds: float) -> None:
+        """See :meth:`ccat_buffering.protocols.StatusStore.put`."""
+        check_status(status)
+        check_duration(ttl_seconds, "ttl_seconds")
+        await self._backend.apply([status_command(status, ttl_seconds)])
+
+    async def ids(self, state: TransactionState, limit: int | None = None) -> list[str]:
+        """See :meth:`ccat_buffering.protocols.StatusStore.ids`."""
+        if limit == 0:
+            return []
+        reply = await self._backend.script("status_ids", str(TransactionState(state)), limit or -1)
+        return [as_text(r) for r in reply]
+
+    async def counts(self) -> dict[TransactionState, int]:
+        """See :meth:`ccat_buffering.protocols.StatusStore.counts`."""
+        states = list(TransactionState)
+        reply = await self._backend.script("status_counts", *(str(s) for s in states))
+        return {state: int(n) for state, n in zip(states, reply, strict=True)}
+
+
+class RedisCacheStore(_SiteStore):
+    """:class:`~ccat_buffering.protocols.CacheStore` in Redis."""
+
+    async def write(
+        self, transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float
+    ) -> None:
+        """See :meth:`ccat_buffering.protocols.CacheStore.write`."""
+        check_writes(transaction_id, writes)
+        check_duration(ttl_seconds, "ttl_seconds")
+        await self._backend.apply([cache_command(transaction_id, writes, ttl_seconds)])
+
+    async def get(self, model: str, record_id: str) -> CachedRecord | None:
+        """See :meth:`ccat_buffering.protocols.CacheStore.get`."""
+        now, ttl, raw = await self._backend.script("cache_get", model, record_id)
+        if not raw:
+            return None
+        return cached_record(model, record_id, raw, int(ttl), int(now) / 1000)
+
+    async def list(self, model: str) -> list[CachedRecord]:
+        """See :meth:`ccat_buffering.protocols.CacheStore.list`."""
+        now_ms, rows = await self._backend.script("cache_list", model)
+        now = int(now_ms) / 1000
+        return [cached_record(model, as_text(rid), raw, int(ttl), now) for rid, ttl, raw in rows]
+
+    async def get_many(
+        self, model: str, record_ids: Sequence[str]
+    ) -> builtins.list[CachedRecord | None]:
+        """See :meth:`ccat_buffering.protocols.CacheStore.get_many`."""
+        if not record_ids:
+            return []
+        now_ms, rows = await self._backend.script("cache_get_many", model, *record_ids)
+        now = int(now_ms) / 1000
+        return [
+            cached_record(model, rid, raw, int(ttl), now) if raw else None
+            for rid, (ttl, raw) in zip(record_ids, rows, strict=True)
+        ]
+
+    async def find(self, model: str, equals: Mapping[str, Any]) -> builtins.list[CachedRecord]:
+        """See :meth:`ccat_buffering.protocols.CacheStore.find`."""
+        if not equals:
+            return []
+        pairs = [(name, field_prefix(name, value)) for name, value in equals.items()]
+        now_ms, rows = await self._backend.script("cache_find", model, *itertools.chain(*pairs))
+        now = int(now_ms) / 1000
+        records = [cached_record(model, as_text(rid), raw, int(ttl), now) for rid, ttl, raw in rows]
+        # Long values share an entry with those of the same start and length,
+        # and a record that expired and was written again may have kept one.
+        return [
+            r
+            for r in records
+            if any(name in r.fields and r.fields[name] == value for name, value in equals.items())
+        ]
+
+    async def created_by(self, model: str, record_id: str) -> str | None:
+        """See :meth:`ccat_buffering.protocols.CacheStore.created_by`."""
+        return await self._backend.creator(model, record_id)
+
+    async def extend(self, transaction_ids: Sequence[str], ttl_seconds: float) -> int:
+        """See :meth:`ccat_buffering.protocols.CacheStore.extend`."""
+        check_duration(ttl_seconds, "ttl_seconds")
+        if not transaction_ids:
+            return 0
+        return int(await self._backend.script("cache_extend", ms(ttl_seconds), *transaction_ids))
+
+    async def release(self, transaction_ids: Sequence[str]) -> int:
+        """See :meth:`ccat_buffering.protocols.CacheStore.release`."""
+        if not transaction_ids:
+            return 0
+        return await self._backend.apply([release_command(transaction_ids)])
+
+
+class RedisProcessorLease(_SiteStore):
+    """:class:`~ccat_buffering.protocols.ProcessorLease` in Redis (``SET PX`` with a token)."""
+
+    async def acquire(self, holder: str, ttl_seconds: float) -> bool:
+        """See :meth:`ccat_buffering.protocols.ProcessorLease.acquire`."""
+        check_duration(ttl_seconds, "ttl_seconds")
+        return bool(await self._backend.script("lease_acquire", holder, ms(ttl_seconds)))
+
+    async def renew(self, holder: str, ttl_seconds: float) -> bool:
+        """See :meth:`ccat_buffering.protocols.ProcessorLease.renew`."""
+        check_duration(ttl_seconds, "ttl_seconds")
+        return bool(await self._backend.script("lease_renew", holder, ms(ttl_seconds)))
+
+    async def release(self, holder: str) -> bool:
+        """See :meth:`ccat_buffering.protocols.ProcessorLease.release`."""
+        return bool(await self._backend.script("lease_release", holder))
+
+    async def current(self) -> LeaseInfo | None:
+        """See :meth:`ccat_buffering.protocols.ProcessorLease.current`."""
+        now, holder, ttl = await self._backend.script("lease_current")
+        if not holder or int(ttl) < 0:
+            return None
+        return LeaseInfo(as_text(holder), (int(now) + int(ttl)) / 1000)
+
+    async def publish_report(self, report: str, ttl_seconds: float) -> None:
+        """See :meth:`ccat_buffering.protocols.SupportsProcessorReports.publish_report`."""
+        check_duration(ttl_seconds, "ttl_seconds")
+        await self._backend.script("publish_report", report, ms(ttl_seconds))
+
+    async def processor_report(self) -> str | None:
+        """See :meth:`ccat_buffering.protocols.SupportsProcessorReports.processor_report`."""
+        with self._backend.translate():
+            value = await self._backend.client.get(self._keys.processor)
+        return None if value is None else as_text(value)
+
+
+class RedisWriteBatch:
+    """:class:`~ccat_buffering.protocols.WriteBatch` that stages script operations.
+
+    Args:
+        compression: How to store queue entries (see :mod:`ccat_buffering_redis.compression`).
+    """
+
+    def __init__(self, compression: str | None = None) -> None:
+        self.ops: list[Command] = []
+        self.compression = compression
+
+    def push(self, payload: str) -> None:
+        """Stage a push."""
+        check_payload(payload)
+        self.ops.append(command("push", blobs=(entry_bytes(payload, self.compression),)))
+
+    def ack(self, receipt: str) -> None:
+        """Stage an ack."""
+        self.ops.append(command("ack", blobs=(receipt,)))
+
+    def retry_later(self, receipts: Sequence[str], delay_seconds: float) -> None:
+        """Stage a retry."""
+        self.ops.append(retry_command(receipts, delay_seconds))
+
+    def dead_letter(self, receipt: str, reason: str, transaction_id: str | None) -> None:
+        """Stage a move to the dead letters."""
+        self.ops.append(dead_command(receipt, reason, transaction_id))
+
+    def replay(self, letter_id: str) -> None:
+        """Stage the replay of one letter."""
+        self.ops.append(command("replay", blobs=(letter_id,)))
+
+    def put_status(self, status: TransactionStatus, ttl_seconds: float) -> None:
+        """Stage a status."""
+        check_status(status)
+        check_duration(ttl_seconds, "ttl_seconds")
+        self.ops.append(status_command(status, ttl_seconds))
+
+    def write_cache(
+        self, transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float
+    ) -> None:
+        """Stage cache writes."""
+        writes = list(writes)
+        check_writes(transaction_id, writes)
+        check_duration(ttl_seconds, "ttl_seconds")
+        self.ops.append(cache_command(transaction_id, writes, ttl_seconds))
+
+    def release_cache(self, transaction_ids: Sequence[str]) -> None:
+        """Stage a cache release."""
+        self.ops.append(release_command(transaction_ids))
