@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ccat_buffering._checks import check_duration
+from ccat_buffering import checks
 from ccat_buffering.models import TransactionState, TransactionStatus
 from ccat_buffering.protocols import CacheWrite
 from ccat_buffering_redis._values import record_text, status_json
@@ -106,17 +106,18 @@ def cache_command(transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds
 
 
 def retry_command(receipts: Sequence[str], delay_seconds: float) -> Command:
-    check_duration(delay_seconds, "delay_seconds")
+    receipts = checks.check_retry(receipts, delay_seconds)
     delay = 0 if delay_seconds == 0 else ms(delay_seconds)
     return command("retry", str(delay), str(len(receipts)), blobs=tuple(receipts))
 
 
 def dead_command(receipt: str, reason: str, transaction_id: str | None) -> Command:
+    checks.check_dead_letter(receipt, reason, transaction_id)
     return command("dead", blobs=(receipt, reason, transaction_id or ""))
 
 
 def release_command(transaction_ids: Sequence[str]) -> Command:
-    ids = [safe_token(t, "transaction id") for t in transaction_ids]
+    ids = checks.check_cache_release(transaction_ids)
     return command("release", str(len(ids)), *ids)
 
 

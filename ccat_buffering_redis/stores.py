@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ccat_buffering import checks
 from ccat_buffering._checks import check_duration, check_payload, check_status, check_writes
 from ccat_buffering.models import TransactionState, TransactionStatus
 from ccat_buffering.protocols import (
@@ -62,8 +63,7 @@ class RedisBufferStore(_SiteStore):
 
     async def push(self, payloads: Sequence[str]) -> None:
         """See :meth:`ccat_buffering.protocols.BufferStore.push`."""
-        for payload in payloads:
-            check_payload(payload)
+        payloads = checks.check_push(payloads)
         if payloads:
             compression = self._backend.compression
             await self._backend.apply(
@@ -86,6 +86,7 @@ class RedisBufferStore(_SiteStore):
 
     async def ack(self, receipts: Sequence[str]) -> int:
         """See :meth:`ccat_buffering.protocols.BufferStore.ack`."""
+        receipts = checks.check_receipts(receipts)
         return await self._backend.apply([command("ack", blobs=(r,)) for r in receipts])
 
     async def retry_later(self, receipts: Sequence[str], delay_seconds: float) -> int:
@@ -145,7 +146,8 @@ class RedisDeadLetterStore(_SiteStore):
 
     async def replay(self, letter_ids: Sequence[str] | None = None) -> builtins.list[DeadLetter]:
         """See :meth:`ccat_buffering.protocols.DeadLetterStore.replay`."""
-        selector = "*" if letter_ids is None else json.dumps(list(letter_ids))
+        letter_ids = checks.check_letter_ids(letter_ids)
+        selector = "*" if letter_ids is None else json.dumps(letter_ids)
         wanted = await self.list() if letter_ids is None else await self._letters(list(letter_ids))
         by_id = {letter.letter_id: letter for letter in wanted}
         done = await self._backend.script("letters_replay", selector)
@@ -153,7 +155,8 @@ class RedisDeadLetterStore(_SiteStore):
 
     async def purge(self, letter_ids: Sequence[str] | None = None) -> int:
         """See :meth:`ccat_buffering.protocols.DeadLetterStore.purge`."""
-        selector = "*" if letter_ids is None else json.dumps(list(letter_ids))
+        letter_ids = checks.check_letter_ids(letter_ids)
+        selector = "*" if letter_ids is None else json.dumps(letter_ids)
         return int(await self._backend.script("letters_purge", selector))
 
 
@@ -254,13 +257,14 @@ class RedisCacheStore(_SiteStore):
 
     async def extend(self, transaction_ids: Sequence[str], ttl_seconds: float) -> int:
         """See :meth:`ccat_buffering.protocols.CacheStore.extend`."""
-        check_duration(ttl_seconds, "ttl_seconds")
+        transaction_ids = checks.check_cache_extend(transaction_ids, ttl_seconds)
         if not transaction_ids:
             return 0
         return int(await self._backend.script("cache_extend", ms(ttl_seconds), *transaction_ids))
 
     async def release(self, transaction_ids: Sequence[str]) -> int:
         """See :meth:`ccat_buffering.protocols.CacheStore.release`."""
+        transaction_ids = checks.check_cache_release(transaction_ids)
         if not transaction_ids:
             return 0
         return await self._backend.apply([release_command(transaction_ids)])
@@ -271,16 +275,17 @@ class RedisProcessorLease(_SiteStore):
 
     async def acquire(self, holder: str, ttl_seconds: float) -> bool:
         """See :meth:`ccat_buffering.protocols.ProcessorLease.acquire`."""
-        check_duration(ttl_seconds, "ttl_seconds")
+        checks.check_lease(holder, ttl_seconds)
         return bool(await self._backend.script("lease_acquire", holder, ms(ttl_seconds)))
 
     async def renew(self, holder: str, ttl_seconds: float) -> bool:
         """See :meth:`ccat_buffering.protocols.ProcessorLease.renew`."""
-        check_duration(ttl_seconds, "ttl_seconds")
+        checks.check_lease(holder, ttl_seconds)
         return bool(await self._backend.script("lease_renew", holder, ms(ttl_seconds)))
 
     async def release(self, holder: str) -> bool:
         """See :meth:`ccat_buffering.protocols.ProcessorLease.release`."""
+        checks.check_lease_holder(holder)
         return bool(await self._backend.script("lease_release", holder))
 
     async def current(self) -> LeaseInfo | None:
@@ -292,7 +297,7 @@ class RedisProcessorLease(_SiteStore):
 
     async def publish_report(self, report: str, ttl_seconds: float) -> None:
         """See :meth:`ccat_buffering.protocols.SupportsProcessorReports.publish_report`."""
-        check_duration(ttl_seconds, "ttl_seconds")
+        checks.check_report(report, ttl_seconds)
         await self._backend.script("publish_report", report, ms(ttl_seconds))
 
     async def processor_report(self) -> str | None:
@@ -320,6 +325,7 @@ class RedisWriteBatch:
 
     def ack(self, receipt: str) -> None:
         """Stage an ack."""
+        checks.check_receipts([receipt])
         self.ops.append(command("ack", blobs=(receipt,)))
 
     def retry_later(self, receipts: Sequence[str], delay_seconds: float) -> None:
@@ -332,6 +338,7 @@ class RedisWriteBatch:
 
     def replay(self, letter_id: str) -> None:
         """Stage the replay of one letter."""
+        checks.check_letter_ids([letter_id])
         self.ops.append(command("replay", blobs=(letter_id,)))
 
     def put_status(self, status: TransactionStatus, ttl_seconds: float) -> None:

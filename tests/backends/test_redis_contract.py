@@ -4,7 +4,6 @@ compression), a real Cluster, and a real master found through a Sentinel."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import ClassVar
 
 import fakeredis
 import pytest
@@ -26,31 +25,6 @@ class RedisContract(BackendContract):
     supports_key_audit = True
     supports_buffer_health = True
     supports_buffer_marker = True
-
-    # Redis runs only some of ccat_buffering.checks (through the old
-    # ccat_buffering._checks names); each gap closes when the store method
-    # calls the check named.
-    argument_gaps: ClassVar[dict[str, str]] = {
-        "push-one-text": "RedisBufferStore.push must call checks.check_push",
-        "ack-bytes": "RedisBufferStore.ack must call checks.check_receipts",
-        "ack-one-text": "RedisBufferStore.ack must call checks.check_receipts",
-        "retry_later-one-text": "retry_later (_retry_op) must call checks.check_retry",
-        "dead_letter-bytes-reason": "dead_letter (_dead_op) must call checks.check_dead_letter",
-        "replay-one-text": "RedisDeadLetterStore.replay must call checks.check_letter_ids",
-        "purge-one-text": "RedisDeadLetterStore.purge must call checks.check_letter_ids",
-        "extend-one-text": "RedisCacheStore.extend must call checks.check_cache_extend",
-        "release-one-text": "release (_release_op) must call checks.check_cache_release",
-        "release-id-with-separator": (
-            "release (_release_op) must call checks.check_cache_release, which raises "
-            "TransactionValidationError as write does, not _inline's plain ValueError"
-        ),
-        "acquire-bytes-holder": "RedisProcessorLease.acquire must call checks.check_lease",
-        "acquire-empty-holder": "RedisProcessorLease.acquire must call checks.check_lease",
-        "release_lease-bytes-holder": (
-            "RedisProcessorLease.release must call checks.check_lease_holder"
-        ),
-        "publish_report-bytes": "RedisProcessorLease.publish_report must call checks.check_report",
-    }
 
 
 class TestFakeRedis(RedisContract):
