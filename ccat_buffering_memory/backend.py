@@ -16,6 +16,7 @@ from typing import Any
 
 from ccat_buffering import checks
 from ccat_buffering._closing import AsyncClosing
+from ccat_buffering.key_schema import SUFFIXES
 from ccat_buffering.models import TransactionState, TransactionStatus, check_identifier
 from ccat_buffering.protocols import (
     BufferStats,
@@ -344,16 +345,20 @@ class MemoryBackend(AsyncClosing):
         entry = state.statuses.get(transaction_id)
         if state.live_status(transaction_id) is not None and entry is not None:
             ttl = None if entry.expires_at is None else entry.expires_at - now
-            found.append(KeyInfo(f"transaction:{transaction_id}", "status", ttl))
+            found.append(KeyInfo(SUFFIXES["status"] + transaction_id, "status", ttl))
         for model, record_id in records:
             record = state.live_record((model, record_id))
             if record is not None and transaction_id in record.transaction_ids:
                 found.append(
-                    KeyInfo(f"buffered:{model}:{record_id}", "record", record.expires_at - now)
+                    KeyInfo(
+                        f"{SUFFIXES['buffered']}{model}:{record_id}",
+                        "record",
+                        record.expires_at - now,
+                    )
                 )
             if state.created_by((model, record_id)) == transaction_id:
                 expires = state.id_cache[(model, record_id)][1]
-                found.append(KeyInfo(f"cache:ids:{model}:{record_id}", "id", expires - now))
+                found.append(KeyInfo(f"{SUFFIXES['ids']}{model}:{record_id}", "id", expires - now))
         return found
 
     async def aclose(self) -> None:

@@ -58,6 +58,7 @@ key                                         type     what
 
 from __future__ import annotations
 
+from ccat_buffering.key_schema import SUFFIXES
 from ccat_buffering.models import TransactionState, check_identifier
 
 SEQ_STATES = ("buffered", "processing", "retrying")
@@ -65,27 +66,9 @@ SEQ_STATES = ("buffered", "processing", "retrying")
 
 __all__ = ["BOUNDED", "SEQ_STATES", "SUFFIXES", "SiteKeys"]
 
-SUFFIXES = {
-    "buffer": "transaction_buffer",
-    "status": "transaction:",
-    "ids": "cache:ids:",
-    "buffered": "buffered:",
-    "inflight": "inflight",
-    "leases": "inflight:leases",
-    "hold": "hold",
-    "seq": "seq",
-    "letters": "dead_letters",
-    "letter_order": "dead_letters:order",
-    "letter_meta": "dead_letters:meta",
-    "state": "state:",
-    "index": "index:",
-    "fields": "fields:",
-    "lease": "lease",
-    "processor": "processor",
-    "reconcile": "state:cursors",
-    "epoch": "buffer_epoch",
-}
-"""Key suffixes by role, shared with the Lua scripts."""
+# SUFFIXES lives in the core (ccat_buffering.key_schema), so that the memory
+# backend names its entries as Redis does without importing redis-py.
+
 
 BOUNDED = (
     "transaction_buffer",
