@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -11,12 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.database import create_engine
+from ccat_buffering.database import create_engine, ledger_table
 from ccat_buffering.demo._workload import add_observation
-from ccat_buffering.demo.example import Base, RawDataPackage
+from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataPackage
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction
@@ -68,6 +70,39 @@ class Site:
     processor: BackgroundProcessor
     db_path: Path | None
     url: str
+
+
+async def units_in_order(engine: AsyncEngine) -> list[int]:
+    """The example's obs unit ids as the main database stored them (insertion order)."""
+    physical = "ctid" if engine.dialect.name == "postgresql" else "rowid"
+    async with engine.connect() as conn:
+        query = select(ExecutedObsUnit.obs_unit_id).order_by(literal_column(physical))
+        return list((await conn.execute(query)).scalars().all())
+
+
+async def ledger_count(engine: AsyncEngine) -> int:
+    """Rows in the applied-transactions ledger."""
+    async with engine.connect() as conn:
+        return int(
+            (await conn.execute(select(func.count()).select_from(ledger_table))).scalar_one()
+        )
+
+
+def worker_env(site: str, database_url: str, **settings: str) -> dict[str, str]:
+    """The environment of a ``ccat-buffering worker`` on the example schema, and no other settings.
+
+    Args:
+        site: The site's name.
+        database_url: The main database.
+        **settings: More settings, by their name without the prefix (``backend_url=...``).
+    """
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CCAT_BUFFERING_")},
+        "CCAT_BUFFERING_SITE_NAME": site,
+        "CCAT_BUFFERING_DATABASE_URL": database_url,
+        "CCAT_BUFFERING_MODELS": "ccat_buffering.demo.example:Base",
+        **{f"CCAT_BUFFERING_{name.upper()}": value for name, value in settings.items()},
+    }
 
 
 async def make_schema(engine: AsyncEngine) -> None:

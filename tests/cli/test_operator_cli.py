@@ -38,7 +38,7 @@ from ccat_buffering.settings import BufferingSettings
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_memory import MemoryBackend
 
-from support import make_schema, observation
+from support import make_schema, observation, worker_env
 
 SECRET = "s3cret-pw"
 
@@ -464,13 +464,10 @@ def test_watch_refreshes_in_a_pipe(tmp_path: Path) -> None:
 
 
 def test_the_worker_says_what_it_does_without_verbose(tmp_path: Path) -> None:
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CCAT_BUFFERING_")},
-        "CCAT_BUFFERING_SITE_NAME": new_site_name(),
-        # Nothing listens there: the worker must still say at once what it does.
-        "CCAT_BUFFERING_DATABASE_URL": f"postgresql+asyncpg://ops:{SECRET}@127.0.0.1:{free_port()}/ops",
-        "CCAT_BUFFERING_MODELS": "ccat_buffering.demo.example:Base",
-    }
+    # Nothing listens there: the worker must still say at once what it does.
+    env = worker_env(
+        new_site_name(), f"postgresql+asyncpg://ops:{SECRET}@127.0.0.1:{free_port()}/ops"
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "ccat_buffering", "worker"],
         stdout=subprocess.PIPE,
@@ -537,13 +534,7 @@ def test_a_worker_killed_with_sigkill_shows_as_gone(tmp_path: Path) -> None:
     except sync_redis.RedisError as exc:
         missing(f"no Redis at {REDIS_URL}: {exc}")
     site = new_site_name()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CCAT_BUFFERING_")},
-        "CCAT_BUFFERING_SITE_NAME": site,
-        "CCAT_BUFFERING_BACKEND_URL": REDIS_URL,
-        "CCAT_BUFFERING_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'k.db'}",
-        "CCAT_BUFFERING_MODELS": "ccat_buffering.demo.example:Base",
-    }
+    env = worker_env(site, f"sqlite+aiosqlite:///{tmp_path / 'k.db'}", backend_url=REDIS_URL)
     worker = subprocess.Popen(
         [sys.executable, "-m", "ccat_buffering", "worker"],
         stdout=subprocess.DEVNULL,

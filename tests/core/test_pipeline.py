@@ -19,7 +19,6 @@ from sqlalchemy import (
     String,
     Uuid,
     func,
-    literal_column,
     select,
     text,
 )
@@ -36,7 +35,7 @@ from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.retry import FailureKind
 
-from support import make_schema, observation, orphan_package
+from support import make_schema, observation, orphan_package, units_in_order
 
 
 def psycopg_url(url: str) -> str:
@@ -101,17 +100,7 @@ async def test_a_batch_is_one_round_trip_and_reads_the_lsn(
         assert trips <= 2, trips
         assert await _count(engine, ExecutedObsUnit.id) == 300
         assert await _count(engine, ledger_table.c.transaction_id) == 300
-        async with engine.connect() as conn:
-            order = (
-                (
-                    await conn.execute(
-                        select(ExecutedObsUnit.obs_unit_id).order_by(literal_column("ctid"))
-                    )
-                )
-                .scalars()
-                .all()
-            )
-        assert list(order) == list(range(300))
+        assert await units_in_order(engine) == list(range(300))
     finally:
         await engine.dispose()
 

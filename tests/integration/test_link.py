@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ccat_buffering._link import LinkTimeouts
 from ccat_buffering.database import create_engine, ledger_table
 from ccat_buffering.demo._relay import LoopbackRelay
-from ccat_buffering.demo.example import Base, ExecutedObsUnit
+from ccat_buffering.demo.example import Base
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import TransactionState
@@ -34,7 +34,7 @@ from ccat_buffering.retry import RetryPolicy
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_memory import MemoryBackend
 
-from support import make_schema, observation, start_worker
+from support import ledger_count, make_schema, observation, start_worker, units_in_order
 
 TIMEOUTS = LinkTimeouts(
     connect=1.5, statement=1.5, lock=1.0, idle_in_transaction=2.0, keepalive_idle=1.0
@@ -134,17 +134,7 @@ async def _hang_and_resume(site: LinkSite, when: Callable[[bytes, bool], bool]) 
     await _until(drained, 10 + TIMEOUTS.idle_in_transaction, "drained after the link answered")
     resumed_in = time.monotonic() - answered
     await site.processor.stop()
-    async with site.direct.connect() as conn:
-        units = (
-            (
-                await conn.execute(
-                    select(ExecutedObsUnit.obs_unit_id).order_by(literal_column("ctid"))
-                )
-            )
-            .scalars()
-            .all()
-        )
-        ledger = (await conn.execute(select(func.count()).select_from(ledger_table))).scalar()
+    units, ledger = await units_in_order(site.direct), await ledger_count(site.direct)
     assert sorted(units) == list(range(100)) and ledger == 100  # nothing lost, nothing twice
     assert list(units) == list(range(100))  # in buffer order
     stats = await site.manager.backend.buffer.stats()
@@ -259,17 +249,7 @@ async def test_a_stopped_worker_holding_a_transaction_does_not_block_the_next_ho
             if successor is not None:
                 await successor.stop()
             await relay.stop()
-        async with direct.connect() as conn:
-            units = (
-                (
-                    await conn.execute(
-                        select(ExecutedObsUnit.obs_unit_id).order_by(literal_column("ctid"))
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            ledger = (await conn.execute(select(func.count()).select_from(ledger_table))).scalar()
+        units, ledger = await units_in_order(direct), await ledger_count(direct)
         assert list(units) == list(range(300)) and ledger == 300
         stats = await backend.buffer.stats()
         assert stats.dead_letters == 0
