@@ -54,13 +54,7 @@ async def prepared(
         database_url=f"sqlite+aiosqlite:///{db}",
         backend_url=f"memory://ops:{SECRET}@nowhere",
     )
-    engine = create_engine(settings.database_url)
-    await make_schema(engine)
-    registry = ModelRegistry.from_base(Base)
-    await TransactionExecutor(engine, registry).create_ledger()
-    site = BufferingCoordinator(
-        settings, MemoryBackend(settings.site_name), engine, registry, start=False
-    )
+    site = await _memory_coordinator(settings)
     await site.backend.buffer.push(["{not a transaction"])
     txs = [observation(i)[0] for i in range(6)]
     await site.manager.buffer_many(txs)
@@ -74,11 +68,22 @@ async def prepared(
     monkeypatch.setenv("CCAT_BUFFERING_SITE_NAME", settings.site_name)
     site.txs = txs  # type: ignore[attr-defined]
     yield site
-    await engine.dispose()
+    await site.engine.dispose()
 
 
 def _run(*args: str, input: str | None = None) -> object:
     return CliRunner().invoke(app, list(args), input=input)
+
+
+async def _memory_coordinator(settings: BufferingSettings) -> BufferingCoordinator:
+    """A site on the memory backend over ``settings.database_url``, schema and ledger made."""
+    engine = create_engine(settings.require_url("database_url"))
+    await make_schema(engine)
+    registry = ModelRegistry.from_base(Base)
+    await TransactionExecutor(engine, registry).create_ledger()
+    return BufferingCoordinator(
+        settings, MemoryBackend(settings.site_name), engine, registry, start=False
+    )
 
 
 async def test_status_json_matches_the_stores(prepared: BufferingCoordinator) -> None:
@@ -226,13 +231,7 @@ async def test_metrics_after_a_known_scenario(tmp_path: Path) -> None:
     settings = BufferingSettings(
         site_name=new_site_name(), database_url=f"sqlite+aiosqlite:///{tmp_path}/m.db"
     )
-    engine = create_engine(settings.database_url)
-    await make_schema(engine)
-    registry = ModelRegistry.from_base(Base)
-    await TransactionExecutor(engine, registry).create_ledger()
-    site = BufferingCoordinator(
-        settings, MemoryBackend(settings.site_name), engine, registry, start=False
-    )
+    site = await _memory_coordinator(settings)
     metrics = SiteMetrics(site)
     await site.manager.buffer_many([observation(i)[0] for i in range(5)])
     await site.manager.buffer(observation(99, name="pkg-1")[0])  # a duplicate name: dead-lettered
@@ -255,7 +254,7 @@ async def test_metrics_after_a_known_scenario(tmp_path: Path) -> None:
     assert f"ccat_buffering_dead_lettered_total{label} 1.0" in body
     assert f"ccat_buffering_queue_depth{label} 0.0" in body
     assert f"ccat_buffering_time_to_visible_seconds_count{label} 5.0" in body
-    await engine.dispose()
+    await site.engine.dispose()
 
 
 async def test_passwords_never_show(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
