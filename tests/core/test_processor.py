@@ -14,7 +14,14 @@ from ccat_buffering.demo.example import ExecutedObsUnit, RawDataPackage
 from ccat_buffering.models import TransactionState
 from ccat_buffering.processor import BackgroundProcessor, ProcessorState
 
-from support import Site, memory_sqlite_site, observation, orphan_package
+from support import (
+    Site,
+    ledger_count,
+    memory_sqlite_site,
+    observation,
+    orphan_package,
+    units_in_order,
+)
 
 
 async def _count(site: Site, column: object) -> int:
@@ -327,26 +334,33 @@ async def _wait_processed(site: Site, count: int, seconds: float = 30.0) -> None
         await asyncio.sleep(0.005)
 
 
+async def _buffered_for_the_loop(site: Site, batch_size: int, n: int) -> list[str]:
+    """Buffer ``n`` observations for a prefetching loop of ``batch_size``; their ids."""
+    site.processor.poll_interval, site.processor.batch_size = 0.001, batch_size
+    site.processor.prefetch = True
+    txs = [observation(i)[0] for i in range(n)]
+    await site.manager.buffer_many(txs)
+    return [t.transaction_id for t in txs]
+
+
+async def _all_committed(site: Site, ids: list[str]) -> bool:
+    statuses = await site.backend.status.get_many(ids)
+    return all(s is not None and s.state is TransactionState.COMMITTED for s in statuses)
+
+
 async def test_the_loop_settles_a_batch_behind_the_next_and_all_of_it_by_stop(
     tmp_path: Path,
 ) -> None:
     async with memory_sqlite_site(tmp_path) as site:
-        site.processor.poll_interval, site.processor.batch_size = 0.001, 7
-        site.processor.prefetch = True
-        txs = [observation(i)[0] for i in range(60)]
-        await site.manager.buffer_many(txs)
+        ids = await _buffered_for_the_loop(site, 7, 60)
         site.processor.start()
         await _wait_processed(site, 60)
         await asyncio.wait_for(site.processor.stop(), 5)
         stats = await site.backend.buffer.stats()
         assert (stats.depth, stats.in_flight) == (0, 0)
-        statuses = await site.backend.status.get_many([t.transaction_id for t in txs])
-        assert all(s is not None and s.state is TransactionState.COMMITTED for s in statuses)
-        async with site.engine.connect() as conn:
-            query = select(ExecutedObsUnit.obs_unit_id).order_by(literal_column("rowid"))
-            order = (await conn.execute(query)).scalars().all()
-        assert list(order) == list(range(60))
-        assert await _count(site, ledger_table.c.transaction_id) == 60
+        assert await _all_committed(site, ids)
+        assert await units_in_order(site.engine) == list(range(60))
+        assert await ledger_count(site.engine) == 60
 
 
 async def test_a_settling_that_fails_behind_the_next_batch_loses_nothing(
@@ -355,10 +369,7 @@ async def test_a_settling_that_fails_behind_the_next_batch_loses_nothing(
     from ccat_buffering.errors import BackendUnavailableError
 
     async with memory_sqlite_site(tmp_path) as site:
-        site.processor.poll_interval, site.processor.batch_size = 0.001, 5
-        site.processor.prefetch = True
-        txs = [observation(i)[0] for i in range(40)]
-        await site.manager.buffer_many(txs)
+        ids = await _buffered_for_the_loop(site, 5, 40)
         committed = site.manager.committed
         calls = 0
 
@@ -372,19 +383,16 @@ async def test_a_settling_that_fails_behind_the_next_batch_loses_nothing(
         site.manager.committed = lost_once  # type: ignore[method-assign]
         site.processor.start()
         deadline = asyncio.get_running_loop().time() + 30
-        while True:
-            statuses = await site.backend.status.get_many([t.transaction_id for t in txs])
-            if all(s is not None and s.state is TransactionState.COMMITTED for s in statuses):
-                break
-            assert asyncio.get_running_loop().time() < deadline, statuses
+        while not await _all_committed(site, ids):
+            assert asyncio.get_running_loop().time() < deadline, site.processor.counters
             await asyncio.sleep(0.005)
         await asyncio.wait_for(site.processor.stop(), 5)
         assert calls > 2
         assert site.processor.counters.outages >= 1
         stats = await site.backend.buffer.stats()
         assert (stats.depth, stats.in_flight, stats.dead_letters) == (0, 0, 0)
-        assert await _count(site, ExecutedObsUnit.id) == 40  # each applied once
-        assert await _count(site, ledger_table.c.transaction_id) == 40
+        assert sorted(await units_in_order(site.engine)) == list(range(40))  # each once
+        assert await ledger_count(site.engine) == 40
 
 
 async def test_a_missing_table_of_the_schema_pauses_as_schema_lag(tmp_path: Path) -> None:
