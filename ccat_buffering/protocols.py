@@ -41,6 +41,7 @@ __all__ = [
     "LeaseInfo",
     "ProcessorLease",
     "StatusStore",
+    "SupportsAuditLog",
     "SupportsBufferHealth",
     "SupportsBufferMarker",
     "SupportsInspection",
@@ -692,4 +693,28 @@ class SupportsBufferMarker(Protocol):
         Returns:
             Whether it was set.
         """
+        ...
+
+
+@runtime_checkable
+class SupportsAuditLog(Protocol):
+    """Capability: a bounded log of what operators did to the site, kept with its buffer.
+
+    It lives in the buffer's store, not in the main database, so that an
+    action taken while the link is down (a replay, a purge) is recorded too.
+    :mod:`ccat_buffering.audit` writes and reads it; entries are text (JSON)
+    that the store does not parse.
+    """
+
+    async def append_audit(self, entry: str, keep: int) -> None:
+        """Add ``entry`` as the newest, then keep only the newest ``keep`` entries.
+
+        Raises:
+            TypeError: ``entry`` is not text.
+            ValueError: ``keep`` is not a positive integer.
+        """
+        ...
+
+    async def audit_entries(self, limit: int | None = None) -> list[str]:
+        """The entries, newest first, at most ``limit`` of them (``None``: all kept)."""
         ...
