@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ccat_buffering import audit as audit_log
 from ccat_buffering.buffer_loss import BufferWatch
 from ccat_buffering.counts import BufferCounts
-from ccat_buffering.masking import mask_text, mask_url
+from ccat_buffering.masking import mask_mapping, mask_text, mask_url
 from ccat_buffering.models import TransactionState, utc_now
 from ccat_buffering.processor import BackgroundProcessor, ProcessorHealth, ProcessorState
 from ccat_buffering.protocols import (
@@ -316,7 +316,7 @@ async def collect(
                     f"{len(leaks)} key(s) without a TTL: see `ccat-buffering keys audit`"
                 )
     counts = await backend.status.counts()
-    return Health(
+    health = Health(
         site=backend.site,
         site_type=settings.site_type,
         backend=mask_url(settings.backend_url) or "",
@@ -331,6 +331,8 @@ async def collect(
         notices=[NO_REPLICA_NOTICE] if _without_replica(settings) else [],
         actions=await audit_log.list(backend, RECENT_ACTIONS),
     )
+    # Masked whole, whatever a part put in it (a worker's cause, a driver's message).
+    return Health.model_validate(mask_mapping(health.model_dump(mode="json")))
 
 
 def _without_replica(settings: BufferingSettings) -> bool:

@@ -23,6 +23,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self, runtime_checkable
 
+from ccat_buffering.masking import mask_text
 from ccat_buffering.models import TransactionState, TransactionStatus
 
 __all__ = [
@@ -94,7 +95,8 @@ class DeadLetter:
         letter_id: The transaction id, or ``raw-<receipt>`` for an entry that
             was not a readable transaction.
         payload: The entry's text exactly as it was buffered.
-        reason: The error that sent it here.
+        reason: The error that sent it here, passwords masked (whatever the
+            store holds: a reason is shown to operators and over HTTP).
         dead_lettered_at: When it arrived.
         transaction_id: The transaction's id, where the payload was readable.
     """
@@ -104,6 +106,9 @@ class DeadLetter:
     reason: str
     dead_lettered_at: float
     transaction_id: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", mask_text(self.reason))
 
 
 class CacheKind(enum.StrEnum):
