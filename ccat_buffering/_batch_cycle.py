@@ -150,28 +150,38 @@ class BatchCycle:
             self.state = ProcessorState.STANDBY
             await _claimed(ahead)  # in flight under our old lease: the next holder's
             return 0
-        done = [d for d, o in zip(deliveries, result.outcomes, strict=True) if o.done]
+        pairs = list(zip(deliveries, result.outcomes, strict=True))
+        done = [d for d, o in pairs if o.done]
+        # Drift (the schema refuses every such write) pauses the queue at its transaction.
+        drift = next(
+            (o.error for _, o in pairs if o.kind is FailureKind.OUTAGE and o.error is not None),
+            None,
+        )
         failures: list[tuple[Delivery, BaseException, FailureKind]] = [
             (d, o.error, o.kind or FailureKind.DATA)
-            for d, o in zip(deliveries, result.outcomes, strict=True)
-            if o.error is not None
+            for d, o in pairs
+            if o.error is not None and o.kind is not FailureKind.OUTAGE
         ]
+        # Unapplied behind a failure that holds the queue: back to the head, in order.
+        waiting = [d for d, o in pairs if o.waiting or o.kind is FailureKind.OUTAGE]
         following = await _claimed(ahead)
-        if failures:
-            # A retried transaction holds the head: nothing after it may apply first.
-            await self._give_back(following, "an earlier transaction is retried first")
+        if failures or waiting:
+            waiting += following  # nothing after a held head may apply first
         else:
             self._prefetched = following
         if done:
             settling = asyncio.ensure_future(self._settle(done, result.commit_lsn))
-            if self._overlap and not failures:
+            if self._overlap and not failures and not waiting:
                 self._settling = settling
             else:
                 await settling
-        if failures:
-            statuses = await self.manager.failed(failures)
+        if failures or (waiting and drift is None):
+            behind = [] if drift is not None else waiting
+            statuses = await self.manager.failed(failures, returned=behind)
             for (_, _, kind), status in zip(failures, statuses, strict=True):
                 self._count_failure(kind, status)
+        if drift is not None:
+            await self._pause(waiting, drift)
         if sizer is not None and len(deliveries) >= size:
             # Only full batches: a short one (the queue ran dry) measures the
             # fixed costs of a cycle, not what a transaction costs.
@@ -222,7 +232,7 @@ class BatchCycle:
                 transaction_id=tx,
             )
 
-    async def _pause(self, deliveries: list[Delivery], exc: Exception) -> None:
+    async def _pause(self, deliveries: list[Delivery], exc: BaseException) -> None:
         if isinstance(exc, ConfigurationError):
             cause = f"database not ready: {describe_error(exc)}"
         else:

@@ -16,17 +16,22 @@ transaction, still in one round trip, and a savepoint named ``ok`` that
 always marks the state after the last transaction that succeeded::
 
     BEGIN; SAVEPOINT ok                                                      SYNC
-    ROLLBACK TO ok; ledger row; steps of transaction 1; RELEASE ok; SAVEPOINT ok  SYNC
-    ROLLBACK TO ok; ledger row; steps of transaction 2; RELEASE ok; SAVEPOINT ok  SYNC
+    ledger row; steps of transaction 1; RELEASE ok; SAVEPOINT ok             SYNC
+    ledger row; steps of transaction 2; RELEASE ok; SAVEPOINT ok             SYNC
     ...
     ROLLBACK TO ok; COMMIT                                                   SYNC
     SELECT pg_current_wal_insert_lsn()                                       SYNC
 
 A transaction that fails is skipped up to its sync point, so ``RELEASE ok;
-SAVEPOINT ok`` never run for it and the next ``ROLLBACK TO ok`` undoes what
-it did: each transaction keeps its own savepoint isolation, and the error is
-its own. The ledger row comes first, so a transaction another holder
-committed meanwhile fails on the ledger's key and is reported as applied.
+SAVEPOINT ok`` never run for it, and the database transaction is left
+aborted: every later transaction's group fails at once (``25P02``) and applies
+nothing, and the final ``ROLLBACK TO ok`` returns to the state after the last
+transaction before the failure, which ``COMMIT`` then makes durable. So the
+batch commits exactly the prefix before its first failure, and the failed
+transaction can be retried before anything that follows it (buffer order
+holds through failures). The ledger row comes first, so a transaction another
+holder committed meanwhile fails on the ledger's key and is reported as
+applied; the executor then sends what followed it again.
 
 An UPDATE or DELETE that matches no row must fail its transaction as the
 one-by-one path does, without a round trip to look at a row count: it runs

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ccat_buffering._grouping import Plan
 from ccat_buffering._link import Watchdog
 from ccat_buffering._pipeline import MAX_PARAMETERS, Pipeline, PipelineResult, Statement
-from ccat_buffering._session_path import CommitRefusedError, where
+from ccat_buffering._session_path import CommitRefusedError, failure_outcome, where
 from ccat_buffering.database import (
     ledger_rows,
     ledger_table,
@@ -29,7 +29,6 @@ from ccat_buffering.lsn import LSN
 from ccat_buffering.models import Operation, Step, Transaction
 from ccat_buffering.outcome import Outcome
 from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import classify_failure
 
 __all__ = ["PipelinedPath", "PreparedBatch", "copy_outcomes", "must_match", "row_chunks", "unique"]
 
@@ -231,7 +230,6 @@ class PipelinedPath:
                 continue
             owner = len(members)
             members.append((index, tx))
-            second.text("ROLLBACK TO SAVEPOINT ok", owner)
             if self.ledger:
                 second.insert_rows(ledger_table, ledger_rows([tx]), owner=owner, ledger=True)
             self.steps(second, tx.steps, owner)
@@ -252,13 +250,14 @@ class PipelinedPath:
             if failure is None:
                 outcomes[index] = Outcome(tx.transaction_id, applied=True)
                 continue
+            # The first failure aborted the database transaction: every later
+            # group failed on that (25P02) and stays unapplied, waiting.
             raise_unless_the_transactions(failure, f"while applying {tx.transaction_id}")
             if result.failed_statements[group].ledger and sqlstate_of(failure) == "23505":
                 outcomes[index] = Outcome(tx.transaction_id, already_applied=True)
             else:
-                outcomes[index] = Outcome(
-                    tx.transaction_id, error=failure, kind=classify_failure(failure)
-                )
+                outcomes[index] = failure_outcome(tx, failure, self.registry)
+            break
         if last in result.errors:
             error = result.errors[last]
             raise_unless_the_transactions(error, "at COMMIT")

@@ -4,7 +4,10 @@ Every driver takes it (asyncpg, aiosqlite), and psycopg takes it for a batch
 with a ``ref()`` (a value known only once an earlier step ran). The batch
 runs in one database transaction with a SAVEPOINT per buffered transaction,
 so that one bad transaction rolls back alone; each applied transaction's
-ledger row is written inside its savepoint. Batches that only insert and
+ledger row is written inside its savepoint. The batch stops at the first
+transaction that fails in a way that holds the queue: what came before it
+commits, what comes after it is left unapplied, so that it can be retried
+before any of them. Batches that only insert and
 update are first tried as a few grouped statements in one savepoint (see
 :mod:`ccat_buffering._grouping`).
 """
@@ -18,6 +21,7 @@ from sqlalchemy import delete, insert
 from sqlalchemy import update as sa_update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from ccat_buffering._drift import schema_drift
 from ccat_buffering._grouping import plan
 from ccat_buffering.database import applied_ids, ledger_table, not_the_transactions_fault
 from ccat_buffering.errors import RecordNotFoundError, UnresolvedReferenceError
@@ -25,9 +29,9 @@ from ccat_buffering.lsn import LSN
 from ccat_buffering.models import Operation, Ref, Step, Transaction, utc_now
 from ccat_buffering.outcome import Outcome
 from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import FailureKind, classify_failure
+from ccat_buffering.retry import FailureKind, classify_failure, describe_error
 
-__all__ = ["CommitRefusedError", "SessionPath", "where"]
+__all__ = ["CommitRefusedError", "SessionPath", "failure_outcome", "where"]
 
 
 class CommitRefusedError(Exception):
@@ -36,6 +40,21 @@ class CommitRefusedError(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def failure_outcome(tx: Transaction, error: BaseException, registry: ModelRegistry) -> Outcome:
+    """The outcome of ``tx`` failing with ``error``: its data's fault, or schema drift.
+
+    Drift (see :mod:`ccat_buffering._drift`) is reported as an outage-class
+    :class:`~ccat_buffering.errors.ConfigurationError` that names the table
+    and column, so that the queue pauses at this transaction.
+    """
+    drift = schema_drift(error, registry)
+    if drift is not None:
+        return Outcome(
+            tx.transaction_id, error=drift.error(describe_error(error)), kind=FailureKind.OUTAGE
+        )
+    return Outcome(tx.transaction_id, error=error, kind=classify_failure(error))
 
 
 def where(model: type[Any], key: Mapping[str, Any]) -> list[Any]:
@@ -84,6 +103,8 @@ class SessionPath:
         if not await self.apply_grouped(session, todo, outcomes):
             for index, tx in todo:
                 outcomes[index] = await self.apply_one(session, tx)
+                if outcomes[index].holds:
+                    break  # the rest wait behind it, unapplied (Outcome.waiting)
         for index, first in copies:
             original = outcomes[first]
             outcomes[index] = (
@@ -159,7 +180,7 @@ class SessionPath:
                 raise not_the_transactions_fault(
                     exc, f"while applying {tx.transaction_id}"
                 ) from exc
-            return Outcome(tx.transaction_id, error=exc, kind=kind)
+            return failure_outcome(tx, exc, self.registry)
         return Outcome(tx.transaction_id, applied=True)
 
     async def apply(self, session: AsyncSession, tx: Transaction) -> None:

@@ -292,28 +292,41 @@ class TransactionManager:
         return statuses
 
     async def failed(
-        self, failures: Sequence[tuple[Delivery, BaseException, FailureKind]]
+        self,
+        failures: Sequence[tuple[Delivery, BaseException, FailureKind]],
+        returned: Sequence[Delivery] = (),
     ) -> list[TransactionStatus]:
         """Record failed attempts: retry in place with backoff, or dead-letter.
 
         Data errors count an attempt and are retried after the policy's delay
         until attempts run out; conflicts are retried soon without counting;
         permanent errors are dead-lettered at once. Those retried go back to
-        the head together, in their original order, and the head is held for
-        the longest of their delays. A dead-lettered transaction's caches are
-        released: the site must not go on seeing a write that will not happen.
+        the head together with ``returned``, in their original buffer order,
+        and the head is held for the longest of their delays: nothing after a
+        retried transaction applies before it. A dead-lettered transaction's
+        caches are released: the site must not go on seeing a write that will
+        not happen.
 
         Args:
             failures: Each transaction, its error, and whose fault it was (not
                 an outage: see :meth:`paused`), in buffer order.
+            returned: Claimed transactions left unapplied behind a failure;
+                they go back ``buffered``, counting nothing.
 
         Returns:
-            Their new statuses, ``retrying`` or ``failed``.
+            The new statuses of ``failures``, ``retrying`` or ``failed``.
         """
         statuses = []
-        retry: list[str] = []
+        retry: list[str] = [d.claim.receipt for d in returned]
         delay = 0.0
         async with self.backend.atomic() as batch:
+            for delivery in returned:
+                waits = self._advance(
+                    delivery.status,
+                    TransactionState.BUFFERED,
+                    last_error="returned unapplied: an earlier transaction is retried first",
+                )
+                batch.put_status(waits, self.status_ttl)
             for delivery, error, kind in failures:
                 message = describe_error(error)
                 attempts = delivery.status.attempts + (kind is FailureKind.DATA)

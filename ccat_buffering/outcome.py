@@ -14,6 +14,11 @@ __all__ = ["BatchResult", "Outcome"]
 class Outcome:
     """What became of one transaction in a batch.
 
+    An outcome with neither ``applied``, ``already_applied`` nor ``error`` is
+    :attr:`waiting`: the transaction was not applied because one before it
+    in the batch failed and holds the queue (see
+    :attr:`~ccat_buffering.retry.FailureKind.holds_the_queue`).
+
     Attributes:
         transaction_id: The transaction.
         applied: Its steps were applied in this batch.
@@ -32,6 +37,16 @@ class Outcome:
     def done(self) -> bool:
         """Whether the database now holds the transaction's effect."""
         return self.applied or self.already_applied
+
+    @property
+    def waiting(self) -> bool:
+        """Whether it was left unapplied behind an earlier failure, to go back in order."""
+        return not self.done and self.error is None
+
+    @property
+    def holds(self) -> bool:
+        """Whether it failed in a way that keeps everything after it from applying first."""
+        return self.error is not None and (self.kind is None or self.kind.holds_the_queue)
 
 
 @dataclass(frozen=True)
