@@ -17,9 +17,11 @@ from pg import fresh_database
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from ccat_buffering._link import LinkTimeouts
 from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.database import LEDGER_TABLE_NAME
+from ccat_buffering.database import LEDGER_TABLE_NAME, create_engine
 from ccat_buffering.demo.example import ExecutedObsUnit
+from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.models import Transaction, TransactionState
 from ccat_buffering.processor import ProcessorState
 
@@ -178,3 +180,36 @@ async def test_a_not_null_column_added_while_buffered_pauses_until_it_has_a_defa
     statuses = await site.backend.status.get_many([t.transaction_id for t in txs])
     assert all(s is not None and s.state is TransactionState.COMMITTED for s in statuses)
     assert (await site.backend.buffer.stats()).dead_letters == 0
+
+
+async def test_a_row_locked_by_a_stalled_session_holds_what_follows(site: Site) -> None:
+    """A lock that does not come in time (55P03, as behind a hung worker) is retried first."""
+    engine = create_engine(site.url, timeouts=LinkTimeouts(lock=0.3))
+    site.processor.executor = TransactionExecutor(engine, site.registry)
+    try:
+        first, held = observation(0)
+        await site.manager.buffer(first)
+        assert await site.processor.run_once() == 1
+        change = TransactionBuilder("finish")
+        change.update(ExecutedObsUnit, {"id": held}, {"status": "done"})
+        txs = [
+            *(observation(i)[0] for i in range(1, 5)),
+            change.build(),
+            *(observation(i)[0] for i in range(5, 10)),
+        ]
+        await site.manager.buffer_many(txs)
+        async with site.engine.connect() as stalled:
+            await stalled.execute(
+                text("SELECT 1 FROM executed_obs_unit WHERE id = :id FOR UPDATE"), {"id": held}
+            )
+            assert await site.processor.run_once() == 4
+            status = await site.manager.status(txs[4].transaction_id)
+            assert status is not None and status.state is TransactionState.RETRYING
+            assert status.attempts == 0  # a conflict, not the data's fault
+            site.clock.advance(1)
+            assert await site.processor.run_once() == 0  # still locked: nothing after it
+            await stalled.rollback()
+        await _drain(site)
+        assert await _commit_order(site) == [first.transaction_id, *(t.transaction_id for t in txs)]
+    finally:
+        await engine.dispose()
