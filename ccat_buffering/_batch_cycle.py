@@ -17,7 +17,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ccat_buffering._lease_holding import LeaseHolding
 from ccat_buffering._sizing import BatchSizer
@@ -170,7 +171,8 @@ class BatchCycle:
         else:
             self._prefetched = following
         if done:
-            settling = asyncio.ensure_future(self._settle(done, result.commit_lsn))
+            generated = {o.transaction_id: o.generated for _, o in pairs if o.generated}
+            settling = asyncio.ensure_future(self._settle(done, result.commit_lsn, generated))
             if self._overlap and not failures and not waiting:
                 self._settling = settling
             else:
@@ -199,8 +201,13 @@ class BatchCycle:
             self.executor.prepare([d.transaction for d in deliveries])
         return deliveries
 
-    async def _settle(self, done: list[Delivery], commit_lsn: LSN | None) -> None:
-        await self.manager.committed(done, commit_lsn)
+    async def _settle(
+        self,
+        done: list[Delivery],
+        commit_lsn: LSN | None,
+        generated: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    ) -> None:
+        await self.manager.committed(done, commit_lsn, generated)
         self.counters.processed += len(done)
 
     async def _execute(self, transactions: list[Transaction]) -> BatchResult:

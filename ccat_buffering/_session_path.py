@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from ccat_buffering._drift import schema_drift
 from ccat_buffering._grouping import plan
+from ccat_buffering.columns import columns_of
 from ccat_buffering.database import applied_ids, ledger_table, not_the_transactions_fault
 from ccat_buffering.errors import RecordNotFoundError, UnresolvedReferenceError
 from ccat_buffering.lsn import LSN
@@ -31,7 +32,13 @@ from ccat_buffering.outcome import Outcome
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.retry import FailureKind, classify_failure, describe_error
 
-__all__ = ["CommitRefusedError", "SessionPath", "failure_outcome", "where"]
+__all__ = [
+    "CommitRefusedError",
+    "SessionPath",
+    "failure_outcome",
+    "generated_fields",
+    "where",
+]
 
 
 class CommitRefusedError(Exception):
@@ -55,6 +62,13 @@ def failure_outcome(tx: Transaction, error: BaseException, registry: ModelRegist
             tx.transaction_id, error=drift.error(describe_error(error)), kind=FailureKind.OUTAGE
         )
     return Outcome(tx.transaction_id, error=error, kind=classify_failure(error))
+
+
+def generated_fields(registry: ModelRegistry, step: Step) -> tuple[str, ...]:
+    """The fields of a create step's row that the database computes (none for other steps)."""
+    if step.operation is not Operation.CREATE:
+        return ()
+    return columns_of(registry.model(step.model)).generated_fields(step.data or {})
 
 
 def where(model: type[Any], key: Mapping[str, Any]) -> list[Any]:
@@ -172,7 +186,7 @@ class SessionPath:
         """Apply one transaction in its own savepoint."""
         try:
             async with session.begin_nested():
-                await self.apply(session, tx)
+                generated = await self.apply(session, tx)
                 await self.record(session, [tx])
         except Exception as exc:
             kind = classify_failure(exc)
@@ -181,15 +195,23 @@ class SessionPath:
                     exc, f"while applying {tx.transaction_id}"
                 ) from exc
             return failure_outcome(tx, exc, self.registry)
-        return Outcome(tx.transaction_id, applied=True)
+        return Outcome(tx.transaction_id, applied=True, generated=generated)
 
-    async def apply(self, session: AsyncSession, tx: Transaction) -> None:
+    async def apply(self, session: AsyncSession, tx: Transaction) -> dict[str, dict[str, Any]]:
+        """Apply ``tx``'s steps in order; what the database computed for its creates."""
         wanted = {ref.step for step in tx.steps for ref in step.refs()}
         produced: dict[str, Mapping[str, Any]] = {}
+        generated: dict[str, dict[str, Any]] = {}
         for step in tx.steps:
-            row = await self.apply_step(session, step, produced, step.step_id in wanted)
+            computed = (
+                generated_fields(self.registry, step) if step.operation is Operation.CREATE else ()
+            )
+            row = await self.apply_step(session, step, produced, step.step_id in wanted, computed)
             if row is not None:
                 produced[step.step_id] = row
+                if computed:
+                    generated[step.step_id] = {name: row[name] for name in computed}
+        return generated
 
     def resolve(
         self, record: Mapping[str, Any], produced: Mapping[str, Mapping[str, Any]]
@@ -212,6 +234,7 @@ class SessionPath:
         step: Step,
         produced: Mapping[str, Mapping[str, Any]],
         wanted: bool,
+        computed: Sequence[str] = (),
     ) -> Mapping[str, Any] | None:
         model = self.registry.model(step.model)
         fields = sorted(self.registry.fields(step.model))
@@ -220,9 +243,12 @@ class SessionPath:
         statement: Any
         if op is Operation.CREATE:
             statement = insert(model).values(**self.resolve(step.data or {}, produced))
-            if not wanted:
+            if not wanted and not computed:
                 await session.execute(statement)
                 return None
+            # What the database computes comes back in the INSERT's own round trip.
+            fields = fields if wanted else list(computed)
+            returning = [getattr(model, name) for name in fields]
             row = (await session.execute(statement.returning(*returning))).one()
             return dict(zip(fields, row, strict=True))
         if op is Operation.UPDATE:

@@ -22,7 +22,7 @@ from ccat_buffering.database import create_engine
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.health import NO_REPLICA_NOTICE, Health, collect
 from ccat_buffering.logs import SiteLogger
-from ccat_buffering.manager import TransactionManager
+from ccat_buffering.manager import TransactionManager, as_json
 from ccat_buffering.masking import mask_url
 from ccat_buffering.models import Transaction, TransactionState, TransactionStatus, utc_now
 from ccat_buffering.processor import BackgroundProcessor
@@ -272,7 +272,8 @@ class BufferingCoordinator:
         """Write a transaction the way the site's type requires.
 
         A ``secondary`` site buffers it (returns at once, ``buffered``); a
-        ``main`` site applies it now and returns ``committed`` (or raises).
+        ``main`` site applies it now and returns ``committed`` (or raises),
+        with what the database computed for its creates in ``generated``.
 
         Args:
             transaction: From :meth:`TransactionBuilder.build`.
@@ -289,9 +290,9 @@ class BufferingCoordinator:
         transaction = self.registry.convert(transaction)
         transaction.to_json(self.settings.max_payload_bytes)
         result = await self.executor.execute_batch([transaction])
-        error = result.outcomes[0].error
-        if error is not None:
-            raise error
+        outcome = result.outcomes[0]
+        if outcome.error is not None:
+            raise outcome.error
         now = utc_now()
         status = TransactionStatus(
             transaction_id=transaction.transaction_id,
@@ -300,6 +301,7 @@ class BufferingCoordinator:
             created_at=transaction.created_at,
             committed_at=now,
             commit_lsn=result.commit_lsn,
+            generated=as_json(outcome.generated),
         )
         await self.backend.status.put(status, self.settings.status_ttl)
         return status

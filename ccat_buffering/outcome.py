@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from ccat_buffering.lsn import LSN
 from ccat_buffering.retry import FailureKind
@@ -25,6 +27,9 @@ class Outcome:
         already_applied: The ledger showed it applied before; nothing was done.
         error: Why it failed, if it did (its savepoint was rolled back).
         kind: Whose fault the failure was.
+        generated: What the database computed for the transaction's creates
+            (identity keys, server defaults), by step id then field, read back
+            by ``RETURNING`` in the statement that inserted the row.
     """
 
     transaction_id: str
@@ -32,6 +37,7 @@ class Outcome:
     already_applied: bool = False
     error: BaseException | None = None
     kind: FailureKind | None = None
+    generated: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def done(self) -> bool:
