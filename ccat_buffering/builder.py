@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pydantic
@@ -61,7 +61,7 @@ class RecordHandle:
     model: str
     id: str | None
     value: Any = None
-    key_field: str | None = None
+    key_field: str | None = field(default=None, compare=False, repr=False)
     """The model's key field, when the key is one column."""
 
     def generated_id(self, status: TransactionStatus) -> Any:
