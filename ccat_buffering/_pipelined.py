@@ -17,7 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ccat_buffering._grouping import Plan
 from ccat_buffering._link import Watchdog
 from ccat_buffering._pipeline import MAX_PARAMETERS, Pipeline, PipelineResult, Statement
-from ccat_buffering._session_path import CommitRefusedError, failure_outcome, where
+from ccat_buffering._session_path import (
+    CommitRefusedError,
+    failure_outcome,
+    generated_fields,
+    where,
+)
 from ccat_buffering.database import (
     ledger_rows,
     ledger_table,
@@ -160,7 +165,16 @@ class PipelinedPath:
         for step in steps:
             model = self.registry.model(step.model)
             op = step.operation
-            if op is Operation.CREATE or op is Operation.BULK_CREATE:
+            computed = generated_fields(self.registry, step)
+            if computed:
+                # What the database computes comes back in the INSERT's own reply.
+                returning = [getattr(model, name) for name in computed]
+                pipeline.sql(
+                    insert(model).values(**(step.data or {})).returning(*returning),
+                    owner=owner,
+                    returns=(step.step_id, computed),
+                )
+            elif op is Operation.CREATE or op is Operation.BULK_CREATE:
                 records = [dict(r) for r in step.records or []] or [dict(step.data or {})]
                 self.rows(pipeline, step.model, records, owner)
             elif op is Operation.UPDATE or op is Operation.DELETE:
@@ -248,7 +262,8 @@ class PipelinedPath:
         for group, (index, tx) in enumerate(members, start=1):
             failure = result.errors.get(group)
             if failure is None:
-                outcomes[index] = Outcome(tx.transaction_id, applied=True)
+                generated = result.returned.get(group - 1, {})
+                outcomes[index] = Outcome(tx.transaction_id, applied=True, generated=generated)
                 continue
             # The first failure aborted the database transaction: every later
             # group failed on that (25P02) and stays unapplied, waiting.

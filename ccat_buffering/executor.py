@@ -29,12 +29,7 @@ from ccat_buffering import database
 from ccat_buffering._grouping import plan
 from ccat_buffering._link import LinkTimeouts, watch_engine, watched
 from ccat_buffering._pipelined import PipelinedPath, PreparedBatch, unique
-from ccat_buffering._session_path import (
-    CommitRefusedError,
-    SessionPath,
-    failure_outcome,
-    generated_fields,
-)
+from ccat_buffering._session_path import CommitRefusedError, SessionPath, failure_outcome
 from ccat_buffering.database import create_ledger, not_the_transactions_fault
 from ccat_buffering.errors import (
     ConfigurationError,
@@ -292,19 +287,10 @@ class TransactionExecutor:
                 raise
 
     def _pipelines(self, runnable: Sequence[tuple[int, Transaction]]) -> bool:
-        """Whether the batch can go through psycopg's pipeline mode.
-
-        Not with a ``ref()``, nor with a create whose row the database
-        completes (an identity key, a server default): the session path reads
-        those values back with ``RETURNING``.
-        """
+        """Whether the batch can go through psycopg's pipeline mode (no ``ref()``)."""
         if self.engine.dialect.driver != "psycopg":
             return False
-        return not any(
-            step.refs() or generated_fields(self.registry, step)
-            for _, tx in runnable
-            for step in tx.steps
-        )
+        return not any(step.refs() for _, tx in runnable for step in tx.steps)
 
     def _check_refs(self, tx: Transaction) -> None:
         models = {step.step_id: step.model for step in tx.steps}
