@@ -9,6 +9,12 @@ batches around it: while batch *n* waits on the main database, batch *n-1*
 (committed) is settled and batch *n+1* is claimed, read and prepared. A
 batch that pauses or has a failure to retry sends the prefetched one back to
 the head behind it, so order holds.
+
+Order holds through failures too: the executor commits only what precedes a
+batch's first failure that holds the queue, and the cycle returns the failed
+transaction (with its backoff) and everything after it to the head in buffer
+order. A transaction the schema refuses through no fault of its own (drift)
+pauses the queue at itself, as an unreachable database does.
 """
 
 from __future__ import annotations

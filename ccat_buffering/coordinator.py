@@ -18,6 +18,7 @@ from ccat_buffering._link import LinkTimeouts
 from ccat_buffering._sizing import BatchSizer
 from ccat_buffering.backends import open_backend
 from ccat_buffering.buffer_loss import BufferLoss, BufferWatch, watch_buffer
+from ccat_buffering.cache_writes import generated_writes
 from ccat_buffering.database import create_engine
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.health import NO_REPLICA_NOTICE, Health, collect
@@ -303,7 +304,13 @@ class BufferingCoordinator:
             commit_lsn=result.commit_lsn,
             generated=as_json(outcome.generated),
         )
-        await self.backend.status.put(status, self.settings.status_ttl)
+        # A row keyed by the database is cached under that key until the replica
+        # has it (released with the transaction), so the site's reads find it now.
+        writes = generated_writes(transaction, outcome.generated)
+        async with self.backend.atomic() as batch:
+            batch.put_status(status, self.settings.status_ttl)
+            if writes:
+                batch.write_cache(transaction.transaction_id, writes, self.manager.cache_ttl)
         return status
 
     async def status(self, transaction_id: str) -> TransactionStatus | None:
