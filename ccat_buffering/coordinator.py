@@ -18,11 +18,12 @@ from ccat_buffering._link import LinkTimeouts
 from ccat_buffering._sizing import BatchSizer
 from ccat_buffering.backends import open_backend
 from ccat_buffering.buffer_loss import BufferLoss, BufferWatch, watch_buffer
+from ccat_buffering.cache_writes import generated_writes
 from ccat_buffering.database import create_engine
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.health import NO_REPLICA_NOTICE, Health, collect
 from ccat_buffering.logs import SiteLogger
-from ccat_buffering.manager import TransactionManager
+from ccat_buffering.manager import TransactionManager, as_json
 from ccat_buffering.masking import mask_url
 from ccat_buffering.models import Transaction, TransactionState, TransactionStatus, utc_now
 from ccat_buffering.processor import BackgroundProcessor
@@ -272,7 +273,8 @@ class BufferingCoordinator:
         """Write a transaction the way the site's type requires.
 
         A ``secondary`` site buffers it (returns at once, ``buffered``); a
-        ``main`` site applies it now and returns ``committed`` (or raises).
+        ``main`` site applies it now and returns ``committed`` (or raises),
+        with what the database computed for its creates in ``generated``.
 
         Args:
             transaction: From :meth:`TransactionBuilder.build`.
@@ -289,9 +291,9 @@ class BufferingCoordinator:
         transaction = self.registry.convert(transaction)
         transaction.to_json(self.settings.max_payload_bytes)
         result = await self.executor.execute_batch([transaction])
-        error = result.outcomes[0].error
-        if error is not None:
-            raise error
+        outcome = result.outcomes[0]
+        if outcome.error is not None:
+            raise outcome.error
         now = utc_now()
         status = TransactionStatus(
             transaction_id=transaction.transaction_id,
@@ -300,8 +302,15 @@ class BufferingCoordinator:
             created_at=transaction.created_at,
             committed_at=now,
             commit_lsn=result.commit_lsn,
+            generated=as_json(outcome.generated),
         )
-        await self.backend.status.put(status, self.settings.status_ttl)
+        # A row keyed by the database is cached under that key until the replica
+        # has it (released with the transaction), so the site's reads find it now.
+        writes = generated_writes(transaction, outcome.generated)
+        async with self.backend.atomic() as batch:
+            batch.put_status(status, self.settings.status_ttl)
+            if writes:
+                batch.write_cache(transaction.transaction_id, writes, self.manager.cache_ttl)
         return status
 
     async def status(self, transaction_id: str) -> TransactionStatus | None:

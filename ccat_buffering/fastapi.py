@@ -31,7 +31,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from ccat_buffering.builder import TransactionBuilder
+from ccat_buffering.builder import TransactionBuilder, with_generated_ids
 from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.errors import (
     BackendError,
@@ -170,7 +170,11 @@ def critical_operation(handler: Handler | None = None, *, endpoint: str | None =
     built transaction is submitted through the site's coordinator (buffered at
     a secondary site, applied at a main site), and the response carries
     ``X-Transaction-Id`` and ``X-Transaction-State``. The handler's return
-    value is the response; a handler that adds no step submits nothing.
+    value is the response; a handler that adds no step submits nothing. A
+    :class:`~ccat_buffering.builder.RecordHandle` in the returned dict (or
+    list) becomes the record's key once submitted: at a ``main`` site the key
+    the database generated (an identity column), so ``return {"id": note}``
+    answers ``201 {"id": 42}``.
 
     Use it below the route decorator: ``@router.post(...)`` then
     ``@critical_operation``.
@@ -210,6 +214,7 @@ def critical_operation(handler: Handler | None = None, *, endpoint: str | None =
         result = await handler(*args, **{name: builder}, **kwargs)
         if _has_steps(builder):
             status = await site.submit(builder.build())
+            result = with_generated_ids(result, status)  # a returned handle becomes its key
             target = result if isinstance(result, Response) else response
             target.headers["X-Transaction-Id"] = status.transaction_id
             target.headers["X-Transaction-State"] = str(status.state)
