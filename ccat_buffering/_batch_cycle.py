@@ -156,6 +156,17 @@ class BatchCycle:
             for d, o in zip(deliveries, result.outcomes, strict=True)
             if o.error is not None
         ]
+        conflicted = [
+            (d, "; ".join(c.describe() for c in o.conflicts))
+            for d, o in zip(deliveries, result.outcomes, strict=True)
+            if o.conflicted
+        ]
+        if conflicted:
+            # Out of the queue at once, never retried: the conflict log keeps them.
+            await self.manager.conflicted(conflicted)
+            self.counters.conflicted += len(conflicted)
+            for delivery, reason in conflicted:
+                self.log.warning("conflicted: %s", reason, transaction_id=delivery.transaction_id)
         following = await _claimed(ahead)
         if failures:
             # A retried transaction holds the head: nothing after it may apply first.

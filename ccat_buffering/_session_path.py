@@ -14,11 +14,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import delete, insert
+from sqlalchemy import insert
 from sqlalchemy import update as sa_update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from ccat_buffering._grouping import plan
+from ccat_buffering.conflicts.checked import (
+    Checks,
+    ConflictRejected,
+    checked_create,
+    checked_delete,
+    checked_update,
+)
+from ccat_buffering.conflicts.log import conflict_rows, insert_rows, unresolved_of
 from ccat_buffering.database import applied_ids, ledger_table, not_the_transactions_fault
 from ccat_buffering.errors import RecordNotFoundError, UnresolvedReferenceError
 from ccat_buffering.lsn import LSN
@@ -46,14 +54,21 @@ def where(model: type[Any], key: Mapping[str, Any]) -> list[Any]:
 class SessionPath:
     """Applies a batch statement by statement through an ORM session.
 
+    Every update, delete and create is checked against the row it meets
+    (:mod:`ccat_buffering.conflicts.checked`); a conflict its policy rejects
+    rolls its transaction back to its savepoint, and its log row is written
+    in the batch's database transaction instead.
+
     Args:
-        registry: The mapped classes.
+        registry: The mapped classes (and their conflict policies).
         ledger: Record and check applied transaction ids.
+        site: The site whose transactions these are, for the conflict log.
     """
 
-    def __init__(self, registry: ModelRegistry, ledger: bool) -> None:
+    def __init__(self, registry: ModelRegistry, ledger: bool, site: str = "") -> None:
         self.registry = registry
         self.ledger = ledger
+        self.site = site
 
     async def applied_ids(self, conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` the ledger holds (none when the ledger is off)."""
@@ -64,7 +79,10 @@ class SessionPath:
         conn: AsyncConnection,
         runnable: list[tuple[int, Transaction]],
         outcomes: list[Outcome],
+        *,
+        force: bool = False,
     ) -> LSN | None:
+        """Apply ``runnable`` in one database transaction (``force``: without base checks)."""
         await conn.begin()
         done = await self.applied_ids(conn, [tx.transaction_id for _, tx in runnable])
         session = AsyncSession(bind=conn, autoflush=False, expire_on_commit=False)
@@ -81,9 +99,9 @@ class SessionPath:
             else:
                 first_of[tx.transaction_id] = index
                 todo.append((index, tx))
-        if not await self.apply_grouped(session, todo, outcomes):
+        if force or not await self.apply_grouped(session, todo, outcomes):
             for index, tx in todo:
-                outcomes[index] = await self.apply_one(session, tx)
+                outcomes[index] = await self.apply_one(session, tx, force=force)
         for index, first in copies:
             original = outcomes[first]
             outcomes[index] = (
@@ -136,8 +154,9 @@ class SessionPath:
             async with session.begin_nested():
                 for model, rows in grouped.inserts:
                     await session.execute(insert(self.registry.model(model)), rows)
+                strict = Checks(self.registry.conflict_policies, strict=True)
                 for step in grouped.updates:
-                    await self.apply_step(session, step, {}, False)
+                    await self.apply_step(session, step, {}, False, strict)
                 await self.record(session, [tx for _, tx in todo])
         except Exception as exc:
             if classify_failure(exc) is FailureKind.OUTAGE:
@@ -147,12 +166,22 @@ class SessionPath:
             outcomes[index] = Outcome(tx.transaction_id, applied=True)
         return True
 
-    async def apply_one(self, session: AsyncSession, tx: Transaction) -> Outcome:
-        """Apply one transaction in its own savepoint."""
+    async def apply_one(
+        self, session: AsyncSession, tx: Transaction, *, force: bool = False
+    ) -> Outcome:
+        """Apply one transaction in its own savepoint; a rejected conflict rolls it back."""
+        checks = Checks(self.registry.conflict_policies, written_at=tx.created_at, force=force)
         try:
             async with session.begin_nested():
-                await self.apply(session, tx)
+                await self.apply(session, tx, checks)
                 await self.record(session, [tx])
+                await insert_rows(session, conflict_rows(self.site, tx, checks.conflicts))
+        except ConflictRejected as rejected:
+            # Outside the savepoint, so that the log row outlives the rollback;
+            # a redelivery of a transaction already logged adds no second row.
+            if not await unresolved_of(await session.connection(), tx.transaction_id):
+                await insert_rows(session, conflict_rows(self.site, tx, [rejected.conflict]))
+            return Outcome(tx.transaction_id, conflicted=True, conflicts=(rejected.conflict,))
         except Exception as exc:
             kind = classify_failure(exc)
             if kind is FailureKind.OUTAGE:
@@ -160,13 +189,13 @@ class SessionPath:
                     exc, f"while applying {tx.transaction_id}"
                 ) from exc
             return Outcome(tx.transaction_id, error=exc, kind=kind)
-        return Outcome(tx.transaction_id, applied=True)
+        return Outcome(tx.transaction_id, applied=True, conflicts=tuple(checks.conflicts))
 
-    async def apply(self, session: AsyncSession, tx: Transaction) -> None:
+    async def apply(self, session: AsyncSession, tx: Transaction, checks: Checks) -> None:
         wanted = {ref.step for step in tx.steps for ref in step.refs()}
         produced: dict[str, Mapping[str, Any]] = {}
         for step in tx.steps:
-            row = await self.apply_step(session, step, produced, step.step_id in wanted)
+            row = await self.apply_step(session, step, produced, step.step_id in wanted, checks)
             if row is not None:
                 produced[step.step_id] = row
 
@@ -191,39 +220,26 @@ class SessionPath:
         step: Step,
         produced: Mapping[str, Mapping[str, Any]],
         wanted: bool,
+        checks: Checks | None = None,
     ) -> Mapping[str, Any] | None:
         model = self.registry.model(step.model)
         fields = sorted(self.registry.fields(step.model))
         returning = [getattr(model, name) for name in fields]
         op = step.operation
+        checks = checks or Checks(self.registry.conflict_policies)
         statement: Any
         if op is Operation.CREATE:
-            statement = insert(model).values(**self.resolve(step.data or {}, produced))
-            if not wanted:
-                await session.execute(statement)
-                return None
-            row = (await session.execute(statement.returning(*returning))).one()
-            return dict(zip(fields, row, strict=True))
+            data = self.resolve(step.data or {}, produced)
+            created = await checked_create(session, model, step, data, returning, checks)
+            return None if created is None else dict(zip(fields, created, strict=True))
         if op is Operation.UPDATE:
             key = self.resolve(step.key or {}, produced)
-            statement = (
-                sa_update(model)
-                .where(*where(model, key))
-                .values(**self.resolve(step.data or {}, produced))
-                .returning(*returning)
-                .execution_options(synchronize_session=False)
-            )
-            rows = (await session.execute(statement)).all()
-            if not rows:
-                raise RecordNotFoundError(f"step {step.step_id!r}: no {step.model} with {key}")
-            return dict(zip(fields, rows[0], strict=True))
+            data = self.resolve(step.data or {}, produced)
+            row = await checked_update(session, model, step, key, data, returning, checks)
+            return None if row is None else dict(zip(fields, row, strict=True))
         if op is Operation.DELETE:
             key = self.resolve(step.key or {}, produced)
-            statement = (
-                delete(model).where(*where(model, key)).returning(*returning[:1])
-            ).execution_options(synchronize_session=False)
-            if not (await session.execute(statement)).all():
-                raise RecordNotFoundError(f"step {step.step_id!r}: no {step.model} with {key}")
+            await checked_delete(session, model, step, key, checks)
             return None
         records = [self.resolve(r, produced) for r in step.records or []]
         if op is Operation.BULK_CREATE:

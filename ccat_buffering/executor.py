@@ -28,7 +28,9 @@ from ccat_buffering._grouping import plan
 from ccat_buffering._link import LinkTimeouts, watch_engine, watched
 from ccat_buffering._pipelined import PipelinedPath, PreparedBatch, unique
 from ccat_buffering._session_path import CommitRefusedError, SessionPath
-from ccat_buffering.database import create_ledger, not_the_transactions_fault
+from ccat_buffering.conflicts.checked import ConflictSuspected
+from ccat_buffering.conflicts.log import create_conflict_log
+from ccat_buffering.database import create_ledger, not_the_transactions_fault, sqlstate_of
 from ccat_buffering.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -58,6 +60,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _suspected(outcome: Outcome) -> bool:
+    """Whether the pipeline stopped a transaction at a base check or an existing row."""
+    error = outcome.error
+    return isinstance(error, ConflictSuspected) or (
+        error is not None and sqlstate_of(error) == "23505"
+    )
+
+
 class TransactionExecutor:
     """Applies transactions to the main database through registered mapped classes.
 
@@ -69,6 +79,7 @@ class TransactionExecutor:
         timeouts: The link's limits; a call unanswered for
             ``timeouts.statement`` seconds discards its connection and fails
             as an outage.
+        site: The site whose transactions it applies, for the conflict log.
     """
 
     def __init__(
@@ -78,13 +89,15 @@ class TransactionExecutor:
         *,
         ledger: bool = True,
         timeouts: LinkTimeouts | None = None,
+        site: str = "",
     ) -> None:
         self.engine = engine
+        self.site = site
         self.registry = registry
         self.ledger = ledger
         self.timeouts = timeouts or LinkTimeouts()
         self._prepared: PreparedBatch | None = None
-        self._session = SessionPath(registry, ledger)
+        self._session = SessionPath(registry, ledger, site)
         self._pipelined = PipelinedPath(registry, ledger, engine.dialect)
         watch_engine(engine)
 
@@ -98,8 +111,9 @@ class TransactionExecutor:
         return True
 
     async def create_ledger(self) -> None:
-        """Create the ledger table if it does not exist."""
+        """Create the ledger table and the conflict log if they do not exist."""
         await create_ledger(self.engine)
+        await create_conflict_log(self.engine)
 
     async def is_applied(self, transaction_id: str) -> bool:
         """Whether the ledger holds ``transaction_id``."""
@@ -168,8 +182,38 @@ class TransactionExecutor:
             ) from exc
         if pipelined:
             # Its ledger row goes first in each transaction: already settled.
+            suspects = [(i, tx) for i, tx in batch.todo if _suspected(outcomes[i])]
+            if suspects:
+                lsn = await self._decide_conflicts(suspects, outcomes) or lsn
             return BatchResult(outcomes, lsn)
         return BatchResult(await self._settle_failures(outcomes), lsn)
+
+    async def _decide_conflicts(
+        self, suspects: list[tuple[int, Transaction]], outcomes: list[Outcome]
+    ) -> LSN | None:
+        """Apply again, through the session path, what the pipeline's base check stopped.
+
+        Only a transaction whose write met a moved, missing or existing row
+        comes here (a round trip per statement, on the rare path); the session
+        path tells the conflict's kind, reads the other party's values and
+        lets the policy decide, in buffer order among these.
+        """
+        async with self.engine.connect() as conn, watched(conn, self.timeouts.statement):
+            return await self._session.run(conn, suspects, outcomes)
+
+    async def execute_unchecked(self, transaction: Transaction) -> BatchResult:
+        """Apply one transaction without its base checks (an operator's ``--keep mine``).
+
+        A ``version_id_col`` is still bumped from the row's current version.
+
+        Raises:
+            DatabaseUnavailableError: The database could not be reached.
+        """
+        self.registry.check(transaction)
+        outcomes = [Outcome(transaction.transaction_id)]
+        async with self.engine.connect() as conn, watched(conn, self.timeouts.statement):
+            lsn = await self._session.run(conn, [(0, transaction)], outcomes, force=True)
+        return BatchResult(outcomes, lsn)
 
     def prepare(self, transactions: Sequence[Transaction]) -> None:
         """Do the work of :meth:`execute_batch` that needs no database, ahead of it.

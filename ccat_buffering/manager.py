@@ -342,6 +342,36 @@ class TransactionManager:
         self._tell(statuses)
         return statuses
 
+    async def conflicted(
+        self, deliveries: Sequence[tuple[Delivery, str]]
+    ) -> list[TransactionStatus]:
+        """Take conflicted transactions out of the queue, ``conflicted``, in one group.
+
+        The queue moves on at once: the main database's conflict log holds each
+        one (with the transaction) until an operator resolves it. Its caches
+        are released, so that the site's reads stop showing a write that did
+        not happen; its status stays (no TTL while it is unresolved).
+
+        Args:
+            deliveries: Each transaction and what it met (base/mine/theirs), in
+                buffer order.
+
+        Returns:
+            Their new statuses.
+        """
+        statuses = []
+        async with self.backend.atomic() as batch:
+            for delivery, reason in deliveries:
+                status = self._advance(
+                    delivery.status, TransactionState.CONFLICTED, last_error=reason
+                )
+                batch.put_status(status, self.status_ttl)
+                batch.ack(delivery.claim.receipt)
+                statuses.append(status)
+            batch.release_cache([d.transaction_id for d, _ in deliveries])
+        self._tell(statuses)
+        return statuses
+
     async def paused(self, deliveries: Sequence[Delivery], cause: str) -> None:
         """Return claimed transactions to the head during an outage, counting nothing.
 

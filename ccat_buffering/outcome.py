@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ccat_buffering.conflicts.kinds import Conflict
 from ccat_buffering.lsn import LSN
 from ccat_buffering.retry import FailureKind
 
@@ -20,6 +21,9 @@ class Outcome:
         already_applied: The ledger showed it applied before; nothing was done.
         error: Why it failed, if it did (its savepoint was rolled back).
         kind: Whose fault the failure was.
+        conflicted: A conflict was rejected: nothing of it was applied, and
+            it waits for an operator (the conflict log holds it).
+        conflicts: The conflicts it met, decided or rejected.
     """
 
     transaction_id: str
@@ -27,6 +31,8 @@ class Outcome:
     already_applied: bool = False
     error: BaseException | None = None
     kind: FailureKind | None = None
+    conflicted: bool = False
+    conflicts: tuple[Conflict, ...] = ()
 
     @property
     def done(self) -> bool:
