@@ -19,6 +19,7 @@ from ccat_buffering._link import Watchdog
 from ccat_buffering._pipeline import MAX_PARAMETERS, Pipeline, PipelineResult, Statement
 from ccat_buffering._session_path import CommitRefusedError, where
 from ccat_buffering.conflicts.checked import ConflictSuspected
+from ccat_buffering.conflicts.holds import Holds
 from ccat_buffering.conflicts.statements import base_clauses
 from ccat_buffering.database import (
     ledger_rows,
@@ -134,6 +135,7 @@ class PipelinedPath:
         self.registry = registry
         self.ledger = ledger
         self.dialect = dialect
+        self._ledger_name = dialect.identifier_preparer.format_table(ledger_table)
 
     def message(self, todo: list[tuple[int, Transaction]], grouped: Plan) -> Pipeline:
         """The whole batch as one message: the plan's statements, COMMIT, the LSN."""
@@ -231,6 +233,7 @@ class PipelinedPath:
         second.text("SAVEPOINT ok")
         second.sync()
         members: list[tuple[int, Transaction]] = []
+        shared = Holds()
         for index, tx in todo:
             if tx.transaction_id in done:
                 outcomes[index] = Outcome(tx.transaction_id, already_applied=True)
@@ -238,6 +241,21 @@ class PipelinedPath:
             owner = len(members)
             members.append((index, tx))
             second.text("ROLLBACK TO SAVEPOINT ok", owner)
+            earlier = shared.blocker(tx)
+            shared.hold(tx)
+            if self.ledger and earlier is not None:
+                # It writes a row an earlier transaction of the batch writes: it
+                # goes only if that one went (its ledger row is there), so that
+                # nothing builds on a write a conflict may yet reject.
+                second.add(
+                    Statement(
+                        f"SELECT 1 / count(*) FROM {self._ledger_name} WHERE transaction_id = $1",
+                        [earlier],
+                        owner,
+                        ConflictSuspected(f"after {earlier}, which did not apply"),
+                        positional=True,
+                    )
+                )
             if self.ledger:
                 second.insert_rows(ledger_table, ledger_rows([tx]), owner=owner, ledger=True)
             self.steps(second, tx.steps, owner)

@@ -26,7 +26,9 @@ from ccat_buffering.conflicts.checked import (
     checked_delete,
     checked_update,
 )
-from ccat_buffering.conflicts.log import conflict_rows, insert_rows, unresolved_of
+from ccat_buffering.conflicts.holds import Holds
+from ccat_buffering.conflicts.kinds import Conflict, ConflictOutcome
+from ccat_buffering.conflicts.log import conflict_rows, insert_rows, mark_resolved, unresolved_of
 from ccat_buffering.database import applied_ids, ledger_table, not_the_transactions_fault
 from ccat_buffering.errors import RecordNotFoundError, UnresolvedReferenceError
 from ccat_buffering.lsn import LSN
@@ -69,6 +71,7 @@ class SessionPath:
         self.registry = registry
         self.ledger = ledger
         self.site = site
+        self.holds = Holds()
 
     async def applied_ids(self, conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` the ledger holds (none when the ledger is off)."""
@@ -81,9 +84,16 @@ class SessionPath:
         outcomes: list[Outcome],
         *,
         force: bool = False,
+        release: bool = False,
     ) -> LSN | None:
-        """Apply ``runnable`` in one database transaction (``force``: without base checks)."""
+        """Apply ``runnable`` in one database transaction.
+
+        ``force``: without base checks, resolving their conflicts as ``mine``;
+        ``release``: transactions that waited behind a resolved conflict.
+        """
         await conn.begin()
+        if not self.holds.loaded:
+            await self.holds.load(conn, self.site)
         done = await self.applied_ids(conn, [tx.transaction_id for _, tx in runnable])
         session = AsyncSession(bind=conn, autoflush=False, expire_on_commit=False)
         todo = []
@@ -99,9 +109,10 @@ class SessionPath:
             else:
                 first_of[tx.transaction_id] = index
                 todo.append((index, tx))
-        if force or not await self.apply_grouped(session, todo, outcomes):
+        blocked = any(self.holds.blocker(tx) for _, tx in todo)
+        if force or release or blocked or not await self.apply_grouped(session, todo, outcomes):
             for index, tx in todo:
-                outcomes[index] = await self.apply_one(session, tx, force=force)
+                outcomes[index] = await self.apply_one(session, tx, force=force, release=release)
         for index, first in copies:
             original = outcomes[first]
             outcomes[index] = (
@@ -167,20 +178,35 @@ class SessionPath:
         return True
 
     async def apply_one(
-        self, session: AsyncSession, tx: Transaction, *, force: bool = False
+        self, session: AsyncSession, tx: Transaction, *, force: bool = False, release: bool = False
     ) -> Outcome:
-        """Apply one transaction in its own savepoint; a rejected conflict rolls it back."""
+        """Apply one transaction in its own savepoint; a rejected conflict rolls it back.
+
+        A transaction that depends on one of the site's unresolved conflicts
+        is not tried: it waits with it. ``force`` (an operator's ``--keep
+        mine``) applies without base checks and marks its conflicts resolved.
+        """
+        if not force:
+            waiting = await self.wait_behind(session, tx)
+            if waiting is not None:
+                return waiting
         checks = Checks(self.registry.conflict_policies, written_at=tx.created_at, force=force)
         try:
             async with session.begin_nested():
                 await self.apply(session, tx, checks)
                 await self.record(session, [tx])
                 await insert_rows(session, conflict_rows(self.site, tx, checks.conflicts))
+                if force or release:
+                    done = ConflictOutcome.RESOLVED_MINE if force else ConflictOutcome.RELEASED
+                    await mark_resolved(session, tx.transaction_id, done)
         except ConflictRejected as rejected:
             # Outside the savepoint, so that the log row outlives the rollback;
             # a redelivery of a transaction already logged adds no second row.
+            if release:
+                await mark_resolved(session, tx.transaction_id, ConflictOutcome.RELEASED)
             if not await unresolved_of(await session.connection(), tx.transaction_id):
                 await insert_rows(session, conflict_rows(self.site, tx, [rejected.conflict]))
+            self.holds.hold(tx)
             return Outcome(tx.transaction_id, conflicted=True, conflicts=(rejected.conflict,))
         except Exception as exc:
             kind = classify_failure(exc)
@@ -190,6 +216,33 @@ class SessionPath:
                 ) from exc
             return Outcome(tx.transaction_id, error=exc, kind=kind)
         return Outcome(tx.transaction_id, applied=True, conflicts=tuple(checks.conflicts))
+
+    async def wait_behind(self, session: AsyncSession, tx: Transaction) -> Outcome | None:
+        """``waiting``, logged, when ``tx`` depends on an unresolved conflict of its site."""
+        blocker = self.holds.blocker(tx)
+        if blocker is None:
+            return None
+        conn = await session.connection()
+        found = await unresolved_of(conn, blocker)
+        if not found:
+            self.holds.release(blocker)  # resolved meanwhile (by an operator elsewhere)
+            return await self.wait_behind(session, tx)
+        first = tx.steps[0]
+        conflict = Conflict(
+            step_id=first.step_id,
+            model=first.model,
+            key=dict(first.key or {}),
+            kind=found[0].conflict.kind,
+            base={},
+            mine={},
+            theirs={"waits_for": blocker},
+            policy=found[0].conflict.policy,
+            outcome=ConflictOutcome.WAITING,
+        )
+        if not await unresolved_of(conn, tx.transaction_id):
+            await insert_rows(session, conflict_rows(self.site, tx, [conflict]))
+        self.holds.hold(tx)
+        return Outcome(tx.transaction_id, conflicted=True, conflicts=(conflict,))
 
     async def apply(self, session: AsyncSession, tx: Transaction, checks: Checks) -> None:
         wanted = {ref.step for step in tx.steps for ref in step.refs()}

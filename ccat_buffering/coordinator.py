@@ -20,6 +20,7 @@ from ccat_buffering.backends import open_backend
 from ccat_buffering.buffer_loss import BufferLoss, BufferWatch, watch_buffer
 from ccat_buffering.conflicts.bases import stamp_write_time, with_bases
 from ccat_buffering.conflicts.kinds import ConflictPolicies
+from ccat_buffering.conflicts.resolve import Keep, Resolution, resolve_conflict
 from ccat_buffering.database import create_engine
 from ccat_buffering.errors import ConflictError
 from ccat_buffering.executor import TransactionExecutor
@@ -345,6 +346,31 @@ class BufferingCoordinator:
         transaction = stamp_write_time(transaction, self.registry, utc_now())
         return await with_bases(
             transaction, lambda model, key: self.reads.get(model, key), self.registry
+        )
+
+    async def resolve_conflict(self, conflict_id: int, keep: Keep) -> Resolution:
+        """Resolve a rejected conflict: apply ``mine`` unchecked, or keep ``theirs`` (drop it).
+
+        The transactions of the same site that waited behind it are then
+        applied in buffer order; this site's statuses follow.
+
+        Args:
+            conflict_id: The conflict log's id.
+            keep: ``mine`` or ``theirs``.
+
+        Returns:
+            What was done.
+
+        Raises:
+            ConflictError: No such unresolved conflict, or mine cannot be applied.
+        """
+        return await resolve_conflict(
+            self.engine,
+            self.registry,
+            conflict_id,
+            keep,
+            statuses=self.backend.status,
+            status_ttl=self.settings.status_ttl,
         )
 
     async def status(self, transaction_id: str) -> TransactionStatus | None:

@@ -149,10 +149,11 @@ class TransactionExecutor:
                 applied (the ledger settles it on redelivery).
         """
         batch = self._take_prepared(transactions)
-        outcomes, runnable, pipelined = batch.outcomes, batch.runnable, batch.pipelined
+        outcomes, runnable = batch.outcomes, batch.runnable
         if not runnable:
             return BatchResult(outcomes, None)
         try:
+            await self._check_holds(batch)
             lsn = await self._run(batch)
         except CommitRefusedError as refused:
             if len(runnable) == 1:
@@ -180,13 +181,38 @@ class TransactionExecutor:
             raise DatabaseUnavailableError(
                 f"the batch could not be applied ({classify_failure(exc)}): {exc}"
             ) from exc
-        if pipelined:
+        if batch.pipelined:
             # Its ledger row goes first in each transaction: already settled.
             suspects = [(i, tx) for i, tx in batch.todo if _suspected(outcomes[i])]
             if suspects:
                 lsn = await self._decide_conflicts(suspects, outcomes) or lsn
+                # What failed behind a transaction now conflicted waits with it.
+                behind = [
+                    (i, tx)
+                    for i, tx in batch.todo
+                    if outcomes[i].error is not None and self._session.holds.blocker(tx)
+                ]
+                if behind:
+                    lsn = await self._decide_conflicts(behind, outcomes) or lsn
             return BatchResult(outcomes, lsn)
         return BatchResult(await self._settle_failures(outcomes), lsn)
+
+    async def load_conflicts(self) -> None:
+        """Learn what the site's unresolved conflicts hold (the first batch does it if not done).
+
+        Once per process: later conflicts are learnt as they are found, and a
+        conflict resolved elsewhere is noticed when a transaction would wait on it.
+        """
+        async with self.engine.connect() as conn, watched(conn, self.timeouts.statement):
+            await self._session.holds.load(conn, self.site)
+
+    async def _check_holds(self, batch: PreparedBatch) -> None:
+        """Know the site's unresolved conflicts (once); a dependent takes the session path."""
+        holds = self._session.holds
+        if not holds.loaded:
+            await self.load_conflicts()
+        if batch.pipelined and any(holds.blocker(tx) for _, tx in batch.runnable):
+            batch.pipelined = False
 
     async def _decide_conflicts(
         self, suspects: list[tuple[int, Transaction]], outcomes: list[Outcome]
@@ -200,6 +226,20 @@ class TransactionExecutor:
         """
         async with self.engine.connect() as conn, watched(conn, self.timeouts.statement):
             return await self._session.run(conn, suspects, outcomes)
+
+    async def execute_released(self, transaction: Transaction) -> BatchResult:
+        """Apply a transaction that waited behind a resolved conflict, checked as a drain does.
+
+        Its ``waiting`` log row is marked released in the same database transaction.
+
+        Raises:
+            DatabaseUnavailableError: The database could not be reached.
+        """
+        self.registry.check(transaction)
+        outcomes = [Outcome(transaction.transaction_id)]
+        async with self.engine.connect() as conn, watched(conn, self.timeouts.statement):
+            lsn = await self._session.run(conn, [(0, transaction)], outcomes, release=True)
+        return BatchResult(outcomes, lsn)
 
     async def execute_unchecked(self, transaction: Transaction) -> BatchResult:
         """Apply one transaction without its base checks (an operator's ``--keep mine``).

@@ -47,6 +47,7 @@ __all__ = [
     "list_conflicts",
     "mark_resolved",
     "unresolved_of",
+    "unresolved_payloads",
 ]
 
 CONFLICT_TABLE_NAME = "ccat_buffering_conflicts"
@@ -114,7 +115,10 @@ class ConflictRecord:
     @property
     def unresolved(self) -> bool:
         """Whether it waits for an operator."""
-        return self.conflict.outcome is ConflictOutcome.REJECTED and self.resolved_at is None
+        return (
+            self.conflict.outcome in (ConflictOutcome.REJECTED, ConflictOutcome.WAITING)
+            and self.resolved_at is None
+        )
 
     def as_json(self) -> dict[str, Any]:
         """The record as plain JSON data (values in the lossless codec)."""
@@ -144,8 +148,8 @@ def conflict_rows(
 ) -> list[dict[str, Any]]:
     """The log rows of ``conflicts`` met by ``transaction``."""
     now = utc_now()
-    rejected = any(c.outcome is ConflictOutcome.REJECTED for c in conflicts)
-    payload = transaction.to_json(None) if rejected else None
+    held = (ConflictOutcome.REJECTED, ConflictOutcome.WAITING)
+    payload = transaction.to_json(None) if any(c.outcome in held for c in conflicts) else None
     return [
         {
             "site": site,
@@ -160,7 +164,7 @@ def conflict_rows(
             "theirs": _dump(c.theirs),
             "policy": str(c.policy),
             "outcome": str(c.outcome),
-            "payload": payload if c.outcome is ConflictOutcome.REJECTED else None,
+            "payload": payload if c.outcome in held else None,
             "detected_at": now,
             "resolved_at": None,
         }
@@ -207,9 +211,9 @@ def _aware(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
-_UNRESOLVED = (conflict_table.c.outcome == str(ConflictOutcome.REJECTED)) & (
-    conflict_table.c.resolved_at.is_(None)
-)
+_UNRESOLVED = conflict_table.c.outcome.in_(
+    [str(ConflictOutcome.REJECTED), str(ConflictOutcome.WAITING)]
+) & (conflict_table.c.resolved_at.is_(None))
 
 
 async def list_conflicts(
@@ -259,9 +263,17 @@ async def count_unresolved(conn: AsyncConnection, site: str | None = None) -> in
     return int((await conn.execute(query)).scalar() or 0)
 
 
-async def mark_resolved(
-    conn: AsyncConnection, transaction_id: str, outcome: ConflictOutcome
-) -> None:
+async def unresolved_payloads(conn: AsyncConnection, site: str) -> list[ConflictRecord]:
+    """The unresolved conflicts of one site, in the order they were found."""
+    query = (
+        select(conflict_table)
+        .where((conflict_table.c.site == site) & _UNRESOLVED)
+        .order_by(conflict_table.c.id)
+    )
+    return [_record(row) for row in await conn.execute(query)]
+
+
+async def mark_resolved(conn: Any, transaction_id: str, outcome: ConflictOutcome) -> None:
     """Mark every unresolved conflict of a transaction resolved, with how."""
     await conn.execute(
         update(conflict_table)

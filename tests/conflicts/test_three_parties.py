@@ -219,6 +219,10 @@ async def test_version_id_col_creates_updates_deletes_and_conflicts(main_url: st
         assert all(
             r.conflict.base["version"] == 1 and r.conflict.theirs["version"] == 2 for r in log
         )
+        # Later writes of a site to this row wait behind its conflict: drop both.
+        for record in log:
+            site = p.a if record.site == p.a.settings.site_name else p.b
+            await site.resolve_conflict(record.id, "theirs")
         # A writer that saw version 2 updates and deletes.
         await p.write(p.a, lambda tx: tx.update(Versioned, key, {"name": "a2"}))
         await p.drain(p.a)
@@ -226,6 +230,52 @@ async def test_version_id_col_creates_updates_deletes_and_conflicts(main_url: st
         await p.write(p.b, lambda tx: tx.delete(Versioned, key, expected_version=2))
         await p.drain(p.b)
         assert (await p.row(Versioned, key)) is not None
+        [stale] = [r for r in await p.conflicts() if r.unresolved]
+        assert stale.conflict.kind == "delete_origin_differs"
+        await p.b.resolve_conflict(stale.id, "theirs")
         await p.write(p.b, lambda tx: tx.delete(Versioned, key))
         await p.drain(p.b)
         assert (await p.row(Versioned, key)) is None
+
+
+@pytest.mark.parametrize("keep", ["mine", "theirs"])
+async def test_dependents_wait_and_are_released_in_order_on_resolve(
+    main_url: str, keep: str
+) -> None:
+    async with parties(main_url) as p:
+        key = await _note(p, status="new", title="t0")
+        first = await p.write(p.a, lambda tx: tx.update(Note, key, {"status": "a"}))
+        second = await p.write(p.a, lambda tx: tx.update(Note, key, {"title": "t1"}))
+        other = uuid.uuid4()
+        free = await p.write(p.a, lambda tx: tx.create(Note, {"id": other, "title": "free"}))
+        await p.write(p.main, lambda tx: tx.update(Note, key, {"status": "main"}))
+        await p.drain(p.a)  # the queue moves on: nothing holds the site
+        assert (await p.row(Note, other)).title == "free"
+        states = {
+            s.transaction_id: s.state
+            for s in [await p.a.status(t.transaction_id) for t in (first, second, free)]
+            if s is not None
+        }
+        assert states[first.transaction_id] is TransactionState.CONFLICTED
+        assert states[second.transaction_id] is TransactionState.CONFLICTED  # waits with it
+        assert states[free.transaction_id] in (
+            TransactionState.COMMITTED,
+            TransactionState.REPLICATED,
+        )
+        log = {r.transaction_id: r for r in await p.conflicts()}
+        assert log[second.transaction_id].conflict.outcome == "waiting"
+        assert log[second.transaction_id].conflict.theirs == {"waits_for": first.transaction_id}
+        row = await p.row(Note, key)
+        assert (row.status, row.title) == ("main", "t0")  # the dependent was not applied
+        resolution = await p.a.resolve_conflict(log[first.transaction_id].id, keep)  # type: ignore[arg-type]
+        assert resolution.released == [(second.transaction_id, "applied")]
+        row = await p.row(Note, key)
+        assert (row.status, row.title) == ("a" if keep == "mine" else "main", "t1")
+        assert not [r for r in await p.conflicts() if r.unresolved]
+        after = await p.a.status(first.transaction_id)
+        assert after is not None
+        assert after.state is (
+            TransactionState.COMMITTED if keep == "mine" else TransactionState.FAILED
+        )
+        released = await p.a.status(second.transaction_id)
+        assert released is not None and released.state is TransactionState.COMMITTED

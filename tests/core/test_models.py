@@ -702,6 +702,7 @@ def test_naive_status_timestamps_are_refused(name: str) -> None:
         (TransactionState.COMMITTED, False),
         (TransactionState.REPLICATED, True),
         (TransactionState.FAILED, True),
+        (TransactionState.CONFLICTED, False),
     ],
 )
 def test_is_terminal(state: TransactionState, terminal: bool) -> None:
@@ -716,6 +717,7 @@ def test_every_state_is_classified() -> None:
         "committed",
         "replicated",
         "failed",
+        "conflicted",
     }
     assert {s for s in TransactionState if s.is_terminal} == {
         TransactionState.REPLICATED,

