@@ -156,6 +156,7 @@ class BatchCycle:
             for d, o in zip(deliveries, result.outcomes, strict=True)
             if o.error is not None
         ]
+        self.manager.found_conflicts([c for o in result.outcomes for c in o.conflicts])
         conflicted = [
             (d, "; ".join(c.describe() for c in o.conflicts))
             for d, o in zip(deliveries, result.outcomes, strict=True)

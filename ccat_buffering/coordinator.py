@@ -318,6 +318,7 @@ class BufferingCoordinator:
         transaction.to_json(self.settings.max_payload_bytes)
         result = await self.executor.execute_batch([transaction])
         outcome = result.outcomes[0]
+        self.manager.found_conflicts(outcome.conflicts)
         if outcome.conflicted:
             raise ConflictError(
                 "; ".join(c.describe() for c in outcome.conflicts)

@@ -117,6 +117,8 @@ class Health(BaseModel):
         processor: The draining processor, as it reports itself.
         replication: What the replica shows.
         warnings: What an operator must look at.
+        conflicts: Transactions of this site waiting for an operator's
+            ``conflicts resolve`` (``conflicted``: rejected, or waiting behind one).
         notices: What an operator should know of the site's set-up; they do
             not make it unhealthy (a site without a replica, for one).
         healthy: No warnings (serialised with the rest).
@@ -133,6 +135,7 @@ class Health(BaseModel):
     processor: ProcessorHealth
     replication: ReplicationHealth
     warnings: list[str]
+    conflicts: int = 0
     notices: list[str] = []
 
     @computed_field  # type: ignore[prop-decorator]
@@ -309,6 +312,9 @@ async def collect(
                     f"{len(leaks)} key(s) without a TTL: see `ccat-buffering keys audit`"
                 )
     counts = await backend.status.counts()
+    conflicts = counts.get(TransactionState.CONFLICTED, 0)
+    if conflicts:
+        warnings.append(f"{conflicts} unresolved conflict(s): see `ccat-buffering conflicts list`")
     return Health(
         site=backend.site,
         site_type=settings.site_type,
@@ -321,6 +327,7 @@ async def collect(
         processor=worker,
         replication=replication,
         warnings=warnings,
+        conflicts=conflicts,
         notices=[NO_REPLICA_NOTICE] if _without_replica(settings) else [],
     )
 

@@ -20,6 +20,7 @@ from ccat_buffering._codec import decode_value
 from ccat_buffering._deprecated import forward
 from ccat_buffering._entries import read_claims
 from ccat_buffering.cache_writes import cache_writes as _cache_writes
+from ccat_buffering.conflicts.kinds import Conflict
 from ccat_buffering.errors import TransactionValidationError
 from ccat_buffering.lsn import LSN
 from ccat_buffering.models import (
@@ -43,7 +44,11 @@ CONFLICT_DELAY = 0.05
 
 
 class Listener(Protocol):
-    """Told of every change of state the manager has made (metrics listen here)."""
+    """Told of every change of state the manager has made (metrics listen here).
+
+    A listener may also have ``conflicts_found(conflicts)``, told of every
+    conflict the site's writes met (decided or rejected).
+    """
 
     def changed(self, statuses: Sequence[TransactionStatus]) -> None:
         """``statuses`` were just stored, each in its new state."""
@@ -125,6 +130,19 @@ class TransactionManager:
         for listener in self.listeners:
             try:
                 listener.changed(statuses)
+            except Exception:  # a listener (metrics) must never stop the work
+                logging.getLogger(__name__).exception("a listener failed")
+
+    def found_conflicts(self, conflicts: Sequence[Conflict]) -> None:
+        """Tell the listeners that have ``conflicts_found`` of conflicts just met."""
+        if not conflicts:
+            return
+        for listener in self.listeners:
+            hook = getattr(listener, "conflicts_found", None)
+            if hook is None:
+                continue
+            try:
+                hook(conflicts)
             except Exception:  # a listener (metrics) must never stop the work
                 logging.getLogger(__name__).exception("a listener failed")
 
