@@ -6,7 +6,8 @@ import uuid
 from typing import Any
 
 import pytest
-from writers import Note, Parties, Versioned, parties
+from services import require_redis
+from writers import REDIS, Note, Parties, Versioned, parties
 
 from ccat_buffering.errors import ConflictError
 from ccat_buffering.models import TransactionState
@@ -19,9 +20,14 @@ async def _note(p: Parties, **values: Any) -> uuid.UUID:
     return key
 
 
+@pytest.mark.parametrize("backend", ["memory", "redis"])
 @pytest.mark.parametrize("b_first", [True, False], ids=["b-drains-first", "a-drains-first"])
-async def test_same_field_three_parties_under_reject(main_url: str, b_first: bool) -> None:
-    async with parties(main_url) as p:
+async def test_same_field_three_parties_under_reject(
+    main_url: str, b_first: bool, backend: str
+) -> None:
+    if backend == "redis":
+        await require_redis()
+    async with parties(main_url, backend=REDIS if backend == "redis" else "memory://") as p:
         key = await _note(p, status="new")
         a = await p.write(p.a, lambda tx: tx.update(Note, key, {"status": "a"}))
         b = await p.write(p.b, lambda tx: tx.update(Note, key, {"status": "b"}))
@@ -238,11 +244,14 @@ async def test_version_id_col_creates_updates_deletes_and_conflicts(main_url: st
         assert (await p.row(Versioned, key)) is None
 
 
+@pytest.mark.parametrize("backend", ["memory", "redis"])
 @pytest.mark.parametrize("keep", ["mine", "theirs"])
 async def test_dependents_wait_and_are_released_in_order_on_resolve(
-    main_url: str, keep: str
+    main_url: str, keep: str, backend: str
 ) -> None:
-    async with parties(main_url) as p:
+    if backend == "redis":
+        await require_redis()
+    async with parties(main_url, backend=REDIS if backend == "redis" else "memory://") as p:
         key = await _note(p, status="new", title="t0")
         first = await p.write(p.a, lambda tx: tx.update(Note, key, {"status": "a"}))
         second = await p.write(p.a, lambda tx: tx.update(Note, key, {"title": "t1"}))
