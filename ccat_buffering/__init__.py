@@ -8,6 +8,7 @@ when the site's replica has replayed the commit.
 
 from ccat_buffering.backends import open_backend
 from ccat_buffering.builder import RecordHandle, TransactionBuilder
+from ccat_buffering.conflicts import ConflictKind, ConflictPolicies, ConflictPolicy
 from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.database import create_engine
 from ccat_buffering.errors import (
@@ -17,6 +18,7 @@ from ccat_buffering.errors import (
     BufferingError,
     BufferLostError,
     ConfigurationError,
+    ConflictError,
     CorruptEntryError,
     DatabaseUnavailableError,
     ExecutionError,
@@ -70,6 +72,10 @@ __all__ = [
     "BufferingError",
     "BufferingSettings",
     "ConfigurationError",
+    "ConflictError",
+    "ConflictKind",
+    "ConflictPolicies",
+    "ConflictPolicy",
     "CorruptEntryError",
     "DatabaseUnavailableError",
     "Delivery",

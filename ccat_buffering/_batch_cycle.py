@@ -171,6 +171,17 @@ class BatchCycle:
         ]
         # Unapplied behind a failure that holds the queue: back to the head, in order.
         waiting = [d for d, o in pairs if o.waiting or o.kind is FailureKind.OUTAGE]
+        self.manager.found_conflicts([c for _, o in pairs for c in o.conflicts])
+        conflicted = [
+            (d, "; ".join(c.describe() for c in o.conflicts)) for d, o in pairs if o.conflicted
+        ]
+        if conflicted:
+            # Out of the queue at once, never retried (nor holding what follows
+            # it): the conflict log keeps them.
+            await self.manager.conflicted(conflicted)
+            self.counters.conflicted += len(conflicted)
+            for delivery, reason in conflicted:
+                self.log.warning("conflicted: %s", reason, transaction_id=delivery.transaction_id)
         following = await _claimed(ahead)
         if failures or waiting:
             waiting += following  # nothing after a held head may apply first

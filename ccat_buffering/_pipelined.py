@@ -23,6 +23,8 @@ from ccat_buffering._session_path import (
     generated_fields,
     where,
 )
+from ccat_buffering.conflicts.checked import ConflictSuspected
+from ccat_buffering.conflicts.statements import base_clauses
 from ccat_buffering.database import (
     ledger_rows,
     ledger_table,
@@ -178,14 +180,18 @@ class PipelinedPath:
                 records = [dict(r) for r in step.records or []] or [dict(step.data or {})]
                 self.rows(pipeline, step.model, records, owner)
             elif op is Operation.UPDATE or op is Operation.DELETE:
+                # Compare-and-set: the base rides in the WHERE, and a row that
+                # moved (or is gone) matches nothing, found by must_match in the
+                # same round trip; the session path then decides the conflict.
                 key = dict(step.key or {})
+                clauses = [*where(model, key), *base_clauses(model, step, self.dialect.name)]
                 statement: Any = (
-                    sa_update(model).where(*where(model, key)).values(**(step.data or {}))
+                    sa_update(model).where(*clauses).values(**(step.data or {}))
                     if op is Operation.UPDATE
-                    else delete(model).where(*where(model, key))
+                    else delete(model).where(*clauses)
                 )
-                missing = RecordNotFoundError(f"step {step.step_id!r}: no {step.model} with {key}")
-                pipeline.sql(must_match(statement), owner=owner, missing=missing)
+                moved = ConflictSuspected(f"step {step.step_id!r}: {step.model} {key} moved")
+                pipeline.sql(must_match(statement), owner=owner, missing=moved)
             else:
                 for i, record in enumerate(step.records or []):
                     key = {name: record[name] for name in step.key_fields}

@@ -17,13 +17,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import delete, insert
+from sqlalchemy import insert
 from sqlalchemy import update as sa_update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from ccat_buffering._drift import schema_drift
 from ccat_buffering._grouping import plan
 from ccat_buffering.columns import columns_of
+from ccat_buffering.conflicts.checked import (
+    Checks,
+    ConflictRejected,
+    checked_create,
+    checked_delete,
+    checked_update,
+)
+from ccat_buffering.conflicts.holds import Holds
+from ccat_buffering.conflicts.kinds import Conflict, ConflictOutcome
+from ccat_buffering.conflicts.log import conflict_rows, insert_rows, mark_resolved, unresolved_of
 from ccat_buffering.database import applied_ids, ledger_table, not_the_transactions_fault
 from ccat_buffering.errors import RecordNotFoundError, UnresolvedReferenceError
 from ccat_buffering.lsn import LSN
@@ -79,14 +89,22 @@ def where(model: type[Any], key: Mapping[str, Any]) -> list[Any]:
 class SessionPath:
     """Applies a batch statement by statement through an ORM session.
 
+    Every update, delete and create is checked against the row it meets
+    (:mod:`ccat_buffering.conflicts.checked`); a conflict its policy rejects
+    rolls its transaction back to its savepoint, and its log row is written
+    in the batch's database transaction instead.
+
     Args:
-        registry: The mapped classes.
+        registry: The mapped classes (and their conflict policies).
         ledger: Record and check applied transaction ids.
+        site: The site whose transactions these are, for the conflict log.
     """
 
-    def __init__(self, registry: ModelRegistry, ledger: bool) -> None:
+    def __init__(self, registry: ModelRegistry, ledger: bool, site: str = "") -> None:
         self.registry = registry
         self.ledger = ledger
+        self.site = site
+        self.holds = Holds()
 
     async def applied_ids(self, conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` the ledger holds (none when the ledger is off)."""
@@ -97,8 +115,18 @@ class SessionPath:
         conn: AsyncConnection,
         runnable: list[tuple[int, Transaction]],
         outcomes: list[Outcome],
+        *,
+        force: bool = False,
+        release: bool = False,
     ) -> LSN | None:
+        """Apply ``runnable`` in one database transaction.
+
+        ``force``: without base checks, resolving their conflicts as ``mine``;
+        ``release``: transactions that waited behind a resolved conflict.
+        """
         await conn.begin()
+        if not self.holds.loaded:
+            await self.holds.load(conn, self.site)
         done = await self.applied_ids(conn, [tx.transaction_id for _, tx in runnable])
         session = AsyncSession(bind=conn, autoflush=False, expire_on_commit=False)
         todo = []
@@ -114,11 +142,14 @@ class SessionPath:
             else:
                 first_of[tx.transaction_id] = index
                 todo.append((index, tx))
-        if not await self.apply_grouped(session, todo, outcomes):
+        blocked = any(self.holds.blocker(tx) for _, tx in todo)
+        if force or release or blocked or not await self.apply_grouped(session, todo, outcomes):
             for index, tx in todo:
-                outcomes[index] = await self.apply_one(session, tx)
+                outcomes[index] = await self.apply_one(session, tx, force=force, release=release)
+                # A conflicted one holds nothing (it left the queue); a failure
+                # that is retried does: the rest wait behind it, unapplied.
                 if outcomes[index].holds:
-                    break  # the rest wait behind it, unapplied (Outcome.waiting)
+                    break
         for index, first in copies:
             original = outcomes[first]
             outcomes[index] = (
@@ -171,8 +202,9 @@ class SessionPath:
             async with session.begin_nested():
                 for model, rows in grouped.inserts:
                     await session.execute(insert(self.registry.model(model)), rows)
+                strict = Checks(self.registry.conflict_policies, strict=True)
                 for step in grouped.updates:
-                    await self.apply_step(session, step, {}, False)
+                    await self.apply_step(session, step, {}, False, strict)
                 await self.record(session, [tx for _, tx in todo])
         except Exception as exc:
             if classify_failure(exc) is FailureKind.OUTAGE:
@@ -182,12 +214,37 @@ class SessionPath:
             outcomes[index] = Outcome(tx.transaction_id, applied=True)
         return True
 
-    async def apply_one(self, session: AsyncSession, tx: Transaction) -> Outcome:
-        """Apply one transaction in its own savepoint."""
+    async def apply_one(
+        self, session: AsyncSession, tx: Transaction, *, force: bool = False, release: bool = False
+    ) -> Outcome:
+        """Apply one transaction in its own savepoint; a rejected conflict rolls it back.
+
+        A transaction that depends on one of the site's unresolved conflicts
+        is not tried: it waits with it. ``force`` (an operator's ``--keep
+        mine``) applies without base checks and marks its conflicts resolved.
+        """
+        if not force:
+            waiting = await self.wait_behind(session, tx)
+            if waiting is not None:
+                return waiting
+        checks = Checks(self.registry.conflict_policies, written_at=tx.created_at, force=force)
         try:
             async with session.begin_nested():
-                generated = await self.apply(session, tx)
+                generated = await self.apply(session, tx, checks)
                 await self.record(session, [tx])
+                await insert_rows(session, conflict_rows(self.site, tx, checks.conflicts))
+                if force or release:
+                    done = ConflictOutcome.RESOLVED_MINE if force else ConflictOutcome.RELEASED
+                    await mark_resolved(session, tx.transaction_id, done)
+        except ConflictRejected as rejected:
+            # Outside the savepoint, so that the log row outlives the rollback;
+            # a redelivery of a transaction already logged adds no second row.
+            if release:
+                await mark_resolved(session, tx.transaction_id, ConflictOutcome.RELEASED)
+            if not await unresolved_of(await session.connection(), tx.transaction_id):
+                await insert_rows(session, conflict_rows(self.site, tx, [rejected.conflict]))
+            self.holds.hold(tx)
+            return Outcome(tx.transaction_id, conflicted=True, conflicts=(rejected.conflict,))
         except Exception as exc:
             kind = classify_failure(exc)
             if kind is FailureKind.OUTAGE:
@@ -195,18 +252,50 @@ class SessionPath:
                     exc, f"while applying {tx.transaction_id}"
                 ) from exc
             return failure_outcome(tx, exc, self.registry)
-        return Outcome(tx.transaction_id, applied=True, generated=generated)
+        return Outcome(
+            tx.transaction_id,
+            applied=True,
+            generated=generated,
+            conflicts=tuple(checks.conflicts),
+        )
 
-    async def apply(self, session: AsyncSession, tx: Transaction) -> dict[str, dict[str, Any]]:
+    async def wait_behind(self, session: AsyncSession, tx: Transaction) -> Outcome | None:
+        """``waiting``, logged, when ``tx`` depends on an unresolved conflict of its site."""
+        blocker = self.holds.blocker(tx)
+        if blocker is None:
+            return None
+        conn = await session.connection()
+        found = await unresolved_of(conn, blocker)
+        if not found:
+            self.holds.release(blocker)  # resolved meanwhile (by an operator elsewhere)
+            return await self.wait_behind(session, tx)
+        first = tx.steps[0]
+        conflict = Conflict(
+            step_id=first.step_id,
+            model=first.model,
+            key=dict(first.key or {}),
+            kind=found[0].conflict.kind,
+            base={},
+            mine={},
+            theirs={"waits_for": blocker},
+            policy=found[0].conflict.policy,
+            outcome=ConflictOutcome.WAITING,
+        )
+        if not await unresolved_of(conn, tx.transaction_id):
+            await insert_rows(session, conflict_rows(self.site, tx, [conflict]))
+        self.holds.hold(tx)
+        return Outcome(tx.transaction_id, conflicted=True, conflicts=(conflict,))
+
+    async def apply(
+        self, session: AsyncSession, tx: Transaction, checks: Checks
+    ) -> dict[str, dict[str, Any]]:
         """Apply ``tx``'s steps in order; what the database computed for its creates."""
         wanted = {ref.step for step in tx.steps for ref in step.refs()}
         produced: dict[str, Mapping[str, Any]] = {}
         generated: dict[str, dict[str, Any]] = {}
         for step in tx.steps:
-            computed = (
-                generated_fields(self.registry, step) if step.operation is Operation.CREATE else ()
-            )
-            row = await self.apply_step(session, step, produced, step.step_id in wanted, computed)
+            computed = generated_fields(self.registry, step)
+            row = await self.apply_step(session, step, produced, step.step_id in wanted, checks)
             if row is not None:
                 produced[step.step_id] = row
                 if computed:
@@ -234,43 +323,28 @@ class SessionPath:
         step: Step,
         produced: Mapping[str, Mapping[str, Any]],
         wanted: bool,
-        computed: Sequence[str] = (),
+        checks: Checks | None = None,
     ) -> Mapping[str, Any] | None:
         model = self.registry.model(step.model)
         fields = sorted(self.registry.fields(step.model))
         returning = [getattr(model, name) for name in fields]
         op = step.operation
+        checks = checks or Checks(self.registry.conflict_policies)
         statement: Any
         if op is Operation.CREATE:
-            statement = insert(model).values(**self.resolve(step.data or {}, produced))
-            if not wanted and not computed:
-                await session.execute(statement)
-                return None
-            # What the database computes comes back in the INSERT's own round trip.
-            fields = fields if wanted else list(computed)
-            returning = [getattr(model, name) for name in fields]
-            row = (await session.execute(statement.returning(*returning))).one()
-            return dict(zip(fields, row, strict=True))
+            # The row comes back in the INSERT's own round trip (RETURNING): what
+            # a later step's ref() needs, and what the database computed.
+            data = self.resolve(step.data or {}, produced)
+            created = await checked_create(session, model, step, data, returning, checks)
+            return None if created is None else dict(zip(fields, created, strict=True))
         if op is Operation.UPDATE:
             key = self.resolve(step.key or {}, produced)
-            statement = (
-                sa_update(model)
-                .where(*where(model, key))
-                .values(**self.resolve(step.data or {}, produced))
-                .returning(*returning)
-                .execution_options(synchronize_session=False)
-            )
-            rows = (await session.execute(statement)).all()
-            if not rows:
-                raise RecordNotFoundError(f"step {step.step_id!r}: no {step.model} with {key}")
-            return dict(zip(fields, rows[0], strict=True))
+            data = self.resolve(step.data or {}, produced)
+            row = await checked_update(session, model, step, key, data, returning, checks)
+            return None if row is None else dict(zip(fields, row, strict=True))
         if op is Operation.DELETE:
             key = self.resolve(step.key or {}, produced)
-            statement = (
-                delete(model).where(*where(model, key)).returning(*returning[:1])
-            ).execution_options(synchronize_session=False)
-            if not (await session.execute(statement)).all():
-                raise RecordNotFoundError(f"step {step.step_id!r}: no {step.model} with {key}")
+            await checked_delete(session, model, step, key, checks)
             return None
         records = [self.resolve(r, produced) for r in step.records or []]
         if op is Operation.BULK_CREATE:

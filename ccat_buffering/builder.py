@@ -277,16 +277,27 @@ class TransactionBuilder:
         data: Mapping[str, Any],
         *,
         step_id: str | None = None,
+        expected: Mapping[str, Any] | None = None,
+        expected_version: int | None = None,
     ) -> RecordHandle:
         """Add a step that changes fields of one existing row.
 
         Columns with a Python ``onupdate=`` that ``data`` does not set get it now.
+
+        The step is applied only where the row still holds its base (see
+        :mod:`ccat_buffering.conflicts`): ``expected`` and ``expected_version``
+        state it; without them, a coordinator's ``submit`` takes it from the
+        site's own view of the row.
 
         Args:
             model: The mapped class or its name.
             key: The row's key value, or a mapping of key fields to values.
             data: The fields to change.
             step_id: A name for the step.
+            expected: The values of (some of) the changed fields as the writer
+                saw them.
+            expected_version: The row's ``version_id_col`` value as the writer
+                saw it; the step sets the next one.
 
         Returns:
             A handle on the record.
@@ -300,16 +311,29 @@ class TransactionBuilder:
             key=key_values,
             key_fields=tuple(key_values),
             data=dict(data),
+            expected=None if expected is None else dict(expected),
+            expected_version=expected_version,
         )
         return _handle(step, step.key or {})
 
-    def delete(self, model: ModelLike, key: Any, *, step_id: str | None = None) -> None:
+    def delete(
+        self,
+        model: ModelLike,
+        key: Any,
+        *,
+        step_id: str | None = None,
+        expected: Mapping[str, Any] | None = None,
+        expected_version: int | None = None,
+    ) -> None:
         """Add a step that deletes one row.
 
         Args:
             model: The mapped class or its name.
             key: The row's key value, or a mapping of key fields to values.
             step_id: A name for the step.
+            expected: Values of the row as the writer saw them; the row is
+                deleted only where it still holds them.
+            expected_version: The row's ``version_id_col`` value as the writer saw it.
         """
         described = _describe(model, self.registry)
         key_values = self._key(described, key)
@@ -319,6 +343,8 @@ class TransactionBuilder:
             operation=Operation.DELETE,
             key=key_values,
             key_fields=tuple(key_values),
+            expected=None if expected is None else dict(expected),
+            expected_version=expected_version,
         )
 
     def bulk_create(

@@ -151,6 +151,14 @@ class ModelColumns:
         on = mapper.polymorphic_on
         if isinstance(on, Column) and mapper.polymorphic_identity is not None:
             self.identity = (mapper.get_property_by_column(on).key, mapper.polymorphic_identity)
+        # SQLAlchemy's version_id_col: creates set the first version, updates
+        # check the one they saw and set the next, as the ORM does.
+        self.version: str | None = None
+        self._next_version: Any = None
+        version_column = mapper.version_id_col
+        if isinstance(version_column, Column) and mapper.version_id_generator is not False:
+            self.version = mapper.get_property_by_column(version_column).key
+            self._next_version = mapper.version_id_generator
         table = mapper.local_table
         self._autoincrement = getattr(table, "autoincrement_column", None)
         # Worked out once per class: every step of the model needs them.
@@ -163,7 +171,9 @@ class ModelColumns:
             for which in ("default", "onupdate")
         }
         self._required = [
-            name for name, rule in self.rules.items() if self._is_required(rule.column)
+            name
+            for name, rule in self.rules.items()
+            if self._is_required(rule.column) and name != self.version
         ]
         self._write_time = [rule for rule in self.rules.values() if takes_write_time(rule.column)]
         self._generated = [
@@ -216,6 +226,16 @@ class ModelColumns:
             name: rules[name].read(value) if name in rules else value
             for name, value in record.items()
         }
+
+    def next_version(self, current: Any) -> Any:
+        """The version a write sets over ``current`` (``None`` for a create).
+
+        Raises:
+            TypeError: The model has no ``version_id_col`` the library can bump.
+        """
+        if self.version is None:
+            raise TypeError(f"{self.name} has no version_id_col")
+        return self._next_version(current)
 
     def fill_defaults(self, record: dict[str, Any], which: str, where: str) -> None:
         """Add the Python-side ``default``/``onupdate`` of every column ``record`` lacks."""
@@ -376,11 +396,23 @@ def convert_step(step: Step, columns: ModelColumns, where: str) -> Step:
         changes["key"] = columns.convert(step.key, where)
     if step.data is not None:
         changes["data"] = _record(columns, step.data, which, creating, where)
+        if columns.version is not None:
+            if creating:
+                changes["data"].setdefault(columns.version, columns.next_version(None))
+            elif step.expected_version is not None:
+                changes["data"].setdefault(
+                    columns.version, columns.next_version(step.expected_version)
+                )
+    if step.expected is not None:
+        changes["expected"] = columns.convert(step.expected, f"{where} expected")
     if step.records is not None:
         changes["records"] = [
             _record(columns, record, which, creating, f"{where} record {i}")
             for i, record in enumerate(step.records)
         ]
+        if columns.version is not None and creating:
+            for record in changes["records"]:
+                record.setdefault(columns.version, columns.next_version(None))
     converted = step.model_copy(update=changes)
     _CONVERTED[id(converted)] = converted
     return converted

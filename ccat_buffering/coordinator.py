@@ -19,7 +19,11 @@ from ccat_buffering._sizing import BatchSizer
 from ccat_buffering.backends import open_backend
 from ccat_buffering.buffer_loss import BufferLoss, BufferWatch, watch_buffer
 from ccat_buffering.cache_writes import generated_writes
+from ccat_buffering.conflicts.bases import stamp_write_time, with_bases
+from ccat_buffering.conflicts.kinds import ConflictPolicies
+from ccat_buffering.conflicts.resolve import Keep, Resolution, resolve_conflict
 from ccat_buffering.database import create_engine
+from ccat_buffering.errors import ConflictError
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.health import NO_REPLICA_NOTICE, Health, collect
 from ccat_buffering.logs import SiteLogger
@@ -73,6 +77,25 @@ def transaction_manager(
         cache_ttl=settings.cache_ttl,
         max_payload_bytes=settings.max_payload_bytes,
     )
+
+
+def apply_conflict_settings(settings: BufferingSettings, registry: ModelRegistry) -> None:
+    """Add the settings' conflict policies to the registry's, where code set none.
+
+    Raises:
+        ConfigurationError: An unknown policy, or ``newer_wins`` without a
+            write-time column.
+    """
+    parsed = ConflictPolicies.parse(settings.conflict_policies, settings.conflict_write_time)
+    policies = registry.conflict_policies
+    for model, column in parsed.write_time.items():
+        policies.write_time.setdefault(model, column)
+    for model, policy in parsed.models.items():
+        policies.models.setdefault(model, policy)
+    for column, policy in parsed.columns.items():
+        policies.columns.setdefault(column, policy)
+    if "*" in settings.conflict_policies and policies.default is ConflictPolicies().default:
+        policies.default = parsed.default
 
 
 def replication_tracker(
@@ -174,8 +197,13 @@ class BufferingCoordinator:
         self.registry = registry
         self._owns = owns
         self.manager = transaction_manager(settings, backend, registry)
+        apply_conflict_settings(settings, registry)
         self.executor = TransactionExecutor(
-            engine, registry, ledger=settings.ledger, timeouts=link_timeouts(settings)
+            engine,
+            registry,
+            ledger=settings.ledger,
+            timeouts=link_timeouts(settings),
+            site=settings.site_name,
         )
         self.processor = BackgroundProcessor(
             self.manager,
@@ -286,12 +314,19 @@ class BufferingCoordinator:
             TransactionValidationError: Bad input; nothing was written.
             ExecutionError: At a main site, the database refused it.
         """
+        transaction = await self._with_bases(transaction)
         if self.settings.site_type == "secondary":
             return await self.manager.buffer(transaction)
-        transaction = self.registry.convert(transaction)
         transaction.to_json(self.settings.max_payload_bytes)
         result = await self.executor.execute_batch([transaction])
         outcome = result.outcomes[0]
+        self.manager.found_conflicts(outcome.conflicts)
+        if outcome.conflicted:
+            raise ConflictError(
+                "; ".join(c.describe() for c in outcome.conflicts)
+                + " (see `ccat-buffering conflicts list`)",
+                outcome.conflicts,
+            )
         if outcome.error is not None:
             raise outcome.error
         now = utc_now()
@@ -312,6 +347,41 @@ class BufferingCoordinator:
             if writes:
                 batch.write_cache(transaction.transaction_id, writes, self.manager.cache_ttl)
         return status
+
+    async def _with_bases(self, transaction: Transaction) -> Transaction:
+        """Converted, stamped with its write time, and based on what the site sees now."""
+        if not isinstance(transaction, Transaction):
+            return transaction  # the manager refuses it with the usual message
+        transaction = self.registry.convert(transaction)
+        transaction = stamp_write_time(transaction, self.registry, utc_now())
+        return await with_bases(
+            transaction, lambda model, key: self.reads.get(model, key), self.registry
+        )
+
+    async def resolve_conflict(self, conflict_id: int, keep: Keep) -> Resolution:
+        """Resolve a rejected conflict: apply ``mine`` unchecked, or keep ``theirs`` (drop it).
+
+        The transactions of the same site that waited behind it are then
+        applied in buffer order; this site's statuses follow.
+
+        Args:
+            conflict_id: The conflict log's id.
+            keep: ``mine`` or ``theirs``.
+
+        Returns:
+            What was done.
+
+        Raises:
+            ConflictError: No such unresolved conflict, or mine cannot be applied.
+        """
+        return await resolve_conflict(
+            self.engine,
+            self.registry,
+            conflict_id,
+            keep,
+            statuses=self.backend.status,
+            status_ttl=self.settings.status_ttl,
+        )
 
     async def status(self, transaction_id: str) -> TransactionStatus | None:
         """The status of a transaction, or ``None`` if unknown or expired."""

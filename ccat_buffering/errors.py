@@ -18,6 +18,7 @@ backends translate their client's exceptions at their boundary, so nothing from
     ├── ExecutionError                applying a transaction to the database failed
     │   ├── DatabaseUnavailableError  the database cannot be reached (an outage)
     │   ├── RecordNotFoundError       an update or delete found no row
+    │   ├── ConflictError             a write met another party's write and was rejected
     │   └── UnresolvedReferenceError  a ref() named a value the step did not produce
     ├── LeaseLostError                another processor holds the site's lease
     └── ReplicationError              the replica cannot answer for a commit
@@ -34,6 +35,7 @@ __all__ = [
     "BufferLostError",
     "BufferingError",
     "ConfigurationError",
+    "ConflictError",
     "CorruptEntryError",
     "DatabaseUnavailableError",
     "ExecutionError",
@@ -124,6 +126,21 @@ class DatabaseUnavailableError(ExecutionError):
 
 class RecordNotFoundError(ExecutionError):
     """An update or delete step found no row with the given key."""
+
+
+class ConflictError(ExecutionError):
+    """A write did not find the row it was made against, and its policy rejected it.
+
+    Raised by a ``main`` site's ``submit``; a buffered transaction becomes
+    ``conflicted`` instead. The conflict log holds base, mine and theirs.
+
+    Attributes:
+        conflicts: What was found (:class:`ccat_buffering.conflicts.Conflict`).
+    """
+
+    def __init__(self, message: str, conflicts: tuple[object, ...] = ()) -> None:
+        super().__init__(message)
+        self.conflicts = conflicts
 
 
 class UnresolvedReferenceError(ExecutionError):

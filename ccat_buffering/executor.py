@@ -30,7 +30,9 @@ from ccat_buffering._grouping import plan
 from ccat_buffering._link import LinkTimeouts, watch_engine, watched
 from ccat_buffering._pipelined import PipelinedPath, PreparedBatch, unique
 from ccat_buffering._session_path import CommitRefusedError, SessionPath, failure_outcome
-from ccat_buffering.database import create_ledger, not_the_transactions_fault
+from ccat_buffering.conflicts.checked import ConflictSuspected
+from ccat_buffering.conflicts.log import create_conflict_log
+from ccat_buffering.database import create_ledger, not_the_transactions_fault, sqlstate_of
 from ccat_buffering.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -60,6 +62,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _suspected(outcome: Outcome) -> bool:
+    """Whether the pipeline stopped a transaction at a base check or an existing row."""
+    error = outcome.error
+    return isinstance(error, ConflictSuspected) or (
+        error is not None and sqlstate_of(error) == "23505"
+    )
+
+
 class TransactionExecutor:
     """Applies transactions to the main database through registered mapped classes.
 
@@ -71,6 +81,7 @@ class TransactionExecutor:
         timeouts: The link's limits; a call unanswered for
             ``timeouts.statement`` seconds discards its connection and fails
             as an outage.
+        site: The site whose transactions it applies, for the conflict log.
     """
 
     def __init__(
@@ -80,13 +91,15 @@ class TransactionExecutor:
         *,
         ledger: bool = True,
         timeouts: LinkTimeouts | None = None,
+        site: str = "",
     ) -> None:
         self.engine = engine
+        self.site = site
         self.registry = registry
         self.ledger = ledger
         self.timeouts = timeouts or LinkTimeouts()
         self._prepared: PreparedBatch | None = None
-        self._session = SessionPath(registry, ledger)
+        self._session = SessionPath(registry, ledger, site)
         self._pipelined = PipelinedPath(registry, ledger, engine.dialect)
         watch_engine(engine)
 
@@ -100,8 +113,9 @@ class TransactionExecutor:
         return True
 
     async def create_ledger(self) -> None:
-        """Create the ledger table if it does not exist."""
+        """Create the ledger table and the conflict log if they do not exist."""
         await create_ledger(self.engine)
+        await create_conflict_log(self.engine)
 
     async def is_applied(self, transaction_id: str) -> bool:
         """Whether the ledger holds ``transaction_id``."""
@@ -141,11 +155,16 @@ class TransactionExecutor:
                 batch as a whole failed; nothing of the batch may be assumed
                 applied (the ledger settles it on redelivery).
         """
+        return await self._after_stops(transactions, await self._execute_once(transactions))
+
+    async def _execute_once(self, transactions: Sequence[Transaction]) -> BatchResult:
+        """One database transaction: the batch up to its first stop (see :meth:`execute_batch`)."""
         batch = self._take_prepared(transactions)
-        outcomes, runnable, pipelined = batch.outcomes, batch.runnable, batch.pipelined
+        outcomes, runnable = batch.outcomes, batch.runnable
         if not runnable:
             return BatchResult(outcomes, None)
         try:
+            await self._check_holds(batch)
             lsn = await self._run(batch)
         except CommitRefusedError as refused:
             if len(runnable) == 1:
@@ -175,28 +194,101 @@ class TransactionExecutor:
             raise DatabaseUnavailableError(
                 f"the batch could not be applied ({classify_failure(exc)}): {exc}"
             ) from exc
-        if not pipelined:
-            # (The pipelined path writes the ledger row first: already settled.)
+        if batch.pipelined:
+            # (Its ledger row goes first in each transaction: already settled.)
+            # The pipeline stopped at a write that met another party's row (a
+            # base that moved, a key that exists): the session path tells the
+            # conflict and lets the policy decide it, before anything behind it.
+            stop = next(((i, tx) for i, tx in batch.todo if _suspected(outcomes[i])), None)
+            if stop is not None:
+                lsn = await self._decide_conflicts([stop], outcomes) or lsn
+        else:
             outcomes = await self._settle_failures(outcomes)
-        return await self._after_stop(transactions, outcomes, lsn)
+        return BatchResult(outcomes, lsn)
 
-    async def _after_stop(
-        self, transactions: Sequence[Transaction], outcomes: list[Outcome], lsn: LSN | None
+    async def _after_stops(
+        self, transactions: Sequence[Transaction], result: BatchResult
     ) -> BatchResult:
-        """Apply what waits behind a stop that turned out to hold nothing.
+        """Apply what waits behind a stop that turned out to hold nothing, in order.
 
         A batch stops at its first failure. When that failure was the ledger
-        showing the transaction applied already (another holder's commit),
-        nothing needs to wait for it: the rest is applied now, in order.
+        showing the transaction applied already (another holder's commit), or
+        a conflict its policy decided (applied, or ``conflicted``: out of the
+        queue, a retried failure no more), nothing needs to wait for it: the
+        rest is applied now, in order, as often as that happens in the batch.
         """
-        first = next((i for i, o in enumerate(outcomes) if o.holds or o.waiting), None)
-        if first is None or outcomes[first].holds:
-            return BatchResult(outcomes, lsn)
-        rest = [i for i in range(first, len(outcomes)) if outcomes[i].waiting]
-        result = await self.execute_batch([transactions[i] for i in rest])
-        for i, outcome in zip(rest, result.outcomes, strict=True):
-            outcomes[i] = outcome
-        return BatchResult(outcomes, result.commit_lsn or lsn)
+        outcomes, lsn = list(result.outcomes), result.commit_lsn
+        while True:
+            first = next((i for i, o in enumerate(outcomes) if o.holds or o.waiting), None)
+            if first is None or outcomes[first].holds:
+                return BatchResult(outcomes, lsn)
+            rest = [i for i in range(first, len(outcomes)) if outcomes[i].waiting]
+            again = await self._execute_once([transactions[i] for i in rest])
+            for i, outcome in zip(rest, again.outcomes, strict=True):
+                outcomes[i] = outcome
+            lsn = again.commit_lsn or lsn
+            if outcomes[first].waiting:
+                return BatchResult(outcomes, lsn)  # no progress: it goes back to the head
+
+    async def load_conflicts(self) -> None:
+        """Learn what the site's unresolved conflicts hold (the first batch does it if not done).
+
+        Once per process: later conflicts are learnt as they are found, and a
+        conflict resolved elsewhere is noticed when a transaction would wait on it.
+        """
+        async with self.engine.connect() as conn, watched(conn, self.timeouts.statement):
+            await self._session.holds.load(conn, self.site)
+
+    async def _check_holds(self, batch: PreparedBatch) -> None:
+        """Know the site's unresolved conflicts (once); a dependent takes the session path."""
+        holds = self._session.holds
+        if not holds.loaded:
+            await self.load_conflicts()
+        if batch.pipelined and any(holds.blocker(tx) for _, tx in batch.runnable):
+            batch.pipelined = False
+
+    async def _decide_conflicts(
+        self, suspects: list[tuple[int, Transaction]], outcomes: list[Outcome]
+    ) -> LSN | None:
+        """Apply again, through the session path, what the pipeline's base check stopped.
+
+        Only the transaction the pipeline stopped at, whose write met a moved,
+        missing or existing row, comes here (a round trip per statement, on
+        the rare path); the session path tells the conflict's kind, reads the
+        other party's values and lets the policy decide. What followed it in
+        the batch was not applied and goes next (:meth:`_after_stops`), so
+        buffer order holds.
+        """
+        async with self.engine.connect() as conn, watched(conn, self.timeouts.statement):
+            return await self._session.run(conn, suspects, outcomes)
+
+    async def execute_released(self, transaction: Transaction) -> BatchResult:
+        """Apply a transaction that waited behind a resolved conflict, checked as a drain does.
+
+        Its ``waiting`` log row is marked released in the same database transaction.
+
+        Raises:
+            DatabaseUnavailableError: The database could not be reached.
+        """
+        self.registry.check(transaction)
+        outcomes = [Outcome(transaction.transaction_id)]
+        async with self.engine.connect() as conn, watched(conn, self.timeouts.statement):
+            lsn = await self._session.run(conn, [(0, transaction)], outcomes, release=True)
+        return BatchResult(outcomes, lsn)
+
+    async def execute_unchecked(self, transaction: Transaction) -> BatchResult:
+        """Apply one transaction without its base checks (an operator's ``--keep mine``).
+
+        A ``version_id_col`` is still bumped from the row's current version.
+
+        Raises:
+            DatabaseUnavailableError: The database could not be reached.
+        """
+        self.registry.check(transaction)
+        outcomes = [Outcome(transaction.transaction_id)]
+        async with self.engine.connect() as conn, watched(conn, self.timeouts.statement):
+            lsn = await self._session.run(conn, [(0, transaction)], outcomes, force=True)
+        return BatchResult(outcomes, lsn)
 
     def prepare(self, transactions: Sequence[Transaction]) -> None:
         """Do the work of :meth:`execute_batch` that needs no database, ahead of it.

@@ -121,6 +121,8 @@ class Health(BaseModel):
         processor: The draining processor, as it reports itself.
         replication: What the replica shows.
         warnings: What an operator must look at.
+        conflicts: Transactions of this site waiting for an operator's
+            ``conflicts resolve`` (``conflicted``: rejected, or waiting behind one).
         notices: What an operator should know of the site's set-up; they do
             not make it unhealthy (a site without a replica, for one).
         actions: The latest operators' actions, newest first (see
@@ -139,6 +141,7 @@ class Health(BaseModel):
     processor: ProcessorHealth
     replication: ReplicationHealth
     warnings: list[str]
+    conflicts: int = 0
     notices: list[str] = []
     actions: list[audit_log.AuditEntry] = []
 
@@ -316,6 +319,9 @@ async def collect(
                     f"{len(leaks)} key(s) without a TTL: see `ccat-buffering keys audit`"
                 )
     counts = await backend.status.counts()
+    conflicts = counts.get(TransactionState.CONFLICTED, 0)
+    if conflicts:
+        warnings.append(f"{conflicts} unresolved conflict(s): see `ccat-buffering conflicts list`")
     health = Health(
         site=backend.site,
         site_type=settings.site_type,
@@ -328,6 +334,7 @@ async def collect(
         processor=worker,
         replication=replication,
         warnings=warnings,
+        conflicts=conflicts,
         notices=[NO_REPLICA_NOTICE] if _without_replica(settings) else [],
         actions=await audit_log.list(backend, RECENT_ACTIONS),
     )

@@ -23,6 +23,7 @@ from ccat_buffering._deprecated import forward
 from ccat_buffering._entries import read_claims
 from ccat_buffering.cache_writes import cache_writes as _cache_writes
 from ccat_buffering.cache_writes import generated_writes
+from ccat_buffering.conflicts.kinds import Conflict
 from ccat_buffering.errors import TransactionValidationError
 from ccat_buffering.lsn import LSN
 from ccat_buffering.models import (
@@ -46,7 +47,11 @@ CONFLICT_DELAY = 0.05
 
 
 class Listener(Protocol):
-    """Told of every change of state the manager has made (metrics listen here)."""
+    """Told of every change of state the manager has made (metrics listen here).
+
+    A listener may also have ``conflicts_found(conflicts)``, told of every
+    conflict the site's writes met (decided or rejected).
+    """
 
     def changed(self, statuses: Sequence[TransactionStatus]) -> None:
         """``statuses`` were just stored, each in its new state."""
@@ -136,6 +141,19 @@ class TransactionManager:
         for listener in self.listeners:
             try:
                 listener.changed(statuses)
+            except Exception:  # a listener (metrics) must never stop the work
+                logging.getLogger(__name__).exception("a listener failed")
+
+    def found_conflicts(self, conflicts: Sequence[Conflict]) -> None:
+        """Tell the listeners that have ``conflicts_found`` of conflicts just met."""
+        if not conflicts:
+            return
+        for listener in self.listeners:
+            hook = getattr(listener, "conflicts_found", None)
+            if hook is None:
+                continue
+            try:
+                hook(conflicts)
             except Exception:  # a listener (metrics) must never stop the work
                 logging.getLogger(__name__).exception("a listener failed")
 
@@ -377,6 +395,36 @@ class TransactionManager:
                 statuses.append(status)
             if retry:
                 batch.retry_later(retry, delay)
+        self._tell(statuses)
+        return statuses
+
+    async def conflicted(
+        self, deliveries: Sequence[tuple[Delivery, str]]
+    ) -> list[TransactionStatus]:
+        """Take conflicted transactions out of the queue, ``conflicted``, in one group.
+
+        The queue moves on at once: the main database's conflict log holds each
+        one (with the transaction) until an operator resolves it. Its caches
+        are released, so that the site's reads stop showing a write that did
+        not happen; its status stays (no TTL while it is unresolved).
+
+        Args:
+            deliveries: Each transaction and what it met (base/mine/theirs), in
+                buffer order.
+
+        Returns:
+            Their new statuses.
+        """
+        statuses = []
+        async with self.backend.atomic() as batch:
+            for delivery, reason in deliveries:
+                status = self._advance(
+                    delivery.status, TransactionState.CONFLICTED, last_error=reason
+                )
+                batch.put_status(status, self.status_ttl)
+                batch.ack(delivery.claim.receipt)
+                statuses.append(status)
+            batch.release_cache([d.transaction_id for d, _ in deliveries])
         self._tell(statuses)
         return statuses
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from ccat_buffering.conflicts.kinds import Conflict
 from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.models import TransactionState, TransactionStatus
 
@@ -61,6 +62,12 @@ class SiteMetrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
+        self.conflicts = Counter(
+            "ccat_buffering_conflicts",
+            "Conflicts the site's writes met, by model, kind and outcome.",
+            ["site", "model", "kind", "outcome"],
+            registry=self.registry,
+        )
         self.to_visible = Histogram(
             "ccat_buffering_time_to_visible_seconds",
             "Seconds from buffered to visible on the site's replica.",
@@ -82,6 +89,13 @@ class SiteMetrics:
             if status.state is TransactionState.REPLICATED and status.replicated_at:
                 seconds = (status.replicated_at - status.created_at).total_seconds()
                 self.to_visible.labels(self._name).observe(max(seconds, 0.0))
+
+    def conflicts_found(self, conflicts: Sequence[Conflict]) -> None:
+        """Count each conflict (``conflicts_total{site,model,kind,outcome}``)."""
+        for conflict in conflicts:
+            self.conflicts.labels(
+                self._name, conflict.model, str(conflict.kind), str(conflict.outcome)
+            ).inc()
 
     async def refresh(self) -> None:
         """Read the gauges from the stores and the tracker."""

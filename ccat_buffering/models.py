@@ -49,8 +49,15 @@ __all__ = [
     "utc_now",
 ]
 
-FORMAT_VERSION = 1
-"""Format of a serialised transaction. Raise it only with a loader for the old one."""
+FORMAT_VERSION = 2
+"""Newest format of a serialised transaction this release reads.
+
+Format 1 has no bases; format 2 adds a step's ``expected`` and
+``expected_version`` (see :mod:`ccat_buffering.conflicts`). A transaction
+without a base is still written as format 1, so that the buffer stays readable
+by a release that knows only format 1; one with a base is written as format 2,
+which such a release refuses instead of applying it without its check.
+"""
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 
@@ -132,6 +139,13 @@ class Step(BaseModel):
 
     ``key_fields`` names the primary-key fields of the model, which identify
     the records that a ``create`` or bulk step writes in the caches.
+
+    An ``update`` or ``delete`` may carry the *base* it was made against:
+    ``expected``, the values of the fields it changes (of the row, for a
+    delete) as the writer saw them, and ``expected_version``, the row's
+    version where the model has a SQLAlchemy ``version_id_col``. The main
+    database applies the step only where the row still holds that base (see
+    :mod:`ccat_buffering.conflicts`); a step with neither is applied as it is.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -143,6 +157,13 @@ class Step(BaseModel):
     key: Record | None = None
     records: list[Record] | None = None
     key_fields: tuple[Identifier, ...] = ("id",)
+    expected: Record | None = None
+    expected_version: int | None = None
+
+    @property
+    def has_base(self) -> bool:
+        """Whether the step carries a base (``expected`` or ``expected_version``)."""
+        return self.expected is not None or self.expected_version is not None
 
     @field_validator("operation", mode="before")
     @classmethod
@@ -152,7 +173,7 @@ class Step(BaseModel):
             raise ValueError(f"unknown operation {value!r}: use one of {known}")
         return value
 
-    @field_validator("data", "key", mode="before")
+    @field_validator("data", "key", "expected", mode="before")
     @classmethod
     def _decode_mapping(cls, value: Any, info: ValidationInfo) -> Any:
         if value is not None and info.context and info.context.get("wire"):
@@ -166,7 +187,7 @@ class Step(BaseModel):
             return [_decode_record(item) for item in value]
         return value
 
-    @field_validator("data", "key")
+    @field_validator("data", "key", "expected")
     @classmethod
     def _names(cls, value: Record | None) -> Record | None:
         if value is not None:
@@ -197,6 +218,11 @@ class Step(BaseModel):
                 raise ValueError(f"{_article(self.operation)} step takes no '{name}'")
         if self.key is not None and not self.key:
             raise ValueError("'key' names no field")
+        if self.has_base and self.operation not in (Operation.UPDATE, Operation.DELETE):
+            raise ValueError(
+                f"{_article(self.operation)} step takes no base (expected, expected_version): "
+                "only an update or a delete is made against one"
+            )
         if self.records is not None and not self.records:
             raise ValueError(f"{_article(self.operation)} step needs at least one record")
         if self.operation is Operation.BULK_UPDATE:
@@ -206,7 +232,7 @@ class Step(BaseModel):
                     raise ValueError(f"records[{i}] lacks its key field(s) {missing}")
         return self
 
-    @field_serializer("data", "key")
+    @field_serializer("data", "key", "expected")
     def _encode_mapping(self, value: Record | None) -> dict[str, Any] | None:
         return None if value is None else _encode_record(value, f"{self.step_id}")
 
@@ -249,13 +275,22 @@ class Transaction(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    format_version: int = FORMAT_VERSION
+    format_version: int = 1
     transaction_id: Annotated[str, AfterValidator(_canonical_uuid)] = Field(
         default_factory=_new_transaction_id
     )
     endpoint: Identifier
     steps: list[Step] = Field(min_length=1)
     created_at: UTCDatetime = Field(default_factory=utc_now)
+
+    @field_serializer("format_version")
+    def _written_format(self, value: int) -> int:
+        # The oldest format that holds what the steps carry (see FORMAT_VERSION).
+        return max(value, self.needed_format())
+
+    def needed_format(self) -> int:
+        """The oldest format that holds this transaction (2 once a step carries a base)."""
+        return 2 if any(step.has_base for step in self.steps) else 1
 
     @field_validator("format_version")
     @classmethod
@@ -271,6 +306,9 @@ class Transaction(BaseModel):
 
     @model_validator(mode="after")
     def _steps_are_consistent(self) -> Self:
+        if self.format_version < self.needed_format():
+            # Frozen: set once here, while the model is being made.
+            object.__setattr__(self, "format_version", self.needed_format())
         seen: dict[str, Step] = {}
         for index, step in enumerate(self.steps):
             if step.step_id in seen:
@@ -338,7 +376,12 @@ class Transaction(BaseModel):
             return isinstance(value, list | tuple) and any(bad(v) for v in value)
 
         for step in self.steps:
-            for record in [step.data or {}, step.key or {}, *(step.records or [])]:
+            for record in [
+                step.data or {},
+                step.key or {},
+                step.expected or {},
+                *(step.records or []),
+            ]:
                 for name, value in record.items():
                     if bad(value):
                         return f"{step.step_id}.{name}"

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ccat_buffering.conflicts.kinds import Conflict
 from ccat_buffering.lsn import LSN
 from ccat_buffering.retry import FailureKind
 
@@ -16,10 +17,13 @@ __all__ = ["BatchResult", "Outcome"]
 class Outcome:
     """What became of one transaction in a batch.
 
-    An outcome with neither ``applied``, ``already_applied`` nor ``error`` is
-    :attr:`waiting`: the transaction was not applied because one before it
-    in the batch failed and holds the queue (see
-    :attr:`~ccat_buffering.retry.FailureKind.holds_the_queue`).
+    An outcome with neither ``applied``, ``already_applied``, ``error`` nor
+    ``conflicted`` is :attr:`waiting`: the transaction was not applied because
+    one before it in the batch failed and holds the queue (see
+    :attr:`~ccat_buffering.retry.FailureKind.holds_the_queue`). A conflicted
+    one is not waiting and holds nothing: it left the queue for the conflict
+    log, and what follows it goes on (unless it depends on it, see
+    :mod:`ccat_buffering.conflicts.holds`).
 
     Attributes:
         transaction_id: The transaction.
@@ -30,6 +34,9 @@ class Outcome:
         generated: What the database computed for the transaction's creates
             (identity keys, server defaults), by step id then field, read back
             by ``RETURNING`` in the statement that inserted the row.
+        conflicted: A conflict was rejected: nothing of it was applied, and
+            it waits for an operator (the conflict log holds it).
+        conflicts: The conflicts it met, decided or rejected.
     """
 
     transaction_id: str
@@ -38,6 +45,8 @@ class Outcome:
     error: BaseException | None = None
     kind: FailureKind | None = None
     generated: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    conflicted: bool = False
+    conflicts: tuple[Conflict, ...] = ()
 
     @property
     def done(self) -> bool:
@@ -47,7 +56,7 @@ class Outcome:
     @property
     def waiting(self) -> bool:
         """Whether it was left unapplied behind an earlier failure, to go back in order."""
-        return not self.done and self.error is None
+        return not self.done and self.error is None and not self.conflicted
 
     @property
     def holds(self) -> bool:

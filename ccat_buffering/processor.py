@@ -326,6 +326,7 @@ class BackgroundProcessor(BatchCycle):
             processed=self.counters.processed,
             retried=self.counters.retried,
             conflicts=self.counters.conflicts,
+            conflicted=self.counters.conflicted,
             dead_lettered=self.counters.dead_lettered + self.manager.unreadable,
             outages=self.counters.outages,
             **BufferCounts.of(stats),

@@ -32,6 +32,8 @@ class ProcessorHealth(BufferCounts):
         processed: Transactions committed (or found applied) by this processor.
         retried: Failed attempts sent back to retry (data errors).
         conflicts: Serialization failures and deadlocks, retried at once.
+        conflicted: Transactions taken out of the queue as ``conflicted``
+            (a write conflict rejected, or a wait behind one).
         dead_lettered: Transactions it dead-lettered.
         outages: Batches returned to the queue because the database was down.
     """
@@ -44,6 +46,7 @@ class ProcessorHealth(BufferCounts):
     processed: int = 0
     retried: int = 0
     conflicts: int = 0
+    conflicted: int = 0
     dead_lettered: int = 0
     outages: int = 0
 
@@ -55,5 +58,6 @@ class Counters:
     processed: int = 0
     retried: int = 0
     conflicts: int = 0
+    conflicted: int = 0
     dead_lettered: int = 0
     outages: int = 0

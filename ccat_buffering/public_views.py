@@ -32,6 +32,7 @@ _WARNING_KINDS = (
     ("the lease is held by a worker that is gone", "lease held by a worker that is gone"),
     ("no processor holds the lease", "no processor holds the lease"),
     ("transaction(s) in the dead-letter queue", "dead letters"),
+    ("unresolved conflict(s)", "unresolved conflicts"),
     ("replication lagging", "replication lagging"),
     ("replica is not replaying", "replica not replaying WAL"),
     ("replica unreachable", "replica unreachable"),
@@ -117,6 +118,7 @@ def public_health(health: Health) -> dict[str, Any]:
             "oldest_waiting_seconds": buffer.oldest_waiting_seconds,
         },
         "states": health.states,
+        "conflicts": health.conflicts,
         "processor": {"state": str(health.processor.state)},
         "replication": {
             "pending": health.replication.pending,

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import inspect
 from sqlalchemy.orm import DeclarativeBase, Mapper
 
+from ccat_buffering.conflicts.kinds import ConflictPolicies
 from ccat_buffering.errors import ConfigurationError, UnknownColumnError, UnknownModelError
 from ccat_buffering.models import Step, Transaction, check_identifier
 
@@ -30,6 +31,8 @@ class ModelRegistry:
         self._mappers: dict[str, Mapper[Any]] = {}
         self._fields: dict[str, frozenset[str]] = {}
         self._key_fields: dict[str, tuple[str, ...]] = {}
+        self.conflict_policies = ConflictPolicies()
+        """How conflicts of each model and column are decided (``reject`` unless set)."""
         for model in models:
             self.register(model)
 
@@ -154,7 +157,12 @@ class ModelRegistry:
         """
         known = self.fields(step.model)
         names: set[str] = set()
-        for record in [step.data or {}, step.key or {}, *(step.records or [])]:
+        for record in [
+            step.data or {},
+            step.key or {},
+            step.expected or {},
+            *(step.records or []),
+        ]:
             names.update(record)
         names.update(step.key_fields)
         if step.key is not None and set(step.key) != set(self.key_fields(step.model)):

@@ -132,6 +132,12 @@ class BufferingSettings(BaseSettings):
             it counts as unavailable.
         read_allow_partial: When the site's database cannot be read, reads
             answer from the buffer alone, marked partial, instead of raising.
+        conflict_policies: How conflicts are decided, by ``"Model"`` or
+            ``"Model.column"`` (``"*"`` for every model): ``reject`` (the
+            default), ``overwrite``, ``newer_wins`` or ``merge``; a JSON object
+            in the environment. Policies set in code on the registry come first.
+        conflict_write_time: The write-time column of each ``newer_wins``
+            model (``{"Observation": "written_at"}``); the library fills it.
     """
 
     model_config = SettingsConfigDict(
@@ -197,6 +203,10 @@ class BufferingSettings(BaseSettings):
     # Reads (issue #13): reads never hang on the site's database.
     read_timeout: float = Field(5.0, gt=0)
     read_allow_partial: bool = False
+
+    # Several writers (issue #19): how conflicts are decided.
+    conflict_policies: dict[str, str] = {}
+    conflict_write_time: dict[str, str] = {}
 
     @classmethod
     def settings_customise_sources(

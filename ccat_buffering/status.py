@@ -34,6 +34,9 @@ class TransactionState(enum.StrEnum):
     COMMITTED = "committed"
     REPLICATED = "replicated"
     FAILED = "failed"
+    CONFLICTED = "conflicted"
+    """A conflict its policy rejected (or a wait behind one): not applied, out of
+    the queue, waiting for an operator's ``conflicts resolve``; never retried."""
 
     @property
     def is_terminal(self) -> bool:

@@ -9,7 +9,7 @@ import typer
 
 from ccat_buffering.cli import _common as common
 
-__all__ = ["app", "db_app", "dlq_app", "keys_app"]
+__all__ = ["app", "conflicts_app", "db_app", "dlq_app", "keys_app"]
 
 # Plain click help (rich_markup_mode=None): flags show as flags (``--json``, not
 # ``--json <bool>``), and the help reads the same in a pipe as on a terminal.
@@ -27,9 +27,15 @@ dlq_app = typer.Typer(
     help="Dead letters: list, show, replay, purge.", no_args_is_help=True, rich_markup_mode=None
 )
 keys_app = typer.Typer(help="The backend's keys.", no_args_is_help=True, rich_markup_mode=None)
+conflicts_app = typer.Typer(
+    help="Conflicts between writers: list, show, resolve.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 app.add_typer(db_app, name="db")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(keys_app, name="keys")
+app.add_typer(conflicts_app, name="conflicts")
 
 
 def _version(value: bool) -> None:

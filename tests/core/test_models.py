@@ -388,9 +388,29 @@ def test_newer_format_version_is_refused_with_upgrade_advice() -> None:
 
 def test_current_format_version_is_written_and_read() -> None:
     tx = _tx(_create())
-    assert tx.format_version == FORMAT_VERSION == 1
-    assert json.loads(tx.to_json())["format_version"] == FORMAT_VERSION
+    # Without a base a transaction stays format 1, readable by older releases.
+    assert tx.format_version == 1 and FORMAT_VERSION == 2
+    assert json.loads(tx.to_json())["format_version"] == 1
     assert Transaction.from_json(_wire(_create(), format_version=1)).format_version == 1
+
+
+def test_a_step_with_a_base_is_written_as_format_2_and_read_back() -> None:
+    step = {
+        "step_id": "s0",
+        "operation": "update",
+        "model": "M",
+        "key": {"id": 1},
+        "data": {"n": 2},
+        "expected": {"n": 1},
+        "expected_version": 4,
+    }
+    tx = _tx(step)
+    assert tx.format_version == 2
+    back = Transaction.from_json(tx.to_json())
+    assert back == tx
+    assert back.steps[0].expected == {"n": 1} and back.steps[0].expected_version == 4
+    with pytest.raises(TransactionValidationError, match="create step takes no base"):
+        _tx({"step_id": "s0", "operation": "create", "model": "M", "data": {}, "expected": {}})
 
 
 def test_transaction_id_must_be_a_uuid_and_is_canonical() -> None:
@@ -682,6 +702,7 @@ def test_naive_status_timestamps_are_refused(name: str) -> None:
         (TransactionState.COMMITTED, False),
         (TransactionState.REPLICATED, True),
         (TransactionState.FAILED, True),
+        (TransactionState.CONFLICTED, False),
     ],
 )
 def test_is_terminal(state: TransactionState, terminal: bool) -> None:
@@ -696,6 +717,7 @@ def test_every_state_is_classified() -> None:
         "committed",
         "replicated",
         "failed",
+        "conflicted",
     }
     assert {s for s in TransactionState if s.is_terminal} == {
         TransactionState.REPLICATED,

@@ -213,3 +213,49 @@ async def test_a_row_locked_by_a_stalled_session_holds_what_follows(site: Site) 
         assert await _commit_order(site) == [first.transaction_id, *(t.transaction_id for t in txs)]
     finally:
         await engine.dispose()
+
+
+async def test_a_conflicted_transaction_leaves_the_batch_without_holding_it(site: Site) -> None:
+    """A conflict is not a retried failure: the prefix goes on past it, up to a real failure."""
+    first, held = observation(0)
+    await site.manager.buffer(first)
+    assert await site.processor.run_once() == 1
+    await _sql(site, f"UPDATE executed_obs_unit SET status = 'theirs' WHERE id = '{held}'")
+    stale = TransactionBuilder("finish")
+    stale.update(ExecutedObsUnit, {"id": held}, {"status": "mine"}, expected={"status": "running"})
+    txs = [
+        *(observation(i)[0] for i in range(1, 5)),
+        stale.build(),
+        *(observation(i)[0] for i in range(5, 10)),
+    ]
+    victim = txs[7]  # obs_unit_id 7
+    await _sql(
+        site, "ALTER TABLE executed_obs_unit ADD CONSTRAINT refuse_7 CHECK (obs_unit_id <> 7)"
+    )
+    await site.manager.buffer_many(txs)
+    site.processor.batch_size = len(txs)
+
+    # Applied: 1-4 and 5-6, past the conflicted one; 7 fails and holds 8-9.
+    assert await site.processor.run_once() == 6
+    ids = [t.transaction_id for t in txs]
+    assert await _commit_order(site) == [first.transaction_id, *ids[:4], *ids[5:7]]
+    conflicted = await site.manager.status(ids[4])
+    assert conflicted is not None and conflicted.state is TransactionState.CONFLICTED
+    assert conflicted.last_error is not None and "update_origin_differs" in conflicted.last_error
+    failed = await site.manager.status(victim.transaction_id)
+    assert failed is not None and failed.state is TransactionState.RETRYING
+    for later in ids[8:]:
+        status = await site.manager.status(later)
+        assert status is not None and status.state is TransactionState.BUFFERED
+
+    await _sql(site, "ALTER TABLE executed_obs_unit DROP CONSTRAINT refuse_7")
+    await _drain(site)
+    assert await _commit_order(site) == [first.transaction_id, *ids[:4], *ids[5:]]
+    conflicted = await site.manager.status(ids[4])
+    assert conflicted is not None and conflicted.state is TransactionState.CONFLICTED
+    async with site.engine.connect() as conn:
+        status = (
+            await conn.execute(text(f"SELECT status FROM executed_obs_unit WHERE id = '{held}'"))
+        ).scalar()
+    assert status == "theirs"  # never silently overwritten
+    assert (await site.backend.buffer.stats()).dead_letters == 0

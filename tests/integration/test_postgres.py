@@ -117,7 +117,9 @@ async def test_errors_are_classified_from_postgres(site: Site) -> None:
     second, _ = observation(2, name="same-name")
     result = await site.executor.execute_batch([first, second])
     assert result.outcomes[0].applied
-    assert result.outcomes[1].kind is FailureKind.DATA  # unique violation
+    # A unique violation on a create is a conflict (insert_exists), not bad data.
+    assert result.outcomes[1].conflicted
+    assert result.outcomes[1].conflicts[0].kind == "insert_exists"
     async with site.engine.begin() as conn:
         await conn.execute(
             text(

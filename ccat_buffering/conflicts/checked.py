@@ -1,0 +1,431 @@
+"""Checked writes on the session path: compare-and-set, then find and decide a conflict.
+
+The common case costs what an unchecked write costs: one statement whose
+WHERE holds the base. Only when it matches no row is the row read (locked,
+``FOR UPDATE``) to tell which conflict it is and what the other party wrote,
+and the policy decides what is still written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy import update as sa_update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ccat_buffering.columns import columns_of
+from ccat_buffering.conflicts.decide import decide_row, newer
+from ccat_buffering.conflicts.kinds import (
+    Conflict,
+    ConflictKind,
+    ConflictOutcome,
+    ConflictPolicies,
+    ConflictPolicy,
+)
+from ccat_buffering.conflicts.statements import base_clauses, equals
+from ccat_buffering.models import Step
+
+__all__ = [
+    "Checks",
+    "ConflictRejected",
+    "ConflictSuspected",
+    "checked_create",
+    "checked_delete",
+    "checked_update",
+]
+
+
+class ConflictRejected(Exception):
+    """A step's conflict was rejected: its transaction rolls back to its savepoint."""
+
+    def __init__(self, conflict: Conflict) -> None:
+        super().__init__(conflict.describe())
+        self.conflict = conflict
+
+
+class ConflictSuspected(Exception):
+    """A checked write matched no row where conflicts are not decided (a grouped batch)."""
+
+
+@dataclass
+class Checks:
+    """How one transaction's writes are checked, and the conflicts they met.
+
+    Attributes:
+        policies: The policies.
+        written_at: When the transaction was made (a delete's write time).
+        strict: Raise :class:`ConflictSuspected` at the first mismatch (a
+            grouped batch falls back to one by one, where conflicts are decided).
+        force: Write without the base check (an operator's ``--keep mine``).
+        conflicts: What the transaction met, in step order.
+    """
+
+    policies: ConflictPolicies
+    written_at: dt.datetime | None = None
+    strict: bool = False
+    force: bool = False
+    conflicts: list[Conflict] = field(default_factory=list)
+
+
+def _where(model: type[Any], key: Mapping[str, Any]) -> list[Any]:
+    return [getattr(model, name) == value for name, value in key.items()]
+
+
+async def _current(
+    session: AsyncSession, model: type[Any], where: Sequence[Any]
+) -> dict[str, Any] | None:
+    columns = columns_of(model)
+    names = list(columns.rules)
+    query = select(*(getattr(model, n) for n in names)).where(*where)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    rows = (await session.execute(query)).all()
+    return dict(zip(names, rows[0], strict=True)) if rows else None
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except TypeError:
+        return False
+
+
+def _settle(checks: Checks, conflict: Conflict) -> None:
+    checks.conflicts.append(conflict)
+    if conflict.outcome is ConflictOutcome.REJECTED:
+        raise ConflictRejected(conflict)
+
+
+async def checked_update(
+    session: AsyncSession,
+    model: type[Any],
+    step: Step,
+    key: Mapping[str, Any],
+    data: Mapping[str, Any],
+    returning: Sequence[Any],
+    checks: Checks,
+) -> Sequence[Any] | None:
+    """Update one row where it still holds the step's base; decide a conflict if not.
+
+    Returns:
+        The written row's ``returning`` values, or ``None`` when nothing was written.
+
+    Raises:
+        ConflictRejected: The policy rejected the conflict.
+        ConflictSuspected: ``checks.strict`` and the row did not match.
+    """
+    dialect = session.get_bind().dialect.name
+    name = step.model
+    columns = columns_of(model)
+    version = columns.version
+    values = dict(data)
+    clauses = [] if checks.force else base_clauses(model, step, dialect)
+    if checks.force and version is not None:
+        values[version] = getattr(model, version) + 1
+    statement = (
+        sa_update(model)
+        .where(*_where(model, key), *clauses)
+        .values(**values)
+        .returning(*returning)
+        .execution_options(synchronize_session=False)
+    )
+    rows = (await session.execute(statement)).all()
+    if rows:
+        return rows[0]
+    if checks.strict:
+        raise ConflictSuspected(step.step_id)
+    theirs = await _current(session, model, _where(model, key))
+    base = dict(step.expected or {})
+    if version is not None and step.expected_version is not None:
+        base[version] = step.expected_version
+    if theirs is None:
+        policy = checks.policies.of_model(name)
+        outcome = (
+            ConflictOutcome.REJECTED
+            if policy is ConflictPolicy.REJECT
+            else ConflictOutcome.KEPT_THEIRS
+        )
+        _settle(
+            checks,
+            Conflict(
+                step.step_id,
+                name,
+                dict(key),
+                ConflictKind.UPDATE_MISSING,
+                base,
+                dict(data),
+                {},
+                policy,
+                outcome,
+            ),
+        )
+        return None
+    changed = [f for f in data if f != version]
+    moved_version = (
+        version is not None
+        and step.expected_version is not None
+        and theirs[version] != step.expected_version
+    )
+    if moved_version:
+        conflicting = [f for f in changed if f != checks.policies.write_time_of(name)]
+    else:
+        conflicting = [f for f in changed if f in base and not _same(theirs.get(f), base[f])]
+    shown = {f: theirs.get(f) for f in [*changed, *([version] if version else [])]}
+    mine = dict(data)
+    decision = decide_row(
+        model, name, checks.policies, conflicting, base, {f: data[f] for f in changed}, theirs
+    )
+    if version is not None:
+        mine_version = data.get(version)
+        if decision.write:
+            decision.write[version] = columns.next_version(theirs[version])
+        mine = {**mine, version: mine_version}
+    _settle(
+        checks,
+        Conflict(
+            step.step_id,
+            name,
+            dict(key),
+            ConflictKind.UPDATE_ORIGIN_DIFFERS,
+            base,
+            mine,
+            shown,
+            decision.policy,
+            decision.outcome,
+        ),
+    )
+    if not decision.write:
+        return None
+    # The row is locked (FOR UPDATE) or the database has one writer (SQLite): it
+    # still holds what was read.
+    statement = (
+        sa_update(model)
+        .where(*_where(model, key))
+        .values(**decision.write)
+        .returning(*returning)
+        .execution_options(synchronize_session=False)
+    )
+    rows = (await session.execute(statement)).all()
+    return rows[0] if rows else None
+
+
+async def checked_delete(
+    session: AsyncSession,
+    model: type[Any],
+    step: Step,
+    key: Mapping[str, Any],
+    checks: Checks,
+) -> None:
+    """Delete one row where it still holds the step's base; decide a conflict if not.
+
+    Raises:
+        ConflictRejected: The policy rejected the conflict.
+        ConflictSuspected: ``checks.strict`` and the row did not match.
+    """
+    dialect = session.get_bind().dialect.name
+    name = step.model
+    clauses = [] if checks.force else base_clauses(model, step, dialect)
+    first = getattr(model, next(iter(key)))
+    statement = (
+        delete(model).where(*_where(model, key), *clauses).returning(first)
+    ).execution_options(synchronize_session=False)
+    if (await session.execute(statement)).all():
+        return
+    if checks.strict:
+        raise ConflictSuspected(step.step_id)
+    theirs = await _current(session, model, _where(model, key))
+    base = dict(step.expected or {})
+    version = columns_of(model).version
+    if version is not None and step.expected_version is not None:
+        base[version] = step.expected_version
+    policy = checks.policies.of_model(name)
+    if theirs is None:
+        outcome = (
+            ConflictOutcome.REJECTED
+            if policy is ConflictPolicy.REJECT
+            else ConflictOutcome.KEPT_THEIRS
+        )
+        _settle(
+            checks,
+            Conflict(
+                step.step_id,
+                name,
+                dict(key),
+                ConflictKind.DELETE_MISSING,
+                base,
+                {},
+                {},
+                policy,
+                outcome,
+            ),
+        )
+        return
+    clock = checks.policies.write_time_of(name)
+    wins = policy is ConflictPolicy.OVERWRITE or (
+        policy is ConflictPolicy.NEWER_WINS
+        and clock is not None
+        and newer(checks.written_at, theirs.get(clock))
+    )
+    if policy is ConflictPolicy.NEWER_WINS and clock is not None and not wins:
+        outcome = ConflictOutcome.KEPT_THEIRS
+    elif wins:
+        outcome = ConflictOutcome.APPLIED
+    else:
+        outcome = ConflictOutcome.REJECTED
+    shown = {f: theirs.get(f) for f in (base or theirs)}
+    _settle(
+        checks,
+        Conflict(
+            step.step_id,
+            name,
+            dict(key),
+            ConflictKind.DELETE_ORIGIN_DIFFERS,
+            base,
+            {},
+            shown,
+            policy,
+            outcome,
+        ),
+    )
+    if wins:
+        await session.execute(
+            delete(model).where(*_where(model, key)).execution_options(synchronize_session=False)
+        )
+
+
+def _candidate_keys(model: type[Any], data: Mapping[str, Any]) -> list[list[str]]:
+    """Column sets that identify a row: the primary key, then each unique constraint."""
+    columns = columns_of(model)
+    by_column = {rule.column.name: name for name, rule in columns.rules.items()}
+    table = model.__table__
+    found = [list(columns.key_fields)]
+    for constraint in table.constraints:
+        if (
+            getattr(constraint, "columns", None) is not None
+            and constraint.__class__.__name__ == "UniqueConstraint"
+        ):
+            found.append([by_column.get(c.name, c.name) for c in constraint.columns])
+    for index in table.indexes:
+        if index.unique:
+            found.append([by_column.get(c.name, c.name) for c in index.columns])
+    for column in table.columns:
+        if column.unique:
+            found.append([by_column.get(column.name, column.name)])
+    return [names for names in found if names and all(n in data for n in names)]
+
+
+async def checked_create(
+    session: AsyncSession,
+    model: type[Any],
+    step: Step,
+    data: Mapping[str, Any],
+    returning: Sequence[Any],
+    checks: Checks,
+) -> Sequence[Any] | None:
+    """Insert one row; where its key or unique columns exist already, decide the conflict.
+
+    ``INSERT ... ON CONFLICT DO NOTHING``: no savepoint, and a row that exists
+    is found by the empty RETURNING. An existing row equal to the create is
+    left as it is (``skip_if_equal``).
+
+    Returns:
+        The ``returning`` values of the row written (or found equal).
+
+    Raises:
+        ConflictRejected: The policy rejected the conflict.
+    """
+    dialect = session.get_bind().dialect.name
+    module = postgresql if dialect == "postgresql" else sqlite
+    statement = module.insert(model).values(**data).on_conflict_do_nothing().returning(*returning)
+    if dialect not in ("postgresql", "sqlite"):
+        statement = insert(model).values(**data).returning(*returning)
+    rows = (await session.execute(statement)).all()
+    if rows:
+        return rows[0]
+    if checks.strict:
+        raise ConflictSuspected(step.step_id)
+    theirs = None
+    key: dict[str, Any] = {}
+    for names in _candidate_keys(model, data):
+        key = {n: data[n] for n in names}
+        theirs = await _current(session, model, [equals(model, n, data[n], dialect) for n in names])
+        if theirs is not None:
+            break
+    name = step.model
+    if theirs is None:  # an exclusion or partial constraint: nothing to compare with
+        policy = ConflictPolicy.REJECT
+        _settle(
+            checks,
+            Conflict(
+                step.step_id,
+                name,
+                key,
+                ConflictKind.INSERT_EXISTS,
+                {},
+                dict(data),
+                {},
+                policy,
+                ConflictOutcome.REJECTED,
+            ),
+        )
+        return None
+    differing = [f for f in data if not _same(theirs.get(f), data[f])]
+    shown = {f: theirs.get(f) for f in data}
+    where = [getattr(model, n) == theirs[n] for n in columns_of(model).key_fields]
+    if not differing:
+        policy = checks.policies.of_model(name)
+        _settle(
+            checks,
+            Conflict(
+                step.step_id,
+                name,
+                key,
+                ConflictKind.INSERT_EXISTS,
+                {},
+                dict(data),
+                shown,
+                policy,
+                ConflictOutcome.SKIPPED_EQUAL,
+            ),
+        )
+    else:
+        key_fields = set(columns_of(model).key_fields)
+        decision = decide_row(
+            model,
+            name,
+            checks.policies,
+            [f for f in differing if f not in key_fields],
+            {},
+            {f: v for f, v in data.items() if f not in key_fields},
+            theirs,
+        )
+        if any(f in key_fields for f in differing):
+            decision.outcome, decision.write = ConflictOutcome.REJECTED, {}
+        _settle(
+            checks,
+            Conflict(
+                step.step_id,
+                name,
+                key,
+                ConflictKind.INSERT_EXISTS,
+                {},
+                dict(data),
+                shown,
+                decision.policy,
+                decision.outcome,
+            ),
+        )
+        if decision.write:
+            await session.execute(
+                sa_update(model)
+                .where(*where)
+                .values(**decision.write)
+                .execution_options(synchronize_session=False)
+            )
+    rows = (await session.execute(select(*returning).where(*where))).all()
+    return rows[0] if rows else None
