@@ -64,6 +64,9 @@ REQUIRED = {
         "dlq purge",
         "keys audit",
         "worker",
+        "conflicts list",
+        "conflicts show",
+        "conflicts resolve",
     },
     "quickstart.rst": {"db init", "worker", "status"},
     "README.md": {"db init", "worker", "status", "inspect", "dlq list", "dlq replay", "keys audit"},
@@ -213,13 +216,15 @@ def _argv(line: str, site: PreparedSite) -> list[str]:
             argv.append(site.letters[0])
         elif placeholder.group(1) == "transaction-id":
             argv.append(site.in_flight)
+        elif placeholder.group(1) == "conflict-id":
+            argv.append("1")  # the prepared site has none: show and resolve say so (exit 1)
         else:
             pytest.fail(f"the test does not know the placeholder {word} in {line!r}")
     return argv
 
 
 def _subcommand(argv: list[str]) -> str:
-    return " ".join(argv[:2]) if argv[0] in ("dlq", "keys", "db") else argv[0]
+    return " ".join(argv[:2]) if argv[0] in ("dlq", "keys", "db", "conflicts") else argv[0]
 
 
 def _runs_forever(argv: list[str]) -> bool:
