@@ -30,21 +30,22 @@ import gc
 import multiprocessing
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 from drain_bench import POSTGRES_URL, _backend, close_backend, transactions
-from sqlalchemy import text
+from sqlalchemy import insert, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from ccat_buffering._heap import settle_heap
+from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.coordinator import batch_sizer, link_timeouts
 from ccat_buffering.database import LEDGER_TABLE_NAME, create_engine
 from ccat_buffering.demo._relay import LoopbackRelay
-from ccat_buffering.demo.example import Base
+from ccat_buffering.demo.example import Base, ExecutedObsUnit
 from ccat_buffering.executor import BatchResult, TransactionExecutor
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Operation, Transaction
@@ -128,8 +129,12 @@ async def ours(
     driver: str = "psycopg",
     ledger: bool = True,
     adaptive: bool = False,
+    make: Callable[[int], list[Transaction]] | None = None,
 ) -> Cell:
-    """The processor end to end; the first batch (connections, RTT probe) is not timed."""
+    """The processor end to end; the first batch (connections, RTT probe) is not timed.
+
+    ``make(count)`` gives the transactions (the example's ``record_scan`` by default).
+    """
     settings = BufferingSettings(site_name="bench")
     proxied = url.set(drivername=f"postgresql+{driver}", host="127.0.0.1", port=relay.port)
     timeouts = link_timeouts(settings)
@@ -139,7 +144,7 @@ async def ours(
     backend, _ = await _backend(f"bench-{uuid.uuid4().hex[:8]}")
     manager = TransactionManager(backend, registry=registry)
     warm = batch_size
-    txs = transactions(n + warm, uuid.uuid4().hex[:8])
+    txs = make(n + warm) if make is not None else transactions(n + warm, uuid.uuid4().hex[:8])
     for start in range(0, len(txs), 500):
         await manager.buffer_many(txs[start : start + 500])
     del txs  # the producers' objects live in their own processes, not the worker's
@@ -293,6 +298,64 @@ async def one_rtt(url: URL, rtt_ms: int) -> list[tuple[str, Cell, Cell | None]]:
         return rows
 
 
+async def _running_units(url: URL, n: int) -> list[str]:
+    """``n`` observation units with status ``running``, written directly (not timed)."""
+    engine = create_engine(url.render_as_string(hide_password=False))
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    now = dt.datetime.now(dt.UTC)
+    rows = [{"id": i, "obs_unit_id": 1, "status": "running", "start_time": now} for i in ids]
+    try:
+        async with engine.begin() as conn:
+            for start in range(0, n, 5000):
+                await conn.execute(insert(ExecutedObsUnit), rows[start : start + 5000])
+    finally:
+        await engine.dispose()
+    return ids
+
+
+def _finishes(ids: list[str], with_base: bool) -> Callable[[int], list[Transaction]]:
+    """``finish_observation`` transactions: each sets a unit's status and end time."""
+
+    def make(count: int) -> list[Transaction]:
+        out = []
+        for unit in ids[:count]:
+            tx = TransactionBuilder("finish_observation")
+            tx.update(
+                "ExecutedObsUnit",
+                unit,
+                {"status": "done", "end_time": dt.datetime.now(dt.UTC)},
+                expected={"status": "running", "end_time": None} if with_base else None,
+            )
+            out.append(tx.build())
+        return out
+
+    return make
+
+
+async def base_check(url: URL, rtt_ms: int, n: int = 2000) -> list[tuple[str, Cell, Cell | None]]:
+    """Updates drained with their base checked (compare-and-set) and without, side by side."""
+    rows: list[tuple[str, Cell, Cell | None]] = []
+    with RelayProcess(url.host or "127.0.0.1", url.port or 5432, rtt_ms / 2000) as relay:
+        for batch in (100, 1000):
+            off = await ours(
+                url,
+                relay,
+                n,
+                batch_size=batch,
+                make=_finishes(await _running_units(url, n + batch), False),
+            )
+            on = await ours(
+                url,
+                relay,
+                n,
+                batch_size=batch,
+                make=_finishes(await _running_units(url, n + batch), True),
+            )
+            rows.append((f"updates, batch {batch}, psycopg, base check off", off, None))
+            rows.append((f"updates, batch {batch}, psycopg, base check on", on, off))
+    return rows
+
+
 @dataclass
 class HangResult:
     reported_after: float
@@ -375,7 +438,13 @@ async def hung_link(url: URL, rtt_ms: int, hang_seconds: float, n: int = 3000) -
     return HangResult(reported, resumed, n * files_per_tx - distinct, total - distinct, dead)
 
 
-async def main(rtts: Sequence[int]) -> None:
+def _print(table: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+async def main(rtts: Sequence[int], *, base_check_only: bool = False) -> None:
     admin = create_async_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     name = f"ccat_bench_{uuid.uuid4().hex[:8]}"
     async with admin.connect() as conn:
@@ -387,6 +456,18 @@ async def main(rtts: Sequence[int]) -> None:
             await conn.run_sync(Base.metadata.create_all)
         await TransactionExecutor(engine, ModelRegistry.from_base(Base)).create_ledger()
         await engine.dispose()
+        header = ("RTT", "drain", "tx/s", "round trips/batch", "vs check off")
+        checks: list[tuple[str, ...]] = [header]
+        for rtt in rtts:
+            for label, cell, off in await base_check(url, rtt):
+                ratio = "" if off is None else f"{cell.rate / off.rate:.2f}x"
+                checks.append(
+                    (f"{rtt} ms", label, f"{cell.rate:,.1f}", f"{cell.round_trips:.1f}", ratio)
+                )
+        print("the base check (compare-and-set) on updates, on and off (issue 19)")
+        _print(checks)
+        if base_check_only:
+            return
         print("drain over a delay relay (example schema: obs unit, package, two files per tx)")
         header = ("RTT", "drain", "tx/s", "round trips/batch", "vs floor")
         table: list[tuple[str, ...]] = [header]
@@ -419,5 +500,8 @@ async def main(rtts: Sequence[int]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rtt", default="0,50,200,500", help="round-trip times in ms")
+    parser.add_argument(
+        "--base-check-only", action="store_true", help="only the base check on/off comparison"
+    )
     args = parser.parse_args()
-    asyncio.run(main([int(x) for x in args.rtt.split(",")]))
+    asyncio.run(main([int(x) for x in args.rtt.split(",")], base_check_only=args.base_check_only))

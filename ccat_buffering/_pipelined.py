@@ -9,11 +9,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, delete, insert, literal_column, select
+from sqlalchemy import Table, insert, literal_column, select
 from sqlalchemy import update as sa_update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ccat_buffering._compiled_writes import CompiledWrites
 from ccat_buffering._grouping import Plan
 from ccat_buffering._link import Watchdog
 from ccat_buffering._pipeline import MAX_PARAMETERS, Pipeline, PipelineResult, Statement
@@ -24,7 +25,6 @@ from ccat_buffering._session_path import (
     where,
 )
 from ccat_buffering.conflicts.checked import ConflictSuspected
-from ccat_buffering.conflicts.statements import base_clauses
 from ccat_buffering.database import (
     ledger_rows,
     ledger_table,
@@ -138,6 +138,7 @@ class PipelinedPath:
         self.registry = registry
         self.ledger = ledger
         self.dialect = dialect
+        self.writes = CompiledWrites(registry, dialect, must_match)
 
     def message(self, todo: list[tuple[int, Transaction]], grouped: Plan) -> Pipeline:
         """The whole batch as one message: the plan's statements, COMMIT, the LSN."""
@@ -183,15 +184,8 @@ class PipelinedPath:
                 # Compare-and-set: the base rides in the WHERE, and a row that
                 # moved (or is gone) matches nothing, found by must_match in the
                 # same round trip; the session path then decides the conflict.
-                key = dict(step.key or {})
-                clauses = [*where(model, key), *base_clauses(model, step, self.dialect.name)]
-                statement: Any = (
-                    sa_update(model).where(*clauses).values(**(step.data or {}))
-                    if op is Operation.UPDATE
-                    else delete(model).where(*clauses)
-                )
-                moved = ConflictSuspected(f"step {step.step_id!r}: {step.model} {key} moved")
-                pipeline.sql(must_match(statement), owner=owner, missing=moved)
+                moved = ConflictSuspected(f"step {step.step_id!r}: {step.model} {step.key} moved")
+                pipeline.add(self.writes.statement(step, owner, moved))
             else:
                 for i, record in enumerate(step.records or []):
                     key = {name: record[name] for name in step.key_fields}

@@ -19,9 +19,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ccat_buffering.conflicts.log import CONFLICT_TABLE_NAME, unresolved_payloads
+from ccat_buffering.conflicts.log import unresolved_payloads
 from ccat_buffering.database import sqlstate_of
-from ccat_buffering.errors import ConfigurationError
 from ccat_buffering.models import Operation, Step, Transaction
 
 __all__ = ["Holds"]
@@ -104,13 +103,12 @@ class Holds:
         try:
             records = await unresolved_payloads(conn, site)
         except Exception as exc:
-            if "no such table" in str(exc) or sqlstate_of(exc) == "42P01":
-                raise ConfigurationError(
-                    f"the conflict log table {CONFLICT_TABLE_NAME} is missing in the main "
-                    "database: create it with `ccat-buffering db init` or "
-                    "TransactionExecutor.create_ledger()"
-                ) from exc
-            raise
+            if "no such table" not in str(exc) and sqlstate_of(exc) != "42P01":
+                raise
+            # A database not yet given the log (`db init` before this release)
+            # holds no conflict; the first conflict to write pauses the queue.
+            await conn.rollback()
+            records = []
         for record in records:
             if record.payload:
                 self.hold(Transaction.from_json(record.payload))

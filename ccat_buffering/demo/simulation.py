@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ccat_buffering.conflicts.log import conflict_metadata
 from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.database import create_engine, ledger_table
 from ccat_buffering.demo._outage import Outage
@@ -179,6 +180,7 @@ async def _run(
     async with direct.begin() as conn:
         await conn.run_sync(schema.base.metadata.create_all)
         await conn.run_sync(ledger_table.metadata.create_all)
+        await conn.run_sync(conflict_metadata.create_all)
     async with BufferingCoordinator.from_settings(settings, registry=registry, start=False) as site:
         await outage.cut()
 

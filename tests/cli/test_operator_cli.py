@@ -234,7 +234,8 @@ async def test_metrics_after_a_known_scenario(tmp_path: Path) -> None:
     site = await _memory_coordinator(settings)
     metrics = SiteMetrics(site)
     await site.manager.buffer_many([observation(i)[0] for i in range(5)])
-    await site.manager.buffer(observation(99, name="pkg-1")[0])  # a duplicate name: dead-lettered
+    # A duplicate name: a conflict (insert_exists), rejected, not a dead letter.
+    await site.manager.buffer(observation(99, name="pkg-1")[0])
     site.manager.retry_policy = type(site.manager.retry_policy)(max_attempts=1)
     while await site.processor.run_once():
         pass
@@ -251,7 +252,12 @@ async def test_metrics_after_a_known_scenario(tmp_path: Path) -> None:
     assert f"ccat_buffering_buffered_total{label} 6.0" in body
     assert f"ccat_buffering_committed_total{label} 5.0" in body
     assert f"ccat_buffering_replicated_total{label} 5.0" in body
-    assert f"ccat_buffering_dead_lettered_total{label} 1.0" in body
+    assert f"ccat_buffering_dead_lettered_total{label}" not in body
+    assert (
+        "ccat_buffering_conflicts_total{"
+        f'kind="insert_exists",model="RawDataPackage",outcome="rejected",site="{settings.site_name}"'
+        "} 1.0"
+    ) in body
     assert f"ccat_buffering_queue_depth{label} 0.0" in body
     assert f"ccat_buffering_time_to_visible_seconds_count{label} 5.0" in body
     await site.engine.dispose()

@@ -23,6 +23,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import StaticPool
 
 from ccat_buffering.builder import TransactionBuilder
+from ccat_buffering.conflicts.log import conflict_metadata
 from ccat_buffering.database import create_engine, ledger_metadata
 from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataFile, RawDataPackage
 from ccat_buffering.executor import Outcome, TransactionExecutor
@@ -115,6 +116,7 @@ async def apply(
         async with engine.begin() as conn:
             await conn.run_sync(base.metadata.drop_all)
             await conn.run_sync(ledger_metadata.drop_all)
+            await conn.run_sync(conflict_metadata.drop_all)
             await conn.run_sync(base.metadata.create_all)
         executor = TransactionExecutor(engine, registry)
         await executor.create_ledger()

@@ -64,6 +64,9 @@ REQUIRED = {
         "dlq purge",
         "keys audit",
         "worker",
+        "conflicts list",
+        "conflicts show",
+        "conflicts resolve",
     },
     "quickstart.rst": {"db init", "worker", "status"},
     "README.md": {"db init", "worker", "status", "inspect", "dlq list", "dlq replay", "keys audit"},
@@ -108,9 +111,11 @@ async def _prepare(site: str, database_url: str) -> tuple[list[str], str, list[s
         backend, manager = coordinator.backend, coordinator.manager
         await coordinator.prepare_database()
         # Two packages of observation units that do not exist: the foreign key
-        # refuses both, so the processor dead-letters them.
+        # refuses both, so the processor dead-letters them, one per cycle (a
+        # failure stops its batch: order holds through failures).
         await manager.buffer_many([orphan_package(i) for i in range(2)])
-        assert await coordinator.processor.run_once() == 0
+        for _ in range(2):
+            assert await coordinator.processor.run_once() == 0
         await backend.lease.release(coordinator.processor.holder)
         letters = [letter.letter_id for letter in await backend.dead_letters.list()]
         assert len(letters) == 2, letters
@@ -213,13 +218,15 @@ def _argv(line: str, site: PreparedSite) -> list[str]:
             argv.append(site.letters[0])
         elif placeholder.group(1) == "transaction-id":
             argv.append(site.in_flight)
+        elif placeholder.group(1) == "conflict-id":
+            argv.append("1")  # the prepared site has none: show and resolve say so (exit 1)
         else:
             pytest.fail(f"the test does not know the placeholder {word} in {line!r}")
     return argv
 
 
 def _subcommand(argv: list[str]) -> str:
-    return " ".join(argv[:2]) if argv[0] in ("dlq", "keys", "db") else argv[0]
+    return " ".join(argv[:2]) if argv[0] in ("dlq", "keys", "db", "conflicts") else argv[0]
 
 
 def _runs_forever(argv: list[str]) -> bool:
