@@ -35,6 +35,7 @@ from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.errors import (
     BackendError,
+    ConflictError,
     DatabaseUnavailableError,
     TransactionValidationError,
 )
@@ -240,7 +241,10 @@ def install_error_handlers(app: FastAPI) -> None:
     * :class:`~ccat_buffering.BackendError` (the buffer is full or cannot be
       reached): 503 with ``Retry-After``;
     * :class:`~ccat_buffering.DatabaseUnavailableError` (a main site's
-      database, or the database a read needs): 503 with ``Retry-After``.
+      database, or the database a read needs): 503 with ``Retry-After``;
+    * :class:`~ccat_buffering.ConflictError` (a main site's write met another
+      party's, and its policy rejected it): 409 with the message (base, mine
+      and theirs); the client reads the row again.
 
     Args:
         app: The application.
@@ -252,7 +256,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
         return _unavailable(str(exc))
 
+    async def conflict(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
     app.add_exception_handler(TransactionValidationError, invalid)
+    app.add_exception_handler(ConflictError, conflict)
     app.add_exception_handler(BackendError, unavailable)
     app.add_exception_handler(DatabaseUnavailableError, unavailable)
 
