@@ -22,11 +22,11 @@ from ccat_buffering._grouping import plan
 from ccat_buffering.conflicts.checked import (
     Checks,
     ConflictRejected,
-    checked_create,
     checked_delete,
     checked_update,
 )
 from ccat_buffering.conflicts.holds import Holds
+from ccat_buffering.conflicts.inserts import checked_create
 from ccat_buffering.conflicts.kinds import Conflict, ConflictOutcome
 from ccat_buffering.conflicts.log import conflict_rows, insert_rows, mark_resolved, unresolved_of
 from ccat_buffering.database import applied_ids, ledger_table, not_the_transactions_fault
