@@ -27,11 +27,11 @@ from ccat_buffering.columns import columns_of
 from ccat_buffering.conflicts.checked import (
     Checks,
     ConflictRejected,
-    checked_create,
     checked_delete,
     checked_update,
 )
 from ccat_buffering.conflicts.holds import Holds
+from ccat_buffering.conflicts.inserts import checked_create
 from ccat_buffering.conflicts.kinds import Conflict, ConflictOutcome
 from ccat_buffering.conflicts.log import conflict_rows, insert_rows, mark_resolved, unresolved_of
 from ccat_buffering.database import applied_ids, ledger_table, not_the_transactions_fault
@@ -98,13 +98,20 @@ class SessionPath:
         registry: The mapped classes (and their conflict policies).
         ledger: Record and check applied transaction ids.
         site: The site whose transactions these are, for the conflict log.
+        hold: Later transactions wait behind a rejected one (a buffering site);
+            off at a main site, whose services learn of a conflict at once.
     """
 
-    def __init__(self, registry: ModelRegistry, ledger: bool, site: str = "") -> None:
+    def __init__(
+        self, registry: ModelRegistry, ledger: bool, site: str = "", hold: bool = True
+    ) -> None:
         self.registry = registry
         self.ledger = ledger
         self.site = site
         self.holds = Holds()
+        self.hold = hold
+        if not hold:
+            self.holds.loaded = True  # and nothing is ever held
 
     async def applied_ids(self, conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` the ledger holds (none when the ledger is off)."""
@@ -243,7 +250,8 @@ class SessionPath:
                 await mark_resolved(session, tx.transaction_id, ConflictOutcome.RELEASED)
             if not await unresolved_of(await session.connection(), tx.transaction_id):
                 await insert_rows(session, conflict_rows(self.site, tx, [rejected.conflict]))
-            self.holds.hold(tx)
+            if self.hold:
+                self.holds.hold(tx)
             return Outcome(tx.transaction_id, conflicted=True, conflicts=(rejected.conflict,))
         except Exception as exc:
             kind = classify_failure(exc)

@@ -204,6 +204,7 @@ class BufferingCoordinator:
             ledger=settings.ledger,
             timeouts=link_timeouts(settings),
             site=settings.site_name,
+            hold=settings.site_type == "secondary",
         )
         self.processor = BackgroundProcessor(
             self.manager,

@@ -82,6 +82,8 @@ class TransactionExecutor:
             ``timeouts.statement`` seconds discards its connection and fails
             as an outage.
         site: The site whose transactions it applies, for the conflict log.
+        hold: Hold later transactions behind a rejected one (a ``secondary``
+            site); a ``main`` site's services get the conflict at once instead.
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class TransactionExecutor:
         ledger: bool = True,
         timeouts: LinkTimeouts | None = None,
         site: str = "",
+        hold: bool = True,
     ) -> None:
         self.engine = engine
         self.site = site
@@ -99,7 +102,7 @@ class TransactionExecutor:
         self.ledger = ledger
         self.timeouts = timeouts or LinkTimeouts()
         self._prepared: PreparedBatch | None = None
-        self._session = SessionPath(registry, ledger, site)
+        self._session = SessionPath(registry, ledger, site, hold)
         self._pipelined = PipelinedPath(registry, ledger, engine.dialect)
         watch_engine(engine)
 

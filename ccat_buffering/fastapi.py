@@ -36,6 +36,7 @@ from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.errors import (
     BackendError,
     BufferingError,
+    ConflictError,
     DatabaseUnavailableError,
     TransactionValidationError,
 )
@@ -247,7 +248,10 @@ def install_error_handlers(app: FastAPI) -> None:
     * :class:`~ccat_buffering.BackendError` (the buffer is full or cannot be
       reached): 503 with ``Retry-After``;
     * :class:`~ccat_buffering.DatabaseUnavailableError` (a main site's
-      database, or the database a read needs): 503 with ``Retry-After``.
+      database, or the database a read needs): 503 with ``Retry-After``;
+    * :class:`~ccat_buffering.ConflictError` (a main site's write met another
+      party's, and its policy rejected it): 409 with the message (base, mine
+      and theirs); the client reads the row again.
 
     A 503 says the kind of outage, never the host (the full text is logged).
 
@@ -263,7 +267,11 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("%s %s: %s", request.method, request.url.path, exc)
         return _unavailable(public_error(typing.cast(BufferingError, exc)))
 
+    async def conflict(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
     app.add_exception_handler(TransactionValidationError, invalid)
+    app.add_exception_handler(ConflictError, conflict)
     app.add_exception_handler(BackendError, unavailable)
     app.add_exception_handler(DatabaseUnavailableError, unavailable)
 

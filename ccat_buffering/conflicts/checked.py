@@ -13,9 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 from sqlalchemy import update as sa_update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ccat_buffering.columns import columns_of
@@ -27,16 +26,18 @@ from ccat_buffering.conflicts.kinds import (
     ConflictPolicies,
     ConflictPolicy,
 )
-from ccat_buffering.conflicts.statements import base_clauses, equals
+from ccat_buffering.conflicts.statements import base_clauses
 from ccat_buffering.models import Step
 
 __all__ = [
     "Checks",
     "ConflictRejected",
     "ConflictSuspected",
-    "checked_create",
     "checked_delete",
     "checked_update",
+    "current",
+    "same",
+    "settle",
 ]
 
 
@@ -76,9 +77,10 @@ def _where(model: type[Any], key: Mapping[str, Any]) -> list[Any]:
     return [getattr(model, name) == value for name, value in key.items()]
 
 
-async def _current(
+async def current(
     session: AsyncSession, model: type[Any], where: Sequence[Any]
 ) -> dict[str, Any] | None:
+    """The row ``where`` picks, locked on PostgreSQL (``FOR UPDATE``), or ``None``."""
     columns = columns_of(model)
     names = list(columns.rules)
     query = select(*(getattr(model, n) for n in names)).where(*where)
@@ -88,14 +90,16 @@ async def _current(
     return dict(zip(names, rows[0], strict=True)) if rows else None
 
 
-def _same(a: Any, b: Any) -> bool:
+def same(a: Any, b: Any) -> bool:
+    """Whether two values are equal (values that cannot be compared are not)."""
     try:
         return bool(a == b)
     except TypeError:
         return False
 
 
-def _settle(checks: Checks, conflict: Conflict) -> None:
+def settle(checks: Checks, conflict: Conflict) -> None:
+    """Record ``conflict``; raise :class:`ConflictRejected` when its policy rejected it."""
     checks.conflicts.append(conflict)
     if conflict.outcome is ConflictOutcome.REJECTED:
         raise ConflictRejected(conflict)
@@ -139,7 +143,7 @@ async def checked_update(
         return rows[0]
     if checks.strict:
         raise ConflictSuspected(step.step_id)
-    theirs = await _current(session, model, _where(model, key))
+    theirs = await current(session, model, _where(model, key))
     base = dict(step.expected or {})
     if version is not None and step.expected_version is not None:
         base[version] = step.expected_version
@@ -150,7 +154,7 @@ async def checked_update(
             if policy is ConflictPolicy.REJECT
             else ConflictOutcome.KEPT_THEIRS
         )
-        _settle(
+        settle(
             checks,
             Conflict(
                 step.step_id,
@@ -174,7 +178,7 @@ async def checked_update(
     if moved_version:
         conflicting = [f for f in changed if f != checks.policies.write_time_of(name)]
     else:
-        conflicting = [f for f in changed if f in base and not _same(theirs.get(f), base[f])]
+        conflicting = [f for f in changed if f in base and not same(theirs.get(f), base[f])]
     shown = {f: theirs.get(f) for f in [*changed, *([version] if version else [])]}
     mine = dict(data)
     decision = decide_row(
@@ -185,7 +189,7 @@ async def checked_update(
         if decision.write:
             decision.write[version] = columns.next_version(theirs[version])
         mine = {**mine, version: mine_version}
-    _settle(
+    settle(
         checks,
         Conflict(
             step.step_id,
@@ -238,7 +242,7 @@ async def checked_delete(
         return
     if checks.strict:
         raise ConflictSuspected(step.step_id)
-    theirs = await _current(session, model, _where(model, key))
+    theirs = await current(session, model, _where(model, key))
     base = dict(step.expected or {})
     version = columns_of(model).version
     if version is not None and step.expected_version is not None:
@@ -250,7 +254,7 @@ async def checked_delete(
             if policy is ConflictPolicy.REJECT
             else ConflictOutcome.KEPT_THEIRS
         )
-        _settle(
+        settle(
             checks,
             Conflict(
                 step.step_id,
@@ -278,7 +282,7 @@ async def checked_delete(
     else:
         outcome = ConflictOutcome.REJECTED
     shown = {f: theirs.get(f) for f in (base or theirs)}
-    _settle(
+    settle(
         checks,
         Conflict(
             step.step_id,
@@ -296,136 +300,3 @@ async def checked_delete(
         await session.execute(
             delete(model).where(*_where(model, key)).execution_options(synchronize_session=False)
         )
-
-
-def _candidate_keys(model: type[Any], data: Mapping[str, Any]) -> list[list[str]]:
-    """Column sets that identify a row: the primary key, then each unique constraint."""
-    columns = columns_of(model)
-    by_column = {rule.column.name: name for name, rule in columns.rules.items()}
-    table = model.__table__
-    found = [list(columns.key_fields)]
-    for constraint in table.constraints:
-        if (
-            getattr(constraint, "columns", None) is not None
-            and constraint.__class__.__name__ == "UniqueConstraint"
-        ):
-            found.append([by_column.get(c.name, c.name) for c in constraint.columns])
-    for index in table.indexes:
-        if index.unique:
-            found.append([by_column.get(c.name, c.name) for c in index.columns])
-    for column in table.columns:
-        if column.unique:
-            found.append([by_column.get(column.name, column.name)])
-    return [names for names in found if names and all(n in data for n in names)]
-
-
-async def checked_create(
-    session: AsyncSession,
-    model: type[Any],
-    step: Step,
-    data: Mapping[str, Any],
-    returning: Sequence[Any],
-    checks: Checks,
-) -> Sequence[Any] | None:
-    """Insert one row; where its key or unique columns exist already, decide the conflict.
-
-    ``INSERT ... ON CONFLICT DO NOTHING``: no savepoint, and a row that exists
-    is found by the empty RETURNING. An existing row equal to the create is
-    left as it is (``skip_if_equal``).
-
-    Returns:
-        The ``returning`` values of the row written (or found equal).
-
-    Raises:
-        ConflictRejected: The policy rejected the conflict.
-    """
-    dialect = session.get_bind().dialect.name
-    module = postgresql if dialect == "postgresql" else sqlite
-    statement = module.insert(model).values(**data).on_conflict_do_nothing().returning(*returning)
-    if dialect not in ("postgresql", "sqlite"):
-        statement = insert(model).values(**data).returning(*returning)
-    rows = (await session.execute(statement)).all()
-    if rows:
-        return rows[0]
-    if checks.strict:
-        raise ConflictSuspected(step.step_id)
-    theirs = None
-    key: dict[str, Any] = {}
-    for names in _candidate_keys(model, data):
-        key = {n: data[n] for n in names}
-        theirs = await _current(session, model, [equals(model, n, data[n], dialect) for n in names])
-        if theirs is not None:
-            break
-    name = step.model
-    if theirs is None:  # an exclusion or partial constraint: nothing to compare with
-        policy = ConflictPolicy.REJECT
-        _settle(
-            checks,
-            Conflict(
-                step.step_id,
-                name,
-                key,
-                ConflictKind.INSERT_EXISTS,
-                {},
-                dict(data),
-                {},
-                policy,
-                ConflictOutcome.REJECTED,
-            ),
-        )
-        return None
-    differing = [f for f in data if not _same(theirs.get(f), data[f])]
-    shown = {f: theirs.get(f) for f in data}
-    where = [getattr(model, n) == theirs[n] for n in columns_of(model).key_fields]
-    if not differing:
-        policy = checks.policies.of_model(name)
-        _settle(
-            checks,
-            Conflict(
-                step.step_id,
-                name,
-                key,
-                ConflictKind.INSERT_EXISTS,
-                {},
-                dict(data),
-                shown,
-                policy,
-                ConflictOutcome.SKIPPED_EQUAL,
-            ),
-        )
-    else:
-        key_fields = set(columns_of(model).key_fields)
-        decision = decide_row(
-            model,
-            name,
-            checks.policies,
-            [f for f in differing if f not in key_fields],
-            {},
-            {f: v for f, v in data.items() if f not in key_fields},
-            theirs,
-        )
-        if any(f in key_fields for f in differing):
-            decision.outcome, decision.write = ConflictOutcome.REJECTED, {}
-        _settle(
-            checks,
-            Conflict(
-                step.step_id,
-                name,
-                key,
-                ConflictKind.INSERT_EXISTS,
-                {},
-                dict(data),
-                shown,
-                decision.policy,
-                decision.outcome,
-            ),
-        )
-        if decision.write:
-            await session.execute(
-                sa_update(model)
-                .where(*where)
-                .values(**decision.write)
-                .execution_options(synchronize_session=False)
-            )
-    rows = (await session.execute(select(*returning).where(*where))).all()
-    return rows[0] if rows else None

@@ -156,6 +156,20 @@ async def test_a_main_site_answers_503_while_its_database_is_down(tmp_path: Path
         assert answer.status_code == 503 and answer.headers["Retry-After"] == "5"
 
 
+async def test_a_main_site_answers_409_to_a_write_that_met_another(tmp_path: Path) -> None:
+    settings = _memory_settings(tmp_path, site_type="main")
+    await _prepare(settings, Base)
+    async with serving(_notes_app(settings)) as client:
+        key = str(uuid.uuid4())
+        first = await client.post("/notes", json={"id": key, "text": "mine"})
+        assert first.status_code == 201, first.text
+        again = await client.post("/notes", json={"id": key, "text": "another"})
+        assert again.status_code == 409 and "insert_exists" in again.json()["detail"]
+        same = await client.post("/notes", json={"id": key, "text": "mine"})
+        assert same.status_code == 201  # equal to the row: skipped, nothing to resolve
+        assert (await client.get(f"/notes/{key}")).json()["text"] == "mine"
+
+
 async def test_the_lifespan_runs_the_apps_own_inside(tmp_path: Path) -> None:
     settings = _memory_settings(tmp_path)
     await _prepare(settings, Base)
