@@ -89,6 +89,12 @@ class BufferingSettings(BaseSettings):
         models: Where the worker finds the mapped classes: ``package.module:Base``.
         redis_allow_eviction: Buffer even on a Redis whose ``maxmemory-policy``
             evicts keys. That loses acknowledged transactions silently.
+        redis_min_replicas: Acknowledge a buffered transaction only once this
+            many Redis replicas hold it (``WAIT``); ``0`` (the default): once
+            the master does. URL parameter ``min_replicas`` wins.
+        redis_min_replicas_timeout: Seconds to wait for those replicas before
+            ``buffer()`` raises ``WriteNotReplicatedError`` (URL parameter
+            ``min_replicas_timeout`` wins).
         redis_connect_timeout: Seconds to connect to Redis (URL parameter
             ``socket_connect_timeout`` wins).
         redis_socket_timeout: Seconds to wait for a Redis reply (URL parameter
@@ -165,6 +171,9 @@ class BufferingSettings(BaseSettings):
     redis_allow_eviction: bool = False
     redis_connect_timeout: float = Field(5.0, gt=0)
     redis_socket_timeout: float = Field(5.0, gt=0)
+    # -- Redis: acknowledged means replicated (issue 20) --
+    redis_min_replicas: int = Field(0, ge=0)
+    redis_min_replicas_timeout: float = Field(1.0, gt=0)
 
     def backend_options(self) -> dict[str, object]:
         """Options for the backend's ``from_url``: the Redis settings, for Redis URLs only."""
@@ -174,6 +183,8 @@ class BufferingSettings(BaseSettings):
             "allow_eviction": self.redis_allow_eviction,
             "socket_connect_timeout": self.redis_connect_timeout,
             "socket_timeout": self.redis_socket_timeout,
+            "min_replicas": self.redis_min_replicas,
+            "min_replicas_timeout": self.redis_min_replicas_timeout,
         }
 
     # -- the link to the main database: timeouts and batch sizing (issue #11) --

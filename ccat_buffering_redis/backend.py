@@ -33,13 +33,20 @@ from ccat_buffering.errors import (
     BackendFullError,
     BackendUnavailableError,
     ConfigurationError,
+    WriteNotReplicatedError,
 )
 from ccat_buffering_redis import scripts
 from ccat_buffering_redis._coalescer import Coalescer
 from ccat_buffering_redis._connect import open_client, take_compression, take_parameter
 from ccat_buffering_redis._frame import Command, frame
 from ccat_buffering_redis._health import RedisHealth
-from ccat_buffering_redis._memory import RECHECK_SECONDS
+from ccat_buffering_redis._memory import POLICY_RECHECK_SECONDS
+from ccat_buffering_redis._replicas import (
+    apply_and_wait,
+    check_replicas,
+    not_replicated_message,
+    replicas_from_url,
+)
 from ccat_buffering_redis._values import as_text
 from ccat_buffering_redis.compression import check_compression
 from ccat_buffering_redis.inspection import RedisInspection
@@ -81,9 +88,16 @@ class RedisBackend(RedisInspection, RedisHealth, AsyncClosing):
             indexed by the first ``find()`` on it (see
             :mod:`ccat_buffering_redis._field_index`); naming it here only
             spares that first call the scan.
+        min_replicas: Acknowledge a write that buffers only once this many
+            replicas hold it (``WAIT``, in the same round trip as the write;
+            see :mod:`ccat_buffering_redis._replicas`). ``0``: once the
+            master holds it.
+        min_replicas_timeout: Seconds to wait for those replicas; then the
+            caller gets :class:`~ccat_buffering.errors.WriteNotReplicatedError`.
 
     Raises:
-        ConfigurationError: ``compression`` names no known compression.
+        ConfigurationError: ``compression`` names no known compression, or
+            ``min_replicas``/``min_replicas_timeout`` are out of range.
     """
 
     def __init__(
@@ -96,8 +110,13 @@ class RedisBackend(RedisInspection, RedisHealth, AsyncClosing):
         where: str | None = None,
         allow_eviction: bool = False,
         indexed_fields: Mapping[str, Iterable[str]] | None = None,
+        min_replicas: int = 0,
+        min_replicas_timeout: float = 1.0,
     ) -> None:
         self.keys = SiteKeys(site)
+        self.min_replicas, self.min_replicas_timeout = check_replicas(
+            min_replicas, min_replicas_timeout
+        )
         self._unlearned = {m: tuple(f) for m, f in (indexed_fields or {}).items() if f}
         self.allow_eviction = allow_eviction
         self._policy_checked_at = -math.inf
@@ -143,6 +162,8 @@ class RedisBackend(RedisInspection, RedisHealth, AsyncClosing):
         compression: str | None = None,
         allow_eviction: bool = False,
         indexed_fields: Mapping[str, Iterable[str]] | None = None,
+        min_replicas: int = 0,
+        min_replicas_timeout: float = 1.0,
         **options: Any,
     ) -> RedisBackend:
         """Open a backend that owns its client, for a Redis URL.
@@ -159,6 +180,10 @@ class RedisBackend(RedisInspection, RedisHealth, AsyncClosing):
             allow_eviction: As in the constructor; a URL parameter
                 ``allow_eviction=true`` turns it on too.
             indexed_fields: As in the constructor.
+            min_replicas: As in the constructor; a URL parameter
+                ``min_replicas=<n>`` wins.
+            min_replicas_timeout: As in the constructor; a URL parameter
+                ``min_replicas_timeout=<seconds>`` wins.
             **options: Passed to the redis-py client. Connect and socket
                 timeouts are on by default (see :func:`~ccat_buffering_redis._connect.open_client`).
 
@@ -179,6 +204,11 @@ class RedisBackend(RedisInspection, RedisHealth, AsyncClosing):
                     f"allow_eviction={evict!r} in the backend URL: use true or false"
                 )
             allow_eviction = allow_eviction or evict.lower() in ("true", "1", "yes")
+        url, replicas = take_parameter(url, "min_replicas")
+        url, replicas_timeout = take_parameter(url, "min_replicas_timeout")
+        min_replicas, min_replicas_timeout = replicas_from_url(
+            replicas, replicas_timeout, min_replicas, min_replicas_timeout
+        )
         client, where = open_client(url, **options)
         backend = cls(
             client,
@@ -188,6 +218,8 @@ class RedisBackend(RedisInspection, RedisHealth, AsyncClosing):
             where=where,
             allow_eviction=allow_eviction,
             indexed_fields=indexed_fields,
+            min_replicas=min_replicas,
+            min_replicas_timeout=min_replicas_timeout,
         )
         backend._owns_client = True
         return backend
@@ -237,17 +269,40 @@ class RedisBackend(RedisInspection, RedisHealth, AsyncClosing):
             )
 
     async def _apply_groups(self, groups: list[list[Command]]) -> list[int | BackendError]:
+        waits = self.min_replicas > 0 and any(op.buffers for group in groups for op in group)
         try:
-            reply = await self.script("apply", *frame(groups))
+            if waits:
+                with self.translate():
+                    reply, acked = await apply_and_wait(
+                        self.client,
+                        self._scripts["apply"],
+                        [self.keys.buffer],
+                        [self.keys.prefix, *frame(groups)],
+                        self.min_replicas,
+                        self.min_replicas_timeout,
+                    )
+            else:
+                reply, acked = await self.script("apply", *frame(groups)), 0
         except BackendUnavailableError as exc:
             raise BackendUnavailableError(
                 f"{exc}: the write may or may not have been stored. Submitting the same "
                 "transaction object again is safe: the ledger applies it once"
             ) from exc.__cause__
+        unreplicated = waits and acked < self.min_replicas
         results: list[int | BackendError] = []
-        for item in reply:
+        for group, item in zip(groups, reply, strict=True):
             if not isinstance(item, bytes | str):
-                results.append(int(item))
+                if unreplicated and any(op.buffers for op in group):
+                    # Written on the master, not on enough replicas: not acknowledged.
+                    results.append(
+                        WriteNotReplicatedError(
+                            not_replicated_message(
+                                self.where, self.min_replicas, acked, self.min_replicas_timeout
+                            )
+                        )
+                    )
+                else:
+                    results.append(int(item))
             elif (text := as_text(item)).startswith("full: "):
                 self.refused_full_at = time.monotonic()
                 results.append(BackendFullError(self._full_message(text.removeprefix("full: "))))
@@ -273,7 +328,7 @@ class RedisBackend(RedisInspection, RedisHealth, AsyncClosing):
             ConfigurationError: The group buffers and Redis evicts keys.
             BackendFullError: The group buffers and Redis is out of memory.
         """
-        if time.monotonic() - self._policy_checked_at > RECHECK_SECONDS and any(
+        if time.monotonic() - self._policy_checked_at > POLICY_RECHECK_SECONDS and any(
             op.buffers for op in ops
         ):
             await self.check_policy()
