@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ccat_buffering._stopping import raise_if_cancelling
 from ccat_buffering.errors import BufferingError
 from ccat_buffering.logs import SiteLogger
 from ccat_buffering.models import utc_now
@@ -364,6 +365,9 @@ async def watch_buffer(watch: BufferWatch, interval: float) -> None:
                 watch.log.info("checking the buffer against the main database again")
             failing = False
         except (BufferingError, SQLAlchemyError, OSError) as exc:
+            # A cancellation a driver's clean-up turned into another error
+            # (PendingRollbackError) must still end the watch.
+            raise_if_cancelling()
             if not failing:
                 watch.log.info("could not check the buffer against the main database: %s", exc)
             failing = True
