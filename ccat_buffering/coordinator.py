@@ -200,7 +200,7 @@ class BufferingCoordinator:
             timeout=settings.read_timeout,
             allow_partial=settings.read_allow_partial,
         )
-        self.watch = BufferWatch(engine, backend)
+        self.watch = BufferWatch(engine, backend, state_dir=settings.state_dir)
         self._watch_task: asyncio.Task[None] | None = None
         self.watch_interval = max(settings.poll_interval, 1.0)
         """Seconds between two looks of the buffer watch."""

@@ -16,6 +16,7 @@ that names the setting, its value (masked) and the fix.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationError
@@ -95,6 +96,10 @@ class BufferingSettings(BaseSettings):
         redis_min_replicas_timeout: Seconds to wait for those replicas before
             ``buffer()`` raises ``WriteNotReplicatedError`` (URL parameter
             ``min_replicas_timeout`` wins).
+        state_dir: Where the worker keeps its sightings of the buffer (buffer
+            loss detection: they must not depend on the main database);
+            ``$XDG_STATE_HOME/ccat-buffering`` or ``~/.local/state/ccat-buffering``
+            when unset. A local disk that survives a restart of the worker.
         redis_connect_timeout: Seconds to connect to Redis (URL parameter
             ``socket_connect_timeout`` wins).
         redis_socket_timeout: Seconds to wait for a Redis reply (URL parameter
@@ -174,6 +179,7 @@ class BufferingSettings(BaseSettings):
     # -- Redis: acknowledged means replicated (issue 20) --
     redis_min_replicas: int = Field(0, ge=0)
     redis_min_replicas_timeout: float = Field(1.0, gt=0)
+    state_dir: Path | None = None
 
     def backend_options(self) -> dict[str, object]:
         """Options for the backend's ``from_url``: the Redis settings, for Redis URLs only."""

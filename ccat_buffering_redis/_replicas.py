@@ -32,7 +32,36 @@ from redis.asyncio.cluster import PipelineCommand, RedisCluster
 
 from ccat_buffering.errors import ConfigurationError
 
-__all__ = ["apply_and_wait", "check_replicas", "not_replicated_message", "replicas_from_url"]
+__all__ = [
+    "acknowledged_offset",
+    "apply_and_wait",
+    "check_replicas",
+    "not_replicated_message",
+    "on_one_connection",
+    "replicas_from_url",
+]
+
+
+def acknowledged_offset(info: dict[str, Any], replicas: int) -> int:
+    """The replication offset that counts as acknowledged, from ``INFO replication``.
+
+    The master's own offset when ``replicas`` is 0; otherwise the offset
+    that at least ``replicas`` online replicas have acknowledged (0 if fewer
+    are connected).
+    """
+    own = int(info.get("master_repl_offset", 0))
+    if replicas <= 0:
+        return own
+    offsets = sorted(
+        (
+            int(value.get("offset", 0))
+            for name, value in info.items()
+            if name.startswith("slave") and isinstance(value, dict)
+            if value.get("state") == "online"
+        ),
+        reverse=True,
+    )
+    return min(own, offsets[replicas - 1]) if len(offsets) >= replicas else 0
 
 
 def check_replicas(replicas: int, timeout: float) -> tuple[int, float]:
@@ -120,34 +149,66 @@ async def _on_cluster(
 ) -> tuple[Any, int]:
     # The cluster pipeline routes a command without keys (WAIT) to any node;
     # one pipeline on the slot owner's own connection keeps both together.
-    if client._initialize:  # first use: learn the slots
-        await client.initialize()
-    node = client.get_node_from_key(keys[0])
-    if node is None:
-        raise redis.exceptions.ConnectionError(f"no node owns the slot of {keys[0]}")
     for attempt in range(2):
-        commands = [
-            PipelineCommand(0, "EVALSHA", script.sha, len(keys), *keys, *args),
-            PipelineCommand(1, "WAIT", replicas, millis),
-        ]
         try:
-            await node.execute_pipeline(commands)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
-            # The slot's owner may have changed: learn the slots again for the next call.
-            await _relearn(client)
-            raise
-        first = commands[0].result
-        if isinstance(first, redis.exceptions.NoScriptError) and attempt == 0:
+            reply, count = await on_slot_owner(
+                client,
+                keys[0],
+                [("EVALSHA", script.sha, len(keys), *keys, *args), ("WAIT", replicas, millis)],
+            )
+        except redis.exceptions.NoScriptError:
+            if attempt:
+                raise
             await client.script_load(script.script)  # every primary: the slot may move
             continue
-        if isinstance(first, redis.exceptions.MovedError | redis.exceptions.AskError):
-            await _relearn(client)
-            raise redis.exceptions.ConnectionError(f"the slot moved ({first}): try again")
-        for command in commands:
-            if isinstance(command.result, Exception):
-                raise command.result
-        return first, int(commands[1].result)  # type: ignore[arg-type]
+        return reply, int(count)
     raise redis.exceptions.NoScriptError("the script could not be loaded")
+
+
+async def on_one_connection(
+    client: Redis | RedisCluster, key: str, commands: list[tuple[Any, ...]]
+) -> list[Any]:
+    """Send ``commands`` on one connection to the master that holds ``key``; their replies.
+
+    Raises:
+        redis.exceptions.RedisError: The first error a command got.
+    """
+    if isinstance(client, RedisCluster):
+        return await on_slot_owner(client, key, commands)
+    async with client.pipeline(transaction=False) as pipe:
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(await pipe.execute())
+
+
+async def on_slot_owner(
+    client: RedisCluster, key: str, commands: list[tuple[Any, ...]]
+) -> list[Any]:
+    """Send ``commands`` in one pipeline on a connection to the owner of ``key``'s slot.
+
+    Raises:
+        redis.exceptions.RedisError: The first error a command got; after a
+            connection error or a moved slot the slots are learned again.
+    """
+    if client._initialize:  # first use: learn the slots
+        await client.initialize()
+    node = client.get_node_from_key(key)
+    if node is None:
+        raise redis.exceptions.ConnectionError(f"no node owns the slot of {key}")
+    pipeline = [PipelineCommand(i, *command) for i, command in enumerate(commands)]
+    try:
+        await node.execute_pipeline(pipeline)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+        # The slot's owner may have changed: learn the slots again for the next call.
+        await _relearn(client)
+        raise
+    for command in pipeline:
+        if isinstance(command.result, redis.exceptions.MovedError | redis.exceptions.AskError):
+            await _relearn(client)
+            raise redis.exceptions.ConnectionError(f"the slot moved ({command.result}): try again")
+        if isinstance(command.result, Exception):
+            raise command.result
+    return [command.result for command in pipeline]
 
 
 async def _relearn(client: RedisCluster) -> None:

@@ -28,6 +28,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from ccat_buffering._closing import AsyncClosing
 from ccat_buffering._deprecated import forward
+from ccat_buffering._sightings import BufferOrigin
 from ccat_buffering.errors import (
     BackendError,
     BackendFullError,
@@ -42,9 +43,11 @@ from ccat_buffering_redis._frame import Command, frame
 from ccat_buffering_redis._health import RedisHealth
 from ccat_buffering_redis._memory import POLICY_RECHECK_SECONDS
 from ccat_buffering_redis._replicas import (
+    acknowledged_offset,
     apply_and_wait,
     check_replicas,
     not_replicated_message,
+    on_one_connection,
     replicas_from_url,
 )
 from ccat_buffering_redis._values import as_text
@@ -369,6 +372,31 @@ class RedisBackend(RedisInspection, RedisHealth, AsyncClosing):
             epoch, seq = await self.client.mget([self.keys.epoch, self.keys.seq])
         return (None if epoch is None else as_text(epoch)), int(seq or 0)
 
+    async def buffer_origin(self) -> BufferOrigin:
+        """See :meth:`ccat_buffering.protocols.SupportsBufferOrigin.buffer_origin`."""
+        with self.translate():
+            (epoch, seq), info = await on_one_connection(
+                self.client,
+                self.keys.buffer,
+                [("MGET", self.keys.epoch, self.keys.seq), ("INFO", "replication")],
+            )
+        if info.get("role") != "master":
+            if isinstance(self.client, Redis):
+                # A master demoted under a pooled connection: connect afresh
+                # (through Sentinel, to the new master) at the next call.
+                await self.client.connection_pool.disconnect(inuse_connections=False)
+            raise BackendUnavailableError(f"{self.where} answered as a {info.get('role')}")
+        previous = _replication_id(info.get("master_replid2"))
+        return BufferOrigin(
+            None if epoch is None else as_text(epoch),
+            int(seq or 0),
+            history=_replication_id(info.get("master_replid")) or None,
+            offset=acknowledged_offset(info, self.min_replicas),
+            previous_history=previous if previous.strip("0") else None,
+            fork_offset=int(info.get("second_repl_offset", -1)),
+            replicated=self.min_replicas > 0,
+        )
+
     async def stamp_buffer(self, epoch: str, *, replace: bool = False) -> bool:
         """See :meth:`ccat_buffering.protocols.SupportsBufferMarker.stamp_buffer`."""
         return bool(await self.script("stamp_buffer", epoch, "1" if replace else "0"))
@@ -382,6 +410,11 @@ class RedisBackend(RedisInspection, RedisHealth, AsyncClosing):
 
     def __repr__(self) -> str:
         return f"RedisBackend(site={self.site!r}, {self.where})"
+
+
+def _replication_id(value: Any) -> str:
+    # redis-py reads an id of decimal digits only (the none id is 40 zeros) as a number.
+    return f"{value:040d}" if isinstance(value, int) else as_text(value or "")
 
 
 # The stores are imported above, so their old path needs no forwarding.
