@@ -302,20 +302,20 @@ class BufferWatch:
             How many there were.
         """
         with self.sightings.locked() as state:
-            local = [row for row in state.losses if not row.get("in_database")]
+            local = [_loss_from_row(row, recorded=False) for row in state.losses]
             state.losses = []
-        count = len(local)
-        if self.engine is not None and await self._tables_exist():
-            async with self.engine.begin() as conn:
-                result = await conn.execute(
-                    sa.update(losses_table)
-                    .where(
-                        losses_table.c.site == self.site, losses_table.c.acknowledged_at.is_(None)
-                    )
-                    .values(acknowledged_at=utc_now())
-                )
-            count += int(result.rowcount or 0)
-        return count
+        if self.engine is None or not await self._tables_exist():
+            return len(local)
+        async with self.engine.begin() as conn:
+            there = await self._recorded(conn)
+            result = await conn.execute(
+                sa.update(losses_table)
+                .where(losses_table.c.site == self.site, losses_table.c.acknowledged_at.is_(None))
+                .values(acknowledged_at=utc_now())
+            )
+        # A loss kept on disk and already in the database is counted once.
+        count = int(result.rowcount or 0)
+        return count + sum((loss.detected_at, loss.cause) not in there for loss in local)
 
     async def _held(self) -> int:
         stats = await self.backend.buffer.stats()
@@ -473,8 +473,11 @@ class BufferWatch:
             async with self.engine.begin() as conn:
                 if state.last is not None and due:
                     await self._save(conn, state.last)
+                there = await self._recorded(conn)
                 for row in pending:
                     loss = _loss_from_row(row, recorded=True)
+                    if (loss.detected_at, loss.cause) in there:
+                        continue  # written before; the disk was not told (a stop came between)
                     await conn.execute(
                         sa.insert(losses_table).values(
                             site=self.site,
@@ -497,6 +500,14 @@ class BufferWatch:
                     if row["detected_at"] in written:
                         row["in_database"] = True
                 now.losses = [row for row in now.losses if not row.get("in_database")]
+
+    async def _recorded(self, conn: AsyncConnection) -> set[tuple[dt.datetime, str]]:
+        rows = await conn.execute(
+            sa.select(losses_table.c.detected_at, losses_table.c.cause).where(
+                losses_table.c.site == self.site
+            )
+        )
+        return {(_aware(r.detected_at), r.cause) for r in rows}
 
     async def _save(self, conn: AsyncConnection, last: Sighting) -> None:
         values = {

@@ -25,6 +25,7 @@ from typing import Any
 import redis.exceptions
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import SentinelConnectionPool
 
 from ccat_buffering._closing import AsyncClosing
 from ccat_buffering._deprecated import forward
@@ -335,6 +336,7 @@ class RedisBackend(RedisInspection, RedisHealth, AsyncClosing):
             op.buffers for op in ops
         ):
             await self.check_policy()
+            await self.follow_master()
         if self._eviction_problem is not None and any(op.buffers for op in ops):
             raise ConfigurationError(self._eviction_problem)
         if self._coalescer is not None:
@@ -372,8 +374,24 @@ class RedisBackend(RedisInspection, RedisHealth, AsyncClosing):
             epoch, seq = await self.client.mget([self.keys.epoch, self.keys.seq])
         return (None if epoch is None else as_text(epoch)), int(seq or 0)
 
+    async def follow_master(self) -> None:
+        """Through Sentinel: ask where the master is now; drop idle connections to an old one.
+
+        redis-py asks the sentinels only when it opens a connection, and a
+        master replaced by a failover keeps taking writes until Sentinel
+        reconfigures it (two masters for a while). Asked before the first
+        write that buffers each :data:`~ccat_buffering_redis._memory.POLICY_RECHECK_SECONDS`,
+        and at every look of the buffer watch, so writers follow the new
+        master within that bound. Other clients: nothing to do.
+        """
+        pool = getattr(self.client, "connection_pool", None)
+        if isinstance(pool, SentinelConnectionPool):
+            with self.translate():
+                await pool.get_master_address()  # type: ignore[no-untyped-call]
+
     async def buffer_origin(self) -> BufferOrigin:
         """See :meth:`ccat_buffering.protocols.SupportsBufferOrigin.buffer_origin`."""
+        await self.follow_master()
         with self.translate():
             (epoch, seq), info = await on_one_connection(
                 self.client,

@@ -173,7 +173,8 @@ def redis_sentinel(sentinels: int = 1, *, aof: bool = False) -> Iterator[dict[st
     """A master, a replica and ``sentinels`` sentinels watching them, on loopback; stopped after.
 
     Yields ``master``, ``replica`` and ``sentinel`` ports (``sentinels``: every
-    sentinel's), ``kill_master()``, and ``pause(role)``/``resume(role)`` for
+    sentinel's), ``kill_master()``, ``restart_master()``, ``master_port()`` (as
+    the sentinels say now), and ``pause(role)``/``resume(role)`` for
     ``"master"`` or ``"replica"`` (SIGSTOP/SIGCONT). ``aof`` runs both data
     nodes with ``appendonly yes`` and ``appendfsync everysec``.
     """
@@ -209,6 +210,18 @@ def redis_sentinel(sentinels: int = 1, *, aof: bool = False) -> Iterator[dict[st
             processes["master"].kill()
             processes["master"].wait(5)
 
+        def restart_master() -> None:
+            """Start the killed master again, as it was: Sentinel makes it a replica."""
+            processes["master"] = redis_server(master, workdir / "master", *persistence)
+            wait_for(lambda: port_open("127.0.0.1", master), "the old master back")
+
+        def master_port() -> int:
+            """The master's port, as the first sentinel says now."""
+            reply = redis.Redis(port=sentinel_ports[0], socket_timeout=2).execute_command(
+                "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "site-buffer"
+            )
+            return int(reply[1])
+
         def pause(role: str) -> None:
             os.kill(processes[role].pid, signal.SIGSTOP)
 
@@ -221,6 +234,8 @@ def redis_sentinel(sentinels: int = 1, *, aof: bool = False) -> Iterator[dict[st
             "sentinel": sentinel_ports[0],
             "sentinels": sentinel_ports,
             "kill_master": kill_master,
+            "restart_master": restart_master,
+            "master_port": master_port,
             "pause": pause,
             "resume": resume,
         }
