@@ -28,6 +28,7 @@ from ccat_buffering.errors import (
     UnknownColumnError,
     UnknownModelError,
     UnresolvedReferenceError,
+    WriteNotReplicatedError,
 )
 from ccat_buffering.executor import BatchResult, Outcome, TransactionExecutor
 from ccat_buffering.health import BufferHealth, Health, ReplicationHealth
@@ -106,6 +107,7 @@ __all__ = [
     "UnknownColumnError",
     "UnknownModelError",
     "UnresolvedReferenceError",
+    "WriteNotReplicatedError",
     "classify_failure",
     "create_engine",
     "mask_url",

@@ -9,13 +9,14 @@ directly is a setting, not a change of service code.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections.abc import Coroutine
 from typing import Any, Literal, Self
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering._link import LinkTimeouts
 from ccat_buffering._sizing import BatchSizer
+from ccat_buffering._stopping import finish_or_cancel
 from ccat_buffering.backends import open_backend
 from ccat_buffering.buffer_loss import BufferLoss, BufferWatch, watch_buffer
 from ccat_buffering.cache_writes import generated_writes
@@ -26,7 +27,7 @@ from ccat_buffering.logs import SiteLogger
 from ccat_buffering.manager import TransactionManager, as_json
 from ccat_buffering.masking import mask_url
 from ccat_buffering.models import Transaction, TransactionState, TransactionStatus, utc_now
-from ccat_buffering.processor import BackgroundProcessor
+from ccat_buffering.processor import STOP_GRACE, BackgroundProcessor
 from ccat_buffering.protocols import Backend
 from ccat_buffering.reads import Reads
 from ccat_buffering.registry import ModelRegistry
@@ -200,8 +201,10 @@ class BufferingCoordinator:
             timeout=settings.read_timeout,
             allow_partial=settings.read_allow_partial,
         )
-        self.watch = BufferWatch(engine, backend)
+        self.watch = BufferWatch(engine, backend, state_dir=settings.state_dir)
         self._watch_task: asyncio.Task[None] | None = None
+        self.watch_interval = max(settings.poll_interval, 1.0)
+        """Seconds between two looks of the buffer watch."""
         self._tracker_task: asyncio.Task[None] | None = None
         self.background: set[asyncio.Task[None]] = set()
         self._start_on_enter = start
@@ -358,25 +361,40 @@ class BufferingCoordinator:
         if self._tracker_task is None or self._tracker_task.done():
             self._tracker_task = asyncio.create_task(self.tracker.run(), name="replication-tracker")
 
-    async def stop(self) -> None:
-        """Stop the processor after its batch, and the tracker after its poll."""
-        for task in self.background:
-            task.cancel()
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stop the processor after its batch, and the tracker after its poll, in bounded time.
+
+        Returns within ``grace`` plus :data:`~ccat_buffering._stopping.CANCEL_BOUND`
+        seconds whatever the buffer watch, the link or the buffer is doing:
+        what does not finish in time is cancelled (see :mod:`ccat_buffering._stopping`).
+
+        Args:
+            grace: Seconds the processor's batch and the tracker's poll may
+                take to finish before they are cancelled.
+        """
+        log = SiteLogger(__name__, self.backend.site)
+        tasks = [*self.background]
         self.background.clear()
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
-            self._watch_task = None
-        await self.processor.stop()
+        watch, self._watch_task = self._watch_task, None
+        tracker, self._tracker_task = self._tracker_task, None
         self.tracker.stop()
-        if self._tracker_task is not None:
-            await self._tracker_task
-            self._tracker_task = None
+        stopping: list[Coroutine[Any, Any, object]] = [
+            finish_or_cancel(task, log=log) for task in tasks
+        ]
+        if watch is not None:
+            stopping.append(finish_or_cancel(watch, log=log))
+        if tracker is not None:
+            stopping.append(finish_or_cancel(tracker, grace=grace, log=log))
+        stopping.append(self.processor.stop(grace))
+        for outcome in await asyncio.gather(*stopping, return_exceptions=True):
+            if isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+            if isinstance(outcome, Exception):
+                log.error("a background task failed while stopping: %s", outcome)
 
     async def _watching(self) -> None:
         """Check the buffer against the main database at start and every second."""
-        await watch_buffer(self.watch, max(self.settings.poll_interval, 1.0))
+        await watch_buffer(self.watch, self.watch_interval)
 
     async def aclose(self) -> None:
         """Stop, then close what the coordinator owns."""

@@ -12,6 +12,7 @@ backends translate their client's exceptions at their boundary, so nothing from
     │   └── UnknownColumnError
     ├── BackendError                  the buffer, status or cache store failed
     │   ├── BackendUnavailableError   the store cannot be reached (an outage)
+    │   │   └── WriteNotReplicatedError   too few replicas took a write: not acknowledged
     │   ├── BackendFullError          the store is out of memory: it refuses new writes
     │   ├── BufferLostError           the buffer lost state it held (restart, flush, failover)
     │   └── CorruptEntryError         an entry in the store is not a valid transaction
@@ -45,6 +46,7 @@ __all__ = [
     "UnknownColumnError",
     "UnknownModelError",
     "UnresolvedReferenceError",
+    "WriteNotReplicatedError",
 ]
 
 
@@ -91,6 +93,16 @@ class BackendError(BufferingError):
 
 class BackendUnavailableError(BackendError):
     """The store cannot be reached; the caller may try again later."""
+
+
+class WriteNotReplicatedError(BackendUnavailableError):
+    """Fewer replicas than ``min_replicas`` acknowledged a write in time: it is not acknowledged.
+
+    The write may or may not be buffered: the master took it, but a failover
+    may drop it. Submitting the same transaction object again is safe (the
+    ledger applies a transaction once). An outage of the replicas, so the
+    caller may try again later, as for any :class:`BackendUnavailableError`.
+    """
 
 
 class BackendFullError(BackendError):

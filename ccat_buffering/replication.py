@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ccat_buffering._stopping import raise_if_cancelling
 from ccat_buffering.errors import BackendError, ReplicationError
 from ccat_buffering.lsn import LSN
 from ccat_buffering.manager import TransactionManager
@@ -282,6 +283,7 @@ class ReplicationTracker:
                 await self.poll_once()
                 failures = 0
             except BackendError as exc:
+                raise_if_cancelling()
                 # The buffer's stores are unreachable: try again, backing off, and
                 # report it; the pending set is safe in the stores.
                 failures += 1

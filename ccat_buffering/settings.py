@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationError
@@ -90,6 +91,16 @@ class BufferingSettings(BaseSettings):
         models: Where the worker finds the mapped classes: ``package.module:Base``.
         redis_allow_eviction: Buffer even on a Redis whose ``maxmemory-policy``
             evicts keys. That loses acknowledged transactions silently.
+        redis_min_replicas: Acknowledge a buffered transaction only once this
+            many Redis replicas hold it (``WAIT``); ``0`` (the default): once
+            the master does. URL parameter ``min_replicas`` wins.
+        redis_min_replicas_timeout: Seconds to wait for those replicas before
+            ``buffer()`` raises ``WriteNotReplicatedError`` (URL parameter
+            ``min_replicas_timeout`` wins).
+        state_dir: Where the worker keeps its sightings of the buffer (buffer
+            loss detection: they must not depend on the main database);
+            ``$XDG_STATE_HOME/ccat-buffering`` or ``~/.local/state/ccat-buffering``
+            when unset. A local disk that survives a restart of the worker.
         redis_connect_timeout: Seconds to connect to Redis (URL parameter
             ``socket_connect_timeout`` wins).
         redis_socket_timeout: Seconds to wait for a Redis reply (URL parameter
@@ -166,6 +177,10 @@ class BufferingSettings(BaseSettings):
     redis_allow_eviction: bool = False
     redis_connect_timeout: float = Field(5.0, gt=0)
     redis_socket_timeout: float = Field(5.0, gt=0)
+    # -- Redis: acknowledged means replicated (issue 20) --
+    redis_min_replicas: int = Field(0, ge=0)
+    redis_min_replicas_timeout: float = Field(1.0, gt=0)
+    state_dir: Path | None = None
 
     def backend_options(self) -> dict[str, object]:
         """Options for the backend's ``from_url``: the Redis settings, for Redis URLs only."""
@@ -175,6 +190,8 @@ class BufferingSettings(BaseSettings):
             "allow_eviction": self.redis_allow_eviction,
             "socket_connect_timeout": self.redis_connect_timeout,
             "socket_timeout": self.redis_socket_timeout,
+            "min_replicas": self.redis_min_replicas,
+            "min_replicas_timeout": self.redis_min_replicas_timeout,
         }
 
     # -- the link to the main database: timeouts and batch sizing (issue #11) --

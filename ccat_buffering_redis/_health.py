@@ -45,7 +45,7 @@ class RedisHealth(BackendPart):
         """Read ``maxmemory-policy``; note why buffering here could lose data.
 
         Called when the backend first buffers, at most every
-        :data:`~ccat_buffering_redis._memory.RECHECK_SECONDS` after, and on
+        :data:`~ccat_buffering_redis._memory.POLICY_RECHECK_SECONDS` after, and on
         each health check.
 
         Returns:

@@ -59,6 +59,7 @@ EXPECTED = [
     "UnknownColumnError",
     "UnknownModelError",
     "UnresolvedReferenceError",
+    "WriteNotReplicatedError",
     "classify_failure",
     "create_engine",
     "mask_url",
