@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Self
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ccat_buffering import logs
 from ccat_buffering._link import LinkTimeouts
 from ccat_buffering._sizing import BatchSizer
+from ccat_buffering.activity import Activity, refusal_reason
 from ccat_buffering.backends import open_backend
 from ccat_buffering.buffer_loss import BufferLoss, BufferWatch, watch_buffer
 from ccat_buffering.database import create_engine
+from ccat_buffering.errors import BackendError
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.health import NO_REPLICA_NOTICE, Health, collect
 from ccat_buffering.logs import SiteLogger
@@ -75,7 +79,10 @@ def transaction_manager(
 
 
 def replication_tracker(
-    settings: BufferingSettings, manager: TransactionManager, checker: ReplicationChecker
+    settings: BufferingSettings,
+    manager: TransactionManager,
+    checker: ReplicationChecker,
+    leading: Callable[[], Awaitable[bool]] | None = None,
 ) -> ReplicationTracker:
     """The replication tracker the settings ask for (poll interval, timeout).
 
@@ -83,6 +90,8 @@ def replication_tracker(
         settings: The site's settings.
         manager: The site's transaction manager.
         checker: Answers how far the replica has replayed.
+        leading: Whether this process confirms replication now (see
+            :class:`~ccat_buffering.replication.ReplicationTracker`).
 
     Returns:
         The tracker.
@@ -92,6 +101,7 @@ def replication_tracker(
         checker,
         poll_interval=settings.replication_poll_interval,
         timeout=settings.replication_timeout,
+        leading=leading,
     )
 
 
@@ -168,6 +178,7 @@ class BufferingCoordinator:
     ) -> None:
         self.settings = settings
         self.backend = backend
+        logs.configure(settings.log_handler, settings.log_format, settings.log_level)
         self.engine = engine
         self.read_engine = read_engine
         self.registry = registry
@@ -190,7 +201,7 @@ class BufferingCoordinator:
             prefetch=settings.batch_prefetch,
         )
         self.tracker = replication_tracker(
-            settings, self.manager, checker or ImmediateReplicationChecker()
+            settings, self.manager, checker or ImmediateReplicationChecker(), self._leads
         )
         self.reads = Reads(
             backend.cache,
@@ -204,6 +215,8 @@ class BufferingCoordinator:
         self._tracker_task: asyncio.Task[None] | None = None
         self.background: set[asyncio.Task[None]] = set()
         self._start_on_enter = start
+        self.activity = Activity()
+        self.log = SiteLogger(__name__, backend.site)
 
     @classmethod
     def from_settings(
@@ -284,6 +297,19 @@ class BufferingCoordinator:
             TransactionValidationError: Bad input; nothing was written.
             ExecutionError: At a main site, the database refused it.
         """
+        tx_id = transaction.transaction_id
+        try:
+            status = await self._submit(transaction)
+        except Exception as exc:
+            reason = refusal_reason(exc)
+            self.activity.refusals[reason] += 1
+            self.log.info("submit refused (%s): %s", reason, exc, transaction_id=tx_id)
+            raise
+        self.activity.submits[str(status.state)] += 1
+        self.log.info("submitted: %s", status.state, transaction_id=tx_id)
+        return status
+
+    async def _submit(self, transaction: Transaction) -> TransactionStatus:
         if self.settings.site_type == "secondary":
             return await self.manager.buffer(transaction)
         transaction = self.registry.convert(transaction)
@@ -338,8 +364,30 @@ class BufferingCoordinator:
         """Create the applied-transactions ledger if it does not exist."""
         await self.executor.create_ledger()
 
+    async def _leads(self) -> bool:
+        """Whether this process confirms the site's replication: the lease holder does.
+
+        At a secondary site the draining processor holds the site's lease; at a
+        main site nothing drains, and the tracker takes the same lease itself,
+        so that one process per site marks ``replicated`` and counts it once.
+        """
+        lease = self.processor.lease
+        if self.settings.site_type == "secondary":
+            return lease.held
+        try:
+            if lease.held and await lease.still_held():
+                return True
+            lease.held = False
+            return await lease.take()
+        except BackendError:
+            return False
+
     def start(self) -> None:
-        """Start the processor (secondary sites) and the replication tracker."""
+        """Start the processor (secondary sites) and the replication tracker.
+
+        Services do not call it (they submit and read; the worker drains):
+        see :func:`ccat_buffering.fastapi.lifespan`.
+        """
         if self.settings.site_type == "secondary":
             if not self.settings.replica_url:
                 SiteLogger(__name__, self.backend.site).warning(NO_REPLICA_NOTICE)
@@ -364,6 +412,9 @@ class BufferingCoordinator:
         if self._tracker_task is not None:
             await self._tracker_task
             self._tracker_task = None
+        if self.settings.site_type == "main":
+            with contextlib.suppress(BackendError):
+                await self.processor.lease.release()
 
     async def _watching(self) -> None:
         """Check the buffer against the main database at start and every second."""

@@ -61,12 +61,18 @@ Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
 
 
-async def _check(what: str, probe: Awaitable[Any], timeout: float) -> None:
+async def _check(what: str, probe: Awaitable[Any], timeout: float, site: str) -> None:
     try:
         async with asyncio.timeout(timeout):
             await probe
     except Exception as exc:  # logged, not raised: the site starts and recovers by itself
-        log.warning("%s does not answer at start-up (%s: %s)", what, type(exc).__name__, exc)
+        log.warning(
+            "%s does not answer at start-up (%s: %s)",
+            what,
+            type(exc).__name__,
+            exc,
+            extra={"site": site},
+        )
 
 
 async def _select_one(coordinator: BufferingCoordinator, which: str) -> None:
@@ -81,14 +87,17 @@ def lifespan(
     *,
     registry: ModelRegistry,
     app_lifespan: Lifespan | None = None,
+    drain: bool | None = None,
 ) -> Lifespan:
     """A lifespan for ``FastAPI(lifespan=...)`` that runs the site's coordinator.
 
     On start-up it builds the coordinator from ``settings`` (read from the
     environment when ``None``), checks that the backend and the databases
-    answer (logging a warning, not failing, when one does not: the processor
-    and reads recover when it comes back), starts it, and keeps it on
-    ``app.state.buffering``; on shutdown it stops and closes it.
+    answer (logging a warning, not failing, when one does not: reads recover
+    when it comes back), and keeps it on ``app.state.buffering``; on shutdown
+    it closes it. A service submits and reads; it drains and confirms
+    replication only when ``drain`` says so, since the ``ccat-buffering
+    worker`` does that for the site.
 
     Args:
         settings: The site's settings.
@@ -96,6 +105,10 @@ def lifespan(
         app_lifespan: The app's own lifespan, run inside this one (the
             coordinator is there already). The returned lifespan can as well
             be entered from an app's own: ``async with buffering(app): ...``.
+        drain: Run the processor and the replication tracker in this
+            process too. ``None``: the ``service_drains`` setting, which is
+            on only for the ``memory://`` backend (the embedded demo, which
+            no worker can reach).
 
     Returns:
         The lifespan.
@@ -104,19 +117,21 @@ def lifespan(
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[Any]:
         coordinator = BufferingCoordinator.from_settings(settings, registry=registry, start=False)
-        timeout = coordinator.settings.read_timeout
+        timeout, site = coordinator.settings.read_timeout, coordinator.backend.site
         await _check(
             f"the backend ({coordinator.describe()['backend']})",
             coordinator.backend.buffer.stats(),
             timeout,
+            site,
         )
-        await _check("the main database", _select_one(coordinator, "main"), timeout)
+        await _check("the main database", _select_one(coordinator, "main"), timeout, site)
         if coordinator.read_engine is not None:
-            await _check("the replica", _select_one(coordinator, "replica"), timeout)
+            await _check("the replica", _select_one(coordinator, "replica"), timeout, site)
         async with coordinator:
-            coordinator.start()
-            # Let the background tasks begin before anything may stop them.
-            await asyncio.sleep(0)
+            if coordinator.settings.drains_in_service if drain is None else drain:
+                coordinator.start()
+                # Let the background tasks begin before anything may stop them.
+                await asyncio.sleep(0)
             setattr(app.state, STATE_KEY, coordinator)
             try:
                 if app_lifespan is None:

@@ -233,6 +233,9 @@ async def test_the_observatory_service_through_an_outage(
         "REPLICATION_POLL_INTERVAL": "0.02",
         "OUTAGE_BASE_DELAY": "0.05",
         "OUTAGE_MAX_DELAY": "0.2",
+        # One process here: the service drains too (the two-process shape is
+        # tested in test_service_and_worker.py).
+        "SERVICE_DRAINS": "true",
     }.items():
         monkeypatch.setenv(f"CCAT_BUFFERING_{key}", value)
     try:
