@@ -22,7 +22,7 @@ from ccat_buffering.activity import Activity, refusal_reason
 from ccat_buffering.backends import open_backend
 from ccat_buffering.buffer_loss import BufferLoss, BufferWatch, watch_buffer
 from ccat_buffering.database import create_engine
-from ccat_buffering.errors import BackendError
+from ccat_buffering.errors import BackendError, TransactionFailedError, WaitTimeoutError
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.health import NO_REPLICA_NOTICE, Health, collect
 from ccat_buffering.logs import SiteLogger
@@ -41,6 +41,7 @@ from ccat_buffering.replication import (
 )
 from ccat_buffering.retry import RetryPolicy
 from ccat_buffering.settings import BufferingSettings, load_settings
+from ccat_buffering.waiting import StatusWatch, Until
 
 __all__ = [
     "BufferingCoordinator",
@@ -216,6 +217,7 @@ class BufferingCoordinator:
         self.background: set[asyncio.Task[None]] = set()
         self._start_on_enter = start
         self.activity = Activity()
+        self.statuses = StatusWatch(backend.status, settings.wait_poll_interval)
         self.log = SiteLogger(__name__, backend.site)
 
     @classmethod
@@ -334,6 +336,44 @@ class BufferingCoordinator:
         """The status of a transaction, or ``None`` if unknown or expired."""
         return await self.manager.status(transaction_id)
 
+    async def wait(
+        self, transaction_id: str, *, until: Until = "committed", timeout: float = 30.0
+    ) -> TransactionStatus:
+        """Wait until a transaction is committed, or visible on the site's replica.
+
+        No polling loop in the caller: every wait of this process shares one
+        poller (see :mod:`ccat_buffering.waiting` for what it costs the buffer).
+
+        Args:
+            transaction_id: From the status :meth:`submit` returned.
+            until: ``committed`` (on the main database) or ``replicated``
+                (readable from the site's replica).
+            timeout: Seconds to wait at most.
+
+        Returns:
+            Its status, at ``until`` or past it.
+
+        Raises:
+            WaitTimeoutError: Not reached in time; ``.status`` is the last known.
+            TransactionFailedError: It was dead-lettered; ``.status`` says why.
+            UnknownTransactionError: No status for it (never submitted, or expired).
+        """
+        self.activity.waiting += 1
+        outcome = "unknown"
+        try:
+            status = await self.statuses.wait(transaction_id, until, timeout)
+            outcome = str(status.state)
+            return status
+        except WaitTimeoutError:
+            outcome = "timeout"
+            raise
+        except TransactionFailedError:
+            outcome = "failed"
+            raise
+        finally:
+            self.activity.waiting -= 1
+            self.activity.waits[outcome] += 1
+
     async def health(self, *, audit: bool = False) -> Health:
         """The site at a glance, with the warnings an operator must see.
 
@@ -423,6 +463,7 @@ class BufferingCoordinator:
     async def aclose(self) -> None:
         """Stop, then close what the coordinator owns."""
         await self.stop()
+        await self.statuses.aclose()
         if self._owns:
             await self.backend.aclose()
             await self.engine.dispose()

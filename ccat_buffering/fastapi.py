@@ -25,9 +25,9 @@ import logging
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
@@ -278,7 +278,9 @@ def health_router(prefix: str = "/buffering", *, audit: bool = False) -> APIRout
     * ``GET {prefix}/health``: the health as JSON (``healthy`` included);
       200 when healthy, 503 otherwise;
     * ``GET {prefix}/transactions/{transaction_id}``: the status as JSON, or
-      404 when it is unknown or expired.
+      404 when it is unknown or expired; with ``?wait=committed`` or
+      ``?wait=replicated`` (and ``&timeout=`` seconds, 30 by default, 300 at
+      most) a long poll: see :func:`ccat_buffering.fastapi_waits.long_poll`.
 
     Args:
         prefix: Where the routes live.
@@ -298,7 +300,16 @@ def health_router(prefix: str = "/buffering", *, audit: bool = False) -> APIRout
         )
 
     @router.get("/transactions/{transaction_id}")
-    async def transaction(transaction_id: str, site: Site) -> JSONResponse:
+    async def transaction(
+        transaction_id: str,
+        site: Site,
+        wait: Literal["committed", "replicated"] | None = None,
+        timeout: Annotated[float, Query(gt=0, le=300)] = 30.0,
+    ) -> JSONResponse:
+        if wait is not None:  # a long poll: see ccat_buffering.fastapi_waits
+            from ccat_buffering.fastapi_waits import long_poll
+
+            return await long_poll(site, transaction_id, wait, timeout)
         status = await site.status(transaction_id)
         if status is None:
             return JSONResponse(

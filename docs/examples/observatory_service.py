@@ -24,6 +24,7 @@ from ccat_buffering.fastapi import (
     install_error_handlers,
     lifespan,
 )
+from ccat_buffering.fastapi_waits import waits_router
 from ccat_buffering.service_metrics import metrics_router
 
 # -- the schema ----------------------------------------------------------------
@@ -83,7 +84,8 @@ class RawFileOut(BaseModel):
 
 app = FastAPI(lifespan=lifespan(registry=ModelRegistry.from_base(Base)))
 install_error_handlers(app)
-app.include_router(health_router())
+app.include_router(health_router())  # health; a status, or ?wait=replicated (long poll)
+app.include_router(waits_router())  # .../transactions/{id}/events: the changes, as SSE
 app.include_router(metrics_router())  # GET /metrics: this service's submits, reads, waits
 
 

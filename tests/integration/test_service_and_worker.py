@@ -200,6 +200,10 @@ async def test_the_service_submits_and_the_worker_drains(
             poison = await http.post(f"/observations/{uuid.uuid4()}/finish")  # no such row
             poison_id = poison.headers["X-Transaction-Id"]
 
+            # Nothing drains yet: a wait times out cleanly with the last state.
+            early = await http.get(f"/buffering/transactions/{first}?wait=committed&timeout=0.3")
+            assert early.status_code == 202 and early.json()["state"] == "buffered"
+
             worker = Process(
                 [
                     str(CLI),
@@ -229,9 +233,19 @@ async def test_the_service_submits_and_the_worker_drains(
             async def state(tx: str) -> str:
                 return str((await http.get(f"/buffering/transactions/{tx}")).json()["state"])
 
-            await until(lambda: _is(state(last), "replicated"), "the last write replicated")
-            await until(lambda: _is(state(poison_id), "failed"), "the poison dead-lettered")
-            assert await state(first) == "replicated"
+            # Waits return at committed and at replicated, with no polling by the client.
+            url = "/buffering/transactions/{}?wait={}&timeout=60"
+            committed, visible, dead = await asyncio.gather(
+                http.get(url.format(first, "committed")),
+                http.get(url.format(last, "replicated")),
+                http.get(url.format(poison_id, "replicated")),
+            )
+            assert committed.status_code == 200, committed.text
+            assert committed.json()["state"] in ("committed", "replicated")
+            assert visible.status_code == 200 and visible.json()["state"] == "replicated"
+            assert dead.status_code == 409 and dead.json()["state"] == "failed"
+            assert await state(first) in ("committed", "replicated")
+            await until(lambda: _is(state(first), "replicated"), "the first write replicated")
 
             # Only the worker drained: it holds the lease, and counted every commit once.
             health = (await http.get("/buffering/health")).json()
@@ -253,6 +267,9 @@ async def test_the_service_submits_and_the_worker_drains(
             submits = service_metrics["ccat_buffering_service_submits_total"]
             assert submits[frozenset({("site", site), ("state", "buffered")})] == 4.0
             assert service_metrics["ccat_buffering_service_reads_total"] == {labels: 0.0}
+            waits = service_metrics["ccat_buffering_service_waits_total"]
+            assert waits[frozenset({("site", site), ("outcome", "timeout")})] == 1.0
+            assert waits[frozenset({("site", site), ("outcome", "failed")})] == 1.0
 
             # Every alert of the runbook evaluates against the worker's real series.
             scrapes = Scrapes(before, after, time.monotonic() - started_at)
