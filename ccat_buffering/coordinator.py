@@ -9,18 +9,22 @@ directly is a setting, not a change of service code.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal, Self
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ccat_buffering import logs
 from ccat_buffering._link import LinkTimeouts
 from ccat_buffering._sizing import BatchSizer
 from ccat_buffering._stopping import finish_or_cancel
+from ccat_buffering.activity import Activity, refusal_reason
 from ccat_buffering.backends import open_backend
 from ccat_buffering.buffer_loss import BufferLoss, BufferWatch, watch_buffer
 from ccat_buffering.cache_writes import generated_writes
 from ccat_buffering.database import create_engine
+from ccat_buffering.errors import BackendError, TransactionFailedError, WaitTimeoutError
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.health import NO_REPLICA_NOTICE, Health, collect
 from ccat_buffering.logs import SiteLogger
@@ -39,6 +43,7 @@ from ccat_buffering.replication import (
 )
 from ccat_buffering.retry import RetryPolicy
 from ccat_buffering.settings import BufferingSettings, load_settings
+from ccat_buffering.waiting import StatusWatch, Until
 
 __all__ = [
     "BufferingCoordinator",
@@ -77,7 +82,10 @@ def transaction_manager(
 
 
 def replication_tracker(
-    settings: BufferingSettings, manager: TransactionManager, checker: ReplicationChecker
+    settings: BufferingSettings,
+    manager: TransactionManager,
+    checker: ReplicationChecker,
+    leading: Callable[[], Awaitable[bool]] | None = None,
 ) -> ReplicationTracker:
     """The replication tracker the settings ask for (poll interval, timeout).
 
@@ -85,6 +93,8 @@ def replication_tracker(
         settings: The site's settings.
         manager: The site's transaction manager.
         checker: Answers how far the replica has replayed.
+        leading: Whether this process confirms replication now (see
+            :class:`~ccat_buffering.replication.ReplicationTracker`).
 
     Returns:
         The tracker.
@@ -94,6 +104,7 @@ def replication_tracker(
         checker,
         poll_interval=settings.replication_poll_interval,
         timeout=settings.replication_timeout,
+        leading=leading,
     )
 
 
@@ -170,6 +181,7 @@ class BufferingCoordinator:
     ) -> None:
         self.settings = settings
         self.backend = backend
+        logs.configure(settings.log_handler, settings.log_format, settings.log_level)
         self.engine = engine
         self.read_engine = read_engine
         self.registry = registry
@@ -192,7 +204,7 @@ class BufferingCoordinator:
             prefetch=settings.batch_prefetch,
         )
         self.tracker = replication_tracker(
-            settings, self.manager, checker or ImmediateReplicationChecker()
+            settings, self.manager, checker or ImmediateReplicationChecker(), self._leads
         )
         self.reads = Reads(
             backend.cache,
@@ -208,6 +220,9 @@ class BufferingCoordinator:
         self._tracker_task: asyncio.Task[None] | None = None
         self.background: set[asyncio.Task[None]] = set()
         self._start_on_enter = start
+        self.activity = Activity()
+        self.statuses = StatusWatch(backend.status, settings.wait_poll_interval)
+        self.log = SiteLogger(__name__, backend.site)
 
     @classmethod
     def from_settings(
@@ -289,6 +304,19 @@ class BufferingCoordinator:
             TransactionValidationError: Bad input; nothing was written.
             ExecutionError: At a main site, the database refused it.
         """
+        tx_id = transaction.transaction_id
+        try:
+            status = await self._submit(transaction)
+        except Exception as exc:
+            reason = refusal_reason(exc)
+            self.activity.refusals[reason] += 1
+            self.log.info("submit refused (%s): %s", reason, exc, transaction_id=tx_id)
+            raise
+        self.activity.submits[str(status.state)] += 1
+        self.log.info("submitted: %s", status.state, transaction_id=tx_id)
+        return status
+
+    async def _submit(self, transaction: Transaction) -> TransactionStatus:
         if self.settings.site_type == "secondary":
             return await self.manager.buffer(transaction)
         transaction = self.registry.convert(transaction)
@@ -320,6 +348,44 @@ class BufferingCoordinator:
         """The status of a transaction, or ``None`` if unknown or expired."""
         return await self.manager.status(transaction_id)
 
+    async def wait(
+        self, transaction_id: str, *, until: Until = "committed", timeout: float = 30.0
+    ) -> TransactionStatus:
+        """Wait until a transaction is committed, or visible on the site's replica.
+
+        No polling loop in the caller: every wait of this process shares one
+        poller (see :mod:`ccat_buffering.waiting` for what it costs the buffer).
+
+        Args:
+            transaction_id: From the status :meth:`submit` returned.
+            until: ``committed`` (on the main database) or ``replicated``
+                (readable from the site's replica).
+            timeout: Seconds to wait at most.
+
+        Returns:
+            Its status, at ``until`` or past it.
+
+        Raises:
+            WaitTimeoutError: Not reached in time; ``.status`` is the last known.
+            TransactionFailedError: It was dead-lettered; ``.status`` says why.
+            UnknownTransactionError: No status for it (never submitted, or expired).
+        """
+        self.activity.waiting += 1
+        outcome = "unknown"
+        try:
+            status = await self.statuses.wait(transaction_id, until, timeout)
+            outcome = str(status.state)
+            return status
+        except WaitTimeoutError:
+            outcome = "timeout"
+            raise
+        except TransactionFailedError:
+            outcome = "failed"
+            raise
+        finally:
+            self.activity.waiting -= 1
+            self.activity.waits[outcome] += 1
+
     async def health(self, *, audit: bool = False) -> Health:
         """The site at a glance, with the warnings an operator must see.
 
@@ -350,8 +416,30 @@ class BufferingCoordinator:
         """Create the applied-transactions ledger if it does not exist."""
         await self.executor.create_ledger()
 
+    async def _leads(self) -> bool:
+        """Whether this process confirms the site's replication: the lease holder does.
+
+        At a secondary site the draining processor holds the site's lease; at a
+        main site nothing drains, and the tracker takes the same lease itself,
+        so that one process per site marks ``replicated`` and counts it once.
+        """
+        lease = self.processor.lease
+        if self.settings.site_type == "secondary":
+            return lease.held
+        try:
+            if lease.held and await lease.still_held():
+                return True
+            lease.held = False
+            return await lease.take()
+        except BackendError:
+            return False
+
     def start(self) -> None:
-        """Start the processor (secondary sites) and the replication tracker."""
+        """Start the processor (secondary sites) and the replication tracker.
+
+        Services do not call it (they submit and read; the worker drains):
+        see :func:`ccat_buffering.fastapi.lifespan`.
+        """
         if self.settings.site_type == "secondary":
             if not self.settings.replica_url:
                 SiteLogger(__name__, self.backend.site).warning(NO_REPLICA_NOTICE)
@@ -391,6 +479,9 @@ class BufferingCoordinator:
                 raise outcome
             if isinstance(outcome, Exception):
                 log.error("a background task failed while stopping: %s", outcome)
+        if self.settings.site_type == "main":
+            with contextlib.suppress(BackendError):
+                await self.processor.lease.release()
 
     async def _watching(self) -> None:
         """Check the buffer against the main database at start and every second."""
@@ -399,6 +490,7 @@ class BufferingCoordinator:
     async def aclose(self) -> None:
         """Stop, then close what the coordinator owns."""
         await self.stop()
+        await self.statuses.aclose()
         if self._owns:
             await self.backend.aclose()
             await self.engine.dispose()

@@ -24,6 +24,7 @@ from ccat_buffering._entries import read_claims
 from ccat_buffering.cache_writes import cache_writes as _cache_writes
 from ccat_buffering.cache_writes import generated_writes
 from ccat_buffering.errors import TransactionValidationError
+from ccat_buffering.logs import SiteLogger
 from ccat_buffering.lsn import LSN
 from ccat_buffering.models import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -137,7 +138,9 @@ class TransactionManager:
             try:
                 listener.changed(statuses)
             except Exception:  # a listener (metrics) must never stop the work
-                logging.getLogger(__name__).exception("a listener failed")
+                logging.getLogger(__name__).exception(
+                    "a listener failed", extra={"site": self.backend.site}
+                )
 
     def now(self) -> dt.datetime:
         """The manager's clock as an aware UTC datetime."""
@@ -258,16 +261,17 @@ class TransactionManager:
                 status = self._advance(old or _buffered(tx), TransactionState.PROCESSING)
                 batch.put_status(status, self.status_ttl)
                 deliveries.append(Delivery(claim, tx, status))
-        log = logging.getLogger(__name__)
+        log = SiteLogger(__name__, self.backend.site)
         for entry in unreadable:
             # Every entry dead-lettered here is said, with the id to find it by.
             self.unreadable += 1
+            known = entry.transaction_id or f"raw-{entry.claim.receipt}"
             log.error(
-                "site %s: dead-lettered entry %s as %s: %s",
-                self.backend.site,
+                "dead-lettered unreadable entry %s as %s: %s",
                 entry.claim.receipt,
-                entry.transaction_id or f"raw-{entry.claim.receipt}",
+                known,
                 entry.reason,
+                transaction_id=known,
             )
         return deliveries
 

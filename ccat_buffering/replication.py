@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -154,6 +154,10 @@ class ReplicationTracker:
         timeout: Seconds after which a pending commit is reported as lagging
             (origin: 30); it is still tracked, never dropped.
         clock: Seconds since the epoch.
+        leading: Asked before each poll: whether this process confirms the
+            site's replication now (the lease holder does, so that one
+            process per site marks ``replicated`` and counts it once).
+            ``None``: always.
     """
 
     def __init__(
@@ -164,6 +168,7 @@ class ReplicationTracker:
         poll_interval: float = 0.1,
         timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
+        leading: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.manager = manager
         self.checker = checker
@@ -174,6 +179,8 @@ class ReplicationTracker:
         self._last_extend = float("-inf")
         self._stop = asyncio.Event()
         self._running = False
+        self._leading = leading
+        self.leads = leading is None
         self.slice = 1000
 
     async def pending(self, limit: int | None = None) -> list[TransactionStatus]:
@@ -267,6 +274,11 @@ class ReplicationTracker:
         """Whether :meth:`run` is polling in this process."""
         return self._running
 
+    @property
+    def confirming(self) -> bool:
+        """Whether this process confirms the site's replication now (running and leading)."""
+        return self._running and self.leads
+
     async def run(self) -> None:
         """Poll until :meth:`stop` is called."""
         self._stop.clear()
@@ -280,7 +292,10 @@ class ReplicationTracker:
         failures = 0
         while not self._stop.is_set():
             try:
-                await self.poll_once()
+                if self._leading is not None:
+                    self.leads = await self._leading()
+                if self.leads:
+                    await self.poll_once()
                 failures = 0
             except BackendError as exc:
                 raise_if_cancelling()

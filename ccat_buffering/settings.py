@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -143,6 +143,26 @@ class BufferingSettings(BaseSettings):
             it counts as unavailable.
         read_allow_partial: When the site's database cannot be read, reads
             answer from the buffer alone, marked partial, instead of raising.
+        service_drains: Whether a FastAPI service's lifespan drains and
+            confirms in its own process. ``None`` (the default): only on the
+            ``memory://`` backend, which no other process can reach (the
+            embedded demo); with a shared backend the ``ccat-buffering worker``
+            drains, and services only submit and read.
+        log_handler: Where the library's log records go. ``auto``: to the
+            host's handlers when the host configured the root logger, else
+            to the library's own handler on standard error (uvicorn configures
+            only its own loggers); ``library``: always the library's own
+            handler, whatever the host configured; ``host``: always the host's.
+        log_format: The library handler's format: ``text`` (``FORMAT``) or
+            ``json`` (one object per line).
+        log_level: The level of the library's loggers (``INFO``, ...);
+            ``None`` leaves it to the host (WARNING by default).
+        wait_poll_interval: Seconds between the reads of the shared poller
+            that serves every :meth:`~ccat_buffering.BufferingCoordinator.wait`
+            of a process (one read of all waited statuses per interval,
+            however many waiters).
+        idempotency_ttl: Seconds an idempotency key is kept from its first
+            use; at least ``status_ttl`` (7 days by default).
     """
 
     model_config = SettingsConfigDict(
@@ -214,6 +234,31 @@ class BufferingSettings(BaseSettings):
     # Reads (issue #13): reads never hang on the site's database.
     read_timeout: float = Field(5.0, gt=0)
     read_allow_partial: bool = False
+
+    # Services and workers (issue #21).
+    service_drains: bool | None = None
+    log_handler: Literal["auto", "library", "host"] = "auto"
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
+    wait_poll_interval: float = Field(0.2, gt=0)
+    idempotency_ttl: float = Field(7 * 86400.0, gt=0)
+
+    @model_validator(mode="after")
+    def _keys_outlive_statuses(self) -> BufferingSettings:
+        if self.idempotency_ttl < self.status_ttl:
+            raise ValueError(
+                f"idempotency_ttl ({self.idempotency_ttl:g} s) is shorter than status_ttl "
+                f"({self.status_ttl:g} s): a retry could buffer a second transaction; "
+                "raise idempotency_ttl"
+            )
+        return self
+
+    @property
+    def drains_in_service(self) -> bool:
+        """Whether a service's lifespan drains (``service_drains``, resolved)."""
+        if self.service_drains is not None:
+            return self.service_drains
+        return self.backend_url.lower().startswith("memory:")
 
     @classmethod
     def settings_customise_sources(

@@ -70,7 +70,7 @@ class RedisHealth(BackendPart):
                 "transactions may be evicted"
             )
             if warning != self.policy_warning:
-                log.warning("%s", warning)
+                log.warning("%s", warning, extra={"site": self.site})
             self.policy_warning, self._eviction_problem = warning, None
             return None
         self._eviction_problem = eviction_problem(self.where, policies, self.allow_eviction)

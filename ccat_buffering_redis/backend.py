@@ -359,7 +359,13 @@ class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, AsyncClosing):
                 await self.script("cache_learn", model, *fields)
             except BackendError as exc:
                 # The write stands; find() learns the fields on its first call instead.
-                log.warning("could not index %s of %s yet: %s", fields, model, exc)
+                log.warning(
+                    "could not index %s of %s yet: %s",
+                    fields,
+                    model,
+                    exc,
+                    extra={"site": self.site},
+                )
 
     @asynccontextmanager
     async def atomic(self) -> AsyncIterator[RedisWriteBatch]:
