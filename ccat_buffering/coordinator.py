@@ -21,6 +21,7 @@ from ccat_buffering.buffer_loss import BufferLoss, BufferWatch, watch_buffer
 from ccat_buffering.database import create_engine
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.health import NO_REPLICA_NOTICE, Health, collect
+from ccat_buffering.ledger_pruning import prune_periodically
 from ccat_buffering.logs import SiteLogger
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.masking import mask_url
@@ -174,7 +175,12 @@ class BufferingCoordinator:
         self._owns = owns
         self.manager = transaction_manager(settings, backend, registry)
         self.executor = TransactionExecutor(
-            engine, registry, ledger=settings.ledger, timeouts=link_timeouts(settings)
+            engine,
+            registry,
+            ledger=settings.ledger,
+            timeouts=link_timeouts(settings),
+            site=backend.site,
+            ledger_retention=settings.ledger_retention,
         )
         self.processor = BackgroundProcessor(
             self.manager,
@@ -202,6 +208,7 @@ class BufferingCoordinator:
         self.watch = BufferWatch(engine, backend)
         self._watch_task: asyncio.Task[None] | None = None
         self._tracker_task: asyncio.Task[None] | None = None
+        self._prune_task: asyncio.Task[None] | None = None
         self.background: set[asyncio.Task[None]] = set()
         self._start_on_enter = start
 
@@ -335,7 +342,7 @@ class BufferingCoordinator:
         return await self.watch.acknowledge()
 
     async def prepare_database(self) -> None:
-        """Create the applied-transactions ledger if it does not exist."""
+        """Create the applied-transactions ledger, or upgrade it to record the site."""
         await self.executor.create_ledger()
 
     def start(self) -> None:
@@ -346,6 +353,18 @@ class BufferingCoordinator:
             self.processor.start()
             if self.watch.supported and (self._watch_task is None or self._watch_task.done()):
                 self._watch_task = asyncio.create_task(self._watching(), name="buffer-watch")
+            pruning = self.settings.ledger and self.settings.ledger_prune_interval > 0
+            if pruning and (self._prune_task is None or self._prune_task.done()):
+                self._prune_task = asyncio.create_task(
+                    prune_periodically(
+                        self.engine,
+                        self.backend,
+                        retention=self.settings.ledger_retention,
+                        interval=self.settings.ledger_prune_interval,
+                        batch_size=self.settings.ledger_prune_batch,
+                    ),
+                    name="ledger-pruning",
+                )
         if self._tracker_task is None or self._tracker_task.done():
             self._tracker_task = asyncio.create_task(self.tracker.run(), name="replication-tracker")
 
@@ -354,11 +373,12 @@ class BufferingCoordinator:
         for task in self.background:
             task.cancel()
         self.background.clear()
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
-            self._watch_task = None
+        for job in (self._watch_task, self._prune_task):
+            if job is not None:
+                job.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
+        self._watch_task = self._prune_task = None
         await self.processor.stop()
         self.tracker.stop()
         if self._tracker_task is not None:

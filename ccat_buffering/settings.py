@@ -131,6 +131,13 @@ class BufferingSettings(BaseSettings):
             it counts as unavailable.
         read_allow_partial: When the site's database cannot be read, reads
             answer from the buffer alone, marked partial, instead of raising.
+        ledger_retention: Seconds an applied transaction's ledger row is kept
+            at least (7 days): the oldest buffer backup that may be restored
+            without its older transactions being parked as unverifiable.
+            Rows of transactions the site still holds are kept however old.
+        ledger_prune_interval: Seconds between the worker's pruning runs
+            (``0`` switches them off; ``ccat-buffering db prune`` still works).
+        ledger_prune_batch: Ledger rows deleted per statement.
     """
 
     model_config = SettingsConfigDict(
@@ -196,6 +203,11 @@ class BufferingSettings(BaseSettings):
     # Reads (issue #13): reads never hang on the site's database.
     read_timeout: float = Field(5.0, gt=0)
     read_allow_partial: bool = False
+
+    # The ledger's life (issue #22): pruning past a safe horizon.
+    ledger_retention: float = Field(7 * 24 * 3600.0, ge=60)
+    ledger_prune_interval: float = Field(3600.0, ge=0)
+    ledger_prune_batch: int = Field(5000, ge=1)
 
     @classmethod
     def settings_customise_sources(

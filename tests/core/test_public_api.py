@@ -32,6 +32,7 @@ EXPECTED = [
     "ImmediateReplicationChecker",
     "LSNReplicationChecker",
     "LeaseLostError",
+    "LedgerHorizonError",
     "ModelRegistry",
     "Operation",
     "Outcome",
