@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from ccat_buffering import database
 from ccat_buffering._grouping import plan
@@ -118,6 +118,49 @@ class TransactionExecutor:
         """Whether the ledger holds ``transaction_id``."""
         async with self.engine.connect() as conn:
             return bool(await self._session.applied_ids(conn, [transaction_id]))
+
+    async def rehearse(self, transactions: Sequence[Transaction]) -> list[Outcome]:
+        """Apply ``transactions`` in order inside one database transaction, then roll it back.
+
+        Each runs in its own savepoint after the ones before it, as a batch
+        would; nothing is committed, so the main database is left as it was.
+
+        Args:
+            transactions: In the order they would be applied.
+
+        Returns:
+            What each would do: applied, already applied, or its error.
+
+        Raises:
+            DatabaseUnavailableError: The database could not be reached.
+        """
+        outcomes: list[Outcome] = []
+        try:
+            async with self.engine.connect() as conn, watched(conn, self.timeouts.statement):
+                await conn.begin()
+                try:
+                    ids = [tx.transaction_id for tx in transactions]
+                    done = await self._session.applied_ids(conn, ids)
+                    session = AsyncSession(bind=conn, autoflush=False)
+                    for tx in transactions:
+                        if tx.transaction_id in done:
+                            outcomes.append(Outcome(tx.transaction_id, already_applied=True))
+                            continue
+                        try:
+                            self.registry.check(tx)
+                            self._check_refs(tx)
+                        except Exception as exc:
+                            kind = classify_failure(exc)
+                            outcomes.append(Outcome(tx.transaction_id, error=exc, kind=kind))
+                            continue
+                        outcomes.append(await self._session.apply_one(session, tx))
+                finally:
+                    await conn.rollback()
+        except (DatabaseUnavailableError, ConfigurationError):
+            raise
+        except Exception as exc:
+            raise not_the_transactions_fault(exc, "while rehearsing a replay") from exc
+        return outcomes
 
     async def execute(self, transaction: Transaction) -> Outcome:
         """Apply one transaction in its own database transaction.
