@@ -37,6 +37,8 @@ from sqlalchemy import (
     Uuid,
 )
 
+from ccat_buffering.payload_limits import MAX_DEPTH
+
 __all__ = ["Convert", "rules_for"]
 
 _INT_RANGES: list[tuple[type[Any], int]] = [(SmallInteger, 16), (BigInteger, 64), (Integer, 32)]
@@ -218,9 +220,15 @@ def _read_uuid(value: Any) -> Any:
     return value
 
 
-def _json_data(value: Any, where: str = "") -> Any:
+def _json_data(value: Any, where: str = "", depth: int = 0) -> Any:
     if value is None or type(value) in (bool, int):
         return value
+    if depth > MAX_DEPTH:
+        # Refused here, before Python's own recursion limit; to_json applies the
+        # payload's exact limit (payload_limits) to what is shallower.
+        raise _Refused(
+            f"it nests deeper than {MAX_DEPTH} levels, which the drain could not read: flatten it"
+        )
     if isinstance(value, float):
         if not math.isfinite(value):
             raise _Refused(f"{where or 'the value'} is {value!r}, which JSON cannot hold")
@@ -234,10 +242,10 @@ def _json_data(value: Any, where: str = "") -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise _Refused(f"mapping key {key!r} is not text, which JSON needs")
-            out[_text(key)] = _json_data(item, f"{where}.{key}" if where else key)
+            out[_text(key)] = _json_data(item, f"{where}.{key}" if where else key, depth + 1)
         return out
     if isinstance(value, list | tuple):
-        return [_json_data(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return [_json_data(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
     raise _Refused(
         f"{where or 'the value'} is a {type(value).__name__}, which JSON cannot hold: "
         "convert it to text or a number first"

@@ -1,8 +1,9 @@
 """Claimed entries read back: a transaction, or refused with the reason and the id it names.
 
-An entry is refused when it is over the payload limit (the limit holds at the
-drain too) or is not a readable transaction; the manager dead-letters those
-at once so that they never block the queue.
+An entry is refused when it breaks a limit of
+:mod:`ccat_buffering.payload_limits` (the check submit runs, run again at the
+drain) or is not a readable transaction; the manager dead-letters those at
+once so that they never block the queue.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ccat_buffering.errors import TransactionValidationError
+from ccat_buffering.errors import PayloadTooLargeError, TransactionValidationError
 from ccat_buffering.models import Transaction
+from ccat_buffering.payload_limits import payload_problem
 from ccat_buffering.protocols import Claim
 
 _LEADING_ID = re.compile(r'^\{"format_version":\d+,"transaction_id":"([^"]{1,100})"')
@@ -34,16 +36,17 @@ def _leading_id(payload: str) -> str | None:
 
 
 def _over_limit(payload: str, limit: int | None) -> str | None:
-    """Why an entry is refused at drain for its size, or ``None``."""
-    if limit is None or len(payload) * 4 <= limit:
+    """Why an entry is refused at drain by the limits submit applies too, or ``None``."""
+    problem = payload_problem(payload, limit)
+    if problem is None:
         return None
-    size = len(payload.encode())
-    if size <= limit:
-        return None
-    return (
-        f"entry is {size} bytes, over the limit of {limit} (max_payload_bytes): it was "
-        "not applied; raise the limit and replay it, or purge it"
-    )
+    kind, what = problem
+    if kind is PayloadTooLargeError:
+        return (
+            f"entry {what} (max_payload_bytes): it was not applied; raise the limit and "
+            "replay it, or purge it"
+        )
+    return f"entry {what}; it was not applied: purge it and submit it again as the limit allows"
 
 
 def read_claims(

@@ -61,8 +61,13 @@ def _scheme(url: str, what: str, example: str) -> str:
         return scheme  # host:port,host:port,...: the client parses the list
     try:
         urlsplit(url).port  # noqa: B018 (parsing the port is the check)
-    except ValueError as exc:
-        raise ValueError(f"{what} {_masked(url)!r} is malformed: {exc}") from None
+    except ValueError:
+        # urlsplit's message quotes what it took for the port: with an unencoded
+        # password that is a piece of the password, so it is not shown.
+        raise ValueError(
+            f"{what} {_masked(url)!r} is malformed: its port is not a number from 0 to 65535 "
+            "(a password holding @ : / ? or # must be percent-encoded, e.g. @ as %40)"
+        ) from None
     return scheme
 
 

@@ -39,6 +39,7 @@ from ccat_buffering.protocols import CacheKind, CacheWrite
 from ccat_buffering.status import TransactionStatus
 
 __all__ = [
+    "check_audit",
     "check_cache_extend",
     "check_cache_release",
     "check_cache_write",
@@ -372,3 +373,18 @@ def check_report(report: str, ttl_seconds: float) -> None:
     if not isinstance(report, str):
         raise TypeError(f"report must be text (JSON), not {type(report).__name__}")
     check_duration(ttl_seconds, "ttl_seconds")
+
+
+def check_audit(entry: str, keep: int) -> None:
+    """Check :meth:`~ccat_buffering.protocols.SupportsAuditLog.append_audit`.
+
+    Raises:
+        TypeError: The entry is not text, or ``keep`` is not an integer.
+        ValueError: ``keep`` is not positive.
+    """
+    if not isinstance(entry, str):
+        raise TypeError(f"an audit entry must be text (JSON), not {type(entry).__name__}")
+    if not isinstance(keep, int) or isinstance(keep, bool):
+        raise TypeError(f"keep must be an integer, not {type(keep).__name__}")
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, not {keep}")

@@ -52,7 +52,10 @@ __all__ = ["ColumnRule", "ModelColumns", "columns_of", "convert_step", "is_conve
 
 
 def _shown(value: Any, limit: int = 120) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:  # a value nested too deep for repr: say what it is
+        return f"a {type(value).__name__} nested too deep to show"
     return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text)} characters)"
 
 

@@ -26,6 +26,8 @@ backends translate their client's exceptions at their boundary, so nothing from
 
 from __future__ import annotations
 
+from ccat_buffering.masking import mask_text
+
 __all__ = [
     "BackendError",
     "BackendFullError",
@@ -49,7 +51,16 @@ __all__ = [
 
 
 class BufferingError(Exception):
-    """Base of every error raised by ccat-buffering."""
+    """Base of every error raised by ccat-buffering.
+
+    Its text arguments are masked when it is made
+    (:func:`ccat_buffering.masking.mask_text`): a password in a URL, a
+    ``password=`` parameter or a driver's message never reaches a log, a
+    status or an HTTP answer through an error, whoever formats it.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(mask_text(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigurationError(BufferingError):

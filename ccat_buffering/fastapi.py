@@ -35,9 +35,11 @@ from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.errors import (
     BackendError,
+    BufferingError,
     DatabaseUnavailableError,
     TransactionValidationError,
 )
+from ccat_buffering.public_views import public_error, public_health, public_status
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.settings import BufferingSettings
 
@@ -242,6 +244,8 @@ def install_error_handlers(app: FastAPI) -> None:
     * :class:`~ccat_buffering.DatabaseUnavailableError` (a main site's
       database, or the database a read needs): 503 with ``Retry-After``.
 
+    A 503 says the kind of outage, never the host (the full text is logged).
+
     Args:
         app: The application.
     """
@@ -250,14 +254,21 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
-        return _unavailable(str(exc))
+        # The full (masked) text names hosts: it goes to the log, not to the caller.
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return _unavailable(public_error(typing.cast(BufferingError, exc)))
 
     app.add_exception_handler(TransactionValidationError, invalid)
     app.add_exception_handler(BackendError, unavailable)
     app.add_exception_handler(DatabaseUnavailableError, unavailable)
 
 
-def health_router(prefix: str = "/buffering", *, audit: bool = False) -> APIRouter:
+def health_router(
+    prefix: str = "/buffering",
+    *,
+    audit: bool = False,
+    auth: Callable[..., Any] | None = None,
+) -> APIRouter:
     """Routes for probes and clients: the site's health and a transaction's status.
 
     * ``GET {prefix}/health``: the health as JSON (``healthy`` included);
@@ -265,22 +276,32 @@ def health_router(prefix: str = "/buffering", *, audit: bool = False) -> APIRout
     * ``GET {prefix}/transactions/{transaction_id}``: the status as JSON, or
       404 when it is unknown or expired.
 
+    Without ``auth`` they are safe to expose: they show the reduced views of
+    :mod:`ccat_buffering.public_views` (no row data, credentials, hosts,
+    paths or process ids; errors as their kind). With it, every route
+    depends on it and shows everything (passwords masked).
+
     Args:
         prefix: Where the routes live.
         audit: Let health scan the site's keys for leaks (costly on a large
             Redis; ``ccat-buffering keys audit`` does it on demand).
+        auth: The service's own auth dependency (anything ``Depends()``
+            takes); it refuses a caller by raising, as FastAPI's security
+            dependencies do.
 
     Returns:
         The router, for ``app.include_router``.
     """
-    router = APIRouter(prefix=prefix, tags=["buffering"])
+    guarded = auth is not None
+    router = APIRouter(
+        prefix=prefix, tags=["buffering"], dependencies=[Depends(auth)] if guarded else []
+    )
 
     @router.get("/health")
     async def health(site: Site) -> JSONResponse:
         report = await site.health(audit=audit)
-        return JSONResponse(
-            report.model_dump(mode="json"), status_code=200 if report.healthy else 503
-        )
+        shown = report.model_dump(mode="json") if guarded else public_health(report)
+        return JSONResponse(shown, status_code=200 if report.healthy else 503)
 
     @router.get("/transactions/{transaction_id}")
     async def transaction(transaction_id: str, site: Site) -> JSONResponse:
@@ -290,6 +311,6 @@ def health_router(prefix: str = "/buffering", *, audit: bool = False) -> APIRout
                 {"detail": f"no transaction {transaction_id!r} (unknown, or its status expired)"},
                 status_code=404,
             )
-        return JSONResponse(status.model_dump(mode="json"))
+        return JSONResponse(status.model_dump(mode="json") if guarded else public_status(status))
 
     return router

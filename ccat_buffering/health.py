@@ -18,9 +18,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError, computed_field
 from sqlalchemy.exc import SQLAlchemyError
 
+from ccat_buffering import audit as audit_log
 from ccat_buffering.buffer_loss import BufferWatch
 from ccat_buffering.counts import BufferCounts
-from ccat_buffering.masking import mask_text, mask_url
+from ccat_buffering.masking import mask_mapping, mask_text, mask_url
 from ccat_buffering.models import TransactionState, utc_now
 from ccat_buffering.processor import BackgroundProcessor, ProcessorHealth, ProcessorState
 from ccat_buffering.protocols import (
@@ -40,6 +41,9 @@ NO_REPLICA_NOTICE = (
     "while the link is down reads see the buffered records only"
 )
 """What health says, and the coordinator logs at start, of a secondary site without a replica."""
+
+RECENT_ACTIONS = 5
+"""Operators' actions that health shows (``ccat-buffering audit`` shows them all)."""
 
 WATCH_TIMEOUT = 3.0
 """Seconds ``collect`` waits for the main database's memory of the buffer."""
@@ -119,6 +123,8 @@ class Health(BaseModel):
         warnings: What an operator must look at.
         notices: What an operator should know of the site's set-up; they do
             not make it unhealthy (a site without a replica, for one).
+        actions: The latest operators' actions, newest first (see
+            :mod:`ccat_buffering.audit`).
         healthy: No warnings (serialised with the rest).
     """
 
@@ -134,6 +140,7 @@ class Health(BaseModel):
     replication: ReplicationHealth
     warnings: list[str]
     notices: list[str] = []
+    actions: list[audit_log.AuditEntry] = []
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -309,7 +316,7 @@ async def collect(
                     f"{len(leaks)} key(s) without a TTL: see `ccat-buffering keys audit`"
                 )
     counts = await backend.status.counts()
-    return Health(
+    health = Health(
         site=backend.site,
         site_type=settings.site_type,
         backend=mask_url(settings.backend_url) or "",
@@ -322,7 +329,10 @@ async def collect(
         replication=replication,
         warnings=warnings,
         notices=[NO_REPLICA_NOTICE] if _without_replica(settings) else [],
+        actions=await audit_log.list(backend, RECENT_ACTIONS),
     )
+    # Masked whole, whatever a part put in it (a worker's cause, a driver's message).
+    return Health.model_validate(mask_mapping(health.model_dump(mode="json")))
 
 
 def _without_replica(settings: BufferingSettings) -> bool:

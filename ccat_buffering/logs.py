@@ -19,6 +19,9 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s [site=%(site)s tx=%(transaction_id)
 """A format that shows both attributes."""
 
 
+_FORMATTER = logging.Formatter()
+
+
 class ContextFilter(logging.Filter):
     """Gives every record ``site`` and ``transaction_id``, and masks passwords in it."""
 
@@ -32,6 +35,10 @@ class ContextFilter(logging.Filter):
         masked = mask_text(message)
         if masked != message:
             record.msg, record.args = masked, ()
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            # A driver's exception text may hold a DSN: format it here, masked;
+            # the handler's formatter uses exc_text as it is.
+            record.exc_text = mask_text(_FORMATTER.formatException(record.exc_info))
         return True
 
 

@@ -31,6 +31,7 @@ from ccat_buffering._codec import PLAIN_TYPES, decode_value, encode_value
 from ccat_buffering.errors import PayloadTooLargeError, TransactionValidationError
 from ccat_buffering.identifiers import Identifier, check_identifier, known_identifier
 from ccat_buffering.lsn import LSN
+from ccat_buffering.payload_limits import payload_problem
 from ccat_buffering.status import TransactionState, TransactionStatus, UTCDatetime, utc_now
 
 __all__ = [
@@ -300,7 +301,9 @@ class Transaction(BaseModel):
             The JSON text.
 
         Raises:
-            TransactionValidationError: A value cannot be serialised.
+            TransactionValidationError: A value cannot be serialised, or the
+                drain could not read the text (nested too deep, an integer too
+                long: see :mod:`ccat_buffering.payload_limits`).
             PayloadTooLargeError: The JSON text is larger than the limit.
         """
         try:
@@ -313,15 +316,11 @@ class Transaction(BaseModel):
                 where = self._not_utf8() or "a value"
                 message = f"{where} holds a lone surrogate, which is not UTF-8"
             raise TransactionValidationError(message.split(marker, 1)[-1]) from None
-        # A character is at most 4 bytes: encode only when the limit could be passed.
-        if max_payload_bytes is not None and len(text) * 4 > max_payload_bytes:
-            size = len(text.encode())
-            if size > max_payload_bytes:
-                raise PayloadTooLargeError(
-                    f"transaction {self.transaction_id} ({self.endpoint}) is {size} bytes, "
-                    f"over the limit of {max_payload_bytes}: split it, or raise "
-                    "max_payload_bytes"
-                )
+        problem = payload_problem(text, max_payload_bytes)
+        if problem is not None:
+            kind, what = problem
+            fix = ": split it, or raise max_payload_bytes" if kind is PayloadTooLargeError else ""
+            raise kind(f"transaction {self.transaction_id} ({self.endpoint}) {what}{fix}")
         return text
 
     def _not_utf8(self) -> str | None:

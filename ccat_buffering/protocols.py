@@ -23,6 +23,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self, runtime_checkable
 
+from ccat_buffering.masking import mask_text
 from ccat_buffering.models import TransactionState, TransactionStatus
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "LeaseInfo",
     "ProcessorLease",
     "StatusStore",
+    "SupportsAuditLog",
     "SupportsBufferHealth",
     "SupportsBufferMarker",
     "SupportsInspection",
@@ -93,7 +95,8 @@ class DeadLetter:
         letter_id: The transaction id, or ``raw-<receipt>`` for an entry that
             was not a readable transaction.
         payload: The entry's text exactly as it was buffered.
-        reason: The error that sent it here.
+        reason: The error that sent it here, passwords masked (whatever the
+            store holds: a reason is shown to operators and over HTTP).
         dead_lettered_at: When it arrived.
         transaction_id: The transaction's id, where the payload was readable.
     """
@@ -103,6 +106,9 @@ class DeadLetter:
     reason: str
     dead_lettered_at: float
     transaction_id: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", mask_text(self.reason))
 
 
 class CacheKind(enum.StrEnum):
@@ -697,4 +703,28 @@ class SupportsBufferMarker(Protocol):
         Returns:
             Whether it was set.
         """
+        ...
+
+
+@runtime_checkable
+class SupportsAuditLog(Protocol):
+    """Capability: a bounded log of what operators did to the site, kept with its buffer.
+
+    It lives in the buffer's store, not in the main database, so that an
+    action taken while the link is down (a replay, a purge) is recorded too.
+    :mod:`ccat_buffering.audit` writes and reads it; entries are text (JSON)
+    that the store does not parse.
+    """
+
+    async def append_audit(self, entry: str, keep: int) -> None:
+        """Add ``entry`` as the newest, then keep only the newest ``keep`` entries.
+
+        Raises:
+            TypeError: ``entry`` is not text.
+            ValueError: ``keep`` is not a positive integer.
+        """
+        ...
+
+    async def audit_entries(self, limit: int | None = None) -> list[str]:
+        """The entries, newest first, at most ``limit`` of them (``None``: all kept)."""
         ...

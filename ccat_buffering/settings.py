@@ -16,6 +16,7 @@ that names the setting, its value (masked) and the fix.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationError
@@ -34,7 +35,7 @@ from ccat_buffering._settings_checks import (
     explain,
 )
 from ccat_buffering.errors import ConfigurationError
-from ccat_buffering.masking import mask_url
+from ccat_buffering.masking import mask_mapping, mask_url
 from ccat_buffering.models import DEFAULT_MAX_PAYLOAD_BYTES, check_identifier
 
 # mask_url is used below and still imported from here by coordinator.py and
@@ -248,11 +249,13 @@ class BufferingSettings(BaseSettings):
         return url
 
     def masked(self) -> dict[str, object]:
-        """The settings with passwords in URLs hidden, for display."""
-        data = self.model_dump()
-        for name in ("backend_url", "database_url", "replica_url"):
-            data[name] = mask_url(data[name])
-        return data
+        """The settings with every password hidden (URLs, engine options), for display."""
+        return {name: mask_mapping(value) for name, value in self.model_dump().items()}
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """What ``repr()`` and ``str()`` show: the fields, passwords hidden."""
+        for name, value in super().__repr_args__():
+            yield name, mask_mapping(value)
 
 
 def load_settings(*, config_file: str | None = None, **overrides: object) -> BufferingSettings:

@@ -300,6 +300,7 @@ class MemoryBackend(AsyncClosing):
         self.status = MemoryStatusStore(self._state)
         self.cache = MemoryCacheStore(self._state)
         self.lease = MemoryProcessorLease(self._state)
+        self._audit: list[str] = []  # newest first, as the Redis list
 
     @classmethod
     def from_url(cls, url: str, *, site: str, **options: Any) -> MemoryBackend:
@@ -360,6 +361,16 @@ class MemoryBackend(AsyncClosing):
                 expires = state.id_cache[(model, record_id)][1]
                 found.append(KeyInfo(f"{SUFFIXES['ids']}{model}:{record_id}", "id", expires - now))
         return found
+
+    async def append_audit(self, entry: str, keep: int) -> None:
+        """See :meth:`ccat_buffering.protocols.SupportsAuditLog.append_audit`."""
+        checks.check_audit(entry, keep)
+        self._audit.insert(0, entry)
+        del self._audit[keep:]
+
+    async def audit_entries(self, limit: int | None = None) -> list[str]:
+        """See :meth:`ccat_buffering.protocols.SupportsAuditLog.audit_entries`."""
+        return [] if limit is not None and limit <= 0 else self._audit[:limit]
 
     async def aclose(self) -> None:
         """Nothing to release: the state lives as long as the object."""

@@ -35,6 +35,7 @@ from ccat_buffering.errors import (
     ConfigurationError,
 )
 from ccat_buffering_redis import scripts
+from ccat_buffering_redis._audit import RedisAuditLog
 from ccat_buffering_redis._coalescer import Coalescer
 from ccat_buffering_redis._connect import open_client, take_compression, take_parameter
 from ccat_buffering_redis._frame import Command, frame
@@ -62,7 +63,7 @@ log = logging.getLogger(__name__)
 _SCRIPTS = scripts.SCRIPTS
 
 
-class RedisBackend(RedisInspection, RedisHealth, AsyncClosing):
+class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, AsyncClosing):
     """Every store of one site, in Redis.
 
     Args:

@@ -53,6 +53,8 @@ key                                         type     what
 ``lease``                                   string   the processor lease token; PX TTL
 ``processor``                               string   the draining processor's report (JSON);
                                                      PX TTL
+``audit``                                   list     the audit log: operators' actions (JSON),
+                                                     newest first, capped (LTRIM)
 ==========================================  =======  ==========================================
 """
 
@@ -81,6 +83,7 @@ BOUNDED = (
     *(f"state:{state}" for state in TransactionState),
     "state:cursors",
     "buffer_epoch",
+    "audit",
 )
 """Suffixes of the site's bounded structures: they hold no TTL by design.
 
@@ -158,6 +161,11 @@ class SiteKeys:
     def epoch(self) -> str:
         """The buffer's marker, checked against the main database (see ``buffer_loss``)."""
         return self._key("epoch")
+
+    @property
+    def audit(self) -> str:
+        """The audit log of operators' actions (see ``ccat_buffering.audit``)."""
+        return self._key("audit")
 
     @property
     def processor(self) -> str:

@@ -48,6 +48,7 @@ LUA_NAMES = {
     "index": "INDEX",
     "fields": "FIELDS",
     "lease": "LEASE",
+    "audit": "AUDIT",
     "processor": "PROCESSOR",
     "reconcile": "RECONCILE",
     "epoch": "EPOCH",

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
+from ccat_buffering import audit
 from ccat_buffering.cli import _operator
 from ccat_buffering.cli._app import dlq_app
 from ccat_buffering.cli._common import (
@@ -120,6 +121,12 @@ def show_command(letter_id: Annotated[str, typer.Argument(help="The letter's id.
         out.print(repr(letter.payload), soft_wrap=True)
 
 
+def _ids(wanted: list[str] | None, done: list[str] | None) -> str:
+    """The audit detail of a replay or purge: ``--all``, or the letters named."""
+    named = "--all" if wanted is None else "letters " + " ".join(wanted)
+    return named if done is None or wanted is None else f"{named}; replayed " + " ".join(done)
+
+
 def _selection(ids: list[str] | None, every: bool, verb: str) -> list[str] | None:
     if every == bool(ids):
         raise typer.BadParameter(f"name the letters to {verb}, or pass --all (not both)")
@@ -181,6 +188,9 @@ def replay_command(
                 # One atomic step: the letters and their dependents keep their order.
                 done = await site.manager.replay(wanted)
                 report("replaying", len(done), len(done))
+            await audit.record(
+                site.backend, action="dlq.replay", count=len(done), detail=_ids(wanted, done)
+            )
             return done
 
     done = asyncio.run(run())
@@ -247,7 +257,11 @@ def purge_command(ids: Ids = None, every: All = False, yes: Yes = False) -> None
 
     async def run() -> int:
         async with site:
-            return await site.backend.dead_letters.purge(wanted)
+            purged = await site.backend.dead_letters.purge(wanted)
+            await audit.record(
+                site.backend, action="dlq.purge", count=purged, detail=_ids(wanted, None)
+            )
+            return purged
 
     purged = asyncio.run(run())
     if current().as_json:

@@ -13,11 +13,13 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from ccat_buffering import audit as audit_log
 from ccat_buffering.cli import _common as common
 from ccat_buffering.cli import _operator
 from ccat_buffering.cli._app import app
 from ccat_buffering.cli._common import command, current, emit_json, fail, settings_for
 from ccat_buffering.cli._inspection import inspect_transaction
+from ccat_buffering.cli.audit import table as audit_table
 from ccat_buffering.health import Health, as_json
 
 __all__ = ["MIN_INTERVAL", "render"]
@@ -106,6 +108,8 @@ def render(health: Health) -> Group:
             ],
         ),
     ]
+    if health.actions:
+        parts.append(audit_table(health.actions, "latest operator actions (ccat-buffering audit)"))
     if health.warnings:
         warnings = Table(title="warnings", show_header=False, title_justify="left", min_width=60)
         warnings.add_column("warning", style="yellow")
@@ -157,6 +161,7 @@ def status_command(
         if acknowledging[0]:
             acknowledging[0] = False
             count = await site.acknowledge_losses()
+            await audit_log.record(site.backend, action="status.acknowledge-loss", count=count)
             Console(stderr=True).print(f"acknowledged {count} loss(es) of buffered state")
         return await site.health(audit=audit)
 

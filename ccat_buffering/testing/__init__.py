@@ -26,6 +26,7 @@ from ccat_buffering.testing._base import ContractHooks, new_site_name
 from ccat_buffering.testing._buffer import BufferStoreContract
 from ccat_buffering.testing._cache import CacheStoreContract
 from ccat_buffering.testing._capabilities import (
+    AuditLogContract,
     BufferHealthContract,
     BufferMarkerContract,
     CapabilityFlags,
@@ -40,6 +41,7 @@ from ccat_buffering.testing._status import StatusStoreContract
 __all__ = [
     "ArgumentContract",
     "AtomicContract",
+    "AuditLogContract",
     "BackendContract",
     "BufferHealthContract",
     "BufferMarkerContract",

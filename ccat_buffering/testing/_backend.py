@@ -16,6 +16,7 @@ from ccat_buffering.testing._atomic import AtomicContract
 from ccat_buffering.testing._buffer import BufferStoreContract
 from ccat_buffering.testing._cache import CacheStoreContract
 from ccat_buffering.testing._capabilities import (
+    AuditLogContract,
     BufferHealthContract,
     BufferMarkerContract,
     InspectionContract,
@@ -42,6 +43,7 @@ class BackendContract(
     KeyAuditContract,
     BufferHealthContract,
     BufferMarkerContract,
+    AuditLogContract,
 ):
     """Every store's contract, atomic groups, bad arguments, capabilities, and the backend's own.
 

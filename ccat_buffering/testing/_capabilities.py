@@ -17,6 +17,7 @@ from ccat_buffering.protocols import (
     CacheWrite,
     KeyInfo,
     MemoryReport,
+    SupportsAuditLog,
     SupportsBufferHealth,
     SupportsBufferMarker,
     SupportsInspection,
@@ -26,6 +27,7 @@ from ccat_buffering.protocols import (
 from ccat_buffering.testing._base import LONG_LEASE, ContractHooks
 
 __all__ = [
+    "AuditLogContract",
     "BufferHealthContract",
     "BufferMarkerContract",
     "CapabilityFlags",
@@ -49,6 +51,8 @@ class CapabilityFlags(ContractHooks):
             :class:`~ccat_buffering.protocols.SupportsBufferHealth`.
         supports_buffer_marker: The backend is a
             :class:`~ccat_buffering.protocols.SupportsBufferMarker`.
+        supports_audit_log: The backend is a
+            :class:`~ccat_buffering.protocols.SupportsAuditLog`.
     """
 
     supports_processor_reports: ClassVar[bool] = False
@@ -56,6 +60,7 @@ class CapabilityFlags(ContractHooks):
     supports_key_audit: ClassVar[bool] = False
     supports_buffer_health: ClassVar[bool] = False
     supports_buffer_marker: ClassVar[bool] = False
+    supports_audit_log: ClassVar[bool] = False
 
     def require(self, flag: str) -> None:
         """Skip the test unless the backend's test class sets ``flag``."""
@@ -70,6 +75,7 @@ class CapabilityFlags(ContractHooks):
             "supports_key_audit": isinstance(backend, SupportsKeyAudit),
             "supports_buffer_health": isinstance(backend, SupportsBufferHealth),
             "supports_buffer_marker": isinstance(backend, SupportsBufferMarker),
+            "supports_audit_log": isinstance(backend, SupportsAuditLog),
         }
         assert {flag: getattr(self, flag) for flag in has} == has
 
@@ -224,3 +230,39 @@ class BufferMarkerContract(CapabilityFlags):
             await backend.buffer.push([payload])
             seen.append((await marker.buffer_mark())[1])
         assert seen == sorted(seen)
+
+
+class AuditLogContract(CapabilityFlags):
+    """:class:`~ccat_buffering.protocols.SupportsAuditLog`."""
+
+    def audit_log(self, backend: Backend) -> SupportsAuditLog:
+        """The backend as the capability, or skip."""
+        self.require("supports_audit_log")
+        assert isinstance(backend, SupportsAuditLog)
+        return backend
+
+    async def test_audit_log_is_empty_at_first(self, backend: Backend) -> None:
+        """A fresh site has no audit entries."""
+        assert await self.audit_log(backend).audit_entries() == []
+
+    async def test_audit_log_reads_newest_first_and_keeps_the_newest(
+        self, backend: Backend
+    ) -> None:
+        """Entries read back newest first, as written; beyond ``keep`` the oldest go."""
+        log = self.audit_log(backend)
+        for n in range(5):
+            await log.append_audit(f'{{"n": {n}, "text": "é"}}', 3)
+        assert await log.audit_entries() == [f'{{"n": {n}, "text": "é"}}' for n in (4, 3, 2)]
+        assert await log.audit_entries(2) == ['{"n": 4, "text": "é"}', '{"n": 3, "text": "é"}']
+        assert await log.audit_entries(0) == []
+
+    async def test_audit_log_refuses_bad_arguments_and_writes_nothing(
+        self, backend: Backend
+    ) -> None:
+        """Not text, or a cap below one: refused before anything is written."""
+        log = self.audit_log(backend)
+        with pytest.raises(TypeError):
+            await log.append_audit(b"{}", 10)  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            await log.append_audit("{}", 0)
+        assert await log.audit_entries() == []

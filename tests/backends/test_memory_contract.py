@@ -18,6 +18,7 @@ class TestMemoryBackend(BackendContract):
     clock_is_exact = True
     supports_processor_reports = True
     supports_inspection = True
+    supports_audit_log = True
 
     @pytest_asyncio.fixture
     async def backend(self, site: str) -> AsyncIterator[MemoryBackend]:

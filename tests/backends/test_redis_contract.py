@@ -25,6 +25,7 @@ class RedisContract(BackendContract):
     supports_key_audit = True
     supports_buffer_health = True
     supports_buffer_marker = True
+    supports_audit_log = True
 
 
 class TestFakeRedis(RedisContract):

@@ -78,6 +78,7 @@ def test_testing_all_is_pinned() -> None:
     assert ccat_buffering.testing.__all__ == [
         "ArgumentContract",
         "AtomicContract",
+        "AuditLogContract",
         "BackendContract",
         "BufferHealthContract",
         "BufferMarkerContract",
@@ -100,6 +101,7 @@ def test_checks_all_is_pinned() -> None:
     import ccat_buffering.checks
 
     assert ccat_buffering.checks.__all__ == [
+        "check_audit",
         "check_cache_extend",
         "check_cache_release",
         "check_cache_write",

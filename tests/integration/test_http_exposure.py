@@ -1,0 +1,154 @@
+"""The library's HTTP routes: safe without an auth dependency, complete behind one.
+
+A real PostgreSQL refuses a duplicate social security number, so the
+transaction's recorded error quotes the row (``Key (ssn)=(...) already
+exists``); the routes must not show it, nor hosts, users, ports, paths or
+process ids, to a caller the service did not authenticate.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import httpx
+import pytest_asyncio
+from fastapi import FastAPI, Header, HTTPException
+from pg import fresh_database
+from sqlalchemy import String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from ccat_buffering import TransactionBuilder
+from ccat_buffering.coordinator import BufferingCoordinator
+from ccat_buffering.errors import BackendUnavailableError
+from ccat_buffering.fastapi import health_router, install_error_handlers
+from ccat_buffering.models import TransactionState
+from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.testing import new_site_name
+
+SSN = "078-05-1120"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Person(Base):
+    __tablename__ = "person"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    ssn: Mapped[str] = mapped_column(String(16), unique=True)
+
+
+async def operator_only(authorization: Annotated[str | None, Header()] = None) -> str:
+    """A service's auth dependency: a bearer token, or 401."""
+    if authorization != "Bearer let-me-in":
+        raise HTTPException(status_code=401, detail="not authenticated")
+    return "ana"
+
+
+@pytest_asyncio.fixture
+async def site() -> AsyncIterator[tuple[BufferingCoordinator, str]]:
+    """A site whose second transaction was dead-lettered by a unique violation on ``ssn``."""
+    async with fresh_database() as url:
+        # psycopg quotes the row in its message (DETAIL: Key (ssn)=(...)); the
+        # password is there to be masked (the test server trusts any).
+        url = url.replace("postgresql+asyncpg://postgres@", "postgresql+psycopg://postgres:pw9@")
+        settings = BufferingSettings(
+            site_name=new_site_name(),
+            database_url=url,
+            max_attempts=1,
+        )
+        coordinator = BufferingCoordinator.from_settings(
+            settings, registry=ModelRegistry.from_base(Base), start=False
+        )
+        async with coordinator.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        await coordinator.prepare_database()
+        ids = []
+        for _ in range(2):
+            builder = TransactionBuilder("add_person")
+            builder.create(Person, {"id": str(uuid.uuid4()), "ssn": SSN})
+            ids.append((await coordinator.submit(builder.build())).transaction_id)
+        for _ in range(20):
+            if not await coordinator.processor.run_once():
+                break
+        status = await coordinator.status(ids[1])
+        assert status is not None and status.state is TransactionState.FAILED, status
+        assert status.last_error is not None and SSN in status.last_error
+        try:
+            yield coordinator, ids[1]
+        finally:
+            await coordinator.aclose()
+
+
+def _app(coordinator: BufferingCoordinator, *, guarded: bool) -> FastAPI:
+    app = FastAPI()
+    app.state.buffering = coordinator
+    install_error_handlers(app)
+    app.include_router(health_router(auth=operator_only if guarded else None))
+
+    @app.get("/down")
+    async def down() -> None:
+        raise BackendUnavailableError("redis at 10.1.2.3:6379 cannot be reached: refused")
+
+    return app
+
+
+def _client(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc")
+
+
+HIDDEN = (SSN, "127.0.0.1", "localhost", "postgres", "pw9", "10.1.2.3", socket.gethostname())
+
+
+def _shows_nothing_private(text: str) -> None:
+    for secret in HIDDEN:
+        assert secret not in text, f"{secret!r} shows in {text}"
+    assert f"-{os.getpid()}-" not in text  # the lease holder names the worker's pid
+
+
+async def test_without_auth_the_routes_show_no_row_data_hosts_or_paths(
+    site: tuple[BufferingCoordinator, str],
+) -> None:
+    coordinator, failed = site
+    await coordinator.backend.lease.acquire(coordinator.processor.holder, 60)
+    async with _client(_app(coordinator, guarded=False)) as client:
+        status = await client.get(f"/buffering/transactions/{failed}")
+        health = await client.get("/buffering/health")
+        down = await client.get("/down")
+    assert status.status_code == 200
+    shown = status.json()
+    assert shown["transaction_id"] == failed and shown["state"] == "failed"
+    assert shown["last_error"] == "UniqueViolation", shown  # its kind only
+    _shows_nothing_private(status.text)
+    assert health.status_code == 503  # a dead letter: unhealthy
+    body = health.json()
+    assert body["healthy"] is False and body["buffer"]["dead_letters"] == 1
+    assert "dead letters" in body["warnings"]
+    assert not {"backend", "database", "replica", "actions"} & body.keys()
+    _shows_nothing_private(health.text)
+    assert down.status_code == 503 and "cannot be reached" in down.json()["detail"]
+    _shows_nothing_private(down.text)
+
+
+async def test_behind_the_services_auth_dependency_the_routes_show_everything(
+    site: tuple[BufferingCoordinator, str],
+) -> None:
+    coordinator, failed = site
+    async with _client(_app(coordinator, guarded=True)) as client:
+        for path in ("/buffering/health", f"/buffering/transactions/{failed}"):
+            refused = await client.get(path)
+            assert refused.status_code == 401, path
+            _shows_nothing_private(refused.text)
+        headers = {"Authorization": "Bearer let-me-in"}
+        status = await client.get(f"/buffering/transactions/{failed}", headers=headers)
+        health = await client.get("/buffering/health", headers=headers)
+    assert SSN in status.json()["last_error"]  # the operator sees why it failed
+    body = health.json()
+    assert "***" in body["database"] and "pw9" not in health.text  # passwords stay masked
+    assert any("dead-letter" in warning for warning in body["warnings"])
