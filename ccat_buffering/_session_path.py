@@ -24,10 +24,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from ccat_buffering._drift import schema_drift
 from ccat_buffering._grouping import plan
 from ccat_buffering.columns import columns_of
-from ccat_buffering.database import applied_ids, ledger_table, not_the_transactions_fault
+from ccat_buffering.database import (
+    applied_ids,
+    ledger_rows,
+    ledger_table,
+    not_the_transactions_fault,
+)
 from ccat_buffering.errors import RecordNotFoundError, UnresolvedReferenceError
 from ccat_buffering.lsn import LSN
-from ccat_buffering.models import Operation, Ref, Step, Transaction, utc_now
+from ccat_buffering.models import Operation, Ref, Step, Transaction
 from ccat_buffering.outcome import Outcome
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.retry import FailureKind, classify_failure, describe_error
@@ -82,11 +87,13 @@ class SessionPath:
     Args:
         registry: The mapped classes.
         ledger: Record and check applied transaction ids.
+        site: The site recorded in the ledger rows.
     """
 
-    def __init__(self, registry: ModelRegistry, ledger: bool) -> None:
+    def __init__(self, registry: ModelRegistry, ledger: bool, site: str | None = None) -> None:
         self.registry = registry
         self.ledger = ledger
+        self.site = site
 
     async def applied_ids(self, conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` the ledger holds (none when the ledger is off)."""
@@ -144,18 +151,7 @@ class SessionPath:
 
     async def record(self, session: AsyncSession, transactions: Sequence[Transaction]) -> None:
         if self.ledger and transactions:
-            now = utc_now()
-            await session.execute(
-                insert(ledger_table),
-                [
-                    {
-                        "transaction_id": tx.transaction_id,
-                        "endpoint": tx.endpoint,
-                        "applied_at": now,
-                    }
-                    for tx in transactions
-                ],
-            )
+            await session.execute(insert(ledger_table), ledger_rows(transactions, self.site))
 
     async def apply_grouped(
         self,

@@ -27,6 +27,7 @@ from ccat_buffering.database import create_engine
 from ccat_buffering.errors import BackendError, TransactionFailedError, WaitTimeoutError
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.health import NO_REPLICA_NOTICE, Health, collect
+from ccat_buffering.ledger_pruning import prune_periodically
 from ccat_buffering.logs import SiteLogger
 from ccat_buffering.manager import TransactionManager, as_json
 from ccat_buffering.masking import mask_url
@@ -188,7 +189,12 @@ class BufferingCoordinator:
         self._owns = owns
         self.manager = transaction_manager(settings, backend, registry)
         self.executor = TransactionExecutor(
-            engine, registry, ledger=settings.ledger, timeouts=link_timeouts(settings)
+            engine,
+            registry,
+            ledger=settings.ledger,
+            timeouts=link_timeouts(settings),
+            site=backend.site,
+            ledger_retention=settings.ledger_retention,
         )
         self.processor = BackgroundProcessor(
             self.manager,
@@ -218,6 +224,7 @@ class BufferingCoordinator:
         self.watch_interval = max(settings.poll_interval, 1.0)
         """Seconds between two looks of the buffer watch."""
         self._tracker_task: asyncio.Task[None] | None = None
+        self._prune_task: asyncio.Task[None] | None = None
         self.background: set[asyncio.Task[None]] = set()
         self._start_on_enter = start
         self.activity = Activity()
@@ -413,7 +420,7 @@ class BufferingCoordinator:
         return await self.watch.acknowledge()
 
     async def prepare_database(self) -> None:
-        """Create the applied-transactions ledger if it does not exist."""
+        """Create the applied-transactions ledger, or upgrade it to record the site."""
         await self.executor.create_ledger()
 
     async def _leads(self) -> bool:
@@ -446,6 +453,18 @@ class BufferingCoordinator:
             self.processor.start()
             if self.watch.supported and (self._watch_task is None or self._watch_task.done()):
                 self._watch_task = asyncio.create_task(self._watching(), name="buffer-watch")
+            pruning = self.settings.ledger and self.settings.ledger_prune_interval > 0
+            if pruning and (self._prune_task is None or self._prune_task.done()):
+                self._prune_task = asyncio.create_task(
+                    prune_periodically(
+                        self.engine,
+                        self.backend,
+                        retention=self.settings.ledger_retention,
+                        interval=self.settings.ledger_prune_interval,
+                        batch_size=self.settings.ledger_prune_batch,
+                    ),
+                    name="ledger-pruning",
+                )
         if self._tracker_task is None or self._tracker_task.done():
             self._tracker_task = asyncio.create_task(self.tracker.run(), name="replication-tracker")
 
@@ -465,12 +484,14 @@ class BufferingCoordinator:
         self.background.clear()
         watch, self._watch_task = self._watch_task, None
         tracker, self._tracker_task = self._tracker_task, None
+        prune, self._prune_task = self._prune_task, None
         self.tracker.stop()
         stopping: list[Coroutine[Any, Any, object]] = [
             finish_or_cancel(task, log=log) for task in tasks
         ]
-        if watch is not None:
-            stopping.append(finish_or_cancel(watch, log=log))
+        for job in (watch, prune):
+            if job is not None:
+                stopping.append(finish_or_cancel(job, log=log))
         if tracker is not None:
             stopping.append(finish_or_cancel(tracker, grace=grace, log=log))
         stopping.append(self.processor.stop(grace))

@@ -19,6 +19,7 @@ backends translate their client's exceptions at their boundary, so nothing from
     │   └── CorruptEntryError         an entry in the store is not a valid transaction
     ├── ExecutionError                applying a transaction to the database failed
     │   ├── DatabaseUnavailableError  the database cannot be reached (an outage)
+    │   ├── LedgerHorizonError        created before the pruned ledger's horizon: not applied
     │   ├── RecordNotFoundError       an update or delete found no row
     │   └── UnresolvedReferenceError  a ref() named a value the step did not produce
     ├── LeaseLostError                another processor holds the site's lease
@@ -50,6 +51,7 @@ __all__ = [
     "ExecutionError",
     "IdempotencyKeyReusedError",
     "LeaseLostError",
+    "LedgerHorizonError",
     "PayloadTooLargeError",
     "RecordNotFoundError",
     "ReplicationError",
@@ -147,6 +149,16 @@ class ExecutionError(BufferingError):
 
 class DatabaseUnavailableError(ExecutionError):
     """The database cannot be reached: an outage, not the transaction's fault."""
+
+
+class LedgerHorizonError(ExecutionError):
+    """A transaction was created before its site's pruned ledger horizon; it was not applied.
+
+    The ledger no longer holds rows that old, so it cannot tell whether the
+    transaction was applied before (a buffer restored from an old backup, for
+    instance). It is dead-lettered instead of risking a second application;
+    see :mod:`ccat_buffering.ledger_pruning`.
+    """
 
 
 class RecordNotFoundError(ExecutionError):

@@ -34,6 +34,7 @@ from ccat_buffering.models import (
 )
 from ccat_buffering.protocols import Backend, CachedRecord, CacheWrite, Claim
 from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.replays import read_letter, replay_set
 from ccat_buffering.retry import FailureKind, RetryPolicy, describe_error
 
 __all__ = ["Delivery", "Listener", "TransactionManager", "as_json"]
@@ -412,27 +413,26 @@ class TransactionManager:
     # -- what operators call -------------------------------------------------
 
     async def replay(self, letter_ids: Sequence[str] | None = None) -> list[str]:
-        """Put dead letters back at the tail of the buffer, in the order they arrived.
+        """Put dead letters back at the head of the buffer, in their original buffer order.
 
-        Readable transactions get a fresh ``buffered`` status (attempts reset)
-        and their caches back; unreadable entries are replayed as they are and
-        will be dead-lettered again unless fixed.
+        The letters named go back with their dependents among the dead letters
+        (see :mod:`ccat_buffering.replays`), ahead of everything waiting, the
+        oldest first. Readable transactions get a ``buffered`` status (attempts
+        reset) and their caches back; unreadable entries are replayed as they
+        are and will be dead-lettered again unless fixed.
 
         Args:
             letter_ids: Letters to replay; ``None`` for all.
 
         Returns:
-            The ids of the letters replayed, in order.
+            The ids of the letters replayed, in the order they will be claimed.
         """
-        letters = await self.backend.dead_letters.list()
-        if letter_ids is not None:
-            wanted = set(letter_ids)
-            letters = [letter for letter in letters if letter.letter_id in wanted]
+        letters = replay_set(await self.backend.dead_letters.list(), letter_ids)
         async with self.backend.atomic() as batch:
-            for letter in letters:
-                try:
-                    tx = Transaction.from_json(letter.payload)
-                except TransactionValidationError:
+            # Each staged replay goes to the head: the last staged is claimed first.
+            for letter in reversed(letters):
+                tx = read_letter(letter)
+                if tx is None:
                     batch.replay(letter.letter_id)
                     continue
                 status = _buffered(tx, last_error=f"replayed after: {letter.reason}")

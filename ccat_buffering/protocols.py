@@ -295,9 +295,11 @@ class DeadLetterStore(Protocol):
         ...
 
     async def replay(self, letter_ids: Sequence[str] | None = None) -> builtins.list[DeadLetter]:
-        """Move letters back to the tail of the buffer, in the order they arrived.
+        """Move letters back to the head of the buffer, in the order they arrived.
 
-        The order of ``letter_ids`` does not matter; unknown ids are ignored.
+        They are claimed next, before everything that waits, the first arrived
+        first. The order of ``letter_ids`` does not matter; unknown ids are
+        ignored.
 
         Args:
             letter_ids: Letters to replay; ``None`` for all.
@@ -504,7 +506,10 @@ class WriteBatch(Protocol):
         ...
 
     def replay(self, letter_id: str) -> None:
-        """Stage :meth:`DeadLetterStore.replay` of one letter."""
+        """Stage :meth:`DeadLetterStore.replay` of one letter (to the head).
+
+        Of several staged replays, the one staged last is claimed first.
+        """
         ...
 
     def put_status(self, status: TransactionStatus, ttl_seconds: float) -> None:

@@ -163,6 +163,13 @@ class BufferingSettings(BaseSettings):
             however many waiters).
         idempotency_ttl: Seconds an idempotency key is kept from its first
             use; at least ``status_ttl`` (7 days by default).
+        ledger_retention: Seconds an applied transaction's ledger row is kept
+            at least (7 days): the oldest buffer backup that may be restored
+            without its older transactions being parked as unverifiable.
+            Rows of transactions the site still holds are kept however old.
+        ledger_prune_interval: Seconds between the worker's pruning runs
+            (``0`` switches them off; ``ccat-buffering db prune`` still works).
+        ledger_prune_batch: Ledger rows deleted per statement.
     """
 
     model_config = SettingsConfigDict(
@@ -259,6 +266,11 @@ class BufferingSettings(BaseSettings):
         if self.service_drains is not None:
             return self.service_drains
         return self.backend_url.lower().startswith("memory:")
+
+    # The ledger's life (issue #22): pruning past a safe horizon.
+    ledger_retention: float = Field(7 * 24 * 3600.0, ge=60)
+    ledger_prune_interval: float = Field(3600.0, ge=0)
+    ledger_prune_batch: int = Field(5000, ge=1)
 
     @classmethod
     def settings_customise_sources(

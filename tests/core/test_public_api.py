@@ -33,6 +33,7 @@ EXPECTED = [
     "LSN",
     "LSNReplicationChecker",
     "LeaseLostError",
+    "LedgerHorizonError",
     "ModelRegistry",
     "Operation",
     "Outcome",
