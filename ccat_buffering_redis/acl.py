@@ -23,7 +23,8 @@ from ccat_buffering.models import check_identifier
 
 __all__ = ["ROLES", "setuser"]
 
-_CONNECT = ("hello", "select", "ping")
+# A Cluster client also maps the slots (CLUSTER SLOTS/SHARDS, COMMAND) and follows ASK.
+_CONNECT = ("hello", "select", "ping", "cluster|slots", "cluster|shards", "asking", "command")
 _SCRIPTS = ("evalsha", "script|load", "time")
 _LOOK: tuple[str, ...] = ("info", "config|get", "get", "mget", "exists", "type", "pttl")
 _LOOK += ("hget", "hlen", "hvals", "llen", "lrange", "zcard", "zrange", "zrangebylex")

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from services import REDIS_URL, forget_site
+from redis_servers import redis_cluster
+from services import REDIS_URL, forget_site, started
 from typer.testing import CliRunner
 
 from ccat_buffering.backends import open_backend
@@ -191,3 +192,30 @@ def test_the_docs_show_each_roles_acl() -> None:
     for role in ROLES:
         line = "ACL SETUSER " + " ".join(setuser(role, "obs", f"ccat-obs-{role}"))
         assert line in " ".join(text.split()), f"docs/redis.rst lacks: {line}"
+
+
+async def test_the_worker_acl_works_on_a_cluster() -> None:
+    """A Cluster client maps the slots first: the role's rights include what that needs."""
+    with started(redis_cluster()) as ports:
+        for port in ports:  # ACL users are per node
+            admin = aioredis.Redis(port=port)
+            await admin.execute_command("ACL", "SETUSER", *setuser("worker", "obs", "w", "pw"))
+            await admin.aclose()
+        url = "redis+cluster://w:pw@" + ",".join(f"127.0.0.1:{port}" for port in ports)
+        backend = open_backend(url, site="obs")
+        try:
+            deadline = time.monotonic() + 15
+            while True:  # every node agrees on the slots (the fixture waits for one)
+                try:
+                    await backend.buffer.stats()
+                    break
+                except BackendUnavailableError:
+                    assert time.monotonic() < deadline, "the cluster never came up"
+                    await asyncio.sleep(0.1)
+            await backend.buffer.push(["{}"])
+            (claim,) = await backend.buffer.claim(1, 60)
+            assert await backend.buffer.ack([claim.receipt]) == 1
+            assert (await backend.buffer.stats()).depth == 0
+            assert not any("could not be checked" in w for w in await backend.buffer_warnings())  # type: ignore[attr-defined]
+        finally:
+            await backend.aclose()
