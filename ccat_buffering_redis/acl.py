@@ -13,6 +13,9 @@ library's scripts (a script runs with its caller's rights):
   state indexes that looking keeps tidy (``state:*``, pruned and reconciled)
   and the buffer key each script names (with no list command to change it).
 
+A ``redis+sentinel://`` URL's user must exist on each Sentinel too, with
+:func:`sentinel_setuser`'s rights (it only finds the master).
+
 ``tests/backends/test_redis_acl.py`` runs each role as such a user on a real
 Redis, and ``docs/redis.rst`` shows :func:`setuser` for a site named ``obs``.
 """
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 from ccat_buffering.models import check_identifier
 
-__all__ = ["ROLES", "setuser"]
+__all__ = ["ROLES", "SENTINEL", "sentinel_setuser", "setuser"]
 
 # A Cluster client also maps the slots (CLUSTER SLOTS/SHARDS, COMMAND) and follows ASK.
 _CONNECT = ("hello", "select", "ping", "cluster|slots", "cluster|shards", "asking", "command")
@@ -38,6 +41,9 @@ ROLES: dict[str, tuple[str, ...]] = {
     "status": (*_CONNECT, *_SCRIPTS, *_LOOK, *_TIDY, "scan"),
 }
 """The commands of each role (lower case, ``container|sub`` for subcommands)."""
+
+SENTINEL = ("hello", "ping", "sentinel|masters")
+"""What the same user may do on each Sentinel: find the master (no keys)."""
 
 
 def setuser(role: str, site: str, user: str, password: str = "<password>") -> list[str]:
@@ -63,3 +69,19 @@ def setuser(role: str, site: str, user: str, password: str = "<password>") -> li
         keys = [f"~{prefix}*"]
     commands = [f"+{command}" for command in ROLES[role]]
     return [user, "reset", "on", f">{password}", *keys, "resetchannels", "-@all", *commands]
+
+
+def sentinel_setuser(user: str, password: str = "<password>") -> list[str]:
+    """The arguments of ``ACL SETUSER`` on each Sentinel, for a user of any role.
+
+    A ``redis+sentinel://user:password@...`` URL authenticates to the
+    Sentinels with the same user and password as to the master.
+
+    Args:
+        user: The user's name.
+        password: Its password.
+
+    Returns:
+        ``[user, "reset", "on", ">password", "-@all", "+cmd"...]``.
+    """
+    return [user, "reset", "on", f">{password}", "-@all", *(f"+{c}" for c in SENTINEL)]

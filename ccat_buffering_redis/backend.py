@@ -214,6 +214,8 @@ class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, AsyncClosing):
             redis.exceptions.RedisClusterException,
             OSError,
         ) as exc:
+            if "AuthenticationError" in str(exc):  # the sentinels refused the credentials
+                raise BackendError(auth_failure(f"{self.where} (its sentinels)", str(exc))) from exc
             raise BackendUnavailableError(f"{self.where} cannot be reached: {exc}") from exc
         except redis.exceptions.RedisError as exc:
             if isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith("OOM"):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from redis_servers import redis_cluster
+from redis_servers import redis_cluster, redis_sentinel
 from services import REDIS_URL, forget_site, started
 from typer.testing import CliRunner
 
@@ -33,7 +33,7 @@ from ccat_buffering.models import TransactionState
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.settings import BufferingSettings
 from ccat_buffering.testing import new_site_name
-from ccat_buffering_redis.acl import ROLES, setuser
+from ccat_buffering_redis.acl import ROLES, sentinel_setuser, setuser
 
 from support import make_schema, observation
 
@@ -188,10 +188,11 @@ async def test_a_refused_info_is_a_warning_and_a_refused_time_is_named(
 
 
 def test_the_docs_show_each_roles_acl() -> None:
-    text = DOCS.read_text(encoding="utf-8")
-    for role in ROLES:
-        line = "ACL SETUSER " + " ".join(setuser(role, "obs", f"ccat-obs-{role}"))
-        assert line in " ".join(text.split()), f"docs/redis.rst lacks: {line}"
+    text = " ".join(DOCS.read_text(encoding="utf-8").split())
+    lines = [setuser(role, "obs", f"ccat-obs-{role}") for role in ROLES]
+    for args in [*lines, sentinel_setuser("ccat-obs-worker")]:
+        line = "ACL SETUSER " + " ".join(args)
+        assert line in text, f"docs/redis.rst lacks: {line}"
 
 
 async def test_the_worker_acl_works_on_a_cluster() -> None:
@@ -217,5 +218,27 @@ async def test_the_worker_acl_works_on_a_cluster() -> None:
             assert await backend.buffer.ack([claim.receipt]) == 1
             assert (await backend.buffer.stats()).depth == 0
             assert not any("could not be checked" in w for w in await backend.buffer_warnings())  # type: ignore[attr-defined]
+        finally:
+            await backend.aclose()
+
+
+async def test_behind_sentinels_the_user_needs_only_to_find_the_master_there() -> None:
+    with started(redis_sentinel()) as servers:
+        for port in (servers["master"], servers["replica"]):
+            admin = aioredis.Redis(port=int(str(port)))
+            await admin.execute_command("ACL", "SETUSER", *setuser("worker", "obs", "w", "pw"))
+            await admin.aclose()
+        url = f"redis+sentinel://w:pw@127.0.0.1:{servers['sentinel']}/site-buffer"
+        backend = open_backend(url, site="obs")
+        with pytest.raises(BackendError, match=r"\(its sentinels\): authentication failed"):
+            await backend.buffer.stats()  # the sentinel does not know the user yet
+        await backend.aclose()
+        sentinel = aioredis.Redis(port=int(str(servers["sentinel"])))
+        await sentinel.execute_command("ACL", "SETUSER", *sentinel_setuser("w", "pw"))
+        await sentinel.aclose()
+        backend = open_backend(url, site="obs")
+        try:
+            await backend.buffer.push(["{}"])
+            assert (await backend.buffer.stats()).depth == 1
         finally:
             await backend.aclose()
