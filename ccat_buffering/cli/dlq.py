@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 from typing import Annotated, Any
@@ -24,6 +25,7 @@ from ccat_buffering.cli._common import (
     progress,
     settings_for,
 )
+from ccat_buffering.errors import BufferingError
 from ccat_buffering.protocols import DeadLetter
 from ccat_buffering.settings import BufferingSettings
 
@@ -160,11 +162,22 @@ def replay_command(ids: Ids = None, every: All = False, yes: Yes = False) -> Non
                 if wanted is None or letter.letter_id in set(wanted)
             ]
             done: list[str] = []
-            with progress(quiet=current().as_json) as report:
-                # In arrival order, a slice at a time, each slice after the last.
-                for start in range(0, len(chosen), 100):
-                    done += await site.manager.replay(chosen[start : start + 100])
-                    report("replaying", len(done), len(chosen))
+            try:
+                with progress(quiet=current().as_json) as report:
+                    # In arrival order, a slice at a time, each slice after the last.
+                    for start in range(0, len(chosen), 100):
+                        done += await site.manager.replay(chosen[start : start + 100])
+                        report("replaying", len(done), len(chosen))
+            except BaseException:
+                if done:  # what was replayed is recorded even when a later slice failed
+                    with contextlib.suppress(BufferingError):
+                        await audit.record(
+                            site.backend,
+                            action="dlq.replay",
+                            count=len(done),
+                            detail=_ids(wanted, done) + " (then failed)",
+                        )
+                raise
             await audit.record(
                 site.backend, action="dlq.replay", count=len(done), detail=_ids(wanted, done)
             )
