@@ -1,7 +1,9 @@
 """Apply buffered transactions to the main database, exactly once.
 
 A batch of transactions runs in one database transaction with a SAVEPOINT per
-buffered transaction, so that one bad transaction rolls back alone. Each
+buffered transaction, so that one bad transaction rolls back alone; the batch
+commits only what precedes its first such failure (order holds through
+failures). Each
 applied transaction's id goes into the applied-transactions ledger
 (:mod:`ccat_buffering.database`) inside its savepoint: a transaction whose
 commit succeeded but whose acknowledgement was lost is found there on
@@ -17,28 +19,31 @@ per statement).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from ccat_buffering import database
 from ccat_buffering._grouping import plan
 from ccat_buffering._link import LinkTimeouts, watch_engine, watched
 from ccat_buffering._pipelined import PipelinedPath, PreparedBatch, unique
-from ccat_buffering._session_path import CommitRefusedError, SessionPath
+from ccat_buffering._session_path import CommitRefusedError, SessionPath, failure_outcome
 from ccat_buffering.database import create_ledger, not_the_transactions_fault
 from ccat_buffering.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
+    LedgerHorizonError,
     UnknownColumnError,
 )
+from ccat_buffering.ledger_pruning import recorded_horizon
 from ccat_buffering.lsn import LSN
-from ccat_buffering.models import Transaction
+from ccat_buffering.models import Transaction, utc_now
 from ccat_buffering.outcome import BatchResult, Outcome
 from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import classify_failure, is_schema_lag
+from ccat_buffering.retry import FailureKind, classify_failure, is_schema_lag
 
 __all__ = ["BatchResult", "Outcome", "TransactionExecutor"]
 
@@ -69,6 +74,12 @@ class TransactionExecutor:
         timeouts: The link's limits; a call unanswered for
             ``timeouts.statement`` seconds discards its connection and fails
             as an outage.
+        site: The site whose transactions it applies, recorded in the
+            ledger (pruning goes by it).
+        ledger_retention: The site's ``ledger_retention``: a transaction
+            older than half of it is checked against the site's pruned
+            horizon before it is applied (see
+            :mod:`ccat_buffering.ledger_pruning`).
     """
 
     def __init__(
@@ -78,14 +89,18 @@ class TransactionExecutor:
         *,
         ledger: bool = True,
         timeouts: LinkTimeouts | None = None,
+        site: str | None = None,
+        ledger_retention: float | None = None,
     ) -> None:
         self.engine = engine
         self.registry = registry
         self.ledger = ledger
         self.timeouts = timeouts or LinkTimeouts()
+        self.site = site
+        self.ledger_retention = ledger_retention
         self._prepared: PreparedBatch | None = None
-        self._session = SessionPath(registry, ledger)
-        self._pipelined = PipelinedPath(registry, ledger, engine.dialect)
+        self._session = SessionPath(registry, ledger, site)
+        self._pipelined = PipelinedPath(registry, ledger, engine.dialect, site)
         watch_engine(engine)
 
     async def ping(self) -> bool:
@@ -106,6 +121,49 @@ class TransactionExecutor:
         async with self.engine.connect() as conn:
             return bool(await self._session.applied_ids(conn, [transaction_id]))
 
+    async def rehearse(self, transactions: Sequence[Transaction]) -> list[Outcome]:
+        """Apply ``transactions`` in order inside one database transaction, then roll it back.
+
+        Each runs in its own savepoint after the ones before it, as a batch
+        would; nothing is committed, so the main database is left as it was.
+
+        Args:
+            transactions: In the order they would be applied.
+
+        Returns:
+            What each would do: applied, already applied, or its error.
+
+        Raises:
+            DatabaseUnavailableError: The database could not be reached.
+        """
+        outcomes: list[Outcome] = []
+        try:
+            async with self.engine.connect() as conn, watched(conn, self.timeouts.statement):
+                await conn.begin()
+                try:
+                    ids = [tx.transaction_id for tx in transactions]
+                    done = await self._session.applied_ids(conn, ids)
+                    session = AsyncSession(bind=conn, autoflush=False)
+                    for tx in transactions:
+                        if tx.transaction_id in done:
+                            outcomes.append(Outcome(tx.transaction_id, already_applied=True))
+                            continue
+                        try:
+                            self.registry.check(tx)
+                            self._check_refs(tx)
+                        except Exception as exc:
+                            kind = classify_failure(exc)
+                            outcomes.append(Outcome(tx.transaction_id, error=exc, kind=kind))
+                            continue
+                        outcomes.append(await self._session.apply_one(session, tx))
+                finally:
+                    await conn.rollback()
+        except (DatabaseUnavailableError, ConfigurationError):
+            raise
+        except Exception as exc:
+            raise not_the_transactions_fault(exc, "while rehearsing a replay") from exc
+        return outcomes
+
     async def execute(self, transaction: Transaction) -> Outcome:
         """Apply one transaction in its own database transaction.
 
@@ -120,8 +178,13 @@ class TransactionExecutor:
     async def execute_batch(self, transactions: Sequence[Transaction]) -> BatchResult:
         """Apply transactions in order, in one database transaction, a savepoint each.
 
-        A transaction that fails rolls back to its savepoint and the rest go
-        on; one commit covers all that succeeded.
+        A transaction that fails rolls back to its savepoint, and the batch
+        stops there when the failure holds the queue (it will be tried again,
+        see :attr:`~ccat_buffering.retry.FailureKind.holds_the_queue`): one
+        commit covers the transactions before it, and those after it are
+        returned :attr:`~ccat_buffering.outcome.Outcome.waiting`, unapplied,
+        so that the failed one can be retried before any of them. A
+        transaction refused at once (invalid, unknown model) holds nothing.
 
         Args:
             transactions: In buffer order.
@@ -134,6 +197,9 @@ class TransactionExecutor:
                 batch as a whole failed; nothing of the batch may be assumed
                 applied (the ledger settles it on redelivery).
         """
+        past = await self._past_horizon(transactions)
+        if past:
+            return await self._without(transactions, past)
         batch = self._take_prepared(transactions)
         outcomes, runnable, pipelined = batch.outcomes, batch.runnable, batch.pipelined
         if not runnable:
@@ -143,17 +209,19 @@ class TransactionExecutor:
         except CommitRefusedError as refused:
             if len(runnable) == 1:
                 index, tx = runnable[0]
-                error = refused.error
-                outcomes[index] = Outcome(
-                    tx.transaction_id, error=error, kind=classify_failure(error)
-                )
+                outcomes[index] = failure_outcome(tx, refused.error, self.registry)
                 return BatchResult(outcomes, None)
             # A deferred constraint refused the whole commit: halves, in order, until
             # the error lands on the transaction that caused it (about 2 log2(n)
-            # more batches for one such transaction, not n).
+            # more batches for one such transaction, not n). The second half is not
+            # tried when the first stopped at a failure: it waits behind it.
             lsn = None
+            for index, tx in runnable:
+                outcomes[index] = Outcome(tx.transaction_id)  # nothing of it was committed
             half = len(runnable) // 2
             for part in (runnable[:half], runnable[half:]):
+                if any(outcomes[index].holds for index, _ in runnable[:half]):
+                    break
                 result = await self.execute_batch([tx for _, tx in part])
                 for (index, _), outcome in zip(part, result.outcomes, strict=True):
                     outcomes[index] = outcome
@@ -166,10 +234,74 @@ class TransactionExecutor:
             raise DatabaseUnavailableError(
                 f"the batch could not be applied ({classify_failure(exc)}): {exc}"
             ) from exc
-        if pipelined:
-            # Its ledger row goes first in each transaction: already settled.
+        if not pipelined:
+            # (The pipelined path writes the ledger row first: already settled.)
+            outcomes = await self._settle_failures(outcomes)
+        return await self._after_stop(transactions, outcomes, lsn)
+
+    async def _after_stop(
+        self, transactions: Sequence[Transaction], outcomes: list[Outcome], lsn: LSN | None
+    ) -> BatchResult:
+        """Apply what waits behind a stop that turned out to hold nothing.
+
+        A batch stops at its first failure. When that failure was the ledger
+        showing the transaction applied already (another holder's commit),
+        nothing needs to wait for it: the rest is applied now, in order.
+        """
+        first = next((i for i, o in enumerate(outcomes) if o.holds or o.waiting), None)
+        if first is None or outcomes[first].holds:
             return BatchResult(outcomes, lsn)
-        return BatchResult(await self._settle_failures(outcomes), lsn)
+        rest = [i for i in range(first, len(outcomes)) if outcomes[i].waiting]
+        result = await self.execute_batch([transactions[i] for i in rest])
+        for i, outcome in zip(rest, result.outcomes, strict=True):
+            outcomes[i] = outcome
+        return BatchResult(outcomes, result.commit_lsn or lsn)
+
+    async def _past_horizon(self, transactions: Sequence[Transaction]) -> dict[str, Outcome]:
+        """Outcomes refusing the transactions created before the site's pruned ledger horizon.
+
+        The horizon is never later than ``now - ledger_retention``, so only a
+        batch holding a transaction older than half the retention (a restored
+        backup, an entry held through a long outage) pays the extra query.
+        """
+        if not (self.ledger and self.site and self.ledger_retention):
+            return {}
+        recent = utc_now() - dt.timedelta(seconds=self.ledger_retention / 2)
+        if all(tx.created_at >= recent for tx in transactions):
+            return {}
+        try:
+            async with self.engine.connect() as conn, watched(conn, self.timeouts.statement):
+                horizon = await recorded_horizon(conn, self.site)
+        except Exception as exc:
+            if classify_failure(exc) is FailureKind.OUTAGE:
+                raise not_the_transactions_fault(exc, "reading the ledger's horizon") from exc
+            raise
+        if horizon is None:
+            return {}
+        refused: dict[str, Outcome] = {}
+        for tx in transactions:
+            if tx.created_at < horizon:
+                error = LedgerHorizonError(
+                    f"transaction {tx.transaction_id} was created at {tx.created_at.isoformat()}, "
+                    f"before the ledger of site {self.site!r} was pruned "
+                    f"({horizon.isoformat()}): the ledger cannot tell whether it was applied "
+                    "before, so it was not applied; check the main database for its rows, "
+                    "then purge it or submit it again as a new transaction"
+                )
+                refused[tx.transaction_id] = Outcome(
+                    tx.transaction_id, error=error, kind=FailureKind.PERMANENT
+                )
+        return refused
+
+    async def _without(
+        self, transactions: Sequence[Transaction], refused: dict[str, Outcome]
+    ) -> BatchResult:
+        """Apply all but ``refused``; their outcomes take their places in order."""
+        rest = [tx for tx in transactions if tx.transaction_id not in refused]
+        result = await self.execute_batch(rest) if rest else BatchResult([], None)
+        applied = iter(result.outcomes)
+        outcomes = [refused.get(tx.transaction_id) or next(applied) for tx in transactions]
+        return BatchResult(outcomes, result.commit_lsn)
 
     def prepare(self, transactions: Sequence[Transaction]) -> None:
         """Do the work of :meth:`execute_batch` that needs no database, ahead of it.

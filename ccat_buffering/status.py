@@ -57,6 +57,9 @@ class TransactionStatus(BaseModel):
         updated_at: When this status last changed.
         committed_at: When the main database committed it.
         replicated_at: When the site's replica was seen to have replayed it.
+        generated: Once committed, the values the database computed for the
+            transaction's creates (an identity key, server defaults), by step
+            id then field, as JSON values (text for times, UUIDs and decimals).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -71,6 +74,7 @@ class TransactionStatus(BaseModel):
     updated_at: UTCDatetime = Field(default_factory=utc_now)
     committed_at: UTCDatetime | None = None
     replicated_at: UTCDatetime | None = None
+    generated: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def advance(self, state: TransactionState, **changes: Any) -> TransactionStatus:
         """Return a copy in ``state`` with ``updated_at`` set to now and ``changes``.

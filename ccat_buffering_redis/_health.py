@@ -48,7 +48,7 @@ class RedisHealth(BackendPart):
         """Read ``maxmemory-policy``; note why buffering here could lose data.
 
         Called when the backend first buffers, at most every
-        :data:`~ccat_buffering_redis._memory.RECHECK_SECONDS` after, and on
+        :data:`~ccat_buffering_redis._memory.POLICY_RECHECK_SECONDS` after, and on
         each health check.
 
         Returns:
@@ -73,7 +73,7 @@ class RedisHealth(BackendPart):
                 "transactions may be evicted"
             )
             if warning != self.policy_warning:
-                log.warning("%s", warning)
+                log.warning("%s", warning, extra={"site": self.site})
             self.policy_warning, self._eviction_problem = warning, None
             return None
         self._eviction_problem = eviction_problem(self.where, policies, self.allow_eviction)

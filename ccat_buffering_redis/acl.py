@@ -28,11 +28,12 @@ __all__ = ["ROLES", "SENTINEL", "sentinel_setuser", "setuser"]
 
 # A Cluster client also maps the slots (CLUSTER SLOTS/SHARDS, COMMAND) and follows ASK.
 _CONNECT = ("hello", "select", "ping", "cluster|slots", "cluster|shards", "asking", "command")
-_SCRIPTS = ("evalsha", "script|load", "time")
+_SCRIPTS = ("evalsha", "script|load", "script|exists", "time")
 _LOOK: tuple[str, ...] = ("info", "config|get", "get", "mget", "exists", "type", "pttl")
 _LOOK += ("hget", "hlen", "hvals", "llen", "lrange", "zcard", "zrange", "zrangebylex")
 _TIDY = ("incrby", "pexpire", "zremrangebyscore", "hset", "zadd", "zrem")
-_WRITE = ("set", "mset", "del", "lpush", "ltrim", "hdel", "zremrangebylex", "multi", "exec")
+# WAIT: min_replicas makes a buffering write wait for the replicas (same round trip).
+_WRITE = ("set", "mset", "del", "lpush", "ltrim", "hdel", "zremrangebylex", "multi", "exec", "wait")
 _DRAIN = ("rpop", "rpush", "hkeys", "zrangebyscore", "zscore", "scan")
 
 ROLES: dict[str, tuple[str, ...]] = {

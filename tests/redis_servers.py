@@ -160,49 +160,89 @@ def redis_cluster(masters: int = 3) -> Iterator[list[int]]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-@contextmanager
-def redis_sentinel() -> Iterator[dict[str, object]]:
-    """A master, a replica and one sentinel watching them, on loopback; stopped after.
+def _linked(port: int) -> bool:
+    try:
+        info = redis.Redis(port=port, socket_timeout=2).info("replication")
+    except redis.exceptions.RedisError:
+        return False
+    return info.get("master_link_status") == "up"
 
-    Yields ``master``, ``replica`` and ``sentinel`` ports, and ``kill_master()``.
+
+@contextmanager
+def redis_sentinel(sentinels: int = 1, *, aof: bool = False) -> Iterator[dict[str, object]]:
+    """A master, a replica and ``sentinels`` sentinels watching them, on loopback; stopped after.
+
+    Yields ``master``, ``replica`` and ``sentinel`` ports (``sentinels``: every
+    sentinel's), ``kill_master()``, ``restart_master()``, ``master_port()`` (as
+    the sentinels say now), and ``pause(role)``/``resume(role)`` for
+    ``"master"`` or ``"replica"`` (SIGSTOP/SIGCONT). ``aof`` runs both data
+    nodes with ``appendonly yes`` and ``appendfsync everysec``.
     """
     workdir = Path(tempfile.mkdtemp(prefix="ccat-sentinel-"))
-    master, replica, sentinel = (free_port() for _ in range(3))
+    master, replica = free_port(), free_port()
+    sentinel_ports = [free_port() for _ in range(sentinels)]
+    persistence = ("--appendonly", "yes", "--appendfsync", "everysec") if aof else ()
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        processes["master"] = redis_server(master, workdir)
-        wait_for(lambda: port_open("127.0.0.1", master), "redis master")
-        processes["replica"] = redis_server(
-            replica, workdir, "--replicaof", "127.0.0.1", str(master)
-        )
-        wait_for(lambda: port_open("127.0.0.1", replica), "redis replica")
-        config = workdir / "sentinel.conf"
-        config.write_text(
-            f"port {sentinel}\nbind 127.0.0.1\ndir {workdir}\n"
-            f"sentinel monitor site-buffer 127.0.0.1 {master} 1\n"
-            "sentinel down-after-milliseconds site-buffer 1000\n"
-            "sentinel failover-timeout site-buffer 5000\n"
-        )
-        processes["sentinel"] = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", str(config), "--sentinel"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(lambda: port_open("127.0.0.1", sentinel), "redis sentinel")
+        for role, port in (("master", master), ("replica", replica)):
+            (workdir / role).mkdir()
+            extra = ("--replicaof", "127.0.0.1", str(master)) if role == "replica" else ()
+            processes[role] = redis_server(port, workdir / role, *persistence, *extra)
+            wait_for(lambda port=port: port_open("127.0.0.1", port), f"redis {role}")
+        wait_for(lambda: _linked(replica), "the replica in sync with its master")
+        quorum = sentinels // 2 + 1
+        for i, port in enumerate(sentinel_ports):
+            config = workdir / f"sentinel-{i}.conf"
+            config.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
+                f"sentinel monitor site-buffer 127.0.0.1 {master} {quorum}\n"
+                "sentinel down-after-milliseconds site-buffer 1000\n"
+                "sentinel failover-timeout site-buffer 5000\n"
+            )
+            processes[f"sentinel-{i}"] = subprocess.Popen(
+                [shutil.which("redis-server") or "redis-server", str(config), "--sentinel"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            wait_for(lambda port=port: port_open("127.0.0.1", port), "redis sentinel")
 
         def kill_master() -> None:
             processes["master"].kill()
             processes["master"].wait(5)
 
+        def restart_master() -> None:
+            """Start the killed master again, as it was: Sentinel makes it a replica."""
+            processes["master"] = redis_server(master, workdir / "master", *persistence)
+            wait_for(lambda: port_open("127.0.0.1", master), "the old master back")
+
+        def master_port() -> int:
+            """The master's port, as the first sentinel says now."""
+            reply = redis.Redis(port=sentinel_ports[0], socket_timeout=2).execute_command(
+                "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "site-buffer"
+            )
+            return int(reply[1])
+
+        def pause(role: str) -> None:
+            os.kill(processes[role].pid, signal.SIGSTOP)
+
+        def resume(role: str) -> None:
+            os.kill(processes[role].pid, signal.SIGCONT)
+
         yield {
             "master": master,
             "replica": replica,
-            "sentinel": sentinel,
+            "sentinel": sentinel_ports[0],
+            "sentinels": sentinel_ports,
             "kill_master": kill_master,
+            "restart_master": restart_master,
+            "master_port": master_port,
+            "pause": pause,
+            "resume": resume,
         }
     finally:
         for process in processes.values():
             if process.poll() is None:
+                os.kill(process.pid, signal.SIGCONT)
                 process.terminate()
                 try:
                     process.wait(timeout=10)

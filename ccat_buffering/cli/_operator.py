@@ -62,7 +62,7 @@ class OperatorSite:
         self.backend = backend
         self._replica = replica
         self._database = database
-        self.watch = None if database is None else BufferWatch(database, backend)
+        self.watch = BufferWatch(database, backend, state_dir=settings.state_dir)
         self.manager = transaction_manager(settings, backend)
         checker: ReplicationChecker = (
             ImmediateReplicationChecker() if replica is None else LSNReplicationChecker(replica)
@@ -76,8 +76,8 @@ class OperatorSite:
         )
 
     async def buffer_losses(self) -> list[BufferLoss]:
-        """Losses of buffered state not yet acknowledged (none known without the database)."""
-        return [] if self.watch is None else await self.watch.check(record=False)
+        """Losses of buffered state not yet acknowledged (this host's, and the database's)."""
+        return await self.watch.check(record=False)
 
     async def acknowledge_losses(self) -> int:
         """Mark the recorded losses as seen; returns how many there were.
@@ -85,7 +85,7 @@ class OperatorSite:
         Raises:
             ConfigurationError: No ``database_url``: losses are recorded there.
         """
-        if self.watch is None:
+        if self._database is None:
             raise ConfigurationError(
                 "acknowledging losses needs the main database, where they are recorded: "
                 "set CCAT_BUFFERING_DATABASE_URL or pass --database-url"

@@ -236,9 +236,11 @@ async def test_behind_sentinels_the_user_needs_only_to_find_the_master_there() -
         sentinel = aioredis.Redis(port=int(str(servers["sentinel"])))
         await sentinel.execute_command("ACL", "SETUSER", *sentinel_setuser("w", "pw"))
         await sentinel.aclose()
-        backend = open_backend(url, site="obs")
+        # min_replicas: the buffering write waits for the replica (WAIT) as this user.
+        backend = open_backend(url + "?min_replicas=1&min_replicas_timeout=5", site="obs")
         try:
-            await backend.buffer.push(["{}"])
+            async with backend.atomic() as batch:
+                batch.push("{}")
             assert (await backend.buffer.stats()).depth == 1
         finally:
             await backend.aclose()

@@ -138,31 +138,3 @@ async def test_acknowledge_loss_is_recorded(
     assert "status.acknowledge-loss" in result.stdout  # status shows the latest actions
     (entry,) = await audit.list(backend)
     assert (entry.action, entry.count, entry.principal) == ("status.acknowledge-loss", 0, ME)
-
-
-async def test_a_replay_that_fails_partway_records_what_it_replayed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from ccat_buffering.errors import BackendUnavailableError
-
-    settings = BufferingSettings(site_name=new_site_name())
-    backend = MemoryBackend(settings.site_name)
-    site = cli_operator.OperatorSite(settings, backend)
-    await _dead_letters(backend, 150)  # two slices of 100
-    replay = site.manager.replay
-    calls: list[int] = []
-
-    async def second_slice_fails(ids: list[str]) -> list[str]:
-        calls.append(len(ids))
-        if len(calls) == 2:
-            raise BackendUnavailableError("the buffer went away")
-        return await replay(ids)
-
-    monkeypatch.setattr(site.manager, "replay", second_slice_fails)
-    monkeypatch.setattr(cli_operator, "open_site", lambda *a, **k: site)
-    monkeypatch.setenv("CCAT_BUFFERING_SITE_NAME", settings.site_name)
-    result = await asyncio.to_thread(CliRunner().invoke, app, ["dlq", "replay", "--all", "--yes"])
-    assert result.exit_code == 3, result.output
-    (entry,) = await audit.list(backend)
-    assert (entry.action, entry.count) == ("dlq.replay", 100)
-    assert entry.detail.endswith("(then failed)")
