@@ -335,7 +335,7 @@ def health_router(
         if wait is not None:  # a long poll: see ccat_buffering.fastapi_waits
             from ccat_buffering.fastapi_waits import long_poll
 
-            return await long_poll(site, transaction_id, wait, timeout)
+            return await long_poll(site, transaction_id, wait, timeout, full=guarded)
         status = await site.status(transaction_id)
         if status is None:
             return JSONResponse(

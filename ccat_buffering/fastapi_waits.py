@@ -14,16 +14,18 @@ so a thousand open waits cost the buffer what one does, per poll.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Annotated
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, format_sse_event
 
 from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.errors import TransactionFailedError, UnknownTransactionError, WaitTimeoutError
 from ccat_buffering.fastapi import Site
+from ccat_buffering.public_views import public_status
 from ccat_buffering.status import TransactionStatus
 from ccat_buffering.waiting import Until
 
@@ -41,7 +43,12 @@ def _unknown(transaction_id: str) -> JSONResponse:
 
 
 async def long_poll(
-    site: BufferingCoordinator, transaction_id: str, until: Until, timeout: float
+    site: BufferingCoordinator,
+    transaction_id: str,
+    until: Until,
+    timeout: float,
+    *,
+    full: bool = False,
 ) -> JSONResponse:
     """Answer a transaction's status once it is at ``until``, or when ``timeout`` passes.
 
@@ -55,6 +62,9 @@ async def long_poll(
         transaction_id: The transaction.
         until: ``committed`` or ``replicated``.
         timeout: Seconds to wait at most.
+        full: Show the whole status (behind the service's auth dependency);
+            otherwise its public view (:func:`~ccat_buffering.public_views.public_status`:
+            the error as its kind, no row data).
 
     Returns:
         The response.
@@ -64,18 +74,24 @@ async def long_poll(
     except UnknownTransactionError:
         return _unknown(transaction_id)
     except WaitTimeoutError as exc:
-        body = None if exc.status is None else exc.status.model_dump(mode="json")
+        body = None if exc.status is None else _shown(exc.status, full)
         return JSONResponse(body, status_code=202, headers={"Retry-After": "0"})
     except TransactionFailedError as exc:
         assert exc.status is not None
-        return JSONResponse(exc.status.model_dump(mode="json"), status_code=409)
-    return JSONResponse(status.model_dump(mode="json"))
+        return JSONResponse(_shown(exc.status, full), status_code=409)
+    return JSONResponse(_shown(status, full))
+
+
+def _shown(status: TransactionStatus, full: bool) -> dict[str, Any]:
+    return status.model_dump(mode="json") if full else public_status(status)
 
 
 Timeout = Annotated[float, Query(gt=0, le=MAX_WAIT_SECONDS)]
 
 
-def waits_router(prefix: str = "/buffering") -> APIRouter:
+def waits_router(
+    prefix: str = "/buffering", *, auth: Callable[..., Any] | None = None
+) -> APIRouter:
     """A route streaming a transaction's changes of state as server-sent events.
 
     ``GET {prefix}/transactions/{transaction_id}/events?timeout=300`` sends
@@ -85,11 +101,17 @@ def waits_router(prefix: str = "/buffering") -> APIRouter:
 
     Args:
         prefix: Where the route lives.
+        auth: The service's own auth dependency, as for
+            :func:`~ccat_buffering.fastapi.health_router`: with it the events
+            carry whole statuses, without it their public views.
 
     Returns:
         The router, for ``app.include_router``.
     """
-    router = APIRouter(prefix=prefix, tags=["buffering"])
+    full = auth is not None
+    router = APIRouter(
+        prefix=prefix, tags=["buffering"], dependencies=[Depends(auth)] if full else []
+    )
 
     @router.get("/transactions/{transaction_id}/events", response_model=None)
     async def events(
@@ -105,9 +127,9 @@ def waits_router(prefix: str = "/buffering") -> APIRouter:
             site.activity.waiting += 1
             try:
                 async with contextlib.aclosing(changes):
-                    yield _event(first)
+                    yield _event(first, full)
                     async for status in changes:
-                        yield _event(status)
+                        yield _event(status, full)
             finally:
                 site.activity.waiting -= 1
                 site.activity.waits["stream"] += 1
@@ -117,5 +139,6 @@ def waits_router(prefix: str = "/buffering") -> APIRouter:
     return router
 
 
-def _event(status: TransactionStatus) -> bytes:
-    return format_sse_event(data_str=status.model_dump_json(), event="status", id=str(status.state))
+def _event(status: TransactionStatus, full: bool) -> bytes:
+    data = json.dumps(_shown(status, full))
+    return format_sse_event(data_str=data, event="status", id=str(status.state))

@@ -15,6 +15,7 @@ parts of :class:`RedisBackend` from :mod:`ccat_buffering_redis.inspection` and
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -44,6 +45,7 @@ from ccat_buffering_redis._connect import open_client, take_compression, take_pa
 from ccat_buffering_redis._frame import Command, frame
 from ccat_buffering_redis._health import RedisHealth
 from ccat_buffering_redis._memory import POLICY_RECHECK_SECONDS
+from ccat_buffering_redis._refusals import auth_failure, refusal
 from ccat_buffering_redis._replicas import (
     acknowledged_offset,
     apply_and_wait,
@@ -72,6 +74,8 @@ Client = Redis | RedisCluster
 log = logging.getLogger(__name__)
 
 _SCRIPTS = scripts.SCRIPTS
+# By SHA1, as the server names a script in an error, to name a refused line's command.
+_SOURCES = {hashlib.sha1(lua.encode()).hexdigest(): lua for lua in _SCRIPTS.values()}
 
 
 class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, AsyncClosing):
@@ -238,17 +242,29 @@ class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, AsyncClosing):
             raise BackendUnavailableError(
                 f"{self.where} did not answer in time ({exc or 'timed out'})"
             ) from exc
+        except redis.exceptions.AuthenticationError as exc:  # a ConnectionError to redis-py
+            raise BackendError(auth_failure(self.where, str(exc))) from exc
         except (
             redis.exceptions.ConnectionError,
             redis.exceptions.ClusterDownError,
             redis.exceptions.RedisClusterException,
             OSError,
         ) as exc:
+            if "AuthenticationError" in str(exc):  # the sentinels refused the credentials
+                raise BackendError(auth_failure(f"{self.where} (its sentinels)", str(exc))) from exc
             raise BackendUnavailableError(f"{self.where} cannot be reached: {exc}") from exc
         except redis.exceptions.RedisError as exc:
             if isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith("OOM"):
                 self.refused_full_at = time.monotonic()
                 raise BackendFullError(self._full_message(str(exc))) from exc
+            refused = refusal(str(exc), _SOURCES)
+            if refused is not None:
+                raise BackendError(
+                    f"{self.where} refused {refused} to this user (Redis ACL): grant it as the "
+                    f"Redis page of the docs lists for each role ({exc})"
+                ) from exc
+            if str(exc).startswith("WRONGPASS"):
+                raise BackendError(auth_failure(self.where, str(exc))) from exc
             raise BackendError(f"{self.where} refused the operation: {exc}") from exc
 
     def _full_message(self, detail: str) -> str:
