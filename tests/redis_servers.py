@@ -127,11 +127,21 @@ class ThrowawayRedis:
 
 
 @contextmanager
-def redis_cluster(masters: int = 3, tls: TLSFiles | None = None) -> Iterator[list[int]]:
+def redis_cluster(
+    masters: int = 3,
+    tls: TLSFiles | None = None,
+    *,
+    replicas: int = 0,
+    aof: bool = False,
+    handles: dict[int, subprocess.Popen[bytes]] | None = None,
+) -> Iterator[list[int]]:
     """Start a Redis Cluster of ``masters`` nodes on free loopback ports; stop it after.
 
     With ``tls``, the nodes serve TLS only (the cluster bus too), client
-    certificates required.
+    certificates required. ``replicas`` per master; ``aof`` runs every node
+    with ``appendonly yes`` and ``appendfsync everysec``; ``handles``, when
+    given, is filled with each node's process by port (to stop or kill one),
+    and a node restarted into it is stopped at the end too.
     """
     server = shutil.which("redis-server")
     cli = shutil.which("redis-cli")
@@ -140,27 +150,26 @@ def redis_cluster(masters: int = 3, tls: TLSFiles | None = None) -> Iterator[lis
     assert server is not None and cli is not None
     workdir = Path(tempfile.mkdtemp(prefix="ccat-cluster-"))
     ports: list[int] = []
-    while len(ports) < masters:
+    while len(ports) < masters * (1 + replicas):
         port = free_port(also=10000)  # a node's cluster bus listens on port + 10000
         if port not in ports:
             ports.append(port)
-    processes = []
+    processes = {} if handles is None else handles
     try:
         for port in ports:
             node = workdir / str(port)
             node.mkdir()
-            processes.append(
-                redis_server(
-                    port,
-                    node,
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    str(node / "nodes.conf"),
-                    "--cluster-node-timeout",
-                    "2000",
-                    *(() if tls is None else (*tls_options(port, tls), "--tls-cluster", "yes")),
-                )
+            processes[port] = redis_server(
+                port,
+                node,
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(node / "nodes.conf"),
+                "--cluster-node-timeout",
+                "2000",
+                *(("--appendonly", "yes", "--appendfsync", "everysec") if aof else ()),
+                *(() if tls is None else (*tls_options(port, tls), "--tls-cluster", "yes")),
             )
         for port in ports:
             wait_for(functools.partial(port_open, "127.0.0.1", port), f"redis node {port}")
@@ -171,7 +180,7 @@ def redis_cluster(masters: int = 3, tls: TLSFiles | None = None) -> Iterator[lis
                 "create",
                 *(f"127.0.0.1:{p}" for p in ports),
                 "--cluster-replicas",
-                "0",
+                str(replicas),
                 "--cluster-yes",
                 *([] if tls is None else tls_cli(tls)),
             ],
@@ -198,14 +207,24 @@ def redis_cluster(masters: int = 3, tls: TLSFiles | None = None) -> Iterator[lis
         wait_for(converged, "redis cluster state ok")
         yield ports
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
+        for process in processes.values():
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGCONT)
+                process.terminate()
+        for process in processes.values():
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def restart_cluster_node(port: int, handles: dict[int, subprocess.Popen[bytes]]) -> None:
+    """Start a killed node of :func:`redis_cluster` again, with its own config and data."""
+    old = handles[port]
+    args = [str(a) for a in old.args]  # type: ignore[union-attr]
+    handles[port] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: port_open("127.0.0.1", port), f"redis node {port} back")
 
 
 def _linked(port: int, tls: TLSFiles | None = None) -> bool:
