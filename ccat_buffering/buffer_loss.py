@@ -69,8 +69,10 @@ from ccat_buffering.logs import SiteLogger
 from ccat_buffering.models import utc_now
 from ccat_buffering.protocols import Backend, SupportsBufferMarker, SupportsBufferOrigin
 
-__all__ = ["BufferLoss", "BufferWatch", "loss_metadata", "watch_buffer"]
+__all__ = ["COPY_WAIT", "BufferLoss", "BufferWatch", "loss_metadata", "watch_buffer"]
 
+COPY_WAIT = 1.0
+"""Seconds a look waits for its copy to the main database before going on without it."""
 
 
 def _new_epoch() -> str:
@@ -115,6 +117,7 @@ class BufferWatch:
         self.log = SiteLogger(__name__, backend.site)
         self._saved_at = float("-inf")
         self._tables = False
+        self._copying: asyncio.Task[None] | None = None
 
     @property
     def supported(self) -> bool:
@@ -282,7 +285,7 @@ class BufferWatch:
             if origin is not None and origin.epoch is not None:
                 with self.sightings.locked() as state:
                     self._look(state, origin, held, now)
-        await self._copy_to_database()
+        await self._copy_soon()
         return await self.open_losses()
 
     def _look(
@@ -358,6 +361,28 @@ class BufferWatch:
         epoch = new_epoch_after(previous, _new_epoch()) if previous else _new_epoch()
         await self.backend.stamp_buffer(epoch)  # only where none is: the first watcher wins
 
+    async def _copy_soon(self) -> None:
+        """Copy to the main database, waiting at most :data:`COPY_WAIT` seconds for it.
+
+        A database that does not answer (a link outage: each attempt may wait
+        out the connect timeout) must not slow the looks: the copy goes on in
+        the background, one at a time, and the next look does not wait again
+        while it runs.
+        """
+        if self._copying is None or self._copying.done():
+            self._copying = asyncio.create_task(self._copy_to_database(), name="buffer-copy")
+            self._copying.add_done_callback(self._copied)
+            await asyncio.wait({self._copying}, timeout=COPY_WAIT)
+
+    def _copied(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self.log.info("could not copy the buffer's sightings to the main database: %s", error)
+
+    def cancel_copy(self) -> None:
+        """Stop a copy to the main database that is still running (the watch is stopping)."""
+        if self._copying is not None:
+            self._copying.cancel()
+
     async def _copy_to_database(self) -> None:
         """Copy the sighting (every ``save_every`` s) and the new losses to the main database.
 
@@ -402,6 +427,13 @@ async def watch_buffer(watch: BufferWatch, interval: float) -> None:
     found. A buffer or database that cannot be reached is the processor's
     to report; the watch tries again at the next look.
     """
+    try:
+        await _watch(watch, interval)
+    finally:
+        watch.cancel_copy()
+
+
+async def _watch(watch: BufferWatch, interval: float) -> None:
     first, failing = True, False
     while True:
         try:
