@@ -137,10 +137,10 @@ async def _fault_run(
         while True:
             master = redis.Redis(port=serving(), socket_timeout=2)
             with contextlib.suppress(redis.exceptions.RedisError):
-                serving = master.info("replication")["master_replid"]
+                history = master.info("replication")["master_replid"]
                 seq = int(master.get(worker.backend.keys.seq) or 0)  # type: ignore[attr-defined]
                 last = worker.watch.sightings.read().last
-                if last is not None and last.history == serving and last.seq >= seq:
+                if last is not None and last.history == history and last.seq >= seq:
                     break
             master.close()
             assert time.monotonic() < deadline, "the watch never saw the new master"
@@ -155,7 +155,12 @@ async def _fault_run(
     try:
         await make_schema(drainer.engine)
         await drainer.prepare_database()
-        assert await drainer.processor.drain(timeout=60)
+        # drain() returns at once while the stopped worker's lease lasts (standby);
+        # the machine the suite runs on may be busy, too.
+        deadline = time.monotonic() + 180
+        while not await drainer.processor.drain(timeout=30):
+            assert time.monotonic() < deadline, "the buffer did not drain"
+            await asyncio.sleep(0.5)
         applied = await units_in_order(drainer.engine)
         ledger = await ledger_count(drainer.engine)
     finally:
@@ -225,7 +230,15 @@ async def test_a_cluster_slot_owner_killed_with_its_replica_behind(
     handles: dict[int, subprocess.Popen[bytes]] = {}
     site = new_site_name()
     with started(redis_cluster(3, replicas=1, aof=True, handles=handles)) as ports:
-        owner, (replica, *_) = _slot_owner(ports[0], site)
+        deadline = time.monotonic() + 30
+        while not (found := _slot_owner(ports[0], site))[1]:  # replicas join after the create
+            assert time.monotonic() < deadline, "the slot owner never got its replica"
+            await asyncio.sleep(0.1)
+        owner, (replica, *_) = found
+        deadline = time.monotonic() + 30
+        while redis.Redis(port=replica).info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the replica never synced"
+            await asyncio.sleep(0.1)
         other = next(p for p in ports if p not in (owner, replica))
 
         def fault() -> None:
