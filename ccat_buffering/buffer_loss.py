@@ -1,18 +1,22 @@
-"""Telling that the buffer lost state it held, from what the main database remembers of it.
+"""Telling that the buffer lost state it held, from what was last seen of it.
 
 A buffer that restarts without persistence, is flushed, or fails over to a
 replica that was behind forgets what it held, and forgets that it held it:
 nothing in it can tell. So the buffer carries a marker (an epoch, stamped
 once, and its sequence counter, which only grows while the buffer keeps its
-state), and a :class:`BufferWatch` keeps the marker's last sighting in the
-main database (table ``ccat_buffer_marks``). A sighting that does not follow
-from the last one is a loss:
+state), and a :class:`BufferWatch` keeps the marker's last sighting, with
+where the server stood in its replication history, on the worker's disk
+(:mod:`ccat_buffering._sightings`; copied to the main database's
+``ccat_buffer_marks`` when it answers). A sighting that does not follow from
+the last one is a loss (:func:`~ccat_buffering._sightings.judge`):
 
-* no marker where the database remembers one: a restart without
-  persistence, or a flush;
+* no marker: a restart without persistence, or a flush;
 * another marker: the buffer was replaced by another one;
-* the same marker with a lower counter: a failover to a replica that was
-  behind, or a restore from an older copy.
+* a failover to a replica that forked from its old master before the last
+  sighting, or a replaced master seen taking writes past the fork;
+* the same history with a lower counter: a restore from an older copy.
+
+A failover to a replica that holds everything seen is not a loss.
 
 The worker records each loss in ``ccat_buffer_losses`` (when it was found,
 when the buffer was last seen whole, the sequence numbers that may be gone and
@@ -29,14 +33,25 @@ import datetime as dt
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ccat_buffering._loss_records import (
+    BufferLoss,
+    Mark,
+    aware,
+    insert_loss,
+    loss_from_row,
+    loss_metadata,
+    loss_row,
+    losses_table,
+    marks_table,
+    recorded_losses,
+    save_mark,
+)
 from ccat_buffering._sightings import (
     HISTORY,
     BufferOrigin,
@@ -54,124 +69,14 @@ from ccat_buffering.logs import SiteLogger
 from ccat_buffering.models import utc_now
 from ccat_buffering.protocols import Backend, SupportsBufferMarker, SupportsBufferOrigin
 
-__all__ = ["BufferLoss", "BufferWatch", "loss_metadata", "watch_buffer"]
+__all__ = ["COPY_WAIT", "BufferLoss", "BufferWatch", "loss_metadata", "watch_buffer"]
 
-loss_metadata = sa.MetaData()
-"""The tables of buffer-loss detection; include it in Alembic's ``target_metadata``."""
-
-marks_table = sa.Table(
-    "ccat_buffer_marks",
-    loss_metadata,
-    sa.Column("site", sa.String(200), primary_key=True),
-    sa.Column("epoch", sa.String(64), nullable=False),
-    sa.Column("seq", sa.BigInteger, nullable=False),
-    sa.Column("held", sa.BigInteger, nullable=False),
-    sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
-)
-"""The last sighting of each site's buffer: marker, counter, unfinished transactions."""
-
-losses_table = sa.Table(
-    "ccat_buffer_losses",
-    loss_metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("site", sa.String(200), nullable=False, index=True),
-    sa.Column("detected_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("since", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("cause", sa.Text, nullable=False),
-    sa.Column("seen_seq", sa.BigInteger, nullable=False),
-    sa.Column("found_seq", sa.BigInteger, nullable=True),
-    sa.Column("held", sa.BigInteger, nullable=False),
-    sa.Column("acknowledged_at", sa.DateTime(timezone=True), nullable=True),
-)
-"""Every loss found, until an operator acknowledges it."""
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    # SQLite gives naive datetimes back: they were written in UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class BufferLoss:
-    """State the buffer held and lost.
-
-    Attributes:
-        detected_at: When it was found.
-        since: When the buffer was last seen whole: what was buffered after
-            this may be gone too.
-        cause: What the marker showed.
-        seen_seq: The buffer's counter when last seen whole.
-        found_seq: Its counter when the loss was found (``None``: no counter,
-            the buffer was empty).
-        held: Unfinished transactions the buffer held when last seen whole.
-        recorded: Written to the main database (``False``: found by a reader
-            before a worker recorded it).
-    """
-
-    detected_at: dt.datetime
-    since: dt.datetime
-    cause: str
-    seen_seq: int
-    found_seq: int | None
-    held: int
-    recorded: bool = True
-    open_ended: bool = True
-
-    def describe(self) -> str:
-        """One line for an operator: what was lost, since when, and what to do."""
-        after = ", and any after" if self.open_ended else ""
-        if self.found_seq is not None and 0 <= self.found_seq < self.seen_seq:
-            numbers = (
-                f"sequence numbers {self.found_seq + 1} to {self.seen_seq}{after} may be gone; "
-                "a superset: the counter also numbers other writes, and some may have been "
-                "applied already"
-            )
-        else:
-            numbers = f"sequence numbers up to {self.seen_seq} not yet applied{after}"
-        return (
-            f"the buffer lost state ({self.cause}), found {self.detected_at:%Y-%m-%d %H:%M:%S} "
-            f"UTC; last seen whole {self.since:%Y-%m-%d %H:%M:%S} UTC holding {self.held} "
-            f"unfinished transaction(s): those, and any buffered after, may be gone "
-            f"({numbers}). Transactions the ledger does not hold were lost: "
-            "resubmit them, then acknowledge the loss"
-        )
+COPY_WAIT = 1.0
+"""Seconds a look waits for its copy to the main database before going on without it."""
 
 
 def _new_epoch() -> str:
     return f"{uuid.uuid4().hex[:16]} {int(time.time() * 1000)}"
-
-
-@dataclass(frozen=True, slots=True)
-class _Mark:
-    epoch: str
-    seq: int
-    held: int
-    seen_at: dt.datetime
-
-
-def _loss_row(loss: BufferLoss) -> dict[str, Any]:
-    return {
-        "detected_at": loss.detected_at.isoformat(),
-        "since": loss.since.isoformat(),
-        "cause": loss.cause,
-        "seen_seq": loss.seen_seq,
-        "found_seq": loss.found_seq,
-        "held": loss.held,
-        "open_ended": loss.open_ended,
-    }
-
-
-def _loss_from_row(row: dict[str, Any], *, recorded: bool) -> BufferLoss:
-    return BufferLoss(
-        dt.datetime.fromisoformat(row["detected_at"]),
-        dt.datetime.fromisoformat(row["since"]),
-        row["cause"],
-        int(row["seen_seq"]),
-        None if row["found_seq"] is None else int(row["found_seq"]),
-        int(row["held"]),
-        recorded,
-        bool(row.get("open_ended", True)),
-    )
 
 
 class BufferWatch:
@@ -212,6 +117,7 @@ class BufferWatch:
         self.log = SiteLogger(__name__, backend.site)
         self._saved_at = float("-inf")
         self._tables = False
+        self._copying: asyncio.Task[None] | None = None
 
     @property
     def supported(self) -> bool:
@@ -236,7 +142,7 @@ class BufferWatch:
         self._tables = bool(found)
         return self._tables
 
-    async def _row(self) -> _Mark | None:
+    async def _row(self) -> Mark | None:
         if self.engine is None or not await self._tables_exist():
             return None
         async with self.engine.connect() as conn:
@@ -245,7 +151,7 @@ class BufferWatch:
             ).first()
         if row is None:
             return None
-        return _Mark(row.epoch, int(row.seq), int(row.held), _aware(row.seen_at))
+        return Mark(row.epoch, int(row.seq), int(row.held), aware(row.seen_at))
 
     async def _database_losses(self) -> list[BufferLoss]:
         if self.engine is None or not await self._tables_exist():
@@ -259,8 +165,8 @@ class BufferWatch:
             rows = (await conn.execute(query)).all()
         return [
             BufferLoss(
-                _aware(r.detected_at),
-                _aware(r.since),
+                aware(r.detected_at),
+                aware(r.since),
                 r.cause,
                 int(r.seen_seq),
                 None if r.found_seq is None else int(r.found_seq),
@@ -286,7 +192,7 @@ class BufferWatch:
         local = [
             loss
             for loss in (
-                _loss_from_row(row, recorded=False)
+                loss_from_row(row, recorded=False)
                 for row in self.sightings.read().losses
                 if not row.get("in_database")
             )
@@ -302,12 +208,12 @@ class BufferWatch:
             How many there were.
         """
         with self.sightings.locked() as state:
-            local = [_loss_from_row(row, recorded=False) for row in state.losses]
+            local = [loss_from_row(row, recorded=False) for row in state.losses]
             state.losses = []
         if self.engine is None or not await self._tables_exist():
             return len(local)
         async with self.engine.begin() as conn:
-            there = await self._recorded(conn)
+            there = await recorded_losses(conn, self.site)
             result = await conn.execute(
                 sa.update(losses_table)
                 .where(losses_table.c.site == self.site, losses_table.c.acknowledged_at.is_(None))
@@ -379,7 +285,7 @@ class BufferWatch:
             if origin is not None and origin.epoch is not None:
                 with self.sightings.locked() as state:
                     self._look(state, origin, held, now)
-        await self._copy_to_database()
+        await self._copy_soon()
         return await self.open_losses()
 
     def _look(
@@ -396,7 +302,7 @@ class BufferWatch:
         loss = None
         if found is not None and last is not None:
             loss = self._loss(found, last, recorded=False)
-            state.losses.append(_loss_row(loss))
+            state.losses.append(loss_row(loss))
         if origin.previous_history is not None and origin.history != (last and last.history):
             state.superseded.setdefault(origin.previous_history, origin.fork_offset)
         if origin.epoch is None:
@@ -434,13 +340,13 @@ class BufferWatch:
             open_ended=not origin.replicated,
         )
         loss = self._loss(split, state.last, recorded=False)
-        state.losses.append(_loss_row(loss))
+        state.losses.append(loss_row(loss))
         return loss
 
     def _loss(self, found: Judgement, last: Sighting, *, recorded: bool) -> BufferLoss:
         return BufferLoss(
             utc_now(),
-            _aware(dt.datetime.fromisoformat(last.seen_at)),
+            aware(dt.datetime.fromisoformat(last.seen_at)),
             found.cause,
             found.seen_seq,
             found.found_seq,
@@ -454,6 +360,28 @@ class BufferWatch:
         assert isinstance(self.backend, SupportsBufferMarker)
         epoch = new_epoch_after(previous, _new_epoch()) if previous else _new_epoch()
         await self.backend.stamp_buffer(epoch)  # only where none is: the first watcher wins
+
+    async def _copy_soon(self) -> None:
+        """Copy to the main database, waiting at most :data:`COPY_WAIT` seconds for it.
+
+        A database that does not answer (a link outage: each attempt may wait
+        out the connect timeout) must not slow the looks: the copy goes on in
+        the background, one at a time, and the next look does not wait again
+        while it runs.
+        """
+        if self._copying is None or self._copying.done():
+            self._copying = asyncio.create_task(self._copy_to_database(), name="buffer-copy")
+            self._copying.add_done_callback(self._copied)
+            await asyncio.wait({self._copying}, timeout=COPY_WAIT)
+
+    def _copied(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self.log.info("could not copy the buffer's sightings to the main database: %s", error)
+
+    def cancel_copy(self) -> None:
+        """Stop a copy to the main database that is still running (the watch is stopping)."""
+        if self._copying is not None:
+            self._copying.cancel()
 
     async def _copy_to_database(self) -> None:
         """Copy the sighting (every ``save_every`` s) and the new losses to the main database.
@@ -472,23 +400,13 @@ class BufferWatch:
             await self.create_tables()
             async with self.engine.begin() as conn:
                 if state.last is not None and due:
-                    await self._save(conn, state.last)
-                there = await self._recorded(conn)
+                    await save_mark(conn, self.site, state.last)
+                there = await recorded_losses(conn, self.site)
                 for row in pending:
-                    loss = _loss_from_row(row, recorded=True)
+                    loss = loss_from_row(row, recorded=True)
                     if (loss.detected_at, loss.cause) in there:
                         continue  # written before; the disk was not told (a stop came between)
-                    await conn.execute(
-                        sa.insert(losses_table).values(
-                            site=self.site,
-                            detected_at=loss.detected_at,
-                            since=loss.since,
-                            cause=loss.cause,
-                            seen_seq=loss.seen_seq,
-                            found_seq=loss.found_seq,
-                            held=loss.held,
-                        )
-                    )
+                    await insert_loss(conn, self.site, loss)
         except (SQLAlchemyError, OSError):
             self._saved_at = self.clock()  # not again before save_every
             return
@@ -501,27 +419,6 @@ class BufferWatch:
                         row["in_database"] = True
                 now.losses = [row for row in now.losses if not row.get("in_database")]
 
-    async def _recorded(self, conn: AsyncConnection) -> set[tuple[dt.datetime, str]]:
-        rows = await conn.execute(
-            sa.select(losses_table.c.detected_at, losses_table.c.cause).where(
-                losses_table.c.site == self.site
-            )
-        )
-        return {(_aware(r.detected_at), r.cause) for r in rows}
-
-    async def _save(self, conn: AsyncConnection, last: Sighting) -> None:
-        values = {
-            "epoch": last.epoch,
-            "seq": last.seq,
-            "held": last.held,
-            "seen_at": _aware(dt.datetime.fromisoformat(last.seen_at)),
-        }
-        updated = await conn.execute(
-            sa.update(marks_table).where(marks_table.c.site == self.site).values(**values)
-        )
-        if updated.rowcount == 0:
-            await conn.execute(sa.insert(marks_table).values(site=self.site, **values))
-
 
 async def watch_buffer(watch: BufferWatch, interval: float) -> None:
     """The worker's watch: check at start and every ``interval`` seconds, until cancelled.
@@ -530,6 +427,13 @@ async def watch_buffer(watch: BufferWatch, interval: float) -> None:
     found. A buffer or database that cannot be reached is the processor's
     to report; the watch tries again at the next look.
     """
+    try:
+        await _watch(watch, interval)
+    finally:
+        watch.cancel_copy()
+
+
+async def _watch(watch: BufferWatch, interval: float) -> None:
     first, failing = True, False
     while True:
         try:

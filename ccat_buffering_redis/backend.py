@@ -421,7 +421,7 @@ class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, AsyncClosing):
                 self.keys.buffer,
                 [("MGET", self.keys.epoch, self.keys.seq), ("INFO", "replication")],
             )
-        if info.get("role") != "master":
+        if info.get("role", "master") != "master":
             if isinstance(self.client, Redis):
                 # A master demoted under a pooled connection: connect afresh
                 # (through Sentinel, to the new master) at the next call.

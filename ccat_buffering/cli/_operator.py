@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ccat_buffering._settings_checks import check_driver
 from ccat_buffering.backends import open_backend
 from ccat_buffering.buffer_loss import BufferLoss, BufferWatch
-from ccat_buffering.coordinator import replication_tracker, transaction_manager
+from ccat_buffering.coordinator import link_timeouts, replication_tracker, transaction_manager
 from ccat_buffering.database import create_engine
 from ccat_buffering.errors import ConfigurationError
 from ccat_buffering.health import Health, collect
@@ -123,7 +123,11 @@ def open_site(
     """
     engine = None
     if replica and settings.replica_url:
-        engine = create_engine(settings.require_url("replica_url"))
+        engine = create_engine(
+            settings.require_url("replica_url"),
+            timeouts=link_timeouts(settings),
+            **settings.replica_engine_options,
+        )
     main = None
     if database and settings.database_url and settings.site_type == "secondary":
         try:
@@ -131,7 +135,11 @@ def open_site(
         except ConfigurationError:
             pass  # the loss check is skipped; nothing else here needs the database
         else:
-            main = create_engine(settings.database_url)
+            main = create_engine(
+                settings.database_url,
+                timeouts=link_timeouts(settings),
+                **settings.database_engine_options,
+            )
     backend = open_backend(
         settings.backend_url, site=settings.site_name, **settings.backend_options()
     )

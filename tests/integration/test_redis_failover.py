@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from redis_servers import redis_sentinel
+from redis_servers import redis_cluster, redis_sentinel, restart_cluster_node
 from services import started
 
 from ccat_buffering.buffer_loss import BufferLoss
@@ -110,14 +113,16 @@ async def _produce(site: BufferingCoordinator, fault: Callable[[], None]) -> tup
 
 
 async def _fault_run(
-    tmp_path: Path, ports: dict[str, object], fault: Callable[[], None], min_replicas: int
+    tmp_path: Path,
+    url: str,
+    site_name: str,
+    fault: Callable[[], None],
+    serving: Callable[[], int],
 ) -> Run:
-    sentinels = ",".join(f"127.0.0.1:{port}" for port in ports["sentinels"])  # type: ignore[attr-defined]
-    url = (
-        f"redis+sentinel://{sentinels}/site-buffer?socket_timeout=1&socket_connect_timeout=1"
-        f"&min_replicas={min_replicas}&min_replicas_timeout=0.5"
-    )
-    site_name = new_site_name()
+    """Produce with the fault mid-run and the database down, then drain with it back.
+
+    ``serving`` names the port of the master that holds the site now.
+    """
     state = tmp_path / "state"
     registry = ModelRegistry.from_base(Base)
     down = "postgresql+asyncpg://postgres@127.0.0.1:9/none"  # nothing listens: the database is down
@@ -126,16 +131,16 @@ async def _fault_run(
     worker.watch_interval = 0.1
     worker.start()
     try:
-        acked, errors = await _produce(worker, ports["fault"])  # type: ignore[arg-type]
-        # Let the watch look at the master the sentinels name now, once everything is written.
+        acked, errors = await _produce(worker, fault)
+        # Let the watch look at the master that holds the site now, once everything is written.
         deadline = time.monotonic() + 30
         while True:
-            master = redis.Redis(port=ports["master_port"](), socket_timeout=2)  # type: ignore[operator]
+            master = redis.Redis(port=serving(), socket_timeout=2)
             with contextlib.suppress(redis.exceptions.RedisError):
-                serving = master.info("replication")["master_replid"]
+                history = master.info("replication")["master_replid"]
                 seq = int(master.get(worker.backend.keys.seq) or 0)  # type: ignore[attr-defined]
                 last = worker.watch.sightings.read().last
-                if last is not None and last.history == serving and last.seq >= seq:
+                if last is not None and last.history == history and last.seq >= seq:
                     break
             master.close()
             assert time.monotonic() < deadline, "the watch never saw the new master"
@@ -150,7 +155,12 @@ async def _fault_run(
     try:
         await make_schema(drainer.engine)
         await drainer.prepare_database()
-        assert await drainer.processor.drain(timeout=60)
+        # drain() returns at once while the stopped worker's lease lasts (standby);
+        # the machine the suite runs on may be busy, too.
+        deadline = time.monotonic() + 180
+        while not await drainer.processor.drain(timeout=30):
+            assert time.monotonic() < deadline, "the buffer did not drain"
+            await asyncio.sleep(0.5)
         applied = await units_in_order(drainer.engine)
         ledger = await ledger_count(drainer.engine)
     finally:
@@ -184,12 +194,75 @@ FAULTS: dict[str, Callable[[dict[str, object]], None]] = {
 }
 
 
+def _slot_owner(any_port: int, site: str) -> tuple[int, list[int]]:
+    """The port of the master holding ``site``'s slot, and its replicas' ports."""
+    client = redis.Redis(port=any_port, socket_timeout=2)
+    slot = int(client.execute_command("CLUSTER", "KEYSLOT", site))
+    for first, last, master, *replicas in client.execute_command("CLUSTER", "SLOTS"):
+        if first <= slot <= last:
+            return int(master[1]), [int(r[1]) for r in replicas]
+    raise AssertionError(f"no node holds slot {slot}")
+
+
 @pytest.mark.parametrize("min_replicas", [1, 0])
 @pytest.mark.parametrize("fault", list(FAULTS))
 async def test_a_master_lost_mid_run(tmp_path: Path, fault: str, min_replicas: int) -> None:
     with started(redis_sentinel(3, aof=True)) as ports:
-        ports["fault"] = lambda: FAULTS[fault](ports)
-        run = await _fault_run(tmp_path, ports, ports["fault"], min_replicas)  # type: ignore[arg-type]
+        sentinels = ",".join(f"127.0.0.1:{port}" for port in ports["sentinels"])  # type: ignore[attr-defined]
+        url = (
+            f"redis+sentinel://{sentinels}/site-buffer?socket_timeout=1&socket_connect_timeout=1"
+            f"&min_replicas={min_replicas}&min_replicas_timeout=0.5"
+        )
+        run = await _fault_run(
+            tmp_path,
+            url,
+            new_site_name(),
+            lambda: FAULTS[fault](ports),
+            ports["master_port"],  # type: ignore[arg-type]
+        )
+    _judge(fault, min_replicas, run)
+
+
+@pytest.mark.parametrize("min_replicas", [1, 0])
+async def test_a_cluster_slot_owner_killed_with_its_replica_behind(
+    tmp_path: Path, min_replicas: int
+) -> None:
+    handles: dict[int, subprocess.Popen[bytes]] = {}
+    site = new_site_name()
+    with started(redis_cluster(3, replicas=1, aof=True, handles=handles)) as ports:
+        deadline = time.monotonic() + 30
+        while not (found := _slot_owner(ports[0], site))[1]:  # replicas join after the create
+            assert time.monotonic() < deadline, "the slot owner never got its replica"
+            await asyncio.sleep(0.1)
+        owner, (replica, *_) = found
+        deadline = time.monotonic() + 30
+        while redis.Redis(port=replica).info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the replica never synced"
+            await asyncio.sleep(0.1)
+        other = next(p for p in ports if p not in (owner, replica))
+
+        def fault() -> None:
+            os.kill(handles[replica].pid, signal.SIGSTOP)
+            time.sleep(1.0)  # the replica falls behind
+            handles[owner].kill()
+            handles[owner].wait(5)
+            os.kill(handles[replica].pid, signal.SIGCONT)
+            deadline = time.monotonic() + 30
+            while _slot_owner(other, site)[0] != replica:
+                assert time.monotonic() < deadline, "the cluster never promoted the replica"
+                time.sleep(0.1)
+            restart_cluster_node(owner, handles)  # back, as the new owner's replica
+
+        nodes = ",".join(f"127.0.0.1:{p}" for p in ports)
+        url = (
+            f"redis+cluster://{nodes}?socket_timeout=1&socket_connect_timeout=1"
+            f"&min_replicas={min_replicas}&min_replicas_timeout=0.5"
+        )
+        run = await _fault_run(tmp_path, url, site, fault, lambda: _slot_owner(other, site)[0])
+    _judge("cluster-owner-killed-replica-behind", min_replicas, run)
+
+
+def _judge(fault: str, min_replicas: int, run: Run) -> None:
     reported = [loss.describe() for loss in run.losses]
     print(
         f"\n| {fault} | min_replicas={min_replicas} | acked {len(run.acked)} | "

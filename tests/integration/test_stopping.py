@@ -92,6 +92,9 @@ class _SwallowingWatch:
             ) from None
         return []
 
+    def cancel_copy(self) -> None:
+        pass
+
 
 async def test_a_cancellation_turned_into_another_error_still_ends_the_watch() -> None:
     watch = _SwallowingWatch()
