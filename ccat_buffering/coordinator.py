@@ -25,6 +25,7 @@ from ccat_buffering.database import create_engine
 from ccat_buffering.errors import BackendError, TransactionFailedError, WaitTimeoutError
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.health import NO_REPLICA_NOTICE, Health, collect
+from ccat_buffering.idempotency import Outcome, submit_once
 from ccat_buffering.logs import SiteLogger
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.masking import mask_url
@@ -283,7 +284,9 @@ class BufferingCoordinator:
         )
         return coordinator
 
-    async def submit(self, transaction: Transaction) -> TransactionStatus:
+    async def submit(
+        self, transaction: Transaction, *, idempotency_key: str | None = None
+    ) -> TransactionStatus:
         """Write a transaction the way the site's type requires.
 
         A ``secondary`` site buffers it (returns at once, ``buffered``); a
@@ -291,14 +294,66 @@ class BufferingCoordinator:
 
         Args:
             transaction: From :meth:`TransactionBuilder.build`.
+            idempotency_key: The client's key for this request: a second
+                submit with the same key (and the same steps, ids included:
+                submit the same transaction again) returns the first one's
+                status and buffers nothing (see :mod:`ccat_buffering.idempotency`).
 
         Returns:
-            Its status.
+            Its status (the first transaction's, for a known key).
 
         Raises:
             TransactionValidationError: Bad input; nothing was written.
+            IdempotencyKeyReusedError: The key was used for other steps.
             ExecutionError: At a main site, the database refused it.
         """
+        if idempotency_key is not None:
+            return (await self.submit_once(transaction, idempotency_key)).status
+        return await self._counted(transaction)
+
+    async def submit_once(
+        self,
+        transaction: Transaction,
+        key: str,
+        *,
+        request: str | None = None,
+        response: Any = None,
+        status_code: int | None = None,
+    ) -> Outcome:
+        """Submit under an idempotency key; see :func:`ccat_buffering.idempotency.submit_once`.
+
+        Args:
+            transaction: What this request built.
+            key: The client's idempotency key.
+            request: The request's fingerprint (the transaction's steps by default).
+            response: The answer to record for retries.
+            status_code: The HTTP status to record for retries.
+
+        Returns:
+            The status, whether it was a retry, and the key's record.
+        """
+        outcome = await submit_once(
+            self.backend.status,
+            transaction,
+            key,
+            submit=self._counted,
+            status_of=self.status,
+            ttl=self.settings.idempotency_ttl,
+            request=request,
+            response=response,
+            status_code=status_code,
+        )
+        if outcome.replayed:
+            self.activity.replays += 1
+            self.log.info(
+                "idempotency key known: answered with %s (%s)",
+                outcome.status.transaction_id,
+                outcome.status.state,
+                transaction_id=transaction.transaction_id,
+            )
+        return outcome
+
+    async def _counted(self, transaction: Transaction) -> TransactionStatus:
         tx_id = transaction.transaction_id
         try:
             status = await self._submit(transaction)

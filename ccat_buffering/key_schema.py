@@ -30,5 +30,6 @@ SUFFIXES = {
     "processor": "processor",
     "reconcile": "state:cursors",
     "epoch": "buffer_epoch",
+    "idempotency": "idempotency:",
 }
 """Key suffixes by role, shared with the Lua scripts."""

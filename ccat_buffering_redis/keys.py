@@ -53,6 +53,9 @@ key                                         type     what
 ``lease``                                   string   the processor lease token; PX TTL
 ``processor``                               string   the draining processor's report (JSON);
                                                      PX TTL
+``idempotency:<sha256 of the key>``         string   an idempotency key's record (JSON): the
+                                                     request's fingerprint, its transaction and
+                                                     first answer; PX ``idempotency_ttl``
 ==========================================  =======  ==========================================
 """
 
@@ -113,6 +116,10 @@ class SiteKeys:
     def status(self, transaction_id: str) -> str:
         """A transaction's status."""
         return self._key("status", transaction_id)
+
+    def idempotency(self, digest: str) -> str:
+        """An idempotency key's record, by the key's SHA-256 (hex)."""
+        return self._key("idempotency", digest)
 
     def ids(self, model: str, record_id: str) -> str:
         """A record's entry in the write-through ID cache."""
