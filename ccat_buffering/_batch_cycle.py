@@ -29,6 +29,7 @@ from ccat_buffering.manager import Delivery, TransactionManager
 from ccat_buffering.models import Transaction, TransactionState, TransactionStatus, utc_now
 from ccat_buffering.processor_state import Counters, ProcessorState
 from ccat_buffering.retry import FailureKind, describe_error
+from ccat_buffering.tracing import Tracing
 
 __all__ = ["BatchCycle"]
 
@@ -56,6 +57,7 @@ class BatchCycle:
     prefetch: bool
     sizer: BatchSizer | None
     counters: Counters
+    tracing: Tracing
     state: ProcessorState
     cause: str | None
     last_run_at: dt.datetime | None
@@ -194,8 +196,12 @@ class BatchCycle:
         self.counters.processed += len(done)
 
     async def _execute(self, transactions: list[Transaction]) -> BatchResult:
-        async with self.lease.kept():
-            return await self.executor.execute_batch(transactions)
+        with self.tracing.processing(transactions) as span:
+            async with self.lease.kept():
+                result = await self.executor.execute_batch(transactions)
+            done = [t for t, o in zip(transactions, result.outcomes, strict=True) if o.done]
+            self.tracing.committed(done, result.commit_lsn, span)
+            return result
 
     def next_size(self) -> int:
         """The size of the next batch claimed."""

@@ -219,6 +219,8 @@ class BufferingCoordinator:
         self._start_on_enter = start
         self.activity = Activity()
         self.statuses = StatusWatch(backend.status, settings.wait_poll_interval)
+        self.tracing = self.processor.tracing
+        self.manager.listeners.append(self.tracing)  # replicated, on each transaction's trace
         self.log = SiteLogger(__name__, backend.site)
 
     @classmethod
@@ -356,7 +358,8 @@ class BufferingCoordinator:
     async def _counted(self, transaction: Transaction) -> TransactionStatus:
         tx_id = transaction.transaction_id
         try:
-            status = await self._submit(transaction)
+            with self.tracing.sending(transaction) as traced:
+                status = await self._submit(traced)
         except Exception as exc:
             reason = refusal_reason(exc)
             self.activity.refusals[reason] += 1
@@ -375,6 +378,7 @@ class BufferingCoordinator:
         error = result.outcomes[0].error
         if error is not None:
             raise error
+        self.tracing.committed([transaction], result.commit_lsn)
         now = utc_now()
         status = TransactionStatus(
             transaction_id=transaction.transaction_id,

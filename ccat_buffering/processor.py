@@ -29,6 +29,7 @@ from ccat_buffering.manager import Delivery, TransactionManager
 from ccat_buffering.processor_state import Counters, ProcessorHealth, ProcessorState
 from ccat_buffering.protocols import SupportsProcessorReports
 from ccat_buffering.retry import describe_error
+from ccat_buffering.tracing import Tracing
 
 __all__ = ["BackgroundProcessor", "ProcessorHealth", "ProcessorState"]
 
@@ -102,6 +103,7 @@ class BackgroundProcessor(BatchCycle):
         self.cause: str | None = None
         self.last_run_at: dt.datetime | None = None
         self.counters = Counters()
+        self.tracing = Tracing(manager.backend.site)
         self._outage_streak = 0
         self._unsettled = False
         self._published_at = float("-inf")
