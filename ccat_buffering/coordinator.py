@@ -220,6 +220,8 @@ class BufferingCoordinator:
         self.activity = Activity()
         self.statuses = StatusWatch(backend.status, settings.wait_poll_interval)
         self.tracing = self.processor.tracing
+        # A healthy batch is sized to a third of the statement timeout.
+        self.processor.stall_after = settings.statement_timeout / 3
         self.manager.listeners.append(self.tracing)  # replicated, on each transaction's trace
         self.log = SiteLogger(__name__, backend.site)
 

@@ -104,6 +104,9 @@ class BackgroundProcessor(BatchCycle):
         self.last_run_at: dt.datetime | None = None
         self.counters = Counters()
         self.tracing = Tracing(manager.backend.site)
+        self.stall_after = 10.0
+        """Seconds a batch's call may wait before health says the database is not answering."""
+        self._call_began: float | None = None
         self._outage_streak = 0
         self._unsettled = False
         self._published_at = float("-inf")
@@ -315,13 +318,24 @@ class BackgroundProcessor(BatchCycle):
         """This processor's state and its site's buffer counts."""
         stats = await self.manager.backend.buffer.stats()
         lease = await self.manager.backend.lease.current()
-        return ProcessorHealth(
-            state=self.state,
-            cause=(
+        state, cause = (
+            self.state,
+            (
                 self._unanswered_cause() or self.cause
                 if self.state is ProcessorState.PAUSED
                 else self.cause
             ),
+        )
+        stalled = self.stalled_for()
+        if state is ProcessorState.RUNNING and stalled is not None:
+            state = ProcessorState.PAUSED
+            cause = (
+                f"main database not answering for {stalled:.0f} s (a batch's call is "
+                "waiting: the link may hang; it ends at the statement timeout)"
+            )
+        return ProcessorHealth(
+            state=state,
+            cause=cause,
             holder=self.holder,
             lease_holder=None if lease is None else lease.holder,
             last_run_at=self.last_run_at,
