@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Self
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering import logs
-from ccat_buffering._link import LinkTimeouts
-from ccat_buffering._sizing import BatchSizer
+from ccat_buffering._wiring import (
+    batch_sizer,
+    link_timeouts,
+    replication_tracker,
+    transaction_manager,
+)
 from ccat_buffering.activity import Activity, refusal_reason
 from ccat_buffering.backends import open_backend
 from ccat_buffering.buffer_loss import BufferLoss, BufferWatch, watch_buffer
@@ -27,7 +30,6 @@ from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.health import NO_REPLICA_NOTICE, Health, collect
 from ccat_buffering.idempotency import Outcome, submit_once
 from ccat_buffering.logs import SiteLogger
-from ccat_buffering.manager import TransactionManager
 from ccat_buffering.masking import mask_url
 from ccat_buffering.models import Transaction, TransactionState, TransactionStatus, utc_now
 from ccat_buffering.processor import BackgroundProcessor
@@ -38,9 +40,7 @@ from ccat_buffering.replication import (
     ImmediateReplicationChecker,
     LSNReplicationChecker,
     ReplicationChecker,
-    ReplicationTracker,
 )
-from ccat_buffering.retry import RetryPolicy
 from ccat_buffering.settings import BufferingSettings, load_settings
 from ccat_buffering.waiting import StatusWatch, Until
 
@@ -51,100 +51,6 @@ __all__ = [
     "replication_tracker",
     "transaction_manager",
 ]
-
-
-def transaction_manager(
-    settings: BufferingSettings, backend: Backend, registry: ModelRegistry | None = None
-) -> TransactionManager:
-    """The transaction manager the settings ask for (retries, TTLs, size limit).
-
-    Args:
-        settings: The site's settings.
-        backend: The site's stores.
-        registry: The mapped classes, to check and convert transactions.
-
-    Returns:
-        The manager.
-    """
-    return TransactionManager(
-        backend,
-        registry=registry,
-        retry_policy=RetryPolicy(
-            max_attempts=settings.max_attempts,
-            base_delay=settings.retry_base_delay,
-            max_delay=settings.retry_max_delay,
-        ),
-        status_ttl=settings.status_ttl,
-        cache_ttl=settings.cache_ttl,
-        max_payload_bytes=settings.max_payload_bytes,
-    )
-
-
-def replication_tracker(
-    settings: BufferingSettings,
-    manager: TransactionManager,
-    checker: ReplicationChecker,
-    leading: Callable[[], Awaitable[bool]] | None = None,
-) -> ReplicationTracker:
-    """The replication tracker the settings ask for (poll interval, timeout).
-
-    Args:
-        settings: The site's settings.
-        manager: The site's transaction manager.
-        checker: Answers how far the replica has replayed.
-        leading: Whether this process confirms replication now (see
-            :class:`~ccat_buffering.replication.ReplicationTracker`).
-
-    Returns:
-        The tracker.
-    """
-    return ReplicationTracker(
-        manager,
-        checker,
-        poll_interval=settings.replication_poll_interval,
-        timeout=settings.replication_timeout,
-        leading=leading,
-    )
-
-
-def link_timeouts(settings: BufferingSettings) -> LinkTimeouts:
-    """The link timeouts the settings ask for.
-
-    Args:
-        settings: The site's settings.
-
-    Returns:
-        Connect, statement, lock, idle-in-transaction and keepalive limits.
-    """
-    return LinkTimeouts(
-        connect=settings.connect_timeout,
-        statement=settings.statement_timeout,
-        lock=settings.lock_timeout,
-        idle_in_transaction=settings.idle_in_transaction_timeout,
-        keepalive_idle=settings.tcp_keepalive_idle,
-        keepalive_interval=settings.tcp_keepalive_interval,
-        keepalive_count=settings.tcp_keepalive_count,
-    )
-
-
-def batch_sizer(settings: BufferingSettings) -> BatchSizer | None:
-    """The adaptive batch sizing the settings ask for, or ``None`` for fixed batches.
-
-    Args:
-        settings: The site's settings.
-
-    Returns:
-        A sizer between the configured bounds, starting at ``batch_size``.
-    """
-    if not settings.batch_size_adaptive:
-        return None
-    return BatchSizer(
-        start=settings.batch_size,
-        minimum=min(settings.batch_size_min, settings.batch_size),
-        maximum=max(settings.batch_size_max, settings.batch_size),
-        max_bytes=settings.batch_max_bytes,
-        max_seconds=settings.statement_timeout / 3,
-    )
 
 
 class BufferingCoordinator:
