@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, Literal, Self
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering import logs
-from ccat_buffering._link import LinkTimeouts
-from ccat_buffering._sizing import BatchSizer
 from ccat_buffering._stopping import finish_or_cancel
+from ccat_buffering._wiring import (
+    batch_sizer,
+    link_timeouts,
+    replication_tracker,
+    transaction_manager,
+)
 from ccat_buffering.activity import Activity, refusal_reason
 from ccat_buffering.backends import open_backend
 from ccat_buffering.buffer_loss import BufferLoss, BufferWatch, watch_buffer
@@ -27,9 +31,10 @@ from ccat_buffering.database import create_engine
 from ccat_buffering.errors import BackendError, TransactionFailedError, WaitTimeoutError
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.health import NO_REPLICA_NOTICE, Health, collect
+from ccat_buffering.idempotency import Outcome, submit_once
 from ccat_buffering.ledger_pruning import prune_periodically
 from ccat_buffering.logs import SiteLogger
-from ccat_buffering.manager import TransactionManager, as_json
+from ccat_buffering.manager import as_json
 from ccat_buffering.masking import mask_url
 from ccat_buffering.models import Transaction, TransactionState, TransactionStatus, utc_now
 from ccat_buffering.processor import STOP_GRACE, BackgroundProcessor
@@ -40,9 +45,7 @@ from ccat_buffering.replication import (
     ImmediateReplicationChecker,
     LSNReplicationChecker,
     ReplicationChecker,
-    ReplicationTracker,
 )
-from ccat_buffering.retry import RetryPolicy
 from ccat_buffering.settings import BufferingSettings, load_settings
 from ccat_buffering.waiting import StatusWatch, Until
 
@@ -53,100 +56,6 @@ __all__ = [
     "replication_tracker",
     "transaction_manager",
 ]
-
-
-def transaction_manager(
-    settings: BufferingSettings, backend: Backend, registry: ModelRegistry | None = None
-) -> TransactionManager:
-    """The transaction manager the settings ask for (retries, TTLs, size limit).
-
-    Args:
-        settings: The site's settings.
-        backend: The site's stores.
-        registry: The mapped classes, to check and convert transactions.
-
-    Returns:
-        The manager.
-    """
-    return TransactionManager(
-        backend,
-        registry=registry,
-        retry_policy=RetryPolicy(
-            max_attempts=settings.max_attempts,
-            base_delay=settings.retry_base_delay,
-            max_delay=settings.retry_max_delay,
-        ),
-        status_ttl=settings.status_ttl,
-        cache_ttl=settings.cache_ttl,
-        max_payload_bytes=settings.max_payload_bytes,
-    )
-
-
-def replication_tracker(
-    settings: BufferingSettings,
-    manager: TransactionManager,
-    checker: ReplicationChecker,
-    leading: Callable[[], Awaitable[bool]] | None = None,
-) -> ReplicationTracker:
-    """The replication tracker the settings ask for (poll interval, timeout).
-
-    Args:
-        settings: The site's settings.
-        manager: The site's transaction manager.
-        checker: Answers how far the replica has replayed.
-        leading: Whether this process confirms replication now (see
-            :class:`~ccat_buffering.replication.ReplicationTracker`).
-
-    Returns:
-        The tracker.
-    """
-    return ReplicationTracker(
-        manager,
-        checker,
-        poll_interval=settings.replication_poll_interval,
-        timeout=settings.replication_timeout,
-        leading=leading,
-    )
-
-
-def link_timeouts(settings: BufferingSettings) -> LinkTimeouts:
-    """The link timeouts the settings ask for.
-
-    Args:
-        settings: The site's settings.
-
-    Returns:
-        Connect, statement, lock, idle-in-transaction and keepalive limits.
-    """
-    return LinkTimeouts(
-        connect=settings.connect_timeout,
-        statement=settings.statement_timeout,
-        lock=settings.lock_timeout,
-        idle_in_transaction=settings.idle_in_transaction_timeout,
-        keepalive_idle=settings.tcp_keepalive_idle,
-        keepalive_interval=settings.tcp_keepalive_interval,
-        keepalive_count=settings.tcp_keepalive_count,
-    )
-
-
-def batch_sizer(settings: BufferingSettings) -> BatchSizer | None:
-    """The adaptive batch sizing the settings ask for, or ``None`` for fixed batches.
-
-    Args:
-        settings: The site's settings.
-
-    Returns:
-        A sizer between the configured bounds, starting at ``batch_size``.
-    """
-    if not settings.batch_size_adaptive:
-        return None
-    return BatchSizer(
-        start=settings.batch_size,
-        minimum=min(settings.batch_size_min, settings.batch_size),
-        maximum=max(settings.batch_size_max, settings.batch_size),
-        max_bytes=settings.batch_max_bytes,
-        max_seconds=settings.statement_timeout / 3,
-    )
 
 
 class BufferingCoordinator:
@@ -229,6 +138,10 @@ class BufferingCoordinator:
         self._start_on_enter = start
         self.activity = Activity()
         self.statuses = StatusWatch(backend.status, settings.wait_poll_interval)
+        self.tracing = self.processor.tracing
+        # A healthy batch is sized to a third of the statement timeout.
+        self.processor.stall_after = settings.statement_timeout / 3
+        self.manager.listeners.append(self.tracing)  # replicated, on each transaction's trace
         self.log = SiteLogger(__name__, backend.site)
 
     @classmethod
@@ -294,7 +207,9 @@ class BufferingCoordinator:
         )
         return coordinator
 
-    async def submit(self, transaction: Transaction) -> TransactionStatus:
+    async def submit(
+        self, transaction: Transaction, *, idempotency_key: str | None = None
+    ) -> TransactionStatus:
         """Write a transaction the way the site's type requires.
 
         A ``secondary`` site buffers it (returns at once, ``buffered``); a
@@ -303,17 +218,70 @@ class BufferingCoordinator:
 
         Args:
             transaction: From :meth:`TransactionBuilder.build`.
+            idempotency_key: The client's key for this request: a second
+                submit with the same key (and the same steps, ids included:
+                submit the same transaction again) returns the first one's
+                status and buffers nothing (see :mod:`ccat_buffering.idempotency`).
 
         Returns:
-            Its status.
+            Its status (the first transaction's, for a known key).
 
         Raises:
             TransactionValidationError: Bad input; nothing was written.
+            IdempotencyKeyReusedError: The key was used for other steps.
             ExecutionError: At a main site, the database refused it.
         """
+        if idempotency_key is not None:
+            return (await self.submit_once(transaction, idempotency_key)).status
+        return await self._counted(transaction)
+
+    async def submit_once(
+        self,
+        transaction: Transaction,
+        key: str,
+        *,
+        request: str | None = None,
+        response: Any = None,
+        status_code: int | None = None,
+    ) -> Outcome:
+        """Submit under an idempotency key; see :func:`ccat_buffering.idempotency.submit_once`.
+
+        Args:
+            transaction: What this request built.
+            key: The client's idempotency key.
+            request: The request's fingerprint (the transaction's steps by default).
+            response: The answer to record for retries.
+            status_code: The HTTP status to record for retries.
+
+        Returns:
+            The status, whether it was a retry, and the key's record.
+        """
+        outcome = await submit_once(
+            self.backend.status,
+            transaction,
+            key,
+            submit=self._counted,
+            status_of=self.status,
+            ttl=self.settings.idempotency_ttl,
+            request=request,
+            response=response,
+            status_code=status_code,
+        )
+        if outcome.replayed:
+            self.activity.replays += 1
+            self.log.info(
+                "idempotency key known: answered with %s (%s)",
+                outcome.status.transaction_id,
+                outcome.status.state,
+                transaction_id=transaction.transaction_id,
+            )
+        return outcome
+
+    async def _counted(self, transaction: Transaction) -> TransactionStatus:
         tx_id = transaction.transaction_id
         try:
-            status = await self._submit(transaction)
+            with self.tracing.sending(transaction) as traced:
+                status = await self._submit(traced)
         except Exception as exc:
             reason = refusal_reason(exc)
             self.activity.refusals[reason] += 1
@@ -332,6 +300,7 @@ class BufferingCoordinator:
         outcome = result.outcomes[0]
         if outcome.error is not None:
             raise outcome.error
+        self.tracing.committed([transaction], result.commit_lsn)
         now = utc_now()
         status = TransactionStatus(
             transaction_id=transaction.transaction_id,

@@ -190,6 +190,9 @@ def critical_operation(handler: Handler | None = None, *, endpoint: str | None =
     list) becomes the record's key once submitted: at a ``main`` site the key
     the database generated (an identity column), so ``return {"id": note}``
     answers ``201 {"id": 42}``.
+    value is the response; a handler that adds no step submits nothing.
+    A request with an ``Idempotency-Key`` header becomes at most one
+    transaction: see :mod:`ccat_buffering.fastapi_idempotency`.
 
     Use it below the route decorator: ``@router.post(...)`` then
     ``@critical_operation``.
@@ -218,6 +221,7 @@ def critical_operation(handler: Handler | None = None, *, endpoint: str | None =
     hidden = [
         inspect.Parameter("ccat_site__", inspect.Parameter.KEYWORD_ONLY, annotation=Site),
         inspect.Parameter("ccat_response__", inspect.Parameter.KEYWORD_ONLY, annotation=Response),
+        inspect.Parameter("ccat_request__", inspect.Parameter.KEYWORD_ONLY, annotation=Request),
     ]
     where = endpoint or handler.__name__
 
@@ -225,7 +229,20 @@ def critical_operation(handler: Handler | None = None, *, endpoint: str | None =
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         site: BufferingCoordinator = kwargs.pop("ccat_site__")
         response: Response = kwargs.pop("ccat_response__")
+        request: Request = kwargs.pop("ccat_request__")
         builder = TransactionBuilder(where, max_payload_bytes=site.settings.max_payload_bytes)
+        key = request.headers.get("Idempotency-Key")
+        if key is not None:  # one transaction per key: see ccat_buffering.fastapi_idempotency
+            from ccat_buffering.fastapi_idempotency import idempotent
+
+            return await idempotent(
+                site,
+                request,
+                response,
+                key,
+                builder,
+                lambda: handler(*args, **{name: builder}, **kwargs),
+            )
         result = await handler(*args, **{name: builder}, **kwargs)
         if _has_steps(builder):
             status = await site.submit(builder.build())

@@ -268,7 +268,7 @@ class TransactionManager:
             self.unreadable += 1
             known = entry.transaction_id or f"raw-{entry.claim.receipt}"
             log.error(
-                "dead-lettered unreadable entry %s as %s: %s",
+                "dead-lettered entry %s as %s: %s",
                 entry.claim.receipt,
                 known,
                 entry.reason,

@@ -30,6 +30,7 @@ from ccat_buffering.manager import Delivery, TransactionManager
 from ccat_buffering.processor_state import Counters, ProcessorHealth, ProcessorState
 from ccat_buffering.protocols import SupportsProcessorReports
 from ccat_buffering.retry import describe_error
+from ccat_buffering.tracing import Tracing
 
 __all__ = ["STOP_GRACE", "BackgroundProcessor", "ProcessorHealth", "ProcessorState"]
 
@@ -106,6 +107,10 @@ class BackgroundProcessor(BatchCycle):
         self.cause: str | None = None
         self.last_run_at: dt.datetime | None = None
         self.counters = Counters()
+        self.tracing = Tracing(manager.backend.site)
+        self.stall_after = 10.0
+        """Seconds a batch's call may wait before health says the database is not answering."""
+        self._call_began: float | None = None
         self._outage_streak = 0
         self._unsettled = False
         self._published_at = float("-inf")
@@ -326,13 +331,24 @@ class BackgroundProcessor(BatchCycle):
         """This processor's state and its site's buffer counts."""
         stats = await self.manager.backend.buffer.stats()
         lease = await self.manager.backend.lease.current()
-        return ProcessorHealth(
-            state=self.state,
-            cause=(
+        state, cause = (
+            self.state,
+            (
                 self._unanswered_cause() or self.cause
                 if self.state is ProcessorState.PAUSED
                 else self.cause
             ),
+        )
+        stalled = self.stalled_for()
+        if state is ProcessorState.RUNNING and stalled is not None:
+            state = ProcessorState.PAUSED
+            cause = (
+                f"main database not answering for {stalled:.0f} s (a batch's call is "
+                "waiting: the link may hang; it ends at the statement timeout)"
+            )
+        return ProcessorHealth(
+            state=state,
+            cause=cause,
             holder=self.holder,
             lease_holder=None if lease is None else lease.holder,
             last_run_at=self.last_run_at,

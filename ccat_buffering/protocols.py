@@ -47,6 +47,7 @@ __all__ = [
     "SupportsBufferHealth",
     "SupportsBufferMarker",
     "SupportsBufferOrigin",
+    "SupportsIdempotencyKeys",
     "SupportsInspection",
     "SupportsKeyAudit",
     "SupportsProcessorReports",
@@ -603,6 +604,38 @@ class SupportsProcessorReports(Protocol):
 
     async def processor_report(self) -> str | None:
         """The latest live report, or ``None``."""
+        ...
+
+
+@runtime_checkable
+class SupportsIdempotencyKeys(Protocol):
+    """Capability of a :class:`StatusStore`: records of idempotency keys.
+
+    A key names one client request; its record (JSON text, opaque to the
+    store) says which transaction the request became. Keys are passed as
+    their SHA-256 in hex, so any text a client sends is a safe name.
+    """
+
+    async def claim_key(self, digest: str, record: str, ttl_seconds: float) -> str | None:
+        """Store ``record`` under ``digest`` unless a live record is there, atomically.
+
+        Of concurrent claims of one key exactly one stores its record.
+
+        Returns:
+            ``None`` when this call stored it; else the live record, unchanged.
+        """
+        ...
+
+    async def get_key(self, digest: str) -> str | None:
+        """The live record under ``digest``, or ``None``."""
+        ...
+
+    async def put_key(self, digest: str, record: str, ttl_seconds: float) -> None:
+        """Replace the record under ``digest``; it expires after ``ttl_seconds``."""
+        ...
+
+    async def drop_key(self, digest: str) -> None:
+        """Remove the record under ``digest`` (no error when there is none)."""
         ...
 
 

@@ -71,6 +71,7 @@ class SiteState:
     records_written: int = 0
     lease: tuple[str, float] | None = None
     report: tuple[str, float] | None = None
+    idempotency: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     # -- buffer ------------------------------------------------------------
 

@@ -115,3 +115,33 @@ def test_json_is_one_setting_away(
     line = json.loads(stderr.readouterr().err)
     assert line["site"] == "cerro" and line["tx"] == "t" and line["message"] == "x=1"
     assert line["level"] == "INFO" and line["time"].endswith("+00:00")
+
+
+async def test_status_does_not_say_running_while_a_call_hangs(tmp_path: Path) -> None:
+    from ccat_buffering.processor import ProcessorState
+
+    from support import memory_sqlite_site
+
+    async with memory_sqlite_site(tmp_path) as site:
+        tx, _ = observation(1)
+        await site.manager.buffer(tx)
+        hung = asyncio.Event()
+
+        async def hang(transactions: object) -> None:
+            hung.set()
+            await asyncio.Event().wait()  # a link that drops packets: no answer, no reset
+
+        site.processor.executor.execute_batch = hang  # type: ignore[method-assign, assignment]
+        site.processor.stall_after = 10.0
+        site.processor.state = ProcessorState.RUNNING  # as run() sets it
+        cycle = asyncio.create_task(site.processor.run_once())
+        await hung.wait()
+        assert (await site.processor.health()).state is ProcessorState.RUNNING
+        site.clock.advance(30)
+        health = await site.processor.health()
+        assert health.state is ProcessorState.PAUSED
+        assert health.cause is not None and "not answering for 30 s" in health.cause
+        cycle.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cycle
+        assert site.processor.stalled_for() is None

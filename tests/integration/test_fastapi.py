@@ -213,6 +213,32 @@ async def test_a_long_poll_times_out_with_the_last_state(tmp_path: Path) -> None
         assert events == ["event: status"]  # the state now, then the timeout ends it
 
 
+async def test_an_idempotency_key_maps_retries_to_one_transaction(tmp_path: Path) -> None:
+    settings = _memory_settings(tmp_path, service_drains=False)
+    await _prepare(settings, Base)
+    app = _notes_app(settings)
+    async with serving(app) as client:
+        key = {"Idempotency-Key": "note-42"}
+        first = await client.post("/notes", json={"text": "hello"}, headers=key)
+        again = await client.post("/notes", json={"text": "hello"}, headers=key)
+        assert first.status_code == again.status_code == 201
+        assert again.json() == first.json()  # the first answer, the same pre-generated id
+        assert again.headers["X-Transaction-Id"] == first.headers["X-Transaction-Id"]
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert "Idempotent-Replayed" not in first.headers
+        other = await client.post("/notes", json={"text": "other"}, headers=key)
+        assert other.status_code == 422 and "another request" in other.json()["detail"]
+        together = await asyncio.gather(
+            *(
+                client.post("/notes", json={"text": "x"}, headers={"Idempotency-Key": "k2"})
+                for _ in range(10)
+            )
+        )
+        assert len({r.headers["X-Transaction-Id"] for r in together}) == 1
+        assert len({r.json()["id"] for r in together}) == 1
+        assert (await app.state.buffering.backend.buffer.stats()).depth == 2
+
+
 def test_critical_operation_needs_one_builder_parameter() -> None:
     async def no_builder(x: int) -> None:
         return None

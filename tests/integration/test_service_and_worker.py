@@ -150,12 +150,11 @@ async def test_the_service_submits_and_the_worker_drains(
     assert CLI.exists() and shutil.which("true")
     redis = await redis_client()
     site = new_site_name()
-    service_port, metrics_port = free_port(), free_port()
-    base = f"http://127.0.0.1:{service_port}"
+    metrics_port = free_port()
     processes: list[Process] = []
     async with (
         site_database(replicated) as (primary, replica),
-        httpx.AsyncClient(base_url=base, timeout=30) as http,
+        httpx.AsyncClient(timeout=30) as http,
     ):
         try:
             env = environment(site, primary, replica)
@@ -170,21 +169,19 @@ async def test_the_service_submits_and_the_worker_drains(
                     "uvicorn",
                     "observatory_service:app",
                     "--port",
-                    str(service_port),
+                    "0",  # uvicorn picks a free port and says which
                 ],
                 environment(site, primary, replica, LOG_LEVEL="INFO"),
                 tmp_path / "service.log",
             )
             processes.append(service)
 
-            async def answers() -> bool:
-                try:
-                    return (await http.get("/buffering/health")).status_code in (200, 503)
-                except httpx.TransportError:
-                    assert service.popen.poll() is None, "\n".join(service.lines())
-                    return False
+            async def listening() -> str | None:
+                assert service.popen.poll() is None, "\n".join(service.lines())
+                found = re.search(r"running on (http://\S+)", service.log.read_text())
+                return None if found is None else found[1]
 
-            await until(answers, "the service answers")
+            http.base_url = httpx.URL(await until(listening, "the service listens"))
             created = await http.post("/observations", json={"target": "Orion KL"})
             assert created.status_code == 201, created.text
             first = created.headers["X-Transaction-Id"]
@@ -194,8 +191,20 @@ async def test_the_service_submits_and_the_worker_drains(
             assert health["processor"]["lease_held"] is False, health  # the public view
             assert any("no processor holds the lease" in w for w in health["warnings"])
 
+            # A client retrying with its key gets the first transaction, concurrently too.
             files = [{"path": f"/raw/{i}.fits", "size_bytes": i} for i in range(5)]
-            assert (await http.post(f"/observations/{obs_id}/files", json=files)).is_success
+            key = {"Idempotency-Key": f"files-of-{obs_id}"}
+            sent = await asyncio.gather(
+                *(
+                    http.post(f"/observations/{obs_id}/files", json=files, headers=key)
+                    for _ in range(5)
+                )
+            )
+            assert {r.status_code for r in sent} == {201}
+            assert len({r.headers["X-Transaction-Id"] for r in sent}) == 1
+            assert len({tuple(r.json()["ids"]) for r in sent}) == 1
+            reused = await http.post(f"/observations/{obs_id}/files", json=files[:1], headers=key)
+            assert reused.status_code == 422, reused.text
             finished = await http.post(f"/observations/{obs_id}/finish")
             last = finished.headers["X-Transaction-Id"]
             poison = await http.post(f"/observations/{uuid.uuid4()}/finish")  # no such row
