@@ -24,7 +24,7 @@ import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ccat_buffering._lease_holding import LeaseHolding
 from ccat_buffering._sizing import BatchSizer
@@ -36,6 +36,7 @@ from ccat_buffering.manager import Delivery, TransactionManager
 from ccat_buffering.models import Transaction, TransactionState, TransactionStatus, utc_now
 from ccat_buffering.processor_state import Counters, ProcessorState
 from ccat_buffering.retry import FailureKind, describe_error
+from ccat_buffering.tracing import Tracing
 
 __all__ = ["BatchCycle"]
 
@@ -63,6 +64,9 @@ class BatchCycle:
     prefetch: bool
     sizer: BatchSizer | None
     counters: Counters
+    tracing: Tracing
+    stall_after: float
+    _call_began: float | None
     state: ProcessorState
     cause: str | None
     last_run_at: dt.datetime | None
@@ -76,6 +80,11 @@ class BatchCycle:
     _outage_streak: int
     outage_base_delay: float
     outage_max_delay: float
+
+    if TYPE_CHECKING:
+
+        async def publish(self) -> None:
+            """See :meth:`BackgroundProcessor.publish`."""
 
     def outage_delay(self) -> float:
         """Seconds to wait before trying the database again after the current streak."""
@@ -228,8 +237,35 @@ class BatchCycle:
         self.counters.processed += len(done)
 
     async def _execute(self, transactions: list[Transaction]) -> BatchResult:
-        async with self.lease.kept():
-            return await self.executor.execute_batch(transactions)
+        self._call_began = self.clock()
+        # A hung link answers nothing until the statement timeout: say so, to
+        # operators in other processes too, instead of "running".
+        reporting = asyncio.ensure_future(self._report_while_waiting())
+        try:
+            with self.tracing.processing(transactions) as span:
+                async with self.lease.kept():
+                    result = await self.executor.execute_batch(transactions)
+                done = [t for t, o in zip(transactions, result.outcomes, strict=True) if o.done]
+                self.tracing.committed(done, result.commit_lsn, span)
+                return result
+        finally:
+            self._call_began = None
+            reporting.cancel()
+
+    def stalled_for(self) -> float | None:
+        """Seconds the current batch's call has waited, once past ``stall_after``; else ``None``."""
+        began = self._call_began
+        if began is None:
+            return None
+        waited = self.clock() - began
+        return waited if waited >= self.stall_after else None
+
+    async def _report_while_waiting(self) -> None:
+        with contextlib.suppress(BackendError):
+            while True:
+                await asyncio.sleep(1.0)
+                if self.lease.held and self.stalled_for() is not None:
+                    await self.publish()
 
     def next_size(self) -> int:
         """The size of the next batch claimed."""

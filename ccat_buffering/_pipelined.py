@@ -132,12 +132,16 @@ class PipelinedPath:
         registry: The mapped classes.
         ledger: Record and check applied transaction ids.
         dialect: The ``postgresql+psycopg`` dialect.
+        site: The site recorded in the ledger rows.
     """
 
-    def __init__(self, registry: ModelRegistry, ledger: bool, dialect: Dialect) -> None:
+    def __init__(
+        self, registry: ModelRegistry, ledger: bool, dialect: Dialect, site: str | None = None
+    ) -> None:
         self.registry = registry
         self.ledger = ledger
         self.dialect = dialect
+        self.site = site
         self.writes = CompiledWrites(registry, dialect, must_match)
 
     def message(self, todo: list[tuple[int, Transaction]], grouped: Plan) -> Pipeline:
@@ -155,7 +159,7 @@ class PipelinedPath:
                     positional=True,
                 )
             )
-            first.insert_rows(ledger_table, ledger_rows([tx for _, tx in todo]))
+            first.insert_rows(ledger_table, ledger_rows([tx for _, tx in todo], self.site))
         for model, rows in grouped.inserts:
             self.rows(first, model, rows, None)
         self.steps(first, grouped.updates, None)
@@ -245,7 +249,9 @@ class PipelinedPath:
             owner = len(members)
             members.append((index, tx))
             if self.ledger:
-                second.insert_rows(ledger_table, ledger_rows([tx]), owner=owner, ledger=True)
+                second.insert_rows(
+                    ledger_table, ledger_rows([tx], self.site), owner=owner, ledger=True
+                )
             self.steps(second, tx.steps, owner)
             second.text("RELEASE SAVEPOINT ok", owner)
             second.text("SAVEPOINT ok", owner)

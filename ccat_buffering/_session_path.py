@@ -34,10 +34,15 @@ from ccat_buffering.conflicts.holds import Holds
 from ccat_buffering.conflicts.inserts import checked_create
 from ccat_buffering.conflicts.kinds import Conflict, ConflictOutcome
 from ccat_buffering.conflicts.log import conflict_rows, insert_rows, mark_resolved, unresolved_of
-from ccat_buffering.database import applied_ids, ledger_table, not_the_transactions_fault
+from ccat_buffering.database import (
+    applied_ids,
+    ledger_rows,
+    ledger_table,
+    not_the_transactions_fault,
+)
 from ccat_buffering.errors import RecordNotFoundError, UnresolvedReferenceError
 from ccat_buffering.lsn import LSN
-from ccat_buffering.models import Operation, Ref, Step, Transaction, utc_now
+from ccat_buffering.models import Operation, Ref, Step, Transaction
 from ccat_buffering.outcome import Outcome
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.retry import FailureKind, classify_failure, describe_error
@@ -97,7 +102,8 @@ class SessionPath:
     Args:
         registry: The mapped classes (and their conflict policies).
         ledger: Record and check applied transaction ids.
-        site: The site whose transactions these are, for the conflict log.
+        site: The site whose transactions these are, for the conflict log and the
+            ledger rows.
         hold: Later transactions wait behind a rejected one (a buffering site);
             off at a main site, whose services learn of a conflict at once.
     """
@@ -182,18 +188,7 @@ class SessionPath:
 
     async def record(self, session: AsyncSession, transactions: Sequence[Transaction]) -> None:
         if self.ledger and transactions:
-            now = utc_now()
-            await session.execute(
-                insert(ledger_table),
-                [
-                    {
-                        "transaction_id": tx.transaction_id,
-                        "endpoint": tx.endpoint,
-                        "applied_at": now,
-                    }
-                    for tx in transactions
-                ],
-            )
+            await session.execute(insert(ledger_table), ledger_rows(transactions, self.site))
 
     async def apply_grouped(
         self,

@@ -10,27 +10,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
 from typing import Any, Literal, Self
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ccat_buffering._link import LinkTimeouts
-from ccat_buffering._sizing import BatchSizer
+from ccat_buffering import logs
+from ccat_buffering._stopping import finish_or_cancel
+from ccat_buffering._wiring import (
+    apply_conflict_settings,
+    batch_sizer,
+    link_timeouts,
+    replication_tracker,
+    transaction_manager,
+)
+from ccat_buffering.activity import Activity, refusal_reason
 from ccat_buffering.backends import open_backend
 from ccat_buffering.buffer_loss import BufferLoss, BufferWatch, watch_buffer
 from ccat_buffering.cache_writes import generated_writes
 from ccat_buffering.conflicts.bases import stamp_write_time, with_bases
-from ccat_buffering.conflicts.kinds import ConflictPolicies
 from ccat_buffering.conflicts.resolve import Keep, Resolution, resolve_conflict
 from ccat_buffering.database import create_engine
-from ccat_buffering.errors import ConflictError
+from ccat_buffering.errors import (
+    BackendError,
+    ConflictError,
+    TransactionFailedError,
+    WaitTimeoutError,
+)
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.health import NO_REPLICA_NOTICE, Health, collect
+from ccat_buffering.idempotency import Outcome, submit_once
+from ccat_buffering.ledger_pruning import prune_periodically
 from ccat_buffering.logs import SiteLogger
-from ccat_buffering.manager import TransactionManager, as_json
+from ccat_buffering.manager import as_json
 from ccat_buffering.masking import mask_url
 from ccat_buffering.models import Transaction, TransactionState, TransactionStatus, utc_now
-from ccat_buffering.processor import BackgroundProcessor
+from ccat_buffering.processor import STOP_GRACE, BackgroundProcessor
 from ccat_buffering.protocols import Backend
 from ccat_buffering.reads import Reads
 from ccat_buffering.registry import ModelRegistry
@@ -38,10 +53,9 @@ from ccat_buffering.replication import (
     ImmediateReplicationChecker,
     LSNReplicationChecker,
     ReplicationChecker,
-    ReplicationTracker,
 )
-from ccat_buffering.retry import RetryPolicy
 from ccat_buffering.settings import BufferingSettings, load_settings
+from ccat_buffering.waiting import StatusWatch, Until
 
 __all__ = [
     "BufferingCoordinator",
@@ -50,113 +64,6 @@ __all__ = [
     "replication_tracker",
     "transaction_manager",
 ]
-
-
-def transaction_manager(
-    settings: BufferingSettings, backend: Backend, registry: ModelRegistry | None = None
-) -> TransactionManager:
-    """The transaction manager the settings ask for (retries, TTLs, size limit).
-
-    Args:
-        settings: The site's settings.
-        backend: The site's stores.
-        registry: The mapped classes, to check and convert transactions.
-
-    Returns:
-        The manager.
-    """
-    return TransactionManager(
-        backend,
-        registry=registry,
-        retry_policy=RetryPolicy(
-            max_attempts=settings.max_attempts,
-            base_delay=settings.retry_base_delay,
-            max_delay=settings.retry_max_delay,
-        ),
-        status_ttl=settings.status_ttl,
-        cache_ttl=settings.cache_ttl,
-        max_payload_bytes=settings.max_payload_bytes,
-    )
-
-
-def apply_conflict_settings(settings: BufferingSettings, registry: ModelRegistry) -> None:
-    """Add the settings' conflict policies to the registry's, where code set none.
-
-    Raises:
-        ConfigurationError: An unknown policy, or ``newer_wins`` without a
-            write-time column.
-    """
-    parsed = ConflictPolicies.parse(settings.conflict_policies, settings.conflict_write_time)
-    policies = registry.conflict_policies
-    for model, column in parsed.write_time.items():
-        policies.write_time.setdefault(model, column)
-    for model, policy in parsed.models.items():
-        policies.models.setdefault(model, policy)
-    for column, policy in parsed.columns.items():
-        policies.columns.setdefault(column, policy)
-    if "*" in settings.conflict_policies and policies.default is ConflictPolicies().default:
-        policies.default = parsed.default
-
-
-def replication_tracker(
-    settings: BufferingSettings, manager: TransactionManager, checker: ReplicationChecker
-) -> ReplicationTracker:
-    """The replication tracker the settings ask for (poll interval, timeout).
-
-    Args:
-        settings: The site's settings.
-        manager: The site's transaction manager.
-        checker: Answers how far the replica has replayed.
-
-    Returns:
-        The tracker.
-    """
-    return ReplicationTracker(
-        manager,
-        checker,
-        poll_interval=settings.replication_poll_interval,
-        timeout=settings.replication_timeout,
-    )
-
-
-def link_timeouts(settings: BufferingSettings) -> LinkTimeouts:
-    """The link timeouts the settings ask for.
-
-    Args:
-        settings: The site's settings.
-
-    Returns:
-        Connect, statement, lock, idle-in-transaction and keepalive limits.
-    """
-    return LinkTimeouts(
-        connect=settings.connect_timeout,
-        statement=settings.statement_timeout,
-        lock=settings.lock_timeout,
-        idle_in_transaction=settings.idle_in_transaction_timeout,
-        keepalive_idle=settings.tcp_keepalive_idle,
-        keepalive_interval=settings.tcp_keepalive_interval,
-        keepalive_count=settings.tcp_keepalive_count,
-    )
-
-
-def batch_sizer(settings: BufferingSettings) -> BatchSizer | None:
-    """The adaptive batch sizing the settings ask for, or ``None`` for fixed batches.
-
-    Args:
-        settings: The site's settings.
-
-    Returns:
-        A sizer between the configured bounds, starting at ``batch_size``.
-    """
-    if not settings.batch_size_adaptive:
-        return None
-    return BatchSizer(
-        start=settings.batch_size,
-        minimum=min(settings.batch_size_min, settings.batch_size),
-        maximum=max(settings.batch_size_max, settings.batch_size),
-        max_bytes=settings.batch_max_bytes,
-        max_seconds=settings.statement_timeout / 3,
-    )
 
 
 class BufferingCoordinator:
@@ -192,6 +99,7 @@ class BufferingCoordinator:
     ) -> None:
         self.settings = settings
         self.backend = backend
+        logs.configure(settings.log_handler, settings.log_format, settings.log_level)
         self.engine = engine
         self.read_engine = read_engine
         self.registry = registry
@@ -203,8 +111,9 @@ class BufferingCoordinator:
             registry,
             ledger=settings.ledger,
             timeouts=link_timeouts(settings),
-            site=settings.site_name,
+            site=backend.site,
             hold=settings.site_type == "secondary",
+            ledger_retention=settings.ledger_retention,
         )
         self.processor = BackgroundProcessor(
             self.manager,
@@ -220,7 +129,7 @@ class BufferingCoordinator:
             prefetch=settings.batch_prefetch,
         )
         self.tracker = replication_tracker(
-            settings, self.manager, checker or ImmediateReplicationChecker()
+            settings, self.manager, checker or ImmediateReplicationChecker(), self._leads
         )
         self.reads = Reads(
             backend.cache,
@@ -229,11 +138,21 @@ class BufferingCoordinator:
             timeout=settings.read_timeout,
             allow_partial=settings.read_allow_partial,
         )
-        self.watch = BufferWatch(engine, backend)
+        self.watch = BufferWatch(engine, backend, state_dir=settings.state_dir)
         self._watch_task: asyncio.Task[None] | None = None
+        self.watch_interval = max(settings.poll_interval, 1.0)
+        """Seconds between two looks of the buffer watch."""
         self._tracker_task: asyncio.Task[None] | None = None
+        self._prune_task: asyncio.Task[None] | None = None
         self.background: set[asyncio.Task[None]] = set()
         self._start_on_enter = start
+        self.activity = Activity()
+        self.statuses = StatusWatch(backend.status, settings.wait_poll_interval)
+        self.tracing = self.processor.tracing
+        # A healthy batch is sized to a third of the statement timeout.
+        self.processor.stall_after = settings.statement_timeout / 3
+        self.manager.listeners.append(self.tracing)  # replicated, on each transaction's trace
+        self.log = SiteLogger(__name__, backend.site)
 
     @classmethod
     def from_settings(
@@ -298,7 +217,9 @@ class BufferingCoordinator:
         )
         return coordinator
 
-    async def submit(self, transaction: Transaction) -> TransactionStatus:
+    async def submit(
+        self, transaction: Transaction, *, idempotency_key: str | None = None
+    ) -> TransactionStatus:
         """Write a transaction the way the site's type requires.
 
         A ``secondary`` site buffers it (returns at once, ``buffered``); a
@@ -307,14 +228,80 @@ class BufferingCoordinator:
 
         Args:
             transaction: From :meth:`TransactionBuilder.build`.
+            idempotency_key: The client's key for this request: a second
+                submit with the same key (and the same steps, ids included:
+                submit the same transaction again) returns the first one's
+                status and buffers nothing (see :mod:`ccat_buffering.idempotency`).
 
         Returns:
-            Its status.
+            Its status (the first transaction's, for a known key).
 
         Raises:
             TransactionValidationError: Bad input; nothing was written.
+            IdempotencyKeyReusedError: The key was used for other steps.
             ExecutionError: At a main site, the database refused it.
         """
+        if idempotency_key is not None:
+            return (await self.submit_once(transaction, idempotency_key)).status
+        return await self._counted(transaction)
+
+    async def submit_once(
+        self,
+        transaction: Transaction,
+        key: str,
+        *,
+        request: str | None = None,
+        response: Any = None,
+        status_code: int | None = None,
+    ) -> Outcome:
+        """Submit under an idempotency key; see :func:`ccat_buffering.idempotency.submit_once`.
+
+        Args:
+            transaction: What this request built.
+            key: The client's idempotency key.
+            request: The request's fingerprint (the transaction's steps by default).
+            response: The answer to record for retries.
+            status_code: The HTTP status to record for retries.
+
+        Returns:
+            The status, whether it was a retry, and the key's record.
+        """
+        outcome = await submit_once(
+            self.backend.status,
+            transaction,
+            key,
+            submit=self._counted,
+            status_of=self.status,
+            ttl=self.settings.idempotency_ttl,
+            request=request,
+            response=response,
+            status_code=status_code,
+        )
+        if outcome.replayed:
+            self.activity.replays += 1
+            self.log.info(
+                "idempotency key known: answered with %s (%s)",
+                outcome.status.transaction_id,
+                outcome.status.state,
+                transaction_id=transaction.transaction_id,
+            )
+        return outcome
+
+    async def _counted(self, transaction: Transaction) -> TransactionStatus:
+        tx_id = transaction.transaction_id
+        try:
+            with self.tracing.sending(transaction) as traced:
+                status = await self._submit(traced)
+        except Exception as exc:
+            reason = refusal_reason(exc)
+            self.activity.refusals[reason] += 1
+            self.log.info("submit refused (%s): %s", reason, exc, transaction_id=tx_id)
+            raise
+        self.activity.submits[str(status.state)] += 1
+        self.log.info("submitted: %s", status.state, transaction_id=tx_id)
+        return status
+
+    async def _submit(self, transaction: Transaction) -> TransactionStatus:
         transaction = await self._with_bases(transaction)
         if self.settings.site_type == "secondary":
             return await self.manager.buffer(transaction)
@@ -330,6 +317,7 @@ class BufferingCoordinator:
             )
         if outcome.error is not None:
             raise outcome.error
+        self.tracing.committed([transaction], result.commit_lsn)
         now = utc_now()
         status = TransactionStatus(
             transaction_id=transaction.transaction_id,
@@ -388,6 +376,44 @@ class BufferingCoordinator:
         """The status of a transaction, or ``None`` if unknown or expired."""
         return await self.manager.status(transaction_id)
 
+    async def wait(
+        self, transaction_id: str, *, until: Until = "committed", timeout: float = 30.0
+    ) -> TransactionStatus:
+        """Wait until a transaction is committed, or visible on the site's replica.
+
+        No polling loop in the caller: every wait of this process shares one
+        poller (see :mod:`ccat_buffering.waiting` for what it costs the buffer).
+
+        Args:
+            transaction_id: From the status :meth:`submit` returned.
+            until: ``committed`` (on the main database) or ``replicated``
+                (readable from the site's replica).
+            timeout: Seconds to wait at most.
+
+        Returns:
+            Its status, at ``until`` or past it.
+
+        Raises:
+            WaitTimeoutError: Not reached in time; ``.status`` is the last known.
+            TransactionFailedError: It was dead-lettered; ``.status`` says why.
+            UnknownTransactionError: No status for it (never submitted, or expired).
+        """
+        self.activity.waiting += 1
+        outcome = "unknown"
+        try:
+            status = await self.statuses.wait(transaction_id, until, timeout)
+            outcome = str(status.state)
+            return status
+        except WaitTimeoutError:
+            outcome = "timeout"
+            raise
+        except TransactionFailedError:
+            outcome = "failed"
+            raise
+        finally:
+            self.activity.waiting -= 1
+            self.activity.waits[outcome] += 1
+
     async def health(self, *, audit: bool = False) -> Health:
         """The site at a glance, with the warnings an operator must see.
 
@@ -415,43 +441,98 @@ class BufferingCoordinator:
         return await self.watch.acknowledge()
 
     async def prepare_database(self) -> None:
-        """Create the applied-transactions ledger if it does not exist."""
+        """Create the applied-transactions ledger, or upgrade it to record the site."""
         await self.executor.create_ledger()
 
+    async def _leads(self) -> bool:
+        """Whether this process confirms the site's replication: the lease holder does.
+
+        At a secondary site the draining processor holds the site's lease; at a
+        main site nothing drains, and the tracker takes the same lease itself,
+        so that one process per site marks ``replicated`` and counts it once.
+        """
+        lease = self.processor.lease
+        if self.settings.site_type == "secondary":
+            return lease.held
+        try:
+            if lease.held and await lease.still_held():
+                return True
+            lease.held = False
+            return await lease.take()
+        except BackendError:
+            return False
+
     def start(self) -> None:
-        """Start the processor (secondary sites) and the replication tracker."""
+        """Start the processor (secondary sites) and the replication tracker.
+
+        Services do not call it (they submit and read; the worker drains):
+        see :func:`ccat_buffering.fastapi.lifespan`.
+        """
         if self.settings.site_type == "secondary":
             if not self.settings.replica_url:
                 SiteLogger(__name__, self.backend.site).warning(NO_REPLICA_NOTICE)
             self.processor.start()
             if self.watch.supported and (self._watch_task is None or self._watch_task.done()):
                 self._watch_task = asyncio.create_task(self._watching(), name="buffer-watch")
+            pruning = self.settings.ledger and self.settings.ledger_prune_interval > 0
+            if pruning and (self._prune_task is None or self._prune_task.done()):
+                self._prune_task = asyncio.create_task(
+                    prune_periodically(
+                        self.engine,
+                        self.backend,
+                        retention=self.settings.ledger_retention,
+                        interval=self.settings.ledger_prune_interval,
+                        batch_size=self.settings.ledger_prune_batch,
+                    ),
+                    name="ledger-pruning",
+                )
         if self._tracker_task is None or self._tracker_task.done():
             self._tracker_task = asyncio.create_task(self.tracker.run(), name="replication-tracker")
 
-    async def stop(self) -> None:
-        """Stop the processor after its batch, and the tracker after its poll."""
-        for task in self.background:
-            task.cancel()
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stop the processor after its batch, and the tracker after its poll, in bounded time.
+
+        Returns within ``grace`` plus :data:`~ccat_buffering._stopping.CANCEL_BOUND`
+        seconds whatever the buffer watch, the link or the buffer is doing:
+        what does not finish in time is cancelled (see :mod:`ccat_buffering._stopping`).
+
+        Args:
+            grace: Seconds the processor's batch and the tracker's poll may
+                take to finish before they are cancelled.
+        """
+        log = SiteLogger(__name__, self.backend.site)
+        tasks = [*self.background]
         self.background.clear()
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
-            self._watch_task = None
-        await self.processor.stop()
+        watch, self._watch_task = self._watch_task, None
+        tracker, self._tracker_task = self._tracker_task, None
+        prune, self._prune_task = self._prune_task, None
         self.tracker.stop()
-        if self._tracker_task is not None:
-            await self._tracker_task
-            self._tracker_task = None
+        stopping: list[Coroutine[Any, Any, object]] = [
+            finish_or_cancel(task, log=log) for task in tasks
+        ]
+        for job in (watch, prune):
+            if job is not None:
+                stopping.append(finish_or_cancel(job, log=log))
+        if tracker is not None:
+            stopping.append(finish_or_cancel(tracker, grace=grace, log=log))
+        stopping.append(self.processor.stop(grace))
+        for outcome in await asyncio.gather(*stopping, return_exceptions=True):
+            if isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+            if isinstance(outcome, Exception):
+                log.error("a background task failed while stopping: %s", outcome)
+        if self.settings.site_type == "main":
+            with contextlib.suppress(BackendError):
+                await self.processor.lease.release()
 
     async def _watching(self) -> None:
         """Check the buffer against the main database at start and every second."""
-        await watch_buffer(self.watch, max(self.settings.poll_interval, 1.0))
+        await watch_buffer(self.watch, self.watch_interval)
 
     async def aclose(self) -> None:
         """Stop, then close what the coordinator owns."""
         await self.stop()
+        await self.statuses.aclose()
         if self._owns:
             await self.backend.aclose()
             await self.engine.dispose()

@@ -1,9 +1,12 @@
 """The main database: the engine the drain uses, and the applied-transactions ledger.
 
-The **ledger** holds the id of every transaction ever applied, written in the
+The **ledger** holds the id of every transaction applied, written in the
 same database transaction as the transaction's own rows: a transaction whose
 commit succeeded but whose acknowledgement was lost is found there on
-redelivery and skipped, which is what makes the drain exactly-once.
+redelivery and skipped, which is what makes the drain exactly-once. Each row
+names the site that buffered it and when the transaction was created, so that
+:mod:`ccat_buffering.ledger_pruning` can drop, per site, the rows no
+redelivery can need any more (index ``(site, created_at)``).
 """
 
 from __future__ import annotations
@@ -11,10 +14,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, event, select
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Index,
+    MetaData,
+    String,
+    Table,
+    event,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ccat_buffering._link import LinkTimeouts, connect_options, watch_engine
+from ccat_buffering._tls import asyncpg_tls
 from ccat_buffering.errors import ConfigurationError, DatabaseUnavailableError, ExecutionError
 from ccat_buffering.models import Transaction, utc_now
 from ccat_buffering.retry import FailureKind, classify_failure, describe_error, is_schema_lag
@@ -43,8 +58,14 @@ ledger_table = Table(
     Column("transaction_id", String(36), primary_key=True),
     Column("endpoint", String(128), nullable=False),
     Column("applied_at", DateTime(timezone=True), nullable=False),
+    # Nullable: rows written before the ledger knew its site have neither.
+    Column("site", String(200), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=True),
+    Index("ix_ccat_buffering_applied_site_created", "site", "created_at"),
 )
-"""The applied-transactions ledger: one row per transaction ever applied."""
+"""The applied-transactions ledger: one row per applied transaction not yet pruned."""
+
+_ADDED_COLUMNS = {"site": "VARCHAR(200)", "created_at": "TIMESTAMP WITH TIME ZONE"}
 
 
 def create_engine(url: str, *, timeouts: LinkTimeouts | None = None, **options: Any) -> AsyncEngine:
@@ -63,6 +84,9 @@ def create_engine(url: str, *, timeouts: LinkTimeouts | None = None, **options: 
         timeouts: The link's limits; the defaults of :class:`LinkTimeouts`
             when ``None``.
         **options: Passed to :func:`sqlalchemy.ext.asyncio.create_async_engine`.
+            libpq's TLS parameters (``sslmode``, ``sslrootcert``, ``sslcert``,
+            ``sslkey``), in the URL or ``connect_args``, work on both drivers
+            (see :mod:`ccat_buffering._tls`).
 
     Returns:
         The engine.
@@ -70,6 +94,7 @@ def create_engine(url: str, *, timeouts: LinkTimeouts | None = None, **options: 
     from sqlalchemy.engine import make_url
 
     timeouts = timeouts or LinkTimeouts()
+    url, options = asyncpg_tls(url, options)
     driver = make_url(url).get_driver_name()
     connect_args = {**connect_options(driver, timeouts), **options.pop("connect_args", {})}
     if connect_args:
@@ -145,20 +170,45 @@ def raise_unless_the_transactions(error: BaseException, where: str) -> None:
 
 
 async def create_ledger(engine: AsyncEngine) -> None:
-    """Create the ledger table if it does not exist.
+    """Create the ledger tables, or upgrade a ledger from before it recorded the site.
+
+    The upgrade adds the nullable ``site`` and ``created_at`` columns and the
+    pruning index; the rows already there keep ``NULL`` in both (they are
+    never pruned by a site, see :mod:`ccat_buffering.ledger_pruning`).
+    Running it again changes nothing.
 
     Args:
         engine: The main database.
     """
     async with engine.begin() as conn:
+        columns = await conn.run_sync(_ledger_columns)
+        for name, sql_type in _ADDED_COLUMNS.items():
+            if columns and name not in columns:
+                table = conn.dialect.identifier_preparer.format_table(ledger_table)
+                await conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
         await conn.run_sync(ledger_metadata.create_all)
+        for index in ledger_table.indexes:  # create_all skips them on an existing table
+            await conn.run_sync(index.create, checkfirst=True)
 
 
-def ledger_rows(transactions: Sequence[Transaction]) -> list[dict[str, Any]]:
-    """The ledger rows that record ``transactions`` as applied now."""
+def _ledger_columns(sync_conn: Any) -> set[str]:
+    inspector = inspect(sync_conn)
+    if not inspector.has_table(LEDGER_TABLE_NAME):
+        return set()
+    return {column["name"] for column in inspector.get_columns(LEDGER_TABLE_NAME)}
+
+
+def ledger_rows(transactions: Sequence[Transaction], site: str | None) -> list[dict[str, Any]]:
+    """The ledger rows that record ``transactions``, buffered by ``site``, as applied now."""
     now = utc_now()
     return [
-        {"transaction_id": tx.transaction_id, "endpoint": tx.endpoint, "applied_at": now}
+        {
+            "transaction_id": tx.transaction_id,
+            "endpoint": tx.endpoint,
+            "applied_at": now,
+            "site": site or None,
+            "created_at": tx.created_at,
+        }
         for tx in transactions
     ]
 

@@ -19,11 +19,12 @@ per statement).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from ccat_buffering import database
 from ccat_buffering._grouping import plan
@@ -36,13 +37,15 @@ from ccat_buffering.database import create_ledger, not_the_transactions_fault, s
 from ccat_buffering.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
+    LedgerHorizonError,
     UnknownColumnError,
 )
+from ccat_buffering.ledger_pruning import recorded_horizon
 from ccat_buffering.lsn import LSN
-from ccat_buffering.models import Transaction
+from ccat_buffering.models import Transaction, utc_now
 from ccat_buffering.outcome import BatchResult, Outcome
 from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import classify_failure, is_schema_lag
+from ccat_buffering.retry import FailureKind, classify_failure, is_schema_lag
 
 __all__ = ["BatchResult", "Outcome", "TransactionExecutor"]
 
@@ -81,9 +84,14 @@ class TransactionExecutor:
         timeouts: The link's limits; a call unanswered for
             ``timeouts.statement`` seconds discards its connection and fails
             as an outage.
-        site: The site whose transactions it applies, for the conflict log.
+        site: The site whose transactions it applies, recorded in the
+            ledger (pruning goes by it) and the conflict log.
         hold: Hold later transactions behind a rejected one (a ``secondary``
             site); a ``main`` site's services get the conflict at once instead.
+        ledger_retention: The site's ``ledger_retention``: a transaction
+            older than half of it is checked against the site's pruned
+            horizon before it is applied (see
+            :mod:`ccat_buffering.ledger_pruning`).
     """
 
     def __init__(
@@ -95,15 +103,17 @@ class TransactionExecutor:
         timeouts: LinkTimeouts | None = None,
         site: str = "",
         hold: bool = True,
+        ledger_retention: float | None = None,
     ) -> None:
         self.engine = engine
         self.site = site
         self.registry = registry
         self.ledger = ledger
         self.timeouts = timeouts or LinkTimeouts()
+        self.ledger_retention = ledger_retention
         self._prepared: PreparedBatch | None = None
         self._session = SessionPath(registry, ledger, site, hold)
-        self._pipelined = PipelinedPath(registry, ledger, engine.dialect)
+        self._pipelined = PipelinedPath(registry, ledger, engine.dialect, site)
         watch_engine(engine)
 
     async def ping(self) -> bool:
@@ -124,6 +134,49 @@ class TransactionExecutor:
         """Whether the ledger holds ``transaction_id``."""
         async with self.engine.connect() as conn:
             return bool(await self._session.applied_ids(conn, [transaction_id]))
+
+    async def rehearse(self, transactions: Sequence[Transaction]) -> list[Outcome]:
+        """Apply ``transactions`` in order inside one database transaction, then roll it back.
+
+        Each runs in its own savepoint after the ones before it, as a batch
+        would; nothing is committed, so the main database is left as it was.
+
+        Args:
+            transactions: In the order they would be applied.
+
+        Returns:
+            What each would do: applied, already applied, or its error.
+
+        Raises:
+            DatabaseUnavailableError: The database could not be reached.
+        """
+        outcomes: list[Outcome] = []
+        try:
+            async with self.engine.connect() as conn, watched(conn, self.timeouts.statement):
+                await conn.begin()
+                try:
+                    ids = [tx.transaction_id for tx in transactions]
+                    done = await self._session.applied_ids(conn, ids)
+                    session = AsyncSession(bind=conn, autoflush=False)
+                    for tx in transactions:
+                        if tx.transaction_id in done:
+                            outcomes.append(Outcome(tx.transaction_id, already_applied=True))
+                            continue
+                        try:
+                            self.registry.check(tx)
+                            self._check_refs(tx)
+                        except Exception as exc:
+                            kind = classify_failure(exc)
+                            outcomes.append(Outcome(tx.transaction_id, error=exc, kind=kind))
+                            continue
+                        outcomes.append(await self._session.apply_one(session, tx))
+                finally:
+                    await conn.rollback()
+        except (DatabaseUnavailableError, ConfigurationError):
+            raise
+        except Exception as exc:
+            raise not_the_transactions_fault(exc, "while rehearsing a replay") from exc
+        return outcomes
 
     async def execute(self, transaction: Transaction) -> Outcome:
         """Apply one transaction in its own database transaction.
@@ -158,6 +211,9 @@ class TransactionExecutor:
                 batch as a whole failed; nothing of the batch may be assumed
                 applied (the ledger settles it on redelivery).
         """
+        past = await self._past_horizon(transactions)
+        if past:
+            return await self._without(transactions, past)
         return await self._after_stops(transactions, await self._execute_once(transactions))
 
     async def _execute_once(self, transactions: Sequence[Transaction]) -> BatchResult:
@@ -292,6 +348,52 @@ class TransactionExecutor:
         async with self.engine.connect() as conn, watched(conn, self.timeouts.statement):
             lsn = await self._session.run(conn, [(0, transaction)], outcomes, force=True)
         return BatchResult(outcomes, lsn)
+
+    async def _past_horizon(self, transactions: Sequence[Transaction]) -> dict[str, Outcome]:
+        """Outcomes refusing the transactions created before the site's pruned ledger horizon.
+
+        The horizon is never later than ``now - ledger_retention``, so only a
+        batch holding a transaction older than half the retention (a restored
+        backup, an entry held through a long outage) pays the extra query.
+        """
+        if not (self.ledger and self.site and self.ledger_retention):
+            return {}
+        recent = utc_now() - dt.timedelta(seconds=self.ledger_retention / 2)
+        if all(tx.created_at >= recent for tx in transactions):
+            return {}
+        try:
+            async with self.engine.connect() as conn, watched(conn, self.timeouts.statement):
+                horizon = await recorded_horizon(conn, self.site)
+        except Exception as exc:
+            if classify_failure(exc) is FailureKind.OUTAGE:
+                raise not_the_transactions_fault(exc, "reading the ledger's horizon") from exc
+            raise
+        if horizon is None:
+            return {}
+        refused: dict[str, Outcome] = {}
+        for tx in transactions:
+            if tx.created_at < horizon:
+                error = LedgerHorizonError(
+                    f"transaction {tx.transaction_id} was created at {tx.created_at.isoformat()}, "
+                    f"before the ledger of site {self.site!r} was pruned "
+                    f"({horizon.isoformat()}): the ledger cannot tell whether it was applied "
+                    "before, so it was not applied; check the main database for its rows, "
+                    "then purge it or submit it again as a new transaction"
+                )
+                refused[tx.transaction_id] = Outcome(
+                    tx.transaction_id, error=error, kind=FailureKind.PERMANENT
+                )
+        return refused
+
+    async def _without(
+        self, transactions: Sequence[Transaction], refused: dict[str, Outcome]
+    ) -> BatchResult:
+        """Apply all but ``refused``; their outcomes take their places in order."""
+        rest = [tx for tx in transactions if tx.transaction_id not in refused]
+        result = await self.execute_batch(rest) if rest else BatchResult([], None)
+        applied = iter(result.outcomes)
+        outcomes = [refused.get(tx.transaction_id) or next(applied) for tx in transactions]
+        return BatchResult(outcomes, result.commit_lsn)
 
     def prepare(self, transactions: Sequence[Transaction]) -> None:
         """Do the work of :meth:`execute_batch` that needs no database, ahead of it.

@@ -25,9 +25,9 @@ import logging
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
@@ -64,12 +64,18 @@ Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
 
 
-async def _check(what: str, probe: Awaitable[Any], timeout: float) -> None:
+async def _check(what: str, probe: Awaitable[Any], timeout: float, site: str) -> None:
     try:
         async with asyncio.timeout(timeout):
             await probe
     except Exception as exc:  # logged, not raised: the site starts and recovers by itself
-        log.warning("%s does not answer at start-up (%s: %s)", what, type(exc).__name__, exc)
+        log.warning(
+            "%s does not answer at start-up (%s: %s)",
+            what,
+            type(exc).__name__,
+            exc,
+            extra={"site": site},
+        )
 
 
 async def _select_one(coordinator: BufferingCoordinator, which: str) -> None:
@@ -84,14 +90,17 @@ def lifespan(
     *,
     registry: ModelRegistry,
     app_lifespan: Lifespan | None = None,
+    drain: bool | None = None,
 ) -> Lifespan:
     """A lifespan for ``FastAPI(lifespan=...)`` that runs the site's coordinator.
 
     On start-up it builds the coordinator from ``settings`` (read from the
     environment when ``None``), checks that the backend and the databases
-    answer (logging a warning, not failing, when one does not: the processor
-    and reads recover when it comes back), starts it, and keeps it on
-    ``app.state.buffering``; on shutdown it stops and closes it.
+    answer (logging a warning, not failing, when one does not: reads recover
+    when it comes back), and keeps it on ``app.state.buffering``; on shutdown
+    it closes it. A service submits and reads; it drains and confirms
+    replication only when ``drain`` says so, since the ``ccat-buffering
+    worker`` does that for the site.
 
     Args:
         settings: The site's settings.
@@ -99,6 +108,10 @@ def lifespan(
         app_lifespan: The app's own lifespan, run inside this one (the
             coordinator is there already). The returned lifespan can as well
             be entered from an app's own: ``async with buffering(app): ...``.
+        drain: Run the processor and the replication tracker in this
+            process too. ``None``: the ``service_drains`` setting, which is
+            on only for the ``memory://`` backend (the embedded demo, which
+            no worker can reach).
 
     Returns:
         The lifespan.
@@ -107,19 +120,21 @@ def lifespan(
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[Any]:
         coordinator = BufferingCoordinator.from_settings(settings, registry=registry, start=False)
-        timeout = coordinator.settings.read_timeout
+        timeout, site = coordinator.settings.read_timeout, coordinator.backend.site
         await _check(
             f"the backend ({coordinator.describe()['backend']})",
             coordinator.backend.buffer.stats(),
             timeout,
+            site,
         )
-        await _check("the main database", _select_one(coordinator, "main"), timeout)
+        await _check("the main database", _select_one(coordinator, "main"), timeout, site)
         if coordinator.read_engine is not None:
-            await _check("the replica", _select_one(coordinator, "replica"), timeout)
+            await _check("the replica", _select_one(coordinator, "replica"), timeout, site)
         async with coordinator:
-            coordinator.start()
-            # Let the background tasks begin before anything may stop them.
-            await asyncio.sleep(0)
+            if coordinator.settings.drains_in_service if drain is None else drain:
+                coordinator.start()
+                # Let the background tasks begin before anything may stop them.
+                await asyncio.sleep(0)
             setattr(app.state, STATE_KEY, coordinator)
             try:
                 if app_lifespan is None:
@@ -176,6 +191,9 @@ def critical_operation(handler: Handler | None = None, *, endpoint: str | None =
     list) becomes the record's key once submitted: at a ``main`` site the key
     the database generated (an identity column), so ``return {"id": note}``
     answers ``201 {"id": 42}``.
+    value is the response; a handler that adds no step submits nothing.
+    A request with an ``Idempotency-Key`` header becomes at most one
+    transaction: see :mod:`ccat_buffering.fastapi_idempotency`.
 
     Use it below the route decorator: ``@router.post(...)`` then
     ``@critical_operation``.
@@ -204,6 +222,7 @@ def critical_operation(handler: Handler | None = None, *, endpoint: str | None =
     hidden = [
         inspect.Parameter("ccat_site__", inspect.Parameter.KEYWORD_ONLY, annotation=Site),
         inspect.Parameter("ccat_response__", inspect.Parameter.KEYWORD_ONLY, annotation=Response),
+        inspect.Parameter("ccat_request__", inspect.Parameter.KEYWORD_ONLY, annotation=Request),
     ]
     where = endpoint or handler.__name__
 
@@ -211,7 +230,20 @@ def critical_operation(handler: Handler | None = None, *, endpoint: str | None =
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         site: BufferingCoordinator = kwargs.pop("ccat_site__")
         response: Response = kwargs.pop("ccat_response__")
+        request: Request = kwargs.pop("ccat_request__")
         builder = TransactionBuilder(where, max_payload_bytes=site.settings.max_payload_bytes)
+        key = request.headers.get("Idempotency-Key")
+        if key is not None:  # one transaction per key: see ccat_buffering.fastapi_idempotency
+            from ccat_buffering.fastapi_idempotency import idempotent
+
+            return await idempotent(
+                site,
+                request,
+                response,
+                key,
+                builder,
+                lambda: handler(*args, **{name: builder}, **kwargs),
+            )
         result = await handler(*args, **{name: builder}, **kwargs)
         if _has_steps(builder):
             status = await site.submit(builder.build())
@@ -287,7 +319,9 @@ def health_router(
     * ``GET {prefix}/health``: the health as JSON (``healthy`` included);
       200 when healthy, 503 otherwise;
     * ``GET {prefix}/transactions/{transaction_id}``: the status as JSON, or
-      404 when it is unknown or expired.
+      404 when it is unknown or expired; with ``?wait=committed`` or
+      ``?wait=replicated`` (and ``&timeout=`` seconds, 30 by default, 300 at
+      most) a long poll: see :func:`ccat_buffering.fastapi_waits.long_poll`.
 
     Without ``auth`` they are safe to expose: they show the reduced views of
     :mod:`ccat_buffering.public_views` (no row data, credentials, hosts,
@@ -317,7 +351,16 @@ def health_router(
         return JSONResponse(shown, status_code=200 if report.healthy else 503)
 
     @router.get("/transactions/{transaction_id}")
-    async def transaction(transaction_id: str, site: Site) -> JSONResponse:
+    async def transaction(
+        transaction_id: str,
+        site: Site,
+        wait: Literal["committed", "replicated"] | None = None,
+        timeout: Annotated[float, Query(gt=0, le=300)] = 30.0,
+    ) -> JSONResponse:
+        if wait is not None:  # a long poll: see ccat_buffering.fastapi_waits
+            from ccat_buffering.fastapi_waits import long_poll
+
+            return await long_poll(site, transaction_id, wait, timeout, full=guarded)
         status = await site.status(transaction_id)
         if status is None:
             return JSONResponse(

@@ -284,7 +284,7 @@ async def collect(
             **BufferCounts.of(stats),
         }
     )
-    report = tracker.last_report if tracker.running else await tracker.snapshot()
+    report = tracker.last_report if tracker.confirming else await tracker.snapshot()
     replication = ReplicationHealth() if report is None else ReplicationHealth.from_report(report)
     warnings: list[str] = []
     if worker.state is ProcessorState.PAUSED:

@@ -25,6 +25,7 @@ from ccat_buffering.cache_writes import cache_writes as _cache_writes
 from ccat_buffering.cache_writes import generated_writes
 from ccat_buffering.conflicts.kinds import Conflict
 from ccat_buffering.errors import TransactionValidationError
+from ccat_buffering.logs import SiteLogger
 from ccat_buffering.lsn import LSN
 from ccat_buffering.models import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -34,6 +35,7 @@ from ccat_buffering.models import (
 )
 from ccat_buffering.protocols import Backend, CachedRecord, CacheWrite, Claim
 from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.replays import read_letter, replay_set
 from ccat_buffering.retry import FailureKind, RetryPolicy, describe_error
 
 __all__ = ["Delivery", "Listener", "TransactionManager", "as_json"]
@@ -142,7 +144,9 @@ class TransactionManager:
             try:
                 listener.changed(statuses)
             except Exception:  # a listener (metrics) must never stop the work
-                logging.getLogger(__name__).exception("a listener failed")
+                logging.getLogger(__name__).exception(
+                    "a listener failed", extra={"site": self.backend.site}
+                )
 
     def found_conflicts(self, conflicts: Sequence[Conflict]) -> None:
         """Tell the listeners that have ``conflicts_found`` of conflicts just met."""
@@ -276,16 +280,17 @@ class TransactionManager:
                 status = self._advance(old or _buffered(tx), TransactionState.PROCESSING)
                 batch.put_status(status, self.status_ttl)
                 deliveries.append(Delivery(claim, tx, status))
-        log = logging.getLogger(__name__)
+        log = SiteLogger(__name__, self.backend.site)
         for entry in unreadable:
             # Every entry dead-lettered here is said, with the id to find it by.
             self.unreadable += 1
+            known = entry.transaction_id or f"raw-{entry.claim.receipt}"
             log.error(
-                "site %s: dead-lettered entry %s as %s: %s",
-                self.backend.site,
+                "dead-lettered entry %s as %s: %s",
                 entry.claim.receipt,
-                entry.transaction_id or f"raw-{entry.claim.receipt}",
+                known,
                 entry.reason,
+                transaction_id=known,
             )
         return deliveries
 
@@ -456,27 +461,26 @@ class TransactionManager:
     # -- what operators call -------------------------------------------------
 
     async def replay(self, letter_ids: Sequence[str] | None = None) -> list[str]:
-        """Put dead letters back at the tail of the buffer, in the order they arrived.
+        """Put dead letters back at the head of the buffer, in their original buffer order.
 
-        Readable transactions get a fresh ``buffered`` status (attempts reset)
-        and their caches back; unreadable entries are replayed as they are and
-        will be dead-lettered again unless fixed.
+        The letters named go back with their dependents among the dead letters
+        (see :mod:`ccat_buffering.replays`), ahead of everything waiting, the
+        oldest first. Readable transactions get a ``buffered`` status (attempts
+        reset) and their caches back; unreadable entries are replayed as they
+        are and will be dead-lettered again unless fixed.
 
         Args:
             letter_ids: Letters to replay; ``None`` for all.
 
         Returns:
-            The ids of the letters replayed, in order.
+            The ids of the letters replayed, in the order they will be claimed.
         """
-        letters = await self.backend.dead_letters.list()
-        if letter_ids is not None:
-            wanted = set(letter_ids)
-            letters = [letter for letter in letters if letter.letter_id in wanted]
+        letters = replay_set(await self.backend.dead_letters.list(), letter_ids)
         async with self.backend.atomic() as batch:
-            for letter in letters:
-                try:
-                    tx = Transaction.from_json(letter.payload)
-                except TransactionValidationError:
+            # Each staged replay goes to the head: the last staged is claimed first.
+            for letter in reversed(letters):
+                tx = read_letter(letter)
+                if tx is None:
                     batch.replay(letter.letter_id)
                     continue
                 status = _buffered(tx, last_error=f"replayed after: {letter.reason}")

@@ -282,6 +282,10 @@ class Transaction(BaseModel):
     endpoint: Identifier
     steps: list[Step] = Field(min_length=1)
     created_at: UTCDatetime = Field(default_factory=utc_now)
+    trace_context: dict[str, str] | None = None
+    """The submitting caller's trace context (W3C ``traceparent``/``tracestate``),
+    carried through the buffer so that the drain links to it (see
+    :mod:`ccat_buffering.tracing`); ``None`` when nothing traced the submit."""
 
     @field_serializer("format_version")
     def _written_format(self, value: int) -> int:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from ccat_buffering._batch_cycle import BatchCycle
 from ccat_buffering._lease_holding import LeaseHolding
 from ccat_buffering._sizing import BatchSizer
+from ccat_buffering._stopping import CANCEL_BOUND, finish_or_cancel, raise_if_cancelling
 from ccat_buffering.counts import BufferCounts
 from ccat_buffering.errors import BackendError
 from ccat_buffering.executor import TransactionExecutor
@@ -29,8 +30,12 @@ from ccat_buffering.manager import Delivery, TransactionManager
 from ccat_buffering.processor_state import Counters, ProcessorHealth, ProcessorState
 from ccat_buffering.protocols import SupportsProcessorReports
 from ccat_buffering.retry import describe_error
+from ccat_buffering.tracing import Tracing
 
-__all__ = ["BackgroundProcessor", "ProcessorHealth", "ProcessorState"]
+__all__ = ["STOP_GRACE", "BackgroundProcessor", "ProcessorHealth", "ProcessorState"]
+
+STOP_GRACE = 5.0
+"""Seconds :meth:`BackgroundProcessor.stop` lets the current batch finish before cancelling it."""
 
 
 def _default_holder() -> str:
@@ -102,6 +107,10 @@ class BackgroundProcessor(BatchCycle):
         self.cause: str | None = None
         self.last_run_at: dt.datetime | None = None
         self.counters = Counters()
+        self.tracing = Tracing(manager.backend.site)
+        self.stall_after = 10.0
+        """Seconds a batch's call may wait before health says the database is not answering."""
+        self._call_began: float | None = None
         self._outage_streak = 0
         self._unsettled = False
         self._published_at = float("-inf")
@@ -209,6 +218,7 @@ class BackgroundProcessor(BatchCycle):
                     if self.lease.held and self.clock() - self._published_at >= 1.0:
                         await self.publish()
                 except BackendError as exc:
+                    raise_if_cancelling()
                     # The buffer itself is unreachable: nothing can be claimed or
                     # settled; what is in flight is recovered when it comes back.
                     applied = 0
@@ -270,18 +280,26 @@ class BackgroundProcessor(BatchCycle):
             self._task = asyncio.create_task(self.run(), name=f"processor-{self.holder}")
         return self._task
 
-    async def stop(self) -> None:
-        """Finish the current batch, release the lease and return.
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """Finish the current batch, release the lease and return, within a bounded time.
 
-        Does nothing when no loop runs or is about to.
+        The batch gets ``grace`` seconds to finish; the loop is then
+        cancelled (again and again, for at most
+        :data:`~ccat_buffering._stopping.CANCEL_BOUND` seconds): what it had in
+        flight is recovered when its claim lease expires, and the ledger makes
+        the redelivery harmless. Does nothing when no loop runs or is about to.
+
+        Args:
+            grace: Seconds the current batch may take to finish.
         """
         if self._task is not None:
             self._stop.set()
-            await self._task
-            self._task = None
+            task, self._task = self._task, None
+            await finish_or_cancel(task, grace=grace, log=self.log)
         elif self._running:
             self._stop.set()
-            await self._finished.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._finished.wait(), grace + CANCEL_BOUND)
 
     async def drain(self, timeout: float = 60.0) -> bool:
         """Run batches until the buffer is empty (no waiting entries, none in flight).
@@ -313,13 +331,24 @@ class BackgroundProcessor(BatchCycle):
         """This processor's state and its site's buffer counts."""
         stats = await self.manager.backend.buffer.stats()
         lease = await self.manager.backend.lease.current()
-        return ProcessorHealth(
-            state=self.state,
-            cause=(
+        state, cause = (
+            self.state,
+            (
                 self._unanswered_cause() or self.cause
                 if self.state is ProcessorState.PAUSED
                 else self.cause
             ),
+        )
+        stalled = self.stalled_for()
+        if state is ProcessorState.RUNNING and stalled is not None:
+            state = ProcessorState.PAUSED
+            cause = (
+                f"main database not answering for {stalled:.0f} s (a batch's call is "
+                "waiting: the link may hang; it ends at the statement timeout)"
+            )
+        return ProcessorHealth(
+            state=state,
+            cause=cause,
             holder=self.holder,
             lease_holder=None if lease is None else lease.holder,
             last_run_at=self.last_run_at,

@@ -23,6 +23,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self, runtime_checkable
 
+from ccat_buffering._sightings import BufferOrigin
 from ccat_buffering.masking import mask_text
 from ccat_buffering.models import TransactionState, TransactionStatus
 
@@ -45,6 +46,8 @@ __all__ = [
     "SupportsAuditLog",
     "SupportsBufferHealth",
     "SupportsBufferMarker",
+    "SupportsBufferOrigin",
+    "SupportsIdempotencyKeys",
     "SupportsInspection",
     "SupportsKeyAudit",
     "SupportsProcessorReports",
@@ -293,9 +296,11 @@ class DeadLetterStore(Protocol):
         ...
 
     async def replay(self, letter_ids: Sequence[str] | None = None) -> builtins.list[DeadLetter]:
-        """Move letters back to the tail of the buffer, in the order they arrived.
+        """Move letters back to the head of the buffer, in the order they arrived.
 
-        The order of ``letter_ids`` does not matter; unknown ids are ignored.
+        They are claimed next, before everything that waits, the first arrived
+        first. The order of ``letter_ids`` does not matter; unknown ids are
+        ignored.
 
         Args:
             letter_ids: Letters to replay; ``None`` for all.
@@ -502,7 +507,10 @@ class WriteBatch(Protocol):
         ...
 
     def replay(self, letter_id: str) -> None:
-        """Stage :meth:`DeadLetterStore.replay` of one letter."""
+        """Stage :meth:`DeadLetterStore.replay` of one letter (to the head).
+
+        Of several staged replays, the one staged last is claimed first.
+        """
         ...
 
     def put_status(self, status: TransactionStatus, ttl_seconds: float) -> None:
@@ -600,6 +608,38 @@ class SupportsProcessorReports(Protocol):
 
 
 @runtime_checkable
+class SupportsIdempotencyKeys(Protocol):
+    """Capability of a :class:`StatusStore`: records of idempotency keys.
+
+    A key names one client request; its record (JSON text, opaque to the
+    store) says which transaction the request became. Keys are passed as
+    their SHA-256 in hex, so any text a client sends is a safe name.
+    """
+
+    async def claim_key(self, digest: str, record: str, ttl_seconds: float) -> str | None:
+        """Store ``record`` under ``digest`` unless a live record is there, atomically.
+
+        Of concurrent claims of one key exactly one stores its record.
+
+        Returns:
+            ``None`` when this call stored it; else the live record, unchanged.
+        """
+        ...
+
+    async def get_key(self, digest: str) -> str | None:
+        """The live record under ``digest``, or ``None``."""
+        ...
+
+    async def put_key(self, digest: str, record: str, ttl_seconds: float) -> None:
+        """Replace the record under ``digest``; it expires after ``ttl_seconds``."""
+        ...
+
+    async def drop_key(self, digest: str) -> None:
+        """Remove the record under ``digest`` (no error when there is none)."""
+        ...
+
+
+@runtime_checkable
 class SupportsInspection(Protocol):
     """Capability: find a transaction's payload and keys, for ``ccat-buffering inspect``."""
 
@@ -680,9 +720,10 @@ class SupportsBufferHealth(Protocol):
 class SupportsBufferMarker(Protocol):
     """Capability: a durable store whose loss of state can be told from the outside.
 
-    :mod:`ccat_buffering.buffer_loss` keeps the marker's last sighting in the
-    main database; a store that forgot it (a restart without persistence, a
-    flush, a failover to a replica that was behind) no longer matches.
+    :mod:`ccat_buffering.buffer_loss` keeps the marker's last sighting on the
+    watching host's disk (and in the main database); a store that forgot it
+    (a restart without persistence, a flush, a failover to a replica that was
+    behind) no longer matches.
     """
 
     async def buffer_mark(self) -> tuple[str | None, int]:
@@ -722,4 +763,24 @@ class SupportsAuditLog(Protocol):
 
     async def audit_entries(self, limit: int | None = None) -> list[str]:
         """The entries, newest first, at most ``limit`` of them (``None``: all kept)."""
+        ...
+
+
+@runtime_checkable
+class SupportsBufferOrigin(Protocol):
+    """Capability: a store that says where in its server's replication history it stands.
+
+    With it, :mod:`ccat_buffering.buffer_loss` tells a failover that kept
+    everything seen (the new master holds its old master's history past the
+    last sighting) from one that lost some, and ignores a look at a master
+    that another has replaced.
+    """
+
+    async def buffer_origin(self) -> BufferOrigin:
+        """The marker, the counter and the replication history, read together.
+
+        Raises:
+            BackendUnavailableError: The store cannot be reached, or the node
+                that answered is no longer a master.
+        """
         ...

@@ -119,7 +119,11 @@ def public_health(health: Health) -> dict[str, Any]:
         },
         "states": health.states,
         "conflicts": health.conflicts,
-        "processor": {"state": str(health.processor.state)},
+        # Whether a worker drains, not which (its holder names a host and a pid).
+        "processor": {
+            "state": str(health.processor.state),
+            "lease_held": health.processor.lease_holder is not None,
+        },
         "replication": {
             "pending": health.replication.pending,
             "lagging": health.replication.lagging,

@@ -54,6 +54,7 @@ class SiteState:
     clock: Clock
     queue: collections.deque[tuple[int, str]] = field(default_factory=collections.deque)
     next_seq: int = 0
+    head_seq: int = 0
     claims_made: int = 0
     in_flight: dict[str, _InFlight] = field(default_factory=dict)
     held_until: float | None = None
@@ -70,6 +71,7 @@ class SiteState:
     records_written: int = 0
     lease: tuple[str, float] | None = None
     report: tuple[str, float] | None = None
+    idempotency: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     # -- buffer ------------------------------------------------------------
 
@@ -134,7 +136,12 @@ class SiteState:
         replayed = [letter for lid, letter in self.letters.items() if lid in wanted]
         for letter in replayed:
             del self.letters[letter.letter_id]
-        self.push(letter.payload for letter in replayed)
+        # To the head, the first of them first; numbered below everything queued
+        # so that a recovery puts them back ahead of what was behind them.
+        self.head_seq = min(self.head_seq, self.queue[0][0] if self.queue else 0)
+        for letter in reversed(replayed):
+            self.head_seq -= 1
+            self.queue.appendleft((self.head_seq, letter.payload))
         return replayed
 
     def purge(self, letter_ids: Sequence[str] | None) -> int:

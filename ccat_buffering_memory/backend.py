@@ -122,6 +122,39 @@ class MemoryStatusStore(_SiteStateStore):
         """See :meth:`ccat_buffering.protocols.StatusStore.counts`."""
         return {state: len(self._state.status_ids(state)) for state in TransactionState}
 
+    # -- SupportsIdempotencyKeys: one critical section each, as Redis' single SET --
+
+    def _live_key(self, digest: str) -> str | None:
+        found = self._state.idempotency.get(digest)
+        if found is None:
+            return None
+        record, expires_at = found
+        if expires_at <= self._state.clock():
+            del self._state.idempotency[digest]
+            return None
+        return record
+
+    async def claim_key(self, digest: str, record: str, ttl_seconds: float) -> str | None:
+        """See :meth:`ccat_buffering.protocols.SupportsIdempotencyKeys.claim_key`."""
+        checks.check_duration(ttl_seconds, "ttl_seconds")
+        live = self._live_key(digest)
+        if live is None:
+            self._state.idempotency[digest] = (record, self._state.clock() + ttl_seconds)
+        return live
+
+    async def get_key(self, digest: str) -> str | None:
+        """See :meth:`ccat_buffering.protocols.SupportsIdempotencyKeys.get_key`."""
+        return self._live_key(digest)
+
+    async def put_key(self, digest: str, record: str, ttl_seconds: float) -> None:
+        """See :meth:`ccat_buffering.protocols.SupportsIdempotencyKeys.put_key`."""
+        checks.check_duration(ttl_seconds, "ttl_seconds")
+        self._state.idempotency[digest] = (record, self._state.clock() + ttl_seconds)
+
+    async def drop_key(self, digest: str) -> None:
+        """See :meth:`ccat_buffering.protocols.SupportsIdempotencyKeys.drop_key`."""
+        self._state.idempotency.pop(digest, None)
+
 
 class MemoryCacheStore(_SiteStateStore):
     """:class:`~ccat_buffering.protocols.CacheStore` in memory."""

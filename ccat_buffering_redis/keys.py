@@ -55,6 +55,9 @@ key                                         type     what
                                                      PX TTL
 ``audit``                                   list     the audit log: operators' actions (JSON),
                                                      newest first, capped (LTRIM)
+``idempotency:<sha256 of the key>``         string   an idempotency key's record (JSON): the
+                                                     request's fingerprint, its transaction and
+                                                     first answer; PX ``idempotency_ttl``
 ==========================================  =======  ==========================================
 """
 
@@ -116,6 +119,10 @@ class SiteKeys:
     def status(self, transaction_id: str) -> str:
         """A transaction's status."""
         return self._key("status", transaction_id)
+
+    def idempotency(self, digest: str) -> str:
+        """An idempotency key's record, by the key's SHA-256 (hex)."""
+        return self._key("idempotency", digest)
 
     def ids(self, model: str, record_id: str) -> str:
         """A record's entry in the write-through ID cache."""

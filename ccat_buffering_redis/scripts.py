@@ -52,6 +52,7 @@ LUA_NAMES = {
     "processor": "PROCESSOR",
     "reconcile": "RECONCILE",
     "epoch": "EPOCH",
+    "idempotency": "IDEM",
 }
 """The Lua local that holds each key (or key prefix) of :data:`SUFFIXES`, by role."""
 

@@ -197,6 +197,37 @@ class RedisStatusStore(_SiteStore):
         reply = await self._backend.script("status_counts", *(str(s) for s in states))
         return {state: int(n) for state, n in zip(states, reply, strict=True)}
 
+    # -- SupportsIdempotencyKeys: single-key commands, atomic in Redis itself --
+
+    async def claim_key(self, digest: str, record: str, ttl_seconds: float) -> str | None:
+        """See :meth:`ccat_buffering.protocols.SupportsIdempotencyKeys.claim_key`."""
+        check_duration(ttl_seconds, "ttl_seconds")
+        ms = max(int(ttl_seconds * 1000), 1)
+        with self._backend.translate():
+            # SET ... NX GET (Redis 7): stores unless present, and answers what was there.
+            old = await self._backend.client.set(
+                self._keys.idempotency(digest), record, nx=True, get=True, px=ms
+            )
+        return as_text(old) if isinstance(old, (bytes, str)) else None
+
+    async def get_key(self, digest: str) -> str | None:
+        """See :meth:`ccat_buffering.protocols.SupportsIdempotencyKeys.get_key`."""
+        with self._backend.translate():
+            raw = await self._backend.client.get(self._keys.idempotency(digest))
+        return None if raw is None else as_text(raw)
+
+    async def put_key(self, digest: str, record: str, ttl_seconds: float) -> None:
+        """See :meth:`ccat_buffering.protocols.SupportsIdempotencyKeys.put_key`."""
+        check_duration(ttl_seconds, "ttl_seconds")
+        ms = max(int(ttl_seconds * 1000), 1)
+        with self._backend.translate():
+            await self._backend.client.set(self._keys.idempotency(digest), record, px=ms)
+
+    async def drop_key(self, digest: str) -> None:
+        """See :meth:`ccat_buffering.protocols.SupportsIdempotencyKeys.drop_key`."""
+        with self._backend.translate():
+            await self._backend.client.delete(self._keys.idempotency(digest))
+
 
 class RedisCacheStore(_SiteStore):
     """:class:`~ccat_buffering.protocols.CacheStore` in Redis."""

@@ -14,6 +14,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# FastAPI (through pydantic) fails to import once autodoc has evaluated the
+# annotations of some of the library's pydantic models; imported first, it is
+# already there when the FastAPI modules are documented.
+import fastapi  # noqa: E402, F401
+
 project = "ccat-buffering"
 author = "The ccat-buffering authors"
 copyright = "the ccat-buffering authors"  # noqa: A001 (Sphinx's name)
@@ -27,7 +32,7 @@ extensions = [
 # to Python, pydantic or SQLAlchemy names stay plain text, so nitpicky is off.
 nitpicky = False
 
-exclude_patterns = ["_build", "_generated", "_type_matrix.rst", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "_settings.rst", "_type_matrix.rst", "Thumbs.db", ".DS_Store"]
 templates_path: list[str] = []
 
 # -- autodoc -----------------------------------------------------------------
@@ -77,7 +82,8 @@ def _hide_private_parameters(app, what, name, obj, options, signature, return_an
     return f"(*, {fields})", return_annotation
 
 
-GENERATED = Path(__file__).resolve().parent / "_generated"
+SETTINGS_TABLE = Path(__file__).resolve().parent / "_settings.rst"
+"""The settings table, kept in the sources so that it reads without a build."""
 """Pages written by the build itself (ignored by Git and by Sphinx's source search)."""
 
 
@@ -154,8 +160,8 @@ def settings_table():
         if name not in fields
     ]
     lines = [
-        ".. This file is written by docs/conf.py from BufferingSettings at every build.",
-        "   Do not edit it: change the class and its docstring instead.",
+        ".. Generated from BufferingSettings: python docs/conf.py > docs/_settings.rst",
+        "   Do not edit it: change the class and its docstring; the build checks it.",
         "",
         ".. list-table::",
         "   :header-rows: 1",
@@ -178,12 +184,12 @@ def settings_table():
     return "\n".join(lines) + "\n", problems
 
 
-def _write_generated(app):
-    """Write ``_generated/settings.rst`` before Sphinx reads the sources.
+def _check_settings_table(app):
+    """Warn (an error under -W) when ``_settings.rst`` is not the table the class gives.
 
-    The directory ignores itself in Git, so a build leaves the work tree
-    clean, and a fresh clone builds without it. A file is rewritten only when
-    its text changes, so an unchanged table does not force a re-read.
+    The table is kept in the sources, so that it reads on GitHub and in an
+    editor without a build; regenerate it with
+    ``python docs/conf.py > docs/_settings.rst``.
     """
     from sphinx.util import logging
 
@@ -191,11 +197,11 @@ def _write_generated(app):
     text, problems = settings_table()
     for problem in problems:
         logger.warning(problem)
-    GENERATED.mkdir(exist_ok=True)
-    for name, content in ((".gitignore", "*\n"), ("settings.rst", text)):
-        path = GENERATED / name
-        if not path.exists() or path.read_text(encoding="utf-8") != content:
-            path.write_text(content, encoding="utf-8")
+    if not SETTINGS_TABLE.exists() or SETTINGS_TABLE.read_text(encoding="utf-8") != text:
+        logger.warning(
+            "docs/_settings.rst differs from BufferingSettings: regenerate it with "
+            "python docs/conf.py > docs/_settings.rst"
+        )
 
 
 def _check_redis_key_table(app):
@@ -240,6 +246,10 @@ def _check_redis_key_table(app):
 def setup(app):
     """Connect the local checks and fixes."""
     app.connect("autodoc-process-signature", _hide_private_parameters)
-    app.connect("builder-inited", _write_generated)
+    app.connect("builder-inited", _check_settings_table)
     app.connect("builder-inited", _check_redis_key_table)
     return {"parallel_read_safe": True}
+
+
+if __name__ == "__main__":
+    sys.stdout.write(settings_table()[0])

@@ -117,6 +117,7 @@ async def build_site(
     seed: int = 1,
     outage_base_delay: float | None = 1.0,
     ledger: bool = True,
+    ledger_retention: float | None = None,
 ) -> Site:
     """The example site on the memory backend over the database at ``url``, with a fake clock.
 
@@ -131,7 +132,9 @@ async def build_site(
     engine = create_engine(url)
     await make_schema(engine)
     registry = ModelRegistry.from_base(Base)
-    executor = TransactionExecutor(engine, registry, ledger=ledger)
+    executor = TransactionExecutor(
+        engine, registry, ledger=ledger, site=backend.site, ledger_retention=ledger_retention
+    )
     await executor.create_ledger()
     manager = TransactionManager(
         backend,

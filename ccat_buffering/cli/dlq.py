@@ -1,4 +1,4 @@
-"""Dead letters: ``dlq list | show | replay | purge``."""
+"""Dead letters: ``dlq list | show | replay [--dry-run] | purge``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from ccat_buffering import audit
 from ccat_buffering.cli import _operator
@@ -19,12 +20,17 @@ from ccat_buffering.cli._common import (
     command,
     console,
     current,
+    database_error,
     emit_json,
     fail,
     progress,
+    registry_for,
     settings_for,
 )
+from ccat_buffering.database import create_engine
+from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.protocols import DeadLetter
+from ccat_buffering.replays import LetterRehearsal, rehearse, replay_set
 from ccat_buffering.settings import BufferingSettings
 
 __all__: list[str] = []
@@ -143,28 +149,45 @@ def _confirmed(
     return wanted, settings, site
 
 
-@command(dlq_app, "replay")
-def replay_command(ids: Ids = None, every: All = False, yes: Yes = False) -> None:
-    """Put dead letters back at the tail of the buffer, in the order they arrived.
+DryRun = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Apply them at the main database in a transaction that is rolled back, and "
+        "report per letter what would happen; replay nothing.",
+    ),
+]
+Models = Annotated[
+    str | None, typer.Option("--models", help="The mapped classes (package.module:Base).")
+]
 
-    Exits 1 when a named letter was not found (the message names it).
+
+@command(dlq_app, "replay")
+def replay_command(
+    ids: Ids = None,
+    every: All = False,
+    yes: Yes = False,
+    dry_run: DryRun = False,
+    models: Models = None,
+) -> None:
+    """Put dead letters back at the head of the buffer, in their original buffer order.
+
+    The letters named go back with their dependents among the dead letters
+    (later letters writing the same records). Exits 1 when a named letter was
+    not found (the message names it), or, with ``--dry-run``, when a letter
+    would fail.
     """
+    if dry_run:
+        _rehearse(_selection(ids, every, "replay"), models)
+        return
     wanted, settings, site = _confirmed(ids, every, yes, "replay", "Replay {what} at site {site}?")
 
     async def run() -> list[str]:
         async with site:
-            letters = await site.backend.dead_letters.list()
-            chosen = [
-                letter.letter_id
-                for letter in letters
-                if wanted is None or letter.letter_id in set(wanted)
-            ]
-            done: list[str] = []
             with progress(quiet=current().as_json) as report:
-                # In arrival order, a slice at a time, each slice after the last.
-                for start in range(0, len(chosen), 100):
-                    done += await site.manager.replay(chosen[start : start + 100])
-                    report("replaying", len(done), len(chosen))
+                # One atomic step: the letters and their dependents keep their order.
+                done = await site.manager.replay(wanted)
+                report("replaying", len(done), len(done))
             await audit.record(
                 site.backend, action="dlq.replay", count=len(done), detail=_ids(wanted, done)
             )
@@ -175,12 +198,53 @@ def replay_command(ids: Ids = None, every: All = False, yes: Yes = False) -> Non
     if current().as_json:
         emit_json({"replayed": done, "not_found": unknown})
     else:
-        Console().print(f"replayed {len(done)} transaction(s)")
+        Console().print(f"replayed {len(done)} transaction(s), to the head of the buffer")
         for letter_id in unknown:
             Console(stderr=True).print(
                 f"no dead letter {escape(letter_id)} at site {settings.site_name}"
             )
     if unknown:
+        raise typer.Exit(1)
+
+
+def _rehearse(wanted: list[str] | None, models: str | None) -> None:
+    """``dlq replay --dry-run``: what each letter would do at the main database now."""
+    settings = settings_for(models)
+    registry = registry_for(settings)
+    url = settings.require_url("database_url")
+    site = _operator.open_site(settings)
+
+    async def run() -> tuple[list[LetterRehearsal], list[str]]:
+        engine = create_engine(url)
+        try:
+            async with site:
+                letters = replay_set(await site.backend.dead_letters.list(), wanted)
+                executor = TransactionExecutor(engine, registry, site=settings.site_name)
+                found = {letter.letter_id for letter in letters}
+                missing = [i for i in wanted or [] if i not in found]
+                return await rehearse(executor, letters), missing
+        except (OSError, SQLAlchemyError) as exc:
+            raise database_error(exc, url) from exc
+        finally:
+            await engine.dispose()
+
+    reports, missing = asyncio.run(run())
+    failing = [r for r in reports if r.outcome == "fails"]
+    if current().as_json:
+        emit_json({"dry_run": [r.as_dict() for r in reports], "not_found": missing})
+    else:
+        out = console()
+        out.print(
+            f"dry run: {len(reports)} letter(s) in replay order, {len(failing)} would fail; "
+            "the main database was not changed",
+            soft_wrap=True,
+        )
+        for number, r in enumerate(reports, 1):
+            why = f": {escape(r.error)}" if r.error else ""
+            out.print(f"{number:>3}  {r.letter_id}  {r.outcome}{why}", soft_wrap=True)
+        for letter_id in missing:
+            console(stderr=True).print(f"no dead letter {escape(letter_id)}")
+    if failing or missing:
         raise typer.Exit(1)
 
 

@@ -139,7 +139,7 @@ class AtomicContract(ContractHooks):
         assert await backend.buffer.claim(1, LONG_LEASE) == []
 
     async def test_atomic_replay(self, backend: Backend) -> None:
-        """A staged replay moves the letter to the tail with its status."""
+        """A staged replay moves the letter to the head with its status."""
         await backend.buffer.push(["a"])
         (claim,) = await backend.buffer.claim(1, LONG_LEASE)
         await backend.buffer.dead_letter(claim.receipt, "boom", "tx-a")
@@ -151,7 +151,19 @@ class AtomicContract(ContractHooks):
             assert await backend.dead_letters.get("tx-a") is not None
         assert await backend.dead_letters.get("tx-a") is None
         assert await backend.status.get("tx-a") == status
-        assert await self.drain(backend) == ["b", "a"]
+        assert await self.drain(backend) == ["a", "b"]
+
+    async def test_atomic_replays_the_last_staged_first(self, backend: Backend) -> None:
+        """Each staged replay goes to the head: the one staged last is claimed first."""
+        for payload, tx in (("a", "tx-a"), ("b", "tx-b")):
+            await backend.buffer.push([payload])
+            (claim,) = await backend.buffer.claim(1, LONG_LEASE)
+            await backend.buffer.dead_letter(claim.receipt, "boom", tx)
+        await backend.buffer.push(["c"])
+        async with backend.atomic() as batch:
+            batch.replay("tx-b")
+            batch.replay("tx-a")
+        assert await self.drain(backend) == ["a", "b", "c"]
 
     async def test_atomic_release_cache(self, backend: Backend) -> None:
         """A staged release drops what the transaction wrote, on exit."""

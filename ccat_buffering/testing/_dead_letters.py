@@ -62,10 +62,10 @@ class DeadLetterStoreContract(ContractHooks):
         )
         assert await backend.dead_letters.get("t9") is None
 
-    async def test_dead_letters_replay_moves_to_tail_in_arrival_order(
+    async def test_dead_letters_replay_moves_to_head_in_arrival_order(
         self, backend: Backend
     ) -> None:
-        """Replay appends letters in arrival order, whatever the order of the ids given."""
+        """Replay puts letters at the head in arrival order, whatever the order of the ids."""
         await self.dead_letter_three(backend)
         await backend.buffer.push(["waiting"])
         before = await backend.dead_letters.get("t3"), await backend.dead_letters.get("t2")
@@ -74,15 +74,16 @@ class DeadLetterStoreContract(ContractHooks):
         assert await self.letter_ids(backend) == ["t1"]
         stats = await backend.buffer.stats()
         assert (stats.depth, stats.dead_letters) == (3, 1)
-        assert await self.drain(backend) == ["waiting", "p3", "p2"]
+        assert await self.drain(backend) == ["p3", "p2", "waiting"]
 
     async def test_dead_letters_replay_all(self, backend: Backend) -> None:
-        """Replay of ``None`` moves every letter back, in arrival order."""
+        """Replay of ``None`` moves every letter back, in arrival order, ahead of the queue."""
         await self.dead_letter_three(backend)
+        await backend.buffer.push(["waiting"])
         replayed = await backend.dead_letters.replay()
         assert [letter.letter_id for letter in replayed] == ["t3", "t1", "t2"]
         assert await backend.dead_letters.list() == []
-        assert await self.drain(backend) == ["p3", "p1", "p2"]
+        assert await self.drain(backend) == ["p3", "p1", "p2", "waiting"]
 
     async def test_dead_letters_replay_ignores_unknown_ids(self, backend: Backend) -> None:
         """Unknown ids replay nothing."""

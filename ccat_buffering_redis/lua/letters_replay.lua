@@ -1,4 +1,4 @@
--- LETTERS_REPLAY: move dead letters back to the buffer, in arrival order.
+-- LETTERS_REPLAY: move dead letters back to the head of the buffer, in arrival order.
 --
 -- KEYS[1]: the site's buffer key (it routes the call to the site's slot).
 -- ARGV[1]: the site's key prefix, 'site:{<site>}:'.
@@ -22,8 +22,11 @@ else
   ids = {}
   for _, pair in ipairs(scored) do ids[#ids + 1] = pair[2] end
 end
-local done = {}
-for _, lid in ipairs(ids) do
-  if replay_one(lid) == 1 then done[#done + 1] = lid end
+-- The last first: each goes to the head, so the first arrived is claimed first.
+local back = {}
+for i = #ids, 1, -1 do
+  if replay_one(ids[i]) == 1 then back[#back + 1] = ids[i] end
 end
+local done = {}
+for i = #back, 1, -1 do done[#done + 1] = back[i] end
 return done

@@ -1,4 +1,5 @@
--- Fragment: move one dead letter back to the buffer (APPLY, LETTERS_REPLAY).
+-- Fragment: move one dead letter back to the head of the buffer (APPLY, LETTERS_REPLAY).
+-- The right end is the head: of several, the one replayed last is claimed first.
 
 local function replay_one(lid)
   local p = redis.call('HGET', LETTERS, lid)
@@ -6,6 +7,6 @@ local function replay_one(lid)
   redis.call('HDEL', LETTERS, lid)
   redis.call('HDEL', META, lid)
   redis.call('ZREM', ORDER, lid)
-  redis.call('LPUSH', BUF, p)
+  redis.call('RPUSH', BUF, p)
   return 1
 end

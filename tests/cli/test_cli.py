@@ -225,6 +225,48 @@ def test_db_init_json(tmp_path: Path, clean_env: dict[str, str | None]) -> None:
     assert json.loads(result.stdout)["ledger_table"]
 
 
+def test_db_prune_dry_run_then_prune(tmp_path: Path, clean_env: dict[str, str | None]) -> None:
+    import asyncio
+    import datetime as dt
+
+    from ccat_buffering.database import create_engine, ledger_table
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'main.db'}"
+    env = {**clean_env, "CCAT_BUFFERING_SITE_NAME": "cerro", "CCAT_BUFFERING_DATABASE_URL": url}
+    assert CliRunner().invoke(app, ["db", "init"], env=env).exit_code == 0
+
+    async def seed() -> None:
+        engine = create_engine(url)
+        now = dt.datetime.now(dt.UTC)
+        async with engine.begin() as conn:
+            await conn.execute(
+                ledger_table.insert(),
+                [
+                    {
+                        "transaction_id": f"t-{i}",
+                        "endpoint": "e",
+                        "applied_at": now,
+                        "site": site,
+                        "created_at": now - dt.timedelta(days=days),
+                    }
+                    for i, (site, days) in enumerate(
+                        [("cerro", 30), ("cerro", 20), ("cerro", 1), ("other", 30)]
+                    )
+                ],
+            )
+        await engine.dispose()
+
+    asyncio.run(seed())
+    dry = CliRunner().invoke(app, ["db", "prune", "--dry-run", "--json"], env=env)
+    assert dry.exit_code == 0, dry.output
+    assert (json.loads(dry.stdout)["rows"], json.loads(dry.stdout)["remaining"]) == (2, 1)
+    done = CliRunner().invoke(app, ["db", "prune"], env=env)
+    assert done.exit_code == 0, done.output
+    assert "deleted 2 ledger row(s)" in done.stdout and "1 row(s) of the site remain" in done.stdout
+    again = CliRunner().invoke(app, ["db", "prune", "--json"], env=env)
+    assert json.loads(again.stdout)["rows"] == 0
+
+
 def test_worker_without_a_database_url(clean_env: dict[str, str | None]) -> None:
     env = {**clean_env, "CCAT_BUFFERING_SITE_NAME": "cerro"}
     _fails(["worker", "--models", MODELS], env, 2, "no database_url")

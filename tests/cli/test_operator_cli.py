@@ -172,6 +172,33 @@ async def test_dlq_list_show_replay_in_order_and_purge(prepared: BufferingCoordi
         assert (await conn.execute(select(func.count(ExecutedObsUnit.id)))).scalar() == 6
 
 
+async def test_dlq_replay_dry_run_reports_each_letter_and_changes_nothing(
+    prepared: BufferingCoordinator,
+) -> None:
+    first, second = (tx.transaction_id for tx in prepared.txs[:2])  # type: ignore[attr-defined]
+    models = "ccat_buffering.demo.example:Base"
+    database = ("--database-url", prepared.settings.require_url("database_url"))
+    result = await asyncio.to_thread(
+        _run, *database, "dlq", "replay", "--all", "--dry-run", "--models", models, "--json"
+    )
+    assert result.exit_code == 1, result.output  # the unreadable letter would fail
+    reports = json.loads(result.stdout)["dry_run"]
+    assert [(r["letter_id"], r["outcome"]) for r in reports] == [
+        (first, "applies"),
+        (second, "applies"),
+        (reports[2]["letter_id"], "fails"),
+    ]
+    assert reports[2]["letter_id"].startswith("raw-") and "unreadable" in reports[2]["error"]
+    async with prepared.engine.connect() as conn:
+        assert (await conn.execute(select(func.count(ExecutedObsUnit.id)))).scalar() == 0
+    assert (await prepared.backend.buffer.stats()).dead_letters == 3
+    only = await asyncio.to_thread(
+        _run, *database, "dlq", "replay", second, "--dry-run", "--models", models
+    )
+    assert only.exit_code == 0, only.output
+    assert "1 letter(s) in replay order, 0 would fail" in only.stdout and second in only.stdout
+
+
 async def test_keys_audit_on_a_backend_without_keys(prepared: BufferingCoordinator) -> None:
     result = await asyncio.to_thread(_run, "keys", "audit")
     assert result.exit_code == 0 and "no keys to audit" in result.stdout
@@ -338,9 +365,9 @@ async def test_commands_on_a_real_redis_site(tmp_path: Path) -> None:
         assert result.exit_code == 0 and "replayed 1" in result.stdout
         claimed = await site.manager.claim(10, 60)
         assert [d.transaction_id for d in claimed] == [
+            txs[0].transaction_id,  # the replayed one, back at the head
             txs[1].transaction_id,
             txs[2].transaction_id,
-            txs[0].transaction_id,  # the replayed one, at the tail
         ]
     finally:
         await forget_site(probe, backend.keys.pattern())
