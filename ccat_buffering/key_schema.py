@@ -31,5 +31,6 @@ SUFFIXES = {
     "reconcile": "state:cursors",
     "epoch": "buffer_epoch",
     "audit": "audit",
+    "pause": "operator_pause",
 }
 """Key suffixes by role, shared with the Lua scripts."""

@@ -41,6 +41,7 @@ from ccat_buffering_redis._connect import open_client, take_compression, take_pa
 from ccat_buffering_redis._frame import Command, frame
 from ccat_buffering_redis._health import RedisHealth
 from ccat_buffering_redis._memory import RECHECK_SECONDS
+from ccat_buffering_redis._pause import RedisOperatorPause
 from ccat_buffering_redis._values import as_text
 from ccat_buffering_redis.compression import check_compression
 from ccat_buffering_redis.inspection import RedisInspection
@@ -63,7 +64,7 @@ log = logging.getLogger(__name__)
 _SCRIPTS = scripts.SCRIPTS
 
 
-class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, AsyncClosing):
+class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, RedisOperatorPause, AsyncClosing):
     """Every store of one site, in Redis.
 
     Args:

@@ -55,6 +55,8 @@ key                                         type     what
                                                      PX TTL
 ``audit``                                   list     the audit log: operators' actions (JSON),
                                                      newest first, capped (LTRIM)
+``operator_pause``                          string   the operator's pause of the drain (JSON:
+                                                     who, when, why); absent when not paused
 ==========================================  =======  ==========================================
 """
 
@@ -84,6 +86,7 @@ BOUNDED = (
     "state:cursors",
     "buffer_epoch",
     "audit",
+    "operator_pause",
 )
 """Suffixes of the site's bounded structures: they hold no TTL by design.
 
@@ -161,6 +164,11 @@ class SiteKeys:
     def epoch(self) -> str:
         """The buffer's marker, checked against the main database (see ``buffer_loss``)."""
         return self._key("epoch")
+
+    @property
+    def pause(self) -> str:
+        """The operator's pause of the site's drain (see ``ccat_buffering.operator_pause``)."""
+        return self._key("pause")
 
     @property
     def audit(self) -> str:
