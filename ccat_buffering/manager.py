@@ -32,6 +32,7 @@ from ccat_buffering.protocols import Backend, CachedRecord, CacheWrite, Claim
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.replays import read_letter, replay_set
 from ccat_buffering.retry import FailureKind, RetryPolicy, describe_error
+from ccat_buffering.status import StatusEvent, add_event
 
 __all__ = ["Delivery", "Listener", "TransactionManager"]
 
@@ -73,11 +74,13 @@ class Delivery:
 
 def _buffered(transaction: Transaction, **changes: Any) -> TransactionStatus:
     """A new status of ``transaction``: ``buffered``, with ``changes``."""
+    at = changes.get("updated_at") or transaction.created_at
     return TransactionStatus(
         transaction_id=transaction.transaction_id,
         endpoint=transaction.endpoint,
         state=TransactionState.BUFFERED,
         created_at=transaction.created_at,
+        history=(StatusEvent(at=at, event=TransactionState.BUFFERED.value),),
         **changes,
     )
 
@@ -134,10 +137,23 @@ class TransactionManager:
         return dt.datetime.fromtimestamp(self.clock(), dt.UTC)
 
     def _advance(
-        self, status: TransactionStatus, state: TransactionState, **changes: Any
+        self,
+        status: TransactionStatus,
+        state: TransactionState,
+        *,
+        event: str | None = None,
+        note: str | None = None,
+        **changes: Any,
     ) -> TransactionStatus:
+        now = self.now()
+        step = StatusEvent(
+            at=now, event=event or state.value, note=note or changes.get("last_error")
+        )
+        history = add_event(status.history, step)
         # Copied unvalidated: these values are already typed, and it runs per transaction.
-        return status.model_copy(update={**changes, "state": state, "updated_at": self.now()})
+        return status.model_copy(
+            update={**changes, "state": state, "updated_at": now, "history": history}
+        )
 
     # -- what services call -------------------------------------------------
 
@@ -280,11 +296,15 @@ class TransactionManager:
         statuses = []
         async with self.backend.atomic() as batch:
             for delivery in deliveries:
+                # A committed transaction carries no error of an earlier attempt:
+                # those stay in its history.
                 status = self._advance(
                     delivery.status,
                     TransactionState.COMMITTED,
+                    note=None if commit_lsn is None else f"LSN {commit_lsn}",
                     commit_lsn=commit_lsn,
                     committed_at=now,
+                    last_error=None,
                 )
                 batch.put_status(status, self.status_ttl)
                 batch.ack(delivery.claim.receipt)
@@ -353,7 +373,9 @@ class TransactionManager:
         async with self.backend.atomic() as batch:
             batch.retry_later([d.claim.receipt for d in deliveries], 0)
             for delivery in deliveries:
-                status = self._advance(delivery.status, TransactionState.BUFFERED, last_error=cause)
+                status = self._advance(
+                    delivery.status, TransactionState.BUFFERED, event="outage pause", note=cause
+                )
                 batch.put_status(status, self.status_ttl)
 
     # -- what the replication tracker calls ---------------------------------
@@ -386,6 +408,11 @@ class TransactionManager:
             The ids of the letters replayed, in the order they will be claimed.
         """
         letters = replay_set(await self.backend.dead_letters.list(), letter_ids)
+        # The statuses of failed transactions expire; where one is left, its history goes on.
+        known = await self.backend.status.get_many(
+            [letter.transaction_id or letter.letter_id for letter in letters]
+        )
+        before = {s.transaction_id: s for s in known if s is not None}
         async with self.backend.atomic() as batch:
             # Each staged replay goes to the head: the last staged is claimed first.
             for letter in reversed(letters):
@@ -393,7 +420,15 @@ class TransactionManager:
                 if tx is None:
                     batch.replay(letter.letter_id)
                     continue
-                status = _buffered(tx, last_error=f"replayed after: {letter.reason}")
+                old = before.get(tx.transaction_id) or _buffered(tx)
+                status = self._advance(
+                    old,
+                    TransactionState.BUFFERED,
+                    event="replayed",
+                    note=f"after: {letter.reason}",
+                    attempts=0,
+                    last_error=None,
+                )
                 batch.put_status(status, self.status_ttl)
                 batch.write_cache(tx.transaction_id, _cache_writes(tx), self.cache_ttl)
                 batch.replay(letter.letter_id)

@@ -10,7 +10,14 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from ccat_buffering.lsn import LSNField
 
-__all__ = ["TransactionState", "TransactionStatus", "UTCDatetime", "utc_now"]
+__all__ = [
+    "HISTORY_KEEP",
+    "StatusEvent",
+    "TransactionState",
+    "TransactionStatus",
+    "UTCDatetime",
+    "utc_now",
+]
 
 
 def utc_now() -> dt.datetime:
@@ -41,6 +48,37 @@ class TransactionState(enum.StrEnum):
         return self in (TransactionState.REPLICATED, TransactionState.FAILED)
 
 
+HISTORY_KEEP = 32
+"""Events a status keeps: the first (buffered) and the latest after it."""
+
+
+class StatusEvent(BaseModel):
+    """One step of a transaction's life, as its status records it.
+
+    Attributes:
+        at: When it happened.
+        event: A state it entered (``buffered``, ``processing``, ``retrying``,
+            ``committed``, ``replicated``, ``failed``), or ``outage pause`` (an
+            outage sent it back to the head, counting nothing) or ``replayed``.
+        note: The error, the outage's cause, the dead letter's reason, or the
+            commit's LSN.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    at: UTCDatetime
+    event: str
+    note: str | None = None
+
+
+def add_event(history: tuple[StatusEvent, ...], event: StatusEvent) -> tuple[StatusEvent, ...]:
+    """``history`` with ``event`` appended, bounded to :data:`HISTORY_KEEP` events."""
+    events = (*history, event)
+    if len(events) <= HISTORY_KEEP:
+        return events
+    return (events[0], *events[len(events) - HISTORY_KEEP + 1 :])
+
+
 class TransactionStatus(BaseModel):
     """What is known of one buffered transaction.
 
@@ -57,6 +95,9 @@ class TransactionStatus(BaseModel):
         updated_at: When this status last changed.
         committed_at: When the main database committed it.
         replicated_at: When the site's replica was seen to have replayed it.
+        history: Every step of its life with its time, the first and the
+            latest :data:`HISTORY_KEEP` (attempts, failures, outage pauses,
+            replays).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -71,6 +112,7 @@ class TransactionStatus(BaseModel):
     updated_at: UTCDatetime = Field(default_factory=utc_now)
     committed_at: UTCDatetime | None = None
     replicated_at: UTCDatetime | None = None
+    history: tuple[StatusEvent, ...] = ()
 
     def advance(self, state: TransactionState, **changes: Any) -> TransactionStatus:
         """Return a copy in ``state`` with ``updated_at`` set to now and ``changes``.
@@ -82,5 +124,8 @@ class TransactionStatus(BaseModel):
         Returns:
             The new status.
         """
-        data = {**dict(self), "updated_at": utc_now(), **changes, "state": state}
+        now = utc_now()
+        event = StatusEvent(at=now, event=state.value, note=changes.get("last_error"))
+        data = {**dict(self), "updated_at": now, **changes, "state": state}
+        data["history"] = add_event(self.history, event)
         return TransactionStatus.model_validate(data)
