@@ -131,13 +131,13 @@ async def fill_and_prune(url: str, rows: int, keep: int) -> float:
     old = dt.datetime.now(dt.UTC) - dt.timedelta(days=400)
     async with engine.connect() as conn:
         await conn.execution_options(isolation_level="AUTOCOMMIT")
-        for first in range(0, rows, 1_000_000):
+        for first in range(0, rows, 200_000):
             await conn.execute(
                 text(
                     f"INSERT INTO {LEDGER_TABLE_NAME} SELECT gen_random_uuid()::text, 'fill', "
                     ":old + g * interval '1 second', :site, :old + g * interval '1 second' "
                     "FROM generate_series(:a, :b) AS g"
-                ).bindparams(old=old, site=SITE, a=first, b=min(first + 1_000_000, rows) - 1)
+                ).bindparams(old=old, site=SITE, a=first, b=min(first + 200_000, rows) - 1)
             )
     filled = time.perf_counter() - began
     horizon = old + dt.timedelta(seconds=rows - keep)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from ccat_buffering.cli import audit as _audit  # noqa: F401 (registers its commands)
+from ccat_buffering.cli import console as _console  # noqa: F401
 from ccat_buffering.cli import db as _db  # noqa: F401
 from ccat_buffering.cli import dlq as _dlq  # noqa: F401
 from ccat_buffering.cli import keys as _keys  # noqa: F401
