@@ -74,15 +74,19 @@ class Delivery:
 
 def _buffered(transaction: Transaction, **changes: Any) -> TransactionStatus:
     """A new status of ``transaction``: ``buffered``, with ``changes``."""
-    at = changes.get("updated_at") or transaction.created_at
     return TransactionStatus(
         transaction_id=transaction.transaction_id,
         endpoint=transaction.endpoint,
         state=TransactionState.BUFFERED,
         created_at=transaction.created_at,
-        history=(StatusEvent(at=at, event=TransactionState.BUFFERED.value),),
         **changes,
     )
+
+
+# A transaction whose life is routine (buffered, processing, committed, replicated)
+# keeps no history: its status's times tell it, and statuses live in the buffer's
+# memory. The first event out of the routine starts the history (see _advance).
+_UNUSUAL = (TransactionState.RETRYING, TransactionState.FAILED)
 
 
 def _decode_fields(record: CachedRecord) -> dict[str, Any]:
@@ -146,10 +150,16 @@ class TransactionManager:
         **changes: Any,
     ) -> TransactionStatus:
         now = self.now()
-        step = StatusEvent(
-            at=now, event=event or state.value, note=note or changes.get("last_error")
-        )
-        history = add_event(status.history, step)
+        note = note or changes.get("last_error")
+        history = status.history
+        if history or event is not None or note is not None or state in _UNUSUAL:
+            if not history:
+                # The story starts: the routine steps so far, from the status's own times.
+                history = (StatusEvent(at=status.created_at, event="buffered"),)
+                if status.state is not TransactionState.BUFFERED:
+                    history += (StatusEvent(at=status.updated_at, event=status.state.value),)
+            step = StatusEvent(at=now, event=event or state.value, note=note)
+            history = add_event(history, step)
         # Copied unvalidated: these values are already typed, and it runs per transaction.
         return status.model_copy(
             update={**changes, "state": state, "updated_at": now, "history": history}

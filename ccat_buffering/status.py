@@ -61,7 +61,9 @@ class StatusEvent(BaseModel):
             ``committed``, ``replicated``, ``failed``), or ``outage pause`` (an
             outage sent it back to the head, counting nothing) or ``replayed``.
         note: The error, the outage's cause, the dead letter's reason, or the
-            commit's LSN.
+            commit's LSN (at most :data:`NOTE_KEEP` characters).
+        times: How many times it happened in a row, ``at`` being the last
+            (an outage pauses the same batch again and again).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -69,10 +71,36 @@ class StatusEvent(BaseModel):
     at: UTCDatetime
     event: str
     note: str | None = None
+    times: int = 1
+
+
+NOTE_KEEP = 240
+"""Characters of an event's note kept (a status lives in the buffer's memory)."""
 
 
 def add_event(history: tuple[StatusEvent, ...], event: StatusEvent) -> tuple[StatusEvent, ...]:
-    """``history`` with ``event`` appended, bounded to :data:`HISTORY_KEEP` events."""
+    """``history`` with ``event`` appended, bounded, repeats folded into one event.
+
+    An event equal to the last one (same event and note), or to the one
+    before a ``processing`` in between (a claim that an outage undid), is
+    counted in that event instead of added: a week-long outage pauses a
+    transaction thousands of times, and its status lives in the buffer's memory.
+    At most :data:`HISTORY_KEEP` events are kept: the first and the latest.
+    """
+    if event.note is not None and len(event.note) > NOTE_KEEP:
+        event = event.model_copy(update={"note": event.note[: NOTE_KEEP - 1] + "…"})
+    for back in (1, 2):
+        if len(history) < back:
+            break
+        same = history[-back]
+        between = history[len(history) - back + 1 :]
+        if (same.event, same.note) == (event.event, event.note) and all(
+            e.event == "processing" for e in between
+        ):
+            folded = same.model_copy(update={"at": event.at, "times": same.times + 1})
+            return (*history[: len(history) - back], folded)
+        if event.event == "processing":
+            break  # a new claim is always recorded
     events = (*history, event)
     if len(events) <= HISTORY_KEEP:
         return events
@@ -95,9 +123,11 @@ class TransactionStatus(BaseModel):
         updated_at: When this status last changed.
         committed_at: When the main database committed it.
         replicated_at: When the site's replica was seen to have replayed it.
-        history: Every step of its life with its time, the first and the
-            latest :data:`HISTORY_KEEP` (attempts, failures, outage pauses,
-            replays).
+        history: Every step of its life with its time (attempts, failures,
+            outage pauses, replays), the first and the latest
+            :data:`HISTORY_KEEP`, once its life left the routine; empty while
+            it is routine (buffered, processing, committed, replicated: the
+            times above tell it).
     """
 
     model_config = ConfigDict(frozen=True)

@@ -64,7 +64,7 @@ async def test_the_history_keeps_every_step_and_commit_clears_the_error(tmp_path
         assert notes["retrying"] and "bad data" in notes["retrying"]
         assert notes["outage pause"] == "database unreachable"
         assert notes["replayed"] and "never" in notes["replayed"]
-        times = [e.at for e in status.history]
+        times = [e.at for e in status.history[1:]]  # the site's (fake) clock after creation
         assert times == sorted(times)
 
 
@@ -125,3 +125,27 @@ async def test_inspect_answers_from_the_buffer_while_the_database_is_down_or_hun
         if how == "hung":
             assert "not answering" in note
         assert "Traceback" not in result.output  # type: ignore[attr-defined]
+
+
+async def test_a_long_outage_folds_into_one_event_and_a_routine_life_keeps_none(
+    tmp_path: Path,
+) -> None:
+    async with memory_sqlite_site(tmp_path) as site:
+        calm, _ = observation(1)
+        stormy, _ = observation(2)
+        await site.manager.buffer_many([calm, stormy])
+        assert await site.processor.run_once() == 2
+        status = await site.manager.status(calm.transaction_id)
+        assert status is not None and status.history == ()  # its times tell the story
+        other, _ = observation(3)
+        await site.manager.buffer(other)
+        for _ in range(500):
+            (d,) = await site.manager.claim(1, 60)
+            await site.manager.paused([d], "database unreachable")
+        status = await site.manager.status(other.transaction_id)
+        assert status is not None
+        assert [(e.event, e.times) for e in status.history] == [
+            ("buffered", 1),
+            ("processing", 1),
+            ("outage pause", 500),
+        ]
