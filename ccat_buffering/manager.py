@@ -152,12 +152,12 @@ class TransactionManager:
         now = self.now()
         note = note or changes.get("last_error")
         history = status.history
-        if history or event is not None or note is not None or state in _UNUSUAL:
+        # A claim is no event: each attempt is recorded by how it ended.
+        claim = event is None and state is TransactionState.PROCESSING
+        if not claim and (history or event is not None or note is not None or state in _UNUSUAL):
             if not history:
-                # The story starts: the routine steps so far, from the status's own times.
+                # The story starts: it was buffered (the status's own time).
                 history = (StatusEvent(at=status.created_at, event="buffered"),)
-                if status.state is not TransactionState.BUFFERED:
-                    history += (StatusEvent(at=status.updated_at, event=status.state.value),)
             step = StatusEvent(at=now, event=event or state.value, note=note)
             history = add_event(history, step)
         # Copied unvalidated: these values are already typed, and it runs per transaction.

@@ -57,9 +57,9 @@ class StatusEvent(BaseModel):
 
     Attributes:
         at: When it happened.
-        event: A state it entered (``buffered``, ``processing``, ``retrying``,
-            ``committed``, ``replicated``, ``failed``), or ``outage pause`` (an
-            outage sent it back to the head, counting nothing) or ``replayed``.
+        event: How an attempt ended (``retrying``, ``failed``, ``committed``,
+            or ``outage pause``: an outage sent it back to the head, counting
+            nothing), or ``buffered``, ``replicated``, ``replayed``.
         note: The error, the outage's cause, the dead letter's reason, or the
             commit's LSN (at most :data:`NOTE_KEEP` characters).
         times: How many times it happened in a row, ``at`` being the last
@@ -81,26 +81,16 @@ NOTE_KEEP = 240
 def add_event(history: tuple[StatusEvent, ...], event: StatusEvent) -> tuple[StatusEvent, ...]:
     """``history`` with ``event`` appended, bounded, repeats folded into one event.
 
-    An event equal to the last one (same event and note), or to the one
-    before a ``processing`` in between (a claim that an outage undid), is
-    counted in that event instead of added: a week-long outage pauses a
-    transaction thousands of times, and its status lives in the buffer's memory.
+    An event equal to the last one (same event and note) is counted in it
+    instead of added: a week-long outage pauses a transaction thousands of
+    times, and its status lives in the buffer's memory.
     At most :data:`HISTORY_KEEP` events are kept: the first and the latest.
     """
     if event.note is not None and len(event.note) > NOTE_KEEP:
         event = event.model_copy(update={"note": event.note[: NOTE_KEEP - 1] + "…"})
-    for back in (1, 2):
-        if len(history) < back:
-            break
-        same = history[-back]
-        between = history[len(history) - back + 1 :]
-        if (same.event, same.note) == (event.event, event.note) and all(
-            e.event == "processing" for e in between
-        ):
-            folded = same.model_copy(update={"at": event.at, "times": same.times + 1})
-            return (*history[: len(history) - back], folded)
-        if event.event == "processing":
-            break  # a new claim is always recorded
+    if history and (history[-1].event, history[-1].note) == (event.event, event.note):
+        folded = history[-1].model_copy(update={"at": event.at, "times": history[-1].times + 1})
+        return (*history[:-1], folded)
     events = (*history, event)
     if len(events) <= HISTORY_KEEP:
         return events

@@ -50,14 +50,10 @@ async def test_the_history_keeps_every_step_and_commit_clears_the_error(tmp_path
         assert status.last_error is None
         assert [e.event for e in status.history] == [
             "buffered",
-            "processing",
             "retrying",
-            "processing",
             "outage pause",
-            "processing",
             "failed",
             "replayed",
-            "processing",
             "committed",
         ]
         notes = {e.event: e.note for e in status.history}
@@ -116,8 +112,8 @@ async def test_inspect_answers_from_the_buffer_while_the_database_is_down_or_hun
         found = json.loads(result.stdout)  # type: ignore[attr-defined]
         assert found["status"]["state"] == "committed"
         assert [h["event"] for h in found["history"]][-3:] == [
+            "failed",
             "replayed",
-            "processing",
             "committed",
         ]
         (note,) = found["unchecked"]
@@ -146,6 +142,5 @@ async def test_a_long_outage_folds_into_one_event_and_a_routine_life_keeps_none(
         assert status is not None
         assert [(e.event, e.times) for e in status.history] == [
             ("buffered", 1),
-            ("processing", 1),
             ("outage pause", 500),
         ]
