@@ -9,6 +9,12 @@ batches around it: while batch *n* waits on the main database, batch *n-1*
 (committed) is settled and batch *n+1* is claimed, read and prepared. A
 batch that pauses or has a failure to retry sends the prefetched one back to
 the head behind it, so order holds.
+
+Order holds through failures too: the executor commits only what precedes a
+batch's first failure that holds the queue, and the cycle returns the failed
+transaction (with its backoff) and everything after it to the head in buffer
+order. A transaction the schema refuses through no fault of its own (drift)
+pauses the queue at itself, as an unreachable database does.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ccat_buffering._lease_holding import LeaseHolding
 from ccat_buffering._sizing import BatchSizer
@@ -150,28 +157,39 @@ class BatchCycle:
             self.state = ProcessorState.STANDBY
             await _claimed(ahead)  # in flight under our old lease: the next holder's
             return 0
-        done = [d for d, o in zip(deliveries, result.outcomes, strict=True) if o.done]
+        pairs = list(zip(deliveries, result.outcomes, strict=True))
+        done = [d for d, o in pairs if o.done]
+        # Drift (the schema refuses every such write) pauses the queue at its transaction.
+        drift = next(
+            (o.error for _, o in pairs if o.kind is FailureKind.OUTAGE and o.error is not None),
+            None,
+        )
         failures: list[tuple[Delivery, BaseException, FailureKind]] = [
             (d, o.error, o.kind or FailureKind.DATA)
-            for d, o in zip(deliveries, result.outcomes, strict=True)
-            if o.error is not None
+            for d, o in pairs
+            if o.error is not None and o.kind is not FailureKind.OUTAGE
         ]
+        # Unapplied behind a failure that holds the queue: back to the head, in order.
+        waiting = [d for d, o in pairs if o.waiting or o.kind is FailureKind.OUTAGE]
         following = await _claimed(ahead)
-        if failures:
-            # A retried transaction holds the head: nothing after it may apply first.
-            await self._give_back(following, "an earlier transaction is retried first")
+        if failures or waiting:
+            waiting += following  # nothing after a held head may apply first
         else:
             self._prefetched = following
         if done:
-            settling = asyncio.ensure_future(self._settle(done, result.commit_lsn))
-            if self._overlap and not failures:
+            generated = {o.transaction_id: o.generated for _, o in pairs if o.generated}
+            settling = asyncio.ensure_future(self._settle(done, result.commit_lsn, generated))
+            if self._overlap and not failures and not waiting:
                 self._settling = settling
             else:
                 await settling
-        if failures:
-            statuses = await self.manager.failed(failures)
+        if failures or (waiting and drift is None):
+            behind = [] if drift is not None else waiting
+            statuses = await self.manager.failed(failures, returned=behind)
             for (_, _, kind), status in zip(failures, statuses, strict=True):
                 self._count_failure(kind, status)
+        if drift is not None:
+            await self._pause(waiting, drift)
         if sizer is not None and len(deliveries) >= size:
             # Only full batches: a short one (the queue ran dry) measures the
             # fixed costs of a cycle, not what a transaction costs.
@@ -189,8 +207,13 @@ class BatchCycle:
             self.executor.prepare([d.transaction for d in deliveries])
         return deliveries
 
-    async def _settle(self, done: list[Delivery], commit_lsn: LSN | None) -> None:
-        await self.manager.committed(done, commit_lsn)
+    async def _settle(
+        self,
+        done: list[Delivery],
+        commit_lsn: LSN | None,
+        generated: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    ) -> None:
+        await self.manager.committed(done, commit_lsn, generated)
         self.counters.processed += len(done)
 
     async def _execute(self, transactions: list[Transaction]) -> BatchResult:
@@ -222,7 +245,7 @@ class BatchCycle:
                 transaction_id=tx,
             )
 
-    async def _pause(self, deliveries: list[Delivery], exc: Exception) -> None:
+    async def _pause(self, deliveries: list[Delivery], exc: BaseException) -> None:
         if isinstance(exc, ConfigurationError):
             cause = f"database not ready: {describe_error(exc)}"
         else:

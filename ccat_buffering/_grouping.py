@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import Table
 from sqlalchemy.schema import sort_tables
 
+from ccat_buffering.columns import columns_of
 from ccat_buffering.models import Operation, Step, Transaction
 from ccat_buffering.registry import ModelRegistry
 
@@ -124,7 +125,8 @@ def plan(transactions: Sequence[Transaction], registry: ModelRegistry) -> Plan |
         registry: The mapped classes.
 
     Returns:
-        The plan, or ``None`` for a batch with deletes, references, an update
+        The plan, or ``None`` for a batch with deletes, references, a create
+        whose row the database completes (its values come back by ``RETURNING``), an update
         of a row that a later step creates, an update of a key or of a column
         a foreign key refers to (a cascade would reach rows inserted earlier
         in the plan than in order), a foreign key to a row that a later step
@@ -132,6 +134,10 @@ def plan(transactions: Sequence[Transaction], registry: ModelRegistry) -> Plan |
     """
     schema = _Schema(registry)
     created = _Created()
+
+    def generated(model: str, record: dict[str, Any]) -> bool:
+        return bool(columns_of(registry.model(model)).generated_fields(record))
+
     models: dict[Table, str] = {}
     inserts: dict[str, list[dict[str, Any]]] = {}
     updates: list[tuple[Position, Step, dict[str, Any]]] = []
@@ -141,6 +147,8 @@ def plan(transactions: Sequence[Transaction], registry: ModelRegistry) -> Plan |
         if step.operation not in _GROUPABLE or step.refs() or table is None:
             return None
         if step.operation in (Operation.CREATE, Operation.BULK_CREATE):
+            if step.operation is Operation.CREATE and generated(step.model, step.data or {}):
+                return None  # its computed values come back one row at a time (RETURNING)
             if models.setdefault(table, step.model) != step.model:
                 return None  # two classes of one table: their rows' order matters
             for i, record in enumerate(step.records or [step.data or {}]):

@@ -16,17 +16,22 @@ transaction, still in one round trip, and a savepoint named ``ok`` that
 always marks the state after the last transaction that succeeded::
 
     BEGIN; SAVEPOINT ok                                                      SYNC
-    ROLLBACK TO ok; ledger row; steps of transaction 1; RELEASE ok; SAVEPOINT ok  SYNC
-    ROLLBACK TO ok; ledger row; steps of transaction 2; RELEASE ok; SAVEPOINT ok  SYNC
+    ledger row; steps of transaction 1; RELEASE ok; SAVEPOINT ok             SYNC
+    ledger row; steps of transaction 2; RELEASE ok; SAVEPOINT ok             SYNC
     ...
     ROLLBACK TO ok; COMMIT                                                   SYNC
     SELECT pg_current_wal_insert_lsn()                                       SYNC
 
 A transaction that fails is skipped up to its sync point, so ``RELEASE ok;
-SAVEPOINT ok`` never run for it and the next ``ROLLBACK TO ok`` undoes what
-it did: each transaction keeps its own savepoint isolation, and the error is
-its own. The ledger row comes first, so a transaction another holder
-committed meanwhile fails on the ledger's key and is reported as applied.
+SAVEPOINT ok`` never run for it, and the database transaction is left
+aborted: every later transaction's group fails at once (``25P02``) and applies
+nothing, and the final ``ROLLBACK TO ok`` returns to the state after the last
+transaction before the failure, which ``COMMIT`` then makes durable. So the
+batch commits exactly the prefix before its first failure, and the failed
+transaction can be retried before anything that follows it (buffer order
+holds through failures). The ledger row comes first, so a transaction another
+holder committed meanwhile fails on the ledger's key and is reported as
+applied; the executor then sends what followed it again.
 
 An UPDATE or DELETE that matches no row must fail its transaction as the
 one-by-one path does, without a round trip to look at a row count: it runs
@@ -73,6 +78,8 @@ class Statement:
     ledger: bool = False
     positional: bool = False
     """``sql`` has ``$1``-style placeholders and ``params`` is a sequence."""
+    returns: tuple[str, tuple[str, ...]] | None = None
+    """``(step id, fields)`` of the values its ``RETURNING`` gives back (a create's)."""
 
 
 @dataclass
@@ -84,12 +91,15 @@ class PipelineResult:
         failed_statements: The statements that raised those errors, by group.
         rows: The rows of each statement that returned any, by statement index.
         round_trips: How many times the client waited for the server (1).
+        returned: What statements with ``returns`` gave back, loaded as
+            Python values: by owner, then step id, then field.
     """
 
     errors: dict[int, BaseException] = field(default_factory=dict)
     failed_statements: dict[int, Statement] = field(default_factory=dict)
     rows: dict[int, list[tuple[Any, ...]]] = field(default_factory=dict)
     round_trips: int = 1
+    returned: dict[int | None, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 class Pipeline:
@@ -175,6 +185,7 @@ class Pipeline:
         owner: int | None = None,
         missing: BaseException | None = None,
         ledger: bool = False,
+        returns: tuple[str, tuple[str, ...]] | None = None,
     ) -> None:
         """Compile an SQLAlchemy statement and append it.
 
@@ -183,6 +194,7 @@ class Pipeline:
             owner: The transaction it belongs to.
             missing: The error for "no row matched" (UPDATE and DELETE).
             ledger: It is a ledger row.
+            returns: ``(step id, fields)`` its ``RETURNING`` gives, in order.
         """
         compiled = cast(
             SQLCompiler,
@@ -194,7 +206,7 @@ class Pipeline:
         for name, process in processors.items():
             if name in params and callable(process):
                 params[name] = process(params[name])
-        self.add(Statement(compiled.string, params, owner, missing, ledger))
+        self.add(Statement(compiled.string, params, owner, missing, ledger, returns=returns))
 
     def text(self, sql: str, owner: int | None = None) -> None:
         """Append a statement without parameters (BEGIN, SAVEPOINT, COMMIT)."""
@@ -254,7 +266,9 @@ class Pipeline:
                     expected.append((g, len(expected), statement))
                 pgconn.pipeline_sync()
             result = PipelineResult()
-            await _communicate(pgconn, len(groups), expected, result, touch, pq, pg_errors)
+            # Returned values are loaded as psycopg loads a row (types by OID).
+            loader = Transformer(driver_connection)
+            await _communicate(pgconn, len(groups), expected, result, touch, pq, pg_errors, loader)
         finally:
             with contextlib.suppress(Exception):
                 pgconn.exit_pipeline_mode()
@@ -303,6 +317,7 @@ async def _communicate(
     touch: Any,
     pq: Any,
     pg_errors: Any,
+    loader: Any,
 ) -> None:
     """Flush what is queued and read results until every sync point has answered."""
     status = pq.ExecStatus
@@ -321,7 +336,7 @@ async def _communicate(
             if res is None:
                 if pending:
                     group, index, statement = expected[position]
-                    _settle(pending, group, index, statement, result, status, pg_errors, pgconn)
+                    _settle(pending, group, index, statement, result, status, pg_errors, loader)
                     position += 1
                     pending = []
                     continue
@@ -342,7 +357,7 @@ def _settle(
     out: PipelineResult,
     status: Any,
     pg_errors: Any,
-    pgconn: Any,
+    loader: Any,
 ) -> None:
     res = results[-1]
     if res.status == status.FATAL_ERROR:
@@ -355,6 +370,11 @@ def _settle(
             error = _as_sqlalchemy(error, statement.sql)
         out.errors[group] = error
         out.failed_statements[group] = statement
+    elif res.status == status.TUPLES_OK and res.ntuples and statement.returns is not None:
+        step_id, fields = statement.returns
+        loader.set_pgresult(res)
+        row = loader.load_row(0, tuple)
+        out.returned.setdefault(statement.owner, {})[step_id] = dict(zip(fields, row, strict=True))
     elif res.status == status.TUPLES_OK and res.ntuples:
         out.rows[index] = [
             tuple(

@@ -17,7 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ccat_buffering._grouping import Plan
 from ccat_buffering._link import Watchdog
 from ccat_buffering._pipeline import MAX_PARAMETERS, Pipeline, PipelineResult, Statement
-from ccat_buffering._session_path import CommitRefusedError, where
+from ccat_buffering._session_path import (
+    CommitRefusedError,
+    failure_outcome,
+    generated_fields,
+    where,
+)
 from ccat_buffering.database import (
     ledger_rows,
     ledger_table,
@@ -29,7 +34,6 @@ from ccat_buffering.lsn import LSN
 from ccat_buffering.models import Operation, Step, Transaction
 from ccat_buffering.outcome import Outcome
 from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import classify_failure
 
 __all__ = ["PipelinedPath", "PreparedBatch", "copy_outcomes", "must_match", "row_chunks", "unique"]
 
@@ -165,7 +169,16 @@ class PipelinedPath:
         for step in steps:
             model = self.registry.model(step.model)
             op = step.operation
-            if op is Operation.CREATE or op is Operation.BULK_CREATE:
+            computed = generated_fields(self.registry, step)
+            if computed:
+                # What the database computes comes back in the INSERT's own reply.
+                returning = [getattr(model, name) for name in computed]
+                pipeline.sql(
+                    insert(model).values(**(step.data or {})).returning(*returning),
+                    owner=owner,
+                    returns=(step.step_id, computed),
+                )
+            elif op is Operation.CREATE or op is Operation.BULK_CREATE:
                 records = [dict(r) for r in step.records or []] or [dict(step.data or {})]
                 self.rows(pipeline, step.model, records, owner)
             elif op is Operation.UPDATE or op is Operation.DELETE:
@@ -235,7 +248,6 @@ class PipelinedPath:
                 continue
             owner = len(members)
             members.append((index, tx))
-            second.text("ROLLBACK TO SAVEPOINT ok", owner)
             if self.ledger:
                 second.insert_rows(
                     ledger_table, ledger_rows([tx], self.site), owner=owner, ledger=True
@@ -256,15 +268,17 @@ class PipelinedPath:
         for group, (index, tx) in enumerate(members, start=1):
             failure = result.errors.get(group)
             if failure is None:
-                outcomes[index] = Outcome(tx.transaction_id, applied=True)
+                generated = result.returned.get(group - 1, {})
+                outcomes[index] = Outcome(tx.transaction_id, applied=True, generated=generated)
                 continue
+            # The first failure aborted the database transaction: every later
+            # group failed on that (25P02) and stays unapplied, waiting.
             raise_unless_the_transactions(failure, f"while applying {tx.transaction_id}")
             if result.failed_statements[group].ledger and sqlstate_of(failure) == "23505":
                 outcomes[index] = Outcome(tx.transaction_id, already_applied=True)
             else:
-                outcomes[index] = Outcome(
-                    tx.transaction_id, error=failure, kind=classify_failure(failure)
-                )
+                outcomes[index] = failure_outcome(tx, failure, self.registry)
+            break
         if last in result.errors:
             error = result.errors[last]
             raise_unless_the_transactions(error, "at COMMIT")

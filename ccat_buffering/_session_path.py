@@ -4,7 +4,10 @@ Every driver takes it (asyncpg, aiosqlite), and psycopg takes it for a batch
 with a ``ref()`` (a value known only once an earlier step ran). The batch
 runs in one database transaction with a SAVEPOINT per buffered transaction,
 so that one bad transaction rolls back alone; each applied transaction's
-ledger row is written inside its savepoint. Batches that only insert and
+ledger row is written inside its savepoint. The batch stops at the first
+transaction that fails in a way that holds the queue: what came before it
+commits, what comes after it is left unapplied, so that it can be retried
+before any of them. Batches that only insert and
 update are first tried as a few grouped statements in one savepoint (see
 :mod:`ccat_buffering._grouping`).
 """
@@ -18,7 +21,9 @@ from sqlalchemy import delete, insert
 from sqlalchemy import update as sa_update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from ccat_buffering._drift import schema_drift
 from ccat_buffering._grouping import plan
+from ccat_buffering.columns import columns_of
 from ccat_buffering.database import (
     applied_ids,
     ledger_rows,
@@ -30,9 +35,15 @@ from ccat_buffering.lsn import LSN
 from ccat_buffering.models import Operation, Ref, Step, Transaction
 from ccat_buffering.outcome import Outcome
 from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import FailureKind, classify_failure
+from ccat_buffering.retry import FailureKind, classify_failure, describe_error
 
-__all__ = ["CommitRefusedError", "SessionPath", "where"]
+__all__ = [
+    "CommitRefusedError",
+    "SessionPath",
+    "failure_outcome",
+    "generated_fields",
+    "where",
+]
 
 
 class CommitRefusedError(Exception):
@@ -41,6 +52,28 @@ class CommitRefusedError(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def failure_outcome(tx: Transaction, error: BaseException, registry: ModelRegistry) -> Outcome:
+    """The outcome of ``tx`` failing with ``error``: its data's fault, or schema drift.
+
+    Drift (see :mod:`ccat_buffering._drift`) is reported as an outage-class
+    :class:`~ccat_buffering.errors.ConfigurationError` that names the table
+    and column, so that the queue pauses at this transaction.
+    """
+    drift = schema_drift(error, registry)
+    if drift is not None:
+        return Outcome(
+            tx.transaction_id, error=drift.error(describe_error(error)), kind=FailureKind.OUTAGE
+        )
+    return Outcome(tx.transaction_id, error=error, kind=classify_failure(error))
+
+
+def generated_fields(registry: ModelRegistry, step: Step) -> tuple[str, ...]:
+    """The fields of a create step's row that the database computes (none for other steps)."""
+    if step.operation is not Operation.CREATE:
+        return ()
+    return columns_of(registry.model(step.model)).generated_fields(step.data or {})
 
 
 def where(model: type[Any], key: Mapping[str, Any]) -> list[Any]:
@@ -91,6 +124,8 @@ class SessionPath:
         if not await self.apply_grouped(session, todo, outcomes):
             for index, tx in todo:
                 outcomes[index] = await self.apply_one(session, tx)
+                if outcomes[index].holds:
+                    break  # the rest wait behind it, unapplied (Outcome.waiting)
         for index, first in copies:
             original = outcomes[first]
             outcomes[index] = (
@@ -147,7 +182,7 @@ class SessionPath:
         """Apply one transaction in its own savepoint."""
         try:
             async with session.begin_nested():
-                await self.apply(session, tx)
+                generated = await self.apply(session, tx)
                 await self.record(session, [tx])
         except Exception as exc:
             kind = classify_failure(exc)
@@ -155,16 +190,24 @@ class SessionPath:
                 raise not_the_transactions_fault(
                     exc, f"while applying {tx.transaction_id}"
                 ) from exc
-            return Outcome(tx.transaction_id, error=exc, kind=kind)
-        return Outcome(tx.transaction_id, applied=True)
+            return failure_outcome(tx, exc, self.registry)
+        return Outcome(tx.transaction_id, applied=True, generated=generated)
 
-    async def apply(self, session: AsyncSession, tx: Transaction) -> None:
+    async def apply(self, session: AsyncSession, tx: Transaction) -> dict[str, dict[str, Any]]:
+        """Apply ``tx``'s steps in order; what the database computed for its creates."""
         wanted = {ref.step for step in tx.steps for ref in step.refs()}
         produced: dict[str, Mapping[str, Any]] = {}
+        generated: dict[str, dict[str, Any]] = {}
         for step in tx.steps:
-            row = await self.apply_step(session, step, produced, step.step_id in wanted)
+            computed = (
+                generated_fields(self.registry, step) if step.operation is Operation.CREATE else ()
+            )
+            row = await self.apply_step(session, step, produced, step.step_id in wanted, computed)
             if row is not None:
                 produced[step.step_id] = row
+                if computed:
+                    generated[step.step_id] = {name: row[name] for name in computed}
+        return generated
 
     def resolve(
         self, record: Mapping[str, Any], produced: Mapping[str, Mapping[str, Any]]
@@ -187,6 +230,7 @@ class SessionPath:
         step: Step,
         produced: Mapping[str, Mapping[str, Any]],
         wanted: bool,
+        computed: Sequence[str] = (),
     ) -> Mapping[str, Any] | None:
         model = self.registry.model(step.model)
         fields = sorted(self.registry.fields(step.model))
@@ -195,9 +239,12 @@ class SessionPath:
         statement: Any
         if op is Operation.CREATE:
             statement = insert(model).values(**self.resolve(step.data or {}, produced))
-            if not wanted:
+            if not wanted and not computed:
                 await session.execute(statement)
                 return None
+            # What the database computes comes back in the INSERT's own round trip.
+            fields = fields if wanted else list(computed)
+            returning = [getattr(model, name) for name in fields]
             row = (await session.execute(statement.returning(*returning))).one()
             return dict(zip(fields, row, strict=True))
         if op is Operation.UPDATE:

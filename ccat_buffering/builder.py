@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pydantic
@@ -36,8 +36,9 @@ from ccat_buffering.models import (
 
 if TYPE_CHECKING:
     from ccat_buffering.registry import ModelRegistry
+    from ccat_buffering.status import TransactionStatus
 
-__all__ = ["RecordHandle", "TransactionBuilder"]
+__all__ = ["RecordHandle", "TransactionBuilder", "with_generated_ids"]
 
 ModelLike = str | type[Any]
 """A model's name, or the SQLAlchemy mapped class itself."""
@@ -60,6 +61,23 @@ class RecordHandle:
     model: str
     id: str | None
     value: Any = None
+    key_field: str | None = field(default=None, compare=False, repr=False)
+    """The model's key field, when the key is one column."""
+
+    def generated_id(self, status: TransactionStatus) -> Any:
+        """The key the database gave this record, once ``status`` says it committed.
+
+        Args:
+            status: The status of the transaction that holds the step (from
+                ``submit`` at a ``main`` site, or once ``committed``).
+
+        Returns:
+            The generated key (a JSON value), or :attr:`id` when the database
+            gave none (a pre-generated key, or not committed yet).
+        """
+        if self.key_field is None:
+            return self.id
+        return status.generated.get(self.step_id, {}).get(self.key_field, self.id)
 
     def ref(self, field: str) -> Ref:
         """Refer to a value of this record that only the database produces.
@@ -75,10 +93,36 @@ class RecordHandle:
 
 def _handle(step: Step, record: Mapping[str, Any]) -> RecordHandle:
     fields = step.key_fields
-    value = record.get(fields[0]) if len(fields) == 1 else None
+    single = fields[0] if len(fields) == 1 else None
+    value = record.get(single) if single is not None else None
     if value is None or isinstance(value, Ref):
-        return RecordHandle(step.step_id, step.model, None)
-    return RecordHandle(step.step_id, step.model, str(value), value)
+        return RecordHandle(step.step_id, step.model, None, key_field=single)
+    return RecordHandle(step.step_id, step.model, str(value), value, key_field=single)
+
+
+def with_generated_ids(result: Any, status: TransactionStatus) -> Any:
+    """``result`` with every :class:`RecordHandle` in it replaced by its key.
+
+    For a reply built before the transaction was submitted: a handler returns
+    ``{"id": note}`` (the handle), and once the site has submitted the
+    transaction the handle becomes the key, the database's own where it
+    generated one (at a ``main`` site, at once). Looks into dicts, lists and
+    tuples; anything else is returned as it is.
+
+    Args:
+        result: A route's return value.
+        status: The submitted transaction's status.
+
+    Returns:
+        ``result`` with the handles replaced.
+    """
+    if isinstance(result, RecordHandle):
+        return result.generated_id(status)
+    if isinstance(result, dict):
+        return {k: with_generated_ids(v, status) for k, v in result.items()}
+    if isinstance(result, list | tuple):
+        return type(result)(with_generated_ids(v, status) for v in result)
+    return result
 
 
 @dataclass(frozen=True)

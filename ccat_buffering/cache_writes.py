@@ -17,7 +17,7 @@ from ccat_buffering.checks import check_record_id
 from ccat_buffering.models import Operation, Ref, Transaction
 from ccat_buffering.protocols import CacheKind, CacheWrite
 
-__all__ = ["cache_writes", "key_text", "record_id"]
+__all__ = ["cache_writes", "generated_writes", "key_text", "record_id"]
 
 
 _KEY_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
@@ -108,4 +108,33 @@ def cache_writes(transaction: Transaction) -> list[CacheWrite]:
                 rid = record_id(record, fields)
                 if rid is not None:
                     writes.append(CacheWrite(step.model, rid, CacheKind.UPDATE, _fields(record)))
+    return writes
+
+
+def generated_writes(
+    transaction: Transaction, generated: Mapping[str, Mapping[str, Any]]
+) -> list[CacheWrite]:
+    """The records of ``transaction``'s creates under the keys the database gave them.
+
+    A create whose key only the database knows is not in the buffered data
+    cache while it waits (it has no id there); once committed, its row is
+    cached under the generated key, so that the site reads it by that key
+    until the replica has it.
+
+    Args:
+        transaction: The committed transaction.
+        generated: What the database computed, by step id then field.
+
+    Returns:
+        One write per create that now has a key, in step order.
+    """
+    writes: list[CacheWrite] = []
+    for step in transaction.steps:
+        values = generated.get(step.step_id)
+        if not values or step.operation is not Operation.CREATE:
+            continue
+        record = {**(step.data or {}), **values}
+        rid = record_id(record, step.key_fields)
+        if rid is not None:
+            writes.append(CacheWrite(step.model, rid, CacheKind.CREATE, _fields(record)))
     return writes

@@ -5,7 +5,9 @@ is built, every value is converted here to the Python type of the column it
 is written to (pydantic, lax mode: the text forms a JSON request carries become
 ``UUID``, ``datetime``, ``Decimal``, ...), and whatever the main database would
 refuse for its type is refused now, before anything is stored. Python-side
-column defaults run here too, at write time.
+column defaults run here too, at write time, and so does a server-side
+current-time default (``now()``, ``CURRENT_TIMESTAMP``) of a create, unless its
+column opts out (:func:`takes_write_time`).
 
 The same rules read values back (:meth:`ColumnRule.read`), so that a record
 shows the same values and types from the buffer as from the database.
@@ -35,20 +37,30 @@ other types         their ``python_type`` through pydantic; types without one, a
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Enum, String, Uuid, inspect
+from sqlalchemy import Column, Date, DateTime, Enum, String, TextClause, Uuid, inspect
 from sqlalchemy.orm import Mapper
+from sqlalchemy.sql.functions import FunctionElement
 
 from ccat_buffering._column_rules import Convert, rules_for
 from ccat_buffering.errors import TransactionValidationError
-from ccat_buffering.models import Operation, Ref, Step
+from ccat_buffering.models import Operation, Ref, Step, utc_now
 
-__all__ = ["ColumnRule", "ModelColumns", "columns_of", "convert_step", "is_converted"]
+__all__ = [
+    "WRITE_TIME_INFO",
+    "ColumnRule",
+    "ModelColumns",
+    "columns_of",
+    "convert_step",
+    "is_converted",
+    "takes_write_time",
+]
 
 
 def _shown(value: Any, limit: int = 120) -> str:
@@ -153,6 +165,15 @@ class ModelColumns:
         self._required = [
             name for name, rule in self.rules.items() if self._is_required(rule.column)
         ]
+        self._write_time = [rule for rule in self.rules.values() if takes_write_time(rule.column)]
+        self._generated = [
+            rule
+            for rule in self.rules.values()
+            if rule.column is self._autoincrement
+            or rule.column.identity is not None
+            or rule.column.computed is not None
+            or rule.column.server_default is not None
+        ]
         self._not_null = frozenset(
             name
             for name, rule in self.rules.items()
@@ -204,6 +225,20 @@ class ModelColumns:
             _, value = rule.python_default(which, record)
             record[rule.field] = self.convert({rule.field: value}, where)[rule.field]
 
+    def fill_write_time(self, record: dict[str, Any], now: dt.datetime) -> None:
+        """Give every current-time server default ``record`` lacks the write time."""
+        for rule in self._write_time:
+            if rule.field not in record:
+                record[rule.field] = rule.write(now)
+
+    def generated_fields(self, record: Mapping[str, Any]) -> tuple[str, ...]:
+        """The fields of a created ``record`` that the database computes.
+
+        An autoincrement or identity key, a computed column, or a column with
+        a server default, that ``record`` does not give.
+        """
+        return tuple(rule.field for rule in self._generated if rule.field not in record)
+
     def generated_key(self, where: str) -> tuple[bool, Any]:
         """A key for a create that gives none: whether one is made, and the key.
 
@@ -240,6 +275,50 @@ class ModelColumns:
         """Fields given as ``None`` whose columns are NOT NULL."""
         not_null = self._not_null
         return [name for name, value in record.items() if value is None and name in not_null]
+
+
+_NOW_DEFAULTS = frozenset(
+    {
+        "now()",
+        "current_timestamp",
+        "current_timestamp()",
+        "localtimestamp",
+        "localtimestamp()",
+        "transaction_timestamp()",
+        "statement_timestamp()",
+        "clock_timestamp()",
+        "datetime('now')",
+        "(datetime('now'))",
+        "(current_timestamp)",
+    }
+)
+WRITE_TIME_INFO = "ccat_buffering_write_time"
+"""``Column.info`` key: ``False`` keeps the database's own time for a current-time default."""
+
+
+def takes_write_time(column: Column[Any]) -> bool:
+    """Whether a buffered create gives ``column`` the write time (see ``WRITE_TIME_INFO``).
+
+    So does a column with a server-side current-time default (``now()``,
+    ``CURRENT_TIMESTAMP`` and their kin) that does not opt out with
+    ``info={"ccat_buffering_write_time": False}``: a create buffered through
+    an outage records when it was written, not when the drain applied it.
+    """
+    default = column.server_default
+    if default is None or column.info.get(WRITE_TIME_INFO) is False:
+        return False
+    if not isinstance(column.type, DateTime | Date):
+        return False
+    arg = getattr(default, "arg", None)
+    if isinstance(arg, FunctionElement):
+        text = (
+            f"{arg.name}()" if arg.name not in ("current_timestamp", "localtimestamp") else arg.name
+        )
+    elif isinstance(arg, TextClause):
+        text = arg.text
+    else:
+        return False
+    return "".join(text.split()).lower() in _NOW_DEFAULTS
 
 
 _COLUMNS: weakref.WeakKeyDictionary[type[Any], ModelColumns] = weakref.WeakKeyDictionary()
@@ -314,6 +393,8 @@ def _record(
     if creating and columns.identity is not None:
         values.setdefault(*columns.identity)
     columns.fill_defaults(values, which, where)
+    if creating:
+        columns.fill_write_time(values, utc_now())
     refused = columns.null_refused(values)
     if refused:
         raise TransactionValidationError(

@@ -10,23 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal, Self
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ccat_buffering import logs
 from ccat_buffering._link import LinkTimeouts
 from ccat_buffering._sizing import BatchSizer
+from ccat_buffering._stopping import finish_or_cancel
+from ccat_buffering.activity import Activity, refusal_reason
 from ccat_buffering.backends import open_backend
 from ccat_buffering.buffer_loss import BufferLoss, BufferWatch, watch_buffer
+from ccat_buffering.cache_writes import generated_writes
 from ccat_buffering.database import create_engine
+from ccat_buffering.errors import BackendError, TransactionFailedError, WaitTimeoutError
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.health import NO_REPLICA_NOTICE, Health, collect
 from ccat_buffering.ledger_pruning import prune_periodically
 from ccat_buffering.logs import SiteLogger
-from ccat_buffering.manager import TransactionManager
+from ccat_buffering.manager import TransactionManager, as_json
 from ccat_buffering.masking import mask_url
 from ccat_buffering.models import Transaction, TransactionState, TransactionStatus, utc_now
-from ccat_buffering.processor import BackgroundProcessor
+from ccat_buffering.processor import STOP_GRACE, BackgroundProcessor
 from ccat_buffering.protocols import Backend
 from ccat_buffering.reads import Reads
 from ccat_buffering.registry import ModelRegistry
@@ -38,6 +44,7 @@ from ccat_buffering.replication import (
 )
 from ccat_buffering.retry import RetryPolicy
 from ccat_buffering.settings import BufferingSettings, load_settings
+from ccat_buffering.waiting import StatusWatch, Until
 
 __all__ = [
     "BufferingCoordinator",
@@ -76,7 +83,10 @@ def transaction_manager(
 
 
 def replication_tracker(
-    settings: BufferingSettings, manager: TransactionManager, checker: ReplicationChecker
+    settings: BufferingSettings,
+    manager: TransactionManager,
+    checker: ReplicationChecker,
+    leading: Callable[[], Awaitable[bool]] | None = None,
 ) -> ReplicationTracker:
     """The replication tracker the settings ask for (poll interval, timeout).
 
@@ -84,6 +94,8 @@ def replication_tracker(
         settings: The site's settings.
         manager: The site's transaction manager.
         checker: Answers how far the replica has replayed.
+        leading: Whether this process confirms replication now (see
+            :class:`~ccat_buffering.replication.ReplicationTracker`).
 
     Returns:
         The tracker.
@@ -93,6 +105,7 @@ def replication_tracker(
         checker,
         poll_interval=settings.replication_poll_interval,
         timeout=settings.replication_timeout,
+        leading=leading,
     )
 
 
@@ -169,6 +182,7 @@ class BufferingCoordinator:
     ) -> None:
         self.settings = settings
         self.backend = backend
+        logs.configure(settings.log_handler, settings.log_format, settings.log_level)
         self.engine = engine
         self.read_engine = read_engine
         self.registry = registry
@@ -196,7 +210,7 @@ class BufferingCoordinator:
             prefetch=settings.batch_prefetch,
         )
         self.tracker = replication_tracker(
-            settings, self.manager, checker or ImmediateReplicationChecker()
+            settings, self.manager, checker or ImmediateReplicationChecker(), self._leads
         )
         self.reads = Reads(
             backend.cache,
@@ -205,12 +219,17 @@ class BufferingCoordinator:
             timeout=settings.read_timeout,
             allow_partial=settings.read_allow_partial,
         )
-        self.watch = BufferWatch(engine, backend)
+        self.watch = BufferWatch(engine, backend, state_dir=settings.state_dir)
         self._watch_task: asyncio.Task[None] | None = None
+        self.watch_interval = max(settings.poll_interval, 1.0)
+        """Seconds between two looks of the buffer watch."""
         self._tracker_task: asyncio.Task[None] | None = None
         self._prune_task: asyncio.Task[None] | None = None
         self.background: set[asyncio.Task[None]] = set()
         self._start_on_enter = start
+        self.activity = Activity()
+        self.statuses = StatusWatch(backend.status, settings.wait_poll_interval)
+        self.log = SiteLogger(__name__, backend.site)
 
     @classmethod
     def from_settings(
@@ -279,7 +298,8 @@ class BufferingCoordinator:
         """Write a transaction the way the site's type requires.
 
         A ``secondary`` site buffers it (returns at once, ``buffered``); a
-        ``main`` site applies it now and returns ``committed`` (or raises).
+        ``main`` site applies it now and returns ``committed`` (or raises),
+        with what the database computed for its creates in ``generated``.
 
         Args:
             transaction: From :meth:`TransactionBuilder.build`.
@@ -291,14 +311,27 @@ class BufferingCoordinator:
             TransactionValidationError: Bad input; nothing was written.
             ExecutionError: At a main site, the database refused it.
         """
+        tx_id = transaction.transaction_id
+        try:
+            status = await self._submit(transaction)
+        except Exception as exc:
+            reason = refusal_reason(exc)
+            self.activity.refusals[reason] += 1
+            self.log.info("submit refused (%s): %s", reason, exc, transaction_id=tx_id)
+            raise
+        self.activity.submits[str(status.state)] += 1
+        self.log.info("submitted: %s", status.state, transaction_id=tx_id)
+        return status
+
+    async def _submit(self, transaction: Transaction) -> TransactionStatus:
         if self.settings.site_type == "secondary":
             return await self.manager.buffer(transaction)
         transaction = self.registry.convert(transaction)
         transaction.to_json(self.settings.max_payload_bytes)
         result = await self.executor.execute_batch([transaction])
-        error = result.outcomes[0].error
-        if error is not None:
-            raise error
+        outcome = result.outcomes[0]
+        if outcome.error is not None:
+            raise outcome.error
         now = utc_now()
         status = TransactionStatus(
             transaction_id=transaction.transaction_id,
@@ -307,13 +340,58 @@ class BufferingCoordinator:
             created_at=transaction.created_at,
             committed_at=now,
             commit_lsn=result.commit_lsn,
+            generated=as_json(outcome.generated),
         )
-        await self.backend.status.put(status, self.settings.status_ttl)
+        # A row keyed by the database is cached under that key until the replica
+        # has it (released with the transaction), so the site's reads find it now.
+        writes = generated_writes(transaction, outcome.generated)
+        async with self.backend.atomic() as batch:
+            batch.put_status(status, self.settings.status_ttl)
+            if writes:
+                batch.write_cache(transaction.transaction_id, writes, self.manager.cache_ttl)
         return status
 
     async def status(self, transaction_id: str) -> TransactionStatus | None:
         """The status of a transaction, or ``None`` if unknown or expired."""
         return await self.manager.status(transaction_id)
+
+    async def wait(
+        self, transaction_id: str, *, until: Until = "committed", timeout: float = 30.0
+    ) -> TransactionStatus:
+        """Wait until a transaction is committed, or visible on the site's replica.
+
+        No polling loop in the caller: every wait of this process shares one
+        poller (see :mod:`ccat_buffering.waiting` for what it costs the buffer).
+
+        Args:
+            transaction_id: From the status :meth:`submit` returned.
+            until: ``committed`` (on the main database) or ``replicated``
+                (readable from the site's replica).
+            timeout: Seconds to wait at most.
+
+        Returns:
+            Its status, at ``until`` or past it.
+
+        Raises:
+            WaitTimeoutError: Not reached in time; ``.status`` is the last known.
+            TransactionFailedError: It was dead-lettered; ``.status`` says why.
+            UnknownTransactionError: No status for it (never submitted, or expired).
+        """
+        self.activity.waiting += 1
+        outcome = "unknown"
+        try:
+            status = await self.statuses.wait(transaction_id, until, timeout)
+            outcome = str(status.state)
+            return status
+        except WaitTimeoutError:
+            outcome = "timeout"
+            raise
+        except TransactionFailedError:
+            outcome = "failed"
+            raise
+        finally:
+            self.activity.waiting -= 1
+            self.activity.waits[outcome] += 1
 
     async def health(self, *, audit: bool = False) -> Health:
         """The site at a glance, with the warnings an operator must see.
@@ -345,8 +423,30 @@ class BufferingCoordinator:
         """Create the applied-transactions ledger, or upgrade it to record the site."""
         await self.executor.create_ledger()
 
+    async def _leads(self) -> bool:
+        """Whether this process confirms the site's replication: the lease holder does.
+
+        At a secondary site the draining processor holds the site's lease; at a
+        main site nothing drains, and the tracker takes the same lease itself,
+        so that one process per site marks ``replicated`` and counts it once.
+        """
+        lease = self.processor.lease
+        if self.settings.site_type == "secondary":
+            return lease.held
+        try:
+            if lease.held and await lease.still_held():
+                return True
+            lease.held = False
+            return await lease.take()
+        except BackendError:
+            return False
+
     def start(self) -> None:
-        """Start the processor (secondary sites) and the replication tracker."""
+        """Start the processor (secondary sites) and the replication tracker.
+
+        Services do not call it (they submit and read; the worker drains):
+        see :func:`ccat_buffering.fastapi.lifespan`.
+        """
         if self.settings.site_type == "secondary":
             if not self.settings.replica_url:
                 SiteLogger(__name__, self.backend.site).warning(NO_REPLICA_NOTICE)
@@ -368,30 +468,50 @@ class BufferingCoordinator:
         if self._tracker_task is None or self._tracker_task.done():
             self._tracker_task = asyncio.create_task(self.tracker.run(), name="replication-tracker")
 
-    async def stop(self) -> None:
-        """Stop the processor after its batch, and the tracker after its poll."""
-        for task in self.background:
-            task.cancel()
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stop the processor after its batch, and the tracker after its poll, in bounded time.
+
+        Returns within ``grace`` plus :data:`~ccat_buffering._stopping.CANCEL_BOUND`
+        seconds whatever the buffer watch, the link or the buffer is doing:
+        what does not finish in time is cancelled (see :mod:`ccat_buffering._stopping`).
+
+        Args:
+            grace: Seconds the processor's batch and the tracker's poll may
+                take to finish before they are cancelled.
+        """
+        log = SiteLogger(__name__, self.backend.site)
+        tasks = [*self.background]
         self.background.clear()
-        for job in (self._watch_task, self._prune_task):
-            if job is not None:
-                job.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await job
-        self._watch_task = self._prune_task = None
-        await self.processor.stop()
+        watch, self._watch_task = self._watch_task, None
+        tracker, self._tracker_task = self._tracker_task, None
+        prune, self._prune_task = self._prune_task, None
         self.tracker.stop()
-        if self._tracker_task is not None:
-            await self._tracker_task
-            self._tracker_task = None
+        stopping: list[Coroutine[Any, Any, object]] = [
+            finish_or_cancel(task, log=log) for task in tasks
+        ]
+        for job in (watch, prune):
+            if job is not None:
+                stopping.append(finish_or_cancel(job, log=log))
+        if tracker is not None:
+            stopping.append(finish_or_cancel(tracker, grace=grace, log=log))
+        stopping.append(self.processor.stop(grace))
+        for outcome in await asyncio.gather(*stopping, return_exceptions=True):
+            if isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+            if isinstance(outcome, Exception):
+                log.error("a background task failed while stopping: %s", outcome)
+        if self.settings.site_type == "main":
+            with contextlib.suppress(BackendError):
+                await self.processor.lease.release()
 
     async def _watching(self) -> None:
         """Check the buffer against the main database at start and every second."""
-        await watch_buffer(self.watch, max(self.settings.poll_interval, 1.0))
+        await watch_buffer(self.watch, self.watch_interval)
 
     async def aclose(self) -> None:
         """Stop, then close what the coordinator owns."""
         await self.stop()
+        await self.statuses.aclose()
         if self._owns:
             await self.backend.aclose()
             await self.engine.dispose()

@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ccat_buffering._link import LinkTimeouts, connect_options, watch_engine
+from ccat_buffering._tls import asyncpg_tls
 from ccat_buffering.errors import ConfigurationError, DatabaseUnavailableError, ExecutionError
 from ccat_buffering.models import Transaction, utc_now
 from ccat_buffering.retry import FailureKind, classify_failure, describe_error, is_schema_lag
@@ -83,6 +84,9 @@ def create_engine(url: str, *, timeouts: LinkTimeouts | None = None, **options: 
         timeouts: The link's limits; the defaults of :class:`LinkTimeouts`
             when ``None``.
         **options: Passed to :func:`sqlalchemy.ext.asyncio.create_async_engine`.
+            libpq's TLS parameters (``sslmode``, ``sslrootcert``, ``sslcert``,
+            ``sslkey``), in the URL or ``connect_args``, work on both drivers
+            (see :mod:`ccat_buffering._tls`).
 
     Returns:
         The engine.
@@ -90,6 +94,7 @@ def create_engine(url: str, *, timeouts: LinkTimeouts | None = None, **options: 
     from sqlalchemy.engine import make_url
 
     timeouts = timeouts or LinkTimeouts()
+    url, options = asyncpg_tls(url, options)
     driver = make_url(url).get_driver_name()
     connect_args = {**connect_options(driver, timeouts), **options.pop("connect_args", {})}
     if connect_args:

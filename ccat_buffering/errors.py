@@ -9,9 +9,11 @@ backends translate their client's exceptions at their boundary, so nothing from
     ├── TransactionValidationError    bad input: nothing was written (also a ValueError)
     │   ├── PayloadTooLargeError
     │   ├── UnknownModelError
-    │   └── UnknownColumnError
+    │   ├── UnknownColumnError
+    │   └── IdempotencyKeyReusedError an idempotency key sent again with another request
     ├── BackendError                  the buffer, status or cache store failed
     │   ├── BackendUnavailableError   the store cannot be reached (an outage)
+    │   │   └── WriteNotReplicatedError   too few replicas took a write: not acknowledged
     │   ├── BackendFullError          the store is out of memory: it refuses new writes
     │   ├── BufferLostError           the buffer lost state it held (restart, flush, failover)
     │   └── CorruptEntryError         an entry in the store is not a valid transaction
@@ -21,12 +23,21 @@ backends translate their client's exceptions at their boundary, so nothing from
     │   ├── RecordNotFoundError       an update or delete found no row
     │   └── UnresolvedReferenceError  a ref() named a value the step did not produce
     ├── LeaseLostError                another processor holds the site's lease
-    └── ReplicationError              the replica cannot answer for a commit
+    ├── ReplicationError              the replica cannot answer for a commit
+    └── WaitError                     a wait for a transaction ended without its state
+        ├── WaitTimeoutError          not reached in time (also a TimeoutError)
+        ├── TransactionFailedError    the transaction was dead-lettered
+        └── UnknownTransactionError   no status: never submitted, or expired (a LookupError)
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ccat_buffering.masking import mask_text
+
+if TYPE_CHECKING:
+    from ccat_buffering.status import TransactionStatus
 
 __all__ = [
     "BackendError",
@@ -38,15 +49,21 @@ __all__ = [
     "CorruptEntryError",
     "DatabaseUnavailableError",
     "ExecutionError",
+    "IdempotencyKeyReusedError",
     "LeaseLostError",
     "LedgerHorizonError",
     "PayloadTooLargeError",
     "RecordNotFoundError",
     "ReplicationError",
+    "TransactionFailedError",
     "TransactionValidationError",
     "UnknownColumnError",
     "UnknownModelError",
+    "UnknownTransactionError",
     "UnresolvedReferenceError",
+    "WaitError",
+    "WaitTimeoutError",
+    "WriteNotReplicatedError",
 ]
 
 
@@ -93,6 +110,16 @@ class BackendError(BufferingError):
 
 class BackendUnavailableError(BackendError):
     """The store cannot be reached; the caller may try again later."""
+
+
+class WriteNotReplicatedError(BackendUnavailableError):
+    """Fewer replicas than ``min_replicas`` acknowledged a write in time: it is not acknowledged.
+
+    The write may or may not be buffered: the master took it, but a failover
+    may drop it. Submitting the same transaction object again is safe (the
+    ledger applies a transaction once). An outage of the replicas, so the
+    caller may try again later, as for any :class:`BackendUnavailableError`.
+    """
 
 
 class BackendFullError(BackendError):
@@ -148,3 +175,31 @@ class LeaseLostError(BufferingError):
 
 class ReplicationError(BufferingError):
     """The replica could not be asked where its replay stands."""
+
+
+class IdempotencyKeyReusedError(TransactionValidationError):
+    """An idempotency key came again with a different request: nothing was written."""
+
+
+class WaitError(BufferingError):
+    """A wait for a transaction ended without the state waited for.
+
+    Attributes:
+        status: The transaction's last known status (``None`` if none was seen).
+    """
+
+    def __init__(self, message: str, status: TransactionStatus | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class WaitTimeoutError(WaitError, TimeoutError):
+    """The transaction did not reach the state in time; ``status`` is where it stood."""
+
+
+class TransactionFailedError(WaitError):
+    """The transaction was dead-lettered: it will not reach the state unless replayed."""
+
+
+class UnknownTransactionError(WaitError, LookupError):
+    """No status: the transaction was never submitted here, or its status expired."""

@@ -1,7 +1,9 @@
 """Apply buffered transactions to the main database, exactly once.
 
 A batch of transactions runs in one database transaction with a SAVEPOINT per
-buffered transaction, so that one bad transaction rolls back alone. Each
+buffered transaction, so that one bad transaction rolls back alone; the batch
+commits only what precedes its first such failure (order holds through
+failures). Each
 applied transaction's id goes into the applied-transactions ledger
 (:mod:`ccat_buffering.database`) inside its savepoint: a transaction whose
 commit succeeded but whose acknowledgement was lost is found there on
@@ -28,7 +30,7 @@ from ccat_buffering import database
 from ccat_buffering._grouping import plan
 from ccat_buffering._link import LinkTimeouts, watch_engine, watched
 from ccat_buffering._pipelined import PipelinedPath, PreparedBatch, unique
-from ccat_buffering._session_path import CommitRefusedError, SessionPath
+from ccat_buffering._session_path import CommitRefusedError, SessionPath, failure_outcome
 from ccat_buffering.database import create_ledger, not_the_transactions_fault
 from ccat_buffering.errors import (
     ConfigurationError,
@@ -176,8 +178,13 @@ class TransactionExecutor:
     async def execute_batch(self, transactions: Sequence[Transaction]) -> BatchResult:
         """Apply transactions in order, in one database transaction, a savepoint each.
 
-        A transaction that fails rolls back to its savepoint and the rest go
-        on; one commit covers all that succeeded.
+        A transaction that fails rolls back to its savepoint, and the batch
+        stops there when the failure holds the queue (it will be tried again,
+        see :attr:`~ccat_buffering.retry.FailureKind.holds_the_queue`): one
+        commit covers the transactions before it, and those after it are
+        returned :attr:`~ccat_buffering.outcome.Outcome.waiting`, unapplied,
+        so that the failed one can be retried before any of them. A
+        transaction refused at once (invalid, unknown model) holds nothing.
 
         Args:
             transactions: In buffer order.
@@ -202,17 +209,19 @@ class TransactionExecutor:
         except CommitRefusedError as refused:
             if len(runnable) == 1:
                 index, tx = runnable[0]
-                error = refused.error
-                outcomes[index] = Outcome(
-                    tx.transaction_id, error=error, kind=classify_failure(error)
-                )
+                outcomes[index] = failure_outcome(tx, refused.error, self.registry)
                 return BatchResult(outcomes, None)
             # A deferred constraint refused the whole commit: halves, in order, until
             # the error lands on the transaction that caused it (about 2 log2(n)
-            # more batches for one such transaction, not n).
+            # more batches for one such transaction, not n). The second half is not
+            # tried when the first stopped at a failure: it waits behind it.
             lsn = None
+            for index, tx in runnable:
+                outcomes[index] = Outcome(tx.transaction_id)  # nothing of it was committed
             half = len(runnable) // 2
             for part in (runnable[:half], runnable[half:]):
+                if any(outcomes[index].holds for index, _ in runnable[:half]):
+                    break
                 result = await self.execute_batch([tx for _, tx in part])
                 for (index, _), outcome in zip(part, result.outcomes, strict=True):
                     outcomes[index] = outcome
@@ -225,10 +234,28 @@ class TransactionExecutor:
             raise DatabaseUnavailableError(
                 f"the batch could not be applied ({classify_failure(exc)}): {exc}"
             ) from exc
-        if pipelined:
-            # Its ledger row goes first in each transaction: already settled.
+        if not pipelined:
+            # (The pipelined path writes the ledger row first: already settled.)
+            outcomes = await self._settle_failures(outcomes)
+        return await self._after_stop(transactions, outcomes, lsn)
+
+    async def _after_stop(
+        self, transactions: Sequence[Transaction], outcomes: list[Outcome], lsn: LSN | None
+    ) -> BatchResult:
+        """Apply what waits behind a stop that turned out to hold nothing.
+
+        A batch stops at its first failure. When that failure was the ledger
+        showing the transaction applied already (another holder's commit),
+        nothing needs to wait for it: the rest is applied now, in order.
+        """
+        first = next((i for i, o in enumerate(outcomes) if o.holds or o.waiting), None)
+        if first is None or outcomes[first].holds:
             return BatchResult(outcomes, lsn)
-        return BatchResult(await self._settle_failures(outcomes), lsn)
+        rest = [i for i in range(first, len(outcomes)) if outcomes[i].waiting]
+        result = await self.execute_batch([transactions[i] for i in rest])
+        for i, outcome in zip(rest, result.outcomes, strict=True):
+            outcomes[i] = outcome
+        return BatchResult(outcomes, result.commit_lsn or lsn)
 
     async def _past_horizon(self, transactions: Sequence[Transaction]) -> dict[str, Outcome]:
         """Outcomes refusing the transactions created before the site's pruned ledger horizon.

@@ -25,13 +25,13 @@ import logging
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from ccat_buffering.builder import TransactionBuilder
+from ccat_buffering.builder import TransactionBuilder, with_generated_ids
 from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.errors import (
     BackendError,
@@ -63,12 +63,18 @@ Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
 
 
-async def _check(what: str, probe: Awaitable[Any], timeout: float) -> None:
+async def _check(what: str, probe: Awaitable[Any], timeout: float, site: str) -> None:
     try:
         async with asyncio.timeout(timeout):
             await probe
     except Exception as exc:  # logged, not raised: the site starts and recovers by itself
-        log.warning("%s does not answer at start-up (%s: %s)", what, type(exc).__name__, exc)
+        log.warning(
+            "%s does not answer at start-up (%s: %s)",
+            what,
+            type(exc).__name__,
+            exc,
+            extra={"site": site},
+        )
 
 
 async def _select_one(coordinator: BufferingCoordinator, which: str) -> None:
@@ -83,14 +89,17 @@ def lifespan(
     *,
     registry: ModelRegistry,
     app_lifespan: Lifespan | None = None,
+    drain: bool | None = None,
 ) -> Lifespan:
     """A lifespan for ``FastAPI(lifespan=...)`` that runs the site's coordinator.
 
     On start-up it builds the coordinator from ``settings`` (read from the
     environment when ``None``), checks that the backend and the databases
-    answer (logging a warning, not failing, when one does not: the processor
-    and reads recover when it comes back), starts it, and keeps it on
-    ``app.state.buffering``; on shutdown it stops and closes it.
+    answer (logging a warning, not failing, when one does not: reads recover
+    when it comes back), and keeps it on ``app.state.buffering``; on shutdown
+    it closes it. A service submits and reads; it drains and confirms
+    replication only when ``drain`` says so, since the ``ccat-buffering
+    worker`` does that for the site.
 
     Args:
         settings: The site's settings.
@@ -98,6 +107,10 @@ def lifespan(
         app_lifespan: The app's own lifespan, run inside this one (the
             coordinator is there already). The returned lifespan can as well
             be entered from an app's own: ``async with buffering(app): ...``.
+        drain: Run the processor and the replication tracker in this
+            process too. ``None``: the ``service_drains`` setting, which is
+            on only for the ``memory://`` backend (the embedded demo, which
+            no worker can reach).
 
     Returns:
         The lifespan.
@@ -106,19 +119,21 @@ def lifespan(
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[Any]:
         coordinator = BufferingCoordinator.from_settings(settings, registry=registry, start=False)
-        timeout = coordinator.settings.read_timeout
+        timeout, site = coordinator.settings.read_timeout, coordinator.backend.site
         await _check(
             f"the backend ({coordinator.describe()['backend']})",
             coordinator.backend.buffer.stats(),
             timeout,
+            site,
         )
-        await _check("the main database", _select_one(coordinator, "main"), timeout)
+        await _check("the main database", _select_one(coordinator, "main"), timeout, site)
         if coordinator.read_engine is not None:
-            await _check("the replica", _select_one(coordinator, "replica"), timeout)
+            await _check("the replica", _select_one(coordinator, "replica"), timeout, site)
         async with coordinator:
-            coordinator.start()
-            # Let the background tasks begin before anything may stop them.
-            await asyncio.sleep(0)
+            if coordinator.settings.drains_in_service if drain is None else drain:
+                coordinator.start()
+                # Let the background tasks begin before anything may stop them.
+                await asyncio.sleep(0)
             setattr(app.state, STATE_KEY, coordinator)
             try:
                 if app_lifespan is None:
@@ -170,7 +185,11 @@ def critical_operation(handler: Handler | None = None, *, endpoint: str | None =
     built transaction is submitted through the site's coordinator (buffered at
     a secondary site, applied at a main site), and the response carries
     ``X-Transaction-Id`` and ``X-Transaction-State``. The handler's return
-    value is the response; a handler that adds no step submits nothing.
+    value is the response; a handler that adds no step submits nothing. A
+    :class:`~ccat_buffering.builder.RecordHandle` in the returned dict (or
+    list) becomes the record's key once submitted: at a ``main`` site the key
+    the database generated (an identity column), so ``return {"id": note}``
+    answers ``201 {"id": 42}``.
 
     Use it below the route decorator: ``@router.post(...)`` then
     ``@critical_operation``.
@@ -210,6 +229,7 @@ def critical_operation(handler: Handler | None = None, *, endpoint: str | None =
         result = await handler(*args, **{name: builder}, **kwargs)
         if _has_steps(builder):
             status = await site.submit(builder.build())
+            result = with_generated_ids(result, status)  # a returned handle becomes its key
             target = result if isinstance(result, Response) else response
             target.headers["X-Transaction-Id"] = status.transaction_id
             target.headers["X-Transaction-State"] = str(status.state)
@@ -274,7 +294,9 @@ def health_router(
     * ``GET {prefix}/health``: the health as JSON (``healthy`` included);
       200 when healthy, 503 otherwise;
     * ``GET {prefix}/transactions/{transaction_id}``: the status as JSON, or
-      404 when it is unknown or expired.
+      404 when it is unknown or expired; with ``?wait=committed`` or
+      ``?wait=replicated`` (and ``&timeout=`` seconds, 30 by default, 300 at
+      most) a long poll: see :func:`ccat_buffering.fastapi_waits.long_poll`.
 
     Without ``auth`` they are safe to expose: they show the reduced views of
     :mod:`ccat_buffering.public_views` (no row data, credentials, hosts,
@@ -304,7 +326,16 @@ def health_router(
         return JSONResponse(shown, status_code=200 if report.healthy else 503)
 
     @router.get("/transactions/{transaction_id}")
-    async def transaction(transaction_id: str, site: Site) -> JSONResponse:
+    async def transaction(
+        transaction_id: str,
+        site: Site,
+        wait: Literal["committed", "replicated"] | None = None,
+        timeout: Annotated[float, Query(gt=0, le=300)] = 30.0,
+    ) -> JSONResponse:
+        if wait is not None:  # a long poll: see ccat_buffering.fastapi_waits
+            from ccat_buffering.fastapi_waits import long_poll
+
+            return await long_poll(site, transaction_id, wait, timeout, full=guarded)
         status = await site.status(transaction_id)
         if status is None:
             return JSONResponse(

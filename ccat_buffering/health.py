@@ -285,7 +285,7 @@ async def collect(
             **BufferCounts.of(stats),
         }
     )
-    report = tracker.last_report if tracker.running else await tracker.snapshot()
+    report = tracker.last_report if tracker.confirming else await tracker.snapshot()
     replication = ReplicationHealth() if report is None else ReplicationHealth.from_report(report)
     warnings: list[str] = []
     held = await operator_pause.current(backend)

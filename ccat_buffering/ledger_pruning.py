@@ -44,6 +44,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Column, DateTime, String, Table, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ccat_buffering._stopping import raise_if_cancelling
 from ccat_buffering.database import ledger_metadata, ledger_table
 from ccat_buffering.errors import ConfigurationError
 from ccat_buffering.logs import SiteLogger
@@ -331,6 +332,7 @@ async def prune_periodically(
                 engine, backend, retention=retention, batch_size=batch_size, pause=0.01
             )
         except Exception as exc:
+            raise_if_cancelling()  # a driver may turn the cancellation into another error
             log.warning("ledger pruning failed, next try in %.0f s: %s", interval, exc)
         else:
             if report.rows:

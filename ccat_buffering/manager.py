@@ -12,15 +12,19 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from pydantic_core import to_jsonable_python
 
 from ccat_buffering._codec import decode_value
 from ccat_buffering._deprecated import forward
 from ccat_buffering._entries import read_claims
 from ccat_buffering.cache_writes import cache_writes as _cache_writes
+from ccat_buffering.cache_writes import generated_writes
 from ccat_buffering.errors import TransactionValidationError
+from ccat_buffering.logs import SiteLogger
 from ccat_buffering.lsn import LSN
 from ccat_buffering.models import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -34,7 +38,7 @@ from ccat_buffering.replays import read_letter, replay_set
 from ccat_buffering.retry import FailureKind, RetryPolicy, describe_error
 from ccat_buffering.status import StatusEvent, add_event
 
-__all__ = ["Delivery", "Listener", "TransactionManager"]
+__all__ = ["Delivery", "Listener", "TransactionManager", "as_json"]
 
 _MOVED = frozenset({"cache_writes", "key_text", "record_id"})
 __getattr__ = forward(__name__, "ccat_buffering.cache_writes", _MOVED)
@@ -81,6 +85,14 @@ def _buffered(transaction: Transaction, **changes: Any) -> TransactionStatus:
         created_at=transaction.created_at,
         **changes,
     )
+
+
+def as_json(generated: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Generated values as a status holds them: JSON values, the same in every store."""
+    return {
+        step: {name: to_jsonable_python(value) for name, value in values.items()}
+        for step, values in generated.items()
+    }
 
 
 # A transaction whose life is routine (buffered, processing, committed, replicated)
@@ -134,7 +146,9 @@ class TransactionManager:
             try:
                 listener.changed(statuses)
             except Exception:  # a listener (metrics) must never stop the work
-                logging.getLogger(__name__).exception("a listener failed")
+                logging.getLogger(__name__).exception(
+                    "a listener failed", extra={"site": self.backend.site}
+                )
 
     def now(self) -> dt.datetime:
         """The manager's clock as an aware UTC datetime."""
@@ -274,40 +288,51 @@ class TransactionManager:
                 status = self._advance(old or _buffered(tx), TransactionState.PROCESSING)
                 batch.put_status(status, self.status_ttl)
                 deliveries.append(Delivery(claim, tx, status))
-        log = logging.getLogger(__name__)
+        log = SiteLogger(__name__, self.backend.site)
         for entry in unreadable:
             # Every entry dead-lettered here is said, with the id to find it by.
             self.unreadable += 1
+            known = entry.transaction_id or f"raw-{entry.claim.receipt}"
             log.error(
-                "site %s: dead-lettered entry %s as %s: %s",
-                self.backend.site,
+                "dead-lettered unreadable entry %s as %s: %s",
                 entry.claim.receipt,
-                entry.transaction_id or f"raw-{entry.claim.receipt}",
+                known,
                 entry.reason,
+                transaction_id=known,
             )
         return deliveries
 
     async def committed(
-        self, deliveries: Sequence[Delivery], commit_lsn: LSN | None
+        self,
+        deliveries: Sequence[Delivery],
+        commit_lsn: LSN | None,
+        generated: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
     ) -> list[TransactionStatus]:
         """Record that the database holds these transactions, and acknowledge them.
 
         Their caches stay until the replication tracker sees the replica
-        replay ``commit_lsn``.
+        replay ``commit_lsn``. What the database computed for their creates
+        goes into their statuses, and each such row into the buffered data
+        cache under its generated key (released with the rest).
 
         Args:
             deliveries: Applied now, or found in the ledger.
             commit_lsn: The batch's commit LSN, if the database has one.
+            generated: By transaction id, what the database computed for its
+                creates (see :attr:`~ccat_buffering.outcome.Outcome.generated`).
 
         Returns:
             Their new statuses, ``committed``.
         """
         now = self.now()
         statuses = []
+        generated = generated or {}
         async with self.backend.atomic() as batch:
             for delivery in deliveries:
                 # A committed transaction carries no error of an earlier attempt:
                 # those stay in its history.
+                values = generated.get(delivery.transaction_id)
+                extra: dict[str, Any] = {"generated": as_json(values)} if values else {}
                 status = self._advance(
                     delivery.status,
                     TransactionState.COMMITTED,
@@ -315,36 +340,54 @@ class TransactionManager:
                     commit_lsn=commit_lsn,
                     committed_at=now,
                     last_error=None,
+                    **extra,
                 )
                 batch.put_status(status, self.status_ttl)
                 batch.ack(delivery.claim.receipt)
+                if values:
+                    writes = generated_writes(delivery.transaction, values)
+                    if writes:
+                        batch.write_cache(delivery.transaction_id, writes, self.cache_ttl)
                 statuses.append(status)
         self._tell(statuses)
         return statuses
 
     async def failed(
-        self, failures: Sequence[tuple[Delivery, BaseException, FailureKind]]
+        self,
+        failures: Sequence[tuple[Delivery, BaseException, FailureKind]],
+        returned: Sequence[Delivery] = (),
     ) -> list[TransactionStatus]:
         """Record failed attempts: retry in place with backoff, or dead-letter.
 
         Data errors count an attempt and are retried after the policy's delay
         until attempts run out; conflicts are retried soon without counting;
         permanent errors are dead-lettered at once. Those retried go back to
-        the head together, in their original order, and the head is held for
-        the longest of their delays. A dead-lettered transaction's caches are
-        released: the site must not go on seeing a write that will not happen.
+        the head together with ``returned``, in their original buffer order,
+        and the head is held for the longest of their delays: nothing after a
+        retried transaction applies before it. A dead-lettered transaction's
+        caches are released: the site must not go on seeing a write that will
+        not happen.
 
         Args:
             failures: Each transaction, its error, and whose fault it was (not
                 an outage: see :meth:`paused`), in buffer order.
+            returned: Claimed transactions left unapplied behind a failure;
+                they go back ``buffered``, counting nothing.
 
         Returns:
-            Their new statuses, ``retrying`` or ``failed``.
+            The new statuses of ``failures``, ``retrying`` or ``failed``.
         """
         statuses = []
-        retry: list[str] = []
+        retry: list[str] = [d.claim.receipt for d in returned]
         delay = 0.0
         async with self.backend.atomic() as batch:
+            for delivery in returned:
+                waits = self._advance(
+                    delivery.status,
+                    TransactionState.BUFFERED,
+                    last_error="returned unapplied: an earlier transaction is retried first",
+                )
+                batch.put_status(waits, self.status_ttl)
             for delivery, error, kind in failures:
                 message = describe_error(error)
                 attempts = delivery.status.attempts + (kind is FailureKind.DATA)

@@ -8,7 +8,8 @@ functions. They over-mask rather than under-mask: a password is hidden in
   ``redis+sentinel://user:pw@h1:26379,h2:26379/mymaster``,
   ``redis+cluster://:pw@h1:7000,h2:7001``), also when it is not
   percent-encoded and holds ``@``, ``:``, ``/``, ``?`` or ``#``;
-* a query parameter that carries one (``?password=``, ``sslpassword=``, ...),
+* a query parameter that carries one (``?password=``, ``sslpassword=``,
+  ``sentinel_password=``: any name ending in one of :data:`SECRET_NAMES`),
   which both redis-py and libpq accept;
 * free text: ``password=...`` (a libpq key/value string), ``'password': '...'``
   (a ``repr`` of keyword arguments).
@@ -30,7 +31,8 @@ SECRET_NAMES = ("password", "passwd", "pwd", "sslpassword", "secret", "token", "
 """Parameter and keyword names whose values are secrets (case-insensitive)."""
 
 _NAMES = "|".join(SECRET_NAMES)
-_QUERY_SECRET = re.compile(rf"([?&;](?:{_NAMES})=)[^&#;\s]*", re.IGNORECASE)
+# A parameter whose name ends in one of them counts too (sentinel_password=).
+_QUERY_SECRET = re.compile(rf"([?&;][\w.-]*?(?:{_NAMES})=)[^&#;\s]*", re.IGNORECASE)
 _SCHEME = re.compile(r"[a-zA-Z][\w+.-]*://")
 _KEYWORD_SECRET = re.compile(rf"(\b(?:{_NAMES})\s*=\s*)('[^']*'|\"[^\"]*\"|[^\s,;&)]+)", re.I)
 _REPR_SECRET = re.compile(rf"""(['"](?:{_NAMES})['"]\s*:\s*)('[^']*'|"[^"]*"|[^\s,}})]+)""", re.I)

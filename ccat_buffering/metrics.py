@@ -1,9 +1,13 @@
 """Prometheus metrics of a site (the ``metrics`` extra: prometheus-client).
 
-Counters follow every change of state the transaction manager makes; gauges
-are refreshed from the stores once a second; two histograms time what users
-feel: buffered to committed, and buffered to visible on the replica.
-``ccat-buffering worker --metrics-port N`` serves them over HTTP.
+Counters follow every change of state the transaction manager makes in this
+process; gauges are refreshed from the stores once a second; two histograms
+time what users feel: buffered to committed, and buffered to visible on the
+replica. ``ccat-buffering worker --metrics-port N`` serves them over HTTP.
+Only the worker holding the site's lease drains and confirms, so each commit,
+replication and dead letter is counted once, by that worker. A service's own
+counts (submits, refusals, reads, waits) are served by
+:func:`ccat_buffering.service_metrics.metrics_router`.
 """
 
 from __future__ import annotations
@@ -72,6 +76,13 @@ class SiteMetrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
+        # Every series exists from the start, at 0: an alert such as
+        # ``rate(ccat_buffering_committed_total[5m]) == 0`` has something to
+        # evaluate before the first commit.
+        for metric in (*self.counts.values(), self.to_commit, self.to_visible):
+            metric.labels(self._name)
+        for metric in (self.depth, self.in_flight, self.dead_letters, self.lag_bytes, self.pending):
+            metric.labels(self._name).set(0)
         site.manager.listeners.append(self)
 
     def changed(self, statuses: Sequence[TransactionStatus]) -> None:
@@ -95,9 +106,12 @@ class SiteMetrics:
         self.dead_letters.labels(self._name).set(stats.dead_letters)
         held = await operator_pause.current(self.site.backend)
         self.operator_paused.labels(self._name).set(0 if held is None else 1)
+        # The whole site's pending count, from the stores: a standby worker
+        # (which does not confirm) shows it too.
+        counts = await self.site.backend.status.counts()
+        self.pending.labels(self._name).set(counts[TransactionState.COMMITTED])
         report = self.site.tracker.last_report
-        if report is not None:
-            self.pending.labels(self._name).set(report.pending)
+        if report is not None and self.site.tracker.confirming:
             self.lag_bytes.labels(self._name).set(report.lag_bytes or 0)
 
     async def refresh_forever(self, interval: float = 1.0) -> None:

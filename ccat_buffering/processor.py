@@ -22,6 +22,7 @@ from ccat_buffering import operator_pause
 from ccat_buffering._batch_cycle import BatchCycle
 from ccat_buffering._lease_holding import LeaseHolding
 from ccat_buffering._sizing import BatchSizer
+from ccat_buffering._stopping import CANCEL_BOUND, finish_or_cancel, raise_if_cancelling
 from ccat_buffering.counts import BufferCounts
 from ccat_buffering.errors import BackendError
 from ccat_buffering.executor import TransactionExecutor
@@ -31,7 +32,10 @@ from ccat_buffering.processor_state import Counters, ProcessorHealth, ProcessorS
 from ccat_buffering.protocols import SupportsProcessorReports
 from ccat_buffering.retry import describe_error
 
-__all__ = ["BackgroundProcessor", "ProcessorHealth", "ProcessorState"]
+__all__ = ["STOP_GRACE", "BackgroundProcessor", "ProcessorHealth", "ProcessorState"]
+
+STOP_GRACE = 5.0
+"""Seconds :meth:`BackgroundProcessor.stop` lets the current batch finish before cancelling it."""
 
 
 def _default_holder() -> str:
@@ -234,6 +238,7 @@ class BackgroundProcessor(BatchCycle):
                     if self.lease.held and self.clock() - self._published_at >= 1.0:
                         await self.publish()
                 except BackendError as exc:
+                    raise_if_cancelling()
                     # The buffer itself is unreachable: nothing can be claimed or
                     # settled; what is in flight is recovered when it comes back.
                     applied = 0
@@ -297,18 +302,26 @@ class BackgroundProcessor(BatchCycle):
             self._task = asyncio.create_task(self.run(), name=f"processor-{self.holder}")
         return self._task
 
-    async def stop(self) -> None:
-        """Finish the current batch, release the lease and return.
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """Finish the current batch, release the lease and return, within a bounded time.
 
-        Does nothing when no loop runs or is about to.
+        The batch gets ``grace`` seconds to finish; the loop is then
+        cancelled (again and again, for at most
+        :data:`~ccat_buffering._stopping.CANCEL_BOUND` seconds): what it had in
+        flight is recovered when its claim lease expires, and the ledger makes
+        the redelivery harmless. Does nothing when no loop runs or is about to.
+
+        Args:
+            grace: Seconds the current batch may take to finish.
         """
         if self._task is not None:
             self._stop.set()
-            await self._task
-            self._task = None
+            task, self._task = self._task, None
+            await finish_or_cancel(task, grace=grace, log=self.log)
         elif self._running:
             self._stop.set()
-            await self._finished.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._finished.wait(), grace + CANCEL_BOUND)
 
     async def drain(self, timeout: float = 60.0) -> bool:
         """Run batches until the buffer is empty (no waiting entries, none in flight).

@@ -23,6 +23,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self, runtime_checkable
 
+from ccat_buffering._sightings import BufferOrigin
 from ccat_buffering.masking import mask_text
 from ccat_buffering.models import TransactionState, TransactionStatus
 
@@ -45,6 +46,7 @@ __all__ = [
     "SupportsAuditLog",
     "SupportsBufferHealth",
     "SupportsBufferMarker",
+    "SupportsBufferOrigin",
     "SupportsInspection",
     "SupportsKeyAudit",
     "SupportsOperatorPause",
@@ -686,9 +688,10 @@ class SupportsBufferHealth(Protocol):
 class SupportsBufferMarker(Protocol):
     """Capability: a durable store whose loss of state can be told from the outside.
 
-    :mod:`ccat_buffering.buffer_loss` keeps the marker's last sighting in the
-    main database; a store that forgot it (a restart without persistence, a
-    flush, a failover to a replica that was behind) no longer matches.
+    :mod:`ccat_buffering.buffer_loss` keeps the marker's last sighting on the
+    watching host's disk (and in the main database); a store that forgot it
+    (a restart without persistence, a flush, a failover to a replica that was
+    behind) no longer matches.
     """
 
     async def buffer_mark(self) -> tuple[str | None, int]:
@@ -746,4 +749,24 @@ class SupportsOperatorPause(Protocol):
 
     async def operator_pause(self) -> str | None:
         """The note of the pause in force, or ``None`` when the drain is not paused."""
+        ...
+
+
+@runtime_checkable
+class SupportsBufferOrigin(Protocol):
+    """Capability: a store that says where in its server's replication history it stands.
+
+    With it, :mod:`ccat_buffering.buffer_loss` tells a failover that kept
+    everything seen (the new master holds its old master's history past the
+    last sighting) from one that lost some, and ignores a look at a master
+    that another has replaced.
+    """
+
+    async def buffer_origin(self) -> BufferOrigin:
+        """The marker, the counter and the replication history, read together.
+
+        Raises:
+            BackendUnavailableError: The store cannot be reached, or the node
+                that answered is no longer a master.
+        """
         ...

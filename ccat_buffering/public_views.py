@@ -120,7 +120,11 @@ def public_health(health: Health) -> dict[str, Any]:
             "oldest_waiting_seconds": buffer.oldest_waiting_seconds,
         },
         "states": health.states,
-        "processor": {"state": str(health.processor.state)},
+        # Whether a worker drains, not which (its holder names a host and a pid).
+        "processor": {
+            "state": str(health.processor.state),
+            "lease_held": health.processor.lease_holder is not None,
+        },
         "replication": {
             "pending": health.replication.pending,
             "lagging": health.replication.lagging,

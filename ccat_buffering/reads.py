@@ -107,6 +107,7 @@ class Reads:
         self.engine = engine
         self.timeout = timeout
         self.allow_partial = allow_partial
+        self.calls = 0  # get, list and merge calls, for a service's metrics
         self._columns: dict[str, tuple[tuple[str, Any], ...]] = {}
         self._db = (
             None if engine is None or registry is None else ReadDatabase(engine, registry, timeout)
@@ -184,6 +185,7 @@ class Reads:
                 partial answers are not allowed or the buffer has no record
                 to show.
         """
+        self.calls += 1
         name = self._name(model)
         values = key_values(self.registry, name, key)
         if values is None:
@@ -223,6 +225,7 @@ class Reads:
         Returns:
             The records as the site sees them, one per key.
         """
+        self.calls += 1
         name = self._name(model)
         return self._merge(name, rows, await self.cache.list(name))
 
@@ -269,6 +272,7 @@ class Reads:
             DatabaseUnavailableError: The database cannot be read in time and
                 partial answers are not allowed.
         """
+        self.calls += 1
         name = self._name(model)
         if self.registry is not None and name in self.registry:
             unknown = sorted(set(equals) - self.registry.fields(name))

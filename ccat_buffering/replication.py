@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ccat_buffering._stopping import raise_if_cancelling
 from ccat_buffering.errors import BackendError, ReplicationError
 from ccat_buffering.lsn import LSN
 from ccat_buffering.manager import TransactionManager
@@ -153,6 +154,10 @@ class ReplicationTracker:
         timeout: Seconds after which a pending commit is reported as lagging
             (origin: 30); it is still tracked, never dropped.
         clock: Seconds since the epoch.
+        leading: Asked before each poll: whether this process confirms the
+            site's replication now (the lease holder does, so that one
+            process per site marks ``replicated`` and counts it once).
+            ``None``: always.
     """
 
     def __init__(
@@ -163,6 +168,7 @@ class ReplicationTracker:
         poll_interval: float = 0.1,
         timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
+        leading: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.manager = manager
         self.checker = checker
@@ -173,6 +179,8 @@ class ReplicationTracker:
         self._last_extend = float("-inf")
         self._stop = asyncio.Event()
         self._running = False
+        self._leading = leading
+        self.leads = leading is None
         self.slice = 1000
 
     async def pending(self, limit: int | None = None) -> list[TransactionStatus]:
@@ -266,6 +274,11 @@ class ReplicationTracker:
         """Whether :meth:`run` is polling in this process."""
         return self._running
 
+    @property
+    def confirming(self) -> bool:
+        """Whether this process confirms the site's replication now (running and leading)."""
+        return self._running and self.leads
+
     async def run(self) -> None:
         """Poll until :meth:`stop` is called."""
         self._stop.clear()
@@ -279,9 +292,13 @@ class ReplicationTracker:
         failures = 0
         while not self._stop.is_set():
             try:
-                await self.poll_once()
+                if self._leading is not None:
+                    self.leads = await self._leading()
+                if self.leads:
+                    await self.poll_once()
                 failures = 0
             except BackendError as exc:
+                raise_if_cancelling()
                 # The buffer's stores are unreachable: try again, backing off, and
                 # report it; the pending set is safe in the stores.
                 failures += 1

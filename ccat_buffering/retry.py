@@ -32,13 +32,24 @@ class FailureKind(enum.StrEnum):
     """Whose fault a failure is, which decides what happens next."""
 
     OUTAGE = "outage"
-    """The database or link is down: pause the queue, count nothing."""
+    """Not the transaction's fault (the link, the server, the schema): pause, count nothing."""
     CONFLICT = "conflict"
     """Serialization failure or deadlock: try again soon, count separately."""
     DATA = "data"
     """The transaction's data was refused: retry under the policy, then dead-letter."""
     PERMANENT = "permanent"
     """It can never apply (invalid, unknown model or column): dead-letter at once."""
+
+    @property
+    def holds_the_queue(self) -> bool:
+        """Whether nothing after the failed transaction may apply until it is settled.
+
+        A transaction that will be tried again keeps its place: later ones
+        may depend on it (a foreign key, the same row), so they wait behind
+        it, in the batch and in the buffer. One dead-lettered at once never
+        applies, so the queue can go past it without reordering anything.
+        """
+        return self is not FailureKind.PERMANENT
 
 
 @dataclass(frozen=True)

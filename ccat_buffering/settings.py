@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, SecretStr, ValidationError
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -90,6 +91,16 @@ class BufferingSettings(BaseSettings):
         models: Where the worker finds the mapped classes: ``package.module:Base``.
         redis_allow_eviction: Buffer even on a Redis whose ``maxmemory-policy``
             evicts keys. That loses acknowledged transactions silently.
+        redis_min_replicas: Acknowledge a buffered transaction only once this
+            many Redis replicas hold it (``WAIT``); ``0`` (the default): once
+            the master does. URL parameter ``min_replicas`` wins.
+        redis_min_replicas_timeout: Seconds to wait for those replicas before
+            ``buffer()`` raises ``WriteNotReplicatedError`` (URL parameter
+            ``min_replicas_timeout`` wins).
+        state_dir: Where the worker keeps its sightings of the buffer (buffer
+            loss detection: they must not depend on the main database);
+            ``$XDG_STATE_HOME/ccat-buffering`` or ``~/.local/state/ccat-buffering``
+            when unset. A local disk that survives a restart of the worker.
         redis_connect_timeout: Seconds to connect to Redis (URL parameter
             ``socket_connect_timeout`` wins).
         redis_socket_timeout: Seconds to wait for a Redis reply (URL parameter
@@ -132,6 +143,26 @@ class BufferingSettings(BaseSettings):
             it counts as unavailable.
         read_allow_partial: When the site's database cannot be read, reads
             answer from the buffer alone, marked partial, instead of raising.
+        service_drains: Whether a FastAPI service's lifespan drains and
+            confirms in its own process. ``None`` (the default): only on the
+            ``memory://`` backend, which no other process can reach (the
+            embedded demo); with a shared backend the ``ccat-buffering worker``
+            drains, and services only submit and read.
+        log_handler: Where the library's log records go. ``auto``: to the
+            host's handlers when the host configured the root logger, else
+            to the library's own handler on standard error (uvicorn configures
+            only its own loggers); ``library``: always the library's own
+            handler, whatever the host configured; ``host``: always the host's.
+        log_format: The library handler's format: ``text`` (``FORMAT``) or
+            ``json`` (one object per line).
+        log_level: The level of the library's loggers (``INFO``, ...);
+            ``None`` leaves it to the host (WARNING by default).
+        wait_poll_interval: Seconds between the reads of the shared poller
+            that serves every :meth:`~ccat_buffering.BufferingCoordinator.wait`
+            of a process (one read of all waited statuses per interval,
+            however many waiters).
+        idempotency_ttl: Seconds an idempotency key is kept from its first
+            use; at least ``status_ttl`` (7 days by default).
         ledger_retention: Seconds an applied transaction's ledger row is kept
             at least (7 days): the oldest buffer backup that may be restored
             without its older transactions being parked as unverifiable.
@@ -176,6 +207,10 @@ class BufferingSettings(BaseSettings):
     redis_allow_eviction: bool = False
     redis_connect_timeout: float = Field(5.0, gt=0)
     redis_socket_timeout: float = Field(5.0, gt=0)
+    # -- Redis: acknowledged means replicated (issue 20) --
+    redis_min_replicas: int = Field(0, ge=0)
+    redis_min_replicas_timeout: float = Field(1.0, gt=0)
+    state_dir: Path | None = None
 
     def backend_options(self) -> dict[str, object]:
         """Options for the backend's ``from_url``: the Redis settings, for Redis URLs only."""
@@ -185,6 +220,8 @@ class BufferingSettings(BaseSettings):
             "allow_eviction": self.redis_allow_eviction,
             "socket_connect_timeout": self.redis_connect_timeout,
             "socket_timeout": self.redis_socket_timeout,
+            "min_replicas": self.redis_min_replicas,
+            "min_replicas_timeout": self.redis_min_replicas_timeout,
         }
 
     # -- the link to the main database: timeouts and batch sizing (issue #11) --
@@ -207,6 +244,31 @@ class BufferingSettings(BaseSettings):
     # Reads (issue #13): reads never hang on the site's database.
     read_timeout: float = Field(5.0, gt=0)
     read_allow_partial: bool = False
+
+    # Services and workers (issue #21).
+    service_drains: bool | None = None
+    log_handler: Literal["auto", "library", "host"] = "auto"
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
+    wait_poll_interval: float = Field(0.2, gt=0)
+    idempotency_ttl: float = Field(7 * 86400.0, gt=0)
+
+    @model_validator(mode="after")
+    def _keys_outlive_statuses(self) -> BufferingSettings:
+        if self.idempotency_ttl < self.status_ttl:
+            raise ValueError(
+                f"idempotency_ttl ({self.idempotency_ttl:g} s) is shorter than status_ttl "
+                f"({self.status_ttl:g} s): a retry could buffer a second transaction; "
+                "raise idempotency_ttl"
+            )
+        return self
+
+    @property
+    def drains_in_service(self) -> bool:
+        """Whether a service's lifespan drains (``service_drains``, resolved)."""
+        if self.service_drains is not None:
+            return self.service_drains
+        return self.backend_url.lower().startswith("memory:")
 
     # The ledger's life (issue #22): pruning past a safe horizon.
     ledger_retention: float = Field(7 * 24 * 3600.0, ge=60)

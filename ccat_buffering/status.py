@@ -118,6 +118,9 @@ class TransactionStatus(BaseModel):
             :data:`HISTORY_KEEP`, once its life left the routine; empty while
             it is routine (buffered, processing, committed, replicated: the
             times above tell it).
+        generated: Once committed, the values the database computed for the
+            transaction's creates (an identity key, server defaults), by step
+            id then field, as JSON values (text for times, UUIDs and decimals).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -133,6 +136,7 @@ class TransactionStatus(BaseModel):
     committed_at: UTCDatetime | None = None
     replicated_at: UTCDatetime | None = None
     history: tuple[StatusEvent, ...] = ()
+    generated: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def advance(self, state: TransactionState, **changes: Any) -> TransactionStatus:
         """Return a copy in ``state`` with ``updated_at`` set to now and ``changes``.

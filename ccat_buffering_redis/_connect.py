@@ -3,7 +3,11 @@
 ``redis://``, ``rediss://`` (TLS) and ``unix://`` go to ``Redis.from_url``;
 ``redis+cluster://host:port[,host:port...]`` opens a cluster client from
 startup nodes; ``redis+sentinel://[:password@]host:port[,...]/service[/db]``
-asks the sentinels for the service's master and follows failovers.
+asks the sentinels for the service's master and follows failovers. The last
+two take TLS from ``ssl=true`` and redis-py's ``ssl_*`` options as URL
+parameters (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
+``ssl_cert_reqs``, ``ssl_check_hostname``); Sentinel uses them towards the
+sentinels and the master.
 """
 
 from __future__ import annotations
@@ -83,6 +87,46 @@ def _without_timeouts(url: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(kept)))
 
 
+_TLS_TEXT = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path", "ssl_password")
+_TLS_FLAGS = ("ssl", "ssl_check_hostname")
+_CERT_REQS = ("none", "optional", "required")
+
+
+def _tls(url: str, query: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The TLS options of a cluster or Sentinel URL (``rediss://`` reads its own).
+
+    ``ssl=true`` turns TLS on; ``ssl_ca_certs``, ``ssl_certfile``,
+    ``ssl_keyfile``, ``ssl_cert_reqs`` and ``ssl_check_hostname`` (any of them
+    also turns it on) are redis-py's options of the same names. Options given
+    in code win over the URL.
+
+    Raises:
+        ConfigurationError: A flag that is not true or false, or an unknown
+            ``ssl_cert_reqs``.
+    """
+    found: dict[str, Any] = {}
+    for name, values in parse_qs(query).items():
+        value = values[-1]
+        if name in _TLS_TEXT:
+            found[name] = value
+        elif name in _TLS_FLAGS:
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ConfigurationError(f"{mask_url(url)}: {name}={value!r}: use true or false")
+            found[name] = value.lower() in ("true", "1", "yes")
+        elif name == "ssl_cert_reqs":
+            if value.lower() not in _CERT_REQS:
+                raise ConfigurationError(
+                    f"{mask_url(url)}: ssl_cert_reqs={value!r}: use one of {', '.join(_CERT_REQS)}"
+                )
+            found[name] = value.lower()
+    if found and "ssl" not in found:
+        found["ssl"] = True
+    tls = {**found, **{k: v for k, v in options.items() if k.startswith("ssl")}}
+    for name in tls:
+        options.pop(name, None)
+    return tls if tls.get("ssl") else {}
+
+
 def open_client(url: str, **options: Any) -> tuple[Redis | RedisCluster, str]:
     """Open a client for ``url``.
 
@@ -112,14 +156,11 @@ def open_client(url: str, **options: Any) -> tuple[Redis | RedisCluster, str]:
     if scheme in ("redis", "rediss", "unix"):
         return Redis.from_url(url, **options), where
     user, password = _password(parts.netloc)
+    tls = _tls(url, parts.query, options)
     if scheme == "redis+cluster":
         nodes = [ClusterNode(host, port) for host, port in _hosts(parts.netloc, 6379)]
         cluster = RedisCluster(
-            startup_nodes=nodes,
-            username=user,
-            password=password,
-            ssl=parse_qs(parts.query).get("ssl", ["false"])[0] == "true",
-            **options,
+            startup_nodes=nodes, username=user, password=password, **tls, **options
         )
         return cluster, where
     if scheme == "redis+sentinel":
@@ -132,13 +173,17 @@ def open_client(url: str, **options: Any) -> tuple[Redis | RedisCluster, str]:
         db = int(path[1]) if len(path) > 1 else 0
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             _hosts(parts.netloc, 26379),
+            # TLS to the sentinels and to the master alike (``tls-replication``
+            # and a Sentinel with ``tls-port`` serve one CA).
             sentinel_kwargs={
                 **({"username": user, "password": password} if password else {}),
                 **{name: options[name] for name in _TIMEOUTS},
+                **tls,
             },
             password=password,
             username=user,
             db=db,
+            **tls,
             **options,
         )
         return sentinel.master_for(service), where

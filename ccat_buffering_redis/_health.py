@@ -34,6 +34,9 @@ log = logging.getLogger("ccat_buffering_redis.backend")
 class RedisHealth(BackendPart):
     """The health methods of :class:`~ccat_buffering_redis.backend.RedisBackend`."""
 
+    info_refused: str | None = None
+    """Why ``INFO memory`` was refused at the last look (an ACL without it), if it was."""
+
     if TYPE_CHECKING:
         allow_eviction: bool
         policy_warning: str | None
@@ -45,7 +48,7 @@ class RedisHealth(BackendPart):
         """Read ``maxmemory-policy``; note why buffering here could lose data.
 
         Called when the backend first buffers, at most every
-        :data:`~ccat_buffering_redis._memory.RECHECK_SECONDS` after, and on
+        :data:`~ccat_buffering_redis._memory.POLICY_RECHECK_SECONDS` after, and on
         each health check.
 
         Returns:
@@ -70,7 +73,7 @@ class RedisHealth(BackendPart):
                 "transactions may be evicted"
             )
             if warning != self.policy_warning:
-                log.warning("%s", warning)
+                log.warning("%s", warning, extra={"site": self.site})
             self.policy_warning, self._eviction_problem = warning, None
             return None
         self._eviction_problem = eviction_problem(self.where, policies, self.allow_eviction)
@@ -84,14 +87,19 @@ class RedisHealth(BackendPart):
         return self._eviction_problem
 
     async def memory(self) -> MemoryInfo | None:
-        """The server's memory (``INFO memory``), or ``None`` where INFO is refused."""
+        """The server's memory (``INFO memory``), or ``None`` where INFO is refused.
+
+        Why it was refused is kept in ``info_refused`` (health warns of it).
+        """
         try:
             with self.translate():
                 reply = await self.client.info("memory")
         except BackendUnavailableError:
             raise
-        except BackendError:
+        except BackendError as exc:
+            self.info_refused = str(exc)
             return None
+        self.info_refused = None
         return parse_memory(reply)
 
     async def memory_report(self) -> MemoryReport | None:
@@ -149,8 +157,14 @@ class RedisHealth(BackendPart):
             refusing = "OOM" in as_text(await self.script("refuses_writes"))
         if info is not None:
             warnings += memory_warnings(self.where, info, refusing)
-        elif refusing:
-            warnings.append(f"{self.where} refused writes as out of memory in the last 30 s")
+        else:
+            if self.info_refused:
+                warnings.append(
+                    f"the memory of the buffer cannot be read, so nothing warns before it is "
+                    f"full: {self.info_refused}"
+                )
+            if refusing:
+                warnings.append(f"{self.where} refused writes as out of memory in the last 30 s")
         return warnings
 
     async def persistence_warning(self) -> str | None:

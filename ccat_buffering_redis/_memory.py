@@ -3,8 +3,10 @@
 A buffer must not lose what it acknowledged, so the backend refuses to buffer
 on a Redis whose ``maxmemory-policy`` evicts keys (anything but
 ``noeviction``), unless the user accepted that loss (``allow_eviction``). The
-policy is read with ``CONFIG GET`` when the backend first buffers, again at
-most every :data:`RECHECK_SECONDS`, and on each health check. Where ``CONFIG``
+policy is read with ``CONFIG GET`` when the backend first buffers, again
+before a write that buffers once the last read is :data:`POLICY_RECHECK_SECONDS`
+old, and on each health check: a policy switched at run time (``CONFIG SET
+maxmemory-policy allkeys-lru``) is refused within that bound, by every process. Where ``CONFIG``
 is disabled (a managed Redis), the policy cannot be checked: that is said as a
 warning, not refused.
 """
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "POLICY_RECHECK_SECONDS",
     "RECHECK_SECONDS",
     "MemoryInfo",
     "config_values",
@@ -24,7 +27,11 @@ __all__ = [
 ]
 
 RECHECK_SECONDS = 30.0
-"""How long a policy read stays trusted on the write path."""
+"""How long a refusal as out of memory stays in the health warnings."""
+
+POLICY_RECHECK_SECONDS = 1.0
+"""How long a policy read stays trusted on the write path: one ``CONFIG GET``
+a second at most, and no write acknowledged later than that after a switch."""
 
 WARN_AT = (0.7, 0.9)
 """Fractions of ``maxmemory`` at which health warns."""

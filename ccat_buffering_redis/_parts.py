@@ -22,6 +22,7 @@ class BackendPart:
         client: Redis | RedisCluster
         keys: SiteKeys
         where: str
+        site: str
         buffer: RedisBufferStore
         status: RedisStatusStore
 

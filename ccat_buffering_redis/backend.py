@@ -15,6 +15,7 @@ parts of :class:`RedisBackend` from :mod:`ccat_buffering_redis.inspection` and
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -25,14 +26,17 @@ from typing import Any
 import redis.exceptions
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import SentinelConnectionPool
 
 from ccat_buffering._closing import AsyncClosing
 from ccat_buffering._deprecated import forward
+from ccat_buffering._sightings import BufferOrigin
 from ccat_buffering.errors import (
     BackendError,
     BackendFullError,
     BackendUnavailableError,
     ConfigurationError,
+    WriteNotReplicatedError,
 )
 from ccat_buffering_redis import scripts
 from ccat_buffering_redis._audit import RedisAuditLog
@@ -40,8 +44,17 @@ from ccat_buffering_redis._coalescer import Coalescer
 from ccat_buffering_redis._connect import open_client, take_compression, take_parameter
 from ccat_buffering_redis._frame import Command, frame
 from ccat_buffering_redis._health import RedisHealth
-from ccat_buffering_redis._memory import RECHECK_SECONDS
+from ccat_buffering_redis._memory import POLICY_RECHECK_SECONDS
 from ccat_buffering_redis._pause import RedisOperatorPause
+from ccat_buffering_redis._refusals import auth_failure, refusal
+from ccat_buffering_redis._replicas import (
+    acknowledged_offset,
+    apply_and_wait,
+    check_replicas,
+    not_replicated_message,
+    on_one_connection,
+    replicas_from_url,
+)
 from ccat_buffering_redis._values import as_text
 from ccat_buffering_redis.compression import check_compression
 from ccat_buffering_redis.inspection import RedisInspection
@@ -62,6 +75,8 @@ Client = Redis | RedisCluster
 log = logging.getLogger(__name__)
 
 _SCRIPTS = scripts.SCRIPTS
+# By SHA1, as the server names a script in an error, to name a refused line's command.
+_SOURCES = {hashlib.sha1(lua.encode()).hexdigest(): lua for lua in _SCRIPTS.values()}
 
 
 class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, RedisOperatorPause, AsyncClosing):
@@ -83,9 +98,16 @@ class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, RedisOperatorPau
             indexed by the first ``find()`` on it (see
             :mod:`ccat_buffering_redis._field_index`); naming it here only
             spares that first call the scan.
+        min_replicas: Acknowledge a write that buffers only once this many
+            replicas hold it (``WAIT``, in the same round trip as the write;
+            see :mod:`ccat_buffering_redis._replicas`). ``0``: once the
+            master holds it.
+        min_replicas_timeout: Seconds to wait for those replicas; then the
+            caller gets :class:`~ccat_buffering.errors.WriteNotReplicatedError`.
 
     Raises:
-        ConfigurationError: ``compression`` names no known compression.
+        ConfigurationError: ``compression`` names no known compression, or
+            ``min_replicas``/``min_replicas_timeout`` are out of range.
     """
 
     def __init__(
@@ -98,8 +120,13 @@ class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, RedisOperatorPau
         where: str | None = None,
         allow_eviction: bool = False,
         indexed_fields: Mapping[str, Iterable[str]] | None = None,
+        min_replicas: int = 0,
+        min_replicas_timeout: float = 1.0,
     ) -> None:
         self.keys = SiteKeys(site)
+        self.min_replicas, self.min_replicas_timeout = check_replicas(
+            min_replicas, min_replicas_timeout
+        )
         self._unlearned = {m: tuple(f) for m, f in (indexed_fields or {}).items() if f}
         self.allow_eviction = allow_eviction
         self._policy_checked_at = -math.inf
@@ -145,6 +172,8 @@ class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, RedisOperatorPau
         compression: str | None = None,
         allow_eviction: bool = False,
         indexed_fields: Mapping[str, Iterable[str]] | None = None,
+        min_replicas: int = 0,
+        min_replicas_timeout: float = 1.0,
         **options: Any,
     ) -> RedisBackend:
         """Open a backend that owns its client, for a Redis URL.
@@ -161,6 +190,10 @@ class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, RedisOperatorPau
             allow_eviction: As in the constructor; a URL parameter
                 ``allow_eviction=true`` turns it on too.
             indexed_fields: As in the constructor.
+            min_replicas: As in the constructor; a URL parameter
+                ``min_replicas=<n>`` wins.
+            min_replicas_timeout: As in the constructor; a URL parameter
+                ``min_replicas_timeout=<seconds>`` wins.
             **options: Passed to the redis-py client. Connect and socket
                 timeouts are on by default (see :func:`~ccat_buffering_redis._connect.open_client`).
 
@@ -181,6 +214,11 @@ class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, RedisOperatorPau
                     f"allow_eviction={evict!r} in the backend URL: use true or false"
                 )
             allow_eviction = allow_eviction or evict.lower() in ("true", "1", "yes")
+        url, replicas = take_parameter(url, "min_replicas")
+        url, replicas_timeout = take_parameter(url, "min_replicas_timeout")
+        min_replicas, min_replicas_timeout = replicas_from_url(
+            replicas, replicas_timeout, min_replicas, min_replicas_timeout
+        )
         client, where = open_client(url, **options)
         backend = cls(
             client,
@@ -190,6 +228,8 @@ class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, RedisOperatorPau
             where=where,
             allow_eviction=allow_eviction,
             indexed_fields=indexed_fields,
+            min_replicas=min_replicas,
+            min_replicas_timeout=min_replicas_timeout,
         )
         backend._owns_client = True
         return backend
@@ -203,17 +243,29 @@ class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, RedisOperatorPau
             raise BackendUnavailableError(
                 f"{self.where} did not answer in time ({exc or 'timed out'})"
             ) from exc
+        except redis.exceptions.AuthenticationError as exc:  # a ConnectionError to redis-py
+            raise BackendError(auth_failure(self.where, str(exc))) from exc
         except (
             redis.exceptions.ConnectionError,
             redis.exceptions.ClusterDownError,
             redis.exceptions.RedisClusterException,
             OSError,
         ) as exc:
+            if "AuthenticationError" in str(exc):  # the sentinels refused the credentials
+                raise BackendError(auth_failure(f"{self.where} (its sentinels)", str(exc))) from exc
             raise BackendUnavailableError(f"{self.where} cannot be reached: {exc}") from exc
         except redis.exceptions.RedisError as exc:
             if isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith("OOM"):
                 self.refused_full_at = time.monotonic()
                 raise BackendFullError(self._full_message(str(exc))) from exc
+            refused = refusal(str(exc), _SOURCES)
+            if refused is not None:
+                raise BackendError(
+                    f"{self.where} refused {refused} to this user (Redis ACL): grant it as the "
+                    f"Redis page of the docs lists for each role ({exc})"
+                ) from exc
+            if str(exc).startswith("WRONGPASS"):
+                raise BackendError(auth_failure(self.where, str(exc))) from exc
             raise BackendError(f"{self.where} refused the operation: {exc}") from exc
 
     def _full_message(self, detail: str) -> str:
@@ -239,17 +291,40 @@ class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, RedisOperatorPau
             )
 
     async def _apply_groups(self, groups: list[list[Command]]) -> list[int | BackendError]:
+        waits = self.min_replicas > 0 and any(op.buffers for group in groups for op in group)
         try:
-            reply = await self.script("apply", *frame(groups))
+            if waits:
+                with self.translate():
+                    reply, acked = await apply_and_wait(
+                        self.client,
+                        self._scripts["apply"],
+                        [self.keys.buffer],
+                        [self.keys.prefix, *frame(groups)],
+                        self.min_replicas,
+                        self.min_replicas_timeout,
+                    )
+            else:
+                reply, acked = await self.script("apply", *frame(groups)), 0
         except BackendUnavailableError as exc:
             raise BackendUnavailableError(
                 f"{exc}: the write may or may not have been stored. Submitting the same "
                 "transaction object again is safe: the ledger applies it once"
             ) from exc.__cause__
+        unreplicated = waits and acked < self.min_replicas
         results: list[int | BackendError] = []
-        for item in reply:
+        for group, item in zip(groups, reply, strict=True):
             if not isinstance(item, bytes | str):
-                results.append(int(item))
+                if unreplicated and any(op.buffers for op in group):
+                    # Written on the master, not on enough replicas: not acknowledged.
+                    results.append(
+                        WriteNotReplicatedError(
+                            not_replicated_message(
+                                self.where, self.min_replicas, acked, self.min_replicas_timeout
+                            )
+                        )
+                    )
+                else:
+                    results.append(int(item))
             elif (text := as_text(item)).startswith("full: "):
                 self.refused_full_at = time.monotonic()
                 results.append(BackendFullError(self._full_message(text.removeprefix("full: "))))
@@ -275,10 +350,11 @@ class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, RedisOperatorPau
             ConfigurationError: The group buffers and Redis evicts keys.
             BackendFullError: The group buffers and Redis is out of memory.
         """
-        if time.monotonic() - self._policy_checked_at > RECHECK_SECONDS and any(
+        if time.monotonic() - self._policy_checked_at > POLICY_RECHECK_SECONDS and any(
             op.buffers for op in ops
         ):
             await self.check_policy()
+            await self.follow_master()
         if self._eviction_problem is not None and any(op.buffers for op in ops):
             raise ConfigurationError(self._eviction_problem)
         if self._coalescer is not None:
@@ -300,7 +376,13 @@ class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, RedisOperatorPau
                 await self.script("cache_learn", model, *fields)
             except BackendError as exc:
                 # The write stands; find() learns the fields on its first call instead.
-                log.warning("could not index %s of %s yet: %s", fields, model, exc)
+                log.warning(
+                    "could not index %s of %s yet: %s",
+                    fields,
+                    model,
+                    exc,
+                    extra={"site": self.site},
+                )
 
     @asynccontextmanager
     async def atomic(self) -> AsyncIterator[RedisWriteBatch]:
@@ -316,6 +398,47 @@ class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, RedisOperatorPau
             epoch, seq = await self.client.mget([self.keys.epoch, self.keys.seq])
         return (None if epoch is None else as_text(epoch)), int(seq or 0)
 
+    async def follow_master(self) -> None:
+        """Through Sentinel: ask where the master is now; drop idle connections to an old one.
+
+        redis-py asks the sentinels only when it opens a connection, and a
+        master replaced by a failover keeps taking writes until Sentinel
+        reconfigures it (two masters for a while). Asked before the first
+        write that buffers each :data:`~ccat_buffering_redis._memory.POLICY_RECHECK_SECONDS`,
+        and at every look of the buffer watch, so writers follow the new
+        master within that bound. Other clients: nothing to do.
+        """
+        pool = getattr(self.client, "connection_pool", None)
+        if isinstance(pool, SentinelConnectionPool):
+            with self.translate():
+                await pool.get_master_address()  # type: ignore[no-untyped-call]
+
+    async def buffer_origin(self) -> BufferOrigin:
+        """See :meth:`ccat_buffering.protocols.SupportsBufferOrigin.buffer_origin`."""
+        await self.follow_master()
+        with self.translate():
+            (epoch, seq), info = await on_one_connection(
+                self.client,
+                self.keys.buffer,
+                [("MGET", self.keys.epoch, self.keys.seq), ("INFO", "replication")],
+            )
+        if info.get("role", "master") != "master":
+            if isinstance(self.client, Redis):
+                # A master demoted under a pooled connection: connect afresh
+                # (through Sentinel, to the new master) at the next call.
+                await self.client.connection_pool.disconnect(inuse_connections=False)
+            raise BackendUnavailableError(f"{self.where} answered as a {info.get('role')}")
+        previous = _replication_id(info.get("master_replid2"))
+        return BufferOrigin(
+            None if epoch is None else as_text(epoch),
+            int(seq or 0),
+            history=_replication_id(info.get("master_replid")) or None,
+            offset=acknowledged_offset(info, self.min_replicas),
+            previous_history=previous if previous.strip("0") else None,
+            fork_offset=int(info.get("second_repl_offset", -1)),
+            replicated=self.min_replicas > 0,
+        )
+
     async def stamp_buffer(self, epoch: str, *, replace: bool = False) -> bool:
         """See :meth:`ccat_buffering.protocols.SupportsBufferMarker.stamp_buffer`."""
         return bool(await self.script("stamp_buffer", epoch, "1" if replace else "0"))
@@ -329,6 +452,11 @@ class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, RedisOperatorPau
 
     def __repr__(self) -> str:
         return f"RedisBackend(site={self.site!r}, {self.where})"
+
+
+def _replication_id(value: Any) -> str:
+    # redis-py reads an id of decimal digits only (the none id is 40 zeros) as a number.
+    return f"{value:040d}" if isinstance(value, int) else as_text(value or "")
 
 
 # The stores are imported above, so their old path needs no forwarding.

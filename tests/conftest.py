@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +14,10 @@ from pg import fresh_database
 from services import redis_client as _redis_client
 
 from support import Site, example_site, sqlite_url
+
+# The buffer watch keeps its sightings on the host's disk: never in the home
+# directory of whoever runs the tests (workers started as processes inherit it).
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="ccat-test-state-")
 
 
 @pytest_asyncio.fixture

@@ -15,6 +15,33 @@ from types import TracebackType
 
 import redis
 from servers import ServiceMissing, free_port, port_open, wait_for
+from tls import TLSFiles
+
+
+def tls_options(port: int, files: TLSFiles) -> tuple[str, ...]:
+    """``redis-server`` options serving TLS only on ``port``, client certificates required."""
+    return (
+        "--port", "0", "--tls-port", str(port),
+        "--tls-cert-file", str(files.server_cert), "--tls-key-file", str(files.server_key),
+        "--tls-ca-cert-file", str(files.ca), "--tls-auth-clients", "yes",
+        "--tls-replication", "yes",
+    )  # fmt: skip
+
+
+def tls_cli(files: TLSFiles) -> list[str]:
+    """``redis-cli`` options for a server of :func:`tls_options`."""
+    return ["--tls", "--cacert", str(files.ca), "--cert", str(files.client_cert),
+            "--key", str(files.client_key)]  # fmt: skip
+
+
+def client_of(port: int, files: TLSFiles | None = None) -> redis.Redis:
+    """A plain client of a loopback server, over TLS when ``files`` are given."""
+    if files is None:
+        return redis.Redis(port=port, socket_timeout=2)
+    return redis.Redis(
+        port=port, socket_timeout=2, ssl=True, ssl_ca_certs=str(files.ca),
+        ssl_certfile=str(files.client_cert), ssl_keyfile=str(files.client_key),
+    )  # fmt: skip
 
 
 def redis_server(port: int, workdir: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -35,18 +62,24 @@ def redis_server(port: int, workdir: Path, *extra: str) -> subprocess.Popen[byte
 class ThrowawayRedis:
     """One Redis server; ``extra`` are its command-line options (``--maxmemory 2mb`` ...)."""
 
-    def __init__(self, *extra: str) -> None:
-        self.extra = extra
+    def __init__(self, *extra: str, tls: TLSFiles | None = None) -> None:
         self.port = free_port()
+        self.tls = tls
+        self.extra = extra if tls is None else (*extra, *tls_options(self.port, tls))
         self.dir = Path(tempfile.mkdtemp(prefix="ccat-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        if self.tls is None:
+            return f"redis://127.0.0.1:{self.port}/0"
+        return (
+            f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls.ca}"
+            f"&ssl_certfile={self.tls.client_cert}&ssl_keyfile={self.tls.client_key}"
+        )
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5)
+        return client_of(self.port, self.tls)
 
     def start(self) -> ThrowawayRedis:
         self.process = redis_server(self.port, self.dir, *self.extra)
@@ -94,8 +127,22 @@ class ThrowawayRedis:
 
 
 @contextmanager
-def redis_cluster(masters: int = 3) -> Iterator[list[int]]:
-    """Start a Redis Cluster of ``masters`` nodes on free loopback ports; stop it after."""
+def redis_cluster(
+    masters: int = 3,
+    tls: TLSFiles | None = None,
+    *,
+    replicas: int = 0,
+    aof: bool = False,
+    handles: dict[int, subprocess.Popen[bytes]] | None = None,
+) -> Iterator[list[int]]:
+    """Start a Redis Cluster of ``masters`` nodes on free loopback ports; stop it after.
+
+    With ``tls``, the nodes serve TLS only (the cluster bus too), client
+    certificates required. ``replicas`` per master; ``aof`` runs every node
+    with ``appendonly yes`` and ``appendfsync everysec``; ``handles``, when
+    given, is filled with each node's process by port (to stop or kill one),
+    and a node restarted into it is stopped at the end too.
+    """
     server = shutil.which("redis-server")
     cli = shutil.which("redis-cli")
     if server is None or cli is None:
@@ -103,26 +150,26 @@ def redis_cluster(masters: int = 3) -> Iterator[list[int]]:
     assert server is not None and cli is not None
     workdir = Path(tempfile.mkdtemp(prefix="ccat-cluster-"))
     ports: list[int] = []
-    while len(ports) < masters:
+    while len(ports) < masters * (1 + replicas):
         port = free_port(also=10000)  # a node's cluster bus listens on port + 10000
         if port not in ports:
             ports.append(port)
-    processes = []
+    processes = {} if handles is None else handles
     try:
         for port in ports:
             node = workdir / str(port)
             node.mkdir()
-            processes.append(
-                redis_server(
-                    port,
-                    node,
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    str(node / "nodes.conf"),
-                    "--cluster-node-timeout",
-                    "2000",
-                )
+            processes[port] = redis_server(
+                port,
+                node,
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(node / "nodes.conf"),
+                "--cluster-node-timeout",
+                "2000",
+                *(("--appendonly", "yes", "--appendfsync", "everysec") if aof else ()),
+                *(() if tls is None else (*tls_options(port, tls), "--tls-cluster", "yes")),
             )
         for port in ports:
             wait_for(functools.partial(port_open, "127.0.0.1", port), f"redis node {port}")
@@ -133,8 +180,9 @@ def redis_cluster(masters: int = 3) -> Iterator[list[int]]:
                 "create",
                 *(f"127.0.0.1:{p}" for p in ports),
                 "--cluster-replicas",
-                "0",
+                str(replicas),
                 "--cluster-yes",
+                *([] if tls is None else tls_cli(tls)),
             ],
             check=True,
             capture_output=True,
@@ -143,16 +191,27 @@ def redis_cluster(masters: int = 3) -> Iterator[list[int]]:
 
         def converged() -> bool:
             out = subprocess.run(
-                [cli, "-p", str(ports[0]), "cluster", "info"], capture_output=True, text=True
+                [
+                    cli,
+                    "-p",
+                    str(ports[0]),
+                    *([] if tls is None else tls_cli(tls)),
+                    "cluster",
+                    "info",
+                ],
+                capture_output=True,
+                text=True,
             ).stdout
             return "cluster_state:ok" in out
 
         wait_for(converged, "redis cluster state ok")
         yield ports
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
+        for process in processes.values():
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGCONT)
+                process.terminate()
+        for process in processes.values():
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -160,49 +219,109 @@ def redis_cluster(masters: int = 3) -> Iterator[list[int]]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-@contextmanager
-def redis_sentinel() -> Iterator[dict[str, object]]:
-    """A master, a replica and one sentinel watching them, on loopback; stopped after.
+def restart_cluster_node(port: int, handles: dict[int, subprocess.Popen[bytes]]) -> None:
+    """Start a killed node of :func:`redis_cluster` again, with its own config and data."""
+    old = handles[port]
+    args = [str(a) for a in old.args]  # type: ignore[union-attr]
+    handles[port] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: port_open("127.0.0.1", port), f"redis node {port} back")
 
-    Yields ``master``, ``replica`` and ``sentinel`` ports, and ``kill_master()``.
+
+def _linked(port: int, tls: TLSFiles | None = None) -> bool:
+    try:
+        info = client_of(port, tls).info("replication")
+    except redis.exceptions.RedisError:
+        return False
+    return info.get("master_link_status") == "up"
+
+
+@contextmanager
+def redis_sentinel(
+    sentinels: int = 1, *, aof: bool = False, tls: TLSFiles | None = None
+) -> Iterator[dict[str, object]]:
+    """A master, a replica and ``sentinels`` sentinels watching them, on loopback; stopped after.
+
+    Yields ``master``, ``replica`` and ``sentinel`` ports (``sentinels``: every
+    sentinel's), ``kill_master()``, ``restart_master()``, ``master_port()`` (as
+    the sentinels say now), and ``pause(role)``/``resume(role)`` for
+    ``"master"`` or ``"replica"`` (SIGSTOP/SIGCONT). ``aof`` runs both data
+    nodes with ``appendonly yes`` and ``appendfsync everysec``. ``tls``: every
+    node and sentinel serves TLS only, client certificates required.
     """
     workdir = Path(tempfile.mkdtemp(prefix="ccat-sentinel-"))
-    master, replica, sentinel = (free_port() for _ in range(3))
+    master, replica = free_port(), free_port()
+    sentinel_ports = [free_port() for _ in range(sentinels)]
+    persistence = ("--appendonly", "yes", "--appendfsync", "everysec") if aof else ()
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        processes["master"] = redis_server(master, workdir)
-        wait_for(lambda: port_open("127.0.0.1", master), "redis master")
-        processes["replica"] = redis_server(
-            replica, workdir, "--replicaof", "127.0.0.1", str(master)
-        )
-        wait_for(lambda: port_open("127.0.0.1", replica), "redis replica")
-        config = workdir / "sentinel.conf"
-        config.write_text(
-            f"port {sentinel}\nbind 127.0.0.1\ndir {workdir}\n"
-            f"sentinel monitor site-buffer 127.0.0.1 {master} 1\n"
-            "sentinel down-after-milliseconds site-buffer 1000\n"
-            "sentinel failover-timeout site-buffer 5000\n"
-        )
-        processes["sentinel"] = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", str(config), "--sentinel"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(lambda: port_open("127.0.0.1", sentinel), "redis sentinel")
+        for role, port in (("master", master), ("replica", replica)):
+            (workdir / role).mkdir()
+            extra = ("--replicaof", "127.0.0.1", str(master)) if role == "replica" else ()
+            secure = () if tls is None else tls_options(port, tls)
+            processes[role] = redis_server(port, workdir / role, *persistence, *secure, *extra)
+            wait_for(lambda port=port: port_open("127.0.0.1", port), f"redis {role}")
+        wait_for(lambda: _linked(replica, tls), "the replica in sync with its master")
+        quorum = sentinels // 2 + 1
+        for i, port in enumerate(sentinel_ports):
+            config = workdir / f"sentinel-{i}.conf"
+            secure = (
+                ""
+                if tls is None
+                else f"port 0\ntls-port {port}\ntls-cert-file {tls.server_cert}\n"
+                f"tls-key-file {tls.server_key}\ntls-ca-cert-file {tls.ca}\n"
+                "tls-auth-clients yes\ntls-replication yes\n"
+            )
+            config.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {workdir}\n{secure}"
+                f"sentinel monitor site-buffer 127.0.0.1 {master} {quorum}\n"
+                "sentinel down-after-milliseconds site-buffer 1000\n"
+                "sentinel failover-timeout site-buffer 5000\n"
+            )
+            processes[f"sentinel-{i}"] = subprocess.Popen(
+                [shutil.which("redis-server") or "redis-server", str(config), "--sentinel"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            wait_for(lambda port=port: port_open("127.0.0.1", port), "redis sentinel")
 
         def kill_master() -> None:
             processes["master"].kill()
             processes["master"].wait(5)
 
+        def restart_master() -> None:
+            """Start the killed master again, as it was: Sentinel makes it a replica."""
+            secure = () if tls is None else tls_options(master, tls)
+            processes["master"] = redis_server(master, workdir / "master", *persistence, *secure)
+            wait_for(lambda: port_open("127.0.0.1", master), "the old master back")
+
+        def master_port() -> int:
+            """The master's port, as the first sentinel says now."""
+            reply = client_of(sentinel_ports[0], tls).execute_command(
+                "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "site-buffer"
+            )
+            return int(reply[1])
+
+        def pause(role: str) -> None:
+            os.kill(processes[role].pid, signal.SIGSTOP)
+
+        def resume(role: str) -> None:
+            os.kill(processes[role].pid, signal.SIGCONT)
+
         yield {
             "master": master,
             "replica": replica,
-            "sentinel": sentinel,
+            "sentinel": sentinel_ports[0],
+            "sentinels": sentinel_ports,
             "kill_master": kill_master,
+            "restart_master": restart_master,
+            "master_port": master_port,
+            "pause": pause,
+            "resume": resume,
         }
     finally:
         for process in processes.values():
             if process.poll() is None:
+                os.kill(process.pid, signal.SIGCONT)
                 process.terminate()
                 try:
                     process.wait(timeout=10)

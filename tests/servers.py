@@ -29,6 +29,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tls import TLSFiles
 
 __all__ = [
     "Replicated",
@@ -242,6 +246,53 @@ def streaming_replica() -> Iterator[Replicated]:
         )
     finally:
         for data in reversed(started):
+            subprocess.run(
+                [*_runner(), str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                capture_output=True,
+                timeout=60,
+            )
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def tls_postgres(files: TLSFiles) -> Iterator[int]:
+    """A PostgreSQL on loopback that takes TLS connections only, client certificates
+    verified against ``files.ca``; yields its port, stops and removes it afterwards."""
+    bin_dir = _bin_dir()
+    if bin_dir is None or not (bin_dir / "initdb").exists():
+        raise ServiceMissing("PostgreSQL server tools (initdb, pg_ctl) are not installed")
+    workdir = Path(tempfile.mkdtemp(prefix="ccat-pg-tls-"))
+    data, port = workdir / "data", free_port()
+    owner = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+    if owner is not None:
+        os.chown(workdir, owner.pw_uid, owner.pw_gid)
+    started = False
+    try:
+        _run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+              "--no-sync"])  # fmt: skip
+        for name, source in (("server.crt", files.server_cert), ("server.key", files.server_key),
+                             ("root.crt", files.ca)):  # fmt: skip
+            target = data / name
+            shutil.copy(source, target)
+            target.chmod(0o600)
+            if owner is not None:
+                os.chown(target, owner.pw_uid, owner.pw_gid)
+        with open(data / "postgresql.conf", "a") as conf:
+            conf.write(
+                f"\nport = {port}\nlisten_addresses = '127.0.0.1'\n"
+                f"unix_socket_directories = '{workdir}'\nfsync = off\nssl = on\n"
+                "ssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n"
+                "ssl_ca_file = 'root.crt'\n"
+            )
+        (data / "pg_hba.conf").write_text(
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust clientcert=verify-ca\n"
+        )
+        _run([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(workdir / "pg.log"), "-w",
+              "start"])  # fmt: skip
+        started = True
+        yield port
+    finally:
+        if started:
             subprocess.run(
                 [*_runner(), str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                 capture_output=True,

@@ -305,6 +305,11 @@ def registry_for(settings: BufferingSettings, *, required: bool = True) -> Model
             "name the mapped classes with --models package.module:Base or CCAT_BUFFERING_MODELS",
             param_hint="--models",
         )
+    # As uvicorn does (its --app-dir defaults to "."): a module beside the
+    # operator resolves, though the console script's sys.path lacks the
+    # working directory.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         return ModelRegistry.from_import_path(settings.models)
     except (ImportError, AttributeError, ValueError) as exc:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ccat_buffering._settings_checks import check_driver
 from ccat_buffering.backends import open_backend
 from ccat_buffering.buffer_loss import BufferLoss, BufferWatch
-from ccat_buffering.coordinator import replication_tracker, transaction_manager
+from ccat_buffering.coordinator import link_timeouts, replication_tracker, transaction_manager
 from ccat_buffering.database import create_engine
 from ccat_buffering.errors import ConfigurationError
 from ccat_buffering.health import Health, collect
@@ -62,7 +62,7 @@ class OperatorSite:
         self.backend = backend
         self._replica = replica
         self._database = database
-        self.watch = None if database is None else BufferWatch(database, backend)
+        self.watch = BufferWatch(database, backend, state_dir=settings.state_dir)
         self.manager = transaction_manager(settings, backend)
         checker: ReplicationChecker = (
             ImmediateReplicationChecker() if replica is None else LSNReplicationChecker(replica)
@@ -76,8 +76,8 @@ class OperatorSite:
         )
 
     async def buffer_losses(self) -> list[BufferLoss]:
-        """Losses of buffered state not yet acknowledged (none known without the database)."""
-        return [] if self.watch is None else await self.watch.check(record=False)
+        """Losses of buffered state not yet acknowledged (this host's, and the database's)."""
+        return await self.watch.check(record=False)
 
     async def acknowledge_losses(self) -> int:
         """Mark the recorded losses as seen; returns how many there were.
@@ -85,7 +85,7 @@ class OperatorSite:
         Raises:
             ConfigurationError: No ``database_url``: losses are recorded there.
         """
-        if self.watch is None:
+        if self._database is None:
             raise ConfigurationError(
                 "acknowledging losses needs the main database, where they are recorded: "
                 "set CCAT_BUFFERING_DATABASE_URL or pass --database-url"
@@ -123,7 +123,11 @@ def open_site(
     """
     engine = None
     if replica and settings.replica_url:
-        engine = create_engine(settings.require_url("replica_url"))
+        engine = create_engine(
+            settings.require_url("replica_url"),
+            timeouts=link_timeouts(settings),
+            **settings.replica_engine_options,
+        )
     main = None
     if database and settings.database_url and settings.site_type == "secondary":
         try:
@@ -131,7 +135,11 @@ def open_site(
         except ConfigurationError:
             pass  # the loss check is skipped; nothing else here needs the database
         else:
-            main = create_engine(settings.database_url)
+            main = create_engine(
+                settings.database_url,
+                timeouts=link_timeouts(settings),
+                **settings.database_engine_options,
+            )
     backend = open_backend(
         settings.backend_url, site=settings.site_name, **settings.backend_options()
     )

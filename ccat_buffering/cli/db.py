@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ccat_buffering.backends import open_backend
 from ccat_buffering.cli._app import db_app
 from ccat_buffering.cli._common import command, current, database_error, emit_json, settings_for
+from ccat_buffering.coordinator import link_timeouts
 from ccat_buffering.database import LEDGER_TABLE_NAME, create_engine
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.ledger_pruning import PruneReport, prune_site
@@ -28,7 +29,9 @@ def db_init_command() -> None:
     url = settings.require_url("database_url")
 
     async def init() -> None:
-        engine = create_engine(url)
+        engine = create_engine(
+            url, timeouts=link_timeouts(settings), **settings.database_engine_options
+        )
         try:
             await TransactionExecutor(engine, ModelRegistry()).create_ledger()
         except (OSError, SQLAlchemyError) as exc:

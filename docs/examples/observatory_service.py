@@ -1,7 +1,9 @@
 """An observatory service on a buffering site: observations and their raw files.
 
-Run it with ``uvicorn observatory_service:app``; the site is configured by
-``CCAT_BUFFERING_*`` variables (see the configuration page).
+Run it with ``uvicorn observatory_service:app`` beside a ``ccat-buffering
+worker --models observatory_service:Base`` (the worker drains, the service
+submits and reads); the site is configured by ``CCAT_BUFFERING_*`` variables
+(see the configuration page).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from ccat_buffering.fastapi import (
     install_error_handlers,
     lifespan,
 )
+from ccat_buffering.fastapi_waits import waits_router
+from ccat_buffering.service_metrics import metrics_router
 
 # -- the schema ----------------------------------------------------------------
 
@@ -80,7 +84,9 @@ class RawFileOut(BaseModel):
 
 app = FastAPI(lifespan=lifespan(registry=ModelRegistry.from_base(Base)))
 install_error_handlers(app)
-app.include_router(health_router())
+app.include_router(health_router())  # health; a status, or ?wait=replicated (long poll)
+app.include_router(waits_router())  # .../transactions/{id}/events: the changes, as SSE
+app.include_router(metrics_router())  # GET /metrics: this service's submits, reads, waits
 
 
 # -- the service -----------------------------------------------------------------

@@ -119,9 +119,18 @@ async def apply(
         executor = TransactionExecutor(engine, registry)
         await executor.create_ledger()
         outcomes: list[Any] = []
-        for start in range(0, len(batch), size):
-            result = await executor.execute_batch(batch[start : start + size])
-            outcomes.extend(summary(o) for o in result.outcomes)
+        pending = list(batch)
+        while pending:
+            # A batch stops at its first failure; what waits behind it is sent
+            # again in the next batch, as the processor does once that failure
+            # is settled (here: taken as final, like a dead letter).
+            result = await executor.execute_batch(pending[:size])
+            settled = next((i for i, o in enumerate(result.outcomes) if o.waiting), None)
+            if settled is None:
+                settled = len(result.outcomes)
+            assert settled > 0
+            outcomes.extend(summary(o) for o in result.outcomes[:settled])
+            pending = pending[settled:]
         rows: list[Any] = []
         async with engine.connect() as conn:
             for table in base.metadata.sorted_tables:

@@ -106,7 +106,7 @@ def _submitted(manager: TransactionManager, data: list[dict[str, Any]]) -> Trans
 
 
 @settings(
-    max_examples=300,
+    max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -126,22 +126,31 @@ async def test_outage_pauses_without_attempts_and_resumes(tmp_path: Path) -> Non
         assert await _count(site, ExecutedObsUnit.id) == 20
 
 
-async def test_poison_in_a_batch_rolls_back_alone(tmp_path: Path) -> None:
+async def test_poison_in_a_batch_rolls_back_alone_and_holds_what_follows(tmp_path: Path) -> None:
     async with memory_sqlite_site(tmp_path, max_attempts=3) as site:
         txs = [observation(i)[0] for i in range(99)]
         poison = orphan_package(0)
         batch = [*txs[:50], poison, *txs[50:]]
         await site.manager.buffer_many(batch)
-        assert await site.processor.run_once() == 99
-        assert await _count(site, ExecutedObsUnit.id) == 99
+        assert await site.processor.run_once() == 50  # the prefix; the rest waits behind it
+        assert await _count(site, ExecutedObsUnit.id) == 50
         status = await site.manager.status(poison.transaction_id)
         assert status is not None and status.state is TransactionState.RETRYING
+        behind = await site.manager.status(txs[50].transaction_id)
+        assert behind is not None and behind.state is TransactionState.BUFFERED
+        assert behind.attempts == 0
+        stats = await site.backend.buffer.stats()
+        assert (stats.depth, stats.in_flight) == (50, 0) and stats.held_until is not None
+        assert await site.processor.run_once() == 0  # held by the poison's backoff
         for _ in range(2):
             site.clock.advance(3600)
-            assert await site.processor.run_once() == 0
+            assert await site.processor.run_once() == 0  # only the poison is tried
+            assert await _count(site, ExecutedObsUnit.id) == 50
         status = await site.manager.status(poison.transaction_id)
         assert status is not None and status.state is TransactionState.FAILED
         assert status.attempts == 3
+        assert await site.processor.run_once() == 49  # dead-lettered: the queue moves on
+        assert await units_in_order(site.engine) == list(range(99))
         (letter,) = await site.backend.dead_letters.list()
         assert "FOREIGN KEY constraint failed" in letter.reason
         # Fix the data, replay, and it applies.
@@ -431,11 +440,12 @@ async def test_a_prefetched_batch_waits_behind_a_retried_transaction(tmp_path: P
         late = orphan_package(5)
         rest = [observation(i)[0] for i in range(6, 30)]
         await site.manager.buffer_many([*first, late, *rest])
-        assert await site.processor.run_once() == 9  # batch 1: all but the orphan
-        # the prefetched batch went back behind the retried orphan: nothing else ran
+        assert await site.processor.run_once() == 5  # batch 1: what precedes the orphan
+        # the rest of batch 1 and the prefetched batch went back behind the retried
+        # orphan: nothing after it ran
         stats = await site.backend.buffer.stats()
-        assert (stats.depth, stats.in_flight) == (21, 0)
-        assert await _count(site, ExecutedObsUnit.id) == 9
+        assert (stats.depth, stats.in_flight) == (25, 0)
+        assert await _count(site, ExecutedObsUnit.id) == 5
         async with site.engine.begin() as conn:
             await conn.execute(
                 text(
@@ -454,9 +464,8 @@ async def test_a_prefetched_batch_waits_behind_a_retried_transaction(tmp_path: P
             )
         assert names == [
             *(f"pkg-{i}" for i in range(5)),
-            *(f"pkg-{i}" for i in range(6, 10)),
             "orphan-5",
-            *(f"pkg-{i}" for i in range(10, 30)),
+            *(f"pkg-{i}" for i in range(6, 30)),
         ]
 
 

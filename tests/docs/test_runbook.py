@@ -108,8 +108,10 @@ async def _prepare(site: str, database_url: str) -> tuple[list[str], str, list[s
         backend, manager = coordinator.backend, coordinator.manager
         await coordinator.prepare_database()
         # Two packages of observation units that do not exist: the foreign key
-        # refuses both, so the processor dead-letters them.
+        # refuses both, so the processor dead-letters them, one batch each (the
+        # second waits behind the first until it is settled).
         await manager.buffer_many([orphan_package(i) for i in range(2)])
+        assert await coordinator.processor.run_once() == 0
         assert await coordinator.processor.run_once() == 0
         await backend.lease.release(coordinator.processor.holder)
         letters = [letter.letter_id for letter in await backend.dead_letters.list()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import sys
 import time
 import uuid
@@ -35,6 +36,7 @@ from ccat_buffering.fastapi import (
     install_error_handlers,
     lifespan,
 )
+from ccat_buffering.fastapi_waits import waits_router
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.settings import BufferingSettings
 from ccat_buffering.testing import new_site_name
@@ -88,6 +90,7 @@ def _notes_app(settings: BufferingSettings, app_lifespan: Any = None) -> FastAPI
     )
     install_error_handlers(app)
     app.include_router(health_router())
+    app.include_router(waits_router())
 
     @app.post("/notes", status_code=201)
     @critical_operation
@@ -172,6 +175,44 @@ async def test_the_lifespan_runs_the_apps_own_inside(tmp_path: Path) -> None:
     assert seen == [settings.site_name, "closed"]
 
 
+async def test_a_long_poll_answers_when_the_state_is_reached(tmp_path: Path) -> None:
+    settings = _memory_settings(tmp_path, wait_poll_interval=0.01)
+    await _prepare(settings, Base)
+    async with serving(_notes_app(settings)) as client:  # memory://: the service drains
+        created = await client.post("/notes", json={"text": "hello"})
+        tx_id = created.headers["X-Transaction-Id"]
+        answer = await client.get(f"/buffering/transactions/{tx_id}?wait=replicated&timeout=20")
+        assert answer.status_code == 200 and answer.json()["state"] == "replicated"
+        unknown = await client.get(f"/buffering/transactions/{uuid.uuid4()}?wait=committed")
+        assert unknown.status_code == 404
+        too_long = await client.get(f"/buffering/transactions/{tx_id}?wait=committed&timeout=301")
+        assert too_long.status_code == 422
+        events = []
+        async with client.stream("GET", f"/buffering/transactions/{tx_id}/events") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            async for line in stream.aiter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line.removeprefix("data: ")))
+        assert [e["state"] for e in events] == ["replicated"]  # terminal: the stream ends
+
+
+async def test_a_long_poll_times_out_with_the_last_state(tmp_path: Path) -> None:
+    settings = _memory_settings(tmp_path, service_drains=False, wait_poll_interval=0.01)
+    await _prepare(settings, Base)
+    async with serving(_notes_app(settings)) as client:
+        created = await client.post("/notes", json={"text": "hello"})
+        tx_id = created.headers["X-Transaction-Id"]
+        answer = await client.get(f"/buffering/transactions/{tx_id}?wait=committed&timeout=0.2")
+        assert answer.status_code == 202 and answer.json()["state"] == "buffered"
+        events = []
+        url = f"/buffering/transactions/{tx_id}/events?timeout=0.2"
+        async with client.stream("GET", url) as stream:
+            async for line in stream.aiter_lines():
+                if line.startswith("event: "):
+                    events.append(line)
+        assert events == ["event: status"]  # the state now, then the timeout ends it
+
+
 def test_critical_operation_needs_one_builder_parameter() -> None:
     async def no_builder(x: int) -> None:
         return None
@@ -233,6 +274,9 @@ async def test_the_observatory_service_through_an_outage(
         "REPLICATION_POLL_INTERVAL": "0.02",
         "OUTAGE_BASE_DELAY": "0.05",
         "OUTAGE_MAX_DELAY": "0.2",
+        # One process here: the service drains too (the two-process shape is
+        # tested in test_service_and_worker.py).
+        "SERVICE_DRAINS": "true",
     }.items():
         monkeypatch.setenv(f"CCAT_BUFFERING_{key}", value)
     try:

@@ -25,6 +25,7 @@ from ccat_buffering import TransactionBuilder
 from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.errors import BackendUnavailableError
 from ccat_buffering.fastapi import health_router, install_error_handlers
+from ccat_buffering.fastapi_waits import waits_router
 from ccat_buffering.models import TransactionState
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.settings import BufferingSettings
@@ -91,6 +92,7 @@ def _app(coordinator: BufferingCoordinator, *, guarded: bool) -> FastAPI:
     app.state.buffering = coordinator
     install_error_handlers(app)
     app.include_router(health_router(auth=operator_only if guarded else None))
+    app.include_router(waits_router(auth=operator_only if guarded else None))
 
     @app.get("/down")
     async def down() -> None:
@@ -121,6 +123,12 @@ async def test_without_auth_the_routes_show_no_row_data_hosts_or_paths(
         status = await client.get(f"/buffering/transactions/{failed}")
         health = await client.get("/buffering/health")
         down = await client.get("/down")
+        waited = await client.get(f"/buffering/transactions/{failed}?wait=committed&timeout=1")
+        events = await client.get(f"/buffering/transactions/{failed}/events?timeout=1")
+    assert waited.status_code == 409 and waited.json()["last_error"] == "UniqueViolation"
+    _shows_nothing_private(waited.text)
+    assert events.status_code == 200 and "UniqueViolation" in events.text
+    _shows_nothing_private(events.text)
     assert status.status_code == 200
     shown = status.json()
     assert shown["transaction_id"] == failed and shown["state"] == "failed"
@@ -141,14 +149,22 @@ async def test_behind_the_services_auth_dependency_the_routes_show_everything(
 ) -> None:
     coordinator, failed = site
     async with _client(_app(coordinator, guarded=True)) as client:
-        for path in ("/buffering/health", f"/buffering/transactions/{failed}"):
+        for path in (
+            "/buffering/health",
+            f"/buffering/transactions/{failed}",
+            f"/buffering/transactions/{failed}/events?timeout=1",
+        ):
             refused = await client.get(path)
             assert refused.status_code == 401, path
             _shows_nothing_private(refused.text)
         headers = {"Authorization": "Bearer let-me-in"}
         status = await client.get(f"/buffering/transactions/{failed}", headers=headers)
         health = await client.get("/buffering/health", headers=headers)
+        events = await client.get(
+            f"/buffering/transactions/{failed}/events?timeout=1", headers=headers
+        )
     assert SSN in status.json()["last_error"]  # the operator sees why it failed
+    assert SSN in events.text
     body = health.json()
     assert "***" in body["database"] and "pw9" not in health.text  # passwords stay masked
     assert any("dead-letter" in warning for warning in body["warnings"])

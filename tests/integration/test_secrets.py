@@ -207,6 +207,7 @@ FORMS = [
     f"redis+sentinel://:{ODD}@h1:26379,h2:26379/m",
     f"postgresql+asyncpg://ops:{ODD}@db:5432/ops",
     f"postgresql+asyncpg://ops@db/ops?sslpassword={PW}&password={PW}",
+    f"redis+sentinel://h1,h2/m?sentinel_password={PW}&db=0",
 ]
 
 
@@ -305,16 +306,23 @@ async def test_every_url_form_opens_and_errors_are_masked(secured: dict[str, str
         await backend.buffer.stats()
     await backend.aclose()
     _clean(str(caught.value))
-    dead = f"redis+sentinel://:{PW}@127.0.0.1:{free_port()}/site-buffer"
-    backend = open_backend(dead, site=new_site_name(), socket_connect_timeout=1)
+    dead = f"redis://:{PW}@127.0.0.1:{free_port()}/0?password={PW}"
+    backend = open_backend(dead, site=new_site_name())
     with pytest.raises(BackendUnavailableError) as unreachable:
         await backend.buffer.stats()
     await backend.aclose()
     _clean(str(unreachable.value))
 
 
-@pytest.mark.parametrize("form", ["user-info", "query", "sentinel", "cluster"])
-@pytest.mark.parametrize("database", ["user-info", "query"])
+@pytest.mark.parametrize(
+    "form, database",
+    [
+        ("user-info", "query"),
+        ("query", "user-info"),
+        ("sentinel", "query"),
+        ("cluster", "user-info"),
+    ],
+)
 async def test_the_commands_show_no_password(
     secured: dict[str, str], form: str, database: str
 ) -> None:

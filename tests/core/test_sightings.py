@@ -1,0 +1,83 @@
+"""Telling a loss from a change that lost nothing, from two looks at the buffer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ccat_buffering._sightings import (
+    BufferOrigin,
+    Sighting,
+    SightingFile,
+    judge,
+    new_epoch_after,
+)
+
+OLD, NEW = "a" * 40, "b" * 40
+
+
+def seen(seq: int, offset: int, history: str = OLD, epoch: str = "e1 1") -> Sighting:
+    return Sighting(
+        epoch, seq, held=seq, seen_at="2026-12-07T00:00:00+00:00", history=history, offset=offset
+    )
+
+
+def test_the_same_buffer_moving_on_is_no_loss() -> None:
+    assert judge(seen(10, 100), [], BufferOrigin("e1 1", 12, OLD, 130)) is None
+
+
+def test_a_lost_marker_is_a_loss_of_everything_held_and_after() -> None:
+    found = judge(seen(10, 100), [], BufferOrigin(None, 0, NEW, 0))
+    assert found is not None and "marker is gone" in found.cause
+    assert found.seen_seq == 10 and found.found_seq is None and found.open_ended
+
+
+def test_another_marker_is_a_loss_unless_it_names_the_one_it_follows() -> None:
+    found = judge(seen(10, 100), [], BufferOrigin("e2 2", 3, OLD, 100))
+    assert found is not None and "another marker" in found.cause
+    after = new_epoch_after("e1 1", "e3 3")
+    assert judge(seen(10, 100), [], BufferOrigin(after, 3, OLD, 100)) is None
+
+
+def test_a_counter_that_went_back_on_one_history_is_a_loss_of_that_range() -> None:
+    found = judge(seen(10, 100), [], BufferOrigin("e1 1", 7, OLD, 100))
+    assert found is not None and (found.found_seq, found.seen_seq) == (7, 10)
+
+
+def test_a_failover_to_a_replica_holding_everything_seen_is_no_loss() -> None:
+    # The new master holds the old history up to offset 150: past the last sighting (100).
+    # Its counter is lower than the old master's was later: two masters' counters, not a loss.
+    origin = BufferOrigin("e1 1", 11, NEW, 10, previous_history=OLD, fork_offset=150)
+    assert judge(seen(10, 100), [], origin) is None
+
+
+def test_a_failover_to_a_replica_that_was_behind_names_the_range_past_the_fork() -> None:
+    history = [seen(4, 40), seen(6, 60), seen(8, 90)]
+    origin = BufferOrigin("e1 1", 7, NEW, 10, previous_history=OLD, fork_offset=61)
+    found = judge(seen(10, 100), history, origin)
+    assert found is not None and "behind" in found.cause
+    # Sightings at offsets below the fork are held by the new master: the loss starts after 6.
+    assert (found.found_seq, found.seen_seq, found.open_ended) == (6, 10, True)
+    replicated = BufferOrigin(
+        "e1 1", 7, NEW, 10, previous_history=OLD, fork_offset=61, replicated=True
+    )
+    closed = judge(seen(10, 100), history, replicated)
+    assert closed is not None and not closed.open_ended
+
+
+def test_a_restart_that_changed_the_history_falls_back_to_the_counter() -> None:
+    assert judge(seen(10, 100), [], BufferOrigin("e1 1", 10, NEW, 0)) is None
+    found = judge(seen(10, 100), [], BufferOrigin("e1 1", 9, NEW, 0))
+    assert found is not None and found.found_seq == 9
+
+
+def test_the_file_keeps_what_it_was_given(tmp_path: Path) -> None:
+    sightings = SightingFile(tmp_path / "state", "site-a")
+    assert not sightings.read().exists
+    with sightings.locked() as state:
+        state.last = seen(3, 30)
+        state.history.append(seen(2, 20))
+        state.superseded[OLD] = 25
+        state.losses.append({"cause": "x"})
+    again = sightings.read()
+    assert again.exists and again.last == seen(3, 30) and again.history == [seen(2, 20)]
+    assert again.superseded == {OLD: 25} and again.losses == [{"cause": "x"}]
