@@ -29,7 +29,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# The console's browser tests drive Debian's Chromium through Playwright (root, as CI runs).
+CHROMIUM ?= /usr/bin/chromium
+
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+pytest: $(STAMP) $(CHROMIUM)
 	$(BIN)/pytest -q
 
 ## docs: build the documentation, warnings as errors

@@ -375,6 +375,16 @@ def check_report(report: str, ttl_seconds: float) -> None:
     check_duration(ttl_seconds, "ttl_seconds")
 
 
+def check_pause_note(note: str | None) -> None:
+    """Check :meth:`~ccat_buffering.protocols.SupportsOperatorPause.set_operator_pause`.
+
+    Raises:
+        TypeError: The note is neither text nor ``None``.
+    """
+    if note is not None and not isinstance(note, str):
+        raise TypeError(f"a pause note must be text (JSON) or None, not {type(note).__name__}")
+
+
 def check_audit(entry: str, keep: int) -> None:
     """Check :meth:`~ccat_buffering.protocols.SupportsAuditLog.append_audit`.
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError, computed_field
 from sqlalchemy.exc import SQLAlchemyError
 
 from ccat_buffering import audit as audit_log
+from ccat_buffering import operator_pause
 from ccat_buffering.buffer_loss import BufferWatch
 from ccat_buffering.counts import BufferCounts
 from ccat_buffering.masking import mask_mapping, mask_text, mask_url
@@ -127,6 +128,8 @@ class Health(BaseModel):
             not make it unhealthy (a site without a replica, for one).
         actions: The latest operators' actions, newest first (see
             :mod:`ccat_buffering.audit`).
+        operator_pause: Who paused the drain, when and why, while an
+            operator's pause is in force (see :mod:`ccat_buffering.operator_pause`).
         healthy: No warnings (serialised with the rest).
     """
 
@@ -144,6 +147,7 @@ class Health(BaseModel):
     conflicts: int = 0
     notices: list[str] = []
     actions: list[audit_log.AuditEntry] = []
+    operator_pause: str | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -287,7 +291,10 @@ async def collect(
     report = tracker.last_report if tracker.confirming else await tracker.snapshot()
     replication = ReplicationHealth() if report is None else ReplicationHealth.from_report(report)
     warnings: list[str] = []
-    if worker.state is ProcessorState.PAUSED:
+    held = await operator_pause.current(backend)
+    if held is not None:
+        warnings.append(f"drain {held.cause}; `ccat-buffering resume` lets it go on")
+    if worker.state is ProcessorState.PAUSED and (held is None or worker.cause != held.cause):
         warnings.append(f"processor paused: {mask_text(worker.cause or '')}")
     if lease is not None and _holder_is_dead(lease.holder):
         warnings.append(f"the lease is held by a worker that is gone: {lease.holder}")
@@ -337,6 +344,7 @@ async def collect(
         conflicts=conflicts,
         notices=[NO_REPLICA_NOTICE] if _without_replica(settings) else [],
         actions=await audit_log.list(backend, RECENT_ACTIONS),
+        operator_pause=None if held is None else held.cause,
     )
     # Masked whole, whatever a part put in it (a worker's cause, a driver's message).
     return Health.model_validate(mask_mapping(health.model_dump(mode="json")))

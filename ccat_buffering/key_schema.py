@@ -32,5 +32,6 @@ SUFFIXES = {
     "epoch": "buffer_epoch",
     "audit": "audit",
     "idempotency": "idempotency:",
+    "pause": "operator_pause",
 }
 """Key suffixes by role, shared with the Lua scripts."""

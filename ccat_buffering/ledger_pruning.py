@@ -317,12 +317,15 @@ async def prune_periodically(
     interval: float,
     batch_size: int = 5000,
 ) -> None:
-    """Prune the site's ledger at start and every ``interval`` seconds, until cancelled.
+    """Prune the site's ledger a minute after start, then every ``interval`` seconds.
 
-    A failed run (the main database down, the buffer unreachable) is logged
-    and tried again at the next interval; nothing depends on it succeeding.
+    The first run waits so that a starting worker drains first (and a short
+    run never prunes). A failed run (the main database down, the buffer
+    unreachable) is logged and tried again at the next interval; nothing
+    depends on it succeeding.
     """
     log = SiteLogger(__name__, backend.site)
+    await asyncio.sleep(min(interval, 60.0))
     while True:
         try:
             report = await prune_site(

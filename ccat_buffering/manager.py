@@ -37,6 +37,7 @@ from ccat_buffering.protocols import Backend, CachedRecord, CacheWrite, Claim
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.replays import read_letter, replay_set
 from ccat_buffering.retry import FailureKind, RetryPolicy, describe_error
+from ccat_buffering.status import StatusEvent, add_event
 
 __all__ = ["Delivery", "Listener", "TransactionManager", "as_json"]
 
@@ -97,6 +98,12 @@ def as_json(generated: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, A
         step: {name: to_jsonable_python(value) for name, value in values.items()}
         for step, values in generated.items()
     }
+
+
+# A transaction whose life is routine (buffered, processing, committed, replicated)
+# keeps no history: its status's times tell it, and statuses live in the buffer's
+# memory. The first event out of the routine starts the history (see _advance).
+_UNUSUAL = (TransactionState.RETRYING, TransactionState.FAILED)
 
 
 def _decode_fields(record: CachedRecord) -> dict[str, Any]:
@@ -166,10 +173,29 @@ class TransactionManager:
         return dt.datetime.fromtimestamp(self.clock(), dt.UTC)
 
     def _advance(
-        self, status: TransactionStatus, state: TransactionState, **changes: Any
+        self,
+        status: TransactionStatus,
+        state: TransactionState,
+        *,
+        event: str | None = None,
+        note: str | None = None,
+        **changes: Any,
     ) -> TransactionStatus:
+        now = self.now()
+        note = note or changes.get("last_error")
+        history = status.history
+        # A claim is no event: each attempt is recorded by how it ended.
+        claim = event is None and state is TransactionState.PROCESSING
+        if not claim and (history or event is not None or note is not None or state in _UNUSUAL):
+            if not history:
+                # The story starts: it was buffered (the status's own time).
+                history = (StatusEvent(at=status.created_at, event="buffered"),)
+            step = StatusEvent(at=now, event=event or state.value, note=note)
+            history = add_event(history, step)
         # Copied unvalidated: these values are already typed, and it runs per transaction.
-        return status.model_copy(update={**changes, "state": state, "updated_at": self.now()})
+        return status.model_copy(
+            update={**changes, "state": state, "updated_at": now, "history": history}
+        )
 
     # -- what services call -------------------------------------------------
 
@@ -321,13 +347,18 @@ class TransactionManager:
         generated = generated or {}
         async with self.backend.atomic() as batch:
             for delivery in deliveries:
+                # A committed transaction carries no error of an earlier attempt:
+                # those stay in its history.
                 values = generated.get(delivery.transaction_id)
+                extra: dict[str, Any] = {"generated": as_json(values)} if values else {}
                 status = self._advance(
                     delivery.status,
                     TransactionState.COMMITTED,
+                    note=None if commit_lsn is None else f"LSN {commit_lsn}",
                     commit_lsn=commit_lsn,
                     committed_at=now,
-                    **({"generated": as_json(values)} if values else {}),
+                    last_error=None,
+                    **extra,
                 )
                 batch.put_status(status, self.status_ttl)
                 batch.ack(delivery.claim.receipt)
@@ -443,7 +474,9 @@ class TransactionManager:
         async with self.backend.atomic() as batch:
             batch.retry_later([d.claim.receipt for d in deliveries], 0)
             for delivery in deliveries:
-                status = self._advance(delivery.status, TransactionState.BUFFERED, last_error=cause)
+                status = self._advance(
+                    delivery.status, TransactionState.BUFFERED, event="outage pause", note=cause
+                )
                 batch.put_status(status, self.status_ttl)
 
     # -- what the replication tracker calls ---------------------------------
@@ -476,6 +509,11 @@ class TransactionManager:
             The ids of the letters replayed, in the order they will be claimed.
         """
         letters = replay_set(await self.backend.dead_letters.list(), letter_ids)
+        # The statuses of failed transactions expire; where one is left, its history goes on.
+        known = await self.backend.status.get_many(
+            [letter.transaction_id or letter.letter_id for letter in letters]
+        )
+        before = {s.transaction_id: s for s in known if s is not None}
         async with self.backend.atomic() as batch:
             # Each staged replay goes to the head: the last staged is claimed first.
             for letter in reversed(letters):
@@ -483,7 +521,15 @@ class TransactionManager:
                 if tx is None:
                     batch.replay(letter.letter_id)
                     continue
-                status = _buffered(tx, last_error=f"replayed after: {letter.reason}")
+                old = before.get(tx.transaction_id) or _buffered(tx)
+                status = self._advance(
+                    old,
+                    TransactionState.BUFFERED,
+                    event="replayed",
+                    note=f"after: {letter.reason}",
+                    attempts=0,
+                    last_error=None,
+                )
                 batch.put_status(status, self.status_ttl)
                 batch.write_cache(tx.transaction_id, _cache_writes(tx), self.cache_ttl)
                 batch.replay(letter.letter_id)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from ccat_buffering import operator_pause
 from ccat_buffering.conflicts.kinds import Conflict
 from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.models import TransactionState, TransactionStatus
@@ -59,6 +60,9 @@ class SiteMetrics:
         self.dead_letters = gauge("dead_letters", "Transactions in the dead-letter queue.")
         self.lag_bytes = gauge("replication_lag_bytes", "WAL the replica has still to replay.")
         self.pending = gauge("replication_pending", "Committed transactions not yet replicated.")
+        self.operator_paused = gauge(
+            "operator_paused", "1 while an operator's pause of the drain is in force."
+        )
         self.to_commit = Histogram(
             "ccat_buffering_time_to_commit_seconds",
             "Seconds from buffered to committed on the main database.",
@@ -114,6 +118,8 @@ class SiteMetrics:
         self.depth.labels(self._name).set(stats.depth)
         self.in_flight.labels(self._name).set(stats.in_flight)
         self.dead_letters.labels(self._name).set(stats.dead_letters)
+        held = await operator_pause.current(self.site.backend)
+        self.operator_paused.labels(self._name).set(0 if held is None else 1)
         # The whole site's pending count, from the stores: a standby worker
         # (which does not confirm) shows it too.
         counts = await self.site.backend.status.counts()

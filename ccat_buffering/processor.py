@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from ccat_buffering import operator_pause
 from ccat_buffering._batch_cycle import BatchCycle
 from ccat_buffering._lease_holding import LeaseHolding
 from ccat_buffering._sizing import BatchSizer
@@ -96,6 +97,7 @@ class BackgroundProcessor(BatchCycle):
         self.sizer = sizer
         self.prefetch = prefetch
         self._prefetched: list[Delivery] = []
+        self._operator_held = False
         self._rtt_measured_at = float("-inf")
         self._unanswered_since: float | None = None
         self._unanswered_detail = ""
@@ -168,6 +170,13 @@ class BackgroundProcessor(BatchCycle):
     async def _cycle_once(self) -> int:
         if not await self._hold_lease():
             return 0
+        held = await operator_pause.current(self.manager.backend)
+        if held is not None:
+            return await self._hold_for_operator(held.cause)
+        if self._operator_held:
+            self._operator_held = False
+            self.state, self.cause = ProcessorState.RUNNING, None
+            self.log.info("resumed by the operator")
         if self._unsettled:
             # The last cycle broke off (a lost reply, a store that went away):
             # whatever it left in flight goes back to the head, in order, before
@@ -179,6 +188,22 @@ class BackgroundProcessor(BatchCycle):
         applied = await self._claim_and_apply()
         self._unsettled = False
         return applied
+
+    async def _hold_for_operator(self, cause: str) -> int:
+        """Claim nothing while an operator's pause is in force; keep the lease.
+
+        The batch in flight is settled first and a prefetched one goes back
+        to the head, so nothing stays claimed while the drain is paused.
+        """
+        await self._settled()
+        if self._prefetched:
+            self._prefetched = []
+            await self.manager.backend.buffer.recover(include_unexpired=True)
+        if not self._operator_held:
+            self.log.warning("%s", cause)
+        self._operator_held = True
+        self.state, self.cause = ProcessorState.PAUSED, cause
+        return 0
 
     def _unanswered_cause(self) -> str | None:
         if self._unanswered_since is None:
@@ -227,10 +252,12 @@ class BackgroundProcessor(BatchCycle):
                     self.state = ProcessorState.PAUSED
                     self.cause = f"buffer unreachable: {describe_error(exc)}"
                     self.log.warning("paused, %s", self.cause)
-                if self.state is ProcessorState.PAUSED and self._unanswered_since is not None:
+                if self._operator_held:
+                    wait = min(self.poll_interval * 10, 1.0)  # a resume takes effect soon
+                elif self.state is ProcessorState.PAUSED and self._unanswered_since is not None:
                     await self._wait_for_answer(self.outage_delay())
                     continue
-                if self.state is ProcessorState.PAUSED:
+                elif self.state is ProcessorState.PAUSED:
                     wait = self.outage_delay()
                 elif self.state is ProcessorState.STANDBY:
                     wait = self.lease_ttl / 3

@@ -50,6 +50,7 @@ __all__ = [
     "SupportsIdempotencyKeys",
     "SupportsInspection",
     "SupportsKeyAudit",
+    "SupportsOperatorPause",
     "SupportsProcessorReports",
     "WriteBatch",
 ]
@@ -763,6 +764,24 @@ class SupportsAuditLog(Protocol):
 
     async def audit_entries(self, limit: int | None = None) -> list[str]:
         """The entries, newest first, at most ``limit`` of them (``None``: all kept)."""
+        ...
+
+
+@runtime_checkable
+class SupportsOperatorPause(Protocol):
+    """Capability: an operator's pause of the site's drain, kept with its buffer.
+
+    Kept in the buffer's store so that it survives a worker's restart and
+    every process of the site sees it; :mod:`ccat_buffering.operator_pause`
+    writes and reads it. The note is text (JSON) that the store does not parse.
+    """
+
+    async def set_operator_pause(self, note: str | None) -> None:
+        """Pause the drain with ``note``, or resume it (``None``)."""
+        ...
+
+    async def operator_pause(self) -> str | None:
+        """The note of the pause in force, or ``None`` when the drain is not paused."""
         ...
 
 

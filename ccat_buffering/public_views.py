@@ -85,10 +85,13 @@ def public_status(status: TransactionStatus) -> dict[str, Any]:
         status: The status.
 
     Returns:
-        JSON data: every field of the status, ``last_error`` as its kind.
+        JSON data: every field of the status, ``last_error`` and the note of
+        each event of its history as their kind.
     """
     data = status.model_dump(mode="json")
     data["last_error"] = error_kind(status.last_error)
+    for event, step in zip(data.get("history", []), status.history, strict=True):
+        event["note"] = error_kind(step.note)
     return data
 
 

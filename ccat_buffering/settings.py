@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -176,6 +176,9 @@ class BufferingSettings(BaseSettings):
         ledger_prune_interval: Seconds between the worker's pruning runs
             (``0`` switches them off; ``ccat-buffering db prune`` still works).
         ledger_prune_batch: Ledger rows deleted per statement.
+        console_credential: The operator credential of the web console (the
+            password of HTTP Basic auth, any user name); without it the
+            console is read-only.
     """
 
     model_config = SettingsConfigDict(
@@ -280,6 +283,9 @@ class BufferingSettings(BaseSettings):
     ledger_retention: float = Field(7 * 24 * 3600.0, ge=60)
     ledger_prune_interval: float = Field(3600.0, ge=0)
     ledger_prune_batch: int = Field(5000, ge=1)
+
+    # The web console (issue #22): read-only unless a credential is set.
+    console_credential: SecretStr | None = None
 
     @classmethod
     def settings_customise_sources(

@@ -10,7 +10,14 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from ccat_buffering.lsn import LSNField
 
-__all__ = ["TransactionState", "TransactionStatus", "UTCDatetime", "utc_now"]
+__all__ = [
+    "HISTORY_KEEP",
+    "StatusEvent",
+    "TransactionState",
+    "TransactionStatus",
+    "UTCDatetime",
+    "utc_now",
+]
 
 
 def utc_now() -> dt.datetime:
@@ -44,6 +51,55 @@ class TransactionState(enum.StrEnum):
         return self in (TransactionState.REPLICATED, TransactionState.FAILED)
 
 
+HISTORY_KEEP = 32
+"""Events a status keeps: the first (buffered) and the latest after it."""
+
+
+class StatusEvent(BaseModel):
+    """One step of a transaction's life, as its status records it.
+
+    Attributes:
+        at: When it happened.
+        event: How an attempt ended (``retrying``, ``failed``, ``committed``,
+            or ``outage pause``: an outage sent it back to the head, counting
+            nothing), or ``buffered``, ``replicated``, ``replayed``.
+        note: The error, the outage's cause, the dead letter's reason, or the
+            commit's LSN (at most :data:`NOTE_KEEP` characters).
+        times: How many times it happened in a row, ``at`` being the last
+            (an outage pauses the same batch again and again).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    at: UTCDatetime
+    event: str
+    note: str | None = None
+    times: int = 1
+
+
+NOTE_KEEP = 240
+"""Characters of an event's note kept (a status lives in the buffer's memory)."""
+
+
+def add_event(history: tuple[StatusEvent, ...], event: StatusEvent) -> tuple[StatusEvent, ...]:
+    """``history`` with ``event`` appended, bounded, repeats folded into one event.
+
+    An event equal to the last one (same event and note) is counted in it
+    instead of added: a week-long outage pauses a transaction thousands of
+    times, and its status lives in the buffer's memory.
+    At most :data:`HISTORY_KEEP` events are kept: the first and the latest.
+    """
+    if event.note is not None and len(event.note) > NOTE_KEEP:
+        event = event.model_copy(update={"note": event.note[: NOTE_KEEP - 1] + "…"})
+    if history and (history[-1].event, history[-1].note) == (event.event, event.note):
+        folded = history[-1].model_copy(update={"at": event.at, "times": history[-1].times + 1})
+        return (*history[:-1], folded)
+    events = (*history, event)
+    if len(events) <= HISTORY_KEEP:
+        return events
+    return (events[0], *events[len(events) - HISTORY_KEEP + 1 :])
+
+
 class TransactionStatus(BaseModel):
     """What is known of one buffered transaction.
 
@@ -60,6 +116,11 @@ class TransactionStatus(BaseModel):
         updated_at: When this status last changed.
         committed_at: When the main database committed it.
         replicated_at: When the site's replica was seen to have replayed it.
+        history: Every step of its life with its time (attempts, failures,
+            outage pauses, replays), the first and the latest
+            :data:`HISTORY_KEEP`, once its life left the routine; empty while
+            it is routine (buffered, processing, committed, replicated: the
+            times above tell it).
         generated: Once committed, the values the database computed for the
             transaction's creates (an identity key, server defaults), by step
             id then field, as JSON values (text for times, UUIDs and decimals).
@@ -77,6 +138,7 @@ class TransactionStatus(BaseModel):
     updated_at: UTCDatetime = Field(default_factory=utc_now)
     committed_at: UTCDatetime | None = None
     replicated_at: UTCDatetime | None = None
+    history: tuple[StatusEvent, ...] = ()
     generated: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def advance(self, state: TransactionState, **changes: Any) -> TransactionStatus:
@@ -89,5 +151,8 @@ class TransactionStatus(BaseModel):
         Returns:
             The new status.
         """
-        data = {**dict(self), "updated_at": utc_now(), **changes, "state": state}
+        now = utc_now()
+        event = StatusEvent(at=now, event=state.value, note=changes.get("last_error"))
+        data = {**dict(self), "updated_at": now, **changes, "state": state}
+        data["history"] = add_event(self.history, event)
         return TransactionStatus.model_validate(data)

@@ -334,6 +334,7 @@ class MemoryBackend(AsyncClosing):
         self.cache = MemoryCacheStore(self._state)
         self.lease = MemoryProcessorLease(self._state)
         self._audit: list[str] = []  # newest first, as the Redis list
+        self._pause: str | None = None
 
     @classmethod
     def from_url(cls, url: str, *, site: str, **options: Any) -> MemoryBackend:
@@ -404,6 +405,15 @@ class MemoryBackend(AsyncClosing):
     async def audit_entries(self, limit: int | None = None) -> list[str]:
         """See :meth:`ccat_buffering.protocols.SupportsAuditLog.audit_entries`."""
         return [] if limit is not None and limit <= 0 else self._audit[:limit]
+
+    async def set_operator_pause(self, note: str | None) -> None:
+        """See :meth:`ccat_buffering.protocols.SupportsOperatorPause.set_operator_pause`."""
+        checks.check_pause_note(note)
+        self._pause = note
+
+    async def operator_pause(self) -> str | None:
+        """See :meth:`ccat_buffering.protocols.SupportsOperatorPause.operator_pause`."""
+        return self._pause
 
     async def aclose(self) -> None:
         """Nothing to release: the state lives as long as the object."""

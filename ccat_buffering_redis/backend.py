@@ -45,6 +45,7 @@ from ccat_buffering_redis._connect import open_client, take_compression, take_pa
 from ccat_buffering_redis._frame import Command, frame
 from ccat_buffering_redis._health import RedisHealth
 from ccat_buffering_redis._memory import POLICY_RECHECK_SECONDS
+from ccat_buffering_redis._pause import RedisOperatorPause
 from ccat_buffering_redis._refusals import auth_failure, refusal
 from ccat_buffering_redis._replicas import (
     acknowledged_offset,
@@ -78,7 +79,7 @@ _SCRIPTS = scripts.SCRIPTS
 _SOURCES = {hashlib.sha1(lua.encode()).hexdigest(): lua for lua in _SCRIPTS.values()}
 
 
-class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, AsyncClosing):
+class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, RedisOperatorPause, AsyncClosing):
     """Every store of one site, in Redis.
 
     Args:

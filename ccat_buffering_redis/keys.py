@@ -58,6 +58,8 @@ key                                         type     what
 ``idempotency:<sha256 of the key>``         string   an idempotency key's record (JSON): the
                                                      request's fingerprint, its transaction and
                                                      first answer; PX ``idempotency_ttl``
+``operator_pause``                          string   the operator's pause of the drain (JSON:
+                                                     who, when, why); absent when not paused
 ==========================================  =======  ==========================================
 """
 
@@ -87,6 +89,7 @@ BOUNDED = (
     "state:cursors",
     "buffer_epoch",
     "audit",
+    "operator_pause",
 )
 """Suffixes of the site's bounded structures: they hold no TTL by design.
 
@@ -168,6 +171,11 @@ class SiteKeys:
     def epoch(self) -> str:
         """The buffer's marker, checked against the main database (see ``buffer_loss``)."""
         return self._key("epoch")
+
+    @property
+    def pause(self) -> str:
+        """The operator's pause of the site's drain (see ``ccat_buffering.operator_pause``)."""
+        return self._key("pause")
 
     @property
     def audit(self) -> str:

@@ -49,6 +49,7 @@ LUA_NAMES = {
     "fields": "FIELDS",
     "lease": "LEASE",
     "audit": "AUDIT",
+    "pause": "PAUSE",
     "processor": "PROCESSOR",
     "reconcile": "RECONCILE",
     "epoch": "EPOCH",

@@ -6,9 +6,11 @@ import sys
 
 from ccat_buffering.cli import audit as _audit  # noqa: F401 (registers its commands)
 from ccat_buffering.cli import conflicts as _conflicts  # noqa: F401
+from ccat_buffering.cli import console as _console  # noqa: F401
 from ccat_buffering.cli import db as _db  # noqa: F401
 from ccat_buffering.cli import dlq as _dlq  # noqa: F401
 from ccat_buffering.cli import keys as _keys  # noqa: F401
+from ccat_buffering.cli import pause as _pause  # noqa: F401
 from ccat_buffering.cli import site as _site  # noqa: F401
 from ccat_buffering.cli import status as _status  # noqa: F401
 from ccat_buffering.cli._app import app

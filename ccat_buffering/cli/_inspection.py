@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from typing import Any
 
 from ccat_buffering.cache_writes import cache_writes
 from ccat_buffering.cli._operator import OperatorSite
-from ccat_buffering.models import Transaction
+from ccat_buffering.masking import mask_text
+from ccat_buffering.models import Transaction, TransactionStatus
 from ccat_buffering.protocols import SupportsInspection
+from ccat_buffering.retry import describe_error
 
 __all__ = ["inspect_transaction"]
 
@@ -21,6 +24,25 @@ def _utc(moment: dt.datetime) -> str:
 
 def _iso(seconds: float) -> str:
     return _utc(dt.datetime.fromtimestamp(seconds, dt.UTC))
+
+
+LOSS_CHECK_TIMEOUT = 5.0
+"""Seconds ``inspect`` gives the main database for the buffer-loss check."""
+
+
+def _history(status: TransactionStatus | None) -> list[dict[str, Any]]:
+    """The recorded events, oldest first (derived from the times for an older status)."""
+    if status is None:
+        return []
+    if status.history:
+        return [{"event": e.event, "at": _utc(e.at), "note": e.note} for e in status.history]
+    derived: list[tuple[str, dt.datetime]] = [("buffered", status.created_at)]
+    if status.committed_at:
+        derived.append((f"committed at LSN {status.commit_lsn or '-'}", status.committed_at))
+    if status.replicated_at:
+        derived.append(("replicated", status.replicated_at))
+    derived.append((f"now {status.state}", status.updated_at))
+    return [{"event": event, "at": _utc(at), "note": None} for event, at in derived]
 
 
 async def inspect_transaction(site: OperatorSite, transaction_id: str) -> dict[str, Any] | None:
@@ -54,21 +76,25 @@ async def inspect_transaction(site: OperatorSite, transaction_id: str) -> dict[s
         for info in await backend.transaction_keys(transaction_id, records):
             keys.append({"key": info.key, "kind": info.kind, "ttl_seconds": info.ttl_seconds})
     letter = await backend.dead_letters.get(transaction_id)
-    losses = [loss.describe() for loss in await site.buffer_losses()]
+    unchecked: list[str] = []
+    try:
+        # The buffer alone answers the rest; the main database only adds this check,
+        # and it is the part that is down or hung when operators come here.
+        found = await asyncio.wait_for(site.buffer_losses(), timeout=LOSS_CHECK_TIMEOUT)
+        losses = [loss.describe() for loss in found]
+    except Exception as exc:  # any failure of the database: say so, go on
+        losses = []
+        why = "not answering" if isinstance(exc, TimeoutError) else describe_error(exc)
+        unchecked.append(
+            f"buffer-loss check skipped: the main database could not be asked ({mask_text(why)})"
+        )
     if status is None and payload is None and letter is None and not losses:
         return None
-    history = []
-    if status is not None:
-        history.append(("buffered", status.created_at))
-        if status.committed_at:
-            history.append((f"committed at LSN {status.commit_lsn or '-'}", status.committed_at))
-        if status.replicated_at:
-            history.append(("replicated", status.replicated_at))
-        history.append((f"now {status.state}", status.updated_at))
     return {
         "transaction_id": transaction_id,
         "status": None if status is None else status.model_dump(mode="json"),
-        "history": [{"event": event, "at": _utc(at)} for event, at in history],
+        "history": _history(status),
+        "unchecked": unchecked,
         "dead_letter": None
         if letter is None
         else {"reason": letter.reason, "dead_lettered_at": _iso(letter.dead_lettered_at)},

@@ -240,7 +240,13 @@ def inspect_command(
             ],
         )
     )
-    console.print(_section("history", [(h["event"], h["at"]) for h in found["history"]]))
+    events = [
+        (h["at"], h["event"] + (f": {h['note']}" if h.get("note") else ""))
+        for h in found["history"]
+    ]
+    console.print(_section("history", events))
+    for note in found["unchecked"]:
+        console.print(f"[yellow]{escape(note)}[/yellow]", soft_wrap=True)
     console.print(f"keys ({len(found['keys'])})")
     for key in found["keys"]:
         ttl = _seconds(key["ttl_seconds"]) if key["ttl_seconds"] is not None else "none"

@@ -602,3 +602,27 @@ def test_a_worker_killed_with_sigkill_shows_as_gone(tmp_path: Path) -> None:
         if keys:
             probe.unlink(*keys)
         probe.close()
+
+
+async def test_pause_and_resume_show_in_status_and_the_audit_log(
+    prepared: BufferingCoordinator,
+) -> None:
+    paused = await asyncio.to_thread(_run, "pause", "--reason", "main db migration", "--json")
+    assert paused.exit_code == 0, paused.output
+    assert json.loads(paused.stdout)["reason"] == "main db migration"
+    status = await asyncio.to_thread(_run, "status", "--json")
+    health = Health.model_validate_json(status.stdout)
+    assert health.operator_pause is not None and "main db migration" in health.operator_pause
+    assert status.exit_code == 1  # a pause needs looking at: it must not be forgotten
+    resumed = await asyncio.to_thread(_run, "resume")
+    assert resumed.exit_code == 0 and "resumed; it was paused by operator" in resumed.stdout
+    again = await asyncio.to_thread(_run, "resume")
+    assert "the drain was not paused" in again.stdout
+    listed = json.loads((await asyncio.to_thread(_run, "audit", "--json")).stdout)
+    assert [entry["action"] for entry in listed][:3] == [
+        "drain.resume",
+        "drain.resume",
+        "drain.pause",
+    ]
+    status = await asyncio.to_thread(_run, "status", "--json")
+    assert Health.model_validate_json(status.stdout).operator_pause is None

@@ -8,7 +8,7 @@ in flight, two dead letters and a lease left by a worker that is gone.
 Variable assignments in front of a command (``CCAT_BUFFERING_X=... \``) give
 way to the prepared site's environment.
 Placeholders such as ``<letter-id>`` and ``<transaction-id>`` become real ids
-of that site. Commands that run until stopped (``worker``, ``status --watch``)
+of that site. Commands that run until stopped (``worker``, ``console``, ``status --watch``)
 are run with ``--help`` appended, which checks that their options exist.
 
 Each command must exit 0 or 1 (1 is the documented "needs attention" exit of
@@ -230,7 +230,7 @@ def _subcommand(argv: list[str]) -> str:
 
 
 def _runs_forever(argv: list[str]) -> bool:
-    return argv[0] == "worker" or (argv[0] == "status" and "--watch" in argv)
+    return argv[0] in ("worker", "console") or (argv[0] == "status" and "--watch" in argv)
 
 
 def _invoke(argv: list[str], env: dict[str, str | None]) -> Result:

@@ -1,0 +1,102 @@
+"""The console's routes without a browser: counts that went stale, refusals, the host's auth."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.testclient import TestClient
+
+from ccat_buffering import audit
+from ccat_buffering.console import ConsoleSite, console_router
+from ccat_buffering.coordinator import BufferingCoordinator
+from ccat_buffering.database import create_engine
+from ccat_buffering.demo.example import Base
+from ccat_buffering.metrics import SiteMetrics
+from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.retry import FailureKind
+from ccat_buffering.settings import BufferingSettings
+from ccat_buffering_memory import MemoryBackend
+
+from support import make_schema, orphan_package
+
+HX = {"HX-Request": "true"}
+AUTH = {"Authorization": "Basic " + base64.b64encode(b"ops:pw").decode(), **HX}
+
+
+async def _site(tmp_path: Path) -> BufferingCoordinator:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'main.db'}"
+    settings = BufferingSettings(site_name="routes", database_url=url, console_credential="pw")
+    engine = create_engine(url)
+    await make_schema(engine)
+    registry = ModelRegistry.from_base(Base)
+    site = BufferingCoordinator(settings, MemoryBackend("routes"), engine, registry, start=False)
+    await site.prepare_database()
+    await site.manager.buffer_many([orphan_package(i) for i in range(3)])
+    deliveries = await site.manager.claim(3, 600)
+    await site.manager.failed([(d, ValueError("no"), FailureKind.PERMANENT) for d in deliveries])
+    return site
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[BufferingCoordinator]:
+    coordinator = asyncio.run(_site(tmp_path))
+    yield coordinator
+    asyncio.run(coordinator.engine.dispose())
+
+
+def _client(site: BufferingCoordinator, **options: object) -> TestClient:
+    app = FastAPI()
+    app.include_router(console_router(ConsoleSite.of(site), **options))  # type: ignore[arg-type]
+    return TestClient(app)
+
+
+def test_a_confirmed_count_that_went_stale_is_refused(site: BufferingCoordinator) -> None:
+    client = _client(site)
+    plan = client.post("/console/letters/plan", data={"action": "purge"}, headers=AUTH)
+    assert 'data-count="3"' in plan.text
+    asyncio.run(site.manager.buffer(orphan_package(7)))
+    (delivery,) = asyncio.run(site.manager.claim(1, 600))
+    asyncio.run(site.manager.failed([(delivery, ValueError("late"), FailureKind.PERMANENT)]))
+    stale = client.post("/console/letters/purge", data={"confirm": "3"}, headers=AUTH)
+    assert stale.status_code == 409 and "now holds 4" in stale.text
+    assert len(asyncio.run(site.backend.dead_letters.list())) == 4
+    done = client.post("/console/letters/purge", data={"confirm": "4"}, headers=AUTH)
+    assert done.status_code == 200 and "purged 4" in done.text
+    (entry,) = asyncio.run(audit.list(site.backend, 1))
+    assert (entry.action, entry.count, entry.principal) == ("console.purge", 4, "console:ops")
+
+
+def test_actions_need_the_consoles_own_request_and_an_operator(
+    site: BufferingCoordinator,
+) -> None:
+    client = _client(site)
+    no_header = {"Authorization": AUTH["Authorization"]}
+    assert client.post("/console/pause", headers=no_header).status_code == 400
+    assert client.post("/console/pause", headers=HX).status_code == 403
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"ops:nope").decode(), **HX}
+    assert client.post("/console/letters/purge", headers=wrong).status_code == 403
+    assert len(asyncio.run(site.backend.dead_letters.list())) == 3
+    assert asyncio.run(audit.list(site.backend, 10)) == []
+    assert client.get("/console/transactions/nope").status_code == 404
+    assert client.get("/console/transactions?state=bogus").status_code == 400
+
+
+def test_the_host_applications_own_operator(site: BufferingCoordinator) -> None:
+    async def who(request: Request) -> str | None:
+        return "http:alice" if request.headers.get("x-user") == "alice" else None
+
+    client = _client(site, operator=who)
+    assert client.post("/console/pause", headers=AUTH).status_code == 403  # the credential no more
+    paused = client.post("/console/pause", data={"reason": "r"}, headers={"x-user": "alice", **HX})
+    assert paused.status_code == 200 and "http:alice" in paused.text
+    metrics = SiteMetrics(site)  # type: ignore[arg-type]
+    asyncio.run(metrics.refresh())
+    assert metrics.operator_paused.labels("routes")._value.get() == 1
+    client.post("/console/resume", headers={"x-user": "alice", **HX})
+    asyncio.run(metrics.refresh())
+    assert metrics.operator_paused.labels("routes")._value.get() == 0
