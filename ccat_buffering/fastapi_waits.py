@@ -54,7 +54,8 @@ async def long_poll(
 
     * 200: the status, at ``until`` or past it;
     * 202: not yet (the timeout passed); the body is the last status known;
-    * 409: dead-lettered, it will not get there unless replayed; the body is its status;
+    * 409: dead-lettered or held as a conflict, it will not get there unless
+      replayed or resolved; the body is its status;
     * 404: unknown, or its status expired.
 
     Args:

@@ -111,8 +111,10 @@ class LetterRehearsal:
 
     Attributes:
         letter_id: The letter.
-        outcome: ``applies``, ``already applied`` (the ledger holds it) or ``fails``.
-        error: Why it would fail, as the database said it.
+        outcome: ``applies``, ``already applied`` (the ledger holds it),
+            ``conflicts`` (it meets another party's row and its policy rejects
+            it: it would be held as ``conflicted``) or ``fails``.
+        error: Why it would fail, as the database said it, or the conflicts it meets.
     """
 
     letter_id: str
@@ -153,6 +155,9 @@ async def rehearse(
             reports.append(
                 LetterRehearsal(letter.letter_id, "fails", describe_error(outcome.error))
             )
+        elif outcome.conflicted:
+            conflicts = "; ".join(c.describe() for c in outcome.conflicts)
+            reports.append(LetterRehearsal(letter.letter_id, "conflicts", conflicts or None))
         else:
             reports.append(LetterRehearsal(letter.letter_id, "applies"))
     return reports

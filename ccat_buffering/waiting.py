@@ -198,7 +198,8 @@ class StatusWatch:
 
         Raises:
             WaitTimeoutError: Not reached in time (its ``status`` is the last known).
-            TransactionFailedError: It was dead-lettered (its ``status`` says why).
+            TransactionFailedError: It was dead-lettered, or is held as a conflict
+                (its ``status`` says why).
             UnknownTransactionError: No status for it.
             ValueError: ``until`` is neither ``committed`` nor ``replicated``.
         """
@@ -214,6 +215,12 @@ class StatusWatch:
                 if status.state is TransactionState.FAILED:
                     raise TransactionFailedError(
                         f"transaction {transaction_id} was dead-lettered: {status.last_error}",
+                        status,
+                    )
+                if status.state is TransactionState.CONFLICTED:
+                    # Not applied until an operator resolves it: waiting longer cannot help.
+                    raise TransactionFailedError(
+                        f"transaction {transaction_id} is held as a conflict: {status.last_error}",
                         status,
                     )
         state = "unknown" if last is None else str(last.state)

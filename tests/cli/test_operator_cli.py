@@ -279,7 +279,8 @@ async def test_metrics_after_a_known_scenario(tmp_path: Path) -> None:
     assert f"ccat_buffering_buffered_total{label} 6.0" in body
     assert f"ccat_buffering_committed_total{label} 5.0" in body
     assert f"ccat_buffering_replicated_total{label} 5.0" in body
-    assert f"ccat_buffering_dead_lettered_total{label}" not in body
+    # The series exists from the start (an alert has something to evaluate), at 0.
+    assert f"ccat_buffering_dead_lettered_total{label} 0.0" in body
     assert (
         "ccat_buffering_conflicts_total{"
         f'kind="insert_exists",model="RawDataPackage",outcome="rejected",site="{settings.site_name}"'

@@ -98,7 +98,7 @@ async def test_dry_run_reports_per_letter_and_changes_nothing(db_site: Site) -> 
     assert [(r.letter_id, r.outcome) for r in reports] == [
         (create.transaction_id, "applies"),
         (update.transaction_id, "applies"),  # it sees the create before it
-        (orphan.transaction_id, "fails"),
+        (orphan.transaction_id, "conflicts"),  # update_missing: another party's delete
     ]
     assert reports[2].error and "no-such-unit" in reports[2].error
     async with site.engine.connect() as conn:

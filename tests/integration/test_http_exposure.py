@@ -127,9 +127,9 @@ async def test_without_auth_the_routes_show_no_row_data_hosts_or_paths(
         down = await client.get("/down")
         waited = await client.get(f"/buffering/transactions/{failed}?wait=committed&timeout=1")
         events = await client.get(f"/buffering/transactions/{failed}/events?timeout=1")
-    assert waited.status_code == 409 and waited.json()["last_error"] == "UniqueViolation"
+    assert waited.status_code == 409 and waited.json()["last_error"] == "CheckViolation"
     _shows_nothing_private(waited.text)
-    assert events.status_code == 200 and "UniqueViolation" in events.text
+    assert events.status_code == 200 and "CheckViolation" in events.text
     _shows_nothing_private(events.text)
     assert status.status_code == 200
     shown = status.json()

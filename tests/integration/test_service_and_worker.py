@@ -207,7 +207,9 @@ async def test_the_service_submits_and_the_worker_drains(
             assert reused.status_code == 422, reused.text
             finished = await http.post(f"/observations/{obs_id}/finish")
             last = finished.headers["X-Transaction-Id"]
-            poison = await http.post(f"/observations/{uuid.uuid4()}/finish")  # no such row
+            # Files of an observation that does not exist: the foreign key refuses them
+            # (a data error, dead-lettered; finishing a missing row would be a conflict).
+            poison = await http.post(f"/observations/{uuid.uuid4()}/files", json=files[:1])
             poison_id = poison.headers["X-Transaction-Id"]
 
             # Nothing drains yet: a wait times out cleanly with the last state.
@@ -284,7 +286,8 @@ async def test_the_service_submits_and_the_worker_drains(
             assert "ccat_buffering_committed_total" not in service_metrics
             submits = service_metrics["ccat_buffering_service_submits_total"]
             assert submits[frozenset({("site", site), ("state", "buffered")})] == 4.0
-            assert service_metrics["ccat_buffering_service_reads_total"] == {labels: 0.0}
+            # One read: the finish's base (the row as the site sees it) is read at submit.
+            assert service_metrics["ccat_buffering_service_reads_total"] == {labels: 1.0}
             waits = service_metrics["ccat_buffering_service_waits_total"]
             assert waits[frozenset({("site", site), ("outcome", "timeout")})] == 1.0
             assert waits[frozenset({("site", site), ("outcome", "failed")})] == 1.0
