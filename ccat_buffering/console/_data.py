@@ -63,7 +63,6 @@ async def overview(site: ConsoleSite, samples: Samples) -> dict[str, Any]:
     to_full = None
     if memory is not None and memory.limit_bytes and growth and growth > 0:
         to_full = max(memory.limit_bytes - memory.used_bytes, 0) / growth
-    conflicts = await site.conflicts()
     return {
         "health": health,
         "drain_rate": samples.drain_rate(),
@@ -71,7 +70,6 @@ async def overview(site: ConsoleSite, samples: Samples) -> dict[str, Any]:
         "to_visible": _median_seconds([(s.created_at, s.replicated_at) for s in replicated if s]),
         "time_to_full": to_full,
         "losses": [loss.describe() for loss in await site.buffer_losses()],
-        "conflicts": conflicts,
         "series": {name: samples.series(name) for name in ("depth", "in_flight", "processed")},
         "samples": len(samples.ring),
     }

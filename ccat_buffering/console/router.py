@@ -15,7 +15,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from ccat_buffering.console import _actions, _data
+from ccat_buffering.console import _actions, _conflicts, _data
+from ccat_buffering.console._conflict_routes import add_conflict_routes
 from ccat_buffering.console._samples import Samples, sparkline
 from ccat_buffering.console._site import ConsoleSite
 from ccat_buffering.errors import BufferingError
@@ -166,12 +167,14 @@ def console_router(
     @router.get("/", response_class=HTMLResponse)
     async def overview(request: Request) -> HTMLResponse:
         data = await _data.overview(site, ring)
-        return await render(request, "overview.html", page="overview", **data)
+        conflicts = await _conflicts.unresolved_count(site)
+        return await render(request, "overview.html", page="overview", conflicts=conflicts, **data)
 
     @router.get("/fragments/overview", response_class=HTMLResponse)
     async def overview_fragment(request: Request) -> HTMLResponse:
         data = await _data.overview(site, ring)
-        return await render(request, "_overview.html", **data)
+        conflicts = await _conflicts.unresolved_count(site)
+        return await render(request, "_overview.html", conflicts=conflicts, **data)
 
     @router.get("/transactions", response_class=HTMLResponse)
     async def transactions(
@@ -220,14 +223,13 @@ def console_router(
     async def letters(request: Request, q: str = "", page: int = 0) -> HTMLResponse:
         wanted = _data.LetterFilter(q, max(page, 0))
         found = await _data.letters_page(site, wanted)
-        conflicts = await site.conflicts()
         return await render(
             request,
             "letters.html",
             page="letters",
             found=found,
             q=q,
-            conflicts=conflicts,
+            conflicts=await _conflicts.unresolved_count(site),
             next_query=urlencode({"q": q, "page": wanted.page + 1}),
             previous_query=urlencode({"q": q, "page": max(wanted.page - 1, 0)}),
             dry_run_possible=site.executor is not None,
@@ -302,6 +304,8 @@ def console_router(
         was = await _actions.resume(site, principal)
         text = "the drain was not paused" if was is None else f"resumed; it was {was.cause}"
         return await render(request, "_message.html", kind="done", text=text)
+
+    add_conflict_routes(router, site, render, acting, form)
 
     @router.get("/audit", response_class=HTMLResponse)
     async def audit_log(request: Request) -> HTMLResponse:

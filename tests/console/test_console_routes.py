@@ -100,3 +100,36 @@ def test_the_host_applications_own_operator(site: BufferingCoordinator) -> None:
     client.post("/console/resume", headers={"x-user": "alice", **HX})
     asyncio.run(metrics.refresh())
     assert metrics.operator_paused.labels("routes")._value.get() == 0
+
+
+def test_conflicts_listed_shown_and_resolved_by_filter(site: BufferingCoordinator) -> None:
+    from support import make_conflict
+
+    txs = [asyncio.run(make_conflict(site, i)) for i in range(2)]
+    client = _client(site)
+    page = client.get("/console/conflicts?model=ExecutedObsUnit")
+    assert page.status_code == 200 and "2 open conflict(s) match" in page.text
+    listed = client.get("/console/conflicts?kind=insert_exists")
+    assert "0 open conflict(s) match" in listed.text
+    first = min(asyncio.run(_conflict_ids(site)))
+    shown = client.get(f"/console/conflicts/{first}")
+    assert "site-0" in shown.text and "main-0" in shown.text and ">new<" in shown.text
+    form = {"model": "ExecutedObsUnit", "kind": "", "of_site": "routes", "keep": "theirs"}
+    plan = client.post("/console/conflicts/plan", data=form, headers=AUTH)
+    assert 'data-count="2"' in plan.text
+    done = client.post("/console/conflicts/resolve", data={**form, "confirm": "2"}, headers=AUTH)
+    assert done.status_code == 200 and "resolved 2 conflict(s), kept theirs" in done.text
+    assert asyncio.run(_conflict_ids(site)) == []
+    for tx in txs:
+        status = asyncio.run(site.status(tx))
+        assert status is not None and status.state.value == "failed"
+    (entry,) = asyncio.run(audit.list(site.backend, 1))
+    assert (entry.action, entry.count) == ("console.conflict-keep-theirs", 2)
+    assert "model=ExecutedObsUnit" in entry.detail
+
+
+async def _conflict_ids(site: BufferingCoordinator) -> list[int]:
+    from ccat_buffering.conflicts.log import list_conflicts
+
+    async with site.engine.connect() as conn:
+        return [r.id for r in await list_conflicts(conn, unresolved_only=True)]
