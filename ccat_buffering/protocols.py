@@ -44,6 +44,7 @@ __all__ = [
     "ProcessorLease",
     "StatusStore",
     "SupportsAuditLog",
+    "SupportsChartSamples",
     "SupportsBufferHealth",
     "SupportsBufferMarker",
     "SupportsBufferOrigin",
@@ -763,6 +764,23 @@ class SupportsAuditLog(Protocol):
         ...
 
     async def audit_entries(self, limit: int | None = None) -> list[str]:
+        """The entries, newest first, at most ``limit`` of them (``None``: all kept)."""
+        ...
+
+
+@runtime_checkable
+class SupportsChartSamples(Protocol):
+    """Capability: the console's chart samples, a capped list kept with the buffer.
+
+    So that the charts of the last hours survive a restart of the console;
+    entries are text (JSON) that the store does not parse.
+    """
+
+    async def append_sample(self, entry: str, keep: int) -> None:
+        """Add ``entry`` as the newest, then keep only the newest ``keep`` entries."""
+        ...
+
+    async def chart_samples(self, limit: int | None = None) -> list[str]:
         """The entries, newest first, at most ``limit`` of them (``None``: all kept)."""
         ...
 

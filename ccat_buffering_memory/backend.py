@@ -334,6 +334,7 @@ class MemoryBackend(AsyncClosing):
         self.cache = MemoryCacheStore(self._state)
         self.lease = MemoryProcessorLease(self._state)
         self._audit: list[str] = []  # newest first, as the Redis list
+        self._charts: list[str] = []  # newest first, as the Redis list
         self._pause: str | None = None
 
     @classmethod
@@ -405,6 +406,16 @@ class MemoryBackend(AsyncClosing):
     async def audit_entries(self, limit: int | None = None) -> list[str]:
         """See :meth:`ccat_buffering.protocols.SupportsAuditLog.audit_entries`."""
         return [] if limit is not None and limit <= 0 else self._audit[:limit]
+
+    async def append_sample(self, entry: str, keep: int) -> None:
+        """See :meth:`ccat_buffering.protocols.SupportsChartSamples.append_sample`."""
+        checks.check_audit(entry, keep)
+        self._charts.insert(0, entry)
+        del self._charts[keep:]
+
+    async def chart_samples(self, limit: int | None = None) -> list[str]:
+        """See :meth:`ccat_buffering.protocols.SupportsChartSamples.chart_samples`."""
+        return [] if limit is not None and limit <= 0 else self._charts[:limit]
 
     async def set_operator_pause(self, note: str | None) -> None:
         """See :meth:`ccat_buffering.protocols.SupportsOperatorPause.set_operator_pause`."""

@@ -49,6 +49,7 @@ LUA_NAMES = {
     "fields": "FIELDS",
     "lease": "LEASE",
     "audit": "AUDIT",
+    "charts": "CHARTS",
     "pause": "PAUSE",
     "processor": "PROCESSOR",
     "reconcile": "RECONCILE",

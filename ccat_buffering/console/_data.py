@@ -51,7 +51,7 @@ def _median_seconds(pairs: Sequence[tuple[dt.datetime, dt.datetime | None]]) -> 
 async def overview(site: ConsoleSite, samples: Samples) -> dict[str, Any]:
     """The site at a glance, and the charts' series."""
     health = await site.health()
-    samples.add(health)
+    await samples.add(health)
     committed = await site.backend.status.get_many(
         await site.backend.status.ids(TransactionState.COMMITTED, limit=50)
     )

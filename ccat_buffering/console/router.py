@@ -23,7 +23,7 @@ from ccat_buffering.errors import BufferingError
 from ccat_buffering.masking import mask_text
 from ccat_buffering.models import TransactionState
 
-__all__ = ["Operator", "console_router", "credential_operator"]
+__all__ = ["Operator", "console_router", "credential_operator", "environment"]
 
 Operator = Callable[[Request], Awaitable[str | None]]
 """Who may act: returns the caller's audit principal, or ``None`` (read-only)."""
@@ -56,7 +56,8 @@ async def _nobody(_request: Request) -> str | None:
     return None
 
 
-def _environment() -> Environment:
+def environment() -> Environment:
+    """The templates, with the console's filters."""
     env = Environment(
         loader=PackageLoader("ccat_buffering.console", "templates"),
         autoescape=select_autoescape(["html"]),
@@ -96,6 +97,7 @@ def console_router(
     prefix: str = "/console",
     operator: Operator | None = None,
     samples: Samples | None = None,
+    sites_url: str | None = None,
 ) -> APIRouter:
     """The console's routes, for ``app.include_router``.
 
@@ -106,12 +108,13 @@ def console_router(
             :func:`credential_operator`); ``None``: the site's
             ``console_credential`` if set, else nobody (read-only).
         samples: The charts' ring (one is made when ``None``).
+        sites_url: Where the all-sites page is, for the navigation (``None``: none).
 
     Returns:
         The router.
     """
-    env = _environment()
-    ring = samples or Samples()
+    env = environment()
+    ring = samples or Samples(site.backend)
     credential = site.settings.console_credential
     if operator is None and credential is not None:
         operator = credential_operator(credential.get_secret_value())
@@ -125,6 +128,7 @@ def console_router(
             site=site.backend.site,
             principal=principal,
             can_sign_in=operator is not None,
+            sites_url=sites_url,
             states=[state.value for state in TransactionState],
             **values,
         )

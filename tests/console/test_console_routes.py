@@ -133,3 +133,24 @@ async def _conflict_ids(site: BufferingCoordinator) -> list[int]:
 
     async with site.engine.connect() as conn:
         return [r.id for r in await list_conflicts(conn, unresolved_only=True)]
+
+
+def test_chart_samples_survive_a_restart_of_the_console(site: BufferingCoordinator) -> None:
+    from ccat_buffering.console._samples import Samples
+
+    backend = site.backend
+    assert isinstance(backend, MemoryBackend)
+    health = asyncio.run(site.health())
+    now = [1000.0]
+    first = Samples(backend, hours=1, interval=10, clock=lambda: now[0])
+    for _ in range(400):  # more than an hour of samples: the store keeps 360
+        asyncio.run(first.add(health))
+        now[0] += 10
+    restarted = Samples(backend, hours=1, interval=10, clock=lambda: now[0])
+    asyncio.run(restarted.load())
+    assert len(restarted.ring) == 360 == len(asyncio.run(backend.chart_samples()))
+    assert [s.at for s in restarted.ring] == [s.at for s in first.ring]
+    twin = Samples(backend, hours=1, interval=10, clock=lambda: now[0] - 5)
+    asyncio.run(twin.add(health))  # another console of the site: not due yet
+    assert len(asyncio.run(backend.chart_samples())) == 360 and len(twin.ring) == 360
+
