@@ -45,6 +45,7 @@ __all__ = [
     "StatusStore",
     "SupportsAuditLog",
     "SupportsChartSamples",
+    "SupportsStatusPaging",
     "SupportsBufferHealth",
     "SupportsBufferMarker",
     "SupportsBufferOrigin",
@@ -765,6 +766,26 @@ class SupportsAuditLog(Protocol):
 
     async def audit_entries(self, limit: int | None = None) -> list[str]:
         """The entries, newest first, at most ``limit`` of them (``None``: all kept)."""
+        ...
+
+
+@runtime_checkable
+class SupportsStatusPaging(Protocol):
+    """Capability: a status store that pages a state's ids from a cursor.
+
+    A page costs what a page costs (the console's listing), not a read of
+    the ids before it.
+    """
+
+    async def ids_after(
+        self, state: TransactionState, after: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        """At most ``limit`` ids in ``state`` after the cursor ``after`` (``None``: the start).
+
+        Returns:
+            The ids, in :meth:`StatusStore.ids` order, and the cursor of the
+            next page (opaque text), ``None`` when nothing follows.
+        """
         ...
 
 

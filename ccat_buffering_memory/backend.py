@@ -118,6 +118,18 @@ class MemoryStatusStore(_SiteStateStore):
         """See :meth:`ccat_buffering.protocols.StatusStore.ids`."""
         return self._state.status_ids(TransactionState(state))[:limit]
 
+    async def ids_after(
+        self, state: TransactionState, after: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        """See :meth:`ccat_buffering.protocols.SupportsStatusPaging.ids_after`."""
+        ids = self._state.status_ids(TransactionState(state))
+        start = 0
+        if after is not None:
+            # The cursor is the last id shown; gone from the state: nothing follows it here.
+            start = ids.index(after) + 1 if after in ids else len(ids)
+        page = ids[start : start + limit] if limit > 0 else []
+        return page, page[-1] if page and start + limit < len(ids) else None
+
     async def counts(self) -> dict[TransactionState, int]:
         """See :meth:`ccat_buffering.protocols.StatusStore.counts`."""
         return {state: len(self._state.status_ids(state)) for state in TransactionState}

@@ -81,6 +81,7 @@ NAMES = (
     "stamp_buffer",
     "status_counts",
     "status_ids",
+    "status_page",
 )
 """The scripts, by file name (``lua/<name>.lua``)."""
 

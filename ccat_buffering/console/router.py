@@ -188,17 +188,19 @@ def console_router(
         q: str = "",
         since: str = "",
         page: int = 0,
+        after: str = "",
     ) -> HTMLResponse:
         try:
             chosen = TransactionState(state)
-            after = dt.datetime.fromisoformat(since) if since else None
+            moment = dt.datetime.fromisoformat(since) if since else None
         except ValueError as exc:
             return await render(request, "_message.html", 400, kind="refused", text=str(exc))
-        if after is not None and after.tzinfo is None:
-            after = after.replace(tzinfo=dt.UTC)
-        wanted = _data.TransactionFilter(chosen, endpoint, q, after, max(page, 0))
+        if moment is not None and moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        wanted = _data.TransactionFilter(chosen, endpoint, q, moment, max(page, 0), after)
         found = await _data.transactions_page(site, wanted)
         query = {"state": state, "endpoint": endpoint, "q": q, "since": since}
+        following = {"after": found.cursor} if found.cursor else {}
         return await render(
             request,
             "transactions.html",
@@ -206,8 +208,9 @@ def console_router(
             found=found,
             wanted=wanted,
             query=query,
-            next_query=urlencode({**query, "page": wanted.page + 1}),
+            next_query=urlencode({**query, "page": wanted.page + 1, **following}),
             previous_query=urlencode({**query, "page": max(wanted.page - 1, 0)}),
+            first_query=urlencode(query),
         )
 
     @router.get("/transactions/{transaction_id}", response_class=HTMLResponse)

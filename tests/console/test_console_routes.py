@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.database import create_engine
 from ccat_buffering.demo.example import Base
 from ccat_buffering.metrics import SiteMetrics
+from ccat_buffering.models import TransactionState
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.retry import FailureKind
 from ccat_buffering.settings import BufferingSettings
@@ -154,3 +156,85 @@ def test_chart_samples_survive_a_restart_of_the_console(site: BufferingCoordinat
     asyncio.run(twin.add(health))  # another console of the site: not due yet
     assert len(asyncio.run(backend.chart_samples())) == 360 and len(twin.ring) == 360
 
+
+
+class _CountingStatuses:
+    """The site's status store, counting the ids and statuses a page reads."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.ids_read = 0
+        self.statuses_read = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def ids(self, state: object, limit: int | None = None) -> list[str]:
+        found: list[str] = await self.inner.ids(state, limit)  # type: ignore[attr-defined]
+        self.ids_read += len(found)
+        return found
+
+    async def ids_after(self, state: object, after: str | None, limit: int) -> object:
+        found, cursor = await self.inner.ids_after(state, after, limit)  # type: ignore[attr-defined]
+        self.ids_read += len(found)
+        return found, cursor
+
+    async def get_many(self, ids: list[str]) -> object:
+        self.statuses_read += len(ids)
+        return await self.inner.get_many(ids)  # type: ignore[attr-defined]
+
+
+def test_a_page_reads_its_own_ids_not_those_before_it(site: BufferingCoordinator) -> None:
+    from support import observation
+
+    asyncio.run(site.manager.buffer_many([observation(i)[0] for i in range(180)]))
+    every = asyncio.run(site.backend.status.ids(TransactionState.BUFFERED))
+    counting = _CountingStatuses(site.backend.status)
+    site.backend.status = counting  # type: ignore[misc]
+    client = _client(site)
+    shown: list[str] = []
+    link = "/console/transactions?state=buffered"
+    for _ in range(4):
+        counting.ids_read = counting.statuses_read = 0
+        page = client.get(link)
+        shown += re.findall(r'<td class="id" data-label="id"><a href="[^"]*">([^<]+)<', page.text)
+        assert counting.ids_read <= 50 and counting.statuses_read <= 50
+        found = re.search(r'href="(/console/transactions\?[^"]*)" rel="next"', page.text)
+        if found is None:
+            break
+        link = found.group(1).replace("&amp;", "&")
+    assert shown == every  # 50 + 50 + 50 + 30, in order, none twice
+
+
+async def test_redis_pages_from_a_cursor_across_buckets(redis_client: object) -> None:
+    from services import forget_site
+
+    from ccat_buffering.testing import new_site_name
+    from ccat_buffering_redis import RedisBackend
+    from support import observation
+
+    backend = RedisBackend(redis_client, site=new_site_name())  # type: ignore[arg-type]
+    try:
+        from ccat_buffering.manager import TransactionManager
+
+        manager = TransactionManager(backend)
+        await manager.buffer_many([observation(i)[0] for i in range(300)])  # 3 buckets
+        for status in await backend.status.get_many(
+            (await backend.status.ids(TransactionState.BUFFERED))[::3]
+        ):
+            assert status is not None  # a terminal state: a zset by expiry, many ties
+            await backend.status.put(status.advance(TransactionState.FAILED), 600)
+        for state in (TransactionState.BUFFERED, TransactionState.FAILED):
+            every = await backend.status.ids(state)
+            paged: list[str] = []
+            cursor = None
+            while True:
+                ids, cursor = await backend.status.ids_after(state, cursor, 70)
+                paged += ids
+                if cursor is None:
+                    break
+            assert paged == every and len(every) == (200 if state == "buffered" else 100)
+        ids, cursor = await backend.status.ids_after(TransactionState.BUFFERED, None, 200)
+        assert len(ids) == 200 and cursor is None
+    finally:
+        await forget_site(redis_client, backend.keys.pattern())  # type: ignore[arg-type]
