@@ -50,5 +50,7 @@ class RedisAuditLog(BackendPart):
         if limit is not None and limit <= 0:
             return []
         with self.translate():
-            texts = await self.client.lrange(self.keys.charts, 0, -1 if limit is None else limit - 1)
+            texts = await self.client.lrange(
+                self.keys.charts, 0, -1 if limit is None else limit - 1
+            )
         return [as_text(text) for text in texts]

@@ -102,7 +102,7 @@ async def unresolved_count(site: ConsoleSite) -> int | None:
 
 
 async def open_conflicts(site: ConsoleSite, wanted: ConflictFilter) -> tuple[list[Any], bool]:
-    """The open conflicts the filter matches, newest first, and whether the read stopped at LIMIT."""
+    """The open conflicts the filter matches, newest first, and whether LIMIT stopped the read."""
     found = await _read(
         site,
         lambda conn: list_conflicts(
@@ -155,7 +155,9 @@ async def plan(site: ConsoleSite, ids: Sequence[int], wanted: ConflictFilter) ->
         found, _ = await open_conflicts(site, wanted)
     found.sort(key=lambda r: r.id)
     rejected = [r for r in found if r.conflict.outcome is ConflictOutcome.REJECTED]
-    return ConflictPlan(rejected, [r for r in found if r.conflict.outcome is not ConflictOutcome.REJECTED])
+    return ConflictPlan(
+        rejected, [r for r in found if r.conflict.outcome is not ConflictOutcome.REJECTED]
+    )
 
 
 @dataclass

@@ -15,14 +15,18 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ccat_buffering.errors import BackendError
 from ccat_buffering.health import Health
 from ccat_buffering.protocols import SupportsChartSamples
 
 __all__ = ["Sample", "Samples", "sparkline"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,20 +101,21 @@ class Samples:
         if not self.due() or not await self._stored_due():
             return
         memory = health.buffer.memory
-        sample = (
-            Sample(
-                at=self.clock(),
-                depth=health.buffer.depth,
-                in_flight=health.buffer.in_flight,
-                dead_letters=health.buffer.dead_letters,
-                processed=health.processor.processed,
-                memory_bytes=None if memory is None else memory.used_bytes,
-            )
+        sample = Sample(
+            at=self.clock(),
+            depth=health.buffer.depth,
+            in_flight=health.buffer.in_flight,
+            dead_letters=health.buffer.dead_letters,
+            processed=health.processor.processed,
+            memory_bytes=None if memory is None else memory.used_bytes,
         )
         self.ring.append(sample)
         if self.store is not None:
             keep = self.ring.maxlen or 2
-            await self.store.append_sample(json.dumps(dataclasses.asdict(sample)), keep)
+            try:
+                await self.store.append_sample(json.dumps(dataclasses.asdict(sample)), keep)
+            except BackendError as exc:  # e.g. the read-only ACL user: the ring still has it
+                log.debug("chart sample not kept in the backend: %s", exc)
 
     def drain_rate(self) -> float | None:
         """Transactions per second committed over the last minute of samples."""

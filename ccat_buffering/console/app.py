@@ -113,7 +113,11 @@ def create_app(
     for entry, ring in zip(entries, rings, strict=True):
         app.include_router(
             console_router(
-                entry.site, prefix=entry.prefix, operator=operator, samples=ring, sites_url=sites_url
+                entry.site,
+                prefix=entry.prefix,
+                operator=operator,
+                samples=ring,
+                sites_url=sites_url,
             )
         )
     if sites_url is not None:

@@ -157,7 +157,6 @@ def test_chart_samples_survive_a_restart_of_the_console(site: BufferingCoordinat
     assert len(asyncio.run(backend.chart_samples())) == 360 and len(twin.ring) == 360
 
 
-
 class _CountingStatuses:
     """The site's status store, counting the ids and statuses a page reads."""
 
@@ -211,6 +210,7 @@ async def test_redis_pages_from_a_cursor_across_buckets(redis_client: object) ->
 
     from ccat_buffering.testing import new_site_name
     from ccat_buffering_redis import RedisBackend
+
     from support import observation
 
     backend = RedisBackend(redis_client, site=new_site_name())  # type: ignore[arg-type]
