@@ -19,6 +19,7 @@ from jinja2 import Environment
 
 from ccat_buffering.console import _conflicts
 from ccat_buffering.console._site import ConsoleSite
+from ccat_buffering.console.router import environment
 from ccat_buffering.masking import mask_text
 
 __all__ = ["SiteEntry", "sites_router"]
@@ -47,9 +48,20 @@ async def _row(entry: SiteEntry) -> dict[str, Any]:
 
 
 def sites_router(
-    entries: Sequence[SiteEntry], env: Environment, *, prefix: str = "/console"
+    entries: Sequence[SiteEntry], env: Environment | None = None, *, prefix: str = "/console"
 ) -> APIRouter:
-    """The all-sites page at ``<prefix>/sites``."""
+    """The all-sites page at ``<prefix>/sites``.
+
+    Args:
+        entries: Each site and the prefix its :func:`console_router` was given
+            (pass ``sites_url=f"{prefix}/sites"`` to those routers for the link).
+        env: The templates (``None``: the console's own).
+        prefix: Where the page lives.
+
+    Returns:
+        The router.
+    """
+    env = env or environment()
     router = APIRouter(prefix=prefix, include_in_schema=False)
 
     @router.get("/sites", response_class=HTMLResponse)

@@ -14,7 +14,7 @@ from ccat_buffering.cli._operator import OperatorSite, open_site
 from ccat_buffering.console._samples import Samples as ChartSamples
 from ccat_buffering.console._site import ConsoleSite
 from ccat_buffering.console._sites import SiteEntry, sites_router
-from ccat_buffering.console.router import Operator, console_router, environment
+from ccat_buffering.console.router import Operator, console_router
 from ccat_buffering.database import create_engine
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.registry import ModelRegistry
@@ -121,7 +121,7 @@ def create_app(
             )
         )
     if sites_url is not None:
-        app.include_router(sites_router(entries, environment()))
+        app.include_router(sites_router(entries))
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
