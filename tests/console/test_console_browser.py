@@ -62,8 +62,8 @@ class Prepared:
     other: RedisBackend
 
 
-def _serve(env: dict[str, str], port: int, *more: str) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
+def _start(env: dict[str, str], port: int, *more: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -79,6 +79,9 @@ def _serve(env: dict[str, str], port: int, *more: str) -> subprocess.Popen[bytes
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+
+def _answering(process: subprocess.Popen[bytes], port: int) -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -139,9 +142,17 @@ async def prepared(tmp_path: Path, redis_client: aioredis.Redis) -> AsyncIterato
 
     env = worker_env(name, db_url, backend_url=REDIS_URL, console_credential=SECRET)
     port, ro_port = free_port(), free_port()
-    console = _serve(env, port, "--sites", other.site)
+    # Both start at once: most of their start is importing.
+    console = _start(env, port, "--sites", other.site)
     read_only_env = {k: v for k, v in env.items() if k != "CCAT_BUFFERING_CONSOLE_CREDENTIAL"}
-    read_only = _serve(read_only_env, ro_port)
+    read_only = _start(read_only_env, ro_port)
+    try:
+        _answering(console, port)
+        _answering(read_only, ro_port)
+    except AssertionError:
+        for process in (console, read_only):
+            process.kill()
+        raise
     try:
         yield Prepared(
             site,
