@@ -15,23 +15,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import os
 import statistics
-import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from ccat_buffering.builder import TransactionBuilder
+from ccat_buffering.demo._workload import add_observation
 from ccat_buffering.manager import TransactionManager
-from ccat_buffering.models import TransactionState
+from ccat_buffering.models import Transaction, TransactionState
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_redis import RedisBackend
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support import observation
+
+def observation(i: int) -> Transaction:
+    """A start_observation transaction: an obs unit and its package."""
+    tx = TransactionBuilder("start_observation")
+    add_observation(tx, i, name=f"pkg-{i}", start_time=dt.datetime(2026, 11, 28, tzinfo=dt.UTC))
+    return tx.build()
+
 
 PAGE = 50
 BUFFERED = TransactionState.BUFFERED
@@ -53,7 +60,7 @@ async def main(transactions: int, rounds: int) -> None:
         manager = TransactionManager(backend)
         for first in range(0, transactions, 1000):
             last = min(first + 1000, transactions)
-            await manager.buffer_many([observation(i)[0] for i in range(first, last)])
+            await manager.buffer_many([observation(i) for i in range(first, last)])
         last_page = transactions // PAGE - 1
         pages = sorted({0, last_page // 2, last_page})
         cursors: dict[int, str | None] = {0: None}
@@ -64,8 +71,8 @@ async def main(transactions: int, rounds: int) -> None:
         times: dict[tuple[str, int], list[float]] = {}
         for _ in range(rounds):
             for k in pages:
-                ours = await _ms(lambda k=k: status.ids_after(BUFFERED, cursors[k], PAGE))
-                base = await _ms(lambda k=k: status.ids(BUFFERED, limit=(k + 1) * PAGE + 1))
+                ours = await _ms(partial(status.ids_after, BUFFERED, cursors[k], PAGE))
+                base = await _ms(partial(status.ids, BUFFERED, limit=(k + 1) * PAGE + 1))
                 times.setdefault(("cursor", k), []).append(ours)
                 times.setdefault(("from start", k), []).append(base)
                 await asyncio.sleep(0.02)
