@@ -144,6 +144,11 @@ def add_conflict_routes(
         text = f"resolved {len(done.done)} conflict(s), kept {keep}"
         if done.released:
             text += "; released " + ", ".join(f"{tx} ({fate})" for tx, fate in done.released)
+        if done.unfollowed:
+            text += (
+                "; the statuses of site(s) " + ", ".join(sorted(done.unfollowed)) + " were not "
+                "set: this console does not serve them (as `conflicts resolve` for another site)"
+            )
         if done.refused:
             text += "; refused " + "; ".join(done.refused)
         kind = "done" if done.done or not done.refused else "refused"

@@ -101,7 +101,9 @@ async def unresolved_count(site: ConsoleSite) -> int | None:
         return None
 
 
-async def open_conflicts(site: ConsoleSite, wanted: ConflictFilter) -> tuple[list[Any], bool]:
+async def open_conflicts(
+    site: ConsoleSite, wanted: ConflictFilter
+) -> tuple[list[ConflictRecord], bool]:
     """The open conflicts the filter matches, newest first, and whether LIMIT stopped the read."""
     found = await _read(
         site,
@@ -167,6 +169,7 @@ class Resolved:
     done: list[int] = field(default_factory=list)
     released: list[tuple[str, str]] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    unfollowed: set[str] = field(default_factory=set)  # sites whose statuses were not set
 
 
 async def resolve(
@@ -212,6 +215,8 @@ async def resolve(
             outcome.refused.append(f"{found.id}: {exc}")
             continue
         outcome.done.append(found.id)
+        if stores is None:
+            outcome.unfollowed.add(found.site)
         outcome.released += resolution.released
     ids = ", ".join(str(i) for i in outcome.done[:20])
     more = f" and {len(outcome.done) - 20} more" if len(outcome.done) > 20 else ""
