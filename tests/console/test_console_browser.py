@@ -347,6 +347,8 @@ async def test_the_console_in_a_browser(prepared: Prepared) -> None:
             for path, name in (
                 ("", "overview"),
                 ("/transactions", "transactions"),
+                ("/conflicts", "conflicts"),
+                ("/sites", "sites"),
                 ("/audit", "audit"),
             ):
                 await small.goto(prepared.url + path)
