@@ -15,7 +15,7 @@ joined: two masters for a while) is not judged at all.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ccat_buffering._sightings import (
     HISTORY,
@@ -28,8 +28,12 @@ from ccat_buffering._sightings import (
 
 __all__ = ["PENDING", "Look", "take_look"]
 
-PENDING = 4
-"""Looks kept waiting for their acknowledgement; older ones are dropped (a newer one covers)."""
+PENDING = 2
+"""Looks kept waiting for their acknowledgement; older ones are dropped (a newer one covers).
+
+The replicas acknowledge at least every second, and at once after each write
+that waits for them, so the look before is nearly always acknowledged by the
+next; each waiting look keeps its ids, so few are kept."""
 
 
 @dataclass(slots=True)
@@ -39,7 +43,8 @@ class Look:
     Attributes:
         found: The loss told, if any.
         last: The sighting it was told from.
-        held_ids: The unfinished transactions of ``last``: the ones that may be gone.
+        held_ids: The unfinished transactions of ``last``: the ones that may be
+            gone (``None``: not known).
         stamp_after: The buffer lost its marker: stamp a new one after this epoch.
         exact: Whether the gone among ``held_ids`` are the whole loss
             found at ``last`` (not for the old side of two masters: what it
@@ -48,13 +53,13 @@ class Look:
 
     found: Judgement | None = None
     last: Sighting | None = None
-    held_ids: list[str] = field(default_factory=list)
+    held_ids: list[str] | None = None
     stamp_after: str | None = None
     exact: bool = True
 
 
 def take_look(
-    state: SightingState, origin: BufferOrigin, sighting: Sighting, ids: list[str]
+    state: SightingState, origin: BufferOrigin, sighting: Sighting, ids: list[str] | None
 ) -> Look:
     """Judge ``origin`` against ``state`` and keep what it saw; ``state`` is changed in place.
 
@@ -62,27 +67,30 @@ def take_look(
         state: The sightings, under the file's lock.
         origin: What the store answered.
         sighting: The look as it would be kept (``offset``: ``origin.read_at``).
-        ids: The unfinished transactions read just before ``origin``.
+        ids: The unfinished transactions read just before ``origin`` (``None``:
+            too many to keep).
     """
     if origin.acknowledges_nothing:
         return Look()
     if origin.history is not None and origin.history in state.superseded:
         return _old_side(state, origin)
     last = state.last
-    look = Look(last=last, held_ids=list(state.held_ids))
+    look = Look(last=last, held_ids=state.held_ids)
     if last is not None:
         look.found = judge(last, state.history, origin)
     if origin.previous_history is not None and origin.history != (last and last.history):
         state.superseded.setdefault(origin.previous_history, origin.fork_offset)
     if origin.epoch is None:
-        state.last, state.held_ids, state.pending = None, [], []
+        state.last, state.held_ids, state.pending = None, None, []
         look.stamp_after = "" if last is None else last.epoch
         return look
     _keep(state, sighting, ids, origin.offset)
     return look
 
 
-def _keep(state: SightingState, sighting: Sighting, ids: list[str], acknowledged: int) -> None:
+def _keep(
+    state: SightingState, sighting: Sighting, ids: list[str] | None, acknowledged: int
+) -> None:
     """Keep the newest acknowledged look as the last sighting; wait with the others."""
     waiting = [(s, i) for s, i in state.pending if s.history == sighting.history]
     waiting.append((sighting, ids))
@@ -122,6 +130,5 @@ def _old_side(state: SightingState, origin: BufferOrigin) -> Look:
         "which the new master does not hold",
         origin.seq,
         max(older) if older else None,
-        open_ended=not origin.replicated,
     )
-    return Look(split, state.last, list(state.held_ids), exact=False)
+    return Look(split, state.last, state.held_ids, exact=False)

@@ -139,7 +139,7 @@ class BufferLoss:
         return (
             f"the buffer lost state ({self.cause}), found {self.detected_at:%Y-%m-%d %H:%M:%S} "
             f"UTC; last seen whole {self.since:%Y-%m-%d %H:%M:%S} UTC holding {self.held} "
-            f"unfinished transaction(s), of which {missing} are gone{ids}{after}. Those the "
+            f"unfinished transaction(s), {missing} of them gone{ids}{after}. Those the "
             "ledger holds were applied before the loss; resubmit the others, then acknowledge "
             "the loss"
         )

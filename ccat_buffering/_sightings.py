@@ -167,7 +167,8 @@ def judge(last: Sighting, history: list[Sighting], origin: BufferOrigin) -> Judg
             f"up to offset {origin.fork_offset}, the last sighting stood at {last.offset}",
             last.seq,
             _fork_floor(history, origin),
-            open_ended=not origin.replicated,
+            # Even with min_replicas: a replica behind an acknowledged offset means
+            # another replica acknowledged, so later acknowledged writes may be gone too.
         )
     if origin.seq < last.seq:
         return Judgement(
@@ -207,7 +208,8 @@ class SightingState:
             offset the replica holds of each: a look at such a master again
             is a look at the old side of a failover.
         losses: Losses not yet written to the main database or acknowledged.
-        held_ids: The unfinished transactions of ``last``.
+        held_ids: The unfinished transactions of ``last`` (``None``: not known:
+            more than the watch keeps, or a sighting from the main database).
         pending: Looks not yet acknowledged (newest last), each a sighting
             and its unfinished transactions.
     """
@@ -217,8 +219,8 @@ class SightingState:
     history: list[Sighting] = field(default_factory=list)
     superseded: dict[str, int] = field(default_factory=dict)
     losses: list[dict[str, Any]] = field(default_factory=list)
-    held_ids: list[str] = field(default_factory=list)
-    pending: list[tuple[Sighting, list[str]]] = field(default_factory=list)
+    held_ids: list[str] | None = None
+    pending: list[tuple[Sighting, list[str] | None]] = field(default_factory=list)
 
 
 class SightingFile:
@@ -261,8 +263,8 @@ class SightingFile:
             [Sighting(**s) for s in raw.get("history", [])],
             dict(raw.get("superseded", {})),
             list(raw.get("losses", [])),
-            list(raw.get("held_ids", [])),
-            [(Sighting(**p["sighting"]), list(p["ids"])) for p in raw.get("pending", [])],
+            raw.get("held_ids"),
+            [(Sighting(**p["sighting"]), p.get("ids")) for p in raw.get("pending", [])],
         )
 
     @staticmethod

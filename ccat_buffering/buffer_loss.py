@@ -20,9 +20,7 @@ A failover to a replica that holds everything seen is not a loss.
 
 A sighting also keeps the ids of the transactions unfinished at it. When a
 loss is told, the watch asks the buffer which of those it no longer has: the
-report names them and counts them (not the whole range). A change after
-which none of them is gone, and after which nothing acknowledged past the
-sighting can be gone, is no loss and is not reported. What was buffered
+report names them and counts them (not the whole range). What was buffered
 after the last sighting and lost cannot be named; a report says so when that
 may have happened. Looks are judged and kept by
 :mod:`ccat_buffering._buffer_looks`; losses are kept by
@@ -76,6 +74,10 @@ UNFINISHED = (
     TransactionState.CONFLICTED,
 )
 """The states of a transaction that the buffer alone holds (a committed one is in the ledger)."""
+
+HELD_IDS = 100_000
+"""Unfinished transactions whose ids a sighting keeps (about 4 MB on disk, rewritten
+at each look that moved); past it a loss is reported as a range and a count held."""
 
 
 def _new_epoch() -> str:
@@ -158,10 +160,13 @@ class BufferWatch:
         stats = await self.backend.buffer.stats()
         return stats.depth + stats.in_flight
 
-    async def _held_ids(self) -> list[str]:
+    async def _held_ids(self) -> list[str] | None:
+        """The unfinished transactions' ids; ``None`` past :data:`HELD_IDS`."""
         ids: list[str] = []
         for state in UNFINISHED:
-            ids.extend(await self.backend.status.ids(state))
+            ids.extend(await self.backend.status.ids(state, HELD_IDS + 1 - len(ids)))
+            if len(ids) > HELD_IDS:
+                return None
         return ids
 
     async def _origin(self) -> BufferOrigin | None:
@@ -208,7 +213,7 @@ class BufferWatch:
             ):
                 found = judge(last, stored.history, origin)
                 if found is not None:
-                    look = Look(found, last, list(stored.held_ids))
+                    look = Look(found, last, stored.held_ids)
                     loss = await self._loss(look)
                     if loss is not None:
                         losses.append(loss)
@@ -240,23 +245,15 @@ class BufferWatch:
         return await self.open_losses()
 
     async def _loss(self, look: Look) -> BufferLoss | None:
-        """The loss ``look`` found, with the transactions gone; ``None`` if it lost nothing.
-
-        A change after which every transaction unfinished at the last
-        sighting is still there, and after which nothing acknowledged later
-        can be gone (``open_ended`` false), lost nothing: no report.
-        """
+        """The loss ``look`` found (``None``: none), with the transactions it took."""
         found, last = look.found, look.last
         if found is None or last is None:
             return None
         missing: int | None = None
         gone: list[str] = []
-        if look.exact:
+        if look.exact and look.held_ids is not None:
             gone = await self._gone(look.held_ids)
             missing = len(gone)
-            if not gone and not found.open_ended:
-                self.log.info("the buffer changed (%s) and kept everything seen", found.cause)
-                return None
         return BufferLoss(
             utc_now(),
             aware(dt.datetime.fromisoformat(last.seen_at)),

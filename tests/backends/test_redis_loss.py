@@ -41,7 +41,7 @@ async def test_a_worker_started_during_an_outage_tells_a_restart_without_persist
             assert "marker is gone" in loss.cause and loss.held == 50 and not loss.recorded
             # Exact: which of the transactions held then are gone, and how many.
             assert loss.missing == 50 and set(loss.missing_ids) == ids
-            assert "of which 50 are gone" in loss.describe()
+            assert "50 of them gone" in loss.describe()
             # Reported once: the next look follows from the new marker.
             assert len(await BufferWatch(down, backend, state_dir=state).check()) == 1
 

@@ -62,8 +62,10 @@ def test_a_failover_to_a_replica_that_was_behind_names_the_range_past_the_fork()
     replicated = BufferOrigin(
         "e1 1", 7, NEW, 10, previous_history=OLD, fork_offset=61, replicated=True
     )
-    closed = judge(seen(10, 100), history, replicated)
-    assert closed is not None and not closed.open_ended
+    # Even with min_replicas: the new master is not the replica that acknowledged the
+    # sighting, so what that one acknowledged later may be gone too.
+    still = judge(seen(10, 100), history, replicated)
+    assert still is not None and still.open_ended
 
 
 def test_a_restart_that_changed_the_history_falls_back_to_the_counter() -> None:
