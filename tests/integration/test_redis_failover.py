@@ -143,7 +143,9 @@ async def _fault_run(
     try:
         acked, errors = await _produce(worker, fault, ids, retried)
         # Let the watch look at the master that holds the site now, once everything is written.
-        deadline = time.monotonic() + 30
+        # With min_replicas it keeps a look only once a replica holds it: after the old
+        # master has come back as the new one's replica and synced (slow on a busy machine).
+        deadline = time.monotonic() + 60
         while True:
             master = redis.Redis(port=serving(), socket_timeout=2)
             with contextlib.suppress(redis.exceptions.RedisError):
