@@ -38,6 +38,16 @@ __all__ = ["COPY_WAIT", "LossStore"]
 COPY_WAIT = 1.0
 """Seconds a look waits for its copy to the main database before going on without it."""
 
+ADDED_COLUMNS = frozenset({"missing", "missing_ids"})
+"""Columns of ``ccat_buffer_losses`` added after its first version: a worker adds them."""
+
+
+def _loss_columns(sync: sa.Connection) -> set[str]:
+    inspector = sa.inspect(sync)
+    if not inspector.has_table(losses_table.name):
+        return set()
+    return {column["name"] for column in inspector.get_columns(losses_table.name)}
+
 
 class LossStore:
     """A site's losses and last sighting, on this host's disk and in the main database.
@@ -69,15 +79,22 @@ class LossStore:
         self.log = log
         self._saved_at = float("-inf")
         self._tables = False
+        self._columns: set[str] = set()
         self._copying: asyncio.Task[None] | None = None
 
     async def create_tables(self) -> None:
-        """Create the two tables if they do not exist."""
-        if self.engine is None:
+        """Create the two tables if they do not exist; add the columns a newer version added."""
+        if self.engine is None or (self._tables and self._columns >= ADDED_COLUMNS):
             return
         async with self.engine.begin() as conn:
             await conn.run_sync(loss_metadata.create_all, checkfirst=True)
-        self._tables = True
+            columns = await conn.run_sync(_loss_columns)
+            for name in sorted(ADDED_COLUMNS - columns):
+                kind = losses_table.c[name].type.compile(dialect=conn.dialect)
+                await conn.execute(
+                    sa.text(f"ALTER TABLE {losses_table.name} ADD COLUMN {name} {kind}")
+                )
+        self._tables, self._columns = True, columns | ADDED_COLUMNS
 
     async def _tables_exist(self) -> bool:
         if self._tables:
@@ -86,6 +103,8 @@ class LossStore:
             return False
         async with self.engine.connect() as conn:
             found = await conn.run_sync(lambda sync: sa.inspect(sync).has_table(marks_table.name))
+            if found:
+                self._columns = await conn.run_sync(_loss_columns)
         self._tables = bool(found)
         return self._tables
 
@@ -114,8 +133,10 @@ class LossStore:
         """The main database's losses of this site not yet acknowledged, oldest first."""
         if self.engine is None or not await self._tables_exist():
             return []
+        # A table of an older version, not yet upgraded by a worker, lacks the newer columns.
+        shown = [column for column in losses_table.c if column.name in self._columns]
         query = (
-            sa.select(losses_table)
+            sa.select(*shown)
             .where(losses_table.c.site == self.site, losses_table.c.acknowledged_at.is_(None))
             .order_by(losses_table.c.id)
         )
@@ -129,8 +150,8 @@ class LossStore:
                 int(r.seen_seq),
                 None if r.found_seq is None else int(r.found_seq),
                 int(r.held),
-                missing=None if r.missing is None else int(r.missing),
-                missing_ids=tuple((r.missing_ids or "").split()),
+                missing=None if getattr(r, "missing", None) is None else int(r.missing),
+                missing_ids=tuple((getattr(r, "missing_ids", None) or "").split()),
             )
             for r in rows
         ]

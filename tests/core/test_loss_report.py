@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from ccat_buffering._loss_records import BufferLoss, insert_loss, loss_metadata
+from ccat_buffering._loss_store import ADDED_COLUMNS
 from ccat_buffering._sightings import BufferOrigin
 from ccat_buffering.buffer_loss import BufferWatch
 from ccat_buffering.manager import TransactionManager
@@ -11,7 +17,7 @@ from ccat_buffering.models import Transaction
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_memory import MemoryBackend
 
-from support import observation
+from support import observation, sqlite_url
 
 OLD, NEW = "a" * 40, "b" * 40
 
@@ -76,3 +82,40 @@ async def test_a_loss_names_the_transactions_gone_and_two_masters_counters_are_n
     assert loss.missing == 1 and loss.missing_ids == (transactions[2].transaction_id,)
     assert loss.held == 3 and loss.open_ended  # what was acknowledged after it is unseen
     assert f"1 of them gone: {transactions[2].transaction_id}" in loss.describe()
+
+
+async def test_a_losses_table_of_the_first_version_is_read_then_upgraded(tmp_path: Path) -> None:
+    engine = create_async_engine(sqlite_url(tmp_path))
+    old = sa.MetaData()
+    for table in loss_metadata.tables.values():
+        kept = [
+            sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+            for c in table.c
+            if c.name not in ADDED_COLUMNS
+        ]
+        sa.Table(table.name, old, *kept)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(old.create_all)
+        site = new_site_name()
+        when = dt.datetime(2026, 12, 7, tzinfo=dt.UTC)
+        earlier = BufferLoss(when, when, "its marker is gone", 5, None, 2)
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.insert(old.tables["ccat_buffer_losses"]).values(
+                    site=site, detected_at=when, since=when, cause=earlier.cause,
+                    seen_seq=5, found_seq=None, held=2,
+                )
+            )  # fmt: skip
+        store = BufferWatch(engine, MemoryBackend(site), state_dir=tmp_path).store
+        # status (read-only) reads the old table as it is ...
+        (read,) = await store.database_losses()
+        assert read.held == 2 and read.missing is None
+        # ... and a worker adds the new columns, then records what is gone.
+        await store.create_tables()
+        later = BufferLoss(when, when, "another marker", 9, None, 3, missing=1, missing_ids=("t",))
+        async with engine.begin() as conn:
+            await insert_loss(conn, site, later)
+        assert [loss.missing_ids for loss in await store.database_losses()] == [(), ("t",)]
+    finally:
+        await engine.dispose()
