@@ -38,6 +38,7 @@ they find themselves before a worker has recorded it), until
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import time
 import uuid
@@ -195,8 +196,9 @@ class BufferWatch:
         """
         if not isinstance(self.backend, SupportsBufferOrigin | SupportsBufferMarker):
             return []
-        # Read before the marker: every id read was written at or below the offset read with it.
-        ids = await self._held_ids()
+        # Read before the marker: every id read was written at or below the offset read
+        # with it. A look that records nothing keeps nothing, and needs none.
+        ids = await self._held_ids() if record else None
         origin = await self._origin()
         if origin is None:
             return []
@@ -212,11 +214,9 @@ class BufferWatch:
                 and not origin.acknowledges_nothing
             ):
                 found = judge(last, stored.history, origin)
-                if found is not None:
-                    look = Look(found, last, stored.held_ids)
-                    loss = await self._loss(look)
-                    if loss is not None:
-                        losses.append(loss)
+                loss = _unnamed(Look(found, last, stored.held_ids))
+                if loss is not None:
+                    losses.append(await self._named(loss, stored.held_ids))
             return losses
         now = utc_now()
         sighting = Sighting(
@@ -226,10 +226,18 @@ class BufferWatch:
             if not state.exists and fallback is not None:
                 state.last = fallback
             look = take_look(state, origin, sighting, ids)
-        loss = await self._loss(look)
-        if loss is not None:
-            with self.sightings.locked() as state:
+            # Kept with the look that found it: the sighting has moved on.
+            loss = _unnamed(look)
+            if loss is not None:
                 state.losses.append(loss_row(loss))
+        if loss is not None:
+            if look.exact and look.held_ids is not None:
+                named = await self._named(loss, look.held_ids)
+                with self.sightings.locked() as state:
+                    for i, row in enumerate(state.losses):
+                        if row["detected_at"] == loss.detected_at.isoformat():
+                            state.losses[i] = loss_row(named)
+                loss = named
             self.log.error("%s", loss.describe())
         if look.stamp_after is not None:
             await self._stamp(look.stamp_after)
@@ -244,34 +252,43 @@ class BufferWatch:
         await self.store.copy_soon()
         return await self.open_losses()
 
-    async def _loss(self, look: Look) -> BufferLoss | None:
-        """The loss ``look`` found (``None``: none), with the transactions it took."""
-        found, last = look.found, look.last
-        if found is None or last is None:
-            return None
-        missing: int | None = None
-        gone: list[str] = []
-        if look.exact and look.held_ids is not None:
-            gone = await self._gone(look.held_ids)
-            missing = len(gone)
-        return BufferLoss(
-            utc_now(),
-            aware(dt.datetime.fromisoformat(last.seen_at)),
-            found.cause,
-            found.seen_seq,
-            found.found_seq,
-            last.held,
-            False,
-            found.open_ended,
-            missing,
-            tuple(gone),
-        )
+    async def _named(self, loss: BufferLoss, held_ids: list[str] | None) -> BufferLoss:
+        """``loss`` with the transactions of ``held_ids`` that the buffer no longer has.
+
+        Unchanged if they are not known, or the buffer cannot be asked (the
+        loss is reported all the same, as a range).
+        """
+        if held_ids is None:
+            return loss
+        try:
+            gone = await self._gone(held_ids)
+        except (BufferingError, OSError) as exc:
+            self.log.warning("could not tell which transactions the loss took: %s", exc)
+            return loss
+        return dataclasses.replace(loss, missing=len(gone), missing_ids=tuple(gone))
 
     async def _stamp(self, previous: str) -> None:
         """Give a buffer that lost its marker a new one, naming the one it follows."""
         assert isinstance(self.backend, SupportsBufferMarker)
         epoch = new_epoch_after(previous, _new_epoch()) if previous else _new_epoch()
         await self.backend.stamp_buffer(epoch)  # only where none is: the first watcher wins
+
+
+def _unnamed(look: Look) -> BufferLoss | None:
+    """The loss ``look`` found (``None``: none), before the transactions it took are known."""
+    found, last = look.found, look.last
+    if found is None or last is None:
+        return None
+    return BufferLoss(
+        utc_now(),
+        aware(dt.datetime.fromisoformat(last.seen_at)),
+        found.cause,
+        found.seen_seq,
+        found.found_seq,
+        last.held,
+        False,
+        found.open_ended,
+    )
 
 
 async def watch_buffer(watch: BufferWatch, interval: float) -> None:

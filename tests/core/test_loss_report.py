@@ -12,6 +12,7 @@ from ccat_buffering._loss_records import BufferLoss, insert_loss, loss_metadata
 from ccat_buffering._loss_store import ADDED_COLUMNS
 from ccat_buffering._sightings import BufferOrigin
 from ccat_buffering.buffer_loss import BufferWatch
+from ccat_buffering.errors import BackendUnavailableError
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import Transaction
 from ccat_buffering.testing import new_site_name
@@ -82,6 +83,29 @@ async def test_a_loss_names_the_transactions_gone_and_two_masters_counters_are_n
     assert loss.missing == 1 and loss.missing_ids == (transactions[2].transaction_id,)
     assert loss.held == 3 and loss.open_ended  # what was acknowledged after it is unseen
     assert f"1 of them gone: {transactions[2].transaction_id}" in loss.describe()
+
+
+async def test_a_loss_the_buffer_cannot_name_is_kept_as_a_range(tmp_path: Path) -> None:
+    site = new_site_name()
+    before = BufferOrigin("e1 1", 30, OLD, 100, replicated=True, own_offset=100)
+    backend = _Replicated(await _holding(site, [observation(1)[0]]), before)
+    watch = BufferWatch(None, backend, state_dir=tmp_path)  # type: ignore[arg-type]
+    assert await watch.check() == []
+
+    class _Refusing:
+        async def ids(self, state: object, limit: object = None) -> list[str]:
+            return []
+
+        async def get_many(self, ids: object) -> list[object]:
+            raise BackendUnavailableError("redis at 127.0.0.1:1 refused the connection")
+
+    backend.status = _Refusing()  # type: ignore[assignment]
+    backend.origin = BufferOrigin(
+        "e1 1", 28, NEW, 60, previous_history=OLD, fork_offset=90, replicated=True, own_offset=60
+    )
+    (loss,) = await watch.check()
+    assert loss.missing is None and loss.held == 1 and "sequence numbers" in loss.describe()
+    assert len(watch.sightings.read().losses) == 1  # kept on disk all the same
 
 
 async def test_a_losses_table_of_the_first_version_is_read_then_upgraded(tmp_path: Path) -> None:
