@@ -269,32 +269,47 @@ def redis_sentinel(
             wait_for(lambda port=port: port_open("127.0.0.1", port), f"redis {role}")
         wait_for(lambda: _linked(replica, tls, password), "the replica in sync with its master")
         quorum = sentinels // 2 + 1
-        for i, port in enumerate(sentinel_ports):
+        for i in range(sentinels):
             config = workdir / f"sentinel-{i}.conf"
-            secure = (
-                ""
-                if tls is None
-                else f"port 0\ntls-port {port}\ntls-cert-file {tls.server_cert}\n"
-                f"tls-key-file {tls.server_key}\ntls-ca-cert-file {tls.ca}\n"
-                "tls-auth-clients yes\ntls-replication yes\n"
-            )
-            config.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {workdir}\n{secure}"
-                f"sentinel monitor site-buffer 127.0.0.1 {master} {quorum}\n"
-                "sentinel down-after-milliseconds site-buffer 1000\n"
-                "sentinel failover-timeout site-buffer 5000\n"
-                + (
+            # A port another process took meanwhile makes the sentinel exit: take another.
+            for _attempt in range(3):
+                port = sentinel_ports[i]
+                secure = (
                     ""
-                    if password is None
-                    else f"requirepass {password}\nsentinel auth-pass site-buffer {password}\n"
+                    if tls is None
+                    else f"port 0\ntls-port {port}\ntls-cert-file {tls.server_cert}\n"
+                    f"tls-key-file {tls.server_key}\ntls-ca-cert-file {tls.ca}\n"
+                    "tls-auth-clients yes\ntls-replication yes\n"
                 )
-            )
-            processes[f"sentinel-{i}"] = subprocess.Popen(
-                [shutil.which("redis-server") or "redis-server", str(config), "--sentinel"],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            wait_for(lambda port=port: port_open("127.0.0.1", port), "redis sentinel")
+                config.write_text(
+                    f"port {port}\nbind 127.0.0.1\ndir {workdir}\n{secure}"
+                    f"sentinel monitor site-buffer 127.0.0.1 {master} {quorum}\n"
+                    "sentinel down-after-milliseconds site-buffer 1000\n"
+                    "sentinel failover-timeout site-buffer 5000\n"
+                    + (
+                        ""
+                        if password is None
+                        else f"requirepass {password}\nsentinel auth-pass site-buffer {password}\n"
+                    )
+                )
+                process = subprocess.Popen(
+                    [shutil.which("redis-server") or "redis-server", str(config), "--sentinel"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                processes[f"sentinel-{i}"] = process
+                wait_for(
+                    lambda port=port, process=process: (
+                        port_open("127.0.0.1", port) or process.poll() is not None
+                    ),
+                    "redis sentinel",
+                    timeout=60,  # a busy machine
+                )
+                if process.poll() is None:
+                    break
+                sentinel_ports[i] = free_port()
+            else:
+                raise RuntimeError(f"redis sentinel {i} exited at start three times")
 
         def kill_master() -> None:
             processes["master"].kill()
