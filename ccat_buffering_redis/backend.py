@@ -437,6 +437,7 @@ class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, RedisOperatorPau
             previous_history=previous if previous.strip("0") else None,
             fork_offset=int(info.get("second_repl_offset", -1)),
             replicated=self.min_replicas > 0,
+            own_offset=int(info.get("master_repl_offset", 0)),
         )
 
     async def stamp_buffer(self, epoch: str, *, replace: bool = False) -> bool:
