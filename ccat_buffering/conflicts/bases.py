@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from ccat_buffering.columns import ModelColumns, columns_of
+from ccat_buffering.conflicts.bulk import gather_bases, row_updates
 from ccat_buffering.conflicts.kinds import ConflictPolicies
 from ccat_buffering.errors import DatabaseUnavailableError
 from ccat_buffering.models import Operation, Ref, Step, Transaction
@@ -31,6 +32,9 @@ __all__ = ["View", "stamp_write_time", "with_bases"]
 
 View = Callable[[str, Mapping[str, Any]], Awaitable[Mapping[str, Any] | None]]
 """Reads one row as the writing site sees it (``Reads.get``), or ``None``."""
+
+Seen = dict[tuple[str, tuple[Any, ...]], dict[str, Any] | None]
+"""Rows as earlier steps of the transaction leave them, by model and key (``None``: deleted)."""
 
 _WRITES = (Operation.CREATE, Operation.UPDATE, Operation.BULK_CREATE, Operation.BULK_UPDATE)
 
@@ -79,7 +83,7 @@ def _own_columns(columns: ModelColumns, policies: ConflictPolicies, model: str) 
 
 
 async def with_bases(transaction: Transaction, view: View, registry: ModelRegistry) -> Transaction:
-    """Give every update and delete that states no base the one the site sees now.
+    """Give every update and delete (and bulk-updated row) that states no base the one seen now.
 
     Args:
         transaction: A converted transaction.
@@ -89,31 +93,37 @@ async def with_bases(transaction: Transaction, view: View, registry: ModelRegist
     Returns:
         The transaction with bases (itself when no step needed one).
     """
-    seen: dict[tuple[str, tuple[Any, ...]], dict[str, Any] | None] = {}
-    steps, changed = [], False
+    seen: Seen = {}
+    steps = []
     for step in transaction.steps:
-        key = step.key or {}
-        at = (step.model, tuple(key.items()))
-        if step.operation is Operation.CREATE and step.data is not None:
+        if step.operation in (Operation.CREATE, Operation.BULK_CREATE):
             columns = columns_of(registry.model(step.model))
-            created = tuple((f, step.data.get(f)) for f in columns.key_fields)
-            seen[(step.model, created)] = dict(step.data)
-        if step.operation not in (Operation.UPDATE, Operation.DELETE):
-            steps.append(step)
-            continue
-        row = seen[at] if at in seen else await _look(view, step, key)
-        if step.has_base or row is None or any(isinstance(v, Ref) for v in key.values()):
-            based = step
+            for record in step.records or [step.data or {}]:
+                created = tuple((f, record.get(f)) for f in columns.key_fields)
+                seen[(step.model, created)] = dict(record)
+        if step.operation is Operation.BULK_UPDATE and not step.has_base:
+            rows = [await _base_one(row, view, registry, seen) for row in row_updates(step)]
+            steps.append(gather_bases(step, rows))
+        elif step.operation in (Operation.UPDATE, Operation.DELETE):
+            steps.append(await _base_one(step, view, registry, seen))
         else:
-            based = _based(step, row, registry)
-            changed = True
-        steps.append(based)
-        seen[at] = (
-            None if step.operation is Operation.DELETE else {**(row or {}), **(step.data or {})}
-        )
-    if not changed:
+            steps.append(step)
+    if all(new is old for new, old in zip(steps, transaction.steps, strict=True)):
         return transaction
     return transaction.model_copy(update={"steps": steps, "format_version": 2})
+
+
+async def _base_one(step: Step, view: View, registry: ModelRegistry, seen: Seen) -> Step:
+    """One update or delete with the base the site sees (``step`` itself if it has one)."""
+    key = step.key or {}
+    at = (step.model, tuple(key.items()))
+    row = seen[at] if at in seen else await _look(view, step, key)
+    if step.has_base or row is None or any(isinstance(v, Ref) for v in key.values()):
+        based = step
+    else:
+        based = _based(step, row, registry)
+    seen[at] = None if step.operation is Operation.DELETE else {**(row or {}), **(step.data or {})}
+    return based
 
 
 async def _look(view: View, step: Step, key: Mapping[str, Any]) -> dict[str, Any] | None:
