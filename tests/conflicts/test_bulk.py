@@ -53,7 +53,7 @@ async def test_a_bulk_update_row_that_moved_is_a_conflict(main_url: str) -> None
 
 
 @pytest.mark.parametrize("policy", ["overwrite", "newer_wins"])
-async def test_a_bulk_update_is_decided_row_by_row_by_the_policy(main_url: str, policy: str) -> None:
+async def test_a_bulk_update_is_decided_row_by_row(main_url: str, policy: str) -> None:
     async with parties(
         main_url, conflict_policies={"Note": policy}, conflict_write_time={"Note": "written_at"}
     ) as p:
