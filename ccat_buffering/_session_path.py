@@ -352,8 +352,8 @@ class SessionPath:
             records = [self.resolve(r, produced) for r in step.records or []]
             await checked_bulk_create(session, model, step, records, checks)
             return None
-        for row in row_updates(step):  # each row checked as a single update is
-            key = self.resolve(row.key or {}, produced)
-            data = self.resolve(row.data or {}, produced)
-            await checked_update(session, model, row, key, data, returning[:1], checks)
+        for update in row_updates(step):  # each row checked as a single update is
+            key = self.resolve(update.key or {}, produced)
+            data = self.resolve(update.data or {}, produced)
+            await checked_update(session, model, update, key, data, returning[:1], checks)
         return None
