@@ -18,7 +18,7 @@ time) gives no base: the step is then checked only for the row's existence.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from ccat_buffering.columns import ModelColumns, columns_of
@@ -32,6 +32,11 @@ __all__ = ["View", "stamp_write_time", "with_bases"]
 
 View = Callable[[str, Mapping[str, Any]], Awaitable[Mapping[str, Any] | None]]
 """Reads one row as the writing site sees it (``Reads.get``), or ``None``."""
+
+ViewMany = Callable[
+    [str, Sequence[Mapping[str, Any]]], Awaitable[Sequence[Mapping[str, Any] | None]]
+]
+"""Reads several rows at once as the site sees them (``Reads.get_many``), in order."""
 
 Seen = dict[tuple[str, tuple[Any, ...]], dict[str, Any] | None]
 """Rows as earlier steps of the transaction leave them, by model and key (``None``: deleted)."""
@@ -82,13 +87,19 @@ def _own_columns(columns: ModelColumns, policies: ConflictPolicies, model: str) 
     return own | set(columns.key_fields)
 
 
-async def with_bases(transaction: Transaction, view: View, registry: ModelRegistry) -> Transaction:
+async def with_bases(
+    transaction: Transaction,
+    view: View,
+    registry: ModelRegistry,
+    many: ViewMany | None = None,
+) -> Transaction:
     """Give every update and delete (and bulk-updated row) that states no base the one seen now.
 
     Args:
         transaction: A converted transaction.
         view: Reads a row as the site sees it.
         registry: The models and their conflict policies.
+        many: Reads a bulk update's rows in one call (else one ``view`` each).
 
     Returns:
         The transaction with bases (itself when no step needed one).
@@ -102,7 +113,10 @@ async def with_bases(transaction: Transaction, view: View, registry: ModelRegist
                 created = tuple((f, record.get(f)) for f in columns.key_fields)
                 seen[(step.model, created)] = dict(record)
         if step.operation is Operation.BULK_UPDATE and not step.has_base:
-            rows = [await _base_one(row, view, registry, seen) for row in row_updates(step)]
+            updates = row_updates(step)
+            if many is not None:
+                await _look_many(many, updates, seen)
+            rows = [await _base_one(row, view, registry, seen) for row in updates]
             steps.append(gather_bases(step, rows))
         elif step.operation in (Operation.UPDATE, Operation.DELETE):
             steps.append(await _base_one(step, view, registry, seen))
@@ -124,6 +138,29 @@ async def _base_one(step: Step, view: View, registry: ModelRegistry, seen: Seen)
         based = _based(step, row, registry)
     seen[at] = None if step.operation is Operation.DELETE else {**(row or {}), **(step.data or {})}
     return based
+
+
+async def _look_many(many: ViewMany, updates: Sequence[Step], seen: Seen) -> None:
+    """Put in ``seen`` the rows of ``updates`` it does not hold yet, read in one call.
+
+    A row the site does not see is put as ``None``: the update gets no base.
+    """
+    keys = {
+        (u.model, tuple((u.key or {}).items())): u.key or {}
+        for u in updates
+        if not any(isinstance(v, Ref) for v in (u.key or {}).values())
+    }
+    wanted = [(at, key) for at, key in keys.items() if at not in seen]
+    if not wanted:
+        return
+    try:
+        rows: Sequence[Mapping[str, Any] | None] = await many(
+            updates[0].model, [key for _, key in wanted]
+        )
+    except DatabaseUnavailableError:
+        rows = [None] * len(wanted)  # no bases, as for one row (not a timeout a row)
+    for (at, _), row in zip(wanted, rows, strict=True):
+        seen[at] = None if row is None else dict(row)  # None: no base
 
 
 async def _look(view: View, step: Step, key: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -33,13 +33,15 @@ async def _conflicted(p: Parties, site: Any, tx_id: str) -> None:
 async def test_a_bulk_update_row_that_moved_is_a_conflict(main_url: str) -> None:
     async with parties(main_url) as p:
         first, second = await _notes(p, 2, status="new")
-        # The site's own view gives each row its base at submit.
+        # The site's own view gives each row its base at submit, in one read.
+        reads = p.a.reads.calls
         a = await p.write(
             p.a,
             lambda tx: tx.bulk_update(
                 Note, [{"id": first, "status": "a"}, {"id": second, "status": "a"}]
             ),
         )
+        assert p.a.reads.calls == reads + 1
         await p.write(p.main, lambda tx: tx.update(Note, second, {"status": "main"}))
         await p.drain(p.a)
         assert [(await p.row(Note, k)).status for k in (first, second)] == ["new", "main"]
