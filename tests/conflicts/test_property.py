@@ -217,12 +217,21 @@ async def _scenario(
             if (op == "create") != (seen is None):
                 continue
             tx = TransactionBuilder("edit", registry=site.registry)
+            # Every other write as a bulk step: its rows are checked as single ones.
+            bulk = n % 2 == 1
             if op == "create":
-                tx.create(Note, {"id": key, "title": value, "status": value})
-            elif op == "update" and policy == "merge":
-                tx.update(Note, key, {"meta": {**((seen or {}).get("meta") or {}), value: 1}})
+                values = {"id": key, "title": value, "status": value}
+                if bulk:
+                    tx.bulk_create(Note, [values])
+                else:
+                    tx.create(Note, values)
             elif op == "update":
-                tx.update(Note, key, {"status": value})
+                meta = {**((seen or {}).get("meta") or {}), value: 1}
+                change = {"meta": meta} if policy == "merge" else {"status": value}
+                if bulk:
+                    tx.bulk_update(Note, [{"id": key, **change}])
+                else:
+                    tx.update(Note, key, change)
             else:
                 tx.delete(Note, key)
             built = tx.build()
