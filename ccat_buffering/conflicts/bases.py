@@ -112,7 +112,7 @@ async def with_bases(
             for record in step.records or [step.data or {}]:
                 created = tuple((f, record.get(f)) for f in columns.key_fields)
                 seen[(step.model, created)] = dict(record)
-        if step.operation is Operation.BULK_UPDATE and not step.has_base:
+        if step.operation is Operation.BULK_UPDATE:
             updates = row_updates(step)
             if many is not None:
                 await _look_many(many, updates, seen)
@@ -132,7 +132,7 @@ async def _base_one(step: Step, view: View, registry: ModelRegistry, seen: Seen)
     key = step.key or {}
     at = (step.model, tuple(key.items()))
     row = seen[at] if at in seen else await _look(view, step, key)
-    if step.has_base or row is None or any(isinstance(v, Ref) for v in key.values()):
+    if row is None or any(isinstance(v, Ref) for v in key.values()):
         based = step
     else:
         based = _based(step, row, registry)
@@ -174,15 +174,23 @@ async def _look(view: View, step: Step, key: Mapping[str, Any]) -> dict[str, Any
 
 
 def _based(step: Step, row: Mapping[str, Any], registry: ModelRegistry) -> Step:
+    """``step`` with the base ``row`` gives it; a stated base keeps its values.
+
+    A writer that states the values it saw but not the version (``expected=``
+    without ``expected_version=``) gets the version from the view, so that
+    the update checks and bumps it as the ORM's would.
+    """
     columns = columns_of(registry.model(step.model))
-    own = _own_columns(columns, registry.conflict_policies, step.model)
-    if step.operation is Operation.UPDATE:
-        names = [n for n in (step.data or {}) if n not in own and n in row]
-    else:
-        names = [n for n in row if n not in own and n in columns.rules]
-    where = f"{step.step_id} base"
-    expected = columns.convert({n: row[n] for n in names}, where)
-    update: dict[str, Any] = {"expected": expected}
+    update: dict[str, Any] = {}
+    if not step.has_base:
+        own = _own_columns(columns, registry.conflict_policies, step.model)
+        if step.operation is Operation.UPDATE:
+            names = [n for n in (step.data or {}) if n not in own and n in row]
+        else:
+            names = [n for n in row if n not in own and n in columns.rules]
+        update["expected"] = columns.convert({n: row[n] for n in names}, f"{step.step_id} base")
+    elif step.expected_version is not None:
+        return step
     if columns.version is not None and row.get(columns.version) is not None:
         seen_version = row[columns.version]
         update["expected_version"] = seen_version
@@ -191,4 +199,4 @@ def _based(step: Step, row: Mapping[str, Any], registry: ModelRegistry) -> Step:
                 **(step.data or {}),
                 columns.version: columns.next_version(seen_version),
             }
-    return step.model_copy(update=update)
+    return step.model_copy(update=update) if update else step
