@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import itertools
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,7 @@ from ccat_buffering_redis._frame import (
 )
 from ccat_buffering_redis._values import as_text, cached_record, field_prefix, status_of
 from ccat_buffering_redis.compression import entry_bytes, entry_text
+from ccat_buffering_redis.keys import SEQ_STATES
 
 __all__ = [
     "RedisBufferStore",
@@ -48,6 +50,10 @@ __all__ = [
     "RedisStatusStore",
     "RedisWriteBatch",
 ]
+
+
+_CURSOR = {True: re.compile(r"\d+"), False: re.compile(r"-?\d+(\.\d+)?(e[+-]?\d+)? \S+")}
+"""A status page's cursor: a sequence number (bucketed states), or ``<score> <member>``."""
 
 
 class _SiteStore:
@@ -110,25 +116,42 @@ class RedisBufferStore(_SiteStore):
         return BufferStats(int(depth), int(in_flight), int(letters), held)
 
 
+def _read_letters(rows: Sequence[Any]) -> list[DeadLetter]:
+    letters = []
+    for lid, payload, meta in rows:
+        info = json.loads(meta)
+        letters.append(
+            DeadLetter(
+                as_text(lid),
+                entry_text(payload),
+                info["reason"],
+                info["at"] / 1000,
+                info["tx"] or None,
+            )
+        )
+    return letters
+
+
 class RedisDeadLetterStore(_SiteStore):
     """:class:`~ccat_buffering.protocols.DeadLetterStore` in Redis."""
 
     async def _letters(self, ids: list[str]) -> list[DeadLetter]:
         if not ids:
             return []
-        letters = []
-        for lid, payload, meta in await self._backend.script("letters_get", *ids):
-            info = json.loads(meta)
-            letters.append(
-                DeadLetter(
-                    as_text(lid),
-                    entry_text(payload),
-                    info["reason"],
-                    info["at"] / 1000,
-                    info["tx"] or None,
-                )
+        return _read_letters(await self._backend.script("letters_get", *ids))
+
+    async def letters_after(
+        self, after: str | None, limit: int
+    ) -> tuple[builtins.list[DeadLetter], str | None]:
+        """See :meth:`ccat_buffering.protocols.SupportsLetterPaging.letters_after`."""
+        if after is not None and not after.isdigit():
+            raise ValueError(
+                f"{after!r} is not a cursor this store gave: start from the first page"
             )
-        return letters
+        if limit <= 0:
+            return [], None
+        following, *rows = await self._backend.script("letters_page", after or "", limit)
+        return _read_letters(rows), as_text(following) or None
 
     async def list(self, offset: int = 0, limit: int | None = None) -> list[DeadLetter]:
         """See :meth:`ccat_buffering.protocols.DeadLetterStore.list`."""
@@ -195,11 +218,12 @@ class RedisStatusStore(_SiteStore):
         self, state: TransactionState, after: str | None, limit: int
     ) -> tuple[list[str], str | None]:
         """See :meth:`ccat_buffering.protocols.SupportsStatusPaging.ids_after`."""
+        state = TransactionState(state)
+        if after is not None and not _CURSOR[str(state) in SEQ_STATES].fullmatch(after):
+            raise ValueError(f"{after!r} is not a cursor this store gave for {state} ids")
         if limit <= 0:
             return [], None
-        reply = await self._backend.script(
-            "status_page", str(TransactionState(state)), after or "", limit
-        )
+        reply = await self._backend.script("status_page", str(state), after or "", limit)
         following = as_text(reply[0])
         return [as_text(r) for r in reply[1:]], following or None
 
