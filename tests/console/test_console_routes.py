@@ -130,6 +130,49 @@ def test_conflicts_listed_shown_and_resolved_by_filter(site: BufferingCoordinato
     assert "model=ExecutedObsUnit" in entry.detail
 
 
+def _log_rows(n: int, model: str, of_site: str = "routes", **values: object) -> list[dict]:
+    from ccat_buffering.models import utc_now
+
+    row = {"endpoint": "e", "step_id": "s", "key": "{}", "base": "{}", "mine": "{}"}
+    row |= {"theirs": "{}", "policy": "reject", "outcome": "rejected", "payload": None}
+    row |= {"kind": "update_origin_differs", "detected_at": utc_now(), "resolved_at": None}
+    return [
+        {**row, "site": of_site, "transaction_id": f"{model}-{of_site}-{i}", "model": model}
+        | values
+        for i in range(n)
+    ]
+
+
+def test_conflict_pages_filter_and_page_in_the_query(site: BufferingCoordinator) -> None:
+    from ccat_buffering.conflicts.log import insert_rows
+
+    async def fill() -> None:
+        async with site.engine.begin() as conn:
+            # The oldest 70 match; 1,100 newer open conflicts of the site do not (another
+            # model or kind): a read of the newest 1,000 open ones would miss them all.
+            await insert_rows(conn, _log_rows(70, "Wanted"))
+            await insert_rows(conn, _log_rows(800, "Other"))
+            await insert_rows(conn, _log_rows(300, "Wanted", kind="update_missing"))
+            await insert_rows(conn, _log_rows(200, "Wanted", of_site="elsewhere"))
+            await insert_rows(conn, _log_rows(200, "Wanted", outcome="applied"))
+
+    asyncio.run(fill())
+    client = _client(site)
+    link = "/console/conflicts?model=Wanted&kind=update_origin_differs"
+    shown: list[str] = []
+    for _ in range(3):
+        page = client.get(link)
+        assert 'id="conflict-matching">70 open conflict(s) match' in page.text
+        shown += re.findall(r'data-label="transaction"><a href="[^"]*">([^<]+)<', page.text)
+        found = re.search(r'href="(/console/conflicts\?[^"]*)" rel="next"', page.text)
+        if found is None:
+            break
+        link = found.group(1).replace("&amp;", "&")
+    assert shown == [f"Wanted-routes-{i}" for i in reversed(range(70))]  # 50 + 20, newest first
+    every_site = client.get("/console/conflicts?model=Wanted&kind=update_origin_differs&of_site=")
+    assert 'id="conflict-matching">270 open conflict(s) match' in every_site.text
+
+
 async def _conflict_ids(site: BufferingCoordinator) -> list[int]:
     from ccat_buffering.conflicts.log import list_conflicts
 
