@@ -220,7 +220,7 @@ def _matching(
     site: str | None, model: str | None, kind: str | None, unresolved_only: bool
 ) -> list[Any]:
     c = conflict_table.c
-    found = [_UNRESOLVED] if unresolved_only else []
+    found: list[Any] = [_UNRESOLVED] if unresolved_only else []
     found += [
         column == value
         for column, value in ((c.site, site), (c.model, model), (c.kind, kind))
