@@ -1,13 +1,16 @@
-"""The console's transaction pages on Redis: a cursor against listing from the start.
+"""The console's transaction and dead-letter pages on Redis: a cursor against listing.
 
-Both read one page of 50 ids of the ``buffered`` state of the same Redis
-site. The baseline is what the console did before paging from a cursor:
-``StatusStore.ids(state, limit=end of the page)``, which reads every id up
-to the page; ours is ``SupportsStatusPaging.ids_after(state, cursor, 50)``,
-which enters the state's index at the cursor. Rounds are interleaved; each
-figure is min / median / max over the rounds, and the ratio is of medians.
+Transactions: both read one page of 50 ids of the ``buffered`` state of the
+same Redis site. The baseline is what the console did before paging from a
+cursor: ``StatusStore.ids(state, limit=end of the page)``, which reads every
+id up to the page; ours is ``SupportsStatusPaging.ids_after(state, cursor,
+50)``, which enters the state's index at the cursor. Dead letters: the
+baseline is ``DeadLetterStore.list()`` (the console read every letter for
+each page), ours ``SupportsLetterPaging.letters_after(cursor, 50)``. Rounds
+are interleaved; each figure is min / median / max over the rounds, and the
+ratio is of medians.
 
-Run: ``python bench/console_paging_bench.py [--transactions N] [--rounds R]``.
+Run: ``python bench/console_paging_bench.py [--transactions N] [--letters N] [--rounds R]``.
 Environment: ``CCAT_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``).
 """
 
@@ -50,7 +53,45 @@ async def _ms(call: Callable[[], Awaitable[Any]]) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-async def main(transactions: int, rounds: int) -> None:
+def _report(times: dict[tuple[str, int], list[float]], pages: list[int], base: str) -> None:
+    for k in pages:
+        line = [f"page {k + 1:>5}"]
+        for name in (base, "cursor"):
+            v = times[(name, k)]
+            line.append(f"{name} {min(v):6.2f}/{statistics.median(v):6.2f}/{max(v):6.2f}")
+        ratio = statistics.median(times[(base, k)]) / statistics.median(times[("cursor", k)])
+        print("  ".join(line) + f"  {base} / cursor: {ratio:5.1f}x")
+
+
+async def _letters(backend: RedisBackend, letters: int, rounds: int) -> None:
+    store = backend.dead_letters
+    for first in range(0, letters, 1000):
+        count = min(1000, letters - first)
+        await backend.buffer.push([f'{{"letter": {first + i}}}' for i in range(count)])
+        claims = await backend.buffer.claim(count, 600)
+        async with backend.atomic() as batch:
+            for i, claim in enumerate(claims):
+                batch.dead_letter(claim.receipt, "foreign key", f"letter-{first + i}")
+    last_page = letters // PAGE - 1
+    pages = sorted({0, last_page // 2, last_page})
+    cursors: dict[int, str | None] = {0: None}
+    cursor = None
+    for k in range(1, last_page + 1):
+        _, cursor = await store.letters_after(cursor, PAGE)
+        cursors[k] = cursor
+    times: dict[tuple[str, int], list[float]] = {}
+    for _ in range(rounds):
+        for k in pages:
+            times.setdefault(("cursor", k), []).append(
+                await _ms(partial(store.letters_after, cursors[k], PAGE))
+            )
+            times.setdefault(("every letter", k), []).append(await _ms(store.list))
+            await asyncio.sleep(0.02)
+    print(f"{letters} dead letters, pages of {PAGE}, {rounds} rounds (ms: min/median/max)")
+    _report(times, pages, "every letter")
+
+
+async def main(transactions: int, letters: int, rounds: int) -> None:
     client = aioredis.Redis.from_url(
         os.environ.get("CCAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
     )
@@ -77,15 +118,8 @@ async def main(transactions: int, rounds: int) -> None:
                 times.setdefault(("from start", k), []).append(base)
                 await asyncio.sleep(0.02)
         print(f"{transactions} buffered, pages of {PAGE}, {rounds} rounds (ms: min/median/max)")
-        for k in pages:
-            line = [f"page {k + 1:>5}"]
-            for name in ("from start", "cursor"):
-                v = times[(name, k)]
-                line.append(f"{name} {min(v):6.2f}/{statistics.median(v):6.2f}/{max(v):6.2f}")
-            ratio = statistics.median(times[("from start", k)]) / statistics.median(
-                times[("cursor", k)]
-            )
-            print("  ".join(line) + f"  from start / cursor: {ratio:5.1f}x")
+        _report(times, pages, "from start")
+        await _letters(backend, letters, rounds)
     finally:
         keys = [key async for key in client.scan_iter(match=backend.keys.pattern(), count=1000)]
         for i in range(0, len(keys), 500):
@@ -96,6 +130,7 @@ async def main(transactions: int, rounds: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transactions", type=int, default=20_000)
+    parser.add_argument("--letters", type=int, default=5_000)
     parser.add_argument("--rounds", type=int, default=7)
     options = parser.parse_args()
-    asyncio.run(main(options.transactions, options.rounds))
+    asyncio.run(main(options.transactions, options.letters, options.rounds))

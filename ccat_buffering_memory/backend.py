@@ -89,6 +89,12 @@ class MemoryDeadLetterStore(_SiteStateStore):
         """See :meth:`ccat_buffering.protocols.DeadLetterStore.get`."""
         return self._state.letters.get(letter_id)
 
+    async def letters_after(
+        self, after: str | None, limit: int
+    ) -> tuple[builtins.list[DeadLetter], str | None]:
+        """See :meth:`ccat_buffering.protocols.SupportsLetterPaging.letters_after`."""
+        return self._state.letters_after(after, limit)
+
     async def replay(self, letter_ids: Sequence[str] | None = None) -> builtins.list[DeadLetter]:
         """See :meth:`ccat_buffering.protocols.DeadLetterStore.replay`."""
         return self._state.replay(checks.check_letter_ids(letter_ids))
@@ -122,13 +128,7 @@ class MemoryStatusStore(_SiteStateStore):
         self, state: TransactionState, after: str | None, limit: int
     ) -> tuple[list[str], str | None]:
         """See :meth:`ccat_buffering.protocols.SupportsStatusPaging.ids_after`."""
-        ids = self._state.status_ids(TransactionState(state))
-        start = 0
-        if after is not None:
-            # The cursor is the last id shown; gone from the state: nothing follows it here.
-            start = ids.index(after) + 1 if after in ids else len(ids)
-        page = ids[start : start + limit] if limit > 0 else []
-        return page, page[-1] if page and start + limit < len(ids) else None
+        return self._state.status_page(TransactionState(state), after, limit)
 
     async def counts(self) -> dict[TransactionState, int]:
         """See :meth:`ccat_buffering.protocols.StatusStore.counts`."""

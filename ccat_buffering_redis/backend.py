@@ -57,12 +57,12 @@ from ccat_buffering_redis._replicas import (
 )
 from ccat_buffering_redis._values import as_text
 from ccat_buffering_redis.compression import check_compression
+from ccat_buffering_redis.dead_letters import RedisDeadLetterStore
 from ccat_buffering_redis.inspection import RedisInspection
 from ccat_buffering_redis.keys import SiteKeys
 from ccat_buffering_redis.stores import (
     RedisBufferStore,
     RedisCacheStore,
-    RedisDeadLetterStore,
     RedisProcessorLease,
     RedisStatusStore,
     RedisWriteBatch,

@@ -73,6 +73,7 @@ NAMES = (
     "lease_release",
     "lease_renew",
     "letters_get",
+    "letters_page",
     "letters_purge",
     "letters_replay",
     "publish_report",

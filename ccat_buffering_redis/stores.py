@@ -1,4 +1,6 @@
-"""The stores of one site in Redis (buffer, dead letters, statuses, cache, lease), and the batch.
+"""The stores of one site in Redis (buffer, statuses, cache, lease), and the batch.
+
+The dead letters are :mod:`ccat_buffering_redis.dead_letters`.
 
 Each store is a view of its :class:`~ccat_buffering_redis.backend.RedisBackend`:
 writes go through the backend's ``apply`` (one ``APPLY`` call a group, see
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import builtins
 import itertools
-import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +23,6 @@ from ccat_buffering.protocols import (
     CachedRecord,
     CacheWrite,
     Claim,
-    DeadLetter,
     LeaseInfo,
 )
 
@@ -39,15 +40,19 @@ from ccat_buffering_redis._frame import (
 )
 from ccat_buffering_redis._values import as_text, cached_record, field_prefix, status_of
 from ccat_buffering_redis.compression import entry_bytes, entry_text
+from ccat_buffering_redis.keys import SEQ_STATES
 
 __all__ = [
     "RedisBufferStore",
     "RedisCacheStore",
-    "RedisDeadLetterStore",
     "RedisProcessorLease",
     "RedisStatusStore",
     "RedisWriteBatch",
 ]
+
+
+_CURSOR = {True: re.compile(r"\d+"), False: re.compile(r"-?\d+(\.\d+)?(e[+-]?\d+)? \S+")}
+"""A status page's cursor: a sequence number (bucketed states), or ``<score> <member>``."""
 
 
 class _SiteStore:
@@ -110,56 +115,6 @@ class RedisBufferStore(_SiteStore):
         return BufferStats(int(depth), int(in_flight), int(letters), held)
 
 
-class RedisDeadLetterStore(_SiteStore):
-    """:class:`~ccat_buffering.protocols.DeadLetterStore` in Redis."""
-
-    async def _letters(self, ids: list[str]) -> list[DeadLetter]:
-        if not ids:
-            return []
-        letters = []
-        for lid, payload, meta in await self._backend.script("letters_get", *ids):
-            info = json.loads(meta)
-            letters.append(
-                DeadLetter(
-                    as_text(lid),
-                    entry_text(payload),
-                    info["reason"],
-                    info["at"] / 1000,
-                    info["tx"] or None,
-                )
-            )
-        return letters
-
-    async def list(self, offset: int = 0, limit: int | None = None) -> list[DeadLetter]:
-        """See :meth:`ccat_buffering.protocols.DeadLetterStore.list`."""
-        stop = -1 if limit is None else offset + limit - 1
-        if limit == 0:
-            return []
-        with self._backend.translate():
-            raw = await self._backend.client.zrange(self._keys.letter_order, offset, stop)
-        return await self._letters([as_text(r) for r in raw])  # type: ignore[arg-type]
-
-    async def get(self, letter_id: str) -> DeadLetter | None:
-        """See :meth:`ccat_buffering.protocols.DeadLetterStore.get`."""
-        found = await self._letters([letter_id])
-        return found[0] if found else None
-
-    async def replay(self, letter_ids: Sequence[str] | None = None) -> builtins.list[DeadLetter]:
-        """See :meth:`ccat_buffering.protocols.DeadLetterStore.replay`."""
-        letter_ids = checks.check_letter_ids(letter_ids)
-        selector = "*" if letter_ids is None else json.dumps(letter_ids)
-        wanted = await self.list() if letter_ids is None else await self._letters(list(letter_ids))
-        by_id = {letter.letter_id: letter for letter in wanted}
-        done = await self._backend.script("letters_replay", selector)
-        return [by_id[as_text(lid)] for lid in done if as_text(lid) in by_id]
-
-    async def purge(self, letter_ids: Sequence[str] | None = None) -> int:
-        """See :meth:`ccat_buffering.protocols.DeadLetterStore.purge`."""
-        letter_ids = checks.check_letter_ids(letter_ids)
-        selector = "*" if letter_ids is None else json.dumps(letter_ids)
-        return int(await self._backend.script("letters_purge", selector))
-
-
 class RedisStatusStore(_SiteStore):
     """:class:`~ccat_buffering.protocols.StatusStore` in Redis."""
 
@@ -195,11 +150,12 @@ class RedisStatusStore(_SiteStore):
         self, state: TransactionState, after: str | None, limit: int
     ) -> tuple[list[str], str | None]:
         """See :meth:`ccat_buffering.protocols.SupportsStatusPaging.ids_after`."""
+        state = TransactionState(state)
+        if after is not None and not _CURSOR[str(state) in SEQ_STATES].fullmatch(after):
+            raise ValueError(f"{after!r} is not a cursor this store gave for {state} ids")
         if limit <= 0:
             return [], None
-        reply = await self._backend.script(
-            "status_page", str(TransactionState(state)), after or "", limit
-        )
+        reply = await self._backend.script("status_page", str(state), after or "", limit)
         following = as_text(reply[0])
         return [as_text(r) for r in reply[1:]], following or None
 

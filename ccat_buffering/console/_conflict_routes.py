@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
@@ -37,22 +38,30 @@ def add_conflict_routes(
 
     @router.get("/conflicts", response_class=HTMLResponse)
     async def conflicts(
-        request: Request, model: str = "", kind: str = "", of_site: str | None = None
+        request: Request,
+        model: str = "",
+        kind: str = "",
+        of_site: str | None = None,
+        before: int | None = None,
     ) -> HTMLResponse:
         # This site's conflicts unless another site (or every one: empty) is asked for.
         wanted = _conflicts.ConflictFilter(
             model, kind, site.backend.site if of_site is None else of_site
         )
         try:
-            found, capped = await _conflicts.open_conflicts(site, wanted)
+            found, following = await _conflicts.open_conflicts(site, wanted, before)
+            matching = await _conflicts.count_open(site, wanted)
         except _conflicts.LogUnreadable as exc:
             return await unreadable(request, exc)
+        query = {"model": model, "kind": kind, "of_site": wanted.site}
         return await render(
             request,
             "conflicts.html",
             page="conflicts",
             found=found,
-            capped=capped,
+            matching=matching,
+            first_query=urlencode(query) if before is not None else None,
+            next_query=None if following is None else urlencode({**query, "before": following}),
             wanted=wanted,
             kinds=[str(k) for k in ConflictKind],
             can_resolve=site.registry is not None,

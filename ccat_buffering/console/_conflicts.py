@@ -28,6 +28,7 @@ from ccat_buffering.conflicts.log import (
 )
 from ccat_buffering.conflicts.resolve import Keep, resolve_conflict
 from ccat_buffering.console._actions import StaleCount, record
+from ccat_buffering.console._data import PAGE
 from ccat_buffering.console._site import ConsoleSite
 from ccat_buffering.errors import BufferingError
 
@@ -37,6 +38,7 @@ __all__ = [
     "ConflictFilter",
     "ConflictPlan",
     "LogUnreadable",
+    "count_open",
     "diff",
     "one",
     "open_conflicts",
@@ -46,7 +48,7 @@ __all__ = [
 ]
 
 LIMIT = 1000
-"""Open conflicts a listing reads at most, newest first (it says so when it stops there)."""
+"""Open conflicts a resolution of a filter reads in one query (it reads them all, page by page)."""
 
 WAIT = 5.0
 """Seconds a read of the conflict log may take before the page says it could not."""
@@ -72,20 +74,11 @@ async def _read(site: ConsoleSite, query: Callable[[AsyncConnection], Awaitable[
 
 @dataclass(frozen=True)
 class ConflictFilter:
-    """Which open conflicts: by model, kind and writing site (empty: any)."""
+    """Which open conflicts: by model, kind and writing site (empty: any), in the query."""
 
     model: str = ""
     kind: str = ""
     site: str = ""
-
-    def matches(self, found: ConflictRecord) -> bool:
-        """Whether ``found`` passes."""
-        c = found.conflict
-        return (
-            (not self.model or c.model == self.model)
-            and (not self.kind or str(c.kind) == self.kind)
-            and (not self.site or found.site == self.site)
-        )
 
     def label(self) -> str:
         """The filter in words, for the audit line."""
@@ -102,16 +95,36 @@ async def unresolved_count(site: ConsoleSite) -> int | None:
 
 
 async def open_conflicts(
-    site: ConsoleSite, wanted: ConflictFilter
-) -> tuple[list[ConflictRecord], bool]:
-    """The open conflicts the filter matches, newest first, and whether LIMIT stopped the read."""
+    site: ConsoleSite, wanted: ConflictFilter, before: int | None = None, limit: int = PAGE
+) -> tuple[list[ConflictRecord], int | None]:
+    """A page of the open conflicts the filter matches, newest first, and the next page's start.
+
+    The filters and the page (by id, from ``before``) are in the query: a
+    page reads its own rows, whatever the log holds before it.
+    """
     found = await _read(
         site,
         lambda conn: list_conflicts(
-            conn, site=wanted.site or None, unresolved_only=True, limit=LIMIT
+            conn,
+            site=wanted.site or None,
+            model=wanted.model or None,
+            kind=wanted.kind or None,
+            unresolved_only=True,
+            limit=limit + 1,
+            before=before,
         ),
     )
-    return [r for r in found if wanted.matches(r)], len(found) >= LIMIT
+    return found[:limit], found[limit - 1].id if len(found) > limit else None
+
+
+async def count_open(site: ConsoleSite, wanted: ConflictFilter) -> int:
+    """How many open conflicts the filter matches."""
+    return await _read(
+        site,
+        lambda conn: count_unresolved(
+            conn, wanted.site or None, model=wanted.model or None, kind=wanted.kind or None
+        ),
+    )
 
 
 async def one(site: ConsoleSite, conflict_id: int) -> ConflictRecord | None:
@@ -154,7 +167,11 @@ async def plan(site: ConsoleSite, ids: Sequence[int], wanted: ConflictFilter) ->
         records = [await one(site, conflict_id) for conflict_id in ids]
         found = [r for r in records if r is not None and r.unresolved]
     else:
-        found, _ = await open_conflicts(site, wanted)
+        # Everything matching, as the operator asked: pages of LIMIT rows by id.
+        found, before = await open_conflicts(site, wanted, None, LIMIT)
+        while before is not None:
+            more, before = await open_conflicts(site, wanted, before, LIMIT)
+            found += more
     found.sort(key=lambda r: r.id)
     rejected = [r for r in found if r.conflict.outcome is ConflictOutcome.REJECTED]
     return ConflictPlan(

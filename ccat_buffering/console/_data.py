@@ -13,7 +13,12 @@ from ccat_buffering import audit
 from ccat_buffering.console._samples import Samples
 from ccat_buffering.console._site import ConsoleSite
 from ccat_buffering.models import TransactionState, TransactionStatus
-from ccat_buffering.protocols import DeadLetter, SupportsInspection, SupportsStatusPaging
+from ccat_buffering.protocols import (
+    DeadLetter,
+    SupportsInspection,
+    SupportsLetterPaging,
+    SupportsStatusPaging,
+)
 from ccat_buffering.replays import read_letter
 
 __all__ = [
@@ -194,6 +199,7 @@ class LetterFilter:
 
     text: str = ""
     page: int = 0
+    after: str = ""  # the cursor of a store that pages (empty: the first page)
 
     def matches(self, letter: DeadLetter) -> bool:
         """Whether ``letter`` passes."""
@@ -205,16 +211,35 @@ class LetterFilter:
 
 
 async def matching_letters(site: ConsoleSite, wanted: LetterFilter) -> list[DeadLetter]:
-    """Every dead letter the filter matches, in arrival order (a bounded structure)."""
+    """Every dead letter the filter matches, in arrival order (what an action on a filter takes)."""
     return [letter for letter in await site.backend.dead_letters.list() if wanted.matches(letter)]
 
 
 async def letters_page(site: ConsoleSite, wanted: LetterFilter) -> Page:
-    """One page of matching dead letters, each with its endpoint."""
-    found = await matching_letters(site, wanted)
-    start = wanted.page * PAGE
+    """One page of matching dead letters, each with its endpoint.
+
+    With a store that pages from a cursor
+    (:class:`~ccat_buffering.protocols.SupportsLetterPaging`), a page reads
+    its own letters only, as :func:`transactions_page` does (filtered: slices
+    from the cursor until a page of matches or :data:`SCAN` letters); the
+    count shown is then the store's count of every letter, not of matches.
+    Other stores read every letter and count the matches.
+    """
+    letters = site.backend.dead_letters
+    cursor: str | None = None
+    scanned = None
+    if isinstance(letters, SupportsLetterPaging):
+        found, cursor, looked = await _letters_paged(letters, wanted)
+        scanned = looked if cursor is not None and len(found) < PAGE else None
+        more = cursor is not None
+        counts = {"letters": (await site.backend.buffer.stats()).dead_letters}
+    else:
+        every = await matching_letters(site, wanted)
+        start = wanted.page * PAGE
+        found, more = every[start : start + PAGE], len(every) > start + PAGE
+        counts = {"matching": len(every)}
     rows = []
-    for letter in found[start : start + PAGE]:
+    for letter in found:
         tx = read_letter(letter)
         rows.append(
             {
@@ -223,7 +248,21 @@ async def letters_page(site: ConsoleSite, wanted: LetterFilter) -> Page:
                 "at": _iso(letter.dead_lettered_at),
             }
         )
-    return Page(rows, wanted.page, len(found) > start + PAGE, counts={"matching": len(found)})
+    return Page(rows, wanted.page, more, scanned, counts, cursor)
+
+
+async def _letters_paged(
+    letters: SupportsLetterPaging, wanted: LetterFilter
+) -> tuple[list[DeadLetter], str | None, int]:
+    cursor = wanted.after or None
+    found: list[DeadLetter] = []
+    looked = 0
+    while True:
+        page, cursor = await letters.letters_after(cursor, PAGE)
+        looked += len(page)
+        found += [letter for letter in page if wanted.matches(letter)]
+        if cursor is None or len(found) >= PAGE or looked >= SCAN:
+            return found, cursor, looked
 
 
 async def audit_entries(site: ConsoleSite, limit: int = 100) -> list[audit.AuditEntry]:

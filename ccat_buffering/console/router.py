@@ -198,7 +198,10 @@ def console_router(
         if moment is not None and moment.tzinfo is None:
             moment = moment.replace(tzinfo=dt.UTC)
         wanted = _data.TransactionFilter(chosen, endpoint, q, moment, max(page, 0), after)
-        found = await _data.transactions_page(site, wanted)
+        try:
+            found = await _data.transactions_page(site, wanted)
+        except ValueError as exc:  # a cursor the store did not give
+            return await render(request, "_message.html", 400, kind="refused", text=str(exc))
         query = {"state": state, "endpoint": endpoint, "q": q, "since": since}
         following = {"after": found.cursor} if found.cursor else {}
         return await render(
@@ -227,18 +230,26 @@ def console_router(
         return await render(request, "transaction.html", page="transactions", **found)
 
     @router.get("/letters", response_class=HTMLResponse)
-    async def letters(request: Request, q: str = "", page: int = 0) -> HTMLResponse:
-        wanted = _data.LetterFilter(q, max(page, 0))
-        found = await _data.letters_page(site, wanted)
+    async def letters(
+        request: Request, q: str = "", page: int = 0, after: str = ""
+    ) -> HTMLResponse:
+        wanted = _data.LetterFilter(q, max(page, 0), after)
+        try:
+            found = await _data.letters_page(site, wanted)
+        except ValueError as exc:  # a cursor the store did not give
+            return await render(request, "_message.html", 400, kind="refused", text=str(exc))
+        following = {"after": found.cursor} if found.cursor else {}
         return await render(
             request,
             "letters.html",
             page="letters",
             found=found,
             q=q,
+            wanted=wanted,
             conflicts=await _conflicts.unresolved_count(site),
-            next_query=urlencode({"q": q, "page": wanted.page + 1}),
+            next_query=urlencode({"q": q, "page": wanted.page + 1, **following}),
             previous_query=urlencode({"q": q, "page": max(wanted.page - 1, 0)}),
+            first_query=urlencode({"q": q}),
             dry_run_possible=site.executor is not None,
         )
 

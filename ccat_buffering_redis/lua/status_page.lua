@@ -11,10 +11,37 @@
 -- Returns: {next cursor ('' when the state holds no more), id, id, ...}.
 -- A cursor is the sequence number of the page's last id (bucketed states),
 -- or '<score> <member>' (the others; if that member left the index, the page
--- goes on after the members of its score).
+-- goes on from where it stood).
 
 -- include: prelude
 -- include: state_index
+
+-- Byte order, as a zset orders members of one score (Lua's '<' follows the
+-- server's locale).
+local function bytes_less(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+
+-- Where a member that left the index would stand: after the lower scores,
+-- and among the members of its own score (many: the commits of one WAL
+-- segment, the expiries of one millisecond) after those that sort before it.
+local function rank_after(index, score, member)
+  local lo = redis.call('ZCOUNT', index, '-inf', '(' .. score)
+  local hi = redis.call('ZCOUNT', index, '-inf', score)
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if bytes_less(redis.call('ZRANGE', index, mid, mid)[1], member) then
+      lo = mid + 1
+    else
+      hi = mid
+    end
+  end
+  return lo
+end
 
 prune_terminal()
 local state, after, limit = ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -54,7 +81,7 @@ else
     if rank then
       start = rank + 1
     elseif score then
-      start = redis.call('ZCOUNT', index, '-inf', score)
+      start = rank_after(index, score, member)
     end
   end
   local got = redis.call('ZRANGE', index, start, start + limit, 'WITHSCORES')

@@ -130,6 +130,49 @@ def test_conflicts_listed_shown_and_resolved_by_filter(site: BufferingCoordinato
     assert "model=ExecutedObsUnit" in entry.detail
 
 
+def _log_rows(n: int, model: str, of_site: str = "routes", **values: object) -> list[dict]:
+    from ccat_buffering.models import utc_now
+
+    row = {"endpoint": "e", "step_id": "s", "key": "{}", "base": "{}", "mine": "{}"}
+    row |= {"theirs": "{}", "policy": "reject", "outcome": "rejected", "payload": None}
+    row |= {"kind": "update_origin_differs", "detected_at": utc_now(), "resolved_at": None}
+    return [
+        {**row, "site": of_site, "transaction_id": f"{model}-{of_site}-{i}", "model": model}
+        | values
+        for i in range(n)
+    ]
+
+
+def test_conflict_pages_filter_and_page_in_the_query(site: BufferingCoordinator) -> None:
+    from ccat_buffering.conflicts.log import insert_rows
+
+    async def fill() -> None:
+        async with site.engine.begin() as conn:
+            # The oldest 70 match; 1,100 newer open conflicts of the site do not (another
+            # model or kind): a read of the newest 1,000 open ones would miss them all.
+            await insert_rows(conn, _log_rows(70, "Wanted"))
+            await insert_rows(conn, _log_rows(800, "Other"))
+            await insert_rows(conn, _log_rows(300, "Wanted", kind="update_missing"))
+            await insert_rows(conn, _log_rows(200, "Wanted", of_site="elsewhere"))
+            await insert_rows(conn, _log_rows(200, "Wanted", outcome="applied"))
+
+    asyncio.run(fill())
+    client = _client(site)
+    link = "/console/conflicts?model=Wanted&kind=update_origin_differs"
+    shown: list[str] = []
+    for _ in range(3):
+        page = client.get(link)
+        assert 'id="conflict-matching">70 open conflict(s) match' in page.text
+        shown += re.findall(r'data-label="transaction"><a href="[^"]*">([^<]+)<', page.text)
+        found = re.search(r'href="(/console/conflicts\?[^"]*)" rel="next"', page.text)
+        if found is None:
+            break
+        link = found.group(1).replace("&amp;", "&")
+    assert shown == [f"Wanted-routes-{i}" for i in reversed(range(70))]  # 50 + 20, newest first
+    every_site = client.get("/console/conflicts?model=Wanted&kind=update_origin_differs&of_site=")
+    assert 'id="conflict-matching">270 open conflict(s) match' in every_site.text
+
+
 async def _conflict_ids(site: BufferingCoordinator) -> list[int]:
     from ccat_buffering.conflicts.log import list_conflicts
 
@@ -203,6 +246,62 @@ def test_a_page_reads_its_own_ids_not_those_before_it(site: BufferingCoordinator
             break
         link = found.group(1).replace("&amp;", "&")
     assert shown == every  # 50 + 50 + 50 + 30, in order, none twice
+
+
+class _CountingLetters:
+    """The site's dead-letter store, counting the letters a page reads."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.read = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def list(self, offset: int = 0, limit: int | None = None) -> object:
+        found: list[object] = await self.inner.list(offset, limit)  # type: ignore[attr-defined]
+        self.read += len(found)
+        return found
+
+    async def letters_after(self, after: str | None, limit: int) -> object:
+        found, cursor = await self.inner.letters_after(after, limit)  # type: ignore[attr-defined]
+        self.read += len(found)
+        return found, cursor
+
+
+def test_a_letters_page_reads_its_own_letters_not_those_before_it(
+    site: BufferingCoordinator,
+) -> None:
+    async def more_letters() -> None:
+        await site.manager.buffer_many([orphan_package(i) for i in range(3, 120)])
+        deliveries = await site.manager.claim(117, 600)
+        await site.manager.failed(
+            [(d, ValueError("no"), FailureKind.PERMANENT) for d in deliveries]
+        )
+
+    asyncio.run(more_letters())
+    every = [letter.letter_id for letter in asyncio.run(site.backend.dead_letters.list())]
+    counting = _CountingLetters(site.backend.dead_letters)
+    site.backend.dead_letters = counting  # type: ignore[misc]
+    client = _client(site)
+    for query in ("", "&q=orphan"):  # a filter that every letter passes reads a page too
+        shown: list[str] = []
+        link = "/console/letters?page=0" + query
+        for _ in range(4):
+            counting.read = 0
+            page = client.get(link)
+            assert "120 letter(s) match" in page.text or "among 120 dead letter(s)" in page.text
+            shown += re.findall(
+                r'<td class="id" data-label="letter"><a href="[^"]*">([^<]+)<', page.text
+            )
+            assert counting.read <= 50
+            found = re.search(r'href="(/console/letters\?[^"]*)" rel="next"', page.text)
+            if found is None:
+                break
+            link = found.group(1).replace("&amp;", "&")
+        assert shown == every  # 50 + 50 + 20, in arrival order, none twice
+    assert client.get("/console/letters?after=nope").status_code == 400
+    assert client.get("/console/transactions?after=nope").status_code == 400
 
 
 async def test_redis_pages_from_a_cursor_across_buckets(redis_client: object) -> None:
