@@ -90,7 +90,7 @@ local USES = {
 }
 
 local function index_problem(model)
-  return wrong_type(INDEX .. model, 'zset') or wrong_type(FIELDS .. model, 'zset')
+  return wrong_type(INDEX .. model, 'zset') or fields_problem(model)
 end
 
 -- Check a group before writing any of it: a script cannot roll back, so a
