@@ -27,6 +27,19 @@ local function registered(model)
   return r
 end
 
+-- Models whose field index does not exist, found with one EXISTS for them
+-- all: most models have none, and each read of the registrations is a call.
+local function known_unindexed(models)
+  local keys = {}
+  for model, _ in pairs(models) do
+    if not REGISTERED[model] then keys[#keys + 1] = FIELDS .. model end
+  end
+  if #keys == 0 or #keys > 1000 then return end
+  if redis.call('EXISTS', unpack(keys)) == 0 then
+    for model, _ in pairs(models) do REGISTERED[model] = REGISTERED[model] or {} end
+  end
+end
+
 -- Why the field index of a model cannot be written, or nil.
 local function fields_problem(model)
   registered(model)
