@@ -73,7 +73,9 @@ def record_id(key: Mapping[str, Any], key_fields: Sequence[str]) -> str | None:
         value = key.get(key_fields[0])
         if value is None or isinstance(value, Ref):
             return None
-        return check_record_id(value if type(value) is str and _ALL_SAFE(value) else key_text(value))
+        return check_record_id(
+            value if type(value) is str and _ALL_SAFE(value) else key_text(value)
+        )
     values = [key.get(name) for name in key_fields]
     if any(v is None or isinstance(v, Ref) for v in values):
         return None
