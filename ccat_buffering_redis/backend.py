@@ -61,6 +61,7 @@ from ccat_buffering_redis.stores import (
     RedisProcessorLease,
     RedisStatusStore,
 )
+from ccat_buffering_redis.stores import RedisWriteBatch as RedisWriteBatch  # its old path
 
 __all__ = ["RedisBackend"]
 
