@@ -44,6 +44,8 @@ __all__ = [
     "ProcessorLease",
     "StatusStore",
     "SupportsAuditLog",
+    "SupportsChartSamples",
+    "SupportsStatusPaging",
     "SupportsBufferHealth",
     "SupportsBufferMarker",
     "SupportsBufferOrigin",
@@ -763,6 +765,43 @@ class SupportsAuditLog(Protocol):
         ...
 
     async def audit_entries(self, limit: int | None = None) -> list[str]:
+        """The entries, newest first, at most ``limit`` of them (``None``: all kept)."""
+        ...
+
+
+@runtime_checkable
+class SupportsStatusPaging(Protocol):
+    """Capability: a status store that pages a state's ids from a cursor.
+
+    A page costs what a page costs (the console's listing), not a read of
+    the ids before it.
+    """
+
+    async def ids_after(
+        self, state: TransactionState, after: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        """At most ``limit`` ids in ``state`` after the cursor ``after`` (``None``: the start).
+
+        Returns:
+            The ids, in :meth:`StatusStore.ids` order, and the cursor of the
+            next page (opaque text), ``None`` when nothing follows.
+        """
+        ...
+
+
+@runtime_checkable
+class SupportsChartSamples(Protocol):
+    """Capability: the console's chart samples, a capped list kept with the buffer.
+
+    So that the charts of the last hours survive a restart of the console;
+    entries are text (JSON) that the store does not parse.
+    """
+
+    async def append_sample(self, entry: str, keep: int) -> None:
+        """Add ``entry`` as the newest, then keep only the newest ``keep`` entries."""
+        ...
+
+    async def chart_samples(self, limit: int | None = None) -> list[str]:
         """The entries, newest first, at most ``limit`` of them (``None``: all kept)."""
         ...
 

@@ -118,6 +118,18 @@ class MemoryStatusStore(_SiteStateStore):
         """See :meth:`ccat_buffering.protocols.StatusStore.ids`."""
         return self._state.status_ids(TransactionState(state))[:limit]
 
+    async def ids_after(
+        self, state: TransactionState, after: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        """See :meth:`ccat_buffering.protocols.SupportsStatusPaging.ids_after`."""
+        ids = self._state.status_ids(TransactionState(state))
+        start = 0
+        if after is not None:
+            # The cursor is the last id shown; gone from the state: nothing follows it here.
+            start = ids.index(after) + 1 if after in ids else len(ids)
+        page = ids[start : start + limit] if limit > 0 else []
+        return page, page[-1] if page and start + limit < len(ids) else None
+
     async def counts(self) -> dict[TransactionState, int]:
         """See :meth:`ccat_buffering.protocols.StatusStore.counts`."""
         return {state: len(self._state.status_ids(state)) for state in TransactionState}
@@ -334,6 +346,7 @@ class MemoryBackend(AsyncClosing):
         self.cache = MemoryCacheStore(self._state)
         self.lease = MemoryProcessorLease(self._state)
         self._audit: list[str] = []  # newest first, as the Redis list
+        self._charts: list[str] = []  # newest first, as the Redis list
         self._pause: str | None = None
 
     @classmethod
@@ -405,6 +418,16 @@ class MemoryBackend(AsyncClosing):
     async def audit_entries(self, limit: int | None = None) -> list[str]:
         """See :meth:`ccat_buffering.protocols.SupportsAuditLog.audit_entries`."""
         return [] if limit is not None and limit <= 0 else self._audit[:limit]
+
+    async def append_sample(self, entry: str, keep: int) -> None:
+        """See :meth:`ccat_buffering.protocols.SupportsChartSamples.append_sample`."""
+        checks.check_audit(entry, keep)
+        self._charts.insert(0, entry)
+        del self._charts[keep:]
+
+    async def chart_samples(self, limit: int | None = None) -> list[str]:
+        """See :meth:`ccat_buffering.protocols.SupportsChartSamples.chart_samples`."""
+        return [] if limit is not None and limit <= 0 else self._charts[:limit]
 
     async def set_operator_pause(self, note: str | None) -> None:
         """See :meth:`ccat_buffering.protocols.SupportsOperatorPause.set_operator_pause`."""

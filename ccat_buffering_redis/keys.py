@@ -61,6 +61,8 @@ key                                         type     what
                                                      first answer; PX ``idempotency_ttl``
 ``operator_pause``                          string   the operator's pause of the drain (JSON:
                                                      who, when, why); absent when not paused
+``charts``                                  list     the console's chart samples (JSON), newest
+                                                     first, capped (LTRIM)
 ==========================================  =======  ==========================================
 """
 
@@ -91,6 +93,7 @@ BOUNDED = (
     "buffer_epoch",
     "audit",
     "operator_pause",
+    "charts",
 )
 """Suffixes of the site's bounded structures: they need no TTL.
 
@@ -183,6 +186,11 @@ class SiteKeys:
     def audit(self) -> str:
         """The audit log of operators' actions (see ``ccat_buffering.audit``)."""
         return self._key("audit")
+
+    @property
+    def charts(self) -> str:
+        """The console's chart samples (see ``ccat_buffering.console``)."""
+        return self._key("charts")
 
     @property
     def processor(self) -> str:

@@ -49,6 +49,7 @@ LUA_NAMES = {
     "fields": "FIELDS",
     "lease": "LEASE",
     "audit": "AUDIT",
+    "charts": "CHARTS",
     "pause": "PAUSE",
     "processor": "PROCESSOR",
     "reconcile": "RECONCILE",
@@ -80,6 +81,7 @@ NAMES = (
     "stamp_buffer",
     "status_counts",
     "status_ids",
+    "status_page",
 )
 """The scripts, by file name (``lua/<name>.lua``)."""
 

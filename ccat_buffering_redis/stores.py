@@ -191,6 +191,18 @@ class RedisStatusStore(_SiteStore):
         reply = await self._backend.script("status_ids", str(TransactionState(state)), limit or -1)
         return [as_text(r) for r in reply]
 
+    async def ids_after(
+        self, state: TransactionState, after: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        """See :meth:`ccat_buffering.protocols.SupportsStatusPaging.ids_after`."""
+        if limit <= 0:
+            return [], None
+        reply = await self._backend.script(
+            "status_page", str(TransactionState(state)), after or "", limit
+        )
+        following = as_text(reply[0])
+        return [as_text(r) for r in reply[1:]], following or None
+
     async def counts(self) -> dict[TransactionState, int]:
         """See :meth:`ccat_buffering.protocols.StatusStore.counts`."""
         states = list(TransactionState)
