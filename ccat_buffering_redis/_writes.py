@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from ccat_buffering import checks
+from ccat_buffering._checks import check_duration, check_payload, check_status, check_writes
 from ccat_buffering.errors import (
     BackendError,
     BackendFullError,
@@ -22,17 +24,28 @@ from ccat_buffering.errors import (
     ConfigurationError,
     WriteNotReplicatedError,
 )
-from ccat_buffering_redis._frame import Command, frame
+from ccat_buffering.models import TransactionStatus
+from ccat_buffering.protocols import CacheWrite
+from ccat_buffering_redis._frame import (
+    Command,
+    cache_command,
+    command,
+    dead_command,
+    frame,
+    release_command,
+    retry_command,
+    status_command,
+)
 from ccat_buffering_redis._memory import POLICY_RECHECK_SECONDS
 from ccat_buffering_redis._parts import BackendPart
 from ccat_buffering_redis._replicas import apply_and_wait, not_replicated_message
 from ccat_buffering_redis._values import as_text
-from ccat_buffering_redis.stores import RedisWriteBatch
+from ccat_buffering_redis.compression import entry_bytes
 
 if TYPE_CHECKING:
     from ccat_buffering_redis._coalescer import Coalescer
 
-__all__ = ["RedisWrites"]
+__all__ = ["RedisWriteBatch", "RedisWrites"]
 
 log = logging.getLogger(__name__)
 
@@ -165,3 +178,57 @@ class RedisWrites(BackendPart):
         yield batch
         if batch.ops:
             await self.apply(batch.ops)
+
+
+class RedisWriteBatch:
+    """:class:`~ccat_buffering.protocols.WriteBatch` that stages script operations.
+
+    Args:
+        compression: How to store queue entries (see :mod:`ccat_buffering_redis.compression`).
+    """
+
+    def __init__(self, compression: str | None = None) -> None:
+        self.ops: list[Command] = []
+        self.compression = compression
+
+    def push(self, payload: str) -> None:
+        """Stage a push."""
+        check_payload(payload)
+        self.ops.append(command("push", blobs=(entry_bytes(payload, self.compression),)))
+
+    def ack(self, receipt: str) -> None:
+        """Stage an ack."""
+        checks.check_receipts([receipt])
+        self.ops.append(command("ack", blobs=(receipt,)))
+
+    def retry_later(self, receipts: Sequence[str], delay_seconds: float) -> None:
+        """Stage a retry."""
+        self.ops.append(retry_command(receipts, delay_seconds))
+
+    def dead_letter(self, receipt: str, reason: str, transaction_id: str | None) -> None:
+        """Stage a move to the dead letters."""
+        self.ops.append(dead_command(receipt, reason, transaction_id))
+
+    def replay(self, letter_id: str) -> None:
+        """Stage the replay of one letter."""
+        checks.check_letter_ids([letter_id])
+        self.ops.append(command("replay", blobs=(letter_id,)))
+
+    def put_status(self, status: TransactionStatus, ttl_seconds: float) -> None:
+        """Stage a status."""
+        check_status(status)
+        check_duration(ttl_seconds, "ttl_seconds")
+        self.ops.append(status_command(status, ttl_seconds))
+
+    def write_cache(
+        self, transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float
+    ) -> None:
+        """Stage cache writes."""
+        writes = list(writes)
+        check_writes(transaction_id, writes)
+        check_duration(ttl_seconds, "ttl_seconds")
+        self.ops.append(cache_command(transaction_id, writes, ttl_seconds))
+
+    def release_cache(self, transaction_ids: Sequence[str]) -> None:
+        """Stage a cache release."""
+        self.ops.append(release_command(transaction_ids))
