@@ -4,9 +4,11 @@ The one Python module that writes and reads these formats; their Lua side is
 ``lua/records.lua`` (records) and ``lua/status_values.lua`` (statuses).
 
 A buffered record (``buffered:<Model>:<id>``) is a head line
-``@<created 0|1><deleted 0|1><sequence number>:<tx>,<tx>...``, then a line
+``@<created 0|1|2><deleted 0|1><sequence number>:<tx>,<tx>...``, then a line
 ``<field>=<JSON value>`` per field; a field whose value is the record's id as
-text is stored as ``<field>=``. A status (``transaction:<id>``) is its JSON
+text is stored as ``<field>=``. Created ``2``: by the first transaction named,
+which then has no ID-cache key (``1``: by the one its ID-cache key names, if
+that one is still buffered). A status (``transaction:<id>``) is its JSON
 without the id and default values (after its sequence number in a bucketed
 state), then, after a newline, the ``<Model>:<id>`` records it wrote.
 """
@@ -26,6 +28,7 @@ __all__ = [
     "cached_record",
     "field_prefix",
     "first_transaction",
+    "record_creator",
     "record_head",
     "record_text",
     "record_transactions",
@@ -100,7 +103,7 @@ def record_text(fields: Mapping[str, Any], record_id: str) -> str:
 def record_head(head: str) -> tuple[bool, bool, tuple[str, ...]]:
     """Created, deleted and the transactions, from a record's ``@<c><d><seq>:<tx>,<tx>`` line."""
     txs = head.partition(":")[2]
-    return head[1:2] == "1", head[2:3] == "1", tuple(t for t in txs.split(",") if t)
+    return head[1:2] in ("1", "2"), head[2:3] == "1", tuple(t for t in txs.split(",") if t)
 
 
 def field_prefix(name: str, value: Any) -> bytes:
@@ -132,6 +135,19 @@ def record_transactions(raw: bytes | str | None) -> tuple[str, ...]:
     if raw is None:
         return ()
     return record_head(as_text(raw).partition("\n")[0])[2]
+
+
+def record_creator(entry: bytes | str | None, raw: bytes | str | None) -> str | None:
+    """The transaction that created a record, from its ID-cache entry and its text.
+
+    No entry: the record's first transaction if its created flag is ``2``. An
+    entry ``1`` (written by earlier versions) stands for the first transaction.
+    """
+    if entry is not None and as_text(entry) != "1":
+        return as_text(entry)
+    if raw is None or (entry is None and as_text(raw)[1:2] != "2"):
+        return None
+    return first_transaction(raw)
 
 
 def first_transaction(raw: bytes | str | None) -> str | None:

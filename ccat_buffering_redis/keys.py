@@ -18,10 +18,11 @@ key                                         type     what
                                                      space-separated, while they are buffered; TTL
                                                      once terminal (records alone: as the records)
 ``cache:ids:<Model>:<id>``                  string   write-through ID cache: the creating
-                                                     transaction, or ``1`` for the record's first;
+                                                     transaction, only where it is not the
+                                                     record's first (flag ``2`` otherwise);
                                                      TTL extended until replicated
 ``buffered:<Model>:<id>``                   string   buffered record: a head line ``@<created
-                                                     0|1><deleted 0|1><seq>:<tx>,<tx>...``, then a
+                                                     0|1|2><deleted 0|1><seq>:<tx>,<tx>...``, then a
                                                      line ``<field>=<JSON value>`` per field (the
                                                      record's id as text: ``<field>=``);
                                                      TTL extended until replicated
@@ -94,11 +95,12 @@ BOUNDED = (
     "operator_pause",
     "charts",
 )
-"""Suffixes of the site's bounded structures: they hold no TTL by design.
+"""Suffixes of the site's bounded structures: they need no TTL.
 
 Each is bounded by what the site holds (waiting, in-flight, dead-lettered or
 unfinished transactions); terminal entries of the state indexes are pruned
-when their statuses expire.
+when their statuses expire, and a terminal state's index carries the TTL of
+its longest-lived status.
 """
 
 

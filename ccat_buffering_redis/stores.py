@@ -1,10 +1,11 @@
-"""The stores of one site in Redis (buffer, statuses, cache, lease), and the batch.
+"""The stores of one site in Redis: buffer, statuses, cache and lease.
 
 The dead letters are :mod:`ccat_buffering_redis.dead_letters`.
 
 Each store is a view of its :class:`~ccat_buffering_redis.backend.RedisBackend`:
 writes go through the backend's ``apply`` (one ``APPLY`` call a group, see
-:mod:`ccat_buffering_redis._frame`), reads through its scripts.
+:mod:`ccat_buffering_redis._frame`), reads through its scripts. The write
+batch, :class:`RedisWriteBatch`, is in :mod:`ccat_buffering_redis._writes`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ccat_buffering import checks
-from ccat_buffering._checks import check_duration, check_payload, check_status, check_writes
+from ccat_buffering._checks import check_duration, check_status, check_writes
 from ccat_buffering.models import TransactionState, TransactionStatus
 from ccat_buffering.protocols import (
     BufferStats,
@@ -29,7 +30,6 @@ from ccat_buffering.protocols import (
 if TYPE_CHECKING:
     from ccat_buffering_redis.backend import RedisBackend
 from ccat_buffering_redis._frame import (
-    Command,
     cache_command,
     command,
     dead_command,
@@ -39,6 +39,7 @@ from ccat_buffering_redis._frame import (
     status_command,
 )
 from ccat_buffering_redis._values import as_text, cached_record, field_prefix, status_of
+from ccat_buffering_redis._writes import RedisWriteBatch
 from ccat_buffering_redis.compression import entry_bytes, entry_text
 from ccat_buffering_redis.keys import SEQ_STATES
 
@@ -304,57 +305,3 @@ class RedisProcessorLease(_SiteStore):
         with self._backend.translate():
             value = await self._backend.client.get(self._keys.processor)
         return None if value is None else as_text(value)
-
-
-class RedisWriteBatch:
-    """:class:`~ccat_buffering.protocols.WriteBatch` that stages script operations.
-
-    Args:
-        compression: How to store queue entries (see :mod:`ccat_buffering_redis.compression`).
-    """
-
-    def __init__(self, compression: str | None = None) -> None:
-        self.ops: list[Command] = []
-        self.compression = compression
-
-    def push(self, payload: str) -> None:
-        """Stage a push."""
-        check_payload(payload)
-        self.ops.append(command("push", blobs=(entry_bytes(payload, self.compression),)))
-
-    def ack(self, receipt: str) -> None:
-        """Stage an ack."""
-        checks.check_receipts([receipt])
-        self.ops.append(command("ack", blobs=(receipt,)))
-
-    def retry_later(self, receipts: Sequence[str], delay_seconds: float) -> None:
-        """Stage a retry."""
-        self.ops.append(retry_command(receipts, delay_seconds))
-
-    def dead_letter(self, receipt: str, reason: str, transaction_id: str | None) -> None:
-        """Stage a move to the dead letters."""
-        self.ops.append(dead_command(receipt, reason, transaction_id))
-
-    def replay(self, letter_id: str) -> None:
-        """Stage the replay of one letter."""
-        checks.check_letter_ids([letter_id])
-        self.ops.append(command("replay", blobs=(letter_id,)))
-
-    def put_status(self, status: TransactionStatus, ttl_seconds: float) -> None:
-        """Stage a status."""
-        check_status(status)
-        check_duration(ttl_seconds, "ttl_seconds")
-        self.ops.append(status_command(status, ttl_seconds))
-
-    def write_cache(
-        self, transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float
-    ) -> None:
-        """Stage cache writes."""
-        writes = list(writes)
-        check_writes(transaction_id, writes)
-        check_duration(ttl_seconds, "ttl_seconds")
-        self.ops.append(cache_command(transaction_id, writes, ttl_seconds))
-
-    def release_cache(self, transaction_ids: Sequence[str]) -> None:
-        """Stage a cache release."""
-        self.ops.append(release_command(transaction_ids))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -181,6 +182,39 @@ async def test_state_buckets_keep_order_counts_and_reconcile(
     for _ in range(count // 500 + 2):
         counts = await backend.status.counts()
     assert counts[TransactionState.BUFFERED] == count - 4
+
+
+async def test_a_terminal_state_index_expires_with_its_statuses_by_itself(
+    backend: RedisBackend, redis_client: aioredis.Redis
+) -> None:
+    """Issue 23: no command has to run for a finished status's index entry to go."""
+    for tid, ttl in (("tx1", 0.2), ("tx2", 0.4)):
+        status = TransactionStatus(transaction_id=tid, state="replicated")
+        await backend.status.put(status, ttl)
+    index = backend.keys.state(TransactionState.REPLICATED)
+    assert 0 < await redis_client.pttl(index) <= 400  # its longest-lived status's
+    deadline = asyncio.get_running_loop().time() + 5
+    while await redis_client.exists(index):
+        assert asyncio.get_running_loop().time() < deadline, "the index outlived its statuses"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_record_names_its_creator_without_an_id_cache_key(
+    backend: RedisBackend, redis_client: aioredis.Redis
+) -> None:
+    """Issue 23: the ID-cache key exists only when the creator is not the record's first."""
+    await write(backend, "t1", "r1", CacheKind.CREATE, n=1)
+    assert not await redis_client.exists(backend.keys.ids(MODEL, "r1"))
+    assert await backend.cache.created_by(MODEL, "r1") == "t1"
+    await write(backend, "t2", "r2", CacheKind.UPDATE, n=1)
+    await write(backend, "t3", "r2", CacheKind.CREATE, n=2)  # created by its second
+    assert await redis_client.get(backend.keys.ids(MODEL, "r2")) == b"t3"
+    assert await backend.cache.created_by(MODEL, "r2") == "t3"
+    await write(backend, "t4", "r1", CacheKind.UPDATE, n=3)
+    await backend.cache.release(["t1", "t3"])  # the creators go; the records stay
+    assert await backend.cache.created_by(MODEL, "r1") is None
+    assert await backend.cache.created_by(MODEL, "r2") is None
+    assert not await redis_client.exists(backend.keys.ids(MODEL, "r2"))
 
 
 async def test_zlib_entries_use_the_dictionary_and_older_entries_still_read() -> None:
