@@ -516,6 +516,29 @@ def test_the_batch_sizer_follows_the_round_trip() -> None:
     assert tight.size == 100  # 70 kB of payload at 700 bytes each
 
 
+@pytest.mark.parametrize(
+    ("driver", "per_batch_trips", "per_transaction_trips"),
+    [("psycopg pipeline", 1, 0), ("asyncpg", 5, 6), ("sqlite", 0, 0)],
+)
+@pytest.mark.parametrize("rtt", [0.04, 0.2])
+def test_the_batch_sizer_never_starves_a_driver_on_a_slow_link(
+    driver: str, per_batch_trips: int, per_transaction_trips: int, rtt: float
+) -> None:
+    """Round trips paid per statement look like per-transaction cost: no reason to shrink."""
+    from ccat_buffering._sizing import BatchSizer
+
+    link = 0.0 if driver == "sqlite" else rtt
+
+    def seconds(n: int) -> float:  # a batch of n on this driver: its round trips, 0.1 ms of CPU each
+        return (per_batch_trips + n * per_transaction_trips) * link + n * 0.0001
+
+    sizer = BatchSizer(start=100, minimum=10, maximum=2000, max_bytes=8 << 20, max_seconds=10.0)
+    sizer.observe_rtt(link)
+    for _ in range(10):
+        sizer.observe(sizer.size, seconds(sizer.size), sizer.size * 700)
+    assert sizer.size / seconds(sizer.size) >= 100 / seconds(100), (driver, sizer.size)
+
+
 def test_the_worker_heap_is_frozen_and_collected_less_often() -> None:
     import subprocess
     import sys
