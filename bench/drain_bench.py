@@ -292,9 +292,7 @@ async def worker_drain(
     for start in range(0, len(txs), 500):
         await manager.buffer_many(txs[start : start + 500])
     del txs  # the producers' objects live in their own processes, not the worker's
-    processor = BackgroundProcessor(
-        manager, executor, batch_size=batch_size, prefetch=not profile
-    )
+    processor = BackgroundProcessor(manager, executor, batch_size=batch_size, prefetch=not profile)
     tracker = ReplicationTracker(manager, ImmediateReplicationChecker())
     thresholds = __import__("gc").get_threshold()
     try:
