@@ -204,10 +204,11 @@ class TransactionManager:
         # A claim is no event: each attempt is recorded by how it ended.
         claim = event is None and state is TransactionState.PROCESSING
         if not claim and (history or event is not None or note is not None or state in _UNUSUAL):
+            # Built unvalidated: aware UTC times and plain text (run per transaction).
             if not history:
                 # The story starts: it was buffered (the status's own time).
-                history = (StatusEvent(at=status.created_at, event="buffered"),)
-            step = StatusEvent(at=now, event=event or state.value, note=note)
+                history = (StatusEvent.model_construct(at=status.created_at, event="buffered"),)
+            step = StatusEvent.model_construct(at=now, event=event or state.value, note=note)
             history = add_event(history, step)
         # Copied unvalidated: these values are already typed, and it runs per transaction.
         return _copied(status, {**changes, "state": state, "updated_at": now, "history": history})
@@ -361,6 +362,7 @@ class TransactionManager:
         now = self.now()
         statuses = []
         generated = generated or {}
+        note = None if commit_lsn is None else f"LSN {commit_lsn}"
         async with self.backend.atomic() as batch:
             for delivery in deliveries:
                 # A committed transaction carries no error of an earlier attempt:
@@ -370,7 +372,7 @@ class TransactionManager:
                 status = self._advance(
                     delivery.status,
                     TransactionState.COMMITTED,
-                    note=None if commit_lsn is None else f"LSN {commit_lsn}",
+                    note=note,
                     commit_lsn=commit_lsn,
                     committed_at=now,
                     last_error=None,
