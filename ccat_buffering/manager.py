@@ -10,7 +10,6 @@ them leaves every transaction in a state the next processor understands.
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +21,7 @@ from pydantic_core import to_jsonable_python
 from ccat_buffering._codec import decode_value
 from ccat_buffering._deprecated import forward
 from ccat_buffering._entries import read_claims
+from ccat_buffering._recent_commits import RecentCommits
 from ccat_buffering.cache_writes import cache_writes as _cache_writes
 from ccat_buffering.cache_writes import generated_writes
 from ccat_buffering.conflicts.kinds import Conflict
@@ -48,8 +48,6 @@ __getattr__ = forward(__name__, "ccat_buffering.cache_writes", _MOVED)
 DEFAULT_STATUS_TTL = 3600.0
 DEFAULT_CACHE_TTL = 3600.0
 CONFLICT_DELAY = 0.05
-COMMITTED_KEEP = 50_000
-"""Committed statuses a process remembers for its replication tracker (a few MB at most)."""
 
 
 class Listener(Protocol):
@@ -158,9 +156,8 @@ class TransactionManager:
         self.max_payload_bytes = max_payload_bytes
         self.unreadable = 0
         """Entries dead-lettered at claim: unreadable, or over the size limit."""
-        # What this process marked committed, until it is confirmed: the replication
-        # tracker beside the processor need not read back what was just written.
-        self._committed: dict[str, TransactionStatus] = {}
+        self.recent_commits = RecentCommits()
+        """What this process marked committed, for its replication tracker (which turns it on)."""
 
     def _tell(self, statuses: Sequence[TransactionStatus]) -> None:
         for listener in self.listeners:
@@ -386,27 +383,9 @@ class TransactionManager:
                     if writes:
                         batch.write_cache(delivery.transaction_id, writes, self.cache_ttl)
                 statuses.append(status)
-        self._remember(statuses)
+        self.recent_commits.remember(statuses)
         self._tell(statuses)
         return statuses
-
-    def _remember(self, statuses: Sequence[TransactionStatus]) -> None:
-        committed = self._committed
-        for status in statuses:
-            committed[status.transaction_id] = status
-        excess = len(committed) - COMMITTED_KEEP
-        if excess > 0:  # confirmed by another process meanwhile: forget the oldest
-            for transaction_id in list(itertools.islice(committed, excess)):
-                del committed[transaction_id]
-
-    def recall_committed(self, ids: Sequence[str]) -> list[TransactionStatus | None]:
-        """The statuses this process marked ``committed``, by id, where it still holds them.
-
-        The replication tracker beside the processor reads back only the
-        rest (those committed by an earlier holder of the lease).
-        """
-        committed = self._committed
-        return [committed.get(i) for i in ids]
 
     async def failed(
         self,
@@ -530,8 +509,7 @@ class TransactionManager:
             for status in done:
                 batch.put_status(status, self.status_ttl)
             batch.release_cache([s.transaction_id for s in statuses])
-        for status in statuses:
-            self._committed.pop(status.transaction_id, None)
+        self.recent_commits.forget(s.transaction_id for s in statuses)
         self._tell(done)
 
     # -- what operators call -------------------------------------------------

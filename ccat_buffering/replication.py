@@ -171,6 +171,7 @@ class ReplicationTracker:
         leading: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.manager = manager
+        manager.recent_commits.enabled = True  # what its processor commits is not read back
         self.checker = checker
         self.poll_interval = poll_interval
         self.timeout = timeout
@@ -192,7 +193,7 @@ class ReplicationTracker:
         store = self.manager.backend.status
         ids = await store.ids(TransactionState.COMMITTED, limit)
         # What this process's processor committed is not read back: only the rest.
-        statuses = self.manager.recall_committed(ids)
+        statuses = self.manager.recent_commits.recall(ids)
         unknown = [i for i, s in zip(ids, statuses, strict=True) if s is None]
         if unknown:
             read = iter(await store.get_many(unknown))

@@ -51,6 +51,36 @@ async def test_drains_in_order_and_confirms(tmp_path: Path) -> None:
         assert (health.processed, health.depth, health.in_flight) == (250, 0, 0)
 
 
+async def test_the_tracker_confirms_what_its_processor_committed_without_reading_it_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ccat_buffering.replication import ImmediateReplicationChecker, ReplicationTracker
+
+    async with memory_sqlite_site(tmp_path) as site:
+        tracker = ReplicationTracker(site.manager, ImmediateReplicationChecker())
+        earlier = observation(0)[0]  # committed by another process (an earlier lease holder)
+        await site.manager.buffer_many([earlier])
+        await site.processor.run_once()
+        site.manager.recent_commits.forget([earlier.transaction_id])
+        txs = [observation(i)[0] for i in range(1, 4)]
+        await site.manager.buffer_many(txs)
+        await site.processor.run_once()
+        read: list[str] = []
+        get_many = site.backend.status.get_many
+
+        async def counted(ids: list[str]) -> object:
+            read.extend(ids)
+            return await get_many(ids)
+
+        monkeypatch.setattr(site.backend.status, "get_many", counted)
+        report = await tracker.poll_once()
+        assert report.confirmed == 4
+        assert read == [earlier.transaction_id]  # only what this process did not write
+        for tx in [earlier, *txs]:
+            status = await site.manager.status(tx.transaction_id)
+            assert status is not None and status.state is TransactionState.REPLICATED
+
+
 async def test_lost_acknowledgement_is_skipped_by_the_ledger(tmp_path: Path) -> None:
     async with memory_sqlite_site(tmp_path) as site:
         tx, _obs_id = observation(1)
@@ -529,7 +559,9 @@ def test_the_batch_sizer_never_starves_a_driver_on_a_slow_link(
 
     link = 0.0 if driver == "sqlite" else rtt
 
-    def seconds(n: int) -> float:  # a batch of n on this driver: its round trips, 0.1 ms of CPU each
+    def seconds(
+        n: int,
+    ) -> float:  # a batch of n on this driver: its round trips, 0.1 ms of CPU each
         return (per_batch_trips + n * per_transaction_trips) * link + n * 0.0001
 
     sizer = BatchSizer(start=100, minimum=10, maximum=2000, max_bytes=8 << 20, max_seconds=10.0)
