@@ -231,9 +231,16 @@ def _targets_exist_before(
 ) -> bool:
     """Whether no foreign key of ``row`` (of ``links``) points at a row the batch creates later."""
     for local, target, remote in links:
-        if not all(c in row and row[c] is not None for c in local):
+        if len(local) == 1:  # the common foreign key: no generator per row
+            value = row.get(local[0])
+            if value is None:
+                continue
+            values: tuple[Any, ...] = (value,)
+        elif all(c in row and row[c] is not None for c in local):
+            values = tuple(row[c] for c in local)
+        else:
             continue
-        made = created.first(target, remote, tuple(row[c] for c in local))
+        made = created.first(target, remote, values)
         if made is not None and made > position:
             return False
     return True
