@@ -17,14 +17,24 @@ trips per statement (asyncpg, the session path) those round trips show up as
 per-transaction cost, and the formula above would shrink the batch to the
 minimum and starve the drain (18.6 tx/s against 181 at 40 ms, issue #23):
 below ``start`` only the payload bytes may bring a batch, and ``max_seconds``
-only stops its growth.
+only stops its growth. Those round trips are a batch's fixed cost all the
+same (asyncpg's session path pays about 12 per batch of the example schema,
+whatever its size): the sizer fits ``fixed + n x c`` through recent batches
+of different sizes, trying one batch twice as big when it has seen only one
+size, so that it grows such a batch as it grows the pipeline's.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 
 __all__ = ["BatchSizer"]
+
+SAMPLES = 8
+"""Recent batches (size, seconds) the fixed cost is fitted over."""
+PROBE_AFTER = 3
+"""Batches at one size before one batch twice as big is tried."""
 
 
 class BatchSizer:
@@ -66,6 +76,8 @@ class BatchSizer:
         self.floor_seconds = floor_seconds
         self.size = min(max(start, minimum), maximum)
         self.start = self.size
+        self._samples: collections.deque[tuple[int, float]] = collections.deque(maxlen=SAMPLES)
+        self._steady = 0
         self.rtt: float | None = None
         self.per_transaction: float | None = None
         self.bytes_per_transaction: float | None = None
@@ -94,7 +106,8 @@ class BatchSizer:
         """
         if count <= 0:
             return self.size
-        fixed = self.round_trips * (self.rtt or 0.0)
+        self._samples.append((count, seconds))
+        fixed = self._fixed_seconds()
         cost = max((seconds - fixed) / count, 1e-6)
         per_byte = payload_bytes / count
         self.per_transaction = _ewma(self.per_transaction, cost)
@@ -111,8 +124,37 @@ class BatchSizer:
         ]
         by_time = min([wanted, *limits])
         by_bytes = self.max_bytes / max(self.bytes_per_transaction, 1.0)
-        self.size = max(self.minimum, min(math.floor(min(by_time, by_bytes)), self.maximum))
+        size = max(self.minimum, min(math.floor(min(by_time, by_bytes)), self.maximum))
+        self._steady = self._steady + 1 if size == count else 0
+        if self._steady >= PROBE_AFTER and len({n for n, _ in self._samples}) < 2:
+            # Always one size: nothing tells the batch's fixed cost from its
+            # transactions' (round trips per statement look like per-transaction
+            # cost). One batch twice as big, within the limits, tells them apart.
+            size = max(size, min(2 * size, math.floor(min([*limits[:2], by_bytes]))))
+            self._steady = 0
+        self.size = size
         return self.size
+
+    def _fixed_seconds(self) -> float:
+        """What a batch costs whatever its size: fitted over recent sizes, else its round trips.
+
+        A batch takes ``fixed + n x cost``; with batches of different sizes,
+        a least-squares line through (size, seconds) gives ``fixed``, which
+        on a driver paying a round trip per statement is many round trips,
+        not the ``round_trips`` of the one-message path.
+        """
+        link = self.round_trips * (self.rtt or 0.0)
+        samples = self._samples
+        sizes = [n for n, _ in samples]
+        if len(set(sizes)) < 2 or max(sizes) < 1.5 * min(sizes):
+            return link
+        mean_n = sum(sizes) / len(samples)
+        mean_t = sum(t for _, t in samples) / len(samples)
+        spread = sum((n - mean_n) ** 2 for n in sizes)
+        slope = sum((n - mean_n) * (t - mean_t) for n, t in samples) / spread
+        fitted = mean_t - max(slope, 0.0) * mean_n
+        # Never below the link's own round trips, never above the quickest batch.
+        return max(link, min(fitted, min(t for _, t in samples)))
 
 
 def _ewma(previous: float | None, sample: float, weight: float = 0.3) -> float:
