@@ -357,7 +357,7 @@ async def main(n: int, rounds: int = 3) -> list[tuple[str, str, str, str]]:
             baseline, kind = await drain_rate(db_url, max(n // 10, 200), 1, ledger=False)
             batched, _ = await drain_rate(db_url, n, 100, ledger=True)
             no_ledger, _ = await drain_rate(db_url, n, 100, ledger=False)
-            floor, _ = await floor_rate(url, 1000, max(n // 1000, 3))
+            floor, _ = await floor_rate(url, 1000, max(n // 300, 10))
             drained, cpu, _ = await worker_drain(db_url, max(n, 3000))
             _, _, stages = await worker_drain(db_url, max(n, 3000), profile=True)
             stage_rounds.append(stages)
