@@ -166,15 +166,8 @@ class Pipeline:
                     for row in chunk
                     for key, process in zip(keys, processors, strict=True)
                 ]
-            self.add(
-                Statement(
-                    head + _values(width, len(chunk)),
-                    params,
-                    owner,
-                    ledger=ledger,
-                    positional=True,
-                )
-            )
+            sql = head + _values(width, len(chunk))
+            self.add(Statement(sql, params, owner, ledger=ledger, positional=True))
         return True
 
     def add(self, statement: Statement) -> None:
