@@ -14,9 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic_core import to_jsonable_python
-
 from ccat_buffering._entries import read_claims
+from ccat_buffering._recent_commits import RecentCommits
 from ccat_buffering.cache_writes import cache_writes as _cache_writes
 from ccat_buffering.cache_writes import generated_writes
 from ccat_buffering.logs import SiteLogger
@@ -25,7 +24,7 @@ from ccat_buffering.models import Transaction, TransactionState, TransactionStat
 from ccat_buffering.protocols import Backend, Claim
 from ccat_buffering.replays import read_letter, replay_set
 from ccat_buffering.retry import FailureKind, RetryPolicy, describe_error
-from ccat_buffering.status import StatusEvent, add_event
+from ccat_buffering.status import StatusEvent, add_event, as_json, copied_status
 
 __all__ = ["CONFLICT_DELAY", "Delivery", "Transitions", "as_json", "buffered_status"]
 
@@ -63,14 +62,6 @@ def buffered_status(transaction: Transaction, **changes: Any) -> TransactionStat
     )
 
 
-def as_json(generated: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Generated values as a status holds them: JSON values, the same in every store."""
-    return {
-        step: {name: to_jsonable_python(value) for name, value in values.items()}
-        for step, values in generated.items()
-    }
-
-
 # A transaction whose life is routine (buffered, processing, committed, replicated)
 # keeps no history: its status's times tell it, and statuses live in the buffer's
 # memory. The first event out of the routine starts the history (see _advance).
@@ -87,6 +78,7 @@ class Transitions:
         cache_ttl: float
         max_payload_bytes: int | None
         unreadable: int
+        recent_commits: RecentCommits
 
         def now(self) -> dt.datetime:
             """See :meth:`TransactionManager.now`."""
@@ -101,22 +93,24 @@ class Transitions:
         *,
         event: str | None = None,
         note: str | None = None,
+        now: dt.datetime | None = None,
         **changes: Any,
     ) -> TransactionStatus:
-        now = self.now()
+        now = now or self.now()
         note = note or changes.get("last_error")
         history = status.history
         # A claim is no event: each attempt is recorded by how it ended.
         claim = event is None and state is TransactionState.PROCESSING
         if not claim and (history or event is not None or note is not None or state in _UNUSUAL):
+            # Built unvalidated: aware UTC times and plain text (run per transaction).
             if not history:
                 # The story starts: it was buffered (the status's own time).
-                history = (StatusEvent(at=status.created_at, event="buffered"),)
-            step = StatusEvent(at=now, event=event or state.value, note=note)
+                history = (StatusEvent.model_construct(at=status.created_at, event="buffered"),)
+            step = StatusEvent.model_construct(at=now, event=event or state.value, note=note)
             history = add_event(history, step)
         # Copied unvalidated: these values are already typed, and it runs per transaction.
-        return status.model_copy(
-            update={**changes, "state": state, "updated_at": now, "history": history}
+        return copied_status(
+            status, {**changes, "state": state, "updated_at": now, "history": history}
         )
 
     # -- what the processor calls --------------------------------------------
@@ -154,8 +148,11 @@ class Transitions:
                         )
                         batch.put_status(failed, self.status_ttl)
                     batch.release_cache([entry.transaction_id])
+            now = self.now()
             for (claim, tx), old in zip(parsed, statuses, strict=True):
-                status = self._advance(old or buffered_status(tx), TransactionState.PROCESSING)
+                status = self._advance(
+                    old or buffered_status(tx), TransactionState.PROCESSING, now=now
+                )
                 batch.put_status(status, self.status_ttl)
                 deliveries.append(Delivery(claim, tx, status))
         log = SiteLogger(__name__, self.backend.site)
@@ -197,6 +194,7 @@ class Transitions:
         now = self.now()
         statuses = []
         generated = generated or {}
+        note = None if commit_lsn is None else f"LSN {commit_lsn}"
         async with self.backend.atomic() as batch:
             for delivery in deliveries:
                 # A committed transaction carries no error of an earlier attempt:
@@ -206,10 +204,11 @@ class Transitions:
                 status = self._advance(
                     delivery.status,
                     TransactionState.COMMITTED,
-                    note=None if commit_lsn is None else f"LSN {commit_lsn}",
+                    note=note,
                     commit_lsn=commit_lsn,
                     committed_at=now,
                     last_error=None,
+                    now=now,
                     **extra,
                 )
                 batch.put_status(status, self.status_ttl)
@@ -219,6 +218,7 @@ class Transitions:
                     if writes:
                         batch.write_cache(delivery.transaction_id, writes, self.cache_ttl)
                 statuses.append(status)
+        self.recent_commits.remember(statuses)
         self._tell(statuses)
         return statuses
 
@@ -336,11 +336,15 @@ class Transitions:
     async def replicated(self, statuses: Sequence[TransactionStatus]) -> None:
         """Mark transactions ``replicated`` and release their caches, in one group."""
         now = self.now()
-        done = [self._advance(s, TransactionState.REPLICATED, replicated_at=now) for s in statuses]
+        done = [
+            self._advance(s, TransactionState.REPLICATED, replicated_at=now, now=now)
+            for s in statuses
+        ]
         async with self.backend.atomic() as batch:
             for status in done:
                 batch.put_status(status, self.status_ttl)
             batch.release_cache([s.transaction_id for s in statuses])
+        self.recent_commits.forget(s.transaction_id for s in statuses)
         self._tell(done)
 
     # -- what operators call -------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from ccat_buffering._codec import decode_value
 from ccat_buffering._deprecated import forward
+from ccat_buffering._recent_commits import RecentCommits
 from ccat_buffering._transitions import (
     Delivery,
     Transitions,
@@ -90,6 +91,8 @@ class TransactionManager(Transitions):
         self.max_payload_bytes = max_payload_bytes
         self.unreadable = 0
         """Entries dead-lettered at claim: unreadable, or over the size limit."""
+        self.recent_commits = RecentCommits()
+        """What this process marked committed, for its replication tracker (which turns it on)."""
 
     def _tell(self, statuses: Sequence[TransactionStatus]) -> None:
         for listener in self.listeners:
