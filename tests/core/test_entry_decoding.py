@@ -32,6 +32,7 @@ def _built() -> list[Transaction]:
     based = TransactionBuilder("finish")
     based.update("Obs", "a", {"status": "done"}, expected={"status": "running"})
     based.delete("Obs", "b", expected_version=3)
+    based.bulk_update("Obs", [{"id": "c", "n": 2}, {"id": "d", "n": 3}], expected=[{"n": 1}, {}])
     referring = TransactionBuilder("refs")
     first = referring.create("Obs", {"name": "x"})
     referring.create("File", {"obs_id": first.ref("id"), "meta": {"$odd": [1, {"k": b"\x00"}]}})
