@@ -28,11 +28,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from ccat_buffering.builder import TransactionBuilder
+from ccat_buffering.buffer.manager import TransactionManager
 from ccat_buffering.demo._workload import add_observation
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.models import Transaction, TransactionState
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.models import Transaction, TransactionState
 from ccat_buffering_redis import RedisBackend
 
 

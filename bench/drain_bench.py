@@ -39,18 +39,18 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-import ccat_buffering.manager as manager_module
-from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.database import LEDGER_TABLE_NAME, create_engine
+import ccat_buffering.buffer.manager as manager_module
+from ccat_buffering.buffer.manager import TransactionManager
+from ccat_buffering.buffer.protocols import Backend
+from ccat_buffering.confirm.replication import ImmediateReplicationChecker, ReplicationTracker
 from ccat_buffering.demo._workload import add_observation, add_raw_files
 from ccat_buffering.demo.example import Base
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.models import Operation, Transaction
-from ccat_buffering.processor import BackgroundProcessor
-from ccat_buffering.protocols import Backend
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.replication import ImmediateReplicationChecker, ReplicationTracker
+from ccat_buffering.drain.database import LEDGER_TABLE_NAME, create_engine
+from ccat_buffering.drain.executor import TransactionExecutor
+from ccat_buffering.drain.processor import BackgroundProcessor
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.models import Operation, Transaction
+from ccat_buffering.write.registry import ModelRegistry
 from ccat_buffering_memory import MemoryBackend
 
 POSTGRES_URL = os.environ.get(
@@ -280,7 +280,7 @@ async def worker_drain(
         seconds), and with ``profile`` (a drain without prefetch, so that the
         stages run one after another) seconds per transaction by stage.
     """
-    from ccat_buffering._heap import settle_heap
+    from ccat_buffering.drain._heap import settle_heap
 
     url = make_url(db_url).set(drivername="postgresql+psycopg")
     engine = create_engine(url.render_as_string(hide_password=False))

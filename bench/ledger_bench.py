@@ -36,14 +36,19 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from ccat_buffering.database import LEDGER_TABLE_NAME, create_engine, create_ledger, ledger_table
+from ccat_buffering.buffer.manager import TransactionManager
 from ccat_buffering.demo._relay import LoopbackRelay
 from ccat_buffering.demo.example import Base
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.ledger_pruning import prune_ledger
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.processor import BackgroundProcessor
-from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.drain.database import (
+    LEDGER_TABLE_NAME,
+    create_engine,
+    create_ledger,
+    ledger_table,
+)
+from ccat_buffering.drain.executor import TransactionExecutor
+from ccat_buffering.drain.ledger_pruning import prune_ledger
+from ccat_buffering.drain.processor import BackgroundProcessor
+from ccat_buffering.write.registry import ModelRegistry
 from ccat_buffering_memory import MemoryBackend
 
 SITE = "bench-site"

@@ -31,11 +31,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.protocols import Backend
-from ccat_buffering.reads import Reads
-from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.buffer.manager import TransactionManager
+from ccat_buffering.buffer.protocols import Backend
+from ccat_buffering.read.reads import Reads
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.registry import ModelRegistry
 from ccat_buffering_memory import MemoryBackend
 
 POSTGRES_URL = os.environ.get(

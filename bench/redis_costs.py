@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from redis_bench import DEFAULT_URL, Namespace, build_transaction, pattern_of
 
 import ccat_buffering_redis.stores as redis_stores
-from ccat_buffering.manager import TransactionManager
+from ccat_buffering.buffer.manager import TransactionManager
 from ccat_buffering_redis import RedisBackend
 
 

@@ -34,10 +34,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ccat_buffering.builder import TransactionBuilder
+from ccat_buffering.buffer.manager import TransactionManager
 from ccat_buffering.demo._workload import add_observation
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.models import Transaction
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.models import Transaction
 from ccat_buffering_redis import RedisBackend
 
 

@@ -31,15 +31,15 @@ from drain_bench import transactions
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ccat_buffering.database import create_engine
+from ccat_buffering.buffer.manager import TransactionManager
+from ccat_buffering.confirm.replication import LSNReplicationChecker, ReplicationTracker
 from ccat_buffering.demo.example import Base
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.lsn import LSN
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.models import TransactionState
-from ccat_buffering.processor import BackgroundProcessor
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.replication import LSNReplicationChecker, ReplicationTracker
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.drain.executor import TransactionExecutor
+from ccat_buffering.drain.processor import BackgroundProcessor
+from ccat_buffering.write.lsn import LSN
+from ccat_buffering.write.models import TransactionState
+from ccat_buffering.write.registry import ModelRegistry
 from ccat_buffering_memory import MemoryBackend
 
 # The throwaway servers are the tests' (tests/servers.py), not the shipped package's.

@@ -42,15 +42,15 @@ import redis_bench
 import replication_bench
 import wan_bench
 
-from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.database import create_engine
+from ccat_buffering.buffer.manager import TransactionManager
 from ccat_buffering.demo._workload import add_observation
 from ccat_buffering.demo.example import Base
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.models import Transaction
-from ccat_buffering.processor import BackgroundProcessor
-from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.drain.executor import TransactionExecutor
+from ccat_buffering.drain.processor import BackgroundProcessor
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.models import Transaction
+from ccat_buffering.write.registry import ModelRegistry
 from ccat_buffering_memory import MemoryBackend
 
 

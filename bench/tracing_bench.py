@@ -27,9 +27,9 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from ccat_buffering import BufferingCoordinator, BufferingSettings, TransactionBuilder
 from ccat_buffering.demo.example import Base, ExecutedObsUnit
-from ccat_buffering.models import Transaction
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.tracing import Tracing
+from ccat_buffering.drain.tracing import Tracing
+from ccat_buffering.write.models import Transaction
+from ccat_buffering.write.registry import ModelRegistry
 
 REDIS_URL = os.environ.get("CCAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 

@@ -1,6 +1,6 @@
 """What waiting costs the buffer: Redis commands per second for 1, 1,000 and 5,000 waiters.
 
-Every ``site.wait`` of a process shares one poller (``ccat_buffering.waiting``):
+Every ``site.wait`` of a process shares one poller (``ccat_buffering.confirm.waiting``):
 one ``MGET`` of up to 1,000 statuses per ``wait_poll_interval``, plus one
 ``GET`` when each wait begins. The benchmark starts a throwaway
 ``redis-server`` (so that nothing else counts), buffers the transactions,
@@ -28,10 +28,10 @@ import time
 import redis.asyncio as aioredis
 
 from ccat_buffering import BufferingCoordinator, BufferingSettings, TransactionBuilder
+from ccat_buffering.confirm.waiting import SLICE
 from ccat_buffering.demo.example import Base, ExecutedObsUnit
-from ccat_buffering.models import TransactionState
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.waiting import SLICE
+from ccat_buffering.write.models import TransactionState
+from ccat_buffering.write.registry import ModelRegistry
 
 
 def _free_port() -> int:

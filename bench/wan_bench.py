@@ -52,18 +52,18 @@ from sqlalchemy import insert, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from ccat_buffering._heap import settle_heap
-from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.coordinator import batch_sizer, link_timeouts
-from ccat_buffering.database import create_engine
+from ccat_buffering.buffer.manager import TransactionManager
+from ccat_buffering.config.settings import BufferingSettings
 from ccat_buffering.demo._relay import LoopbackRelay
 from ccat_buffering.demo.example import Base, ExecutedObsUnit
-from ccat_buffering.executor import BatchResult, TransactionExecutor
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.models import Transaction
-from ccat_buffering.processor import BackgroundProcessor
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.drain._heap import settle_heap
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.drain.executor import BatchResult, TransactionExecutor
+from ccat_buffering.drain.processor import BackgroundProcessor
+from ccat_buffering.site.coordinator import batch_sizer, link_timeouts
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.models import Transaction
+from ccat_buffering.write.registry import ModelRegistry
 
 
 @dataclass
@@ -373,7 +373,7 @@ async def hung_link(url: URL, rtt_ms: int, hang_seconds: float, n: int = 3000) -
     from sqlalchemy import func, select
 
     from ccat_buffering.demo.example import RawDataFile
-    from ccat_buffering.processor import ProcessorState
+    from ccat_buffering.drain.processor import ProcessorState
 
     settings = BufferingSettings(site_name="bench", statement_timeout=5.0, connect_timeout=5.0)
     with RelayProcess(url.host or "127.0.0.1", url.port or 5432, rtt_ms / 2000) as relay:

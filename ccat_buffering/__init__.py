@@ -6,11 +6,21 @@ drained in order into the main database, and released from the caches only
 when the site's replica has replayed the commit.
 """
 
-from ccat_buffering.backends import open_backend
-from ccat_buffering.builder import RecordHandle, TransactionBuilder
+from ccat_buffering.buffer.manager import Delivery, TransactionManager
+from ccat_buffering.buffer.retry import FailureKind, RetryPolicy, classify_failure
+from ccat_buffering.config.backends import open_backend
+from ccat_buffering.config.settings import BufferingSettings
+from ccat_buffering.confirm.replication import (
+    ImmediateReplicationChecker,
+    LSNReplicationChecker,
+    ReplicaState,
+    ReplicationChecker,
+    ReplicationTracker,
+)
 from ccat_buffering.conflicts import ConflictKind, ConflictPolicies, ConflictPolicy
-from ccat_buffering.coordinator import BufferingCoordinator
-from ccat_buffering.database import create_engine
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.drain.executor import BatchResult, Outcome, TransactionExecutor
+from ccat_buffering.drain.processor import BackgroundProcessor, ProcessorHealth, ProcessorState
 from ccat_buffering.errors import (
     BackendError,
     BackendFullError,
@@ -38,12 +48,13 @@ from ccat_buffering.errors import (
     WaitTimeoutError,
     WriteNotReplicatedError,
 )
-from ccat_buffering.executor import BatchResult, Outcome, TransactionExecutor
-from ccat_buffering.health import BufferHealth, Health, ReplicationHealth
-from ccat_buffering.lsn import LSN
-from ccat_buffering.manager import Delivery, TransactionManager
 from ccat_buffering.masking import mask_url
-from ccat_buffering.models import (
+from ccat_buffering.observe.health import BufferHealth, Health, ReplicationHealth
+from ccat_buffering.read.reads import Reads
+from ccat_buffering.site.coordinator import BufferingCoordinator
+from ccat_buffering.write.builder import RecordHandle, TransactionBuilder
+from ccat_buffering.write.lsn import LSN
+from ccat_buffering.write.models import (
     FORMAT_VERSION,
     Operation,
     Ref,
@@ -52,18 +63,7 @@ from ccat_buffering.models import (
     TransactionState,
     TransactionStatus,
 )
-from ccat_buffering.processor import BackgroundProcessor, ProcessorHealth, ProcessorState
-from ccat_buffering.reads import Reads
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.replication import (
-    ImmediateReplicationChecker,
-    LSNReplicationChecker,
-    ReplicaState,
-    ReplicationChecker,
-    ReplicationTracker,
-)
-from ccat_buffering.retry import FailureKind, RetryPolicy, classify_failure
-from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.write.registry import ModelRegistry
 
 __all__ = [
     "BackendError",

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from ccat_buffering.masking import mask_text
 
 if TYPE_CHECKING:
-    from ccat_buffering.status import TransactionStatus
+    from ccat_buffering.write.status import TransactionStatus
 
 __all__ = [
     "BackendError",
@@ -159,7 +159,7 @@ class LedgerHorizonError(ExecutionError):
     The ledger no longer holds rows that old, so it cannot tell whether the
     transaction was applied before (a buffer restored from an old backup, for
     instance). It is dead-lettered instead of risking a second application;
-    see :mod:`ccat_buffering.ledger_pruning`.
+    see :mod:`ccat_buffering.drain.ledger_pruning`.
     """
 
 

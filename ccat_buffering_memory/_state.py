@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ccat_buffering.models import TransactionState, TransactionStatus
-from ccat_buffering.protocols import CacheKind, CacheWrite, Claim, DeadLetter
+from ccat_buffering.buffer.protocols import CacheKind, CacheWrite, Claim, DeadLetter
+from ccat_buffering.write.models import TransactionState, TransactionStatus
 
 Clock = Callable[[], float]
 

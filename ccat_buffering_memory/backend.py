@@ -14,11 +14,10 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from ccat_buffering import checks
 from ccat_buffering._closing import AsyncClosing
-from ccat_buffering.key_schema import SUFFIXES
-from ccat_buffering.models import TransactionState, TransactionStatus, check_identifier
-from ccat_buffering.protocols import (
+from ccat_buffering.buffer import checks
+from ccat_buffering.buffer.key_schema import SUFFIXES
+from ccat_buffering.buffer.protocols import (
     BufferStats,
     CachedRecord,
     CacheWrite,
@@ -27,6 +26,7 @@ from ccat_buffering.protocols import (
     KeyInfo,
     LeaseInfo,
 )
+from ccat_buffering.write.models import TransactionState, TransactionStatus, check_identifier
 from ccat_buffering_memory._state import Clock, SiteState, field_value_key
 
 __all__ = ["MemoryBackend"]
@@ -40,98 +40,98 @@ class _SiteStateStore:
 
 
 class MemoryBufferStore(_SiteStateStore):
-    """:class:`~ccat_buffering.protocols.BufferStore` in memory."""
+    """:class:`~ccat_buffering.buffer.protocols.BufferStore` in memory."""
 
     async def push(self, payloads: Sequence[str]) -> None:
-        """See :meth:`ccat_buffering.protocols.BufferStore.push`."""
+        """See :meth:`ccat_buffering.buffer.protocols.BufferStore.push`."""
         self._state.push(checks.check_push(payloads))
 
     async def claim(self, count: int, lease_seconds: float) -> list[Claim]:
-        """See :meth:`ccat_buffering.protocols.BufferStore.claim`."""
+        """See :meth:`ccat_buffering.buffer.protocols.BufferStore.claim`."""
         checks.check_claim(count, lease_seconds)
         return self._state.claim(count, lease_seconds)
 
     async def ack(self, receipts: Sequence[str]) -> int:
-        """See :meth:`ccat_buffering.protocols.BufferStore.ack`."""
+        """See :meth:`ccat_buffering.buffer.protocols.BufferStore.ack`."""
         return self._state.ack(checks.check_receipts(receipts))
 
     async def retry_later(self, receipts: Sequence[str], delay_seconds: float) -> int:
-        """See :meth:`ccat_buffering.protocols.BufferStore.retry_later`."""
+        """See :meth:`ccat_buffering.buffer.protocols.BufferStore.retry_later`."""
         return self._state.retry_later(checks.check_retry(receipts, delay_seconds), delay_seconds)
 
     async def dead_letter(
         self, receipt: str, reason: str, transaction_id: str | None = None
     ) -> bool:
-        """See :meth:`ccat_buffering.protocols.BufferStore.dead_letter`."""
+        """See :meth:`ccat_buffering.buffer.protocols.BufferStore.dead_letter`."""
         checks.check_dead_letter(receipt, reason, transaction_id)
         return self._state.dead_letter(receipt, reason, transaction_id)
 
     async def recover(self, *, include_unexpired: bool = False) -> int:
-        """See :meth:`ccat_buffering.protocols.BufferStore.recover`."""
+        """See :meth:`ccat_buffering.buffer.protocols.BufferStore.recover`."""
         return self._state.recover(include_unexpired)
 
     async def stats(self) -> BufferStats:
-        """See :meth:`ccat_buffering.protocols.BufferStore.stats`."""
+        """See :meth:`ccat_buffering.buffer.protocols.BufferStore.stats`."""
         state = self._state
         held = state.held_until if state.held_until and state.held_until > state.clock() else None
         return BufferStats(len(state.queue), len(state.in_flight), len(state.letters), held)
 
 
 class MemoryDeadLetterStore(_SiteStateStore):
-    """:class:`~ccat_buffering.protocols.DeadLetterStore` in memory."""
+    """:class:`~ccat_buffering.buffer.protocols.DeadLetterStore` in memory."""
 
     async def list(self, offset: int = 0, limit: int | None = None) -> list[DeadLetter]:
-        """See :meth:`ccat_buffering.protocols.DeadLetterStore.list`."""
+        """See :meth:`ccat_buffering.buffer.protocols.DeadLetterStore.list`."""
         letters = list(self._state.letters.values())
         return letters[offset : None if limit is None else offset + limit]
 
     async def get(self, letter_id: str) -> DeadLetter | None:
-        """See :meth:`ccat_buffering.protocols.DeadLetterStore.get`."""
+        """See :meth:`ccat_buffering.buffer.protocols.DeadLetterStore.get`."""
         return self._state.letters.get(letter_id)
 
     async def letters_after(
         self, after: str | None, limit: int
     ) -> tuple[builtins.list[DeadLetter], str | None]:
-        """See :meth:`ccat_buffering.protocols.SupportsLetterPaging.letters_after`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsLetterPaging.letters_after`."""
         return self._state.letters_after(after, limit)
 
     async def replay(self, letter_ids: Sequence[str] | None = None) -> builtins.list[DeadLetter]:
-        """See :meth:`ccat_buffering.protocols.DeadLetterStore.replay`."""
+        """See :meth:`ccat_buffering.buffer.protocols.DeadLetterStore.replay`."""
         return self._state.replay(checks.check_letter_ids(letter_ids))
 
     async def purge(self, letter_ids: Sequence[str] | None = None) -> int:
-        """See :meth:`ccat_buffering.protocols.DeadLetterStore.purge`."""
+        """See :meth:`ccat_buffering.buffer.protocols.DeadLetterStore.purge`."""
         return self._state.purge(checks.check_letter_ids(letter_ids))
 
 
 class MemoryStatusStore(_SiteStateStore):
-    """:class:`~ccat_buffering.protocols.StatusStore` in memory."""
+    """:class:`~ccat_buffering.buffer.protocols.StatusStore` in memory."""
 
     async def get(self, transaction_id: str) -> TransactionStatus | None:
-        """See :meth:`ccat_buffering.protocols.StatusStore.get`."""
+        """See :meth:`ccat_buffering.buffer.protocols.StatusStore.get`."""
         return self._state.live_status(transaction_id)
 
     async def get_many(self, transaction_ids: Sequence[str]) -> list[TransactionStatus | None]:
-        """See :meth:`ccat_buffering.protocols.StatusStore.get_many`."""
+        """See :meth:`ccat_buffering.buffer.protocols.StatusStore.get_many`."""
         return [self._state.live_status(tid) for tid in transaction_ids]
 
     async def put(self, status: TransactionStatus, ttl_seconds: float) -> None:
-        """See :meth:`ccat_buffering.protocols.StatusStore.put`."""
+        """See :meth:`ccat_buffering.buffer.protocols.StatusStore.put`."""
         checks.check_status_put(status, ttl_seconds)
         self._state.put_status(status, ttl_seconds)
 
     async def ids(self, state: TransactionState, limit: int | None = None) -> list[str]:
-        """See :meth:`ccat_buffering.protocols.StatusStore.ids`."""
+        """See :meth:`ccat_buffering.buffer.protocols.StatusStore.ids`."""
         return self._state.status_ids(TransactionState(state))[:limit]
 
     async def ids_after(
         self, state: TransactionState, after: str | None, limit: int
     ) -> tuple[list[str], str | None]:
-        """See :meth:`ccat_buffering.protocols.SupportsStatusPaging.ids_after`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsStatusPaging.ids_after`."""
         return self._state.status_page(TransactionState(state), after, limit)
 
     async def counts(self) -> dict[TransactionState, int]:
-        """See :meth:`ccat_buffering.protocols.StatusStore.counts`."""
+        """See :meth:`ccat_buffering.buffer.protocols.StatusStore.counts`."""
         return {state: len(self._state.status_ids(state)) for state in TransactionState}
 
     # -- SupportsIdempotencyKeys: one critical section each, as Redis' single SET --
@@ -147,7 +147,7 @@ class MemoryStatusStore(_SiteStateStore):
         return record
 
     async def claim_key(self, digest: str, record: str, ttl_seconds: float) -> str | None:
-        """See :meth:`ccat_buffering.protocols.SupportsIdempotencyKeys.claim_key`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsIdempotencyKeys.claim_key`."""
         checks.check_duration(ttl_seconds, "ttl_seconds")
         live = self._live_key(digest)
         if live is None:
@@ -155,26 +155,26 @@ class MemoryStatusStore(_SiteStateStore):
         return live
 
     async def get_key(self, digest: str) -> str | None:
-        """See :meth:`ccat_buffering.protocols.SupportsIdempotencyKeys.get_key`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsIdempotencyKeys.get_key`."""
         return self._live_key(digest)
 
     async def put_key(self, digest: str, record: str, ttl_seconds: float) -> None:
-        """See :meth:`ccat_buffering.protocols.SupportsIdempotencyKeys.put_key`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsIdempotencyKeys.put_key`."""
         checks.check_duration(ttl_seconds, "ttl_seconds")
         self._state.idempotency[digest] = (record, self._state.clock() + ttl_seconds)
 
     async def drop_key(self, digest: str) -> None:
-        """See :meth:`ccat_buffering.protocols.SupportsIdempotencyKeys.drop_key`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsIdempotencyKeys.drop_key`."""
         self._state.idempotency.pop(digest, None)
 
 
 class MemoryCacheStore(_SiteStateStore):
-    """:class:`~ccat_buffering.protocols.CacheStore` in memory."""
+    """:class:`~ccat_buffering.buffer.protocols.CacheStore` in memory."""
 
     async def write(
         self, transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float
     ) -> None:
-        """See :meth:`ccat_buffering.protocols.CacheStore.write`."""
+        """See :meth:`ccat_buffering.buffer.protocols.CacheStore.write`."""
         writes = checks.check_cache_write(transaction_id, writes, ttl_seconds)
         self._state.write_cache(transaction_id, writes, ttl_seconds)
 
@@ -193,22 +193,22 @@ class MemoryCacheStore(_SiteStateStore):
         )
 
     async def get(self, model: str, record_id: str) -> CachedRecord | None:
-        """See :meth:`ccat_buffering.protocols.CacheStore.get`."""
+        """See :meth:`ccat_buffering.buffer.protocols.CacheStore.get`."""
         return self._view(model, record_id)
 
     async def list(self, model: str) -> list[CachedRecord]:
-        """See :meth:`ccat_buffering.protocols.CacheStore.list`."""
+        """See :meth:`ccat_buffering.buffer.protocols.CacheStore.list`."""
         ids = list(self._state.model_index.get(model, {}))
         return [view for rid in ids if (view := self._view(model, rid)) is not None]
 
     async def get_many(
         self, model: str, record_ids: Sequence[str]
     ) -> builtins.list[CachedRecord | None]:
-        """See :meth:`ccat_buffering.protocols.CacheStore.get_many`."""
+        """See :meth:`ccat_buffering.buffer.protocols.CacheStore.get_many`."""
         return [self._view(model, rid) for rid in record_ids]
 
     async def find(self, model: str, equals: Mapping[str, Any]) -> builtins.list[CachedRecord]:
-        """See :meth:`ccat_buffering.protocols.CacheStore.find`."""
+        """See :meth:`ccat_buffering.buffer.protocols.CacheStore.find`."""
         found: dict[str, None] = {}
         for name, value in equals.items():
             found.update(self._state.field_index.get(field_value_key(model, name, value), {}))
@@ -217,24 +217,24 @@ class MemoryCacheStore(_SiteStateStore):
         return [view for rid, _ in live if (view := self._view(model, rid)) is not None]
 
     async def created_by(self, model: str, record_id: str) -> str | None:
-        """See :meth:`ccat_buffering.protocols.CacheStore.created_by`."""
+        """See :meth:`ccat_buffering.buffer.protocols.CacheStore.created_by`."""
         return self._state.created_by((model, record_id))
 
     async def extend(self, transaction_ids: Sequence[str], ttl_seconds: float) -> int:
-        """See :meth:`ccat_buffering.protocols.CacheStore.extend`."""
+        """See :meth:`ccat_buffering.buffer.protocols.CacheStore.extend`."""
         ids = checks.check_cache_extend(transaction_ids, ttl_seconds)
         return self._state.extend(ids, ttl_seconds)
 
     async def release(self, transaction_ids: Sequence[str]) -> int:
-        """See :meth:`ccat_buffering.protocols.CacheStore.release`."""
+        """See :meth:`ccat_buffering.buffer.protocols.CacheStore.release`."""
         return self._state.release(checks.check_cache_release(transaction_ids))
 
 
 class MemoryProcessorLease(_SiteStateStore):
-    """:class:`~ccat_buffering.protocols.ProcessorLease` in memory."""
+    """:class:`~ccat_buffering.buffer.protocols.ProcessorLease` in memory."""
 
     async def acquire(self, holder: str, ttl_seconds: float) -> bool:
-        """See :meth:`ccat_buffering.protocols.ProcessorLease.acquire`."""
+        """See :meth:`ccat_buffering.buffer.protocols.ProcessorLease.acquire`."""
         checks.check_lease(holder, ttl_seconds)
         lease = self._state.live_lease()
         if lease is not None and lease[0] != holder:
@@ -243,7 +243,7 @@ class MemoryProcessorLease(_SiteStateStore):
         return True
 
     async def renew(self, holder: str, ttl_seconds: float) -> bool:
-        """See :meth:`ccat_buffering.protocols.ProcessorLease.renew`."""
+        """See :meth:`ccat_buffering.buffer.protocols.ProcessorLease.renew`."""
         checks.check_lease(holder, ttl_seconds)
         lease = self._state.live_lease()
         if lease is None or lease[0] != holder:
@@ -252,7 +252,7 @@ class MemoryProcessorLease(_SiteStateStore):
         return True
 
     async def release(self, holder: str) -> bool:
-        """See :meth:`ccat_buffering.protocols.ProcessorLease.release`."""
+        """See :meth:`ccat_buffering.buffer.protocols.ProcessorLease.release`."""
         checks.check_lease_holder(holder)
         lease = self._state.live_lease()
         if lease is None or lease[0] != holder:
@@ -261,17 +261,17 @@ class MemoryProcessorLease(_SiteStateStore):
         return True
 
     async def current(self) -> LeaseInfo | None:
-        """See :meth:`ccat_buffering.protocols.ProcessorLease.current`."""
+        """See :meth:`ccat_buffering.buffer.protocols.ProcessorLease.current`."""
         lease = self._state.live_lease()
         return None if lease is None else LeaseInfo(*lease)
 
     async def publish_report(self, report: str, ttl_seconds: float) -> None:
-        """See :meth:`ccat_buffering.protocols.SupportsProcessorReports.publish_report`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsProcessorReports.publish_report`."""
         checks.check_report(report, ttl_seconds)
         self._state.report = (report, self._state.clock() + ttl_seconds)
 
     async def processor_report(self) -> str | None:
-        """See :meth:`ccat_buffering.protocols.SupportsProcessorReports.processor_report`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsProcessorReports.processor_report`."""
         report = self._state.report
         if report is None or report[1] <= self._state.clock():
             return None
@@ -279,7 +279,7 @@ class MemoryProcessorLease(_SiteStateStore):
 
 
 class MemoryWriteBatch:
-    """:class:`~ccat_buffering.protocols.WriteBatch` that stages closures over the state."""
+    """:class:`~ccat_buffering.buffer.protocols.WriteBatch` that stages closures over the state."""
 
     def __init__(self, state: SiteState) -> None:
         self._state = state
@@ -365,7 +365,7 @@ class MemoryBackend(AsyncClosing):
 
     @asynccontextmanager
     async def atomic(self) -> AsyncIterator[MemoryWriteBatch]:
-        """See :meth:`ccat_buffering.protocols.Backend.atomic`."""
+        """See :meth:`ccat_buffering.buffer.protocols.Backend.atomic`."""
         batch = MemoryWriteBatch(self._state)
         yield batch
         # Applied without an await in between: no coroutine sees a part of it.
@@ -373,7 +373,7 @@ class MemoryBackend(AsyncClosing):
             op()
 
     async def find_payload(self, transaction_id: str) -> str | None:
-        """See :meth:`ccat_buffering.protocols.SupportsInspection.find_payload`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsInspection.find_payload`."""
         state = self._state
         payloads = [p for _, p in state.queue] + [e.payload for e in state.in_flight.values()]
         payloads += [letter.payload for letter in state.letters.values()]
@@ -383,7 +383,7 @@ class MemoryBackend(AsyncClosing):
     async def transaction_keys(
         self, transaction_id: str, records: Sequence[tuple[str, str]]
     ) -> list[KeyInfo]:
-        """See :meth:`ccat_buffering.protocols.SupportsInspection.transaction_keys`.
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsInspection.transaction_keys`.
 
         The memory backend has no keys; it names its entries as Redis would.
         """
@@ -410,32 +410,32 @@ class MemoryBackend(AsyncClosing):
         return found
 
     async def append_audit(self, entry: str, keep: int) -> None:
-        """See :meth:`ccat_buffering.protocols.SupportsAuditLog.append_audit`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsAuditLog.append_audit`."""
         checks.check_audit(entry, keep)
         self._audit.insert(0, entry)
         del self._audit[keep:]
 
     async def audit_entries(self, limit: int | None = None) -> list[str]:
-        """See :meth:`ccat_buffering.protocols.SupportsAuditLog.audit_entries`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsAuditLog.audit_entries`."""
         return [] if limit is not None and limit <= 0 else self._audit[:limit]
 
     async def append_sample(self, entry: str, keep: int) -> None:
-        """See :meth:`ccat_buffering.protocols.SupportsChartSamples.append_sample`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsChartSamples.append_sample`."""
         checks.check_audit(entry, keep)
         self._charts.insert(0, entry)
         del self._charts[keep:]
 
     async def chart_samples(self, limit: int | None = None) -> list[str]:
-        """See :meth:`ccat_buffering.protocols.SupportsChartSamples.chart_samples`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsChartSamples.chart_samples`."""
         return [] if limit is not None and limit <= 0 else self._charts[:limit]
 
     async def set_operator_pause(self, note: str | None) -> None:
-        """See :meth:`ccat_buffering.protocols.SupportsOperatorPause.set_operator_pause`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsOperatorPause.set_operator_pause`."""
         checks.check_pause_note(note)
         self._pause = note
 
     async def operator_pause(self) -> str | None:
-        """See :meth:`ccat_buffering.protocols.SupportsOperatorPause.operator_pause`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsOperatorPause.operator_pause`."""
         return self._pause
 
     async def aclose(self) -> None:

@@ -9,7 +9,7 @@ one ``MULTI``/``EXEC`` (one key: one slot, so a Cluster takes it too).
 
 from __future__ import annotations
 
-from ccat_buffering import checks
+from ccat_buffering.buffer import checks
 from ccat_buffering_redis._parts import BackendPart
 from ccat_buffering_redis._values import as_text
 
@@ -20,7 +20,7 @@ class RedisAuditLog(BackendPart):
     """The audit methods of :class:`~ccat_buffering_redis.backend.RedisBackend`."""
 
     async def append_audit(self, entry: str, keep: int) -> None:
-        """See :meth:`ccat_buffering.protocols.SupportsAuditLog.append_audit`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsAuditLog.append_audit`."""
         checks.check_audit(entry, keep)
         with self.translate():
             async with self.client.pipeline(transaction=True) as pipe:
@@ -29,7 +29,7 @@ class RedisAuditLog(BackendPart):
                 await pipe.execute()
 
     async def audit_entries(self, limit: int | None = None) -> list[str]:
-        """See :meth:`ccat_buffering.protocols.SupportsAuditLog.audit_entries`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsAuditLog.audit_entries`."""
         if limit is not None and limit <= 0:
             return []
         with self.translate():
@@ -37,7 +37,7 @@ class RedisAuditLog(BackendPart):
         return [as_text(text) for text in texts]
 
     async def append_sample(self, entry: str, keep: int) -> None:
-        """See :meth:`ccat_buffering.protocols.SupportsChartSamples.append_sample`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsChartSamples.append_sample`."""
         checks.check_audit(entry, keep)
         with self.translate():
             async with self.client.pipeline(transaction=True) as pipe:
@@ -46,7 +46,7 @@ class RedisAuditLog(BackendPart):
                 await pipe.execute()
 
     async def chart_samples(self, limit: int | None = None) -> list[str]:
-        """See :meth:`ccat_buffering.protocols.SupportsChartSamples.chart_samples`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsChartSamples.chart_samples`."""
         if limit is not None and limit <= 0:
             return []
         with self.translate():

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ccat_buffering import checks
-from ccat_buffering.models import TransactionState, TransactionStatus
-from ccat_buffering.protocols import CacheWrite
+from ccat_buffering.buffer import checks
+from ccat_buffering.buffer.protocols import CacheWrite
+from ccat_buffering.write.models import TransactionState, TransactionStatus
 from ccat_buffering_redis._values import record_text, status_json
 
 __all__ = [

@@ -11,9 +11,9 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from ccat_buffering.buffer.protocols import MemoryReport
 from ccat_buffering.errors import BackendError, BackendUnavailableError
-from ccat_buffering.models import TransactionState, utc_now
-from ccat_buffering.protocols import MemoryReport
+from ccat_buffering.write.models import TransactionState, utc_now
 from ccat_buffering_redis._memory import (
     RECHECK_SECONDS,
     MemoryInfo,
@@ -103,7 +103,7 @@ class RedisHealth(BackendPart):
         return parse_memory(reply)
 
     async def memory_report(self) -> MemoryReport | None:
-        """See :meth:`ccat_buffering.protocols.SupportsBufferHealth.memory_report`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsBufferHealth.memory_report`."""
         info = await self.memory()
         if info is None:
             return None
@@ -140,7 +140,7 @@ class RedisHealth(BackendPart):
         return len(statuses) / span if span > 0 else None
 
     async def buffer_warnings(self) -> list[str]:
-        """See :meth:`ccat_buffering.protocols.SupportsBufferHealth.buffer_warnings`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsBufferHealth.buffer_warnings`."""
         warnings = []
         await self.check_policy()
         if self.policy_warning:
@@ -168,7 +168,7 @@ class RedisHealth(BackendPart):
         return warnings
 
     async def persistence_warning(self) -> str | None:
-        """See :meth:`ccat_buffering.protocols.SupportsKeyAudit.persistence_warning`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsKeyAudit.persistence_warning`."""
         try:
             with self.translate():
                 reply = await self.client.config_get("appendonly")

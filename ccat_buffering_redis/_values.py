@@ -20,8 +20,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ccat_buffering.models import TransactionStatus
-from ccat_buffering.protocols import CachedRecord
+from ccat_buffering.buffer.protocols import CachedRecord
+from ccat_buffering.write.models import TransactionStatus
 
 __all__ = [
     "as_text",

@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from ccat_buffering import checks
-from ccat_buffering._checks import check_duration, check_payload, check_status, check_writes
+from ccat_buffering.buffer import checks
+from ccat_buffering.buffer.checks import check_duration, check_payload, check_status, check_writes
+from ccat_buffering.buffer.protocols import CacheWrite
 from ccat_buffering.errors import (
     BackendError,
     BackendFullError,
@@ -24,8 +25,7 @@ from ccat_buffering.errors import (
     ConfigurationError,
     WriteNotReplicatedError,
 )
-from ccat_buffering.models import TransactionStatus
-from ccat_buffering.protocols import CacheWrite
+from ccat_buffering.write.models import TransactionStatus
 from ccat_buffering_redis._frame import (
     Command,
     cache_command,
@@ -173,7 +173,7 @@ class RedisWrites(BackendPart):
 
     @asynccontextmanager
     async def atomic(self) -> AsyncIterator[RedisWriteBatch]:
-        """See :meth:`ccat_buffering.protocols.Backend.atomic`."""
+        """See :meth:`ccat_buffering.buffer.protocols.Backend.atomic`."""
         batch = RedisWriteBatch(self.compression)
         yield batch
         if batch.ops:
@@ -181,7 +181,7 @@ class RedisWrites(BackendPart):
 
 
 class RedisWriteBatch:
-    """:class:`~ccat_buffering.protocols.WriteBatch` that stages script operations.
+    """:class:`~ccat_buffering.buffer.protocols.WriteBatch` that stages script operations.
 
     Args:
         compression: How to store queue entries (see :mod:`ccat_buffering_redis.compression`).

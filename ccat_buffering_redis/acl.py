@@ -22,7 +22,7 @@ Redis, and ``docs/redis.rst`` shows :func:`setuser` for a site named ``obs``.
 
 from __future__ import annotations
 
-from ccat_buffering.models import check_identifier
+from ccat_buffering.write.models import check_identifier
 
 __all__ = ["ROLES", "SENTINEL", "sentinel_setuser", "setuser"]
 

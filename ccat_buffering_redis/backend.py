@@ -29,7 +29,7 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 
 from ccat_buffering._closing import AsyncClosing
 from ccat_buffering._deprecated import forward
-from ccat_buffering._sightings import BufferOrigin
+from ccat_buffering.buffer._sightings import BufferOrigin
 from ccat_buffering.errors import (
     BackendError,
     BackendFullError,
@@ -280,7 +280,7 @@ class RedisBackend(
             )
 
     async def buffer_mark(self) -> tuple[str | None, int]:
-        """See :meth:`ccat_buffering.protocols.SupportsBufferMarker.buffer_mark`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsBufferMarker.buffer_mark`."""
         with self.translate():
             epoch, seq = await self.client.mget([self.keys.epoch, self.keys.seq])
         return (None if epoch is None else as_text(epoch)), int(seq or 0)
@@ -301,7 +301,7 @@ class RedisBackend(
                 await pool.get_master_address()  # type: ignore[no-untyped-call]
 
     async def buffer_origin(self) -> BufferOrigin:
-        """See :meth:`ccat_buffering.protocols.SupportsBufferOrigin.buffer_origin`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsBufferOrigin.buffer_origin`."""
         await self.follow_master()
         with self.translate():
             (epoch, seq), info = await on_one_connection(
@@ -328,7 +328,7 @@ class RedisBackend(
         )
 
     async def stamp_buffer(self, epoch: str, *, replace: bool = False) -> bool:
-        """See :meth:`ccat_buffering.protocols.SupportsBufferMarker.stamp_buffer`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsBufferMarker.stamp_buffer`."""
         return bool(await self.script("stamp_buffer", epoch, "1" if replace else "0"))
 
     async def aclose(self) -> None:

@@ -12,8 +12,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ccat_buffering import checks
-from ccat_buffering.protocols import DeadLetter
+from ccat_buffering.buffer import checks
+from ccat_buffering.buffer.protocols import DeadLetter
 from ccat_buffering_redis._values import as_text
 from ccat_buffering_redis.compression import entry_text
 from ccat_buffering_redis.stores import _SiteStore
@@ -38,7 +38,7 @@ def _read_letters(rows: Sequence[Any]) -> list[DeadLetter]:
 
 
 class RedisDeadLetterStore(_SiteStore):
-    """:class:`~ccat_buffering.protocols.DeadLetterStore` in Redis."""
+    """:class:`~ccat_buffering.buffer.protocols.DeadLetterStore` in Redis."""
 
     async def _letters(self, ids: list[str]) -> list[DeadLetter]:
         if not ids:
@@ -48,7 +48,7 @@ class RedisDeadLetterStore(_SiteStore):
     async def letters_after(
         self, after: str | None, limit: int
     ) -> tuple[builtins.list[DeadLetter], str | None]:
-        """See :meth:`ccat_buffering.protocols.SupportsLetterPaging.letters_after`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsLetterPaging.letters_after`."""
         if after is not None and not after.isdigit():
             raise ValueError(
                 f"{after!r} is not a cursor this store gave: start from the first page"
@@ -59,7 +59,7 @@ class RedisDeadLetterStore(_SiteStore):
         return _read_letters(rows), as_text(following) or None
 
     async def list(self, offset: int = 0, limit: int | None = None) -> list[DeadLetter]:
-        """See :meth:`ccat_buffering.protocols.DeadLetterStore.list`."""
+        """See :meth:`ccat_buffering.buffer.protocols.DeadLetterStore.list`."""
         stop = -1 if limit is None else offset + limit - 1
         if limit == 0:
             return []
@@ -68,12 +68,12 @@ class RedisDeadLetterStore(_SiteStore):
         return await self._letters([as_text(r) for r in raw])  # type: ignore[arg-type]
 
     async def get(self, letter_id: str) -> DeadLetter | None:
-        """See :meth:`ccat_buffering.protocols.DeadLetterStore.get`."""
+        """See :meth:`ccat_buffering.buffer.protocols.DeadLetterStore.get`."""
         found = await self._letters([letter_id])
         return found[0] if found else None
 
     async def replay(self, letter_ids: Sequence[str] | None = None) -> builtins.list[DeadLetter]:
-        """See :meth:`ccat_buffering.protocols.DeadLetterStore.replay`."""
+        """See :meth:`ccat_buffering.buffer.protocols.DeadLetterStore.replay`."""
         letter_ids = checks.check_letter_ids(letter_ids)
         selector = "*" if letter_ids is None else json.dumps(letter_ids)
         wanted = await self.list() if letter_ids is None else await self._letters(list(letter_ids))
@@ -82,7 +82,7 @@ class RedisDeadLetterStore(_SiteStore):
         return [by_id[as_text(lid)] for lid in done if as_text(lid) in by_id]
 
     async def purge(self, letter_ids: Sequence[str] | None = None) -> int:
-        """See :meth:`ccat_buffering.protocols.DeadLetterStore.purge`."""
+        """See :meth:`ccat_buffering.buffer.protocols.DeadLetterStore.purge`."""
         letter_ids = checks.check_letter_ids(letter_ids)
         selector = "*" if letter_ids is None else json.dumps(letter_ids)
         return int(await self._backend.script("letters_purge", selector))

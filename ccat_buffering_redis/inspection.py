@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ccat_buffering.protocols import KeyInfo
+from ccat_buffering.buffer.protocols import KeyInfo
 from ccat_buffering_redis._parts import BackendPart
 from ccat_buffering_redis._values import as_text, record_creator, record_transactions
 from ccat_buffering_redis.compression import entry_text
@@ -32,7 +32,7 @@ class RedisInspection(BackendPart):
         return infos
 
     async def find_payload(self, transaction_id: str) -> str | None:
-        """See :meth:`ccat_buffering.protocols.SupportsInspection.find_payload`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsInspection.find_payload`."""
         needle = f'"transaction_id":"{transaction_id}"'
         keys = self.keys
         with self.translate():
@@ -63,7 +63,7 @@ class RedisInspection(BackendPart):
     async def transaction_keys(
         self, transaction_id: str, records: Sequence[tuple[str, str]]
     ) -> list[KeyInfo]:
-        """See :meth:`ccat_buffering.protocols.SupportsInspection.transaction_keys`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsInspection.transaction_keys`."""
         keys = [self.keys.status(transaction_id)]
         with self.translate():
             for model, record_id in records:
@@ -78,7 +78,7 @@ class RedisInspection(BackendPart):
         return await self._describe_keys(keys)
 
     async def audit_keys(self) -> list[KeyInfo]:
-        """See :meth:`ccat_buffering.protocols.SupportsKeyAudit.audit_keys`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsKeyAudit.audit_keys`."""
         bounded = self.keys.bounded()
         leaks = []
         with self.translate():

@@ -68,15 +68,15 @@ key                                         type     what
 
 from __future__ import annotations
 
-from ccat_buffering.key_schema import SUFFIXES
-from ccat_buffering.models import TransactionState, check_identifier
+from ccat_buffering.buffer.key_schema import SUFFIXES
+from ccat_buffering.write.models import TransactionState, check_identifier
 
 SEQ_STATES = ("buffered", "processing", "retrying")
 """States whose index is kept in buckets (see ``_state_index``)."""
 
 __all__ = ["BOUNDED", "SEQ_STATES", "SUFFIXES", "SiteKeys"]
 
-# SUFFIXES lives in the core (ccat_buffering.key_schema), so that the memory
+# SUFFIXES lives in the core (ccat_buffering.buffer.key_schema), so that the memory
 # backend names its entries as Redis does without importing redis-py.
 
 
@@ -179,12 +179,12 @@ class SiteKeys:
 
     @property
     def pause(self) -> str:
-        """The operator's pause of the site's drain (see ``ccat_buffering.operator_pause``)."""
+        """The operator's pause of the site's drain (``ccat_buffering.drain.operator_pause``)."""
         return self._key("pause")
 
     @property
     def audit(self) -> str:
-        """The audit log of operators' actions (see ``ccat_buffering.audit``)."""
+        """The audit log of operators' actions (see ``ccat_buffering.buffer.audit``)."""
         return self._key("audit")
 
     @property

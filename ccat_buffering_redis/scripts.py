@@ -6,7 +6,7 @@ package data; each is headed by its ``KEYS``/``ARGV`` contract. A line
 (shared helpers: the prelude, the record format, the indexes), included once
 per script. The fragment ``keys`` is generated here, from
 :data:`ccat_buffering_redis.keys.SUFFIXES` and the states of
-:class:`~ccat_buffering.models.TransactionState`, so that no key name is
+:class:`~ccat_buffering.write.models.TransactionState`, so that no key name is
 written in Lua.
 
 Each script receives the site's buffer key as ``KEYS[1]`` (so a cluster routes
@@ -26,7 +26,7 @@ import re
 import warnings
 from importlib import resources
 
-from ccat_buffering.models import TransactionState
+from ccat_buffering.write.models import TransactionState
 from ccat_buffering_redis._model_index import BUCKET
 from ccat_buffering_redis.keys import SEQ_STATES, SUFFIXES
 

@@ -16,16 +16,16 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ccat_buffering import checks
-from ccat_buffering._checks import check_duration, check_status, check_writes
-from ccat_buffering.models import TransactionState, TransactionStatus
-from ccat_buffering.protocols import (
+from ccat_buffering.buffer import checks
+from ccat_buffering.buffer.checks import check_duration, check_status, check_writes
+from ccat_buffering.buffer.protocols import (
     BufferStats,
     CachedRecord,
     CacheWrite,
     Claim,
     LeaseInfo,
 )
+from ccat_buffering.write.models import TransactionState, TransactionStatus
 
 if TYPE_CHECKING:
     from ccat_buffering_redis.backend import RedisBackend
@@ -65,10 +65,10 @@ class _SiteStore:
 
 
 class RedisBufferStore(_SiteStore):
-    """:class:`~ccat_buffering.protocols.BufferStore` in Redis."""
+    """:class:`~ccat_buffering.buffer.protocols.BufferStore` in Redis."""
 
     async def push(self, payloads: Sequence[str]) -> None:
-        """See :meth:`ccat_buffering.protocols.BufferStore.push`."""
+        """See :meth:`ccat_buffering.buffer.protocols.BufferStore.push`."""
         payloads = checks.check_push(payloads)
         if payloads:
             compression = self._backend.compression
@@ -77,7 +77,7 @@ class RedisBufferStore(_SiteStore):
             )
 
     async def claim(self, count: int, lease_seconds: float) -> list[Claim]:
-        """See :meth:`ccat_buffering.protocols.BufferStore.claim`."""
+        """See :meth:`ccat_buffering.buffer.protocols.BufferStore.claim`."""
         if count < 1:
             raise ValueError(f"count must be at least 1, not {count}")
         check_duration(lease_seconds, "lease_seconds")
@@ -91,40 +91,40 @@ class RedisBufferStore(_SiteStore):
         ]
 
     async def ack(self, receipts: Sequence[str]) -> int:
-        """See :meth:`ccat_buffering.protocols.BufferStore.ack`."""
+        """See :meth:`ccat_buffering.buffer.protocols.BufferStore.ack`."""
         receipts = checks.check_receipts(receipts)
         return await self._backend.apply([command("ack", blobs=(r,)) for r in receipts])
 
     async def retry_later(self, receipts: Sequence[str], delay_seconds: float) -> int:
-        """See :meth:`ccat_buffering.protocols.BufferStore.retry_later`."""
+        """See :meth:`ccat_buffering.buffer.protocols.BufferStore.retry_later`."""
         return await self._backend.apply([retry_command(receipts, delay_seconds)])
 
     async def dead_letter(
         self, receipt: str, reason: str, transaction_id: str | None = None
     ) -> bool:
-        """See :meth:`ccat_buffering.protocols.BufferStore.dead_letter`."""
+        """See :meth:`ccat_buffering.buffer.protocols.BufferStore.dead_letter`."""
         return bool(await self._backend.apply([dead_command(receipt, reason, transaction_id)]))
 
     async def recover(self, *, include_unexpired: bool = False) -> int:
-        """See :meth:`ccat_buffering.protocols.BufferStore.recover`."""
+        """See :meth:`ccat_buffering.buffer.protocols.BufferStore.recover`."""
         return int(await self._backend.script("recover", "1" if include_unexpired else "0"))
 
     async def stats(self) -> BufferStats:
-        """See :meth:`ccat_buffering.protocols.BufferStore.stats`."""
+        """See :meth:`ccat_buffering.buffer.protocols.BufferStore.stats`."""
         now, depth, in_flight, letters, hold = await self._backend.script("buffer_stats")
         held = (int(now) + int(hold)) / 1000 if int(hold) > 0 else None
         return BufferStats(int(depth), int(in_flight), int(letters), held)
 
 
 class RedisStatusStore(_SiteStore):
-    """:class:`~ccat_buffering.protocols.StatusStore` in Redis."""
+    """:class:`~ccat_buffering.buffer.protocols.StatusStore` in Redis."""
 
     async def get(self, transaction_id: str) -> TransactionStatus | None:
-        """See :meth:`ccat_buffering.protocols.StatusStore.get`."""
+        """See :meth:`ccat_buffering.buffer.protocols.StatusStore.get`."""
         return (await self.get_many([transaction_id]))[0]
 
     async def get_many(self, transaction_ids: Sequence[str]) -> list[TransactionStatus | None]:
-        """See :meth:`ccat_buffering.protocols.StatusStore.get_many`."""
+        """See :meth:`ccat_buffering.buffer.protocols.StatusStore.get_many`."""
         if not transaction_ids:
             return []
         with self._backend.translate():
@@ -135,13 +135,13 @@ class RedisStatusStore(_SiteStore):
         ]
 
     async def put(self, status: TransactionStatus, ttl_seconds: float) -> None:
-        """See :meth:`ccat_buffering.protocols.StatusStore.put`."""
+        """See :meth:`ccat_buffering.buffer.protocols.StatusStore.put`."""
         check_status(status)
         check_duration(ttl_seconds, "ttl_seconds")
         await self._backend.apply([status_command(status, ttl_seconds)])
 
     async def ids(self, state: TransactionState, limit: int | None = None) -> list[str]:
-        """See :meth:`ccat_buffering.protocols.StatusStore.ids`."""
+        """See :meth:`ccat_buffering.buffer.protocols.StatusStore.ids`."""
         if limit == 0:
             return []
         reply = await self._backend.script("status_ids", str(TransactionState(state)), limit or -1)
@@ -150,7 +150,7 @@ class RedisStatusStore(_SiteStore):
     async def ids_after(
         self, state: TransactionState, after: str | None, limit: int
     ) -> tuple[list[str], str | None]:
-        """See :meth:`ccat_buffering.protocols.SupportsStatusPaging.ids_after`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsStatusPaging.ids_after`."""
         state = TransactionState(state)
         if after is not None and not _CURSOR[str(state) in SEQ_STATES].fullmatch(after):
             raise ValueError(f"{after!r} is not a cursor this store gave for {state} ids")
@@ -161,7 +161,7 @@ class RedisStatusStore(_SiteStore):
         return [as_text(r) for r in reply[1:]], following or None
 
     async def counts(self) -> dict[TransactionState, int]:
-        """See :meth:`ccat_buffering.protocols.StatusStore.counts`."""
+        """See :meth:`ccat_buffering.buffer.protocols.StatusStore.counts`."""
         states = list(TransactionState)
         reply = await self._backend.script("status_counts", *(str(s) for s in states))
         return {state: int(n) for state, n in zip(states, reply, strict=True)}
@@ -169,7 +169,7 @@ class RedisStatusStore(_SiteStore):
     # -- SupportsIdempotencyKeys: single-key commands, atomic in Redis itself --
 
     async def claim_key(self, digest: str, record: str, ttl_seconds: float) -> str | None:
-        """See :meth:`ccat_buffering.protocols.SupportsIdempotencyKeys.claim_key`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsIdempotencyKeys.claim_key`."""
         check_duration(ttl_seconds, "ttl_seconds")
         ms = max(int(ttl_seconds * 1000), 1)
         with self._backend.translate():
@@ -180,44 +180,44 @@ class RedisStatusStore(_SiteStore):
         return as_text(old) if isinstance(old, (bytes, str)) else None
 
     async def get_key(self, digest: str) -> str | None:
-        """See :meth:`ccat_buffering.protocols.SupportsIdempotencyKeys.get_key`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsIdempotencyKeys.get_key`."""
         with self._backend.translate():
             raw = await self._backend.client.get(self._keys.idempotency(digest))
         return None if raw is None else as_text(raw)
 
     async def put_key(self, digest: str, record: str, ttl_seconds: float) -> None:
-        """See :meth:`ccat_buffering.protocols.SupportsIdempotencyKeys.put_key`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsIdempotencyKeys.put_key`."""
         check_duration(ttl_seconds, "ttl_seconds")
         ms = max(int(ttl_seconds * 1000), 1)
         with self._backend.translate():
             await self._backend.client.set(self._keys.idempotency(digest), record, px=ms)
 
     async def drop_key(self, digest: str) -> None:
-        """See :meth:`ccat_buffering.protocols.SupportsIdempotencyKeys.drop_key`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsIdempotencyKeys.drop_key`."""
         with self._backend.translate():
             await self._backend.client.delete(self._keys.idempotency(digest))
 
 
 class RedisCacheStore(_SiteStore):
-    """:class:`~ccat_buffering.protocols.CacheStore` in Redis."""
+    """:class:`~ccat_buffering.buffer.protocols.CacheStore` in Redis."""
 
     async def write(
         self, transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float
     ) -> None:
-        """See :meth:`ccat_buffering.protocols.CacheStore.write`."""
+        """See :meth:`ccat_buffering.buffer.protocols.CacheStore.write`."""
         check_writes(transaction_id, writes)
         check_duration(ttl_seconds, "ttl_seconds")
         await self._backend.apply([cache_command(transaction_id, writes, ttl_seconds)])
 
     async def get(self, model: str, record_id: str) -> CachedRecord | None:
-        """See :meth:`ccat_buffering.protocols.CacheStore.get`."""
+        """See :meth:`ccat_buffering.buffer.protocols.CacheStore.get`."""
         now, ttl, raw = await self._backend.script("cache_get", model, record_id)
         if not raw:
             return None
         return cached_record(model, record_id, raw, int(ttl), int(now) / 1000)
 
     async def list(self, model: str) -> list[CachedRecord]:
-        """See :meth:`ccat_buffering.protocols.CacheStore.list`."""
+        """See :meth:`ccat_buffering.buffer.protocols.CacheStore.list`."""
         now_ms, rows = await self._backend.script("cache_list", model)
         now = int(now_ms) / 1000
         return [cached_record(model, as_text(rid), raw, int(ttl), now) for rid, ttl, raw in rows]
@@ -225,7 +225,7 @@ class RedisCacheStore(_SiteStore):
     async def get_many(
         self, model: str, record_ids: Sequence[str]
     ) -> builtins.list[CachedRecord | None]:
-        """See :meth:`ccat_buffering.protocols.CacheStore.get_many`."""
+        """See :meth:`ccat_buffering.buffer.protocols.CacheStore.get_many`."""
         if not record_ids:
             return []
         now_ms, rows = await self._backend.script("cache_get_many", model, *record_ids)
@@ -236,7 +236,7 @@ class RedisCacheStore(_SiteStore):
         ]
 
     async def find(self, model: str, equals: Mapping[str, Any]) -> builtins.list[CachedRecord]:
-        """See :meth:`ccat_buffering.protocols.CacheStore.find`."""
+        """See :meth:`ccat_buffering.buffer.protocols.CacheStore.find`."""
         if not equals:
             return []
         pairs = [(name, field_prefix(name, value)) for name, value in equals.items()]
@@ -252,18 +252,18 @@ class RedisCacheStore(_SiteStore):
         ]
 
     async def created_by(self, model: str, record_id: str) -> str | None:
-        """See :meth:`ccat_buffering.protocols.CacheStore.created_by`."""
+        """See :meth:`ccat_buffering.buffer.protocols.CacheStore.created_by`."""
         return await self._backend.creator(model, record_id)
 
     async def extend(self, transaction_ids: Sequence[str], ttl_seconds: float) -> int:
-        """See :meth:`ccat_buffering.protocols.CacheStore.extend`."""
+        """See :meth:`ccat_buffering.buffer.protocols.CacheStore.extend`."""
         transaction_ids = checks.check_cache_extend(transaction_ids, ttl_seconds)
         if not transaction_ids:
             return 0
         return int(await self._backend.script("cache_extend", ms(ttl_seconds), *transaction_ids))
 
     async def release(self, transaction_ids: Sequence[str]) -> int:
-        """See :meth:`ccat_buffering.protocols.CacheStore.release`."""
+        """See :meth:`ccat_buffering.buffer.protocols.CacheStore.release`."""
         transaction_ids = checks.check_cache_release(transaction_ids)
         if not transaction_ids:
             return 0
@@ -271,37 +271,37 @@ class RedisCacheStore(_SiteStore):
 
 
 class RedisProcessorLease(_SiteStore):
-    """:class:`~ccat_buffering.protocols.ProcessorLease` in Redis (``SET PX`` with a token)."""
+    """:class:`~ccat_buffering.buffer.protocols.ProcessorLease` in Redis (``SET PX``, a token)."""
 
     async def acquire(self, holder: str, ttl_seconds: float) -> bool:
-        """See :meth:`ccat_buffering.protocols.ProcessorLease.acquire`."""
+        """See :meth:`ccat_buffering.buffer.protocols.ProcessorLease.acquire`."""
         checks.check_lease(holder, ttl_seconds)
         return bool(await self._backend.script("lease_acquire", holder, ms(ttl_seconds)))
 
     async def renew(self, holder: str, ttl_seconds: float) -> bool:
-        """See :meth:`ccat_buffering.protocols.ProcessorLease.renew`."""
+        """See :meth:`ccat_buffering.buffer.protocols.ProcessorLease.renew`."""
         checks.check_lease(holder, ttl_seconds)
         return bool(await self._backend.script("lease_renew", holder, ms(ttl_seconds)))
 
     async def release(self, holder: str) -> bool:
-        """See :meth:`ccat_buffering.protocols.ProcessorLease.release`."""
+        """See :meth:`ccat_buffering.buffer.protocols.ProcessorLease.release`."""
         checks.check_lease_holder(holder)
         return bool(await self._backend.script("lease_release", holder))
 
     async def current(self) -> LeaseInfo | None:
-        """See :meth:`ccat_buffering.protocols.ProcessorLease.current`."""
+        """See :meth:`ccat_buffering.buffer.protocols.ProcessorLease.current`."""
         now, holder, ttl = await self._backend.script("lease_current")
         if not holder or int(ttl) < 0:
             return None
         return LeaseInfo(as_text(holder), (int(now) + int(ttl)) / 1000)
 
     async def publish_report(self, report: str, ttl_seconds: float) -> None:
-        """See :meth:`ccat_buffering.protocols.SupportsProcessorReports.publish_report`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsProcessorReports.publish_report`."""
         checks.check_report(report, ttl_seconds)
         await self._backend.script("publish_report", report, ms(ttl_seconds))
 
     async def processor_report(self) -> str | None:
-        """See :meth:`ccat_buffering.protocols.SupportsProcessorReports.processor_report`."""
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsProcessorReports.processor_report`."""
         with self._backend.translate():
             value = await self._backend.client.get(self._keys.processor)
         return None if value is None else as_text(value)

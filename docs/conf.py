@@ -76,9 +76,7 @@ def _hide_private_parameters(app, what, name, obj, options, signature, return_an
 
     if what != "class" or not (isinstance(obj, type) and issubclass(obj, BaseSettings)):
         return None
-    fields = ", ".join(
-        f"{field}={info.default!r}" for field, info in obj.model_fields.items()
-    )
+    fields = ", ".join(f"{field}={info.default!r}" for field, info in obj.model_fields.items())
     return f"(*, {fields})", return_annotation
 
 
@@ -144,7 +142,7 @@ def settings_table():
     returned list holds the problems found (a field without a description, a
     description without a field).
     """
-    from ccat_buffering.settings import BufferingSettings
+    from ccat_buffering.config.settings import BufferingSettings
 
     described = _docstring_attributes(BufferingSettings)
     fields = BufferingSettings.model_fields
@@ -234,7 +232,9 @@ def _check_redis_key_table(app):
     for suffix in sorted(rows.keys() - expected):
         logger.warning("redis.rst: the key table names %r, which keys.py does not", suffix)
     for suffix, row in rows.items():
-        bounded = any(b == suffix or (suffix.endswith(":") and b.startswith(suffix)) for b in BOUNDED)
+        bounded = any(
+            b == suffix or (suffix.endswith(":") and b.startswith(suffix)) for b in BOUNDED
+        )
         if bounded != ("(bounded" in row):
             logger.warning(
                 "redis.rst: the key table %s %r as bounded",

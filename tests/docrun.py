@@ -35,8 +35,8 @@ async def _prelude() -> dict[str, Any]:
         TransactionExecutor,
         open_backend,
     )
-    from ccat_buffering.database import create_engine
     from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataFile, RawDataPackage
+    from ccat_buffering.drain.database import create_engine
     from ccat_buffering_memory import MemoryBackend
 
     settings = BufferingSettings(

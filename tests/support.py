@@ -15,17 +15,17 @@ from typing import Any
 from sqlalchemy import func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.database import create_engine, ledger_table
+from ccat_buffering.buffer.manager import TransactionManager
+from ccat_buffering.buffer.retry import RetryPolicy
 from ccat_buffering.demo._workload import add_observation
 from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataPackage
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.models import Transaction
-from ccat_buffering.processor import BackgroundProcessor
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import RetryPolicy
+from ccat_buffering.drain.database import create_engine, ledger_table
+from ccat_buffering.drain.executor import TransactionExecutor
+from ccat_buffering.drain.processor import BackgroundProcessor
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.models import Transaction
+from ccat_buffering.write.registry import ModelRegistry
 from ccat_buffering_memory import MemoryBackend
 
 

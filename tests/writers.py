@@ -22,8 +22,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ccat_buffering import BufferingCoordinator, BufferingSettings, TransactionBuilder
 from ccat_buffering.conflicts.log import ConflictRecord, list_conflicts
-from ccat_buffering.models import TransactionStatus
-from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.write.models import TransactionStatus
+from ccat_buffering.write.registry import ModelRegistry
 
 
 class Base(DeclarativeBase):

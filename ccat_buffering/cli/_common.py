@@ -27,6 +27,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 
+from ccat_buffering.buffer.retry import FailureKind, classify_failure, describe_error
+from ccat_buffering.config.settings import BufferingSettings, load_settings
 from ccat_buffering.errors import (
     BackendUnavailableError,
     BufferingError,
@@ -36,9 +38,7 @@ from ccat_buffering.errors import (
 )
 from ccat_buffering.logs import FORMAT, install
 from ccat_buffering.masking import mask_text, mask_url
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import FailureKind, classify_failure, describe_error
-from ccat_buffering.settings import BufferingSettings, load_settings
+from ccat_buffering.write.registry import ModelRegistry
 
 __all__ = [
     "EXIT_ATTENTION",

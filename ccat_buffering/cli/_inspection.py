@@ -7,12 +7,12 @@ import datetime as dt
 import json
 from typing import Any
 
-from ccat_buffering.cache_writes import cache_writes
+from ccat_buffering.buffer.cache_writes import cache_writes
+from ccat_buffering.buffer.protocols import SupportsInspection
+from ccat_buffering.buffer.retry import describe_error
 from ccat_buffering.cli._operator import OperatorSite
 from ccat_buffering.masking import mask_text
-from ccat_buffering.models import Transaction, TransactionStatus
-from ccat_buffering.protocols import SupportsInspection
-from ccat_buffering.retry import describe_error
+from ccat_buffering.write.models import Transaction, TransactionStatus
 
 __all__ = ["inspect_transaction"]
 

@@ -5,7 +5,7 @@ of them writes transactions to the main database (a default SQLite URL once
 made every one of them fail on a machine without aiosqlite). A configured
 replica is opened by ``status``, to ask how far it has replayed; a configured
 main database is opened by ``status`` and ``inspect`` only to compare the
-buffer with what it remembers of it (:mod:`ccat_buffering.buffer_loss`), since
+buffer with what it remembers of it (:mod:`ccat_buffering.observe.buffer_loss`), since
 Redis cannot tell that it forgot. Without ``database_url`` that check is
 skipped, and said so.
 """
@@ -16,21 +16,21 @@ from typing import Self
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ccat_buffering._settings_checks import check_driver
-from ccat_buffering.backends import open_backend
-from ccat_buffering.buffer_loss import BufferLoss, BufferWatch
-from ccat_buffering.coordinator import link_timeouts, replication_tracker, transaction_manager
-from ccat_buffering.database import create_engine
-from ccat_buffering.errors import ConfigurationError
-from ccat_buffering.health import Health, collect
-from ccat_buffering.models import TransactionStatus
-from ccat_buffering.protocols import Backend
-from ccat_buffering.replication import (
+from ccat_buffering.buffer.protocols import Backend
+from ccat_buffering.config._settings_checks import check_driver
+from ccat_buffering.config.backends import open_backend
+from ccat_buffering.config.settings import BufferingSettings
+from ccat_buffering.confirm.replication import (
     ImmediateReplicationChecker,
     LSNReplicationChecker,
     ReplicationChecker,
 )
-from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.errors import ConfigurationError
+from ccat_buffering.observe.buffer_loss import BufferLoss, BufferWatch
+from ccat_buffering.observe.health import Health, collect
+from ccat_buffering.site.coordinator import link_timeouts, replication_tracker, transaction_manager
+from ccat_buffering.write.models import TransactionStatus
 
 __all__ = ["OperatorSite", "open_site"]
 

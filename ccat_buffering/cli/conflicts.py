@@ -31,8 +31,8 @@ from ccat_buffering.cli._common import (
     settings_for,
 )
 from ccat_buffering.conflicts.log import ConflictRecord, get_conflict, list_conflicts
-from ccat_buffering.coordinator import BufferingCoordinator
-from ccat_buffering.database import create_engine
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.site.coordinator import BufferingCoordinator
 
 __all__: list[str] = []
 

@@ -9,15 +9,15 @@ import typer
 from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 
-from ccat_buffering.backends import open_backend
 from ccat_buffering.cli._app import db_app
 from ccat_buffering.cli._common import command, current, database_error, emit_json, settings_for
-from ccat_buffering.coordinator import link_timeouts
-from ccat_buffering.database import LEDGER_TABLE_NAME, create_engine
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.ledger_pruning import PruneReport, prune_site
+from ccat_buffering.config.backends import open_backend
+from ccat_buffering.drain.database import LEDGER_TABLE_NAME, create_engine
+from ccat_buffering.drain.executor import TransactionExecutor
+from ccat_buffering.drain.ledger_pruning import PruneReport, prune_site
 from ccat_buffering.masking import mask_url
-from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.site.coordinator import link_timeouts
+from ccat_buffering.write.registry import ModelRegistry
 
 __all__: list[str] = []
 

@@ -13,7 +13,9 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from ccat_buffering import audit
+from ccat_buffering.buffer import audit
+from ccat_buffering.buffer.protocols import DeadLetter
+from ccat_buffering.buffer.replays import LetterRehearsal, rehearse, replay_set
 from ccat_buffering.cli import _operator
 from ccat_buffering.cli._app import dlq_app
 from ccat_buffering.cli._common import (
@@ -27,11 +29,9 @@ from ccat_buffering.cli._common import (
     registry_for,
     settings_for,
 )
-from ccat_buffering.database import create_engine
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.protocols import DeadLetter
-from ccat_buffering.replays import LetterRehearsal, rehearse, replay_set
-from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.config.settings import BufferingSettings
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.drain.executor import TransactionExecutor
 
 __all__: list[str] = []
 

@@ -8,10 +8,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ccat_buffering.buffer.protocols import SupportsKeyAudit
 from ccat_buffering.cli import _operator
 from ccat_buffering.cli._app import keys_app
 from ccat_buffering.cli._common import command, console, current, emit_json, settings_for
-from ccat_buffering.protocols import SupportsKeyAudit
 
 __all__: list[str] = []
 

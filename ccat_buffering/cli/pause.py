@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ccat_buffering import operator_pause
 from ccat_buffering.cli import _operator
 from ccat_buffering.cli._app import app
 from ccat_buffering.cli._common import command, console, current, emit_json, settings_for
+from ccat_buffering.drain import operator_pause
 
 __all__: list[str] = []
 

@@ -15,8 +15,6 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from ccat_buffering._heap import settle_heap
-from ccat_buffering._settings_checks import check_backend_url, check_database_url, check_driver
 from ccat_buffering.cli._app import app
 from ccat_buffering.cli._common import (
     command,
@@ -28,13 +26,19 @@ from ccat_buffering.cli._common import (
     registry_for,
     settings_for,
 )
-from ccat_buffering.coordinator import BufferingCoordinator
+from ccat_buffering.config._settings_checks import (
+    check_backend_url,
+    check_database_url,
+    check_driver,
+)
+from ccat_buffering.config.settings import BufferingSettings
 from ccat_buffering.demo.simulation import SimulationSummary, simulate
+from ccat_buffering.drain._heap import settle_heap
+from ccat_buffering.drain.processor import ProcessorState
 from ccat_buffering.errors import ConfigurationError
 from ccat_buffering.logs import SiteLogger
-from ccat_buffering.processor import ProcessorState
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.site.coordinator import BufferingCoordinator
+from ccat_buffering.write.registry import ModelRegistry
 
 __all__ = ["run_worker"]
 
@@ -207,7 +211,7 @@ async def run_worker(
         lease = await site.backend.lease.current()
         log.info("%s", _started(settings, site, None if lease is None else lease.holder))
         if metrics_port is not None:
-            from ccat_buffering.metrics import serve
+            from ccat_buffering.web.metrics import serve
 
             try:
                 serve(site, metrics_port)

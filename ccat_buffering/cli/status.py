@@ -13,14 +13,14 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from ccat_buffering import audit as audit_log
+from ccat_buffering.buffer import audit as audit_log
 from ccat_buffering.cli import _common as common
 from ccat_buffering.cli import _operator
 from ccat_buffering.cli._app import app
 from ccat_buffering.cli._common import command, current, emit_json, fail, settings_for
 from ccat_buffering.cli._inspection import inspect_transaction
 from ccat_buffering.cli.audit import table as audit_table
-from ccat_buffering.health import Health, as_json
+from ccat_buffering.observe.health import Health, as_json
 
 __all__ = ["MIN_INTERVAL", "render"]
 

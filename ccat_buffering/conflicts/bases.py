@@ -21,12 +21,12 @@ import datetime as dt
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from ccat_buffering.columns import ModelColumns, columns_of
 from ccat_buffering.conflicts.bulk import gather_bases, row_updates
 from ccat_buffering.conflicts.kinds import ConflictPolicies
 from ccat_buffering.errors import DatabaseUnavailableError
-from ccat_buffering.models import Operation, Ref, Step, Transaction
-from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.write.columns import ModelColumns, columns_of
+from ccat_buffering.write.models import Operation, Ref, Step, Transaction
+from ccat_buffering.write.registry import ModelRegistry
 
 __all__ = ["View", "stamp_write_time", "with_bases"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ccat_buffering.models import Operation, Step
+from ccat_buffering.write.models import Operation, Step
 
 __all__ = ["gather_bases", "row_updates"]
 

@@ -17,7 +17,6 @@ from sqlalchemy import delete, select
 from sqlalchemy import update as sa_update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ccat_buffering.columns import columns_of
 from ccat_buffering.conflicts.decide import decide_row, newer
 from ccat_buffering.conflicts.kinds import (
     Conflict,
@@ -27,7 +26,8 @@ from ccat_buffering.conflicts.kinds import (
     ConflictPolicy,
 )
 from ccat_buffering.conflicts.statements import base_clauses
-from ccat_buffering.models import Step
+from ccat_buffering.write.columns import columns_of
+from ccat_buffering.write.models import Step
 
 __all__ = [
     "Checks",

@@ -20,8 +20,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ccat_buffering.conflicts.log import unresolved_payloads
-from ccat_buffering.database import sqlstate_of
-from ccat_buffering.models import Operation, Step, Transaction
+from ccat_buffering.drain.database import sqlstate_of
+from ccat_buffering.write.models import Operation, Step, Transaction
 
 __all__ = ["Holds"]
 

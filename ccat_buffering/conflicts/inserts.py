@@ -15,12 +15,12 @@ from sqlalchemy import update as sa_update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ccat_buffering.columns import columns_of
 from ccat_buffering.conflicts.checked import Checks, ConflictSuspected, current, met, same
 from ccat_buffering.conflicts.decide import decide_row
 from ccat_buffering.conflicts.kinds import ConflictKind, ConflictOutcome, ConflictPolicy
 from ccat_buffering.conflicts.statements import equals
-from ccat_buffering.models import Step
+from ccat_buffering.write.columns import columns_of
+from ccat_buffering.write.models import Step
 
 __all__ = ["checked_bulk_create", "checked_create"]
 

@@ -31,9 +31,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ccat_buffering._codec import decode_value, encode_value
 from ccat_buffering.conflicts.kinds import Conflict, ConflictOutcome
-from ccat_buffering.models import Transaction, utc_now
+from ccat_buffering.write._codec import decode_value, encode_value
+from ccat_buffering.write.models import Transaction, utc_now
 
 __all__ = [
     "CONFLICT_TABLE_NAME",

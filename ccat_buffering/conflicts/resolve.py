@@ -15,6 +15,8 @@ from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ccat_buffering.buffer.manager import as_json
+from ccat_buffering.buffer.protocols import StatusStore
 from ccat_buffering.conflicts.holds import Holds
 from ccat_buffering.conflicts.kinds import ConflictOutcome
 from ccat_buffering.conflicts.log import (
@@ -23,13 +25,11 @@ from ccat_buffering.conflicts.log import (
     mark_resolved,
     unresolved_payloads,
 )
+from ccat_buffering.drain.executor import TransactionExecutor
+from ccat_buffering.drain.outcome import Outcome
 from ccat_buffering.errors import ConflictError
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.manager import as_json
-from ccat_buffering.models import Transaction, TransactionState, utc_now
-from ccat_buffering.outcome import Outcome
-from ccat_buffering.protocols import StatusStore
-from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.write.models import Transaction, TransactionState, utc_now
+from ccat_buffering.write.registry import ModelRegistry
 
 __all__ = ["Resolution", "resolve_conflict"]
 

@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import JSON, ColumnElement, cast, func, literal
 from sqlalchemy.dialects.postgresql import JSONB
 
-from ccat_buffering.columns import columns_of
-from ccat_buffering.models import Step
+from ccat_buffering.write.columns import columns_of
+from ccat_buffering.write.models import Step
 
 __all__ = ["base_clauses", "equals", "is_json"]
 

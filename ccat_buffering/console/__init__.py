@@ -10,7 +10,7 @@ one backend are served side by side, with a page of every site at a glance
 (:func:`sites_router`).
 Read-only unless an operator is recognised: by the site's
 ``console_credential`` (HTTP Basic auth) or by the host application's own
-dependency. Every action is written to the audit log (:mod:`ccat_buffering.audit`).
+dependency. Every action is written to the audit log (:mod:`ccat_buffering.buffer.audit`).
 
 No JavaScript build step: the templates and a vendored ``htmx.min.js``
 (htmx 2.0.4, from the ``htmx.org`` npm package, BSD Zero-Clause licence) ship

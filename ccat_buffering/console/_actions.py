@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ccat_buffering import audit, operator_pause
+from ccat_buffering.buffer import audit
+from ccat_buffering.buffer.protocols import DeadLetter
+from ccat_buffering.buffer.replays import LetterRehearsal, rehearse, replay_set
 from ccat_buffering.console._data import LetterFilter, matching_letters
 from ccat_buffering.console._site import ConsoleSite
-from ccat_buffering.protocols import DeadLetter
-from ccat_buffering.replays import LetterRehearsal, rehearse, replay_set
+from ccat_buffering.drain import operator_pause
 
 __all__ = ["Plan", "StaleCount", "dry_run", "pause", "plan", "purge", "record", "replay", "resume"]
 
@@ -105,10 +106,10 @@ async def purge(
 
 
 async def pause(site: ConsoleSite, reason: str, principal: str) -> operator_pause.OperatorPause:
-    """Pause the site's drain (audited by :mod:`ccat_buffering.operator_pause`)."""
+    """Pause the site's drain (audited by :mod:`ccat_buffering.drain.operator_pause`)."""
     return await operator_pause.pause(site.backend, reason=reason, principal=principal)
 
 
 async def resume(site: ConsoleSite, principal: str) -> operator_pause.OperatorPause | None:
-    """Resume the site's drain (audited by :mod:`ccat_buffering.operator_pause`)."""
+    """Resume the site's drain (audited by :mod:`ccat_buffering.drain.operator_pause`)."""
     return await operator_pause.resume(site.backend, principal=principal)

@@ -9,17 +9,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ccat_buffering import audit
-from ccat_buffering.console._samples import Samples
-from ccat_buffering.console._site import ConsoleSite
-from ccat_buffering.models import TransactionState, TransactionStatus
-from ccat_buffering.protocols import (
+from ccat_buffering.buffer import audit
+from ccat_buffering.buffer.protocols import (
     DeadLetter,
     SupportsInspection,
     SupportsLetterPaging,
     SupportsStatusPaging,
 )
-from ccat_buffering.replays import read_letter
+from ccat_buffering.buffer.replays import read_letter
+from ccat_buffering.console._samples import Samples
+from ccat_buffering.console._site import ConsoleSite
+from ccat_buffering.write.models import TransactionState, TransactionStatus
 
 __all__ = [
     "PAGE",
@@ -124,7 +124,7 @@ async def transactions_page(site: ConsoleSite, wanted: TransactionFilter) -> Pag
     """One page of statuses in a state, in the store's order, filtered.
 
     With a store that pages from a cursor
-    (:class:`~ccat_buffering.protocols.SupportsStatusPaging`), a page reads
+    (:class:`~ccat_buffering.buffer.protocols.SupportsStatusPaging`), a page reads
     its own ids and statuses only: unfiltered, one page; filtered, slices of
     a page from the cursor until a page of matches is found or :data:`SCAN`
     statuses were looked at (the page then says so, and the next one goes on
@@ -219,7 +219,7 @@ async def letters_page(site: ConsoleSite, wanted: LetterFilter) -> Page:
     """One page of matching dead letters, each with its endpoint.
 
     With a store that pages from a cursor
-    (:class:`~ccat_buffering.protocols.SupportsLetterPaging`), a page reads
+    (:class:`~ccat_buffering.buffer.protocols.SupportsLetterPaging`), a page reads
     its own letters only, as :func:`transactions_page` does (filtered: slices
     from the cursor until a page of matches or :data:`SCAN` letters); the
     count shown is then the store's count of every letter, not of matches.

@@ -3,7 +3,7 @@
 A sample is taken at most every ``interval`` seconds (when a page asks, or by
 the console's own loop), and the ring keeps ``hours`` of them: charts cost a
 read of the ring, never a scan of the buffer. With a backend that keeps chart
-samples (:class:`~ccat_buffering.protocols.SupportsChartSamples`: a capped
+samples (:class:`~ccat_buffering.buffer.protocols.SupportsChartSamples`: a capped
 Redis list) each sample is also written there, capped to the ring's size,
 and :meth:`Samples.load` reads them back: the charts survive a restart of the
 console, and consoles sharing the site take turns rather than doubling the
@@ -20,9 +20,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ccat_buffering.buffer.protocols import SupportsChartSamples
 from ccat_buffering.errors import BackendError
-from ccat_buffering.health import Health
-from ccat_buffering.protocols import SupportsChartSamples
+from ccat_buffering.observe.health import Health
 
 __all__ = ["Sample", "Samples", "sparkline"]
 

@@ -8,13 +8,13 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ccat_buffering.buffer_loss import BufferLoss
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.health import Health
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.protocols import Backend
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.buffer.manager import TransactionManager
+from ccat_buffering.buffer.protocols import Backend
+from ccat_buffering.config.settings import BufferingSettings
+from ccat_buffering.drain.executor import TransactionExecutor
+from ccat_buffering.observe.buffer_loss import BufferLoss
+from ccat_buffering.observe.health import Health
+from ccat_buffering.write.registry import ModelRegistry
 
 __all__ = ["ConsoleSite"]
 

@@ -11,14 +11,14 @@ from fastapi.responses import RedirectResponse
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering.cli._operator import OperatorSite, open_site
+from ccat_buffering.config.settings import BufferingSettings
 from ccat_buffering.console._samples import Samples as ChartSamples
 from ccat_buffering.console._site import ConsoleSite
 from ccat_buffering.console._sites import SiteEntry, sites_router
 from ccat_buffering.console.router import Operator, console_router
-from ccat_buffering.database import create_engine
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.drain.executor import TransactionExecutor
+from ccat_buffering.write.registry import ModelRegistry
 
 __all__ = ["console_site", "create_app"]
 

@@ -21,7 +21,7 @@ from ccat_buffering.console._samples import Samples, sparkline
 from ccat_buffering.console._site import ConsoleSite
 from ccat_buffering.errors import BufferingError
 from ccat_buffering.masking import mask_text
-from ccat_buffering.models import TransactionState
+from ccat_buffering.write.models import TransactionState
 
 __all__ = ["Operator", "console_router", "credential_operator", "environment"]
 

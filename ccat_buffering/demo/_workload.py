@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from ccat_buffering.builder import RecordHandle, TransactionBuilder
 from ccat_buffering.demo.example import (
     Base,
     DataFile,
@@ -26,7 +25,8 @@ from ccat_buffering.demo.example import (
     RawDataFile,
     RawDataPackage,
 )
-from ccat_buffering.models import Transaction
+from ccat_buffering.write.builder import RecordHandle, TransactionBuilder
+from ccat_buffering.write.models import Transaction
 
 __all__ = ["SCHEMAS", "Made", "Schema", "add_observation", "add_raw_files"]
 

@@ -22,15 +22,15 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ccat_buffering.config.settings import BufferingSettings
 from ccat_buffering.conflicts.log import conflict_metadata
-from ccat_buffering.coordinator import BufferingCoordinator
-from ccat_buffering.database import create_engine, ledger_table
 from ccat_buffering.demo._outage import Outage
 from ccat_buffering.demo._workload import SCHEMAS, Schema
-from ccat_buffering.models import TransactionState
-from ccat_buffering.reads import Reads
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.drain.database import create_engine, ledger_table
+from ccat_buffering.read.reads import Reads
+from ccat_buffering.site.coordinator import BufferingCoordinator
+from ccat_buffering.write.models import TransactionState
+from ccat_buffering.write.registry import ModelRegistry
 
 __all__ = ["SimulationSummary", "simulate"]
 

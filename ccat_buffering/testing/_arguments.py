@@ -1,8 +1,8 @@
 """Direct store calls with bad arguments: each raises at once and writes nothing.
 
-The checks themselves live in :mod:`ccat_buffering.checks`; this suite holds
+The checks themselves live in :mod:`ccat_buffering.buffer.checks`; this suite holds
 a backend to them through every store method, not only through
-:class:`~ccat_buffering.protocols.WriteBatch` (see ``AtomicContract``).
+:class:`~ccat_buffering.buffer.protocols.WriteBatch` (see ``AtomicContract``).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any, ClassVar
 
 import pytest
 
+from ccat_buffering.buffer.protocols import Backend, CacheKind, CacheWrite, SupportsProcessorReports
 from ccat_buffering.errors import TransactionValidationError
-from ccat_buffering.models import TransactionState, TransactionStatus
-from ccat_buffering.protocols import Backend, CacheKind, CacheWrite, SupportsProcessorReports
 from ccat_buffering.testing._base import LONG_LEASE
 from ccat_buffering.testing._capabilities import CapabilityFlags
+from ccat_buffering.write.models import TransactionState, TransactionStatus
 
 __all__ = ["ArgumentContract"]
 

@@ -1,4 +1,4 @@
-"""The contract of :meth:`~ccat_buffering.protocols.Backend.atomic`."""
+"""The contract of :meth:`~ccat_buffering.buffer.protocols.Backend.atomic`."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from ccat_buffering.models import TransactionState, TransactionStatus
-from ccat_buffering.protocols import Backend, CacheKind, CacheWrite, WriteBatch
+from ccat_buffering.buffer.protocols import Backend, CacheKind, CacheWrite, WriteBatch
 from ccat_buffering.testing._base import LONG_LEASE, ContractHooks
 from ccat_buffering.testing._cache import create, update
+from ccat_buffering.write.models import TransactionState, TransactionStatus
 
 __all__ = ["AtomicContract"]
 

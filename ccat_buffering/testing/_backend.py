@@ -1,9 +1,8 @@
-"""The whole contract of a :class:`~ccat_buffering.protocols.Backend`."""
+"""The whole contract of a :class:`~ccat_buffering.buffer.protocols.Backend`."""
 
 from __future__ import annotations
 
-from ccat_buffering.models import TransactionState
-from ccat_buffering.protocols import (
+from ccat_buffering.buffer.protocols import (
     Backend,
     BufferStore,
     CacheStore,
@@ -31,6 +30,7 @@ from ccat_buffering.testing._paging import (
     StatusPagingContract,
 )
 from ccat_buffering.testing._status import StatusStoreContract
+from ccat_buffering.write.models import TransactionState
 
 __all__ = ["BackendContract"]
 

@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 import pytest
 import pytest_asyncio
 
-from ccat_buffering.models import TransactionState, TransactionStatus
-from ccat_buffering.protocols import Backend, Claim
+from ccat_buffering.buffer.protocols import Backend, Claim
+from ccat_buffering.write.models import TransactionState, TransactionStatus
 
 __all__ = ["ContractHooks", "new_site_name"]
 

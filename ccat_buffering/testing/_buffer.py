@@ -1,8 +1,8 @@
-"""The contract of :class:`~ccat_buffering.protocols.BufferStore`."""
+"""The contract of :class:`~ccat_buffering.buffer.protocols.BufferStore`."""
 
 from __future__ import annotations
 
-from ccat_buffering.protocols import Backend
+from ccat_buffering.buffer.protocols import Backend
 from ccat_buffering.testing._base import LONG_LEASE, ContractHooks
 
 __all__ = ["BufferStoreContract"]

@@ -1,4 +1,4 @@
-"""The contract of :class:`~ccat_buffering.protocols.CacheStore`."""
+"""The contract of :class:`~ccat_buffering.buffer.protocols.CacheStore`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from ccat_buffering.buffer.protocols import Backend, CachedRecord, CacheKind, CacheWrite
 from ccat_buffering.errors import TransactionValidationError
-from ccat_buffering.protocols import Backend, CachedRecord, CacheKind, CacheWrite
 from ccat_buffering.testing._cache_lookup import CacheLookupContract
 
 __all__ = ["CacheStoreContract"]

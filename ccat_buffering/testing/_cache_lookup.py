@@ -1,4 +1,4 @@
-"""The contract of the bounded lookups of :class:`~ccat_buffering.protocols.CacheStore`.
+"""The contract of the bounded lookups of :class:`~ccat_buffering.buffer.protocols.CacheStore`.
 
 ``get_many`` and ``find`` are what reads use so that their cost follows what
 they return, not what is buffered.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ccat_buffering.protocols import Backend, CacheKind, CacheWrite
+from ccat_buffering.buffer.protocols import Backend, CacheKind, CacheWrite
 from ccat_buffering.testing._base import ContractHooks
 
 __all__ = ["CacheLookupContract"]

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import pytest
 
-from ccat_buffering.protocols import (
+from ccat_buffering.buffer.protocols import (
     Backend,
     CacheKind,
     CacheWrite,
@@ -45,23 +45,23 @@ class CapabilityFlags(ContractHooks):
 
     Attributes:
         supports_processor_reports: ``backend.lease`` is a
-            :class:`~ccat_buffering.protocols.SupportsProcessorReports`.
+            :class:`~ccat_buffering.buffer.protocols.SupportsProcessorReports`.
         supports_inspection: The backend is a
-            :class:`~ccat_buffering.protocols.SupportsInspection`.
+            :class:`~ccat_buffering.buffer.protocols.SupportsInspection`.
         supports_key_audit: The backend is a
-            :class:`~ccat_buffering.protocols.SupportsKeyAudit`.
+            :class:`~ccat_buffering.buffer.protocols.SupportsKeyAudit`.
         supports_buffer_health: The backend is a
-            :class:`~ccat_buffering.protocols.SupportsBufferHealth`.
+            :class:`~ccat_buffering.buffer.protocols.SupportsBufferHealth`.
         supports_buffer_marker: The backend is a
-            :class:`~ccat_buffering.protocols.SupportsBufferMarker`.
+            :class:`~ccat_buffering.buffer.protocols.SupportsBufferMarker`.
         supports_audit_log: The backend is a
-            :class:`~ccat_buffering.protocols.SupportsAuditLog`.
+            :class:`~ccat_buffering.buffer.protocols.SupportsAuditLog`.
         supports_status_paging: ``backend.status`` is a
-            :class:`~ccat_buffering.protocols.SupportsStatusPaging`.
+            :class:`~ccat_buffering.buffer.protocols.SupportsStatusPaging`.
         supports_letter_paging: ``backend.dead_letters`` is a
-            :class:`~ccat_buffering.protocols.SupportsLetterPaging`.
+            :class:`~ccat_buffering.buffer.protocols.SupportsLetterPaging`.
         supports_chart_samples: The backend is a
-            :class:`~ccat_buffering.protocols.SupportsChartSamples`.
+            :class:`~ccat_buffering.buffer.protocols.SupportsChartSamples`.
     """
 
     supports_processor_reports: ClassVar[bool] = False
@@ -96,7 +96,7 @@ class CapabilityFlags(ContractHooks):
 
 
 class ProcessorReportsContract(CapabilityFlags):
-    """:class:`~ccat_buffering.protocols.SupportsProcessorReports`, on ``backend.lease``."""
+    """:class:`~ccat_buffering.buffer.protocols.SupportsProcessorReports`, on ``backend.lease``."""
 
     def reports(self, backend: Backend) -> SupportsProcessorReports:
         """The lease store as the capability, or skip."""
@@ -129,7 +129,7 @@ class ProcessorReportsContract(CapabilityFlags):
 
 
 class InspectionContract(CapabilityFlags):
-    """:class:`~ccat_buffering.protocols.SupportsInspection`."""
+    """:class:`~ccat_buffering.buffer.protocols.SupportsInspection`."""
 
     def inspection(self, backend: Backend) -> SupportsInspection:
         """The backend as the capability, or skip."""
@@ -164,7 +164,7 @@ class InspectionContract(CapabilityFlags):
 
 
 class KeyAuditContract(CapabilityFlags):
-    """:class:`~ccat_buffering.protocols.SupportsKeyAudit`."""
+    """:class:`~ccat_buffering.buffer.protocols.SupportsKeyAudit`."""
 
     def audit(self, backend: Backend) -> SupportsKeyAudit:
         """The backend as the capability, or skip."""
@@ -192,7 +192,7 @@ class KeyAuditContract(CapabilityFlags):
 
 
 class BufferHealthContract(CapabilityFlags):
-    """:class:`~ccat_buffering.protocols.SupportsBufferHealth`."""
+    """:class:`~ccat_buffering.buffer.protocols.SupportsBufferHealth`."""
 
     def health(self, backend: Backend) -> SupportsBufferHealth:
         """The backend as the capability, or skip."""
@@ -218,7 +218,7 @@ class BufferHealthContract(CapabilityFlags):
 
 
 class BufferMarkerContract(CapabilityFlags):
-    """:class:`~ccat_buffering.protocols.SupportsBufferMarker`."""
+    """:class:`~ccat_buffering.buffer.protocols.SupportsBufferMarker`."""
 
     def marker(self, backend: Backend) -> SupportsBufferMarker:
         """The backend as the capability, or skip."""
@@ -248,7 +248,7 @@ class BufferMarkerContract(CapabilityFlags):
 
 
 class AuditLogContract(CapabilityFlags):
-    """:class:`~ccat_buffering.protocols.SupportsAuditLog`."""
+    """:class:`~ccat_buffering.buffer.protocols.SupportsAuditLog`."""
 
     def audit_log(self, backend: Backend) -> SupportsAuditLog:
         """The backend as the capability, or skip."""

@@ -1,8 +1,8 @@
-"""The contract of :class:`~ccat_buffering.protocols.ProcessorLease`."""
+"""The contract of :class:`~ccat_buffering.buffer.protocols.ProcessorLease`."""
 
 from __future__ import annotations
 
-from ccat_buffering.protocols import Backend
+from ccat_buffering.buffer.protocols import Backend
 from ccat_buffering.testing._base import ContractHooks
 
 __all__ = ["ProcessorLeaseContract"]

@@ -1,8 +1,8 @@
 """The contracts of the capabilities the console reads pages and charts through.
 
-:class:`~ccat_buffering.protocols.SupportsStatusPaging` (on ``backend.status``),
-:class:`~ccat_buffering.protocols.SupportsLetterPaging` (on
-``backend.dead_letters``) and :class:`~ccat_buffering.protocols.SupportsChartSamples`
+:class:`~ccat_buffering.buffer.protocols.SupportsStatusPaging` (on ``backend.status``),
+:class:`~ccat_buffering.buffer.protocols.SupportsLetterPaging` (on
+``backend.dead_letters``) and :class:`~ccat_buffering.buffer.protocols.SupportsChartSamples`
 (on the backend); each test skips where the backend's test class does not set
 the capability's flag (see :class:`~ccat_buffering.testing.CapabilityFlags`).
 """
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from ccat_buffering.lsn import LSN
-from ccat_buffering.models import TransactionState
-from ccat_buffering.protocols import (
+from ccat_buffering.buffer.protocols import (
     Backend,
     SupportsChartSamples,
     SupportsLetterPaging,
@@ -21,12 +19,14 @@ from ccat_buffering.protocols import (
 )
 from ccat_buffering.testing._base import LONG_LEASE
 from ccat_buffering.testing._capabilities import CapabilityFlags
+from ccat_buffering.write.lsn import LSN
+from ccat_buffering.write.models import TransactionState
 
 __all__ = ["ChartSamplesContract", "LetterPagingContract", "StatusPagingContract"]
 
 
 class StatusPagingContract(CapabilityFlags):
-    """:class:`~ccat_buffering.protocols.SupportsStatusPaging`, on ``backend.status``."""
+    """:class:`~ccat_buffering.buffer.protocols.SupportsStatusPaging`, on ``backend.status``."""
 
     def status_paging(self, backend: Backend) -> SupportsStatusPaging:
         """The status store as the capability, or skip."""
@@ -91,7 +91,10 @@ class StatusPagingContract(CapabilityFlags):
 
 
 class LetterPagingContract(CapabilityFlags):
-    """:class:`~ccat_buffering.protocols.SupportsLetterPaging`, on ``backend.dead_letters``."""
+    """The letter-paging contract, on ``backend.dead_letters``.
+
+    See :class:`~ccat_buffering.buffer.protocols.SupportsLetterPaging`.
+    """
 
     def letter_paging(self, backend: Backend) -> SupportsLetterPaging:
         """The dead-letter store as the capability, or skip."""
@@ -139,7 +142,7 @@ class LetterPagingContract(CapabilityFlags):
 
 
 class ChartSamplesContract(CapabilityFlags):
-    """:class:`~ccat_buffering.protocols.SupportsChartSamples`."""
+    """:class:`~ccat_buffering.buffer.protocols.SupportsChartSamples`."""
 
     def samples(self, backend: Backend) -> SupportsChartSamples:
         """The backend as the capability, or skip."""

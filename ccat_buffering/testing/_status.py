@@ -1,4 +1,4 @@
-"""The contract of :class:`~ccat_buffering.protocols.StatusStore`."""
+"""The contract of :class:`~ccat_buffering.buffer.protocols.StatusStore`."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import datetime as dt
 
 import pytest
 
-from ccat_buffering.lsn import LSN
-from ccat_buffering.models import TransactionState
-from ccat_buffering.protocols import Backend
+from ccat_buffering.buffer.protocols import Backend
 from ccat_buffering.testing._base import ContractHooks
+from ccat_buffering.write.lsn import LSN
+from ccat_buffering.write.models import TransactionState
 
 __all__ = ["StatusStoreContract"]
 

@@ -17,15 +17,15 @@ from sqlalchemy import DateTime, ForeignKey, Integer, String, Uuid
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ccat_buffering import ModelRegistry, TransactionBuilder
-from ccat_buffering.fastapi import (
+from ccat_buffering.web.fastapi import (
     Site,
     critical_operation,
     health_router,
     install_error_handlers,
     lifespan,
 )
-from ccat_buffering.fastapi_waits import waits_router
-from ccat_buffering.service_metrics import metrics_router
+from ccat_buffering.web.fastapi_waits import waits_router
+from ccat_buffering.web.service_metrics import metrics_router
 
 # -- the schema ----------------------------------------------------------------
 

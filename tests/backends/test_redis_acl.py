@@ -22,17 +22,17 @@ from redis_servers import redis_cluster, redis_sentinel
 from services import REDIS_URL, forget_site, started
 from typer.testing import CliRunner
 
-from ccat_buffering.backends import open_backend
 from ccat_buffering.cli import app
-from ccat_buffering.coordinator import BufferingCoordinator
-from ccat_buffering.database import create_engine
+from ccat_buffering.config.backends import open_backend
+from ccat_buffering.config.settings import BufferingSettings
 from ccat_buffering.demo.example import Base, ExecutedObsUnit
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.drain.executor import TransactionExecutor
 from ccat_buffering.errors import BackendError, BackendUnavailableError
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.models import TransactionState
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.site.coordinator import BufferingCoordinator
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.write.models import TransactionState
+from ccat_buffering.write.registry import ModelRegistry
 from ccat_buffering_redis.acl import ROLES, sentinel_setuser, setuser
 
 from support import make_schema, observation

@@ -12,8 +12,10 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from services import REDIS_URL, forget_site
 
-from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.cache_writes import cache_writes
+from ccat_buffering.buffer.cache_writes import cache_writes
+from ccat_buffering.buffer.manager import TransactionManager
+from ccat_buffering.buffer.protocols import CacheKind, CacheWrite
+from ccat_buffering.buffer.retry import FailureKind
 from ccat_buffering.demo.simulation import simulate
 from ccat_buffering.errors import (
     BackendError,
@@ -21,11 +23,9 @@ from ccat_buffering.errors import (
     ConfigurationError,
     TransactionValidationError,
 )
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.models import Transaction, TransactionState, TransactionStatus
-from ccat_buffering.protocols import CacheKind, CacheWrite
-from ccat_buffering.retry import FailureKind
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.models import Transaction, TransactionState, TransactionStatus
 from ccat_buffering_redis import RedisBackend, SiteKeys
 from ccat_buffering_redis._coalescer import Coalescer
 from ccat_buffering_redis._connect import take_compression
@@ -194,7 +194,7 @@ async def test_each_unreadable_entry_is_logged_with_its_letter_id_and_counted(
 ) -> None:
     manager = TransactionManager(backend)
     await client.lpush(backend.keys.buffer, b"not json", b"{}")
-    with caplog.at_level(logging.ERROR, logger="ccat_buffering.manager"):
+    with caplog.at_level(logging.ERROR, logger="ccat_buffering.buffer.manager"):
         assert await manager.claim(10, 30) == []
     letters = {letter.letter_id for letter in await backend.dead_letters.list()}
     logged = [r.getMessage() for r in caplog.records if "dead-lettered entry" in r.getMessage()]
@@ -333,7 +333,7 @@ async def test_concurrent_callers_are_coalesced_yet_each_applies_whole(
 
 
 async def test_operator_capabilities(client: aioredis.Redis, backend: RedisBackend) -> None:
-    from ccat_buffering.protocols import (
+    from ccat_buffering.buffer.protocols import (
         SupportsInspection,
         SupportsKeyAudit,
         SupportsProcessorReports,

@@ -23,20 +23,20 @@ from redis_servers import ThrowawayRedis
 from services import started
 from typer.testing import CliRunner
 
-from ccat_buffering.cache_writes import cache_writes
+from ccat_buffering.buffer.cache_writes import cache_writes
+from ccat_buffering.buffer.manager import TransactionManager
 from ccat_buffering.cli import app
-from ccat_buffering.coordinator import BufferingCoordinator
-from ccat_buffering.database import create_engine
+from ccat_buffering.config.settings import BufferingSettings
 from ccat_buffering.demo.example import Base, ExecutedObsUnit
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.drain.executor import TransactionExecutor
+from ccat_buffering.drain.processor import BackgroundProcessor
 from ccat_buffering.errors import BackendFullError, BackendUnavailableError, ConfigurationError
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.health import Health
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.models import Transaction
-from ccat_buffering.processor import BackgroundProcessor
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.observe.health import Health
+from ccat_buffering.site.coordinator import BufferingCoordinator
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.write.models import Transaction
+from ccat_buffering.write.registry import ModelRegistry
 from ccat_buffering_redis import RedisBackend
 from ccat_buffering_redis.scripts import keys_fragment
 from ccat_buffering_redis.stores import RedisWriteBatch
@@ -313,7 +313,7 @@ async def test_kill_9_without_persistence_is_reported_as_loss(
         )
         assert any("lost state" in loss for loss in json.loads(result.stdout)["buffer_losses"])
         # The worker reports it at start, records it once, and drains what is left.
-        caplog.set_level(logging.ERROR, logger="ccat_buffering.buffer_loss")
+        caplog.set_level(logging.ERROR, logger="ccat_buffering.observe.buffer_loss")
         worker: BufferingCoordinator = await make_site(settings, start=True)  # type: ignore[operator]
         async with worker:
             deadline = time.monotonic() + 10
@@ -506,7 +506,7 @@ async def test_a_running_worker_finds_a_flush_on_its_next_look(
 ) -> None:
     with started(ThrowawayRedis()) as server:
         settings = _settings(server, tmp_path)
-        caplog.set_level(logging.ERROR, logger="ccat_buffering.buffer_loss")
+        caplog.set_level(logging.ERROR, logger="ccat_buffering.observe.buffer_loss")
         worker: BufferingCoordinator = await make_site(settings, start=True)  # type: ignore[operator]
         async with worker:
             deadline = time.monotonic() + 10

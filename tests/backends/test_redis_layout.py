@@ -12,10 +12,10 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from services import forget_site
 
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.models import TransactionState, TransactionStatus
-from ccat_buffering.protocols import CacheKind, CacheWrite
+from ccat_buffering.buffer.manager import TransactionManager
+from ccat_buffering.buffer.protocols import CacheKind, CacheWrite
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.write.models import TransactionState, TransactionStatus
 from ccat_buffering_redis import RedisBackend
 from ccat_buffering_redis._model_index import BUCKET
 from ccat_buffering_redis.compression import MARKER, PLAIN_MARKER, entry_bytes, entry_text

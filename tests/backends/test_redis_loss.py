@@ -8,8 +8,8 @@ from redis_servers import ThrowawayRedis
 from services import started
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from ccat_buffering.buffer_loss import BufferWatch
-from ccat_buffering.manager import TransactionManager
+from ccat_buffering.buffer.manager import TransactionManager
+from ccat_buffering.observe.buffer_loss import BufferWatch
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_redis import RedisBackend
 

@@ -13,13 +13,13 @@ import redis
 from redis_servers import ThrowawayRedis, redis_cluster, redis_sentinel
 from services import started
 
+from ccat_buffering.buffer.manager import TransactionManager
+from ccat_buffering.config.settings import BufferingSettings
 from ccat_buffering.errors import (
     BackendUnavailableError,
     ConfigurationError,
     WriteNotReplicatedError,
 )
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.settings import BufferingSettings
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_redis import RedisBackend
 from ccat_buffering_redis._memory import POLICY_RECHECK_SECONDS

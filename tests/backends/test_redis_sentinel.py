@@ -9,9 +9,9 @@ import redis.asyncio as aioredis
 from redis_servers import redis_sentinel
 from services import started
 
-from ccat_buffering.backends import open_backend
+from ccat_buffering.buffer.manager import TransactionManager
+from ccat_buffering.config.backends import open_backend
 from ccat_buffering.errors import BackendError
-from ccat_buffering.manager import TransactionManager
 from ccat_buffering.testing import new_site_name
 
 from support import observation

@@ -14,12 +14,12 @@ from services import REDIS_URL, forget_site, redis_client
 from typer.testing import CliRunner
 
 import ccat_buffering.cli._operator as cli_operator
-from ccat_buffering import audit
-from ccat_buffering.buffer_loss import BufferWatch
+from ccat_buffering.buffer import audit
 from ccat_buffering.cli import app
-from ccat_buffering.database import create_engine
-from ccat_buffering.health import Health
-from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.config.settings import BufferingSettings
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.observe.buffer_loss import BufferWatch
+from ccat_buffering.observe.health import Health
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_memory import MemoryBackend
 from ccat_buffering_redis import RedisBackend

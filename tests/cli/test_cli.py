@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from ccat_buffering.cli import app
 from ccat_buffering.demo.simulation import simulate
-from ccat_buffering.executor import BatchResult, Outcome, TransactionExecutor
-from ccat_buffering.models import Transaction
+from ccat_buffering.drain.executor import BatchResult, Outcome, TransactionExecutor
+from ccat_buffering.write.models import Transaction
 
 
 def test_simulate_json_reports_nothing_lost() -> None:
@@ -229,7 +229,7 @@ def test_db_prune_dry_run_then_prune(tmp_path: Path, clean_env: dict[str, str | 
     import asyncio
     import datetime as dt
 
-    from ccat_buffering.database import create_engine, ledger_table
+    from ccat_buffering.drain.database import create_engine, ledger_table
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'main.db'}"
     env = {**clean_env, "CCAT_BUFFERING_SITE_NAME": "cerro", "CCAT_BUFFERING_DATABASE_URL": url}
@@ -393,9 +393,9 @@ def test_models_that_cannot_be_imported(clean_env: dict[str, str | None], tmp_pa
 def test_from_settings_without_a_site_says_which_variable(
     clean_env: dict[str, str | None],
 ) -> None:
-    from ccat_buffering.coordinator import BufferingCoordinator
     from ccat_buffering.errors import ConfigurationError
-    from ccat_buffering.registry import ModelRegistry
+    from ccat_buffering.site.coordinator import BufferingCoordinator
+    from ccat_buffering.write.registry import ModelRegistry
 
     with pytest.raises(ConfigurationError, match="CCAT_BUFFERING_SITE_NAME"):
         BufferingCoordinator.from_settings(registry=ModelRegistry())

@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 
 import ccat_buffering.cli._inspection as inspection
 import ccat_buffering.cli._operator as cli_operator
+from ccat_buffering.buffer.retry import FailureKind
 from ccat_buffering.cli import app
-from ccat_buffering.database import create_engine
+from ccat_buffering.config.settings import BufferingSettings
 from ccat_buffering.demo._relay import LoopbackRelay
-from ccat_buffering.models import TransactionState
-from ccat_buffering.retry import FailureKind
-from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.write.models import TransactionState
 from ccat_buffering_redis import RedisBackend
 
 from support import Site, memory_sqlite_site, observation

@@ -21,8 +21,8 @@ import pytest
 import redis
 from services import REDIS_URL, missing
 
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.retry import FailureKind
+from ccat_buffering.buffer.manager import TransactionManager
+from ccat_buffering.buffer.retry import FailureKind
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_redis import RedisBackend
 

@@ -25,17 +25,17 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 import ccat_buffering.cli._operator as cli_operator
+from ccat_buffering.buffer.retry import FailureKind
 from ccat_buffering.cli import app
-from ccat_buffering.coordinator import BufferingCoordinator
-from ccat_buffering.database import create_engine
+from ccat_buffering.config.settings import BufferingSettings
 from ccat_buffering.demo.example import Base, ExecutedObsUnit
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.health import Health
-from ccat_buffering.models import TransactionState
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import FailureKind
-from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.drain.executor import TransactionExecutor
+from ccat_buffering.observe.health import Health
+from ccat_buffering.site.coordinator import BufferingCoordinator
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.write.models import TransactionState
+from ccat_buffering.write.registry import ModelRegistry
 from ccat_buffering_memory import MemoryBackend
 
 from support import make_schema, observation, worker_env
@@ -253,7 +253,7 @@ def test_status_watch_refreshes_and_exits_cleanly_on_ctrl_c(tmp_path: Path) -> N
 async def test_metrics_after_a_known_scenario(tmp_path: Path) -> None:
     from prometheus_client import start_http_server
 
-    from ccat_buffering.metrics import SiteMetrics
+    from ccat_buffering.web.metrics import SiteMetrics
 
     settings = BufferingSettings(
         site_name=new_site_name(), database_url=f"sqlite+aiosqlite:///{tmp_path}/m.db"
@@ -530,7 +530,7 @@ def test_the_worker_says_what_it_does_without_verbose(tmp_path: Path) -> None:
 
 async def test_a_killed_worker_shows_as_gone() -> None:
     from ccat_buffering.cli._operator import OperatorSite
-    from ccat_buffering.processor import ProcessorHealth, ProcessorState
+    from ccat_buffering.drain.processor import ProcessorHealth, ProcessorState
 
     settings = BufferingSettings(site_name=new_site_name())
     backend = MemoryBackend(settings.site_name)

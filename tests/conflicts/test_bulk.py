@@ -10,7 +10,7 @@ from writers import Note, Parties, Versioned, parties
 
 from ccat_buffering import TransactionBuilder
 from ccat_buffering.errors import ConflictError
-from ccat_buffering.models import TransactionState
+from ccat_buffering.write.models import TransactionState
 
 
 async def _notes(p: Parties, n: int, **values: Any) -> list[uuid.UUID]:

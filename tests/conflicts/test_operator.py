@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from writers import REDIS, Note, Parties, parties
 
 from ccat_buffering.cli import app
-from ccat_buffering.metrics import SiteMetrics
-from ccat_buffering.models import TransactionState
+from ccat_buffering.web.metrics import SiteMetrics
+from ccat_buffering.write.models import TransactionState
 
 from support import sqlite_url
 

@@ -28,10 +28,10 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 from writers import Note, Parties, parties
 
-from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.conflicts.log import list_conflicts
-from ccat_buffering.database import ledger_table
+from ccat_buffering.drain.database import ledger_table
 from ccat_buffering.errors import ConflictError
+from ccat_buffering.write.builder import TransactionBuilder
 
 ROWS = 2
 PARTIES = ("main", "a", "b")

@@ -30,8 +30,8 @@ from writers import Base, Note
 from ccat_buffering import BufferingCoordinator, BufferingSettings, TransactionBuilder
 from ccat_buffering.conflicts.log import ConflictRecord, list_conflicts
 from ccat_buffering.demo._relay import LoopbackRelay
-from ccat_buffering.models import TransactionState, TransactionStatus
-from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.write.models import TransactionState, TransactionStatus
+from ccat_buffering.write.registry import ModelRegistry
 
 
 @pytest.fixture(scope="module")

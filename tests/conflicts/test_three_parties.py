@@ -10,7 +10,7 @@ from services import require_redis
 from writers import REDIS, Note, Parties, Versioned, parties
 
 from ccat_buffering.errors import ConflictError
-from ccat_buffering.models import TransactionState
+from ccat_buffering.write.models import TransactionState
 
 
 async def _note(p: Parties, **values: Any) -> uuid.UUID:

@@ -26,18 +26,19 @@ from servers import free_port
 from services import REDIS_URL, forget_site, missing
 from sqlalchemy import func, select
 
-from ccat_buffering import audit, operator_pause
-from ccat_buffering.coordinator import BufferingCoordinator
-from ccat_buffering.database import create_engine
+from ccat_buffering.buffer import audit
+from ccat_buffering.buffer.manager import TransactionManager
+from ccat_buffering.buffer.retry import FailureKind
+from ccat_buffering.config.settings import BufferingSettings
 from ccat_buffering.demo.example import Base, ExecutedObsUnit
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.models import TransactionState
-from ccat_buffering.processor import BackgroundProcessor
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import FailureKind
-from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.drain import operator_pause
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.drain.executor import TransactionExecutor
+from ccat_buffering.drain.processor import BackgroundProcessor
+from ccat_buffering.site.coordinator import BufferingCoordinator
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.write.models import TransactionState
+from ccat_buffering.write.registry import ModelRegistry
 from ccat_buffering_redis import RedisBackend
 
 from support import make_conflict, make_schema, observation, orphan_package, worker_env

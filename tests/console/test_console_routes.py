@@ -12,16 +12,16 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
-from ccat_buffering import audit
+from ccat_buffering.buffer import audit
+from ccat_buffering.buffer.retry import FailureKind
+from ccat_buffering.config.settings import BufferingSettings
 from ccat_buffering.console import ConsoleSite, console_router
-from ccat_buffering.coordinator import BufferingCoordinator
-from ccat_buffering.database import create_engine
 from ccat_buffering.demo.example import Base
-from ccat_buffering.metrics import SiteMetrics
-from ccat_buffering.models import TransactionState
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import FailureKind
-from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.site.coordinator import BufferingCoordinator
+from ccat_buffering.web.metrics import SiteMetrics
+from ccat_buffering.write.models import TransactionState
+from ccat_buffering.write.registry import ModelRegistry
 from ccat_buffering_memory import MemoryBackend
 
 from support import make_schema, orphan_package
@@ -131,7 +131,7 @@ def test_conflicts_listed_shown_and_resolved_by_filter(site: BufferingCoordinato
 
 
 def _log_rows(n: int, model: str, of_site: str = "routes", **values: object) -> list[dict]:
-    from ccat_buffering.models import utc_now
+    from ccat_buffering.write.models import utc_now
 
     row = {"endpoint": "e", "step_id": "s", "key": "{}", "base": "{}", "mine": "{}"}
     row |= {"theirs": "{}", "policy": "reject", "outcome": "rejected", "payload": None}
@@ -314,7 +314,7 @@ async def test_redis_pages_from_a_cursor_across_buckets(redis_client: object) ->
 
     backend = RedisBackend(redis_client, site=new_site_name())  # type: ignore[arg-type]
     try:
-        from ccat_buffering.manager import TransactionManager
+        from ccat_buffering.buffer.manager import TransactionManager
 
         manager = TransactionManager(backend)
         await manager.buffer_many([observation(i)[0] for i in range(300)])  # 3 buckets

@@ -22,13 +22,13 @@ from sqlalchemy import ForeignKey, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import StaticPool
 
-from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.conflicts.log import conflict_metadata
-from ccat_buffering.database import create_engine, ledger_metadata
 from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataFile, RawDataPackage
-from ccat_buffering.executor import Outcome, TransactionExecutor
-from ccat_buffering.models import Transaction
-from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.drain.database import create_engine, ledger_metadata
+from ccat_buffering.drain.executor import Outcome, TransactionExecutor
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.models import Transaction
+from ccat_buffering.write.registry import ModelRegistry
 
 REGISTRY = ModelRegistry.from_base(Base)
 START = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)

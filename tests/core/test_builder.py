@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import Integer, String, Uuid
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from ccat_buffering.builder import RecordHandle, TransactionBuilder
 from ccat_buffering.demo.example import ExecutedObsUnit, RawDataFile, RawDataPackage
 from ccat_buffering.errors import PayloadTooLargeError, TransactionValidationError
-from ccat_buffering.models import (
+from ccat_buffering.write.builder import RecordHandle, TransactionBuilder
+from ccat_buffering.write.models import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     Operation,
     Ref,

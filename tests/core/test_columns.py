@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import Column, ForeignKey, Integer, String, Table, TypeDecorator, Uuid
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.errors import ConfigurationError, TransactionValidationError
-from ccat_buffering.models import Ref, Transaction
-from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.models import Ref, Transaction
+from ccat_buffering.write.registry import ModelRegistry
 
 
 class Upper(TypeDecorator[str]):

@@ -10,11 +10,11 @@ import pytest
 from writers import Base, Note, Versioned
 
 from ccat_buffering import BufferingSettings, ConflictPolicies, ConflictPolicy, TransactionBuilder
-from ccat_buffering._wiring import apply_conflict_settings
 from ccat_buffering.conflicts import merge_patch, patch_between
 from ccat_buffering.conflicts.bases import stamp_write_time, with_bases
 from ccat_buffering.errors import ConfigurationError, DatabaseUnavailableError
-from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.site._wiring import apply_conflict_settings
+from ccat_buffering.write.registry import ModelRegistry
 
 
 def test_merge_patch_follows_rfc_7386() -> None:

@@ -10,12 +10,12 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select
 
 from ccat_buffering import BufferingCoordinator, BufferingSettings, open_backend
+from ccat_buffering.buffer.retry import FailureKind, RetryPolicy, classify_failure
 from ccat_buffering.demo.example import Base, ExecutedObsUnit
 from ccat_buffering.errors import ConfigurationError, DatabaseUnavailableError
 from ccat_buffering.masking import mask_url
-from ccat_buffering.models import TransactionState
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import FailureKind, RetryPolicy, classify_failure
+from ccat_buffering.write.models import TransactionState
+from ccat_buffering.write.registry import ModelRegistry
 from ccat_buffering_memory import MemoryBackend
 
 from support import make_schema, observation
@@ -136,7 +136,7 @@ def test_passwords_are_masked() -> None:
 async def test_open_backend_by_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
     from importlib.metadata import EntryPoint
 
-    import ccat_buffering.backends as backends
+    import ccat_buffering.config.backends as backends
     from ccat_buffering_redis import RedisBackend
 
     backend = open_backend("memory://", site="s1")

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from ccat_buffering._link import LinkTimeouts
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.processor import BackgroundProcessor
-from ccat_buffering.reads import Reads
-from ccat_buffering.replication import ReplicationTracker
-from ccat_buffering.retry import RetryPolicy
-from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.buffer.manager import TransactionManager
+from ccat_buffering.buffer.retry import RetryPolicy
+from ccat_buffering.config.settings import BufferingSettings
+from ccat_buffering.confirm.replication import ReplicationTracker
+from ccat_buffering.drain._link import LinkTimeouts
+from ccat_buffering.drain.processor import BackgroundProcessor
+from ccat_buffering.read.reads import Reads
 
 LINK = {f.name: f.default for f in dataclasses.fields(LinkTimeouts)}
 RETRY = {f.name: f.default for f in dataclasses.fields(RetryPolicy)}

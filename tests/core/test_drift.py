@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, text
 
-from ccat_buffering._drift import schema_drift
-from ccat_buffering.database import create_engine
 from ccat_buffering.demo.example import Base, ExecutedObsUnit
-from ccat_buffering.processor import ProcessorState
-from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.drain._drift import schema_drift
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.drain.processor import ProcessorState
+from ccat_buffering.write.registry import ModelRegistry
 
 from support import memory_sqlite_site, observation
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from ccat_buffering._entry_decoding import decode_entry
-from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.models import Transaction
+from ccat_buffering.buffer._entry_decoding import decode_entry
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.models import Transaction
 
 TX_ID = "0b7c6a4e-5d1f-4f0e-9a57-2f1c3b8d9e10"
 WHEN = "2026-12-01T10:00:00+00:00"

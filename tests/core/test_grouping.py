@@ -8,13 +8,13 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from ccat_buffering._grouping import plan
-from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.database import create_engine
 from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataFile, RawDataPackage
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.models import Transaction
-from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.drain._grouping import plan
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.drain.executor import TransactionExecutor
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.models import Transaction
+from ccat_buffering.write.registry import ModelRegistry
 
 from support import make_schema
 

@@ -12,12 +12,12 @@ from services import REDIS_URL, forget_site, redis_client
 from sqlalchemy import func, select
 
 from ccat_buffering import BufferingCoordinator, BufferingSettings
-from ccat_buffering import idempotency as idem
+from ccat_buffering.buffer import idempotency as idem
 from ccat_buffering.demo.example import Base, ExecutedObsUnit
 from ccat_buffering.errors import IdempotencyKeyReusedError, TransactionValidationError
-from ccat_buffering.models import TransactionState
-from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.write.models import TransactionState
+from ccat_buffering.write.registry import ModelRegistry
 
 from support import make_schema, observation
 

@@ -19,17 +19,17 @@ from sqlalchemy import func, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ccat_buffering.database import create_engine, create_ledger, ledger_table
 from ccat_buffering.demo.example import ExecutedObsUnit
-from ccat_buffering.ledger_pruning import (
+from ccat_buffering.drain.database import create_engine, create_ledger, ledger_table
+from ccat_buffering.drain.ledger_pruning import (
     SKEW,
     horizons_table,
     prune_ledger,
     prune_site,
     recorded_horizon,
 )
-from ccat_buffering.models import Transaction, TransactionState, utc_now
-from ccat_buffering.processor import BackgroundProcessor
+from ccat_buffering.drain.processor import BackgroundProcessor
+from ccat_buffering.write.models import Transaction, TransactionState, utc_now
 
 from support import Site, example_site, ledger_count, observation, sqlite_url
 

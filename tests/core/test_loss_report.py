@@ -8,14 +8,14 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from ccat_buffering._loss_records import BufferLoss, insert_loss, loss_metadata
-from ccat_buffering._loss_store import ADDED_COLUMNS
-from ccat_buffering._sightings import BufferOrigin
-from ccat_buffering.buffer_loss import BufferWatch
+from ccat_buffering.buffer._sightings import BufferOrigin
+from ccat_buffering.buffer.manager import TransactionManager
 from ccat_buffering.errors import BackendUnavailableError
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.models import Transaction
+from ccat_buffering.observe._loss_records import BufferLoss, insert_loss, loss_metadata
+from ccat_buffering.observe._loss_store import ADDED_COLUMNS
+from ccat_buffering.observe.buffer_loss import BufferWatch
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.write.models import Transaction
 from ccat_buffering_memory import MemoryBackend
 
 from support import observation, sqlite_url

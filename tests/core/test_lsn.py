@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccat_buffering.lsn import LSN, LSNField
+from ccat_buffering.write.lsn import LSN, LSNField
 
 lsn_ints = st.integers(min_value=0, max_value=2**64 - 1)
 

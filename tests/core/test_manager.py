@@ -6,19 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.cache_writes import cache_writes, record_id
+from ccat_buffering.buffer.cache_writes import cache_writes, record_id
+from ccat_buffering.buffer.manager import TransactionManager
+from ccat_buffering.buffer.protocols import CacheKind
+from ccat_buffering.buffer.retry import FailureKind
 from ccat_buffering.errors import (
     PayloadTooLargeError,
     TransactionValidationError,
     UnknownColumnError,
     UnknownModelError,
 )
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.models import TransactionState
-from ccat_buffering.protocols import CacheKind
-from ccat_buffering.retry import FailureKind
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.models import TransactionState
 from ccat_buffering_memory import MemoryBackend
 
 from support import FakeClock, memory_sqlite_site, observation

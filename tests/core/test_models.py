@@ -15,14 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccat_buffering._codec import decode_value, encode_value
 from ccat_buffering.errors import (
     BufferingError,
     PayloadTooLargeError,
     TransactionValidationError,
 )
-from ccat_buffering.lsn import LSN
-from ccat_buffering.models import (
+from ccat_buffering.write._codec import decode_value, encode_value
+from ccat_buffering.write.lsn import LSN
+from ccat_buffering.write.models import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     FORMAT_VERSION,
     Operation,

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from ccat_buffering import audit, operator_pause
-from ccat_buffering.health import collect
-from ccat_buffering.processor import BackgroundProcessor, ProcessorState
-from ccat_buffering.replication import ImmediateReplicationChecker, ReplicationTracker
-from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.buffer import audit
+from ccat_buffering.config.settings import BufferingSettings
+from ccat_buffering.confirm.replication import ImmediateReplicationChecker, ReplicationTracker
+from ccat_buffering.drain import operator_pause
+from ccat_buffering.drain.processor import BackgroundProcessor, ProcessorState
+from ccat_buffering.observe.health import collect
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_redis import RedisBackend
 

@@ -22,14 +22,14 @@ from hypothesis import strategies as st
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ccat_buffering import TransactionBuilder
-from ccat_buffering._entries import read_claims
+from ccat_buffering.buffer._entries import read_claims
+from ccat_buffering.buffer.manager import TransactionManager
+from ccat_buffering.buffer.protocols import Claim
 from ccat_buffering.errors import PayloadTooLargeError, TransactionValidationError
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.models import Transaction
-from ccat_buffering.payload_limits import MAX_DEPTH, MAX_INT_DIGITS, payload_problem
-from ccat_buffering.protocols import Claim
-from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.write.models import Transaction
+from ccat_buffering.write.payload_limits import MAX_DEPTH, MAX_INT_DIGITS, payload_problem
+from ccat_buffering.write.registry import ModelRegistry
 from ccat_buffering_memory import MemoryBackend
 
 

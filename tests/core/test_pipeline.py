@@ -26,13 +26,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.database import create_engine, ledger_table
+from ccat_buffering.buffer.retry import FailureKind
 from ccat_buffering.demo._relay import LoopbackRelay
 from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataPackage
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import FailureKind
+from ccat_buffering.drain.database import create_engine, ledger_table
+from ccat_buffering.drain.executor import TransactionExecutor
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.registry import ModelRegistry
 
 from support import make_schema, observation, orphan_package, units_in_order
 

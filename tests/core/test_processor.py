@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, literal_column, select
 
-from ccat_buffering.database import ledger_table
 from ccat_buffering.demo.example import ExecutedObsUnit, RawDataPackage
-from ccat_buffering.models import TransactionState
-from ccat_buffering.processor import BackgroundProcessor, ProcessorState
+from ccat_buffering.drain.database import ledger_table
+from ccat_buffering.drain.processor import BackgroundProcessor, ProcessorState
+from ccat_buffering.write.models import TransactionState
 
 from support import (
     Site,
@@ -54,7 +54,7 @@ async def test_drains_in_order_and_confirms(tmp_path: Path) -> None:
 async def test_the_tracker_confirms_what_its_processor_committed_without_reading_it_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ccat_buffering.replication import ImmediateReplicationChecker, ReplicationTracker
+    from ccat_buffering.confirm.replication import ImmediateReplicationChecker, ReplicationTracker
 
     async with memory_sqlite_site(tmp_path) as site:
         tracker = ReplicationTracker(site.manager, ImmediateReplicationChecker())
@@ -527,7 +527,7 @@ async def test_a_prefetched_batch_goes_back_behind_a_paused_one(tmp_path: Path) 
 
 
 def test_the_batch_sizer_follows_the_round_trip() -> None:
-    from ccat_buffering._sizing import BatchSizer
+    from ccat_buffering.drain._sizing import BatchSizer
 
     def sizer() -> BatchSizer:
         return BatchSizer(start=100, minimum=10, maximum=2000, max_bytes=8 << 20, max_seconds=10.0)
@@ -560,7 +560,7 @@ def test_the_batch_sizer_never_starves_a_driver_on_a_slow_link(
     driver: str, per_batch_trips: int, per_transaction_trips: int, rtt: float
 ) -> None:
     """Round trips paid per statement look like per-transaction cost: no reason to shrink."""
-    from ccat_buffering._sizing import BatchSizer
+    from ccat_buffering.drain._sizing import BatchSizer
 
     link = 0.0 if driver == "sqlite" else rtt
 
@@ -587,7 +587,7 @@ def test_the_worker_heap_is_frozen_and_collected_less_often() -> None:
     import sys
 
     script = (
-        "import gc; from ccat_buffering._heap import settle_heap, YOUNG_THRESHOLD\n"
+        "import gc; from ccat_buffering.drain._heap import settle_heap, YOUNG_THRESHOLD\n"
         "before = gc.get_freeze_count(); settle_heap()\n"
         "assert gc.get_freeze_count() > before > -1, gc.get_freeze_count()\n"
         "assert gc.get_threshold()[0] == YOUNG_THRESHOLD > 700, gc.get_threshold()\n"

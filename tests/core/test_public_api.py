@@ -111,9 +111,9 @@ def test_testing_all_is_pinned() -> None:
 
 def test_checks_all_is_pinned() -> None:
     """The checks a third-party backend runs: one per store method, and their parts."""
-    import ccat_buffering.checks
+    import ccat_buffering.buffer.checks
 
-    assert ccat_buffering.checks.__all__ == [
+    assert ccat_buffering.buffer.checks.__all__ == [
         "check_audit",
         "check_cache_extend",
         "check_cache_release",
@@ -143,14 +143,14 @@ def test_every_name_exists() -> None:
 
 
 MOVED = [
-    ("ccat_buffering.example", "Base", "ccat_buffering.demo.example"),
-    ("ccat_buffering.simulation", "simulate", "ccat_buffering.demo.simulation"),
-    ("ccat_buffering.executor", "create_engine", "ccat_buffering.database"),
-    ("ccat_buffering.executor", "ledger_metadata", "ccat_buffering.database"),
-    ("ccat_buffering.settings", "mask_text", "ccat_buffering.masking"),
-    ("ccat_buffering.manager", "cache_writes", "ccat_buffering.cache_writes"),
-    ("ccat_buffering.manager", "key_text", "ccat_buffering.cache_writes"),
-    ("ccat_buffering.manager", "record_id", "ccat_buffering.cache_writes"),
+    ("ccat_buffering.demo.example", "Base", "ccat_buffering.demo.example"),
+    ("ccat_buffering.demo.simulation", "simulate", "ccat_buffering.demo.simulation"),
+    ("ccat_buffering.drain.executor", "create_engine", "ccat_buffering.drain.database"),
+    ("ccat_buffering.drain.executor", "ledger_metadata", "ccat_buffering.drain.database"),
+    ("ccat_buffering.config.settings", "mask_text", "ccat_buffering.masking"),
+    ("ccat_buffering.buffer.manager", "cache_writes", "ccat_buffering.buffer.cache_writes"),
+    ("ccat_buffering.buffer.manager", "key_text", "ccat_buffering.buffer.cache_writes"),
+    ("ccat_buffering.buffer.manager", "record_id", "ccat_buffering.buffer.cache_writes"),
 ]
 
 
@@ -193,10 +193,10 @@ def test_core_imports_no_backend_client() -> None:
 def test_every_report_counts_the_buffer_under_the_stores_names() -> None:
     import dataclasses
 
-    from ccat_buffering.counts import BufferCounts
-    from ccat_buffering.health import BufferHealth
-    from ccat_buffering.processor import ProcessorHealth
-    from ccat_buffering.protocols import BufferStats
+    from ccat_buffering.buffer.counts import BufferCounts
+    from ccat_buffering.buffer.protocols import BufferStats
+    from ccat_buffering.drain.processor import ProcessorHealth
+    from ccat_buffering.observe.health import BufferHealth
 
     counts = list(BufferCounts.model_fields)
     store = [f.name for f in dataclasses.fields(BufferStats)]

@@ -16,18 +16,18 @@ from sqlalchemy import Integer, String, event, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-import ccat_buffering._read_database as _read_database
-import ccat_buffering.reads as reads_module
-from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.database import create_engine
+import ccat_buffering.read._read_database as _read_database
+import ccat_buffering.read.reads as reads_module
+from ccat_buffering.buffer.manager import TransactionManager
+from ccat_buffering.buffer.protocols import CachedRecord
+from ccat_buffering.confirm.replication import ImmediateReplicationChecker, ReplicationTracker
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.drain.executor import TransactionExecutor
+from ccat_buffering.drain.processor import BackgroundProcessor, ProcessorState
 from ccat_buffering.errors import DatabaseUnavailableError
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.processor import BackgroundProcessor, ProcessorState
-from ccat_buffering.protocols import CachedRecord
-from ccat_buffering.reads import Reads, Records
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.replication import ImmediateReplicationChecker, ReplicationTracker
+from ccat_buffering.read.reads import Reads, Records
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.registry import ModelRegistry
 from ccat_buffering_memory import MemoryBackend
 
 
@@ -247,9 +247,9 @@ def test_contradiction_uses_decoded_values() -> None:
 async def test_a_secondary_site_without_a_replica_says_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from ccat_buffering.coordinator import BufferingCoordinator
-    from ccat_buffering.health import NO_REPLICA_NOTICE
-    from ccat_buffering.settings import BufferingSettings
+    from ccat_buffering.config.settings import BufferingSettings
+    from ccat_buffering.observe.health import NO_REPLICA_NOTICE
+    from ccat_buffering.site.coordinator import BufferingCoordinator
 
     settings = BufferingSettings(
         site_name=f"test-{uuid.uuid4().hex[:8]}",

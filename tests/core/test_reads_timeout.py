@@ -14,13 +14,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.database import create_engine
+from ccat_buffering.buffer.manager import TransactionManager
 from ccat_buffering.demo._relay import LoopbackRelay
+from ccat_buffering.drain.database import create_engine
 from ccat_buffering.errors import DatabaseUnavailableError
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.reads import Reads
-from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.read.reads import Reads
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.registry import ModelRegistry
 from ccat_buffering_memory import MemoryBackend
 
 TIMEOUT = 0.5

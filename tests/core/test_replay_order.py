@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from ccat_buffering.builder import TransactionBuilder
+from ccat_buffering.buffer.replays import rehearse, replay_set
 from ccat_buffering.demo.example import ExecutedObsUnit
-from ccat_buffering.models import Transaction, TransactionState
-from ccat_buffering.replays import rehearse, replay_set
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.models import Transaction, TransactionState
 
 from support import Site, observation, units_in_order
 

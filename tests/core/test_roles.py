@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from ccat_buffering import BufferingCoordinator, BufferingSettings
-from ccat_buffering.database import create_engine
 from ccat_buffering.demo.example import Base
+from ccat_buffering.drain.database import create_engine
 from ccat_buffering.logs import SiteLogger, configure
-from ccat_buffering.models import TransactionState, TransactionStatus
-from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.write.models import TransactionState, TransactionStatus
+from ccat_buffering.write.registry import ModelRegistry
 from ccat_buffering_memory import MemoryBackend
 
 from support import make_schema, observation
@@ -118,7 +118,7 @@ def test_json_is_one_setting_away(
 
 
 async def test_status_does_not_say_running_while_a_call_hangs(tmp_path: Path) -> None:
-    from ccat_buffering.processor import ProcessorState
+    from ccat_buffering.drain.processor import ProcessorState
 
     from support import memory_sqlite_site
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ccat_buffering._buffer_looks import take_look
-from ccat_buffering._sightings import (
+from ccat_buffering.buffer._sightings import (
     BufferOrigin,
     Sighting,
     SightingFile,
@@ -13,6 +12,7 @@ from ccat_buffering._sightings import (
     judge,
     new_epoch_after,
 )
+from ccat_buffering.observe._buffer_looks import take_look
 
 OLD, NEW = "a" * 40, "b" * 40
 

@@ -25,10 +25,10 @@ from type_cases import CASES, PG_CASES, Case, PgBase, PgSample, Sample, TypedBas
 
 from ccat_buffering import BufferingCoordinator, BufferingSettings, TransactionBuilder
 from ccat_buffering.errors import TransactionValidationError
-from ccat_buffering.models import TransactionState
-from ccat_buffering.reads import Reads
-from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.read.reads import Reads
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.write.models import TransactionState
+from ccat_buffering.write.registry import ModelRegistry
 from ccat_buffering_memory import MemoryBackend
 
 DOCS = Path(__file__).parents[2] / "docs" / "_type_matrix.rst"

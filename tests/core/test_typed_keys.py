@@ -22,7 +22,7 @@ from test_type_matrix import database_only, typed_site
 from type_cases import KeyBase, Link, Night, Phase, Pointing, Reading, Source, Stamp, Target
 
 from ccat_buffering import BufferingCoordinator, TransactionBuilder
-from ccat_buffering.models import Transaction, TransactionState
+from ccat_buffering.write.models import Transaction, TransactionState
 
 SITES = [
     pytest.param(database, backend, site_type, id=f"{database}-{backend}-{site_type}")

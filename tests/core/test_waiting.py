@@ -10,15 +10,15 @@ import pytest
 import pytest_asyncio
 
 from ccat_buffering import BufferingCoordinator, BufferingSettings
+from ccat_buffering.confirm.waiting import SLICE, StatusWatch
 from ccat_buffering.demo.example import Base
 from ccat_buffering.errors import (
     TransactionFailedError,
     UnknownTransactionError,
     WaitTimeoutError,
 )
-from ccat_buffering.models import TransactionState, TransactionStatus
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.waiting import SLICE, StatusWatch
+from ccat_buffering.write.models import TransactionState, TransactionStatus
+from ccat_buffering.write.registry import ModelRegistry
 
 from support import make_schema, observation, orphan_package
 

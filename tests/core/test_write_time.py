@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import Column, Date, DateTime, Integer, String, func, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.columns import WRITE_TIME_INFO, takes_write_time
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.columns import WRITE_TIME_INFO, takes_write_time
 
 
 @pytest.mark.parametrize(

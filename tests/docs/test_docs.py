@@ -168,7 +168,7 @@ SHELL = [
 def test_every_documented_setting_is_valid(
     page: Path, code: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from ccat_buffering.settings import load_settings
+    from ccat_buffering.config.settings import load_settings
 
     monkeypatch.chdir(tmp_path)
     for name in [n for n in os.environ if n.startswith("CCAT_BUFFERING_")]:
@@ -187,7 +187,7 @@ TOML = [(page, code) for page in PAGES for language, code in blocks(page) if lan
 def test_every_toml_block_parses_and_settings_are_valid(
     page: Path, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ccat_buffering.settings import load_settings
+    from ccat_buffering.config.settings import load_settings
 
     tomllib.loads(code)
     if "site_name" in code:

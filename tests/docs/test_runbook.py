@@ -37,12 +37,12 @@ from test_docs import blocks
 from typer.testing import CliRunner, Result
 
 from ccat_buffering.cli import app
-from ccat_buffering.coordinator import BufferingCoordinator
-from ccat_buffering.database import create_engine
+from ccat_buffering.config.settings import BufferingSettings
 from ccat_buffering.demo.example import Base
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.site.coordinator import BufferingCoordinator
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.write.registry import ModelRegistry
 from ccat_buffering_redis import RedisBackend
 
 from support import make_schema, observation, orphan_package

@@ -20,13 +20,13 @@ from sqlalchemy import CheckConstraint, Identity, Integer, String, select, updat
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from ccat_buffering.builder import TransactionBuilder
+from ccat_buffering.buffer.retry import FailureKind
 from ccat_buffering.conflicts.log import unresolved_of
-from ccat_buffering.database import create_engine
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.models import Transaction
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import FailureKind
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.drain.executor import TransactionExecutor
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.models import Transaction
+from ccat_buffering.write.registry import ModelRegistry
 
 from support import sqlite_url
 

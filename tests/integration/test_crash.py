@@ -15,14 +15,14 @@ import pytest
 from services import REDIS_URL, forget_site, redis_client, require_redis
 from sqlalchemy import func, literal_column, select
 
-from ccat_buffering.database import create_engine, ledger_table
+from ccat_buffering.buffer.manager import TransactionManager
 from ccat_buffering.demo.example import Base, ExecutedObsUnit
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.models import TransactionState
-from ccat_buffering.processor import BackgroundProcessor
-from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.drain.database import create_engine, ledger_table
+from ccat_buffering.drain.executor import TransactionExecutor
+from ccat_buffering.drain.processor import BackgroundProcessor
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.write.models import TransactionState
+from ccat_buffering.write.registry import ModelRegistry
 from ccat_buffering_redis import RedisBackend
 
 from support import make_schema, observation
@@ -31,14 +31,14 @@ CHILD = textwrap.dedent(
     """
     import asyncio, sys
     from ccat_buffering.demo.example import Base
-    from ccat_buffering.database import create_engine
-    from ccat_buffering.executor import TransactionExecutor
+    from ccat_buffering.drain.database import create_engine
+    from ccat_buffering.drain.executor import TransactionExecutor
     from ccat_buffering.demo.example import Base
-    from ccat_buffering.database import create_engine
-    from ccat_buffering.executor import TransactionExecutor
-    from ccat_buffering.manager import TransactionManager
-    from ccat_buffering.processor import BackgroundProcessor
-    from ccat_buffering.registry import ModelRegistry
+    from ccat_buffering.drain.database import create_engine
+    from ccat_buffering.drain.executor import TransactionExecutor
+    from ccat_buffering.buffer.manager import TransactionManager
+    from ccat_buffering.drain.processor import BackgroundProcessor
+    from ccat_buffering.write.registry import ModelRegistry
     from ccat_buffering_redis import RedisBackend
 
     redis_url, site, db_url, stop_at = sys.argv[1:5]

@@ -1,4 +1,4 @@
-"""ccat_buffering.fastapi, and the docs page's observatory service, through httpx.ASGITransport."""
+"""ccat_buffering.web.fastapi, and the docs page's observatory service, via httpx.ASGITransport."""
 
 from __future__ import annotations
 
@@ -25,21 +25,21 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ccat_buffering import TransactionBuilder
-from ccat_buffering.database import create_engine
+from ccat_buffering.config.settings import BufferingSettings
 from ccat_buffering.demo._relay import LoopbackRelay
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.drain.executor import TransactionExecutor
 from ccat_buffering.errors import BackendUnavailableError
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.fastapi import (
+from ccat_buffering.testing import new_site_name
+from ccat_buffering.web.fastapi import (
     Site,
     critical_operation,
     health_router,
     install_error_handlers,
     lifespan,
 )
-from ccat_buffering.fastapi_waits import waits_router
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.settings import BufferingSettings
-from ccat_buffering.testing import new_site_name
+from ccat_buffering.web.fastapi_waits import waits_router
+from ccat_buffering.write.registry import ModelRegistry
 
 EXAMPLE = Path(__file__).parents[2] / "docs" / "examples" / "observatory_service.py"
 

@@ -26,12 +26,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ccat_buffering import BufferingCoordinator, BufferingSettings, TransactionBuilder
-from ccat_buffering.columns import WRITE_TIME_INFO
-from ccat_buffering.database import create_engine
-from ccat_buffering.fastapi import critical_operation, lifespan
-from ccat_buffering.models import Transaction, TransactionState
-from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.drain.database import create_engine
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.web.fastapi import critical_operation, lifespan
+from ccat_buffering.write.columns import WRITE_TIME_INFO
+from ccat_buffering.write.models import Transaction, TransactionState
+from ccat_buffering.write.registry import ModelRegistry
 
 
 class GenBase(DeclarativeBase):

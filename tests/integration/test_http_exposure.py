@@ -22,14 +22,14 @@ from sqlalchemy import CheckConstraint, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ccat_buffering import TransactionBuilder
-from ccat_buffering.coordinator import BufferingCoordinator
+from ccat_buffering.config.settings import BufferingSettings
 from ccat_buffering.errors import BackendUnavailableError
-from ccat_buffering.fastapi import health_router, install_error_handlers
-from ccat_buffering.fastapi_waits import waits_router
-from ccat_buffering.models import TransactionState
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.site.coordinator import BufferingCoordinator
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.web.fastapi import health_router, install_error_handlers
+from ccat_buffering.web.fastapi_waits import waits_router
+from ccat_buffering.write.models import TransactionState
+from ccat_buffering.write.registry import ModelRegistry
 
 SSN = "078-05-1120"
 

@@ -19,15 +19,15 @@ from pg import fresh_database
 from services import REDIS_URL, forget_site, redis_client
 from sqlalchemy import func, literal_column, select
 
-from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.database import create_engine, ledger_table
+from ccat_buffering.buffer.manager import TransactionManager
 from ccat_buffering.demo._workload import add_observation, add_raw_files
 from ccat_buffering.demo.example import Base, ExecutedObsUnit, RawDataFile
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.models import Transaction, TransactionState
-from ccat_buffering.registry import ModelRegistry
+from ccat_buffering.drain.database import create_engine, ledger_table
+from ccat_buffering.drain.executor import TransactionExecutor
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.models import Transaction, TransactionState
+from ccat_buffering.write.registry import ModelRegistry
 from ccat_buffering_redis import RedisBackend
 
 from support import make_schema, start_worker

@@ -21,17 +21,17 @@ from sqlalchemy import func, literal_column, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ccat_buffering._link import LinkTimeouts
-from ccat_buffering.database import create_engine, ledger_table
+from ccat_buffering.buffer.manager import TransactionManager
+from ccat_buffering.buffer.retry import RetryPolicy
 from ccat_buffering.demo._relay import LoopbackRelay
 from ccat_buffering.demo.example import Base
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.models import TransactionState
-from ccat_buffering.processor import BackgroundProcessor, ProcessorState
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import RetryPolicy
+from ccat_buffering.drain._link import LinkTimeouts
+from ccat_buffering.drain.database import create_engine, ledger_table
+from ccat_buffering.drain.executor import TransactionExecutor
+from ccat_buffering.drain.processor import BackgroundProcessor, ProcessorState
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.write.models import TransactionState
+from ccat_buffering.write.registry import ModelRegistry
 from ccat_buffering_memory import MemoryBackend
 
 from support import ledger_count, make_schema, observation, start_worker, units_in_order

@@ -17,13 +17,13 @@ from pg import fresh_database
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from ccat_buffering._link import LinkTimeouts
-from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.database import LEDGER_TABLE_NAME, create_engine
 from ccat_buffering.demo.example import ExecutedObsUnit
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.models import Transaction, TransactionState
-from ccat_buffering.processor import ProcessorState
+from ccat_buffering.drain._link import LinkTimeouts
+from ccat_buffering.drain.database import LEDGER_TABLE_NAME, create_engine
+from ccat_buffering.drain.executor import TransactionExecutor
+from ccat_buffering.drain.processor import ProcessorState
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.models import Transaction, TransactionState
 
 from support import Site, build_site, observation, orphan_package
 

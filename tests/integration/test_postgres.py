@@ -11,14 +11,14 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ccat_buffering.database import create_engine, ledger_table
+from ccat_buffering.buffer.retry import FailureKind
 from ccat_buffering.demo._relay import LoopbackRelay
 from ccat_buffering.demo.example import ExecutedObsUnit, RawDataPackage
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.lsn import LSN
-from ccat_buffering.models import TransactionState
-from ccat_buffering.processor import BackgroundProcessor, ProcessorState
-from ccat_buffering.retry import FailureKind
+from ccat_buffering.drain.database import create_engine, ledger_table
+from ccat_buffering.drain.executor import TransactionExecutor
+from ccat_buffering.drain.processor import BackgroundProcessor, ProcessorState
+from ccat_buffering.write.lsn import LSN
+from ccat_buffering.write.models import TransactionState
 
 from support import Site, build_site, observation, orphan_package
 

@@ -30,14 +30,14 @@ import redis
 from redis_servers import redis_cluster, redis_sentinel, restart_cluster_node
 from services import started
 
-from ccat_buffering.buffer_loss import BufferLoss
-from ccat_buffering.coordinator import BufferingCoordinator
+from ccat_buffering.config.settings import BufferingSettings
 from ccat_buffering.demo.example import Base
 from ccat_buffering.errors import BackendError, ConfigurationError
-from ccat_buffering.models import Transaction
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.observe.buffer_loss import BufferLoss
+from ccat_buffering.site.coordinator import BufferingCoordinator
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.write.models import Transaction
+from ccat_buffering.write.registry import ModelRegistry
 
 from support import ledger_count, make_schema, observation, sqlite_url, units_in_order
 

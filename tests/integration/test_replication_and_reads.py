@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.demo.example import ExecutedObsUnit
-from ccat_buffering.lsn import LSN
-from ccat_buffering.models import TransactionState
-from ccat_buffering.reads import Reads
-from ccat_buffering.replication import (
+from ccat_buffering.confirm.replication import (
     ImmediateReplicationChecker,
     ReplicaState,
     ReplicationTracker,
 )
+from ccat_buffering.demo.example import ExecutedObsUnit
+from ccat_buffering.read.reads import Reads
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.lsn import LSN
+from ccat_buffering.write.models import TransactionState
 
 from support import Site, memory_sqlite_site, observation
 

@@ -16,20 +16,20 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from ccat_buffering.builder import TransactionBuilder
-from ccat_buffering.coordinator import BufferingCoordinator
-from ccat_buffering.database import create_engine
+from ccat_buffering.buffer.manager import TransactionManager
+from ccat_buffering.config.settings import BufferingSettings
+from ccat_buffering.confirm.replication import LSNReplicationChecker, ReplicationTracker
 from ccat_buffering.demo._relay import LoopbackRelay
 from ccat_buffering.demo.example import Base, ExecutedObsUnit
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.manager import TransactionManager
-from ccat_buffering.models import TransactionState
-from ccat_buffering.processor import BackgroundProcessor, ProcessorState
-from ccat_buffering.reads import Reads
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.replication import LSNReplicationChecker, ReplicationTracker
-from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.drain.executor import TransactionExecutor
+from ccat_buffering.drain.processor import BackgroundProcessor, ProcessorState
+from ccat_buffering.read.reads import Reads
+from ccat_buffering.site.coordinator import BufferingCoordinator
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.models import TransactionState
+from ccat_buffering.write.registry import ModelRegistry
 from ccat_buffering_memory import MemoryBackend
 from ccat_buffering_redis import RedisBackend
 

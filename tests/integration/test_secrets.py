@@ -30,19 +30,19 @@ from servers import ServiceMissing, free_port, port_open, wait_for
 from services import POSTGRES_URL, missing, started
 from typer.testing import CliRunner
 
-from ccat_buffering.backends import open_backend
+from ccat_buffering.buffer.retry import FailureKind
 from ccat_buffering.cli import app
-from ccat_buffering.coordinator import BufferingCoordinator, transaction_manager
+from ccat_buffering.config.backends import open_backend
+from ccat_buffering.config.settings import BufferingSettings, load_settings
 from ccat_buffering.demo.example import Base
 from ccat_buffering.errors import BackendUnavailableError, BufferingError, ConfigurationError
-from ccat_buffering.fastapi import health_router
 from ccat_buffering.logs import install
 from ccat_buffering.masking import mask_text, mask_url
-from ccat_buffering.metrics import SiteMetrics
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.retry import FailureKind
-from ccat_buffering.settings import BufferingSettings, load_settings
+from ccat_buffering.site.coordinator import BufferingCoordinator, transaction_manager
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.web.fastapi import health_router
+from ccat_buffering.web.metrics import SiteMetrics
+from ccat_buffering.write.registry import ModelRegistry
 
 from support import observation, worker_env
 

@@ -26,16 +26,16 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import PendingRollbackError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ccat_buffering._stopping import CANCEL_BOUND, finish_or_cancel
-from ccat_buffering.backends import open_backend
-from ccat_buffering.buffer_loss import watch_buffer
-from ccat_buffering.coordinator import BufferingCoordinator
-from ccat_buffering.database import create_engine
+from ccat_buffering.config.backends import open_backend
+from ccat_buffering.config.settings import BufferingSettings
 from ccat_buffering.demo.example import Base
-from ccat_buffering.executor import TransactionExecutor
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.settings import BufferingSettings
+from ccat_buffering.drain._stopping import CANCEL_BOUND, finish_or_cancel
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.drain.executor import TransactionExecutor
+from ccat_buffering.observe.buffer_loss import watch_buffer
+from ccat_buffering.site.coordinator import BufferingCoordinator
 from ccat_buffering.testing import new_site_name
+from ccat_buffering.write.registry import ModelRegistry
 
 from support import make_schema, observation, sqlite_url
 

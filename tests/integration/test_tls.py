@@ -21,10 +21,10 @@ from services import REDIS_URL, require_redis, started
 from tls import TLSFiles, private_ca
 from typer.testing import CliRunner
 
+from ccat_buffering.buffer.manager import TransactionManager
 from ccat_buffering.cli import app
-from ccat_buffering.database import create_engine
+from ccat_buffering.drain.database import create_engine
 from ccat_buffering.errors import ConfigurationError
-from ccat_buffering.manager import TransactionManager
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_redis import RedisBackend
 

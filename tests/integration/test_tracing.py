@@ -14,13 +14,13 @@ from pg import fresh_database
 from sqlalchemy.engine import make_url
 
 from ccat_buffering import BufferingCoordinator, BufferingSettings
-from ccat_buffering.database import create_engine
 from ccat_buffering.demo._relay import LoopbackRelay
 from ccat_buffering.demo.example import Base
-from ccat_buffering.models import TransactionState
-from ccat_buffering.processor import ProcessorState
-from ccat_buffering.registry import ModelRegistry
-from ccat_buffering.tracing import Tracing
+from ccat_buffering.drain.database import create_engine
+from ccat_buffering.drain.processor import ProcessorState
+from ccat_buffering.drain.tracing import Tracing
+from ccat_buffering.write.models import TransactionState
+from ccat_buffering.write.registry import ModelRegistry
 
 from support import make_schema, observation
 

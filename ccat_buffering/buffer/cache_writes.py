@@ -1,0 +1,152 @@
+"""What a transaction writes into the buffered data cache, and the record ids it uses.
+
+The manager buffers these writes with the transaction; reads and
+``ccat-buffering inspect`` find records by the same ids.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import re
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+from ccat_buffering.buffer.checks import check_record_id
+from ccat_buffering.buffer.protocols import CacheKind, CacheWrite
+from ccat_buffering.write._codec import PLAIN_TYPES, encode_value
+from ccat_buffering.write.models import Operation, Ref, Transaction
+
+__all__ = ["cache_writes", "generated_writes", "key_text", "record_id"]
+
+
+_KEY_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+# One C-level match instead of a Python loop per character: keys (UUIDs) are
+# read for every write of every transaction buffered.
+_ALL_SAFE = re.compile(r"[A-Za-z0-9_.\-]*").fullmatch
+
+
+def key_text(value: Any) -> str:
+    """One key value as text in a record id: percent-encoded outside ``[A-Za-z0-9_.-]``.
+
+    So natural keys (``"NGC 1333"``, ``"IRAS16293-2422:A"``, ``"jdoe@example.org"``)
+    stay inside the store's key schema, and a ``,`` of a composite part cannot
+    be taken for the separator. UUIDs, integers and dates are unchanged.
+
+    Args:
+        value: A key value, converted to its column's type.
+
+    Returns:
+        The encoded text.
+    """
+    if isinstance(value, enum.Enum):
+        value = value.name
+    elif isinstance(value, dt.datetime | dt.date | dt.time):
+        value = value.isoformat()
+    elif isinstance(value, Decimal):
+        # One text for one number: 1.5, 1.50 and 1.5000000000 are the same key.
+        value = format(value.normalize(), "f") if value.is_finite() else str(value)
+    text = value if isinstance(value, str) else str(value)
+    if _ALL_SAFE(text):
+        return text
+    return "".join(c if c in _KEY_SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in text)
+
+
+def record_id(key: Mapping[str, Any], key_fields: Sequence[str]) -> str | None:
+    """The cache id of a record: its key values as text, or ``None`` if not yet known.
+
+    Args:
+        key: The record's values (at least its key fields).
+        key_fields: The model's key fields.
+
+    Returns:
+        ``"<value>"`` for a single key, ``"<v1>,<v2>"`` for a composite one, each
+        part encoded by :func:`key_text`; ``None`` when a key value is missing or
+        only the database will produce it.
+
+    Raises:
+        TransactionValidationError: The key is empty or too long to be a cache key.
+    """
+    if len(key_fields) == 1:
+        # The common case, a single key: no list, no join.
+        value = key.get(key_fields[0])
+        if value is None or isinstance(value, Ref):
+            return None
+        return check_record_id(
+            value if type(value) is str and _ALL_SAFE(value) else key_text(value)
+        )
+    values = [key.get(name) for name in key_fields]
+    if any(v is None or isinstance(v, Ref) for v in values):
+        return None
+    return check_record_id(",".join(key_text(v) for v in values))
+
+
+def _fields(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v if type(v) in PLAIN_TYPES else encode_value(v, k)
+        for k, v in record.items()
+        if not isinstance(v, Ref)
+    }
+
+
+def cache_writes(transaction: Transaction) -> list[CacheWrite]:
+    """What a transaction writes, as the buffered data cache records it.
+
+    Fields whose value is a ``ref()`` are left out: only the database knows them.
+
+    Args:
+        transaction: The transaction.
+
+    Returns:
+        One write per record, in step order.
+    """
+    writes: list[CacheWrite] = []
+    for step in transaction.steps:
+        op, fields = step.operation, step.key_fields
+        if op is Operation.CREATE or op is Operation.BULK_CREATE:
+            for record in step.records or [step.data or {}]:
+                rid = record_id(record, fields)
+                if rid is not None:
+                    writes.append(CacheWrite(step.model, rid, CacheKind.CREATE, _fields(record)))
+        elif op is Operation.UPDATE or op is Operation.DELETE:
+            rid = record_id(step.key or {}, list(step.key or {}))
+            if rid is None:
+                continue
+            kind = CacheKind.UPDATE if op is Operation.UPDATE else CacheKind.DELETE
+            writes.append(CacheWrite(step.model, rid, kind, _fields(step.data or {})))
+        else:
+            for record in step.records or []:
+                rid = record_id(record, fields)
+                if rid is not None:
+                    writes.append(CacheWrite(step.model, rid, CacheKind.UPDATE, _fields(record)))
+    return writes
+
+
+def generated_writes(
+    transaction: Transaction, generated: Mapping[str, Mapping[str, Any]]
+) -> list[CacheWrite]:
+    """The records of ``transaction``'s creates under the keys the database gave them.
+
+    A create whose key only the database knows is not in the buffered data
+    cache while it waits (it has no id there); once committed, its row is
+    cached under the generated key, so that the site reads it by that key
+    until the replica has it.
+
+    Args:
+        transaction: The committed transaction.
+        generated: What the database computed, by step id then field.
+
+    Returns:
+        One write per create that now has a key, in step order.
+    """
+    writes: list[CacheWrite] = []
+    for step in transaction.steps:
+        values = generated.get(step.step_id)
+        if not values or step.operation is not Operation.CREATE:
+            continue
+        record = {**(step.data or {}), **values}
+        rid = record_id(record, step.key_fields)
+        if rid is not None:
+            writes.append(CacheWrite(step.model, rid, CacheKind.CREATE, _fields(record)))
+    return writes

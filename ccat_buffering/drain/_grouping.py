@@ -1,0 +1,246 @@
+"""Plan a batch as a few large statements instead of many small ones.
+
+A batch whose transactions only insert and update, with no ``ref()``, can be
+applied as one multi-row INSERT per table (in foreign-key order) followed by
+the updates in their original order. That reorders writes, so the plan is
+made only when the reordering cannot change an outcome: every update finds
+only rows created before it in buffer order, and every foreign key that
+points at a row the batch creates points at one created before it. Then the
+result is the same as applying the transactions one by one, savepoint by
+savepoint, whenever both succeed; the executor tries the plan first, inside
+one savepoint, and falls back to the one-by-one path when anything in it
+fails, so every error still belongs to the transaction that caused it.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.schema import sort_tables
+
+from ccat_buffering.write.columns import columns_of
+from ccat_buffering.write.models import Operation, Step, Transaction
+from ccat_buffering.write.registry import ModelRegistry
+
+__all__ = ["Plan", "plan"]
+
+_GROUPABLE = {Operation.CREATE, Operation.BULK_CREATE, Operation.UPDATE, Operation.BULK_UPDATE}
+
+
+@dataclass
+class Plan:
+    """Rows to insert per model, in foreign-key order, then updates in order."""
+
+    inserts: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
+    updates: list[Step] = field(default_factory=list)
+
+
+Position = tuple[int, int]
+"""(step number in the batch, record number in the step): the order of one by one."""
+
+Columns = tuple[str, ...]
+
+
+class _Schema:
+    """The registry's tables as the plan checks them: by table and column name.
+
+    Column names, not attribute names, because two mapped classes may share a
+    table (single-table inheritance) under different attributes.
+    """
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self._tables: dict[str, Table | None] = {}
+        self._names: dict[str, dict[str, str]] = {}
+        self._keys: dict[str, Columns] = {}
+        self._generated: dict[tuple[str, tuple[str, ...]], bool] = {}
+        self.size = len(registry)
+        self.referenced: dict[Table, set[str]] = {}
+        self.foreign: dict[Table, list[tuple[Columns, Table, Columns]]] = {}
+        for name in registry:
+            table = self.table(name)
+            if table is None or table in self.foreign:
+                continue
+            self.foreign[table] = []
+            for constraint in table.foreign_key_constraints:
+                target = constraint.referred_table
+                local = tuple(c.name for c in constraint.columns)
+                remote = tuple(e.column.name for e in constraint.elements)
+                self.foreign[table].append((local, target, remote))
+                self.referenced.setdefault(target, set()).update(remote)
+
+    def table(self, model: str) -> Table | None:
+        if model not in self._tables:
+            table = self.registry.mapper(model).local_table
+            self._tables[model] = table if isinstance(table, Table) else None
+        return self._tables[model]
+
+    def row(self, model: str, record: dict[str, Any]) -> dict[str, Any]:
+        """``record`` by column name (``record`` itself where the names are the same)."""
+        names = self._names.get(model)
+        if names is None:
+            mapper = self.registry.mapper(model)
+            renamed = {a.key: a.columns[0].name for a in mapper.column_attrs}
+            names = self._names[model] = {k: v for k, v in renamed.items() if k != v}
+        if not names:
+            return record
+        return {names.get(k, k): v for k, v in record.items()}
+
+    def generated(self, model: str, record: dict[str, Any]) -> bool:
+        """Whether the database completes a created row with these fields (``RETURNING``)."""
+        shape = (model, tuple(record))
+        found = self._generated.get(shape)
+        if found is None:
+            found = self._generated[shape] = bool(
+                columns_of(self.registry.model(model)).generated_fields(record)
+            )
+        return found
+
+    def key_columns(self, model: str) -> Columns:
+        found = self._keys.get(model)
+        if found is None:
+            found = self._keys[model] = tuple(
+                c.name for c in self.registry.mapper(model).primary_key
+            )
+        return found
+
+
+_SCHEMAS: weakref.WeakKeyDictionary[ModelRegistry, _Schema] = weakref.WeakKeyDictionary()
+
+
+def _schema_of(registry: ModelRegistry) -> _Schema:
+    """The registry's schema, read once (again when a model is registered)."""
+    schema = _SCHEMAS.get(registry)
+    if schema is None or schema.size != len(registry):
+        schema = _SCHEMAS[registry] = _Schema(registry)
+    return schema
+
+
+class _Created:
+    """Where in the batch each created row first appears, by any tuple of its columns."""
+
+    def __init__(self) -> None:
+        self.rows: dict[Table, list[tuple[Position, dict[str, Any]]]] = {}
+        self._index: dict[tuple[Table, Columns], dict[tuple[Any, ...], Position]] = {}
+
+    def add(self, table: Table, position: Position, row: dict[str, Any]) -> None:
+        self.rows.setdefault(table, []).append((position, row))
+
+    def first(self, table: Table, columns: Columns, values: tuple[Any, ...]) -> Position | None:
+        index = self._index.get((table, columns))
+        if index is None:
+            index = self._index[(table, columns)] = {}
+            for position, row in self.rows.get(table, ()):
+                if all(c in row for c in columns):
+                    index.setdefault(tuple(row[c] for c in columns), position)
+        return index.get(values)
+
+
+def plan(transactions: Sequence[Transaction], registry: ModelRegistry) -> Plan | None:
+    """Group a batch's writes, or return ``None`` when grouping could change its result.
+
+    Args:
+        transactions: In buffer order, already checked against the registry.
+        registry: The mapped classes.
+
+    Returns:
+        The plan, or ``None`` for a batch with deletes, references, a create
+        whose row the database completes (its values come back by ``RETURNING``), an update
+        of a row that a later step creates, an update of a key or of a column
+        a foreign key refers to (a cascade would reach rows inserted earlier
+        in the plan than in order), a foreign key to a row that a later step
+        creates, two classes created in one table, or tables in a cycle.
+    """
+    schema = _schema_of(registry)
+    created = _Created()
+    models: dict[Table, str] = {}
+    inserts: dict[str, list[dict[str, Any]]] = {}
+    updates: list[tuple[Position, Step, dict[str, Any]]] = []
+    steps: list[Step] = []
+    for number, step in enumerate(s for tx in transactions for s in tx.steps):
+        table = schema.table(step.model)
+        if step.operation not in _GROUPABLE or step.refs() or table is None:
+            return None
+        if step.operation in (Operation.CREATE, Operation.BULK_CREATE):
+            model = step.model
+            if step.operation is Operation.CREATE and schema.generated(model, step.data or {}):
+                return None  # its computed values come back one row at a time (RETURNING)
+            if models.setdefault(table, model) != model:
+                return None  # two classes of one table: their rows' order matters
+            rows = inserts.get(model)
+            if rows is None:
+                rows = inserts[model] = []
+            for i, record in enumerate(step.records or [step.data or {}]):
+                rows.append(record)  # the step's own dict: the message only reads it
+                created.add(table, (number, i), schema.row(model, record))
+            continue
+        steps.append(step)
+        key_columns = schema.key_columns(step.model)
+        referenced = schema.referenced.get(table, set()) | set(key_columns)
+        if step.operation is Operation.UPDATE:
+            changed = set(schema.row(step.model, step.data or {}))
+            records = [{**(step.key or {}), **(step.data or {})}]
+        else:
+            records = step.records or []
+            changed = {c for r in records for c in schema.row(step.model, r)} - set(key_columns)
+        if changed & referenced:
+            return None  # a new key, or a cascade, would reach rows the plan moved
+        for i, record in enumerate(records):
+            row = schema.row(step.model, record)
+            if any(c not in row for c in key_columns):
+                return None
+            updates.append(((number, i), step, row))
+    for position, step, row in updates:
+        table = schema.table(step.model)
+        assert table is not None
+        key_columns = schema.key_columns(step.model)
+        made = created.first(table, key_columns, tuple(row[c] for c in key_columns))
+        if made is not None and made > position:
+            return None  # it would find a row that, in order, does not exist yet
+    for table, made_rows in created.rows.items():
+        # Only a foreign key into a table the batch creates rows in can point at a later row.
+        links = [fk for fk in schema.foreign.get(table, ()) if fk[1] in created.rows]
+        if links:
+            for position, row in made_rows:
+                if not _targets_exist_before(links, row, position, created):
+                    return None
+    for position, step, row in updates:
+        table = schema.table(step.model)
+        assert table is not None
+        if not _targets_exist_before(schema.foreign.get(table, []), row, position, created):
+            return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            ordered = sort_tables(models)
+        except Exception:
+            return None  # a cycle: only the original order is safe
+    return Plan([(models[t], inserts[models[t]]) for t in ordered], steps)
+
+
+def _targets_exist_before(
+    links: list[tuple[Columns, Table, Columns]],
+    row: dict[str, Any],
+    position: Position,
+    created: _Created,
+) -> bool:
+    """Whether no foreign key of ``row`` (of ``links``) points at a row the batch creates later."""
+    for local, target, remote in links:
+        if len(local) == 1:  # the common foreign key: no generator per row
+            value = row.get(local[0])
+            if value is None:
+                continue
+            values: tuple[Any, ...] = (value,)
+        elif all(c in row and row[c] is not None for c in local):
+            values = tuple(row[c] for c in local)
+        else:
+            continue
+        made = created.first(target, remote, values)
+        if made is not None and made > position:
+            return False
+    return True
