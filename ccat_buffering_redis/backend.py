@@ -28,7 +28,6 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from ccat_buffering._closing import AsyncClosing
-from ccat_buffering._deprecated import forward
 from ccat_buffering.buffer._sightings import BufferOrigin
 from ccat_buffering.errors import (
     BackendError,
@@ -345,28 +344,3 @@ class RedisBackend(
 def _replication_id(value: Any) -> str:
     # redis-py reads an id of decimal digits only (the none id is 40 zeros) as a number.
     return f"{value:040d}" if isinstance(value, int) else as_text(value or "")
-
-
-# The stores are imported above, so their old path needs no forwarding.
-_MOVED = (
-    forward(__name__, "ccat_buffering_redis._frame", frozenset({"SEP"})),
-    forward(
-        __name__,
-        "ccat_buffering_redis._values",
-        frozenset({"record_head", "record_text", "field_prefix"}),
-    ),
-    forward(
-        __name__,
-        "ccat_buffering_redis._coalescer",
-        frozenset({"MAX_GROUPS_PER_CALL", "MAX_IN_FLIGHT"}),
-    ),
-)
-
-
-def __getattr__(name: str) -> object:
-    for moved in _MOVED:
-        try:
-            return moved(name)
-        except AttributeError:
-            pass
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

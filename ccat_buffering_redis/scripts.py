@@ -23,7 +23,6 @@ grammar is written out in ``lua/apply.lua``.
 from __future__ import annotations
 
 import re
-import warnings
 from importlib import resources
 
 from ccat_buffering.write.models import TransactionState
@@ -142,16 +141,3 @@ def load(name: str) -> str:
 
 SCRIPTS = {name: load(name) for name in NAMES}
 """Every script's Lua, by name."""
-
-
-def __getattr__(name: str) -> str:
-    # The scripts were constants (scripts.APPLY, ...) until the Lua became files.
-    if name.isupper() and name.lower() in SCRIPTS:
-        warnings.warn(
-            f"ccat_buffering_redis.scripts.{name} is now SCRIPTS[{name.lower()!r}] "
-            "(the constant is kept for one release)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return SCRIPTS[name.lower()]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from ccat_buffering._deprecated import forward
 from ccat_buffering.buffer._recent_commits import RecentCommits
 from ccat_buffering.buffer._transitions import (
     Delivery,
@@ -33,8 +32,6 @@ from ccat_buffering.write.registry import ModelRegistry
 
 __all__ = ["Delivery", "Listener", "TransactionManager", "as_json"]
 
-_MOVED = frozenset({"cache_writes", "key_text", "record_id"})
-__getattr__ = forward(__name__, "ccat_buffering.buffer.cache_writes", _MOVED)
 
 DEFAULT_STATUS_TTL = 3600.0
 DEFAULT_CACHE_TTL = 3600.0

@@ -28,7 +28,6 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from ccat_buffering._deprecated import forward
 from ccat_buffering.config._settings_checks import (
     check_backend_url,
     check_database_url,
@@ -36,14 +35,10 @@ from ccat_buffering.config._settings_checks import (
     explain,
 )
 from ccat_buffering.errors import ConfigurationError
-from ccat_buffering.masking import mask_mapping, mask_url
+from ccat_buffering.masking import mask_mapping
 from ccat_buffering.write.models import DEFAULT_MAX_PAYLOAD_BYTES, check_identifier
 
-# mask_url is used below and still imported from here by coordinator.py and
-# ccat_buffering_redis/_connect.py; mask_text moved to ccat_buffering.masking.
-__all__ = ["BufferingSettings", "load_settings", "mask_url"]
-
-__getattr__ = forward(__name__, "ccat_buffering.masking", frozenset({"mask_text"}))
+__all__ = ["BufferingSettings", "load_settings"]
 
 CONFIG_FILE_VARIABLE = "CCAT_BUFFERING_CONFIG_FILE"
 DEFAULT_CONFIG_FILE = "ccat-buffering.toml"

@@ -20,16 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import warnings
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering.buffer.retry import FailureKind, classify_failure, is_schema_lag
 from ccat_buffering.conflicts.checked import ConflictSuspected
 from ccat_buffering.conflicts.log import create_conflict_log
-from ccat_buffering.drain import database
 from ccat_buffering.drain._batch_preparing import BatchPreparer
 from ccat_buffering.drain._link import LinkTimeouts, watch_engine, watched
 from ccat_buffering.drain._operator_paths import OperatorPaths
@@ -48,21 +45,6 @@ from ccat_buffering.write.models import Transaction, utc_now
 from ccat_buffering.write.registry import ModelRegistry
 
 __all__ = ["BatchResult", "Outcome", "TransactionExecutor"]
-
-_MOVED = ("LEDGER_TABLE_NAME", "create_engine", "ledger_metadata", "ledger_table")
-
-
-def __getattr__(name: str) -> Any:
-    # The engine and the ledger moved to ccat_buffering.drain.database; the old
-    # names work for one release.
-    if name in _MOVED:
-        warnings.warn(
-            f"ccat_buffering.drain.executor.{name} moved to ccat_buffering.drain.database.{name}",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(database, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _suspected(outcome: Outcome) -> bool:

@@ -63,24 +63,6 @@ def test_includes_name_fragments_that_exist_and_each_is_included_once() -> None:
         assert text.count("local function now_ms()") == 1, name
 
 
-@pytest.mark.parametrize(
-    ("name", "module"),
-    [
-        ("SEP", "ccat_buffering_redis._frame"),
-        ("record_text", "ccat_buffering_redis._values"),
-        ("MAX_IN_FLIGHT", "ccat_buffering_redis._coalescer"),
-    ],
-)
-def test_a_name_moved_out_of_backend_still_imports_with_a_warning(name: str, module: str) -> None:
-    import importlib
-
-    import ccat_buffering_redis.backend as backend
-
-    with pytest.warns(DeprecationWarning, match=module):
-        old = getattr(backend, name)
-    assert old is getattr(importlib.import_module(module), name)
-
-
 def test_the_stores_still_import_from_backend() -> None:
     import ccat_buffering_redis.backend as backend
     import ccat_buffering_redis.stores as stores

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
-import pytest
-
 import ccat_buffering
 import ccat_buffering_memory
 
@@ -140,40 +136,6 @@ def test_checks_all_is_pinned() -> None:
 def test_every_name_exists() -> None:
     for name in ccat_buffering.__all__:
         assert getattr(ccat_buffering, name) is not None
-
-
-MOVED = [
-    ("ccat_buffering.demo.example", "Base", "ccat_buffering.demo.example"),
-    ("ccat_buffering.demo.simulation", "simulate", "ccat_buffering.demo.simulation"),
-    ("ccat_buffering.drain.executor", "create_engine", "ccat_buffering.drain.database"),
-    ("ccat_buffering.drain.executor", "ledger_metadata", "ccat_buffering.drain.database"),
-    ("ccat_buffering.config.settings", "mask_text", "ccat_buffering.masking"),
-    ("ccat_buffering.buffer.manager", "cache_writes", "ccat_buffering.buffer.cache_writes"),
-    ("ccat_buffering.buffer.manager", "key_text", "ccat_buffering.buffer.cache_writes"),
-    ("ccat_buffering.buffer.manager", "record_id", "ccat_buffering.buffer.cache_writes"),
-]
-
-
-@pytest.mark.parametrize(("old", "name", "new"), MOVED)
-def test_a_moved_name_keeps_its_old_path_for_one_release(old: str, name: str, new: str) -> None:
-    with pytest.warns(DeprecationWarning, match=f"{old}.{name} moved to {new}.{name}"):
-        found = getattr(importlib.import_module(old), name)
-    assert found is getattr(importlib.import_module(new), name)
-    with pytest.raises(AttributeError):
-        _ = importlib.import_module(old).no_such_name
-
-
-def test_the_package_imports_no_deprecated_path() -> None:
-    import subprocess
-    import sys
-
-    code = "import ccat_buffering, ccat_buffering.cli, ccat_buffering.demo.simulation"
-    out = subprocess.run(
-        [sys.executable, "-W", "error::DeprecationWarning", "-c", code],
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stderr
 
 
 def test_core_imports_no_backend_client() -> None:
