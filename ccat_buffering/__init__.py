@@ -52,7 +52,8 @@ from ccat_buffering.masking import mask_url
 from ccat_buffering.observe.health import BufferHealth, Health, ReplicationHealth
 from ccat_buffering.read.reads import Reads
 from ccat_buffering.site.coordinator import BufferingCoordinator
-from ccat_buffering.write.builder import RecordHandle, TransactionBuilder
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.handles import RecordHandle
 from ccat_buffering.write.lsn import LSN
 from ccat_buffering.write.models import (
     FORMAT_VERSION,

@@ -41,7 +41,8 @@ from ccat_buffering.errors import (
 )
 from ccat_buffering.site.coordinator import BufferingCoordinator
 from ccat_buffering.web.public_views import public_error, public_health, public_status
-from ccat_buffering.write.builder import TransactionBuilder, with_generated_ids
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.handles import with_generated_ids
 from ccat_buffering.write.registry import ModelRegistry
 
 __all__ = [
@@ -187,7 +188,7 @@ def critical_operation(handler: Handler | None = None, *, endpoint: str | None =
     a secondary site, applied at a main site), and the response carries
     ``X-Transaction-Id`` and ``X-Transaction-State``. The handler's return
     value is the response; a handler that adds no step submits nothing. A
-    :class:`~ccat_buffering.write.builder.RecordHandle` in the returned dict (or
+    :class:`~ccat_buffering.write.handles.RecordHandle` in the returned dict (or
     list) becomes the record's key once submitted: at a ``main`` site the key
     the database generated (an identity column), so ``return {"id": note}``
     answers ``201 {"id": 42}``.

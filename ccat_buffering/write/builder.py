@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pydantic
 
 from ccat_buffering.errors import TransactionValidationError
-from ccat_buffering.write.columns import ModelColumns, columns_of, convert_step
+from ccat_buffering.write.columns import ModelColumns, columns_of
+from ccat_buffering.write.conversion import convert_step
+from ccat_buffering.write.handles import RecordHandle, record_handle
 from ccat_buffering.write.models import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     Operation,
-    Ref,
     Step,
     Transaction,
     validation_error,
@@ -36,93 +37,11 @@ from ccat_buffering.write.models import (
 
 if TYPE_CHECKING:
     from ccat_buffering.write.registry import ModelRegistry
-    from ccat_buffering.write.status import TransactionStatus
 
-__all__ = ["RecordHandle", "TransactionBuilder", "with_generated_ids"]
+__all__ = ["RecordHandle", "TransactionBuilder"]
 
 ModelLike = str | type[Any]
 """A model's name, or the SQLAlchemy mapped class itself."""
-
-
-@dataclass(frozen=True)
-class RecordHandle:
-    """The record a step writes, as the caller may use it before it exists.
-
-    Attributes:
-        step_id: The step that writes it.
-        model: The model's name.
-        id: The key as text, for URLs and replies (a UUID in its canonical
-            form), or ``None`` where the database assigns it (then use :meth:`ref`).
-        value: The key with its column's Python type (a ``uuid.UUID`` for a
-            ``Uuid`` key), for the data of later steps; ``None`` as for ``id``.
-    """
-
-    step_id: str
-    model: str
-    id: str | None
-    value: Any = None
-    key_field: str | None = field(default=None, compare=False, repr=False)
-    """The model's key field, when the key is one column."""
-
-    def generated_id(self, status: TransactionStatus) -> Any:
-        """The key the database gave this record, once ``status`` says it committed.
-
-        Args:
-            status: The status of the transaction that holds the step (from
-                ``submit`` at a ``main`` site, or once ``committed``).
-
-        Returns:
-            The generated key (a JSON value), or :attr:`id` when the database
-            gave none (a pre-generated key, or not committed yet).
-        """
-        if self.key_field is None:
-            return self.id
-        return status.generated.get(self.step_id, {}).get(self.key_field, self.id)
-
-    def ref(self, field: str) -> Ref:
-        """Refer to a value of this record that only the database produces.
-
-        Args:
-            field: The attribute to read once the step has been applied.
-
-        Returns:
-            A :class:`~ccat_buffering.write.models.Ref`, resolved at execution.
-        """
-        return Ref(step=self.step_id, field=field)
-
-
-def _handle(step: Step, record: Mapping[str, Any]) -> RecordHandle:
-    fields = step.key_fields
-    single = fields[0] if len(fields) == 1 else None
-    value = record.get(single) if single is not None else None
-    if value is None or isinstance(value, Ref):
-        return RecordHandle(step.step_id, step.model, None, key_field=single)
-    return RecordHandle(step.step_id, step.model, str(value), value, key_field=single)
-
-
-def with_generated_ids(result: Any, status: TransactionStatus) -> Any:
-    """``result`` with every :class:`RecordHandle` in it replaced by its key.
-
-    For a reply built before the transaction was submitted: a handler returns
-    ``{"id": note}`` (the handle), and once the site has submitted the
-    transaction the handle becomes the key, the database's own where it
-    generated one (at a ``main`` site, at once). Looks into dicts, lists and
-    tuples; anything else is returned as it is.
-
-    Args:
-        result: A route's return value.
-        status: The submitted transaction's status.
-
-    Returns:
-        ``result`` with the handles replaced.
-    """
-    if isinstance(result, RecordHandle):
-        return result.generated_id(status)
-    if isinstance(result, dict):
-        return {k: with_generated_ids(v, status) for k, v in result.items()}
-    if isinstance(result, list | tuple):
-        return type(result)(with_generated_ids(v, status) for v in result)
-    return result
 
 
 @dataclass(frozen=True)
@@ -250,7 +169,7 @@ class TransactionBuilder:
             operation=Operation.CREATE,
             data=self._with_key(described, data),
         )
-        return _handle(step, step.data or {})
+        return record_handle(step, step.data or {})
 
     def _key(self, model: _Model, key: Any) -> dict[str, Any]:
         fields = model.key_fields
@@ -314,7 +233,7 @@ class TransactionBuilder:
             expected=None if expected is None else dict(expected),
             expected_version=expected_version,
         )
-        return _handle(step, step.key or {})
+        return record_handle(step, step.key or {})
 
     def delete(
         self,
@@ -371,7 +290,7 @@ class TransactionBuilder:
             operation=Operation.BULK_CREATE,
             records=[self._with_key(described, r) for r in records],
         )
-        return [_handle(step, record) for record in step.records or []]
+        return [record_handle(step, record) for record in step.records or []]
 
     def bulk_update(
         self,

@@ -208,7 +208,8 @@ class ModelRegistry:
             UnknownColumnError: A field is not mapped.
             TransactionValidationError: A value its column cannot take.
         """
-        from ccat_buffering.write.columns import columns_of, convert_step, is_converted
+        from ccat_buffering.write.columns import columns_of
+        from ccat_buffering.write.conversion import convert_step, is_converted
 
         self.check(transaction)
         steps = []
