@@ -9,16 +9,11 @@ directly is a setting, not a change of service code.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Coroutine
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering import logs
-from ccat_buffering.buffer.cache_writes import generated_writes
-from ccat_buffering.buffer.idempotency import Outcome, submit_once
-from ccat_buffering.buffer.manager import as_json
 from ccat_buffering.buffer.protocols import Backend
 from ccat_buffering.config.backends import open_backend
 from ccat_buffering.config.settings import BufferingSettings, load_settings
@@ -28,25 +23,22 @@ from ccat_buffering.confirm.replication import (
     ReplicationChecker,
 )
 from ccat_buffering.confirm.waiting import StatusWatch, Until
-from ccat_buffering.conflicts.bases import stamp_write_time, with_bases
 from ccat_buffering.conflicts.resolve import Keep, Resolution, resolve_conflict
-from ccat_buffering.drain._stopping import finish_or_cancel
 from ccat_buffering.drain.database import create_engine
 from ccat_buffering.drain.executor import TransactionExecutor
-from ccat_buffering.drain.ledger_pruning import prune_periodically
-from ccat_buffering.drain.processor import STOP_GRACE, BackgroundProcessor
+from ccat_buffering.drain.processor import BackgroundProcessor
 from ccat_buffering.errors import (
-    BackendError,
-    ConflictError,
     TransactionFailedError,
     WaitTimeoutError,
 )
 from ccat_buffering.logs import SiteLogger
 from ccat_buffering.masking import mask_url
-from ccat_buffering.observe.activity import Activity, refusal_reason
-from ccat_buffering.observe.buffer_loss import BufferLoss, BufferWatch, watch_buffer
-from ccat_buffering.observe.health import NO_REPLICA_NOTICE, Health, collect
+from ccat_buffering.observe.activity import Activity
+from ccat_buffering.observe.buffer_loss import BufferLoss, BufferWatch
+from ccat_buffering.observe.health import Health, collect
 from ccat_buffering.read.reads import Reads
+from ccat_buffering.site._lifecycle import Lifecycle
+from ccat_buffering.site._submitting import Submitting
 from ccat_buffering.site._wiring import (
     apply_conflict_settings,
     batch_sizer,
@@ -54,7 +46,7 @@ from ccat_buffering.site._wiring import (
     replication_tracker,
     transaction_manager,
 )
-from ccat_buffering.write.models import Transaction, TransactionState, TransactionStatus, utc_now
+from ccat_buffering.write.models import TransactionStatus
 from ccat_buffering.write.registry import ModelRegistry
 
 __all__ = [
@@ -66,7 +58,7 @@ __all__ = [
 ]
 
 
-class BufferingCoordinator:
+class BufferingCoordinator(Submitting, Lifecycle):
     """A site's buffering, draining and confirming, as one object.
 
     Build it with :meth:`from_settings`, or pass the parts in. Use it as an
@@ -217,139 +209,6 @@ class BufferingCoordinator:
         )
         return coordinator
 
-    async def submit(
-        self, transaction: Transaction, *, idempotency_key: str | None = None
-    ) -> TransactionStatus:
-        """Write a transaction the way the site's type requires.
-
-        A ``secondary`` site buffers it (returns at once, ``buffered``); a
-        ``main`` site applies it now and returns ``committed`` (or raises),
-        with what the database computed for its creates in ``generated``.
-
-        Args:
-            transaction: From :meth:`TransactionBuilder.build`.
-            idempotency_key: The client's key for this request: a second
-                submit with the same key (and the same steps, ids included:
-                submit the same transaction again) returns the first one's
-                status and buffers nothing (see :mod:`ccat_buffering.buffer.idempotency`).
-
-        Returns:
-            Its status (the first transaction's, for a known key).
-
-        Raises:
-            TransactionValidationError: Bad input; nothing was written.
-            IdempotencyKeyReusedError: The key was used for other steps.
-            ExecutionError: At a main site, the database refused it.
-        """
-        if idempotency_key is not None:
-            return (await self.submit_once(transaction, idempotency_key)).status
-        return await self._counted(transaction)
-
-    async def submit_once(
-        self,
-        transaction: Transaction,
-        key: str,
-        *,
-        request: str | None = None,
-        response: Any = None,
-        status_code: int | None = None,
-    ) -> Outcome:
-        """Submit under an idempotency key (:func:`~ccat_buffering.buffer.idempotency.submit_once`).
-
-        Args:
-            transaction: What this request built.
-            key: The client's idempotency key.
-            request: The request's fingerprint (the transaction's steps by default).
-            response: The answer to record for retries.
-            status_code: The HTTP status to record for retries.
-
-        Returns:
-            The status, whether it was a retry, and the key's record.
-        """
-        outcome = await submit_once(
-            self.backend.status,
-            transaction,
-            key,
-            submit=self._counted,
-            status_of=self.status,
-            ttl=self.settings.idempotency_ttl,
-            request=request,
-            response=response,
-            status_code=status_code,
-        )
-        if outcome.replayed:
-            self.activity.replays += 1
-            self.log.info(
-                "idempotency key known: answered with %s (%s)",
-                outcome.status.transaction_id,
-                outcome.status.state,
-                transaction_id=transaction.transaction_id,
-            )
-        return outcome
-
-    async def _counted(self, transaction: Transaction) -> TransactionStatus:
-        tx_id = transaction.transaction_id
-        try:
-            with self.tracing.sending(transaction) as traced:
-                status = await self._submit(traced)
-        except Exception as exc:
-            reason = refusal_reason(exc)
-            self.activity.refusals[reason] += 1
-            self.log.info("submit refused (%s): %s", reason, exc, transaction_id=tx_id)
-            raise
-        self.activity.submits[str(status.state)] += 1
-        self.log.info("submitted: %s", status.state, transaction_id=tx_id)
-        return status
-
-    async def _submit(self, transaction: Transaction) -> TransactionStatus:
-        transaction = await self._with_bases(transaction)
-        if self.settings.site_type == "secondary":
-            return await self.manager.buffer(transaction)
-        transaction.to_json(self.settings.max_payload_bytes)
-        result = await self.executor.execute_batch([transaction])
-        outcome = result.outcomes[0]
-        self.manager.found_conflicts(outcome.conflicts)
-        if outcome.conflicted:
-            raise ConflictError(
-                "; ".join(c.describe() for c in outcome.conflicts)
-                + " (see `ccat-buffering conflicts list`)",
-                outcome.conflicts,
-            )
-        if outcome.error is not None:
-            raise outcome.error
-        self.tracing.committed([transaction], result.commit_lsn)
-        now = utc_now()
-        status = TransactionStatus(
-            transaction_id=transaction.transaction_id,
-            endpoint=transaction.endpoint,
-            state=TransactionState.COMMITTED,
-            created_at=transaction.created_at,
-            committed_at=now,
-            commit_lsn=result.commit_lsn,
-            generated=as_json(outcome.generated),
-        )
-        # A row keyed by the database is cached under that key until the replica
-        # has it (released with the transaction), so the site's reads find it now.
-        writes = generated_writes(transaction, outcome.generated)
-        async with self.backend.atomic() as batch:
-            batch.put_status(status, self.settings.status_ttl)
-            if writes:
-                batch.write_cache(transaction.transaction_id, writes, self.manager.cache_ttl)
-        return status
-
-    async def _with_bases(self, transaction: Transaction) -> Transaction:
-        """Converted, stamped with its write time, and based on what the site sees now."""
-        if not isinstance(transaction, Transaction):
-            return transaction  # the manager refuses it with the usual message
-        transaction = self.registry.convert(transaction)
-        transaction = stamp_write_time(transaction, self.registry, utc_now())
-        return await with_bases(
-            transaction,
-            lambda model, key: self.reads.get(model, key),
-            self.registry,
-            lambda model, keys: self.reads.get_many(model, keys),
-        )
-
     async def resolve_conflict(self, conflict_id: int, keep: Keep) -> Resolution:
         """Resolve a rejected conflict: apply ``mine`` unchecked, or keep ``theirs`` (drop it).
 
@@ -374,10 +233,6 @@ class BufferingCoordinator:
             statuses=self.backend.status,
             status_ttl=self.settings.status_ttl,
         )
-
-    async def status(self, transaction_id: str) -> TransactionStatus | None:
-        """The status of a transaction, or ``None`` if unknown or expired."""
-        return await self.manager.status(transaction_id)
 
     async def wait(
         self, transaction_id: str, *, until: Until = "committed", timeout: float = 30.0
@@ -449,111 +304,6 @@ class BufferingCoordinator:
     async def prepare_database(self) -> None:
         """Create the applied-transactions ledger, or upgrade it to record the site."""
         await self.executor.create_ledger()
-
-    async def _leads(self) -> bool:
-        """Whether this process confirms the site's replication: the lease holder does.
-
-        At a secondary site the draining processor holds the site's lease; at a
-        main site nothing drains, and the tracker takes the same lease itself,
-        so that one process per site marks ``replicated`` and counts it once.
-        """
-        lease = self.processor.lease
-        if self.settings.site_type == "secondary":
-            return lease.held
-        try:
-            if lease.held and await lease.still_held():
-                return True
-            lease.held = False
-            return await lease.take()
-        except BackendError:
-            return False
-
-    def start(self) -> None:
-        """Start the processor (secondary sites) and the replication tracker.
-
-        Services do not call it (they submit and read; the worker drains):
-        see :func:`ccat_buffering.web.fastapi.lifespan`.
-        """
-        if self.settings.site_type == "secondary":
-            if not self.settings.replica_url:
-                SiteLogger(__name__, self.backend.site).warning(NO_REPLICA_NOTICE)
-            self.processor.start()
-            if self.watch.supported and (self._watch_task is None or self._watch_task.done()):
-                self._watch_task = asyncio.create_task(self._watching(), name="buffer-watch")
-            pruning = self.settings.ledger and self.settings.ledger_prune_interval > 0
-            if pruning and (self._prune_task is None or self._prune_task.done()):
-                self._prune_task = asyncio.create_task(
-                    prune_periodically(
-                        self.engine,
-                        self.backend,
-                        retention=self.settings.ledger_retention,
-                        interval=self.settings.ledger_prune_interval,
-                        batch_size=self.settings.ledger_prune_batch,
-                    ),
-                    name="ledger-pruning",
-                )
-        if self._tracker_task is None or self._tracker_task.done():
-            self._tracker_task = asyncio.create_task(self.tracker.run(), name="replication-tracker")
-
-    async def stop(self, grace: float = STOP_GRACE) -> None:
-        """Stop the processor after its batch, and the tracker after its poll, in bounded time.
-
-        Returns within ``grace`` plus :data:`~ccat_buffering.drain._stopping.CANCEL_BOUND`
-        seconds whatever the buffer watch, the link or the buffer is doing:
-        what does not finish in time is cancelled (see :mod:`ccat_buffering.drain._stopping`).
-
-        Args:
-            grace: Seconds the processor's batch and the tracker's poll may
-                take to finish before they are cancelled.
-        """
-        log = SiteLogger(__name__, self.backend.site)
-        tasks = [*self.background]
-        self.background.clear()
-        watch, self._watch_task = self._watch_task, None
-        tracker, self._tracker_task = self._tracker_task, None
-        prune, self._prune_task = self._prune_task, None
-        self.tracker.stop()
-        stopping: list[Coroutine[Any, Any, object]] = [
-            finish_or_cancel(task, log=log) for task in tasks
-        ]
-        for job in (watch, prune):
-            if job is not None:
-                stopping.append(finish_or_cancel(job, log=log))
-        if tracker is not None:
-            stopping.append(finish_or_cancel(tracker, grace=grace, log=log))
-        stopping.append(self.processor.stop(grace))
-        for outcome in await asyncio.gather(*stopping, return_exceptions=True):
-            if isinstance(outcome, asyncio.CancelledError):
-                raise outcome
-            if isinstance(outcome, Exception):
-                log.error("a background task failed while stopping: %s", outcome)
-        if self.settings.site_type == "main":
-            with contextlib.suppress(BackendError):
-                await self.processor.lease.release()
-
-    async def _watching(self) -> None:
-        """Check the buffer against the main database at start and every second."""
-        await watch_buffer(self.watch, self.watch_interval)
-
-    async def aclose(self) -> None:
-        """Stop, then close what the coordinator owns."""
-        await self.stop()
-        await self.statuses.aclose()
-        if self._owns:
-            await self.backend.aclose()
-            await self.engine.dispose()
-            if self.read_engine is not None:
-                await self.read_engine.dispose()
-
-    async def __aenter__(self) -> Self:
-        """Start the background work (unless built with ``start=False``)."""
-        if self._start_on_enter:
-            self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        """Stop and close."""
-        await self.aclose()
 
     def describe(self) -> dict[str, Literal["main", "secondary"] | str | None]:
         """The site's name, type and masked URLs."""
