@@ -230,3 +230,70 @@ def test_every_documented_extra_exists(page: Path, extra: str) -> None:
         "optional-dependencies"
     ]
     assert extra in extras, f"{page.name} names the extra [{extra}]"
+
+
+# --- Every dotted name of the package that a page names exists ---
+
+DOTTED = re.compile(r"(?<![\w.])(ccat_buffering(?:_redis|_memory)?(?:\.\w+)+)")
+# Dotted names that are not Python objects, each with what it is.
+NOT_OBJECTS = {
+    "ccat_buffering.backends": "the entry-point group of backends",
+    "ccat_buffering.commit_lsn": "a span attribute",
+    "ccat_buffering.transaction_id": "a span attribute",
+    "ccat_buffering.worker": "the worker's logger",
+    "ccat_buffering.db": "the SQLite file an old default left behind",
+}
+
+
+def _resolves(name: str) -> bool:
+    import importlib
+
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            found: object = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            if not hasattr(found, attr):
+                # An instance attribute: set in the class's own code.
+                return isinstance(found, type) and _sets(found, attr)
+            found = getattr(found, attr)
+        return True
+    return False
+
+
+def _sets(cls: type, attr: str) -> bool:
+    import inspect
+
+    return any(
+        f"self.{attr} =" in inspect.getsource(base)
+        for base in cls.__mro__
+        if base.__module__.startswith("ccat_buffering")
+    )
+
+
+def _dotted_names(page: Path) -> set[str]:
+    names = set()
+    for literal in re.findall(r"``([^`]+)``|`~?([\w.]+)`", page.read_text()):
+        for text in literal:
+            names.update(m.rstrip(".") for m in DOTTED.findall(text))
+    return names - set(NOT_OBJECTS)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_dotted_name_a_page_gives_exists(page: Path) -> None:
+    missing = sorted(name for name in _dotted_names(page) if not _resolves(name))
+    assert not missing, f"{page.name} names what does not exist: {missing}"
+
+
+def test_the_walk_names_a_module_at_every_step() -> None:
+    text = (DOCS / "contributing.rst").read_text()
+    after = text.split("One transaction, from submit() to replicated")[1]
+    walk = after.split("What lives where")[0]
+    steps = re.split(r"\n#\. ", walk)[1:]
+    assert len(steps) >= 7, "the walk from submit() to replicated lost its steps"
+    for step in steps:
+        names = {n for n in DOTTED.findall(step)}
+        assert names, f"a step of the walk names no module: {step[:80]!r}"
+        assert all(_resolves(n) for n in names), step
