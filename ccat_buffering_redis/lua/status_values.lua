@@ -8,8 +8,9 @@ local function read(k)
   return redis.call('MGET', k)[1] or nil
 end
 
--- A status key holds the status JSON (without the id and default values),
--- then, after a newline, the records the transaction wrote while they are
+-- A status key holds the status JSON (without the id and default values;
+-- its times after it, '@<created>,<updated>,...', read only by Python: see
+-- ccat_buffering_redis._values), then, after a newline, the records the transaction wrote while they are
 -- buffered: '<Model>:<id>', space-separated (JSON text holds no raw newline,
 -- no name a space). Either part may be empty.
 local function split_status(value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -215,6 +216,38 @@ async def test_a_record_names_its_creator_without_an_id_cache_key(
     assert await backend.cache.created_by(MODEL, "r1") is None
     assert await backend.cache.created_by(MODEL, "r2") is None
     assert not await redis_client.exists(backend.keys.ids(MODEL, "r2"))
+
+
+@pytest.mark.parametrize(
+    "created",
+    [
+        dt.datetime(2026, 12, 7, 10, 13, 49, 62394, tzinfo=dt.UTC),
+        dt.datetime(1960, 1, 1, tzinfo=dt.UTC),  # before 1970: the fallback
+        dt.datetime(2200, 1, 1, 0, 0, 0, 1, tzinfo=dt.UTC),  # past a float's microseconds
+    ],
+)
+async def test_a_status_keeps_its_times_in_a_short_tail_and_older_statuses_still_read(
+    backend: RedisBackend, redis_client: aioredis.Redis, created: dt.datetime
+) -> None:
+    """Issue 23: a buffered status fits jemalloc's 192-byte class (times as integers)."""
+    status = TransactionStatus(
+        transaction_id="t-1",
+        endpoint="start_observation",
+        state=TransactionState.COMMITTED,
+        commit_lsn="0/16B3748",
+        last_error="a } and an @ in the text",
+        created_at=created,
+        updated_at=created + dt.timedelta(microseconds=2302),
+        committed_at=created - dt.timedelta(microseconds=7),
+    )
+    await backend.status.put(status, 600)
+    raw = await redis_client.get(backend.keys.status("t-1"))
+    assert raw is not None and b"_at" not in raw and raw.endswith(b",2302,-7")
+    assert await backend.status.get("t-1") == status
+    # A status written before the times had their tail: its JSON holds them.
+    old = status.model_dump_json(exclude={"transaction_id"}, exclude_defaults=True)
+    await redis_client.set(backend.keys.status("t-1"), old)
+    assert await backend.status.get("t-1") == status
 
 
 async def test_zlib_entries_use_the_dictionary_and_older_entries_still_read() -> None:
