@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+import redis
 import redis.asyncio as aioredis
-from redis_servers import redis_sentinel
+from redis.asyncio.sentinel import Sentinel
+from redis_servers import client_of, deaf_sentinel, redis_sentinel
+from servers import wait_for
 from services import started
 
 from ccat_buffering.backends import open_backend
@@ -47,3 +50,47 @@ async def test_sentinel_discovery_and_failover() -> None:
             second.transaction_id,
         ]
         await backend.aclose()
+
+
+def _failed_over(ports: dict[str, object]) -> None:
+    """``SENTINEL FAILOVER`` (once the sentinel knows the replica), until the replica leads."""
+
+    def accepted() -> bool:
+        try:
+            client_of(int(ports["sentinel"])).execute_command(  # type: ignore[call-overload]
+                "SENTINEL", "FAILOVER", "site-buffer"
+            )
+        except redis.exceptions.ResponseError:  # NOGOODSLAVE: the replica not known yet
+            return False
+        return True
+
+    wait_for(accepted, "a failover accepted")
+    wait_for(lambda: ports["master_port"]() == ports["replica"], "the replica promoted")  # type: ignore[operator]
+
+
+def _names(sentinel: int) -> tuple[int, int]:
+    """The port of the master ``sentinel`` names, and its config-epoch."""
+    state = client_of(sentinel).sentinel_master("site-buffer")
+    return int(state["port"]), int(state["config-epoch"])
+
+
+async def test_a_stale_sentinel_does_not_send_writers_to_the_old_master() -> None:
+    with started(redis_sentinel()) as ports:
+        old, new, fresh = int(ports["master"]), int(ports["replica"]), int(ports["sentinel"])  # type: ignore[call-overload]
+        _failed_over(ports)
+        # The replaced master stays a master for about 8 s before Sentinel demotes it.
+        with deaf_sentinel(old) as stale:
+            assert _names(stale) == (old, 0)
+            stock = Sentinel([("127.0.0.1", stale), ("127.0.0.1", fresh)], socket_timeout=2)  # type: ignore[no-untyped-call]
+            assert await stock.discover_master("site-buffer") == ("127.0.0.1", old)  # type: ignore[no-untyped-call]
+            assert client_of(old).info("replication")["role"] == "master"
+
+            url = f"redis+sentinel://127.0.0.1:{stale},127.0.0.1:{fresh}/site-buffer"
+            backend = open_backend(url, site=new_site_name(), socket_timeout=2)
+            await TransactionManager(backend).buffer(observation(1)[0])
+            key = backend.keys.buffer  # type: ignore[attr-defined]
+            assert client_of(new).llen(key) == 1
+            assert client_of(old).llen(key) == 0
+            assert _names(stale) == (old, 0)  # stale all along
+            await backend.aclose()
+            await stock.aclose()
