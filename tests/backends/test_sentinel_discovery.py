@@ -106,5 +106,7 @@ async def test_a_tie_goes_to_the_majority() -> None:
 
 async def test_no_answer_at_all_names_every_sentinel() -> None:
     discovery = Discovery(redis.exceptions.ConnectionError("refused"), "hang")
-    with pytest.raises(MasterNotFoundError, match=r"ConnectionError\(refused\), .*no answer within 0.3 s"):
+    with pytest.raises(
+        MasterNotFoundError, match=r"ConnectionError\(refused\), .*no answer within 0.3 s"
+    ):
         await discovery.discover_master("site-buffer")
