@@ -134,8 +134,12 @@ class NewestMasterSentinel(Sentinel):
             return f"{_name(sentinel)}: no answer within {self.timeout:g} s"
         except _UNREACHABLE as exc:
             return f"{_name(sentinel)}: {type(exc).__name__}({exc})"
-        state = masters.get(service_name)
-        return None if state is None else answer_of(state, self.min_other_sentinels)
+        # A mapping by name, or a list of states (redis-py's unified replies).
+        states = masters.values() if isinstance(masters, dict) else masters
+        for state in states:
+            if state.get("name") == service_name:
+                return answer_of(state, self.min_other_sentinels)
+        return None
 
     async def _role(self, address: tuple[str, int]) -> str:
         """``master``, another role, or why the master could not be asked.

@@ -42,7 +42,7 @@ class FakeSentinel:
         if isinstance(self.answer, Exception):
             raise self.answer
         assert isinstance(self.answer, dict)
-        return {"site-buffer": self.answer}
+        return {"site-buffer": {"name": "site-buffer", **self.answer}}
 
 
 class Discovery(NewestMasterSentinel):
@@ -110,3 +110,15 @@ async def test_no_answer_at_all_names_every_sentinel() -> None:
         MasterNotFoundError, match=r"ConnectionError\(refused\), .*no answer within 0.3 s"
     ):
         await discovery.discover_master("site-buffer")
+
+
+async def test_a_list_of_states_is_read_too() -> None:
+    # redis-py answers SENTINEL MASTERS as a list of states with its unified replies.
+    class Listing(FakeSentinel):
+        async def sentinel_masters(self) -> list[dict[str, Any]]:  # type: ignore[override]
+            other = {"name": "another-service", **state(OTHER, 9)}
+            return [other, {"name": "site-buffer", **state(NEW, 1)}]
+
+    discovery = Discovery(state(OLD, 0))
+    discovery.sentinels.append(Listing({}))  # type: ignore[arg-type]
+    assert await discovery.discover_master("site-buffer") == NEW
