@@ -184,6 +184,9 @@ def open_client(url: str, **options: Any) -> tuple[Redis | RedisCluster, str]:
                 **({"username": user, "password": password} if password else {}),
                 **{name: options[name] for name in _TIMEOUTS},
                 **tls,
+                # Once, at once (a pooled connection the sentinel dropped): redis-py's
+                # backoff would outlast the discovery's bound and hide the real error.
+                "retry": Retry(NoBackoff(), 1),
             },
             password=password,
             username=user,
