@@ -144,14 +144,16 @@ class NewestMasterSentinel(Sentinel):
     async def _role(self, address: tuple[str, int]) -> str:
         """``master``, another role, or why the master could not be asked.
 
-        A server that refuses ``INFO`` (ACL) is taken at the sentinels'
-        word: it answered, and a write to a replica still gets ``READONLY``.
+        A server that refuses ``INFO`` (ACL) or the credentials is taken at
+        the sentinels' word: it answered, a write to a replica still gets
+        ``READONLY``, and the connection that follows names a refusal as the
+        master's, not as the sentinels'.
         """
         probe = Redis(host=address[0], port=address[1], **self.connection_kwargs)
         try:
             async with asyncio.timeout(self.timeout):
                 info = await probe.info("replication")
-        except redis.exceptions.NoPermissionError:
+        except (redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationError):
             return "master"
         except TimeoutError:
             return f"no answer within {self.timeout:g} s"
