@@ -12,9 +12,7 @@ Sentinel demotes it, so writes go there and are lost when it is demoted
 :data:`DISCOVERY_TIMEOUT`, and follows the answer with the highest
 ``config-epoch`` (each failover raises it, and only the one sentinel that
 won that epoch's election chose its master), provided a majority of them
-answered (a minority's newest may be old news) and none is failing the
-master over (until the switch, its answer is the old master at the old
-epoch, though the replica may be promoted already). Answers at lower epochs are
+answered (a minority's newest may be old news). Answers at lower epochs are
 not followed, even when the newest ones are unusable: an outage until the
 sentinels agree is better than writes to a master already replaced.
 """
@@ -54,8 +52,6 @@ class SentinelAnswer:
     """The master's ``config-epoch``: raised by every failover."""
     usable: bool
     """Flagged a master, neither ``s_down`` nor ``o_down``, seeing enough other sentinels."""
-    failing_over: bool = False
-    """The sentinel is failing the master over (``failover_in_progress``)."""
 
 
 def answer_of(state: Mapping[str, Any], min_other_sentinels: int = 0) -> SentinelAnswer:
@@ -67,10 +63,7 @@ def answer_of(state: Mapping[str, Any], min_other_sentinels: int = 0) -> Sentine
         and int(state.get("num-other-sentinels", 0)) >= min_other_sentinels
     )
     return SentinelAnswer(
-        (str(state["ip"]), int(state["port"])),
-        int(state.get("config-epoch", 0)),
-        usable,
-        "failover_in_progress" in str(state.get("flags", "")).split(","),
+        (str(state["ip"]), int(state["port"])), int(state.get("config-epoch", 0)), usable
     )
 
 
@@ -114,9 +107,8 @@ class NewestMasterSentinel(Sentinel):
 
         Raises:
             MasterNotFoundError: Not a majority of the sentinels answered in
-                time, one is failing the master over, none names a usable
-                master at the newest epoch, or none of those masters answers
-                as a master.
+                time, none names a usable master at the newest epoch, or none
+                of those masters answers as a master.
         """
         replies = await asyncio.gather(*(self._ask(s, service_name) for s in self.sentinels))
         answers = [reply for reply in replies if isinstance(reply, SentinelAnswer)]
@@ -128,14 +120,6 @@ class NewestMasterSentinel(Sentinel):
             raise MasterNotFoundError(
                 f"No master found for {service_name!r}: only {len(replies) - silent} of "
                 f"{len(replies)} sentinels answered, not a majority : {', '.join(errors)}"
-            )
-        moving = [a for a in answers if a.failing_over]
-        if moving:
-            # Until the switch, the sentinel leading the failover still names the old
-            # master at the old epoch, though the replica may be promoted already.
-            raise MasterNotFoundError(
-                f"No master found for {service_name!r}: a failover of "
-                f"{moving[0].address[0]}:{moving[0].address[1]} is in progress"
             )
         for address in ranked_masters(answers):
             if self._force_master_ip is not None:

@@ -132,12 +132,3 @@ async def test_a_list_of_states_is_read_too() -> None:
     discovery = Discovery(state(OLD, 0))
     discovery.sentinels.append(Listing({}))  # type: ignore[arg-type]
     assert await discovery.discover_master("site-buffer") == NEW
-
-
-async def test_no_master_while_a_failover_is_in_progress() -> None:
-    # Until the switch, the leading sentinel still names the old master at the old epoch,
-    # though the replica may already be promoted.
-    discovery = Discovery(state(OLD, 0), state(OLD, 0, "master,failover_in_progress"))
-    with pytest.raises(MasterNotFoundError, match=r"failover of 10\.0\.0\.1:6379 is in progress"):
-        await discovery.discover_master("site-buffer")
-    assert discovery.asked == []
