@@ -11,8 +11,7 @@ Sentinel demotes it, so writes go there and are lost when it is demoted
 :class:`NewestMasterSentinel` asks all the sentinels at once, within
 :data:`DISCOVERY_TIMEOUT`, and follows the answer with the highest
 ``config-epoch`` (each failover raises it, and only the one sentinel that
-won that epoch's election chose its master), provided a majority of them
-answered (a minority's newest may be old news). Answers at lower epochs are
+won that epoch's election chose its master). Answers at lower epochs are
 not followed, even when the newest ones are unusable: an outage until the
 sentinels agree is better than writes to a master already replaced.
 """
@@ -34,8 +33,8 @@ __all__ = ["DISCOVERY_TIMEOUT", "NewestMasterSentinel", "SentinelAnswer", "ranke
 DISCOVERY_TIMEOUT = 1.0
 """Seconds to wait for the sentinels' answers (and the chosen master's role).
 
-A sentinel that has not answered by then is left out, as long as a
-majority of them has answered; otherwise discovery fails. Bounded so that
+A sentinel that has not answered by then is left out; only when none has
+does discovery fail. Bounded so that
 one hung sentinel (SIGSTOP, a dropped link) delays a discovery by at most
 this much, not by its socket timeout.
 """
@@ -106,21 +105,13 @@ class NewestMasterSentinel(Sentinel):
         """Ask every sentinel; return the newest master that says ``role:master``.
 
         Raises:
-            MasterNotFoundError: Not a majority of the sentinels answered in
-                time, none names a usable master at the newest epoch, or none
-                of those masters answers as a master.
+            MasterNotFoundError: No sentinel answered in time, none names a
+                usable master at the newest epoch, or none of those masters
+                answers as a master.
         """
         replies = await asyncio.gather(*(self._ask(s, service_name) for s in self.sentinels))
         answers = [reply for reply in replies if isinstance(reply, SentinelAnswer)]
         errors = [reply for reply in replies if isinstance(reply, str)]
-        silent = len(errors)
-        if silent and len(replies) - silent <= len(replies) // 2:
-            # Those not heard may know of a failover the others have not: following a
-            # minority's answer is how writers reach a replaced master.
-            raise MasterNotFoundError(
-                f"No master found for {service_name!r}: only {len(replies) - silent} of "
-                f"{len(replies)} sentinels answered, not a majority : {', '.join(errors)}"
-            )
         for address in ranked_masters(answers):
             if self._force_master_ip is not None:
                 address = (self._force_master_ip, address[1])

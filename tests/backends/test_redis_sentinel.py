@@ -92,7 +92,7 @@ async def test_a_stale_sentinel_does_not_send_writers_to_the_old_master() -> Non
             backend = open_backend(url, site=new_site_name(), socket_timeout=2)
             manager, write = TransactionManager(backend), observation(1)[0]
             deadline = time.monotonic() + 5
-            while True:  # refused while a majority of the sentinels has not answered in 1 s
+            while True:  # refused while no sentinel names a master that says so
                 try:
                     await manager.buffer(write)
                     break

@@ -75,18 +75,10 @@ async def test_the_newest_epoch_wins_over_a_stale_first_answer() -> None:
 async def test_a_hung_or_unreachable_sentinel_costs_at_most_the_timeout() -> None:
     discovery = Discovery(
         "hang", redis.exceptions.ConnectionError("refused"), state(OLD, 1), state(NEW, 3), {}
-    )  # three of five answered (one does not know the service): a majority
+    )  # one does not know the service
     started = time.monotonic()
     assert await discovery.discover_master("site-buffer") == NEW
     assert time.monotonic() - started < 1.0
-
-
-async def test_a_minority_of_answers_is_not_followed() -> None:
-    # The silent ones may know of a failover that the stale one answering has not heard of.
-    discovery = Discovery(state(OLD, 0), "hang")
-    with pytest.raises(MasterNotFoundError, match="only 1 of 2 sentinels answered"):
-        await discovery.discover_master("site-buffer")
-    assert discovery.asked == []
 
 
 async def test_no_fallback_to_an_older_epoch() -> None:
@@ -117,7 +109,7 @@ async def test_a_tie_goes_to_the_majority() -> None:
 async def test_no_answer_at_all_names_every_sentinel() -> None:
     discovery = Discovery(redis.exceptions.ConnectionError("refused"), "hang")
     with pytest.raises(
-        MasterNotFoundError, match=r"0 of 2 .*ConnectionError\(refused\), .*no answer within 0.3 s"
+        MasterNotFoundError, match=r"ConnectionError\(refused\), .*no answer within 0.3 s"
     ):
         await discovery.discover_master("site-buffer")
 
