@@ -3,7 +3,8 @@
 ``redis://``, ``rediss://`` (TLS) and ``unix://`` go to ``Redis.from_url``;
 ``redis+cluster://host:port[,host:port...]`` opens a cluster client from
 startup nodes; ``redis+sentinel://[:password@]host:port[,...]/service[/db]``
-asks the sentinels for the service's master and follows failovers. The last
+asks every sentinel for the service's master, follows the newest answer
+(``ccat_buffering_redis._sentinel``) and follows failovers. The last
 two take TLS from ``ssl=true`` and redis-py's ``ssl_*`` options as URL
 parameters (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
 ``ssl_cert_reqs``, ``ssl_check_hostname``); Sentinel uses them towards the
@@ -18,11 +19,11 @@ from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlu
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from ccat_buffering.errors import ConfigurationError
 from ccat_buffering.masking import mask_url
+from ccat_buffering_redis._sentinel import DISCOVERY_TIMEOUT, NewestMasterSentinel
 
 __all__ = ["open_client", "take_compression", "take_parameter"]
 
@@ -171,14 +172,21 @@ def open_client(url: str, **options: Any) -> tuple[Redis | RedisCluster, str]:
             )
         service = path[0]
         db = int(path[1]) if len(path) > 1 else 0
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        # Every sentinel is asked and the newest answer (config-epoch) wins:
+        # redis-py's own follows the first to answer, stale or not.
+        bound = options["socket_timeout"]
+        sentinel = NewestMasterSentinel(
             _hosts(parts.netloc, 26379),
+            timeout=DISCOVERY_TIMEOUT if bound is None else min(bound, DISCOVERY_TIMEOUT),
             # TLS to the sentinels and to the master alike (``tls-replication``
             # and a Sentinel with ``tls-port`` serve one CA).
             sentinel_kwargs={
                 **({"username": user, "password": password} if password else {}),
                 **{name: options[name] for name in _TIMEOUTS},
                 **tls,
+                # Once, at once (a pooled connection the sentinel dropped): redis-py's
+                # backoff would outlast the discovery's bound and hide the real error.
+                "retry": Retry(NoBackoff(), 1),
             },
             password=password,
             username=user,

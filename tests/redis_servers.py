@@ -355,3 +355,34 @@ def redis_sentinel(
                 except subprocess.TimeoutExpired:
                     process.kill()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def deaf_sentinel(master: int) -> Iterator[int]:
+    """A sentinel of ``site-buffer`` at ``master`` that hears no other sentinel; its port.
+
+    Its ``SUBSCRIBE`` and ``PUBLISH`` are renamed away, as a partition would
+    cut them: it never learns of a failover the others make and keeps naming
+    ``master`` at config-epoch 0 (its quorum of 3 keeps it from failing over alone).
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="ccat-deaf-sentinel-"))
+    port = free_port()
+    config = workdir / "sentinel.conf"
+    config.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
+        f"sentinel monitor site-buffer 127.0.0.1 {master} 3\n"
+        "sentinel rename-command site-buffer SUBSCRIBE DEAF-SUBSCRIBE\n"
+        "sentinel rename-command site-buffer PUBLISH DEAF-PUBLISH\n"
+    )
+    process = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", str(config), "--sentinel"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: port_open("127.0.0.1", port), "the deaf sentinel")
+        yield port
+    finally:
+        process.kill()
+        process.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
