@@ -70,7 +70,7 @@ async def bounded(work: Awaitable[T], seconds: float) -> T:
         task.cancel()
         _ABANDONED.add(task)
         task.add_done_callback(_forget)
-        raise TimeoutError(f"no answer in {seconds:.0f} s")
+        raise TimeoutError(f"no answer in {seconds:g} s")
     return task.result()
 
 
