@@ -21,6 +21,7 @@ from ccat_buffering.buffer_loss import BufferWatch
 from ccat_buffering.masking import mask_text
 from ccat_buffering.models import TransactionState, utc_now
 from ccat_buffering.protocols import (
+    AuditProgress,
     Backend,
     MemoryReport,
     SupportsBufferHealth,
@@ -113,7 +114,9 @@ async def _loss_warnings(watch: BufferWatch) -> list[str]:
     return [loss.describe() for loss in losses]
 
 
-async def key_warnings(settings: BufferingSettings, backend: Backend, audit: bool) -> list[str]:
+async def key_warnings(
+    settings: BufferingSettings, backend: Backend, audit: bool, progress: AuditProgress | None
+) -> list[str]:
     warnings: list[str] = []
     if not isinstance(backend, SupportsKeyAudit):
         return warnings
@@ -122,7 +125,7 @@ async def key_warnings(settings: BufferingSettings, backend: Backend, audit: boo
         if problem:
             warnings.append(problem)
     if audit:
-        leaks = await backend.audit_keys()
+        leaks = await backend.audit_keys(progress) if progress else await backend.audit_keys()
         if leaks:
             warnings.append(f"{len(leaks)} key(s) without a TTL: see `ccat-buffering keys audit`")
     return warnings

@@ -33,6 +33,7 @@ from ccat_buffering.masking import mask_mapping, mask_text, mask_url
 from ccat_buffering.models import TransactionState, utc_now
 from ccat_buffering.processor import BackgroundProcessor, ProcessorHealth, ProcessorState
 from ccat_buffering.protocols import (
+    AuditProgress,
     Backend,
     MemoryReport,
     SupportsProcessorReports,
@@ -222,6 +223,7 @@ async def collect(
     *,
     audit: bool = False,
     watch: BufferWatch | None = None,
+    audit_progress: AuditProgress | None = None,
 ) -> Health:
     """Put a site's health together.
 
@@ -239,6 +241,8 @@ async def collect(
             on a large buffer, so off unless asked for).
         watch: Compares the buffer with the main database's memory of it
             (read only): a loss of buffered state is a warning.
+        audit_progress: Told how far the audit's scan has gone (see
+            :meth:`~ccat_buffering.protocols.SupportsKeyAudit.audit_keys`).
 
     Returns:
         The health, with warnings.
@@ -253,7 +257,7 @@ async def collect(
     read_replication = asyncio.ensure_future(_replication(tracker))
     read_pause = asyncio.ensure_future(operator_pause.current(backend))
     read_store = asyncio.ensure_future(buffer_warnings(settings, backend, watch))
-    read_keys = asyncio.ensure_future(key_warnings(settings, backend, audit))
+    read_keys = asyncio.ensure_future(key_warnings(settings, backend, audit, audit_progress))
     read_counts = asyncio.ensure_future(backend.status.counts())
     read_actions = asyncio.ensure_future(audit_log.list(backend, RECENT_ACTIONS))
     # A read that fails raises as it is (the CLI names its error), not in a group.

@@ -24,7 +24,7 @@ from ccat_buffering.database import create_engine
 from ccat_buffering.errors import ConfigurationError
 from ccat_buffering.health import Health, collect
 from ccat_buffering.models import TransactionStatus
-from ccat_buffering.protocols import Backend
+from ccat_buffering.protocols import AuditProgress, Backend
 from ccat_buffering.replication import (
     ImmediateReplicationChecker,
     LSNReplicationChecker,
@@ -69,10 +69,18 @@ class OperatorSite:
         )
         self.tracker = replication_tracker(settings, self.manager, checker)
 
-    async def health(self, *, audit: bool = False) -> Health:
+    async def health(
+        self, *, audit: bool = False, audit_progress: AuditProgress | None = None
+    ) -> Health:
         """The site's health, as the draining worker published it."""
         return await collect(
-            self.settings, self.backend, None, self.tracker, audit=audit, watch=self.watch
+            self.settings,
+            self.backend,
+            None,
+            self.tracker,
+            audit=audit,
+            watch=self.watch,
+            audit_progress=audit_progress,
         )
 
     async def buffer_losses(self) -> list[BufferLoss]:
