@@ -130,9 +130,23 @@ class RedisInspection(BackendPart):
         endless = [as_text(k) for k in await self.client.eval(_ENDLESS, len(keys), *keys)]
         # A status has no TTL while its transaction is unfinished: read those in one MGET.
         ids = {k: t for k in endless if (t := self.keys.status_id(k)) is not None}
-        statuses = dict(zip(ids, await self.status.get_many(list(ids.values())), strict=True))
-        return [
-            k
-            for k in endless
-            if k not in statuses or statuses[k] is None or statuses[k].state.is_terminal  # type: ignore[union-attr]
-        ]
+        unfinished = await self._unfinished(ids)
+        return [k for k in endless if k not in unfinished]
+
+    async def _unfinished(self, ids: dict[str, str]) -> set[str]:
+        """The status keys of ``ids`` (key: transaction id) whose transaction is unfinished."""
+        try:
+            statuses = await self.status.get_many(list(ids.values()))
+        except ValueError:
+            # One unreadable status: read them one by one; the unreadable one is a leak.
+            statuses = []
+            for transaction_id in ids.values():
+                try:
+                    statuses.append(await self.status.get(transaction_id))
+                except ValueError:
+                    statuses.append(None)
+        return {
+            key
+            for key, status in zip(ids, statuses, strict=True)
+            if status is not None and not status.state.is_terminal
+        }
