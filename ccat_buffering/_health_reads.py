@@ -45,6 +45,8 @@ T = TypeVar("T")
 
 
 async def oldest_waiting(backend: Backend) -> float | None:
+    """Seconds the oldest unfinished transaction has waited (``None``: none waits)."""
+
     async def first(state: TransactionState) -> list[dt.datetime]:
         ids = await backend.status.ids(state, limit=1)
         return [s.created_at for s in await backend.status.get_many(ids) if s is not None]
@@ -66,7 +68,11 @@ async def bounded(work: Awaitable[T], seconds: float) -> T:
     left unfinished is cancelled and not waited for.
     """
     task = asyncio.ensure_future(work)
-    done, _ = await asyncio.wait({task}, timeout=seconds)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except asyncio.CancelledError:
+        task.cancel()  # the caller gave up: so does its work
+        raise
     if not done:
         task.cancel()
         _ABANDONED.add(task)
@@ -117,6 +123,7 @@ async def _loss_warnings(watch: BufferWatch) -> list[str]:
 async def key_warnings(
     settings: BufferingSettings, backend: Backend, audit: bool, progress: AuditProgress | None
 ) -> list[str]:
+    """The persistence warning of a store without buffer health, and the audit's leaks."""
     warnings: list[str] = []
     if not isinstance(backend, SupportsKeyAudit):
         return warnings
@@ -132,4 +139,5 @@ async def key_warnings(
 
 
 async def memory(backend: Backend) -> MemoryReport | None:
+    """The store's memory report, where it gives one."""
     return await backend.memory_report() if isinstance(backend, SupportsBufferHealth) else None
