@@ -16,6 +16,7 @@ from typing import Self
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ccat_buffering._loss_look import look
 from ccat_buffering._settings_checks import check_driver
 from ccat_buffering.backends import open_backend
 from ccat_buffering.buffer_loss import BufferLoss, BufferWatch
@@ -85,7 +86,7 @@ class OperatorSite:
 
     async def buffer_losses(self) -> list[BufferLoss]:
         """Losses of buffered state not yet acknowledged (this host's, and the database's)."""
-        return await self.watch.check(record=False)
+        return await look(self.watch)  # check(record=False) in one statement
 
     async def acknowledge_losses(self) -> int:
         """Mark the recorded losses as seen; returns how many there were.
