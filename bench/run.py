@@ -264,8 +264,8 @@ def _rst(sections: list[Section], command: str) -> str:
     return "\n".join(lines)
 
 
-async def _awaited(run: Callable[[], Awaitable[Any]]) -> Any:
-    return await run()
+async def _awaited(run: Callable[[], Awaitable[Any]], timeout: float) -> Any:
+    return await asyncio.wait_for(run(), timeout)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -278,6 +278,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="Fewer round-trip times and smaller audits."
     )
+    parser.add_argument(
+        "--section-timeout", type=float, default=1500.0, help="Seconds a section may take."
+    )
     redis_bench.add_arguments(parser)
     args = parser.parse_args(argv)
     wanted = {s for s in args.only.split(",") if s}
@@ -288,7 +291,10 @@ def main(argv: list[str] | None = None) -> None:
         began = time.perf_counter()
         with contextlib.redirect_stdout(tee):
             try:
-                result: Any = asyncio.run(_awaited(section.run))
+                result: Any = asyncio.run(_awaited(section.run, args.section_timeout))
+            except TimeoutError:  # a benchmark that hangs must not take the others with it
+                print(f"{section.title}: stopped after {args.section_timeout:.0f} s (hung)")
+                result = None
             except Exception as exc:  # a missing server: say so and go on
                 print(f"{section.title}: skipped ({type(exc).__name__}: {exc})")
                 result = None
