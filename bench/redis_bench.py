@@ -1,55 +1,48 @@
-"""Redis benchmarks (issue 3): ``TransactionManager`` on ``RedisBackend`` against baselines.
+"""Redis benchmarks (issues 3, 12, 23): ``TransactionManager.buffer`` on ``RedisBackend``.
 
-Every figure is measured in the same run, against the same Redis, as its baseline;
-contenders run back to back in interleaved rounds (the order rotates each round),
-each with a warm-up, and the median rate over the rounds is reported.
+Every figure is measured in the same run, against the same Redis, as its
+baselines; contenders run back to back in interleaved rounds (the order rotates
+each round), each with a warm-up, and each ratio is the median of the per-round
+ratios (paired, so the load of other processes between rounds cancels), printed
+with its min / median / max.
 
 Payload: a ~700-byte transaction built with ``TransactionBuilder`` on the example
-models (an ``ExecutedObsUnit`` create and a ``RawDataPackage`` create). Baselines get
-it pre-serialised (``Transaction.to_json()`` done before timing); ours gets freshly
-built ``Transaction`` objects of its own (never serialised before) and serialises
-each inside ``buffer()``.
+models (an ``ExecutedObsUnit`` create and a ``RawDataPackage`` create). Baselines
+get it pre-serialised (``Transaction.to_json()`` done before timing); ours gets
+freshly built ``Transaction`` objects (never serialised before) and does all its
+work (validation, serialisation, cache writes, status) inside ``buffer()``.
 
-Baselines:
+Baselines (issue 23):
 
-* (a) one raw ``LPUSH`` of the JSON per transaction (redis-py asyncio client);
-  pipelined 50 at a time (``pipeline(transaction=False)``) for measurement 3.
-* (b) the origin's flow, four separate awaited commands: ``LPUSH`` the JSON,
-  ``SETEX`` the status (the origin stored the whole transaction JSON as status,
-  1 h), ``SET`` the ID cache and ``SET`` the buffered cache (both with a 1 h TTL, as
-  the origin's caches had; the same JSON is stored in all four, keyed by the
-  ``ExecutedObsUnit`` id).
-* (c) arq 0.28.0 ``enqueue_job`` of the JSON (no worker). arq pins ``redis<6`` while
-  this project pins redis 8, so it is not a declared dependency; install it with
-  ``pip install --no-deps arq==0.28.0``. Without it, (c) is arq's enqueue command
-  sequence replayed here (``WATCH``, ``EXISTS``, ``MULTI``/``PSETEX``/``ZADD``/``EXEC``
-  of the pickled job) and labelled so.
+* (a) **the limit**: one ``EVALSHA`` of a trivial script that ``LPUSH``-es the
+  payload: the cost of an atomic one-round-trip write.
+* (b) the origin's four commands **pipelined** (one round trip, not atomic):
+  ``LPUSH`` the JSON, ``SETEX`` the status (the origin stored the transaction's
+  JSON as status, 1 h), ``SET`` the ID cache and ``SET`` the buffered cache (1 h).
+* (c) the same four commands in ``MULTI``/``EXEC`` (atomic).
 
-Measurements. The write-path goals of issue 3 (>= 2x the origin's flow with one
-producer, >= 1.5x raw LPUSH with 16, ``buffer_many`` >= 0.8x pipelined LPUSH) were
-retired by issue 12: 1-3 are printed as references, to be kept at least as fast as
-before (compare the ratios with those of the previous commit, in the same run
-conditions; docs/benchmarks.rst keeps the figures).
+Measurements:
 
-1. ``buffer()``, one producer (sequential awaits) vs (b) and vs (c).
-2. ``buffer()``, 16 producers on one client (``asyncio.gather``) vs (a) at 16.
-3. ``buffer_many()`` of 50, repeated, and vs raw pipelined ``LPUSH`` of 50.
+1. ``buffer()`` with one producer (sequential awaits) and with 16 on one client
+   (``asyncio.gather``), vs (a), (b) and (c). Goals of issue 23: >= 0.6x (a) with
+   one producer and with 16, >= 1.2x (b).
+2. Latency of ``buffer()`` with one producer, p50 and p99, vs that of (a). Goal:
+   p50 <= 2x.
+3. ``buffer_many()`` of 50 vs raw pipelined ``LPUSH`` of 50 (reference).
 4. Redis ``used_memory`` growth (``INFO memory``) per buffered transaction, all its
-   keys counted, over ``--memory-transactions`` (default 100,000). Goals of issue 12:
-   <= 2,500 B per transaction with default settings, <= 2,000 B with
-   ``compression="zlib"``. The origin's layout (b) is measured the same way for
-   reference. Keys of other clients are counted before and after; a change is
-   reported, since it would blur the figure (the sum of ``MEMORY USAGE`` of the
-   layout's keys, printed too, is blind to them).
+   keys counted, over ``--memory-transactions``. Goal of issue 23: <= 2,000 B with
+   default settings. The origin's layout is measured the same way for reference.
+   Keys of other clients are counted before and after; a change is reported,
+   since it would blur the figure (the sum of ``MEMORY USAGE`` of the layout's
+   keys, printed too, is blind to them).
 
 Only the given database is used (default ``redis://127.0.0.1:6379/15``, or
 ``CCAT_TEST_REDIS_URL``); every key written lives under a ``site:{b<token>-...}``
-prefix (or is an arq job key recorded here) and is deleted with ``SCAN MATCH`` and
-``UNLINK`` afterwards. Nothing is flushed.
+prefix and is deleted with ``SCAN MATCH`` and ``UNLINK`` afterwards. Nothing is
+flushed.
 
-Reproduce: ``make bench`` (runs ``bench/run.py``, which runs this after the memory
-backend benchmarks), or ``.venv/bin/python bench/redis_bench.py [--seconds 1.0]
-[--rounds 5] [--memory-transactions 100000] [--redis-url URL]``.
+Reproduce: ``.venv/bin/python bench/redis_bench.py [--seconds 1.0] [--rounds 5]
+[--memory-transactions 20000] [--redis-url URL]`` (``make bench`` runs it too).
 """
 
 from __future__ import annotations
@@ -59,7 +52,6 @@ import asyncio
 import datetime as dt
 import itertools
 import os
-import pickle
 import statistics
 import time
 import uuid
@@ -94,7 +86,7 @@ class Options:
     redis_url: str = DEFAULT_URL
     seconds: float = 1.0
     rounds: int = 5
-    memory_transactions: int = 100_000
+    memory_transactions: int = 20_000
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -106,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="timed seconds per run")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per ratio")
     parser.add_argument(
-        "--memory-transactions", type=int, default=100_000, help="N for the memory figure"
+        "--memory-transactions", type=int, default=20_000, help="N for the memory figure"
     )
 
 
@@ -158,7 +150,7 @@ class Namespace:
         return sum([1 async for _ in self.client.scan_iter(match=pattern, count=2000)])
 
     async def purge(self, pattern: str | None = None) -> None:
-        """Delete the keys matching ``pattern`` (default: every site of this run) and arq's."""
+        """Delete the keys matching ``pattern`` (default: every site of this run)."""
         pattern = pattern or f"site:{{b{self.token}-*"
         keys: list[Any] = [k async for k in self.client.scan_iter(match=pattern, count=2000)]
         keys, self.extra_keys = keys + self.extra_keys, []
@@ -173,59 +165,77 @@ def pattern_of(site: str) -> str:
 # -- timing ------------------------------------------------------------------
 
 
-async def timed(step: Step, seconds: float, producers: int = 1) -> float:
-    """Transactions per second of ``producers`` coroutines looping ``step``, after a warm-up."""
+async def timed(step: Step, seconds: float, producers: int = 1) -> tuple[float, list[float]]:
+    """Transactions/s of ``producers`` coroutines looping ``step`` after a warm-up, and
+    each timed step's latency (seconds)."""
+    latencies: list[float] = []
 
-    async def loop(deadline: float) -> int:
+    async def loop(deadline: float, record: bool) -> int:
         done = 0
-        while time.perf_counter() < deadline:
+        clock = time.perf_counter
+        while (began := clock()) < deadline:
             n = await step()
             if not n:
                 break
+            if record:
+                latencies.append(clock() - began)
             done += n
         return done
 
     warm = time.perf_counter() + min(0.3, seconds / 4)
-    await asyncio.gather(*(loop(warm) for _ in range(producers)))
+    await asyncio.gather(*(loop(warm, False) for _ in range(producers)))
     began = time.perf_counter()
-    counts = await asyncio.gather(*(loop(began + seconds) for _ in range(producers)))
-    return sum(counts) / (time.perf_counter() - began)
+    counts = await asyncio.gather(*(loop(began + seconds, True) for _ in range(producers)))
+    return sum(counts) / (time.perf_counter() - began), latencies
 
 
 Contender = Callable[[str], Awaitable[tuple[Step, Callable[[], Awaitable[None]]]]]
 """Given a fresh site name, returns its step and its cleanup."""
 
 
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 @dataclass(frozen=True)
 class Runs:
-    """Rates (transactions/s) of each contender, one per round, in round order."""
+    """Rates (transactions/s) and latency quantiles of each contender, one per round."""
 
     rates: dict[str, list[float]]
+    p50: dict[str, list[float]]
+    p99: dict[str, list[float]]
 
     def median(self, name: str) -> float:
         return statistics.median(self.rates[name])
 
-    def ratios(self, name: str, baseline: str) -> list[float]:
+    def ratios(self, name: str, baseline: str, of: str = "rates") -> list[float]:
         """Ours over the baseline, round by round (paired, so drift between rounds cancels)."""
-        return [o / b for o, b in zip(self.rates[name], self.rates[baseline], strict=True)]
+        mine, theirs = getattr(self, of)[name], getattr(self, of)[baseline]
+        return [o / b for o, b in zip(mine, theirs, strict=True)]
 
 
 async def compare(
     ns: Namespace, contenders: dict[str, Contender], opts: Options, producers: int = 1
 ) -> Runs:
     """Run the contenders in interleaved rounds, the order rotating each round."""
-    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    runs = Runs(
+        {n: [] for n in contenders}, {n: [] for n in contenders}, {n: [] for n in contenders}
+    )
     names = list(contenders)
     for r in range(opts.rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             site = ns.site(f"{name}-{r}")
             step, cleanup = await contenders[name](site)
             try:
-                rates[name].append(await timed(step, opts.seconds, producers))
+                rate_, latencies = await timed(step, opts.seconds, producers)
+                runs.rates[name].append(rate_)
+                runs.p50[name].append(quantile(latencies, 0.5))
+                runs.p99[name].append(quantile(latencies, 0.99))
             finally:
                 await cleanup()
                 await ns.purge(pattern_of(site))
-    return Runs(rates)
+    return runs
 
 
 # -- contenders --------------------------------------------------------------
@@ -274,20 +284,6 @@ def ours_flow(client: Redis, pool: list[Transaction], batch: int | None = None) 
     return make
 
 
-def raw_lpush(client: Redis, payloads: list[Payload]) -> Contender:
-    async def make(site: str) -> tuple[Step, Callable[[], Awaitable[None]]]:
-        key = SiteKeys(site).buffer
-        jsons = itertools.cycle([p.json for p in payloads])
-
-        async def step() -> int:
-            await client.lpush(key, next(jsons))
-            return 1
-
-        return step, _nothing
-
-    return make
-
-
 def pipelined_lpush(client: Redis, payloads: list[Payload]) -> Contender:
     async def make(site: str) -> tuple[Step, Callable[[], Awaitable[None]]]:
         key = SiteKeys(site).buffer
@@ -313,7 +309,32 @@ def origin_keys(prefix: str, p: Payload) -> tuple[str, str, str]:
     )
 
 
-def origin_flow(client: Redis, payloads: list[Payload]) -> Contender:
+LIMIT_LUA = "return redis.call('LPUSH', KEYS[1], ARGV[1])"
+
+
+def limit_flow(client: Redis, payloads: list[Payload]) -> Contender:
+    """Baseline (a): one EVALSHA of a trivial script that LPUSHes the payload."""
+    script = client.register_script(LIMIT_LUA)
+
+    async def make(site: str) -> tuple[Step, Callable[[], Awaitable[None]]]:
+        key = SiteKeys(site).buffer
+        take = feed(payloads)
+
+        async def step() -> int:
+            p = take()
+            if p is None:
+                return 0
+            await script(keys=[key], args=[p.json])
+            return 1
+
+        return step, _nothing
+
+    return make
+
+
+def origin_flow(client: Redis, payloads: list[Payload], *, atomic: bool) -> Contender:
+    """Baselines (b) and (c): the origin's four commands, pipelined or in MULTI/EXEC."""
+
     async def make(site: str) -> tuple[Step, Callable[[], Awaitable[None]]]:
         keys = SiteKeys(site)
         take = feed(payloads)
@@ -323,79 +344,15 @@ def origin_flow(client: Redis, payloads: list[Payload]) -> Contender:
             if p is None:
                 return 0
             status, ids, buffered = origin_keys(keys.prefix, p)
-            await client.lpush(keys.buffer, p.json)
-            await client.execute_command("SETEX", status, STATUS_TTL, p.json)
-            await client.set(ids, p.json, ex=STATUS_TTL)
-            await client.set(buffered, p.json, ex=STATUS_TTL)
+            pipe = client.pipeline(transaction=atomic)
+            pipe.lpush(keys.buffer, p.json)
+            pipe.execute_command("SETEX", status, STATUS_TTL, p.json)
+            pipe.set(ids, p.json, ex=STATUS_TTL)
+            pipe.set(buffered, p.json, ex=STATUS_TTL)
+            await pipe.execute()
             return 1
 
         return step, _nothing
-
-    return make
-
-
-def arq_enqueue(ns: Namespace, url: str, payloads: list[Payload]) -> tuple[str, Contender]:
-    """Baseline (c): arq's ``enqueue_job`` if arq is installed, else its command sequence."""
-    try:
-        from arq import create_pool
-        from arq.connections import RedisSettings
-    except ImportError:
-        return "arq's enqueue sequence (arq not installed)", _arq_shaped(ns, url, payloads)
-
-    async def make(site: str) -> tuple[Step, Callable[[], Awaitable[None]]]:
-        pool = await create_pool(RedisSettings.from_dsn(url))
-        queue = SiteKeys(site).prefix + "arq:queue"
-        jsons = itertools.cycle([p.json for p in payloads])
-        ids: list[str] = []
-
-        async def step() -> int:
-            job = await pool.enqueue_job("buffer_transaction", next(jsons), _queue_name=queue)
-            assert job is not None
-            ids.append(job.job_id)
-            return 1
-
-        async def cleanup() -> None:
-            ns.extra_keys.extend(f"arq:job:{i}" for i in ids)
-            await pool.aclose()
-
-        return step, cleanup
-
-    return "arq 0.28.0 enqueue_job", make
-
-
-def _arq_shaped(ns: Namespace, url: str, payloads: list[Payload]) -> Contender:
-    async def make(site: str) -> tuple[Step, Callable[[], Awaitable[None]]]:
-        client = Redis.from_url(url)
-        queue = SiteKeys(site).prefix + "arq:queue"
-        jsons = itertools.cycle([p.json for p in payloads])
-        ids: list[str] = []
-
-        async def step() -> int:
-            job_id = uuid.uuid4().hex
-            job_key = "arq:job:" + job_id
-            async with client.pipeline(transaction=True) as pipe:
-                await pipe.watch(job_key)
-                assert not await pipe.exists(job_key, "arq:result:" + job_id)
-                now = round(time.time() * 1000)
-                job = {
-                    "t": None,
-                    "f": "buffer_transaction",
-                    "a": (next(jsons),),
-                    "k": {},
-                    "et": now,
-                }
-                pipe.multi()
-                pipe.psetex(job_key, 86_400_000, pickle.dumps(job))
-                pipe.zadd(queue, {job_id: now})
-                await pipe.execute()
-            ids.append(job_id)
-            return 1
-
-        async def cleanup() -> None:
-            ns.extra_keys.extend(f"arq:job:{i}" for i in ids)
-            await client.aclose()
-
-        return step, cleanup
 
     return make
 
@@ -534,17 +491,26 @@ async def memory_origin(ns: Namespace, n: int) -> MemoryFigure:
 # -- the report --------------------------------------------------------------
 
 
-def row(name: str, ours: str, baseline: str, ratio: float | None) -> tuple[str, ...]:
-    """A reference line of the table (no goal)."""
-    shown = "-" if ratio is None else f"{ratio:.2f}x"
-    return (name, ours, baseline, shown, "ref.", "ref.")
+def spread(ratios: list[float]) -> str:
+    """min / median / max of per-round ratios."""
+    return f"{min(ratios):.2f} / {statistics.median(ratios):.2f} / {max(ratios):.2f}x"
+
+
+def ratio_row(
+    name: str, ours: str, baseline: str, ratios: list[float], goal: tuple[str, bool] | None
+) -> tuple[str, ...]:
+    """A line of the table: the ratio's min / median / max, and its goal if it has one."""
+    if goal is None:
+        return (name, ours, baseline, spread(ratios), "ref.", "ref.")
+    text, passed = goal
+    return (name, ours, baseline, spread(ratios), text, "PASS" if passed else "MISS")
 
 
 def memory_row(label: str, figure: MemoryFigure, goal: float | None) -> tuple[str, ...]:
     """A line of the memory figure; ``goal`` in bytes per transaction."""
     name = f"4. used_memory per tx, {label}"
     line = (name, f"{figure.used_memory:,.0f} B/tx", f"{figure.payload:,.0f} B JSON")
-    shown = f"{figure.ratio:.2f}x"
+    shown = f"{figure.ratio:.2f}x JSON"
     if goal is None:
         return (*line, shown, "ref.", "ref.")
     passed = "PASS" if figure.used_memory <= goal else "MISS"
@@ -555,8 +521,12 @@ def rate(value: float) -> str:
     return f"{value:,.0f} tx/s"
 
 
+def usec(value: float) -> str:
+    return f"{value * 1e6:,.0f} us"
+
+
 def print_table(rows: list[tuple[str, ...]]) -> None:
-    header = ("measurement", "ours", "baseline", "ratio", "goal", "result")
+    header = ("measurement", "ours", "baseline", "ratio min / median / max", "goal", "result")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for line in [header, *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
@@ -579,68 +549,91 @@ async def run(opts: Options) -> None:
         await client.aclose()
 
 
+BASELINES = {
+    "a": ("(a) one-EVALSHA limit", ">= 0.6x"),
+    "b": ("(b) origin, 4 commands pipelined", ">= 1.2x"),
+    "c": ("(c) origin, MULTI/EXEC", None),
+}
+
+
+def throughput_rows(runs: Runs, producers: int) -> list[tuple[str, ...]]:
+    rows = []
+    for key, (label, goal) in BASELINES.items():
+        ratios = runs.ratios("ours", key)
+        floor = float(goal[3:-1]) if goal else 0.0
+        rows.append(
+            ratio_row(
+                f"1. buffer(), {producers} producer{'s' * (producers > 1)} vs {label}",
+                rate(runs.median("ours")),
+                rate(runs.median(key)),
+                ratios,
+                None if goal is None else (goal, statistics.median(ratios) >= floor),
+            )
+        )
+    return rows
+
+
 async def _run(ns: Namespace, opts: Options, version: str) -> None:
     client = ns.client
     payloads = [Payload.of(build_transaction(i)) for i in range(POOL)]
     pool = [build_transaction(i) for i in range(POOL)]  # ours: never serialised before
     size = statistics.mean(len(p.json) for p in payloads)
-    arq_label, arq = arq_enqueue(ns, opts.redis_url, payloads)
     print(
-        f"\nredis {version} at {opts.redis_url}; payload {size:.0f} bytes of JSON; median of "
-        f"{opts.rounds} interleaved runs of {opts.seconds} s each; (c) is {arq_label}"
+        f"\nredis {version} at {opts.redis_url}; payload {size:.0f} bytes of JSON; "
+        f"{opts.rounds} interleaved rounds of {opts.seconds} s each; ratios are per-round "
+        "ratios, min / median / max"
     )
+    contenders: dict[str, Contender] = {
+        "ours": ours_flow(client, pool),
+        "a": limit_flow(client, payloads),
+        "b": origin_flow(client, payloads, atomic=False),
+        "c": origin_flow(client, payloads, atomic=True),
+    }
     rows: list[tuple[str, ...]] = []
-    spreads: list[str] = []
-
-    def compared(label: str, runs: Runs, baseline: str) -> None:
-        ratios = runs.ratios("ours", baseline)
-        ours, base = rate(runs.median("ours")), rate(runs.median(baseline))
-        rows.append(row(label, ours, base, statistics.median(ratios)))
-        spreads.append(f"{label.split(' ')[0]} {baseline}: {min(ratios):.2f}-{max(ratios):.2f}x")
-
-    one = await compare(
-        ns,
-        {"ours": ours_flow(client, pool), "b": origin_flow(client, payloads), "c": arq},
-        opts,
-    )
-    compared("1. buffer(), 1 producer vs (b) origin, 4 awaited commands", one, "b")
-    compared("1. buffer(), 1 producer vs (c) arq enqueue", one, "c")
-
-    many = await compare(
-        ns,
-        {"ours": ours_flow(client, pool), "a": raw_lpush(client, payloads)},
-        opts,
-        producers=PRODUCERS,
-    )
-    compared(f"2. buffer(), {PRODUCERS} producers vs (a) LPUSH x{PRODUCERS}", many, "a")
-
+    one = await compare(ns, contenders, opts)
+    rows += throughput_rows(one, 1)
+    many = await compare(ns, contenders, opts, producers=PRODUCERS)
+    rows += throughput_rows(many, PRODUCERS)
+    for q, goal in (("p50", 2.0), ("p99", None)):
+        ratios = one.ratios("ours", "a", of=q)
+        ours_q = statistics.median(getattr(one, q)["ours"])
+        limit_q = statistics.median(getattr(one, q)["a"])
+        rows.append(
+            ratio_row(
+                f"2. buffer() {q} latency, 1 producer vs (a) limit",
+                usec(ours_q),
+                usec(limit_q),
+                ratios,
+                None if goal is None else (f"<= {goal}x", statistics.median(ratios) <= goal),
+            )
+        )
     batched = await compare(
         ns,
         {"ours": ours_flow(client, pool, BATCH), "a": pipelined_lpush(client, payloads)},
         opts,
     )
-    best = batched.median("ours")
-    rows.append(row(f"3. buffer_many({BATCH}), transactions/s", rate(best), "-", None))
-    compared(f"3. buffer_many({BATCH}) vs (a) pipelined LPUSH x{BATCH}", batched, "a")
-
+    rows.append(
+        ratio_row(
+            f"3. buffer_many({BATCH}) vs pipelined LPUSH x{BATCH}",
+            rate(batched.median("ours")),
+            rate(batched.median("a")),
+            batched.ratios("ours", "a"),
+            None,
+        )
+    )
     n = opts.memory_transactions
     ours, origin = await memory_ours(ns, n), await memory_origin(ns, n)
-    zlib = await memory_ours(ns, n, "zlib")
-    rows.append(memory_row("ours", ours, 2500))
-    rows.append(memory_row("ours, compression=zlib", zlib, 2000))
-    rows.append(memory_row("(b) origin layout", origin, None))
+    rows.append(memory_row("ours", ours, 2000))
+    rows.append(memory_row("origin layout", origin, None))
     print_table(rows)
-    print("ratio is the median of per-round ratios; their range: " + "; ".join(spreads))
     print(
         f"4. over N = {n:,} transactions per layout, default settings; cross-check, sum of "
         f"MEMORY USAGE of the layout's keys (no dict buckets or expiry entries): "
-        f"ours {ours.key_sum:,.0f} B/tx, zlib {zlib.key_sum:,.0f} B/tx, "
-        f"origin {origin.key_sum:,.0f} B/tx"
+        f"ours {ours.key_sum:,.0f} B/tx, origin {origin.key_sum:,.0f} B/tx"
     )
-    for label, figure in (("ours", ours), ("zlib", zlib)):
-        parts = ", ".join(f"{role} {size:,.0f}" for role, size in figure.by_role.items())
-        print(f"   {label}, MEMORY USAGE per transaction by key: {parts}")
-    for label, figure in (("ours", ours), ("zlib", zlib), ("origin", origin)):
+    parts = ", ".join(f"{role} {size:,.0f}" for role, size in ours.by_role.items())
+    print(f"   ours, MEMORY USAGE per transaction by key: {parts}")
+    for label, figure in (("ours", ours), ("origin", origin)):
         if figure.foreign_keys_changed:
             print(
                 f"   warning: other clients' keys changed by {figure.foreign_keys_changed:+,} "

@@ -5,11 +5,17 @@ ports, no persistence, removed after) and buffers the same kind of
 transaction through two backends of the same master: ``min_replicas=0``
 (the baseline) and ``min_replicas=1`` (the script and ``WAIT`` pipelined in
 one round trip). One producer (sequential awaits) and 16 producers
-(``asyncio.gather``, coalesced), in interleaved rounds (the order alternates),
-each with a warm-up; the median rate over the rounds is reported, and the
-ratio to the baseline measured in the same run.
+(``asyncio.gather``, coalesced).
 
-Reproduce: ``.venv/bin/python bench/replicas_bench.py [--seconds 1.0] [--rounds 5]``.
+On a shared machine the rate of either moves by tens of percent from one
+second to the next, so a ratio of two separate measurements is mostly noise.
+Each round therefore measures both on the same fixed number of operations,
+interleaved in small chunks (ABBA order, so neither always goes first), and
+takes the ratio within the round; the rounds' ratios are reported as
+min/median/max, with the median rates. The throwaway master is emptied
+between rounds so that every round starts from the same buffer size.
+
+Reproduce: ``.venv/bin/python bench/replicas_bench.py [--ops 2000] [--rounds 7]``.
 """
 
 from __future__ import annotations
@@ -92,43 +98,70 @@ def _transaction(i: int) -> Transaction:
     return tx.build()
 
 
-async def _rate(manager: TransactionManager, producers: int, seconds: float) -> float:
-    done = 0
-    stop = time.perf_counter() + seconds
+CHUNKS = 10
+"""Chunks per round and variant, alternated ABBA: both see the same moments of the machine."""
+
+
+async def _chunk(manager: TransactionManager, producers: int, ops: int, first: int) -> float:
+    """Buffer ``ops`` transactions from ``producers`` tasks; the seconds it took."""
+    numbers = iter(range(first, first + ops))
 
     async def produce() -> None:
-        nonlocal done
-        while time.perf_counter() < stop:
-            await manager.buffer(_transaction(done))
-            done += 1
+        for i in numbers:
+            await manager.buffer(_transaction(i))
 
     started = time.perf_counter()
     await asyncio.gather(*(produce() for _ in range(producers)))
-    return done / (time.perf_counter() - started)
+    return time.perf_counter() - started
 
 
-async def main(seconds: float, rounds: int) -> None:
+async def _round(
+    managers: dict[str, TransactionManager], producers: int, ops: int
+) -> dict[str, float]:
+    """One round: ``ops`` operations per variant in interleaved chunks; each variant's rate."""
+    spent = dict.fromkeys(managers, 0.0)
+    names = list(managers)
+    size = max(1, ops // CHUNKS)
+    for chunk in range(CHUNKS):
+        order = names if chunk % 2 == 0 else names[::-1]
+        for name in order:
+            spent[name] += await _chunk(managers[name], producers, size, chunk * size)
+    return {name: size * CHUNKS / seconds for name, seconds in spent.items()}
+
+
+def _spread(values: list[float], form: str) -> str:
+    return "/".join(format(v, form) for v in (min(values), statistics.median(values), max(values)))
+
+
+async def main(ops: int, rounds: int) -> None:
+    import redis
+
     with master_and_replica() as port:
         url = f"redis://127.0.0.1:{port}/0"
         plain = RedisBackend.from_url(url, site="bench-plain")
         waiting = RedisBackend.from_url(url + "?min_replicas=1", site="bench-replicated")
         try:
-            managers = {"min_replicas=0": plain, "min_replicas=1": waiting}
+            managers = {
+                "min_replicas=0": TransactionManager(plain),
+                "min_replicas=1": TransactionManager(waiting),
+            }
+            print(f"{rounds} rounds of {ops} buffer() calls per variant; min/median/max")
             for producers in (1, 16):
+                await _round(managers, producers, ops // 10)  # warm-up
                 rates: dict[str, list[float]] = {name: [] for name in managers}
-                for backend in managers.values():  # warm-up
-                    await _rate(TransactionManager(backend), producers, seconds / 4)
-                for r in range(rounds):
-                    order = list(managers.items())
-                    for name, backend in order if r % 2 == 0 else reversed(order):
-                        rates[name].append(
-                            await _rate(TransactionManager(backend), producers, seconds)
-                        )
-                base = statistics.median(rates["min_replicas=0"])
-                ours = statistics.median(rates["min_replicas=1"])
+                ratios: list[float] = []
+                for _ in range(rounds):
+                    # The same starting point each round: an empty throwaway master.
+                    redis.Redis(port=port).flushdb()
+                    rate = await _round(managers, producers, ops)
+                    for name, value in rate.items():
+                        rates[name].append(value)
+                    ratios.append(rate["min_replicas=1"] / rate["min_replicas=0"])
                 print(
-                    f"buffer(), {producers:>2} producer(s): min_replicas=0 {base:,.0f}/s, "
-                    f"min_replicas=1 {ours:,.0f}/s, ratio {ours / base:.2f}"
+                    f"buffer(), {producers:>2} producer(s): "
+                    f"min_replicas=0 {_spread(rates['min_replicas=0'], ',.0f')}/s, "
+                    f"min_replicas=1 {_spread(rates['min_replicas=1'], ',.0f')}/s, "
+                    f"ratio (per round) {_spread(ratios, '.2f')}"
                 )
         finally:
             await plain.aclose()
@@ -137,8 +170,8 @@ async def main(seconds: float, rounds: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=1.0)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--ops", type=int, default=2000, help="buffer() calls per variant a round")
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    asyncio.run(main(args.seconds, args.rounds))
+    asyncio.run(main(args.ops, args.rounds))
     sys.exit(0)

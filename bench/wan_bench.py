@@ -1,24 +1,29 @@
-"""The drain over a long-haul link: a delay relay at 0, 50, 200 and 500 ms round trip.
+"""The drain over a long-haul link: a delay relay at 0, 40, 200 and 500 ms round trip.
 
 For each round-trip time, in the same run, through the same relay of its own
-on loopback (which counts round trips and bytes):
+on loopback (which counts round trips and bytes), in interleaved rounds (the
+machine is shared: each figure is min / median / max over the rounds, and
+each ratio compares cells of the same round):
 
 * **floor**: the same rows in one round trip per batch, one message (BEGIN,
   one multi-row INSERT per table, the ledger rows, COMMIT, the LSN read),
-  asyncpg's simple-query protocol with literal values, no buffer at all;
+  asyncpg's simple-query protocol with literal values, no buffer at all; at
+  batch 100, 1000, and **at the batch size the default settings chose**;
 * **origin shape**: one transaction per claim, commit and LSN read (batch 1,
   no ledger, asyncpg), as the origin's processor drains;
 * **ours**: the processor end to end (claim, apply with the ledger, commit,
-  LSN, ack, status) with ``postgresql+psycopg`` (pipeline mode) at batch 100
-  and 1000, with asyncpg at batch 100, and with the default settings (adaptive
-  batches between their bounds).
+  LSN, ack, status) as the worker's loop runs it, with ``postgresql+psycopg``
+  (pipeline mode) at batch 100 and 1000 and with the default settings
+  (adaptive batches), compared with the floor at the same batch size; and
+  with asyncpg at batch 100 and with the default settings.
+* **the sizer** (issue #23, goal 3): the default settings' rate against a
+  fixed batch of 100 on the same driver: at least 1.00x on every driver.
 
-It prints tx/s, round trips per batch counted at the relay, and ours as a
-ratio of the floor at the same batch size. The buffer is Redis when it
-answers, else memory.
+It prints tx/s, round trips per batch counted at the relay, and the ratios.
+The buffer is Redis when it answers, else memory.
 
-Run: ``python bench/wan_bench.py [--rtt 0,50,200,500]`` (``make bench`` runs it).
-Environment: ``CCAT_TEST_POSTGRES_URL``, ``CCAT_TEST_REDIS_URL``.
+Run: ``python bench/wan_bench.py [--rtt 0,40,200,500] [--rounds 3] [--no-base-check] [--no-hang]``
+(``make bench`` runs it). Environment: ``CCAT_TEST_POSTGRES_URL``, ``CCAT_TEST_REDIS_URL``.
 """
 
 from __future__ import annotations
@@ -28,14 +33,21 @@ import asyncio
 import datetime as dt
 import gc
 import multiprocessing
+import statistics
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
 
-from drain_bench import POSTGRES_URL, _backend, close_backend, transactions
+from drain_bench import (
+    POSTGRES_URL,
+    _backend,
+    close_backend,
+    floor_rate,
+    spread,
+    transactions,
+)
 from sqlalchemy import insert, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -43,12 +55,12 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from ccat_buffering._heap import settle_heap
 from ccat_buffering.builder import TransactionBuilder
 from ccat_buffering.coordinator import batch_sizer, link_timeouts
-from ccat_buffering.database import LEDGER_TABLE_NAME, create_engine
+from ccat_buffering.database import create_engine
 from ccat_buffering.demo._relay import LoopbackRelay
 from ccat_buffering.demo.example import Base, ExecutedObsUnit
 from ccat_buffering.executor import BatchResult, TransactionExecutor
 from ccat_buffering.manager import TransactionManager
-from ccat_buffering.models import Operation, Transaction
+from ccat_buffering.models import Transaction
 from ccat_buffering.processor import BackgroundProcessor
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.settings import BufferingSettings
@@ -58,66 +70,16 @@ from ccat_buffering.settings import BufferingSettings
 class Cell:
     rate: float
     round_trips: float
-
-
-def _literal(value: Any) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, dt.datetime | dt.date):
-        value = value.isoformat()
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def floor_script(batch: Sequence[Transaction], registry: ModelRegistry) -> str:
-    """One message: BEGIN, one INSERT per table, the ledger rows, COMMIT, the LSN read."""
-    rows: dict[str, list[dict[str, Any]]] = {}
-    for tx in batch:
-        for step in tx.steps:
-            assert step.operation in (Operation.CREATE, Operation.BULK_CREATE)
-            for record in step.records or [step.data or {}]:
-                rows.setdefault(registry.mapper(step.model).local_table.name, []).append(record)  # type: ignore[attr-defined]
-    now = dt.datetime.now(dt.UTC)
-    rows[LEDGER_TABLE_NAME] = [
-        {"transaction_id": tx.transaction_id, "endpoint": tx.endpoint, "applied_at": now}
-        for tx in batch
-    ]
-    parts = ["BEGIN"]
-    for table in ("executed_obs_unit", "raw_data_package", "raw_data_file", LEDGER_TABLE_NAME):
-        records = rows[table]
-        columns = list(records[0])
-        values = ",".join(
-            "(" + ",".join(_literal(r.get(c)) for c in columns) + ")" for r in records
-        )
-        parts.append(f"INSERT INTO {table} ({','.join(columns)}) VALUES {values}")
-    parts += ["COMMIT", "SELECT pg_current_wal_insert_lsn()"]
-    return ";".join(parts)
+    chosen: int = 0
+    """The median size of the batches applied (what adaptive sizing chose)."""
 
 
 async def floor(url: URL, relay: RelayProcess, batch_size: int, batches: int) -> Cell:
-    import asyncpg
-
-    registry = ModelRegistry.from_base(Base)
-    txs = transactions(batch_size * batches, uuid.uuid4().hex[:8])
-    scripts = [
-        floor_script(txs[i : i + batch_size], registry) for i in range(0, len(txs), batch_size)
-    ]
-    conn = await asyncpg.connect(
-        host="127.0.0.1", port=relay.port, user=url.username, database=url.database
+    """The floor at ``batch_size`` through the relay (see :func:`drain_bench.floor_rate`)."""
+    rate, trips = await floor_rate(
+        url, batch_size, batches, port=relay.port, count=lambda: relay.round_trips
     )
-    try:
-        before = relay.round_trips
-        began = time.perf_counter()
-        for script in scripts:
-            await conn.execute(script)
-        seconds = time.perf_counter() - began
-        trips = (relay.round_trips - before) / len(scripts)
-    finally:
-        await conn.close()
-    return Cell(len(txs) / seconds, trips)
+    return Cell(rate, trips)
 
 
 async def ours(
@@ -182,12 +144,11 @@ async def ours(
         await processor.stop()
         gc.unfreeze()
         gc.set_threshold(*thresholds)
-        if adaptive:
-            print(f"   default settings: batch sizes {sizes[:3]} ... {sizes[-3:]}", flush=True)
     finally:
         await close_backend(backend)
         await engine.dispose()
-    return Cell(applied_total / seconds, trips)
+    full = sizes[:-1] or sizes  # the last batch takes what is left
+    return Cell(applied_total / seconds, trips, int(statistics.median(full)) if full else 0)
 
 
 def _count(rtt_ms: int, per_item_trips: float, seconds: float, lowest: int) -> int:
@@ -262,40 +223,80 @@ class RelayProcess:
         self.process.join(10)
 
 
-async def one_rtt(url: URL, rtt_ms: int) -> list[tuple[str, Cell, Cell | None]]:
-    with RelayProcess(url.host or "127.0.0.1", url.port or 5432, rtt_ms / 2000) as relay:
-        floor100 = await floor(url, relay, 100, 5)
-        floor1000 = await floor(url, relay, 1000, 3)
-        origin_n = min(_count(rtt_ms, 12, 6.0, 2), 300)
-        origin = await ours(url, relay, origin_n, batch_size=1, driver="asyncpg", ledger=False)
-        rows: list[tuple[str, Cell, Cell | None]] = [
-            ("floor, batch 100 (1 message)", floor100, None),
-            ("floor, batch 1000 (1 message)", floor1000, None),
-            ("origin shape (batch 1, asyncpg)", origin, None),
-        ]
-        asyncpg_batches = 2 if rtt_ms >= 200 else 5
-        rows.append(
-            (
-                "ours, batch 100, asyncpg",
-                await ours(url, relay, 100 * asyncpg_batches, batch_size=100, driver="asyncpg"),
-                floor100,
+async def one_round(url: URL, relay: RelayProcess, rtt_ms: int) -> dict[str, Cell]:
+    """One round of every cell at one round-trip time."""
+    defaults = BufferingSettings(site_name="bench")
+    cells: dict[str, Cell] = {}
+    cells["floor 100"] = await floor(url, relay, 100, 5)
+    cells["floor 1000"] = await floor(url, relay, 1000, 3)
+    origin_n = min(_count(rtt_ms, 12, 6.0, 2), 300)
+    cells["origin"] = await ours(url, relay, origin_n, batch_size=1, driver="asyncpg", ledger=False)
+    cells["psycopg 100"] = await ours(url, relay, 500, batch_size=100)
+    cells["psycopg 1000"] = await ours(url, relay, 3000, batch_size=1000)
+    cells["psycopg defaults"] = await ours(
+        url, relay, 8000, batch_size=defaults.batch_size, adaptive=True
+    )
+    chosen = max(cells["psycopg defaults"].chosen, 1)
+    cells["floor chosen"] = await floor(url, relay, chosen, 3)
+    cells["floor chosen"].chosen = chosen
+    asyncpg_n = 100 * (2 if rtt_ms >= 200 else 5)
+    cells["asyncpg 100"] = await ours(url, relay, asyncpg_n, batch_size=100, driver="asyncpg")
+    cells["asyncpg defaults"] = await ours(
+        url, relay, asyncpg_n, batch_size=defaults.batch_size, driver="asyncpg", adaptive=True
+    )
+    return cells
+
+
+ROWS: list[tuple[str, str, str | None, str]] = [
+    # label, cell, compared with, goal
+    ("floor, batch 100 (1 message)", "floor 100", None, ""),
+    ("floor, batch 1000 (1 message)", "floor 1000", None, ""),
+    ("floor, at the defaults' batch size", "floor chosen", None, ""),
+    ("origin shape (batch 1, asyncpg)", "origin", None, ""),
+    ("ours, batch 100, psycopg", "psycopg 100", "floor 100", ""),
+    ("ours, batch 1000, psycopg", "psycopg 1000", "floor 1000", ""),
+    ("ours, default settings, psycopg", "psycopg defaults", "floor chosen", ">= 0.85x at 200 ms"),
+    ("  the same, vs fixed batch 100", "psycopg defaults", "psycopg 100", ">= 1.00x"),
+    ("ours, batch 100, asyncpg", "asyncpg 100", "floor 100", ""),
+    ("ours, default settings, asyncpg", "asyncpg defaults", "floor chosen", ""),
+    ("  the same, vs fixed batch 100", "asyncpg defaults", "asyncpg 100", ">= 1.00x"),
+]
+
+
+async def drain_table(url: URL, rtts: Sequence[int], rounds: int) -> list[tuple[str, ...]]:
+    """Every cell at every round-trip time, ``rounds`` interleaved rounds each."""
+    table: list[tuple[str, ...]] = [
+        ("RTT", "drain", "tx/s", "round trips/batch", "batch", "ratio", "goal")
+    ]
+    for rtt in rtts:
+        with RelayProcess(url.host or "127.0.0.1", url.port or 5432, rtt / 2000) as relay:
+            measured = [await one_round(url, relay, rtt) for _ in range(rounds)]
+        for label, key, base, goal in ROWS:
+            cells = [m[key] for m in measured]
+            ratio = (
+                ""
+                if base is None
+                else spread([m[key].rate / m[base].rate for m in measured], "{:.2f}x")
             )
-        )
-        rows.append(
-            ("ours, batch 100, psycopg", await ours(url, relay, 500, batch_size=100), floor100)
-        )
-        rows.append(
-            ("ours, batch 1000, psycopg", await ours(url, relay, 3000, batch_size=1000), floor1000)
-        )
-        defaults = BufferingSettings(site_name="bench")
-        rows.append(
-            (
-                "ours, default settings, psycopg",
-                await ours(url, relay, 8000, batch_size=defaults.batch_size, adaptive=True),
-                floor1000,
+            batch = (
+                spread([c.chosen for c in cells], "{:.0f}")
+                if "defaults" in key or "chosen" in key
+                else ""
             )
-        )
-        return rows
+            table.append(
+                (
+                    f"{rtt} ms",
+                    label,
+                    spread([c.rate for c in cells], "{:,.1f}"),
+                    f"{statistics.median(c.round_trips for c in cells):.1f}",
+                    batch,
+                    ratio,
+                    goal,
+                )
+            )
+        _print(table)
+        print(flush=True)
+    return table
 
 
 async def _running_units(url: URL, n: int) -> list[str]:
@@ -332,7 +333,9 @@ def _finishes(ids: list[str], with_base: bool) -> Callable[[int], list[Transacti
     return make
 
 
-async def base_check(url: URL, rtt_ms: int, n: int = 2000) -> list[tuple[str, Cell, Cell | None]]:
+async def base_check_cells(
+    url: URL, rtt_ms: int, n: int = 2000
+) -> list[tuple[str, Cell, Cell | None]]:
     """Updates drained with their base checked (compare-and-set) and without, side by side."""
     rows: list[tuple[str, Cell, Cell | None]] = []
     with RelayProcess(url.host or "127.0.0.1", url.port or 5432, rtt_ms / 2000) as relay:
@@ -444,7 +447,14 @@ def _print(table: list[tuple[str, ...]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
-async def main(rtts: Sequence[int], *, base_check_only: bool = False) -> None:
+async def main(
+    rtts: Sequence[int],
+    *,
+    rounds: int = 3,
+    base_check: bool = True,
+    hang: bool = True,
+    base_check_only: bool = False,
+) -> None:
     admin = create_async_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     name = f"ccat_bench_{uuid.uuid4().hex[:8]}"
     async with admin.connect() as conn:
@@ -456,40 +466,37 @@ async def main(rtts: Sequence[int], *, base_check_only: bool = False) -> None:
             await conn.run_sync(Base.metadata.create_all)
         await TransactionExecutor(engine, ModelRegistry.from_base(Base)).create_ledger()
         await engine.dispose()
-        header = ("RTT", "drain", "tx/s", "round trips/batch", "vs check off")
-        checks: list[tuple[str, ...]] = [header]
-        for rtt in rtts:
-            for label, cell, off in await base_check(url, rtt):
-                ratio = "" if off is None else f"{cell.rate / off.rate:.2f}x"
-                checks.append(
-                    (f"{rtt} ms", label, f"{cell.rate:,.1f}", f"{cell.round_trips:.1f}", ratio)
-                )
-        print("the base check (compare-and-set) on updates, on and off (issue 19)")
-        _print(checks)
+        if base_check or base_check_only:
+            header = ("RTT", "drain", "tx/s", "round trips/batch", "vs check off")
+            checks: list[tuple[str, ...]] = [header]
+            for rtt in rtts:
+                for label, cell, off in await base_check_cells(url, rtt):
+                    ratio = "" if off is None else f"{cell.rate / off.rate:.2f}x"
+                    checks.append(
+                        (f"{rtt} ms", label, f"{cell.rate:,.1f}", f"{cell.round_trips:.1f}", ratio)
+                    )
+            print("the base check (compare-and-set) on updates, on and off (issue 19)")
+            _print(checks)
         if base_check_only:
             return
-        print("drain over a delay relay (example schema: obs unit, package, two files per tx)")
-        header = ("RTT", "drain", "tx/s", "round trips/batch", "vs floor")
-        table: list[tuple[str, ...]] = [header]
-        for rtt in rtts:
-            for label, cell, base in await one_rtt(url, rtt):
-                ratio = "" if base is None else f"{cell.rate / base.rate:.2f}x"
-                table.append(
-                    (f"{rtt} ms", label, f"{cell.rate:,.1f}", f"{cell.round_trips:.1f}", ratio)
-                )
-        widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-        for row in table:
-            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        print(
+            "drain over a delay relay (example schema: obs unit, package, two files per tx), "
+            f"min / median / max of {rounds} interleaved rounds"
+        )
+        await drain_table(url, rtts, rounds)
+        if not hang:
+            return
         hang_rtt = 200 if 200 in rtts else rtts[-1]
-        hang = await hung_link(url, hang_rtt, 20.0)
+        result = await hung_link(url, hang_rtt, 20.0)
         print(
             f"hung link at {hang_rtt} ms (statement_timeout 5 s, 20 s without an answer, "
             "default settings otherwise):"
         )
         print(
-            f"  outage reported after {hang.reported_after:.1f} s (goal <= 10 s); drain resumed "
-            f"{hang.resumed_after:.1f} s after the link answered (goal <= 10 s); lost "
-            f"{hang.lost}, applied twice {hang.applied_twice}, dead-lettered {hang.dead_lettered}"
+            f"  outage reported after {result.reported_after:.1f} s (goal <= 10 s); drain resumed "
+            f"{result.resumed_after:.1f} s after the link answered (goal <= 10 s); lost "
+            f"{result.lost}, applied twice {result.applied_twice}, "
+            f"dead-lettered {result.dead_lettered}"
         )
     finally:
         async with admin.connect() as conn:
@@ -499,9 +506,20 @@ async def main(rtts: Sequence[int], *, base_check_only: bool = False) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rtt", default="0,50,200,500", help="round-trip times in ms")
+    parser.add_argument("--rtt", default="0,40,200,500", help="round-trip times in ms")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per RTT")
+    parser.add_argument("--no-base-check", action="store_true", help="skip the base check table")
+    parser.add_argument("--no-hang", action="store_true", help="skip the hung-link run")
     parser.add_argument(
         "--base-check-only", action="store_true", help="only the base check on/off comparison"
     )
     args = parser.parse_args()
-    asyncio.run(main([int(x) for x in args.rtt.split(",")], base_check_only=args.base_check_only))
+    asyncio.run(
+        main(
+            [int(x) for x in args.rtt.split(",")],
+            rounds=args.rounds,
+            base_check=not args.no_base_check,
+            hang=not args.no_hang,
+            base_check_only=args.base_check_only,
+        )
+    )

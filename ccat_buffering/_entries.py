@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ccat_buffering._entry_decoding import decode_entry
 from ccat_buffering.errors import PayloadTooLargeError, TransactionValidationError
 from ccat_buffering.models import Transaction
 from ccat_buffering.payload_limits import payload_problem
@@ -61,7 +62,7 @@ def read_claims(
             refused.append(Refused(claim, too_large, _leading_id(claim.payload)))
             continue
         try:
-            parsed.append((claim, Transaction.from_json(claim.payload)))
+            parsed.append((claim, decode_entry(claim.payload)))
         except TransactionValidationError as exc:
             refused.append(Refused(claim, f"unreadable entry: {exc}", None))
     return parsed, refused

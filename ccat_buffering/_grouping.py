@@ -15,6 +15,7 @@ fails, so every error still belongs to the transaction that caused it.
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,8 @@ class _Schema:
         self._tables: dict[str, Table | None] = {}
         self._names: dict[str, dict[str, str]] = {}
         self._keys: dict[str, Columns] = {}
+        self._generated: dict[tuple[str, tuple[str, ...]], bool] = {}
+        self.size = len(registry)
         self.referenced: dict[Table, set[str]] = {}
         self.foreign: dict[Table, list[tuple[Columns, Table, Columns]]] = {}
         for name in registry:
@@ -88,6 +91,16 @@ class _Schema:
             return record
         return {names.get(k, k): v for k, v in record.items()}
 
+    def generated(self, model: str, record: dict[str, Any]) -> bool:
+        """Whether the database completes a created row with these fields (``RETURNING``)."""
+        shape = (model, tuple(record))
+        found = self._generated.get(shape)
+        if found is None:
+            found = self._generated[shape] = bool(
+                columns_of(self.registry.model(model)).generated_fields(record)
+            )
+        return found
+
     def key_columns(self, model: str) -> Columns:
         found = self._keys.get(model)
         if found is None:
@@ -95,6 +108,17 @@ class _Schema:
                 c.name for c in self.registry.mapper(model).primary_key
             )
         return found
+
+
+_SCHEMAS: weakref.WeakKeyDictionary[ModelRegistry, _Schema] = weakref.WeakKeyDictionary()
+
+
+def _schema_of(registry: ModelRegistry) -> _Schema:
+    """The registry's schema, read once (again when a model is registered)."""
+    schema = _SCHEMAS.get(registry)
+    if schema is None or schema.size != len(registry):
+        schema = _SCHEMAS[registry] = _Schema(registry)
+    return schema
 
 
 class _Created:
@@ -132,12 +156,8 @@ def plan(transactions: Sequence[Transaction], registry: ModelRegistry) -> Plan |
         in the plan than in order), a foreign key to a row that a later step
         creates, two classes created in one table, or tables in a cycle.
     """
-    schema = _Schema(registry)
+    schema = _schema_of(registry)
     created = _Created()
-
-    def generated(model: str, record: dict[str, Any]) -> bool:
-        return bool(columns_of(registry.model(model)).generated_fields(record))
-
     models: dict[Table, str] = {}
     inserts: dict[str, list[dict[str, Any]]] = {}
     updates: list[tuple[Position, Step, dict[str, Any]]] = []
@@ -147,13 +167,17 @@ def plan(transactions: Sequence[Transaction], registry: ModelRegistry) -> Plan |
         if step.operation not in _GROUPABLE or step.refs() or table is None:
             return None
         if step.operation in (Operation.CREATE, Operation.BULK_CREATE):
-            if step.operation is Operation.CREATE and generated(step.model, step.data or {}):
+            model = step.model
+            if step.operation is Operation.CREATE and schema.generated(model, step.data or {}):
                 return None  # its computed values come back one row at a time (RETURNING)
-            if models.setdefault(table, step.model) != step.model:
+            if models.setdefault(table, model) != model:
                 return None  # two classes of one table: their rows' order matters
+            rows = inserts.get(model)
+            if rows is None:
+                rows = inserts[model] = []
             for i, record in enumerate(step.records or [step.data or {}]):
-                inserts.setdefault(step.model, []).append(dict(record))
-                created.add(table, (number, i), schema.row(step.model, record))
+                rows.append(record)  # the step's own dict: the message only reads it
+                created.add(table, (number, i), schema.row(model, record))
             continue
         steps.append(step)
         key_columns = schema.key_columns(step.model)
@@ -178,14 +202,17 @@ def plan(transactions: Sequence[Transaction], registry: ModelRegistry) -> Plan |
         made = created.first(table, key_columns, tuple(row[c] for c in key_columns))
         if made is not None and made > position:
             return None  # it would find a row that, in order, does not exist yet
-    for table, rows in created.rows.items():
-        for position, row in rows:
-            if not _targets_exist_before(schema, table, row, position, created):
-                return None
+    for table, made_rows in created.rows.items():
+        # Only a foreign key into a table the batch creates rows in can point at a later row.
+        links = [fk for fk in schema.foreign.get(table, ()) if fk[1] in created.rows]
+        if links:
+            for position, row in made_rows:
+                if not _targets_exist_before(links, row, position, created):
+                    return None
     for position, step, row in updates:
         table = schema.table(step.model)
         assert table is not None
-        if not _targets_exist_before(schema, table, row, position, created):
+        if not _targets_exist_before(schema.foreign.get(table, []), row, position, created):
             return None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -197,13 +224,23 @@ def plan(transactions: Sequence[Transaction], registry: ModelRegistry) -> Plan |
 
 
 def _targets_exist_before(
-    schema: _Schema, table: Table, row: dict[str, Any], position: Position, created: _Created
+    links: list[tuple[Columns, Table, Columns]],
+    row: dict[str, Any],
+    position: Position,
+    created: _Created,
 ) -> bool:
-    """Whether no foreign key of ``row`` points at a row the batch creates later."""
-    for local, target, remote in schema.foreign.get(table, ()):
-        if not all(c in row and row[c] is not None for c in local):
+    """Whether no foreign key of ``row`` (of ``links``) points at a row the batch creates later."""
+    for local, target, remote in links:
+        if len(local) == 1:  # the common foreign key: no generator per row
+            value = row.get(local[0])
+            if value is None:
+                continue
+            values: tuple[Any, ...] = (value,)
+        elif all(c in row and row[c] is not None for c in local):
+            values = tuple(row[c] for c in local)
+        else:
             continue
-        made = created.first(target, remote, tuple(row[c] for c in local))
+        made = created.first(target, remote, values)
         if made is not None and made > position:
             return False
     return True

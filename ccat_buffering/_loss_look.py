@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +28,10 @@ import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ccat_buffering._buffer_looks import Look
 from ccat_buffering._loss_records import BufferLoss, aware, loss_from_row, losses_table, marks_table
 from ccat_buffering._sightings import BufferOrigin, Sighting, judge
-from ccat_buffering.buffer_loss import BufferWatch
-from ccat_buffering.models import utc_now
+from ccat_buffering.buffer_loss import BufferWatch, _unnamed
 from ccat_buffering.protocols import SupportsBufferMarker, SupportsBufferOrigin
 
 __all__ = ["DatabaseView", "database_view", "look"]
@@ -61,6 +60,8 @@ def _statement(site: str) -> sa.CompoundSelect[Any]:
         marks_table.c.held.label("held"),
         marks_table.c.seen_at.label("at"),
         sa.cast(sa.null(), when).label("since"),
+        sa.cast(sa.null(), big).label("missing"),
+        sa.cast(sa.null(), sa.Text()).label("missing_ids"),
     ).where(marks_table.c.site == site)
     losses = sa.select(
         losses_table.c.id,
@@ -70,6 +71,8 @@ def _statement(site: str) -> sa.CompoundSelect[Any]:
         losses_table.c.held,
         losses_table.c.detected_at,
         losses_table.c.since,
+        losses_table.c.missing,
+        losses_table.c.missing_ids,
     ).where(losses_table.c.site == site, losses_table.c.acknowledged_at.is_(None))
     return sa.union_all(mark, losses).order_by("id")
 
@@ -77,7 +80,11 @@ def _statement(site: str) -> sa.CompoundSelect[Any]:
 def _missing_tables(exc: Exception) -> bool:
     # No worker has created them yet: nothing is remembered, which is no error.
     text = str(exc).lower()
-    return "does not exist" in text or "no such table" in text
+    return ("relation" in text and "does not exist" in text) or "no such table" in text
+
+
+class OlderTables(Exception):
+    """The loss tables lack a newer column (no worker has upgraded them yet)."""
 
 
 async def database_view(engine: AsyncEngine, site: str) -> DatabaseView:
@@ -94,6 +101,9 @@ async def database_view(engine: AsyncEngine, site: str) -> DatabaseView:
             await conn.invalidate()
             if _missing_tables(exc):
                 return DatabaseView(None, [])
+            text = str(exc).lower()
+            if "column" in text and ("does not exist" in text or "no such" in text):
+                raise OlderTables(str(exc)) from exc
             raise
         except BaseException:
             await conn.invalidate()  # never roll back over a link that was cut short
@@ -107,7 +117,14 @@ async def database_view(engine: AsyncEngine, site: str) -> DatabaseView:
             found = None if row.found_seq is None else int(row.found_seq)
             losses.append(
                 BufferLoss(
-                    aware(row.at), aware(row.since), row.text, int(row.seq), found, int(row.held)
+                    aware(row.at),
+                    aware(row.since),
+                    row.text,
+                    int(row.seq),
+                    found,
+                    int(row.held),
+                    missing=None if row.missing is None else int(row.missing),
+                    missing_ids=tuple((row.missing_ids or "").split()),
                 )
             )
     return DatabaseView(last, losses)
@@ -139,7 +156,12 @@ async def look(watch: BufferWatch) -> list[BufferLoss]:
     if watch.engine is None:
         origin, view = await _origin(watch), DatabaseView(None, [])
     else:
-        origin, view = await asyncio.gather(_origin(watch), database_view(watch.engine, watch.site))
+        try:
+            origin, view = await asyncio.gather(
+                _origin(watch), database_view(watch.engine, watch.site)
+            )
+        except OlderTables:
+            return await watch.check(record=False)  # the long way, which reads any version
     if origin is None:
         return []
     stored = watch.sightings.read()
@@ -155,26 +177,19 @@ async def look(watch: BufferWatch) -> list[BufferLoss]:
     ]
     losses = sorted(view.losses + local, key=lambda loss: loss.detected_at)
     last = stored.last if stored.exists else view.last
-    if last is not None and origin.history not in stored.superseded:
+    if (
+        last is not None
+        and origin.history not in stored.superseded
+        and not origin.acknowledges_nothing
+    ):
         if last.history is None:
             # A sighting the main database kept has no replication history: it
             # cannot tell a failover, only the marker and the counter. Judged
             # with the history, Redis's "no previous history" matched its
             # missing one and every clean buffer showed a failover's loss.
             origin = dataclasses.replace(origin, history=None, previous_history=None)
-        found = judge(last, stored.history, origin)
-        if found is not None:
-            since = aware(dt.datetime.fromisoformat(last.seen_at))
-            losses.append(
-                BufferLoss(
-                    utc_now(),
-                    since,
-                    found.cause,
-                    found.seen_seq,
-                    found.found_seq,
-                    last.held,
-                    recorded=False,
-                    open_ended=found.open_ended,
-                )
-            )
+        # Judged and named as BufferWatch.check(record=False) does.
+        loss = _unnamed(Look(judge(last, stored.history, origin), last, stored.held_ids))
+        if loss is not None:
+            losses.append(await watch._named(loss, stored.held_ids))
     return losses

@@ -54,6 +54,8 @@ losses_table = sa.Table(
     sa.Column("seen_seq", sa.BigInteger, nullable=False),
     sa.Column("found_seq", sa.BigInteger, nullable=True),
     sa.Column("held", sa.BigInteger, nullable=False),
+    sa.Column("missing", sa.BigInteger, nullable=True),
+    sa.Column("missing_ids", sa.Text, nullable=True),
     sa.Column("acknowledged_at", sa.DateTime(timezone=True), nullable=True),
 )
 """Every loss found, until an operator acknowledges it."""
@@ -82,6 +84,9 @@ class BufferLoss:
             before a worker recorded it, or kept on the worker's disk until the
             main database answers).
         open_ended: Sequence numbers after ``seen_seq`` may be gone too.
+        missing: How many of the transactions unfinished at the last sighting
+            the buffer no longer has (``None``: not known; the range alone).
+        missing_ids: Their ids.
     """
 
     detected_at: dt.datetime
@@ -92,9 +97,13 @@ class BufferLoss:
     held: int
     recorded: bool = True
     open_ended: bool = True
+    missing: int | None = None
+    missing_ids: tuple[str, ...] = ()
 
     def describe(self) -> str:
         """One line for an operator: what was lost, since when, and what to do."""
+        if self.missing is not None:
+            return self._describe_exact(self.missing)
         after = ", and any after" if self.open_ended else ""
         if self.found_seq is not None and 0 <= self.found_seq < self.seen_seq:
             numbers = (
@@ -111,6 +120,33 @@ class BufferLoss:
             f"({numbers}). Transactions the ledger does not hold were lost: "
             "resubmit them, then acknowledge the loss"
         )
+
+    def _describe_exact(self, missing: int) -> str:
+        shown = ", ".join(self.missing_ids[:SHOWN_IDS])
+        more = len(self.missing_ids) - SHOWN_IDS
+        ids = f": {shown}" + (f" and {more} more" if more > 0 else "") if shown else ""
+        if self.found_seq is not None and 0 <= self.found_seq < self.seen_seq:
+            ids += (
+                f" (the range at risk: sequence numbers {self.found_seq + 1} to "
+                f"{self.seen_seq}, which also number other writes)"
+            )
+        after = (
+            f"; any transaction buffered after it (sequence numbers above {self.seen_seq}) "
+            "may be gone too"
+            if self.open_ended
+            else ""
+        )
+        return (
+            f"the buffer lost state ({self.cause}), found {self.detected_at:%Y-%m-%d %H:%M:%S} "
+            f"UTC; last seen whole {self.since:%Y-%m-%d %H:%M:%S} UTC holding {self.held} "
+            f"unfinished transaction(s), {missing} of them gone{ids}{after}. Those the "
+            "ledger holds were applied before the loss; resubmit the others, then acknowledge "
+            "the loss"
+        )
+
+
+SHOWN_IDS = 20
+"""Transaction ids a loss's one-line description names (all are kept with it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +169,8 @@ def loss_row(loss: BufferLoss) -> dict[str, Any]:
         "found_seq": loss.found_seq,
         "held": loss.held,
         "open_ended": loss.open_ended,
+        "missing": loss.missing,
+        "missing_ids": list(loss.missing_ids),
     }
 
 
@@ -147,6 +185,8 @@ def loss_from_row(row: dict[str, Any], *, recorded: bool) -> BufferLoss:
         int(row["held"]),
         recorded,
         bool(row.get("open_ended", True)),
+        None if row.get("missing") is None else int(row["missing"]),
+        tuple(row.get("missing_ids") or ()),
     )
 
 
@@ -171,6 +211,8 @@ async def insert_loss(conn: AsyncConnection, site: str, loss: BufferLoss) -> Non
             seen_seq=loss.seen_seq,
             found_seq=loss.found_seq,
             held=loss.held,
+            missing=loss.missing,
+            missing_ids=" ".join(loss.missing_ids) if loss.missing is not None else None,
         )
     )
 

@@ -43,6 +43,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -153,25 +155,19 @@ class Pipeline:
         )
         width = len(keys)
         per_statement = max(1, MAX_PARAMETERS // max(width, 1))
+        plain = all(process is None for process in processors)
         for start in range(0, len(rows), per_statement):
             chunk = rows[start : start + per_statement]
-            params: list[Any] = []
-            tuples = []
-            for row in chunk:
-                base = len(params)
-                tuples.append("(" + ", ".join(f"${base + i + 1}" for i in range(width)) + ")")
-                for key, process in zip(keys, processors, strict=True):
-                    value = row[key]
-                    params.append(value if process is None else process(value))
-            self.add(
-                Statement(
-                    head + ", ".join(tuples),
-                    params,
-                    owner,
-                    ledger=ledger,
-                    positional=True,
-                )
-            )
+            if plain:  # the common case: one comprehension, no call per value
+                params = [row[key] for row in chunk for key in keys]
+            else:
+                params = [
+                    row[key] if process is None else process(row[key])
+                    for row in chunk
+                    for key, process in zip(keys, processors, strict=True)
+                ]
+            sql = head + _values(width, len(chunk))
+            self.add(Statement(sql, params, owner, ledger=ledger, positional=True))
         return True
 
     def add(self, statement: Statement) -> None:
@@ -277,6 +273,14 @@ class Pipeline:
 
 
 _PROCESSORS: dict[tuple[int, str], Any] = {}
+
+
+@functools.lru_cache(maxsize=64)
+def _values(width: int, rows: int) -> str:
+    """``($1, $2), ($3, $4)`` for ``rows`` rows of ``width``: batches repeat their shapes."""
+    numbers = iter(range(1, width * rows + 1))
+    row = "(" + ", ".join(["${}"] * width) + ")"
+    return ", ".join(row.format(*itertools.islice(numbers, width)) for _ in range(rows))
 
 
 def _processors(columns: Sequence[Column[Any]], dialect: Dialect) -> list[Any]:

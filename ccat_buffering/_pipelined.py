@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Table, insert, literal_column, select
-from sqlalchemy import update as sa_update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -22,8 +21,8 @@ from ccat_buffering._session_path import (
     CommitRefusedError,
     failure_outcome,
     generated_fields,
-    where,
 )
+from ccat_buffering.conflicts.bulk import row_updates
 from ccat_buffering.conflicts.checked import ConflictSuspected
 from ccat_buffering.database import (
     ledger_rows,
@@ -31,7 +30,7 @@ from ccat_buffering.database import (
     raise_unless_the_transactions,
     sqlstate_of,
 )
-from ccat_buffering.errors import DatabaseUnavailableError, RecordNotFoundError
+from ccat_buffering.errors import DatabaseUnavailableError
 from ccat_buffering.lsn import LSN
 from ccat_buffering.models import Operation, Step, Transaction
 from ccat_buffering.outcome import Outcome
@@ -184,21 +183,15 @@ class PipelinedPath:
             elif op is Operation.CREATE or op is Operation.BULK_CREATE:
                 records = [dict(r) for r in step.records or []] or [dict(step.data or {})]
                 self.rows(pipeline, step.model, records, owner)
-            elif op is Operation.UPDATE or op is Operation.DELETE:
+            else:
                 # Compare-and-set: the base rides in the WHERE, and a row that
                 # moved (or is gone) matches nothing, found by must_match in the
                 # same round trip; the session path then decides the conflict.
-                moved = ConflictSuspected(f"step {step.step_id!r}: {step.model} {step.key} moved")
-                pipeline.add(self.writes.statement(step, owner, moved))
-            else:
-                for i, record in enumerate(step.records or []):
-                    key = {name: record[name] for name in step.key_fields}
-                    changes = {k: v for k, v in record.items() if k not in key}
-                    missing = RecordNotFoundError(
-                        f"step {step.step_id!r} record {i}: no {step.model} with {key}"
-                    )
-                    statement = sa_update(model).where(*where(model, key)).values(**changes)
-                    pipeline.sql(must_match(statement), owner=owner, missing=missing)
+                # A bulk update's rows are checked as single updates are.
+                rows = row_updates(step) if op is Operation.BULK_UPDATE else [step]
+                for row in rows:
+                    moved = ConflictSuspected(f"step {row.step_id!r}: {row.model} {row.key} moved")
+                    pipeline.add(self.writes.statement(row, owner, moved))
 
     def rows(
         self, pipeline: Pipeline, model: str, rows: list[dict[str, Any]], owner: int | None

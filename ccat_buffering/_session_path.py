@@ -18,12 +18,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import insert
-from sqlalchemy import update as sa_update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from ccat_buffering._drift import schema_drift
 from ccat_buffering._grouping import plan
 from ccat_buffering.columns import columns_of
+from ccat_buffering.conflicts.bulk import row_updates
 from ccat_buffering.conflicts.checked import (
     Checks,
     ConflictRejected,
@@ -31,7 +31,7 @@ from ccat_buffering.conflicts.checked import (
     checked_update,
 )
 from ccat_buffering.conflicts.holds import Holds
-from ccat_buffering.conflicts.inserts import checked_create
+from ccat_buffering.conflicts.inserts import checked_bulk_create, checked_create
 from ccat_buffering.conflicts.kinds import Conflict, ConflictOutcome
 from ccat_buffering.conflicts.log import conflict_rows, insert_rows, mark_resolved, unresolved_of
 from ccat_buffering.database import (
@@ -40,7 +40,7 @@ from ccat_buffering.database import (
     ledger_table,
     not_the_transactions_fault,
 )
-from ccat_buffering.errors import RecordNotFoundError, UnresolvedReferenceError
+from ccat_buffering.errors import UnresolvedReferenceError
 from ccat_buffering.lsn import LSN
 from ccat_buffering.models import Operation, Ref, Step, Transaction
 from ccat_buffering.outcome import Outcome
@@ -333,7 +333,6 @@ class SessionPath:
         returning = [getattr(model, name) for name in fields]
         op = step.operation
         checks = checks or Checks(self.registry.conflict_policies)
-        statement: Any
         if op is Operation.CREATE:
             # The row comes back in the INSERT's own round trip (RETURNING): what
             # a later step's ref() needs, and what the database computed.
@@ -349,22 +348,12 @@ class SessionPath:
             key = self.resolve(step.key or {}, produced)
             await checked_delete(session, model, step, key, checks)
             return None
-        records = [self.resolve(r, produced) for r in step.records or []]
         if op is Operation.BULK_CREATE:
-            await session.execute(insert(model), records)
+            records = [self.resolve(r, produced) for r in step.records or []]
+            await checked_bulk_create(session, model, step, records, checks)
             return None
-        for i, record in enumerate(records):
-            key = {name: record[name] for name in step.key_fields}
-            changes = {k: v for k, v in record.items() if k not in key}
-            statement = (
-                sa_update(model)
-                .where(*where(model, key))
-                .values(**changes)
-                .returning(*returning[:1])
-                .execution_options(synchronize_session=False)
-            )
-            if not (await session.execute(statement)).all():
-                raise RecordNotFoundError(
-                    f"step {step.step_id!r} record {i}: no {step.model} with {key}"
-                )
+        for update in row_updates(step):  # each row checked as a single update is
+            key = self.resolve(update.key or {}, produced)
+            data = self.resolve(update.data or {}, produced)
+            await checked_update(session, model, update, key, data, returning[:1], checks)
         return None

@@ -65,11 +65,35 @@ class BufferOrigin:
     fork_offset: int = 0
     replicated: bool = False
     """Writes are acknowledged only once replicas hold them (``min_replicas``)."""
+    own_offset: int | None = None
+    """The master's own offset, read after the marker (``None``: ``offset``): every
+    sequence number read was taken at or below it."""
+
+    @property
+    def read_at(self) -> int:
+        """The offset at or below which everything this look read was written."""
+        return self.offset if self.own_offset is None else self.own_offset
+
+    @property
+    def acknowledges_nothing(self) -> bool:
+        """Writes need replicas, and no replica acknowledges this history.
+
+        A master just restarted, or promoted before its replica joined (two
+        masters for a while): nothing it holds or lacks is acknowledged yet,
+        so it is not judged until it can acknowledge.
+        """
+        return self.replicated and self.history is not None and self.offset <= 0
 
 
 @dataclass(slots=True)
 class Sighting:
-    """One look at the buffer, as kept."""
+    """One look at the buffer, as kept.
+
+    ``offset`` is the master's own offset when the counter was read: a
+    sighting is kept as the last one only once that offset is acknowledged
+    (with ``min_replicas``, once the replicas hold it), so that a sequence
+    number that was never acknowledged is never reported lost.
+    """
 
     epoch: str
     seq: int
@@ -143,7 +167,8 @@ def judge(last: Sighting, history: list[Sighting], origin: BufferOrigin) -> Judg
             f"up to offset {origin.fork_offset}, the last sighting stood at {last.offset}",
             last.seq,
             _fork_floor(history, origin),
-            open_ended=not origin.replicated,
+            # Even with min_replicas: a replica behind an acknowledged offset means
+            # another replica acknowledged, so later acknowledged writes may be gone too.
         )
     if origin.seq < last.seq:
         return Judgement(
@@ -183,6 +208,10 @@ class SightingState:
             offset the replica holds of each: a look at such a master again
             is a look at the old side of a failover.
         losses: Losses not yet written to the main database or acknowledged.
+        held_ids: The unfinished transactions of ``last`` (``None``: not known:
+            more than the watch keeps, or a sighting from the main database).
+        pending: Looks not yet acknowledged (newest last), each a sighting
+            and its unfinished transactions.
     """
 
     exists: bool = False
@@ -190,6 +219,8 @@ class SightingState:
     history: list[Sighting] = field(default_factory=list)
     superseded: dict[str, int] = field(default_factory=dict)
     losses: list[dict[str, Any]] = field(default_factory=list)
+    held_ids: list[str] | None = None
+    pending: list[tuple[Sighting, list[str] | None]] = field(default_factory=list)
 
 
 class SightingFile:
@@ -232,6 +263,8 @@ class SightingFile:
             [Sighting(**s) for s in raw.get("history", [])],
             dict(raw.get("superseded", {})),
             list(raw.get("losses", [])),
+            raw.get("held_ids"),
+            [(Sighting(**p["sighting"]), p.get("ids")) for p in raw.get("pending", [])],
         )
 
     @staticmethod
@@ -242,6 +275,8 @@ class SightingFile:
                 "history": [asdict(s) for s in state.history[-HISTORY:]],
                 "superseded": state.superseded,
                 "losses": state.losses,
+                "held_ids": state.held_ids,
+                "pending": [{"sighting": asdict(s), "ids": ids} for s, ids in state.pending],
             }
         )
 

@@ -18,47 +18,43 @@ the last one is a loss (:func:`~ccat_buffering._sightings.judge`):
 
 A failover to a replica that holds everything seen is not a loss.
 
+A sighting also keeps the ids of the transactions unfinished at it. When a
+loss is told, the watch asks the buffer which of those it no longer has: the
+report names them and counts them (not the whole range). What was buffered
+after the last sighting and lost cannot be named; a report says so when that
+may have happened. Looks are judged and kept by
+:mod:`ccat_buffering._buffer_looks`; losses are kept by
+:mod:`ccat_buffering._loss_store`.
+
 The worker records each loss in ``ccat_buffer_losses`` (when it was found,
-when the buffer was last seen whole, the sequence numbers that may be gone and
-how many unfinished transactions the buffer held then), logs it at ERROR, and
-stamps a new epoch so that work goes on. ``status`` and ``inspect`` report
-every loss not yet acknowledged (and one they find themselves before a worker
-has recorded it), until :meth:`BufferWatch.acknowledge` is called.
+when the buffer was last seen whole, the sequence numbers that may be gone,
+how many unfinished transactions the buffer held then, and which of them are
+gone), logs it at ERROR, and stamps a new epoch so that work goes on.
+``status`` and ``inspect`` report every loss not yet acknowledged (and one
+they find themselves before a worker has recorded it), until
+:meth:`BufferWatch.acknowledge` is called.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ccat_buffering._loss_records import (
-    BufferLoss,
-    Mark,
-    aware,
-    insert_loss,
-    loss_from_row,
-    loss_metadata,
-    loss_row,
-    losses_table,
-    marks_table,
-    recorded_losses,
-    save_mark,
-)
+from ccat_buffering._buffer_looks import Look, take_look
+from ccat_buffering._loss_records import BufferLoss, aware, loss_metadata, loss_row
+from ccat_buffering._loss_store import COPY_WAIT, LossStore
 from ccat_buffering._sightings import (
-    HISTORY,
     BufferOrigin,
-    Judgement,
     Sighting,
     SightingFile,
-    SightingState,
     default_state_dir,
     judge,
     new_epoch_after,
@@ -68,11 +64,21 @@ from ccat_buffering.errors import BufferingError
 from ccat_buffering.logs import SiteLogger
 from ccat_buffering.models import utc_now
 from ccat_buffering.protocols import Backend, SupportsBufferMarker, SupportsBufferOrigin
+from ccat_buffering.status import TransactionState
 
 __all__ = ["COPY_WAIT", "BufferLoss", "BufferWatch", "loss_metadata", "watch_buffer"]
 
-COPY_WAIT = 1.0
-"""Seconds a look waits for its copy to the main database before going on without it."""
+UNFINISHED = (
+    TransactionState.BUFFERED,
+    TransactionState.PROCESSING,
+    TransactionState.RETRYING,
+    TransactionState.CONFLICTED,
+)
+"""The states of a transaction that the buffer alone holds (a committed one is in the ledger)."""
+
+HELD_IDS = 100_000
+"""Unfinished transactions whose ids a sighting keeps (about 4 MB on disk, rewritten
+at each look that moved); past it a loss is reported as a range and a count held."""
 
 
 def _new_epoch() -> str:
@@ -86,7 +92,8 @@ class BufferWatch:
     written at every look at which something moved, whatever the main
     database is doing) and copied to the main database when it answers (for
     ``status`` on other hosts, and a worker on a new host). A loss found is
-    kept on disk at once and written to the main database when it answers.
+    kept on disk at once and written to the main database when it answers
+    (:class:`~ccat_buffering._loss_store.LossStore`).
 
     Args:
         engine: The main database (``None``: only the disk).
@@ -112,12 +119,10 @@ class BufferWatch:
         self.backend = backend
         self.site = backend.site
         self.sightings = SightingFile(state_dir or default_state_dir(), backend.site)
-        self.save_every = save_every
-        self.clock = clock
         self.log = SiteLogger(__name__, backend.site)
-        self._saved_at = float("-inf")
-        self._tables = False
-        self._copying: asyncio.Task[None] | None = None
+        self.store = LossStore(
+            engine, self.sightings, backend.site, save_every=save_every, clock=clock, log=self.log
+        )
 
     @property
     def supported(self) -> bool:
@@ -126,54 +131,10 @@ class BufferWatch:
 
     async def create_tables(self) -> None:
         """Create the two tables if they do not exist."""
-        if self.engine is None:
-            return
-        async with self.engine.begin() as conn:
-            await conn.run_sync(loss_metadata.create_all, checkfirst=True)
-        self._tables = True
-
-    async def _tables_exist(self) -> bool:
-        if self._tables:
-            return True
-        if self.engine is None:
-            return False
-        async with self.engine.connect() as conn:
-            found = await conn.run_sync(lambda sync: sa.inspect(sync).has_table(marks_table.name))
-        self._tables = bool(found)
-        return self._tables
-
-    async def _row(self) -> Mark | None:
-        if self.engine is None or not await self._tables_exist():
-            return None
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(sa.select(marks_table).where(marks_table.c.site == self.site))
-            ).first()
-        if row is None:
-            return None
-        return Mark(row.epoch, int(row.seq), int(row.held), aware(row.seen_at))
+        await self.store.create_tables()
 
     async def _database_losses(self) -> list[BufferLoss]:
-        if self.engine is None or not await self._tables_exist():
-            return []
-        query = (
-            sa.select(losses_table)
-            .where(losses_table.c.site == self.site, losses_table.c.acknowledged_at.is_(None))
-            .order_by(losses_table.c.id)
-        )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [
-            BufferLoss(
-                aware(r.detected_at),
-                aware(r.since),
-                r.cause,
-                int(r.seen_seq),
-                None if r.found_seq is None else int(r.found_seq),
-                int(r.held),
-            )
-            for r in rows
-        ]
+        return await self.store.database_losses()
 
     async def open_losses(self, *, strict: bool = False) -> list[BufferLoss]:
         """Every loss not yet acknowledged, oldest first: the main database's and this host's.
@@ -182,24 +143,7 @@ class BufferWatch:
             strict: Raise when the main database cannot be reached; otherwise
                 the losses kept on this host's disk are returned alone.
         """
-        try:
-            recorded = await self._database_losses()
-        except (SQLAlchemyError, OSError):
-            if strict:
-                raise
-            recorded = []
-        known = {(loss.detected_at, loss.cause) for loss in recorded}
-        local = [
-            loss
-            for loss in (
-                loss_from_row(row, recorded=False)
-                for row in self.sightings.read().losses
-                if not row.get("in_database")
-            )
-            # Written to the database a moment ago, not yet marked so on disk.
-            if (loss.detected_at, loss.cause) not in known
-        ]
-        return sorted(recorded + local, key=lambda loss: loss.detected_at)
+        return await self.store.open_losses(strict=strict)
 
     async def acknowledge(self) -> int:
         """Mark every open loss as seen by an operator.
@@ -207,25 +151,24 @@ class BufferWatch:
         Returns:
             How many there were.
         """
-        with self.sightings.locked() as state:
-            local = [loss_from_row(row, recorded=False) for row in state.losses]
-            state.losses = []
-        if self.engine is None or not await self._tables_exist():
-            return len(local)
-        async with self.engine.begin() as conn:
-            there = await recorded_losses(conn, self.site)
-            result = await conn.execute(
-                sa.update(losses_table)
-                .where(losses_table.c.site == self.site, losses_table.c.acknowledged_at.is_(None))
-                .values(acknowledged_at=utc_now())
-            )
-        # A loss kept on disk and already in the database is counted once.
-        count = int(result.rowcount or 0)
-        return count + sum((loss.detected_at, loss.cause) not in there for loss in local)
+        return await self.store.acknowledge()
+
+    def cancel_copy(self) -> None:
+        """Stop a copy to the main database that is still running (the watch is stopping)."""
+        self.store.cancel_copy()
 
     async def _held(self) -> int:
         stats = await self.backend.buffer.stats()
         return stats.depth + stats.in_flight
+
+    async def _held_ids(self) -> list[str] | None:
+        """The unfinished transactions' ids; ``None`` past :data:`HELD_IDS`."""
+        ids: list[str] = []
+        for state in UNFINISHED:
+            ids.extend(await self.backend.status.ids(state, HELD_IDS + 1 - len(ids)))
+            if len(ids) > HELD_IDS:
+                return None
+        return ids
 
     async def _origin(self) -> BufferOrigin | None:
         if isinstance(self.backend, SupportsBufferOrigin):
@@ -235,14 +178,10 @@ class BufferWatch:
             return BufferOrigin(epoch, seq)
         return None
 
-    async def _database_sighting(self) -> Sighting | None:
-        try:
-            row = await self._row()
-        except (SQLAlchemyError, OSError):
-            return None  # the main database is down: this host has not looked before
-        if row is None:
-            return None
-        return Sighting(row.epoch, row.seq, row.held, row.seen_at.isoformat())
+    async def _gone(self, ids: list[str]) -> list[str]:
+        """Which of ``ids`` the buffer has no status of any more."""
+        statuses = await self.backend.status.get_many(ids) if ids else []
+        return [i for i, status in zip(ids, statuses, strict=True) if status is None]
 
     async def check(self, *, record: bool = True) -> list[BufferLoss]:
         """Look at the buffer; keep the sighting, and record a loss if it does not follow.
@@ -255,105 +194,78 @@ class BufferWatch:
         Returns:
             The losses not yet acknowledged (with one just found).
         """
+        if not isinstance(self.backend, SupportsBufferOrigin | SupportsBufferMarker):
+            return []
+        # Read before the marker: every id read was written at or below the offset read
+        # with it. A look that records nothing keeps nothing, and needs none.
+        ids = await self._held_ids() if record else None
         origin = await self._origin()
         if origin is None:
             return []
         held = await self._held()
         stored = self.sightings.read()
-        fallback = None if stored.exists else await self._database_sighting()
+        fallback = None if stored.exists else await self.store.database_sighting()
         if not record:
             last = stored.last or fallback
             losses = await self.open_losses(strict=True)
-            if last is not None and origin.history not in stored.superseded:
+            if (
+                last is not None
+                and origin.history not in stored.superseded
+                and not origin.acknowledges_nothing
+            ):
                 found = judge(last, stored.history, origin)
-                if found is not None:
-                    losses.append(self._loss(found, last, recorded=False))
+                loss = _unnamed(Look(found, last, stored.held_ids))
+                if loss is not None:
+                    losses.append(await self._named(loss, stored.held_ids))
             return losses
         now = utc_now()
-        found_loss: BufferLoss | None = None
-        stamp_after: str | None = None
+        sighting = Sighting(
+            origin.epoch or "", origin.seq, held, now.isoformat(), origin.history, origin.read_at
+        )
         with self.sightings.locked() as state:
             if not state.exists and fallback is not None:
                 state.last = fallback
-            found_loss, stamp_after = self._look(state, origin, held, now)
-        if found_loss is not None:
-            self.log.error("%s", found_loss.describe())
-        if stamp_after is not None:
-            await self._stamp(stamp_after)
+            look = take_look(state, origin, sighting, ids)
+            # Kept with the look that found it: the sighting has moved on.
+            loss = _unnamed(look)
+            if loss is not None:
+                state.losses.append(loss_row(loss))
+        if loss is not None:
+            if look.exact and look.held_ids is not None:
+                named = await self._named(loss, look.held_ids)
+                with self.sightings.locked() as state:
+                    for i, row in enumerate(state.losses):
+                        if row["detected_at"] == loss.detected_at.isoformat():
+                            state.losses[i] = loss_row(named)
+                loss = named
+            self.log.error("%s", loss.describe())
+        if look.stamp_after is not None:
+            await self._stamp(look.stamp_after)
             # Keep the new marker as the sighting at once: a loss after this is told too.
             origin = await self._origin()
             if origin is not None and origin.epoch is not None:
+                stamped = Sighting(
+                    origin.epoch, origin.seq, held, now.isoformat(), origin.history, origin.read_at
+                )
                 with self.sightings.locked() as state:
-                    self._look(state, origin, held, now)
-        await self._copy_soon()
+                    take_look(state, origin, stamped, ids)
+        await self.store.copy_soon()
         return await self.open_losses()
 
-    def _look(
-        self, state: SightingState, origin: BufferOrigin, held: int, now: dt.datetime
-    ) -> tuple[BufferLoss | None, str | None]:
-        """Judge one look under the file's lock; the loss found and the epoch to follow."""
-        sighting = Sighting(
-            origin.epoch or "", origin.seq, held, now.isoformat(), origin.history, origin.offset
-        )
-        if origin.history is not None and origin.history in state.superseded:
-            return self._old_side(state, origin), None
-        last = state.last
-        found = None if last is None else judge(last, state.history, origin)
-        loss = None
-        if found is not None and last is not None:
-            loss = self._loss(found, last, recorded=False)
-            state.losses.append(loss_row(loss))
-        if origin.previous_history is not None and origin.history != (last and last.history):
-            state.superseded.setdefault(origin.previous_history, origin.fork_offset)
-        if origin.epoch is None:
-            state.last = None
-            return loss, ("" if last is None else last.epoch)
-        if last is None or (last.epoch, last.seq, last.history, last.offset) != (
-            sighting.epoch,
-            sighting.seq,
-            sighting.history,
-            sighting.offset,
-        ):
-            if last is not None:
-                state.history.append(last)
-                del state.history[:-HISTORY]
-            state.last = sighting
-        return loss, None
+    async def _named(self, loss: BufferLoss, held_ids: list[str] | None) -> BufferLoss:
+        """``loss`` with the transactions of ``held_ids`` that the buffer no longer has.
 
-    def _old_side(self, state: SightingState, origin: BufferOrigin) -> BufferLoss | None:
-        """A look at a master a failover replaced, still answering (two masters for a while).
-
-        What it took past the fork is on no replica that took over: a loss,
-        reported once. The look is not kept as a sighting.
+        Unchanged if they are not known, or the buffer cannot be asked (the
+        loss is reported all the same, as a range).
         """
-        assert origin.history is not None
-        fork = state.superseded[origin.history]
-        if fork < 0 or origin.offset < fork or state.last is None:
-            return None
-        state.superseded[origin.history] = -1
-        older = [s.seq for s in state.history if s.history == origin.history and s.offset < fork]
-        split = Judgement(
-            f"two masters: the one replaced by a failover took writes past offset {fork}, "
-            "which the new master does not hold",
-            origin.seq,
-            max(older) if older else None,
-            open_ended=not origin.replicated,
-        )
-        loss = self._loss(split, state.last, recorded=False)
-        state.losses.append(loss_row(loss))
-        return loss
-
-    def _loss(self, found: Judgement, last: Sighting, *, recorded: bool) -> BufferLoss:
-        return BufferLoss(
-            utc_now(),
-            aware(dt.datetime.fromisoformat(last.seen_at)),
-            found.cause,
-            found.seen_seq,
-            found.found_seq,
-            last.held,
-            recorded,
-            found.open_ended,
-        )
+        if held_ids is None:
+            return loss
+        try:
+            gone = await self._gone(held_ids)
+        except (BufferingError, OSError) as exc:
+            self.log.warning("could not tell which transactions the loss took: %s", exc)
+            return loss
+        return dataclasses.replace(loss, missing=len(gone), missing_ids=tuple(gone))
 
     async def _stamp(self, previous: str) -> None:
         """Give a buffer that lost its marker a new one, naming the one it follows."""
@@ -361,63 +273,22 @@ class BufferWatch:
         epoch = new_epoch_after(previous, _new_epoch()) if previous else _new_epoch()
         await self.backend.stamp_buffer(epoch)  # only where none is: the first watcher wins
 
-    async def _copy_soon(self) -> None:
-        """Copy to the main database, waiting at most :data:`COPY_WAIT` seconds for it.
 
-        A database that does not answer (a link outage: each attempt may wait
-        out the connect timeout) must not slow the looks: the copy goes on in
-        the background, one at a time, and the next look does not wait again
-        while it runs.
-        """
-        if self._copying is None or self._copying.done():
-            self._copying = asyncio.create_task(self._copy_to_database(), name="buffer-copy")
-            self._copying.add_done_callback(self._copied)
-            await asyncio.wait({self._copying}, timeout=COPY_WAIT)
-
-    def _copied(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and (error := task.exception()) is not None:
-            self.log.info("could not copy the buffer's sightings to the main database: %s", error)
-
-    def cancel_copy(self) -> None:
-        """Stop a copy to the main database that is still running (the watch is stopping)."""
-        if self._copying is not None:
-            self._copying.cancel()
-
-    async def _copy_to_database(self) -> None:
-        """Copy the sighting (every ``save_every`` s) and the new losses to the main database.
-
-        A database that cannot be reached is tried again at the next look:
-        the disk holds everything meanwhile.
-        """
-        if self.engine is None:
-            return
-        state = self.sightings.read()
-        pending = [row for row in state.losses if not row.get("in_database")]
-        due = state.last is not None and self.clock() - self._saved_at >= self.save_every
-        if not pending and not due:
-            return
-        try:
-            await self.create_tables()
-            async with self.engine.begin() as conn:
-                if state.last is not None and due:
-                    await save_mark(conn, self.site, state.last)
-                there = await recorded_losses(conn, self.site)
-                for row in pending:
-                    loss = loss_from_row(row, recorded=True)
-                    if (loss.detected_at, loss.cause) in there:
-                        continue  # written before; the disk was not told (a stop came between)
-                    await insert_loss(conn, self.site, loss)
-        except (SQLAlchemyError, OSError):
-            self._saved_at = self.clock()  # not again before save_every
-            return
-        self._saved_at = self.clock()
-        if pending:
-            written = {row["detected_at"] for row in pending}
-            with self.sightings.locked() as now:
-                for row in now.losses:
-                    if row["detected_at"] in written:
-                        row["in_database"] = True
-                now.losses = [row for row in now.losses if not row.get("in_database")]
+def _unnamed(look: Look) -> BufferLoss | None:
+    """The loss ``look`` found (``None``: none), before the transactions it took are known."""
+    found, last = look.found, look.last
+    if found is None or last is None:
+        return None
+    return BufferLoss(
+        utc_now(),
+        aware(dt.datetime.fromisoformat(last.seen_at)),
+        found.cause,
+        found.seen_seq,
+        found.found_seq,
+        last.held,
+        False,
+        found.open_ended,
+    )
 
 
 async def watch_buffer(watch: BufferWatch, interval: float) -> None:

@@ -379,13 +379,21 @@ class TransactionBuilder:
         records: Sequence[Mapping[str, Any]],
         *,
         step_id: str | None = None,
+        expected: Sequence[Mapping[str, Any]] | None = None,
+        expected_version: Sequence[int | None] | None = None,
     ) -> None:
         """Add a step that changes many rows of one model, each found by its key fields.
+
+        Each row is checked against its own base, as :meth:`update` checks one.
 
         Args:
             model: The mapped class or its name.
             records: Per row, its key fields and the fields to change.
             step_id: A name for the step.
+            expected: Per row, the values of (some of) its changed fields as
+                the writer saw them (``{}``: none given).
+            expected_version: Per row, its ``version_id_col`` value as the
+                writer saw it (``None``: none given).
         """
         described = _describe(model, self.registry)
         self._add(
@@ -393,6 +401,8 @@ class TransactionBuilder:
             step_id=self._step_id(step_id),
             operation=Operation.BULK_UPDATE,
             records=[dict(r) for r in records],
+            expected_records=None if expected is None else [dict(e) for e in expected],
+            expected_versions=None if expected_version is None else list(expected_version),
         )
 
     def build(self) -> Transaction:

@@ -413,6 +413,15 @@ def convert_step(step: Step, columns: ModelColumns, where: str) -> Step:
         if columns.version is not None and creating:
             for record in changes["records"]:
                 record.setdefault(columns.version, columns.next_version(None))
+        if columns.version is not None and step.expected_versions is not None:
+            for record, seen in zip(changes["records"], step.expected_versions, strict=True):
+                if seen is not None:
+                    record.setdefault(columns.version, columns.next_version(seen))
+    if step.expected_records is not None:
+        changes["expected_records"] = [
+            columns.convert(base, f"{where} record {i} expected")
+            for i, base in enumerate(step.expected_records)
+        ]
     converted = step.model_copy(update=changes)
     _CONVERTED[id(converted)] = converted
     return converted

@@ -344,7 +344,10 @@ class BufferingCoordinator:
         transaction = self.registry.convert(transaction)
         transaction = stamp_write_time(transaction, self.registry, utc_now())
         return await with_bases(
-            transaction, lambda model, key: self.reads.get(model, key), self.registry
+            transaction,
+            lambda model, key: self.reads.get(model, key),
+            self.registry,
+            lambda model, keys: self.reads.get_many(model, keys),
         )
 
     async def resolve_conflict(self, conflict_id: int, keep: Keep) -> Resolution:

@@ -24,12 +24,13 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering import database
-from ccat_buffering._grouping import plan
+from ccat_buffering._batch_preparing import BatchPreparer
 from ccat_buffering._link import LinkTimeouts, watch_engine, watched
-from ccat_buffering._pipelined import PipelinedPath, PreparedBatch, unique
+from ccat_buffering._operator_paths import OperatorPaths
+from ccat_buffering._pipelined import PipelinedPath, PreparedBatch
 from ccat_buffering._session_path import CommitRefusedError, SessionPath, failure_outcome
 from ccat_buffering.conflicts.checked import ConflictSuspected
 from ccat_buffering.conflicts.log import create_conflict_log
@@ -38,7 +39,6 @@ from ccat_buffering.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
     LedgerHorizonError,
-    UnknownColumnError,
 )
 from ccat_buffering.ledger_pruning import recorded_horizon
 from ccat_buffering.lsn import LSN
@@ -73,7 +73,7 @@ def _suspected(outcome: Outcome) -> bool:
     )
 
 
-class TransactionExecutor:
+class TransactionExecutor(OperatorPaths):
     """Applies transactions to the main database through registered mapped classes.
 
     Args:
@@ -111,9 +111,9 @@ class TransactionExecutor:
         self.ledger = ledger
         self.timeouts = timeouts or LinkTimeouts()
         self.ledger_retention = ledger_retention
-        self._prepared: PreparedBatch | None = None
         self._session = SessionPath(registry, ledger, site, hold)
         self._pipelined = PipelinedPath(registry, ledger, engine.dialect, site)
+        self.preparer = BatchPreparer(registry, self._pipelined, engine.dialect)
         watch_engine(engine)
 
     async def ping(self) -> bool:
@@ -134,49 +134,6 @@ class TransactionExecutor:
         """Whether the ledger holds ``transaction_id``."""
         async with self.engine.connect() as conn:
             return bool(await self._session.applied_ids(conn, [transaction_id]))
-
-    async def rehearse(self, transactions: Sequence[Transaction]) -> list[Outcome]:
-        """Apply ``transactions`` in order inside one database transaction, then roll it back.
-
-        Each runs in its own savepoint after the ones before it, as a batch
-        would; nothing is committed, so the main database is left as it was.
-
-        Args:
-            transactions: In the order they would be applied.
-
-        Returns:
-            What each would do: applied, already applied, or its error.
-
-        Raises:
-            DatabaseUnavailableError: The database could not be reached.
-        """
-        outcomes: list[Outcome] = []
-        try:
-            async with self.engine.connect() as conn, watched(conn, self.timeouts.statement):
-                await conn.begin()
-                try:
-                    ids = [tx.transaction_id for tx in transactions]
-                    done = await self._session.applied_ids(conn, ids)
-                    session = AsyncSession(bind=conn, autoflush=False)
-                    for tx in transactions:
-                        if tx.transaction_id in done:
-                            outcomes.append(Outcome(tx.transaction_id, already_applied=True))
-                            continue
-                        try:
-                            self.registry.check(tx)
-                            self._check_refs(tx)
-                        except Exception as exc:
-                            kind = classify_failure(exc)
-                            outcomes.append(Outcome(tx.transaction_id, error=exc, kind=kind))
-                            continue
-                        outcomes.append(await self._session.apply_one(session, tx))
-                finally:
-                    await conn.rollback()
-        except (DatabaseUnavailableError, ConfigurationError):
-            raise
-        except Exception as exc:
-            raise not_the_transactions_fault(exc, "while rehearsing a replay") from exc
-        return outcomes
 
     async def execute(self, transaction: Transaction) -> Outcome:
         """Apply one transaction in its own database transaction.
@@ -218,7 +175,7 @@ class TransactionExecutor:
 
     async def _execute_once(self, transactions: Sequence[Transaction]) -> BatchResult:
         """One database transaction: the batch up to its first stop (see :meth:`execute_batch`)."""
-        batch = self._take_prepared(transactions)
+        batch = self.preparer.take(transactions)
         outcomes, runnable = batch.outcomes, batch.runnable
         if not runnable:
             return BatchResult(outcomes, None)
@@ -321,34 +278,6 @@ class TransactionExecutor:
         async with self.engine.connect() as conn, watched(conn, self.timeouts.statement):
             return await self._session.run(conn, suspects, outcomes)
 
-    async def execute_released(self, transaction: Transaction) -> BatchResult:
-        """Apply a transaction that waited behind a resolved conflict, checked as a drain does.
-
-        Its ``waiting`` log row is marked released in the same database transaction.
-
-        Raises:
-            DatabaseUnavailableError: The database could not be reached.
-        """
-        self.registry.check(transaction)
-        outcomes = [Outcome(transaction.transaction_id)]
-        async with self.engine.connect() as conn, watched(conn, self.timeouts.statement):
-            lsn = await self._session.run(conn, [(0, transaction)], outcomes, release=True)
-        return BatchResult(outcomes, lsn)
-
-    async def execute_unchecked(self, transaction: Transaction) -> BatchResult:
-        """Apply one transaction without its base checks (an operator's ``--keep mine``).
-
-        A ``version_id_col`` is still bumped from the row's current version.
-
-        Raises:
-            DatabaseUnavailableError: The database could not be reached.
-        """
-        self.registry.check(transaction)
-        outcomes = [Outcome(transaction.transaction_id)]
-        async with self.engine.connect() as conn, watched(conn, self.timeouts.statement):
-            lsn = await self._session.run(conn, [(0, transaction)], outcomes, force=True)
-        return BatchResult(outcomes, lsn)
-
     async def _past_horizon(self, transactions: Sequence[Transaction]) -> dict[str, Outcome]:
         """Outcomes refusing the transactions created before the site's pruned ledger horizon.
 
@@ -408,38 +337,7 @@ class TransactionExecutor:
         Args:
             transactions: In buffer order.
         """
-        self._prepared = self._prepare(transactions)
-
-    def _take_prepared(self, transactions: Sequence[Transaction]) -> PreparedBatch:
-        held, self._prepared = self._prepared, None
-        if (
-            held is not None
-            and len(held.transactions) == len(transactions)
-            and all(a is b for a, b in zip(held.transactions, transactions, strict=True))
-        ):
-            return held
-        return self._prepare(transactions)
-
-    def _prepare(self, transactions: Sequence[Transaction]) -> PreparedBatch:
-        outcomes: list[Outcome] = []
-        for tx in transactions:
-            try:
-                self.registry.check(tx)
-                self._check_refs(tx)
-            except Exception as exc:
-                outcomes.append(Outcome(tx.transaction_id, error=exc, kind=classify_failure(exc)))
-            else:
-                outcomes.append(Outcome(tx.transaction_id))
-        runnable = [(i, tx) for i, tx in enumerate(transactions) if outcomes[i].error is None]
-        pipelined = bool(runnable) and self._pipelines(runnable)
-        batch = PreparedBatch(tuple(transactions), outcomes, runnable, pipelined)
-        if batch.pipelined:
-            batch.todo, batch.copies = unique(runnable)
-            if len(batch.todo) > 1:
-                grouped = plan([tx for _, tx in batch.todo], self.registry)
-                if grouped is not None:
-                    batch.first = self._pipelined.message(batch.todo, grouped)
-        return batch
+        self.preparer.hold(transactions)
 
     async def _settle_failures(self, outcomes: list[Outcome]) -> list[Outcome]:
         """Report a failure as applied when the ledger holds it (applied by another holder).
@@ -482,19 +380,3 @@ class TransactionExecutor:
                         "(statement_timeout); the connection was discarded"
                     ) from None
                 raise
-
-    def _pipelines(self, runnable: Sequence[tuple[int, Transaction]]) -> bool:
-        """Whether the batch can go through psycopg's pipeline mode (no ``ref()``)."""
-        if self.engine.dialect.driver != "psycopg":
-            return False
-        return not any(step.refs() for _, tx in runnable for step in tx.steps)
-
-    def _check_refs(self, tx: Transaction) -> None:
-        models = {step.step_id: step.model for step in tx.steps}
-        for step in tx.steps:
-            for ref in step.refs():
-                if ref.field not in self.registry.fields(models[ref.step]):
-                    raise UnknownColumnError(
-                        f"transaction {tx.transaction_id}: step {step.step_id!r} refers to "
-                        f"{models[ref.step]}.{ref.field}, which is not a mapped field"
-                    )

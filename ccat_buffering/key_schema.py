@@ -33,5 +33,6 @@ SUFFIXES = {
     "audit": "audit",
     "idempotency": "idempotency:",
     "pause": "operator_pause",
+    "charts": "charts",
 }
 """Key suffixes by role, shared with the Lua scripts."""

@@ -53,7 +53,8 @@ FORMAT_VERSION = 2
 """Newest format of a serialised transaction this release reads.
 
 Format 1 has no bases; format 2 adds a step's ``expected`` and
-``expected_version`` (see :mod:`ccat_buffering.conflicts`). A transaction
+``expected_version`` (and a bulk update's ``expected_records`` and
+``expected_versions``, see :mod:`ccat_buffering.conflicts`). A transaction
 without a base is still written as format 1, so that the buffer stays readable
 by a release that knows only format 1; one with a base is written as format 2,
 which such a release refuses instead of applying it without its check.
@@ -146,6 +147,8 @@ class Step(BaseModel):
     version where the model has a SQLAlchemy ``version_id_col``. The main
     database applies the step only where the row still holds that base (see
     :mod:`ccat_buffering.conflicts`); a step with neither is applied as it is.
+    A ``bulk_update`` carries the same per record: ``expected_records[i]``
+    (``{}``: none) and ``expected_versions[i]`` (``None``: none).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -159,11 +162,18 @@ class Step(BaseModel):
     key_fields: tuple[Identifier, ...] = ("id",)
     expected: Record | None = None
     expected_version: int | None = None
+    expected_records: list[Record] | None = None
+    expected_versions: list[int | None] | None = None
 
     @property
     def has_base(self) -> bool:
-        """Whether the step carries a base (``expected`` or ``expected_version``)."""
-        return self.expected is not None or self.expected_version is not None
+        """Whether the step carries a base (``expected``, ``expected_version``, per record)."""
+        return (
+            self.expected is not None
+            or self.expected_version is not None
+            or self.expected_records is not None
+            or self.expected_versions is not None
+        )
 
     @field_validator("operation", mode="before")
     @classmethod
@@ -180,7 +190,7 @@ class Step(BaseModel):
             return _decode_record(value)
         return value
 
-    @field_validator("records", mode="before")
+    @field_validator("records", "expected_records", mode="before")
     @classmethod
     def _decode_records(cls, value: Any, info: ValidationInfo) -> Any:
         if value is not None and info.context and info.context.get("wire"):
@@ -194,7 +204,7 @@ class Step(BaseModel):
             _check_field_names(value)
         return value
 
-    @field_validator("records")
+    @field_validator("records", "expected_records")
     @classmethod
     def _record_names(cls, value: list[Record] | None) -> list[Record] | None:
         for record in value or ():
@@ -218,11 +228,22 @@ class Step(BaseModel):
                 raise ValueError(f"{_article(self.operation)} step takes no '{name}'")
         if self.key is not None and not self.key:
             raise ValueError("'key' names no field")
-        if self.has_base and self.operation not in (Operation.UPDATE, Operation.DELETE):
+        single = self.expected is not None or self.expected_version is not None
+        per_record = self.expected_records is not None or self.expected_versions is not None
+        if (single and self.operation not in (Operation.UPDATE, Operation.DELETE)) or (
+            per_record and self.operation is not Operation.BULK_UPDATE
+        ):
             raise ValueError(
                 f"{_article(self.operation)} step takes no base (expected, expected_version): "
-                "only an update or a delete is made against one"
+                "only an update or a delete is made against one (a bulk_update per record)"
             )
+        for name in ("expected_records", "expected_versions"):
+            given = getattr(self, name)
+            if given is not None and len(given) != len(self.records or ()):
+                raise ValueError(
+                    f"{name} holds {len(given)} bases for {len(self.records or ())} records: "
+                    "give one per record"
+                )
         if self.records is not None and not self.records:
             raise ValueError(f"{_article(self.operation)} step needs at least one record")
         if self.operation is Operation.BULK_UPDATE:
@@ -236,7 +257,7 @@ class Step(BaseModel):
     def _encode_mapping(self, value: Record | None) -> dict[str, Any] | None:
         return None if value is None else _encode_record(value, f"{self.step_id}")
 
-    @field_serializer("records")
+    @field_serializer("records", "expected_records")
     def _encode_records(self, value: list[Record] | None) -> list[dict[str, Any]] | None:
         if value is None:
             return None

@@ -341,18 +341,26 @@ class BackgroundProcessor(BatchCycle):
             Whether the buffer is empty.
         """
         deadline = self.clock() + timeout
-        while self.clock() < deadline:
-            await self.run_once()
-            stats = await self.manager.backend.buffer.stats()
-            if stats.depth == 0 and stats.in_flight == 0:
-                return True
-            if self.state is ProcessorState.STANDBY:
-                return False
-            if self.state is ProcessorState.PAUSED:
-                await asyncio.sleep(min(self.outage_delay(), max(deadline - self.clock(), 0)))
-            elif stats.held_until is not None:
-                await asyncio.sleep(min(self.poll_interval, max(deadline - self.clock(), 0)))
-        return False
+        # Between its own batches the drain settles one behind the next one's
+        # round trip, as the loop does; it returns with everything settled.
+        overlap, self._overlap = self._overlap, True
+        try:
+            while self.clock() < deadline:
+                await self.run_once()
+                stats = await self.manager.backend.buffer.stats()
+                if stats.depth == 0 and stats.in_flight == 0:
+                    return True
+                if self.state is ProcessorState.STANDBY:
+                    return False
+                if self.state is ProcessorState.PAUSED:
+                    await asyncio.sleep(min(self.outage_delay(), max(deadline - self.clock(), 0)))
+                elif stats.held_until is not None:
+                    await asyncio.sleep(min(self.poll_interval, max(deadline - self.clock(), 0)))
+            return False
+        finally:
+            self._overlap = overlap
+            if not overlap:
+                await self._settled()
 
     async def health(self) -> ProcessorHealth:
         """This processor's state and its site's buffer counts."""

@@ -45,6 +45,9 @@ __all__ = [
     "ProcessorLease",
     "StatusStore",
     "SupportsAuditLog",
+    "SupportsChartSamples",
+    "SupportsLetterPaging",
+    "SupportsStatusPaging",
     "SupportsBufferHealth",
     "SupportsBufferMarker",
     "SupportsBufferOrigin",
@@ -772,6 +775,77 @@ class SupportsAuditLog(Protocol):
         ...
 
     async def audit_entries(self, limit: int | None = None) -> list[str]:
+        """The entries, newest first, at most ``limit`` of them (``None``: all kept)."""
+        ...
+
+
+@runtime_checkable
+class SupportsStatusPaging(Protocol):
+    """Capability: a status store that pages a state's ids from a cursor.
+
+    A page costs what a page costs (the console's listing), not a read of
+    the ids before it.
+    """
+
+    async def ids_after(
+        self, state: TransactionState, after: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        """At most ``limit`` ids in ``state`` after the cursor ``after`` (``None``: the start).
+
+        A cursor is a place in the state's order, not an id: when the id it
+        was taken after has since left the state (or expired), the next page
+        still starts right after that place, never over again nor empty.
+
+        Returns:
+            The ids, in :meth:`StatusStore.ids` order, and the cursor of the
+            next page (opaque text), ``None`` when nothing follows.
+
+        Raises:
+            ValueError: ``after`` is not a cursor this store gave for ``state``.
+        """
+        ...
+
+
+@runtime_checkable
+class SupportsLetterPaging(Protocol):
+    """Capability: a dead-letter store that pages its letters from a cursor.
+
+    A page costs what a page costs (the console's listing), not a read of
+    the letters before it.
+    """
+
+    async def letters_after(
+        self, after: str | None, limit: int
+    ) -> tuple[list[DeadLetter], str | None]:
+        """At most ``limit`` letters after the cursor ``after`` (``None``: the first).
+
+        Letters come in the order they arrived, as :meth:`DeadLetterStore.list`
+        gives them. A cursor is a place in that order: when its letter was
+        replayed or purged since, the next page still starts right after it.
+
+        Returns:
+            The letters and the cursor of the next page (opaque text),
+            ``None`` when nothing follows.
+
+        Raises:
+            ValueError: ``after`` is not a cursor this store gave.
+        """
+        ...
+
+
+@runtime_checkable
+class SupportsChartSamples(Protocol):
+    """Capability: the console's chart samples, a capped list kept with the buffer.
+
+    So that the charts of the last hours survive a restart of the console;
+    entries are text (JSON) that the store does not parse.
+    """
+
+    async def append_sample(self, entry: str, keep: int) -> None:
+        """Add ``entry`` as the newest, then keep only the newest ``keep`` entries."""
+        ...
+
+    async def chart_samples(self, limit: int | None = None) -> list[str]:
         """The entries, newest first, at most ``limit`` of them (``None``: all kept)."""
         ...
 

@@ -162,6 +162,7 @@ class ModelRegistry:
             step.key or {},
             step.expected or {},
             *(step.records or []),
+            *(step.expected_records or []),
         ]:
             names.update(record)
         names.update(step.key_fields)

@@ -171,6 +171,7 @@ class ReplicationTracker:
         leading: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.manager = manager
+        manager.recent_commits.enabled = True  # what its processor commits is not read back
         self.checker = checker
         self.poll_interval = poll_interval
         self.timeout = timeout
@@ -190,7 +191,13 @@ class ReplicationTracker:
             limit: At most this many, the oldest commits first.
         """
         store = self.manager.backend.status
-        statuses = await store.get_many(await store.ids(TransactionState.COMMITTED, limit))
+        ids = await store.ids(TransactionState.COMMITTED, limit)
+        # What this process's processor committed is not read back: only the rest.
+        statuses = self.manager.recent_commits.recall(ids)
+        unknown = [i for i, s in zip(ids, statuses, strict=True) if s is None]
+        if unknown:
+            read = iter(await store.get_many(unknown))
+            statuses = [s if s is not None else next(read) for s in statuses]
         return [s for s in statuses if s is not None and s.state is TransactionState.COMMITTED]
 
     async def _maybe_extend(self) -> None:

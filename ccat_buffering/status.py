@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic_core import to_jsonable_python
 
 from ccat_buffering.lsn import LSNField
 
@@ -16,6 +18,8 @@ __all__ = [
     "TransactionState",
     "TransactionStatus",
     "UTCDatetime",
+    "as_json",
+    "copied_status",
     "utc_now",
 ]
 
@@ -156,3 +160,25 @@ class TransactionStatus(BaseModel):
         data = {**dict(self), "updated_at": now, **changes, "state": state}
         data["history"] = add_event(self.history, event)
         return TransactionStatus.model_validate(data)
+
+
+def copied_status(status: TransactionStatus, update: dict[str, Any]) -> TransactionStatus:
+    """``status.model_copy(update=update)`` for a fraction of its cost.
+
+    Unvalidated: the drain copies each status three times with values that are
+    already typed (states, aware UTC times, plain text).
+    """
+    made = object.__new__(TransactionStatus)
+    object.__setattr__(made, "__dict__", {**status.__dict__, **update})
+    object.__setattr__(made, "__pydantic_fields_set__", status.model_fields_set | update.keys())
+    object.__setattr__(made, "__pydantic_extra__", None)
+    object.__setattr__(made, "__pydantic_private__", None)
+    return made
+
+
+def as_json(generated: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Generated values as a status holds them: JSON values, the same in every store."""
+    return {
+        step: {name: to_jsonable_python(value) for name, value in values.items()}
+        for step, values in generated.items()
+    }

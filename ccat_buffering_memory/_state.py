@@ -7,6 +7,7 @@ half-done write: the event loop is the critical section.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -17,6 +18,19 @@ from ccat_buffering.models import TransactionState, TransactionStatus
 from ccat_buffering.protocols import CacheKind, CacheWrite, Claim, DeadLetter
 
 Clock = Callable[[], float]
+
+
+def _cursor(text: str, parts: int) -> tuple[int, ...]:
+    """A cursor this store gave, read back: ``parts`` whole numbers."""
+    numbers = text.split(" ")
+    try:
+        if len(numbers) != parts:
+            raise ValueError(text)
+        return tuple(int(n) for n in numbers)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a cursor this store gave: start from the first page"
+        ) from None
 
 
 def field_value_key(model: str, name: str, value: Any) -> tuple[str, str, str]:
@@ -35,6 +49,7 @@ class _InFlight:
 class _StatusEntry:
     status: TransactionStatus
     expires_at: float | None
+    seq: int = 0  # when it was put: a page's cursor stays a place after the id moves on
 
 
 @dataclass
@@ -59,6 +74,7 @@ class SiteState:
     in_flight: dict[str, _InFlight] = field(default_factory=dict)
     held_until: float | None = None
     letters: dict[str, DeadLetter] = field(default_factory=dict)
+    letter_seqs: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, _StatusEntry] = field(default_factory=dict)
     state_index: dict[TransactionState, dict[str, None]] = field(
         default_factory=lambda: {state: {} for state in TransactionState}
@@ -72,6 +88,7 @@ class SiteState:
     lease: tuple[str, float] | None = None
     report: tuple[str, float] | None = None
     idempotency: dict[str, tuple[str, float]] = field(default_factory=dict)
+    puts: int = 0  # statuses put and letters written, as the Redis counter numbers them
 
     # -- buffer ------------------------------------------------------------
 
@@ -120,6 +137,8 @@ class SiteState:
         self.letters[letter_id] = DeadLetter(
             letter_id, entry.payload, reason, self.clock(), transaction_id
         )
+        self.puts += 1
+        self.letter_seqs[letter_id] = self.puts
         return True
 
     def recover(self, include_unexpired: bool) -> int:
@@ -136,6 +155,7 @@ class SiteState:
         replayed = [letter for lid, letter in self.letters.items() if lid in wanted]
         for letter in replayed:
             del self.letters[letter.letter_id]
+            del self.letter_seqs[letter.letter_id]
         # To the head, the first of them first; numbered below everything queued
         # so that a recovery puts them back ahead of what was behind them.
         self.head_seq = min(self.head_seq, self.queue[0][0] if self.queue else 0)
@@ -146,7 +166,18 @@ class SiteState:
 
     def purge(self, letter_ids: Sequence[str] | None) -> int:
         wanted = list(self.letters) if letter_ids is None else letter_ids
+        for lid in wanted:
+            self.letter_seqs.pop(lid, None)
         return sum(self.letters.pop(lid, None) is not None for lid in wanted)
+
+    def letters_after(self, after: str | None, limit: int) -> tuple[list[DeadLetter], str | None]:
+        # Arrival numbers only grow, so the letters after a cursor are those
+        # numbered above it, whether or not its own letter is still here.
+        low = -1 if after is None else _cursor(after, 1)[0]
+        following = [letter for lid, letter in self.letters.items() if self.letter_seqs[lid] > low]
+        page = following[: max(limit, 0)]
+        more = bool(page) and len(following) > len(page)
+        return page, str(self.letter_seqs[page[-1].letter_id]) if more else None
 
     # -- status -------------------------------------------------------------
 
@@ -165,7 +196,8 @@ class SiteState:
         if previous is not None:
             self.state_index[previous.status.state].pop(status.transaction_id, None)
         expires = self.clock() + ttl_seconds if status.state.is_terminal else None
-        self.statuses[status.transaction_id] = _StatusEntry(status, expires)
+        self.puts += 1
+        self.statuses[status.transaction_id] = _StatusEntry(status, expires, self.puts)
         self.state_index[status.state][status.transaction_id] = None
 
     def status_ids(self, state: TransactionState) -> list[str]:
@@ -177,6 +209,32 @@ class SiteState:
     def _commit_lsn(self, transaction_id: str) -> int:
         lsn = self.statuses[transaction_id].status.commit_lsn
         return -1 if lsn is None else int(lsn)
+
+    def _place(self, state: TransactionState, transaction_id: str) -> tuple[int, ...]:
+        seq = self.statuses[transaction_id].seq
+        if state is TransactionState.COMMITTED:
+            return self._commit_lsn(transaction_id), seq
+        return (seq,)
+
+    def status_page(
+        self, state: TransactionState, after: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        """A page of ``state``'s ids after the cursor, as Redis' ``status_page.lua``.
+
+        The cursor is the place of the page's last id (the number of its put;
+        for ``committed``, its commit LSN first): a page goes on from that
+        place even when that id has since left the state, as in Redis.
+        """
+        ids = self.status_ids(state)
+        places = [self._place(state, tid) for tid in ids]
+        start = 0
+        if after is not None:
+            place = _cursor(after, 2 if state is TransactionState.COMMITTED else 1)
+            start = bisect.bisect_right(places, place)
+        page = ids[start : start + max(limit, 0)]
+        if not page or start + len(page) >= len(ids):
+            return page, None
+        return page, " ".join(str(n) for n in places[start + len(page) - 1])
 
     # -- cache --------------------------------------------------------------
 

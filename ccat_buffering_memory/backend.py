@@ -89,6 +89,12 @@ class MemoryDeadLetterStore(_SiteStateStore):
         """See :meth:`ccat_buffering.protocols.DeadLetterStore.get`."""
         return self._state.letters.get(letter_id)
 
+    async def letters_after(
+        self, after: str | None, limit: int
+    ) -> tuple[builtins.list[DeadLetter], str | None]:
+        """See :meth:`ccat_buffering.protocols.SupportsLetterPaging.letters_after`."""
+        return self._state.letters_after(after, limit)
+
     async def replay(self, letter_ids: Sequence[str] | None = None) -> builtins.list[DeadLetter]:
         """See :meth:`ccat_buffering.protocols.DeadLetterStore.replay`."""
         return self._state.replay(checks.check_letter_ids(letter_ids))
@@ -117,6 +123,12 @@ class MemoryStatusStore(_SiteStateStore):
     async def ids(self, state: TransactionState, limit: int | None = None) -> list[str]:
         """See :meth:`ccat_buffering.protocols.StatusStore.ids`."""
         return self._state.status_ids(TransactionState(state))[:limit]
+
+    async def ids_after(
+        self, state: TransactionState, after: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        """See :meth:`ccat_buffering.protocols.SupportsStatusPaging.ids_after`."""
+        return self._state.status_page(TransactionState(state), after, limit)
 
     async def counts(self) -> dict[TransactionState, int]:
         """See :meth:`ccat_buffering.protocols.StatusStore.counts`."""
@@ -334,6 +346,7 @@ class MemoryBackend(AsyncClosing):
         self.cache = MemoryCacheStore(self._state)
         self.lease = MemoryProcessorLease(self._state)
         self._audit: list[str] = []  # newest first, as the Redis list
+        self._charts: list[str] = []  # newest first, as the Redis list
         self._pause: str | None = None
 
     @classmethod
@@ -405,6 +418,16 @@ class MemoryBackend(AsyncClosing):
     async def audit_entries(self, limit: int | None = None) -> list[str]:
         """See :meth:`ccat_buffering.protocols.SupportsAuditLog.audit_entries`."""
         return [] if limit is not None and limit <= 0 else self._audit[:limit]
+
+    async def append_sample(self, entry: str, keep: int) -> None:
+        """See :meth:`ccat_buffering.protocols.SupportsChartSamples.append_sample`."""
+        checks.check_audit(entry, keep)
+        self._charts.insert(0, entry)
+        del self._charts[keep:]
+
+    async def chart_samples(self, limit: int | None = None) -> list[str]:
+        """See :meth:`ccat_buffering.protocols.SupportsChartSamples.chart_samples`."""
+        return [] if limit is not None and limit <= 0 else self._charts[:limit]
 
     async def set_operator_pause(self, note: str | None) -> None:
         """See :meth:`ccat_buffering.protocols.SupportsOperatorPause.set_operator_pause`."""

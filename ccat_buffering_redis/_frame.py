@@ -92,17 +92,24 @@ def status_command(status: TransactionStatus, ttl_seconds: float) -> Command:
 
 
 def cache_command(transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float) -> Command:
-    tokens = ["cache", safe_token(transaction_id, "transaction id"), str(ms(ttl_seconds))]
-    tokens.append(str(len(writes)))
+    # Built as one string: it runs for every transaction buffered.
+    parts = [
+        "cache",
+        safe_token(transaction_id, "transaction id"),
+        str(ms(ttl_seconds)),
+        str(len(writes)),
+    ]
     for write in writes:
-        tokens += (
+        parts += (
             write.model,
             write.record_id,
-            str(write.kind),
+            write.kind,
             record_text(write.fields, write.record_id),
         )
-    op = command(*tokens)
-    return Command(op.text, op.tokens, models=tuple(dict.fromkeys(w.model for w in writes)))
+    parts.append("")
+    return Command(
+        SEP.join(parts), len(parts) - 1, models=tuple(dict.fromkeys(w.model for w in writes))
+    )
 
 
 def retry_command(receipts: Sequence[str], delay_seconds: float) -> Command:

@@ -1,26 +1,25 @@
 """The Redis backend: every store of one site in Redis, each change one atomic call.
 
-Writes go through Lua scripts (``lua/*.lua``, loaded by :mod:`ccat_buffering_redis.scripts`): a
-``Backend.atomic()`` group is one ``EVALSHA`` whatever it holds, and groups
+Writes go through Lua scripts (``lua/*.lua``, loaded by :mod:`ccat_buffering_redis.scripts`):
+a ``Backend.atomic()`` group is one ``EVALSHA`` whatever it holds, and groups
 that concurrent callers close at the same moment are coalesced into one call
-(each still applies whole). Every key lives under ``site:{<site>}:``, one
-Redis Cluster slot per site. Redis errors are translated at this boundary:
-nothing from ``redis.*`` leaks out.
+(each still applies whole; see :mod:`ccat_buffering_redis._writes`). Every key
+lives under ``site:{<site>}:``, one Redis Cluster slot per site. Redis errors
+are translated at this boundary: nothing from ``redis.*`` leaks out.
 
-
-The stores are in :mod:`ccat_buffering_redis.stores`; inspection and health are
-parts of :class:`RedisBackend` from :mod:`ccat_buffering_redis.inspection` and
+The stores are in :mod:`ccat_buffering_redis.stores`; the write path,
+inspection and health are parts of :class:`RedisBackend` from
+:mod:`ccat_buffering_redis._writes`, :mod:`ccat_buffering_redis.inspection` and
 :mod:`ccat_buffering_redis._health`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import redis.exceptions
@@ -36,50 +35,47 @@ from ccat_buffering.errors import (
     BackendFullError,
     BackendUnavailableError,
     ConfigurationError,
-    WriteNotReplicatedError,
 )
 from ccat_buffering_redis import scripts
 from ccat_buffering_redis._audit import RedisAuditLog
 from ccat_buffering_redis._coalescer import Coalescer
 from ccat_buffering_redis._connect import open_client, take_compression, take_parameter
-from ccat_buffering_redis._frame import Command, frame
 from ccat_buffering_redis._health import RedisHealth
-from ccat_buffering_redis._memory import POLICY_RECHECK_SECONDS
 from ccat_buffering_redis._pause import RedisOperatorPause
 from ccat_buffering_redis._refusals import auth_failure, refusal
 from ccat_buffering_redis._replicas import (
     acknowledged_offset,
-    apply_and_wait,
     check_replicas,
-    not_replicated_message,
     on_one_connection,
     replicas_from_url,
 )
 from ccat_buffering_redis._values import as_text
+from ccat_buffering_redis._writes import RedisWrites
 from ccat_buffering_redis.compression import check_compression
+from ccat_buffering_redis.dead_letters import RedisDeadLetterStore
 from ccat_buffering_redis.inspection import RedisInspection
 from ccat_buffering_redis.keys import SiteKeys
 from ccat_buffering_redis.stores import (
     RedisBufferStore,
     RedisCacheStore,
-    RedisDeadLetterStore,
     RedisProcessorLease,
     RedisStatusStore,
-    RedisWriteBatch,
 )
+from ccat_buffering_redis.stores import RedisWriteBatch as RedisWriteBatch  # its old path
 
 __all__ = ["RedisBackend"]
 
 Client = Redis | RedisCluster
 
-log = logging.getLogger(__name__)
 
 _SCRIPTS = scripts.SCRIPTS
 # By SHA1, as the server names a script in an error, to name a refused line's command.
 _SOURCES = {hashlib.sha1(lua.encode()).hexdigest(): lua for lua in _SCRIPTS.values()}
 
 
-class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, RedisOperatorPause, AsyncClosing):
+class RedisBackend(
+    RedisWrites, RedisInspection, RedisHealth, RedisAuditLog, RedisOperatorPause, AsyncClosing
+):
     """Every store of one site, in Redis.
 
     Args:
@@ -268,13 +264,6 @@ class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, RedisOperatorPau
                 raise BackendError(auth_failure(self.where, str(exc))) from exc
             raise BackendError(f"{self.where} refused the operation: {exc}") from exc
 
-    def _full_message(self, detail: str) -> str:
-        return (
-            f"{self.where} is full and refuses new writes ({detail.rstrip('.')}); nothing of "
-            "this write was stored. The drain still frees memory: submit again once it has "
-            "drained, or raise maxmemory (see the Redis page of the docs)"
-        )
-
     async def script(self, name: str, *args: Any) -> Any:
         """Run one of the backend's scripts for this site.
 
@@ -289,108 +278,6 @@ class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, RedisOperatorPau
             return await self._scripts[name](
                 keys=[self.keys.buffer], args=[self.keys.prefix, *args]
             )
-
-    async def _apply_groups(self, groups: list[list[Command]]) -> list[int | BackendError]:
-        waits = self.min_replicas > 0 and any(op.buffers for group in groups for op in group)
-        try:
-            if waits:
-                with self.translate():
-                    reply, acked = await apply_and_wait(
-                        self.client,
-                        self._scripts["apply"],
-                        [self.keys.buffer],
-                        [self.keys.prefix, *frame(groups)],
-                        self.min_replicas,
-                        self.min_replicas_timeout,
-                    )
-            else:
-                reply, acked = await self.script("apply", *frame(groups)), 0
-        except BackendUnavailableError as exc:
-            raise BackendUnavailableError(
-                f"{exc}: the write may or may not have been stored. Submitting the same "
-                "transaction object again is safe: the ledger applies it once"
-            ) from exc.__cause__
-        unreplicated = waits and acked < self.min_replicas
-        results: list[int | BackendError] = []
-        for group, item in zip(groups, reply, strict=True):
-            if not isinstance(item, bytes | str):
-                if unreplicated and any(op.buffers for op in group):
-                    # Written on the master, not on enough replicas: not acknowledged.
-                    results.append(
-                        WriteNotReplicatedError(
-                            not_replicated_message(
-                                self.where, self.min_replicas, acked, self.min_replicas_timeout
-                            )
-                        )
-                    )
-                else:
-                    results.append(int(item))
-            elif (text := as_text(item)).startswith("full: "):
-                self.refused_full_at = time.monotonic()
-                results.append(BackendFullError(self._full_message(text.removeprefix("full: "))))
-            elif (text := as_text(item)).startswith("failed: "):
-                results.append(
-                    BackendError(
-                        f"{self.where} failed partway through a write group, which may be "
-                        f"partly written: {text.removeprefix('failed: ')}"
-                    )
-                )
-            else:
-                # The script refused this group whole, before writing any of it.
-                results.append(BackendError(f"{self.where} refused a write group: {text}"))
-        return results
-
-    async def apply(self, ops: list[Command]) -> int:
-        """Apply one atomic group of operations.
-
-        Returns:
-            How many entries the group's operations touched.
-
-        Raises:
-            ConfigurationError: The group buffers and Redis evicts keys.
-            BackendFullError: The group buffers and Redis is out of memory.
-        """
-        if time.monotonic() - self._policy_checked_at > POLICY_RECHECK_SECONDS and any(
-            op.buffers for op in ops
-        ):
-            await self.check_policy()
-            await self.follow_master()
-        if self._eviction_problem is not None and any(op.buffers for op in ops):
-            raise ConfigurationError(self._eviction_problem)
-        if self._coalescer is not None:
-            result = await self._coalescer.submit(ops)
-        else:
-            (outcome,) = await self._apply_groups([ops])
-            if isinstance(outcome, BackendError):
-                raise outcome
-            result = outcome
-        if self._unlearned:
-            await self._learn_configured(ops)
-        return result
-
-    async def _learn_configured(self, ops: list[Command]) -> None:
-        """Index the ``indexed_fields`` of the models ``ops`` wrote, once per model."""
-        for model in {m for op in ops for m in op.models if m in self._unlearned}:
-            fields = self._unlearned.pop(model)
-            try:
-                await self.script("cache_learn", model, *fields)
-            except BackendError as exc:
-                # The write stands; find() learns the fields on its first call instead.
-                log.warning(
-                    "could not index %s of %s yet: %s",
-                    fields,
-                    model,
-                    exc,
-                    extra={"site": self.site},
-                )
-
-    @asynccontextmanager
-    async def atomic(self) -> AsyncIterator[RedisWriteBatch]:
-        """See :meth:`ccat_buffering.protocols.Backend.atomic`."""
-        batch = RedisWriteBatch(self.compression)
-        yield batch
-        if batch.ops:
-            await self.apply(batch.ops)
 
     async def buffer_mark(self) -> tuple[str | None, int]:
         """See :meth:`ccat_buffering.protocols.SupportsBufferMarker.buffer_mark`."""
@@ -437,6 +324,7 @@ class RedisBackend(RedisInspection, RedisHealth, RedisAuditLog, RedisOperatorPau
             previous_history=previous if previous.strip("0") else None,
             fork_offset=int(info.get("second_repl_offset", -1)),
             replicated=self.min_replicas > 0,
+            own_offset=int(info.get("master_repl_offset", 0)),
         )
 
     async def stamp_buffer(self, epoch: str, *, replace: bool = False) -> bool:

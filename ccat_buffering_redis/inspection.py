@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from ccat_buffering.protocols import AuditProgress, KeyInfo
 from ccat_buffering_redis._parts import BackendPart
-from ccat_buffering_redis._values import as_text, first_transaction, record_transactions
+from ccat_buffering_redis._values import as_text, record_creator, record_transactions
 from ccat_buffering_redis.compression import entry_text
 from ccat_buffering_redis.keys import SUFFIXES
 
@@ -68,18 +68,15 @@ class RedisInspection(BackendPart):
         return None
 
     async def creator(self, model: str, record_id: str) -> str | None:
-        """The transaction that creates a record, from its ID-cache entry.
+        """The transaction that creates a record, from its record and ID-cache entry.
 
-        An entry ``1`` stands for the first of the record's transactions (see
-        ``id_entry`` in ``lua/status_values.lua``); one MGET reads both.
+        See :func:`~ccat_buffering_redis._values.record_creator`; one MGET reads both.
         """
         with self.translate():
             entry, record = await self.client.mget(
                 self.keys.ids(model, record_id), self.keys.buffered(model, record_id)
             )
-        if entry is None or as_text(entry) != "1":
-            return None if entry is None else as_text(entry)
-        return first_transaction(record)
+        return record_creator(entry, record)
 
     async def transaction_keys(
         self, transaction_id: str, records: Sequence[tuple[str, str]]
@@ -92,8 +89,10 @@ class RedisInspection(BackendPart):
                 value = await self.client.get(buffered)
                 if transaction_id in record_transactions(value):
                     keys.append(buffered)
-                if await self.creator(model, record_id) == transaction_id:
-                    keys.append(self.keys.ids(model, record_id))
+                ids = self.keys.ids(model, record_id)
+                entry = await self.client.get(ids)
+                if entry is not None and record_creator(entry, value) == transaction_id:
+                    keys.append(ids)
         return await self._describe_keys(keys)
 
     async def audit_keys(self, progress: AuditProgress | None = None) -> list[KeyInfo]:

@@ -18,10 +18,11 @@ key                                         type     what
                                                      space-separated, while they are buffered; TTL
                                                      once terminal (records alone: as the records)
 ``cache:ids:<Model>:<id>``                  string   write-through ID cache: the creating
-                                                     transaction, or ``1`` for the record's first;
+                                                     transaction, only where it is not the
+                                                     record's first (flag ``2`` otherwise);
                                                      TTL extended until replicated
 ``buffered:<Model>:<id>``                   string   buffered record: a head line ``@<created
-                                                     0|1><deleted 0|1><seq>:<tx>,<tx>...``, then a
+                                                     0|1|2><deleted 0|1><seq>:<tx>,<tx>...``, then a
                                                      line ``<field>=<JSON value>`` per field (the
                                                      record's id as text: ``<field>=``);
                                                      TTL extended until replicated
@@ -60,6 +61,8 @@ key                                         type     what
                                                      first answer; PX ``idempotency_ttl``
 ``operator_pause``                          string   the operator's pause of the drain (JSON:
                                                      who, when, why); absent when not paused
+``charts``                                  list     the console's chart samples (JSON), newest
+                                                     first, capped (LTRIM)
 ==========================================  =======  ==========================================
 """
 
@@ -90,12 +93,14 @@ BOUNDED = (
     "buffer_epoch",
     "audit",
     "operator_pause",
+    "charts",
 )
-"""Suffixes of the site's bounded structures: they hold no TTL by design.
+"""Suffixes of the site's bounded structures: they need no TTL.
 
 Each is bounded by what the site holds (waiting, in-flight, dead-lettered or
 unfinished transactions); terminal entries of the state indexes are pruned
-when their statuses expire.
+when their statuses expire, and a terminal state's index carries the TTL of
+its longest-lived status.
 """
 
 
@@ -181,6 +186,11 @@ class SiteKeys:
     def audit(self) -> str:
         """The audit log of operators' actions (see ``ccat_buffering.audit``)."""
         return self._key("audit")
+
+    @property
+    def charts(self) -> str:
+        """The console's chart samples (see ``ccat_buffering.console``)."""
+        return self._key("charts")
 
     @property
     def processor(self) -> str:

@@ -49,6 +49,7 @@ LUA_NAMES = {
     "fields": "FIELDS",
     "lease": "LEASE",
     "audit": "AUDIT",
+    "charts": "CHARTS",
     "pause": "PAUSE",
     "processor": "PROCESSOR",
     "reconcile": "RECONCILE",
@@ -72,6 +73,7 @@ NAMES = (
     "lease_release",
     "lease_renew",
     "letters_get",
+    "letters_page",
     "letters_purge",
     "letters_replay",
     "publish_report",
@@ -80,6 +82,7 @@ NAMES = (
     "stamp_buffer",
     "status_counts",
     "status_ids",
+    "status_page",
 )
 """The scripts, by file name (``lua/<name>.lua``)."""
 

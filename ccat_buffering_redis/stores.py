@@ -1,34 +1,35 @@
-"""The stores of one site in Redis (buffer, dead letters, statuses, cache, lease), and the batch.
+"""The stores of one site in Redis: buffer, statuses, cache and lease.
+
+The dead letters are :mod:`ccat_buffering_redis.dead_letters`.
 
 Each store is a view of its :class:`~ccat_buffering_redis.backend.RedisBackend`:
 writes go through the backend's ``apply`` (one ``APPLY`` call a group, see
-:mod:`ccat_buffering_redis._frame`), reads through its scripts.
+:mod:`ccat_buffering_redis._frame`), reads through its scripts. The write
+batch, :class:`RedisWriteBatch`, is in :mod:`ccat_buffering_redis._writes`.
 """
 
 from __future__ import annotations
 
 import builtins
 import itertools
-import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ccat_buffering import checks
-from ccat_buffering._checks import check_duration, check_payload, check_status, check_writes
+from ccat_buffering._checks import check_duration, check_status, check_writes
 from ccat_buffering.models import TransactionState, TransactionStatus
 from ccat_buffering.protocols import (
     BufferStats,
     CachedRecord,
     CacheWrite,
     Claim,
-    DeadLetter,
     LeaseInfo,
 )
 
 if TYPE_CHECKING:
     from ccat_buffering_redis.backend import RedisBackend
 from ccat_buffering_redis._frame import (
-    Command,
     cache_command,
     command,
     dead_command,
@@ -38,16 +39,21 @@ from ccat_buffering_redis._frame import (
     status_command,
 )
 from ccat_buffering_redis._values import as_text, cached_record, field_prefix, status_of
+from ccat_buffering_redis._writes import RedisWriteBatch
 from ccat_buffering_redis.compression import entry_bytes, entry_text
+from ccat_buffering_redis.keys import SEQ_STATES
 
 __all__ = [
     "RedisBufferStore",
     "RedisCacheStore",
-    "RedisDeadLetterStore",
     "RedisProcessorLease",
     "RedisStatusStore",
     "RedisWriteBatch",
 ]
+
+
+_CURSOR = {True: re.compile(r"\d+"), False: re.compile(r"-?\d+(\.\d+)?(e[+-]?\d+)? \S+")}
+"""A status page's cursor: a sequence number (bucketed states), or ``<score> <member>``."""
 
 
 class _SiteStore:
@@ -110,56 +116,6 @@ class RedisBufferStore(_SiteStore):
         return BufferStats(int(depth), int(in_flight), int(letters), held)
 
 
-class RedisDeadLetterStore(_SiteStore):
-    """:class:`~ccat_buffering.protocols.DeadLetterStore` in Redis."""
-
-    async def _letters(self, ids: list[str]) -> list[DeadLetter]:
-        if not ids:
-            return []
-        letters = []
-        for lid, payload, meta in await self._backend.script("letters_get", *ids):
-            info = json.loads(meta)
-            letters.append(
-                DeadLetter(
-                    as_text(lid),
-                    entry_text(payload),
-                    info["reason"],
-                    info["at"] / 1000,
-                    info["tx"] or None,
-                )
-            )
-        return letters
-
-    async def list(self, offset: int = 0, limit: int | None = None) -> list[DeadLetter]:
-        """See :meth:`ccat_buffering.protocols.DeadLetterStore.list`."""
-        stop = -1 if limit is None else offset + limit - 1
-        if limit == 0:
-            return []
-        with self._backend.translate():
-            raw = await self._backend.client.zrange(self._keys.letter_order, offset, stop)
-        return await self._letters([as_text(r) for r in raw])  # type: ignore[arg-type]
-
-    async def get(self, letter_id: str) -> DeadLetter | None:
-        """See :meth:`ccat_buffering.protocols.DeadLetterStore.get`."""
-        found = await self._letters([letter_id])
-        return found[0] if found else None
-
-    async def replay(self, letter_ids: Sequence[str] | None = None) -> builtins.list[DeadLetter]:
-        """See :meth:`ccat_buffering.protocols.DeadLetterStore.replay`."""
-        letter_ids = checks.check_letter_ids(letter_ids)
-        selector = "*" if letter_ids is None else json.dumps(letter_ids)
-        wanted = await self.list() if letter_ids is None else await self._letters(list(letter_ids))
-        by_id = {letter.letter_id: letter for letter in wanted}
-        done = await self._backend.script("letters_replay", selector)
-        return [by_id[as_text(lid)] for lid in done if as_text(lid) in by_id]
-
-    async def purge(self, letter_ids: Sequence[str] | None = None) -> int:
-        """See :meth:`ccat_buffering.protocols.DeadLetterStore.purge`."""
-        letter_ids = checks.check_letter_ids(letter_ids)
-        selector = "*" if letter_ids is None else json.dumps(letter_ids)
-        return int(await self._backend.script("letters_purge", selector))
-
-
 class RedisStatusStore(_SiteStore):
     """:class:`~ccat_buffering.protocols.StatusStore` in Redis."""
 
@@ -190,6 +146,19 @@ class RedisStatusStore(_SiteStore):
             return []
         reply = await self._backend.script("status_ids", str(TransactionState(state)), limit or -1)
         return [as_text(r) for r in reply]
+
+    async def ids_after(
+        self, state: TransactionState, after: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        """See :meth:`ccat_buffering.protocols.SupportsStatusPaging.ids_after`."""
+        state = TransactionState(state)
+        if after is not None and not _CURSOR[str(state) in SEQ_STATES].fullmatch(after):
+            raise ValueError(f"{after!r} is not a cursor this store gave for {state} ids")
+        if limit <= 0:
+            return [], None
+        reply = await self._backend.script("status_page", str(state), after or "", limit)
+        following = as_text(reply[0])
+        return [as_text(r) for r in reply[1:]], following or None
 
     async def counts(self) -> dict[TransactionState, int]:
         """See :meth:`ccat_buffering.protocols.StatusStore.counts`."""
@@ -336,57 +305,3 @@ class RedisProcessorLease(_SiteStore):
         with self._backend.translate():
             value = await self._backend.client.get(self._keys.processor)
         return None if value is None else as_text(value)
-
-
-class RedisWriteBatch:
-    """:class:`~ccat_buffering.protocols.WriteBatch` that stages script operations.
-
-    Args:
-        compression: How to store queue entries (see :mod:`ccat_buffering_redis.compression`).
-    """
-
-    def __init__(self, compression: str | None = None) -> None:
-        self.ops: list[Command] = []
-        self.compression = compression
-
-    def push(self, payload: str) -> None:
-        """Stage a push."""
-        check_payload(payload)
-        self.ops.append(command("push", blobs=(entry_bytes(payload, self.compression),)))
-
-    def ack(self, receipt: str) -> None:
-        """Stage an ack."""
-        checks.check_receipts([receipt])
-        self.ops.append(command("ack", blobs=(receipt,)))
-
-    def retry_later(self, receipts: Sequence[str], delay_seconds: float) -> None:
-        """Stage a retry."""
-        self.ops.append(retry_command(receipts, delay_seconds))
-
-    def dead_letter(self, receipt: str, reason: str, transaction_id: str | None) -> None:
-        """Stage a move to the dead letters."""
-        self.ops.append(dead_command(receipt, reason, transaction_id))
-
-    def replay(self, letter_id: str) -> None:
-        """Stage the replay of one letter."""
-        checks.check_letter_ids([letter_id])
-        self.ops.append(command("replay", blobs=(letter_id,)))
-
-    def put_status(self, status: TransactionStatus, ttl_seconds: float) -> None:
-        """Stage a status."""
-        check_status(status)
-        check_duration(ttl_seconds, "ttl_seconds")
-        self.ops.append(status_command(status, ttl_seconds))
-
-    def write_cache(
-        self, transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float
-    ) -> None:
-        """Stage cache writes."""
-        writes = list(writes)
-        check_writes(transaction_id, writes)
-        check_duration(ttl_seconds, "ttl_seconds")
-        self.ops.append(cache_command(transaction_id, writes, ttl_seconds))
-
-    def release_cache(self, transaction_ids: Sequence[str]) -> None:
-        """Stage a cache release."""
-        self.ops.append(release_command(transaction_ids))

@@ -34,12 +34,12 @@ def tls_cli(files: TLSFiles) -> list[str]:
             "--key", str(files.client_key)]  # fmt: skip
 
 
-def client_of(port: int, files: TLSFiles | None = None) -> redis.Redis:
+def client_of(port: int, files: TLSFiles | None = None, password: str | None = None) -> redis.Redis:
     """A plain client of a loopback server, over TLS when ``files`` are given."""
     if files is None:
-        return redis.Redis(port=port, socket_timeout=2)
+        return redis.Redis(port=port, socket_timeout=2, password=password)
     return redis.Redis(
-        port=port, socket_timeout=2, ssl=True, ssl_ca_certs=str(files.ca),
+        port=port, socket_timeout=2, password=password, ssl=True, ssl_ca_certs=str(files.ca),
         ssl_certfile=str(files.client_cert), ssl_keyfile=str(files.client_key),
     )  # fmt: skip
 
@@ -227,9 +227,9 @@ def restart_cluster_node(port: int, handles: dict[int, subprocess.Popen[bytes]])
     wait_for(lambda: port_open("127.0.0.1", port), f"redis node {port} back")
 
 
-def _linked(port: int, tls: TLSFiles | None = None) -> bool:
+def _linked(port: int, tls: TLSFiles | None = None, password: str | None = None) -> bool:
     try:
-        info = client_of(port, tls).info("replication")
+        info = client_of(port, tls, password).info("replication")
     except redis.exceptions.RedisError:
         return False
     return info.get("master_link_status") == "up"
@@ -237,7 +237,11 @@ def _linked(port: int, tls: TLSFiles | None = None) -> bool:
 
 @contextmanager
 def redis_sentinel(
-    sentinels: int = 1, *, aof: bool = False, tls: TLSFiles | None = None
+    sentinels: int = 1,
+    *,
+    aof: bool = False,
+    tls: TLSFiles | None = None,
+    password: str | None = None,
 ) -> Iterator[dict[str, object]]:
     """A master, a replica and ``sentinels`` sentinels watching them, on loopback; stopped after.
 
@@ -247,42 +251,65 @@ def redis_sentinel(
     ``"master"`` or ``"replica"`` (SIGSTOP/SIGCONT). ``aof`` runs both data
     nodes with ``appendonly yes`` and ``appendfsync everysec``. ``tls``: every
     node and sentinel serves TLS only, client certificates required.
+    ``password``: every node and sentinel requires it (``requirepass``).
     """
     workdir = Path(tempfile.mkdtemp(prefix="ccat-sentinel-"))
     master, replica = free_port(), free_port()
     sentinel_ports = [free_port() for _ in range(sentinels)]
-    persistence = ("--appendonly", "yes", "--appendfsync", "everysec") if aof else ()
+    options = ("--appendonly", "yes", "--appendfsync", "everysec") if aof else ()
+    if password is not None:
+        options += ("--requirepass", password, "--masterauth", password)
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for role, port in (("master", master), ("replica", replica)):
             (workdir / role).mkdir()
             extra = ("--replicaof", "127.0.0.1", str(master)) if role == "replica" else ()
             secure = () if tls is None else tls_options(port, tls)
-            processes[role] = redis_server(port, workdir / role, *persistence, *secure, *extra)
+            processes[role] = redis_server(port, workdir / role, *options, *secure, *extra)
             wait_for(lambda port=port: port_open("127.0.0.1", port), f"redis {role}")
-        wait_for(lambda: _linked(replica, tls), "the replica in sync with its master")
+        wait_for(lambda: _linked(replica, tls, password), "the replica in sync with its master")
         quorum = sentinels // 2 + 1
-        for i, port in enumerate(sentinel_ports):
+        for i in range(sentinels):
             config = workdir / f"sentinel-{i}.conf"
-            secure = (
-                ""
-                if tls is None
-                else f"port 0\ntls-port {port}\ntls-cert-file {tls.server_cert}\n"
-                f"tls-key-file {tls.server_key}\ntls-ca-cert-file {tls.ca}\n"
-                "tls-auth-clients yes\ntls-replication yes\n"
-            )
-            config.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {workdir}\n{secure}"
-                f"sentinel monitor site-buffer 127.0.0.1 {master} {quorum}\n"
-                "sentinel down-after-milliseconds site-buffer 1000\n"
-                "sentinel failover-timeout site-buffer 5000\n"
-            )
-            processes[f"sentinel-{i}"] = subprocess.Popen(
-                [shutil.which("redis-server") or "redis-server", str(config), "--sentinel"],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            wait_for(lambda port=port: port_open("127.0.0.1", port), "redis sentinel")
+            # A port another process took meanwhile makes the sentinel exit: take another.
+            for _attempt in range(3):
+                port = sentinel_ports[i]
+                secure = (
+                    ""
+                    if tls is None
+                    else f"port 0\ntls-port {port}\ntls-cert-file {tls.server_cert}\n"
+                    f"tls-key-file {tls.server_key}\ntls-ca-cert-file {tls.ca}\n"
+                    "tls-auth-clients yes\ntls-replication yes\n"
+                )
+                config.write_text(
+                    f"port {port}\nbind 127.0.0.1\ndir {workdir}\n{secure}"
+                    f"sentinel monitor site-buffer 127.0.0.1 {master} {quorum}\n"
+                    "sentinel down-after-milliseconds site-buffer 1000\n"
+                    "sentinel failover-timeout site-buffer 5000\n"
+                    + (
+                        ""
+                        if password is None
+                        else f"requirepass {password}\nsentinel auth-pass site-buffer {password}\n"
+                    )
+                )
+                process = subprocess.Popen(
+                    [shutil.which("redis-server") or "redis-server", str(config), "--sentinel"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                processes[f"sentinel-{i}"] = process
+                wait_for(
+                    lambda port=port, process=process: (
+                        port_open("127.0.0.1", port) or process.poll() is not None
+                    ),
+                    "redis sentinel",
+                    timeout=60,  # a busy machine
+                )
+                if process.poll() is None:
+                    break
+                sentinel_ports[i] = free_port()
+            else:
+                raise RuntimeError(f"redis sentinel {i} exited at start three times")
 
         def kill_master() -> None:
             processes["master"].kill()
@@ -291,12 +318,12 @@ def redis_sentinel(
         def restart_master() -> None:
             """Start the killed master again, as it was: Sentinel makes it a replica."""
             secure = () if tls is None else tls_options(master, tls)
-            processes["master"] = redis_server(master, workdir / "master", *persistence, *secure)
+            processes["master"] = redis_server(master, workdir / "master", *options, *secure)
             wait_for(lambda: port_open("127.0.0.1", master), "the old master back")
 
         def master_port() -> int:
             """The master's port, as the first sentinel says now."""
-            reply = client_of(sentinel_ports[0], tls).execute_command(
+            reply = client_of(sentinel_ports[0], tls, password).execute_command(
                 "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "site-buffer"
             )
             return int(reply[1])

@@ -192,3 +192,31 @@ def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+async def make_conflict(site: Any, i: int) -> str:
+    """A rejected conflict at ``site`` (a coordinator): its update of a unit the main site changed.
+
+    Returns:
+        The conflicted transaction's id.
+    """
+    from sqlalchemy import insert, update
+
+    unit = f"unit-{i}"
+    start = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
+    async with site.engine.begin() as conn:
+        await conn.execute(
+            insert(ExecutedObsUnit).values(id=unit, obs_unit_id=i, status="new", start_time=start)
+        )
+    tx = TransactionBuilder("edit", registry=site.registry)
+    tx.update(ExecutedObsUnit, unit, {"status": f"site-{i}"})
+    status = await site.submit(tx.build())
+    async with site.engine.begin() as conn:
+        await conn.execute(
+            update(ExecutedObsUnit).where(ExecutedObsUnit.id == unit).values(status=f"main-{i}")
+        )
+    # A worker of its own: the site's processor would publish its report (stopped).
+    worker = BackgroundProcessor(site.manager, site.executor)
+    assert await worker.run_once() == 0  # conflicted: nothing committed
+    await site.manager.backend.lease.release(worker.holder)  # the next worker takes it
+    return str(status.transaction_id)

@@ -22,6 +22,15 @@ def console_command(
         str | None,
         typer.Option("--models", help="The mapped classes (package.module:Base), for dry runs."),
     ] = None,
+    sites: Annotated[
+        str,
+        typer.Option(
+            "--sites",
+            help="More sites on the same backend (comma-separated), each served at "
+            "/console/sites/<name>, every one at a glance at /console/sites.",
+            metavar="NAME,NAME",
+        ),
+    ] = "",
 ) -> None:
     """Serve the web console of the site until Ctrl-C (needs the `console` extra).
 
@@ -42,4 +51,9 @@ def console_command(
     console(stderr=True).print(
         f"console of site {settings.site_name}: http://{host}:{port}/console ({access})"
     )
-    uvicorn.run(create_app(settings, registry), host=host, port=port, log_level="warning")
+    others = [name.strip() for name in sites.split(",") if name.strip()]
+    if others:
+        console(stderr=True).print(f"every site: http://{host}:{port}/console/sites")
+    uvicorn.run(
+        create_app(settings, registry, sites=others), host=host, port=port, log_level="warning"
+    )

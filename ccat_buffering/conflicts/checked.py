@@ -36,6 +36,7 @@ __all__ = [
     "checked_delete",
     "checked_update",
     "current",
+    "met",
     "same",
     "settle",
 ]
@@ -105,6 +106,55 @@ def settle(checks: Checks, conflict: Conflict) -> None:
         raise ConflictRejected(conflict)
 
 
+def met(
+    checks: Checks,
+    step: Step,
+    key: Mapping[str, Any],
+    kind: ConflictKind,
+    sides: tuple[Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]],
+    policy: ConflictPolicy,
+    outcome: ConflictOutcome,
+) -> None:
+    """:func:`settle` the conflict ``step`` met at ``key``; ``sides``: base, mine, theirs."""
+    base, mine, theirs = sides
+    settle(
+        checks,
+        Conflict(
+            step.step_id,
+            step.model,
+            dict(key),
+            kind,
+            dict(base),
+            dict(mine),
+            dict(theirs),
+            policy,
+            outcome,
+        ),
+    )
+
+
+def _missing(
+    checks: Checks,
+    step: Step,
+    key: Mapping[str, Any],
+    kind: ConflictKind,
+    sides: tuple[Mapping[str, Any], Mapping[str, Any]],
+) -> None:
+    """A row to update or delete is gone: ``reject`` rejects, any other policy skips the step."""
+    policy = checks.policies.of_model(step.model)
+    rejects = policy is ConflictPolicy.REJECT
+    outcome = ConflictOutcome.REJECTED if rejects else ConflictOutcome.KEPT_THEIRS
+    met(checks, step, key, kind, (*sides, {}), policy, outcome)
+
+
+def _base_of(step: Step, version: str | None) -> dict[str, Any]:
+    """What ``step`` was made against: its expected values, and its version."""
+    base = dict(step.expected or {})
+    if version is not None and step.expected_version is not None:
+        base[version] = step.expected_version
+    return base
+
+
 async def checked_update(
     session: AsyncSession,
     model: type[Any],
@@ -144,30 +194,9 @@ async def checked_update(
     if checks.strict:
         raise ConflictSuspected(step.step_id)
     theirs = await current(session, model, _where(model, key))
-    base = dict(step.expected or {})
-    if version is not None and step.expected_version is not None:
-        base[version] = step.expected_version
+    base = _base_of(step, version)
     if theirs is None:
-        policy = checks.policies.of_model(name)
-        outcome = (
-            ConflictOutcome.REJECTED
-            if policy is ConflictPolicy.REJECT
-            else ConflictOutcome.KEPT_THEIRS
-        )
-        settle(
-            checks,
-            Conflict(
-                step.step_id,
-                name,
-                dict(key),
-                ConflictKind.UPDATE_MISSING,
-                base,
-                dict(data),
-                {},
-                policy,
-                outcome,
-            ),
-        )
+        _missing(checks, step, key, ConflictKind.UPDATE_MISSING, (base, data))
         return None
     changed = [f for f in data if f != version]
     moved_version = (
@@ -189,20 +218,8 @@ async def checked_update(
         if decision.write:
             decision.write[version] = columns.next_version(theirs[version])
         mine = {**mine, version: mine_version}
-    settle(
-        checks,
-        Conflict(
-            step.step_id,
-            name,
-            dict(key),
-            ConflictKind.UPDATE_ORIGIN_DIFFERS,
-            base,
-            mine,
-            shown,
-            decision.policy,
-            decision.outcome,
-        ),
-    )
+    kind = ConflictKind.UPDATE_ORIGIN_DIFFERS
+    met(checks, step, key, kind, (base, mine, shown), decision.policy, decision.outcome)
     if not decision.write:
         return None
     # The row is locked (FOR UPDATE) or the database has one writer (SQLite): it
@@ -243,31 +260,10 @@ async def checked_delete(
     if checks.strict:
         raise ConflictSuspected(step.step_id)
     theirs = await current(session, model, _where(model, key))
-    base = dict(step.expected or {})
-    version = columns_of(model).version
-    if version is not None and step.expected_version is not None:
-        base[version] = step.expected_version
+    base = _base_of(step, columns_of(model).version)
     policy = checks.policies.of_model(name)
     if theirs is None:
-        outcome = (
-            ConflictOutcome.REJECTED
-            if policy is ConflictPolicy.REJECT
-            else ConflictOutcome.KEPT_THEIRS
-        )
-        settle(
-            checks,
-            Conflict(
-                step.step_id,
-                name,
-                dict(key),
-                ConflictKind.DELETE_MISSING,
-                base,
-                {},
-                {},
-                policy,
-                outcome,
-            ),
-        )
+        _missing(checks, step, key, ConflictKind.DELETE_MISSING, (base, {}))
         return
     clock = checks.policies.write_time_of(name)
     wins = policy is ConflictPolicy.OVERWRITE or (
@@ -282,20 +278,7 @@ async def checked_delete(
     else:
         outcome = ConflictOutcome.REJECTED
     shown = {f: theirs.get(f) for f in (base or theirs)}
-    settle(
-        checks,
-        Conflict(
-            step.step_id,
-            name,
-            dict(key),
-            ConflictKind.DELETE_ORIGIN_DIFFERS,
-            base,
-            {},
-            shown,
-            policy,
-            outcome,
-        ),
-    )
+    met(checks, step, key, ConflictKind.DELETE_ORIGIN_DIFFERS, (base, {}, shown), policy, outcome)
     if wins:
         await session.execute(
             delete(model).where(*_where(model, key)).execution_options(synchronize_session=False)

@@ -216,26 +216,46 @@ _UNRESOLVED = conflict_table.c.outcome.in_(
 ) & (conflict_table.c.resolved_at.is_(None))
 
 
+def _matching(
+    site: str | None, model: str | None, kind: str | None, unresolved_only: bool
+) -> list[Any]:
+    c = conflict_table.c
+    found: list[Any] = [_UNRESOLVED] if unresolved_only else []
+    found += [
+        column == value
+        for column, value in ((c.site, site), (c.model, model), (c.kind, kind))
+        if value is not None
+    ]
+    return found
+
+
 async def list_conflicts(
     conn: AsyncConnection,
     *,
     site: str | None = None,
     unresolved_only: bool = False,
     limit: int = 100,
+    model: str | None = None,
+    kind: str | None = None,
+    before: int | None = None,
 ) -> list[ConflictRecord]:
-    """Conflicts, newest first.
+    """Conflicts, newest first, filtered in the query.
 
     Args:
         conn: The main database.
         site: Only this site's.
         unresolved_only: Only those that wait for an operator.
         limit: At most this many.
+        model: Only those on this model (as the log names it).
+        kind: Only those of this kind.
+        before: Only those with a smaller id: the page after a page whose last
+            (oldest) row had this id. A page reads its rows, not those of the
+            pages before it.
     """
-    query = select(conflict_table).order_by(conflict_table.c.id.desc()).limit(limit)
-    if site is not None:
-        query = query.where(conflict_table.c.site == site)
-    if unresolved_only:
-        query = query.where(_UNRESOLVED)
+    query = select(conflict_table).where(*_matching(site, model, kind, unresolved_only))
+    if before is not None:
+        query = query.where(conflict_table.c.id < before)
+    query = query.order_by(conflict_table.c.id.desc()).limit(limit)
     return [_record(row) for row in await conn.execute(query)]
 
 
@@ -255,12 +275,16 @@ async def unresolved_of(conn: AsyncConnection, transaction_id: str) -> list[Conf
     return [_record(row) for row in await conn.execute(query)]
 
 
-async def count_unresolved(conn: AsyncConnection, site: str | None = None) -> int:
-    """How many conflicts wait for an operator (of ``site``, or of every site)."""
-    query = select(func.count()).select_from(conflict_table).where(_UNRESOLVED)
-    if site is not None:
-        query = query.where(conflict_table.c.site == site)
-    return int((await conn.execute(query)).scalar() or 0)
+async def count_unresolved(
+    conn: AsyncConnection,
+    site: str | None = None,
+    *,
+    model: str | None = None,
+    kind: str | None = None,
+) -> int:
+    """How many conflicts wait for an operator (of ``site``, or every site; of a model, a kind)."""
+    query = select(func.count()).select_from(conflict_table)
+    return int((await conn.execute(query.where(*_matching(site, model, kind, True)))).scalar() or 0)
 
 
 async def unresolved_payloads(conn: AsyncConnection, site: str) -> list[ConflictRecord]:

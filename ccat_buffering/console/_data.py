@@ -13,7 +13,12 @@ from ccat_buffering import audit
 from ccat_buffering.console._samples import Samples
 from ccat_buffering.console._site import ConsoleSite
 from ccat_buffering.models import TransactionState, TransactionStatus
-from ccat_buffering.protocols import DeadLetter, SupportsInspection
+from ccat_buffering.protocols import (
+    DeadLetter,
+    SupportsInspection,
+    SupportsLetterPaging,
+    SupportsStatusPaging,
+)
 from ccat_buffering.replays import read_letter
 
 __all__ = [
@@ -51,7 +56,7 @@ def _median_seconds(pairs: Sequence[tuple[dt.datetime, dt.datetime | None]]) -> 
 async def overview(site: ConsoleSite, samples: Samples) -> dict[str, Any]:
     """The site at a glance, and the charts' series."""
     health = await site.health()
-    samples.add(health)
+    await samples.add(health)
     committed = await site.backend.status.get_many(
         await site.backend.status.ids(TransactionState.COMMITTED, limit=50)
     )
@@ -63,7 +68,6 @@ async def overview(site: ConsoleSite, samples: Samples) -> dict[str, Any]:
     to_full = None
     if memory is not None and memory.limit_bytes and growth and growth > 0:
         to_full = max(memory.limit_bytes - memory.used_bytes, 0) / growth
-    conflicts = await site.conflicts()
     return {
         "health": health,
         "drain_rate": samples.drain_rate(),
@@ -71,7 +75,6 @@ async def overview(site: ConsoleSite, samples: Samples) -> dict[str, Any]:
         "to_visible": _median_seconds([(s.created_at, s.replicated_at) for s in replicated if s]),
         "time_to_full": to_full,
         "losses": [loss.describe() for loss in await site.buffer_losses()],
-        "conflicts": conflicts,
         "series": {name: samples.series(name) for name in ("depth", "in_flight", "processed")},
         "samples": len(samples.ring),
     }
@@ -86,6 +89,7 @@ class TransactionFilter:
     text: str = ""  # in the id, endpoint or last error
     since: dt.datetime | None = None
     page: int = 0
+    after: str = ""  # the cursor of a store that pages (empty: the first page)
 
     def matches(self, status: TransactionStatus) -> bool:
         """Whether ``status`` passes the filters (the state is given)."""
@@ -113,18 +117,23 @@ class Page:
     more: bool
     scanned: int | None = None  # a filtered listing stopped after this many
     counts: dict[str, int] = field(default_factory=dict)
+    cursor: str | None = None  # where the next page starts, for a store that pages
 
 
 async def transactions_page(site: ConsoleSite, wanted: TransactionFilter) -> Page:
     """One page of statuses in a state, in the store's order, filtered.
 
-    Unfiltered, it reads the ids up to the end of the page (the store lists
-    ids from the start of a state's index, without an offset) and the
-    statuses of that page only; filtered, it reads at most :data:`SCAN`
-    statuses, in slices, and says when it stopped there.
+    With a store that pages from a cursor
+    (:class:`~ccat_buffering.protocols.SupportsStatusPaging`), a page reads
+    its own ids and statuses only: unfiltered, one page; filtered, slices of
+    a page from the cursor until a page of matches is found or :data:`SCAN`
+    statuses were looked at (the page then says so, and the next one goes on
+    from there). Other stores list ids from the start of the state's index.
     """
     status = site.backend.status
     counts = {str(state): n for state, n in (await status.counts()).items()}
+    if isinstance(status, SupportsStatusPaging):
+        return await _paged(status, wanted, counts)
     start = wanted.page * PAGE
     if not wanted.filtered:
         ids = await status.ids(wanted.state, limit=start + PAGE + 1)
@@ -144,6 +153,20 @@ async def transactions_page(site: ConsoleSite, wanted: TransactionFilter) -> Pag
     return Page(
         found[start : start + PAGE], wanted.page, len(found) > start + PAGE, scanned, counts
     )
+
+
+async def _paged(status: Any, wanted: TransactionFilter, counts: dict[str, int]) -> Page:
+    cursor = wanted.after or None
+    rows: list[TransactionStatus] = []
+    looked = 0
+    while True:
+        ids, cursor = await status.ids_after(wanted.state, cursor, PAGE)
+        looked += len(ids)
+        rows += [s for s in await status.get_many(ids) if s is not None and wanted.matches(s)]
+        if cursor is None or len(rows) >= PAGE or looked >= SCAN:
+            break
+    scanned = looked if cursor is not None and len(rows) < PAGE else None
+    return Page(rows, wanted.page, cursor is not None, scanned, counts, cursor)
 
 
 async def transaction_detail(site: ConsoleSite, transaction_id: str) -> dict[str, Any] | None:
@@ -176,6 +199,7 @@ class LetterFilter:
 
     text: str = ""
     page: int = 0
+    after: str = ""  # the cursor of a store that pages (empty: the first page)
 
     def matches(self, letter: DeadLetter) -> bool:
         """Whether ``letter`` passes."""
@@ -187,16 +211,35 @@ class LetterFilter:
 
 
 async def matching_letters(site: ConsoleSite, wanted: LetterFilter) -> list[DeadLetter]:
-    """Every dead letter the filter matches, in arrival order (a bounded structure)."""
+    """Every dead letter the filter matches, in arrival order (what an action on a filter takes)."""
     return [letter for letter in await site.backend.dead_letters.list() if wanted.matches(letter)]
 
 
 async def letters_page(site: ConsoleSite, wanted: LetterFilter) -> Page:
-    """One page of matching dead letters, each with its endpoint."""
-    found = await matching_letters(site, wanted)
-    start = wanted.page * PAGE
+    """One page of matching dead letters, each with its endpoint.
+
+    With a store that pages from a cursor
+    (:class:`~ccat_buffering.protocols.SupportsLetterPaging`), a page reads
+    its own letters only, as :func:`transactions_page` does (filtered: slices
+    from the cursor until a page of matches or :data:`SCAN` letters); the
+    count shown is then the store's count of every letter, not of matches.
+    Other stores read every letter and count the matches.
+    """
+    letters = site.backend.dead_letters
+    cursor: str | None = None
+    scanned = None
+    if isinstance(letters, SupportsLetterPaging):
+        found, cursor, looked = await _letters_paged(letters, wanted)
+        scanned = looked if cursor is not None and len(found) < PAGE else None
+        more = cursor is not None
+        counts = {"letters": (await site.backend.buffer.stats()).dead_letters}
+    else:
+        every = await matching_letters(site, wanted)
+        start = wanted.page * PAGE
+        found, more = every[start : start + PAGE], len(every) > start + PAGE
+        counts = {"matching": len(every)}
     rows = []
-    for letter in found[start : start + PAGE]:
+    for letter in found:
         tx = read_letter(letter)
         rows.append(
             {
@@ -205,7 +248,21 @@ async def letters_page(site: ConsoleSite, wanted: LetterFilter) -> Page:
                 "at": _iso(letter.dead_lettered_at),
             }
         )
-    return Page(rows, wanted.page, len(found) > start + PAGE, counts={"matching": len(found)})
+    return Page(rows, wanted.page, more, scanned, counts, cursor)
+
+
+async def _letters_paged(
+    letters: SupportsLetterPaging, wanted: LetterFilter
+) -> tuple[list[DeadLetter], str | None, int]:
+    cursor = wanted.after or None
+    found: list[DeadLetter] = []
+    looked = 0
+    while True:
+        page, cursor = await letters.letters_after(cursor, PAGE)
+        looked += len(page)
+        found += [letter for letter in page if wanted.matches(letter)]
+        if cursor is None or len(found) >= PAGE or looked >= SCAN:
+            return found, cursor, looked
 
 
 async def audit_entries(site: ConsoleSite, limit: int = 100) -> list[audit.AuditEntry]:

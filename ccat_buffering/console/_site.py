@@ -6,11 +6,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from ccat_buffering.buffer_loss import BufferLoss
 from ccat_buffering.executor import TransactionExecutor
 from ccat_buffering.health import Health
 from ccat_buffering.manager import TransactionManager
 from ccat_buffering.protocols import Backend
+from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.settings import BufferingSettings
 
 __all__ = ["ConsoleSite"]
@@ -18,10 +21,6 @@ __all__ = ["ConsoleSite"]
 
 async def _no_losses() -> list[BufferLoss]:
     return []
-
-
-async def _no_conflicts() -> list[dict[str, Any]] | None:
-    return None
 
 
 @dataclass
@@ -39,8 +38,10 @@ class ConsoleSite:
         health: Puts the site's health together.
         executor: The main database, for dry-run replays; ``None`` without one.
         buffer_losses: Losses of buffered state not yet acknowledged.
-        conflicts: The hook for conflicts (base / mine / theirs): ``None`` while
-            the library keeps no conflict log; a list of dicts once it does.
+        engine: The main database, where the conflict log is; ``None`` without one.
+        registry: The mapped classes, to apply a conflict's ``mine``.
+        peers: The other sites of an all-sites console, by name (their
+            statuses follow a resolution of their conflicts).
     """
 
     settings: BufferingSettings
@@ -49,7 +50,9 @@ class ConsoleSite:
     health: Callable[[], Awaitable[Health]]
     executor: TransactionExecutor | None = None
     buffer_losses: Callable[[], Awaitable[list[BufferLoss]]] = _no_losses
-    conflicts: Callable[[], Awaitable[list[dict[str, Any]] | None]] = field(default=_no_conflicts)
+    engine: AsyncEngine | None = None
+    registry: ModelRegistry | None = None
+    peers: dict[str, ConsoleSite] = field(default_factory=dict)
 
     @classmethod
     def of(cls, site: Any) -> ConsoleSite:
@@ -61,4 +64,6 @@ class ConsoleSite:
             health=site.health,
             executor=site.executor,
             buffer_losses=site.buffer_losses,
+            engine=site.engine,
+            registry=site.registry,
         )

@@ -15,14 +15,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from ccat_buffering.console import _actions, _data
+from ccat_buffering.console import _actions, _conflicts, _data
+from ccat_buffering.console._conflict_routes import add_conflict_routes
 from ccat_buffering.console._samples import Samples, sparkline
 from ccat_buffering.console._site import ConsoleSite
 from ccat_buffering.errors import BufferingError
 from ccat_buffering.masking import mask_text
 from ccat_buffering.models import TransactionState
 
-__all__ = ["Operator", "console_router", "credential_operator"]
+__all__ = ["Operator", "console_router", "credential_operator", "environment"]
 
 Operator = Callable[[Request], Awaitable[str | None]]
 """Who may act: returns the caller's audit principal, or ``None`` (read-only)."""
@@ -55,7 +56,8 @@ async def _nobody(_request: Request) -> str | None:
     return None
 
 
-def _environment() -> Environment:
+def environment() -> Environment:
+    """The templates, with the console's filters."""
     env = Environment(
         loader=PackageLoader("ccat_buffering.console", "templates"),
         autoescape=select_autoescape(["html"]),
@@ -95,6 +97,7 @@ def console_router(
     prefix: str = "/console",
     operator: Operator | None = None,
     samples: Samples | None = None,
+    sites_url: str | None = None,
 ) -> APIRouter:
     """The console's routes, for ``app.include_router``.
 
@@ -105,12 +108,13 @@ def console_router(
             :func:`credential_operator`); ``None``: the site's
             ``console_credential`` if set, else nobody (read-only).
         samples: The charts' ring (one is made when ``None``).
+        sites_url: Where the all-sites page is, for the navigation (``None``: none).
 
     Returns:
         The router.
     """
-    env = _environment()
-    ring = samples or Samples()
+    env = environment()
+    ring = samples or Samples(site.backend)
     credential = site.settings.console_credential
     if operator is None and credential is not None:
         operator = credential_operator(credential.get_secret_value())
@@ -124,6 +128,7 @@ def console_router(
             site=site.backend.site,
             principal=principal,
             can_sign_in=operator is not None,
+            sites_url=sites_url,
             states=[state.value for state in TransactionState],
             **values,
         )
@@ -166,12 +171,14 @@ def console_router(
     @router.get("/", response_class=HTMLResponse)
     async def overview(request: Request) -> HTMLResponse:
         data = await _data.overview(site, ring)
-        return await render(request, "overview.html", page="overview", **data)
+        conflicts = await _conflicts.unresolved_count(site)
+        return await render(request, "overview.html", page="overview", conflicts=conflicts, **data)
 
     @router.get("/fragments/overview", response_class=HTMLResponse)
     async def overview_fragment(request: Request) -> HTMLResponse:
         data = await _data.overview(site, ring)
-        return await render(request, "_overview.html", **data)
+        conflicts = await _conflicts.unresolved_count(site)
+        return await render(request, "_overview.html", conflicts=conflicts, **data)
 
     @router.get("/transactions", response_class=HTMLResponse)
     async def transactions(
@@ -181,17 +188,22 @@ def console_router(
         q: str = "",
         since: str = "",
         page: int = 0,
+        after: str = "",
     ) -> HTMLResponse:
         try:
             chosen = TransactionState(state)
-            after = dt.datetime.fromisoformat(since) if since else None
+            moment = dt.datetime.fromisoformat(since) if since else None
         except ValueError as exc:
             return await render(request, "_message.html", 400, kind="refused", text=str(exc))
-        if after is not None and after.tzinfo is None:
-            after = after.replace(tzinfo=dt.UTC)
-        wanted = _data.TransactionFilter(chosen, endpoint, q, after, max(page, 0))
-        found = await _data.transactions_page(site, wanted)
+        if moment is not None and moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        wanted = _data.TransactionFilter(chosen, endpoint, q, moment, max(page, 0), after)
+        try:
+            found = await _data.transactions_page(site, wanted)
+        except ValueError as exc:  # a cursor the store did not give
+            return await render(request, "_message.html", 400, kind="refused", text=str(exc))
         query = {"state": state, "endpoint": endpoint, "q": q, "since": since}
+        following = {"after": found.cursor} if found.cursor else {}
         return await render(
             request,
             "transactions.html",
@@ -199,8 +211,9 @@ def console_router(
             found=found,
             wanted=wanted,
             query=query,
-            next_query=urlencode({**query, "page": wanted.page + 1}),
+            next_query=urlencode({**query, "page": wanted.page + 1, **following}),
             previous_query=urlencode({**query, "page": max(wanted.page - 1, 0)}),
+            first_query=urlencode(query),
         )
 
     @router.get("/transactions/{transaction_id}", response_class=HTMLResponse)
@@ -217,19 +230,26 @@ def console_router(
         return await render(request, "transaction.html", page="transactions", **found)
 
     @router.get("/letters", response_class=HTMLResponse)
-    async def letters(request: Request, q: str = "", page: int = 0) -> HTMLResponse:
-        wanted = _data.LetterFilter(q, max(page, 0))
-        found = await _data.letters_page(site, wanted)
-        conflicts = await site.conflicts()
+    async def letters(
+        request: Request, q: str = "", page: int = 0, after: str = ""
+    ) -> HTMLResponse:
+        wanted = _data.LetterFilter(q, max(page, 0), after)
+        try:
+            found = await _data.letters_page(site, wanted)
+        except ValueError as exc:  # a cursor the store did not give
+            return await render(request, "_message.html", 400, kind="refused", text=str(exc))
+        following = {"after": found.cursor} if found.cursor else {}
         return await render(
             request,
             "letters.html",
             page="letters",
             found=found,
             q=q,
-            conflicts=conflicts,
-            next_query=urlencode({"q": q, "page": wanted.page + 1}),
+            wanted=wanted,
+            conflicts=await _conflicts.unresolved_count(site),
+            next_query=urlencode({"q": q, "page": wanted.page + 1, **following}),
             previous_query=urlencode({"q": q, "page": max(wanted.page - 1, 0)}),
+            first_query=urlencode({"q": q}),
             dry_run_possible=site.executor is not None,
         )
 
@@ -302,6 +322,8 @@ def console_router(
         was = await _actions.resume(site, principal)
         text = "the drain was not paused" if was is None else f"resumed; it was {was.cause}"
         return await render(request, "_message.html", kind="done", text=text)
+
+    add_conflict_routes(router, site, render, acting, form)
 
     @router.get("/audit", response_class=HTMLResponse)
     async def audit_log(request: Request) -> HTMLResponse:

@@ -36,6 +36,11 @@ from ccat_buffering.testing._capabilities import (
 )
 from ccat_buffering.testing._dead_letters import DeadLetterStoreContract
 from ccat_buffering.testing._lease import ProcessorLeaseContract
+from ccat_buffering.testing._paging import (
+    ChartSamplesContract,
+    LetterPagingContract,
+    StatusPagingContract,
+)
 from ccat_buffering.testing._status import StatusStoreContract
 
 __all__ = [
@@ -48,12 +53,15 @@ __all__ = [
     "BufferStoreContract",
     "CacheStoreContract",
     "CapabilityFlags",
+    "ChartSamplesContract",
     "ContractHooks",
     "DeadLetterStoreContract",
     "InspectionContract",
     "KeyAuditContract",
+    "LetterPagingContract",
     "ProcessorLeaseContract",
     "ProcessorReportsContract",
+    "StatusPagingContract",
     "StatusStoreContract",
     "new_site_name",
 ]

@@ -25,6 +25,11 @@ from ccat_buffering.testing._capabilities import (
 )
 from ccat_buffering.testing._dead_letters import DeadLetterStoreContract
 from ccat_buffering.testing._lease import ProcessorLeaseContract
+from ccat_buffering.testing._paging import (
+    ChartSamplesContract,
+    LetterPagingContract,
+    StatusPagingContract,
+)
 from ccat_buffering.testing._status import StatusStoreContract
 
 __all__ = ["BackendContract"]
@@ -44,6 +49,9 @@ class BackendContract(
     BufferHealthContract,
     BufferMarkerContract,
     AuditLogContract,
+    StatusPagingContract,
+    LetterPagingContract,
+    ChartSamplesContract,
 ):
     """Every store's contract, atomic groups, bad arguments, capabilities, and the backend's own.
 

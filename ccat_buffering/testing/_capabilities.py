@@ -20,9 +20,12 @@ from ccat_buffering.protocols import (
     SupportsAuditLog,
     SupportsBufferHealth,
     SupportsBufferMarker,
+    SupportsChartSamples,
     SupportsInspection,
     SupportsKeyAudit,
+    SupportsLetterPaging,
     SupportsProcessorReports,
+    SupportsStatusPaging,
 )
 from ccat_buffering.testing._base import LONG_LEASE, ContractHooks
 
@@ -53,6 +56,12 @@ class CapabilityFlags(ContractHooks):
             :class:`~ccat_buffering.protocols.SupportsBufferMarker`.
         supports_audit_log: The backend is a
             :class:`~ccat_buffering.protocols.SupportsAuditLog`.
+        supports_status_paging: ``backend.status`` is a
+            :class:`~ccat_buffering.protocols.SupportsStatusPaging`.
+        supports_letter_paging: ``backend.dead_letters`` is a
+            :class:`~ccat_buffering.protocols.SupportsLetterPaging`.
+        supports_chart_samples: The backend is a
+            :class:`~ccat_buffering.protocols.SupportsChartSamples`.
     """
 
     supports_processor_reports: ClassVar[bool] = False
@@ -61,6 +70,9 @@ class CapabilityFlags(ContractHooks):
     supports_buffer_health: ClassVar[bool] = False
     supports_buffer_marker: ClassVar[bool] = False
     supports_audit_log: ClassVar[bool] = False
+    supports_status_paging: ClassVar[bool] = False
+    supports_letter_paging: ClassVar[bool] = False
+    supports_chart_samples: ClassVar[bool] = False
 
     def require(self, flag: str) -> None:
         """Skip the test unless the backend's test class sets ``flag``."""
@@ -76,6 +88,9 @@ class CapabilityFlags(ContractHooks):
             "supports_buffer_health": isinstance(backend, SupportsBufferHealth),
             "supports_buffer_marker": isinstance(backend, SupportsBufferMarker),
             "supports_audit_log": isinstance(backend, SupportsAuditLog),
+            "supports_status_paging": isinstance(backend.status, SupportsStatusPaging),
+            "supports_letter_paging": isinstance(backend.dead_letters, SupportsLetterPaging),
+            "supports_chart_samples": isinstance(backend, SupportsChartSamples),
         }
         assert {flag: getattr(self, flag) for flag in has} == has
 

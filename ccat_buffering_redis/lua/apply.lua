@@ -43,6 +43,19 @@ do
   end
 end
 
+-- The models the call's cache writes name (a token that only looks like one
+-- adds a key to an EXISTS, no more): their field indexes are looked up at once.
+do
+  local models = {}
+  for i = 1, #T do
+    if T[i] == 'cache' then
+      local n = math.min(tonumber(T[i + 3]) or 0, math.floor((#T - i) / 4))
+      for j = 0, n - 1 do models[T[i + 4 + 4 * j]] = true end
+    end
+  end
+  known_unindexed(models)
+end
+
 -- Tokens after the name and blobs of one operation, or nil if it is unknown
 -- or malformed.
 local FIXED = {push = {0, 1}, ack = {0, 1}, dead = {0, 3}, replay = {0, 1}}
@@ -90,7 +103,7 @@ local USES = {
 }
 
 local function index_problem(model)
-  return wrong_type(INDEX .. model, 'zset') or wrong_type(FIELDS .. model, 'zset')
+  return wrong_type(INDEX .. model, 'zset') or fields_problem(model)
 end
 
 -- Check a group before writing any of it: a script cannot roll back, so a

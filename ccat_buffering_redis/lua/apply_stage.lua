@@ -182,5 +182,12 @@ local function flush_statuses()
     else
       in_slices({'ZADD', STATE .. state}, pairs_)
     end
+    if TERMINAL[state] then
+      -- The index of a terminal state lives as long as its longest-lived
+      -- status: once they have all expired it goes too, with no call to prune it.
+      local last = 0
+      for j = 1, #pairs_, 2 do last = math.max(last, pairs_[j]) end
+      extend(STATE .. state, last - NOW)
+    end
   end
 end

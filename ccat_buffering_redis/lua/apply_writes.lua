@@ -30,13 +30,23 @@ local function merge_record(k, txid, ttl, kind, body, seq)
   local created, deleted, had, txs, fields = split_record(old)
   seq = tonumber(had) or seq
   local before = fields
+  txs = with_tx(txs, txid)
   if kind == 'create' then
-    created, deleted, fields = '1', '0', ''
+    -- The creator is this transaction: implicit if it is the record's first,
+    -- else named in the ID cache.
+    deleted, fields = '0', ''
+    local idk = IDS .. string.sub(k, #BUFFERED + 1)
+    if string.match(txs, '^[^,]*') == txid then
+      created = '2'
+      redis.call('DEL', idk)
+    else
+      created = '1'
+      set_keeping_longer(idk, txid, math.max(ttl, keep))
+    end
   elseif kind == 'delete' then
     deleted = '1'
   end
   local after = merge_fields(fields, body)
-  txs = with_tx(txs, txid)
   redis.call('SET', k, join_record(created, deleted, seq, txs, after), 'PX', math.max(ttl, keep))
   return before, after, seq, txs
 end
@@ -59,7 +69,6 @@ local function write_cache(txid, ttl, at, count)
     else
       reindex_fields(model, id, '', body)
     end
-    if kind == 'create' then set_keeping_longer(IDS .. member, id_entry(txid, txs), ttl) end
     index_add(model, id, ttl, seq)
     if not seen[member] then
       seen[member] = true
@@ -104,6 +113,8 @@ local function release(txid)
       if value then
         local created, was_deleted, seq, txs, fields = split_record(value)
         local rest = without_tx(txs, txid)
+        -- The implicit creator leaves: the record has none any more.
+        if created == '2' and string.match(txs, '^[^,]*') == txid then created = '1' end
         if rest == '' then
           local sep = string.find(member, ':', 1, true)
           local model, id = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
@@ -116,7 +127,8 @@ local function release(txid)
         end
       end
       local idk = IDS .. member
-      if creator(read(idk), value) == txid then redis.call('DEL', idk) end
+      local entry = read(idk)
+      if entry and creator(entry, value) == txid then redis.call('DEL', idk) end
     end
   end
   return deleted

@@ -29,7 +29,8 @@ for i = 3, #ARGV do
         extend_bucket(model, record_seq(read(k) or ''), ttl)
       end
       local idk = IDS .. member
-      if creator(read(idk), read(k)) == txid then extend(idk, ttl) end
+      local entry = read(idk)
+      if entry and creator(entry, read(k)) == txid then extend(idk, ttl) end
     end
   end
   -- Only a key that has a TTL (records without a status, or a finished

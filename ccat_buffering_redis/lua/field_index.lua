@@ -9,7 +9,9 @@
 -- Only the registered fields (members '\0<field>') are indexed, and those follow
 -- the records exactly: every write moves a record's entries from the values it
 -- had to those it has, a release takes them out.
-local REGISTERED = {}
+-- The read of the registrations doubles as the check of the key's type: a
+-- key of another type (written by hand) is named in FIELDS_PROBLEM.
+local REGISTERED, FIELDS_PROBLEM = {}, {}
 local function registered(model)
   local r = REGISTERED[model]
   if not r then
@@ -17,10 +19,31 @@ local function registered(model)
     local got = redis.pcall('ZRANGEBYLEX', FIELDS .. model, '[\0', '(\1')
     if type(got) == 'table' and not got['err'] then
       for _, m in ipairs(got) do r[string.sub(m, 2)] = true end
+    elseif type(got) == 'table' then
+      FIELDS_PROBLEM[model] = 'key ' .. FIELDS .. model .. ' is not a zset (' .. got['err'] .. ')'
     end
     REGISTERED[model] = r
   end
   return r
+end
+
+-- Models whose field index does not exist, found with one EXISTS for them
+-- all: most models have none, and each read of the registrations is a call.
+local function known_unindexed(models)
+  local keys = {}
+  for model, _ in pairs(models) do
+    if not REGISTERED[model] then keys[#keys + 1] = FIELDS .. model end
+  end
+  if #keys == 0 or #keys > 1000 then return end
+  if redis.call('EXISTS', unpack(keys)) == 0 then
+    for model, _ in pairs(models) do REGISTERED[model] = REGISTERED[model] or {} end
+  end
+end
+
+-- Why the field index of a model cannot be written, or nil.
+local function fields_problem(model)
+  registered(model)
+  return FIELDS_PROBLEM[model]
 end
 
 -- A record whose id is its 'id' field's text stores that field as 'id=' (see
@@ -112,7 +135,8 @@ local function learn(model, field)
 end
 
 -- Push out the TTL of a model's index and field index (never shorten them).
+-- A model without registered fields has no field index to extend.
 local function extend_indexes(model, ttl)
   extend(INDEX .. model, ttl)
-  extend(FIELDS .. model, ttl)
+  if next(registered(model)) ~= nil then extend(FIELDS .. model, ttl) end
 end

@@ -2,9 +2,10 @@
 -- ccat_buffering_redis._values (the one Python module that reads and writes it).
 
 -- A buffered record is a string: a head line
--- '@<created 0|1><deleted 0|1><sequence number>:<tx>,<tx>...' then a line
+-- '@<created 0|1|2><deleted 0|1><sequence number>:<tx>,<tx>...' then a line
 -- '<field>=<JSON value>' per field (names are identifiers; JSON text holds no
 -- raw newline). The number places it in its model index (see model_index.lua).
+-- Created '2': by the first transaction named (see FLAGS in status_values.lua).
 local function join_record(created, deleted, seq, txs, fields)
   local head = '@' .. created .. deleted .. seq .. ':' .. txs
   if fields == '' then return head end

@@ -8,8 +8,9 @@ local function read(k)
   return redis.call('MGET', k)[1] or nil
 end
 
--- A status key holds the status JSON (without the id and default values),
--- then, after a newline, the records the transaction wrote while they are
+-- A status key holds the status JSON (without the id and default values;
+-- its times after it, '@<created>,<updated>,...', read only by Python: see
+-- ccat_buffering_redis._values), then, after a newline, the records the transaction wrote while they are
 -- buffered: '<Model>:<id>', space-separated (JSON text holds no raw newline,
 -- no name a space). Either part may be empty.
 local function split_status(value)
@@ -37,19 +38,16 @@ local function merge_members(list, more)
   return table.concat(out, ' ')
 end
 
-local FLAGS = {create = {'1', '0'}, update = {'0', '0'}, delete = {'0', '1'}}
+-- The created flag of a record: '2' when the first transaction it names
+-- created it (no ID-cache key then: the record tells), '1' when created by a
+-- transaction named in its ID-cache key (or by one no longer buffered).
+local FLAGS = {create = {'2', '0'}, update = {'0', '0'}, delete = {'0', '1'}}
 
--- An ID-cache entry holds its creating transaction, or '1' when that is the
--- first of the buffered record's transactions: the record has it already, and
--- Redis stores a small integer in no memory of its own.
-local function id_entry(txid, txs)
-  if string.match(txs, '^[^,]*') == txid then return '1' end
-  return txid
-end
-
--- The creating transaction an entry names, given the record's value (or nil).
+-- The creating transaction of a record, from its ID-cache entry (nil if none;
+-- '1', written before the flag '2' existed, for the record's first) and its value.
 local function creator(entry, record)
-  if entry ~= '1' then return entry end
+  if entry and entry ~= '1' then return entry end
   if not record then return nil end
-  return record_creator(record)
+  if entry or string.sub(record, 2, 2) == '2' then return record_creator(record) end
+  return nil
 end

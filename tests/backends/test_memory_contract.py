@@ -19,6 +19,9 @@ class TestMemoryBackend(BackendContract):
     supports_processor_reports = True
     supports_inspection = True
     supports_audit_log = True
+    supports_status_paging = True
+    supports_letter_paging = True
+    supports_chart_samples = True
 
     @pytest_asyncio.fixture
     async def backend(self, site: str) -> AsyncIterator[MemoryBackend]:

@@ -355,7 +355,8 @@ async def test_operator_capabilities(client: aioredis.Redis, backend: RedisBacke
     prefix = backend.keys.prefix
     kinds = {info.key[len(prefix) :].split(":")[0]: info for info in keys}
     assert kinds["transaction"].ttl_seconds is None  # unfinished: no TTL
-    assert kinds["buffered"].ttl_seconds and kinds["cache"].ttl_seconds
+    assert kinds["buffered"].ttl_seconds
+    assert "cache" not in kinds  # its creator is the record's first: no ID-cache key
     assert await backend.audit_keys() == []
     await client.set(backend.keys.prefix + "stray", "left by hand")
     (leak,) = await backend.audit_keys()

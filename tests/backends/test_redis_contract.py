@@ -26,6 +26,9 @@ class RedisContract(BackendContract):
     supports_buffer_health = True
     supports_buffer_marker = True
     supports_audit_log = True
+    supports_status_paging = True
+    supports_letter_paging = True
+    supports_chart_samples = True
 
 
 class TestFakeRedis(RedisContract):

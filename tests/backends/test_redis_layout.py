@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -181,6 +183,71 @@ async def test_state_buckets_keep_order_counts_and_reconcile(
     for _ in range(count // 500 + 2):
         counts = await backend.status.counts()
     assert counts[TransactionState.BUFFERED] == count - 4
+
+
+async def test_a_terminal_state_index_expires_with_its_statuses_by_itself(
+    backend: RedisBackend, redis_client: aioredis.Redis
+) -> None:
+    """Issue 23: no command has to run for a finished status's index entry to go."""
+    for tid, ttl in (("tx1", 0.2), ("tx2", 0.4)):
+        status = TransactionStatus(transaction_id=tid, state="replicated")
+        await backend.status.put(status, ttl)
+    index = backend.keys.state(TransactionState.REPLICATED)
+    assert 0 < await redis_client.pttl(index) <= 400  # its longest-lived status's
+    deadline = asyncio.get_running_loop().time() + 5
+    while await redis_client.exists(index):
+        assert asyncio.get_running_loop().time() < deadline, "the index outlived its statuses"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_record_names_its_creator_without_an_id_cache_key(
+    backend: RedisBackend, redis_client: aioredis.Redis
+) -> None:
+    """Issue 23: the ID-cache key exists only when the creator is not the record's first."""
+    await write(backend, "t1", "r1", CacheKind.CREATE, n=1)
+    assert not await redis_client.exists(backend.keys.ids(MODEL, "r1"))
+    assert await backend.cache.created_by(MODEL, "r1") == "t1"
+    await write(backend, "t2", "r2", CacheKind.UPDATE, n=1)
+    await write(backend, "t3", "r2", CacheKind.CREATE, n=2)  # created by its second
+    assert await redis_client.get(backend.keys.ids(MODEL, "r2")) == b"t3"
+    assert await backend.cache.created_by(MODEL, "r2") == "t3"
+    await write(backend, "t4", "r1", CacheKind.UPDATE, n=3)
+    await backend.cache.release(["t1", "t3"])  # the creators go; the records stay
+    assert await backend.cache.created_by(MODEL, "r1") is None
+    assert await backend.cache.created_by(MODEL, "r2") is None
+    assert not await redis_client.exists(backend.keys.ids(MODEL, "r2"))
+
+
+@pytest.mark.parametrize(
+    "created",
+    [
+        dt.datetime(2026, 12, 7, 10, 13, 49, 62394, tzinfo=dt.UTC),
+        dt.datetime(1960, 1, 1, tzinfo=dt.UTC),  # before 1970: the fallback
+        dt.datetime(2200, 1, 1, 0, 0, 0, 1, tzinfo=dt.UTC),  # past a float's microseconds
+    ],
+)
+async def test_a_status_keeps_its_times_in_a_short_tail_and_older_statuses_still_read(
+    backend: RedisBackend, redis_client: aioredis.Redis, created: dt.datetime
+) -> None:
+    """Issue 23: a buffered status fits jemalloc's 192-byte class (times as integers)."""
+    status = TransactionStatus(
+        transaction_id="t-1",
+        endpoint="start_observation",
+        state=TransactionState.COMMITTED,
+        commit_lsn="0/16B3748",
+        last_error="a } and an @ in the text",
+        created_at=created,
+        updated_at=created + dt.timedelta(microseconds=2302),
+        committed_at=created - dt.timedelta(microseconds=7),
+    )
+    await backend.status.put(status, 600)
+    raw = await redis_client.get(backend.keys.status("t-1"))
+    assert raw is not None and b"_at" not in raw and raw.endswith(b",2302,-7")
+    assert await backend.status.get("t-1") == status
+    # A status written before the times had their tail: its JSON holds them.
+    old = status.model_dump_json(exclude={"transaction_id"}, exclude_defaults=True)
+    await redis_client.set(backend.keys.status("t-1"), old)
+    assert await backend.status.get("t-1") == status
 
 
 async def test_zlib_entries_use_the_dictionary_and_older_entries_still_read() -> None:

@@ -28,8 +28,9 @@ async def test_a_worker_started_during_an_outage_tells_a_restart_without_persist
             watch = BufferWatch(down, backend, state_dir=state)
             assert await watch.check() == []  # stamps the buffer; the database is not needed
             manager = TransactionManager(backend)
+            ids = set()
             for i in range(50):
-                await manager.buffer(observation(i)[0])
+                ids.add((await manager.buffer(observation(i)[0])).transaction_id)
             assert await watch.check() == []
             assert watch.sightings.read().last.held == 50  # type: ignore[union-attr]
         server.kill9()
@@ -38,6 +39,9 @@ async def test_a_worker_started_during_an_outage_tells_a_restart_without_persist
         async with RedisBackend.from_url(server.url, site=site) as backend:
             (loss,) = await BufferWatch(down, backend, state_dir=state).check()
             assert "marker is gone" in loss.cause and loss.held == 50 and not loss.recorded
+            # Exact: which of the transactions held then are gone, and how many.
+            assert loss.missing == 50 and set(loss.missing_ids) == ids
+            assert "50 of them gone" in loss.describe()
             # Reported once: the next look follows from the new marker.
             assert len(await BufferWatch(down, backend, state_dir=state).check()) == 1
 
@@ -47,6 +51,7 @@ async def test_a_worker_started_during_an_outage_tells_a_restart_without_persist
                 back = BufferWatch(database, backend, state_dir=state)
                 (recorded,) = await back.check()
                 assert recorded.held == 50 and recorded.recorded
+                assert recorded.missing == 50 and set(recorded.missing_ids) == ids
                 assert len(await back._database_losses()) == 1
                 assert await back.acknowledge() == 1
                 assert await back.check() == []

@@ -31,6 +31,7 @@ from ccat_buffering.coordinator import BufferingCoordinator
 from ccat_buffering.database import create_engine
 from ccat_buffering.demo.example import Base, ExecutedObsUnit
 from ccat_buffering.executor import TransactionExecutor
+from ccat_buffering.manager import TransactionManager
 from ccat_buffering.models import TransactionState
 from ccat_buffering.processor import BackgroundProcessor
 from ccat_buffering.registry import ModelRegistry
@@ -39,7 +40,7 @@ from ccat_buffering.settings import BufferingSettings
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_redis import RedisBackend
 
-from support import make_schema, observation, orphan_package, worker_env
+from support import make_conflict, make_schema, observation, orphan_package, worker_env
 
 CHROMIUM = os.environ.get("CCAT_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTEFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "console"
@@ -57,10 +58,12 @@ class Prepared:
     read_only_url: str
     letters: list[str]
     waiting: list[str]
+    conflicted: list[str]
+    other: RedisBackend
 
 
-def _serve(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
+def _start(env: dict[str, str], port: int, *more: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -70,11 +73,15 @@ def _serve(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
             str(port),
             "--models",
             MODELS,
+            *more,
         ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+
+def _answering(process: subprocess.Popen[bytes], port: int) -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -98,8 +105,9 @@ def _browser_present() -> Iterator[None]:
 
 @pytest_asyncio.fixture
 async def prepared(tmp_path: Path, redis_client: aioredis.Redis) -> AsyncIterator[Prepared]:
-    """Three waiting, three dead letters (the foreign key refuses them), a worker paused
-    by a real outage (its main database is not there) that published its report."""
+    """Three waiting, three dead letters (the foreign key refuses them), two conflicts, a
+    worker paused by a real outage (its main database is not there) that published its
+    report; another site on the same Redis with two waiting."""
     name = new_site_name()
     db_url = f"sqlite+aiosqlite:///{tmp_path / 'main.db'}"
     settings = BufferingSettings(site_name=name, backend_url=REDIS_URL, database_url=db_url)
@@ -109,6 +117,9 @@ async def prepared(tmp_path: Path, redis_client: aioredis.Redis) -> AsyncIterato
     registry = ModelRegistry.from_base(Base)
     site = BufferingCoordinator(settings, backend, engine, registry, start=False)
     await site.prepare_database()
+    conflicted = [await make_conflict(site, i) for i in (1, 2)]
+    other = RedisBackend(redis_client, site=new_site_name())
+    await TransactionManager(other).buffer_many([observation(i)[0] for i in (10, 11)])
     await site.manager.buffer_many([orphan_package(i) for i in range(3)])
     deliveries = await site.manager.claim(3, 600)
     await site.manager.failed(
@@ -131,9 +142,17 @@ async def prepared(tmp_path: Path, redis_client: aioredis.Redis) -> AsyncIterato
 
     env = worker_env(name, db_url, backend_url=REDIS_URL, console_credential=SECRET)
     port, ro_port = free_port(), free_port()
-    console = _serve(env, port)
+    # Both start at once: most of their start is importing.
+    console = _start(env, port, "--sites", other.site)
     read_only_env = {k: v for k, v in env.items() if k != "CCAT_BUFFERING_CONSOLE_CREDENTIAL"}
-    read_only = _serve(read_only_env, ro_port)
+    read_only = _start(read_only_env, ro_port)
+    try:
+        _answering(console, port)
+        _answering(read_only, ro_port)
+    except AssertionError:
+        for process in (console, read_only):
+            process.kill()
+        raise
     try:
         yield Prepared(
             site,
@@ -142,12 +161,15 @@ async def prepared(tmp_path: Path, redis_client: aioredis.Redis) -> AsyncIterato
             f"http://127.0.0.1:{ro_port}/console",
             letters,
             [tx.transaction_id for tx in waiting],
+            conflicted,
+            other,
         )
     finally:
         for process in (console, read_only):
             process.terminate()
             process.wait(10)
         await forget_site(redis_client, backend.keys.pattern())
+        await forget_site(redis_client, other.keys.pattern())
         await engine.dispose()
 
 
@@ -167,6 +189,12 @@ async def _units(site: BufferingCoordinator) -> int:
         return int(
             (await conn.execute(select(func.count()).select_from(ExecutedObsUnit))).scalar_one()
         )
+
+
+async def _unit_status(site: BufferingCoordinator, unit: str) -> str:
+    async with site.engine.connect() as conn:
+        query = select(ExecutedObsUnit.status).where(ExecutedObsUnit.id == unit)
+        return str((await conn.execute(query)).scalar_one())
 
 
 async def test_the_console_in_a_browser(prepared: Prepared) -> None:
@@ -219,7 +247,7 @@ async def test_the_console_in_a_browser(prepared: Prepared) -> None:
             await page.wait_for_selector("#dry-run")
             dry = await page.text_content("#dry-run") or ""
             assert first in dry and "fails" in dry and "FOREIGN KEY" in dry.upper()
-            assert await _units(prepared.site) == 0
+            assert await _units(prepared.site) == 2  # the two conflicted units only
             assert len(await backend.dead_letters.list()) == 3
             await _shot(page, "letters-dry-run")
             await page.click("text=Confirm replay of 1")
@@ -249,7 +277,7 @@ async def test_the_console_in_a_browser(prepared: Prepared) -> None:
             (entry,) = await audit.list(backend, 1)
             assert (entry.action, entry.count) == ("console.purge", 2)
             assert "orphan" in entry.detail
-            assert "no conflict log" in (await page.text_content("#conflicts") or "")
+            assert "2 conflict(s)" in (await page.text_content("#conflicts") or "")
             await _shot(page, "letters")
 
             # Pause and resume the drain.
@@ -271,6 +299,45 @@ async def test_the_console_in_a_browser(prepared: Prepared) -> None:
             assert "console.purge" in (await page.text_content("#audit") or "")
             await _shot(page, "audit")
 
+            # Conflicts: filter, open one with its diff, keep mine; the other stays open.
+            await page.goto(f"{prepared.url}/conflicts?model=ExecutedObsUnit")
+            assert "2 open conflict(s)" in (await page.text_content("#conflict-matching") or "")
+            await _shot(page, "conflicts")
+            await page.click(f"#conflicts a[href$='/transactions/{prepared.conflicted[0]}']")
+            assert await page.text_content("#tx-state") == "conflicted"
+            await page.go_back()
+            await page.click("#conflicts tbody tr:last-child td[data-label=id] a")  # the oldest
+            diff = await page.text_content("#diff") or ""
+            assert "new" in diff and "site-1" in diff and "main-1" in diff
+            await _shot(page, "conflict")
+            await page.click("text=Keep mine…")
+            await page.wait_for_selector("#plan-count")
+            assert await page.get_attribute("#plan-count", "data-count") == "1"
+            await page.click("text=Confirm keep mine for 1")
+            await page.wait_for_selector("#result [data-kind=done]")
+            assert "resolved 1 conflict(s), kept mine" in (await page.text_content("#result") or "")
+            assert await _unit_status(prepared.site, "unit-1") == "site-1"
+            status = await prepared.site.manager.status(prepared.conflicted[0])
+            assert status is not None and status.state is TransactionState.COMMITTED
+            (entry,) = await audit.list(backend, 1)
+            assert (entry.action, entry.count, entry.principal) == (
+                "console.conflict-keep-mine",
+                1,
+                "console:ops",
+            )
+            await page.reload()
+            assert await page.text_content("#conflict-outcome") == "resolved_mine"
+
+            # Every site on the Redis, each with its numbers and a link into its pages.
+            await page.goto(prepared.url + "/sites")
+            assert await page.locator("#sites tbody tr").count() == 2
+            row = page.locator(f"#sites tr[data-site='{prepared.other.site}']")
+            assert (await row.locator(".depth").text_content() or "").strip() == "2"
+            await _shot(page, "sites")
+            await row.locator("a").first.click()
+            assert (await page.text_content("#depth") or "").strip() == "2"
+            assert prepared.other.site in (await page.text_content("header h1") or "")
+
             # At phone width: nothing scrolls sideways.
             phone = await browser.new_context(
                 viewport={"width": 390, "height": 844},
@@ -280,6 +347,8 @@ async def test_the_console_in_a_browser(prepared: Prepared) -> None:
             for path, name in (
                 ("", "overview"),
                 ("/transactions", "transactions"),
+                ("/conflicts", "conflicts"),
+                ("/sites", "sites"),
                 ("/audit", "audit"),
             ):
                 await small.goto(prepared.url + path)
@@ -298,11 +367,23 @@ async def test_the_console_in_a_browser(prepared: Prepared) -> None:
             assert await viewer.locator("input[name=ids]").count() == 0
             assert await viewer.locator("text=Replay…").count() == 0
             await _shot(viewer, "read-only-letters")
-            for path in ("/letters/replay", "/letters/purge", "/pause", "/resume", "/letters/plan"):
+            for path in (
+                "/letters/replay",
+                "/letters/purge",
+                "/pause",
+                "/resume",
+                "/letters/plan",
+                "/conflicts/plan",
+                "/conflicts/resolve",
+            ):
                 answer = await viewer.request.post(
-                    prepared.read_only_url + path, headers={"HX-Request": "true"}, form={"q": ""}
+                    prepared.read_only_url + path,
+                    headers={"HX-Request": "true"},
+                    form={"q": "", "keep": "theirs"},
                 )
                 assert answer.status == 403, path
+            await viewer.goto(f"{prepared.read_only_url}/conflicts")
+            assert await viewer.locator("text=Keep theirs…").count() == 0
             # And on the operator's console without the credential.
             answer = await viewer.request.post(
                 prepared.url + "/letters/purge", headers={"HX-Request": "true"}, form={"q": ""}
@@ -312,5 +393,8 @@ async def test_the_console_in_a_browser(prepared: Prepared) -> None:
             assert await operator_pause.current(backend) is None
             status = await prepared.site.manager.status(prepared.waiting[0])
             assert status is not None and status.state is TransactionState.BUFFERED
+            status = await prepared.site.manager.status(prepared.conflicted[1])
+            assert status is not None and status.state is TransactionState.CONFLICTED
+            assert await _unit_status(prepared.site, "unit-2") == "main-2"
         finally:
             await browser.close()

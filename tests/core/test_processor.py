@@ -51,6 +51,36 @@ async def test_drains_in_order_and_confirms(tmp_path: Path) -> None:
         assert (health.processed, health.depth, health.in_flight) == (250, 0, 0)
 
 
+async def test_the_tracker_confirms_what_its_processor_committed_without_reading_it_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ccat_buffering.replication import ImmediateReplicationChecker, ReplicationTracker
+
+    async with memory_sqlite_site(tmp_path) as site:
+        tracker = ReplicationTracker(site.manager, ImmediateReplicationChecker())
+        earlier = observation(0)[0]  # committed by another process (an earlier lease holder)
+        await site.manager.buffer_many([earlier])
+        await site.processor.run_once()
+        site.manager.recent_commits.forget([earlier.transaction_id])
+        txs = [observation(i)[0] for i in range(1, 4)]
+        await site.manager.buffer_many(txs)
+        await site.processor.run_once()
+        read: list[str] = []
+        get_many = site.backend.status.get_many
+
+        async def counted(ids: list[str]) -> object:
+            read.extend(ids)
+            return await get_many(ids)
+
+        monkeypatch.setattr(site.backend.status, "get_many", counted)
+        report = await tracker.poll_once()
+        assert report.confirmed == 4
+        assert read == [earlier.transaction_id]  # only what this process did not write
+        for tx in [earlier, *txs]:
+            status = await site.manager.status(tx.transaction_id)
+            assert status is not None and status.state is TransactionState.REPLICATED
+
+
 async def test_lost_acknowledgement_is_skipped_by_the_ledger(tmp_path: Path) -> None:
     async with memory_sqlite_site(tmp_path) as site:
         tx, _obs_id = observation(1)
@@ -514,6 +544,42 @@ def test_the_batch_sizer_follows_the_round_trip() -> None:
     tight.observe_rtt(0.2)
     tight.observe(100, 0.42, 100 * 700)
     assert tight.size == 100  # 70 kB of payload at 700 bytes each
+
+
+@pytest.mark.parametrize(
+    ("driver", "per_batch_trips", "per_transaction_trips"),
+    [
+        ("psycopg pipeline", 1, 0),
+        ("asyncpg, round trips per batch", 12, 0),
+        ("asyncpg, round trips per transaction", 5, 6),
+        ("sqlite", 0, 0),
+    ],
+)
+@pytest.mark.parametrize("rtt", [0.04, 0.2])
+def test_the_batch_sizer_never_starves_a_driver_on_a_slow_link(
+    driver: str, per_batch_trips: int, per_transaction_trips: int, rtt: float
+) -> None:
+    """Round trips paid per statement look like per-transaction cost: no reason to shrink."""
+    from ccat_buffering._sizing import BatchSizer
+
+    link = 0.0 if driver == "sqlite" else rtt
+
+    def seconds(
+        n: int,
+    ) -> float:  # a batch of n on this driver: its round trips, 0.1 ms of CPU each
+        return (per_batch_trips + n * per_transaction_trips) * link + n * 0.0001
+
+    sizer = BatchSizer(start=100, minimum=10, maximum=2000, max_bytes=8 << 20, max_seconds=10.0)
+    sizer.observe_rtt(link)
+    sizes = []
+    for _ in range(12):
+        sizes.append(sizer.size)
+        sizer.observe(sizer.size, seconds(sizer.size), sizer.size * 700)
+    rates = [n / seconds(n) for n in sizes]
+    assert min(rates) >= 0.999 * 100 / seconds(100), (driver, sizes)
+    if per_batch_trips >= 12:
+        # Many round trips per batch, none per transaction: worth growing past the start.
+        assert sizer.size / seconds(sizer.size) > 2 * 100 / seconds(100), (driver, sizes)
 
 
 def test_the_worker_heap_is_frozen_and_collected_less_often() -> None:

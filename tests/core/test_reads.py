@@ -160,6 +160,20 @@ async def test_buffered_updates_move_rows_into_and_out_of_a_filter(site: Site) -
     assert await site.reads.list("File", package="p1", state="new") == []
 
 
+async def test_get_many_shows_what_get_shows_in_two_calls(site: Site) -> None:
+    await _rows(site, [_file("p1", i) for i in range(3)])
+    await site.buffer(lambda tx: tx.update(File, "p1-0", {"state": "done"}))
+    await site.buffer(lambda tx: tx.delete(File, "p1-1"))
+    await site.buffer(lambda tx: tx.create(File, _file("p2", 0)))
+    keys = ["p1-0", "p1-1", "p1-2", "p2-0", "ghost"]
+    site.cache.calls.clear()
+    site.statements.clear()
+    many = await site.reads.get_many(File, keys)
+    assert site.cache.calls == ["get_many"] and len(site.statements) == 1
+    assert many == [await site.reads.get(File, key) for key in keys]
+    assert [None if r is None else r["state"] for r in many] == ["done", None, "new", "new", None]
+
+
 async def test_composite_keys_are_fetched_for_buffered_updates(site: Site) -> None:
     async with site.engine.begin() as conn:
         await conn.execute(

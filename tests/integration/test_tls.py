@@ -28,7 +28,7 @@ from ccat_buffering.manager import TransactionManager
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_redis import RedisBackend
 
-from support import observation
+from support import observation, sqlite_url
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,36 @@ async def test_sentinel_over_tls_to_the_sentinels_and_the_master(ca: TLSFiles) -
         plain = f"redis+sentinel://127.0.0.1:{ports['sentinel']}/site-buffer?socket_timeout=1"
         with pytest.raises(Exception, match=r"(?i)master|reach|closed|reset"):
             await _buffers(plain)
+
+
+async def test_sentinel_over_tls_with_a_password(ca: TLSFiles, tmp_path: Path) -> None:
+    # The documented production form: password in the user-info, TLS parameters in the query;
+    # the password goes to the sentinels and to the master, both over TLS.
+    password = "s3cret-sentinel-pw"
+    with started(redis_sentinel(tls=ca, password=password)) as ports:
+        url = (
+            f"redis+sentinel://:{password}@127.0.0.1:{ports['sentinel']}/site-buffer"
+            f"?{_redis_tls(ca)}"
+        )
+        site = new_site_name()
+        async with RedisBackend.from_url(url, site=site) as backend:
+            buffered = await TransactionManager(backend).buffer(observation(1)[0])
+            read = await backend.status.get(buffered.transaction_id)
+            assert read is not None and read.state == "buffered"
+        env = {
+            "CCAT_BUFFERING_SITE_NAME": site,
+            "CCAT_BUFFERING_SITE_TYPE": "secondary",
+            "CCAT_BUFFERING_BACKEND_URL": url,
+            "CCAT_BUFFERING_DATABASE_URL": sqlite_url(tmp_path),
+            "CCAT_BUFFERING_STATE_DIR": str(tmp_path),
+        }
+        result = await asyncio.to_thread(CliRunner().invoke, app, ["status", "--json"], env=env)
+        assert result.exit_code in (0, 1), result.output
+        assert password not in result.output
+        shown = json.loads(result.stdout)
+        assert shown["backend"].startswith("redis+sentinel://") and "***" in shown["backend"]
+        assert f"127.0.0.1:{ports['sentinel']}/site-buffer" in shown["backend"]
+        assert shown["buffer"]["depth"] == 1, shown["buffer"]
 
 
 async def test_cluster_over_tls_with_a_private_ca(ca: TLSFiles, other_ca: TLSFiles) -> None:

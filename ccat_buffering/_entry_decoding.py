@@ -1,0 +1,223 @@
+"""A claimed entry read back once, without validating it again.
+
+Every entry in the buffer was validated by pydantic when it was submitted, and
+the drain reads thousands a second: validating each again cost about a fifth
+of the drain's CPU (issue #23). :func:`decode_entry` parses the JSON once,
+checks its integrity (the shape, the identifiers, the format version, the
+fields each operation takes: what a foreign or damaged entry would get
+wrong) and builds the models without their validators. Anything it does not
+expect, it hands to :meth:`Transaction.from_json`, which refuses a bad entry
+with the same message as before or reads an unusual good one (a ``ref()``, a
+missing ``created_at``); so an entry is accepted by the fast path only where
+the full validation would accept it too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from typing import Any
+
+from ccat_buffering._codec import decode_value
+from ccat_buffering.identifiers import _KNOWN_IDENTIFIERS as _KNOWN
+from ccat_buffering.identifiers import known_identifier
+from ccat_buffering.models import FORMAT_VERSION, Operation, Step, Transaction
+
+__all__ = ["decode_entry"]
+
+_TX_FIELDS = frozenset(Transaction.model_fields)
+_STEP_FIELDS = frozenset(Step.model_fields)
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+_OPERATIONS = {op.value: op for op in Operation}
+_NEEDS = {
+    Operation.CREATE: (True, False, False),
+    Operation.UPDATE: (True, True, False),
+    Operation.DELETE: (False, True, False),
+    Operation.BULK_CREATE: (False, False, True),
+    Operation.BULK_UPDATE: (False, False, True),
+}
+_UTC = dt.UTC
+
+
+def _no_constant(name: str) -> Any:
+    raise _Unusual  # NaN or Infinity: never written by to_json; the full parser decides
+
+
+_parse = json.JSONDecoder(parse_constant=_no_constant).decode
+_new = object.__new__
+_set = object.__setattr__
+
+
+class _Unusual(Exception):
+    """Not the common shape: the full validation decides."""
+
+
+def _identifier(value: Any) -> str:
+    if type(value) is not str:
+        raise _Unusual
+    if value in _KNOWN:
+        return value
+    try:
+        return known_identifier(value)
+    except ValueError:
+        raise _Unusual from None
+
+
+def _names(record: dict[str, Any]) -> None:
+    if not _KNOWN.issuperset(record):  # names seen before: the common case, in C
+        for name in record:
+            _identifier(name)
+
+
+def _record(value: Any) -> dict[str, Any]:
+    """``value`` (the parsed JSON, reused) with its tagged values decoded."""
+    if type(value) is not dict:
+        raise _Unusual
+    _names(value)
+    tagged = [name for name, item in value.items() if type(item) is dict or type(item) is list]
+    for name in tagged:
+        item = value[name]
+        if type(item) is dict and "$ref" in item:
+            raise _Unusual  # a ref(): rare, and the full validation checks its target
+        value[name] = decode_value(item)
+    return value
+
+
+def _made(cls: type[Any], values: dict[str, Any], given: set[str]) -> Any:
+    """A model from values of the right types, as ``model_construct`` makes it, for less."""
+    model = _new(cls)
+    _set(model, "__dict__", values)
+    _set(model, "__pydantic_fields_set__", given)
+    _set(model, "__pydantic_extra__", None)
+    _set(model, "__pydantic_private__", None)
+    return model
+
+
+def _step(raw: Any) -> Step:
+    if type(raw) is not dict or not raw.keys() <= _STEP_FIELDS:
+        raise _Unusual
+    operation = _OPERATIONS.get(raw.get("operation"))  # type: ignore[arg-type]
+    if operation is None:
+        raise _Unusual
+    data = raw.get("data")
+    key = raw.get("key")
+    records = raw.get("records")
+    if _NEEDS[operation] != (data is not None, key is not None, records is not None):
+        raise _Unusual
+    if data is not None:
+        data = _record(data)
+    if key is not None:
+        key = _record(key)
+        if not key:
+            raise _Unusual
+    if records is not None:
+        if type(records) is not list or not records:
+            raise _Unusual
+        records = [_record(r) for r in records]
+    key_fields = raw.get("key_fields", ("id",))
+    if type(key_fields) not in (list, tuple):
+        raise _Unusual
+    key_fields = tuple(key_fields)
+    if not _KNOWN.issuperset(key_fields):
+        for name in key_fields:
+            _identifier(name)
+    expected = raw.get("expected")
+    version = raw.get("expected_version")
+    if expected is not None:
+        expected = _record(expected)
+    if version is not None and type(version) is not int:
+        raise _Unusual
+    if (expected is not None or version is not None) and operation not in (
+        Operation.UPDATE,
+        Operation.DELETE,
+    ):
+        raise _Unusual
+    if raw.get("expected_records") is not None or raw.get("expected_versions") is not None:
+        raise _Unusual  # a bulk update's bases per row: the full validation checks their shape
+    if operation is Operation.BULK_UPDATE and any(
+        f not in r for r in records or () for f in key_fields
+    ):
+        raise _Unusual
+    values = {
+        "step_id": _identifier(raw.get("step_id")),
+        "operation": operation,
+        "model": _identifier(raw.get("model")),
+        "data": data,
+        "key": key,
+        "records": records,
+        "key_fields": key_fields,
+        "expected": expected,
+        "expected_version": version,
+        "expected_records": None,
+        "expected_versions": None,
+    }
+    return _made(Step, values, set(raw))  # type: ignore[no-any-return]
+
+
+def _lean(payload: str) -> Transaction:
+    raw = _parse(payload)
+    if type(raw) is not dict or not raw.keys() <= _TX_FIELDS:
+        raise _Unusual
+    version = raw.get("format_version", 1)
+    transaction_id = raw.get("transaction_id")
+    created = raw.get("created_at")
+    steps_raw = raw.get("steps")
+    trace = raw.get("trace_context")
+    if (
+        type(version) is not int
+        or not 1 <= version <= FORMAT_VERSION
+        or type(transaction_id) is not str
+        or not _CANONICAL_UUID.match(transaction_id)
+        or type(created) is not str
+        or type(steps_raw) is not list
+        or not steps_raw
+    ):
+        raise _Unusual
+    if trace is not None and (
+        type(trace) is not dict
+        or not all(type(k) is str and type(v) is str for k, v in trace.items())
+    ):
+        raise _Unusual
+    try:
+        created_at = dt.datetime.fromisoformat(created)
+    except ValueError:
+        raise _Unusual from None
+    if created_at.tzinfo is None:
+        raise _Unusual
+    if created_at.tzinfo is not _UTC:
+        created_at = created_at.astimezone(_UTC)
+    steps = [_step(s) for s in steps_raw]
+    if len({s.step_id for s in steps}) != len(steps):
+        raise _Unusual
+    if any(s.has_base for s in steps):
+        version = max(version, 2)
+    values = {
+        "format_version": version,
+        "transaction_id": transaction_id,
+        "endpoint": _identifier(raw.get("endpoint")),
+        "steps": steps,
+        "created_at": created_at,
+        "trace_context": trace,
+    }
+    return _made(Transaction, values, set(raw))  # type: ignore[no-any-return]
+
+
+def decode_entry(payload: str) -> Transaction:
+    """The transaction a claimed entry holds.
+
+    Args:
+        payload: The entry's text, as :meth:`Transaction.to_json` wrote it.
+
+    Returns:
+        The transaction, equal to what :meth:`Transaction.from_json` reads.
+
+    Raises:
+        TransactionValidationError: The entry is not a valid transaction.
+    """
+    try:
+        return _lean(payload)
+    except Exception:
+        # Anything unexpected (a damaged entry, a value decode_value refuses):
+        # the full validation reads it or says exactly what is wrong.
+        return Transaction.from_json(payload)

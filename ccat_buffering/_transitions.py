@@ -1,0 +1,392 @@
+"""How a buffered transaction moves through its states after :meth:`buffer`.
+
+The moves the background processor makes (claim, committed, failed,
+conflicted, paused), the replication tracker's (replicated) and the
+operators' (replay), each one atomic group, so that a crash between two of
+them leaves every transaction in a state the next processor understands. A
+part of :class:`~ccat_buffering.manager.TransactionManager`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ccat_buffering._entries import read_claims
+from ccat_buffering._recent_commits import RecentCommits
+from ccat_buffering.cache_writes import cache_writes as _cache_writes
+from ccat_buffering.cache_writes import generated_writes
+from ccat_buffering.logs import SiteLogger
+from ccat_buffering.lsn import LSN
+from ccat_buffering.models import Transaction, TransactionState, TransactionStatus
+from ccat_buffering.protocols import Backend, Claim
+from ccat_buffering.replays import read_letter, replay_set
+from ccat_buffering.retry import FailureKind, RetryPolicy, describe_error
+from ccat_buffering.status import StatusEvent, add_event, as_json, copied_status
+
+__all__ = ["CONFLICT_DELAY", "Delivery", "Transitions", "as_json", "buffered_status"]
+
+CONFLICT_DELAY = 0.05
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A claimed transaction on its way to the database.
+
+    Attributes:
+        claim: The buffer's claim on it.
+        transaction: The transaction, read from the claim's payload.
+        status: Its status when it was claimed.
+    """
+
+    claim: Claim
+    transaction: Transaction
+    status: TransactionStatus
+
+    @property
+    def transaction_id(self) -> str:
+        """The transaction's id."""
+        return self.transaction.transaction_id
+
+
+def buffered_status(transaction: Transaction, **changes: Any) -> TransactionStatus:
+    """A new status of ``transaction``: ``buffered``, with ``changes``."""
+    return TransactionStatus(
+        transaction_id=transaction.transaction_id,
+        endpoint=transaction.endpoint,
+        state=TransactionState.BUFFERED,
+        created_at=transaction.created_at,
+        **changes,
+    )
+
+
+# A transaction whose life is routine (buffered, processing, committed, replicated)
+# keeps no history: its status's times tell it, and statuses live in the buffer's
+# memory. The first event out of the routine starts the history (see _advance).
+_UNUSUAL = (TransactionState.RETRYING, TransactionState.FAILED)
+
+
+class Transitions:
+    """The moves of :class:`~ccat_buffering.manager.TransactionManager` after buffering."""
+
+    if TYPE_CHECKING:
+        backend: Backend
+        retry_policy: RetryPolicy
+        status_ttl: float
+        cache_ttl: float
+        max_payload_bytes: int | None
+        unreadable: int
+        recent_commits: RecentCommits
+
+        def now(self) -> dt.datetime:
+            """See :meth:`TransactionManager.now`."""
+
+        def _tell(self, statuses: Sequence[TransactionStatus]) -> None:
+            """See :meth:`TransactionManager._tell`."""
+
+    def _advance(
+        self,
+        status: TransactionStatus,
+        state: TransactionState,
+        *,
+        event: str | None = None,
+        note: str | None = None,
+        now: dt.datetime | None = None,
+        **changes: Any,
+    ) -> TransactionStatus:
+        now = now or self.now()
+        note = note or changes.get("last_error")
+        history = status.history
+        # A claim is no event: each attempt is recorded by how it ended.
+        claim = event is None and state is TransactionState.PROCESSING
+        if not claim and (history or event is not None or note is not None or state in _UNUSUAL):
+            # Built unvalidated: aware UTC times and plain text (run per transaction).
+            if not history:
+                # The story starts: it was buffered (the status's own time).
+                history = (StatusEvent.model_construct(at=status.created_at, event="buffered"),)
+            step = StatusEvent.model_construct(at=now, event=event or state.value, note=note)
+            history = add_event(history, step)
+        # Copied unvalidated: these values are already typed, and it runs per transaction.
+        return copied_status(
+            status, {**changes, "state": state, "updated_at": now, "history": history}
+        )
+
+    # -- what the processor calls --------------------------------------------
+
+    async def claim(self, count: int, lease_seconds: float) -> list[Delivery]:
+        """Claim transactions from the head and mark them ``processing``.
+
+        An entry that is not a readable transaction is dead-lettered at once
+        with its raw text and the error; it never blocks the queue.
+
+        Args:
+            count: At most this many.
+            lease_seconds: The claims' lease.
+
+        Returns:
+            The readable ones, in buffer order.
+        """
+        claims = await self.backend.buffer.claim(count, lease_seconds)
+        if not claims:
+            return []
+        parsed, unreadable = read_claims(claims, self.max_payload_bytes)
+        statuses = await self.backend.status.get_many([tx.transaction_id for _, tx in parsed])
+        refused = await self.backend.status.get_many(
+            [r.transaction_id for r in unreadable if r.transaction_id]
+        )
+        deliveries = []
+        async with self.backend.atomic() as batch:
+            for entry in unreadable:
+                batch.dead_letter(entry.claim.receipt, entry.reason, entry.transaction_id)
+                if entry.transaction_id is not None:
+                    old = refused.pop(0)
+                    if old is not None:
+                        failed = self._advance(
+                            old, TransactionState.FAILED, last_error=entry.reason
+                        )
+                        batch.put_status(failed, self.status_ttl)
+                    batch.release_cache([entry.transaction_id])
+            now = self.now()
+            for (claim, tx), old in zip(parsed, statuses, strict=True):
+                status = self._advance(
+                    old or buffered_status(tx), TransactionState.PROCESSING, now=now
+                )
+                batch.put_status(status, self.status_ttl)
+                deliveries.append(Delivery(claim, tx, status))
+        log = SiteLogger(__name__, self.backend.site)
+        for entry in unreadable:
+            # Every entry dead-lettered here is said, with the id to find it by.
+            self.unreadable += 1
+            known = entry.transaction_id or f"raw-{entry.claim.receipt}"
+            log.error(
+                "dead-lettered entry %s as %s: %s",
+                entry.claim.receipt,
+                known,
+                entry.reason,
+                transaction_id=known,
+            )
+        return deliveries
+
+    async def committed(
+        self,
+        deliveries: Sequence[Delivery],
+        commit_lsn: LSN | None,
+        generated: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+    ) -> list[TransactionStatus]:
+        """Record that the database holds these transactions, and acknowledge them.
+
+        Their caches stay until the replication tracker sees the replica
+        replay ``commit_lsn``. What the database computed for their creates
+        goes into their statuses, and each such row into the buffered data
+        cache under its generated key (released with the rest).
+
+        Args:
+            deliveries: Applied now, or found in the ledger.
+            commit_lsn: The batch's commit LSN, if the database has one.
+            generated: By transaction id, what the database computed for its
+                creates (see :attr:`~ccat_buffering.outcome.Outcome.generated`).
+
+        Returns:
+            Their new statuses, ``committed``.
+        """
+        now = self.now()
+        statuses = []
+        generated = generated or {}
+        note = None if commit_lsn is None else f"LSN {commit_lsn}"
+        async with self.backend.atomic() as batch:
+            for delivery in deliveries:
+                # A committed transaction carries no error of an earlier attempt:
+                # those stay in its history.
+                values = generated.get(delivery.transaction_id)
+                extra: dict[str, Any] = {"generated": as_json(values)} if values else {}
+                status = self._advance(
+                    delivery.status,
+                    TransactionState.COMMITTED,
+                    note=note,
+                    commit_lsn=commit_lsn,
+                    committed_at=now,
+                    last_error=None,
+                    now=now,
+                    **extra,
+                )
+                batch.put_status(status, self.status_ttl)
+                batch.ack(delivery.claim.receipt)
+                if values:
+                    writes = generated_writes(delivery.transaction, values)
+                    if writes:
+                        batch.write_cache(delivery.transaction_id, writes, self.cache_ttl)
+                statuses.append(status)
+        self.recent_commits.remember(statuses)
+        self._tell(statuses)
+        return statuses
+
+    async def failed(
+        self,
+        failures: Sequence[tuple[Delivery, BaseException, FailureKind]],
+        returned: Sequence[Delivery] = (),
+    ) -> list[TransactionStatus]:
+        """Record failed attempts: retry in place with backoff, or dead-letter.
+
+        Data errors count an attempt and are retried after the policy's delay
+        until attempts run out; conflicts are retried soon without counting;
+        permanent errors are dead-lettered at once. Those retried go back to
+        the head together with ``returned``, in their original buffer order,
+        and the head is held for the longest of their delays: nothing after a
+        retried transaction applies before it. A dead-lettered transaction's
+        caches are released: the site must not go on seeing a write that will
+        not happen.
+
+        Args:
+            failures: Each transaction, its error, and whose fault it was (not
+                an outage: see :meth:`paused`), in buffer order.
+            returned: Claimed transactions left unapplied behind a failure;
+                they go back ``buffered``, counting nothing.
+
+        Returns:
+            The new statuses of ``failures``, ``retrying`` or ``failed``.
+        """
+        statuses = []
+        retry: list[str] = [d.claim.receipt for d in returned]
+        delay = 0.0
+        async with self.backend.atomic() as batch:
+            for delivery in returned:
+                waits = self._advance(
+                    delivery.status,
+                    TransactionState.BUFFERED,
+                    last_error="returned unapplied: an earlier transaction is retried first",
+                )
+                batch.put_status(waits, self.status_ttl)
+            for delivery, error, kind in failures:
+                message = describe_error(error)
+                attempts = delivery.status.attempts + (kind is FailureKind.DATA)
+                dead = kind is FailureKind.PERMANENT or (
+                    kind is FailureKind.DATA and self.retry_policy.exhausted(attempts)
+                )
+                state = TransactionState.FAILED if dead else TransactionState.RETRYING
+                status = self._advance(
+                    delivery.status, state, attempts=attempts, last_error=message
+                )
+                if dead:
+                    batch.dead_letter(delivery.claim.receipt, message, delivery.transaction_id)
+                    batch.release_cache([delivery.transaction_id])
+                else:
+                    retry.append(delivery.claim.receipt)
+                    wait = (
+                        self.retry_policy.delay(attempts)
+                        if kind is FailureKind.DATA
+                        else CONFLICT_DELAY
+                    )
+                    delay = max(delay, wait)
+                batch.put_status(status, self.status_ttl)
+                statuses.append(status)
+            if retry:
+                batch.retry_later(retry, delay)
+        self._tell(statuses)
+        return statuses
+
+    async def conflicted(
+        self, deliveries: Sequence[tuple[Delivery, str]]
+    ) -> list[TransactionStatus]:
+        """Take conflicted transactions out of the queue, ``conflicted``, in one group.
+
+        The queue moves on at once: the main database's conflict log holds each
+        one (with the transaction) until an operator resolves it. Its caches
+        are released, so that the site's reads stop showing a write that did
+        not happen; its status stays (no TTL while it is unresolved).
+
+        Args:
+            deliveries: Each transaction and what it met (base/mine/theirs), in
+                buffer order.
+
+        Returns:
+            Their new statuses.
+        """
+        statuses = []
+        async with self.backend.atomic() as batch:
+            for delivery, reason in deliveries:
+                status = self._advance(
+                    delivery.status, TransactionState.CONFLICTED, last_error=reason
+                )
+                batch.put_status(status, self.status_ttl)
+                batch.ack(delivery.claim.receipt)
+                statuses.append(status)
+            batch.release_cache([d.transaction_id for d, _ in deliveries])
+        self._tell(statuses)
+        return statuses
+
+    async def paused(self, deliveries: Sequence[Delivery], cause: str) -> None:
+        """Return claimed transactions to the head during an outage, counting nothing.
+
+        Args:
+            deliveries: In buffer order.
+            cause: Why the database could not be reached.
+        """
+        async with self.backend.atomic() as batch:
+            batch.retry_later([d.claim.receipt for d in deliveries], 0)
+            for delivery in deliveries:
+                status = self._advance(
+                    delivery.status, TransactionState.BUFFERED, event="outage pause", note=cause
+                )
+                batch.put_status(status, self.status_ttl)
+
+    # -- what the replication tracker calls ---------------------------------
+
+    async def replicated(self, statuses: Sequence[TransactionStatus]) -> None:
+        """Mark transactions ``replicated`` and release their caches, in one group."""
+        now = self.now()
+        done = [
+            self._advance(s, TransactionState.REPLICATED, replicated_at=now, now=now)
+            for s in statuses
+        ]
+        async with self.backend.atomic() as batch:
+            for status in done:
+                batch.put_status(status, self.status_ttl)
+            batch.release_cache([s.transaction_id for s in statuses])
+        self.recent_commits.forget(s.transaction_id for s in statuses)
+        self._tell(done)
+
+    # -- what operators call -------------------------------------------------
+
+    async def replay(self, letter_ids: Sequence[str] | None = None) -> list[str]:
+        """Put dead letters back at the head of the buffer, in their original buffer order.
+
+        The letters named go back with their dependents among the dead letters
+        (see :mod:`ccat_buffering.replays`), ahead of everything waiting, the
+        oldest first. Readable transactions get a ``buffered`` status (attempts
+        reset) and their caches back; unreadable entries are replayed as they
+        are and will be dead-lettered again unless fixed.
+
+        Args:
+            letter_ids: Letters to replay; ``None`` for all.
+
+        Returns:
+            The ids of the letters replayed, in the order they will be claimed.
+        """
+        letters = replay_set(await self.backend.dead_letters.list(), letter_ids)
+        # The statuses of failed transactions expire; where one is left, its history goes on.
+        known = await self.backend.status.get_many(
+            [letter.transaction_id or letter.letter_id for letter in letters]
+        )
+        before = {s.transaction_id: s for s in known if s is not None}
+        async with self.backend.atomic() as batch:
+            # Each staged replay goes to the head: the last staged is claimed first.
+            for letter in reversed(letters):
+                tx = read_letter(letter)
+                if tx is None:
+                    batch.replay(letter.letter_id)
+                    continue
+                old = before.get(tx.transaction_id) or buffered_status(tx)
+                status = self._advance(
+                    old,
+                    TransactionState.BUFFERED,
+                    event="replayed",
+                    note=f"after: {letter.reason}",
+                    attempts=0,
+                    last_error=None,
+                )
+                batch.put_status(status, self.status_ttl)
+                batch.write_cache(tx.transaction_id, _cache_writes(tx), self.cache_ttl)
+                batch.replay(letter.letter_id)
+        return [letter.letter_id for letter in letters]

@@ -1,0 +1,234 @@
+"""The write path of :class:`~ccat_buffering_redis.backend.RedisBackend`: groups to ``APPLY``.
+
+``Backend.atomic()`` stages a group of commands (see :mod:`ccat_buffering_redis._frame`);
+closing it sends the group, coalesced with those of concurrent callers (see
+:mod:`ccat_buffering_redis._coalescer`), in one ``EVALSHA`` of ``APPLY``; each
+group's result or refusal reaches its own caller. With ``min_replicas``, the
+``WAIT`` goes in the same round trip (see :mod:`ccat_buffering_redis._replicas`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from ccat_buffering import checks
+from ccat_buffering._checks import check_duration, check_payload, check_status, check_writes
+from ccat_buffering.errors import (
+    BackendError,
+    BackendFullError,
+    BackendUnavailableError,
+    ConfigurationError,
+    WriteNotReplicatedError,
+)
+from ccat_buffering.models import TransactionStatus
+from ccat_buffering.protocols import CacheWrite
+from ccat_buffering_redis._frame import (
+    Command,
+    cache_command,
+    command,
+    dead_command,
+    frame,
+    release_command,
+    retry_command,
+    status_command,
+)
+from ccat_buffering_redis._memory import POLICY_RECHECK_SECONDS
+from ccat_buffering_redis._parts import BackendPart
+from ccat_buffering_redis._replicas import apply_and_wait, not_replicated_message
+from ccat_buffering_redis._values import as_text
+from ccat_buffering_redis.compression import entry_bytes
+
+if TYPE_CHECKING:
+    from ccat_buffering_redis._coalescer import Coalescer
+
+__all__ = ["RedisWriteBatch", "RedisWrites"]
+
+log = logging.getLogger(__name__)
+
+
+class RedisWrites(BackendPart):
+    """The write path of :class:`~ccat_buffering_redis.backend.RedisBackend`."""
+
+    if TYPE_CHECKING:
+        min_replicas: int
+        min_replicas_timeout: float
+        compression: str | None
+        refused_full_at: float | None
+        _scripts: dict[str, Any]
+        _coalescer: Coalescer | None
+        _unlearned: dict[str, tuple[str, ...]]
+        _policy_checked_at: float
+        _eviction_problem: str | None
+
+        async def check_policy(self) -> str | None:
+            """See :meth:`RedisBackend.check_policy`."""
+
+        async def follow_master(self) -> None:
+            """See :meth:`RedisBackend.follow_master`."""
+
+    def _full_message(self, detail: str) -> str:
+        return (
+            f"{self.where} is full and refuses new writes ({detail.rstrip('.')}); nothing of "
+            "this write was stored. The drain still frees memory: submit again once it has "
+            "drained, or raise maxmemory (see the Redis page of the docs)"
+        )
+
+    async def _apply_groups(self, groups: list[list[Command]]) -> list[int | BackendError]:
+        waits = self.min_replicas > 0 and any(op.buffers for group in groups for op in group)
+        try:
+            if waits:
+                with self.translate():
+                    reply, acked = await apply_and_wait(
+                        self.client,
+                        self._scripts["apply"],
+                        [self.keys.buffer],
+                        [self.keys.prefix, *frame(groups)],
+                        self.min_replicas,
+                        self.min_replicas_timeout,
+                    )
+            else:
+                reply, acked = await self.script("apply", *frame(groups)), 0
+        except BackendUnavailableError as exc:
+            raise BackendUnavailableError(
+                f"{exc}: the write may or may not have been stored. Submitting the same "
+                "transaction object again is safe: the ledger applies it once"
+            ) from exc.__cause__
+        unreplicated = waits and acked < self.min_replicas
+        results: list[int | BackendError] = []
+        for group, item in zip(groups, reply, strict=True):
+            if not isinstance(item, bytes | str):
+                if unreplicated and any(op.buffers for op in group):
+                    # Written on the master, not on enough replicas: not acknowledged.
+                    results.append(
+                        WriteNotReplicatedError(
+                            not_replicated_message(
+                                self.where, self.min_replicas, acked, self.min_replicas_timeout
+                            )
+                        )
+                    )
+                else:
+                    results.append(int(item))
+            elif (text := as_text(item)).startswith("full: "):
+                self.refused_full_at = time.monotonic()
+                results.append(BackendFullError(self._full_message(text.removeprefix("full: "))))
+            elif (text := as_text(item)).startswith("failed: "):
+                results.append(
+                    BackendError(
+                        f"{self.where} failed partway through a write group, which may be "
+                        f"partly written: {text.removeprefix('failed: ')}"
+                    )
+                )
+            else:
+                # The script refused this group whole, before writing any of it.
+                results.append(BackendError(f"{self.where} refused a write group: {text}"))
+        return results
+
+    async def apply(self, ops: list[Command]) -> int:
+        """Apply one atomic group of operations.
+
+        Returns:
+            How many entries the group's operations touched.
+
+        Raises:
+            ConfigurationError: The group buffers and Redis evicts keys.
+            BackendFullError: The group buffers and Redis is out of memory.
+        """
+        if time.monotonic() - self._policy_checked_at > POLICY_RECHECK_SECONDS and any(
+            op.buffers for op in ops
+        ):
+            await self.check_policy()
+            await self.follow_master()
+        if self._eviction_problem is not None and any(op.buffers for op in ops):
+            raise ConfigurationError(self._eviction_problem)
+        if self._coalescer is not None:
+            result = await self._coalescer.submit(ops)
+        else:
+            (outcome,) = await self._apply_groups([ops])
+            if isinstance(outcome, BackendError):
+                raise outcome
+            result = outcome
+        if self._unlearned:
+            await self._learn_configured(ops)
+        return result
+
+    async def _learn_configured(self, ops: list[Command]) -> None:
+        """Index the ``indexed_fields`` of the models ``ops`` wrote, once per model."""
+        for model in {m for op in ops for m in op.models if m in self._unlearned}:
+            fields = self._unlearned.pop(model)
+            try:
+                await self.script("cache_learn", model, *fields)
+            except BackendError as exc:
+                # The write stands; find() learns the fields on its first call instead.
+                log.warning(
+                    "could not index %s of %s yet: %s",
+                    fields,
+                    model,
+                    exc,
+                    extra={"site": self.site},
+                )
+
+    @asynccontextmanager
+    async def atomic(self) -> AsyncIterator[RedisWriteBatch]:
+        """See :meth:`ccat_buffering.protocols.Backend.atomic`."""
+        batch = RedisWriteBatch(self.compression)
+        yield batch
+        if batch.ops:
+            await self.apply(batch.ops)
+
+
+class RedisWriteBatch:
+    """:class:`~ccat_buffering.protocols.WriteBatch` that stages script operations.
+
+    Args:
+        compression: How to store queue entries (see :mod:`ccat_buffering_redis.compression`).
+    """
+
+    def __init__(self, compression: str | None = None) -> None:
+        self.ops: list[Command] = []
+        self.compression = compression
+
+    def push(self, payload: str) -> None:
+        """Stage a push."""
+        check_payload(payload)
+        self.ops.append(command("push", blobs=(entry_bytes(payload, self.compression),)))
+
+    def ack(self, receipt: str) -> None:
+        """Stage an ack."""
+        checks.check_receipts([receipt])
+        self.ops.append(command("ack", blobs=(receipt,)))
+
+    def retry_later(self, receipts: Sequence[str], delay_seconds: float) -> None:
+        """Stage a retry."""
+        self.ops.append(retry_command(receipts, delay_seconds))
+
+    def dead_letter(self, receipt: str, reason: str, transaction_id: str | None) -> None:
+        """Stage a move to the dead letters."""
+        self.ops.append(dead_command(receipt, reason, transaction_id))
+
+    def replay(self, letter_id: str) -> None:
+        """Stage the replay of one letter."""
+        checks.check_letter_ids([letter_id])
+        self.ops.append(command("replay", blobs=(letter_id,)))
+
+    def put_status(self, status: TransactionStatus, ttl_seconds: float) -> None:
+        """Stage a status."""
+        check_status(status)
+        check_duration(ttl_seconds, "ttl_seconds")
+        self.ops.append(status_command(status, ttl_seconds))
+
+    def write_cache(
+        self, transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float
+    ) -> None:
+        """Stage cache writes."""
+        writes = list(writes)
+        check_writes(transaction_id, writes)
+        check_duration(ttl_seconds, "ttl_seconds")
+        self.ops.append(cache_command(transaction_id, writes, ttl_seconds))
+
+    def release_cache(self, transaction_ids: Sequence[str]) -> None:
+        """Stage a cache release."""
+        self.ops.append(release_command(transaction_ids))
