@@ -46,7 +46,7 @@ from ccat_buffering.manager import as_json
 from ccat_buffering.masking import mask_url
 from ccat_buffering.models import Transaction, TransactionState, TransactionStatus, utc_now
 from ccat_buffering.processor import STOP_GRACE, BackgroundProcessor
-from ccat_buffering.protocols import Backend
+from ccat_buffering.protocols import AuditProgress, Backend
 from ccat_buffering.reads import Reads
 from ccat_buffering.registry import ModelRegistry
 from ccat_buffering.replication import (
@@ -417,12 +417,15 @@ class BufferingCoordinator:
             self.activity.waiting -= 1
             self.activity.waits[outcome] += 1
 
-    async def health(self, *, audit: bool = False) -> Health:
+    async def health(
+        self, *, audit: bool = False, audit_progress: AuditProgress | None = None
+    ) -> Health:
         """The site at a glance, with the warnings an operator must see.
 
         Args:
             audit: Look for keys without a TTL (scans every key of the site:
                 slow on a large buffer, so off unless asked for).
+            audit_progress: Told how far the audit's scan has gone.
         """
         return await collect(
             self.settings,
@@ -431,6 +434,7 @@ class BufferingCoordinator:
             self.tracker,
             audit=audit,
             watch=self.watch if self.settings.site_type == "secondary" else None,
+            audit_progress=audit_progress,
         )
 
     async def buffer_losses(self) -> list[BufferLoss]:
