@@ -42,9 +42,9 @@ pytest: $(STAMP) $(CHROMIUM)
 docs: $(STAMP)
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 
-## bench: run the benchmarks and print their ratios
+## bench: run the benchmarks, print their ratios and regenerate docs/_bench_results.rst
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	cd bench && ../$(BIN)/python run.py --rst ../docs/_bench_results.rst
 
 clean:
 	rm -rf $(VENV) docs/_build .pytest_cache .mypy_cache .ruff_cache

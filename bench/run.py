@@ -1,30 +1,39 @@
-"""Benchmarks on the embedded default (memory backend + SQLite), as ratios to baselines.
+"""Every benchmark in one run, and the tables of ``docs/benchmarks.rst`` from that run.
 
-Every figure is measured in the same run as its baseline, so the ratio holds on
-a shared, noisy machine even where the absolute rates do not.
+Each figure is measured in the same run as its baseline, in interleaved
+rounds, so the ratio holds on a shared, noisy machine even where the absolute
+rates do not.
 
-* buffer: ``TransactionManager.buffer()`` (validation, serialisation, queue entry,
-  status and both caches in one atomic group) against the bare minimum of
-  serialising the transaction and appending it to a deque.
-* drain: the processor claiming and applying 100 transactions per database
-  transaction (savepoint each) against the origin's shape, one transaction
-  per claim, commit and status; with the ledger on and off.
+The sections, each skipped with the reason when its server is missing:
 
-Then the Redis benchmarks of :mod:`redis_bench` (skipped when Redis cannot be
-reached): ``TransactionManager`` on ``RedisBackend`` against raw ``LPUSH``, the
-origin's four commands and arq, and Redis memory per buffered transaction.
+* **embedded**: ``TransactionManager.buffer()`` on the memory backend against
+  serialising the transaction and appending it to a deque; the processor
+  draining into SQLite in batches of 100 (ledger on, and off) against the
+  origin's shape, one transaction per claim and commit.
+* **redis** (:mod:`redis_bench`): ``submit()``/``buffer()`` on Redis against the
+  one-EVALSHA limit and the origin's flows, latency, memory per transaction.
+* **drain** (:mod:`drain_bench`), **replication** (:mod:`replication_bench`),
+  **wan** (:mod:`wan_bench`: the drain through a delay relay against the
+  one-round-trip floor, the default settings against the floor at the batch
+  size they chose), **reads** (:mod:`reads_bench`) and **status**
+  (:mod:`status_bench`: ``status`` with the main database 200 ms away and
+  ``status --audit`` by buffer size).
 
-Then the PostgreSQL drain of :mod:`drain_bench` (batches with the ledger against
-the origin's one-at-a-time shape), the replication timing of
-:mod:`replication_bench` (commit to visible on a streaming replica the run
-starts), the drain over a delay relay at 0, 50, 200 and 500 ms round trip
-of :mod:`wan_bench` (against the one-round-trip floor), and the reads of
-:mod:`reads_bench` (a filtered ``Reads.list`` with 1,000, 10,000 and 40,000
-buffered records against none), each skipped with the reason when its server
-is missing.
+**The result format.** A benchmark's ``main`` (``run`` for ``redis_bench``)
+prints its own table and returns a list of :class:`_ratios.Row`: a name,
+min / median / max over interleaved rounds, the unit (``x`` for a ratio) and
+what it is compared with, plus min / median / max of the per-round ratio
+where the value is not itself one. Build rows with ``Row.of(name, values,
+unit=..., baseline=..., ratio=...)``; see ``bench/_ratios.py``. ``run.py``
+prints every row again at the end, and with ``--rst`` writes each section's
+rows as a ``list-table`` and its printed output as a literal block to the
+file that ``docs/benchmarks.rst`` includes (``docs/_bench_results.rst``), with
+the command and the machine: every number in that page comes from one run.
+A benchmark that returns nothing (or rows of text) still has its printed
+output in the file.
 
-Run with ``make bench`` or ``python bench/run.py [--transactions N]
-[--memory-transactions N] [--seconds S] [--rounds R] [--redis-url URL]``.
+Run: ``make bench``, or ``python bench/run.py [--rounds R] [--only a,b]
+[--rst docs/_bench_results.rst] [--transactions N] [--quick]``.
 """
 
 from __future__ import annotations
@@ -32,15 +41,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
+import datetime as dt
+import io
+import os
+import platform
+import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import drain_bench
-import reads_bench
-import redis_bench
-import replication_bench
-import wan_bench
+from _ratios import Row, print_rows, rst_table
 
 from ccat_buffering.buffer.manager import TransactionManager
 from ccat_buffering.demo._workload import add_observation
@@ -55,8 +69,6 @@ from ccat_buffering_memory import MemoryBackend
 
 
 def _transactions(n: int, offset: int = 0) -> list[Transaction]:
-    import datetime as dt
-
     out = []
     for i in range(offset, offset + n):
         tx = TransactionBuilder("start_observation")
@@ -65,7 +77,8 @@ def _transactions(n: int, offset: int = 0) -> list[Transaction]:
     return out
 
 
-async def bench_buffer(n: int) -> tuple[float, float]:
+async def _buffer_round(n: int) -> tuple[float, float]:
+    """Ours and the baseline, tx/s, one round."""
     txs = _transactions(n)
     queue: collections.deque[str] = collections.deque()
     began = time.perf_counter()
@@ -76,12 +89,11 @@ async def bench_buffer(n: int) -> tuple[float, float]:
     began = time.perf_counter()
     for tx in txs:
         await manager.buffer(tx)
-    ours = n / (time.perf_counter() - began)
-    return ours, baseline
+    return n / (time.perf_counter() - began), baseline
 
 
-async def bench_drain(n: int, batch_size: int, ledger: bool, workdir: Path) -> float:
-    path = workdir / f"drain-{batch_size}-{ledger}.db"
+async def _drain_rate(n: int, batch_size: int, ledger: bool, workdir: Path) -> float:
+    path = workdir / f"drain-{batch_size}-{ledger}-{time.monotonic_ns()}.db"
     engine = create_engine(f"sqlite+aiosqlite:///{path}")
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
@@ -91,60 +103,214 @@ async def bench_drain(n: int, batch_size: int, ledger: bool, workdir: Path) -> f
     manager = TransactionManager(MemoryBackend("bench"), registry=registry)
     await manager.buffer_many(_transactions(n))
     processor = BackgroundProcessor(manager, executor, batch_size=batch_size)
-    rate = await drain_bench.drained_per_second(processor, n)
+    began, done = time.perf_counter(), 0
+    while done < n:
+        done += await processor.run_once()
     await engine.dispose()
-    return rate
+    return n / (time.perf_counter() - began)
 
 
-async def main(n: int) -> None:
-    rows: list[tuple[str, str, str, str]] = []
-    ours, baseline = await bench_buffer(n)
-    rows.append(
-        ("buffer() on memory", f"{ours:,.0f}/s", f"{baseline:,.0f}/s", f"{ours / baseline:.2f}x")
-    )
+async def embedded(n: int, rounds: int) -> list[Row]:
+    """The memory backend and SQLite, ours against the baselines in interleaved rounds."""
+    buffered: list[tuple[float, float]] = []
+    drains: dict[str, list[float]] = {"single": [], "on": [], "off": []}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        single = await bench_drain(n // 4, 1, True, workdir)
-        batched = await bench_drain(n, 100, True, workdir)
-        no_ledger = await bench_drain(n, 100, False, workdir)
-    rows.append(
-        (
-            "drain, batch 100, ledger on",
-            f"{batched:,.0f}/s",
-            f"{single:,.0f}/s",
-            f"{batched / single:.2f}x",
-        )
+        for _ in range(rounds):
+            buffered.append(await _buffer_round(n))
+            drains["single"].append(await _drain_rate(max(n // 10, 100), 1, True, workdir))
+            drains["on"].append(await _drain_rate(n, 100, True, workdir))
+            drains["off"].append(await _drain_rate(n, 100, False, workdir))
+    single = drains["single"]
+    rows = [
+        Row.of(
+            "buffer() on memory",
+            [o for o, _ in buffered],
+            unit="tx/s",
+            baseline="deque.append(to_json())",
+            ratio=[o / b for o, b in buffered],
+        ),
+        *(
+            Row.of(
+                f"drain into SQLite, batch 100, ledger {key}",
+                drains[key],
+                unit="tx/s",
+                baseline="one per claim and commit",
+                ratio=[a / b for a, b in zip(drains[key], single, strict=True)],
+            )
+            for key in ("on", "off")
+        ),
+    ]
+    print(f"memory backend + SQLite, {n} transactions, {rounds} interleaved rounds")
+    print_rows(rows)
+    return rows
+
+
+class _Tee(io.TextIOBase):
+    """Writes to the terminal and keeps a copy."""
+
+    def __init__(self, out: Any) -> None:
+        self.out, self.kept = out, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.out.write(text)
+        return self.kept.write(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+@dataclass
+class Section:
+    """One benchmark's part of the run."""
+
+    key: str
+    title: str
+    command: str
+    run: Callable[[], Awaitable[Any]]
+    rows: list[Row] = field(default_factory=list)
+    output: str = ""
+    seconds: float = 0.0
+
+
+def _sections(args: argparse.Namespace) -> list[Section]:
+    # Imported here: each pulls its own drivers, and a section left out needs none of them.
+    import drain_bench
+    import reads_bench
+    import redis_bench
+    import replication_bench
+    import status_bench
+    import wan_bench
+
+    n, rounds = args.transactions, args.rounds
+    rtts = [0, 200] if args.quick else [0, 50, 200, 500]
+    sizes = [3000, 10000] if args.quick else [30000, 100000]
+    opts = redis_bench.Options.from_args(args)
+    return [
+        Section(
+            "embedded",
+            "Embedded default (memory backend, SQLite)",
+            f"bench/run.py --only embedded --transactions {n} --rounds {rounds}",
+            lambda: embedded(n, rounds),
+        ),
+        Section(
+            "redis",
+            "Buffering on Redis",
+            f"bench/redis_bench.py --seconds {opts.seconds} --rounds {opts.rounds} "
+            f"--memory-transactions {opts.memory_transactions}",
+            lambda: redis_bench.run(opts),
+        ),
+        Section(
+            "drain",
+            "PostgreSQL drain",
+            f"bench/drain_bench.py --transactions {n}",
+            lambda: drain_bench.main(n),
+        ),
+        Section(
+            "replication",
+            "Replication",
+            "bench/replication_bench.py --transactions 1000",
+            lambda: replication_bench.main(1000),
+        ),
+        Section(
+            "wan",
+            "The drain over a long-haul link",
+            f"bench/wan_bench.py --rtt {','.join(map(str, rtts))}",
+            lambda: wan_bench.main(rtts),
+        ),
+        Section(
+            "reads",
+            "Reads",
+            "bench/reads_bench.py --rounds 200 --sizes 1000,10000,40000",
+            lambda: reads_bench.main(200, [1000, 10000, 40000]),
+        ),
+        Section(
+            "status",
+            "Operator reads: status and status --audit",
+            f"bench/status_bench.py --rtt 200 --rounds {rounds} "
+            f"--audit-sizes {','.join(map(str, sizes))}",
+            lambda: status_bench.main(200.0, rounds, sizes),
+        ),
+    ]
+
+
+def _machine() -> str:
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"{platform.node()}: {platform.system()} {platform.release()}, "
+        f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
+        f"Python {platform.python_version()}, load average {load} at the end"
     )
-    rows.append(
-        (
-            "drain, batch 100, ledger off",
-            f"{no_ledger:,.0f}/s",
-            f"{single:,.0f}/s",
-            f"{no_ledger / single:.2f}x",
-        )
+
+
+def _rst(sections: list[Section], command: str) -> str:
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        ".. Generated by bench/run.py: do not edit; run it again.",
+        "",
+        f"Measured by ``{command}`` on {when}, on {_machine()}.",
+        "",
+    ]
+    for section in sections:
+        lines += [section.title, "~" * len(section.title), ""]
+        lines += [f"``{section.command}`` ({section.seconds:.0f} s):", ""]
+        if section.rows:
+            lines += [rst_table(section.rows, section.title), ""]
+            continue  # its printed table says the same
+        text = section.output.strip("\n") or "(no output)"
+        lines += [".. code-block:: text", ""]
+        lines += [("   " + line).rstrip() for line in text.splitlines()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+async def _awaited(run: Callable[[], Awaitable[Any]], timeout: float) -> Any:
+    return await asyncio.wait_for(run(), timeout)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import redis_bench
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--transactions", type=int, default=4000)
+    parser.add_argument("--only", default="", help="Sections to run, comma-separated.")
+    parser.add_argument("--rst", type=Path, help="Write the docs' results file here.")
+    parser.add_argument(
+        "--quick", action="store_true", help="Fewer round-trip times and smaller audits."
     )
-    header = ("benchmark", "ours", "baseline", "ratio")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    print(f"transactions: {n} (drain baseline: one per claim and commit, on {n // 4})")
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    parser.add_argument(
+        "--section-timeout", type=float, default=1500.0, help="Seconds a section may take."
+    )
+    redis_bench.add_arguments(parser)
+    args = parser.parse_args(argv)
+    wanted = {s for s in args.only.split(",") if s}
+    sections = [s for s in _sections(args) if not wanted or s.key in wanted]
+    for section in sections:
+        print(f"\n== {section.title}", flush=True)
+        tee = _Tee(sys.stdout)
+        began = time.perf_counter()
+        with contextlib.redirect_stdout(tee):
+            try:
+                result: Any = asyncio.run(_awaited(section.run, args.section_timeout))
+            except TimeoutError:  # a benchmark that hangs must not take the others with it
+                print(f"{section.title}: stopped after {args.section_timeout:.0f} s (hung)")
+                result = None
+            except Exception as exc:  # a missing server: say so and go on
+                print(f"{section.title}: skipped ({type(exc).__name__}: {exc})")
+                result = None
+        section.seconds = time.perf_counter() - began
+        section.output = tee.kept.getvalue()
+        section.rows = [r for r in result or [] if isinstance(r, Row)]
+    rows = [r for s in sections for r in s.rows]
+    if rows:
+        print("\n== every figure (min / median / max over interleaved rounds)")
+        print_rows(rows)
+    if args.rst is not None:
+        command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        args.rst.write_text(_rst(sections, command.strip()) + "\n")
+        print(f"\nwrote {args.rst}")
+    print(f"{len(sections)} section(s) in {sum(s.seconds for s in sections):.0f} s")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--transactions", type=int, default=4000)
-    redis_bench.add_arguments(parser)
-    args = parser.parse_args()
-    asyncio.run(main(args.transactions))
-    asyncio.run(redis_bench.run(redis_bench.Options.from_args(args)))
-    for title, bench in (
-        ("PostgreSQL drain", lambda: drain_bench.main(args.transactions)),
-        ("replication", lambda: replication_bench.main(1000)),
-        ("drain over a long-haul link", lambda: wan_bench.main([0, 50, 200, 500])),
-        ("reads", lambda: reads_bench.main(200, [1000, 10000, 40000])),
-    ):
-        print()
-        try:
-            asyncio.run(bench())
-        except Exception as exc:  # a missing server: say so and go on
-            print(f"{title}: skipped ({type(exc).__name__}: {exc})")
+    main()

@@ -9,12 +9,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ccat_buffering.buffer.protocols import KeyInfo
+from ccat_buffering.buffer.protocols import AuditProgress, KeyInfo
 from ccat_buffering_redis._parts import BackendPart
 from ccat_buffering_redis._values import as_text, record_creator, record_transactions
 from ccat_buffering_redis.compression import entry_text
+from ccat_buffering_redis.keys import SUFFIXES
 
-__all__ = ["RedisInspection"]
+__all__ = ["AUDIT_CHUNK", "RedisInspection"]
+
+AUDIT_CHUNK = 2000
+"""Keys per ``SCAN`` of the audit, and per look at their TTLs."""
+
+_ENDLESS = """
+local endless = {}
+for _, key in ipairs(KEYS) do
+  if redis.call('PTTL', key) == -1 then endless[#endless + 1] = key end
+end
+return endless
+"""
+"""The keys of ``KEYS`` without a TTL (each of the site's slot: one call in a Cluster too)."""
 
 
 class RedisInspection(BackendPart):
@@ -23,12 +36,17 @@ class RedisInspection(BackendPart):
     async def _describe_keys(self, keys: Sequence[str]) -> list[KeyInfo]:
         infos = []
         with self.translate():
-            for key in keys:
-                ttl = await self.client.pttl(key)
-                if ttl == -2:
-                    continue  # gone, or expired meanwhile
-                kind = as_text(await self.client.type(key))
-                infos.append(KeyInfo(key, kind, None if ttl < 0 else ttl / 1000))
+            for start in range(0, len(keys), AUDIT_CHUNK):
+                chunk = keys[start : start + AUDIT_CHUNK]
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for key in chunk:
+                        pipe.pttl(key)
+                        pipe.type(key)
+                    replies = await pipe.execute()
+                for key, ttl, kind in zip(chunk, replies[::2], replies[1::2], strict=True):
+                    if ttl == -2:
+                        continue  # gone, or expired meanwhile
+                    infos.append(KeyInfo(key, as_text(kind), None if ttl < 0 else ttl / 1000))
         return infos
 
     async def find_payload(self, transaction_id: str) -> str | None:
@@ -77,19 +95,64 @@ class RedisInspection(BackendPart):
                     keys.append(ids)
         return await self._describe_keys(keys)
 
-    async def audit_keys(self) -> list[KeyInfo]:
-        """See :meth:`ccat_buffering.buffer.protocols.SupportsKeyAudit.audit_keys`."""
+    async def audit_keys(self, progress: AuditProgress | None = None) -> list[KeyInfo]:
+        """See :meth:`ccat_buffering.buffer.protocols.SupportsKeyAudit.audit_keys`.
+
+        One ``SCAN`` of :data:`AUDIT_CHUNK` keys, then one script that keeps
+        those without a TTL (``PTTL`` in Redis: parsing a reply per key cost
+        more than the round trips) and one ``MGET`` of the statuses among
+        them: three round trips per chunk, not two per key (300k buffered
+        transactions took 208-252 s one key at a time).
+        """
         bounded = self.keys.bounded()
-        leaks = []
+        buckets = self.keys.prefix + SUFFIXES["state"]  # the state buckets: bounded too
+        leaks: list[str] = []
         with self.translate():
-            async for raw in self.client.scan_iter(match=self.keys.pattern(), count=1000):
-                key = as_text(raw)
-                if key in bounded or self.keys.is_bounded(key) or await self.client.pttl(key) != -1:
-                    continue
-                transaction_id = self.keys.status_id(key)
-                if transaction_id is not None:
-                    status = await self.status.get(transaction_id)
-                    if status is not None and not status.state.is_terminal:
-                        continue
-                leaks.append(key)
+            total = int(await self.client.dbsize()) if progress is not None else 0
+            cursor, visited = 0, 0
+            while True:
+                cursor, raw = await self.client.scan(
+                    cursor, match=self.keys.pattern(), count=AUDIT_CHUNK
+                )
+                keys = [
+                    key
+                    for key in map(as_text, raw)
+                    # is_bounded only where it can be true: it costs more than the rest.
+                    if key not in bounded
+                    and not (key.startswith(buckets) and self.keys.is_bounded(key))
+                ]
+                leaks += await self._without_ttl(keys)
+                visited += AUDIT_CHUNK
+                if progress is not None:
+                    progress(total if cursor == 0 else min(visited, total), total)
+                if cursor == 0:
+                    break
         return await self._describe_keys(leaks)
+
+    async def _without_ttl(self, keys: list[str]) -> list[str]:
+        """The keys of one chunk that have no TTL and should have one."""
+        if not keys:
+            return []
+        endless = [as_text(k) for k in await self.client.eval(_ENDLESS, len(keys), *keys)]
+        # A status has no TTL while its transaction is unfinished: read those in one MGET.
+        ids = {k: t for k in endless if (t := self.keys.status_id(k)) is not None}
+        unfinished = await self._unfinished(ids)
+        return [k for k in endless if k not in unfinished]
+
+    async def _unfinished(self, ids: dict[str, str]) -> set[str]:
+        """The status keys of ``ids`` (key: transaction id) whose transaction is unfinished."""
+        try:
+            statuses = await self.status.get_many(list(ids.values()))
+        except ValueError:
+            # One unreadable status: read them one by one; the unreadable one is a leak.
+            statuses = []
+            for transaction_id in ids.values():
+                try:
+                    statuses.append(await self.status.get(transaction_id))
+                except ValueError:
+                    statuses.append(None)
+        return {
+            key
+            for key, status in zip(ids, statuses, strict=True)
+            if status is not None and not status.state.is_terminal
+        }

@@ -32,7 +32,14 @@ extensions = [
 # to Python, pydantic or SQLAlchemy names stay plain text, so nitpicky is off.
 nitpicky = False
 
-exclude_patterns = ["_build", "_settings.rst", "_type_matrix.rst", "Thumbs.db", ".DS_Store"]
+exclude_patterns = [
+    "_build",
+    "_settings.rst",
+    "_type_matrix.rst",
+    "_bench_results.rst",
+    "Thumbs.db",
+    ".DS_Store",
+]
 templates_path: list[str] = []
 
 # -- autodoc -----------------------------------------------------------------

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import builtins
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self, runtime_checkable
@@ -28,6 +28,7 @@ from ccat_buffering.masking import mask_text
 from ccat_buffering.write.models import TransactionState, TransactionStatus
 
 __all__ = [
+    "AuditProgress",
     "Backend",
     "BufferStats",
     "BufferStore",
@@ -663,14 +664,22 @@ class SupportsInspection(Protocol):
         ...
 
 
+AuditProgress = Callable[[int, int], None]
+"""``progress(done, total)`` of a key audit: keys looked at so far, and about how many in all."""
+
+
 @runtime_checkable
 class SupportsKeyAudit(Protocol):
     """Capability: a backend with keys that can be audited, for ``ccat-buffering keys audit``."""
 
-    async def audit_keys(self) -> list[KeyInfo]:
+    async def audit_keys(self, progress: AuditProgress | None = None) -> list[KeyInfo]:
         """Keys of the site that should have a TTL and have none: each one is a leak.
 
         Bounded structures and statuses of unfinished transactions are not listed.
+
+        Args:
+            progress: Called as the scan goes on with the keys looked at so
+                far and about how many there are in all (both approximate).
         """
         ...
 

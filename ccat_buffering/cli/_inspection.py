@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 from typing import Any
@@ -12,6 +11,7 @@ from ccat_buffering.buffer.protocols import SupportsInspection
 from ccat_buffering.buffer.retry import describe_error
 from ccat_buffering.cli._operator import OperatorSite
 from ccat_buffering.masking import mask_text
+from ccat_buffering.observe._health_reads import bounded
 from ccat_buffering.write.models import Transaction, TransactionStatus
 
 __all__ = ["inspect_transaction"]
@@ -80,7 +80,8 @@ async def inspect_transaction(site: OperatorSite, transaction_id: str) -> dict[s
     try:
         # The buffer alone answers the rest; the main database only adds this check,
         # and it is the part that is down or hung when operators come here.
-        found = await asyncio.wait_for(site.buffer_losses(), timeout=LOSS_CHECK_TIMEOUT)
+        # Timed by the clock: a cancelled statement's own error is no answer either.
+        found = await bounded(site.buffer_losses(), LOSS_CHECK_TIMEOUT)
         losses = [loss.describe() for loss in found]
     except Exception as exc:  # any failure of the database: say so, go on
         losses = []

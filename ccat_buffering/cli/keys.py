@@ -12,6 +12,7 @@ from ccat_buffering.buffer.protocols import SupportsKeyAudit
 from ccat_buffering.cli import _operator
 from ccat_buffering.cli._app import keys_app
 from ccat_buffering.cli._common import command, console, current, emit_json, settings_for
+from ccat_buffering.cli._progress import audit_progress
 
 __all__: list[str] = []
 
@@ -34,7 +35,9 @@ def audit_command() -> None:
 
     async def run() -> list[dict[str, object]]:
         async with site:
-            return [info.__dict__ for info in await backend.audit_keys()]
+            with audit_progress() as progress:  # a bar on stderr, on a terminal
+                leaks = await backend.audit_keys(progress)
+            return [info.__dict__ for info in leaks]
 
     leaks = asyncio.run(run())
     if current().as_json:

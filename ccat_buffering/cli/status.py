@@ -14,11 +14,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from ccat_buffering.buffer import audit as audit_log
+from ccat_buffering.buffer.protocols import AuditProgress
 from ccat_buffering.cli import _common as common
 from ccat_buffering.cli import _operator
 from ccat_buffering.cli._app import app
 from ccat_buffering.cli._common import command, current, emit_json, fail, settings_for
 from ccat_buffering.cli._inspection import inspect_transaction
+from ccat_buffering.cli._progress import audit_progress
 from ccat_buffering.cli.audit import table as audit_table
 from ccat_buffering.observe.health import Health, as_json
 
@@ -159,13 +161,15 @@ def status_command(
     site = _operator.open_site(settings_for(models), replica=True, database=True)
     acknowledging = [acknowledge_loss]
 
-    async def once() -> Health:
+    async def once(progress: AuditProgress | None = None) -> Health:
         if acknowledging[0]:
             acknowledging[0] = False
             count = await site.acknowledge_losses()
             await audit_log.record(site.backend, action="status.acknowledge-loss", count=count)
             Console(stderr=True).print(f"acknowledged {count} loss(es) of buffered state")
-        return await site.health(audit=audit)
+        if progress is None:
+            return await site.health(audit=audit)
+        return await site.health(audit=audit, audit_progress=progress)
 
     async def watching() -> None:
         async with site:
@@ -191,7 +195,10 @@ def status_command(
 
     async def single() -> Health:
         async with site:
-            return await once()
+            if not audit:
+                return await once()
+            with audit_progress() as progress:  # a bar on stderr, on a terminal
+                return await once(progress)
 
     health = asyncio.run(single())
     if json_output:

@@ -16,15 +16,13 @@ import socket
 from typing import Any
 
 from pydantic import BaseModel, ValidationError, computed_field
-from sqlalchemy.exc import SQLAlchemyError
 
 from ccat_buffering.buffer import audit as audit_log
 from ccat_buffering.buffer.counts import BufferCounts
 from ccat_buffering.buffer.protocols import (
+    AuditProgress,
     Backend,
     MemoryReport,
-    SupportsBufferHealth,
-    SupportsKeyAudit,
     SupportsProcessorReports,
 )
 from ccat_buffering.config.settings import BufferingSettings
@@ -32,6 +30,14 @@ from ccat_buffering.confirm.replication import ReplicationReport, ReplicationTra
 from ccat_buffering.drain import operator_pause
 from ccat_buffering.drain.processor import BackgroundProcessor, ProcessorHealth, ProcessorState
 from ccat_buffering.masking import mask_mapping, mask_text, mask_url
+from ccat_buffering.observe._health_reads import (
+    WATCH_TIMEOUT,
+    bounded,
+    buffer_warnings,
+    key_warnings,
+    memory,
+    oldest_waiting,
+)
 from ccat_buffering.observe.buffer_loss import BufferWatch
 from ccat_buffering.write.models import TransactionState, utc_now
 
@@ -45,9 +51,6 @@ NO_REPLICA_NOTICE = (
 
 RECENT_ACTIONS = 5
 """Operators' actions that health shows (``ccat-buffering audit`` shows them all)."""
-
-WATCH_TIMEOUT = 3.0
-"""Seconds ``collect`` waits for the main database's memory of the buffer."""
 
 
 class BufferHealth(BufferCounts):
@@ -201,44 +204,15 @@ def _gone(worker: ProcessorHealth, lease_holder: str | None) -> ProcessorHealth:
     )
 
 
-async def _oldest_waiting(backend: Backend) -> float | None:
-    first: list[dt.datetime] = []
-    for state in (
-        TransactionState.BUFFERED,
-        TransactionState.RETRYING,
-        TransactionState.PROCESSING,
-    ):
-        ids = await backend.status.ids(state, limit=1)
-        statuses = await backend.status.get_many(ids)
-        first.extend(s.created_at for s in statuses if s is not None)
-    if not first:
-        return None
-    return max((utc_now() - min(first)).total_seconds(), 0.0)
-
-
-async def _buffer_warnings(
-    settings: BufferingSettings, backend: Backend, watch: BufferWatch | None
-) -> list[str]:
-    """The store's own warnings (policy, persistence, memory) and any loss of its state."""
-    warnings: list[str] = []
-    if settings.site_type != "secondary":
-        return warnings
-    if isinstance(backend, SupportsBufferHealth):
-        warnings += await backend.buffer_warnings()
-    if watch is not None:
+async def _replication(tracker: ReplicationTracker) -> ReplicationHealth:
+    if tracker.confirming:
+        report = tracker.last_report
+    else:
         try:
-            # The main database may be far away or unreachable (a link outage):
-            # the look at it must not hold up the answer.
-            losses = await asyncio.wait_for(watch.check(record=False), WATCH_TIMEOUT)
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
-            reason = f"no answer in {WATCH_TIMEOUT:.0f} s" if isinstance(exc, TimeoutError) else exc
-            warnings.append(
-                "could not check the buffer against the main database for lost state: "
-                + mask_text(str(reason))
-            )
-        else:
-            warnings += [loss.describe() for loss in losses]
-    return warnings
+            report = await bounded(tracker.snapshot(), WATCH_TIMEOUT)
+        except TimeoutError as exc:
+            return ReplicationHealth(error=str(exc))
+    return ReplicationHealth() if report is None else ReplicationHealth.from_report(report)
 
 
 async def collect(
@@ -249,6 +223,7 @@ async def collect(
     *,
     audit: bool = False,
     watch: BufferWatch | None = None,
+    audit_progress: AuditProgress | None = None,
 ) -> Health:
     """Put a site's health together.
 
@@ -266,20 +241,48 @@ async def collect(
             on a large buffer, so off unless asked for).
         watch: Compares the buffer with the main database's memory of it
             (read only): a loss of buffered state is a warning.
+        audit_progress: Told how far the audit's scan has gone (see
+            :meth:`~ccat_buffering.buffer.protocols.SupportsKeyAudit.audit_keys`).
 
     Returns:
         The health, with warnings.
     """
-    stats = await backend.buffer.stats()
+    # Every read at once: the answer takes as long as the slowest, not their sum
+    # (the main database's look may be a link away).
+    read_stats = asyncio.ensure_future(backend.buffer.stats())
+    read_oldest = asyncio.ensure_future(oldest_waiting(backend))
+    read_memory = asyncio.ensure_future(memory(backend))
+    read_worker = asyncio.ensure_future(_processor(backend, processor))
+    read_lease = asyncio.ensure_future(backend.lease.current())
+    read_replication = asyncio.ensure_future(_replication(tracker))
+    read_pause = asyncio.ensure_future(operator_pause.current(backend))
+    read_store = asyncio.ensure_future(buffer_warnings(settings, backend, watch))
+    read_keys = asyncio.ensure_future(key_warnings(settings, backend, audit, audit_progress))
+    read_counts = asyncio.ensure_future(backend.status.counts())
+    read_actions = asyncio.ensure_future(audit_log.list(backend, RECENT_ACTIONS))
+    # A read that fails raises as it is (the CLI names its error), not in a group.
+    await asyncio.gather(
+        read_stats,
+        read_oldest,
+        read_memory,
+        read_worker,
+        read_lease,
+        read_replication,
+        read_pause,
+        read_store,
+        read_keys,
+        read_counts,
+        read_actions,
+    )
+    stats, worker, lease = read_stats.result(), read_worker.result(), read_lease.result()
+    replication, held, counts = read_replication.result(), read_pause.result(), read_counts.result()
     now = utc_now().timestamp()
     buffer = BufferHealth(
         **BufferCounts.of(stats),
         retry_held_seconds=None if stats.held_until is None else max(stats.held_until - now, 0.0),
-        oldest_waiting_seconds=await _oldest_waiting(backend),
-        memory=await backend.memory_report() if isinstance(backend, SupportsBufferHealth) else None,
+        oldest_waiting_seconds=read_oldest.result(),
+        memory=read_memory.result(),
     )
-    worker = await _processor(backend, processor)
-    lease = await backend.lease.current()
     if processor is None or worker.holder != processor.holder:
         worker = _gone(worker, None if lease is None else lease.holder)
     worker = worker.model_copy(
@@ -288,10 +291,7 @@ async def collect(
             **BufferCounts.of(stats),
         }
     )
-    report = tracker.last_report if tracker.confirming else await tracker.snapshot()
-    replication = ReplicationHealth() if report is None else ReplicationHealth.from_report(report)
     warnings: list[str] = []
-    held = await operator_pause.current(backend)
     if held is not None:
         warnings.append(f"drain {held.cause}; `ccat-buffering resume` lets it go on")
     if worker.state is ProcessorState.PAUSED and (held is None or worker.cause != held.cause):
@@ -313,19 +313,7 @@ async def collect(
         warnings.append("replica is not replaying WAL (not a standby, or promoted)")
     if replication.error:
         warnings.append(f"replica unreachable: {replication.error}")
-    warnings += await _buffer_warnings(settings, backend, watch)
-    if isinstance(backend, SupportsKeyAudit):
-        if settings.site_type == "secondary" and not isinstance(backend, SupportsBufferHealth):
-            problem = await backend.persistence_warning()
-            if problem:
-                warnings.append(problem)
-        if audit:
-            leaks = await backend.audit_keys()
-            if leaks:
-                warnings.append(
-                    f"{len(leaks)} key(s) without a TTL: see `ccat-buffering keys audit`"
-                )
-    counts = await backend.status.counts()
+    warnings += read_store.result() + read_keys.result()
     conflicts = counts.get(TransactionState.CONFLICTED, 0)
     if conflicts:
         warnings.append(f"{conflicts} unresolved conflict(s): see `ccat-buffering conflicts list`")
@@ -343,7 +331,7 @@ async def collect(
         warnings=warnings,
         conflicts=conflicts,
         notices=[NO_REPLICA_NOTICE] if _without_replica(settings) else [],
-        actions=await audit_log.list(backend, RECENT_ACTIONS),
+        actions=read_actions.result(),
         operator_pause=None if held is None else held.cause,
     )
     # Masked whole, whatever a part put in it (a worker's cause, a driver's message).

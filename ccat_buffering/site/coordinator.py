@@ -14,7 +14,7 @@ from typing import Any, Literal
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ccat_buffering import logs
-from ccat_buffering.buffer.protocols import Backend
+from ccat_buffering.buffer.protocols import AuditProgress, Backend
 from ccat_buffering.config.backends import open_backend
 from ccat_buffering.config.settings import BufferingSettings, load_settings
 from ccat_buffering.confirm.replication import (
@@ -272,12 +272,15 @@ class BufferingCoordinator(Submitting, Lifecycle):
             self.activity.waiting -= 1
             self.activity.waits[outcome] += 1
 
-    async def health(self, *, audit: bool = False) -> Health:
+    async def health(
+        self, *, audit: bool = False, audit_progress: AuditProgress | None = None
+    ) -> Health:
         """The site at a glance, with the warnings an operator must see.
 
         Args:
             audit: Look for keys without a TTL (scans every key of the site:
                 slow on a large buffer, so off unless asked for).
+            audit_progress: Told how far the audit's scan has gone.
         """
         return await collect(
             self.settings,
@@ -286,6 +289,7 @@ class BufferingCoordinator(Submitting, Lifecycle):
             self.tracker,
             audit=audit,
             watch=self.watch if self.settings.site_type == "secondary" else None,
+            audit_progress=audit_progress,
         )
 
     async def buffer_losses(self) -> list[BufferLoss]:
