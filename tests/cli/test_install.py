@@ -25,6 +25,7 @@ from ccat_buffering.manager import TransactionManager
 from ccat_buffering.retry import FailureKind
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_redis import RedisBackend
+from ccat_buffering_redis.scripts import SCRIPTS
 
 from support import observation
 
@@ -71,7 +72,7 @@ def test_the_wheel_ships_the_lua_scripts(installed: Path) -> None:
     }
     assert expected and shipped == expected, result.stderr
     loads = "from ccat_buffering_redis.scripts import SCRIPTS; print(len(SCRIPTS))"
-    assert _run([str(installed / "python"), "-c", loads]).stdout.strip() == "22"
+    assert _run([str(installed / "python"), "-c", loads]).stdout.strip() == str(len(SCRIPTS))
 
 
 async def _prepare(site: str) -> tuple[str, str]:
