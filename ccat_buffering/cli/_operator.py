@@ -118,7 +118,11 @@ class OperatorSite:
 
 
 def open_site(
-    settings: BufferingSettings, *, replica: bool = False, database: bool = False
+    settings: BufferingSettings,
+    *,
+    replica: bool = False,
+    database: bool = False,
+    lean_database: bool = False,
 ) -> OperatorSite:
     """Open the site's backend (and its replica when asked and configured).
 
@@ -129,6 +133,8 @@ def open_site(
         replica: Open the replica too (``status`` asks it about pending commits).
         database: Open the main database too, when the settings name one and its
             driver is installed, to check the buffer for lost state.
+        lean_database: Open it without the dialect's first-connect queries, for a
+            command that only reads the library's own loss tables (``status``).
     """
     engine = None
     if replica and settings.replica_url:
@@ -147,10 +153,13 @@ def open_site(
             # Without the dialect's first-connect queries (server version, schema,
             # isolation level, codecs): nine round trips of a status 200 ms from the
             # main database, for statements on two tables of our own that need none of it.
+            # The dialect's version-dependent features stay unknown on such an
+            # engine: it serves plain statements only, never reflection or ORM writes.
+            lean = {"_initialize": False} if lean_database else {}
             main = create_engine(
                 settings.database_url,
                 timeouts=link_timeouts(settings),
-                _initialize=False,
+                **lean,
                 **settings.database_engine_options,
             )
     backend = open_backend(

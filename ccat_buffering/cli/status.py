@@ -158,7 +158,9 @@ def status_command(
     one JSON document per line (NDJSON) with --json.
     """
     json_output = current().as_json
-    site = _operator.open_site(settings_for(models), replica=True, database=True)
+    site = _operator.open_site(
+        settings_for(models), replica=True, database=True, lean_database=not acknowledge_loss
+    )
     acknowledging = [acknowledge_loss]
 
     async def once(progress: AuditProgress | None = None) -> Health:

@@ -332,7 +332,7 @@ class BackgroundProcessor(BatchCycle):
         """Run batches until the buffer is empty (no waiting entries, none in flight).
 
         Meant for tools and tests that want the queue settled now. Waits out
-        retry holds and outage pauses while the time allows.
+        retry holds, outage pauses and an unreachable buffer while the time allows.
 
         Args:
             timeout: Give up after this many seconds.
@@ -346,8 +346,17 @@ class BackgroundProcessor(BatchCycle):
         overlap, self._overlap = self._overlap, True
         try:
             while self.clock() < deadline:
-                await self.run_once()
-                stats = await self.manager.backend.buffer.stats()
+                try:
+                    await self.run_once()
+                    stats = await self.manager.backend.buffer.stats()
+                except BackendError as exc:
+                    raise_if_cancelling()
+                    # The buffer went away (a restart leaves dead pooled
+                    # connections): waited out as the loop does; what is in
+                    # flight is recovered before the next claim.
+                    self.log.warning("buffer unreachable: %s", describe_error(exc))
+                    await asyncio.sleep(min(self.poll_interval, max(deadline - self.clock(), 0)))
+                    continue
                 if stats.depth == 0 and stats.in_flight == 0:
                     return True
                 if self.state is ProcessorState.STANDBY:

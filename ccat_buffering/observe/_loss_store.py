@@ -43,10 +43,13 @@ ADDED_COLUMNS = frozenset({"missing", "missing_ids"})
 
 
 def _loss_columns(sync: sa.Connection) -> set[str]:
-    inspector = sa.inspect(sync)
-    if not inspector.has_table(losses_table.name):
+    # The names a query returns, not the inspector's column reflection: the
+    # operator's lean engine skips the dialect's first-connect queries, and
+    # reflection needs what they learn (the server's version).
+    if not sa.inspect(sync).has_table(losses_table.name):
         return set()
-    return {column["name"] for column in inspector.get_columns(losses_table.name)}
+    query = sa.text(f"SELECT * FROM {losses_table.name} WHERE 1 = 0")
+    return set(sync.execute(query).keys())
 
 
 class LossStore:

@@ -71,7 +71,7 @@ async def _status(site: str, database: str, state_dir: Path) -> tuple[Health, fl
         database_url=database,
         state_dir=state_dir,
     )
-    async with open_site(settings, replica=True, database=True) as operator:
+    async with open_site(settings, replica=True, database=True, lean_database=True) as operator:
         began = time.perf_counter()
         health = await operator.health()
         return health, time.perf_counter() - began
