@@ -24,6 +24,7 @@ from ccat_buffering.buffer.protocols import SupportsProcessorReports
 from ccat_buffering.buffer.retry import describe_error
 from ccat_buffering.drain import operator_pause
 from ccat_buffering.drain._batch_cycle import BatchCycle
+from ccat_buffering.drain._draining import drain_buffer
 from ccat_buffering.drain._lease_holding import LeaseHolding
 from ccat_buffering.drain._sizing import BatchSizer
 from ccat_buffering.drain._stopping import CANCEL_BOUND, finish_or_cancel, raise_if_cancelling
@@ -340,36 +341,7 @@ class BackgroundProcessor(BatchCycle):
         Returns:
             Whether the buffer is empty.
         """
-        deadline = self.clock() + timeout
-        # Between its own batches the drain settles one behind the next one's
-        # round trip, as the loop does; it returns with everything settled.
-        overlap, self._overlap = self._overlap, True
-        try:
-            while self.clock() < deadline:
-                try:
-                    await self.run_once()
-                    stats = await self.manager.backend.buffer.stats()
-                except BackendError as exc:
-                    raise_if_cancelling()
-                    # The buffer went away (a restart leaves dead pooled
-                    # connections): waited out as the loop does; what is in
-                    # flight is recovered before the next claim.
-                    self.log.warning("buffer unreachable: %s", describe_error(exc))
-                    await asyncio.sleep(min(self.poll_interval, max(deadline - self.clock(), 0)))
-                    continue
-                if stats.depth == 0 and stats.in_flight == 0:
-                    return True
-                if self.state is ProcessorState.STANDBY:
-                    return False
-                if self.state is ProcessorState.PAUSED:
-                    await asyncio.sleep(min(self.outage_delay(), max(deadline - self.clock(), 0)))
-                elif stats.held_until is not None:
-                    await asyncio.sleep(min(self.poll_interval, max(deadline - self.clock(), 0)))
-            return False
-        finally:
-            self._overlap = overlap
-            if not overlap:
-                await self._settled()
+        return await drain_buffer(self, timeout)
 
     async def health(self) -> ProcessorHealth:
         """This processor's state and its site's buffer counts."""
