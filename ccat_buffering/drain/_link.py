@@ -160,6 +160,10 @@ def watch_engine(engine: AsyncEngine, timeouts: LinkTimeouts | None = None) -> N
 
 
 def _touch(conn: Any, *args: Any) -> None:
+    if conn.invalidated:
+        # An invalidated connection's closing rollback: there is no socket to
+        # watch, and its ``info`` raises PendingRollbackError.
+        return
     watchdog = conn.info.get(_INFO_KEY)
     if watchdog is not None:
         watchdog.touch()
