@@ -368,6 +368,10 @@ class HangResult:
     dead_lettered: int
 
 
+HANG_PATIENCE = 60.0
+"""Seconds the hung-link run waits for the outage report, and for the drain to resume."""
+
+
 async def hung_link(url: URL, rtt_ms: int, hang_seconds: float, n: int = 3000) -> HangResult:
     """Drain through a link that hangs for ``hang_seconds`` in the middle of the drain."""
     from sqlalchemy import func, select
@@ -408,6 +412,8 @@ async def hung_link(url: URL, rtt_ms: int, hang_seconds: float, n: int = 3000) -
                     health.cause or ""
                 ):
                     break
+                if time.monotonic() - hung_at > HANG_PATIENCE:
+                    raise TimeoutError(f"the outage was not reported within {HANG_PATIENCE:g} s")
                 await asyncio.sleep(0.05)
             reported = time.monotonic() - hung_at
             await asyncio.sleep(max(hung_at + hang_seconds - time.monotonic(), 0))
@@ -415,6 +421,11 @@ async def hung_link(url: URL, rtt_ms: int, hang_seconds: float, n: int = 3000) -
             relay.answer()
             answered = time.monotonic()
             while processor.counters.processed == processed:
+                if time.monotonic() - answered > HANG_PATIENCE:
+                    raise TimeoutError(
+                        f"the drain did not resume within {HANG_PATIENCE:g} s of the link "
+                        f"answering ({(await processor.health()).cause})"
+                    )
                 await asyncio.sleep(0.05)
             resumed = time.monotonic() - answered
             while True:
@@ -487,7 +498,11 @@ async def main(
         if not hang:
             return
         hang_rtt = 200 if 200 in rtts else rtts[-1]
-        result = await hung_link(url, hang_rtt, 20.0)
+        try:
+            result = await hung_link(url, hang_rtt, 20.0)
+        except TimeoutError as exc:
+            print(f"hung link at {hang_rtt} ms: FAILED, {exc}")
+            return
         print(
             f"hung link at {hang_rtt} ms (statement_timeout 5 s, 20 s without an answer, "
             "default settings otherwise):"
