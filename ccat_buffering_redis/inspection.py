@@ -109,24 +109,24 @@ class RedisInspection(BackendPart):
         leaks: list[str] = []
         with self.translate():
             total = int(await self.client.dbsize()) if progress is not None else 0
-            cursor, visited = 0, 0
-            while True:
-                cursor, raw = await self.client.scan(
-                    cursor, match=self.keys.pattern(), count=AUDIT_CHUNK
-                )
-                keys = [
-                    key
-                    for key in map(as_text, raw)
-                    # is_bounded only where it can be true: it costs more than the rest.
-                    if key not in bounded
-                    and not (key.startswith(buckets) and self.keys.is_bounded(key))
-                ]
-                leaks += await self._without_ttl(keys)
-                visited += AUDIT_CHUNK
-                if progress is not None:
-                    progress(total if cursor == 0 else min(visited, total), total)
-                if cursor == 0:
-                    break
+            visited = 0
+            chunk: list[str] = []
+            # scan_iter, not SCAN with a cursor: a Cluster client's cursor is one per node.
+            async for raw in self.client.scan_iter(match=self.keys.pattern(), count=AUDIT_CHUNK):
+                visited += 1
+                key = as_text(raw)
+                # is_bounded only where it can be true: it costs more than the rest.
+                if key in bounded or (key.startswith(buckets) and self.keys.is_bounded(key)):
+                    continue
+                chunk.append(key)
+                if len(chunk) >= AUDIT_CHUNK:
+                    leaks += await self._without_ttl(chunk)
+                    chunk = []
+                    if progress is not None:
+                        progress(min(visited, total), total)
+            leaks += await self._without_ttl(chunk)
+            if progress is not None:
+                progress(total, total)
         return await self._describe_keys(leaks)
 
     async def _without_ttl(self, keys: list[str]) -> list[str]:

@@ -247,9 +247,11 @@ async def collect(
     Returns:
         The health, with warnings.
     """
-    # Every read at once: the answer takes as long as the slowest, not their sum
-    # (the main database's look may be a link away).
-    read_stats = asyncio.ensure_future(backend.buffer.stats())
+    # One read first, alone: a client's first call connects (a Cluster client
+    # learns its slots), and calls racing that start broke a password-protected
+    # Cluster's connections. Then every read at once: the answer takes as long as
+    # the slowest, not their sum (the main database's look may be a link away).
+    stats = await backend.buffer.stats()
     read_oldest = asyncio.ensure_future(oldest_waiting(backend))
     read_memory = asyncio.ensure_future(memory(backend))
     read_worker = asyncio.ensure_future(_processor(backend, processor))
@@ -262,7 +264,6 @@ async def collect(
     read_actions = asyncio.ensure_future(audit_log.list(backend, RECENT_ACTIONS))
     # A read that fails raises as it is (the CLI names its error), not in a group.
     await asyncio.gather(
-        read_stats,
         read_oldest,
         read_memory,
         read_worker,
@@ -274,7 +275,7 @@ async def collect(
         read_counts,
         read_actions,
     )
-    stats, worker, lease = read_stats.result(), read_worker.result(), read_lease.result()
+    worker, lease = read_worker.result(), read_lease.result()
     replication, held, counts = read_replication.result(), read_pause.result(), read_counts.result()
     now = utc_now().timestamp()
     buffer = BufferHealth(
