@@ -102,6 +102,7 @@ async def status_rounds(
                     ),
                     replica=True,
                     database=True,
+                    lean_database=True,  # as `ccat-buffering status` opens it
                 )
                 async with operator:
                     began = time.perf_counter()
