@@ -263,7 +263,7 @@ async def collect(
     read_counts = asyncio.ensure_future(backend.status.counts())
     read_actions = asyncio.ensure_future(audit_log.list(backend, RECENT_ACTIONS))
     # A read that fails raises as it is (the CLI names its error), not in a group.
-    await asyncio.gather(
+    reads = (
         read_oldest,
         read_memory,
         read_worker,
@@ -275,6 +275,14 @@ async def collect(
         read_counts,
         read_actions,
     )
+    try:
+        await asyncio.gather(*reads)
+    except BaseException:
+        # The others are not left running (nor their errors unretrieved).
+        for read in reads:
+            read.cancel()
+        await asyncio.gather(*reads, return_exceptions=True)
+        raise
     worker, lease = read_worker.result(), read_lease.result()
     replication, held, counts = read_replication.result(), read_pause.result(), read_counts.result()
     now = utc_now().timestamp()
