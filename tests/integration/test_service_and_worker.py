@@ -4,7 +4,9 @@ The docs page's observatory service runs under uvicorn in a subprocess, a
 ``ccat-buffering worker`` in another, on the test Redis and a PostgreSQL
 primary with a streaming replica. Only the worker drains and confirms; both
 serve metrics, and the runbook's alert expressions are evaluated against the
-worker's real series; the service's log lines stand on their own.
+worker's real series; the service's log lines stand on their own. The worker
+reaches the main database through a link relay that is cut when it starts and
+restored later: waits time out cleanly during the outage and return after it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from ccat_buffering.demo._relay import LoopbackRelay
 from ccat_buffering.testing import new_site_name
 
 ROOT = Path(__file__).parents[2]
@@ -152,6 +155,7 @@ async def test_the_service_submits_and_the_worker_drains(
     site = new_site_name()
     metrics_port = free_port()
     processes: list[Process] = []
+    links: list[LoopbackRelay] = []
     async with (
         site_database(replicated) as (primary, replica),
         httpx.AsyncClient(timeout=30) as http,
@@ -216,6 +220,17 @@ async def test_the_service_submits_and_the_worker_drains(
             early = await http.get(f"/buffering/transactions/{first}?wait=committed&timeout=0.3")
             assert early.status_code == 202 and early.json()["state"] == "buffered"
 
+            # The worker starts while its link to the main database is cut.
+            target = make_url(primary)
+            link = LoopbackRelay(target.host or "127.0.0.1", target.port or 5432)  # down
+            links.append(link)
+            through_link = target.set(port=link.port).render_as_string(False)
+            outage = {
+                "OUTAGE_BASE_DELAY": "0.05",
+                "OUTAGE_MAX_DELAY": "0.2",
+                "OUTAGE_PROBE_INTERVAL": "0.1",
+                "CONNECT_TIMEOUT": "1",
+            }
             worker = Process(
                 [
                     str(CLI),
@@ -226,7 +241,7 @@ async def test_the_service_submits_and_the_worker_drains(
                     str(metrics_port),
                     "-v",
                 ],
-                env,
+                environment(site, through_link, replica, **outage),
                 tmp_path / "worker.log",
             )
             processes.append(worker)
@@ -240,6 +255,26 @@ async def test_the_service_submits_and_the_worker_drains(
                     return None
 
             before = samples(await until(worker_scrape, "the worker serves metrics"))
+            # During the outage a wait times out cleanly with the last state, and the
+            # worker says why it does not drain.
+            during = await http.get(f"/buffering/transactions/{first}?wait=committed&timeout=1")
+            assert during.status_code == 202 and during.json()["state"] == "buffered"
+
+            async def paused() -> bool:
+                shown = subprocess.run(
+                    [str(CLI), "status", "--json"],
+                    env=env,
+                    cwd=EXAMPLES,
+                    capture_output=True,
+                    text=True,
+                )
+                return json.loads(shown.stdout)["processor"]["state"] == "paused"
+
+            await until(paused, "the worker pauses while the link is cut")
+            assert samples(await scrape(http, worker_metrics)).get(
+                "ccat_buffering_committed_total", {}
+            ) in ({}, {frozenset({("site", site)}): 0.0})
+            await link.start()  # the link is restored
             started_at = time.monotonic()
 
             async def state(tx: str) -> str:
@@ -289,7 +324,7 @@ async def test_the_service_submits_and_the_worker_drains(
             # One read: the finish's base (the row as the site sees it) is read at submit.
             assert service_metrics["ccat_buffering_service_reads_total"] == {labels: 1.0}
             waits = service_metrics["ccat_buffering_service_waits_total"]
-            assert waits[frozenset({("site", site), ("outcome", "timeout")})] == 1.0
+            assert waits[frozenset({("site", site), ("outcome", "timeout")})] == 2.0
             assert waits[frozenset({("site", site), ("outcome", "failed")})] == 1.0
 
             # Every alert of the runbook evaluates against the worker's real series.
@@ -318,6 +353,8 @@ async def test_the_service_submits_and_the_worker_drains(
         finally:
             for process in reversed(processes):
                 process.stop()
+            for link in links:
+                await link.stop()
             await forget_site(redis, f"site:{{{site}}}:*")
             await redis.aclose()  # type: ignore[attr-defined]
 
