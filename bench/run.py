@@ -180,6 +180,8 @@ def _sections(args: argparse.Namespace) -> list[Section]:
     import redis_bench
     import replication_bench
     import status_bench
+    import tracing_bench
+    import waiters_bench
     import wan_bench
 
     n, rounds = args.transactions, args.rounds
@@ -230,6 +232,18 @@ def _sections(args: argparse.Namespace) -> list[Section]:
             f"bench/status_bench.py --rtt 200 --rounds {rounds} "
             f"--audit-sizes {','.join(map(str, sizes))}",
             lambda: status_bench.main(200.0, rounds, sizes),
+        ),
+        Section(
+            "waiters",
+            "Waiting callers",
+            "bench/waiters_bench.py --seconds 5 --interval 0.2",
+            lambda: waiters_bench.main(5.0, 0.2),
+        ),
+        Section(
+            "tracing",
+            "What tracing costs a submit",
+            "bench/tracing_bench.py --transactions 500 --rounds 21",
+            lambda: tracing_bench.main(500, 21),
         ),
     ]
 
