@@ -23,7 +23,10 @@ It prints tx/s, round trips per batch counted at the relay, and the ratios.
 The buffer is Redis when it answers, else memory.
 
 Run: ``python bench/wan_bench.py [--rtt 0,40,200,500] [--rounds 3] [--no-base-check] [--no-hang]``
-(``make bench`` runs it). Environment: ``CCAT_TEST_POSTGRES_URL``, ``CCAT_TEST_REDIS_URL``.
+(``make bench`` runs it). ``--hang-only N [--hang-transactions 1000]`` runs the hung-link
+part alone, N times, and counts the runs whose drain did not resume (each failure
+prints the stacks of the asyncio tasks, where the drain waits).
+Environment: ``CCAT_TEST_POSTGRES_URL``, ``CCAT_TEST_REDIS_URL``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import datetime as dt
 import gc
 import multiprocessing
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -422,6 +426,7 @@ async def hung_link(url: URL, rtt_ms: int, hang_seconds: float, n: int = 3000) -
             answered = time.monotonic()
             while processor.counters.processed == processed:
                 if time.monotonic() - answered > HANG_PATIENCE:
+                    _print_task_stacks()
                     raise TimeoutError(
                         f"the drain did not resume within {HANG_PATIENCE:g} s of the link "
                         f"answering ({(await processor.health()).cause})"
@@ -452,6 +457,34 @@ async def hung_link(url: URL, rtt_ms: int, hang_seconds: float, n: int = 3000) -
     return HangResult(reported, resumed, n * files_per_tx - distinct, total - distinct, dead)
 
 
+def _print_task_stacks() -> None:
+    """Where every asyncio task waits, on stderr (a drain that does not resume: why)."""
+    for task in asyncio.all_tasks():
+        print(f"--- task {task.get_name()}", file=sys.stderr)
+        task.print_stack(file=sys.stderr)
+
+
+async def hang_report(url: URL, rtt_ms: int, n: int = 3000) -> bool:
+    """Run :func:`hung_link` once and print what it found; whether the drain resumed."""
+    try:
+        result = await hung_link(url, rtt_ms, 20.0, n)
+    except TimeoutError as exc:
+        print(f"hung link at {rtt_ms} ms: FAILED, {exc}", flush=True)
+        return False
+    print(
+        f"hung link at {rtt_ms} ms (statement_timeout 5 s, 20 s without an answer, "
+        "default settings otherwise):"
+    )
+    print(
+        f"  outage reported after {result.reported_after:.1f} s (goal <= 10 s); drain resumed "
+        f"{result.resumed_after:.1f} s after the link answered (goal <= 10 s); lost "
+        f"{result.lost}, applied twice {result.applied_twice}, "
+        f"dead-lettered {result.dead_lettered}",
+        flush=True,
+    )
+    return True
+
+
 def _print(table: list[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     for row in table:
@@ -465,6 +498,8 @@ async def main(
     base_check: bool = True,
     hang: bool = True,
     base_check_only: bool = False,
+    hang_only: int = 0,
+    hang_transactions: int = 3000,
 ) -> None:
     admin = create_async_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     name = f"ccat_bench_{uuid.uuid4().hex[:8]}"
@@ -477,6 +512,15 @@ async def main(
             await conn.run_sync(Base.metadata.create_all)
         await TransactionExecutor(engine, ModelRegistry.from_base(Base)).create_ledger()
         await engine.dispose()
+        hang_rtt = 200 if 200 in rtts else rtts[-1]
+        if hang_only:
+            failed = 0
+            for _ in range(hang_only):
+                failed += not await hang_report(url, hang_rtt, hang_transactions)
+            print(
+                f"hung link at {hang_rtt} ms, n={hang_transactions}: FAILED {failed} of {hang_only}"
+            )
+            return
         if base_check or base_check_only:
             header = ("RTT", "drain", "tx/s", "round trips/batch", "vs check off")
             checks: list[tuple[str, ...]] = [header]
@@ -497,22 +541,7 @@ async def main(
         await drain_table(url, rtts, rounds)
         if not hang:
             return
-        hang_rtt = 200 if 200 in rtts else rtts[-1]
-        try:
-            result = await hung_link(url, hang_rtt, 20.0)
-        except TimeoutError as exc:
-            print(f"hung link at {hang_rtt} ms: FAILED, {exc}")
-            return
-        print(
-            f"hung link at {hang_rtt} ms (statement_timeout 5 s, 20 s without an answer, "
-            "default settings otherwise):"
-        )
-        print(
-            f"  outage reported after {result.reported_after:.1f} s (goal <= 10 s); drain resumed "
-            f"{result.resumed_after:.1f} s after the link answered (goal <= 10 s); lost "
-            f"{result.lost}, applied twice {result.applied_twice}, "
-            f"dead-lettered {result.dead_lettered}"
-        )
+        await hang_report(url, hang_rtt)
     finally:
         async with admin.connect() as conn:
             await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -528,6 +557,12 @@ if __name__ == "__main__":
     parser.add_argument(
         "--base-check-only", action="store_true", help="only the base check on/off comparison"
     )
+    parser.add_argument(
+        "--hang-only", type=int, default=0, metavar="N", help="only the hung-link run, N times"
+    )
+    parser.add_argument(
+        "--hang-transactions", type=int, default=3000, help="transactions of a hung-link run"
+    )
     args = parser.parse_args()
     asyncio.run(
         main(
@@ -536,5 +571,7 @@ if __name__ == "__main__":
             base_check=not args.no_base_check,
             hang=not args.no_hang,
             base_check_only=args.base_check_only,
+            hang_only=args.hang_only,
+            hang_transactions=args.hang_transactions,
         )
     )

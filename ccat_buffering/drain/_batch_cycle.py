@@ -30,6 +30,7 @@ from ccat_buffering.buffer.manager import Delivery, TransactionManager
 from ccat_buffering.buffer.retry import FailureKind, describe_error
 from ccat_buffering.drain._lease_holding import LeaseHolding
 from ccat_buffering.drain._sizing import BatchSizer
+from ccat_buffering.drain._stopping import raise_if_cancelling
 from ccat_buffering.drain.executor import BatchResult, TransactionExecutor
 from ccat_buffering.drain.processor_state import Counters, ProcessorState
 from ccat_buffering.drain.tracing import Tracing
@@ -266,6 +267,9 @@ class BatchCycle:
                 await asyncio.sleep(1.0)
                 if self.lease.held and self.stalled_for() is not None:
                     await self.publish()
+                    # Cancelled while publishing: a Redis call may have eaten it
+                    # (see drain._lease_holding), and nobody awaits this task.
+                    raise_if_cancelling()
 
     def next_size(self) -> int:
         """The size of the next batch claimed."""
