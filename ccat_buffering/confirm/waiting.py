@@ -26,6 +26,7 @@ from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Literal
 
 from ccat_buffering.buffer.protocols import StatusStore
+from ccat_buffering.drain._stopping import finish_or_cancel, raise_if_cancelling
 from ccat_buffering.errors import (
     BufferingError,
     TransactionFailedError,
@@ -105,6 +106,7 @@ class StatusWatch:
             except BufferingError:
                 # The buffer is unreachable for now: waiters keep their last
                 # status and time out with it if it stays away.
+                raise_if_cancelling()
                 continue
             for tx_id, status in zip(chunk, statuses, strict=True):
                 for waiter in self._waiters.get(tx_id, ()):
@@ -232,9 +234,7 @@ class StatusWatch:
     async def aclose(self) -> None:
         """Stop the poller (waiters still waiting time out)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await finish_or_cancel(self._task)  # cancels again if a Redis call ate one
             self._task = None
 
 

@@ -16,6 +16,7 @@ from ccat_buffering.console._samples import Samples as ChartSamples
 from ccat_buffering.console._site import ConsoleSite
 from ccat_buffering.console._sites import SiteEntry, sites_router
 from ccat_buffering.console.router import Operator, console_router
+from ccat_buffering.drain._stopping import finish_or_cancel, raise_if_cancelling
 from ccat_buffering.drain.database import create_engine
 from ccat_buffering.drain.executor import TransactionExecutor
 from ccat_buffering.write.registry import ModelRegistry
@@ -92,6 +93,7 @@ def create_app(
             for entry, ring in zip(entries, rings, strict=True):
                 with contextlib.suppress(Exception):  # a store that is down: the page says so
                     await ring.add(await entry.site.health())
+                raise_if_cancelling()  # a driver may have turned the cancellation into an error
             await asyncio.sleep(sample_every)
 
     @contextlib.asynccontextmanager
@@ -100,9 +102,7 @@ def create_app(
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await finish_or_cancel(task)  # cancels again if a Redis call ate one
             for _, operator_site in opened:
                 await operator_site.__aexit__(None, None, None)
             if engine is not None:
