@@ -141,6 +141,15 @@ def environment(site: str, primary: str, replica: str, **more: str) -> dict[str,
     }
 
 
+def status_of(env: dict[str, str]) -> dict[str, Any]:
+    """What the operator's ``status --json`` says of the site."""
+    shown = subprocess.run(
+        [str(CLI), "status", "--json"], env=env, cwd=EXAMPLES, capture_output=True, text=True
+    )
+    assert shown.stdout, shown.stderr
+    return dict(json.loads(shown.stdout))
+
+
 async def scrape(client: httpx.AsyncClient, url: str) -> str:
     answer = await client.get(url)
     assert answer.status_code == 200, answer.text
@@ -261,14 +270,7 @@ async def test_the_service_submits_and_the_worker_drains(
             assert during.status_code == 202 and during.json()["state"] == "buffered"
 
             async def paused() -> bool:
-                shown = subprocess.run(
-                    [str(CLI), "status", "--json"],
-                    env=env,
-                    cwd=EXAMPLES,
-                    capture_output=True,
-                    text=True,
-                )
-                return json.loads(shown.stdout)["processor"]["state"] == "paused"
+                return status_of(env)["processor"]["state"] == "paused"
 
             await until(paused, "the worker pauses while the link is cut")
             assert samples(await scrape(http, worker_metrics)).get(
@@ -296,15 +298,8 @@ async def test_the_service_submits_and_the_worker_drains(
 
             # Only the worker drained: it holds the lease, and counted every commit once.
             # (the operator's view names the holder; the public health route does not)
-            shown = subprocess.run(
-                [str(CLI), "status", "--json"],
-                env=env,
-                cwd=EXAMPLES,
-                capture_output=True,
-                text=True,
-            )
-            holder = json.loads(shown.stdout)["processor"]["lease_holder"]
-            assert f"-{worker.popen.pid}-" in holder, shown.stdout
+            holder = status_of(env)["processor"]["lease_holder"]
+            assert f"-{worker.popen.pid}-" in holder, holder
 
             async def settled() -> dict[str, Any] | None:
                 found = samples(await scrape(http, worker_metrics))
