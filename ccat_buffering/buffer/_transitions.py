@@ -24,7 +24,7 @@ from ccat_buffering.buffer.retry import FailureKind, RetryPolicy, describe_error
 from ccat_buffering.logs import SiteLogger
 from ccat_buffering.write.lsn import LSN
 from ccat_buffering.write.models import Transaction, TransactionState, TransactionStatus
-from ccat_buffering.write.status import StatusEvent, add_event, as_json, copied_status
+from ccat_buffering.write.status import add_event, as_json, copied_status, made_event
 
 __all__ = ["CONFLICT_DELAY", "Delivery", "Transitions", "as_json", "buffered_status"]
 
@@ -97,16 +97,19 @@ class Transitions:
         **changes: Any,
     ) -> TransactionStatus:
         now = now or self.now()
-        note = note or changes.get("last_error")
+        error = changes.get("last_error")
+        note = note or error
         history = status.history
         # A claim is no event: each attempt is recorded by how it ended.
         claim = event is None and state is TransactionState.PROCESSING
-        if not claim and (history or event is not None or note is not None or state in _UNUSUAL):
+        # A commit's LSN note alone keeps a routine life routine: commit_lsn holds it.
+        unusual = event is not None or error is not None or state in _UNUSUAL
+        if not claim and (history or unusual):
             # Built unvalidated: aware UTC times and plain text (run per transaction).
             if not history:
                 # The story starts: it was buffered (the status's own time).
-                history = (StatusEvent.model_construct(at=status.created_at, event="buffered"),)
-            step = StatusEvent.model_construct(at=now, event=event or state.value, note=note)
+                history = (made_event(status.created_at, "buffered"),)
+            step = made_event(now, event or state.value, note)
             history = add_event(history, step)
         # Copied unvalidated: these values are already typed, and it runs per transaction.
         return copied_status(
