@@ -62,6 +62,7 @@ _UTC = dt.UTC
 _STATES = {s.value: s for s in TransactionState}
 _STATE_JSON = {s: '"state":"' + s.value + '"' for s in TransactionState}
 _plain = json.encoder.encode_basestring  # as pydantic writes strings: non-ASCII as it is
+_LAST_LSN: list[tuple[LSN | None, str]] = [(None, "")]
 _LEAN_FIELDS = frozenset(("endpoint", "state", "attempts", "last_error", "commit_lsn", "history"))
 _EVENT_FIELDS = frozenset(("at", "event", "note", "times"))
 # Every field of a status in its declared order, at its default (times filled in on reading).
@@ -162,7 +163,11 @@ def _lean_status_json(values: dict[str, Any]) -> str | None:
     if error is not None:
         parts.append('"last_error":' + _plain(error))
     if lsn is not None:
-        parts.append('"commit_lsn":"' + str(lsn) + '"')
+        # A batch's statuses share their commit's LSN: its text is made once.
+        last = _LAST_LSN[0]
+        if last[0] != lsn:
+            last = _LAST_LSN[0] = (lsn, '"commit_lsn":"' + str(lsn) + '"')
+        parts.append(last[1])
     if history:
         events = []
         for event in history:
