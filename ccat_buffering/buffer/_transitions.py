@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ccat_buffering.buffer._entries import read_claims
+from ccat_buffering.buffer._entries import claim_read
 from ccat_buffering.buffer._recent_commits import RecentCommits
 from ccat_buffering.buffer.cache_writes import cache_writes as _cache_writes
 from ccat_buffering.buffer.cache_writes import generated_writes
@@ -131,11 +131,11 @@ class Transitions:
         Returns:
             The readable ones, in buffer order.
         """
-        claims = await self.backend.buffer.claim(count, lease_seconds)
-        if not claims:
+        parsed, unreadable = await claim_read(
+            self.backend, count, lease_seconds, self.max_payload_bytes
+        )
+        if not parsed and not unreadable:
             return []
-        parsed, unreadable = read_claims(claims, self.max_payload_bytes)
-        statuses = await self.backend.status.get_many([tx.transaction_id for _, tx in parsed])
         refused = await self.backend.status.get_many(
             [r.transaction_id for r in unreadable if r.transaction_id]
         )
@@ -152,7 +152,7 @@ class Transitions:
                         batch.put_status(failed, self.status_ttl)
                     batch.release_cache([entry.transaction_id])
             now = self.now()
-            for (claim, tx), old in zip(parsed, statuses, strict=True):
+            for claim, tx, old in parsed:
                 status = self._advance(
                     old or buffered_status(tx), TransactionState.PROCESSING, now=now
                 )
