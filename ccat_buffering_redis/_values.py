@@ -62,6 +62,9 @@ _UTC = dt.UTC
 _STATES = {s.value: s for s in TransactionState}
 _STATE_JSON = {s: '"state":"' + s.value + '"' for s in TransactionState}
 _plain = json.encoder.encode_basestring  # as pydantic writes strings: non-ASCII as it is
+# Status bodies read (see _lean_body), at most _BODIES_KEPT: the first ones seen.
+_BODIES: dict[str, tuple[dict[str, Any], frozenset[str]]] = {}
+_BODIES_KEPT = 256
 _LAST_LSN: list[tuple[LSN | None, str]] = [(None, "")]
 _LEAN_FIELDS = frozenset(("endpoint", "state", "attempts", "last_error", "commit_lsn", "history"))
 _EVENT_FIELDS = frozenset(("at", "event", "note", "times"))
@@ -230,21 +233,50 @@ def _lean_status(transaction_id: str, body: str, tail: str) -> TransactionStatus
     full validation, which reads it or says what is wrong.
     """
     try:
-        raw = _parse(body)
+        read = _BODIES.get(body)
+        if read is None:
+            read = _lean_body(body)
+            if read is None:
+                return None
+        template, names = read
+        values = template.copy()
+        values["transaction_id"] = transaction_id
+        given = set(names)
         micros = tail.split(",")
         created = int(micros[0])
-        if type(raw) is not dict or not raw.keys() <= _LEAN_FIELDS or len(micros) > 4:
+        if not 0 <= created < _LAST_MICRO or len(micros) > 4:
+            return None
+        values["created_at"] = _EPOCH + created * _MICRO
+        for name, value in zip(_TIMES[1:], micros[1:], strict=False):
+            if value:
+                values[name] = _EPOCH + (created + int(value)) * _MICRO
+                given.add(name)
+        if values["updated_at"] is None:
+            return None  # never written without one (pydantic's default would be now)
+        values["generated"] = {}
+    except (ValueError, OverflowError):
+        return None
+    return made_status(values, given)
+
+
+def _lean_body(body: str) -> tuple[dict[str, Any], frozenset[str]] | None:
+    """A status's fields from its JSON (no id, no times), and the names it sets; or ``None``.
+
+    Remembered for a body with no history: most statuses of a site share
+    one of a few (``{"endpoint":"e","state":"buffered"}``).
+    """
+    try:
+        raw = _parse(body)
+        if type(raw) is not dict or not raw.keys() <= _LEAN_FIELDS:
             return None
         values = dict(_DEFAULTS)
         values.update(raw)
-        values["transaction_id"] = transaction_id
         values["state"] = _STATES[raw["state"]]
         endpoint, attempts, error = values["endpoint"], values["attempts"], values["last_error"]
         if (
             type(endpoint) is not str
             or type(attempts) is not int
             or (error is not None and type(error) is not str)
-            or not 0 <= created < _LAST_MICRO
         ):
             return None
         lsn = values["commit_lsn"]
@@ -257,18 +289,12 @@ def _lean_status(transaction_id: str, body: str, tail: str) -> TransactionStatus
             values["history"] = tuple([_event(e) for e in history])
         elif history != ():
             return None
-        given = {"transaction_id", "created_at", *raw}
-        values["created_at"] = _EPOCH + created * _MICRO
-        for name, value in zip(_TIMES[1:], micros[1:], strict=False):
-            if value:
-                values[name] = _EPOCH + (created + int(value)) * _MICRO
-                given.add(name)
-        if values["updated_at"] is None:
-            return None  # never written without one (pydantic's default would be now)
-        values["generated"] = {}
-    except (_Unusual, KeyError, ValueError, TypeError, OverflowError):
+    except (_Unusual, KeyError, ValueError, TypeError):
         return None
-    return made_status(values, given)
+    read = values, frozenset(("transaction_id", "created_at", *raw))
+    if not history and len(_BODIES) < _BODIES_KEPT:
+        _BODIES[body] = read
+    return read
 
 
 def _event(raw: Any) -> StatusEvent:
