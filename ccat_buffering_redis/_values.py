@@ -262,7 +262,7 @@ def _lean_status(transaction_id: str, body: str, tail: str) -> TransactionStatus
 def _lean_body(body: str) -> tuple[dict[str, Any], frozenset[str]] | None:
     """A status's fields from its JSON (no id, no times), and the names it sets; or ``None``.
 
-    Remembered for a body with no history: most statuses of a site share
+    Remembered for a body with no history nor error: most statuses of a site share
     one of a few (``{"endpoint":"e","state":"buffered"}``).
     """
     try:
@@ -292,7 +292,7 @@ def _lean_body(body: str) -> tuple[dict[str, Any], frozenset[str]] | None:
     except (_Unusual, KeyError, ValueError, TypeError):
         return None
     read = values, frozenset(("transaction_id", "created_at", *raw))
-    if not history and len(_BODIES) < _BODIES_KEPT:
+    if not history and error is None and len(_BODIES) < _BODIES_KEPT:
         _BODIES[body] = read
     return read
 
