@@ -39,7 +39,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-import ccat_buffering.buffer._transitions as transitions_module
+import ccat_buffering.buffer._entries as entries_module
 from ccat_buffering.buffer.manager import TransactionManager
 from ccat_buffering.buffer.protocols import Backend
 from ccat_buffering.confirm.replication import ImmediateReplicationChecker, ReplicationTracker
@@ -240,7 +240,7 @@ class Stages:
         self._undo.append(lambda: setattr(owner, name, original))
 
     def __enter__(self) -> Stages:
-        self._wrap(transitions_module, "read_claims", "decode the claimed entries")
+        self._wrap(entries_module, "read_claims", "decode the claimed entries")
         self._wrap(TransactionManager, "claim", "claim")
         self._wrap(TransactionExecutor, "execute_batch", "execute")
         self._wrap(TransactionExecutor, "_run", "send and read the message")
@@ -261,7 +261,7 @@ class Stages:
         execute = cpu.pop("execute", 0.0)
         out = {
             "claim: decode the entries": decode,
-            "claim: the rest (statuses read, processing written)": claim - decode,
+            "claim: the rest (the claim with statuses, processing written)": claim - decode,
             "prepare: checks, FK-order plan, message": execute - send,
             "send and read the message (psycopg)": send,
             **cpu,

@@ -26,7 +26,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ccat_buffering.buffer.protocols import CachedRecord
-from ccat_buffering.write.models import TransactionStatus
+from ccat_buffering.write.lsn import LSN
+from ccat_buffering.write.models import TransactionState, TransactionStatus
+from ccat_buffering.write.status import StatusEvent, made_event, made_status
 
 __all__ = [
     "as_text",
@@ -56,6 +58,42 @@ _MICRO = dt.timedelta(microseconds=1)
 # pydantic reads Unix seconds as a float: exact to the microsecond (rounded)
 # below 2**32 s (the year 2106), where a float's step is under half a microsecond.
 _LAST_MICRO = 2**32 * 1_000_000
+_UTC = dt.UTC
+_STATES = {s.value: s for s in TransactionState}
+_STATE_JSON = {s: '"state":"' + s.value + '"' for s in TransactionState}
+_plain = json.encoder.encode_basestring  # as pydantic writes strings: non-ASCII as it is
+# Status bodies read (see _lean_body), at most _BODIES_KEPT: the first ones seen.
+_BODIES: dict[str, tuple[dict[str, Any], frozenset[str]]] = {}
+_BODIES_KEPT = 256
+_LAST_LSN: list[tuple[LSN | None, str]] = [(None, "")]
+_LEAN_FIELDS = frozenset(("endpoint", "state", "attempts", "last_error", "commit_lsn", "history"))
+_EVENT_FIELDS = frozenset(("at", "event", "note", "times"))
+# Every field of a status in its declared order, at its default (times filled in on reading).
+_DEFAULTS: dict[str, Any] = {
+    "transaction_id": "",
+    "endpoint": "",
+    "state": None,
+    "attempts": 0,
+    "last_error": None,
+    "commit_lsn": None,
+    "created_at": None,
+    "updated_at": None,
+    "committed_at": None,
+    "replicated_at": None,
+    "history": (),
+    "generated": None,
+}
+
+
+class _Unusual(Exception):
+    """Not a shape the lean reading knows: the full validation decides."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _Unusual  # NaN or Infinity: never written here
+
+
+_parse = json.JSONDecoder(parse_constant=_no_constant).decode
 
 
 def value_json(value: Any) -> str:
@@ -84,15 +122,76 @@ def status_json(status: TransactionStatus) -> str:
     # neither. The times go in a tail of integers (~25 bytes where their JSON
     # takes ~60), so that a buffered status fits jemalloc's 192-byte class,
     # not 256: see the module's docstring and docs/decisions.rst.
-    created = (status.created_at - _EPOCH) // _MICRO
-    tail = [str(created)]
+    values = status.__dict__
+    created = (values["created_at"] - _EPOCH) // _MICRO
+    tail = str(created)
+    empty = ""
     for name in _TIMES[1:]:
-        value = getattr(status, name)
-        tail.append("" if value is None else str((value - _EPOCH) // _MICRO - created))
-    while tail[-1] == "":
-        tail.pop()
-    text = status.model_dump_json(exclude=_STATUS_DROP, exclude_defaults=True)
-    return text + "@" + ",".join(tail)
+        value = values[name]
+        if value is None:
+            empty += ","
+        else:
+            tail += empty + "," + str((value - _EPOCH) // _MICRO - created)
+            empty = ""
+    text = _lean_status_json(values)
+    if text is None:
+        text = status.model_dump_json(exclude=_STATUS_DROP, exclude_defaults=True)
+    return text + "@" + tail
+
+
+def _lean_status_json(values: dict[str, Any]) -> str | None:
+    """The status's JSON as pydantic writes it (less what status_json drops), or ``None``.
+
+    Written by hand for the shapes the drain writes thousands a second (plain
+    values, a history of plain events, nothing generated); ``None`` for any
+    other, which pydantic writes.
+    """
+    endpoint, state, attempts = values["endpoint"], values["state"], values["attempts"]
+    error, lsn, history = values["last_error"], values["commit_lsn"], values["history"]
+    if (
+        values["generated"]
+        or type(endpoint) is not str
+        or type(attempts) is not int
+        or (error is not None and type(error) is not str)
+        or (lsn is not None and type(lsn) is not LSN)
+        or type(history) is not tuple
+    ):
+        return None
+    parts = []
+    if endpoint:
+        parts.append('"endpoint":' + _plain(endpoint))
+    parts.append(_STATE_JSON[state])
+    if attempts:
+        parts.append('"attempts":' + int.__repr__(attempts))
+    if error is not None:
+        parts.append('"last_error":' + _plain(error))
+    if lsn is not None:
+        # A batch's statuses share their commit's LSN: its text is made once.
+        last = _LAST_LSN[0]
+        if last[0] != lsn:
+            last = _LAST_LSN[0] = (lsn, '"commit_lsn":"' + str(lsn) + '"')
+        parts.append(last[1])
+    if history:
+        events = []
+        for event in history:
+            e = event.__dict__
+            at, what, note, times = e["at"], e["event"], e["note"], e["times"]
+            if (
+                type(at) is not dt.datetime
+                or at.tzinfo is not _UTC
+                or type(what) is not str
+                or (note is not None and type(note) is not str)
+                or type(times) is not int
+            ):
+                return None
+            text = '{"at":"' + at.isoformat()[:-6] + 'Z","event":' + _plain(what)
+            if note is not None:
+                text += ',"note":' + _plain(note)
+            if times != 1:
+                text += ',"times":' + int.__repr__(times)
+            events.append(text + "}")
+        parts.append('"history":[' + ",".join(events) + "]")
+    return "{" + ",".join(parts) + "}"
 
 
 def status_of(transaction_id: str, raw: bytes | str) -> TransactionStatus | None:
@@ -102,8 +201,12 @@ def status_of(transaction_id: str, raw: bytes | str) -> TransactionStatus | None
     text = as_text(raw).partition("\n")[0].lstrip("0123456789")
     if not text:
         return None
-    head = '{"transaction_id":' + _quoted(transaction_id)
     end = text.rfind("}") + 1
+    if end != len(text):
+        lean = _lean_status(transaction_id, text[:end], text[end + 1 :])
+        if lean is not None:
+            return lean
+    head = '{"transaction_id":' + _quoted(transaction_id)
     body = ("," if text[1:2] != "}" else "") + text[1:end]
     if end == len(text):  # written before the times had their tail
         return TransactionStatus.model_validate_json(head + body)
@@ -120,6 +223,93 @@ def status_of(transaction_id: str, raw: bytes | str) -> TransactionStatus | None
         return TransactionStatus.model_validate_json(head + body)
     status = TransactionStatus.model_validate_json(head + body)
     return status.model_copy(update={n: _EPOCH + t * _MICRO for n, t in times.items()})
+
+
+def _lean_status(transaction_id: str, body: str, tail: str) -> TransactionStatus | None:
+    """The status pydantic would read from ``body`` and ``tail``, built without it; or ``None``.
+
+    For the shapes :func:`_lean_status_json` writes: anything else (generated
+    values, a value of an unexpected type, a damaged text) goes through the
+    full validation, which reads it or says what is wrong.
+    """
+    try:
+        read = _BODIES.get(body)
+        if read is None:
+            read = _lean_body(body)
+            if read is None:
+                return None
+        template, names = read
+        values = template.copy()
+        values["transaction_id"] = transaction_id
+        given = set(names)
+        micros = tail.split(",")
+        created = int(micros[0])
+        if not 0 <= created < _LAST_MICRO or len(micros) > 4:
+            return None
+        values["created_at"] = _EPOCH + created * _MICRO
+        for name, value in zip(_TIMES[1:], micros[1:], strict=False):
+            if value:
+                values[name] = _EPOCH + (created + int(value)) * _MICRO
+                given.add(name)
+        if values["updated_at"] is None:
+            return None  # never written without one (pydantic's default would be now)
+        values["generated"] = {}
+    except (ValueError, OverflowError):
+        return None
+    return made_status(values, given)
+
+
+def _lean_body(body: str) -> tuple[dict[str, Any], frozenset[str]] | None:
+    """A status's fields from its JSON (no id, no times), and the names it sets; or ``None``.
+
+    Remembered for a body with no history nor error: most statuses of a site share
+    one of a few (``{"endpoint":"e","state":"buffered"}``).
+    """
+    try:
+        raw = _parse(body)
+        if type(raw) is not dict or not raw.keys() <= _LEAN_FIELDS:
+            return None
+        values = dict(_DEFAULTS)
+        values.update(raw)
+        values["state"] = _STATES[raw["state"]]
+        endpoint, attempts, error = values["endpoint"], values["attempts"], values["last_error"]
+        if (
+            type(endpoint) is not str
+            or type(attempts) is not int
+            or (error is not None and type(error) is not str)
+        ):
+            return None
+        lsn = values["commit_lsn"]
+        if lsn is not None:
+            if type(lsn) is not str:
+                return None
+            values["commit_lsn"] = LSN.parse(lsn)
+        history = values["history"]
+        if type(history) is list:
+            values["history"] = tuple([_event(e) for e in history])
+        elif history != ():
+            return None
+    except (_Unusual, KeyError, ValueError, TypeError):
+        return None
+    read = values, frozenset(("transaction_id", "created_at", *raw))
+    if not history and error is None and len(_BODIES) < _BODIES_KEPT:
+        _BODIES[body] = read
+    return read
+
+
+def _event(raw: Any) -> StatusEvent:
+    if type(raw) is not dict or not raw.keys() <= _EVENT_FIELDS:
+        raise _Unusual
+    at, event, note, times = raw["at"], raw["event"], raw.get("note"), raw.get("times", 1)
+    if (
+        type(at) is not str
+        or not at.endswith("Z")
+        or type(event) is not str
+        or (note is not None and type(note) is not str)
+        or type(times) is not int
+    ):
+        raise _Unusual
+    return made_event(dt.datetime.fromisoformat(at), event, note, times)
 
 
 def record_text(fields: Mapping[str, Any], record_id: str) -> str:

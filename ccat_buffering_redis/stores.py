@@ -56,6 +56,10 @@ _CURSOR = {True: re.compile(r"\d+"), False: re.compile(r"-?\d+(\.\d+)?(e[+-]?\d+
 """A status page's cursor: a sequence number (bucketed states), or ``<score> <member>``."""
 
 
+# The id an entry starts with, as claim.lua reads it (Transaction.to_json writes it first).
+_LEADING_ID = re.compile(r'^\{"format_version":[0-9]+,"transaction_id":"([^"]+)"')
+
+
 class _SiteStore:
     """A store of one site: a view of the backend that runs its scripts."""
 
@@ -81,14 +85,40 @@ class RedisBufferStore(_SiteStore):
         if count < 1:
             raise ValueError(f"count must be at least 1, not {count}")
         check_duration(lease_seconds, "lease_seconds")
+        return [claim for claim, _, _ in await self.claim_with_statuses(count, lease_seconds)]
+
+    async def claim_with_statuses(
+        self, count: int, lease_seconds: float
+    ) -> list[tuple[Claim, str | None, TransactionStatus | None]]:
+        """:meth:`claim`, each claim with the status of the transaction its entry names first.
+
+        The drain writes the claimed transactions' statuses next: they come
+        in the claim's own reply, not in a second round trip.
+
+        Returns:
+            Each claim, the transaction id its entry starts with and that
+            transaction's status (``None`` if it has none); the id is ``None``
+            where it was not read (a compressed entry): ask the status store.
+        """
+        if count < 1:
+            raise ValueError(f"count must be at least 1, not {count}")
+        check_duration(lease_seconds, "lease_seconds")
         reply = await self._backend.script("claim", count, ms(lease_seconds))
         if not reply:
             return []
         deadline = int(reply[0]) / 1000
-        return [
-            Claim(as_text(reply[i]), entry_text(reply[i + 1]), deadline)
-            for i in range(1, len(reply), 2)
-        ]
+        out: list[tuple[Claim, str | None, TransactionStatus | None]] = []
+        for i in range(1, len(reply), 3):
+            claim = Claim(as_text(reply[i]), entry_text(reply[i + 1]), deadline)
+            raw = reply[i + 2]
+            found = None if isinstance(raw, int) else _LEADING_ID.match(claim.payload[:200])
+            if found is None:
+                out.append((claim, None, None))
+            else:
+                transaction_id = found.group(1)
+                status = None if raw is None else status_of(transaction_id, raw)
+                out.append((claim, transaction_id, status))
+        return out
 
     async def ack(self, receipts: Sequence[str]) -> int:
         """See :meth:`ccat_buffering.buffer.protocols.BufferStore.ack`."""

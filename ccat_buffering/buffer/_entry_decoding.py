@@ -64,17 +64,18 @@ def _identifier(value: Any) -> str:
         raise _Unusual from None
 
 
-def _names(record: dict[str, Any]) -> None:
-    if not _KNOWN.issuperset(record):  # names seen before: the common case, in C
-        for name in record:
-            _identifier(name)
-
-
 def _record(value: Any) -> dict[str, Any]:
     """``value`` (the parsed JSON, reused) with its tagged values decoded."""
     if type(value) is not dict:
         raise _Unusual
-    _names(value)
+    if not _KNOWN.issuperset(value):  # names seen before: the common case, in C
+        for name in value:
+            _identifier(name)
+    for item in value.values():
+        if type(item) is dict or type(item) is list:
+            break
+    else:
+        return value  # plain values only: the common record
     tagged = [name for name, item in value.items() if type(item) is dict or type(item) is list]
     for name in tagged:
         item = value[name]
@@ -190,7 +191,11 @@ def _lean(payload: str) -> Transaction:
     steps = [_step(s) for s in steps_raw]
     if len({s.step_id for s in steps}) != len(steps):
         raise _Unusual
-    if any(s.has_base for s in steps):
+    # Step.has_base, read off the values: a lean step has no per-record bases.
+    if any(
+        s.__dict__["expected"] is not None or s.__dict__["expected_version"] is not None
+        for s in steps
+    ):
         version = max(version, 2)
     values = {
         "format_version": version,

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ccat_buffering.buffer._entries import read_claims
+from ccat_buffering.buffer._entries import claim_read
 from ccat_buffering.buffer._recent_commits import RecentCommits
 from ccat_buffering.buffer.cache_writes import cache_writes as _cache_writes
 from ccat_buffering.buffer.cache_writes import generated_writes
@@ -24,7 +24,7 @@ from ccat_buffering.buffer.retry import FailureKind, RetryPolicy, describe_error
 from ccat_buffering.logs import SiteLogger
 from ccat_buffering.write.lsn import LSN
 from ccat_buffering.write.models import Transaction, TransactionState, TransactionStatus
-from ccat_buffering.write.status import StatusEvent, add_event, as_json, copied_status
+from ccat_buffering.write.status import add_event, as_json, copied_status, made_event
 
 __all__ = ["CONFLICT_DELAY", "Delivery", "Transitions", "as_json", "buffered_status"]
 
@@ -97,16 +97,19 @@ class Transitions:
         **changes: Any,
     ) -> TransactionStatus:
         now = now or self.now()
-        note = note or changes.get("last_error")
+        error = changes.get("last_error")
+        note = note or error
         history = status.history
         # A claim is no event: each attempt is recorded by how it ended.
         claim = event is None and state is TransactionState.PROCESSING
-        if not claim and (history or event is not None or note is not None or state in _UNUSUAL):
+        # A commit's LSN note alone keeps a routine life routine: commit_lsn holds it.
+        unusual = event is not None or error is not None or state in _UNUSUAL
+        if not claim and (history or unusual):
             # Built unvalidated: aware UTC times and plain text (run per transaction).
             if not history:
                 # The story starts: it was buffered (the status's own time).
-                history = (StatusEvent.model_construct(at=status.created_at, event="buffered"),)
-            step = StatusEvent.model_construct(at=now, event=event or state.value, note=note)
+                history = (made_event(status.created_at, "buffered"),)
+            step = made_event(now, event or state.value, note)
             history = add_event(history, step)
         # Copied unvalidated: these values are already typed, and it runs per transaction.
         return copied_status(
@@ -128,11 +131,11 @@ class Transitions:
         Returns:
             The readable ones, in buffer order.
         """
-        claims = await self.backend.buffer.claim(count, lease_seconds)
-        if not claims:
+        parsed, unreadable = await claim_read(
+            self.backend, count, lease_seconds, self.max_payload_bytes
+        )
+        if not parsed and not unreadable:
             return []
-        parsed, unreadable = read_claims(claims, self.max_payload_bytes)
-        statuses = await self.backend.status.get_many([tx.transaction_id for _, tx in parsed])
         refused = await self.backend.status.get_many(
             [r.transaction_id for r in unreadable if r.transaction_id]
         )
@@ -149,7 +152,7 @@ class Transitions:
                         batch.put_status(failed, self.status_ttl)
                     batch.release_cache([entry.transaction_id])
             now = self.now()
-            for (claim, tx), old in zip(parsed, statuses, strict=True):
+            for claim, tx, old in parsed:
                 status = self._advance(
                     old or buffered_status(tx), TransactionState.PROCESSING, now=now
                 )

@@ -57,38 +57,62 @@ class BatchPreparer:
     def prepared(self, transactions: Sequence[Transaction]) -> PreparedBatch:
         """Check ``transactions``; where they can take the pipeline, plan and write its message."""
         outcomes: list[Outcome] = []
+        refs = False  # whether a runnable transaction has a ref(): those never pipeline
         for tx in transactions:
             try:
-                self.check(tx)
+                refs = self.check(tx) or refs
             except Exception as exc:
                 outcomes.append(Outcome(tx.transaction_id, error=exc, kind=classify_failure(exc)))
             else:
                 outcomes.append(Outcome(tx.transaction_id))
         runnable = [(i, tx) for i, tx in enumerate(transactions) if outcomes[i].error is None]
-        pipelined = bool(runnable) and self._pipelines(runnable)
+        pipelined = bool(runnable) and not refs and self.dialect.driver == "psycopg"
         batch = PreparedBatch(tuple(transactions), outcomes, runnable, pipelined)
         if batch.pipelined:
             batch.todo, batch.copies = unique(runnable)
             if len(batch.todo) > 1:
-                grouped = plan([tx for _, tx in batch.todo], self.registry)
+                grouped = plan([tx for _, tx in batch.todo], self.registry, without_refs=True)
                 if grouped is not None:
                     batch.first = self.pipelined.message(batch.todo, grouped)
         return batch
 
-    def _pipelines(self, runnable: Sequence[tuple[int, Transaction]]) -> bool:
-        """Whether the batch can go through psycopg's pipeline mode (no ``ref()``)."""
-        if self.dialect.driver != "psycopg":
-            return False
-        return not any(step.refs() for _, tx in runnable for step in tx.steps)
+    def _plainly_known(self, tx: Transaction) -> bool:
+        """Whether every step only names known fields, seen the quick way (creates, updates).
 
-    def check(self, tx: Transaction) -> None:
+        ``False`` for anything else (a key, bases, an unknown model or field):
+        :meth:`ModelRegistry.check` decides then, and says what is wrong.
+        """
+        registry = self.registry
+        for step in tx.steps:
+            if step.key is not None or step.expected is not None or step.expected_records:
+                return False
+            try:
+                known = registry.fields(step.model)
+            except Exception:
+                return False
+            if not known.issuperset(step.key_fields):
+                return False
+            if step.data is not None and not known.issuperset(step.data):
+                return False
+            for record in step.records or ():
+                if not known.issuperset(record):
+                    return False
+        return True
+
+    def check(self, tx: Transaction) -> bool:
         """Refuse a transaction naming an unknown model or field, or referring to one.
+
+        Returns:
+            Whether it has a ``ref()`` (it cannot go through psycopg's pipeline mode).
 
         Raises:
             UnknownModelError: A model is not registered.
             UnknownColumnError: A field, or a field a ``ref()`` reads, is not mapped.
         """
-        self.registry.check(tx)
+        if not self._plainly_known(tx):
+            self.registry.check(tx)
+        if not any(step.refs() for step in tx.steps):
+            return False
         models = {step.step_id: step.model for step in tx.steps}
         for step in tx.steps:
             for ref in step.refs():
@@ -97,3 +121,4 @@ class BatchPreparer:
                         f"transaction {tx.transaction_id}: step {step.step_id!r} refers to "
                         f"{models[ref.step]}.{ref.field}, which is not a mapped field"
                     )
+        return True

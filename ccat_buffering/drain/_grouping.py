@@ -141,12 +141,15 @@ class _Created:
         return index.get(values)
 
 
-def plan(transactions: Sequence[Transaction], registry: ModelRegistry) -> Plan | None:
+def plan(
+    transactions: Sequence[Transaction], registry: ModelRegistry, *, without_refs: bool = False
+) -> Plan | None:
     """Group a batch's writes, or return ``None`` when grouping could change its result.
 
     Args:
         transactions: In buffer order, already checked against the registry.
         registry: The mapped classes.
+        without_refs: The caller found no ``ref()`` in them (not looked for again).
 
     Returns:
         The plan, or ``None`` for a batch with deletes, references, a create
@@ -164,7 +167,7 @@ def plan(transactions: Sequence[Transaction], registry: ModelRegistry) -> Plan |
     steps: list[Step] = []
     for number, step in enumerate(s for tx in transactions for s in tx.steps):
         table = schema.table(step.model)
-        if step.operation not in _GROUPABLE or step.refs() or table is None:
+        if step.operation not in _GROUPABLE or table is None or (not without_refs and step.refs()):
             return None
         if step.operation in (Operation.CREATE, Operation.BULK_CREATE):
             model = step.model

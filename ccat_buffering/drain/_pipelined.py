@@ -93,16 +93,17 @@ def row_chunks(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
         Consecutive chunks, in order.
     """
     chunks: list[list[dict[str, Any]]] = []
+    last: list[dict[str, Any]] = []
+    keys: Any = None
+    room = 0  # rows the last chunk may hold: (rows + 1) * width <= MAX_PARAMETERS
     for row in rows:
-        last = chunks[-1] if chunks else None
-        if (
-            last is not None
-            and last[0].keys() == row.keys()
-            and (len(last) + 1) * max(len(row), 1) <= MAX_PARAMETERS
-        ):
+        if len(last) < room and row.keys() == keys:
             last.append(row)
         else:
-            chunks.append([row])
+            last = [row]
+            chunks.append(last)
+            keys = row.keys()
+            room = MAX_PARAMETERS // max(len(row), 1)
     return chunks
 
 
