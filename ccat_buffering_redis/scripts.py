@@ -18,18 +18,30 @@ writes staged by ``Backend.atomic()`` (and groups from concurrent callers,
 coalesced into one call) apply in one round trip. The groups come as one
 "frame" in ``ARGV[2]`` (see :mod:`ccat_buffering_redis._frame`); the frame's
 grammar is written out in ``lua/apply.lua``.
+
+``APPLY`` is also built as a Redis Function library (:func:`library`, called
+with ``FCALL``; see :mod:`ccat_buffering_redis._functions`): run as a script,
+Lua defines its ~80 local functions again on every call, which costs more
+than a small write; a library defines them once, when it is loaded. A script
+that can be a library ends with a line ``-- call: <function>`` (run as a
+script: ``return <function>()``) and keeps every statement of its top level
+other than a ``local`` in functions: each top-level ``local`` is state of one
+call, declared once in the library and assigned afresh at the start of every
+call, in the order written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+from dataclasses import dataclass
 from importlib import resources
 
 from ccat_buffering.write.models import TransactionState
 from ccat_buffering_redis._model_index import BUCKET
 from ccat_buffering_redis.keys import SEQ_STATES, SUFFIXES
 
-__all__ = ["LUA_NAMES", "NAMES", "SCRIPTS", "keys_fragment", "load"]
+__all__ = ["LIBRARIES", "LUA_NAMES", "NAMES", "SCRIPTS", "Library", "keys_fragment", "library", "load"]
 
 LUA_NAMES = {
     "buffer": "BUF",
@@ -86,6 +98,7 @@ NAMES = (
 """The scripts, by file name (``lua/<name>.lua``)."""
 
 _INCLUDE = re.compile(r"^-- include: (\w+)$", re.MULTILINE)
+_CALL = re.compile(r"^-- call: (\w+)$", re.MULTILINE)
 
 
 def _table(names: object) -> str:
@@ -122,8 +135,13 @@ def load(name: str) -> str:
         name: The script's file name, without ``.lua``.
 
     Returns:
-        The Lua to register; each fragment appears once, where first included.
+        The Lua to register; each fragment appears once, where first included,
+        and a last line ``-- call: <function>`` becomes ``return <function>()``.
     """
+    return _CALL.sub(r"return \1()", _expanded(name))
+
+
+def _expanded(name: str) -> str:
     seen: set[str] = set()
 
     def expand(text: str) -> str:
@@ -141,3 +159,99 @@ def load(name: str) -> str:
 
 SCRIPTS = {name: load(name) for name in NAMES}
 """Every script's Lua, by name."""
+
+
+@dataclass(frozen=True)
+class Library:
+    """A script built as a Redis Function library.
+
+    Attributes:
+        name: The library's name, ``ccat_buffering_<hash>``: one per version of
+            its code, so that processes of different versions never replace
+            each other's.
+        function: The function to ``FCALL``, ``ccat_<script>_<hash>``.
+        code: The library, for ``FUNCTION LOAD``.
+        script: The same Lua as a script (:data:`SCRIPTS`), for ``EVALSHA``.
+    """
+
+    name: str
+    function: str
+    code: str
+    script: str
+
+
+# Upvalues per Lua function are limited (60): the per-call assignments are
+# split over functions of at most this many names each.
+_RESET_NAMES = 24
+_LOCAL = re.compile(r"^local ((?:[A-Za-z_]\w*)(?:, *[A-Za-z_]\w*)*)(?: *= *(.*))?$", re.DOTALL)
+
+
+def _statements(text: str) -> list[str]:
+    """Top-level statements of ``text``, each its lines (a ``local`` may span several)."""
+    out: list[str] = []
+    depth = 0
+    for line in text.splitlines():
+        if depth > 0:
+            out[-1] += "\n" + line
+        else:
+            out.append(line)
+        code = re.sub(r"'[^']*'|--.*$", "", line)
+        depth += code.count("{") + code.count("(") - code.count("}") - code.count(")")
+    return out
+
+
+def library(name: str) -> Library:
+    """The script ``name`` as a Redis Function library (see the module's docstring).
+
+    Raises:
+        ValueError: The script is not one that can be a library: no ``-- call:``
+            line, or a top-level statement that is neither a ``local`` nor in a
+            function.
+    """
+    text = _expanded(name)
+    calls = _CALL.findall(text)
+    if len(calls) != 1:
+        raise ValueError(f"script {name} has no single '-- call: <function>' line")
+    body: list[str] = []
+    resets: list[tuple[list[str], str]] = []
+    in_function = False
+    for statement in _statements(_CALL.sub("", text)):
+        first = statement.split("\n", 1)[0]
+        if in_function or first[:1] in ("", " ", "-"):
+            body.append(statement)
+            in_function = in_function and first != "end"
+        elif first.startswith("local function "):
+            body.append(statement)
+            in_function = not statement.rstrip().endswith(" end")
+        elif (found := _LOCAL.match(statement)) is not None:
+            names = [n.strip() for n in found.group(1).split(",")]
+            body.append(f"local {', '.join(names)}")
+            resets.append((names, found.group(2) or "nil"))
+        else:
+            raise ValueError(f"script {name}: top-level statement {first!r} runs at each call")
+    chunks: list[list[str]] = [[]]
+    count = 0
+    for names, value in resets:
+        if count + len(names) > _RESET_NAMES and chunks[-1]:
+            chunks.append([])
+            count = 0
+        chunks[-1].append(f"  {', '.join(names)} = {value}")
+        count += len(names)
+    reset = [
+        f"local function reset_{i}()\n" + "\n".join(chunk) + "\nend"
+        for i, chunk in enumerate(chunks)
+    ]
+    code = "\n".join(["local KEYS, ARGV", *body, *reset])
+    digest = hashlib.sha1(code.encode()).hexdigest()[:16]
+    function = f"ccat_{name}_{digest}"
+    calls_reset = "\n".join(f"  reset_{i}()" for i in range(len(chunks)))
+    register = (
+        f"redis.register_function('{function}', function(keys, args)\n"
+        f"  KEYS, ARGV = keys, args\n{calls_reset}\n  return {calls[0]}()\nend)\n"
+    )
+    header = f"#!lua name=ccat_buffering_{name}_{digest}\n"
+    return Library(f"ccat_buffering_{name}_{digest}", function, header + code + "\n" + register, SCRIPTS[name])
+
+
+LIBRARIES = {"apply": library("apply")}
+"""The scripts also built as Redis Function libraries, by name: those on the write path."""
