@@ -184,6 +184,27 @@ class Library:
 # split over functions of at most this many names each.
 _RESET_NAMES = 24
 _LOCAL = re.compile(r"^local ((?:[A-Za-z_]\w*)(?:, *[A-Za-z_]\w*)*)(?: *= *(.*))?$", re.DOTALL)
+# A key name of the generated fragment: the same for every call of one site.
+_PER_SITE = re.compile(r"^(?:ARGV\[1\]|P \.\. '[^']*')$")
+
+
+def _constant(value: str) -> bool:
+    """Whether a ``local``'s value is a literal that is never empty: the same for every call."""
+    code = re.sub(r"'[^']*'", "''", value)
+    if "{}" in code.replace(" ", ""):
+        return False  # an empty table is state to fill
+    code = re.sub(r"\b\w+ *=(?!=)", "", code)
+    code = re.sub(r"\b(?:true|false|nil|\d+)\b", "", code)
+    return re.search(r"[A-Za-z_]", code) is None
+
+
+def _written(names: str, text: str) -> bool:
+    """Whether any of the ``local``'s names (or what they hold) is assigned after it."""
+    for name in names.split(","):
+        assigned = rf"\b{name.strip()}\b *(?:\[[^\]\n]*\]|\.\w+)* *=(?!=)"
+        if len(re.findall(assigned, text)) > 1:
+            return True
+    return False
 
 
 def _statements(text: str) -> list[str]:
@@ -200,8 +221,26 @@ def _statements(text: str) -> list[str]:
     return out
 
 
+def _resets(assignments: list[tuple[list[str], str]]) -> list[str]:
+    """``reset_<i>()`` functions making those assignments, in order, each with few names."""
+    chunks: list[list[str]] = [[]]
+    count = 0
+    for names, value in assignments:
+        if count + len(names) > _RESET_NAMES and chunks[-1]:
+            chunks.append([])
+            count = 0
+        chunks[-1].append(f"  {', '.join(names)} = {value}")
+        count += len(names)
+    return [f"local function reset_{i}()\n" + "\n".join(c) + "\nend" for i, c in enumerate(chunks)]
+
+
 def library(name: str) -> Library:
     """The script ``name`` as a Redis Function library (see the module's docstring).
+
+    A top-level ``local`` whose value is a literal (a number, a table of
+    constants) that nothing assigns to is made once, when the library loads; the
+    key names (``P .. '<suffix>'``) are made again only when a call names
+    another site than the last.
 
     Raises:
         ValueError: The script is not one that can be a library: no ``-- call:``
@@ -213,7 +252,8 @@ def library(name: str) -> Library:
     if len(calls) != 1:
         raise ValueError(f"script {name} has no single '-- call: <function>' line")
     body: list[str] = []
-    resets: list[tuple[list[str], str]] = []
+    per_site: list[str] = []
+    per_call: list[tuple[list[str], str]] = []
     in_function = False
     for statement in _statements(_CALL.sub("", text)):
         first = statement.split("\n", 1)[0]
@@ -223,34 +263,32 @@ def library(name: str) -> Library:
         elif first.startswith("local function "):
             body.append(statement)
             in_function = not statement.rstrip().endswith(" end")
-        elif (found := _LOCAL.match(statement)) is not None:
+        elif (found := _LOCAL.match(statement)) is None:
+            raise ValueError(f"script {name}: top-level statement {first!r} runs at each call")
+        elif _constant(found.group(2) or "x") and not _written(found.group(1), text):
+            body.append(statement)
+        else:
             names = [n.strip() for n in found.group(1).split(",")]
             body.append(f"local {', '.join(names)}")
-            resets.append((names, found.group(2) or "nil"))
-        else:
-            raise ValueError(f"script {name}: top-level statement {first!r} runs at each call")
-    chunks: list[list[str]] = [[]]
-    count = 0
-    for names, value in resets:
-        if count + len(names) > _RESET_NAMES and chunks[-1]:
-            chunks.append([])
-            count = 0
-        chunks[-1].append(f"  {', '.join(names)} = {value}")
-        count += len(names)
-    reset = [
-        f"local function reset_{i}()\n" + "\n".join(chunk) + "\nend"
-        for i, chunk in enumerate(chunks)
-    ]
-    code = "\n".join(["local KEYS, ARGV", *body, *reset])
+            value = found.group(2) or "nil"
+            if len(names) == 1 and _PER_SITE.match(value) and not per_call:
+                per_site.append(f"  {names[0]} = {value}")
+            else:
+                per_call.append((names, value))
+    resets = _resets(per_call)
+    site = "local function reset_site()\n  if ARGV[1] == P then return end\n"
+    code = "\n".join(["local KEYS, ARGV", *body, site + "\n".join(per_site) + "\nend", *resets])
     digest = hashlib.sha1(code.encode()).hexdigest()[:16]
     function = f"ccat_{name}_{digest}"
-    calls_reset = "\n".join(f"  reset_{i}()" for i in range(len(chunks)))
+    calls_reset = "\n".join(f"  reset_{i}()" for i in range(len(resets)))
     register = (
         f"redis.register_function('{function}', function(keys, args)\n"
-        f"  KEYS, ARGV = keys, args\n{calls_reset}\n  return {calls[0]}()\nend)\n"
+        f"  KEYS, ARGV = keys, args\n  reset_site()\n{calls_reset}\n"
+        f"  return {calls[0]}()\nend)\n"
     )
-    header = f"#!lua name=ccat_buffering_{name}_{digest}\n"
-    return Library(f"ccat_buffering_{name}_{digest}", function, header + code + "\n" + register, SCRIPTS[name])
+    library_name = f"ccat_buffering_{name}_{digest}"
+    header = f"#!lua name={library_name}\n"
+    return Library(library_name, function, header + code + "\n" + register, SCRIPTS[name])
 
 
 LIBRARIES = {"apply": library("apply")}

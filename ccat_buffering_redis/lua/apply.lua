@@ -223,13 +223,10 @@ end
 -- One call: split the frame, check every group, then run those that passed.
 local function apply()
   do
-    local frame, pos, n = ARGV[2], 1, 0
-    while true do
-      local stop = string.find(frame, '\31', pos, true)
-      if not stop then break end
+    local n = 0
+    for token in string.gmatch(ARGV[2], '([^\31]*)\31') do
       n = n + 1
-      T[n] = string.sub(frame, pos, stop - 1)
-      pos = stop + 1
+      T[n] = token
     end
   end
 
