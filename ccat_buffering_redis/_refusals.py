@@ -3,8 +3,9 @@
 A user without the right to a command gets ``NOPERM ... the 'info' command``
 from a direct call, but only ``The user executing the script can't run this
 command ... on @user_script:95`` from inside a script (``@user_function``
-from a Redis Function): the line is then read back from the script's own source to name the command (``TIME``,
-``RPOP``, ...). A wrong password must read "authentication failed", not
+from a Redis Function): the line is then read back from the script's (or
+library's) own source to name the command (``TIME``, ``RPOP``, ...). A wrong
+password must read "authentication failed", not
 "cannot be reached" (redis-py raises it as a connection error).
 """
 

@@ -40,8 +40,8 @@ from ccat_buffering.errors import (
 from ccat_buffering_redis import scripts
 from ccat_buffering_redis._audit import RedisAuditLog
 from ccat_buffering_redis._coalescer import Coalescer
-from ccat_buffering_redis._functions import FunctionCall
 from ccat_buffering_redis._connect import open_client, take_compression, take_parameter
+from ccat_buffering_redis._functions import FunctionCall
 from ccat_buffering_redis._health import RedisHealth
 from ccat_buffering_redis._pause import RedisOperatorPause
 from ccat_buffering_redis._refusals import auth_failure, refusal

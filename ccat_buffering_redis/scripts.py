@@ -41,7 +41,16 @@ from ccat_buffering.write.models import TransactionState
 from ccat_buffering_redis._model_index import BUCKET
 from ccat_buffering_redis.keys import SEQ_STATES, SUFFIXES
 
-__all__ = ["LIBRARIES", "LUA_NAMES", "NAMES", "SCRIPTS", "Library", "keys_fragment", "library", "load"]
+__all__ = [
+    "LIBRARIES",
+    "LUA_NAMES",
+    "NAMES",
+    "SCRIPTS",
+    "Library",
+    "keys_fragment",
+    "library",
+    "load",
+]
 
 LUA_NAMES = {
     "buffer": "BUF",
