@@ -193,18 +193,18 @@ class Library:
 # split over functions of at most this many names each.
 _RESET_NAMES = 24
 _LOCAL = re.compile(r"^local ((?:[A-Za-z_]\w*)(?:, *[A-Za-z_]\w*)*)(?: *= *(.*))?$", re.DOTALL)
-# A key name of the generated fragment: the same for every call of one site.
-_PER_SITE = re.compile(r"^(?:ARGV\[1\]|P \.\. '[^']*')$")
+# The site's key prefix: what every key name is made of.
+_PREFIX = "local P = ARGV[1]"
 
 
-def _constant(value: str) -> bool:
-    """Whether a ``local``'s value is a literal that is never empty: the same for every call."""
+def _made_of(value: str, names: set[str]) -> bool:
+    """Whether a ``local``'s value is a literal of ``names`` and constants, never an empty table."""
     code = re.sub(r"'[^']*'", "''", value)
     if "{}" in code.replace(" ", ""):
         return False  # an empty table is state to fill
     code = re.sub(r"\b\w+ *=(?!=)", "", code)
     code = re.sub(r"\b(?:true|false|nil|\d+)\b", "", code)
-    return re.search(r"[A-Za-z_]", code) is None
+    return all(word in names for word in re.findall(r"[A-Za-z_]\w*", code))
 
 
 def _written(names: str, text: str) -> bool:
@@ -247,9 +247,10 @@ def library(name: str) -> Library:
     """The script ``name`` as a Redis Function library (see the module's docstring).
 
     A top-level ``local`` whose value is a literal (a number, a table of
-    constants) that nothing assigns to is made once, when the library loads; the
-    key names (``P .. '<suffix>'``) are made again only when a call names
-    another site than the last.
+    constants) that nothing assigns to is made once, when the library loads;
+    the site's prefix ``P``, and the values made of it alone (the key names,
+    tables of them), are made again only when a call names another site
+    than the last.
 
     Raises:
         ValueError: The script is not one that can be a library: no ``-- call:``
@@ -262,6 +263,7 @@ def library(name: str) -> Library:
         raise ValueError(f"script {name} has no single '-- call: <function>' line")
     body: list[str] = []
     per_site: list[str] = []
+    site_names = {"P"}
     per_call: list[tuple[list[str], str]] = []
     in_function = False
     for statement in _statements(_CALL.sub("", text)):
@@ -274,16 +276,18 @@ def library(name: str) -> Library:
             in_function = not statement.rstrip().endswith(" end")
         elif (found := _LOCAL.match(statement)) is None:
             raise ValueError(f"script {name}: top-level statement {first!r} runs at each call")
-        elif _constant(found.group(2) or "x") and not _written(found.group(1), text):
+        elif _made_of(found.group(2) or "x", set()) and not _written(found.group(1), text):
             body.append(statement)
+        elif statement == _PREFIX or (
+            _made_of(found.group(2) or "x", site_names) and not _written(found.group(1), text)
+        ):
+            body.append(f"local {found.group(1)}")
+            per_site.append(f"  {found.group(1)} = {found.group(2)}")
+            site_names.update(n.strip() for n in found.group(1).split(","))
         else:
             names = [n.strip() for n in found.group(1).split(",")]
             body.append(f"local {', '.join(names)}")
-            value = found.group(2) or "nil"
-            if len(names) == 1 and _PER_SITE.match(value) and not per_call:
-                per_site.append(f"  {names[0]} = {value}")
-            else:
-                per_call.append((names, value))
+            per_call.append((names, found.group(2) or "nil"))
     resets = _resets(per_call)
     site = "local function reset_site()\n  if ARGV[1] == P then return end\n"
     code = "\n".join(["local KEYS, ARGV", *body, site + "\n".join(per_site) + "\nend", *resets])
