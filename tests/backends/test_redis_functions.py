@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import pytest
 import redis.asyncio as aioredis
-from services import forget_site
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis_servers import redis_cluster
+from services import forget_site, started
 
 from ccat_buffering.testing import new_site_name
 from ccat_buffering_redis import RedisBackend, scripts
@@ -76,6 +78,27 @@ async def test_every_site_gets_its_own_keys_from_the_one_library(
     finally:
         await forget_site(redis_client, first.keys.pattern())
         await forget_site(redis_client, second.keys.pattern())
+
+
+async def test_on_a_cluster_the_library_is_on_every_primary_and_called() -> None:
+    library = scripts.LIBRARIES["apply"]
+    with started(redis_cluster()) as ports:
+        client = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in ports])
+        backend = RedisBackend(client, site=new_site_name())
+        try:
+            await _push(backend, "one")
+            await _push(backend, "two")
+            assert backend._functions["apply"].usable
+            assert (await backend.buffer.stats()).depth == 2
+            for port in ports:
+                node = aioredis.Redis(port=port)
+                try:
+                    if (await node.info("replication"))["role"] == "master":
+                        assert library.name in await _libraries(node), port
+                finally:
+                    await node.aclose()
+        finally:
+            await client.aclose()
 
 
 def test_the_library_is_the_script_with_its_state_reset_per_call() -> None:
