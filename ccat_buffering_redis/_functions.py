@@ -30,7 +30,6 @@ take the script.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -74,7 +73,6 @@ class FunctionCall:
         self.library = library
         self.usable = True
         """``False`` once the server or its ACL refused functions: the script runs instead."""
-        self._lock = asyncio.Lock()
 
     async def __call__(self, keys: list[str], args: list[Any]) -> Any:
         """Run the function (or the script) with ``keys`` and ``args``; its reply.
@@ -104,10 +102,13 @@ class FunctionCall:
         return await self.client.fcall(self.library.function, len(keys), *keys, *args)
 
     async def _load(self) -> bool:
-        """Load the library (every primary of a Cluster); whether the function can be called."""
+        """Load the library (every primary of a Cluster); whether the function can be called.
+
+        Callers that found it missing together each load it: loading the same
+        code again replaces it with itself.
+        """
         try:
-            async with self._lock:
-                await self.client.execute_command("FUNCTION LOAD", "REPLACE", self.library.code)
+            await self.client.execute_command("FUNCTION LOAD", "REPLACE", self.library.code)
         except redis.exceptions.OutOfMemoryError:
             return False
         except redis.exceptions.ResponseError as exc:
