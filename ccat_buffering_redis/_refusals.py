@@ -2,9 +2,10 @@
 
 A user without the right to a command gets ``NOPERM ... the 'info' command``
 from a direct call, but only ``The user executing the script can't run this
-command ... on @user_script:95`` from inside a script: the script's line is
-then read back from the script's own source to name the command (``TIME``,
-``RPOP``, ...). A wrong password must read "authentication failed", not
+command ... on @user_script:95`` from inside a script (``@user_function``
+from a Redis Function): the line is then read back from the script's (or
+library's) own source to name the command (``TIME``, ``RPOP``, ...). A wrong
+password must read "authentication failed", not
 "cannot be reached" (redis-py raises it as a connection error).
 """
 
@@ -17,7 +18,7 @@ __all__ = ["auth_failure", "refusal"]
 
 _COMMAND = re.compile(r"no permissions to run the '([^']+)' command")
 _KEYS = ("no permissions to access one of the keys", "can't access at least one of the keys")
-_IN_SCRIPT = re.compile(r"script: ([0-9a-f]{40}), on @user_script:(\d+)")
+_IN_SCRIPT = re.compile(r"script: (\w+), on @user_(?:script|function):(\d+)")
 _CALL = re.compile(r"redis\.p?call\(\s*'(\w+)'")
 
 OUTSIDE_KEYS = "a key outside this user's key patterns (it needs ~site:{<site>}:*)"
@@ -28,8 +29,8 @@ def refusal(message: str, scripts: Mapping[str, str]) -> str | None:
 
     Args:
         message: The server's error text.
-        scripts: The library's scripts' sources by SHA1, to read a refused
-            script line from.
+        scripts: The library's scripts' sources by SHA1 (and its Redis
+            Functions' libraries by function name), to read a refused line from.
     """
     if (found := _COMMAND.search(message)) is not None:
         return f"the {found.group(1).upper()} command"

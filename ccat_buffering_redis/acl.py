@@ -29,6 +29,8 @@ __all__ = ["ROLES", "SENTINEL", "sentinel_setuser", "setuser"]
 # A Cluster client also maps the slots (CLUSTER SLOTS/SHARDS, COMMAND) and follows ASK.
 _CONNECT = ("hello", "select", "ping", "cluster|slots", "cluster|shards", "asking", "command")
 _SCRIPTS = ("evalsha", "script|load", "script|exists", "time")
+# The write path's library (see _functions): without these, it runs as a script (slower).
+_FUNCTIONS = ("fcall", "function|load")
 _LOOK: tuple[str, ...] = ("info", "config|get", "get", "mget", "exists", "type", "pttl")
 _LOOK += ("hget", "hlen", "hvals", "llen", "lrange", "zcard", "zrange", "zrangebylex")
 _TIDY = ("incrby", "pexpire", "zremrangebyscore", "hset", "zadd", "zrem")
@@ -37,8 +39,8 @@ _WRITE = ("set", "mset", "del", "lpush", "ltrim", "hdel", "zremrangebylex", "mul
 _DRAIN = ("rpop", "rpush", "hkeys", "zrangebyscore", "zscore", "scan")
 
 ROLES: dict[str, tuple[str, ...]] = {
-    "service": (*_CONNECT, *_SCRIPTS, *_LOOK, *_TIDY, *_WRITE),
-    "worker": (*_CONNECT, *_SCRIPTS, *_LOOK, *_TIDY, *_WRITE, *_DRAIN),
+    "service": (*_CONNECT, *_SCRIPTS, *_FUNCTIONS, *_LOOK, *_TIDY, *_WRITE),
+    "worker": (*_CONNECT, *_SCRIPTS, *_FUNCTIONS, *_LOOK, *_TIDY, *_WRITE, *_DRAIN),
     "status": (*_CONNECT, *_SCRIPTS, *_LOOK, *_TIDY, "scan"),
 }
 """The commands of each role (lower case, ``container|sub`` for subcommands)."""

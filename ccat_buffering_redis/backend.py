@@ -1,7 +1,9 @@
 """The Redis backend: every store of one site in Redis, each change one atomic call.
 
 Writes go through Lua scripts (``lua/*.lua``, loaded by :mod:`ccat_buffering_redis.scripts`):
-a ``Backend.atomic()`` group is one ``EVALSHA`` whatever it holds, and groups
+a ``Backend.atomic()`` group is one call whatever it holds (``FCALL`` of the
+``APPLY`` library, or ``EVALSHA`` where functions are not available: see
+:mod:`ccat_buffering_redis._functions`), and groups
 that concurrent callers close at the same moment are coalesced into one call
 (each still applies whole; see :mod:`ccat_buffering_redis._writes`). Every key
 lives under ``site:{<site>}:``, one Redis Cluster slot per site. Redis errors
@@ -39,6 +41,7 @@ from ccat_buffering_redis import scripts
 from ccat_buffering_redis._audit import RedisAuditLog
 from ccat_buffering_redis._coalescer import Coalescer
 from ccat_buffering_redis._connect import open_client, take_compression, take_parameter
+from ccat_buffering_redis._functions import FunctionCall
 from ccat_buffering_redis._health import RedisHealth
 from ccat_buffering_redis._pause import RedisOperatorPause
 from ccat_buffering_redis._refusals import auth_failure, refusal
@@ -69,7 +72,9 @@ Client = Redis | RedisCluster
 
 _SCRIPTS = scripts.SCRIPTS
 # By SHA1, as the server names a script in an error, to name a refused line's command.
+# Functions are named by their own name.
 _SOURCES = {hashlib.sha1(lua.encode()).hexdigest(): lua for lua in _SCRIPTS.values()}
+_SOURCES |= {library.function: library.code for library in scripts.LIBRARIES.values()}
 
 
 class RedisBackend(
@@ -141,6 +146,10 @@ class RedisBackend(
         self.where = where or self._describe(client)
         self._owns_client = False
         self._scripts = {name: client.register_script(lua) for name, lua in _SCRIPTS.items()}
+        self._functions = {
+            name: FunctionCall(client, self._scripts[name], library)
+            for name, library in scripts.LIBRARIES.items()
+        }
         self._coalescer = Coalescer(self._apply_groups) if coalesce else None
         self.buffer = RedisBufferStore(self)
         self.dead_letters = RedisDeadLetterStore(self)
@@ -274,6 +283,8 @@ class RedisBackend(
             The script's reply.
         """
         with self.translate():
+            if name in self._functions:
+                return await self._functions[name]([self.keys.buffer], [self.keys.prefix, *args])
             return await self._scripts[name](
                 keys=[self.keys.buffer], args=[self.keys.prefix, *args]
             )

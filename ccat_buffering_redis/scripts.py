@@ -18,18 +18,39 @@ writes staged by ``Backend.atomic()`` (and groups from concurrent callers,
 coalesced into one call) apply in one round trip. The groups come as one
 "frame" in ``ARGV[2]`` (see :mod:`ccat_buffering_redis._frame`); the frame's
 grammar is written out in ``lua/apply.lua``.
+
+``APPLY`` is also built as a Redis Function library (:func:`library`, called
+with ``FCALL``; see :mod:`ccat_buffering_redis._functions`): run as a script,
+Lua defines its ~80 local functions again on every call, which costs more
+than a small write; a library defines them once, when it is loaded. A script
+that can be a library ends with a line ``-- call: <function>`` (run as a
+script: ``return <function>()``) and keeps every statement of its top level
+other than a ``local`` in functions: each top-level ``local`` is state of one
+call, declared once in the library and assigned afresh at the start of every
+call, in the order written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+from dataclasses import dataclass
 from importlib import resources
 
 from ccat_buffering.write.models import TransactionState
 from ccat_buffering_redis._model_index import BUCKET
 from ccat_buffering_redis.keys import SEQ_STATES, SUFFIXES
 
-__all__ = ["LUA_NAMES", "NAMES", "SCRIPTS", "keys_fragment", "load"]
+__all__ = [
+    "LIBRARIES",
+    "LUA_NAMES",
+    "NAMES",
+    "SCRIPTS",
+    "Library",
+    "keys_fragment",
+    "library",
+    "load",
+]
 
 LUA_NAMES = {
     "buffer": "BUF",
@@ -86,6 +107,7 @@ NAMES = (
 """The scripts, by file name (``lua/<name>.lua``)."""
 
 _INCLUDE = re.compile(r"^-- include: (\w+)$", re.MULTILINE)
+_CALL = re.compile(r"^-- call: (\w+)$", re.MULTILINE)
 
 
 def _table(names: object) -> str:
@@ -122,8 +144,13 @@ def load(name: str) -> str:
         name: The script's file name, without ``.lua``.
 
     Returns:
-        The Lua to register; each fragment appears once, where first included.
+        The Lua to register; each fragment appears once, where first included,
+        and a last line ``-- call: <function>`` becomes ``return <function>()``.
     """
+    return _CALL.sub(r"return \1()", _expanded(name))
+
+
+def _expanded(name: str) -> str:
     seen: set[str] = set()
 
     def expand(text: str) -> str:
@@ -141,3 +168,141 @@ def load(name: str) -> str:
 
 SCRIPTS = {name: load(name) for name in NAMES}
 """Every script's Lua, by name."""
+
+
+@dataclass(frozen=True)
+class Library:
+    """A script built as a Redis Function library.
+
+    Attributes:
+        name: The library's name, ``ccat_buffering_<hash>``: one per version of
+            its code, so that processes of different versions never replace
+            each other's.
+        function: The function to ``FCALL``, ``ccat_<script>_<hash>``.
+        code: The library, for ``FUNCTION LOAD``.
+        script: The same Lua as a script (:data:`SCRIPTS`), for ``EVALSHA``.
+    """
+
+    name: str
+    function: str
+    code: str
+    script: str
+
+
+# Upvalues per Lua function are limited (60): the per-call assignments are
+# split over functions of at most this many names each.
+_RESET_NAMES = 24
+_LOCAL = re.compile(r"^local ((?:[A-Za-z_]\w*)(?:, *[A-Za-z_]\w*)*)(?: *= *(.*))?$", re.DOTALL)
+# The site's key prefix: what every key name is made of.
+_PREFIX = "local P = ARGV[1]"
+
+
+def _made_of(value: str, names: set[str]) -> bool:
+    """Whether a ``local``'s value is a literal of ``names`` and constants, never an empty table."""
+    code = re.sub(r"'[^']*'", "''", value)
+    if "{}" in code.replace(" ", ""):
+        return False  # an empty table is state to fill
+    code = re.sub(r"\b\w+ *=(?!=)", "", code)
+    code = re.sub(r"\b(?:true|false|nil|\d+)\b", "", code)
+    return all(word in names for word in re.findall(r"[A-Za-z_]\w*", code))
+
+
+def _written(names: str, text: str) -> bool:
+    """Whether any of the ``local``'s names (or what they hold) is assigned after it."""
+    for name in names.split(","):
+        assigned = rf"\b{name.strip()}\b *(?:\[[^\]\n]*\]|\.\w+)* *=(?!=)"
+        if len(re.findall(assigned, text)) > 1:
+            return True
+    return False
+
+
+def _statements(text: str) -> list[str]:
+    """Top-level statements of ``text``, each its lines (a ``local`` may span several)."""
+    out: list[str] = []
+    depth = 0
+    for line in text.splitlines():
+        if depth > 0:
+            out[-1] += "\n" + line
+        else:
+            out.append(line)
+        code = re.sub(r"'[^']*'|--.*$", "", line)
+        depth += code.count("{") + code.count("(") - code.count("}") - code.count(")")
+    return out
+
+
+def _resets(assignments: list[tuple[list[str], str]]) -> list[str]:
+    """``reset_<i>()`` functions making those assignments, in order, each with few names."""
+    chunks: list[list[str]] = [[]]
+    count = 0
+    for names, value in assignments:
+        if count + len(names) > _RESET_NAMES and chunks[-1]:
+            chunks.append([])
+            count = 0
+        chunks[-1].append(f"  {', '.join(names)} = {value}")
+        count += len(names)
+    return [f"local function reset_{i}()\n" + "\n".join(c) + "\nend" for i, c in enumerate(chunks)]
+
+
+def library(name: str) -> Library:
+    """The script ``name`` as a Redis Function library (see the module's docstring).
+
+    A top-level ``local`` whose value is a literal (a number, a table of
+    constants) that nothing assigns to is made once, when the library loads;
+    the site's prefix ``P``, and the values made of it alone (the key names,
+    tables of them), are made again only when a call names another site
+    than the last.
+
+    Raises:
+        ValueError: The script is not one that can be a library: no ``-- call:``
+            line, or a top-level statement that is neither a ``local`` nor in a
+            function.
+    """
+    text = _expanded(name)
+    calls = _CALL.findall(text)
+    if len(calls) != 1:
+        raise ValueError(f"script {name} has no single '-- call: <function>' line")
+    body: list[str] = []
+    per_site: list[str] = []
+    site_names = {"P"}
+    per_call: list[tuple[list[str], str]] = []
+    in_function = False
+    for statement in _statements(_CALL.sub("", text)):
+        first = statement.split("\n", 1)[0]
+        if in_function or first[:1] in ("", " ", "-"):
+            body.append(statement)
+            in_function = in_function and first != "end"
+        elif first.startswith("local function "):
+            body.append(statement)
+            in_function = not statement.rstrip().endswith(" end")
+        elif (found := _LOCAL.match(statement)) is None:
+            raise ValueError(f"script {name}: top-level statement {first!r} runs at each call")
+        elif _made_of(found.group(2) or "x", set()) and not _written(found.group(1), text):
+            body.append(statement)
+        elif statement == _PREFIX or (
+            _made_of(found.group(2) or "x", site_names) and not _written(found.group(1), text)
+        ):
+            body.append(f"local {found.group(1)}")
+            per_site.append(f"  {found.group(1)} = {found.group(2)}")
+            site_names.update(n.strip() for n in found.group(1).split(","))
+        else:
+            names = [n.strip() for n in found.group(1).split(",")]
+            body.append(f"local {', '.join(names)}")
+            per_call.append((names, found.group(2) or "nil"))
+    resets = _resets(per_call)
+    site = "local function reset_site()\n  if ARGV[1] == P then return end\n"
+    code = "\n".join(["local KEYS, ARGV", *body, site + "\n".join(per_site) + "\nend", *resets])
+    digest = hashlib.sha1(code.encode()).hexdigest()[:16]
+    function = f"ccat_{name}_{digest}"
+    calls_reset = "\n".join(f"  reset_{i}()" for i in range(len(resets)))
+    register = (
+        f"redis.register_function('{function}', function(keys, args)\n"
+        f"  KEYS, ARGV = keys, args\n  reset_site()\n{calls_reset}\n"
+        f"  return {calls[0]}()\nend)\n"
+    )
+    library_name = f"ccat_buffering_{name}_{digest}"
+    header = f"#!lua name={library_name}\n"
+    return Library(library_name, function, header + code + "\n" + register, SCRIPTS[name])
+
+
+LIBRARIES = {"apply": library("apply")}
+"""The scripts also built as Redis Function libraries, by name: those on the write path."""

@@ -16,7 +16,7 @@ from typing import Any
 from ccat_buffering.buffer.checks import check_record_id
 from ccat_buffering.buffer.protocols import CacheKind, CacheWrite
 from ccat_buffering.write._codec import PLAIN_TYPES, encode_value
-from ccat_buffering.write.models import Operation, Ref, Transaction
+from ccat_buffering.write.models import Operation, Ref, Step, Transaction
 
 __all__ = ["cache_writes", "generated_writes", "key_text", "record_id"]
 
@@ -90,6 +90,18 @@ def _fields(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _without_refs(encoded: dict[str, Any]) -> dict[str, Any]:
+    # A step's encoded data, where a ref() is {"$ref": ...} (a user's own
+    # mapping with a "$" key is wrapped in {"$map": ...}, so only a ref is).
+    return {k: v for k, v in encoded.items() if type(v) is not dict or "$ref" not in v}
+
+
+def _data_fields(step: Step) -> dict[str, Any]:
+    """A step's ``data`` as cache fields, from the encoding its transaction's JSON made."""
+    encoded = step.encoded_data
+    return {} if encoded is None else _without_refs(encoded)
+
+
 def cache_writes(transaction: Transaction) -> list[CacheWrite]:
     """What a transaction writes, as the buffered data cache records it.
 
@@ -104,7 +116,11 @@ def cache_writes(transaction: Transaction) -> list[CacheWrite]:
     writes: list[CacheWrite] = []
     for step in transaction.steps:
         op, fields = step.operation, step.key_fields
-        if op is Operation.CREATE or op is Operation.BULK_CREATE:
+        if op is Operation.CREATE and not step.records:
+            rid = record_id(step.data or {}, fields)
+            if rid is not None:
+                writes.append(CacheWrite(step.model, rid, CacheKind.CREATE, _data_fields(step)))
+        elif op is Operation.CREATE or op is Operation.BULK_CREATE:
             for record in step.records or [step.data or {}]:
                 rid = record_id(record, fields)
                 if rid is not None:
@@ -114,7 +130,7 @@ def cache_writes(transaction: Transaction) -> list[CacheWrite]:
             if rid is None:
                 continue
             kind = CacheKind.UPDATE if op is Operation.UPDATE else CacheKind.DELETE
-            writes.append(CacheWrite(step.model, rid, kind, _fields(step.data or {})))
+            writes.append(CacheWrite(step.model, rid, kind, _data_fields(step)))
         else:
             for record in step.records or []:
                 rid = record_id(record, fields)

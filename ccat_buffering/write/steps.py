@@ -221,7 +221,30 @@ class Step(BaseModel):
 
     @field_serializer("data", "key", "expected")
     def _encode_mapping(self, value: Record | None) -> dict[str, Any] | None:
-        return None if value is None else _encode_record(value, f"{self.step_id}")
+        if value is None:
+            return None
+        if value is self.data:
+            return self.encoded_data
+        return _encode_record(value, f"{self.step_id}")
+
+    @property
+    def encoded_data(self) -> dict[str, Any] | None:
+        """``data`` as the transaction's JSON carries it (a ``ref()`` as ``{"$ref": ...}``).
+
+        Made once per step: the JSON of the transaction and its cache writes
+        (:func:`ccat_buffering.buffer.cache_writes.cache_writes`) share it. Kept
+        with the very ``data`` it encodes, so that a copy with other data
+        (``model_copy(update=...)``, as conversion makes) encodes its own.
+        """
+        data = self.data
+        if data is None:
+            return None
+        memo = self.__dict__.get("_encoded_data")
+        if memo is not None and memo[0] is data:
+            return memo[1]  # type: ignore[no-any-return]
+        encoded = _encode_record(data, f"{self.step_id}")
+        self.__dict__["_encoded_data"] = (data, encoded)
+        return encoded
 
     @field_serializer("records", "expected_records")
     def _encode_records(self, value: list[Record] | None) -> list[dict[str, Any]] | None:

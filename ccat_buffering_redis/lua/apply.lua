@@ -32,29 +32,6 @@
 --   status <tx> <json> <state> <ttl ms> <score> <member>
 --   cache <tx> <ttl ms> <n> (<model> <id> <kind> <fields>) x n
 --   release <n> <tx> x n
-do
-  local frame, pos, n = ARGV[2], 1, 0
-  while true do
-    local stop = string.find(frame, '\31', pos, true)
-    if not stop then break end
-    n = n + 1
-    T[n] = string.sub(frame, pos, stop - 1)
-    pos = stop + 1
-  end
-end
-
--- The models the call's cache writes name (a token that only looks like one
--- adds a key to an EXISTS, no more): their field indexes are looked up at once.
-do
-  local models = {}
-  for i = 1, #T do
-    if T[i] == 'cache' then
-      local n = math.min(tonumber(T[i + 3]) or 0, math.floor((#T - i) / 4))
-      for j = 0, n - 1 do models[T[i + 4 + 4 * j]] = true end
-    end
-  end
-  known_unindexed(models)
-end
 
 -- Tokens after the name and blobs of one operation, or nil if it is unknown
 -- or malformed.
@@ -243,78 +220,104 @@ local function run_group(first, last, b)
   return count
 end
 
-local results, groups, any_allocates = {}, {}, false
-do
-  local at, blob = 2, 3
-  for g = 1, tonumber(T[1]) do
-    local tokens, blobs = tonumber(T[at]), tonumber(T[at + 1])
-    local first, last = at + 2, at + 1 + tokens
-    local problem, allocates, statuses = check(first, last, blob, blobs)
-    groups[g] = {first, last, blob, problem, allocates, statuses}
-    at = last + 1
-    blob = blob + blobs
-  end
-  check_states(groups)
-  -- The numbers the checked groups take, exactly: numbers left unused would
-  -- spread the model index over more buckets (see model_index.lua).
-  SEQ_BUDGET = math.max(NEEDS, 1)
-  for _, group in ipairs(groups) do
-    if group[5] and not group[4] then any_allocates = true end
-  end
-end
-
--- A full Redis (maxmemory under noeviction) refuses a script's first write
--- if that write could grow memory, and nothing after a write that did not.
--- So a call that buffers takes its sequence numbers first: if Redis refuses
--- them, nothing is written yet and the groups that buffer are refused whole.
--- Every other group frees (acks, retries, dead letters, releases): pruning
--- the expired entries of the terminal indexes comes first, a write that
--- frees, so that what they must write after it (a status, a dead letter) is
--- allowed and the drain never stalls on a full buffer.
-local FULL = nil
-if any_allocates then
-  local got = redis.pcall('INCRBY', SEQ, SEQ_BUDGET)
-  if type(got) == 'table' then
-    local err = got['err'] or 'an error'
-    if string.find(err, 'OOM', 1, true) then
-      FULL = err
-    else
-      for g = 1, #groups do results[g] = 'error: the counter ' .. SEQ .. ' is unusable: ' .. err end
-      return results
-    end
-  else
-    SEQ_NEXT, SEQ_LEFT = got - SEQ_BUDGET, SEQ_BUDGET
-  end
-end
-if FULL or not any_allocates then prune_terminal() end
-
--- A group that fails while it runs despite its check (it should not) fails
--- alone: what it staged is dropped, and the groups around it still apply.
-for g, group in ipairs(groups) do
-  local first, last, blob, problem, allocates = group[1], group[2], group[3], group[4], group[5]
-  if problem then
-    results[g] = 'error: ' .. problem
-  elseif allocates and FULL then
-    results[g] = 'full: ' .. FULL
-  else
-    G = new_stage()
-    local ok, outcome = pcall(run_group, first, last, blob)
-    if ok then
-      commit_stage(G)
-      results[g] = outcome
-    else
-      if type(outcome) == 'table' then outcome = outcome.err or 'an error' end
-      results[g] = 'failed: ' .. tostring(outcome)
+-- One call: split the frame, check every group, then run those that passed.
+local function apply()
+  do
+    local n = 0
+    for token in string.gmatch(ARGV[2], '([^\31]*)\31') do
+      n = n + 1
+      T[n] = token
     end
   end
+
+  -- The models the call's cache writes name (a token that only looks like one
+  -- adds a key to an EXISTS, no more): their field indexes are looked up at once.
+  do
+    local models = {}
+    for i = 1, #T do
+      if T[i] == 'cache' then
+        local n = math.min(tonumber(T[i + 3]) or 0, math.floor((#T - i) / 4))
+        for j = 0, n - 1 do models[T[i + 4 + 4 * j]] = true end
+      end
+    end
+    known_unindexed(models)
+  end
+
+  local results, groups, any_allocates = {}, {}, false
+  do
+    local at, blob = 2, 3
+    for g = 1, tonumber(T[1]) do
+      local tokens, blobs = tonumber(T[at]), tonumber(T[at + 1])
+      local first, last = at + 2, at + 1 + tokens
+      local problem, allocates, statuses = check(first, last, blob, blobs)
+      groups[g] = {first, last, blob, problem, allocates, statuses}
+      at = last + 1
+      blob = blob + blobs
+    end
+    check_states(groups)
+    -- The numbers the checked groups take, exactly: numbers left unused would
+    -- spread the model index over more buckets (see model_index.lua).
+    SEQ_BUDGET = math.max(NEEDS, 1)
+    for _, group in ipairs(groups) do
+      if group[5] and not group[4] then any_allocates = true end
+    end
+  end
+
+  -- A full Redis (maxmemory under noeviction) refuses a script's first write
+  -- if that write could grow memory, and nothing after a write that did not.
+  -- So a call that buffers takes its sequence numbers first: if Redis refuses
+  -- them, nothing is written yet and the groups that buffer are refused whole.
+  -- Every other group frees (acks, retries, dead letters, releases): pruning
+  -- the expired entries of the terminal indexes comes first, a write that
+  -- frees, so that what they must write after it (a status, a dead letter) is
+  -- allowed and the drain never stalls on a full buffer.
+  local FULL = nil
+  if any_allocates then
+    local got = redis.pcall('INCRBY', SEQ, SEQ_BUDGET)
+    if type(got) == 'table' then
+      local err = got['err'] or 'an error'
+      if string.find(err, 'OOM', 1, true) then
+        FULL = err
+      else
+        for g = 1, #groups do results[g] = 'error: the counter ' .. SEQ .. ' is unusable: ' .. err end
+        return results
+      end
+    else
+      SEQ_NEXT, SEQ_LEFT = got - SEQ_BUDGET, SEQ_BUDGET
+    end
+  end
+  if FULL or not any_allocates then prune_terminal() end
+
+  -- A group that fails while it runs despite its check (it should not) fails
+  -- alone: what it staged is dropped, and the groups around it still apply.
+  for g, group in ipairs(groups) do
+    local first, last, blob, problem, allocates = group[1], group[2], group[3], group[4], group[5]
+    if problem then
+      results[g] = 'error: ' .. problem
+    elseif allocates and FULL then
+      results[g] = 'full: ' .. FULL
+    else
+      G = new_stage()
+      local ok, outcome = pcall(run_group, first, last, blob)
+      if ok then
+        commit_stage(G)
+        results[g] = outcome
+      else
+        if type(outcome) == 'table' then outcome = outcome.err or 'an error' end
+        results[g] = 'failed: ' .. tostring(outcome)
+      end
+    end
+  end
+  G = new_stage()
+  flush_pushes()
+  flush_statuses()
+  flush_indexes()
+  flush_fields()
+  extend_buckets()
+  for model, ttl in pairs(INDEX_TTL) do
+    extend_indexes(model, ttl)
+  end
+  return results
 end
-G = new_stage()
-flush_pushes()
-flush_statuses()
-flush_indexes()
-flush_fields()
-extend_buckets()
-for model, ttl in pairs(INDEX_TTL) do
-  extend_indexes(model, ttl)
-end
-return results
+
+-- call: apply

@@ -40,6 +40,18 @@ end
 -- `args` follow them, 1,000 at a time (an even number: pairs stay whole).
 local function in_slices(head, args)
   local n, k = #args, #head
+  if n == 0 then return end
+  -- One slice, the common case: no copy of the call.
+  if n <= 1000 and k <= 3 then
+    if k == 1 then
+      redis.call(head[1], unpack(args))
+    elseif k == 2 then
+      redis.call(head[1], head[2], unpack(args))
+    else
+      redis.call(head[1], head[2], head[3], unpack(args))
+    end
+    return
+  end
   for i = 1, n, 1000 do
     local call = {unpack(head)}
     for j = i, math.min(i + 999, n) do call[k + j - i + 1] = args[j] end

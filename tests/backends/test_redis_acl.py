@@ -141,6 +141,22 @@ async def test_each_role_works_with_only_its_acl(
         await forget_site(redis_client, f"site:{{{site_name}}}:*")
 
 
+async def test_a_service_without_functions_buffers_through_the_script(
+    users: Users, redis_client: aioredis.Redis
+) -> None:
+    """Without ``+fcall +function|load``, the write path runs as a script (EVALSHA)."""
+    site_name = new_site_name()
+    url = await users("service", site_name, without=("fcall", "function|load"))
+    backend = open_backend(url, site=site_name)
+    try:
+        await backend.buffer.push(["one", "two"])
+        assert (await backend.buffer.stats()).depth == 2
+        assert backend._functions["apply"].usable is False  # type: ignore[attr-defined]
+    finally:
+        await backend.aclose()
+        await forget_site(redis_client, f"site:{{{site_name}}}:*")
+
+
 async def test_a_user_of_another_site_is_refused_its_keys(
     users: Users, redis_client: aioredis.Redis
 ) -> None:

@@ -85,3 +85,14 @@ class TestRedisSentinel(RedisContract):
         url = f"redis+sentinel://127.0.0.1:{sentinel_port}/site-buffer"
         async with RedisBackend.from_url(url, site=site) as backend:
             yield backend
+
+
+class TestRealRedisScripts(RedisContract):
+    """``APPLY`` as the script it falls back to (``EVALSHA``): the same contract as the function."""
+
+    @pytest_asyncio.fixture
+    async def backend(self, site: str, redis_client: aioredis.Redis) -> AsyncIterator[RedisBackend]:
+        async with RedisBackend(redis_client, site=site) as backend:
+            backend._functions["apply"].usable = False
+            yield backend
+        await forget_site(redis_client, backend.keys.pattern())
