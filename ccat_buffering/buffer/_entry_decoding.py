@@ -152,6 +152,8 @@ def _step(raw: Any) -> Step:
         "expected_version": version,
         "expected_records": None,
         "expected_versions": None,
+        # Step._refs (a cached property) found already: a ref() is _Unusual here.
+        "_refs": (),
     }
     return _made(Step, values, set(raw))  # type: ignore[no-any-return]
 
