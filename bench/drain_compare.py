@@ -10,7 +10,8 @@ Run: ``python bench/drain_compare.py --before <tree> [--after <tree>] [--rounds 
 [--transactions 3000]``, a tree being a checkout of this repository (``git
 worktree add /tmp/before main``); the interpreter is the one running this
 script unless the tree has its own ``.venv`` (an editable install there imports
-that tree whatever ``PYTHONPATH`` says, so each tree runs with its own). Environment: ``CCAT_TEST_POSTGRES_URL``, ``CCAT_TEST_REDIS_URL``.
+that tree whatever ``PYTHONPATH`` says, so each tree runs with its own).
+Environment: ``CCAT_TEST_POSTGRES_URL``, ``CCAT_TEST_REDIS_URL``.
 """
 
 from __future__ import annotations
