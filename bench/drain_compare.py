@@ -9,7 +9,9 @@ over the rounds.
 Run: ``python bench/drain_compare.py --before <tree> [--after <tree>] [--rounds 5]
 [--transactions 3000]``, a tree being a checkout of this repository (``git
 worktree add /tmp/before main``); the interpreter is the one running this
-script. Environment: ``CCAT_TEST_POSTGRES_URL``, ``CCAT_TEST_REDIS_URL``.
+script unless the tree has its own ``.venv`` (an editable install there imports
+that tree whatever ``PYTHONPATH`` says, so each tree runs with its own).
+Environment: ``CCAT_TEST_POSTGRES_URL``, ``CCAT_TEST_REDIS_URL``.
 """
 
 from __future__ import annotations
@@ -85,7 +87,11 @@ def main() -> None:
         for label, tree in trees.items():
             env = dict(os.environ, PYTHONPATH=tree, DRAIN_COMPARE_TREE=tree)
             me = str(Path(__file__).resolve())
-            run = [sys.executable, me, "--before", "-", "--one", str(args.transactions)]
+            # The tree's own interpreter: an editable install (`make .venv/.installed-dev`)
+            # imports its own tree whatever PYTHONPATH says.
+            own = Path(tree, ".venv", "bin", "python")
+            python = str(own) if own.exists() else sys.executable
+            run = [python, me, "--before", "-", "--one", str(args.transactions)]
             done = subprocess.run(run, env=env, capture_output=True, text=True, check=False)
             lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
             if not lines:

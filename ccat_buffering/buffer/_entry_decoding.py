@@ -38,6 +38,7 @@ _NEEDS = {
     Operation.BULK_UPDATE: (False, False, True),
 }
 _UTC = dt.UTC
+_DEFAULT_KEY = ("id",)
 
 
 def _no_constant(name: str) -> Any:
@@ -98,12 +99,13 @@ def _made(cls: type[Any], values: dict[str, Any], given: set[str]) -> Any:
 def _step(raw: Any) -> Step:
     if type(raw) is not dict or not raw.keys() <= _STEP_FIELDS:
         raise _Unusual
-    operation = _OPERATIONS.get(raw.get("operation"))  # type: ignore[arg-type]
+    get = raw.get
+    operation = _OPERATIONS.get(get("operation"))  # type: ignore[arg-type]
     if operation is None:
         raise _Unusual
-    data = raw.get("data")
-    key = raw.get("key")
-    records = raw.get("records")
+    data = get("data")
+    key = get("key")
+    records = get("records")
     if _NEEDS[operation] != (data is not None, key is not None, records is not None):
         raise _Unusual
     if data is not None:
@@ -116,34 +118,40 @@ def _step(raw: Any) -> Step:
         if type(records) is not list or not records:
             raise _Unusual
         records = [_record(r) for r in records]
-    key_fields = raw.get("key_fields", ("id",))
-    if type(key_fields) not in (list, tuple):
-        raise _Unusual
-    key_fields = tuple(key_fields)
-    if not _KNOWN.issuperset(key_fields):
-        for name in key_fields:
-            _identifier(name)
-    expected = raw.get("expected")
-    version = raw.get("expected_version")
-    if expected is not None:
-        expected = _record(expected)
-    if version is not None and type(version) is not int:
-        raise _Unusual
-    if (expected is not None or version is not None) and operation not in (
-        Operation.UPDATE,
-        Operation.DELETE,
-    ):
-        raise _Unusual
-    if raw.get("expected_records") is not None or raw.get("expected_versions") is not None:
+    key_fields = get("key_fields", _DEFAULT_KEY)
+    if key_fields is not _DEFAULT_KEY:  # written only when not the default
+        if type(key_fields) is list:
+            key_fields = tuple(key_fields)
+        elif type(key_fields) is not tuple:
+            raise _Unusual
+        if not _KNOWN.issuperset(key_fields):
+            for name in key_fields:
+                _identifier(name)
+    expected = get("expected")
+    version = get("expected_version")
+    if expected is not None or version is not None:
+        if operation is not Operation.UPDATE and operation is not Operation.DELETE:
+            raise _Unusual
+        if expected is not None:
+            expected = _record(expected)
+        if version is not None and type(version) is not int:
+            raise _Unusual
+    if get("expected_records") is not None or get("expected_versions") is not None:
         raise _Unusual  # a bulk update's bases per row: the full validation checks their shape
     if operation is Operation.BULK_UPDATE and any(
         f not in r for r in records or () for f in key_fields
     ):
         raise _Unusual
+    step_id = get("step_id")
+    if type(step_id) is not str or step_id not in _KNOWN:
+        step_id = _identifier(step_id)
+    model = get("model")
+    if type(model) is not str or model not in _KNOWN:
+        model = _identifier(model)
     values = {
-        "step_id": _identifier(raw.get("step_id")),
+        "step_id": step_id,
         "operation": operation,
-        "model": _identifier(raw.get("model")),
+        "model": model,
         "data": data,
         "key": key,
         "records": records,
@@ -152,6 +160,8 @@ def _step(raw: Any) -> Step:
         "expected_version": version,
         "expected_records": None,
         "expected_versions": None,
+        # Step._refs (a cached property) found already: a ref() is _Unusual here.
+        "_refs": (),
     }
     return _made(Step, values, set(raw))  # type: ignore[no-any-return]
 

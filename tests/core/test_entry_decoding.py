@@ -48,6 +48,7 @@ def test_a_submitted_transaction_reads_back_as_the_full_validation_reads_it(
     assert lean == full
     assert lean.model_fields_set == full.model_fields_set
     assert [s.model_fields_set for s in lean.steps] == [s.model_fields_set for s in full.steps]
+    assert [s.refs() for s in lean.steps] == [s.refs() for s in full.steps]
     assert lean.to_json() == text
 
 
