@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,9 @@ INSTRUMENTATION = "ccat_buffering"
 SYSTEM = "ccat_buffering"
 """``messaging.system``."""
 
+_LOOK_EVERY = 1.0
+"""Seconds between looks for a global tracer provider while none is set."""
+
 _REMEMBERED = 100_000
 """Trace contexts kept between commit and replication, at most (oldest dropped)."""
 
@@ -73,16 +77,30 @@ class Tracing:
         self.site = site
         self.provider = provider
         self._contexts: collections.OrderedDict[str, dict[str, str]] = collections.OrderedDict()
+        self._global_set = False
+        self._next_look = 0.0
 
     # -- when to trace ------------------------------------------------------
 
     def _recording(self) -> bool:
-        """Whether spans go anywhere: a provider given, or the global one set."""
+        """Whether spans go anywhere: a provider given, or the global one set.
+
+        The global provider is looked up at most once per ``_LOOK_EVERY`` s
+        while none is set (the lookup reads the environment: a fifth of the
+        cost tracing may add to a submit), and never again once one is: it
+        cannot be unset. A provider set while the site runs is used within
+        that time; a submit under a caller's span is traced at once anyway.
+        """
         if trace is None:
             return False
-        return self.provider is not None or not isinstance(
-            trace.get_tracer_provider(), ProxyTracerProvider
-        )
+        if self.provider is not None or self._global_set:
+            return True
+        now = time.monotonic()
+        if now < self._next_look:
+            return False
+        self._next_look = now + _LOOK_EVERY
+        self._global_set = not isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
+        return self._global_set
 
     def _tracer(self) -> Tracer:
         provider = self.provider or trace.get_tracer_provider()
