@@ -13,7 +13,13 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis_servers import redis_cluster, redis_sentinel
 from services import forget_site, started
 
-from ccat_buffering.testing import BackendContract
+from ccat_buffering.testing import (
+    AtomicContract,
+    BackendContract,
+    BufferStoreContract,
+    CacheStoreContract,
+    StatusStoreContract,
+)
 from ccat_buffering_redis import RedisBackend
 
 
@@ -87,8 +93,14 @@ class TestRedisSentinel(RedisContract):
             yield backend
 
 
-class TestRealRedisScripts(RedisContract):
-    """``APPLY`` as the script it falls back to (``EVALSHA``): the same contract as the function."""
+class TestRealRedisScripts(
+    BufferStoreContract, StatusStoreContract, CacheStoreContract, AtomicContract
+):
+    """``APPLY`` as the script it falls back to (``EVALSHA``): the same contract as the function.
+
+    The contracts whose writes go through ``APPLY`` (the buffer, statuses, caches and
+    atomic groups); the other stores' scripts are the same either way.
+    """
 
     @pytest_asyncio.fixture
     async def backend(self, site: str, redis_client: aioredis.Redis) -> AsyncIterator[RedisBackend]:
