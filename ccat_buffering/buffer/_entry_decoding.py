@@ -23,6 +23,7 @@ from ccat_buffering.write._codec import decode_value
 from ccat_buffering.write.identifiers import _KNOWN_IDENTIFIERS as _KNOWN
 from ccat_buffering.write.identifiers import known_identifier
 from ccat_buffering.write.models import FORMAT_VERSION, Operation, Step, Transaction
+from ccat_buffering.write.status import constructed
 
 __all__ = ["decode_entry"]
 
@@ -46,8 +47,6 @@ def _no_constant(name: str) -> Any:
 
 
 _parse = json.JSONDecoder(parse_constant=_no_constant).decode
-_new = object.__new__
-_set = object.__setattr__
 
 
 class _Unusual(Exception):
@@ -84,16 +83,6 @@ def _record(value: Any) -> dict[str, Any]:
             raise _Unusual  # a ref(): rare, and the full validation checks its target
         value[name] = decode_value(item)
     return value
-
-
-def _made(cls: type[Any], values: dict[str, Any], given: set[str]) -> Any:
-    """A model from values of the right types, as ``model_construct`` makes it, for less."""
-    model = _new(cls)
-    _set(model, "__dict__", values)
-    _set(model, "__pydantic_fields_set__", given)
-    _set(model, "__pydantic_extra__", None)
-    _set(model, "__pydantic_private__", None)
-    return model
 
 
 def _step(raw: Any) -> Step:
@@ -163,7 +152,7 @@ def _step(raw: Any) -> Step:
         # Step._refs (a cached property) found already: a ref() is _Unusual here.
         "_refs": (),
     }
-    return _made(Step, values, set(raw))  # type: ignore[no-any-return]
+    return constructed(Step, values, set(raw))
 
 
 def _lean(payload: str) -> Transaction:
@@ -215,7 +204,7 @@ def _lean(payload: str) -> Transaction:
         "created_at": created_at,
         "trace_context": trace,
     }
-    return _made(Transaction, values, set(raw))  # type: ignore[no-any-return]
+    return constructed(Transaction, values, set(raw))
 
 
 def decode_entry(payload: str) -> Transaction:
