@@ -30,7 +30,9 @@ rows as a ``list-table`` and its printed output as a literal block to the
 file that ``docs/benchmarks.rst`` includes (``docs/_bench_results.rst``), with
 the command and the machine: every number in that page comes from one run.
 A benchmark that returns nothing (or rows of text) still has its printed
-output in the file.
+output in the file. With ``--only``, an existing file keeps its other sections
+as their runs left them; each section that ran is replaced and stamped with
+this run's command and time.
 
 Run: ``make bench``, or ``python bench/run.py [--rounds R] [--only a,b]
 [--rst docs/_bench_results.rst] [--transactions N] [--quick]``.
@@ -46,6 +48,7 @@ import datetime as dt
 import io
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -257,6 +260,23 @@ def _machine() -> str:
     )
 
 
+def _section_rst(section: Section, stamp: str | None = None) -> list[str]:
+    lines = [section.title, "~" * len(section.title), ""]
+    if stamp:
+        lines += [stamp, ""]
+    lines += [f"``{section.command}`` ({section.seconds:.0f} s):", ""]
+    if section.rows:
+        return [
+            *lines,
+            rst_table(section.rows, section.title),
+            "",
+        ]  # its printed table says the same
+    text = section.output.strip("\n") or "(no output)"
+    lines += [".. code-block:: text", ""]
+    lines += [("   " + line).rstrip() for line in text.splitlines()]
+    return [*lines, ""]
+
+
 def _rst(sections: list[Section], command: str) -> str:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -266,16 +286,38 @@ def _rst(sections: list[Section], command: str) -> str:
         "",
     ]
     for section in sections:
-        lines += [section.title, "~" * len(section.title), ""]
-        lines += [f"``{section.command}`` ({section.seconds:.0f} s):", ""]
-        if section.rows:
-            lines += [rst_table(section.rows, section.title), ""]
-            continue  # its printed table says the same
-        text = section.output.strip("\n") or "(no output)"
-        lines += [".. code-block:: text", ""]
-        lines += [("   " + line).rstrip() for line in text.splitlines()]
-        lines.append("")
+        lines += _section_rst(section)
     return "\n".join(lines)
+
+
+_TITLE = re.compile(r"^(?P<title>[^\n]+)\n(?P<rule>~+)\n", re.MULTILINE)
+
+
+def _blocks(text: str) -> tuple[str, dict[str, str]]:
+    """A results file's head and its sections' text, by title."""
+    found = [m for m in _TITLE.finditer(text) if len(m["rule"]) == len(m["title"])]
+    if not found:
+        return text, {}
+    ends = [m.start() for m in found[1:]] + [len(text)]
+    return text[: found[0].start()], {
+        m["title"]: text[m.start() : end] for m, end in zip(found, ends, strict=True)
+    }
+
+
+def _merged(old: str, every: list[Section], ran: list[Section], command: str) -> str:
+    """``old`` with the sections that ran replaced, each stamped with this run's command and
+    time; the others (and their stamps) kept as they were, in the order of ``every``."""
+    head, blocks = _blocks(old)
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = f"This section: ``{command}`` on {when}, on {_machine()}."
+    head = head.replace("Measured by ``", "Measured, except where a section says otherwise, by ``")
+    new = {s.title: "\n".join(_section_rst(s, stamp)) + "\n" for s in ran}
+    parts = [head.rstrip("\n") + "\n\n"]
+    for section in every:
+        block = new.get(section.title) or blocks.get(section.title)
+        if block:
+            parts.append(block.rstrip("\n") + "\n\n")
+    return "".join(parts).rstrip("\n")
 
 
 async def _awaited(run: Callable[[], Awaitable[Any]], timeout: float) -> Any:
@@ -298,7 +340,8 @@ def main(argv: list[str] | None = None) -> None:
     redis_bench.add_arguments(parser)
     args = parser.parse_args(argv)
     wanted = {s for s in args.only.split(",") if s}
-    sections = [s for s in _sections(args) if not wanted or s.key in wanted]
+    every = _sections(args)
+    sections = [s for s in every if not wanted or s.key in wanted]
     for section in sections:
         print(f"\n== {section.title}", flush=True)
         tee = _Tee(sys.stdout)
@@ -321,7 +364,11 @@ def main(argv: list[str] | None = None) -> None:
         print_rows(rows)
     if args.rst is not None:
         command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        args.rst.write_text(_rst(sections, command.strip()) + "\n")
+        if wanted and args.rst.exists():  # the other sections stay as their own runs left them
+            text = _merged(args.rst.read_text(), every, sections, command.strip())
+        else:
+            text = _rst(sections, command.strip())
+        args.rst.write_text(text + "\n")
         print(f"\nwrote {args.rst}")
     print(f"{len(sections)} section(s) in {sum(s.seconds for s in sections):.0f} s")
 
