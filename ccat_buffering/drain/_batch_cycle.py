@@ -41,6 +41,9 @@ from ccat_buffering.write.models import Transaction, TransactionState, Transacti
 
 __all__ = ["BatchCycle"]
 
+_Committed = tuple[list[Delivery], LSN | None, Mapping[str, Mapping[str, Mapping[str, Any]]]]
+"""A committed batch to settle: its deliveries, the commit's LSN, what the database generated."""
+
 
 async def _claimed(ahead: asyncio.Future[list[Delivery]] | None) -> list[Delivery]:
     """What a claim made ahead of time got; nothing when it failed (it claimed nothing)."""
@@ -73,6 +76,7 @@ class BatchCycle:
     last_run_at: dt.datetime | None
     _prefetched: list[Delivery]
     _settling: asyncio.Future[None] | None
+    _to_settle: _Committed | None
     _overlap: bool
     _unsettled: bool
     _rtt_measured_at: float
@@ -124,18 +128,23 @@ class BatchCycle:
             return 0
         transactions = [d.transaction for d in deliveries]
         began = self.clock()
+        # Started in this order, each runs up to its first wait in it: the batch
+        # is on its way to the database before any client work of the batches
+        # around it (the next claim, then the previous batch's statuses) runs.
         execution = asyncio.ensure_future(self._execute(transactions))
-        try:
-            await self._settled()  # the previous batch's, behind this one's round trip
-        except BaseException:
-            with contextlib.suppress(BaseException):
-                await execution  # settled or recovered with the rest at the next cycle
-            raise
         ahead = (
             asyncio.ensure_future(self._claim_ahead())
             if self.prefetch and len(deliveries) >= size
             else None
         )
+        self._start_settling()
+        try:
+            await self._settled()  # the previous batch's, behind this one's round trip
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                await execution  # settled or recovered with the rest at the next cycle
+            await _claimed(ahead)  # in flight: recovered with the rest at the next cycle
+            raise
         try:
             result = await execution
         except (DatabaseUnavailableError, ConfigurationError) as exc:
@@ -199,11 +208,12 @@ class BatchCycle:
             self._prefetched = following
         if done:
             generated = {o.transaction_id: o.generated for _, o in pairs if o.generated}
-            settling = asyncio.ensure_future(self._settle(done, result.commit_lsn, generated))
             if self._overlap and not failures and not waiting:
-                self._settling = settling
+                # Settled behind the next batch's round trip, started once that
+                # batch is sent (see _start_settling).
+                self._to_settle = (done, result.commit_lsn, generated)
             else:
-                await settling
+                await self._settle(done, result.commit_lsn, generated)
         if failures or (waiting and drift is None):
             behind = [] if drift is not None else waiting
             statuses = await self.manager.failed(failures, returned=behind)
@@ -308,13 +318,21 @@ class BatchCycle:
         self.state, self.cause = ProcessorState.PAUSED, cause
         self.log.warning("paused, %s; next attempt in %.1f s", cause, self.outage_delay())
 
+    def _start_settling(self) -> None:
+        """Start settling the last committed batch, if it waits to be."""
+        if self._to_settle is not None:
+            done, commit_lsn, generated = self._to_settle
+            self._to_settle = None
+            self._settling = asyncio.ensure_future(self._settle(done, commit_lsn, generated))
+
     async def _settled(self) -> None:
-        """Wait for the settling of the last committed batch, if it still runs.
+        """Settle the last committed batch, or wait for its settling if it runs.
 
         Raises:
             BackendError: Settling failed; the batch is still in flight and is
                 recovered before the next claim (the ledger makes it a no-op).
         """
+        self._start_settling()
         settling, self._settling = self._settling, None
         if settling is not None:
             try:

@@ -128,6 +128,7 @@ class BackgroundProcessor(BatchCycle):
         # is in flight: the round trip hides the work. Set only by run().
         self._overlap = False
         self._settling: asyncio.Future[None] | None = None
+        self._to_settle = None
 
     @property
     def lease_ttl(self) -> float:
