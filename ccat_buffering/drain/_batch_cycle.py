@@ -28,10 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 from ccat_buffering.buffer.manager import Delivery, TransactionManager
 from ccat_buffering.buffer.retry import FailureKind, describe_error
+from ccat_buffering.conflicts.kinds import Conflict
 from ccat_buffering.drain._lease_holding import LeaseHolding
 from ccat_buffering.drain._sizing import BatchSizer
 from ccat_buffering.drain._stopping import raise_if_cancelling
 from ccat_buffering.drain.executor import BatchResult, TransactionExecutor
+from ccat_buffering.drain.outcome import Outcome
 from ccat_buffering.drain.processor_state import Counters, ProcessorState
 from ccat_buffering.drain.tracing import Tracing
 from ccat_buffering.errors import BackendError, ConfigurationError, DatabaseUnavailableError
@@ -53,6 +55,50 @@ async def _claimed(ahead: asyncio.Future[list[Delivery]] | None) -> list[Deliver
         return await ahead
     except BackendError:
         return []
+
+
+class _Sorted:
+    """A batch's deliveries sorted by what became of them, in one pass (in buffer order)."""
+
+    def __init__(self, deliveries: list[Delivery], outcomes: list[Outcome]) -> None:
+        self.done: list[Delivery] = []
+        self.failures: list[tuple[Delivery, BaseException, FailureKind]] = []
+        # Unapplied behind a failure that holds the queue: back to the head, in order.
+        self.waiting: list[Delivery] = []
+        # Drift (the schema refuses every such write) pauses the queue at its transaction.
+        self.drift: BaseException | None = None
+        self.conflicted: list[tuple[Delivery, str]] = []
+        self.conflicts: list[Conflict] = []
+        self.generated: dict[str, Mapping[str, Mapping[str, Any]]] = {}
+        outage = FailureKind.OUTAGE
+        for delivery, outcome in zip(deliveries, outcomes, strict=True):
+            if outcome.applied and not (
+                outcome.error
+                or outcome.kind
+                or outcome.generated
+                or outcome.conflicts
+                or outcome.conflicted
+            ):
+                self.done.append(delivery)  # the common outcome, told at once
+                continue
+            error, kind = outcome.error, outcome.kind
+            done = outcome.done
+            if done:
+                self.done.append(delivery)
+            if outcome.generated:
+                self.generated[outcome.transaction_id] = outcome.generated
+            if error is not None:
+                if kind is not outage:
+                    self.failures.append((delivery, error, kind or FailureKind.DATA))
+                elif self.drift is None:
+                    self.drift = error
+            if kind is outage or (not done and error is None and not outcome.conflicted):
+                self.waiting.append(delivery)
+            if outcome.conflicts:
+                self.conflicts += outcome.conflicts
+            if outcome.conflicted:
+                reason = "; ".join(c.describe() for c in outcome.conflicts)
+                self.conflicted.append((delivery, reason))
 
 
 class BatchCycle:
@@ -176,24 +222,10 @@ class BatchCycle:
             self.state = ProcessorState.STANDBY
             await _claimed(ahead)  # in flight under our old lease: the next holder's
             return 0
-        pairs = list(zip(deliveries, result.outcomes, strict=True))
-        done = [d for d, o in pairs if o.done]
-        # Drift (the schema refuses every such write) pauses the queue at its transaction.
-        drift = next(
-            (o.error for _, o in pairs if o.kind is FailureKind.OUTAGE and o.error is not None),
-            None,
-        )
-        failures: list[tuple[Delivery, BaseException, FailureKind]] = [
-            (d, o.error, o.kind or FailureKind.DATA)
-            for d, o in pairs
-            if o.error is not None and o.kind is not FailureKind.OUTAGE
-        ]
-        # Unapplied behind a failure that holds the queue: back to the head, in order.
-        waiting = [d for d, o in pairs if o.waiting or o.kind is FailureKind.OUTAGE]
-        self.manager.found_conflicts([c for _, o in pairs for c in o.conflicts])
-        conflicted = [
-            (d, "; ".join(c.describe() for c in o.conflicts)) for d, o in pairs if o.conflicted
-        ]
+        sorted_out = _Sorted(deliveries, result.outcomes)
+        done, failures, waiting = sorted_out.done, sorted_out.failures, sorted_out.waiting
+        drift, conflicted = sorted_out.drift, sorted_out.conflicted
+        self.manager.found_conflicts(sorted_out.conflicts)
         if conflicted:
             # Out of the queue at once, never retried (nor holding what follows
             # it): the conflict log keeps them.
@@ -207,7 +239,7 @@ class BatchCycle:
         else:
             self._prefetched = following
         if done:
-            generated = {o.transaction_id: o.generated for _, o in pairs if o.generated}
+            generated = sorted_out.generated
             if self._overlap and not failures and not waiting:
                 # Settled behind the next batch's round trip, started once that
                 # batch is sent (see _start_settling).
