@@ -163,9 +163,15 @@ class BackgroundProcessor(BatchCycle):
             How many transactions the database now holds from this batch.
         """
         async with self._cycle:
+            deferred = self._to_settle
             try:
                 return await self._cycle_once()
             finally:
+                if deferred is not None and self._to_settle is deferred:
+                    # A settling put off until this cycle's batch was sent
+                    # waits no longer when the cycle sent none (a lost lease,
+                    # a pause, a buffer gone away).
+                    self._start_settling()
                 if not self._overlap:
                     await self._settled()
 
