@@ -16,7 +16,10 @@ over the rounds, and every ratio compares cells of the same round):
   pipeline mode, prefetch on), claim to acknowledgement;
 * **worker CPU per transaction**: the drain's process CPU plus the replication
   tracker's (confirming the same transactions), divided by their number, and
-  where it goes by stage (a sequential drain, each stage's process CPU).
+  where it goes by stage (a sequential drain, each stage's process CPU);
+* **the drain's idle share**: how much of ``drain()``'s wall time its event
+  loop waited with nothing to run (for the database or Redis), which a better
+  overlap of the client's work with theirs could still take.
 
 Run: ``python bench/drain_bench.py [--transactions N] [--rounds R]`` (``make bench`` runs it).
 Environment: ``CCAT_TEST_POSTGRES_URL``, ``CCAT_TEST_REDIS_URL``.
@@ -304,11 +307,14 @@ async def worker_drain(
         stages = Stages()
         with stages if profile else _nothing():
             cpu, began = time.process_time(), time.perf_counter()
-            await processor.drain(timeout=600)
+            with LoopIdle() as idle:
+                await processor.drain(timeout=600)
             seconds = time.perf_counter() - began
             while (await tracker.poll_once()).confirmed:
                 pass
             cpu = time.process_time() - cpu
+        if not profile:
+            LAST_IDLE.append(idle.seconds / seconds)
         table = {k: v / n for k, v in stages.table(cpu).items()} if profile else {}
     finally:
         gc = __import__("gc")
@@ -317,6 +323,43 @@ async def worker_drain(
         await close_backend(backend)
         await engine.dispose()
     return n / seconds, cpu / n, table
+
+
+class LoopIdle:
+    """Wall time the event loop sat in ``select`` with nothing to run, while measuring.
+
+    The drain's CPU is one figure; whether its client work hides behind the
+    database's and Redis's (or waits for them with nothing else to do) is
+    another: the idle share of a drain's wall time says how much a better
+    overlap could still give.
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._undo: Callable[[], None] | None = None
+
+    def __enter__(self) -> LoopIdle:
+        selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
+        select = selector.select
+
+        def timed(timeout: float | None = None) -> Any:
+            began = time.perf_counter()
+            try:
+                return select(timeout)
+            finally:
+                self.seconds += time.perf_counter() - began
+
+        selector.select = timed
+        self._undo = lambda: setattr(selector, "select", select)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._undo is not None:
+            self._undo()
+
+
+LAST_IDLE: list[float] = []
+"""The idle share (0-1) of the wall time of each :func:`worker_drain` loop drain, in order."""
 
 
 class _nothing:
@@ -359,6 +402,7 @@ async def main(n: int, rounds: int = 3) -> list[tuple[str, str, str, str]]:
             no_ledger, _ = await drain_rate(db_url, n, 100, ledger=False)
             floor, _ = await floor_rate(url, 1000, max(n // 300, 10))
             drained, cpu, _ = await worker_drain(db_url, max(n, 3000))
+            add("idle", LAST_IDLE[-1] * 100)
             _, _, stages = await worker_drain(db_url, max(n, 3000), profile=True)
             stage_rounds.append(stages)
             add("baseline", baseline)
@@ -411,6 +455,10 @@ async def main(n: int, rounds: int = 3) -> list[tuple[str, str, str, str]]:
         ],
     )
     print(f"worker CPU per transaction (drain + replication tracker): {spread(cells['cpu'])} us")
+    print(
+        "drain()'s event loop waiting with nothing to run: "
+        f"{spread(cells['idle'], '{:.0f}')} % of its wall time"
+    )
     print()
     print("where the worker's CPU goes, us per transaction (sequential drain, batch 1000)")
     names = list(stage_rounds[0])

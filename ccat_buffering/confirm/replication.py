@@ -251,8 +251,15 @@ class ReplicationTracker:
                 replica = await self.checker.poll()
             except ReplicationError as exc:
                 error = str(exc)
-        confirmed = [s for s in pending if replica is not None and replica.shows(s.commit_lsn)]
-        waiting = [s for s in pending if replica is None or not replica.shows(s.commit_lsn)]
+        confirmed: list[TransactionStatus] = []
+        waiting: list[TransactionStatus] = []
+        if replica is None:
+            waiting = pending
+        elif replica.replays_everything:
+            confirmed = pending
+        else:
+            for status in pending:
+                (confirmed if replica.shows(status.commit_lsn) else waiting).append(status)
         oldest = None
         if waiting:
             first = min(s.committed_at or s.updated_at for s in waiting)

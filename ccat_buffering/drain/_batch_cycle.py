@@ -28,10 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 from ccat_buffering.buffer.manager import Delivery, TransactionManager
 from ccat_buffering.buffer.retry import FailureKind, describe_error
+from ccat_buffering.conflicts.kinds import Conflict
 from ccat_buffering.drain._lease_holding import LeaseHolding
 from ccat_buffering.drain._sizing import BatchSizer
 from ccat_buffering.drain._stopping import raise_if_cancelling
 from ccat_buffering.drain.executor import BatchResult, TransactionExecutor
+from ccat_buffering.drain.outcome import Outcome
 from ccat_buffering.drain.processor_state import Counters, ProcessorState
 from ccat_buffering.drain.tracing import Tracing
 from ccat_buffering.errors import BackendError, ConfigurationError, DatabaseUnavailableError
@@ -40,6 +42,9 @@ from ccat_buffering.write.lsn import LSN
 from ccat_buffering.write.models import Transaction, TransactionState, TransactionStatus, utc_now
 
 __all__ = ["BatchCycle"]
+
+_Committed = tuple[list[Delivery], LSN | None, Mapping[str, Mapping[str, Mapping[str, Any]]]]
+"""A committed batch to settle: its deliveries, the commit's LSN, what the database generated."""
 
 
 async def _claimed(ahead: asyncio.Future[list[Delivery]] | None) -> list[Delivery]:
@@ -50,6 +55,50 @@ async def _claimed(ahead: asyncio.Future[list[Delivery]] | None) -> list[Deliver
         return await ahead
     except BackendError:
         return []
+
+
+class _Sorted:
+    """A batch's deliveries sorted by what became of them, in one pass (in buffer order)."""
+
+    def __init__(self, deliveries: list[Delivery], outcomes: list[Outcome]) -> None:
+        self.done: list[Delivery] = []
+        self.failures: list[tuple[Delivery, BaseException, FailureKind]] = []
+        # Unapplied behind a failure that holds the queue: back to the head, in order.
+        self.waiting: list[Delivery] = []
+        # Drift (the schema refuses every such write) pauses the queue at its transaction.
+        self.drift: BaseException | None = None
+        self.conflicted: list[tuple[Delivery, str]] = []
+        self.conflicts: list[Conflict] = []
+        self.generated: dict[str, Mapping[str, Mapping[str, Any]]] = {}
+        outage = FailureKind.OUTAGE
+        for delivery, outcome in zip(deliveries, outcomes, strict=True):
+            if outcome.applied and not (
+                outcome.error
+                or outcome.kind
+                or outcome.generated
+                or outcome.conflicts
+                or outcome.conflicted
+            ):
+                self.done.append(delivery)  # the common outcome, told at once
+                continue
+            error, kind = outcome.error, outcome.kind
+            done = outcome.done
+            if done:
+                self.done.append(delivery)
+            if outcome.generated:
+                self.generated[outcome.transaction_id] = outcome.generated
+            if error is not None:
+                if kind is not outage:
+                    self.failures.append((delivery, error, kind or FailureKind.DATA))
+                elif self.drift is None:
+                    self.drift = error
+            if kind is outage or (not done and error is None and not outcome.conflicted):
+                self.waiting.append(delivery)
+            if outcome.conflicts:
+                self.conflicts += outcome.conflicts
+            if outcome.conflicted:
+                reason = "; ".join(c.describe() for c in outcome.conflicts)
+                self.conflicted.append((delivery, reason))
 
 
 class BatchCycle:
@@ -73,6 +122,7 @@ class BatchCycle:
     last_run_at: dt.datetime | None
     _prefetched: list[Delivery]
     _settling: asyncio.Future[None] | None
+    _to_settle: _Committed | None
     _overlap: bool
     _unsettled: bool
     _rtt_measured_at: float
@@ -124,18 +174,23 @@ class BatchCycle:
             return 0
         transactions = [d.transaction for d in deliveries]
         began = self.clock()
+        # Started in this order, each runs up to its first wait in it: the batch
+        # is on its way to the database before any client work of the batches
+        # around it (the next claim, then the previous batch's statuses) runs.
         execution = asyncio.ensure_future(self._execute(transactions))
-        try:
-            await self._settled()  # the previous batch's, behind this one's round trip
-        except BaseException:
-            with contextlib.suppress(BaseException):
-                await execution  # settled or recovered with the rest at the next cycle
-            raise
         ahead = (
             asyncio.ensure_future(self._claim_ahead())
             if self.prefetch and len(deliveries) >= size
             else None
         )
+        self._start_settling()
+        try:
+            await self._settled()  # the previous batch's, behind this one's round trip
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                await execution  # settled or recovered with the rest at the next cycle
+            await _claimed(ahead)  # in flight: recovered with the rest at the next cycle
+            raise
         try:
             result = await execution
         except (DatabaseUnavailableError, ConfigurationError) as exc:
@@ -167,24 +222,10 @@ class BatchCycle:
             self.state = ProcessorState.STANDBY
             await _claimed(ahead)  # in flight under our old lease: the next holder's
             return 0
-        pairs = list(zip(deliveries, result.outcomes, strict=True))
-        done = [d for d, o in pairs if o.done]
-        # Drift (the schema refuses every such write) pauses the queue at its transaction.
-        drift = next(
-            (o.error for _, o in pairs if o.kind is FailureKind.OUTAGE and o.error is not None),
-            None,
-        )
-        failures: list[tuple[Delivery, BaseException, FailureKind]] = [
-            (d, o.error, o.kind or FailureKind.DATA)
-            for d, o in pairs
-            if o.error is not None and o.kind is not FailureKind.OUTAGE
-        ]
-        # Unapplied behind a failure that holds the queue: back to the head, in order.
-        waiting = [d for d, o in pairs if o.waiting or o.kind is FailureKind.OUTAGE]
-        self.manager.found_conflicts([c for _, o in pairs for c in o.conflicts])
-        conflicted = [
-            (d, "; ".join(c.describe() for c in o.conflicts)) for d, o in pairs if o.conflicted
-        ]
+        sorted_out = _Sorted(deliveries, result.outcomes)
+        done, failures, waiting = sorted_out.done, sorted_out.failures, sorted_out.waiting
+        drift, conflicted = sorted_out.drift, sorted_out.conflicted
+        self.manager.found_conflicts(sorted_out.conflicts)
         if conflicted:
             # Out of the queue at once, never retried (nor holding what follows
             # it): the conflict log keeps them.
@@ -198,12 +239,13 @@ class BatchCycle:
         else:
             self._prefetched = following
         if done:
-            generated = {o.transaction_id: o.generated for _, o in pairs if o.generated}
-            settling = asyncio.ensure_future(self._settle(done, result.commit_lsn, generated))
+            generated = sorted_out.generated
             if self._overlap and not failures and not waiting:
-                self._settling = settling
+                # Settled behind the next batch's round trip, started once that
+                # batch is sent (see _start_settling).
+                self._to_settle = (done, result.commit_lsn, generated)
             else:
-                await settling
+                await self._settle(done, result.commit_lsn, generated)
         if failures or (waiting and drift is None):
             behind = [] if drift is not None else waiting
             statuses = await self.manager.failed(failures, returned=behind)
@@ -308,13 +350,21 @@ class BatchCycle:
         self.state, self.cause = ProcessorState.PAUSED, cause
         self.log.warning("paused, %s; next attempt in %.1f s", cause, self.outage_delay())
 
+    def _start_settling(self) -> None:
+        """Start settling the last committed batch, if it waits to be."""
+        if self._to_settle is not None:
+            done, commit_lsn, generated = self._to_settle
+            self._to_settle = None
+            self._settling = asyncio.ensure_future(self._settle(done, commit_lsn, generated))
+
     async def _settled(self) -> None:
-        """Wait for the settling of the last committed batch, if it still runs.
+        """Settle the last committed batch, or wait for its settling if it runs.
 
         Raises:
             BackendError: Settling failed; the batch is still in flight and is
                 recovered before the next claim (the ledger makes it a no-op).
         """
+        self._start_settling()
         settling, self._settling = self._settling, None
         if settling is not None:
             try:

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Dialect
 from ccat_buffering.buffer.retry import classify_failure
 from ccat_buffering.drain._grouping import plan
 from ccat_buffering.drain._pipelined import PipelinedPath, PreparedBatch, unique
-from ccat_buffering.drain.outcome import Outcome
+from ccat_buffering.drain.outcome import Outcome, plain_outcome
 from ccat_buffering.errors import UnknownColumnError
 from ccat_buffering.write.models import Transaction
 from ccat_buffering.write.registry import ModelRegistry
@@ -64,7 +64,7 @@ class BatchPreparer:
             except Exception as exc:
                 outcomes.append(Outcome(tx.transaction_id, error=exc, kind=classify_failure(exc)))
             else:
-                outcomes.append(Outcome(tx.transaction_id))
+                outcomes.append(plain_outcome(tx.transaction_id, False))
         runnable = [(i, tx) for i, tx in enumerate(transactions) if outcomes[i].error is None]
         pipelined = bool(runnable) and not refs and self.dialect.driver == "psycopg"
         batch = PreparedBatch(tuple(transactions), outcomes, runnable, pipelined)

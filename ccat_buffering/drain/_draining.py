@@ -34,6 +34,8 @@ async def drain_buffer(processor: BackgroundProcessor, timeout: float) -> bool:
         while processor.clock() < deadline:
             try:
                 await processor.run_once()
+                if processor._prefetched and processor.state is ProcessorState.RUNNING:
+                    continue  # the next batch is claimed already: not empty, nothing to wait for
                 stats = await processor.manager.backend.buffer.stats()
             except BackendError as exc:
                 raise_if_cancelling()

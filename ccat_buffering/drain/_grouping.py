@@ -80,15 +80,20 @@ class _Schema:
             self._tables[model] = table if isinstance(table, Table) else None
         return self._tables[model]
 
-    def row(self, model: str, record: dict[str, Any]) -> dict[str, Any]:
-        """``record`` by column name (``record`` itself where the names are the same)."""
+    def same_names(self, model: str) -> bool:
+        """Whether ``model``'s attributes are named as their columns (rows need no renaming)."""
         names = self._names.get(model)
         if names is None:
             mapper = self.registry.mapper(model)
             renamed = {a.key: a.columns[0].name for a in mapper.column_attrs}
             names = self._names[model] = {k: v for k, v in renamed.items() if k != v}
-        if not names:
+        return not names
+
+    def row(self, model: str, record: dict[str, Any]) -> dict[str, Any]:
+        """``record`` by column name (``record`` itself where the names are the same)."""
+        if self.same_names(model):
             return record
+        names = self._names[model]
         return {names.get(k, k): v for k, v in record.items()}
 
     def generated(self, model: str, record: dict[str, Any]) -> bool:
@@ -126,19 +131,31 @@ class _Created:
 
     def __init__(self) -> None:
         self.rows: dict[Table, list[tuple[Position, dict[str, Any]]]] = {}
-        self._index: dict[tuple[Table, Columns], dict[tuple[Any, ...], Position]] = {}
+        self._index: dict[tuple[Table, Columns], dict[Any, Position]] = {}
 
-    def add(self, table: Table, position: Position, row: dict[str, Any]) -> None:
-        self.rows.setdefault(table, []).append((position, row))
+    def index(self, table: Table, columns: Columns) -> dict[Any, Position]:
+        """The first position of each value of ``columns`` among ``table``'s created rows.
 
-    def first(self, table: Table, columns: Columns, values: tuple[Any, ...]) -> Position | None:
+        Keyed by the value itself for one column (the common foreign key), else
+        by the tuple of values.
+        """
         index = self._index.get((table, columns))
         if index is None:
-            index = self._index[(table, columns)] = {}
-            for position, row in self.rows.get(table, ()):
-                if all(c in row for c in columns):
-                    index.setdefault(tuple(row[c] for c in columns), position)
-        return index.get(values)
+            rows = reversed(self.rows.get(table, ()))  # the first one written last: it stays
+            if len(columns) == 1:
+                (column,) = columns
+                index = {row[column]: position for position, row in rows if column in row}
+            else:
+                index = {
+                    tuple(row[c] for c in columns): position
+                    for position, row in rows
+                    if all(c in row for c in columns)
+                }
+            self._index[(table, columns)] = index
+        return index
+
+    def first(self, table: Table, columns: Columns, values: tuple[Any, ...]) -> Position | None:
+        return self.index(table, columns).get(values[0] if len(columns) == 1 else values)
 
 
 def plan(
@@ -165,22 +182,27 @@ def plan(
     inserts: dict[str, list[dict[str, Any]]] = {}
     updates: list[tuple[Position, Step, dict[str, Any]]] = []
     steps: list[Step] = []
+    made = created.rows
     for number, step in enumerate(s for tx in transactions for s in tx.steps):
-        table = schema.table(step.model)
-        if step.operation not in _GROUPABLE or table is None or (not without_refs and step.refs()):
+        model, op = step.model, step.operation
+        table = schema.table(model)
+        if op not in _GROUPABLE or table is None or (not without_refs and step.refs()):
             return None
-        if step.operation in (Operation.CREATE, Operation.BULK_CREATE):
-            model = step.model
-            if step.operation is Operation.CREATE and schema.generated(model, step.data or {}):
+        if op is Operation.CREATE or op is Operation.BULK_CREATE:
+            if op is Operation.CREATE and schema.generated(model, step.data or {}):
                 return None  # its computed values come back one row at a time (RETURNING)
             if models.setdefault(table, model) != model:
                 return None  # two classes of one table: their rows' order matters
             rows = inserts.get(model)
             if rows is None:
                 rows = inserts[model] = []
-            for i, record in enumerate(step.records or [step.data or {}]):
-                rows.append(record)  # the step's own dict: the message only reads it
-                created.add(table, (number, i), schema.row(model, record))
+                made[table] = []
+            records = step.records or [step.data or {}]
+            rows += records  # the step's own dicts: the message only reads them
+            if schema.same_names(model):
+                made[table] += [((number, i), r) for i, r in enumerate(records)]
+            else:
+                made[table] += [((number, i), schema.row(model, r)) for i, r in enumerate(records)]
             continue
         steps.append(step)
         key_columns = schema.key_columns(step.model)
@@ -202,16 +224,16 @@ def plan(
         table = schema.table(step.model)
         assert table is not None
         key_columns = schema.key_columns(step.model)
-        made = created.first(table, key_columns, tuple(row[c] for c in key_columns))
-        if made is not None and made > position:
+        first = created.first(table, key_columns, tuple(row[c] for c in key_columns))
+        if first is not None and first > position:
             return None  # it would find a row that, in order, does not exist yet
-    for table, made_rows in created.rows.items():
-        # Only a foreign key into a table the batch creates rows in can point at a later row.
-        links = [fk for fk in schema.foreign.get(table, ()) if fk[1] in created.rows]
-        if links:
-            for position, row in made_rows:
-                if not _targets_exist_before(links, row, position, created):
-                    return None
+    for table, made_rows in made.items():
+        for local, target, remote in schema.foreign.get(table, ()):
+            # Only a foreign key into a table the batch creates rows in can point at a later row.
+            if target in made and not _only_earlier(
+                made_rows, local, created.index(target, remote)
+            ):
+                return None
     for position, step, row in updates:
         table = schema.table(step.model)
         assert table is not None
@@ -224,6 +246,27 @@ def plan(
         except Exception:
             return None  # a cycle: only the original order is safe
     return Plan([(models[t], inserts[models[t]]) for t in ordered], steps)
+
+
+def _only_earlier(
+    rows: list[tuple[Position, dict[str, Any]]], local: Columns, index: dict[Any, Position]
+) -> bool:
+    """Whether no row's foreign key (``local``) finds in ``index`` a row created after it."""
+    if len(local) == 1:  # the common foreign key: one lookup per row, no tuple
+        (column,) = local
+        for position, row in rows:
+            value = row.get(column)
+            if value is not None:
+                found = index.get(value)
+                if found is not None and found > position:
+                    return False
+        return True
+    for position, row in rows:
+        if all(c in row and row[c] is not None for c in local):
+            found = index.get(tuple(row[c] for c in local))
+            if found is not None and found > position:
+                return False
+    return True
 
 
 def _targets_exist_before(

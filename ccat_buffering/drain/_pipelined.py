@@ -30,7 +30,7 @@ from ccat_buffering.drain.database import (
     raise_unless_the_transactions,
     sqlstate_of,
 )
-from ccat_buffering.drain.outcome import Outcome
+from ccat_buffering.drain.outcome import Outcome, plain_outcome
 from ccat_buffering.errors import DatabaseUnavailableError
 from ccat_buffering.write.lsn import LSN
 from ccat_buffering.write.models import Operation, Step, Transaction
@@ -220,7 +220,7 @@ class PipelinedPath:
             result = await first.send(driver, touch)
             if not result.errors:
                 for index, tx in todo:
-                    outcomes[index] = Outcome(tx.transaction_id, applied=True)
+                    outcomes[index] = plain_outcome(tx.transaction_id, True)
                 copy_outcomes(copies, outcomes)
                 return _lsn_of(result)
             error = result.errors[0]

@@ -10,7 +10,7 @@ from ccat_buffering.buffer.retry import FailureKind
 from ccat_buffering.conflicts.kinds import Conflict
 from ccat_buffering.write.lsn import LSN
 
-__all__ = ["BatchResult", "Outcome"]
+__all__ = ["BatchResult", "Outcome", "plain_outcome"]
 
 
 @dataclass(frozen=True)
@@ -76,3 +76,24 @@ class BatchResult:
 
     outcomes: list[Outcome]
     commit_lsn: LSN | None
+
+
+_PLAIN = {
+    False: dict(Outcome("").__dict__),
+    True: dict(Outcome("", applied=True).__dict__),
+}
+
+
+def plain_outcome(transaction_id: str, applied: bool) -> Outcome:
+    """``Outcome(transaction_id, applied=applied)``, built without its per-field setattr.
+
+    Made twice per transaction of every batch (waiting until the batch
+    answers, then applied), where a frozen dataclass's ``__init__`` sets each
+    of its eight fields through ``object.__setattr__``.
+    """
+    outcome = object.__new__(Outcome)
+    values = outcome.__dict__
+    values.update(_PLAIN[applied])
+    values["transaction_id"] = transaction_id
+    values["generated"] = {}
+    return outcome

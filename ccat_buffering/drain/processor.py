@@ -128,6 +128,7 @@ class BackgroundProcessor(BatchCycle):
         # is in flight: the round trip hides the work. Set only by run().
         self._overlap = False
         self._settling: asyncio.Future[None] | None = None
+        self._to_settle = None
 
     @property
     def lease_ttl(self) -> float:
@@ -162,9 +163,15 @@ class BackgroundProcessor(BatchCycle):
             How many transactions the database now holds from this batch.
         """
         async with self._cycle:
+            deferred = self._to_settle
             try:
                 return await self._cycle_once()
             finally:
+                if deferred is not None and self._to_settle is deferred:
+                    # A settling put off until this cycle's batch was sent
+                    # waits no longer when the cycle sent none (a lost lease,
+                    # a pause, a buffer gone away).
+                    self._start_settling()
                 if not self._overlap:
                     await self._settled()
 

@@ -288,3 +288,21 @@ async def test_native_types_through_the_pipeline(relay: tuple[LoopbackRelay, str
         assert names == [f"NGC 253, field {i}!" for i in range(3)]
     finally:
         await engine.dispose()
+
+
+def test_a_plain_outcome_is_the_outcome_the_dataclass_makes() -> None:
+    import dataclasses
+
+    import pytest
+
+    from ccat_buffering.drain.outcome import Outcome, plain_outcome
+
+    for applied in (False, True):
+        made = plain_outcome("tx-1", applied)
+        assert made == Outcome("tx-1", applied=applied)
+        assert made.waiting is not applied and made.done is applied
+        assert (
+            made.generated == {} and made.generated is not plain_outcome("tx-2", applied).generated
+        )
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            made.applied = not applied  # type: ignore[misc]

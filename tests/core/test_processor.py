@@ -402,6 +402,27 @@ async def test_the_loop_settles_a_batch_behind_the_next_and_all_of_it_by_stop(
         assert await ledger_count(site.engine) == 60
 
 
+async def test_the_loop_settles_a_batch_at_once_when_the_next_cycle_sends_none(
+    tmp_path: Path,
+) -> None:
+    """A batch's settling waits for the next batch to be sent, never for a lease regained."""
+    async with memory_sqlite_site(tmp_path) as site:
+        ids = await _buffered_for_the_loop(site, 10, 5)
+        site.processor._overlap = True  # as the loop runs its cycles
+        assert await site.processor.run_once() == 5
+        assert not await _all_committed(site, ids)  # put off until the next batch is sent
+        # The lease lapses and another processor takes it: the next cycle sends nothing.
+        site.clock.advance(site.processor.lease_ttl + 1)
+        assert await site.backend.lease.acquire("another", site.processor.lease_ttl)
+        assert await site.processor.run_once() == 0
+        assert site.processor.state is ProcessorState.STANDBY
+        deadline = asyncio.get_running_loop().time() + 5
+        while not await _all_committed(site, ids):
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.005)
+        assert (await site.backend.buffer.stats()).in_flight == 0
+
+
 async def test_a_settling_that_fails_behind_the_next_batch_loses_nothing(
     tmp_path: Path,
 ) -> None:
