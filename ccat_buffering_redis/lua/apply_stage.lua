@@ -62,8 +62,7 @@ local function add_written(txid, members, ttl)
   if ttl > add.ttl then add.ttl = ttl end
 end
 
-local function add_index(entry)
-  local model, seq, id, ttl = unpack(entry)
+local function add_index(model, seq, id, ttl)
   local list = INDEX_ADD[model]
   if not list then list = {}; INDEX_ADD[model] = list end
   list[#list + 1] = seq
@@ -80,7 +79,7 @@ local function commit_stage(stage)
     STATUS_NEW[txid] = {s[2], s[3], s[4], s[5], s[6]}
   end
   for _, w in ipairs(stage.written) do add_written(w[1], w[2], w[3]) end
-  for _, e in ipairs(stage.index) do add_index(e) end
+  for _, e in ipairs(stage.index) do add_index(e[1], e[2], e[3], e[4]) end
 end
 
 -- Entries pushed one after another go in one LPUSH (same order as one LPUSH

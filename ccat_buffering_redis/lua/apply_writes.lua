@@ -95,7 +95,7 @@ local function written_by(txid)
 end
 
 local function release(txid)
-  for _, e in ipairs(G.index) do add_index(e) end
+  for _, e in ipairs(G.index) do add_index(e[1], e[2], e[3], e[4]) end
   G.index = {}
   flush_indexes()
   local deleted, seen = 0, {}
