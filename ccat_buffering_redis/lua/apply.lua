@@ -239,6 +239,7 @@ local function apply()
 
   local lean = apply_submits()
   if lean then return lean end
+  begin_stage()
 
   -- The models the call's cache writes name (a token that only looks like one
   -- adds a key to an EXISTS, no more): their field indexes are looked up at once.

@@ -36,15 +36,21 @@ end
 local G
 local function new_stage() return {pushes = {}, statuses = {}, written = {}, index = {}} end
 
-local PUSHES = {}
-local STATUS_NEW, STATUS_ORDER = {}, {}
+-- Made by begin_stage, only for a call that takes the general path: the lean
+-- path (apply_submit.lua) needs none of them.
+local PUSHES
+local STATUS_NEW, STATUS_ORDER
 -- Stored values of status keys, read before anything was written (nothing
 -- writes a status key before flush_statuses, so they still hold there).
-local STORED = {}
+local STORED
 -- Records each transaction wrote in this call, and those whose stored list
 -- was released (dropped when its status key is written).
-local WRITTEN_ADD, CLEARED = {}, {}
-local INDEX_TTL = {}
+local WRITTEN_ADD, CLEARED
+local INDEX_TTL
+local function begin_stage()
+  PUSHES, STATUS_NEW, STATUS_ORDER, STORED, WRITTEN_ADD, CLEARED, INDEX_TTL =
+    {}, {}, {}, {}, {}, {}, {}
+end
 
 local function put_status(txid, json, state, ttl, score, member)
   if not TERMINAL[state] and score == '' then score = next_seq() end

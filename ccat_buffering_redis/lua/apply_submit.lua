@@ -147,6 +147,65 @@ local function cut(list, n)
   for j = #list, n + 1, -1 do list[j] = nil end
 end
 
+-- The state index entries of new statuses (see state_add), one ZADD per
+-- bucket and one listing them.
+local function submit_states(state, pairs_)
+  local buckets, listed = {}, {}
+  for j = 1, #pairs_, 2 do
+    local seq = pairs_[j]
+    local b = math.floor(seq / BUCKET)
+    local entries = buckets[b]
+    if not entries then
+      entries = {}
+      buckets[b] = entries
+      listed[#listed + 1] = b
+      listed[#listed + 1] = b
+    end
+    entries[#entries + 1] = seq - b * BUCKET
+    entries[#entries + 1] = pairs_[j + 1]
+  end
+  for b, entries in pairs(buckets) do
+    redis.pcall('ZADD', state_bucket(state, b), unpack(entries))
+  end
+  in_slices({'ZADD', STATE .. state, 'NX'}, listed)
+end
+
+-- The model index entries of the records written (see flush_indexes,
+-- extend_buckets, extend_indexes), with fewer commands: a bucket whose expiry
+-- PEXPIRE GT moved exists, so it is listed; one whose expiry did not move
+-- either lasts as long already (same millisecond) or is new, and PEXPIRE NX,
+-- after the ZADD that makes it, tells which: only a new bucket gets its
+-- expiry there, and is listed.
+local function submit_indexes()
+  local buckets, keys, ttls = {}, {}, {}
+  for j = 1, #S_INDEX, 4 do
+    local model, seq, id, ttl = S_INDEX[j], S_INDEX[j + 1], S_INDEX[j + 2], S_INDEX[j + 3]
+    local b = math.floor(seq / BUCKET)
+    local key = bucket_key(model, b)
+    local entries = buckets[key]
+    if not entries then
+      entries = {model = model, b = b, ttl = ttl}
+      buckets[key] = entries
+      keys[#keys + 1] = key
+    elseif entries.ttl < ttl then
+      entries.ttl = ttl
+    end
+    entries[#entries + 1] = seq - b * BUCKET
+    entries[#entries + 1] = id
+    if (ttls[model] or 0) < ttl then ttls[model] = ttl end
+  end
+  for _, key in ipairs(keys) do
+    local e = buckets[key]
+    local moved = redis.call('PEXPIRE', key, e.ttl, 'GT') == 1
+    redis.pcall('ZADD', key, 'NX', unpack(e))
+    if not moved and redis.call('PEXPIRE', key, e.ttl, 'NX') == 1 then
+      redis.call('ZADD', INDEX .. e.model, 'NX', e.b, e.b)
+    end
+  end
+  flush_fields()
+  for model, ttl in pairs(ttls) do extend_indexes(model, ttl) end
+end
+
 -- The call, if it is one of submits only (see above); nil otherwise, with
 -- nothing written.
 local function apply_submits()
@@ -191,11 +250,7 @@ local function apply_submits()
     list[#list + 1] = S_STATUS[j + 4]
   end
   in_slices({'MSET'}, plain)
-  for state, list in pairs(adds) do state_add(state, list) end
-  for j = 1, #S_INDEX, 4 do add_index(S_INDEX[j], S_INDEX[j + 1], S_INDEX[j + 2], S_INDEX[j + 3]) end
-  flush_indexes()
-  flush_fields()
-  extend_buckets()
-  for model, ttl in pairs(INDEX_TTL) do extend_indexes(model, ttl) end
+  for state, list in pairs(adds) do submit_states(state, list) end
+  submit_indexes()
   return results
 end
