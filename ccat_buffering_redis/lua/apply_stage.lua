@@ -50,6 +50,7 @@ local INDEX_TTL
 local function begin_stage()
   PUSHES, STATUS_NEW, STATUS_ORDER, STORED, WRITTEN_ADD, CLEARED, INDEX_TTL =
     {}, {}, {}, {}, {}, {}, {}
+  INDEX_ADD, BUCKET_TTL = {}, {}
 end
 
 local function put_status(txid, json, state, ttl, score, member)
@@ -145,7 +146,7 @@ local function flush_statuses()
       local value = join_status(json, members)
       if TERMINAL[state] then
         writes[#writes + 1] = {keys[i], value, ttl}
-        score, member = NOW + ttl, txid
+        score, member = now() + ttl, txid
       else
         plain[#plain + 1] = keys[i]
         plain[#plain + 1] = value
@@ -192,7 +193,7 @@ local function flush_statuses()
       -- status: once they have all expired it goes too, with no call to prune it.
       local last = 0
       for j = 1, #pairs_, 2 do last = math.max(last, pairs_[j]) end
-      extend(STATE .. state, last - NOW)
+      extend(STATE .. state, last - now())
     end
   end
 end

@@ -147,27 +147,27 @@ local function cut(list, n)
   for j = #list, n + 1, -1 do list[j] = nil end
 end
 
--- The state index entries of new statuses (see state_add), one ZADD per
--- bucket and one listing them.
-local function submit_states(state, pairs_)
-  local buckets, listed = {}, {}
-  for j = 1, #pairs_, 2 do
-    local seq = pairs_[j]
+-- The state index entries of the new statuses (see state_add): one ZADD
+-- per bucket and one listing the buckets of each state.
+local function submit_states()
+  if #S_STATUS == 5 then
+    local state, seq = S_STATUS[3], S_STATUS[4]
     local b = math.floor(seq / BUCKET)
-    local entries = buckets[b]
-    if not entries then
-      entries = {}
-      buckets[b] = entries
-      listed[#listed + 1] = b
-      listed[#listed + 1] = b
+    redis.pcall('ZADD', state_bucket(state, b), seq - b * BUCKET, S_STATUS[5])
+    redis.call('ZADD', STATE .. state, 'NX', b, b)
+    return
+  end
+  local by_state = {}
+  for j = 1, #S_STATUS, 5 do
+    local pairs_ = by_state[S_STATUS[j + 2]]
+    if not pairs_ then
+      pairs_ = {}
+      by_state[S_STATUS[j + 2]] = pairs_
     end
-    entries[#entries + 1] = seq - b * BUCKET
-    entries[#entries + 1] = pairs_[j + 1]
+    pairs_[#pairs_ + 1] = S_STATUS[j + 3]
+    pairs_[#pairs_ + 1] = S_STATUS[j + 4]
   end
-  for b, entries in pairs(buckets) do
-    redis.pcall('ZADD', state_bucket(state, b), unpack(entries))
-  end
-  in_slices({'ZADD', STATE .. state, 'NX'}, listed)
+  for state, pairs_ in pairs(by_state) do state_add(state, pairs_) end
 end
 
 -- The model index entries of the records written (see flush_indexes,
@@ -177,7 +177,7 @@ end
 -- after the ZADD that makes it, tells which: only a new bucket gets its
 -- expiry there, and is listed.
 local function submit_indexes()
-  local buckets, keys, ttls = {}, {}, {}
+  local buckets, ttls = {}, {}
   for j = 1, #S_INDEX, 4 do
     local model, seq, id, ttl = S_INDEX[j], S_INDEX[j + 1], S_INDEX[j + 2], S_INDEX[j + 3]
     local b = math.floor(seq / BUCKET)
@@ -186,7 +186,6 @@ local function submit_indexes()
     if not entries then
       entries = {model = model, b = b, ttl = ttl}
       buckets[key] = entries
-      keys[#keys + 1] = key
     elseif entries.ttl < ttl then
       entries.ttl = ttl
     end
@@ -194,8 +193,7 @@ local function submit_indexes()
     entries[#entries + 1] = id
     if (ttls[model] or 0) < ttl then ttls[model] = ttl end
   end
-  for _, key in ipairs(keys) do
-    local e = buckets[key]
+  for key, e in pairs(buckets) do
     local moved = redis.call('PEXPIRE', key, e.ttl, 'GT') == 1
     redis.pcall('ZADD', key, 'NX', unpack(e))
     if not moved and redis.call('PEXPIRE', key, e.ttl, 'NX') == 1 then
@@ -233,24 +231,17 @@ local function apply_submits()
   -- The writes of flush_pushes, flush_statuses (a new status, never stored
   -- before: no index to leave), flush_indexes and after, in their order.
   in_slices({'LPUSH', BUF}, S_PUSH)
-  local plain, adds = {}, {}
+  local plain = {}
   for j = 1, #S_STATUS, 5 do
-    local txid, state, seq = S_STATUS[j], S_STATUS[j + 2], S_STATUS[j + 3]
+    local txid, seq = S_STATUS[j], S_STATUS[j + 3]
     local value = seq .. S_STATUS[j + 1]
     local written = S_WRITTEN[txid]
     if written and #written > 0 then value = value .. '\n' .. table.concat(written, ' ') end
     plain[#plain + 1] = STATUS .. txid
     plain[#plain + 1] = value
-    local list = adds[state]
-    if not list then
-      list = {}
-      adds[state] = list
-    end
-    list[#list + 1] = seq
-    list[#list + 1] = S_STATUS[j + 4]
   end
   in_slices({'MSET'}, plain)
-  for state, list in pairs(adds) do submit_states(state, list) end
+  submit_states()
   submit_indexes()
   return results
 end

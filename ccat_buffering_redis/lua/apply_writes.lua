@@ -142,7 +142,7 @@ local function dead_letter(r, reason, txid)
   local lid = txid
   if lid == '' then lid = 'raw-' .. r end
   redis.call('HSET', LETTERS, lid, p)
-  redis.call('HSET', META, lid, cjson.encode({reason = reason, at = NOW, tx = txid}))
+  redis.call('HSET', META, lid, cjson.encode({reason = reason, at = now(), tx = txid}))
   redis.call('ZADD', ORDER, next_seq(), lid)
   return 1
 end
