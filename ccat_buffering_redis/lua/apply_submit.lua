@@ -124,7 +124,14 @@ local function submit_group(first, last, b)
         local member = model .. ':' .. id
         local k = BUFFERED .. member
         local seq = next_seq()
-        if redis.call('SET', k, join_record(flags[1], flags[2], seq, txid, body), 'NX', 'PX', ttl) then
+        -- join_record's text, made in one concatenation.
+        local text
+        if body == '' then
+          text = '@' .. flags[1] .. flags[2] .. seq .. ':' .. txid
+        else
+          text = '@' .. flags[1] .. flags[2] .. seq .. ':' .. txid .. '\n' .. body
+        end
+        if redis.call('SET', k, text, 'NX', 'PX', ttl) then
           reindex_fields(model, id, '', body)
         else
           local before, after
@@ -193,15 +200,24 @@ local function submit_indexes()
     entries[#entries + 1] = id
     if (ttls[model] or 0) < ttl then ttls[model] = ttl end
   end
+  local longer = {}
   for key, e in pairs(buckets) do
     local moved = redis.call('PEXPIRE', key, e.ttl, 'GT') == 1
     redis.pcall('ZADD', key, 'NX', unpack(e))
-    if not moved and redis.call('PEXPIRE', key, e.ttl, 'NX') == 1 then
+    if moved then
+      longer[e.model] = true
+    elseif redis.call('PEXPIRE', key, e.ttl, 'NX') == 1 then
+      longer[e.model] = true
       redis.call('ZADD', INDEX .. e.model, 'NX', e.b, e.b)
     end
   end
   flush_fields()
-  for model, ttl in pairs(ttls) do extend_indexes(model, ttl) end
+  -- A model whose buckets all last as long already needs no extension: its
+  -- index and field index outlive them (each call that extends a bucket
+  -- extends them too, as far as its longest TTL for the model).
+  for model, ttl in pairs(ttls) do
+    if longer[model] then extend_indexes(model, ttl) end
+  end
 end
 
 -- The call, if it is one of submits only (see above); nil otherwise, with
