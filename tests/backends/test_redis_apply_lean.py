@@ -67,7 +67,12 @@ def _w(model: str, record: str, kind: CacheKind, **fields: Any) -> CacheWrite:
 
 
 CALLS: list[list[list[Command]]] = [
-    [_submit("t1", [_w("Obs", "r1", CacheKind.CREATE, name="a", n=1), _w("Pkg", "p1", CacheKind.CREATE)])],
+    [
+        _submit(
+            "t1",
+            [_w("Obs", "r1", CacheKind.CREATE, name="a", n=1), _w("Pkg", "p1", CacheKind.CREATE)],
+        )
+    ],
     # An update of a buffered record (merged), a record written twice in one transaction.
     [
         _submit(
@@ -82,7 +87,10 @@ CALLS: list[list[list[Command]]] = [
     # Coalesced callers: two groups in one call; one transaction with a shorter TTL.
     [
         _submit("t3", [_w("Obs", "r3", CacheKind.CREATE, name="c")]),
-        _submit("t4short", [_w("Pkg", "p1", CacheKind.DELETE), _w("Fld", "f1", CacheKind.CREATE, name="x")]),
+        _submit(
+            "t4short",
+            [_w("Pkg", "p1", CacheKind.DELETE), _w("Fld", "f1", CacheKind.CREATE, name="x")],
+        ),
     ],
     # buffer_many: several transactions in one group; one without records.
     [
