@@ -50,7 +50,6 @@ local INDEX_TTL
 local function begin_stage()
   PUSHES, STATUS_NEW, STATUS_ORDER, STORED, WRITTEN_ADD, CLEARED, INDEX_TTL =
     {}, {}, {}, {}, {}, {}, {}
-  INDEX_ADD, BUCKET_TTL = {}, {}
 end
 
 local function put_status(txid, json, state, ttl, score, member)

@@ -50,8 +50,7 @@ end
 -- A bucket whose expiry the PEXPIRE moved exists, so it is listed already:
 -- pushing its expiry out first spares the listing's ZADD (and the later
 -- PEXPIRE) in the common case, a bucket that takes more entries.
--- Made by begin_stage in apply_stage.lua: only APPLY's general path uses them.
-local INDEX_ADD, BUCKET_TTL
+local INDEX_ADD, BUCKET_TTL = {}, {}
 local function flush_indexes()
   for model, list in pairs(INDEX_ADD) do
     local buckets = by_bucket(list)
