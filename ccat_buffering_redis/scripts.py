@@ -27,7 +27,9 @@ that can be a library ends with a line ``-- call: <function>`` (run as a
 script: ``return <function>()``) and keeps every statement of its top level
 other than a ``local`` in functions: each top-level ``local`` is state of one
 call, declared once in the library and assigned afresh at the start of every
-call, in the order written.
+call, in the order written. One exception: the server's time (``NOW``, see
+``lua/prelude.lua``) starts each call unread, and the library's code reads it
+through ``now()``, which asks the server only if the call needs it.
 """
 
 from __future__ import annotations
@@ -195,6 +197,8 @@ _RESET_NAMES = 24
 _LOCAL = re.compile(r"^local ((?:[A-Za-z_]\w*)(?:, *[A-Za-z_]\w*)*)(?: *= *(.*))?$", re.DOTALL)
 # The site's key prefix: what every key name is made of.
 _PREFIX = "local P = ARGV[1]"
+# The server's time: a library reads it lazily, through now() (see prelude.lua).
+_CLOCK = "local NOW = now_ms()"
 
 
 def _made_of(value: str, names: set[str]) -> bool:
@@ -287,7 +291,7 @@ def library(name: str) -> Library:
         else:
             names = [n.strip() for n in found.group(1).split(",")]
             body.append(f"local {', '.join(names)}")
-            per_call.append((names, found.group(2) or "nil"))
+            per_call.append((names, "nil" if statement == _CLOCK else found.group(2) or "nil"))
     resets = _resets(per_call)
     site = "local function reset_site()\n  if ARGV[1] == P then return end\n"
     code = "\n".join(["local KEYS, ARGV", *body, site + "\n".join(per_site) + "\nend", *resets])

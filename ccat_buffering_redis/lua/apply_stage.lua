@@ -36,15 +36,21 @@ end
 local G
 local function new_stage() return {pushes = {}, statuses = {}, written = {}, index = {}} end
 
-local PUSHES = {}
-local STATUS_NEW, STATUS_ORDER = {}, {}
+-- Made by begin_stage, only for a call that takes the general path: the lean
+-- path (apply_submit.lua) needs none of them.
+local PUSHES
+local STATUS_NEW, STATUS_ORDER
 -- Stored values of status keys, read before anything was written (nothing
 -- writes a status key before flush_statuses, so they still hold there).
-local STORED = {}
+local STORED
 -- Records each transaction wrote in this call, and those whose stored list
 -- was released (dropped when its status key is written).
-local WRITTEN_ADD, CLEARED = {}, {}
-local INDEX_TTL = {}
+local WRITTEN_ADD, CLEARED
+local INDEX_TTL
+local function begin_stage()
+  PUSHES, STATUS_NEW, STATUS_ORDER, STORED, WRITTEN_ADD, CLEARED, INDEX_TTL =
+    {}, {}, {}, {}, {}, {}, {}
+end
 
 local function put_status(txid, json, state, ttl, score, member)
   if not TERMINAL[state] and score == '' then score = next_seq() end
@@ -62,8 +68,7 @@ local function add_written(txid, members, ttl)
   if ttl > add.ttl then add.ttl = ttl end
 end
 
-local function add_index(entry)
-  local model, seq, id, ttl = unpack(entry)
+local function add_index(model, seq, id, ttl)
   local list = INDEX_ADD[model]
   if not list then list = {}; INDEX_ADD[model] = list end
   list[#list + 1] = seq
@@ -80,7 +85,7 @@ local function commit_stage(stage)
     STATUS_NEW[txid] = {s[2], s[3], s[4], s[5], s[6]}
   end
   for _, w in ipairs(stage.written) do add_written(w[1], w[2], w[3]) end
-  for _, e in ipairs(stage.index) do add_index(e) end
+  for _, e in ipairs(stage.index) do add_index(e[1], e[2], e[3], e[4]) end
 end
 
 -- Entries pushed one after another go in one LPUSH (same order as one LPUSH
@@ -140,7 +145,7 @@ local function flush_statuses()
       local value = join_status(json, members)
       if TERMINAL[state] then
         writes[#writes + 1] = {keys[i], value, ttl}
-        score, member = NOW + ttl, txid
+        score, member = now() + ttl, txid
       else
         plain[#plain + 1] = keys[i]
         plain[#plain + 1] = value
@@ -187,7 +192,7 @@ local function flush_statuses()
       -- status: once they have all expired it goes too, with no call to prune it.
       local last = 0
       for j = 1, #pairs_, 2 do last = math.max(last, pairs_[j]) end
-      extend(STATE .. state, last - NOW)
+      extend(STATE .. state, last - now())
     end
   end
 end

@@ -95,7 +95,7 @@ local function written_by(txid)
 end
 
 local function release(txid)
-  for _, e in ipairs(G.index) do add_index(e) end
+  for _, e in ipairs(G.index) do add_index(e[1], e[2], e[3], e[4]) end
   G.index = {}
   flush_indexes()
   local deleted, seen = 0, {}
@@ -142,7 +142,7 @@ local function dead_letter(r, reason, txid)
   local lid = txid
   if lid == '' then lid = 'raw-' .. r end
   redis.call('HSET', LETTERS, lid, p)
-  redis.call('HSET', META, lid, cjson.encode({reason = reason, at = NOW, tx = txid}))
+  redis.call('HSET', META, lid, cjson.encode({reason = reason, at = now(), tx = txid}))
   redis.call('ZADD', ORDER, next_seq(), lid)
   return 1
 end

@@ -8,6 +8,13 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local NOW = now_ms()
+-- The same time, for code that a Redis Function library runs too: there NOW
+-- is read only by the first call to now() (see scripts.library), as most
+-- calls of APPLY never need it.
+local function now()
+  if not NOW then NOW = now_ms() end
+  return NOW
+end
 
 -- Sequence numbers (receipts, orders) are taken from the counter SEQ_BUDGET at
 -- a time, with one INCRBY; numbers left unused are skipped, never reused.
@@ -64,6 +71,6 @@ end
 -- the call (see APPLY).
 local function prune_terminal()
   for state, _ in pairs(TERMINAL) do
-    redis.pcall('ZREMRANGEBYSCORE', STATE .. state, '-inf', NOW)
+    redis.pcall('ZREMRANGEBYSCORE', STATE .. state, '-inf', now())
   end
 end

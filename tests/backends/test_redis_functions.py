@@ -40,7 +40,8 @@ async def test_a_write_loads_the_library_once_and_calls_it(redis_client: aioredi
         assert library.name in await _libraries(redis_client)
         before = await _calls(redis_client, "fcall")
         await _push(backend, "two")
-        assert await _calls(redis_client, "fcall") == before + 1
+        # At least: other clients of a shared server may call functions meanwhile.
+        assert await _calls(redis_client, "fcall") >= before + 1
         assert (await backend.buffer.stats()).depth == 2
     finally:
         await forget_site(redis_client, backend.keys.pattern())
@@ -107,8 +108,10 @@ def test_the_library_is_the_script_with_its_state_reset_per_call() -> None:
     assert library.code.startswith(f"#!lua name={library.name}\n")
     assert f"redis.register_function('{library.function}'," in library.code
     assert scripts.SCRIPTS["apply"].rstrip().endswith("return apply()")
-    # The call's state is made afresh in a reset, not once at load.
-    for state in ("T = {}", "PUSHES = {}", "NOW = now_ms()", "TYPES = {}"):
+    # The call's state is made afresh in a reset, not once at load; the
+    # server's time is left unread until now() needs it, the general path's
+    # tables until it runs (begin_stage).
+    for state in ("T = {}", "PUSHES = nil", "NOW = nil", "TYPES = {}"):
         assert f"\n  {state}\n" in library.code, state
     assert "\nlocal T\n" in library.code and "\nlocal NOW\n" in library.code
 

@@ -1,0 +1,263 @@
+-- Fragment (APPLY): its lean path, for a call that only buffers transactions.
+--
+-- Nearly every call is a submit: each group pushes entries, gives their
+-- transactions a status with a sequence number (buffered) and caches the
+-- records they write. Such a call runs here: the checks and the writes of the
+-- general path (apply.lua), in the same order, with the same results, but
+-- without its staging of every operation in tables of tables, which cost
+-- several times the Redis commands it issues.
+-- Anything else returns nil before anything is written, and the general path
+-- runs the call: another operation, a transaction with two statuses or with
+-- records cached without its status, a status already stored (it leaves an
+-- index), a check that finds a problem, a counter Redis refuses (full).
+
+-- The groups as {first token, last token, first blob, pushes}, the states
+-- the call writes, and the models whose records it caches; nil if the call is
+-- not one of submits only.
+local function submit_plan()
+  local n = tonumber(T[1])
+  if not n then return nil end
+  local plan, status_of, cached, states, models = {}, {}, {}, {}, {}
+  local at, blob, allocates, needs = 2, 3, false, 0
+  for g = 1, n do
+    local tokens, blobs = tonumber(T[at]), tonumber(T[at + 1])
+    if not (tokens and blobs) then return nil end
+    local i, last, pushes = at + 2, at + 1 + tokens, 0
+    while i <= last do
+      local name = T[i]
+      if name == 'push' then
+        pushes = pushes + 1
+        i = i + 1
+      elseif name == 'status' then
+        local txid, state = T[i + 1], T[i + 3]
+        if status_of[txid] or not SEQ_STATES[state] or T[i + 5] ~= '' or not tonumber(T[i + 4]) then
+          return nil
+        end
+        status_of[txid] = g
+        states[state] = true
+        needs = needs + 1
+        i = i + 7
+      elseif name == 'cache' then
+        local count = tonumber(T[i + 3])
+        if not (count and tonumber(T[i + 2])) then return nil end
+        cached[#cached + 1] = T[i + 1]
+        cached[#cached + 1] = g
+        needs = needs + count
+        for j = i + 4, i + 4 * count, 4 do
+          if not FLAGS[T[j + 2]] then return nil end
+          models[T[j]] = true
+        end
+        i = i + 4 + 4 * count
+      else
+        return nil
+      end
+    end
+    if i ~= last + 1 or pushes ~= blobs then return nil end
+    if pushes > 0 or next(models) ~= nil then allocates = true end
+    plan[g] = {at + 2, last, blob, pushes}
+    at, blob = last + 1, blob + blobs
+  end
+  if not allocates or at ~= #T + 1 or blob ~= #ARGV + 1 then return nil end
+  for j = 1, #cached, 2 do
+    if status_of[cached[j]] ~= cached[j + 1] then return nil end
+  end
+  return plan, status_of, states, models, needs
+end
+
+-- The checks of the general path (check, check_states): whether all pass and
+-- no transaction has a stored status.
+local function submit_checks(plan, status_of, states, models)
+  known_unindexed(models)
+  for _, p in ipairs(plan) do
+    if p[4] > 0 then
+      if wrong_type(BUF, 'list') then return false end
+      break
+    end
+  end
+  for model, _ in pairs(models) do
+    if index_problem(model) then return false end
+  end
+  for state, _ in pairs(states) do
+    if wrong_type(STATE .. state, 'zset') then return false end
+  end
+  local keys = {}
+  for txid, _ in pairs(status_of) do keys[#keys + 1] = STATUS .. txid end
+  for i = 1, #keys, 1000 do
+    local got = redis.call('MGET', unpack(keys, i, math.min(i + 999, #keys)))
+    for j = 1, #got do
+      if got[j] then return false end
+    end
+  end
+  return true
+end
+
+-- What the groups that ran stage, in flat lists (a group that fails is cut
+-- off them): entries to push; statuses (id, JSON, state, sequence number,
+-- index member); the records each transaction wrote; index entries (model,
+-- sequence number, id, TTL).
+local S_PUSH, S_STATUS, S_WRITTEN, S_INDEX
+
+-- Run one group (see run_group and write_cache); returns its count of entries.
+local function submit_group(first, last, b)
+  local i = first
+  while i <= last do
+    local name = T[i]
+    if name == 'push' then
+      S_PUSH[#S_PUSH + 1] = ARGV[b]
+      b = b + 1
+      i = i + 1
+    elseif name == 'status' then
+      local n = #S_STATUS
+      S_STATUS[n + 1], S_STATUS[n + 2], S_STATUS[n + 3] = T[i + 1], T[i + 2], T[i + 3]
+      S_STATUS[n + 4], S_STATUS[n + 5] = next_seq(), T[i + 6]
+      i = i + 7
+    elseif name == 'cache' then
+      local txid, ttl, count = T[i + 1], tonumber(T[i + 2]), tonumber(T[i + 3])
+      local written = S_WRITTEN[txid]
+      if not written then
+        written = {}
+        S_WRITTEN[txid] = written
+      end
+      for j = i + 4, i + 4 * count, 4 do
+        local model, id, kind, body = T[j], T[j + 1], T[j + 2], T[j + 3]
+        local flags = FLAGS[kind]
+        local member = model .. ':' .. id
+        local k = BUFFERED .. member
+        local seq = next_seq()
+        -- join_record's text, made in one concatenation.
+        local text
+        if body == '' then
+          text = '@' .. flags[1] .. flags[2] .. seq .. ':' .. txid
+        else
+          text = '@' .. flags[1] .. flags[2] .. seq .. ':' .. txid .. '\n' .. body
+        end
+        if redis.call('SET', k, text, 'NX', 'PX', ttl) then
+          reindex_fields(model, id, '', body)
+        else
+          local before, after
+          before, after, seq = merge_record(k, txid, ttl, kind, body, seq)
+          reindex_fields(model, id, before, after)
+        end
+        local n = #S_INDEX
+        S_INDEX[n + 1], S_INDEX[n + 2], S_INDEX[n + 3], S_INDEX[n + 4] = model, seq, id, ttl
+        if not written[member] then
+          written[member] = true
+          written[#written + 1] = member
+        end
+      end
+      i = i + 4 + 4 * count
+    end
+  end
+end
+
+local function cut(list, n)
+  for j = #list, n + 1, -1 do list[j] = nil end
+end
+
+-- The state index entries of the new statuses (see state_add): one ZADD
+-- per bucket and one listing the buckets of each state.
+local function submit_states()
+  if #S_STATUS == 5 then
+    local state, seq = S_STATUS[3], S_STATUS[4]
+    local b = math.floor(seq / BUCKET)
+    redis.pcall('ZADD', state_bucket(state, b), seq - b * BUCKET, S_STATUS[5])
+    redis.call('ZADD', STATE .. state, 'NX', b, b)
+    return
+  end
+  local by_state = {}
+  for j = 1, #S_STATUS, 5 do
+    local pairs_ = by_state[S_STATUS[j + 2]]
+    if not pairs_ then
+      pairs_ = {}
+      by_state[S_STATUS[j + 2]] = pairs_
+    end
+    pairs_[#pairs_ + 1] = S_STATUS[j + 3]
+    pairs_[#pairs_ + 1] = S_STATUS[j + 4]
+  end
+  for state, pairs_ in pairs(by_state) do state_add(state, pairs_) end
+end
+
+-- The model index entries of the records written (see flush_indexes,
+-- extend_buckets, extend_indexes), with fewer commands: a bucket whose expiry
+-- PEXPIRE GT moved exists, so it is listed; one whose expiry did not move
+-- either lasts as long already (same millisecond) or is new, and PEXPIRE NX,
+-- after the ZADD that makes it, tells which: only a new bucket gets its
+-- expiry there, and is listed.
+local function submit_indexes()
+  local buckets, ttls = {}, {}
+  for j = 1, #S_INDEX, 4 do
+    local model, seq, id, ttl = S_INDEX[j], S_INDEX[j + 1], S_INDEX[j + 2], S_INDEX[j + 3]
+    local b = math.floor(seq / BUCKET)
+    local key = bucket_key(model, b)
+    local entries = buckets[key]
+    if not entries then
+      entries = {model = model, b = b, ttl = ttl}
+      buckets[key] = entries
+    elseif entries.ttl < ttl then
+      entries.ttl = ttl
+    end
+    entries[#entries + 1] = seq - b * BUCKET
+    entries[#entries + 1] = id
+    if (ttls[model] or 0) < ttl then ttls[model] = ttl end
+  end
+  local longer = {}
+  for key, e in pairs(buckets) do
+    local moved = redis.call('PEXPIRE', key, e.ttl, 'GT') == 1
+    redis.pcall('ZADD', key, 'NX', unpack(e))
+    if moved then
+      longer[e.model] = true
+    elseif redis.call('PEXPIRE', key, e.ttl, 'NX') == 1 then
+      longer[e.model] = true
+      redis.call('ZADD', INDEX .. e.model, 'NX', e.b, e.b)
+    end
+  end
+  flush_fields()
+  -- A model whose buckets all last as long already needs no extension: its
+  -- index and field index outlive them (each call that extends a bucket
+  -- extends them too, as far as its longest TTL for the model).
+  for model, ttl in pairs(ttls) do
+    if longer[model] then extend_indexes(model, ttl) end
+  end
+end
+
+-- The call, if it is one of submits only (see above); nil otherwise, with
+-- nothing written.
+local function apply_submits()
+  local plan, status_of, states, models, needs = submit_plan()
+  if not plan or not submit_checks(plan, status_of, states, models) then return nil end
+  SEQ_BUDGET = math.max(needs, 1)
+  local got = redis.pcall('INCRBY', SEQ, SEQ_BUDGET)
+  if type(got) == 'table' then return nil end
+  SEQ_NEXT, SEQ_LEFT = got - SEQ_BUDGET, SEQ_BUDGET
+  S_PUSH, S_STATUS, S_WRITTEN, S_INDEX = {}, {}, {}, {}
+  local results = {}
+  for g, p in ipairs(plan) do
+    local pushes, statuses, index = #S_PUSH, #S_STATUS, #S_INDEX
+    local ok, err = pcall(submit_group, p[1], p[2], p[3])
+    if ok then
+      results[g] = p[4]
+    else
+      cut(S_PUSH, pushes)
+      cut(S_STATUS, statuses)
+      cut(S_INDEX, index)
+      if type(err) == 'table' then err = err.err or 'an error' end
+      results[g] = 'failed: ' .. tostring(err)
+    end
+  end
+  -- The writes of flush_pushes, flush_statuses (a new status, never stored
+  -- before: no index to leave), flush_indexes and after, in their order.
+  in_slices({'LPUSH', BUF}, S_PUSH)
+  local plain = {}
+  for j = 1, #S_STATUS, 5 do
+    local txid, seq = S_STATUS[j], S_STATUS[j + 3]
+    local value = seq .. S_STATUS[j + 1]
+    local written = S_WRITTEN[txid]
+    if written and #written > 0 then value = value .. '\n' .. table.concat(written, ' ') end
+    plain[#plain + 1] = STATUS .. txid
+    plain[#plain + 1] = value
+  end
+  in_slices({'MSET'}, plain)
+  submit_states()
+  submit_indexes()
+  return results
+end

@@ -1,0 +1,144 @@
+"""``APPLY``'s lean path for calls that only buffer writes what its general path writes.
+
+The lean path (``lua/apply_submit.lua``) runs calls whose groups only push,
+write a new status and cache records; anything else falls back to the
+general path before anything is written. Here the same calls go to the
+library as it is and to a copy whose lean path is switched off, each on a
+site of its own, and every key the two leave behind is compared: type,
+value, members and scores, and whether and how long it lives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from services import forget_site
+
+from ccat_buffering.buffer.protocols import CacheKind, CacheWrite
+from ccat_buffering.testing import new_site_name
+from ccat_buffering.write.models import TransactionStatus
+from ccat_buffering_redis import scripts
+from ccat_buffering_redis._frame import Command, frame
+from ccat_buffering_redis._writes import RedisWriteBatch
+from ccat_buffering_redis.keys import SiteKeys
+
+_LEAN_CALL = "  local lean = apply_submits()\n"
+
+
+def _general_only() -> tuple[str, str]:
+    """The library with its lean path switched off, under names of its own."""
+    library = scripts.LIBRARIES["apply"]
+    assert library.code.count(_LEAN_CALL) == 1
+    code = library.code.replace(_LEAN_CALL, "  local lean = nil\n")
+    function = library.function + "_general"
+    code = code.replace(library.function, function).replace(library.name, library.name + "_general")
+    return code, function
+
+
+@pytest.fixture
+async def sites(redis_client: aioredis.Redis) -> AsyncIterator[dict[str, SiteKeys]]:
+    code, general = _general_only()
+    library = scripts.LIBRARIES["apply"]
+    await redis_client.execute_command("FUNCTION", "LOAD", "REPLACE", library.code)
+    await redis_client.execute_command("FUNCTION", "LOAD", "REPLACE", code)
+    keys = {library.function: SiteKeys(new_site_name()), general: SiteKeys(new_site_name())}
+    try:
+        yield keys
+    finally:
+        await redis_client.execute_command("FUNCTION", "DELETE", library.name + "_general")
+        for site in keys.values():
+            await forget_site(redis_client, site.pattern())
+
+
+def _submit(txid: str, writes: list[CacheWrite], state: str = "buffered") -> list[Command]:
+    batch = RedisWriteBatch()
+    batch.push(f"entry of {txid}")
+    batch.put_status(TransactionStatus(transaction_id=txid, state=state), 60)
+    if writes:
+        batch.write_cache(txid, writes, 30 if txid.endswith("short") else 60)
+    return batch.ops
+
+
+def _w(model: str, record: str, kind: CacheKind, **fields: Any) -> CacheWrite:
+    return CacheWrite(model, record, kind, fields)
+
+
+CALLS: list[list[list[Command]]] = [
+    [
+        _submit(
+            "t1",
+            [_w("Obs", "r1", CacheKind.CREATE, name="a", n=1), _w("Pkg", "p1", CacheKind.CREATE)],
+        )
+    ],
+    # An update of a buffered record (merged), a record written twice in one transaction.
+    [
+        _submit(
+            "t2",
+            [
+                _w("Obs", "r1", CacheKind.UPDATE, n=2),
+                _w("Obs", "r2", CacheKind.CREATE, name="b"),
+                _w("Obs", "r2", CacheKind.UPDATE, n=3),
+            ],
+        )
+    ],
+    # Coalesced callers: two groups in one call; one transaction with a shorter TTL.
+    [
+        _submit("t3", [_w("Obs", "r3", CacheKind.CREATE, name="c")]),
+        _submit(
+            "t4short",
+            [_w("Pkg", "p1", CacheKind.DELETE), _w("Fld", "f1", CacheKind.CREATE, name="x")],
+        ),
+    ],
+    # buffer_many: several transactions in one group; one without records.
+    [
+        _submit("t5", [_w("Fld", "f2", CacheKind.CREATE, name="y")])
+        + _submit("t6", [])
+        + _submit("t7", [_w("Fld", "f1", CacheKind.UPDATE, name="z")])
+    ],
+    # Falls back (a status already stored): both paths are the general one.
+    [_submit("t1", [_w("Obs", "r9", CacheKind.CREATE, name="q")], state="retrying")],
+]
+
+
+async def _dump(client: aioredis.Redis, keys: SiteKeys) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    async for raw in client.scan_iter(match=keys.pattern(), count=1000):
+        key = raw.decode()
+        kind = (await client.type(key)).decode()
+        if kind == "string":
+            value: Any = await client.get(key)
+        elif kind == "list":
+            value = await client.lrange(key, 0, -1)
+        elif kind == "zset":
+            value = await client.zrange(key, 0, -1, withscores=True)
+        else:
+            value = await client.hgetall(key)
+        out[key[len(keys.prefix) :]] = (kind, value, await client.pttl(key))
+    return out
+
+
+def _close(lean: int, general: int) -> bool:
+    """The same TTL: none for both, or both set and a few seconds apart at most."""
+    return lean == general or (lean > 0 and general > 0 and abs(lean - general) < 5000)
+
+
+async def test_the_lean_path_writes_what_the_general_path_writes(
+    redis_client: aioredis.Redis, sites: dict[str, SiteKeys]
+) -> None:
+    # A field index on one model: the writes must move its entries the same way.
+    for keys in sites.values():
+        await redis_client.zadd(keys.prefix + "fields:Fld", {"\x00name": 0})
+        await redis_client.expire(keys.prefix + "fields:Fld", 60)
+    replies: dict[str, list[Any]] = {function: [] for function in sites}
+    for groups in CALLS:
+        for function, keys in sites.items():
+            args = [keys.prefix, *frame(groups)]
+            replies[function].append(await redis_client.fcall(function, 1, keys.buffer, *args))
+    lean, general = [await _dump(redis_client, keys) for keys in sites.values()]
+    assert len(set(map(repr, replies.values()))) == 1, replies
+    assert {k: v[:2] for k, v in lean.items()} == {k: v[:2] for k, v in general.items()}
+    assert all(_close(lean[k][2], general[k][2]) for k in lean), (lean, general)
+    assert "index:Fld" in lean and "transaction:t7" in lean  # it wrote what it should
