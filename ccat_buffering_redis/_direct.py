@@ -20,11 +20,12 @@ path's one call itself:
 * the command is packed with the client's encoding and written to the
   socket; only a write that fills the socket's buffer waits, under the
   connection's ``socket_timeout`` (a hung Redis still times out);
-* the reply is read by the connection's ``read_response``, which applies the
-  ``socket_timeout``, raises Redis's errors as redis-py does, and closes the
-  connection when a read fails or is cancelled; a connection whose call
-  failed goes back to the pool at once, never kept, so a reply still due
-  never reaches the next caller;
+* the reply is read as the connection's ``read_response`` reads it (from
+  its parser, for redis-py's own RESP2 connections): under the
+  ``socket_timeout``, Redis's errors raised as redis-py raises them, the
+  connection closed when a read fails or is cancelled; a connection whose
+  call failed goes back to the pool at once, never kept, so a reply still
+  due never reaches the next caller;
 * it never retries: a lost reply is the caller's to see, as with the
   clients :func:`~ccat_buffering_redis._connect.open_client` opens (a retry
   would run a write script twice without a word).
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import redis.exceptions
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, Connection
+from redis.utils import check_protocol_version
 
 if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
@@ -107,7 +109,7 @@ class DirectCall:
                 await conn.check_health()
             encoder = conn.encoder
             await _send(conn, pack(args, encoder.encoding, encoder.encoding_errors))
-            reply = await conn.read_response()
+            reply = await _read(conn)
         except BaseException:
             await self.pool.release(conn)
             raise
@@ -140,6 +142,43 @@ class DirectCall:
             await self.pool.release(conn)
         except Exception:  # a pool closed or reset meanwhile: nothing left to give back to
             log.debug("could not give a connection back to its pool", exc_info=True)
+
+
+async def _read(conn: AbstractConnection) -> Any:
+    """The reply to the command just sent, as ``conn.read_response()`` gives it.
+
+    For redis-py's own connections speaking RESP2, read from the parser
+    under the ``socket_timeout``, as ``read_response`` does without its
+    per-call bookkeeping; a subclass with its own ``read_response`` (Sentinel's,
+    which drops a connection to a demoted master) or RESP3 is left to it. A
+    failed, timed-out or cancelled read closes the connection.
+    """
+    parser = getattr(conn, "_parser", None)
+    if (
+        type(conn).read_response is not Connection.read_response
+        or parser is None
+        or check_protocol_version(conn.protocol, 3)
+    ):
+        return await conn.read_response()
+    try:
+        async with asyncio.timeout(conn.socket_timeout):
+            reply = await parser.read_response()
+    except TimeoutError:
+        await conn.disconnect(nowait=True)
+        raise redis.exceptions.TimeoutError("Timeout reading from socket") from None
+    except OSError as exc:
+        await conn.disconnect(nowait=True)
+        raise redis.exceptions.ConnectionError(
+            f"Error while reading from socket: {exc.args}"
+        ) from exc
+    except BaseException:
+        await conn.disconnect(nowait=True)
+        raise
+    if conn.health_check_interval:
+        conn.next_health_check = asyncio.get_running_loop().time() + conn.health_check_interval
+    if isinstance(reply, redis.exceptions.ResponseError):
+        raise reply from None
+    return reply
 
 
 async def _send(conn: AbstractConnection, packed: bytes) -> None:

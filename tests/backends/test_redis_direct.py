@@ -128,3 +128,27 @@ async def test_a_closed_client_connects_again(redis_client: aioredis.Redis) -> N
     assert await call("PING") == b"PONG"
     await redis_client.connection_pool.disconnect()  # the kept connection too
     assert await call("PING") == b"PONG"
+
+
+class _CountingConnection(Connection):
+    """A connection with its own ``read_response``, as Sentinel's has."""
+
+    reads = 0
+
+    async def read_response(self, *args: object, **kwargs: object) -> object:
+        type(self).reads += 1
+        return await super().read_response(*args, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_connection_s_own_read_response_is_kept() -> None:
+    """Sentinel's drops a connection to a demoted master there: it must still run."""
+    client = aioredis.Redis.from_url(REDIS_URL, connection_class=_CountingConnection)
+    try:
+        call = direct_call(client)
+        assert call is not None
+        assert await call("PING") == b"PONG"  # connects (its handshake reads too)
+        before = _CountingConnection.reads
+        assert await call("PING") == b"PONG"
+        assert _CountingConnection.reads == before + 1
+    finally:
+        await client.aclose()
