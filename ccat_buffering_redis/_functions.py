@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
 
+from ccat_buffering_redis._direct import direct_call
 from ccat_buffering_redis.scripts import Library
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ class FunctionCall:
         self.library = library
         self.usable = True
         """``False`` once the server or its ACL refused functions: the script runs instead."""
+        self._direct = direct_call(client)
 
     async def __call__(self, keys: list[str], args: list[Any]) -> Any:
         """Run the function (or the script) with ``keys`` and ``args``; its reply.
@@ -99,6 +101,9 @@ class FunctionCall:
         return await self.script(keys=keys, args=args)
 
     async def _fcall(self, keys: list[str], args: list[Any]) -> Any:
+        if self._direct is not None:
+            # The write path's one call: without redis-py's per-call machinery.
+            return await self._direct("FCALL", self.library.function, len(keys), *keys, *args)
         return await self.client.fcall(self.library.function, len(keys), *keys, *args)
 
     async def _load(self) -> bool:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ccat_buffering.buffer import checks
@@ -171,13 +171,36 @@ class RedisWrites(BackendPart):
                     extra={"site": self.site},
                 )
 
-    @asynccontextmanager
-    async def atomic(self) -> AsyncIterator[RedisWriteBatch]:
+    def atomic(self) -> _Atomic:
         """See :meth:`ccat_buffering.buffer.protocols.Backend.atomic`."""
-        batch = RedisWriteBatch(self.compression)
-        yield batch
-        if batch.ops:
-            await self.apply(batch.ops)
+        return _Atomic(self)
+
+
+class _Atomic:
+    """``RedisWrites.atomic()``: a batch to stage into, applied on a clean exit.
+
+    A class rather than ``@asynccontextmanager``: every ``buffer()`` opens one,
+    and the generator's three frames cost more than the rest of it.
+    """
+
+    __slots__ = ("_batch", "_writes")
+
+    def __init__(self, writes: RedisWrites) -> None:
+        self._writes = writes
+        self._batch = RedisWriteBatch(writes.compression)
+
+    async def __aenter__(self) -> RedisWriteBatch:
+        return self._batch
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # A block that raised applies nothing; its error propagates.
+        if exc_type is None and self._batch.ops:
+            await self._writes.apply(self._batch.ops)
 
 
 class RedisWriteBatch:

@@ -20,8 +20,8 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
+from types import TracebackType
 from typing import Any
 
 import redis.exceptions
@@ -238,39 +238,42 @@ class RedisBackend(
         backend._owns_client = True
         return backend
 
-    @contextmanager
-    def translate(self) -> Iterator[None]:
-        """Turn redis-py's errors into the library's, naming the server."""
-        try:
-            yield
-        except (redis.exceptions.TimeoutError, TimeoutError) as exc:
-            raise BackendUnavailableError(
+    def translate(self) -> _Translation:
+        """Turn redis-py's errors into the library's, naming the server (a ``with`` block)."""
+        return _Translation(self)
+
+    def translated(self, exc: BaseException) -> BaseException | None:
+        """The library's error for redis-py's (or the OS's) ``exc``; ``None`` for any other."""
+        if isinstance(exc, redis.exceptions.TimeoutError | TimeoutError):
+            return BackendUnavailableError(
                 f"{self.where} did not answer in time ({exc or 'timed out'})"
-            ) from exc
-        except redis.exceptions.AuthenticationError as exc:  # a ConnectionError to redis-py
-            raise BackendError(auth_failure(self.where, str(exc))) from exc
-        except (
-            redis.exceptions.ConnectionError,
-            redis.exceptions.ClusterDownError,
-            redis.exceptions.RedisClusterException,
-            OSError,
-        ) as exc:
+            )
+        if isinstance(exc, redis.exceptions.AuthenticationError):  # a ConnectionError to redis-py
+            return BackendError(auth_failure(self.where, str(exc)))
+        if isinstance(
+            exc,
+            redis.exceptions.ConnectionError
+            | redis.exceptions.ClusterDownError
+            | redis.exceptions.RedisClusterException
+            | OSError,
+        ):
             if "AuthenticationError" in str(exc):  # the sentinels refused the credentials
-                raise BackendError(auth_failure(f"{self.where} (its sentinels)", str(exc))) from exc
-            raise BackendUnavailableError(f"{self.where} cannot be reached: {exc}") from exc
-        except redis.exceptions.RedisError as exc:
+                return BackendError(auth_failure(f"{self.where} (its sentinels)", str(exc)))
+            return BackendUnavailableError(f"{self.where} cannot be reached: {exc}")
+        if isinstance(exc, redis.exceptions.RedisError):
             if isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith("OOM"):
                 self.refused_full_at = time.monotonic()
-                raise BackendFullError(self._full_message(str(exc))) from exc
+                return BackendFullError(self._full_message(str(exc)))
             refused = refusal(str(exc), _SOURCES)
             if refused is not None:
-                raise BackendError(
+                return BackendError(
                     f"{self.where} refused {refused} to this user (Redis ACL): grant it as the "
                     f"Redis page of the docs lists for each role ({exc})"
-                ) from exc
+                )
             if str(exc).startswith("WRONGPASS"):
-                raise BackendError(auth_failure(self.where, str(exc))) from exc
-            raise BackendError(f"{self.where} refused the operation: {exc}") from exc
+                return BackendError(auth_failure(self.where, str(exc)))
+            return BackendError(f"{self.where} refused the operation: {exc}")
+        return None
 
     async def script(self, name: str, *args: Any) -> Any:
         """Run one of the backend's scripts for this site.
@@ -350,6 +353,34 @@ class RedisBackend(
 
     def __repr__(self) -> str:
         return f"RedisBackend(site={self.site!r}, {self.where})"
+
+
+class _Translation:
+    """What ``RedisBackend.translate()`` returns.
+
+    A class, not ``@contextmanager``: the write path opens one per call, and
+    a generator's frames cost more than the rest of the block's own work.
+    """
+
+    __slots__ = ("_backend",)
+
+    def __init__(self, backend: RedisBackend) -> None:
+        self._backend = backend
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            return
+        mine = self._backend.translated(exc)
+        if mine is not None:
+            raise mine from exc
 
 
 def _replication_id(value: Any) -> str:

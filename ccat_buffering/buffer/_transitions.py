@@ -24,11 +24,20 @@ from ccat_buffering.buffer.retry import FailureKind, RetryPolicy, describe_error
 from ccat_buffering.logs import SiteLogger
 from ccat_buffering.write.lsn import LSN
 from ccat_buffering.write.models import Transaction, TransactionState, TransactionStatus
-from ccat_buffering.write.status import add_event, as_json, copied_status, made_event
+from ccat_buffering.write.status import (
+    add_event,
+    as_json,
+    copied_status,
+    made_event,
+    made_status,
+    utc_now,
+)
 
 __all__ = ["CONFLICT_DELAY", "Delivery", "Transitions", "as_json", "buffered_status"]
 
 CONFLICT_DELAY = 0.05
+
+_BUFFERED_GIVEN = frozenset(("transaction_id", "endpoint", "state", "created_at"))
 
 
 @dataclass(frozen=True)
@@ -51,8 +60,40 @@ class Delivery:
         return self.transaction.transaction_id
 
 
+def _utc(value: object) -> bool:
+    return type(value) is dt.datetime and value.tzinfo is dt.UTC
+
+
 def buffered_status(transaction: Transaction, **changes: Any) -> TransactionStatus:
     """A new status of ``transaction``: ``buffered``, with ``changes``."""
+    values = transaction.__dict__
+    created, updated = values["created_at"], changes.get("updated_at")
+    if (
+        changes.keys() <= {"updated_at"}
+        and type(values["transaction_id"]) is str
+        and type(values["endpoint"]) is str
+        and _utc(created)
+        and (updated is None or _utc(updated))
+    ):
+        # What validation would make of values a validated transaction holds
+        # (every buffer() makes one): without running it.
+        return made_status(
+            {
+                "transaction_id": values["transaction_id"],
+                "endpoint": values["endpoint"],
+                "state": TransactionState.BUFFERED,
+                "attempts": 0,
+                "last_error": None,
+                "commit_lsn": None,
+                "created_at": created,
+                "updated_at": utc_now() if updated is None else updated,
+                "committed_at": None,
+                "replicated_at": None,
+                "history": (),
+                "generated": {},
+            },
+            {*_BUFFERED_GIVEN, *changes},
+        )
     return TransactionStatus(
         transaction_id=transaction.transaction_id,
         endpoint=transaction.endpoint,

@@ -1,0 +1,210 @@
+"""One command on a pooled connection, without redis-py's per-call machinery.
+
+``Redis.execute_command`` costs more CPU than the round trip of a small
+command itself: it wraps every send in ``asyncio.wait_for`` (a task and two
+more turns of the event loop per call when a ``socket_timeout`` is set, as
+:func:`~ccat_buffering_redis._connect.open_client` always sets one), runs the
+call through its retry loop, and takes the connection from the pool and gives
+it back through a lock, an event and four observability records. On the write
+path that was the largest part of what a ``buffer()`` costs in Python (see
+the write path in docs/benchmarks.rst). A :class:`DirectCall` makes the write
+path's one call itself:
+
+* the connection comes from the client's pool and goes back to it (so a
+  Sentinel pool finds the master, and closing the client closes it). A
+  connection whose call succeeded is kept for the next call for at most
+  :data:`KEEP_SECONDS`, then given back: calls that follow each other do not
+  go through the pool each time, and an idle connection is in the pool again
+  by the next few milliseconds (where a failover's disconnect of idle
+  connections reaches it);
+* the command is packed with the client's encoding and written to the
+  socket; only a write that fills the socket's buffer waits, under the
+  connection's ``socket_timeout`` (a hung Redis still times out);
+* the reply is read as the connection's ``read_response`` reads it (from
+  its parser, for redis-py's own RESP2 connections): under the
+  ``socket_timeout``, Redis's errors raised as redis-py raises them, the
+  connection closed when a read fails or is cancelled; a connection whose
+  call failed goes back to the pool at once, never kept, so a reply still
+  due never reaches the next caller;
+* it never retries: a lost reply is the caller's to see, as with the
+  clients :func:`~ccat_buffering_redis._connect.open_client` opens (a retry
+  would run a write script twice without a word).
+
+Clients of other shapes (a Cluster, a client pinned to one connection, a pool
+whose connections are not redis-py's ``Connection``) get ``None`` from
+:func:`direct_call` and keep ``execute_command``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import redis.exceptions
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection, Connection
+from redis.utils import check_protocol_version
+
+if TYPE_CHECKING:
+    from redis.asyncio.cluster import RedisCluster
+
+__all__ = ["KEEP_SECONDS", "DirectCall", "direct_call", "pack"]
+
+log = logging.getLogger(__name__)
+
+KEEP_SECONDS = 0.005
+"""How long, at most, a connection is kept out of the pool between calls."""
+
+
+def direct_call(client: Redis | RedisCluster) -> DirectCall | None:
+    """A :class:`DirectCall` for ``client``, or ``None`` where only ``execute_command`` will do."""
+    if not isinstance(client, Redis) or client.single_connection_client:
+        return None
+    if not issubclass(client.connection_pool.connection_class, Connection):
+        return None
+    return DirectCall(client)
+
+
+def pack(args: tuple[str | bytes | int, ...], encoding: str, errors: str) -> bytes:
+    """``args`` as one command of the Redis protocol (RESP), texts encoded as given."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if type(arg) is str:
+            data = arg.encode(encoding, errors)
+        elif type(arg) is int:
+            data = b"%d" % arg
+        elif isinstance(arg, bytes):
+            data = arg
+        else:
+            raise TypeError(f"a command's argument must be str, bytes or int, not {arg!r}")
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+class DirectCall:
+    """Sends one command on a connection of ``client``'s pool and returns its reply.
+
+    Args:
+        client: A plain (non-Cluster) redis-py asyncio client.
+    """
+
+    def __init__(self, client: Redis) -> None:
+        self.pool = client.connection_pool
+        self._kept: list[AbstractConnection] = []
+        self._giving_back: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, *args: str | bytes | int) -> Any:
+        """Send ``args`` as one command; its reply.
+
+        Raises:
+            redis.exceptions.RedisError: As ``execute_command`` raises it
+                (``ResponseError`` for an error reply, ``TimeoutError``,
+                ``ConnectionError``).
+        """
+        conn = self._kept.pop() if self._kept else await self.pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            if conn.health_check_interval:
+                await conn.check_health()
+            encoder = conn.encoder
+            await _send(conn, pack(args, encoder.encoding, encoder.encoding_errors))
+            reply = await _read(conn)
+        except BaseException:
+            await self.pool.release(conn)
+            raise
+        self._keep(conn)
+        return reply
+
+    def _keep(self, conn: AbstractConnection) -> None:
+        if conn.should_reconnect():  # type: ignore[no-untyped-call]
+            self._give_back([conn])
+            return
+        self._kept.append(conn)
+        if self._giving_back is None:
+            self._giving_back = asyncio.get_running_loop().call_later(
+                KEEP_SECONDS, self._give_back_kept
+            )
+
+    def _give_back_kept(self) -> None:
+        self._giving_back = None
+        kept, self._kept = self._kept, []
+        self._give_back(kept)
+
+    def _give_back(self, connections: list[AbstractConnection]) -> None:
+        for conn in connections:
+            task = asyncio.get_running_loop().create_task(self._release(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _release(self, conn: AbstractConnection) -> None:
+        try:
+            await self.pool.release(conn)
+        except Exception:  # a pool closed or reset meanwhile: nothing left to give back to
+            log.debug("could not give a connection back to its pool", exc_info=True)
+
+
+async def _read(conn: AbstractConnection) -> Any:
+    """The reply to the command just sent, as ``conn.read_response()`` gives it.
+
+    For redis-py's own connections speaking RESP2, read from the parser
+    under the ``socket_timeout``, as ``read_response`` does without its
+    per-call bookkeeping; a subclass with its own ``read_response`` (Sentinel's,
+    which drops a connection to a demoted master) or RESP3 is left to it. A
+    failed, timed-out or cancelled read closes the connection.
+    """
+    parser = getattr(conn, "_parser", None)
+    if (
+        type(conn).read_response is not Connection.read_response
+        or parser is None
+        or check_protocol_version(conn.protocol, 3)
+    ):
+        return await conn.read_response()
+    try:
+        async with asyncio.timeout(conn.socket_timeout):
+            reply = await parser.read_response()
+    except TimeoutError:
+        await conn.disconnect(nowait=True)
+        raise redis.exceptions.TimeoutError("Timeout reading from socket") from None
+    except OSError as exc:
+        await conn.disconnect(nowait=True)
+        raise redis.exceptions.ConnectionError(
+            f"Error while reading from socket: {exc.args}"
+        ) from exc
+    except BaseException:
+        await conn.disconnect(nowait=True)
+        raise
+    if conn.health_check_interval:
+        conn.next_health_check = asyncio.get_running_loop().time() + conn.health_check_interval
+    if isinstance(reply, redis.exceptions.ResponseError):
+        raise reply from None
+    return reply
+
+
+async def _send(conn: AbstractConnection, packed: bytes) -> None:
+    """Write ``packed`` to ``conn``'s socket; wait, bounded, only if its buffer is full.
+
+    As ``send_packed_command`` does, a failed or cancelled write closes the
+    connection: half a command must never be followed by another.
+    """
+    writer = getattr(conn, "_writer", None)
+    if not isinstance(writer, asyncio.StreamWriter):
+        # Closed since (the client closed, a failover: it connects again), or
+        # not a socket (fakeredis): as redis-py sends.
+        await conn.send_packed_command(packed, check_health=False)
+        return
+    try:
+        writer.write(packed)
+        if writer.transport.get_write_buffer_size():
+            # The socket did not take it all: drain() waits while over the high-water mark.
+            async with asyncio.timeout(conn.socket_timeout):
+                await writer.drain()
+    except TimeoutError:
+        await conn.disconnect(nowait=True)
+        raise redis.exceptions.TimeoutError("Timeout writing to socket") from None
+    except OSError as exc:
+        await conn.disconnect(nowait=True)
+        raise redis.exceptions.ConnectionError(f"Error while writing to socket: {exc}") from exc
+    except BaseException:
+        await conn.disconnect(nowait=True)
+        raise
