@@ -134,7 +134,7 @@ async def test_paused_replay_keeps_caches_until_the_replica_shows_the_commit(pai
         return all(s is not None and s.state is TransactionState.REPLICATED for s in found)
 
     await _until(replicated, "replicated after the replay resumed")
-    keys = [k.decode() async for k in client.scan_iter(match=backend.keys.pattern())]
+    keys = [k.decode() async for k in client.scan_iter(match=backend.keys.pattern(), count=1000)]
     for _, obs_id in txs:
         assert not any(obs_id in key for key in keys), keys
     for _, obs_id in txs:
