@@ -191,7 +191,9 @@ class CacheStoreContract(CacheLookupContract):
         await backend.cache.write("t1", [create("r1", a=1)], 2 * self.tick)
         await self.advance(self.tick)
         assert await backend.cache.extend(["t1"], 2 * self.tick) >= 1
-        self.assert_time((await self.cached(backend, "r1")).expires_at, self.now() + 2 * self.tick, "expiry")
+        self.assert_time(
+            (await self.cached(backend, "r1")).expires_at, self.now() + 2 * self.tick, "expiry"
+        )
         await self.advance(1.5 * self.tick)
         assert await backend.cache.get(OBS, "r1") is not None
         assert await backend.cache.created_by(OBS, "r1") == "t1"

@@ -22,7 +22,6 @@ from ccat_buffering.testing import (
 )
 from ccat_buffering_redis import RedisBackend
 
-
 # Redis keeps TTLs in milliseconds: the contract's unit of every TTL it waits
 # out is half a second here (the default is a second), and a time Redis
 # reports is held to within half a second of the test's clock.
