@@ -21,16 +21,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from promql import Scrapes, evaluate, metrics_of, samples
-from servers import Replicated, free_port, streaming_replica
-from services import REDIS_URL, forget_site, redis_client, started
+from servers import Replicated, free_port
+from services import REDIS_URL, forget_site, redis_client
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -46,12 +45,6 @@ LINE = re.compile(
     r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<logger>\S+) "
     r"\[site=(?P<site>\S+) tx=(?P<tx>\S+)\] (?P<message>.*)$"
 )
-
-
-@pytest.fixture(scope="module")
-def replicated() -> Iterator[Replicated]:
-    with started(streaming_replica()) as servers:
-        yield servers
 
 
 async def until(check: Any, what: str, timeout: float = 60) -> Any:
