@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from ccat_buffering.demo._relay import LoopbackRelay
 from ccat_buffering.testing import new_site_name
+from ccat_buffering_redis.keys import SiteKeys
 
 ROOT = Path(__file__).parents[2]
 EXAMPLES = ROOT / "docs" / "examples"
@@ -263,9 +264,13 @@ async def test_the_service_submits_and_the_worker_drains(
             assert during.status_code == 202 and during.json()["state"] == "buffered"
 
             async def paused() -> bool:
-                return status_of(env)["processor"]["state"] == "paused"
+                # The worker's published report, read where the operator's status reads
+                # it (each ``status`` process costs an interpreter's start-up).
+                report = await redis.get(SiteKeys(site).processor)  # type: ignore[attr-defined]
+                return report is not None and json.loads(report)["state"] == "paused"
 
             await until(paused, "the worker pauses while the link is cut")
+            assert status_of(env)["processor"]["state"] == "paused"
             assert samples(await scrape(http, worker_metrics)).get(
                 "ccat_buffering_committed_total", {}
             ) in ({}, {frozenset({("site", site)}): 0.0})
