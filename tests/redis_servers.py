@@ -45,11 +45,17 @@ def client_of(port: int, files: TLSFiles | None = None, password: str | None = N
 
 
 def redis_server(port: int, workdir: Path, *extra: str) -> subprocess.Popen[bytes]:
-    """A ``redis-server`` on loopback ``port`` in ``workdir``: no snapshots, no AOF unless asked."""
+    """A ``redis-server`` on loopback ``port`` in ``workdir``: no snapshots, no AOF unless asked.
+
+    A replica's full sync starts at once (``repl-diskless-sync-delay 0``): by
+    default a master waits 5 s for more replicas to share the transfer, and every
+    Sentinel set, Cluster with replicas and master restarted as a replica waited it.
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         raise ServiceMissing("redis-server is needed to start a throwaway Redis")
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    args += ["--repl-diskless-sync-delay", "0"]
     if "--appendonly" not in extra:
         args += ["--appendonly", "no"]
     return subprocess.Popen(

@@ -49,6 +49,14 @@ class ContractHooks:
             :meth:`now` when the clock is not exact.
         settle_seconds: How long to poll for a condition when the clock is
             not exact.
+        tick: The contract's unit of time, in seconds: every TTL, lease and
+            delay that a test waits out is a few ticks (the longest wait is
+            three). A backend on real time whose TTLs have a finer grain than
+            seconds may shorten it to make its suite quicker, as far as the
+            machine's latency allows: a test checks that a key still lives
+            half a tick before it expires. Shorten
+            :attr:`clock_tolerance_seconds` with it, so that a time the backend
+            reports is still told from one a tick off.
     """
 
     pytestmark: ClassVar[list[pytest.MarkDecorator]] = [pytest.mark.asyncio]
@@ -56,6 +64,7 @@ class ContractHooks:
     clock_is_exact: ClassVar[bool] = False
     clock_tolerance_seconds: ClassVar[float] = 1.0
     settle_seconds: ClassVar[float] = 2.0
+    tick: ClassVar[float] = 1.0
 
     @pytest.fixture
     def site(self) -> str:

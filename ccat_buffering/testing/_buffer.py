@@ -131,19 +131,19 @@ class BufferStoreContract(ContractHooks):
         """The head cannot be claimed until the delay has passed."""
         await backend.buffer.push(["a", "b"])
         (claim,) = await backend.buffer.claim(1, LONG_LEASE)
-        assert await backend.buffer.retry_later([claim.receipt], 1.0) == 1
+        assert await backend.buffer.retry_later([claim.receipt], self.tick) == 1
         stats = await backend.buffer.stats()
-        self.assert_time(stats.held_until, self.now() + 1.0, "held_until")
+        self.assert_time(stats.held_until, self.now() + self.tick, "held_until")
         assert stats.depth == 2
         assert await backend.buffer.claim(1, LONG_LEASE) == []
-        await self.advance(0.5)
+        await self.advance(self.tick / 2)
         assert await backend.buffer.claim(1, LONG_LEASE) == []
-        await self.advance(0.5)
+        await self.advance(self.tick / 2)
 
         async def released() -> bool:
             return (await backend.buffer.stats()).held_until is None
 
-        await self.eventually(released, "the hold of a 1 s retry is over after 1 s")
+        await self.eventually(released, "the hold of a 1-tick retry is over after 1 tick")
         assert self.payloads(await backend.buffer.claim(1, LONG_LEASE)) == ["a"]
 
     async def test_buffer_retry_later_zero_lifts_the_hold(self, backend: Backend) -> None:
@@ -161,14 +161,14 @@ class BufferStoreContract(ContractHooks):
         await backend.buffer.push(["a"])
         (claim,) = await backend.buffer.claim(1, LONG_LEASE)
         await backend.buffer.retry_later([claim.receipt], 60.0)
-        await backend.buffer.retry_later([], 1.0)
-        self.assert_time((await backend.buffer.stats()).held_until, self.now() + 1.0, "hold")
-        await self.advance(1.0)
+        await backend.buffer.retry_later([], self.tick)
+        self.assert_time((await backend.buffer.stats()).held_until, self.now() + self.tick, "hold")
+        await self.advance(self.tick)
 
         async def released() -> bool:
             return (await backend.buffer.stats()).held_until is None
 
-        await self.eventually(released, "the replaced hold is over after 1 s")
+        await self.eventually(released, "the replaced hold is over after 1 tick")
         assert await self.drain(backend) == ["a"]
 
     async def test_buffer_retry_later_ignores_unknown_receipts(self, backend: Backend) -> None:
@@ -221,11 +221,11 @@ class BufferStoreContract(ContractHooks):
     async def test_buffer_recover_takes_back_only_expired_leases(self, backend: Backend) -> None:
         """Recovery returns claims whose lease expired and leaves live ones in flight."""
         await backend.buffer.push(["a", "b", "c"])
-        await backend.buffer.claim(1, 1.0)
+        await backend.buffer.claim(1, self.tick)
         await backend.buffer.claim(1, LONG_LEASE)
-        await self.advance(0.5)
+        await self.advance(self.tick / 2)
         assert await backend.buffer.recover() == 0
-        await self.advance(0.5)
+        await self.advance(self.tick / 2)
         recovered = 0
 
         async def expired_one_back() -> bool:
@@ -233,7 +233,7 @@ class BufferStoreContract(ContractHooks):
             recovered += await backend.buffer.recover()
             return recovered >= 1
 
-        await self.eventually(expired_one_back, "a 1 s lease is recoverable after 1 s")
+        await self.eventually(expired_one_back, "a 1-tick lease is recoverable after 1 tick")
         assert recovered == 1
         stats = await backend.buffer.stats()
         assert (stats.depth, stats.in_flight) == (2, 1)
@@ -253,9 +253,9 @@ class BufferStoreContract(ContractHooks):
     ) -> None:
         """Recovered entries go back in buffer order, ahead of every waiting entry."""
         await backend.buffer.push(["a", "b", "c", "d"])
-        await backend.buffer.claim(1, 2.0)
-        await backend.buffer.claim(1, 1.0)
-        await self.advance(1.0)
+        await backend.buffer.claim(1, 2 * self.tick)
+        await backend.buffer.claim(1, self.tick)
+        await self.advance(self.tick)
         recovered = 0
 
         async def back(expected: int) -> bool:
@@ -263,17 +263,17 @@ class BufferStoreContract(ContractHooks):
             recovered += await backend.buffer.recover()
             return recovered >= expected
 
-        await self.eventually(lambda: back(1), "the 1 s lease is recoverable after 1 s")
-        await self.advance(1.0)
-        await self.eventually(lambda: back(2), "the 2 s lease is recoverable after 2 s")
+        await self.eventually(lambda: back(1), "the 1-tick lease is recoverable after 1 tick")
+        await self.advance(self.tick)
+        await self.eventually(lambda: back(2), "the 2-tick lease is recoverable after 2 ticks")
         assert recovered == 2
         assert await self.drain(backend) == ["a", "b", "c", "d"]
 
     async def test_buffer_recover_of_a_batch_keeps_its_order(self, backend: Backend) -> None:
         """Entries recovered together keep their buffer order."""
         await backend.buffer.push(["a", "b", "c", "d"])
-        await backend.buffer.claim(3, 1.0)
-        await self.advance(1.0)
+        await backend.buffer.claim(3, self.tick)
+        await self.advance(self.tick)
         recovered = 0
 
         async def all_back() -> bool:
@@ -281,7 +281,7 @@ class BufferStoreContract(ContractHooks):
             recovered += await backend.buffer.recover()
             return recovered >= 3
 
-        await self.eventually(all_back, "1 s leases are recoverable after 1 s")
+        await self.eventually(all_back, "1-tick leases are recoverable after 1 tick")
         assert await self.drain(backend) == ["a", "b", "c", "d"]
 
     async def test_buffer_stats_counts(self, backend: Backend) -> None:

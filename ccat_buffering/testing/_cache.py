@@ -155,52 +155,54 @@ class CacheStoreContract(CacheLookupContract):
 
     async def test_cache_record_expires_after_ttl(self, backend: Backend) -> None:
         """A record not extended is gone after ``ttl_seconds``, from every view."""
-        await backend.cache.write("t1", [create("r1", a=1)], 2.0)
-        await self.advance(1.0)
+        await backend.cache.write("t1", [create("r1", a=1)], 2 * self.tick)
+        await self.advance(self.tick)
         assert await backend.cache.get(OBS, "r1") is not None
-        await self.advance(1.0)
+        await self.advance(self.tick)
 
         async def gone() -> bool:
             return await backend.cache.get(OBS, "r1") is None
 
-        await self.eventually(gone, "a record with a 2 s TTL is gone after 2 s")
+        await self.eventually(gone, "a record with a 2-tick TTL is gone after 2 ticks")
         assert await backend.cache.list(OBS) == []
         assert await backend.cache.created_by(OBS, "r1") is None
 
     async def test_cache_write_never_shortens_expiry(self, backend: Backend) -> None:
         """A later write with a shorter TTL leaves the longer expiry."""
-        await backend.cache.write("t1", [create("r1", a=1)], 3.0)
+        await backend.cache.write("t1", [create("r1", a=1)], 3 * self.tick)
         expires_at = (await self.cached(backend, "r1")).expires_at
-        await backend.cache.write("t2", [update("r1", b=2)], 1.0)
+        await backend.cache.write("t2", [update("r1", b=2)], self.tick)
         self.assert_time((await self.cached(backend, "r1")).expires_at, expires_at, "expiry")
-        await self.advance(1.5)
+        await self.advance(1.5 * self.tick)
         assert await backend.cache.get(OBS, "r1") is not None
         assert await backend.cache.created_by(OBS, "r1") == "t1"
 
     async def test_cache_create_over_a_record_never_shortens_expiry(self, backend: Backend) -> None:
         """A create that replaces a record's fields keeps the record's longer expiry."""
-        await backend.cache.write("t1", [create("r1", a=1)], 3.0)
+        await backend.cache.write("t1", [create("r1", a=1)], 3 * self.tick)
         expires_at = (await self.cached(backend, "r1")).expires_at
-        await backend.cache.write("t2", [create("r1", b=2)], 1.0)
+        await backend.cache.write("t2", [create("r1", b=2)], self.tick)
         record = await self.cached(backend, "r1")
         self.assert_time(record.expires_at, expires_at, "expiry")
         assert dict(record.fields) == {"b": 2}
 
     async def test_cache_extend_pushes_expiry(self, backend: Backend) -> None:
         """``extend`` moves the expiry of the record and the ID cache to ``ttl`` from now."""
-        await backend.cache.write("t1", [create("r1", a=1)], 2.0)
-        await self.advance(1.0)
-        assert await backend.cache.extend(["t1"], 2.0) >= 1
-        self.assert_time((await self.cached(backend, "r1")).expires_at, self.now() + 2.0, "expiry")
-        await self.advance(1.5)
+        await backend.cache.write("t1", [create("r1", a=1)], 2 * self.tick)
+        await self.advance(self.tick)
+        assert await backend.cache.extend(["t1"], 2 * self.tick) >= 1
+        self.assert_time(
+            (await self.cached(backend, "r1")).expires_at, self.now() + 2 * self.tick, "expiry"
+        )
+        await self.advance(1.5 * self.tick)
         assert await backend.cache.get(OBS, "r1") is not None
         assert await backend.cache.created_by(OBS, "r1") == "t1"
-        await self.advance(0.5)
+        await self.advance(self.tick / 2)
 
         async def gone() -> bool:
             return await backend.cache.get(OBS, "r1") is None
 
-        await self.eventually(gone, "the extended record is gone 2 s after the extension")
+        await self.eventually(gone, "the extended record is gone 2 ticks after the extension")
 
     async def test_cache_extend_never_shortens(self, backend: Backend) -> None:
         """Extending by less than the time left changes nothing."""

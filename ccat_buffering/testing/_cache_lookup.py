@@ -45,8 +45,8 @@ class CacheLookupContract(ContractHooks):
 
     async def test_get_many_skips_expired_records(self, backend: Backend) -> None:
         """An expired record is ``None`` in ``get_many``."""
-        await backend.cache.write("t1", [_write(CacheKind.CREATE, "f1", n=1)], 1.0)
-        await self.advance(1.0)
+        await backend.cache.write("t1", [_write(CacheKind.CREATE, "f1", n=1)], self.tick)
+        await self.advance(self.tick)
 
         async def gone() -> bool:
             return await backend.cache.get_many(FILE, ["f1"]) == [None]
@@ -112,8 +112,8 @@ class CacheLookupContract(ContractHooks):
 
     async def test_find_skips_expired_records(self, backend: Backend) -> None:
         """An expired record is not found, and a later record of the id only by its own values."""
-        await backend.cache.write("t1", [_write(CacheKind.CREATE, "f1", obs="o1")], 1.0)
-        await self.advance(1.0)
+        await backend.cache.write("t1", [_write(CacheKind.CREATE, "f1", obs="o1")], self.tick)
+        await self.advance(self.tick)
 
         async def gone() -> bool:
             return await self.found(backend, obs="o1") == []

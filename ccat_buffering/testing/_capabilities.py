@@ -119,8 +119,8 @@ class ProcessorReportsContract(CapabilityFlags):
     async def test_reports_expire(self, backend: Backend) -> None:
         """A report is gone once its TTL has passed."""
         reports = self.reports(backend)
-        await reports.publish_report("{}", 1.0)
-        await self.advance(1.2)
+        await reports.publish_report("{}", self.tick)
+        await self.advance(1.2 * self.tick)
 
         async def gone() -> bool:
             return await reports.processor_report() is None

@@ -43,36 +43,36 @@ class ProcessorLeaseContract(ContractHooks):
 
     async def test_lease_acquire_by_holder_renews(self, backend: Backend) -> None:
         """The holder acquiring again renews its lease."""
-        await backend.lease.acquire("p1", 2.0)
-        await self.advance(1.0)
-        assert await backend.lease.acquire("p1", 2.0) is True
-        await self.assert_held(backend, "p1", self.now() + 2.0)
-        await self.advance(1.5)
+        await backend.lease.acquire("p1", 2 * self.tick)
+        await self.advance(self.tick)
+        assert await backend.lease.acquire("p1", 2 * self.tick) is True
+        await self.assert_held(backend, "p1", self.now() + 2 * self.tick)
+        await self.advance(1.5 * self.tick)
         assert await backend.lease.current() is not None
 
     async def test_lease_acquire_after_expiry(self, backend: Backend) -> None:
         """An expired lease is free for another."""
-        await backend.lease.acquire("p1", 1.0)
-        await self.advance(1.0)
-        await self.lease_lapses(backend, "a 1 s lease lapses after 1 s")
+        await backend.lease.acquire("p1", self.tick)
+        await self.advance(self.tick)
+        await self.lease_lapses(backend, "a 1-tick lease lapses after 1 tick")
         assert await backend.lease.acquire("p2", 30.0) is True
         await self.assert_held(backend, "p2", self.now() + 30.0)
 
     async def test_lease_current_none_after_expiry(self, backend: Backend) -> None:
         """An expired lease is not current."""
-        await backend.lease.acquire("p1", 2.0)
-        await self.advance(1.0)
+        await backend.lease.acquire("p1", 2 * self.tick)
+        await self.advance(self.tick)
         assert await backend.lease.current() is not None
-        await self.advance(1.0)
-        await self.lease_lapses(backend, "a 2 s lease lapses after 2 s")
+        await self.advance(self.tick)
+        await self.lease_lapses(backend, "a 2-tick lease lapses after 2 ticks")
 
     async def test_lease_renew_by_holder(self, backend: Backend) -> None:
         """The holder's renewal pushes the expiry to ``ttl_seconds`` from now."""
-        await backend.lease.acquire("p1", 2.0)
-        await self.advance(1.0)
-        assert await backend.lease.renew("p1", 2.0) is True
-        await self.assert_held(backend, "p1", self.now() + 2.0)
-        await self.advance(1.5)
+        await backend.lease.acquire("p1", 2 * self.tick)
+        await self.advance(self.tick)
+        assert await backend.lease.renew("p1", 2 * self.tick) is True
+        await self.assert_held(backend, "p1", self.now() + 2 * self.tick)
+        await self.advance(1.5 * self.tick)
         assert await backend.lease.current() is not None
 
     async def test_lease_renew_by_another(self, backend: Backend) -> None:
@@ -85,9 +85,9 @@ class ProcessorLeaseContract(ContractHooks):
         """A lease that is free or lapsed cannot be renewed."""
         assert await backend.lease.renew("p1", 30.0) is False
         assert await backend.lease.current() is None
-        await backend.lease.acquire("p1", 1.0)
-        await self.advance(1.0)
-        await self.lease_lapses(backend, "a 1 s lease lapses after 1 s")
+        await backend.lease.acquire("p1", self.tick)
+        await self.advance(self.tick)
+        await self.lease_lapses(backend, "a 1-tick lease lapses after 1 tick")
         assert await backend.lease.renew("p1", 30.0) is False
         assert await backend.lease.current() is None
 

@@ -65,8 +65,8 @@ class StatusStoreContract(ContractHooks):
         """A status that is not terminal, in any such state, outlives its TTL by far."""
         statuses = [self.make_status(state, commit_lsn=LSN("0/10")) for state in _NON_TERMINAL]
         for status in statuses:
-            await backend.status.put(status, 1.0)
-        await self.advance(3.0)
+            await backend.status.put(status, self.tick)
+        await self.advance(3 * self.tick)
         ids = [status.transaction_id for status in statuses]
         assert await backend.status.get_many(ids) == statuses
         counts = await backend.status.counts()
@@ -80,15 +80,15 @@ class StatusStoreContract(ContractHooks):
     ) -> None:
         """A terminal status lives ``ttl_seconds``, then is gone from get, ids and counts."""
         status = self.make_status(state)
-        await backend.status.put(status, 2.0)
-        await self.advance(1.0)
+        await backend.status.put(status, 2 * self.tick)
+        await self.advance(self.tick)
         assert await backend.status.get(status.transaction_id) == status
-        await self.advance(1.0)
+        await self.advance(self.tick)
 
         async def gone() -> bool:
             return await backend.status.get(status.transaction_id) is None
 
-        await self.eventually(gone, f"a {state} status with a 2 s TTL is gone after 2 s")
+        await self.eventually(gone, f"a {state} status with a 2-tick TTL is gone after 2 ticks")
         assert await backend.status.get_many([status.transaction_id]) == [None]
         assert await backend.status.ids(state) == []
         assert (await backend.status.counts())[state] == 0
@@ -96,27 +96,27 @@ class StatusStoreContract(ContractHooks):
     async def test_status_ttl_starts_at_the_terminal_state(self, backend: Backend) -> None:
         """Time spent unfinished does not count against the TTL."""
         status = self.make_status(TransactionState.BUFFERED)
-        await backend.status.put(status, 1.0)
-        await self.advance(2.0)
+        await backend.status.put(status, self.tick)
+        await self.advance(2 * self.tick)
         done = status.advance(TransactionState.REPLICATED)
-        await backend.status.put(done, 2.0)
-        await self.advance(1.0)
+        await backend.status.put(done, 2 * self.tick)
+        await self.advance(self.tick)
         assert await backend.status.get(status.transaction_id) == done
-        await self.advance(1.0)
+        await self.advance(self.tick)
 
         async def gone() -> bool:
             return await backend.status.get(status.transaction_id) is None
 
-        await self.eventually(gone, "the status is gone 2 s after it became terminal")
+        await self.eventually(gone, "the status is gone 2 ticks after it became terminal")
 
     async def test_status_non_terminal_put_removes_expiry(self, backend: Backend) -> None:
         """A failed status put back to buffered (a replay) no longer expires."""
         status = self.make_status(TransactionState.FAILED, last_error="boom")
-        await backend.status.put(status, 2.0)
-        await self.advance(1.0)
+        await backend.status.put(status, 2 * self.tick)
+        await self.advance(self.tick)
         replayed = status.advance(TransactionState.BUFFERED)
-        await backend.status.put(replayed, 2.0)
-        await self.advance(3.0)
+        await backend.status.put(replayed, 2 * self.tick)
+        await self.advance(3 * self.tick)
         assert await backend.status.get(status.transaction_id) == replayed
         assert await backend.status.ids(TransactionState.BUFFERED) == [status.transaction_id]
 

@@ -52,7 +52,7 @@ async def backend(client: aioredis.Redis) -> AsyncIterator[RedisBackend]:
 
 async def site_keys(client: aioredis.Redis, backend: RedisBackend) -> dict[str, int]:
     """Every key of the site with its TTL in ms (-1: none)."""
-    keys = [k.decode() async for k in client.scan_iter(match=backend.keys.pattern())]
+    keys = [k.decode() async for k in client.scan_iter(match=backend.keys.pattern(), count=1000)]
     ttls = {key: await client.pttl(key) for key in keys}
     return {key: ttl for key, ttl in ttls.items() if ttl != -2}  # -2: expired meanwhile
 
@@ -266,7 +266,9 @@ async def test_simulate_on_redis(client: aioredis.Redis) -> None:
     await forget_site(client, SiteKeys(summary.site).pattern())
     # Without it, the run deletes every key of its site.
     gone = await simulate(20, poison=0, backend_url=REDIS_URL)
-    assert not [key async for key in client.scan_iter(match=SiteKeys(gone.site).pattern())]
+    assert not [
+        key async for key in client.scan_iter(match=SiteKeys(gone.site).pattern(), count=1000)
+    ]
 
 
 async def test_status_is_kept_until_terminal_then_expires(

@@ -22,10 +22,17 @@ from ccat_buffering.testing import (
 )
 from ccat_buffering_redis import RedisBackend
 
+# Redis keeps TTLs in milliseconds: the contract's unit of every TTL it waits
+# out is half a second here (the default is a second), and a time Redis
+# reports is held to within half a second of the test's clock.
+TICK = 0.5
+
 
 class RedisContract(BackendContract):
-    """What every Redis setup has beyond the stores: each capability."""
+    """What every Redis setup has beyond the stores: each capability, on half-second ticks."""
 
+    tick = TICK
+    clock_tolerance_seconds = TICK
     supports_processor_reports = True
     supports_inspection = True
     supports_key_audit = True
@@ -101,6 +108,9 @@ class TestRealRedisScripts(
     The contracts whose writes go through ``APPLY`` (the buffer, statuses, caches and
     atomic groups); the other stores' scripts are the same either way.
     """
+
+    tick = TICK
+    clock_tolerance_seconds = TICK
 
     @pytest_asyncio.fixture
     async def backend(self, site: str, redis_client: aioredis.Redis) -> AsyncIterator[RedisBackend]:

@@ -372,10 +372,10 @@ def test_simulate_cleans_up_its_redis_site_unless_keep() -> None:
             argv += ["--backend-url", REDIS_URL, "--site", site]
             result = CliRunner().invoke(app, [*argv, "--keep"] if name == "kept" else argv)
             assert result.exit_code == 0, result.output
-        assert not list(client.scan_iter(match=f"site:{{{sites['gone']}}}:*"))
-        assert list(client.scan_iter(match=f"site:{{{sites['kept']}}}:*"))
+        assert not list(client.scan_iter(match=f"site:{{{sites['gone']}}}:*", count=1000))
+        assert list(client.scan_iter(match=f"site:{{{sites['kept']}}}:*", count=1000))
     finally:
-        keys = list(client.scan_iter(match=f"site:{{{sites['kept']}}}:*"))
+        keys = list(client.scan_iter(match=f"site:{{{sites['kept']}}}:*", count=1000))
         if keys:
             client.unlink(*keys)
         client.close()

@@ -105,7 +105,9 @@ async def test_inspect_answers_from_the_buffer_while_the_database_is_down_or_hun
         finally:
             if relay is not None:
                 await relay.stop()
-            keys = [k async for k in redis_client.scan_iter(match=backend.keys.pattern())]
+            keys = [
+                k async for k in redis_client.scan_iter(match=backend.keys.pattern(), count=1000)
+            ]
             if keys:
                 await redis_client.delete(*keys)
         assert result.exit_code == 0, result.output  # type: ignore[attr-defined]

@@ -58,7 +58,9 @@ async def drained_site(
             yield site, far.render_as_string(hide_password=False), relay
         finally:
             await relay.stop()
-            keys = [k async for k in redis_client.scan_iter(match=backend.keys.pattern())]
+            keys = [
+                k async for k in redis_client.scan_iter(match=backend.keys.pattern(), count=1000)
+            ]
             if keys:
                 await redis_client.delete(*keys)
 

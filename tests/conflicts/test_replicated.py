@@ -13,15 +13,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from servers import Replicated, streaming_replica
-from services import REDIS_URL, forget_site, redis_client, require_redis, started
+from servers import Replicated
+from services import REDIS_URL, forget_site, redis_client, require_redis
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -32,12 +32,6 @@ from ccat_buffering.conflicts.log import ConflictRecord, list_conflicts
 from ccat_buffering.demo._relay import LoopbackRelay
 from ccat_buffering.write.models import TransactionState, TransactionStatus
 from ccat_buffering.write.registry import ModelRegistry
-
-
-@pytest.fixture(scope="module")
-def replicated() -> Iterator[Replicated]:
-    with started(streaming_replica()) as servers:
-        yield servers
 
 
 async def _until(check: Any, what: str, timeout: float = 30) -> None:

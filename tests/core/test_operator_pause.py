@@ -68,7 +68,7 @@ async def test_the_pause_survives_a_new_redis_client(redis_client: aioredis.Redi
         assert await operator_pause.current(first) is None
         assert await redis_client.exists(first.keys.pause) == 0
     finally:
-        keys = [k async for k in redis_client.scan_iter(match=first.keys.pattern())]
+        keys = [k async for k in redis_client.scan_iter(match=first.keys.pattern(), count=1000)]
         if keys:
             await redis_client.delete(*keys)
 

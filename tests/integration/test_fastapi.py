@@ -8,7 +8,7 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import ModuleType
@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from servers import Replicated, streaming_replica
-from services import REDIS_URL, forget_site, redis_client, started
+from servers import Replicated
+from services import REDIS_URL, forget_site, redis_client
 from sqlalchemy import String, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -272,12 +272,6 @@ def _load_example() -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module")
-def replicated() -> Iterator[Replicated]:
-    with started(streaming_replica()) as servers:
-        yield servers
 
 
 async def _until(check: Any, what: str, timeout: float = 30) -> None:

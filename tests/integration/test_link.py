@@ -265,7 +265,7 @@ async def test_the_kill_storm_through_a_50_ms_relay() -> None:
     import signal
 
     from services import REDIS_URL, forget_site, redis_client
-    from test_kill_storm import _transaction, _until_holding
+    from test_kill_storm import _transaction, _until_holding, finishing
 
     from ccat_buffering.demo.example import RawDataFile
     from ccat_buffering_redis import RedisBackend
@@ -304,7 +304,7 @@ async def test_the_kill_storm_through_a_50_ms_relay() -> None:
                 await asyncio.sleep(rng.uniform(0.02, 0.4))
                 os.kill(worker.pid, signal.SIGKILL)
                 worker.wait(10)
-            last = start_worker(env)
+            last = start_worker(finishing(env))
             workers.append(last)
             await _until_holding(backend, last.pid)
 

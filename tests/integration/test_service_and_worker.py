@@ -21,22 +21,22 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from promql import Scrapes, evaluate, metrics_of, samples
-from servers import Replicated, free_port, streaming_replica
-from services import REDIS_URL, forget_site, redis_client, started
+from servers import Replicated, free_port
+from services import REDIS_URL, forget_site, redis_client
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from ccat_buffering.demo._relay import LoopbackRelay
 from ccat_buffering.testing import new_site_name
+from ccat_buffering_redis.keys import SiteKeys
 
 ROOT = Path(__file__).parents[2]
 EXAMPLES = ROOT / "docs" / "examples"
@@ -46,12 +46,6 @@ LINE = re.compile(
     r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<logger>\S+) "
     r"\[site=(?P<site>\S+) tx=(?P<tx>\S+)\] (?P<message>.*)$"
 )
-
-
-@pytest.fixture(scope="module")
-def replicated() -> Iterator[Replicated]:
-    with started(streaming_replica()) as servers:
-        yield servers
 
 
 async def until(check: Any, what: str, timeout: float = 60) -> Any:
@@ -270,9 +264,13 @@ async def test_the_service_submits_and_the_worker_drains(
             assert during.status_code == 202 and during.json()["state"] == "buffered"
 
             async def paused() -> bool:
-                return status_of(env)["processor"]["state"] == "paused"
+                # The worker's published report, read where the operator's status reads
+                # it (each ``status`` process costs an interpreter's start-up).
+                report = await redis.get(SiteKeys(site).processor)  # type: ignore[attr-defined]
+                return report is not None and json.loads(report)["state"] == "paused"
 
             await until(paused, "the worker pauses while the link is cut")
+            assert status_of(env)["processor"]["state"] == "paused"
             assert samples(await scrape(http, worker_metrics)).get(
                 "ccat_buffering_committed_total", {}
             ) in ({}, {frozenset({("site", site)}): 0.0})
