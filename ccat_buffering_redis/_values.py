@@ -65,7 +65,11 @@ _plain = json.encoder.encode_basestring  # as pydantic writes strings: non-ASCII
 # Status bodies read (see _lean_body), at most _BODIES_KEPT: the first ones seen.
 _BODIES: dict[str, tuple[dict[str, Any], frozenset[str]]] = {}
 _BODIES_KEPT = 256
-_LAST_LSN: list[tuple[LSN | None, str]] = [(None, "")]
+# Status bodies written (see _lean_status_json) and times made microseconds
+# (see status_json); each emptied when full.
+_BODY_TEXTS: dict[tuple[str, TransactionState, int, LSN | None], str] = {}
+_MICROS: dict[dt.datetime, int] = {}
+_MICROS_KEPT = 64
 _LEAN_FIELDS = frozenset(("endpoint", "state", "attempts", "last_error", "commit_lsn", "history"))
 _EVENT_FIELDS = frozenset(("at", "event", "note", "times"))
 # Every field of a status in its declared order, at its default (times filled in on reading).
@@ -131,7 +135,14 @@ def status_json(status: TransactionStatus) -> str:
         if value is None:
             empty += ","
         else:
-            tail += empty + "," + str((value - _EPOCH) // _MICRO - created)
+            # A batch's statuses share their times (one clock read per batch):
+            # each is made microseconds once.
+            micros = _MICROS.get(value)
+            if micros is None:
+                if len(_MICROS) >= _MICROS_KEPT:
+                    _MICROS.clear()
+                micros = _MICROS[value] = (value - _EPOCH) // _MICRO
+            tail += empty + "," + str(micros - created)
             empty = ""
     text = _lean_status_json(values)
     if text is None:
@@ -157,20 +168,19 @@ def _lean_status_json(values: dict[str, Any]) -> str | None:
         or type(history) is not tuple
     ):
         return None
-    parts = []
-    if endpoint:
-        parts.append('"endpoint":' + _plain(endpoint))
-    parts.append(_STATE_JSON[state])
-    if attempts:
-        parts.append('"attempts":' + int.__repr__(attempts))
-    if error is not None:
-        parts.append('"last_error":' + _plain(error))
-    if lsn is not None:
-        # A batch's statuses share their commit's LSN: its text is made once.
-        last = _LAST_LSN[0]
-        if last[0] != lsn:
-            last = _LAST_LSN[0] = (lsn, '"commit_lsn":"' + str(lsn) + '"')
-        parts.append(last[1])
+    if not history and error is None:
+        # Most statuses a drain writes share one of a few bodies (a batch's
+        # endpoint, state and commit LSN): each is written once.
+        key = (endpoint, state, attempts, lsn)
+        text = _BODY_TEXTS.get(key)
+        if text is None:
+            if len(_BODY_TEXTS) >= _BODIES_KEPT:
+                _BODY_TEXTS.clear()
+            text = _BODY_TEXTS[key] = (
+                "{" + ",".join(_plain_parts(endpoint, state, attempts, None, lsn)) + "}"
+            )
+        return text
+    parts = _plain_parts(endpoint, state, attempts, error, lsn)
     if history:
         events = []
         for event in history:
@@ -192,6 +202,23 @@ def _lean_status_json(values: dict[str, Any]) -> str | None:
             events.append(text + "}")
         parts.append('"history":[' + ",".join(events) + "]")
     return "{" + ",".join(parts) + "}"
+
+
+def _plain_parts(
+    endpoint: str, state: TransactionState, attempts: int, error: str | None, lsn: LSN | None
+) -> list[str]:
+    """A status body's members up to its history, each as pydantic writes it."""
+    parts = []
+    if endpoint:
+        parts.append('"endpoint":' + _plain(endpoint))
+    parts.append(_STATE_JSON[state])
+    if attempts:
+        parts.append('"attempts":' + int.__repr__(attempts))
+    if error is not None:
+        parts.append('"last_error":' + _plain(error))
+    if lsn is not None:
+        parts.append('"commit_lsn":"' + str(lsn) + '"')
+    return parts
 
 
 def status_of(transaction_id: str, raw: bytes | str) -> TransactionStatus | None:

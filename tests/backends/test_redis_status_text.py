@@ -70,3 +70,23 @@ def test_an_unusual_status_text_is_read_by_the_full_validation() -> None:
     assert status_of("t", '{"state":"processing","attempts":"2"}' + tail) == status_of(
         "t", '{"state":"processing","attempts":2}' + tail
     )
+
+
+def test_remembered_bodies_and_times_never_mix_statuses() -> None:
+    # Bodies and times are remembered, bounded: past the bound, each still reads back as written.
+    now = dt.datetime(2026, 12, 7, 12, tzinfo=dt.UTC)
+    for i in range(600):
+        at = now + dt.timedelta(microseconds=i % 80)
+        status = TransactionStatus(
+            transaction_id=f"t{i}",
+            endpoint="record_scan",
+            state=TransactionState.COMMITTED,
+            attempts=i % 3,
+            commit_lsn=LSN(i),
+            created_at=now,
+            updated_at=at,
+            committed_at=at,
+        )
+        text = status_json(status)
+        assert text.startswith(status.model_dump_json(exclude=DROP, exclude_defaults=True) + "@")
+        assert status_of(status.transaction_id, text) == status

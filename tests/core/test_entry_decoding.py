@@ -102,6 +102,9 @@ UNUSUAL = {
         steps=[_step(operation="delete", data=..., key={"id": 1}, expected_version="3")]
     ),
     "NaN": _wire().replace('"a": 1', '"a": NaN'),
+    "Infinity": _wire().replace('"a": 1', '"a": -Infinity'),
+    "lone surrogate": _wire().replace('"a": 1', '"a": "\\ud800"'),
+    "a field twice": _wire().replace('"a": 1', '"a": 1, "a": 2'),
     "bad tagged value": _wire(steps=[_step(data={"a": {"$decimal": "x"}})]),
     "not an object": "[1, 2]",
     "truncated": '{"truncated": ',
