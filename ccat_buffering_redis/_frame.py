@@ -10,7 +10,7 @@ it is neither escaped nor parsed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ccat_buffering.buffer import checks
 from ccat_buffering.buffer.protocols import CacheWrite
@@ -40,9 +40,12 @@ SEP = "\x1f"
 """Ends each token of an ``APPLY`` frame (see ``lua/apply.lua``)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
+class Command(NamedTuple):
     """One staged operation of an ``APPLY`` frame.
+
+    A named tuple rather than a frozen dataclass: every ``buffer()`` makes
+    three, and a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__`` (about as much as the rest of a push's staging).
 
     Attributes:
         text: Its tokens, each ended by :data:`SEP`.
@@ -99,17 +102,13 @@ def cache_command(transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds
         str(ms(ttl_seconds)),
         str(len(writes)),
     ]
+    models = []
     for write in writes:
-        parts += (
-            write.model,
-            write.record_id,
-            write.kind,
-            record_text(write.fields, write.record_id),
-        )
+        model, record_id = write.model, write.record_id
+        parts += (model, record_id, write.kind, record_text(write.fields, record_id))
+        models.append(model)
     parts.append("")
-    return Command(
-        SEP.join(parts), len(parts) - 1, models=tuple(dict.fromkeys(w.model for w in writes))
-    )
+    return Command(SEP.join(parts), len(parts) - 1, (), tuple(dict.fromkeys(models)))
 
 
 def retry_command(receipts: Sequence[str], delay_seconds: float) -> Command:
