@@ -303,7 +303,7 @@ async def worker_drain(
         while done < batch_size:  # warm: connections, caches, the conflict log
             done += await processor.run_once()
         await tracker.poll_once()
-        settle_heap()  # as `ccat-buffering worker` does before it starts the loop
+        settle_heap(batch_size)  # as `ccat-buffering worker` does before it starts the loop
         stages = Stages()
         with stages if profile else _nothing():
             cpu, began = time.process_time(), time.perf_counter()

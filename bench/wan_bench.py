@@ -64,7 +64,7 @@ from ccat_buffering.drain._heap import settle_heap
 from ccat_buffering.drain.database import create_engine
 from ccat_buffering.drain.executor import BatchResult, TransactionExecutor
 from ccat_buffering.drain.processor import BackgroundProcessor
-from ccat_buffering.site.coordinator import batch_sizer, link_timeouts
+from ccat_buffering.site.coordinator import batch_sizer, largest_batch, link_timeouts
 from ccat_buffering.write.builder import TransactionBuilder
 from ccat_buffering.write.models import Transaction
 from ccat_buffering.write.registry import ModelRegistry
@@ -136,7 +136,8 @@ async def ours(
         # Then the worker's loop, which settles a batch behind the next one's round trip.
         sizes.clear()
         thresholds = gc.get_threshold()
-        settle_heap()  # as `ccat-buffering worker` does before it starts the loop
+        # As `ccat-buffering worker` does before it starts the loop.
+        settle_heap(largest_batch(settings) if adaptive else batch_size)
         before, began = relay.round_trips, time.perf_counter()
         processor.start()
         deadline = began + 600

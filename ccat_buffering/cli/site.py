@@ -37,7 +37,7 @@ from ccat_buffering.drain._heap import settle_heap
 from ccat_buffering.drain.processor import ProcessorState
 from ccat_buffering.errors import ConfigurationError
 from ccat_buffering.logs import SiteLogger
-from ccat_buffering.site.coordinator import BufferingCoordinator
+from ccat_buffering.site.coordinator import BufferingCoordinator, largest_batch
 from ccat_buffering.write.registry import ModelRegistry
 
 __all__ = ["run_worker"]
@@ -220,7 +220,7 @@ async def run_worker(
                 raise ConfigurationError(
                     f"--metrics-port {metrics_port} is {why}: choose another port"
                 ) from exc
-        settle_heap()
+        settle_heap(largest_batch(settings))
         site.start()
         following = asyncio.create_task(_follow(site, log, stop))
         await stop.wait()

@@ -120,6 +120,13 @@ def batch_sizer(settings: BufferingSettings) -> BatchSizer | None:
     )
 
 
+def largest_batch(settings: BufferingSettings) -> int:
+    """The largest batch the settings let the worker claim (see :func:`batch_sizer`)."""
+    if not settings.batch_size_adaptive:
+        return settings.batch_size
+    return max(settings.batch_size_max, settings.batch_size)
+
+
 def apply_conflict_settings(settings: BufferingSettings, registry: ModelRegistry) -> None:
     """Add the settings' conflict policies to the registry's, where code set none.
 

@@ -42,6 +42,7 @@ from ccat_buffering.site._submitting import Submitting
 from ccat_buffering.site._wiring import (
     apply_conflict_settings,
     batch_sizer,
+    largest_batch,
     link_timeouts,
     replication_tracker,
     transaction_manager,
@@ -52,6 +53,7 @@ from ccat_buffering.write.registry import ModelRegistry
 __all__ = [
     "BufferingCoordinator",
     "batch_sizer",
+    "largest_batch",
     "link_timeouts",
     "replication_tracker",
     "transaction_manager",

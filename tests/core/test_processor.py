@@ -603,6 +603,48 @@ def test_the_batch_sizer_never_starves_a_driver_on_a_slow_link(
         assert sizer.size / seconds(sizer.size) > 2 * 100 / seconds(100), (driver, sizes)
 
 
+async def test_the_worker_collects_no_young_generation_inside_its_batches(tmp_path: Path) -> None:
+    """Below the threshold settle_heap sets for a batch size, a batch's objects are never walked.
+
+    They all live until the batch is settled, so a young collection inside a
+    batch finds nothing to free; the threshold for the worker's largest batch
+    is above what a drain of such batches keeps alive (the interpreter's
+    10,000 is not: it collects several times per batch).
+    """
+    import gc
+
+    from ccat_buffering.drain._heap import settle_heap, young_threshold
+
+    async def young_collections(largest_batch: int) -> int:
+        (tmp_path / str(largest_batch)).mkdir()
+        async with memory_sqlite_site(tmp_path / str(largest_batch)) as site:
+            await site.manager.buffer_many([observation(i)[0] for i in range(3000)])
+            processor = BackgroundProcessor(site.manager, site.executor, batch_size=1000)
+            counted = [0]
+
+            def count(phase: str, info: dict[str, int]) -> None:
+                counted[0] += phase == "start" and info["generation"] == 0
+
+            thresholds = gc.get_threshold()
+            settle_heap(largest_batch)
+            gc.callbacks.append(count)
+            try:
+                applied = 0
+                while applied < 3000:
+                    done = await processor.run_once()
+                    assert done > 0
+                    applied += done
+            finally:
+                gc.callbacks.remove(count)
+                gc.unfreeze()
+                gc.set_threshold(*thresholds)
+            return counted[0]
+
+    assert young_threshold(100) == 10_000 < young_threshold(1000) < young_threshold(2000)
+    assert await young_collections(100) >= 3  # the old threshold: batches walked over and over
+    assert await young_collections(1000) <= 1
+
+
 def test_the_worker_heap_is_frozen_and_collected_less_often() -> None:
     import subprocess
     import sys
