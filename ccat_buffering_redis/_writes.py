@@ -35,6 +35,7 @@ from ccat_buffering_redis._frame import (
     release_command,
     retry_command,
     status_command,
+    statuses_commands,
 )
 from ccat_buffering_redis._memory import POLICY_RECHECK_SECONDS
 from ccat_buffering_redis._parts import BackendPart
@@ -242,6 +243,11 @@ class RedisWriteBatch:
         check_status(status)
         check_duration(ttl_seconds, "ttl_seconds")
         self.ops.append(status_command(status, ttl_seconds))
+
+    def put_statuses(self, statuses: Sequence[TransactionStatus], ttl_seconds: float) -> None:
+        """Stage statuses, as :meth:`put_status` each, in order: routine ones share a command."""
+        check_duration(ttl_seconds, "ttl_seconds")
+        self.ops += statuses_commands(statuses, ttl_seconds)
 
     def write_cache(
         self, transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float

@@ -18,7 +18,7 @@ from ccat_buffering.buffer._entries import claim_read
 from ccat_buffering.buffer._recent_commits import RecentCommits
 from ccat_buffering.buffer.cache_writes import cache_writes as _cache_writes
 from ccat_buffering.buffer.cache_writes import generated_writes
-from ccat_buffering.buffer.protocols import Backend, Claim
+from ccat_buffering.buffer.protocols import Backend, Claim, SupportsStatusBatches, WriteBatch
 from ccat_buffering.buffer.replays import read_letter, replay_set
 from ccat_buffering.buffer.retry import FailureKind, RetryPolicy, describe_error
 from ccat_buffering.logs import SiteLogger
@@ -101,6 +101,15 @@ def buffered_status(transaction: Transaction, **changes: Any) -> TransactionStat
         created_at=transaction.created_at,
         **changes,
     )
+
+
+def put_statuses(batch: WriteBatch, statuses: Sequence[TransactionStatus], ttl: float) -> None:
+    """Stage ``statuses`` in ``batch``: in one call where the batch can (the drain's three)."""
+    if isinstance(batch, SupportsStatusBatches):
+        batch.put_statuses(statuses, ttl)
+    else:
+        for status in statuses:
+            batch.put_status(status, ttl)
 
 
 # A transaction whose life is routine (buffered, processing, committed, replicated)
@@ -197,8 +206,8 @@ class Transitions:
                 status = self._advance(
                     old or buffered_status(tx), TransactionState.PROCESSING, now=now
                 )
-                batch.put_status(status, self.status_ttl)
                 deliveries.append(Delivery(claim, tx, status))
+            put_statuses(batch, [d.status for d in deliveries], self.status_ttl)
         log = SiteLogger(__name__, self.backend.site)
         for entry in unreadable:
             # Every entry dead-lettered here is said, with the id to find it by.
@@ -255,13 +264,14 @@ class Transitions:
                     now=now,
                     **extra,
                 )
-                batch.put_status(status, self.status_ttl)
                 batch.ack(delivery.claim.receipt)
                 if values:
                     writes = generated_writes(delivery.transaction, values)
                     if writes:
                         batch.write_cache(delivery.transaction_id, writes, self.cache_ttl)
                 statuses.append(status)
+            # Statuses apply with the rest of the group, whatever the order staged.
+            put_statuses(batch, statuses, self.status_ttl)
         self.recent_commits.remember(statuses)
         self._tell(statuses)
         return statuses
@@ -385,8 +395,7 @@ class Transitions:
             for s in statuses
         ]
         async with self.backend.atomic() as batch:
-            for status in done:
-                batch.put_status(status, self.status_ttl)
+            put_statuses(batch, done, self.status_ttl)
             batch.release_cache([s.transaction_id for s in statuses])
         self.recent_commits.forget(s.transaction_id for s in statuses)
         self._tell(done)
