@@ -183,9 +183,11 @@ class Transitions:
         """
         update = {**changes, "state": state, "updated_at": now}
         given = {*update, "history"}
+        # An error or an unusual state is an event: each such move goes through _advance.
+        usual = changes.get("last_error") is None and state not in _UNUSUAL
         out = []
         for status in statuses:
-            if status.history:
+            if status.history or not usual:
                 out.append(self._advance(status, state, note=note, now=now, **changes))
             else:
                 values = status.__dict__.copy()

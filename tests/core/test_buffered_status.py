@@ -65,6 +65,8 @@ def test_advancing_a_batch_equals_advancing_each() -> None:
             "LSN 1/10",
         ),
         (TransactionState.REPLICATED, {"replicated_at": at}, None),
+        # Not a move the drain batches, but one _advance_all must not get wrong.
+        (TransactionState.RETRYING, {"attempts": 2, "last_error": "boom"}, None),
     ]
     later = at + dt.timedelta(seconds=2)
     for state, changes, note in cases:
@@ -77,3 +79,4 @@ def test_advancing_a_batch_equals_advancing_each() -> None:
             assert made.__dict__ == expected.__dict__
             assert made.model_fields_set == expected.model_fields_set
         assert batch[1].history[-1].event == state.value or state is TransactionState.PROCESSING
+        assert bool(batch[0].history) is (state is TransactionState.RETRYING)
