@@ -46,8 +46,11 @@ local function shape(at)
   if name == 'status' then
     if tonumber(T[at + 4]) then return 6, 0 end
   elseif name == 'statuses' then
+    -- n within the frame: a malformed count must not run the loops over it.
     local n = tonumber(T[at + 6])
-    if n and n >= 0 and n == math.floor(n) and tonumber(T[at + 2]) then return 6 + 2 * n, 0 end
+    if n and n >= 0 and n == math.floor(n) and at + 6 + 2 * n <= #T and tonumber(T[at + 2]) then
+      return 6 + 2 * n, 0
+    end
   elseif name == 'retry' then
     local n = tonumber(T[at + 2])
     if n and tonumber(T[at + 1]) then return 2, n end

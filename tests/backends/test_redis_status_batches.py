@@ -286,3 +286,22 @@ async def test_memory_put_statuses_is_put_status_of_each() -> None:
         assert await batched.status.ids(state) == await single.status.ids(state)
     ids = sorted({s.transaction_id for stage in stages for s in stage})
     assert await batched.status.get_many(ids) == await single.status.get_many(ids)
+
+
+@pytest.mark.parametrize("count", ["3", "-1", "1.5", "999999999", "x"])
+async def test_a_malformed_statuses_operation_is_refused_whole(
+    redis_client: aioredis.Redis, pair: tuple[RedisBackend, RedisBackend], count: str
+) -> None:
+    from ccat_buffering_redis import scripts
+    from ccat_buffering_redis._frame import Command, frame
+
+    backend = pair[0]
+    library = scripts.LIBRARIES["apply"]
+    parts = ["statuses", "processing", "60000", "", "", '{"state":"processing"}', count]
+    parts += ["tx-1", "1765000000000000,5", ""]
+    op = Command("\x1f".join(parts), len(parts) - 1)
+    await redis_client.execute_command("FUNCTION", "LOAD", "REPLACE", library.code)
+    args = [backend.keys.prefix, *frame([[op]])]
+    reply = await redis_client.fcall(library.function, 1, backend.keys.buffer, *args)
+    assert [r.decode() for r in reply] == ["error: operation statuses is unknown or malformed"]
+    assert await backend.status.get("tx-1") is None
