@@ -20,6 +20,7 @@ from ccat_buffering_redis._values import record_text, routine_body, status_json,
 __all__ = [
     "SEP",
     "Command",
+    "acks_command",
     "cache_command",
     "command",
     "dead_command",
@@ -156,6 +157,13 @@ def cache_command(transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds
         models.append(model)
     parts.append("")
     return Command(SEP.join(parts), len(parts) - 1, (), tuple(dict.fromkeys(models)))
+
+
+def acks_command(receipts: Sequence[str]) -> Command:
+    """The acks of ``receipts`` (checked), as one operation: ``ack`` for one, ``acks`` for more."""
+    if len(receipts) == 1:
+        return command("ack", blobs=(receipts[0],))
+    return command("acks", str(len(receipts)), blobs=tuple(receipts))
 
 
 def retry_command(receipts: Sequence[str], delay_seconds: float) -> Command:

@@ -26,6 +26,7 @@
 -- Each group starts with its token and blob counts, then its operations:
 --   push                        blob: entry
 --   ack                         blob: receipt
+--   acks <n>                    blobs: n receipts (as n ack operations)
 --   retry <delay ms> <n>        blobs: n receipts
 --   dead                        blobs: receipt, reason, transaction id
 --   replay                      blob: letter id
@@ -51,6 +52,9 @@ local function shape(at)
     if n and n >= 0 and n == math.floor(n) and at + 6 + 2 * n <= #T and tonumber(T[at + 2]) then
       return 6 + 2 * n, 0
     end
+  elseif name == 'acks' then
+    local n = tonumber(T[at + 1])
+    if n and n >= 0 and n == math.floor(n) then return 1, n end
   elseif name == 'retry' then
     local n = tonumber(T[at + 2])
     if n and tonumber(T[at + 1]) then return 2, n end
@@ -83,6 +87,7 @@ end
 local USES = {
   push = {{BUF, 'list'}},
   ack = {{INF, 'hash'}, {LEASES, 'zset'}},
+  acks = {{INF, 'hash'}, {LEASES, 'zset'}},
   retry = {{INF, 'hash'}, {LEASES, 'zset'}, {BUF, 'list'}},
   dead = {{INF, 'hash'}, {LEASES, 'zset'}, {LETTERS, 'hash'}, {META, 'hash'}, {ORDER, 'zset'}},
   replay = {{LETTERS, 'hash'}, {META, 'hash'}, {ORDER, 'zset'}, {BUF, 'list'}},
@@ -197,6 +202,17 @@ local function run_group(first, last, b)
       redis.call('ZREM', LEASES, ARGV[b])
       b = b + 1
       i = i + 1
+    elseif name == 'acks' then
+      -- What one ack each does (HDEL and ZREM of one receipt), in slices.
+      local n = tonumber(T[i + 1])
+      for k = b, b + n - 1, 1000 do
+        local receipts = {}
+        for j = k, math.min(k + 999, b + n - 1) do receipts[#receipts + 1] = ARGV[j] end
+        count = count + redis.call('HDEL', INF, unpack(receipts))
+        redis.call('ZREM', LEASES, unpack(receipts))
+      end
+      b = b + n
+      i = i + 2
     elseif name == 'retry' then
       flush_pushes()
       local n = tonumber(T[i + 2])

@@ -38,7 +38,7 @@ from ccat_buffering_redis import RedisBackend
 from support import FakeClock, observation
 
 S = TransactionState
-_TERMINAL_INDEXES = ("state:replicated", "state:failed")
+_TIMED = ("state:replicated", "state:failed", "inflight:leases")
 
 
 class _OneByOne:
@@ -100,8 +100,8 @@ def _assert_same(batched: dict[str, Any], single: dict[str, Any]) -> None:
         other_kind, other_value, other_ttl = single[key]
         assert kind == other_kind, key
         assert _same_ttl(ttl, other_ttl), (key, ttl, other_ttl)
-        if key.startswith(_TERMINAL_INDEXES):
-            # Scored by when each expires (the script's clock): the same members,
+        if key.startswith(_TIMED):
+            # Scored by times of the script's clock (expiry, lease): the same members,
             # scores a few seconds apart at most.
             assert [m for m, _ in value] == [m for m, _ in other_value], key
             assert all(
@@ -305,3 +305,33 @@ async def test_a_malformed_statuses_operation_is_refused_whole(
     reply = await redis_client.fcall(library.function, 1, backend.keys.buffer, *args)
     assert [r.decode() for r in reply] == ["error: operation statuses is unknown or malformed"]
     assert await backend.status.get("tx-1") is None
+
+
+async def test_acks_staged_together_do_what_one_ack_each_does(
+    redis_client: aioredis.Redis, pair: tuple[RedisBackend, RedisBackend]
+) -> None:
+    """Acks staged one after another go as one ``acks`` operation, with the same effect."""
+    from ccat_buffering_redis._frame import command
+    from ccat_buffering_redis._writes import RedisWriteBatch
+
+    replies = []
+    for n, backend in enumerate(pair):
+        async with backend.atomic() as batch:
+            for i in range(5):
+                batch.push(f"entry {i}")
+        claims = await backend.buffer.claim(4, 30)
+        receipts = [c.receipt for c in claims]
+        # A receipt twice, one unknown; the last claim stays in flight.
+        staged = [receipts[0], receipts[1], receipts[0], "999999", receipts[2]]
+        if n == 0:
+            staging = RedisWriteBatch()
+            for receipt in staged:
+                staging.ack(receipt)
+            ops = staging.ops
+            assert [op.text.split("\x1f")[0] for op in ops] == ["acks"]
+        else:
+            ops = [command("ack", blobs=(r,)) for r in staged]
+        replies.append(await backend._apply_groups([ops]))
+    _assert_same(await _dump(redis_client, pair[0]), await _dump(redis_client, pair[1]))
+    assert replies == [[3], [3]]
+    assert (await pair[0].buffer.stats()).in_flight == 1
