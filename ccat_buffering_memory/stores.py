@@ -9,6 +9,7 @@ bundles them.
 from __future__ import annotations
 
 import builtins
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -316,6 +317,14 @@ class MemoryWriteBatch:
         """Stage a status."""
         checks.check_status_put(status, ttl_seconds)
         self.ops.append(lambda: self._state.put_status(status, ttl_seconds))
+
+    def put_statuses(self, statuses: Sequence[TransactionStatus], ttl_seconds: float) -> None:
+        """Stage statuses, as :meth:`put_status` each, in order (all checked first)."""
+        statuses = list(statuses)
+        for status in statuses:
+            checks.check_status_put(status, ttl_seconds)
+        for status in statuses:
+            self.ops.append(functools.partial(self._state.put_status, status, ttl_seconds))
 
     def write_cache(
         self, transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float

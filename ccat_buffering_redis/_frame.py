@@ -15,11 +15,12 @@ from typing import NamedTuple
 from ccat_buffering.buffer import checks
 from ccat_buffering.buffer.protocols import CacheWrite
 from ccat_buffering.write.models import TransactionState, TransactionStatus
-from ccat_buffering_redis._values import record_text, status_json
+from ccat_buffering_redis._values import record_text, routine_body, status_json, status_tail
 
 __all__ = [
     "SEP",
     "Command",
+    "acks_command",
     "cache_command",
     "command",
     "dead_command",
@@ -29,6 +30,7 @@ __all__ = [
     "retry_command",
     "safe_token",
     "status_command",
+    "statuses_commands",
 ]
 
 
@@ -76,13 +78,21 @@ def safe_token(text: str, what: str) -> str:
     return text
 
 
+def _state_place(status: TransactionStatus) -> tuple[str, str]:
+    """The score of a status in its state index, and what its member puts before the id.
+
+    A committed status is indexed by its commit LSN (see ``state_member`` in
+    ``lua/apply_stage.lua``); any other takes its score in the script.
+    """
+    if status.state is not TransactionState.COMMITTED:
+        return "", ""
+    lsn = -1 if status.commit_lsn is None else int(status.commit_lsn)
+    return (str(lsn >> 32) if lsn >= 0 else "-1"), f"{max(lsn, 0) & 0xFFFFFFFF:08X}"
+
+
 def status_command(status: TransactionStatus, ttl_seconds: float) -> Command:
     transaction_id = safe_token(status.transaction_id, "transaction id")
-    score, member = "", transaction_id
-    if status.state is TransactionState.COMMITTED:
-        lsn = -1 if status.commit_lsn is None else int(status.commit_lsn)
-        score = str(lsn >> 32) if lsn >= 0 else "-1"
-        member = f"{max(lsn, 0) & 0xFFFFFFFF:08X}{transaction_id}"
+    score, before = _state_place(status)
     return command(
         "status",
         transaction_id,
@@ -90,8 +100,46 @@ def status_command(status: TransactionStatus, ttl_seconds: float) -> Command:
         str(status.state),
         str(ms(ttl_seconds)),
         score,
-        member,
+        before + transaction_id,
     )
+
+
+def statuses_commands(statuses: Sequence[TransactionStatus], ttl_seconds: float) -> list[Command]:
+    """The commands that stage ``statuses`` (checked), in order, as many ``status`` would.
+
+    Each run of routine statuses (see :func:`routine_body`) with one body (one
+    endpoint, state, attempts and commit LSN) goes in one ``statuses``
+    command: the shared tokens once, then each transaction's id and times.
+    Any other status is a ``status`` command of its own.
+    """
+    ttl = str(ms(ttl_seconds))
+    ops: list[Command] = []
+    run: list[str] = []
+    run_body: str | None = None
+    run_head: list[str] = []
+
+    def close() -> None:
+        if run:
+            parts = [*run_head, str(len(run) // 2), *run, ""]
+            ops.append(Command(SEP.join(parts), len(parts) - 1))
+
+    for status in statuses:
+        checks.check_status(status)
+        values = status.__dict__
+        body = routine_body(values)
+        if body is None:
+            close()
+            run, run_body = [], None
+            ops.append(status_command(status, ttl_seconds))
+            continue
+        if body != run_body:
+            close()
+            score, before = _state_place(status)
+            run, run_body = [], body
+            run_head = ["statuses", str(values["state"]), ttl, score, before, body]
+        run += (values["transaction_id"], status_tail(values))
+    close()
+    return ops
 
 
 def cache_command(transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float) -> Command:
@@ -109,6 +157,13 @@ def cache_command(transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds
         models.append(model)
     parts.append("")
     return Command(SEP.join(parts), len(parts) - 1, (), tuple(dict.fromkeys(models)))
+
+
+def acks_command(receipts: Sequence[str]) -> Command:
+    """The acks of ``receipts`` (checked), as one operation: ``ack`` for one, ``acks`` for more."""
+    if len(receipts) == 1:
+        return command("ack", blobs=(receipts[0],))
+    return command("acks", str(len(receipts)), blobs=tuple(receipts))
 
 
 def retry_command(receipts: Sequence[str], delay_seconds: float) -> Command:

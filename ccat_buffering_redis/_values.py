@@ -39,8 +39,10 @@ __all__ = [
     "record_head",
     "record_text",
     "record_transactions",
+    "routine_body",
     "status_json",
     "status_of",
+    "status_tail",
     "value_json",
 ]
 
@@ -127,6 +129,14 @@ def status_json(status: TransactionStatus) -> str:
     # takes ~60), so that a buffered status fits jemalloc's 192-byte class,
     # not 256: see the module's docstring and docs/decisions.rst.
     values = status.__dict__
+    text = _lean_status_json(values)
+    if text is None:
+        text = status.model_dump_json(exclude=_STATUS_DROP, exclude_defaults=True)
+    return text + "@" + status_tail(values)
+
+
+def status_tail(values: dict[str, Any]) -> str:
+    """A status's times (from its ``__dict__``) as :func:`status_json` ends its text."""
     created = (values["created_at"] - _EPOCH) // _MICRO
     tail = str(created)
     empty = ""
@@ -144,10 +154,45 @@ def status_json(status: TransactionStatus) -> str:
                 micros = _MICROS[value] = (value - _EPOCH) // _MICRO
             tail += empty + "," + str(micros - created)
             empty = ""
-    text = _lean_status_json(values)
+    return tail
+
+
+def routine_body(values: dict[str, Any]) -> str | None:
+    """The JSON :func:`status_json` writes of a routine status (its ``__dict__``), or ``None``.
+
+    Routine: no history, no error, nothing generated, plain values; the body
+    of such a status depends on its endpoint, state, attempts and commit LSN
+    only, so that the statuses of a batch share it (see ``statuses`` in
+    ``lua/apply.lua``). ``None`` for any other status.
+    """
+    endpoint, state, attempts, lsn = (
+        values["endpoint"],
+        values["state"],
+        values["attempts"],
+        values["commit_lsn"],
+    )
+    history = values["history"]
+    if (
+        values["generated"]
+        or values["last_error"] is not None
+        or type(history) is not tuple
+        or history
+        or type(endpoint) is not str
+        or type(attempts) is not int
+        or (lsn is not None and type(lsn) is not LSN)
+    ):
+        return None
+    # Most statuses a drain writes share one of a few bodies (a batch's
+    # endpoint, state and commit LSN): each is written once.
+    key = (endpoint, state, attempts, lsn)
+    text = _BODY_TEXTS.get(key)
     if text is None:
-        text = status.model_dump_json(exclude=_STATUS_DROP, exclude_defaults=True)
-    return text + "@" + tail
+        if len(_BODY_TEXTS) >= _BODIES_KEPT:
+            _BODY_TEXTS.clear()
+        text = _BODY_TEXTS[key] = (
+            "{" + ",".join(_plain_parts(endpoint, state, attempts, None, lsn)) + "}"
+        )
+    return text
 
 
 def _lean_status_json(values: dict[str, Any]) -> str | None:
@@ -157,6 +202,9 @@ def _lean_status_json(values: dict[str, Any]) -> str | None:
     values, a history of plain events, nothing generated); ``None`` for any
     other, which pydantic writes.
     """
+    text = routine_body(values)
+    if text is not None:
+        return text
     endpoint, state, attempts = values["endpoint"], values["state"], values["attempts"]
     error, lsn, history = values["last_error"], values["commit_lsn"], values["history"]
     if (
@@ -168,18 +216,6 @@ def _lean_status_json(values: dict[str, Any]) -> str | None:
         or type(history) is not tuple
     ):
         return None
-    if not history and error is None:
-        # Most statuses a drain writes share one of a few bodies (a batch's
-        # endpoint, state and commit LSN): each is written once.
-        key = (endpoint, state, attempts, lsn)
-        text = _BODY_TEXTS.get(key)
-        if text is None:
-            if len(_BODY_TEXTS) >= _BODIES_KEPT:
-                _BODY_TEXTS.clear()
-            text = _BODY_TEXTS[key] = (
-                "{" + ",".join(_plain_parts(endpoint, state, attempts, None, lsn)) + "}"
-            )
-        return text
     parts = _plain_parts(endpoint, state, attempts, error, lsn)
     if history:
         events = []

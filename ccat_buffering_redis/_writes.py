@@ -28,6 +28,7 @@ from ccat_buffering.errors import (
 from ccat_buffering.write.models import TransactionStatus
 from ccat_buffering_redis._frame import (
     Command,
+    acks_command,
     cache_command,
     command,
     dead_command,
@@ -35,6 +36,7 @@ from ccat_buffering_redis._frame import (
     release_command,
     retry_command,
     status_command,
+    statuses_commands,
 )
 from ccat_buffering_redis._memory import POLICY_RECHECK_SECONDS
 from ccat_buffering_redis._parts import BackendPart
@@ -211,8 +213,18 @@ class RedisWriteBatch:
     """
 
     def __init__(self, compression: str | None = None) -> None:
-        self.ops: list[Command] = []
+        self._ops: list[Command] = []
+        self._acks: list[str] = []
         self.compression = compression
+
+    @property
+    def ops(self) -> list[Command]:
+        """The operations staged, in order; acks staged one after another are one."""
+        if self._acks:
+            # A drain acknowledges a batch at a time: one HDEL and one ZREM in the script.
+            self._ops.append(acks_command(self._acks))
+            self._acks = []
+        return self._ops
 
     def push(self, payload: str) -> None:
         """Stage a push."""
@@ -222,7 +234,7 @@ class RedisWriteBatch:
     def ack(self, receipt: str) -> None:
         """Stage an ack."""
         checks.check_receipts([receipt])
-        self.ops.append(command("ack", blobs=(receipt,)))
+        self._acks.append(receipt)
 
     def retry_later(self, receipts: Sequence[str], delay_seconds: float) -> None:
         """Stage a retry."""
@@ -242,6 +254,11 @@ class RedisWriteBatch:
         check_status(status)
         check_duration(ttl_seconds, "ttl_seconds")
         self.ops.append(status_command(status, ttl_seconds))
+
+    def put_statuses(self, statuses: Sequence[TransactionStatus], ttl_seconds: float) -> None:
+        """Stage statuses, as :meth:`put_status` each, in order: routine ones share a command."""
+        check_duration(ttl_seconds, "ttl_seconds")
+        self.ops.extend(statuses_commands(statuses, ttl_seconds))
 
     def write_cache(
         self, transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float

@@ -18,7 +18,7 @@ from ccat_buffering.buffer._entries import claim_read
 from ccat_buffering.buffer._recent_commits import RecentCommits
 from ccat_buffering.buffer.cache_writes import cache_writes as _cache_writes
 from ccat_buffering.buffer.cache_writes import generated_writes
-from ccat_buffering.buffer.protocols import Backend, Claim
+from ccat_buffering.buffer.protocols import Backend, Claim, SupportsStatusBatches, WriteBatch
 from ccat_buffering.buffer.replays import read_letter, replay_set
 from ccat_buffering.buffer.retry import FailureKind, RetryPolicy, describe_error
 from ccat_buffering.logs import SiteLogger
@@ -103,6 +103,15 @@ def buffered_status(transaction: Transaction, **changes: Any) -> TransactionStat
     )
 
 
+def put_statuses(batch: WriteBatch, statuses: Sequence[TransactionStatus], ttl: float) -> None:
+    """Stage ``statuses`` in ``batch``: in one call where the batch can (the drain's three)."""
+    if isinstance(batch, SupportsStatusBatches):
+        batch.put_statuses(statuses, ttl)
+    else:
+        for status in statuses:
+            batch.put_status(status, ttl)
+
+
 # A transaction whose life is routine (buffered, processing, committed, replicated)
 # keeps no history: its status's times tell it, and statuses live in the buffer's
 # memory. The first event out of the routine starts the history (see _advance).
@@ -157,6 +166,35 @@ class Transitions:
             status, {**changes, "state": state, "updated_at": now, "history": history}
         )
 
+    def _advance_all(
+        self,
+        statuses: Sequence[TransactionStatus],
+        state: TransactionState,
+        now: dt.datetime,
+        *,
+        note: str | None = None,
+        **changes: Any,
+    ) -> list[TransactionStatus]:
+        """:meth:`_advance` of each status to ``state`` at ``now`` with ``changes``: no event.
+
+        A routine status (no history, as the drain's claim, commit and
+        replication leave most) is copied with the changes, as ``_advance``
+        copies it, without its per-call work; any other goes through it.
+        """
+        update = {**changes, "state": state, "updated_at": now}
+        given = {*update, "history"}
+        # An error or an unusual state is an event: each such move goes through _advance.
+        usual = changes.get("last_error") is None and state not in _UNUSUAL
+        out = []
+        for status in statuses:
+            if status.history or not usual:
+                out.append(self._advance(status, state, note=note, now=now, **changes))
+            else:
+                values = status.__dict__.copy()
+                values.update(update)
+                out.append(made_status(values, status.__pydantic_fields_set__ | given))
+        return out
+
     # -- what the processor calls --------------------------------------------
 
     async def claim(self, count: int, lease_seconds: float) -> list[Delivery]:
@@ -180,7 +218,6 @@ class Transitions:
         refused = await self.backend.status.get_many(
             [r.transaction_id for r in unreadable if r.transaction_id]
         )
-        deliveries = []
         async with self.backend.atomic() as batch:
             for entry in unreadable:
                 batch.dead_letter(entry.claim.receipt, entry.reason, entry.transaction_id)
@@ -192,13 +229,16 @@ class Transitions:
                         )
                         batch.put_status(failed, self.status_ttl)
                     batch.release_cache([entry.transaction_id])
-            now = self.now()
-            for claim, tx, old in parsed:
-                status = self._advance(
-                    old or buffered_status(tx), TransactionState.PROCESSING, now=now
-                )
-                batch.put_status(status, self.status_ttl)
-                deliveries.append(Delivery(claim, tx, status))
+            processing = self._advance_all(
+                [old or buffered_status(tx) for _, tx, old in parsed],
+                TransactionState.PROCESSING,
+                self.now(),
+            )
+            deliveries = [
+                Delivery(claim, tx, status)
+                for (claim, tx, _), status in zip(parsed, processing, strict=True)
+            ]
+            put_statuses(batch, processing, self.status_ttl)
         log = SiteLogger(__name__, self.backend.site)
         for entry in unreadable:
             # Every entry dead-lettered here is said, with the id to find it by.
@@ -236,32 +276,29 @@ class Transitions:
             Their new statuses, ``committed``.
         """
         now = self.now()
-        statuses = []
         generated = generated or {}
-        note = None if commit_lsn is None else f"LSN {commit_lsn}"
+        # A committed transaction carries no error of an earlier attempt: those
+        # stay in its history.
+        statuses = self._advance_all(
+            [d.status for d in deliveries],
+            TransactionState.COMMITTED,
+            now,
+            note=None if commit_lsn is None else f"LSN {commit_lsn}",
+            commit_lsn=commit_lsn,
+            committed_at=now,
+            last_error=None,
+        )
         async with self.backend.atomic() as batch:
-            for delivery in deliveries:
-                # A committed transaction carries no error of an earlier attempt:
-                # those stay in its history.
-                values = generated.get(delivery.transaction_id)
-                extra: dict[str, Any] = {"generated": as_json(values)} if values else {}
-                status = self._advance(
-                    delivery.status,
-                    TransactionState.COMMITTED,
-                    note=note,
-                    commit_lsn=commit_lsn,
-                    committed_at=now,
-                    last_error=None,
-                    now=now,
-                    **extra,
-                )
-                batch.put_status(status, self.status_ttl)
+            for i, delivery in enumerate(deliveries):
                 batch.ack(delivery.claim.receipt)
+                values = generated.get(delivery.transaction_id)
                 if values:
+                    statuses[i] = copied_status(statuses[i], {"generated": as_json(values)})
                     writes = generated_writes(delivery.transaction, values)
                     if writes:
                         batch.write_cache(delivery.transaction_id, writes, self.cache_ttl)
-                statuses.append(status)
+            # Statuses apply with the rest of the group, whatever the order staged.
+            put_statuses(batch, statuses, self.status_ttl)
         self.recent_commits.remember(statuses)
         self._tell(statuses)
         return statuses
@@ -380,13 +417,9 @@ class Transitions:
     async def replicated(self, statuses: Sequence[TransactionStatus]) -> None:
         """Mark transactions ``replicated`` and release their caches, in one group."""
         now = self.now()
-        done = [
-            self._advance(s, TransactionState.REPLICATED, replicated_at=now, now=now)
-            for s in statuses
-        ]
+        done = self._advance_all(statuses, TransactionState.REPLICATED, now, replicated_at=now)
         async with self.backend.atomic() as batch:
-            for status in done:
-                batch.put_status(status, self.status_ttl)
+            put_statuses(batch, done, self.status_ttl)
             batch.release_cache([s.transaction_id for s in statuses])
         self.recent_commits.forget(s.transaction_id for s in statuses)
         self._tell(done)

@@ -56,6 +56,7 @@ __all__ = [
     "SupportsKeyAudit",
     "SupportsOperatorPause",
     "SupportsProcessorReports",
+    "SupportsStatusBatches",
     "WriteBatch",
 ]
 
@@ -530,6 +531,27 @@ class WriteBatch(Protocol):
 
     def release_cache(self, transaction_ids: Sequence[str]) -> None:
         """Stage :meth:`CacheStore.release`."""
+        ...
+
+
+@runtime_checkable
+class SupportsStatusBatches(Protocol):
+    """Capability of a :class:`WriteBatch`: stage many statuses in one call.
+
+    The drain writes a status for every transaction it claims, commits and
+    sees replicated; a batch that has this capability stages them for less
+    than one :meth:`WriteBatch.put_status` each (on Redis, the routine ones of
+    one state, time and LSN share one operation). Batches without it are
+    given the statuses one by one.
+    """
+
+    def put_statuses(self, statuses: Sequence[TransactionStatus], ttl_seconds: float) -> None:
+        """Stage :meth:`WriteBatch.put_status` of each status, in order: the same writes.
+
+        Raises:
+            TypeError, ValueError, TransactionValidationError: As ``put_status``
+                would for any of them; then nothing of the call is staged.
+        """
         ...
 
 

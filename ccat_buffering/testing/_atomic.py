@@ -8,10 +8,18 @@ from typing import Any
 
 import pytest
 
-from ccat_buffering.buffer.protocols import Backend, CacheKind, CacheWrite, WriteBatch
+from ccat_buffering.buffer.protocols import (
+    Backend,
+    CacheKind,
+    CacheWrite,
+    SupportsStatusBatches,
+    WriteBatch,
+)
 from ccat_buffering.testing._base import LONG_LEASE, ContractHooks
 from ccat_buffering.testing._cache import create, update
+from ccat_buffering.write.lsn import LSN
 from ccat_buffering.write.models import TransactionState, TransactionStatus
+from ccat_buffering.write.status import made_event
 
 __all__ = ["AtomicContract"]
 
@@ -87,6 +95,42 @@ class AtomicContract(ContractHooks):
         record = await backend.cache.get("Observation", "r1")
         assert record is not None
         assert (dict(record.fields), record.transaction_ids) == ({"a": 2}, ("t1", "t2"))
+
+    async def test_atomic_put_statuses_is_put_status_of_each(self, backend: Backend) -> None:
+        """A batch with ``put_statuses`` stages what ``put_status`` of each would, in order."""
+        states = TransactionState
+        lsn = LSN(0x1_0000_0020)
+        shapes: list[dict[str, Any]] = [
+            {"state": states.PROCESSING},
+            {"state": states.PROCESSING},
+            {"state": states.PROCESSING, "attempts": 2},
+            {"state": states.RETRYING, "attempts": 1, "last_error": "boom"},
+            {"state": states.COMMITTED, "commit_lsn": lsn},
+            {"state": states.COMMITTED, "commit_lsn": lsn, "generated": {"s": {"id": 1}}},
+            {"state": states.COMMITTED},
+            {"state": states.REPLICATED, "commit_lsn": lsn},
+        ]
+        batched = [self.make_status(**shape) for shape in shapes]
+        batched[1] = batched[1].model_copy(update={"endpoint": "other"})
+        batched[3] = batched[3].model_copy(
+            update={"history": (made_event(batched[3].created_at, "retrying", "boom"),)}
+        )
+        single = [
+            s.model_copy(update={"transaction_id": "one-" + s.transaction_id}) for s in batched
+        ]
+        async with backend.atomic() as batch:
+            if not isinstance(batch, SupportsStatusBatches):
+                pytest.skip("the backend's write batch has no put_statuses")
+            batch.put_statuses(batched, 60.0)
+            for status in single:
+                batch.put_status(status, 60.0)
+        assert await backend.status.get_many([s.transaction_id for s in batched]) == batched
+        assert await backend.status.get_many([s.transaction_id for s in single]) == single
+        for state in {s.state for s in batched}:
+            ids = await backend.status.ids(state)
+            assert [i for i in ids if i.startswith("one-")] == [
+                "one-" + i for i in ids if not i.startswith("one-")
+            ]
 
     async def test_atomic_nothing_applied_when_block_raises(self, backend: Backend) -> None:
         """When the block raises, its error propagates and nothing staged applies."""

@@ -26,10 +26,14 @@
 -- Each group starts with its token and blob counts, then its operations:
 --   push                        blob: entry
 --   ack                         blob: receipt
+--   acks <n>                    blobs: n receipts (as n ack operations)
 --   retry <delay ms> <n>        blobs: n receipts
 --   dead                        blobs: receipt, reason, transaction id
 --   replay                      blob: letter id
 --   status <tx> <json> <state> <ttl ms> <score> <member>
+--   statuses <state> <ttl ms> <score> <before> <json> <n> (<tx> <times>) x n
+--     n statuses sharing all but their id and times: each is staged as
+--     status <tx> <json>@<times> <state> <ttl ms> <score> <before><tx>
 --   cache <tx> <ttl ms> <n> (<model> <id> <kind> <fields>) x n
 --   release <n> <tx> x n
 
@@ -42,6 +46,15 @@ local function shape(at)
   if fixed then return fixed[1], fixed[2] end
   if name == 'status' then
     if tonumber(T[at + 4]) then return 6, 0 end
+  elseif name == 'statuses' then
+    -- n within the frame: a malformed count must not run the loops over it.
+    local n = tonumber(T[at + 6])
+    if n and n >= 0 and n == math.floor(n) and at + 6 + 2 * n <= #T and tonumber(T[at + 2]) then
+      return 6 + 2 * n, 0
+    end
+  elseif name == 'acks' then
+    local n = tonumber(T[at + 1])
+    if n and n >= 0 and n == math.floor(n) then return 1, n end
   elseif name == 'retry' then
     local n = tonumber(T[at + 2])
     if n and tonumber(T[at + 1]) then return 2, n end
@@ -74,6 +87,7 @@ end
 local USES = {
   push = {{BUF, 'list'}},
   ack = {{INF, 'hash'}, {LEASES, 'zset'}},
+  acks = {{INF, 'hash'}, {LEASES, 'zset'}},
   retry = {{INF, 'hash'}, {LEASES, 'zset'}, {BUF, 'list'}},
   dead = {{INF, 'hash'}, {LEASES, 'zset'}, {LETTERS, 'hash'}, {META, 'hash'}, {ORDER, 'zset'}},
   replay = {{LETTERS, 'hash'}, {META, 'hash'}, {ORDER, 'zset'}, {BUF, 'list'}},
@@ -100,6 +114,12 @@ local function check(first, last, blob, blobs)
     if name == 'status' then
       statuses[#statuses + 1] = {T[at + 1], T[at + 3]}
       needs = needs + 1
+    elseif name == 'statuses' then
+      local state = T[at + 1]
+      for j = at + 7, at + 6 + 2 * tonumber(T[at + 6]), 2 do
+        statuses[#statuses + 1] = {T[j], state}
+      end
+      needs = needs + tonumber(T[at + 6])
     elseif name == 'cache' then
       allocates = true
       needs = needs + tonumber(T[at + 3])
@@ -182,6 +202,17 @@ local function run_group(first, last, b)
       redis.call('ZREM', LEASES, ARGV[b])
       b = b + 1
       i = i + 1
+    elseif name == 'acks' then
+      -- What one ack each does (HDEL and ZREM of one receipt), in slices.
+      local n = tonumber(T[i + 1])
+      for k = b, b + n - 1, 1000 do
+        local receipts = {}
+        for j = k, math.min(k + 999, b + n - 1) do receipts[#receipts + 1] = ARGV[j] end
+        count = count + redis.call('HDEL', INF, unpack(receipts))
+        redis.call('ZREM', LEASES, unpack(receipts))
+      end
+      b = b + n
+      i = i + 2
     elseif name == 'retry' then
       flush_pushes()
       local n = tonumber(T[i + 2])
@@ -207,6 +238,13 @@ local function run_group(first, last, b)
     elseif name == 'status' then
       put_status(T[i + 1], T[i + 2], T[i + 3], T[i + 4], T[i + 5], T[i + 6])
       i = i + 7
+    elseif name == 'statuses' then
+      local state, ttl, score, before, json = T[i + 1], T[i + 2], T[i + 3], T[i + 4], T[i + 5]
+      local after = i + 7 + 2 * tonumber(T[i + 6])
+      for j = i + 7, after - 2, 2 do
+        put_status(T[j], json .. '@' .. T[j + 1], state, ttl, score, before .. T[j])
+      end
+      i = after
     elseif name == 'cache' then
       local n = tonumber(T[i + 3])
       write_cache(T[i + 1], tonumber(T[i + 2]), i + 4, n)

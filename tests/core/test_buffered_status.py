@@ -39,3 +39,44 @@ def test_without_a_time_it_is_stamped_now() -> None:
     made = buffered_status(tx)
     assert made.updated_at is not None and made.updated_at >= before
     assert made == _validated(tx, updated_at=made.updated_at)
+
+
+def test_advancing_a_batch_equals_advancing_each() -> None:
+    """The drain's batch copy (_advance_all) makes what _advance makes of each status."""
+    from ccat_buffering.buffer._transitions import Transitions
+    from ccat_buffering.write.lsn import LSN
+    from ccat_buffering.write.status import made_event
+
+    class _Moves(Transitions):
+        def now(self) -> dt.datetime:
+            raise AssertionError("the time is given")
+
+    moves = _Moves()
+    at = dt.datetime(2026, 12, 7, 3, 15, 0, 250, tzinfo=dt.UTC)
+    routine = buffered_status(observation(1)[0], updated_at=at)
+    storied = routine.model_copy(
+        update={"attempts": 1, "history": (made_event(at, "retrying", "boom"),)}
+    )
+    cases = [
+        (TransactionState.PROCESSING, {}, None),
+        (
+            TransactionState.COMMITTED,
+            {"commit_lsn": LSN(0x1_0000_0010), "committed_at": at, "last_error": None},
+            "LSN 1/10",
+        ),
+        (TransactionState.REPLICATED, {"replicated_at": at}, None),
+        # Not a move the drain batches, but one _advance_all must not get wrong.
+        (TransactionState.RETRYING, {"attempts": 2, "last_error": "boom"}, None),
+    ]
+    later = at + dt.timedelta(seconds=2)
+    for state, changes, note in cases:
+        batch = moves._advance_all([routine, storied], state, later, note=note, **changes)
+        each = [
+            moves._advance(s, state, note=note, now=later, **changes) for s in (routine, storied)
+        ]
+        for made, expected in zip(batch, each, strict=True):
+            assert list(made.__dict__) == list(TransactionStatus.model_fields)
+            assert made.__dict__ == expected.__dict__
+            assert made.model_fields_set == expected.model_fields_set
+        assert batch[1].history[-1].event == state.value or state is TransactionState.PROCESSING
+        assert bool(batch[0].history) is (state is TransactionState.RETRYING)
