@@ -10,6 +10,12 @@
 -- runs the call: another operation, a transaction with two statuses or with
 -- records cached without its status, a status already stored (it leaves an
 -- index), a check that finds a problem, a counter Redis refuses (full).
+--
+-- Numbers go to Redis as text made by decimal() (see numbers.lua), and TTLs
+-- as the frame's own tokens: Lua's conversion of a number costs as much as a
+-- command.
+
+-- include: numbers
 
 -- The groups as {first token, last token, first blob, pushes}, the states
 -- the call writes, and the models whose records it caches; nil if the call is
@@ -38,8 +44,9 @@ local function submit_plan()
         needs = needs + 1
         i = i + 7
       elseif name == 'cache' then
+        -- The TTL goes to Redis as it came: digits only, as tonumber() reads them.
         local count = tonumber(T[i + 3])
-        if not (count and tonumber(T[i + 2])) then return nil end
+        if not (count and string.find(T[i + 2], '^[1-9]%d*$')) then return nil end
         cached[#cached + 1] = T[i + 1]
         cached[#cached + 1] = g
         needs = needs + count
@@ -94,7 +101,7 @@ end
 -- What the groups that ran stage, in flat lists (a group that fails is cut
 -- off them): entries to push; statuses (id, JSON, state, sequence number,
 -- index member); the records each transaction wrote; index entries (model,
--- sequence number, id, TTL).
+-- sequence number, id, TTL, TTL's text).
 local S_PUSH, S_STATUS, S_WRITTEN, S_INDEX
 
 -- Run one group (see run_group and write_cache); returns its count of entries.
@@ -112,7 +119,8 @@ local function submit_group(first, last, b)
       S_STATUS[n + 4], S_STATUS[n + 5] = next_seq(), T[i + 6]
       i = i + 7
     elseif name == 'cache' then
-      local txid, ttl, count = T[i + 1], tonumber(T[i + 2]), tonumber(T[i + 3])
+      local txid, ttl_text, count = T[i + 1], T[i + 2], tonumber(T[i + 3])
+      local ttl = tonumber(ttl_text)
       local written = S_WRITTEN[txid]
       if not written then
         written = {}
@@ -127,11 +135,11 @@ local function submit_group(first, last, b)
         -- join_record's text, made in one concatenation.
         local text
         if body == '' then
-          text = '@' .. flags[1] .. flags[2] .. seq .. ':' .. txid
+          text = '@' .. flags[1] .. flags[2] .. decimal(seq) .. ':' .. txid
         else
-          text = '@' .. flags[1] .. flags[2] .. seq .. ':' .. txid .. '\n' .. body
+          text = '@' .. flags[1] .. flags[2] .. decimal(seq) .. ':' .. txid .. '\n' .. body
         end
-        if redis.call('SET', k, text, 'NX', 'PX', ttl) then
+        if redis.call('SET', k, text, 'NX', 'PX', ttl_text) then
           reindex_fields(model, id, '', body)
         else
           local before, after
@@ -139,7 +147,8 @@ local function submit_group(first, last, b)
           reindex_fields(model, id, before, after)
         end
         local n = #S_INDEX
-        S_INDEX[n + 1], S_INDEX[n + 2], S_INDEX[n + 3], S_INDEX[n + 4] = model, seq, id, ttl
+        S_INDEX[n + 1], S_INDEX[n + 2], S_INDEX[n + 3] = model, seq, id
+        S_INDEX[n + 4], S_INDEX[n + 5] = ttl, ttl_text
         if not written[member] then
           written[member] = true
           written[#written + 1] = member
@@ -155,26 +164,34 @@ local function cut(list, n)
 end
 
 -- The state index entries of the new statuses (see state_add): one ZADD
--- per bucket and one listing the buckets of each state.
+-- per bucket, and one that lists it in its state's list.
 local function submit_states()
   if #S_STATUS == 5 then
     local state, seq = S_STATUS[3], S_STATUS[4]
-    local b = math.floor(seq / BUCKET)
-    redis.pcall('ZADD', state_bucket(state, b), seq - b * BUCKET, S_STATUS[5])
+    local place = seq % BUCKET
+    local b = decimal((seq - place) / BUCKET)
+    redis.pcall('ZADD', state_bucket(state, b), decimal(place), S_STATUS[5])
     redis.call('ZADD', STATE .. state, 'NX', b, b)
     return
   end
-  local by_state = {}
+  local buckets = {}
   for j = 1, #S_STATUS, 5 do
-    local pairs_ = by_state[S_STATUS[j + 2]]
-    if not pairs_ then
-      pairs_ = {}
-      by_state[S_STATUS[j + 2]] = pairs_
+    local state, seq = S_STATUS[j + 2], S_STATUS[j + 3]
+    local place = seq % BUCKET
+    local b = decimal((seq - place) / BUCKET)
+    local key = state_bucket(state, b)
+    local entries = buckets[key]
+    if not entries then
+      entries = {state = state, b = b}
+      buckets[key] = entries
     end
-    pairs_[#pairs_ + 1] = S_STATUS[j + 3]
-    pairs_[#pairs_ + 1] = S_STATUS[j + 4]
+    entries[#entries + 1] = decimal(place)
+    entries[#entries + 1] = S_STATUS[j + 4]
   end
-  for state, pairs_ in pairs(by_state) do state_add(state, pairs_) end
+  for key, e in pairs(buckets) do
+    redis.pcall('ZADD', key, unpack(e))
+    redis.call('ZADD', STATE .. e.state, 'NX', e.b, e.b)
+  end
 end
 
 -- The model index entries of the records written (see flush_indexes,
@@ -184,29 +201,30 @@ end
 -- after the ZADD that makes it, tells which: only a new bucket gets its
 -- expiry there, and is listed.
 local function submit_indexes()
-  local buckets, ttls = {}, {}
-  for j = 1, #S_INDEX, 4 do
+  local buckets, ttls, ttl_texts = {}, {}, {}
+  for j = 1, #S_INDEX, 5 do
     local model, seq, id, ttl = S_INDEX[j], S_INDEX[j + 1], S_INDEX[j + 2], S_INDEX[j + 3]
-    local b = math.floor(seq / BUCKET)
+    local place = seq % BUCKET
+    local b = decimal((seq - place) / BUCKET)
     local key = bucket_key(model, b)
     local entries = buckets[key]
     if not entries then
-      entries = {model = model, b = b, ttl = ttl}
+      entries = {model = model, b = b, ttl = ttl, ttl_text = S_INDEX[j + 4]}
       buckets[key] = entries
     elseif entries.ttl < ttl then
-      entries.ttl = ttl
+      entries.ttl, entries.ttl_text = ttl, S_INDEX[j + 4]
     end
-    entries[#entries + 1] = seq - b * BUCKET
+    entries[#entries + 1] = decimal(place)
     entries[#entries + 1] = id
-    if (ttls[model] or 0) < ttl then ttls[model] = ttl end
+    if (ttls[model] or 0) < ttl then ttls[model], ttl_texts[model] = ttl, S_INDEX[j + 4] end
   end
   local longer = {}
   for key, e in pairs(buckets) do
-    local moved = redis.call('PEXPIRE', key, e.ttl, 'GT') == 1
+    local moved = redis.call('PEXPIRE', key, e.ttl_text, 'GT') == 1
     redis.pcall('ZADD', key, 'NX', unpack(e))
     if moved then
       longer[e.model] = true
-    elseif redis.call('PEXPIRE', key, e.ttl, 'NX') == 1 then
+    elseif redis.call('PEXPIRE', key, e.ttl_text, 'NX') == 1 then
       longer[e.model] = true
       redis.call('ZADD', INDEX .. e.model, 'NX', e.b, e.b)
     end
@@ -215,7 +233,7 @@ local function submit_indexes()
   -- A model whose buckets all last as long already needs no extension: its
   -- index and field index outlive them (each call that extends a bucket
   -- extends them too, as far as its longest TTL for the model).
-  for model, ttl in pairs(ttls) do
+  for model, ttl in pairs(ttl_texts) do
     if longer[model] then extend_indexes(model, ttl) end
   end
 end
@@ -226,7 +244,7 @@ local function apply_submits()
   local plan, status_of, states, models, needs = submit_plan()
   if not plan or not submit_checks(plan, status_of, states, models) then return nil end
   SEQ_BUDGET = math.max(needs, 1)
-  local got = redis.pcall('INCRBY', SEQ, SEQ_BUDGET)
+  local got = redis.pcall('INCRBY', SEQ, decimal(SEQ_BUDGET))
   if type(got) == 'table' then return nil end
   SEQ_NEXT, SEQ_LEFT = got - SEQ_BUDGET, SEQ_BUDGET
   S_PUSH, S_STATUS, S_WRITTEN, S_INDEX = {}, {}, {}, {}
@@ -250,7 +268,7 @@ local function apply_submits()
   local plain = {}
   for j = 1, #S_STATUS, 5 do
     local txid, seq = S_STATUS[j], S_STATUS[j + 3]
-    local value = seq .. S_STATUS[j + 1]
+    local value = decimal(seq) .. S_STATUS[j + 1]
     local written = S_WRITTEN[txid]
     if written and #written > 0 then value = value .. '\n' .. table.concat(written, ' ') end
     plain[#plain + 1] = STATUS .. txid

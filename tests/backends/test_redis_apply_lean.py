@@ -125,9 +125,15 @@ def _close(lean: int, general: int) -> bool:
     return lean == general or (lean > 0 and general > 0 and abs(lean - general) < 5000)
 
 
+@pytest.mark.parametrize("counter", [None, 999_990], ids=["new-site", "past-a-million"])
 async def test_the_lean_path_writes_what_the_general_path_writes(
-    redis_client: aioredis.Redis, sites: dict[str, SiteKeys]
+    redis_client: aioredis.Redis, sites: dict[str, SiteKeys], counter: int | None
 ) -> None:
+    # Past a million, sequence numbers cross the thousands that decimal()
+    # keeps (numbers.lua) and a bucket boundary, within the calls.
+    if counter is not None:
+        for keys in sites.values():
+            await redis_client.set(keys.seq, counter)
     # A field index on one model: the writes must move its entries the same way.
     for keys in sites.values():
         await redis_client.zadd(keys.prefix + "fields:Fld", {"\x00name": 0})
@@ -142,3 +148,28 @@ async def test_the_lean_path_writes_what_the_general_path_writes(
     assert {k: v[:2] for k, v in lean.items()} == {k: v[:2] for k, v in general.items()}
     assert all(_close(lean[k][2], general[k][2]) for k in lean), (lean, general)
     assert "index:Fld" in lean and "transaction:t7" in lean  # it wrote what it should
+
+
+# Every number around decimal()'s boundaries whose text differs from Lua's.
+_DECIMAL_CHECK = """
+local bad = {}
+for _, base in ipairs({0, 1000, 999000, 1000000, 123456789, 999999999000, 2 ^ 40}) do
+  for n = math.max(base - 1100, 0), base + 1100 do
+    if decimal(n) ~= tostring(n) then bad[#bad + 1] = tostring(n) .. '=' .. decimal(n) end
+  end
+end
+for k = 1, 300 do  -- more thousands than it keeps at once
+  local n = k * 1000 + 7
+  if decimal(n) ~= tostring(n) or decimal(n + 1) ~= tostring(n + 1) then bad[#bad + 1] = n end
+end
+for _, n in ipairs({128, 1023, 99999, 100000, 1048575, 4503599627370495}) do
+  if decimal(n) ~= string.format('%d', n) then bad[#bad + 1] = string.format('%d', n) end
+end
+return bad
+"""
+
+
+async def test_decimal_text_is_luas_own(redis_client: aioredis.Redis) -> None:
+    """``decimal()`` (numbers.lua) gives the text Lua gives, around every boundary it has."""
+    lua = scripts._fragment("numbers") + _DECIMAL_CHECK
+    assert await redis_client.eval(lua, 0) == []

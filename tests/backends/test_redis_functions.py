@@ -114,6 +114,9 @@ def test_the_library_is_the_script_with_its_state_reset_per_call() -> None:
     for state in ("T = {}", "PUSHES = nil", "NOW = nil", "TYPES = {}"):
         assert f"\n  {state}\n" in library.code, state
     assert "\nlocal T\n" in library.code and "\nlocal NOW\n" in library.code
+    # A cache marked to be kept across calls is made once, at load, though it is written to.
+    assert "\nlocal DECIMAL = {small = {}" in library.code
+    assert "\n  DECIMAL = " not in library.code
 
 
 def test_a_script_that_cannot_be_a_library_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
