@@ -13,17 +13,20 @@
 --
 -- Numbers go to Redis as text made by decimal() (see numbers.lua), and TTLs
 -- as the frame's own tokens: Lua's conversion of a number costs as much as a
--- command.
+-- command. A new table costs about as much (its allocation and each growth):
+-- the common case, one transaction, makes as few as it can.
 
 -- include: numbers
 
 -- The groups as {first token, last token, first blob, pushes}, the states
 -- the call writes, and the models whose records it caches; nil if the call is
--- not one of submits only.
+-- not one of submits only. A transaction's records are cached after its
+-- status, in its group (as RedisWriteBatch stages them); any other order
+-- takes the general path.
 local function submit_plan()
   local n = tonumber(T[1])
   if not n then return nil end
-  local plan, status_of, cached, states, models = {}, {}, {}, {}, {}
+  local plan, status_of, states, models = {}, {}, {}, {}
   local at, blob, allocates, needs = 2, 3, false, 0
   for g = 1, n do
     local tokens, blobs = tonumber(T[at]), tonumber(T[at + 1])
@@ -46,9 +49,9 @@ local function submit_plan()
       elseif name == 'cache' then
         -- The TTL goes to Redis as it came: digits only, as tonumber() reads them.
         local count = tonumber(T[i + 3])
-        if not (count and string.find(T[i + 2], '^[1-9]%d*$')) then return nil end
-        cached[#cached + 1] = T[i + 1]
-        cached[#cached + 1] = g
+        if not (count and status_of[T[i + 1]] == g and string.find(T[i + 2], '^[1-9]%d*$')) then
+          return nil
+        end
         needs = needs + count
         for j = i + 4, i + 4 * count, 4 do
           if not FLAGS[T[j + 2]] then return nil end
@@ -65,18 +68,19 @@ local function submit_plan()
     at, blob = last + 1, blob + blobs
   end
   if not allocates or at ~= #T + 1 or blob ~= #ARGV + 1 then return nil end
-  for j = 1, #cached, 2 do
-    if status_of[cached[j]] ~= cached[j + 1] then return nil end
-  end
   return plan, status_of, states, models, needs
 end
+
+-- The last bucket listed in each state's list, by state (false: none), read
+-- by the check of its type: a status in that bucket needs no listing.
+local S_LISTED
 
 -- The checks of the general path (check, check_states): whether all pass and
 -- no transaction has a stored status.
 local function submit_checks(plan, status_of, states, models)
   known_unindexed(models)
-  for _, p in ipairs(plan) do
-    if p[4] > 0 then
+  for g = 1, #plan do
+    if plan[g][4] > 0 then
       if wrong_type(BUF, 'list') then return false end
       break
     end
@@ -84,9 +88,16 @@ local function submit_checks(plan, status_of, states, models)
   for model, _ in pairs(models) do
     if index_problem(model) then return false end
   end
+  -- ZRANGE, as TYPE, refuses any key but a zset (a missing one is empty).
   for state, _ in pairs(states) do
-    if wrong_type(STATE .. state, 'zset') then return false end
+    local got = redis.pcall('ZRANGE', STATE .. state, -1, -1)
+    if got['err'] then return false end
+    states[state] = got[1] or false
   end
+  S_LISTED = states
+  local first = next(status_of)
+  if first == nil then return true end
+  if next(status_of, first) == nil then return not redis.call('MGET', STATUS .. first)[1] end
   local keys = {}
   for txid, _ in pairs(status_of) do keys[#keys + 1] = STATUS .. txid end
   for i = 1, #keys, 1000 do
@@ -171,7 +182,7 @@ local function submit_states()
     local place = seq % BUCKET
     local b = decimal((seq - place) / BUCKET)
     redis.pcall('ZADD', state_bucket(state, b), decimal(place), S_STATUS[5])
-    redis.call('ZADD', STATE .. state, 'NX', b, b)
+    if S_LISTED[state] ~= b then redis.call('ZADD', STATE .. state, 'NX', b, b) end
     return
   end
   local buckets = {}
@@ -190,7 +201,7 @@ local function submit_states()
   end
   for key, e in pairs(buckets) do
     redis.pcall('ZADD', key, unpack(e))
-    redis.call('ZADD', STATE .. e.state, 'NX', e.b, e.b)
+    if S_LISTED[e.state] ~= e.b then redis.call('ZADD', STATE .. e.state, 'NX', e.b, e.b) end
   end
 end
 
@@ -209,13 +220,13 @@ local function submit_indexes()
     local key = bucket_key(model, b)
     local entries = buckets[key]
     if not entries then
-      entries = {model = model, b = b, ttl = ttl, ttl_text = S_INDEX[j + 4]}
+      entries = {decimal(place), id, model = model, b = b, ttl = ttl, ttl_text = S_INDEX[j + 4]}
       buckets[key] = entries
-    elseif entries.ttl < ttl then
-      entries.ttl, entries.ttl_text = ttl, S_INDEX[j + 4]
+    else
+      if entries.ttl < ttl then entries.ttl, entries.ttl_text = ttl, S_INDEX[j + 4] end
+      entries[#entries + 1] = decimal(place)
+      entries[#entries + 1] = id
     end
-    entries[#entries + 1] = decimal(place)
-    entries[#entries + 1] = id
     if (ttls[model] or 0) < ttl then ttls[model], ttl_texts[model] = ttl, S_INDEX[j + 4] end
   end
   local longer = {}
@@ -249,7 +260,8 @@ local function apply_submits()
   SEQ_NEXT, SEQ_LEFT = got - SEQ_BUDGET, SEQ_BUDGET
   S_PUSH, S_STATUS, S_WRITTEN, S_INDEX = {}, {}, {}, {}
   local results = {}
-  for g, p in ipairs(plan) do
+  for g = 1, #plan do
+    local p = plan[g]
     local pushes, statuses, index = #S_PUSH, #S_STATUS, #S_INDEX
     local ok, err = pcall(submit_group, p[1], p[2], p[3])
     if ok then
@@ -264,7 +276,24 @@ local function apply_submits()
   end
   -- The writes of flush_pushes, flush_statuses (a new status, never stored
   -- before: no index to leave), flush_indexes and after, in their order.
-  in_slices({'LPUSH', BUF}, S_PUSH)
+  if #S_PUSH <= 1000 then
+    if #S_PUSH > 0 then redis.call('LPUSH', BUF, unpack(S_PUSH)) end
+  else
+    in_slices({'LPUSH', BUF}, S_PUSH)
+  end
+  if #S_STATUS == 5 then
+    local txid = S_STATUS[1]
+    local written = S_WRITTEN[txid]
+    if written and #written > 0 then
+      redis.call('MSET', STATUS .. txid,
+        decimal(S_STATUS[4]) .. S_STATUS[2] .. '\n' .. table.concat(written, ' '))
+    else
+      redis.call('MSET', STATUS .. txid, decimal(S_STATUS[4]) .. S_STATUS[2])
+    end
+    submit_states()
+    submit_indexes()
+    return results
+  end
   local plain = {}
   for j = 1, #S_STATUS, 5 do
     local txid, seq = S_STATUS[j], S_STATUS[j + 3]

@@ -114,6 +114,8 @@ async def _dump(client: aioredis.Redis, keys: SiteKeys) -> dict[str, Any]:
             value = await client.lrange(key, 0, -1)
         elif kind == "zset":
             value = await client.zrange(key, 0, -1, withscores=True)
+        elif kind == "set":
+            value = await client.smembers(key)
         else:
             value = await client.hgetall(key)
         out[key[len(keys.prefix) :]] = (kind, value, await client.pttl(key))
@@ -125,15 +127,26 @@ def _close(lean: int, general: int) -> bool:
     return lean == general or (lean > 0 and general > 0 and abs(lean - general) < 5000)
 
 
-@pytest.mark.parametrize("counter", [None, 999_990], ids=["new-site", "past-a-million"])
+@pytest.mark.parametrize(
+    ("counter", "listed"),
+    [(None, None), (999_990, None), (1_000_055, None), (None, 7)],
+    ids=["new-site", "past-a-million", "next-bucket", "later-bucket-listed"],
+)
 async def test_the_lean_path_writes_what_the_general_path_writes(
-    redis_client: aioredis.Redis, sites: dict[str, SiteKeys], counter: int | None
+    redis_client: aioredis.Redis,
+    sites: dict[str, SiteKeys],
+    counter: int | None,
+    listed: int | None,
 ) -> None:
     # Past a million, sequence numbers cross the thousands that decimal()
-    # keeps (numbers.lua) and a bucket boundary, within the calls.
-    if counter is not None:
-        for keys in sites.values():
+    # keeps (numbers.lua); then a bucket boundary (128), within the calls.
+    # The lean path lists a status's bucket unless its state's list ends
+    # with it: a list that ends with another bucket still gets it.
+    for keys in sites.values():
+        if counter is not None:
             await redis_client.set(keys.seq, counter)
+        if listed is not None:
+            await redis_client.zadd(keys.state("buffered"), {str(listed): listed})
     # A field index on one model: the writes must move its entries the same way.
     for keys in sites.values():
         await redis_client.zadd(keys.prefix + "fields:Fld", {"\x00name": 0})
@@ -173,3 +186,37 @@ async def test_decimal_text_is_luas_own(redis_client: aioredis.Redis) -> None:
     """``decimal()`` (numbers.lua) gives the text Lua gives, around every boundary it has."""
     lua = scripts._fragment("numbers") + _DECIMAL_CHECK
     assert await redis_client.eval(lua, 0) == []
+
+
+@pytest.mark.parametrize(
+    ("suffix", "kind"),
+    [
+        ("transaction_buffer", "string"),
+        ("state:buffered", "set"),
+        ("state:buffered", "hash"),
+        ("index:Obs", "set"),
+        ("fields:Obs", "list"),
+    ],
+)
+async def test_a_key_of_another_type_is_refused_alike(
+    redis_client: aioredis.Redis, sites: dict[str, SiteKeys], suffix: str, kind: str
+) -> None:
+    """The lean path's checks refuse what the general path's refuse, and nothing is written."""
+    for keys in sites.values():
+        key = keys.prefix + suffix
+        if kind == "string":
+            await redis_client.set(key, "x")
+        elif kind == "set":
+            await redis_client.sadd(key, "x")
+        elif kind == "hash":
+            await redis_client.hset(key, "x", "y")
+        else:
+            await redis_client.rpush(key, "x")
+    groups = [_submit("t1", [_w("Obs", "r1", CacheKind.CREATE, name="a")])]
+    replies = []
+    for function, keys in sites.items():
+        got = await redis_client.fcall(function, 1, keys.buffer, keys.prefix, *frame(groups))
+        replies.append([r.decode().replace(keys.prefix, "") for r in got])
+    assert replies[0] == replies[1] and str(replies[0][0]).startswith("error: "), replies
+    lean, general = [await _dump(redis_client, keys) for keys in sites.values()]
+    assert lean == general and len(lean) == 1, lean
