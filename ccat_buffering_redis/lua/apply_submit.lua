@@ -79,16 +79,20 @@ local S_LISTED
 -- no transaction has a stored status.
 local function submit_checks(plan, status_of, states, models)
   known_unindexed(models)
+  -- LLEN, ZCARD and ZRANGE refuse a key of any other type than theirs, and
+  -- take a missing one for an empty one, as the checks of TYPE do; they
+  -- answer a number (ZRANGE: the last bucket listed), not a table.
   for g = 1, #plan do
     if plan[g][4] > 0 then
-      if wrong_type(BUF, 'list') then return false end
+      if type(redis.pcall('LLEN', BUF)) == 'table' then return false end
       break
     end
   end
   for model, _ in pairs(models) do
-    if index_problem(model) then return false end
+    if type(redis.pcall('ZCARD', INDEX .. model)) == 'table' or fields_problem(model) then
+      return false
+    end
   end
-  -- ZRANGE, as TYPE, refuses any key but a zset (a missing one is empty).
   for state, _ in pairs(states) do
     local got = redis.pcall('ZRANGE', STATE .. state, -1, -1)
     if got['err'] then return false end
@@ -134,7 +138,7 @@ local function submit_group(first, last, b)
       local ttl = tonumber(ttl_text)
       local written = S_WRITTEN[txid]
       if not written then
-        written = {}
+        written = {nil, nil}
         S_WRITTEN[txid] = written
       end
       for j = i + 4, i + 4 * count, 4 do
@@ -258,7 +262,9 @@ local function apply_submits()
   local got = redis.pcall('INCRBY', SEQ, decimal(SEQ_BUDGET))
   if type(got) == 'table' then return nil end
   SEQ_NEXT, SEQ_LEFT = got - SEQ_BUDGET, SEQ_BUDGET
-  S_PUSH, S_STATUS, S_WRITTEN, S_INDEX = {}, {}, {}, {}
+  -- Room for one transaction of two records, made at once rather than grown.
+  S_PUSH, S_STATUS, S_WRITTEN = {nil}, {nil, nil, nil, nil, nil}, {}
+  S_INDEX = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
   local results = {}
   for g = 1, #plan do
     local p = plan[g]
