@@ -26,7 +26,7 @@
 local function submit_plan()
   local n = tonumber(T[1])
   if not n then return nil end
-  local plan, status_of, states, models = {}, {}, {}, {}
+  local plan, status_of, states, models = {nil}, {}, {}, {}
   local at, blob, allocates, needs = 2, 3, false, 0
   for g = 1, n do
     local tokens, blobs = tonumber(T[at]), tonumber(T[at + 1])
@@ -216,31 +216,39 @@ end
 -- after the ZADD that makes it, tells which: only a new bucket gets its
 -- expiry there, and is listed.
 local function submit_indexes()
-  local buckets, ttls, ttl_texts = {}, {}, {}
+  -- The entries by bucket key; each model's first bucket also holds the
+  -- model's longest TTL and whether any of its buckets lasts longer now.
+  local buckets, first = {}, {}
   for j = 1, #S_INDEX, 5 do
-    local model, seq, id, ttl = S_INDEX[j], S_INDEX[j + 1], S_INDEX[j + 2], S_INDEX[j + 3]
+    local model, seq, id, ttl, text = S_INDEX[j], S_INDEX[j + 1], S_INDEX[j + 2], S_INDEX[j + 3],
+      S_INDEX[j + 4]
     local place = seq % BUCKET
     local b = decimal((seq - place) / BUCKET)
     local key = bucket_key(model, b)
-    local entries = buckets[key]
-    if not entries then
-      entries = {decimal(place), id, model = model, b = b, ttl = ttl, ttl_text = S_INDEX[j + 4]}
-      buckets[key] = entries
+    local e = buckets[key]
+    if not e then
+      e = {decimal(place), id, model = model, b = b, ttl = ttl, text = text,
+        model_ttl = ttl, model_text = text, longer = false}
+      buckets[key] = e
     else
-      if entries.ttl < ttl then entries.ttl, entries.ttl_text = ttl, S_INDEX[j + 4] end
-      entries[#entries + 1] = decimal(place)
-      entries[#entries + 1] = id
+      if e.ttl < ttl then e.ttl, e.text = ttl, text end
+      e[#e + 1] = decimal(place)
+      e[#e + 1] = id
     end
-    if (ttls[model] or 0) < ttl then ttls[model], ttl_texts[model] = ttl, S_INDEX[j + 4] end
+    local m = first[model]
+    if not m then
+      first[model] = e
+    elseif m.model_ttl < ttl then
+      m.model_ttl, m.model_text = ttl, text
+    end
   end
-  local longer = {}
   for key, e in pairs(buckets) do
-    local moved = redis.call('PEXPIRE', key, e.ttl_text, 'GT') == 1
+    local moved = redis.call('PEXPIRE', key, e.text, 'GT') == 1
     redis.pcall('ZADD', key, 'NX', unpack(e))
     if moved then
-      longer[e.model] = true
-    elseif redis.call('PEXPIRE', key, e.ttl_text, 'NX') == 1 then
-      longer[e.model] = true
+      first[e.model].longer = true
+    elseif redis.call('PEXPIRE', key, e.text, 'NX') == 1 then
+      first[e.model].longer = true
       redis.call('ZADD', INDEX .. e.model, 'NX', e.b, e.b)
     end
   end
@@ -248,8 +256,8 @@ local function submit_indexes()
   -- A model whose buckets all last as long already needs no extension: its
   -- index and field index outlive them (each call that extends a bucket
   -- extends them too, as far as its longest TTL for the model).
-  for model, ttl in pairs(ttl_texts) do
-    if longer[model] then extend_indexes(model, ttl) end
+  for model, m in pairs(first) do
+    if m.longer then extend_indexes(model, m.model_text) end
   end
 end
 
@@ -265,7 +273,7 @@ local function apply_submits()
   -- Room for one transaction of two records, made at once rather than grown.
   S_PUSH, S_STATUS, S_WRITTEN = {nil}, {nil, nil, nil, nil, nil}, {}
   S_INDEX = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
-  local results = {}
+  local results = {nil}
   for g = 1, #plan do
     local p = plan[g]
     local pushes, statuses, index = #S_PUSH, #S_STATUS, #S_INDEX
