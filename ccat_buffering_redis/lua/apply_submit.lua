@@ -155,7 +155,8 @@ local function submit_group(first, last, b)
           text = '@' .. flags[1] .. flags[2] .. decimal(seq) .. ':' .. txid .. '\n' .. body
         end
         if redis.call('SET', k, text, 'NX', 'PX', ttl_text) then
-          reindex_fields(model, id, '', body)
+          -- (The checks read every model's registrations: most have none.)
+          if REGISTERED[model] ~= NONE_REGISTERED then reindex_fields(model, id, '', body) end
         else
           local before, after
           before, after, seq = merge_record(k, txid, ttl, kind, body, seq)
