@@ -29,7 +29,10 @@ other than a ``local`` in functions: each top-level ``local`` is state of one
 call, declared once in the library and assigned afresh at the start of every
 call, in the order written. One exception: the server's time (``NOW``, see
 ``lua/prelude.lua``) starts each call unread, and the library's code reads it
-through ``now()``, which asks the server only if the call needs it.
+through ``now()``, which asks the server only if the call needs it. A
+``local`` whose line ends with ``-- kept across calls`` is made once, at
+load, and kept: a table that each call overwrites (``APPLY``'s tokens) or a
+cache of values that depend on nothing a call brings (``lua/numbers.lua``).
 """
 
 from __future__ import annotations
