@@ -24,12 +24,12 @@
 -- status, in its group (as RedisWriteBatch stages them); any other order
 -- takes the general path.
 local function submit_plan()
-  local n = tonumber(T[1])
+  local n = number(T[1])
   if not n then return nil end
   local plan, status_of, states, models = {nil}, {}, {}, {}
   local at, blob, allocates, needs = 2, 3, false, 0
   for g = 1, n do
-    local tokens, blobs = tonumber(T[at]), tonumber(T[at + 1])
+    local tokens, blobs = number(T[at]), number(T[at + 1])
     if not (tokens and blobs) then return nil end
     local i, last, pushes = at + 2, at + 1 + tokens, 0
     while i <= last do
@@ -39,7 +39,7 @@ local function submit_plan()
         i = i + 1
       elseif name == 'status' then
         local txid, state = T[i + 1], T[i + 3]
-        if status_of[txid] or not SEQ_STATES[state] or T[i + 5] ~= '' or not tonumber(T[i + 4]) then
+        if status_of[txid] or not SEQ_STATES[state] or T[i + 5] ~= '' or not number(T[i + 4]) then
           return nil
         end
         status_of[txid] = g
@@ -47,8 +47,8 @@ local function submit_plan()
         needs = needs + 1
         i = i + 7
       elseif name == 'cache' then
-        -- The TTL goes to Redis as it came: digits only, as tonumber() reads them.
-        local count = tonumber(T[i + 3])
+        -- The TTL goes to Redis as it came: plain digits only.
+        local count = number(T[i + 3])
         if not (count and status_of[T[i + 1]] == g and string.find(T[i + 2], '^[1-9]%d*$')) then
           return nil
         end
@@ -134,8 +134,8 @@ local function submit_group(first, last, b)
       S_STATUS[n + 4], S_STATUS[n + 5] = next_seq(), T[i + 6]
       i = i + 7
     elseif name == 'cache' then
-      local txid, ttl_text, count = T[i + 1], T[i + 2], tonumber(T[i + 3])
-      local ttl = tonumber(ttl_text)
+      local txid, ttl_text, count = T[i + 1], T[i + 2], number(T[i + 3])
+      local ttl = number(ttl_text)
       local written = S_WRITTEN[txid]
       if not written then
         written = {nil, nil}

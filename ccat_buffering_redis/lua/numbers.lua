@@ -1,4 +1,5 @@
--- Fragment: the decimal text of whole numbers, without Lua's own conversion.
+-- Fragment: the decimal text of whole numbers, without Lua's own conversion,
+-- and the numbers that tokens of the frame read as.
 --
 -- Lua turns a number into text with printf('%.14g'): some 2,000 instructions,
 -- as much as a Redis command that the lean path issues. Numbers below 1,000
@@ -36,4 +37,22 @@ local function decimal(n)
     DECIMAL.padded[low] = tail
   end
   return head .. tail
+end
+
+-- The number a token of the frame reads as (tonumber), or nil. The tokens
+-- that are numbers are a few counts and TTLs, again and again: each text is
+-- read once and looked up after (tonumber is a C call and a parse), up to
+-- 256 texts of at most 16 bytes (others are read each time).
+local NUMBERS = {read = {}, count = 0} -- kept across calls
+
+local function number(text)
+  local read = NUMBERS.read
+  local n = read[text]
+  if n then return n end
+  n = tonumber(text)
+  if n and NUMBERS.count < 256 and #text <= 16 then
+    read[text] = n
+    NUMBERS.count = NUMBERS.count + 1
+  end
+  return n
 end

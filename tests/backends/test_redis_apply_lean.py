@@ -220,3 +220,26 @@ async def test_a_key_of_another_type_is_refused_alike(
     assert replies[0] == replies[1] and str(replies[0][0]).startswith("error: "), replies
     lean, general = [await _dump(redis_client, keys) for keys in sites.values()]
     assert lean == general and len(lean) == 1, lean
+
+
+# Every text whose number() differs from tonumber() (nan is itself, though
+# unequal), read twice (the second time from what number() keeps), past the
+# 256 texts it keeps.
+_NUMBER_CHECK = """
+local texts = {'0', '1', '20', '3600000', '', 'x', '1e3', ' 5', '0x10', '-1', '1.5', 'nan'}
+for i = 1, 400 do texts[#texts + 1] = tostring(i * 7) end
+local bad = {}
+for _ = 1, 2 do
+  for _, text in ipairs(texts) do
+    local got, want = number(text), tonumber(text)
+    if got ~= want and not (got ~= got and want ~= want) then bad[#bad + 1] = text end
+  end
+end
+return bad
+"""
+
+
+async def test_number_reads_a_token_as_tonumber_does(redis_client: aioredis.Redis) -> None:
+    """``number()`` (numbers.lua) gives what ``tonumber()`` gives, kept or not."""
+    lua = scripts._fragment("numbers") + _NUMBER_CHECK
+    assert await redis_client.eval(lua, 0) == []
