@@ -119,6 +119,30 @@ end
 -- sequence number, id, TTL, TTL's text).
 local S_PUSH, S_STATUS, S_WRITTEN, S_INDEX
 
+-- Note that a transaction wrote a record, once, in the order first written:
+-- a few are compared one by one (strings compare as references; a table
+-- keyed by them costs more), more than 16 through a table of those seen.
+local function note_written(written, member)
+  local n = #written
+  if n <= 16 then
+    for w = 1, n do
+      if written[w] == member then return end
+    end
+    written[n + 1] = member
+    return
+  end
+  local seen = written.seen
+  if not seen then
+    seen = {}
+    for w = 1, n do seen[written[w]] = true end
+    written.seen = seen
+  end
+  if not seen[member] then
+    seen[member] = true
+    written[n + 1] = member
+  end
+end
+
 -- Run one group (see run_group and write_cache); returns its count of entries.
 local function submit_group(first, last, b)
   local i = first
@@ -165,10 +189,7 @@ local function submit_group(first, last, b)
         local n = #S_INDEX
         S_INDEX[n + 1], S_INDEX[n + 2], S_INDEX[n + 3] = model, seq, id
         S_INDEX[n + 4], S_INDEX[n + 5] = ttl, ttl_text
-        if not written[member] then
-          written[member] = true
-          written[#written + 1] = member
-        end
+        note_written(written, member)
       end
       i = i + 4 + 4 * count
     end

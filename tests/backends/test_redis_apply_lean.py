@@ -98,6 +98,15 @@ CALLS: list[list[list[Command]]] = [
         + _submit("t6", [])
         + _submit("t7", [_w("Fld", "f1", CacheKind.UPDATE, name="z")])
     ],
+    # A transaction of many records, some written twice (past the 16 that
+    # the lean path compares one by one to list them once).
+    [
+        _submit(
+            "t8",
+            [_w("Obs", f"m{i}", CacheKind.CREATE, name=str(i)) for i in range(20)]
+            + [_w("Obs", f"m{i}", CacheKind.UPDATE, n=i) for i in (3, 17, 19)],
+        )
+    ],
     # Falls back (a status already stored): both paths are the general one.
     [_submit("t1", [_w("Obs", "r9", CacheKind.CREATE, name="q")], state="retrying")],
 ]
