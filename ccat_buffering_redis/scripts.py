@@ -29,7 +29,10 @@ other than a ``local`` in functions: each top-level ``local`` is state of one
 call, declared once in the library and assigned afresh at the start of every
 call, in the order written. One exception: the server's time (``NOW``, see
 ``lua/prelude.lua``) starts each call unread, and the library's code reads it
-through ``now()``, which asks the server only if the call needs it.
+through ``now()``, which asks the server only if the call needs it. A
+``local`` whose line ends with ``-- kept across calls`` is made once, at
+load, and kept: a table that each call overwrites (``APPLY``'s tokens) or a
+cache of values that depend on nothing a call brings (``lua/numbers.lua``).
 """
 
 from __future__ import annotations
@@ -199,6 +202,9 @@ _LOCAL = re.compile(r"^local ((?:[A-Za-z_]\w*)(?:, *[A-Za-z_]\w*)*)(?: *= *(.*))
 _PREFIX = "local P = ARGV[1]"
 # The server's time: a library reads it lazily, through now() (see prelude.lua).
 _CLOCK = "local NOW = now_ms()"
+# Ends a top-level ``local`` that a library makes once and keeps from call to
+# call: a cache of values that depend on nothing a call brings (see prelude.lua).
+_KEPT = "-- kept across calls"
 
 
 def _made_of(value: str, names: set[str]) -> bool:
@@ -251,7 +257,9 @@ def library(name: str) -> Library:
     """The script ``name`` as a Redis Function library (see the module's docstring).
 
     A top-level ``local`` whose value is a literal (a number, a table of
-    constants) that nothing assigns to is made once, when the library loads;
+    constants) that nothing assigns to is made once, when the library loads,
+    and so is one whose line ends with ``-- kept across calls`` (a cache of
+    values that depend on nothing a call brings, filled as calls go);
     the site's prefix ``P``, and the values made of it alone (the key names,
     tables of them), are made again only when a call names another site
     than the last.
@@ -280,7 +288,9 @@ def library(name: str) -> Library:
             in_function = not statement.rstrip().endswith(" end")
         elif (found := _LOCAL.match(statement)) is None:
             raise ValueError(f"script {name}: top-level statement {first!r} runs at each call")
-        elif _made_of(found.group(2) or "x", set()) and not _written(found.group(1), text):
+        elif first.endswith(_KEPT) or (
+            _made_of(found.group(2) or "x", set()) and not _written(found.group(1), text)
+        ):
             body.append(statement)
         elif statement == _PREFIX or (
             _made_of(found.group(2) or "x", site_names) and not _written(found.group(1), text)

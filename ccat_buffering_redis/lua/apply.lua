@@ -263,7 +263,9 @@ end
 -- One call: split the frame, check every group, then run those that passed.
 local function apply()
   -- A plain find per token: a pattern ('[^\31]*') costs a step per byte of
-  -- the frame, and most of its bytes are the records' fields.
+  -- the frame, and most of its bytes are the records' fields. A library
+  -- keeps T from call to call (filling a new table costs its growth, step by
+  -- step): the tokens of the last call past this one's are cleared.
   do
     local frame, n, from, find, sub = ARGV[2], 0, 1, string.find, string.sub
     local to = find(frame, '\31', from, true)
@@ -272,6 +274,11 @@ local function apply()
       T[n] = sub(frame, from, to - 1)
       from = to + 1
       to = find(frame, '\31', from, true)
+    end
+    n = n + 1
+    while T[n] ~= nil do
+      T[n] = nil
+      n = n + 1
     end
   end
 

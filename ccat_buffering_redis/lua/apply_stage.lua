@@ -3,7 +3,7 @@
 -- end of the call.
 
 -- The call's tokens (see the frame in apply.lua), read by the operations.
-local T = {}
+local T = {} -- kept across calls
 
 local function with_tx(list, txid)
   if not list or list == '' then return txid end

@@ -10,17 +10,26 @@
 -- runs the call: another operation, a transaction with two statuses or with
 -- records cached without its status, a status already stored (it leaves an
 -- index), a check that finds a problem, a counter Redis refuses (full).
+--
+-- Numbers go to Redis as text made by decimal() (see numbers.lua), and TTLs
+-- as the frame's own tokens: Lua's conversion of a number costs as much as a
+-- command. A new table costs about as much (its allocation and each growth):
+-- the common case, one transaction, makes as few as it can.
+
+-- include: numbers
 
 -- The groups as {first token, last token, first blob, pushes}, the states
 -- the call writes, and the models whose records it caches; nil if the call is
--- not one of submits only.
+-- not one of submits only. A transaction's records are cached after its
+-- status, in its group (as RedisWriteBatch stages them); any other order
+-- takes the general path.
 local function submit_plan()
-  local n = tonumber(T[1])
+  local n = number(T[1])
   if not n then return nil end
-  local plan, status_of, cached, states, models = {}, {}, {}, {}, {}
+  local plan, status_of, states, models = {nil}, {}, {}, {}
   local at, blob, allocates, needs = 2, 3, false, 0
   for g = 1, n do
-    local tokens, blobs = tonumber(T[at]), tonumber(T[at + 1])
+    local tokens, blobs = number(T[at]), number(T[at + 1])
     if not (tokens and blobs) then return nil end
     local i, last, pushes = at + 2, at + 1 + tokens, 0
     while i <= last do
@@ -30,7 +39,7 @@ local function submit_plan()
         i = i + 1
       elseif name == 'status' then
         local txid, state = T[i + 1], T[i + 3]
-        if status_of[txid] or not SEQ_STATES[state] or T[i + 5] ~= '' or not tonumber(T[i + 4]) then
+        if status_of[txid] or not SEQ_STATES[state] or T[i + 5] ~= '' or not number(T[i + 4]) then
           return nil
         end
         status_of[txid] = g
@@ -38,10 +47,11 @@ local function submit_plan()
         needs = needs + 1
         i = i + 7
       elseif name == 'cache' then
-        local count = tonumber(T[i + 3])
-        if not (count and tonumber(T[i + 2])) then return nil end
-        cached[#cached + 1] = T[i + 1]
-        cached[#cached + 1] = g
+        -- The TTL goes to Redis as it came: plain digits only.
+        local count = number(T[i + 3])
+        if not (count and status_of[T[i + 1]] == g and string.find(T[i + 2], '^[1-9]%d*$')) then
+          return nil
+        end
         needs = needs + count
         for j = i + 4, i + 4 * count, 4 do
           if not FLAGS[T[j + 2]] then return nil end
@@ -58,28 +68,40 @@ local function submit_plan()
     at, blob = last + 1, blob + blobs
   end
   if not allocates or at ~= #T + 1 or blob ~= #ARGV + 1 then return nil end
-  for j = 1, #cached, 2 do
-    if status_of[cached[j]] ~= cached[j + 1] then return nil end
-  end
   return plan, status_of, states, models, needs
 end
+
+-- The last bucket listed in each state's list, by state (false: none), read
+-- by the check of its type: a status in that bucket needs no listing.
+local S_LISTED
 
 -- The checks of the general path (check, check_states): whether all pass and
 -- no transaction has a stored status.
 local function submit_checks(plan, status_of, states, models)
   known_unindexed(models)
-  for _, p in ipairs(plan) do
-    if p[4] > 0 then
-      if wrong_type(BUF, 'list') then return false end
+  -- LLEN, ZCARD and ZRANGE refuse a key of any other type than theirs, and
+  -- take a missing one for an empty one, as the checks of TYPE do; they
+  -- answer a number (ZRANGE: the last bucket listed), not a table.
+  for g = 1, #plan do
+    if plan[g][4] > 0 then
+      if type(redis.pcall('LLEN', BUF)) == 'table' then return false end
       break
     end
   end
   for model, _ in pairs(models) do
-    if index_problem(model) then return false end
+    if type(redis.pcall('ZCARD', INDEX .. model)) == 'table' or fields_problem(model) then
+      return false
+    end
   end
   for state, _ in pairs(states) do
-    if wrong_type(STATE .. state, 'zset') then return false end
+    local got = redis.pcall('ZRANGE', STATE .. state, -1, -1)
+    if got['err'] then return false end
+    states[state] = got[1] or false
   end
+  S_LISTED = states
+  local first = next(status_of)
+  if first == nil then return true end
+  if next(status_of, first) == nil then return not redis.call('MGET', STATUS .. first)[1] end
   local keys = {}
   for txid, _ in pairs(status_of) do keys[#keys + 1] = STATUS .. txid end
   for i = 1, #keys, 1000 do
@@ -94,8 +116,32 @@ end
 -- What the groups that ran stage, in flat lists (a group that fails is cut
 -- off them): entries to push; statuses (id, JSON, state, sequence number,
 -- index member); the records each transaction wrote; index entries (model,
--- sequence number, id, TTL).
+-- sequence number, id, TTL, TTL's text).
 local S_PUSH, S_STATUS, S_WRITTEN, S_INDEX
+
+-- Note that a transaction wrote a record, once, in the order first written:
+-- a few are compared one by one (strings compare as references; a table
+-- keyed by them costs more), more than 16 through a table of those seen.
+local function note_written(written, member)
+  local n = #written
+  if n <= 16 then
+    for w = 1, n do
+      if written[w] == member then return end
+    end
+    written[n + 1] = member
+    return
+  end
+  local seen = written.seen
+  if not seen then
+    seen = {}
+    for w = 1, n do seen[written[w]] = true end
+    written.seen = seen
+  end
+  if not seen[member] then
+    seen[member] = true
+    written[n + 1] = member
+  end
+end
 
 -- Run one group (see run_group and write_cache); returns its count of entries.
 local function submit_group(first, last, b)
@@ -112,10 +158,11 @@ local function submit_group(first, last, b)
       S_STATUS[n + 4], S_STATUS[n + 5] = next_seq(), T[i + 6]
       i = i + 7
     elseif name == 'cache' then
-      local txid, ttl, count = T[i + 1], tonumber(T[i + 2]), tonumber(T[i + 3])
+      local txid, ttl_text, count = T[i + 1], T[i + 2], number(T[i + 3])
+      local ttl = number(ttl_text)
       local written = S_WRITTEN[txid]
       if not written then
-        written = {}
+        written = {nil, nil}
         S_WRITTEN[txid] = written
       end
       for j = i + 4, i + 4 * count, 4 do
@@ -127,23 +174,22 @@ local function submit_group(first, last, b)
         -- join_record's text, made in one concatenation.
         local text
         if body == '' then
-          text = '@' .. flags[1] .. flags[2] .. seq .. ':' .. txid
+          text = '@' .. flags[1] .. flags[2] .. decimal(seq) .. ':' .. txid
         else
-          text = '@' .. flags[1] .. flags[2] .. seq .. ':' .. txid .. '\n' .. body
+          text = '@' .. flags[1] .. flags[2] .. decimal(seq) .. ':' .. txid .. '\n' .. body
         end
-        if redis.call('SET', k, text, 'NX', 'PX', ttl) then
-          reindex_fields(model, id, '', body)
+        if redis.call('SET', k, text, 'NX', 'PX', ttl_text) then
+          -- (The checks read every model's registrations: most have none.)
+          if REGISTERED[model] ~= NONE_REGISTERED then reindex_fields(model, id, '', body) end
         else
           local before, after
           before, after, seq = merge_record(k, txid, ttl, kind, body, seq)
           reindex_fields(model, id, before, after)
         end
         local n = #S_INDEX
-        S_INDEX[n + 1], S_INDEX[n + 2], S_INDEX[n + 3], S_INDEX[n + 4] = model, seq, id, ttl
-        if not written[member] then
-          written[member] = true
-          written[#written + 1] = member
-        end
+        S_INDEX[n + 1], S_INDEX[n + 2], S_INDEX[n + 3] = model, seq, id
+        S_INDEX[n + 4], S_INDEX[n + 5] = ttl, ttl_text
+        note_written(written, member)
       end
       i = i + 4 + 4 * count
     end
@@ -155,26 +201,34 @@ local function cut(list, n)
 end
 
 -- The state index entries of the new statuses (see state_add): one ZADD
--- per bucket and one listing the buckets of each state.
+-- per bucket, and one that lists it in its state's list.
 local function submit_states()
   if #S_STATUS == 5 then
     local state, seq = S_STATUS[3], S_STATUS[4]
-    local b = math.floor(seq / BUCKET)
-    redis.pcall('ZADD', state_bucket(state, b), seq - b * BUCKET, S_STATUS[5])
-    redis.call('ZADD', STATE .. state, 'NX', b, b)
+    local place = seq % BUCKET
+    local b = decimal((seq - place) / BUCKET)
+    redis.pcall('ZADD', state_bucket(state, b), decimal(place), S_STATUS[5])
+    if S_LISTED[state] ~= b then redis.call('ZADD', STATE .. state, 'NX', b, b) end
     return
   end
-  local by_state = {}
+  local buckets = {}
   for j = 1, #S_STATUS, 5 do
-    local pairs_ = by_state[S_STATUS[j + 2]]
-    if not pairs_ then
-      pairs_ = {}
-      by_state[S_STATUS[j + 2]] = pairs_
+    local state, seq = S_STATUS[j + 2], S_STATUS[j + 3]
+    local place = seq % BUCKET
+    local b = decimal((seq - place) / BUCKET)
+    local key = state_bucket(state, b)
+    local entries = buckets[key]
+    if not entries then
+      entries = {state = state, b = b}
+      buckets[key] = entries
     end
-    pairs_[#pairs_ + 1] = S_STATUS[j + 3]
-    pairs_[#pairs_ + 1] = S_STATUS[j + 4]
+    entries[#entries + 1] = decimal(place)
+    entries[#entries + 1] = S_STATUS[j + 4]
   end
-  for state, pairs_ in pairs(by_state) do state_add(state, pairs_) end
+  for key, e in pairs(buckets) do
+    redis.pcall('ZADD', key, unpack(e))
+    if S_LISTED[e.state] ~= e.b then redis.call('ZADD', STATE .. e.state, 'NX', e.b, e.b) end
+  end
 end
 
 -- The model index entries of the records written (see flush_indexes,
@@ -184,30 +238,39 @@ end
 -- after the ZADD that makes it, tells which: only a new bucket gets its
 -- expiry there, and is listed.
 local function submit_indexes()
-  local buckets, ttls = {}, {}
-  for j = 1, #S_INDEX, 4 do
-    local model, seq, id, ttl = S_INDEX[j], S_INDEX[j + 1], S_INDEX[j + 2], S_INDEX[j + 3]
-    local b = math.floor(seq / BUCKET)
+  -- The entries by bucket key; each model's first bucket also holds the
+  -- model's longest TTL and whether any of its buckets lasts longer now.
+  local buckets, first = {}, {}
+  for j = 1, #S_INDEX, 5 do
+    local model, seq, id, ttl, text = S_INDEX[j], S_INDEX[j + 1], S_INDEX[j + 2], S_INDEX[j + 3],
+      S_INDEX[j + 4]
+    local place = seq % BUCKET
+    local b = decimal((seq - place) / BUCKET)
     local key = bucket_key(model, b)
-    local entries = buckets[key]
-    if not entries then
-      entries = {model = model, b = b, ttl = ttl}
-      buckets[key] = entries
-    elseif entries.ttl < ttl then
-      entries.ttl = ttl
+    local e = buckets[key]
+    if not e then
+      e = {decimal(place), id, model = model, b = b, ttl = ttl, text = text,
+        model_ttl = ttl, model_text = text, longer = false}
+      buckets[key] = e
+    else
+      if e.ttl < ttl then e.ttl, e.text = ttl, text end
+      e[#e + 1] = decimal(place)
+      e[#e + 1] = id
     end
-    entries[#entries + 1] = seq - b * BUCKET
-    entries[#entries + 1] = id
-    if (ttls[model] or 0) < ttl then ttls[model] = ttl end
+    local m = first[model]
+    if not m then
+      first[model] = e
+    elseif m.model_ttl < ttl then
+      m.model_ttl, m.model_text = ttl, text
+    end
   end
-  local longer = {}
   for key, e in pairs(buckets) do
-    local moved = redis.call('PEXPIRE', key, e.ttl, 'GT') == 1
+    local moved = redis.call('PEXPIRE', key, e.text, 'GT') == 1
     redis.pcall('ZADD', key, 'NX', unpack(e))
     if moved then
-      longer[e.model] = true
-    elseif redis.call('PEXPIRE', key, e.ttl, 'NX') == 1 then
-      longer[e.model] = true
+      first[e.model].longer = true
+    elseif redis.call('PEXPIRE', key, e.text, 'NX') == 1 then
+      first[e.model].longer = true
       redis.call('ZADD', INDEX .. e.model, 'NX', e.b, e.b)
     end
   end
@@ -215,8 +278,8 @@ local function submit_indexes()
   -- A model whose buckets all last as long already needs no extension: its
   -- index and field index outlive them (each call that extends a bucket
   -- extends them too, as far as its longest TTL for the model).
-  for model, ttl in pairs(ttls) do
-    if longer[model] then extend_indexes(model, ttl) end
+  for model, m in pairs(first) do
+    if m.longer then extend_indexes(model, m.model_text) end
   end
 end
 
@@ -226,12 +289,15 @@ local function apply_submits()
   local plan, status_of, states, models, needs = submit_plan()
   if not plan or not submit_checks(plan, status_of, states, models) then return nil end
   SEQ_BUDGET = math.max(needs, 1)
-  local got = redis.pcall('INCRBY', SEQ, SEQ_BUDGET)
+  local got = redis.pcall('INCRBY', SEQ, decimal(SEQ_BUDGET))
   if type(got) == 'table' then return nil end
   SEQ_NEXT, SEQ_LEFT = got - SEQ_BUDGET, SEQ_BUDGET
-  S_PUSH, S_STATUS, S_WRITTEN, S_INDEX = {}, {}, {}, {}
-  local results = {}
-  for g, p in ipairs(plan) do
+  -- Room for one transaction of two records, made at once rather than grown.
+  S_PUSH, S_STATUS, S_WRITTEN = {nil}, {nil, nil, nil, nil, nil}, {}
+  S_INDEX = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
+  local results = {nil}
+  for g = 1, #plan do
+    local p = plan[g]
     local pushes, statuses, index = #S_PUSH, #S_STATUS, #S_INDEX
     local ok, err = pcall(submit_group, p[1], p[2], p[3])
     if ok then
@@ -246,11 +312,28 @@ local function apply_submits()
   end
   -- The writes of flush_pushes, flush_statuses (a new status, never stored
   -- before: no index to leave), flush_indexes and after, in their order.
-  in_slices({'LPUSH', BUF}, S_PUSH)
+  if #S_PUSH <= 1000 then
+    if #S_PUSH > 0 then redis.call('LPUSH', BUF, unpack(S_PUSH)) end
+  else
+    in_slices({'LPUSH', BUF}, S_PUSH)
+  end
+  if #S_STATUS == 5 then
+    local txid = S_STATUS[1]
+    local written = S_WRITTEN[txid]
+    if written and #written > 0 then
+      redis.call('MSET', STATUS .. txid,
+        decimal(S_STATUS[4]) .. S_STATUS[2] .. '\n' .. table.concat(written, ' '))
+    else
+      redis.call('MSET', STATUS .. txid, decimal(S_STATUS[4]) .. S_STATUS[2])
+    end
+    submit_states()
+    submit_indexes()
+    return results
+  end
   local plain = {}
   for j = 1, #S_STATUS, 5 do
     local txid, seq = S_STATUS[j], S_STATUS[j + 3]
-    local value = seq .. S_STATUS[j + 1]
+    local value = decimal(seq) .. S_STATUS[j + 1]
     local written = S_WRITTEN[txid]
     if written and #written > 0 then value = value .. '\n' .. table.concat(written, ' ') end
     plain[#plain + 1] = STATUS .. txid

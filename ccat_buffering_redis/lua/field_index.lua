@@ -29,6 +29,8 @@ end
 
 -- Models whose field index does not exist, found with one EXISTS for them
 -- all: most models have none, and each read of the registrations is a call.
+-- They share one empty table of registrations, never written to.
+local NONE_REGISTERED = {} -- kept across calls
 local function known_unindexed(models)
   local keys = {}
   for model, _ in pairs(models) do
@@ -36,7 +38,7 @@ local function known_unindexed(models)
   end
   if #keys == 0 or #keys > 1000 then return end
   if redis.call('EXISTS', unpack(keys)) == 0 then
-    for model, _ in pairs(models) do REGISTERED[model] = REGISTERED[model] or {} end
+    for model, _ in pairs(models) do REGISTERED[model] = REGISTERED[model] or NONE_REGISTERED end
   end
 end
 
@@ -65,6 +67,7 @@ end
 -- the addition it undoes.
 local FIELD_ADD = {}
 local function flush_fields()
+  if next(FIELD_ADD) == nil then return end
   for model, list in pairs(FIELD_ADD) do in_slices({'ZADD', FIELDS .. model}, list) end
   FIELD_ADD = {}
 end

@@ -98,6 +98,15 @@ CALLS: list[list[list[Command]]] = [
         + _submit("t6", [])
         + _submit("t7", [_w("Fld", "f1", CacheKind.UPDATE, name="z")])
     ],
+    # A transaction of many records, some written twice (past the 16 that
+    # the lean path compares one by one to list them once).
+    [
+        _submit(
+            "t8",
+            [_w("Obs", f"m{i}", CacheKind.CREATE, name=str(i)) for i in range(20)]
+            + [_w("Obs", f"m{i}", CacheKind.UPDATE, n=i) for i in (3, 17, 19)],
+        )
+    ],
     # Falls back (a status already stored): both paths are the general one.
     [_submit("t1", [_w("Obs", "r9", CacheKind.CREATE, name="q")], state="retrying")],
 ]
@@ -114,6 +123,8 @@ async def _dump(client: aioredis.Redis, keys: SiteKeys) -> dict[str, Any]:
             value = await client.lrange(key, 0, -1)
         elif kind == "zset":
             value = await client.zrange(key, 0, -1, withscores=True)
+        elif kind == "set":
+            value = await client.smembers(key)
         else:
             value = await client.hgetall(key)
         out[key[len(keys.prefix) :]] = (kind, value, await client.pttl(key))
@@ -125,9 +136,26 @@ def _close(lean: int, general: int) -> bool:
     return lean == general or (lean > 0 and general > 0 and abs(lean - general) < 5000)
 
 
+@pytest.mark.parametrize(
+    ("counter", "listed"),
+    [(None, None), (999_990, None), (1_000_055, None), (None, 7)],
+    ids=["new-site", "past-a-million", "next-bucket", "later-bucket-listed"],
+)
 async def test_the_lean_path_writes_what_the_general_path_writes(
-    redis_client: aioredis.Redis, sites: dict[str, SiteKeys]
+    redis_client: aioredis.Redis,
+    sites: dict[str, SiteKeys],
+    counter: int | None,
+    listed: int | None,
 ) -> None:
+    # Past a million, sequence numbers cross the thousands that decimal()
+    # keeps (numbers.lua); then a bucket boundary (128), within the calls.
+    # The lean path lists a status's bucket unless its state's list ends
+    # with it: a list that ends with another bucket still gets it.
+    for keys in sites.values():
+        if counter is not None:
+            await redis_client.set(keys.seq, counter)
+        if listed is not None:
+            await redis_client.zadd(keys.state("buffered"), {str(listed): listed})
     # A field index on one model: the writes must move its entries the same way.
     for keys in sites.values():
         await redis_client.zadd(keys.prefix + "fields:Fld", {"\x00name": 0})
@@ -142,3 +170,85 @@ async def test_the_lean_path_writes_what_the_general_path_writes(
     assert {k: v[:2] for k, v in lean.items()} == {k: v[:2] for k, v in general.items()}
     assert all(_close(lean[k][2], general[k][2]) for k in lean), (lean, general)
     assert "index:Fld" in lean and "transaction:t7" in lean  # it wrote what it should
+
+
+# Every number around decimal()'s boundaries whose text differs from Lua's.
+_DECIMAL_CHECK = """
+local bad = {}
+for _, base in ipairs({0, 1000, 999000, 1000000, 123456789, 999999999000, 2 ^ 40}) do
+  for n = math.max(base - 1100, 0), base + 1100 do
+    if decimal(n) ~= tostring(n) then bad[#bad + 1] = tostring(n) .. '=' .. decimal(n) end
+  end
+end
+for k = 1, 300 do  -- more thousands than it keeps at once
+  local n = k * 1000 + 7
+  if decimal(n) ~= tostring(n) or decimal(n + 1) ~= tostring(n + 1) then bad[#bad + 1] = n end
+end
+for _, n in ipairs({128, 1023, 99999, 100000, 1048575, 4503599627370495}) do
+  if decimal(n) ~= string.format('%d', n) then bad[#bad + 1] = string.format('%d', n) end
+end
+return bad
+"""
+
+
+async def test_decimal_text_is_luas_own(redis_client: aioredis.Redis) -> None:
+    """``decimal()`` (numbers.lua) gives the text Lua gives, around every boundary it has."""
+    lua = scripts._fragment("numbers") + _DECIMAL_CHECK
+    assert await redis_client.eval(lua, 0) == []
+
+
+@pytest.mark.parametrize(
+    ("suffix", "kind"),
+    [
+        ("transaction_buffer", "string"),
+        ("state:buffered", "set"),
+        ("state:buffered", "hash"),
+        ("index:Obs", "set"),
+        ("fields:Obs", "list"),
+    ],
+)
+async def test_a_key_of_another_type_is_refused_alike(
+    redis_client: aioredis.Redis, sites: dict[str, SiteKeys], suffix: str, kind: str
+) -> None:
+    """The lean path's checks refuse what the general path's refuse, and nothing is written."""
+    for keys in sites.values():
+        key = keys.prefix + suffix
+        if kind == "string":
+            await redis_client.set(key, "x")
+        elif kind == "set":
+            await redis_client.sadd(key, "x")
+        elif kind == "hash":
+            await redis_client.hset(key, "x", "y")
+        else:
+            await redis_client.rpush(key, "x")
+    groups = [_submit("t1", [_w("Obs", "r1", CacheKind.CREATE, name="a")])]
+    replies = []
+    for function, keys in sites.items():
+        got = await redis_client.fcall(function, 1, keys.buffer, keys.prefix, *frame(groups))
+        replies.append([r.decode().replace(keys.prefix, "") for r in got])
+    assert replies[0] == replies[1] and str(replies[0][0]).startswith("error: "), replies
+    lean, general = [await _dump(redis_client, keys) for keys in sites.values()]
+    assert lean == general and len(lean) == 1, lean
+
+
+# Every text whose number() differs from tonumber() (nan is itself, though
+# unequal), read twice (the second time from what number() keeps), past the
+# 256 texts it keeps.
+_NUMBER_CHECK = """
+local texts = {'0', '1', '20', '3600000', '', 'x', '1e3', ' 5', '0x10', '-1', '1.5', 'nan'}
+for i = 1, 400 do texts[#texts + 1] = tostring(i * 7) end
+local bad = {}
+for _ = 1, 2 do
+  for _, text in ipairs(texts) do
+    local got, want = number(text), tonumber(text)
+    if got ~= want and not (got ~= got and want ~= want) then bad[#bad + 1] = text end
+  end
+end
+return bad
+"""
+
+
+async def test_number_reads_a_token_as_tonumber_does(redis_client: aioredis.Redis) -> None:
+    """``number()`` (numbers.lua) gives what ``tonumber()`` gives, kept or not."""
+    lua = scripts._fragment("numbers") + _NUMBER_CHECK
+    assert await redis_client.eval(lua, 0) == []
