@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from servers import ServiceMissing
@@ -76,3 +76,29 @@ async def forget_site(client: object, pattern: str) -> None:
     keys = [k async for k in client.scan_iter(match=pattern, count=1000)]  # type: ignore[attr-defined]
     for start in range(0, len(keys), 500):
         await client.delete(*keys[start : start + 500])  # type: ignore[attr-defined]
+
+
+async def site_dump(
+    client: object, prefix: str, pattern: str
+) -> dict[str, tuple[str, object, int]]:
+    """Every key of a test's site: its name after ``prefix``, its type, value and PTTL.
+
+    For tests that compare what two ways of writing left behind, key by key.
+    """
+    c: Any = client
+    out: dict[str, tuple[str, object, int]] = {}
+    async for raw in c.scan_iter(match=pattern, count=1000):
+        key = raw.decode()
+        kind = (await c.type(key)).decode()
+        if kind == "string":
+            value: object = await c.get(key)
+        elif kind == "list":
+            value = await c.lrange(key, 0, -1)
+        elif kind == "zset":
+            value = await c.zrange(key, 0, -1, withscores=True)
+        elif kind == "set":
+            value = await c.smembers(key)
+        else:
+            value = await c.hgetall(key)
+        out[key[len(prefix) :]] = (kind, value, await c.pttl(key))
+    return out

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from services import forget_site
+from services import forget_site, site_dump
 
 from ccat_buffering.buffer.protocols import CacheKind, CacheWrite
 from ccat_buffering.testing import new_site_name
@@ -113,22 +113,7 @@ CALLS: list[list[list[Command]]] = [
 
 
 async def _dump(client: aioredis.Redis, keys: SiteKeys) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    async for raw in client.scan_iter(match=keys.pattern(), count=1000):
-        key = raw.decode()
-        kind = (await client.type(key)).decode()
-        if kind == "string":
-            value: Any = await client.get(key)
-        elif kind == "list":
-            value = await client.lrange(key, 0, -1)
-        elif kind == "zset":
-            value = await client.zrange(key, 0, -1, withscores=True)
-        elif kind == "set":
-            value = await client.smembers(key)
-        else:
-            value = await client.hgetall(key)
-        out[key[len(keys.prefix) :]] = (kind, value, await client.pttl(key))
-    return out
+    return await site_dump(client, keys.prefix, keys.pattern())
 
 
 def _close(lean: int, general: int) -> bool:

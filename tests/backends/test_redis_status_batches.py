@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from services import forget_site
+from services import forget_site, site_dump
 
 from ccat_buffering.buffer.manager import TransactionManager
 from ccat_buffering.buffer.protocols import (
@@ -72,21 +72,7 @@ async def pair(redis_client: aioredis.Redis) -> AsyncIterator[tuple[RedisBackend
 
 
 async def _dump(client: aioredis.Redis, backend: RedisBackend) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    prefix = backend.keys.prefix
-    async for raw in client.scan_iter(match=backend.keys.pattern(), count=1000):
-        key = raw.decode()
-        kind = (await client.type(key)).decode()
-        if kind == "string":
-            value: Any = await client.get(key)
-        elif kind == "list":
-            value = await client.lrange(key, 0, -1)
-        elif kind == "zset":
-            value = await client.zrange(key, 0, -1, withscores=True)
-        else:
-            value = await client.hgetall(key)
-        out[key[len(prefix) :]] = (kind, value, await client.pttl(key))
-    return out
+    return await site_dump(client, backend.keys.prefix, backend.keys.pattern())
 
 
 def _same_ttl(a: int, b: int) -> bool:
