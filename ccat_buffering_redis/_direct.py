@@ -44,10 +44,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
-from redis.asyncio import Redis
 from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
-from redis.asyncio.connection import AbstractConnection, Connection
 from redis._parsers.socket import SERVER_CLOSED_CONNECTION_ERROR
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection, Connection
 from redis.utils import check_protocol_version
 
 if TYPE_CHECKING:
@@ -161,15 +161,16 @@ class DirectCall:
         if task is None:  # no task to cancel at the deadline: as before
             return await _read(conn)
         watch = self._watchdog.watch(task, timeout)
-        conn._active_read_timeout = watch  # type: ignore[attr-defined]
+        conn._active_read_timeout = watch  # type: ignore[assignment]
         try:
             if not parser._connected:
                 raise redis.exceptions.ConnectionError(SERVER_CLOSED_CONNECTION_ERROR)
-            reader = parser._reader
+            reader: Any = parser._reader
+            stream: Any = parser._stream
             while True:
                 reply = reader.gets()
                 while reply is NOT_ENOUGH_DATA:
-                    data = await parser._stream.read(parser._read_size)
+                    data = await stream.read(parser._read_size)
                     if not data:
                         raise redis.exceptions.ConnectionError(SERVER_CLOSED_CONNECTION_ERROR)
                     reader.feed(data)
@@ -192,7 +193,7 @@ class DirectCall:
                 raise reply[0]
         except BaseException as exc:
             self._watchdog.done(task)
-            conn._active_read_timeout = None  # type: ignore[attr-defined]
+            conn._active_read_timeout = None
             await conn.disconnect(nowait=True)
             if (
                 isinstance(exc, asyncio.CancelledError)
@@ -207,7 +208,7 @@ class DirectCall:
             raise
         # Not expired: the watchdog cancels a task only while it waits for the reply.
         self._watchdog.done(task)
-        conn._active_read_timeout = None  # type: ignore[attr-defined]
+        conn._active_read_timeout = None
         if conn.health_check_interval:
             conn.next_health_check = asyncio.get_running_loop().time() + conn.health_check_interval
         if isinstance(reply, redis.exceptions.ResponseError):
