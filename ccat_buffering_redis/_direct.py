@@ -39,9 +39,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
+from redis._parsers.socket import SERVER_CLOSED_CONNECTION_ERROR
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.utils import check_protocol_version
@@ -55,6 +59,8 @@ log = logging.getLogger(__name__)
 
 KEEP_SECONDS = 0.005
 """How long, at most, a connection is kept out of the pool between calls."""
+
+_RESOLUTION = time.get_clock_info("monotonic").resolution
 
 
 def direct_call(client: Redis | RedisCluster) -> DirectCall | None:
@@ -94,6 +100,7 @@ class DirectCall:
         self._kept: list[AbstractConnection] = []
         self._giving_back: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._watchdog = Watchdog()
 
     async def __call__(self, *args: str | bytes | int) -> Any:
         """Send ``args`` as one command; its reply.
@@ -108,12 +115,104 @@ class DirectCall:
             if conn.health_check_interval:
                 await conn.check_health()
             encoder = conn.encoder
-            await _send(conn, pack(args, encoder.encoding, encoder.encoding_errors))
-            reply = await _read(conn)
+            packed = pack(args, encoder.encoding, encoder.encoding_errors)
+            writer = conn._writer
+            if type(writer) is asyncio.StreamWriter:
+                # One write, no task: only a write the socket did not take whole waits.
+                try:
+                    writer.write(packed)
+                except OSError as exc:
+                    # As ``send_packed_command``: half a command is never followed by another.
+                    await conn.disconnect(nowait=True)
+                    raise redis.exceptions.ConnectionError(
+                        f"Error while writing to socket: {exc}"
+                    ) from exc
+                if writer.transport.get_write_buffer_size():
+                    await _drain(conn, writer)
+            else:
+                # Closed since (the client closed, a failover: it connects again), or
+                # not a socket (fakeredis): as redis-py sends.
+                await conn.send_packed_command(packed, check_health=False)
+            parser = conn._parser
+            if (
+                type(parser) is _AsyncHiredisParser
+                and type(conn).read_response is Connection.read_response
+                and conn.socket_timeout is not None
+            ):
+                reply = await self._read(conn, parser, conn.socket_timeout)
+            else:
+                reply = await _read(conn)
         except BaseException:
             await self.pool.release(conn)
             raise
         self._keep(conn)
+        return reply
+
+    async def _read(
+        self, conn: AbstractConnection, parser: _AsyncHiredisParser, timeout: float
+    ) -> Any:
+        """The reply, read with the parser's hiredis reader, bounded by the watchdog.
+
+        What ``conn.read_response()`` does (RESP2 or RESP3), without its three
+        coroutine layers; the ``socket_timeout`` kept by :class:`Watchdog`
+        rather than an ``asyncio.timeout`` (a timer made and cancelled per call).
+        """
+        task = asyncio.current_task()
+        if task is None:  # no task to cancel at the deadline: as before
+            return await _read(conn)
+        watch = self._watchdog.watch(task, timeout)
+        conn._active_read_timeout = watch  # type: ignore[assignment]
+        try:
+            if not parser._connected:
+                raise redis.exceptions.ConnectionError(SERVER_CLOSED_CONNECTION_ERROR)
+            reader: Any = parser._reader
+            stream: Any = parser._stream
+            while True:
+                reply = reader.gets()
+                while reply is NOT_ENOUGH_DATA:
+                    data = await stream.read(parser._read_size)
+                    if not data:
+                        raise redis.exceptions.ConnectionError(SERVER_CLOSED_CONNECTION_ERROR)
+                    reader.feed(data)
+                    reply = reader.gets()
+                push = parser._hiredis_PushNotificationType
+                if push is None or not isinstance(reply, push):
+                    break
+                # RESP3: a push (an invalidation, a maintenance notice) before
+                # the reply goes to its handler, as the parser's read_response does.
+                await parser.handle_push_response(reply)
+            # As the parser: a ConnectionError in the reply (LOADING, ...) raises, and
+            # closes the connection.
+            if isinstance(reply, redis.exceptions.ConnectionError):
+                raise reply
+            if (
+                type(reply) is list
+                and reply
+                and isinstance(reply[0], redis.exceptions.ConnectionError)
+            ):
+                raise reply[0]
+        except BaseException as exc:
+            self._watchdog.done(task)
+            conn._active_read_timeout = None
+            await conn.disconnect(nowait=True)
+            if (
+                isinstance(exc, asyncio.CancelledError)
+                and watch.expired
+                and task.uncancel() <= watch.cancelling
+            ):
+                raise redis.exceptions.TimeoutError("Timeout reading from socket") from None
+            if isinstance(exc, OSError):
+                raise redis.exceptions.ConnectionError(
+                    f"Error while reading from socket: {exc.args}"
+                ) from exc
+            raise
+        # Not expired: the watchdog cancels a task only while it waits for the reply.
+        self._watchdog.done(task)
+        conn._active_read_timeout = None
+        if conn.health_check_interval:
+            conn.next_health_check = asyncio.get_running_loop().time() + conn.health_check_interval
+        if isinstance(reply, redis.exceptions.ResponseError):
+            raise reply from None
         return reply
 
     def _keep(self, conn: AbstractConnection) -> None:
@@ -142,6 +241,100 @@ class DirectCall:
             await self.pool.release(conn)
         except Exception:  # a pool closed or reset meanwhile: nothing left to give back to
             log.debug("could not give a connection back to its pool", exc_info=True)
+
+
+class Watchdog:
+    """Bounds the reads in flight by one timer, instead of a timer per read.
+
+    ``asyncio.timeout`` makes a timer and cancels it on every read; the
+    reads of the write path follow each other without pause, so one timer,
+    set for the earliest deadline and set again only when it fires, bounds
+    them all. When a read's deadline passes, its task is cancelled, as
+    ``asyncio.timeout`` does, and the read raises ``TimeoutError``.
+    """
+
+    __slots__ = ("_handle", "_loop", "_reads")
+
+    def __init__(self) -> None:
+        self._reads: dict[asyncio.Task[Any], Watch] = {}
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def watch(self, task: asyncio.Task[Any], timeout: float) -> Watch:
+        """Watch ``task``'s read for ``timeout`` seconds; :meth:`done` ends it."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # Another event loop (a test's, a program's next asyncio.run()):
+            # what was watched on the old one is gone with it.
+            if self._handle is not None:
+                self._handle.cancel()
+                self._handle = None
+            self._reads = {}
+            self._loop = loop
+        watch = Watch(self, task, loop.time() + timeout)
+        self._reads[task] = watch
+        if self._handle is None:
+            self._handle = loop.call_at(watch.deadline, self._expire)
+        return watch
+
+    def done(self, task: asyncio.Task[Any]) -> None:
+        """Stop watching ``task``'s read."""
+        self._reads.pop(task, None)
+
+    def moved(self, deadline: float) -> None:
+        """A watched read's deadline moved to ``deadline``: fire by then."""
+        if self._loop is None:
+            return
+        if self._handle is not None:
+            if self._handle.when() <= deadline:
+                return
+            self._handle.cancel()
+        self._handle = self._loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._handle = None
+        loop = self._loop
+        assert loop is not None
+        now = loop.time() + _RESOLUTION
+        following = math.inf
+        for task, watch in self._reads.items():
+            if watch.expired:
+                continue
+            if watch.deadline <= now:
+                watch.expired = True
+                task.cancel()
+            elif watch.deadline < following:
+                following = watch.deadline
+        if following != math.inf:
+            self._handle = loop.call_at(following, self._expire)
+
+
+class Watch:
+    """One read that a :class:`Watchdog` bounds.
+
+    Also what redis-py finds as a connection's active read timeout
+    (``_active_read_timeout``): its maintenance notifications move the
+    deadline of a read in flight with :meth:`reschedule`, as they move an
+    ``asyncio.timeout``'s.
+    """
+
+    __slots__ = ("cancelling", "deadline", "expired", "task", "watchdog")
+
+    def __init__(self, watchdog: Watchdog, task: asyncio.Task[Any], deadline: float) -> None:
+        self.watchdog = watchdog
+        self.task = task
+        self.deadline = deadline
+        self.cancelling = task.cancelling()
+        """The task's cancel requests before the read: more after it are not ours."""
+        self.expired = False
+
+    def reschedule(self, when: float | None) -> None:
+        """Move the deadline to loop time ``when``; ``None``: no deadline."""
+        if self.expired:
+            return
+        self.deadline = math.inf if when is None else when
+        if when is not None:
+            self.watchdog.moved(when)
 
 
 async def _read(conn: AbstractConnection) -> Any:
@@ -181,24 +374,12 @@ async def _read(conn: AbstractConnection) -> Any:
     return reply
 
 
-async def _send(conn: AbstractConnection, packed: bytes) -> None:
-    """Write ``packed`` to ``conn``'s socket; wait, bounded, only if its buffer is full.
-
-    As ``send_packed_command`` does, a failed or cancelled write closes the
-    connection: half a command must never be followed by another.
-    """
-    writer = getattr(conn, "_writer", None)
-    if not isinstance(writer, asyncio.StreamWriter):
-        # Closed since (the client closed, a failover: it connects again), or
-        # not a socket (fakeredis): as redis-py sends.
-        await conn.send_packed_command(packed, check_health=False)
-        return
+async def _drain(conn: AbstractConnection, writer: asyncio.StreamWriter) -> None:
+    """Wait, under the ``socket_timeout``, until the socket took what it did not at once."""
     try:
-        writer.write(packed)
-        if writer.transport.get_write_buffer_size():
-            # The socket did not take it all: drain() waits while over the high-water mark.
-            async with asyncio.timeout(conn.socket_timeout):
-                await writer.drain()
+        async with asyncio.timeout(conn.socket_timeout):
+            # drain() waits while over the high-water mark.
+            await writer.drain()
     except TimeoutError:
         await conn.disconnect(nowait=True)
         raise redis.exceptions.TimeoutError("Timeout writing to socket") from None

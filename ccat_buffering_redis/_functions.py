@@ -84,6 +84,10 @@ class FunctionCall:
         """
         if self.usable:
             try:
+                if self._direct is not None:  # _fcall's first branch, one coroutine fewer
+                    return await self._direct(
+                        "FCALL", self.library.function, len(keys), *keys, *args
+                    )
                 return await self._fcall(keys, args)
             except redis.exceptions.OutOfMemoryError:
                 pass  # refused whole before it ran: the script sorts out what may still apply

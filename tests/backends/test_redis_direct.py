@@ -17,7 +17,7 @@ import redis.exceptions
 from redis.asyncio.connection import Connection
 from services import REDIS_URL
 
-from ccat_buffering_redis._direct import KEEP_SECONDS, DirectCall, direct_call, pack
+from ccat_buffering_redis._direct import KEEP_SECONDS, DirectCall, Watch, direct_call, pack
 
 
 async def _until(condition: object, what: str, seconds: float = 2.0) -> None:
@@ -150,5 +150,173 @@ async def test_a_connection_s_own_read_response_is_kept() -> None:
         before = _CountingConnection.reads
         assert await call("PING") == b"PONG"
         assert _CountingConnection.reads == before + 1
+    finally:
+        await client.aclose()
+
+
+async def _read_response(client: aioredis.Redis, *args: object) -> object:
+    """``args``' reply as redis-py's ``read_response`` gives it (no response callbacks)."""
+    conn = await client.connection_pool.get_connection()
+    try:
+        await conn.send_command(*args)
+        return await conn.read_response()
+    finally:
+        await client.connection_pool.release(conn)
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_the_lean_read_gives_what_read_response_gives(protocol: int) -> None:
+    """The reply read from the hiredis reader equals redis-py's, for both protocols."""
+    client = aioredis.Redis.from_url(REDIS_URL, protocol=protocol, socket_timeout=5)
+    key = f"test-direct-{uuid.uuid4()}"
+    call = DirectCall(client)
+    lean = 0
+    read = call._read
+
+    async def counted(*args: object) -> object:
+        nonlocal lean
+        lean += 1
+        return await read(*args)  # type: ignore[arg-type]
+
+    call._read = counted  # type: ignore[method-assign]
+    try:
+        await client.hset(key, mapping={"a": "1", "b": "é"})
+        for command in (
+            ("HGETALL", key),
+            ("HGET", key, "b"),
+            ("HGET", key, "missing"),
+            ("EVAL", "return {1, 'x', {2, false}}", 0),
+            ("PING",),
+        ):
+            assert await call(*command) == await _read_response(client, *command), command
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            await call("LPUSH", key, "x")
+        assert lean == 6, "the lean read was taken"
+    finally:
+        await client.delete(key)
+        await client.aclose()
+
+
+async def test_a_push_before_the_reply_goes_to_its_handler() -> None:
+    """RESP3: an invalidation pushed on the connection is not taken for the reply."""
+    client = aioredis.Redis.from_url(REDIS_URL, protocol=3, single_connection_client=False)
+    other = aioredis.Redis.from_url(REDIS_URL)
+    key = f"test-direct-{uuid.uuid4()}"
+    call = DirectCall(client)
+    try:
+        await client.set(key, "1")
+        assert await call("CLIENT", "TRACKING", "ON") == b"OK"
+        assert await call("GET", key) == b"1"  # the kept connection tracks the key now
+        await other.set(key, "2")  # Redis pushes an invalidation on that connection
+        await asyncio.sleep(0.001)
+        assert await call("PING") == b"PONG"
+        assert await call("GET", key) == b"2"
+    finally:
+        await other.delete(key)
+        await other.aclose()
+        await client.aclose()
+
+
+async def test_reads_one_after_another_past_the_timeout_do_not_time_out() -> None:
+    """One timer for every read: it fires at the first deadline and finds later ones alive."""
+    client = aioredis.Redis.from_url(REDIS_URL, socket_timeout=0.3)
+    call = DirectCall(client)
+    try:
+        began = time.monotonic()
+        while time.monotonic() - began < 1.2:  # the timer fires four times at least
+            assert await call("PING") == b"PONG"
+    finally:
+        await client.aclose()
+
+
+async def test_each_read_times_out_at_its_own_deadline() -> None:
+    client = aioredis.Redis.from_url(REDIS_URL, socket_timeout=0.4)
+    key = f"test-direct-{uuid.uuid4()}"
+    call = DirectCall(client)
+    ended: dict[str, float] = {}
+
+    async def hang(name: str) -> None:
+        with pytest.raises(redis.exceptions.TimeoutError):
+            await call("BLPOP", key, 5)
+        ended[name] = time.monotonic()
+
+    try:
+        began = time.monotonic()
+        first = asyncio.ensure_future(hang("first"))
+        await asyncio.sleep(0.3)
+        second = asyncio.ensure_future(hang("second"))
+        assert await call("PING") == b"PONG"  # a read between them ends in time
+        await asyncio.gather(first, second)
+        assert 0.35 < ended["first"] - began < 2
+        assert ended["second"] - ended["first"] > 0.15, "the second had its own, later deadline"
+        assert await call("PING") == b"PONG"
+    finally:
+        await client.aclose()
+
+
+def _reading(conn: object) -> bool:
+    # The connection's handshake reads under redis-py's own timeout first.
+    return isinstance(getattr(conn, "_active_read_timeout", None), Watch)
+
+
+async def test_a_moved_deadline_is_kept() -> None:
+    """redis-py's maintenance notices move a read's deadline: later, or sooner."""
+    client = aioredis.Redis.from_url(REDIS_URL, socket_timeout=1)
+    key = f"test-direct-{uuid.uuid4()}"
+    call = DirectCall(client)
+    loop = asyncio.get_running_loop()
+    try:
+        task = asyncio.ensure_future(call("BLPOP", key, "1.5"))
+        await _until(lambda: _in_use(client) == 1, "the BLPOP is sent")
+        (conn,) = client.connection_pool._in_use_connections
+        await _until(lambda: _reading(conn), "the reply is awaited")
+        conn._active_read_timeout.reschedule(loop.time() + 4)  # type: ignore[attr-defined]
+        assert await task is None, "BLPOP's own timeout (1.5 s) came first"
+
+        slow = aioredis.Redis.from_url(REDIS_URL, socket_timeout=2)
+        call = DirectCall(slow)
+        began = time.monotonic()
+        task = asyncio.ensure_future(call("BLPOP", key, 5))
+        await _until(lambda: _in_use(slow) == 1, "the BLPOP is sent")
+        (conn,) = slow.connection_pool._in_use_connections
+        await _until(lambda: _reading(conn), "the reply is awaited")
+        conn._active_read_timeout.reschedule(loop.time() + 0.05)  # type: ignore[attr-defined]
+        with pytest.raises(redis.exceptions.TimeoutError):
+            await task
+        assert time.monotonic() - began < 1.5, "sooner than the socket_timeout (2 s)"
+        await slow.aclose()
+    finally:
+        await client.aclose()
+
+
+def test_the_watchdog_follows_the_event_loop() -> None:
+    """A DirectCall used under a second asyncio.run() still bounds its reads."""
+    client = aioredis.Redis.from_url(REDIS_URL, socket_timeout=0.2)
+    call = DirectCall(client)
+    key = f"test-direct-{uuid.uuid4()}"
+
+    async def once() -> None:
+        began = time.monotonic()
+        with pytest.raises(redis.exceptions.TimeoutError):
+            await call("BLPOP", key, 3)
+        assert time.monotonic() - began < 1.5
+        await client.connection_pool.disconnect()
+
+    asyncio.run(once())
+    asyncio.run(once())
+
+
+async def test_an_outer_cancel_during_a_read_stays_a_cancel() -> None:
+    """The caller's cancel is not taken for the deadline, even near it."""
+    client = aioredis.Redis.from_url(REDIS_URL, socket_timeout=0.2)
+    key = f"test-direct-{uuid.uuid4()}"
+    call = DirectCall(client)
+    try:
+        task = asyncio.ensure_future(call("BLPOP", key, 3))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await call("PING") == b"PONG"
     finally:
         await client.aclose()
