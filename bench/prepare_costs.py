@@ -16,6 +16,7 @@ Run: ``valgrind --tool=callgrind --instr-atstart=no python bench/prepare_costs.p
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import subprocess
 import sys
@@ -33,7 +34,7 @@ def _instrument(on: bool) -> None:
     subprocess.run(["callgrind_control", "-i", flag, str(os.getpid())], check=True)
 
 
-def main(n: int, repeat: int, callgrind: bool, stage: str) -> None:
+def main(n: int, repeat: int, callgrind: bool, stage: str, collector: bool = True) -> None:
     """Decode and prepare ``n`` transactions, ``repeat`` times; print CPU per transaction."""
     from drain_bench import transactions
     from sqlalchemy.ext.asyncio import create_async_engine
@@ -53,6 +54,10 @@ def main(n: int, repeat: int, callgrind: bool, stage: str) -> None:
     parsed, _ = read_claims(claims[:1000], None)
     executor.prepare([tx for _, tx in parsed])
     best = {"decode": float("inf"), "prepare": float("inf")}
+    gc.collect()
+    if not collector:
+        gc.disable()  # the stages' own work alone: a full collection comes when it will
+    tracked = len(gc.get_objects())
     if callgrind:
         _instrument(True)
     for _ in range(repeat):
@@ -76,6 +81,9 @@ def main(n: int, repeat: int, callgrind: bool, stage: str) -> None:
         best["prepare"] = min(best["prepare"], (end - mid) / n * 1e6)
     if callgrind:
         _instrument(False)
+    gc.enable()
+    if not collector:
+        print(f"objects the collector tracks, kept per transaction: {(len(gc.get_objects()) - tracked) / n:.1f}")
     print(f"decode (read_claims): {best['decode']:.1f} us/tx; prepare: {best['prepare']:.1f} us/tx")
 
 
@@ -86,8 +94,11 @@ if __name__ == "__main__":
     parser.add_argument("--callgrind", action="store_true")
     parser.add_argument("--stage", choices=("both", "decode", "prepare"), default="both")
     parser.add_argument("--tree")
+    parser.add_argument(
+        "--no-gc", action="store_true", help="the collector off during the stages (their own work)"
+    )
     args = parser.parse_args()
     if args.tree:
         _use_tree(args.tree)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    main(args.transactions, args.repeat, args.callgrind, args.stage)
+    main(args.transactions, args.repeat, args.callgrind, args.stage, not args.no_gc)
