@@ -83,7 +83,8 @@ def main(n: int, repeat: int, callgrind: bool, stage: str, collector: bool = Tru
         _instrument(False)
     gc.enable()
     if not collector:
-        print(f"objects the collector tracks, kept per transaction: {(len(gc.get_objects()) - tracked) / n:.1f}")
+        kept = (len(gc.get_objects()) - tracked) / n
+        print(f"objects the collector tracks, kept per transaction: {kept:.1f}")
     print(f"decode (read_claims): {best['decode']:.1f} us/tx; prepare: {best['prepare']:.1f} us/tx")
 
 

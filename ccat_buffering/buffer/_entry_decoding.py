@@ -96,8 +96,10 @@ def _record(value: Any) -> dict[str, Any]:
     if not _KNOWN.issuperset(value):  # names seen before: the common case, in C
         for name in value:
             _identifier(name)
-    kinds = set(map(type, value.values()))  # in C, no Python loop over the values
-    if dict not in kinds and list not in kinds:
+    for item in value.values():
+        if type(item) is dict or type(item) is list:
+            break
+    else:
         return value  # plain values only: the common record
     tagged = [name for name, item in value.items() if type(item) is dict or type(item) is list]
     for name in tagged:
@@ -218,8 +220,7 @@ def _lean(payload: str) -> Transaction:
     if len(steps) > 1 and len({s.__dict__["step_id"] for s in steps}) != len(steps):
         raise _Unusual
     # Step.has_base, read off the values: a lean step has no per-record bases.
-    # _step read a base only where the step has one of those keys.
-    if not all(_BASE_FIELDS.isdisjoint(s) for s in steps_raw) and any(
+    if any(
         s.__dict__["expected"] is not None or s.__dict__["expected_version"] is not None
         for s in steps
     ):

@@ -125,8 +125,11 @@ class BatchPreparer:
         """
         if not self._plainly_known(tx):
             self.registry.check(tx)
-        if not any(step.refs() for step in tx.steps):
-            return False
+        for step in tx.steps:
+            if step.has_refs:
+                break
+        else:
+            return False  # the common transaction: no ref() (no list made per step to say so)
         models = {step.step_id: step.model for step in tx.steps}
         for step in tx.steps:
             for ref in step.refs():

@@ -185,23 +185,27 @@ def plan(
     made = created.rows
     # Per model, once per batch: its table and the rows created in it so far
     # (what every create step of the model would otherwise look up again).
-    creating: dict[str, tuple[list[dict[str, Any]], list[tuple[Position, dict[str, Any]]]]] = {}
+    creating: dict[
+        str, tuple[list[dict[str, Any]], list[tuple[Position, dict[str, Any]]], bool]
+    ] = {}
     generated = schema._generated
     number = -1
     for tx in transactions:
         for step in tx.steps:
             number += 1
-            model, op = step.model, step.operation
+            values = step.__dict__  # the fields, without an attribute lookup each
+            model, op = values["model"], values["operation"]
             if op is Operation.CREATE or op is Operation.BULK_CREATE:
-                if not without_refs and step.refs():
+                if not without_refs and step.has_refs:
                     return None
-                if op is Operation.CREATE:
-                    data = step.data or {}
-                    if generated.get((model, tuple(data))) is not False and schema.generated(
-                        model, data
-                    ):
-                        return None  # its computed values come back one row at a time (RETURNING)
-                records = step.records or [step.data or {}]
+                data = values["data"] or {}
+                if (
+                    op is Operation.CREATE
+                    and generated.get((model, tuple(data))) is not False
+                    and schema.generated(model, data)
+                ):
+                    return None  # its computed values come back one row at a time (RETURNING)
+                records = values["records"] or [data]
                 into = creating.get(model)
                 if into is None:
                     table = schema.table(model)
@@ -211,11 +215,14 @@ def plan(
                         return None  # two classes of one table: their rows' order matters
                     rows = inserts[model] = []
                     positions = made[table] = []
-                    creating[model] = (rows, positions)
+                    same = schema.same_names(model)
+                    creating[model] = (rows, positions, same)
                 else:
-                    rows, positions = into
+                    rows, positions, same = into
                 rows += records  # the step's own dicts: the message only reads them
-                if schema.same_names(model):
+                if same and len(records) == 1:  # a create: no comprehension for one row
+                    positions.append(((number, 0), records[0]))
+                elif same:
                     positions += [((number, i), r) for i, r in enumerate(records)]
                 else:
                     positions += [
@@ -223,7 +230,7 @@ def plan(
                     ]
                 continue
             table = schema.table(model)
-            if op not in _GROUPABLE or table is None or (not without_refs and step.refs()):
+            if op not in _GROUPABLE or table is None or (not without_refs and step.has_refs):
                 return None
             steps.append(step)
             key_columns = schema.key_columns(step.model)
