@@ -126,8 +126,8 @@ def test_an_unusual_entry_gets_the_full_validations_answer(text: str) -> None:
     assert _read(decode_entry, text) == _read(Transaction.from_json, text)
 
 
-def test_entries_of_one_shape_share_no_change_of_their_fields_set() -> None:
-    """The fields-set is shared between entries of the same fields: a copy never changes it."""
+def test_a_copy_of_a_decoded_entry_leaves_its_fields_set_as_the_full_validations() -> None:
+    """Two entries of the same fields, one copied with changes: both keep the full reading's."""
     first, second = (_built()[0].to_json() for _ in range(2))
     a, b = decode_entry(first), decode_entry(second)
     full = Transaction.from_json(second)
