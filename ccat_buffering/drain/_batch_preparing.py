@@ -38,6 +38,8 @@ class BatchPreparer:
         self.pipelined = pipelined
         self.dialect = dialect
         self._held: PreparedBatch | None = None
+        # (model, key fields) found known, with the model's fields: checked once, not per step.
+        self._cleared: dict[tuple[str, tuple[str, ...]], frozenset[str]] = {}
 
     def hold(self, transactions: Sequence[Transaction]) -> None:
         """Prepare a batch ahead of its call, and hold it (one at a time)."""
@@ -83,18 +85,30 @@ class BatchPreparer:
         :meth:`ModelRegistry.check` decides then, and says what is wrong.
         """
         registry = self.registry
+        cleared = self._cleared
         for step in tx.steps:
-            if step.key is not None or step.expected is not None or step.expected_records:
+            values = step.__dict__  # the fields, read without an attribute lookup each
+            if (
+                values["key"] is not None
+                or values["expected"] is not None
+                or values["expected_records"]
+            ):
                 return False
-            try:
-                known = registry.fields(step.model)
-            except Exception:
+            model = values["model"]
+            known = cleared.get((model, values["key_fields"]))
+            if known is None:
+                try:
+                    known = registry.fields(model)
+                except Exception:
+                    return False
+                if not known.issuperset(values["key_fields"]):
+                    return False
+                if len(cleared) < 1024:  # the key fields of a model: a few per model
+                    cleared[(model, values["key_fields"])] = known
+            data = values["data"]
+            if data is not None and not known.issuperset(data):
                 return False
-            if not known.issuperset(step.key_fields):
-                return False
-            if step.data is not None and not known.issuperset(step.data):
-                return False
-            for record in step.records or ():
+            for record in values["records"] or ():
                 if not known.issuperset(record):
                     return False
         return True
@@ -111,8 +125,11 @@ class BatchPreparer:
         """
         if not self._plainly_known(tx):
             self.registry.check(tx)
-        if not any(step.refs() for step in tx.steps):
-            return False
+        for step in tx.steps:
+            if step.has_refs:
+                break
+        else:
+            return False  # the common transaction: no ref() (no list made per step to say so)
         models = {step.step_id: step.model for step in tx.steps}
         for step in tx.steps:
             for ref in step.refs():

@@ -267,3 +267,8 @@ class Step(BaseModel):
     def refs(self) -> list[Ref]:
         """Every :class:`Ref` among this step's values."""
         return list(self._refs)
+
+    @property
+    def has_refs(self) -> bool:
+        """Whether any of this step's values is a :class:`Ref` (``bool(refs())``, no list made)."""
+        return bool(self._refs)

@@ -124,3 +124,21 @@ def _read(decode: Any, text: str) -> tuple[str, ...]:
 @pytest.mark.parametrize("text", UNUSUAL.values(), ids=UNUSUAL.keys())
 def test_an_unusual_entry_gets_the_full_validations_answer(text: str) -> None:
     assert _read(decode_entry, text) == _read(Transaction.from_json, text)
+
+
+def test_a_copy_of_a_decoded_entry_leaves_its_fields_set_as_the_full_validations() -> None:
+    """Two entries of the same fields, one copied with changes: both keep the full reading's."""
+    first, second = (_built()[0].to_json() for _ in range(2))
+    a, b = decode_entry(first), decode_entry(second)
+    full = Transaction.from_json(second)
+    a.model_copy(update={"endpoint": "other"})
+    a.steps[0].model_copy(update={"key_fields": ("other",)})
+    for tx in (a, b):
+        assert tx.model_fields_set == full.model_fields_set
+        assert [s.model_fields_set for s in tx.steps] == [s.model_fields_set for s in full.steps]
+    changed = b.model_copy(update={"trace_context": {"k": "v"}})
+    assert "trace_context" in changed.model_fields_set
+    assert "trace_context" not in b.model_fields_set
+    with pytest.raises(Exception, match="frozen"):
+        b.endpoint = "x"  # type: ignore[misc]
+    assert b.model_fields_set == full.model_fields_set

@@ -1,0 +1,88 @@
+"""The preparer's quick check against the registry's full one (issue #23)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from ccat_buffering.demo.example import Base
+from ccat_buffering.drain.executor import TransactionExecutor
+from ccat_buffering.write.builder import TransactionBuilder
+from ccat_buffering.write.models import Transaction
+from ccat_buffering.write.registry import ModelRegistry
+
+PACKAGE = "1b7c6a4e-5d1f-4f0e-9a57-2f1c3b8d9e10"
+
+
+def _cases() -> dict[str, Transaction]:
+    def built(*steps: tuple[str, str, object, tuple[str, ...]]) -> Transaction:
+        tx = TransactionBuilder("case")
+        for operation, model, values, _ in steps:
+            if operation == "create":
+                tx.create(model, values)  # type: ignore[arg-type]
+            else:
+                tx.bulk_create(model, values)  # type: ignore[arg-type]
+        made = tx.build()
+        # The builder keys every step by "id": other key fields as an entry could name them.
+        keyed = [
+            step.model_copy(update={"key_fields": key_fields})
+            for step, (_, _, _, key_fields) in zip(made.steps, steps, strict=True)
+        ]
+        return made.model_copy(update={"steps": keyed})
+
+    known = ("create", "RawDataPackage", {"id": PACKAGE, "name": "p"}, ("id",))
+    files = ("bulk_create", "RawDataFile", [{"path": "/a", "size_bytes": 1}], ("id",))
+    return {
+        "known": built(known, files),
+        "unknown field": built(known, ("create", "RawDataPackage", {"colour": 1}, ("id",))),
+        "unknown field in a record": built(
+            ("bulk_create", "RawDataFile", [{"path": "/a"}, {"path": "/b", "hue": 2}], ("id",))
+        ),
+        "unknown key field, model seen before": built(
+            known, ("create", "RawDataPackage", {"name": "q"}, ("nope",))
+        ),
+        "unknown model": built(known, ("create", "Nothing", {"id": 1}, ("id",))),
+        "a ref to an unknown field": _referring("colour"),
+        "a ref to a known field": _referring("id"),
+    }
+
+
+def _referring(field: str) -> Transaction:
+    tx = TransactionBuilder("refs")
+    package = tx.create("RawDataPackage", {"name": "p"})
+    tx.create("RawDataFile", {"raw_data_package_id": package.ref(field), "path": "/a"})
+    return tx.build()
+
+
+def _answer(check: object, tx: Transaction) -> tuple[str, str]:
+    try:
+        check(tx)  # type: ignore[operator]
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+    return "ok", ""
+
+
+@pytest.mark.parametrize("order", ["as listed", "reversed"])
+def test_the_quick_check_refuses_what_the_registry_refuses_with_its_message(order: str) -> None:
+    registry = ModelRegistry.from_base(Base)
+    engine = create_async_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    preparer = TransactionExecutor(engine, registry).preparer
+    cases = list(_cases().items())
+    if order == "reversed":
+        cases.reverse()
+    # Twice: the second round runs with every (model, key fields) pair already cleared.
+    for _ in range(2):
+        for name, tx in cases:
+            full = _answer(registry.check, tx)
+            quick = _answer(preparer.check, tx)
+            if full[0] == "ok":  # the refs' own check, which the registry does not make
+                assert quick[0] in ("ok", "UnknownColumnError"), name
+                assert (quick[0] == "ok") == (name != "a ref to an unknown field"), name
+            else:
+                assert quick == full, name
+
+
+def test_has_refs_says_what_refs_says() -> None:
+    for tx in _cases().values():
+        for step in tx.steps:
+            assert step.has_refs == bool(step.refs())
