@@ -127,8 +127,15 @@ local function check(first, last, blob, blobs)
         problem = problem or index_problem(T[at + 4 + 4 * i])
       end
     elseif name == 'release' then
-      for j = 2, tonumber(T[at + 1]) + 1 do
-        local _, stored = split_status(read(STATUS .. T[at + j]))
+      -- The statuses, one MGET per 1,000: the release reads them from STORED.
+      local n, keys = tonumber(T[at + 1]), {}
+      for j = 2, n + 1 do keys[j - 1] = STATUS .. T[at + j] end
+      for i = 1, #keys, 1000 do
+        local got = redis.call('MGET', unpack(keys, i, math.min(i + 999, #keys)))
+        for j = 1, #got do STORED[T[at + i + j]] = got[j] end
+      end
+      for j = 2, n + 1 do
+        local _, stored = split_status(STORED[T[at + j]] or nil)
         for m in string.gmatch(stored, '%S+') do
           problem = problem or index_problem(string.sub(m, 1, string.find(m, ':', 1, true) - 1))
         end
@@ -251,7 +258,9 @@ local function run_group(first, last, b)
       i = i + 4 + 4 * n
     elseif name == 'release' then
       local n = tonumber(T[i + 1])
-      for j = 2, n + 1 do count = count + release(T[i + j]) end
+      local txids = {}
+      for j = 2, n + 1 do txids[j - 1] = T[i + j] end
+      count = count + release_all(txids)
       i = i + 2 + n
     end
   end
