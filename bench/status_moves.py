@@ -36,6 +36,12 @@ def _instrument(on: bool, pid: int | None = None) -> None:
     subprocess.run(["callgrind_control", "-i", flag, str(pid or os.getpid())], check=True)
 
 
+def _phase_done(phase: str, pid: int | None) -> None:
+    # A callgrind dump per phase (its description names it): the counts of each phase apart.
+    if pid:
+        subprocess.run(["callgrind_control", f"--dump={phase}", str(pid)], check=True, capture_output=True)
+
+
 async def _commandstats(backend: object) -> str:
     info = await backend.client.info("commandstats")  # type: ignore[attr-defined]
     rows = sorted(info.items(), key=lambda kv: -kv[1]["usec"])
@@ -67,9 +73,12 @@ async def main(n: int, callgrind: bool, redis_pid: int | None = None) -> None:
         cpu = time.process_time()
         lsn = 1 << 32
         while deliveries := await manager.claim(1000, 60):
+            _phase_done("claim", redis_pid)
             lsn += 4096
             committed = await manager.committed(deliveries, LSN(lsn))
+            _phase_done("commit", redis_pid)
             await manager.replicated(committed)
+            _phase_done("replicate", redis_pid)
         cpu = time.process_time() - cpu
         if callgrind:
             _instrument(False)
