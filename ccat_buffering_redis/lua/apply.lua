@@ -163,27 +163,26 @@ local function check_states(groups)
   for _, group in ipairs(groups) do
     if not group[4] then
       for _, s in ipairs(group[6]) do
-        ids[#ids + 1] = s[1]
-        keys[#keys + 1] = STATUS .. s[1]
+        -- A status a release of the call read already (see check) is not read again.
+        if STORED[s[1]] == nil then
+          ids[#ids + 1] = s[1]
+          keys[#keys + 1] = STATUS .. s[1]
+        end
       end
     end
   end
-  local was = {}
   for i = 1, #keys, 1000 do
     local got = redis.call('MGET', unpack(keys, i, math.min(i + 999, #keys)))
-    for j = 1, #got do
-      local value = got[j]
-      STORED[ids[i + j - 1]] = value
-      if value then
-        was[ids[i + j - 1]] = string.match(string.match(value, '^[^\n]*'), '"state":"(%a+)"')
-      end
-    end
+    for j = 1, #got do STORED[ids[i + j - 1]] = got[j] end
   end
   for _, group in ipairs(groups) do
     if not group[4] then
       for _, s in ipairs(group[6]) do
         local problem = wrong_type(STATE .. s[2], 'zset')
-        if not problem and was[s[1]] then problem = wrong_type(STATE .. was[s[1]], 'zset') end
+        -- The state it leaves, matched in its first line without a copy of it.
+        local value = STORED[s[1]]
+        local was = value and string.match(value, '^[^\n]-"state":"(%a+)"')
+        if not problem and was then problem = wrong_type(STATE .. was, 'zset') end
         if problem then
           group[4], group[5] = problem, false
           break

@@ -78,22 +78,6 @@ local function write_cache(txid, ttl, at, count)
   if #members > 0 then G.written[#G.written + 1] = {txid, members, ttl} end
 end
 
--- The records a transaction wrote: those stored with its status, and those
--- staged in this call.
-local function written_by(txid)
-  local found = {}
-  if not CLEARED[txid] then
-    local _, stored = split_status(read(STATUS .. txid))
-    for m in string.gmatch(stored, '%S+') do found[#found + 1] = m end
-  end
-  local add = WRITTEN_ADD[txid]
-  if add then for _, m in ipairs(add.list) do found[#found + 1] = m end end
-  for _, w in ipairs(G.written) do
-    if w[1] == txid then for _, m in ipairs(w[2]) do found[#found + 1] = m end end
-  end
-  return found
-end
-
 -- The release of a batch of transactions ('release <n> ...'), in turn, as one
 -- release each would run: a record named by several is read once and ends as
 -- the last of them leaves it. The reads are batched (the statuses, the
