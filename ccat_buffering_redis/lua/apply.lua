@@ -134,10 +134,15 @@ local function check(first, last, blob, blobs)
         local got = redis.call('MGET', unpack(keys, i, math.min(i + 999, #keys)))
         for j = 1, #got do STORED[T[at + i + j]] = got[j] end
       end
+      local models = {}
       for j = 2, n + 1 do
         local _, stored = split_status(STORED[T[at + j]] or nil)
         for m in string.gmatch(stored, '%S+') do
-          problem = problem or index_problem(string.sub(m, 1, string.find(m, ':', 1, true) - 1))
+          local model = string.sub(m, 1, string.find(m, ':', 1, true) - 1)
+          if not models[model] then
+            models[model] = true
+            problem = problem or index_problem(model)
+          end
         end
       end
     else

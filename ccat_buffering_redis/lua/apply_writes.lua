@@ -146,9 +146,12 @@ local function release_all(txids)
         local value = v[k] or nil
         if value then
           local created, was_deleted, seq, txs, rest_fields = split_record(value)
-          local rest = without_tx(txs, txid)
+          -- A record of this transaction alone (the common case) needs no list walked.
+          local rest = txs == txid and '' or without_tx(txs, txid)
           -- The implicit creator leaves: the record has none any more.
-          if created == '2' and string.match(txs, '^[^,]*') == txid then created = '1' end
+          if created == '2' and (txs == txid or string.match(txs, '^[^,]*') == txid) then
+            created = '1'
+          end
           if rest == '' then
             local sep = string.find(member, ':', 1, true)
             local model, id = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)

@@ -15,6 +15,8 @@
 
 if redis.call('EXISTS', HOLD) == 1 then return {} end
 local deadline = NOW + tonumber(ARGV[3])
+-- The deadline as text once, as Redis would write it for each ZADD score.
+local deadline_text = string.format('%.17g', deadline)
 local popped = redis.call('RPOP', BUF, tonumber(ARGV[2]))
 if not popped then return {} end
 SEQ_BUDGET = #popped
@@ -23,7 +25,7 @@ for _, p in ipairs(popped) do
   local r = tostring(next_seq())
   held[#held + 1] = r
   held[#held + 1] = p
-  leases[#leases + 1] = deadline
+  leases[#leases + 1] = deadline_text
   leases[#leases + 1] = r
   out[#out + 1] = r
   out[#out + 1] = p
