@@ -39,7 +39,9 @@ def _instrument(on: bool, pid: int | None = None) -> None:
 def _phase_done(phase: str, pid: int | None) -> None:
     # A callgrind dump per phase (its description names it): the counts of each phase apart.
     if pid:
-        subprocess.run(["callgrind_control", f"--dump={phase}", str(pid)], check=True, capture_output=True)
+        subprocess.run(
+            ["callgrind_control", f"--dump={phase}", str(pid)], check=True, capture_output=True
+        )
 
 
 async def _commandstats(backend: object) -> str:
@@ -100,7 +102,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--redis-pid",
         type=int,
-        help="a redis-server run under callgrind (--instr-atstart=no): instrumented during the phase",
+        help="a callgrind redis-server (--instr-atstart=no): instrumented during the phase",
     )
     args = parser.parse_args()
     if args.tree:

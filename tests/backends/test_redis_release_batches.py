@@ -296,7 +296,7 @@ async def test_statuses_leave_their_buckets_as_they_did_one_at_a_time(
     # the moves empty some buckets and leave others part full.
     txids = [f"tx-{i:03d}" for i in range(300)]
     calls = [
-        [sum((_submit(t, []) for t in txids), [])],
+        [[op for t in txids for op in _submit(t, [])]],
         [_moves(txids[:200], "processing")],
         [_moves(txids[:60], "committed"), _moves(txids[250:], "processing")],
         [_moves(txids[60:170], "committed")],
