@@ -31,12 +31,26 @@ def _use_tree(tree: str) -> None:
     sys.path.insert(0, tree)
 
 
-def _instrument(on: bool) -> None:
+def _instrument(on: bool, pid: int | None = None) -> None:
     flag = "on" if on else "off"
-    subprocess.run(["callgrind_control", "-i", flag, str(os.getpid())], check=True)
+    subprocess.run(["callgrind_control", "-i", flag, str(pid or os.getpid())], check=True)
 
 
-async def main(n: int, callgrind: bool) -> None:
+def _phase_done(phase: str, pid: int | None) -> None:
+    # A callgrind dump per phase (its description names it): the counts of each phase apart.
+    if pid:
+        subprocess.run(
+            ["callgrind_control", f"--dump={phase}", str(pid)], check=True, capture_output=True
+        )
+
+
+async def _commandstats(backend: object) -> str:
+    info = await backend.client.info("commandstats")  # type: ignore[attr-defined]
+    rows = sorted(info.items(), key=lambda kv: -kv[1]["usec"])
+    return "\n".join(f"  {k}: calls={v['calls']} usec={v['usec']}" for k, v in rows)
+
+
+async def main(n: int, callgrind: bool, redis_pid: int | None = None) -> None:
     """Buffer ``n`` transactions, then time their claim, commit and replication."""
     from drain_bench import REDIS_URL, close_backend, transactions
 
@@ -55,15 +69,24 @@ async def main(n: int, callgrind: bool) -> None:
     try:
         if callgrind:
             _instrument(True)
+        if redis_pid:
+            await backend.client.config_resetstat()  # type: ignore[attr-defined]
+            _instrument(True, redis_pid)
         cpu = time.process_time()
         lsn = 1 << 32
         while deliveries := await manager.claim(1000, 60):
+            _phase_done("claim", redis_pid)
             lsn += 4096
             committed = await manager.committed(deliveries, LSN(lsn))
+            _phase_done("commit", redis_pid)
             await manager.replicated(committed)
+            _phase_done("replicate", redis_pid)
         cpu = time.process_time() - cpu
         if callgrind:
             _instrument(False)
+        if redis_pid:
+            _instrument(False, redis_pid)
+            print("Redis commandstats of the phase:\n" + await _commandstats(backend))
     finally:
         await close_backend(backend)
     library = os.path.dirname(os.path.dirname(sys.modules["ccat_buffering"].__file__ or ""))
@@ -76,8 +99,13 @@ if __name__ == "__main__":
     parser.add_argument("--transactions", type=int, default=2000)
     parser.add_argument("--callgrind", action="store_true")
     parser.add_argument("--tree", help="a checkout to import the library from")
+    parser.add_argument(
+        "--redis-pid",
+        type=int,
+        help="a callgrind redis-server (--instr-atstart=no): instrumented during the phase",
+    )
     args = parser.parse_args()
     if args.tree:
         _use_tree(args.tree)
     sys.path.insert(0, os.path.join(args.tree or os.path.dirname(__file__) + "/..", "bench"))
-    asyncio.run(main(args.transactions, args.callgrind))
+    asyncio.run(main(args.transactions, args.callgrind, args.redis_pid))

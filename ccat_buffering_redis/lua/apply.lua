@@ -127,10 +127,22 @@ local function check(first, last, blob, blobs)
         problem = problem or index_problem(T[at + 4 + 4 * i])
       end
     elseif name == 'release' then
-      for j = 2, tonumber(T[at + 1]) + 1 do
-        local _, stored = split_status(read(STATUS .. T[at + j]))
+      -- The statuses, one MGET per 1,000: the release reads them from STORED.
+      local n, keys = tonumber(T[at + 1]), {}
+      for j = 2, n + 1 do keys[j - 1] = STATUS .. T[at + j] end
+      for i = 1, #keys, 1000 do
+        local got = redis.call('MGET', unpack(keys, i, math.min(i + 999, #keys)))
+        for j = 1, #got do STORED[T[at + i + j]] = got[j] end
+      end
+      local models = {}
+      for j = 2, n + 1 do
+        local _, stored = split_status(STORED[T[at + j]] or nil)
         for m in string.gmatch(stored, '%S+') do
-          problem = problem or index_problem(string.sub(m, 1, string.find(m, ':', 1, true) - 1))
+          local model = string.sub(m, 1, string.find(m, ':', 1, true) - 1)
+          if not models[model] then
+            models[model] = true
+            problem = problem or index_problem(model)
+          end
         end
       end
     else
@@ -156,27 +168,26 @@ local function check_states(groups)
   for _, group in ipairs(groups) do
     if not group[4] then
       for _, s in ipairs(group[6]) do
-        ids[#ids + 1] = s[1]
-        keys[#keys + 1] = STATUS .. s[1]
+        -- A status a release of the call read already (see check) is not read again.
+        if STORED[s[1]] == nil then
+          ids[#ids + 1] = s[1]
+          keys[#keys + 1] = STATUS .. s[1]
+        end
       end
     end
   end
-  local was = {}
   for i = 1, #keys, 1000 do
     local got = redis.call('MGET', unpack(keys, i, math.min(i + 999, #keys)))
-    for j = 1, #got do
-      local value = got[j]
-      STORED[ids[i + j - 1]] = value
-      if value then
-        was[ids[i + j - 1]] = string.match(string.match(value, '^[^\n]*'), '"state":"(%a+)"')
-      end
-    end
+    for j = 1, #got do STORED[ids[i + j - 1]] = got[j] end
   end
   for _, group in ipairs(groups) do
     if not group[4] then
       for _, s in ipairs(group[6]) do
         local problem = wrong_type(STATE .. s[2], 'zset')
-        if not problem and was[s[1]] then problem = wrong_type(STATE .. was[s[1]], 'zset') end
+        -- The state it leaves, matched in its first line without a copy of it.
+        local value = STORED[s[1]]
+        local was = value and string.match(value, '^[^\n]-"state":"(%a+)"')
+        if not problem and was then problem = wrong_type(STATE .. was, 'zset') end
         if problem then
           group[4], group[5] = problem, false
           break
@@ -251,7 +262,9 @@ local function run_group(first, last, b)
       i = i + 4 + 4 * n
     elseif name == 'release' then
       local n = tonumber(T[i + 1])
-      for j = 2, n + 1 do count = count + release(T[i + j]) end
+      local txids = {}
+      for j = 2, n + 1 do txids[j - 1] = T[i + j] end
+      count = count + release_all(txids)
       i = i + 2 + n
     end
   end

@@ -171,7 +171,7 @@ local function flush_statuses()
   end
   for state, members in pairs(removes) do in_slices({'ZREM', STATE .. state}, members) end
   for state, list in pairs(seq_removes) do
-    for j = 1, #list, 2 do state_remove(state, list[j], list[j + 1]) end
+    state_remove_all(state, list)
   end
   for _, w in ipairs(writes) do
     if w[3] > 0 then

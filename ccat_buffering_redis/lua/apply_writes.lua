@@ -78,58 +78,132 @@ local function write_cache(txid, ttl, at, count)
   if #members > 0 then G.written[#G.written + 1] = {txid, members, ttl} end
 end
 
--- The records a transaction wrote: those stored with its status, and those
--- staged in this call.
-local function written_by(txid)
-  local found = {}
-  if not CLEARED[txid] then
-    local _, stored = split_status(read(STATUS .. txid))
-    for m in string.gmatch(stored, '%S+') do found[#found + 1] = m end
+-- The release of a batch of transactions ('release <n> ...'), in turn, as one
+-- release each would run: a record named by several is read once and ends as
+-- the last of them leaves it. The reads are batched (the statuses, the
+-- records and their ID-cache keys: one MGET per 1,000 keys), and so are the
+-- removals: the deleted keys go in one DEL per 1,000, the index entries in
+-- one ZREM per bucket (a ZCARD per bucket touched tells which emptied and
+-- leaves the model's list) and one per field index. What is written is what
+-- one release at a time writes (tests/backends/test_redis_release_batches.py).
+local function read_all(keys, into)
+  local want = {}
+  for _, k in ipairs(keys) do
+    if into[k] == nil then want[#want + 1] = k; into[k] = false end
   end
-  local add = WRITTEN_ADD[txid]
-  if add then for _, m in ipairs(add.list) do found[#found + 1] = m end end
-  for _, w in ipairs(G.written) do
-    if w[1] == txid then for _, m in ipairs(w[2]) do found[#found + 1] = m end end
+  for i = 1, #want, 1000 do
+    local got = redis.call('MGET', unpack(want, i, math.min(i + 999, #want)))
+    for j = 1, #got do into[want[i + j - 1]] = got[j] end
   end
-  return found
 end
 
-local function release(txid)
+local function release_all(txids)
   for _, e in ipairs(G.index) do add_index(e[1], e[2], e[3], e[4]) end
   G.index = {}
   flush_indexes()
-  local deleted, seen = 0, {}
-  local members = written_by(txid)
-  WRITTEN_ADD[txid] = nil
-  local kept = {}
-  for _, w in ipairs(G.written) do if w[1] ~= txid then kept[#kept + 1] = w end end
-  G.written = kept
-  CLEARED[txid] = true
-  for _, member in ipairs(members) do
-    if not seen[member] then
-      seen[member] = true
-      local k = BUFFERED .. member
-      local value = read(k)
-      if value then
-        local created, was_deleted, seq, txs, fields = split_record(value)
-        local rest = without_tx(txs, txid)
-        -- The implicit creator leaves: the record has none any more.
-        if created == '2' and string.match(txs, '^[^,]*') == txid then created = '1' end
-        if rest == '' then
-          local sep = string.find(member, ':', 1, true)
-          local model, id = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
-          redis.call('DEL', k)
-          unindex(model, id, tonumber(seq))
-          reindex_fields(model, id, fields, '')
-          deleted = deleted + 1
-        elseif rest ~= txs then
-          redis.call('SET', k, join_record(created, was_deleted, seq, rest, fields), 'KEEPTTL')
+  -- The statuses (check() read them into STORED already), then every record
+  -- they name with its ID-cache key.
+  local unread = {}
+  for _, txid in ipairs(txids) do
+    if not CLEARED[txid] and STORED[txid] == nil then unread[#unread + 1] = STATUS .. txid end
+  end
+  local statuses = {}
+  read_all(unread, statuses)
+  local lists, keys = {}, {}
+  for i, txid in ipairs(txids) do
+    local members = {}
+    if not CLEARED[txid] then
+      local value = STORED[txid]
+      if value == nil then value = statuses[STATUS .. txid] end
+      local _, stored = split_status(value or nil)
+      for m in string.gmatch(stored, '%S+') do members[#members + 1] = m end
+    end
+    local add = WRITTEN_ADD[txid]
+    if add then for _, m in ipairs(add.list) do members[#members + 1] = m end end
+    for _, w in ipairs(G.written) do
+      if w[1] == txid then for _, m in ipairs(w[2]) do members[#members + 1] = m end end
+    end
+    WRITTEN_ADD[txid] = nil
+    local kept = {}
+    for _, w in ipairs(G.written) do if w[1] ~= txid then kept[#kept + 1] = w end end
+    G.written = kept
+    CLEARED[txid] = true
+    lists[i] = members
+    for _, m in ipairs(members) do
+      keys[#keys + 1] = BUFFERED .. m
+      keys[#keys + 1] = IDS .. m
+    end
+  end
+  local v = {}
+  read_all(keys, v)
+  local deleted, dels, sets, set_order, buckets, fields = 0, {}, {}, {}, {}, {}
+  for i, txid in ipairs(txids) do
+    local seen = {}
+    for _, member in ipairs(lists[i]) do
+      if not seen[member] then
+        seen[member] = true
+        local k = BUFFERED .. member
+        local value = v[k] or nil
+        if value then
+          local created, was_deleted, seq, txs, rest_fields = split_record(value)
+          -- A record of this transaction alone (the common case) needs no list walked.
+          local rest = txs == txid and '' or without_tx(txs, txid)
+          -- The implicit creator leaves: the record has none any more.
+          if created == '2' and (txs == txid or string.match(txs, '^[^,]*') == txid) then
+            created = '1'
+          end
+          if rest == '' then
+            local sep = string.find(member, ':', 1, true)
+            local model, id = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
+            dels[#dels + 1] = k
+            v[k], sets[k] = false, nil
+            seq = tonumber(seq)
+            if seq then
+              local b = math.floor(seq / BUCKET)
+              local bk = bucket_key(model, b)
+              local entry = buckets[bk]
+              if not entry then entry = {model, b, {}}; buckets[bk] = entry end
+              entry[3][#entry[3] + 1] = id
+            end
+            if next(registered(model)) ~= nil then
+              fields[model] = field_members(registered(model), rest_fields, id, fields[model] or {})
+            end
+            deleted = deleted + 1
+          elseif rest ~= txs then
+            local new = join_record(created, was_deleted, seq, rest, rest_fields)
+            if not sets[k] then set_order[#set_order + 1] = k end
+            v[k], sets[k] = new, new
+          end
+        end
+        local idk = IDS .. member
+        local entry = v[idk] or nil
+        if entry and creator(entry, value) == txid then
+          dels[#dels + 1] = idk
+          v[idk] = false
         end
       end
-      local idk = IDS .. member
-      local entry = read(idk)
-      if entry and creator(entry, value) == txid then redis.call('DEL', idk) end
     end
+  end
+  -- Removals first: they free before anything is rewritten.
+  in_slices({'DEL'}, dels)
+  for _, k in ipairs(set_order) do
+    if sets[k] then redis.call('SET', k, sets[k], 'KEEPTTL') end
+  end
+  local emptied = {}
+  for bk, entry in pairs(buckets) do
+    for j = 1, #entry[3], 1000 do
+      redis.pcall('ZREM', bk, unpack(entry[3], j, math.min(j + 999, #entry[3])))
+    end
+    if redis.pcall('ZCARD', bk) == 0 then
+      local list = emptied[entry[1]]
+      if not list then list = {}; emptied[entry[1]] = list end
+      list[#list + 1] = entry[2]
+    end
+  end
+  for model, list in pairs(emptied) do in_slices({'ZREM', INDEX .. model}, list) end
+  if next(fields) ~= nil then
+    flush_fields()
+    for model, gone in pairs(fields) do in_slices({'ZREM', FIELDS .. model}, gone) end
   end
   return deleted
 end

@@ -15,25 +15,32 @@
 
 if redis.call('EXISTS', HOLD) == 1 then return {} end
 local deadline = NOW + tonumber(ARGV[3])
+-- The deadline as text once, as Redis would write it for each ZADD score.
+local deadline_text = string.format('%.17g', deadline)
 local popped = redis.call('RPOP', BUF, tonumber(ARGV[2]))
 if not popped then return {} end
 SEQ_BUDGET = #popped
-local out, held, leases = {deadline}, {}, {}
+local out, held, leases, keys, at = {deadline}, {}, {}, {}, {}
 for _, p in ipairs(popped) do
   local r = tostring(next_seq())
   held[#held + 1] = r
   held[#held + 1] = p
-  leases[#leases + 1] = deadline
+  leases[#leases + 1] = deadline_text
   leases[#leases + 1] = r
   out[#out + 1] = r
   out[#out + 1] = p
   local id = string.match(string.sub(p, 1, 200), '^{"format_version":%d+,"transaction_id":"([^"]+)"')
+  out[#out + 1] = 0
   if id then
-    -- MGET: a key of another type answers nil where GET would fail the claim.
-    out[#out + 1] = redis.call('MGET', STATUS .. id)[1]
-  else
-    out[#out + 1] = 0
+    keys[#keys + 1] = STATUS .. id
+    at[#at + 1] = #out
   end
+end
+-- The statuses, one MGET per 1,000 keys: MGET answers nil for a key of
+-- another type where GET would fail the claim.
+for i = 1, #keys, 1000 do
+  local got = redis.call('MGET', unpack(keys, i, math.min(i + 999, #keys)))
+  for j = 1, #got do out[at[i + j - 1]] = got[j] end
 end
 in_slices({'HSET', INF}, held)
 in_slices({'ZADD', LEASES}, leases)

@@ -54,6 +54,32 @@ local function state_remove(state, seq, id)
   if seq >= 0 then bucket_drop(state, math.floor(seq / BUCKET), id) end
 end
 
+-- What state_remove of each (sequence number, id) pair does, with one ZREM
+-- per bucket and one EXISTS per bucket touched (a drain moves a batch's
+-- statuses out of a few buckets at once); emptied buckets leave the list
+-- with one ZREM.
+local function state_remove_all(state, pairs_)
+  local buckets, order = {}, {}
+  for j = 1, #pairs_, 2 do
+    local seq = pairs_[j]
+    if seq >= 0 then
+      local b = math.floor(seq / BUCKET)
+      local ids = buckets[b]
+      if not ids then ids = {}; buckets[b] = ids; order[#order + 1] = b end
+      ids[#ids + 1] = pairs_[j + 1]
+    end
+  end
+  local emptied = {}
+  for _, b in ipairs(order) do
+    local key, ids = state_bucket(state, b), buckets[b]
+    for j = 1, #ids, 1000 do
+      redis.pcall('ZREM', key, unpack(ids, j, math.min(j + 999, #ids)))
+    end
+    if redis.call('EXISTS', key) == 0 then emptied[#emptied + 1] = b end
+  end
+  in_slices({'ZREM', STATE .. state}, emptied)
+end
+
 -- Check the buckets of a state from a cursor (a bucket's place in the list)
 -- until `slice` ids were looked at, against their statuses: an id whose
 -- status is gone or elsewhere is dropped. Returns the state's size.
