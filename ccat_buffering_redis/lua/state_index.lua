@@ -50,11 +50,8 @@ local function bucket_drop(state, b, id)
   end
 end
 
-local function state_remove(state, seq, id)
-  if seq >= 0 then bucket_drop(state, math.floor(seq / BUCKET), id) end
-end
-
--- What state_remove of each (sequence number, id) pair does, with one ZREM
+-- Take the (sequence number, id) pairs out of a state's buckets (a negative
+-- sequence number: none known), as bucket_drop of each would, with one ZREM
 -- per bucket and one EXISTS per bucket touched (a drain moves a batch's
 -- statuses out of a few buckets at once); emptied buckets leave the list
 -- with one ZREM.

@@ -263,13 +263,21 @@ async def test_a_batched_release_writes_what_a_release_per_record_writes(
 
 _REMOVE_ALL = "    state_remove_all(state, list)\n"
 _REMOVE_EACH = "    for j = 1, #list, 2 do state_remove(state, list[j], list[j + 1]) end\n"
+# The per-status removal the batched one replaced, kept here word for word.
+_STATE_REMOVE = """local function state_remove(state, seq, id)
+  if seq >= 0 then bucket_drop(state, math.floor(seq / BUCKET), id) end
+end
+
+"""
+_BEFORE_REMOVE_ALL = "-- Take the (sequence number, id) pairs out of a state's buckets"
 
 
 @pytest.fixture
 async def status_sites(redis_client: aioredis.Redis) -> AsyncIterator[dict[str, SiteKeys]]:
     library = scripts.LIBRARIES["apply"]
-    assert library.code.count(_REMOVE_ALL) == 1
+    assert library.code.count(_REMOVE_ALL) == 1 and library.code.count(_BEFORE_REMOVE_ALL) == 1
     code = library.code.replace(_REMOVE_ALL, _REMOVE_EACH)
+    code = code.replace(_BEFORE_REMOVE_ALL, _STATE_REMOVE + _BEFORE_REMOVE_ALL)
     each = library.function + "_each"
     code = code.replace(library.function, each).replace(library.name, library.name + "_each")
     await redis_client.execute_command("FUNCTION", "LOAD", "REPLACE", library.code)
