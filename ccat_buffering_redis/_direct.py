@@ -273,8 +273,9 @@ class Watchdog:
             self._loop = loop
         watch = Watch(self, task, loop.time() + timeout)
         self._reads[task] = watch
-        if self._handle is None:
-            self._handle = loop.call_at(watch.deadline, self._expire)
+        # Set for an earlier read, the timer fires by this one's deadline too,
+        # unless this one's timeout is shorter.
+        self.moved(watch.deadline)
         return watch
 
     def done(self, task: asyncio.Task[Any]) -> None:
@@ -282,7 +283,7 @@ class Watchdog:
         self._reads.pop(task, None)
 
     def moved(self, deadline: float) -> None:
-        """A watched read's deadline moved to ``deadline``: fire by then."""
+        """A watched read's deadline is (now) ``deadline``: fire by then."""
         if self._loop is None:
             return
         if self._handle is not None:

@@ -17,7 +17,14 @@ import redis.exceptions
 from redis.asyncio.connection import Connection
 from services import REDIS_URL
 
-from ccat_buffering_redis._direct import KEEP_SECONDS, DirectCall, Watch, direct_call, pack
+from ccat_buffering_redis._direct import (
+    KEEP_SECONDS,
+    DirectCall,
+    Watch,
+    Watchdog,
+    direct_call,
+    pack,
+)
 
 
 async def _until(condition: object, what: str, seconds: float = 2.0) -> None:
@@ -287,6 +294,30 @@ async def test_a_moved_deadline_is_kept() -> None:
         await slow.aclose()
     finally:
         await client.aclose()
+
+
+async def test_a_shorter_timeout_after_a_longer_one_keeps_its_own_deadline() -> None:
+    """The timer set for a read with a long timeout does not wait past a later, shorter one."""
+    watchdog = Watchdog()
+
+    async def read(timeout: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        watchdog.watch(task, timeout)
+        try:
+            await asyncio.sleep(10)
+        finally:
+            watchdog.done(task)
+
+    long = asyncio.ensure_future(read(5))
+    await asyncio.sleep(0)  # its watch (and the timer, for 5 s) is set
+    began = time.monotonic()
+    short = asyncio.ensure_future(read(0.1))
+    with pytest.raises(asyncio.CancelledError):
+        await short
+    assert time.monotonic() - began < 2, "cancelled at its own deadline, not the long one's"
+    assert not long.done()
+    long.cancel()
 
 
 def test_the_watchdog_follows_the_event_loop() -> None:
