@@ -27,6 +27,7 @@ __all__ = [
     "frame",
     "ms",
     "release_command",
+    "replicated_command",
     "retry_command",
     "safe_token",
     "status_command",
@@ -180,6 +181,18 @@ def dead_command(receipt: str, reason: str, transaction_id: str | None) -> Comma
 def release_command(transaction_ids: Sequence[str]) -> Command:
     ids = checks.check_cache_release(transaction_ids)
     return command("release", str(len(ids)), *ids)
+
+
+def replicated_command(
+    transaction_ids: Sequence[str], at_micros: int, ttl_seconds: float
+) -> Command:
+    """``replicated``: the routine committed statuses of ``transaction_ids`` made replicated.
+
+    At ``at_micros`` (microseconds since 1970), then their caches released
+    (see ``replicate_all`` in ``lua/apply_writes.lua``). The ids are checked.
+    """
+    ids = checks.check_cache_release(transaction_ids)
+    return command("replicated", str(ms(ttl_seconds)), str(at_micros), str(len(ids)), *ids)
 
 
 def frame(groups: list[list[Command]]) -> list[str | bytes]:

@@ -35,6 +35,7 @@ __all__ = [
     "cached_record",
     "field_prefix",
     "first_transaction",
+    "micros_since_epoch",
     "record_creator",
     "record_head",
     "record_text",
@@ -133,6 +134,11 @@ def status_json(status: TransactionStatus) -> str:
     if text is None:
         text = status.model_dump_json(exclude=_STATUS_DROP, exclude_defaults=True)
     return text + "@" + status_tail(values)
+
+
+def micros_since_epoch(at: dt.datetime) -> int:
+    """An aware time as the microseconds since 1970 that a status's times count from."""
+    return (at - _EPOCH) // _MICRO
 
 
 def status_tail(values: dict[str, Any]) -> str:

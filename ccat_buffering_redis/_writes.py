@@ -9,6 +9,7 @@ group's result or refusal reaches its own caller. With ``min_replicas``, the
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ from ccat_buffering_redis._frame import (
     dead_command,
     frame,
     release_command,
+    replicated_command,
     retry_command,
     status_command,
     statuses_commands,
@@ -41,7 +43,7 @@ from ccat_buffering_redis._frame import (
 from ccat_buffering_redis._memory import POLICY_RECHECK_SECONDS
 from ccat_buffering_redis._parts import BackendPart
 from ccat_buffering_redis._replicas import apply_and_wait, not_replicated_message
-from ccat_buffering_redis._values import as_text
+from ccat_buffering_redis._values import as_text, micros_since_epoch
 from ccat_buffering_redis.compression import entry_bytes
 
 if TYPE_CHECKING:
@@ -272,3 +274,17 @@ class RedisWriteBatch:
     def release_cache(self, transaction_ids: Sequence[str]) -> None:
         """Stage a cache release."""
         self.ops.append(release_command(transaction_ids))
+
+    def replicate(
+        self, transaction_ids: Sequence[str], at: dt.datetime, ttl_seconds: float
+    ) -> None:
+        """Stage the move of routine committed statuses to replicated, then a cache release.
+
+        See :class:`~ccat_buffering.buffer.protocols.SupportsReplicatedMoves`:
+        the script makes each new status from the stored one, as
+        :mod:`ccat_buffering_redis._values` would write it.
+        """
+        check_duration(ttl_seconds, "ttl_seconds")
+        if type(at) is not dt.datetime or at.utcoffset() != dt.timedelta(0):
+            raise ValueError(f"at must be an aware UTC datetime, not {at!r}")
+        self.ops.append(replicated_command(transaction_ids, micros_since_epoch(at), ttl_seconds))

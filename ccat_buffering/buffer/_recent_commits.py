@@ -47,6 +47,20 @@ class RecentCommits:
         kept = self._statuses
         return [kept.get(i) for i in ids]
 
+    def holds(self, status: TransactionStatus) -> bool:
+        """Whether ``status`` is routine and the one remembered: stored as it is, unchanged.
+
+        Routine: no history, no error, nothing generated (see
+        :class:`~ccat_buffering.buffer.protocols.SupportsReplicatedMoves`).
+        """
+        values = status.__dict__
+        return (
+            self._statuses.get(values["transaction_id"]) is status
+            and not values["history"]
+            and values["last_error"] is None
+            and not values["generated"]
+        )
+
     def forget(self, ids: Iterable[str]) -> None:
         """Drop the statuses of ``ids`` (confirmed)."""
         for transaction_id in ids:

@@ -18,7 +18,13 @@ from ccat_buffering.buffer._entries import claim_read
 from ccat_buffering.buffer._recent_commits import RecentCommits
 from ccat_buffering.buffer.cache_writes import cache_writes as _cache_writes
 from ccat_buffering.buffer.cache_writes import generated_writes
-from ccat_buffering.buffer.protocols import Backend, Claim, SupportsStatusBatches, WriteBatch
+from ccat_buffering.buffer.protocols import (
+    Backend,
+    Claim,
+    SupportsReplicatedMoves,
+    SupportsStatusBatches,
+    WriteBatch,
+)
 from ccat_buffering.buffer.replays import read_letter, replay_set
 from ccat_buffering.buffer.retry import FailureKind, RetryPolicy, describe_error
 from ccat_buffering.logs import SiteLogger
@@ -129,6 +135,7 @@ class Transitions:
         max_payload_bytes: int | None
         unreadable: int
         recent_commits: RecentCommits
+        listeners: list[Any]
 
         def now(self) -> dt.datetime:
             """See :meth:`TransactionManager.now`."""
@@ -417,12 +424,26 @@ class Transitions:
     async def replicated(self, statuses: Sequence[TransactionStatus]) -> None:
         """Mark transactions ``replicated`` and release their caches, in one group."""
         now = self.now()
-        done = self._advance_all(statuses, TransactionState.REPLICATED, now, replicated_at=now)
+        ids = [s.__dict__["transaction_id"] for s in statuses]
+
+        def moved(of: Sequence[TransactionStatus]) -> list[TransactionStatus]:
+            return self._advance_all(of, TransactionState.REPLICATED, now, replicated_at=now)
+
         async with self.backend.atomic() as batch:
-            put_statuses(batch, done, self.status_ttl)
-            batch.release_cache([s.transaction_id for s in statuses])
-        self.recent_commits.forget(s.transaction_id for s in statuses)
-        self._tell(done)
+            if isinstance(batch, SupportsReplicatedMoves):
+                # The store moves the routine statuses this process committed from
+                # what it holds (the same, see RecentCommits): none is built here.
+                # Any other (one read back, perhaps of an older format) is written
+                # as it is elsewhere, so that the store never leaves one behind.
+                known = self.recent_commits.holds
+                put_statuses(batch, moved([s for s in statuses if not known(s)]), self.status_ttl)
+                batch.replicate(ids, now, self.status_ttl)
+            else:
+                put_statuses(batch, moved(statuses), self.status_ttl)
+                batch.release_cache(ids)
+        self.recent_commits.forget(ids)
+        if self.listeners:
+            self._tell(moved(statuses))
 
     # -- what operators call -------------------------------------------------
 

@@ -17,6 +17,7 @@ anything, as its check in :mod:`ccat_buffering.buffer.checks` says (``TypeError`
 from __future__ import annotations
 
 import builtins
+import datetime as dt
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -56,6 +57,7 @@ __all__ = [
     "SupportsKeyAudit",
     "SupportsOperatorPause",
     "SupportsProcessorReports",
+    "SupportsReplicatedMoves",
     "SupportsStatusBatches",
     "WriteBatch",
 ]
@@ -551,6 +553,45 @@ class SupportsStatusBatches(Protocol):
         Raises:
             TypeError, ValueError, TransactionValidationError: As ``put_status``
                 would for any of them; then nothing of the call is staged.
+        """
+        ...
+
+
+@runtime_checkable
+class SupportsReplicatedMoves(Protocol):
+    """Capability of a :class:`WriteBatch`: move statuses to ``replicated`` from what it stores.
+
+    The replication tracker marks a batch of committed transactions
+    ``replicated`` and releases their caches; a batch that has this
+    capability makes the routine statuses' move from what it stores, so that
+    the tracker builds and sends no status of its own for them (on Redis, one
+    operation that carries the ids). Batches without it are given the new
+    statuses with :meth:`WriteBatch.put_status` and the ids with
+    :meth:`WriteBatch.release_cache`.
+    """
+
+    def replicate(
+        self, transaction_ids: Sequence[str], at: dt.datetime, ttl_seconds: float
+    ) -> None:
+        """Stage the move of routine committed statuses to ``replicated``, then a cache release.
+
+        A stored status of one of ``transaction_ids`` that is ``committed``
+        with no history, no error and nothing generated becomes what
+        :meth:`WriteBatch.put_status` of it with ``state`` ``replicated`` and
+        ``updated_at`` and ``replicated_at`` at ``at`` would write, with
+        ``ttl_seconds``; any other stored status (or none) is left as it is:
+        stage its move with ``put_status`` in the same batch. Then the caches
+        of all of them are released as :meth:`WriteBatch.release_cache` does.
+
+        Args:
+            transaction_ids: The transactions whose commit the replica shows.
+            at: An aware UTC time.
+            ttl_seconds: The statuses' TTL.
+
+        Raises:
+            TypeError, ValueError, TransactionValidationError: As
+                ``release_cache`` and ``put_status`` would; then nothing of
+                the call is staged.
         """
         ...
 

@@ -36,6 +36,9 @@
 --     status <tx> <json>@<times> <state> <ttl ms> <score> <before><tx>
 --   cache <tx> <ttl ms> <n> (<model> <id> <kind> <fields>) x n
 --   release <n> <tx> x n
+--   replicated <ttl ms> <now us> <n> <tx> x n
+--     the routine committed statuses of n transactions made replicated at
+--     <now us>, then their caches released (see replicate_all)
 
 -- Tokens after the name and blobs of one operation, or nil if it is unknown
 -- or malformed.
@@ -68,6 +71,11 @@ local function shape(at)
   elseif name == 'release' then
     local n = tonumber(T[at + 1])
     if n then return 1 + n, 0 end
+  elseif name == 'replicated' then
+    local n = tonumber(T[at + 3])
+    if n and n >= 0 and n == math.floor(n) and tonumber(T[at + 1]) and tonumber(T[at + 2]) then
+      return 3 + n, 0
+    end
   end
   return nil
 end
@@ -126,17 +134,26 @@ local function check(first, last, blob, blobs)
       for i = 0, tonumber(T[at + 3]) - 1 do
         problem = problem or index_problem(T[at + 4 + 4 * i])
       end
-    elseif name == 'release' then
-      -- The statuses, one MGET per 1,000: the release reads them from STORED.
-      local n, keys = tonumber(T[at + 1]), {}
-      for j = 2, n + 1 do keys[j - 1] = STATUS .. T[at + j] end
+    elseif name == 'release' or name == 'replicated' then
+      -- The statuses, one MGET per 1,000: the release reads them from STORED
+      -- (and so does the move to replicated).
+      local r = at
+      if name == 'replicated' then
+        r = at + 2
+        for j = at + 4, at + 3 + tonumber(T[at + 3]) do
+          statuses[#statuses + 1] = {T[j], 'replicated'}
+        end
+        needs = needs + tonumber(T[at + 3])
+      end
+      local n, keys = tonumber(T[r + 1]), {}
+      for j = 2, n + 1 do keys[j - 1] = STATUS .. T[r + j] end
       for i = 1, #keys, 1000 do
         local got = redis.call('MGET', unpack(keys, i, math.min(i + 999, #keys)))
-        for j = 1, #got do STORED[T[at + i + j]] = got[j] end
+        for j = 1, #got do STORED[T[r + i + j]] = got[j] end
       end
       local models = {}
       for j = 2, n + 1 do
-        local _, stored = split_status(STORED[T[at + j]] or nil)
+        local _, stored = split_status(STORED[T[r + j]] or nil)
         for m in string.gmatch(stored, '%S+') do
           local model = string.sub(m, 1, string.find(m, ':', 1, true) - 1)
           if not models[model] then
@@ -266,6 +283,12 @@ local function run_group(first, last, b)
       for j = 2, n + 1 do txids[j - 1] = T[i + j] end
       count = count + release_all(txids)
       i = i + 2 + n
+    elseif name == 'replicated' then
+      local n = tonumber(T[i + 3])
+      local txids = {}
+      for j = 4, n + 3 do txids[j - 3] = T[i + j] end
+      count = count + replicate_all(T[i + 1], tonumber(T[i + 2]), txids)
+      i = i + 4 + n
     end
   end
   return count

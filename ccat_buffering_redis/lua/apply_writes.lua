@@ -208,6 +208,37 @@ local function release_all(txids)
   return deleted
 end
 
+-- The replication tracker's move ('replicated <ttl ms> <now us> <n> <tx> x n'):
+-- each transaction's committed status becomes 'replicated' at <now us>
+-- (microseconds since 1970), as ccat_buffering_redis._values writes it from
+-- Python ('"state":"replicated"', its times '<created>,<now - created>,
+-- <committed>,<now - created>'), then the caches of all are released as
+-- 'release' does. Only a routine status (no history, error nor generated
+-- values: a shared body) is moved here, and only if the group stages no
+-- status of its own for it; any other is left as it is (the caller stages
+-- it). check() read the statuses into STORED.
+local function replicate_all(ttl, now_us, txids)
+  local staged = {}
+  for _, s in ipairs(G.statuses) do staged[s[1]] = true end
+  for _, txid in ipairs(txids) do
+    local json = not staged[txid] and split_status(STORED[txid] or nil) or ''
+    local body, created, _, rest = string.match(
+      json, '^({.*})@(%-?%d+),(%-?%d+)(.*)$')
+    local committed = rest and string.match(rest, '^,(%-?%d*)$')
+    if rest == '' then committed = '' end
+    if committed and string.find(body, '"state":"committed"', 1, true)
+        and not string.find(body, '"history"', 1, true)
+        and not string.find(body, '"last_error"', 1, true)
+        and not string.find(body, '"generated"', 1, true) then
+      local since = string.format('%d', now_us - tonumber(created))
+      local moved = string.gsub(body, '"state":"committed"', '"state":"replicated"', 1)
+      put_status(txid, moved .. '@' .. created .. ',' .. since .. ',' .. committed .. ',' .. since,
+        'replicated', ttl, '', txid)
+    end
+  end
+  return release_all(txids)
+end
+
 local function dead_letter(r, reason, txid)
   local p = redis.call('HGET', INF, r)
   if not p then return 0 end
