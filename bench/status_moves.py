@@ -10,8 +10,12 @@ shared machine does not disturb. ``--tree DIR`` imports the library from
 another checkout (the editable install's finder is removed), so that two
 trees are compared with one virtual environment.
 
+With ``--tracker`` the batches are confirmed as the worker confirms them: by a
+``ReplicationTracker`` (``poll_once``, every commit shown) that remembers what
+its process committed, rather than by ``manager.replicated`` alone.
+
 Run: ``valgrind --tool=callgrind --instr-atstart=no python bench/status_moves.py
---transactions 2000 --callgrind [--tree DIR]``.
+--transactions 2000 --callgrind [--tree DIR] [--tracker]``.
 Environment: ``CCAT_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``).
 """
 
@@ -50,11 +54,17 @@ async def _commandstats(backend: object) -> str:
     return "\n".join(f"  {k}: calls={v['calls']} usec={v['usec']}" for k, v in rows)
 
 
-async def main(n: int, callgrind: bool, redis_pid: int | None = None) -> None:
+async def main(
+    n: int, callgrind: bool, redis_pid: int | None = None, tracker: bool = False
+) -> None:
     """Buffer ``n`` transactions, then time their claim, commit and replication."""
     from drain_bench import REDIS_URL, close_backend, transactions
 
     from ccat_buffering.buffer.manager import TransactionManager
+    from ccat_buffering.confirm.replication import (
+        ImmediateReplicationChecker,
+        ReplicationTracker,
+    )
     from ccat_buffering.demo.example import Base
     from ccat_buffering.write.lsn import LSN
     from ccat_buffering.write.registry import ModelRegistry
@@ -63,6 +73,9 @@ async def main(n: int, callgrind: bool, redis_pid: int | None = None) -> None:
     site = f"moves-{uuid.uuid4().hex[:8]}"
     backend = RedisBackend.from_url(REDIS_URL, site=site)
     manager = TransactionManager(backend, registry=ModelRegistry.from_base(Base))
+    confirming = ReplicationTracker(manager, ImmediateReplicationChecker()) if tracker else None
+    if confirming is not None:
+        await confirming.poll_once()  # the first extends the caches (once per cache_ttl / 3)
     txs = transactions(n, uuid.uuid4().hex[:8])
     for start in range(0, n, 500):
         await manager.buffer_many(txs[start : start + 500])
@@ -79,7 +92,10 @@ async def main(n: int, callgrind: bool, redis_pid: int | None = None) -> None:
             lsn += 4096
             committed = await manager.committed(deliveries, LSN(lsn))
             _phase_done("commit", redis_pid)
-            await manager.replicated(committed)
+            if confirming is not None:
+                await confirming.poll_once()
+            else:
+                await manager.replicated(committed)
             _phase_done("replicate", redis_pid)
         cpu = time.process_time() - cpu
         if callgrind:
@@ -104,8 +120,11 @@ if __name__ == "__main__":
         type=int,
         help="a callgrind redis-server (--instr-atstart=no): instrumented during the phase",
     )
+    parser.add_argument(
+        "--tracker", action="store_true", help="confirm with a ReplicationTracker's poll_once"
+    )
     args = parser.parse_args()
     if args.tree:
         _use_tree(args.tree)
     sys.path.insert(0, os.path.join(args.tree or os.path.dirname(__file__) + "/..", "bench"))
-    asyncio.run(main(args.transactions, args.callgrind, args.redis_pid))
+    asyncio.run(main(args.transactions, args.callgrind, args.redis_pid, args.tracker))

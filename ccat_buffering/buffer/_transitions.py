@@ -296,8 +296,11 @@ class Transitions:
             last_error=None,
         )
         async with self.backend.atomic() as batch:
-            for i, delivery in enumerate(deliveries):
-                batch.ack(delivery.claim.receipt)
+            ack = batch.ack
+            for delivery in deliveries:
+                ack(delivery.claim.receipt)
+            # Most batches create nothing the database computes: no lookup per transaction.
+            for i, delivery in enumerate(deliveries if generated else ()):
                 values = generated.get(delivery.transaction_id)
                 if values:
                     statuses[i] = copied_status(statuses[i], {"generated": as_json(values)})

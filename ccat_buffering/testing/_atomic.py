@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ from ccat_buffering.buffer.protocols import (
     Backend,
     CacheKind,
     CacheWrite,
+    SupportsReplicatedMoves,
     SupportsStatusBatches,
     WriteBatch,
 )
@@ -19,7 +21,7 @@ from ccat_buffering.testing._base import LONG_LEASE, ContractHooks
 from ccat_buffering.testing._cache import create, update
 from ccat_buffering.write.lsn import LSN
 from ccat_buffering.write.models import TransactionState, TransactionStatus
-from ccat_buffering.write.status import made_event
+from ccat_buffering.write.status import copied_status, made_event
 
 __all__ = ["AtomicContract"]
 
@@ -218,3 +220,55 @@ class AtomicContract(ContractHooks):
             assert await backend.cache.get("Observation", "r1") is not None
         assert await backend.cache.get("Observation", "r1") is None
         assert await backend.cache.created_by("Observation", "r1") is None
+
+    async def test_atomic_replicate_moves_routine_committed_statuses(
+        self, backend: Backend
+    ) -> None:
+        """``replicate`` writes what ``put_status`` of each routine move would, then releases."""
+        async with backend.atomic() as batch:
+            if not isinstance(batch, SupportsReplicatedMoves):
+                pytest.skip("the backend's write batch has no replicate")
+        states = TransactionState
+        created = dt.datetime(2026, 12, 1, 8, 0, 0, 123456, tzinfo=dt.UTC)
+        committed = created + dt.timedelta(seconds=2, microseconds=5)
+        at = created + dt.timedelta(seconds=3, microseconds=77)
+        times: dict[str, Any] = {"created_at": created, "updated_at": committed}
+        lsn = LSN(0x1_0000_0020)
+        routine = self.make_status(
+            states.COMMITTED, commit_lsn=lsn, committed_at=committed, **times
+        )
+        no_lsn = self.make_status(states.COMMITTED, attempts=2, **times)
+        noted = self.make_status(
+            states.COMMITTED,
+            commit_lsn=lsn,
+            history=(made_event(committed, "noted", "by hand"),),
+            **times,
+        )
+        generated = self.make_status(
+            states.COMMITTED, commit_lsn=lsn, generated={"s": {"id": 1}}, **times
+        )
+        staged = self.make_status(states.COMMITTED, commit_lsn=lsn, **times)
+        everyone = [routine, no_lsn, noted, generated, staged]
+        for status in everyone:
+            await backend.status.put(status, 600.0)
+        write = CacheWrite("Observation", "r1", CacheKind.CREATE, {"a": 1})
+        await backend.cache.write(routine.transaction_id, [write], 60.0)
+        own = copied_status(staged, {"state": states.FAILED, "last_error": "staged"})
+        async with backend.atomic() as batch:
+            assert isinstance(batch, SupportsReplicatedMoves)
+            batch.put_status(own, 600.0)
+            batch.replicate([s.transaction_id for s in everyone], at, 600.0)
+            assert await backend.status.get(routine.transaction_id) == routine
+        moved = {"state": states.REPLICATED, "updated_at": at, "replicated_at": at}
+        assert await backend.status.get_many([s.transaction_id for s in everyone]) == [
+            copied_status(routine, moved),
+            copied_status(no_lsn, moved),
+            noted,
+            generated,
+            own,
+        ]
+        assert await backend.cache.get("Observation", "r1") is None
+        replicated = await backend.status.ids(states.REPLICATED)
+        assert sorted(replicated) == sorted([routine.transaction_id, no_lsn.transaction_id])
+        left = await backend.status.ids(states.COMMITTED)
+        assert sorted(left) == sorted([generated.transaction_id, noted.transaction_id])
