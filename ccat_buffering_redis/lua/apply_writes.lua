@@ -220,20 +220,26 @@ end
 local function replicate_all(ttl, now_us, txids)
   local staged = {}
   for _, s in ipairs(G.statuses) do staged[s[1]] = true end
+  local find, sub, match = string.find, string.sub, string.match
   for _, txid in ipairs(txids) do
     local json = not staged[txid] and split_status(STORED[txid] or nil) or ''
-    local body, created, _, rest = string.match(
-      json, '^({.*})@(%-?%d+),(%-?%d+)(.*)$')
-    local committed = rest and string.match(rest, '^,(%-?%d*)$')
-    if rest == '' then committed = '' end
-    if committed and string.find(body, '"state":"committed"', 1, true)
-        and not string.find(body, '"history"', 1, true)
-        and not string.find(body, '"last_error"', 1, true)
-        and not string.find(body, '"generated"', 1, true) then
+    -- The times follow the JSON's last '@' (they hold none), after its '}':
+    -- looked for in the text's last 96 bytes (four times take at most ~70).
+    local state = find(json, '"state":"committed"', 1, true)
+    local at = state and find(json, '}@[%-%d,]*$', math.max(state, #json - 96))
+    local created, committed
+    if state and not find(json, '"history"', 1, true)
+        and not find(json, '"last_error"', 1, true)
+        and not find(json, '"generated"', 1, true) then
+      local updated
+      created, updated, committed = match(json, '^(%-?%d+),(%-?%d+),?(%-?%d*)$', at + 2)
+      if not updated then created = nil end
+    end
+    if created then
       local since = string.format('%d', now_us - tonumber(created))
-      local moved = string.gsub(body, '"state":"committed"', '"state":"replicated"', 1)
-      put_status(txid, moved .. '@' .. created .. ',' .. since .. ',' .. committed .. ',' .. since,
-        'replicated', ttl, '', txid)
+      put_status(txid, sub(json, 1, state - 1) .. '"state":"replicated"'
+        .. sub(json, state + 19, at + 1) .. created .. ',' .. since .. ',' .. committed
+        .. ',' .. since, 'replicated', ttl, '', txid)
     end
   end
   return release_all(txids)
