@@ -436,8 +436,9 @@ class Transitions:
             if isinstance(batch, SupportsReplicatedMoves):
                 # The store moves the routine statuses this process committed from
                 # what it holds (the same, see RecentCommits): none is built here.
-                # Any other (one read back, perhaps of an older format) is written
-                # as it is elsewhere, so that the store never leaves one behind.
+                # Any other (one read back, perhaps written by an older version) is
+                # built here as before. One the store does not recognise (changed
+                # behind this process) stays committed: the next poll reads it back.
                 known = self.recent_commits.holds
                 put_statuses(batch, moved([s for s in statuses if not known(s)]), self.status_ttl)
                 batch.replicate(ids, now, self.status_ttl)
