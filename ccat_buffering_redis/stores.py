@@ -71,6 +71,12 @@ _MICRO = dt.timedelta(microseconds=1)
 _LEADING_ID = re.compile(r'^\{"format_version":[0-9]+,"transaction_id":"([^"]+)"')
 
 
+_Claimed = tuple[
+    Claim, str | None, TransactionStatus | None, Callable[[], TransactionStatus] | None
+]
+"""A claim, its id, its status and, if the claim moved it, the status before (see below)."""
+
+
 def _status_of(transaction_id: str, raw: bytes | str) -> TransactionStatus:
     """The status ``raw`` holds (one the claim moved: never only records)."""
     status = status_of(transaction_id, raw)
@@ -108,9 +114,7 @@ class RedisBufferStore(_SiteStore):
 
     async def claim_with_statuses(
         self, count: int, lease_seconds: float, processing_at: dt.datetime | None = None
-    ) -> list[
-        tuple[Claim, str | None, TransactionStatus | None, Callable[[], TransactionStatus] | None]
-    ]:
+    ) -> list[_Claimed]:
         """:meth:`claim`, each claim with the status of the transaction its entry names first.
 
         The drain writes the claimed transactions' statuses next: they come
@@ -137,11 +141,7 @@ class RedisBufferStore(_SiteStore):
             return []
         deadline = int(reply[0]) / 1000
         moved = as_text(reply[1])
-        out: list[
-            tuple[
-                Claim, str | None, TransactionStatus | None, Callable[[], TransactionStatus] | None
-            ]
-        ] = []
+        out: list[_Claimed] = []
         for k, i in enumerate(range(2, len(reply), 3)):
             claim = Claim(as_text(reply[i]), entry_text(reply[i + 1]), deadline)
             raw = reply[i + 2]
@@ -151,14 +151,9 @@ class RedisBufferStore(_SiteStore):
                 continue
             transaction_id = found.group(1)
             if processing_at is not None and moved[k] == "1":
-                before = partial(_status_of, transaction_id, raw)
+                moved_to = processing_of(transaction_id, raw, processing_at)
                 out.append(
-                    (
-                        claim,
-                        transaction_id,
-                        processing_of(transaction_id, raw, processing_at),
-                        before,
-                    )
+                    (claim, transaction_id, moved_to, partial(_status_of, transaction_id, raw))
                 )
             else:
                 status = None if raw is None else status_of(transaction_id, raw)

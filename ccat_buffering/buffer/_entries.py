@@ -70,6 +70,10 @@ def read_claims(
     return parsed, refused
 
 
+Before = Callable[[], TransactionStatus]
+"""The status a claim found before it wrote it ``processing``, read when called."""
+
+
 @runtime_checkable
 class ClaimsWithStatuses(Protocol):
     """A buffer store whose claim reads the claimed transactions' statuses in the same call.
@@ -81,9 +85,7 @@ class ClaimsWithStatuses(Protocol):
 
     async def claim_with_statuses(
         self, count: int, lease_seconds: float, processing_at: dt.datetime | None = None
-    ) -> list[
-        tuple[Claim, str | None, TransactionStatus | None, Callable[[], TransactionStatus] | None]
-    ]:
+    ) -> list[tuple[Claim, str | None, TransactionStatus | None, Before | None]]:
         """:meth:`BufferStore.claim`, each claim with the status of the id its entry starts with.
 
         With ``processing_at``, the store may write some of those statuses
@@ -122,7 +124,7 @@ async def claim_read(
     """
     store = backend.buffer
     known: dict[str, TransactionStatus | None] = {}
-    moved: dict[str, tuple[str, Callable[[], TransactionStatus]]] = {}
+    moved: dict[str, tuple[str, Before]] = {}
     if isinstance(store, ClaimsWithStatuses):
         claimed = await store.claim_with_statuses(count, lease_seconds, processing_at)
         claims = [claim for claim, _, _, _ in claimed]
