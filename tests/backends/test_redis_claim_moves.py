@@ -15,6 +15,7 @@ import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import fakeredis
 import pytest
 import redis.asyncio as aioredis
 from services import forget_site, site_dump
@@ -305,3 +306,23 @@ async def test_an_entry_the_drain_refuses_keeps_the_status_a_reader_saw(
     assert [(x.reason, x.transaction_id) for x in letters[0]] == [
         (x.reason, x.transaction_id) for x in letters[1]
     ]
+
+
+async def test_the_claim_moves_statuses_on_fakeredis_too() -> None:
+    """fakeredis runs the script in its own Lua (the contract suite's first Redis)."""
+    client = fakeredis.FakeAsyncRedis()
+    try:
+        async with RedisBackend(client, site=new_site_name()) as backend:
+            store = _Moves(backend)
+            backend.buffer = store
+            manager = TransactionManager(backend, clock=FakeClock(1_765_000_000.25))
+            txs = [observation(i)[0] for i in range(3)]
+            await manager.buffer_many(txs)
+            claimed = await manager.claim(10, 30)
+            ids = [t.transaction_id for t in txs]
+            assert store.moved == ids
+            assert await backend.status.get_many(ids) == [d.status for d in claimed]
+            assert await backend.status.ids(S.PROCESSING) == ids
+            assert await backend.status.ids(S.BUFFERED) == []
+    finally:
+        await client.aclose()
