@@ -36,6 +36,7 @@ __all__ = [
     "field_prefix",
     "first_transaction",
     "micros_since_epoch",
+    "processing_of",
     "record_creator",
     "record_head",
     "record_text",
@@ -292,6 +293,36 @@ def status_of(transaction_id: str, raw: bytes | str) -> TransactionStatus | None
         return TransactionStatus.model_validate_json(head + body)
     status = TransactionStatus.model_validate_json(head + body)
     return status.model_copy(update={n: _EPOCH + t * _MICRO for n, t in times.items()})
+
+
+def processing_of(transaction_id: str, raw: bytes | str, at: dt.datetime) -> TransactionStatus:
+    """The status a claim wrote ``processing`` at ``at`` over the routine status ``raw``.
+
+    What the drain makes of :func:`status_of` (``Transitions._advance_all``:
+    state and ``updated_at`` changed, ``history`` given), built from the
+    stored text without the status before it: ``lua/claim.lua`` moves only
+    statuses of the routine shape, whose body :func:`_lean_body` reads.
+    """
+    text = as_text(raw).partition("\n")[0].lstrip("0123456789")
+    end = text.rfind("}") + 1
+    body = text[:end]
+    read = _BODIES.get(body) or _lean_body(body)
+    if read is None:  # not a shape the claim moves: the long way, same result
+        old = status_of(transaction_id, raw)
+        if old is None:
+            raise ValueError(f"the status of {transaction_id} holds no status: {raw!r}")
+        update = {"state": TransactionState.PROCESSING, "updated_at": at}
+        return made_status(
+            {**old.__dict__, **update}, old.__pydantic_fields_set__ | {*update, "history"}
+        )
+    template, names = read
+    values = template.copy()
+    values["transaction_id"] = transaction_id
+    values["state"] = TransactionState.PROCESSING
+    values["created_at"] = _EPOCH + int(text[end + 1 :].partition(",")[0]) * _MICRO
+    values["updated_at"] = at
+    values["generated"] = {}
+    return made_status(values, {*names, "updated_at", "history"})
 
 
 def _lean_status(transaction_id: str, body: str, tail: str) -> TransactionStatus | None:

@@ -11,9 +11,11 @@ batch, :class:`RedisWriteBatch`, is in :mod:`ccat_buffering_redis._writes`.
 from __future__ import annotations
 
 import builtins
+import datetime as dt
 import itertools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ccat_buffering.buffer import checks
@@ -38,7 +40,13 @@ from ccat_buffering_redis._frame import (
     retry_command,
     status_command,
 )
-from ccat_buffering_redis._values import as_text, cached_record, field_prefix, status_of
+from ccat_buffering_redis._values import (
+    as_text,
+    cached_record,
+    field_prefix,
+    processing_of,
+    status_of,
+)
 from ccat_buffering_redis._writes import RedisWriteBatch
 from ccat_buffering_redis.compression import entry_bytes, entry_text
 from ccat_buffering_redis.keys import SEQ_STATES
@@ -55,9 +63,26 @@ __all__ = [
 _CURSOR = {True: re.compile(r"\d+"), False: re.compile(r"-?\d+(\.\d+)?(e[+-]?\d+)? \S+")}
 """A status page's cursor: a sequence number (bucketed states), or ``<score> <member>``."""
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICRO = dt.timedelta(microseconds=1)
+
 
 # The id an entry starts with, as claim.lua reads it (Transaction.to_json writes it first).
 _LEADING_ID = re.compile(r'^\{"format_version":[0-9]+,"transaction_id":"([^"]+)"')
+
+
+_Claimed = tuple[
+    Claim, str | None, TransactionStatus | None, Callable[[], TransactionStatus] | None
+]
+"""A claim, its id, its status and, if the claim moved it, the status before (see below)."""
+
+
+def _status_of(transaction_id: str, raw: bytes | str) -> TransactionStatus:
+    """The status ``raw`` holds (one the claim moved: never only records)."""
+    status = status_of(transaction_id, raw)
+    if status is None:
+        raise ValueError(f"the status of {transaction_id} holds no status: {raw!r}")
+    return status
 
 
 class _SiteStore:
@@ -85,39 +110,54 @@ class RedisBufferStore(_SiteStore):
         if count < 1:
             raise ValueError(f"count must be at least 1, not {count}")
         check_duration(lease_seconds, "lease_seconds")
-        return [claim for claim, _, _ in await self.claim_with_statuses(count, lease_seconds)]
+        return [claim for claim, _, _, _ in await self.claim_with_statuses(count, lease_seconds)]
 
     async def claim_with_statuses(
-        self, count: int, lease_seconds: float
-    ) -> list[tuple[Claim, str | None, TransactionStatus | None]]:
+        self, count: int, lease_seconds: float, processing_at: dt.datetime | None = None
+    ) -> list[_Claimed]:
         """:meth:`claim`, each claim with the status of the transaction its entry names first.
 
         The drain writes the claimed transactions' statuses next: they come
-        in the claim's own reply, not in a second round trip.
+        in the claim's own reply, not in a second round trip; and with
+        ``processing_at``, the routine ones (``lua/claim.lua`` says which)
+        are written ``processing`` by the claim itself, as the drain would
+        write them at that time.
 
         Returns:
-            Each claim, the transaction id its entry starts with and that
-            transaction's status (``None`` if it has none); the id is ``None``
-            where it was not read (a compressed entry): ask the status store.
+            Each claim, the transaction id its entry starts with, that
+            transaction's status (``None`` if it has none) and, where the
+            claim wrote it ``processing``, the status before (read when
+            called); the id is ``None`` where it was not read (a compressed
+            entry): ask the status store.
         """
         if count < 1:
             raise ValueError(f"count must be at least 1, not {count}")
         check_duration(lease_seconds, "lease_seconds")
-        reply = await self._backend.script("claim", count, ms(lease_seconds))
+        args: tuple[int | str, ...] = (count, ms(lease_seconds))
+        if processing_at is not None:
+            args += (str((processing_at - _EPOCH) // _MICRO),)
+        reply = await self._backend.script("claim", *args)
         if not reply:
             return []
         deadline = int(reply[0]) / 1000
-        out: list[tuple[Claim, str | None, TransactionStatus | None]] = []
-        for i in range(1, len(reply), 3):
+        moved = as_text(reply[1])
+        out: list[_Claimed] = []
+        for k, i in enumerate(range(2, len(reply), 3)):
             claim = Claim(as_text(reply[i]), entry_text(reply[i + 1]), deadline)
             raw = reply[i + 2]
             found = None if isinstance(raw, int) else _LEADING_ID.match(claim.payload[:200])
             if found is None:
-                out.append((claim, None, None))
+                out.append((claim, None, None, None))
+                continue
+            transaction_id = found.group(1)
+            if processing_at is not None and moved[k] == "1":
+                moved_to = processing_of(transaction_id, raw, processing_at)
+                out.append(
+                    (claim, transaction_id, moved_to, partial(_status_of, transaction_id, raw))
+                )
             else:
-                transaction_id = found.group(1)
                 status = None if raw is None else status_of(transaction_id, raw)
-                out.append((claim, transaction_id, status))
+                out.append((claim, transaction_id, status, None))
         return out
 
     async def ack(self, receipts: Sequence[str]) -> int:

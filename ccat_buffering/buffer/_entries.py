@@ -8,8 +8,9 @@ once so that they never block the queue.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -69,6 +70,10 @@ def read_claims(
     return parsed, refused
 
 
+Before = Callable[[], TransactionStatus]
+"""The status a claim found before it wrote it ``processing``, read when called."""
+
+
 @runtime_checkable
 class ClaimsWithStatuses(Protocol):
     """A buffer store whose claim reads the claimed transactions' statuses in the same call.
@@ -79,37 +84,80 @@ class ClaimsWithStatuses(Protocol):
     """
 
     async def claim_with_statuses(
-        self, count: int, lease_seconds: float
-    ) -> list[tuple[Claim, str | None, TransactionStatus | None]]:
+        self, count: int, lease_seconds: float, processing_at: dt.datetime | None = None
+    ) -> list[tuple[Claim, str | None, TransactionStatus | None, Before | None]]:
         """:meth:`BufferStore.claim`, each claim with the status of the id its entry starts with.
+
+        With ``processing_at``, the store may write some of those statuses
+        ``processing`` in the claim, as :meth:`Transitions.claim` makes them
+        at that time (state and ``updated_at`` changed, ``history`` given).
 
         Returns:
             Each claim, the transaction id its entry starts with (``None``
-            where it was not read), and that transaction's status, if any.
+            where it was not read), that transaction's status, if any, and,
+            where the claim wrote it ``processing``, the status before (read
+            when called).
         """
         ...
 
 
 async def claim_read(
-    backend: Backend, count: int, lease_seconds: float, max_payload_bytes: int | None
-) -> tuple[list[tuple[Claim, Transaction, TransactionStatus | None]], list[Refused]]:
+    backend: Backend,
+    count: int,
+    lease_seconds: float,
+    max_payload_bytes: int | None,
+    processing_at: dt.datetime | None = None,
+) -> tuple[
+    list[tuple[Claim, Transaction, TransactionStatus | None, bool]],
+    list[Refused],
+    list[TransactionStatus],
+]:
     """Claim, read the entries, and find the readable ones' statuses, in buffer order.
 
     A status that came with the claim is used only for the transaction the
     entry decodes to (same id); every other is read from the status store.
+    Each readable entry says whether the claim wrote its status
+    ``processing`` at ``processing_at`` (see :class:`ClaimsWithStatuses`):
+    then the status given is that one. A status so written for an entry that
+    is not read as that transaction (unreadable, or naming another id) comes
+    back as it was before, in the third list: the caller writes it back.
     """
     store = backend.buffer
     known: dict[str, TransactionStatus | None] = {}
+    moved: dict[str, tuple[str, Before]] = {}
     if isinstance(store, ClaimsWithStatuses):
-        claimed = await store.claim_with_statuses(count, lease_seconds)
-        claims = [claim for claim, _, _ in claimed]
-        known = {i: status for _, i, status in claimed if i is not None}
+        claimed = await store.claim_with_statuses(count, lease_seconds, processing_at)
+        claims = [claim for claim, _, _, _ in claimed]
+        known = {i: status for _, i, status, _ in claimed if i is not None}
+        moved = {c.receipt: (i, b) for c, i, _, b in claimed if b is not None and i is not None}
     else:
         claims = await store.claim(count, lease_seconds)
     if not claims:
-        return [], []
+        return [], [], []
     parsed, unreadable = read_claims(claims, max_payload_bytes)
     missing = [tx.transaction_id for _, tx in parsed if tx.transaction_id not in known]
     if missing:
         known.update(zip(missing, await backend.status.get_many(missing), strict=True))
-    return [(claim, tx, known[tx.transaction_id]) for claim, tx in parsed], unreadable
+    if not moved:
+        return (
+            [(claim, tx, known[tx.transaction_id], False) for claim, tx in parsed],
+            unreadable,
+            [],
+        )
+    read = []
+    delivered = set()
+    for claim, tx in parsed:
+        i = tx.transaction_id
+        was_moved = claim.receipt in moved and moved[claim.receipt][0] == i
+        if was_moved:
+            delivered.add(claim.receipt)
+        read.append((claim, tx, known[i], was_moved))
+    strays: list[TransactionStatus] = []
+    if len(delivered) < len(moved):
+        refused = {r.claim.receipt: r.transaction_id for r in unreadable}
+        strays = [
+            before()
+            for receipt, (i, before) in moved.items()
+            if receipt not in delivered and refused.get(receipt) != i
+        ]
+    return read, unreadable, strays

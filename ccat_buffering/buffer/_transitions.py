@@ -217,8 +217,10 @@ class Transitions:
         Returns:
             The readable ones, in buffer order.
         """
-        parsed, unreadable = await claim_read(
-            self.backend, count, lease_seconds, self.max_payload_bytes
+        # The time of the move, before the claim: a store may write it (see claim_read).
+        now = self.now()
+        parsed, unreadable, strays = await claim_read(
+            self.backend, count, lease_seconds, self.max_payload_bytes, now
         )
         if not parsed and not unreadable:
             return []
@@ -226,6 +228,9 @@ class Transitions:
             [r.transaction_id for r in unreadable if r.transaction_id]
         )
         async with self.backend.atomic() as batch:
+            for status in strays:
+                # Moved by the claim for an entry not read as its transaction: as it was.
+                batch.put_status(status, self.status_ttl)
             for entry in unreadable:
                 batch.dead_letter(entry.claim.receipt, entry.reason, entry.transaction_id)
                 if entry.transaction_id is not None:
@@ -236,16 +241,22 @@ class Transitions:
                         )
                         batch.put_status(failed, self.status_ttl)
                     batch.release_cache([entry.transaction_id])
-            processing = self._advance_all(
-                [old or buffered_status(tx) for _, tx, old in parsed],
+            # Those the claim wrote processing come as they are now; the rest are written here.
+            written = self._advance_all(
+                [
+                    old or buffered_status(tx)
+                    for _, tx, old, moved in parsed
+                    if old is None or not moved
+                ],
                 TransactionState.PROCESSING,
-                self.now(),
+                now,
             )
+            advanced = iter(written)
             deliveries = [
-                Delivery(claim, tx, status)
-                for (claim, tx, _), status in zip(parsed, processing, strict=True)
+                Delivery(claim, tx, next(advanced) if status is None or not moved else status)
+                for claim, tx, status, moved in parsed
             ]
-            put_statuses(batch, processing, self.status_ttl)
+            put_statuses(batch, written, self.status_ttl)
         log = SiteLogger(__name__, self.backend.site)
         for entry in unreadable:
             # Every entry dead-lettered here is said, with the id to find it by.

@@ -20,6 +20,32 @@ local function split_status(value)
   return string.sub(value, 1, nl - 1), string.sub(value, nl + 1)
 end
 
+-- The first line of a routine status (see routine_body in ccat_buffering_redis._values)
+-- in a form that Python reads and writes back byte for byte:
+-- '<seq>{"endpoint":"<e>","state":"<state>","attempts":<n>}@<created>,<updated>', the
+-- endpoint absent if empty, else printable ASCII without quote or backslash (JSON
+-- text that reads as itself), attempts absent if 0, no other member, and no other
+-- time. Returns the sequence number (text, maybe empty), the JSON up to the
+-- state's name and after it, the state, and the created time (text); nil for
+-- any other line.
+local function routine_status(line)
+  local seq, before, state, after, created, updated = string.match(line,
+    '^(%d*)({[^@]-"state":")(%l+)("[^@]*})@(%d+),(%-?%d+)$')
+  if not seq then return nil end
+  if before ~= '{"state":"' then
+    local endpoint = string.match(before, '^{"endpoint":"([^"\\%c\128-\255]+)","state":"$')
+    if not endpoint then return nil end
+  end
+  if after ~= '"}' and not string.match(after, '^","attempts":[1-9]%d*}$') then return nil end
+  -- Canonical numbers (Python writes back int() of each), the created time
+  -- below 2**32 s as Python reads it without rounding.
+  if #created > 16 or (#created > 1 and string.sub(created, 1, 1) == '0')
+      or tonumber(created) >= 4294967296000000 then
+    return nil
+  end
+  return seq, before, after, state, created, updated
+end
+
 local function join_status(json, members)
   if members == '' then return json end
   return json .. '\n' .. members

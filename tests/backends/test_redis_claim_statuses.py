@@ -43,10 +43,10 @@ async def test_each_claim_comes_with_the_status_its_transaction_has(
     await redis_client.lpush(backend.keys.buffer, bare.to_json())  # an entry with no status
     stored = await backend.status.get(plain.transaction_id)
     claimed = await backend.buffer.claim_with_statuses(10, 30)
-    assert [(c.payload, i, s) for c, i, s in claimed] == [
-        (plain.to_json(), plain.transaction_id, stored),
-        (compressed.to_json(), None, None),  # not read in the script: the drain asks
-        (bare.to_json(), bare.transaction_id, None),
+    assert [(c.payload, i, s, m) for c, i, s, m in claimed] == [
+        (plain.to_json(), plain.transaction_id, stored, None),
+        (compressed.to_json(), None, None, None),  # not read in the script: the drain asks
+        (bare.to_json(), bare.transaction_id, None, None),
     ]
 
 
