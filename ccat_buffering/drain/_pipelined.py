@@ -33,7 +33,7 @@ from ccat_buffering.drain.database import (
 from ccat_buffering.drain.outcome import Outcome, plain_outcome
 from ccat_buffering.errors import DatabaseUnavailableError
 from ccat_buffering.write.lsn import LSN
-from ccat_buffering.write.models import Operation, Step, Transaction
+from ccat_buffering.write.models import Operation, Step, Transaction, utc_now
 from ccat_buffering.write.registry import ModelRegistry
 
 __all__ = ["PipelinedPath", "PreparedBatch", "copy_outcomes", "must_match", "row_chunks", "unique"]
@@ -120,6 +120,10 @@ def must_match(statement: Any) -> Any:
     return select(literal_column("1") / literal_column("count(*)")).select_from(hit)
 
 
+_LEDGER_FIELDS = ("transaction_id", "endpoint", "applied_at", "site", "created_at")
+"""The fields of a ledger row, in the order :func:`ledger_rows` writes them."""
+
+
 def _lsn_of(result: PipelineResult) -> LSN | None:
     rows = list(result.rows.values())
     return LSN.parse(rows[-1][0][0]) if rows else None
@@ -151,22 +155,35 @@ class PipelinedPath:
         if self.ledger:
             # One array parameter: an IN list of a thousand costs the compiler
             # a thousand binds, and psycopg as many placeholders to convert.
-            table = self.dialect.identifier_preparer.format_table(ledger_table)
+            name = self.dialect.identifier_preparer.format_table(ledger_table)
+            ids = [tx.transaction_id for _, tx in todo]
             first.add(
                 Statement(
-                    f"SELECT transaction_id FROM {table} WHERE transaction_id = ANY($1::varchar[])",
-                    [[tx.transaction_id for _, tx in todo]],
+                    f"SELECT transaction_id FROM {name} WHERE transaction_id = ANY($1::varchar[])",
+                    [ids],
                     positional=True,
                 )
             )
-            first.insert_rows(ledger_table, ledger_rows([tx for _, tx in todo], self.site))
-        for model, rows in grouped.inserts:
-            self.rows(first, model, rows, None)
+            self.record(first, [tx for _, tx in todo], ids)
+        for model, chunks in grouped.chunks:
+            table = self.registry.mapper(model).local_table
+            for chunk in chunks:
+                if not (isinstance(table, Table) and first.insert_rows(table, chunk.rows)):
+                    first.sql(insert(self.registry.model(model)).values(chunk.rows))
         self.steps(first, grouped.updates, None)
         first.text("COMMIT")
         first.sync()
         first.text("SELECT pg_current_wal_insert_lsn()::text")
         return first
+
+    def record(self, pipeline: Pipeline, transactions: list[Transaction], ids: list[str]) -> None:
+        """Append the ledger rows of ``transactions`` (``ids``): those of :func:`ledger_rows`."""
+        now, site = utc_now(), self.site or None
+        values: list[Any] = []
+        for tx, transaction_id in zip(transactions, ids, strict=True):
+            values += (transaction_id, tx.endpoint, now, site, tx.created_at)
+        if not pipeline.insert_values(ledger_table, _LEDGER_FIELDS, values, len(ids)):
+            pipeline.insert_rows(ledger_table, ledger_rows(transactions, self.site))
 
     def steps(self, pipeline: Pipeline, steps: Sequence[Step], owner: int | None) -> None:
         for step in steps:

@@ -44,6 +44,50 @@ def _cases() -> dict[str, Transaction]:
         "unknown model": built(known, ("create", "Nothing", {"id": 1}, ("id",))),
         "a ref to an unknown field": _referring("colour"),
         "a ref to a known field": _referring("id"),
+        **_keyed(),
+    }
+
+
+def _keyed() -> dict[str, Transaction]:
+    """Updates and deletes: a key, a base (``expected``), per-record bases."""
+
+    def one(build: object, key: dict[str, object] | None = None) -> Transaction:
+        tx = TransactionBuilder("keyed")
+        build(tx)  # type: ignore[operator]
+        made = tx.build()
+        if key is None:
+            return made
+        steps = [made.steps[0].model_copy(update={"key": key})]
+        return made.model_copy(update={"steps": steps})
+
+    return {
+        "an update with a base": one(
+            lambda tx: tx.update("RawDataPackage", PACKAGE, {"name": "q"}, expected={"name": "p"})
+        ),
+        "an update of an unknown field": one(
+            lambda tx: tx.update("RawDataPackage", PACKAGE, {"hue": 1})
+        ),
+        "a base naming an unknown field": one(
+            lambda tx: tx.update("RawDataPackage", PACKAGE, {"name": "q"}, expected={"hue": 1})
+        ),
+        "a key naming other fields": one(
+            lambda tx: tx.update("RawDataPackage", PACKAGE, {"name": "q"}), {"name": "p"}
+        ),
+        "a key naming an unknown field": one(
+            lambda tx: tx.delete("RawDataPackage", PACKAGE), {"id": PACKAGE, "hue": 1}
+        ),
+        "an empty key": one(lambda tx: tx.delete("RawDataPackage", PACKAGE), {}),
+        "a delete": one(lambda tx: tx.delete("RawDataPackage", PACKAGE)),
+        "a bulk update with bases": one(
+            lambda tx: tx.bulk_update(
+                "RawDataPackage", [{"id": PACKAGE, "name": "z"}], expected=[{"name": "y"}]
+            )
+        ),
+        "a bulk update's base naming an unknown field": one(
+            lambda tx: tx.bulk_update(
+                "RawDataPackage", [{"id": PACKAGE, "name": "z"}], expected=[{"hue": 2}]
+            )
+        ),
     }
 
 
