@@ -16,7 +16,7 @@ from sqlalchemy.engine import Dialect
 from ccat_buffering.buffer.retry import classify_failure
 from ccat_buffering.drain._grouping import Planner
 from ccat_buffering.drain._pipelined import PipelinedPath, PreparedBatch
-from ccat_buffering.drain.outcome import Outcome, plain_outcome
+from ccat_buffering.drain.outcome import Outcome
 from ccat_buffering.errors import UnknownColumnError
 from ccat_buffering.write.models import Transaction
 from ccat_buffering.write.registry import ModelRegistry
@@ -64,7 +64,7 @@ class BatchPreparer:
         take the pipeline, given to the planner, which cuts the rows into the
         message's INSERTs as it goes.
         """
-        outcomes: list[Outcome] = []
+        outcomes: list[Outcome | None] = []  # a runnable one's is made when read (waiting)
         runnable: list[tuple[int, Transaction]] = []
         todo: list[tuple[int, Transaction]] = []
         copies: list[tuple[int, int]] = []
@@ -81,8 +81,9 @@ class BatchPreparer:
             except Exception as exc:
                 outcomes.append(Outcome(transaction_id, error=exc, kind=classify_failure(exc)))
                 continue
-            outcomes.append(plain_outcome(transaction_id, False))
-            runnable.append((index, tx))
+            outcomes.append(None)
+            pair = (index, tx)
+            runnable.append(pair)
             if refs:
                 continue
             if has_refs:
@@ -94,7 +95,7 @@ class BatchPreparer:
                 copies.append((index, first_of[transaction_id]))
                 continue
             first_of[transaction_id] = index
-            todo.append((index, tx))
+            todo.append(pair)
             if planner is not None and not planner.add(tx):
                 planner = None  # the batch goes one transaction at a time
         pipelined = bool(runnable) and not refs and psycopg

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Table, insert, literal_column, select
 from sqlalchemy.engine import Dialect
@@ -44,12 +44,29 @@ class PreparedBatch:
     """A batch checked and planned, not yet sent (see :meth:`TransactionExecutor.prepare`)."""
 
     transactions: tuple[Transaction, ...]
-    outcomes: list[Outcome]
+    made: list[Outcome | None]
+    """One per transaction: a refusal, or ``None`` for a runnable one without an outcome yet."""
     runnable: list[tuple[int, Transaction]]
     pipelined: bool
     todo: list[tuple[int, Transaction]] = field(default_factory=list)
     copies: list[tuple[int, int]] = field(default_factory=list)
     first: Pipeline | None = None
+    applied: bool = False
+    """The first message applied every runnable transaction (none was stopped)."""
+
+    @property
+    def outcomes(self) -> list[Outcome]:
+        """One per transaction, in order: a runnable one without its own yet is waiting.
+
+        The waiting outcomes are made when first read: a batch that the
+        first message applies whole never needs them.
+        """
+        made = self.made
+        if not self.applied:
+            for index, tx in self.runnable:
+                if made[index] is None:
+                    made[index] = plain_outcome(tx.transaction_id, False)
+        return cast(list[Outcome], made)
 
 
 def unique(
@@ -229,16 +246,18 @@ class PipelinedPath:
         raw = await conn.get_raw_connection()
         driver = raw.driver_connection
         touch = None if dog is None else dog.touch
-        todo, copies, outcomes = batch.todo, batch.copies, batch.outcomes
+        todo, copies = batch.todo, batch.copies
         done: set[str] = set()
         lsn: LSN | None = None
         first = batch.first
         if first is not None:
             result = await first.send(driver, touch)
             if not result.errors:
+                made = batch.made  # every runnable one gets its outcome here: none waits
                 for index, tx in todo:
-                    outcomes[index] = plain_outcome(tx.transaction_id, True)
-                copy_outcomes(copies, outcomes)
+                    made[index] = plain_outcome(tx.transaction_id, True)
+                copy_outcomes(copies, cast(list[Outcome], made))
+                batch.applied = True
                 return _lsn_of(result)
             error = result.errors[0]
             raise_unless_the_transactions(error, "during a batch")
@@ -246,6 +265,7 @@ class PipelinedPath:
                 raise CommitRefusedError(error)
             if self.ledger and 1 in result.rows:
                 done = {row[0] for row in result.rows[1]}
+        outcomes = batch.outcomes
         second = Pipeline(self.dialect)
         if first is not None:
             second.text("ROLLBACK")

@@ -158,13 +158,14 @@ class TransactionExecutor(OperatorPaths):
     async def _execute_once(self, transactions: Sequence[Transaction]) -> BatchResult:
         """One database transaction: the batch up to its first stop (see :meth:`execute_batch`)."""
         batch = self.preparer.take(transactions)
-        outcomes, runnable = batch.outcomes, batch.runnable
+        runnable = batch.runnable
         if not runnable:
-            return BatchResult(outcomes, None)
+            return BatchResult(batch.outcomes, None)
         try:
             await self._check_holds(batch)
             lsn = await self._run(batch)
         except CommitRefusedError as refused:
+            outcomes = batch.outcomes
             if len(runnable) == 1:
                 index, tx = runnable[0]
                 outcomes[index] = failure_outcome(tx, refused.error, self.registry)
@@ -192,7 +193,10 @@ class TransactionExecutor(OperatorPaths):
             raise DatabaseUnavailableError(
                 f"the batch could not be applied ({classify_failure(exc)}): {exc}"
             ) from exc
-        if batch.pipelined:
+        outcomes = batch.outcomes
+        if batch.applied:
+            pass  # the first message applied the whole batch: nothing stopped
+        elif batch.pipelined:
             # (Its ledger row goes first in each transaction: already settled.)
             # The pipeline stopped at a write that met another party's row (a
             # base that moved, a key that exists): the session path tells the
