@@ -9,6 +9,7 @@ until the executor is asked to apply the very same transaction objects.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 
 from sqlalchemy.engine import Dialect
@@ -18,7 +19,7 @@ from ccat_buffering.drain._grouping import Planner
 from ccat_buffering.drain._pipelined import PipelinedPath, PreparedBatch
 from ccat_buffering.drain.outcome import Outcome
 from ccat_buffering.errors import UnknownColumnError
-from ccat_buffering.write.models import Transaction
+from ccat_buffering.write.models import Step, Transaction
 from ccat_buffering.write.registry import ModelRegistry
 
 __all__ = ["BatchPreparer"]
@@ -73,14 +74,20 @@ class BatchPreparer:
         # Only the pipeline's message needs the plan (a ref() in the batch: no pipeline).
         planner: Planner | None = Planner(self.registry, without_refs=True) if psycopg else None
         refs = False  # whether a runnable transaction has a ref(): those never pipeline
-        check = self.check
+        quick, check = self._plainly_known, self.check
+        # The ledger rows' values, gathered on the way (the fields are read here already).
+        endpoints: list[str] = []
+        created: list[dt.datetime] = []
         for index, tx in enumerate(transactions):
-            transaction_id = tx.transaction_id
-            try:
-                has_refs = check(tx)
-            except Exception as exc:
-                outcomes.append(Outcome(transaction_id, error=exc, kind=classify_failure(exc)))
-                continue
+            fields = tx.__dict__  # read without an attribute lookup each (a model's are slow)
+            transaction_id, steps = fields["transaction_id"], fields["steps"]
+            has_refs = quick(steps)  # check(), its common case without a call more
+            if has_refs is not False:
+                try:
+                    has_refs = check(tx, steps)
+                except Exception as exc:
+                    outcomes.append(Outcome(transaction_id, error=exc, kind=classify_failure(exc)))
+                    continue
             outcomes.append(None)
             pair = (index, tx)
             runnable.append(pair)
@@ -96,7 +103,9 @@ class BatchPreparer:
                 continue
             first_of[transaction_id] = index
             todo.append(pair)
-            if planner is not None and not planner.add(tx):
+            endpoints.append(fields["endpoint"])
+            created.append(fields["created_at"])
+            if planner is not None and not planner.add(tx, steps):
                 planner = None  # the batch goes one transaction at a time
         pipelined = bool(runnable) and not refs and psycopg
         batch = PreparedBatch(tuple(transactions), outcomes, runnable, pipelined)
@@ -105,10 +114,11 @@ class BatchPreparer:
             if len(todo) > 1 and planner is not None:
                 grouped = planner.plan()
                 if grouped is not None:
-                    batch.first = self.pipelined.message(todo, grouped)
+                    ledger = (list(first_of), endpoints, created)
+                    batch.first = self.pipelined.message(todo, grouped, ledger)
         return batch
 
-    def _plainly_known(self, tx: Transaction) -> bool | None:
+    def _plainly_known(self, steps: Sequence[Step]) -> bool | None:
         """Whether a step has a ``ref()``, where each plainly names known fields; else ``None``.
 
         Plainly: fields of the model, a key naming the model's key fields.
@@ -118,7 +128,7 @@ class BatchPreparer:
         """
         cleared = self._cleared
         refs = False
-        for step in tx.steps:
+        for step in steps:
             values = step.__dict__  # the fields, read without an attribute lookup each
             found = cleared.get(values["model"])
             key_fields = values["key_fields"]
@@ -168,8 +178,12 @@ class BatchPreparer:
         found = self._cleared[model] = (key_fields, known, keyed_by)
         return found
 
-    def check(self, tx: Transaction) -> bool:
+    def check(self, tx: Transaction, steps: Sequence[Step] | None = None) -> bool:
         """Refuse a transaction naming an unknown model or field, or referring to one.
+
+        Args:
+            tx: The transaction.
+            steps: Its steps, where the caller read them already.
 
         Returns:
             Whether it has a ``ref()`` (it cannot go through psycopg's pipeline mode).
@@ -178,7 +192,7 @@ class BatchPreparer:
             UnknownModelError: A model is not registered.
             UnknownColumnError: A field, or a field a ``ref()`` reads, is not mapped.
         """
-        refs = self._plainly_known(tx)
+        refs = self._plainly_known(tx.steps if steps is None else steps)
         if refs is None:
             self.registry.check(tx)
             refs = any(step.has_refs for step in tx.steps)

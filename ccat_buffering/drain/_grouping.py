@@ -18,6 +18,8 @@ import warnings
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import gt
 from typing import Any
 
 from sqlalchemy import Table
@@ -36,6 +38,7 @@ _GROUPABLE = {Operation.CREATE, Operation.BULK_CREATE, Operation.UPDATE, Operati
 _CREATE = Operation.CREATE
 _BULK_CREATE = Operation.BULK_CREATE
 _UPDATE = Operation.UPDATE
+_ABSENT = object()  # a row's value of a column it does not have
 
 
 Columns = tuple[str, ...]
@@ -191,11 +194,15 @@ class _Created:
                 index = {}
             else:
                 # The first one written last: it stays.
-                rows = zip(reversed(creates.positions), reversed(creates.made), strict=True)
                 if len(columns) == 1:
+                    # In C, not a comprehension: a row without the column goes under _ABSENT.
                     (column,) = columns
-                    index = {row[column]: position for position, row in rows if column in row}
+                    made = reversed(creates.made)
+                    values = map(dict.get, made, repeat(column), repeat(_ABSENT))
+                    index = dict(zip(values, reversed(creates.positions), strict=True))
+                    index.pop(_ABSENT, None)
                 else:
+                    rows = zip(reversed(creates.positions), reversed(creates.made), strict=True)
                     index = {
                         tuple(row[c] for c in columns): position
                         for position, row in rows
@@ -232,16 +239,21 @@ class Planner:
         self._steps: list[Step] = []
         self._number = 0  # the next record's position: the order of one by one
 
-    def add(self, tx: Transaction) -> bool:
-        """Take ``tx``'s steps; ``False`` (nothing more taken) when grouping could change them."""
-        if self.possible and not self._add(tx):
+    def add(self, tx: Transaction, steps: Sequence[Step] | None = None) -> bool:
+        """Take ``tx``'s steps; ``False`` (nothing more taken) when grouping could change them.
+
+        Args:
+            tx: The next transaction, in buffer order.
+            steps: Its steps, where the caller read them already.
+        """
+        if self.possible and not self._add(tx.steps if steps is None else steps):
             self.possible = False
         return self.possible
 
-    def _add(self, tx: Transaction) -> bool:
+    def _add(self, steps: Sequence[Step]) -> bool:
         creating = self._creating
         number = self._number
-        for step in tx.steps:
+        for step in steps:
             values = step.__dict__  # the fields, without an attribute lookup each
             model, op = values["model"], values["operation"]
             if op is not _CREATE and op is not _BULK_CREATE:
@@ -395,20 +407,25 @@ def _only_earlier(
     positions: list[int], rows: list[dict[str, Any]], local: Columns, index: dict[Any, int]
 ) -> bool:
     """Whether no row's foreign key (``local``) finds in ``index`` a row created after it."""
-    if len(local) == 1:  # the common foreign key: one lookup per row, no tuple
+    if len(local) == 1 and None not in index:
+        # The common foreign key, looked up in C (a row without one finds -1).
         (column,) = local
-        found_at = index.get
+        values = map(dict.get, rows, repeat(column))
+        found = map(index.get, values, repeat(-1))
+        return not any(map(gt, found, positions))
+    if len(local) == 1:
+        (column,) = local
         for position, row in zip(positions, rows, strict=True):
             value = row.get(column)
             if value is not None:
-                found = found_at(value)
-                if found is not None and found > position:
+                at = index.get(value)
+                if at is not None and at > position:
                     return False
         return True
     for position, row in zip(positions, rows, strict=True):
         if all(c in row and row[c] is not None for c in local):
-            found = index.get(tuple(row[c] for c in local))
-            if found is not None and found > position:
+            at = index.get(tuple(row[c] for c in local))
+            if at is not None and at > position:
                 return False
     return True
 

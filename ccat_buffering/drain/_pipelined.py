@@ -5,8 +5,10 @@ See :mod:`ccat_buffering.drain._pipeline` for the message and its sync points.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 from typing import Any, cast
 
 from sqlalchemy import Table, insert, literal_column, select
@@ -165,15 +167,33 @@ class PipelinedPath:
         self.site = site
         self.writes = CompiledWrites(registry, dialect, must_match)
 
-    def message(self, todo: list[tuple[int, Transaction]], grouped: Plan) -> Pipeline:
-        """The whole batch as one message: the plan's statements, COMMIT, the LSN."""
+    def message(
+        self,
+        todo: list[tuple[int, Transaction]],
+        grouped: Plan,
+        ledger: tuple[list[str], list[str], list[dt.datetime]] | None = None,
+    ) -> Pipeline:
+        """The whole batch as one message: the plan's statements, COMMIT, the LSN.
+
+        Args:
+            todo: ``(index, transaction)`` of each, in order.
+            grouped: Their plan.
+            ledger: Their ids, endpoints and creation times, where the caller has them.
+        """
         first = Pipeline(self.dialect)
         first.text("BEGIN")
         if self.ledger:
+            if ledger is None:
+                txs = [tx for _, tx in todo]
+                ledger = (
+                    [tx.transaction_id for tx in txs],
+                    [tx.endpoint for tx in txs],
+                    [tx.created_at for tx in txs],
+                )
+            ids = ledger[0]
             # One array parameter: an IN list of a thousand costs the compiler
             # a thousand binds, and psycopg as many placeholders to convert.
             name = self.dialect.identifier_preparer.format_table(ledger_table)
-            ids = [tx.transaction_id for _, tx in todo]
             first.add(
                 Statement(
                     f"SELECT transaction_id FROM {name} WHERE transaction_id = ANY($1::varchar[])",
@@ -181,7 +201,13 @@ class PipelinedPath:
                     positional=True,
                 )
             )
-            self.record(first, [tx for _, tx in todo], ids)
+            # The ledger rows of ledger_rows(), as values: no dict per transaction.
+            now, site = utc_now(), self.site or None
+            values = list(
+                chain.from_iterable(zip(ids, ledger[1], repeat(now), repeat(site), ledger[2]))
+            )
+            if not first.insert_values(ledger_table, _LEDGER_FIELDS, values, len(ids)):
+                first.insert_rows(ledger_table, ledger_rows([tx for _, tx in todo], self.site))
         for model, chunks in grouped.chunks:
             table = self.registry.mapper(model).local_table
             for chunk in chunks:
@@ -192,15 +218,6 @@ class PipelinedPath:
         first.sync()
         first.text("SELECT pg_current_wal_insert_lsn()::text")
         return first
-
-    def record(self, pipeline: Pipeline, transactions: list[Transaction], ids: list[str]) -> None:
-        """Append the ledger rows of ``transactions`` (``ids``): those of :func:`ledger_rows`."""
-        now, site = utc_now(), self.site or None
-        values: list[Any] = []
-        for tx, transaction_id in zip(transactions, ids, strict=True):
-            values += (transaction_id, tx.endpoint, now, site, tx.created_at)
-        if not pipeline.insert_values(ledger_table, _LEDGER_FIELDS, values, len(ids)):
-            pipeline.insert_rows(ledger_table, ledger_rows(transactions, self.site))
 
     def steps(self, pipeline: Pipeline, steps: Sequence[Step], owner: int | None) -> None:
         for step in steps:
