@@ -19,10 +19,13 @@ from ccat_buffering.drain._grouping import Planner
 from ccat_buffering.drain._pipelined import PipelinedPath, PreparedBatch
 from ccat_buffering.drain.outcome import Outcome
 from ccat_buffering.errors import UnknownColumnError
-from ccat_buffering.write.models import Step, Transaction
+from ccat_buffering.write.models import Operation, Step, Transaction
 from ccat_buffering.write.registry import ModelRegistry
 
 __all__ = ["BatchPreparer"]
+
+_CREATE = Operation.CREATE
+_BULK_CREATE = Operation.BULK_CREATE
 
 
 class BatchPreparer:
@@ -81,13 +84,30 @@ class BatchPreparer:
         for index, tx in enumerate(transactions):
             fields = tx.__dict__  # read without an attribute lookup each (a model's are slow)
             transaction_id, steps = fields["transaction_id"], fields["steps"]
-            has_refs = quick(steps)  # check(), its common case without a call more
+            repeat = transaction_id in first_of
+            # The planner checks the fields of the rows it takes (it reads them anyway).
+            fed = planner is not None and not repeat
+            has_refs = quick(steps, fed)  # check(), its common case without a call more
             if has_refs is not False:
                 try:
                     has_refs = check(tx, steps)
                 except Exception as exc:
                     outcomes.append(Outcome(transaction_id, error=exc, kind=classify_failure(exc)))
                     continue
+                fed = False  # checked whole
+            if planner is not None and not has_refs and not repeat and not planner.add(tx, steps):
+                unknown = planner.unknown
+                planner = None  # the batch goes one transaction at a time, unless:
+                if fed:
+                    try:  # what the planner did not take is not checked yet
+                        check(tx, steps)
+                    except Exception as exc:
+                        outcomes.append(
+                            Outcome(transaction_id, error=exc, kind=classify_failure(exc))
+                        )
+                        if unknown:  # planned again without it
+                            planner = self._planner(todo)
+                        continue
             outcomes.append(None)
             pair = (index, tx)
             runnable.append(pair)
@@ -96,7 +116,7 @@ class BatchPreparer:
             if has_refs:
                 refs, planner = True, None
                 continue
-            if transaction_id in first_of:
+            if repeat:
                 # The same transaction buffered twice (a lost reply, resubmitted):
                 # it is applied once, and the copy shares the first one's fate.
                 copies.append((index, first_of[transaction_id]))
@@ -105,8 +125,6 @@ class BatchPreparer:
             todo.append(pair)
             endpoints.append(fields["endpoint"])
             created.append(fields["created_at"])
-            if planner is not None and not planner.add(tx, steps):
-                planner = None  # the batch goes one transaction at a time
         pipelined = bool(runnable) and not refs and psycopg
         batch = PreparedBatch(tuple(transactions), outcomes, runnable, pipelined)
         if pipelined:
@@ -118,13 +136,22 @@ class BatchPreparer:
                     batch.first = self.pipelined.message(todo, grouped, ledger)
         return batch
 
-    def _plainly_known(self, steps: Sequence[Step]) -> bool | None:
+    def _planner(self, todo: list[tuple[int, Transaction]]) -> Planner | None:
+        """A planner that took ``todo`` (checked already); ``None`` when they cannot be grouped."""
+        planner = Planner(self.registry, without_refs=True)
+        for _, tx in todo:
+            if not planner.add(tx):
+                return None
+        return planner
+
+    def _plainly_known(self, steps: Sequence[Step], creates_checked: bool = False) -> bool | None:
         """Whether a step has a ``ref()``, where each plainly names known fields; else ``None``.
 
         Plainly: fields of the model, a key naming the model's key fields.
         ``None`` for anything else (an unknown model or field, a key naming
         other fields): :meth:`ModelRegistry.check` decides then, and says
-        what is wrong.
+        what is wrong. With ``creates_checked`` the fields of created rows are
+        left to the planner, which reads them anyway (:class:`Planner`).
         """
         cleared = self._cleared
         refs = False
@@ -137,14 +164,16 @@ class BatchPreparer:
                 if found is None:
                     return None
             _, known, keyed_by = found
-            data = values["data"]
-            if data is not None and not known.issuperset(data):
-                return None
-            records = values["records"]
-            if records:
-                for record in records:
-                    if not known.issuperset(record):
-                        return None
+            op = values["operation"]
+            if not (creates_checked and (op is _CREATE or op is _BULK_CREATE)):
+                data = values["data"]
+                if data is not None and not known.issuperset(data):
+                    return None
+                records = values["records"]
+                if records:
+                    for record in records:
+                        if not known.issuperset(record):
+                            return None
             key = values["key"]
             if key is not None and key.keys() != keyed_by:
                 return None

@@ -39,6 +39,8 @@ _CREATE = Operation.CREATE
 _BULK_CREATE = Operation.BULK_CREATE
 _UPDATE = Operation.UPDATE
 _ABSENT = object()  # a row's value of a column it does not have
+# What a created row's fields are (the small ints are shared objects: compared by identity).
+_FITS, _GENERATED, _UNKNOWN = 0, 1, 2
 
 
 Columns = tuple[str, ...]
@@ -69,8 +71,9 @@ class _Schema:
         self._tables: dict[str, Table | None] = {}
         self._names: dict[str, dict[str, str]] = {}
         self._keys: dict[str, Columns] = {}
-        # By model, then by a create's fields: whether the database completes the row.
-        self.generated_by_model: dict[str, dict[Columns, bool]] = {}
+        # By model, then by a created row's fields: whether they are the model's
+        # and whether the database completes such a row (_FITS, _GENERATED, _UNKNOWN).
+        self.shapes_by_model: dict[str, dict[Columns, int]] = {}
         self.size = len(registry)
         self.referenced: dict[Table, set[str]] = {}
         self.foreign: dict[Table, list[tuple[Columns, Table, Columns]]] = {}
@@ -152,9 +155,9 @@ class Chunk:
 class _Creates:
     """One model's created rows in a batch: in order, where each is, and their chunks."""
 
-    __slots__ = ("chunks", "generated", "last", "made", "positions", "rows", "same", "table")
+    __slots__ = ("chunks", "last", "made", "positions", "rows", "same", "shapes", "table")
 
-    def __init__(self, table: Table, same: bool, generated: dict[Columns, bool]) -> None:
+    def __init__(self, table: Table, same: bool, shapes: dict[Columns, int]) -> None:
         self.table = table
         self.rows: list[dict[str, Any]] = []  # the steps' own dicts: the message only reads them
         self.same = same  # attributes named as their columns: the rows are the made rows
@@ -162,7 +165,7 @@ class _Creates:
         self.positions: list[int] = []
         self.chunks: list[Chunk] = []
         self.last: Chunk | None = None  # the chunk a next row of the same fields joins
-        self.generated = generated  # by fields: whether the database completes such a row
+        self.shapes = shapes  # by fields: _FITS, _GENERATED or _UNKNOWN
 
     def add(self, row: dict[str, Any], shape: Columns) -> None:
         """A row for a new chunk, or for the last one in another order of its fields."""
@@ -231,6 +234,9 @@ class Planner:
         self.schema = _schema_of(registry)
         self.without_refs = without_refs
         self.possible = True  # until a step makes grouping unsafe
+        # It stopped at a created row with a field its model does not have (the
+        # transaction's check says which): what it took is no plan any more.
+        self.unknown = False
         self._models: dict[Table, str] = {}
         # Per model: its table and the rows created in it so far, looked up once per step.
         self._creating: dict[str, _Creates] = {}
@@ -270,22 +276,30 @@ class Planner:
                     return False
             data = values["data"] or {}
             records = values["records"]
-            if op is _CREATE:
+            shapes = into.shapes
+            if op is _CREATE or data or not records:
                 shape = tuple(data)
-                generated = into.generated.get(shape)
-                if generated is None:
-                    generated = into.generated[shape] = self.schema.generated(model, data)
-                if generated:
+                state = shapes.get(shape)
+                if state is None:
+                    state = self._state(into, model, data, shape)
+                if state is _UNKNOWN:
+                    self.unknown = True
+                    return False
+                if state is _GENERATED and op is _CREATE:
                     return False  # its computed values come back one row at a time (RETURNING)
-                if not records:
-                    records = (data,)
-            elif not records:
-                records, shape = (data,), tuple(data)
+            if not records:
+                records = (data,)
             # Each row: its place in the batch, and its chunk (inlined: a few per step).
             rows, positions = into.rows, into.positions
             for record in records:
                 if record is not data:  # a bulk create's
                     shape = tuple(record)
+                    state = shapes.get(shape)
+                    if state is None:
+                        state = self._state(into, model, record, shape)
+                    if state is _UNKNOWN:
+                        self.unknown = True
+                        return False
                 rows.append(record)
                 positions.append(number)
                 number += 1
@@ -299,6 +313,22 @@ class Planner:
         self._number = number
         return True
 
+    def _state(self, into: _Creates, model: str, row: dict[str, Any], shape: Columns) -> int:
+        """What created rows of fields ``shape`` are: ``_FITS``, ``_GENERATED`` or ``_UNKNOWN``.
+
+        Unknown: a field the model does not have; generated: the database
+        completes such a row (a create's values come back by ``RETURNING``).
+        """
+        if not self.schema.registry.fields(model).issuperset(shape):
+            state = _UNKNOWN
+        elif self.schema.generated(model, row):
+            state = _GENERATED
+        else:
+            state = _FITS
+        if len(into.shapes) < 1024:  # the field sets of a model's rows: a few
+            into.shapes[shape] = state
+        return state
+
     def _creates(self, model: str) -> _Creates | None:
         """The model's creates, first met: ``None`` when its rows cannot be grouped."""
         schema = self.schema
@@ -307,9 +337,9 @@ class Planner:
             return None
         if self._models.setdefault(table, model) != model:
             return None  # two classes of one table: their rows' order matters
-        generated = schema.generated_by_model.setdefault(model, {})
+        shapes = schema.shapes_by_model.setdefault(model, {})
         into = self._creating[model] = self._tables[table] = _Creates(
-            table, schema.same_names(model), generated
+            table, schema.same_names(model), shapes
         )
         return into
 
