@@ -68,7 +68,8 @@ class BatchPreparer:
         take the pipeline, given to the planner, which cuts the rows into the
         message's INSERTs as it goes.
         """
-        outcomes: list[Outcome | None] = []  # a runnable one's is made when read (waiting)
+        # A refusal each; a runnable one's outcome is made when read (waiting).
+        outcomes: list[Outcome | None] = [None] * len(transactions)
         runnable: list[tuple[int, Transaction]] = []
         todo: list[tuple[int, Transaction]] = []
         copies: list[tuple[int, int]] = []
@@ -92,23 +93,22 @@ class BatchPreparer:
                 try:
                     has_refs = check(tx, steps)
                 except Exception as exc:
-                    outcomes.append(Outcome(transaction_id, error=exc, kind=classify_failure(exc)))
+                    outcomes[index] = Outcome(transaction_id, error=exc, kind=classify_failure(exc))
                     continue
                 fed = False  # checked whole
-            if planner is not None and not has_refs and not repeat and not planner.add(tx, steps):
+            if planner is not None and not has_refs and not repeat and not planner.take(steps):
                 unknown = planner.unknown
                 planner = None  # the batch goes one transaction at a time, unless:
                 if fed:
                     try:  # what the planner did not take is not checked yet
                         check(tx, steps)
                     except Exception as exc:
-                        outcomes.append(
-                            Outcome(transaction_id, error=exc, kind=classify_failure(exc))
+                        outcomes[index] = Outcome(
+                            transaction_id, error=exc, kind=classify_failure(exc)
                         )
                         if unknown:  # planned again without it
                             planner = self._planner(todo)
                         continue
-            outcomes.append(None)
             pair = (index, tx)
             runnable.append(pair)
             if refs:

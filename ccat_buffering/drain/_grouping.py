@@ -73,7 +73,7 @@ class _Schema:
         self._keys: dict[str, Columns] = {}
         # By model, then by a created row's fields: whether they are the model's
         # and whether the database completes such a row (_FITS, _GENERATED, _UNKNOWN).
-        self.shapes_by_model: dict[str, dict[Columns, int]] = {}
+        self.shapes_by_model: dict[str, dict[Columns, tuple[Columns, int]]] = {}
         self.size = len(registry)
         self.referenced: dict[Table, set[str]] = {}
         self.foreign: dict[Table, list[tuple[Columns, Table, Columns]]] = {}
@@ -157,7 +157,9 @@ class _Creates:
 
     __slots__ = ("chunks", "last", "made", "positions", "rows", "same", "shapes", "table")
 
-    def __init__(self, table: Table, same: bool, shapes: dict[Columns, int]) -> None:
+    def __init__(
+        self, table: Table, same: bool, shapes: dict[Columns, tuple[Columns, int]]
+    ) -> None:
         self.table = table
         self.rows: list[dict[str, Any]] = []  # the steps' own dicts: the message only reads them
         self.same = same  # attributes named as their columns: the rows are the made rows
@@ -165,10 +167,10 @@ class _Creates:
         self.positions: list[int] = []
         self.chunks: list[Chunk] = []
         self.last: Chunk | None = None  # the chunk a next row of the same fields joins
-        self.shapes = shapes  # by fields: _FITS, _GENERATED or _UNKNOWN
+        self.shapes = shapes  # by fields: the first such tuple, and _FITS, _GENERATED or _UNKNOWN
 
     def add(self, row: dict[str, Any], shape: Columns) -> None:
-        """A row for a new chunk, or for the last one in another order of its fields."""
+        """A row for the last chunk (its fields, in any order) if there is room, else a new one."""
         last = self.last
         if last is not None and len(last.rows) < last.room and row.keys() == last.rows[0].keys():
             last.rows.append(row)
@@ -252,11 +254,15 @@ class Planner:
             tx: The next transaction, in buffer order.
             steps: Its steps, where the caller read them already.
         """
-        if self.possible and not self._add(tx.steps if steps is None else steps):
+        return self.possible and self.take(tx.steps if steps is None else steps)
+
+    def take(self, steps: Sequence[Step]) -> bool:
+        """:meth:`add` of a transaction's steps (while :attr:`possible`)."""
+        if not self._take(steps):
             self.possible = False
         return self.possible
 
-    def _add(self, steps: Sequence[Step]) -> bool:
+    def _take(self, steps: Sequence[Step]) -> bool:
         creating = self._creating
         number = self._number
         for step in steps:
@@ -279,9 +285,10 @@ class Planner:
             shapes = into.shapes
             if op is _CREATE or data or not records:
                 shape = tuple(data)
-                state = shapes.get(shape)
-                if state is None:
-                    state = self._state(into, model, data, shape)
+                found = shapes.get(shape)
+                if found is None:
+                    found = self._state(into, model, data, shape)
+                shape, state = found  # the first tuple of these fields: compared by identity
                 if state is _UNKNOWN:
                     self.unknown = True
                     return False
@@ -294,9 +301,10 @@ class Planner:
             for record in records:
                 if record is not data:  # a bulk create's
                     shape = tuple(record)
-                    state = shapes.get(shape)
-                    if state is None:
-                        state = self._state(into, model, record, shape)
+                    found = shapes.get(shape)
+                    if found is None:
+                        found = self._state(into, model, record, shape)
+                    shape, state = found
                     if state is _UNKNOWN:
                         self.unknown = True
                         return False
@@ -306,14 +314,16 @@ class Planner:
                 if not into.same:
                     into.made.append(self.schema.row(model, record))
                 last = into.last
-                if last is not None and last.keys == shape and len(last.rows) < last.room:
+                if last is not None and last.keys is shape and len(last.rows) < last.room:
                     last.rows.append(record)
                 else:
                     into.add(record, shape)
         self._number = number
         return True
 
-    def _state(self, into: _Creates, model: str, row: dict[str, Any], shape: Columns) -> int:
+    def _state(
+        self, into: _Creates, model: str, row: dict[str, Any], shape: Columns
+    ) -> tuple[Columns, int]:
         """What created rows of fields ``shape`` are: ``_FITS``, ``_GENERATED`` or ``_UNKNOWN``.
 
         Unknown: a field the model does not have; generated: the database
@@ -325,9 +335,10 @@ class Planner:
             state = _GENERATED
         else:
             state = _FITS
+        found = (shape, state)
         if len(into.shapes) < 1024:  # the field sets of a model's rows: a few
-            into.shapes[shape] = state
-        return state
+            into.shapes[shape] = found
+        return found
 
     def _creates(self, model: str) -> _Creates | None:
         """The model's creates, first met: ``None`` when its rows cannot be grouped."""
