@@ -280,10 +280,12 @@ class Planner:
                 into = self._creates(model)
                 if into is None:
                     return False
-            data = values["data"] or {}
+            data = values["data"]
             records = values["records"]
             shapes = into.shapes
             if op is _CREATE or data or not records:
+                if data is None:
+                    data = {}
                 shape = tuple(data)
                 found = shapes.get(shape)
                 if found is None:
