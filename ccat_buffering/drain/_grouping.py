@@ -254,15 +254,12 @@ class Planner:
             tx: The next transaction, in buffer order.
             steps: Its steps, where the caller read them already.
         """
-        return self.possible and self.take(tx.steps if steps is None else steps)
-
-    def take(self, steps: Sequence[Step]) -> bool:
-        """:meth:`add` of a transaction's steps (while :attr:`possible`)."""
-        if not self._take(steps):
+        if self.possible and not self.take(tx.steps if steps is None else steps):
             self.possible = False
         return self.possible
 
-    def _take(self, steps: Sequence[Step]) -> bool:
+    def take(self, steps: Sequence[Step]) -> bool:
+        """:meth:`add` of a transaction's steps: after ``False``, the planner is of no use."""
         creating = self._creating
         number = self._number
         for step in steps:

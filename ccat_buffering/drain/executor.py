@@ -195,8 +195,9 @@ class TransactionExecutor(OperatorPaths):
             ) from exc
         outcomes = batch.outcomes
         if batch.applied:
-            pass  # the first message applied the whole batch: nothing stopped
-        elif batch.pipelined:
+            # The first message applied every runnable one: nothing stopped.
+            return BatchResult(outcomes, lsn, all_done=len(runnable) == len(outcomes))
+        if batch.pipelined:
             # (Its ledger row goes first in each transaction: already settled.)
             # The pipeline stopped at a write that met another party's row (a
             # base that moved, a key that exists): the session path tells the
@@ -219,6 +220,8 @@ class TransactionExecutor(OperatorPaths):
         queue, a retried failure no more), nothing needs to wait for it: the
         rest is applied now, in order, as often as that happens in the batch.
         """
+        if result.all_done:
+            return result  # nothing holds, nothing waits
         outcomes, lsn = list(result.outcomes), result.commit_lsn
         while True:
             first = next((i for i, o in enumerate(outcomes) if o.holds or o.waiting), None)
