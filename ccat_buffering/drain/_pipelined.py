@@ -38,7 +38,7 @@ from ccat_buffering.write.lsn import LSN
 from ccat_buffering.write.models import Operation, Step, Transaction, utc_now
 from ccat_buffering.write.registry import ModelRegistry
 
-__all__ = ["PipelinedPath", "PreparedBatch", "copy_outcomes", "must_match", "row_chunks", "unique"]
+__all__ = ["PipelinedPath", "PreparedBatch", "copy_outcomes", "must_match", "row_chunks"]
 
 
 @dataclass
@@ -69,28 +69,6 @@ class PreparedBatch:
                 if made[index] is None:
                     made[index] = plain_outcome(tx.transaction_id, False)
         return cast(list[Outcome], made)
-
-
-def unique(
-    runnable: list[tuple[int, Transaction]],
-) -> tuple[list[tuple[int, Transaction]], list[tuple[int, int]]]:
-    """The batch without repeats, and where each repeat's first copy is.
-
-    Returns:
-        ``(index, transaction)`` of each first copy, and ``(repeat, first)`` index pairs.
-    """
-    todo: list[tuple[int, Transaction]] = []
-    first_of: dict[str, int] = {}
-    copies: list[tuple[int, int]] = []
-    for index, tx in runnable:
-        if tx.transaction_id in first_of:
-            # The same transaction buffered twice (a lost reply, resubmitted):
-            # it is applied once, and the copy shares the first one's fate.
-            copies.append((index, first_of[tx.transaction_id]))
-        else:
-            first_of[tx.transaction_id] = index
-            todo.append((index, tx))
-    return todo, copies
 
 
 def copy_outcomes(copies: list[tuple[int, int]], outcomes: list[Outcome]) -> None:
