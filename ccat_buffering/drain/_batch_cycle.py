@@ -60,7 +60,10 @@ async def _claimed(ahead: asyncio.Future[list[Delivery]] | None) -> list[Deliver
 class _Sorted:
     """A batch's deliveries sorted by what became of them, in one pass (in buffer order)."""
 
-    def __init__(self, deliveries: list[Delivery], outcomes: list[Outcome]) -> None:
+    def __init__(
+        self, deliveries: list[Delivery], outcomes: list[Outcome], all_done: bool = False
+    ) -> None:
+        """Sort ``deliveries`` by ``outcomes``; ``all_done``: the batch's were all plainly done."""
         self.done: list[Delivery] = []
         self.failures: list[tuple[Delivery, BaseException, FailureKind]] = []
         # Unapplied behind a failure that holds the queue: back to the head, in order.
@@ -70,6 +73,9 @@ class _Sorted:
         self.conflicted: list[tuple[Delivery, str]] = []
         self.conflicts: list[Conflict] = []
         self.generated: dict[str, Mapping[str, Mapping[str, Any]]] = {}
+        if all_done:  # the common batch: nothing to look at one by one
+            self.done = list(deliveries)
+            return
         outage = FailureKind.OUTAGE
         for delivery, outcome in zip(deliveries, outcomes, strict=True):
             if outcome.applied and not (
@@ -222,7 +228,7 @@ class BatchCycle:
             self.state = ProcessorState.STANDBY
             await _claimed(ahead)  # in flight under our old lease: the next holder's
             return 0
-        sorted_out = _Sorted(deliveries, result.outcomes)
+        sorted_out = _Sorted(deliveries, result.outcomes, result.all_done)
         done, failures, waiting = sorted_out.done, sorted_out.failures, sorted_out.waiting
         drift, conflicted = sorted_out.drift, sorted_out.conflicted
         self.manager.found_conflicts(sorted_out.conflicts)
@@ -288,7 +294,11 @@ class BatchCycle:
             with self.tracing.processing(transactions) as span:
                 async with self.lease.kept():
                     result = await self.executor.execute_batch(transactions)
-                done = [t for t, o in zip(transactions, result.outcomes, strict=True) if o.done]
+                done = (
+                    transactions
+                    if result.all_done
+                    else [t for t, o in zip(transactions, result.outcomes, strict=True) if o.done]
+                )
                 self.tracing.committed(done, result.commit_lsn, span)
                 return result
         finally:

@@ -141,32 +141,61 @@ class Pipeline:
         """
         if not rows:
             return True
-        keys = list(rows[0])
-        columns = [table.c[key] for key in keys if key in table.c]
-        if len(columns) != len(keys) or any(
-            c.default is not None and c.key not in rows[0] for c in table.columns
-        ):
+        keys = tuple(rows[0])
+        shape = _shape(table, keys, self.dialect)
+        if shape is None:
             return False
-        processors = _processors(columns, self.dialect)
-        quote = self.dialect.identifier_preparer
-        head = (
-            f"INSERT INTO {quote.format_table(table)} "
-            f"({', '.join(quote.quote(c.name) for c in columns)}) VALUES "
-        )
         width = len(keys)
         per_statement = max(1, MAX_PARAMETERS // max(width, 1))
-        plain = all(process is None for process in processors)
         for start in range(0, len(rows), per_statement):
             chunk = rows[start : start + per_statement]
-            if plain:  # the common case: one comprehension, no call per value
+            if shape.plain:  # the common case: one comprehension, no call per value
                 params = [row[key] for row in chunk for key in keys]
             else:
                 params = [
                     row[key] if process is None else process(row[key])
                     for row in chunk
-                    for key, process in zip(keys, processors, strict=True)
+                    for key, process in zip(keys, shape.processors, strict=True)
                 ]
-            sql = head + _values(width, len(chunk))
+            sql = shape.head + _values(width, len(chunk))
+            self.add(Statement(sql, params, owner, ledger=ledger, positional=True))
+        return True
+
+    def insert_values(
+        self,
+        table: Table,
+        keys: tuple[str, ...],
+        values: list[Any],
+        rows: int,
+        *,
+        owner: int | None = None,
+        ledger: bool = False,
+    ) -> bool:
+        """Append multi-row INSERTs of rows given as their values, one row after the other.
+
+        What :meth:`insert_rows` sends for ``rows`` rows of the fields ``keys``
+        (in that order) whose values, in that order, are ``values``: without
+        a dict per row, nor a lookup per value.
+
+        Returns:
+            ``False``, appending nothing, when a column type processes its
+            values or the rows need the compiler (:meth:`insert_rows` then).
+        """
+        shape = _shape(table, keys, self.dialect)
+        if shape is None or not shape.plain:
+            return False
+        if not rows:
+            return True
+        width = len(keys)
+        per_statement = max(1, MAX_PARAMETERS // max(width, 1))
+        if rows <= per_statement:
+            sql = shape.head + _values(width, rows)
+            self.add(Statement(sql, values, owner, ledger=ledger, positional=True))
+            return True
+        for start in range(0, rows, per_statement):
+            count = min(per_statement, rows - start)
+            params = values[start * width : (start + count) * width]
+            sql = shape.head + _values(width, count)
             self.add(Statement(sql, params, owner, ledger=ledger, positional=True))
         return True
 
@@ -273,6 +302,48 @@ class Pipeline:
 
 
 _PROCESSORS: dict[tuple[int, str], Any] = {}
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """A multi-row INSERT's columns: its head, and each column's bind processor."""
+
+    head: str
+    processors: list[Any]
+    plain: bool
+    """No column processes its values."""
+
+
+_SHAPES: dict[tuple[Table, tuple[str, ...], Dialect], _Shape | None] = {}
+
+
+def _shape(table: Table, keys: tuple[str, ...], dialect: Dialect) -> _Shape | None:
+    """The INSERT of ``keys`` into ``table``; ``None`` when the rows need the compiler.
+
+    That is when a key is not a column, or a column with a Python-side default
+    is missing from them. Worked out once per column set: batches repeat them.
+    """
+    found = _SHAPES.get((table, keys, dialect), _UNKNOWN)
+    if found is not _UNKNOWN:
+        return found  # type: ignore[return-value]
+    columns = [table.c[key] for key in keys if key in table.c]
+    shape: _Shape | None = None
+    if len(columns) == len(keys) and not any(
+        c.default is not None and c.key not in keys for c in table.columns
+    ):
+        processors = _processors(columns, dialect)
+        quote = dialect.identifier_preparer
+        head = (
+            f"INSERT INTO {quote.format_table(table)} "
+            f"({', '.join(quote.quote(c.name) for c in columns)}) VALUES "
+        )
+        shape = _Shape(head, processors, all(process is None for process in processors))
+    if len(_SHAPES) < 4096:  # the column sets of a schema's tables: a few each
+        _SHAPES[(table, keys, dialect)] = shape
+    return shape
+
+
+_UNKNOWN = object()
 
 
 @functools.lru_cache(maxsize=64)

@@ -5,9 +5,11 @@ See :mod:`ccat_buffering.drain._pipeline` for the message and its sync points.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import chain, repeat
+from typing import Any, cast
 
 from sqlalchemy import Table, insert, literal_column, select
 from sqlalchemy.engine import Dialect
@@ -33,10 +35,10 @@ from ccat_buffering.drain.database import (
 from ccat_buffering.drain.outcome import Outcome, plain_outcome
 from ccat_buffering.errors import DatabaseUnavailableError
 from ccat_buffering.write.lsn import LSN
-from ccat_buffering.write.models import Operation, Step, Transaction
+from ccat_buffering.write.models import Operation, Step, Transaction, utc_now
 from ccat_buffering.write.registry import ModelRegistry
 
-__all__ = ["PipelinedPath", "PreparedBatch", "copy_outcomes", "must_match", "row_chunks", "unique"]
+__all__ = ["PipelinedPath", "PreparedBatch", "copy_outcomes", "must_match", "row_chunks"]
 
 
 @dataclass
@@ -44,34 +46,29 @@ class PreparedBatch:
     """A batch checked and planned, not yet sent (see :meth:`TransactionExecutor.prepare`)."""
 
     transactions: tuple[Transaction, ...]
-    outcomes: list[Outcome]
+    made: list[Outcome | None]
+    """One per transaction: a refusal, or ``None`` for a runnable one without an outcome yet."""
     runnable: list[tuple[int, Transaction]]
     pipelined: bool
     todo: list[tuple[int, Transaction]] = field(default_factory=list)
     copies: list[tuple[int, int]] = field(default_factory=list)
     first: Pipeline | None = None
+    applied: bool = False
+    """The first message applied every runnable transaction (none was stopped)."""
 
+    @property
+    def outcomes(self) -> list[Outcome]:
+        """One per transaction, in order: a runnable one without its own yet is waiting.
 
-def unique(
-    runnable: list[tuple[int, Transaction]],
-) -> tuple[list[tuple[int, Transaction]], list[tuple[int, int]]]:
-    """The batch without repeats, and where each repeat's first copy is.
-
-    Returns:
-        ``(index, transaction)`` of each first copy, and ``(repeat, first)`` index pairs.
-    """
-    todo: list[tuple[int, Transaction]] = []
-    first_of: dict[str, int] = {}
-    copies: list[tuple[int, int]] = []
-    for index, tx in runnable:
-        if tx.transaction_id in first_of:
-            # The same transaction buffered twice (a lost reply, resubmitted):
-            # it is applied once, and the copy shares the first one's fate.
-            copies.append((index, first_of[tx.transaction_id]))
-        else:
-            first_of[tx.transaction_id] = index
-            todo.append((index, tx))
-    return todo, copies
+        The waiting outcomes are made when first read: a batch that the
+        first message applies whole never needs them.
+        """
+        made = self.made
+        if not self.applied:
+            for index, tx in self.runnable:
+                if made[index] is None:
+                    made[index] = plain_outcome(tx.transaction_id, False)
+        return cast(list[Outcome], made)
 
 
 def copy_outcomes(copies: list[tuple[int, int]], outcomes: list[Outcome]) -> None:
@@ -120,6 +117,10 @@ def must_match(statement: Any) -> Any:
     return select(literal_column("1") / literal_column("count(*)")).select_from(hit)
 
 
+_LEDGER_FIELDS = ("transaction_id", "endpoint", "applied_at", "site", "created_at")
+"""The fields of a ledger row, in the order :func:`ledger_rows` writes them."""
+
+
 def _lsn_of(result: PipelineResult) -> LSN | None:
     rows = list(result.rows.values())
     return LSN.parse(rows[-1][0][0]) if rows else None
@@ -144,24 +145,52 @@ class PipelinedPath:
         self.site = site
         self.writes = CompiledWrites(registry, dialect, must_match)
 
-    def message(self, todo: list[tuple[int, Transaction]], grouped: Plan) -> Pipeline:
-        """The whole batch as one message: the plan's statements, COMMIT, the LSN."""
+    def message(
+        self,
+        todo: list[tuple[int, Transaction]],
+        grouped: Plan,
+        ledger: tuple[list[str], list[str], list[dt.datetime]] | None = None,
+    ) -> Pipeline:
+        """The whole batch as one message: the plan's statements, COMMIT, the LSN.
+
+        Args:
+            todo: ``(index, transaction)`` of each, in order.
+            grouped: Their plan.
+            ledger: Their ids, endpoints and creation times, where the caller has them.
+        """
         first = Pipeline(self.dialect)
         first.text("BEGIN")
         if self.ledger:
+            if ledger is None:
+                txs = [tx for _, tx in todo]
+                ledger = (
+                    [tx.transaction_id for tx in txs],
+                    [tx.endpoint for tx in txs],
+                    [tx.created_at for tx in txs],
+                )
+            ids = ledger[0]
             # One array parameter: an IN list of a thousand costs the compiler
             # a thousand binds, and psycopg as many placeholders to convert.
-            table = self.dialect.identifier_preparer.format_table(ledger_table)
+            name = self.dialect.identifier_preparer.format_table(ledger_table)
             first.add(
                 Statement(
-                    f"SELECT transaction_id FROM {table} WHERE transaction_id = ANY($1::varchar[])",
-                    [[tx.transaction_id for _, tx in todo]],
+                    f"SELECT transaction_id FROM {name} WHERE transaction_id = ANY($1::varchar[])",
+                    [ids],
                     positional=True,
                 )
             )
-            first.insert_rows(ledger_table, ledger_rows([tx for _, tx in todo], self.site))
-        for model, rows in grouped.inserts:
-            self.rows(first, model, rows, None)
+            # The ledger rows of ledger_rows(), as values: no dict per transaction.
+            now, site = utc_now(), self.site or None
+            values = list(
+                chain.from_iterable(zip(ids, ledger[1], repeat(now), repeat(site), ledger[2]))
+            )
+            if not first.insert_values(ledger_table, _LEDGER_FIELDS, values, len(ids)):
+                first.insert_rows(ledger_table, ledger_rows([tx for _, tx in todo], self.site))
+        for model, chunks in grouped.chunks:
+            table = self.registry.mapper(model).local_table
+            for chunk in chunks:
+                if not (isinstance(table, Table) and first.insert_rows(table, chunk.rows)):
+                    first.sql(insert(self.registry.model(model)).values(chunk.rows))
         self.steps(first, grouped.updates, None)
         first.text("COMMIT")
         first.sync()
@@ -212,16 +241,18 @@ class PipelinedPath:
         raw = await conn.get_raw_connection()
         driver = raw.driver_connection
         touch = None if dog is None else dog.touch
-        todo, copies, outcomes = batch.todo, batch.copies, batch.outcomes
+        todo, copies = batch.todo, batch.copies
         done: set[str] = set()
         lsn: LSN | None = None
         first = batch.first
         if first is not None:
             result = await first.send(driver, touch)
             if not result.errors:
+                made = batch.made  # every runnable one gets its outcome here: none waits
                 for index, tx in todo:
-                    outcomes[index] = plain_outcome(tx.transaction_id, True)
-                copy_outcomes(copies, outcomes)
+                    made[index] = plain_outcome(tx.transaction_id, True)
+                copy_outcomes(copies, cast(list[Outcome], made))
+                batch.applied = True
                 return _lsn_of(result)
             error = result.errors[0]
             raise_unless_the_transactions(error, "during a batch")
@@ -229,6 +260,7 @@ class PipelinedPath:
                 raise CommitRefusedError(error)
             if self.ledger and 1 in result.rows:
                 done = {row[0] for row in result.rows[1]}
+        outcomes = batch.outcomes
         second = Pipeline(self.dialect)
         if first is not None:
             second.text("ROLLBACK")

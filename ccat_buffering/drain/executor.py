@@ -158,13 +158,14 @@ class TransactionExecutor(OperatorPaths):
     async def _execute_once(self, transactions: Sequence[Transaction]) -> BatchResult:
         """One database transaction: the batch up to its first stop (see :meth:`execute_batch`)."""
         batch = self.preparer.take(transactions)
-        outcomes, runnable = batch.outcomes, batch.runnable
+        runnable = batch.runnable
         if not runnable:
-            return BatchResult(outcomes, None)
+            return BatchResult(batch.outcomes, None)
         try:
             await self._check_holds(batch)
             lsn = await self._run(batch)
         except CommitRefusedError as refused:
+            outcomes = batch.outcomes
             if len(runnable) == 1:
                 index, tx = runnable[0]
                 outcomes[index] = failure_outcome(tx, refused.error, self.registry)
@@ -192,6 +193,10 @@ class TransactionExecutor(OperatorPaths):
             raise DatabaseUnavailableError(
                 f"the batch could not be applied ({classify_failure(exc)}): {exc}"
             ) from exc
+        outcomes = batch.outcomes
+        if batch.applied:
+            # The first message applied every runnable one: nothing stopped.
+            return BatchResult(outcomes, lsn, all_done=len(runnable) == len(outcomes))
         if batch.pipelined:
             # (Its ledger row goes first in each transaction: already settled.)
             # The pipeline stopped at a write that met another party's row (a
@@ -215,6 +220,8 @@ class TransactionExecutor(OperatorPaths):
         queue, a retried failure no more), nothing needs to wait for it: the
         rest is applied now, in order, as often as that happens in the batch.
         """
+        if result.all_done:
+            return result  # nothing holds, nothing waits
         outcomes, lsn = list(result.outcomes), result.commit_lsn
         while True:
             first = next((i for i, o in enumerate(outcomes) if o.holds or o.waiting), None)

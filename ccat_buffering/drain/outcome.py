@@ -72,10 +72,14 @@ class BatchResult:
         outcomes: One per transaction, in the order given.
         commit_lsn: The WAL position after the batch's commit (PostgreSQL
             only; ``None`` elsewhere or when nothing was written).
+        all_done: Every outcome is done (applied, or a repeat's already
+            applied) with nothing else to tell: no error, conflict or
+            generated value. ``False`` says nothing (look at the outcomes).
     """
 
     outcomes: list[Outcome]
     commit_lsn: LSN | None
+    all_done: bool = False
 
 
 _PLAIN = {

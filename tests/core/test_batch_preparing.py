@@ -44,6 +44,50 @@ def _cases() -> dict[str, Transaction]:
         "unknown model": built(known, ("create", "Nothing", {"id": 1}, ("id",))),
         "a ref to an unknown field": _referring("colour"),
         "a ref to a known field": _referring("id"),
+        **_keyed(),
+    }
+
+
+def _keyed() -> dict[str, Transaction]:
+    """Updates and deletes: a key, a base (``expected``), per-record bases."""
+
+    def one(build: object, key: dict[str, object] | None = None) -> Transaction:
+        tx = TransactionBuilder("keyed")
+        build(tx)  # type: ignore[operator]
+        made = tx.build()
+        if key is None:
+            return made
+        steps = [made.steps[0].model_copy(update={"key": key})]
+        return made.model_copy(update={"steps": steps})
+
+    return {
+        "an update with a base": one(
+            lambda tx: tx.update("RawDataPackage", PACKAGE, {"name": "q"}, expected={"name": "p"})
+        ),
+        "an update of an unknown field": one(
+            lambda tx: tx.update("RawDataPackage", PACKAGE, {"hue": 1})
+        ),
+        "a base naming an unknown field": one(
+            lambda tx: tx.update("RawDataPackage", PACKAGE, {"name": "q"}, expected={"hue": 1})
+        ),
+        "a key naming other fields": one(
+            lambda tx: tx.update("RawDataPackage", PACKAGE, {"name": "q"}), {"name": "p"}
+        ),
+        "a key naming an unknown field": one(
+            lambda tx: tx.delete("RawDataPackage", PACKAGE), {"id": PACKAGE, "hue": 1}
+        ),
+        "an empty key": one(lambda tx: tx.delete("RawDataPackage", PACKAGE), {}),
+        "a delete": one(lambda tx: tx.delete("RawDataPackage", PACKAGE)),
+        "a bulk update with bases": one(
+            lambda tx: tx.bulk_update(
+                "RawDataPackage", [{"id": PACKAGE, "name": "z"}], expected=[{"name": "y"}]
+            )
+        ),
+        "a bulk update's base naming an unknown field": one(
+            lambda tx: tx.bulk_update(
+                "RawDataPackage", [{"id": PACKAGE, "name": "z"}], expected=[{"hue": 2}]
+            )
+        ),
     }
 
 
@@ -86,3 +130,34 @@ def test_has_refs_says_what_refs_says() -> None:
     for tx in _cases().values():
         for step in tx.steps:
             assert step.has_refs == bool(step.refs())
+
+
+def _good(i: int) -> Transaction:
+    tx = TransactionBuilder("good")
+    package = tx.create("RawDataPackage", {"name": f"good-{i}", "executed_obs_unit_id": "u"})
+    tx.bulk_create("RawDataFile", [{"raw_data_package_id": package.id, "path": f"/{i}"}])
+    return tx.build()
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+def test_a_batch_refuses_what_the_registry_refuses_and_plans_the_rest(driver: str) -> None:
+    # In a batch the planner checks the fields of the rows it takes: the same
+    # refusals, and the others still planned (one message) as without the refused one.
+    registry = ModelRegistry.from_base(Base)
+    engine = create_async_engine(f"postgresql+{driver}://postgres@127.0.0.1:5432/postgres")
+    preparer = TransactionExecutor(engine, registry).preparer
+    for name, tx in _cases().items():
+        full = _answer(registry.check, tx)
+        batch = [_good(1), tx, _good(2)]
+        prepared = preparer.prepared(batch)
+        outcome = prepared.outcomes[1]
+        if full[0] == "ok":
+            assert outcome.error is None or name == "a ref to an unknown field", name
+        else:
+            assert outcome.error is not None, name
+            assert (type(outcome.error).__name__, str(outcome.error)) == full, name
+            without = preparer.prepared([batch[0], batch[2]])
+            assert [o.error for o in prepared.outcomes[::2]] == [None, None], name
+            assert (prepared.first is None) == (without.first is None), name
+            if driver == "psycopg":
+                assert prepared.first is not None, name

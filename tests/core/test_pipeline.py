@@ -95,6 +95,7 @@ async def test_a_batch_is_one_round_trip_and_reads_the_lsn(
             proxy, engine, executor, [observation(i)[0] for i in range(300)]
         )
         assert all(o.applied for o in result.outcomes)  # type: ignore[attr-defined]
+        assert result.all_done  # type: ignore[attr-defined]
         assert result.commit_lsn is not None  # type: ignore[attr-defined]
         # one for the pipeline, one for the pool's ROLLBACK at check-in
         assert trips <= 2, trips
@@ -127,6 +128,7 @@ async def test_a_prepared_batch_serves_only_the_very_transactions_it_was_made_of
         # Used once: a redelivery of the same objects reads the ledger afresh.
         redelivered = await executor.execute_batch(first)
         assert all(o.already_applied for o in redelivered.outcomes)
+        assert not redelivered.all_done
         assert await _count(engine, ExecutedObsUnit.id) == 50
         assert await _count(engine, ledger_table.c.transaction_id) == 50
     finally:
@@ -146,6 +148,7 @@ async def test_poison_and_redelivery_cost_one_more_round_trip(
         batch = [*applied[:5], *fresh[:20], poison, *fresh[20:], applied[7]]
         trips, result = await _round_trips(proxy, engine, executor, batch)
         outcomes = result.outcomes  # type: ignore[attr-defined]
+        assert not result.all_done  # type: ignore[attr-defined]
         assert trips <= 3, trips
         assert [o.already_applied for o in outcomes[:5]] == [True] * 5
         assert outcomes[25].kind is FailureKind.DATA and "foreign key" in str(outcomes[25].error)
@@ -306,3 +309,16 @@ def test_a_plain_outcome_is_the_outcome_the_dataclass_makes() -> None:
         )
         with pytest.raises(dataclasses.FrozenInstanceError):
             made.applied = not applied  # type: ignore[misc]
+
+
+def test_a_batch_all_done_is_sorted_as_its_outcomes_say() -> None:
+    from ccat_buffering.drain._batch_cycle import _Sorted
+    from ccat_buffering.drain.outcome import Outcome, plain_outcome
+
+    # Applied, and a repeat already applied: what all_done says of a batch.
+    outcomes = [plain_outcome(f"t{i}", True) for i in range(3)]
+    outcomes.append(Outcome("t1", already_applied=True))
+    deliveries = [f"d{i}" for i in range(4)]
+    fast = _Sorted(deliveries, outcomes, all_done=True)  # type: ignore[arg-type]
+    assert vars(fast) == vars(_Sorted(deliveries, outcomes))  # type: ignore[arg-type]
+    assert fast.done == deliveries  # type: ignore[comparison-overlap]
