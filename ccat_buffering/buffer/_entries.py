@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from ccat_buffering.buffer._entry_decoding import decode_entry
+from ccat_buffering.buffer._entry_decoding import decode_entry, decode_shallow
 from ccat_buffering.buffer.protocols import Backend, Claim
 from ccat_buffering.errors import PayloadTooLargeError, TransactionValidationError
 from ccat_buffering.write.models import Transaction, TransactionStatus
-from ccat_buffering.write.payload_limits import payload_problem
+from ccat_buffering.write.payload_limits import MAX_INT_DIGITS, payload_problem
 
 _LEADING_ID = re.compile(r'^\{"format_version":\d+,"transaction_id":"([^"]{1,100})"')
 
@@ -58,13 +58,25 @@ def read_claims(
     """Split claims into readable transactions and refused entries, each in buffer order."""
     parsed: list[tuple[Claim, Transaction]] = []
     refused: list[Refused] = []
+    # A character is at most 4 bytes: an entry of up to this many is within the size limit.
+    short = (
+        MAX_INT_DIGITS if max_payload_bytes is None else min(MAX_INT_DIGITS, max_payload_bytes // 4)
+    )
     for claim in claims:
-        too_large = _over_limit(claim.payload, max_payload_bytes)
+        payload = claim.payload
+        if len(payload) <= short:
+            # Within every limit of payload_problem without counting its brackets:
+            # too short for the size or a long number, and shallow by its shape.
+            transaction = decode_shallow(payload)
+            if transaction is not None:
+                parsed.append((claim, transaction))
+                continue
+        too_large = _over_limit(payload, max_payload_bytes)
         if too_large is not None:
-            refused.append(Refused(claim, too_large, _leading_id(claim.payload)))
+            refused.append(Refused(claim, too_large, _leading_id(payload)))
             continue
         try:
-            parsed.append((claim, decode_entry(claim.payload)))
+            parsed.append((claim, decode_entry(payload)))
         except TransactionValidationError as exc:
             refused.append(Refused(claim, f"unreadable entry: {exc}", None))
     return parsed, refused

@@ -16,52 +16,77 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
 from pydantic_core import from_json
 
 from ccat_buffering.write._codec import decode_value
 from ccat_buffering.write.identifiers import _KNOWN_IDENTIFIERS as _KNOWN
 from ccat_buffering.write.identifiers import known_identifier
 from ccat_buffering.write.models import FORMAT_VERSION, Operation, Step, Transaction
-from ccat_buffering.write.status import constructed
 
-__all__ = ["decode_entry"]
+__all__ = ["decode_entry", "decode_shallow"]
 
 _TX_FIELDS = frozenset(Transaction.model_fields)
-_STEP_FIELDS = frozenset(Step.model_fields)
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z").match
 _OPERATIONS = {op.value: op for op in Operation}
-_NEEDS = {
-    Operation.CREATE: (True, False, False),
-    Operation.UPDATE: (True, True, False),
-    Operation.DELETE: (False, True, False),
-    Operation.BULK_CREATE: (False, False, True),
-    Operation.BULK_UPDATE: (False, False, True),
-}
 _UTC = dt.UTC
+_ISO = dt.datetime.fromisoformat
 # The members as module names: reading one off its class costs about 100 ns
 # on Python 3.11 (the enum class's __getattr__), a name a few.
+_CREATE = Operation.CREATE
 _UPDATE = Operation.UPDATE
 _DELETE = Operation.DELETE
+_BULK_CREATE = Operation.BULK_CREATE
 _BULK_UPDATE = Operation.BULK_UPDATE
-_DEFAULT_KEY = ("id",)
 _DEFAULT_KEY_LIST = ["id"]
+_CONTAINERS = frozenset((dict, list))
+# The fields a step of each operation may carry here: its payload, and its
+# base for an update or a delete. Anything else (a payload it does not take,
+# a bulk update's bases per row, a field the model does not know) is
+# _Unusual, so this one subset check stands for the operation's shape.
+_COMMON = ("step_id", "operation", "model", "key_fields")
+_ALLOWED = {
+    _CREATE: frozenset((*_COMMON, "data")),
+    _UPDATE: frozenset((*_COMMON, "key", "data", "expected", "expected_version")),
+    _DELETE: frozenset((*_COMMON, "key", "expected", "expected_version")),
+    _BULK_CREATE: frozenset((*_COMMON, "records")),
+    _BULK_UPDATE: frozenset((*_COMMON, "records")),
+}
+# Every field of a model, in its declared order, at its default: a model's
+# values are a copy of these (a dict copied keeps its keys' table: a fraction
+# of building one from twelve pairs) with the entry's values stored over.
+# Step._refs (a cached property) is found already: a ref() is _Unusual here.
+_STEP_VALUES: dict[str, Any] = {name: field.default for name, field in Step.model_fields.items()}
+_STEP_VALUES["_refs"] = ()
+_TX_VALUES: dict[str, Any] = dict.fromkeys(Transaction.model_fields)
+_TX_GIVEN = {"format_version", "transaction_id", "endpoint", "steps", "created_at"}
+_TX_GIVEN_TRACED = {*_TX_GIVEN, "trace_context"}
 _BASE_FIELDS = frozenset(("expected", "expected_version", "expected_records", "expected_versions"))
-
-
-def _parse(payload: str) -> Any:
-    # pydantic's own JSON parser (the one Transaction.from_json reads with): a
-    # third of the json module's instructions, with the keys' text shared
-    # between entries. Only the keys: caching every short value too (the
-    # default) costs a lookup per value for values that mostly never repeat
-    # (ids, paths, times), ~8 % of the decode. NaN or Infinity (never written
-    # by to_json) raise here: the full validation decides.
-    return from_json(payload, allow_inf_nan=False, cache_strings="keys")
+# A step's every field but its payload, by (step id, operation, model, number
+# of fields) of a step seen before without a base: its fields set, and its
+# key fields as the entry writes them. A step that matches one has those very
+# fields (its count, and each read by name) and names already checked.
+_SHAPES: dict[tuple[Any, Any, Any, int], tuple[dict[str, Any], set[str], Any]] = {}
+_SHAPES_LIMIT = 4096
+# A model made as pydantic's own validator makes it (its __dict__, the fields
+# set, no extra, no private values), through BaseModel's slot descriptors:
+# their bound setters cost about half of object.__setattr__ each.
+_M = TypeVar("_M", bound=BaseModel)
+_new = object.__new__
+_set_values = BaseModel.__dict__["__dict__"].__set__
+_set_given = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
 class _Unusual(Exception):
     """Not the common shape: the full validation decides."""
+
+
+class _Nested(_Unusual):
+    """A value holds a list or a mapping: the entry's depth is not known from its shape."""
 
 
 def _identifier(value: Any) -> str:
@@ -75,159 +100,192 @@ def _identifier(value: Any) -> str:
         raise _Unusual from None
 
 
-def _record(value: Any) -> dict[str, Any]:
-    """``value`` (the parsed JSON, reused) with its tagged values decoded."""
-    if type(value) is not dict:
-        raise _Unusual
+def _record(value: Any, shallow: bool) -> Any:
+    """``value`` (the parsed JSON, reused) with its tagged values decoded.
+
+    With ``shallow``, a value that decodes to a list or a mapping is _Nested.
+    """
     if not _KNOWN.issuperset(value):  # names seen before: the common case, in C
         for name in value:
             _identifier(name)
+    # Not a mapping (a list of known names, a text of them): no values().
     for item in value.values():
-        if type(item) is dict or type(item) is list:
+        if type(item) in _CONTAINERS:
             break
     else:
         return value  # plain values only: the common record
-    tagged = [name for name, item in value.items() if type(item) is dict or type(item) is list]
-    for name in tagged:
-        item = value[name]
-        if type(item) is dict and "$ref" in item:
-            raise _Unusual  # a ref(): rare, and the full validation checks its target
-        value[name] = decode_value(item)
+    for name, item in value.items():
+        if type(item) in _CONTAINERS:
+            if type(item) is dict and "$ref" in item:
+                raise _Unusual  # a ref(): rare, and the full validation checks its target
+            decoded = decode_value(item)
+            if shallow and type(decoded) in _CONTAINERS:
+                raise _Nested
+            value[name] = decoded  # the same keys: safe while iterating
     return value
 
 
-def _step(raw: Any) -> Step:
-    if type(raw) is not dict or not raw.keys() <= _STEP_FIELDS:
-        raise _Unusual
-    get = raw.get
-    operation = _OPERATIONS.get(get("operation"))  # type: ignore[arg-type]
-    if operation is None:
-        raise _Unusual
-    data = get("data")
-    key = get("key")
-    records = get("records")
-    if _NEEDS[operation] != (data is not None, key is not None, records is not None):
-        raise _Unusual
-    if data is not None:
-        data = _record(data)
-    if key is not None:
-        key = _record(key)
-        if not key:
-            raise _Unusual
-    if records is not None:
+def _made(cls: type[_M], values: dict[str, Any], given: set[str]) -> _M:
+    made = _new(cls)
+    _set_values(made, values)
+    _set_given(made, given)
+    _set_extra(made, None)
+    _set_private(made, None)
+    return made
+
+
+def _payload(
+    raw: dict[str, Any], operation: Operation, values: dict[str, Any], shallow: bool
+) -> None:
+    """The step's data, key or records, checked and decoded into ``values``; no base."""
+    if operation is _CREATE:
+        values["data"] = _record(raw["data"], shallow)
+    elif operation is _BULK_CREATE or operation is _BULK_UPDATE:
+        records = raw["records"]
         if type(records) is not list or not records:
             raise _Unusual
         for record in records:  # decoded in place: the parsed list is the step's own
-            _record(record)
-    key_fields = get("key_fields", _DEFAULT_KEY)
-    if key_fields == _DEFAULT_KEY_LIST:  # as to_json writes the default (a list)
-        key_fields = _DEFAULT_KEY
-    elif key_fields is not _DEFAULT_KEY:
-        if type(key_fields) is list:
-            key_fields = tuple(key_fields)
-        elif type(key_fields) is not tuple:
+            _record(record, shallow)
+        values["records"] = records
+        if operation is _BULK_UPDATE:
+            key_fields = values["key_fields"]
+            if any(f not in r for r in records for f in key_fields):
+                raise _Unusual
+    else:
+        if operation is _UPDATE:
+            values["data"] = _record(raw["data"], shallow)
+        key = values["key"] = _record(raw["key"], shallow)
+        if not key:
             raise _Unusual
-        if not _KNOWN.issuperset(key_fields):
-            for name in key_fields:
-                _identifier(name)
-    expected = version = None
-    if not _BASE_FIELDS.isdisjoint(raw):  # a step with a base: rare
-        expected = get("expected")
-        version = get("expected_version")
-        if expected is not None or version is not None:
-            if operation is not _UPDATE and operation is not _DELETE:
-                raise _Unusual
-            if expected is not None:
-                expected = _record(expected)
-            if version is not None and type(version) is not int:
-                raise _Unusual
-        if get("expected_records") is not None or get("expected_versions") is not None:
-            raise _Unusual  # a bulk update's bases per row: the full validation checks their shape
-    if operation is _BULK_UPDATE and any(f not in r for r in records or () for f in key_fields):
-        raise _Unusual
-    step_id = get("step_id")
-    if type(step_id) is not str or step_id not in _KNOWN:
-        step_id = _identifier(step_id)
-    model = get("model")
-    if type(model) is not str or model not in _KNOWN:
-        model = _identifier(model)
-    values = {
-        "step_id": step_id,
-        "operation": operation,
-        "model": model,
-        "data": data,
-        "key": key,
-        "records": records,
-        "key_fields": key_fields,
-        "expected": expected,
-        "expected_version": version,
-        "expected_records": None,
-        "expected_versions": None,
-        # Step._refs (a cached property) found already: a ref() is _Unusual here.
-        "_refs": (),
-    }
-    return constructed(Step, values, set(raw))
 
 
-def _lean(payload: str) -> Transaction:
-    raw = _parse(payload)
-    if type(raw) is not dict or not raw.keys() <= _TX_FIELDS:
+def _new_step(raw: Any, shallow: bool) -> Step:
+    """A step of a shape not seen yet (remembered if it has no base), or with a base."""
+    given = set(raw)
+    operation = _OPERATIONS[raw["operation"]]
+    if not given <= _ALLOWED[operation]:
         raise _Unusual
-    version = raw.get("format_version", 1)
-    transaction_id = raw.get("transaction_id")
-    created = raw.get("created_at")
-    steps_raw = raw.get("steps")
-    trace = raw.get("trace_context")
+    step_id = _identifier(raw["step_id"])
+    model = _identifier(raw["model"])
+    values = _STEP_VALUES.copy()
+    values["step_id"] = step_id
+    values["operation"] = operation
+    values["model"] = model
+    key_fields = raw.get("key_fields", _DEFAULT_KEY_LIST)
+    if key_fields != _DEFAULT_KEY_LIST:  # as to_json writes the default (a list)
+        if type(key_fields) is not list:
+            raise _Unusual
+        values["key_fields"] = tuple(_identifier(name) for name in key_fields)
+    _payload(raw, operation, values, shallow)
+    if _BASE_FIELDS.isdisjoint(given):
+        if "key_fields" in given and len(_SHAPES) < _SHAPES_LIMIT:
+            # This step's every field but its payload, for the next step of its shape.
+            template = {**values, "data": None, "key": None, "records": None}
+            _SHAPES[step_id, operation.value, model, len(raw)] = (
+                template,
+                given.copy(),
+                key_fields,
+            )
+    else:
+        expected = raw.get("expected")
+        if expected is not None:
+            values["expected"] = _record(expected, shallow)
+        version = raw.get("expected_version")
+        if version is not None:
+            if type(version) is not int:
+                raise _Unusual
+            values["expected_version"] = version
+    return _made(Step, values, given)
+
+
+def _lean(payload: str, shallow: bool) -> Transaction:
+    # One function, one loop: on Python 3.11 a call costs about as much as a
+    # model's construction, and a transaction made this way took ~16.
+    # pydantic's own JSON parser (the one Transaction.from_json reads with): a
+    # third of the json module's instructions. Every short text cached, not
+    # only the keys: a step's id, operation and model are then the very
+    # objects of the entry before, which the shape and the names are found by
+    # (-2 % of the decode, against a lookup per value that never repeats).
+    # NaN or Infinity (never written by to_json) raise: the full validation decides.
+    raw = from_json(payload, allow_inf_nan=False, cache_strings=True)
+    # The five fields to_json writes, and the trace context if any: read by
+    # name, so that the count stands for the check that there are no others.
+    version = raw["format_version"]
+    transaction_id = raw["transaction_id"]
+    endpoint = raw["endpoint"]
+    steps_raw = raw["steps"]
+    created = raw["created_at"]
+    if len(raw) == 5:
+        trace = None
+        given = _TX_GIVEN.copy()
+    else:
+        trace = raw["trace_context"]
+        if len(raw) != 6 or (
+            trace is not None
+            and (
+                type(trace) is not dict
+                or not all(type(k) is str and type(v) is str for k, v in trace.items())
+            )
+        ):
+            raise _Unusual
+        given = _TX_GIVEN_TRACED.copy()
     if (
         type(version) is not int
         or not 1 <= version <= FORMAT_VERSION
         or type(transaction_id) is not str
-        or not _CANONICAL_UUID.match(transaction_id)
-        or type(created) is not str
+        or _UUID(transaction_id) is None
         or type(steps_raw) is not list
         or not steps_raw
+        or type(created) is not str
     ):
         raise _Unusual
-    if trace is not None and (
-        type(trace) is not dict
-        or not all(type(k) is str and type(v) is str for k, v in trace.items())
-    ):
-        raise _Unusual
-    try:
-        created_at = dt.datetime.fromisoformat(created)
-    except ValueError:
-        raise _Unusual from None
-    if created_at.tzinfo is None:
-        raise _Unusual
+    created_at = _ISO(created)  # a ValueError: the full validation decides
     if created_at.tzinfo is not _UTC:
+        if created_at.tzinfo is None:
+            raise _Unusual
         created_at = created_at.astimezone(_UTC)
-    steps = [_step(s) for s in steps_raw]
-    # One plain loop over the steps (no comprehension nor generator to set up):
-    # their ids, and Step.has_base read off the values (a lean step has no
-    # per-record bases).
+    steps = []
     ids = set()
-    based = False
-    for step in steps:
-        fields = step.__dict__
-        ids.add(fields["step_id"])
-        if fields["expected"] is not None or fields["expected_version"] is not None:
-            based = True
+    for item in steps_raw:
+        step_id = item["step_id"]
+        ids.add(step_id)
+        shape = _SHAPES.get((step_id, item["operation"], item["model"], len(item)))
+        if shape is None or item.get("key_fields") != shape[2]:
+            step = _new_step(item, shallow)
+            fields = step.__dict__
+            if fields["expected"] is not None or fields["expected_version"] is not None:
+                # Transaction's own check raises the format to the one its steps need.
+                version = max(version, 2)
+        else:
+            values = shape[0].copy()
+            operation = values["operation"]
+            if operation is _CREATE:
+                values["data"] = _record(item["data"], shallow)
+            else:
+                _payload(item, operation, values, shallow)
+            step = _new(Step)
+            _set_values(step, values)
+            _set_given(step, shape[1].copy())
+            _set_extra(step, None)
+            _set_private(step, None)
+        steps.append(step)
     if len(ids) != len(steps):
         raise _Unusual
-    if based:
-        version = max(version, 2)
-    endpoint = raw.get("endpoint")
-    if type(endpoint) is not str or endpoint not in _KNOWN:
-        endpoint = _identifier(endpoint)
-    values = {
-        "format_version": version,
-        "transaction_id": transaction_id,
-        "endpoint": endpoint,
-        "steps": steps,
-        "created_at": created_at,
-        "trace_context": trace,
-    }
-    return constructed(Transaction, values, set(raw))
+    if endpoint not in _KNOWN:
+        _identifier(endpoint)
+    values = _TX_VALUES.copy()
+    values["format_version"] = version
+    values["transaction_id"] = transaction_id
+    values["endpoint"] = endpoint
+    values["steps"] = steps
+    values["created_at"] = created_at
+    values["trace_context"] = trace
+    transaction = _new(Transaction)
+    _set_values(transaction, values)
+    _set_given(transaction, given)
+    _set_extra(transaction, None)
+    _set_private(transaction, None)
+    return transaction
 
 
 def decode_entry(payload: str) -> Transaction:
@@ -243,8 +301,25 @@ def decode_entry(payload: str) -> Transaction:
         TransactionValidationError: The entry is not a valid transaction.
     """
     try:
-        return _lean(payload)
+        return _lean(payload, False)
     except Exception:
         # Anything unexpected (a damaged entry, a value decode_value refuses):
         # the full validation reads it or says exactly what is wrong.
         return Transaction.from_json(payload)
+
+
+def decode_shallow(payload: str) -> Transaction | None:
+    """The transaction a claimed entry holds, if it has the common shape and no value nests.
+
+    Such an entry nests at most 7 levels (the transaction, its steps, a step,
+    its records, a record, a tagged value, a ``$timedelta``'s list), far
+    below :data:`~ccat_buffering.write.payload_limits.MAX_DEPTH`.
+
+    Returns:
+        The transaction, equal to what :meth:`Transaction.from_json` reads, or
+        ``None``: :func:`decode_entry` decides.
+    """
+    try:
+        return _lean(payload, True)
+    except Exception:
+        return None
