@@ -65,6 +65,7 @@ def test_a_plain_entry_is_not_validated_again(monkeypatch: pytest.MonkeyPatch) -
 def _wire(steps: list[dict[str, Any]] | None = None, **fields: Any) -> str:
     step = {"step_id": "s0", "operation": "create", "model": "M", "data": {"a": 1}}
     body: dict[str, Any] = {
+        "format_version": 1,  # as to_json writes it
         "transaction_id": TX_ID,
         "endpoint": "ep",
         "steps": [step] if steps is None else steps,
@@ -82,6 +83,10 @@ def _step(**fields: Any) -> dict[str, Any]:
 UNUSUAL = {
     "upper-case id": _wire(transaction_id=TX_ID.upper()),
     "no created_at": _wire(created_at=...),
+    "no format version": _wire(format_version=...),
+    "a trace context": _wire(trace_context={"traceparent": "00-x"}),
+    "a null trace context": _wire(trace_context=None),
+    "a bad trace context": _wire(trace_context={"traceparent": 1}),
     "naive created_at": _wire(created_at="2026-12-01T10:00:00"),
     "other zone": _wire(created_at="2026-12-01T12:00:00+02:00"),
     "future format": _wire(format_version=99),
@@ -142,3 +147,22 @@ def test_a_copy_of_a_decoded_entry_leaves_its_fields_set_as_the_full_validations
     with pytest.raises(Exception, match="frozen"):
         b.endpoint = "x"  # type: ignore[misc]
     assert b.model_fields_set == full.model_fields_set
+
+
+def test_a_step_shaped_like_one_read_before_gets_the_full_validations_answer() -> None:
+    """Steps are read by (step id, operation, model, field count): the rest is still checked."""
+    known = _wire(steps=[_step(key_fields=["id"])])
+    assert _read(decode_entry, known) == _read(Transaction.from_json, known)
+    same_count = {
+        "other key fields": _wire(steps=[_step(key_fields=["a"])]),
+        "a key for its data": _wire(steps=[_step(data=..., key={"a": 1}, key_fields=["id"])]),
+        "null data": _wire(steps=[_step(data=None, key_fields=["id"])]),
+        "bad field name": _wire(steps=[_step(data={"a b": 1}, key_fields=["id"])]),
+        "tagged value": _wire(steps=[_step(data={"a": {"$uuid": TX_ID}}, key_fields=["id"])]),
+        "key fields as text": _wire(steps=[_step(key_fields="id")]),
+    }
+    for name, text in same_count.items():
+        assert _read(decode_entry, text) == _read(Transaction.from_json, text), name
+    twice = decode_entry(known), decode_entry(known)
+    assert twice[0] == twice[1] == Transaction.from_json(known)
+    assert twice[0].steps[0].data is not twice[1].steps[0].data

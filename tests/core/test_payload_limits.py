@@ -10,6 +10,7 @@ drain's own reader and must come back whole, with nothing dead-lettered.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import uuid
 from decimal import Decimal
@@ -166,3 +167,43 @@ def test_the_drain_refuses_what_an_older_release_acked_with_the_same_reason() ->
     assert payload_problem('{"a": "' + "[" * 500 + '"}', None) is None  # brackets in text
     too_big = payload_problem("x" * 5000, 4000)
     assert too_big is not None and too_big[0] is PayloadTooLargeError
+
+
+def _entry(data: Any) -> str:
+    """A transaction's JSON as an older release could have written it (no check at submit)."""
+    step = {"step_id": "s0", "operation": "create", "model": "Doc", "data": data}
+    step["key_fields"] = ["id"]
+    tx = {
+        "format_version": 1,
+        "transaction_id": str(uuid.uuid4()),
+        "endpoint": "old",
+        "steps": [step],
+        "created_at": "2026-12-01T10:00:00Z",
+    }
+    return json.dumps(tx, separators=(",", ":"))
+
+
+def test_a_short_entry_with_a_value_nested_past_the_limit_is_refused_at_the_drain() -> None:
+    """The drain skips the bracket count only for an entry whose values do not nest."""
+    plain = _entry({"id": "a", "body": 1})
+    deep = _entry({"id": "b", "body": _nested(MAX_DEPTH + 10)})  # the parser reads 200
+    assert len(deep) < MAX_INT_DIGITS  # short: the case that skips the count when it can
+    parsed, refused = read_claims([Claim("r1", plain, 0.0), Claim("r2", deep, 0.0)], None)
+    assert [tx.steps[0].data for _, tx in parsed] == [{"id": "a", "body": 1}]
+    assert [r.claim.receipt for r in refused] == ["r2"]
+    assert "nested 142 levels deep" in refused[0].reason
+    shallow = _entry({"id": "c", "body": _nested(3), "at": {"$datetime": "2026-01-01T00:00:00Z"}})
+    parsed, refused = read_claims([Claim("r3", shallow, 0.0)], None)
+    assert refused == [] and parsed[0][1] == Transaction.from_json(shallow)
+
+
+def test_a_short_entry_over_the_size_limit_is_refused_at_the_drain() -> None:
+    text = _entry({"id": "a", "body": "x" * 300})
+    limit = len(text) - 1
+    parsed, refused = read_claims([Claim("r1", text, 0.0)], limit)
+    assert parsed == [] and "max_payload_bytes" in refused[0].reason
+    parsed, refused = read_claims([Claim("r1", text, 0.0)], len(text))
+    assert refused == [] and len(parsed) == 1
+    wide = text.replace('"x', '"\u00e9')  # a character of two bytes: the size, not the length
+    parsed, refused = read_claims([Claim("r1", wide, 0.0)], len(text))
+    assert parsed == [] and "max_payload_bytes" in refused[0].reason
