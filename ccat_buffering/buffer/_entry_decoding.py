@@ -71,10 +71,10 @@ _TX_GIVEN = {"format_version", "transaction_id", "endpoint", "steps", "created_a
 _TX_GIVEN_TRACED = {*_TX_GIVEN, "trace_context"}
 _BASE_FIELDS = frozenset(("expected", "expected_version", "expected_records", "expected_versions"))
 # A step's every field but its payload, by (step id, operation, model, number
-# of fields) of a step seen before without a base: its fields set, and its
-# key fields as the entry writes them. A step that matches one has those very
-# fields (its count, and each read by name) and names already checked.
-_SHAPES: dict[tuple[Any, Any, Any, int], tuple[dict[str, Any], set[str], Any]] = {}
+# of fields) of a step seen before without a base: its fields set, its key
+# fields as the entry writes them, and its operation. A step that matches one
+# has those very fields (its count, and each read by name) and names checked.
+_SHAPES: dict[tuple[Any, Any, Any, int], tuple[dict[str, Any], set[str], Any, Operation]] = {}
 _SHAPES_LIMIT = 4096
 # A model made as pydantic's own validator makes it (its __dict__, the fields
 # set, no extra, no private values), through BaseModel's slot descriptors:
@@ -201,6 +201,7 @@ def _new_step(raw: Any, shallow: bool) -> Step:
                 template,
                 given.copy(),
                 key_fields,
+                operation,
             )
     else:
         expected = raw.get("expected")
@@ -274,7 +275,7 @@ def _lean(payload: str, shallow: bool) -> Transaction:
                 version = max(version, 2)
         else:
             values = shape[0].copy()
-            operation = values["operation"]
+            operation = shape[3]
             if operation is _CREATE:
                 values["data"] = _record(item["data"], shallow)
             else:
