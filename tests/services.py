@@ -7,8 +7,8 @@ under ``CCAT_REQUIRE_SERVICES=1`` (set by ``.ci/run``), where it fails.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 import pytest
@@ -102,3 +102,61 @@ async def site_dump(
             value = await c.hgetall(key)
         out[key[len(prefix) :]] = (kind, value, await c.pttl(key))
     return out
+
+
+# Scored by the script's clock (expiries, leases): compared by members, scores close.
+TIMED_KEYS = ("state:replicated", "state:failed", "inflight:leases")
+
+
+def assert_same_sites(
+    first: dict[str, tuple[str, Any, int]],
+    second: dict[str, tuple[str, Any, int]],
+    timed: tuple[str, ...] = TIMED_KEYS,
+) -> None:
+    """Two :func:`site_dump` results hold the same keys, values and TTLs.
+
+    TTLs may be a few seconds apart; keys that start with one of ``timed`` are
+    scored by the script's clock: the same members, scores a few seconds apart.
+    """
+    assert first.keys() == second.keys()
+    for key, (kind, value, ttl) in first.items():
+        other_kind, other_value, other_ttl = second[key]
+        assert kind == other_kind, key
+        assert ttl == other_ttl or (ttl > 0 and other_ttl > 0 and abs(ttl - other_ttl) < 5000), (
+            key,
+            ttl,
+            other_ttl,
+        )
+        if key.startswith(timed):
+            assert [m for m, _ in value] == [m for m, _ in other_value], key
+            assert all(
+                abs(s - t) < 5000 for (_, s), (_, t) in zip(value, other_value, strict=True)
+            ), key
+        else:
+            assert value == other_value, key
+
+
+def without_capability(backend_class: type[T], name: str) -> type[T]:
+    """A subclass of a backend whose write batches lack ``name`` (a capability).
+
+    The manager then takes the path it takes for a store without it: tests
+    compare what the two paths leave behind.
+    """
+
+    class _Without:
+        def __init__(self, batch: Any) -> None:
+            self._batch = batch
+
+        def __getattr__(self, attribute: str) -> Any:
+            if attribute == name:
+                raise AttributeError(attribute)
+            return getattr(self._batch, attribute)
+
+    class Without(backend_class):  # type: ignore[valid-type,misc]
+        @asynccontextmanager
+        async def atomic(self) -> AsyncIterator[Any]:
+            async with super().atomic() as batch:
+                yield _Without(batch)
+
+    Without.__name__ = f"{backend_class.__name__}Without_{name}"
+    return Without  # type: ignore[return-value]

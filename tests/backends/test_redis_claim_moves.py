@@ -18,7 +18,7 @@ from typing import Any
 import fakeredis
 import pytest
 import redis.asyncio as aioredis
-from services import forget_site, site_dump
+from services import assert_same_sites, forget_site, site_dump
 
 from ccat_buffering.buffer._transitions import Delivery
 from ccat_buffering.buffer.manager import TransactionManager
@@ -31,7 +31,6 @@ from ccat_buffering_redis.stores import RedisBufferStore
 from support import FakeClock, observation
 
 S = TransactionState
-_TIMED = ("inflight:leases",)
 
 
 class _NoMoves(RedisBufferStore):
@@ -85,19 +84,6 @@ async def sites(redis_client: aioredis.Redis) -> AsyncIterator[tuple[_Site, _Sit
             await forget_site(redis_client, site.backend.keys.pattern())
 
 
-def _assert_same(moved: dict[str, Any], written: dict[str, Any]) -> None:
-    assert moved.keys() == written.keys()
-    for key, (kind, value, ttl) in moved.items():
-        other_kind, other_value, other_ttl = written[key]
-        assert kind == other_kind, key
-        assert ttl == other_ttl or (ttl > 0 and other_ttl > 0 and abs(ttl - other_ttl) < 5000)
-        if key.startswith(_TIMED):
-            # Scored by the script's clock (the lease): the same members, close scores.
-            assert [m for m, _ in value] == [m for m, _ in other_value], key
-        else:
-            assert value == other_value, key
-
-
 Step = Callable[[_Site], Awaitable[Any]]
 
 
@@ -108,7 +94,7 @@ async def _same_steps(sites: tuple[_Site, _Site], steps: list[Step]) -> list[lis
         for n, site in enumerate(sites):
             results[n].append(await step(site))
             site.clock.advance(0.000_7)
-        _assert_same(await sites[0].dump(), await sites[1].dump())
+        assert_same_sites(await sites[0].dump(), await sites[1].dump())
     assert results[0] == results[1]
     return results[0]
 

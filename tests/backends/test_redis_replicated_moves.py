@@ -11,15 +11,13 @@ compared: type, value, members and scores, and whether and how long it lives.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from services import forget_site, site_dump
+from services import assert_same_sites, forget_site, site_dump, without_capability
 
 from ccat_buffering.buffer.manager import TransactionManager
-from ccat_buffering.buffer.protocols import SupportsReplicatedMoves, WriteBatch
+from ccat_buffering.buffer.protocols import SupportsReplicatedMoves
 from ccat_buffering.buffer.retry import FailureKind
 from ccat_buffering.confirm.replication import ReplicaState, ReplicationTracker
 from ccat_buffering.testing import new_site_name
@@ -31,26 +29,6 @@ from ccat_buffering_redis import RedisBackend
 from support import FakeClock, observation
 
 S = TransactionState
-_TIMED = ("state:replicated", "state:failed", "inflight:leases")
-
-
-class _WithoutMoves:
-    """A Redis write batch without ``replicate``: the manager stages every status."""
-
-    def __init__(self, batch: WriteBatch) -> None:
-        self._batch = batch
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "replicate":
-            raise AttributeError(name)
-        return getattr(self._batch, name)
-
-
-class _WithoutMovesBackend(RedisBackend):
-    @asynccontextmanager
-    async def atomic(self) -> AsyncIterator[Any]:  # type: ignore[override]
-        async with super().atomic() as batch:
-            yield _WithoutMoves(batch)
 
 
 class _Replica:
@@ -67,33 +45,12 @@ class _Replica:
 @pytest.fixture
 async def pair(redis_client: aioredis.Redis) -> AsyncIterator[tuple[RedisBackend, RedisBackend]]:
     moving = RedisBackend(redis_client, site=new_site_name())
-    staging = _WithoutMovesBackend(redis_client, site=new_site_name())
+    staging = without_capability(RedisBackend, "replicate")(redis_client, site=new_site_name())
     try:
         yield moving, staging
     finally:
         for backend in (moving, staging):
             await forget_site(redis_client, backend.keys.pattern())
-
-
-def _same_ttl(a: int, b: int) -> bool:
-    """The same TTL: none for both, or both set and a few seconds apart at most."""
-    return a == b or (a > 0 and b > 0 and abs(a - b) < 5000)
-
-
-def _assert_same(moving: dict[str, Any], staging: dict[str, Any]) -> None:
-    assert moving.keys() == staging.keys()
-    for key, (kind, value, ttl) in moving.items():
-        other_kind, other_value, other_ttl = staging[key]
-        assert kind == other_kind, key
-        assert _same_ttl(ttl, other_ttl), (key, ttl, other_ttl)
-        if key.startswith(_TIMED):
-            # Scored by times of the script's clock (expiry, lease).
-            assert [m for m, _ in value] == [m for m, _ in other_value], key
-            assert all(
-                abs(s - t) < 5000 for (_, s), (_, t) in zip(value, other_value, strict=True)
-            ), key
-        else:
-            assert value == other_value, key
 
 
 async def test_the_tracker_through_moves_writes_what_it_writes_status_by_status(
@@ -146,7 +103,7 @@ async def test_the_tracker_through_moves_writes_what_it_writes_status_by_status(
         dumps.append(states)
     assert moves_used == [True, False]
     for moving_state, staging_state in zip(*dumps, strict=True):
-        _assert_same(moving_state, staging_state)
+        assert_same_sites(moving_state, staging_state)
     # The caches went with the last confirmation, and not before it.
     assert not any(k.startswith("buffered:") for k in dumps[0][-1])
     assert any(k.startswith("buffered:") for k in dumps[0][1])

@@ -13,19 +13,17 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from services import forget_site, site_dump
+from services import assert_same_sites, forget_site, site_dump, without_capability
 
 from ccat_buffering.buffer.manager import TransactionManager
 from ccat_buffering.buffer.protocols import (
     CacheKind,
     CacheWrite,
     SupportsStatusBatches,
-    WriteBatch,
 )
 from ccat_buffering.buffer.retry import FailureKind
 from ccat_buffering.testing import new_site_name
@@ -38,32 +36,12 @@ from ccat_buffering_redis import RedisBackend
 from support import FakeClock, observation
 
 S = TransactionState
-_TIMED = ("state:replicated", "state:failed", "inflight:leases")
-
-
-class _OneByOne:
-    """A Redis write batch without ``put_statuses``: the manager stages a status at a time."""
-
-    def __init__(self, batch: WriteBatch) -> None:
-        self._batch = batch
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "put_statuses":
-            raise AttributeError(name)
-        return getattr(self._batch, name)
-
-
-class _OneByOneBackend(RedisBackend):
-    @asynccontextmanager
-    async def atomic(self) -> AsyncIterator[Any]:  # type: ignore[override]
-        async with super().atomic() as batch:
-            yield _OneByOne(batch)
 
 
 @pytest.fixture
 async def pair(redis_client: aioredis.Redis) -> AsyncIterator[tuple[RedisBackend, RedisBackend]]:
     batched = RedisBackend(redis_client, site=new_site_name())
-    single = _OneByOneBackend(redis_client, site=new_site_name())
+    single = without_capability(RedisBackend, "put_statuses")(redis_client, site=new_site_name())
     try:
         yield batched, single
     finally:
@@ -73,28 +51,6 @@ async def pair(redis_client: aioredis.Redis) -> AsyncIterator[tuple[RedisBackend
 
 async def _dump(client: aioredis.Redis, backend: RedisBackend) -> dict[str, Any]:
     return await site_dump(client, backend.keys.prefix, backend.keys.pattern())
-
-
-def _same_ttl(a: int, b: int) -> bool:
-    """The same TTL: none for both, or both set and a few seconds apart at most."""
-    return a == b or (a > 0 and b > 0 and abs(a - b) < 5000)
-
-
-def _assert_same(batched: dict[str, Any], single: dict[str, Any]) -> None:
-    assert batched.keys() == single.keys()
-    for key, (kind, value, ttl) in batched.items():
-        other_kind, other_value, other_ttl = single[key]
-        assert kind == other_kind, key
-        assert _same_ttl(ttl, other_ttl), (key, ttl, other_ttl)
-        if key.startswith(_TIMED):
-            # Scored by times of the script's clock (expiry, lease): the same members,
-            # scores a few seconds apart at most.
-            assert [m for m, _ in value] == [m for m, _ in other_value], key
-            assert all(
-                abs(s - t) < 5000 for (_, s), (_, t) in zip(value, other_value, strict=True)
-            ), key
-        else:
-            assert value == other_value, key
 
 
 def _status(txid: str, state: TransactionState, **changes: Any) -> TransactionStatus:
@@ -178,7 +134,7 @@ async def test_put_statuses_writes_what_put_status_writes_for_each(
         async with single.atomic() as batch:
             for status in statuses:
                 batch.put_status(status, 600)
-        _assert_same(await _dump(redis_client, batched), await _dump(redis_client, single))
+        assert_same_sites(await _dump(redis_client, batched), await _dump(redis_client, single))
     # It wrote what it should, read back as it was staged.
     assert await batched.status.get("tx-6") == _stages()[1][7]
     assert await batched.status.get("tx-0") == _stages()[3][0]
@@ -227,7 +183,7 @@ async def test_a_drain_through_batches_writes_what_a_drain_status_by_status_writ
         states.append(await _dump(redis_client, backend))
         dumps.append(states)
     for batched_state, single_state in zip(*dumps, strict=True):
-        _assert_same(batched_state, single_state)
+        assert_same_sites(batched_state, single_state)
     assert any(k.startswith("state:replicated") for k in dumps[0][-1])
 
 
@@ -318,6 +274,6 @@ async def test_acks_staged_together_do_what_one_ack_each_does(
         else:
             ops = [command("ack", blobs=(r,)) for r in staged]
         replies.append(await backend._apply_groups([ops]))
-    _assert_same(await _dump(redis_client, pair[0]), await _dump(redis_client, pair[1]))
+    assert_same_sites(await _dump(redis_client, pair[0]), await _dump(redis_client, pair[1]))
     assert replies == [[3], [3]]
     assert (await pair[0].buffer.stats()).in_flight == 1
