@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 import pytest
 from servers import ServiceMissing
 
+from ccat_buffering.testing import new_site_name
+
 T = TypeVar("T")
 
 REDIS_URL = os.environ.get("CCAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -134,6 +136,22 @@ def assert_same_sites(
             ), key
         else:
             assert value == other_value, key
+
+
+async def with_and_without(
+    client: Any, backend_class: type[T], capability: str
+) -> AsyncIterator[tuple[T, T]]:
+    """Two sites of ``backend_class``, the second without ``capability``; forgotten after.
+
+    For a fixture: ``yield`` from it (see :func:`without_capability`).
+    """
+    first = backend_class(client, site=new_site_name())  # type: ignore[call-arg]
+    second = without_capability(backend_class, capability)(client, site=new_site_name())  # type: ignore[call-arg]
+    try:
+        yield first, second
+    finally:
+        for backend in (first, second):
+            await forget_site(client, backend.keys.pattern())  # type: ignore[attr-defined]
 
 
 def without_capability(backend_class: type[T], name: str) -> type[T]:

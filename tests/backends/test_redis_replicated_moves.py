@@ -14,13 +14,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
-from services import assert_same_sites, forget_site, site_dump, without_capability
+from services import assert_same_sites, site_dump, with_and_without
 
 from ccat_buffering.buffer.manager import TransactionManager
 from ccat_buffering.buffer.protocols import SupportsReplicatedMoves
 from ccat_buffering.buffer.retry import FailureKind
 from ccat_buffering.confirm.replication import ReplicaState, ReplicationTracker
-from ccat_buffering.testing import new_site_name
 from ccat_buffering.write.lsn import LSN
 from ccat_buffering.write.models import TransactionState
 from ccat_buffering.write.status import made_event
@@ -44,13 +43,8 @@ class _Replica:
 
 @pytest.fixture
 async def pair(redis_client: aioredis.Redis) -> AsyncIterator[tuple[RedisBackend, RedisBackend]]:
-    moving = RedisBackend(redis_client, site=new_site_name())
-    staging = without_capability(RedisBackend, "replicate")(redis_client, site=new_site_name())
-    try:
-        yield moving, staging
-    finally:
-        for backend in (moving, staging):
-            await forget_site(redis_client, backend.keys.pattern())
+    async for sites in with_and_without(redis_client, RedisBackend, "replicate"):
+        yield sites
 
 
 async def test_the_tracker_through_moves_writes_what_it_writes_status_by_status(

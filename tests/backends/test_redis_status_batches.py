@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from services import assert_same_sites, forget_site, site_dump, without_capability
+from services import assert_same_sites, forget_site, site_dump, with_and_without
 
 from ccat_buffering.buffer.manager import TransactionManager
 from ccat_buffering.buffer.protocols import (
@@ -40,13 +40,8 @@ S = TransactionState
 
 @pytest.fixture
 async def pair(redis_client: aioredis.Redis) -> AsyncIterator[tuple[RedisBackend, RedisBackend]]:
-    batched = RedisBackend(redis_client, site=new_site_name())
-    single = without_capability(RedisBackend, "put_statuses")(redis_client, site=new_site_name())
-    try:
-        yield batched, single
-    finally:
-        for backend in (batched, single):
-            await forget_site(redis_client, backend.keys.pattern())
+    async for sites in with_and_without(redis_client, RedisBackend, "put_statuses"):
+        yield sites
 
 
 async def _dump(client: aioredis.Redis, backend: RedisBackend) -> dict[str, Any]:
