@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from services import forget_site
+from services import forget_site, site_dump
 
 from ccat_buffering.buffer.protocols import CacheKind, CacheWrite
 from ccat_buffering.testing import new_site_name
@@ -198,23 +198,6 @@ CALLS: list[list[list[Command]]] = [
 ]
 
 
-async def _dump(client: aioredis.Redis, keys: SiteKeys) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    async for raw in client.scan_iter(match=keys.pattern(), count=1000):
-        key = raw.decode()
-        kind = (await client.type(key)).decode()
-        if kind == "string":
-            value: Any = await client.get(key)
-        elif kind == "list":
-            value = await client.lrange(key, 0, -1)
-        elif kind == "zset":
-            value = await client.zrange(key, 0, -1, withscores=True)
-        else:
-            value = await client.hgetall(key)
-        out[key[len(keys.prefix) :]] = (kind, value, await client.pttl(key))
-    return out
-
-
 def _untimed(dump: dict[str, Any]) -> dict[str, Any]:
     """Types and values; the index of replicated statuses, scored by expiry, by members."""
     out = {k: v[:2] for k, v in dump.items()}
@@ -242,7 +225,7 @@ async def test_a_batched_release_writes_what_a_release_per_record_writes(
                 await redis_client.hset(keys.prefix + "cache:ids:Obs:r3", "by", "hand")
             args = [keys.prefix, *frame(groups)]
             replies[function].append(await redis_client.fcall(function, 1, keys.buffer, *args))
-            dumps[function].append(await _dump(redis_client, keys))
+            dumps[function].append(await site_dump(redis_client, keys.prefix, keys.pattern()))
     assert len(set(map(repr, replies.values()))) == 1, replies
     for batched, per_record in zip(*dumps.values(), strict=True):
         assert _untimed(batched) == _untimed(per_record)
@@ -315,7 +298,7 @@ async def test_statuses_leave_their_buckets_as_they_did_one_at_a_time(
         for function, keys in status_sites.items():
             args = [keys.prefix, *frame(groups)]
             await redis_client.fcall(function, 1, keys.buffer, *args)
-            dumps[function].append(await _dump(redis_client, keys))
+            dumps[function].append(await site_dump(redis_client, keys.prefix, keys.pattern()))
     for all_at_once, each in zip(*dumps.values(), strict=True):
         assert _untimed(all_at_once) == _untimed(each)
     final = dumps[next(iter(status_sites))][-1]
