@@ -82,7 +82,8 @@ end
 
 -- The structures each operation writes, and their types: a key of another
 -- type (written by hand) would fail a command halfway through a group.
-local TYPES = {}
+-- (Made by the general path, apply(): the lean path checks otherwise.)
+local TYPES
 local function wrong_type(key, want)
   local got = TYPES[key]
   if not got then
@@ -321,6 +322,7 @@ local function apply()
   local lean = apply_submits()
   if lean then return lean end
   begin_stage()
+  TYPES = {}
 
   -- The models the call's cache writes name (a token that only looks like one
   -- adds a key to an EXISTS, no more): their field indexes are looked up at once.

@@ -69,6 +69,7 @@ local function add_written(txid, members, ttl)
 end
 
 local function add_index(model, seq, id, ttl)
+  if not INDEX_ADD then INDEX_ADD = {} end
   local list = INDEX_ADD[model]
   if not list then list = {}; INDEX_ADD[model] = list end
   list[#list + 1] = seq

@@ -13,20 +13,50 @@
 --
 -- Numbers go to Redis as text made by decimal() (see numbers.lua), and TTLs
 -- as the frame's own tokens: Lua's conversion of a number costs as much as a
--- command. A new table costs about as much (its allocation and each growth):
--- the common case, one transaction, makes as few as it can.
+-- command. A new table costs about as much (its allocation, each growth, and
+-- the collector's work after it): the lists of the plan and of what the groups
+-- stage are kept across calls by a library, a call's few transactions,
+-- models and buckets are found by comparing rather than through tables
+-- keyed by them, and a reply is a number or nil where a command can answer so.
 
 -- include: numbers
 
--- The groups as {first token, last token, first blob, pushes}, the states
--- the call writes, and the models whose records it caches; nil if the call is
--- not one of submits only. A transaction's records are cached after its
--- status, in its group (as RedisWriteBatch stages them); any other order
--- takes the general path.
+-- The groups, four numbers each in PLAN (first token, last token, first
+-- blob, pushes); the transactions whose status the call writes, with their
+-- group (TX_ID, TX_G); the states it writes (ST_NAME), with the last bucket
+-- listed in each (ST_LAST; false: none): a status in that bucket needs no
+-- listing; and the models whose records it caches (MODEL). A library keeps
+-- these lists across calls, each call overwriting them as far as its counts
+-- go: new tables, each grown key by key, cost more than the call's Lua
+-- besides. A call's few transactions and models are found by comparing
+-- (strings compare as references); past FEW, through a table made for it.
+local PLAN, TX_ID, TX_G, ST_NAME, ST_LAST, MODEL = {}, {}, {}, {}, {}, {} -- kept across calls
+local FEW = 8
+
+-- The TTL tokens found to be plain digits (as tokens are read by number()).
+local TTL_TEXTS = {ok = {}, count = 0} -- kept across calls
+
+local function plain_ttl(text)
+  local ok = TTL_TEXTS.ok
+  if ok[text] then return true end
+  if not string.find(text, '^[1-9]%d*$') then return false end
+  if TTL_TEXTS.count < 64 then
+    ok[text] = true
+    TTL_TEXTS.count = TTL_TEXTS.count + 1
+  end
+  return true
+end
+
+-- The numbers of groups, of sequence numbers the call needs, of
+-- transactions, states and models (see PLAN); nil if the call is not one of
+-- submits only. A transaction's records are cached after its status, in its
+-- group (as RedisWriteBatch stages them); any other order takes the general
+-- path.
 local function submit_plan()
   local n = number(T[1])
   if not n then return nil end
-  local plan, status_of, states, models = {nil}, {}, {}, {}
+  local plan, tx_id, tx_g, st_name, model_list = PLAN, TX_ID, TX_G, ST_NAME, MODEL
+  local nt, nst, nm, tx_map, model_map = 0, 0, 0, nil, nil
   local at, blob, allocates, needs = 2, 3, false, 0
   for g = 1, n do
     local tokens, blobs = number(T[at]), number(T[at + 1])
@@ -39,23 +69,67 @@ local function submit_plan()
         i = i + 1
       elseif name == 'status' then
         local txid, state = T[i + 1], T[i + 3]
-        if status_of[txid] or not SEQ_STATES[state] or T[i + 5] ~= '' or not number(T[i + 4]) then
-          return nil
+        if not SEQ_STATES[state] or T[i + 5] ~= '' or not number(T[i + 4]) then return nil end
+        -- A transaction's second status takes the general path.
+        if tx_map then
+          if tx_map[txid] then return nil end
+          tx_map[txid] = g
+        else
+          for k = 1, nt do
+            if tx_id[k] == txid then return nil end
+          end
         end
-        status_of[txid] = g
-        states[state] = true
+        nt = nt + 1
+        tx_id[nt], tx_g[nt] = txid, g
+        if nt == FEW + 1 then
+          tx_map = {}
+          for k = 1, nt do tx_map[tx_id[k]] = tx_g[k] end
+        end
+        local k = 1
+        while k <= nst and st_name[k] ~= state do k = k + 1 end
+        if k > nst then
+          nst = k
+          st_name[k] = state
+        end
         needs = needs + 1
         i = i + 7
       elseif name == 'cache' then
         -- The TTL goes to Redis as it came: plain digits only.
-        local count = number(T[i + 3])
-        if not (count and status_of[T[i + 1]] == g and string.find(T[i + 2], '^[1-9]%d*$')) then
-          return nil
+        local txid, count = T[i + 1], number(T[i + 3])
+        if not (count and plain_ttl(T[i + 2])) then return nil end
+        local group
+        if tx_map then
+          group = tx_map[txid]
+        else
+          for k = nt, 1, -1 do
+            if tx_id[k] == txid then
+              group = tx_g[k]
+              break
+            end
+          end
         end
+        if group ~= g then return nil end
         needs = needs + count
         for j = i + 4, i + 4 * count, 4 do
           if not FLAGS[T[j + 2]] then return nil end
-          models[T[j]] = true
+          local model = T[j]
+          if model_map then
+            if not model_map[model] then
+              nm = nm + 1
+              model_list[nm], model_map[model] = model, true
+            end
+          else
+            local k = 1
+            while k <= nm and model_list[k] ~= model do k = k + 1 end
+            if k > nm then
+              nm = k
+              model_list[k] = model
+              if nm == FEW + 1 then
+                model_map = {}
+                for q = 1, nm do model_map[model_list[q]] = true end
+              end
+            end
+          end
         end
         i = i + 4 + 4 * count
       else
@@ -63,61 +137,73 @@ local function submit_plan()
       end
     end
     if i ~= last + 1 or pushes ~= blobs then return nil end
-    if pushes > 0 or next(models) ~= nil then allocates = true end
-    plan[g] = {at + 2, last, blob, pushes}
+    if pushes > 0 or nm > 0 then allocates = true end
+    local p = 4 * g
+    plan[p - 3], plan[p - 2], plan[p - 1], plan[p] = at + 2, last, blob, pushes
     at, blob = last + 1, blob + blobs
   end
   if not allocates or at ~= #T + 1 or blob ~= #ARGV + 1 then return nil end
-  return plan, status_of, states, models, needs
+  return n, needs, nt, nst, nm
 end
 
--- The last bucket listed in each state's list, by state (false: none), read
--- by the check of its type: a status in that bucket needs no listing.
-local S_LISTED
-
 -- The checks of the general path (check, check_states): whether all pass and
--- no transaction has a stored status.
-local function submit_checks(plan, status_of, states, models)
-  known_unindexed(models)
+-- no transaction has a stored status (a key of any type there takes the
+-- general path, which reads it).
+local function submit_checks(n, nt, nst, nm)
+  -- One EXISTS for the field indexes of the call's models (known_unindexed;
+  -- the lean path runs first: no model is registered yet).
+  if nm > 0 and nm <= 1000 then
+    local got
+    if nm == 1 then
+      got = redis.call('EXISTS', FIELDS .. MODEL[1])
+    elseif nm == 2 then
+      got = redis.call('EXISTS', FIELDS .. MODEL[1], FIELDS .. MODEL[2])
+    else
+      local keys = {}
+      for k = 1, nm do keys[k] = FIELDS .. MODEL[k] end
+      got = redis.call('EXISTS', unpack(keys))
+    end
+    if got == 0 then
+      for k = 1, nm do REGISTERED[MODEL[k]] = NONE_REGISTERED end
+    end
+  end
   -- LLEN, ZCARD and ZRANGE refuse a key of any other type than theirs, and
   -- take a missing one for an empty one, as the checks of TYPE do; they
   -- answer a number (ZRANGE: the last bucket listed), not a table.
-  for g = 1, #plan do
-    if plan[g][4] > 0 then
+  for g = 4, 4 * n, 4 do
+    if PLAN[g] > 0 then
       if type(redis.pcall('LLEN', BUF)) == 'table' then return false end
       break
     end
   end
-  for model, _ in pairs(models) do
-    if type(redis.pcall('ZCARD', INDEX .. model)) == 'table' or fields_problem(model) then
-      return false
-    end
+  for k = 1, nm do
+    local model = MODEL[k]
+    if type(redis.pcall('ZCARD', INDEX .. model)) == 'table' then return false end
+    -- (fields_problem: the models without a field index, the most, have no problem.)
+    if REGISTERED[model] ~= NONE_REGISTERED and fields_problem(model) then return false end
   end
-  for state, _ in pairs(states) do
-    local got = redis.pcall('ZRANGE', STATE .. state, -1, -1)
+  for k = 1, nst do
+    local got = redis.pcall('ZRANGE', STATE .. ST_NAME[k], -1, -1)
     if got['err'] then return false end
-    states[state] = got[1] or false
+    ST_LAST[k] = got[1] or false
   end
-  S_LISTED = states
-  local first = next(status_of)
-  if first == nil then return true end
-  if next(status_of, first) == nil then return not redis.call('MGET', STATUS .. first)[1] end
-  local keys = {}
-  for txid, _ in pairs(status_of) do keys[#keys + 1] = STATUS .. txid end
-  for i = 1, #keys, 1000 do
-    local got = redis.call('MGET', unpack(keys, i, math.min(i + 999, #keys)))
-    for j = 1, #got do
-      if got[j] then return false end
-    end
+  if nt == 1 then return redis.call('EXISTS', STATUS .. TX_ID[1]) == 0 end
+  for i = 1, nt, 1000 do
+    local keys = {}
+    for k = i, math.min(i + 999, nt) do keys[k - i + 1] = STATUS .. TX_ID[k] end
+    if redis.call('EXISTS', unpack(keys)) > 0 then return false end
   end
   return true
 end
 
--- What the groups that ran stage, in flat lists (a group that fails is cut
--- off them): entries to push; statuses (id, JSON, state, sequence number,
--- index member); the records each transaction wrote; index entries (model,
--- sequence number, id, TTL, TTL's text).
-local S_PUSH, S_STATUS, S_WRITTEN, S_INDEX
+-- What the groups that ran stage, in flat lists that a library keeps across
+-- calls, each as long as its count says (a group that fails is cut off them):
+-- entries to push; statuses (id, JSON, state, sequence number, index
+-- member); index entries (model, sequence number, id, TTL, TTL's text); and
+-- the records each transaction wrote (by id).
+local S_PUSH, S_STATUS, S_INDEX = {}, {}, {} -- kept across calls
+local NP, NS, NI = 0, 0, 0
+local S_WRITTEN
 
 -- Note that a transaction wrote a record, once, in the order first written:
 -- a few are compared one by one (strings compare as references; a table
@@ -143,19 +229,21 @@ local function note_written(written, member)
   end
 end
 
--- Run one group (see run_group and write_cache); returns its count of entries.
+-- Run one group (see run_group and write_cache).
 local function submit_group(first, last, b)
   local i = first
   while i <= last do
     local name = T[i]
     if name == 'push' then
-      S_PUSH[#S_PUSH + 1] = ARGV[b]
+      NP = NP + 1
+      S_PUSH[NP] = ARGV[b]
       b = b + 1
       i = i + 1
     elseif name == 'status' then
-      local n = #S_STATUS
+      local n = NS
       S_STATUS[n + 1], S_STATUS[n + 2], S_STATUS[n + 3] = T[i + 1], T[i + 2], T[i + 3]
       S_STATUS[n + 4], S_STATUS[n + 5] = next_seq(), T[i + 6]
+      NS = n + 5
       i = i + 7
     elseif name == 'cache' then
       local txid, ttl_text, count = T[i + 1], T[i + 2], number(T[i + 3])
@@ -170,7 +258,14 @@ local function submit_group(first, last, b)
         local flags = FLAGS[kind]
         local member = model .. ':' .. id
         local k = BUFFERED .. member
-        local seq = next_seq()
+        -- next_seq(), in line: the budget covers every number the call takes.
+        local seq
+        if SEQ_LEFT > 0 then
+          seq = SEQ_NEXT + 1
+          SEQ_NEXT, SEQ_LEFT = seq, SEQ_LEFT - 1
+        else
+          seq = next_seq()
+        end
         -- join_record's text, made in one concatenation.
         local text
         if body == '' then
@@ -178,17 +273,25 @@ local function submit_group(first, last, b)
         else
           text = '@' .. flags[1] .. flags[2] .. decimal(seq) .. ':' .. txid .. '\n' .. body
         end
-        if redis.call('SET', k, text, 'NX', 'PX', ttl_text) then
+        -- SET ... NX GET answers nil when it wrote (no table for an 'OK'), the
+        -- value when the record exists, WRONGTYPE when it exists as another
+        -- type (merge_record replaces it, as after a plain SET ... NX).
+        local had = redis.pcall('SET', k, text, 'NX', 'PX', ttl_text, 'GET')
+        if not had then
           -- (The checks read every model's registrations: most have none.)
           if REGISTERED[model] ~= NONE_REGISTERED then reindex_fields(model, id, '', body) end
         else
+          if type(had) == 'table' and not string.find(had.err or '', 'WRONGTYPE', 1, true) then
+            error(had)
+          end
           local before, after
           before, after, seq = merge_record(k, txid, ttl, kind, body, seq)
           reindex_fields(model, id, before, after)
         end
-        local n = #S_INDEX
+        local n = NI
         S_INDEX[n + 1], S_INDEX[n + 2], S_INDEX[n + 3] = model, seq, id
         S_INDEX[n + 4], S_INDEX[n + 5] = ttl, ttl_text
+        NI = n + 5
         note_written(written, member)
       end
       i = i + 4 + 4 * count
@@ -196,23 +299,21 @@ local function submit_group(first, last, b)
   end
 end
 
-local function cut(list, n)
-  for j = #list, n + 1, -1 do list[j] = nil end
-end
-
 -- The state index entries of the new statuses (see state_add): one ZADD
 -- per bucket, and one that lists it in its state's list.
 local function submit_states()
-  if #S_STATUS == 5 then
+  if NS == 5 then
     local state, seq = S_STATUS[3], S_STATUS[4]
     local place = seq % BUCKET
     local b = decimal((seq - place) / BUCKET)
-    redis.pcall('ZADD', state_bucket(state, b), decimal(place), S_STATUS[5])
-    if S_LISTED[state] ~= b then redis.call('ZADD', STATE .. state, 'NX', b, b) end
+    redis.pcall('ZADD', STATE .. state .. ':' .. b, decimal(place), S_STATUS[5])
+    local k = 1
+    while ST_NAME[k] ~= state do k = k + 1 end
+    if ST_LAST[k] ~= b then redis.call('ZADD', STATE .. state, 'NX', b, b) end
     return
   end
   local buckets = {}
-  for j = 1, #S_STATUS, 5 do
+  for j = 1, NS, 5 do
     local state, seq = S_STATUS[j + 2], S_STATUS[j + 3]
     local place = seq % BUCKET
     local b = decimal((seq - place) / BUCKET)
@@ -227,9 +328,22 @@ local function submit_states()
   end
   for key, e in pairs(buckets) do
     redis.pcall('ZADD', key, unpack(e))
-    if S_LISTED[e.state] ~= e.b then redis.call('ZADD', STATE .. e.state, 'NX', e.b, e.b) end
+    local k = 1
+    while ST_NAME[k] ~= e.state do k = k + 1 end
+    if ST_LAST[k] ~= e.b then redis.call('ZADD', STATE .. e.state, 'NX', e.b, e.b) end
   end
 end
+
+-- The model index entries by bucket, in a flat list that a library keeps
+-- across calls, IX_STRIDE slots a bucket in the order first met: its key,
+-- model, number (text), longest TTL and its text, its first entry (place,
+-- id) and its further entries (a list, or false); in a model's first bucket
+-- also the model's longest TTL and its text and whether any of its buckets
+-- lasts longer now (false in the slots of its other buckets). A call's few
+-- buckets are found by comparing keys (strings compare as references),
+-- which costs less than a table keyed by them.
+local IX = {} -- kept across calls
+local IX_STRIDE = 11
 
 -- The model index entries of the records written (see flush_indexes,
 -- extend_buckets, extend_indexes), with fewer commands: a bucket whose expiry
@@ -238,100 +352,134 @@ end
 -- after the ZADD that makes it, tells which: only a new bucket gets its
 -- expiry there, and is listed.
 local function submit_indexes()
-  -- The entries by bucket key; each model's first bucket also holds the
-  -- model's longest TTL and whether any of its buckets lasts longer now.
-  local buckets, first = {}, {}
-  for j = 1, #S_INDEX, 5 do
+  local ix, last = IX, -IX_STRIDE
+  for j = 1, NI, 5 do
     local model, seq, id, ttl, text = S_INDEX[j], S_INDEX[j + 1], S_INDEX[j + 2], S_INDEX[j + 3],
       S_INDEX[j + 4]
     local place = seq % BUCKET
     local b = decimal((seq - place) / BUCKET)
-    local key = bucket_key(model, b)
-    local e = buckets[key]
-    if not e then
-      e = {decimal(place), id, model = model, b = b, ttl = ttl, text = text,
-        model_ttl = ttl, model_text = text, longer = false}
-      buckets[key] = e
+    local key = INDEX .. model .. ':' .. b
+    local o, f = nil, nil
+    for q = 0, last, IX_STRIDE do
+      if ix[q + 1] == key then
+        o = q
+        break
+      end
+      if not f and ix[q + 2] == model then f = q end
+    end
+    if o then
+      if ix[o + 4] < ttl then ix[o + 4], ix[o + 5] = ttl, text end
+      local more = ix[o + 8]
+      if not more then
+        more = {}
+        ix[o + 8] = more
+      end
+      more[#more + 1] = decimal(place)
+      more[#more + 1] = id
+      if not f then f = o end
+      while ix[f + 2] ~= model do f = f + IX_STRIDE end
     else
-      if e.ttl < ttl then e.ttl, e.text = ttl, text end
-      e[#e + 1] = decimal(place)
-      e[#e + 1] = id
+      last = last + IX_STRIDE
+      o = last
+      ix[o + 1], ix[o + 2], ix[o + 3], ix[o + 4], ix[o + 5] = key, model, b, ttl, text
+      ix[o + 6], ix[o + 7], ix[o + 8] = decimal(place), id, false
+      if f then
+        ix[o + 9] = false
+      else
+        f = o
+        ix[o + 9], ix[o + 10], ix[o + 11] = ttl, text, false
+      end
     end
-    local m = first[model]
-    if not m then
-      first[model] = e
-    elseif m.model_ttl < ttl then
-      m.model_ttl, m.model_text = ttl, text
-    end
+    if ix[f + 9] < ttl then ix[f + 9], ix[f + 10] = ttl, text end
   end
-  for key, e in pairs(buckets) do
-    local moved = redis.call('PEXPIRE', key, e.text, 'GT') == 1
-    redis.pcall('ZADD', key, 'NX', unpack(e))
-    if moved then
-      first[e.model].longer = true
-    elseif redis.call('PEXPIRE', key, e.text, 'NX') == 1 then
-      first[e.model].longer = true
-      redis.call('ZADD', INDEX .. e.model, 'NX', e.b, e.b)
+  for o = 0, last, IX_STRIDE do
+    local key, text, more = ix[o + 1], ix[o + 5], ix[o + 8]
+    local moved = redis.call('PEXPIRE', key, text, 'GT') == 1
+    if more then
+      redis.pcall('ZADD', key, 'NX', ix[o + 6], ix[o + 7], unpack(more))
+    else
+      redis.pcall('ZADD', key, 'NX', ix[o + 6], ix[o + 7])
+    end
+    local listed = moved
+    if not moved and redis.call('PEXPIRE', key, text, 'NX') == 1 then
+      listed = true
+      redis.call('ZADD', INDEX .. ix[o + 2], 'NX', ix[o + 3], ix[o + 3])
+    end
+    if listed then
+      local f = 0
+      while ix[f + 2] ~= ix[o + 2] do f = f + IX_STRIDE end
+      ix[f + 11] = true
     end
   end
   flush_fields()
   -- A model whose buckets all last as long already needs no extension: its
   -- index and field index outlive them (each call that extends a bucket
   -- extends them too, as far as its longest TTL for the model).
-  for model, m in pairs(first) do
-    if m.longer then extend_indexes(model, m.model_text) end
+  -- (extend_indexes, its calls in line: a model without field registrations,
+  -- the most, has no field index to extend.)
+  for f = 0, last, IX_STRIDE do
+    if ix[f + 11] and ix[f + 9] then
+      local model, text = ix[f + 2], ix[f + 10]
+      if redis.call('PEXPIRE', INDEX .. model, text, 'GT') ~= 1 then
+        extend_unmoved(INDEX .. model, text)
+      end
+      if REGISTERED[model] ~= NONE_REGISTERED and next(registered(model)) ~= nil then
+        extend(FIELDS .. model, text)
+      end
+    end
   end
 end
 
 -- The call, if it is one of submits only (see above); nil otherwise, with
 -- nothing written.
-local function apply_submits()
-  local plan, status_of, states, models, needs = submit_plan()
-  if not plan or not submit_checks(plan, status_of, states, models) then return nil end
+local function submit_call()
+  local n, needs, nt, nst, nm = submit_plan()
+  if not n or not submit_checks(n, nt, nst, nm) then return nil end
   SEQ_BUDGET = math.max(needs, 1)
   local got = redis.pcall('INCRBY', SEQ, decimal(SEQ_BUDGET))
   if type(got) == 'table' then return nil end
   SEQ_NEXT, SEQ_LEFT = got - SEQ_BUDGET, SEQ_BUDGET
-  -- Room for one transaction of two records, made at once rather than grown.
-  S_PUSH, S_STATUS, S_WRITTEN = {nil}, {nil, nil, nil, nil, nil}, {}
-  S_INDEX = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
+  NP, NS, NI, S_WRITTEN = 0, 0, 0, {}
   local results = {nil}
-  for g = 1, #plan do
-    local p = plan[g]
-    local pushes, statuses, index = #S_PUSH, #S_STATUS, #S_INDEX
-    local ok, err = pcall(submit_group, p[1], p[2], p[3])
+  for g = 1, n do
+    local p = 4 * g
+    local pushes, statuses, index = NP, NS, NI
+    local ok, err = pcall(submit_group, PLAN[p - 3], PLAN[p - 2], PLAN[p - 1])
     if ok then
-      results[g] = p[4]
+      results[g] = PLAN[p]
     else
-      cut(S_PUSH, pushes)
-      cut(S_STATUS, statuses)
-      cut(S_INDEX, index)
+      NP, NS, NI = pushes, statuses, index
       if type(err) == 'table' then err = err.err or 'an error' end
       results[g] = 'failed: ' .. tostring(err)
     end
   end
   -- The writes of flush_pushes, flush_statuses (a new status, never stored
   -- before: no index to leave), flush_indexes and after, in their order.
-  if #S_PUSH <= 1000 then
-    if #S_PUSH > 0 then redis.call('LPUSH', BUF, unpack(S_PUSH)) end
-  else
-    in_slices({'LPUSH', BUF}, S_PUSH)
+  if NP == 1 then
+    redis.call('LPUSH', BUF, S_PUSH[1])
+  elseif NP > 0 and NP <= 1000 then
+    redis.call('LPUSH', BUF, unpack(S_PUSH, 1, NP))
+  elseif NP > 0 then
+    local pushes = {}
+    for j = 1, NP do pushes[j] = S_PUSH[j] end
+    in_slices({'LPUSH', BUF}, pushes)
   end
-  if #S_STATUS == 5 then
+  if NS == 5 then
     local txid = S_STATUS[1]
     local written = S_WRITTEN[txid]
+    -- (SET ... GET: the key is new, checked so; nil answers, not a table.)
     if written and #written > 0 then
-      redis.call('MSET', STATUS .. txid,
-        decimal(S_STATUS[4]) .. S_STATUS[2] .. '\n' .. table.concat(written, ' '))
+      redis.call('SET', STATUS .. txid,
+        decimal(S_STATUS[4]) .. S_STATUS[2] .. '\n' .. table.concat(written, ' '), 'GET')
     else
-      redis.call('MSET', STATUS .. txid, decimal(S_STATUS[4]) .. S_STATUS[2])
+      redis.call('SET', STATUS .. txid, decimal(S_STATUS[4]) .. S_STATUS[2], 'GET')
     end
     submit_states()
     submit_indexes()
     return results
   end
   local plain = {}
-  for j = 1, #S_STATUS, 5 do
+  for j = 1, NS, 5 do
     local txid, seq = S_STATUS[j], S_STATUS[j + 3]
     local value = decimal(seq) .. S_STATUS[j + 1]
     local written = S_WRITTEN[txid]
@@ -342,5 +490,18 @@ local function apply_submits()
   in_slices({'MSET'}, plain)
   submit_states()
   submit_indexes()
+  return results
+end
+
+-- The lean path (see submit_call). The lists kept across calls hold the
+-- strings of the calls that used them, up to where each went: past FEW
+-- entries, they are made anew, so that one large call does not keep its
+-- strings alive after it.
+local function apply_submits()
+  local results = submit_call()
+  if TX_ID[FEW + 1] or MODEL[FEW + 1] or S_PUSH[FEW + 1] or S_STATUS[5 * FEW + 1]
+      or S_INDEX[5 * FEW + 1] or IX[IX_STRIDE * FEW + 1] then
+    TX_ID, TX_G, MODEL, S_PUSH, S_STATUS, S_INDEX, IX = {}, {}, {}, {}, {}, {}, {}
+  end
   return results
 end

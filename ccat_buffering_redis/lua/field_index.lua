@@ -10,8 +10,10 @@
 -- the records exactly: every write moves a record's entries from the values it
 -- had to those it has, a release takes them out.
 -- The read of the registrations doubles as the check of the key's type: a
--- key of another type (written by hand) is named in FIELDS_PROBLEM.
-local REGISTERED, FIELDS_PROBLEM = {}, {}
+-- key of another type (written by hand) is named in FIELDS_PROBLEM (made by
+-- the first problem: nil until then).
+local REGISTERED = {}
+local FIELDS_PROBLEM
 local function registered(model)
   local r = REGISTERED[model]
   if not r then
@@ -20,6 +22,7 @@ local function registered(model)
     if type(got) == 'table' and not got['err'] then
       for _, m in ipairs(got) do r[string.sub(m, 2)] = true end
     elseif type(got) == 'table' then
+      if not FIELDS_PROBLEM then FIELDS_PROBLEM = {} end
       FIELDS_PROBLEM[model] = 'key ' .. FIELDS .. model .. ' is not a zset (' .. got['err'] .. ')'
     end
     REGISTERED[model] = r
@@ -45,7 +48,7 @@ end
 -- Why the field index of a model cannot be written, or nil.
 local function fields_problem(model)
   registered(model)
-  return FIELDS_PROBLEM[model]
+  return FIELDS_PROBLEM and FIELDS_PROBLEM[model]
 end
 
 -- A record whose id is its 'id' field's text stores that field as 'id=' (see
@@ -64,17 +67,19 @@ end
 
 -- Entries to add, gathered per model (score, member pairs) and sent with one
 -- ZADD per model; sent before any removal, so that a removal always follows
--- the addition it undoes.
-local FIELD_ADD = {}
+-- the addition it undoes. Made by the first entry (nil until then): most
+-- writes touch no field index.
+local FIELD_ADD
 local function flush_fields()
-  if next(FIELD_ADD) == nil then return end
+  if not FIELD_ADD then return end
   for model, list in pairs(FIELD_ADD) do in_slices({'ZADD', FIELDS .. model}, list) end
-  FIELD_ADD = {}
+  FIELD_ADD = nil
 end
 
 local function reindex_fields(model, id, before, after)
   local wanted = registered(model)
   if next(wanted) == nil then return end
+  if not FIELD_ADD then FIELD_ADD = {} end
   local add = FIELD_ADD[model]
   if not add then add = {}; FIELD_ADD[model] = add end
   if before == '' then
@@ -95,7 +100,7 @@ local function reindex_fields(model, id, before, after)
     flush_fields()
     in_slices({'ZREM', FIELDS .. model}, gone)
     add = {}
-    FIELD_ADD[model] = add
+    FIELD_ADD = {[model] = add}
   end
   for _, m in ipairs(new) do
     if not had[m] then

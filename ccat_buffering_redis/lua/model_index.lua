@@ -50,14 +50,17 @@ end
 -- A bucket whose expiry the PEXPIRE moved exists, so it is listed already:
 -- pushing its expiry out first spares the listing's ZADD (and the later
 -- PEXPIRE) in the common case, a bucket that takes more entries.
-local INDEX_ADD, BUCKET_TTL = {}, {}
+-- Both are made by the first entry or TTL (nil until then): most calls of
+-- APPLY (its lean path, apply_submit.lua) need neither.
+local INDEX_ADD, BUCKET_TTL
 local function flush_indexes()
+  if not INDEX_ADD then return end
   for model, list in pairs(INDEX_ADD) do
     local buckets = by_bucket(list)
     local listed = {}
     for b, entries in pairs(buckets) do
       local key = bucket_key(model, b)
-      local ttl = BUCKET_TTL[key]
+      local ttl = BUCKET_TTL and BUCKET_TTL[key]
       local moved = ttl and redis.call('PEXPIRE', key, ttl, 'GT') == 1
       redis.pcall('ZADD', key, 'NX', unpack(entries))
       if moved then
@@ -69,16 +72,18 @@ local function flush_indexes()
     end
     in_slices({'ZADD', INDEX .. model, 'NX'}, listed)
   end
-  INDEX_ADD = {}
+  INDEX_ADD = nil
 end
 
 local function extend_bucket(model, seq, ttl)
   if not seq then return end
   local key = bucket_key(model, math.floor(seq / BUCKET))
+  if not BUCKET_TTL then BUCKET_TTL = {} end
   if (BUCKET_TTL[key] or 0) < ttl then BUCKET_TTL[key] = ttl end
 end
 
 local function extend_buckets()
+  if not BUCKET_TTL then return end
   for key, ttl in pairs(BUCKET_TTL) do extend(key, ttl) end
-  BUCKET_TTL = {}
+  BUCKET_TTL = nil
 end

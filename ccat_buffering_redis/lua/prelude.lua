@@ -31,8 +31,8 @@ end
 
 -- Push a key's expiry out to ttl ms from now; never shorten it. Returns 1 if
 -- it moved, 0 if it already lasted as long, -1 if there is no such key.
-local function extend(key, ttl)
-  if redis.call('PEXPIRE', key, ttl, 'GT') == 1 then return 1 end
+-- extend_unmoved: the rest of extend(), after a PEXPIRE GT that answered 0.
+local function extend_unmoved(key, ttl)
   local left = redis.call('PTTL', key)
   if left == -2 then return -1 end
   if left == -1 then
@@ -40,6 +40,10 @@ local function extend(key, ttl)
     return 1
   end
   return 0
+end
+local function extend(key, ttl)
+  if redis.call('PEXPIRE', key, ttl, 'GT') == 1 then return 1 end
+  return extend_unmoved(key, ttl)
 end
 
 -- Calls with many arguments go in slices: unpack() returns a bounded number of

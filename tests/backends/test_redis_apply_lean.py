@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 from services import forget_site, site_dump
 
 from ccat_buffering.buffer.protocols import CacheKind, CacheWrite
@@ -98,6 +99,20 @@ CALLS: list[list[list[Command]]] = [
         + _submit("t6", [])
         + _submit("t7", [_w("Fld", "f1", CacheKind.UPDATE, name="z")])
     ],
+    # buffer_many past the few transactions and models (8) that the lean path
+    # finds by comparing: the rest through tables; its kept lists made anew.
+    [
+        [
+            op
+            for k in range(10)
+            for op in _submit(f"m{k}", [_w(f"M{k}", f"x{k}", CacheKind.CREATE, name=str(k))])
+        ]
+    ],
+    # Falls back (one transaction's two statuses, past those compared).
+    [
+        [op for k in range(9) for op in _submit(f"d{k}", [])]
+        + _submit("d3", [_w("Obs", "r4", CacheKind.CREATE, name="d")])
+    ],
     # A transaction of many records, some written twice (past the 16 that
     # the lean path compares one by one to list them once).
     [
@@ -110,6 +125,35 @@ CALLS: list[list[list[Command]]] = [
     # Falls back (a status already stored): both paths are the general one.
     [_submit("t1", [_w("Obs", "r9", CacheKind.CREATE, name="q")], state="retrying")],
 ]
+
+
+# The calls above that the general path runs (a transaction's second status,
+# a status already stored); the lean path runs every other.
+FALLS_BACK = {len(CALLS) - 3, len(CALLS) - 1}
+
+
+async def test_the_lean_path_runs_the_calls_that_only_buffer(
+    redis_client: aioredis.Redis, sites: dict[str, SiteKeys]
+) -> None:
+    """Each call runs where it should: a library whose general path fails tells."""
+    library = scripts.LIBRARIES["apply"]
+    marker = "  if lean then return lean end\n"
+    assert library.code.count(marker) == 1
+    code = library.code.replace(marker, marker + "  error('the general path ran')\n")
+    function = library.function + "_lean"
+    code = code.replace(library.function, function).replace(library.name, library.name + "_lean")
+    await redis_client.execute_command("FUNCTION", "LOAD", "REPLACE", code)
+    keys = next(iter(sites.values()))
+    try:
+        for i, groups in enumerate(CALLS):
+            call = redis_client.fcall(function, 1, keys.buffer, keys.prefix, *frame(groups))
+            if i in FALLS_BACK:
+                with pytest.raises(redis.exceptions.ResponseError, match="general path ran"):
+                    await call
+            else:
+                assert all(isinstance(r, int) for r in await call), i
+    finally:
+        await redis_client.execute_command("FUNCTION", "DELETE", library.name + "_lean")
 
 
 async def _dump(client: aioredis.Redis, keys: SiteKeys) -> dict[str, Any]:
@@ -214,6 +258,23 @@ async def test_a_key_of_another_type_is_refused_alike(
     assert replies[0] == replies[1] and str(replies[0][0]).startswith("error: "), replies
     lean, general = [await _dump(redis_client, keys) for keys in sites.values()]
     assert lean == general and len(lean) == 1, lean
+
+
+async def test_a_record_key_of_another_type_is_replaced_alike(
+    redis_client: aioredis.Redis, sites: dict[str, SiteKeys]
+) -> None:
+    """A record's key of another type (written by hand) is replaced, as the general path does."""
+    for keys in sites.values():
+        await redis_client.hset(keys.prefix + "buffered:Obs:r1", "x", "y")
+    groups = [_submit("t1", [_w("Obs", "r1", CacheKind.CREATE, name="a")])]
+    replies = [
+        await redis_client.fcall(function, 1, keys.buffer, keys.prefix, *frame(groups))
+        for function, keys in sites.items()
+    ]
+    assert replies[0] == replies[1] == [1], replies
+    lean, general = [await _dump(redis_client, keys) for keys in sites.values()]
+    assert {k: v[:2] for k, v in lean.items()} == {k: v[:2] for k, v in general.items()}
+    assert lean["buffered:Obs:r1"][0] == "string", lean
 
 
 # Every text whose number() differs from tonumber() (nan is itself, though

@@ -110,8 +110,9 @@ def test_the_library_is_the_script_with_its_state_reset_per_call() -> None:
     assert scripts.SCRIPTS["apply"].rstrip().endswith("return apply()")
     # The call's state is made afresh in a reset, not once at load; the
     # server's time is left unread until now() needs it, the general path's
-    # tables until it runs (begin_stage).
-    for state in ("PUSHES = nil", "NOW = nil", "TYPES = {}"):
+    # tables until it runs (begin_stage), the staging of index and field
+    # index entries until a first entry; the registrations read are new.
+    for state in ("PUSHES = nil", "NOW = nil", "TYPES = nil", "FIELD_ADD = nil", "REGISTERED = {}"):
         assert f"\n  {state}\n" in library.code, state
     assert "\nlocal NOW\n" in library.code
     # A table marked to be kept across calls is made once, at load, though it is written
