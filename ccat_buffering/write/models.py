@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_core import PydanticSerializationError
 
 from ccat_buffering.errors import PayloadTooLargeError, TransactionValidationError
+from ccat_buffering.write._transaction_json import plain_json
 from ccat_buffering.write.identifiers import Identifier, check_identifier
 from ccat_buffering.write.lsn import LSN
 from ccat_buffering.write.payload_limits import payload_problem
@@ -150,8 +151,20 @@ class Transaction(BaseModel):
                 long: see :mod:`ccat_buffering.write.payload_limits`).
             PayloadTooLargeError: The JSON text is larger than the limit.
         """
+        text = plain_json(self)
+        if text is None:
+            text = self._pydantic_json()
+        problem = payload_problem(text, max_payload_bytes)
+        if problem is not None:
+            kind, what = problem
+            fix = ": split it, or raise max_payload_bytes" if kind is PayloadTooLargeError else ""
+            raise kind(f"transaction {self.transaction_id} ({self.endpoint}) {what}{fix}")
+        return text
+
+    def _pydantic_json(self) -> str:
+        """The JSON text as pydantic writes it (the shapes :func:`plain_json` leaves to it)."""
         try:
-            text = self.model_dump_json(exclude_none=True)
+            return self.model_dump_json(exclude_none=True)
         except PydanticSerializationError as exc:
             # pydantic wraps what a field serializer raised; give back our own error.
             message = str(exc)
@@ -160,12 +173,6 @@ class Transaction(BaseModel):
                 where = self._not_utf8() or "a value"
                 message = f"{where} holds a lone surrogate, which is not UTF-8"
             raise TransactionValidationError(message.split(marker, 1)[-1]) from None
-        problem = payload_problem(text, max_payload_bytes)
-        if problem is not None:
-            kind, what = problem
-            fix = ": split it, or raise max_payload_bytes" if kind is PayloadTooLargeError else ""
-            raise kind(f"transaction {self.transaction_id} ({self.endpoint}) {what}{fix}")
-        return text
 
     def _not_utf8(self) -> str | None:
         """Where the first text that UTF-8 cannot encode sits (``s0.name``), if any."""
