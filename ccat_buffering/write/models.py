@@ -9,6 +9,7 @@ caller can ask about it while it travels to the main database.
 
 from __future__ import annotations
 
+import operator
 import uuid
 from collections.abc import Mapping
 from typing import Annotated, Any, Self
@@ -60,6 +61,7 @@ which such a release refuses instead of applying it without its check.
 """
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+_is = operator.is_
 
 
 def _new_transaction_id() -> str:
@@ -151,9 +153,26 @@ class Transaction(BaseModel):
                 long: see :mod:`ccat_buffering.write.payload_limits`).
             PayloadTooLargeError: The JSON text is larger than the limit.
         """
-        text = plain_json(self)
-        if text is None:
-            text = self._pydantic_json()
+        values = self.__dict__
+        steps = values["steps"]
+        # The fields it was made from (held, so that their ids stay theirs).
+        key = (
+            steps,
+            *steps,
+            values["format_version"],
+            values["transaction_id"],
+            values["endpoint"],
+            values["created_at"],
+            values["trace_context"],
+        )
+        memo = values.get("_json")
+        if memo is not None and len(memo[0]) == len(key) and all(map(_is, memo[0], key)):
+            # Made before from these very values (build() makes it): a frozen
+            # transaction's JSON is made once.
+            text: str = memo[1]
+        else:
+            text = plain_json(self) or self._pydantic_json()
+            values["_json"] = (key, text)
         problem = payload_problem(text, max_payload_bytes)
         if problem is not None:
             kind, what = problem

@@ -145,3 +145,26 @@ def test_a_transaction_id_check_is_not_skipped_for_other_text() -> None:
         with pytest.raises(TransactionValidationError):
             checks.check_transaction_id(bad)
     assert checks.check_transaction_id("tx-1") == "tx-1"
+
+
+def test_the_text_is_made_once_and_follows_every_change_of_a_field() -> None:
+    tx = TransactionBuilder("e")
+    tx.create("Thing", {"v": 1})
+    built = tx.build()  # build() checks the size with the text: made once, here
+    assert "_json" in built.__dict__
+    first = built.to_json()
+    assert built.to_json() is first
+    assert first == pydantic_text(built)
+    # A copy with another value of any field (or a step replaced in place) writes its own.
+    traced = built.model_copy(update={"trace_context": {"traceparent": "00-ab-cd-01"}})
+    assert traced.to_json() == pydantic_text(traced) != first
+    renamed = built.model_copy(update={"endpoint": "other"})
+    assert renamed.to_json() == pydantic_text(renamed) != first
+    other = TransactionBuilder("e")
+    other.create("Thing", {"v": 2})
+    built.steps[0] = other.build().steps[0]
+    assert built.to_json() == pydantic_text(built) != first
+    # The memo is no field: equality, iteration and dumps do not see it.
+    assert built == built.model_copy()
+    assert "_json" not in dict(built)
+    assert "_json" not in built.model_dump()
