@@ -26,6 +26,8 @@ __all__ = [
     "dead_command",
     "frame",
     "ms",
+    "ms_text",
+    "push_command",
     "release_command",
     "replicated_command",
     "retry_command",
@@ -37,6 +39,19 @@ __all__ = [
 
 def ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
+
+
+_MS_TEXTS: dict[float, str] = {}
+
+
+def ms_text(seconds: float) -> str:
+    """``str(ms(seconds))``, each TTL's once: a site writes with a few, every time."""
+    text = _MS_TEXTS.get(seconds)
+    if text is None:
+        if len(_MS_TEXTS) >= 64:
+            _MS_TEXTS.clear()
+        text = _MS_TEXTS[seconds] = str(ms(seconds))
+    return text
 
 
 SEP = "\x1f"
@@ -72,6 +87,18 @@ def command(*tokens: str, blobs: tuple[str | bytes, ...] = ()) -> Command:
     return Command(SEP.join(tokens) + SEP, len(tokens), blobs)
 
 
+_command = tuple.__new__
+"""``_command(Command, (text, tokens, blobs, models))``: a Command, without ``__new__``'s frame."""
+
+
+def push_command(entry: str | bytes) -> Command:
+    """``command("push", blobs=(entry,))``: one per transaction buffered."""
+    return _command(Command, (_PUSH, 1, (entry,), ()))
+
+
+_PUSH = "push" + SEP
+
+
 def safe_token(text: str, what: str) -> str:
     """``text``, checked to be safe as a token of the frame."""
     if SEP in text:
@@ -92,17 +119,32 @@ def _state_place(status: TransactionStatus) -> tuple[str, str]:
 
 
 def status_command(status: TransactionStatus, ttl_seconds: float) -> Command:
-    transaction_id = safe_token(status.transaction_id, "transaction id")
-    score, before = _state_place(status)
-    return command(
-        "status",
-        transaction_id,
-        status_json(status),
-        str(status.state),
-        str(ms(ttl_seconds)),
-        score,
-        before + transaction_id,
+    values = status.__dict__
+    transaction_id = values["transaction_id"]
+    if SEP in transaction_id:
+        safe_token(transaction_id, "transaction id")
+    state = values["state"]
+    if state is _COMMITTED:
+        score, before = _state_place(status)
+    else:
+        score = before = ""
+    text = SEP.join(
+        (
+            "status",
+            transaction_id,
+            status_json(status),
+            _STATE_TEXT.get(state) or str(state),
+            ms_text(ttl_seconds),
+            score,
+            before + transaction_id,
+            "",
+        )
     )
+    return _command(Command, (text, 7, (), ()))
+
+
+_COMMITTED = TransactionState.COMMITTED
+_STATE_TEXT = {state: str(state) for state in TransactionState}
 
 
 def statuses_commands(statuses: Sequence[TransactionStatus], ttl_seconds: float) -> list[Command]:
@@ -148,7 +190,7 @@ def cache_command(transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds
     parts = [
         "cache",
         safe_token(transaction_id, "transaction id"),
-        str(ms(ttl_seconds)),
+        ms_text(ttl_seconds),
         str(len(writes)),
     ]
     models = []
@@ -157,7 +199,7 @@ def cache_command(transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds
         parts += (model, record_id, write.kind, record_text(write.fields, record_id))
         models.append(model)
     parts.append("")
-    return Command(SEP.join(parts), len(parts) - 1, (), tuple(dict.fromkeys(models)))
+    return _command(Command, (SEP.join(parts), len(parts) - 1, (), tuple(dict.fromkeys(models))))
 
 
 def acks_command(receipts: Sequence[str]) -> Command:
@@ -200,9 +242,13 @@ def frame(groups: list[list[Command]]) -> list[str | bytes]:
     parts = [str(len(groups)), SEP]
     blobs: list[str | bytes] = []
     for ops in groups:
-        parts += (str(sum(op.tokens for op in ops)), SEP)
-        parts += (str(sum(len(op.blobs) for op in ops)), SEP)
-        for op in ops:
-            parts.append(op.text)
-            blobs += op.blobs
+        tokens = 0
+        texts = []
+        before = len(blobs)
+        for text, count, op_blobs, _ in ops:
+            tokens += count
+            texts.append(text)
+            if op_blobs:
+                blobs += op_blobs
+        parts += (str(tokens), SEP, str(len(blobs) - before), SEP, *texts)
     return ["".join(parts), *blobs]

@@ -421,7 +421,21 @@ def record_text(fields: Mapping[str, Any], record_id: str) -> str:
     folded = '"' + record_id + '"'
     lines = []
     for name, value in fields.items():
-        text = value_json(value)
+        # value_json's commonest cases inline: this runs for every field of
+        # every record buffered.
+        kind = type(value)
+        if kind is str:
+            text = _quoted(value)
+        elif kind is dict and len(value) == 1:
+            ((key, inner),) = value.items()
+            if type(key) is str and type(inner) is str:
+                text = "{" + _quoted(key) + ":" + _quoted(inner) + "}"
+            else:
+                text = _JSON.encode(value)
+        elif kind is int:
+            text = int.__repr__(value)
+        else:
+            text = value_json(value)
         lines.append(name + "=" + ("" if text == folded else text))
     return "\n".join(lines)
 

@@ -34,6 +34,7 @@ from ccat_buffering_redis._frame import (
     command,
     dead_command,
     frame,
+    push_command,
     release_command,
     replicated_command,
     retry_command,
@@ -48,6 +49,7 @@ from ccat_buffering_redis.compression import entry_bytes
 
 if TYPE_CHECKING:
     from ccat_buffering_redis._coalescer import Coalescer
+    from ccat_buffering_redis._functions import FunctionCall
 
 __all__ = ["RedisWriteBatch", "RedisWrites"]
 
@@ -63,6 +65,8 @@ class RedisWrites(BackendPart):
         compression: str | None
         refused_full_at: float | None
         _scripts: dict[str, Any]
+        _functions: dict[str, FunctionCall]
+        _apply_keys: list[str]
         _coalescer: Coalescer | None
         _unlearned: dict[str, tuple[str, ...]]
         _policy_checked_at: float
@@ -95,7 +99,12 @@ class RedisWrites(BackendPart):
                         self.min_replicas_timeout,
                     )
             else:
-                reply, acked = await self.script("apply", *frame(groups)), 0
+                # script("apply", ...) without its frame: one per write group sent.
+                with self.translate():
+                    reply = await self._functions["apply"](
+                        self._apply_keys, [self.keys.prefix, *frame(groups)]
+                    )
+                acked = 0
         except BackendUnavailableError as exc:
             raise BackendUnavailableError(
                 f"{exc}: the write may or may not have been stored. Submitting the same "
@@ -104,7 +113,9 @@ class RedisWrites(BackendPart):
         unreplicated = waits and acked < self.min_replicas
         results: list[int | BackendError] = []
         for group, item in zip(groups, reply, strict=True):
-            if not isinstance(item, bytes | str):
+            if type(item) is int and not unreplicated:
+                results.append(item)  # the common case first: applied
+            elif not isinstance(item, bytes | str):
                 if unreplicated and any(op.buffers for op in group):
                     # Written on the master, not on enough replicas: not acknowledged.
                     results.append(
@@ -231,7 +242,8 @@ class RedisWriteBatch:
     def push(self, payload: str) -> None:
         """Stage a push."""
         check_payload(payload)
-        self.ops.append(command("push", blobs=(entry_bytes(payload, self.compression),)))
+        entry = payload if self.compression is None else entry_bytes(payload, self.compression)
+        (self._ops if not self._acks else self.ops).append(push_command(entry))
 
     def ack(self, receipt: str) -> None:
         """Stage an ack."""
@@ -255,7 +267,7 @@ class RedisWriteBatch:
         """Stage a status."""
         check_status(status)
         check_duration(ttl_seconds, "ttl_seconds")
-        self.ops.append(status_command(status, ttl_seconds))
+        (self._ops if not self._acks else self.ops).append(status_command(status, ttl_seconds))
 
     def put_statuses(self, statuses: Sequence[TransactionStatus], ttl_seconds: float) -> None:
         """Stage statuses, as :meth:`put_status` each, in order: routine ones share a command."""
@@ -266,10 +278,13 @@ class RedisWriteBatch:
         self, transaction_id: str, writes: Sequence[CacheWrite], ttl_seconds: float
     ) -> None:
         """Stage cache writes."""
-        writes = list(writes)
+        if type(writes) is not list:
+            writes = list(writes)
         check_writes(transaction_id, writes)
         check_duration(ttl_seconds, "ttl_seconds")
-        self.ops.append(cache_command(transaction_id, writes, ttl_seconds))
+        (self._ops if not self._acks else self.ops).append(
+            cache_command(transaction_id, writes, ttl_seconds)
+        )
 
     def release_cache(self, transaction_ids: Sequence[str]) -> None:
         """Stage a cache release."""

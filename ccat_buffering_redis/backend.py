@@ -150,6 +150,7 @@ class RedisBackend(
             name: FunctionCall(client, self._scripts[name], library)
             for name, library in scripts.LIBRARIES.items()
         }
+        self._apply_keys = [self.keys.buffer]
         self._coalescer = Coalescer(self._apply_groups) if coalesce else None
         self.buffer = RedisBufferStore(self)
         self.dead_letters = RedisDeadLetterStore(self)

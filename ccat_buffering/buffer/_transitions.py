@@ -33,13 +33,21 @@ from ccat_buffering.write.models import Transaction, TransactionState, Transacti
 from ccat_buffering.write.status import (
     add_event,
     as_json,
+    constructed,
     copied_status,
     made_event,
     made_status,
     utc_now,
 )
 
-__all__ = ["CONFLICT_DELAY", "Delivery", "Transitions", "as_json", "buffered_status"]
+__all__ = [
+    "CONFLICT_DELAY",
+    "Delivery",
+    "Transitions",
+    "as_json",
+    "buffered_at",
+    "buffered_status",
+]
 
 CONFLICT_DELAY = 0.05
 
@@ -107,6 +115,49 @@ def buffered_status(transaction: Transaction, **changes: Any) -> TransactionStat
         created_at=transaction.created_at,
         **changes,
     )
+
+
+_GIVEN_AT = frozenset((*_BUFFERED_GIVEN, "updated_at"))
+_DATETIME = dt.datetime
+_UTC = dt.UTC
+_BUFFERED = TransactionState.BUFFERED
+
+
+def buffered_at(transaction: Transaction, updated_at: dt.datetime) -> TransactionStatus:
+    """``buffered_status(transaction, updated_at=updated_at)``: the status every buffer() makes."""
+    values = transaction.__dict__
+    transaction_id, endpoint, created = (
+        values["transaction_id"],
+        values["endpoint"],
+        values["created_at"],
+    )
+    if (
+        type(transaction_id) is str
+        and type(endpoint) is str
+        and type(created) is _DATETIME
+        and created.tzinfo is _UTC
+        and type(updated_at) is _DATETIME
+        and updated_at.tzinfo is _UTC
+    ):
+        return constructed(
+            TransactionStatus,
+            {
+                "transaction_id": transaction_id,
+                "endpoint": endpoint,
+                "state": _BUFFERED,
+                "attempts": 0,
+                "last_error": None,
+                "commit_lsn": None,
+                "created_at": created,
+                "updated_at": updated_at,
+                "committed_at": None,
+                "replicated_at": None,
+                "history": (),
+                "generated": {},
+            },
+            set(_GIVEN_AT),
+        )
+    return buffered_status(transaction, updated_at=updated_at)
 
 
 def put_statuses(batch: WriteBatch, statuses: Sequence[TransactionStatus], ttl: float) -> None:

@@ -25,6 +25,14 @@ _KEY_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234
 # One C-level match instead of a Python loop per character: keys (UUIDs) are
 # read for every write of every transaction buffered.
 _ALL_SAFE = re.compile(r"[A-Za-z0-9_.\-]*").fullmatch
+# A text key that is its own id and passes check_record_id (whose characters
+# and length it is within): one match for both.
+_SAFE_ID = re.compile(r"[A-Za-z0-9_.\-]{1,4096}").fullmatch
+_new = object.__new__
+_set = object.__setattr__
+_CREATE = CacheKind.CREATE
+_UPDATE = CacheKind.UPDATE
+_CREATE_OP = Operation.CREATE
 
 
 def key_text(value: Any) -> str:
@@ -73,9 +81,9 @@ def record_id(key: Mapping[str, Any], key_fields: Sequence[str]) -> str | None:
         value = key.get(key_fields[0])
         if value is None or isinstance(value, Ref):
             return None
-        return check_record_id(
-            value if type(value) is str and _ALL_SAFE(value) else key_text(value)
-        )
+        if type(value) is str and _SAFE_ID(value):
+            return value
+        return check_record_id(key_text(value))
     values = [key.get(name) for name in key_fields]
     if any(v is None or isinstance(v, Ref) for v in values):
         return None
@@ -102,6 +110,19 @@ def _data_fields(step: Step) -> dict[str, Any]:
     return {} if encoded is None else _without_refs(encoded)
 
 
+def _write(model: str, record_id: str, kind: CacheKind, fields: dict[str, Any]) -> CacheWrite:
+    """``CacheWrite(model, record_id, kind, fields)``, for less.
+
+    A frozen dataclass sets each field through ``object.__setattr__``; every
+    buffer() makes a write per record. The values are the ones this module made.
+    """
+    write = _new(CacheWrite)
+    _set(
+        write, "__dict__", {"model": model, "record_id": record_id, "kind": kind, "fields": fields}
+    )
+    return write
+
+
 def cache_writes(transaction: Transaction) -> list[CacheWrite]:
     """What a transaction writes, as the buffered data cache records it.
 
@@ -115,27 +136,33 @@ def cache_writes(transaction: Transaction) -> list[CacheWrite]:
     """
     writes: list[CacheWrite] = []
     for step in transaction.steps:
-        op, fields = step.operation, step.key_fields
-        if op is Operation.CREATE and not step.records:
-            rid = record_id(step.data or {}, fields)
+        values = step.__dict__
+        op, fields, records = values["operation"], values["key_fields"], values["records"]
+        if op is _CREATE_OP and not records:
+            data = values["data"] or {}
+            # record_id's commonest case inline: a text key that is its own id.
+            rid = data.get(fields[0]) if len(fields) == 1 else None
+            if type(rid) is not str or not _SAFE_ID(rid):
+                rid = record_id(data, fields)
             if rid is not None:
-                writes.append(CacheWrite(step.model, rid, CacheKind.CREATE, _data_fields(step)))
-        elif op is Operation.CREATE or op is Operation.BULK_CREATE:
-            for record in step.records or [step.data or {}]:
+                writes.append(_write(values["model"], rid, _CREATE, _data_fields(step)))
+        elif op is _CREATE_OP or op is Operation.BULK_CREATE:
+            for record in records or [values["data"] or {}]:
                 rid = record_id(record, fields)
                 if rid is not None:
-                    writes.append(CacheWrite(step.model, rid, CacheKind.CREATE, _fields(record)))
+                    writes.append(_write(values["model"], rid, _CREATE, _fields(record)))
         elif op is Operation.UPDATE or op is Operation.DELETE:
-            rid = record_id(step.key or {}, list(step.key or {}))
+            key = values["key"] or {}
+            rid = record_id(key, list(key))
             if rid is None:
                 continue
-            kind = CacheKind.UPDATE if op is Operation.UPDATE else CacheKind.DELETE
-            writes.append(CacheWrite(step.model, rid, kind, _data_fields(step)))
+            kind = _UPDATE if op is Operation.UPDATE else CacheKind.DELETE
+            writes.append(_write(values["model"], rid, kind, _data_fields(step)))
         else:
-            for record in step.records or []:
+            for record in records or []:
                 rid = record_id(record, fields)
                 if rid is not None:
-                    writes.append(CacheWrite(step.model, rid, CacheKind.UPDATE, _fields(record)))
+                    writes.append(_write(values["model"], rid, _UPDATE, _fields(record)))
     return writes
 
 
@@ -164,5 +191,5 @@ def generated_writes(
         record = {**(step.data or {}), **values}
         rid = record_id(record, step.key_fields)
         if rid is not None:
-            writes.append(CacheWrite(step.model, rid, CacheKind.CREATE, _fields(record)))
+            writes.append(_write(step.model, rid, CacheKind.CREATE, _fields(record)))
     return writes

@@ -64,6 +64,8 @@ __all__ = [
 
 # -- building blocks --------------------------------------------------------
 
+_INFINITY = math.inf
+
 
 def check_duration(value: float, what: str) -> None:
     """Refuse a duration that is not a finite number of seconds >= 0.
@@ -75,6 +77,8 @@ def check_duration(value: float, what: str) -> None:
     Raises:
         ValueError: With the offending value.
     """
+    if type(value) is float and 0.0 <= value < _INFINITY:
+        return  # the common case, in one comparison (NaN and infinity fail it)
     if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{what} must be a finite number of seconds >= 0, not {value!r}")
 
@@ -136,12 +140,20 @@ def check_transaction_id(transaction_id: str) -> str:
             list a record's transactions with commas and frame them with
             control characters.
     """
+    global _last_transaction_id
+    if transaction_id is _last_transaction_id:
+        return transaction_id  # this very text passed just now (a buffer() checks its id twice)
     if not isinstance(transaction_id, str) or not _TRANSACTION_ID.fullmatch(transaction_id):
         raise TransactionValidationError(
             f"transaction id {transaction_id!r} cannot name cache entries: use letters, "
             "digits, '_', '.' and '-' (a UUID does)"
         )
+    _last_transaction_id = transaction_id
     return transaction_id
+
+
+_last_transaction_id: object = object()
+"""The id :func:`check_transaction_id` passed last (text is immutable: it passes again)."""
 
 
 def check_writes(transaction_id: str, writes: Sequence[CacheWrite]) -> None:

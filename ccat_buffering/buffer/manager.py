@@ -19,7 +19,7 @@ from ccat_buffering.buffer._transitions import (
     Delivery,
     Transitions,
     as_json,
-    buffered_status,
+    buffered_at,
 )
 from ccat_buffering.buffer.cache_writes import cache_writes as _cache_writes
 from ccat_buffering.buffer.protocols import Backend, CachedRecord, CacheWrite
@@ -130,7 +130,7 @@ class TransactionManager(Transitions):
         return (
             payload,
             _cache_writes(transaction),
-            buffered_status(transaction, updated_at=self.now()),
+            buffered_at(transaction, self.now()),
         )
 
     async def buffer(self, transaction: Transaction) -> TransactionStatus:
@@ -149,7 +149,15 @@ class TransactionManager(Transitions):
                 same transaction again is safe; the ledger applies it once.
             BackendError: The store refused the write; nothing was written.
         """
-        return (await self.buffer_many([transaction]))[0]
+        # buffer_many([transaction]) without its lists: one per write a service makes.
+        payload, writes, status = self._prepare(transaction)
+        async with self.backend.atomic() as batch:
+            batch.push(payload)
+            batch.put_status(status, self.status_ttl)
+            batch.write_cache(status.transaction_id, writes, self.cache_ttl)
+        if self.listeners:
+            self._tell([status])
+        return status
 
     async def buffer_many(self, transactions: Sequence[Transaction]) -> list[TransactionStatus]:
         """Buffer several transactions in order, in one atomic group.

@@ -9,6 +9,7 @@ caller can ask about it while it travels to the main database.
 
 from __future__ import annotations
 
+import operator
 import uuid
 from collections.abc import Mapping
 from typing import Annotated, Any, Self
@@ -26,6 +27,7 @@ from pydantic import (
 from pydantic_core import PydanticSerializationError
 
 from ccat_buffering.errors import PayloadTooLargeError, TransactionValidationError
+from ccat_buffering.write._transaction_json import plain_json
 from ccat_buffering.write.identifiers import Identifier, check_identifier
 from ccat_buffering.write.lsn import LSN
 from ccat_buffering.write.payload_limits import payload_problem
@@ -59,6 +61,7 @@ which such a release refuses instead of applying it without its check.
 """
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+_is = operator.is_
 
 
 def _new_transaction_id() -> str:
@@ -150,8 +153,37 @@ class Transaction(BaseModel):
                 long: see :mod:`ccat_buffering.write.payload_limits`).
             PayloadTooLargeError: The JSON text is larger than the limit.
         """
+        values = self.__dict__
+        steps = values["steps"]
+        # The fields it was made from (held, so that their ids stay theirs).
+        key = (
+            steps,
+            *steps,
+            values["format_version"],
+            values["transaction_id"],
+            values["endpoint"],
+            values["created_at"],
+            values["trace_context"],
+        )
+        memo = values.get("_json")
+        if memo is not None and len(memo[0]) == len(key) and all(map(_is, memo[0], key)):
+            # Made before from these very values (build() makes it): a frozen
+            # transaction's JSON is made once.
+            text: str = memo[1]
+        else:
+            text = plain_json(self) or self._pydantic_json()
+            values["_json"] = (key, text)
+        problem = payload_problem(text, max_payload_bytes)
+        if problem is not None:
+            kind, what = problem
+            fix = ": split it, or raise max_payload_bytes" if kind is PayloadTooLargeError else ""
+            raise kind(f"transaction {self.transaction_id} ({self.endpoint}) {what}{fix}")
+        return text
+
+    def _pydantic_json(self) -> str:
+        """The JSON text as pydantic writes it (the shapes :func:`plain_json` leaves to it)."""
         try:
-            text = self.model_dump_json(exclude_none=True)
+            return self.model_dump_json(exclude_none=True)
         except PydanticSerializationError as exc:
             # pydantic wraps what a field serializer raised; give back our own error.
             message = str(exc)
@@ -160,12 +192,6 @@ class Transaction(BaseModel):
                 where = self._not_utf8() or "a value"
                 message = f"{where} holds a lone surrogate, which is not UTF-8"
             raise TransactionValidationError(message.split(marker, 1)[-1]) from None
-        problem = payload_problem(text, max_payload_bytes)
-        if problem is not None:
-            kind, what = problem
-            fix = ": split it, or raise max_payload_bytes" if kind is PayloadTooLargeError else ""
-            raise kind(f"transaction {self.transaction_id} ({self.endpoint}) {what}{fix}")
-        return text
 
     def _not_utf8(self) -> str | None:
         """Where the first text that UTF-8 cannot encode sits (``s0.name``), if any."""

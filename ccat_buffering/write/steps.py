@@ -56,7 +56,12 @@ class Ref(BaseModel):
 Record = dict[str, Any]
 
 
-def _encode_record(record: Mapping[str, Any], path: str) -> dict[str, Any]:
+def encode_record(record: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """A record's values as a transaction's JSON carries them (a ``ref()`` as ``{"$ref": ...}``).
+
+    Raises:
+        TransactionValidationError: A value that cannot be buffered, named by ``path``.
+    """
     out: dict[str, Any] = {}
     for name, value in record.items():
         if type(value) in PLAIN_TYPES:
@@ -219,13 +224,13 @@ class Step(BaseModel):
                     raise ValueError(f"records[{i}] lacks its key field(s) {missing}")
         return self
 
-    @field_serializer("data", "key", "expected")
+    @field_serializer("data", "key", "expected", when_used="unless-none")
     def _encode_mapping(self, value: Record | None) -> dict[str, Any] | None:
         if value is None:
             return None
         if value is self.data:
             return self.encoded_data
-        return _encode_record(value, f"{self.step_id}")
+        return encode_record(value, f"{self.step_id}")
 
     @property
     def encoded_data(self) -> dict[str, Any] | None:
@@ -242,15 +247,15 @@ class Step(BaseModel):
         memo = self.__dict__.get("_encoded_data")
         if memo is not None and memo[0] is data:
             return memo[1]  # type: ignore[no-any-return]
-        encoded = _encode_record(data, f"{self.step_id}")
+        encoded = encode_record(data, f"{self.step_id}")
         self.__dict__["_encoded_data"] = (data, encoded)
         return encoded
 
-    @field_serializer("records", "expected_records")
+    @field_serializer("records", "expected_records", when_used="unless-none")
     def _encode_records(self, value: list[Record] | None) -> list[dict[str, Any]] | None:
         if value is None:
             return None
-        return [_encode_record(r, f"{self.step_id}[{i}]") for i, r in enumerate(value)]
+        return [encode_record(r, f"{self.step_id}[{i}]") for i, r in enumerate(value)]
 
     @functools.cached_property
     def _refs(self) -> tuple[Ref, ...]:
