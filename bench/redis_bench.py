@@ -8,9 +8,13 @@ with its min / median / max.
 
 Payload: a ~700-byte transaction built with ``TransactionBuilder`` on the example
 models (an ``ExecutedObsUnit`` create and a ``RawDataPackage`` create). Baselines
-get it pre-serialised (``Transaction.to_json()`` done before timing); ours gets
-freshly built ``Transaction`` objects (never serialised before) and does all its
-work (validation, serialisation, cache writes, status) inside ``buffer()``.
+get it pre-serialised (``Transaction.to_json()`` done before timing); ours gets the
+``Transaction`` objects as ``build()`` returns them and does all the rest of its
+work (validation, the cache and status texts, the frame) inside ``buffer()``.
+``build()`` serialises a transaction once, to check its size, and keeps the text
+with the values it was made from; ``buffer()`` sends that text (a transaction's
+JSON is made once, as the baselines' is). Built with ``Transaction(...)`` or
+copied with a field changed, a transaction is serialised by ``buffer()``.
 
 Baselines (issue 23):
 
@@ -576,7 +580,7 @@ def throughput_rows(runs: Runs, producers: int) -> list[tuple[str, ...]]:
 async def _run(ns: Namespace, opts: Options, version: str) -> None:
     client = ns.client
     payloads = [Payload.of(build_transaction(i)) for i in range(POOL)]
-    pool = [build_transaction(i) for i in range(POOL)]  # ours: never serialised before
+    pool = [build_transaction(i) for i in range(POOL)]  # ours: as build() returns them
     size = statistics.mean(len(p.json) for p in payloads)
     print(
         f"\nredis {version} at {opts.redis_url}; payload {size:.0f} bytes of JSON; "
