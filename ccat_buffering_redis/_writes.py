@@ -243,7 +243,7 @@ class RedisWriteBatch:
         """Stage a push."""
         check_payload(payload)
         entry = payload if self.compression is None else entry_bytes(payload, self.compression)
-        (self._ops if not self._acks else self.ops).append(push_command(entry))
+        self.ops.append(push_command(entry))
 
     def ack(self, receipt: str) -> None:
         """Stage an ack."""
@@ -267,7 +267,7 @@ class RedisWriteBatch:
         """Stage a status."""
         check_status(status)
         check_duration(ttl_seconds, "ttl_seconds")
-        (self._ops if not self._acks else self.ops).append(status_command(status, ttl_seconds))
+        self.ops.append(status_command(status, ttl_seconds))
 
     def put_statuses(self, statuses: Sequence[TransactionStatus], ttl_seconds: float) -> None:
         """Stage statuses, as :meth:`put_status` each, in order: routine ones share a command."""
@@ -282,9 +282,7 @@ class RedisWriteBatch:
             writes = list(writes)
         check_writes(transaction_id, writes)
         check_duration(ttl_seconds, "ttl_seconds")
-        (self._ops if not self._acks else self.ops).append(
-            cache_command(transaction_id, writes, ttl_seconds)
-        )
+        self.ops.append(cache_command(transaction_id, writes, ttl_seconds))
 
     def release_cache(self, transaction_ids: Sequence[str]) -> None:
         """Stage a cache release."""

@@ -22,7 +22,7 @@ from ccat_buffering.buffer._transitions import (
     buffered_at,
 )
 from ccat_buffering.buffer.cache_writes import cache_writes as _cache_writes
-from ccat_buffering.buffer.protocols import Backend, CachedRecord, CacheWrite
+from ccat_buffering.buffer.protocols import Backend, CachedRecord, CacheWrite, WriteBatch
 from ccat_buffering.buffer.retry import RetryPolicy
 from ccat_buffering.conflicts.kinds import Conflict
 from ccat_buffering.errors import TransactionValidationError
@@ -133,6 +133,14 @@ class TransactionManager(Transitions):
             buffered_at(transaction, self.now()),
         )
 
+    def _stage(
+        self, batch: WriteBatch, payload: str, writes: list[CacheWrite], status: TransactionStatus
+    ) -> None:
+        """Stage one prepared transaction: its queue entry, status and cache writes."""
+        batch.push(payload)
+        batch.put_status(status, self.status_ttl)
+        batch.write_cache(status.transaction_id, writes, self.cache_ttl)
+
     async def buffer(self, transaction: Transaction) -> TransactionStatus:
         """Buffer a transaction: queue entry, status and caches, all or nothing.
 
@@ -150,11 +158,10 @@ class TransactionManager(Transitions):
             BackendError: The store refused the write; nothing was written.
         """
         # buffer_many([transaction]) without its lists: one per write a service makes.
-        payload, writes, status = self._prepare(transaction)
+        prepared = self._prepare(transaction)
         async with self.backend.atomic() as batch:
-            batch.push(payload)
-            batch.put_status(status, self.status_ttl)
-            batch.write_cache(status.transaction_id, writes, self.cache_ttl)
+            self._stage(batch, *prepared)
+        status = prepared[2]
         if self.listeners:
             self._tell([status])
         return status
@@ -173,10 +180,8 @@ class TransactionManager(Transitions):
         """
         prepared = [self._prepare(tx) for tx in transactions]
         async with self.backend.atomic() as batch:
-            for payload, writes, status in prepared:
-                batch.push(payload)
-                batch.put_status(status, self.status_ttl)
-                batch.write_cache(status.transaction_id, writes, self.cache_ttl)
+            for one in prepared:
+                self._stage(batch, *one)
         statuses = [status for _, _, status in prepared]
         self._tell(statuses)
         return statuses

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from ccat_buffering.buffer._transitions import buffered_status
+import pytest
+
+from ccat_buffering.buffer._transitions import buffered_at, buffered_status
 from ccat_buffering.write.models import Transaction, TransactionState, TransactionStatus
 
 from support import observation
@@ -20,10 +22,19 @@ def _validated(tx: Transaction, updated_at: dt.datetime) -> TransactionStatus:
     )
 
 
-def test_the_unvalidated_status_has_every_field_the_validated_one_has() -> None:
+@pytest.mark.parametrize(
+    ("make", "zone"),
+    [
+        (lambda tx, at: buffered_status(tx, updated_at=at), dt.UTC),
+        (buffered_at, dt.UTC),  # buffer()'s own: the fields written out
+        (buffered_at, dt.timezone(dt.timedelta(hours=-4))),  # not UTC: buffered_status's way
+    ],
+    ids=["buffered_status", "buffered_at", "buffered_at-other-zone"],
+)
+def test_the_unvalidated_status_has_every_field_the_validated_one_has(make, zone) -> None:
     tx, _ = observation(1)
-    at = dt.datetime(2026, 12, 7, 3, 15, tzinfo=dt.UTC)
-    made = buffered_status(tx, updated_at=at)
+    at = dt.datetime(2026, 12, 7, 3, 15, tzinfo=zone)
+    made = make(tx, at)
     expected = _validated(tx, updated_at=at)
     # Same fields in the declared order (a field added to the model and not
     # here fails), same values, same fields set.
